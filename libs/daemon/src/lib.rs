@@ -1,1 +1,23 @@
+//! The bootstrap every berth daemon shares.
+//!
+//! A daemon's `main` parses [`DaemonFlags`] (with its own flags beside them),
+//! calls [`DaemonConfig::resolve`], [`init_logging`] and [`prepare_dirs`],
+//! builds its store, and hands its ttrpc services to [`serve`], which binds
+//! or inherits the socket, checks every caller's credentials, tells systemd
+//! it is ready, and returns after a graceful SIGTERM.
 
+mod config;
+mod error;
+mod logging;
+mod peer;
+mod request;
+mod serve;
+mod socket;
+
+pub use config::{DaemonConfig, DaemonFlags, Defaults, LogFormat};
+pub use error::DaemonError;
+pub use logging::init_logging;
+pub use peer::PeerPolicy;
+pub use request::request_namespace;
+pub use serve::serve;
+pub use socket::{prepare_dirs, SocketSource};

@@ -1,0 +1,173 @@
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::DaemonError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The flags every daemon takes. Each one may also be set in the TOML file
+/// named by `--config` (under the same name, with `_` for `-`); a flag wins
+/// over the file, the file over the daemon's default.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct DaemonFlags {
+    /// Directory for the daemon's persistent data.
+    #[arg(long, value_name = "DIR")]
+    pub root: Option<PathBuf>,
+    /// Directory for runtime state that does not survive a reboot.
+    #[arg(long, value_name = "DIR")]
+    pub state: Option<PathBuf>,
+    /// Socket to serve on (a filesystem path; ignored under socket activation).
+    #[arg(long, value_name = "SOCKET")]
+    pub address: Option<PathBuf>,
+    /// TOML configuration file.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Log filter: error, warn, info, debug, trace, or a tracing directive.
+    #[arg(long, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+    /// Log line format.
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Group (name or number) whose members may call the daemon besides root
+    /// and the daemon's own user.
+    #[arg(long, value_name = "GROUP")]
+    pub socket_group: Option<String>,
+}
+
+/// A daemon's defaults, used where neither flag nor file says otherwise.
+#[derive(Debug, Clone)]
+pub struct Defaults {
+    pub root: PathBuf,
+    pub state: PathBuf,
+    pub address: PathBuf,
+}
+
+/// The configuration a daemon runs with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DaemonConfig {
+    pub root: PathBuf,
+    pub state: PathBuf,
+    pub address: PathBuf,
+    pub log_level: String,
+    pub log_format: LogFormat,
+    pub socket_group: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    root: Option<PathBuf>,
+    state: Option<PathBuf>,
+    address: Option<PathBuf>,
+    log_level: Option<String>,
+    log_format: Option<LogFormat>,
+    socket_group: Option<String>,
+}
+
+impl DaemonConfig {
+    pub fn resolve(flags: &DaemonFlags, defaults: Defaults) -> Result<DaemonConfig, DaemonError> {
+        let file = match &flags.config {
+            Some(path) => read_config_file(path)?,
+            None => FileConfig::default(),
+        };
+        let config = DaemonConfig {
+            root: flags.root.clone().or(file.root).unwrap_or(defaults.root),
+            state: flags.state.clone().or(file.state).unwrap_or(defaults.state),
+            address: flags
+                .address
+                .clone()
+                .or(file.address)
+                .unwrap_or(defaults.address),
+            log_level: flags
+                .log_level
+                .clone()
+                .or(file.log_level)
+                .unwrap_or_else(|| "info".to_string()),
+            log_format: flags.log_format.or(file.log_format).unwrap_or(LogFormat::Text),
+            socket_group: flags.socket_group.clone().or(file.socket_group),
+        };
+        for (name, path) in [
+            ("root", &config.root),
+            ("state", &config.state),
+            ("address", &config.address),
+        ] {
+            if !path.is_absolute() {
+                return Err(DaemonError::InvalidSetting(format!(
+                    "{name} must be an absolute path, not {}",
+                    path.display()
+                )));
+            }
+        }
+        Ok(config)
+    }
+}
+
+fn read_config_file(path: &Path) -> Result<FileConfig, DaemonError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| DaemonError::io("reading config", path, e))?;
+    toml::from_str(&text).map_err(|e| DaemonError::Config {
+        path: path.to_path_buf(),
+        message: e.message().to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn defaults() -> Defaults {
+        Defaults {
+            root: "/var/lib/berth/x".into(),
+            state: "/run/berth/x".into(),
+            address: "/run/berth/x.sock".into(),
+        }
+    }
+
+    #[test]
+    fn flags_win_over_the_file_and_the_file_over_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "root = \"/file/root\"\nstate = \"/file/state\"\nlog_format = \"json\"\nsocket_group = \"berth\"\n",
+        )
+        .unwrap();
+        let flags = DaemonFlags {
+            root: Some("/flag/root".into()),
+            config: Some(file),
+            ..Default::default()
+        };
+        let config = DaemonConfig::resolve(&flags, defaults()).unwrap();
+        assert_eq!(config.root, PathBuf::from("/flag/root"));
+        assert_eq!(config.state, PathBuf::from("/file/state"));
+        assert_eq!(config.address, PathBuf::from("/run/berth/x.sock"));
+        assert_eq!(config.log_format, LogFormat::Json);
+        assert_eq!(config.log_level, "info");
+        assert_eq!(config.socket_group.as_deref(), Some("berth"));
+    }
+
+    #[test]
+    fn unknown_keys_and_relative_paths_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "roots = \"/x\"\n").unwrap();
+        let flags = DaemonFlags {
+            config: Some(file),
+            ..Default::default()
+        };
+        let err = DaemonConfig::resolve(&flags, defaults()).unwrap_err();
+        assert!(err.to_string().contains("roots"), "{err}");
+
+        let flags = DaemonFlags {
+            root: Some("relative".into()),
+            ..Default::default()
+        };
+        assert!(DaemonConfig::resolve(&flags, defaults()).is_err());
+    }
+}

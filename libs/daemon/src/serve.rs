@@ -1,0 +1,72 @@
+use std::collections::HashMap;
+use sd_notify::NotifyState;
+use tokio::signal::unix::{signal, SignalKind};
+use ttrpc::r#async::transport::Listener;
+use ttrpc::r#async::{Server, Service};
+
+use crate::socket::SocketSource;
+use crate::{DaemonConfig, DaemonError, PeerPolicy};
+
+/// Serves `services` until SIGTERM or SIGINT: on the inherited socket under
+/// systemd socket activation, otherwise on `config.address`. Tells systemd
+/// READY=1 once serving and STOPPING=1 on the way out, and pets the watchdog
+/// when systemd asks for one.
+pub async fn serve(
+    config: &DaemonConfig,
+    services: HashMap<String, Service>,
+) -> Result<(), DaemonError> {
+    let policy = PeerPolicy::new(config.socket_group.as_deref())?;
+    let source = SocketSource::open(config)?;
+    let activated = matches!(source, SocketSource::Activated(_));
+    let (listener, bound_path) = source.into_listener();
+    let listener = Listener::try_from(listener)
+        .map_err(|e| DaemonError::Server(format!("listening: {e}")))?;
+    let mut server = Server::new()
+        .add_listener(listener)
+        .set_accept_hook(policy)
+        .register_service(services);
+    let mut terminate = signal(SignalKind::terminate())
+        .map_err(|e| DaemonError::Server(format!("installing SIGTERM handler: {e}")))?;
+    let mut interrupt = signal(SignalKind::interrupt())
+        .map_err(|e| DaemonError::Server(format!("installing SIGINT handler: {e}")))?;
+    server
+        .start()
+        .await
+        .map_err(|e| DaemonError::Server(e.to_string()))?;
+    tracing::info!(
+        address = %config.address.display(),
+        socket_activated = activated,
+        "serving"
+    );
+    let _ = sd_notify::notify(&[NotifyState::Ready, NotifyState::Status("serving")]);
+    let watchdog = spawn_watchdog();
+
+    tokio::select! {
+        _ = terminate.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = interrupt.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+    let _ = sd_notify::notify(&[NotifyState::Stopping]);
+    if let Some(task) = watchdog {
+        task.abort();
+    }
+    server
+        .shutdown()
+        .await
+        .map_err(|e| DaemonError::Server(e.to_string()))?;
+    if let Some(path) = bound_path {
+        let _ = std::fs::remove_file(path);
+    }
+    Ok(())
+}
+
+fn spawn_watchdog() -> Option<tokio::task::JoinHandle<()>> {
+    let timeout = sd_notify::watchdog_enabled().filter(|t| !t.is_zero())?;
+    let period = timeout / 2;
+    Some(tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(period);
+        loop {
+            ticker.tick().await;
+            let _ = sd_notify::notify(&[NotifyState::Watchdog]);
+        }
+    }))
+}
