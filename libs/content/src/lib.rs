@@ -1,1 +1,210 @@
+//! The content store contract.
+//!
+//! [`ContentStore`] is implemented twice: by berth-contentd's local store
+//! (blobs on disk, records in LMDB) and by berth-client's ttrpc proxy. The
+//! conformance suite in [`testsuite`] (feature `testsuite`) runs against both,
+//! so the store behaves the same in-process and across the socket.
 
+use std::collections::HashMap;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use berth_errdefs::{Error, Result};
+use berth_ids::Digest;
+
+mod fields;
+#[cfg(feature = "testsuite")]
+pub mod testsuite;
+
+pub use fields::{apply_label_update, InfoFields, StatusFields};
+
+/// Labels on a blob.
+pub type Labels = HashMap<String, String>;
+
+/// A committed blob as one namespace sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Info {
+    pub digest: Digest,
+    pub size: u64,
+    pub created_at: SystemTime,
+    pub updated_at: SystemTime,
+    pub labels: Labels,
+}
+
+/// An ingest: a write in progress, named by its ref.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    pub reference: String,
+    /// Bytes written so far; where the next write goes.
+    pub offset: u64,
+    /// Expected size, 0 if unknown.
+    pub total: u64,
+    pub expected: Option<Digest>,
+    pub started_at: SystemTime,
+    pub updated_at: SystemTime,
+}
+
+/// What a writer is opened with.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WriterOptions {
+    pub reference: String,
+    /// Expected size, if known.
+    pub total: Option<u64>,
+    /// Expected digest, if known. If a blob with this digest is already
+    /// visible in the namespace, opening fails with AlreadyExists.
+    pub expected: Option<Digest>,
+}
+
+impl WriterOptions {
+    pub fn new(reference: impl Into<String>) -> WriterOptions {
+        WriterOptions {
+            reference: reference.into(),
+            ..Default::default()
+        }
+    }
+
+    pub fn total(mut self, total: u64) -> WriterOptions {
+        self.total = Some(total);
+        self
+    }
+
+    pub fn expected(mut self, digest: Digest) -> WriterOptions {
+        self.expected = Some(digest);
+        self
+    }
+}
+
+/// How a commit checks what was written.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CommitOptions {
+    /// The size the blob must have (besides the writer's `total`).
+    pub size: Option<u64>,
+    /// The digest the blob must have (besides the writer's `expected`).
+    pub expected: Option<Digest>,
+    pub labels: Labels,
+}
+
+/// The largest read one `read_at` call returns.
+pub const MAX_READ: usize = 1024 * 1024;
+
+/// A content-addressed blob store with per-namespace visibility.
+///
+/// Every method takes the namespace first; implementations validate it.
+#[async_trait]
+pub trait ContentStore: Send + Sync {
+    async fn info(&self, namespace: &str, digest: &Digest) -> Result<Info>;
+
+    /// Changes labels. With no paths, or the path `labels`, the labels are
+    /// replaced; with `labels.KEY` paths only those keys change (a key
+    /// missing from `info.labels` is removed).
+    async fn update(&self, namespace: &str, info: Info, paths: &[String]) -> Result<Info>;
+
+    /// Blobs matching any of the filters (containerd syntax over `digest`,
+    /// `size` and `labels.KEY`).
+    async fn list(&self, namespace: &str, filters: &[String]) -> Result<Vec<Info>>;
+
+    /// Removes the blob from the namespace.
+    async fn delete(&self, namespace: &str, digest: &Digest) -> Result<()>;
+
+    /// Up to `len` (at most [`MAX_READ`]) bytes at `offset`; empty at the end.
+    async fn read_at(
+        &self,
+        namespace: &str,
+        digest: &Digest,
+        offset: u64,
+        len: usize,
+    ) -> Result<Vec<u8>>;
+
+    async fn status(&self, namespace: &str, reference: &str) -> Result<Status>;
+
+    /// Ingests matching any of the filters (over `ref`).
+    async fn list_statuses(&self, namespace: &str, filters: &[String]) -> Result<Vec<Status>>;
+
+    /// Drops an ingest and its data. Unavailable while a writer holds it.
+    async fn abort(&self, namespace: &str, reference: &str) -> Result<()>;
+
+    /// Opens (or resumes) the ingest named by `options.reference` and takes
+    /// it: a second writer on the same ref gets Unavailable until this one
+    /// is dropped or committed.
+    async fn writer(&self, namespace: &str, options: WriterOptions)
+        -> Result<Box<dyn ContentWriter>>;
+}
+
+/// An open ingest. Dropping it without committing keeps what was written
+/// for a later writer on the same ref to resume.
+#[async_trait]
+pub trait ContentWriter: Send {
+    async fn status(&mut self) -> Result<Status>;
+
+    /// Appends at the current offset.
+    async fn write(&mut self, data: &[u8]) -> Result<()>;
+
+    /// Starts the ingest over from offset 0.
+    async fn restart(&mut self) -> Result<()>;
+
+    /// Verifies size and digest and makes the blob visible in the namespace.
+    /// AlreadyExists if it already was (the ingest is dropped either way).
+    async fn commit(self: Box<Self>, options: CommitOptions) -> Result<Digest>;
+}
+
+/// Writes `data` as one blob under `reference`, the way most callers want.
+pub async fn write_blob(
+    store: &dyn ContentStore,
+    namespace: &str,
+    reference: &str,
+    data: &[u8],
+    expected: Option<Digest>,
+    labels: Labels,
+) -> Result<Digest> {
+    let mut options = WriterOptions::new(reference).total(data.len() as u64);
+    if let Some(digest) = &expected {
+        options = options.expected(digest.clone());
+    }
+    let mut writer = store.writer(namespace, options).await?;
+    let status = writer.status().await?;
+    if status.offset != 0 {
+        writer.restart().await?;
+    }
+    for chunk in data.chunks(MAX_READ) {
+        writer.write(chunk).await?;
+    }
+    writer
+        .commit(CommitOptions {
+            size: Some(data.len() as u64),
+            expected,
+            labels,
+        })
+        .await
+}
+
+/// Reads a whole blob into memory; for small blobs (manifests, configs) and
+/// tests. Refuses blobs larger than `limit`.
+pub async fn read_blob(
+    store: &dyn ContentStore,
+    namespace: &str,
+    digest: &Digest,
+    limit: u64,
+) -> Result<Vec<u8>> {
+    let info = store.info(namespace, digest).await?;
+    if info.size > limit {
+        return Err(Error::resource_exhausted(format!(
+            "{digest} is {} bytes, more than the {limit} allowed here",
+            info.size
+        )));
+    }
+    let mut data = Vec::with_capacity(info.size as usize);
+    while (data.len() as u64) < info.size {
+        let chunk = store
+            .read_at(namespace, digest, data.len() as u64, MAX_READ)
+            .await?;
+        if chunk.is_empty() {
+            return Err(Error::internal(format!(
+                "{digest} ended at {} of {} bytes",
+                data.len(),
+                info.size
+            )));
+        }
+        data.extend_from_slice(&chunk);
+    }
+    Ok(data)
+}

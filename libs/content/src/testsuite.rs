@@ -1,0 +1,557 @@
+//! The content store conformance suite, after containerd's content
+//! testsuite. Each case is a plain async function over `&dyn ContentStore`;
+//! [`content_suite!`](crate::content_suite) turns them into `#[tokio::test]`s
+//! for one implementation.
+
+use std::collections::HashMap;
+
+use berth_errdefs::ErrorKind;
+use berth_ids::Digest;
+
+use crate::{read_blob, write_blob, CommitOptions, ContentStore, Labels, WriterOptions};
+
+/// Deterministic, incompressible-looking test data.
+pub fn test_data(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 33) as u8
+        })
+        .collect()
+}
+
+fn kind<T: std::fmt::Debug>(result: berth_errdefs::Result<T>) -> ErrorKind {
+    match result {
+        Ok(v) => panic!("expected an error, got {v:?}"),
+        Err(e) => e.kind(),
+    }
+}
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+const NS: &str = "suite";
+
+pub async fn write_commit_and_read(store: &dyn ContentStore) {
+    let data = test_data(3 * 1024 * 1024 + 17, 1);
+    let digest = Digest::of(&data);
+    let mut writer = store
+        .writer(NS, WriterOptions::new("blob-1").total(data.len() as u64))
+        .await
+        .unwrap();
+    for piece in data.chunks(700_001) {
+        writer.write(piece).await.unwrap();
+    }
+    let status = writer.status().await.unwrap();
+    assert_eq!(status.offset, data.len() as u64);
+    assert_eq!(status.total, data.len() as u64);
+    let committed = writer
+        .commit(CommitOptions {
+            expected: Some(digest.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(committed, digest);
+    let info = store.info(NS, &digest).await.unwrap();
+    assert_eq!(info.size, data.len() as u64);
+    assert_eq!(info.digest, digest);
+    assert_eq!(read_blob(store, NS, &digest, u64::MAX).await.unwrap(), data);
+    // Reads at an arbitrary offset, and at the end.
+    let middle = store.read_at(NS, &digest, 1000, 10).await.unwrap();
+    assert_eq!(middle, &data[1000..1010]);
+    let end = store.read_at(NS, &digest, data.len() as u64, 10).await.unwrap();
+    assert!(end.is_empty());
+    assert_eq!(
+        kind(store.read_at(NS, &digest, data.len() as u64 + 1, 10).await),
+        ErrorKind::InvalidArgument
+    );
+    // The ingest is gone once committed.
+    assert_eq!(kind(store.status(NS, "blob-1").await), ErrorKind::NotFound);
+}
+
+pub async fn empty_and_small_blobs(store: &dyn ContentStore) {
+    for data in [Vec::new(), b"x".to_vec(), test_data(63, 2), test_data(65, 3)] {
+        let digest = Digest::of(&data);
+        let got = write_blob(store, NS, "small", &data, Some(digest.clone()), Labels::new())
+            .await
+            .unwrap();
+        assert_eq!(got, digest);
+        assert_eq!(read_blob(store, NS, &digest, 1024).await.unwrap(), data);
+    }
+}
+
+pub async fn wrong_digest_is_refused_and_nothing_becomes_visible(store: &dyn ContentStore) {
+    let data = test_data(100_000, 4);
+    let wrong = Digest::of(b"something else");
+    let mut writer = store.writer(NS, WriterOptions::new("bad-digest")).await.unwrap();
+    writer.write(&data).await.unwrap();
+    let err = writer
+        .commit(CommitOptions {
+            expected: Some(wrong.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::FailedPrecondition, "{err}");
+    assert_eq!(kind(store.info(NS, &wrong).await), ErrorKind::NotFound);
+    assert_eq!(kind(store.info(NS, &Digest::of(&data)).await), ErrorKind::NotFound);
+    assert!(store.list(NS, &[]).await.unwrap().iter().all(|i| i.digest != wrong));
+
+    // The expected digest given at open is checked as well.
+    let mut writer = store
+        .writer(NS, WriterOptions::new("bad-digest-2").expected(wrong.clone()))
+        .await
+        .unwrap();
+    writer.write(&data).await.unwrap();
+    let err = writer.commit(CommitOptions::default()).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::FailedPrecondition);
+    assert_eq!(kind(store.info(NS, &Digest::of(&data)).await), ErrorKind::NotFound);
+}
+
+pub async fn wrong_size_is_refused_and_nothing_becomes_visible(store: &dyn ContentStore) {
+    let data = test_data(5000, 5);
+    let digest = Digest::of(&data);
+    let mut writer = store.writer(NS, WriterOptions::new("bad-size")).await.unwrap();
+    writer.write(&data).await.unwrap();
+    let err = writer
+        .commit(CommitOptions {
+            size: Some(4999),
+            expected: Some(digest.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::FailedPrecondition, "{err}");
+    assert_eq!(kind(store.info(NS, &digest).await), ErrorKind::NotFound);
+
+    // Writing past the declared total is refused too.
+    let mut writer = store
+        .writer(NS, WriterOptions::new("past-total").total(10))
+        .await
+        .unwrap();
+    let err = writer.write(&data).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+}
+
+pub async fn commit_of_existing_blob_is_already_exists(store: &dyn ContentStore) {
+    let data = test_data(2048, 6);
+    let digest = Digest::of(&data);
+    write_blob(store, NS, "exists-1", &data, None, Labels::new())
+        .await
+        .unwrap();
+    let err = write_blob(store, NS, "exists-2", &data, None, Labels::new())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::AlreadyExists);
+    assert_eq!(kind(store.status(NS, "exists-2").await), ErrorKind::NotFound);
+    // Opening a writer for a digest already present is AlreadyExists at once.
+    let err = store
+        .writer(NS, WriterOptions::new("exists-3").expected(digest))
+        .await
+        .map(|_| ())
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::AlreadyExists);
+}
+
+pub async fn second_writer_on_a_ref_is_refused(store: &dyn ContentStore) {
+    let mut first = store.writer(NS, WriterOptions::new("locked")).await.unwrap();
+    first.write(b"hello ").await.unwrap();
+    let err = store
+        .writer(NS, WriterOptions::new("locked"))
+        .await
+        .map(|_| ())
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable);
+    assert_eq!(kind(store.abort(NS, "locked").await), ErrorKind::Unavailable);
+    // Another ref is not affected.
+    let other = store.writer(NS, WriterOptions::new("unlocked")).await.unwrap();
+    drop(other);
+    drop(first);
+    // Once the first writer is gone the ref can be taken again, and resumes.
+    let mut again = retry_writer(store, "locked").await;
+    assert_eq!(again.status().await.unwrap().offset, 6);
+    again.write(b"world").await.unwrap();
+    let digest = again.commit(CommitOptions::default()).await.unwrap();
+    assert_eq!(digest, Digest::of(b"hello world"));
+}
+
+/// A dropped remote writer frees its ref when the server sees the stream end,
+/// which may be a moment after the drop.
+async fn retry_writer(store: &dyn ContentStore, reference: &str) -> Box<dyn crate::ContentWriter> {
+    for _ in 0..200 {
+        match store.writer(NS, WriterOptions::new(reference)).await {
+            Ok(w) => return w,
+            Err(e) if e.kind() == ErrorKind::Unavailable => {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    panic!("ref {reference} stayed locked after its writer was dropped");
+}
+
+pub async fn resume_continues_from_the_stored_offset(store: &dyn ContentStore) {
+    let data = test_data(1_000_003, 7);
+    let digest = Digest::of(&data);
+    let cut = 600_007;
+    let mut writer = store
+        .writer(NS, WriterOptions::new("resume").total(data.len() as u64))
+        .await
+        .unwrap();
+    writer.write(&data[..cut]).await.unwrap();
+    drop(writer);
+    let status = retry_status(store, "resume", cut as u64).await;
+    assert_eq!(status.total, data.len() as u64);
+    let mut writer = retry_writer(store, "resume").await;
+    assert_eq!(writer.status().await.unwrap().offset, cut as u64);
+    writer.write(&data[cut..]).await.unwrap();
+    let got = writer
+        .commit(CommitOptions {
+            expected: Some(digest.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(got, digest);
+    assert_eq!(read_blob(store, NS, &digest, u64::MAX).await.unwrap(), data);
+}
+
+async fn retry_status(store: &dyn ContentStore, reference: &str, offset: u64) -> crate::Status {
+    for _ in 0..200 {
+        let status = store.status(NS, reference).await.unwrap();
+        if status.offset == offset {
+            return status;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("ingest {reference} never reached offset {offset}");
+}
+
+pub async fn restart_discards_what_was_written(store: &dyn ContentStore) {
+    let mut writer = store.writer(NS, WriterOptions::new("restart")).await.unwrap();
+    writer.write(b"garbage that must go").await.unwrap();
+    writer.restart().await.unwrap();
+    assert_eq!(writer.status().await.unwrap().offset, 0);
+    writer.write(b"clean").await.unwrap();
+    let digest = writer.commit(CommitOptions::default()).await.unwrap();
+    assert_eq!(digest, Digest::of(b"clean"));
+}
+
+pub async fn abort_drops_the_ingest(store: &dyn ContentStore) {
+    let mut writer = store.writer(NS, WriterOptions::new("abort-me")).await.unwrap();
+    writer.write(b"partial").await.unwrap();
+    drop(writer);
+    retry_status(store, "abort-me", 7).await;
+    let mut aborted = false;
+    for _ in 0..200 {
+        match store.abort(NS, "abort-me").await {
+            Ok(()) => {
+                aborted = true;
+                break;
+            }
+            Err(e) if e.kind() == ErrorKind::Unavailable => {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(aborted);
+    assert_eq!(kind(store.status(NS, "abort-me").await), ErrorKind::NotFound);
+    assert_eq!(kind(store.abort(NS, "abort-me").await), ErrorKind::NotFound);
+    // A new writer on the ref starts from nothing.
+    let mut writer = store.writer(NS, WriterOptions::new("abort-me")).await.unwrap();
+    assert_eq!(writer.status().await.unwrap().offset, 0);
+}
+
+pub async fn list_statuses_filters_by_ref(store: &dyn ContentStore) {
+    let mut a = store.writer(NS, WriterOptions::new("layer-a")).await.unwrap();
+    let mut b = store.writer(NS, WriterOptions::new("config-b")).await.unwrap();
+    a.write(b"a").await.unwrap();
+    b.write(b"bb").await.unwrap();
+    let all = store.list_statuses(NS, &[]).await.unwrap();
+    let mut refs: Vec<_> = all.iter().map(|s| s.reference.as_str()).collect();
+    refs.sort_unstable();
+    assert_eq!(refs, ["config-b", "layer-a"]);
+    let layers = store
+        .list_statuses(NS, &["ref~=^layer-".to_string()])
+        .await
+        .unwrap();
+    assert_eq!(layers.len(), 1);
+    assert_eq!(layers[0].reference, "layer-a");
+    assert_eq!(layers[0].offset, 1);
+    assert_eq!(
+        kind(store.list_statuses(NS, &["ref~=(".to_string()]).await),
+        ErrorKind::InvalidArgument
+    );
+}
+
+pub async fn labels_update_and_filter(store: &dyn ContentStore) {
+    let data = test_data(10, 8);
+    let digest = write_blob(
+        store,
+        NS,
+        "labelled",
+        &data,
+        None,
+        labels(&[("a", "1"), ("b", "2"), ("containerd.io/gc.root", "x")]),
+    )
+    .await
+    .unwrap();
+    let other = write_blob(store, NS, "other", b"other", None, labels(&[("a", "9")]))
+        .await
+        .unwrap();
+    let info = store.info(NS, &digest).await.unwrap();
+    assert_eq!(info.labels.get("b").map(String::as_str), Some("2"));
+
+    // A path names one label: only it changes; a missing value removes it.
+    let mut change = info.clone();
+    change.labels = labels(&[("a", "10"), ("c", "3")]);
+    let updated = store
+        .update(NS, change.clone(), &["labels.a".to_string(), "labels.b".to_string()])
+        .await
+        .unwrap();
+    assert_eq!(
+        updated.labels,
+        labels(&[("a", "10"), ("containerd.io/gc.root", "x")])
+    );
+    assert!(updated.updated_at >= info.updated_at);
+    assert_eq!(store.info(NS, &digest).await.unwrap().labels, updated.labels);
+    // No paths: the labels are replaced.
+    let replaced = store.update(NS, change, &[]).await.unwrap();
+    assert_eq!(replaced.labels, labels(&[("a", "10"), ("c", "3")]));
+    // Only labels can change.
+    let mut bogus = replaced.clone();
+    bogus.size = 1;
+    assert_eq!(
+        kind(store.update(NS, bogus, &["size".to_string()]).await),
+        ErrorKind::InvalidArgument
+    );
+    assert_eq!(store.info(NS, &digest).await.unwrap().size, 10);
+
+    let by_label = store
+        .list(NS, &["labels.a==10".to_string()])
+        .await
+        .unwrap();
+    assert_eq!(by_label.len(), 1);
+    assert_eq!(by_label[0].digest, digest);
+    let either = store
+        .list(NS, &["labels.a==10".to_string(), "labels.a==9".to_string()])
+        .await
+        .unwrap();
+    assert_eq!(either.len(), 2);
+    let by_digest = store
+        .list(NS, &[format!("digest=={other}")])
+        .await
+        .unwrap();
+    assert_eq!(by_digest.len(), 1);
+    assert_eq!(
+        kind(store.list(NS, &["labels.a=".to_string()]).await),
+        ErrorKind::InvalidArgument
+    );
+}
+
+pub async fn bad_labels_are_refused_and_change_nothing(store: &dyn ContentStore) {
+    let data = test_data(33, 9);
+    let digest = Digest::of(&data);
+    let huge = labels(&[("big", &"v".repeat(10_000))]);
+    let err = write_blob(store, NS, "bad-labels", &data, None, huge.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+    assert_eq!(kind(store.info(NS, &digest).await), ErrorKind::NotFound);
+
+    write_blob(store, NS, "good-labels", &data, None, labels(&[("k", "v")]))
+        .await
+        .unwrap();
+    let mut info = store.info(NS, &digest).await.unwrap();
+    info.labels = huge;
+    assert_eq!(kind(store.update(NS, info, &[]).await), ErrorKind::InvalidArgument);
+    assert_eq!(
+        store.info(NS, &digest).await.unwrap().labels,
+        labels(&[("k", "v")])
+    );
+}
+
+pub async fn bad_names_are_invalid_argument(store: &dyn ContentStore) {
+    for reference in ["../../x", "a/b", "", "..", "has space"] {
+        let err = store
+            .writer(NS, WriterOptions::new(reference))
+            .await
+            .map(|_| ())
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{reference:?}");
+        assert_eq!(kind(store.status(NS, reference).await), ErrorKind::InvalidArgument);
+        assert_eq!(kind(store.abort(NS, reference).await), ErrorKind::InvalidArgument);
+    }
+    for namespace in ["../etc", "a/b", "", "-x"] {
+        assert_eq!(
+            kind(store.list(namespace, &[]).await),
+            ErrorKind::InvalidArgument,
+            "{namespace:?}"
+        );
+    }
+    assert!(store.list_statuses(NS, &[]).await.unwrap().is_empty());
+}
+
+pub async fn namespaces_are_isolated_but_blobs_are_shared(store: &dyn ContentStore) {
+    let data = test_data(4096, 10);
+    let digest = write_blob(store, "ns-a", "shared", &data, None, labels(&[("in", "a")]))
+        .await
+        .unwrap();
+    assert_eq!(kind(store.info("ns-b", &digest).await), ErrorKind::NotFound);
+    assert_eq!(kind(store.read_at("ns-b", &digest, 0, 10).await), ErrorKind::NotFound);
+    assert!(store.list("ns-b", &[]).await.unwrap().is_empty());
+    assert_eq!(kind(store.delete("ns-b", &digest).await), ErrorKind::NotFound);
+    // Ingests are per namespace too.
+    let mut writer = store.writer("ns-a", WriterOptions::new("pending")).await.unwrap();
+    writer.write(b"x").await.unwrap();
+    assert_eq!(kind(store.status("ns-b", "pending").await), ErrorKind::NotFound);
+    assert!(store.list_statuses("ns-b", &[]).await.unwrap().is_empty());
+    drop(writer);
+
+    // Written in B too, it becomes visible there with B's own labels.
+    write_blob(store, "ns-b", "shared", &data, None, labels(&[("in", "b")]))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.info("ns-b", &digest).await.unwrap().labels,
+        labels(&[("in", "b")])
+    );
+    assert_eq!(
+        store.info("ns-a", &digest).await.unwrap().labels,
+        labels(&[("in", "a")])
+    );
+    // Deleting in A leaves B's copy readable.
+    store.delete("ns-a", &digest).await.unwrap();
+    assert_eq!(kind(store.info("ns-a", &digest).await), ErrorKind::NotFound);
+    assert_eq!(read_blob(store, "ns-b", &digest, 1 << 20).await.unwrap(), data);
+    store.delete("ns-b", &digest).await.unwrap();
+    assert_eq!(kind(store.info("ns-b", &digest).await), ErrorKind::NotFound);
+}
+
+pub async fn delete_removes_the_blob(store: &dyn ContentStore) {
+    let data = test_data(1234, 11);
+    let digest = write_blob(store, NS, "delete-me", &data, None, Labels::new())
+        .await
+        .unwrap();
+    store.delete(NS, &digest).await.unwrap();
+    assert_eq!(kind(store.info(NS, &digest).await), ErrorKind::NotFound);
+    assert_eq!(kind(store.read_at(NS, &digest, 0, 1).await), ErrorKind::NotFound);
+    assert_eq!(kind(store.delete(NS, &digest).await), ErrorKind::NotFound);
+    // And it can be written again.
+    write_blob(store, NS, "delete-me", &data, None, Labels::new())
+        .await
+        .unwrap();
+    assert_eq!(store.info(NS, &digest).await.unwrap().size, 1234);
+}
+
+pub async fn concurrent_writers_on_different_refs(store: &dyn ContentStore) {
+    let blobs: Vec<Vec<u8>> = (0..8).map(|i| test_data(300_000 + i * 1000, 100 + i as u64)).collect();
+    let results = futures_join(store, &blobs).await;
+    for (data, digest) in blobs.iter().zip(results) {
+        assert_eq!(digest, Digest::of(data));
+        assert_eq!(read_blob(store, NS, &digest, u64::MAX).await.unwrap(), *data);
+    }
+}
+
+async fn futures_join(store: &dyn ContentStore, blobs: &[Vec<u8>]) -> Vec<Digest> {
+    // Interleave the writes by hand: open all, write in rounds, commit all.
+    let mut writers = Vec::new();
+    for i in 0..blobs.len() {
+        writers.push(
+            store
+                .writer(NS, WriterOptions::new(format!("parallel-{i}")))
+                .await
+                .unwrap(),
+        );
+    }
+    let mut offset = 0;
+    while blobs.iter().any(|b| offset < b.len()) {
+        for (writer, data) in writers.iter_mut().zip(blobs) {
+            if offset < data.len() {
+                let end = (offset + 65_536).min(data.len());
+                writer.write(&data[offset..end]).await.unwrap();
+            }
+        }
+        offset += 65_536;
+    }
+    let mut digests = Vec::new();
+    for writer in writers {
+        digests.push(writer.commit(CommitOptions::default()).await.unwrap());
+    }
+    digests
+}
+
+pub async fn concurrent_commits_of_the_same_blob(store: &dyn ContentStore) {
+    let data = test_data(200_000, 12);
+    let digest = Digest::of(&data);
+    let mut writers = Vec::new();
+    for i in 0..4 {
+        let mut w = store
+            .writer(NS, WriterOptions::new(format!("same-{i}")))
+            .await
+            .unwrap();
+        w.write(&data).await.unwrap();
+        writers.push(w);
+    }
+    let mut outcomes = HashMap::new();
+    for w in writers {
+        let outcome = match w.commit(CommitOptions::default()).await {
+            Ok(d) => {
+                assert_eq!(d, digest);
+                "ok"
+            }
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => "exists",
+            Err(e) => panic!("{e}"),
+        };
+        *outcomes.entry(outcome).or_insert(0) += 1;
+    }
+    assert_eq!(outcomes.get("ok"), Some(&1));
+    assert_eq!(outcomes.get("exists"), Some(&3));
+    assert_eq!(read_blob(store, NS, &digest, u64::MAX).await.unwrap(), data);
+}
+
+/// Generates one `#[tokio::test]` per conformance case for the store made by
+/// `$setup`, an async fn returning `(store, guard)`; the guard (temp dir,
+/// daemon process) lives until the case ends.
+#[macro_export]
+macro_rules! content_suite {
+    ($setup:path) => {
+        $crate::content_suite!(@cases $setup;
+            write_commit_and_read,
+            empty_and_small_blobs,
+            wrong_digest_is_refused_and_nothing_becomes_visible,
+            wrong_size_is_refused_and_nothing_becomes_visible,
+            commit_of_existing_blob_is_already_exists,
+            second_writer_on_a_ref_is_refused,
+            resume_continues_from_the_stored_offset,
+            restart_discards_what_was_written,
+            abort_drops_the_ingest,
+            list_statuses_filters_by_ref,
+            labels_update_and_filter,
+            bad_labels_are_refused_and_change_nothing,
+            bad_names_are_invalid_argument,
+            namespaces_are_isolated_but_blobs_are_shared,
+            delete_removes_the_blob,
+            concurrent_writers_on_different_refs,
+            concurrent_commits_of_the_same_blob,
+        );
+    };
+    (@cases $setup:path; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let (store, _guard) = $setup().await;
+                $crate::testsuite::$case(&store).await;
+            }
+        )*
+    };
+}
