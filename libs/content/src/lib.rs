@@ -13,6 +13,7 @@ use berth_errdefs::{Error, Result};
 use berth_ids::Digest;
 
 mod fields;
+pub mod wire;
 #[cfg(feature = "testsuite")]
 pub mod testsuite;
 
@@ -136,8 +137,9 @@ pub trait ContentStore: Send + Sync {
 pub trait ContentWriter: Send {
     async fn status(&mut self) -> Result<Status>;
 
-    /// Appends at the current offset.
-    async fn write(&mut self, data: &[u8]) -> Result<()>;
+    /// Appends at the current offset. Takes the buffer so that no layer
+    /// needs to copy it again.
+    async fn write(&mut self, data: Vec<u8>) -> Result<()>;
 
     /// Starts the ingest over from offset 0.
     async fn restart(&mut self) -> Result<()>;
@@ -166,7 +168,7 @@ pub async fn write_blob(
         writer.restart().await?;
     }
     for chunk in data.chunks(MAX_READ) {
-        writer.write(chunk).await?;
+        writer.write(chunk.to_vec()).await?;
     }
     writer
         .commit(CommitOptions {

@@ -47,7 +47,7 @@ pub async fn write_commit_and_read(store: &dyn ContentStore) {
         .await
         .unwrap();
     for piece in data.chunks(700_001) {
-        writer.write(piece).await.unwrap();
+        writer.write(piece.to_vec()).await.unwrap();
     }
     let status = writer.status().await.unwrap();
     assert_eq!(status.offset, data.len() as u64);
@@ -92,7 +92,7 @@ pub async fn wrong_digest_is_refused_and_nothing_becomes_visible(store: &dyn Con
     let data = test_data(100_000, 4);
     let wrong = Digest::of(b"something else");
     let mut writer = store.writer(NS, WriterOptions::new("bad-digest")).await.unwrap();
-    writer.write(&data).await.unwrap();
+    writer.write(data.clone()).await.unwrap();
     let err = writer
         .commit(CommitOptions {
             expected: Some(wrong.clone()),
@@ -110,7 +110,7 @@ pub async fn wrong_digest_is_refused_and_nothing_becomes_visible(store: &dyn Con
         .writer(NS, WriterOptions::new("bad-digest-2").expected(wrong.clone()))
         .await
         .unwrap();
-    writer.write(&data).await.unwrap();
+    writer.write(data.clone()).await.unwrap();
     let err = writer.commit(CommitOptions::default()).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::FailedPrecondition);
     assert_eq!(kind(store.info(NS, &Digest::of(&data)).await), ErrorKind::NotFound);
@@ -120,7 +120,7 @@ pub async fn wrong_size_is_refused_and_nothing_becomes_visible(store: &dyn Conte
     let data = test_data(5000, 5);
     let digest = Digest::of(&data);
     let mut writer = store.writer(NS, WriterOptions::new("bad-size")).await.unwrap();
-    writer.write(&data).await.unwrap();
+    writer.write(data.clone()).await.unwrap();
     let err = writer
         .commit(CommitOptions {
             size: Some(4999),
@@ -137,7 +137,7 @@ pub async fn wrong_size_is_refused_and_nothing_becomes_visible(store: &dyn Conte
         .writer(NS, WriterOptions::new("past-total").total(10))
         .await
         .unwrap();
-    let err = writer.write(&data).await.unwrap_err();
+    let err = writer.write(data.clone()).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
 }
 
@@ -163,7 +163,7 @@ pub async fn commit_of_existing_blob_is_already_exists(store: &dyn ContentStore)
 
 pub async fn second_writer_on_a_ref_is_refused(store: &dyn ContentStore) {
     let mut first = store.writer(NS, WriterOptions::new("locked")).await.unwrap();
-    first.write(b"hello ").await.unwrap();
+    first.write(b"hello ".to_vec()).await.unwrap();
     let err = store
         .writer(NS, WriterOptions::new("locked"))
         .await
@@ -178,7 +178,7 @@ pub async fn second_writer_on_a_ref_is_refused(store: &dyn ContentStore) {
     // Once the first writer is gone the ref can be taken again, and resumes.
     let mut again = retry_writer(store, "locked").await;
     assert_eq!(again.status().await.unwrap().offset, 6);
-    again.write(b"world").await.unwrap();
+    again.write(b"world".to_vec()).await.unwrap();
     let digest = again.commit(CommitOptions::default()).await.unwrap();
     assert_eq!(digest, Digest::of(b"hello world"));
 }
@@ -206,13 +206,13 @@ pub async fn resume_continues_from_the_stored_offset(store: &dyn ContentStore) {
         .writer(NS, WriterOptions::new("resume").total(data.len() as u64))
         .await
         .unwrap();
-    writer.write(&data[..cut]).await.unwrap();
+    writer.write(data[..cut].to_vec()).await.unwrap();
     drop(writer);
     let status = retry_status(store, "resume", cut as u64).await;
     assert_eq!(status.total, data.len() as u64);
     let mut writer = retry_writer(store, "resume").await;
     assert_eq!(writer.status().await.unwrap().offset, cut as u64);
-    writer.write(&data[cut..]).await.unwrap();
+    writer.write(data[cut..].to_vec()).await.unwrap();
     let got = writer
         .commit(CommitOptions {
             expected: Some(digest.clone()),
@@ -237,17 +237,17 @@ async fn retry_status(store: &dyn ContentStore, reference: &str, offset: u64) ->
 
 pub async fn restart_discards_what_was_written(store: &dyn ContentStore) {
     let mut writer = store.writer(NS, WriterOptions::new("restart")).await.unwrap();
-    writer.write(b"garbage that must go").await.unwrap();
+    writer.write(b"garbage that must go".to_vec()).await.unwrap();
     writer.restart().await.unwrap();
     assert_eq!(writer.status().await.unwrap().offset, 0);
-    writer.write(b"clean").await.unwrap();
+    writer.write(b"clean".to_vec()).await.unwrap();
     let digest = writer.commit(CommitOptions::default()).await.unwrap();
     assert_eq!(digest, Digest::of(b"clean"));
 }
 
 pub async fn abort_drops_the_ingest(store: &dyn ContentStore) {
     let mut writer = store.writer(NS, WriterOptions::new("abort-me")).await.unwrap();
-    writer.write(b"partial").await.unwrap();
+    writer.write(b"partial".to_vec()).await.unwrap();
     drop(writer);
     retry_status(store, "abort-me", 7).await;
     let mut aborted = false;
@@ -274,8 +274,8 @@ pub async fn abort_drops_the_ingest(store: &dyn ContentStore) {
 pub async fn list_statuses_filters_by_ref(store: &dyn ContentStore) {
     let mut a = store.writer(NS, WriterOptions::new("layer-a")).await.unwrap();
     let mut b = store.writer(NS, WriterOptions::new("config-b")).await.unwrap();
-    a.write(b"a").await.unwrap();
-    b.write(b"bb").await.unwrap();
+    a.write(b"a".to_vec()).await.unwrap();
+    b.write(b"bb".to_vec()).await.unwrap();
     let all = store.list_statuses(NS, &[]).await.unwrap();
     let mut refs: Vec<_> = all.iter().map(|s| s.reference.as_str()).collect();
     refs.sort_unstable();
@@ -412,7 +412,7 @@ pub async fn namespaces_are_isolated_but_blobs_are_shared(store: &dyn ContentSto
     assert_eq!(kind(store.delete("ns-b", &digest).await), ErrorKind::NotFound);
     // Ingests are per namespace too.
     let mut writer = store.writer("ns-a", WriterOptions::new("pending")).await.unwrap();
-    writer.write(b"x").await.unwrap();
+    writer.write(b"x".to_vec()).await.unwrap();
     assert_eq!(kind(store.status("ns-b", "pending").await), ErrorKind::NotFound);
     assert!(store.list_statuses("ns-b", &[]).await.unwrap().is_empty());
     drop(writer);
@@ -478,7 +478,7 @@ async fn futures_join(store: &dyn ContentStore, blobs: &[Vec<u8>]) -> Vec<Digest
         for (writer, data) in writers.iter_mut().zip(blobs) {
             if offset < data.len() {
                 let end = (offset + 65_536).min(data.len());
-                writer.write(&data[offset..end]).await.unwrap();
+                writer.write(data[offset..end].to_vec()).await.unwrap();
             }
         }
         offset += 65_536;
@@ -499,7 +499,7 @@ pub async fn concurrent_commits_of_the_same_blob(store: &dyn ContentStore) {
             .writer(NS, WriterOptions::new(format!("same-{i}")))
             .await
             .unwrap();
-        w.write(&data).await.unwrap();
+        w.write(data.clone()).await.unwrap();
         writers.push(w);
     }
     let mut outcomes = HashMap::new();
