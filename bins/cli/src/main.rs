@@ -1,1 +1,59 @@
-fn main() {}
+//! `berth`: the command line for berth's daemons, in the manner of `ctr`.
+//!
+//! Subcommands live in `commands/`, one module per daemon concern; each
+//! finds its daemon's socket through [`global::Global`].
+
+mod commands;
+mod global;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::global::Global;
+
+/// berth: pull, store and run containers with a set of small daemons.
+#[derive(Debug, Parser)]
+#[command(name = "berth", version, propagate_version = true)]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Blobs in berth-contentd: list, read, write, label, remove.
+    #[command(subcommand)]
+    Content(commands::content::ContentCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("berth: starting: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Content(command) => commands::content::run(&cli.global, command).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // One line: what failed, then why.
+            let line = format!("{err:#}").replace('\n', " ");
+            eprintln!("berth: {line}");
+            ExitCode::FAILURE
+        }
+    }
+}

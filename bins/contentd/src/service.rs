@@ -1,0 +1,283 @@
+//! `berth.content.v1.Content` over ttrpc: a thin edge over a
+//! [`ContentStore`]. Requests are parsed and validated here; every error
+//! leaves as the ttrpc status of its kind.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use berth_api::content as pb;
+use berth_api::protobuf::well_known_types::empty::Empty;
+use berth_content::wire::{
+    info_from_pb, info_to_pb, parse_digest, parse_optional_digest, status_to_pb, timestamp,
+    unsigned,
+};
+use berth_content::{CommitOptions, ContentStore, WriterOptions, MAX_READ};
+use berth_daemon::request_namespace;
+use berth_errdefs::{Error, Result};
+use ttrpc::r#async::{ServerStream, ServerStreamSender, TtrpcContext};
+
+/// How many infos go in one List batch.
+const LIST_BATCH: usize = 256;
+
+#[derive(Clone)]
+pub struct ContentService {
+    store: Arc<dyn ContentStore>,
+}
+
+impl std::fmt::Debug for ContentService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ContentService").finish_non_exhaustive()
+    }
+}
+
+impl ContentService {
+    pub fn new(store: Arc<dyn ContentStore>) -> ContentService {
+        ContentService { store }
+    }
+
+    /// The ttrpc service table to register with the server.
+    pub fn into_ttrpc(self) -> std::collections::HashMap<String, ttrpc::r#async::Service> {
+        pb::create_content(Arc::new(self))
+    }
+
+    async fn write_stream(
+        &self,
+        namespace: String,
+        stream: &mut ServerStream<pb::WriteResponse, pb::WriteRequest>,
+    ) -> Result<()> {
+        let Some(first) = stream.recv().await? else {
+            return Ok(());
+        };
+        if first.ref_.is_empty() {
+            return Err(Error::invalid_argument("the first write request must name a ref"));
+        }
+        let reference = first.ref_.clone();
+        let mut options = WriterOptions::new(reference.clone());
+        let total = unsigned("total", first.total)?;
+        if total > 0 {
+            options.total = Some(total);
+        }
+        options.expected = parse_optional_digest(&first.expected)?;
+        let mut writer = self.store.writer(&namespace, options).await?;
+        let status = writer.status().await?;
+        let mut offset = status.offset;
+        let mut total = status.total;
+        let started_at = status.started_at;
+
+        let mut next = Some(first);
+        while let Some(request) = next {
+            if !request.ref_.is_empty() && request.ref_ != reference {
+                return Err(Error::invalid_argument(format!(
+                    "write stream for {reference} got a request for {}",
+                    request.ref_
+                )));
+            }
+            let request_total = unsigned("total", request.total)?;
+            if request_total > 0 && total > 0 && request_total != total {
+                return Err(Error::invalid_argument(format!(
+                    "ingest {reference} expects {total} bytes, not {request_total}"
+                )));
+            }
+            if total == 0 {
+                total = request_total;
+            }
+            let action = request.action.enum_value().map_err(|v| {
+                Error::invalid_argument(format!("unknown write action {v}"))
+            })?;
+            if matches!(action, pb::WriteAction::WRITE | pb::WriteAction::COMMIT) {
+                let at = unsigned("offset", request.offset)?;
+                if at != offset {
+                    if at != 0 {
+                        return Err(Error::failed_precondition(format!(
+                            "write at offset {at}, but ingest {reference} is at {offset}"
+                        )));
+                    }
+                    writer.restart().await?;
+                    offset = 0;
+                }
+                if total > 0 && offset + request.data.len() as u64 > total {
+                    return Err(Error::invalid_argument(format!(
+                        "writing {} bytes at offset {offset} would pass the expected size {total}",
+                        request.data.len()
+                    )));
+                }
+                offset += request.data.len() as u64;
+                writer.write(request.data).await?;
+            }
+            let mut response = pb::WriteResponse {
+                action: action.into(),
+                started_at: timestamp(started_at),
+                updated_at: timestamp(std::time::SystemTime::now()),
+                offset: offset as i64,
+                total: total as i64,
+                ..Default::default()
+            };
+            if action == pb::WriteAction::COMMIT {
+                let digest = writer
+                    .commit(CommitOptions {
+                        size: (total > 0).then_some(total),
+                        expected: parse_optional_digest(&request.expected)?,
+                        labels: request.labels,
+                    })
+                    .await?;
+                response.digest = digest.to_string();
+                stream.send(&response).await?;
+                return Ok(());
+            }
+            stream.send(&response).await?;
+            next = stream.recv().await?;
+        }
+        Ok(())
+    }
+}
+
+fn traced<T>(method: &'static str, result: Result<T>) -> ttrpc::Result<T> {
+    result.map_err(|e| {
+        tracing::debug!(method, kind = %e.kind(), error = %e, "request failed");
+        e.into_ttrpc()
+    })
+}
+
+#[async_trait]
+impl pb::Content for ContentService {
+    async fn info(&self, ctx: &TtrpcContext, req: pb::InfoRequest) -> ttrpc::Result<pb::InfoResponse> {
+        traced("info", async {
+            let namespace = request_namespace(ctx)?;
+            let digest = parse_digest(&req.digest)?;
+            let info = self.store.info(&namespace, &digest).await?;
+            Ok(pb::InfoResponse {
+                info: Some(info_to_pb(&info)).into(),
+                ..Default::default()
+            })
+        }
+        .await)
+    }
+
+    async fn update(
+        &self,
+        ctx: &TtrpcContext,
+        req: pb::UpdateRequest,
+    ) -> ttrpc::Result<pb::UpdateResponse> {
+        traced("update", async {
+            let namespace = request_namespace(ctx)?;
+            let info = req
+                .info
+                .as_ref()
+                .ok_or_else(|| Error::invalid_argument("update needs an info"))?;
+            let info = info_from_pb(info)?;
+            let updated = self.store.update(&namespace, info, &req.update_paths).await?;
+            Ok(pb::UpdateResponse {
+                info: Some(info_to_pb(&updated)).into(),
+                ..Default::default()
+            })
+        }
+        .await)
+    }
+
+    async fn list(
+        &self,
+        ctx: &TtrpcContext,
+        req: pb::ListRequest,
+        sender: ServerStreamSender<pb::ListResponse>,
+    ) -> ttrpc::Result<()> {
+        traced("list", async {
+            let namespace = request_namespace(ctx)?;
+            let infos = self.store.list(&namespace, &req.filters).await?;
+            for batch in infos.chunks(LIST_BATCH) {
+                let response = pb::ListResponse {
+                    infos: batch.iter().map(info_to_pb).collect(),
+                    ..Default::default()
+                };
+                sender.send(&response).await?;
+            }
+            Ok(())
+        }
+        .await)
+    }
+
+    async fn delete(&self, ctx: &TtrpcContext, req: pb::DeleteRequest) -> ttrpc::Result<Empty> {
+        traced("delete", async {
+            let namespace = request_namespace(ctx)?;
+            let digest = parse_digest(&req.digest)?;
+            self.store.delete(&namespace, &digest).await?;
+            tracing::info!(%namespace, %digest, "deleted");
+            Ok(Empty::new())
+        }
+        .await)
+    }
+
+    async fn read_at(
+        &self,
+        ctx: &TtrpcContext,
+        req: pb::ReadAtRequest,
+    ) -> ttrpc::Result<pb::ReadAtResponse> {
+        traced("read_at", async {
+            let namespace = request_namespace(ctx)?;
+            let digest = parse_digest(&req.digest)?;
+            let offset = unsigned("offset", req.offset)?;
+            let size = unsigned("size", req.size)?;
+            let len = if size == 0 { MAX_READ } else { (size as usize).min(MAX_READ) };
+            let data = self.store.read_at(&namespace, &digest, offset, len).await?;
+            Ok(pb::ReadAtResponse {
+                offset: req.offset,
+                data,
+                ..Default::default()
+            })
+        }
+        .await)
+    }
+
+    async fn status(
+        &self,
+        ctx: &TtrpcContext,
+        req: pb::StatusRequest,
+    ) -> ttrpc::Result<pb::StatusResponse> {
+        traced("status", async {
+            let namespace = request_namespace(ctx)?;
+            let status = self.store.status(&namespace, &req.ref_).await?;
+            Ok(pb::StatusResponse {
+                status: Some(status_to_pb(&status)).into(),
+                ..Default::default()
+            })
+        }
+        .await)
+    }
+
+    async fn list_statuses(
+        &self,
+        ctx: &TtrpcContext,
+        req: pb::ListStatusesRequest,
+    ) -> ttrpc::Result<pb::ListStatusesResponse> {
+        traced("list_statuses", async {
+            let namespace = request_namespace(ctx)?;
+            let statuses = self.store.list_statuses(&namespace, &req.filters).await?;
+            Ok(pb::ListStatusesResponse {
+                statuses: statuses.iter().map(status_to_pb).collect(),
+                ..Default::default()
+            })
+        }
+        .await)
+    }
+
+    async fn write(
+        &self,
+        ctx: &TtrpcContext,
+        mut stream: ServerStream<pb::WriteResponse, pb::WriteRequest>,
+    ) -> ttrpc::Result<()> {
+        traced("write", async {
+            let namespace = request_namespace(ctx)?;
+            self.write_stream(namespace, &mut stream).await
+        }
+        .await)
+    }
+
+    async fn abort(&self, ctx: &TtrpcContext, req: pb::AbortRequest) -> ttrpc::Result<Empty> {
+        traced("abort", async {
+            let namespace = request_namespace(ctx)?;
+            self.store.abort(&namespace, &req.ref_).await?;
+            Ok(Empty::new())
+        }
+        .await)
+    }
+}
+

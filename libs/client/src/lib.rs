@@ -1,1 +1,12 @@
+//! Clients for berth's daemons.
+//!
+//! Each client implements the same trait as the daemon's local store
+//! ([`RemoteContentStore`] is a [`berth_content::ContentStore`]), so callers
+//! and the conformance suites do not care which side of the socket they are
+//! on. Errors come back with their kind (see `berth-errdefs`).
 
+mod connection;
+mod content;
+
+pub use connection::{connect, request_context};
+pub use content::RemoteContentStore;

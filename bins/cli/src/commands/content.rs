@@ -1,0 +1,407 @@
+//! `berth content ...`: berth-contentd's blobs and ingests.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+
+use anyhow::{bail, Context, Result};
+use berth_client::RemoteContentStore;
+use berth_content::{CommitOptions, ContentStore, Info, Status, WriterOptions, MAX_READ};
+use berth_ids::Digest;
+use futures::stream::{FuturesOrdered, StreamExt};
+use serde::Serialize;
+
+use crate::global::Global;
+use crate::output::{self, Format};
+
+/// How many reads `get` keeps in flight.
+const READ_AHEAD: usize = 4;
+
+#[derive(Debug, clap::Subcommand)]
+pub enum ContentCommand {
+    /// List blobs, optionally matching filters (e.g. 'labels."a.b"==c').
+    #[command(visible_alias = "list")]
+    Ls {
+        /// Print digests only.
+        #[arg(short, long)]
+        quiet: bool,
+        filters: Vec<String>,
+    },
+    /// Show one blob's size, times and labels.
+    Info { digest: String },
+    /// Write a blob to standard output.
+    Get { digest: String },
+    /// Store standard input as a blob, under an ingest ref (resumable).
+    Ingest {
+        reference: String,
+        /// The digest the content must have.
+        #[arg(long)]
+        expected: Option<String>,
+        /// The size the content must have.
+        #[arg(long)]
+        size: Option<u64>,
+        /// Labels for the blob, KEY=VALUE.
+        #[arg(long = "label", value_name = "KEY=VALUE")]
+        labels: Vec<String>,
+    },
+    /// Remove blobs from the namespace.
+    #[command(visible_alias = "del")]
+    Rm {
+        #[arg(required = true)]
+        digests: Vec<String>,
+    },
+    /// Set (KEY=VALUE) or remove (KEY=) labels on a blob.
+    Label {
+        digest: String,
+        #[arg(required = true, value_name = "KEY=VALUE")]
+        labels: Vec<String>,
+    },
+    /// List ingests in progress.
+    Active { filters: Vec<String> },
+    /// Drop ingests in progress and their data.
+    Abort {
+        #[arg(required = true)]
+        references: Vec<String>,
+    },
+}
+
+pub async fn run(global: &Global, command: ContentCommand) -> Result<()> {
+    let namespace = global.namespace()?.to_string();
+    let socket = global.contentd_socket();
+    let store = RemoteContentStore::connect(socket)
+        .await
+        .with_context(|| "berth-contentd".to_string())?;
+    let ns = namespace.as_str();
+    match command {
+        ContentCommand::Ls { quiet, filters } => list(&store, ns, &filters, quiet, global.format).await,
+        ContentCommand::Info { digest } => {
+            let digest = parse_digest(&digest)?;
+            let info = store
+                .info(ns, &digest)
+                .await
+                .with_context(|| format!("content info {digest}"))?;
+            match global.format {
+                Format::Json => output::json(&InfoJson::from(&info)),
+                Format::Table => {
+                    println!("digest:   {}", info.digest);
+                    println!("size:     {} ({})", info.size, output::size(info.size));
+                    println!("created:  {}", output::age(info.created_at));
+                    println!("updated:  {}", output::age(info.updated_at));
+                    let mut labels: Vec<_> = info.labels.iter().collect();
+                    labels.sort();
+                    for (k, v) in labels {
+                        println!("label:    {k}={v}");
+                    }
+                    Ok(())
+                }
+            }
+        }
+        ContentCommand::Get { digest } => {
+            let digest = parse_digest(&digest)?;
+            get(&store, ns, &digest)
+                .await
+                .with_context(|| format!("content get {digest}"))
+        }
+        ContentCommand::Ingest {
+            reference,
+            expected,
+            size,
+            labels,
+        } => {
+            let expected = expected.as_deref().map(parse_digest).transpose()?;
+            let labels = parse_labels(&labels, false)?;
+            let digest = ingest(&store, ns, &reference, expected, size, labels)
+                .await
+                .with_context(|| format!("content ingest {reference}"))?;
+            match global.format {
+                Format::Json => output::json(&serde_json::json!({ "digest": digest.to_string() })),
+                Format::Table => {
+                    println!("{digest}");
+                    Ok(())
+                }
+            }
+        }
+        ContentCommand::Rm { digests } => {
+            for digest in digests {
+                let digest = parse_digest(&digest)?;
+                store
+                    .delete(ns, &digest)
+                    .await
+                    .with_context(|| format!("content rm {digest}"))?;
+                if global.format == Format::Table {
+                    println!("{digest}");
+                }
+            }
+            Ok(())
+        }
+        ContentCommand::Label { digest, labels } => {
+            let digest = parse_digest(&digest)?;
+            let labels = parse_labels(&labels, true)?;
+            let paths: Vec<String> = labels.keys().map(|k| format!("labels.{k}")).collect();
+            let new: HashMap<String, String> = labels
+                .into_iter()
+                .filter_map(|(k, v)| v.map(|v| (k, v)))
+                .collect();
+            let mut info = store
+                .info(ns, &digest)
+                .await
+                .with_context(|| format!("content label {digest}"))?;
+            info.labels = new;
+            let updated = store
+                .update(ns, info, &paths)
+                .await
+                .with_context(|| format!("content label {digest}"))?;
+            match global.format {
+                Format::Json => output::json(&InfoJson::from(&updated)),
+                Format::Table => {
+                    let mut labels: Vec<_> = updated.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    labels.sort();
+                    println!("{}", labels.join(","));
+                    Ok(())
+                }
+            }
+        }
+        ContentCommand::Active { filters } => {
+            let statuses = store
+                .list_statuses(ns, &filters)
+                .await
+                .context("content active")?;
+            match global.format {
+                Format::Json => output::json(&statuses.iter().map(StatusJson::from).collect::<Vec<_>>()),
+                Format::Table => {
+                    let rows: Vec<Vec<String>> = statuses
+                        .iter()
+                        .map(|s| {
+                            vec![
+                                s.reference.clone(),
+                                output::size(s.offset),
+                                if s.total == 0 { "-".into() } else { output::size(s.total) },
+                                output::age(s.started_at),
+                                output::age(s.updated_at),
+                            ]
+                        })
+                        .collect();
+                    output::table(&["REF", "OFFSET", "TOTAL", "STARTED", "UPDATED"], &rows)
+                }
+            }
+        }
+        ContentCommand::Abort { references } => {
+            for reference in references {
+                store
+                    .abort(ns, &reference)
+                    .await
+                    .with_context(|| format!("content abort {reference}"))?;
+            }
+            Ok(())
+        }
+    }
+}
+
+fn parse_digest(value: &str) -> Result<Digest> {
+    Digest::parse(value).map_err(|e| anyhow::anyhow!(e))
+}
+
+/// KEY=VALUE pairs; with `allow_removal`, KEY= means remove KEY.
+fn parse_labels(pairs: &[String], allow_removal: bool) -> Result<HashMap<String, Option<String>>> {
+    let mut labels = HashMap::new();
+    for pair in pairs {
+        let Some((key, value)) = pair.split_once('=') else {
+            bail!("label {pair:?}: expected KEY=VALUE");
+        };
+        if key.is_empty() {
+            bail!("label {pair:?}: empty key");
+        }
+        let value = if value.is_empty() && allow_removal {
+            None
+        } else {
+            Some(value.to_string())
+        };
+        labels.insert(key.to_string(), value);
+    }
+    Ok(labels)
+}
+
+#[derive(Serialize)]
+struct InfoJson {
+    digest: String,
+    size: u64,
+    created_at: f64,
+    updated_at: f64,
+    labels: std::collections::BTreeMap<String, String>,
+}
+
+impl From<&Info> for InfoJson {
+    fn from(info: &Info) -> InfoJson {
+        InfoJson {
+            digest: info.digest.to_string(),
+            size: info.size,
+            created_at: output::unix_seconds(info.created_at),
+            updated_at: output::unix_seconds(info.updated_at),
+            labels: info.labels.clone().into_iter().collect(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct StatusJson {
+    #[serde(rename = "ref")]
+    reference: String,
+    offset: u64,
+    total: u64,
+    expected: Option<String>,
+    started_at: f64,
+    updated_at: f64,
+}
+
+impl From<&Status> for StatusJson {
+    fn from(s: &Status) -> StatusJson {
+        StatusJson {
+            reference: s.reference.clone(),
+            offset: s.offset,
+            total: s.total,
+            expected: s.expected.as_ref().map(|d| d.to_string()),
+            started_at: output::unix_seconds(s.started_at),
+            updated_at: output::unix_seconds(s.updated_at),
+        }
+    }
+}
+
+async fn list(
+    store: &RemoteContentStore,
+    namespace: &str,
+    filters: &[String],
+    quiet: bool,
+    format: Format,
+) -> Result<()> {
+    let mut infos = store.list(namespace, filters).await.context("content ls")?;
+    infos.sort_by(|a, b| a.digest.cmp(&b.digest));
+    if quiet {
+        for info in &infos {
+            println!("{}", info.digest);
+        }
+        return Ok(());
+    }
+    match format {
+        Format::Json => output::json(&infos.iter().map(InfoJson::from).collect::<Vec<_>>()),
+        Format::Table => {
+            let rows: Vec<Vec<String>> = infos
+                .iter()
+                .map(|info| {
+                    let mut labels: Vec<_> = info.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    labels.sort();
+                    vec![
+                        info.digest.to_string(),
+                        output::size(info.size),
+                        output::age(info.created_at),
+                        labels.join(","),
+                    ]
+                })
+                .collect();
+            output::table(&["DIGEST", "SIZE", "AGE", "LABELS"], &rows)
+        }
+    }
+}
+
+/// Streams a blob to stdout with a few reads in flight.
+async fn get(store: &RemoteContentStore, namespace: &str, digest: &Digest) -> Result<()> {
+    let size = store.info(namespace, digest).await?.size;
+    let mut out = std::io::stdout().lock();
+    let mut pending = FuturesOrdered::new();
+    let mut next = 0u64;
+    let mut written = 0u64;
+    loop {
+        while pending.len() < READ_AHEAD && next < size {
+            let offset = next;
+            pending.push_back(async move { store.read_at(namespace, digest, offset, MAX_READ).await });
+            next += MAX_READ as u64;
+        }
+        let Some(chunk) = pending.next().await else {
+            break;
+        };
+        let chunk = chunk?;
+        if chunk.is_empty() {
+            bail!("blob ended at {written} of {size} bytes");
+        }
+        out.write_all(&chunk).context("writing to standard output")?;
+        written += chunk.len() as u64;
+    }
+    out.flush().context("writing to standard output")?;
+    Ok(())
+}
+
+/// Reads stdin on a thread in MAX_READ pieces, at most a few ahead.
+fn stdin_chunks() -> tokio::sync::mpsc::Receiver<std::io::Result<Vec<u8>>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    std::thread::spawn(move || {
+        let mut stdin = std::io::stdin().lock();
+        loop {
+            let mut buf = vec![0u8; MAX_READ];
+            let mut filled = 0;
+            while filled < buf.len() {
+                match stdin.read(&mut buf[filled..]) {
+                    Ok(0) => break,
+                    Ok(n) => filled += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(e));
+                        return;
+                    }
+                }
+            }
+            if filled == 0 {
+                return;
+            }
+            buf.truncate(filled);
+            if tx.blocking_send(Ok(buf)).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+async fn ingest(
+    store: &RemoteContentStore,
+    namespace: &str,
+    reference: &str,
+    expected: Option<Digest>,
+    size: Option<u64>,
+    labels: HashMap<String, Option<String>>,
+) -> Result<Digest> {
+    let mut options = WriterOptions::new(reference);
+    options.total = size;
+    options.expected = expected.clone();
+    let mut writer = store.writer(namespace, options).await?;
+    // A resumed ingest already holds the first `skip` bytes: standard input
+    // gives them again, and they are not sent again.
+    let mut skip = writer.status().await?.offset;
+    if skip > 0 {
+        eprintln!("berth: resuming {reference} at offset {skip}");
+    }
+    let mut chunks = stdin_chunks();
+    while let Some(chunk) = chunks.recv().await {
+        let mut chunk = chunk.context("reading standard input")?;
+        if skip > 0 {
+            let dropped = skip.min(chunk.len() as u64);
+            chunk.drain(..dropped as usize);
+            skip -= dropped;
+            if chunk.is_empty() {
+                continue;
+            }
+        }
+        writer.write(chunk).await?;
+    }
+    if skip > 0 {
+        bail!("standard input is shorter than what the ingest already holds");
+    }
+    let labels = labels
+        .into_iter()
+        .filter_map(|(k, v)| v.map(|v| (k, v)))
+        .collect();
+    Ok(writer
+        .commit(CommitOptions {
+            size,
+            expected,
+            labels,
+        })
+        .await?)
+}

@@ -1,0 +1,48 @@
+use std::path::PathBuf;
+
+use berth_ids::{validate_namespace, DEFAULT_NAMESPACE};
+
+use crate::output::Format;
+
+/// Options every subcommand takes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Global {
+    /// Send the subcommand to this one socket, whichever daemon it is
+    /// (for debugging one component).
+    #[arg(long, global = true, value_name = "SOCKET")]
+    pub address: Option<PathBuf>,
+    /// berth-contentd's socket.
+    #[arg(
+        long,
+        global = true,
+        env = "BERTH_CONTENTD_ADDRESS",
+        default_value = "/run/berth/contentd.sock",
+        value_name = "SOCKET"
+    )]
+    pub contentd: PathBuf,
+    /// Namespace to work in.
+    #[arg(
+        short,
+        long,
+        global = true,
+        env = "BERTH_NAMESPACE",
+        default_value = DEFAULT_NAMESPACE
+    )]
+    pub namespace: String,
+    /// Output for people (table) or for scripts (json).
+    #[arg(long, global = true, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}
+
+impl Global {
+    /// The socket for berth-contentd: `--address` if given, else
+    /// `--contentd` / `BERTH_CONTENTD_ADDRESS`.
+    pub fn contentd_socket(&self) -> &PathBuf {
+        self.address.as_ref().unwrap_or(&self.contentd)
+    }
+
+    pub fn namespace(&self) -> anyhow::Result<&str> {
+        validate_namespace(&self.namespace)?;
+        Ok(&self.namespace)
+    }
+}
