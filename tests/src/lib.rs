@@ -1,1 +1,236 @@
+//! Support for berth's end-to-end tests: find the built binaries, start
+//! daemons on temp dirs and sockets, kill them by pid, and decide when a
+//! missing prerequisite may skip a test (never under `CI=true`).
 
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A binary of this workspace, built next to the test executable. The
+/// README's test command builds them first (`cargo build --workspace --bins`).
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable is under target/<profile>/deps");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is not built: run `cargo build --workspace --bins` first",
+        path.display()
+    );
+    path
+}
+
+/// Whether we run under CI, where a missing prerequisite fails a test.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+/// Returns false (skip) when `why` is missing outside CI; panics under CI.
+pub fn require(available: bool, why: &str) -> bool {
+    if available {
+        return true;
+    }
+    assert!(!in_ci(), "prerequisite missing under CI: {why}");
+    eprintln!("skipping: {why}");
+    false
+}
+
+pub fn is_root() -> bool {
+    nix::unistd::Uid::effective().is_root()
+}
+
+/// A daemon process started by a test, on its own temp directory. Killed
+/// (by pid) when dropped.
+#[derive(Debug)]
+pub struct Daemon {
+    binary: String,
+    child: Option<Child>,
+    pub dir: PathBuf,
+    pub root: PathBuf,
+    pub state: PathBuf,
+    pub socket: PathBuf,
+    pub log: PathBuf,
+    extra_args: Vec<String>,
+}
+
+impl Daemon {
+    /// Starts `binary` with `--root`, `--state` and `--address` under `dir`.
+    pub fn start(binary_name: &str, dir: &Path) -> Daemon {
+        Daemon::start_with_args(binary_name, dir, &[])
+    }
+
+    pub fn start_with_args(binary_name: &str, dir: &Path, extra_args: &[&str]) -> Daemon {
+        let mut daemon = Daemon {
+            binary: binary_name.to_string(),
+            child: None,
+            dir: dir.to_path_buf(),
+            root: dir.join("root"),
+            state: dir.join("state"),
+            socket: dir.join("run").join("daemon.sock"),
+            log: dir.join("daemon.log"),
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+        };
+        daemon.spawn();
+        daemon
+    }
+
+    pub fn contentd(dir: &Path) -> Daemon {
+        Daemon::start("berth-contentd", dir)
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("daemon log");
+        let child = Command::new(binary(&self.binary))
+            .arg("--root")
+            .arg(&self.root)
+            .arg("--state")
+            .arg(&self.state)
+            .arg("--address")
+            .arg(&self.socket)
+            .arg("--log-level")
+            .arg("debug")
+            .args(&self.extra_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starting daemon");
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+                return;
+            }
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!(
+                        "{} exited with {status} before serving:\n{}",
+                        self.binary,
+                        self.log_text()
+                    );
+                }
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("{} did not start serving:\n{}", self.binary, self.log_text());
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).expect("daemon is running")
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait; returns the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("daemon is running");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .expect("SIGTERM");
+        child.wait().expect("waiting for daemon")
+    }
+
+    /// Starts the daemon again on the same directories.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "restart after kill or terminate");
+        self.spawn();
+    }
+
+    /// Peak resident memory (VmHWM) of the daemon, in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        status_field_kib(self.pid(), "VmHWM:")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A `kB` field of /proc/<pid>/status.
+pub fn status_field_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .expect("status field")
+}
+
+/// Runs the `berth` CLI against a socket; returns (exit ok, stdout, stderr).
+pub fn berth(socket: &Path, args: &[&str], stdin: Option<&[u8]>) -> (bool, Vec<u8>, String) {
+    use std::io::Write;
+    let mut child = Command::new(binary("berth"))
+        .env("BERTH_CONTENTD_ADDRESS", socket)
+        .env_remove("BERTH_NAMESPACE")
+        .args(args)
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running berth");
+    if let Some(input) = stdin {
+        let mut pipe = child.stdin.take().expect("stdin");
+        let input = input.to_vec();
+        std::thread::spawn(move || {
+            let _ = pipe.write_all(&input);
+        });
+    }
+    let out = child.wait_with_output().expect("berth output");
+    (
+        out.status.success(),
+        out.stdout,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Fast, non-repeating test data of any size: one pseudo-random block,
+/// copied, with every 4 KiB stamped with its position.
+#[derive(Debug)]
+pub struct BlockSource {
+    base: Vec<u8>,
+}
+
+impl BlockSource {
+    pub fn new(block_size: usize) -> BlockSource {
+        BlockSource {
+            base: berth_content::testsuite::test_data(block_size, 0x5eed),
+        }
+    }
+
+    pub fn block(&self, index: u64) -> Vec<u8> {
+        let mut data = self.base.clone();
+        for (i, chunk) in data.chunks_mut(4096).enumerate() {
+            let stamp = (index * 1_000_003 + i as u64).to_le_bytes();
+            let n = chunk.len().min(8);
+            chunk[..n].copy_from_slice(&stamp[..n]);
+        }
+        data
+    }
+}

@@ -305,7 +305,10 @@ impl ContentWriter for LocalWriter {
     async fn commit(mut self: Box<Self>, options: CommitOptions) -> Result<Digest> {
         validate_labels(&options.labels)?;
         let state = self.take_state()?;
-        let wanted_size = options.size.or((self.total != 0).then_some(self.total));
+        let wanted_sizes: Vec<u64> = [options.size, (self.total != 0).then_some(self.total)]
+            .into_iter()
+            .flatten()
+            .collect();
         let expected: Vec<Digest> = [options.expected, self.expected.clone()]
             .into_iter()
             .flatten()
@@ -319,12 +322,10 @@ impl ContentWriter for LocalWriter {
         let data_path = self.data_path();
         let result = blocking(move || {
             let size = state.hasher.len();
-            if let Some(wanted) = wanted_size {
-                if size != wanted {
-                    return Err(Error::failed_precondition(format!(
-                        "commit of {reference}: {size} bytes written, {wanted} expected"
-                    )));
-                }
+            if let Some(wanted) = wanted_sizes.iter().find(|w| **w != size) {
+                return Err(Error::failed_precondition(format!(
+                    "commit of {reference}: {size} bytes written, {wanted} expected"
+                )));
             }
             let digest = state.hasher.digest();
             if let Some(other) = expected.iter().find(|e| **e != digest) {

@@ -72,18 +72,20 @@ impl ContentService {
                     request.ref_
                 )));
             }
-            let request_total = unsigned("total", request.total)?;
-            if request_total > 0 && total > 0 && request_total != total {
-                return Err(Error::invalid_argument(format!(
-                    "ingest {reference} expects {total} bytes, not {request_total}"
-                )));
-            }
-            if total == 0 {
-                total = request_total;
-            }
             let action = request.action.enum_value().map_err(|v| {
                 Error::invalid_argument(format!("unknown write action {v}"))
             })?;
+            // On WRITE and STAT, total is the ingest's expected size; on
+            // COMMIT, the size the blob must have.
+            let request_total = unsigned("total", request.total)?;
+            if action != pb::WriteAction::COMMIT && request_total > 0 {
+                if total > 0 && request_total != total {
+                    return Err(Error::invalid_argument(format!(
+                        "ingest {reference} expects {total} bytes, not {request_total}"
+                    )));
+                }
+                total = request_total;
+            }
             if matches!(action, pb::WriteAction::WRITE | pb::WriteAction::COMMIT) {
                 let at = unsigned("offset", request.offset)?;
                 if at != offset {
@@ -95,7 +97,7 @@ impl ContentService {
                     writer.restart().await?;
                     offset = 0;
                 }
-                if total > 0 && offset + request.data.len() as u64 > total {
+                if total > 0 && !request.data.is_empty() && offset + request.data.len() as u64 > total {
                     return Err(Error::invalid_argument(format!(
                         "writing {} bytes at offset {offset} would pass the expected size {total}",
                         request.data.len()
@@ -115,7 +117,7 @@ impl ContentService {
             if action == pb::WriteAction::COMMIT {
                 let digest = writer
                     .commit(CommitOptions {
-                        size: (total > 0).then_some(total),
+                        size: (request_total > 0).then_some(request_total),
                         expected: parse_optional_digest(&request.expected)?,
                         labels: request.labels,
                     })
