@@ -1,0 +1,499 @@
+//! berth-contentd as a process: memory bounds, crashes, bad input, sockets,
+//! permissions, signals and systemd integration.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use berth_api::content as pb;
+use berth_client::{request_context, RemoteContentStore};
+use berth_content::{read_blob, CommitOptions, ContentStore, WriterOptions, MAX_READ};
+use berth_e2e::{binary, is_root, require, BlockSource, Daemon};
+use berth_errdefs::{Error, ErrorKind};
+use berth_ids::{Digest, Sha256Hasher};
+
+const MIB: u64 = 1024 * 1024;
+
+async fn connect(daemon: &Daemon) -> RemoteContentStore {
+    RemoteContentStore::connect(&daemon.socket)
+        .await
+        .expect("connect to contentd")
+}
+
+/// Writes blocks `from..to` of `source`, returning nothing; the hasher
+/// follows along.
+async fn write_blocks(
+    writer: &mut Box<dyn berth_content::ContentWriter>,
+    source: &BlockSource,
+    range: std::ops::Range<u64>,
+    hasher: &mut Sha256Hasher,
+) {
+    for i in range {
+        let block = source.block(i);
+        hasher.update(&block);
+        writer.write(block).await.expect("write");
+    }
+}
+
+/// Reads a whole blob through the pipelined read path, hashing as it goes.
+async fn digest_by_reading(store: &RemoteContentStore, ns: &str, digest: &Digest, size: u64) -> Digest {
+    let mut hasher = Sha256Hasher::new();
+    let mut offset = 0;
+    while offset < size {
+        let chunk = store.read_at(ns, digest, offset, MAX_READ).await.expect("read");
+        assert!(!chunk.is_empty());
+        hasher.update(&chunk);
+        offset += chunk.len() as u64;
+    }
+    hasher.finalize()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_gib_ingest_and_read_with_bounded_daemon_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::contentd(dir.path());
+    let store = connect(&daemon).await;
+    let source = BlockSource::new(MIB as usize);
+    let blocks = 1024;
+    let mut writer = store
+        .writer("default", WriterOptions::new("big").total(blocks * MIB))
+        .await
+        .unwrap();
+    let mut hasher = Sha256Hasher::new();
+    write_blocks(&mut writer, &source, 0..blocks, &mut hasher).await;
+    let expected = hasher.finalize();
+    let digest = writer
+        .commit(CommitOptions {
+            expected: Some(expected.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(digest, expected);
+    assert_eq!(store.info("default", &digest).await.unwrap().size, blocks * MIB);
+    assert_eq!(digest_by_reading(&store, "default", &digest, blocks * MIB).await, expected);
+    let peak = daemon.peak_rss_kib();
+    // The daemon holds a window of chunks, not the blob.
+    assert!(peak < 128 * 1024, "contentd peaked at {peak} KiB for a 1 GiB blob");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_ingest_then_resume_from_the_stored_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut daemon = Daemon::contentd(dir.path());
+    let store = connect(&daemon).await;
+    let source = BlockSource::new(MIB as usize);
+    let (written, total) = (100, 130);
+    let mut writer = store
+        .writer("default", WriterOptions::new("crashy").total(total * MIB))
+        .await
+        .unwrap();
+    let mut hasher = Sha256Hasher::new();
+    write_blocks(&mut writer, &source, 0..written, &mut hasher).await;
+    // Wait until the daemon has everything sent so far, then crash it.
+    assert_eq!(writer.status().await.unwrap().offset, written * MIB);
+    daemon.kill();
+    drop(writer);
+    daemon.restart();
+    let store = connect(&daemon).await;
+
+    let status = store.status("default", "crashy").await.unwrap();
+    assert_eq!(status.offset, written * MIB);
+    assert_eq!(status.total, total * MIB);
+    let mut writer = store
+        .writer("default", WriterOptions::new("crashy"))
+        .await
+        .unwrap();
+    assert_eq!(writer.status().await.unwrap().offset, written * MIB);
+    // The daemon resumed from its last hash checkpoint (at 64 MiB), not by
+    // re-reading the whole ingest.
+    let log = daemon.log_text();
+    let rehashed: u64 = log
+        .lines()
+        .filter(|l| l.contains("resumed ingest"))
+        .filter_map(|l| l.split("rehashed=").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
+        .last()
+        .expect("resume is logged");
+    assert_eq!(rehashed, (written - 64) * MIB, "{log}");
+
+    write_blocks(&mut writer, &source, written..total, &mut hasher).await;
+    let expected = hasher.finalize();
+    let digest = writer
+        .commit(CommitOptions {
+            expected: Some(expected.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(digest, expected);
+    assert_eq!(digest_by_reading(&store, "default", &digest, total * MIB).await, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_blobs_survive_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut daemon = Daemon::contentd(dir.path());
+    let store = connect(&daemon).await;
+    let mut digests = Vec::new();
+    for i in 0..50u8 {
+        let data = vec![i; 1000 + i as usize];
+        digests.push((
+            berth_content::write_blob(&store, "default", &format!("b{i}"), &data, None, Default::default())
+                .await
+                .unwrap(),
+            data,
+        ));
+    }
+    daemon.kill();
+    daemon.restart();
+    let store = connect(&daemon).await;
+    for (digest, data) in &digests {
+        assert_eq!(&read_blob(&store, "default", digest, 1 << 20).await.unwrap(), data);
+    }
+    assert_eq!(store.list("default", &[]).await.unwrap().len(), digests.len());
+}
+
+/// Names and sizes of every file under `dir` except LMDB's, whose pages
+/// may move without meaning anything.
+fn tree(dir: &Path) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let entry = entry.unwrap();
+            let meta = entry.metadata().unwrap();
+            let name = entry.path().strip_prefix(dir).unwrap().display().to_string();
+            if meta.is_dir() {
+                stack.push(entry.path());
+                out.insert(format!("{name}/"), 0);
+            } else if !name.starts_with("meta/") {
+                out.insert(name, meta.len());
+            }
+        }
+    }
+    out
+}
+
+fn kind_of<T: std::fmt::Debug>(result: Result<T, ttrpc::Error>) -> ErrorKind {
+    Error::from(result.expect_err("request must fail")).kind()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_are_invalid_argument_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::contentd(dir.path());
+    let store = connect(&daemon).await;
+    let digest = berth_content::write_blob(&store, "default", "keep", b"keep me", None, Default::default())
+        .await
+        .unwrap();
+    let before = tree(&daemon.root);
+    let raw = store.raw();
+    let ctx = || request_context("default");
+
+    for bad in [
+        "",
+        "sha256:",
+        "sha256:../../../../etc/passwd",
+        "md5:d41d8cd98f00b204e9800998ecf8427e",
+        "sha256:E3B0C44298FC1C149AFBF4C8996FB92427AE41E4649B934CA495991B7852B855",
+        &format!("{digest}/../x"),
+    ] {
+        let info = pb::InfoRequest { digest: bad.to_string(), ..Default::default() };
+        assert_eq!(kind_of(raw.info(ctx(), &info).await), ErrorKind::InvalidArgument, "{bad:?}");
+        let read = pb::ReadAtRequest { digest: bad.to_string(), ..Default::default() };
+        assert_eq!(kind_of(raw.read_at(ctx(), &read).await), ErrorKind::InvalidArgument);
+        let delete = pb::DeleteRequest { digest: bad.to_string(), ..Default::default() };
+        assert_eq!(kind_of(raw.delete(ctx(), &delete).await), ErrorKind::InvalidArgument);
+    }
+    let negative = pb::ReadAtRequest { digest: digest.to_string(), offset: -1, ..Default::default() };
+    assert_eq!(kind_of(raw.read_at(ctx(), &negative).await), ErrorKind::InvalidArgument);
+
+    // Namespaces from the metadata are validated like everything else.
+    for ns in ["../x", "a/b", "..", "-"] {
+        let info = pb::InfoRequest { digest: digest.to_string(), ..Default::default() };
+        assert_eq!(
+            kind_of(raw.info(request_context(ns), &info).await),
+            ErrorKind::InvalidArgument,
+            "{ns:?}"
+        );
+        let err = berth_content::write_blob(&store, ns, "r", b"x", None, Default::default())
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+    }
+    // Refs that look like paths never open an ingest.
+    for reference in ["../../x", "/etc/passwd", "a/../../b", ".."] {
+        let err = store
+            .writer("default", WriterOptions::new(reference))
+            .await
+            .map(|_| ())
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{reference:?}");
+    }
+    // Oversized labels on commit and on update.
+    let huge: std::collections::HashMap<String, String> =
+        [("k".to_string(), "v".repeat(5000))].into_iter().collect();
+    let err = berth_content::write_blob(&store, "default", "labels", b"other", None, huge.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+    assert_eq!(
+        store.info("default", &Digest::of(b"other")).await.unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    // The data written before the refused commit stays as a resumable
+    // ingest, as a failed digest check leaves it; it is the caller's to
+    // retry or abort.
+    assert_eq!(store.status("default", "labels").await.unwrap().offset, 5);
+    store.abort("default", "labels").await.unwrap();
+    let mut info = store.info("default", &digest).await.unwrap();
+    info.labels = huge;
+    assert_eq!(
+        store.update("default", info, &[]).await.unwrap_err().kind(),
+        ErrorKind::InvalidArgument
+    );
+    // A write stream whose first request names no ref.
+    let stream = raw.write(ctx()).await.unwrap();
+    let (sender, mut receiver) = stream.split();
+    sender.send(&pb::WriteRequest::default()).await.unwrap();
+    assert_eq!(kind_of(receiver.recv().await), ErrorKind::InvalidArgument);
+
+    // Nothing changed, inside the root or beside it.
+    let after = tree(&daemon.root);
+    let leftover_ingests: Vec<_> = after.keys().filter(|k| k.starts_with("ingest/") && !before.contains_key(*k)).collect();
+    assert!(leftover_ingests.is_empty(), "{leftover_ingests:?}");
+    assert_eq!(before, after);
+    assert!(!dir.path().join("x").exists());
+    assert!(!daemon.root.join("x").exists());
+    assert!(store.list_statuses("default", &[]).await.unwrap().is_empty());
+    assert_eq!(store.list("default", &[]).await.unwrap().len(), 1);
+}
+
+#[test]
+fn sockets_and_directories_are_private() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::contentd(dir.path());
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().mode() & 0o7777;
+    assert_eq!(mode(&daemon.socket), 0o660);
+    assert_eq!(mode(daemon.socket.parent().unwrap()), 0o711);
+    assert_eq!(mode(&daemon.root), 0o700);
+    assert_eq!(mode(&daemon.state), 0o700);
+    // Every directory and blob under the root is private or read-only.
+    for sub in ["blobs", "blobs/sha256", "ingest", "meta"] {
+        assert_eq!(mode(&daemon.root.join(sub)), 0o700, "{sub}");
+    }
+    // The socket is a path, never in the abstract namespace.
+    let unix = std::fs::read_to_string("/proc/net/unix").unwrap();
+    assert!(unix.contains(daemon.socket.to_str().unwrap()));
+    let inode_lines: Vec<_> = unix.lines().filter(|l| l.contains(" @")).collect();
+    let pid = daemon.pid();
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap();
+    for fd in fds {
+        let target = std::fs::read_link(fd.unwrap().path()).unwrap_or_default();
+        let target = target.display().to_string();
+        if let Some(inode) = target.strip_prefix("socket:[").and_then(|s| s.strip_suffix(']')) {
+            assert!(
+                !inode_lines.iter().any(|l| l.split_whitespace().nth(6) == Some(inode)),
+                "contentd holds an abstract socket"
+            );
+        }
+    }
+}
+
+/// Runs the berth CLI as another user against `socket`.
+fn berth_as(uid: u32, gid: u32, socket: &Path, args: &[&str]) -> (bool, String) {
+    use std::os::unix::process::CommandExt;
+    let out = Command::new(binary("berth"))
+        .env("BERTH_CONTENTD_ADDRESS", socket)
+        .args(args)
+        .uid(uid)
+        .gid(gid)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running berth");
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// Opens the directories on the way to the socket so only the daemon's
+/// credential check stands between another user and it.
+fn open_up(dir: &Path, socket: &Path) {
+    for d in [dir, socket.parent().unwrap()] {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+}
+
+fn other_user_can_run_berth() -> bool {
+    // The test binaries must be reachable by uid 65534.
+    binary("berth")
+        .ancestors()
+        .all(|p| std::fs::metadata(p).map(|m| m.mode() & 0o001 != 0 || p.as_os_str().is_empty()).unwrap_or(true))
+}
+
+#[test]
+fn callers_other_than_root_the_daemon_user_or_its_group_are_refused() {
+    if !require(is_root(), "needs root to act as another user") {
+        return;
+    }
+    if !require(other_user_can_run_berth(), "uid 65534 cannot reach target/debug/berth") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::contentd(dir.path());
+    open_up(dir.path(), &daemon.socket);
+    let (ok, stderr) = berth_as(65534, 65534, &daemon.socket, &["content", "ls"]);
+    assert!(!ok, "uid 65534 was served");
+    assert!(stderr.starts_with("berth: "), "{stderr}");
+    assert!(daemon.log_text().contains("refused connection"));
+    // Root is served on the same socket.
+    let (ok, stderr) = berth_as(0, 0, &daemon.socket, &["content", "ls"]);
+    assert!(ok, "{stderr}");
+    drop(daemon);
+
+    // With --socket-group, members of that group are served.
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start_with_args("berth-contentd", dir.path(), &["--socket-group", "65534"]);
+    open_up(dir.path(), &daemon.socket);
+    assert_eq!(std::fs::metadata(&daemon.socket).unwrap().gid(), 65534);
+    let (ok, stderr) = berth_as(65534, 65534, &daemon.socket, &["content", "ls"]);
+    assert!(ok, "{stderr}");
+}
+
+#[test]
+fn sigterm_stops_cleanly_and_removes_the_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut daemon = Daemon::contentd(dir.path());
+    let status = daemon.terminate();
+    assert!(status.success(), "{status}");
+    assert!(!daemon.socket.exists());
+    // A second daemon on the same root starts, and a live one is not
+    // displaced by a third.
+    daemon.restart();
+    let third = Command::new(binary("berth-contentd"))
+        .arg("--root")
+        .arg(dir.path().join("root2"))
+        .arg("--state")
+        .arg(dir.path().join("state2"))
+        .arg("--address")
+        .arg(&daemon.socket)
+        .output()
+        .unwrap();
+    assert!(!third.status.success());
+    assert!(String::from_utf8_lossy(&third.stderr).contains("in use"));
+    assert!(std::os::unix::net::UnixStream::connect(&daemon.socket).is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_a_systemd_activated_socket() {
+    let Ok(activate) = which("systemd-socket-activate") else {
+        assert!(!berth_e2e::in_ci(), "systemd-socket-activate is missing under CI");
+        eprintln!("skipping: systemd-socket-activate not installed");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("activated.sock");
+    let unused = dir.path().join("not-bound.sock");
+    let mut child = Command::new(activate)
+        .arg("-l")
+        .arg(&socket)
+        .arg(binary("berth-contentd"))
+        .arg("--root")
+        .arg(dir.path().join("root"))
+        .arg("--state")
+        .arg(dir.path().join("state"))
+        .arg("--address")
+        .arg(&unused)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let guard = KillOnDrop(child.id());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !socket.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let store = RemoteContentStore::connect(&socket).await.unwrap();
+    let digest = berth_content::write_blob(&store, "default", "activated", b"hello", None, Default::default())
+        .await
+        .unwrap();
+    assert_eq!(read_blob(&store, "default", &digest, 100).await.unwrap(), b"hello");
+    // It served the inherited socket and bound nothing of its own.
+    assert!(!unused.exists());
+    drop(guard);
+    let _ = child.wait();
+}
+
+#[test]
+fn tells_systemd_when_ready_stopping_and_pets_the_watchdog() {
+    let dir = tempfile::tempdir().unwrap();
+    let notify_path = dir.path().join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let socket = dir.path().join("run/c.sock");
+    let mut child = Command::new(binary("berth-contentd"))
+        .arg("--root")
+        .arg(dir.path().join("root"))
+        .arg("--state")
+        .arg(dir.path().join("state"))
+        .arg("--address")
+        .arg(&socket)
+        .env("NOTIFY_SOCKET", &notify_path)
+        .env("WATCHDOG_USEC", "100000")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let guard = KillOnDrop(child.id());
+    let mut buf = [0u8; 512];
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !(seen.iter().any(|m: &String| m.contains("READY=1"))
+        && seen.iter().any(|m| m.contains("WATCHDOG=1")))
+        && Instant::now() < deadline
+    {
+        let n = notify.recv(&mut buf).unwrap();
+        seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    assert!(seen.iter().any(|m| m.contains("READY=1")), "{seen:?}");
+    assert!(seen.iter().any(|m| m.contains("WATCHDOG=1")), "{seen:?}");
+    // Ready means serving.
+    assert!(std::os::unix::net::UnixStream::connect(&socket).is_ok());
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let mut stopping = false;
+    while let Ok(n) = notify.recv(&mut buf) {
+        if String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1") {
+            stopping = true;
+            break;
+        }
+    }
+    assert!(stopping);
+    assert!(child.wait().unwrap().success());
+    drop(guard);
+}
+
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0 as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+fn which(name: &str) -> Result<std::path::PathBuf, ()> {
+    std::env::var_os("PATH")
+        .and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|p| p.join(name))
+                .find(|p| p.exists())
+        })
+        .ok_or(())
+}
