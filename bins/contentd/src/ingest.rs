@@ -182,10 +182,16 @@ fn resume(data_path: &std::path::Path, dir: &std::path::Path, record: &IngestRec
         return Err(Error::internal("ingest data changed while resuming"));
     }
     tracing::debug!(reference = %record.reference, offset = len, rehashed, "resumed ingest");
+    // Only a checkpoint further on than the recorded one is worth saving.
+    let unsynced = if record.checkpoint == Some(hasher.checkpoint()) {
+        0
+    } else {
+        rehashed
+    };
     Ok(WriteState {
         file,
         hasher,
-        unsynced: rehashed,
+        unsynced,
     })
 }
 

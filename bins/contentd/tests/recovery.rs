@@ -1,0 +1,86 @@
+//! What start-up recovery cleans after a crash, and what it keeps.
+
+use berth_content::{read_blob, write_blob, ContentStore, WriterOptions};
+use berth_contentd::store::{LocalStore, Recovery};
+
+/// Reopens a store once the previous instance (and any checkpoint its
+/// dropped writers were still saving) has let go of the environment.
+fn reopen(root: &std::path::Path) -> (LocalStore, Recovery) {
+    for _ in 0..200 {
+        match LocalStore::open(root) {
+            Ok(opened) => return opened,
+            Err(e) if e.message().contains("already open") => {
+                std::thread::sleep(std::time::Duration::from_millis(10))
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    panic!("the store stayed open");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_removes_orphans_and_keeps_everything_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let (store, recovery) = LocalStore::open(root).unwrap();
+    assert_eq!(recovery, Recovery::default());
+    let kept = write_blob(&store, "default", "kept", b"kept", None, Default::default())
+        .await
+        .unwrap();
+    let mut writer = store
+        .writer("default", WriterOptions::new("pending"))
+        .await
+        .unwrap();
+    writer.write(b"half".to_vec()).await.unwrap();
+    drop(writer);
+    // Let the dropped writer's checkpoint land.
+    for _ in 0..100 {
+        if store.writer("default", WriterOptions::new("pending")).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    drop(store);
+
+    // What a crash can leave: a blob renamed into place whose transaction
+    // never committed, and an ingest directory never recorded.
+    let orphan_blob = root.join("blobs/sha256").join("ab".repeat(32));
+    std::fs::write(&orphan_blob, b"orphan").unwrap();
+    let orphan_ingest = root.join("ingest").join("cd".repeat(32));
+    std::fs::create_dir(&orphan_ingest).unwrap();
+    std::fs::write(orphan_ingest.join("data"), b"junk").unwrap();
+
+    let (store, recovery) = reopen(root);
+    assert_eq!(
+        recovery,
+        Recovery {
+            orphan_blobs: 1,
+            orphan_ingest_dirs: 1,
+            ingests_without_data: 0,
+        }
+    );
+    assert!(!orphan_blob.exists());
+    assert!(!orphan_ingest.exists());
+    assert_eq!(read_blob(&store, "default", &kept, 100).await.unwrap(), b"kept");
+    assert_eq!(store.status("default", "pending").await.unwrap().offset, 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ingest_whose_data_vanished_is_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let (store, _) = LocalStore::open(root).unwrap();
+    let mut writer = store
+        .writer("default", WriterOptions::new("vanishing"))
+        .await
+        .unwrap();
+    writer.write(b"data".to_vec()).await.unwrap();
+    drop(writer);
+    drop(store);
+    for entry in std::fs::read_dir(root.join("ingest")).unwrap() {
+        std::fs::remove_dir_all(entry.unwrap().path()).unwrap();
+    }
+    let (store, recovery) = reopen(root);
+    assert_eq!(recovery.ingests_without_data, 1);
+    assert!(store.list_statuses("default", &[]).await.unwrap().is_empty());
+}
