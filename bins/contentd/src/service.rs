@@ -12,7 +12,7 @@ use berth_content::wire::{
     unsigned,
 };
 use berth_content::{CommitOptions, ContentStore, WriterOptions, MAX_READ};
-use berth_daemon::request_namespace;
+use berth_daemon::{peer_hung_up, request_namespace};
 use berth_errdefs::{Error, Result};
 use ttrpc::r#async::{ServerStream, ServerStreamSender, TtrpcContext};
 
@@ -42,10 +42,11 @@ impl ContentService {
 
     async fn write_stream(
         &self,
+        ctx: &TtrpcContext,
         namespace: String,
         stream: &mut ServerStream<pb::WriteResponse, pb::WriteRequest>,
     ) -> Result<()> {
-        let Some(first) = stream.recv().await? else {
+        let Some(first) = next_request(ctx, stream).await? else {
             return Ok(());
         };
         if first.ref_.is_empty() {
@@ -127,9 +128,25 @@ impl ContentService {
                 return Ok(());
             }
             stream.send(&response).await?;
-            next = stream.recv().await?;
+            next = next_request(ctx, stream).await?;
         }
         Ok(())
+    }
+}
+
+/// The next request of a write stream; None when the client closed it. A
+/// client that hangs up without closing (it crashed) ends the stream too,
+/// so it does not hold its ingest's ref.
+async fn next_request(
+    ctx: &TtrpcContext,
+    stream: &mut ServerStream<pb::WriteResponse, pb::WriteRequest>,
+) -> Result<Option<pb::WriteRequest>> {
+    tokio::select! {
+        request = stream.recv() => Ok(request?),
+        () = peer_hung_up(ctx) => {
+            tracing::debug!("writer hung up mid-stream");
+            Err(Error::unavailable("the client hung up"))
+        }
     }
 }
 
@@ -268,7 +285,7 @@ impl pb::Content for ContentService {
     ) -> ttrpc::Result<()> {
         traced("write", async {
             let namespace = request_namespace(ctx)?;
-            self.write_stream(namespace, &mut stream).await
+            self.write_stream(ctx, namespace, &mut stream).await
         }
         .await)
     }

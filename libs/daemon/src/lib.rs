@@ -8,6 +8,7 @@
 
 mod config;
 mod error;
+mod liveness;
 mod logging;
 mod peer;
 mod request;
@@ -16,6 +17,7 @@ mod socket;
 
 pub use config::{DaemonConfig, DaemonFlags, Defaults, LogFormat};
 pub use error::DaemonError;
+pub use liveness::{peer_hung_up, ConnectionWatch};
 pub use logging::init_logging;
 pub use peer::PeerPolicy;
 pub use request::request_namespace;

@@ -58,8 +58,15 @@ impl AcceptHook for PeerPolicy {
             .map_err(|e| HookError::Io(e.into()))?;
         let (uid, gid) = (Uid::from_raw(creds.uid()), Gid::from_raw(creds.gid()));
         if self.allows(uid, gid) {
+            let mut data = ttrpc::ConnectionData::new();
+            match crate::liveness::ConnectionWatch::start(fd) {
+                Ok(watch) => {
+                    data.insert(crate::liveness::KEY.to_string(), Box::new(watch));
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot watch connection for hang-ups"),
+            }
             Ok(HookOutput {
-                data: Default::default(),
+                data,
                 payload_transform: None,
             })
         } else {
