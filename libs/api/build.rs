@@ -1,3 +1,5 @@
+#![allow(clippy::expect_used)] // A build script fails the build by panicking.
+
 //! Compiles berth's own service definitions in `proto/` with ttrpc-codegen.
 
 use std::path::PathBuf;
@@ -10,7 +12,10 @@ fn main() {
     let proto_root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
     let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     for proto in PROTOS {
-        println!("cargo:rerun-if-changed={}", proto_root.join(proto).display());
+        println!(
+            "cargo:rerun-if-changed={}",
+            proto_root.join(proto).display()
+        );
     }
     Codegen::new()
         .out_dir(&out_dir)

@@ -1,3 +1,5 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Test support: a panic is a failed test.
+
 //! Support for berth's end-to-end tests: find the built binaries, start
 //! daemons on temp dirs and sockets, kill them by pid, and decide when a
 //! missing prerequisite may skip a test (never under `CI=true`).
@@ -124,11 +126,18 @@ impl Daemon {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        panic!("{} did not start serving:\n{}", self.binary, self.log_text());
+        panic!(
+            "{} did not start serving:\n{}",
+            self.binary,
+            self.log_text()
+        );
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().map(Child::id).expect("daemon is running")
+        self.child
+            .as_ref()
+            .map(Child::id)
+            .expect("daemon is running")
     }
 
     pub fn log_text(&self) -> String {
@@ -190,7 +199,11 @@ pub fn berth(socket: &Path, args: &[&str], stdin: Option<&[u8]>) -> (bool, Vec<u
         .env("BERTH_CONTENTD_ADDRESS", socket)
         .env_remove("BERTH_NAMESPACE")
         .args(args)
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! `berth content ...` against a real berth-contentd.
 
 use std::io::Write;
@@ -19,7 +20,11 @@ fn ingest_list_info_get_label_remove() {
     let data = b"hello from the command line\n";
     let digest = Digest::of(data);
 
-    let (ok, out, err) = berth(sock, &["content", "ingest", "greeting", "--label", "team=core"], Some(data));
+    let (ok, out, err) = berth(
+        sock,
+        &["content", "ingest", "greeting", "--label", "team=core"],
+        Some(data),
+    );
     assert!(ok, "{err}");
     assert_eq!(text(&out).trim(), digest.as_str());
 
@@ -27,7 +32,10 @@ fn ingest_list_info_get_label_remove() {
     assert!(ok);
     let listing = text(&out);
     assert!(listing.starts_with("DIGEST"), "{listing}");
-    assert!(listing.contains(digest.as_str()) && listing.contains("team=core"), "{listing}");
+    assert!(
+        listing.contains(digest.as_str()) && listing.contains("team=core"),
+        "{listing}"
+    );
 
     let (ok, out, _) = berth(sock, &["content", "ls", "--format", "json"], None);
     assert!(ok);
@@ -44,14 +52,26 @@ fn ingest_list_info_get_label_remove() {
     assert!(ok);
     assert_eq!(out, data);
 
-    let (ok, out, _) = berth(sock, &["content", "info", digest.as_str(), "--format", "json"], None);
+    let (ok, out, _) = berth(
+        sock,
+        &["content", "info", digest.as_str(), "--format", "json"],
+        None,
+    );
     assert!(ok);
     let info: serde_json::Value = serde_json::from_slice(&out).unwrap();
     assert_eq!(info["size"], data.len());
 
-    let (ok, _, err) = berth(sock, &["content", "label", digest.as_str(), "team=", "tier=1"], None);
+    let (ok, _, err) = berth(
+        sock,
+        &["content", "label", digest.as_str(), "team=", "tier=1"],
+        None,
+    );
     assert!(ok, "{err}");
-    let (_, out, _) = berth(sock, &["content", "info", digest.as_str(), "--format", "json"], None);
+    let (_, out, _) = berth(
+        sock,
+        &["content", "info", digest.as_str(), "--format", "json"],
+        None,
+    );
     let info: serde_json::Value = serde_json::from_slice(&out).unwrap();
     assert_eq!(info["labels"], serde_json::json!({"tier": "1"}));
 
@@ -60,7 +80,10 @@ fn ingest_list_info_get_label_remove() {
     let (ok, _, err) = berth(sock, &["content", "info", digest.as_str()], None);
     assert!(!ok);
     assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.starts_with("berth: content info sha256:") && err.contains("not found"), "{err}");
+    assert!(
+        err.starts_with("berth: content info sha256:") && err.contains("not found"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -89,7 +112,10 @@ fn errors_are_one_line_and_nothing_is_stored() {
     // A daemon that is not there is one line too.
     let (ok, _, err) = berth(&dir.path().join("nothing.sock"), &["content", "ls"], None);
     assert!(!ok);
-    assert!(err.starts_with("berth: berth-contentd: connecting to"), "{err}");
+    assert!(
+        err.starts_with("berth: berth-contentd: connecting to"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -97,12 +123,20 @@ fn namespaces_do_not_see_each_other() {
     let dir = tempfile::tempdir().unwrap();
     let daemon = Daemon::contentd(dir.path());
     let sock = &daemon.socket;
-    let (ok, out, _) = berth(sock, &["-n", "team-a", "content", "ingest", "x"], Some(b"secret"));
+    let (ok, out, _) = berth(
+        sock,
+        &["-n", "team-a", "content", "ingest", "x"],
+        Some(b"secret"),
+    );
     assert!(ok);
     let digest = text(&out).trim().to_string();
     let (ok, _, err) = berth(sock, &["-n", "team-b", "content", "get", &digest], None);
     assert!(!ok && err.contains("not found"), "{err}");
-    let (_, out, _) = berth(sock, &["--namespace", "team-b", "content", "ls", "-q"], None);
+    let (_, out, _) = berth(
+        sock,
+        &["--namespace", "team-b", "content", "ls", "-q"],
+        None,
+    );
     assert!(out.is_empty());
     let (_, out, _) = berth(sock, &["-n", "team-a", "content", "ls", "-q"], None);
     assert_eq!(text(&out).trim(), digest);
@@ -151,7 +185,10 @@ fn active_and_abort() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let (_, out, _) = berth(sock, &["content", "active", "--format", "json"], None);
-    assert_eq!(serde_json::from_slice::<serde_json::Value>(&out).unwrap(), serde_json::json!([]));
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&out).unwrap(),
+        serde_json::json!([])
+    );
     let (ok, _, err) = berth(sock, &["content", "abort", "half-done"], None);
     assert!(!ok && err.contains("not found"), "{err}");
 }
@@ -190,7 +227,13 @@ fn an_interrupted_ingest_resumes_without_resending() {
 
     let mut child = Command::new(binary("berth"))
         .env("BERTH_CONTENTD_ADDRESS", &daemon.socket)
-        .args(["content", "ingest", "resumable", "--expected", digest.as_str()])
+        .args([
+            "content",
+            "ingest",
+            "resumable",
+            "--expected",
+            digest.as_str(),
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -212,11 +255,20 @@ fn an_interrupted_ingest_resumes_without_resending() {
     let all: Vec<u8> = blocks.concat();
     let (ok, out, err) = berth(
         &daemon.socket,
-        &["content", "ingest", "resumable", "--expected", digest.as_str()],
+        &[
+            "content",
+            "ingest",
+            "resumable",
+            "--expected",
+            digest.as_str(),
+        ],
         Some(&all),
     );
     assert!(ok, "{err}");
-    assert!(err.contains(&format!("resuming resumable at offset {first_part}")), "{err}");
+    assert!(
+        err.contains(&format!("resuming resumable at offset {first_part}")),
+        "{err}"
+    );
     assert_eq!(text(&out).trim(), digest.as_str());
     let (ok, out, _) = berth(&daemon.socket, &["content", "get", digest.as_str()], None);
     assert!(ok);

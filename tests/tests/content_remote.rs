@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! The content conformance suite across the socket: berth-contentd started
 //! as a process, driven through berth-client.
 

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! berth-contentd as a process: memory bounds, crashes, bad input, sockets,
 //! permissions, signals and systemd integration.
 
@@ -38,11 +39,19 @@ async fn write_blocks(
 }
 
 /// Reads a whole blob through the pipelined read path, hashing as it goes.
-async fn digest_by_reading(store: &RemoteContentStore, ns: &str, digest: &Digest, size: u64) -> Digest {
+async fn digest_by_reading(
+    store: &RemoteContentStore,
+    ns: &str,
+    digest: &Digest,
+    size: u64,
+) -> Digest {
     let mut hasher = Sha256Hasher::new();
     let mut offset = 0;
     while offset < size {
-        let chunk = store.read_at(ns, digest, offset, MAX_READ).await.expect("read");
+        let chunk = store
+            .read_at(ns, digest, offset, MAX_READ)
+            .await
+            .expect("read");
         assert!(!chunk.is_empty());
         hasher.update(&chunk);
         offset += chunk.len() as u64;
@@ -72,11 +81,20 @@ async fn one_gib_ingest_and_read_with_bounded_daemon_memory() {
         .await
         .unwrap();
     assert_eq!(digest, expected);
-    assert_eq!(store.info("default", &digest).await.unwrap().size, blocks * MIB);
-    assert_eq!(digest_by_reading(&store, "default", &digest, blocks * MIB).await, expected);
+    assert_eq!(
+        store.info("default", &digest).await.unwrap().size,
+        blocks * MIB
+    );
+    assert_eq!(
+        digest_by_reading(&store, "default", &digest, blocks * MIB).await,
+        expected
+    );
     let peak = daemon.peak_rss_kib();
     // The daemon holds a window of chunks, not the blob.
-    assert!(peak < 128 * 1024, "contentd peaked at {peak} KiB for a 1 GiB blob");
+    assert!(
+        peak < 128 * 1024,
+        "contentd peaked at {peak} KiB for a 1 GiB blob"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -112,10 +130,11 @@ async fn sigkill_mid_ingest_then_resume_from_the_stored_offset() {
     let log = daemon.log_text();
     let rehashed: u64 = log
         .lines()
+        .rev()
         .filter(|l| l.contains("resumed ingest"))
         .filter_map(|l| l.split("rehashed=").nth(1))
         .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
-        .last()
+        .next()
         .expect("resume is logged");
     assert_eq!(rehashed, (written - 64) * MIB, "{log}");
 
@@ -129,7 +148,10 @@ async fn sigkill_mid_ingest_then_resume_from_the_stored_offset() {
         .await
         .unwrap();
     assert_eq!(digest, expected);
-    assert_eq!(digest_by_reading(&store, "default", &digest, total * MIB).await, expected);
+    assert_eq!(
+        digest_by_reading(&store, "default", &digest, total * MIB).await,
+        expected
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -141,9 +163,16 @@ async fn committed_blobs_survive_sigkill() {
     for i in 0..50u8 {
         let data = vec![i; 1000 + i as usize];
         digests.push((
-            berth_content::write_blob(&store, "default", &format!("b{i}"), &data, None, Default::default())
-                .await
-                .unwrap(),
+            berth_content::write_blob(
+                &store,
+                "default",
+                &format!("b{i}"),
+                &data,
+                None,
+                Default::default(),
+            )
+            .await
+            .unwrap(),
             data,
         ));
     }
@@ -151,9 +180,15 @@ async fn committed_blobs_survive_sigkill() {
     daemon.restart();
     let store = connect(&daemon).await;
     for (digest, data) in &digests {
-        assert_eq!(&read_blob(&store, "default", digest, 1 << 20).await.unwrap(), data);
+        assert_eq!(
+            &read_blob(&store, "default", digest, 1 << 20).await.unwrap(),
+            data
+        );
     }
-    assert_eq!(store.list("default", &[]).await.unwrap().len(), digests.len());
+    assert_eq!(
+        store.list("default", &[]).await.unwrap().len(),
+        digests.len()
+    );
 }
 
 /// Names and sizes of every file under `dir` except LMDB's, whose pages
@@ -165,7 +200,12 @@ fn tree(dir: &Path) -> BTreeMap<String, u64> {
         for entry in std::fs::read_dir(&d).unwrap() {
             let entry = entry.unwrap();
             let meta = entry.metadata().unwrap();
-            let name = entry.path().strip_prefix(dir).unwrap().display().to_string();
+            let name = entry
+                .path()
+                .strip_prefix(dir)
+                .unwrap()
+                .display()
+                .to_string();
             if meta.is_dir() {
                 stack.push(entry.path());
                 out.insert(format!("{name}/"), 0);
@@ -186,9 +226,16 @@ async fn bad_requests_are_invalid_argument_and_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let daemon = Daemon::contentd(dir.path());
     let store = connect(&daemon).await;
-    let digest = berth_content::write_blob(&store, "default", "keep", b"keep me", None, Default::default())
-        .await
-        .unwrap();
+    let digest = berth_content::write_blob(
+        &store,
+        "default",
+        "keep",
+        b"keep me",
+        None,
+        Default::default(),
+    )
+    .await
+    .unwrap();
     let before = tree(&daemon.root);
     let raw = store.raw();
     let ctx = || request_context("default");
@@ -201,19 +248,48 @@ async fn bad_requests_are_invalid_argument_and_change_nothing() {
         "sha256:E3B0C44298FC1C149AFBF4C8996FB92427AE41E4649B934CA495991B7852B855",
         &format!("{digest}/../x"),
     ] {
-        let info = pb::InfoRequest { digest: bad.to_string(), ..Default::default() };
-        assert_eq!(kind_of(raw.info(ctx(), &info).await), ErrorKind::InvalidArgument, "{bad:?}");
-        let read = pb::ReadAtRequest { digest: bad.to_string(), ..Default::default() };
-        assert_eq!(kind_of(raw.read_at(ctx(), &read).await), ErrorKind::InvalidArgument);
-        let delete = pb::DeleteRequest { digest: bad.to_string(), ..Default::default() };
-        assert_eq!(kind_of(raw.delete(ctx(), &delete).await), ErrorKind::InvalidArgument);
+        let info = pb::InfoRequest {
+            digest: bad.to_string(),
+            ..Default::default()
+        };
+        assert_eq!(
+            kind_of(raw.info(ctx(), &info).await),
+            ErrorKind::InvalidArgument,
+            "{bad:?}"
+        );
+        let read = pb::ReadAtRequest {
+            digest: bad.to_string(),
+            ..Default::default()
+        };
+        assert_eq!(
+            kind_of(raw.read_at(ctx(), &read).await),
+            ErrorKind::InvalidArgument
+        );
+        let delete = pb::DeleteRequest {
+            digest: bad.to_string(),
+            ..Default::default()
+        };
+        assert_eq!(
+            kind_of(raw.delete(ctx(), &delete).await),
+            ErrorKind::InvalidArgument
+        );
     }
-    let negative = pb::ReadAtRequest { digest: digest.to_string(), offset: -1, ..Default::default() };
-    assert_eq!(kind_of(raw.read_at(ctx(), &negative).await), ErrorKind::InvalidArgument);
+    let negative = pb::ReadAtRequest {
+        digest: digest.to_string(),
+        offset: -1,
+        ..Default::default()
+    };
+    assert_eq!(
+        kind_of(raw.read_at(ctx(), &negative).await),
+        ErrorKind::InvalidArgument
+    );
 
     // Namespaces from the metadata are validated like everything else.
     for ns in ["../x", "a/b", "..", "-"] {
-        let info = pb::InfoRequest { digest: digest.to_string(), ..Default::default() };
+        let info = pb::InfoRequest {
+            digest: digest.to_string(),
+            ..Default::default()
+        };
         assert_eq!(
             kind_of(raw.info(request_context(ns), &info).await),
             ErrorKind::InvalidArgument,
@@ -241,7 +317,11 @@ async fn bad_requests_are_invalid_argument_and_change_nothing() {
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidArgument);
     assert_eq!(
-        store.info("default", &Digest::of(b"other")).await.unwrap_err().kind(),
+        store
+            .info("default", &Digest::of(b"other"))
+            .await
+            .unwrap_err()
+            .kind(),
         ErrorKind::NotFound
     );
     // The data written before the refused commit stays as a resumable
@@ -263,12 +343,19 @@ async fn bad_requests_are_invalid_argument_and_change_nothing() {
 
     // Nothing changed, inside the root or beside it.
     let after = tree(&daemon.root);
-    let leftover_ingests: Vec<_> = after.keys().filter(|k| k.starts_with("ingest/") && !before.contains_key(*k)).collect();
+    let leftover_ingests: Vec<_> = after
+        .keys()
+        .filter(|k| k.starts_with("ingest/") && !before.contains_key(*k))
+        .collect();
     assert!(leftover_ingests.is_empty(), "{leftover_ingests:?}");
     assert_eq!(before, after);
     assert!(!dir.path().join("x").exists());
     assert!(!daemon.root.join("x").exists());
-    assert!(store.list_statuses("default", &[]).await.unwrap().is_empty());
+    assert!(store
+        .list_statuses("default", &[])
+        .await
+        .unwrap()
+        .is_empty());
     assert_eq!(store.list("default", &[]).await.unwrap().len(), 1);
 }
 
@@ -294,9 +381,14 @@ fn sockets_and_directories_are_private() {
     for fd in fds {
         let target = std::fs::read_link(fd.unwrap().path()).unwrap_or_default();
         let target = target.display().to_string();
-        if let Some(inode) = target.strip_prefix("socket:[").and_then(|s| s.strip_suffix(']')) {
+        if let Some(inode) = target
+            .strip_prefix("socket:[")
+            .and_then(|s| s.strip_suffix(']'))
+        {
             assert!(
-                !inode_lines.iter().any(|l| l.split_whitespace().nth(6) == Some(inode)),
+                !inode_lines
+                    .iter()
+                    .any(|l| l.split_whitespace().nth(6) == Some(inode)),
                 "contentd holds an abstract socket"
             );
         }
@@ -314,7 +406,10 @@ fn berth_as(uid: u32, gid: u32, socket: &Path, args: &[&str]) -> (bool, String) 
         .stdin(Stdio::null())
         .output()
         .expect("running berth");
-    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// Opens the directories on the way to the socket so only the daemon's
@@ -328,9 +423,11 @@ fn open_up(dir: &Path, socket: &Path) {
 
 fn other_user_can_run_berth() -> bool {
     // The test binaries must be reachable by uid 65534.
-    binary("berth")
-        .ancestors()
-        .all(|p| std::fs::metadata(p).map(|m| m.mode() & 0o001 != 0 || p.as_os_str().is_empty()).unwrap_or(true))
+    binary("berth").ancestors().all(|p| {
+        std::fs::metadata(p)
+            .map(|m| m.mode() & 0o001 != 0 || p.as_os_str().is_empty())
+            .unwrap_or(true)
+    })
 }
 
 #[test]
@@ -338,7 +435,10 @@ fn callers_other_than_root_the_daemon_user_or_its_group_are_refused() {
     if !require(is_root(), "needs root to act as another user") {
         return;
     }
-    if !require(other_user_can_run_berth(), "uid 65534 cannot reach target/debug/berth") {
+    if !require(
+        other_user_can_run_berth(),
+        "uid 65534 cannot reach target/debug/berth",
+    ) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -355,7 +455,8 @@ fn callers_other_than_root_the_daemon_user_or_its_group_are_refused() {
 
     // With --socket-group, members of that group are served.
     let dir = tempfile::tempdir().unwrap();
-    let daemon = Daemon::start_with_args("berth-contentd", dir.path(), &["--socket-group", "65534"]);
+    let daemon =
+        Daemon::start_with_args("berth-contentd", dir.path(), &["--socket-group", "65534"]);
     open_up(dir.path(), &daemon.socket);
     assert_eq!(std::fs::metadata(&daemon.socket).unwrap().gid(), 65534);
     let (ok, stderr) = berth_as(65534, 65534, &daemon.socket, &["content", "ls"]);
@@ -389,7 +490,10 @@ fn sigterm_stops_cleanly_and_removes_the_socket() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serves_a_systemd_activated_socket() {
     let Ok(activate) = which("systemd-socket-activate") else {
-        assert!(!berth_e2e::in_ci(), "systemd-socket-activate is missing under CI");
+        assert!(
+            !berth_e2e::in_ci(),
+            "systemd-socket-activate is missing under CI"
+        );
         eprintln!("skipping: systemd-socket-activate not installed");
         return;
     };
@@ -416,10 +520,20 @@ async fn serves_a_systemd_activated_socket() {
         std::thread::sleep(Duration::from_millis(10));
     }
     let store = RemoteContentStore::connect(&socket).await.unwrap();
-    let digest = berth_content::write_blob(&store, "default", "activated", b"hello", None, Default::default())
-        .await
-        .unwrap();
-    assert_eq!(read_blob(&store, "default", &digest, 100).await.unwrap(), b"hello");
+    let digest = berth_content::write_blob(
+        &store,
+        "default",
+        "activated",
+        b"hello",
+        None,
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        read_blob(&store, "default", &digest, 100).await.unwrap(),
+        b"hello"
+    );
     // It served the inherited socket and bound nothing of its own.
     assert!(!unused.exists());
     drop(guard);
@@ -431,7 +545,9 @@ fn tells_systemd_when_ready_stopping_and_pets_the_watchdog() {
     let dir = tempfile::tempdir().unwrap();
     let notify_path = dir.path().join("notify.sock");
     let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
-    notify.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
     let socket = dir.path().join("run/c.sock");
     let mut child = Command::new(binary("berth-contentd"))
         .arg("--root")

@@ -146,7 +146,11 @@ fn open_data(path: &std::path::Path, truncate: bool) -> Result<File> {
 
 /// Reopens an ingest's data and restores its hash: from the checkpoint when
 /// it is usable, re-hashing only what follows it.
-fn resume(data_path: &std::path::Path, dir: &std::path::Path, record: &IngestRecord) -> Result<WriteState> {
+fn resume(
+    data_path: &std::path::Path,
+    dir: &std::path::Path,
+    record: &IngestRecord,
+) -> Result<WriteState> {
     if !dir.exists() {
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -208,7 +212,12 @@ impl WriteState {
 
 /// Syncs the data and records the hash state, so a later writer resumes
 /// without re-reading it.
-fn save_checkpoint(inner: &Inner, namespace: &str, reference: &str, state: &mut WriteState) -> Result<()> {
+fn save_checkpoint(
+    inner: &Inner,
+    namespace: &str,
+    reference: &str,
+    state: &mut WriteState,
+) -> Result<()> {
     state
         .file
         .sync_data()
@@ -227,12 +236,14 @@ fn save_checkpoint(inner: &Inner, namespace: &str, reference: &str, state: &mut 
 
 impl LocalWriter {
     fn take_state(&mut self) -> Result<WriteState> {
-        self.state.take().ok_or_else(|| {
-            Error::failed_precondition(format!(
-                "writer for {} failed earlier; open a new writer to resume",
-                self.reference
-            ))
-        })
+        self.state.take().ok_or_else(|| self.broken())
+    }
+
+    fn broken(&self) -> Error {
+        Error::failed_precondition(format!(
+            "writer for {} failed earlier; open a new writer to resume",
+            self.reference
+        ))
     }
 
     fn data_path(&self) -> PathBuf {
@@ -245,7 +256,7 @@ impl ContentWriter for LocalWriter {
     async fn status(&mut self) -> Result<Status> {
         let offset = match &self.state {
             Some(state) => state.hasher.len(),
-            None => return Err(self.take_state().map(|_| ()).unwrap_err()),
+            None => return Err(self.broken()),
         };
         Ok(Status {
             reference: self.reference.clone(),
@@ -268,8 +279,11 @@ impl ContentWriter for LocalWriter {
                 self.total
             )));
         }
-        let (inner, namespace, reference) =
-            (self.inner.clone(), self.namespace.clone(), self.reference.clone());
+        let (inner, namespace, reference) = (
+            self.inner.clone(),
+            self.namespace.clone(),
+            self.reference.clone(),
+        );
         let state = blocking(move || {
             state.append(&data)?;
             if state.unsynced >= CHECKPOINT_INTERVAL {
@@ -284,8 +298,11 @@ impl ContentWriter for LocalWriter {
 
     async fn restart(&mut self) -> Result<()> {
         let mut state = self.take_state()?;
-        let (inner, namespace, reference) =
-            (self.inner.clone(), self.namespace.clone(), self.reference.clone());
+        let (inner, namespace, reference) = (
+            self.inner.clone(),
+            self.namespace.clone(),
+            self.reference.clone(),
+        );
         let state = blocking(move || {
             // Forget the checkpoint first: it describes data about to go.
             let mut txn = inner.records.write()?;
@@ -344,7 +361,16 @@ impl ContentWriter for LocalWriter {
                 .sync_data()
                 .map_err(|e| Error::io("syncing ingest data", &e))?;
             drop(state);
-            publish(&inner, &namespace, &reference, &key, &data_path, digest, size, options.labels)
+            publish(
+                &inner,
+                &namespace,
+                &reference,
+                &key,
+                &data_path,
+                digest,
+                size,
+                options.labels,
+            )
         })
         .await;
         // The writer is done either way; a failed verification leaves the
@@ -373,7 +399,9 @@ fn publish(
     };
     if present {
         drop_ingest(inner, namespace, reference, key)?;
-        return Err(Error::already_exists(format!("content {digest}: already exists")));
+        return Err(Error::already_exists(format!(
+            "content {digest}: already exists"
+        )));
     }
     let blob_path = inner.blob_path(&digest);
     if blob_path.exists() {
@@ -393,8 +421,12 @@ fn publish(
         labels,
     };
     let mut txn = inner.records.write()?;
-    inner.records.put_blob(&mut txn, namespace, &digest, &record)?;
-    inner.records.delete_ingest(&mut txn, namespace, reference)?;
+    inner
+        .records
+        .put_blob(&mut txn, namespace, &digest, &record)?;
+    inner
+        .records
+        .delete_ingest(&mut txn, namespace, reference)?;
     records::commit(txn)?;
     remove_all(&inner.ingest_path(key));
     Ok(digest)
@@ -402,7 +434,9 @@ fn publish(
 
 fn drop_ingest(inner: &Inner, namespace: &str, reference: &str, key: &str) -> Result<()> {
     let mut txn = inner.records.write()?;
-    inner.records.delete_ingest(&mut txn, namespace, reference)?;
+    inner
+        .records
+        .delete_ingest(&mut txn, namespace, reference)?;
     records::commit(txn)?;
     remove_all(&inner.ingest_path(key));
     Ok(())
@@ -418,8 +452,11 @@ impl Drop for LocalWriter {
         if state.unsynced == 0 {
             return;
         }
-        let (inner, namespace, reference) =
-            (self.inner.clone(), self.namespace.clone(), self.reference.clone());
+        let (inner, namespace, reference) = (
+            self.inner.clone(),
+            self.namespace.clone(),
+            self.reference.clone(),
+        );
         let work = move || {
             let _lock = lock;
             if let Err(e) = save_checkpoint(&inner, &namespace, &reference, &mut state) {

@@ -89,7 +89,8 @@ pub struct Records {
 
 impl Records {
     pub fn open(dir: &Path) -> Result<Records> {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), &e))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::io(format!("creating {}", dir.display()), &e))?;
         // SAFETY: heed requires that an environment is opened at most once
         // per process; the content store opens `<root>/meta` once, and the
         // daemon refuses to start twice on one root (the socket is checked
@@ -128,7 +129,12 @@ impl Records {
         self.env.write_txn().map_err(db_error)
     }
 
-    pub fn blob(&self, txn: &RoTxn, namespace: &str, digest: &Digest) -> Result<Option<BlobRecord>> {
+    pub fn blob(
+        &self,
+        txn: &RoTxn,
+        namespace: &str,
+        digest: &Digest,
+    ) -> Result<Option<BlobRecord>> {
         self.blobs
             .get(txn, &blob_key(namespace, digest))
             .map_err(db_error)
@@ -193,13 +199,23 @@ impl Records {
         Ok(out)
     }
 
-    pub fn ingest(&self, txn: &RoTxn, namespace: &str, reference: &str) -> Result<Option<IngestRecord>> {
+    pub fn ingest(
+        &self,
+        txn: &RoTxn,
+        namespace: &str,
+        reference: &str,
+    ) -> Result<Option<IngestRecord>> {
         self.ingests
             .get(txn, &ingest_key(namespace, reference))
             .map_err(db_error)
     }
 
-    pub fn put_ingest(&self, txn: &mut RwTxn, namespace: &str, record: &IngestRecord) -> Result<()> {
+    pub fn put_ingest(
+        &self,
+        txn: &mut RwTxn,
+        namespace: &str,
+        record: &IngestRecord,
+    ) -> Result<()> {
         self.ingests
             .put(txn, &ingest_key(namespace, &record.reference), record)
             .map_err(db_error)

@@ -50,7 +50,9 @@ impl ContentService {
             return Ok(());
         };
         if first.ref_.is_empty() {
-            return Err(Error::invalid_argument("the first write request must name a ref"));
+            return Err(Error::invalid_argument(
+                "the first write request must name a ref",
+            ));
         }
         let reference = first.ref_.clone();
         let mut options = WriterOptions::new(reference.clone());
@@ -73,9 +75,10 @@ impl ContentService {
                     request.ref_
                 )));
             }
-            let action = request.action.enum_value().map_err(|v| {
-                Error::invalid_argument(format!("unknown write action {v}"))
-            })?;
+            let action = request
+                .action
+                .enum_value()
+                .map_err(|v| Error::invalid_argument(format!("unknown write action {v}")))?;
             // On WRITE and STAT, total is the ingest's expected size; on
             // COMMIT, the size the blob must have.
             let request_total = unsigned("total", request.total)?;
@@ -98,7 +101,10 @@ impl ContentService {
                     writer.restart().await?;
                     offset = 0;
                 }
-                if total > 0 && !request.data.is_empty() && offset + request.data.len() as u64 > total {
+                if total > 0
+                    && !request.data.is_empty()
+                    && offset + request.data.len() as u64 > total
+                {
                     return Err(Error::invalid_argument(format!(
                         "writing {} bytes at offset {offset} would pass the expected size {total}",
                         request.data.len()
@@ -159,17 +165,24 @@ fn traced<T>(method: &'static str, result: Result<T>) -> ttrpc::Result<T> {
 
 #[async_trait]
 impl pb::Content for ContentService {
-    async fn info(&self, ctx: &TtrpcContext, req: pb::InfoRequest) -> ttrpc::Result<pb::InfoResponse> {
-        traced("info", async {
-            let namespace = request_namespace(ctx)?;
-            let digest = parse_digest(&req.digest)?;
-            let info = self.store.info(&namespace, &digest).await?;
-            Ok(pb::InfoResponse {
-                info: Some(info_to_pb(&info)).into(),
-                ..Default::default()
-            })
-        }
-        .await)
+    async fn info(
+        &self,
+        ctx: &TtrpcContext,
+        req: pb::InfoRequest,
+    ) -> ttrpc::Result<pb::InfoResponse> {
+        traced(
+            "info",
+            async {
+                let namespace = request_namespace(ctx)?;
+                let digest = parse_digest(&req.digest)?;
+                let info = self.store.info(&namespace, &digest).await?;
+                Ok(pb::InfoResponse {
+                    info: Some(info_to_pb(&info)).into(),
+                    ..Default::default()
+                })
+            }
+            .await,
+        )
     }
 
     async fn update(
@@ -177,20 +190,26 @@ impl pb::Content for ContentService {
         ctx: &TtrpcContext,
         req: pb::UpdateRequest,
     ) -> ttrpc::Result<pb::UpdateResponse> {
-        traced("update", async {
-            let namespace = request_namespace(ctx)?;
-            let info = req
-                .info
-                .as_ref()
-                .ok_or_else(|| Error::invalid_argument("update needs an info"))?;
-            let info = info_from_pb(info)?;
-            let updated = self.store.update(&namespace, info, &req.update_paths).await?;
-            Ok(pb::UpdateResponse {
-                info: Some(info_to_pb(&updated)).into(),
-                ..Default::default()
-            })
-        }
-        .await)
+        traced(
+            "update",
+            async {
+                let namespace = request_namespace(ctx)?;
+                let info = req
+                    .info
+                    .as_ref()
+                    .ok_or_else(|| Error::invalid_argument("update needs an info"))?;
+                let info = info_from_pb(info)?;
+                let updated = self
+                    .store
+                    .update(&namespace, info, &req.update_paths)
+                    .await?;
+                Ok(pb::UpdateResponse {
+                    info: Some(info_to_pb(&updated)).into(),
+                    ..Default::default()
+                })
+            }
+            .await,
+        )
     }
 
     async fn list(
@@ -199,30 +218,36 @@ impl pb::Content for ContentService {
         req: pb::ListRequest,
         sender: ServerStreamSender<pb::ListResponse>,
     ) -> ttrpc::Result<()> {
-        traced("list", async {
-            let namespace = request_namespace(ctx)?;
-            let infos = self.store.list(&namespace, &req.filters).await?;
-            for batch in infos.chunks(LIST_BATCH) {
-                let response = pb::ListResponse {
-                    infos: batch.iter().map(info_to_pb).collect(),
-                    ..Default::default()
-                };
-                sender.send(&response).await?;
+        traced(
+            "list",
+            async {
+                let namespace = request_namespace(ctx)?;
+                let infos = self.store.list(&namespace, &req.filters).await?;
+                for batch in infos.chunks(LIST_BATCH) {
+                    let response = pb::ListResponse {
+                        infos: batch.iter().map(info_to_pb).collect(),
+                        ..Default::default()
+                    };
+                    sender.send(&response).await?;
+                }
+                Ok(())
             }
-            Ok(())
-        }
-        .await)
+            .await,
+        )
     }
 
     async fn delete(&self, ctx: &TtrpcContext, req: pb::DeleteRequest) -> ttrpc::Result<Empty> {
-        traced("delete", async {
-            let namespace = request_namespace(ctx)?;
-            let digest = parse_digest(&req.digest)?;
-            self.store.delete(&namespace, &digest).await?;
-            tracing::info!(%namespace, %digest, "deleted");
-            Ok(Empty::new())
-        }
-        .await)
+        traced(
+            "delete",
+            async {
+                let namespace = request_namespace(ctx)?;
+                let digest = parse_digest(&req.digest)?;
+                self.store.delete(&namespace, &digest).await?;
+                tracing::info!(%namespace, %digest, "deleted");
+                Ok(Empty::new())
+            }
+            .await,
+        )
     }
 
     async fn read_at(
@@ -230,20 +255,27 @@ impl pb::Content for ContentService {
         ctx: &TtrpcContext,
         req: pb::ReadAtRequest,
     ) -> ttrpc::Result<pb::ReadAtResponse> {
-        traced("read_at", async {
-            let namespace = request_namespace(ctx)?;
-            let digest = parse_digest(&req.digest)?;
-            let offset = unsigned("offset", req.offset)?;
-            let size = unsigned("size", req.size)?;
-            let len = if size == 0 { MAX_READ } else { (size as usize).min(MAX_READ) };
-            let data = self.store.read_at(&namespace, &digest, offset, len).await?;
-            Ok(pb::ReadAtResponse {
-                offset: req.offset,
-                data,
-                ..Default::default()
-            })
-        }
-        .await)
+        traced(
+            "read_at",
+            async {
+                let namespace = request_namespace(ctx)?;
+                let digest = parse_digest(&req.digest)?;
+                let offset = unsigned("offset", req.offset)?;
+                let size = unsigned("size", req.size)?;
+                let len = if size == 0 {
+                    MAX_READ
+                } else {
+                    (size as usize).min(MAX_READ)
+                };
+                let data = self.store.read_at(&namespace, &digest, offset, len).await?;
+                Ok(pb::ReadAtResponse {
+                    offset: req.offset,
+                    data,
+                    ..Default::default()
+                })
+            }
+            .await,
+        )
     }
 
     async fn status(
@@ -251,15 +283,18 @@ impl pb::Content for ContentService {
         ctx: &TtrpcContext,
         req: pb::StatusRequest,
     ) -> ttrpc::Result<pb::StatusResponse> {
-        traced("status", async {
-            let namespace = request_namespace(ctx)?;
-            let status = self.store.status(&namespace, &req.ref_).await?;
-            Ok(pb::StatusResponse {
-                status: Some(status_to_pb(&status)).into(),
-                ..Default::default()
-            })
-        }
-        .await)
+        traced(
+            "status",
+            async {
+                let namespace = request_namespace(ctx)?;
+                let status = self.store.status(&namespace, &req.ref_).await?;
+                Ok(pb::StatusResponse {
+                    status: Some(status_to_pb(&status)).into(),
+                    ..Default::default()
+                })
+            }
+            .await,
+        )
     }
 
     async fn list_statuses(
@@ -267,15 +302,18 @@ impl pb::Content for ContentService {
         ctx: &TtrpcContext,
         req: pb::ListStatusesRequest,
     ) -> ttrpc::Result<pb::ListStatusesResponse> {
-        traced("list_statuses", async {
-            let namespace = request_namespace(ctx)?;
-            let statuses = self.store.list_statuses(&namespace, &req.filters).await?;
-            Ok(pb::ListStatusesResponse {
-                statuses: statuses.iter().map(status_to_pb).collect(),
-                ..Default::default()
-            })
-        }
-        .await)
+        traced(
+            "list_statuses",
+            async {
+                let namespace = request_namespace(ctx)?;
+                let statuses = self.store.list_statuses(&namespace, &req.filters).await?;
+                Ok(pb::ListStatusesResponse {
+                    statuses: statuses.iter().map(status_to_pb).collect(),
+                    ..Default::default()
+                })
+            }
+            .await,
+        )
     }
 
     async fn write(
@@ -283,20 +321,25 @@ impl pb::Content for ContentService {
         ctx: &TtrpcContext,
         mut stream: ServerStream<pb::WriteResponse, pb::WriteRequest>,
     ) -> ttrpc::Result<()> {
-        traced("write", async {
-            let namespace = request_namespace(ctx)?;
-            self.write_stream(ctx, namespace, &mut stream).await
-        }
-        .await)
+        traced(
+            "write",
+            async {
+                let namespace = request_namespace(ctx)?;
+                self.write_stream(ctx, namespace, &mut stream).await
+            }
+            .await,
+        )
     }
 
     async fn abort(&self, ctx: &TtrpcContext, req: pb::AbortRequest) -> ttrpc::Result<Empty> {
-        traced("abort", async {
-            let namespace = request_namespace(ctx)?;
-            self.store.abort(&namespace, &req.ref_).await?;
-            Ok(Empty::new())
-        }
-        .await)
+        traced(
+            "abort",
+            async {
+                let namespace = request_namespace(ctx)?;
+                self.store.abort(&namespace, &req.ref_).await?;
+                Ok(Empty::new())
+            }
+            .await,
+        )
     }
 }
-

@@ -27,7 +27,9 @@ use berth_filters::Filter;
 use berth_ids::{validate_labels, validate_namespace, validate_ref, Digest};
 
 use crate::ingest;
-use crate::records::{self, ingest_key, now_nanos, to_system_time, BlobRecord, IngestRecord, Records};
+use crate::records::{
+    self, ingest_key, now_nanos, to_system_time, BlobRecord, IngestRecord, Records,
+};
 
 const PUBLISH_STRIPES: usize = 16;
 
@@ -263,7 +265,8 @@ fn check_namespace(namespace: &str) -> Result<()> {
 impl ContentStore for LocalStore {
     async fn info(&self, namespace: &str, digest: &Digest) -> Result<Info> {
         check_namespace(namespace)?;
-        let (inner, namespace, digest) = (self.inner.clone(), namespace.to_string(), digest.clone());
+        let (inner, namespace, digest) =
+            (self.inner.clone(), namespace.to_string(), digest.clone());
         blocking(move || {
             let txn = inner.records.read()?;
             let record = inner
@@ -316,7 +319,8 @@ impl ContentStore for LocalStore {
 
     async fn delete(&self, namespace: &str, digest: &Digest) -> Result<()> {
         check_namespace(namespace)?;
-        let (inner, namespace, digest) = (self.inner.clone(), namespace.to_string(), digest.clone());
+        let (inner, namespace, digest) =
+            (self.inner.clone(), namespace.to_string(), digest.clone());
         blocking(move || {
             let _publishing = inner.publish_lock(&digest);
             let mut txn = inner.records.write()?;
@@ -342,7 +346,8 @@ impl ContentStore for LocalStore {
     ) -> Result<Vec<u8>> {
         check_namespace(namespace)?;
         let len = len.min(MAX_READ);
-        let (inner, namespace, digest) = (self.inner.clone(), namespace.to_string(), digest.clone());
+        let (inner, namespace, digest) =
+            (self.inner.clone(), namespace.to_string(), digest.clone());
         blocking(move || {
             let size = {
                 let txn = inner.records.read()?;
@@ -383,8 +388,11 @@ impl ContentStore for LocalStore {
     async fn status(&self, namespace: &str, reference: &str) -> Result<Status> {
         check_namespace(namespace)?;
         validate_ref(reference)?;
-        let (inner, namespace, reference) =
-            (self.inner.clone(), namespace.to_string(), reference.to_string());
+        let (inner, namespace, reference) = (
+            self.inner.clone(),
+            namespace.to_string(),
+            reference.to_string(),
+        );
         blocking(move || {
             let record = {
                 let txn = inner.records.read()?;
@@ -422,12 +430,18 @@ impl ContentStore for LocalStore {
         validate_ref(reference)?;
         let key = ingest_key(namespace, reference);
         let lock = self.inner.take_ref(key.clone(), reference)?;
-        let (inner, namespace, reference) =
-            (self.inner.clone(), namespace.to_string(), reference.to_string());
+        let (inner, namespace, reference) = (
+            self.inner.clone(),
+            namespace.to_string(),
+            reference.to_string(),
+        );
         blocking(move || {
             let _lock = lock;
             let mut txn = inner.records.write()?;
-            if !inner.records.delete_ingest(&mut txn, &namespace, &reference)? {
+            if !inner
+                .records
+                .delete_ingest(&mut txn, &namespace, &reference)?
+            {
                 return Err(Error::not_found(format!("ingest {reference}: not found")));
             }
             records::commit(txn)?;
@@ -469,4 +483,3 @@ pub(crate) fn make_read_only(path: &Path) -> Result<()> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o444))
         .map_err(|e| Error::io(format!("chmod {}", path.display()), &e))
 }
-

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! The content conformance suite against the local store, in-process.
 
 use berth_contentd::store::LocalStore;

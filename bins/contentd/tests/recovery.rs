@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! What start-up recovery cleans after a crash, and what it keeps.
 
 use berth_content::{read_blob, write_blob, ContentStore, WriterOptions};
@@ -35,7 +36,11 @@ async fn recovery_removes_orphans_and_keeps_everything_recorded() {
     drop(writer);
     // Let the dropped writer's checkpoint land.
     for _ in 0..100 {
-        if store.writer("default", WriterOptions::new("pending")).await.is_ok() {
+        if store
+            .writer("default", WriterOptions::new("pending"))
+            .await
+            .is_ok()
+        {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
@@ -61,7 +66,10 @@ async fn recovery_removes_orphans_and_keeps_everything_recorded() {
     );
     assert!(!orphan_blob.exists());
     assert!(!orphan_ingest.exists());
-    assert_eq!(read_blob(&store, "default", &kept, 100).await.unwrap(), b"kept");
+    assert_eq!(
+        read_blob(&store, "default", &kept, 100).await.unwrap(),
+        b"kept"
+    );
     assert_eq!(store.status("default", "pending").await.unwrap().offset, 4);
 }
 
@@ -82,5 +90,9 @@ async fn an_ingest_whose_data_vanished_is_dropped() {
     }
     let (store, recovery) = reopen(root);
     assert_eq!(recovery.ingests_without_data, 1);
-    assert!(store.list_statuses("default", &[]).await.unwrap().is_empty());
+    assert!(store
+        .list_statuses("default", &[])
+        .await
+        .unwrap()
+        .is_empty());
 }

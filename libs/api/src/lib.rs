@@ -9,6 +9,8 @@ pub const MAX_CHUNK: usize = 1024 * 1024;
 
 #[allow(
     clippy::all,
+    clippy::unwrap_used,
+    clippy::expect_used,
     dead_code,
     unused_attributes,
     unknown_lints,

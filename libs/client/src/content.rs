@@ -106,7 +106,10 @@ impl ContentStore for RemoteContentStore {
             size: len.min(MAX_READ) as i64,
             ..Default::default()
         };
-        let resp = self.client.read_at(request_context(namespace), &req).await?;
+        let resp = self
+            .client
+            .read_at(request_context(namespace), &req)
+            .await?;
         Ok(resp.data)
     }
 
@@ -317,7 +320,8 @@ impl Drop for RemoteWriter {
     fn drop(&mut self) {
         // Tell contentd this writer is done so it frees the ref; the data
         // written stays for a later writer to resume.
-        if let (Some(sender), Ok(handle)) = (self.sender.take(), tokio::runtime::Handle::try_current())
+        if let (Some(sender), Ok(handle)) =
+            (self.sender.take(), tokio::runtime::Handle::try_current())
         {
             handle.spawn(async move {
                 let _ = sender.close_send().await;

@@ -13,9 +13,9 @@ use berth_errdefs::{Error, Result};
 use berth_ids::Digest;
 
 mod fields;
-pub mod wire;
 #[cfg(feature = "testsuite")]
 pub mod testsuite;
+pub mod wire;
 
 pub use fields::{apply_label_update, InfoFields, StatusFields};
 
@@ -127,8 +127,11 @@ pub trait ContentStore: Send + Sync {
     /// Opens (or resumes) the ingest named by `options.reference` and takes
     /// it: a second writer on the same ref gets Unavailable until this one
     /// is dropped or committed.
-    async fn writer(&self, namespace: &str, options: WriterOptions)
-        -> Result<Box<dyn ContentWriter>>;
+    async fn writer(
+        &self,
+        namespace: &str,
+        options: WriterOptions,
+    ) -> Result<Box<dyn ContentWriter>>;
 }
 
 /// An open ingest. Dropping it without committing keeps what was written

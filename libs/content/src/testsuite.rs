@@ -1,3 +1,5 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: a panic is a failed test.
+
 //! The content store conformance suite, after containerd's content
 //! testsuite. Each case is a plain async function over `&dyn ContentStore`;
 //! [`content_suite!`](crate::content_suite) turns them into `#[tokio::test]`s
@@ -12,7 +14,9 @@ use crate::{read_blob, write_blob, CommitOptions, ContentStore, Labels, WriterOp
 
 /// Deterministic, incompressible-looking test data.
 pub fn test_data(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     (0..len)
         .map(|_| {
             state = state
@@ -67,7 +71,10 @@ pub async fn write_commit_and_read(store: &dyn ContentStore) {
     // Reads at an arbitrary offset, and at the end.
     let middle = store.read_at(NS, &digest, 1000, 10).await.unwrap();
     assert_eq!(middle, &data[1000..1010]);
-    let end = store.read_at(NS, &digest, data.len() as u64, 10).await.unwrap();
+    let end = store
+        .read_at(NS, &digest, data.len() as u64, 10)
+        .await
+        .unwrap();
     assert!(end.is_empty());
     assert_eq!(
         kind(store.read_at(NS, &digest, data.len() as u64 + 1, 10).await),
@@ -78,11 +85,23 @@ pub async fn write_commit_and_read(store: &dyn ContentStore) {
 }
 
 pub async fn empty_and_small_blobs(store: &dyn ContentStore) {
-    for data in [Vec::new(), b"x".to_vec(), test_data(63, 2), test_data(65, 3)] {
+    for data in [
+        Vec::new(),
+        b"x".to_vec(),
+        test_data(63, 2),
+        test_data(65, 3),
+    ] {
         let digest = Digest::of(&data);
-        let got = write_blob(store, NS, "small", &data, Some(digest.clone()), Labels::new())
-            .await
-            .unwrap();
+        let got = write_blob(
+            store,
+            NS,
+            "small",
+            &data,
+            Some(digest.clone()),
+            Labels::new(),
+        )
+        .await
+        .unwrap();
         assert_eq!(got, digest);
         assert_eq!(read_blob(store, NS, &digest, 1024).await.unwrap(), data);
     }
@@ -91,7 +110,10 @@ pub async fn empty_and_small_blobs(store: &dyn ContentStore) {
 pub async fn wrong_digest_is_refused_and_nothing_becomes_visible(store: &dyn ContentStore) {
     let data = test_data(100_000, 4);
     let wrong = Digest::of(b"something else");
-    let mut writer = store.writer(NS, WriterOptions::new("bad-digest")).await.unwrap();
+    let mut writer = store
+        .writer(NS, WriterOptions::new("bad-digest"))
+        .await
+        .unwrap();
     writer.write(data.clone()).await.unwrap();
     let err = writer
         .commit(CommitOptions {
@@ -102,24 +124,41 @@ pub async fn wrong_digest_is_refused_and_nothing_becomes_visible(store: &dyn Con
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::FailedPrecondition, "{err}");
     assert_eq!(kind(store.info(NS, &wrong).await), ErrorKind::NotFound);
-    assert_eq!(kind(store.info(NS, &Digest::of(&data)).await), ErrorKind::NotFound);
-    assert!(store.list(NS, &[]).await.unwrap().iter().all(|i| i.digest != wrong));
+    assert_eq!(
+        kind(store.info(NS, &Digest::of(&data)).await),
+        ErrorKind::NotFound
+    );
+    assert!(store
+        .list(NS, &[])
+        .await
+        .unwrap()
+        .iter()
+        .all(|i| i.digest != wrong));
 
     // The expected digest given at open is checked as well.
     let mut writer = store
-        .writer(NS, WriterOptions::new("bad-digest-2").expected(wrong.clone()))
+        .writer(
+            NS,
+            WriterOptions::new("bad-digest-2").expected(wrong.clone()),
+        )
         .await
         .unwrap();
     writer.write(data.clone()).await.unwrap();
     let err = writer.commit(CommitOptions::default()).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::FailedPrecondition);
-    assert_eq!(kind(store.info(NS, &Digest::of(&data)).await), ErrorKind::NotFound);
+    assert_eq!(
+        kind(store.info(NS, &Digest::of(&data)).await),
+        ErrorKind::NotFound
+    );
 }
 
 pub async fn wrong_size_is_refused_and_nothing_becomes_visible(store: &dyn ContentStore) {
     let data = test_data(5000, 5);
     let digest = Digest::of(&data);
-    let mut writer = store.writer(NS, WriterOptions::new("bad-size")).await.unwrap();
+    let mut writer = store
+        .writer(NS, WriterOptions::new("bad-size"))
+        .await
+        .unwrap();
     writer.write(data.clone()).await.unwrap();
     let err = writer
         .commit(CommitOptions {
@@ -151,7 +190,10 @@ pub async fn commit_of_existing_blob_is_already_exists(store: &dyn ContentStore)
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::AlreadyExists);
-    assert_eq!(kind(store.status(NS, "exists-2").await), ErrorKind::NotFound);
+    assert_eq!(
+        kind(store.status(NS, "exists-2").await),
+        ErrorKind::NotFound
+    );
     // Opening a writer for a digest already present is AlreadyExists at once.
     let err = store
         .writer(NS, WriterOptions::new("exists-3").expected(digest))
@@ -162,7 +204,10 @@ pub async fn commit_of_existing_blob_is_already_exists(store: &dyn ContentStore)
 }
 
 pub async fn second_writer_on_a_ref_is_refused(store: &dyn ContentStore) {
-    let mut first = store.writer(NS, WriterOptions::new("locked")).await.unwrap();
+    let mut first = store
+        .writer(NS, WriterOptions::new("locked"))
+        .await
+        .unwrap();
     first.write(b"hello ".to_vec()).await.unwrap();
     let err = store
         .writer(NS, WriterOptions::new("locked"))
@@ -170,9 +215,15 @@ pub async fn second_writer_on_a_ref_is_refused(store: &dyn ContentStore) {
         .map(|_| ())
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Unavailable);
-    assert_eq!(kind(store.abort(NS, "locked").await), ErrorKind::Unavailable);
+    assert_eq!(
+        kind(store.abort(NS, "locked").await),
+        ErrorKind::Unavailable
+    );
     // Another ref is not affected.
-    let other = store.writer(NS, WriterOptions::new("unlocked")).await.unwrap();
+    let other = store
+        .writer(NS, WriterOptions::new("unlocked"))
+        .await
+        .unwrap();
     drop(other);
     drop(first);
     // Once the first writer is gone the ref can be taken again, and resumes.
@@ -236,8 +287,14 @@ async fn retry_status(store: &dyn ContentStore, reference: &str, offset: u64) ->
 }
 
 pub async fn restart_discards_what_was_written(store: &dyn ContentStore) {
-    let mut writer = store.writer(NS, WriterOptions::new("restart")).await.unwrap();
-    writer.write(b"garbage that must go".to_vec()).await.unwrap();
+    let mut writer = store
+        .writer(NS, WriterOptions::new("restart"))
+        .await
+        .unwrap();
+    writer
+        .write(b"garbage that must go".to_vec())
+        .await
+        .unwrap();
     writer.restart().await.unwrap();
     assert_eq!(writer.status().await.unwrap().offset, 0);
     writer.write(b"clean".to_vec()).await.unwrap();
@@ -246,7 +303,10 @@ pub async fn restart_discards_what_was_written(store: &dyn ContentStore) {
 }
 
 pub async fn abort_drops_the_ingest(store: &dyn ContentStore) {
-    let mut writer = store.writer(NS, WriterOptions::new("abort-me")).await.unwrap();
+    let mut writer = store
+        .writer(NS, WriterOptions::new("abort-me"))
+        .await
+        .unwrap();
     writer.write(b"partial".to_vec()).await.unwrap();
     drop(writer);
     retry_status(store, "abort-me", 7).await;
@@ -264,16 +324,28 @@ pub async fn abort_drops_the_ingest(store: &dyn ContentStore) {
         }
     }
     assert!(aborted);
-    assert_eq!(kind(store.status(NS, "abort-me").await), ErrorKind::NotFound);
+    assert_eq!(
+        kind(store.status(NS, "abort-me").await),
+        ErrorKind::NotFound
+    );
     assert_eq!(kind(store.abort(NS, "abort-me").await), ErrorKind::NotFound);
     // A new writer on the ref starts from nothing.
-    let mut writer = store.writer(NS, WriterOptions::new("abort-me")).await.unwrap();
+    let mut writer = store
+        .writer(NS, WriterOptions::new("abort-me"))
+        .await
+        .unwrap();
     assert_eq!(writer.status().await.unwrap().offset, 0);
 }
 
 pub async fn list_statuses_filters_by_ref(store: &dyn ContentStore) {
-    let mut a = store.writer(NS, WriterOptions::new("layer-a")).await.unwrap();
-    let mut b = store.writer(NS, WriterOptions::new("config-b")).await.unwrap();
+    let mut a = store
+        .writer(NS, WriterOptions::new("layer-a"))
+        .await
+        .unwrap();
+    let mut b = store
+        .writer(NS, WriterOptions::new("config-b"))
+        .await
+        .unwrap();
     a.write(b"a".to_vec()).await.unwrap();
     b.write(b"bb".to_vec()).await.unwrap();
     let all = store.list_statuses(NS, &[]).await.unwrap();
@@ -315,7 +387,11 @@ pub async fn labels_update_and_filter(store: &dyn ContentStore) {
     let mut change = info.clone();
     change.labels = labels(&[("a", "10"), ("c", "3")]);
     let updated = store
-        .update(NS, change.clone(), &["labels.a".to_string(), "labels.b".to_string()])
+        .update(
+            NS,
+            change.clone(),
+            &["labels.a".to_string(), "labels.b".to_string()],
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -323,7 +399,10 @@ pub async fn labels_update_and_filter(store: &dyn ContentStore) {
         labels(&[("a", "10"), ("containerd.io/gc.root", "x")])
     );
     assert!(updated.updated_at >= info.updated_at);
-    assert_eq!(store.info(NS, &digest).await.unwrap().labels, updated.labels);
+    assert_eq!(
+        store.info(NS, &digest).await.unwrap().labels,
+        updated.labels
+    );
     // No paths: the labels are replaced.
     let replaced = store.update(NS, change, &[]).await.unwrap();
     assert_eq!(replaced.labels, labels(&[("a", "10"), ("c", "3")]));
@@ -336,10 +415,7 @@ pub async fn labels_update_and_filter(store: &dyn ContentStore) {
     );
     assert_eq!(store.info(NS, &digest).await.unwrap().size, 10);
 
-    let by_label = store
-        .list(NS, &["labels.a==10".to_string()])
-        .await
-        .unwrap();
+    let by_label = store.list(NS, &["labels.a==10".to_string()]).await.unwrap();
     assert_eq!(by_label.len(), 1);
     assert_eq!(by_label[0].digest, digest);
     let either = store
@@ -347,10 +423,7 @@ pub async fn labels_update_and_filter(store: &dyn ContentStore) {
         .await
         .unwrap();
     assert_eq!(either.len(), 2);
-    let by_digest = store
-        .list(NS, &[format!("digest=={other}")])
-        .await
-        .unwrap();
+    let by_digest = store.list(NS, &[format!("digest=={other}")]).await.unwrap();
     assert_eq!(by_digest.len(), 1);
     assert_eq!(
         kind(store.list(NS, &["labels.a=".to_string()]).await),
@@ -373,7 +446,10 @@ pub async fn bad_labels_are_refused_and_change_nothing(store: &dyn ContentStore)
         .unwrap();
     let mut info = store.info(NS, &digest).await.unwrap();
     info.labels = huge;
-    assert_eq!(kind(store.update(NS, info, &[]).await), ErrorKind::InvalidArgument);
+    assert_eq!(
+        kind(store.update(NS, info, &[]).await),
+        ErrorKind::InvalidArgument
+    );
     assert_eq!(
         store.info(NS, &digest).await.unwrap().labels,
         labels(&[("k", "v")])
@@ -388,8 +464,14 @@ pub async fn bad_names_are_invalid_argument(store: &dyn ContentStore) {
             .map(|_| ())
             .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{reference:?}");
-        assert_eq!(kind(store.status(NS, reference).await), ErrorKind::InvalidArgument);
-        assert_eq!(kind(store.abort(NS, reference).await), ErrorKind::InvalidArgument);
+        assert_eq!(
+            kind(store.status(NS, reference).await),
+            ErrorKind::InvalidArgument
+        );
+        assert_eq!(
+            kind(store.abort(NS, reference).await),
+            ErrorKind::InvalidArgument
+        );
     }
     for namespace in ["../etc", "a/b", "", "-x"] {
         assert_eq!(
@@ -407,13 +489,25 @@ pub async fn namespaces_are_isolated_but_blobs_are_shared(store: &dyn ContentSto
         .await
         .unwrap();
     assert_eq!(kind(store.info("ns-b", &digest).await), ErrorKind::NotFound);
-    assert_eq!(kind(store.read_at("ns-b", &digest, 0, 10).await), ErrorKind::NotFound);
+    assert_eq!(
+        kind(store.read_at("ns-b", &digest, 0, 10).await),
+        ErrorKind::NotFound
+    );
     assert!(store.list("ns-b", &[]).await.unwrap().is_empty());
-    assert_eq!(kind(store.delete("ns-b", &digest).await), ErrorKind::NotFound);
+    assert_eq!(
+        kind(store.delete("ns-b", &digest).await),
+        ErrorKind::NotFound
+    );
     // Ingests are per namespace too.
-    let mut writer = store.writer("ns-a", WriterOptions::new("pending")).await.unwrap();
+    let mut writer = store
+        .writer("ns-a", WriterOptions::new("pending"))
+        .await
+        .unwrap();
     writer.write(b"x".to_vec()).await.unwrap();
-    assert_eq!(kind(store.status("ns-b", "pending").await), ErrorKind::NotFound);
+    assert_eq!(
+        kind(store.status("ns-b", "pending").await),
+        ErrorKind::NotFound
+    );
     assert!(store.list_statuses("ns-b", &[]).await.unwrap().is_empty());
     drop(writer);
 
@@ -432,7 +526,10 @@ pub async fn namespaces_are_isolated_but_blobs_are_shared(store: &dyn ContentSto
     // Deleting in A leaves B's copy readable.
     store.delete("ns-a", &digest).await.unwrap();
     assert_eq!(kind(store.info("ns-a", &digest).await), ErrorKind::NotFound);
-    assert_eq!(read_blob(store, "ns-b", &digest, 1 << 20).await.unwrap(), data);
+    assert_eq!(
+        read_blob(store, "ns-b", &digest, 1 << 20).await.unwrap(),
+        data
+    );
     store.delete("ns-b", &digest).await.unwrap();
     assert_eq!(kind(store.info("ns-b", &digest).await), ErrorKind::NotFound);
 }
@@ -444,7 +541,10 @@ pub async fn delete_removes_the_blob(store: &dyn ContentStore) {
         .unwrap();
     store.delete(NS, &digest).await.unwrap();
     assert_eq!(kind(store.info(NS, &digest).await), ErrorKind::NotFound);
-    assert_eq!(kind(store.read_at(NS, &digest, 0, 1).await), ErrorKind::NotFound);
+    assert_eq!(
+        kind(store.read_at(NS, &digest, 0, 1).await),
+        ErrorKind::NotFound
+    );
     assert_eq!(kind(store.delete(NS, &digest).await), ErrorKind::NotFound);
     // And it can be written again.
     write_blob(store, NS, "delete-me", &data, None, Labels::new())
@@ -454,11 +554,16 @@ pub async fn delete_removes_the_blob(store: &dyn ContentStore) {
 }
 
 pub async fn concurrent_writers_on_different_refs(store: &dyn ContentStore) {
-    let blobs: Vec<Vec<u8>> = (0..8).map(|i| test_data(300_000 + i * 1000, 100 + i as u64)).collect();
+    let blobs: Vec<Vec<u8>> = (0..8)
+        .map(|i| test_data(300_000 + i * 1000, 100 + i as u64))
+        .collect();
     let results = futures_join(store, &blobs).await;
     for (data, digest) in blobs.iter().zip(results) {
         assert_eq!(digest, Digest::of(data));
-        assert_eq!(read_blob(store, NS, &digest, u64::MAX).await.unwrap(), *data);
+        assert_eq!(
+            read_blob(store, NS, &digest, u64::MAX).await.unwrap(),
+            *data
+        );
     }
 }
 

@@ -89,7 +89,10 @@ impl DaemonConfig {
                 .clone()
                 .or(file.log_level)
                 .unwrap_or_else(|| "info".to_string()),
-            log_format: flags.log_format.or(file.log_format).unwrap_or(LogFormat::Text),
+            log_format: flags
+                .log_format
+                .or(file.log_format)
+                .unwrap_or(LogFormat::Text),
             socket_group: flags.socket_group.clone().or(file.socket_group),
         };
         for (name, path) in [
@@ -109,8 +112,8 @@ impl DaemonConfig {
 }
 
 fn read_config_file(path: &Path) -> Result<FileConfig, DaemonError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| DaemonError::io("reading config", path, e))?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| DaemonError::io("reading config", path, e))?;
     toml::from_str(&text).map_err(|e| DaemonError::Config {
         path: path.to_path_buf(),
         message: e.message().to_string(),

@@ -54,8 +54,8 @@ impl AcceptHook for PeerPolicy {
         // SAFETY: ttrpc hands the hook the accepted connection's descriptor,
         // open for the whole call; we only borrow it to read its credentials.
         let socket = unsafe { BorrowedFd::borrow_raw(fd) };
-        let creds = getsockopt(&socket, sockopt::PeerCredentials)
-            .map_err(|e| HookError::Io(e.into()))?;
+        let creds =
+            getsockopt(&socket, sockopt::PeerCredentials).map_err(|e| HookError::Io(e.into()))?;
         let (uid, gid) = (Uid::from_raw(creds.uid()), Gid::from_raw(creds.gid()));
         if self.allows(uid, gid) {
             let mut data = ttrpc::ConnectionData::new();

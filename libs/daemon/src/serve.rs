@@ -1,5 +1,5 @@
-use std::collections::HashMap;
 use sd_notify::NotifyState;
+use std::collections::HashMap;
 use tokio::signal::unix::{signal, SignalKind};
 use ttrpc::r#async::transport::Listener;
 use ttrpc::r#async::{Server, Service};
@@ -19,8 +19,8 @@ pub async fn serve(
     let source = SocketSource::open(config)?;
     let activated = matches!(source, SocketSource::Activated(_));
     let (listener, bound_path) = source.into_listener();
-    let listener = Listener::try_from(listener)
-        .map_err(|e| DaemonError::Server(format!("listening: {e}")))?;
+    let listener =
+        Listener::try_from(listener).map_err(|e| DaemonError::Server(format!("listening: {e}")))?;
     let mut server = Server::new()
         .add_listener(listener)
         .set_accept_hook(policy)

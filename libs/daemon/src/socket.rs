@@ -156,8 +156,12 @@ pub(crate) fn resolve_group(group: &str) -> Result<Gid, DaemonError> {
     }
     match nix::unistd::Group::from_name(group) {
         Ok(Some(g)) => Ok(g.gid),
-        Ok(None) => Err(DaemonError::InvalidSetting(format!("no group named {group:?}"))),
-        Err(e) => Err(DaemonError::InvalidSetting(format!("looking up group {group:?}: {e}"))),
+        Ok(None) => Err(DaemonError::InvalidSetting(format!(
+            "no group named {group:?}"
+        ))),
+        Err(e) => Err(DaemonError::InvalidSetting(format!(
+            "looking up group {group:?}: {e}"
+        ))),
     }
 }
 

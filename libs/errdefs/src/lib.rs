@@ -47,9 +47,7 @@ impl ErrorKind {
             Code::ALREADY_EXISTS => ErrorKind::AlreadyExists,
             Code::INVALID_ARGUMENT | Code::OUT_OF_RANGE => ErrorKind::InvalidArgument,
             Code::FAILED_PRECONDITION => ErrorKind::FailedPrecondition,
-            Code::UNAVAILABLE | Code::DEADLINE_EXCEEDED | Code::CANCELLED => {
-                ErrorKind::Unavailable
-            }
+            Code::UNAVAILABLE | Code::DEADLINE_EXCEEDED | Code::CANCELLED => ErrorKind::Unavailable,
             Code::ABORTED => ErrorKind::Aborted,
             Code::RESOURCE_EXHAUSTED => ErrorKind::ResourceExhausted,
             Code::UNIMPLEMENTED => ErrorKind::Unimplemented,
@@ -238,6 +236,9 @@ mod tests {
     fn transport_failures_are_unavailable() {
         let err = Error::from_ttrpc(ttrpc::Error::Socket("refused".into()));
         assert_eq!(err.kind(), ErrorKind::Unavailable);
-        assert_eq!(err.context("info").to_string(), "info: connection failed: refused");
+        assert_eq!(
+            err.context("info").to_string(),
+            "info: connection failed: refused"
+        );
     }
 }

@@ -183,7 +183,8 @@ impl<'a> Parser<'a> {
             }
             if expect_value {
                 let start = i;
-                while i < chars.len() && !matches!(chars[i], ',' | '|') && !chars[i].is_whitespace() {
+                while i < chars.len() && !matches!(chars[i], ',' | '|') && !chars[i].is_whitespace()
+                {
                     i += 1;
                 }
                 tokens.push(Token::Value(chars[start..i].iter().collect()));
@@ -335,9 +336,10 @@ mod tests {
         fn field(&self, path: &[String]) -> Option<String> {
             match path {
                 [f] if f == "name" => Some(self.name.to_string()),
-                [f, rest @ ..] if f == "labels" && !rest.is_empty() => {
-                    self.labels.get(rest.join(".").as_str()).map(|v| v.to_string())
-                }
+                [f, rest @ ..] if f == "labels" && !rest.is_empty() => self
+                    .labels
+                    .get(rest.join(".").as_str())
+                    .map(|v| v.to_string()),
                 _ => None,
             }
         }
@@ -387,9 +389,15 @@ mod tests {
     #[test]
     fn several_filter_strings_are_alternatives() {
         let obj = object();
-        assert!(Filter::parse_any(["name==x", "labels.\"a.b\"==c"]).unwrap().matches(&obj));
-        assert!(!Filter::parse_any(["name==x", "name==y"]).unwrap().matches(&obj));
-        assert!(Filter::parse_any(Vec::<String>::new()).unwrap().matches(&obj));
+        assert!(Filter::parse_any(["name==x", "labels.\"a.b\"==c"])
+            .unwrap()
+            .matches(&obj));
+        assert!(!Filter::parse_any(["name==x", "name==y"])
+            .unwrap()
+            .matches(&obj));
+        assert!(Filter::parse_any(Vec::<String>::new())
+            .unwrap()
+            .matches(&obj));
     }
 
     #[test]

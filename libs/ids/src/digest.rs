@@ -255,7 +255,11 @@ mod tests {
     fn matches_sha2_for_every_length_around_the_block_boundaries() {
         let data: Vec<u8> = (0..300u32).map(|i| (i * 7 + 3) as u8).collect();
         for len in 0..data.len() {
-            assert_eq!(Digest::of(&data[..len]).as_str(), reference(&data[..len]), "{len}");
+            assert_eq!(
+                Digest::of(&data[..len]).as_str(),
+                reference(&data[..len]),
+                "{len}"
+            );
         }
     }
 
@@ -279,7 +283,11 @@ mod tests {
             for piece in data.chunks(split) {
                 hasher.update(piece);
             }
-            assert_eq!(hasher.finalize().as_str(), reference(&data), "split {split}");
+            assert_eq!(
+                hasher.finalize().as_str(),
+                reference(&data),
+                "split {split}"
+            );
         }
     }
 

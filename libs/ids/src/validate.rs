@@ -70,13 +70,15 @@ fn validate_identifier(what: &'static str, value: &str) -> Result<(), Validation
             'a'..='z' | 'A'..='Z' | '0'..='9' => previous_was_separator = false,
             '.' | '_' | '-' => {
                 if previous_was_separator {
-                    return Err(malformed(
-                        "separators must sit between letters or digits",
-                    ));
+                    return Err(malformed("separators must sit between letters or digits"));
                 }
                 previous_was_separator = true;
             }
-            _ => return Err(malformed("only letters, digits, '.', '_' and '-' are allowed")),
+            _ => {
+                return Err(malformed(
+                    "only letters, digits, '.', '_' and '-' are allowed",
+                ))
+            }
         }
     }
     if previous_was_separator {
@@ -114,10 +116,9 @@ pub fn validate_ref(reference: &str) -> Result<(), ValidationError> {
         value: shorten(reference),
         why,
     };
-    if let Some(bad) = reference
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':' | '@' | '+' | '=')))
-    {
+    if let Some(bad) = reference.chars().find(|c| {
+        !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':' | '@' | '+' | '='))
+    }) {
         return Err(if bad == '/' || bad == '\\' {
             malformed("path separators are not allowed")
         } else {
@@ -200,7 +201,16 @@ mod tests {
         ] {
             assert_eq!(validate_ref(good), Ok(()), "{good}");
         }
-        for bad in ["", "../../x", "a/b", "..", "a\\b", "with space", "nul\0", "x..y"] {
+        for bad in [
+            "",
+            "../../x",
+            "a/b",
+            "..",
+            "a\\b",
+            "with space",
+            "nul\0",
+            "x..y",
+        ] {
             let err = validate_ref(bad).expect_err(bad);
             let converted: Error = err.into();
             assert_eq!(converted.kind(), berth_errdefs::ErrorKind::InvalidArgument);

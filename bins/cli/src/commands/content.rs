@@ -72,7 +72,9 @@ pub async fn run(global: &Global, command: ContentCommand) -> Result<()> {
         .with_context(|| "berth-contentd".to_string())?;
     let ns = namespace.as_str();
     match command {
-        ContentCommand::Ls { quiet, filters } => list(&store, ns, &filters, quiet, global.format).await,
+        ContentCommand::Ls { quiet, filters } => {
+            list(&store, ns, &filters, quiet, global.format).await
+        }
         ContentCommand::Info { digest } => {
             let digest = parse_digest(&digest)?;
             let info = store
@@ -153,7 +155,11 @@ pub async fn run(global: &Global, command: ContentCommand) -> Result<()> {
             match global.format {
                 Format::Json => output::json(&InfoJson::from(&updated)),
                 Format::Table => {
-                    let mut labels: Vec<_> = updated.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    let mut labels: Vec<_> = updated
+                        .labels
+                        .iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect();
                     labels.sort();
                     println!("{}", labels.join(","));
                     Ok(())
@@ -166,7 +172,9 @@ pub async fn run(global: &Global, command: ContentCommand) -> Result<()> {
                 .await
                 .context("content active")?;
             match global.format {
-                Format::Json => output::json(&statuses.iter().map(StatusJson::from).collect::<Vec<_>>()),
+                Format::Json => {
+                    output::json(&statuses.iter().map(StatusJson::from).collect::<Vec<_>>())
+                }
                 Format::Table => {
                     let rows: Vec<Vec<String>> = statuses
                         .iter()
@@ -174,7 +182,11 @@ pub async fn run(global: &Global, command: ContentCommand) -> Result<()> {
                             vec![
                                 s.reference.clone(),
                                 output::size(s.offset),
-                                if s.total == 0 { "-".into() } else { output::size(s.total) },
+                                if s.total == 0 {
+                                    "-".into()
+                                } else {
+                                    output::size(s.total)
+                                },
                                 output::age(s.started_at),
                                 output::age(s.updated_at),
                             ]
@@ -286,7 +298,11 @@ async fn list(
             let rows: Vec<Vec<String>> = infos
                 .iter()
                 .map(|info| {
-                    let mut labels: Vec<_> = info.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    let mut labels: Vec<_> = info
+                        .labels
+                        .iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect();
                     labels.sort();
                     vec![
                         info.digest.to_string(),
@@ -311,7 +327,8 @@ async fn get(store: &RemoteContentStore, namespace: &str, digest: &Digest) -> Re
     loop {
         while pending.len() < READ_AHEAD && next < size {
             let offset = next;
-            pending.push_back(async move { store.read_at(namespace, digest, offset, MAX_READ).await });
+            pending
+                .push_back(async move { store.read_at(namespace, digest, offset, MAX_READ).await });
             next += MAX_READ as u64;
         }
         let Some(chunk) = pending.next().await else {
@@ -321,7 +338,8 @@ async fn get(store: &RemoteContentStore, namespace: &str, digest: &Digest) -> Re
         if chunk.is_empty() {
             bail!("blob ended at {written} of {size} bytes");
         }
-        out.write_all(&chunk).context("writing to standard output")?;
+        out.write_all(&chunk)
+            .context("writing to standard output")?;
         written += chunk.len() as u64;
     }
     out.flush().context("writing to standard output")?;
