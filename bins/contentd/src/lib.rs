@@ -6,5 +6,6 @@
 
 pub mod ingest;
 pub mod records;
+pub mod reorder;
 pub mod service;
 pub mod store;

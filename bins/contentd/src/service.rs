@@ -14,7 +14,13 @@ use berth_content::wire::{
 use berth_content::{CommitOptions, ContentStore, WriterOptions, MAX_READ};
 use berth_daemon::{peer_hung_up, request_namespace};
 use berth_errdefs::{Error, Result};
+
+use crate::reorder::InOrder;
 use ttrpc::r#async::{ServerStream, ServerStreamSender, TtrpcContext};
+
+/// How many pipelined writes may wait for an earlier one that they
+/// overtook (berth's client keeps at most 8 in flight).
+const MAX_WRITES_AHEAD: usize = 64;
 
 /// How many infos go in one List batch.
 const LIST_BATCH: usize = 256;
@@ -67,8 +73,18 @@ impl ContentService {
         let mut total = status.total;
         let started_at = status.started_at;
 
-        let mut next = Some(first);
-        while let Some(request) = next {
+        let mut ahead = InOrder::new(MAX_WRITES_AHEAD);
+        let mut first = Some(first);
+        loop {
+            let request = if let Some(request) = ahead.take(offset) {
+                request
+            } else if let Some(request) = first.take() {
+                request
+            } else if let Some(request) = next_request(ctx, stream).await? {
+                request
+            } else {
+                break;
+            };
             if !request.ref_.is_empty() && request.ref_ != reference {
                 return Err(Error::invalid_argument(format!(
                     "write stream for {reference} got a request for {}",
@@ -92,6 +108,11 @@ impl ContentService {
             }
             if matches!(action, pb::WriteAction::WRITE | pb::WriteAction::COMMIT) {
                 let at = unsigned("offset", request.offset)?;
+                if action == pb::WriteAction::WRITE && !request.data.is_empty() && at > offset {
+                    // Overtook an earlier write on the way in.
+                    ahead.hold(at, request)?;
+                    continue;
+                }
                 if at != offset {
                     if at != 0 {
                         return Err(Error::failed_precondition(format!(
@@ -134,7 +155,6 @@ impl ContentService {
                 return Ok(());
             }
             stream.send(&response).await?;
-            next = next_request(ctx, stream).await?;
         }
         Ok(())
     }
