@@ -6,7 +6,10 @@ use std::path::PathBuf;
 
 use ttrpc_codegen::{Codegen, Customize, ProtobufCustomize};
 
-const PROTOS: &[&str] = &["berth/content/v1/content.proto"];
+const PROTOS: &[&str] = &[
+    "berth/content/v1/content.proto",
+    "berth/transfer/v1/transfer.proto",
+];
 
 fn main() {
     let proto_root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");

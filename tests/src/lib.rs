@@ -4,6 +4,9 @@
 //! daemons on temp dirs and sockets, kill them by pid, and decide when a
 //! missing prerequisite may skip a test (never under `CI=true`).
 
+pub mod images;
+pub mod registry;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -66,6 +69,7 @@ impl Daemon {
     }
 
     pub fn start_with_args(binary_name: &str, dir: &Path, extra_args: &[&str]) -> Daemon {
+        std::fs::create_dir_all(dir).expect("daemon directory");
         let mut daemon = Daemon {
             binary: binary_name.to_string(),
             child: None,

@@ -689,6 +689,9 @@ async fn concurrent_pipelined_ingests_arrive_intact() {
         let digest = task.await.unwrap();
         let size = store.info("default", &digest).await.unwrap().size;
         assert_eq!(size, 512 * 64 * 1024);
-        assert_eq!(digest_by_reading(&store, "default", &digest, size).await, digest);
+        assert_eq!(
+            digest_by_reading(&store, "default", &digest, size).await,
+            digest
+        );
     }
 }

@@ -9,3 +9,4 @@ pub mod records;
 pub mod reorder;
 pub mod service;
 pub mod store;
+pub mod transfer;

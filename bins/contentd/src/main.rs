@@ -6,16 +6,32 @@ use std::sync::Arc;
 use anyhow::Context;
 use berth_contentd::service::ContentService;
 use berth_contentd::store::LocalStore;
+use berth_contentd::transfer::fetch::Fetcher;
+use berth_contentd::transfer::service::TransferService;
 use berth_daemon::{DaemonConfig, DaemonFlags, Defaults};
 use clap::Parser;
 
-/// berth's content store: content-addressed blobs and resumable ingests.
+/// berth's content store: content-addressed blobs and resumable ingests,
+/// and image transfer from registries.
 #[derive(Debug, Parser)]
 #[command(name = "berth-contentd", version)]
 struct Cli {
     #[command(flatten)]
     daemon: DaemonFlags,
+    /// Per-registry settings in containerd's certs.d layout
+    /// (`<dir>/<host>/hosts.toml`, CAs, client certificates).
+    #[arg(long, value_name = "DIR")]
+    hosts_dir: Option<PathBuf>,
 }
+
+/// contentd's own keys in the config file.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Settings {
+    hosts_dir: Option<PathBuf>,
+}
+
+const DEFAULT_HOSTS_DIR: &str = "/etc/berth/certs.d";
 
 fn defaults() -> Defaults {
     Defaults {
@@ -31,6 +47,11 @@ fn main() -> anyhow::Result<()> {
     // to 0660 explicitly.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let config = DaemonConfig::resolve(&cli.daemon, defaults())?;
+    let settings: Settings = config.daemon_settings()?;
+    let hosts_dir = cli
+        .hosts_dir
+        .or(settings.hosts_dir)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_HOSTS_DIR));
     berth_daemon::init_logging(&config)?;
     berth_daemon::prepare_dirs(&config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -38,10 +59,10 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(run(config))
+    runtime.block_on(run(config, hosts_dir))
 }
 
-async fn run(config: DaemonConfig) -> anyhow::Result<()> {
+async fn run(config: DaemonConfig, hosts_dir: PathBuf) -> anyhow::Result<()> {
     let root = config.root.clone();
     let (store, recovery) = tokio::task::spawn_blocking(move || LocalStore::open(&root))
         .await
@@ -50,8 +71,10 @@ async fn run(config: DaemonConfig) -> anyhow::Result<()> {
     if recovery != Default::default() {
         tracing::info!(?recovery, "cleaned up after an earlier crash");
     }
-    let service = ContentService::new(Arc::new(store));
-    berth_daemon::serve(&config, service.into_ttrpc()).await?;
+    let store: Arc<dyn berth_content::ContentStore> = Arc::new(store);
+    let mut services = ContentService::new(store.clone()).into_ttrpc();
+    services.extend(TransferService::new(Fetcher::new(store, Some(hosts_dir))).into_ttrpc());
+    berth_daemon::serve(&config, services).await?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -32,12 +32,24 @@ mod generated {
     pub mod content_ttrpc {
         include!(concat!(env!("OUT_DIR"), "/content_ttrpc.rs"));
     }
+    pub mod transfer {
+        include!(concat!(env!("OUT_DIR"), "/transfer.rs"));
+    }
+    pub mod transfer_ttrpc {
+        include!(concat!(env!("OUT_DIR"), "/transfer_ttrpc.rs"));
+    }
 }
 
 /// `berth.content.v1`: messages and the `Content` service.
 pub mod content {
     pub use crate::generated::content::*;
     pub use crate::generated::content_ttrpc::*;
+}
+
+/// `berth.transfer.v1`: messages and the `Transfer` service.
+pub mod transfer {
+    pub use crate::generated::transfer::*;
+    pub use crate::generated::transfer_ttrpc::*;
 }
 
 pub use protobuf;

@@ -7,6 +7,12 @@
 
 mod connection;
 mod content;
+mod credentials;
+mod transfer;
 
 pub use connection::{connect, request_context};
 pub use content::RemoteContentStore;
+pub use credentials::{
+    docker_config_path, docker_credentials, from_docker_config, RegistryCredentials,
+};
+pub use transfer::RemoteTransfer;

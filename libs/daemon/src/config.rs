@@ -49,7 +49,7 @@ pub struct Defaults {
 }
 
 /// The configuration a daemon runs with.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DaemonConfig {
     pub root: PathBuf,
     pub state: PathBuf,
@@ -57,10 +57,13 @@ pub struct DaemonConfig {
     pub log_level: String,
     pub log_format: LogFormat,
     pub socket_group: Option<String>,
+    /// Path of the config file, if one was given.
+    pub file: Option<PathBuf>,
+    /// Keys of the file that are not common to all daemons.
+    pub rest: toml::Table,
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct FileConfig {
     root: Option<PathBuf>,
     state: Option<PathBuf>,
@@ -68,6 +71,9 @@ struct FileConfig {
     log_level: Option<String>,
     log_format: Option<LogFormat>,
     socket_group: Option<String>,
+    /// The daemon's own keys; see [`DaemonConfig::daemon_settings`].
+    #[serde(flatten)]
+    rest: toml::Table,
 }
 
 impl DaemonConfig {
@@ -94,6 +100,8 @@ impl DaemonConfig {
                 .or(file.log_format)
                 .unwrap_or(LogFormat::Text),
             socket_group: flags.socket_group.clone().or(file.socket_group),
+            file: flags.config.clone(),
+            rest: file.rest,
         };
         for (name, path) in [
             ("root", &config.root),
@@ -108,6 +116,19 @@ impl DaemonConfig {
             }
         }
         Ok(config)
+    }
+}
+
+impl DaemonConfig {
+    /// The daemon's own settings from the file's remaining keys. `T` should
+    /// deny unknown fields, so a misspelt key is an error, not ignored.
+    pub fn daemon_settings<T: serde::de::DeserializeOwned>(&self) -> Result<T, DaemonError> {
+        toml::Value::Table(self.rest.clone())
+            .try_into()
+            .map_err(|e: toml::de::Error| DaemonError::Config {
+                path: self.file.clone().unwrap_or_default(),
+                message: e.message().to_string(),
+            })
     }
 }
 
@@ -156,6 +177,26 @@ mod tests {
     }
 
     #[test]
+    fn daemon_specific_keys_come_from_the_same_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "hosts_dir = \"/etc/x\"\nroot = \"/r\"\n").unwrap();
+        let flags = DaemonFlags {
+            config: Some(file),
+            ..Default::default()
+        };
+        let config = DaemonConfig::resolve(&flags, defaults()).unwrap();
+        #[derive(Debug, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Own {
+            hosts_dir: Option<String>,
+        }
+        let own: Own = config.daemon_settings().unwrap();
+        assert_eq!(own.hosts_dir.as_deref(), Some("/etc/x"));
+        assert_eq!(config.root, PathBuf::from("/r"));
+    }
+
+    #[test]
     fn unknown_keys_and_relative_paths_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("c.toml");
@@ -164,7 +205,14 @@ mod tests {
             config: Some(file),
             ..Default::default()
         };
-        let err = DaemonConfig::resolve(&flags, defaults()).unwrap_err();
+        let config = DaemonConfig::resolve(&flags, defaults()).unwrap();
+        #[derive(Debug, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Own {
+            #[allow(dead_code)]
+            hosts_dir: Option<String>,
+        }
+        let err = config.daemon_settings::<Own>().unwrap_err();
         assert!(err.to_string().contains("roots"), "{err}");
 
         let flags = DaemonFlags {

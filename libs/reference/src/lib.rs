@@ -69,14 +69,14 @@ impl Reference {
             None => (rest, None),
         };
         if let Some(tag) = &tag {
-            validate_tag(tag).map_err(|why| error(why))?;
+            validate_tag(tag).map_err(&error)?;
         }
         let (domain, path) = split_domain(name);
         if domain != domain.to_ascii_lowercase() && domain == DEFAULT_DOMAIN {
             return Err(error("the domain must be lower case"));
         }
-        validate_domain(&domain).map_err(|why| error(why))?;
-        validate_path(&path).map_err(|why| error(why))?;
+        validate_domain(&domain).map_err(&error)?;
+        validate_path(&path).map_err(&error)?;
         if domain.len() + 1 + path.len() > MAX_NAME_LEN {
             return Err(error("the name is longer than 255 characters"));
         }
@@ -252,7 +252,8 @@ fn validate_path(path: &str) -> Result<(), &'static str> {
             return Err("the repository name has an empty component");
         }
         if !bytes[0].is_ascii_lowercase() && !bytes[0].is_ascii_digit()
-            || !bytes[bytes.len() - 1].is_ascii_lowercase() && !bytes[bytes.len() - 1].is_ascii_digit()
+            || !bytes[bytes.len() - 1].is_ascii_lowercase()
+                && !bytes[bytes.len() - 1].is_ascii_digit()
         {
             return Err("repository components start and end with a lower-case letter or digit");
         }
@@ -268,7 +269,11 @@ fn validate_path(path: &str) -> Result<(), &'static str> {
                 b'_' if bytes.get(i + 1) == Some(&b'_') => 2,
                 b'_' => 1,
                 b'-' => bytes[i..].iter().take_while(|b| **b == b'-').count(),
-                _ => return Err("repository names have only lower-case letters, digits and separators"),
+                _ => {
+                    return Err(
+                        "repository names have only lower-case letters, digits and separators",
+                    )
+                }
             };
             i += separator_len;
             if i < bytes.len() && !(bytes[i].is_ascii_lowercase() || bytes[i].is_ascii_digit()) {
@@ -291,10 +296,16 @@ mod tests {
             ("busybox", "docker.io/library/busybox:latest"),
             ("library/busybox:1.36", "docker.io/library/busybox:1.36"),
             ("docker.io/busybox", "docker.io/library/busybox:latest"),
-            ("index.docker.io/library/busybox", "docker.io/library/busybox:latest"),
+            (
+                "index.docker.io/library/busybox",
+                "docker.io/library/busybox:latest",
+            ),
             ("team/app:v1", "docker.io/team/app:v1"),
             ("localhost/app", "localhost/app:latest"),
-            ("localhost:5000/team/app:v1.2-rc_3", "localhost:5000/team/app:v1.2-rc_3"),
+            (
+                "localhost:5000/team/app:v1.2-rc_3",
+                "localhost:5000/team/app:v1.2-rc_3",
+            ),
             ("127.0.0.1:5000/app", "127.0.0.1:5000/app:latest"),
             ("ghcr.io/org/sub/app:x", "ghcr.io/org/sub/app:x"),
             ("[::1]:5000/app", "[::1]:5000/app:latest"),

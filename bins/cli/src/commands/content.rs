@@ -62,9 +62,14 @@ pub enum ContentCommand {
         #[arg(required = true)]
         references: Vec<String>,
     },
+    /// Fetch an image's blobs from its registry (no unpacking).
+    Fetch(crate::commands::fetch::FetchArgs),
 }
 
 pub async fn run(global: &Global, command: ContentCommand) -> Result<()> {
+    if let ContentCommand::Fetch(args) = command {
+        return crate::commands::fetch::run(global, args).await;
+    }
     let namespace = global.namespace()?.to_string();
     let socket = global.contentd_socket();
     let store = RemoteContentStore::connect(socket)
@@ -196,6 +201,7 @@ pub async fn run(global: &Global, command: ContentCommand) -> Result<()> {
                 }
             }
         }
+        ContentCommand::Fetch(_) => Ok(()),
         ContentCommand::Abort { references } => {
             for reference in references {
                 store

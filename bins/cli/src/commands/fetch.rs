@@ -1,0 +1,228 @@
+//! `berth content fetch REF`: an image's blobs from its registry into
+//! berth-contentd, with progress.
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use berth_api::transfer as pb;
+use berth_client::{docker_credentials, RemoteTransfer};
+use berth_reference::Reference;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+
+use crate::global::Global;
+use crate::output::{self, Format};
+
+#[derive(Debug, clap::Args)]
+pub struct FetchArgs {
+    /// Image reference: busybox, library/busybox:1.36, host:port/repo:tag,
+    /// repo@sha256:...
+    pub reference: String,
+    /// Platform to fetch (os/arch[/variant]); repeatable. Default: the
+    /// daemon's own.
+    #[arg(long = "platform", value_name = "PLATFORM")]
+    pub platforms: Vec<String>,
+    /// Fetch every platform of a multi-platform image.
+    #[arg(long, conflicts_with = "platforms")]
+    pub all_platforms: bool,
+    /// Registry credentials, USER:PASSWORD (else docker's config.json).
+    #[arg(short, long, value_name = "USER:PASSWORD")]
+    pub user: Option<String>,
+    /// Talk plain HTTP to the registry (loopback registries always may).
+    #[arg(long)]
+    pub plain_http: bool,
+    /// Blobs fetched at once.
+    #[arg(long, default_value_t = 3)]
+    pub max_concurrent_downloads: u32,
+    /// Also fetch layers the manifest marks as foreign (from URLs outside
+    /// the registry; no credentials are sent there).
+    #[arg(long)]
+    pub allow_foreign_layers: bool,
+    /// Print only the image's digest.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+pub async fn run(global: &Global, args: FetchArgs) -> Result<()> {
+    let namespace = global.namespace()?;
+    let reference = Reference::parse(&args.reference).map_err(|e| anyhow::anyhow!(e))?;
+    let credentials = match &args.user {
+        Some(user) => {
+            let Some((username, secret)) = user.split_once(':') else {
+                bail!("--user: expected USER:PASSWORD");
+            };
+            Some(pb::Credentials {
+                username: username.to_string(),
+                secret: secret.to_string(),
+                ..Default::default()
+            })
+        }
+        None => docker_credentials(reference.domain()).map(|c| pb::Credentials {
+            username: c.username,
+            secret: c.secret,
+            ..Default::default()
+        }),
+    };
+    let request = pb::FetchRequest {
+        reference: reference.to_string(),
+        platforms: args.platforms.clone(),
+        all_platforms: args.all_platforms,
+        max_concurrent: args.max_concurrent_downloads,
+        plain_http: args.plain_http,
+        credentials: credentials.into(),
+        allow_foreign_layers: args.allow_foreign_layers,
+        ..Default::default()
+    };
+    let transfer = RemoteTransfer::connect(global.contentd_socket())
+        .await
+        .context("berth-contentd")?;
+    let mut display = Display::new(global.format, args.quiet);
+    let root = transfer
+        .fetch(namespace, &request, |p| display.show(p))
+        .await
+        .with_context(|| format!("content fetch {reference}"))?;
+    display.finish();
+    match global.format {
+        Format::Json => output::json(&serde_json::json!({
+            "event": "fetched",
+            "reference": reference.to_string(),
+            "digest": root.digest,
+            "media_type": root.media_type,
+            "size": root.size,
+        })),
+        Format::Table => {
+            if args.quiet {
+                println!("{}", root.digest);
+            } else {
+                println!("{reference}: fetched {}", root.digest);
+            }
+            Ok(())
+        }
+    }
+}
+
+/// How progress is shown: bars on a terminal, lines otherwise, JSON events
+/// for scripts, nothing when quiet.
+enum Display {
+    Quiet,
+    Json,
+    Lines {
+        last: HashMap<String, String>,
+    },
+    Bars {
+        multi: MultiProgress,
+        bars: HashMap<String, ProgressBar>,
+    },
+}
+
+fn kind(media_type: &str) -> &'static str {
+    if media_type.contains("index") || media_type.contains("list") {
+        "index"
+    } else if media_type.contains("manifest") {
+        "manifest"
+    } else if media_type.contains("config") {
+        "config"
+    } else {
+        "layer"
+    }
+}
+
+fn short(digest: &str) -> &str {
+    let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+    &hex[..hex.len().min(12)]
+}
+
+impl Display {
+    fn new(format: Format, quiet: bool) -> Display {
+        if quiet {
+            Display::Quiet
+        } else if format == Format::Json {
+            Display::Json
+        } else if std::io::stderr().is_terminal() {
+            Display::Bars {
+                multi: MultiProgress::new(),
+                bars: HashMap::new(),
+            }
+        } else {
+            Display::Lines {
+                last: HashMap::new(),
+            }
+        }
+    }
+
+    fn show(&mut self, progress: &pb::FetchProgress) {
+        let Some(descriptor) = progress.descriptor.as_ref() else {
+            return;
+        };
+        match self {
+            Display::Quiet => {}
+            Display::Json => {
+                let event = serde_json::json!({
+                    "event": progress.event,
+                    "digest": descriptor.digest,
+                    "media_type": descriptor.media_type,
+                    "size": descriptor.size,
+                    "state": progress.state,
+                    "offset": progress.offset,
+                });
+                println!("{event}");
+            }
+            Display::Lines { last } => {
+                if progress.event == "resolved" {
+                    eprintln!(
+                        "resolved {} ({})",
+                        descriptor.digest,
+                        kind(&descriptor.media_type)
+                    );
+                    return;
+                }
+                if progress.event != "blob" {
+                    return;
+                }
+                // One line per change of state, not per megabyte.
+                if last.get(&descriptor.digest) == Some(&progress.state) {
+                    return;
+                }
+                last.insert(descriptor.digest.clone(), progress.state.clone());
+                eprintln!(
+                    "{:<8} {} {:<11} {}",
+                    kind(&descriptor.media_type),
+                    short(&descriptor.digest),
+                    progress.state,
+                    output::size(descriptor.size as u64)
+                );
+            }
+            Display::Bars { multi, bars } => {
+                if progress.event != "blob" {
+                    return;
+                }
+                let bar = bars.entry(descriptor.digest.clone()).or_insert_with(|| {
+                    let bar = multi.add(ProgressBar::new(descriptor.size.max(0) as u64));
+                    let style = ProgressStyle::with_template(
+                        "{prefix:.bold} {msg:<11} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec}",
+                    )
+                    .unwrap_or_else(|_| ProgressStyle::default_bar())
+                    .progress_chars("=> ");
+                    bar.set_style(style);
+                    bar.set_prefix(format!("{:<8} {}", kind(&descriptor.media_type), short(&descriptor.digest)));
+                    bar.enable_steady_tick(Duration::from_millis(200));
+                    bar
+                });
+                bar.set_message(progress.state.clone());
+                bar.set_position(progress.offset.max(0) as u64);
+                if matches!(progress.state.as_str(), "done" | "exists" | "skipped") {
+                    bar.finish();
+                }
+            }
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Display::Bars { bars, .. } = self {
+            for bar in bars.values() {
+                bar.finish();
+            }
+        }
+    }
+}

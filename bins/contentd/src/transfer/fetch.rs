@@ -1,0 +1,459 @@
+//! Fetching an image's blobs from a registry into the content store.
+//!
+//! The root manifest (or index) is resolved, then the tree is walked:
+//! indexes and manifests are small and fetched one by one, then the
+//! selected manifests' configs and layers are fetched concurrently (at most
+//! `max_concurrent` at once). Each blob streams from the socket through the
+//! ingest writer, which hashes as it writes, and is committed only if its
+//! digest and size match. An ingest left by an interrupted fetch resumes
+//! with a Range request from its stored offset.
+//!
+//! Blobs get containerd's garbage-collection labels (a parent points at its
+//! children with `containerd.io/gc.ref.content.*`) and a
+//! `containerd.io/distribution.source.<host>` label.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use berth_content::{read_blob, CommitOptions, ContentStore, Labels, WriterOptions, MAX_READ};
+use berth_errdefs::{Error, ErrorKind, Result};
+use berth_reference::Reference;
+use futures::stream::{FuturesUnordered, StreamExt};
+use tokio::sync::{mpsc, Semaphore};
+
+use super::auth::Credentials;
+use super::hosts;
+use super::oci::{self, Descriptor, Platform};
+use super::platform;
+use super::registry::RegistryClient;
+
+/// Attempts to fetch one blob when the connection breaks mid-body.
+const BLOB_ATTEMPTS: u32 = 3;
+
+#[derive(Debug, Clone, Default)]
+pub struct FetchOptions {
+    /// Platforms to fetch; empty means the host's.
+    pub platforms: Vec<Platform>,
+    pub all_platforms: bool,
+    /// Blobs fetched at once (0: the default, 3).
+    pub max_concurrent: usize,
+    /// Talk plain HTTP to the reference's registry.
+    pub plain_http: bool,
+    pub credentials: Option<Credentials>,
+    /// Fetch layers a manifest marks as foreign (they may come from URLs
+    /// outside the registry; credentials are never sent there).
+    pub allow_foreign_layers: bool,
+}
+
+/// What a fetch reports as it goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Progress {
+    Resolved(Descriptor),
+    Blob {
+        descriptor: Descriptor,
+        state: BlobState,
+        offset: u64,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlobState {
+    Waiting,
+    Downloading,
+    /// Already in the store.
+    Exists,
+    Done,
+    /// A foreign layer that was not fetched.
+    Skipped,
+}
+
+impl BlobState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BlobState::Waiting => "waiting",
+            BlobState::Downloading => "downloading",
+            BlobState::Exists => "exists",
+            BlobState::Done => "done",
+            BlobState::Skipped => "skipped",
+        }
+    }
+}
+
+/// Fetches images into a content store.
+#[derive(Clone)]
+pub struct Fetcher {
+    store: Arc<dyn ContentStore>,
+    hosts_dir: Option<std::path::PathBuf>,
+}
+
+impl std::fmt::Debug for Fetcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fetcher")
+            .field("hosts_dir", &self.hosts_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Job<'a> {
+    namespace: &'a str,
+    client: &'a RegistryClient,
+    source_label: (String, String),
+    progress: &'a mpsc::Sender<Progress>,
+}
+
+impl Job<'_> {
+    async fn report(&self, descriptor: &Descriptor, state: BlobState, offset: u64) {
+        let _ = self
+            .progress
+            .send(Progress::Blob {
+                descriptor: descriptor.clone(),
+                state,
+                offset,
+            })
+            .await;
+    }
+
+    fn labels(&self, mut labels: Labels) -> Labels {
+        labels.insert(self.source_label.0.clone(), self.source_label.1.clone());
+        labels
+    }
+}
+
+fn ingest_ref(descriptor: &Descriptor) -> String {
+    let kind = if oci::is_index(&descriptor.media_type) {
+        "index"
+    } else if oci::is_manifest(&descriptor.media_type) {
+        "manifest"
+    } else if descriptor.media_type == oci::OCI_CONFIG
+        || descriptor.media_type == oci::DOCKER_CONFIG
+    {
+        "config"
+    } else {
+        "layer"
+    };
+    format!("{kind}-{}", descriptor.digest)
+}
+
+impl Fetcher {
+    pub fn new(store: Arc<dyn ContentStore>, hosts_dir: Option<std::path::PathBuf>) -> Fetcher {
+        Fetcher { store, hosts_dir }
+    }
+
+    /// Fetches the image `reference` names; returns its root descriptor.
+    pub async fn fetch(
+        &self,
+        namespace: &str,
+        reference: &Reference,
+        options: &FetchOptions,
+        progress: &mpsc::Sender<Progress>,
+    ) -> Result<Descriptor> {
+        let endpoints = hosts::endpoints(
+            self.hosts_dir.as_deref(),
+            reference.domain(),
+            options.plain_http,
+        )?;
+        let mut last_error = Error::unavailable(format!(
+            "{}: no endpoint can resolve it",
+            reference.domain()
+        ));
+        for endpoint in endpoints.into_iter().filter(|e| e.capabilities.resolve) {
+            let client = RegistryClient::new(
+                endpoint,
+                reference.domain(),
+                reference.path(),
+                options.credentials.clone(),
+            )?;
+            let root = match client.resolve(&reference.object()).await {
+                Ok(root) => root,
+                Err(e) => {
+                    tracing::debug!(endpoint = %client.endpoint().base, error = %e, "resolve failed");
+                    last_error = e;
+                    continue;
+                }
+            };
+            let _ = progress.send(Progress::Resolved(root.clone())).await;
+            let job = Job {
+                namespace,
+                client: &client,
+                source_label: (
+                    format!("containerd.io/distribution.source.{}", reference.domain()),
+                    reference.path().to_string(),
+                ),
+                progress,
+            };
+            self.fetch_tree(&job, &root, options).await?;
+            return Ok(root);
+        }
+        Err(last_error)
+    }
+
+    async fn fetch_tree(
+        &self,
+        job: &Job<'_>,
+        root: &Descriptor,
+        options: &FetchOptions,
+    ) -> Result<()> {
+        let wanted: Vec<Platform> = if options.platforms.is_empty() {
+            vec![platform::host()]
+        } else {
+            options.platforms.clone()
+        };
+        let mut manifests = vec![root.clone()];
+        let mut blobs: Vec<Descriptor> = Vec::new();
+        while let Some(descriptor) = manifests.pop() {
+            let data = self.manifest_bytes(job, &descriptor).await?;
+            if oci::is_index(&descriptor.media_type) {
+                let index = oci::parse_index(&data)?;
+                let children: Vec<Descriptor> = index
+                    .manifests
+                    .into_iter()
+                    .filter(|m| {
+                        options.all_platforms
+                            || m.platform
+                                .as_ref()
+                                .is_none_or(|p| wanted.iter().any(|w| platform::matches(w, p)))
+                    })
+                    .collect();
+                if children.is_empty() {
+                    return Err(Error::not_found(format!(
+                        "{} has no manifest for {}",
+                        descriptor.digest,
+                        wanted
+                            .iter()
+                            .map(platform::display)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )));
+                }
+                let labels = children
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| {
+                        (
+                            format!("containerd.io/gc.ref.content.m.{i}"),
+                            c.digest.to_string(),
+                        )
+                    })
+                    .collect();
+                self.store_manifest(job, &descriptor, &data, labels).await?;
+                manifests.extend(children);
+            } else if oci::is_manifest(&descriptor.media_type) {
+                let manifest = oci::parse_manifest(&data)?;
+                let mut labels: Labels = HashMap::new();
+                labels.insert(
+                    "containerd.io/gc.ref.content.config".into(),
+                    manifest.config.digest.to_string(),
+                );
+                for (i, layer) in manifest.layers.iter().enumerate() {
+                    labels.insert(
+                        format!("containerd.io/gc.ref.content.l.{i}"),
+                        layer.digest.to_string(),
+                    );
+                }
+                self.store_manifest(job, &descriptor, &data, labels).await?;
+                blobs.push(manifest.config);
+                blobs.extend(manifest.layers);
+            } else {
+                return Err(Error::invalid_argument(format!(
+                    "{} has media type {:?}, not a manifest or index",
+                    descriptor.digest, descriptor.media_type
+                )));
+            }
+        }
+        // Layers shared by several platforms are fetched once.
+        let mut seen = std::collections::HashSet::new();
+        blobs.retain(|b| seen.insert(b.digest.clone()));
+        for blob in &blobs {
+            job.report(blob, BlobState::Waiting, 0).await;
+        }
+        let limit = Arc::new(Semaphore::new(if options.max_concurrent == 0 {
+            3
+        } else {
+            options.max_concurrent
+        }));
+        let mut running = FuturesUnordered::new();
+        for blob in blobs {
+            let limit = limit.clone();
+            running.push(async move {
+                let _permit = limit
+                    .acquire()
+                    .await
+                    .map_err(|_| Error::internal("fetch cancelled"))?;
+                if oci::is_foreign_layer(&blob.media_type) && !options.allow_foreign_layers {
+                    job.report(&blob, BlobState::Skipped, 0).await;
+                    return Ok(());
+                }
+                self.fetch_blob(job, &blob).await
+            });
+        }
+        while let Some(result) = running.next().await {
+            result?;
+        }
+        Ok(())
+    }
+
+    /// A manifest's bytes: from the store if the namespace has it, else from
+    /// the registry.
+    async fn manifest_bytes(&self, job: &Job<'_>, descriptor: &Descriptor) -> Result<Vec<u8>> {
+        match read_blob(
+            self.store.as_ref(),
+            job.namespace,
+            &descriptor.digest,
+            oci::MAX_MANIFEST_SIZE,
+        )
+        .await
+        {
+            Ok(data) => return Ok(data),
+            Err(e) if e.is(ErrorKind::NotFound) => {}
+            Err(e) => return Err(e),
+        }
+        job.client.fetch_manifest(descriptor).await
+    }
+
+    async fn store_manifest(
+        &self,
+        job: &Job<'_>,
+        descriptor: &Descriptor,
+        data: &[u8],
+        labels: Labels,
+    ) -> Result<()> {
+        match berth_content::write_blob(
+            self.store.as_ref(),
+            job.namespace,
+            &ingest_ref(descriptor),
+            data,
+            Some(descriptor.digest.clone()),
+            job.labels(labels),
+        )
+        .await
+        {
+            Ok(_) => {
+                job.report(descriptor, BlobState::Done, descriptor.size)
+                    .await
+            }
+            Err(e) if e.is(ErrorKind::AlreadyExists) => {
+                job.report(descriptor, BlobState::Exists, descriptor.size)
+                    .await
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(())
+    }
+
+    async fn fetch_blob(&self, job: &Job<'_>, descriptor: &Descriptor) -> Result<()> {
+        let reference = ingest_ref(descriptor);
+        let mut attempt = 0;
+        loop {
+            match self.try_fetch_blob(job, descriptor, &reference).await {
+                Ok(()) => return Ok(()),
+                Err(e) if e.is(ErrorKind::Unavailable) && attempt + 1 < BLOB_ATTEMPTS => {
+                    tracing::debug!(digest = %descriptor.digest, error = %e, "blob fetch interrupted; resuming");
+                    attempt += 1;
+                    // The writer is dropped: let it free the ref.
+                    tokio::time::sleep(std::time::Duration::from_millis(100 * u64::from(attempt)))
+                        .await;
+                }
+                Err(e) => return Err(e.context(format!("fetching {}", descriptor.digest))),
+            }
+        }
+    }
+
+    async fn try_fetch_blob(
+        &self,
+        job: &Job<'_>,
+        descriptor: &Descriptor,
+        reference: &str,
+    ) -> Result<()> {
+        let options = WriterOptions::new(reference)
+            .total(descriptor.size)
+            .expected(descriptor.digest.clone());
+        let mut writer = match self.store.writer(job.namespace, options).await {
+            Ok(w) => w,
+            Err(e) if e.is(ErrorKind::AlreadyExists) => {
+                job.report(descriptor, BlobState::Exists, descriptor.size)
+                    .await;
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        let mut offset = writer.status().await?.offset;
+        if offset < descriptor.size {
+            let (response, ranged) = job.client.blob(descriptor, offset).await?;
+            if offset > 0 && !ranged {
+                writer.restart().await?;
+                offset = 0;
+            }
+            job.report(descriptor, BlobState::Downloading, offset).await;
+            let mut body = response.bytes_stream();
+            let mut buffer = Vec::with_capacity(MAX_READ);
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.map_err(|e| {
+                    Error::unavailable(format!("reading {}: {e}", descriptor.digest))
+                })?;
+                if offset + (buffer.len() + chunk.len()) as u64 > descriptor.size {
+                    return Err(self
+                        .discard(
+                            job,
+                            reference,
+                            Error::failed_precondition(format!(
+                                "the registry sent more than the {} bytes of {}",
+                                descriptor.size, descriptor.digest
+                            )),
+                        )
+                        .await);
+                }
+                buffer.extend_from_slice(&chunk);
+                if buffer.len() >= MAX_READ {
+                    offset += buffer.len() as u64;
+                    writer
+                        .write(std::mem::replace(&mut buffer, Vec::with_capacity(MAX_READ)))
+                        .await?;
+                    job.report(descriptor, BlobState::Downloading, offset).await;
+                }
+            }
+            if !buffer.is_empty() {
+                offset += buffer.len() as u64;
+                writer.write(buffer).await?;
+            }
+            if offset < descriptor.size {
+                return Err(Error::unavailable(format!(
+                    "{} ended at {offset} of {} bytes",
+                    descriptor.digest, descriptor.size
+                )));
+            }
+        }
+        let labels = job.labels(Labels::new());
+        match writer
+            .commit(CommitOptions {
+                size: Some(descriptor.size),
+                expected: Some(descriptor.digest.clone()),
+                labels,
+            })
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if e.is(ErrorKind::AlreadyExists) => {}
+            Err(e) if e.is(ErrorKind::FailedPrecondition) => {
+                // Bad bytes from the registry: drop them so no later fetch
+                // resumes from them.
+                return Err(self.discard(job, reference, e).await);
+            }
+            Err(e) => return Err(e),
+        }
+        job.report(descriptor, BlobState::Done, descriptor.size)
+            .await;
+        Ok(())
+    }
+
+    async fn discard(&self, job: &Job<'_>, reference: &str, error: Error) -> Error {
+        for _ in 0..50 {
+            match self.store.abort(job.namespace, reference).await {
+                Err(e) if e.is(ErrorKind::Unavailable) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await
+                }
+                _ => break,
+            }
+        }
+        error
+    }
+}

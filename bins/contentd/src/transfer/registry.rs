@@ -1,0 +1,372 @@
+//! One registry repository over HTTP: resolve, manifests and blobs, with
+//! authentication, retries of 5xx and 429 answers, and ranged blob reads.
+
+use std::time::Duration;
+
+use berth_errdefs::{Error, Result};
+use berth_ids::{Digest, Sha256Hasher};
+use futures::StreamExt;
+use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, RANGE, WWW_AUTHENTICATE};
+use reqwest::{Method, Response, StatusCode};
+
+use super::auth::{parse_challenge, Authorizer, Credentials};
+use super::hosts::Endpoint;
+use super::oci::{sniff_media_type, Descriptor, MANIFEST_ACCEPT, MAX_MANIFEST_SIZE};
+
+/// Attempts per request for answers worth retrying (5xx, 429, transport).
+const ATTEMPTS: u32 = 4;
+
+/// A repository on one registry endpoint.
+#[derive(Debug)]
+pub struct RegistryClient {
+    endpoint: Endpoint,
+    http: reqwest::Client,
+    auth: Authorizer,
+    repository: String,
+}
+
+/// Reads a response body, refusing more than `limit` bytes.
+pub async fn read_limited(response: Response, limit: u64) -> Result<Vec<u8>> {
+    if response.content_length().is_some_and(|len| len > limit) {
+        return Err(Error::resource_exhausted(format!(
+            "{} sent {} bytes where at most {limit} are accepted",
+            response.url(),
+            response.content_length().unwrap_or_default()
+        )));
+    }
+    let url = response.url().clone();
+    let mut body = Vec::new();
+    let mut stream = response.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| Error::unavailable(format!("reading {url}: {e}")))?;
+        if body.len() as u64 + chunk.len() as u64 > limit {
+            return Err(Error::resource_exhausted(format!(
+                "{url} sent more than the {limit} bytes accepted"
+            )));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+fn build_http(endpoint: &Endpoint) -> Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(30))
+        .read_timeout(Duration::from_secs(120))
+        .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")))
+        // reqwest drops Authorization on redirects to another host, so a
+        // redirect to blob storage never carries registry credentials.
+        .redirect(reqwest::redirect::Policy::limited(10))
+        .danger_accept_invalid_certs(endpoint.skip_verify);
+    for ca in &endpoint.ca_files {
+        let pem =
+            std::fs::read(ca).map_err(|e| Error::io(format!("reading CA {}", ca.display()), &e))?;
+        for cert in reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| Error::invalid_argument(format!("CA {}: {e}", ca.display())))?
+        {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    if let Some((cert, key)) = endpoint.client_pairs.first() {
+        let mut pem = std::fs::read(cert)
+            .map_err(|e| Error::io(format!("reading client certificate {}", cert.display()), &e))?;
+        if key != cert {
+            pem.extend(
+                std::fs::read(key)
+                    .map_err(|e| Error::io(format!("reading client key {}", key.display()), &e))?,
+            );
+        }
+        let identity = reqwest::Identity::from_pem(&pem).map_err(|e| {
+            Error::invalid_argument(format!("client certificate {}: {e}", cert.display()))
+        })?;
+        builder = builder.identity(identity);
+    }
+    builder
+        .build()
+        .map_err(|e| Error::internal(format!("HTTP client: {e}")))
+}
+
+fn backoff(attempt: u32, retry_after: Option<&HeaderValue>) -> Duration {
+    let asked = retry_after
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(|s| Duration::from_secs(s.min(10)));
+    asked.unwrap_or_else(|| Duration::from_millis(200 * 2u64.pow(attempt)))
+}
+
+impl RegistryClient {
+    /// `registry_host` is the reference's domain: credentials are used only
+    /// when the endpoint is that registry itself.
+    pub fn new(
+        endpoint: Endpoint,
+        registry_host: &str,
+        repository: &str,
+        credentials: Option<Credentials>,
+    ) -> Result<RegistryClient> {
+        let http = build_http(&endpoint)?;
+        let is_registry = endpoint.host == registry_host
+            || (registry_host == "docker.io" && endpoint.host == "registry-1.docker.io");
+        let credentials = if is_registry { credentials } else { None };
+        Ok(RegistryClient {
+            auth: Authorizer::new(&endpoint.host, credentials),
+            endpoint,
+            http,
+            repository: repository.to_string(),
+        })
+    }
+
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    fn scope(&self) -> String {
+        format!("repository:{}:pull", self.repository)
+    }
+
+    /// Sends a request, answering one authentication challenge and retrying
+    /// answers worth retrying.
+    async fn send(&self, method: Method, url: &str, headers: HeaderMap) -> Result<Response> {
+        let scope = self.scope();
+        let mut challenged = false;
+        let mut attempt = 0;
+        loop {
+            let mut request = self
+                .http
+                .request(method.clone(), url)
+                .headers(headers.clone());
+            if let Some(value) = self.auth.header(&scope) {
+                request = request.header(AUTHORIZATION, value);
+            }
+            let response = match request.send().await {
+                Ok(r) => r,
+                Err(e)
+                    if attempt + 1 < ATTEMPTS
+                        && (e.is_connect() || e.is_timeout() || e.is_request()) =>
+                {
+                    tokio::time::sleep(backoff(attempt, None)).await;
+                    attempt += 1;
+                    continue;
+                }
+                Err(e) => return Err(Error::unavailable(format!("{method} {url}: {e}"))),
+            };
+            let status = response.status();
+            if status == StatusCode::UNAUTHORIZED && !challenged {
+                challenged = true;
+                let challenge = response
+                    .headers()
+                    .get(WWW_AUTHENTICATE)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(parse_challenge)
+                    .ok_or_else(|| {
+                        Error::failed_precondition(format!(
+                            "{url}: unauthorized, with no usable challenge"
+                        ))
+                    })?;
+                self.auth.answer(&self.http, &challenge, &scope).await?;
+                continue;
+            }
+            if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+                return Err(Error::failed_precondition(format!(
+                    "{method} {url}: access denied ({status})"
+                )));
+            }
+            if (status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS)
+                && attempt + 1 < ATTEMPTS
+            {
+                tokio::time::sleep(backoff(attempt, response.headers().get("retry-after"))).await;
+                attempt += 1;
+                continue;
+            }
+            return Ok(response);
+        }
+    }
+
+    /// The descriptor a tag or digest names.
+    pub async fn resolve(&self, object: &str) -> Result<Descriptor> {
+        let url = self
+            .endpoint
+            .url(&format!("{}/manifests/{object}", self.repository));
+        let mut headers = HeaderMap::new();
+        headers.insert(ACCEPT, HeaderValue::from_static(MANIFEST_ACCEPT));
+        let response = self.send(Method::HEAD, &url, headers.clone()).await?;
+        let status = response.status();
+        if status == StatusCode::NOT_FOUND {
+            return Err(Error::not_found(format!(
+                "{}:{object}: not found in the registry",
+                self.repository
+            )));
+        }
+        let from_head = if status.is_success() {
+            let digest = response
+                .headers()
+                .get("docker-content-digest")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| Digest::parse(v).ok());
+            let media_type = response
+                .headers()
+                .get(reqwest::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(|v| v.split(';').next().unwrap_or(v).trim().to_string());
+            // A HEAD response has no body, so read the header itself.
+            let size = response
+                .headers()
+                .get(reqwest::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            match (digest, media_type, size) {
+                (Some(digest), Some(media_type), Some(size))
+                    if super::oci::is_index(&media_type)
+                        || super::oci::is_manifest(&media_type) =>
+                {
+                    Some(Descriptor {
+                        media_type,
+                        digest,
+                        size,
+                        urls: Vec::new(),
+                        platform: None,
+                        annotations: Default::default(),
+                    })
+                }
+                _ => None,
+            }
+        } else {
+            None
+        };
+        let descriptor = match from_head {
+            Some(d) => d,
+            None => {
+                // HEAD said too little: fetch the document and describe it.
+                let response = self.send(Method::GET, &url, headers).await?;
+                check_status(&response, &url)?;
+                let declared = response
+                    .headers()
+                    .get(reqwest::header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .map(|v| v.split(';').next().unwrap_or(v).trim().to_string());
+                let body = read_limited(response, MAX_MANIFEST_SIZE).await?;
+                let media_type = declared
+                    .filter(|m| super::oci::is_index(m) || super::oci::is_manifest(m))
+                    .or_else(|| sniff_media_type(&body))
+                    .ok_or_else(|| {
+                        Error::invalid_argument(format!("{url}: not an image manifest"))
+                    })?;
+                Descriptor {
+                    media_type,
+                    digest: Digest::of(&body),
+                    size: body.len() as u64,
+                    urls: Vec::new(),
+                    platform: None,
+                    annotations: Default::default(),
+                }
+            }
+        };
+        if let Ok(wanted) = Digest::parse(object) {
+            if wanted != descriptor.digest {
+                return Err(Error::failed_precondition(format!(
+                    "{url}: the registry answered with {} for {wanted}",
+                    descriptor.digest
+                )));
+            }
+        }
+        if descriptor.size > MAX_MANIFEST_SIZE {
+            return Err(Error::resource_exhausted(format!(
+                "{url}: manifest of {} bytes is larger than the {MAX_MANIFEST_SIZE} accepted",
+                descriptor.size
+            )));
+        }
+        Ok(descriptor)
+    }
+
+    /// A manifest or index, verified against its descriptor.
+    pub async fn fetch_manifest(&self, descriptor: &Descriptor) -> Result<Vec<u8>> {
+        if descriptor.size > MAX_MANIFEST_SIZE {
+            return Err(Error::resource_exhausted(format!(
+                "manifest {} of {} bytes is larger than the {MAX_MANIFEST_SIZE} accepted",
+                descriptor.digest, descriptor.size
+            )));
+        }
+        let url = self.endpoint.url(&format!(
+            "{}/manifests/{}",
+            self.repository, descriptor.digest
+        ));
+        let mut headers = HeaderMap::new();
+        headers.insert(ACCEPT, HeaderValue::from_static(MANIFEST_ACCEPT));
+        let response = self.send(Method::GET, &url, headers).await?;
+        check_status(&response, &url)?;
+        let body = read_limited(response, descriptor.size).await?;
+        verify(&body, descriptor, &url)?;
+        Ok(body)
+    }
+
+    /// A small blob (an image config), verified.
+    pub async fn fetch_small_blob(&self, descriptor: &Descriptor) -> Result<Vec<u8>> {
+        let (response, _) = self.blob(descriptor, 0).await?;
+        let url = response.url().to_string();
+        let body = read_limited(response, descriptor.size).await?;
+        verify(&body, descriptor, &url)?;
+        Ok(body)
+    }
+
+    /// A blob's body from `offset`; true when the registry honoured the
+    /// range (206), false when it sent the whole blob (200).
+    pub async fn blob(&self, descriptor: &Descriptor, offset: u64) -> Result<(Response, bool)> {
+        let url = self
+            .endpoint
+            .url(&format!("{}/blobs/{}", self.repository, descriptor.digest));
+        let mut headers = HeaderMap::new();
+        if offset > 0 {
+            let range = HeaderValue::from_str(&format!("bytes={offset}-"))
+                .map_err(|e| Error::internal(e.to_string()))?;
+            headers.insert(RANGE, range);
+        }
+        let response = self.send(Method::GET, &url, headers).await?;
+        match response.status() {
+            StatusCode::PARTIAL_CONTENT if offset > 0 => Ok((response, true)),
+            status if status.is_success() => Ok((response, false)),
+            StatusCode::RANGE_NOT_SATISFIABLE => {
+                // Start over without a range.
+                let response = self.send(Method::GET, &url, HeaderMap::new()).await?;
+                check_status(&response, &url)?;
+                Ok((response, false))
+            }
+            _ => {
+                check_status(&response, &url)?;
+                Ok((response, false))
+            }
+        }
+    }
+}
+
+fn check_status(response: &Response, url: &str) -> Result<()> {
+    let status = response.status();
+    if status.is_success() {
+        return Ok(());
+    }
+    Err(match status {
+        StatusCode::NOT_FOUND => Error::not_found(format!("{url}: not found")),
+        s if s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS => {
+            Error::unavailable(format!("{url}: {s}"))
+        }
+        s => Error::failed_precondition(format!("{url}: {s}")),
+    })
+}
+
+fn verify(body: &[u8], descriptor: &Descriptor, url: &str) -> Result<()> {
+    if body.len() as u64 != descriptor.size {
+        return Err(Error::failed_precondition(format!(
+            "{url}: {} bytes received, {} expected",
+            body.len(),
+            descriptor.size
+        )));
+    }
+    let mut hasher = Sha256Hasher::new();
+    hasher.update(body);
+    let digest = hasher.finalize();
+    if digest != descriptor.digest {
+        return Err(Error::failed_precondition(format!(
+            "{url}: content is {digest}, {} expected",
+            descriptor.digest
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,138 @@
+//! `berth.transfer.v1.Transfer` over ttrpc.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use berth_api::transfer as pb;
+use berth_daemon::{peer_hung_up, request_namespace};
+use berth_errdefs::{Error, Result};
+use berth_reference::Reference;
+use tokio::sync::mpsc;
+use ttrpc::r#async::{ServerStreamSender, TtrpcContext};
+
+use super::auth::Credentials;
+use super::fetch::{FetchOptions, Fetcher, Progress};
+use super::oci::Descriptor;
+use super::platform;
+
+/// Most platforms one request may name.
+const MAX_PLATFORMS: usize = 32;
+
+#[derive(Debug, Clone)]
+pub struct TransferService {
+    fetcher: Fetcher,
+}
+
+impl TransferService {
+    pub fn new(fetcher: Fetcher) -> TransferService {
+        TransferService { fetcher }
+    }
+
+    pub fn into_ttrpc(self) -> std::collections::HashMap<String, ttrpc::r#async::Service> {
+        pb::create_transfer(Arc::new(self))
+    }
+}
+
+fn descriptor_to_pb(d: &Descriptor) -> pb::Descriptor {
+    pb::Descriptor {
+        media_type: d.media_type.clone(),
+        digest: d.digest.to_string(),
+        size: d.size as i64,
+        ..Default::default()
+    }
+}
+
+fn fetch_options(req: &pb::FetchRequest) -> Result<FetchOptions> {
+    if req.platforms.len() > MAX_PLATFORMS {
+        return Err(Error::invalid_argument(format!(
+            "at most {MAX_PLATFORMS} platforms per fetch"
+        )));
+    }
+    let platforms = req
+        .platforms
+        .iter()
+        .map(|p| platform::parse(p))
+        .collect::<Result<Vec<_>>>()?;
+    let credentials = req.credentials.as_ref().and_then(|c| {
+        (!c.username.is_empty() || !c.secret.is_empty()).then(|| Credentials {
+            username: c.username.clone(),
+            secret: c.secret.clone(),
+        })
+    });
+    Ok(FetchOptions {
+        platforms,
+        all_platforms: req.all_platforms,
+        max_concurrent: (req.max_concurrent as usize).min(32),
+        plain_http: req.plain_http,
+        credentials,
+        allow_foreign_layers: req.allow_foreign_layers,
+    })
+}
+
+fn progress_to_pb(progress: &Progress) -> pb::FetchProgress {
+    match progress {
+        Progress::Resolved(root) => pb::FetchProgress {
+            event: "resolved".into(),
+            descriptor: Some(descriptor_to_pb(root)).into(),
+            ..Default::default()
+        },
+        Progress::Blob {
+            descriptor,
+            state,
+            offset,
+        } => pb::FetchProgress {
+            event: "blob".into(),
+            descriptor: Some(descriptor_to_pb(descriptor)).into(),
+            state: state.as_str().into(),
+            offset: *offset as i64,
+            ..Default::default()
+        },
+    }
+}
+
+#[async_trait]
+impl pb::Transfer for TransferService {
+    async fn fetch(
+        &self,
+        ctx: &TtrpcContext,
+        req: pb::FetchRequest,
+        sender: ServerStreamSender<pb::FetchProgress>,
+    ) -> ttrpc::Result<()> {
+        let result: Result<()> = async {
+            let namespace = request_namespace(ctx)?;
+            let reference = Reference::parse(&req.reference)?;
+            let options = fetch_options(&req)?;
+            let (tx, mut rx) = mpsc::channel(64);
+            let fetch = self.fetcher.fetch(&namespace, &reference, &options, &tx);
+            tokio::pin!(fetch);
+            let root = loop {
+                tokio::select! {
+                    result = &mut fetch => break result?,
+                    Some(progress) = rx.recv() => {
+                        sender.send(&progress_to_pb(&progress)).await?;
+                    }
+                    () = peer_hung_up(ctx) => {
+                        return Err(Error::unavailable("the client hung up"));
+                    }
+                }
+            };
+            while let Ok(progress) = rx.try_recv() {
+                sender.send(&progress_to_pb(&progress)).await?;
+            }
+            tracing::info!(%namespace, %reference, digest = %root.digest, "fetched");
+            sender
+                .send(&pb::FetchProgress {
+                    event: "done".into(),
+                    descriptor: Some(descriptor_to_pb(&root)).into(),
+                    ..Default::default()
+                })
+                .await?;
+            Ok(())
+        }
+        .await;
+        result.map_err(|e| {
+            tracing::info!(reference = %req.reference, error = %e, "fetch failed");
+            e.into_ttrpc()
+        })
+    }
+}

@@ -1,0 +1,48 @@
+use std::path::Path;
+
+use berth_api::transfer as pb;
+use berth_errdefs::{Error, Result};
+
+use crate::connection::{connect, request_context};
+
+/// berth-contentd's transfer service, across its socket.
+#[derive(Clone)]
+pub struct RemoteTransfer {
+    client: pb::TransferClient,
+}
+
+impl std::fmt::Debug for RemoteTransfer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteTransfer").finish_non_exhaustive()
+    }
+}
+
+impl RemoteTransfer {
+    pub async fn connect(socket: &Path) -> Result<RemoteTransfer> {
+        Ok(RemoteTransfer {
+            client: pb::TransferClient::new(connect(socket).await?),
+        })
+    }
+
+    /// Fetches an image into the content store, calling `on_progress` for
+    /// every progress message; returns the root descriptor.
+    pub async fn fetch(
+        &self,
+        namespace: &str,
+        request: &pb::FetchRequest,
+        mut on_progress: impl FnMut(&pb::FetchProgress),
+    ) -> Result<pb::Descriptor> {
+        let mut stream = self
+            .client
+            .fetch(request_context(namespace), request)
+            .await?;
+        let mut root = None;
+        while let Some(progress) = stream.recv().await? {
+            on_progress(&progress);
+            if progress.event == "done" {
+                root = progress.descriptor.into_option();
+            }
+        }
+        root.ok_or_else(|| Error::unavailable("the fetch ended without a result"))
+    }
+}

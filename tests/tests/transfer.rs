@@ -1,0 +1,244 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! `berth content fetch` against Debian's docker-registry, with images built
+//! here and pushed with skopeo.
+
+use std::path::Path;
+
+use berth_client::RemoteContentStore;
+use berth_content::ContentStore;
+use berth_e2e::images::{busybox_rootfs, files_rootfs, Blob, Layout};
+use berth_e2e::registry::Registry;
+use berth_e2e::{berth, require, Daemon};
+use berth_ids::Digest;
+
+fn tools_present() -> bool {
+    ["docker-registry", "skopeo", "htpasswd"]
+        .iter()
+        .all(|t| which(t))
+        && Path::new("/bin/busybox").exists()
+}
+
+fn which(name: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|p| p.join(name).exists()))
+}
+
+/// A two-layer busybox image for amd64 and a one-layer image for arm64,
+/// under one index.
+struct TestImage {
+    index: Blob,
+    amd64: Blob,
+    arm64: Blob,
+    amd64_blobs: Vec<Digest>,
+    arm64_blobs: Vec<Digest>,
+}
+
+fn build_image(dir: &Path, layout: &mut Layout) -> TestImage {
+    let base = busybox_rootfs(&dir.join("rootfs-base"), &[]);
+    let (base_layer, base_diff) = layout.add_layer(&base);
+    let top = files_rootfs(
+        &dir.join("rootfs-top"),
+        &[("etc/motd", b"hello from the top layer\n".to_vec())],
+    );
+    let (top_layer, top_diff) = layout.add_layer(&top);
+    let amd64 = layout.add_image(
+        &[
+            (base_layer.clone(), base_diff.clone()),
+            (top_layer.clone(), top_diff),
+        ],
+        "amd64",
+        false,
+    );
+    let arm_only = files_rootfs(&dir.join("rootfs-arm"), &[("arm", b"arm64 only".to_vec())]);
+    let (arm_layer, arm_diff) = layout.add_layer(&arm_only);
+    let arm64 = layout.add_image(&[(arm_layer.clone(), arm_diff)], "arm64", false);
+    let index = layout.add_index(&[(amd64.clone(), "amd64"), (arm64.clone(), "arm64")]);
+    layout.tag("multi", &index);
+    let config_of = |manifest: &Blob| -> Digest {
+        let data =
+            std::fs::read(layout.dir.join("blobs/sha256").join(manifest.digest.hex())).unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&data).unwrap();
+        Digest::parse(json["config"]["digest"].as_str().unwrap()).unwrap()
+    };
+    TestImage {
+        amd64_blobs: vec![
+            amd64.digest.clone(),
+            config_of(&amd64),
+            base_layer.digest.clone(),
+            top_layer.digest.clone(),
+        ],
+        arm64_blobs: vec![
+            arm64.digest.clone(),
+            config_of(&arm64),
+            arm_layer.digest.clone(),
+        ],
+        index,
+        amd64,
+        arm64,
+    }
+}
+
+async fn digests_in(daemon: &Daemon) -> Vec<Digest> {
+    let store = RemoteContentStore::connect(&daemon.socket).await.unwrap();
+    let mut all: Vec<Digest> = store
+        .list("default", &[])
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.digest)
+        .collect();
+    all.sort();
+    all
+}
+
+fn sorted(mut v: Vec<Digest>) -> Vec<Digest> {
+    v.sort();
+    v.dedup();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetch_by_tag_and_digest_with_platform_selection() {
+    if !require(
+        tools_present(),
+        "docker-registry, skopeo, htpasswd and busybox-static",
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::start(&dir.path().join("reg"), None);
+    let mut layout = Layout::new(&dir.path().join("layout"));
+    let image = build_image(dir.path(), &mut layout);
+    layout.push(
+        "multi",
+        &format!("{}/test/busybox:multi", registry.host),
+        None,
+        false,
+    );
+    let reference = format!("{}/test/busybox:multi", registry.host);
+
+    // Default platform: the host's (amd64 here), plus the index.
+    let daemon = Daemon::contentd(&dir.path().join("d1"));
+    let (ok, out, err) = berth(
+        &daemon.socket,
+        &[
+            "content",
+            "fetch",
+            "--quiet",
+            &reference,
+            "--platform",
+            "linux/amd64",
+        ],
+        None,
+    );
+    assert!(ok, "{err}");
+    assert_eq!(
+        String::from_utf8_lossy(&out).trim(),
+        image.index.digest.as_str()
+    );
+    let mut want = image.amd64_blobs.clone();
+    want.push(image.index.digest.clone());
+    assert_eq!(digests_in(&daemon).await, sorted(want.clone()));
+
+    // The index points at its manifests, each manifest at its config and
+    // layers, for garbage collection; every blob says where it came from.
+    let store = RemoteContentStore::connect(&daemon.socket).await.unwrap();
+    let index_info = store.info("default", &image.index.digest).await.unwrap();
+    assert_eq!(
+        index_info
+            .labels
+            .get("containerd.io/gc.ref.content.m.0")
+            .map(String::as_str),
+        Some(image.amd64.digest.as_str())
+    );
+    let manifest_info = store.info("default", &image.amd64.digest).await.unwrap();
+    assert_eq!(
+        manifest_info
+            .labels
+            .get("containerd.io/gc.ref.content.config")
+            .map(String::as_str),
+        Some(image.amd64_blobs[1].as_str())
+    );
+    assert_eq!(
+        manifest_info
+            .labels
+            .get("containerd.io/gc.ref.content.l.1")
+            .map(String::as_str),
+        Some(image.amd64_blobs[3].as_str())
+    );
+    let source_key = format!("containerd.io/distribution.source.{}", registry.host);
+    for digest in &want {
+        let info = store.info("default", digest).await.unwrap();
+        assert_eq!(
+            info.labels.get(&source_key).map(String::as_str),
+            Some("test/busybox"),
+            "{digest}"
+        );
+    }
+
+    // Fetching again finds everything present.
+    let (ok, _, err) = berth(
+        &daemon.socket,
+        &["content", "fetch", &reference, "--platform", "linux/amd64"],
+        None,
+    );
+    assert!(ok, "{err}");
+    assert!(err.contains("exists"), "{err}");
+
+    // Another platform, by digest.
+    let daemon2 = Daemon::contentd(&dir.path().join("d2"));
+    let by_digest = format!("{}/test/busybox@{}", registry.host, image.index.digest);
+    let (ok, _, err) = berth(
+        &daemon2.socket,
+        &["content", "fetch", &by_digest, "--platform", "linux/arm64"],
+        None,
+    );
+    assert!(ok, "{err}");
+    let mut want_arm = image.arm64_blobs.clone();
+    want_arm.push(image.index.digest.clone());
+    assert_eq!(digests_in(&daemon2).await, sorted(want_arm));
+
+    // All platforms.
+    let daemon3 = Daemon::contentd(&dir.path().join("d3"));
+    let (ok, _, err) = berth(
+        &daemon3.socket,
+        &["content", "fetch", &reference, "--all-platforms"],
+        None,
+    );
+    assert!(ok, "{err}");
+    let mut everything = image.amd64_blobs.clone();
+    everything.extend(image.arm64_blobs.clone());
+    everything.push(image.index.digest.clone());
+    assert_eq!(digests_in(&daemon3).await, sorted(everything));
+
+    // A single manifest by its digest, and a platform nobody built.
+    let daemon4 = Daemon::contentd(&dir.path().join("d4"));
+    let manifest_ref = format!("{}/test/busybox@{}", registry.host, image.arm64.digest);
+    let (ok, _, err) = berth(&daemon4.socket, &["content", "fetch", &manifest_ref], None);
+    assert!(ok, "{err}");
+    assert_eq!(
+        digests_in(&daemon4).await,
+        sorted(image.arm64_blobs.clone())
+    );
+    let (ok, _, err) = berth(
+        &daemon4.socket,
+        &["content", "fetch", &reference, "--platform", "linux/s390x"],
+        None,
+    );
+    assert!(!ok);
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("berth: content fetch") && last.contains("no manifest for linux/s390x"),
+        "{err}"
+    );
+    let (ok, _, err) = berth(
+        &daemon4.socket,
+        &[
+            "content",
+            "fetch",
+            &format!("{}/test/missing:1", registry.host),
+        ],
+        None,
+    );
+    assert!(!ok && err.contains("not found"), "{err}");
+}
