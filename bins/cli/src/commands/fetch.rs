@@ -84,13 +84,18 @@ pub async fn run(global: &Global, args: FetchArgs) -> Result<()> {
         .with_context(|| format!("content fetch {reference}"))?;
     display.finish();
     match global.format {
-        Format::Json => output::json(&serde_json::json!({
-            "event": "fetched",
-            "reference": reference.to_string(),
-            "digest": root.digest,
-            "media_type": root.media_type,
-            "size": root.size,
-        })),
+        Format::Json => {
+            // One event per line, like the progress before it.
+            let event = serde_json::json!({
+                "event": "fetched",
+                "reference": reference.to_string(),
+                "digest": root.digest,
+                "media_type": root.media_type,
+                "size": root.size,
+            });
+            println!("{event}");
+            Ok(())
+        }
         Format::Table => {
             if args.quiet {
                 println!("{}", root.digest);

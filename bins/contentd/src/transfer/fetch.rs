@@ -27,6 +27,9 @@ use super::oci::{self, Descriptor, Platform};
 use super::platform;
 use super::registry::RegistryClient;
 
+/// Most manifests one fetch walks (an index and its platforms).
+const MAX_MANIFESTS: usize = 1024;
+
 /// Attempts to fetch one blob when the connection breaks mid-body.
 const BLOB_ATTEMPTS: u32 = 3;
 
@@ -200,7 +203,17 @@ impl Fetcher {
         };
         let mut manifests = vec![root.clone()];
         let mut blobs: Vec<Descriptor> = Vec::new();
+        // Manifests and indexes are committed after everything they point
+        // at, children before parents, so an image whose blobs did not all
+        // arrive intact is never recorded as fetched.
+        let mut to_store: Vec<(Descriptor, Vec<u8>, Labels)> = Vec::new();
         while let Some(descriptor) = manifests.pop() {
+            if to_store.len() >= MAX_MANIFESTS {
+                return Err(Error::resource_exhausted(format!(
+                    "{} names more than {MAX_MANIFESTS} manifests",
+                    root.digest
+                )));
+            }
             let data = self.manifest_bytes(job, &descriptor).await?;
             if oci::is_index(&descriptor.media_type) {
                 let index = oci::parse_index(&data)?;
@@ -235,7 +248,7 @@ impl Fetcher {
                         )
                     })
                     .collect();
-                self.store_manifest(job, &descriptor, &data, labels).await?;
+                to_store.push((descriptor, data, labels));
                 manifests.extend(children);
             } else if oci::is_manifest(&descriptor.media_type) {
                 let manifest = oci::parse_manifest(&data)?;
@@ -250,7 +263,7 @@ impl Fetcher {
                         layer.digest.to_string(),
                     );
                 }
-                self.store_manifest(job, &descriptor, &data, labels).await?;
+                to_store.push((descriptor, data, labels));
                 blobs.push(manifest.config);
                 blobs.extend(manifest.layers);
             } else {
@@ -288,6 +301,11 @@ impl Fetcher {
         }
         while let Some(result) = running.next().await {
             result?;
+        }
+        drop(running);
+        for (descriptor, data, labels) in to_store.iter().rev() {
+            self.store_manifest(job, descriptor, data, labels.clone())
+                .await?;
         }
         Ok(())
     }
