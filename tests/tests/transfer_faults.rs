@@ -376,3 +376,49 @@ async fn progress_as_lines_json_and_quiet() {
     );
     assert!(!err.contains('\r') && !err.contains('\u{1b}'), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_fetches_of_one_image_at_once_both_succeed() {
+    let registry = FakeRegistry::start(Behaviour::default()).await;
+    let layer = BlockSource::new(1024 * 1024).block(3);
+    let image = put_image(
+        &registry,
+        "same",
+        "v1",
+        std::slice::from_ref(&layer),
+        LAYER,
+        None,
+    );
+    registry
+        .behaviour
+        .lock()
+        .unwrap()
+        .trickle
+        .insert(image.layers[0].clone(), 64 * 1024);
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::contentd(dir.path());
+    let reference = format!("{}/same:v1", registry.host);
+    let first = tokio::spawn(berth_async(
+        daemon.socket.clone(),
+        s(&["content", "fetch", "-q", &reference]),
+    ));
+    let second = tokio::spawn(berth_async(
+        daemon.socket.clone(),
+        s(&["content", "fetch", "-q", &reference]),
+    ));
+    for run in [first, second] {
+        let (ok, out, err) = run.await.unwrap();
+        assert!(ok, "{err}");
+        assert_eq!(
+            String::from_utf8_lossy(&out).trim(),
+            image.manifest.as_str()
+        );
+    }
+    // The layer was downloaded once.
+    let downloads = registry
+        .requests()
+        .iter()
+        .filter(|r| r.method == "GET" && r.path.ends_with(image.layers[0].as_str()))
+        .count();
+    assert_eq!(downloads, 1);
+}

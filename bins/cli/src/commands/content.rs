@@ -67,9 +67,14 @@ pub enum ContentCommand {
 }
 
 pub async fn run(global: &Global, command: ContentCommand) -> Result<()> {
-    if let ContentCommand::Fetch(args) = command {
-        return crate::commands::fetch::run(global, args).await;
+    match command {
+        // Fetching talks to the transfer service, not the store.
+        ContentCommand::Fetch(args) => crate::commands::fetch::run(global, args).await,
+        other => run_on_store(global, other).await,
     }
+}
+
+async fn run_on_store(global: &Global, command: ContentCommand) -> Result<()> {
     let namespace = global.namespace()?.to_string();
     let socket = global.contentd_socket();
     let store = RemoteContentStore::connect(socket)
@@ -201,7 +206,7 @@ pub async fn run(global: &Global, command: ContentCommand) -> Result<()> {
                 }
             }
         }
-        ContentCommand::Fetch(_) => Ok(()),
+        ContentCommand::Fetch(args) => crate::commands::fetch::run(global, args).await,
         ContentCommand::Abort { references } => {
             for reference in references {
                 store

@@ -30,6 +30,9 @@ use super::registry::RegistryClient;
 /// Most manifests one fetch walks (an index and its platforms).
 const MAX_MANIFESTS: usize = 1024;
 
+/// How long a fetch waits for a concurrent fetch of the same blob.
+const WAIT_FOR_OTHER_FETCH: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// Attempts to fetch one blob when the connection breaks mid-body.
 const BLOB_ATTEMPTS: u32 = 3;
 
@@ -335,35 +338,55 @@ impl Fetcher {
         data: &[u8],
         labels: Labels,
     ) -> Result<()> {
-        match berth_content::write_blob(
-            self.store.as_ref(),
-            job.namespace,
-            &ingest_ref(descriptor),
-            data,
-            Some(descriptor.digest.clone()),
-            job.labels(labels),
-        )
-        .await
-        {
-            Ok(_) => {
-                job.report(descriptor, BlobState::Done, descriptor.size)
-                    .await
+        let waiting_since = std::time::Instant::now();
+        loop {
+            let written = berth_content::write_blob(
+                self.store.as_ref(),
+                job.namespace,
+                &ingest_ref(descriptor),
+                data,
+                Some(descriptor.digest.clone()),
+                job.labels(labels.clone()),
+            )
+            .await;
+            match written {
+                Ok(_) => {
+                    job.report(descriptor, BlobState::Done, descriptor.size)
+                        .await;
+                    return Ok(());
+                }
+                Err(e) if e.is(ErrorKind::AlreadyExists) => {
+                    job.report(descriptor, BlobState::Exists, descriptor.size)
+                        .await;
+                    return Ok(());
+                }
+                // A concurrent fetch of the same image is writing it.
+                Err(e)
+                    if e.is(ErrorKind::Unavailable)
+                        && waiting_since.elapsed() < WAIT_FOR_OTHER_FETCH =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                Err(e) => return Err(e),
             }
-            Err(e) if e.is(ErrorKind::AlreadyExists) => {
-                job.report(descriptor, BlobState::Exists, descriptor.size)
-                    .await
-            }
-            Err(e) => return Err(e),
         }
-        Ok(())
     }
 
     async fn fetch_blob(&self, job: &Job<'_>, descriptor: &Descriptor) -> Result<()> {
         let reference = ingest_ref(descriptor);
         let mut attempt = 0;
+        let waiting_since = std::time::Instant::now();
         loop {
             match self.try_fetch_blob(job, descriptor, &reference).await {
                 Ok(()) => return Ok(()),
+                Err(e)
+                    if e.is(ErrorKind::Aborted)
+                        && waiting_since.elapsed() < WAIT_FOR_OTHER_FETCH =>
+                {
+                    // Another fetch is writing this blob: wait for it to
+                    // finish (then the blob exists) or give up the ref.
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
                 Err(e) if e.is(ErrorKind::Unavailable) && attempt + 1 < BLOB_ATTEMPTS => {
                     tracing::debug!(digest = %descriptor.digest, error = %e, "blob fetch interrupted; resuming");
                     attempt += 1;
@@ -391,6 +414,10 @@ impl Fetcher {
                 job.report(descriptor, BlobState::Exists, descriptor.size)
                     .await;
                 return Ok(());
+            }
+            Err(e) if e.is(ErrorKind::Unavailable) => {
+                // The ref is held by a concurrent fetch of the same blob.
+                return Err(Error::aborted(e.message()));
             }
             Err(e) => return Err(e),
         };

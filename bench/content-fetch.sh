@@ -1,0 +1,156 @@
+#!/usr/bin/env bash
+# Image fetch: `berth content fetch` against containerd's `ctr content fetch`
+# of the same images from the same local registry, in one run.
+#
+# Images: a Debian bookworm minbase root filesystem built with mmdebstrap,
+# as one gzip layer (about 60 MB) and as a multi-layer variant (the same
+# files split into four layers by top-level directory), served by Debian's
+# docker-registry on 127.0.0.1 and pushed there with skopeo.
+#
+# usage: bench/content-fetch.sh [RUNS]     (as root; needs network access to
+# Debian's package mirror once, to build the root filesystem)
+set -euo pipefail
+
+runs=${1:-3}
+top=$(cd "$(dirname "$0")/.." && pwd)
+cd "$top"
+cargo build --release --workspace --bins >&2
+bin="$top/target/release"
+
+work=$(mktemp -d /var/tmp/berth-fetch-bench.XXXXXX)
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+echo "building a Debian minbase root filesystem with mmdebstrap" >&2
+mmdebstrap --quiet --variant=minbase bookworm "$work/rootfs.tar" >&2
+mkdir "$work/rootfs"
+tar -C "$work/rootfs" -xf "$work/rootfs.tar"
+
+# An OCI layout with the two images, written by hand like the tests do.
+layout="$work/layout"
+mkdir -p "$layout/blobs/sha256"
+echo '{"imageLayoutVersion":"1.0.0"}' >"$layout/oci-layout"
+add_blob() { # file -> prints "digest size"
+  local d s
+  d=$(sha256sum "$1" | cut -d' ' -f1)
+  s=$(stat -c %s "$1")
+  cp "$1" "$layout/blobs/sha256/$d"
+  echo "sha256:$d $s"
+}
+make_layer() { # out.tar.gz dirs... -> prints "digest size diffid"
+  local out=$1; shift
+  tar -C "$work/rootfs" --sort=name --numeric-owner -cf "$out.tar" "$@"
+  local diff
+  diff=$(sha256sum "$out.tar" | cut -d' ' -f1)
+  gzip -n -c "$out.tar" >"$out"
+  echo "$(add_blob "$out") sha256:$diff"
+}
+make_image() { # name layer-lines... -> prints manifest "digest size"
+  local name=$1; shift
+  local layers="" diffs="" first=1
+  for l in "$@"; do
+    set -- $l
+    [ $first = 1 ] || { layers+=","; diffs+=","; }
+    first=0
+    layers+="{\"mediaType\":\"application/vnd.oci.image.layer.v1.tar+gzip\",\"digest\":\"$1\",\"size\":$2}"
+    diffs+="\"$3\""
+  done
+  echo "{\"architecture\":\"amd64\",\"os\":\"linux\",\"rootfs\":{\"type\":\"layers\",\"diff_ids\":[$diffs]}}" >"$work/$name.config"
+  read -r cd cs < <(add_blob "$work/$name.config")
+  echo "{\"schemaVersion\":2,\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\",\"config\":{\"mediaType\":\"application/vnd.oci.image.config.v1+json\",\"digest\":\"$cd\",\"size\":$cs},\"layers\":[$layers]}" >"$work/$name.manifest"
+  add_blob "$work/$name.manifest"
+}
+one=$(make_layer "$work/all.tar.gz" .)
+read -r m1 s1 < <(make_image single "$one")
+tops=$(cd "$work/rootfs" && ls -A)
+usr=$(make_layer "$work/usr.tar.gz" usr)
+var=$(make_layer "$work/var.tar.gz" var)
+etc=$(make_layer "$work/etc.tar.gz" etc)
+rest=$(make_layer "$work/rest.tar.gz" $(echo "$tops" | grep -v -x -e usr -e var -e etc))
+read -r m4 s4 < <(make_image multi "$usr" "$var" "$etc" "$rest")
+cat >"$layout/index.json" <<JSON
+{"schemaVersion":2,"manifests":[
+ {"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"$m1","size":$s1,"annotations":{"org.opencontainers.image.ref.name":"single"}},
+ {"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"$m4","size":$s4,"annotations":{"org.opencontainers.image.ref.name":"multi"}}]}
+JSON
+echo "single layer: $(stat -c %s "$work/all.tar.gz") bytes gzip, $(stat -c %s "$work/all.tar.gz.tar") bytes tar, $(find "$work/rootfs" | wc -l) files" >&2
+
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+cat >"$work/registry.yml" <<YML
+version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: $work/registry
+http:
+  addr: 127.0.0.1:$port
+YML
+docker-registry serve "$work/registry.yml" 2>"$work/registry.log" &
+pids+=($!)
+for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/v2/" >/dev/null && break; sleep 0.1; done
+for tag in single multi; do
+  skopeo copy --quiet --dest-tls-verify=false "oci:$layout:$tag" "docker://127.0.0.1:$port/debian:$tag"
+done
+
+seconds() {
+  local start end
+  start=$(date +%s.%N)
+  "$@" >/dev/null 2>&1
+  end=$(date +%s.%N)
+  echo "$end - $start" | bc -l
+}
+median() { tr ' ' '\n' | grep . | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+berth_fetch() { # tag run
+  local root="$work/berth-$1-$2"
+  "$bin/berth-contentd" --root "$root/root" --state "$root/state" --address "$root/c.sock" --log-level warn &
+  local pid=$!
+  for _ in $(seq 100); do [ -S "$root/c.sock" ] && break; sleep 0.02; done
+  local t
+  t=$(seconds "$bin/berth" --contentd "$root/c.sock" content fetch -q "127.0.0.1:$port/debian:$1")
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+  rm -rf "$root"
+  echo "$t"
+}
+
+ctr_fetch() { # tag run
+  local root="$work/ctrd-$1-$2"
+  mkdir -p "$root"
+  cat >"$root/config.toml" <<TOML
+version = 2
+root = "$root/root"
+state = "$root/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "$root/c.sock"
+[ttrpc]
+  address = "$root/c.sock.ttrpc"
+TOML
+  containerd --config "$root/config.toml" 2>"$root/log" &
+  local pid=$!
+  for _ in $(seq 200); do [ -S "$root/c.sock" ] && break; sleep 0.05; done
+  local t
+  t=$(seconds ctr -a "$root/c.sock" content fetch --plain-http "127.0.0.1:$port/debian:$1")
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+  rm -rf "$root"
+  echo "$t"
+}
+
+printf '\n| image | berth content fetch (s) | ctr content fetch (s) | berth/containerd time |\n|---|---|---|---|\n'
+for tag in single multi; do
+  b="" c=""
+  for run in $(seq "$runs"); do
+    b+="$(berth_fetch "$tag" "$run") "
+    c+="$(ctr_fetch "$tag" "$run") "
+  done
+  bm=$(median <<<"$b")
+  cm=$(median <<<"$c")
+  printf '| %s | %.2f | %.2f | %.2f |\n' "$tag" "$bm" "$cm" "$(echo "$bm / $cm" | bc -l)"
+done
+printf '\nmedian of %s runs, %s, %s cores, containerd %s\n' "$runs" "$(uname -r)" "$(nproc)" "$(containerd --version | awk '{print $3}')"
