@@ -321,3 +321,119 @@ async fn basic_auth_with_user_flag_and_docker_config_and_docker_schema2() {
     assert!(ok, "{err}");
     assert_eq!(digests_in(&daemon2).await.len(), 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_then_fetch_round_trips_byte_for_byte() {
+    if !require(
+        tools_present(),
+        "docker-registry, skopeo, htpasswd and busybox-static",
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::start(&dir.path().join("reg"), Some(("dave", "pw")));
+    let mut layout = Layout::new(&dir.path().join("layout"));
+    let base = busybox_rootfs(&dir.path().join("rootfs"), &[]);
+    let base_layer = layout.add_layer(&base);
+    // Random bytes do not compress: a layer larger than one upload chunk.
+    let big = files_rootfs(
+        &dir.path().join("big"),
+        &[(
+            "data/random",
+            berth_e2e::BlockSource::new(12 * 1024 * 1024).block(1),
+        )],
+    );
+    let big_layer = layout.add_layer(&big);
+    assert!(big_layer.0.size > 8 * 1024 * 1024);
+    let manifest = layout.add_image(&[base_layer, big_layer], "amd64", false);
+    layout.tag("v1", &manifest);
+    let source = format!("{}/team/origin:v1", registry.host);
+    layout.push("v1", &source, Some("dave:pw"), false);
+
+    let daemon = Daemon::contentd(&dir.path().join("d"));
+    let (ok, out, err) = berth(
+        &daemon.socket,
+        &["content", "fetch", "-q", "--user", "dave:pw", &source],
+        None,
+    );
+    assert!(ok, "{err}");
+    let root = String::from_utf8_lossy(&out).trim().to_string();
+
+    // Without credentials the registry refuses, and says so.
+    let target = format!("{}/team/copy:v2", registry.host);
+    let (ok, _, err) = berth(&daemon.socket, &["push", &target, &root], None);
+    assert!(!ok);
+    assert!(
+        err.lines().last().unwrap().starts_with("berth: push"),
+        "{err}"
+    );
+
+    // Blobs the registry holds in team/origin are mounted, not uploaded.
+    let (ok, out, err) = berth(
+        &daemon.socket,
+        &["push", "--user", "dave:pw", &target, &root],
+        None,
+    );
+    assert!(ok, "{err}");
+    assert!(err.contains("mounted"), "{err}");
+    assert!(String::from_utf8_lossy(&out).contains(&root));
+
+    // skopeo sees exactly the manifest berth holds.
+    let inspect = std::process::Command::new("skopeo")
+        .args([
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            "--creds",
+            "dave:pw",
+        ])
+        .arg(format!("docker://{target}"))
+        .output()
+        .unwrap();
+    assert!(
+        inspect.status.success(),
+        "{}",
+        String::from_utf8_lossy(&inspect.stderr)
+    );
+    assert_eq!(Digest::of(&inspect.stdout).as_str(), root);
+
+    // Into a new repository on a fresh registry: every blob is uploaded
+    // (the big one in chunks), then fetched back into a fresh store.
+    let registry2 = Registry::start(&dir.path().join("reg2"), None);
+    let target2 = format!("{}/elsewhere/app:v3", registry2.host);
+    let (ok, _, err) = berth(&daemon.socket, &["push", &target2, &root], None);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("uploading") && !err.contains("mounted"),
+        "{err}"
+    );
+    let daemon2 = Daemon::contentd(&dir.path().join("d2"));
+    let (ok, out, err) = berth(&daemon2.socket, &["content", "fetch", "-q", &target2], None);
+    assert!(ok, "{err}");
+    assert_eq!(String::from_utf8_lossy(&out).trim(), root);
+    let (a, b) = (digests_in(&daemon).await, digests_in(&daemon2).await);
+    assert_eq!(a, b);
+    let store1 = RemoteContentStore::connect(&daemon.socket).await.unwrap();
+    let store2 = RemoteContentStore::connect(&daemon2.socket).await.unwrap();
+    for digest in &a {
+        let one = berth_content::read_blob(&store1, "default", digest, 1 << 30)
+            .await
+            .unwrap();
+        let two = berth_content::read_blob(&store2, "default", digest, 1 << 30)
+            .await
+            .unwrap();
+        assert!(one == two, "{digest} differs");
+    }
+
+    // Pushing something that is not an image is refused before any upload.
+    let (ok, _, err) = berth(
+        &daemon.socket,
+        &[
+            "push",
+            &target2,
+            &a.iter().find(|d| d.as_str() != root).unwrap().to_string(),
+        ],
+        None,
+    );
+    assert!(!ok, "{err}");
+}

@@ -28,6 +28,8 @@ enum Command {
     /// Blobs in berth-contentd: list, read, write, label, remove.
     #[command(subcommand)]
     Content(commands::content::ContentCommand),
+    /// Push an image from the content store to a registry.
+    Push(commands::transfer::PushArgs),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +47,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Content(command) => commands::content::run(&cli.global, command).await,
+            Command::Push(args) => commands::transfer::push(&cli.global, args).await,
         }
     });
     match result {

@@ -7,6 +7,7 @@ use anyhow::Context;
 use berth_contentd::service::ContentService;
 use berth_contentd::store::LocalStore;
 use berth_contentd::transfer::fetch::Fetcher;
+use berth_contentd::transfer::push::Pusher;
 use berth_contentd::transfer::service::TransferService;
 use berth_daemon::{DaemonConfig, DaemonFlags, Defaults};
 use clap::Parser;
@@ -73,7 +74,11 @@ async fn run(config: DaemonConfig, hosts_dir: PathBuf) -> anyhow::Result<()> {
     }
     let store: Arc<dyn berth_content::ContentStore> = Arc::new(store);
     let mut services = ContentService::new(store.clone()).into_ttrpc();
-    services.extend(TransferService::new(Fetcher::new(store, Some(hosts_dir))).into_ttrpc());
+    let transfer = TransferService::new(
+        Fetcher::new(store.clone(), Some(hosts_dir.clone())),
+        Pusher::new(store, Some(hosts_dir)),
+    );
+    services.extend(transfer.into_ttrpc());
     berth_daemon::serve(&config, services).await?;
     tracing::info!("stopped");
     Ok(())

@@ -2,6 +2,7 @@ use std::path::Path;
 
 use berth_api::transfer as pb;
 use berth_errdefs::{Error, Result};
+use ttrpc::r#async::ClientStreamReceiver;
 
 use crate::connection::{connect, request_context};
 
@@ -30,19 +31,44 @@ impl RemoteTransfer {
         &self,
         namespace: &str,
         request: &pb::FetchRequest,
-        mut on_progress: impl FnMut(&pb::FetchProgress),
+        on_progress: impl FnMut(&pb::Progress),
     ) -> Result<pb::Descriptor> {
-        let mut stream = self
+        let stream = self
             .client
             .fetch(request_context(namespace), request)
             .await?;
-        let mut root = None;
-        while let Some(progress) = stream.recv().await? {
-            on_progress(&progress);
-            if progress.event == "done" {
-                root = progress.descriptor.into_option();
-            }
-        }
-        root.ok_or_else(|| Error::unavailable("the fetch ended without a result"))
+        follow(stream, on_progress).await
     }
+
+    /// Pushes an image from the content store to a registry, calling
+    /// `on_progress` for every progress message; returns the root
+    /// descriptor.
+    pub async fn push(
+        &self,
+        namespace: &str,
+        request: &pb::PushRequest,
+        on_progress: impl FnMut(&pb::Progress),
+    ) -> Result<pb::Descriptor> {
+        let stream = self
+            .client
+            .push(request_context(namespace), request)
+            .await?;
+        follow(stream, on_progress).await
+    }
+}
+
+/// Passes progress on until the transfer's last message, which carries the
+/// root.
+async fn follow(
+    mut stream: ClientStreamReceiver<pb::Progress>,
+    mut on_progress: impl FnMut(&pb::Progress),
+) -> Result<pb::Descriptor> {
+    let mut root = None;
+    while let Some(progress) = stream.recv().await? {
+        on_progress(&progress);
+        if progress.event == "done" {
+            root = progress.descriptor.into_option();
+        }
+    }
+    root.ok_or_else(|| Error::unavailable("the transfer ended without a result"))
 }

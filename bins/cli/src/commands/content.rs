@@ -63,13 +63,13 @@ pub enum ContentCommand {
         references: Vec<String>,
     },
     /// Fetch an image's blobs from its registry (no unpacking).
-    Fetch(crate::commands::fetch::FetchArgs),
+    Fetch(crate::commands::transfer::FetchArgs),
 }
 
 pub async fn run(global: &Global, command: ContentCommand) -> Result<()> {
     match command {
         // Fetching talks to the transfer service, not the store.
-        ContentCommand::Fetch(args) => crate::commands::fetch::run(global, args).await,
+        ContentCommand::Fetch(args) => crate::commands::transfer::fetch(global, args).await,
         other => run_on_store(global, other).await,
     }
 }
@@ -206,7 +206,7 @@ async fn run_on_store(global: &Global, command: ContentCommand) -> Result<()> {
                 }
             }
         }
-        ContentCommand::Fetch(args) => crate::commands::fetch::run(global, args).await,
+        ContentCommand::Fetch(args) => crate::commands::transfer::fetch(global, args).await,
         ContentCommand::Abort { references } => {
             for reference in references {
                 store

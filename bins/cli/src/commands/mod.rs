@@ -1,2 +1,2 @@
 pub mod content;
-pub mod fetch;
+pub mod transfer;

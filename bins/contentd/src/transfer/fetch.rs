@@ -71,6 +71,9 @@ pub enum BlobState {
     Done,
     /// A foreign layer that was not fetched.
     Skipped,
+    Uploading,
+    /// Mounted from another repository of the same registry.
+    Mounted,
 }
 
 impl BlobState {
@@ -81,6 +84,8 @@ impl BlobState {
             BlobState::Exists => "exists",
             BlobState::Done => "done",
             BlobState::Skipped => "skipped",
+            BlobState::Uploading => "uploading",
+            BlobState::Mounted => "mounted",
         }
     }
 }

@@ -11,5 +11,6 @@ pub mod fetch;
 pub mod hosts;
 pub mod oci;
 pub mod platform;
+pub mod push;
 pub mod registry;
 pub mod service;

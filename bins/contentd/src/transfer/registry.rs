@@ -23,6 +23,7 @@ pub struct RegistryClient {
     http: reqwest::Client,
     auth: Authorizer,
     repository: String,
+    push: bool,
 }
 
 /// Reads a response body, refusing more than `limit` bytes.
@@ -112,7 +113,18 @@ impl RegistryClient {
             endpoint,
             http,
             repository: repository.to_string(),
+            push: false,
         })
+    }
+
+    /// The same client, asking for push access too.
+    pub fn for_push(mut self) -> RegistryClient {
+        self.push = true;
+        self
+    }
+
+    pub fn repository(&self) -> &str {
+        &self.repository
     }
 
     pub fn endpoint(&self) -> &Endpoint {
@@ -120,12 +132,28 @@ impl RegistryClient {
     }
 
     fn scope(&self) -> String {
-        format!("repository:{}:pull", self.repository)
+        if self.push {
+            format!("repository:{}:pull,push", self.repository)
+        } else {
+            format!("repository:{}:pull", self.repository)
+        }
     }
 
     /// Sends a request, answering one authentication challenge and retrying
     /// answers worth retrying.
     async fn send(&self, method: Method, url: &str, headers: HeaderMap) -> Result<Response> {
+        self.send_body(method, url, headers, None).await
+    }
+
+    /// [`RegistryClient::send`] with a body (kept to be sent again on a
+    /// retry).
+    pub async fn send_body(
+        &self,
+        method: Method,
+        url: &str,
+        headers: HeaderMap,
+        body: Option<&[u8]>,
+    ) -> Result<Response> {
         let scope = self.scope();
         let mut challenged = false;
         let mut attempt = 0;
@@ -134,6 +162,9 @@ impl RegistryClient {
                 .http
                 .request(method.clone(), url)
                 .headers(headers.clone());
+            if let Some(body) = body {
+                request = request.body(body.to_vec());
+            }
             if let Some(value) = self.auth.header(&scope) {
                 request = request.header(AUTHORIZATION, value);
             }
@@ -337,7 +368,37 @@ impl RegistryClient {
     }
 }
 
-fn check_status(response: &Response, url: &str) -> Result<()> {
+/// A registry URL for `rest` (`blobs/uploads/`, `manifests/tag`) of this
+/// client's repository.
+impl RegistryClient {
+    pub fn repo_url(&self, rest: &str) -> String {
+        self.endpoint.url(&format!("{}/{rest}", self.repository))
+    }
+
+    /// Resolves an upload `Location` header (often relative) against the
+    /// request it answered.
+    pub fn location(&self, response: &Response) -> Result<String> {
+        let location = response
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| {
+                Error::failed_precondition(format!("{}: upload without a Location", response.url()))
+            })?;
+        response
+            .url()
+            .join(location)
+            .map(|u| u.to_string())
+            .map_err(|e| {
+                Error::failed_precondition(format!(
+                    "{}: bad Location {location:?}: {e}",
+                    response.url()
+                ))
+            })
+    }
+}
+
+pub fn check_status(response: &Response, url: &str) -> Result<()> {
     let status = response.status();
     if status.is_success() {
         return Ok(());

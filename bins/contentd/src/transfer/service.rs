@@ -14,6 +14,7 @@ use super::auth::Credentials;
 use super::fetch::{FetchOptions, Fetcher, Progress};
 use super::oci::Descriptor;
 use super::platform;
+use super::push::{PushOptions, Pusher};
 
 /// Most platforms one request may name.
 const MAX_PLATFORMS: usize = 32;
@@ -21,11 +22,12 @@ const MAX_PLATFORMS: usize = 32;
 #[derive(Debug, Clone)]
 pub struct TransferService {
     fetcher: Fetcher,
+    pusher: Pusher,
 }
 
 impl TransferService {
-    pub fn new(fetcher: Fetcher) -> TransferService {
-        TransferService { fetcher }
+    pub fn new(fetcher: Fetcher, pusher: Pusher) -> TransferService {
+        TransferService { fetcher, pusher }
     }
 
     pub fn into_ttrpc(self) -> std::collections::HashMap<String, ttrpc::r#async::Service> {
@@ -42,6 +44,51 @@ fn descriptor_to_pb(d: &Descriptor) -> pb::Descriptor {
     }
 }
 
+fn credentials(c: Option<&pb::Credentials>) -> Option<Credentials> {
+    c.and_then(|c| {
+        (!c.username.is_empty() || !c.secret.is_empty()).then(|| Credentials {
+            username: c.username.clone(),
+            secret: c.secret.clone(),
+        })
+    })
+}
+
+/// Streams a transfer's progress to the caller while it runs; gives up if
+/// the caller hangs up.
+async fn relay<F>(
+    ctx: &TtrpcContext,
+    sender: &ServerStreamSender<pb::Progress>,
+    work: F,
+    rx: &mut mpsc::Receiver<Progress>,
+) -> Result<Descriptor>
+where
+    F: std::future::Future<Output = Result<Descriptor>>,
+{
+    tokio::pin!(work);
+    let root = loop {
+        tokio::select! {
+            result = &mut work => break result?,
+            Some(progress) = rx.recv() => {
+                sender.send(&progress_to_pb(&progress)).await?;
+            }
+            () = peer_hung_up(ctx) => {
+                return Err(Error::unavailable("the client hung up"));
+            }
+        }
+    };
+    while let Ok(progress) = rx.try_recv() {
+        sender.send(&progress_to_pb(&progress)).await?;
+    }
+    sender
+        .send(&pb::Progress {
+            event: "done".into(),
+            descriptor: Some(descriptor_to_pb(&root)).into(),
+            ..Default::default()
+        })
+        .await?;
+    Ok(root)
+}
+
 fn fetch_options(req: &pb::FetchRequest) -> Result<FetchOptions> {
     if req.platforms.len() > MAX_PLATFORMS {
         return Err(Error::invalid_argument(format!(
@@ -53,12 +100,7 @@ fn fetch_options(req: &pb::FetchRequest) -> Result<FetchOptions> {
         .iter()
         .map(|p| platform::parse(p))
         .collect::<Result<Vec<_>>>()?;
-    let credentials = req.credentials.as_ref().and_then(|c| {
-        (!c.username.is_empty() || !c.secret.is_empty()).then(|| Credentials {
-            username: c.username.clone(),
-            secret: c.secret.clone(),
-        })
-    });
+    let credentials = credentials(req.credentials.as_ref());
     Ok(FetchOptions {
         platforms,
         all_platforms: req.all_platforms,
@@ -69,9 +111,9 @@ fn fetch_options(req: &pb::FetchRequest) -> Result<FetchOptions> {
     })
 }
 
-fn progress_to_pb(progress: &Progress) -> pb::FetchProgress {
+fn progress_to_pb(progress: &Progress) -> pb::Progress {
     match progress {
-        Progress::Resolved(root) => pb::FetchProgress {
+        Progress::Resolved(root) => pb::Progress {
             event: "resolved".into(),
             descriptor: Some(descriptor_to_pb(root)).into(),
             ..Default::default()
@@ -80,7 +122,7 @@ fn progress_to_pb(progress: &Progress) -> pb::FetchProgress {
             descriptor,
             state,
             offset,
-        } => pb::FetchProgress {
+        } => pb::Progress {
             event: "blob".into(),
             descriptor: Some(descriptor_to_pb(descriptor)).into(),
             state: state.as_str().into(),
@@ -96,7 +138,7 @@ impl pb::Transfer for TransferService {
         &self,
         ctx: &TtrpcContext,
         req: pb::FetchRequest,
-        sender: ServerStreamSender<pb::FetchProgress>,
+        sender: ServerStreamSender<pb::Progress>,
     ) -> ttrpc::Result<()> {
         let result: Result<()> = async {
             let namespace = request_namespace(ctx)?;
@@ -104,34 +146,41 @@ impl pb::Transfer for TransferService {
             let options = fetch_options(&req)?;
             let (tx, mut rx) = mpsc::channel(64);
             let fetch = self.fetcher.fetch(&namespace, &reference, &options, &tx);
-            tokio::pin!(fetch);
-            let root = loop {
-                tokio::select! {
-                    result = &mut fetch => break result?,
-                    Some(progress) = rx.recv() => {
-                        sender.send(&progress_to_pb(&progress)).await?;
-                    }
-                    () = peer_hung_up(ctx) => {
-                        return Err(Error::unavailable("the client hung up"));
-                    }
-                }
-            };
-            while let Ok(progress) = rx.try_recv() {
-                sender.send(&progress_to_pb(&progress)).await?;
-            }
+            let root = relay(ctx, &sender, fetch, &mut rx).await?;
             tracing::info!(%namespace, %reference, digest = %root.digest, "fetched");
-            sender
-                .send(&pb::FetchProgress {
-                    event: "done".into(),
-                    descriptor: Some(descriptor_to_pb(&root)).into(),
-                    ..Default::default()
-                })
-                .await?;
             Ok(())
         }
         .await;
         result.map_err(|e| {
             tracing::info!(reference = %req.reference, error = %e, "fetch failed");
+            e.into_ttrpc()
+        })
+    }
+
+    async fn push(
+        &self,
+        ctx: &TtrpcContext,
+        req: pb::PushRequest,
+        sender: ServerStreamSender<pb::Progress>,
+    ) -> ttrpc::Result<()> {
+        let result: Result<()> = async {
+            let namespace = request_namespace(ctx)?;
+            let target = Reference::parse(&req.reference)?;
+            let root = berth_ids::Digest::parse(&req.digest)?;
+            let options = PushOptions {
+                max_concurrent: (req.max_concurrent as usize).clamp(1, 32),
+                plain_http: req.plain_http,
+                credentials: credentials(req.credentials.as_ref()),
+            };
+            let (tx, mut rx) = mpsc::channel(64);
+            let push = self.pusher.push(&namespace, &target, &root, &options, &tx);
+            relay(ctx, &sender, push, &mut rx).await?;
+            tracing::info!(%namespace, %target, %root, "pushed");
+            Ok(())
+        }
+        .await;
+        result.map_err(|e| {
+            tracing::info!(reference = %req.reference, error = %e, "push failed");
             e.into_ttrpc()
         })
     }

@@ -1,5 +1,5 @@
-//! `berth content fetch REF`: an image's blobs from its registry into
-//! berth-contentd, with progress.
+//! Moving images between registries and berth-contentd, with progress:
+//! `berth content fetch REF` and `berth push REF DIGEST`.
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
@@ -44,10 +44,29 @@ pub struct FetchArgs {
     pub quiet: bool,
 }
 
-pub async fn run(global: &Global, args: FetchArgs) -> Result<()> {
-    let namespace = global.namespace()?;
-    let reference = Reference::parse(&args.reference).map_err(|e| anyhow::anyhow!(e))?;
-    let credentials = match &args.user {
+#[derive(Debug, clap::Args)]
+pub struct PushArgs {
+    /// Where to push: host[:port]/repository:tag
+    pub reference: String,
+    /// The image's root (index or manifest digest) in the content store.
+    pub digest: String,
+    /// Registry credentials, USER:PASSWORD (else docker's config.json).
+    #[arg(short, long, value_name = "USER:PASSWORD")]
+    pub user: Option<String>,
+    /// Talk plain HTTP to the registry (loopback registries always may).
+    #[arg(long)]
+    pub plain_http: bool,
+    /// Blobs uploaded at once.
+    #[arg(long, default_value_t = 3)]
+    pub max_concurrent_uploads: u32,
+    /// Print only the image's digest.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+/// `--user USER:PASSWORD`, else the docker config's entry for the host.
+fn credentials(user: Option<&str>, host: &str) -> Result<Option<pb::Credentials>> {
+    Ok(match user {
         Some(user) => {
             let Some((username, secret)) = user.split_once(':') else {
                 bail!("--user: expected USER:PASSWORD");
@@ -58,12 +77,72 @@ pub async fn run(global: &Global, args: FetchArgs) -> Result<()> {
                 ..Default::default()
             })
         }
-        None => docker_credentials(reference.domain()).map(|c| pb::Credentials {
+        None => docker_credentials(host).map(|c| pb::Credentials {
             username: c.username,
             secret: c.secret,
             ..Default::default()
         }),
+    })
+}
+
+fn parse_reference(value: &str) -> Result<Reference> {
+    Reference::parse(value).map_err(|e| anyhow::anyhow!(e))
+}
+
+/// Prints the outcome of a transfer: the digest, or a JSON event.
+fn finish(
+    format: Format,
+    quiet: bool,
+    verb: &str,
+    reference: &Reference,
+    root: &pb::Descriptor,
+) -> Result<()> {
+    match format {
+        Format::Json => {
+            // One event per line, like the progress before it.
+            let event = serde_json::json!({
+                "event": verb,
+                "reference": reference.to_string(),
+                "digest": root.digest,
+                "media_type": root.media_type,
+                "size": root.size,
+            });
+            println!("{event}");
+        }
+        Format::Table if quiet => println!("{}", root.digest),
+        Format::Table => println!("{reference}: {verb} {}", root.digest),
+    }
+    Ok(())
+}
+
+pub async fn push(global: &Global, args: PushArgs) -> Result<()> {
+    let namespace = global.namespace()?;
+    let reference = parse_reference(&args.reference)?;
+    let digest = berth_ids::Digest::parse(&args.digest).map_err(|e| anyhow::anyhow!(e))?;
+    let request = pb::PushRequest {
+        reference: reference.to_string(),
+        digest: digest.to_string(),
+        max_concurrent: args.max_concurrent_uploads,
+        plain_http: args.plain_http,
+        credentials: credentials(args.user.as_deref(), reference.domain())?.into(),
+        ..Default::default()
     };
+    let transfer = RemoteTransfer::connect(global.contentd_socket())
+        .await
+        .context("berth-contentd")?;
+    let mut display = Display::new(global.format, args.quiet);
+    let root = transfer
+        .push(namespace, &request, |p| display.show(p))
+        .await
+        .with_context(|| format!("push {reference}"))?;
+    display.finish();
+    finish(global.format, args.quiet, "pushed", &reference, &root)
+}
+
+pub async fn fetch(global: &Global, args: FetchArgs) -> Result<()> {
+    let namespace = global.namespace()?;
+    let reference = parse_reference(&args.reference)?;
+    let credentials = credentials(args.user.as_deref(), reference.domain())?;
     let request = pb::FetchRequest {
         reference: reference.to_string(),
         platforms: args.platforms.clone(),
@@ -83,28 +162,7 @@ pub async fn run(global: &Global, args: FetchArgs) -> Result<()> {
         .await
         .with_context(|| format!("content fetch {reference}"))?;
     display.finish();
-    match global.format {
-        Format::Json => {
-            // One event per line, like the progress before it.
-            let event = serde_json::json!({
-                "event": "fetched",
-                "reference": reference.to_string(),
-                "digest": root.digest,
-                "media_type": root.media_type,
-                "size": root.size,
-            });
-            println!("{event}");
-            Ok(())
-        }
-        Format::Table => {
-            if args.quiet {
-                println!("{}", root.digest);
-            } else {
-                println!("{reference}: fetched {}", root.digest);
-            }
-            Ok(())
-        }
-    }
+    finish(global.format, args.quiet, "fetched", &reference, &root)
 }
 
 /// How progress is shown: bars on a terminal, lines otherwise, JSON events
@@ -156,7 +214,7 @@ impl Display {
         }
     }
 
-    fn show(&mut self, progress: &pb::FetchProgress) {
+    fn show(&mut self, progress: &pb::Progress) {
         let Some(descriptor) = progress.descriptor.as_ref() else {
             return;
         };
