@@ -1,0 +1,19 @@
+//! `containerd-shim-berth-v2`: a containerd runtime v2 shim that runs one
+//! container through runc (or any runc-compatible runtime), usable by
+//! upstream containerd 1.6+ and by berth-taskd.
+
+pub mod cgroups;
+pub mod delete;
+pub mod error;
+pub mod events;
+pub mod flags;
+pub mod layout;
+pub mod log;
+pub mod mount;
+pub mod process;
+pub mod reaper;
+pub mod runc;
+pub mod serve;
+pub mod service;
+pub mod start;
+pub mod stdio;

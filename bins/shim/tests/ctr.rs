@@ -1,0 +1,293 @@
+//! End-to-end: upstream containerd 1.6 and `ctr` drive the shim. Every
+//! scenario runs for our shim and for containerd's own runc shim, so the
+//! expectations are containerd's, not ours.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::io::Write;
+use std::process::Stdio;
+use std::time::Duration;
+
+use support::{text, Containerd, BERTH, RUNC};
+
+macro_rules! for_both_runtimes {
+    ($($name:ident),* $(,)?) => {
+        mod berth {
+            $(#[test] fn $name() { if super::support::prerequisites() { super::$name(super::BERTH) } })*
+        }
+        mod runc {
+            $(#[test] fn $name() { if super::support::prerequisites() { super::$name(super::RUNC) } })*
+        }
+    };
+}
+
+for_both_runtimes!(
+    run_prints_output_and_propagates_exit_code,
+    run_with_terminal,
+    exec_with_and_without_terminal,
+    kill_with_sigterm_and_sigkill,
+    pause_resume_ps_and_metrics,
+    containerd_restart_keeps_the_task,
+    fifty_containers_leave_nothing_behind,
+);
+
+fn run_prints_output_and_propagates_exit_code(runtime: &str) {
+    let containerd = Containerd::start();
+    let out = containerd.run(
+        runtime,
+        &["--rm"],
+        "out",
+        &["sh", "-c", "echo hello-from-$0; exit 7"],
+    );
+    assert_eq!(
+        text(&out.stdout).trim(),
+        "hello-from-sh",
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(7));
+    let out = containerd.run(runtime, &["--rm"], "ok", &["true"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    containerd.assert_no_shims();
+}
+
+/// Runs a ctr command under `script`, so it has a terminal, feeding `input`.
+fn with_terminal(containerd: &Containerd, args: &[String], input: &str) -> (String, Option<i32>) {
+    let mut line = format!("ctr --address {}", containerd.address().display());
+    for arg in args {
+        line.push_str(&format!(" '{arg}'"));
+    }
+    let mut child = std::process::Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    // Give the shell time to start before typing, as a person would.
+    std::thread::sleep(Duration::from_millis(500));
+    stdin.write_all(input.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (text(&out.stdout).replace('\r', ""), out.status.code())
+}
+
+fn run_with_terminal(runtime: &str) {
+    let containerd = Containerd::start();
+    let args = containerd.run_args(runtime, &["--rm", "-t"], "tty", &["sh"]);
+    let (output, code) = with_terminal(&containerd, &args, "tty; echo tty-$((40+2)); exit 3\n");
+    assert!(output.contains("/dev/pts/0"), "{output}");
+    assert!(output.contains("tty-42"), "{output}");
+    assert_eq!(code, Some(3), "{output}");
+}
+
+fn exec_with_and_without_terminal(runtime: &str) {
+    let containerd = Containerd::start();
+    containerd.run_detached(runtime, "exec", &["sleep", "1000"]);
+    let fifo = containerd.fifo_dir().display().to_string();
+    let out = containerd.ctr(&[
+        "task",
+        "exec",
+        "--fifo-dir",
+        &fifo,
+        "--exec-id",
+        "e1",
+        "exec",
+        "sh",
+        "-c",
+        "echo in-exec; exit 5",
+    ]);
+    assert_eq!(text(&out.stdout).trim(), "in-exec", "{}", text(&out.stderr));
+    assert_eq!(out.status.code(), Some(5));
+
+    // A duplicate exec id is refused while the first is registered.
+    let out = containerd.ctr(&[
+        "task",
+        "exec",
+        "-d",
+        "--fifo-dir",
+        &fifo,
+        "--exec-id",
+        "e2",
+        "exec",
+        "sleep",
+        "100",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = containerd.ctr(&[
+        "task",
+        "exec",
+        "--fifo-dir",
+        &fifo,
+        "--exec-id",
+        "e2",
+        "exec",
+        "true",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("already exists"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let args: Vec<String> = [
+        "task",
+        "exec",
+        "-t",
+        "--fifo-dir",
+        &fifo,
+        "--exec-id",
+        "e3",
+        "exec",
+        "sh",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let (output, code) = with_terminal(&containerd, &args, "tty; exit 4\n");
+    assert!(output.contains("/dev/pts/"), "{output}");
+    assert_eq!(code, Some(4), "{output}");
+    containerd.remove("exec");
+}
+
+fn kill_with_sigterm_and_sigkill(runtime: &str) {
+    let containerd = Containerd::start();
+    // pid 1 ignores SIGTERM unless it installs a handler.
+    containerd.run_detached(
+        runtime,
+        "term",
+        &[
+            "sh",
+            "-c",
+            "trap 'exit 42' TERM; while true; do sleep 1; done",
+        ],
+    );
+    containerd.wait_for_status("term", "RUNNING");
+    let out = containerd.ctr(&["task", "kill", "term"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    containerd.wait_for_status("term", "STOPPED");
+    let out = containerd.ctr(&["task", "delete", "term"]);
+    assert!(
+        text(&out.stdout).contains("42")
+            || text(&out.stderr).contains("42")
+            || out.status.success()
+    );
+
+    containerd.run_detached(runtime, "kill9", &["sleep", "1000"]);
+    let out = containerd.ctr(&["task", "kill", "-s", "SIGKILL", "kill9"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    containerd.wait_for_status("kill9", "STOPPED");
+    // Signalling a finished task is an error (NotFound from the shim).
+    let out = containerd.ctr(&["task", "kill", "-s", "SIGKILL", "kill9"]);
+    assert!(!out.status.success());
+    // Deleting a running task is refused; a stopped one goes.
+    containerd.run_detached(runtime, "busy", &["sleep", "1000"]);
+    let out = containerd.ctr(&["task", "delete", "busy"]);
+    assert!(!out.status.success());
+    for id in ["term", "kill9", "busy"] {
+        containerd.remove(id);
+    }
+    containerd.assert_no_shims();
+}
+
+fn pause_resume_ps_and_metrics(runtime: &str) {
+    let containerd = Containerd::start();
+    containerd.run_detached(runtime, "pr", &["sleep", "1000"]);
+    containerd.wait_for_status("pr", "RUNNING");
+    assert!(containerd.ctr(&["task", "pause", "pr"]).status.success());
+    assert_eq!(containerd.task_status("pr").as_deref(), Some("PAUSED"));
+    assert!(containerd.ctr(&["task", "resume", "pr"]).status.success());
+    assert_eq!(containerd.task_status("pr").as_deref(), Some("RUNNING"));
+
+    let pid_line = text(&containerd.ctr(&["task", "ls"]).stdout);
+    let pid = pid_line
+        .lines()
+        .find(|l| l.starts_with("pr "))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap()
+        .to_string();
+    let ps = text(&containerd.ctr(&["task", "ps", "pr"]).stdout);
+    assert!(
+        ps.lines()
+            .any(|l| l.split_whitespace().next() == Some(pid.as_str())),
+        "{ps}"
+    );
+
+    let metrics = containerd.ctr(&["task", "metrics", "pr"]);
+    let metrics_text = text(&metrics.stdout);
+    assert!(metrics.status.success(), "{}", text(&metrics.stderr));
+    assert!(
+        metrics_text.contains("memory") && metrics_text.contains("pids"),
+        "{metrics_text}"
+    );
+    containerd.remove("pr");
+}
+
+fn containerd_restart_keeps_the_task(runtime: &str) {
+    let mut containerd = Containerd::start();
+    containerd.run_detached(runtime, "survivor", &["sleep", "1000"]);
+    containerd.wait_for_status("survivor", "RUNNING");
+    let shims = containerd.shim_pids();
+    containerd.restart();
+    assert_eq!(
+        containerd.task_status("survivor").as_deref(),
+        Some("RUNNING")
+    );
+    assert_eq!(containerd.shim_pids(), shims);
+    assert!(containerd
+        .ctr(&["task", "kill", "-s", "SIGKILL", "survivor"])
+        .status
+        .success());
+    containerd.wait_for_status("survivor", "STOPPED");
+    assert!(containerd
+        .ctr(&["task", "delete", "survivor"])
+        .status
+        .success());
+    assert!(containerd
+        .ctr(&["container", "rm", "survivor"])
+        .status
+        .success());
+    containerd.assert_no_shims();
+}
+
+fn fifty_containers_leave_nothing_behind(runtime: &str) {
+    let containerd = Containerd::start();
+    let ids: Vec<String> = (0..50).map(|n| format!("many-{n}")).collect();
+    for id in &ids {
+        containerd.run_detached(runtime, id, &["sleep", "1000"]);
+    }
+    let listed = text(&containerd.ctr(&["task", "ls"]).stdout);
+    assert_eq!(
+        listed.lines().filter(|l| l.contains("RUNNING")).count(),
+        50,
+        "{listed}"
+    );
+    for id in &ids {
+        assert!(containerd
+            .ctr(&["task", "kill", "-s", "SIGKILL", id])
+            .status
+            .success());
+    }
+    for id in &ids {
+        containerd.wait_for_status(id, "STOPPED");
+        assert!(containerd.ctr(&["task", "delete", id]).status.success());
+        assert!(containerd.ctr(&["container", "rm", id]).status.success());
+    }
+    containerd.assert_no_shims();
+    assert!(
+        containerd.mounts().is_empty(),
+        "mounts left: {:?}",
+        containerd.mounts()
+    );
+    let fifos = std::fs::read_dir(containerd.fifo_dir()).unwrap().count();
+    assert_eq!(fifos, 0, "fifo dirs left behind");
+    let bundles = containerd
+        .dir
+        .path()
+        .join("state/io.containerd.runtime.v2.task/default");
+    let left = std::fs::read_dir(&bundles).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(left, 0, "bundles left behind");
+}

@@ -1,0 +1,341 @@
+//! A private containerd per test, a busybox image built from Debian's
+//! busybox-static, and `ctr` pointed at both.
+#![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const IMAGE: &str = "berth.test/busybox:latest";
+pub const BERTH: &str = "io.containerd.berth.v2";
+pub const RUNC: &str = "io.containerd.runc.v2";
+const BUSYBOX: &str = "/bin/busybox";
+const SHIM: &str = env!("CARGO_BIN_EXE_containerd-shim-berth-v2");
+/// Runs the tests against another build of the shim, e.g. the shipped one
+/// from `scripts/build-shim.sh`, instead of the one cargo just built.
+const SHIM_OVERRIDE: &str = "BERTH_SHIM_BINARY";
+
+/// The shim binary containerd finds on its PATH.
+fn shim() -> PathBuf {
+    let Some(path) = std::env::var_os(SHIM_OVERRIDE) else {
+        return PathBuf::from(SHIM);
+    };
+    let path = PathBuf::from(path);
+    assert!(
+        path.is_file()
+            && path
+                .file_name()
+                .is_some_and(|n| n == "containerd-shim-berth-v2"),
+        "{SHIM_OVERRIDE}={} is not a containerd-shim-berth-v2 binary",
+        path.display()
+    );
+    path
+}
+
+pub use berth_e2e::require;
+
+fn on_path(binary: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {binary}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Whether this machine can run the end-to-end tests.
+pub fn prerequisites() -> bool {
+    require(nix::unistd::Uid::effective().is_root(), "tests need root")
+        && require(
+            on_path("containerd") && on_path("ctr"),
+            "containerd and ctr are not installed",
+        )
+        && require(on_path("runc"), "runc is not installed")
+        && require(
+            on_path("containerd-shim-runc-v2"),
+            "containerd-shim-runc-v2 is not installed",
+        )
+        && require(
+            Path::new(BUSYBOX).exists(),
+            "busybox-static is not installed",
+        )
+}
+
+/// A containerd with its own root, state and sockets under a temp dir.
+pub struct Containerd {
+    pub dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Containerd {
+    pub fn start() -> Containerd {
+        let dir = tempfile::Builder::new()
+            .prefix("berth-shim-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let base = dir.path();
+        let config = format!(
+            "version = 2\nroot = \"{0}/root\"\nstate = \"{0}/state\"\n\
+             disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+             [grpc]\n  address = \"{0}/c.sock\"\n[ttrpc]\n  address = \"{0}/c.sock.ttrpc\"\n",
+            base.display()
+        );
+        std::fs::write(base.join("config.toml"), config).unwrap();
+        std::fs::create_dir_all(base.join("fifo")).unwrap();
+        let mut containerd = Containerd { dir, child: None };
+        containerd.spawn();
+        containerd.import_image();
+        containerd
+    }
+
+    fn spawn(&mut self) {
+        let base = self.dir.path();
+        let shim = shim();
+        let shim_dir = shim.parent().unwrap();
+        let path = format!(
+            "{}:{}",
+            shim_dir.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(base.join("containerd.log"))
+            .unwrap();
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(base.join("config.toml"))
+            .env("PATH", path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self.ctr(&["version"]).status.success() {
+            assert!(Instant::now() < deadline, "containerd did not come up");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Stops containerd (SIGTERM, like a service restart) and starts it again.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let _ = child.wait();
+        }
+    }
+
+    pub fn address(&self) -> PathBuf {
+        self.dir.path().join("c.sock")
+    }
+
+    pub fn fifo_dir(&self) -> PathBuf {
+        self.dir.path().join("fifo")
+    }
+
+    pub fn ctr(&self, args: &[&str]) -> Output {
+        self.ctr_command(args).output().unwrap()
+    }
+
+    pub fn ctr_command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("ctr");
+        cmd.arg("--address")
+            .arg(self.address())
+            .args(args)
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// `ctr run` with the runtime's flags; `extra` goes before the image.
+    pub fn run_args(&self, runtime: &str, extra: &[&str], id: &str, cmd: &[&str]) -> Vec<String> {
+        let mut args: Vec<String> = vec!["run".into(), "--runtime".into(), runtime.into()];
+        args.push("--fifo-dir".into());
+        args.push(self.fifo_dir().display().to_string());
+        if runtime == RUNC {
+            args.push("--runc-root".into());
+            args.push(self.dir.path().join("runc").display().to_string());
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args.push(IMAGE.into());
+        args.push(id.into());
+        args.extend(cmd.iter().map(|s| s.to_string()));
+        args
+    }
+
+    pub fn run(&self, runtime: &str, extra: &[&str], id: &str, cmd: &[&str]) -> Output {
+        let args = self.run_args(runtime, extra, id, cmd);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.ctr(&args)
+    }
+
+    pub fn run_detached(&self, runtime: &str, id: &str, cmd: &[&str]) {
+        let out = self.run(runtime, &["-d"], id, cmd);
+        assert!(out.status.success(), "run -d {id}: {}", text(&out.stderr));
+    }
+
+    /// The task's status column from `ctr task ls`.
+    pub fn task_status(&self, id: &str) -> Option<String> {
+        let out = self.ctr(&["task", "ls"]);
+        text(&out.stdout).lines().find_map(|line| {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            (cols.first() == Some(&id)).then(|| cols.get(2).unwrap_or(&"").to_string())
+        })
+    }
+
+    pub fn wait_for_status(&self, id: &str, status: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.task_status(id).as_deref() != Some(status) {
+            assert!(
+                Instant::now() < deadline,
+                "{id} never reached {status}: {:?}",
+                self.task_status(id)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Kills, deletes the task and removes the container.
+    pub fn remove(&self, id: &str) {
+        let _ = self.ctr(&["task", "kill", "-s", "SIGKILL", id]);
+        let _ = self.ctr(&["task", "delete", "--force", id]);
+        let _ = self.ctr(&["container", "rm", id]);
+    }
+
+    /// Pids of shims started for this containerd (their argv names its socket).
+    pub fn shim_pids(&self) -> Vec<i32> {
+        let address = self.address().display().to_string();
+        let mut pids = Vec::new();
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+                continue;
+            };
+            let args: Vec<String> = cmdline
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            if args.first().is_some_and(|a| a.contains("containerd-shim"))
+                && args.contains(&address)
+            {
+                pids.push(pid);
+            }
+        }
+        pids
+    }
+
+    /// Waits until every shim of this containerd has exited.
+    pub fn assert_no_shims(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.shim_pids().is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "shims left: {:?}",
+                self.shim_pids()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Mount points under this containerd's directory.
+    pub fn mounts(&self) -> Vec<String> {
+        let base = self.dir.path().display().to_string();
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
+            .filter(|m| m.starts_with(&base))
+            .collect()
+    }
+
+    fn import_image(&self) {
+        let archive = self.dir.path().join("busybox.tar");
+        build_busybox_archive(&self.dir.path().join("image"), &archive);
+        let out = self.ctr(&["images", "import", archive.to_str().unwrap()]);
+        assert!(out.status.success(), "import: {}", text(&out.stderr));
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        // Leave nothing behind even when a test failed half-way.
+        let out = self.ctr(&["task", "ls", "-q"]);
+        for id in text(&out.stdout).lines() {
+            self.remove(id.trim());
+        }
+        let out = self.ctr(&["container", "ls", "-q"]);
+        for id in text(&out.stdout).lines() {
+            let _ = self.ctr(&["container", "rm", id.trim()]);
+        }
+        self.stop();
+        for mount in self.mounts().into_iter().rev() {
+            let _ = nix::mount::umount2(mount.as_str(), nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn sha256_file(path: &Path) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(std::fs::read(path).unwrap()))
+}
+
+fn tar(dir: &Path, archive: &Path, entries: &[&str]) {
+    let status = Command::new("tar")
+        .arg("-C")
+        .arg(dir)
+        .arg("-cf")
+        .arg(archive)
+        .args(entries)
+        .status()
+        .unwrap();
+    assert!(status.success(), "tar failed");
+}
+
+/// A docker-archive tarball: one layer with busybox and its applet links.
+pub fn build_busybox_archive(work: &Path, archive: &Path) {
+    let rootfs = work.join("rootfs");
+    std::fs::create_dir_all(rootfs.join("bin")).unwrap();
+    std::fs::copy(BUSYBOX, rootfs.join("bin/busybox")).unwrap();
+    for applet in [
+        "sh", "echo", "cat", "sleep", "true", "id", "ps", "ls", "tty", "kill", "trap",
+    ] {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
+    }
+    for dir in ["proc", "sys", "dev", "tmp", "etc"] {
+        std::fs::create_dir_all(rootfs.join(dir)).unwrap();
+    }
+    let out = work.join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let layer_tmp = work.join("layer.tar");
+    tar(&rootfs, &layer_tmp, &["."]);
+    let layer = sha256_file(&layer_tmp);
+    std::fs::create_dir_all(out.join(&layer)).unwrap();
+    std::fs::rename(&layer_tmp, out.join(&layer).join("layer.tar")).unwrap();
+    let config = format!(
+        "{{\"architecture\":\"amd64\",\"os\":\"linux\",\"config\":{{\"Env\":[\"PATH=/bin\"],\"Cmd\":[\"/bin/sh\"]}},\"rootfs\":{{\"type\":\"layers\",\"diff_ids\":[\"sha256:{layer}\"]}}}}"
+    );
+    let config_path = out.join("config.json");
+    std::fs::write(&config_path, &config).unwrap();
+    let config_digest = sha256_file(&config_path);
+    std::fs::rename(&config_path, out.join(format!("{config_digest}.json"))).unwrap();
+    let manifest = format!(
+        "[{{\"Config\":\"{config_digest}.json\",\"RepoTags\":[\"{IMAGE}\"],\"Layers\":[\"{layer}/layer.tar\"]}}]"
+    );
+    let mut file = std::fs::File::create(out.join("manifest.json")).unwrap();
+    file.write_all(manifest.as_bytes()).unwrap();
+    let config_name = format!("{config_digest}.json");
+    tar(&out, archive, &["manifest.json", &config_name, &layer]);
+}
