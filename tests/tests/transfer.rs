@@ -437,3 +437,247 @@ async fn push_then_fetch_round_trips_byte_for_byte() {
     );
     assert!(!ok, "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_what_skopeo_writes_and_skopeo_reads_what_berth_exports() {
+    if !require(
+        tools_present(),
+        "docker-registry, skopeo, htpasswd and busybox-static",
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::start(&dir.path().join("reg"), None);
+    let mut layout = Layout::new(&dir.path().join("layout"));
+    let image = build_image(dir.path(), &mut layout);
+    let source = format!("{}/test/busybox:multi", registry.host);
+    layout.push("multi", &source, None, false);
+    let skopeo = |args: &[&str]| {
+        let out = std::process::Command::new("skopeo")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "skopeo {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+
+    // skopeo's OCI archive (one platform) into berth.
+    let oci_archive = dir.path().join("oci.tar");
+    skopeo(&[
+        "copy",
+        "--quiet",
+        "--src-tls-verify=false",
+        "--override-arch",
+        "amd64",
+        &format!("docker://{source}"),
+        &format!("oci-archive:{}:busybox:v1", oci_archive.display()),
+    ]);
+    let daemon = Daemon::contentd(&dir.path().join("d"));
+    let (ok, out, err) = berth(
+        &daemon.socket,
+        &["import", "--format", "json", oci_archive.to_str().unwrap()],
+        None,
+    );
+    assert!(ok, "{err}");
+    let imported: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(imported[0]["name"], "busybox:v1");
+    assert_eq!(imported[0]["digest"], image.amd64.digest.as_str());
+    let mut want = image.amd64_blobs.clone();
+    want.sort();
+    assert_eq!(digests_in(&daemon).await, want);
+    let store = RemoteContentStore::connect(&daemon.socket).await.unwrap();
+    let info = store.info("default", &image.amd64.digest).await.unwrap();
+    assert_eq!(
+        info.labels
+            .get("containerd.io/gc.ref.content.l.0")
+            .map(String::as_str),
+        Some(image.amd64_blobs[2].as_str())
+    );
+
+    // skopeo's docker archive (docker save format) into berth.
+    let docker_archive = dir.path().join("docker.tar");
+    skopeo(&[
+        "copy",
+        "--quiet",
+        "--src-tls-verify=false",
+        "--override-arch",
+        "amd64",
+        &format!("docker://{source}"),
+        &format!(
+            "docker-archive:{}:berth.test/busybox:saved",
+            docker_archive.display()
+        ),
+    ]);
+    let daemon2 = Daemon::contentd(&dir.path().join("d2"));
+    let (ok, out, err) = berth(
+        &daemon2.socket,
+        &[
+            "import",
+            "--format",
+            "json",
+            docker_archive.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(ok, "{err}");
+    let imported: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(imported[0]["name"], "berth.test/busybox:saved");
+    let saved_root = Digest::parse(imported[0]["digest"].as_str().unwrap()).unwrap();
+    // Its layers are the uncompressed tars: their digests are the diff IDs.
+    let store2 = RemoteContentStore::connect(&daemon2.socket).await.unwrap();
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &berth_content::read_blob(&store2, "default", &saved_root, 1 << 20)
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(manifest["layers"].as_array().unwrap().len(), 2);
+    let config: serde_json::Value = serde_json::from_slice(
+        &berth_content::read_blob(
+            &store2,
+            "default",
+            &Digest::parse(manifest["config"]["digest"].as_str().unwrap()).unwrap(),
+            1 << 20,
+        )
+        .await
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        config["rootfs"]["diff_ids"][0],
+        manifest["layers"][0]["digest"]
+    );
+
+    // berth's export, read by skopeo, pushed, and fetched back unchanged.
+    let exported = dir.path().join("export.tar");
+    let name_arg = format!("exported:v1={}", image.amd64.digest);
+    let (ok, _, err) = berth(
+        &daemon.socket,
+        &["export", exported.to_str().unwrap(), &name_arg],
+        None,
+    );
+    assert!(ok, "{err}");
+    let raw = skopeo(&[
+        "inspect",
+        "--raw",
+        &format!("oci-archive:{}:exported:v1", exported.display()),
+    ]);
+    assert_eq!(Digest::of(&raw), image.amd64.digest);
+    let target = format!("{}/roundtrip/busybox:v1", registry.host);
+    skopeo(&[
+        "copy",
+        "--quiet",
+        "--dest-tls-verify=false",
+        "--preserve-digests",
+        &format!("oci-archive:{}:exported:v1", exported.display()),
+        &format!("docker://{target}"),
+    ]);
+    let daemon3 = Daemon::contentd(&dir.path().join("d3"));
+    let (ok, out, err) = berth(&daemon3.socket, &["content", "fetch", "-q", &target], None);
+    assert!(ok, "{err}");
+    assert_eq!(
+        String::from_utf8_lossy(&out).trim(),
+        image.amd64.digest.as_str()
+    );
+    assert_eq!(digests_in(&daemon3).await, want);
+    // And berth imports its own export.
+    let daemon4 = Daemon::contentd(&dir.path().join("d4"));
+    let (ok, _, err) = berth(
+        &daemon4.socket,
+        &["import", exported.to_str().unwrap()],
+        None,
+    );
+    assert!(ok, "{err}");
+    assert_eq!(digests_in(&daemon4).await, want);
+}
+
+/// A tar header for `name` claiming `size` bytes.
+fn tar_header(name: &str, size: u64) -> Vec<u8> {
+    let mut header = [0u8; 512];
+    header[..name.len()].copy_from_slice(name.as_bytes());
+    let fields: [(usize, usize, String); 5] = [
+        (100, 8, format!("{:07o}\0", 0o644)),
+        (108, 8, format!("{:07o}\0", 0)),
+        (116, 8, format!("{:07o}\0", 0)),
+        (124, 12, format!("{size:011o}\0")),
+        (136, 12, format!("{:011o}\0", 0)),
+    ];
+    for (at, len, value) in fields {
+        header[at..at + len].copy_from_slice(&value.as_bytes()[..len]);
+    }
+    header[156] = b'0';
+    header[257..263].copy_from_slice(b"ustar\0");
+    header[263..265].copy_from_slice(b"00");
+    header[148..156].copy_from_slice(b"        ");
+    let sum: u32 = header.iter().map(|b| u32::from(*b)).sum();
+    header[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    header.to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_archives_fail_cleanly_with_bounded_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::contentd(&dir.path().join("d"));
+    // An index.json that claims a gibibyte, streamed, never stored.
+    let mut child = std::process::Command::new(berth_e2e::binary("berth"))
+        .env("BERTH_CONTENTD_ADDRESS", &daemon.socket)
+        .args(["import", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        let _ = stdin.write_all(&tar_header("index.json", 1 << 30));
+        let zeros = vec![b' '; 1 << 20];
+        for _ in 0..1024 {
+            if stdin.write_all(&zeros).is_err() {
+                break;
+            }
+        }
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("index.json is 1073741824 bytes"), "{err}");
+    // The CLI never held it: its peak memory stayed small.
+    // SAFETY: getrusage fills the struct it is given.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage);
+        usage
+    };
+    assert!(
+        usage.ru_maxrss < 200 * 1024,
+        "a child peaked at {} KiB",
+        usage.ru_maxrss
+    );
+
+    // An entry climbing out of the archive.
+    let mut escaping = tar_header("../../escape", 4);
+    escaping.extend_from_slice(b"boom");
+    escaping.resize(1024, 0);
+    escaping.extend_from_slice(&[0u8; 1024]);
+    let (ok, _, err) = berth(&daemon.socket, &["import", "-"], Some(&escaping));
+    assert!(!ok);
+    assert!(err.contains("outside the archive"), "{err}");
+    assert!(!dir.path().join("escape").exists());
+    assert!(digests_in(&daemon).await.is_empty());
+
+    // A blob whose name is not its digest.
+    let wrong = format!("blobs/sha256/{}", Digest::of(b"other").hex());
+    let mut lying = tar_header(&wrong, 4);
+    lying.extend_from_slice(b"boom");
+    lying.resize(1024, 0);
+    lying.extend_from_slice(&[0u8; 1024]);
+    let (ok, _, err) = berth(&daemon.socket, &["import", "-"], Some(&lying));
+    assert!(!ok, "{err}");
+    assert!(digests_in(&daemon).await.is_empty());
+}

@@ -30,6 +30,12 @@ enum Command {
     Content(commands::content::ContentCommand),
     /// Push an image from the content store to a registry.
     Push(commands::transfer::PushArgs),
+    /// Import an OCI image layout or `docker save` archive into the content
+    /// store.
+    Import(commands::archive::ImportArgs),
+    /// Export images from the content store as an OCI image layout archive
+    /// (with docker's manifest.json too).
+    Export(commands::archive::ExportArgs),
 }
 
 fn main() -> ExitCode {
@@ -48,6 +54,8 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Content(command) => commands::content::run(&cli.global, command).await,
             Command::Push(args) => commands::transfer::push(&cli.global, args).await,
+            Command::Import(args) => commands::archive::import(&cli.global, args).await,
+            Command::Export(args) => commands::archive::export(&cli.global, args).await,
         }
     });
     match result {

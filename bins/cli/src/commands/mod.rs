@@ -1,2 +1,3 @@
+pub mod archive;
 pub mod content;
 pub mod transfer;
