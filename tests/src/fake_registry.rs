@@ -28,6 +28,9 @@ pub struct Behaviour {
     pub bearer_token: Option<String>,
     /// The user and password the token endpoint wants (None: anonymous).
     pub token_credentials: Option<(String, String)>,
+    /// Requests whose path ends with the key are answered 503 this many
+    /// times first.
+    pub unavailable_first: HashMap<String, usize>,
 }
 
 /// One request as received.
@@ -159,6 +162,23 @@ async fn serve(
             .await;
         }
     }
+    let failing = {
+        let mut b = behaviour.lock().unwrap();
+        let key = b
+            .unavailable_first
+            .iter()
+            .find(|(suffix, left)| path.ends_with(suffix.as_str()) && **left > 0)
+            .map(|(k, _)| k.clone());
+        key.map(|k| {
+            if let Some(left) = b.unavailable_first.get_mut(&k) {
+                *left -= 1;
+            }
+        })
+        .is_some()
+    };
+    if failing {
+        return respond(&mut stream, 503, &[], b"", method == "HEAD").await;
+    }
     if path == "/v2/" {
         return respond(&mut stream, 200, &[], b"{}", method == "HEAD").await;
     }
@@ -221,6 +241,7 @@ async fn write_head(
         206 => "Partial Content",
         401 => "Unauthorized",
         404 => "Not Found",
+        503 => "Service Unavailable",
         _ => "Status",
     };
     let mut head =

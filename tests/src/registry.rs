@@ -26,6 +26,84 @@ impl Registry {
     /// Starts a registry storing under `dir`; with `user`, only that
     /// `(name, password)` may push or pull (basic auth).
     pub fn start(dir: &Path, user: Option<(&str, &str)>) -> Registry {
+        Registry::start_with(dir, user, None)
+    }
+
+    /// A registry serving HTTPS with a certificate for 127.0.0.1 made here,
+    /// signed by a CA made here (`<dir>/ca.pem`, the CA to trust).
+    pub fn start_tls(dir: &Path) -> Registry {
+        std::fs::create_dir_all(dir).unwrap();
+        // A CA, and a server certificate for 127.0.0.1 signed by it.
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .expect("openssl is installed");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=berth test CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ]);
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            "key.pem",
+            "-out",
+            "server.csr",
+        ]);
+        std::fs::write(
+            dir.join("server.ext"),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            "server.ext",
+            "-out",
+            "cert.pem",
+        ]);
+        let tls = format!(
+            "  tls:\n    certificate: {}\n    key: {}\n",
+            dir.join("cert.pem").display(),
+            dir.join("key.pem").display()
+        );
+        Registry::start_with(dir, None, Some(tls))
+    }
+
+    fn start_with(dir: &Path, user: Option<(&str, &str)>, tls: Option<String>) -> Registry {
         std::fs::create_dir_all(dir).unwrap();
         let port = free_port();
         let mut auth = String::new();
@@ -41,8 +119,9 @@ impl Registry {
             );
         }
         let config = format!(
-            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{auth}",
-            dir.join("data").display()
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{}{auth}",
+            dir.join("data").display(),
+            tls.unwrap_or_default()
         );
         std::fs::write(dir.join("config.yml"), config).unwrap();
         let log = std::fs::File::create(dir.join("registry.log")).unwrap();

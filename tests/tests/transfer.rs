@@ -681,3 +681,106 @@ async fn hostile_archives_fail_cleanly_with_bounded_memory() {
     assert!(!ok, "{err}");
     assert!(digests_in(&daemon).await.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_toml_gives_a_registry_its_ca_and_a_mirror() {
+    if !require(
+        tools_present() && which("openssl"),
+        "docker-registry, skopeo, openssl and busybox-static",
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let secure = Registry::start_tls(&dir.path().join("tls"));
+    let mut layout = Layout::new(&dir.path().join("layout"));
+    let rootfs = busybox_rootfs(&dir.path().join("rootfs"), &[]);
+    let layer = layout.add_layer(&rootfs);
+    let manifest = layout.add_image(&[layer], "amd64", false);
+    layout.tag("v1", &manifest);
+    let cert = dir.path().join("tls/ca.pem");
+    let push = std::process::Command::new("skopeo")
+        .args(["copy", "--quiet", "--dest-tls-verify=false"])
+        .arg(format!("oci:{}:v1", layout.dir.display()))
+        .arg(format!("docker://{}/app:v1", secure.host))
+        .output()
+        .unwrap();
+    assert!(
+        push.status.success(),
+        "{}",
+        String::from_utf8_lossy(&push.stderr)
+    );
+
+    // certs.d/<host>/hosts.toml: HTTPS with our CA.
+    let hosts = dir.path().join("certs.d");
+    let host_dir = hosts.join(&secure.host);
+    std::fs::create_dir_all(&host_dir).unwrap();
+    std::fs::copy(&cert, host_dir.join("registry-ca.pem")).unwrap();
+    std::fs::write(
+        host_dir.join("hosts.toml"),
+        format!(
+            "server = \"https://{}\"\nca = \"registry-ca.pem\"\n",
+            secure.host
+        ),
+    )
+    .unwrap();
+    let daemon = Daemon::start_with_args(
+        "berth-contentd",
+        &dir.path().join("d"),
+        &["--hosts-dir", hosts.to_str().unwrap()],
+    );
+    let reference = format!("{}/app:v1", secure.host);
+    let (ok, out, err) = berth(
+        &daemon.socket,
+        &["content", "fetch", "-q", &reference],
+        None,
+    );
+    assert!(ok, "{err}");
+    assert_eq!(
+        String::from_utf8_lossy(&out).trim(),
+        manifest.digest.as_str()
+    );
+
+    // Without the CA the certificate is not trusted.
+    std::fs::write(
+        host_dir.join("hosts.toml"),
+        format!("server = \"https://{}\"\n", secure.host),
+    )
+    .unwrap();
+    std::fs::remove_file(host_dir.join("registry-ca.pem")).unwrap();
+    let daemon2 = Daemon::start_with_args(
+        "berth-contentd",
+        &dir.path().join("d2"),
+        &["--hosts-dir", hosts.to_str().unwrap()],
+    );
+    let (ok, _, err) = berth(&daemon2.socket, &["content", "fetch", &reference], None);
+    assert!(!ok, "fetched from an untrusted registry");
+    assert!(digests_in(&daemon2).await.is_empty(), "{err}");
+
+    // A mirror that has the image, tried first.
+    let mirror = Registry::start(&dir.path().join("mirror"), None);
+    layout.push("v1", &format!("{}/app:v1", mirror.host), None, false);
+    std::fs::write(
+        host_dir.join("hosts.toml"),
+        format!(
+            "server = \"https://{}\"\n\n[host.\"http://{}\"]\ncapabilities = [\"pull\", \"resolve\"]\n",
+            secure.host, mirror.host
+        ),
+    )
+    .unwrap();
+    drop(secure);
+    let daemon3 = Daemon::start_with_args(
+        "berth-contentd",
+        &dir.path().join("d3"),
+        &["--hosts-dir", hosts.to_str().unwrap()],
+    );
+    let (ok, out, err) = berth(
+        &daemon3.socket,
+        &["content", "fetch", "-q", &reference],
+        None,
+    );
+    assert!(ok, "{err}");
+    assert_eq!(
+        String::from_utf8_lossy(&out).trim(),
+        manifest.digest.as_str()
+    );
+}

@@ -422,3 +422,49 @@ async fn two_fetches_of_one_image_at_once_both_succeed() {
         .count();
     assert_eq!(downloads, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unavailable_answers_are_retried_and_oversized_manifests_refused() {
+    let registry = FakeRegistry::start(Behaviour::default()).await;
+    let image = put_image(
+        &registry,
+        "flaky",
+        "v1",
+        &[b"layer bytes".to_vec()],
+        LAYER,
+        None,
+    );
+    registry
+        .behaviour
+        .lock()
+        .unwrap()
+        .unavailable_first
+        .insert(image.layers[0].to_string(), 2);
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::contentd(dir.path());
+    let reference = format!("{}/flaky:v1", registry.host);
+    let (ok, _, err) =
+        berth_async(daemon.socket.clone(), s(&["content", "fetch", &reference])).await;
+    assert!(ok, "{err}");
+    let attempts = registry
+        .requests()
+        .iter()
+        .filter(|r| r.method == "GET" && r.path.ends_with(image.layers[0].as_str()))
+        .count();
+    assert_eq!(attempts, 3, "two 503s, then the blob");
+
+    // A "manifest" of 5 MiB is refused before it is read.
+    let big = vec![b' '; 5 * 1024 * 1024];
+    registry.put("huge", "manifests", "v1", MANIFEST, &big);
+    let (ok, _, err) = berth_async(
+        daemon.socket.clone(),
+        s(&["content", "fetch", &format!("{}/huge:v1", registry.host)]),
+    )
+    .await;
+    assert!(!ok);
+    assert!(
+        err.contains("larger than") || err.contains("at most"),
+        "{err}"
+    );
+    assert!(!visible(&daemon).await.contains(&Digest::of(&big)));
+}

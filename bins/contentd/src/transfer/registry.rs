@@ -178,7 +178,12 @@ impl RegistryClient {
                     attempt += 1;
                     continue;
                 }
-                Err(e) => return Err(Error::unavailable(format!("{method} {url}: {e}"))),
+                Err(e) => {
+                    return Err(Error::unavailable(format!(
+                        "{method} {url}: {}",
+                        error_chain(&e)
+                    )))
+                }
             };
             let status = response.status();
             if status == StatusCode::UNAUTHORIZED && !challenged {
@@ -396,6 +401,19 @@ impl RegistryClient {
                 ))
             })
     }
+}
+
+/// An error with its causes (reqwest's own message leaves them out: "error
+/// sending request" says nothing of an untrusted certificate).
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut message = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
 }
 
 pub fn check_status(response: &Response, url: &str) -> Result<()> {
