@@ -31,6 +31,11 @@ pub struct Behaviour {
     /// Requests whose path ends with the key are answered 503 this many
     /// times first.
     pub unavailable_first: HashMap<String, usize>,
+    /// Blobs answered with a 307 to this URL (blob storage elsewhere).
+    pub redirect: HashMap<Digest, String>,
+    /// Serve any path under `/storage/` from `objects` by its last part:
+    /// this registry acting as the blob storage of another.
+    pub storage: bool,
 }
 
 /// One request as received.
@@ -183,7 +188,31 @@ async fn serve(
         return respond(&mut stream, 200, &[], b"{}", method == "HEAD").await;
     }
     let key = path.trim_start_matches("/v2/").to_string();
-    let found = behaviour.lock().unwrap().objects.get(&key).cloned();
+    let found = {
+        let b = behaviour.lock().unwrap();
+        if b.storage && path.starts_with("/storage/") {
+            let name = path.rsplit('/').next().unwrap_or_default();
+            b.objects
+                .iter()
+                .find(|(k, _)| k.ends_with(name))
+                .map(|(_, v)| v.clone())
+        } else {
+            b.objects.get(&key).cloned()
+        }
+    };
+    if let Some(digest) = key.rsplit('/').next().and_then(|d| Digest::parse(d).ok()) {
+        let target = behaviour.lock().unwrap().redirect.get(&digest).cloned();
+        if let Some(target) = target {
+            return respond(
+                &mut stream,
+                307,
+                &[("Location", &target)],
+                b"",
+                method == "HEAD",
+            )
+            .await;
+        }
+    }
     let Some((media_type, mut body)) = found else {
         return respond(&mut stream, 404, &[], b"", method == "HEAD").await;
     };
@@ -239,6 +268,7 @@ async fn write_head(
     let reason = match status {
         200 => "OK",
         206 => "Partial Content",
+        307 => "Temporary Redirect",
         401 => "Unauthorized",
         404 => "Not Found",
         503 => "Service Unavailable",

@@ -468,3 +468,56 @@ async fn unavailable_answers_are_retried_and_oversized_manifests_refused() {
     );
     assert!(!visible(&daemon).await.contains(&Digest::of(&big)));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blob_redirects_are_followed_without_the_registry_token() {
+    let storage = FakeRegistry::start(Behaviour {
+        storage: true,
+        ..Default::default()
+    })
+    .await;
+    let registry = FakeRegistry::start(Behaviour {
+        bearer_token: Some("registry-only".into()),
+        ..Default::default()
+    })
+    .await;
+    let layer = BlockSource::new(200_000).block(9);
+    let image = put_image(
+        &registry,
+        "redirected",
+        "v1",
+        std::slice::from_ref(&layer),
+        LAYER,
+        None,
+    );
+    storage.put(
+        "any",
+        "blobs",
+        image.layers[0].as_str(),
+        "application/octet-stream",
+        &layer,
+    );
+    registry.behaviour.lock().unwrap().redirect.insert(
+        image.layers[0].clone(),
+        format!("http://{}/storage/{}", storage.host, image.layers[0]),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::contentd(dir.path());
+    let reference = format!("{}/redirected:v1", registry.host);
+    let (ok, _, err) =
+        berth_async(daemon.socket.clone(), s(&["content", "fetch", &reference])).await;
+    assert!(ok, "{err}");
+    let served = storage.requests();
+    assert!(!served.is_empty(), "the redirect was not followed");
+    assert!(
+        served
+            .iter()
+            .all(|r| !r.headers.contains_key("authorization")),
+        "the registry's token went to blob storage"
+    );
+    let store = RemoteContentStore::connect(&daemon.socket).await.unwrap();
+    let data = berth_content::read_blob(&store, "default", &image.layers[0], 1 << 20)
+        .await
+        .unwrap();
+    assert_eq!(data, layer);
+}
