@@ -521,3 +521,59 @@ async fn blob_redirects_are_followed_without_the_registry_token() {
         .unwrap();
     assert_eq!(data, layer);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_bars_on_a_terminal() {
+    if !berth_e2e::require(
+        std::path::Path::new("/usr/bin/script").exists(),
+        "script (util-linux) to give berth a terminal",
+    ) {
+        return;
+    }
+    let registry = FakeRegistry::start(Behaviour::default()).await;
+    let layer = BlockSource::new(2 * 1024 * 1024).block(5);
+    let image = put_image(
+        &registry,
+        "tty",
+        "v1",
+        std::slice::from_ref(&layer),
+        LAYER,
+        None,
+    );
+    registry
+        .behaviour
+        .lock()
+        .unwrap()
+        .trickle
+        .insert(image.layers[0].clone(), 128 * 1024);
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::contentd(dir.path());
+    let command = format!(
+        "BERTH_CONTENTD_ADDRESS={} {} content fetch {}/tty:v1",
+        daemon.socket.display(),
+        berth_e2e::binary("berth").display(),
+        registry.host
+    );
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("script")
+            .args(["-qefc", &command, "/dev/null"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let screen = String::from_utf8_lossy(&out.stdout);
+    // Bars: redrawn in place, with sizes and a rate, ending done.
+    assert!(
+        screen.contains('\u{1b}') || screen.contains('\r'),
+        "{screen}"
+    );
+    assert!(screen.contains("MiB") && screen.contains("/s"), "{screen}");
+    assert!(screen.contains("done"), "{screen}");
+    assert!(screen.contains(image.manifest.as_str()), "{screen}");
+}
