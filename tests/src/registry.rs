@@ -32,6 +32,16 @@ impl Registry {
     /// A registry serving HTTPS with a certificate for 127.0.0.1 made here,
     /// signed by a CA made here (`<dir>/ca.pem`, the CA to trust).
     pub fn start_tls(dir: &Path) -> Registry {
+        Registry::start_tls_with(dir, false)
+    }
+
+    /// [`Registry::start_tls`], also demanding a client certificate signed
+    /// by the same CA (`<dir>/client.cert` and `<dir>/client.key`).
+    pub fn start_tls_requiring_client_certificates(dir: &Path) -> Registry {
+        Registry::start_tls_with(dir, true)
+    }
+
+    fn start_tls_with(dir: &Path, client_certificates: bool) -> Registry {
         std::fs::create_dir_all(dir).unwrap();
         // A CA, and a server certificate for 127.0.0.1 signed by it.
         let openssl = |args: &[&str]| {
@@ -95,11 +105,51 @@ impl Registry {
             "-out",
             "cert.pem",
         ]);
-        let tls = format!(
+        let mut tls = format!(
             "  tls:\n    certificate: {}\n    key: {}\n",
             dir.join("cert.pem").display(),
             dir.join("key.pem").display()
         );
+        if client_certificates {
+            openssl(&[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                "/CN=berth test client",
+                "-keyout",
+                "client.key",
+                "-out",
+                "client.csr",
+            ]);
+            std::fs::write(
+                dir.join("client.ext"),
+                "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
+            )
+            .unwrap();
+            openssl(&[
+                "x509",
+                "-req",
+                "-in",
+                "client.csr",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "1",
+                "-extfile",
+                "client.ext",
+                "-out",
+                "client.cert",
+            ]);
+            tls.push_str(&format!(
+                "    clientcas:\n      - {}\n",
+                dir.join("ca.pem").display()
+            ));
+        }
         Registry::start_with(dir, None, Some(tls))
     }
 

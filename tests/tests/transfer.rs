@@ -784,3 +784,85 @@ async fn hosts_toml_gives_a_registry_its_ca_and_a_mirror() {
         manifest.digest.as_str()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_from_certs_d() {
+    if !require(
+        tools_present() && which("openssl"),
+        "docker-registry, skopeo, openssl and busybox-static",
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let tls = dir.path().join("tls");
+    let registry = Registry::start_tls_requiring_client_certificates(&tls);
+    let mut layout = Layout::new(&dir.path().join("layout"));
+    let rootfs = files_rootfs(
+        &dir.path().join("rootfs"),
+        &[("hello", b"mutual TLS".to_vec())],
+    );
+    let layer = layout.add_layer(&rootfs);
+    let manifest = layout.add_image(&[layer], "amd64", false);
+    layout.tag("v1", &manifest);
+    // skopeo takes the client pair from a directory of *.cert/*.key.
+    let skopeo_certs = dir.path().join("skopeo-certs");
+    std::fs::create_dir_all(&skopeo_certs).unwrap();
+    std::fs::copy(tls.join("client.cert"), skopeo_certs.join("client.cert")).unwrap();
+    std::fs::copy(tls.join("client.key"), skopeo_certs.join("client.key")).unwrap();
+    let push = std::process::Command::new("skopeo")
+        .args([
+            "copy",
+            "--quiet",
+            "--dest-tls-verify=false",
+            "--dest-cert-dir",
+        ])
+        .arg(&skopeo_certs)
+        .arg(format!("oci:{}:v1", layout.dir.display()))
+        .arg(format!("docker://{}/mtls:v1", registry.host))
+        .output()
+        .unwrap();
+    assert!(
+        push.status.success(),
+        "{}",
+        String::from_utf8_lossy(&push.stderr)
+    );
+
+    // certs.d/<host>: the CA as ca.crt, the client pair as client.cert and
+    // client.key, docker-style, and hosts.toml naming the HTTPS server.
+    let hosts = dir.path().join("certs.d");
+    let host_dir = hosts.join(&registry.host);
+    std::fs::create_dir_all(&host_dir).unwrap();
+    std::fs::copy(tls.join("ca.pem"), host_dir.join("ca.crt")).unwrap();
+    std::fs::write(
+        host_dir.join("hosts.toml"),
+        format!("server = \"https://{}\"\n", registry.host),
+    )
+    .unwrap();
+    let reference = format!("{}/mtls:v1", registry.host);
+
+    let daemon = Daemon::start_with_args(
+        "berth-contentd",
+        &dir.path().join("d"),
+        &["--hosts-dir", hosts.to_str().unwrap()],
+    );
+    let (ok, _, err) = berth(&daemon.socket, &["content", "fetch", &reference], None);
+    assert!(!ok, "served without a client certificate: {err}");
+
+    std::fs::copy(tls.join("client.cert"), host_dir.join("client.cert")).unwrap();
+    std::fs::copy(tls.join("client.key"), host_dir.join("client.key")).unwrap();
+    let daemon2 = Daemon::start_with_args(
+        "berth-contentd",
+        &dir.path().join("d2"),
+        &["--hosts-dir", hosts.to_str().unwrap()],
+    );
+    let (ok, out, err) = berth(
+        &daemon2.socket,
+        &["content", "fetch", "-q", &reference],
+        None,
+    );
+    assert!(ok, "{err}");
+    assert_eq!(
+        String::from_utf8_lossy(&out).trim(),
+        manifest.digest.as_str()
+    );
+}
