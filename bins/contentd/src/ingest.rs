@@ -43,8 +43,10 @@ pub struct LocalWriter {
     expected: Option<Digest>,
     started_at: u64,
     state: Option<WriteState>,
-    // Dropped last: the ref stays locked until the writer is gone.
-    lock: Option<RefLock>,
+    // The ref stays locked while the writer or any blocking work it started
+    // lives: a caller that gives up on a write (its future dropped) must not
+    // free the ref while the write still runs on its thread.
+    lock: Option<Arc<RefLock>>,
 }
 
 /// Opens or resumes the ingest for `options.reference` in `namespace`.
@@ -129,7 +131,7 @@ pub(crate) fn open(
         expected: record.expected,
         started_at: record.started_at,
         state: Some(state),
-        lock: Some(lock),
+        lock: Some(Arc::new(lock)),
     })
 }
 
@@ -343,7 +345,9 @@ impl ContentWriter for LocalWriter {
             self.key.clone(),
         );
         let data_path = self.data_path();
+        let held = self.lock.clone();
         let result = blocking(move || {
+            let _held = held;
             let size = state.hasher.len();
             if let Some(wanted) = wanted_sizes.iter().find(|w| **w != size) {
                 return Err(Error::failed_precondition(format!(

@@ -13,38 +13,48 @@ use berth_errdefs::{Error, Result};
 /// Writes held until the ingest reaches their offset.
 #[derive(Debug)]
 pub struct InOrder<T> {
-    ahead: BTreeMap<u64, T>,
+    ahead: BTreeMap<u64, (T, usize)>,
     limit: usize,
+    byte_limit: usize,
+    bytes: usize,
 }
 
 impl<T> InOrder<T> {
-    /// Holds at most `limit` writes: a client keeps only a few in flight.
-    pub fn new(limit: usize) -> InOrder<T> {
+    /// Holds at most `limit` writes of at most `byte_limit` bytes in all: a
+    /// client keeps only a few in flight.
+    pub fn new(limit: usize, byte_limit: usize) -> InOrder<T> {
         InOrder {
             ahead: BTreeMap::new(),
             limit,
+            byte_limit,
+            bytes: 0,
         }
     }
 
-    /// Keeps a write that belongs at `at`, past the current offset.
-    pub fn hold(&mut self, at: u64, item: T) -> Result<()> {
-        if self.ahead.len() >= self.limit {
+    /// Keeps a write of `len` bytes that belongs at `at`, past the current
+    /// offset.
+    pub fn hold(&mut self, at: u64, item: T, len: usize) -> Result<()> {
+        if self.ahead.len() >= self.limit || self.bytes + len > self.byte_limit {
             return Err(Error::resource_exhausted(format!(
-                "more than {} writes ahead of the ingest's offset",
-                self.limit
+                "more than {} writes or {} bytes ahead of the ingest's offset",
+                self.limit, self.byte_limit
             )));
         }
-        if self.ahead.insert(at, item).is_some() {
+        if self.ahead.contains_key(&at) {
             return Err(Error::invalid_argument(format!(
                 "two writes at offset {at}"
             )));
         }
+        self.ahead.insert(at, (item, len));
+        self.bytes += len;
         Ok(())
     }
 
     /// The held write that belongs at `offset`, if it has arrived.
     pub fn take(&mut self, offset: u64) -> Option<T> {
-        self.ahead.remove(&offset)
+        let (item, len) = self.ahead.remove(&offset)?;
+        self.bytes -= len;
+        Some(item)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -59,12 +69,12 @@ mod tests {
     #[test]
     fn writes_come_out_in_offset_order() {
         // Arrival order 2, 0 (processed at once), 3, 1.
-        let mut order = InOrder::new(4);
+        let mut order = InOrder::new(4, 100);
         let mut offset = 0;
         let mut done = Vec::new();
         for (at, name) in [(20, "c"), (0, "a"), (30, "d"), (10, "b")] {
             if at > offset {
-                order.hold(at, name).unwrap();
+                order.hold(at, name, 10).unwrap();
                 continue;
             }
             done.push(name);
@@ -80,16 +90,25 @@ mod tests {
 
     #[test]
     fn holding_is_bounded_and_offsets_are_unique() {
-        let mut order = InOrder::new(2);
-        order.hold(10, ()).unwrap();
+        let mut order = InOrder::new(2, 100);
+        order.hold(10, (), 10).unwrap();
         assert_eq!(
-            order.hold(10, ()).unwrap_err().kind(),
+            order.hold(10, (), 10).unwrap_err().kind(),
             berth_errdefs::ErrorKind::InvalidArgument
         );
-        order.hold(20, ()).unwrap();
+        order.hold(20, (), 10).unwrap();
         assert_eq!(
-            order.hold(30, ()).unwrap_err().kind(),
+            order.hold(30, (), 10).unwrap_err().kind(),
             berth_errdefs::ErrorKind::ResourceExhausted
         );
+        // Bytes are bounded too, and freed by take.
+        let mut order = InOrder::new(10, 100);
+        order.hold(10, (), 60).unwrap();
+        assert_eq!(
+            order.hold(20, (), 50).unwrap_err().kind(),
+            berth_errdefs::ErrorKind::ResourceExhausted
+        );
+        assert_eq!(order.take(10), Some(()));
+        order.hold(20, (), 50).unwrap();
     }
 }

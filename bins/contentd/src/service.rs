@@ -21,6 +21,8 @@ use ttrpc::r#async::{ServerStream, ServerStreamSender, TtrpcContext};
 /// How many pipelined writes may wait for an earlier one that they
 /// overtook (berth's client keeps at most 8 in flight).
 const MAX_WRITES_AHEAD: usize = 64;
+/// And at most this many bytes of them.
+const MAX_BYTES_AHEAD: usize = 32 * 1024 * 1024;
 
 /// How many infos go in one List batch.
 const LIST_BATCH: usize = 256;
@@ -73,7 +75,7 @@ impl ContentService {
         let mut total = status.total;
         let started_at = status.started_at;
 
-        let mut ahead = InOrder::new(MAX_WRITES_AHEAD);
+        let mut ahead = InOrder::new(MAX_WRITES_AHEAD, MAX_BYTES_AHEAD);
         let mut first = Some(first);
         loop {
             let request = if let Some(request) = ahead.take(offset) {
@@ -110,7 +112,8 @@ impl ContentService {
                 let at = unsigned("offset", request.offset)?;
                 if action == pb::WriteAction::WRITE && !request.data.is_empty() && at > offset {
                     // Overtook an earlier write on the way in.
-                    ahead.hold(at, request)?;
+                    let len = request.data.len();
+                    ahead.hold(at, request, len)?;
                     continue;
                 }
                 if at != offset {

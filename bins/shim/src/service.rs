@@ -66,6 +66,9 @@ struct State {
     /// Exits of pids not (yet) known: an exec that exited before its pid
     /// file was read, or orphans re-parented to us.
     unmatched: VecDeque<Exit>,
+    /// Shutdown was asked for while the container still existed (a Delete
+    /// still running, say): exit once it is gone.
+    shutdown_requested: bool,
 }
 
 #[derive(Debug)]
@@ -113,6 +116,9 @@ impl Service {
     pub fn handle_exit(self: &Arc<Self>, exit: Exit) {
         let mut state = self.lock();
         let Some(container) = state.container.as_mut() else {
+            // Create has not recorded the container yet (its init can die
+            // right after `runc create`): keep the exit for it to find.
+            Self::keep_unmatched(&mut state, exit);
             return;
         };
         let exec_id = if container.init.claims(exit.pid) {
@@ -125,10 +131,7 @@ impl Service {
                 .map(|(k, _)| k.clone())
         };
         let Some(exec_id) = exec_id else {
-            if state.unmatched.len() >= UNMATCHED_EXITS_KEPT {
-                state.unmatched.pop_front();
-            }
-            state.unmatched.push_back(exit);
+            Self::keep_unmatched(&mut state, exit);
             return;
         };
         if let Ok(process) = container.process_mut(&exec_id) {
@@ -183,6 +186,14 @@ impl Service {
             events::TASK_EXIT,
             &events::task_exit(id, event_id, exit.pid as u32, exit.status, exit.at),
         );
+    }
+
+    /// Keeps an exit no process has claimed yet (bounded).
+    fn keep_unmatched(state: &mut State, exit: Exit) {
+        if state.unmatched.len() >= UNMATCHED_EXITS_KEPT {
+            state.unmatched.pop_front();
+        }
+        state.unmatched.push_back(exit);
     }
 
     fn take_unmatched(state: &mut State, pid: u32) -> Option<Exit> {
@@ -338,12 +349,26 @@ impl Service {
         if let Some(console) = &console {
             let (created, master) = run_with_console(create, console).await;
             created?;
-            io.attach_console(master?)?;
+            let attached = master.and_then(|m| io.attach_console(m));
+            if let Err(e) = attached {
+                return Err(self.undo_create(runc, id, e).await);
+            }
         } else {
             create.await?;
         }
-        let pid = runc::read_pid_file(&pid_file)?;
-        Ok((pid, io))
+        match runc::read_pid_file(&pid_file) {
+            Ok(pid) => Ok((pid, io)),
+            Err(e) => Err(self.undo_create(runc, id, e).await),
+        }
+    }
+
+    /// `runc create` succeeded but Create cannot finish: take the
+    /// container down again so no paused init is left behind.
+    async fn undo_create(&self, runc: &Runc, id: &str, error: ShimError) -> ShimError {
+        if let Err(e) = runc.delete(id, true).await {
+            crate::log_warn!("could not delete half-created container {id}: {e}");
+        }
+        error
     }
 
     async fn start_init(self: &Arc<Self>, id: &str) -> Result<u32> {
@@ -513,6 +538,9 @@ impl Service {
             watch.abort();
         }
         state.container = None;
+        if state.shutdown_requested {
+            self.shutdown.notify_one();
+        }
         state.unmatched.clear();
         let response = delete_response(pid, exit);
         let mut event = ev::TaskDelete::new();
@@ -1033,8 +1061,11 @@ impl Task for TaskService {
     }
 
     async fn shutdown(&self, _: &TtrpcContext, _req: api::ShutdownRequest) -> ttrpc::Result<Empty> {
-        if self.lock().container.is_none() {
+        let mut state = self.lock();
+        if state.container.is_none() {
             self.shutdown.notify_one();
+        } else {
+            state.shutdown_requested = true;
         }
         Ok(Empty::new())
     }

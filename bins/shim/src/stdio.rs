@@ -94,8 +94,11 @@ fn percent_decode(text: &str) -> String {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let Ok(byte) = u8::from_str_radix(&text[i + 1..i + 3], 16) {
-                out.push(byte);
+            // Decode from the bytes: slicing the str at i+1..i+3 would
+            // panic inside a multi-byte character.
+            let hex = |b: u8| (b as char).to_digit(16);
+            if let (Some(high), Some(low)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push((high * 16 + low) as u8);
                 i += 3;
                 continue;
             }
@@ -532,6 +535,16 @@ pub fn is_fifo(path: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn percent_decoding_never_splits_a_character() {
+        assert_eq!(percent_decode("a%20b+c"), "a b c");
+        assert_eq!(percent_decode("%41%4a"), "AJ");
+        // A '%' before a multi-byte character is kept as it is.
+        assert_eq!(percent_decode("k=%a\u{e9}"), "k=%a\u{e9}");
+        assert_eq!(percent_decode("%\u{e9}\u{e9}"), "%\u{e9}\u{e9}");
+        assert_eq!(percent_decode("50%"), "50%");
+    }
 
     #[test]
     fn parses_every_stdio_form() {

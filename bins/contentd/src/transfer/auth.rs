@@ -1,7 +1,8 @@
 //! Registry authentication: anonymous and credentialed bearer tokens
 //! (`WWW-Authenticate: Bearer realm=...,service=...,scope=...`) and basic
 //! auth. Credentials belong to one registry host and are only ever sent to
-//! it, or to the token realm it names (over HTTPS unless on loopback).
+//! it, or to the token realm it names (over HTTPS unless on the registry's
+//! own host).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -186,11 +187,7 @@ impl Authorizer {
             .host
             .rsplit_once(':')
             .map_or(self.host.as_str(), |(h, _)| h);
-        let loopback = realm_host == "localhost"
-            || realm_host
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback());
-        if url.scheme() != "https" && !loopback && realm_host != registry_name {
+        if url.scheme() != "https" && realm_host != registry_name {
             return Err(Error::failed_precondition(format!(
                 "{} names a token service over plain HTTP on another host ({realm}); refusing to send credentials there",
                 self.host

@@ -27,8 +27,10 @@ use super::oci::{self, Descriptor, Platform};
 use super::platform;
 use super::registry::RegistryClient;
 
-/// Most manifests one fetch walks (an index and its platforms).
-const MAX_MANIFESTS: usize = 1024;
+/// Most manifests one fetch walks (an index and its platforms), and most
+/// bytes of them held until the blobs are in.
+pub const MAX_MANIFESTS: usize = 1024;
+pub const MAX_MANIFEST_BYTES: u64 = 64 * 1024 * 1024;
 
 /// How long a fetch waits for a concurrent fetch of the same blob.
 const WAIT_FOR_OTHER_FETCH: std::time::Duration = std::time::Duration::from_secs(600);
@@ -215,7 +217,20 @@ impl Fetcher {
         // at, children before parents, so an image whose blobs did not all
         // arrive intact is never recorded as fetched.
         let mut to_store: Vec<(Descriptor, Vec<u8>, Labels)> = Vec::new();
+        let mut visited = std::collections::HashSet::new();
+        let mut held_bytes = 0u64;
         while let Some(descriptor) = manifests.pop() {
+            // An index may name one manifest many times: walk it once.
+            if !visited.insert(descriptor.digest.clone()) {
+                continue;
+            }
+            held_bytes += descriptor.size;
+            if held_bytes > MAX_MANIFEST_BYTES {
+                return Err(Error::resource_exhausted(format!(
+                    "{} names more than {MAX_MANIFEST_BYTES} bytes of manifests",
+                    root.digest
+                )));
+            }
             if to_store.len() >= MAX_MANIFESTS {
                 return Err(Error::resource_exhausted(format!(
                     "{} names more than {MAX_MANIFESTS} manifests",
@@ -441,16 +456,14 @@ impl Fetcher {
                     Error::unavailable(format!("reading {}: {e}", descriptor.digest))
                 })?;
                 if offset + (buffer.len() + chunk.len()) as u64 > descriptor.size {
-                    return Err(self
-                        .discard(
-                            job,
-                            reference,
-                            Error::failed_precondition(format!(
-                                "the registry sent more than the {} bytes of {}",
-                                descriptor.size, descriptor.digest
-                            )),
-                        )
-                        .await);
+                    // The writer must let go of the ref before the ingest
+                    // can be dropped.
+                    drop(writer);
+                    let error = Error::failed_precondition(format!(
+                        "the registry sent more than the {} bytes of {}",
+                        descriptor.size, descriptor.digest
+                    ));
+                    return Err(self.discard(job, reference, error).await);
                 }
                 buffer.extend_from_slice(&chunk);
                 if buffer.len() >= MAX_READ {

@@ -18,7 +18,7 @@ use reqwest::{Method, StatusCode};
 use tokio::sync::{mpsc, Semaphore};
 
 use super::auth::Credentials;
-use super::fetch::{BlobState, Progress};
+use super::fetch::{BlobState, Progress, MAX_MANIFESTS, MAX_MANIFEST_BYTES};
 use super::hosts;
 use super::oci::{self, Descriptor};
 use super::registry::{check_status, RegistryClient};
@@ -130,10 +130,27 @@ impl Pusher {
             .await;
         let mut manifests: Vec<(Descriptor, Vec<u8>)> = Vec::new();
         let mut blobs: Vec<Descriptor> = Vec::new();
+        let mut held_bytes = root_data.len() as u64;
+        let mut visited = std::collections::HashSet::new();
+        visited.insert(root.clone());
         let mut pending = vec![(root_descriptor.clone(), root_data)];
         while let Some((descriptor, data)) = pending.pop() {
+            if manifests.len() >= MAX_MANIFESTS {
+                return Err(Error::resource_exhausted(format!(
+                    "{root} names more than {MAX_MANIFESTS} manifests"
+                )));
+            }
             if oci::is_index(&descriptor.media_type) {
                 for child in oci::parse_index(&data)?.manifests {
+                    if !visited.insert(child.digest.clone()) {
+                        continue;
+                    }
+                    held_bytes += child.size;
+                    if held_bytes > MAX_MANIFEST_BYTES {
+                        return Err(Error::resource_exhausted(format!(
+                            "{root} names more than {MAX_MANIFEST_BYTES} bytes of manifests"
+                        )));
+                    }
                     let bytes = read_blob(self.store.as_ref(), namespace, &child.digest, oci::MAX_MANIFEST_SIZE)
                         .await
                         .map_err(|e| {

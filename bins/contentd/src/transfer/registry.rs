@@ -56,7 +56,9 @@ fn build_http(endpoint: &Endpoint) -> Result<reqwest::Client> {
         .read_timeout(Duration::from_secs(120))
         .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")))
         // reqwest drops Authorization on redirects to another host, so a
-        // redirect to blob storage never carries registry credentials.
+        // redirect to blob storage never carries registry credentials;
+        // `send_body` adds it only for the endpoint's own host and answers
+        // only the endpoint's challenges.
         .redirect(reqwest::redirect::Policy::limited(10))
         .danger_accept_invalid_certs(endpoint.skip_verify);
     for ca in &endpoint.ca_files {
@@ -165,8 +167,13 @@ impl RegistryClient {
             if let Some(body) = body {
                 request = request.body(body.to_vec());
             }
-            if let Some(value) = self.auth.header(&scope) {
-                request = request.header(AUTHORIZATION, value);
+            // Credentials go only to the endpoint itself, never to a host an
+            // upload Location or a redirect names.
+            let to_endpoint = is_endpoint_url(url, &self.endpoint.host);
+            if to_endpoint {
+                if let Some(value) = self.auth.header(&scope) {
+                    request = request.header(AUTHORIZATION, value);
+                }
             }
             let response = match request.send().await {
                 Ok(r) => r,
@@ -186,7 +193,9 @@ impl RegistryClient {
                 }
             };
             let status = response.status();
-            if status == StatusCode::UNAUTHORIZED && !challenged {
+            let answered_by_endpoint =
+                is_endpoint_url(response.url().as_str(), &self.endpoint.host);
+            if status == StatusCode::UNAUTHORIZED && !challenged && answered_by_endpoint {
                 challenged = true;
                 let challenge = response
                     .headers()
@@ -403,6 +412,21 @@ impl RegistryClient {
     }
 }
 
+/// Whether `url` is on `host` (`name` or `name:port`, as endpoints name
+/// their host).
+fn is_endpoint_url(url: &str, host: &str) -> bool {
+    let Ok(url) = reqwest::Url::parse(url) else {
+        return false;
+    };
+    let Some(name) = url.host_str() else {
+        return false;
+    };
+    match url.port() {
+        Some(port) => format!("{name}:{port}") == host,
+        None => name == host,
+    }
+}
+
 /// An error with its causes (reqwest's own message leaves them out: "error
 /// sending request" says nothing of an untrusted certificate).
 fn error_chain(err: &dyn std::error::Error) -> String {
@@ -448,4 +472,34 @@ fn verify(body: &[u8], descriptor: &Descriptor, url: &str) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_only_for_the_endpoint_host() {
+        assert!(is_endpoint_url(
+            "https://registry.example/v2/x",
+            "registry.example"
+        ));
+        assert!(is_endpoint_url(
+            "http://127.0.0.1:5000/v2/x",
+            "127.0.0.1:5000"
+        ));
+        assert!(!is_endpoint_url(
+            "http://127.0.0.1:5001/v2/x",
+            "127.0.0.1:5000"
+        ));
+        assert!(!is_endpoint_url(
+            "https://storage.example/blob",
+            "registry.example"
+        ));
+        assert!(!is_endpoint_url(
+            "https://registry.example.evil/x",
+            "registry.example"
+        ));
+        assert!(!is_endpoint_url("not a url", "registry.example"));
+    }
 }
