@@ -44,22 +44,12 @@ fn defaults() -> Defaults {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    // Nothing the daemon creates is for other users; the socket is opened up
-    // to 0660 explicitly.
-    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
-    let config = DaemonConfig::resolve(&cli.daemon, defaults())?;
+    let (config, runtime) = berth_daemon::start(&cli.daemon, defaults())?;
     let settings: Settings = config.daemon_settings()?;
     let hosts_dir = cli
         .hosts_dir
         .or(settings.hosts_dir)
         .unwrap_or_else(|| PathBuf::from(DEFAULT_HOSTS_DIR));
-    berth_daemon::init_logging(&config)?;
-    berth_daemon::prepare_dirs(&config)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
     runtime.block_on(run(config, hosts_dir))
 }
 

@@ -12,7 +12,7 @@ use berth_content::wire::{
     unsigned,
 };
 use berth_content::{CommitOptions, ContentStore, WriterOptions, MAX_READ};
-use berth_daemon::{peer_hung_up, request_namespace};
+use berth_daemon::{peer_hung_up, reply, request_namespace};
 use berth_errdefs::{Error, Result};
 
 use crate::reorder::InOrder;
@@ -179,13 +179,6 @@ async fn next_request(
     }
 }
 
-fn traced<T>(method: &'static str, result: Result<T>) -> ttrpc::Result<T> {
-    result.map_err(|e| {
-        tracing::debug!(method, kind = %e.kind(), error = %e, "request failed");
-        e.into_ttrpc()
-    })
-}
-
 #[async_trait]
 impl pb::Content for ContentService {
     async fn info(
@@ -193,7 +186,7 @@ impl pb::Content for ContentService {
         ctx: &TtrpcContext,
         req: pb::InfoRequest,
     ) -> ttrpc::Result<pb::InfoResponse> {
-        traced(
+        reply(
             "info",
             async {
                 let namespace = request_namespace(ctx)?;
@@ -213,7 +206,7 @@ impl pb::Content for ContentService {
         ctx: &TtrpcContext,
         req: pb::UpdateRequest,
     ) -> ttrpc::Result<pb::UpdateResponse> {
-        traced(
+        reply(
             "update",
             async {
                 let namespace = request_namespace(ctx)?;
@@ -241,7 +234,7 @@ impl pb::Content for ContentService {
         req: pb::ListRequest,
         sender: ServerStreamSender<pb::ListResponse>,
     ) -> ttrpc::Result<()> {
-        traced(
+        reply(
             "list",
             async {
                 let namespace = request_namespace(ctx)?;
@@ -260,7 +253,7 @@ impl pb::Content for ContentService {
     }
 
     async fn delete(&self, ctx: &TtrpcContext, req: pb::DeleteRequest) -> ttrpc::Result<Empty> {
-        traced(
+        reply(
             "delete",
             async {
                 let namespace = request_namespace(ctx)?;
@@ -278,7 +271,7 @@ impl pb::Content for ContentService {
         ctx: &TtrpcContext,
         req: pb::ReadAtRequest,
     ) -> ttrpc::Result<pb::ReadAtResponse> {
-        traced(
+        reply(
             "read_at",
             async {
                 let namespace = request_namespace(ctx)?;
@@ -306,7 +299,7 @@ impl pb::Content for ContentService {
         ctx: &TtrpcContext,
         req: pb::StatusRequest,
     ) -> ttrpc::Result<pb::StatusResponse> {
-        traced(
+        reply(
             "status",
             async {
                 let namespace = request_namespace(ctx)?;
@@ -325,7 +318,7 @@ impl pb::Content for ContentService {
         ctx: &TtrpcContext,
         req: pb::ListStatusesRequest,
     ) -> ttrpc::Result<pb::ListStatusesResponse> {
-        traced(
+        reply(
             "list_statuses",
             async {
                 let namespace = request_namespace(ctx)?;
@@ -344,7 +337,7 @@ impl pb::Content for ContentService {
         ctx: &TtrpcContext,
         mut stream: ServerStream<pb::WriteResponse, pb::WriteRequest>,
     ) -> ttrpc::Result<()> {
-        traced(
+        reply(
             "write",
             async {
                 let namespace = request_namespace(ctx)?;
@@ -355,7 +348,7 @@ impl pb::Content for ContentService {
     }
 
     async fn abort(&self, ctx: &TtrpcContext, req: pb::AbortRequest) -> ttrpc::Result<Empty> {
-        traced(
+        reply(
             "abort",
             async {
                 let namespace = request_namespace(ctx)?;

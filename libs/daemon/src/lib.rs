@@ -1,7 +1,7 @@
 //! The bootstrap every berth daemon shares.
 //!
 //! A daemon's `main` parses [`DaemonFlags`] (with its own flags beside them),
-//! calls [`DaemonConfig::resolve`], [`init_logging`] and [`prepare_dirs`],
+//! calls [`start`] (config, logging, directories, the async runtime),
 //! builds its store, and hands its ttrpc services to [`serve`], which binds
 //! or inherits the socket, checks every caller's credentials, tells systemd
 //! it is ready, and returns after a graceful SIGTERM.
@@ -14,12 +14,14 @@ mod peer;
 mod request;
 mod serve;
 mod socket;
+mod start;
 
 pub use config::{DaemonConfig, DaemonFlags, Defaults, LogFormat};
 pub use error::DaemonError;
 pub use liveness::{peer_hung_up, ConnectionWatch};
 pub use logging::init_logging;
 pub use peer::PeerPolicy;
-pub use request::request_namespace;
+pub use request::{reply, request_namespace};
 pub use serve::serve;
 pub use socket::{prepare_dirs, SocketSource};
+pub use start::start;

@@ -19,3 +19,12 @@ pub fn request_namespace(ctx: &ttrpc::r#async::TtrpcContext) -> Result<String, E
     validate_namespace(&namespace)?;
     Ok(namespace)
 }
+
+/// A service method's result as ttrpc wants it: the error mapped to its
+/// status code, and logged at debug level with the method's name.
+pub fn reply<T>(method: &'static str, result: Result<T, Error>) -> ttrpc::Result<T> {
+    result.map_err(|e| {
+        tracing::debug!(method, kind = %e.kind(), error = %e, "request failed");
+        e.into_ttrpc()
+    })
+}
