@@ -9,6 +9,7 @@ use ttrpc_codegen::{Codegen, Customize, ProtobufCustomize};
 const PROTOS: &[&str] = &[
     "berth/content/v1/content.proto",
     "berth/transfer/v1/transfer.proto",
+    "berth/snapshots/v1/snapshots.proto",
 ];
 
 fn main() {

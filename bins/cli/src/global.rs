@@ -20,6 +20,15 @@ pub struct Global {
         value_name = "SOCKET"
     )]
     pub contentd: PathBuf,
+    /// berth-snapd's socket.
+    #[arg(
+        long,
+        global = true,
+        env = "BERTH_SNAPD_ADDRESS",
+        default_value = "/run/berth/snapd.sock",
+        value_name = "SOCKET"
+    )]
+    pub snapd: PathBuf,
     /// Namespace to work in.
     #[arg(
         short,
@@ -39,6 +48,12 @@ impl Global {
     /// `--contentd` / `BERTH_CONTENTD_ADDRESS`.
     pub fn contentd_socket(&self) -> &PathBuf {
         self.address.as_ref().unwrap_or(&self.contentd)
+    }
+
+    /// The socket for berth-snapd: `--address` if given, else `--snapd` /
+    /// `BERTH_SNAPD_ADDRESS`.
+    pub fn snapd_socket(&self) -> &PathBuf {
+        self.address.as_ref().unwrap_or(&self.snapd)
     }
 
     pub fn namespace(&self) -> anyhow::Result<&str> {

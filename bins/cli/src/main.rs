@@ -36,6 +36,11 @@ enum Command {
     /// Export images from the content store as an OCI image layout archive
     /// (with docker's manifest.json too).
     Export(commands::archive::ExportArgs),
+    /// Snapshots in berth-snapd: list, prepare, view, commit, remove, diff.
+    Snapshots(commands::snapshots::SnapshotsArgs),
+    /// Unpack an image (manifest or index digest, blobs in the content
+    /// store) into committed snapshots.
+    Unpack(commands::snapshots::UnpackArgs),
 }
 
 fn main() -> ExitCode {
@@ -56,6 +61,8 @@ fn main() -> ExitCode {
             Command::Push(args) => commands::transfer::push(&cli.global, args).await,
             Command::Import(args) => commands::archive::import(&cli.global, args).await,
             Command::Export(args) => commands::archive::export(&cli.global, args).await,
+            Command::Snapshots(args) => commands::snapshots::run(&cli.global, args).await,
+            Command::Unpack(args) => commands::snapshots::unpack(&cli.global, args).await,
         }
     });
     match result {

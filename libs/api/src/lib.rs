@@ -38,6 +38,12 @@ mod generated {
     pub mod transfer_ttrpc {
         include!(concat!(env!("OUT_DIR"), "/transfer_ttrpc.rs"));
     }
+    pub mod snapshots {
+        include!(concat!(env!("OUT_DIR"), "/snapshots.rs"));
+    }
+    pub mod snapshots_ttrpc {
+        include!(concat!(env!("OUT_DIR"), "/snapshots_ttrpc.rs"));
+    }
 }
 
 /// `berth.content.v1`: messages and the `Content` service.
@@ -50,6 +56,12 @@ pub mod content {
 pub mod transfer {
     pub use crate::generated::transfer::*;
     pub use crate::generated::transfer_ttrpc::*;
+}
+
+/// `berth.snapshots.v1`: messages and the `Snapshots` service.
+pub mod snapshots {
+    pub use crate::generated::snapshots::*;
+    pub use crate::generated::snapshots_ttrpc::*;
 }
 
 pub use protobuf;

@@ -8,6 +8,7 @@
 mod connection;
 mod content;
 mod credentials;
+mod snapshots;
 mod transfer;
 
 pub use connection::{connect, request_context};
@@ -15,4 +16,5 @@ pub use content::RemoteContentStore;
 pub use credentials::{
     docker_config_path, docker_credentials, from_docker_config, RegistryCredentials,
 };
+pub use snapshots::{RemoteSnapshotter, UnpackResult};
 pub use transfer::RemoteTransfer;

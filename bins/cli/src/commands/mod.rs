@@ -1,3 +1,4 @@
 pub mod archive;
 pub mod content;
+pub mod snapshots;
 pub mod transfer;

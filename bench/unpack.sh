@@ -1,0 +1,160 @@
+#!/usr/bin/env bash
+# Layer unpack: `berth unpack` (berth-snapd, overlayfs) against containerd's
+# unpack of the same image (`ctr images pull` after `ctr content fetch`, so
+# the pull only unpacks) and against `tar -xzf` of the same blob.
+#
+# Image: a Debian bookworm minbase root filesystem built with mmdebstrap as
+# one gzip layer (about 60 MB gzip, 170 MB tar), served by Debian's
+# docker-registry on 127.0.0.1 (see bench/content-fetch.sh).
+#
+# usage: bench/unpack.sh [RUNS]   (as root; needs Debian's mirror once)
+#   BERTH_BENCH_DIR=/dev/shm     work (and unpack) there instead of /var/tmp
+#   BERTH_BENCH_ROOTFS=FILE.tar  use this root filesystem tar, no mmdebstrap
+set -euo pipefail
+
+runs=${1:-3}
+top=$(cd "$(dirname "$0")/.." && pwd)
+cd "$top"
+cargo build --release -p berth-snapd -p berth-contentd -p berth >&2
+cargo build --release -p berth-snapd --example inflate >&2
+bin="${CARGO_TARGET_DIR:-$top/target}/release"
+
+work=$(mktemp -d "${BERTH_BENCH_DIR:-/var/tmp}/berth-unpack-bench.XXXXXX")
+pids=()
+unmount_under() { # dir: lazily unmounts every mount below it, deepest first
+  { grep -o " $1[^ ]*" /proc/mounts || true; } | sort -r | while read -r m; do umount -l "$m" || true; done
+}
+cleanup() {
+  for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  # Snapshot mounts (containerd's) must go before the directories.
+  unmount_under "$work"
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+if [ -n "${BERTH_BENCH_ROOTFS:-}" ]; then
+  cp "$BERTH_BENCH_ROOTFS" "$work/rootfs.tar"
+else
+  echo "building a Debian minbase root filesystem with mmdebstrap" >&2
+  mmdebstrap --quiet --variant=minbase bookworm "$work/rootfs.tar" >&2
+fi
+layout="$work/layout"
+mkdir -p "$layout/blobs/sha256"
+echo '{"imageLayoutVersion":"1.0.0"}' >"$layout/oci-layout"
+add_blob() { # file -> prints "digest size"
+  local d s
+  d=$(sha256sum "$1" | cut -d' ' -f1)
+  s=$(stat -c %s "$1")
+  cp "$1" "$layout/blobs/sha256/$d"
+  echo "sha256:$d $s"
+}
+diff=$(sha256sum "$work/rootfs.tar" | cut -d' ' -f1)
+gzip -n -c "$work/rootfs.tar" >"$work/layer.tar.gz"
+read -r ld ls < <(add_blob "$work/layer.tar.gz")
+echo "{\"architecture\":\"amd64\",\"os\":\"linux\",\"rootfs\":{\"type\":\"layers\",\"diff_ids\":[\"sha256:$diff\"]}}" >"$work/config"
+read -r cd cs < <(add_blob "$work/config")
+echo "{\"schemaVersion\":2,\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\",\"config\":{\"mediaType\":\"application/vnd.oci.image.config.v1+json\",\"digest\":\"$cd\",\"size\":$cs},\"layers\":[{\"mediaType\":\"application/vnd.oci.image.layer.v1.tar+gzip\",\"digest\":\"$ld\",\"size\":$ls}]}" >"$work/manifest"
+read -r md ms < <(add_blob "$work/manifest")
+echo "{\"schemaVersion\":2,\"manifests\":[{\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\",\"digest\":\"$md\",\"size\":$ms,\"annotations\":{\"org.opencontainers.image.ref.name\":\"minbase\"}}]}" >"$layout/index.json"
+files=$(tar -tf "$work/rootfs.tar" | wc -l)
+echo "layer: $ls bytes gzip, $(stat -c %s "$work/rootfs.tar") bytes tar, $files entries" >&2
+
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+cat >"$work/registry.yml" <<YML
+version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: $work/registry
+http:
+  addr: 127.0.0.1:$port
+YML
+docker-registry serve "$work/registry.yml" >"$work/registry.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/v2/" >/dev/null && break; sleep 0.1; done
+skopeo copy --quiet --dest-tls-verify=false "oci:$layout:minbase" "docker://127.0.0.1:$port/debian:minbase"
+ref="127.0.0.1:$port/debian:minbase"
+
+seconds() {
+  local start end
+  start=$(date +%s.%N)
+  "$@" >/dev/null 2>"$work/last.err" || { cat "$work/last.err" >&2; return 1; }
+  end=$(date +%s.%N)
+  echo "$end - $start" | bc -l
+}
+median() { tr ' ' '\n' | grep . | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+berth_unpack() { # run
+  local root="$work/berth-$1"
+  mkdir -p "$root"
+  "$bin/berth-contentd" --root "$root/croot" --state "$root/cstate" --address "$root/c.sock" --log-level warn &
+  local cpid=$!
+  pids+=("$cpid")
+  "$bin/berth-snapd" --root "$root/sroot" --state "$root/sstate" --address "$root/s.sock" --contentd "$root/c.sock" --log-level warn &
+  local spid=$!
+  pids+=("$spid")
+  for _ in $(seq 200); do [ -S "$root/c.sock" ] && [ -S "$root/s.sock" ] && break; sleep 0.02; done
+  "$bin/berth" --contentd "$root/c.sock" content fetch -q "$ref" >/dev/null
+  sync
+  local t
+  t=$(seconds "$bin/berth" --contentd "$root/c.sock" --snapd "$root/s.sock" unpack "$md")
+  kill "$spid" "$cpid"; wait "$spid" "$cpid" 2>/dev/null || true
+  rm -rf "$root"
+  echo "$t"
+}
+
+ctr_unpack() { # run
+  local root="$work/ctrd-$1"
+  mkdir -p "$root"
+  cat >"$root/config.toml" <<TOML
+version = 2
+root = "$root/root"
+state = "$root/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "$root/c.sock"
+[ttrpc]
+  address = "$root/c.sock.ttrpc"
+TOML
+  containerd --config "$root/config.toml" 2>"$root/log" &
+  local pid=$!
+  pids+=("$pid")
+  for _ in $(seq 200); do [ -S "$root/c.sock" ] && break; sleep 0.05; done
+  ctr -a "$root/c.sock" content fetch --plain-http "$ref" >/dev/null
+  sync
+  local t
+  t=$(seconds ctr -a "$root/c.sock" images pull --plain-http "$ref")
+  ctr -a "$root/c.sock" images rm --sync "$ref" >/dev/null 2>&1 || true
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+  unmount_under "$root"
+  rm -rf "$root"
+  echo "$t"
+}
+
+tar_unpack() { # run
+  local dir="$work/tar-$1"
+  mkdir -p "$dir"
+  sync
+  local t
+  t=$(seconds tar -C "$dir" --numeric-owner -xzf "$work/layer.tar.gz")
+  rm -rf "$dir"
+  echo "$t"
+}
+
+b="" c="" x=""
+for run in $(seq "$runs"); do
+  b+="$(berth_unpack "$run") "
+  c+="$(ctr_unpack "$run") "
+  x+="$(tar_unpack "$run") "
+done
+bm=$(median <<<"$b")
+cm=$(median <<<"$c")
+xm=$(median <<<"$x")
+printf '\n| layer | berth unpack (s) | containerd pull after fetch (s) | tar -xzf (s) | berth/containerd | berth/tar |\n|---|---|---|---|---|---|\n'
+printf '| minbase (%s MB gzip, %s entries) | %.2f | %.2f | %.2f | %.2f | %.2f |\n' \
+  "$((ls / 1000000))" "$files" "$bm" "$cm" "$xm" "$(echo "$bm / $cm" | bc -l)" "$(echo "$bm / $xm" | bc -l)"
+printf '\nmedian of %s runs in %s (%s), %s, %s cores, containerd %s\n' "$runs" "$work" "$(stat -f -c %T "$work")" "$(uname -r)" "$(nproc)" "$(containerd --version | awk '{print $3}')"
+"$bin/examples/inflate" "$work/layer.tar.gz"
+printf 'gzip -dc: %ss\n' "$(seconds gzip -dc "$work/layer.tar.gz")"

@@ -1,0 +1,15 @@
+//! berth-snapd: the snapshot daemon.
+//!
+//! [`local::LocalSnapshotter`] keeps snapshots under
+//! `<root>/<snapshotter>/snapshots/<id>/` with their records in LMDB
+//! (`<root>/meta`, [`records`]); [`apply`] writes layer tarballs into a
+//! snapshot without ever leaving it; [`unpack`] turns an image's layers
+//! from berth-contentd into committed snapshots named by chain ID;
+//! [`service`] serves it all over ttrpc as `berth.snapshots.v1`.
+
+pub mod apply;
+pub mod diff;
+pub mod local;
+pub mod records;
+pub mod service;
+pub mod unpack;

@@ -1,0 +1,604 @@
+//! The local snapshotters: overlayfs (committed snapshots stack as lower
+//! directories) and native (plain directories, the parent copied on
+//! prepare, with reflinks where the filesystem has them).
+//!
+//! Each snapshot owns `<root>/<snapshotter>/snapshots/<id>/` (mode 0700)
+//! with `fs/` (its files; for overlayfs its upper directory) and, for
+//! overlayfs, `work/`. Ids are numbers, so that 128 stacked lower
+//! directories stay short.
+
+use std::collections::HashSet;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use async_trait::async_trait;
+use berth_errdefs::{Error, Result};
+use berth_filters::Filter;
+use berth_snapshot::{
+    apply_label_update, validate_key, Info, InfoFields, Labels, Mount, Snapshotter, Usage,
+};
+
+use crate::records::{
+    check_committed_parent, now_nanos, to_system_time, Record, Records, StoredKind,
+};
+
+/// Which on-disk scheme a snapshotter uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Overlay,
+    Native,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Overlay => "overlayfs",
+            Backend::Native => "native",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Result<Backend> {
+        match name {
+            "overlayfs" | "overlay" => Ok(Backend::Overlay),
+            "native" => Ok(Backend::Native),
+            other => Err(Error::invalid_argument(format!(
+                "unknown snapshotter {other:?} (overlayfs, native)"
+            ))),
+        }
+    }
+}
+
+/// Where a layer is applied: the snapshot's own files and, for overlayfs,
+/// the directories below it (nearest first), where hardlink targets from
+/// lower layers are found.
+#[derive(Debug, Clone)]
+pub struct ApplyTarget {
+    pub dir: PathBuf,
+    pub lowers: Vec<PathBuf>,
+    pub overlay: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct LocalSnapshotter {
+    backend: Backend,
+    records: Records,
+    dir: PathBuf,
+    /// Held shared while a directory exists without its record, exclusively
+    /// by cleanup.
+    cleanup: Arc<RwLock<()>>,
+}
+
+fn io(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> Error {
+    move |e| Error::io(what, &e)
+}
+
+fn check_ns(namespace: &str) -> Result<()> {
+    berth_ids::validate_namespace(namespace)?;
+    Ok(())
+}
+
+/// Creates a directory with exactly `mode` (whatever the umask).
+fn mkdir(path: &Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::DirBuilder::new()
+        .mode(mode)
+        .create(path)
+        .map_err(io(format!("creating {}", path.display())))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(io(format!("chmod {}", path.display())))
+}
+
+impl LocalSnapshotter {
+    /// Opens the snapshotter under `root` (`<root>/<name>/snapshots`), with
+    /// the records shared by every snapshotter of the daemon.
+    pub fn open(root: &Path, backend: Backend, records: Records) -> Result<LocalSnapshotter> {
+        let base = root.join(backend.name());
+        let dir = base.join("snapshots");
+        for d in [root, base.as_path(), dir.as_path()] {
+            if !d.exists() {
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(d)
+                    .map_err(io(format!("creating {}", d.display())))?;
+            }
+        }
+        if backend == Backend::Overlay {
+            // Checked up front so that an unusable overlayfs fails at start.
+            let filesystems = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
+            if !filesystems
+                .lines()
+                .any(|l| l.trim_end().ends_with("overlay"))
+            {
+                tracing::warn!("overlay is not in /proc/filesystems; mounts may fail");
+            }
+        }
+        Ok(LocalSnapshotter {
+            backend,
+            records,
+            dir,
+            cleanup: Arc::new(RwLock::new(())),
+        })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    fn name(&self) -> &'static str {
+        self.backend.name()
+    }
+
+    fn snapshot_dir(&self, id: u64) -> PathBuf {
+        self.dir.join(id.to_string())
+    }
+
+    fn fs_dir(&self, id: u64) -> PathBuf {
+        self.snapshot_dir(id).join("fs")
+    }
+
+    fn info(key: &str, record: Record) -> Info {
+        Info {
+            kind: record.kind.into(),
+            name: key.to_string(),
+            parent: record.parent,
+            labels: record.labels,
+            created_at: to_system_time(record.created_at),
+            updated_at: to_system_time(record.updated_at),
+        }
+    }
+
+    fn get(&self, namespace: &str, key: &str) -> Result<Record> {
+        check_ns(namespace)?;
+        validate_key("snapshot key", key)?;
+        self.records
+            .get(self.name(), namespace, key)?
+            .ok_or_else(|| Error::not_found(format!("snapshot {key} not found")))
+    }
+
+    fn mounts_of(&self, namespace: &str, key: &str) -> Result<Vec<Mount>> {
+        let chain = self.records.chain(self.name(), namespace, key)?;
+        let Some(own) = chain.first() else {
+            return Err(Error::not_found(format!("snapshot {key} not found")));
+        };
+        let path = |id: u64| self.fs_dir(id).to_string_lossy().into_owned();
+        let bind = |id: u64, ro: bool| Mount {
+            kind: "bind".to_string(),
+            source: path(id),
+            options: vec![
+                if ro { "ro" } else { "rw" }.to_string(),
+                "rbind".to_string(),
+            ],
+        };
+        let ro = own.kind != StoredKind::Active;
+        if self.backend == Backend::Native {
+            return Ok(vec![bind(own.id, ro)]);
+        }
+        let parents = &chain[1..];
+        if own.kind == StoredKind::Active {
+            if parents.is_empty() {
+                return Ok(vec![bind(own.id, false)]);
+            }
+            let lowers: Vec<String> = parents.iter().map(|r| path(r.id)).collect();
+            return Ok(vec![Mount {
+                kind: "overlay".to_string(),
+                source: "overlay".to_string(),
+                options: vec![
+                    format!(
+                        "workdir={}",
+                        self.snapshot_dir(own.id).join("work").display()
+                    ),
+                    format!("upperdir={}", path(own.id)),
+                    format!("lowerdir={}", lowers.join(":")),
+                ],
+            }]);
+        }
+        // Read-only: a view sees its parents; a committed snapshot itself
+        // and its parents.
+        let layers: Vec<&Record> = if own.kind == StoredKind::View {
+            parents.iter().collect()
+        } else {
+            chain.iter().collect()
+        };
+        match layers.as_slice() {
+            [] => Ok(vec![bind(own.id, true)]),
+            [one] => Ok(vec![bind(one.id, true)]),
+            many => Ok(vec![Mount {
+                kind: "overlay".to_string(),
+                source: "overlay".to_string(),
+                options: vec![
+                    "ro".to_string(),
+                    format!(
+                        "lowerdir={}",
+                        many.iter()
+                            .map(|r| path(r.id))
+                            .collect::<Vec<_>>()
+                            .join(":")
+                    ),
+                ],
+            }]),
+        }
+    }
+
+    fn create(
+        &self,
+        kind: StoredKind,
+        namespace: &str,
+        key: &str,
+        parent: Option<&str>,
+        labels: Labels,
+    ) -> Result<Vec<Mount>> {
+        check_ns(namespace)?;
+        validate_key("snapshot key", key)?;
+        if let Some(parent) = parent {
+            validate_key("parent", parent)?;
+        }
+        berth_ids::validate_labels(&labels)?;
+        if self.records.get(self.name(), namespace, key)?.is_some() {
+            return Err(Error::already_exists(format!(
+                "snapshot {key} already exists"
+            )));
+        }
+        let parent_record = match parent {
+            Some(p) => Some(check_committed_parent(
+                self.records.get(self.name(), namespace, p)?,
+                p,
+            )?),
+            None => None,
+        };
+        let id = self.records.allocate_id(self.name())?;
+        let _guard = self
+            .cleanup
+            .read()
+            .map_err(|_| Error::internal("cleanup lock poisoned"))?;
+        let dir = self.snapshot_dir(id);
+        let made = self.make_dirs(&dir, parent_record.as_ref());
+        let now = now_nanos();
+        let result = made.and_then(|()| {
+            self.records.insert(
+                self.name(),
+                namespace,
+                key,
+                &Record {
+                    id,
+                    kind,
+                    parent: parent.map(str::to_string),
+                    created_at: now,
+                    updated_at: now,
+                    labels,
+                },
+            )
+        });
+        if let Err(e) = result {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e);
+        }
+        drop(_guard);
+        self.mounts_of(namespace, key)
+    }
+
+    fn make_dirs(&self, dir: &Path, parent: Option<&Record>) -> Result<()> {
+        mkdir(dir, 0o700)?;
+        let fs = dir.join("fs");
+        mkdir(&fs, 0o755)?;
+        match self.backend {
+            Backend::Overlay => mkdir(&dir.join("work"), 0o700),
+            Backend::Native => match parent {
+                Some(parent) => copy_tree(&self.fs_dir(parent.id), &fs),
+                None => Ok(()),
+            },
+        }
+    }
+
+    /// Where to apply a layer into the active snapshot `key`.
+    pub fn apply_target(&self, namespace: &str, key: &str) -> Result<ApplyTarget> {
+        let record = self.get(namespace, key)?;
+        if record.kind != StoredKind::Active {
+            return Err(Error::failed_precondition(format!(
+                "snapshot {key} is not active"
+            )));
+        }
+        let chain = self.records.chain(self.name(), namespace, key)?;
+        let overlay = self.backend == Backend::Overlay;
+        Ok(ApplyTarget {
+            dir: self.fs_dir(record.id),
+            lowers: if overlay {
+                chain[1..].iter().map(|r| self.fs_dir(r.id)).collect()
+            } else {
+                Vec::new()
+            },
+            overlay,
+        })
+    }
+
+    /// Read-only mounts of what `key` looks like (an active snapshot
+    /// included), for snapd's own reading (diff).
+    pub fn read_only_mounts(&self, namespace: &str, key: &str) -> Result<Vec<Mount>> {
+        self.get(namespace, key)?;
+        let chain = self.records.chain(self.name(), namespace, key)?;
+        let path = |id: u64| self.fs_dir(id).to_string_lossy().into_owned();
+        if self.backend == Backend::Native || chain.len() == 1 {
+            return Ok(vec![Mount {
+                kind: "bind".to_string(),
+                source: path(chain[0].id),
+                options: vec!["ro".to_string(), "rbind".to_string()],
+            }]);
+        }
+        Ok(vec![Mount {
+            kind: "overlay".to_string(),
+            source: "overlay".to_string(),
+            options: vec![
+                "ro".to_string(),
+                format!(
+                    "lowerdir={}",
+                    chain
+                        .iter()
+                        .map(|r| path(r.id))
+                        .collect::<Vec<_>>()
+                        .join(":")
+                ),
+            ],
+        }])
+    }
+
+    /// The directory with a snapshot's own files (its upper directory on
+    /// overlayfs).
+    pub fn own_dir(&self, namespace: &str, key: &str) -> Result<PathBuf> {
+        Ok(self.fs_dir(self.get(namespace, key)?.id))
+    }
+
+    /// A scratch directory on the snapshotter's filesystem, for mount points.
+    pub fn scratch_dir(&self) -> PathBuf {
+        self.dir.parent().unwrap_or(&self.dir).join("mnt")
+    }
+
+    fn remove_blocking(&self, namespace: &str, key: &str) -> Result<()> {
+        check_ns(namespace)?;
+        validate_key("snapshot key", key)?;
+        let record = self.records.remove(self.name(), namespace, key)?;
+        let dir = self.snapshot_dir(record.id);
+        // The record is gone; a failure here leaves work for cleanup only.
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            tracing::warn!(dir = %dir.display(), error = %e, "removing snapshot directory");
+        }
+        Ok(())
+    }
+
+    /// Removes snapshot directories no record owns; returns how many.
+    pub fn cleanup_blocking(&self) -> Result<usize> {
+        let _guard = self
+            .cleanup
+            .write()
+            .map_err(|_| Error::internal("cleanup lock poisoned"))?;
+        let owned = self.records.ids(self.name())?;
+        let mut removed = 0;
+        for entry in
+            std::fs::read_dir(&self.dir).map_err(io(format!("reading {}", self.dir.display())))?
+        {
+            let entry = entry.map_err(io("reading snapshot directories"))?;
+            let Some(id) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            if !owned.contains(&id) {
+                std::fs::remove_dir_all(entry.path())
+                    .map_err(io(format!("removing {}", entry.path().display())))?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Removes active snapshots whose key starts with `prefix` in every
+    /// namespace (unpack's scratch snapshots left by a crash).
+    pub fn remove_prefixed_actives(&self, prefix: &str) -> Result<usize> {
+        let mut removed = 0;
+        for (namespace, key, record) in self.records.all(self.name())? {
+            if record.kind == StoredKind::Active && key.starts_with(prefix) {
+                self.remove_blocking(&namespace, &key)?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    fn usage_blocking(&self, namespace: &str, key: &str) -> Result<Usage> {
+        let record = self.get(namespace, key)?;
+        disk_usage(&self.fs_dir(record.id))
+    }
+}
+
+/// Copies a directory tree with everything `cp -a` keeps (ownership,
+/// modes, times, xattrs, hardlinks, devices), sharing extents where the
+/// filesystem can (reflinks).
+fn copy_tree(from: &Path, to: &Path) -> Result<()> {
+    let mut source = from.as_os_str().to_owned();
+    source.push("/.");
+    let output = std::process::Command::new("cp")
+        .arg("-a")
+        .arg("--reflink=auto")
+        .arg("--")
+        .arg(&source)
+        .arg(to)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(io("running cp"))?;
+    if !output.status.success() {
+        return Err(Error::internal(format!(
+            "copying {} to {}: {}",
+            from.display(),
+            to.display(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+/// Bytes allocated and inodes used under `dir` (hardlinks counted once).
+pub fn disk_usage(dir: &Path) -> Result<Usage> {
+    let mut usage = Usage::default();
+    let mut seen = HashSet::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        let meta =
+            std::fs::symlink_metadata(&path).map_err(io(format!("stat {}", path.display())))?;
+        if meta.nlink() > 1 && !meta.is_dir() && !seen.insert((meta.dev(), meta.ino())) {
+            continue;
+        }
+        usage.inodes += 1;
+        usage.size += meta.blocks() * 512;
+        if meta.is_dir() {
+            for entry in
+                std::fs::read_dir(&path).map_err(io(format!("reading {}", path.display())))?
+            {
+                stack.push(entry.map_err(io("reading a directory"))?.path());
+            }
+        }
+    }
+    Ok(usage)
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::internal(format!("blocking task failed: {e}")))?
+}
+
+#[async_trait]
+impl Snapshotter for LocalSnapshotter {
+    async fn stat(&self, namespace: &str, key: &str) -> Result<Info> {
+        let (this, namespace, key) = (self.clone(), namespace.to_string(), key.to_string());
+        blocking(move || {
+            let record = this.get(&namespace, &key)?;
+            Ok(LocalSnapshotter::info(&key, record))
+        })
+        .await
+    }
+
+    async fn update(&self, namespace: &str, info: Info, paths: &[String]) -> Result<Info> {
+        let (this, namespace, paths) = (self.clone(), namespace.to_string(), paths.to_vec());
+        blocking(move || {
+            this.get(&namespace, &info.name)?;
+            let record =
+                this.records
+                    .update_labels(this.name(), &namespace, &info.name, |labels| {
+                        apply_label_update(labels, &info.labels, &paths)
+                    })?;
+            Ok(LocalSnapshotter::info(&info.name, record))
+        })
+        .await
+    }
+
+    async fn usage(&self, namespace: &str, key: &str) -> Result<Usage> {
+        let (this, namespace, key) = (self.clone(), namespace.to_string(), key.to_string());
+        blocking(move || this.usage_blocking(&namespace, &key)).await
+    }
+
+    async fn mounts(&self, namespace: &str, key: &str) -> Result<Vec<Mount>> {
+        let (this, namespace, key) = (self.clone(), namespace.to_string(), key.to_string());
+        blocking(move || {
+            this.get(&namespace, &key)?;
+            this.mounts_of(&namespace, &key)
+        })
+        .await
+    }
+
+    async fn prepare(
+        &self,
+        namespace: &str,
+        key: &str,
+        parent: Option<&str>,
+        labels: Labels,
+    ) -> Result<Vec<Mount>> {
+        let (this, namespace, key) = (self.clone(), namespace.to_string(), key.to_string());
+        let parent = parent.map(str::to_string);
+        blocking(move || {
+            this.create(
+                StoredKind::Active,
+                &namespace,
+                &key,
+                parent.as_deref(),
+                labels,
+            )
+        })
+        .await
+    }
+
+    async fn view(
+        &self,
+        namespace: &str,
+        key: &str,
+        parent: Option<&str>,
+        labels: Labels,
+    ) -> Result<Vec<Mount>> {
+        let (this, namespace, key) = (self.clone(), namespace.to_string(), key.to_string());
+        let parent = parent.map(str::to_string);
+        blocking(move || {
+            this.create(
+                StoredKind::View,
+                &namespace,
+                &key,
+                parent.as_deref(),
+                labels,
+            )
+        })
+        .await
+    }
+
+    async fn commit(&self, namespace: &str, name: &str, key: &str, labels: Labels) -> Result<()> {
+        let (this, namespace, name, key) = (
+            self.clone(),
+            namespace.to_string(),
+            name.to_string(),
+            key.to_string(),
+        );
+        blocking(move || {
+            check_ns(&namespace)?;
+            validate_key("snapshot name", &name)?;
+            validate_key("snapshot key", &key)?;
+            berth_ids::validate_labels(&labels)?;
+            let record = this.get(&namespace, &key)?;
+            if this.backend == Backend::Overlay {
+                // The work directory is overlayfs scratch, not part of the
+                // layer.
+                let work = this.snapshot_dir(record.id).join("work");
+                let _ = std::fs::remove_dir_all(&work);
+                mkdir(&work, 0o700)?;
+            }
+            this.records
+                .commit(this.name(), &namespace, &name, &key, labels)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn remove(&self, namespace: &str, key: &str) -> Result<()> {
+        let (this, namespace, key) = (self.clone(), namespace.to_string(), key.to_string());
+        blocking(move || this.remove_blocking(&namespace, &key)).await
+    }
+
+    async fn list(&self, namespace: &str, filters: &[String]) -> Result<Vec<Info>> {
+        let (this, namespace) = (self.clone(), namespace.to_string());
+        let filter = Filter::parse_any(filters)?;
+        blocking(move || {
+            check_ns(&namespace)?;
+            Ok(this
+                .records
+                .list(this.name(), &namespace)?
+                .into_iter()
+                .map(|(key, record)| LocalSnapshotter::info(&key, record))
+                .filter(|info| filter.matches(&InfoFields(info)))
+                .collect())
+        })
+        .await
+    }
+
+    async fn cleanup(&self) -> Result<()> {
+        let this = self.clone();
+        blocking(move || this.cleanup_blocking().map(|_| ())).await
+    }
+}

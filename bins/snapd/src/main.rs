@@ -1,0 +1,97 @@
+//! berth-snapd: serves the snapshotters on a unix socket.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use berth_daemon::{DaemonConfig, DaemonFlags, Defaults};
+use berth_snapd::apply::{Host, Privileged, Unprivileged};
+use berth_snapd::diff::Differ;
+use berth_snapd::local::{Backend, LocalSnapshotter};
+use berth_snapd::records::Records;
+use berth_snapd::service::SnapshotService;
+use berth_snapd::unpack::{ContentSource, Unpacker, SCRATCH_PREFIX};
+use clap::Parser;
+
+/// berth's snapshot daemon: overlayfs and native snapshotters, layer
+/// unpack from berth-contentd, and diffs.
+#[derive(Debug, Parser)]
+#[command(name = "berth-snapd", version)]
+struct Cli {
+    #[command(flatten)]
+    daemon: DaemonFlags,
+    /// berth-contentd's socket, where Unpack reads layers and Diff writes
+    /// them.
+    #[arg(long, value_name = "SOCKET")]
+    contentd: Option<PathBuf>,
+}
+
+/// snapd's own keys in the config file.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Settings {
+    contentd: Option<PathBuf>,
+}
+
+const DEFAULT_CONTENTD: &str = "/run/berth/contentd.sock";
+
+fn defaults() -> Defaults {
+    Defaults {
+        root: PathBuf::from("/var/lib/berth/snapshots"),
+        state: PathBuf::from("/run/berth/snapshots"),
+        address: PathBuf::from("/run/berth/snapd.sock"),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let (config, runtime) = berth_daemon::start(&cli.daemon, defaults())?;
+    let settings: Settings = config.daemon_settings()?;
+    let contentd = cli
+        .contentd
+        .or(settings.contentd)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONTENTD));
+    runtime.block_on(run(config, contentd))
+}
+
+async fn run(config: DaemonConfig, contentd: PathBuf) -> anyhow::Result<()> {
+    let root = config.root.clone();
+    let snapshotters =
+        tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<LocalSnapshotter>> {
+            let records = Records::open(&root.join("meta"))?;
+            let mut out = Vec::new();
+            for backend in [Backend::Overlay, Backend::Native] {
+                let sn = LocalSnapshotter::open(&root, backend, records.clone())?;
+                // Unpacks that a crash interrupted, then their directories.
+                let scratch = sn.remove_prefixed_actives(SCRATCH_PREFIX)?;
+                let orphans = sn.cleanup_blocking()?;
+                if scratch + orphans > 0 {
+                    tracing::info!(
+                        snapshotter = backend.name(),
+                        scratch,
+                        orphans,
+                        "cleaned up after an earlier crash"
+                    );
+                }
+                out.push(sn);
+            }
+            Ok(out)
+        })
+        .await
+        .context("opening the snapshotters")?
+        .with_context(|| format!("opening the snapshotters in {}", config.root.display()))?;
+    let root_user = nix::unistd::Uid::effective().is_root();
+    let privileged: Arc<dyn Privileged> = if root_user {
+        Arc::new(Host)
+    } else {
+        tracing::warn!("not root: layers lose ownership, xattrs and device nodes");
+        Arc::new(Unprivileged)
+    };
+    let source = ContentSource::Socket(contentd);
+    let unpacker = Arc::new(Unpacker::new(source.clone(), privileged, root_user));
+    let differ = Arc::new(Differ::new(source));
+    let services = SnapshotService::new(snapshotters, unpacker, differ).into_ttrpc();
+    berth_daemon::serve(&config, services).await?;
+    tracing::info!("stopped");
+    Ok(())
+}

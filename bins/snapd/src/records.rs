@@ -1,0 +1,339 @@
+//! The LMDB records of the snapshotters.
+//!
+//! Keys join validated names with `/`, which no snapshotter name,
+//! namespace, key or name can contain.
+//!
+//! | database | key | value |
+//! |---|---|---|
+//! | `snapshots` | `<snapshotter>/<namespace>/<key>` | [`Record`] |
+//! | `counters` | `<snapshotter>` | the last snapshot id handed out |
+//!
+//! A snapshot's directory is `<root>/<snapshotter>/snapshots/<id>`. Ids are
+//! allocated in their own transaction before the directory is made, and the
+//! record is written after it: a crash in between leaves a directory no
+//! record names, which `cleanup` removes. Removal deletes the record first
+//! and the directory after, with the same effect. No transaction does file
+//! IO.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use berth_errdefs::{Error, Result};
+use berth_snapshot::Kind;
+use heed::types::{SerdeJson, Str};
+use heed::{Database, Env, EnvOpenOptions};
+use serde::{Deserialize, Serialize};
+
+/// Upper bound on the metadata file (LMDB maps it sparsely).
+const MAP_SIZE: usize = 4 << 30;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    pub id: u64,
+    pub kind: StoredKind,
+    pub parent: Option<String>,
+    pub created_at: u64,
+    pub updated_at: u64,
+    pub labels: HashMap<String, String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoredKind {
+    View,
+    Active,
+    Committed,
+}
+
+impl From<StoredKind> for Kind {
+    fn from(kind: StoredKind) -> Kind {
+        match kind {
+            StoredKind::View => Kind::View,
+            StoredKind::Active => Kind::Active,
+            StoredKind::Committed => Kind::Committed,
+        }
+    }
+}
+
+/// Nanoseconds since the epoch, the form times are stored in.
+pub fn now_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+pub fn to_system_time(nanos: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_nanos(nanos)
+}
+
+fn key_of(snapshotter: &str, namespace: &str, key: &str) -> String {
+    format!("{snapshotter}/{namespace}/{key}")
+}
+
+pub fn db_error(err: heed::Error) -> Error {
+    match err {
+        heed::Error::Mdb(heed::MdbError::MapFull) => {
+            Error::resource_exhausted("metadata store is full")
+        }
+        other => Error::internal(format!("metadata store: {other}")),
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Records {
+    env: Env,
+    snapshots: Database<Str, SerdeJson<Record>>,
+    counters: Database<Str, SerdeJson<u64>>,
+}
+
+impl Records {
+    pub fn open(dir: &Path) -> Result<Records> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::io(format!("creating {}", dir.display()), &e))?;
+        // SAFETY: heed requires that an environment is opened at most once
+        // per process; snapd opens `<root>/meta` once per root, and LMDB's
+        // own lock file guards other processes.
+        let env = unsafe {
+            EnvOpenOptions::new()
+                .map_size(MAP_SIZE)
+                .max_dbs(4)
+                .open(dir)
+        }
+        .map_err(db_error)?;
+        let mut txn = env.write_txn().map_err(db_error)?;
+        let snapshots = env
+            .create_database(&mut txn, Some("snapshots"))
+            .map_err(db_error)?;
+        let counters = env
+            .create_database(&mut txn, Some("counters"))
+            .map_err(db_error)?;
+        txn.commit().map_err(db_error)?;
+        Ok(Records {
+            env,
+            snapshots,
+            counters,
+        })
+    }
+
+    /// A new snapshot id, never handed out before.
+    pub fn allocate_id(&self, snapshotter: &str) -> Result<u64> {
+        let mut txn = self.env.write_txn().map_err(db_error)?;
+        let last = self
+            .counters
+            .get(&txn, snapshotter)
+            .map_err(db_error)?
+            .unwrap_or(0);
+        let id = last + 1;
+        self.counters
+            .put(&mut txn, snapshotter, &id)
+            .map_err(db_error)?;
+        txn.commit().map_err(db_error)?;
+        Ok(id)
+    }
+
+    pub fn get(&self, snapshotter: &str, namespace: &str, key: &str) -> Result<Option<Record>> {
+        let txn = self.env.read_txn().map_err(db_error)?;
+        self.snapshots
+            .get(&txn, &key_of(snapshotter, namespace, key))
+            .map_err(db_error)
+    }
+
+    /// The record of `key` and its ancestors, nearest first.
+    pub fn chain(&self, snapshotter: &str, namespace: &str, key: &str) -> Result<Vec<Record>> {
+        let txn = self.env.read_txn().map_err(db_error)?;
+        let mut out = Vec::new();
+        let mut next = Some(key.to_string());
+        while let Some(name) = next {
+            let record = self
+                .snapshots
+                .get(&txn, &key_of(snapshotter, namespace, &name))
+                .map_err(db_error)?
+                .ok_or_else(|| Error::not_found(format!("snapshot {name} not found")))?;
+            next = record.parent.clone();
+            out.push(record);
+            if out.len() > 100_000 {
+                return Err(Error::internal("snapshot parent chain loops"));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Inserts a new snapshot, checking that the key is free and that the
+    /// parent (if any) is committed.
+    pub fn insert(
+        &self,
+        snapshotter: &str,
+        namespace: &str,
+        key: &str,
+        record: &Record,
+    ) -> Result<()> {
+        let mut txn = self.env.write_txn().map_err(db_error)?;
+        let full = key_of(snapshotter, namespace, key);
+        if self.snapshots.get(&txn, &full).map_err(db_error)?.is_some() {
+            return Err(Error::already_exists(format!(
+                "snapshot {key} already exists"
+            )));
+        }
+        if let Some(parent) = &record.parent {
+            check_committed_parent(
+                self.snapshots
+                    .get(&txn, &key_of(snapshotter, namespace, parent))
+                    .map_err(db_error)?,
+                parent,
+            )?;
+        }
+        self.snapshots
+            .put(&mut txn, &full, record)
+            .map_err(db_error)?;
+        txn.commit().map_err(db_error)
+    }
+
+    /// Turns active `key` into committed `name`; returns the new record.
+    pub fn commit(
+        &self,
+        snapshotter: &str,
+        namespace: &str,
+        name: &str,
+        key: &str,
+        labels: HashMap<String, String>,
+    ) -> Result<Record> {
+        let mut txn = self.env.write_txn().map_err(db_error)?;
+        let from = key_of(snapshotter, namespace, key);
+        let to = key_of(snapshotter, namespace, name);
+        let mut record = self
+            .snapshots
+            .get(&txn, &from)
+            .map_err(db_error)?
+            .ok_or_else(|| Error::not_found(format!("snapshot {key} not found")))?;
+        if record.kind != StoredKind::Active {
+            return Err(Error::failed_precondition(format!(
+                "snapshot {key} is not active"
+            )));
+        }
+        if self.snapshots.get(&txn, &to).map_err(db_error)?.is_some() {
+            return Err(Error::already_exists(format!(
+                "snapshot {name} already exists"
+            )));
+        }
+        let now = now_nanos();
+        record.kind = StoredKind::Committed;
+        record.created_at = now;
+        record.updated_at = now;
+        record.labels = labels;
+        self.snapshots.delete(&mut txn, &from).map_err(db_error)?;
+        self.snapshots
+            .put(&mut txn, &to, &record)
+            .map_err(db_error)?;
+        txn.commit().map_err(db_error)?;
+        Ok(record)
+    }
+
+    /// Removes `key` unless it has children; returns what was removed.
+    pub fn remove(&self, snapshotter: &str, namespace: &str, key: &str) -> Result<Record> {
+        let mut txn = self.env.write_txn().map_err(db_error)?;
+        let full = key_of(snapshotter, namespace, key);
+        let record = self
+            .snapshots
+            .get(&txn, &full)
+            .map_err(db_error)?
+            .ok_or_else(|| Error::not_found(format!("snapshot {key} not found")))?;
+        let prefix = key_of(snapshotter, namespace, "");
+        for item in self
+            .snapshots
+            .prefix_iter(&txn, &prefix)
+            .map_err(db_error)?
+        {
+            let (child, value) = item.map_err(db_error)?;
+            if value.parent.as_deref() == Some(key) {
+                return Err(Error::failed_precondition(format!(
+                    "snapshot {key} has a child ({}); remove it first",
+                    &child[prefix.len()..]
+                )));
+            }
+        }
+        self.snapshots.delete(&mut txn, &full).map_err(db_error)?;
+        txn.commit().map_err(db_error)?;
+        Ok(record)
+    }
+
+    pub fn update_labels(
+        &self,
+        snapshotter: &str,
+        namespace: &str,
+        key: &str,
+        change: impl FnOnce(&mut HashMap<String, String>) -> Result<()>,
+    ) -> Result<Record> {
+        let mut txn = self.env.write_txn().map_err(db_error)?;
+        let full = key_of(snapshotter, namespace, key);
+        let mut record = self
+            .snapshots
+            .get(&txn, &full)
+            .map_err(db_error)?
+            .ok_or_else(|| Error::not_found(format!("snapshot {key} not found")))?;
+        change(&mut record.labels)?;
+        berth_ids::validate_labels(&record.labels)?;
+        record.updated_at = now_nanos();
+        self.snapshots
+            .put(&mut txn, &full, &record)
+            .map_err(db_error)?;
+        txn.commit().map_err(db_error)?;
+        Ok(record)
+    }
+
+    /// Every snapshot of a namespace, by key.
+    pub fn list(&self, snapshotter: &str, namespace: &str) -> Result<Vec<(String, Record)>> {
+        let txn = self.env.read_txn().map_err(db_error)?;
+        let prefix = key_of(snapshotter, namespace, "");
+        let mut out = Vec::new();
+        for item in self
+            .snapshots
+            .prefix_iter(&txn, &prefix)
+            .map_err(db_error)?
+        {
+            let (key, value) = item.map_err(db_error)?;
+            out.push((key[prefix.len()..].to_string(), value));
+        }
+        Ok(out)
+    }
+
+    /// Every (namespace, key, record) of a snapshotter.
+    pub fn all(&self, snapshotter: &str) -> Result<Vec<(String, String, Record)>> {
+        let txn = self.env.read_txn().map_err(db_error)?;
+        let prefix = format!("{snapshotter}/");
+        let mut out = Vec::new();
+        for item in self
+            .snapshots
+            .prefix_iter(&txn, &prefix)
+            .map_err(db_error)?
+        {
+            let (key, value) = item.map_err(db_error)?;
+            if let Some((namespace, key)) = key[prefix.len()..].split_once('/') {
+                out.push((namespace.to_string(), key.to_string(), value));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The ids every record of a snapshotter owns.
+    pub fn ids(&self, snapshotter: &str) -> Result<HashSet<u64>> {
+        Ok(self
+            .all(snapshotter)?
+            .into_iter()
+            .map(|(_, _, r)| r.id)
+            .collect())
+    }
+}
+
+pub fn check_committed_parent(parent: Option<Record>, name: &str) -> Result<Record> {
+    match parent {
+        None => Err(Error::not_found(format!(
+            "parent snapshot {name} not found"
+        ))),
+        Some(record) if record.kind != StoredKind::Committed => Err(Error::failed_precondition(
+            format!("parent snapshot {name} is not committed"),
+        )),
+        Some(record) => Ok(record),
+    }
+}

@@ -1,0 +1,525 @@
+//! Unpack: an image's layers, read from berth-contentd, applied in order
+//! as committed snapshots named by their chain IDs.
+//!
+//! Per layer: skip if the chain is already committed; otherwise prepare a
+//! scratch snapshot (`extract-...`) on the previous chain, stream the blob
+//! from the content store (a reader task fills a bounded channel while a
+//! blocking thread verifies the compressed digest, decompresses, hashes the
+//! tar stream and applies it), check the uncompressed digest against the
+//! diff ID, and commit under the chain ID. Concurrent unpacks of the same
+//! chain wait for each other and do the work once. A crash leaves only
+//! `extract-` snapshots, which the daemon removes when it starts.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use berth_content::{ContentStore, MAX_READ};
+use berth_errdefs::{Error, ErrorKind, Result};
+use berth_ids::{Digest, Sha256Hasher};
+use berth_snapshot::{chain_ids, Descriptor, Snapshotter};
+
+use crate::apply::{apply, ApplyOptions, Privileged};
+use crate::local::LocalSnapshotter;
+
+/// The key prefix of unpack's scratch snapshots.
+pub const SCRATCH_PREFIX: &str = "extract-";
+
+/// How many chunks the reader may run ahead of the applier.
+const READ_AHEAD: usize = 8;
+
+/// Where blobs come from.
+#[derive(Clone)]
+pub enum ContentSource {
+    /// berth-contentd's socket, connected per unpack.
+    Socket(PathBuf),
+    /// A store in this process (tests).
+    Store(Arc<dyn ContentStore>),
+}
+
+impl std::fmt::Debug for ContentSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ContentSource::Socket(path) => f.debug_tuple("Socket").field(path).finish(),
+            ContentSource::Store(_) => f.write_str("Store(..)"),
+        }
+    }
+}
+
+impl ContentSource {
+    async fn open(&self) -> Result<Arc<dyn ContentStore>> {
+        match self {
+            ContentSource::Socket(path) => Ok(Arc::new(
+                berth_client::RemoteContentStore::connect(path)
+                    .await
+                    .map_err(|e| e.context("connecting to berth-contentd"))?,
+            )),
+            ContentSource::Store(store) => Ok(store.clone()),
+        }
+    }
+}
+
+/// The result of an unpack.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unpacked {
+    pub chain_id: Digest,
+    /// Layers applied (the others were already committed).
+    pub applied: usize,
+}
+
+pub struct Unpacker {
+    content: ContentSource,
+    privileged: Arc<dyn Privileged>,
+    devices: bool,
+    inflight: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl std::fmt::Debug for Unpacker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Unpacker")
+            .field("content", &self.content)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a layer blob is compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Gzip,
+    Zstd,
+}
+
+impl Compression {
+    /// From the media type; None when it does not say (then the magic
+    /// bytes decide).
+    pub fn from_media_type(media_type: &str) -> Option<Compression> {
+        if media_type.ends_with("+gzip") || media_type.ends_with(".tar.gzip") {
+            Some(Compression::Gzip)
+        } else if media_type.ends_with("+zstd") {
+            Some(Compression::Zstd)
+        } else if media_type.ends_with(".tar") || media_type.ends_with("layer.v1+tar") {
+            Some(Compression::None)
+        } else {
+            None
+        }
+    }
+
+    pub fn from_magic(head: &[u8]) -> Compression {
+        if head.starts_with(&[0x1f, 0x8b]) {
+            Compression::Gzip
+        } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+            Compression::Zstd
+        } else {
+            Compression::None
+        }
+    }
+}
+
+/// A reader over a channel of chunks, hashing what passes.
+struct ChannelReader {
+    rx: tokio::sync::mpsc::Receiver<Result<Vec<u8>>>,
+    current: Vec<u8>,
+    pos: usize,
+    hasher: Sha256Hasher,
+    error: Option<Error>,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.pos == self.current.len() {
+            match self.rx.blocking_recv() {
+                Some(Ok(chunk)) => {
+                    self.hasher.update(&chunk);
+                    self.current = chunk;
+                    self.pos = 0;
+                }
+                Some(Err(e)) => {
+                    let io = std::io::Error::other(e.to_string());
+                    self.error = Some(e);
+                    return Err(io);
+                }
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len() - self.pos);
+        buf[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// A reader over chunks that a decompressing thread sends.
+struct ChunkReader {
+    rx: std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
+    current: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.pos == self.current.len() {
+            match self.rx.recv() {
+                Ok(Ok(chunk)) => {
+                    self.current = chunk;
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len() - self.pos);
+        buf[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// Chunks the decompressing thread may run ahead of the applier.
+const DECODED_AHEAD: usize = 4;
+const DECODED_CHUNK: usize = 1 << 20;
+
+/// Decompresses `decoded` into chunks for `tx`, hashing them; returns the
+/// digest of the whole uncompressed stream (or of what was read before the
+/// receiver went away).
+fn decode_into(
+    mut decoded: Box<dyn Read + Send + '_>,
+    tx: std::sync::mpsc::SyncSender<std::io::Result<Vec<u8>>>,
+) -> Result<Digest> {
+    let mut hasher = Sha256Hasher::new();
+    loop {
+        let mut chunk = vec![0u8; DECODED_CHUNK];
+        let mut filled = 0;
+        while filled < chunk.len() {
+            match decoded.read(&mut chunk[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let message = e.to_string();
+                    let _ = tx.send(Err(e));
+                    return Err(Error::invalid_argument(format!(
+                        "decompressing the layer: {message}"
+                    )));
+                }
+            }
+        }
+        if filled == 0 {
+            return Ok(hasher.finalize());
+        }
+        chunk.truncate(filled);
+        hasher.update(&chunk);
+        if tx.send(Ok(chunk)).is_err() {
+            return Ok(hasher.finalize());
+        }
+    }
+}
+
+/// Applies one compressed (or not) layer stream to `target`; returns the
+/// digest of the uncompressed stream. Decompression and hashing run on a
+/// thread of their own, overlapping the writes.
+pub fn apply_layer(
+    reader: impl Read + Send,
+    compression: Option<Compression>,
+    target: &std::path::Path,
+    options: &ApplyOptions,
+    privileged: &dyn Privileged,
+) -> Result<Digest> {
+    let mut buffered = BufReader::with_capacity(1 << 20, reader);
+    let compression = match compression {
+        Some(c) => c,
+        None => {
+            let head = buffered
+                .fill_buf()
+                .map_err(|e| Error::io("reading the layer", &e))?;
+            Compression::from_magic(head)
+        }
+    };
+    let decoded: Box<dyn Read + Send> = match compression {
+        Compression::None => Box::new(buffered),
+        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(buffered)),
+        Compression::Zstd => Box::new(
+            zstd::stream::read::Decoder::with_buffer(buffered)
+                .map_err(|e| Error::io("starting zstd", &e))?,
+        ),
+    };
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel(DECODED_AHEAD);
+        let decoder = std::thread::Builder::new()
+            .name("layer-decode".to_string())
+            .spawn_scoped(scope, move || decode_into(decoded, tx))
+            .map_err(|e| Error::io("starting the decompressor", &e))?;
+        let mut reader = ChunkReader {
+            rx,
+            current: Vec::new(),
+            pos: 0,
+        };
+        let applied = apply(&mut reader, target, options, privileged).and_then(|_| {
+            // The tar end and any padding belong to the diff ID too.
+            std::io::copy(&mut reader, &mut std::io::sink())
+                .map_err(|e| Error::invalid_argument(format!("reading the layer: {e}")))
+        });
+        drop(reader);
+        let digest = decoder
+            .join()
+            .map_err(|_| Error::internal("the decompressor panicked"))?;
+        applied?;
+        digest
+    })
+}
+
+impl Unpacker {
+    pub fn new(content: ContentSource, privileged: Arc<dyn Privileged>, devices: bool) -> Unpacker {
+        Unpacker {
+            content,
+            privileged,
+            devices,
+            inflight: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn chain_lock(&self, key: String) -> Arc<tokio::sync::Mutex<()>> {
+        let mut map = match self.inflight.lock() {
+            Ok(map) => map,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        // Drop locks nobody holds any more.
+        map.retain(|_, lock| Arc::strong_count(lock) > 1);
+        map.entry(key).or_default().clone()
+    }
+
+    pub async fn unpack(
+        &self,
+        namespace: &str,
+        snapshotter: &LocalSnapshotter,
+        layers: &[Descriptor],
+        diff_ids: &[Digest],
+    ) -> Result<Unpacked> {
+        berth_ids::validate_namespace(namespace)?;
+        if layers.is_empty() || layers.len() != diff_ids.len() {
+            return Err(Error::invalid_argument(format!(
+                "{} layers but {} diff IDs",
+                layers.len(),
+                diff_ids.len()
+            )));
+        }
+        let chains = chain_ids(diff_ids);
+        let mut store: Option<Arc<dyn ContentStore>> = None;
+        let mut applied = 0;
+        for (i, layer) in layers.iter().enumerate() {
+            let chain = chains[i].to_string();
+            let lock = self.chain_lock(format!(
+                "{}/{namespace}/{chain}",
+                snapshotter.backend().name()
+            ));
+            let _held = lock.lock().await;
+            match snapshotter.stat(namespace, &chain).await {
+                Ok(info) if info.kind == berth_snapshot::Kind::Committed => continue,
+                Ok(_) => {
+                    return Err(Error::failed_precondition(format!(
+                        "snapshot {chain} exists but is not committed"
+                    )))
+                }
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+            let store = match &store {
+                Some(s) => s.clone(),
+                None => {
+                    let s = self.content.open().await?;
+                    store = Some(s.clone());
+                    s
+                }
+            };
+            let parent = if i > 0 {
+                Some(chains[i - 1].to_string())
+            } else {
+                None
+            };
+            let key = format!(
+                "{SCRATCH_PREFIX}{}-{}",
+                crate::records::now_nanos(),
+                &chains[i].hex()[..12]
+            );
+            snapshotter
+                .prepare(namespace, &key, parent.as_deref(), HashMap::new())
+                .await?;
+            let result = self
+                .apply_one(namespace, snapshotter, &store, &key, layer, &diff_ids[i])
+                .await;
+            let committed = match result {
+                Ok(()) => {
+                    snapshotter
+                        .commit(namespace, &chain, &key, HashMap::new())
+                        .await
+                }
+                Err(e) => Err(e),
+            };
+            match committed {
+                Ok(()) => applied += 1,
+                Err(e) => {
+                    let _ = snapshotter.remove(namespace, &key).await;
+                    if e.kind() != ErrorKind::AlreadyExists {
+                        return Err(e.context(format!("layer {} ({})", i, layer.digest)));
+                    }
+                }
+            }
+        }
+        Ok(Unpacked {
+            chain_id: chains[chains.len() - 1].clone(),
+            applied,
+        })
+    }
+
+    async fn apply_one(
+        &self,
+        namespace: &str,
+        snapshotter: &LocalSnapshotter,
+        store: &Arc<dyn ContentStore>,
+        key: &str,
+        layer: &Descriptor,
+        diff_id: &Digest,
+    ) -> Result<()> {
+        let info = store.info(namespace, &layer.digest).await?;
+        if info.size != layer.size {
+            return Err(Error::invalid_argument(format!(
+                "layer {} is {} bytes, the manifest says {}",
+                layer.digest, info.size, layer.size
+            )));
+        }
+        let target = snapshotter.apply_target(namespace, key)?;
+        let options = ApplyOptions {
+            overlay: target.overlay,
+            lowers: target.lowers.clone(),
+            devices: self.devices,
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>>>(READ_AHEAD);
+        let compression = Compression::from_media_type(&layer.media_type);
+        let privileged = self.privileged.clone();
+        let dir = target.dir.clone();
+        let expected_blob = layer.digest.clone();
+        let applier = tokio::task::spawn_blocking(move || -> Result<Digest> {
+            let mut reader = ChannelReader {
+                rx,
+                current: Vec::new(),
+                pos: 0,
+                hasher: Sha256Hasher::new(),
+                error: None,
+            };
+            let result = apply_layer(
+                &mut reader,
+                compression,
+                &dir,
+                &options,
+                privileged.as_ref(),
+            );
+            if let Some(e) = reader.error.take() {
+                return Err(e);
+            }
+            let uncompressed = result?;
+            // Drain what the decompressor left, then check the blob.
+            std::io::copy(&mut reader, &mut std::io::sink())
+                .map_err(|e| Error::io("reading the layer", &e))?;
+            let blob = reader.hasher.finalize();
+            if blob != expected_blob {
+                return Err(Error::invalid_argument(format!(
+                    "layer blob has digest {blob}, expected {expected_blob}"
+                )));
+            }
+            Ok(uncompressed)
+        });
+        let namespace_owned = namespace.to_string();
+        let digest = layer.digest.clone();
+        let size = layer.size;
+        let store = store.clone();
+        let reader = tokio::spawn(async move {
+            let mut offset = 0u64;
+            while offset < size {
+                let chunk = store
+                    .read_at(&namespace_owned, &digest, offset, MAX_READ)
+                    .await;
+                let chunk = match chunk {
+                    Ok(c) if c.is_empty() => Err(Error::internal(format!(
+                        "{digest} ended at {offset} of {size} bytes"
+                    ))),
+                    other => other,
+                };
+                let failed = chunk.is_err();
+                if let Ok(c) = &chunk {
+                    offset += c.len() as u64;
+                }
+                let sent = tx.send(chunk).await.is_ok();
+                if failed || !sent {
+                    break;
+                }
+            }
+        });
+        let uncompressed = applier
+            .await
+            .map_err(|e| Error::internal(format!("apply task failed: {e}")))?;
+        reader.abort();
+        let uncompressed = uncompressed?;
+        if &uncompressed != diff_id {
+            return Err(Error::invalid_argument(format!(
+                "layer {} uncompresses to {uncompressed}, but the image config says {diff_id}",
+                layer.digest
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compression_from_media_type_or_magic() {
+        use Compression::*;
+        let mt = Compression::from_media_type;
+        assert_eq!(
+            mt("application/vnd.oci.image.layer.v1.tar+gzip"),
+            Some(Gzip)
+        );
+        assert_eq!(
+            mt("application/vnd.oci.image.layer.v1.tar+zstd"),
+            Some(Zstd)
+        );
+        assert_eq!(mt("application/vnd.oci.image.layer.v1.tar"), Some(None));
+        assert_eq!(
+            mt("application/vnd.docker.image.rootfs.diff.tar.gzip"),
+            Some(Gzip)
+        );
+        assert_eq!(mt("application/octet-stream"), Option::None);
+        assert_eq!(Compression::from_magic(&[0x1f, 0x8b, 8]), Gzip);
+        assert_eq!(Compression::from_magic(&[0x28, 0xb5, 0x2f, 0xfd]), Zstd);
+        assert_eq!(Compression::from_magic(b"etc/"), None);
+    }
+
+    #[test]
+    fn a_zstd_layer_applies_and_hashes_to_its_diff_id() {
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_size(5);
+        header.set_mode(0o644);
+        header.set_cksum();
+        builder
+            .append_data(&mut header, "hello", &b"world"[..])
+            .unwrap();
+        let tar = builder.into_inner().unwrap();
+        let diff_id = Digest::of(&tar);
+        let compressed = zstd::stream::encode_all(&tar[..], 3).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let got = apply_layer(
+            &compressed[..],
+            Option::None,
+            dir.path(),
+            &ApplyOptions::default(),
+            &crate::apply::Unprivileged,
+        )
+        .unwrap();
+        assert_eq!(got, diff_id);
+        assert_eq!(std::fs::read(dir.path().join("hello")).unwrap(), b"world");
+    }
+}

@@ -1,0 +1,223 @@
+use std::path::Path;
+
+use async_trait::async_trait;
+use berth_api::snapshots as pb;
+use berth_errdefs::Result;
+use berth_ids::Digest;
+use berth_snapshot::wire::{
+    descriptor_from_pb, descriptor_to_pb, info_from_pb, info_to_pb, mount_from_pb,
+};
+use berth_snapshot::{Descriptor, Info, Labels, Mount, Snapshotter, Usage};
+
+use crate::connection::{connect, request_context};
+
+/// One snapshotter of berth-snapd, across its socket.
+#[derive(Clone)]
+pub struct RemoteSnapshotter {
+    client: pb::SnapshotsClient,
+    snapshotter: String,
+}
+
+impl std::fmt::Debug for RemoteSnapshotter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteSnapshotter")
+            .field("snapshotter", &self.snapshotter)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What [`RemoteSnapshotter::unpack`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnpackResult {
+    pub chain_id: Digest,
+    pub applied: u64,
+}
+
+impl RemoteSnapshotter {
+    /// Connects to snapd and uses its snapshotter `snapshotter` (empty:
+    /// the daemon's default).
+    pub async fn connect(socket: &Path, snapshotter: &str) -> Result<RemoteSnapshotter> {
+        Ok(RemoteSnapshotter::new(connect(socket).await?, snapshotter))
+    }
+
+    pub fn new(client: ttrpc::r#async::Client, snapshotter: &str) -> RemoteSnapshotter {
+        RemoteSnapshotter {
+            client: pb::SnapshotsClient::new(client),
+            snapshotter: snapshotter.to_string(),
+        }
+    }
+
+    fn key(&self, key: &str) -> pb::KeyRequest {
+        pb::KeyRequest {
+            snapshotter: self.snapshotter.clone(),
+            key: key.to_string(),
+            ..Default::default()
+        }
+    }
+
+    /// Applies `layers` (blobs in berth-contentd) as committed snapshots
+    /// named by chain ID.
+    pub async fn unpack(
+        &self,
+        namespace: &str,
+        layers: &[Descriptor],
+        diff_ids: &[Digest],
+    ) -> Result<UnpackResult> {
+        let req = pb::UnpackRequest {
+            snapshotter: self.snapshotter.clone(),
+            layers: layers.iter().map(descriptor_to_pb).collect(),
+            diff_ids: diff_ids.iter().map(|d| d.to_string()).collect(),
+            ..Default::default()
+        };
+        let resp = self.client.unpack(request_context(namespace), &req).await?;
+        Ok(UnpackResult {
+            chain_id: Digest::parse(&resp.chain_id)?,
+            applied: u64::try_from(resp.applied).unwrap_or(0),
+        })
+    }
+
+    /// The layer (uncompressed tar) of `upper` against `lower`, stored in
+    /// berth-contentd.
+    pub async fn diff(
+        &self,
+        namespace: &str,
+        lower: Option<&str>,
+        upper: &str,
+        labels: Labels,
+    ) -> Result<Descriptor> {
+        let req = pb::DiffRequest {
+            snapshotter: self.snapshotter.clone(),
+            lower: lower.unwrap_or_default().to_string(),
+            upper: upper.to_string(),
+            labels,
+            ..Default::default()
+        };
+        let resp = self.client.diff(request_context(namespace), &req).await?;
+        descriptor_from_pb(resp.diff.get_or_default())
+    }
+}
+
+fn mounts(resp: pb::MountsResponse) -> Vec<Mount> {
+    resp.mounts.iter().map(mount_from_pb).collect()
+}
+
+#[async_trait]
+impl Snapshotter for RemoteSnapshotter {
+    async fn stat(&self, namespace: &str, key: &str) -> Result<Info> {
+        let resp = self
+            .client
+            .stat(request_context(namespace), &self.key(key))
+            .await?;
+        info_from_pb(resp.info.get_or_default())
+    }
+
+    async fn update(&self, namespace: &str, info: Info, paths: &[String]) -> Result<Info> {
+        let req = pb::UpdateRequest {
+            snapshotter: self.snapshotter.clone(),
+            info: Some(info_to_pb(&info)).into(),
+            update_paths: paths.to_vec(),
+            ..Default::default()
+        };
+        let resp = self.client.update(request_context(namespace), &req).await?;
+        info_from_pb(resp.info.get_or_default())
+    }
+
+    async fn usage(&self, namespace: &str, key: &str) -> Result<Usage> {
+        let resp = self
+            .client
+            .usage(request_context(namespace), &self.key(key))
+            .await?;
+        Ok(Usage {
+            size: u64::try_from(resp.size).unwrap_or(0),
+            inodes: u64::try_from(resp.inodes).unwrap_or(0),
+        })
+    }
+
+    async fn mounts(&self, namespace: &str, key: &str) -> Result<Vec<Mount>> {
+        let resp = self
+            .client
+            .mounts(request_context(namespace), &self.key(key))
+            .await?;
+        Ok(mounts(resp))
+    }
+
+    async fn prepare(
+        &self,
+        namespace: &str,
+        key: &str,
+        parent: Option<&str>,
+        labels: Labels,
+    ) -> Result<Vec<Mount>> {
+        let req = pb::PrepareRequest {
+            snapshotter: self.snapshotter.clone(),
+            key: key.to_string(),
+            parent: parent.unwrap_or_default().to_string(),
+            labels,
+            ..Default::default()
+        };
+        Ok(mounts(
+            self.client
+                .prepare(request_context(namespace), &req)
+                .await?,
+        ))
+    }
+
+    async fn view(
+        &self,
+        namespace: &str,
+        key: &str,
+        parent: Option<&str>,
+        labels: Labels,
+    ) -> Result<Vec<Mount>> {
+        let req = pb::PrepareRequest {
+            snapshotter: self.snapshotter.clone(),
+            key: key.to_string(),
+            parent: parent.unwrap_or_default().to_string(),
+            labels,
+            ..Default::default()
+        };
+        Ok(mounts(
+            self.client.view(request_context(namespace), &req).await?,
+        ))
+    }
+
+    async fn commit(&self, namespace: &str, name: &str, key: &str, labels: Labels) -> Result<()> {
+        let req = pb::CommitRequest {
+            snapshotter: self.snapshotter.clone(),
+            name: name.to_string(),
+            key: key.to_string(),
+            labels,
+            ..Default::default()
+        };
+        self.client.commit(request_context(namespace), &req).await?;
+        Ok(())
+    }
+
+    async fn remove(&self, namespace: &str, key: &str) -> Result<()> {
+        self.client
+            .remove(request_context(namespace), &self.key(key))
+            .await?;
+        Ok(())
+    }
+
+    async fn list(&self, namespace: &str, filters: &[String]) -> Result<Vec<Info>> {
+        let req = pb::ListRequest {
+            snapshotter: self.snapshotter.clone(),
+            filters: filters.to_vec(),
+            ..Default::default()
+        };
+        let resp = self.client.list(request_context(namespace), &req).await?;
+        resp.info.iter().map(info_from_pb).collect()
+    }
+
+    async fn cleanup(&self) -> Result<()> {
+        let req = pb::CleanupRequest {
+            snapshotter: self.snapshotter.clone(),
+            ..Default::default()
+        };
+        self.client
+            .cleanup(request_context(berth_ids::DEFAULT_NAMESPACE), &req)
+            .await?;
+        Ok(())
+    }
+}

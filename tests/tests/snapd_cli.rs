@@ -1,0 +1,142 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! `berth unpack` and `berth snapshots ...` against real daemons, and Diff
+//! producing a layer that round-trips.
+
+use std::io::Read;
+
+use berth_client::RemoteContentStore;
+use berth_e2e::images::{busybox_rootfs, files_rootfs, Layout};
+use berth_e2e::{berth, Daemon};
+use berth_ids::Digest;
+use berth_snapshot::mount::TempMount;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unpack_snapshots_and_diff_from_the_cli() {
+    if !berth_e2e::require(berth_e2e::is_root(), "berth-snapd needs root") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let contentd = Daemon::contentd(&dir.path().join("contentd"));
+    let csock = contentd.socket.display().to_string();
+    let snapd = Daemon::start_with_args(
+        "berth-snapd",
+        &dir.path().join("snapd"),
+        &["--contentd", &csock],
+    );
+    let ssock = snapd.socket.display().to_string();
+    let cli = |args: &[&str]| {
+        let mut all = vec!["--snapd", ssock.as_str()];
+        all.extend_from_slice(args);
+        berth(&contentd.socket, &all, None)
+    };
+
+    // An image: busybox, then a file layer; an index over it.
+    let layout = Layout::new(&dir.path().join("layout"));
+    let l1 = layout.add_layer(&busybox_rootfs(&dir.path().join("r1"), &[("old", b"old")]));
+    let l2 = layout.add_layer(&files_rootfs(
+        &dir.path().join("r2"),
+        &[("etc/new", b"new".to_vec())],
+    ));
+    let manifest = layout.add_image(&[l1.clone(), l2.clone()], "amd64", false);
+    let index = layout.add_index(&[(manifest.clone(), "amd64")]);
+    let store = RemoteContentStore::connect(&contentd.socket).await.unwrap();
+    for entry in std::fs::read_dir(layout.dir.join("blobs/sha256")).unwrap() {
+        let data = std::fs::read(entry.unwrap().path()).unwrap();
+        berth_content::write_blob(
+            &store,
+            "default",
+            &format!("b-{}", Digest::of(&data).hex()),
+            &data,
+            None,
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    }
+    let chain = berth_snapshot::chain_ids(&[l1.1.clone(), l2.1.clone()]);
+
+    let (ok, out, err) = cli(&["unpack", index.digest.as_str()]);
+    assert!(ok, "{err}");
+    assert_eq!(String::from_utf8(out).unwrap().trim(), chain[1].to_string());
+
+    let (ok, out, err) = cli(&["snapshots", "ls", "--format", "json"]);
+    assert!(ok, "{err}");
+    let list: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 2);
+    assert!(list
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|i| i["kind"] == "committed"));
+
+    // Removing a parent is refused.
+    let (ok, _, err) = cli(&["snapshots", "rm", chain[0].as_str()]);
+    assert!(!ok);
+    assert!(err.contains("child"), "{err}");
+
+    let (ok, _, err) = cli(&["snapshots", "prepare", "work", chain[1].as_str()]);
+    assert!(ok, "{err}");
+    let (ok, out, err) = cli(&["snapshots", "mounts", "work", "--format", "json"]);
+    assert!(ok, "{err}");
+    let mounts: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(mounts[0]["type"], "overlay");
+
+    // Change the active snapshot, then diff it against its parent.
+    let sn = berth_client::RemoteSnapshotter::connect(&snapd.socket, "overlayfs")
+        .await
+        .unwrap();
+    let scratch = dir.path().join("mnt");
+    std::fs::create_dir(&scratch).unwrap();
+    {
+        use berth_snapshot::Snapshotter;
+        let m = TempMount::new(&sn.mounts("default", "work").await.unwrap(), &scratch).unwrap();
+        std::fs::write(m.path().join("added"), b"added").unwrap();
+        std::fs::remove_file(m.path().join("old")).unwrap();
+    }
+    let (ok, out, err) = cli(&["snapshots", "diff", "work", chain[1].as_str()]);
+    assert!(ok, "{err}");
+    let digest = Digest::parse(String::from_utf8(out).unwrap().trim()).unwrap();
+    let layer = berth_content::read_blob(&store, "default", &digest, 1 << 30)
+        .await
+        .unwrap();
+    let mut names = Vec::new();
+    let mut archive = tar::Archive::new(&layer[..]);
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let name = entry.path().unwrap().display().to_string();
+        let mut data = Vec::new();
+        entry.read_to_end(&mut data).unwrap();
+        names.push((name, data));
+    }
+    assert!(
+        names.contains(&("added".to_string(), b"added".to_vec())),
+        "{names:?}"
+    );
+    assert!(names.iter().any(|(n, _)| n == ".wh.old"), "{names:?}");
+    assert!(
+        !names.iter().any(|(n, _)| n.contains("busybox")),
+        "unchanged files stay out: {names:?}"
+    );
+
+    let (ok, out, err) = cli(&["snapshots", "usage", "work", "--format", "json"]);
+    assert!(ok, "{err}");
+    let usage: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert!(usage[0]["inodes"].as_u64().unwrap() >= 3);
+
+    let (ok, _, err) = cli(&["snapshots", "label", "work", "a=b"]);
+    assert!(ok, "{err}");
+    let (ok, out, _) = cli(&["snapshots", "ls", "labels.a==b", "--format", "json"]);
+    assert!(ok);
+    let list: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(list[0]["name"], "work");
+
+    let (ok, _, err) = cli(&["snapshots", "--snapshotter", "btrfs9", "ls"]);
+    assert!(!ok);
+    assert!(err.contains("unknown snapshotter"), "{err}");
+
+    let (ok, out, err) = cli(&["snapshots", "tree"]);
+    assert!(ok, "{err}");
+    let tree = String::from_utf8(out).unwrap();
+    assert!(tree.contains("    work (active)"), "{tree}");
+    assert!(cli(&["snapshots", "rm", "work"]).0);
+}

@@ -1,0 +1,412 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! Unpack across real daemons: an image built here (busybox-static plus
+//! file layers) is written to berth-contentd, and berth-snapd unpacks it
+//! into committed snapshots named by chain ID, for both snapshotters.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use berth_client::{RemoteContentStore, RemoteSnapshotter};
+use berth_e2e::images::{busybox_rootfs, files_rootfs, Layout};
+use berth_e2e::Daemon;
+use berth_errdefs::ErrorKind;
+use berth_ids::Digest;
+use berth_snapshot::mount::TempMount;
+use berth_snapshot::{chain_ids, Descriptor, Snapshotter};
+
+struct Stack {
+    dir: tempfile::TempDir,
+    _contentd: Daemon,
+    snapd: Daemon,
+    content: RemoteContentStore,
+}
+
+async fn stack() -> Option<Stack> {
+    if !berth_e2e::require(berth_e2e::is_root(), "berth-snapd needs root") {
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let contentd = Daemon::contentd(&dir.path().join("contentd"));
+    let contentd_socket = contentd.socket.display().to_string();
+    let snapd = Daemon::start_with_args(
+        "berth-snapd",
+        &dir.path().join("snapd"),
+        &["--contentd", &contentd_socket],
+    );
+    let content = RemoteContentStore::connect(&contentd.socket).await.unwrap();
+    Some(Stack {
+        dir,
+        _contentd: contentd,
+        snapd,
+        content,
+    })
+}
+
+/// Writes the layout's blobs for `layers` into contentd under `ns`.
+async fn upload(stack: &Stack, layout: &Layout, layers: &[(Descriptor, Digest)], ns: &str) {
+    for (desc, _) in layers {
+        let data = std::fs::read(layout.dir.join("blobs/sha256").join(desc.digest.hex())).unwrap();
+        berth_content::write_blob(
+            &stack.content,
+            ns,
+            &format!("upload-{}", desc.digest.hex()),
+            &data,
+            Some(desc.digest.clone()),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    }
+}
+
+fn desc(blob: &berth_e2e::images::Blob) -> Descriptor {
+    Descriptor {
+        media_type: blob.media_type.clone(),
+        digest: blob.digest.clone(),
+        size: blob.size,
+    }
+}
+
+/// A three-layer image: busybox; a layer that deletes (whiteout) and adds;
+/// an uncompressed layer with a hardlink to a file of the first layer.
+fn image(dir: &Path) -> (Layout, Vec<(Descriptor, Digest)>) {
+    let layout = Layout::new(&dir.join("layout"));
+    let one = busybox_rootfs(
+        &dir.join("l1"),
+        &[("hello", b"hello\n"), ("etc/keep", b"keep")],
+    );
+    let (b1, d1) = layout.add_layer(&one);
+    let two = files_rootfs(
+        &dir.join("l2"),
+        &[
+            (".wh.hello", Vec::new()),
+            ("etc/motd", b"welcome\n".to_vec()),
+        ],
+    );
+    let (b2, d2) = layout.add_layer(&two);
+    let three = dir.join("l3");
+    std::fs::create_dir_all(three.join("bin")).unwrap();
+    std::fs::write(three.join("note"), b"three").unwrap();
+    let l3 = tar_layer(&layout, &three);
+    (layout, vec![(desc(&b1), d1), (desc(&b2), d2), l3])
+}
+
+/// An uncompressed layer of the files under `root`.
+fn tar_layer(layout: &Layout, root: &Path) -> (Descriptor, Digest) {
+    let tar = std::process::Command::new("tar")
+        .arg("-C")
+        .arg(root)
+        .args([
+            "--sort=name",
+            "--owner=0",
+            "--group=0",
+            "--numeric-owner",
+            "--mtime=@0",
+            "-cf",
+            "-",
+            ".",
+        ])
+        .output()
+        .unwrap();
+    assert!(tar.status.success());
+    let diff_id = Digest::of(&tar.stdout);
+    let blob = layout.add_blob("application/vnd.oci.image.layer.v1.tar", &tar.stdout);
+    (desc(&blob), diff_id)
+}
+
+/// Every file under `root`: kind, mode, owner, content digest or target.
+fn tree(root: &Path) -> BTreeMap<PathBuf, String> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        for e in std::fs::read_dir(&p).unwrap() {
+            let path = e.unwrap().path();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            let what = if meta.is_dir() {
+                stack.push(path.clone());
+                "dir".to_string()
+            } else if meta.file_type().is_symlink() {
+                format!("-> {}", std::fs::read_link(&path).unwrap().display())
+            } else {
+                Digest::of(&std::fs::read(&path).unwrap()).to_string()
+            };
+            out.insert(
+                path.strip_prefix(root).unwrap().to_path_buf(),
+                format!("{what} {:o} {}:{}", meta.mode(), meta.uid(), meta.gid()),
+            );
+        }
+    }
+    out
+}
+
+async fn view_tree(
+    sn: &RemoteSnapshotter,
+    ns: &str,
+    chain: &Digest,
+    scratch: &Path,
+) -> BTreeMap<PathBuf, String> {
+    let key = format!("look-{}", chain.hex());
+    let _ = sn.remove(ns, &key).await;
+    let mounts = sn
+        .view(ns, &key, Some(chain.as_str()), Default::default())
+        .await
+        .unwrap();
+    let t = {
+        let m = TempMount::new(&mounts, scratch).unwrap();
+        tree(m.path())
+    };
+    sn.remove(ns, &key).await.unwrap();
+    t
+}
+
+async fn unpack_image_with(snapshotter: &str) {
+    let Some(stack) = stack().await else { return };
+    let (layout, layers) = image(stack.dir.path());
+    let ns = "unpack";
+    upload(&stack, &layout, &layers, ns).await;
+    let sn = RemoteSnapshotter::connect(&stack.snapd.socket, snapshotter)
+        .await
+        .unwrap();
+    let descs: Vec<Descriptor> = layers.iter().map(|(d, _)| d.clone()).collect();
+    let diff_ids: Vec<Digest> = layers.iter().map(|(_, d)| d.clone()).collect();
+    let chains = chain_ids(&diff_ids);
+    let done = sn.unpack(ns, &descs, &diff_ids).await.unwrap();
+    assert_eq!(done.chain_id, chains[2]);
+    assert_eq!(done.applied, 3);
+    for (i, chain) in chains.iter().enumerate() {
+        let info = sn.stat(ns, chain.as_str()).await.unwrap();
+        assert_eq!(info.kind, berth_snapshot::Kind::Committed);
+        assert_eq!(
+            info.parent,
+            if i == 0 {
+                None
+            } else {
+                Some(chains[i - 1].to_string())
+            }
+        );
+    }
+    // Nothing but the three chains is left.
+    assert_eq!(sn.list(ns, &[]).await.unwrap().len(), 3);
+    // Again: every chain is there already.
+    let again = sn.unpack(ns, &descs, &diff_ids).await.unwrap();
+    assert_eq!(
+        (again.chain_id.clone(), again.applied),
+        (chains[2].clone(), 0)
+    );
+
+    let scratch = stack.dir.path().join("mnt");
+    std::fs::create_dir_all(&scratch).unwrap();
+    let t = view_tree(&sn, ns, &chains[2], &scratch).await;
+    let busybox = Digest::of(&std::fs::read("/bin/busybox").unwrap()).to_string();
+    assert!(t[Path::new("bin/busybox")].starts_with(&busybox), "{t:?}");
+    assert!(t[Path::new("bin/sh")].starts_with("-> busybox"));
+    assert!(!t.contains_key(Path::new("hello")), "whited out: {t:?}");
+    assert!(t[Path::new("etc/motd")].starts_with(&Digest::of(b"welcome\n").to_string()));
+    assert!(t[Path::new("etc/keep")].starts_with(&Digest::of(b"keep").to_string()));
+    assert!(t[Path::new("note")].starts_with(&Digest::of(b"three").to_string()));
+
+    // Two unpacks of the same image at once in a fresh namespace do the
+    // work once between them.
+    let ns2 = "twice";
+    upload(&stack, &layout, &layers, ns2).await;
+    let (a, b) = tokio::join!(
+        sn.unpack(ns2, &descs, &diff_ids),
+        sn.unpack(ns2, &descs, &diff_ids)
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a.chain_id, b.chain_id);
+    assert_eq!(a.applied + b.applied, 3);
+    assert_eq!(view_tree(&sn, ns2, &chains[2], &scratch).await, t);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unpack_multi_layer_image_overlay() {
+    unpack_image_with("overlayfs").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unpack_multi_layer_image_native() {
+    unpack_image_with("native").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_layer_whose_diff_id_does_not_match_is_refused() {
+    let Some(stack) = stack().await else { return };
+    let (layout, layers) = image(stack.dir.path());
+    let ns = "mismatch";
+    upload(&stack, &layout, &layers, ns).await;
+    let sn = RemoteSnapshotter::connect(&stack.snapd.socket, "overlayfs")
+        .await
+        .unwrap();
+    let descs: Vec<Descriptor> = layers.iter().map(|(d, _)| d.clone()).collect();
+    let mut diff_ids: Vec<Digest> = layers.iter().map(|(_, d)| d.clone()).collect();
+    diff_ids[1] = Digest::of(b"not this layer");
+    let err = sn.unpack(ns, &descs, &diff_ids).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+    // The first layer is committed; nothing of the second remains.
+    let left = sn.list(ns, &[]).await.unwrap();
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(left[0].name, chain_ids(&diff_ids)[0].to_string());
+    // A layer blob that is not what its descriptor says is refused too.
+    let mut wrong = descs.clone();
+    wrong[0].size += 1;
+    let err = sn.unpack("other", &wrong, &diff_ids).await.unwrap_err();
+    assert_ne!(err.kind(), ErrorKind::Internal, "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_unpack_then_the_same_unpack_completes() {
+    let Some(mut stack) = stack().await else {
+        return;
+    };
+    let dir = stack.dir.path().to_path_buf();
+    let layout = Layout::new(&dir.join("layout"));
+    // Big, incompressible layers, so that the kill lands mid-apply.
+    let source = berth_e2e::BlockSource::new(4 << 20);
+    let mut layers = Vec::new();
+    for l in 0..3u64 {
+        let files: Vec<(String, Vec<u8>)> = (0..16)
+            .map(|i| (format!("layer{l}/file{i}"), source.block(l * 100 + i)))
+            .collect();
+        let refs: Vec<(&str, Vec<u8>)> =
+            files.iter().map(|(n, d)| (n.as_str(), d.clone())).collect();
+        let root = files_rootfs(&dir.join(format!("big{l}")), &refs);
+        layers.push(tar_layer(&layout, &root));
+    }
+    let descs: Vec<Descriptor> = layers.iter().map(|(d, _)| d.clone()).collect();
+    let diff_ids: Vec<Digest> = layers.iter().map(|(_, d)| d.clone()).collect();
+    upload(&stack, &layout, &layers, "crash").await;
+    upload(&stack, &layout, &layers, "clean").await;
+
+    let sn = RemoteSnapshotter::connect(&stack.snapd.socket, "overlayfs")
+        .await
+        .unwrap();
+    let background = {
+        let sn = sn.clone();
+        let (descs, diff_ids) = (descs.clone(), diff_ids.clone());
+        tokio::spawn(async move { sn.unpack("crash", &descs, &diff_ids).await })
+    };
+    // Wait until an unpack scratch snapshot exists, then kill.
+    let mut seen = false;
+    for _ in 0..20_000 {
+        let list = sn.list("crash", &[]).await.unwrap();
+        if list.iter().any(|i| i.name.starts_with("extract-")) {
+            seen = true;
+            break;
+        }
+        if background.is_finished() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    assert!(seen, "the unpack finished before it could be interrupted");
+    stack.snapd.kill();
+    // Almost always an error; an unpack that committed its last layer
+    // just before the kill is fine too.
+    let _ = background.await.unwrap();
+    stack.snapd.restart();
+
+    let sn = RemoteSnapshotter::connect(&stack.snapd.socket, "overlayfs")
+        .await
+        .unwrap();
+    // The restart removed the scratch snapshot.
+    let left = sn.list("crash", &[]).await.unwrap();
+    assert!(
+        left.iter().all(|i| !i.name.starts_with("extract-")),
+        "{left:?}"
+    );
+    let done = sn.unpack("crash", &descs, &diff_ids).await.unwrap();
+    let clean = sn.unpack("clean", &descs, &diff_ids).await.unwrap();
+    assert_eq!(done.chain_id, clean.chain_id);
+    assert_eq!(clean.applied, 3);
+    let scratch = dir.join("mnt");
+    std::fs::create_dir_all(&scratch).unwrap();
+    let crashed = view_tree(&sn, "crash", &done.chain_id, &scratch).await;
+    let fresh = view_tree(&sn, "clean", &clean.chain_id, &scratch).await;
+    assert_eq!(crashed.len(), 3 + 48);
+    assert_eq!(crashed, fresh);
+    // No directory is left that no snapshot owns: 3 + 3 chains.
+    let dirs = std::fs::read_dir(stack.snapd.root.join("overlayfs/snapshots"))
+        .unwrap()
+        .count();
+    assert_eq!(dirs, 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_1gib_sparse_file_unpacks_sparse_with_bounded_memory() {
+    let Some(stack) = stack().await else { return };
+    let dir = stack.dir.path().to_path_buf();
+    let src = dir.join("sparse-src");
+    std::fs::create_dir_all(&src).unwrap();
+    let file = std::fs::File::create(src.join("huge")).unwrap();
+    use std::os::unix::fs::FileExt;
+    file.write_all_at(b"head", 0).unwrap();
+    file.write_all_at(b"tail", (1 << 30) - 4).unwrap();
+    drop(file);
+    // GNU tar's sparse format: the archive holds only the data.
+    let tar = std::process::Command::new("tar")
+        .arg("-C")
+        .arg(&src)
+        .args([
+            "--sparse",
+            "--format=gnu",
+            "--owner=0",
+            "--group=0",
+            "--numeric-owner",
+            "-cf",
+            "-",
+            ".",
+        ])
+        .output()
+        .unwrap();
+    assert!(tar.status.success());
+    assert!(
+        tar.stdout.len() < 1 << 20,
+        "tar made {} bytes",
+        tar.stdout.len()
+    );
+    let layout = Layout::new(&dir.join("layout"));
+    let diff_id = Digest::of(&tar.stdout);
+    let blob = layout.add_blob("application/vnd.oci.image.layer.v1.tar", &tar.stdout);
+    let layers = vec![(desc(&blob), diff_id.clone())];
+    upload(&stack, &layout, &layers, "sparse").await;
+    let sn = RemoteSnapshotter::connect(&stack.snapd.socket, "overlayfs")
+        .await
+        .unwrap();
+    let before = stack.snapd.peak_rss_kib();
+    let done = sn
+        .unpack("sparse", &[desc(&blob)], &[diff_id])
+        .await
+        .unwrap();
+    let after = stack.snapd.peak_rss_kib();
+    assert!(
+        after < before + 64 * 1024,
+        "snapd's peak RSS grew from {before} KiB to {after} KiB"
+    );
+    let scratch = dir.join("mnt");
+    std::fs::create_dir_all(&scratch).unwrap();
+    sn.view(
+        "sparse",
+        "look",
+        Some(done.chain_id.as_str()),
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    let mounts = sn.mounts("sparse", "look").await.unwrap();
+    let m = TempMount::new(&mounts, &scratch).unwrap();
+    let meta = std::fs::metadata(m.path().join("huge")).unwrap();
+    assert_eq!(meta.len(), 1 << 30);
+    assert!(
+        meta.blocks() * 512 < 16 << 20,
+        "{} blocks allocated",
+        meta.blocks()
+    );
+    let f = std::fs::File::open(m.path().join("huge")).unwrap();
+    let mut buf = [0u8; 4];
+    f.read_exact_at(&mut buf, (1 << 30) - 4).unwrap();
+    assert_eq!(&buf, b"tail");
+    f.read_exact_at(&mut buf, 0).unwrap();
+    assert_eq!(&buf, b"head");
+}
