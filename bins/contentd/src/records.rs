@@ -17,10 +17,12 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+pub use berth_daemon::lmdb::db_error;
+use berth_daemon::lmdb::open_env;
 use berth_errdefs::{Error, Result};
 use berth_ids::{Digest, Sha256Checkpoint};
 use heed::types::{SerdeJson, Str, Unit};
-use heed::{Database, Env, EnvOpenOptions, RoTxn, RwTxn};
+use heed::{Database, Env, RoTxn, RwTxn};
 use serde::{Deserialize, Serialize};
 
 /// Upper bound on the metadata file (LMDB maps it sparsely).
@@ -70,15 +72,6 @@ fn holder_key(digest: &Digest, namespace: &str) -> String {
     format!("{digest}/{namespace}")
 }
 
-pub fn db_error(err: heed::Error) -> Error {
-    match err {
-        heed::Error::Mdb(heed::MdbError::MapFull) => {
-            Error::resource_exhausted("metadata store is full")
-        }
-        other => Error::internal(format!("metadata store: {other}")),
-    }
-}
-
 #[derive(Debug, Clone)]
 pub struct Records {
     env: Env,
@@ -89,19 +82,7 @@ pub struct Records {
 
 impl Records {
     pub fn open(dir: &Path) -> Result<Records> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| Error::io(format!("creating {}", dir.display()), &e))?;
-        // SAFETY: heed requires that an environment is opened at most once
-        // per process; the content store opens `<root>/meta` once, and the
-        // daemon refuses to start twice on one root (the socket is checked
-        // first, and LMDB's own lock file guards other processes).
-        let env = unsafe {
-            EnvOpenOptions::new()
-                .map_size(MAP_SIZE)
-                .max_dbs(4)
-                .open(dir)
-        }
-        .map_err(db_error)?;
+        let env = open_env(dir, MAP_SIZE, 4)?;
         let mut txn = env.write_txn().map_err(db_error)?;
         let blobs = env
             .create_database(&mut txn, Some("blobs"))

@@ -19,10 +19,12 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+pub use berth_daemon::lmdb::db_error;
+use berth_daemon::lmdb::open_env;
 use berth_errdefs::{Error, Result};
 use berth_snapshot::Kind;
 use heed::types::{SerdeJson, Str};
-use heed::{Database, Env, EnvOpenOptions};
+use heed::{Database, Env};
 use serde::{Deserialize, Serialize};
 
 /// Upper bound on the metadata file (LMDB maps it sparsely).
@@ -72,15 +74,6 @@ fn key_of(snapshotter: &str, namespace: &str, key: &str) -> String {
     format!("{snapshotter}/{namespace}/{key}")
 }
 
-pub fn db_error(err: heed::Error) -> Error {
-    match err {
-        heed::Error::Mdb(heed::MdbError::MapFull) => {
-            Error::resource_exhausted("metadata store is full")
-        }
-        other => Error::internal(format!("metadata store: {other}")),
-    }
-}
-
 #[derive(Debug, Clone)]
 pub struct Records {
     env: Env,
@@ -90,18 +83,7 @@ pub struct Records {
 
 impl Records {
     pub fn open(dir: &Path) -> Result<Records> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| Error::io(format!("creating {}", dir.display()), &e))?;
-        // SAFETY: heed requires that an environment is opened at most once
-        // per process; snapd opens `<root>/meta` once per root, and LMDB's
-        // own lock file guards other processes.
-        let env = unsafe {
-            EnvOpenOptions::new()
-                .map_size(MAP_SIZE)
-                .max_dbs(4)
-                .open(dir)
-        }
-        .map_err(db_error)?;
+        let env = open_env(dir, MAP_SIZE, 4)?;
         let mut txn = env.write_txn().map_err(db_error)?;
         let snapshots = env
             .create_database(&mut txn, Some("snapshots"))

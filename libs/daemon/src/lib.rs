@@ -9,6 +9,7 @@
 mod config;
 mod error;
 mod liveness;
+pub mod lmdb;
 mod logging;
 mod peer;
 mod request;

@@ -1,0 +1,34 @@
+//! Opening a daemon's LMDB environment, and what its errors mean to callers.
+
+use std::path::Path;
+
+use berth_errdefs::Error;
+
+/// Opens (creating if needed) the LMDB environment in `dir`, with room for
+/// `max_dbs` named databases and a map of at most `map_size` bytes (LMDB
+/// maps it sparsely). Each daemon opens its environment once, at start.
+pub fn open_env(dir: &Path, map_size: usize, max_dbs: u32) -> Result<heed::Env, Error> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::io(format!("creating {}", dir.display()), &e))?;
+    // SAFETY: heed requires that an environment is opened at most once per
+    // process. Each berth daemon opens the `meta` directory of its own root
+    // once, during start-up, and refuses to start twice on one socket;
+    // LMDB's own lock file guards against other processes.
+    unsafe {
+        heed::EnvOpenOptions::new()
+            .map_size(map_size)
+            .max_dbs(max_dbs)
+            .open(dir)
+    }
+    .map_err(db_error)
+}
+
+/// A metadata store failure as the error kind callers act on.
+pub fn db_error(err: heed::Error) -> Error {
+    match err {
+        heed::Error::Mdb(heed::MdbError::MapFull) => {
+            Error::resource_exhausted("metadata store is full")
+        }
+        other => Error::internal(format!("metadata store: {other}")),
+    }
+}
