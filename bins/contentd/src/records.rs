@@ -15,10 +15,9 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-pub use berth_daemon::lmdb::db_error;
 use berth_daemon::lmdb::open_env;
+pub use berth_daemon::lmdb::{db_error, now_nanos, to_system_time};
 use berth_errdefs::{Error, Result};
 use berth_ids::{Digest, Sha256Checkpoint};
 use heed::types::{SerdeJson, Str, Unit};
@@ -46,18 +45,6 @@ pub struct IngestRecord {
     pub updated_at: u64,
     /// Hash state at a point where the data before it was synced to disk.
     pub checkpoint: Option<Sha256Checkpoint>,
-}
-
-/// Nanoseconds since the epoch, the form times are stored in.
-pub fn now_nanos() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
-}
-
-pub fn to_system_time(nanos: u64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_nanos(nanos)
 }
 
 pub fn blob_key(namespace: &str, digest: &Digest) -> String {

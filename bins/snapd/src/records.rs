@@ -17,10 +17,9 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-pub use berth_daemon::lmdb::db_error;
 use berth_daemon::lmdb::open_env;
+pub use berth_daemon::lmdb::{db_error, now_nanos, to_system_time};
 use berth_errdefs::{Error, Result};
 use berth_snapshot::Kind;
 use heed::types::{SerdeJson, Str};
@@ -56,18 +55,6 @@ impl From<StoredKind> for Kind {
             StoredKind::Committed => Kind::Committed,
         }
     }
-}
-
-/// Nanoseconds since the epoch, the form times are stored in.
-pub fn now_nanos() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
-}
-
-pub fn to_system_time(nanos: u64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_nanos(nanos)
 }
 
 fn key_of(snapshotter: &str, namespace: &str, key: &str) -> String {

@@ -64,5 +64,7 @@ pub mod snapshots {
     pub use crate::generated::snapshots_ttrpc::*;
 }
 
+pub mod time;
+
 pub use protobuf;
 pub use ttrpc;

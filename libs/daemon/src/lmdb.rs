@@ -1,6 +1,7 @@
 //! Opening a daemon's LMDB environment, and what its errors mean to callers.
 
 use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use berth_errdefs::Error;
 
@@ -21,6 +22,19 @@ pub fn open_env(dir: &Path, map_size: usize, max_dbs: u32) -> Result<heed::Env, 
             .open(dir)
     }
     .map_err(db_error)
+}
+
+/// Nanoseconds since the epoch, the form records store times in.
+pub fn now_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// A stored time back as a `SystemTime`.
+pub fn to_system_time(nanos: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_nanos(nanos)
 }
 
 /// A metadata store failure as the error kind callers act on.

@@ -1,32 +1,13 @@
 //! Conversions between the snapshot types and `berth.snapshots.v1`
 //! messages, shared by the service edge and the client.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-use berth_api::protobuf::well_known_types::timestamp::Timestamp;
-use berth_api::protobuf::{EnumOrUnknown, MessageField};
+use berth_api::protobuf::EnumOrUnknown;
 use berth_api::snapshots as pb;
 use berth_errdefs::{Error, Result};
 
 use crate::{Descriptor, Info, Kind, Mount};
 
-pub fn timestamp(time: SystemTime) -> MessageField<Timestamp> {
-    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
-    MessageField::some(Timestamp {
-        seconds: since.as_secs() as i64,
-        nanos: since.subsec_nanos() as i32,
-        ..Default::default()
-    })
-}
-
-pub fn system_time(ts: &MessageField<Timestamp>) -> SystemTime {
-    match ts.as_ref() {
-        Some(ts) if ts.seconds >= 0 && (0..1_000_000_000).contains(&ts.nanos) => {
-            UNIX_EPOCH + Duration::new(ts.seconds as u64, ts.nanos as u32)
-        }
-        _ => UNIX_EPOCH,
-    }
-}
+pub use berth_api::time::{system_time, timestamp};
 
 pub fn kind_to_pb(kind: Kind) -> pb::Kind {
     match kind {

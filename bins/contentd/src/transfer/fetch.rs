@@ -114,16 +114,26 @@ struct Job<'a> {
     progress: &'a mpsc::Sender<Progress>,
 }
 
+/// Reports a blob's state; a caller that stopped listening is no reason to
+/// stop the transfer.
+pub(super) async fn report_blob(
+    progress: &mpsc::Sender<Progress>,
+    descriptor: &Descriptor,
+    state: BlobState,
+    offset: u64,
+) {
+    let _ = progress
+        .send(Progress::Blob {
+            descriptor: descriptor.clone(),
+            state,
+            offset,
+        })
+        .await;
+}
+
 impl Job<'_> {
     async fn report(&self, descriptor: &Descriptor, state: BlobState, offset: u64) {
-        let _ = self
-            .progress
-            .send(Progress::Blob {
-                descriptor: descriptor.clone(),
-                state,
-                offset,
-            })
-            .await;
+        report_blob(self.progress, descriptor, state, offset).await;
     }
 
     fn labels(&self, mut labels: Labels) -> Labels {

@@ -18,7 +18,7 @@ use reqwest::{Method, StatusCode};
 use tokio::sync::{mpsc, Semaphore};
 
 use super::auth::Credentials;
-use super::fetch::{BlobState, Progress, MAX_MANIFESTS, MAX_MANIFEST_BYTES};
+use super::fetch::{report_blob, BlobState, Progress, MAX_MANIFESTS, MAX_MANIFEST_BYTES};
 use super::hosts;
 use super::oci::{self, Descriptor};
 use super::registry::{check_status, RegistryClient};
@@ -59,14 +59,7 @@ struct Job<'a> {
 
 impl Job<'_> {
     async fn report(&self, descriptor: &Descriptor, state: BlobState, offset: u64) {
-        let _ = self
-            .progress
-            .send(Progress::Blob {
-                descriptor: descriptor.clone(),
-                state,
-                offset,
-            })
-            .await;
+        report_blob(self.progress, descriptor, state, offset).await;
     }
 }
 
