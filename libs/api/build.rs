@@ -10,6 +10,12 @@ const PROTOS: &[&str] = &[
     "berth/content/v1/content.proto",
     "berth/transfer/v1/transfer.proto",
     "berth/snapshots/v1/snapshots.proto",
+    "berth/namespaces/v1/namespaces.proto",
+    "berth/images/v1/images.proto",
+    "berth/containers/v1/containers.proto",
+    "berth/leases/v1/leases.proto",
+    "berth/events/v1/events.proto",
+    "berth/gc/v1/gc.proto",
 ];
 
 fn main() {

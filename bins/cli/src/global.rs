@@ -29,6 +29,15 @@ pub struct Global {
         value_name = "SOCKET"
     )]
     pub snapd: PathBuf,
+    /// berth-metad's socket.
+    #[arg(
+        long,
+        global = true,
+        env = "BERTH_METAD_ADDRESS",
+        default_value = "/run/berth/metad.sock",
+        value_name = "SOCKET"
+    )]
+    pub metad: PathBuf,
     /// Namespace to work in.
     #[arg(
         short,
@@ -54,6 +63,12 @@ impl Global {
     /// `BERTH_SNAPD_ADDRESS`.
     pub fn snapd_socket(&self) -> &PathBuf {
         self.address.as_ref().unwrap_or(&self.snapd)
+    }
+
+    /// The socket for berth-metad: `--address` if given, else `--metad` /
+    /// `BERTH_METAD_ADDRESS`.
+    pub fn metad_socket(&self) -> &PathBuf {
+        self.address.as_ref().unwrap_or(&self.metad)
     }
 
     pub fn namespace(&self) -> anyhow::Result<&str> {

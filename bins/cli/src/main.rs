@@ -38,6 +38,26 @@ enum Command {
     Export(commands::archive::ExportArgs),
     /// Snapshots in berth-snapd: list, prepare, view, commit, remove, diff.
     Snapshots(commands::snapshots::SnapshotsArgs),
+    /// Pull an image from a registry: fetch its blobs, unpack its layers
+    /// and record it.
+    Pull(commands::pull::PullArgs),
+    /// Images in berth-metad: list, inspect, tag, label, remove.
+    #[command(subcommand)]
+    Images(commands::images::ImagesCommand),
+    /// Container records in berth-metad: list, inspect, create, label,
+    /// remove.
+    #[command(subcommand)]
+    Containers(commands::containers::ContainersCommand),
+    /// Namespaces: list, create, label, remove.
+    #[command(subcommand)]
+    Namespaces(commands::namespaces::NamespacesCommand),
+    /// Leases: list, create, remove, and the resources they hold.
+    #[command(subcommand)]
+    Leases(commands::leases::LeasesCommand),
+    /// Print events from berth-metad's exchange as they happen.
+    Events(commands::events::EventsArgs),
+    /// Run a garbage collection now and say what it removed.
+    Gc(commands::gc::GcArgs),
     /// Unpack an image (manifest or index digest, blobs in the content
     /// store) into committed snapshots.
     Unpack(commands::snapshots::UnpackArgs),
@@ -63,6 +83,13 @@ fn main() -> ExitCode {
             Command::Export(args) => commands::archive::export(&cli.global, args).await,
             Command::Snapshots(args) => commands::snapshots::run(&cli.global, args).await,
             Command::Unpack(args) => commands::snapshots::unpack(&cli.global, args).await,
+            Command::Pull(args) => commands::pull::run(&cli.global, args).await,
+            Command::Images(command) => commands::images::run(&cli.global, command).await,
+            Command::Containers(command) => commands::containers::run(&cli.global, command).await,
+            Command::Namespaces(command) => commands::namespaces::run(&cli.global, command).await,
+            Command::Leases(command) => commands::leases::run(&cli.global, command).await,
+            Command::Events(args) => commands::events::run(&cli.global, args).await,
+            Command::Gc(args) => commands::gc::run(&cli.global, args).await,
         }
     });
     match result {

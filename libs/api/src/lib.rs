@@ -3,6 +3,19 @@
 /// The ttrpc metadata key that carries a request's namespace (containerd's).
 pub const NAMESPACE_KEY: &str = "containerd-namespace";
 
+/// The ttrpc metadata key that names the lease a request works under
+/// (containerd's). contentd and snapd label what they create for such a call
+/// with [`lease_label`], which is how metad's collector sees it held.
+pub const LEASE_KEY: &str = "containerd-lease";
+
+/// The label that ties a blob or snapshot to a lease.
+pub fn lease_label(lease_id: &str) -> String {
+    format!("{LEASE_LABEL_PREFIX}{lease_id}")
+}
+
+/// Prefix of [`lease_label`] keys.
+pub const LEASE_LABEL_PREFIX: &str = "berth.io/lease.";
+
 /// Largest data payload berth puts in one message: well under ttrpc's 4 MiB
 /// frame limit, large enough that per-message costs vanish.
 pub const MAX_CHUNK: usize = 1024 * 1024;
@@ -44,6 +57,42 @@ mod generated {
     pub mod snapshots_ttrpc {
         include!(concat!(env!("OUT_DIR"), "/snapshots_ttrpc.rs"));
     }
+    pub mod namespaces {
+        include!(concat!(env!("OUT_DIR"), "/namespaces.rs"));
+    }
+    pub mod namespaces_ttrpc {
+        include!(concat!(env!("OUT_DIR"), "/namespaces_ttrpc.rs"));
+    }
+    pub mod images {
+        include!(concat!(env!("OUT_DIR"), "/images.rs"));
+    }
+    pub mod images_ttrpc {
+        include!(concat!(env!("OUT_DIR"), "/images_ttrpc.rs"));
+    }
+    pub mod containers {
+        include!(concat!(env!("OUT_DIR"), "/containers.rs"));
+    }
+    pub mod containers_ttrpc {
+        include!(concat!(env!("OUT_DIR"), "/containers_ttrpc.rs"));
+    }
+    pub mod leases {
+        include!(concat!(env!("OUT_DIR"), "/leases.rs"));
+    }
+    pub mod leases_ttrpc {
+        include!(concat!(env!("OUT_DIR"), "/leases_ttrpc.rs"));
+    }
+    pub mod events {
+        include!(concat!(env!("OUT_DIR"), "/events.rs"));
+    }
+    pub mod events_ttrpc {
+        include!(concat!(env!("OUT_DIR"), "/events_ttrpc.rs"));
+    }
+    pub mod gc {
+        include!(concat!(env!("OUT_DIR"), "/gc.rs"));
+    }
+    pub mod gc_ttrpc {
+        include!(concat!(env!("OUT_DIR"), "/gc_ttrpc.rs"));
+    }
 }
 
 /// `berth.content.v1`: messages and the `Content` service.
@@ -62,6 +111,42 @@ pub mod transfer {
 pub mod snapshots {
     pub use crate::generated::snapshots::*;
     pub use crate::generated::snapshots_ttrpc::*;
+}
+
+/// `berth.namespaces.v1`: messages and the `Namespaces` service.
+pub mod namespaces {
+    pub use crate::generated::namespaces::*;
+    pub use crate::generated::namespaces_ttrpc::*;
+}
+
+/// `berth.images.v1`: messages and the `Images` service.
+pub mod images {
+    pub use crate::generated::images::*;
+    pub use crate::generated::images_ttrpc::*;
+}
+
+/// `berth.containers.v1`: messages and the `Containers` service.
+pub mod containers {
+    pub use crate::generated::containers::*;
+    pub use crate::generated::containers_ttrpc::*;
+}
+
+/// `berth.leases.v1`: messages and the `Leases` service.
+pub mod leases {
+    pub use crate::generated::leases::*;
+    pub use crate::generated::leases_ttrpc::*;
+}
+
+/// `berth.events.v1`: messages and the `Events` service.
+pub mod events {
+    pub use crate::generated::events::*;
+    pub use crate::generated::events_ttrpc::*;
+}
+
+/// `berth.gc.v1`: messages and the `GC` service.
+pub mod gc {
+    pub use crate::generated::gc::*;
+    pub use crate::generated::gc_ttrpc::*;
 }
 
 pub mod time;

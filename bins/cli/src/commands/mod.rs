@@ -1,4 +1,11 @@
 pub mod archive;
+pub mod containers;
 pub mod content;
+pub mod events;
+pub mod gc;
+pub mod images;
+pub mod leases;
+pub mod namespaces;
+pub mod pull;
 pub mod snapshots;
 pub mod transfer;

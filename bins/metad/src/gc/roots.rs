@@ -1,0 +1,43 @@
+//! What metad's own records contribute to a collection.
+
+use std::time::SystemTime;
+
+use berth_errdefs::Result;
+use berth_ids::Digest;
+use berth_metadata::{Labels, Resource};
+
+/// A lease as the collector sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseRoots {
+    pub id: String,
+    pub created_at: SystemTime,
+    pub labels: Labels,
+    pub resources: Vec<Resource>,
+}
+
+/// One namespace's roots.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NamespaceRoots {
+    pub namespace: String,
+    /// Each image's target digest.
+    pub images: Vec<Digest>,
+    /// Each container's (snapshotter, snapshot key), where it has one.
+    pub containers: Vec<(String, String)>,
+    pub leases: Vec<LeaseRoots>,
+}
+
+/// Every namespace's roots, read in one transaction.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Roots {
+    pub namespaces: Vec<NamespaceRoots>,
+}
+
+/// metad's store, as the collector reads and trims it. Blocking: called
+/// from `spawn_blocking`.
+pub trait RootSource: Send + Sync {
+    /// All namespaces' roots in one read transaction.
+    fn roots(&self) -> Result<Roots>;
+    /// Deletes these leases (expired ones), `(namespace, id)`; ones already
+    /// gone are skipped.
+    fn delete_leases(&self, leases: &[(String, String)]) -> Result<()>;
+}

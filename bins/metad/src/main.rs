@@ -1,0 +1,3 @@
+//! berth-metad. (Being written.)
+
+fn main() {}
