@@ -10,6 +10,18 @@
 # usage: bench/unpack.sh [RUNS]   (as root; needs Debian's mirror once)
 #   BERTH_BENCH_DIR=/dev/shm     work (and unpack) there instead of /var/tmp
 #   BERTH_BENCH_ROOTFS=FILE.tar  use this root filesystem tar, no mmdebstrap
+#   BERTH_BENCH_FS=ext4|ext4-nojournal|xfs
+#                                unpack into a fresh loop-mounted filesystem
+#                                of that kind (made in the work directory)
+#   BERTH_BENCH_RT=1             run the timed processes (daemons included)
+#                                under SCHED_FIFO, so that other work on a
+#                                shared machine does not take their CPU
+#
+# Every run unpacks into its own directory and no tree is removed before
+# the last run: on ext4 without a journal, inodes freed in the last 60-360
+# s are skipped one by one when new ones are allocated (the kernel's
+# recently_deleted()), so a tool that runs right after the previous run's
+# tree was removed pays for that removal (seconds, for 8,700 files).
 set -euo pipefail
 
 runs=${1:-3}
@@ -27,11 +39,34 @@ unmount_under() { # dir: lazily unmounts every mount below it, deepest first
 cleanup() {
   for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  # Snapshot mounts (containerd's) must go before the directories.
+  # Snapshot mounts (containerd's) must go before the directories, the
+  # loop filesystem (if any) last.
+  unmount_under "$work/fs/"
+  if mountpoint -q "$work/fs"; then umount "$work/fs"; fi
   unmount_under "$work"
   rm -rf "$work"
 }
 trap cleanup EXIT
+
+# Where the unpacks go: the work directory, or a fresh loop filesystem.
+runs_dir="$work/runs"
+case "${BERTH_BENCH_FS:-}" in
+  "") mkdir -p "$runs_dir" ;;
+  ext4 | ext4-nojournal | xfs)
+    truncate -s 8G "$work/fs.img"
+    case "$BERTH_BENCH_FS" in
+      ext4) mkfs.ext4 -q -F "$work/fs.img" ;;
+      ext4-nojournal) mkfs.ext4 -q -F -O ^has_journal "$work/fs.img" ;;
+      xfs) mkfs.xfs -q "$work/fs.img" ;;
+    esac
+    mkdir -p "$work/fs"
+    mount -o loop "$work/fs.img" "$work/fs"
+    runs_dir="$work/fs"
+    ;;
+  *) echo "BERTH_BENCH_FS: ext4, ext4-nojournal or xfs" >&2; exit 2 ;;
+esac
+rt=()
+if [ "${BERTH_BENCH_RT:-}" = 1 ]; then rt=(chrt -f 10); fi
 
 if [ -n "${BERTH_BENCH_ROOTFS:-}" ]; then
   cp "$BERTH_BENCH_ROOTFS" "$work/rootfs.tar"
@@ -87,26 +122,25 @@ seconds() {
 median() { tr ' ' '\n' | grep . | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 berth_unpack() { # run
-  local root="$work/berth-$1"
+  local root="$runs_dir/berth-$1"
   mkdir -p "$root"
-  "$bin/berth-contentd" --root "$root/croot" --state "$root/cstate" --address "$root/c.sock" --log-level warn &
+  "${rt[@]}" "$bin/berth-contentd" --root "$root/croot" --state "$root/cstate" --address "$root/c.sock" --log-level warn &
   local cpid=$!
   pids+=("$cpid")
-  "$bin/berth-snapd" --root "$root/sroot" --state "$root/sstate" --address "$root/s.sock" --contentd "$root/c.sock" --log-level warn &
+  "${rt[@]}" "$bin/berth-snapd" --root "$root/sroot" --state "$root/sstate" --address "$root/s.sock" --contentd "$root/c.sock" --log-level warn &
   local spid=$!
   pids+=("$spid")
   for _ in $(seq 200); do [ -S "$root/c.sock" ] && [ -S "$root/s.sock" ] && break; sleep 0.02; done
   "$bin/berth" --contentd "$root/c.sock" content fetch -q "$ref" >/dev/null
   sync
   local t
-  t=$(seconds "$bin/berth" --contentd "$root/c.sock" --snapd "$root/s.sock" unpack "$md")
+  t=$(seconds "${rt[@]}" "$bin/berth" --contentd "$root/c.sock" --snapd "$root/s.sock" unpack "$md")
   kill "$spid" "$cpid"; wait "$spid" "$cpid" 2>/dev/null || true
-  rm -rf "$root"
   echo "$t"
 }
 
 ctr_unpack() { # run
-  local root="$work/ctrd-$1"
+  local root="$runs_dir/ctrd-$1"
   mkdir -p "$root"
   cat >"$root/config.toml" <<TOML
 version = 2
@@ -118,28 +152,25 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 [ttrpc]
   address = "$root/c.sock.ttrpc"
 TOML
-  containerd --config "$root/config.toml" 2>"$root/log" &
+  "${rt[@]}" containerd --config "$root/config.toml" 2>"$root/log" &
   local pid=$!
   pids+=("$pid")
   for _ in $(seq 200); do [ -S "$root/c.sock" ] && break; sleep 0.05; done
   ctr -a "$root/c.sock" content fetch --plain-http "$ref" >/dev/null
   sync
   local t
-  t=$(seconds ctr -a "$root/c.sock" images pull --plain-http "$ref")
-  ctr -a "$root/c.sock" images rm --sync "$ref" >/dev/null 2>&1 || true
+  t=$(seconds "${rt[@]}" ctr -a "$root/c.sock" images pull --plain-http "$ref")
   kill "$pid"; wait "$pid" 2>/dev/null || true
   unmount_under "$root"
-  rm -rf "$root"
   echo "$t"
 }
 
 tar_unpack() { # run
-  local dir="$work/tar-$1"
+  local dir="$runs_dir/tar-$1"
   mkdir -p "$dir"
   sync
   local t
-  t=$(seconds tar -C "$dir" --numeric-owner -xzf "$work/layer.tar.gz")
-  rm -rf "$dir"
+  t=$(seconds "${rt[@]}" tar -C "$dir" --numeric-owner -xzf "$work/layer.tar.gz")
   echo "$t"
 }
 
@@ -155,6 +186,9 @@ xm=$(median <<<"$x")
 printf '\n| layer | berth unpack (s) | containerd pull after fetch (s) | tar -xzf (s) | berth/containerd | berth/tar |\n|---|---|---|---|---|---|\n'
 printf '| minbase (%s MB gzip, %s entries) | %.2f | %.2f | %.2f | %.2f | %.2f |\n' \
   "$((ls / 1000000))" "$files" "$bm" "$cm" "$xm" "$(echo "$bm / $cm" | bc -l)" "$(echo "$bm / $xm" | bc -l)"
-printf '\nmedian of %s runs in %s (%s), %s, %s cores, containerd %s\n' "$runs" "$work" "$(stat -f -c %T "$work")" "$(uname -r)" "$(nproc)" "$(containerd --version | awk '{print $3}')"
+where="$runs_dir ($(findmnt -n -o FSTYPE,OPTIONS --target "$runs_dir" | head -1 | tr -s ' '))"
+printf '\nmedian of %s runs (berth, containerd, tar: %s / %s / %s s) in %s, %s, %s cores, containerd %s%s\n' \
+  "$runs" "$b" "$c" "$x" "$where" "$(uname -r)" "$(nproc)" "$(containerd --version | awk '{print $3}')" \
+  "${rt:+, SCHED_FIFO}"
 "$bin/examples/inflate" "$work/layer.tar.gz"
 printf 'gzip -dc: %ss\n' "$(seconds gzip -dc "$work/layer.tar.gz")"

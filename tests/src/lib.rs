@@ -7,6 +7,7 @@
 pub mod fake_registry;
 pub mod images;
 pub mod registry;
+pub mod stack;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -5,6 +5,7 @@
 
 mod commands;
 mod global;
+mod image;
 mod output;
 
 use std::process::ExitCode;

@@ -6,14 +6,17 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use berth_api::content as pb;
+use berth_api::lease_label;
 use berth_api::protobuf::well_known_types::empty::Empty;
 use berth_content::wire::{
     info_from_pb, info_to_pb, parse_digest, parse_optional_digest, status_to_pb, timestamp,
     unsigned,
 };
-use berth_content::{CommitOptions, ContentStore, WriterOptions, MAX_READ};
-use berth_daemon::{peer_hung_up, reply, request_namespace};
-use berth_errdefs::{Error, Result};
+use berth_content::{
+    hold_for_lease, lease_label_value, CommitOptions, ContentStore, WriterOptions, MAX_READ,
+};
+use berth_daemon::{peer_hung_up, reply, request_lease, request_namespace};
+use berth_errdefs::{Error, ErrorKind, Result};
 
 use crate::reorder::InOrder;
 use ttrpc::r#async::{ServerStream, ServerStreamSender, TtrpcContext};
@@ -52,6 +55,7 @@ impl ContentService {
         &self,
         ctx: &TtrpcContext,
         namespace: String,
+        lease: Option<String>,
         stream: &mut ServerStream<pb::WriteResponse, pb::WriteRequest>,
     ) -> Result<()> {
         let Some(first) = next_request(ctx, stream).await? else {
@@ -69,7 +73,20 @@ impl ContentService {
             options.total = Some(total);
         }
         options.expected = parse_optional_digest(&first.expected)?;
-        let mut writer = self.store.writer(&namespace, options).await?;
+        let expected = options.expected.clone();
+        let mut writer = match self.store.writer(&namespace, options).await {
+            Ok(writer) => writer,
+            Err(e) => {
+                // Committing what the namespace has is a no-op, but under a
+                // lease it still joins the lease, as in containerd.
+                if let (true, Some(digest), Some(lease)) =
+                    (e.is(ErrorKind::AlreadyExists), &expected, &lease)
+                {
+                    hold_for_lease(self.store.as_ref(), &namespace, digest, lease).await?;
+                }
+                return Err(e);
+            }
+        };
         let status = writer.status().await?;
         let mut offset = status.offset;
         let mut total = status.total;
@@ -146,13 +163,29 @@ impl ContentService {
                 ..Default::default()
             };
             if action == pb::WriteAction::COMMIT {
-                let digest = writer
+                let expected = parse_optional_digest(&request.expected)?;
+                let mut labels = request.labels;
+                if let Some(lease) = &lease {
+                    labels.insert(lease_label(lease), lease_label_value());
+                }
+                let committed = writer
                     .commit(CommitOptions {
                         size: (request_total > 0).then_some(request_total),
-                        expected: parse_optional_digest(&request.expected)?,
-                        labels: request.labels,
+                        expected: expected.clone(),
+                        labels,
                     })
-                    .await?;
+                    .await;
+                let digest = match committed {
+                    Ok(digest) => digest,
+                    Err(e) => {
+                        if let (true, Some(digest), Some(lease)) =
+                            (e.is(ErrorKind::AlreadyExists), &expected, &lease)
+                        {
+                            hold_for_lease(self.store.as_ref(), &namespace, digest, lease).await?;
+                        }
+                        return Err(e);
+                    }
+                };
                 response.digest = digest.to_string();
                 stream.send(&response).await?;
                 return Ok(());
@@ -258,7 +291,15 @@ impl pb::Content for ContentService {
             async {
                 let namespace = request_namespace(ctx)?;
                 let digest = parse_digest(&req.digest)?;
-                self.store.delete(&namespace, &digest).await?;
+                match req.if_updated_at.as_ref() {
+                    Some(_) => {
+                        let seen = berth_api::time::system_time(&req.if_updated_at);
+                        self.store
+                            .delete_if_unchanged(&namespace, &digest, seen)
+                            .await?
+                    }
+                    None => self.store.delete(&namespace, &digest).await?,
+                }
                 tracing::info!(%namespace, %digest, "deleted");
                 Ok(Empty::new())
             }
@@ -341,7 +382,8 @@ impl pb::Content for ContentService {
             "write",
             async {
                 let namespace = request_namespace(ctx)?;
-                self.write_stream(ctx, namespace, &mut stream).await
+                let lease = request_lease(ctx)?;
+                self.write_stream(ctx, namespace, lease, &mut stream).await
             }
             .await,
         )

@@ -16,6 +16,7 @@ use std::fs::File;
 use std::os::unix::fs::{DirBuilderExt, FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use berth_content::{
@@ -166,6 +167,45 @@ impl Inner {
 }
 
 impl LocalStore {
+    /// Removes a namespace's record of a blob (only if its `updated_at` is
+    /// still `seen`, when given) and the blob's bytes once no namespace
+    /// holds it.
+    async fn delete_blob(
+        &self,
+        namespace: &str,
+        digest: &Digest,
+        seen: Option<SystemTime>,
+    ) -> Result<()> {
+        check_namespace(namespace)?;
+        let (inner, namespace, digest) =
+            (self.inner.clone(), namespace.to_string(), digest.clone());
+        blocking(move || {
+            let _publishing = inner.publish_lock(&digest);
+            let mut txn = inner.records.write()?;
+            if let Some(seen) = seen {
+                let record = inner
+                    .records
+                    .blob(&txn, &namespace, &digest)?
+                    .ok_or_else(|| not_found(&digest))?;
+                if to_system_time(record.updated_at) != seen {
+                    return Err(Error::failed_precondition(format!(
+                        "content {digest} changed since it was read; not deleted"
+                    )));
+                }
+            }
+            if !inner.records.delete_blob(&mut txn, &namespace, &digest)? {
+                return Err(not_found(&digest));
+            }
+            let still_held = inner.records.is_held(&txn, &digest)?;
+            records::commit(txn)?;
+            if !still_held {
+                remove_all(&inner.blob_path(&digest));
+            }
+            Ok(())
+        })
+        .await
+    }
+
     /// Opens the store under `root`, creating it if needed, and cleans up
     /// whatever a crash left behind.
     pub fn open(root: &Path) -> Result<(LocalStore, Recovery)> {
@@ -290,7 +330,7 @@ impl ContentStore for LocalStore {
                 .ok_or_else(|| not_found(&info.digest))?;
             apply_label_update(&mut record.labels, &info.labels, &paths)?;
             validate_labels(&record.labels)?;
-            record.updated_at = now_nanos().max(record.updated_at);
+            record.updated_at = now_nanos().max(record.updated_at + 1);
             inner
                 .records
                 .put_blob(&mut txn, &namespace, &info.digest, &record)?;
@@ -318,23 +358,16 @@ impl ContentStore for LocalStore {
     }
 
     async fn delete(&self, namespace: &str, digest: &Digest) -> Result<()> {
-        check_namespace(namespace)?;
-        let (inner, namespace, digest) =
-            (self.inner.clone(), namespace.to_string(), digest.clone());
-        blocking(move || {
-            let _publishing = inner.publish_lock(&digest);
-            let mut txn = inner.records.write()?;
-            if !inner.records.delete_blob(&mut txn, &namespace, &digest)? {
-                return Err(not_found(&digest));
-            }
-            let still_held = inner.records.is_held(&txn, &digest)?;
-            records::commit(txn)?;
-            if !still_held {
-                remove_all(&inner.blob_path(&digest));
-            }
-            Ok(())
-        })
-        .await
+        self.delete_blob(namespace, digest, None).await
+    }
+
+    async fn delete_if_unchanged(
+        &self,
+        namespace: &str,
+        digest: &Digest,
+        seen: SystemTime,
+    ) -> Result<()> {
+        self.delete_blob(namespace, digest, Some(seen)).await
     }
 
     async fn read_at(

@@ -1,26 +1,21 @@
-//! The event exchange. (Interface fixed; the implementation is being written.)
+//! The event exchange: every daemon's events (metad's own record changes,
+//! taskd's and the shims' task events) fan out from here to subscribers, as
+//! containerd's events service does.
+//!
+//! Publishers never wait for subscribers. Each subscriber has a bounded
+//! queue (events and bytes, [`ExchangeLimits`]); one that falls behind is
+//! ended with ResourceExhausted and its queue freed. Each subscriber sees
+//! events in publish order.
+//!
+//! Served as `berth.events.v1.Events` (Publish, Forward, Subscribe) and as
+//! containerd's `containerd.services.events.ttrpc.v1.Events` (Forward), which
+//! shims call; see [`ttrpc_services`].
 
-use std::sync::Arc;
+mod exchange;
+mod fields;
+mod service;
+mod validate;
 
-use berth_metadata::{Any, Envelope};
-
-/// Fans published envelopes out to subscribers without ever blocking a
-/// publisher.
-#[derive(Debug, Default)]
-pub struct Exchange {}
-
-impl Exchange {
-    pub fn new() -> Arc<Exchange> {
-        Arc::new(Exchange::default())
-    }
-
-    /// An event from metad itself or a Publish call: stamped now.
-    pub fn publish(&self, namespace: &str, topic: &str, event: Any) {
-        let _ = (namespace, topic, event);
-    }
-
-    /// An envelope relayed as it is.
-    pub fn forward(&self, envelope: Envelope) {
-        let _ = envelope;
-    }
-}
+pub use exchange::{close_on_termination, Exchange, ExchangeLimits, ExchangeStats, Subscription};
+pub use service::ttrpc_services;
+pub use validate::{validate_envelope, validate_topic, MAX_TOPIC_LEN};

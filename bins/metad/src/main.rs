@@ -1,3 +1,94 @@
-//! berth-metad. (Being written.)
+//! berth-metad: serves namespaces, images, containers and leases on a unix
+//! socket.
 
-fn main() {}
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use berth_daemon::{DaemonConfig, DaemonFlags, Defaults};
+use berth_metad::events::Exchange;
+use berth_metad::gc::{Collector, CollectorConfig, ScheduleConfig, Scheduler, Sockets};
+use berth_metad::store::{DaemonHolders, MetaStore, Records};
+use clap::Parser;
+
+/// berth's metadata daemon: namespaces, images, containers, leases,
+/// garbage collection and events.
+#[derive(Debug, Parser)]
+#[command(name = "berth-metad", version)]
+struct Cli {
+    #[command(flatten)]
+    daemon: DaemonFlags,
+    /// berth-contentd's socket, asked before a namespace is deleted.
+    #[arg(long, value_name = "SOCKET")]
+    contentd: Option<PathBuf>,
+    /// berth-snapd's socket, asked before a namespace is deleted.
+    #[arg(long, value_name = "SOCKET")]
+    snapd: Option<PathBuf>,
+}
+
+/// metad's own keys in the config file.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Settings {
+    contentd: Option<PathBuf>,
+    snapd: Option<PathBuf>,
+}
+
+const DEFAULT_CONTENTD: &str = "/run/berth/contentd.sock";
+const DEFAULT_SNAPD: &str = "/run/berth/snapd.sock";
+
+fn defaults() -> Defaults {
+    Defaults {
+        root: PathBuf::from("/var/lib/berth/meta"),
+        state: PathBuf::from("/run/berth/meta"),
+        address: PathBuf::from("/run/berth/metad.sock"),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let (config, runtime) = berth_daemon::start(&cli.daemon, defaults())?;
+    let settings: Settings = config.daemon_settings()?;
+    let contentd = cli
+        .contentd
+        .or(settings.contentd)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONTENTD));
+    let snapd = cli
+        .snapd
+        .or(settings.snapd)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_SNAPD));
+    runtime.block_on(run(config, contentd, snapd))
+}
+
+async fn run(config: DaemonConfig, contentd: PathBuf, snapd: PathBuf) -> anyhow::Result<()> {
+    let dir = config.root.join("meta");
+    let records = tokio::task::spawn_blocking(move || Records::open(&dir))
+        .await
+        .context("opening the metadata store")?
+        .with_context(|| format!("opening the metadata store in {}", config.root.display()))?;
+
+    // The collector reads the roots from the records and lists and deletes
+    // through contentd and snapd.
+    let collector = Collector::new(
+        Arc::new(records.clone()),
+        Arc::new(Sockets {
+            contentd: contentd.clone(),
+            snapd: snapd.clone(),
+        }),
+        CollectorConfig::default(),
+    );
+    let scheduler = Scheduler::new(ScheduleConfig::default(), collector);
+    let exchange = Exchange::new();
+    // Subscribers end on SIGTERM, so they cannot hold metad's exit.
+    berth_metad::events::close_on_termination(exchange.clone())?;
+
+    let holders = Arc::new(DaemonHolders::new(contentd, snapd));
+    let store = MetaStore::new(records, scheduler.clone(), exchange.clone(), holders);
+    let mut services = berth_metad::service::services(&store);
+    services.extend(berth_metad::gc::ttrpc_service(scheduler));
+    services.extend(berth_metad::events::ttrpc_services(exchange));
+
+    berth_daemon::serve(&config, services).await?;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -5,10 +5,21 @@
 //! side by side: what is new or changed in `upper` is written, what is
 //! gone from it becomes a `.wh.` whiteout (only at the top of a deleted
 //! tree).
+//!
+//! The trees are read through fds on their roots, never by joined paths:
+//! each directory and file is opened with `openat2(RESOLVE_BENEATH |
+//! RESOLVE_NO_SYMLINKS | RESOLVE_NO_XDEV)` and `O_NOFOLLOW`, and symlinks
+//! are read with `readlinkat` in their directory's fd. An active upper
+//! snapshot can change while it is read (its container still runs): a
+//! symlink swapped in then fails the walk instead of redirecting it out of
+//! the snapshot, and a file that is not the one listed (another inode, or
+//! shorter than listed) fails the diff rather than corrupt the tar.
 
 use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsStr;
 use std::io::{Read, Seek, Write};
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -17,7 +28,11 @@ use berth_errdefs::{Error, Result};
 use berth_ids::{Digest, Sha256Hasher};
 use berth_snapshot::mount::TempMount;
 use berth_snapshot::{Descriptor, Labels};
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag};
+use nix::sys::stat::{FileStat, Mode, SFlag};
 
+use crate::copy::open_beneath;
 use crate::local::LocalSnapshotter;
 use crate::unpack::ContentSource;
 
@@ -38,6 +53,10 @@ fn io(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> Error {
     move |e| Error::io(what, &e)
 }
 
+fn errno(what: impl std::fmt::Display, e: Errno) -> Error {
+    Error::io(what, &std::io::Error::from(e))
+}
+
 struct HashingWriter<W> {
     inner: W,
     hasher: Sha256Hasher,
@@ -55,54 +74,122 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
-/// Entries of a tree by relative path.
-fn listing(root: &Path) -> Result<BTreeMap<PathBuf, std::fs::Metadata>> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![PathBuf::new()];
-    while let Some(rel) = stack.pop() {
-        let full = root.join(&rel);
-        for entry in std::fs::read_dir(&full).map_err(io(format!("reading {}", full.display())))? {
-            let entry = entry.map_err(io("reading a directory"))?;
-            let child = rel.join(entry.file_name());
-            let meta = std::fs::symlink_metadata(entry.path())
-                .map_err(io(format!("stat {}", entry.path().display())))?;
-            if meta.is_dir() {
-                stack.push(child.clone());
+fn file_type(stat: &FileStat) -> SFlag {
+    SFlag::from_bits_truncate(stat.st_mode & SFlag::S_IFMT.bits())
+}
+
+/// One side of a diff, read through an fd on its root.
+struct Tree {
+    root: OwnedFd,
+}
+
+impl Tree {
+    fn open(path: &Path) -> Result<Tree> {
+        let root = nix::fcntl::open(
+            path,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| errno(format!("opening {}", path.display()), e))?;
+        Ok(Tree { root })
+    }
+
+    fn open_beneath(&self, rel: &Path, flags: OFlag) -> Result<OwnedFd> {
+        open_beneath(self.root.as_fd(), rel, flags)
+            .map_err(|e| errno(format!("opening {}", rel.display()), e))
+    }
+
+    /// Every entry below the root, by relative path, not following
+    /// symlinks.
+    fn listing(&self) -> Result<BTreeMap<PathBuf, FileStat>> {
+        let mut out = BTreeMap::new();
+        let mut stack = vec![PathBuf::new()];
+        while let Some(rel) = stack.pop() {
+            let fd = self.open_beneath(&rel, OFlag::O_RDONLY | OFlag::O_DIRECTORY)?;
+            let names: Vec<PathBuf> = {
+                let mut dir = nix::dir::Dir::from_fd(
+                    fd.try_clone()
+                        .map_err(io(format!("duplicating the fd of {}", rel.display())))?,
+                )
+                .map_err(|e| errno(format!("reading {}", rel.display()), e))?;
+                let mut names = Vec::new();
+                for entry in dir.iter() {
+                    let entry =
+                        entry.map_err(|e| errno(format!("reading {}", rel.display()), e))?;
+                    let name = entry.file_name().to_bytes();
+                    if name != b"." && name != b".." {
+                        names.push(PathBuf::from(OsStr::from_bytes(name)));
+                    }
+                }
+                names
+            };
+            for name in names {
+                let stat = nix::sys::stat::fstatat(&fd, &name, AtFlags::AT_SYMLINK_NOFOLLOW)
+                    .map_err(|e| errno(format!("stat {}", rel.join(&name).display()), e))?;
+                let child = rel.join(&name);
+                if file_type(&stat) == SFlag::S_IFDIR {
+                    stack.push(child.clone());
+                }
+                out.insert(child, stat);
             }
-            out.insert(child, meta);
         }
+        Ok(out)
     }
-    Ok(out)
+
+    /// The regular file `rel`, which must still be the inode `listed`
+    /// describes.
+    fn open_file(&self, rel: &Path, listed: &FileStat) -> Result<std::fs::File> {
+        let file = std::fs::File::from(self.open_beneath(rel, OFlag::O_RDONLY)?);
+        let now = nix::sys::stat::fstat(&file)
+            .map_err(|e| errno(format!("stat {}", rel.display()), e))?;
+        if (now.st_dev, now.st_ino) != (listed.st_dev, listed.st_ino) {
+            return Err(Error::aborted(format!(
+                "{} changed while the diff read it",
+                rel.display()
+            )));
+        }
+        Ok(file)
+    }
+
+    fn read_link(&self, rel: &Path) -> Result<std::ffi::OsString> {
+        let name = rel
+            .file_name()
+            .ok_or_else(|| Error::internal("symlink without a name"))?;
+        let parent = self.open_beneath(
+            rel.parent().unwrap_or(Path::new("")),
+            OFlag::O_PATH | OFlag::O_DIRECTORY,
+        )?;
+        nix::fcntl::readlinkat(&parent, name)
+            .map_err(|e| errno(format!("reading {}", rel.display()), e))
+    }
 }
 
-fn same(a: &std::fs::Metadata, b: &std::fs::Metadata, pa: &Path, pb: &Path) -> bool {
-    if a.file_type() != b.file_type()
-        || a.mode() != b.mode()
-        || a.uid() != b.uid()
-        || a.gid() != b.gid()
-        || a.rdev() != b.rdev()
-    {
-        return false;
+/// Whether `rel` is the same in both trees (content compared only when
+/// the metadata cannot tell).
+fn same(lower: &Tree, upper: &Tree, rel: &Path, a: &FileStat, b: &FileStat) -> Result<bool> {
+    if a.st_mode != b.st_mode || a.st_uid != b.st_uid || a.st_gid != b.st_gid {
+        return Ok(false);
     }
-    if a.is_dir() {
-        return true;
+    match file_type(a) {
+        SFlag::S_IFDIR => Ok(true),
+        SFlag::S_IFLNK => Ok(lower.read_link(rel)? == upper.read_link(rel)?),
+        SFlag::S_IFREG => {
+            if a.st_size != b.st_size
+                || (a.st_mtime, a.st_mtime_nsec) != (b.st_mtime, b.st_mtime_nsec)
+            {
+                return Ok(false);
+            }
+            if (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino) {
+                return Ok(true);
+            }
+            files_equal(lower.open_file(rel, a)?, upper.open_file(rel, b)?)
+                .map_err(io(format!("comparing {}", rel.display())))
+        }
+        _ => Ok(a.st_rdev == b.st_rdev),
     }
-    if a.file_type().is_symlink() {
-        return std::fs::read_link(pa).ok() == std::fs::read_link(pb).ok();
-    }
-    if a.size() != b.size() || a.mtime() != b.mtime() || a.mtime_nsec() != b.mtime_nsec() {
-        return false;
-    }
-    // Same metadata: compare content only if the inodes differ.
-    if a.dev() == b.dev() && a.ino() == b.ino() {
-        return true;
-    }
-    files_equal(pa, pb).unwrap_or(false)
 }
 
-fn files_equal(a: &Path, b: &Path) -> std::io::Result<bool> {
-    let mut fa = std::fs::File::open(a)?;
-    let mut fb = std::fs::File::open(b)?;
+fn files_equal(mut fa: std::fs::File, mut fb: std::fs::File) -> std::io::Result<bool> {
     let mut ba = vec![0u8; 1 << 16];
     let mut bb = vec![0u8; 1 << 16];
     loop {
@@ -110,20 +197,64 @@ fn files_equal(a: &Path, b: &Path) -> std::io::Result<bool> {
         if n == 0 {
             return Ok(fb.read(&mut bb)? == 0);
         }
-        fb.read_exact(&mut bb[..n])?;
+        if let Err(e) = fb.read_exact(&mut bb[..n]) {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                return Ok(false);
+            }
+            return Err(e);
+        }
         if ba[..n] != bb[..n] {
             return Ok(false);
         }
     }
 }
 
+/// Exactly `remaining` bytes of a file, or an error if it ends sooner
+/// (it shrank after it was listed: its header already has the size).
+struct Exactly<R> {
+    inner: std::io::Take<R>,
+    remaining: u64,
+}
+
+impl<R: Read> Read for Exactly<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n == 0 && self.remaining > 0 && !buf.is_empty() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "a file shrank while the diff read it",
+            ));
+        }
+        self.remaining -= n as u64;
+        Ok(n)
+    }
+}
+
+/// A tar header for `stat` (permission bits, owner, mtime, type, device).
+fn header_for(stat: &FileStat, kind: tar::EntryType) -> std::io::Result<tar::Header> {
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(kind);
+    header.set_mode(stat.st_mode & 0o7777);
+    header.set_uid(u64::from(stat.st_uid));
+    header.set_gid(u64::from(stat.st_gid));
+    header.set_mtime(u64::try_from(stat.st_mtime).unwrap_or(0));
+    header.set_size(0);
+    if matches!(kind, tar::EntryType::Char | tar::EntryType::Block) {
+        header.set_device_major(nix::sys::stat::major(stat.st_rdev) as u32)?;
+        header.set_device_minor(nix::sys::stat::minor(stat.st_rdev) as u32)?;
+    }
+    Ok(header)
+}
+
 /// Writes the tar of `upper` against `lower` (None: everything) to `out`.
 pub fn write_diff(lower: Option<&Path>, upper: &Path, out: impl Write) -> Result<()> {
-    let lower_list = match lower {
-        Some(l) => listing(l)?,
+    let lower_tree = lower.map(Tree::open).transpose()?;
+    let upper_tree = Tree::open(upper)?;
+    let lower_list = match &lower_tree {
+        Some(tree) => tree.listing()?,
         None => BTreeMap::new(),
     };
-    let upper_list = listing(upper)?;
+    let upper_list = upper_tree.listing()?;
     let mut builder = tar::Builder::new(out);
     builder.follow_symlinks(false);
     let mut links: HashMap<(u64, u64), PathBuf> = HashMap::new();
@@ -152,54 +283,60 @@ pub fn write_diff(lower: Option<&Path>, upper: &Path, out: impl Write) -> Result
             .append_data(&mut header, &path, std::io::empty())
             .map_err(tar_err)?;
     }
-    for (rel, meta) in &upper_list {
-        let full = upper.join(rel);
-        if let Some(lmeta) = lower_list.get(rel) {
-            if same(
-                lmeta,
-                meta,
-                &lower.unwrap_or(Path::new("/")).join(rel),
-                &full,
-            ) {
+    for (rel, stat) in &upper_list {
+        if let (Some(lower_tree), Some(lower_stat)) = (&lower_tree, lower_list.get(rel)) {
+            if same(lower_tree, &upper_tree, rel, lower_stat, stat)? {
                 continue;
             }
         }
-        let mut header = tar::Header::new_gnu();
-        header.set_metadata_in_mode(meta, tar::HeaderMode::Complete);
-        let ft = meta.file_type();
-        if ft.is_file() && meta.nlink() > 1 {
-            if let Some(first) = links.get(&(meta.dev(), meta.ino())) {
+        let kind = match file_type(stat) {
+            SFlag::S_IFREG => tar::EntryType::Regular,
+            SFlag::S_IFDIR => tar::EntryType::Directory,
+            SFlag::S_IFLNK => tar::EntryType::Symlink,
+            SFlag::S_IFCHR if stat.st_rdev == 0 => {
+                // An overlay whiteout seen through a mount cannot happen;
+                // on a raw upper dir it is a deletion.
+                continue;
+            }
+            SFlag::S_IFCHR => tar::EntryType::Char,
+            SFlag::S_IFBLK => tar::EntryType::Block,
+            SFlag::S_IFIFO => tar::EntryType::Fifo,
+            // Sockets have no tar form (containerd skips them too).
+            _ => continue,
+        };
+        let mut header = header_for(stat, kind).map_err(tar_err)?;
+        if kind == tar::EntryType::Regular && stat.st_nlink > 1 {
+            if let Some(first) = links.get(&(stat.st_dev, stat.st_ino)) {
                 header.set_entry_type(tar::EntryType::Link);
-                header.set_size(0);
                 builder
                     .append_link(&mut header, rel, first)
                     .map_err(tar_err)?;
                 continue;
             }
-            links.insert((meta.dev(), meta.ino()), rel.clone());
+            links.insert((stat.st_dev, stat.st_ino), rel.clone());
         }
-        if ft.is_file() {
-            let file =
-                std::fs::File::open(&full).map_err(io(format!("opening {}", full.display())))?;
-            builder
-                .append_data(&mut header, rel, file)
-                .map_err(tar_err)?;
-        } else if ft.is_symlink() {
-            let target =
-                std::fs::read_link(&full).map_err(io(format!("reading {}", full.display())))?;
-            header.set_size(0);
-            builder
-                .append_link(&mut header, rel, target)
-                .map_err(tar_err)?;
-        } else if ft.is_char_device() && meta.rdev() == 0 {
-            // An overlay whiteout seen through a mount cannot happen; on a
-            // raw upper dir it is a deletion.
-            continue;
-        } else {
-            header.set_size(0);
-            builder
+        match kind {
+            tar::EntryType::Regular => {
+                let file = upper_tree.open_file(rel, stat)?;
+                let size = u64::try_from(stat.st_size).unwrap_or(0);
+                header.set_size(size);
+                let data = Exactly {
+                    inner: file.take(size),
+                    remaining: size,
+                };
+                builder
+                    .append_data(&mut header, rel, data)
+                    .map_err(tar_err)?;
+            }
+            tar::EntryType::Symlink => {
+                let target = upper_tree.read_link(rel)?;
+                builder
+                    .append_link(&mut header, rel, target)
+                    .map_err(tar_err)?;
+            }
+            _ => builder
                 .append_data(&mut header, rel, std::io::empty())
-                .map_err(tar_err)?;
+                .map_err(tar_err)?,
         }
     }
     builder.finish().map_err(tar_err)?;
@@ -384,5 +521,115 @@ mod tests {
             .collect();
         names.sort();
         assert_eq!(names, [".wh.gone", "changed", "new", "new/file"]);
+    }
+
+    fn entries(tar: &[u8]) -> Vec<(String, tar::EntryType, u32, String)> {
+        let mut archive = tar::Archive::new(tar);
+        archive
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let link = e
+                    .link_name()
+                    .unwrap()
+                    .map(|l| l.display().to_string())
+                    .unwrap_or_default();
+                (
+                    e.path().unwrap().display().to_string(),
+                    e.header().entry_type(),
+                    e.header().mode().unwrap(),
+                    link,
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn symlinks_hardlinks_fifos_and_modes_are_written_as_they_are() {
+        use std::os::unix::fs::PermissionsExt;
+        let upper = tempfile::tempdir().unwrap();
+        put(upper.path(), "file", b"data");
+        std::fs::set_permissions(upper.path().join("file"), PermissionsExt::from_mode(0o4750))
+            .unwrap();
+        std::fs::hard_link(upper.path().join("file"), upper.path().join("hard")).unwrap();
+        std::os::unix::fs::symlink("/etc/shadow", upper.path().join("link")).unwrap();
+        nix::unistd::mkfifo(&upper.path().join("fifo"), Mode::from_bits_truncate(0o640)).unwrap();
+        let mut out = Vec::new();
+        write_diff(None, upper.path(), &mut out).unwrap();
+        let mut got = entries(&out);
+        got.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            got,
+            [
+                (
+                    "fifo".to_string(),
+                    tar::EntryType::Fifo,
+                    0o640,
+                    String::new()
+                ),
+                (
+                    "file".to_string(),
+                    tar::EntryType::Regular,
+                    0o4750,
+                    String::new()
+                ),
+                (
+                    "hard".to_string(),
+                    tar::EntryType::Link,
+                    0o4750,
+                    "file".to_string()
+                ),
+                (
+                    "link".to_string(),
+                    tar::EntryType::Symlink,
+                    0o777,
+                    "/etc/shadow".to_string()
+                ),
+            ]
+        );
+    }
+
+    /// What a container could do to an active snapshot between the listing
+    /// and the reading: the walk fails, it never reads through the swap.
+    #[test]
+    fn a_directory_swapped_for_a_symlink_is_not_followed() {
+        let top = tempfile::tempdir().unwrap();
+        let (upper, outside) = (top.path().join("upper"), top.path().join("outside"));
+        put(&upper, "dir/secret", b"mine");
+        put(&outside, "secret", b"host secret");
+        let tree = Tree::open(&upper).unwrap();
+        let listed = tree.listing().unwrap();
+        let stat = listed.get(Path::new("dir/secret")).unwrap();
+        std::fs::rename(upper.join("dir"), upper.join("moved")).unwrap();
+        std::os::unix::fs::symlink(&outside, upper.join("dir")).unwrap();
+        assert!(tree.open_file(Path::new("dir/secret"), stat).is_err());
+        // Nor does a new listing descend into it: it is a symlink entry.
+        let again = tree.listing().unwrap();
+        assert!(!again.contains_key(Path::new("dir/secret")));
+        let mut out = Vec::new();
+        write_diff(None, &upper, &mut out).unwrap();
+        assert!(!out.windows(11).any(|w| w == b"host secret"));
+    }
+
+    #[test]
+    fn a_file_replaced_after_listing_fails_the_diff() {
+        let upper = tempfile::tempdir().unwrap();
+        put(upper.path(), "f", b"one");
+        let tree = Tree::open(upper.path()).unwrap();
+        let listed = tree.listing().unwrap();
+        let stat = *listed.get(Path::new("f")).unwrap();
+        // Renamed, not removed, so that the new file cannot reuse the inode.
+        std::fs::rename(upper.path().join("f"), upper.path().join("old")).unwrap();
+        put(upper.path(), "f", b"another");
+        let err = tree.open_file(Path::new("f"), &stat).unwrap_err();
+        assert_eq!(err.kind(), berth_errdefs::ErrorKind::Aborted, "{err}");
+        // A file shorter than its header fails instead of corrupting.
+        let mut short = Exactly {
+            inner: (&b"ab"[..]).take(5),
+            remaining: 5,
+        };
+        let mut sink = Vec::new();
+        assert!(std::io::copy(&mut short, &mut sink).is_err());
     }
 }

@@ -8,6 +8,7 @@
 //! [`service`] serves it all over ttrpc as `berth.snapshots.v1`.
 
 pub mod apply;
+pub mod copy;
 pub mod diff;
 pub mod local;
 pub mod records;

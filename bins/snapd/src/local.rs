@@ -11,6 +11,7 @@ use std::collections::HashSet;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use berth_errdefs::{Error, Result};
@@ -285,7 +286,7 @@ impl LocalSnapshotter {
         match self.backend {
             Backend::Overlay => mkdir(&dir.join("work"), 0o700),
             Backend::Native => match parent {
-                Some(parent) => copy_tree(&self.fs_dir(parent.id), &fs),
+                Some(parent) => crate::copy::copy_tree(&self.fs_dir(parent.id), &fs).map(|_| ()),
                 None => Ok(()),
             },
         }
@@ -353,10 +354,13 @@ impl LocalSnapshotter {
         self.dir.parent().unwrap_or(&self.dir).join("mnt")
     }
 
-    fn remove_blocking(&self, namespace: &str, key: &str) -> Result<()> {
+    /// Removes a snapshot (only if its `updated_at` is still `seen`, when
+    /// given), then its directory.
+    fn remove_blocking(&self, namespace: &str, key: &str, seen: Option<SystemTime>) -> Result<()> {
         check_ns(namespace)?;
         validate_key("snapshot key", key)?;
-        let record = self.records.remove(self.name(), namespace, key)?;
+        let seen = seen.map(crate::records::nanos_of);
+        let record = self.records.remove(self.name(), namespace, key, seen)?;
         let dir = self.snapshot_dir(record.id);
         // The record is gone; a failure here leaves work for cleanup only.
         if let Err(e) = std::fs::remove_dir_all(&dir) {
@@ -399,7 +403,7 @@ impl LocalSnapshotter {
         let mut removed = 0;
         for (namespace, key, record) in self.records.all(self.name())? {
             if record.kind == StoredKind::Active && key.starts_with(prefix) {
-                self.remove_blocking(&namespace, &key)?;
+                self.remove_blocking(&namespace, &key, None)?;
                 removed += 1;
             }
         }
@@ -410,32 +414,6 @@ impl LocalSnapshotter {
         let record = self.get(namespace, key)?;
         disk_usage(&self.fs_dir(record.id))
     }
-}
-
-/// Copies a directory tree with everything `cp -a` keeps (ownership,
-/// modes, times, xattrs, hardlinks, devices), sharing extents where the
-/// filesystem can (reflinks).
-fn copy_tree(from: &Path, to: &Path) -> Result<()> {
-    let mut source = from.as_os_str().to_owned();
-    source.push("/.");
-    let output = std::process::Command::new("cp")
-        .arg("-a")
-        .arg("--reflink=auto")
-        .arg("--")
-        .arg(&source)
-        .arg(to)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .map_err(io("running cp"))?;
-    if !output.status.success() {
-        return Err(Error::internal(format!(
-            "copying {} to {}: {}",
-            from.display(),
-            to.display(),
-            String::from_utf8_lossy(&output.stderr).trim()
-        )));
-    }
-    Ok(())
 }
 
 /// Bytes allocated and inodes used under `dir` (hardlinks counted once).
@@ -578,7 +556,17 @@ impl Snapshotter for LocalSnapshotter {
 
     async fn remove(&self, namespace: &str, key: &str) -> Result<()> {
         let (this, namespace, key) = (self.clone(), namespace.to_string(), key.to_string());
-        blocking(move || this.remove_blocking(&namespace, &key)).await
+        blocking(move || this.remove_blocking(&namespace, &key, None)).await
+    }
+
+    async fn remove_if_unchanged(
+        &self,
+        namespace: &str,
+        key: &str,
+        seen: SystemTime,
+    ) -> Result<()> {
+        let (this, namespace, key) = (self.clone(), namespace.to_string(), key.to_string());
+        blocking(move || this.remove_blocking(&namespace, &key, Some(seen))).await
     }
 
     async fn list(&self, namespace: &str, filters: &[String]) -> Result<Vec<Info>> {

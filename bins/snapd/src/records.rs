@@ -19,7 +19,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use berth_daemon::lmdb::open_env;
-pub use berth_daemon::lmdb::{db_error, now_nanos, to_system_time};
+pub use berth_daemon::lmdb::{db_error, nanos_of, now_nanos, to_system_time};
 use berth_errdefs::{Error, Result};
 use berth_snapshot::Kind;
 use heed::types::{SerdeJson, Str};
@@ -199,8 +199,15 @@ impl Records {
         Ok(record)
     }
 
-    /// Removes `key` unless it has children; returns what was removed.
-    pub fn remove(&self, snapshotter: &str, namespace: &str, key: &str) -> Result<Record> {
+    /// Removes `key` unless it has children (or, with `seen`, unless its
+    /// `updated_at` changed from that); returns what was removed.
+    pub fn remove(
+        &self,
+        snapshotter: &str,
+        namespace: &str,
+        key: &str,
+        seen: Option<u64>,
+    ) -> Result<Record> {
         let mut txn = self.env.write_txn().map_err(db_error)?;
         let full = key_of(snapshotter, namespace, key);
         let record = self
@@ -208,6 +215,11 @@ impl Records {
             .get(&txn, &full)
             .map_err(db_error)?
             .ok_or_else(|| Error::not_found(format!("snapshot {key} not found")))?;
+        if seen.is_some_and(|seen| seen != record.updated_at) {
+            return Err(Error::failed_precondition(format!(
+                "snapshot {key} changed since it was read; not removed"
+            )));
+        }
         let prefix = key_of(snapshotter, namespace, "");
         for item in self
             .snapshots
@@ -243,7 +255,8 @@ impl Records {
             .ok_or_else(|| Error::not_found(format!("snapshot {key} not found")))?;
         change(&mut record.labels)?;
         berth_ids::validate_labels(&record.labels)?;
-        record.updated_at = now_nanos();
+        // Strictly later, so a conditional remove sees every change.
+        record.updated_at = now_nanos().max(record.updated_at + 1);
         self.snapshots
             .put(&mut txn, &full, &record)
             .map_err(db_error)?;

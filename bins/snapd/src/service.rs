@@ -8,7 +8,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use berth_api::protobuf::well_known_types::empty::Empty;
 use berth_api::snapshots as pb;
-use berth_daemon::{reply, request_namespace};
+use berth_content::lease_label_value;
+use berth_daemon::{reply, request_lease, request_namespace};
 use berth_errdefs::{Error, Result};
 use berth_snapshot::wire::{
     descriptor_from_pb, descriptor_to_pb, info_from_pb, info_to_pb, mount_to_pb, optional,
@@ -31,6 +32,17 @@ impl std::fmt::Debug for SnapshotService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SnapshotService").finish_non_exhaustive()
     }
+}
+
+/// A request's labels, plus its lease's label when it works under one.
+fn leased(
+    ctx: &TtrpcContext,
+    mut labels: HashMap<String, String>,
+) -> Result<HashMap<String, String>> {
+    if let Some(lease) = request_lease(ctx)? {
+        labels.insert(berth_api::lease_label(&lease), lease_label_value());
+    }
+    Ok(labels)
 }
 
 fn mounts_response(mounts: Vec<Mount>) -> pb::MountsResponse {
@@ -87,7 +99,12 @@ impl pb::Snapshots for SnapshotService {
                 let ns = request_namespace(ctx)?;
                 let sn = self.snapshotter(&req.snapshotter)?;
                 let mounts = sn
-                    .prepare(&ns, &req.key, optional(&req.parent).as_deref(), req.labels)
+                    .prepare(
+                        &ns,
+                        &req.key,
+                        optional(&req.parent).as_deref(),
+                        leased(ctx, req.labels)?,
+                    )
                     .await?;
                 Ok(mounts_response(mounts))
             }
@@ -106,7 +123,12 @@ impl pb::Snapshots for SnapshotService {
                 let ns = request_namespace(ctx)?;
                 let sn = self.snapshotter(&req.snapshotter)?;
                 let mounts = sn
-                    .view(&ns, &req.key, optional(&req.parent).as_deref(), req.labels)
+                    .view(
+                        &ns,
+                        &req.key,
+                        optional(&req.parent).as_deref(),
+                        leased(ctx, req.labels)?,
+                    )
                     .await?;
                 Ok(mounts_response(mounts))
             }
@@ -136,20 +158,27 @@ impl pb::Snapshots for SnapshotService {
             async {
                 let ns = request_namespace(ctx)?;
                 let sn = self.snapshotter(&req.snapshotter)?;
-                sn.commit(&ns, &req.name, &req.key, req.labels).await?;
+                sn.commit(&ns, &req.name, &req.key, leased(ctx, req.labels)?)
+                    .await?;
                 Ok(Empty::new())
             }
             .await,
         )
     }
 
-    async fn remove(&self, ctx: &TtrpcContext, req: pb::KeyRequest) -> ttrpc::Result<Empty> {
+    async fn remove(&self, ctx: &TtrpcContext, req: pb::RemoveRequest) -> ttrpc::Result<Empty> {
         reply(
             "remove",
             async {
                 let ns = request_namespace(ctx)?;
                 let sn = self.snapshotter(&req.snapshotter)?;
-                sn.remove(&ns, &req.key).await?;
+                match req.if_updated_at.as_ref() {
+                    Some(_) => {
+                        let seen = berth_api::time::system_time(&req.if_updated_at);
+                        sn.remove_if_unchanged(&ns, &req.key, seen).await?
+                    }
+                    None => sn.remove(&ns, &req.key).await?,
+                }
                 Ok(Empty::new())
             }
             .await,
@@ -270,7 +299,11 @@ impl pb::Snapshots for SnapshotService {
                     .iter()
                     .map(|d| Ok(berth_ids::Digest::parse(d)?))
                     .collect::<Result<Vec<_>>>()?;
-                let unpacked = self.unpacker.unpack(&ns, sn, &layers, &diff_ids).await?;
+                let lease = request_lease(ctx)?;
+                let unpacked = self
+                    .unpacker
+                    .unpack(&ns, sn, &layers, &diff_ids, lease.as_deref())
+                    .await?;
                 Ok(pb::UnpackResponse {
                     chain_id: unpacked.chain_id.to_string(),
                     applied: unpacked.applied as i64,

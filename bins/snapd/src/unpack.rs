@@ -15,7 +15,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use berth_content::{ContentStore, MAX_READ};
+use berth_content::{lease_label_value, ContentStore, MAX_READ};
 use berth_errdefs::{Error, ErrorKind, Result};
 use berth_ids::{Digest, Sha256Hasher};
 use berth_snapshot::{chain_ids, Descriptor, Snapshotter};
@@ -295,8 +295,11 @@ impl Unpacker {
         snapshotter: &LocalSnapshotter,
         layers: &[Descriptor],
         diff_ids: &[Digest],
+        lease: Option<&str>,
     ) -> Result<Unpacked> {
         berth_ids::validate_namespace(namespace)?;
+        // What this unpack commits, or finds committed, joins its lease.
+        let lease_label = lease.map(|id| (berth_api::lease_label(id), lease_label_value()));
         if layers.is_empty() || layers.len() != diff_ids.len() {
             return Err(Error::invalid_argument(format!(
                 "{} layers but {} diff IDs",
@@ -315,7 +318,18 @@ impl Unpacker {
             ));
             let _held = lock.lock().await;
             match snapshotter.stat(namespace, &chain).await {
-                Ok(info) if info.kind == berth_snapshot::Kind::Committed => continue,
+                Ok(info) if info.kind == berth_snapshot::Kind::Committed => {
+                    if let Some((key, value)) = &lease_label {
+                        let held = berth_snapshot::Info {
+                            labels: HashMap::from([(key.clone(), value.clone())]),
+                            ..info
+                        };
+                        snapshotter
+                            .update(namespace, held, &[format!("labels.{key}")])
+                            .await?;
+                    }
+                    continue;
+                }
                 Ok(_) => {
                     return Err(Error::failed_precondition(format!(
                         "snapshot {chain} exists but is not committed"
@@ -342,8 +356,15 @@ impl Unpacker {
                 crate::records::now_nanos(),
                 &chains[i].hex()[..12]
             );
+            // A root until it is committed or removed: a collection that
+            // runs meanwhile must not take it from under the apply. (A
+            // crash leaves it to snapd's startup sweep of scratch keys.)
+            let scratch_labels = HashMap::from([(
+                berth_metadata::LABEL_GC_ROOT.to_string(),
+                String::from("unpack"),
+            )]);
             snapshotter
-                .prepare(namespace, &key, parent.as_deref(), HashMap::new())
+                .prepare(namespace, &key, parent.as_deref(), scratch_labels)
                 .await?;
             let result = self
                 .apply_one(namespace, snapshotter, &store, &key, layer, &diff_ids[i])
@@ -351,7 +372,12 @@ impl Unpacker {
             let committed = match result {
                 Ok(()) => {
                     snapshotter
-                        .commit(namespace, &chain, &key, HashMap::new())
+                        .commit(
+                            namespace,
+                            &chain,
+                            &key,
+                            lease_label.clone().into_iter().collect(),
+                        )
                         .await
                 }
                 Err(e) => Err(e),

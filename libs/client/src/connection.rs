@@ -26,3 +26,12 @@ pub fn request_context(namespace: &str) -> Context {
     ctx.add(berth_api::NAMESPACE_KEY.to_string(), namespace.to_string());
     ctx
 }
+
+/// The context of one request in `namespace`, working under `lease` if any.
+pub fn request_context_leased(namespace: &str, lease: Option<&str>) -> Context {
+    let mut ctx = request_context(namespace);
+    if let Some(lease) = lease {
+        ctx.add(berth_api::LEASE_KEY.to_string(), lease.to_string());
+    }
+    ctx
+}

@@ -12,7 +12,7 @@ use berth_errdefs::{Error, Result};
 use berth_ids::Digest;
 use ttrpc::r#async::{CSReceiver, CSSender};
 
-use crate::connection::{connect, request_context};
+use crate::connection::{connect, request_context_leased};
 
 /// How many writes may be in flight before the writer waits for the daemon
 /// to acknowledge one: enough to keep the pipe full, few enough to bound
@@ -22,6 +22,7 @@ const WRITE_WINDOW: usize = 8;
 /// berth-contentd, across its socket.
 #[derive(Clone)]
 pub struct RemoteContentStore {
+    lease: Option<String>,
     client: pb::ContentClient,
 }
 
@@ -38,8 +39,21 @@ impl RemoteContentStore {
 
     pub fn new(client: ttrpc::r#async::Client) -> RemoteContentStore {
         RemoteContentStore {
+            lease: None,
             client: pb::ContentClient::new(client),
         }
+    }
+
+    /// The same client, sending every request under `lease` (metadata key
+    /// `containerd-lease`): what the daemon creates for it is held by that
+    /// lease.
+    pub fn with_lease(mut self, lease: impl Into<String>) -> Self {
+        self.lease = Some(lease.into());
+        self
+    }
+
+    fn context(&self, namespace: &str) -> ttrpc::context::Context {
+        request_context_leased(namespace, self.lease.as_deref())
     }
 
     /// The raw generated client, for callers that need the wire as it is.
@@ -55,7 +69,7 @@ impl ContentStore for RemoteContentStore {
             digest: digest.to_string(),
             ..Default::default()
         };
-        let resp = self.client.info(request_context(namespace), &req).await?;
+        let resp = self.client.info(self.context(namespace), &req).await?;
         info_from_pb(resp.info.get_or_default())
     }
 
@@ -65,7 +79,7 @@ impl ContentStore for RemoteContentStore {
             update_paths: paths.to_vec(),
             ..Default::default()
         };
-        let resp = self.client.update(request_context(namespace), &req).await?;
+        let resp = self.client.update(self.context(namespace), &req).await?;
         info_from_pb(resp.info.get_or_default())
     }
 
@@ -74,7 +88,7 @@ impl ContentStore for RemoteContentStore {
             filters: filters.to_vec(),
             ..Default::default()
         };
-        let mut stream = self.client.list(request_context(namespace), &req).await?;
+        let mut stream = self.client.list(self.context(namespace), &req).await?;
         let mut infos = Vec::new();
         while let Some(batch) = stream.recv().await? {
             for info in &batch.infos {
@@ -89,7 +103,22 @@ impl ContentStore for RemoteContentStore {
             digest: digest.to_string(),
             ..Default::default()
         };
-        self.client.delete(request_context(namespace), &req).await?;
+        self.client.delete(self.context(namespace), &req).await?;
+        Ok(())
+    }
+
+    async fn delete_if_unchanged(
+        &self,
+        namespace: &str,
+        digest: &Digest,
+        seen: std::time::SystemTime,
+    ) -> Result<()> {
+        let req = pb::DeleteRequest {
+            digest: digest.to_string(),
+            if_updated_at: berth_api::time::timestamp(seen),
+            ..Default::default()
+        };
+        self.client.delete(self.context(namespace), &req).await?;
         Ok(())
     }
 
@@ -106,10 +135,7 @@ impl ContentStore for RemoteContentStore {
             size: len.min(MAX_READ) as i64,
             ..Default::default()
         };
-        let resp = self
-            .client
-            .read_at(request_context(namespace), &req)
-            .await?;
+        let resp = self.client.read_at(self.context(namespace), &req).await?;
         Ok(resp.data)
     }
 
@@ -118,7 +144,7 @@ impl ContentStore for RemoteContentStore {
             ref_: reference.to_string(),
             ..Default::default()
         };
-        let resp = self.client.status(request_context(namespace), &req).await?;
+        let resp = self.client.status(self.context(namespace), &req).await?;
         status_from_pb(resp.status.get_or_default())
     }
 
@@ -129,7 +155,7 @@ impl ContentStore for RemoteContentStore {
         };
         let resp = self
             .client
-            .list_statuses(request_context(namespace), &req)
+            .list_statuses(self.context(namespace), &req)
             .await?;
         resp.statuses.iter().map(status_from_pb).collect()
     }
@@ -139,7 +165,7 @@ impl ContentStore for RemoteContentStore {
             ref_: reference.to_string(),
             ..Default::default()
         };
-        self.client.abort(request_context(namespace), &req).await?;
+        self.client.abort(self.context(namespace), &req).await?;
         Ok(())
     }
 
@@ -148,7 +174,7 @@ impl ContentStore for RemoteContentStore {
         namespace: &str,
         options: WriterOptions,
     ) -> Result<Box<dyn ContentWriter>> {
-        let stream = self.client.write(request_context(namespace)).await?;
+        let stream = self.client.write(self.context(namespace)).await?;
         let (sender, receiver) = stream.split();
         let mut writer = RemoteWriter {
             sender: Some(sender),

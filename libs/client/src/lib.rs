@@ -6,15 +6,24 @@
 //! on. Errors come back with their kind (see `berth-errdefs`).
 
 mod connection;
+mod containers;
 mod content;
 mod credentials;
+mod images;
+mod leases;
+mod namespaces;
 mod snapshots;
 mod transfer;
 
-pub use connection::{connect, request_context};
+pub use connection::{connect, request_context, request_context_leased};
+pub use containers::RemoteContainers;
 pub use content::RemoteContentStore;
 pub use credentials::{
     docker_config_path, docker_credentials, from_docker_config, RegistryCredentials,
 };
+pub use images::RemoteImages;
+pub use leases::RemoteLeases;
+pub use namespaces::RemoteNamespaces;
 pub use snapshots::{RemoteSnapshotter, UnpackResult};
 pub use transfer::RemoteTransfer;
+pub mod events;

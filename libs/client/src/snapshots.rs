@@ -9,11 +9,12 @@ use berth_snapshot::wire::{
 };
 use berth_snapshot::{Descriptor, Info, Labels, Mount, Snapshotter, Usage};
 
-use crate::connection::{connect, request_context};
+use crate::connection::{connect, request_context_leased};
 
 /// One snapshotter of berth-snapd, across its socket.
 #[derive(Clone)]
 pub struct RemoteSnapshotter {
+    lease: Option<String>,
     client: pb::SnapshotsClient,
     snapshotter: String,
 }
@@ -42,9 +43,22 @@ impl RemoteSnapshotter {
 
     pub fn new(client: ttrpc::r#async::Client, snapshotter: &str) -> RemoteSnapshotter {
         RemoteSnapshotter {
+            lease: None,
             client: pb::SnapshotsClient::new(client),
             snapshotter: snapshotter.to_string(),
         }
+    }
+
+    /// The same client, sending every request under `lease` (metadata key
+    /// `containerd-lease`): what the daemon creates for it is held by that
+    /// lease.
+    pub fn with_lease(mut self, lease: impl Into<String>) -> Self {
+        self.lease = Some(lease.into());
+        self
+    }
+
+    fn context(&self, namespace: &str) -> ttrpc::context::Context {
+        request_context_leased(namespace, self.lease.as_deref())
     }
 
     fn key(&self, key: &str) -> pb::KeyRequest {
@@ -69,7 +83,7 @@ impl RemoteSnapshotter {
             diff_ids: diff_ids.iter().map(|d| d.to_string()).collect(),
             ..Default::default()
         };
-        let resp = self.client.unpack(request_context(namespace), &req).await?;
+        let resp = self.client.unpack(self.context(namespace), &req).await?;
         Ok(UnpackResult {
             chain_id: Digest::parse(&resp.chain_id)?,
             applied: u64::try_from(resp.applied).unwrap_or(0),
@@ -92,7 +106,7 @@ impl RemoteSnapshotter {
             labels,
             ..Default::default()
         };
-        let resp = self.client.diff(request_context(namespace), &req).await?;
+        let resp = self.client.diff(self.context(namespace), &req).await?;
         descriptor_from_pb(resp.diff.get_or_default())
     }
 }
@@ -106,7 +120,7 @@ impl Snapshotter for RemoteSnapshotter {
     async fn stat(&self, namespace: &str, key: &str) -> Result<Info> {
         let resp = self
             .client
-            .stat(request_context(namespace), &self.key(key))
+            .stat(self.context(namespace), &self.key(key))
             .await?;
         info_from_pb(resp.info.get_or_default())
     }
@@ -118,14 +132,14 @@ impl Snapshotter for RemoteSnapshotter {
             update_paths: paths.to_vec(),
             ..Default::default()
         };
-        let resp = self.client.update(request_context(namespace), &req).await?;
+        let resp = self.client.update(self.context(namespace), &req).await?;
         info_from_pb(resp.info.get_or_default())
     }
 
     async fn usage(&self, namespace: &str, key: &str) -> Result<Usage> {
         let resp = self
             .client
-            .usage(request_context(namespace), &self.key(key))
+            .usage(self.context(namespace), &self.key(key))
             .await?;
         Ok(Usage {
             size: u64::try_from(resp.size).unwrap_or(0),
@@ -136,7 +150,7 @@ impl Snapshotter for RemoteSnapshotter {
     async fn mounts(&self, namespace: &str, key: &str) -> Result<Vec<Mount>> {
         let resp = self
             .client
-            .mounts(request_context(namespace), &self.key(key))
+            .mounts(self.context(namespace), &self.key(key))
             .await?;
         Ok(mounts(resp))
     }
@@ -156,9 +170,7 @@ impl Snapshotter for RemoteSnapshotter {
             ..Default::default()
         };
         Ok(mounts(
-            self.client
-                .prepare(request_context(namespace), &req)
-                .await?,
+            self.client.prepare(self.context(namespace), &req).await?,
         ))
     }
 
@@ -177,7 +189,7 @@ impl Snapshotter for RemoteSnapshotter {
             ..Default::default()
         };
         Ok(mounts(
-            self.client.view(request_context(namespace), &req).await?,
+            self.client.view(self.context(namespace), &req).await?,
         ))
     }
 
@@ -189,14 +201,33 @@ impl Snapshotter for RemoteSnapshotter {
             labels,
             ..Default::default()
         };
-        self.client.commit(request_context(namespace), &req).await?;
+        self.client.commit(self.context(namespace), &req).await?;
         Ok(())
     }
 
     async fn remove(&self, namespace: &str, key: &str) -> Result<()> {
-        self.client
-            .remove(request_context(namespace), &self.key(key))
-            .await?;
+        let req = pb::RemoveRequest {
+            snapshotter: self.snapshotter.clone(),
+            key: key.to_string(),
+            ..Default::default()
+        };
+        self.client.remove(self.context(namespace), &req).await?;
+        Ok(())
+    }
+
+    async fn remove_if_unchanged(
+        &self,
+        namespace: &str,
+        key: &str,
+        seen: std::time::SystemTime,
+    ) -> Result<()> {
+        let req = pb::RemoveRequest {
+            snapshotter: self.snapshotter.clone(),
+            key: key.to_string(),
+            if_updated_at: berth_api::time::timestamp(seen),
+            ..Default::default()
+        };
+        self.client.remove(self.context(namespace), &req).await?;
         Ok(())
     }
 
@@ -206,7 +237,7 @@ impl Snapshotter for RemoteSnapshotter {
             filters: filters.to_vec(),
             ..Default::default()
         };
-        let resp = self.client.list(request_context(namespace), &req).await?;
+        let resp = self.client.list(self.context(namespace), &req).await?;
         resp.info.iter().map(info_from_pb).collect()
     }
 
@@ -216,7 +247,7 @@ impl Snapshotter for RemoteSnapshotter {
             ..Default::default()
         };
         self.client
-            .cleanup(request_context(berth_ids::DEFAULT_NAMESPACE), &req)
+            .cleanup(self.context(berth_ids::DEFAULT_NAMESPACE), &req)
             .await?;
         Ok(())
     }

@@ -4,11 +4,12 @@ use berth_api::transfer as pb;
 use berth_errdefs::{Error, Result};
 use ttrpc::r#async::ClientStreamReceiver;
 
-use crate::connection::{connect, request_context};
+use crate::connection::{connect, request_context_leased};
 
 /// berth-contentd's transfer service, across its socket.
 #[derive(Clone)]
 pub struct RemoteTransfer {
+    lease: Option<String>,
     client: pb::TransferClient,
 }
 
@@ -21,8 +22,21 @@ impl std::fmt::Debug for RemoteTransfer {
 impl RemoteTransfer {
     pub async fn connect(socket: &Path) -> Result<RemoteTransfer> {
         Ok(RemoteTransfer {
+            lease: None,
             client: pb::TransferClient::new(connect(socket).await?),
         })
+    }
+
+    /// The same client, sending every request under `lease` (metadata key
+    /// `containerd-lease`): what the daemon creates for it is held by that
+    /// lease.
+    pub fn with_lease(mut self, lease: impl Into<String>) -> Self {
+        self.lease = Some(lease.into());
+        self
+    }
+
+    fn context(&self, namespace: &str) -> ttrpc::context::Context {
+        request_context_leased(namespace, self.lease.as_deref())
     }
 
     /// Fetches an image into the content store, calling `on_progress` for
@@ -33,10 +47,7 @@ impl RemoteTransfer {
         request: &pb::FetchRequest,
         on_progress: impl FnMut(&pb::Progress),
     ) -> Result<pb::Descriptor> {
-        let stream = self
-            .client
-            .fetch(request_context(namespace), request)
-            .await?;
+        let stream = self.client.fetch(self.context(namespace), request).await?;
         follow(stream, on_progress).await
     }
 
@@ -49,10 +60,7 @@ impl RemoteTransfer {
         request: &pb::PushRequest,
         on_progress: impl FnMut(&pb::Progress),
     ) -> Result<pb::Descriptor> {
-        let stream = self
-            .client
-            .push(request_context(namespace), request)
-            .await?;
+        let stream = self.client.push(self.context(namespace), request).await?;
         follow(stream, on_progress).await
     }
 }

@@ -107,6 +107,17 @@ pub trait ContentStore: Send + Sync {
     /// Removes the blob from the namespace.
     async fn delete(&self, namespace: &str, digest: &Digest) -> Result<()>;
 
+    /// Removes the blob from the namespace only if its `updated_at` is still
+    /// `seen` (what the caller read before deciding): FailedPrecondition if
+    /// it was touched since. The garbage collector deletes this way, so a
+    /// blob that gains a label (a lease, a reference) meanwhile survives.
+    async fn delete_if_unchanged(
+        &self,
+        namespace: &str,
+        digest: &Digest,
+        seen: SystemTime,
+    ) -> Result<()>;
+
     /// Up to `len` (at most [`MAX_READ`]) bytes at `offset`; empty at the end.
     async fn read_at(
         &self,
@@ -180,6 +191,38 @@ pub async fn write_blob(
             labels,
         })
         .await
+}
+
+/// Ties a blob to a lease: sets its [`berth_api::lease_label`] (and so
+/// bumps its `updated_at`), leaving its other labels alone.
+pub async fn hold_for_lease(
+    store: &dyn ContentStore,
+    namespace: &str,
+    digest: &Digest,
+    lease: &str,
+) -> Result<()> {
+    let key = berth_api::lease_label(lease);
+    let info = Info {
+        digest: digest.clone(),
+        size: 0,
+        created_at: SystemTime::UNIX_EPOCH,
+        updated_at: SystemTime::UNIX_EPOCH,
+        labels: Labels::from([(key.clone(), lease_label_value())]),
+    };
+    store
+        .update(namespace, info, &[format!("labels.{key}")])
+        .await
+        .map(|_| ())
+}
+
+/// The value of a lease label: when the blob was tied to the lease (for
+/// people reading labels; the collector only looks at the key).
+pub fn lease_label_value() -> String {
+    let secs = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    secs.to_string()
 }
 
 /// Reads a whole blob into memory; for small blobs (manifests, configs) and

@@ -553,6 +553,42 @@ pub async fn delete_removes_the_blob(store: &dyn ContentStore) {
     assert_eq!(store.info(NS, &digest).await.unwrap().size, 1234);
 }
 
+pub async fn delete_if_unchanged_spares_a_touched_blob(store: &dyn ContentStore) {
+    let data = test_data(777, 12);
+    let digest = write_blob(store, NS, "conditional", &data, None, Labels::new())
+        .await
+        .unwrap();
+    let seen = store.info(NS, &digest).await.unwrap().updated_at;
+    // Touched after it was read (as a lease or a reference label does).
+    crate::hold_for_lease(store, NS, &digest, "pull-1")
+        .await
+        .unwrap();
+    let touched = store.info(NS, &digest).await.unwrap();
+    assert!(touched
+        .labels
+        .contains_key(&berth_api::lease_label("pull-1")));
+    assert_ne!(touched.updated_at, seen);
+    assert_eq!(
+        kind(store.delete_if_unchanged(NS, &digest, seen).await),
+        ErrorKind::FailedPrecondition
+    );
+    assert_eq!(store.info(NS, &digest).await.unwrap().size, 777);
+    // What was last seen is what goes.
+    store
+        .delete_if_unchanged(NS, &digest, touched.updated_at)
+        .await
+        .unwrap();
+    assert_eq!(kind(store.info(NS, &digest).await), ErrorKind::NotFound);
+    assert_eq!(
+        kind(
+            store
+                .delete_if_unchanged(NS, &digest, touched.updated_at)
+                .await
+        ),
+        ErrorKind::NotFound
+    );
+}
+
 pub async fn concurrent_writers_on_different_refs(store: &dyn ContentStore) {
     let blobs: Vec<Vec<u8>> = (0..8)
         .map(|i| test_data(300_000 + i * 1000, 100 + i as u64))
@@ -646,6 +682,7 @@ macro_rules! content_suite {
             bad_names_are_invalid_argument,
             namespaces_are_isolated_but_blobs_are_shared,
             delete_removes_the_blob,
+            delete_if_unchanged_spares_a_touched_blob,
             concurrent_writers_on_different_refs,
             concurrent_commits_of_the_same_blob,
         );

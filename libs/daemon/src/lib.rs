@@ -22,7 +22,7 @@ pub use error::DaemonError;
 pub use liveness::{peer_hung_up, ConnectionWatch};
 pub use logging::init_logging;
 pub use peer::PeerPolicy;
-pub use request::{reply, request_namespace};
+pub use request::{reply, request_lease, request_namespace};
 pub use serve::serve;
 pub use socket::{prepare_dirs, SocketSource};
 pub use start::start;

@@ -26,8 +26,12 @@ pub fn open_env(dir: &Path, map_size: usize, max_dbs: u32) -> Result<heed::Env, 
 
 /// Nanoseconds since the epoch, the form records store times in.
 pub fn now_nanos() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
+    nanos_of(SystemTime::now())
+}
+
+/// A time as stored: nanoseconds since the epoch (0 before it).
+pub fn nanos_of(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0)
 }

@@ -12,6 +12,25 @@ use async_trait::async_trait;
 use berth_errdefs::Result;
 use berth_ids::Digest;
 
+mod fields;
+mod rfc3339;
+#[cfg(feature = "testsuite")]
+pub mod testsuite;
+mod update;
+mod validate;
+pub mod wire;
+
+pub use fields::{ContainerFields, ImageFields, LeaseFields, NamespaceFields};
+pub use rfc3339::{format_rfc3339, parse_rfc3339};
+pub use update::{
+    apply_container_update, apply_image_update, apply_namespace_update, drop_empty_values,
+};
+pub use validate::{
+    lease_expiry, validate_container, validate_descriptor, validate_image, validate_image_name,
+    validate_lease_labels, validate_resource, validate_snapshotter, MAX_CONTAINER_PAYLOAD,
+    MAX_IMAGE_NAME_LEN, RESOURCE_CONTENT, RESOURCE_INGESTS, RESOURCE_SNAPSHOTS, SNAPSHOTTERS,
+};
+
 /// Labels on a record.
 pub type Labels = HashMap<String, String>;
 
@@ -157,8 +176,7 @@ pub trait LeaseManager: Send + Sync {
     /// Leases matching any of the filters (all if none), by id.
     async fn list(&self, namespace: &str, filters: &[String]) -> Result<Vec<Lease>>;
     async fn add_resource(&self, namespace: &str, id: &str, resource: Resource) -> Result<()>;
-    async fn delete_resource(&self, namespace: &str, id: &str, resource: Resource)
-        -> Result<()>;
+    async fn delete_resource(&self, namespace: &str, id: &str, resource: Resource) -> Result<()>;
     async fn list_resources(&self, namespace: &str, id: &str) -> Result<Vec<Resource>>;
 }
 

@@ -126,6 +126,17 @@ pub trait Snapshotter: Send + Sync {
     /// FailedPrecondition while the snapshot has children.
     async fn remove(&self, namespace: &str, key: &str) -> Result<()>;
 
+    /// Removes the snapshot only if its `updated_at` is still `seen` (what
+    /// the caller read before deciding): FailedPrecondition if it was
+    /// touched since, or has children. The garbage collector removes this
+    /// way, so a snapshot that gains a label meanwhile survives.
+    async fn remove_if_unchanged(
+        &self,
+        namespace: &str,
+        key: &str,
+        seen: std::time::SystemTime,
+    ) -> Result<()>;
+
     /// Snapshots matching any of the filters (containerd syntax over
     /// `name`, `parent`, `kind` and `labels.KEY`); all with none.
     async fn list(&self, namespace: &str, filters: &[String]) -> Result<Vec<Info>>;

@@ -1,193 +1,343 @@
-//! Performing the mounts a snapshotter returns: bind mounts with mount(2),
-//! overlay mounts with the new mount API (fsopen/fsconfig), where every
-//! lower directory is its own `lowerdir+` parameter, so that the page-sized
-//! limit on mount option strings never caps how many layers stack.
+//! Performing the mounts a snapshotter returns.
+//!
+//! Bind mounts use mount(2). Overlay mounts use the new mount API with one
+//! `lowerdir+` parameter per layer (Linux ≥ 6.8), so the page-sized limit
+//! of mount option strings never caps how many layers stack.
+//!
+//! Older kernels refuse `lowerdir+` with EINVAL: from fsconfig itself on
+//! 6.5–6.7, and from the create command before 6.5, where overlay still
+//! parses one legacy option string. There the overlay is mounted with
+//! mount(2), every directory named as `/proc/self/fd/N` of an `O_PATH` fd
+//! held open for the call: about 18 bytes a directory whatever its path,
+//! so 128 layers take ~2.4 KiB of the 4 KiB page. The first such refusal
+//! is remembered, so later mounts go straight to mount(2).
+//!
+//! Why fds and not containerd's way (chdir to the layers' common parent
+//! and pass relative names): the working directory belongs to the whole
+//! process, so a chdir in this multi-threaded daemon would silently
+//! redirect every relative path any other thread uses (containerd confines
+//! it to a locked OS thread after `unshare(CLONE_FS)`). The fds are local
+//! to the call, `O_CLOEXEC` (a concurrent fork/exec inherits none), and pin
+//! the directories that were named, so a rename between the open and the
+//! mount cannot substitute another. The cost: on those kernels
+//! `/proc/self/mountinfo` shows `/proc/self/fd/N` instead of the paths.
+//!
+//! The syscalls themselves are behind [`syscalls::MountSyscalls`], so the
+//! option building, the fallback and the cleanup here are unit-tested
+//! without root against a fake.
 
-use std::ffi::CString;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+pub mod syscalls;
+
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use berth_errdefs::{Error, Result};
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
 use nix::mount::{MntFlags, MsFlags};
+use nix::sys::stat::Mode;
 
 use crate::Mount;
+use syscalls::{
+    Host, MountAttrs, MountSyscalls, MOUNT_ATTR_NODEV, MOUNT_ATTR_NOEXEC, MOUNT_ATTR_NOSUID,
+    MOUNT_ATTR_RDONLY,
+};
 
-// From linux/mount.h (stable ABI; not all in the libc crate).
-const FSOPEN_CLOEXEC: libc::c_uint = 0x1;
-const FSCONFIG_SET_FLAG: libc::c_uint = 0;
-const FSCONFIG_SET_STRING: libc::c_uint = 1;
-const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
-const FSMOUNT_CLOEXEC: libc::c_uint = 0x1;
-const MOUNT_ATTR_RDONLY: libc::c_uint = 0x1;
-const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+/// The most option data mount(2) takes (one page, NUL included) on the
+/// smallest page size Linux has.
+const MOUNT_DATA_MAX: usize = 4095;
 
-fn cstring(what: &str, value: &str) -> Result<CString> {
-    CString::new(value).map_err(|_| Error::invalid_argument(format!("{what} contains NUL")))
-}
+static HOST: Mounter<Host> = Mounter::new(Host);
 
-fn os_error(what: impl std::fmt::Display) -> Error {
-    Error::io(what, &std::io::Error::last_os_error())
-}
-
-/// Mounts `mounts` on `target`, in order.
+/// Mounts `mounts` on `target`, in order; on failure, what was mounted is
+/// unmounted again.
 pub fn mount_all(mounts: &[Mount], target: &Path) -> Result<()> {
-    for mount in mounts {
-        match mount.kind.as_str() {
-            "bind" => bind(mount, target)?,
-            "overlay" => overlay(mount, target)?,
-            other => {
-                return Err(Error::invalid_argument(format!(
-                    "unsupported mount type {other:?}"
-                )))
-            }
-        }
-    }
-    Ok(())
+    HOST.mount_all(mounts, target)
 }
 
-/// Unmounts `target` (detaching if busy).
+/// Unmounts `target`, detaching it if it is busy.
 pub fn unmount(target: &Path) -> Result<()> {
-    nix::mount::umount2(target, MntFlags::empty())
-        .or_else(|_| nix::mount::umount2(target, MntFlags::MNT_DETACH))
-        .map_err(|e| Error::internal(format!("unmounting {}: {e}", target.display())))
+    HOST.unmount(target)
 }
 
-fn bind(mount: &Mount, target: &Path) -> Result<()> {
-    let ro = mount.options.iter().any(|o| o == "ro");
-    let mut flags = MsFlags::MS_BIND;
-    if mount.options.iter().any(|o| o == "rbind") {
-        flags |= MsFlags::MS_REC;
-    }
-    nix::mount::mount(
-        Some(mount.source.as_str()),
-        target,
-        None::<&str>,
-        flags,
-        None::<&str>,
-    )
-    .map_err(|e| Error::internal(format!("bind mounting {}: {e}", mount.source)))?;
-    if ro {
-        nix::mount::mount(
-            None::<&str>,
-            target,
-            None::<&str>,
-            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
-            None::<&str>,
-        )
-        .map_err(|e| Error::internal(format!("making {} read-only: {e}", target.display())))?;
-    }
-    Ok(())
+/// Mounts every later overlay of this process with mount(2) and
+/// `/proc/self/fd/N` directories, as on kernels without `lowerdir+`: for
+/// testing that path on newer kernels.
+pub fn force_overlay_mount_data() {
+    HOST.mount_data.store(true, Ordering::Relaxed);
 }
 
-fn overlay(mount: &Mount, target: &Path) -> Result<()> {
-    // SAFETY: fsopen takes a NUL-terminated name and flags; it returns a new
-    // fd or -1, touching no memory of ours beyond the name.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_fsopen,
-            c"overlay".as_ptr(),
-            FSOPEN_CLOEXEC as libc::c_ulong,
-        )
-    };
-    if fd < 0 {
-        return Err(os_error("fsopen overlay"));
-    }
-    // SAFETY: fd was just returned by fsopen and is owned by nobody else.
-    let fs = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-    let mut ro = false;
-    for option in &mount.options {
-        let (key, value) = match option.split_once('=') {
-            Some((k, v)) => (k, Some(v)),
-            None => (option.as_str(), None),
-        };
-        match (key, value) {
-            ("ro", None) => ro = true,
-            ("rw", None) => {}
-            ("lowerdir", Some(dirs)) => {
-                for dir in dirs.split(':') {
-                    set_string(&fs, "lowerdir+", dir)?;
-                }
+fn errno(what: impl std::fmt::Display, e: Errno) -> Error {
+    Error::io(what, &std::io::Error::from(e))
+}
+
+/// Mount options, split into per-mount flags and filesystem parameters.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Options {
+    attrs: MountAttrs,
+    /// `rbind`: submounts come along.
+    recursive: bool,
+    /// `key=value` and bare flags for the filesystem, in order.
+    params: Vec<(String, Option<String>)>,
+}
+
+impl Options {
+    fn parse(options: &[String]) -> Options {
+        let mut parsed = Options::default();
+        for option in options {
+            if let Some((key, value)) = option.split_once('=') {
+                parsed
+                    .params
+                    .push((key.to_string(), Some(value.to_string())));
+                continue;
             }
-            (key, Some(value)) => set_string(&fs, key, value)?,
-            (key, None) => set_flag(&fs, key)?,
+            match option.as_str() {
+                "ro" => parsed.attrs |= MOUNT_ATTR_RDONLY,
+                "rw" => parsed.attrs &= !MOUNT_ATTR_RDONLY,
+                "nosuid" => parsed.attrs |= MOUNT_ATTR_NOSUID,
+                "suid" => parsed.attrs &= !MOUNT_ATTR_NOSUID,
+                "nodev" => parsed.attrs |= MOUNT_ATTR_NODEV,
+                "dev" => parsed.attrs &= !MOUNT_ATTR_NODEV,
+                "noexec" => parsed.attrs |= MOUNT_ATTR_NOEXEC,
+                "exec" => parsed.attrs &= !MOUNT_ATTR_NOEXEC,
+                "bind" => {}
+                "rbind" => parsed.recursive = true,
+                flag => parsed.params.push((flag.to_string(), None)),
+            }
+        }
+        parsed
+    }
+
+    /// The per-mount flags as mount(2) flags.
+    fn ms_flags(&self) -> MsFlags {
+        let mut flags = MsFlags::empty();
+        for (attr, flag) in [
+            (MOUNT_ATTR_RDONLY, MsFlags::MS_RDONLY),
+            (MOUNT_ATTR_NOSUID, MsFlags::MS_NOSUID),
+            (MOUNT_ATTR_NODEV, MsFlags::MS_NODEV),
+            (MOUNT_ATTR_NOEXEC, MsFlags::MS_NOEXEC),
+        ] {
+            if self.attrs & attr != 0 {
+                flags |= flag;
+            }
+        }
+        flags
+    }
+}
+
+/// Why the new mount API did not make an overlay.
+enum Attempt {
+    /// The kernel lacks `lowerdir+` (or the new API): use mount(2).
+    Refused,
+    Failed(Error),
+}
+
+/// Mounts through one set of syscalls, remembering whether overlays need
+/// the mount(2) fallback.
+struct Mounter<S> {
+    sys: S,
+    mount_data: AtomicBool,
+}
+
+impl<S: MountSyscalls> Mounter<S> {
+    const fn new(sys: S) -> Mounter<S> {
+        Mounter {
+            sys,
+            mount_data: AtomicBool::new(false),
         }
     }
-    fsconfig(&fs, FSCONFIG_CMD_CREATE, None, None)
-        .map_err(|e| e.context(format!("creating the overlay for {}", target.display())))?;
-    let attrs = if ro { MOUNT_ATTR_RDONLY } else { 0 };
-    // SAFETY: fsmount takes the configured fs context fd and flag words.
-    let mfd = unsafe {
-        libc::syscall(
-            libc::SYS_fsmount,
-            fs.as_raw_fd(),
-            FSMOUNT_CLOEXEC as libc::c_ulong,
-            attrs as libc::c_ulong,
-        )
-    };
-    if mfd < 0 {
-        return Err(os_error("fsmount overlay"));
-    }
-    // SAFETY: mfd was just returned by fsmount and is owned by nobody else.
-    let mnt = unsafe { OwnedFd::from_raw_fd(mfd as i32) };
-    let target_c = cstring("target", &target.to_string_lossy())?;
-    // SAFETY: both path arguments are valid NUL-terminated strings; the fds
-    // are open for the duration of the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_move_mount,
-            mnt.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_FDCWD,
-            target_c.as_ptr(),
-            MOVE_MOUNT_F_EMPTY_PATH as libc::c_ulong,
-        )
-    };
-    if rc < 0 {
-        return Err(os_error(format!(
-            "moving the overlay to {}",
-            target.display()
-        )));
-    }
-    Ok(())
-}
 
-fn set_string(fs: &OwnedFd, key: &str, value: &str) -> Result<()> {
-    let key_c = cstring("mount option", key)?;
-    let value_c = cstring("mount option", value)?;
-    fsconfig(fs, FSCONFIG_SET_STRING, Some(&key_c), Some(&value_c))
-        .map_err(|e| e.context(format!("overlay option {key}={value}")))
-}
-
-fn set_flag(fs: &OwnedFd, key: &str) -> Result<()> {
-    let key_c = cstring("mount option", key)?;
-    fsconfig(fs, FSCONFIG_SET_FLAG, Some(&key_c), None)
-        .map_err(|e| e.context(format!("overlay option {key}")))
-}
-
-fn fsconfig(
-    fs: &OwnedFd,
-    cmd: libc::c_uint,
-    key: Option<&CString>,
-    value: Option<&CString>,
-) -> Result<()> {
-    let key_ptr = key.map_or(std::ptr::null(), |k| k.as_ptr());
-    let value_ptr = value.map_or(std::ptr::null(), |v| v.as_ptr());
-    // SAFETY: key and value are NULL or NUL-terminated strings that outlive
-    // the call; fs is an open fs context fd.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_fsconfig,
-            fs.as_raw_fd(),
-            cmd as libc::c_ulong,
-            key_ptr,
-            value_ptr,
-            0 as libc::c_ulong,
-        )
-    };
-    if rc < 0 {
-        return Err(os_error("fsconfig"));
+    fn mount_all(&self, mounts: &[Mount], target: &Path) -> Result<()> {
+        for (done, mount) in mounts.iter().enumerate() {
+            if let Err(e) = self.mount(mount, target) {
+                // Each mount stacked on the target: undo them top first.
+                for _ in 0..done {
+                    let _ = self.sys.umount(target, MntFlags::MNT_DETACH);
+                }
+                return Err(e);
+            }
+        }
+        Ok(())
     }
-    Ok(())
+
+    fn mount(&self, mount: &Mount, target: &Path) -> Result<()> {
+        match mount.kind.as_str() {
+            "bind" => self.bind(mount, target),
+            "overlay" => self.overlay(mount, target),
+            other => Err(Error::invalid_argument(format!(
+                "unsupported mount type {other:?}"
+            ))),
+        }
+    }
+
+    fn unmount(&self, target: &Path) -> Result<()> {
+        let what = || format!("unmounting {}", target.display());
+        match self.sys.umount(target, MntFlags::empty()) {
+            Ok(()) => Ok(()),
+            Err(Errno::EBUSY) => self
+                .sys
+                .umount(target, MntFlags::MNT_DETACH)
+                .map_err(|e| errno(what(), e)),
+            Err(e) => Err(errno(what(), e)),
+        }
+    }
+
+    fn bind(&self, mount: &Mount, target: &Path) -> Result<()> {
+        let options = Options::parse(&mount.options);
+        let mut flags = MsFlags::MS_BIND;
+        if options.recursive {
+            flags |= MsFlags::MS_REC;
+        }
+        self.sys
+            .mount(Some(&mount.source), target, None, flags, None)
+            .map_err(|e| {
+                errno(
+                    format!("bind mounting {} on {}", mount.source, target.display()),
+                    e,
+                )
+            })?;
+        if options.attrs != 0 {
+            // A bind mount takes per-mount flags only by remounting it.
+            let remount = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | options.ms_flags();
+            if let Err(e) = self.sys.mount(None, target, None, remount, None) {
+                let _ = self.sys.umount(target, MntFlags::MNT_DETACH);
+                return Err(errno(
+                    format!("setting {:?} on {}", mount.options, target.display()),
+                    e,
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn overlay(&self, mount: &Mount, target: &Path) -> Result<()> {
+        let options = Options::parse(&mount.options);
+        if self.mount_data.load(Ordering::Relaxed) {
+            return self.overlay_mount_data(&options, target);
+        }
+        match self.overlay_fsconfig(&options, target) {
+            Ok(()) => Ok(()),
+            Err(Attempt::Failed(e)) => Err(e),
+            Err(Attempt::Refused) => {
+                self.overlay_mount_data(&options, target)?;
+                // Only now is it certain that the refusal was the kernel's
+                // age and not these options.
+                self.mount_data.store(true, Ordering::Relaxed);
+                Ok(())
+            }
+        }
+    }
+
+    /// The new mount API, one `lowerdir+` per layer.
+    fn overlay_fsconfig(
+        &self,
+        options: &Options,
+        target: &Path,
+    ) -> std::result::Result<(), Attempt> {
+        let failed = |what: String, e: Errno| Attempt::Failed(errno(what, e));
+        let fs = match self.sys.fsopen("overlay") {
+            Ok(fs) => fs,
+            Err(Errno::ENOSYS) => return Err(Attempt::Refused),
+            Err(e) => return Err(failed("fsopen overlay".to_string(), e)),
+        };
+        let mut appended = false;
+        for (key, value) in &options.params {
+            match (key.as_str(), value) {
+                ("lowerdir", Some(dirs)) => {
+                    for dir in dirs.split(':') {
+                        match self.sys.fsconfig_string(&fs, "lowerdir+", dir) {
+                            Ok(()) => appended = true,
+                            Err(Errno::EINVAL) => return Err(Attempt::Refused),
+                            Err(e) => return Err(failed(format!("overlay lower {dir}"), e)),
+                        }
+                    }
+                }
+                (key, Some(value)) => self
+                    .sys
+                    .fsconfig_string(&fs, key, value)
+                    .map_err(|e| failed(format!("overlay option {key}={value}"), e))?,
+                (key, None) => self
+                    .sys
+                    .fsconfig_flag(&fs, key)
+                    .map_err(|e| failed(format!("overlay option {key}"), e))?,
+            }
+        }
+        match self.sys.fsconfig_create(&fs) {
+            Ok(()) => {}
+            // Before 6.5 overlay parses the parameters only here, as one
+            // legacy string, and does not know `lowerdir+`.
+            Err(Errno::EINVAL) if appended => return Err(Attempt::Refused),
+            Err(e) => {
+                return Err(failed(
+                    format!("creating the overlay for {}", target.display()),
+                    e,
+                ))
+            }
+        }
+        let mount = self
+            .sys
+            .fsmount(&fs, options.attrs)
+            .map_err(|e| failed("fsmount overlay".to_string(), e))?;
+        self.sys
+            .move_mount(&mount, target)
+            .map_err(|e| failed(format!("moving the overlay to {}", target.display()), e))
+    }
+
+    /// mount(2) with every directory as `/proc/self/fd/N`.
+    fn overlay_mount_data(&self, options: &Options, target: &Path) -> Result<()> {
+        // Held until mount(2) has resolved them.
+        let mut held: Vec<OwnedFd> = Vec::new();
+        let mut fd_path = |dir: &str| -> Result<String> {
+            let fd = nix::fcntl::open(
+                dir,
+                OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| errno(format!("opening {dir}"), e))?;
+            let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
+            held.push(fd);
+            Ok(path)
+        };
+        let mut data: Vec<String> = Vec::new();
+        for (key, value) in &options.params {
+            let param = match (key.as_str(), value) {
+                ("lowerdir", Some(dirs)) => {
+                    let fds = dirs
+                        .split(':')
+                        .map(&mut fd_path)
+                        .collect::<Result<Vec<_>>>()?;
+                    format!("lowerdir={}", fds.join(":"))
+                }
+                ("upperdir" | "workdir", Some(dir)) => format!("{key}={}", fd_path(dir)?),
+                (key, Some(value)) => format!("{key}={value}"),
+                (key, None) => key.to_string(),
+            };
+            if param.contains(',') {
+                return Err(Error::invalid_argument(format!(
+                    "overlay option {param:?} contains a comma"
+                )));
+            }
+            data.push(param);
+        }
+        let data = data.join(",");
+        if data.len() > MOUNT_DATA_MAX {
+            return Err(Error::invalid_argument(format!(
+                "overlay options for {} take {} bytes, more than mount(2) accepts",
+                target.display(),
+                data.len()
+            )));
+        }
+        let result = self.sys.mount(
+            Some("overlay"),
+            target,
+            Some("overlay"),
+            options.ms_flags(),
+            Some(&data),
+        );
+        drop(held);
+        result.map_err(|e| errno(format!("mounting the overlay on {}", target.display()), e))
+    }
 }
 
 /// A temporary mount that is unmounted (and its directory removed) on drop.
@@ -203,7 +353,7 @@ impl TempMount {
         let dir = parent.join(format!(
             "mnt-{}-{}",
             std::process::id(),
-            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            NEXT.fetch_add(1, Ordering::Relaxed)
         ));
         std::fs::create_dir_all(&dir)
             .map_err(|e| Error::io(format!("creating {}", dir.display()), &e))?;
@@ -229,5 +379,457 @@ impl Drop for TempMount {
             let _ = unmount(&self.dir);
         }
         let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::collections::HashMap;
+    use std::path::PathBuf;
+    use std::sync::Mutex;
+
+    use berth_errdefs::ErrorKind;
+
+    use super::*;
+
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    enum Call {
+        Mount {
+            source: Option<String>,
+            target: PathBuf,
+            fstype: Option<String>,
+            flags: MsFlags,
+            data: Option<String>,
+        },
+        Umount(PathBuf, MntFlags),
+        Fsopen(String),
+        Set(String, String),
+        Flag(String),
+        Create,
+        Fsmount(MountAttrs),
+        Move(PathBuf),
+    }
+
+    /// Records every call; fails the operations named in `failures`
+    /// (`mount`, `remount`, `umount`, `fsopen`, `lowerdir+`, `set`, `create`,
+    /// ...) with the given errno.
+    #[derive(Default)]
+    struct Fake {
+        calls: Mutex<Vec<Call>>,
+        failures: HashMap<&'static str, Errno>,
+        /// What each `/proc/self/fd/N` in mount data named during the call.
+        resolved: Mutex<Vec<PathBuf>>,
+    }
+
+    impl Fake {
+        fn failing(failures: &[(&'static str, Errno)]) -> Fake {
+            Fake {
+                failures: failures.iter().copied().collect(),
+                ..Fake::default()
+            }
+        }
+
+        fn record(&self, call: Call, op: &str) -> std::result::Result<(), Errno> {
+            self.calls.lock().unwrap().push(call);
+            match self.failures.get(op) {
+                Some(e) => Err(*e),
+                None => Ok(()),
+            }
+        }
+
+        fn calls(&self) -> Vec<Call> {
+            self.calls.lock().unwrap().clone()
+        }
+    }
+
+    impl MountSyscalls for Fake {
+        type Context = ();
+        type Detached = ();
+
+        fn mount(
+            &self,
+            source: Option<&str>,
+            target: &Path,
+            fstype: Option<&str>,
+            flags: MsFlags,
+            data: Option<&str>,
+        ) -> std::result::Result<(), Errno> {
+            for value in data.unwrap_or("").split([',', '=', ':']) {
+                if value.starts_with("/proc/self/fd/") {
+                    let named = std::fs::read_link(value).unwrap();
+                    self.resolved.lock().unwrap().push(named);
+                }
+            }
+            let op = if flags.contains(MsFlags::MS_REMOUNT) {
+                "remount"
+            } else {
+                "mount"
+            };
+            self.record(
+                Call::Mount {
+                    source: source.map(str::to_string),
+                    target: target.to_path_buf(),
+                    fstype: fstype.map(str::to_string),
+                    flags,
+                    data: data.map(str::to_string),
+                },
+                op,
+            )
+        }
+
+        fn umount(&self, target: &Path, flags: MntFlags) -> std::result::Result<(), Errno> {
+            let op = if flags.contains(MntFlags::MNT_DETACH) {
+                "detach"
+            } else {
+                "umount"
+            };
+            self.record(Call::Umount(target.to_path_buf(), flags), op)
+        }
+
+        fn fsopen(&self, fstype: &str) -> std::result::Result<(), Errno> {
+            self.record(Call::Fsopen(fstype.to_string()), "fsopen")
+        }
+
+        fn fsconfig_string(
+            &self,
+            _fs: &(),
+            key: &str,
+            value: &str,
+        ) -> std::result::Result<(), Errno> {
+            let op = if key == "lowerdir+" {
+                "lowerdir+"
+            } else {
+                "set"
+            };
+            self.record(Call::Set(key.to_string(), value.to_string()), op)
+        }
+
+        fn fsconfig_flag(&self, _fs: &(), key: &str) -> std::result::Result<(), Errno> {
+            self.record(Call::Flag(key.to_string()), "flag")
+        }
+
+        fn fsconfig_create(&self, _fs: &()) -> std::result::Result<(), Errno> {
+            self.record(Call::Create, "create")
+        }
+
+        fn fsmount(&self, _fs: &(), attrs: MountAttrs) -> std::result::Result<(), Errno> {
+            self.record(Call::Fsmount(attrs), "fsmount")
+        }
+
+        fn move_mount(&self, _mount: &(), target: &Path) -> std::result::Result<(), Errno> {
+            self.record(Call::Move(target.to_path_buf()), "move")
+        }
+    }
+
+    fn overlay(options: &[String]) -> Mount {
+        Mount {
+            kind: "overlay".to_string(),
+            source: "overlay".to_string(),
+            options: options.to_vec(),
+        }
+    }
+
+    fn bind(options: &[&str]) -> Mount {
+        Mount {
+            kind: "bind".to_string(),
+            source: "/src".to_string(),
+            options: options.iter().map(|o| o.to_string()).collect(),
+        }
+    }
+
+    fn set(key: &str, value: &str) -> Call {
+        Call::Set(key.to_string(), value.to_string())
+    }
+
+    /// A directory of this test's own, removed on drop.
+    struct Scratch(PathBuf);
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// `count` real directories with long names, so that their paths do
+    /// not fit one page together.
+    fn long_dirs(count: usize) -> (Scratch, Vec<PathBuf>) {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let top = Scratch(std::env::temp_dir().join(format!(
+            "berth-mount-test-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        )));
+        std::fs::create_dir(&top.0).unwrap();
+        let dirs = (0..count)
+            .map(|i| {
+                let dir = top.0.join(format!("{i:03}-{}", "x".repeat(60)));
+                std::fs::create_dir(&dir).unwrap();
+                dir
+            })
+            .collect();
+        (top, dirs)
+    }
+
+    fn joined(dirs: &[PathBuf]) -> String {
+        dirs.iter()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(":")
+    }
+
+    #[test]
+    fn each_layer_is_its_own_lowerdir_parameter() {
+        let mounter = Mounter::new(Fake::default());
+        let target = Path::new("/mnt/t");
+        let mount = overlay(&[
+            "workdir=/s/2/work".to_string(),
+            "upperdir=/s/2/fs".to_string(),
+            "lowerdir=/s/1/fs:/s/0/fs".to_string(),
+            "volatile".to_string(),
+        ]);
+        mounter.mount_all(&[mount], target).unwrap();
+        assert_eq!(
+            mounter.sys.calls(),
+            [
+                Call::Fsopen("overlay".to_string()),
+                set("workdir", "/s/2/work"),
+                set("upperdir", "/s/2/fs"),
+                set("lowerdir+", "/s/1/fs"),
+                set("lowerdir+", "/s/0/fs"),
+                Call::Flag("volatile".to_string()),
+                Call::Create,
+                Call::Fsmount(0),
+                Call::Move(target.to_path_buf()),
+            ]
+        );
+        assert!(!mounter.mount_data.load(Ordering::Relaxed));
+    }
+
+    #[test]
+    fn per_mount_flags_become_mount_attributes() {
+        let mounter = Mounter::new(Fake::default());
+        let mount = overlay(&[
+            "ro".to_string(),
+            "nosuid".to_string(),
+            "nodev".to_string(),
+            "lowerdir=/a:/b".to_string(),
+        ]);
+        mounter.mount_all(&[mount], Path::new("/t")).unwrap();
+        let calls = mounter.sys.calls();
+        assert!(calls.contains(&Call::Fsmount(
+            MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV
+        )));
+        assert!(
+            !calls.iter().any(|c| matches!(c, Call::Flag(_))),
+            "{calls:?}"
+        );
+    }
+
+    /// The kernel's refusal, where it comes (6.5–6.7: the parameter; before
+    /// 6.5: the create command; before 5.2: fsopen itself), sends 128
+    /// layers through mount(2) as fds, within one page.
+    #[test]
+    fn refused_lowerdir_append_falls_back_to_fd_paths() {
+        for refusal in [
+            ("lowerdir+", Errno::EINVAL),
+            ("create", Errno::EINVAL),
+            ("fsopen", Errno::ENOSYS),
+        ] {
+            let (_top, dirs) = long_dirs(130);
+            let (lowers, rest) = dirs.split_at(128);
+            let (upper, work) = (&rest[0], &rest[1]);
+            let plain = format!(
+                "lowerdir={},upperdir={},workdir={}",
+                joined(lowers),
+                upper.display(),
+                work.display()
+            );
+            assert!(plain.len() > MOUNT_DATA_MAX, "the paths must not fit");
+            let mounter = Mounter::new(Fake::failing(&[refusal]));
+            let mount = overlay(&[
+                format!("lowerdir={}", joined(lowers)),
+                format!("upperdir={}", upper.display()),
+                format!("workdir={}", work.display()),
+                "ro".to_string(),
+                "index=off".to_string(),
+            ]);
+            mounter.mount_all(&[mount], Path::new("/t")).unwrap();
+            let calls = mounter.sys.calls();
+            let Some(Call::Mount {
+                source,
+                fstype,
+                flags,
+                data: Some(data),
+                ..
+            }) = calls.last()
+            else {
+                panic!("no mount(2) after {refusal:?}: {calls:?}");
+            };
+            assert_eq!(source.as_deref(), Some("overlay"));
+            assert_eq!(fstype.as_deref(), Some("overlay"));
+            assert_eq!(*flags, MsFlags::MS_RDONLY);
+            assert!(data.len() <= MOUNT_DATA_MAX, "{} bytes", data.len());
+            assert!(data.ends_with(",index=off"), "{data}");
+            // The fds named exactly the directories, in order, while the
+            // kernel resolved them.
+            assert_eq!(*mounter.sys.resolved.lock().unwrap(), dirs);
+            // ... and are closed now.
+            for fd in data
+                .split([',', '=', ':'])
+                .filter(|v| v.starts_with("/proc"))
+            {
+                let now = std::fs::read_link(fd).ok();
+                assert!(now.is_none_or(|p| !dirs.contains(&p)), "{fd} still open");
+            }
+            // Learned: the next overlay goes straight to mount(2).
+            let before = calls.len();
+            let again = overlay(&[format!("lowerdir={}", joined(&lowers[..2]))]);
+            mounter.mount_all(&[again], Path::new("/t")).unwrap();
+            let next = &mounter.sys.calls()[before..];
+            assert!(
+                matches!(next, [Call::Mount { .. }]),
+                "after {refusal:?}: {next:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_refusal_that_the_fallback_shares_is_not_learned() {
+        // The create command fails for these options on any kernel: both
+        // attempts fail, the caller gets the error, nothing is remembered.
+        let mounter = Mounter::new(Fake::failing(&[
+            ("create", Errno::EINVAL),
+            ("mount", Errno::EINVAL),
+        ]));
+        let (_top, dirs) = long_dirs(2);
+        let mount = overlay(&[format!("lowerdir={}", joined(&dirs))]);
+        let err = mounter.mount_all(&[mount], Path::new("/t")).unwrap_err();
+        assert!(err.message().contains("mounting the overlay"), "{err}");
+        assert!(!mounter.mount_data.load(Ordering::Relaxed));
+    }
+
+    #[test]
+    fn other_failures_do_not_fall_back() {
+        let mounter = Mounter::new(Fake::failing(&[("set", Errno::ENOENT)]));
+        let mount = overlay(&["upperdir=/gone".to_string(), "lowerdir=/a".to_string()]);
+        let err = mounter.mount_all(&[mount], Path::new("/t")).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+        let calls = mounter.sys.calls();
+        assert!(
+            !calls.iter().any(|c| matches!(c, Call::Mount { .. })),
+            "{calls:?}"
+        );
+    }
+
+    #[test]
+    fn forced_mount_data_skips_the_new_api() {
+        let mounter = Mounter::new(Fake::default());
+        mounter.mount_data.store(true, Ordering::Relaxed);
+        let (_top, dirs) = long_dirs(3);
+        let mount = overlay(&[format!("lowerdir={}", joined(&dirs))]);
+        mounter.mount_all(&[mount], Path::new("/t")).unwrap();
+        let calls = mounter.sys.calls();
+        assert!(
+            matches!(calls.as_slice(), [Call::Mount { .. }]),
+            "{calls:?}"
+        );
+        assert_eq!(*mounter.sys.resolved.lock().unwrap(), dirs);
+    }
+
+    #[test]
+    fn too_many_layers_for_one_page_are_refused_before_mounting() {
+        let mounter = Mounter::new(Fake::default());
+        mounter.mount_data.store(true, Ordering::Relaxed);
+        let (_top, dirs) = long_dirs(1);
+        let many = vec![dirs[0].clone(); 300];
+        let mount = overlay(&[format!("lowerdir={}", joined(&many))]);
+        let err = mounter.mount_all(&[mount], Path::new("/t")).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+        assert!(mounter.sys.calls().is_empty());
+    }
+
+    #[test]
+    fn read_only_bind_is_remounted_and_undone_when_that_fails() {
+        let target = Path::new("/t");
+        let mounter = Mounter::new(Fake::default());
+        mounter
+            .mount_all(&[bind(&["ro", "rbind"])], target)
+            .unwrap();
+        let mount = |flags, source: Option<&str>| Call::Mount {
+            source: source.map(str::to_string),
+            target: target.to_path_buf(),
+            fstype: None,
+            flags,
+            data: None,
+        };
+        let remount = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+        assert_eq!(
+            mounter.sys.calls(),
+            [
+                mount(MsFlags::MS_BIND | MsFlags::MS_REC, Some("/src")),
+                mount(remount, None),
+            ]
+        );
+        // A writable bind is one call.
+        let mounter = Mounter::new(Fake::default());
+        mounter.mount_all(&[bind(&["rw"])], target).unwrap();
+        assert_eq!(mounter.sys.calls(), [mount(MsFlags::MS_BIND, Some("/src"))]);
+        // A failed remount leaves no writable mount behind.
+        let mounter = Mounter::new(Fake::failing(&[("remount", Errno::EPERM)]));
+        assert!(mounter.mount_all(&[bind(&["ro"])], target).is_err());
+        assert_eq!(
+            mounter.sys.calls().last(),
+            Some(&Call::Umount(target.to_path_buf(), MntFlags::MNT_DETACH))
+        );
+    }
+
+    #[test]
+    fn a_failed_mount_unmounts_the_ones_before_it() {
+        let target = Path::new("/t");
+        let mounter = Mounter::new(Fake::failing(&[("fsopen", Errno::EPERM)]));
+        let mounts = [
+            bind(&["rw"]),
+            bind(&["rw"]),
+            overlay(&["lowerdir=/a".to_string()]),
+        ];
+        assert!(mounter.mount_all(&mounts, target).is_err());
+        let detaches = mounter
+            .sys
+            .calls()
+            .into_iter()
+            .filter(|c| *c == Call::Umount(target.to_path_buf(), MntFlags::MNT_DETACH))
+            .count();
+        assert_eq!(detaches, 2);
+        // An unknown type is refused with nothing left mounted either.
+        let mounter = Mounter::new(Fake::default());
+        let odd = Mount {
+            kind: "nfs".to_string(),
+            ..bind(&[])
+        };
+        let err = mounter.mount_all(&[bind(&[]), odd], target).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+        assert_eq!(
+            mounter.sys.calls().last(),
+            Some(&Call::Umount(target.to_path_buf(), MntFlags::MNT_DETACH))
+        );
+    }
+
+    #[test]
+    fn unmount_detaches_only_a_busy_mount() {
+        let target = Path::new("/t");
+        let mounter = Mounter::new(Fake::failing(&[("umount", Errno::EBUSY)]));
+        mounter.unmount(target).unwrap();
+        assert_eq!(
+            mounter.sys.calls(),
+            [
+                Call::Umount(target.to_path_buf(), MntFlags::empty()),
+                Call::Umount(target.to_path_buf(), MntFlags::MNT_DETACH),
+            ]
+        );
+        let mounter = Mounter::new(Fake::failing(&[("umount", Errno::EINVAL)]));
+        assert!(mounter.unmount(target).is_err());
+        assert_eq!(mounter.sys.calls().len(), 1);
     }
 }

@@ -242,6 +242,27 @@ pub async fn remove_intermediate_is_refused(sn: &dyn Snapshotter, scratch: &Path
     assert_eq!(kind(sn.remove(NS, "r1").await), ErrorKind::NotFound);
 }
 
+pub async fn remove_if_unchanged_spares_a_touched_snapshot(sn: &dyn Snapshotter, scratch: &Path) {
+    layer(sn, scratch, "u1", None, |p| write(p, "f", "1")).await;
+    let seen = sn.stat(NS, "u1").await.unwrap();
+    let mut labelled = seen.clone();
+    labelled.labels = Labels::from([("berth.io/lease.l1".to_string(), "1".to_string())]);
+    let touched = sn
+        .update(NS, labelled, &["labels.berth.io/lease.l1".to_string()])
+        .await
+        .unwrap();
+    assert_ne!(touched.updated_at, seen.updated_at);
+    assert_eq!(
+        kind(sn.remove_if_unchanged(NS, "u1", seen.updated_at).await),
+        ErrorKind::FailedPrecondition
+    );
+    assert!(sn.stat(NS, "u1").await.is_ok());
+    sn.remove_if_unchanged(NS, "u1", touched.updated_at)
+        .await
+        .unwrap();
+    assert_eq!(kind(sn.stat(NS, "u1").await), ErrorKind::NotFound);
+}
+
 pub async fn deleted_files_in_child(sn: &dyn Snapshotter, scratch: &Path) {
     layer(sn, scratch, "d1", None, |p| {
         write(p, "keep", "k");
@@ -435,6 +456,120 @@ pub async fn usage_counts_own_files(sn: &dyn Snapshotter, scratch: &Path) {
     assert_eq!(used.inodes, empty.inodes + 3, "{used:?} vs {empty:?}");
 }
 
+/// Reads the extended attribute `name` of `path` (not following it).
+fn xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    let name = std::ffi::CString::new(name).unwrap();
+    let mut buf = vec![0u8; 256];
+    // SAFETY: path and name are NUL-terminated; buf is a live writable
+    // slice of the length given.
+    let n = unsafe {
+        libc::lgetxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    let n = usize::try_from(n).ok()?;
+    buf.truncate(n);
+    Some(buf)
+}
+
+fn set_xattr(path: &Path, name: &str, value: &[u8]) {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    let name = std::ffi::CString::new(name).unwrap();
+    // SAFETY: path and name are NUL-terminated; value is a live slice of
+    // the length given.
+    let rc = unsafe {
+        libc::lsetxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+}
+
+/// Everything a layer can hold reaches its children intact: set-id modes,
+/// owners, mtimes, xattrs, symlinks, hardlinks, device nodes and fifos
+/// (the native snapshotter copies them; overlayfs stacks them).
+pub async fn special_files_reach_children(sn: &dyn Snapshotter, scratch: &Path) {
+    use std::os::unix::fs::FileTypeExt;
+    let mtime = std::time::UNIX_EPOCH + std::time::Duration::new(1_234_567_890, 0);
+    layer(sn, scratch, "sp1", None, |p| {
+        write(p, "bin/tool", "#!/bin/sh\n");
+        let tool = p.join("bin/tool");
+        std::os::unix::fs::chown(&tool, Some(0), Some(42)).unwrap();
+        std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o4750)).unwrap();
+        set_xattr(&tool, "trusted.berth-suite", b"t\0v");
+        set_xattr(&tool, "user.berth-suite", b"u");
+        std::fs::hard_link(&tool, p.join("bin/tool-link")).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&tool)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        std::os::unix::fs::symlink("tool", p.join("bin/alias")).unwrap();
+        std::os::unix::fs::lchown(p.join("bin/alias"), Some(7), Some(8)).unwrap();
+        nix::unistd::mkfifo(
+            &p.join("fifo"),
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )
+        .unwrap();
+        std::fs::set_permissions(p.join("fifo"), std::fs::Permissions::from_mode(0o620)).unwrap();
+        nix::sys::stat::mknod(
+            &p.join("null"),
+            nix::sys::stat::SFlag::S_IFCHR,
+            nix::sys::stat::Mode::from_bits_truncate(0o666),
+            nix::sys::stat::makedev(1, 3),
+        )
+        .unwrap();
+        std::fs::set_permissions(p.join("null"), std::fs::Permissions::from_mode(0o666)).unwrap();
+    })
+    .await;
+    layer(sn, scratch, "sp2", Some("sp1"), |p| write(p, "other", "o")).await;
+    sn.view(NS, "sp-view", Some("sp2"), no_labels())
+        .await
+        .unwrap();
+    with_mount(sn, "sp-view", scratch, |p| {
+        let tool = std::fs::symlink_metadata(p.join("bin/tool")).unwrap();
+        assert_eq!(tool.mode() & 0o7777, 0o4750);
+        assert_eq!((tool.uid(), tool.gid()), (0, 42));
+        assert_eq!(tool.modified().unwrap(), mtime);
+        assert_eq!(
+            xattr(&p.join("bin/tool"), "trusted.berth-suite").as_deref(),
+            Some(&b"t\0v"[..])
+        );
+        assert_eq!(
+            xattr(&p.join("bin/tool"), "user.berth-suite").as_deref(),
+            Some(&b"u"[..])
+        );
+        let link = std::fs::symlink_metadata(p.join("bin/tool-link")).unwrap();
+        assert_eq!((link.dev(), link.ino()), (tool.dev(), tool.ino()));
+        assert_eq!(tool.nlink(), 2);
+        assert_eq!(
+            std::fs::read_link(p.join("bin/alias")).unwrap(),
+            Path::new("tool")
+        );
+        let alias = std::fs::symlink_metadata(p.join("bin/alias")).unwrap();
+        assert_eq!((alias.uid(), alias.gid()), (7, 8));
+        let fifo = std::fs::symlink_metadata(p.join("fifo")).unwrap();
+        assert!(fifo.file_type().is_fifo());
+        assert_eq!(fifo.mode() & 0o7777, 0o620);
+        let null = std::fs::symlink_metadata(p.join("null")).unwrap();
+        assert!(null.file_type().is_char_device());
+        assert_eq!(null.rdev(), nix::sys::stat::makedev(1, 3));
+        assert_eq!(read(p, "other").as_deref(), Some("o"));
+    })
+    .await;
+}
+
 /// Runs every case against one implementation: `$setup` is an async fn
 /// returning `(snapshotter, scratch dir, guard)`.
 #[macro_export]
@@ -447,6 +582,7 @@ macro_rules! snapshot_suite {
             view_is_read_only,
             prepare_and_view_failures,
             remove_intermediate_is_refused,
+            remove_if_unchanged_spares_a_touched_snapshot,
             deleted_files_in_child,
             move_file_from_lower_layer,
             directory_permissions_on_commit,
@@ -455,6 +591,7 @@ macro_rules! snapshot_suite {
             layers_128_mount,
             labels_update_and_list,
             usage_counts_own_files,
+            special_files_reach_children,
         );
     };
     (@cases $setup:path; $($case:ident),* $(,)?) => {

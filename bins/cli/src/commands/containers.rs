@@ -1,14 +1,311 @@
-//! `berth containers`. (Being written.)
+//! `berth containers ...`: container records in berth-metad (what a
+//! container is made of; its running task lives in berth-taskd).
 
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use berth_client::{RemoteContainers, RemoteImages};
+use berth_metadata::{Any, Container, ContainerStore, ImageStore, Runtime};
+use serde::Serialize;
+
+use super::namespaces::{label_update, labels_text, parse_labels, sorted};
 use crate::global::Global;
+use crate::output::{self, Format};
+
+/// The type URL containerd gives an OCI runtime spec.
+const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
+/// The spec of a container created without `--spec`: only the version;
+/// `berth run` builds real ones from the image's config.
+const MINIMAL_SPEC: &str = "{\"ociVersion\":\"1.1.0\"}";
+/// Largest spec file read.
+const MAX_SPEC: u64 = 2 * 1024 * 1024;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum ContainersCommand {
-    /// List.
-    Ls,
+    /// List containers, optionally matching filters (e.g. 'image~=busybox',
+    /// 'runtime.name==io.containerd.runc.v2').
+    #[command(visible_alias = "list")]
+    Ls {
+        /// Print ids only.
+        #[arg(short, long)]
+        quiet: bool,
+        filters: Vec<String>,
+    },
+    /// Show one container record (its spec as JSON).
+    Info { id: String },
+    /// Record a container made from IMAGE (which must exist).
+    Create {
+        image: String,
+        id: String,
+        /// Snapshotter of the container's root filesystem (overlayfs when a
+        /// snapshot key is given without one).
+        #[arg(long)]
+        snapshotter: Option<String>,
+        /// The active snapshot that is its root filesystem.
+        #[arg(long)]
+        snapshot_key: Option<String>,
+        /// Runtime (shim) that runs its task.
+        #[arg(long, default_value = "io.containerd.berth.v2")]
+        runtime: String,
+        /// Labels, KEY=VALUE.
+        #[arg(long = "label", value_name = "KEY=VALUE")]
+        labels: Vec<String>,
+        /// OCI runtime spec (JSON); without it, a spec with only
+        /// `ociVersion`.
+        #[arg(long, value_name = "FILE")]
+        spec: Option<PathBuf>,
+    },
+    /// Set (KEY=VALUE) or remove (KEY=) labels on a container.
+    Label {
+        id: String,
+        #[arg(required = true, value_name = "KEY=VALUE")]
+        labels: Vec<String>,
+    },
+    /// Remove container records.
+    #[command(visible_alias = "del")]
+    Rm {
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
 }
 
-pub async fn run(global: &Global, command: ContainersCommand) -> anyhow::Result<()> {
-    let _ = (global, command);
-    anyhow::bail!("not yet")
+/// An `Any` for people: its spec as JSON when it is JSON, else hex.
+#[derive(Serialize)]
+struct AnyJson {
+    type_url: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    json: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hex: Option<String>,
+}
+
+impl From<&Any> for AnyJson {
+    fn from(any: &Any) -> AnyJson {
+        let json = serde_json::from_slice(&any.value).ok();
+        let hex = json.is_none().then(|| {
+            any.value
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        });
+        AnyJson {
+            type_url: any.type_url.clone(),
+            json,
+            hex,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct RuntimeJson {
+    name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    options: Option<AnyJson>,
+}
+
+#[derive(Serialize)]
+struct ContainerJson {
+    id: String,
+    image: String,
+    runtime: RuntimeJson,
+    snapshotter: String,
+    snapshot_key: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    sandbox: String,
+    labels: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    spec: Option<AnyJson>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    extensions: BTreeMap<String, AnyJson>,
+    created_at: f64,
+    updated_at: f64,
+}
+
+impl From<&Container> for ContainerJson {
+    fn from(c: &Container) -> ContainerJson {
+        ContainerJson {
+            id: c.id.clone(),
+            image: c.image.clone(),
+            runtime: RuntimeJson {
+                name: c.runtime.name.clone(),
+                options: c.runtime.options.as_ref().map(AnyJson::from),
+            },
+            snapshotter: c.snapshotter.clone(),
+            snapshot_key: c.snapshot_key.clone(),
+            sandbox: c.sandbox.clone(),
+            labels: sorted(&c.labels),
+            spec: c.spec.as_ref().map(AnyJson::from),
+            extensions: c
+                .extensions
+                .iter()
+                .map(|(k, v)| (k.clone(), AnyJson::from(v)))
+                .collect(),
+            created_at: output::unix_seconds(c.created_at),
+            updated_at: output::unix_seconds(c.updated_at),
+        }
+    }
+}
+
+fn or_dash(value: &str) -> String {
+    if value.is_empty() {
+        "-".to_string()
+    } else {
+        value.to_string()
+    }
+}
+
+fn read_spec(path: &std::path::Path) -> Result<Vec<u8>> {
+    let size = std::fs::metadata(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .len();
+    if size > MAX_SPEC {
+        anyhow::bail!("{} is larger than {MAX_SPEC} bytes", path.display());
+    }
+    let spec = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_slice::<serde_json::Value>(&spec)
+        .with_context(|| format!("{} is not JSON", path.display()))?;
+    Ok(spec)
+}
+
+pub async fn run(global: &Global, command: ContainersCommand) -> Result<()> {
+    let namespace = global.namespace()?.to_string();
+    let ns = namespace.as_str();
+    let containers = RemoteContainers::connect(global.metad_socket())
+        .await
+        .context("berth-metad")?;
+    match command {
+        ContainersCommand::Ls { quiet, filters } => {
+            let mut list = containers
+                .list(ns, &filters)
+                .await
+                .context("containers ls")?;
+            list.sort_by(|a, b| a.id.cmp(&b.id));
+            if quiet {
+                for c in &list {
+                    println!("{}", c.id);
+                }
+                return Ok(());
+            }
+            match global.format {
+                Format::Json => {
+                    output::json(&list.iter().map(ContainerJson::from).collect::<Vec<_>>())
+                }
+                Format::Table => {
+                    let rows: Vec<Vec<String>> = list
+                        .iter()
+                        .map(|c| {
+                            vec![
+                                c.id.clone(),
+                                or_dash(&c.image),
+                                c.runtime.name.clone(),
+                                or_dash(&c.snapshotter),
+                                output::age(c.created_at),
+                                labels_text(&c.labels),
+                            ]
+                        })
+                        .collect();
+                    output::table(
+                        &["ID", "IMAGE", "RUNTIME", "SNAPSHOTTER", "CREATED", "LABELS"],
+                        &rows,
+                    )
+                }
+            }
+        }
+        ContainersCommand::Info { id } => {
+            let container = containers
+                .get(ns, &id)
+                .await
+                .with_context(|| format!("containers info {id}"))?;
+            // Like ctr, the record as JSON whatever the format: the spec
+            // does not fit a table.
+            output::json(&ContainerJson::from(&container))
+        }
+        ContainersCommand::Create {
+            image,
+            id,
+            snapshotter,
+            snapshot_key,
+            runtime,
+            labels,
+            spec,
+        } => {
+            let what = || format!("containers create {id}");
+            let labels = parse_labels(&labels)?;
+            let spec = match &spec {
+                Some(path) => read_spec(path).with_context(what)?,
+                None => MINIMAL_SPEC.as_bytes().to_vec(),
+            };
+            let images = RemoteImages::connect(global.metad_socket())
+                .await
+                .context("berth-metad")?;
+            images.get(ns, &image).await.with_context(what)?;
+            let snapshotter = match (&snapshotter, &snapshot_key) {
+                (Some(name), _) => name.clone(),
+                (None, Some(_)) => berth_snapshot::DEFAULT_SNAPSHOTTER.to_string(),
+                (None, None) => String::new(),
+            };
+            let created = containers
+                .create(
+                    ns,
+                    Container {
+                        id: id.clone(),
+                        labels,
+                        image,
+                        runtime: Runtime {
+                            name: runtime,
+                            options: None,
+                        },
+                        spec: Some(Any {
+                            type_url: SPEC_TYPE_URL.to_string(),
+                            value: spec,
+                        }),
+                        snapshotter,
+                        snapshot_key: snapshot_key.unwrap_or_default(),
+                        created_at: std::time::UNIX_EPOCH,
+                        updated_at: std::time::UNIX_EPOCH,
+                        extensions: BTreeMap::new(),
+                        sandbox: String::new(),
+                    },
+                )
+                .await
+                .with_context(what)?;
+            match global.format {
+                Format::Json => output::json(&ContainerJson::from(&created)),
+                Format::Table => {
+                    println!("{}", created.id);
+                    Ok(())
+                }
+            }
+        }
+        ContainersCommand::Label { id, labels } => {
+            let what = || format!("containers label {id}");
+            let (labels, paths) = label_update(&labels)?;
+            let mut container = containers.get(ns, &id).await.with_context(what)?;
+            container.labels = labels;
+            let updated = containers
+                .update(ns, container, &paths)
+                .await
+                .with_context(what)?;
+            match global.format {
+                Format::Json => output::json(&ContainerJson::from(&updated)),
+                Format::Table => {
+                    println!("{}", labels_text(&updated.labels));
+                    Ok(())
+                }
+            }
+        }
+        ContainersCommand::Rm { ids } => {
+            for id in ids {
+                containers
+                    .delete(ns, &id)
+                    .await
+                    .with_context(|| format!("containers rm {id}"))?;
+                if global.format == Format::Table {
+                    println!("{id}");
+                }
+            }
+            Ok(())
+        }
+    }
 }

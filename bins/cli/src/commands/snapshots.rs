@@ -5,14 +5,12 @@ use std::collections::HashMap;
 use anyhow::{bail, Context, Result};
 use berth_client::{RemoteContentStore, RemoteSnapshotter};
 use berth_ids::Digest;
-use berth_snapshot::{Descriptor, Info, Snapshotter, DEFAULT_SNAPSHOTTER};
+use berth_snapshot::{Info, Snapshotter, DEFAULT_SNAPSHOTTER};
 use serde::Serialize;
 
 use crate::global::Global;
+use crate::image::{label_unpacked, ImageLayers};
 use crate::output::{self, Format};
-
-/// Largest manifest, index or config `unpack` reads.
-const MAX_DOCUMENT: u64 = 4 << 20;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct SnapshotterArg {
@@ -277,87 +275,32 @@ pub async fn run(global: &Global, args: SnapshotsArgs) -> Result<()> {
     }
 }
 
-fn host_arch() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        other => other,
-    }
-}
-
-async fn document(
-    store: &RemoteContentStore,
-    ns: &str,
-    digest: &Digest,
-) -> Result<serde_json::Value> {
-    let data = berth_content::read_blob(store, ns, digest, MAX_DOCUMENT)
-        .await
-        .with_context(|| format!("reading {digest}"))?;
-    if Digest::of(&data) != *digest {
-        bail!("{digest} does not match its content");
-    }
-    serde_json::from_slice(&data).with_context(|| format!("parsing {digest}"))
-}
-
-fn digest_at(value: &serde_json::Value, what: &str) -> Result<Digest> {
-    let text = value["digest"]
-        .as_str()
-        .with_context(|| format!("{what} has no digest"))?;
-    Ok(Digest::parse(text)?)
-}
-
-/// `berth unpack DIGEST`: the image's layers into snapshots.
+/// `berth unpack DIGEST`: the image's layers into snapshots, and the
+/// image's config labelled as holding them.
 pub async fn unpack(global: &Global, args: UnpackArgs) -> Result<()> {
     let ns = global.namespace()?.to_string();
     let store = RemoteContentStore::connect(global.contentd_socket())
         .await
         .context("connecting to berth-contentd")?;
-    let mut digest = Digest::parse(&args.digest)?;
-    let mut doc = document(&store, &ns, &digest).await?;
-    if let Some(manifests) = doc["manifests"].as_array() {
-        let chosen = manifests
-            .iter()
-            .find(|m| {
-                m["platform"]["os"] == "linux" && m["platform"]["architecture"] == host_arch()
-            })
-            .or_else(|| manifests.first())
-            .context("the index lists no manifests")?;
-        digest = digest_at(chosen, "the index entry")?;
-        doc = document(&store, &ns, &digest).await?;
-    }
-    let config_digest = digest_at(&doc["config"], "the manifest's config")?;
-    let config = document(&store, &ns, &config_digest).await?;
-    let layers = doc["layers"]
-        .as_array()
-        .context("the manifest has no layers")?;
-    let descs = layers
-        .iter()
-        .map(|l| {
-            Ok(Descriptor {
-                media_type: l["mediaType"].as_str().unwrap_or_default().to_string(),
-                digest: digest_at(l, "a layer")?,
-                size: l["size"].as_u64().context("a layer has no size")?,
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let diff_ids = config["rootfs"]["diff_ids"]
-        .as_array()
-        .context("the config has no diff_ids")?
-        .iter()
-        .map(|d| {
-            Ok(Digest::parse(
-                d.as_str().context("a diff ID is not a string")?,
-            )?)
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let root = Digest::parse(&args.digest)?;
+    let image = ImageLayers::resolve(&store, &ns, &root, None).await?;
+    let diff_ids = image.diff_ids(&store, &ns).await?;
     let sn = connect(global, &args.snapshotter.snapshotter).await?;
     let done = sn
-        .unpack(&ns, &descs, &diff_ids)
+        .unpack(&ns, &image.layers, &diff_ids)
         .await
-        .with_context(|| format!("unpacking {digest}"))?;
+        .with_context(|| format!("unpacking {root}"))?;
+    label_unpacked(
+        &store,
+        &ns,
+        &image.config,
+        &args.snapshotter.snapshotter,
+        &done.chain_id,
+    )
+    .await?;
     if global.format == Format::Json {
         return output::json(&serde_json::json!({
-            "chain_id": done.chain_id.to_string(), "applied": done.applied, "layers": descs.len()
+            "chain_id": done.chain_id.to_string(), "applied": done.applied, "layers": image.layers.len()
         }));
     }
     println!("{}", done.chain_id);

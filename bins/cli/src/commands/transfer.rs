@@ -65,7 +65,7 @@ pub struct PushArgs {
 }
 
 /// `--user USER:PASSWORD`, else the docker config's entry for the host.
-fn credentials(user: Option<&str>, host: &str) -> Result<Option<pb::Credentials>> {
+pub(crate) fn credentials(user: Option<&str>, host: &str) -> Result<Option<pb::Credentials>> {
     Ok(match user {
         Some(user) => {
             let Some((username, secret)) = user.split_once(':') else {
@@ -90,7 +90,7 @@ fn parse_reference(value: &str) -> Result<Reference> {
 }
 
 /// Prints the outcome of a transfer: the digest, or a JSON event.
-fn finish(
+pub(crate) fn finish(
     format: Format,
     quiet: bool,
     verb: &str,
@@ -167,7 +167,7 @@ pub async fn fetch(global: &Global, args: FetchArgs) -> Result<()> {
 
 /// How progress is shown: bars on a terminal, lines otherwise, JSON events
 /// for scripts, nothing when quiet.
-enum Display {
+pub(crate) enum Display {
     Quiet,
     Json,
     Lines {
@@ -197,7 +197,7 @@ fn short(digest: &str) -> &str {
 }
 
 impl Display {
-    fn new(format: Format, quiet: bool) -> Display {
+    pub(crate) fn new(format: Format, quiet: bool) -> Display {
         if quiet {
             Display::Quiet
         } else if format == Format::Json {
@@ -214,7 +214,32 @@ impl Display {
         }
     }
 
-    fn show(&mut self, progress: &pb::Progress) {
+    /// Layers `..count` of `total` are unpacked into `chain`.
+    pub(crate) fn show_unpacked(&mut self, chain: &berth_ids::Digest, count: usize, total: usize) {
+        match self {
+            Display::Quiet => {}
+            Display::Json => {
+                let event = serde_json::json!({
+                    "event": "unpacked",
+                    "chain_id": chain.to_string(),
+                    "layers": count,
+                    "of": total,
+                });
+                println!("{event}");
+            }
+            Display::Lines { .. } => {
+                eprintln!("unpacked {count}/{total} layers: {}", short(chain.as_str()));
+            }
+            Display::Bars { multi, .. } => {
+                let _ = multi.println(format!(
+                    "unpacked {count}/{total} layers: {}",
+                    short(chain.as_str())
+                ));
+            }
+        }
+    }
+
+    pub(crate) fn show(&mut self, progress: &pb::Progress) {
         let Some(descriptor) = progress.descriptor.as_ref() else {
             return;
         };
@@ -281,7 +306,7 @@ impl Display {
         }
     }
 
-    fn finish(&mut self) {
+    pub(crate) fn finish(&mut self) {
         if let Display::Bars { bars, .. } = self {
             for bar in bars.values() {
                 bar.finish();

@@ -15,7 +15,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use berth_content::{read_blob, CommitOptions, ContentStore, Labels, WriterOptions, MAX_READ};
+use berth_content::{
+    hold_for_lease, lease_label_value, read_blob, CommitOptions, ContentStore, Labels,
+    WriterOptions, MAX_READ,
+};
 use berth_errdefs::{Error, ErrorKind, Result};
 use berth_reference::Reference;
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -51,12 +54,23 @@ pub struct FetchOptions {
     /// Fetch layers a manifest marks as foreign (they may come from URLs
     /// outside the registry; credentials are never sent there).
     pub allow_foreign_layers: bool,
+    /// The lease the fetch works under: every blob it stores or finds
+    /// already stored is tied to it.
+    pub lease: Option<String>,
 }
 
 /// What a fetch reports as it goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Progress {
     Resolved(Descriptor),
+    /// An image manifest the fetch will bring in (before its blobs), so a
+    /// caller can start unpacking layers as they arrive; `platform` as the
+    /// index that named it says (`os/arch[/variant]`), if one did.
+    Manifest {
+        descriptor: Descriptor,
+        platform: Option<String>,
+        data: Vec<u8>,
+    },
     Blob {
         descriptor: Descriptor,
         state: BlobState,
@@ -111,6 +125,7 @@ struct Job<'a> {
     namespace: &'a str,
     client: &'a RegistryClient,
     source_label: (String, String),
+    lease: Option<&'a str>,
     progress: &'a mpsc::Sender<Progress>,
 }
 
@@ -138,6 +153,9 @@ impl Job<'_> {
 
     fn labels(&self, mut labels: Labels) -> Labels {
         labels.insert(self.source_label.0.clone(), self.source_label.1.clone());
+        if let Some(lease) = self.lease {
+            labels.insert(berth_api::lease_label(lease), lease_label_value());
+        }
         labels
     }
 }
@@ -202,6 +220,7 @@ impl Fetcher {
                     format!("containerd.io/distribution.source.{}", reference.domain()),
                     reference.path().to_string(),
                 ),
+                lease: options.lease.as_deref(),
                 progress,
             };
             self.fetch_tree(&job, &root, options).await?;
@@ -285,6 +304,18 @@ impl Fetcher {
                 manifests.extend(children);
             } else if oci::is_manifest(&descriptor.media_type) {
                 let manifest = oci::parse_manifest(&data)?;
+                // (One that would not fit a progress message is left for
+                // the caller to read once the fetch is done.)
+                if data.len() <= berth_api::MAX_CHUNK {
+                    let _ = job
+                        .progress
+                        .send(Progress::Manifest {
+                            descriptor: descriptor.clone(),
+                            platform: descriptor.platform.as_ref().map(platform::display),
+                            data: data.clone(),
+                        })
+                        .await;
+                }
                 let mut labels: Labels = HashMap::new();
                 labels.insert(
                     "containerd.io/gc.ref.content.config".into(),
@@ -386,6 +417,7 @@ impl Fetcher {
                     return Ok(());
                 }
                 Err(e) if e.is(ErrorKind::AlreadyExists) => {
+                    self.hold(job, descriptor).await?;
                     job.report(descriptor, BlobState::Exists, descriptor.size)
                         .await;
                     return Ok(());
@@ -399,6 +431,22 @@ impl Fetcher {
                 }
                 Err(e) => return Err(e),
             }
+        }
+    }
+
+    /// Ties a blob the namespace already has to the fetch's lease.
+    async fn hold(&self, job: &Job<'_>, descriptor: &Descriptor) -> Result<()> {
+        match job.lease {
+            Some(lease) => {
+                hold_for_lease(
+                    self.store.as_ref(),
+                    job.namespace,
+                    &descriptor.digest,
+                    lease,
+                )
+                .await
+            }
+            None => Ok(()),
         }
     }
 
@@ -441,6 +489,7 @@ impl Fetcher {
         let mut writer = match self.store.writer(job.namespace, options).await {
             Ok(w) => w,
             Err(e) if e.is(ErrorKind::AlreadyExists) => {
+                self.hold(job, descriptor).await?;
                 job.report(descriptor, BlobState::Exists, descriptor.size)
                     .await;
                 return Ok(());
@@ -505,7 +554,7 @@ impl Fetcher {
             .await
         {
             Ok(_) => {}
-            Err(e) if e.is(ErrorKind::AlreadyExists) => {}
+            Err(e) if e.is(ErrorKind::AlreadyExists) => self.hold(job, descriptor).await?,
             Err(e) if e.is(ErrorKind::FailedPrecondition) => {
                 // Bad bytes from the registry: drop them so no later fetch
                 // resumes from them.

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use berth_api::transfer as pb;
-use berth_daemon::{peer_hung_up, request_namespace};
+use berth_daemon::{peer_hung_up, request_lease, request_namespace};
 use berth_errdefs::{Error, Result};
 use berth_reference::Reference;
 use tokio::sync::mpsc;
@@ -89,7 +89,7 @@ where
     Ok(root)
 }
 
-fn fetch_options(req: &pb::FetchRequest) -> Result<FetchOptions> {
+fn fetch_options(req: &pb::FetchRequest, lease: Option<String>) -> Result<FetchOptions> {
     if req.platforms.len() > MAX_PLATFORMS {
         return Err(Error::invalid_argument(format!(
             "at most {MAX_PLATFORMS} platforms per fetch"
@@ -108,6 +108,7 @@ fn fetch_options(req: &pb::FetchRequest) -> Result<FetchOptions> {
         plain_http: req.plain_http,
         credentials,
         allow_foreign_layers: req.allow_foreign_layers,
+        lease,
     })
 }
 
@@ -116,6 +117,17 @@ fn progress_to_pb(progress: &Progress) -> pb::Progress {
         Progress::Resolved(root) => pb::Progress {
             event: "resolved".into(),
             descriptor: Some(descriptor_to_pb(root)).into(),
+            ..Default::default()
+        },
+        Progress::Manifest {
+            descriptor,
+            platform,
+            data,
+        } => pb::Progress {
+            event: "manifest".into(),
+            descriptor: Some(descriptor_to_pb(descriptor)).into(),
+            platform: platform.clone().unwrap_or_default(),
+            data: data.clone(),
             ..Default::default()
         },
         Progress::Blob {
@@ -143,7 +155,7 @@ impl pb::Transfer for TransferService {
         let result: Result<()> = async {
             let namespace = request_namespace(ctx)?;
             let reference = Reference::parse(&req.reference)?;
-            let options = fetch_options(&req)?;
+            let options = fetch_options(&req, request_lease(ctx)?)?;
             let (tx, mut rx) = mpsc::channel(64);
             let fetch = self.fetcher.fetch(&namespace, &reference, &options, &tx);
             let root = relay(ctx, &sender, fetch, &mut rx).await?;

@@ -37,6 +37,17 @@ pub struct Roots {
 pub trait RootSource: Send + Sync {
     /// All namespaces' roots in one read transaction.
     fn roots(&self) -> Result<Roots>;
+    /// The namespaces a collection lists contentd and snapd in, read before
+    /// it lists them (objects in a namespace metad does not know are never
+    /// collected). The default reads every root; a store may answer cheaper.
+    fn namespaces(&self) -> Result<Vec<String>> {
+        Ok(self
+            .roots()?
+            .namespaces
+            .into_iter()
+            .map(|namespace| namespace.namespace)
+            .collect())
+    }
     /// Deletes these leases (expired ones), `(namespace, id)`; ones already
     /// gone are skipped.
     fn delete_leases(&self, leases: &[(String, String)]) -> Result<()>;

@@ -1,0 +1,114 @@
+//! metad's local store: namespaces, images, containers and leases in LMDB
+//! ([`records`]), behind the `berth-metadata` traits (implemented one
+//! module per record type: `crate::namespaces`, `crate::images`,
+//! `crate::containers`, `crate::leases`).
+//!
+//! Every mutation that can add a reference holds the collector's gate
+//! ([`Scheduler::hold_mutations`]) for its transaction; every delete tells
+//! the collector ([`Scheduler::note_deletion`]); record changes go to the
+//! event exchange after their transaction commits.
+
+pub mod holders;
+pub mod records;
+mod roots;
+
+use std::sync::Arc;
+
+use berth_errdefs::{Error, Result};
+use berth_ids::validate_namespace;
+use protobuf::Message;
+
+use crate::events::Exchange;
+use crate::gc::Scheduler;
+pub use holders::{DaemonHolders, MetadOnly, NamespaceHolders};
+pub use records::Records;
+
+/// The protobuf package of containerd's event messages.
+const EVENTS_PACKAGE: &str = "containerd.events";
+
+/// berth-metad's store. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct MetaStore {
+    pub(crate) inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub(crate) records: Records,
+    pub(crate) scheduler: Arc<Scheduler>,
+    pub(crate) exchange: Arc<Exchange>,
+    pub(crate) holders: Arc<dyn NamespaceHolders>,
+}
+
+impl MetaStore {
+    pub fn new(
+        records: Records,
+        scheduler: Arc<Scheduler>,
+        exchange: Arc<Exchange>,
+        holders: Arc<dyn NamespaceHolders>,
+    ) -> MetaStore {
+        MetaStore {
+            inner: Arc::new(Inner {
+                records,
+                scheduler,
+                exchange,
+                holders,
+            }),
+        }
+    }
+
+    /// A store on `dir` with no collector, a private exchange and no other
+    /// daemons: for tests and tools.
+    pub fn open_standalone(dir: &std::path::Path) -> Result<MetaStore> {
+        Ok(MetaStore::new(
+            Records::open(dir)?,
+            Arc::new(Scheduler::default()),
+            Exchange::new(),
+            Arc::new(MetadOnly),
+        ))
+    }
+
+    pub fn records(&self) -> &Records {
+        &self.inner.records
+    }
+
+    /// Publishes a record change as containerd does: the event message in
+    /// an `Any` whose type URL is its bare name (`containerd.events.X`).
+    pub(crate) fn publish<M: Message>(&self, namespace: &str, topic: &str, event: &M) {
+        let value = match event.write_to_bytes() {
+            Ok(value) => value,
+            Err(e) => {
+                tracing::warn!(topic, error = %e, "could not encode an event");
+                return;
+            }
+        };
+        let any = berth_metadata::Any {
+            type_url: format!("{EVENTS_PACKAGE}.{}", M::NAME),
+            value,
+        };
+        self.inner.exchange.publish(namespace, topic, any);
+    }
+
+    /// Runs a collection after a delete that asked for one.
+    pub(crate) async fn collect_if(&self, sync: bool) -> Result<()> {
+        if sync {
+            self.inner.scheduler.collect_now().await?;
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn check_namespace(namespace: &str) -> Result<()> {
+    Ok(validate_namespace(namespace)?)
+}
+
+/// Runs blocking store work (LMDB) off the async threads.
+pub(crate) async fn blocking<T, F>(work: F) -> Result<T>
+where
+    F: FnOnce() -> Result<T> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| Error::internal(format!("store task failed: {e}")))?
+}

@@ -1,0 +1,307 @@
+//! What a record may hold. Implementations check every record from a
+//! request with these before storing it; a failure is InvalidArgument.
+
+use std::time::SystemTime;
+
+use berth_errdefs::{Error, Result};
+use berth_ids::{validate_id, validate_labels, validate_ref, Digest};
+
+use crate::rfc3339::parse_rfc3339;
+use crate::{Any, Container, Descriptor, Image, Labels, Resource, LABEL_GC_EXPIRE};
+
+/// Longest image name (a reference: domain, path, tag and digest).
+pub const MAX_IMAGE_NAME_LEN: usize = 512;
+/// Longest media type, runtime name, extension key or `Any` type URL.
+pub const MAX_NAME_LEN: usize = 1024;
+/// Largest opaque payload of one container, all of its spec, runtime
+/// options and extensions together: a container must fit in one ttrpc
+/// frame (4 MiB) with room to spare.
+pub const MAX_CONTAINER_PAYLOAD: usize = 2 * 1024 * 1024;
+/// The snapshotters berth-snapd serves, by the names records use.
+pub const SNAPSHOTTERS: &[&str] = &["overlayfs", "native"];
+
+/// Lease resource kind: a blob, by digest.
+pub const RESOURCE_CONTENT: &str = "content";
+/// Lease resource kind: an ingest in progress, by ref.
+pub const RESOURCE_INGESTS: &str = "ingests";
+/// Lease resource kind prefix: `snapshots/<snapshotter>`, by key.
+pub const RESOURCE_SNAPSHOTS: &str = "snapshots";
+
+fn invalid(message: String) -> Error {
+    Error::invalid_argument(message)
+}
+
+/// An image name is a reference (`docker.io/library/busybox:1.36`,
+/// `registry:5000/team/app@sha256:...`): letters, digits and `. _ - : / @
+/// + =`, starting with a letter or digit, with no empty path component and
+/// no `..`.
+pub fn validate_image_name(name: &str) -> Result<()> {
+    if name.is_empty() {
+        return Err(invalid("image name must not be empty".into()));
+    }
+    let shown: String = name.chars().take(80).collect();
+    if name.len() > MAX_IMAGE_NAME_LEN {
+        return Err(invalid(format!(
+            "image name {shown:?} is longer than {MAX_IMAGE_NAME_LEN} bytes"
+        )));
+    }
+    if let Some(bad) = name.chars().find(|c| {
+        !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':' | '/' | '@' | '+' | '='))
+    }) {
+        return Err(invalid(format!(
+            "image name {shown:?} is not valid: {bad:?} is not allowed"
+        )));
+    }
+    if !name.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        return Err(invalid(format!(
+            "image name {shown:?} is not valid: it must start with a letter or digit"
+        )));
+    }
+    if name.ends_with('/') || name.contains("//") || name.contains("..") {
+        return Err(invalid(format!(
+            "image name {shown:?} is not valid: empty path component or '..'"
+        )));
+    }
+    Ok(())
+}
+
+/// A short free-form name (media type, runtime name, extension key, type
+/// URL): not empty unless `may_be_empty`, bounded, and without spaces or
+/// control characters.
+fn validate_name(what: &str, value: &str, may_be_empty: bool) -> Result<()> {
+    if value.is_empty() {
+        return if may_be_empty {
+            Ok(())
+        } else {
+            Err(invalid(format!("{what} must not be empty")))
+        };
+    }
+    let shown: String = value.chars().take(80).collect();
+    if value.len() > MAX_NAME_LEN {
+        return Err(invalid(format!(
+            "{what} {shown:?} is longer than {MAX_NAME_LEN} bytes"
+        )));
+    }
+    if value.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(invalid(format!(
+            "{what} {shown:?} must not contain spaces or control characters"
+        )));
+    }
+    Ok(())
+}
+
+/// A target descriptor, as containerd checks one: a media type, a size
+/// above zero; the digest is well formed by its type.
+pub fn validate_descriptor(target: &Descriptor) -> Result<()> {
+    validate_name("target media type", &target.media_type, false)?;
+    if target.size <= 0 {
+        return Err(invalid(format!(
+            "target size must be greater than zero, not {}",
+            target.size
+        )));
+    }
+    validate_labels(&target.annotations)
+        .map_err(|e| invalid(format!("target annotations: {e}")))?;
+    Ok(())
+}
+
+pub fn validate_image(image: &Image) -> Result<()> {
+    validate_image_name(&image.name)?;
+    validate_labels(&image.labels)?;
+    validate_descriptor(&image.target)
+}
+
+/// A snapshotter name: one of [`SNAPSHOTTERS`].
+pub fn validate_snapshotter(name: &str) -> Result<()> {
+    if SNAPSHOTTERS.contains(&name) {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "unknown snapshotter {name:?} (known: {})",
+            SNAPSHOTTERS.join(", ")
+        )))
+    }
+}
+
+fn any_size(any: &Any) -> usize {
+    any.type_url.len() + any.value.len()
+}
+
+fn validate_any(what: &str, any: &Any) -> Result<()> {
+    validate_name(&format!("{what} type URL"), &any.type_url, false)
+}
+
+/// A container record, as containerd checks one (an id, a runtime name, a
+/// spec; a snapshot key only with a snapshotter), and berth's names: ids
+/// and keys by `berth-ids`, snapshotters by name, the image as an image
+/// name, and the opaque payloads bounded.
+pub fn validate_container(container: &Container) -> Result<()> {
+    validate_id(&container.id)?;
+    validate_labels(&container.labels)?;
+    if !container.image.is_empty() {
+        validate_image_name(&container.image)?;
+    }
+    validate_name("runtime name", &container.runtime.name, false)?;
+    let spec = container
+        .spec
+        .as_ref()
+        .ok_or_else(|| invalid(format!("container {} needs a spec", container.id)))?;
+    validate_any("spec", spec)?;
+    if let Some(options) = &container.runtime.options {
+        validate_any("runtime options", options)?;
+    }
+    if !container.snapshotter.is_empty() {
+        validate_snapshotter(&container.snapshotter)?;
+    }
+    if !container.snapshot_key.is_empty() {
+        if container.snapshotter.is_empty() {
+            return Err(invalid(format!(
+                "container {} has a snapshot key but no snapshotter",
+                container.id
+            )));
+        }
+        validate_ref(&container.snapshot_key).map_err(|e| invalid(format!("snapshot key: {e}")))?;
+    }
+    if !container.sandbox.is_empty() {
+        validate_id(&container.sandbox).map_err(|e| invalid(format!("sandbox: {e}")))?;
+    }
+    let mut payload = any_size(spec) + container.runtime.options.as_ref().map_or(0, any_size);
+    for (key, extension) in &container.extensions {
+        validate_name("extension key", key, false)?;
+        validate_any(&format!("extension {key}"), extension)?;
+        payload += key.len() + any_size(extension);
+    }
+    if payload > MAX_CONTAINER_PAYLOAD {
+        return Err(invalid(format!(
+            "container {}: spec, runtime options and extensions are {payload} bytes, more than the {MAX_CONTAINER_PAYLOAD} allowed",
+            container.id
+        )));
+    }
+    Ok(())
+}
+
+/// A lease's labels: valid labels, and an expiry that is an RFC 3339 time.
+pub fn validate_lease_labels(labels: &Labels) -> Result<()> {
+    validate_labels(labels)?;
+    lease_expiry(labels)?;
+    Ok(())
+}
+
+/// When a lease with these labels expires, from `containerd.io/gc.expire`.
+pub fn lease_expiry(labels: &Labels) -> Result<Option<SystemTime>> {
+    labels
+        .get(LABEL_GC_EXPIRE)
+        .map(|value| {
+            parse_rfc3339(value).map_err(|e| invalid(format!("label {LABEL_GC_EXPIRE}: {e}")))
+        })
+        .transpose()
+}
+
+/// Checks a lease resource and returns it as stored: a content id in its
+/// canonical digest form.
+pub fn validate_resource(resource: &Resource) -> Result<Resource> {
+    let id = match resource.kind.split_once('/') {
+        None if resource.kind == RESOURCE_CONTENT => Digest::parse(&resource.id)?.to_string(),
+        None if resource.kind == RESOURCE_INGESTS => {
+            validate_ref(&resource.id)?;
+            resource.id.clone()
+        }
+        Some((RESOURCE_SNAPSHOTS, snapshotter)) => {
+            validate_snapshotter(snapshotter)?;
+            validate_ref(&resource.id).map_err(|e| invalid(format!("snapshot key: {e}")))?;
+            resource.id.clone()
+        }
+        _ => {
+            return Err(invalid(format!(
+                "unknown lease resource type {:?} (known: {RESOURCE_CONTENT}, {RESOURCE_INGESTS}, {RESOURCE_SNAPSHOTS}/<snapshotter>)",
+                resource.kind.chars().take(80).collect::<String>()
+            )))
+        }
+    };
+    Ok(Resource {
+        id,
+        kind: resource.kind.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn image_names_are_references() {
+        for good in [
+            "docker.io/library/busybox:1.36",
+            "busybox",
+            "localhost:5000/team/app@sha256:0123abcd",
+            "registry.example.com/a_b/c-d:v1.2+build=3",
+        ] {
+            assert!(validate_image_name(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "/abs",
+            "a//b",
+            "a/",
+            "../x",
+            "a/../b",
+            "with space",
+            "tab\there",
+            "ünicode",
+            "-leading",
+            "semi;colon",
+        ] {
+            assert_eq!(
+                validate_image_name(bad).unwrap_err().kind(),
+                berth_errdefs::ErrorKind::InvalidArgument,
+                "{bad:?}"
+            );
+        }
+        assert!(validate_image_name(&"a".repeat(MAX_IMAGE_NAME_LEN)).is_ok());
+        assert!(validate_image_name(&"a".repeat(MAX_IMAGE_NAME_LEN + 1)).is_err());
+    }
+
+    #[test]
+    fn resources_are_checked_by_kind() {
+        let r = |kind: &str, id: &str| Resource {
+            kind: kind.into(),
+            id: id.into(),
+        };
+        let digest = format!("sha256:{}", "a".repeat(64));
+        assert_eq!(
+            validate_resource(&r("content", &digest)).unwrap().id,
+            digest
+        );
+        assert!(validate_resource(&r("ingests", "layer-sha256:ab")).is_ok());
+        assert!(validate_resource(&r("snapshots/overlayfs", "k")).is_ok());
+        assert!(validate_resource(&r("snapshots/native", "sha256:abc")).is_ok());
+        for (kind, id) in [
+            ("content", "sha256:nothex"),
+            ("ingests", "../x"),
+            ("snapshots/zfs", "k"),
+            ("snapshots", "k"),
+            ("snapshots/overlayfs/x", "k"),
+            ("snapshots/overlayfs", "a/b"),
+            ("images", "busybox"),
+            ("", "x"),
+        ] {
+            assert_eq!(
+                validate_resource(&r(kind, id)).unwrap_err().kind(),
+                berth_errdefs::ErrorKind::InvalidArgument,
+                "{kind} {id}"
+            );
+        }
+    }
+
+    #[test]
+    fn lease_expiry_must_be_rfc3339() {
+        let mut labels = Labels::new();
+        assert_eq!(lease_expiry(&labels).unwrap(), None);
+        labels.insert(LABEL_GC_EXPIRE.into(), "2030-01-01T00:00:00Z".into());
+        assert!(lease_expiry(&labels).unwrap().is_some());
+        labels.insert(LABEL_GC_EXPIRE.into(), "in an hour".into());
+        assert!(validate_lease_labels(&labels).is_err());
+    }
+}

@@ -1,0 +1,175 @@
+//! The mount syscalls behind a trait: [`Host`] makes them (the only place
+//! in this crate that does), and the unit tests of [`super`] drive the
+//! option building, the overlay fallback and the cleanup against a fake.
+
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::Path;
+
+use nix::errno::Errno;
+use nix::mount::{MntFlags, MsFlags};
+
+/// Per-mount attributes of [`MountSyscalls::fsmount`] (`MOUNT_ATTR_*`).
+pub type MountAttrs = u32;
+pub const MOUNT_ATTR_RDONLY: MountAttrs = 0x1;
+pub const MOUNT_ATTR_NOSUID: MountAttrs = 0x2;
+pub const MOUNT_ATTR_NODEV: MountAttrs = 0x4;
+pub const MOUNT_ATTR_NOEXEC: MountAttrs = 0x8;
+
+/// mount(2), umount2(2) and the new mount API (fsopen, fsconfig, fsmount,
+/// move_mount), each failing with the kernel's errno.
+pub trait MountSyscalls {
+    /// An open filesystem context (from `fsopen`).
+    type Context;
+    /// A detached mount (from `fsmount`), not yet attached anywhere.
+    type Detached;
+
+    fn mount(
+        &self,
+        source: Option<&str>,
+        target: &Path,
+        fstype: Option<&str>,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> Result<(), Errno>;
+    fn umount(&self, target: &Path, flags: MntFlags) -> Result<(), Errno>;
+    fn fsopen(&self, fstype: &str) -> Result<Self::Context, Errno>;
+    fn fsconfig_string(&self, fs: &Self::Context, key: &str, value: &str) -> Result<(), Errno>;
+    fn fsconfig_flag(&self, fs: &Self::Context, key: &str) -> Result<(), Errno>;
+    /// `FSCONFIG_CMD_CREATE`: the filesystem instance is made from the
+    /// parameters set so far.
+    fn fsconfig_create(&self, fs: &Self::Context) -> Result<(), Errno>;
+    fn fsmount(&self, fs: &Self::Context, attrs: MountAttrs) -> Result<Self::Detached, Errno>;
+    fn move_mount(&self, mount: &Self::Detached, target: &Path) -> Result<(), Errno>;
+}
+
+// From linux/mount.h (stable ABI; not all in the libc crate).
+const FSOPEN_CLOEXEC: libc::c_ulong = 0x1;
+const FSCONFIG_SET_FLAG: libc::c_ulong = 0;
+const FSCONFIG_SET_STRING: libc::c_ulong = 1;
+const FSCONFIG_CMD_CREATE: libc::c_ulong = 6;
+const FSMOUNT_CLOEXEC: libc::c_ulong = 0x1;
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_ulong = 0x4;
+
+/// The kernel's calls.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Host;
+
+/// A string for the kernel; one with a NUL in it is EINVAL, as the kernel
+/// would say of a name it cannot take.
+fn c(value: &str) -> Result<CString, Errno> {
+    CString::new(value).map_err(|_| Errno::EINVAL)
+}
+
+fn c_path(path: &Path) -> Result<CString, Errno> {
+    use std::os::unix::ffi::OsStrExt;
+    CString::new(path.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)
+}
+
+/// The fd a syscall returned, or its errno.
+fn owned_fd(rc: libc::c_long) -> Result<OwnedFd, Errno> {
+    if rc < 0 {
+        return Err(Errno::last());
+    }
+    let fd = i32::try_from(rc).map_err(|_| Errno::EBADF)?;
+    // SAFETY: the kernel just returned this fd to us; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn fsconfig(
+    fs: &OwnedFd,
+    cmd: libc::c_ulong,
+    key: Option<&CString>,
+    value: Option<&CString>,
+) -> Result<(), Errno> {
+    let key_ptr = key.map_or(std::ptr::null(), |k| k.as_ptr());
+    let value_ptr = value.map_or(std::ptr::null(), |v| v.as_ptr());
+    // SAFETY: key and value are NULL or NUL-terminated strings that outlive
+    // the call; fs is an open fs context fd.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_fsconfig,
+            fs.as_raw_fd(),
+            cmd,
+            key_ptr,
+            value_ptr,
+            0 as libc::c_ulong,
+        )
+    };
+    if rc < 0 {
+        return Err(Errno::last());
+    }
+    Ok(())
+}
+
+impl MountSyscalls for Host {
+    type Context = OwnedFd;
+    type Detached = OwnedFd;
+
+    fn mount(
+        &self,
+        source: Option<&str>,
+        target: &Path,
+        fstype: Option<&str>,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> Result<(), Errno> {
+        nix::mount::mount(source, target, fstype, flags, data)
+    }
+
+    fn umount(&self, target: &Path, flags: MntFlags) -> Result<(), Errno> {
+        nix::mount::umount2(target, flags)
+    }
+
+    fn fsopen(&self, fstype: &str) -> Result<OwnedFd, Errno> {
+        let name = c(fstype)?;
+        // SAFETY: fsopen reads the NUL-terminated name and returns a new fd
+        // or -1; it touches no other memory of ours.
+        owned_fd(unsafe { libc::syscall(libc::SYS_fsopen, name.as_ptr(), FSOPEN_CLOEXEC) })
+    }
+
+    fn fsconfig_string(&self, fs: &OwnedFd, key: &str, value: &str) -> Result<(), Errno> {
+        fsconfig(fs, FSCONFIG_SET_STRING, Some(&c(key)?), Some(&c(value)?))
+    }
+
+    fn fsconfig_flag(&self, fs: &OwnedFd, key: &str) -> Result<(), Errno> {
+        fsconfig(fs, FSCONFIG_SET_FLAG, Some(&c(key)?), None)
+    }
+
+    fn fsconfig_create(&self, fs: &OwnedFd) -> Result<(), Errno> {
+        fsconfig(fs, FSCONFIG_CMD_CREATE, None, None)
+    }
+
+    fn fsmount(&self, fs: &OwnedFd, attrs: MountAttrs) -> Result<OwnedFd, Errno> {
+        // SAFETY: fsmount takes the configured fs context fd and two flag
+        // words, and returns a new fd or -1.
+        owned_fd(unsafe {
+            libc::syscall(
+                libc::SYS_fsmount,
+                fs.as_raw_fd(),
+                FSMOUNT_CLOEXEC,
+                libc::c_ulong::from(attrs),
+            )
+        })
+    }
+
+    fn move_mount(&self, mount: &OwnedFd, target: &Path) -> Result<(), Errno> {
+        let target = c_path(target)?;
+        // SAFETY: both paths are NUL-terminated strings that outlive the
+        // call; the mount fd is open for its duration.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_move_mount,
+                mount.as_raw_fd(),
+                c"".as_ptr(),
+                libc::AT_FDCWD,
+                target.as_ptr(),
+                MOVE_MOUNT_F_EMPTY_PATH,
+            )
+        };
+        if rc < 0 {
+            return Err(Errno::last());
+        }
+        Ok(())
+    }
+}

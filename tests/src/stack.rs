@@ -1,0 +1,84 @@
+//! A whole berth stack on temp dirs: berth-contentd, berth-snapd (root
+//! only) and berth-metad wired to each other, and the `berth` CLI pointed
+//! at all three.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use crate::{binary, Daemon};
+
+#[derive(Debug)]
+pub struct Stack {
+    pub dir: PathBuf,
+    pub contentd: Daemon,
+    pub snapd: Daemon,
+    pub metad: Daemon,
+}
+
+impl Stack {
+    /// Starts the three daemons under `dir`. Needs root (snapd mounts).
+    pub fn start(dir: &Path) -> Stack {
+        let contentd = Daemon::contentd(&dir.join("contentd"));
+        let contentd_socket = contentd.socket.display().to_string();
+        let snapd = Daemon::start_with_args(
+            "berth-snapd",
+            &dir.join("snapd"),
+            &["--contentd", &contentd_socket],
+        );
+        let snapd_socket = snapd.socket.display().to_string();
+        let metad = Daemon::start_with_args(
+            "berth-metad",
+            &dir.join("metad"),
+            &["--contentd", &contentd_socket, "--snapd", &snapd_socket],
+        );
+        Stack {
+            dir: dir.to_path_buf(),
+            contentd,
+            snapd,
+            metad,
+        }
+    }
+
+    /// `berth` with every daemon's socket in its environment.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(binary("berth"));
+        command
+            .env("BERTH_CONTENTD_ADDRESS", &self.contentd.socket)
+            .env("BERTH_SNAPD_ADDRESS", &self.snapd.socket)
+            .env("BERTH_METAD_ADDRESS", &self.metad.socket)
+            .env_remove("BERTH_NAMESPACE")
+            .env_remove("BERTH_SNAPSHOTTER")
+            .args(args)
+            .stdin(Stdio::null());
+        command
+    }
+
+    /// Runs `berth`; returns (exit ok, stdout, stderr).
+    pub fn berth(&self, args: &[&str]) -> (bool, String, String) {
+        let out = self.command(args).output().expect("running berth");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Runs `berth` and parses its stdout as JSON (`--format json` is
+    /// added); panics with stderr if it fails.
+    pub fn berth_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["--format", "json"];
+        all.extend_from_slice(args);
+        let (ok, out, err) = self.berth(&all);
+        assert!(ok, "berth {args:?} failed: {err}");
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("berth {args:?}: {e}: {out}"))
+    }
+
+    /// Starts `berth` in the background with piped stdout and stderr.
+    pub fn spawn_berth(&self, args: &[&str]) -> Child {
+        self.command(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting berth")
+    }
+}

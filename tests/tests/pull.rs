@@ -1,0 +1,315 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! `berth pull` end to end: a registry on 127.0.0.1, then berth-contentd
+//! fetching, berth-snapd unpacking as layers arrive, and berth-metad
+//! recording the image under a lease; `berth images rm` and `berth gc`
+//! then leave nothing behind.
+
+use std::io::Read;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use berth_client::RemoteContentStore;
+use berth_content::ContentStore;
+use berth_e2e::fake_registry::{Behaviour, FakeRegistry};
+use berth_e2e::images::{busybox_rootfs, files_rootfs, Blob, Layout, OCI_MANIFEST};
+use berth_e2e::registry::Registry;
+use berth_e2e::stack::Stack;
+use berth_e2e::{is_root, require, BlockSource};
+use berth_ids::Digest;
+use berth_snapshot::chain_ids;
+
+fn prerequisites() -> bool {
+    require(is_root(), "berth-snapd needs root")
+        && require(
+            ["docker-registry", "skopeo"].iter().all(|t| which(t))
+                && Path::new("/bin/busybox").exists(),
+            "docker-registry, skopeo and busybox-static are needed",
+        )
+}
+
+fn which(name: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|p| p.join(name).exists()))
+}
+
+/// A busybox image with a second layer holding `big` bytes of
+/// incompressible data.
+struct TestImage {
+    manifest: Blob,
+    config: Digest,
+    layers: Vec<Blob>,
+    diff_ids: Vec<Digest>,
+}
+
+fn build_image(dir: &Path, layout: &Layout, big: usize) -> TestImage {
+    let base = busybox_rootfs(&dir.join("rootfs-base"), &[("etc/motd", b"hello\n")]);
+    let (l1, d1) = layout.add_layer(&base);
+    let data = BlockSource::new(big).block(7);
+    let top = files_rootfs(&dir.join("rootfs-top"), &[("data/blob", data)]);
+    let (l2, d2) = layout.add_layer(&top);
+    let manifest = layout.add_image(
+        &[(l1.clone(), d1.clone()), (l2.clone(), d2.clone())],
+        "amd64",
+        false,
+    );
+    let doc: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(layout.dir.join("blobs/sha256").join(manifest.digest.hex())).unwrap(),
+    )
+    .unwrap();
+    let config = Digest::parse(doc["config"]["digest"].as_str().unwrap()).unwrap();
+    TestImage {
+        manifest,
+        config,
+        layers: vec![l1, l2],
+        diff_ids: vec![d1, d2],
+    }
+}
+
+impl TestImage {
+    fn blobs(&self) -> Vec<Digest> {
+        let mut all = vec![self.manifest.digest.clone(), self.config.clone()];
+        all.extend(self.layers.iter().map(|l| l.digest.clone()));
+        all
+    }
+
+    fn chains(&self) -> Vec<String> {
+        chain_ids(&self.diff_ids)
+            .iter()
+            .map(|c| c.to_string())
+            .collect()
+    }
+}
+
+/// Names of the committed snapshots in the default namespace.
+fn committed(stack: &Stack) -> Vec<String> {
+    let list = stack.berth_json(&["snapshots", "ls"]);
+    list.as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["kind"] == "committed")
+        .map(|s| s["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+async fn digests_in(content: &RemoteContentStore) -> Vec<Digest> {
+    let mut all: Vec<Digest> = content
+        .list("default", &[])
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.digest)
+        .collect();
+    all.sort();
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_unpacks_records_and_gc_cleans_up_after_rm() {
+    if !prerequisites() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::start(&dir.path().join("reg"), None);
+    let mut layout = Layout::new(&dir.path().join("layout"));
+    let image = build_image(dir.path(), &layout, 256 * 1024);
+    layout.tag("v1", &image.manifest);
+    let reference = format!("{}/test/pull:v1", registry.host);
+    layout.push("v1", &reference, None, false);
+    let stack = Stack::start(&dir.path().join("stack"));
+
+    let (ok, out, err) = stack.berth(&[
+        "--format",
+        "json",
+        "pull",
+        "--max-concurrent-downloads",
+        "1",
+        &reference,
+    ]);
+    assert!(ok, "pull failed: {err}");
+    let events: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // Layers were unpacked one by one as they arrived, bottom first.
+    let unpacked: Vec<(u64, String)> = events
+        .iter()
+        .filter(|e| e["event"] == "unpacked")
+        .map(|e| {
+            (
+                e["layers"].as_u64().unwrap(),
+                e["chain_id"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let chains = image.chains();
+    assert_eq!(
+        unpacked,
+        vec![(1, chains[0].clone()), (2, chains[1].clone())],
+        "{out}"
+    );
+    let last = events.last().unwrap();
+    assert_eq!(last["event"], "pulled");
+    assert_eq!(last["digest"], image.manifest.digest.to_string());
+
+    // The image is recorded, its blobs and snapshots are there, the config
+    // names the chain for the collector, and the pull's lease is gone.
+    let info = stack.berth_json(&["images", "inspect", &reference]);
+    assert_eq!(info["target"]["digest"], image.manifest.digest.to_string());
+    let mut snapshots = committed(&stack);
+    snapshots.sort();
+    let mut want = chains.clone();
+    want.sort();
+    assert_eq!(snapshots, want);
+    let content = RemoteContentStore::connect(&stack.contentd.socket)
+        .await
+        .unwrap();
+    let mut blobs = image.blobs();
+    blobs.sort();
+    assert_eq!(digests_in(&content).await, blobs);
+    let config = content.info("default", &image.config).await.unwrap();
+    assert_eq!(
+        config.labels.get("containerd.io/gc.ref.snapshot.overlayfs"),
+        Some(&chains[1])
+    );
+    let leases = stack.berth_json(&["leases", "ls"]);
+    assert_eq!(leases.as_array().unwrap().len(), 0, "{leases}");
+    // ... and so are the labels that tied the pieces to it.
+    for info in content.list("default", &[]).await.unwrap() {
+        assert!(
+            !info
+                .labels
+                .keys()
+                .any(|k| k.starts_with(berth_api::LEASE_LABEL_PREFIX)),
+            "{:?}",
+            info.labels
+        );
+    }
+    let snapshots_json = stack.berth_json(&["snapshots", "ls"]);
+    assert!(
+        !snapshots_json
+            .to_string()
+            .contains(berth_api::LEASE_LABEL_PREFIX),
+        "{snapshots_json}"
+    );
+
+    // A collection now removes nothing: the image holds it all.
+    let (ok, _, err) = stack.berth(&["gc"]);
+    assert!(ok, "{err}");
+    assert_eq!(digests_in(&content).await, blobs);
+    assert_eq!(committed(&stack).len(), 2);
+
+    // A second pull of the same image changes nothing and succeeds.
+    let (ok, _, err) = stack.berth(&["pull", "--quiet", &reference]);
+    assert!(ok, "second pull failed: {err}");
+    assert_eq!(digests_in(&content).await, blobs);
+
+    // Remove the image: the next collection takes everything it held.
+    let (ok, _, err) = stack.berth(&["images", "rm", &reference]);
+    assert!(ok, "{err}");
+    let summary = stack.berth_json(&["gc"]);
+    let removed = summary["removed"].as_array().unwrap();
+    let removed_content: Vec<&str> = removed
+        .iter()
+        .filter(|r| r["type"] == "content")
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(removed_content.len(), blobs.len(), "{summary}");
+    assert_eq!(
+        removed
+            .iter()
+            .filter(|r| r["type"] == "snapshots/overlayfs")
+            .count(),
+        2,
+        "{summary}"
+    );
+    assert_eq!(digests_in(&content).await, Vec::<Digest>::new());
+    assert!(committed(&stack).is_empty());
+}
+
+/// Serves the layout's image from the fake registry, which can trickle.
+fn serve_from_layout(registry: &FakeRegistry, layout: &Layout, image: &TestImage) {
+    let blob = |d: &Digest| std::fs::read(layout.dir.join("blobs/sha256").join(d.hex())).unwrap();
+    let manifest = blob(&image.manifest.digest);
+    registry.put("test/slow", "manifests", "v1", OCI_MANIFEST, &manifest);
+    registry.put(
+        "test/slow",
+        "manifests",
+        image.manifest.digest.as_str(),
+        OCI_MANIFEST,
+        &manifest,
+    );
+    for digest in image.blobs().iter().skip(1) {
+        registry.put(
+            "test/slow",
+            "blobs",
+            digest.as_str(),
+            "application/octet-stream",
+            &blob(digest),
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collection_during_a_pull_takes_nothing_the_pull_holds() {
+    if !prerequisites() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let layout = Layout::new(&dir.path().join("layout"));
+    let image = build_image(dir.path(), &layout, 3 * 1024 * 1024);
+    let registry = FakeRegistry::start(Behaviour::default()).await;
+    serve_from_layout(&registry, &layout, &image);
+    // The top layer comes slowly: the collection runs while it does.
+    registry
+        .behaviour
+        .lock()
+        .unwrap()
+        .trickle
+        .insert(image.layers[1].digest.clone(), 32 * 1024);
+    let stack = Stack::start(&dir.path().join("stack"));
+    let reference = format!("{}/test/slow:v1", registry.host);
+    let mut pull = stack.spawn_berth(&[
+        "--format",
+        "json",
+        "pull",
+        "--max-concurrent-downloads",
+        "1",
+        &reference,
+    ]);
+
+    // Wait until the bottom layer is unpacked (its blobs and snapshot are
+    // not yet held by any image).
+    let chains = image.chains();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !committed(&stack).contains(&chains[0]) {
+        assert!(Instant::now() < deadline, "the bottom layer never unpacked");
+        assert!(pull.try_wait().unwrap().is_none(), "pull ended early");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let summary = stack.berth_json(&["gc"]);
+    assert_eq!(summary["removed"].as_array().unwrap().len(), 0, "{summary}");
+    assert!(
+        pull.try_wait().unwrap().is_none(),
+        "the pull finished before the collection: trickle more slowly"
+    );
+
+    let status = pull.wait().unwrap();
+    let mut err = String::new();
+    pull.stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(status.success(), "pull failed: {err}");
+    let content = RemoteContentStore::connect(&stack.contentd.socket)
+        .await
+        .unwrap();
+    let mut blobs = image.blobs();
+    blobs.sort();
+    assert_eq!(digests_in(&content).await, blobs);
+    let mut snapshots = committed(&stack);
+    snapshots.sort();
+    let mut want = chains.clone();
+    want.sort();
+    assert_eq!(snapshots, want);
+}
