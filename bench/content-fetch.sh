@@ -26,77 +26,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
-echo "building a Debian minbase root filesystem with mmdebstrap" >&2
-mmdebstrap --quiet --variant=minbase bookworm "$work/rootfs.tar" >&2
-mkdir "$work/rootfs"
-tar -C "$work/rootfs" -xf "$work/rootfs.tar"
-
-# An OCI layout with the two images, written by hand like the tests do.
-layout="$work/layout"
-mkdir -p "$layout/blobs/sha256"
-echo '{"imageLayoutVersion":"1.0.0"}' >"$layout/oci-layout"
-add_blob() { # file -> prints "digest size"
-  local d s
-  d=$(sha256sum "$1" | cut -d' ' -f1)
-  s=$(stat -c %s "$1")
-  cp "$1" "$layout/blobs/sha256/$d"
-  echo "sha256:$d $s"
-}
-make_layer() { # out.tar.gz dirs... -> prints "digest size diffid"
-  local out=$1; shift
-  tar -C "$work/rootfs" --sort=name --numeric-owner -cf "$out.tar" "$@"
-  local diff
-  diff=$(sha256sum "$out.tar" | cut -d' ' -f1)
-  gzip -n -c "$out.tar" >"$out"
-  echo "$(add_blob "$out") sha256:$diff"
-}
-make_image() { # name layer-lines... -> prints manifest "digest size"
-  local name=$1; shift
-  local layers="" diffs="" first=1
-  for l in "$@"; do
-    set -- $l
-    [ $first = 1 ] || { layers+=","; diffs+=","; }
-    first=0
-    layers+="{\"mediaType\":\"application/vnd.oci.image.layer.v1.tar+gzip\",\"digest\":\"$1\",\"size\":$2}"
-    diffs+="\"$3\""
-  done
-  echo "{\"architecture\":\"amd64\",\"os\":\"linux\",\"rootfs\":{\"type\":\"layers\",\"diff_ids\":[$diffs]}}" >"$work/$name.config"
-  read -r cd cs < <(add_blob "$work/$name.config")
-  echo "{\"schemaVersion\":2,\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\",\"config\":{\"mediaType\":\"application/vnd.oci.image.config.v1+json\",\"digest\":\"$cd\",\"size\":$cs},\"layers\":[$layers]}" >"$work/$name.manifest"
-  add_blob "$work/$name.manifest"
-}
-one=$(make_layer "$work/all.tar.gz" .)
-read -r m1 s1 < <(make_image single "$one")
-tops=$(cd "$work/rootfs" && ls -A)
-usr=$(make_layer "$work/usr.tar.gz" usr)
-var=$(make_layer "$work/var.tar.gz" var)
-etc=$(make_layer "$work/etc.tar.gz" etc)
-rest=$(make_layer "$work/rest.tar.gz" $(echo "$tops" | grep -v -x -e usr -e var -e etc))
-read -r m4 s4 < <(make_image multi "$usr" "$var" "$etc" "$rest")
-cat >"$layout/index.json" <<JSON
-{"schemaVersion":2,"manifests":[
- {"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"$m1","size":$s1,"annotations":{"org.opencontainers.image.ref.name":"single"}},
- {"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"$m4","size":$s4,"annotations":{"org.opencontainers.image.ref.name":"multi"}}]}
-JSON
-echo "single layer: $(stat -c %s "$work/all.tar.gz") bytes gzip, $(stat -c %s "$work/all.tar.gz.tar") bytes tar, $(find "$work/rootfs" | wc -l) files" >&2
-
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-cat >"$work/registry.yml" <<YML
-version: 0.1
-log:
-  level: warn
-storage:
-  filesystem:
-    rootdirectory: $work/registry
-http:
-  addr: 127.0.0.1:$port
-YML
-docker-registry serve "$work/registry.yml" >"$work/registry.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/v2/" >/dev/null && break; sleep 0.1; done
-for tag in single multi; do
-  skopeo copy --quiet --dest-tls-verify=false "oci:$layout:$tag" "docker://127.0.0.1:$port/debian:$tag"
-done
+# shellcheck source=lib/minbase-registry.sh
+. "$top/bench/lib/minbase-registry.sh"
+# shellcheck source=lib/containerd.sh
+. "$top/bench/lib/containerd.sh"
 
 seconds() {
   local start end
@@ -121,20 +54,8 @@ berth_fetch() { # tag run
 
 ctr_fetch() { # tag run
   local root="$work/ctrd-$1-$2"
-  mkdir -p "$root"
-  cat >"$root/config.toml" <<TOML
-version = 2
-root = "$root/root"
-state = "$root/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
-[grpc]
-  address = "$root/c.sock"
-[ttrpc]
-  address = "$root/c.sock.ttrpc"
-TOML
-  containerd --config "$root/config.toml" 2>"$root/log" &
-  local pid=$!
-  for _ in $(seq 200); do [ -S "$root/c.sock" ] && break; sleep 0.05; done
+  start_containerd "$root"
+  local pid=$containerd_pid
   local t
   t=$(seconds ctr -a "$root/c.sock" content fetch --plain-http "127.0.0.1:$port/debian:$1")
   kill "$pid"; wait "$pid" 2>/dev/null || true

@@ -32,11 +32,16 @@ cargo build --release -p berth-snapd --example inflate >&2
 bin="${CARGO_TARGET_DIR:-$top/target}/release"
 
 work=$(mktemp -d "${BERTH_BENCH_DIR:-/var/tmp}/berth-unpack-bench.XXXXXX")
+# shellcheck source=lib/containerd.sh
+. "$top/bench/lib/containerd.sh"
 pids=()
 unmount_under() { # dir: lazily unmounts every mount below it, deepest first
   { grep -o " $1[^ ]*" /proc/mounts || true; } | sort -r | while read -r m; do umount -l "$m" || true; done
 }
 cleanup() {
+  if [ -f "$work/pids" ]; then
+    while read -r pid; do pids+=("$pid"); done <"$work/pids"
+  fi
   for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
   # Snapshot mounts (containerd's) must go before the directories, the
@@ -141,21 +146,8 @@ berth_unpack() { # run
 
 ctr_unpack() { # run
   local root="$runs_dir/ctrd-$1"
-  mkdir -p "$root"
-  cat >"$root/config.toml" <<TOML
-version = 2
-root = "$root/root"
-state = "$root/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
-[grpc]
-  address = "$root/c.sock"
-[ttrpc]
-  address = "$root/c.sock.ttrpc"
-TOML
-  "${rt[@]}" containerd --config "$root/config.toml" 2>"$root/log" &
-  local pid=$!
-  pids+=("$pid")
-  for _ in $(seq 200); do [ -S "$root/c.sock" ] && break; sleep 0.05; done
+  start_containerd "$root" "${rt[@]}"
+  local pid=$containerd_pid
   ctr -a "$root/c.sock" content fetch --plain-http "$ref" >/dev/null
   sync
   local t

@@ -155,9 +155,11 @@ pub trait ContainerStore: Send + Sync {
     /// AlreadyExists if the id is taken.
     async fn create(&self, namespace: &str, container: Container) -> Result<Container>;
     /// With `paths` ("labels", "labels.KEY", "image", "spec", "snapshot_key",
-    /// "runtime", "extensions", "extensions.KEY") only those fields change;
-    /// without, all of them are replaced. id, snapshotter and created_at
-    /// never change.
+    /// "runtime", "extensions", "extensions.KEY"; containerd's
+    /// "snapshotkey" too) only those fields change; without, all of them are
+    /// replaced, and a change of snapshotter or runtime name is refused
+    /// (InvalidArgument), as containerd refuses it. id, snapshotter and
+    /// created_at never change.
     async fn update(
         &self,
         namespace: &str,

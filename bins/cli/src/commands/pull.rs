@@ -22,12 +22,11 @@ use berth_content::ContentStore;
 use berth_errdefs::ErrorKind;
 use berth_ids::Digest;
 use berth_metadata::{Descriptor, Image, ImageStore, LeaseManager, LABEL_GC_EXPIRE};
-use berth_reference::Reference;
 use berth_snapshot::Snapshotter;
 use tokio::sync::mpsc;
 
 use super::snapshots::SnapshotterArg;
-use super::transfer::{credentials, finish, Display};
+use super::transfer::{finish, Display, SourceArgs};
 use crate::global::Global;
 use crate::image::{host_platform, label_unpacked, ImageLayers};
 
@@ -36,29 +35,8 @@ const LEASE_EXPIRY: Duration = Duration::from_secs(24 * 60 * 60);
 
 #[derive(Debug, clap::Args)]
 pub struct PullArgs {
-    /// Image reference: busybox, library/busybox:1.36, host:port/repo:tag,
-    /// repo@sha256:...
-    pub reference: String,
-    /// Platform to fetch and unpack (os/arch[/variant]); repeatable (the
-    /// first is unpacked). Default: this machine's.
-    #[arg(long = "platform", value_name = "PLATFORM")]
-    pub platforms: Vec<String>,
-    /// Fetch every platform of a multi-platform image (this machine's is
-    /// unpacked).
-    #[arg(long, conflicts_with = "platforms")]
-    pub all_platforms: bool,
-    /// Registry credentials, USER:PASSWORD (else docker's config.json).
-    #[arg(short, long, value_name = "USER:PASSWORD")]
-    pub user: Option<String>,
-    /// Talk plain HTTP to the registry (loopback registries always may).
-    #[arg(long)]
-    pub plain_http: bool,
-    /// Blobs fetched at once.
-    #[arg(long, default_value_t = 3)]
-    pub max_concurrent_downloads: u32,
-    /// Also fetch layers the manifest marks as foreign.
-    #[arg(long)]
-    pub allow_foreign_layers: bool,
+    #[command(flatten)]
+    pub source: SourceArgs,
     /// Fetch and record the image, but do not unpack it.
     #[arg(long)]
     pub skip_unpack: bool,
@@ -71,7 +49,7 @@ pub struct PullArgs {
 
 pub async fn run(global: &Global, args: PullArgs) -> Result<()> {
     let ns = global.namespace()?.to_string();
-    let reference = Reference::parse(&args.reference).map_err(|e| anyhow::anyhow!(e))?;
+    let (reference, request) = args.source.request()?;
     let leases = RemoteLeases::connect(global.metad_socket())
         .await
         .context("berth-metad")?;
@@ -88,7 +66,7 @@ pub async fn run(global: &Global, args: PullArgs) -> Result<()> {
         )
         .await
         .context("taking a lease")?;
-    let pulled = pull(global, &ns, &reference, &args, &lease.id).await;
+    let pulled = pull(global, &ns, &request, &args, &lease.id).await;
     // Whatever happened, the lease goes: on success the image holds what
     // was pulled; on failure the next collection may take the pieces.
     if let Err(e) = leases.delete(&ns, &lease.id, false).await {
@@ -101,20 +79,10 @@ pub async fn run(global: &Global, args: PullArgs) -> Result<()> {
 async fn pull(
     global: &Global,
     ns: &str,
-    reference: &Reference,
+    request: &pb::FetchRequest,
     args: &PullArgs,
     lease: &str,
 ) -> Result<pb::Descriptor> {
-    let request = pb::FetchRequest {
-        reference: reference.to_string(),
-        platforms: args.platforms.clone(),
-        all_platforms: args.all_platforms,
-        max_concurrent: args.max_concurrent_downloads,
-        plain_http: args.plain_http,
-        credentials: credentials(args.user.as_deref(), reference.domain())?.into(),
-        allow_foreign_layers: args.allow_foreign_layers,
-        ..Default::default()
-    };
     let transfer = RemoteTransfer::connect(global.contentd_socket())
         .await
         .context("berth-contentd")?
@@ -128,7 +96,7 @@ async fn pull(
     let (events, mut received) = mpsc::unbounded_channel::<pb::Progress>();
     let fetch = async {
         let root = transfer
-            .fetch(ns, &request, |p| {
+            .fetch(ns, request, |p| {
                 display.borrow_mut().show(p);
                 if let Some(digest) = stored_blob(p) {
                     fetched.borrow_mut().push(digest);
@@ -142,6 +110,7 @@ async fn pull(
         anyhow::Ok(root)
     };
     let platform = args
+        .source
         .platforms
         .first()
         .cloned()
@@ -180,7 +149,7 @@ async fn pull(
         )
         .await?;
     }
-    record_image(global, ns, reference, &root).await?;
+    record_image(global, ns, &request.reference, &root).await?;
     // The image holds it all now: take the lease's labels off again, so
     // they do not pile up over pulls (best effort; a stale label holds
     // nothing once its lease is gone).
@@ -247,7 +216,7 @@ struct Touched {
 async fn record_image(
     global: &Global,
     ns: &str,
-    reference: &Reference,
+    reference: &str,
     root: &pb::Descriptor,
 ) -> Result<()> {
     let images = RemoteImages::connect(global.metad_socket())

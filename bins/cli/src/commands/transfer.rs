@@ -16,6 +16,16 @@ use crate::output::{self, Format};
 
 #[derive(Debug, clap::Args)]
 pub struct FetchArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// Print only the image's digest.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+/// What to fetch and how: shared by `berth content fetch` and `berth pull`.
+#[derive(Debug, clap::Args)]
+pub struct SourceArgs {
     /// Image reference: busybox, library/busybox:1.36, host:port/repo:tag,
     /// repo@sha256:...
     pub reference: String,
@@ -39,9 +49,24 @@ pub struct FetchArgs {
     /// the registry; no credentials are sent there).
     #[arg(long)]
     pub allow_foreign_layers: bool,
-    /// Print only the image's digest.
-    #[arg(short, long)]
-    pub quiet: bool,
+}
+
+impl SourceArgs {
+    /// The parsed reference and the fetch request for it.
+    pub(crate) fn request(&self) -> Result<(Reference, pb::FetchRequest)> {
+        let reference = parse_reference(&self.reference)?;
+        let request = pb::FetchRequest {
+            reference: reference.to_string(),
+            platforms: self.platforms.clone(),
+            all_platforms: self.all_platforms,
+            max_concurrent: self.max_concurrent_downloads,
+            plain_http: self.plain_http,
+            credentials: credentials(self.user.as_deref(), reference.domain())?.into(),
+            allow_foreign_layers: self.allow_foreign_layers,
+            ..Default::default()
+        };
+        Ok((reference, request))
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -65,7 +90,7 @@ pub struct PushArgs {
 }
 
 /// `--user USER:PASSWORD`, else the docker config's entry for the host.
-pub(crate) fn credentials(user: Option<&str>, host: &str) -> Result<Option<pb::Credentials>> {
+fn credentials(user: Option<&str>, host: &str) -> Result<Option<pb::Credentials>> {
     Ok(match user {
         Some(user) => {
             let Some((username, secret)) = user.split_once(':') else {
@@ -141,18 +166,7 @@ pub async fn push(global: &Global, args: PushArgs) -> Result<()> {
 
 pub async fn fetch(global: &Global, args: FetchArgs) -> Result<()> {
     let namespace = global.namespace()?;
-    let reference = parse_reference(&args.reference)?;
-    let credentials = credentials(args.user.as_deref(), reference.domain())?;
-    let request = pb::FetchRequest {
-        reference: reference.to_string(),
-        platforms: args.platforms.clone(),
-        all_platforms: args.all_platforms,
-        max_concurrent: args.max_concurrent_downloads,
-        plain_http: args.plain_http,
-        credentials: credentials.into(),
-        allow_foreign_layers: args.allow_foreign_layers,
-        ..Default::default()
-    };
+    let (reference, request) = args.source.request()?;
     let transfer = RemoteTransfer::connect(global.contentd_socket())
         .await
         .context("berth-contentd")?;

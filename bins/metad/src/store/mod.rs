@@ -16,15 +16,12 @@ use std::sync::Arc;
 
 use berth_errdefs::{Error, Result};
 use berth_ids::validate_namespace;
-use protobuf::Message;
+use protobuf::MessageFull;
 
 use crate::events::Exchange;
 use crate::gc::Scheduler;
 pub use holders::{DaemonHolders, MetadOnly, NamespaceHolders};
 pub use records::Records;
-
-/// The protobuf package of containerd's event messages.
-const EVENTS_PACKAGE: &str = "containerd.events";
 
 /// berth-metad's store. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -73,8 +70,10 @@ impl MetaStore {
     }
 
     /// Publishes a record change as containerd does: the event message in
-    /// an `Any` whose type URL is its bare name (`containerd.events.X`).
-    pub(crate) fn publish<M: Message>(&self, namespace: &str, topic: &str, event: &M) {
+    /// an `Any` whose type URL is its full protobuf name
+    /// (`containerd.events.ContainerCreate`, but
+    /// `containerd.services.images.v1.ImageCreate`).
+    pub(crate) fn publish<M: MessageFull>(&self, namespace: &str, topic: &str, event: &M) {
         let value = match event.write_to_bytes() {
             Ok(value) => value,
             Err(e) => {
@@ -83,7 +82,7 @@ impl MetaStore {
             }
         };
         let any = berth_metadata::Any {
-            type_url: format!("{EVENTS_PACKAGE}.{}", M::NAME),
+            type_url: M::descriptor().full_name().to_string(),
             value,
         };
         self.inner.exchange.publish(namespace, topic, any);
