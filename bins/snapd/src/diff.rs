@@ -438,7 +438,9 @@ async fn upload(
         .expected(digest.clone());
     let mut writer = match store.writer(namespace, options).await {
         Ok(w) => w,
-        Err(e) if e.kind() == berth_errdefs::ErrorKind::AlreadyExists => return Ok(()),
+        Err(e) if e.kind() == berth_errdefs::ErrorKind::AlreadyExists => {
+            return hold_existing(store, namespace, digest, &labels).await
+        }
         Err(e) => return Err(e),
     };
     if writer.status().await?.offset != 0 {
@@ -469,14 +471,32 @@ async fn upload(
         .commit(CommitOptions {
             size: Some(size),
             expected: Some(digest.clone()),
-            labels,
+            labels: labels.clone(),
         })
         .await
     {
         Ok(_) => Ok(()),
-        Err(e) if e.kind() == berth_errdefs::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) if e.kind() == berth_errdefs::ErrorKind::AlreadyExists => {
+            hold_existing(store, namespace, digest, &labels).await
+        }
         Err(e) => Err(e),
     }
+}
+
+/// A diff that is already stored still joins the caller's lease (its
+/// label is among `labels` when the request came under one).
+async fn hold_existing(
+    store: &dyn ContentStore,
+    namespace: &str,
+    digest: &Digest,
+    labels: &Labels,
+) -> Result<()> {
+    for key in labels.keys() {
+        if let Some(lease) = key.strip_prefix(berth_api::LEASE_LABEL_PREFIX) {
+            berth_content::hold_for_lease(store, namespace, digest, lease).await?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -331,7 +331,7 @@ impl pb::Snapshots for SnapshotService {
                         sn,
                         optional(&req.lower).as_deref(),
                         &req.upper,
-                        req.labels,
+                        leased(ctx, req.labels)?,
                     )
                     .await?;
                 Ok(pb::DiffResponse {
