@@ -100,20 +100,9 @@ echo "{\"schemaVersion\":2,\"manifests\":[{\"mediaType\":\"application/vnd.oci.i
 files=$(tar -tf "$work/rootfs.tar" | wc -l)
 echo "layer: $ls bytes gzip, $(stat -c %s "$work/rootfs.tar") bytes tar, $files entries" >&2
 
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-cat >"$work/registry.yml" <<YML
-version: 0.1
-log:
-  level: warn
-storage:
-  filesystem:
-    rootdirectory: $work/registry
-http:
-  addr: 127.0.0.1:$port
-YML
-docker-registry serve "$work/registry.yml" >"$work/registry.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/v2/" >/dev/null && break; sleep 0.1; done
+# shellcheck source=lib/registry.sh
+. "$top/bench/lib/registry.sh"
+start_registry
 skopeo copy --quiet --dest-tls-verify=false "oci:$layout:minbase" "docker://127.0.0.1:$port/debian:minbase"
 ref="127.0.0.1:$port/debian:minbase"
 

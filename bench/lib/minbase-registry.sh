@@ -65,20 +65,8 @@ cat >"$layout/index.json" <<JSON
 JSON
 echo "single layer: $(stat -c %s "$work/all.tar.gz") bytes gzip, $(stat -c %s "$work/all.tar.gz.tar") bytes tar, $(find "$work/rootfs" | wc -l) files" >&2
 
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-cat >"$work/registry.yml" <<YML
-version: 0.1
-log:
-  level: warn
-storage:
-  filesystem:
-    rootdirectory: $work/registry
-http:
-  addr: 127.0.0.1:$port
-YML
-docker-registry serve "$work/registry.yml" >"$work/registry.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/v2/" >/dev/null && break; sleep 0.1; done
+. "$top/bench/lib/registry.sh"
+start_registry
 for tag in single multi; do
   skopeo copy --quiet --dest-tls-verify=false "oci:$layout:$tag" "docker://127.0.0.1:$port/debian:$tag"
 done

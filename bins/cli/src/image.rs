@@ -4,7 +4,6 @@
 
 use anyhow::{bail, Context, Result};
 use berth_client::RemoteContentStore;
-use berth_content::{ContentStore, Info};
 use berth_ids::Digest;
 use berth_snapshot::Descriptor;
 
@@ -110,15 +109,7 @@ pub async fn label_unpacked(
         other => other,
     };
     let key = format!("containerd.io/gc.ref.snapshot.{snapshotter}");
-    let info = Info {
-        digest: config.clone(),
-        size: 0,
-        created_at: std::time::SystemTime::UNIX_EPOCH,
-        updated_at: std::time::SystemTime::UNIX_EPOCH,
-        labels: [(key.clone(), chain_id.to_string())].into(),
-    };
-    store
-        .update(ns, info, &[format!("labels.{key}")])
+    berth_content::set_label(store, ns, config, &key, Some(chain_id.to_string()))
         .await
         .with_context(|| format!("labelling {config}"))?;
     Ok(())

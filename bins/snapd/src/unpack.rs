@@ -320,13 +320,14 @@ impl Unpacker {
             match snapshotter.stat(namespace, &chain).await {
                 Ok(info) if info.kind == berth_snapshot::Kind::Committed => {
                     if let Some((key, value)) = &lease_label {
-                        let held = berth_snapshot::Info {
-                            labels: HashMap::from([(key.clone(), value.clone())]),
-                            ..info
-                        };
-                        snapshotter
-                            .update(namespace, held, &[format!("labels.{key}")])
-                            .await?;
+                        berth_snapshot::set_label(
+                            snapshotter,
+                            namespace,
+                            &chain,
+                            key,
+                            Some(value.clone()),
+                        )
+                        .await?;
                     }
                     continue;
                 }

@@ -193,6 +193,28 @@ pub async fn write_blob(
         .await
 }
 
+/// Sets (or with `None`, removes) one label of a blob, leaving its other
+/// labels alone; like any label change, it moves the blob's `updated_at`.
+pub async fn set_label(
+    store: &dyn ContentStore,
+    namespace: &str,
+    digest: &Digest,
+    key: &str,
+    value: Option<String>,
+) -> Result<()> {
+    let info = Info {
+        digest: digest.clone(),
+        size: 0,
+        created_at: SystemTime::UNIX_EPOCH,
+        updated_at: SystemTime::UNIX_EPOCH,
+        labels: value.map(|v| (key.to_string(), v)).into_iter().collect(),
+    };
+    store
+        .update(namespace, info, &[format!("labels.{key}")])
+        .await
+        .map(|_| ())
+}
+
 /// Ties a blob to a lease: sets its [`berth_api::lease_label`] (and so
 /// bumps its `updated_at`), leaving its other labels alone.
 pub async fn hold_for_lease(
@@ -202,17 +224,7 @@ pub async fn hold_for_lease(
     lease: &str,
 ) -> Result<()> {
     let key = berth_api::lease_label(lease);
-    let info = Info {
-        digest: digest.clone(),
-        size: 0,
-        created_at: SystemTime::UNIX_EPOCH,
-        updated_at: SystemTime::UNIX_EPOCH,
-        labels: Labels::from([(key.clone(), lease_label_value())]),
-    };
-    store
-        .update(namespace, info, &[format!("labels.{key}")])
-        .await
-        .map(|_| ())
+    set_label(store, namespace, digest, &key, Some(lease_label_value())).await
 }
 
 /// The value of a lease label: when the blob was tied to the lease (for

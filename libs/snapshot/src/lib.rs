@@ -145,6 +145,30 @@ pub trait Snapshotter: Send + Sync {
     async fn cleanup(&self) -> Result<()>;
 }
 
+/// Sets (or with `None`, removes) one label of snapshot `name`, leaving
+/// its other labels alone; like any label change, it moves `updated_at`.
+pub async fn set_label(
+    snapshotter: &dyn Snapshotter,
+    namespace: &str,
+    name: &str,
+    key: &str,
+    value: Option<String>,
+) -> Result<()> {
+    // Update reads only the name and the labels the paths name.
+    let info = Info {
+        kind: Kind::Committed,
+        name: name.to_string(),
+        parent: None,
+        labels: value.map(|v| (key.to_string(), v)).into_iter().collect(),
+        created_at: SystemTime::UNIX_EPOCH,
+        updated_at: SystemTime::UNIX_EPOCH,
+    };
+    snapshotter
+        .update(namespace, info, &[format!("labels.{key}")])
+        .await
+        .map(|_| ())
+}
+
 /// Applies a label update the way [`Snapshotter::update`] documents.
 pub fn apply_label_update(current: &mut Labels, new: &Labels, paths: &[String]) -> Result<()> {
     if paths.is_empty() || paths.iter().any(|p| p == "labels") {

@@ -18,11 +18,9 @@ use berth_api::transfer as pb;
 use berth_client::{
     RemoteContentStore, RemoteImages, RemoteLeases, RemoteSnapshotter, RemoteTransfer,
 };
-use berth_content::ContentStore;
 use berth_errdefs::ErrorKind;
 use berth_ids::Digest;
 use berth_metadata::{Descriptor, Image, ImageStore, LeaseManager, LABEL_GC_EXPIRE};
-use berth_snapshot::Snapshotter;
 use tokio::sync::mpsc;
 
 use super::snapshots::SnapshotterArg;
@@ -135,11 +133,12 @@ async fn pull(
     let root_digest = Digest::parse(&root.digest)?;
     let mut touched = Touched {
         blobs: fetched.into_inner(),
-        chains: Vec::new(),
+        ..Default::default()
     };
     if let Some(mut pipeline) = unpacked {
         let (image, chain) = pipeline.finish(&root_digest).await?;
         touched.chains = pipeline.chains();
+        touched.snapshotter = Some(pipeline.sn.clone());
         label_unpacked(
             &store,
             ns,
@@ -153,53 +152,24 @@ async fn pull(
     // The image holds it all now: take the lease's labels off again, so
     // they do not pile up over pulls (best effort; a stale label holds
     // nothing once its lease is gone).
-    release(
-        &store,
-        global,
-        &args.snapshotter.snapshotter,
-        ns,
-        lease,
-        &touched,
-    )
-    .await;
+    release(&store, ns, lease, &touched).await;
     Ok(root)
 }
 
 /// Removes `lease`'s label from the blobs and snapshots a pull touched.
-async fn release(
-    store: &RemoteContentStore,
-    global: &Global,
-    snapshotter: &str,
-    ns: &str,
-    lease: &str,
-    touched: &Touched,
-) {
+async fn release(store: &RemoteContentStore, ns: &str, lease: &str, touched: &Touched) {
     let key = berth_api::lease_label(lease);
-    let paths = [format!("labels.{key}")];
     for digest in &touched.blobs {
-        let info = berth_content::Info {
-            digest: digest.clone(),
-            size: 0,
-            created_at: SystemTime::UNIX_EPOCH,
-            updated_at: SystemTime::UNIX_EPOCH,
-            labels: Default::default(),
-        };
-        if let Err(e) = store.update(ns, info, &paths).await {
+        if let Err(e) = berth_content::set_label(store, ns, digest, &key, None).await {
             eprintln!("berth: warning: unlabelling {digest}: {e}");
         }
     }
-    if touched.chains.is_empty() {
-        return;
-    }
-    let Ok(sn) = RemoteSnapshotter::connect(global.snapd_socket(), snapshotter).await else {
+    let Some(sn) = &touched.snapshotter else {
         return;
     };
     for chain in &touched.chains {
-        let Ok(mut info) = sn.stat(ns, chain.as_str()).await else {
-            continue;
-        };
-        info.labels.clear();
-        if let Err(e) = sn.update(ns, info, &paths).await {
+        let name = chain.to_string();
+        if let Err(e) = berth_snapshot::set_label(sn, ns, &name, &key, None).await {
             eprintln!("berth: warning: unlabelling snapshot {chain}: {e}");
         }
     }
@@ -210,6 +180,8 @@ async fn release(
 struct Touched {
     blobs: Vec<Digest>,
     chains: Vec<Digest>,
+    /// The unpack's connection to snapd, when there was an unpack.
+    snapshotter: Option<RemoteSnapshotter>,
 }
 
 /// Creates the image record, or points an existing one at the new root.
