@@ -5,6 +5,7 @@
 use std::io::Read;
 
 use berth_client::RemoteContentStore;
+use berth_content::ContentStore;
 use berth_e2e::images::{busybox_rootfs, files_rootfs, Layout};
 use berth_e2e::{berth, Daemon};
 use berth_ids::Digest;
@@ -96,9 +97,53 @@ async fn unpack_snapshots_and_diff_from_the_cli() {
     let (ok, out, err) = cli(&["snapshots", "diff", "work", chain[1].as_str()]);
     assert!(ok, "{err}");
     let digest = Digest::parse(String::from_utf8(out).unwrap().trim()).unwrap();
-    let layer = berth_content::read_blob(&store, "default", &digest, 1 << 30)
+    let gzipped = berth_content::read_blob(&store, "default", &digest, 1 << 30)
         .await
         .unwrap();
+    // gzip by default, as containerd; the blob carries its diff ID.
+    let mut layer = Vec::new();
+    flate2::read::GzDecoder::new(&gzipped[..])
+        .read_to_end(&mut layer)
+        .unwrap();
+    let info = store.info("default", &digest).await.unwrap();
+    assert_eq!(
+        info.labels.get("containerd.io/uncompressed"),
+        Some(&Digest::of(&layer).to_string())
+    );
+    // The same diff as a plain tar and as zstd: one diff ID.
+    for (media_type, decode) in [
+        (
+            "application/vnd.oci.image.layer.v1.tar",
+            (|b: &[u8]| b.to_vec()) as fn(&[u8]) -> Vec<u8>,
+        ),
+        (
+            "application/vnd.oci.image.layer.v1.tar+zstd",
+            |b: &[u8]| zstd::stream::decode_all(b).unwrap(),
+        ),
+    ] {
+        let (ok, out, err) = cli(&[
+            "snapshots",
+            "diff",
+            "work",
+            chain[1].as_str(),
+            "--media-type",
+            media_type,
+            "--format",
+            "json",
+        ]);
+        assert!(ok, "{err}");
+        let json: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(json["mediaType"], media_type);
+        assert_eq!(json["diffID"], Digest::of(&layer).to_string());
+        let digest = Digest::parse(json["digest"].as_str().unwrap()).unwrap();
+        let blob = berth_content::read_blob(&store, "default", &digest, 1 << 30)
+            .await
+            .unwrap();
+        assert_eq!(decode(&blob), layer);
+    }
+    let (ok, _, err) = cli(&["snapshots", "diff", "work", "--media-type", "text/plain"]);
+    assert!(!ok);
+    assert!(err.contains("media type"), "{err}");
     let mut names = Vec::new();
     let mut archive = tar::Archive::new(&layer[..]);
     for entry in archive.entries().unwrap() {

@@ -64,18 +64,20 @@ async fn snapshots_and_diffs_join_the_callers_lease() {
 
     let content = RemoteContentStore::connect(&contentd.socket).await.unwrap();
     let diff = first
-        .diff("default", None, "layer", Default::default())
+        .diff("default", None, "layer", "", Default::default())
         .await
-        .unwrap();
+        .unwrap()
+        .descriptor;
     let labels = content.info("default", &diff.digest).await.unwrap().labels;
     assert!(labels.contains_key(&one), "{labels:?}");
     assert!(!labels.contains_key(&two));
     // The same diff again under another lease: stored already, but now
     // held by that lease too.
     let again = second
-        .diff("default", None, "layer", Default::default())
+        .diff("default", None, "layer", "", Default::default())
         .await
-        .unwrap();
+        .unwrap()
+        .descriptor;
     assert_eq!(again.digest, diff.digest);
     let labels = content.info("default", &diff.digest).await.unwrap().labels;
     assert!(

@@ -27,9 +27,6 @@ const MAX_WRITES_AHEAD: usize = 64;
 /// And at most this many bytes of them.
 const MAX_BYTES_AHEAD: usize = 32 * 1024 * 1024;
 
-/// How many infos go in one List batch.
-const LIST_BATCH: usize = 256;
-
 #[derive(Clone)]
 pub struct ContentService {
     store: Arc<dyn ContentStore>,
@@ -272,9 +269,9 @@ impl pb::Content for ContentService {
             async {
                 let namespace = request_namespace(ctx)?;
                 let infos = self.store.list(&namespace, &req.filters).await?;
-                for batch in infos.chunks(LIST_BATCH) {
+                for batch in berth_api::list_batches(infos.iter().map(info_to_pb).collect()) {
                     let response = pb::ListResponse {
-                        infos: batch.iter().map(info_to_pb).collect(),
+                        infos: batch,
                         ..Default::default()
                     };
                     sender.send(&response).await?;

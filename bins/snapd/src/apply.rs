@@ -22,6 +22,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 use berth_errdefs::{Error, Result};
 use nix::errno::Errno;
@@ -55,6 +56,12 @@ pub trait Privileged: Send + Sync {
     fn mknod(&self, dir: BorrowedFd<'_>, name: &OsStr, kind: SFlag, dev: u64) -> Result<()>;
     fn chown(&self, dir: BorrowedFd<'_>, name: &OsStr, uid: u32, gid: u32) -> Result<()>;
     fn set_xattr(&self, fd: BorrowedFd<'_>, name: &str, value: &[u8]) -> Result<()>;
+    /// The owner (uid, gid) a file this process creates gets in a
+    /// directory of that same group, when `chown` really changes owners;
+    /// then a chown to exactly that owner can be skipped.
+    fn creator(&self) -> Option<(u32, u32)> {
+        None
+    }
 }
 
 fn errno(what: impl std::fmt::Display, e: Errno) -> Error {
@@ -103,6 +110,13 @@ impl Privileged for Host {
             ));
         }
         Ok(())
+    }
+
+    fn creator(&self) -> Option<(u32, u32)> {
+        Some((
+            nix::unistd::geteuid().as_raw(),
+            nix::unistd::getegid().as_raw(),
+        ))
     }
 }
 
@@ -212,6 +226,95 @@ fn open_dir(root: &OwnedFd, components: &[OsString], create: bool) -> Result<Own
         }
     }
     Ok(dir)
+}
+
+/// The directories along the path of the last entry, open, so that the
+/// entries of one directory do not each resolve their parent from the
+/// root again. Each step is opened from the one above with `O_NOFOLLOW`
+/// (names are cleaned, so there is no `..`); a step that is a symlink
+/// falls back to [`open_dir`]'s resolution inside the root. An fd stays
+/// valid for its path until something is removed, and every removal
+/// clears the cache.
+struct DirCache {
+    root: Rc<OwnedFd>,
+    root_gid: u32,
+    /// (name, directory, its group) from below the root down.
+    chain: Vec<(OsString, Rc<OwnedFd>, u32)>,
+}
+
+impl DirCache {
+    fn new(root: OwnedFd) -> Result<DirCache> {
+        let stat = nix::sys::stat::fstat(&root).map_err(|e| errno("reading the root", e))?;
+        Ok(DirCache {
+            root: Rc::new(root),
+            root_gid: stat.st_gid,
+            chain: Vec::new(),
+        })
+    }
+
+    fn clear(&mut self) {
+        self.chain.clear();
+    }
+
+    /// The group of the directory the chain ends in.
+    fn gid(&self) -> u32 {
+        self.chain.last().map_or(self.root_gid, |(_, _, gid)| *gid)
+    }
+
+    /// Opens (or with `create`, makes) `components` under `root`; the chain
+    /// then ends in it.
+    fn open(&mut self, components: &[OsString], create: bool) -> Result<Rc<OwnedFd>> {
+        let root = self.root.clone();
+        let common = self
+            .chain
+            .iter()
+            .zip(components)
+            .take_while(|((name, _, _), component)| name == *component)
+            .count();
+        self.chain.truncate(common);
+        for i in common..components.len() {
+            let step = {
+                let base = match self.chain.last() {
+                    Some((_, fd, _)) => fd.as_fd(),
+                    None => self.root.as_fd(),
+                };
+                nix::fcntl::openat(
+                    base,
+                    components[i].as_os_str(),
+                    OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                    Mode::empty(),
+                )
+            };
+            let fd = match step {
+                Ok(fd) => fd,
+                // Missing, a symlink, or not a directory: the full
+                // resolution inside the root decides (and creates).
+                Err(Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP) => {
+                    open_dir(&root, &components[..=i], create)?
+                }
+                Err(e) => return Err(errno(format!("opening {}", display(&components[..=i])), e)),
+            };
+            let stat = nix::sys::stat::fstat(&fd)
+                .map_err(|e| errno(format!("reading {}", display(&components[..=i])), e))?;
+            self.chain
+                .push((components[i].clone(), Rc::new(fd), stat.st_gid));
+        }
+        Ok(self.chain.last().map_or(root, |(_, fd, _)| fd.clone()))
+    }
+
+    /// Extends the chain by a directory just opened in `parent`, if the
+    /// chain still ends there.
+    fn push_below(&mut self, parent: &[OsString], name: OsString, fd: OwnedFd, gid: u32) {
+        let ends_in_parent = self.chain.len() == parent.len()
+            && self
+                .chain
+                .iter()
+                .zip(parent)
+                .all(|((step, _, _), component)| step == component);
+        if ends_in_parent {
+            self.chain.push((name, Rc::new(fd), gid));
+        }
+    }
 }
 
 fn lstat_at(dir: &OwnedFd, name: &OsStr) -> nix::Result<nix::sys::stat::FileStat> {
@@ -331,9 +434,13 @@ fn meta_of<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Meta> {
 }
 
 struct Applier<'a> {
-    root: OwnedFd,
+    dirs: DirCache,
     options: &'a ApplyOptions,
     privileged: &'a dyn Privileged,
+    /// Whose a file this process creates is, when that can be known.
+    creator: Option<(u32, u32)>,
+    /// The group of the directory the current entry is created in.
+    parent_gid: u32,
     /// Paths this layer wrote (for opaque directories on native).
     written: HashSet<Vec<OsString>>,
     /// Directory mtimes, set last (their children change them).
@@ -356,9 +463,11 @@ pub fn apply(
     )
     .map_err(|e| errno(format!("opening {}", root.display()), e))?;
     let mut applier = Applier {
-        root: root_fd,
+        dirs: DirCache::new(root_fd)?,
         options,
         privileged,
+        creator: privileged.creator(),
+        parent_gid: 0,
         written: HashSet::new(),
         dir_times: Vec::new(),
         buffer: vec![0; BUFFER],
@@ -378,7 +487,7 @@ pub fn apply(
         let Some((name, parent)) = components.split_last() else {
             continue;
         };
-        if let Ok(dir) = open_dir(&applier.root, parent, false) {
+        if let Ok(dir) = applier.dirs.open(parent, false) {
             let _ = set_times(&dir, name, mtime);
         }
     }
@@ -389,6 +498,27 @@ fn set_times(dir: &OwnedFd, name: &OsStr, (secs, nanos): (i64, i64)) -> Result<(
     let t = TimeSpec::new(secs, nanos);
     nix::sys::stat::utimensat(dir, name, &t, &t, UtimensatFlags::NoFollowSymlink)
         .map_err(|e| errno(format!("setting times of {}", name.to_string_lossy()), e))
+}
+
+/// Runs `create` for `name` in `dir`; if something is in its way, removes
+/// that (and all under it) and runs it once more. The first try needs no
+/// lookup: in a fresh layer nothing is ever in the way.
+fn create_replacing<T>(
+    dirs: &mut DirCache,
+    dir: &OwnedFd,
+    name: &OsStr,
+    what: &str,
+    mut create: impl FnMut() -> nix::Result<T>,
+) -> Result<T> {
+    match create() {
+        Err(Errno::EEXIST) => {
+            remove_all_at(dir, name)?;
+            dirs.clear();
+            create()
+        }
+        other => other,
+    }
+    .map_err(|e| errno(format!("{what} {}", name.to_string_lossy()), e))
 }
 
 impl Applier<'_> {
@@ -408,65 +538,36 @@ impl Applier<'_> {
             // The root itself: its metadata belongs to the snapshot.
             return Ok(());
         };
-        let name = name.clone();
-        let parent = parent.to_vec();
+        let name = name.as_os_str();
         if name.as_bytes().starts_with(WHITEOUT_PREFIX) {
-            return self.whiteout(&parent, &name);
+            return self.whiteout(parent, name);
         }
         let meta = meta_of(entry)?;
-        let dir = open_dir(&self.root, &parent, true)?;
-        let existing = lstat_at(&dir, &name).ok();
-        let want_dir = kind == tar::EntryType::Directory;
-        if let Some(stat) = &existing {
-            if !(want_dir && is_dir(stat)) {
-                remove_all_at(&dir, &name)?;
-            }
+        let dir = self.dirs.open(parent, true)?;
+        self.parent_gid = self.dirs.gid();
+        if !self.options.overlay {
+            self.written.insert(components.clone());
         }
-        self.written.insert(components.clone());
         match kind {
             tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
-                self.regular(entry, &dir, &name, &meta)?;
+                self.regular(entry, &dir, name, &meta)?;
             }
-            tar::EntryType::Directory => {
-                if existing.is_none() {
-                    nix::sys::stat::mkdirat(
-                        &dir,
-                        name.as_os_str(),
-                        Mode::from_bits_truncate(0o700),
-                    )
-                    .map_err(|e| errno(format!("creating {}", display(&components)), e))?;
-                }
-                let fd = nix::fcntl::openat(
-                    &dir,
-                    name.as_os_str(),
-                    OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-                    Mode::empty(),
-                )
-                .map_err(|e| errno(format!("opening {}", display(&components)), e))?;
-                self.privileged
-                    .chown(dir.as_fd(), &name, meta.uid, meta.gid)?;
-                nix::sys::stat::fchmod(&fd, Mode::from_bits_truncate(meta.mode))
-                    .map_err(|e| errno(format!("chmod {}", display(&components)), e))?;
-                for (key, value) in &meta.xattrs {
-                    self.privileged.set_xattr(fd.as_fd(), key, value)?;
-                }
-                self.dir_times.push((components.clone(), meta.mtime));
-            }
+            tar::EntryType::Directory => self.directory(&dir, &components, &meta)?,
             tar::EntryType::Symlink => {
                 let target = entry
                     .link_name_bytes()
                     .ok_or_else(|| Error::invalid_argument("symlink without a target"))?;
-                nix::unistd::symlinkat(OsStr::from_bytes(&target), &dir, name.as_os_str())
-                    .map_err(|e| errno(format!("symlink {}", display(&components)), e))?;
-                self.privileged
-                    .chown(dir.as_fd(), &name, meta.uid, meta.gid)?;
-                set_times(&dir, &name, meta.mtime)?;
+                create_replacing(&mut self.dirs, &dir, name, "symlink", || {
+                    nix::unistd::symlinkat(OsStr::from_bytes(&target), &dir, name)
+                })?;
+                self.chown(&dir, name, &meta)?;
+                set_times(&dir, name, meta.mtime)?;
             }
             tar::EntryType::Link => {
                 let target = entry
                     .link_name_bytes()
                     .ok_or_else(|| Error::invalid_argument("hardlink without a target"))?;
-                self.hardlink(&clean(&target), &dir, &name)?;
+                self.hardlink(&clean(&target), &dir, name)?;
             }
             tar::EntryType::Char | tar::EntryType::Block => {
                 if !self.options.devices {
@@ -482,18 +583,20 @@ impl Applier<'_> {
                 } else {
                     SFlag::S_IFBLK
                 };
+                self.replace(&dir, name)?;
                 self.privileged.mknod(
                     dir.as_fd(),
-                    &name,
+                    name,
                     sflag,
                     nix::sys::stat::makedev(major, minor),
                 )?;
-                self.finish_special(&dir, &name, &meta)?;
+                self.finish_special(&dir, name, &meta)?;
             }
             tar::EntryType::Fifo => {
-                nix::unistd::mkfifoat(&dir, name.as_os_str(), Mode::from_bits_truncate(0o600))
-                    .map_err(|e| errno(format!("mkfifo {}", display(&components)), e))?;
-                self.finish_special(&dir, &name, &meta)?;
+                create_replacing(&mut self.dirs, &dir, name, "mkfifo", || {
+                    nix::unistd::mkfifoat(&dir, name, Mode::from_bits_truncate(0o600))
+                })?;
+                self.finish_special(&dir, name, &meta)?;
             }
             other => {
                 return Err(Error::invalid_argument(format!(
@@ -505,11 +608,85 @@ impl Applier<'_> {
         Ok(())
     }
 
+    /// Removes whatever is at `name` in `dir`.
+    fn replace(&mut self, dir: &OwnedFd, name: &OsStr) -> Result<()> {
+        if lstat_at(dir, name).is_ok() {
+            remove_all_at(dir, name)?;
+            self.dirs.clear();
+        }
+        Ok(())
+    }
+
+    /// Gives `name`, just created in the current entry's directory `dir`,
+    /// its owner, unless it was created with that owner already.
+    fn chown(&self, dir: &OwnedFd, name: &OsStr, meta: &Meta) -> Result<()> {
+        if self.creator == Some((meta.uid, meta.gid)) && self.parent_gid == meta.gid {
+            // New files get the creator's uid, and the creator's gid or
+            // the directory's (set-gid or `grpid`): the same gid here.
+            return Ok(());
+        }
+        self.privileged.chown(dir.as_fd(), name, meta.uid, meta.gid)
+    }
+
+    /// A directory entry: made (or kept, if one is there already) with the
+    /// entry's owner, mode and xattrs; its times are set at the end.
+    fn directory(&mut self, dir: &OwnedFd, components: &[OsString], meta: &Meta) -> Result<()> {
+        let Some(name) = components.last() else {
+            return Ok(());
+        };
+        let made =
+            match nix::sys::stat::mkdirat(dir, name.as_os_str(), Mode::from_bits_truncate(0o700)) {
+                Ok(()) => true,
+                Err(Errno::EEXIST) => match lstat_at(dir, name) {
+                    Ok(stat) if is_dir(&stat) => false,
+                    _ => {
+                        remove_all_at(dir, name)?;
+                        self.dirs.clear();
+                        nix::sys::stat::mkdirat(
+                            dir,
+                            name.as_os_str(),
+                            Mode::from_bits_truncate(0o700),
+                        )
+                        .map_err(|e| errno(format!("creating {}", display(components)), e))?;
+                        true
+                    }
+                },
+                Err(e) => return Err(errno(format!("creating {}", display(components)), e)),
+            };
+        let fd = nix::fcntl::openat(
+            dir,
+            name.as_os_str(),
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| errno(format!("opening {}", display(components)), e))?;
+        if made {
+            self.chown(dir, name, meta)?;
+        } else {
+            self.privileged
+                .chown(dir.as_fd(), name, meta.uid, meta.gid)?;
+        }
+        nix::sys::stat::fchmod(&fd, Mode::from_bits_truncate(meta.mode))
+            .map_err(|e| errno(format!("chmod {}", display(components)), e))?;
+        for (key, value) in &meta.xattrs {
+            self.privileged.set_xattr(fd.as_fd(), key, value)?;
+        }
+        self.dir_times.push((components.to_vec(), meta.mtime));
+        // The entries that follow are most likely inside it. (The chain
+        // ends in `dir`: the cache opened it for this entry.)
+        self.dirs.push_below(
+            &components[..components.len() - 1],
+            name.clone(),
+            fd,
+            meta.gid,
+        );
+        Ok(())
+    }
+
     /// Ownership, mode and times of a device or fifo just created in `dir`
     /// (a plain name, not a symlink: this apply made it).
     fn finish_special(&self, dir: &OwnedFd, name: &OsStr, meta: &Meta) -> Result<()> {
-        self.privileged
-            .chown(dir.as_fd(), name, meta.uid, meta.gid)?;
+        self.chown(dir, name, meta)?;
         nix::sys::stat::fchmodat(
             dir,
             name,
@@ -527,15 +704,21 @@ impl Applier<'_> {
         name: &OsStr,
         meta: &Meta,
     ) -> Result<()> {
-        let fd = nix::fcntl::openat(
-            dir,
-            name,
-            OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-            Mode::from_bits_truncate(0o600),
-        )
-        .map_err(|e| errno(format!("creating {}", name.to_string_lossy()), e))?;
+        let fd = create_replacing(&mut self.dirs, dir, name, "creating", || {
+            nix::fcntl::openat(
+                dir,
+                name,
+                OFlag::O_CREAT
+                    | OFlag::O_EXCL
+                    | OFlag::O_WRONLY
+                    | OFlag::O_NOFOLLOW
+                    | OFlag::O_CLOEXEC,
+                Mode::from_bits_truncate(0o600),
+            )
+        })?;
         let file = std::fs::File::from(fd);
         let mut offset: u64 = 0;
+        let mut written_to: u64 = 0;
         loop {
             let n = entry
                 .read(&mut self.buffer)
@@ -549,13 +732,16 @@ impl Applier<'_> {
                 file.write_all_at(chunk, offset)
                     .map_err(|e| Error::io(format!("writing {}", name.to_string_lossy()), &e))?;
                 self.stats.bytes += n as u64;
+                written_to = offset + n as u64;
             }
             offset += n as u64;
         }
-        file.set_len(offset)
-            .map_err(|e| Error::io(format!("sizing {}", name.to_string_lossy()), &e))?;
-        self.privileged
-            .chown(dir.as_fd(), name, meta.uid, meta.gid)?;
+        if written_to != offset {
+            // It ends in a hole.
+            file.set_len(offset)
+                .map_err(|e| Error::io(format!("sizing {}", name.to_string_lossy()), &e))?;
+        }
+        self.chown(dir, name, meta)?;
         // After chown, which clears set-id bits.
         nix::sys::stat::fchmod(&file, Mode::from_bits_truncate(meta.mode))
             .map_err(|e| errno(format!("chmod {}", name.to_string_lossy()), e))?;
@@ -572,7 +758,7 @@ impl Applier<'_> {
         let Some((target_name, target_parent)) = target.split_last() else {
             return Err(Error::invalid_argument("hardlink to the root"));
         };
-        let found = match open_dir(&self.root, target_parent, false) {
+        let found = match open_dir(&self.dirs.root, target_parent, false) {
             Ok(d) => lstat_at(&d, target_name).ok().map(|stat| (d, stat)),
             Err(e) if e.kind() == berth_errdefs::ErrorKind::NotFound => None,
             Err(e) => return Err(e),
@@ -591,23 +777,20 @@ impl Applier<'_> {
                 // On overlayfs the target may be in a lower layer: copy it
                 // up into this layer first.
                 self.copy_up(target)?;
-                open_dir(&self.root, target_parent, false)?
+                open_dir(&self.dirs.root, target_parent, false)?
             }
         };
         // Flags 0: a symlink target is linked itself, never followed.
-        nix::unistd::linkat(
-            target_dir,
-            target_name.as_os_str(),
-            dir,
-            name,
-            AtFlags::empty(),
-        )
-        .map_err(|e| {
-            errno(
-                format!("hardlink {} to {}", name.to_string_lossy(), display(target)),
-                e,
+        create_replacing(&mut self.dirs, dir, name, "hardlink", || {
+            nix::unistd::linkat(
+                &target_dir,
+                target_name.as_os_str(),
+                dir,
+                name,
+                AtFlags::empty(),
             )
         })
+        .map_err(|e| e.context(format!("to {}", display(target))))
     }
 
     fn copy_up(&mut self, target: &[OsString]) -> Result<()> {
@@ -645,7 +828,7 @@ impl Applier<'_> {
             )
             .map_err(|e| errno(format!("opening lower {}", display(target)), e))?;
             let mut source = std::fs::File::from(source);
-            let upper_dir = open_dir(&self.root, target_parent, true)?;
+            let upper_dir = open_dir(&self.dirs.root, target_parent, true)?;
             let fd = nix::fcntl::openat(
                 &upper_dir,
                 target_name.as_os_str(),
@@ -686,8 +869,11 @@ impl Applier<'_> {
             )));
         }
         let target = OsStr::from_bytes(target);
+        // Whatever the whiteout removes may be on the cache's path.
+        self.dirs.clear();
+        let root = self.dirs.root.clone();
         if self.options.overlay {
-            let dir = open_dir(&self.root, parent, true)?;
+            let dir = open_dir(&root, parent, true)?;
             remove_all_at(&dir, target)?;
             self.privileged.mknod(
                 dir.as_fd(),
@@ -696,7 +882,7 @@ impl Applier<'_> {
                 nix::sys::stat::makedev(0, 0),
             )?;
         } else {
-            match open_dir(&self.root, parent, false) {
+            match open_dir(&root, parent, false) {
                 Ok(dir) => remove_all_at(&dir, target)?,
                 Err(e) if e.kind() == berth_errdefs::ErrorKind::NotFound => {}
                 Err(e) => return Err(e),
@@ -706,21 +892,23 @@ impl Applier<'_> {
     }
 
     fn opaque(&mut self, parent: &[OsString]) -> Result<()> {
+        self.dirs.clear();
+        let root = self.dirs.root.clone();
         if self.options.overlay {
-            let path = open_dir(&self.root, parent, true)?;
+            let path = open_dir(&root, parent, true)?;
             drop(path);
-            let fd = resolve(&self.root, parent, OFlag::O_RDONLY | OFlag::O_DIRECTORY)
+            let fd = resolve(&root, parent, OFlag::O_RDONLY | OFlag::O_DIRECTORY)
                 .map_err(|e| errno(format!("opening {}", display(parent)), e))?;
             return self
                 .privileged
                 .set_xattr(fd.as_fd(), "trusted.overlay.opaque", b"y");
         }
-        let dir = match open_dir(&self.root, parent, false) {
+        let dir = match open_dir(&root, parent, false) {
             Ok(dir) => dir,
             Err(e) if e.kind() == berth_errdefs::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(e),
         };
-        let listing_fd = resolve(&self.root, parent, OFlag::O_RDONLY | OFlag::O_DIRECTORY)
+        let listing_fd = resolve(&root, parent, OFlag::O_RDONLY | OFlag::O_DIRECTORY)
             .map_err(|e| errno(format!("opening {}", display(parent)), e))?;
         let mut listing = nix::dir::Dir::from_fd(listing_fd)
             .map_err(|e| errno(format!("reading {}", display(parent)), e))?;

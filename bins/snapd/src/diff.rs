@@ -16,7 +16,7 @@
 //! shorter than listed) fails the diff rather than corrupt the tar.
 
 use std::collections::{BTreeMap, HashMap};
-use std::ffi::OsStr;
+use std::ffi::{CString, OsStr};
 use std::io::{Read, Seek, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -27,17 +27,51 @@ use berth_content::{CommitOptions, ContentStore, WriterOptions, MAX_READ};
 use berth_errdefs::{Error, Result};
 use berth_ids::{Digest, Sha256Hasher};
 use berth_snapshot::mount::TempMount;
-use berth_snapshot::{Descriptor, Labels};
+use berth_snapshot::{Descriptor, DiffLayer, Labels};
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag};
 use nix::sys::stat::{FileStat, Mode, SFlag};
 
 use crate::copy::open_beneath;
 use crate::local::LocalSnapshotter;
-use crate::unpack::ContentSource;
+use crate::unpack::{Compression, ContentSource};
+use crate::xattr::Node;
 
-/// The media type of the layers Diff writes.
+/// The media types of the layers Diff writes.
 pub const LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
+pub const LAYER_TAR_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+pub const LAYER_TAR_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+
+/// The label containerd puts on a compressed layer: its diff ID.
+pub const UNCOMPRESSED_LABEL: &str = "containerd.io/uncompressed";
+
+/// How a requested media type is compressed; empty means gzip, as in
+/// containerd.
+pub fn layer_compression(media_type: &str) -> Result<(String, Compression)> {
+    let compression = match media_type {
+        "" => return Ok((LAYER_TAR_GZIP.to_string(), Compression::Gzip)),
+        LAYER_TAR | "application/vnd.docker.image.rootfs.diff.tar" => Compression::None,
+        LAYER_TAR_GZIP | "application/vnd.docker.image.rootfs.diff.tar.gzip" => Compression::Gzip,
+        LAYER_TAR_ZSTD => Compression::Zstd,
+        other => {
+            return Err(Error::invalid_argument(format!(
+                "diff media type {other:?}: not a layer type berth writes (tar, tar+gzip, tar+zstd)"
+            )))
+        }
+    };
+    Ok((media_type.to_string(), compression))
+}
+
+/// Writes the tar of `upper` against `lower` through `encoder`; returns
+/// the encoder and the tar's digest.
+fn write_layer<E: Write>(encoder: E, lower: Option<&Path>, upper: &Path) -> Result<(E, Digest)> {
+    let mut tar = HashingWriter {
+        inner: encoder,
+        hasher: Sha256Hasher::new(),
+    };
+    write_diff(lower, upper, &mut tar)?;
+    Ok((tar.inner, tar.hasher.finalize()))
+}
 
 pub struct Differ {
     content: ContentSource,
@@ -78,13 +112,14 @@ fn file_type(stat: &FileStat) -> SFlag {
     SFlag::from_bits_truncate(stat.st_mode & SFlag::S_IFMT.bits())
 }
 
-/// One side of a diff, read through an fd on its root.
-struct Tree {
+/// A snapshot tree (one side of a diff, or one being measured), read
+/// through an fd on its root.
+pub(crate) struct Tree {
     root: OwnedFd,
 }
 
 impl Tree {
-    fn open(path: &Path) -> Result<Tree> {
+    pub(crate) fn open(path: &Path) -> Result<Tree> {
         let root = nix::fcntl::open(
             path,
             OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
@@ -99,9 +134,13 @@ impl Tree {
             .map_err(|e| errno(format!("opening {}", rel.display()), e))
     }
 
+    pub(crate) fn root_stat(&self) -> Result<FileStat> {
+        nix::sys::stat::fstat(&self.root).map_err(|e| errno("stat of the root", e))
+    }
+
     /// Every entry below the root, by relative path, not following
     /// symlinks.
-    fn listing(&self) -> Result<BTreeMap<PathBuf, FileStat>> {
+    pub(crate) fn listing(&self) -> Result<BTreeMap<PathBuf, FileStat>> {
         let mut out = BTreeMap::new();
         let mut stack = vec![PathBuf::new()];
         while let Some(rel) = stack.pop() {
@@ -151,6 +190,27 @@ impl Tree {
         Ok(file)
     }
 
+    /// The extended attributes of `rel` that belong in a layer: not
+    /// overlayfs' own (`trusted.overlay.*`) nor the host's SELinux label.
+    fn xattrs(&self, rel: &Path) -> Result<Vec<(CString, Vec<u8>)>> {
+        let name = rel
+            .file_name()
+            .ok_or_else(|| Error::internal("an entry without a name"))?;
+        let parent = self.open_beneath(
+            rel.parent().unwrap_or(Path::new("")),
+            OFlag::O_PATH | OFlag::O_DIRECTORY,
+        )?;
+        let mut xattrs = Node::At(parent.as_fd(), name)
+            .xattrs()
+            .map_err(|e| e.context(rel.display().to_string()))?;
+        xattrs.retain(|(key, _)| {
+            let key = key.as_bytes();
+            !key.starts_with(b"trusted.overlay.") && key != b"security.selinux"
+        });
+        xattrs.sort();
+        Ok(xattrs)
+    }
+
     fn read_link(&self, rel: &Path) -> Result<std::ffi::OsString> {
         let name = rel
             .file_name()
@@ -170,6 +230,19 @@ fn same(lower: &Tree, upper: &Tree, rel: &Path, a: &FileStat, b: &FileStat) -> R
     if a.st_mode != b.st_mode || a.st_uid != b.st_uid || a.st_gid != b.st_gid {
         return Ok(false);
     }
+    if !same_inode_kind(lower, upper, rel, a, b)? {
+        return Ok(false);
+    }
+    Ok(lower.xattrs(rel)? == upper.xattrs(rel)?)
+}
+
+fn same_inode_kind(
+    lower: &Tree,
+    upper: &Tree,
+    rel: &Path,
+    a: &FileStat,
+    b: &FileStat,
+) -> Result<bool> {
     match file_type(a) {
         SFlag::S_IFDIR => Ok(true),
         SFlag::S_IFLNK => Ok(lower.read_link(rel)? == upper.read_link(rel)?),
@@ -315,6 +388,17 @@ pub fn write_diff(lower: Option<&Path>, upper: &Path, out: impl Write) -> Result
             }
             links.insert((stat.st_dev, stat.st_ino), rel.clone());
         }
+        let xattrs = upper_tree.xattrs(rel)?;
+        let records: Vec<(String, &[u8])> = xattrs
+            .iter()
+            .filter_map(|(key, value)| {
+                let key = key.to_str().ok()?;
+                Some((format!("SCHILY.xattr.{key}"), value.as_slice()))
+            })
+            .collect();
+        builder
+            .append_pax_extensions(records.iter().map(|(k, v)| (k.as_str(), *v)))
+            .map_err(tar_err)?;
         match kind {
             tar::EntryType::Regular => {
                 let file = upper_tree.open_file(rel, stat)?;
@@ -354,17 +438,19 @@ impl Differ {
         snapshotter: &LocalSnapshotter,
         lower: Option<&str>,
         upper: &str,
-        labels: Labels,
-    ) -> Result<Descriptor> {
+        media_type: &str,
+        mut labels: Labels,
+    ) -> Result<DiffLayer> {
         berth_ids::validate_labels(&labels)?;
+        let (media_type, compression) = layer_compression(media_type)?;
         let lower_mounts = match lower {
             Some(l) => Some(snapshotter.read_only_mounts(namespace, l)?),
             None => None,
         };
         let upper_mounts = snapshotter.read_only_mounts(namespace, upper)?;
         let scratch = snapshotter.scratch_dir();
-        let (tmp, digest, size) =
-            tokio::task::spawn_blocking(move || -> Result<(std::fs::File, Digest, u64)> {
+        let (tmp, digest, size, diff_id) =
+            tokio::task::spawn_blocking(move || -> Result<(std::fs::File, Digest, u64, Digest)> {
                 std::fs::create_dir_all(&scratch)
                     .map_err(io(format!("creating {}", scratch.display())))?;
                 let lower_mount = match &lower_mounts {
@@ -372,27 +458,42 @@ impl Differ {
                     None => None,
                 };
                 let upper_mount = TempMount::new(&upper_mounts, &scratch)?;
-                let file = tempfile_in(&scratch)?;
-                let mut writer = HashingWriter {
-                    inner: std::io::BufWriter::new(file),
+                let lower = lower_mount.as_ref().map(|m| m.path());
+                let upper = upper_mount.path();
+                let stored = HashingWriter {
+                    inner: std::io::BufWriter::new(tempfile_in(&scratch)?),
                     hasher: Sha256Hasher::new(),
                 };
-                write_diff(
-                    lower_mount.as_ref().map(|m| m.path()),
-                    upper_mount.path(),
-                    &mut writer,
-                )?;
-                let size = writer.hasher.len();
-                let digest = writer.hasher.finalize();
-                let mut file = writer
+                let compressing = io("compressing the diff");
+                let (stored, diff_id) = match compression {
+                    Compression::None => write_layer(stored, lower, upper)?,
+                    Compression::Gzip => {
+                        let gzip =
+                            flate2::write::GzEncoder::new(stored, flate2::Compression::default());
+                        let (gzip, diff_id) = write_layer(gzip, lower, upper)?;
+                        (gzip.finish().map_err(compressing)?, diff_id)
+                    }
+                    Compression::Zstd => {
+                        let zstd = zstd::stream::write::Encoder::new(stored, 3)
+                            .map_err(io("starting zstd"))?;
+                        let (zstd, diff_id) = write_layer(zstd, lower, upper)?;
+                        (zstd.finish().map_err(compressing)?, diff_id)
+                    }
+                };
+                let size = stored.hasher.len();
+                let digest = stored.hasher.finalize();
+                let mut file = stored
                     .inner
                     .into_inner()
                     .map_err(|e| Error::io("flushing the diff", e.error()))?;
                 file.rewind().map_err(io("rewinding the diff"))?;
-                Ok((file, digest, size))
+                Ok((file, digest, size, diff_id))
             })
             .await
             .map_err(|e| Error::internal(format!("diff task failed: {e}")))??;
+        if compression != Compression::None {
+            labels.insert(UNCOMPRESSED_LABEL.to_string(), diff_id.to_string());
+        }
         let store: Arc<dyn ContentStore> = match &self.content {
             ContentSource::Store(s) => s.clone(),
             ContentSource::Socket(p) => {
@@ -400,10 +501,13 @@ impl Differ {
             }
         };
         upload(store.as_ref(), namespace, tmp, &digest, size, labels).await?;
-        Ok(Descriptor {
-            media_type: LAYER_TAR.to_string(),
-            digest,
-            size,
+        Ok(DiffLayer {
+            descriptor: Descriptor {
+                media_type,
+                digest,
+                size,
+            },
+            diff_id,
         })
     }
 }
@@ -541,6 +645,94 @@ mod tests {
             .collect();
         names.sort();
         assert_eq!(names, [".wh.gone", "changed", "new", "new/file"]);
+    }
+
+    #[test]
+    fn layer_media_types_choose_the_compression() {
+        let gzip = (LAYER_TAR_GZIP.to_string(), Compression::Gzip);
+        assert_eq!(layer_compression("").unwrap(), gzip);
+        assert_eq!(layer_compression(LAYER_TAR_GZIP).unwrap(), gzip);
+        assert_eq!(
+            layer_compression(LAYER_TAR).unwrap(),
+            (LAYER_TAR.to_string(), Compression::None)
+        );
+        assert_eq!(
+            layer_compression(LAYER_TAR_ZSTD).unwrap().1,
+            Compression::Zstd
+        );
+        let docker = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+        assert_eq!(
+            layer_compression(docker).unwrap(),
+            (docker.to_string(), Compression::Gzip)
+        );
+        for bad in ["text/plain", "application/vnd.oci.image.layer.v1.tar+bzip2"] {
+            let err = layer_compression(bad).unwrap_err();
+            assert_eq!(err.kind(), berth_errdefs::ErrorKind::InvalidArgument);
+        }
+    }
+
+    #[test]
+    fn xattrs_are_written_and_an_xattr_change_is_a_change() {
+        let lower = tempfile::tempdir().unwrap();
+        let upper = tempfile::tempdir().unwrap();
+        for root in [lower.path(), upper.path()] {
+            put(root, "plain", b"p");
+            put(root, "tagged", b"t");
+        }
+        let set = |rel: &str, key: &str, value: &[u8]| {
+            let file = std::fs::File::open(upper.path().join(rel)).unwrap();
+            Node::Open(file.as_fd())
+                .set_xattr(&CString::new(key).unwrap(), value)
+                .unwrap();
+        };
+        set("tagged", "user.k", b"v\0binary");
+        put(upper.path(), "new", b"n");
+        set("new", "user.n", b"1");
+        let mut out = Vec::new();
+        write_diff(Some(lower.path()), upper.path(), &mut out).unwrap();
+        let mut archive = tar::Archive::new(&out[..]);
+        let mut found = Vec::new();
+        for entry in archive.entries().unwrap() {
+            let mut entry = entry.unwrap();
+            let path = entry.path().unwrap().display().to_string();
+            let mut xattrs = Vec::new();
+            if let Some(pax) = entry.pax_extensions().unwrap() {
+                for ext in pax {
+                    let ext = ext.unwrap();
+                    xattrs.push((ext.key().unwrap().to_string(), ext.value_bytes().to_vec()));
+                }
+            }
+            found.push((path, xattrs));
+        }
+        found.sort();
+        assert_eq!(
+            found,
+            [
+                (
+                    "new".to_string(),
+                    vec![("SCHILY.xattr.user.n".to_string(), b"1".to_vec())]
+                ),
+                (
+                    "tagged".to_string(),
+                    vec![("SCHILY.xattr.user.k".to_string(), b"v\0binary".to_vec())]
+                ),
+            ]
+        );
+        // And they apply back.
+        let applied = tempfile::tempdir().unwrap();
+        crate::apply::apply(
+            &out[..],
+            applied.path(),
+            &crate::apply::ApplyOptions::default(),
+            &crate::apply::Host,
+        )
+        .unwrap();
+        let file = std::fs::File::open(applied.path().join("tagged")).unwrap();
+        let got = Node::Open(file.as_fd()).xattrs().unwrap();
+        assert_eq!(
+            got,
+            [(CString::new("user.k").unwrap(), b"v\0binary".to_vec())]
+        );
     }
 
     fn entries(tar: &[u8]) -> Vec<(String, tar::EntryType, u32, String)> {

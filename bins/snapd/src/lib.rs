@@ -14,3 +14,4 @@ pub mod local;
 pub mod records;
 pub mod service;
 pub mod unpack;
+pub(crate) mod xattr;

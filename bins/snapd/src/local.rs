@@ -8,7 +8,7 @@
 //! directories stay short.
 
 use std::collections::HashSet;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
@@ -268,6 +268,7 @@ impl LocalSnapshotter {
                     created_at: now,
                     updated_at: now,
                     labels,
+                    usage: None,
                 },
             )
         });
@@ -410,32 +411,38 @@ impl LocalSnapshotter {
         Ok(removed)
     }
 
+    /// Active snapshots are measured on every call; committed ones once.
     fn usage_blocking(&self, namespace: &str, key: &str) -> Result<Usage> {
         let record = self.get(namespace, key)?;
-        disk_usage(&self.fs_dir(record.id))
+        if let Some(usage) = record.usage {
+            return Ok(usage.into());
+        }
+        let usage = disk_usage(&self.fs_dir(record.id))?;
+        if record.kind == StoredKind::Committed {
+            self.records
+                .cache_usage(self.name(), namespace, key, record.id, usage)?;
+        }
+        Ok(usage)
     }
 }
 
-/// Bytes allocated and inodes used under `dir` (hardlinks counted once).
+/// Bytes allocated and inodes used under `dir` (hardlinks counted once),
+/// walked by fds like a diff, never following a symlink.
 pub fn disk_usage(dir: &Path) -> Result<Usage> {
-    let mut usage = Usage::default();
+    let tree = crate::diff::Tree::open(dir)?;
+    let root = tree.root_stat()?;
+    let mut usage = Usage {
+        size: root.st_blocks as u64 * 512,
+        inodes: 1,
+    };
     let mut seen = HashSet::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(path) = stack.pop() {
-        let meta =
-            std::fs::symlink_metadata(&path).map_err(io(format!("stat {}", path.display())))?;
-        if meta.nlink() > 1 && !meta.is_dir() && !seen.insert((meta.dev(), meta.ino())) {
+    for stat in tree.listing()?.values() {
+        let is_dir = stat.st_mode & libc::S_IFMT == libc::S_IFDIR;
+        if stat.st_nlink > 1 && !is_dir && !seen.insert((stat.st_dev, stat.st_ino)) {
             continue;
         }
         usage.inodes += 1;
-        usage.size += meta.blocks() * 512;
-        if meta.is_dir() {
-            for entry in
-                std::fs::read_dir(&path).map_err(io(format!("reading {}", path.display())))?
-            {
-                stack.push(entry.map_err(io("reading a directory"))?.path());
-            }
-        }
+        usage.size += stat.st_blocks as u64 * 512;
     }
     Ok(usage)
 }

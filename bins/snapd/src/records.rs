@@ -37,6 +37,25 @@ pub struct Record {
     pub created_at: u64,
     pub updated_at: u64,
     pub labels: HashMap<String, String>,
+    /// A committed snapshot's usage, measured once on first ask (its tree
+    /// never changes after commit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<StoredUsage>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredUsage {
+    pub size: u64,
+    pub inodes: u64,
+}
+
+impl From<StoredUsage> for berth_snapshot::Usage {
+    fn from(u: StoredUsage) -> berth_snapshot::Usage {
+        berth_snapshot::Usage {
+            size: u.size,
+            inodes: u.inodes,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -262,6 +281,35 @@ impl Records {
             .map_err(db_error)?;
         txn.commit().map_err(db_error)?;
         Ok(record)
+    }
+
+    /// Keeps `usage` as the measured usage of `key`, if it is still the
+    /// committed snapshot `id` that was measured.
+    pub fn cache_usage(
+        &self,
+        snapshotter: &str,
+        namespace: &str,
+        key: &str,
+        id: u64,
+        usage: berth_snapshot::Usage,
+    ) -> Result<()> {
+        let usage = StoredUsage {
+            size: usage.size,
+            inodes: usage.inodes,
+        };
+        let mut txn = self.env.write_txn().map_err(db_error)?;
+        let full = key_of(snapshotter, namespace, key);
+        let Some(mut record) = self.snapshots.get(&txn, &full).map_err(db_error)? else {
+            return Ok(());
+        };
+        if record.id != id || record.kind != StoredKind::Committed {
+            return Ok(());
+        }
+        record.usage = Some(usage);
+        self.snapshots
+            .put(&mut txn, &full, &record)
+            .map_err(db_error)?;
+        txn.commit().map_err(db_error)
     }
 
     /// Every snapshot of a namespace, by key.

@@ -15,7 +15,7 @@ use berth_snapshot::wire::{
     descriptor_from_pb, descriptor_to_pb, info_from_pb, info_to_pb, mount_to_pb, optional,
 };
 use berth_snapshot::{Mount, Snapshotter, DEFAULT_SNAPSHOTTER};
-use ttrpc::r#async::TtrpcContext;
+use ttrpc::r#async::{ServerStreamSender, TtrpcContext};
 
 use crate::diff::Differ;
 use crate::local::{Backend, LocalSnapshotter};
@@ -251,17 +251,22 @@ impl pb::Snapshots for SnapshotService {
         &self,
         ctx: &TtrpcContext,
         req: pb::ListRequest,
-    ) -> ttrpc::Result<pb::ListResponse> {
+        sender: ServerStreamSender<pb::ListResponse>,
+    ) -> ttrpc::Result<()> {
         reply(
             "list",
             async {
                 let ns = request_namespace(ctx)?;
                 let sn = self.snapshotter(&req.snapshotter)?;
                 let infos = sn.list(&ns, &req.filters).await?;
-                Ok(pb::ListResponse {
-                    info: infos.iter().map(info_to_pb).collect(),
-                    ..Default::default()
-                })
+                for batch in berth_api::list_batches(infos.iter().map(info_to_pb).collect()) {
+                    let response = pb::ListResponse {
+                        info: batch,
+                        ..Default::default()
+                    };
+                    sender.send(&response).await?;
+                }
+                Ok(())
             }
             .await,
         )
@@ -324,18 +329,20 @@ impl pb::Snapshots for SnapshotService {
             async {
                 let ns = request_namespace(ctx)?;
                 let sn = self.snapshotter(&req.snapshotter)?;
-                let desc = self
+                let layer = self
                     .differ
                     .diff(
                         &ns,
                         sn,
                         optional(&req.lower).as_deref(),
                         &req.upper,
+                        &req.media_type,
                         leased(ctx, req.labels)?,
                     )
                     .await?;
                 Ok(pb::DiffResponse {
-                    diff: Some(descriptor_to_pb(&desc)).into(),
+                    diff: Some(descriptor_to_pb(&layer.descriptor)).into(),
+                    diff_id: layer.diff_id.to_string(),
                     ..Default::default()
                 })
             }

@@ -117,12 +117,11 @@ impl Compression {
     }
 }
 
-/// A reader over a channel of chunks, hashing what passes.
+/// A reader over a channel of chunks.
 struct ChannelReader {
     rx: tokio::sync::mpsc::Receiver<Result<Vec<u8>>>,
     current: Vec<u8>,
     pos: usize,
-    hasher: Sha256Hasher,
     error: Option<Error>,
 }
 
@@ -131,7 +130,6 @@ impl Read for ChannelReader {
         while self.pos == self.current.len() {
             match self.rx.blocking_recv() {
                 Some(Ok(chunk)) => {
-                    self.hasher.update(&chunk);
                     self.current = chunk;
                     self.pos = 0;
                 }
@@ -150,26 +148,42 @@ impl Read for ChannelReader {
     }
 }
 
-/// A reader over chunks that a decompressing thread sends.
+/// A decompressed chunk: a buffer and how much of it is filled.
+type Decoded = std::io::Result<(Vec<u8>, usize)>;
+
+/// A reader over the chunks a decompressing thread sends, hashing them as
+/// they arrive and handing each spent buffer back for reuse. The hashing
+/// is here, not on the decompressing thread, because inflate is the
+/// slower of the two sides.
 struct ChunkReader {
-    rx: std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
+    rx: std::sync::mpsc::Receiver<Decoded>,
+    spent: std::sync::mpsc::Sender<Vec<u8>>,
     current: Vec<u8>,
+    filled: usize,
     pos: usize,
+    hasher: Sha256Hasher,
 }
 
 impl Read for ChunkReader {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        while self.pos == self.current.len() {
+        while self.pos == self.filled {
             match self.rx.recv() {
-                Ok(Ok(chunk)) => {
-                    self.current = chunk;
+                Ok(Ok((chunk, filled))) => {
+                    self.hasher.update(&chunk[..filled]);
+                    let spent = std::mem::replace(&mut self.current, chunk);
+                    if !spent.is_empty() {
+                        // The decompressor may be gone; the buffer is then
+                        // simply dropped.
+                        let _ = self.spent.send(spent);
+                    }
+                    self.filled = filled;
                     self.pos = 0;
                 }
                 Ok(Err(e)) => return Err(e),
                 Err(_) => return Ok(0),
             }
         }
-        let n = buf.len().min(self.current.len() - self.pos);
+        let n = buf.len().min(self.filled - self.pos);
         buf[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
         self.pos += n;
         Ok(n)
@@ -180,16 +194,17 @@ impl Read for ChunkReader {
 const DECODED_AHEAD: usize = 4;
 const DECODED_CHUNK: usize = 1 << 20;
 
-/// Decompresses `decoded` into chunks for `tx`, hashing them; returns the
-/// digest of the whole uncompressed stream (or of what was read before the
-/// receiver went away).
+/// Decompresses `decoded` into chunks for `tx`, reusing the buffers that
+/// come back on `spent`, until the stream ends or the receiver goes away.
 fn decode_into(
     mut decoded: Box<dyn Read + Send + '_>,
-    tx: std::sync::mpsc::SyncSender<std::io::Result<Vec<u8>>>,
-) -> Result<Digest> {
-    let mut hasher = Sha256Hasher::new();
+    tx: std::sync::mpsc::SyncSender<Decoded>,
+    spent: std::sync::mpsc::Receiver<Vec<u8>>,
+) -> Result<()> {
     loop {
-        let mut chunk = vec![0u8; DECODED_CHUNK];
+        let mut chunk = spent
+            .try_recv()
+            .unwrap_or_else(|_| vec![0u8; DECODED_CHUNK]);
         let mut filled = 0;
         while filled < chunk.len() {
             match decoded.read(&mut chunk[filled..]) {
@@ -205,20 +220,15 @@ fn decode_into(
                 }
             }
         }
-        if filled == 0 {
-            return Ok(hasher.finalize());
-        }
-        chunk.truncate(filled);
-        hasher.update(&chunk);
-        if tx.send(Ok(chunk)).is_err() {
-            return Ok(hasher.finalize());
+        if filled == 0 || tx.send(Ok((chunk, filled))).is_err() {
+            return Ok(());
         }
     }
 }
 
 /// Applies one compressed (or not) layer stream to `target`; returns the
-/// digest of the uncompressed stream. Decompression and hashing run on a
-/// thread of their own, overlapping the writes.
+/// digest of the uncompressed stream. Decompression runs on a thread of
+/// its own, overlapping the writes.
 pub fn apply_layer(
     reader: impl Read + Send,
     compression: Option<Compression>,
@@ -246,26 +256,31 @@ pub fn apply_layer(
     };
     std::thread::scope(|scope| {
         let (tx, rx) = std::sync::mpsc::sync_channel(DECODED_AHEAD);
+        let (spent_tx, spent_rx) = std::sync::mpsc::channel();
         let decoder = std::thread::Builder::new()
             .name("layer-decode".to_string())
-            .spawn_scoped(scope, move || decode_into(decoded, tx))
+            .spawn_scoped(scope, move || decode_into(decoded, tx, spent_rx))
             .map_err(|e| Error::io("starting the decompressor", &e))?;
         let mut reader = ChunkReader {
             rx,
+            spent: spent_tx,
             current: Vec::new(),
+            filled: 0,
             pos: 0,
+            hasher: Sha256Hasher::new(),
         };
         let applied = apply(&mut reader, target, options, privileged).and_then(|_| {
             // The tar end and any padding belong to the diff ID too.
             std::io::copy(&mut reader, &mut std::io::sink())
                 .map_err(|e| Error::invalid_argument(format!("reading the layer: {e}")))
         });
+        let digest = std::mem::take(&mut reader.hasher).finalize();
         drop(reader);
-        let digest = decoder
+        decoder
             .join()
-            .map_err(|_| Error::internal("the decompressor panicked"))?;
+            .map_err(|_| Error::internal("the decompressor panicked"))??;
         applied?;
-        digest
+        Ok(digest)
     })
 }
 
@@ -425,13 +440,11 @@ impl Unpacker {
         let compression = Compression::from_media_type(&layer.media_type);
         let privileged = self.privileged.clone();
         let dir = target.dir.clone();
-        let expected_blob = layer.digest.clone();
         let applier = tokio::task::spawn_blocking(move || -> Result<Digest> {
             let mut reader = ChannelReader {
                 rx,
                 current: Vec::new(),
                 pos: 0,
-                hasher: Sha256Hasher::new(),
                 error: None,
             };
             let result = apply_layer(
@@ -445,22 +458,20 @@ impl Unpacker {
                 return Err(e);
             }
             let uncompressed = result?;
-            // Drain what the decompressor left, then check the blob.
+            // Drain what the decompressor left, so that the reader hashes
+            // the whole blob.
             std::io::copy(&mut reader, &mut std::io::sink())
                 .map_err(|e| Error::io("reading the layer", &e))?;
-            let blob = reader.hasher.finalize();
-            if blob != expected_blob {
-                return Err(Error::invalid_argument(format!(
-                    "layer blob has digest {blob}, expected {expected_blob}"
-                )));
-            }
             Ok(uncompressed)
         });
         let namespace_owned = namespace.to_string();
         let digest = layer.digest.clone();
         let size = layer.size;
         let store = store.clone();
+        // The blob is hashed here, as it is read, off the threads that
+        // decompress and write.
         let reader = tokio::spawn(async move {
+            let mut hasher = Sha256Hasher::new();
             let mut offset = 0u64;
             while offset < size {
                 let chunk = store
@@ -474,19 +485,36 @@ impl Unpacker {
                 };
                 let failed = chunk.is_err();
                 if let Ok(c) = &chunk {
+                    hasher.update(c);
                     offset += c.len() as u64;
                 }
                 let sent = tx.send(chunk).await.is_ok();
                 if failed || !sent {
-                    break;
+                    return None;
                 }
             }
+            Some(hasher.finalize())
         });
-        let uncompressed = applier
+        let applied = applier
             .await
-            .map_err(|e| Error::internal(format!("apply task failed: {e}")))?;
-        reader.abort();
-        let uncompressed = uncompressed?;
+            .map_err(|e| Error::internal(format!("apply task failed: {e}")));
+        let uncompressed = match applied {
+            Ok(Ok(uncompressed)) => uncompressed,
+            Ok(Err(e)) | Err(e) => {
+                reader.abort();
+                return Err(e);
+            }
+        };
+        let blob = reader
+            .await
+            .map_err(|e| Error::internal(format!("blob reader failed: {e}")))?
+            .ok_or_else(|| Error::internal("the blob reader stopped early"))?;
+        if blob != layer.digest {
+            return Err(Error::invalid_argument(format!(
+                "layer blob has digest {blob}, expected {}",
+                layer.digest
+            )));
+        }
         if &uncompressed != diff_id {
             return Err(Error::invalid_argument(format!(
                 "layer {} uncompresses to {uncompressed}, but the image config says {diff_id}",

@@ -19,6 +19,18 @@ impl RawTar {
     }
 
     fn entry(&mut self, name: &[u8], kind: tar::EntryType, link: &[u8], data: &[u8], mode: u32) {
+        self.entry_owned(name, kind, link, data, mode, (0, 0));
+    }
+
+    fn entry_owned(
+        &mut self,
+        name: &[u8],
+        kind: tar::EntryType,
+        link: &[u8],
+        data: &[u8],
+        mode: u32,
+        (uid, gid): (u64, u64),
+    ) {
         let mut header = tar::Header::new_ustar();
         {
             let raw = header.as_old_mut();
@@ -31,8 +43,8 @@ impl RawTar {
         header.set_mode(mode);
         header.set_size(data.len() as u64);
         header.set_mtime(1_600_000_000);
-        header.set_uid(0);
-        header.set_gid(0);
+        header.set_uid(uid);
+        header.set_gid(gid);
         header.set_cksum();
         self.0.extend_from_slice(header.as_bytes());
         self.pad_data(data);
@@ -551,4 +563,97 @@ fn unprivileged_apply_keeps_files_and_refuses_whiteout_devices() {
     };
     let err = apply(&t.finish()[..], &case.root, &overlay, &Unprivileged).unwrap_err();
     assert_eq!(err.kind(), berth_errdefs::ErrorKind::FailedPrecondition);
+}
+
+#[test]
+fn owners_are_exact_under_a_set_gid_directory() {
+    // A new inode takes a set-gid directory's group: a file owned 0:0 in
+    // the layer must still end up 0:0 there.
+    let case = Case::new();
+    let mut t = RawTar::new();
+    let regular = tar::EntryType::Regular;
+    t.entry_owned(b"g", tar::EntryType::Directory, b"", b"", 0o2775, (0, 1234));
+    t.entry_owned(b"g/root-file", regular, b"", b"x", 0o644, (0, 0));
+    t.entry_owned(b"g/group-file", regular, b"", b"x", 0o644, (5, 1234));
+    t.entry_owned(b"g/sub", tar::EntryType::Directory, b"", b"", 0o755, (0, 0));
+    t.entry_owned(b"g/sub/deeper", regular, b"", b"x", 0o600, (0, 0));
+    t.entry_owned(
+        b"g/link",
+        tar::EntryType::Symlink,
+        b"root-file",
+        b"",
+        0o777,
+        (0, 0),
+    );
+    t.entry_owned(b"top", regular, b"", b"x", 0o644, (0, 0));
+    t.entry_owned(b"other", regular, b"", b"x", 0o644, (7, 8));
+    assert!(case.apply_checked(&t.finish(), true));
+    let owner = |p: &str| {
+        let m = std::fs::symlink_metadata(case.root.join(p)).unwrap();
+        (m.uid(), m.gid())
+    };
+    assert_eq!(owner("g"), (0, 1234));
+    let mode = std::fs::metadata(case.root.join("g")).unwrap().mode() & 0o7777;
+    assert_eq!(mode, 0o2775);
+    assert_eq!(owner("g/root-file"), (0, 0));
+    assert_eq!(owner("g/group-file"), (5, 1234));
+    assert_eq!(owner("g/sub"), (0, 0));
+    assert_eq!(owner("g/sub/deeper"), (0, 0));
+    assert_eq!(owner("g/link"), (0, 0));
+    assert_eq!(owner("top"), (0, 0));
+    assert_eq!(owner("other"), (7, 8));
+}
+
+#[test]
+fn a_directory_replaced_by_a_symlink_redirects_later_entries() {
+    // Entries after the replacement must resolve the new symlink (inside
+    // the root), not the directory that was there before.
+    let case = Case::new();
+    let mut t = RawTar::new();
+    t.dir("a", 0o755);
+    t.file("a/x", b"x");
+    t.dir("b", 0o755);
+    t.symlink("a", "b");
+    t.file("a/y", b"y");
+    t.dir("c", 0o755);
+    t.file("c/z", b"z");
+    t.symlink("c", "../../outside");
+    t.file("c/canary", b"pwned");
+    assert!(!case.apply_checked(&t.finish(), false));
+    assert!(std::fs::symlink_metadata(case.root.join("a"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(std::fs::read(case.root.join("b/y")).unwrap(), b"y");
+    assert!(!case.root.join("b/x").exists());
+    // `c` now points at `/outside` inside the root, which is not there.
+    assert!(!case.root.join("outside").exists());
+
+    // The same layer without the escape applies whole.
+    let case = Case::new();
+    let mut t = RawTar::new();
+    t.dir("a", 0o755);
+    t.file("a/x", b"x");
+    t.dir("b", 0o755);
+    t.symlink("a", "b");
+    t.file("a/y", b"y");
+    t.file("a/z", b"z");
+    assert!(case.apply_checked(&t.finish(), true));
+    assert_eq!(std::fs::read(case.root.join("b/y")).unwrap(), b"y");
+    assert_eq!(std::fs::read(case.root.join("b/z")).unwrap(), b"z");
+
+    // A whiteout (native: a deletion) of a directory that later entries
+    // recreate.
+    {
+        let case = Case::new();
+        let mut t = RawTar::new();
+        t.dir("d", 0o755);
+        t.dir("d/x", 0o755);
+        t.file("d/x/old", b"old");
+        t.file("d/.wh.x", b"");
+        t.file("d/x/new", b"new");
+        assert!(case.apply_checked(&t.finish(), false));
+        assert_eq!(std::fs::read(case.root.join("d/x/new")).unwrap(), b"new");
+        assert!(!case.root.join("d/x/old").exists());
+    }
 }

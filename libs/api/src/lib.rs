@@ -20,6 +20,31 @@ pub const LEASE_LABEL_PREFIX: &str = "berth.io/lease.";
 /// frame limit, large enough that per-message costs vanish.
 pub const MAX_CHUNK: usize = 1024 * 1024;
 
+/// Encoded bytes per batch of a streamed List reply: with no record near
+/// 2 MiB, a batch stays well under ttrpc's 4 MiB frame.
+pub const LIST_BATCH_BYTES: usize = 1024 * 1024;
+
+/// Splits a List reply into batches of about [`LIST_BATCH_BYTES`] each (at
+/// least one item per batch), for a server stream.
+pub fn list_batches<T: protobuf::Message>(items: Vec<T>) -> Vec<Vec<T>> {
+    let mut out = Vec::new();
+    let mut batch = Vec::new();
+    let mut bytes = 0usize;
+    for item in items {
+        let size = item.compute_size() as usize;
+        if !batch.is_empty() && bytes + size > LIST_BATCH_BYTES {
+            out.push(std::mem::take(&mut batch));
+            bytes = 0;
+        }
+        bytes += size;
+        batch.push(item);
+    }
+    if !batch.is_empty() {
+        out.push(batch);
+    }
+    out
+}
+
 #[allow(
     clippy::all,
     clippy::unwrap_used,
@@ -153,3 +178,31 @@ pub mod time;
 
 pub use protobuf;
 pub use ttrpc;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_batches_stay_under_the_limit_and_keep_every_item() {
+        let items: Vec<images::Image> = (0..50)
+            .map(|i| images::Image {
+                name: format!("{i}{}", "x".repeat(100 * 1024)),
+                ..Default::default()
+            })
+            .collect();
+        let split = list_batches(items);
+        assert!(split.len() > 1);
+        let mut seen = 0;
+        for batch in &split {
+            let bytes: u64 = batch.iter().map(protobuf::Message::compute_size).sum();
+            assert!(bytes as usize <= LIST_BATCH_BYTES);
+            for item in batch {
+                assert!(item.name.starts_with(&seen.to_string()));
+                seen += 1;
+            }
+        }
+        assert_eq!(seen, 50);
+        assert!(list_batches(Vec::<images::Image>::new()).is_empty());
+    }
+}

@@ -7,7 +7,7 @@ use berth_ids::Digest;
 use berth_snapshot::wire::{
     descriptor_from_pb, descriptor_to_pb, info_from_pb, info_to_pb, mount_from_pb,
 };
-use berth_snapshot::{Descriptor, Info, Labels, Mount, Snapshotter, Usage};
+use berth_snapshot::{Descriptor, DiffLayer, Info, Labels, Mount, Snapshotter, Usage};
 
 use crate::connection::{connect, request_context_leased};
 
@@ -90,24 +90,29 @@ impl RemoteSnapshotter {
         })
     }
 
-    /// The layer (uncompressed tar) of `upper` against `lower`, stored in
-    /// berth-contentd.
+    /// The layer of `upper` against `lower`, stored in berth-contentd, of
+    /// `media_type` (empty: gzip).
     pub async fn diff(
         &self,
         namespace: &str,
         lower: Option<&str>,
         upper: &str,
+        media_type: &str,
         labels: Labels,
-    ) -> Result<Descriptor> {
+    ) -> Result<DiffLayer> {
         let req = pb::DiffRequest {
             snapshotter: self.snapshotter.clone(),
             lower: lower.unwrap_or_default().to_string(),
             upper: upper.to_string(),
             labels,
+            media_type: media_type.to_string(),
             ..Default::default()
         };
         let resp = self.client.diff(self.context(namespace), &req).await?;
-        descriptor_from_pb(resp.diff.get_or_default())
+        Ok(DiffLayer {
+            descriptor: descriptor_from_pb(resp.diff.get_or_default())?,
+            diff_id: Digest::parse(&resp.diff_id)?,
+        })
     }
 }
 
@@ -237,8 +242,14 @@ impl Snapshotter for RemoteSnapshotter {
             filters: filters.to_vec(),
             ..Default::default()
         };
-        let resp = self.client.list(self.context(namespace), &req).await?;
-        resp.info.iter().map(info_from_pb).collect()
+        let mut stream = self.client.list(self.context(namespace), &req).await?;
+        let mut infos = Vec::new();
+        while let Some(batch) = stream.recv().await? {
+            for info in &batch.info {
+                infos.push(info_from_pb(info)?);
+            }
+        }
+        Ok(infos)
     }
 
     async fn cleanup(&self) -> Result<()> {

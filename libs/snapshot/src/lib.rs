@@ -86,6 +86,14 @@ pub struct Descriptor {
     pub size: u64,
 }
 
+/// A layer a diff stored: the blob, and the digest of its uncompressed
+/// tar (the image config's diff ID).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiffLayer {
+    pub descriptor: Descriptor,
+    pub diff_id: berth_ids::Digest,
+}
+
 /// The snapshots of one snapshotter.
 ///
 /// Every method takes the namespace first; implementations validate it and

@@ -58,10 +58,15 @@ pub enum SnapshotsCommand {
         #[arg(required = true, value_name = "KEY=VALUE")]
         labels: Vec<String>,
     },
-    /// Store the layer of UPPER against LOWER in the content store.
+    /// Store the layer of UPPER against LOWER in the content store; prints
+    /// its digest.
     Diff {
         upper: String,
         lower: Option<String>,
+        /// The layer's media type: application/vnd.oci.image.layer.v1.tar,
+        /// ...tar+gzip (the default, as containerd) or ...tar+zstd.
+        #[arg(long, default_value = "application/vnd.oci.image.layer.v1.tar+gzip")]
+        media_type: String,
     },
     /// Remove directories no snapshot owns.
     Cleanup,
@@ -258,14 +263,22 @@ pub async fn run(global: &Global, args: SnapshotsArgs) -> Result<()> {
                 .with_context(|| format!("labelling {key}"))?;
             output::json(&info_json(&info))
         }
-        SnapshotsCommand::Diff { upper, lower } => {
-            let desc = sn
-                .diff(&ns, lower.as_deref(), &upper, HashMap::new())
+        SnapshotsCommand::Diff {
+            upper,
+            lower,
+            media_type,
+        } => {
+            let layer = sn
+                .diff(&ns, lower.as_deref(), &upper, &media_type, HashMap::new())
                 .await
                 .with_context(|| format!("diff of {upper}"))?;
+            let desc = &layer.descriptor;
             if global.format == Format::Json {
                 return output::json(&serde_json::json!({
-                    "mediaType": desc.media_type, "digest": desc.digest.to_string(), "size": desc.size
+                    "mediaType": desc.media_type,
+                    "digest": desc.digest.to_string(),
+                    "size": desc.size,
+                    "diffID": layer.diff_id.to_string(),
                 }));
             }
             println!("{}", desc.digest);

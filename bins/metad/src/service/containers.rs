@@ -11,7 +11,7 @@ use berth_metadata::wire::{container_from_pb, container_to_pb};
 use berth_metadata::ContainerStore;
 use ttrpc::r#async::{ServerStreamSender, TtrpcContext};
 
-use super::batches;
+use berth_api::list_batches;
 
 #[derive(Clone)]
 pub struct ContainersService {
@@ -62,7 +62,7 @@ impl pb::Containers for ContainersService {
             async {
                 let namespace = request_namespace(ctx)?;
                 let containers = self.store.list(&namespace, &req.filters).await?;
-                for batch in batches(containers.iter().map(container_to_pb).collect()) {
+                for batch in list_batches(containers.iter().map(container_to_pb).collect()) {
                     let response = pb::ListContainersResponse {
                         containers: batch,
                         ..Default::default()

@@ -11,7 +11,7 @@ use berth_metadata::wire::{image_from_pb, image_to_pb};
 use berth_metadata::{Image, ImageStore};
 use ttrpc::r#async::{ServerStreamSender, TtrpcContext};
 
-use super::batches;
+use berth_api::list_batches;
 
 #[derive(Clone)]
 pub struct ImagesService {
@@ -84,7 +84,7 @@ impl pb::Images for ImagesService {
             async {
                 let namespace = request_namespace(ctx)?;
                 let images = self.store.list(&namespace, &req.filters).await?;
-                for batch in batches(images.iter().map(image_to_pb).collect()) {
+                for batch in list_batches(images.iter().map(image_to_pb).collect()) {
                     let response = pb::ListImagesResponse {
                         images: batch,
                         ..Default::default()

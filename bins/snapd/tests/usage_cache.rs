@@ -1,0 +1,55 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! Usage: an active snapshot is measured on every call, a committed one
+//! once (its tree never changes), and the measure survives a restart.
+
+use std::collections::HashMap;
+
+use berth_snapd::local::{Backend, LocalSnapshotter};
+use berth_snapd::records::Records;
+use berth_snapshot::Snapshotter;
+
+fn open(root: &std::path::Path) -> LocalSnapshotter {
+    let records = Records::open(&root.join("meta")).unwrap();
+    LocalSnapshotter::open(root, Backend::Overlay, records).unwrap()
+}
+
+#[tokio::test]
+async fn committed_usage_is_measured_once_and_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let ns = "default";
+    let sn = open(&root);
+    sn.prepare(ns, "work", None, HashMap::new()).await.unwrap();
+    let own = sn.own_dir(ns, "work").unwrap();
+    let empty = sn.usage(ns, "work").await.unwrap();
+    std::fs::write(own.join("a"), vec![1u8; 64 * 1024]).unwrap();
+    let one = sn.usage(ns, "work").await.unwrap();
+    assert_eq!(one.inodes, empty.inodes + 1);
+    assert!(one.size >= empty.size + 64 * 1024);
+
+    sn.commit(ns, "layer", "work", HashMap::new())
+        .await
+        .unwrap();
+    let committed = sn.usage(ns, "layer").await.unwrap();
+    assert_eq!(committed, one);
+    // Written behind snapd's back: a committed snapshot is not measured
+    // again.
+    let own = sn.own_dir(ns, "layer").unwrap();
+    std::fs::write(own.join("b"), vec![1u8; 64 * 1024]).unwrap();
+    assert_eq!(sn.usage(ns, "layer").await.unwrap(), committed);
+    drop(sn);
+
+    let sn = open(&root);
+    assert_eq!(sn.usage(ns, "layer").await.unwrap(), committed);
+    // An active child is measured each time.
+    sn.prepare(ns, "child", Some("layer"), HashMap::new())
+        .await
+        .unwrap();
+    let child = sn.own_dir(ns, "child").unwrap();
+    let before = sn.usage(ns, "child").await.unwrap();
+    std::fs::write(child.join("c"), b"c").unwrap();
+    assert_eq!(
+        sn.usage(ns, "child").await.unwrap().inodes,
+        before.inodes + 1
+    );
+}
