@@ -56,7 +56,8 @@ async fn unpack_snapshots_and_diff_from_the_cli() {
     }
     let chain = berth_snapshot::chain_ids(&[l1.1.clone(), l2.1.clone()]);
 
-    let (ok, out, err) = cli(&["unpack", index.digest.as_str()]);
+    // (--sync-fs: every layer written back before its commit.)
+    let (ok, out, err) = cli(&["unpack", index.digest.as_str(), "--sync-fs"]);
     assert!(ok, "{err}");
     assert_eq!(String::from_utf8(out).unwrap().trim(), chain[1].to_string());
 

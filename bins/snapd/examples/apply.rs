@@ -19,6 +19,7 @@ fn main() -> anyhow::Result<()> {
         overlay: true,
         lowers: Vec::new(),
         devices: true,
+        sync_fs: false,
     };
     let start = Instant::now();
     let digest = apply_layer(file, None, dir.as_ref(), &options, &Host)?;

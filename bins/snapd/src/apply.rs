@@ -41,6 +41,8 @@ pub struct ApplyOptions {
     pub lowers: Vec<PathBuf>,
     /// Whether device nodes may be created; skipped otherwise.
     pub devices: bool,
+    /// Whether to syncfs the target's filesystem once the layer is applied.
+    pub sync_fs: bool,
 }
 
 /// What an apply did.

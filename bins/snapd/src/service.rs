@@ -307,7 +307,7 @@ impl pb::Snapshots for SnapshotService {
                 let lease = request_lease(ctx)?;
                 let unpacked = self
                     .unpacker
-                    .unpack(&ns, sn, &layers, &diff_ids, lease.as_deref())
+                    .unpack(&ns, sn, &layers, &diff_ids, lease.as_deref(), req.sync_fs)
                     .await?;
                 Ok(pb::UnpackResponse {
                     chain_id: unpacked.chain_id.to_string(),

@@ -280,8 +280,23 @@ pub fn apply_layer(
             .join()
             .map_err(|_| Error::internal("the decompressor panicked"))??;
         applied?;
+        if options.sync_fs {
+            sync_fs(target)?;
+        }
         Ok(digest)
     })
+}
+
+/// Writes back everything of the filesystem `dir` is on.
+fn sync_fs(dir: &std::path::Path) -> Result<()> {
+    let fd = nix::fcntl::open(
+        dir,
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| Error::io(format!("opening {}", dir.display()), &e.into()))?;
+    nix::unistd::syncfs(&fd)
+        .map_err(|e| Error::io(format!("syncfs of {}", dir.display()), &e.into()))
 }
 
 impl Unpacker {
@@ -311,6 +326,7 @@ impl Unpacker {
         layers: &[Descriptor],
         diff_ids: &[Digest],
         lease: Option<&str>,
+        sync_fs: bool,
     ) -> Result<Unpacked> {
         berth_ids::validate_namespace(namespace)?;
         // What this unpack commits, or finds committed, joins its lease.
@@ -382,9 +398,19 @@ impl Unpacker {
             snapshotter
                 .prepare(namespace, &key, parent.as_deref(), scratch_labels)
                 .await?;
-            let result = self
-                .apply_one(namespace, snapshotter, &store, &key, layer, &diff_ids[i])
-                .await;
+            let result = match snapshotter.apply_target(namespace, &key) {
+                Ok(target) => {
+                    let options = ApplyOptions {
+                        overlay: target.overlay,
+                        lowers: target.lowers,
+                        devices: self.devices,
+                        sync_fs,
+                    };
+                    self.apply_one(namespace, &store, target.dir, options, layer, &diff_ids[i])
+                        .await
+                }
+                Err(e) => Err(e),
+            };
             let committed = match result {
                 Ok(()) => {
                     snapshotter
@@ -414,12 +440,14 @@ impl Unpacker {
         })
     }
 
+    /// Applies `layer` into `dir` (an active snapshot's), checking the
+    /// blob's digest and the diff ID.
     async fn apply_one(
         &self,
         namespace: &str,
-        snapshotter: &LocalSnapshotter,
         store: &Arc<dyn ContentStore>,
-        key: &str,
+        dir: PathBuf,
+        options: ApplyOptions,
         layer: &Descriptor,
         diff_id: &Digest,
     ) -> Result<()> {
@@ -430,16 +458,9 @@ impl Unpacker {
                 layer.digest, info.size, layer.size
             )));
         }
-        let target = snapshotter.apply_target(namespace, key)?;
-        let options = ApplyOptions {
-            overlay: target.overlay,
-            lowers: target.lowers.clone(),
-            devices: self.devices,
-        };
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>>>(READ_AHEAD);
         let compression = Compression::from_media_type(&layer.media_type);
         let privileged = self.privileged.clone();
-        let dir = target.dir.clone();
         let applier = tokio::task::spawn_blocking(move || -> Result<Digest> {
             let mut reader = ChannelReader {
                 rx,

@@ -187,6 +187,7 @@ impl Case {
             overlay,
             lowers: Vec::new(),
             devices: false,
+            sync_fs: false,
         };
         let result = apply(layer, &self.root, &options, &Host);
         let after = snapshot(&self.outside);
@@ -529,6 +530,7 @@ fn hardlink_to_a_file_of_a_lower_layer_is_copied_up_on_overlay() {
         overlay: true,
         lowers: vec![lower.root.clone()],
         devices: false,
+        sync_fs: false,
     };
     apply(&t.finish()[..], &upper.root, &options, &Host).unwrap();
     let ls = std::fs::metadata(upper.root.join("bin/ls")).unwrap();

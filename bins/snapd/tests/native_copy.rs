@@ -12,7 +12,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use berth_snapd::copy::copy_tree;
+use common::LoopMount;
 use nix::sys::stat::{makedev, Mode, SFlag};
+
+mod common;
 
 fn set_xattr(path: &Path, name: &str, value: &[u8]) {
     let cpath = CString::new(path.as_os_str().as_bytes()).unwrap();
@@ -273,58 +276,14 @@ fn the_copy_keeps_what_cp_a_keeps() {
         .is_socket());
 }
 
-/// A loop-mounted filesystem image, unmounted on drop.
-struct LoopMount {
-    dir: PathBuf,
-}
-
-impl Drop for LoopMount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.dir).status();
-    }
-}
-
-fn on_path(tool: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).exists()))
-}
-
 #[test]
 fn content_is_shared_where_the_filesystem_has_reflinks() {
     if !berth_snapshot::testsuite::require_root() {
         return;
     }
-    let have_xfs = on_path("mkfs.xfs");
-    if !have_xfs {
-        assert!(
-            std::env::var("CI").map_or(true, |v| v != "true"),
-            "mkfs.xfs (xfsprogs) is needed under CI"
-        );
-        eprintln!("skipping: no mkfs.xfs");
+    let Some(mount) = LoopMount::new("mkfs.xfs", &["-q", "-m", "reflink=1"], 512 << 20) else {
         return;
-    }
-    let top = tempfile::tempdir().unwrap();
-    let image = top.path().join("xfs.img");
-    std::fs::File::create(&image)
-        .unwrap()
-        .set_len(512 << 20)
-        .unwrap();
-    let status = Command::new("mkfs.xfs")
-        .args(["-q", "-m", "reflink=1"])
-        .arg(&image)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let dir = top.path().join("mnt");
-    std::fs::create_dir(&dir).unwrap();
-    let status = Command::new("mount")
-        .args(["-o", "loop"])
-        .arg(&image)
-        .arg(&dir)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let mount = LoopMount { dir };
+    };
     let (src, to) = (mount.dir.join("src"), mount.dir.join("to"));
     std::fs::create_dir_all(src.join("d")).unwrap();
     std::fs::create_dir(&to).unwrap();

@@ -15,6 +15,7 @@ use crate::connection::{connect, request_context_leased};
 #[derive(Clone)]
 pub struct RemoteSnapshotter {
     lease: Option<String>,
+    sync_fs: bool,
     client: pb::SnapshotsClient,
     snapshotter: String,
 }
@@ -44,6 +45,7 @@ impl RemoteSnapshotter {
     pub fn new(client: ttrpc::r#async::Client, snapshotter: &str) -> RemoteSnapshotter {
         RemoteSnapshotter {
             lease: None,
+            sync_fs: false,
             client: pb::SnapshotsClient::new(client),
             snapshotter: snapshotter.to_string(),
         }
@@ -54,6 +56,13 @@ impl RemoteSnapshotter {
     /// lease.
     pub fn with_lease(mut self, lease: impl Into<String>) -> Self {
         self.lease = Some(lease.into());
+        self
+    }
+
+    /// The same client, asking every unpack to syncfs each layer before
+    /// committing it.
+    pub fn with_sync_fs(mut self, sync_fs: bool) -> Self {
+        self.sync_fs = sync_fs;
         self
     }
 
@@ -81,6 +90,7 @@ impl RemoteSnapshotter {
             snapshotter: self.snapshotter.clone(),
             layers: layers.iter().map(descriptor_to_pb).collect(),
             diff_ids: diff_ids.iter().map(|d| d.to_string()).collect(),
+            sync_fs: self.sync_fs,
             ..Default::default()
         };
         let resp = self.client.unpack(self.context(namespace), &req).await?;

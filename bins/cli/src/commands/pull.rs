@@ -38,6 +38,10 @@ pub struct PullArgs {
     /// Fetch and record the image, but do not unpack it.
     #[arg(long)]
     pub skip_unpack: bool,
+    /// Write each layer back to disk (syncfs) before committing it, so
+    /// that unpacked layers survive a power loss.
+    #[arg(long)]
+    pub sync_fs: bool,
     #[command(flatten)]
     pub snapshotter: SnapshotterArg,
     /// Print only the image's digest.
@@ -121,7 +125,8 @@ async fn pull(
         let sn = RemoteSnapshotter::connect(global.snapd_socket(), &args.snapshotter.snapshotter)
             .await
             .context("berth-snapd")?
-            .with_lease(lease);
+            .with_lease(lease)
+            .with_sync_fs(args.sync_fs);
         let mut pipeline = Pipeline::new(&store, sn, ns, &platform, &display);
         while let Some(progress) = received.recv().await {
             pipeline.observe(&progress).await?;

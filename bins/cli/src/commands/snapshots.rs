@@ -78,6 +78,10 @@ pub struct UnpackArgs {
     pub snapshotter: SnapshotterArg,
     /// The image's manifest or index digest (its blobs in the content store).
     pub digest: String,
+    /// Write each layer back to disk (syncfs) before committing it, so
+    /// that unpacked layers survive a power loss.
+    #[arg(long)]
+    pub sync_fs: bool,
 }
 
 #[derive(Serialize)]
@@ -298,7 +302,9 @@ pub async fn unpack(global: &Global, args: UnpackArgs) -> Result<()> {
     let root = Digest::parse(&args.digest)?;
     let image = ImageLayers::resolve(&store, &ns, &root, None).await?;
     let diff_ids = image.diff_ids(&store, &ns).await?;
-    let sn = connect(global, &args.snapshotter.snapshotter).await?;
+    let sn = connect(global, &args.snapshotter.snapshotter)
+        .await?
+        .with_sync_fs(args.sync_fs);
     let done = sn
         .unpack(&ns, &image.layers, &diff_ids)
         .await
