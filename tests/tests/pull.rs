@@ -226,6 +226,39 @@ async fn pull_unpacks_records_and_gc_cleans_up_after_rm() {
     assert!(committed(&stack).is_empty());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pulled_image_unpacks_by_its_name() {
+    if !prerequisites() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::start(&dir.path().join("reg"), None);
+    let mut layout = Layout::new(&dir.path().join("layout"));
+    let image = build_image(dir.path(), &layout, 64 * 1024);
+    layout.tag("v1", &image.manifest);
+    let reference = format!("{}/test/byname:v1", registry.host);
+    layout.push("v1", &reference, None, false);
+    let stack = Stack::start(&dir.path().join("stack"));
+
+    let (ok, _, err) = stack.berth(&["pull", "--quiet", "--skip-unpack", &reference]);
+    assert!(ok, "{err}");
+    assert!(committed(&stack).is_empty());
+
+    let (ok, out, err) = stack.berth(&["unpack", &reference]);
+    assert!(ok, "{err}");
+    let chains = image.chains();
+    assert_eq!(out.trim(), chains[1]);
+    let mut snapshots = committed(&stack);
+    snapshots.sort();
+    let mut want = chains.clone();
+    want.sort();
+    assert_eq!(snapshots, want);
+
+    let (ok, _, err) = stack.berth(&["unpack", &format!("{}/test/missing:v1", registry.host)]);
+    assert!(!ok);
+    assert!(err.contains("not found"), "{err}");
+}
+
 /// Serves the layout's image from the fake registry, which can trickle.
 fn serve_from_layout(registry: &FakeRegistry, layout: &Layout, image: &TestImage) {
     let blob = |d: &Digest| std::fs::read(layout.dir.join("blobs/sha256").join(d.hex())).unwrap();

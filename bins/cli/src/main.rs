@@ -59,8 +59,8 @@ enum Command {
     Events(commands::events::EventsArgs),
     /// Run a garbage collection now and say what it removed.
     Gc(commands::gc::GcArgs),
-    /// Unpack an image (manifest or index digest, blobs in the content
-    /// store) into committed snapshots.
+    /// Unpack an image (a name recorded in berth-metad, or a manifest or
+    /// index digest; blobs in the content store) into committed snapshots.
     Unpack(commands::snapshots::UnpackArgs),
 }
 

@@ -3,7 +3,8 @@
 use std::collections::HashMap;
 
 use anyhow::{bail, Context, Result};
-use berth_client::{RemoteContentStore, RemoteSnapshotter};
+use berth_client::{RemoteContentStore, RemoteImages, RemoteSnapshotter};
+use berth_metadata::ImageStore;
 use berth_ids::Digest;
 use berth_snapshot::{Info, Snapshotter, DEFAULT_SNAPSHOTTER};
 use serde::Serialize;
@@ -76,8 +77,10 @@ pub enum SnapshotsCommand {
 pub struct UnpackArgs {
     #[command(flatten)]
     pub snapshotter: SnapshotterArg,
-    /// The image's manifest or index digest (its blobs in the content store).
-    pub digest: String,
+    /// The image: a name recorded in berth-metad (as `berth pull` and
+    /// `berth images create` record them), or its manifest or index digest.
+    /// Its blobs must be in the content store.
+    pub image: String,
     /// Write each layer back to disk (syncfs) before committing it, so
     /// that unpacked layers survive a power loss.
     #[arg(long)]
@@ -292,14 +295,37 @@ pub async fn run(global: &Global, args: SnapshotsArgs) -> Result<()> {
     }
 }
 
-/// `berth unpack DIGEST`: the image's layers into snapshots, and the
+/// The root digest of `image`: a digest as it is, else the target of the
+/// image record of that name (as given, or as a normalised reference).
+async fn image_root(global: &Global, ns: &str, image: &str) -> Result<Digest> {
+    if image.starts_with("sha256:") {
+        return Ok(Digest::parse(image)?);
+    }
+    let images = RemoteImages::connect(global.metad_socket())
+        .await
+        .context("berth-metad")?;
+    let mut names = vec![image.to_string()];
+    if let Ok(reference) = berth_reference::Reference::parse(image) {
+        names.push(reference.to_string());
+    }
+    for name in &names {
+        match images.get(ns, name).await {
+            Ok(record) => return Ok(record.target.digest),
+            Err(e) if e.kind() == berth_errdefs::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("image {name}")),
+        }
+    }
+    bail!("image {image} not found")
+}
+
+/// `berth unpack IMAGE`: the image's layers into snapshots, and the
 /// image's config labelled as holding them.
 pub async fn unpack(global: &Global, args: UnpackArgs) -> Result<()> {
     let ns = global.namespace()?.to_string();
     let store = RemoteContentStore::connect(global.contentd_socket())
         .await
         .context("connecting to berth-contentd")?;
-    let root = Digest::parse(&args.digest)?;
+    let root = image_root(global, &ns, &args.image).await?;
     let image = ImageLayers::resolve(&store, &ns, &root, None).await?;
     let diff_ids = image.diff_ids(&store, &ns).await?;
     let sn = connect(global, &args.snapshotter.snapshotter)
