@@ -68,6 +68,48 @@ pub struct LocalSnapshotter {
     /// Held shared while a directory exists without its record, exclusively
     /// by cleanup.
     cleanup: Arc<RwLock<()>>,
+    trash: Trash,
+}
+
+/// Removes the directories of removed snapshots on a thread of its own,
+/// one at a time, so that Remove (and a collection holding metad's
+/// writers) waits for the record only. A directory the process dies
+/// before removing has no record, so the next start's cleanup takes it.
+#[derive(Debug, Clone)]
+struct Trash {
+    queue: std::sync::mpsc::Sender<PathBuf>,
+}
+
+impl Trash {
+    fn start() -> Result<Trash> {
+        let (queue, removals) = std::sync::mpsc::channel::<PathBuf>();
+        std::thread::Builder::new()
+            .name("snapshot-trash".to_string())
+            .spawn(move || {
+                // Ends when every snapshotter handle is gone.
+                for dir in removals {
+                    remove_dir_logged(&dir);
+                }
+            })
+            .map_err(io("starting the snapshot removal thread"))?;
+        Ok(Trash { queue })
+    }
+
+    fn remove(&self, dir: PathBuf) {
+        if let Err(std::sync::mpsc::SendError(dir)) = self.queue.send(dir) {
+            remove_dir_logged(&dir);
+        }
+    }
+}
+
+/// Removes a directory whose record is gone: a failure leaves work for
+/// cleanup only.
+fn remove_dir_logged(dir: &Path) {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "removing snapshot directory"),
+    }
 }
 
 fn io(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> Error {
@@ -120,6 +162,7 @@ impl LocalSnapshotter {
             records,
             dir,
             cleanup: Arc::new(RwLock::new(())),
+            trash: Trash::start()?,
         })
     }
 
@@ -362,11 +405,7 @@ impl LocalSnapshotter {
         validate_key("snapshot key", key)?;
         let seen = seen.map(crate::records::nanos_of);
         let record = self.records.remove(self.name(), namespace, key, seen)?;
-        let dir = self.snapshot_dir(record.id);
-        // The record is gone; a failure here leaves work for cleanup only.
-        if let Err(e) = std::fs::remove_dir_all(&dir) {
-            tracing::warn!(dir = %dir.display(), error = %e, "removing snapshot directory");
-        }
+        self.trash.remove(self.snapshot_dir(record.id));
         Ok(())
     }
 
@@ -390,9 +429,17 @@ impl LocalSnapshotter {
                 continue;
             };
             if !owned.contains(&id) {
-                std::fs::remove_dir_all(entry.path())
-                    .map_err(io(format!("removing {}", entry.path().display())))?;
-                removed += 1;
+                match std::fs::remove_dir_all(entry.path()) {
+                    Ok(()) => removed += 1,
+                    // The removal thread was there first.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        return Err(Error::io(
+                            format!("removing {}", entry.path().display()),
+                            &e,
+                        ))
+                    }
+                }
             }
         }
         Ok(removed)

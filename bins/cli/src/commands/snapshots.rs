@@ -4,8 +4,8 @@ use std::collections::HashMap;
 
 use anyhow::{bail, Context, Result};
 use berth_client::{RemoteContentStore, RemoteImages, RemoteSnapshotter};
-use berth_metadata::ImageStore;
 use berth_ids::Digest;
+use berth_metadata::ImageStore;
 use berth_snapshot::{Info, Snapshotter, DEFAULT_SNAPSHOTTER};
 use serde::Serialize;
 

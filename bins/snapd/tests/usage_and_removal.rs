@@ -1,6 +1,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! Usage: an active snapshot is measured on every call, a committed one
 //! once (its tree never changes), and the measure survives a restart.
+//! Removal: the record goes before Remove returns, the tree after.
 
 use std::collections::HashMap;
 
@@ -52,4 +53,36 @@ async fn committed_usage_is_measured_once_and_kept() {
         sn.usage(ns, "child").await.unwrap().inodes,
         before.inodes + 1
     );
+}
+
+#[tokio::test]
+async fn remove_returns_with_the_record_gone_and_the_tree_follows() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let ns = "default";
+    let sn = open(&root);
+    sn.prepare(ns, "big", None, HashMap::new()).await.unwrap();
+    let own = sn.own_dir(ns, "big").unwrap();
+    for i in 0..2000 {
+        let sub = own.join(format!("d{}", i % 50));
+        std::fs::create_dir_all(&sub).unwrap();
+        std::fs::write(sub.join(format!("f{i}")), b"x").unwrap();
+    }
+    let snapshot_dir = own.parent().unwrap().to_path_buf();
+    sn.remove(ns, "big").await.unwrap();
+    let err = sn.stat(ns, "big").await.unwrap_err();
+    assert_eq!(err.kind(), berth_errdefs::ErrorKind::NotFound);
+    // The directory goes on the removal thread; a new snapshot meanwhile
+    // is unaffected.
+    sn.prepare(ns, "next", None, HashMap::new()).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while snapshot_dir.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} never removed",
+            snapshot_dir.display()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(sn.own_dir(ns, "next").unwrap().is_dir());
 }
