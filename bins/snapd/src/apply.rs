@@ -18,7 +18,7 @@
 use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
 use std::io::Read;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -92,26 +92,9 @@ impl Privileged for Host {
     }
 
     fn set_xattr(&self, fd: BorrowedFd<'_>, name: &str, value: &[u8]) -> Result<()> {
-        let cname = std::ffi::CString::new(name)
+        let name = std::ffi::CString::new(name)
             .map_err(|_| Error::invalid_argument("xattr name contains NUL"))?;
-        // SAFETY: cname is NUL-terminated and value is a live slice of the
-        // given length; fd is open for the duration of the call.
-        let rc = unsafe {
-            libc::fsetxattr(
-                fd.as_raw_fd(),
-                cname.as_ptr(),
-                value.as_ptr().cast(),
-                value.len(),
-                0,
-            )
-        };
-        if rc != 0 {
-            return Err(Error::io(
-                format!("setxattr {name}"),
-                &std::io::Error::last_os_error(),
-            ));
-        }
-        Ok(())
+        crate::xattr::Node::Open(fd).set_xattr(&name, value)
     }
 
     fn creator(&self) -> Option<(u32, u32)> {
@@ -502,6 +485,17 @@ fn set_times(dir: &OwnedFd, name: &OsStr, (secs, nanos): (i64, i64)) -> Result<(
         .map_err(|e| errno(format!("setting times of {}", name.to_string_lossy()), e))
 }
 
+/// Creates the regular file `name` in `dir` for writing (never through a
+/// symlink, never an existing file), private until its mode is set.
+fn create_file(dir: &OwnedFd, name: &OsStr) -> nix::Result<OwnedFd> {
+    nix::fcntl::openat(
+        dir,
+        name,
+        OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(0o600),
+    )
+}
+
 /// Runs `create` for `name` in `dir`; if something is in its way, removes
 /// that (and all under it) and runs it once more. The first try needs no
 /// lookup: in a fresh layer nothing is ever in the way.
@@ -707,16 +701,7 @@ impl Applier<'_> {
         meta: &Meta,
     ) -> Result<()> {
         let fd = create_replacing(&mut self.dirs, dir, name, "creating", || {
-            nix::fcntl::openat(
-                dir,
-                name,
-                OFlag::O_CREAT
-                    | OFlag::O_EXCL
-                    | OFlag::O_WRONLY
-                    | OFlag::O_NOFOLLOW
-                    | OFlag::O_CLOEXEC,
-                Mode::from_bits_truncate(0o600),
-            )
+            create_file(dir, name)
         })?;
         let file = std::fs::File::from(fd);
         let mut offset: u64 = 0;
@@ -831,17 +816,8 @@ impl Applier<'_> {
             .map_err(|e| errno(format!("opening lower {}", display(target)), e))?;
             let mut source = std::fs::File::from(source);
             let upper_dir = open_dir(&self.dirs.root, target_parent, true)?;
-            let fd = nix::fcntl::openat(
-                &upper_dir,
-                target_name.as_os_str(),
-                OFlag::O_CREAT
-                    | OFlag::O_EXCL
-                    | OFlag::O_WRONLY
-                    | OFlag::O_NOFOLLOW
-                    | OFlag::O_CLOEXEC,
-                Mode::from_bits_truncate(0o600),
-            )
-            .map_err(|e| errno(format!("copying up {}", display(target)), e))?;
+            let fd = create_file(&upper_dir, target_name)
+                .map_err(|e| errno(format!("copying up {}", display(target)), e))?;
             let mut dest = std::fs::File::from(fd);
             std::io::copy(&mut source, &mut dest)
                 .map_err(|e| Error::io(format!("copying up {}", display(target)), &e))?;

@@ -193,13 +193,7 @@ impl Tree {
     /// The extended attributes of `rel` that belong in a layer: not
     /// overlayfs' own (`trusted.overlay.*`) nor the host's SELinux label.
     fn xattrs(&self, rel: &Path) -> Result<Vec<(CString, Vec<u8>)>> {
-        let name = rel
-            .file_name()
-            .ok_or_else(|| Error::internal("an entry without a name"))?;
-        let parent = self.open_beneath(
-            rel.parent().unwrap_or(Path::new("")),
-            OFlag::O_PATH | OFlag::O_DIRECTORY,
-        )?;
+        let (parent, name) = self.parent_of(rel)?;
         let mut xattrs = Node::At(parent.as_fd(), name)
             .xattrs()
             .map_err(|e| e.context(rel.display().to_string()))?;
@@ -211,14 +205,20 @@ impl Tree {
         Ok(xattrs)
     }
 
-    fn read_link(&self, rel: &Path) -> Result<std::ffi::OsString> {
+    /// The directory `rel` is in (opened beneath the root) and its name.
+    fn parent_of<'a>(&self, rel: &'a Path) -> Result<(OwnedFd, &'a OsStr)> {
         let name = rel
             .file_name()
-            .ok_or_else(|| Error::internal("symlink without a name"))?;
+            .ok_or_else(|| Error::internal(format!("{} has no name", rel.display())))?;
         let parent = self.open_beneath(
             rel.parent().unwrap_or(Path::new("")),
             OFlag::O_PATH | OFlag::O_DIRECTORY,
         )?;
+        Ok((parent, name))
+    }
+
+    fn read_link(&self, rel: &Path) -> Result<std::ffi::OsString> {
+        let (parent, name) = self.parent_of(rel)?;
         nix::fcntl::readlinkat(&parent, name)
             .map_err(|e| errno(format!("reading {}", rel.display()), e))
     }
