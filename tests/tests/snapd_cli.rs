@@ -76,8 +76,19 @@ async fn unpack_snapshots_and_diff_from_the_cli() {
     assert!(!ok);
     assert!(err.contains("child"), "{err}");
 
-    let (ok, _, err) = cli(&["snapshots", "prepare", "work", chain[1].as_str()]);
+    let (ok, _, err) = cli(&[
+        "snapshots",
+        "prepare",
+        "work",
+        chain[1].as_str(),
+        "--label",
+        "containerd.io/gc.root=test",
+    ]);
     assert!(ok, "{err}");
+    let (ok, out, err) = cli(&["snapshots", "info", "work", "--format", "json"]);
+    assert!(ok, "{err}");
+    let info: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(info["labels"]["containerd.io/gc.root"], "test", "{info}");
     let (ok, out, err) = cli(&["snapshots", "mounts", "work", "--format", "json"]);
     assert!(ok, "{err}");
     let mounts: serde_json::Value = serde_json::from_slice(&out).unwrap();

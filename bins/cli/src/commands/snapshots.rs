@@ -9,6 +9,7 @@ use berth_metadata::ImageStore;
 use berth_snapshot::{Info, Snapshotter, DEFAULT_SNAPSHOTTER};
 use serde::Serialize;
 
+use super::namespaces::parse_labels;
 use crate::global::Global;
 use crate::image::{label_unpacked, ImageLayers};
 use crate::output::{self, Format};
@@ -37,10 +38,23 @@ pub enum SnapshotsCommand {
     Info { key: String },
     /// Show snapshots as a tree of parents and children.
     Tree,
-    /// Create an active snapshot on PARENT; prints its mounts.
-    Prepare { key: String, parent: Option<String> },
-    /// Create a read-only view of PARENT; prints its mounts.
-    View { key: String, parent: Option<String> },
+    /// Create an active snapshot on PARENT; prints its mounts. (Nothing
+    /// holds it against garbage collection unless a label such as
+    /// containerd.io/gc.root=... or a lease does.)
+    Prepare {
+        key: String,
+        parent: Option<String>,
+        #[arg(long = "label", value_name = "KEY=VALUE")]
+        labels: Vec<String>,
+    },
+    /// Create a read-only view of PARENT; prints its mounts (held as
+    /// prepare's are).
+    View {
+        key: String,
+        parent: Option<String>,
+        #[arg(long = "label", value_name = "KEY=VALUE")]
+        labels: Vec<String>,
+    },
     /// Print a snapshot's mounts.
     Mounts { key: String },
     /// Commit the active snapshot KEY as NAME.
@@ -184,16 +198,24 @@ pub async fn run(global: &Global, args: SnapshotsArgs) -> Result<()> {
             walk(&children, None, 0);
             Ok(())
         }
-        SnapshotsCommand::Prepare { key, parent } => {
+        SnapshotsCommand::Prepare {
+            key,
+            parent,
+            labels,
+        } => {
             let mounts = sn
-                .prepare(&ns, &key, parent.as_deref(), HashMap::new())
+                .prepare(&ns, &key, parent.as_deref(), parse_labels(&labels)?)
                 .await
                 .with_context(|| format!("preparing {key}"))?;
             print_mounts(global, &mounts)
         }
-        SnapshotsCommand::View { key, parent } => {
+        SnapshotsCommand::View {
+            key,
+            parent,
+            labels,
+        } => {
             let mounts = sn
-                .view(&ns, &key, parent.as_deref(), HashMap::new())
+                .view(&ns, &key, parent.as_deref(), parse_labels(&labels)?)
                 .await
                 .with_context(|| format!("creating view {key}"))?;
             print_mounts(global, &mounts)
