@@ -16,7 +16,7 @@ pub struct Global {
         long,
         global = true,
         env = "BERTH_CONTENTD_ADDRESS",
-        default_value = "/run/berth/contentd.sock",
+        default_value = berth_api::sockets::CONTENTD,
         value_name = "SOCKET"
     )]
     pub contentd: PathBuf,
@@ -25,7 +25,7 @@ pub struct Global {
         long,
         global = true,
         env = "BERTH_SNAPD_ADDRESS",
-        default_value = "/run/berth/snapd.sock",
+        default_value = berth_api::sockets::SNAPD,
         value_name = "SOCKET"
     )]
     pub snapd: PathBuf,
@@ -34,7 +34,7 @@ pub struct Global {
         long,
         global = true,
         env = "BERTH_METAD_ADDRESS",
-        default_value = "/run/berth/metad.sock",
+        default_value = berth_api::sockets::METAD,
         value_name = "SOCKET"
     )]
     pub metad: PathBuf,

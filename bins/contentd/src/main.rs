@@ -38,7 +38,7 @@ fn defaults() -> Defaults {
     Defaults {
         root: PathBuf::from("/var/lib/berth/content"),
         state: PathBuf::from("/run/berth/content"),
-        address: PathBuf::from("/run/berth/contentd.sock"),
+        address: PathBuf::from(berth_api::sockets::CONTENTD),
     }
 }
 

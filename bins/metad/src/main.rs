@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use berth_daemon::{DaemonConfig, DaemonFlags, Defaults};
+use berth_api::sockets;
+use berth_daemon::{peer_socket, DaemonConfig, DaemonFlags, Defaults};
 use berth_metad::events::Exchange;
 use berth_metad::gc::{Collector, CollectorConfig, ScheduleConfig, Scheduler, Sockets};
 use berth_metad::store::{DaemonHolders, MetaStore, Records};
@@ -34,14 +35,11 @@ struct Settings {
     snapd: Option<PathBuf>,
 }
 
-const DEFAULT_CONTENTD: &str = "/run/berth/contentd.sock";
-const DEFAULT_SNAPD: &str = "/run/berth/snapd.sock";
-
 fn defaults() -> Defaults {
     Defaults {
         root: PathBuf::from("/var/lib/berth/meta"),
         state: PathBuf::from("/run/berth/meta"),
-        address: PathBuf::from("/run/berth/metad.sock"),
+        address: PathBuf::from(sockets::METAD),
     }
 }
 
@@ -49,14 +47,8 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let (config, runtime) = berth_daemon::start(&cli.daemon, defaults())?;
     let settings: Settings = config.daemon_settings()?;
-    let contentd = cli
-        .contentd
-        .or(settings.contentd)
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONTENTD));
-    let snapd = cli
-        .snapd
-        .or(settings.snapd)
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_SNAPD));
+    let contentd = peer_socket(cli.contentd, settings.contentd, sockets::CONTENTD);
+    let snapd = peer_socket(cli.snapd, settings.snapd, sockets::SNAPD);
     runtime.block_on(run(config, contentd, snapd))
 }
 

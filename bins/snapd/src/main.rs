@@ -4,7 +4,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use berth_daemon::{DaemonConfig, DaemonFlags, Defaults};
+use berth_api::sockets;
+use berth_daemon::{peer_socket, DaemonConfig, DaemonFlags, Defaults};
 use berth_snapd::apply::{Host, Privileged, Unprivileged};
 use berth_snapd::diff::Differ;
 use berth_snapd::local::{Backend, LocalSnapshotter};
@@ -33,13 +34,11 @@ struct Settings {
     contentd: Option<PathBuf>,
 }
 
-const DEFAULT_CONTENTD: &str = "/run/berth/contentd.sock";
-
 fn defaults() -> Defaults {
     Defaults {
         root: PathBuf::from("/var/lib/berth/snapshots"),
         state: PathBuf::from("/run/berth/snapshots"),
-        address: PathBuf::from("/run/berth/snapd.sock"),
+        address: PathBuf::from(sockets::SNAPD),
     }
 }
 
@@ -47,10 +46,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let (config, runtime) = berth_daemon::start(&cli.daemon, defaults())?;
     let settings: Settings = config.daemon_settings()?;
-    let contentd = cli
-        .contentd
-        .or(settings.contentd)
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONTENTD));
+    let contentd = peer_socket(cli.contentd, settings.contentd, sockets::CONTENTD);
     runtime.block_on(run(config, contentd))
 }
 

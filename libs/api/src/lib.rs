@@ -20,6 +20,14 @@ pub const LEASE_LABEL_PREFIX: &str = "berth.io/lease.";
 /// frame limit, large enough that per-message costs vanish.
 pub const MAX_CHUNK: usize = 1024 * 1024;
 
+/// Where each daemon listens unless told otherwise (its `--address`, and
+/// the CLI's and the other daemons' default for it).
+pub mod sockets {
+    pub const CONTENTD: &str = "/run/berth/contentd.sock";
+    pub const SNAPD: &str = "/run/berth/snapd.sock";
+    pub const METAD: &str = "/run/berth/metad.sock";
+}
+
 /// Encoded bytes per batch of a streamed List reply: with no record near
 /// 2 MiB, a batch stays well under ttrpc's 4 MiB frame.
 pub const LIST_BATCH_BYTES: usize = 1024 * 1024;

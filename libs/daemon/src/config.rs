@@ -76,6 +76,12 @@ struct FileConfig {
     rest: toml::Table,
 }
 
+/// The socket of another daemon: its flag, else its key in the config
+/// file, else `default`.
+pub fn peer_socket(flag: Option<PathBuf>, setting: Option<PathBuf>, default: &str) -> PathBuf {
+    flag.or(setting).unwrap_or_else(|| PathBuf::from(default))
+}
+
 impl DaemonConfig {
     pub fn resolve(flags: &DaemonFlags, defaults: Defaults) -> Result<DaemonConfig, DaemonError> {
         let file = match &flags.config {
@@ -151,6 +157,17 @@ mod tests {
             state: "/run/berth/x".into(),
             address: "/run/berth/x.sock".into(),
         }
+    }
+
+    #[test]
+    fn a_peer_socket_comes_from_the_flag_then_the_file_then_the_default() {
+        let (flag, file) = (PathBuf::from("/f.sock"), PathBuf::from("/c.sock"));
+        assert_eq!(
+            peer_socket(Some(flag.clone()), Some(file.clone()), "/d.sock"),
+            flag
+        );
+        assert_eq!(peer_socket(None, Some(file.clone()), "/d.sock"), file);
+        assert_eq!(peer_socket(None, None, "/d.sock"), PathBuf::from("/d.sock"));
     }
 
     #[test]

@@ -17,7 +17,7 @@ mod serve;
 mod socket;
 mod start;
 
-pub use config::{DaemonConfig, DaemonFlags, Defaults, LogFormat};
+pub use config::{peer_socket, DaemonConfig, DaemonFlags, Defaults, LogFormat};
 pub use error::DaemonError;
 pub use liveness::{peer_hung_up, ConnectionWatch};
 pub use logging::init_logging;
