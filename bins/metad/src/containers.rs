@@ -15,8 +15,8 @@ use containerd_shim_protos::events::container::{
     container_create, ContainerCreate, ContainerDelete, ContainerUpdate,
 };
 
-use crate::store::records::{commit, ContainerRecord};
-use crate::store::{blocking, check_namespace, MetaStore};
+use crate::store::records::ContainerRecord;
+use crate::store::{check_namespace, MetaStore};
 
 fn not_found(id: &str) -> Error {
     Error::not_found(format!("container {id}: not found"))
@@ -27,16 +27,11 @@ impl ContainerStore for MetaStore {
     async fn get(&self, namespace: &str, id: &str) -> Result<Container> {
         check_namespace(namespace)?;
         validate_id(id)?;
-        let (records, namespace, id) = (
-            self.records().clone(),
-            namespace.to_string(),
-            id.to_string(),
-        );
-        blocking(move || {
-            let txn = records.read()?;
+        let (namespace, id) = (namespace.to_string(), id.to_string());
+        self.read(move |records, txn| {
             Ok(records
                 .containers
-                .get(&txn, &namespace, &id)?
+                .get(txn, &namespace, &id)?
                 .ok_or_else(|| not_found(&id))?
                 .to_container(&id))
         })
@@ -46,12 +41,11 @@ impl ContainerStore for MetaStore {
     async fn list(&self, namespace: &str, filters: &[String]) -> Result<Vec<Container>> {
         check_namespace(namespace)?;
         let filter = Filter::parse_any(filters)?;
-        let (records, namespace) = (self.records().clone(), namespace.to_string());
-        blocking(move || {
-            let txn = records.read()?;
+        let namespace = namespace.to_string();
+        self.read(move |records, txn| {
             Ok(records
                 .containers
-                .scan(&txn, &namespace)?
+                .scan(txn, &namespace)?
                 .into_iter()
                 .map(|(id, record)| record.to_container(&id))
                 .filter(|container| filter.matches(&ContainerFields(container)))
@@ -65,25 +59,22 @@ impl ContainerStore for MetaStore {
         drop_empty_values(&mut container.labels);
         validate_container(&container)?;
         let _hold = self.inner.scheduler.hold_mutations().await;
-        let (records, ns) = (self.records().clone(), namespace.to_string());
-        let created = blocking(move || {
-            let mut txn = records.write()?;
-            if records.containers.get(&txn, &ns, &container.id)?.is_some() {
-                return Err(Error::already_exists(format!(
-                    "container {}: already exists",
-                    container.id
-                )));
-            }
-            records.ensure_namespace(&mut txn, &ns)?;
-            let now = now_nanos();
-            let record = ContainerRecord::new(&container, now, now);
-            records
-                .containers
-                .put(&mut txn, &ns, &container.id, &record)?;
-            commit(txn)?;
-            Ok(record.to_container(&container.id))
-        })
-        .await?;
+        let ns = namespace.to_string();
+        let created = self
+            .write(move |records, txn| {
+                if records.containers.get(txn, &ns, &container.id)?.is_some() {
+                    return Err(Error::already_exists(format!(
+                        "container {}: already exists",
+                        container.id
+                    )));
+                }
+                records.ensure_namespace(txn, &ns)?;
+                let now = now_nanos();
+                let record = ContainerRecord::new(&container, now, now);
+                records.containers.put(txn, &ns, &container.id, &record)?;
+                Ok(record.to_container(&container.id))
+            })
+            .await?;
         self.publish(
             namespace,
             "/containers/create",
@@ -111,30 +102,26 @@ impl ContainerStore for MetaStore {
         check_namespace(namespace)?;
         validate_id(&container.id)?;
         let _hold = self.inner.scheduler.hold_mutations().await;
-        let (records, ns, paths) = (
-            self.records().clone(),
-            namespace.to_string(),
-            paths.to_vec(),
-        );
-        let updated = blocking(move || {
-            let mut txn = records.write()?;
-            let id = container.id.clone();
-            let current = records
-                .containers
-                .get(&txn, &ns, &id)?
-                .ok_or_else(|| not_found(&id))?;
-            let updated = apply_container_update(&current.to_container(&id), container, &paths)?;
-            validate_container(&updated)?;
-            let record = ContainerRecord::new(
-                &updated,
-                current.created_at,
-                now_nanos().max(current.updated_at),
-            );
-            records.containers.put(&mut txn, &ns, &id, &record)?;
-            commit(txn)?;
-            Ok(record.to_container(&id))
-        })
-        .await?;
+        let (ns, paths) = (namespace.to_string(), paths.to_vec());
+        let updated = self
+            .write(move |records, txn| {
+                let id = container.id.clone();
+                let current = records
+                    .containers
+                    .get(txn, &ns, &id)?
+                    .ok_or_else(|| not_found(&id))?;
+                let updated =
+                    apply_container_update(&current.to_container(&id), container, &paths)?;
+                validate_container(&updated)?;
+                let record = ContainerRecord::new(
+                    &updated,
+                    current.created_at,
+                    now_nanos().max(current.updated_at),
+                );
+                records.containers.put(txn, &ns, &id, &record)?;
+                Ok(record.to_container(&id))
+            })
+            .await?;
         self.publish(
             namespace,
             "/containers/update",
@@ -152,17 +139,12 @@ impl ContainerStore for MetaStore {
     async fn delete(&self, namespace: &str, id: &str) -> Result<()> {
         check_namespace(namespace)?;
         validate_id(id)?;
-        let (records, ns, owned) = (
-            self.records().clone(),
-            namespace.to_string(),
-            id.to_string(),
-        );
-        blocking(move || {
-            let mut txn = records.write()?;
-            if !records.containers.delete(&mut txn, &ns, &owned)? {
+        let (ns, owned) = (namespace.to_string(), id.to_string());
+        self.write(move |records, txn| {
+            if !records.containers.delete(txn, &ns, &owned)? {
                 return Err(not_found(&owned));
             }
-            commit(txn)
+            Ok(())
         })
         .await?;
         self.inner.scheduler.note_deletion();

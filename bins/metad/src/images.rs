@@ -11,8 +11,8 @@ use berth_metadata::{
 };
 use containerd_shim_protos::events::image::{ImageCreate, ImageDelete, ImageUpdate};
 
-use crate::store::records::{commit, ImageRecord};
-use crate::store::{blocking, check_namespace, MetaStore};
+use crate::store::records::ImageRecord;
+use crate::store::{check_namespace, MetaStore};
 
 fn not_found(name: &str) -> Error {
     Error::not_found(format!("image {name}: not found"))
@@ -23,16 +23,11 @@ impl ImageStore for MetaStore {
     async fn get(&self, namespace: &str, name: &str) -> Result<Image> {
         check_namespace(namespace)?;
         validate_image_name(name)?;
-        let (records, namespace, name) = (
-            self.records().clone(),
-            namespace.to_string(),
-            name.to_string(),
-        );
-        blocking(move || {
-            let txn = records.read()?;
+        let (namespace, name) = (namespace.to_string(), name.to_string());
+        self.read(move |records, txn| {
             records
                 .images
-                .get(&txn, &namespace, &name)?
+                .get(txn, &namespace, &name)?
                 .ok_or_else(|| not_found(&name))?
                 .to_image(&name)
         })
@@ -42,11 +37,10 @@ impl ImageStore for MetaStore {
     async fn list(&self, namespace: &str, filters: &[String]) -> Result<Vec<Image>> {
         check_namespace(namespace)?;
         let filter = Filter::parse_any(filters)?;
-        let (records, namespace) = (self.records().clone(), namespace.to_string());
-        blocking(move || {
-            let txn = records.read()?;
+        let namespace = namespace.to_string();
+        self.read(move |records, txn| {
             let mut out = Vec::new();
-            for (name, record) in records.images.scan(&txn, &namespace)? {
+            for (name, record) in records.images.scan(txn, &namespace)? {
                 let image = record.to_image(&name)?;
                 if filter.matches(&ImageFields(&image)) {
                     out.push(image);
@@ -63,23 +57,22 @@ impl ImageStore for MetaStore {
         drop_empty_values(&mut image.target.annotations);
         validate_image(&image)?;
         let _hold = self.inner.scheduler.hold_mutations().await;
-        let (records, ns) = (self.records().clone(), namespace.to_string());
-        let created = blocking(move || {
-            let mut txn = records.write()?;
-            if records.images.get(&txn, &ns, &image.name)?.is_some() {
-                return Err(Error::already_exists(format!(
-                    "image {}: already exists",
-                    image.name
-                )));
-            }
-            records.ensure_namespace(&mut txn, &ns)?;
-            let now = now_nanos();
-            let record = ImageRecord::new(&image, now, now);
-            records.images.put(&mut txn, &ns, &image.name, &record)?;
-            commit(txn)?;
-            record.to_image(&image.name)
-        })
-        .await?;
+        let ns = namespace.to_string();
+        let created = self
+            .write(move |records, txn| {
+                if records.images.get(txn, &ns, &image.name)?.is_some() {
+                    return Err(Error::already_exists(format!(
+                        "image {}: already exists",
+                        image.name
+                    )));
+                }
+                records.ensure_namespace(txn, &ns)?;
+                let now = now_nanos();
+                let record = ImageRecord::new(&image, now, now);
+                records.images.put(txn, &ns, &image.name, &record)?;
+                record.to_image(&image.name)
+            })
+            .await?;
         self.publish(
             namespace,
             "/images/create",
@@ -96,30 +89,25 @@ impl ImageStore for MetaStore {
         check_namespace(namespace)?;
         validate_image_name(&image.name)?;
         let _hold = self.inner.scheduler.hold_mutations().await;
-        let (records, ns, paths) = (
-            self.records().clone(),
-            namespace.to_string(),
-            paths.to_vec(),
-        );
-        let updated = blocking(move || {
-            let mut txn = records.write()?;
-            let name = image.name.clone();
-            let current = records
-                .images
-                .get(&txn, &ns, &name)?
-                .ok_or_else(|| not_found(&name))?;
-            let updated = apply_image_update(&current.to_image(&name)?, image, &paths)?;
-            validate_image(&updated)?;
-            let record = ImageRecord::new(
-                &updated,
-                current.created_at,
-                now_nanos().max(current.updated_at),
-            );
-            records.images.put(&mut txn, &ns, &name, &record)?;
-            commit(txn)?;
-            record.to_image(&name)
-        })
-        .await?;
+        let (ns, paths) = (namespace.to_string(), paths.to_vec());
+        let updated = self
+            .write(move |records, txn| {
+                let name = image.name.clone();
+                let current = records
+                    .images
+                    .get(txn, &ns, &name)?
+                    .ok_or_else(|| not_found(&name))?;
+                let updated = apply_image_update(&current.to_image(&name)?, image, &paths)?;
+                validate_image(&updated)?;
+                let record = ImageRecord::new(
+                    &updated,
+                    current.created_at,
+                    now_nanos().max(current.updated_at),
+                );
+                records.images.put(txn, &ns, &name, &record)?;
+                record.to_image(&name)
+            })
+            .await?;
         self.publish(
             namespace,
             "/images/update",
@@ -135,17 +123,12 @@ impl ImageStore for MetaStore {
     async fn delete(&self, namespace: &str, name: &str, sync: bool) -> Result<()> {
         check_namespace(namespace)?;
         validate_image_name(name)?;
-        let (records, ns, owned) = (
-            self.records().clone(),
-            namespace.to_string(),
-            name.to_string(),
-        );
-        blocking(move || {
-            let mut txn = records.write()?;
-            if !records.images.delete(&mut txn, &ns, &owned)? {
+        let (ns, owned) = (namespace.to_string(), name.to_string());
+        self.write(move |records, txn| {
+            if !records.images.delete(txn, &ns, &owned)? {
                 return Err(not_found(&owned));
             }
-            commit(txn)
+            Ok(())
         })
         .await?;
         self.inner.scheduler.note_deletion();

@@ -14,8 +14,8 @@ use berth_metadata::{
     LeaseManager, Resource,
 };
 
-use crate::store::records::{commit, LeaseRecord};
-use crate::store::{blocking, check_namespace, MetaStore};
+use crate::store::records::LeaseRecord;
+use crate::store::{check_namespace, MetaStore};
 
 fn not_found(id: &str) -> Error {
     Error::not_found(format!("lease {id}: not found"))
@@ -47,19 +47,17 @@ impl LeaseManager for MetaStore {
         drop_empty_values(&mut labels);
         validate_lease_labels(&labels)?;
         let _hold = self.inner.scheduler.hold_mutations().await;
-        let (records, ns) = (self.records().clone(), namespace.to_string());
-        blocking(move || {
-            let mut txn = records.write()?;
-            if records.leases.get(&txn, &ns, &id)?.is_some() {
+        let ns = namespace.to_string();
+        self.write(move |records, txn| {
+            if records.leases.get(txn, &ns, &id)?.is_some() {
                 return Err(Error::already_exists(format!("lease {id}: already exists")));
             }
-            records.ensure_namespace(&mut txn, &ns)?;
+            records.ensure_namespace(txn, &ns)?;
             let record = LeaseRecord {
                 created_at: now_nanos(),
                 labels,
             };
-            records.leases.put(&mut txn, &ns, &id, &record)?;
-            commit(txn)?;
+            records.leases.put(txn, &ns, &id, &record)?;
             Ok(record.to_lease(&id))
         })
         .await
@@ -68,17 +66,12 @@ impl LeaseManager for MetaStore {
     async fn delete(&self, namespace: &str, id: &str, sync: bool) -> Result<()> {
         check_namespace(namespace)?;
         validate_id(id)?;
-        let (records, ns, id) = (
-            self.records().clone(),
-            namespace.to_string(),
-            id.to_string(),
-        );
-        blocking(move || {
-            let mut txn = records.write()?;
-            if !records.delete_lease(&mut txn, &ns, &id)? {
+        let (ns, id) = (namespace.to_string(), id.to_string());
+        self.write(move |records, txn| {
+            if !records.delete_lease(txn, &ns, &id)? {
                 return Err(not_found(&id));
             }
-            commit(txn)
+            Ok(())
         })
         .await?;
         self.inner.scheduler.note_deletion();
@@ -88,12 +81,11 @@ impl LeaseManager for MetaStore {
     async fn list(&self, namespace: &str, filters: &[String]) -> Result<Vec<Lease>> {
         check_namespace(namespace)?;
         let filter = Filter::parse_any(filters)?;
-        let (records, namespace) = (self.records().clone(), namespace.to_string());
-        blocking(move || {
-            let txn = records.read()?;
+        let namespace = namespace.to_string();
+        self.read(move |records, txn| {
             Ok(records
                 .leases
-                .scan(&txn, &namespace)?
+                .scan(txn, &namespace)?
                 .into_iter()
                 .map(|(id, record)| record.to_lease(&id))
                 .filter(|lease| filter.matches(&LeaseFields(lease)))
@@ -107,18 +99,13 @@ impl LeaseManager for MetaStore {
         validate_id(id)?;
         let resource = validate_resource(&resource)?;
         let _hold = self.inner.scheduler.hold_mutations().await;
-        let (records, ns, id) = (
-            self.records().clone(),
-            namespace.to_string(),
-            id.to_string(),
-        );
-        blocking(move || {
-            let mut txn = records.write()?;
-            if records.leases.get(&txn, &ns, &id)?.is_none() {
+        let (ns, id) = (namespace.to_string(), id.to_string());
+        self.write(move |records, txn| {
+            if records.leases.get(txn, &ns, &id)?.is_none() {
                 return Err(not_found(&id));
             }
-            records.put_resource(&mut txn, &ns, &id, &resource)?;
-            commit(txn)
+            records.put_resource(txn, &ns, &id, &resource)?;
+            Ok(())
         })
         .await
     }
@@ -127,18 +114,13 @@ impl LeaseManager for MetaStore {
         check_namespace(namespace)?;
         validate_id(id)?;
         let resource = validate_resource(&resource)?;
-        let (records, ns, id) = (
-            self.records().clone(),
-            namespace.to_string(),
-            id.to_string(),
-        );
-        blocking(move || {
-            let mut txn = records.write()?;
-            if records.leases.get(&txn, &ns, &id)?.is_none() {
+        let (ns, id) = (namespace.to_string(), id.to_string());
+        self.write(move |records, txn| {
+            if records.leases.get(txn, &ns, &id)?.is_none() {
                 return Err(not_found(&id));
             }
-            records.delete_resource(&mut txn, &ns, &id, &resource)?;
-            commit(txn)
+            records.delete_resource(txn, &ns, &id, &resource)?;
+            Ok(())
         })
         .await?;
         self.inner.scheduler.note_deletion();
@@ -148,17 +130,12 @@ impl LeaseManager for MetaStore {
     async fn list_resources(&self, namespace: &str, id: &str) -> Result<Vec<Resource>> {
         check_namespace(namespace)?;
         validate_id(id)?;
-        let (records, ns, id) = (
-            self.records().clone(),
-            namespace.to_string(),
-            id.to_string(),
-        );
-        blocking(move || {
-            let txn = records.read()?;
-            if records.leases.get(&txn, &ns, &id)?.is_none() {
+        let (ns, id) = (namespace.to_string(), id.to_string());
+        self.read(move |records, txn| {
+            if records.leases.get(txn, &ns, &id)?.is_none() {
                 return Err(not_found(&id));
             }
-            records.resources_of(&txn, &ns, &id)
+            records.resources_of(txn, &ns, &id)
         })
         .await
     }

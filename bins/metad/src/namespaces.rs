@@ -15,8 +15,8 @@ use containerd_shim_protos::events::namespace::{
     NamespaceCreate, NamespaceDelete, NamespaceUpdate,
 };
 
-use crate::store::records::{commit, NamespaceRecord};
-use crate::store::{blocking, check_namespace, MetaStore};
+use crate::store::records::NamespaceRecord;
+use crate::store::{check_namespace, MetaStore};
 
 fn not_found(name: &str) -> Error {
     Error::not_found(format!("namespace {name}: not found"))
@@ -32,11 +32,10 @@ fn not_empty(name: &str, what: &str) -> Error {
 impl NamespaceStore for MetaStore {
     async fn get(&self, name: &str) -> Result<Namespace> {
         check_namespace(name)?;
-        let (records, name) = (self.records().clone(), name.to_string());
-        blocking(move || {
-            let txn = records.read()?;
+        let name = name.to_string();
+        self.read(move |records, txn| {
             let record = records
-                .namespace(&txn, &name)?
+                .namespace(txn, &name)?
                 .ok_or_else(|| not_found(&name))?;
             Ok(record.to_namespace(&name))
         })
@@ -45,11 +44,9 @@ impl NamespaceStore for MetaStore {
 
     async fn list(&self, filters: &[String]) -> Result<Vec<Namespace>> {
         let filter = Filter::parse_any(filters)?;
-        let records = self.records().clone();
-        blocking(move || {
-            let txn = records.read()?;
+        self.read(move |records, txn| {
             Ok(records
-                .all_namespaces(&txn)?
+                .all_namespaces(txn)?
                 .into_iter()
                 .map(|(name, record)| record.to_namespace(&name))
                 .filter(|namespace| filter.matches(&NamespaceFields(namespace)))
@@ -62,23 +59,21 @@ impl NamespaceStore for MetaStore {
         check_namespace(&namespace.name)?;
         validate_labels(&namespace.labels)?;
         drop_empty_values(&mut namespace.labels);
-        let records = self.records().clone();
-        let created = blocking(move || {
-            let mut txn = records.write()?;
-            if records.namespace(&txn, &namespace.name)?.is_some() {
-                return Err(Error::already_exists(format!(
-                    "namespace {}: already exists",
-                    namespace.name
-                )));
-            }
-            let record = NamespaceRecord {
-                labels: namespace.labels.clone(),
-            };
-            records.put_namespace(&mut txn, &namespace.name, &record)?;
-            commit(txn)?;
-            Ok(namespace)
-        })
-        .await?;
+        let created = self
+            .write(move |records, txn| {
+                if records.namespace(txn, &namespace.name)?.is_some() {
+                    return Err(Error::already_exists(format!(
+                        "namespace {}: already exists",
+                        namespace.name
+                    )));
+                }
+                let record = NamespaceRecord {
+                    labels: namespace.labels.clone(),
+                };
+                records.put_namespace(txn, &namespace.name, &record)?;
+                Ok(namespace)
+            })
+            .await?;
         self.publish(
             &created.name,
             "/namespaces/create",
@@ -93,24 +88,23 @@ impl NamespaceStore for MetaStore {
 
     async fn update(&self, namespace: Namespace, paths: &[String]) -> Result<Namespace> {
         check_namespace(&namespace.name)?;
-        let (records, paths) = (self.records().clone(), paths.to_vec());
-        let updated = blocking(move || {
-            let mut txn = records.write()?;
-            let name = namespace.name.clone();
-            let current = records
-                .namespace(&txn, &name)?
-                .ok_or_else(|| not_found(&name))?
-                .to_namespace(&name);
-            let updated = apply_namespace_update(&current, namespace, &paths)?;
-            validate_labels(&updated.labels)?;
-            let record = NamespaceRecord {
-                labels: updated.labels.clone(),
-            };
-            records.put_namespace(&mut txn, &name, &record)?;
-            commit(txn)?;
-            Ok(updated)
-        })
-        .await?;
+        let paths = paths.to_vec();
+        let updated = self
+            .write(move |records, txn| {
+                let name = namespace.name.clone();
+                let current = records
+                    .namespace(txn, &name)?
+                    .ok_or_else(|| not_found(&name))?
+                    .to_namespace(&name);
+                let updated = apply_namespace_update(&current, namespace, &paths)?;
+                validate_labels(&updated.labels)?;
+                let record = NamespaceRecord {
+                    labels: updated.labels.clone(),
+                };
+                records.put_namespace(txn, &name, &record)?;
+                Ok(updated)
+            })
+            .await?;
         self.publish(
             &updated.name,
             "/namespaces/update",
@@ -125,37 +119,32 @@ impl NamespaceStore for MetaStore {
 
     async fn delete(&self, name: &str) -> Result<()> {
         check_namespace(name)?;
-        let records = self.records().clone();
         // Refuse early from metad's own records, before asking the other
         // daemons...
-        {
-            let (records, name) = (records.clone(), name.to_string());
-            blocking(move || {
-                let txn = records.read()?;
-                if records.namespace(&txn, &name)?.is_none() {
-                    return Err(not_found(&name));
-                }
-                match records.held_in(&txn, &name)? {
-                    Some(what) => Err(not_empty(&name, what)),
-                    None => Ok(()),
-                }
-            })
-            .await?;
-        }
+        let owned = name.to_string();
+        self.read(move |records, txn| {
+            if records.namespace(txn, &owned)?.is_none() {
+                return Err(not_found(&owned));
+            }
+            match records.held_in(txn, &owned)? {
+                Some(what) => Err(not_empty(&owned, what)),
+                None => Ok(()),
+            }
+        })
+        .await?;
         if let Some(what) = self.inner.holders.holding(name).await? {
             return Err(not_empty(name, &what));
         }
         // ...and check again where it counts: in the deleting transaction.
         let owned = name.to_string();
-        blocking(move || {
-            let mut txn = records.write()?;
-            if !records.delete_namespace(&mut txn, &owned)? {
+        self.write(move |records, txn| {
+            if !records.delete_namespace(txn, &owned)? {
                 return Err(not_found(&owned));
             }
-            if let Some(what) = records.held_in(&txn, &owned)? {
+            if let Some(what) = records.held_in(txn, &owned)? {
                 return Err(not_empty(&owned, what));
             }
-            commit(txn)
+            Ok(())
         })
         .await?;
         tracing::info!(namespace = %name, "namespace deleted");

@@ -88,6 +88,37 @@ impl MetaStore {
         self.inner.exchange.publish(namespace, topic, any);
     }
 
+    /// Runs `work` in one read transaction, off the async threads.
+    pub(crate) async fn read<T, F>(&self, work: F) -> Result<T>
+    where
+        F: FnOnce(&Records, &heed::RoTxn<'_, heed::WithTls>) -> Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let records = self.records().clone();
+        blocking(move || {
+            let txn = records.read()?;
+            work(&records, &txn)
+        })
+        .await
+    }
+
+    /// Runs `work` in one write transaction, off the async threads, and
+    /// commits it (durably) if `work` succeeds.
+    pub(crate) async fn write<T, F>(&self, work: F) -> Result<T>
+    where
+        F: FnOnce(&Records, &mut heed::RwTxn<'_>) -> Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let records = self.records().clone();
+        blocking(move || {
+            let mut txn = records.write()?;
+            let out = work(&records, &mut txn)?;
+            records::commit(txn)?;
+            Ok(out)
+        })
+        .await
+    }
+
     /// Runs a collection after a delete that asked for one.
     pub(crate) async fn collect_if(&self, sync: bool) -> Result<()> {
         if sync {
