@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use berth_api::protobuf::Message;
 use berth_client::{RemoteContentStore, RemoteSnapshotter};
 use berth_content::{ContentStore, Labels};
 use berth_e2e::images::{busybox_rootfs, files_rootfs, Blob, Layout};
@@ -20,6 +21,7 @@ use berth_metad::gc::{
     CONTENTD,
 };
 use berth_snapshot::{chain_ids, Descriptor, Snapshotter};
+use containerd_shim_protos::events::snapshot::SnapshotRemove;
 use tokio::sync::RwLock;
 
 const NS: &str = "gc-e2e";
@@ -313,13 +315,38 @@ async fn collects_exactly_what_no_image_or_lease_holds() {
     assert_eq!(removed(&report), BTreeSet::new());
 
     // Without the image: its blobs and snapshots, exactly; the leased blob
-    // stays.
+    // stays. Each removed snapshot is announced as containerd's collector
+    // announces it.
     ns.images.clear();
     roots.set(vec![ns.clone()]);
-    let report = stack.collector(&roots).collect(&gate).await.unwrap();
+    let exchange = berth_metad::events::Exchange::new();
+    let subscription = exchange
+        .subscribe(&[r#"topic=="/snapshot/remove""#.to_string()])
+        .unwrap();
+    let report = stack
+        .collector(&roots)
+        .with_events(exchange.clone())
+        .collect(&gate)
+        .await
+        .unwrap();
     assert_eq!(removed(&report), image_objects(NS, &image));
     assert_eq!(blobs(&content, NS).await, BTreeSet::from([leased.clone()]));
     assert!(snapshots(&overlay, NS).await.is_empty());
+    let mut announced = BTreeSet::new();
+    for _ in 0..chains.len() {
+        let envelope =
+            tokio::time::timeout(std::time::Duration::from_secs(30), subscription.next())
+                .await
+                .expect("a /snapshot/remove event")
+                .unwrap();
+        assert_eq!(envelope.namespace, NS);
+        let any = envelope.event.get_or_default();
+        assert_eq!(any.type_url, "containerd.events.SnapshotRemove");
+        let event = SnapshotRemove::parse_from_bytes(&any.value).unwrap();
+        assert_eq!(event.snapshotter, "overlayfs");
+        announced.insert(event.key);
+    }
+    assert_eq!(announced, chains);
 
     // And without the lease, its blob.
     roots.set(vec![namespace(NS)]);

@@ -61,6 +61,7 @@ async fn run(config: DaemonConfig, contentd: PathBuf, snapd: PathBuf) -> anyhow:
 
     // The collector reads the roots from the records and lists and deletes
     // through contentd and snapd.
+    let exchange = Exchange::new();
     let collector = Collector::new(
         Arc::new(records.clone()),
         Arc::new(Sockets {
@@ -68,9 +69,9 @@ async fn run(config: DaemonConfig, contentd: PathBuf, snapd: PathBuf) -> anyhow:
             snapd: snapd.clone(),
         }),
         CollectorConfig::default(),
-    );
+    )
+    .with_events(exchange.clone());
     let scheduler = Scheduler::new(ScheduleConfig::default(), collector);
-    let exchange = Exchange::new();
     // Subscribers end on SIGTERM, so they cannot hold metad's exit.
     berth_metad::events::close_on_termination(exchange.clone())?;
 

@@ -158,6 +158,31 @@ impl Exchange {
         });
     }
 
+    /// Publishes a protobuf event as containerd does: the message in an
+    /// `Any` whose type URL is its full protobuf name
+    /// (`containerd.events.ContainerCreate`, but
+    /// `containerd.services.images.v1.ImageCreate`). An event that does
+    /// not encode is logged and dropped.
+    pub fn publish_message<M: berth_api::protobuf::MessageFull>(
+        &self,
+        namespace: &str,
+        topic: &str,
+        event: &M,
+    ) {
+        let value = match event.write_to_bytes() {
+            Ok(value) => value,
+            Err(e) => {
+                tracing::warn!(topic, error = %e, "could not encode an event");
+                return;
+            }
+        };
+        let any = Any {
+            type_url: M::descriptor().full_name().to_string(),
+            value,
+        };
+        self.publish(namespace, topic, any);
+    }
+
     /// An envelope relayed as it is.
     pub fn forward(&self, envelope: Envelope) {
         let topic = envelope.topic.clone();

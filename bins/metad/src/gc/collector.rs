@@ -7,11 +7,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use berth_errdefs::{Error, ErrorKind, Result};
+use containerd_shim_protos::events::snapshot::SnapshotRemove;
 use tokio::sync::RwLock;
 
 use super::daemons::{ContentDaemon, Daemons, SnapshotDaemon, CONTENTD, SNAPD};
 use super::mark::{self, ContentGarbage, Listing, SnapshotGarbage};
 use super::roots::RootSource;
+use crate::events::Exchange;
 
 /// What a collection consults.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +63,7 @@ pub struct Collector {
     roots: Arc<dyn RootSource>,
     daemons: Arc<dyn Daemons>,
     config: CollectorConfig,
+    events: Option<Arc<Exchange>>,
 }
 
 impl std::fmt::Debug for Collector {
@@ -93,7 +96,16 @@ impl Collector {
             roots,
             daemons,
             config,
+            events: None,
         }
+    }
+
+    /// The same collector, publishing what it removes on `events` as
+    /// containerd's collector does: `/snapshot/remove` for each snapshot
+    /// (containerd publishes nothing for collected blobs or leases).
+    pub fn with_events(mut self, events: Arc<Exchange>) -> Collector {
+        self.events = Some(events);
+        self
     }
 
     /// One collection. `gate` is held exclusively from reading the roots
@@ -182,6 +194,21 @@ impl Collector {
         drop(writers_held);
         let pause = pause_started.elapsed();
 
+        if let Some(events) = &self.events {
+            for object in &removed {
+                if let Some(snapshotter) = object.kind.strip_prefix("snapshots/") {
+                    events.publish_message(
+                        &object.namespace,
+                        "/snapshot/remove",
+                        &SnapshotRemove {
+                            key: object.id.clone(),
+                            snapshotter: snapshotter.to_string(),
+                            ..Default::default()
+                        },
+                    );
+                }
+            }
+        }
         let report = Report {
             removed,
             duration: started.elapsed(),

@@ -69,23 +69,9 @@ impl MetaStore {
         &self.inner.records
     }
 
-    /// Publishes a record change as containerd does: the event message in
-    /// an `Any` whose type URL is its full protobuf name
-    /// (`containerd.events.ContainerCreate`, but
-    /// `containerd.services.images.v1.ImageCreate`).
+    /// Publishes a record change (see [`Exchange::publish_message`]).
     pub(crate) fn publish<M: MessageFull>(&self, namespace: &str, topic: &str, event: &M) {
-        let value = match event.write_to_bytes() {
-            Ok(value) => value,
-            Err(e) => {
-                tracing::warn!(topic, error = %e, "could not encode an event");
-                return;
-            }
-        };
-        let any = berth_metadata::Any {
-            type_url: M::descriptor().full_name().to_string(),
-            value,
-        };
-        self.inner.exchange.publish(namespace, topic, any);
+        self.inner.exchange.publish_message(namespace, topic, event);
     }
 
     /// Runs `work` in one read transaction, off the async threads.
