@@ -62,16 +62,12 @@ impl ContainerStore for MetaStore {
         let ns = namespace.to_string();
         let created = self
             .write(move |records, txn| {
-                if records.containers.get(txn, &ns, &container.id)?.is_some() {
-                    return Err(Error::already_exists(format!(
-                        "container {}: already exists",
-                        container.id
-                    )));
-                }
-                records.ensure_namespace(txn, &ns)?;
                 let now = now_nanos();
                 let record = ContainerRecord::new(&container, now, now);
-                records.containers.put(txn, &ns, &container.id, &record)?;
+                records
+                    .containers
+                    .insert(txn, &ns, &container.id, &record, "container")?;
+                records.ensure_namespace(txn, &ns)?;
                 Ok(record.to_container(&container.id))
             })
             .await?;

@@ -60,16 +60,12 @@ impl ImageStore for MetaStore {
         let ns = namespace.to_string();
         let created = self
             .write(move |records, txn| {
-                if records.images.get(txn, &ns, &image.name)?.is_some() {
-                    return Err(Error::already_exists(format!(
-                        "image {}: already exists",
-                        image.name
-                    )));
-                }
-                records.ensure_namespace(txn, &ns)?;
                 let now = now_nanos();
                 let record = ImageRecord::new(&image, now, now);
-                records.images.put(txn, &ns, &image.name, &record)?;
+                records
+                    .images
+                    .insert(txn, &ns, &image.name, &record, "image")?;
+                records.ensure_namespace(txn, &ns)?;
                 record.to_image(&image.name)
             })
             .await?;

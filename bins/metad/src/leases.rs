@@ -49,15 +49,12 @@ impl LeaseManager for MetaStore {
         let _hold = self.inner.scheduler.hold_mutations().await;
         let ns = namespace.to_string();
         self.write(move |records, txn| {
-            if records.leases.get(txn, &ns, &id)?.is_some() {
-                return Err(Error::already_exists(format!("lease {id}: already exists")));
-            }
-            records.ensure_namespace(txn, &ns)?;
             let record = LeaseRecord {
                 created_at: now_nanos(),
                 labels,
             };
-            records.leases.put(txn, &ns, &id, &record)?;
+            records.leases.insert(txn, &ns, &id, &record, "lease")?;
+            records.ensure_namespace(txn, &ns)?;
             Ok(record.to_lease(&id))
         })
         .await

@@ -270,6 +270,24 @@ impl<R: Serialize + DeserializeOwned + 'static> Table<R> {
             .map_err(db_error)
     }
 
+    /// Puts a new record; AlreadyExists ("`kind` `name`: already exists")
+    /// if there is one.
+    pub fn insert(
+        &self,
+        txn: &mut RwTxn,
+        namespace: &str,
+        name: &str,
+        record: &R,
+        kind: &str,
+    ) -> Result<()> {
+        if self.get(txn, namespace, name)?.is_some() {
+            return Err(Error::already_exists(format!(
+                "{kind} {name}: already exists"
+            )));
+        }
+        self.put(txn, namespace, name, record)
+    }
+
     /// False if there was no such record.
     pub fn delete(&self, txn: &mut RwTxn, namespace: &str, name: &str) -> Result<bool> {
         self.db.delete(txn, &key(namespace, name)).map_err(db_error)
