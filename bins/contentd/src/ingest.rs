@@ -17,7 +17,9 @@ use berth_errdefs::{Error, Result};
 use berth_ids::{validate_labels, Digest, Sha256Hasher};
 
 use crate::records::{self, ingest_key, now_nanos, to_system_time, BlobRecord, IngestRecord};
-use crate::store::{blocking, make_read_only, remove_all, sync_dir, Inner, RefLock};
+use berth_daemon::blocking;
+
+use crate::store::{make_read_only, remove_all, sync_dir, Inner, RefLock};
 
 /// How much is written between hash checkpoints.
 pub const CHECKPOINT_INTERVAL: u64 = 64 * 1024 * 1024;

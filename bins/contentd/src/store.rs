@@ -23,6 +23,7 @@ use berth_content::{
     apply_label_update, ContentStore, ContentWriter, Info, InfoFields, Status, StatusFields,
     WriterOptions, MAX_READ,
 };
+use berth_daemon::blocking;
 use berth_errdefs::{Error, Result};
 use berth_filters::Filter;
 use berth_ids::{validate_labels, validate_namespace, validate_ref, Digest};
@@ -58,17 +59,6 @@ pub struct Recovery {
     pub orphan_blobs: usize,
     pub orphan_ingest_dirs: usize,
     pub ingests_without_data: usize,
-}
-
-/// Runs blocking store work off the async threads.
-pub(crate) async fn blocking<T, F>(work: F) -> Result<T>
-where
-    F: FnOnce() -> Result<T> + Send + 'static,
-    T: Send + 'static,
-{
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| Error::internal(format!("store task failed: {e}")))?
 }
 
 fn create_private_dir(path: &Path) -> Result<()> {

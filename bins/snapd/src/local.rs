@@ -14,6 +14,7 @@ use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
 use async_trait::async_trait;
+use berth_daemon::blocking;
 use berth_errdefs::{Error, Result};
 use berth_filters::Filter;
 use berth_snapshot::{
@@ -492,12 +493,6 @@ pub fn disk_usage(dir: &Path) -> Result<Usage> {
         usage.size += stat.st_blocks as u64 * 512;
     }
     Ok(usage)
-}
-
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Error::internal(format!("blocking task failed: {e}")))?
 }
 
 #[async_trait]

@@ -6,6 +6,7 @@
 //! or inherits the socket, checks every caller's credentials, tells systemd
 //! it is ready, and returns after a graceful SIGTERM.
 
+mod blocking;
 mod config;
 mod error;
 mod liveness;
@@ -17,6 +18,7 @@ mod serve;
 mod socket;
 mod start;
 
+pub use blocking::blocking;
 pub use config::{peer_socket, DaemonConfig, DaemonFlags, Defaults, LogFormat};
 pub use error::DaemonError;
 pub use liveness::{peer_hung_up, ConnectionWatch};

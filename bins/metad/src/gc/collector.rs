@@ -232,9 +232,7 @@ impl Collector {
         F: FnOnce(&dyn RootSource) -> Result<T> + Send + 'static,
     {
         let roots = self.roots.clone();
-        tokio::task::spawn_blocking(move || work(roots.as_ref()))
-            .await
-            .map_err(|e| Error::internal(format!("collector task: {e}")))?
+        berth_daemon::blocking(move || work(roots.as_ref())).await
     }
 
     /// A call to a daemon, which counts as failed if it takes too long.

@@ -14,7 +14,8 @@ mod roots;
 
 use std::sync::Arc;
 
-use berth_errdefs::{Error, Result};
+use berth_daemon::blocking;
+use berth_errdefs::Result;
 use berth_ids::validate_namespace;
 use protobuf::MessageFull;
 
@@ -116,15 +117,4 @@ impl MetaStore {
 
 pub(crate) fn check_namespace(namespace: &str) -> Result<()> {
     Ok(validate_namespace(namespace)?)
-}
-
-/// Runs blocking store work (LMDB) off the async threads.
-pub(crate) async fn blocking<T, F>(work: F) -> Result<T>
-where
-    F: FnOnce() -> Result<T> + Send + 'static,
-    T: Send + 'static,
-{
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| Error::internal(format!("store task failed: {e}")))?
 }
