@@ -46,6 +46,12 @@ pub fn require(available: bool, why: &str) -> bool {
     false
 }
 
+/// Whether `tool` is an executable name found on PATH.
+pub fn on_path(tool: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|p| p.join(tool).exists()))
+}
+
 pub fn is_root() -> bool {
     nix::unistd::Uid::effective().is_root()
 }
@@ -88,6 +94,23 @@ impl Daemon {
 
     pub fn contentd(dir: &Path) -> Daemon {
         Daemon::start("berth-contentd", dir)
+    }
+
+    /// berth-snapd under `dir`, with its blobs in `contentd`.
+    pub fn snapd(dir: &Path, contentd: &Daemon) -> Daemon {
+        let contentd = contentd.socket.display().to_string();
+        Daemon::start_with_args("berth-snapd", dir, &["--contentd", &contentd])
+    }
+
+    /// berth-metad under `dir`, asking `contentd` and `snapd`.
+    pub fn metad(dir: &Path, contentd: &Daemon, snapd: &Daemon) -> Daemon {
+        let contentd = contentd.socket.display().to_string();
+        let snapd = snapd.socket.display().to_string();
+        Daemon::start_with_args(
+            "berth-metad",
+            dir,
+            &["--contentd", &contentd, "--snapd", &snapd],
+        )
     }
 
     fn spawn(&mut self) {

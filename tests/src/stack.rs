@@ -19,18 +19,8 @@ impl Stack {
     /// Starts the three daemons under `dir`. Needs root (snapd mounts).
     pub fn start(dir: &Path) -> Stack {
         let contentd = Daemon::contentd(&dir.join("contentd"));
-        let contentd_socket = contentd.socket.display().to_string();
-        let snapd = Daemon::start_with_args(
-            "berth-snapd",
-            &dir.join("snapd"),
-            &["--contentd", &contentd_socket],
-        );
-        let snapd_socket = snapd.socket.display().to_string();
-        let metad = Daemon::start_with_args(
-            "berth-metad",
-            &dir.join("metad"),
-            &["--contentd", &contentd_socket, "--snapd", &snapd_socket],
-        );
+        let snapd = Daemon::snapd(&dir.join("snapd"), &contentd);
+        let metad = Daemon::metad(&dir.join("metad"), &contentd, &snapd);
         Stack {
             dir: dir.to_path_buf(),
             contentd,

@@ -16,14 +16,8 @@ struct Cli {
 impl Cli {
     fn start(dir: &Path) -> Cli {
         let contentd = Daemon::contentd(&dir.join("contentd"));
-        let snapd = Daemon::start("berth-snapd", &dir.join("snapd"));
-        let contentd_socket = contentd.socket.display().to_string();
-        let snapd_socket = snapd.socket.display().to_string();
-        let metad = Daemon::start_with_args(
-            "berth-metad",
-            &dir.join("metad"),
-            &["--contentd", &contentd_socket, "--snapd", &snapd_socket],
-        );
+        let snapd = Daemon::snapd(&dir.join("snapd"), &contentd);
+        let metad = Daemon::metad(&dir.join("metad"), &contentd, &snapd);
         Cli {
             contentd,
             snapd,

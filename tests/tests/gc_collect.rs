@@ -64,12 +64,7 @@ fn stack() -> Option<Stack> {
     }
     let dir = tempfile::tempdir().unwrap();
     let contentd = Daemon::contentd(&dir.path().join("contentd"));
-    let contentd_socket = contentd.socket.display().to_string();
-    let snapd = Daemon::start_with_args(
-        "berth-snapd",
-        &dir.path().join("snapd"),
-        &["--contentd", &contentd_socket],
-    );
+    let snapd = Daemon::snapd(&dir.path().join("snapd"), &contentd);
     Some(Stack {
         dir,
         contentd,

@@ -21,15 +21,12 @@ use berth_snapshot::chain_ids;
 fn prerequisites() -> bool {
     require(is_root(), "berth-snapd needs root")
         && require(
-            ["docker-registry", "skopeo"].iter().all(|t| which(t))
+            ["docker-registry", "skopeo"]
+                .iter()
+                .all(|t| berth_e2e::on_path(t))
                 && Path::new("/bin/busybox").exists(),
             "docker-registry, skopeo and busybox-static are needed",
         )
-}
-
-fn which(name: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|paths| std::env::split_paths(&paths).any(|p| p.join(name).exists()))
 }
 
 /// A busybox image with a second layer holding `big` bytes of

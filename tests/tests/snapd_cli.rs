@@ -18,12 +18,7 @@ async fn unpack_snapshots_and_diff_from_the_cli() {
     }
     let dir = tempfile::tempdir().unwrap();
     let contentd = Daemon::contentd(&dir.path().join("contentd"));
-    let csock = contentd.socket.display().to_string();
-    let snapd = Daemon::start_with_args(
-        "berth-snapd",
-        &dir.path().join("snapd"),
-        &["--contentd", &csock],
-    );
+    let snapd = Daemon::snapd(&dir.path().join("snapd"), &contentd);
     let ssock = snapd.socket.display().to_string();
     let cli = |args: &[&str]| {
         let mut all = vec!["--snapd", ssock.as_str()];

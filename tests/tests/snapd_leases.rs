@@ -15,12 +15,7 @@ async fn snapshots_and_diffs_join_the_callers_lease() {
     }
     let dir = tempfile::tempdir().unwrap();
     let contentd = Daemon::contentd(&dir.path().join("contentd"));
-    let contentd_socket = contentd.socket.display().to_string();
-    let snapd = Daemon::start_with_args(
-        "berth-snapd",
-        &dir.path().join("snapd"),
-        &["--contentd", &contentd_socket],
-    );
+    let snapd = Daemon::snapd(&dir.path().join("snapd"), &contentd);
     let plain = RemoteSnapshotter::connect(&snapd.socket, "overlayfs")
         .await
         .unwrap();

@@ -14,13 +14,8 @@ use berth_ids::Digest;
 fn tools_present() -> bool {
     ["docker-registry", "skopeo", "htpasswd"]
         .iter()
-        .all(|t| which(t))
+        .all(|t| berth_e2e::on_path(t))
         && Path::new("/bin/busybox").exists()
-}
-
-fn which(name: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|paths| std::env::split_paths(&paths).any(|p| p.join(name).exists()))
 }
 
 /// A two-layer busybox image for amd64 and a one-layer image for arm64,
@@ -685,7 +680,7 @@ async fn hostile_archives_fail_cleanly_with_bounded_memory() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hosts_toml_gives_a_registry_its_ca_and_a_mirror() {
     if !require(
-        tools_present() && which("openssl"),
+        tools_present() && berth_e2e::on_path("openssl"),
         "docker-registry, skopeo, openssl and busybox-static",
     ) {
         return;
@@ -788,7 +783,7 @@ async fn hosts_toml_gives_a_registry_its_ca_and_a_mirror() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_certificate_from_certs_d() {
     if !require(
-        tools_present() && which("openssl"),
+        tools_present() && berth_e2e::on_path("openssl"),
         "docker-registry, skopeo, openssl and busybox-static",
     ) {
         return;
