@@ -41,14 +41,8 @@ trap cleanup EXIT
 # shellcheck source=lib/containerd.sh
 . "$top/bench/lib/containerd.sh"
 
-seconds() {
-  local start end
-  start=$(date +%s.%N)
-  "$@" >/dev/null 2>"$work/last.err" || { cat "$work/last.err" >&2; return 1; }
-  end=$(date +%s.%N)
-  echo "$end - $start" | bc -l
-}
-median() { tr ' ' '\n' | grep . | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+# shellcheck source=lib/timing.sh
+. "$top/bench/lib/timing.sh"
 
 start_daemon() { # name root extra...
   local name=$1 root=$2; shift 2

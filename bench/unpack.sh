@@ -106,14 +106,8 @@ start_registry
 skopeo copy --quiet --dest-tls-verify=false "oci:$layout:minbase" "docker://127.0.0.1:$port/debian:minbase"
 ref="127.0.0.1:$port/debian:minbase"
 
-seconds() {
-  local start end
-  start=$(date +%s.%N)
-  "$@" >/dev/null 2>"$work/last.err" || { cat "$work/last.err" >&2; return 1; }
-  end=$(date +%s.%N)
-  echo "$end - $start" | bc -l
-}
-median() { tr ' ' '\n' | grep . | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+# shellcheck source=lib/timing.sh
+. "$top/bench/lib/timing.sh"
 
 berth_unpack() { # run
   local root="$runs_dir/berth-$1"
