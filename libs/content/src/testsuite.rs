@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 
-use berth_errdefs::ErrorKind;
+use berth_errdefs::{error_kind as kind, ErrorKind};
 use berth_ids::Digest;
 
 use crate::{read_blob, write_blob, CommitOptions, ContentStore, Labels, WriterOptions};
@@ -25,13 +25,6 @@ pub fn test_data(len: usize, seed: u64) -> Vec<u8> {
             (state >> 33) as u8
         })
         .collect()
-}
-
-fn kind<T: std::fmt::Debug>(result: berth_errdefs::Result<T>) -> ErrorKind {
-    match result {
-        Ok(v) => panic!("expected an error, got {v:?}"),
-        Err(e) => e.kind(),
-    }
 }
 
 fn labels(pairs: &[(&str, &str)]) -> Labels {

@@ -86,6 +86,15 @@ pub struct Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// The kind of `result`'s error, for conformance suites and tests: panics
+/// if it succeeded.
+pub fn error_kind<T: std::fmt::Debug>(result: Result<T>) -> ErrorKind {
+    match result {
+        Ok(v) => panic!("expected an error, got {v:?}"),
+        Err(e) => e.kind(),
+    }
+}
+
 impl Error {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Error {
         let mut message = message.into();

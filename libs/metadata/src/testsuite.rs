@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use berth_errdefs::ErrorKind;
+use berth_errdefs::{error_kind as kind, ErrorKind};
 use berth_ids::Digest;
 
 use crate::{
@@ -43,13 +43,6 @@ impl Stores {
             containers: Box::new(store.clone()),
             leases: Box::new(store),
         }
-    }
-}
-
-fn kind<T: std::fmt::Debug>(result: berth_errdefs::Result<T>) -> ErrorKind {
-    match result {
-        Ok(v) => panic!("expected an error, got {v:?}"),
-        Err(e) => e.kind(),
     }
 }
 

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
-use berth_errdefs::ErrorKind;
+use berth_errdefs::{error_kind as kind, ErrorKind};
 
 use crate::mount::TempMount;
 use crate::{Kind, Labels, Snapshotter};
@@ -30,13 +30,6 @@ pub fn require_root() -> bool {
     );
     eprintln!("skipping: the snapshot suite needs root");
     false
-}
-
-fn kind<T: std::fmt::Debug>(result: berth_errdefs::Result<T>) -> ErrorKind {
-    match result {
-        Ok(v) => panic!("expected an error, got {v:?}"),
-        Err(e) => e.kind(),
-    }
 }
 
 fn no_labels() -> Labels {
