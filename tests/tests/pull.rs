@@ -38,6 +38,19 @@ struct TestImage {
     diff_ids: Vec<Digest>,
 }
 
+/// A registry of this test's own, serving the image of [`build_image`]
+/// as `repository_tag`; returns the registry (it stops when dropped), the
+/// image and its full reference.
+fn pushed(dir: &Path, repository_tag: &str, big: usize) -> (Registry, TestImage, String) {
+    let registry = Registry::start(&dir.join("reg"), None);
+    let mut layout = Layout::new(&dir.join("layout"));
+    let image = build_image(dir, &layout, big);
+    layout.tag("v1", &image.manifest);
+    let reference = format!("{}/{repository_tag}", registry.host);
+    layout.push("v1", &reference, None, false);
+    (registry, image, reference)
+}
+
 fn build_image(dir: &Path, layout: &Layout, big: usize) -> TestImage {
     let base = busybox_rootfs(&dir.join("rootfs-base"), &[("etc/motd", b"hello\n")]);
     let (l1, d1) = layout.add_layer(&base);
@@ -106,12 +119,7 @@ async fn pull_unpacks_records_and_gc_cleans_up_after_rm() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let registry = Registry::start(&dir.path().join("reg"), None);
-    let mut layout = Layout::new(&dir.path().join("layout"));
-    let image = build_image(dir.path(), &layout, 256 * 1024);
-    layout.tag("v1", &image.manifest);
-    let reference = format!("{}/test/pull:v1", registry.host);
-    layout.push("v1", &reference, None, false);
+    let (_registry, image, reference) = pushed(dir.path(), "test/pull:v1", 256 * 1024);
     let stack = Stack::start(&dir.path().join("stack"));
 
     let (ok, out, err) = stack.berth(&[
@@ -229,12 +237,7 @@ async fn a_pulled_image_unpacks_by_its_name() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let registry = Registry::start(&dir.path().join("reg"), None);
-    let mut layout = Layout::new(&dir.path().join("layout"));
-    let image = build_image(dir.path(), &layout, 64 * 1024);
-    layout.tag("v1", &image.manifest);
-    let reference = format!("{}/test/byname:v1", registry.host);
-    layout.push("v1", &reference, None, false);
+    let (registry, image, reference) = pushed(dir.path(), "test/byname:v1", 64 * 1024);
     let stack = Stack::start(&dir.path().join("stack"));
 
     let (ok, _, err) = stack.berth(&["pull", "--quiet", "--skip-unpack", &reference]);
