@@ -24,6 +24,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
+use crate::os::errno;
 use berth_errdefs::{Error, Result};
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag, OpenHow, ResolveFlag};
@@ -64,10 +65,6 @@ pub trait Privileged: Send + Sync {
     fn creator(&self) -> Option<(u32, u32)> {
         None
     }
-}
-
-fn errno(what: impl std::fmt::Display, e: Errno) -> Error {
-    Error::io(what, &std::io::Error::from(e))
 }
 
 /// The real calls (needs root, or the matching capabilities).

@@ -30,6 +30,7 @@ use nix::sys::stat::{FileStat, Mode, SFlag, UtimensatFlags};
 use nix::sys::time::TimeSpec;
 use nix::unistd::Whence;
 
+use crate::os::{errno, file_type};
 use crate::xattr::Node;
 
 /// How many of the innermost directory levels keep their fds open.
@@ -47,14 +48,6 @@ pub struct CopyStats {
     pub reflinked: u64,
     /// Bytes copied (not shared, holes excluded).
     pub bytes: u64,
-}
-
-fn errno(what: impl std::fmt::Display, e: Errno) -> Error {
-    Error::io(what, &std::io::Error::from(e))
-}
-
-fn file_type(stat: &FileStat) -> SFlag {
-    SFlag::from_bits_truncate(stat.st_mode & SFlag::S_IFMT.bits())
 }
 
 fn identity(stat: &FileStat) -> (u64, u64) {

@@ -21,6 +21,7 @@ use berth_snapshot::{
     apply_label_update, validate_key, Info, InfoFields, Labels, Mount, Snapshotter, Usage,
 };
 
+use crate::os::io;
 use crate::records::{
     check_committed_parent, now_nanos, to_system_time, Record, Records, StoredKind,
 };
@@ -111,10 +112,6 @@ fn remove_dir_logged(dir: &Path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "removing snapshot directory"),
     }
-}
-
-fn io(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> Error {
-    move |e| Error::io(what, &e)
 }
 
 fn check_ns(namespace: &str) -> Result<()> {
@@ -477,7 +474,7 @@ impl LocalSnapshotter {
 /// Bytes allocated and inodes used under `dir` (hardlinks counted once),
 /// walked by fds like a diff, never following a symlink.
 pub fn disk_usage(dir: &Path) -> Result<Usage> {
-    let tree = crate::diff::Tree::open(dir)?;
+    let tree = crate::tree::Tree::open(dir)?;
     let root = tree.root_stat()?;
     let mut usage = Usage {
         size: root.st_blocks as u64 * 512,

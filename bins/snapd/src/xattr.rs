@@ -5,12 +5,9 @@ use std::ffi::{CString, OsStr};
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 
+use crate::os::errno;
 use berth_errdefs::{Error, Result};
 use nix::errno::Errno;
-
-fn errno(what: impl std::fmt::Display, e: Errno) -> Error {
-    Error::io(what, &std::io::Error::from(e))
-}
 
 /// An inode whose extended attributes are read or written: through an fd
 /// it is open on, or (symlinks, devices, fifos, sockets, which must not be
