@@ -179,35 +179,46 @@ fn open_dir(root: &OwnedFd, components: &[OsString], create: bool) -> Result<Own
         match resolve(root, &components[..=i], flags) {
             Ok(fd) => dir = fd,
             Err(Errno::ENOENT) => {
-                let made = match nix::sys::stat::mkdirat(
-                    &dir,
-                    components[i].as_os_str(),
-                    Mode::from_bits_truncate(0o755),
-                ) {
-                    Ok(()) => true,
-                    Err(Errno::EEXIST) => false,
-                    Err(e) => {
-                        return Err(errno(format!("creating {}", display(&components[..=i])), e))
-                    }
-                };
-                if made {
-                    // Exactly 0755, whatever the umask.
-                    let fd = resolve(
-                        root,
-                        &components[..=i],
-                        OFlag::O_RDONLY | OFlag::O_DIRECTORY,
-                    )
-                    .map_err(|e| errno(format!("opening {}", display(&components[..=i])), e))?;
-                    nix::sys::stat::fchmod(&fd, Mode::from_bits_truncate(0o755))
-                        .map_err(|e| errno(format!("chmod {}", display(&components[..=i])), e))?;
+                // Below a directory this call made, nothing exists yet:
+                // the rest are made one inside the other, without
+                // resolving each from the root again.
+                for j in i..components.len() {
+                    dir = match make_dir_at(dir.as_fd(), components[j].as_os_str()) {
+                        Ok(fd) => fd,
+                        // Made by someone else meanwhile: resolve it.
+                        Err(Errno::EEXIST) => {
+                            resolve(root, &components[..=j], flags).map_err(|e| {
+                                errno(format!("opening {}", display(&components[..=j])), e)
+                            })?
+                        }
+                        Err(e) => {
+                            return Err(errno(
+                                format!("creating {}", display(&components[..=j])),
+                                e,
+                            ))
+                        }
+                    };
                 }
-                dir = resolve(root, &components[..=i], flags)
-                    .map_err(|e| errno(format!("opening {}", display(&components[..=i])), e))?;
+                return Ok(dir);
             }
             Err(e) => return Err(errno(format!("opening {}", display(&components[..=i])), e)),
         }
     }
     Ok(dir)
+}
+
+/// Makes directory `name` in `dir`, mode exactly 0755 whatever the umask,
+/// and opens it (never through a symlink). EEXIST if something is there.
+fn make_dir_at(dir: BorrowedFd<'_>, name: &OsStr) -> nix::Result<OwnedFd> {
+    nix::sys::stat::mkdirat(dir, name, Mode::from_bits_truncate(0o755))?;
+    let fd = nix::fcntl::openat(
+        dir,
+        name,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    nix::sys::stat::fchmod(&fd, Mode::from_bits_truncate(0o755))?;
+    Ok(fd)
 }
 
 /// The directories along the path of the last entry, open, so that the
@@ -255,20 +266,29 @@ impl DirCache {
             .count();
         self.chain.truncate(common);
         for i in common..components.len() {
-            let step = {
-                let base = match self.chain.last() {
-                    Some((_, fd, _)) => fd.as_fd(),
-                    None => self.root.as_fd(),
-                };
-                nix::fcntl::openat(
-                    base,
-                    components[i].as_os_str(),
-                    OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-                    Mode::empty(),
-                )
+            let base = match self.chain.last() {
+                Some((_, fd, _)) => fd.as_fd(),
+                None => self.root.as_fd(),
             };
+            let name = components[i].as_os_str();
+            let step = nix::fcntl::openat(
+                base,
+                name,
+                OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            );
             let fd = match step {
                 Ok(fd) => fd,
+                // Missing: made right here, in a directory the chain
+                // holds open, so a deep path costs one mkdir per level
+                // rather than a resolution from the root per level.
+                Err(Errno::ENOENT) if create => match make_dir_at(base, name) {
+                    Ok(fd) => fd,
+                    Err(Errno::EEXIST) => open_dir(&root, &components[..=i], create)?,
+                    Err(e) => {
+                        return Err(errno(format!("creating {}", display(&components[..=i])), e))
+                    }
+                },
                 // Missing, a symlink, or not a directory: the full
                 // resolution inside the root decides (and creates).
                 Err(Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP) => {

@@ -58,6 +58,21 @@ impl RawTar {
         }
     }
 
+    /// A regular file whose name, longer than a ustar header holds, comes
+    /// in a GNU long-name entry before it.
+    fn gnu_long_name(&mut self, name: &[u8], data: &[u8]) {
+        let mut long = name.to_vec();
+        long.push(0);
+        self.entry(
+            b"././@LongLink",
+            tar::EntryType::GNULongName,
+            b"",
+            &long,
+            0o644,
+        );
+        self.entry(&name[..99], tar::EntryType::Regular, b"", data, 0o644);
+    }
+
     fn file(&mut self, name: &str, data: &[u8]) {
         self.entry(name.as_bytes(), tar::EntryType::Regular, b"", data, 0o644);
     }
@@ -194,13 +209,82 @@ impl Case {
         assert_eq!(before, after, "something outside the root changed");
         result.is_ok()
     }
+}
 
-    fn both(&self, layer: &[u8]) {
-        self.apply_checked(layer, true);
-        let native = Case::new();
-        native.apply_checked(layer, false);
+/// What one layer of an attack must come to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Applied,
+    Refused,
+}
+
+/// One layer of an attack, and what it must come to under overlay rules
+/// and under native rules.
+struct Step {
+    layer: Vec<u8>,
+    overlay: Outcome,
+    native: Outcome,
+}
+
+impl Step {
+    fn both(outcome: Outcome, build: impl FnOnce(&mut RawTar)) -> Step {
+        Step::each(outcome, outcome, build)
+    }
+
+    fn each(overlay: Outcome, native: Outcome, build: impl FnOnce(&mut RawTar)) -> Step {
+        let mut t = RawTar::new();
+        build(&mut t);
+        Step {
+            layer: t.finish(),
+            overlay,
+            native,
+        }
     }
 }
+
+/// Runs an attack twice, once with overlay rules and once with native
+/// rules, each on a fresh root: the layers `steps` makes for that case are
+/// applied in turn to the same root, the canaries are checked after every
+/// layer, and each layer must come to its expected outcome. Hostile
+/// entries get a layer each, so an entry refused early cannot keep the
+/// ones after it from being tried. Returns the (overlay, native) cases so
+/// the caller can look at where things landed.
+fn attack(steps: impl Fn(&Case) -> Vec<Step>) -> (Case, Case) {
+    let run = |overlay: bool| {
+        let case = Case::new();
+        for (i, step) in steps(&case).into_iter().enumerate() {
+            let expected = if overlay { step.overlay } else { step.native };
+            let applied = case.apply_checked(&step.layer, overlay);
+            let outcome = if applied {
+                Outcome::Applied
+            } else {
+                Outcome::Refused
+            };
+            assert_eq!(
+                outcome,
+                expected,
+                "layer {i} with {} rules",
+                if overlay { "overlay" } else { "native" }
+            );
+        }
+        case
+    };
+    (run(true), run(false))
+}
+
+fn is_symlink(path: &Path) -> bool {
+    std::fs::symlink_metadata(path)
+        .map(|m| m.file_type().is_symlink())
+        .unwrap_or(false)
+}
+
+fn is_dir(path: &Path) -> bool {
+    std::fs::symlink_metadata(path)
+        .map(|m| m.file_type().is_dir())
+        .unwrap_or(false)
+}
+
+use Outcome::{Applied, Refused};
 
 #[test]
 fn dotdot_names_stay_inside() {
@@ -233,110 +317,157 @@ fn absolute_names_stay_inside() {
 
 #[test]
 fn symlink_then_write_through() {
-    let case = Case::new();
-    let mut t = RawTar::new();
-    t.symlink("link", &case.outside.display().to_string());
-    t.file("link/canary", b"pwned");
-    t.dir("link/canary-dir", 0o777);
-    t.file("link/canary-dir/inner", b"pwned");
-    case.both(&t.finish());
+    let (overlay, native) = attack(|case| {
+        let outside = case.outside.display().to_string();
+        vec![
+            Step::both(Applied, |t| t.symlink("link", &outside)),
+            // `link` resolves inside the root, where its target is not.
+            Step::both(Refused, |t| t.file("link/canary", b"pwned")),
+            Step::both(Refused, |t| t.dir("link/canary-dir", 0o777)),
+            Step::both(Refused, |t| t.file("link/canary-dir/inner", b"pwned")),
+            // A directory entry over the symlink replaces it; it never
+            // follows it to chmod the directory outside.
+            Step::both(Applied, |t| t.dir("link", 0o777)),
+            Step::both(Applied, |t| t.file("link/canary", b"inside")),
+        ]
+    });
+    for case in [overlay, native] {
+        assert!(is_dir(&case.root.join("link")));
+        assert_eq!(
+            std::fs::read(case.root.join("link/canary")).unwrap(),
+            b"inside"
+        );
+    }
 }
 
 #[test]
 fn symlink_up_and_out() {
-    let case = Case::new();
-    let mut t = RawTar::new();
-    t.symlink("up", "../../../../../../../../outside");
-    t.symlink("deep/up2", "../../outside");
-    t.file("up/canary", b"pwned");
-    t.file("deep/up2/canary", b"pwned");
-    t.symlink("file-link", "../outside/canary");
-    t.file("file-link", b"pwned");
-    case.both(&t.finish());
+    let (overlay, native) = attack(|_| {
+        vec![
+            Step::both(Applied, |t| {
+                t.symlink("up", "../../../../../../../../outside")
+            }),
+            Step::both(Applied, |t| t.symlink("deep/up2", "../../outside")),
+            // Both resolve to `/outside` of the root, which is not there.
+            Step::both(Refused, |t| t.file("up/canary", b"pwned")),
+            Step::both(Refused, |t| t.file("deep/up2/canary", b"pwned")),
+            Step::both(Refused, |t| t.dir("up/canary-dir", 0o777)),
+            // Once the root has an `/outside`, the same entries land there.
+            Step::both(Applied, |t| t.dir("outside", 0o755)),
+            Step::both(Applied, |t| t.file("up/canary", b"up")),
+            Step::both(Applied, |t| t.file("deep/up2/canary2", b"up2")),
+            // A file entry over a symlink to the canary replaces the link.
+            Step::both(Applied, |t| t.symlink("file-link", "../outside/canary")),
+            Step::both(Applied, |t| t.file("file-link", b"pwned")),
+        ]
+    });
+    for case in [overlay, native] {
+        let root = &case.root;
+        assert_eq!(std::fs::read(root.join("outside/canary")).unwrap(), b"up");
+        assert_eq!(std::fs::read(root.join("outside/canary2")).unwrap(), b"up2");
+        assert!(!is_symlink(&root.join("file-link")));
+        assert_eq!(std::fs::read(root.join("file-link")).unwrap(), b"pwned");
+    }
 }
 
 #[test]
 fn symlink_planted_in_a_lower_layer() {
-    let case = Case::new();
-    let mut lower = RawTar::new();
-    lower.symlink("etc", &case.outside.display().to_string());
-    assert!(case.apply_checked(&lower.finish(), false));
-    let mut upper = RawTar::new();
-    upper.file("etc/canary", b"pwned");
-    upper.dir("etc", 0o777);
-    upper.file("etc/new", b"x");
-    case.apply_checked(&upper.finish(), false);
+    let (overlay, native) = attack(|case| {
+        let outside = case.outside.display().to_string();
+        vec![
+            Step::both(Applied, |t| t.symlink("etc", &outside)),
+            Step::both(Refused, |t| t.file("etc/canary", b"pwned")),
+            Step::both(Refused, |t| t.hardlink("etc/canary-link", "etc/canary")),
+            Step::both(Refused, |t| t.symlink("etc/canary", "/x")),
+            Step::both(Refused, |t| t.dir("etc/canary-dir", 0o777)),
+            // The planted link is replaced, never followed.
+            Step::both(Applied, |t| t.dir("etc", 0o777)),
+            Step::both(Applied, |t| t.file("etc/new", b"x")),
+        ]
+    });
+    for case in [overlay, native] {
+        assert!(is_dir(&case.root.join("etc")));
+        let mode = std::fs::metadata(case.root.join("etc")).unwrap().mode();
+        assert_eq!(mode & 0o7777, 0o777);
+        assert_eq!(std::fs::read(case.root.join("etc/new")).unwrap(), b"x");
+    }
 }
 
 #[test]
 fn hardlink_down_and_out() {
-    let case = Case::new();
-    let mut t = RawTar::new();
-    t.hardlink("hl", "../outside/canary");
-    t.file("hl", b"pwned");
-    let canary = case.canary();
-    t.hardlink("hl-abs", &canary);
-    case.both(&t.finish());
-    assert_eq!(
-        std::fs::metadata(case.outside.join("canary"))
-            .unwrap()
-            .nlink(),
-        1
-    );
+    let (overlay, native) = attack(|case| {
+        let canary = case.canary();
+        vec![
+            // Link targets resolve inside the root, where there is no
+            // canary to link to.
+            Step::both(Refused, |t| t.hardlink("hl", "../outside/canary")),
+            Step::both(Refused, |t| t.hardlink("hl-abs", &canary)),
+            Step::both(Applied, |t| t.file("hl", b"pwned")),
+            // A symlink inside the root that points out is linked itself,
+            // never followed.
+            Step::both(Applied, |t| t.symlink("sym", &canary)),
+            Step::both(Applied, |t| t.hardlink("hl-sym", "sym")),
+            Step::both(Applied, |t| t.file("hl-sym", b"pwned")),
+        ]
+    });
+    for case in [overlay, native] {
+        let canary = std::fs::metadata(case.outside.join("canary")).unwrap();
+        assert_eq!(canary.nlink(), 1);
+        assert_eq!(std::fs::read(case.root.join("hl")).unwrap(), b"pwned");
+        assert!(is_symlink(&case.root.join("sym")));
+        assert!(!is_symlink(&case.root.join("hl-sym")));
+    }
 }
 
 #[test]
 fn hardlink_to_a_symlink_then_chmod() {
-    let case = Case::new();
-    let mut t = RawTar::new();
-    t.symlink("sym", &case.canary());
-    t.hardlink("hl", "sym");
-    t.entry(b"hl", tar::EntryType::Regular, b"", b"pwned", 0o777);
-    t.symlink("sym2", &case.canary());
-    t.hardlink("hl2", "sym2");
-    t.dir("hl2", 0o777);
-    case.both(&t.finish());
+    let (overlay, native) = attack(|case| {
+        let canary = case.canary();
+        vec![
+            Step::both(Applied, |t| t.symlink("sym", &canary)),
+            Step::both(Applied, |t| t.hardlink("hl", "sym")),
+            Step::both(Applied, |t| {
+                t.entry(b"hl", tar::EntryType::Regular, b"", b"pwned", 0o777)
+            }),
+            Step::both(Applied, |t| t.symlink("sym2", &canary)),
+            Step::both(Applied, |t| t.hardlink("hl2", "sym2")),
+            Step::both(Applied, |t| t.dir("hl2", 0o777)),
+        ]
+    });
+    for case in [overlay, native] {
+        assert_eq!(std::fs::read(case.root.join("hl")).unwrap(), b"pwned");
+        assert!(is_dir(&case.root.join("hl2")));
+        assert!(is_symlink(&case.root.join("sym2")));
+    }
 }
 
 #[test]
 fn whiteout_of_dotdot_and_through_symlinks() {
-    for layer in [
-        {
-            let mut t = RawTar::new();
-            t.file(".wh...", b"");
-            t.finish()
-        },
-        {
-            let mut t = RawTar::new();
-            t.file("a/.wh...", b"");
-            t.finish()
-        },
-        {
-            let mut t = RawTar::new();
-            t.symlink("w", &Case::new().outside.display().to_string());
-            t.file("w/.wh.canary", b"");
-            t.file("w/canary-dir/.wh..wh..opq", b"");
-            t.file("../outside/.wh.canary", b"");
-            t.finish()
-        },
-    ] {
-        let case = Case::new();
-        case.both(&layer);
-    }
-    // The whiteout-through-symlink layer names the canary of its own case.
-    let case = Case::new();
-    let mut t = RawTar::new();
-    t.symlink("w", &case.outside.display().to_string());
-    t.file("w/.wh.canary", b"");
-    t.file("w/canary-dir/.wh..wh..opq", b"");
-    t.file("../outside/.wh.canary", b"");
-    case.both(&t.finish());
-    let mut t = RawTar::new();
-    t.file(".wh...", b"");
+    let (overlay, native) = attack(|case| {
+        let outside = case.outside.display().to_string();
+        vec![
+            Step::both(Refused, |t| t.file(".wh...", b"")),
+            Step::both(Refused, |t| t.file("a/.wh...", b"")),
+            Step::both(Refused, |t| t.file(".wh..", b"")),
+            Step::both(Applied, |t| t.symlink("w", &outside)),
+            // Through the symlink: resolved inside the root, where the
+            // target is not.
+            Step::each(Refused, Applied, |t| t.file("w/.wh.canary", b"")),
+            Step::each(Refused, Applied, |t| {
+                t.file("w/canary-dir/.wh..wh..opq", b"")
+            }),
+            // `..` is cleaned away: this names `outside/` of the root.
+            Step::both(Applied, |t| t.file("../outside/.wh.canary", b"")),
+            Step::both(Applied, |t| t.file("../outside/.wh..wh..opq", b"")),
+        ]
+    });
     assert!(
-        !case.apply_checked(&t.finish(), false),
-        "whiteout of .. is refused"
+        std::fs::symlink_metadata(overlay.root.join("outside/canary"))
+            .unwrap()
+            .file_type()
+            .is_char_device()
     );
+    assert!(!native.root.join("outside").exists());
 }
 
 #[test]
@@ -355,41 +486,56 @@ fn pax_size_that_disagrees_with_ustar() {
     // The PAX record claims no data; the ustar header claims 1024 bytes,
     // which hold a hidden header for an escaping file. Whatever a parser
     // makes of it, nothing may land outside.
-    let case = Case::new();
-    let mut hidden = RawTar::new();
-    hidden.file("../outside/canary", b"pwned");
-    let hidden = hidden.0;
-    let mut t = RawTar::new();
-    t.pax(&[("size", "0")]);
-    t.entry(b"smuggler", tar::EntryType::Regular, b"", &hidden, 0o644);
-    t.file("after", b"after");
-    case.both(&t.finish());
-    let mut t = RawTar::new();
-    t.pax(&[("size", "99999999")]);
-    t.file("short", b"x");
-    case.both(&t.finish());
+    let (overlay, native) = attack(|_| {
+        let mut hidden = RawTar::new();
+        hidden.file("../outside/canary", b"pwned");
+        let hidden = hidden.0;
+        vec![
+            Step::both(Applied, |t| {
+                t.pax(&[("size", "0")]);
+                t.entry(b"smuggler", tar::EntryType::Regular, b"", &hidden, 0o644);
+                t.file("after", b"after");
+            }),
+            Step::both(Refused, |t| {
+                t.pax(&[("size", "99999999")]);
+                t.file("short", b"x");
+            }),
+        ]
+    });
+    for case in [overlay, native] {
+        // The PAX size wins: the hidden header is read as an entry of its
+        // own, and lands inside the root.
+        assert_eq!(
+            std::fs::metadata(case.root.join("smuggler")).unwrap().len(),
+            0
+        );
+        assert_eq!(
+            std::fs::read(case.root.join("outside/canary")).unwrap(),
+            b"pwned"
+        );
+        assert_eq!(std::fs::read(case.root.join("after")).unwrap(), b"after");
+    }
 }
 
 #[test]
 fn deep_paths() {
-    let case = Case::new();
     let deep = "d/".repeat(1500) + "file";
-    let mut t = tar::Builder::new(Vec::new());
-    let mut header = tar::Header::new_gnu();
-    header.set_size(4);
-    header.set_mode(0o644);
-    header.set_cksum();
-    t.append_data(&mut header, &deep, &b"deep"[..]).unwrap();
-    let mut header = tar::Header::new_gnu();
-    header.set_size(5);
-    header.set_mode(0o644);
-    header.set_cksum();
     let climb = "../".repeat(1500) + "outside/canary";
-    // The builder refuses `..`; use the raw form through a GNU long name.
-    let _ = t.append_data(&mut header, &climb, &b"pwned"[..]);
-    let layer = t.into_inner().unwrap();
-    // Deeper than PATH_MAX may fail; it must not escape either way.
-    case.apply_checked(&layer, false);
+    for overlay in [true, false] {
+        let case = Case::new();
+        // Deeper than PATH_MAX may fail; it must not escape either way.
+        let mut t = RawTar::new();
+        t.gnu_long_name(deep.as_bytes(), b"deep");
+        case.apply_checked(&t.finish(), overlay);
+        // `..` is cleaned away, whatever the depth.
+        let mut t = RawTar::new();
+        t.gnu_long_name(climb.as_bytes(), b"pwned");
+        assert!(case.apply_checked(&t.finish(), overlay));
+        assert_eq!(
+            std::fs::read(case.root.join("outside/canary")).unwrap(),
+            b"pwned"
+        );
+    }
 }
 
 #[test]
