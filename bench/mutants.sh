@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# Mutation testing of berth's safety-critical code with cargo-mutants: each
+# area names the files (and, where a file mixes concerns, the functions)
+# whose mutants must be caught, and the tests that are meant to catch them.
+#
+#   bench/mutants.sh                 every area
+#   bench/mutants.sh peer gc-mark    only those areas
+#   bench/mutants.sh --list          the areas and how many mutants each has
+#
+# Results: target/mutants/<area>/mutants.out/{caught,missed,timeout,unviable}.txt
+# and a summary table on stdout (docs/testing.md records the figures and
+# explains each survivor that is equivalent).
+#
+# Run as root: the tests behind several areas mount filesystems, create
+# users or start containerd. On this 2-core machine the whole run takes
+# hours; one area takes minutes to an hour (see docs/testing.md).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$(pwd)
+
+if ! command -v cargo-mutants >/dev/null 2>&1; then
+  cargo install --locked cargo-mutants
+fi
+
+# One target directory outside the tree, kept between runs: the copies
+# cargo-mutants makes of the tree reuse the compiled dependencies instead
+# of building the workspace from scratch for every area.
+export CARGO_TARGET_DIR=${BERTH_MUTANTS_TARGET:-/var/tmp/berth-mutants-target}
+out=${BERTH_MUTANTS_OUT:-$repo/target/mutants}
+mkdir -p "$out"
+
+# area | files (comma-separated) | function filter (regex, or -) |
+# test packages (comma-separated) | cargo test target selection
+#
+# The end-to-end tests (package berth-e2e) run the daemons' binaries from
+# the target directory. A daemon's binary is rebuilt with the mutant when
+# one of its own integration tests is selected, which is why, for example,
+# the content area selects contentd's `recovery` test.
+areas='
+ids|libs/ids/src/validate.rs,libs/ids/src/digest.rs|-|berth-ids|--lib
+metadata-validate|libs/metadata/src/validate.rs|-|berth-metadata|--lib
+peer|libs/daemon/src/peer.rs|-|berth-daemon,berth-contentd,berth-e2e|--lib --test recovery --test contentd
+gc-mark|bins/metad/src/gc/mark.rs|-|berth-metad|--lib
+conditional-deletes|bins/contentd/src/store.rs,bins/snapd/src/local.rs|if_unchanged|berth-contentd,berth-snapd|--lib --test local_conformance
+content-ingest|bins/contentd/src/ingest.rs,bins/contentd/src/store.rs|-|berth-contentd,berth-e2e|--lib --test local_conformance --test recovery --test contentd --test cli_content
+snapd-apply|bins/snapd/src/apply.rs|-|berth-snapd|--lib --test apply_breakouts --test native_copy
+snapd-unpack|bins/snapd/src/unpack.rs|-|berth-snapd,berth-e2e|--lib --test sync_fs --test snapd_unpack
+snapd-diff|bins/snapd/src/diff.rs|-|berth-snapd,berth-e2e|--lib --test snapd_cli
+shim-kill-exit|bins/shim/src/service.rs|[Kk]ill|[Ee]xit|[Ww]ait|containerd-shim-berth-v2|--bins --test ctr
+'
+
+list=false
+wanted=()
+for arg in "$@"; do
+  case "$arg" in
+    --list) list=true ;;
+    *) wanted+=("$arg") ;;
+  esac
+done
+
+selected() {
+  [ ${#wanted[@]} -eq 0 ] && return 0
+  local w
+  for w in "${wanted[@]}"; do [ "$w" = "$1" ] && return 0; done
+  return 1
+}
+
+summary=()
+while IFS='|' read -r area files filter packages targets; do
+  [ -n "$area" ] || continue
+  # The shim area's filter holds '|': the last field is the targets.
+  if [ "$area" = shim-kill-exit ]; then
+    filter='[Kk]ill|[Ee]xit|[Ww]ait'
+    packages=containerd-shim-berth-v2
+    targets='--bins --test ctr'
+  fi
+  selected "$area" || continue
+  args=()
+  IFS=',' read -ra fs <<<"$files"
+  for f in "${fs[@]}"; do args+=(--file "$f"); done
+  [ "$filter" = - ] || args+=(--re "$filter")
+  IFS=',' read -ra ps <<<"$packages"
+  for p in "${ps[@]}"; do args+=(--test-package "$p"); done
+  if $list; then
+    printf '%-20s %s\n' "$area" "$(cargo mutants --list "${args[@]}" | wc -l)"
+    continue
+  fi
+  # The binaries the end-to-end tests start, built unmutated first: a
+  # mutant's run rebuilds only the daemon under test.
+  cargo build --workspace --bins --quiet
+  start=$(date +%s)
+  # shellcheck disable=SC2086 # the target selection is several words
+  cargo mutants "${args[@]}" --jobs 1 --no-shuffle \
+    --output "$out/$area" -- $targets || true
+  secs=$(( $(date +%s) - start ))
+  dir="$out/$area/mutants.out"
+  count() { [ -f "$dir/$1.txt" ] && wc -l <"$dir/$1.txt" || echo 0; }
+  summary+=("$(printf '| %s | %s | %s | %s | %s | %s | %s |' "$area" \
+    "$(( $(count caught) + $(count missed) + $(count timeout) + $(count unviable) ))" \
+    "$(count caught)" "$(count missed)" "$(count timeout)" "$(count unviable)" "$secs")")
+  if [ -s "$dir/missed.txt" ]; then
+    echo "== $area: survivors"
+    cat "$dir/missed.txt"
+  fi
+done <<<"$areas"
+
+if ! $list && [ ${#summary[@]} -gt 0 ]; then
+  echo
+  echo '| area | mutants | caught | missed | timeout | unviable | seconds |'
+  echo '|---|---|---|---|---|---|---|'
+  printf '%s\n' "${summary[@]}"
+fi
+# The binaries left in the shared target may be a mutant's: rebuild them.
+$list || cargo build --workspace --bins --quiet
