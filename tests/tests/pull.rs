@@ -12,9 +12,10 @@ use berth_client::RemoteContentStore;
 use berth_content::ContentStore;
 use berth_e2e::fake_registry::{Behaviour, FakeRegistry};
 use berth_e2e::images::{busybox_rootfs, files_rootfs, Blob, Layout, OCI_MANIFEST};
+use berth_e2e::loop_mount::LoopMount;
 use berth_e2e::registry::Registry;
 use berth_e2e::stack::Stack;
-use berth_e2e::{is_root, require, BlockSource};
+use berth_e2e::{is_root, require, BlockSource, Daemon};
 use berth_ids::Digest;
 use berth_snapshot::chain_ids;
 
@@ -259,13 +260,14 @@ async fn a_pulled_image_unpacks_by_its_name() {
     assert!(err.contains("not found"), "{err}");
 }
 
-/// Serves the layout's image from the fake registry, which can trickle.
-fn serve_from_layout(registry: &FakeRegistry, layout: &Layout, image: &TestImage) {
+/// Serves the layout's image from the fake registry, which can trickle,
+/// as `repo:v1`.
+fn serve_from_layout(registry: &FakeRegistry, repo: &str, layout: &Layout, image: &TestImage) {
     let blob = |d: &Digest| std::fs::read(layout.dir.join("blobs/sha256").join(d.hex())).unwrap();
     let manifest = blob(&image.manifest.digest);
-    registry.put("test/slow", "manifests", "v1", OCI_MANIFEST, &manifest);
+    registry.put(repo, "manifests", "v1", OCI_MANIFEST, &manifest);
     registry.put(
-        "test/slow",
+        repo,
         "manifests",
         image.manifest.digest.as_str(),
         OCI_MANIFEST,
@@ -273,7 +275,7 @@ fn serve_from_layout(registry: &FakeRegistry, layout: &Layout, image: &TestImage
     );
     for digest in image.blobs().iter().skip(1) {
         registry.put(
-            "test/slow",
+            repo,
             "blobs",
             digest.as_str(),
             "application/octet-stream",
@@ -291,7 +293,7 @@ async fn a_collection_during_a_pull_takes_nothing_the_pull_holds() {
     let layout = Layout::new(&dir.path().join("layout"));
     let image = build_image(dir.path(), &layout, 3 * 1024 * 1024);
     let registry = FakeRegistry::start(Behaviour::default()).await;
-    serve_from_layout(&registry, &layout, &image);
+    serve_from_layout(&registry, "test/slow", &layout, &image);
     // The top layer comes slowly: the collection runs while it does.
     registry
         .behaviour
@@ -345,4 +347,76 @@ async fn a_collection_during_a_pull_takes_nothing_the_pull_holds() {
     let mut want = chains.clone();
     want.sort();
     assert_eq!(snapshots, want);
+}
+
+/// `berth pull --sync-fs` writes each layer back before committing it,
+/// and `berth pull` does not: the flag goes from the CLI through the
+/// unpack requests to snapd's apply. Measured by what ext4 reports
+/// written to the device of snapd's root, a fresh loop filesystem (as the
+/// apply-level test in bins/snapd/tests/sync_fs.rs measures it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_sync_fs_reaches_snapd_from_the_cli() {
+    if !require(is_root(), "berth-snapd needs root")
+        || !require(
+            Path::new("/bin/busybox").exists(),
+            "busybox-static is needed",
+        )
+    {
+        return;
+    }
+    let Some(fs) = LoopMount::ext4(256 << 20) else {
+        return;
+    };
+    const BIG: usize = 32 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let layout = Layout::new(&dir.path().join("layout"));
+    let image = build_image(dir.path(), &layout, BIG);
+    let registry = FakeRegistry::start(Behaviour::default()).await;
+    serve_from_layout(&registry, "test/synced", &layout, &image);
+    let reference = format!("{}/test/synced:v1", registry.host);
+    // Only snapd's root and state are on the loop filesystem (and the
+    // daemons, declared after it, are dropped before it is unmounted).
+    let contentd = Daemon::contentd(&dir.path().join("contentd"));
+    let snapd = Daemon::snapd(&fs.dir.join("snapd"), &contentd);
+    let metad = Daemon::metad(&dir.path().join("metad"), &contentd, &snapd);
+    let stack = Stack {
+        dir: dir.path().to_path_buf(),
+        contentd,
+        snapd,
+        metad,
+    };
+    // One namespace each: the same layers are fetched and applied afresh.
+    let pull = |ns: &str, extra: &[&str]| {
+        let mut args = vec!["-n", ns, "pull", "--quiet"];
+        args.extend_from_slice(extra);
+        args.push(&reference);
+        // The registry serves from this runtime's other tasks.
+        let (written, (ok, _, err)) =
+            tokio::task::block_in_place(|| fs.kib_written_by(|| stack.berth(&args)));
+        assert!(ok, "berth {args:?}: {err}");
+        let list = stack.berth_json(&["-n", ns, "snapshots", "ls"]);
+        let mut names: Vec<String> = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["kind"] == "committed")
+            .map(|s| s["name"].as_str().unwrap().to_string())
+            .collect();
+        names.sort();
+        let mut want = image.chains();
+        want.sort();
+        assert_eq!(names, want);
+        written
+    };
+    let big_kib = BIG as u64 >> 10;
+    // Without: the big file waits in the page cache (writeback starts
+    // after 30 s, or under memory pressure).
+    let lazy = pull("lazy", &[]);
+    assert!(lazy < big_kib, "without --sync-fs: {lazy} KiB written");
+    let synced = pull("synced", &["--sync-fs"]);
+    eprintln!("KiB written: {lazy} without --sync-fs, {synced} with");
+    assert!(
+        synced >= big_kib,
+        "with --sync-fs: {synced} KiB written, the big file alone is {big_kib} KiB"
+    );
 }

@@ -192,3 +192,69 @@ async fn unpack_snapshots_and_diff_from_the_cli() {
     assert!(tree.contains("    work (active)"), "{tree}");
     assert!(cli(&["snapshots", "rm", "work"]).0);
 }
+
+/// The file of [`sync_fs_image`]: big enough that what ext4 writes shows
+/// whether it was synced.
+const SYNC_FILE_BYTES: usize = 32 << 20;
+
+/// `berth unpack --sync-fs` writes the layers back before it returns, and
+/// `berth unpack` does not: the flag goes from the CLI through the
+/// request to snapd's apply. Measured by what ext4 reports written to the
+/// device of snapd's root, a fresh loop filesystem (as the apply-level
+/// test in bins/snapd/tests/sync_fs.rs measures it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unpack_sync_fs_reaches_snapd_from_the_cli() {
+    if !berth_e2e::require(berth_e2e::is_root(), "berth-snapd needs root") {
+        return;
+    }
+    let Some(fs) = berth_e2e::loop_mount::LoopMount::ext4(256 << 20) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let contentd = Daemon::contentd(&dir.path().join("contentd"));
+    // snapd's root and state on the loop filesystem, nothing else (and
+    // snapd, declared after it, is dropped before it is unmounted).
+    let snapd = Daemon::snapd(&fs.dir.join("snapd"), &contentd);
+    let ssock = snapd.socket.display().to_string();
+
+    let layout = Layout::new(&dir.path().join("layout"));
+    let data: Vec<u8> = (0..SYNC_FILE_BYTES).map(|i| (i % 251) as u8 + 1).collect();
+    let layer = layout.add_layer(&files_rootfs(&dir.path().join("r"), &[("big", data)]));
+    let manifest = layout.add_image(&[layer], "amd64", false);
+    let store = RemoteContentStore::connect(&contentd.socket).await.unwrap();
+    for ns in ["lazy", "synced"] {
+        for entry in std::fs::read_dir(layout.dir.join("blobs/sha256")).unwrap() {
+            let data = std::fs::read(entry.unwrap().path()).unwrap();
+            berth_content::write_blob(
+                &store,
+                ns,
+                &format!("b-{}", Digest::of(&data).hex()),
+                &data,
+                None,
+                Default::default(),
+            )
+            .await
+            .unwrap();
+        }
+    }
+    // One namespace each: the same layer is applied afresh in both.
+    let unpack = |ns: &str, extra: &[&str]| {
+        let mut args = vec!["--snapd", ssock.as_str(), "-n", ns, "unpack"];
+        args.push(manifest.digest.as_str());
+        args.extend_from_slice(extra);
+        let (written, (ok, _, err)) = fs.kib_written_by(|| berth(&contentd.socket, &args, None));
+        assert!(ok, "berth {args:?}: {err}");
+        written
+    };
+    let file_kib = SYNC_FILE_BYTES as u64 >> 10;
+    // Without: the file waits in the page cache (writeback starts after
+    // 30 s, or under memory pressure).
+    let lazy = unpack("lazy", &[]);
+    assert!(lazy < file_kib, "without --sync-fs: {lazy} KiB written");
+    let synced = unpack("synced", &["--sync-fs"]);
+    eprintln!("KiB written: {lazy} without --sync-fs, {synced} with");
+    assert!(
+        synced >= file_kib,
+        "with --sync-fs: {synced} KiB written, the file alone is {file_kib} KiB"
+    );
+}

@@ -427,7 +427,10 @@ impl Unpacker {
             match committed {
                 Ok(()) => applied += 1,
                 Err(e) => {
-                    let _ = snapshotter.remove(namespace, &key).await;
+                    if let Err(removal) = snapshotter.remove(namespace, &key).await {
+                        // Left for the next start's cleanup of scratch snapshots.
+                        tracing::warn!(%key, error = %removal, "cannot remove an unpack's scratch snapshot");
+                    }
                     if e.kind() != ErrorKind::AlreadyExists {
                         return Err(e.context(format!("layer {} ({})", i, layer.digest)));
                     }
@@ -495,12 +498,17 @@ impl Unpacker {
             let mut hasher = Sha256Hasher::new();
             let mut offset = 0u64;
             while offset < size {
-                let chunk = store
-                    .read_at(&namespace_owned, &digest, offset, MAX_READ)
-                    .await;
+                // Never past the descriptor's size: the bytes hashed and
+                // applied are exactly the ones the descriptor names.
+                let want = usize::try_from(size - offset).map_or(MAX_READ, |n| n.min(MAX_READ));
+                let chunk = store.read_at(&namespace_owned, &digest, offset, want).await;
                 let chunk = match chunk {
                     Ok(c) if c.is_empty() => Err(Error::internal(format!(
                         "{digest} ended at {offset} of {size} bytes"
+                    ))),
+                    Ok(c) if c.len() > want => Err(Error::internal(format!(
+                        "{digest}: asked for {want} bytes at {offset}, got {}",
+                        c.len()
                     ))),
                     other => other,
                 };
