@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use berth_api::content as pb;
 use berth_client::{request_context, RemoteContentStore};
 use berth_content::{read_blob, CommitOptions, ContentStore, WriterOptions, MAX_READ};
-use berth_e2e::{binary, is_root, require, BlockSource, Daemon};
+use berth_e2e::{berth, binary, is_root, require, BlockSource, Daemon};
 use berth_errdefs::{Error, ErrorKind};
 use berth_ids::{Digest, Sha256Hasher};
 
@@ -478,6 +478,250 @@ fn callers_other_than_root_the_daemon_user_or_its_group_are_refused() {
     assert!(ok, "{stderr}");
 }
 
+/// Users and groups made for one test with the shadow tools, removed again
+/// when dropped, also when the test fails half-way.
+#[derive(Default)]
+struct Accounts {
+    users: Vec<String>,
+    groups: Vec<String>,
+}
+
+/// A user of [`Accounts`]: its name, uid and primary gid.
+struct Account {
+    name: String,
+    uid: u32,
+    gid: u32,
+}
+
+impl Accounts {
+    /// A name unique to this test process; `useradd` takes at most 32 bytes.
+    fn name(role: &str) -> String {
+        format!("berth-t{}-{role}", std::process::id())
+    }
+
+    /// A new group; returns its name and gid.
+    fn group(&mut self, role: &str) -> (String, u32) {
+        let name = Accounts::name(role);
+        if nix::unistd::Group::from_name(&name).unwrap().is_some() {
+            // Left by an earlier run that died with this pid.
+            shadow_tool(&["groupdel", &name]);
+        }
+        shadow_tool(&["groupadd", &name]);
+        self.groups.push(name.clone());
+        let group = nix::unistd::Group::from_name(&name).unwrap().unwrap();
+        (name, group.gid.as_raw())
+    }
+
+    /// A new user without a home, whose primary group is nogroup (65534)
+    /// and who is a supplementary member of `groups` (by name).
+    fn user(&mut self, role: &str, groups: &[&str]) -> Account {
+        let name = Accounts::name(role);
+        if nix::unistd::User::from_name(&name).unwrap().is_some() {
+            shadow_tool(&["userdel", &name]);
+        }
+        let joined = groups.join(",");
+        let mut args = vec![
+            "useradd",
+            "--no-create-home",
+            "--no-user-group",
+            "--gid",
+            "65534",
+            "--shell",
+            "/usr/sbin/nologin",
+        ];
+        if !groups.is_empty() {
+            args.extend(["--groups", joined.as_str()]);
+        }
+        args.push(&name);
+        shadow_tool(&args);
+        self.users.push(name.clone());
+        let user = nix::unistd::User::from_name(&name).unwrap().unwrap();
+        Account {
+            name,
+            uid: user.uid.as_raw(),
+            gid: user.gid.as_raw(),
+        }
+    }
+}
+
+impl Drop for Accounts {
+    fn drop(&mut self) {
+        for user in self.users.drain(..).rev() {
+            if let Err(e) = try_shadow_tool(&["userdel", &user]) {
+                eprintln!("could not remove test user {user}: {e}");
+            }
+        }
+        for group in self.groups.drain(..).rev() {
+            if let Err(e) = try_shadow_tool(&["groupdel", &group]) {
+                eprintln!("could not remove test group {group}: {e}");
+            }
+        }
+    }
+}
+
+/// Runs useradd & co, retrying while another process holds /etc/passwd's
+/// lock (their exit code 10).
+fn try_shadow_tool(args: &[&str]) -> Result<(), String> {
+    let mut last = String::new();
+    for _ in 0..50 {
+        let out = Command::new(args[0])
+            .args(&args[1..])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("{}: {e}", args[0]))?;
+        if out.status.success() {
+            return Ok(());
+        }
+        last = format!("{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        if out.status.code() != Some(10) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Err(last)
+}
+
+fn shadow_tool(args: &[&str]) {
+    if let Err(e) = try_shadow_tool(args) {
+        panic!("{e}");
+    }
+}
+
+/// Runs the berth CLI as `user` with the supplementary groups a login gives
+/// that user (`setpriv --init-groups`), unlike `berth_as`, which drops them
+/// all. Returns (exit ok, stdout, stderr).
+fn berth_as_user(
+    user: &Account,
+    socket: &Path,
+    args: &[&str],
+    stdin: &[u8],
+) -> (bool, String, String) {
+    use std::io::Write;
+    let mut child = Command::new("setpriv")
+        .arg(format!("--reuid={}", user.uid))
+        .arg(format!("--regid={}", user.gid))
+        .arg("--init-groups")
+        .arg("--")
+        .arg(binary("berth"))
+        .args(args)
+        .env("BERTH_CONTENTD_ADDRESS", socket)
+        .env_remove("BERTH_NAMESPACE")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running setpriv");
+    let mut pipe = child.stdin.take().unwrap();
+    let _ = pipe.write_all(stdin);
+    drop(pipe);
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The daemon's log lines refusing a connection from `uid`.
+fn refusals_of(daemon: &Daemon, uid: u32) -> usize {
+    daemon
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("refused connection") && l.contains(&format!("uid={uid} ")))
+        .count()
+}
+
+#[test]
+fn socket_group_admits_supplementary_members_and_no_one_else() {
+    if !require(is_root(), "needs root to add users and act as them") {
+        return;
+    }
+    if !require(
+        ["useradd", "userdel", "groupadd", "groupdel", "setpriv"]
+            .iter()
+            .all(|tool| berth_e2e::on_path(tool)),
+        "needs useradd, userdel, groupadd, groupdel (passwd) and setpriv (util-linux)",
+    ) {
+        return;
+    }
+    if !require(
+        other_user_can_run_berth(),
+        "other users cannot reach target/debug/berth",
+    ) {
+        return;
+    }
+    let mut accounts = Accounts::default();
+    let (group, gid) = accounts.group("g");
+    // In the group only through /etc/group, never as a primary group.
+    let member = accounts.user("m", &[&group]);
+    let outsider = accounts.user("o", &[]);
+    assert_ne!(member.gid, gid);
+
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start_with_args("berth-contentd", dir.path(), &["--socket-group", &group]);
+    // Only the temp dir is opened up: the daemon's 0711 directory and its
+    // 0660 socket owned by the group are as the daemon made them.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let meta = std::fs::metadata(&daemon.socket).unwrap();
+    assert_eq!((meta.mode() & 0o7777, meta.gid()), (0o660, gid));
+
+    // The member is served: a blob it writes is stored.
+    let data = b"written by a member of the socket group\n";
+    let (ok, out, stderr) = berth_as_user(
+        &member,
+        &daemon.socket,
+        &["content", "ingest", "by-member"],
+        data,
+    );
+    assert!(
+        ok,
+        "{} (in --socket-group) was refused: {stderr}",
+        member.name
+    );
+    assert_eq!(out.trim(), Digest::of(data).as_str());
+    // Root is served, and sees the member's blob.
+    let (ok, out, stderr) = berth(&daemon.socket, &["content", "ls", "-q"], None);
+    assert!(ok, "{stderr}");
+    assert!(
+        String::from_utf8_lossy(&out).contains(Digest::of(data).as_str()),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+    // The outsider is stopped by the socket's mode before the daemon sees it.
+    let (ok, _, stderr) = berth_as_user(&outsider, &daemon.socket, &["content", "ls"], b"");
+    assert!(!ok, "a caller outside --socket-group was served");
+    assert!(stderr.contains("ermission denied"), "{stderr}");
+
+    // With the socket open to all, only the daemon's own check stands
+    // between a caller and it: it still serves the member and refuses the
+    // outsider.
+    std::fs::set_permissions(&daemon.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let (ok, out, stderr) = berth_as_user(&member, &daemon.socket, &["content", "ls", "-q"], b"");
+    assert!(
+        ok,
+        "{} (in --socket-group) was refused: {stderr}",
+        member.name
+    );
+    assert!(out.contains(Digest::of(data).as_str()), "{out}");
+    let (ok, out, stderr) = berth_as_user(&outsider, &daemon.socket, &["content", "ls", "-q"], b"");
+    assert!(
+        !ok,
+        "a caller outside --socket-group was served by the daemon: {out}"
+    );
+    assert!(stderr.starts_with("berth: "), "{stderr}");
+    assert_eq!(
+        refusals_of(&daemon, outsider.uid),
+        1,
+        "{}",
+        daemon.log_text()
+    );
+    assert_eq!(refusals_of(&daemon, member.uid), 0, "{}", daemon.log_text());
+    let (ok, _, stderr) = berth(&daemon.socket, &["content", "ls"], None);
+    assert!(ok, "{stderr}");
+    drop(daemon);
+    drop(accounts);
+}
+
 #[test]
 fn sigterm_stops_cleanly_and_removes_the_socket() {
     let dir = tempfile::tempdir().unwrap();
@@ -555,6 +799,34 @@ async fn serves_a_systemd_activated_socket() {
     let _ = child.wait();
 }
 
+/// Whether contentd at `socket` answers a real request (a List, which needs
+/// the server's accept loop and a handler; a bound socket alone takes the
+/// connection and never answers). The ceiling only turns a hang into a
+/// failure: a daemon that serves answers whenever it is asked.
+fn answers_a_request(socket: &Path) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let request = async {
+            let store = RemoteContentStore::connect(socket)
+                .await
+                .map_err(|e| format!("connect: {e}"))?;
+            store
+                .list("default", &[])
+                .await
+                .map_err(|e| format!("list: {e}"))
+        };
+        match tokio::time::timeout(Duration::from_secs(30), request).await {
+            Ok(Ok(infos)) if infos.is_empty() => Ok(()),
+            Ok(Ok(infos)) => Err(format!("a fresh store lists {infos:?}")),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err("no answer".to_string()),
+        }
+    })
+}
+
 #[test]
 fn tells_systemd_when_ready_stopping_and_pets_the_watchdog() {
     let dir = tempfile::tempdir().unwrap();
@@ -563,6 +835,21 @@ fn tells_systemd_when_ready_stopping_and_pets_the_watchdog() {
     notify
         .set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
+    // Fill the notify socket's queue before the daemon starts: its first
+    // notification then cannot be delivered (sd_notify's send blocks) until
+    // the test reads, so whatever the daemon does before it can be seen
+    // with READY=1 still unsent.
+    let filler = std::os::unix::net::UnixDatagram::unbound().unwrap();
+    filler.set_nonblocking(true).unwrap();
+    let mut fillers = 0;
+    loop {
+        match filler.send_to(b"FILLER", &notify_path) {
+            Ok(_) => fillers += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => panic!("filling the notify socket: {e}"),
+        }
+    }
+    assert!(fillers > 0);
     let socket = dir.path().join("run/c.sock");
     let mut child = Command::new(binary("berth-contentd"))
         .arg("--root")
@@ -577,20 +864,38 @@ fn tells_systemd_when_ready_stopping_and_pets_the_watchdog() {
         .spawn()
         .unwrap();
     let guard = KillOnDrop(child.id());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !socket.exists() {
+        assert!(Instant::now() < deadline, "contentd never bound its socket");
+        assert!(child.try_wait().unwrap().is_none(), "contentd exited");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // READY=1 cannot have been delivered yet, and requests are answered
+    // already: it is sent only once the daemon serves. A daemon that said
+    // READY=1 before serving would now be stuck saying it, not serving.
+    if let Err(e) = answers_a_request(&socket) {
+        panic!("contentd did not answer while its READY=1 was still unsent ({e}): it is not serving before it says it is ready");
+    }
+
     let mut buf = [0u8; 512];
     let mut seen = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !(seen.iter().any(|m: &String| m.contains("READY=1"))
-        && seen.iter().any(|m| m.contains("WATCHDOG=1")))
-        && Instant::now() < deadline
-    {
+    for _ in 0..fillers {
+        let n = notify.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"FILLER");
+    }
+    // The daemon's first notification is READY=1, and the moment it is
+    // received (before anything else) the daemon answers requests.
+    let n = notify.recv(&mut buf).unwrap();
+    seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    assert!(seen[0].contains("READY=1"), "{seen:?}");
+    if let Err(e) = answers_a_request(&socket) {
+        panic!("contentd said READY=1 but did not answer a request: {e}");
+    }
+    while !seen.iter().any(|m| m.contains("WATCHDOG=1")) && Instant::now() < deadline {
         let n = notify.recv(&mut buf).unwrap();
         seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
     }
-    assert!(seen.iter().any(|m| m.contains("READY=1")), "{seen:?}");
     assert!(seen.iter().any(|m| m.contains("WATCHDOG=1")), "{seen:?}");
-    // Ready means serving.
-    assert!(std::os::unix::net::UnixStream::connect(&socket).is_ok());
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGTERM,

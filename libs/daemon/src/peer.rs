@@ -1,7 +1,7 @@
-use std::os::fd::{BorrowedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 
 use nix::sys::socket::{getsockopt, sockopt};
-use nix::unistd::{Gid, Uid, User};
+use nix::unistd::{Gid, Uid};
 use ttrpc::security_extension::{AcceptHook, HookError, HookOutput};
 
 use crate::DaemonError;
@@ -23,29 +23,51 @@ impl PeerPolicy {
         })
     }
 
-    /// Whether a peer with these credentials may call.
-    pub fn allows(&self, uid: Uid, gid: Gid) -> bool {
+    /// Whether a peer with these credentials may call: `gid` is its
+    /// effective group, `groups` its supplementary groups, both as the
+    /// kernel reports them for the connecting process (not as the group
+    /// database lists them for its user, which a process that dropped or
+    /// gained groups would contradict).
+    pub fn allows(&self, uid: Uid, gid: Gid, groups: &[Gid]) -> bool {
         if uid.is_root() || uid == self.own_uid {
             return true;
         }
-        let Some(group) = self.group else {
-            return false;
+        match self.group {
+            Some(group) => gid == group || groups.contains(&group),
+            None => false,
+        }
+    }
+}
+
+/// The supplementary groups of the process at the other end of `socket`
+/// (SO_PEERGROUPS, as they were when it connected).
+fn peer_groups(socket: BorrowedFd<'_>) -> std::io::Result<Vec<Gid>> {
+    let mut groups: Vec<libc::gid_t> = vec![0; 64];
+    loop {
+        let mut len = (groups.len() * std::mem::size_of::<libc::gid_t>()) as libc::socklen_t;
+        // SAFETY: `groups` is a live buffer of `len` bytes, which the
+        // kernel fills and whose used length it writes back to `len`.
+        let rc = unsafe {
+            libc::getsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PEERGROUPS,
+                groups.as_mut_ptr().cast(),
+                &mut len,
+            )
         };
-        if gid == group {
-            return true;
+        let count = len as usize / std::mem::size_of::<libc::gid_t>();
+        if rc == 0 {
+            groups.truncate(count);
+            return Ok(groups.into_iter().map(Gid::from_raw).collect());
         }
-        // Supplementary groups of the peer's user, from the group database.
-        match User::from_uid(uid) {
-            Ok(Some(user)) => {
-                let Ok(name) = std::ffi::CString::new(user.name) else {
-                    return false;
-                };
-                nix::unistd::getgrouplist(&name, user.gid)
-                    .map(|groups| groups.contains(&group))
-                    .unwrap_or(false)
-            }
-            _ => false,
+        let error = std::io::Error::last_os_error();
+        // Too small: `len` says how much is needed.
+        if error.raw_os_error() == Some(libc::ERANGE) && count > groups.len() {
+            groups.resize(count, 0);
+            continue;
         }
+        return Err(error);
     }
 }
 
@@ -57,7 +79,11 @@ impl AcceptHook for PeerPolicy {
         let creds =
             getsockopt(&socket, sockopt::PeerCredentials).map_err(|e| HookError::Io(e.into()))?;
         let (uid, gid) = (Uid::from_raw(creds.uid()), Gid::from_raw(creds.gid()));
-        if self.allows(uid, gid) {
+        let groups = match self.group {
+            Some(_) => peer_groups(socket).map_err(HookError::Io)?,
+            None => Vec::new(),
+        };
+        if self.allows(uid, gid, &groups) {
             let mut data = ttrpc::ConnectionData::new();
             match crate::liveness::ConnectionWatch::start(fd) {
                 Ok(watch) => {
@@ -94,9 +120,15 @@ mod tests {
             own_uid: Uid::from_raw(1234),
             group: None,
         };
-        assert!(policy.allows(Uid::from_raw(0), Gid::from_raw(0)));
-        assert!(policy.allows(Uid::from_raw(1234), Gid::from_raw(99)));
-        assert!(!policy.allows(Uid::from_raw(65534), Gid::from_raw(65534)));
+        assert!(policy.allows(Uid::from_raw(0), Gid::from_raw(0), &[]));
+        assert!(policy.allows(Uid::from_raw(1234), Gid::from_raw(99), &[]));
+        assert!(!policy.allows(Uid::from_raw(65534), Gid::from_raw(65534), &[]));
+        // Without a configured group, no group admits anyone.
+        assert!(!policy.allows(
+            Uid::from_raw(65534),
+            Gid::from_raw(4242),
+            &[Gid::from_raw(4242)]
+        ));
     }
 
     #[test]
@@ -105,7 +137,30 @@ mod tests {
             own_uid: Uid::from_raw(0),
             group: Some(Gid::from_raw(4242)),
         };
-        assert!(policy.allows(Uid::from_raw(7777), Gid::from_raw(4242)));
-        assert!(!policy.allows(Uid::from_raw(7777), Gid::from_raw(4243)));
+        assert!(policy.allows(Uid::from_raw(7777), Gid::from_raw(4242), &[]));
+        assert!(!policy.allows(Uid::from_raw(7777), Gid::from_raw(4243), &[]));
+        // A supplementary member is allowed; other supplementary groups
+        // are not enough.
+        let other = [Gid::from_raw(1), Gid::from_raw(4243)];
+        assert!(policy.allows(
+            Uid::from_raw(7777),
+            Gid::from_raw(4243),
+            &[Gid::from_raw(1), Gid::from_raw(4242)]
+        ));
+        assert!(!policy.allows(Uid::from_raw(7777), Gid::from_raw(4243), &other));
+    }
+
+    #[test]
+    fn peer_groups_are_the_connecting_process_groups() {
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        use std::os::fd::AsFd;
+        let raw = |groups: Vec<Gid>| {
+            let mut raw: Vec<u32> = groups.into_iter().map(Gid::as_raw).collect();
+            raw.sort();
+            raw
+        };
+        let ours = raw(nix::unistd::getgroups().unwrap());
+        let theirs = raw(peer_groups(a.as_fd()).unwrap());
+        assert_eq!(theirs, ours);
     }
 }

@@ -66,7 +66,10 @@ fn spawn_watchdog() -> Option<tokio::task::JoinHandle<()>> {
         let mut ticker = tokio::time::interval(period);
         loop {
             ticker.tick().await;
-            let _ = sd_notify::notify(&[NotifyState::Watchdog]);
+            // The send blocks while systemd's queue is full: off the
+            // runtime's workers, which serve requests.
+            let _ =
+                tokio::task::spawn_blocking(|| sd_notify::notify(&[NotifyState::Watchdog])).await;
         }
     }))
 }
