@@ -1,8 +1,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! `berth content ...` against a real berth-contentd.
 
-use std::io::Write;
+use std::io::{Read, Write};
+use std::net::Shutdown;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use berth_e2e::{berth, binary, BlockSource, Daemon};
@@ -212,6 +217,89 @@ fn wait_for_offset(sock: &std::path::Path, reference: &str, offset: u64) {
     panic!("{reference} never reached {offset}");
 }
 
+/// A unix socket in front of contentd's that counts the bytes clients
+/// send through it: what a CLI run pointed at it sends to contentd.
+struct CountingProxy {
+    path: PathBuf,
+    sent: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    acceptor: Option<std::thread::JoinHandle<Vec<std::thread::JoinHandle<()>>>>,
+}
+
+impl CountingProxy {
+    fn start(path: &Path, upstream: &Path) -> CountingProxy {
+        let listener = UnixListener::bind(path).unwrap();
+        let sent = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let upstream = upstream.to_path_buf();
+        let acceptor = std::thread::spawn({
+            let (sent, stop) = (sent.clone(), stop.clone());
+            move || {
+                let mut counters = Vec::new();
+                for client in listener.incoming() {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let client = client.unwrap();
+                    let server = UnixStream::connect(&upstream).unwrap();
+                    let (mut from_client, mut to_server) =
+                        (client.try_clone().unwrap(), server.try_clone().unwrap());
+                    let sent = sent.clone();
+                    counters.push(std::thread::spawn(move || {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        while let Ok(n) = from_client.read(&mut buf) {
+                            if n == 0 {
+                                break;
+                            }
+                            sent.fetch_add(n as u64, Ordering::SeqCst);
+                            if to_server.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                        let _ = to_server.shutdown(Shutdown::Write);
+                    }));
+                    let (mut from_server, mut to_client) = (server, client);
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from_server, &mut to_client);
+                        let _ = to_client.shutdown(Shutdown::Write);
+                    });
+                }
+                counters
+            }
+        });
+        CountingProxy {
+            path: path.to_path_buf(),
+            sent,
+            stop,
+            acceptor: Some(acceptor),
+        }
+    }
+
+    /// Once every client has gone: all the bytes they sent.
+    fn finish(mut self) -> u64 {
+        self.stop_accepting()
+            .into_iter()
+            .for_each(|counter| counter.join().unwrap());
+        self.sent.load(Ordering::SeqCst)
+    }
+
+    fn stop_accepting(&mut self) -> Vec<std::thread::JoinHandle<()>> {
+        let Some(acceptor) = self.acceptor.take() else {
+            return Vec::new();
+        };
+        self.stop.store(true, Ordering::SeqCst);
+        // Wakes the accept loop so that it sees `stop`.
+        let _ = UnixStream::connect(&self.path);
+        acceptor.join().unwrap()
+    }
+}
+
+impl Drop for CountingProxy {
+    fn drop(&mut self) {
+        self.stop_accepting();
+    }
+}
+
 #[test]
 fn an_interrupted_ingest_resumes_without_resending() {
     let dir = tempfile::tempdir().unwrap();
@@ -251,10 +339,24 @@ fn an_interrupted_ingest_resumes_without_resending() {
     child.wait().unwrap();
     drop(stdin);
     daemon.restart();
+    // contentd itself holds the first part after the crash.
+    wait_for_offset(&daemon.socket, "resumable", first_part);
 
-    let all: Vec<u8> = blocks.concat();
+    // The second run's standard input has the right length, but its first
+    // part is garbage: only an ingest that resumes at the stored offset,
+    // skipping what it already holds, commits to the expected digest. Had
+    // the CLI sent the first part again (from offset 0, contentd restarts
+    // the ingest), the garbage would be stored and the digest would not
+    // match.
+    let mut input = vec![0x5a; first_part as usize];
+    for b in &blocks[25..] {
+        input.extend_from_slice(b);
+    }
+    let total = input.len() as u64;
+    // Through a proxy that counts what the CLI sends to contentd.
+    let proxy = CountingProxy::start(&dir.path().join("proxy.sock"), &daemon.socket);
     let (ok, out, err) = berth(
-        &daemon.socket,
+        &proxy.path,
         &[
             "content",
             "ingest",
@@ -262,7 +364,16 @@ fn an_interrupted_ingest_resumes_without_resending() {
             "--expected",
             digest.as_str(),
         ],
-        Some(&all),
+        Some(&input),
+    );
+    let sent = proxy.finish();
+    // Counted in bytes: the CLI sent contentd the rest of the blob and its
+    // requests' framing, less than the rest plus one more 1 MiB write.
+    let rest = total - first_part;
+    eprintln!("the CLI sent contentd {sent} bytes; {rest} were missing");
+    assert!(
+        sent < rest + 1024 * 1024,
+        "the CLI sent contentd {sent} bytes to resume an ingest missing {rest}: {err}"
     );
     assert!(ok, "{err}");
     assert!(
@@ -273,4 +384,43 @@ fn an_interrupted_ingest_resumes_without_resending() {
     let (ok, out, _) = berth(&daemon.socket, &["content", "get", digest.as_str()], None);
     assert!(ok);
     assert_eq!(Digest::of(&out), digest);
+}
+
+#[test]
+fn a_leftover_ingest_is_started_afresh_without_an_expected_digest() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::contentd(dir.path());
+    // An interrupted ingest leaves 1 MiB of other bytes under the ref.
+    let mut child = Command::new(binary("berth"))
+        .env("BERTH_CONTENTD_ADDRESS", &daemon.socket)
+        .args(["content", "ingest", "leftover"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(&vec![b'x'; 1024 * 1024]).unwrap();
+    stdin.flush().unwrap();
+    wait_for_offset(&daemon.socket, "leftover", 1024 * 1024);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    drop(stdin);
+
+    // Without --expected nothing can tell whether the held bytes are the
+    // start of this input: they are dropped, and the blob stored is
+    // exactly the new input, not the old prefix with the new tail.
+    let fresh: Vec<u8> = (0..2 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+    let (ok, out, err) = berth(
+        &daemon.socket,
+        &["content", "ingest", "leftover"],
+        Some(&fresh),
+    );
+    assert!(ok, "{err}");
+    assert!(err.contains("restarting leftover"), "{err}");
+    let digest = Digest::of(&fresh);
+    assert_eq!(text(&out).trim(), digest.as_str());
+    let (ok, out, _) = berth(&daemon.socket, &["content", "get", digest.as_str()], None);
+    assert!(ok);
+    assert_eq!(out, fresh);
 }

@@ -2,14 +2,16 @@
 //! `berth content fetch` against Debian's docker-registry, with images built
 //! here and pushed with skopeo.
 
+use std::io::Write;
 use std::path::Path;
+use std::process::ChildStdin;
 
 use berth_client::RemoteContentStore;
 use berth_content::ContentStore;
 use berth_e2e::images::{busybox_rootfs, files_rootfs, Blob, Layout};
 use berth_e2e::registry::Registry;
-use berth_e2e::{berth, require, Daemon};
-use berth_ids::Digest;
+use berth_e2e::{berth, require, BlockSource, Daemon};
+use berth_ids::{Digest, Sha256Hasher};
 
 fn tools_present() -> bool {
     ["docker-registry", "skopeo", "htpasswd"]
@@ -613,58 +615,243 @@ fn tar_header(name: &str, size: u64) -> Vec<u8> {
     header.to_vec()
 }
 
+/// A whole tar entry: header, data, padding to the next 512-byte block.
+fn tar_entry(name: &str, data: &[u8]) -> Vec<u8> {
+    let mut entry = tar_header(name, data.len() as u64);
+    entry.extend_from_slice(data);
+    entry.resize(entry.len().next_multiple_of(512), 0);
+    entry
+}
+
+/// How a measured child ended, and its own peak resident memory.
+struct ChildUsage {
+    status: std::process::ExitStatus,
+    stdout: Vec<u8>,
+    stderr: String,
+    /// `ru_maxrss` of wait4 on the child's pid, KiB: this child's alone,
+    /// where `getrusage(RUSAGE_CHILDREN)` is the largest of every child the
+    /// test process has reaped.
+    peak_rss_kib: u64,
+}
+
+/// Runs `command` with piped standard streams, `feed` writing its standard
+/// input on a thread (a failed write, the child having gone, ends the
+/// feed), and reaps it with wait4 to get its own resource usage.
+#[allow(
+    clippy::zombie_processes,
+    reason = "reaped with wait4, which std's Child cannot do"
+)]
+fn run_measured(
+    mut command: std::process::Command,
+    feed: impl FnOnce(ChildStdin) + Send + 'static,
+) -> ChildUsage {
+    use std::io::Read;
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Stdio;
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdin = child.stdin.take().unwrap();
+    let feeder = std::thread::spawn(move || feed(stdin));
+    let mut stdout = child.stdout.take().unwrap();
+    let out_reader = std::thread::spawn(move || {
+        let mut data = Vec::new();
+        let _ = stdout.read_to_end(&mut data);
+        data
+    });
+    let mut stderr = child.stderr.take().unwrap();
+    let err_reader = std::thread::spawn(move || {
+        let mut data = Vec::new();
+        let _ = stderr.read_to_end(&mut data);
+        data
+    });
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value of that plain C struct.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let reaped = loop {
+        // SAFETY: `status` and `usage` are live and writable, of the types
+        // wait4 fills; `pid` is this test's unreaped child, and its Child
+        // is never waited on after this.
+        let reaped = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+        if reaped != -1 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted
+        {
+            break reaped;
+        }
+    };
+    assert_eq!(reaped, pid, "wait4: {}", std::io::Error::last_os_error());
+    let stdout = out_reader.join().unwrap();
+    let stderr = err_reader.join().unwrap();
+    let _ = feeder.join();
+    ChildUsage {
+        status: std::process::ExitStatus::from_raw(status),
+        stdout,
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+        peak_rss_kib: u64::try_from(usage.ru_maxrss).unwrap(),
+    }
+}
+
+/// `berth import -` run in `cwd` against `daemon`, standard input written
+/// by `feed`, measured on its own (its peak memory, not the test's other
+/// children's).
+fn import_measured(
+    daemon: &Daemon,
+    cwd: &Path,
+    feed: impl FnOnce(ChildStdin) + Send + 'static,
+) -> ChildUsage {
+    let mut command = std::process::Command::new(berth_e2e::binary("berth"));
+    command
+        .env("BERTH_CONTENTD_ADDRESS", &daemon.socket)
+        .env_remove("BERTH_NAMESPACE")
+        .current_dir(cwd)
+        .args(["import", "--format", "json", "-"]);
+    run_measured(command, feed)
+}
+
+/// Every path under `root`, relative to it.
+fn tree_under(root: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            found.push(path.strip_prefix(root).unwrap().display().to_string());
+            if path.is_dir() && !path.is_symlink() {
+                pending.push(path);
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+const MIB: u64 = 1024 * 1024;
+/// The layer streamed through `berth import`: far more than the CLI may
+/// hold at once.
+const BIG_LAYER: u64 = 512 * MIB;
+/// What the CLI may hold of a blob beyond what a tiny import costs it: the
+/// reading thread's channel (4 pieces) and the piece on each side of it,
+/// plus the client's window of 8 writes in flight, each at most MAX_READ
+/// (1 MiB), is 14 MiB; four times that, rounded up, leaves the allocator
+/// room and is still an eighth of the layer.
+const STREAMING_ALLOWANCE: u64 = 64 * MIB;
+
+/// A `docker save` archive, written as it is generated: `layer.tar` of
+/// `layer_size` bytes (the CLI hashes it as it streams, since its name is
+/// not a digest), its config and manifest.json. Sends the layer's digest on
+/// `digest` once all is written.
+fn feed_docker_archive(
+    layer_size: u64,
+    digest: std::sync::mpsc::Sender<Digest>,
+) -> impl FnOnce(ChildStdin) + Send + 'static {
+    move |mut stdin: ChildStdin| {
+        let mut hasher = Sha256Hasher::new();
+        if stdin
+            .write_all(&tar_header("layer.tar", layer_size))
+            .is_err()
+        {
+            return;
+        }
+        let source = BlockSource::new(MIB as usize);
+        let mut written = 0;
+        for index in 0.. {
+            if written == layer_size {
+                break;
+            }
+            let mut block = source.block(index);
+            block.truncate((layer_size - written).min(MIB) as usize);
+            hasher.update(&block);
+            if stdin.write_all(&block).is_err() {
+                return;
+            }
+            written += block.len() as u64;
+        }
+        let padding = vec![0u8; (layer_size.next_multiple_of(512) - layer_size) as usize];
+        let config =
+            br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+        let manifest =
+            br#"[{"Config":"config.json","RepoTags":["berth.test/big:v1"],"Layers":["layer.tar"]}]"#;
+        let mut rest = padding;
+        rest.extend(tar_entry("config.json", config));
+        rest.extend(tar_entry("manifest.json", manifest));
+        rest.extend_from_slice(&[0u8; 1024]);
+        if stdin.write_all(&rest).is_ok() {
+            let _ = digest.send(hasher.finalize());
+        }
+    }
+}
+
+/// Imports a generated docker archive with a `layer_size` layer; returns
+/// the import's peak memory (KiB), after checking the layer was stored
+/// whole under the digest of what was sent.
+async fn import_layer(daemon: &Daemon, cwd: &Path, layer_size: u64) -> u64 {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let run = import_measured(daemon, cwd, feed_docker_archive(layer_size, tx));
+    assert!(run.status.success(), "{}", run.stderr);
+    let layer_digest = rx.recv().expect("the whole archive was written");
+    let imported: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(imported[0]["name"], "berth.test/big:v1");
+    let root = Digest::parse(imported[0]["digest"].as_str().unwrap()).unwrap();
+    let store = RemoteContentStore::connect(&daemon.socket).await.unwrap();
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &berth_content::read_blob(&store, "default", &root, 1 << 20)
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(manifest["layers"][0]["digest"], layer_digest.as_str());
+    assert_eq!(manifest["layers"][0]["size"], layer_size);
+    let info = store.info("default", &layer_digest).await.unwrap();
+    assert_eq!(info.size, layer_size);
+    run.peak_rss_kib
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_archives_fail_cleanly_with_bounded_memory() {
     let dir = tempfile::tempdir().unwrap();
     let daemon = Daemon::contentd(&dir.path().join("d"));
-    // An index.json that claims a gibibyte, streamed, never stored.
-    let mut child = std::process::Command::new(berth_e2e::binary("berth"))
-        .env("BERTH_CONTENTD_ADDRESS", &daemon.socket)
-        .args(["import", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let writer = std::thread::spawn(move || {
-        use std::io::Write;
-        let _ = stdin.write_all(&tar_header("index.json", 1 << 30));
-        let zeros = vec![b' '; 1 << 20];
-        for _ in 0..1024 {
-            if stdin.write_all(&zeros).is_err() {
-                break;
-            }
-        }
-    });
-    let out = child.wait_with_output().unwrap();
-    writer.join().unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("index.json is 1073741824 bytes"), "{err}");
-    // The CLI never held it: its peak memory stayed small.
-    // SAFETY: getrusage fills the struct it is given.
-    let usage = unsafe {
-        let mut usage: libc::rusage = std::mem::zeroed();
-        libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage);
-        usage
-    };
-    assert!(
-        usage.ru_maxrss < 200 * 1024,
-        "a child peaked at {} KiB",
-        usage.ru_maxrss
-    );
-
-    // An entry climbing out of the archive.
-    let mut escaping = tar_header("../../escape", 4);
-    escaping.extend_from_slice(b"boom");
-    escaping.resize(1024, 0);
-    escaping.extend_from_slice(&[0u8; 1024]);
-    let (ok, _, err) = berth(&daemon.socket, &["import", "-"], Some(&escaping));
-    assert!(!ok);
-    assert!(err.contains("outside the archive"), "{err}");
-    assert!(!dir.path().join("escape").exists());
-    assert!(digests_in(&daemon).await.is_empty());
+    let store = RemoteContentStore::connect(&daemon.socket).await.unwrap();
+    // The CLI runs two levels down in a directory of its own, so that an
+    // entry climbing out with ../../ has a definite place to land: the
+    // jail's top. An absolute name points into the jail too.
+    let jail = dir.path().join("jail");
+    let cwd = jail.join("one").join("two");
+    std::fs::create_dir_all(&cwd).unwrap();
+    let jail_before = tree_under(&jail);
+    let absolute = jail.join("absolute-escape");
+    for name in [
+        "../../escape".to_string(),
+        "./../../escape".to_string(),
+        "blobs/../../../escape".to_string(),
+        absolute.display().to_string(),
+    ] {
+        let mut escaping = tar_entry(&name, b"boom");
+        escaping.extend_from_slice(&[0u8; 1024]);
+        let run = import_measured(&daemon, &cwd, move |mut stdin| {
+            let _ = stdin.write_all(&escaping);
+        });
+        assert!(!run.status.success(), "{name}: {}", run.stderr);
+        assert!(run.stderr.contains("outside the archive"), "{}", run.stderr);
+        // Nothing landed where the entry points (cwd/../../escape is the
+        // jail's top), nor anywhere else under the jail.
+        assert!(!cwd.join(&name).exists(), "{name} was written");
+        assert!(!jail.join("escape").exists(), "{name} was written");
+        assert!(!absolute.exists(), "{name} was written");
+        assert_eq!(tree_under(&jail), jail_before, "{name}");
+        // Refused on its name: no blob stored, no ingest even opened.
+        assert!(digests_in(&daemon).await.is_empty(), "{name}");
+        assert!(
+            store
+                .list_statuses("default", &[])
+                .await
+                .unwrap()
+                .is_empty(),
+            "{name} opened an ingest"
+        );
+    }
 
     // A blob whose name is not its digest.
     let wrong = format!("blobs/sha256/{}", Digest::of(b"other").hex());
@@ -675,6 +862,52 @@ async fn hostile_archives_fail_cleanly_with_bounded_memory() {
     let (ok, _, err) = berth(&daemon.socket, &["import", "-"], Some(&lying));
     assert!(!ok, "{err}");
     assert!(digests_in(&daemon).await.is_empty());
+    // The refused entry's ingest is aborted, not left behind.
+    assert!(
+        store
+            .list_statuses("default", &[])
+            .await
+            .unwrap()
+            .is_empty(),
+        "a failed import left its ingest"
+    );
+
+    // What a tiny import costs the CLI (KiB), to measure the rest against.
+    let baseline = import_layer(&daemon, &cwd, MIB).await;
+    let bound = baseline + STREAMING_ALLOWANCE / 1024;
+
+    // A layer of half a gibibyte streams through: stored whole, while the
+    // CLI's own peak stays within a small allowance of the tiny import's.
+    let peak = import_layer(&daemon, &cwd, BIG_LAYER).await;
+    eprintln!("import peaks: tiny {baseline} KiB, {BIG_LAYER}-byte layer {peak} KiB");
+    assert!(
+        peak <= bound,
+        "importing a {BIG_LAYER}-byte layer peaked at {peak} KiB; a tiny import at {baseline} KiB, bound {bound} KiB"
+    );
+
+    // An index.json that claims a gibibyte, streamed, never stored: refused
+    // on its header, before any of it is read.
+    let run = import_measured(&daemon, &cwd, |mut stdin| {
+        let _ = stdin.write_all(&tar_header("index.json", 1 << 30));
+        let spaces = vec![b' '; 1 << 20];
+        for _ in 0..1024 {
+            if stdin.write_all(&spaces).is_err() {
+                break;
+            }
+        }
+    });
+    assert!(!run.status.success());
+    assert!(
+        run.stderr.contains("index.json is 1073741824 bytes"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.peak_rss_kib <= bound,
+        "refusing a 1 GiB index.json peaked at {} KiB, bound {bound} KiB",
+        run.peak_rss_kib
+    );
+    assert_eq!(tree_under(&jail), jail_before);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -306,7 +306,7 @@ async fn import_blob(
         })
         .transpose()?;
     let reference = format!("import-{}", &Digest::of(name.as_bytes()).hex()[..32]);
-    let mut options = WriterOptions::new(reference).total(size);
+    let mut options = WriterOptions::new(reference.clone()).total(size);
     options.expected = expected.clone();
     let mut writer = match store.writer(namespace, options).await {
         Ok(w) => Some(w),
@@ -318,53 +318,64 @@ async fn import_blob(
             w.restart().await?;
         }
     }
-    let mut compression = "none";
-    let mut first = true;
-    // Entries not named by their digest are hashed here too, to know what
-    // they are when the store already has them.
-    let mut hasher = expected.is_none().then(berth_ids::Sha256Hasher::new);
-    loop {
-        match rx.recv().await {
-            Some(Ok(Piece::Data(data))) => {
-                if first {
-                    compression = compression_of(&data);
-                    first = false;
+    let opened = writer.is_some();
+    let stored: Result<Stored> = async {
+        let mut compression = "none";
+        let mut first = true;
+        // Entries not named by their digest are hashed here too, to know what
+        // they are when the store already has them.
+        let mut hasher = expected.is_none().then(berth_ids::Sha256Hasher::new);
+        loop {
+            match rx.recv().await {
+                Some(Ok(Piece::Data(data))) => {
+                    if first {
+                        compression = compression_of(&data);
+                        first = false;
+                    }
+                    if let Some(h) = hasher.as_mut() {
+                        h.update(&data);
+                    }
+                    if let Some(w) = writer.as_mut() {
+                        w.write(data).await?;
+                    }
                 }
-                if let Some(h) = hasher.as_mut() {
-                    h.update(&data);
-                }
-                if let Some(w) = writer.as_mut() {
-                    w.write(data).await?;
-                }
+                Some(Ok(Piece::End)) => break,
+                Some(Err(e)) => return Err(e),
+                _ => bail!("archive entry {name} ended early"),
             }
-            Some(Ok(Piece::End)) => break,
-            Some(Err(e)) => return Err(e),
-            _ => bail!("archive entry {name} ended early"),
+        }
+        let known = expected.clone().or_else(|| hasher.map(|h| h.finalize()));
+        let digest = match writer {
+            Some(w) => match w
+                .commit(CommitOptions {
+                    size: Some(size),
+                    expected: expected.clone(),
+                    labels: Labels::new(),
+                })
+                .await
+            {
+                Ok(d) => d,
+                Err(e) if e.is(ErrorKind::AlreadyExists) => {
+                    known.clone().ok_or_else(|| anyhow!("{e}"))?
+                }
+                Err(e) => return Err(anyhow!(e).context(format!("archive entry {name}"))),
+            },
+            None => known.clone().ok_or_else(|| anyhow!("{name}: no digest"))?,
+        };
+        Ok(Stored {
+            digest,
+            size,
+            compression,
+        })
+    }
+    .await;
+    if stored.is_err() && opened {
+        // A failed entry leaves no ingest behind: nothing would resume it.
+        if let Err(e) = store.abort(namespace, &reference).await {
+            eprintln!("berth: warning: aborting ingest {reference}: {e}");
         }
     }
-    let known = expected.clone().or_else(|| hasher.map(|h| h.finalize()));
-    let digest = match writer {
-        Some(w) => match w
-            .commit(CommitOptions {
-                size: Some(size),
-                expected: expected.clone(),
-                labels: Labels::new(),
-            })
-            .await
-        {
-            Ok(d) => d,
-            Err(e) if e.is(ErrorKind::AlreadyExists) => {
-                known.clone().ok_or_else(|| anyhow!("{e}"))?
-            }
-            Err(e) => return Err(anyhow!(e).context(format!("archive entry {name}"))),
-        },
-        None => known.clone().ok_or_else(|| anyhow!("{name}: no digest"))?,
-    };
-    Ok(Stored {
-        digest,
-        size,
-        compression,
-    })
+    stored
 }
 
 /// Images of a `docker save` archive: a Docker schema 2 manifest is made for

@@ -401,8 +401,16 @@ async fn ingest(
     options.expected = expected.clone();
     let mut writer = store.writer(namespace, options).await?;
     // A resumed ingest already holds the first `skip` bytes: standard input
-    // gives them again, and they are not sent again.
+    // gives them again, and they are not sent again. Only with an expected
+    // digest, which the commit checks against the held bytes and the new
+    // ones together: without one, a leftover ingest of other bytes would
+    // be committed as a mix of the two, so it is started afresh.
     let mut skip = writer.status().await?.offset;
+    if skip > 0 && expected.is_none() {
+        eprintln!("berth: restarting {reference}: it holds {skip} bytes, and without --expected they cannot be checked");
+        writer.restart().await?;
+        skip = 0;
+    }
     if skip > 0 {
         eprintln!("berth: resuming {reference} at offset {skip}");
     }
