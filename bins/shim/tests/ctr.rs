@@ -8,7 +8,7 @@ mod support;
 
 use std::io::Write;
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use support::{text, Containerd, BERTH, RUNC};
 
@@ -153,40 +153,146 @@ fn exec_with_and_without_terminal(runtime: &str) {
     containerd.remove("exec");
 }
 
-fn kill_with_sigterm_and_sigkill(runtime: &str) {
-    let containerd = Containerd::start();
-    // pid 1 ignores SIGTERM unless it installs a handler.
-    containerd.run_detached(
-        runtime,
-        "term",
-        &[
+/// The exit status containerd reports for the stopped task `id`, read while
+/// deleting it. ctr 1.6's `task delete` exits 0 whatever the status and
+/// only warns "task ID exit with non-zero exit code N" on stderr, so that
+/// line is the status, and its absence is a clean exit.
+fn delete_reporting_exit_status(containerd: &Containerd, id: &str) -> u32 {
+    let out = containerd.ctr(&["task", "delete", id]);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "task delete {id}: {stderr}");
+    let marker = format!("task {id} exit with non-zero exit code ");
+    let Some((_, rest)) = stderr.split_once(&marker) else {
+        assert!(
+            !stderr.contains("exit code"),
+            "unexpected delete output: {stderr}"
+        );
+        return 0;
+    };
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits
+        .parse()
+        .unwrap_or_else(|_| panic!("no exit code in: {stderr}"))
+}
+
+/// Sends `ctr task kill <args> <id>` until the task stops: a shell that is
+/// pid 1 drops SIGTERM until its trap is set, so a signal sent while it is
+/// starting up is lost, not fatal. A second signal after the first one
+/// took is refused (the task is gone), which is fine.
+fn kill_until_stopped(containerd: &Containerd, args: &[&str], id: &str) {
+    let mut cmd = vec!["task", "kill"];
+    cmd.extend_from_slice(args);
+    cmd.push(id);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut sent = false;
+    loop {
+        let out = containerd.ctr(&cmd);
+        sent |= out.status.success();
+        // The trap runs once the shell's `sleep 1` ends.
+        let wait = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < wait {
+            if containerd.task_status(id).as_deref() == Some("STOPPED") {
+                assert!(sent, "no kill of {id} succeeded");
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{id} did not stop: {:?}, last kill: {}",
+            containerd.task_status(id),
+            text(&out.stderr)
+        );
+    }
+}
+
+/// A foreground `ctr task exec` of a shell that exits `code` on SIGTERM,
+/// killed with `kill_args` once its trap is set; returns ctr's exit code,
+/// which is the exec's exit status.
+fn exec_killed(containerd: &Containerd, id: &str, exec_id: &str, kill_args: &[&str]) -> i32 {
+    use std::io::BufRead;
+    let fifo = containerd.fifo_dir().display().to_string();
+    let mut child = containerd
+        .ctr_command(&[
+            "task",
+            "exec",
+            "--fifo-dir",
+            &fifo,
+            "--exec-id",
+            exec_id,
+            id,
             "sh",
             "-c",
-            "trap 'exit 42' TERM; while true; do sleep 1; done",
-        ],
-    );
-    containerd.wait_for_status("term", "RUNNING");
-    let out = containerd.ctr(&["task", "kill", "term"]);
+            "trap 'exit 43' TERM; echo ready; while true; do sleep 1; done",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "ready", "exec {exec_id} did not start");
+    let mut cmd = vec!["task", "kill", "--exec-id", exec_id];
+    cmd.extend_from_slice(kill_args);
+    cmd.push(id);
+    let out = containerd.ctr(&cmd);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    containerd.wait_for_status("term", "STOPPED");
-    let out = containerd.ctr(&["task", "delete", "term"]);
-    assert!(
-        text(&out.stdout).contains("42")
-            || text(&out.stderr).contains("42")
-            || out.status.success()
-    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code().expect("ctr exited by a signal");
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("exec {exec_id} survived `ctr task kill {kill_args:?}`");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
 
-    containerd.run_detached(runtime, "kill9", &["sleep", "1000"]);
+/// A shell that exits 42 on SIGTERM; as pid 1 it would otherwise ignore it.
+const TRAPS_TERM: &[&str] = &[
+    "sh",
+    "-c",
+    "trap 'exit 42' TERM; while true; do sleep 1; done",
+];
+
+fn kill_with_sigterm_and_sigkill(runtime: &str) {
+    let containerd = Containerd::start();
+    // `ctr task kill` sends SIGTERM by default (the image names no stop
+    // signal): the trap runs and the task's status is its exit code. A
+    // shim that sent SIGKILL instead would report 137.
+    containerd.run_detached(runtime, "term", TRAPS_TERM);
+    containerd.wait_for_status("term", "RUNNING");
+    kill_until_stopped(&containerd, &[], "term");
+    assert_eq!(delete_reporting_exit_status(&containerd, "term"), 42);
+
+    // SIGKILL is not trapped: the status is 128 + 9, as containerd's own
+    // shim reports a death by signal. A shim that sent SIGTERM would get 42.
+    containerd.run_detached(runtime, "kill9", TRAPS_TERM);
+    containerd.wait_for_status("kill9", "RUNNING");
     let out = containerd.ctr(&["task", "kill", "-s", "SIGKILL", "kill9"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     containerd.wait_for_status("kill9", "STOPPED");
     // Signalling a finished task is an error (NotFound from the shim).
     let out = containerd.ctr(&["task", "kill", "-s", "SIGKILL", "kill9"]);
     assert!(!out.status.success());
+    assert_eq!(delete_reporting_exit_status(&containerd, "kill9"), 137);
+
     // Deleting a running task is refused; a stopped one goes.
     containerd.run_detached(runtime, "busy", &["sleep", "1000"]);
     let out = containerd.ctr(&["task", "delete", "busy"]);
     assert!(!out.status.success());
+    // An exec is signalled the same way: SIGTERM by default, SIGKILL when
+    // asked (a foreground `ctr task exec` exits with the exec's status).
+    assert_eq!(exec_killed(&containerd, "busy", "term", &[]), 43);
+    assert_eq!(
+        exec_killed(&containerd, "busy", "kill9", &["-s", "SIGKILL"]),
+        137
+    );
     for id in ["term", "kill9", "busy"] {
         containerd.remove(id);
     }
