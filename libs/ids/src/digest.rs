@@ -329,4 +329,25 @@ mod tests {
             assert!(Digest::parse(bad).is_err(), "{bad:?} accepted");
         }
     }
+
+    #[test]
+    fn a_digest_shows_itself_whole_everywhere() {
+        let digest = Digest::of(b"x");
+        let text = reference(b"x");
+        assert_eq!(digest.algorithm(), "sha256");
+        assert_eq!(digest.to_string(), text);
+        assert_eq!(format!("{digest:?}"), text);
+        assert_eq!(String::from(digest), text);
+    }
+
+    #[test]
+    fn a_hasher_knows_whether_it_has_hashed_anything() {
+        let mut hasher = Sha256Hasher::new();
+        assert!(hasher.is_empty());
+        hasher.update(b"");
+        assert!(hasher.is_empty());
+        hasher.update(b"x");
+        assert!(!hasher.is_empty());
+        assert_eq!(format!("{hasher:?}"), "Sha256Hasher { len: 1, .. }");
+    }
 }

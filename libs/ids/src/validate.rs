@@ -243,4 +243,67 @@ mod tests {
         empty_key.insert(String::new(), "v".to_string());
         assert!(validate_labels(&empty_key).is_err());
     }
+
+    #[test]
+    fn refs_are_bounded_and_their_errors_say_why() {
+        assert_eq!(validate_ref(&"r".repeat(MAX_REF_LEN)), Ok(()));
+        let long = "r".repeat(MAX_REF_LEN + 1);
+        assert_eq!(
+            validate_ref(&long),
+            Err(ValidationError::TooLong {
+                what: "ref",
+                value: "r".repeat(80),
+                max: MAX_REF_LEN,
+            })
+        );
+        for (bad, why) in [
+            ("a/b", "path separators are not allowed"),
+            ("a\\b", "path separators are not allowed"),
+            ("a b", "only letters, digits and . _ - : @ + = are allowed"),
+            ("a..b", "'..' is not allowed"),
+        ] {
+            match validate_ref(bad) {
+                Err(ValidationError::Malformed { why: got, .. }) => assert_eq!(got, why, "{bad:?}"),
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn labels_are_bounded_one_by_one_and_in_all() {
+        // One label: key and value together up to 4096 bytes.
+        let one =
+            |key: &str, value_len: usize| HashMap::from([(key.to_string(), "v".repeat(value_len))]);
+        assert_eq!(validate_labels(&one("k", MAX_LABEL_SIZE - 1)), Ok(()));
+        assert_eq!(
+            validate_labels(&one("k", MAX_LABEL_SIZE)),
+            Err(ValidationError::LabelTooLarge {
+                key: "k".into(),
+                max: MAX_LABEL_SIZE,
+            })
+        );
+        // The set: 16 labels of exactly 4096 bytes fill 64 KiB; one byte
+        // more is too much.
+        let mut labels: HashMap<String, String> = (0..16)
+            .map(|i| (format!("{i:02}"), "v".repeat(MAX_LABEL_SIZE - 2)))
+            .collect();
+        assert_eq!(MAX_LABELS_SIZE, 16 * MAX_LABEL_SIZE);
+        assert_eq!(validate_labels(&labels), Ok(()));
+        labels.insert("x".into(), String::new());
+        assert_eq!(
+            validate_labels(&labels),
+            Err(ValidationError::LabelsTooLarge {
+                max: MAX_LABELS_SIZE
+            })
+        );
+    }
+
+    #[test]
+    fn long_values_are_shortened_in_errors() {
+        let long = format!("{}{}", "a".repeat(80), "b".repeat(20));
+        match validate_id(&long) {
+            Err(ValidationError::TooLong { value, .. }) => assert_eq!(value, "a".repeat(80)),
+            other => panic!("{other:?}"),
+        }
+    }
 }

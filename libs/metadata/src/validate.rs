@@ -229,6 +229,8 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+    use crate::Runtime;
+    use std::collections::BTreeMap;
 
     #[test]
     fn image_names_are_references() {
@@ -303,5 +305,99 @@ mod tests {
         assert!(lease_expiry(&labels).unwrap().is_some());
         labels.insert(LABEL_GC_EXPIRE.into(), "in an hour".into());
         assert!(validate_lease_labels(&labels).is_err());
+    }
+
+    fn container(spec_bytes: usize) -> Container {
+        Container {
+            id: "c".into(),
+            labels: Labels::new(),
+            image: String::new(),
+            runtime: Runtime {
+                name: "io.containerd.berth.v2".into(),
+                options: None,
+            },
+            spec: Some(Any {
+                type_url: "types.containerd.io/opencontainers/runtime-spec/1/Spec".into(),
+                value: vec![b'{'; spec_bytes],
+            }),
+            snapshotter: String::new(),
+            snapshot_key: String::new(),
+            created_at: std::time::UNIX_EPOCH,
+            updated_at: std::time::UNIX_EPOCH,
+            extensions: BTreeMap::new(),
+            sandbox: String::new(),
+        }
+    }
+
+    #[test]
+    fn container_payloads_are_bounded_at_two_mebibytes_in_all() {
+        let type_url = container(0).spec.unwrap().type_url.len();
+        let largest = container(MAX_CONTAINER_PAYLOAD - type_url);
+        assert!(validate_container(&largest).is_ok());
+        let over = container(MAX_CONTAINER_PAYLOAD - type_url + 1);
+        let err = validate_container(&over).unwrap_err();
+        assert!(
+            err.to_string().contains(&format!(
+                "{} bytes, more than the 2097152 allowed",
+                MAX_CONTAINER_PAYLOAD + 1
+            )),
+            "{err}"
+        );
+        // Extensions count, keys included.
+        let mut with_extension = container(MAX_CONTAINER_PAYLOAD - type_url - 10);
+        with_extension.extensions.insert(
+            "ext".into(),
+            Any {
+                type_url: "t".into(),
+                value: vec![0; 6],
+            },
+        );
+        assert!(validate_container(&with_extension).is_ok());
+        with_extension
+            .extensions
+            .get_mut("ext")
+            .unwrap()
+            .value
+            .push(0);
+        assert!(validate_container(&with_extension).is_err());
+    }
+
+    #[test]
+    fn names_are_bounded_and_have_no_spaces_or_control_characters() {
+        let descriptor = |media_type: &str| Descriptor {
+            media_type: media_type.into(),
+            digest: berth_ids::Digest::of(b"x"),
+            size: 1,
+            annotations: Labels::new(),
+        };
+        assert!(
+            validate_descriptor(&descriptor("application/vnd.oci.image.manifest.v1+json")).is_ok()
+        );
+        assert!(validate_descriptor(&descriptor(&"m".repeat(MAX_NAME_LEN))).is_ok());
+        for (bad, why) in [
+            ("", "must not be empty"),
+            (
+                "with space",
+                "must not contain spaces or control characters",
+            ),
+            ("tab\there", "must not contain spaces or control characters"),
+            ("nul\0", "must not contain spaces or control characters"),
+        ] {
+            let err = validate_descriptor(&descriptor(bad)).unwrap_err();
+            assert!(err.to_string().contains(why), "{bad:?}: {err}");
+        }
+        let long = "m".repeat(MAX_NAME_LEN + 1);
+        let err = validate_descriptor(&descriptor(&long)).unwrap_err();
+        assert!(
+            err.to_string().contains("is longer than 1024 bytes"),
+            "{err}"
+        );
+        // The runtime name and type URLs are names too.
+        let mut spaced = container(1);
+        spaced.runtime.name = "io.containerd runc".into();
+        assert!(validate_container(&spaced).is_err());
+        let mut untyped = container(1);
+        untyped.spec.as_mut().unwrap().type_url = String::new();
+        assert!(validate_container(&untyped).is_err());
     }
 }
