@@ -400,4 +400,80 @@ mod tests {
         untyped.spec.as_mut().unwrap().type_url = String::new();
         assert!(validate_container(&untyped).is_err());
     }
+
+    #[test]
+    fn container_fields_are_checked_only_when_set() {
+        assert!(validate_container(&container(1)).is_ok());
+        let with = |change: &dyn Fn(&mut Container)| {
+            let mut c = container(1);
+            change(&mut c);
+            validate_container(&c)
+        };
+        // Optional fields: empty is fine, a good value is fine, a bad one
+        // is refused.
+        assert!(with(&|c| c.image = "busybox:1.36".into()).is_ok());
+        assert!(with(&|c| c.image = "../x".into()).is_err());
+        assert!(with(&|c| c.snapshotter = "overlayfs".into()).is_ok());
+        assert!(with(&|c| c.snapshotter = "zfs".into()).is_err());
+        assert!(with(&|c| {
+            c.snapshotter = "native".into();
+            c.snapshot_key = "key-1".into();
+        })
+        .is_ok());
+        assert!(with(&|c| {
+            c.snapshotter = "native".into();
+            c.snapshot_key = "a/b".into();
+        })
+        .is_err());
+        let err = with(&|c| c.snapshot_key = "key-1".into()).unwrap_err();
+        assert!(err.to_string().contains("no snapshotter"), "{err}");
+        assert!(with(&|c| c.sandbox = "pod-1".into()).is_ok());
+        assert!(with(&|c| c.sandbox = "../pod".into()).is_err());
+        // Required: a spec with a type URL; runtime options, when given,
+        // typed too.
+        assert!(with(&|c| c.spec = None).is_err());
+        assert!(with(&|c| {
+            c.runtime.options = Some(Any {
+                type_url: String::new(),
+                value: vec![1],
+            })
+        })
+        .is_err());
+        // Runtime options count towards the payload.
+        let type_url = container(0).spec.unwrap().type_url.len();
+        let mut full = container(MAX_CONTAINER_PAYLOAD - type_url - 2);
+        full.runtime.options = Some(Any {
+            type_url: "t".into(),
+            value: vec![1],
+        });
+        assert!(validate_container(&full).is_ok());
+        full.runtime.options.as_mut().unwrap().value.push(2);
+        assert!(validate_container(&full).is_err());
+    }
+
+    #[test]
+    fn images_need_a_name_labels_and_a_target_of_some_size() {
+        let image = |size: i64| Image {
+            name: "busybox".into(),
+            labels: Labels::new(),
+            target: Descriptor {
+                media_type: "application/vnd.oci.image.index.v1+json".into(),
+                digest: berth_ids::Digest::of(b"x"),
+                size,
+                annotations: Labels::new(),
+            },
+            created_at: std::time::UNIX_EPOCH,
+            updated_at: std::time::UNIX_EPOCH,
+        };
+        assert!(validate_image(&image(1)).is_ok());
+        let err = validate_image(&image(0)).unwrap_err();
+        assert!(err.to_string().contains("greater than zero"), "{err}");
+        assert!(validate_image(&image(-1)).is_err());
+        let mut bad_name = image(1);
+        bad_name.name = "a//b".into();
+        assert!(validate_image(&bad_name).is_err());
+        let mut bad_label = image(1);
+        bad_label.labels.insert(String::new(), "v".into());
+        assert!(validate_image(&bad_label).is_err());
+    }
 }
