@@ -19,7 +19,11 @@ const PROTOS: &[&str] = &[
 ];
 
 fn main() {
-    let proto_root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    // Read when the script runs, not baked in when it is compiled: a copy
+    // of the tree (cargo-mutants makes one) may reuse the compiled script.
+    let manifest_dir =
+        std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
+    let proto_root = PathBuf::from(manifest_dir).join("../../proto");
     let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     for proto in PROTOS {
         println!(

@@ -317,6 +317,7 @@ fn an_expired_lease_holds_nothing_and_is_deleted() {
     for (expiry, holds) in [
         ("2023-11-14T22:13:19Z", false), // one second before now()
         ("2000-01-01T00:00:00+01:00", false),
+        ("2023-11-14T22:13:20Z", true), // exactly now(): not yet expired, as containerd's Before(now)
         ("2023-11-14T22:13:21Z", true), // one second after
         ("2999-01-01T00:00:00Z", true),
         ("next tuesday", true), // unreadable: ignored, as containerd does
