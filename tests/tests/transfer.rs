@@ -871,6 +871,23 @@ async fn hostile_archives_fail_cleanly_with_bounded_memory() {
             .is_empty(),
         "a failed import left its ingest"
     );
+    // Also when the archive ends in the middle of an entry, while its
+    // writer still holds the ingest.
+    let content = vec![7u8; 1 << 20];
+    let named = format!("blobs/sha256/{}", Digest::of(&content).hex());
+    let mut truncated = tar_header(&named, content.len() as u64);
+    truncated.extend_from_slice(&content[..content.len() / 2]);
+    let (ok, _, err) = berth(&daemon.socket, &["import", "-"], Some(&truncated));
+    assert!(!ok, "{err}");
+    assert!(digests_in(&daemon).await.is_empty());
+    assert!(
+        store
+            .list_statuses("default", &[])
+            .await
+            .unwrap()
+            .is_empty(),
+        "an import cut off mid-entry left its ingest: {err}"
+    );
 
     // What a tiny import costs the CLI (KiB), to measure the rest against.
     let baseline = import_layer(&daemon, &cwd, MIB).await;

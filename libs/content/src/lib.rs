@@ -215,6 +215,28 @@ pub async fn set_label(
         .map(|_| ())
 }
 
+/// Aborts the ingest `reference` once its writer has let go of it. A
+/// writer that was just dropped releases its ref in the background, and
+/// until it has, abort answers Unavailable ("locked"): this retries for
+/// about two seconds before giving that answer back.
+pub async fn abort_released(
+    store: &(impl ContentStore + ?Sized),
+    namespace: &str,
+    reference: &str,
+) -> Result<()> {
+    let mut answer = Ok(());
+    for _ in 0..200 {
+        answer = store.abort(namespace, reference).await;
+        match &answer {
+            Err(e) if e.kind() == berth_errdefs::ErrorKind::Unavailable => {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await
+            }
+            _ => break,
+        }
+    }
+    answer
+}
+
 /// Ties a blob to a lease: sets its [`berth_api::lease_label`] (and so
 /// bumps its `updated_at`), leaving its other labels alone.
 pub async fn hold_for_lease(

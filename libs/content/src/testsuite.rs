@@ -303,20 +303,7 @@ pub async fn abort_drops_the_ingest(store: &dyn ContentStore) {
     writer.write(b"partial".to_vec()).await.unwrap();
     drop(writer);
     retry_status(store, "abort-me", 7).await;
-    let mut aborted = false;
-    for _ in 0..200 {
-        match store.abort(NS, "abort-me").await {
-            Ok(()) => {
-                aborted = true;
-                break;
-            }
-            Err(e) if e.kind() == ErrorKind::Unavailable => {
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await
-            }
-            Err(e) => panic!("{e}"),
-        }
-    }
-    assert!(aborted);
+    crate::abort_released(store, NS, "abort-me").await.unwrap();
     assert_eq!(
         kind(store.status(NS, "abort-me").await),
         ErrorKind::NotFound

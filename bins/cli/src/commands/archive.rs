@@ -313,13 +313,13 @@ async fn import_blob(
         Err(e) if e.is(ErrorKind::AlreadyExists) => None,
         Err(e) => return Err(e.into()),
     };
-    if let Some(w) = writer.as_mut() {
-        if w.status().await?.offset != 0 {
-            w.restart().await?;
-        }
-    }
     let opened = writer.is_some();
     let stored: Result<Stored> = async {
+        if let Some(w) = writer.as_mut() {
+            if w.status().await?.offset != 0 {
+                w.restart().await?;
+            }
+        }
         let mut compression = "none";
         let mut first = true;
         // Entries not named by their digest are hashed here too, to know what
@@ -371,7 +371,7 @@ async fn import_blob(
     .await;
     if stored.is_err() && opened {
         // A failed entry leaves no ingest behind: nothing would resume it.
-        if let Err(e) = store.abort(namespace, &reference).await {
+        if let Err(e) = berth_content::abort_released(store, namespace, &reference).await {
             eprintln!("berth: warning: aborting ingest {reference}: {e}");
         }
     }

@@ -568,14 +568,7 @@ impl Fetcher {
     }
 
     async fn discard(&self, job: &Job<'_>, reference: &str, error: Error) -> Error {
-        for _ in 0..50 {
-            match self.store.abort(job.namespace, reference).await {
-                Err(e) if e.is(ErrorKind::Unavailable) => {
-                    tokio::time::sleep(std::time::Duration::from_millis(10)).await
-                }
-                _ => break,
-            }
-        }
+        let _ = berth_content::abort_released(self.store.as_ref(), job.namespace, reference).await;
         error
     }
 }
