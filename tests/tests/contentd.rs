@@ -590,8 +590,12 @@ fn shadow_tool(args: &[&str]) {
 /// Runs the berth CLI as `user` with the supplementary groups a login gives
 /// that user (`setpriv --init-groups`), unlike `berth_as`, which drops them
 /// all. Returns (exit ok, stdout, stderr).
+/// Runs `berth` as `user`, with the supplementary groups `groups` sets:
+/// setpriv's `--init-groups` (as a login would: the group database's),
+/// `--clear-groups`, or `--groups=GID,...`.
 fn berth_as_user(
     user: &Account,
+    groups: &str,
     socket: &Path,
     args: &[&str],
     stdin: &[u8],
@@ -600,7 +604,7 @@ fn berth_as_user(
     let mut child = Command::new("setpriv")
         .arg(format!("--reuid={}", user.uid))
         .arg(format!("--regid={}", user.gid))
-        .arg("--init-groups")
+        .arg(groups)
         .arg("--")
         .arg(binary("berth"))
         .args(args)
@@ -669,6 +673,7 @@ fn socket_group_admits_supplementary_members_and_no_one_else() {
     let data = b"written by a member of the socket group\n";
     let (ok, out, stderr) = berth_as_user(
         &member,
+        "--init-groups",
         &daemon.socket,
         &["content", "ingest", "by-member"],
         data,
@@ -688,7 +693,13 @@ fn socket_group_admits_supplementary_members_and_no_one_else() {
         String::from_utf8_lossy(&out)
     );
     // The outsider is stopped by the socket's mode before the daemon sees it.
-    let (ok, _, stderr) = berth_as_user(&outsider, &daemon.socket, &["content", "ls"], b"");
+    let (ok, _, stderr) = berth_as_user(
+        &outsider,
+        "--init-groups",
+        &daemon.socket,
+        &["content", "ls"],
+        b"",
+    );
     assert!(!ok, "a caller outside --socket-group was served");
     assert!(stderr.contains("ermission denied"), "{stderr}");
 
@@ -696,14 +707,26 @@ fn socket_group_admits_supplementary_members_and_no_one_else() {
     // between a caller and it: it still serves the member and refuses the
     // outsider.
     std::fs::set_permissions(&daemon.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
-    let (ok, out, stderr) = berth_as_user(&member, &daemon.socket, &["content", "ls", "-q"], b"");
+    let (ok, out, stderr) = berth_as_user(
+        &member,
+        "--init-groups",
+        &daemon.socket,
+        &["content", "ls", "-q"],
+        b"",
+    );
     assert!(
         ok,
         "{} (in --socket-group) was refused: {stderr}",
         member.name
     );
     assert!(out.contains(Digest::of(data).as_str()), "{out}");
-    let (ok, out, stderr) = berth_as_user(&outsider, &daemon.socket, &["content", "ls", "-q"], b"");
+    let (ok, out, stderr) = berth_as_user(
+        &outsider,
+        "--init-groups",
+        &daemon.socket,
+        &["content", "ls", "-q"],
+        b"",
+    );
     assert!(
         !ok,
         "a caller outside --socket-group was served by the daemon: {out}"
@@ -716,6 +739,27 @@ fn socket_group_admits_supplementary_members_and_no_one_else() {
         daemon.log_text()
     );
     assert_eq!(refusals_of(&daemon, member.uid), 0, "{}", daemon.log_text());
+    // The groups that count are the calling process's, not the group
+    // database's: the member without its groups is refused, the outsider
+    // given the group is served.
+    let (ok, out, _) = berth_as_user(
+        &member,
+        "--clear-groups",
+        &daemon.socket,
+        &["content", "ls", "-q"],
+        b"",
+    );
+    assert!(!ok, "a member that dropped the group was served: {out}");
+    assert_eq!(refusals_of(&daemon, member.uid), 1, "{}", daemon.log_text());
+    let (ok, out, stderr) = berth_as_user(
+        &outsider,
+        &format!("--groups={gid}"),
+        &daemon.socket,
+        &["content", "ls", "-q"],
+        b"",
+    );
+    assert!(ok, "a caller given the group was refused: {stderr}");
+    assert!(out.contains(Digest::of(data).as_str()), "{out}");
     let (ok, _, stderr) = berth(&daemon.socket, &["content", "ls"], None);
     assert!(ok, "{stderr}");
     drop(daemon);
