@@ -2,7 +2,8 @@ use crate::{init_logging, prepare_dirs, DaemonConfig, DaemonError, DaemonFlags, 
 
 /// What every daemon does before it builds its store: a private umask
 /// (nothing a daemon creates is for other users; the socket is opened up
-/// to 0660 explicitly), the configuration from flags, file and defaults,
+/// to 0660 explicitly), the open-file limit raised to its hard limit, the
+/// configuration from flags, file and defaults,
 /// logging, the root and state directories, and the async runtime (two
 /// workers: the machines berth targets are small, and the stores' blocking
 /// work runs on tokio's blocking pool).
@@ -13,6 +14,7 @@ pub fn start(
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let config = DaemonConfig::resolve(flags, defaults)?;
     init_logging(&config)?;
+    raise_open_file_limit();
     prepare_dirs(&config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -20,4 +22,21 @@ pub fn start(
         .build()
         .map_err(|e| DaemonError::Server(format!("starting the async runtime: {e}")))?;
     Ok((config, runtime))
+}
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit, as Go's runtime does for
+/// containerd: systemd's default soft limit is 1024, and snapd's apply holds
+/// one descriptor per directory level of the path it writes (a path may be
+/// 2048 levels deep), contentd one per open ingest.
+fn raise_open_file_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!(soft, hard, error = %e, "cannot raise the open-file limit");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot read the open-file limit"),
+    }
 }
