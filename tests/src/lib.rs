@@ -6,7 +6,6 @@
 
 pub mod fake_registry;
 pub mod images;
-pub mod loop_mount;
 pub mod registry;
 pub mod stack;
 

@@ -12,12 +12,12 @@ use berth_client::RemoteContentStore;
 use berth_content::ContentStore;
 use berth_e2e::fake_registry::{Behaviour, FakeRegistry};
 use berth_e2e::images::{busybox_rootfs, files_rootfs, Blob, Layout, OCI_MANIFEST};
-use berth_e2e::loop_mount::LoopMount;
 use berth_e2e::registry::Registry;
 use berth_e2e::stack::Stack;
 use berth_e2e::{is_root, require, BlockSource, Daemon};
 use berth_ids::Digest;
 use berth_snapshot::chain_ids;
+use berth_snapshot::loop_mount::LoopMount;
 
 fn prerequisites() -> bool {
     require(is_root(), "berth-snapd needs root")
@@ -392,7 +392,7 @@ async fn pull_sync_fs_reaches_snapd_from_the_cli() {
         args.push(&reference);
         // The registry serves from this runtime's other tasks.
         let (written, (ok, _, err)) =
-            tokio::task::block_in_place(|| fs.kib_written_by(|| stack.berth(&args)));
+            tokio::task::block_in_place(|| fs.ext4_kib_written_by(|| stack.berth(&args)));
         assert!(ok, "berth {args:?}: {err}");
         let list = stack.berth_json(&["-n", ns, "snapshots", "ls"]);
         let mut names: Vec<String> = list

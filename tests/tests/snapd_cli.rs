@@ -207,7 +207,7 @@ async fn unpack_sync_fs_reaches_snapd_from_the_cli() {
     if !berth_e2e::require(berth_e2e::is_root(), "berth-snapd needs root") {
         return;
     }
-    let Some(fs) = berth_e2e::loop_mount::LoopMount::ext4(256 << 20) else {
+    let Some(fs) = berth_snapshot::loop_mount::LoopMount::ext4(256 << 20) else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -242,7 +242,8 @@ async fn unpack_sync_fs_reaches_snapd_from_the_cli() {
         let mut args = vec!["--snapd", ssock.as_str(), "-n", ns, "unpack"];
         args.push(manifest.digest.as_str());
         args.extend_from_slice(extra);
-        let (written, (ok, _, err)) = fs.kib_written_by(|| berth(&contentd.socket, &args, None));
+        let (written, (ok, _, err)) =
+            fs.ext4_kib_written_by(|| berth(&contentd.socket, &args, None));
         assert!(ok, "berth {args:?}: {err}");
         written
     };

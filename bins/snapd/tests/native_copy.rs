@@ -12,10 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use berth_snapd::copy::copy_tree;
-use common::LoopMount;
+use berth_snapshot::loop_mount::LoopMount;
 use nix::sys::stat::{makedev, Mode, SFlag};
-
-mod common;
 
 fn set_xattr(path: &Path, name: &str, value: &[u8]) {
     let cpath = CString::new(path.as_os_str().as_bytes()).unwrap();

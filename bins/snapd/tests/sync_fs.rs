@@ -6,9 +6,7 @@
 
 use berth_snapd::apply::{ApplyOptions, Host};
 use berth_snapd::unpack::apply_layer;
-use common::LoopMount;
-
-mod common;
+use berth_snapshot::loop_mount::LoopMount;
 
 const FILE_BYTES: usize = 32 << 20;
 
@@ -23,35 +21,23 @@ fn layer() -> Vec<u8> {
     builder.into_inner().unwrap()
 }
 
-fn written_kib(device: &str) -> u64 {
-    std::fs::read_to_string(format!("/sys/fs/ext4/{device}/session_write_kbytes"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 #[test]
 fn a_layer_applied_with_sync_fs_is_on_disk_when_the_apply_returns() {
-    if !berth_snapshot::testsuite::require_root() {
-        return;
-    }
-    let Some(mount) = LoopMount::new("mkfs.ext4", &["-q", "-F"], 256 << 20) else {
+    let Some(mount) = LoopMount::ext4(256 << 20) else {
         return;
     };
-    let device = mount.device_name();
     let layer = layer();
     let apply = |name: &str, sync_fs: bool| {
         let dir = mount.dir.join(name);
         std::fs::create_dir(&dir).unwrap();
-        nix::unistd::sync();
-        let before = written_kib(&device);
         let options = ApplyOptions {
             sync_fs,
             ..Default::default()
         };
-        apply_layer(&layer[..], None, &dir, &options, &Host).unwrap();
-        written_kib(&device) - before
+        let (written, applied) =
+            mount.ext4_kib_written_by(|| apply_layer(&layer[..], None, &dir, &options, &Host));
+        applied.unwrap();
+        written
     };
     // Without: the 32 MiB wait in the page cache (writeback starts after
     // 30 s, or under memory pressure).

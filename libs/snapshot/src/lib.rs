@@ -13,6 +13,8 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use berth_errdefs::{Error, Result};
 
+#[cfg(feature = "testsuite")]
+pub mod loop_mount;
 pub mod mount;
 #[cfg(feature = "testsuite")]
 pub mod testsuite;
