@@ -30,24 +30,25 @@ out=${BERTH_MUTANTS_OUT:-$repo/target/mutants}
 mkdir -p "$out"
 
 # area | files (comma-separated) | function filter (regex, or -) |
-# test packages (comma-separated) | cargo test target selection
+# test package | cargo test target selection
 #
-# The end-to-end tests (package berth-e2e) run the daemons' binaries from
-# the target directory. A daemon's binary is rebuilt with the mutant when
-# one of its own integration tests is selected, which is why, for example,
-# the content area selects contentd's `recovery` test.
+# One test package per area: cargo refuses a `--test NAME` that one of
+# several packages lacks. The end-to-end tests (package berth-e2e) start
+# the daemons' binaries; with BERTH_E2E_BUILD=1 they build them from the
+# mutated copy first, so the mutant is in the daemon they test.
 areas='
 ids|libs/ids/src/validate.rs,libs/ids/src/digest.rs|-|berth-ids|--lib
 metadata-validate|libs/metadata/src/validate.rs|-|berth-metadata|--lib
-peer|libs/daemon/src/peer.rs|-|berth-daemon,berth-contentd,berth-e2e|--lib --test recovery --test contentd
+peer|libs/daemon/src/peer.rs|-|berth-e2e|--test contentd
 gc-mark|bins/metad/src/gc/mark.rs|-|berth-metad|--lib
-conditional-deletes|bins/contentd/src/store.rs,bins/snapd/src/local.rs|if_unchanged|berth-contentd,berth-snapd|--lib --test local_conformance
-content-ingest|bins/contentd/src/ingest.rs,bins/contentd/src/store.rs|-|berth-contentd,berth-e2e|--lib --test local_conformance --test recovery --test contentd --test cli_content
+conditional-deletes|bins/contentd/src/store.rs,bins/snapd/src/local.rs|if_unchanged|berth-e2e|--test gc_collect --test content_remote --test snapd_remote
+content-ingest|bins/contentd/src/ingest.rs,bins/contentd/src/store.rs|-|berth-contentd|--lib --test local_conformance --test recovery
 snapd-apply|bins/snapd/src/apply.rs|-|berth-snapd|--lib --test apply_breakouts --test native_copy
-snapd-unpack|bins/snapd/src/unpack.rs|-|berth-snapd,berth-e2e|--lib --test sync_fs --test snapd_unpack
-snapd-diff|bins/snapd/src/diff.rs|-|berth-snapd,berth-e2e|--lib --test snapd_cli
-shim-kill-exit|bins/shim/src/service.rs|[Kk]ill|[Ee]xit|[Ww]ait|containerd-shim-berth-v2|--bins --test ctr
+snapd-unpack|bins/snapd/src/unpack.rs|-|berth-e2e|--test snapd_unpack --test snapd_cli
+snapd-diff|bins/snapd/src/diff.rs|-|berth-e2e|--test snapd_cli
+shim-kill-exit|bins/shim/src/service.rs|(kill|exit|wait)|containerd-shim-berth-v2|--bins --test ctr
 '
+export BERTH_E2E_BUILD=1
 
 list=false
 wanted=()
@@ -68,9 +69,9 @@ selected() {
 summary=()
 while IFS='|' read -r area files filter packages targets; do
   [ -n "$area" ] || continue
-  # The shim area's filter holds '|': the last field is the targets.
+  # The shim area's filter holds '|': the fields after it are the rest.
   if [ "$area" = shim-kill-exit ]; then
-    filter='[Kk]ill|[Ee]xit|[Ww]ait'
+    filter='(?i)(kill|exit|wait)'
     packages=containerd-shim-berth-v2
     targets='--bins --test ctr'
   fi
@@ -79,15 +80,11 @@ while IFS='|' read -r area files filter packages targets; do
   IFS=',' read -ra fs <<<"$files"
   for f in "${fs[@]}"; do args+=(--file "$f"); done
   [ "$filter" = - ] || args+=(--re "$filter")
-  IFS=',' read -ra ps <<<"$packages"
-  for p in "${ps[@]}"; do args+=(--test-package "$p"); done
+  args+=(--test-package "$packages")
   if $list; then
     printf '%-20s %s\n' "$area" "$(cargo mutants --list "${args[@]}" | wc -l)"
     continue
   fi
-  # The binaries the end-to-end tests start, built unmutated first: a
-  # mutant's run rebuilds only the daemon under test.
-  cargo build --workspace --bins --quiet
   start=$(date +%s)
   # shellcheck disable=SC2086 # the target selection is several words
   cargo mutants "${args[@]}" --jobs 1 --no-shuffle \
@@ -110,5 +107,3 @@ if ! $list && [ ${#summary[@]} -gt 0 ]; then
   echo '|---|---|---|---|---|---|---|'
   printf '%s\n' "${summary[@]}"
 fi
-# The binaries left in the shared target may be a mutant's: rebuild them.
-$list || cargo build --workspace --bins --quiet

@@ -15,7 +15,22 @@ use std::time::{Duration, Instant};
 
 /// A binary of this workspace, built next to the test executable. The
 /// README's test command builds them first (`cargo build --workspace --bins`).
+/// With `BERTH_E2E_BUILD=1` the first call builds them itself, from the tree
+/// the tests were built from: bench/mutants.sh sets it, so that a mutant of
+/// a daemon's code reaches the daemon these tests start.
 pub fn binary(name: &str) -> PathBuf {
+    if std::env::var_os("BERTH_E2E_BUILD").is_some_and(|v| v == "1") {
+        static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+        BUILT.get_or_init(|| {
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let status = Command::new(cargo)
+                .args(["build", "--workspace", "--bins", "--quiet"])
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .status()
+                .expect("running cargo build");
+            assert!(status.success(), "cargo build --workspace --bins failed");
+        });
+    }
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/<test> -> target/<profile>/<name>
     let dir = exe
