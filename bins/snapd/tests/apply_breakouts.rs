@@ -759,6 +759,55 @@ fn owners_are_exact_under_a_set_gid_directory() {
 }
 
 #[test]
+fn owners_are_exact_for_ids_near_the_creators() {
+    // Apply skips chown where a new inode already has the entry's owner:
+    // owners that differ from snapd's (root's) in only the uid or only the
+    // gid, in directories of either group, must still be set.
+    let case = Case::new();
+    let mut t = RawTar::new();
+    let regular = tar::EntryType::Regular;
+    let owners = [(0, 0), (0, 1), (1, 0), (1, 1), (2, 1)];
+    for (uid, gid) in owners {
+        let dir = format!("d{uid}{gid}");
+        t.entry_owned(
+            dir.as_bytes(),
+            tar::EntryType::Directory,
+            b"",
+            b"",
+            0o755,
+            (uid, gid),
+        );
+        for (file_uid, file_gid) in owners {
+            let name = format!("{dir}/f{file_uid}{file_gid}");
+            t.entry_owned(
+                name.as_bytes(),
+                regular,
+                b"",
+                b"x",
+                0o644,
+                (file_uid, file_gid),
+            );
+        }
+    }
+    assert!(case.apply_checked(&t.finish(), true));
+    for (uid, gid) in owners {
+        let dir = format!("d{uid}{gid}");
+        for (file_uid, file_gid) in owners {
+            let path = case.root.join(format!("{dir}/f{file_uid}{file_gid}"));
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            assert_eq!(
+                (meta.uid(), meta.gid()),
+                (file_uid as u32, file_gid as u32),
+                "{}",
+                path.display()
+            );
+        }
+        let meta = std::fs::metadata(case.root.join(&dir)).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (uid as u32, gid as u32), "{dir}");
+    }
+}
+
+#[test]
 fn a_directory_replaced_by_a_symlink_redirects_later_entries() {
     // Entries after the replacement must resolve the new symlink (inside
     // the root), not the directory that was there before.
