@@ -229,10 +229,23 @@ fn exec_killed(containerd: &Containerd, id: &str, exec_id: &str, kill_args: &[&s
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    // Read on a thread, so an exec that never starts fails the test
+    // rather than hanging it.
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(line) => line,
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("exec {exec_id} printed nothing in a minute");
+        }
+    };
     assert_eq!(line.trim(), "ready", "exec {exec_id} did not start");
     let mut cmd = vec!["task", "kill", "--exec-id", exec_id];
     cmd.extend_from_slice(kill_args);
