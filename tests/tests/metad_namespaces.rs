@@ -74,13 +74,15 @@ async fn delete_is_refused_while_contentd_holds_content_or_ingests() {
         .unwrap();
     create(&client, "held").await;
 
+    // A root of its own, so that metad's scheduled collection (nothing
+    // else refers to it) leaves it for the test to delete.
     let digest = write_blob(
         &content,
         "held",
         "blob",
         b"held data",
         None,
-        Default::default(),
+        [(berth_metadata::LABEL_GC_ROOT.to_string(), "1".to_string())].into(),
     )
     .await
     .unwrap();
