@@ -585,7 +585,18 @@ impl Service {
         }
         let signal = nix::sys::signal::Signal::try_from(req.signal as i32)
             .map_err(|_| ShimError::InvalidArgument(format!("invalid signal {}", req.signal)))?;
-        match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal) {
+        // Never 0 or negative: kill(2) would signal a whole process group,
+        // the shim's own among them, or every process it may signal.
+        let pid = match i32::try_from(pid) {
+            Ok(pid) if pid > 0 => pid,
+            _ => {
+                return Err(ShimError::FailedPrecondition(format!(
+                    "exec {} has no process to signal",
+                    req.exec_id
+                )))
+            }
+        };
+        match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal) {
             Ok(()) => Ok(()),
             Err(nix::errno::Errno::ESRCH) => {
                 Err(ShimError::NotFound("process already finished".into()))
