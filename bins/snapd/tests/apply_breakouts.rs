@@ -808,6 +808,21 @@ fn owners_are_exact_for_ids_near_the_creators() {
 }
 
 #[test]
+fn a_directory_removed_later_in_its_layer_stays_removed() {
+    // Directory times are set at the end of a layer; setting them must not
+    // bring back a directory that a later whiteout (native: a deletion)
+    // removed.
+    let case = Case::new();
+    let mut t = RawTar::new();
+    t.dir("a", 0o755);
+    t.dir("a/b", 0o755);
+    t.file("a/b/f", b"f");
+    t.file(".wh.a", b"");
+    assert!(case.apply_checked(&t.finish(), false));
+    assert!(!case.root.join("a").exists());
+}
+
+#[test]
 fn a_directory_replaced_by_a_symlink_redirects_later_entries() {
     // Entries after the replacement must resolve the new symlink (inside
     // the root), not the directory that was there before.
