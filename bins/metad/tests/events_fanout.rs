@@ -165,31 +165,21 @@ async fn live_subscribers_get_everything_in_order_and_a_stuck_one_is_cut_off() {
     // What the stuck subscriber gets once it reads: a gap-free prefix of
     // the events, then the stream's end with ResourceExhausted.
     let (mut next_sequence, mut next_filler) = (0u64, 0u64);
-    let status = loop {
-        let message = GenMessage::read_from(&mut stuck).await.unwrap();
-        assert_eq!(message.header.stream_id, 1);
-        match message.header.type_ {
-            MESSAGE_TYPE_DATA => {
-                let envelope = pb::Envelope::parse_from_bytes(&message.payload).unwrap();
-                let next = match envelope.topic.as_str() {
-                    SEQUENCE => &mut next_sequence,
-                    _ => &mut next_filler,
-                };
-                assert_eq!(
-                    sequence_of(&envelope.event.value),
-                    *next,
-                    "{}",
-                    envelope.topic
-                );
-                *next += 1;
-            }
-            MESSAGE_TYPE_RESPONSE => {
-                let response: Response = Codec::decode(&message.payload).unwrap();
-                break response.status.into_option().expect("a status");
-            }
-            other => panic!("unexpected message type {other}"),
-        }
-    };
+    let status = read_to_the_end(&mut stuck, Some(1), |message| {
+        let envelope = pb::Envelope::parse_from_bytes(&message.payload).unwrap();
+        let next = match envelope.topic.as_str() {
+            SEQUENCE => &mut next_sequence,
+            _ => &mut next_filler,
+        };
+        assert_eq!(
+            sequence_of(&envelope.event.value),
+            *next,
+            "{}",
+            envelope.topic
+        );
+        *next += 1;
+    })
+    .await;
     assert_eq!(
         status.code(),
         Code::RESOURCE_EXHAUSTED,
@@ -214,6 +204,30 @@ const HELLO: &str = "/test/hello";
 /// Publishes small events on HELLO until `received` (a subscriber's read)
 /// completes: then that subscriber is registered, and everything published
 /// after reaches it. The ceiling only turns a hang into a failure.
+/// Reads a raw subscriber's stream to its end: each data message goes to
+/// `on_data`, and the final response's status is returned. With `stream`,
+/// every message must belong to that stream.
+async fn read_to_the_end(
+    subscriber: &mut UnixStream,
+    stream: Option<u32>,
+    mut on_data: impl FnMut(&GenMessage),
+) -> ttrpc::proto::Status {
+    loop {
+        let message = GenMessage::read_from(&mut *subscriber).await.unwrap();
+        if let Some(stream) = stream {
+            assert_eq!(message.header.stream_id, stream);
+        }
+        match message.header.type_ {
+            MESSAGE_TYPE_DATA => on_data(&message),
+            MESSAGE_TYPE_RESPONSE => {
+                let response: Response = Codec::decode(&message.payload).unwrap();
+                return response.status.into_option().expect("a status");
+            }
+            other => panic!("unexpected message type {other}"),
+        }
+    }
+}
+
 async fn until_received<T>(events: &RemoteEvents, received: impl Future<Output = T>) -> T {
     let give_up = Instant::now() + Duration::from_secs(120);
     let mut received = std::pin::pin!(received);
@@ -313,17 +327,7 @@ async fn a_stuck_subscriber_costs_the_metad_process_no_more_than_its_limits() {
     );
 
     // And it was cut off: what it reads is a prefix, then ResourceExhausted.
-    let status = loop {
-        let message = GenMessage::read_from(&mut stuck).await.unwrap();
-        match message.header.type_ {
-            MESSAGE_TYPE_DATA => {}
-            MESSAGE_TYPE_RESPONSE => {
-                let response: Response = Codec::decode(&message.payload).unwrap();
-                break response.status.into_option().expect("a status");
-            }
-            other => panic!("unexpected message type {other}"),
-        }
-    };
+    let status = read_to_the_end(&mut stuck, None, |_| {}).await;
     assert_eq!(
         status.code(),
         Code::RESOURCE_EXHAUSTED,
