@@ -526,24 +526,10 @@ async fn import_what_skopeo_writes_and_skopeo_reads_what_berth_exports() {
     let saved_root = Digest::parse(imported[0]["digest"].as_str().unwrap()).unwrap();
     // Its layers are the uncompressed tars: their digests are the diff IDs.
     let store2 = RemoteContentStore::connect(&daemon2.socket).await.unwrap();
-    let manifest: serde_json::Value = serde_json::from_slice(
-        &berth_content::read_blob(&store2, "default", &saved_root, 1 << 20)
-            .await
-            .unwrap(),
-    )
-    .unwrap();
+    let manifest = json_blob(&store2, &saved_root).await;
     assert_eq!(manifest["layers"].as_array().unwrap().len(), 2);
-    let config: serde_json::Value = serde_json::from_slice(
-        &berth_content::read_blob(
-            &store2,
-            "default",
-            &Digest::parse(manifest["config"]["digest"].as_str().unwrap()).unwrap(),
-            1 << 20,
-        )
-        .await
-        .unwrap(),
-    )
-    .unwrap();
+    let config_digest = Digest::parse(manifest["config"]["digest"].as_str().unwrap()).unwrap();
+    let config = json_blob(&store2, &config_digest).await;
     assert_eq!(
         config["rootfs"]["diff_ids"][0],
         manifest["layers"][0]["digest"]
@@ -593,6 +579,14 @@ async fn import_what_skopeo_writes_and_skopeo_reads_what_berth_exports() {
 }
 
 /// A tar header for `name` claiming `size` bytes.
+/// A JSON document of the store's default namespace (a manifest, a config).
+async fn json_blob(store: &RemoteContentStore, digest: &Digest) -> serde_json::Value {
+    let bytes = berth_content::read_blob(store, "default", digest, 1 << 20)
+        .await
+        .unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
 fn tar_header(name: &str, size: u64) -> Vec<u8> {
     let mut header = [0u8; 512];
     header[..name.len()].copy_from_slice(name.as_bytes());
@@ -796,12 +790,7 @@ async fn import_layer(daemon: &Daemon, cwd: &Path, layer_size: u64) -> u64 {
     assert_eq!(imported[0]["name"], "berth.test/big:v1");
     let root = Digest::parse(imported[0]["digest"].as_str().unwrap()).unwrap();
     let store = RemoteContentStore::connect(&daemon.socket).await.unwrap();
-    let manifest: serde_json::Value = serde_json::from_slice(
-        &berth_content::read_blob(&store, "default", &root, 1 << 20)
-            .await
-            .unwrap(),
-    )
-    .unwrap();
+    let manifest = json_blob(&store, &root).await;
     assert_eq!(manifest["layers"][0]["digest"], layer_digest.as_str());
     assert_eq!(manifest["layers"][0]["size"], layer_size);
     let info = store.info("default", &layer_digest).await.unwrap();
