@@ -121,10 +121,21 @@ impl Daemon {
     pub fn metad(dir: &Path, contentd: &Daemon, snapd: &Daemon) -> Daemon {
         let contentd = contentd.socket.display().to_string();
         let snapd = snapd.socket.display().to_string();
+        // No collection at start: a test's unreferenced blobs would be
+        // garbage to it, and whether it ran before or after the test wrote
+        // them would depend on the machine's load. Collections that
+        // deletions call for, and `berth gc`, still run.
         Daemon::start_with_args(
             "berth-metad",
             dir,
-            &["--contentd", &contentd, "--snapd", &snapd],
+            &[
+                "--contentd",
+                &contentd,
+                "--snapd",
+                &snapd,
+                "--gc-startup-delay",
+                "0",
+            ],
         )
     }
 

@@ -25,6 +25,11 @@ struct Cli {
     /// berth-snapd's socket, asked before a namespace is deleted.
     #[arg(long, value_name = "SOCKET")]
     snapd: Option<PathBuf>,
+    /// Milliseconds after start before the first scheduled collection
+    /// (containerd's `startup_delay`, 100 by default); 0: none until
+    /// deletions or mutations call for one.
+    #[arg(long, value_name = "MS")]
+    gc_startup_delay: Option<u64>,
 }
 
 /// metad's own keys in the config file.
@@ -33,6 +38,7 @@ struct Cli {
 struct Settings {
     contentd: Option<PathBuf>,
     snapd: Option<PathBuf>,
+    gc_startup_delay: Option<u64>,
 }
 
 fn defaults() -> Defaults {
@@ -49,10 +55,19 @@ fn main() -> anyhow::Result<()> {
     let settings: Settings = config.daemon_settings()?;
     let contentd = peer_socket(cli.contentd, settings.contentd, sockets::CONTENTD);
     let snapd = peer_socket(cli.snapd, settings.snapd, sockets::SNAPD);
-    runtime.block_on(run(config, contentd, snapd))
+    let mut schedule = ScheduleConfig::default();
+    if let Some(ms) = cli.gc_startup_delay.or(settings.gc_startup_delay) {
+        schedule.startup_delay = std::time::Duration::from_millis(ms);
+    }
+    runtime.block_on(run(config, contentd, snapd, schedule))
 }
 
-async fn run(config: DaemonConfig, contentd: PathBuf, snapd: PathBuf) -> anyhow::Result<()> {
+async fn run(
+    config: DaemonConfig,
+    contentd: PathBuf,
+    snapd: PathBuf,
+    schedule: ScheduleConfig,
+) -> anyhow::Result<()> {
     let dir = config.root.join("meta");
     let records = tokio::task::spawn_blocking(move || Records::open(&dir))
         .await
@@ -71,7 +86,7 @@ async fn run(config: DaemonConfig, contentd: PathBuf, snapd: PathBuf) -> anyhow:
         CollectorConfig::default(),
     )
     .with_events(exchange.clone());
-    let scheduler = Scheduler::new(ScheduleConfig::default(), collector);
+    let scheduler = Scheduler::new(schedule, collector);
     // Subscribers end on SIGTERM, so they cannot hold metad's exit.
     berth_metad::events::close_on_termination(exchange.clone())?;
 
