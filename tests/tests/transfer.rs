@@ -579,6 +579,15 @@ async fn import_what_skopeo_writes_and_skopeo_reads_what_berth_exports() {
 }
 
 /// A tar header for `name` claiming `size` bytes.
+/// Whether the store's default namespace has no ingest in progress.
+async fn no_ingest_left(store: &RemoteContentStore) -> bool {
+    store
+        .list_statuses("default", &[])
+        .await
+        .unwrap()
+        .is_empty()
+}
+
 /// A JSON document of the store's default namespace (a manifest, a config).
 async fn json_blob(store: &RemoteContentStore, digest: &Digest) -> serde_json::Value {
     let bytes = berth_content::read_blob(store, "default", digest, 1 << 20)
@@ -832,14 +841,7 @@ async fn hostile_archives_fail_cleanly_with_bounded_memory() {
         assert_eq!(tree_under(&jail), jail_before, "{name}");
         // Refused on its name: no blob stored, no ingest even opened.
         assert!(digests_in(&daemon).await.is_empty(), "{name}");
-        assert!(
-            store
-                .list_statuses("default", &[])
-                .await
-                .unwrap()
-                .is_empty(),
-            "{name} opened an ingest"
-        );
+        assert!(no_ingest_left(&store).await, "{name} opened an ingest");
     }
 
     // A blob whose name is not its digest.
@@ -853,11 +855,7 @@ async fn hostile_archives_fail_cleanly_with_bounded_memory() {
     assert!(digests_in(&daemon).await.is_empty());
     // The refused entry's ingest is aborted, not left behind.
     assert!(
-        store
-            .list_statuses("default", &[])
-            .await
-            .unwrap()
-            .is_empty(),
+        no_ingest_left(&store).await,
         "a failed import left its ingest"
     );
     // Also when the archive ends in the middle of an entry, while its
@@ -870,11 +868,7 @@ async fn hostile_archives_fail_cleanly_with_bounded_memory() {
     assert!(!ok, "{err}");
     assert!(digests_in(&daemon).await.is_empty());
     assert!(
-        store
-            .list_statuses("default", &[])
-            .await
-            .unwrap()
-            .is_empty(),
+        no_ingest_left(&store).await,
         "an import cut off mid-entry left its ingest: {err}"
     );
 
