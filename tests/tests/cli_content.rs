@@ -153,21 +153,7 @@ fn active_and_abort() {
     let daemon = Daemon::contentd(dir.path());
     let sock = &daemon.socket;
     // An ingest whose client dies part way stays active.
-    let mut child = Command::new(binary("berth"))
-        .env("BERTH_CONTENTD_ADDRESS", sock)
-        .args(["content", "ingest", "half-done"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(&vec![7u8; 3 * 1024 * 1024]).unwrap();
-    stdin.flush().unwrap();
-    wait_for_offset(sock, "half-done", 3 * 1024 * 1024);
-    child.kill().unwrap();
-    child.wait().unwrap();
-    drop(stdin);
+    interrupted_ingest(sock, "half-done", &vec![7u8; 3 * 1024 * 1024]);
 
     let (ok, out, _) = berth(sock, &["content", "active", "--format", "json"], None);
     assert!(ok);
@@ -300,6 +286,25 @@ impl Drop for CountingProxy {
     }
 }
 
+/// `berth content ingest REFERENCE` killed once contentd holds `data`:
+/// the ingest is left behind with no writer.
+fn interrupted_ingest(sock: &std::path::Path, reference: &str, data: &[u8]) {
+    let mut child = Command::new(binary("berth"))
+        .env("BERTH_CONTENTD_ADDRESS", sock)
+        .args(["content", "ingest", reference])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(data).unwrap();
+    stdin.flush().unwrap();
+    wait_for_offset(sock, reference, data.len() as u64);
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
 #[test]
 fn an_interrupted_ingest_resumes_without_resending() {
     let dir = tempfile::tempdir().unwrap();
@@ -391,21 +396,7 @@ fn a_leftover_ingest_is_started_afresh_without_an_expected_digest() {
     let dir = tempfile::tempdir().unwrap();
     let mut daemon = Daemon::contentd(dir.path());
     // An interrupted ingest leaves 1 MiB of other bytes under the ref.
-    let mut child = Command::new(binary("berth"))
-        .env("BERTH_CONTENTD_ADDRESS", &daemon.socket)
-        .args(["content", "ingest", "leftover"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(&vec![b'x'; 1024 * 1024]).unwrap();
-    stdin.flush().unwrap();
-    wait_for_offset(&daemon.socket, "leftover", 1024 * 1024);
-    child.kill().unwrap();
-    child.wait().unwrap();
-    drop(stdin);
+    interrupted_ingest(&daemon.socket, "leftover", &vec![b'x'; 1024 * 1024]);
     // Restarted, contentd holds the ingest with no writer attached (left
     // running, it may not have seen the dead client let go of it yet).
     daemon.kill();

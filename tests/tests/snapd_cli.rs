@@ -36,19 +36,7 @@ async fn unpack_snapshots_and_diff_from_the_cli() {
     let manifest = layout.add_image(&[l1.clone(), l2.clone()], "amd64", false);
     let index = layout.add_index(&[(manifest.clone(), "amd64")]);
     let store = RemoteContentStore::connect(&contentd.socket).await.unwrap();
-    for entry in std::fs::read_dir(layout.dir.join("blobs/sha256")).unwrap() {
-        let data = std::fs::read(entry.unwrap().path()).unwrap();
-        berth_content::write_blob(
-            &store,
-            "default",
-            &format!("b-{}", Digest::of(&data).hex()),
-            &data,
-            None,
-            Default::default(),
-        )
-        .await
-        .unwrap();
-    }
+    store_layout(&store, &layout, "default").await;
     let chain = berth_snapshot::chain_ids(&[l1.1.clone(), l2.1.clone()]);
 
     // (--sync-fs: every layer written back before its commit.)
@@ -223,19 +211,7 @@ async fn unpack_sync_fs_reaches_snapd_from_the_cli() {
     let manifest = layout.add_image(&[layer], "amd64", false);
     let store = RemoteContentStore::connect(&contentd.socket).await.unwrap();
     for ns in ["lazy", "synced"] {
-        for entry in std::fs::read_dir(layout.dir.join("blobs/sha256")).unwrap() {
-            let data = std::fs::read(entry.unwrap().path()).unwrap();
-            berth_content::write_blob(
-                &store,
-                ns,
-                &format!("b-{}", Digest::of(&data).hex()),
-                &data,
-                None,
-                Default::default(),
-            )
-            .await
-            .unwrap();
-        }
+        store_layout(&store, &layout, ns).await;
     }
     // One namespace each: the same layer is applied afresh in both.
     let unpack = |ns: &str, extra: &[&str]| {
@@ -258,4 +234,21 @@ async fn unpack_sync_fs_reaches_snapd_from_the_cli() {
         synced >= file_kib,
         "with --sync-fs: {synced} KiB written, the file alone is {file_kib} KiB"
     );
+}
+
+/// Stores every blob of `layout` in contentd's namespace `ns`.
+async fn store_layout(store: &RemoteContentStore, layout: &Layout, ns: &str) {
+    for entry in std::fs::read_dir(layout.dir.join("blobs/sha256")).unwrap() {
+        let data = std::fs::read(entry.unwrap().path()).unwrap();
+        berth_content::write_blob(
+            store,
+            ns,
+            &format!("b-{}", Digest::of(&data).hex()),
+            &data,
+            None,
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    }
 }
