@@ -5,7 +5,6 @@
 
 mod commands;
 mod global;
-mod image;
 mod output;
 
 use std::process::ExitCode;

@@ -42,8 +42,8 @@ impl Backend {
     }
 
     pub fn from_name(name: &str) -> Result<Backend> {
-        match name {
-            "overlayfs" | "overlay" => Ok(Backend::Overlay),
+        match berth_snapshot::canonical_snapshotter(name) {
+            "overlayfs" => Ok(Backend::Overlay),
             "native" => Ok(Backend::Native),
             other => Err(Error::invalid_argument(format!(
                 "unknown snapshotter {other:?} (overlayfs, native)"

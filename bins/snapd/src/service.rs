@@ -14,7 +14,7 @@ use berth_errdefs::{Error, Result};
 use berth_snapshot::wire::{
     descriptor_from_pb, descriptor_to_pb, info_from_pb, info_to_pb, mount_to_pb, optional,
 };
-use berth_snapshot::{Mount, Snapshotter, DEFAULT_SNAPSHOTTER};
+use berth_snapshot::{Mount, Snapshotter};
 use ttrpc::r#async::{ServerStreamSender, TtrpcContext};
 
 use crate::diff::Differ;
@@ -74,11 +74,7 @@ impl SnapshotService {
     }
 
     fn snapshotter(&self, name: &str) -> Result<&LocalSnapshotter> {
-        let name = if name.is_empty() {
-            DEFAULT_SNAPSHOTTER
-        } else {
-            name
-        };
+        let name = berth_snapshot::canonical_snapshotter(name);
         let backend = Backend::from_name(name)?;
         self.snapshotters
             .get(backend.name())

@@ -8,13 +8,11 @@ pub const NAMESPACE_KEY: &str = "containerd-namespace";
 /// with [`lease_label`], which is how metad's collector sees it held.
 pub const LEASE_KEY: &str = "containerd-lease";
 
-/// The label that ties a blob or snapshot to a lease.
-pub fn lease_label(lease_id: &str) -> String {
-    format!("{LEASE_LABEL_PREFIX}{lease_id}")
-}
-
+/// The label that ties a blob or snapshot to a lease (see
+/// [`labels::lease`]).
+pub use labels::lease as lease_label;
 /// Prefix of [`lease_label`] keys.
-pub const LEASE_LABEL_PREFIX: &str = "berth.io/lease.";
+pub use labels::LEASE_PREFIX as LEASE_LABEL_PREFIX;
 
 /// Largest data payload berth puts in one message: well under ttrpc's 4 MiB
 /// frame limit, large enough that per-message costs vanish.
@@ -182,6 +180,7 @@ pub mod gc {
     pub use crate::generated::gc_ttrpc::*;
 }
 
+pub mod labels;
 pub mod time;
 
 pub use protobuf;

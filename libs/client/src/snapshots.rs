@@ -29,11 +29,7 @@ impl std::fmt::Debug for RemoteSnapshotter {
 }
 
 /// What [`RemoteSnapshotter::unpack`] did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UnpackResult {
-    pub chain_id: Digest,
-    pub applied: u64,
-}
+pub type UnpackResult = berth_image::Unpacked;
 
 impl RemoteSnapshotter {
     /// Connects to snapd and uses its snapshotter `snapshotter` (empty:
@@ -86,14 +82,33 @@ impl RemoteSnapshotter {
         layers: &[Descriptor],
         diff_ids: &[Digest],
     ) -> Result<UnpackResult> {
+        self.unpack_under(
+            namespace,
+            layers,
+            diff_ids,
+            self.lease.as_deref(),
+            self.sync_fs,
+        )
+        .await
+    }
+
+    async fn unpack_under(
+        &self,
+        namespace: &str,
+        layers: &[Descriptor],
+        diff_ids: &[Digest],
+        lease: Option<&str>,
+        sync_fs: bool,
+    ) -> Result<UnpackResult> {
         let req = pb::UnpackRequest {
             snapshotter: self.snapshotter.clone(),
             layers: layers.iter().map(descriptor_to_pb).collect(),
             diff_ids: diff_ids.iter().map(|d| d.to_string()).collect(),
-            sync_fs: self.sync_fs,
+            sync_fs,
             ..Default::default()
         };
-        let resp = self.client.unpack(self.context(namespace), &req).await?;
+        let ctx = request_context_leased(namespace, lease);
+        let resp = self.client.unpack(ctx, &req).await?;
         Ok(UnpackResult {
             chain_id: Digest::parse(&resp.chain_id)?,
             applied: u64::try_from(resp.applied).unwrap_or(0),
@@ -271,5 +286,37 @@ impl Snapshotter for RemoteSnapshotter {
             .cleanup(self.context(berth_ids::DEFAULT_NAMESPACE), &req)
             .await?;
         Ok(())
+    }
+}
+
+#[async_trait]
+impl berth_image::Unpacker for RemoteSnapshotter {
+    fn snapshotter_name(&self) -> &str {
+        berth_snapshot::canonical_snapshotter(&self.snapshotter)
+    }
+
+    async fn unpack_layers(
+        &self,
+        namespace: &str,
+        layers: &[berth_image::Descriptor],
+        diff_ids: &[Digest],
+        options: &berth_image::UnpackOptions,
+    ) -> Result<berth_image::Unpacked> {
+        let layers: Vec<Descriptor> = layers
+            .iter()
+            .map(|l| Descriptor {
+                media_type: l.media_type.clone(),
+                digest: l.digest.clone(),
+                size: l.size,
+            })
+            .collect();
+        self.unpack_under(
+            namespace,
+            &layers,
+            diff_ids,
+            options.lease.as_deref().or(self.lease.as_deref()),
+            options.sync_fs || self.sync_fs,
+        )
+        .await
     }
 }

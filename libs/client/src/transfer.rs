@@ -1,7 +1,9 @@
 use std::path::Path;
 
+use async_trait::async_trait;
 use berth_api::transfer as pb;
 use berth_errdefs::{Error, Result};
+use berth_image::{Descriptor, Progress, Transfer};
 use ttrpc::r#async::ClientStreamReceiver;
 
 use crate::connection::{connect, request_context_leased};
@@ -34,33 +36,30 @@ impl RemoteTransfer {
         self.lease = Some(lease.into());
         self
     }
+}
 
-    fn context(&self, namespace: &str) -> ttrpc::context::Context {
-        request_context_leased(namespace, self.lease.as_deref())
-    }
-
-    /// Fetches an image into the content store, calling `on_progress` for
-    /// every progress message; returns the root descriptor.
-    pub async fn fetch(
+#[async_trait]
+impl Transfer for RemoteTransfer {
+    async fn fetch(
         &self,
         namespace: &str,
         request: &pb::FetchRequest,
-        on_progress: impl FnMut(&pb::Progress),
-    ) -> Result<pb::Descriptor> {
-        let stream = self.client.fetch(self.context(namespace), request).await?;
+        lease: Option<&str>,
+        on_progress: &mut (dyn FnMut(Progress) + Send),
+    ) -> Result<Descriptor> {
+        let ctx = request_context_leased(namespace, lease.or(self.lease.as_deref()));
+        let stream = self.client.fetch(ctx, request).await?;
         follow(stream, on_progress).await
     }
 
-    /// Pushes an image from the content store to a registry, calling
-    /// `on_progress` for every progress message; returns the root
-    /// descriptor.
-    pub async fn push(
+    async fn push(
         &self,
         namespace: &str,
         request: &pb::PushRequest,
-        on_progress: impl FnMut(&pb::Progress),
-    ) -> Result<pb::Descriptor> {
-        let stream = self.client.push(self.context(namespace), request).await?;
+        on_progress: &mut (dyn FnMut(Progress) + Send),
+    ) -> Result<Descriptor> {
+        let ctx = request_context_leased(namespace, self.lease.as_deref());
+        let stream = self.client.push(ctx, request).await?;
         follow(stream, on_progress).await
     }
 }
@@ -69,14 +68,16 @@ impl RemoteTransfer {
 /// root.
 async fn follow(
     mut stream: ClientStreamReceiver<pb::Progress>,
-    mut on_progress: impl FnMut(&pb::Progress),
-) -> Result<pb::Descriptor> {
+    on_progress: &mut (dyn FnMut(Progress) + Send),
+) -> Result<Descriptor> {
     let mut root = None;
-    while let Some(progress) = stream.recv().await? {
-        on_progress(&progress);
-        if progress.event == "done" {
-            root = progress.descriptor.into_option();
+    while let Some(message) = stream.recv().await? {
+        let progress = Progress::from_pb(&message)
+            .map_err(|e| e.context("berth-contentd sent a malformed progress message"))?;
+        if let Progress::Done(descriptor) = &progress {
+            root = Some(descriptor.clone());
         }
+        on_progress(progress);
     }
     root.ok_or_else(|| Error::unavailable("the transfer ended without a result"))
 }

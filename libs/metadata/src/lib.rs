@@ -109,13 +109,12 @@ pub struct Resource {
     pub kind: String,
 }
 
-/// Label on a lease: when it expires (RFC 3339); an expired lease holds
-/// nothing and the collector deletes it.
-pub const LABEL_GC_EXPIRE: &str = "containerd.io/gc.expire";
+/// Label on a lease: when it expires (RFC 3339); see [`berth_api::labels`].
+pub use berth_api::labels::GC_EXPIRE as LABEL_GC_EXPIRE;
 /// Label on a lease: hold only what the lease names, not what that refers to.
-pub const LABEL_GC_FLAT: &str = "containerd.io/gc.flat";
+pub use berth_api::labels::GC_FLAT as LABEL_GC_FLAT;
 /// Label on any object: a root of the collection.
-pub const LABEL_GC_ROOT: &str = "containerd.io/gc.root";
+pub use berth_api::labels::GC_ROOT as LABEL_GC_ROOT;
 
 /// Namespaces. Every namespace-scoped method elsewhere takes the namespace
 /// as its first argument; implementations validate it.

@@ -26,6 +26,16 @@ pub type Labels = HashMap<String, String>;
 /// The snapshotter used when a request names none.
 pub const DEFAULT_SNAPSHOTTER: &str = "overlayfs";
 
+/// The canonical name of a snapshotter a request names: snapd also answers
+/// to `overlay` (and to no name at all) for overlayfs, but labels and the
+/// collector only ever use the canonical name.
+pub fn canonical_snapshotter(name: &str) -> &str {
+    match name {
+        "" | "overlay" => DEFAULT_SNAPSHOTTER,
+        other => other,
+    }
+}
+
 /// What a snapshot is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {

@@ -15,12 +15,6 @@ use super::namespaces::{label_update, labels_text, parse_labels, sorted};
 use crate::global::Global;
 use crate::output::{self, Format};
 
-/// Largest root blob read to learn its media type.
-const MAX_ROOT_BLOB: u64 = 4 * 1024 * 1024;
-
-const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-
 #[derive(Debug, clap::Subcommand)]
 pub enum ImagesCommand {
     /// List images, optionally matching filters (e.g. 'name~=busybox',
@@ -153,21 +147,6 @@ fn print_image(format: Format, image: &Image) -> Result<()> {
     }
 }
 
-/// The media type a root blob declares, or the one its shape implies.
-fn media_type_of(blob: &[u8]) -> Option<String> {
-    let value: serde_json::Value = serde_json::from_slice(blob).ok()?;
-    if let Some(declared) = value.get("mediaType").and_then(|m| m.as_str()) {
-        return Some(declared.to_string());
-    }
-    if value.get("manifests").is_some() {
-        Some(OCI_INDEX.to_string())
-    } else if value.get("config").is_some() && value.get("layers").is_some() {
-        Some(OCI_MANIFEST.to_string())
-    } else {
-        None
-    }
-}
-
 /// The target of `images create`: what was given, the rest from
 /// berth-contentd.
 async fn target(
@@ -190,11 +169,15 @@ async fn target(
             let media_type = match media_type {
                 Some(media_type) => media_type,
                 None => {
-                    let blob =
-                        berth_content::read_blob(&content, namespace, &digest, MAX_ROOT_BLOB)
-                            .await
-                            .with_context(|| format!("reading {digest}"))?;
-                    match media_type_of(&blob) {
+                    let blob = berth_content::read_blob(
+                        &content,
+                        namespace,
+                        &digest,
+                        berth_image::MAX_DOCUMENT_SIZE,
+                    )
+                    .await
+                    .with_context(|| format!("reading {digest}"))?;
+                    match berth_image::sniff_media_type(&blob) {
                         Some(media_type) => media_type,
                         None => bail!(
                             "cannot tell the media type of {digest}: it is not an image index or manifest; pass --media-type"
@@ -352,6 +335,7 @@ pub async fn run(global: &Global, command: ImagesCommand) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use berth_image::media::{OCI_INDEX, OCI_MANIFEST};
 
     #[test]
     fn media_types_read_naturally_and_are_found_in_blobs() {
@@ -363,17 +347,17 @@ mod tests {
         );
         assert_eq!(short_type("text/plain"), "text/plain");
         assert_eq!(
-            media_type_of(br#"{"schemaVersion":2,"manifests":[]}"#).as_deref(),
+            berth_image::sniff_media_type(br#"{"schemaVersion":2,"manifests":[]}"#).as_deref(),
             Some(OCI_INDEX)
         );
         assert_eq!(
-            media_type_of(br#"{"mediaType":"x/y","manifests":[]}"#).as_deref(),
+            berth_image::sniff_media_type(br#"{"mediaType":"x/y","manifests":[]}"#).as_deref(),
             Some("x/y")
         );
         assert_eq!(
-            media_type_of(br#"{"config":{},"layers":[]}"#).as_deref(),
+            berth_image::sniff_media_type(br#"{"config":{},"layers":[]}"#).as_deref(),
             Some(OCI_MANIFEST)
         );
-        assert_eq!(media_type_of(b"not json"), None);
+        assert_eq!(berth_image::sniff_media_type(b"not json"), None);
     }
 }

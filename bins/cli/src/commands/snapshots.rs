@@ -4,15 +4,13 @@ use std::collections::HashMap;
 
 use anyhow::{bail, Context, Result};
 use berth_client::{RemoteContentStore, RemoteImages, RemoteSnapshotter};
-use berth_ids::Digest;
-use berth_metadata::ImageStore;
 use berth_snapshot::{Info, Snapshotter, DEFAULT_SNAPSHOTTER};
 use serde::Serialize;
 
 use super::namespaces::parse_labels;
 use crate::global::Global;
-use crate::image::{label_unpacked, ImageLayers};
 use crate::output::{self, Format};
+use berth_image::{Matcher, UnpackOptions};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct SnapshotterArg {
@@ -317,29 +315,6 @@ pub async fn run(global: &Global, args: SnapshotsArgs) -> Result<()> {
     }
 }
 
-/// The root digest of `image`: a digest as it is, else the target of the
-/// image record of that name (as given, or as a normalised reference).
-async fn image_root(global: &Global, ns: &str, image: &str) -> Result<Digest> {
-    if image.starts_with("sha256:") {
-        return Ok(Digest::parse(image)?);
-    }
-    let images = RemoteImages::connect(global.metad_socket())
-        .await
-        .context("berth-metad")?;
-    let mut names = vec![image.to_string()];
-    if let Ok(reference) = berth_reference::Reference::parse(image) {
-        names.push(reference.to_string());
-    }
-    for name in &names {
-        match images.get(ns, name).await {
-            Ok(record) => return Ok(record.target.digest),
-            Err(e) if e.kind() == berth_errdefs::ErrorKind::NotFound => {}
-            Err(e) => return Err(e).with_context(|| format!("image {name}")),
-        }
-    }
-    bail!("image {image} not found")
-}
-
 /// `berth unpack IMAGE`: the image's layers into snapshots, and the
 /// image's config labelled as holding them.
 pub async fn unpack(global: &Global, args: UnpackArgs) -> Result<()> {
@@ -347,27 +322,33 @@ pub async fn unpack(global: &Global, args: UnpackArgs) -> Result<()> {
     let store = RemoteContentStore::connect(global.contentd_socket())
         .await
         .context("connecting to berth-contentd")?;
-    let root = image_root(global, &ns, &args.image).await?;
-    let image = ImageLayers::resolve(&store, &ns, &root, None).await?;
-    let diff_ids = image.diff_ids(&store, &ns).await?;
-    let sn = connect(global, &args.snapshotter.snapshotter)
-        .await?
-        .with_sync_fs(args.sync_fs);
-    let done = sn
-        .unpack(&ns, &image.layers, &diff_ids)
-        .await
-        .with_context(|| format!("unpacking {root}"))?;
-    label_unpacked(
+    // A digest needs no image record (nor berth-metad).
+    let root = match berth_ids::Digest::parse(&args.image) {
+        Ok(digest) => digest,
+        Err(_) => {
+            let images = RemoteImages::connect(global.metad_socket())
+                .await
+                .context("berth-metad")?;
+            berth_image::store::image_root(&images, &ns, &args.image).await?
+        }
+    };
+    let sn = connect(global, &args.snapshotter.snapshotter).await?;
+    let image = berth_image::unpack(
         &store,
+        &sn,
         &ns,
-        &image.config,
-        &args.snapshotter.snapshotter,
-        &done.chain_id,
+        &root,
+        &Matcher::host(),
+        &UnpackOptions {
+            lease: None,
+            sync_fs: args.sync_fs,
+        },
     )
     .await?;
+    let done = image.unpacked;
     if global.format == Format::Json {
         return output::json(&serde_json::json!({
-            "chain_id": done.chain_id.to_string(), "applied": done.applied, "layers": image.layers.len()
+            "chain_id": done.chain_id.to_string(), "applied": done.applied, "layers": image.layers
         }));
     }
     println!("{}", done.chain_id);

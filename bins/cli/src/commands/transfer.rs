@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use berth_api::transfer as pb;
 use berth_client::{docker_credentials, RemoteTransfer};
+use berth_image::{media, Descriptor, Progress, Transfer};
 use berth_reference::Reference;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
@@ -120,7 +121,7 @@ pub(crate) fn finish(
     quiet: bool,
     verb: &str,
     reference: &Reference,
-    root: &pb::Descriptor,
+    root: &Descriptor,
 ) -> Result<()> {
     match format {
         Format::Json => {
@@ -128,7 +129,7 @@ pub(crate) fn finish(
             let event = serde_json::json!({
                 "event": verb,
                 "reference": reference.to_string(),
-                "digest": root.digest,
+                "digest": root.digest.to_string(),
                 "media_type": root.media_type,
                 "size": root.size,
             });
@@ -157,7 +158,7 @@ pub async fn push(global: &Global, args: PushArgs) -> Result<()> {
         .context("berth-contentd")?;
     let mut display = Display::new(global.format, args.quiet);
     let root = transfer
-        .push(namespace, &request, |p| display.show(p))
+        .push(namespace, &request, &mut |p| display.show(&p))
         .await
         .with_context(|| format!("push {reference}"))?;
     display.finish();
@@ -172,7 +173,7 @@ pub async fn fetch(global: &Global, args: FetchArgs) -> Result<()> {
         .context("berth-contentd")?;
     let mut display = Display::new(global.format, args.quiet);
     let root = transfer
-        .fetch(namespace, &request, |p| display.show(p))
+        .fetch(namespace, &request, None, &mut |p| display.show(&p))
         .await
         .with_context(|| format!("content fetch {reference}"))?;
     display.finish();
@@ -194,15 +195,7 @@ pub(crate) enum Display {
 }
 
 fn kind(media_type: &str) -> &'static str {
-    if media_type.contains("index") || media_type.contains("list") {
-        "index"
-    } else if media_type.contains("manifest") {
-        "manifest"
-    } else if media_type.contains("config") {
-        "config"
-    } else {
-        "layer"
-    }
+    media::ingest_kind(media_type)
 }
 
 fn short(digest: &str) -> &str {
@@ -253,67 +246,66 @@ impl Display {
         }
     }
 
-    pub(crate) fn show(&mut self, progress: &pb::Progress) {
-        let Some(descriptor) = progress.descriptor.as_ref() else {
-            return;
+    pub(crate) fn show(&mut self, progress: &Progress) {
+        let descriptor = progress.descriptor();
+        let (state, offset) = match progress {
+            Progress::Blob { state, offset, .. } => (Some(*state), *offset),
+            _ => (None, 0),
         };
+        let digest = descriptor.digest.to_string();
         match self {
             Display::Quiet => {}
             Display::Json => {
                 let event = serde_json::json!({
-                    "event": progress.event,
-                    "digest": descriptor.digest,
+                    "event": progress.event_name(),
+                    "digest": digest,
                     "media_type": descriptor.media_type,
                     "size": descriptor.size,
-                    "state": progress.state,
-                    "offset": progress.offset,
+                    "state": state.map_or("", |s| s.as_str()),
+                    "offset": offset,
                 });
                 println!("{event}");
             }
             Display::Lines { last } => {
-                if progress.event == "resolved" {
-                    eprintln!(
-                        "resolved {} ({})",
-                        descriptor.digest,
-                        kind(&descriptor.media_type)
-                    );
+                if let Progress::Resolved(_) = progress {
+                    eprintln!("resolved {digest} ({})", kind(&descriptor.media_type));
                     return;
                 }
-                if progress.event != "blob" {
+                let Some(state) = state else {
                     return;
-                }
+                };
                 // One line per change of state, not per megabyte.
-                if last.get(&descriptor.digest) == Some(&progress.state) {
+                if last.get(&digest).map(String::as_str) == Some(state.as_str()) {
                     return;
                 }
-                last.insert(descriptor.digest.clone(), progress.state.clone());
+                last.insert(digest.clone(), state.as_str().to_string());
                 eprintln!(
                     "{:<8} {} {:<11} {}",
                     kind(&descriptor.media_type),
-                    short(&descriptor.digest),
-                    progress.state,
-                    output::size(descriptor.size as u64)
+                    short(&digest),
+                    state.as_str(),
+                    output::size(descriptor.size)
                 );
             }
             Display::Bars { multi, bars } => {
-                if progress.event != "blob" {
+                let Some(state) = state else {
                     return;
-                }
-                let bar = bars.entry(descriptor.digest.clone()).or_insert_with(|| {
-                    let bar = multi.add(ProgressBar::new(descriptor.size.max(0) as u64));
+                };
+                let bar = bars.entry(digest.clone()).or_insert_with(|| {
+                    let bar = multi.add(ProgressBar::new(descriptor.size));
                     let style = ProgressStyle::with_template(
                         "{prefix:.bold} {msg:<11} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec}",
                     )
                     .unwrap_or_else(|_| ProgressStyle::default_bar())
                     .progress_chars("=> ");
                     bar.set_style(style);
-                    bar.set_prefix(format!("{:<8} {}", kind(&descriptor.media_type), short(&descriptor.digest)));
+                    bar.set_prefix(format!("{:<8} {}", kind(&descriptor.media_type), short(&digest)));
                     bar.enable_steady_tick(Duration::from_millis(200));
                     bar
                 });
-                bar.set_message(progress.state.clone());
-                bar.set_position(progress.offset.max(0) as u64);
-                if matches!(progress.state.as_str(), "done" | "exists" | "skipped") {
+                bar.set_message(state.as_str());
+                bar.set_position(offset);
+                if state.is_final() {
                     bar.finish();
                 }
             }

@@ -12,7 +12,6 @@
 //! children with `containerd.io/gc.ref.content.*`) and a
 //! `containerd.io/distribution.source.<host>` label.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use berth_content::{
@@ -26,9 +25,10 @@ use tokio::sync::{mpsc, Semaphore};
 
 use super::auth::Credentials;
 use super::hosts;
-use super::oci::{self, Descriptor, Platform};
-use super::platform;
 use super::registry::RegistryClient;
+use berth_image::document::{index_gc_labels, parse_index, parse_manifest};
+use berth_image::media;
+use berth_image::{BlobState, Descriptor, Matcher, Platform, Progress, MAX_DOCUMENT_SIZE};
 
 /// Most manifests one fetch walks (an index and its platforms), and most
 /// bytes of them held until the blobs are in.
@@ -57,53 +57,6 @@ pub struct FetchOptions {
     /// The lease the fetch works under: every blob it stores or finds
     /// already stored is tied to it.
     pub lease: Option<String>,
-}
-
-/// What a fetch reports as it goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Progress {
-    Resolved(Descriptor),
-    /// An image manifest the fetch will bring in (before its blobs), so a
-    /// caller can start unpacking layers as they arrive; `platform` as the
-    /// index that named it says (`os/arch[/variant]`), if one did.
-    Manifest {
-        descriptor: Descriptor,
-        platform: Option<String>,
-        data: Vec<u8>,
-    },
-    Blob {
-        descriptor: Descriptor,
-        state: BlobState,
-        offset: u64,
-    },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BlobState {
-    Waiting,
-    Downloading,
-    /// Already in the store.
-    Exists,
-    Done,
-    /// A foreign layer that was not fetched.
-    Skipped,
-    Uploading,
-    /// Mounted from another repository of the same registry.
-    Mounted,
-}
-
-impl BlobState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BlobState::Waiting => "waiting",
-            BlobState::Downloading => "downloading",
-            BlobState::Exists => "exists",
-            BlobState::Done => "done",
-            BlobState::Skipped => "skipped",
-            BlobState::Uploading => "uploading",
-            BlobState::Mounted => "mounted",
-        }
-    }
 }
 
 /// Fetches images into a content store.
@@ -161,18 +114,11 @@ impl Job<'_> {
 }
 
 fn ingest_ref(descriptor: &Descriptor) -> String {
-    let kind = if oci::is_index(&descriptor.media_type) {
-        "index"
-    } else if oci::is_manifest(&descriptor.media_type) {
-        "manifest"
-    } else if descriptor.media_type == oci::OCI_CONFIG
-        || descriptor.media_type == oci::DOCKER_CONFIG
-    {
-        "config"
-    } else {
-        "layer"
-    };
-    format!("{kind}-{}", descriptor.digest)
+    format!(
+        "{}-{}",
+        media::ingest_kind(&descriptor.media_type),
+        descriptor.digest
+    )
 }
 
 impl Fetcher {
@@ -217,7 +163,7 @@ impl Fetcher {
                 namespace,
                 client: &client,
                 source_label: (
-                    format!("containerd.io/distribution.source.{}", reference.domain()),
+                    berth_api::labels::distribution_source(reference.domain()),
                     reference.path().to_string(),
                 ),
                 lease: options.lease.as_deref(),
@@ -235,10 +181,10 @@ impl Fetcher {
         root: &Descriptor,
         options: &FetchOptions,
     ) -> Result<()> {
-        let wanted: Vec<Platform> = if options.platforms.is_empty() {
-            vec![platform::host()]
+        let wanted = if options.platforms.is_empty() {
+            Matcher::host()
         } else {
-            options.platforms.clone()
+            Matcher::new(options.platforms.clone())
         };
         let mut manifests = vec![root.clone()];
         let mut blobs: Vec<Descriptor> = Vec::new();
@@ -267,16 +213,14 @@ impl Fetcher {
                 )));
             }
             let data = self.manifest_bytes(job, &descriptor).await?;
-            if oci::is_index(&descriptor.media_type) {
-                let index = oci::parse_index(&data)?;
+            if media::is_index(&descriptor.media_type) {
+                let index = parse_index(&data)?;
                 let children: Vec<Descriptor> = index
                     .manifests
                     .into_iter()
                     .filter(|m| {
                         options.all_platforms
-                            || m.platform
-                                .as_ref()
-                                .is_none_or(|p| wanted.iter().any(|w| platform::matches(w, p)))
+                            || m.platform.as_ref().is_none_or(|p| wanted.matches(p))
                     })
                     .collect();
                 if children.is_empty() {
@@ -284,26 +228,18 @@ impl Fetcher {
                         "{} has no manifest for {}",
                         descriptor.digest,
                         wanted
+                            .wanted()
                             .iter()
-                            .map(platform::display)
+                            .map(Platform::to_string)
                             .collect::<Vec<_>>()
                             .join(", ")
                     )));
                 }
-                let labels = children
-                    .iter()
-                    .enumerate()
-                    .map(|(i, c)| {
-                        (
-                            format!("containerd.io/gc.ref.content.m.{i}"),
-                            c.digest.to_string(),
-                        )
-                    })
-                    .collect();
+                let labels = index_gc_labels(&children).into_iter().collect();
                 to_store.push((descriptor, data, labels));
                 manifests.extend(children);
-            } else if oci::is_manifest(&descriptor.media_type) {
-                let manifest = oci::parse_manifest(&data)?;
+            } else if media::is_manifest(&descriptor.media_type) {
+                let manifest = parse_manifest(&data)?;
                 // (One that would not fit a progress message is left for
                 // the caller to read once the fetch is done.)
                 if data.len() <= berth_api::MAX_CHUNK {
@@ -311,22 +247,12 @@ impl Fetcher {
                         .progress
                         .send(Progress::Manifest {
                             descriptor: descriptor.clone(),
-                            platform: descriptor.platform.as_ref().map(platform::display),
+                            platform: descriptor.platform.as_ref().map(Platform::to_string),
                             data: data.clone(),
                         })
                         .await;
                 }
-                let mut labels: Labels = HashMap::new();
-                labels.insert(
-                    "containerd.io/gc.ref.content.config".into(),
-                    manifest.config.digest.to_string(),
-                );
-                for (i, layer) in manifest.layers.iter().enumerate() {
-                    labels.insert(
-                        format!("containerd.io/gc.ref.content.l.{i}"),
-                        layer.digest.to_string(),
-                    );
-                }
+                let labels: Labels = manifest.gc_labels().into_iter().collect();
                 to_store.push((descriptor, data, labels));
                 blobs.push(manifest.config);
                 blobs.extend(manifest.layers);
@@ -356,7 +282,7 @@ impl Fetcher {
                     .acquire()
                     .await
                     .map_err(|_| Error::internal("fetch cancelled"))?;
-                if oci::is_foreign_layer(&blob.media_type) && !options.allow_foreign_layers {
+                if media::is_foreign_layer(&blob.media_type) && !options.allow_foreign_layers {
                     job.report(&blob, BlobState::Skipped, 0).await;
                     return Ok(());
                 }
@@ -381,7 +307,7 @@ impl Fetcher {
             self.store.as_ref(),
             job.namespace,
             &descriptor.digest,
-            oci::MAX_MANIFEST_SIZE,
+            MAX_DOCUMENT_SIZE,
         )
         .await
         {

@@ -9,8 +9,6 @@
 pub mod auth;
 pub mod fetch;
 pub mod hosts;
-pub mod oci;
-pub mod platform;
 pub mod push;
 pub mod registry;
 pub mod service;

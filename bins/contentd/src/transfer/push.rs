@@ -18,10 +18,11 @@ use reqwest::{Method, StatusCode};
 use tokio::sync::{mpsc, Semaphore};
 
 use super::auth::Credentials;
-use super::fetch::{report_blob, BlobState, Progress, MAX_MANIFESTS, MAX_MANIFEST_BYTES};
+use super::fetch::{report_blob, MAX_MANIFESTS, MAX_MANIFEST_BYTES};
 use super::hosts;
-use super::oci::{self, Descriptor};
 use super::registry::{check_status, RegistryClient};
+use berth_image::document::{parse_index, parse_manifest};
+use berth_image::{media, sniff_media_type, BlobState, Descriptor, Progress, MAX_DOCUMENT_SIZE};
 
 /// Blobs up to this size go up in one request; larger ones in chunks of it.
 pub const UPLOAD_CHUNK: u64 = 8 * 1024 * 1024;
@@ -105,9 +106,8 @@ impl Pusher {
 
         // The tree, from the store: manifests (children after parents) and
         // the blobs they name.
-        let root_data =
-            read_blob(self.store.as_ref(), namespace, root, oci::MAX_MANIFEST_SIZE).await?;
-        let root_type = oci::sniff_media_type(&root_data).ok_or_else(|| {
+        let root_data = read_blob(self.store.as_ref(), namespace, root, MAX_DOCUMENT_SIZE).await?;
+        let root_type = sniff_media_type(&root_data).ok_or_else(|| {
             Error::invalid_argument(format!("{root} is not an image index or manifest"))
         })?;
         let root_descriptor = Descriptor {
@@ -133,8 +133,8 @@ impl Pusher {
                     "{root} names more than {MAX_MANIFESTS} manifests"
                 )));
             }
-            if oci::is_index(&descriptor.media_type) {
-                for child in oci::parse_index(&data)?.manifests {
+            if media::is_index(&descriptor.media_type) {
+                for child in parse_index(&data)?.manifests {
                     if !visited.insert(child.digest.clone()) {
                         continue;
                     }
@@ -144,7 +144,7 @@ impl Pusher {
                             "{root} names more than {MAX_MANIFEST_BYTES} bytes of manifests"
                         )));
                     }
-                    let bytes = read_blob(self.store.as_ref(), namespace, &child.digest, oci::MAX_MANIFEST_SIZE)
+                    let bytes = read_blob(self.store.as_ref(), namespace, &child.digest, MAX_DOCUMENT_SIZE)
                         .await
                         .map_err(|e| {
                             if e.is(ErrorKind::NotFound) {
@@ -158,14 +158,14 @@ impl Pusher {
                         })?;
                     pending.push((child, bytes));
                 }
-            } else if oci::is_manifest(&descriptor.media_type) {
-                let manifest = oci::parse_manifest(&data)?;
+            } else if media::is_manifest(&descriptor.media_type) {
+                let manifest = parse_manifest(&data)?;
                 blobs.push(manifest.config);
                 blobs.extend(
                     manifest
                         .layers
                         .into_iter()
-                        .filter(|l| !oci::is_foreign_layer(&l.media_type)),
+                        .filter(|l| !media::is_foreign_layer(&l.media_type)),
                 );
             } else {
                 return Err(Error::invalid_argument(format!(

@@ -11,7 +11,8 @@ use reqwest::{Method, Response, StatusCode};
 
 use super::auth::{parse_challenge, Authorizer, Credentials};
 use super::hosts::Endpoint;
-use super::oci::{sniff_media_type, Descriptor, MANIFEST_ACCEPT, MAX_MANIFEST_SIZE};
+use berth_image::media::{self, MANIFEST_ACCEPT};
+use berth_image::{sniff_media_type, Descriptor, MAX_DOCUMENT_SIZE as MAX_MANIFEST_SIZE};
 
 /// Attempts per request for answers worth retrying (5xx, 429, transport).
 const ATTEMPTS: u32 = 4;
@@ -260,8 +261,7 @@ impl RegistryClient {
                 .and_then(|v| v.parse::<u64>().ok());
             match (digest, media_type, size) {
                 (Some(digest), Some(media_type), Some(size))
-                    if super::oci::is_index(&media_type)
-                        || super::oci::is_manifest(&media_type) =>
+                    if media::is_index(&media_type) || media::is_manifest(&media_type) =>
                 {
                     Some(Descriptor {
                         media_type,
@@ -290,7 +290,7 @@ impl RegistryClient {
                     .map(|v| v.split(';').next().unwrap_or(v).trim().to_string());
                 let body = read_limited(response, MAX_MANIFEST_SIZE).await?;
                 let media_type = declared
-                    .filter(|m| super::oci::is_index(m) || super::oci::is_manifest(m))
+                    .filter(|m| media::is_index(m) || media::is_manifest(m))
                     .or_else(|| sniff_media_type(&body))
                     .ok_or_else(|| {
                         Error::invalid_argument(format!("{url}: not an image manifest"))

@@ -11,10 +11,9 @@ use tokio::sync::mpsc;
 use ttrpc::r#async::{ServerStreamSender, TtrpcContext};
 
 use super::auth::Credentials;
-use super::fetch::{FetchOptions, Fetcher, Progress};
-use super::oci::Descriptor;
-use super::platform;
+use super::fetch::{FetchOptions, Fetcher};
 use super::push::{PushOptions, Pusher};
+use berth_image::{Descriptor, Platform, Progress};
 
 /// Most platforms one request may name.
 const MAX_PLATFORMS: usize = 32;
@@ -32,15 +31,6 @@ impl TransferService {
 
     pub fn into_ttrpc(self) -> std::collections::HashMap<String, ttrpc::r#async::Service> {
         pb::create_transfer(Arc::new(self))
-    }
-}
-
-fn descriptor_to_pb(d: &Descriptor) -> pb::Descriptor {
-    pb::Descriptor {
-        media_type: d.media_type.clone(),
-        digest: d.digest.to_string(),
-        size: d.size as i64,
-        ..Default::default()
     }
 }
 
@@ -69,7 +59,7 @@ where
         tokio::select! {
             result = &mut work => break result?,
             Some(progress) = rx.recv() => {
-                sender.send(&progress_to_pb(&progress)).await?;
+                sender.send(&progress.to_pb()).await?;
             }
             () = peer_hung_up(ctx) => {
                 return Err(Error::unavailable("the client hung up"));
@@ -77,15 +67,9 @@ where
         }
     };
     while let Ok(progress) = rx.try_recv() {
-        sender.send(&progress_to_pb(&progress)).await?;
+        sender.send(&progress.to_pb()).await?;
     }
-    sender
-        .send(&pb::Progress {
-            event: "done".into(),
-            descriptor: Some(descriptor_to_pb(&root)).into(),
-            ..Default::default()
-        })
-        .await?;
+    sender.send(&Progress::Done(root.clone()).to_pb()).await?;
     Ok(root)
 }
 
@@ -98,7 +82,7 @@ fn fetch_options(req: &pb::FetchRequest, lease: Option<String>) -> Result<FetchO
     let platforms = req
         .platforms
         .iter()
-        .map(|p| platform::parse(p))
+        .map(|p| Platform::parse(p))
         .collect::<Result<Vec<_>>>()?;
     let credentials = credentials(req.credentials.as_ref());
     Ok(FetchOptions {
@@ -110,38 +94,6 @@ fn fetch_options(req: &pb::FetchRequest, lease: Option<String>) -> Result<FetchO
         allow_foreign_layers: req.allow_foreign_layers,
         lease,
     })
-}
-
-fn progress_to_pb(progress: &Progress) -> pb::Progress {
-    match progress {
-        Progress::Resolved(root) => pb::Progress {
-            event: "resolved".into(),
-            descriptor: Some(descriptor_to_pb(root)).into(),
-            ..Default::default()
-        },
-        Progress::Manifest {
-            descriptor,
-            platform,
-            data,
-        } => pb::Progress {
-            event: "manifest".into(),
-            descriptor: Some(descriptor_to_pb(descriptor)).into(),
-            platform: platform.clone().unwrap_or_default(),
-            data: data.clone(),
-            ..Default::default()
-        },
-        Progress::Blob {
-            descriptor,
-            state,
-            offset,
-        } => pb::Progress {
-            event: "blob".into(),
-            descriptor: Some(descriptor_to_pb(descriptor)).into(),
-            state: state.as_str().into(),
-            offset: *offset as i64,
-            ..Default::default()
-        },
-    }
 }
 
 #[async_trait]

@@ -30,7 +30,10 @@ pub struct CollectorConfig {
 impl Default for CollectorConfig {
     fn default() -> Self {
         CollectorConfig {
-            snapshotters: vec!["overlayfs".to_string(), "native".to_string()],
+            snapshotters: berth_metadata::SNAPSHOTTERS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
             call_timeout: Duration::from_secs(60),
         }
     }

@@ -9,11 +9,11 @@
 //! `berth.io/lease.ID`, set by contentd and snapd on what they create for a
 //! call made under lease ID.
 
-use berth_api::LEASE_LABEL_PREFIX;
-use berth_metadata::LABEL_GC_ROOT;
+use berth_api::labels::{
+    GC_REF_CONTENT as CONTENT_REF, GC_REF_SNAPSHOT as SNAPSHOT_REF, GC_ROOT as LABEL_GC_ROOT,
+    LEASE_PREFIX as LEASE_LABEL_PREFIX,
+};
 
-const CONTENT_REF: &str = "containerd.io/gc.ref.content";
-const SNAPSHOT_REF: &str = "containerd.io/gc.ref.snapshot.";
 const CONTENT_BACK_REF: &str = "containerd.io/gc.bref.content";
 const SNAPSHOT_BACK_REF: &str = "containerd.io/gc.bref.snapshot.";
 
