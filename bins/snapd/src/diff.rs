@@ -33,9 +33,9 @@ use crate::tree::Tree;
 use crate::unpack::{Compression, ContentSource};
 
 /// The media types of the layers Diff writes.
-pub const LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
-pub const LAYER_TAR_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
-pub const LAYER_TAR_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+pub use berth_image::media::{
+    OCI_LAYER as LAYER_TAR, OCI_LAYER_GZIP as LAYER_TAR_GZIP, OCI_LAYER_ZSTD as LAYER_TAR_ZSTD,
+};
 
 /// The label containerd puts on a compressed layer: its diff ID.
 pub const UNCOMPRESSED_LABEL: &str = "containerd.io/uncompressed";
@@ -45,8 +45,8 @@ pub const UNCOMPRESSED_LABEL: &str = "containerd.io/uncompressed";
 pub fn layer_compression(media_type: &str) -> Result<(String, Compression)> {
     let compression = match media_type {
         "" => return Ok((LAYER_TAR_GZIP.to_string(), Compression::Gzip)),
-        LAYER_TAR | "application/vnd.docker.image.rootfs.diff.tar" => Compression::None,
-        LAYER_TAR_GZIP | "application/vnd.docker.image.rootfs.diff.tar.gzip" => Compression::Gzip,
+        LAYER_TAR | berth_image::media::DOCKER_LAYER => Compression::None,
+        LAYER_TAR_GZIP | berth_image::media::DOCKER_LAYER_GZIP => Compression::Gzip,
         LAYER_TAR_ZSTD => Compression::Zstd,
         other => {
             return Err(Error::invalid_argument(format!(

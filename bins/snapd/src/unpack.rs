@@ -83,39 +83,9 @@ impl std::fmt::Debug for Unpacker {
     }
 }
 
-/// How a layer blob is compressed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Compression {
-    None,
-    Gzip,
-    Zstd,
-}
-
-impl Compression {
-    /// From the media type; None when it does not say (then the magic
-    /// bytes decide).
-    pub fn from_media_type(media_type: &str) -> Option<Compression> {
-        if media_type.ends_with("+gzip") || media_type.ends_with(".tar.gzip") {
-            Some(Compression::Gzip)
-        } else if media_type.ends_with("+zstd") {
-            Some(Compression::Zstd)
-        } else if media_type.ends_with(".tar") || media_type.ends_with("layer.v1+tar") {
-            Some(Compression::None)
-        } else {
-            None
-        }
-    }
-
-    pub fn from_magic(head: &[u8]) -> Compression {
-        if head.starts_with(&[0x1f, 0x8b]) {
-            Compression::Gzip
-        } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-            Compression::Zstd
-        } else {
-            Compression::None
-        }
-    }
-}
+/// How a layer blob is compressed: its media type says, or else its
+/// first bytes.
+pub use berth_image::Compression;
 
 /// A reader over a channel of chunks.
 struct ChannelReader {
@@ -243,7 +213,7 @@ pub fn apply_layer(
             let head = buffered
                 .fill_buf()
                 .map_err(|e| Error::io("reading the layer", &e))?;
-            Compression::from_magic(head)
+            Compression::sniff(head)
         }
     };
     let decoded: Box<dyn Read + Send> = match compression {
@@ -462,7 +432,7 @@ impl Unpacker {
             )));
         }
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>>>(READ_AHEAD);
-        let compression = Compression::from_media_type(&layer.media_type);
+        let compression = berth_image::media::layer_compression(&layer.media_type);
         let privileged = self.privileged.clone();
         let applier = tokio::task::spawn_blocking(move || -> Result<Digest> {
             let mut reader = ChannelReader {
@@ -561,7 +531,7 @@ mod tests {
     #[test]
     fn compression_from_media_type_or_magic() {
         use Compression::*;
-        let mt = Compression::from_media_type;
+        let mt = berth_image::media::layer_compression;
         assert_eq!(
             mt("application/vnd.oci.image.layer.v1.tar+gzip"),
             Some(Gzip)
@@ -576,9 +546,9 @@ mod tests {
             Some(Gzip)
         );
         assert_eq!(mt("application/octet-stream"), Option::None);
-        assert_eq!(Compression::from_magic(&[0x1f, 0x8b, 8]), Gzip);
-        assert_eq!(Compression::from_magic(&[0x28, 0xb5, 0x2f, 0xfd]), Zstd);
-        assert_eq!(Compression::from_magic(b"etc/"), None);
+        assert_eq!(Compression::sniff(&[0x1f, 0x8b, 8]), Gzip);
+        assert_eq!(Compression::sniff(&[0x28, 0xb5, 0x2f, 0xfd]), Zstd);
+        assert_eq!(Compression::sniff(b"etc/"), None);
     }
 
     #[test]

@@ -88,7 +88,7 @@ pub fn kind(media_type: &str) -> Kind {
 
 /// A layer's compression, if `media_type` is a layer's (OCI's, with or
 /// without "nondistributable", or Docker's, foreign or not).
-fn layer_compression(media_type: &str) -> Option<Compression> {
+pub fn layer_compression(media_type: &str) -> Option<Compression> {
     let rest = media_type
         .strip_prefix("application/vnd.oci.image.layer.")
         .map(|r| r.strip_prefix("nondistributable.").unwrap_or(r))

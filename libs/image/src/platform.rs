@@ -49,13 +49,11 @@ impl Platform {
             "i386" => "386".to_string(),
             other => other.to_string(),
         };
-        let variant = variant
-            .map(|v| v.to_ascii_lowercase())
-            .filter(|v| {
-                // arm64's only variant worth naming is a newer one.
-                let default_variant = architecture == "arm64" && v == "v8";
-                !v.is_empty() && !default_variant
-            });
+        let variant = variant.map(|v| v.to_ascii_lowercase()).filter(|v| {
+            // arm64's only variant worth naming is a newer one.
+            let default_variant = architecture == "arm64" && v == "v8";
+            !v.is_empty() && !default_variant
+        });
         Platform {
             architecture,
             os,
