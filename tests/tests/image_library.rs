@@ -1,0 +1,263 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! berth-image as a library, with no CLI: a pull through [`Puller`] over
+//! the daemons' clients, an unpack of what it brought, and an export and
+//! import of it, each checked against what the daemons then hold.
+
+use std::path::Path;
+
+use berth_client::{
+    RemoteContentStore, RemoteImages, RemoteLeases, RemoteSnapshotter, RemoteTransfer,
+};
+use berth_content::ContentStore;
+use berth_e2e::images::{busybox_rootfs, files_rootfs, Layout};
+use berth_e2e::registry::Registry;
+use berth_e2e::stack::Stack;
+use berth_e2e::{is_root, require};
+use berth_ids::Digest;
+use berth_image::archive::{self, ArchiveImage};
+use berth_image::{
+    BlobState, Matcher, Platform, Progress, PullEvent, PullOptions, Puller, UnpackOptions, Unpacker,
+};
+use berth_metadata::{ImageStore, LeaseManager};
+use berth_snapshot::{chain_ids, Snapshotter};
+
+fn prerequisites() -> bool {
+    require(is_root(), "berth-snapd needs root")
+        && require(
+            ["docker-registry", "skopeo"]
+                .iter()
+                .all(|t| berth_e2e::on_path(t))
+                && Path::new("/bin/busybox").exists(),
+            "docker-registry, skopeo and busybox-static are needed",
+        )
+}
+
+/// The daemons' clients, as any program using berth-image holds them.
+struct Clients {
+    content: RemoteContentStore,
+    transfer: RemoteTransfer,
+    images: RemoteImages,
+    leases: RemoteLeases,
+    snapshots: RemoteSnapshotter,
+}
+
+impl Clients {
+    async fn connect(stack: &Stack) -> Clients {
+        Clients {
+            content: RemoteContentStore::connect(&stack.contentd.socket)
+                .await
+                .unwrap(),
+            transfer: RemoteTransfer::connect(&stack.contentd.socket)
+                .await
+                .unwrap(),
+            images: RemoteImages::connect(&stack.metad.socket).await.unwrap(),
+            leases: RemoteLeases::connect(&stack.metad.socket).await.unwrap(),
+            snapshots: RemoteSnapshotter::connect(&stack.snapd.socket, "overlay")
+                .await
+                .unwrap(),
+        }
+    }
+
+    fn puller(&self) -> Puller<'_> {
+        Puller {
+            content: &self.content,
+            transfer: &self.transfer,
+            images: &self.images,
+            leases: &self.leases,
+            unpacker: Some(&self.snapshots as &dyn Unpacker),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_unpack_export_and_import_through_the_library() {
+    if !prerequisites() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::start(&dir.path().join("reg"), None);
+    let mut layout = Layout::new(&dir.path().join("layout"));
+    let base = layout.add_layer(&busybox_rootfs(
+        &dir.path().join("r1"),
+        &[("etc/motd", b"hi\n")],
+    ));
+    let top = layout.add_layer(&files_rootfs(
+        &dir.path().join("r2"),
+        &[("etc/top", b"top".to_vec())],
+    ));
+    let amd64 = layout.add_image(&[base.clone(), top.clone()], "amd64", false);
+    // Another platform's manifest, whose layers are not this host's.
+    let other = layout.add_layer(&files_rootfs(
+        &dir.path().join("r3"),
+        &[("etc/other", b"other".to_vec())],
+    ));
+    let s390x = layout.add_image(std::slice::from_ref(&other), "s390x", false);
+    let index = layout.add_index(&[(amd64.clone(), "amd64"), (s390x, "s390x")]);
+    layout.tag("v1", &index);
+    let reference = format!("{}/lib/pull:v1", registry.host);
+    layout.push("v1", &reference, None, false);
+
+    let stack = Stack::start(&dir.path().join("stack"));
+    let clients = Clients::connect(&stack).await;
+    let options = PullOptions {
+        request: berth_api::transfer::FetchRequest {
+            reference: reference.clone(),
+            plain_http: true,
+            max_concurrent: 1,
+            ..Default::default()
+        },
+        unpack_platform: Some(Platform::parse("linux/amd64").unwrap()),
+        sync_fs: false,
+    };
+    let mut events = Vec::new();
+    let pulled = clients
+        .puller()
+        .pull("default", &options, &mut |e| events.push(e))
+        .await
+        .unwrap();
+
+    // The root is the index; the amd64 manifest was announced before its
+    // blobs, which then all arrived; layers were unpacked bottom first.
+    assert_eq!(pulled.root.digest, index.digest);
+    let chains = chain_ids(&[base.1.clone(), top.1.clone()]);
+    assert_eq!(
+        pulled.unpacked,
+        Some((amd64.digest.clone(), chains[1].clone()))
+    );
+    let position = |want: &dyn Fn(&PullEvent) -> bool| events.iter().position(want);
+    let announced = position(&|e| {
+        matches!(e, PullEvent::Transfer(p) if matches!(&**p,
+            Progress::Manifest { descriptor, platform, .. }
+                if descriptor.digest == amd64.digest && platform.as_deref() == Some("linux/amd64")))
+    })
+    .expect("the amd64 manifest was announced");
+    let stored = |digest: &Digest| {
+        position(&|e| {
+            matches!(e, PullEvent::Transfer(p) if matches!(&**p,
+                Progress::Blob { descriptor, state: BlobState::Done, .. }
+                    if descriptor.digest == *digest))
+        })
+    };
+    for layer in [&base.0.digest, &top.0.digest] {
+        let at = stored(layer).unwrap_or_else(|| panic!("{layer} never stored: {events:?}"));
+        assert!(at > announced);
+    }
+    assert!(stored(&other.0.digest).is_none(), "s390x layer fetched");
+    let unpacked: Vec<(usize, Digest)> = events
+        .iter()
+        .filter_map(|e| match e {
+            PullEvent::Unpacked {
+                chain_id, layers, ..
+            } => Some((*layers, chain_id.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        unpacked,
+        vec![(1, chains[0].clone()), (2, chains[1].clone())]
+    );
+    assert!(
+        !events.iter().any(|e| matches!(e, PullEvent::Warning(_))),
+        "{events:?}"
+    );
+
+    // metad records the image; the lease is gone, and so are its labels.
+    let record = clients.images.get("default", &reference).await.unwrap();
+    assert_eq!(record.target.digest, index.digest);
+    assert!(clients
+        .leases
+        .list("default", &[])
+        .await
+        .unwrap()
+        .is_empty());
+    for info in clients.content.list("default", &[]).await.unwrap() {
+        assert!(
+            !info
+                .labels
+                .keys()
+                .any(|k| k.starts_with(berth_api::labels::LEASE_PREFIX)),
+            "{} {:?}",
+            info.digest,
+            info.labels
+        );
+    }
+    let snapshots = clients.snapshots.list("default", &[]).await.unwrap();
+    assert_eq!(snapshots.len(), 2);
+    assert!(snapshots.iter().all(|s| !s
+        .labels
+        .keys()
+        .any(|k| k.starts_with(berth_api::labels::LEASE_PREFIX))));
+
+    // Unpacking again through the library finds every layer in place.
+    let again = berth_image::unpack(
+        &clients.content,
+        &clients.snapshots,
+        "default",
+        &index.digest,
+        &Matcher::new(vec![Platform::parse("linux/amd64").unwrap()]),
+        &UnpackOptions::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(again.manifest, amd64.digest);
+    assert_eq!(again.unpacked.chain_id, chains[1]);
+    assert_eq!(again.unpacked.applied, 0);
+    // Asking for a platform the index does not have is NotFound.
+    let err = berth_image::unpack(
+        &clients.content,
+        &clients.snapshots,
+        "default",
+        &index.digest,
+        &Matcher::new(vec![Platform::parse("linux/riscv64").unwrap()]),
+        &UnpackOptions::default(),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.kind(), berth_errdefs::ErrorKind::NotFound, "{err}");
+
+    // Export to bytes and import into another namespace: the same root,
+    // the same blobs, and the manifest labelled for the collector.
+    let images = [ArchiveImage {
+        name: Some("lib/pull:v1".into()),
+        root: index.digest.clone(),
+    }];
+    let plan = archive::plan_export(&clients.content, "default", &images)
+        .await
+        .unwrap();
+    let mut tar = Vec::new();
+    plan.write(&clients.content, "default", &mut tar)
+        .await
+        .unwrap();
+    let imported = archive::import(
+        &clients.content,
+        "copy",
+        Box::new(std::io::Cursor::new(tar)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(imported, images.to_vec());
+    let manifest = clients.content.info("copy", &amd64.digest).await.unwrap();
+    assert_eq!(
+        manifest.labels.get("containerd.io/gc.ref.content.l.1"),
+        Some(&top.0.digest.to_string())
+    );
+    let mut copied: Vec<Digest> = clients
+        .content
+        .list("copy", &[])
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.digest)
+        .collect();
+    copied.sort();
+    let mut pulled_blobs: Vec<Digest> = clients
+        .content
+        .list("default", &[])
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.digest)
+        .collect();
+    pulled_blobs.sort();
+    assert_eq!(copied, pulled_blobs);
+}
