@@ -6,17 +6,14 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use berth_api::content as pb;
-use berth_api::lease_label;
 use berth_api::protobuf::well_known_types::empty::Empty;
 use berth_content::wire::{
     info_from_pb, info_to_pb, parse_digest, parse_optional_digest, status_to_pb, timestamp,
     unsigned,
 };
-use berth_content::{
-    hold_for_lease, lease_label_value, CommitOptions, ContentStore, WriterOptions, MAX_READ,
-};
+use berth_content::{CommitOptions, ContentStore, Leased, WriterOptions, MAX_READ};
 use berth_daemon::{peer_hung_up, reply, request_lease, request_namespace};
-use berth_errdefs::{Error, ErrorKind, Result};
+use berth_errdefs::{Error, Result};
 
 use crate::reorder::InOrder;
 use ttrpc::r#async::{ServerStream, ServerStreamSender, TtrpcContext};
@@ -70,20 +67,10 @@ impl ContentService {
             options.total = Some(total);
         }
         options.expected = parse_optional_digest(&first.expected)?;
-        let expected = options.expected.clone();
-        let mut writer = match self.store.writer(&namespace, options).await {
-            Ok(writer) => writer,
-            Err(e) => {
-                // Committing what the namespace has is a no-op, but under a
-                // lease it still joins the lease, as in containerd.
-                if let (true, Some(digest), Some(lease)) =
-                    (e.is(ErrorKind::AlreadyExists), &expected, &lease)
-                {
-                    hold_for_lease(self.store.as_ref(), &namespace, digest, lease).await?;
-                }
-                return Err(e);
-            }
-        };
+        // Under a lease, what the stream commits (or finds committed)
+        // joins the lease.
+        let store = Leased::new(self.store.clone(), lease);
+        let mut writer = store.writer(&namespace, options).await?;
         let status = writer.status().await?;
         let mut offset = status.offset;
         let mut total = status.total;
@@ -161,28 +148,13 @@ impl ContentService {
             };
             if action == pb::WriteAction::COMMIT {
                 let expected = parse_optional_digest(&request.expected)?;
-                let mut labels = request.labels;
-                if let Some(lease) = &lease {
-                    labels.insert(lease_label(lease), lease_label_value());
-                }
-                let committed = writer
+                let digest = writer
                     .commit(CommitOptions {
                         size: (request_total > 0).then_some(request_total),
-                        expected: expected.clone(),
-                        labels,
+                        expected,
+                        labels: request.labels,
                     })
-                    .await;
-                let digest = match committed {
-                    Ok(digest) => digest,
-                    Err(e) => {
-                        if let (true, Some(digest), Some(lease)) =
-                            (e.is(ErrorKind::AlreadyExists), &expected, &lease)
-                        {
-                            hold_for_lease(self.store.as_ref(), &namespace, digest, lease).await?;
-                        }
-                        return Err(e);
-                    }
-                };
+                    .await?;
                 response.digest = digest.to_string();
                 stream.send(&response).await?;
                 return Ok(());
@@ -393,6 +365,26 @@ impl pb::Content for ContentService {
                 let namespace = request_namespace(ctx)?;
                 self.store.abort(&namespace, &req.ref_).await?;
                 Ok(Empty::new())
+            }
+            .await,
+        )
+    }
+
+    async fn release_lease(
+        &self,
+        ctx: &TtrpcContext,
+        req: pb::ReleaseLeaseRequest,
+    ) -> ttrpc::Result<pb::ReleaseLeaseResponse> {
+        reply(
+            "release_lease",
+            async {
+                let namespace = request_namespace(ctx)?;
+                berth_ids::validate_id(&req.lease)?;
+                let released = self.store.release_lease(&namespace, &req.lease).await?;
+                Ok(pb::ReleaseLeaseResponse {
+                    released,
+                    ..Default::default()
+                })
             }
             .await,
         )

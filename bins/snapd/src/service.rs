@@ -14,7 +14,7 @@ use berth_errdefs::{Error, Result};
 use berth_snapshot::wire::{
     descriptor_from_pb, descriptor_to_pb, info_from_pb, info_to_pb, mount_to_pb, optional,
 };
-use berth_snapshot::{Mount, Snapshotter};
+use berth_snapshot::{Leased, Mount, Snapshotter};
 use ttrpc::r#async::{ServerStreamSender, TtrpcContext};
 
 use crate::diff::Differ;
@@ -94,13 +94,8 @@ impl pb::Snapshots for SnapshotService {
             async {
                 let ns = request_namespace(ctx)?;
                 let sn = self.snapshotter(&req.snapshotter)?;
-                let mounts = sn
-                    .prepare(
-                        &ns,
-                        &req.key,
-                        optional(&req.parent).as_deref(),
-                        leased(ctx, req.labels)?,
-                    )
+                let mounts = Leased::new(sn, request_lease(ctx)?)
+                    .prepare(&ns, &req.key, optional(&req.parent).as_deref(), req.labels)
                     .await?;
                 Ok(mounts_response(mounts))
             }
@@ -118,13 +113,8 @@ impl pb::Snapshots for SnapshotService {
             async {
                 let ns = request_namespace(ctx)?;
                 let sn = self.snapshotter(&req.snapshotter)?;
-                let mounts = sn
-                    .view(
-                        &ns,
-                        &req.key,
-                        optional(&req.parent).as_deref(),
-                        leased(ctx, req.labels)?,
-                    )
+                let mounts = Leased::new(sn, request_lease(ctx)?)
+                    .view(&ns, &req.key, optional(&req.parent).as_deref(), req.labels)
                     .await?;
                 Ok(mounts_response(mounts))
             }
@@ -154,7 +144,8 @@ impl pb::Snapshots for SnapshotService {
             async {
                 let ns = request_namespace(ctx)?;
                 let sn = self.snapshotter(&req.snapshotter)?;
-                sn.commit(&ns, &req.name, &req.key, leased(ctx, req.labels)?)
+                Leased::new(sn, request_lease(ctx)?)
+                    .commit(&ns, &req.name, &req.key, req.labels)
                     .await?;
                 Ok(Empty::new())
             }
@@ -275,6 +266,27 @@ impl pb::Snapshots for SnapshotService {
                 let sn = self.snapshotter(&req.snapshotter)?;
                 sn.cleanup().await?;
                 Ok(Empty::new())
+            }
+            .await,
+        )
+    }
+
+    async fn release_lease(
+        &self,
+        ctx: &TtrpcContext,
+        req: pb::ReleaseLeaseRequest,
+    ) -> ttrpc::Result<pb::ReleaseLeaseResponse> {
+        reply(
+            "release_lease",
+            async {
+                let ns = request_namespace(ctx)?;
+                berth_ids::validate_id(&req.lease)?;
+                let sn = self.snapshotter(&req.snapshotter)?;
+                let released = sn.release_lease(&ns, &req.lease).await?;
+                Ok(pb::ReleaseLeaseResponse {
+                    released,
+                    ..Default::default()
+                })
             }
             .await,
         )

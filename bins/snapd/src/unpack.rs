@@ -15,7 +15,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use berth_content::{lease_label_value, ContentStore, MAX_READ};
+use berth_content::{ContentStore, MAX_READ};
 use berth_errdefs::{Error, ErrorKind, Result};
 use berth_ids::{Digest, Sha256Hasher};
 use berth_snapshot::{chain_ids, Descriptor, Snapshotter};
@@ -300,7 +300,7 @@ impl Unpacker {
     ) -> Result<Unpacked> {
         berth_ids::validate_namespace(namespace)?;
         // What this unpack commits, or finds committed, joins its lease.
-        let lease_label = lease.map(|id| (berth_api::lease_label(id), lease_label_value()));
+        let leased = berth_snapshot::Leased::new(snapshotter, lease.map(str::to_string));
         if layers.is_empty() || layers.len() != diff_ids.len() {
             return Err(Error::invalid_argument(format!(
                 "{} layers but {} diff IDs",
@@ -320,16 +320,7 @@ impl Unpacker {
             let _held = lock.lock().await;
             match snapshotter.stat(namespace, &chain).await {
                 Ok(info) if info.kind == berth_snapshot::Kind::Committed => {
-                    if let Some((key, value)) = &lease_label {
-                        berth_snapshot::set_label(
-                            snapshotter,
-                            namespace,
-                            &chain,
-                            key,
-                            Some(value.clone()),
-                        )
-                        .await?;
-                    }
+                    leased.hold(namespace, &chain).await?;
                     continue;
                 }
                 Ok(_) => {
@@ -382,16 +373,7 @@ impl Unpacker {
                 Err(e) => Err(e),
             };
             let committed = match result {
-                Ok(()) => {
-                    snapshotter
-                        .commit(
-                            namespace,
-                            &chain,
-                            &key,
-                            lease_label.clone().into_iter().collect(),
-                        )
-                        .await
-                }
+                Ok(()) => leased.commit(namespace, &chain, &key, HashMap::new()).await,
                 Err(e) => Err(e),
             };
             match committed {

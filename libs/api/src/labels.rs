@@ -13,6 +13,17 @@ pub fn lease(lease_id: &str) -> String {
     format!("{LEASE_PREFIX}{lease_id}")
 }
 
+/// The value of a lease label: when the object was tied to the lease, in
+/// seconds since the epoch (for people reading labels; the collector only
+/// looks at the key).
+pub fn lease_value() -> String {
+    std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+        .to_string()
+}
+
 /// Label on a lease: when it expires (RFC 3339); an expired lease holds
 /// nothing and the collector deletes it.
 pub const GC_EXPIRE: &str = "containerd.io/gc.expire";

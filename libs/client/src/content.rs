@@ -169,6 +169,18 @@ impl ContentStore for RemoteContentStore {
         Ok(())
     }
 
+    async fn release_lease(&self, namespace: &str, lease: &str) -> Result<u64> {
+        let req = pb::ReleaseLeaseRequest {
+            lease: lease.to_string(),
+            ..Default::default()
+        };
+        let resp = self
+            .client
+            .release_lease(self.context(namespace), &req)
+            .await?;
+        Ok(resp.released)
+    }
+
     async fn writer(
         &self,
         namespace: &str,

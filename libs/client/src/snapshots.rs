@@ -287,6 +287,19 @@ impl Snapshotter for RemoteSnapshotter {
             .await?;
         Ok(())
     }
+
+    async fn release_lease(&self, namespace: &str, lease: &str) -> Result<u64> {
+        let req = pb::ReleaseLeaseRequest {
+            snapshotter: self.snapshotter.clone(),
+            lease: lease.to_string(),
+            ..Default::default()
+        };
+        let resp = self
+            .client
+            .release_lease(self.context(namespace), &req)
+            .await?;
+        Ok(resp.released)
+    }
 }
 
 #[async_trait]

@@ -13,11 +13,13 @@ use berth_errdefs::{Error, Result};
 use berth_ids::Digest;
 
 mod fields;
+mod leased;
 #[cfg(feature = "testsuite")]
 pub mod testsuite;
 pub mod wire;
 
 pub use fields::{apply_label_update, InfoFields, StatusFields};
+pub use leased::{hold_for_lease, Leased};
 
 /// Labels on a blob.
 pub type Labels = HashMap<String, String>;
@@ -135,6 +137,34 @@ pub trait ContentStore: Send + Sync {
     /// Drops an ingest and its data. Unavailable while a writer holds it.
     async fn abort(&self, namespace: &str, reference: &str) -> Result<()>;
 
+    /// Unties every blob of the namespace from `lease` (removes its
+    /// [`berth_api::labels::lease`] label) in one call, leaving their other
+    /// labels alone; returns how many blobs it untied. A client that is
+    /// done with a lease calls it once instead of once per blob.
+    async fn release_lease(&self, namespace: &str, lease: &str) -> Result<u64> {
+        let key = berth_api::labels::lease(lease);
+        let mut released = 0;
+        for info in self.list(namespace, &[]).await? {
+            if !info.labels.contains_key(&key) {
+                continue;
+            }
+            let untie = Info {
+                labels: Labels::new(),
+                ..info
+            };
+            match self
+                .update(namespace, untie, &[format!("labels.{key}")])
+                .await
+            {
+                Ok(_) => released += 1,
+                // Deleted meanwhile: nothing left to untie.
+                Err(e) if e.is(berth_errdefs::ErrorKind::NotFound) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(released)
+    }
+
     /// Opens (or resumes) the ingest named by `options.reference` and takes
     /// it: a second writer on the same ref gets Unavailable until this one
     /// is dropped or committed.
@@ -237,27 +267,8 @@ pub async fn abort_released(
     answer
 }
 
-/// Ties a blob to a lease: sets its [`berth_api::lease_label`] (and so
-/// bumps its `updated_at`), leaving its other labels alone.
-pub async fn hold_for_lease(
-    store: &dyn ContentStore,
-    namespace: &str,
-    digest: &Digest,
-    lease: &str,
-) -> Result<()> {
-    let key = berth_api::lease_label(lease);
-    set_label(store, namespace, digest, &key, Some(lease_label_value())).await
-}
-
-/// The value of a lease label: when the blob was tied to the lease (for
-/// people reading labels; the collector only looks at the key).
-pub fn lease_label_value() -> String {
-    let secs = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    secs.to_string()
-}
+/// The value of a lease label (see [`berth_api::labels::lease_value`]).
+pub use berth_api::labels::lease_value as lease_label_value;
 
 /// Reads a whole blob into memory; for small blobs (manifests, configs) and
 /// tests. Refuses blobs larger than `limit`.

@@ -12,6 +12,16 @@ use berth_ids::Digest;
 
 use crate::{read_blob, write_blob, CommitOptions, ContentStore, Labels, WriterOptions};
 
+fn lease_keys(labels: &Labels) -> Vec<String> {
+    let mut keys: Vec<String> = labels
+        .keys()
+        .filter(|k| k.starts_with(berth_api::labels::LEASE_PREFIX))
+        .cloned()
+        .collect();
+    keys.sort();
+    keys
+}
+
 /// Deterministic, incompressible-looking test data.
 pub fn test_data(len: usize, seed: u64) -> Vec<u8> {
     let mut state = seed
@@ -540,9 +550,15 @@ pub async fn delete_if_unchanged_spares_a_touched_blob(store: &dyn ContentStore)
         .unwrap();
     let seen = store.info(NS, &digest).await.unwrap().updated_at;
     // Touched after it was read (as a lease or a reference label does).
-    crate::hold_for_lease(store, NS, &digest, "pull-1")
-        .await
-        .unwrap();
+    crate::set_label(
+        store,
+        NS,
+        &digest,
+        &berth_api::labels::lease("pull-1"),
+        Some(crate::lease_label_value()),
+    )
+    .await
+    .unwrap();
     let touched = store.info(NS, &digest).await.unwrap();
     assert!(touched
         .labels
@@ -643,6 +659,137 @@ pub async fn concurrent_commits_of_the_same_blob(store: &dyn ContentStore) {
 /// Generates one `#[tokio::test]` per conformance case for the store made by
 /// `$setup`, an async fn returning `(store, guard)`; the guard (temp dir,
 /// daemon process) lives until the case ends.
+pub async fn writes_under_a_lease_join_it<S: ContentStore + Clone + 'static>(store: &S) {
+    let under = |lease: Option<&str>| crate::Leased::new(store.clone(), lease.map(str::to_string));
+    let l1 = berth_api::labels::lease("l1");
+    let l2 = berth_api::labels::lease("l2");
+    let data = test_data(300, 21);
+    let digest = write_blob(
+        &under(Some("l1")),
+        NS,
+        "leased",
+        &data,
+        None,
+        labels(&[("a", "b")]),
+    )
+    .await
+    .unwrap();
+    let info = store.info(NS, &digest).await.unwrap();
+    assert_eq!(lease_keys(&info.labels), vec![l1.clone()]);
+    assert_eq!(info.labels.get("a").map(String::as_str), Some("b"));
+
+    // Writing it again under another lease is AlreadyExists, as ever, but
+    // the blob joins that lease too: whether the writer is refused at open
+    // (digest known) or at commit (digest learnt from the bytes).
+    let again = write_blob(
+        &under(Some("l2")),
+        NS,
+        "leased-again",
+        &data,
+        Some(digest.clone()),
+        Labels::new(),
+    )
+    .await;
+    assert_eq!(kind(again), ErrorKind::AlreadyExists);
+    let info = store.info(NS, &digest).await.unwrap();
+    assert_eq!(lease_keys(&info.labels), vec![l1.clone(), l2.clone()]);
+    let l3 = berth_api::labels::lease("l3");
+    let unnamed = write_blob(
+        &under(Some("l3")),
+        NS,
+        "leased-unnamed",
+        &data,
+        None,
+        Labels::new(),
+    )
+    .await;
+    assert_eq!(kind(unnamed), ErrorKind::AlreadyExists);
+    let info = store.info(NS, &digest).await.unwrap();
+    assert!(info.labels.contains_key(&l3), "{:?}", info.labels);
+
+    // Without a lease it is the store itself.
+    let plain = write_blob(
+        &under(None),
+        NS,
+        "plain",
+        &test_data(10, 22),
+        None,
+        Labels::new(),
+    )
+    .await
+    .unwrap();
+    assert!(lease_keys(&store.info(NS, &plain).await.unwrap().labels).is_empty());
+}
+
+pub async fn release_lease_unties_only_that_lease(store: &dyn ContentStore) {
+    let l1 = berth_api::labels::lease("l1");
+    let l2 = berth_api::labels::lease("l2");
+    let only_l1 = write_blob(
+        store,
+        NS,
+        "r1",
+        &test_data(11, 31),
+        None,
+        labels(&[(&l1, "1"), ("keep", "me")]),
+    )
+    .await
+    .unwrap();
+    let both = write_blob(
+        store,
+        NS,
+        "r2",
+        &test_data(12, 32),
+        None,
+        labels(&[(&l1, "1"), (&l2, "1")]),
+    )
+    .await
+    .unwrap();
+    let neither = write_blob(
+        store,
+        NS,
+        "r3",
+        &test_data(13, 33),
+        None,
+        labels(&[("other", "x")]),
+    )
+    .await
+    .unwrap();
+    // Another namespace's blob under the same lease id is not this one's.
+    let elsewhere = write_blob(
+        store,
+        "suite-other",
+        "r4",
+        &test_data(14, 34),
+        None,
+        labels(&[(&l1, "1")]),
+    )
+    .await
+    .unwrap();
+
+    assert_eq!(store.release_lease(NS, "l1").await.unwrap(), 2);
+    let info = store.info(NS, &only_l1).await.unwrap();
+    assert!(lease_keys(&info.labels).is_empty());
+    assert_eq!(info.labels.get("keep").map(String::as_str), Some("me"));
+    assert_eq!(
+        lease_keys(&store.info(NS, &both).await.unwrap().labels),
+        vec![l2]
+    );
+    assert_eq!(
+        store.info(NS, &neither).await.unwrap().labels,
+        labels(&[("other", "x")])
+    );
+    assert_eq!(
+        lease_keys(&store.info("suite-other", &elsewhere).await.unwrap().labels),
+        vec![l1]
+    );
+    // Nothing left to untie.
+    assert_eq!(store.release_lease(NS, "l1").await.unwrap(), 0);
+    assert_eq!(
+        kind(store.release_lease("../bad", "l1").await),
+        ErrorKind::InvalidArgument
+    );
+}
+
 #[macro_export]
 macro_rules! content_suite {
     ($setup:path) => {
@@ -665,6 +812,8 @@ macro_rules! content_suite {
             delete_if_unchanged_spares_a_touched_blob,
             concurrent_writers_on_different_refs,
             concurrent_commits_of_the_same_blob,
+            writes_under_a_lease_join_it,
+            release_lease_unties_only_that_lease,
         );
     };
     (@cases $setup:path; $($case:ident),* $(,)?) => {

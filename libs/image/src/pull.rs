@@ -136,13 +136,9 @@ impl Puller<'_> {
                 None => Platform::host(),
             },
         };
-        let fetched: Mutex<Vec<Digest>> = Mutex::default();
         let (events, mut received) = mpsc::unbounded_channel::<Progress>();
         let fetch = async {
             let mut on_progress = |p: Progress| {
-                if let Some(digest) = p.stored_blob() {
-                    lock(&fetched).push(digest.clone());
-                }
                 // The unpacker may have stopped (it failed): the fetch's own
                 // result says what matters then.
                 let _ = events.send(p.clone());
@@ -183,14 +179,9 @@ impl Puller<'_> {
             Ok(Some(pipeline))
         };
         let (root, pipeline) = tokio::try_join!(fetch, unpack)?;
-        let mut touched = Touched {
-            blobs: std::mem::take(&mut *lock(&fetched)),
-            chains: Vec::new(),
-        };
         let mut unpacked = None;
         if let Some(mut pipeline) = pipeline {
             let (manifest, config, chain) = pipeline.finish(&root.digest).await?;
-            touched.chains = pipeline.chains();
             label_unpacked(
                 self.content,
                 namespace,
@@ -206,7 +197,7 @@ impl Puller<'_> {
         // The image holds it all now: take the lease's labels off again, so
         // they do not pile up over pulls (best effort; a stale label holds
         // nothing once its lease is gone).
-        self.release(namespace, lease, &touched, on_event).await;
+        self.release(namespace, lease, on_event).await;
         Ok(Pulled { root, unpacked })
     }
 
@@ -236,29 +227,20 @@ impl Puller<'_> {
         }
     }
 
-    /// Removes `lease`'s label from the blobs and snapshots a pull touched.
-    async fn release(&self, namespace: &str, lease: &str, touched: &Touched, on_event: &Sink<'_>) {
-        let key = berth_api::labels::lease(lease);
-        for digest in &touched.blobs {
-            if let Err(e) =
-                berth_content::set_label(self.content, namespace, digest, &key, None).await
-            {
-                emit(
-                    on_event,
-                    PullEvent::Warning(format!("unlabelling {digest}: {e}")),
-                );
-            }
+    /// Removes `lease`'s label from everything the pull tied to it: one
+    /// request to contentd and one to snapd.
+    async fn release(&self, namespace: &str, lease: &str, on_event: &Sink<'_>) {
+        if let Err(e) = self.content.release_lease(namespace, lease).await {
+            emit(
+                on_event,
+                PullEvent::Warning(format!("untying blobs from lease {lease}: {e}")),
+            );
         }
-        let Some(unpacker) = self.unpacker else {
-            return;
-        };
-        for chain in &touched.chains {
-            let name = chain.to_string();
-            if let Err(e) = berth_snapshot::set_label(unpacker, namespace, &name, &key, None).await
-            {
+        if let Some(unpacker) = self.unpacker {
+            if let Err(e) = unpacker.release_lease(namespace, lease).await {
                 emit(
                     on_event,
-                    PullEvent::Warning(format!("unlabelling snapshot {chain}: {e}")),
+                    PullEvent::Warning(format!("untying snapshots from lease {lease}: {e}")),
                 );
             }
         }
@@ -272,13 +254,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 fn emit(on_event: &Sink<'_>, event: PullEvent) {
     (lock(on_event))(event);
-}
-
-/// What a pull created or found, for [`Puller::release`].
-#[derive(Debug, Default)]
-struct Touched {
-    blobs: Vec<Digest>,
-    chains: Vec<Digest>,
 }
 
 /// Where a pull's events go: the caller's callback, shared by the fetch
@@ -385,14 +360,6 @@ impl Pipeline<'_, '_> {
         self.unpacked = count;
         self.chain = Some(done.chain_id);
         Ok(())
-    }
-
-    /// The chain IDs of the unpacked layers, bottom first.
-    fn chains(&self) -> Vec<Digest> {
-        match &self.diff_ids {
-            Some(diff_ids) => berth_snapshot::chain_ids(&diff_ids[..self.unpacked]),
-            None => Vec::new(),
-        }
     }
 
     /// After the fetch: unpacks whatever is left (all of it, if the fetch

@@ -13,6 +13,7 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use berth_errdefs::{Error, Result};
 
+mod leased;
 #[cfg(feature = "testsuite")]
 pub mod loop_mount;
 pub mod mount;
@@ -22,6 +23,8 @@ pub mod wire;
 
 /// Labels on a snapshot.
 pub type Labels = HashMap<String, String>;
+
+pub use leased::Leased;
 
 /// The snapshotter used when a request names none.
 pub const DEFAULT_SNAPSHOTTER: &str = "overlayfs";
@@ -163,6 +166,33 @@ pub trait Snapshotter: Send + Sync {
 
     /// Removes directories that no snapshot owns (left by a crash).
     async fn cleanup(&self) -> Result<()>;
+
+    /// Unties every snapshot of the namespace from `lease` (removes its
+    /// [`berth_api::labels::lease`] label) in one call, leaving their other
+    /// labels alone; returns how many snapshots it untied.
+    async fn release_lease(&self, namespace: &str, lease: &str) -> Result<u64> {
+        let key = berth_api::labels::lease(lease);
+        let mut released = 0;
+        for info in self.list(namespace, &[]).await? {
+            if !info.labels.contains_key(&key) {
+                continue;
+            }
+            let untie = Info {
+                labels: Labels::new(),
+                ..info
+            };
+            match self
+                .update(namespace, untie, &[format!("labels.{key}")])
+                .await
+            {
+                Ok(_) => released += 1,
+                // Removed meanwhile: nothing left to untie.
+                Err(e) if e.is(berth_errdefs::ErrorKind::NotFound) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(released)
+    }
 }
 
 /// Sets (or with `None`, removes) one label of snapshot `name`, leaving

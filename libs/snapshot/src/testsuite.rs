@@ -435,6 +435,46 @@ pub async fn labels_update_and_list(sn: &dyn Snapshotter, _scratch: &Path) {
     );
 }
 
+pub async fn release_lease_unties_only_that_lease(sn: &dyn Snapshotter, _scratch: &Path) {
+    let l1 = berth_api::labels::lease("l1");
+    let l2 = berth_api::labels::lease("l2");
+    let with = |pairs: &[(&str, &str)]| -> Labels {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    sn.prepare(NS, "base-a", None, no_labels()).await.unwrap();
+    sn.commit(NS, "held", "base-a", with(&[(&l1, "1"), ("keep", "me")]))
+        .await
+        .unwrap();
+    sn.prepare(NS, "both", Some("held"), with(&[(&l1, "1"), (&l2, "1")]))
+        .await
+        .unwrap();
+    sn.prepare(NS, "free", None, with(&[("other", "x")]))
+        .await
+        .unwrap();
+
+    assert_eq!(sn.release_lease(NS, "l1").await.unwrap(), 2);
+    let held = sn.stat(NS, "held").await.unwrap();
+    assert_eq!(held.labels, with(&[("keep", "me")]));
+    assert_eq!(
+        sn.stat(NS, "both").await.unwrap().labels,
+        with(&[(&l2, "1")])
+    );
+    assert_eq!(
+        sn.stat(NS, "free").await.unwrap().labels,
+        with(&[("other", "x")])
+    );
+    assert_eq!(sn.release_lease(NS, "l1").await.unwrap(), 0);
+    assert_eq!(sn.release_lease("elsewhere", "l2").await.unwrap(), 0);
+    assert_eq!(sn.release_lease(NS, "l2").await.unwrap(), 1);
+    assert_eq!(
+        kind(sn.release_lease("../bad", "l1").await),
+        ErrorKind::InvalidArgument
+    );
+}
+
 pub async fn usage_counts_own_files(sn: &dyn Snapshotter, scratch: &Path) {
     sn.prepare(NS, "use", None, no_labels()).await.unwrap();
     let empty = sn.usage(NS, "use").await.unwrap();
@@ -583,6 +623,7 @@ macro_rules! snapshot_suite {
             rename_directory,
             layers_128_mount,
             labels_update_and_list,
+            release_lease_unties_only_that_lease,
             usage_counts_own_files,
             special_files_reach_children,
         );

@@ -15,8 +15,7 @@
 use std::sync::Arc;
 
 use berth_content::{
-    hold_for_lease, lease_label_value, read_blob, CommitOptions, ContentStore, Labels,
-    WriterOptions, MAX_READ,
+    read_blob, CommitOptions, ContentStore, Labels, Leased, WriterOptions, MAX_READ,
 };
 use berth_errdefs::{Error, ErrorKind, Result};
 use berth_reference::Reference;
@@ -78,7 +77,9 @@ struct Job<'a> {
     namespace: &'a str,
     client: &'a RegistryClient,
     source_label: (String, String),
-    lease: Option<&'a str>,
+    /// The store under the fetch's lease: every blob the fetch stores or
+    /// finds stored joins it.
+    store: Leased<Arc<dyn ContentStore>>,
     progress: &'a mpsc::Sender<Progress>,
 }
 
@@ -106,9 +107,6 @@ impl Job<'_> {
 
     fn labels(&self, mut labels: Labels) -> Labels {
         labels.insert(self.source_label.0.clone(), self.source_label.1.clone());
-        if let Some(lease) = self.lease {
-            labels.insert(berth_api::lease_label(lease), lease_label_value());
-        }
         labels
     }
 }
@@ -166,7 +164,7 @@ impl Fetcher {
                     berth_api::labels::distribution_source(reference.domain()),
                     reference.path().to_string(),
                 ),
-                lease: options.lease.as_deref(),
+                store: Leased::new(self.store.clone(), options.lease.clone()),
                 progress,
             };
             self.fetch_tree(&job, &root, options).await?;
@@ -328,7 +326,7 @@ impl Fetcher {
         let waiting_since = std::time::Instant::now();
         loop {
             let written = berth_content::write_blob(
-                self.store.as_ref(),
+                &job.store,
                 job.namespace,
                 &ingest_ref(descriptor),
                 data,
@@ -342,8 +340,8 @@ impl Fetcher {
                         .await;
                     return Ok(());
                 }
+                // (Held for the lease by the leased store.)
                 Err(e) if e.is(ErrorKind::AlreadyExists) => {
-                    self.hold(job, descriptor).await?;
                     job.report(descriptor, BlobState::Exists, descriptor.size)
                         .await;
                     return Ok(());
@@ -357,22 +355,6 @@ impl Fetcher {
                 }
                 Err(e) => return Err(e),
             }
-        }
-    }
-
-    /// Ties a blob the namespace already has to the fetch's lease.
-    async fn hold(&self, job: &Job<'_>, descriptor: &Descriptor) -> Result<()> {
-        match job.lease {
-            Some(lease) => {
-                hold_for_lease(
-                    self.store.as_ref(),
-                    job.namespace,
-                    &descriptor.digest,
-                    lease,
-                )
-                .await
-            }
-            None => Ok(()),
         }
     }
 
@@ -412,10 +394,10 @@ impl Fetcher {
         let options = WriterOptions::new(reference)
             .total(descriptor.size)
             .expected(descriptor.digest.clone());
-        let mut writer = match self.store.writer(job.namespace, options).await {
+        let mut writer = match job.store.writer(job.namespace, options).await {
             Ok(w) => w,
+            // (Held for the lease by the leased store.)
             Err(e) if e.is(ErrorKind::AlreadyExists) => {
-                self.hold(job, descriptor).await?;
                 job.report(descriptor, BlobState::Exists, descriptor.size)
                     .await;
                 return Ok(());
@@ -480,7 +462,7 @@ impl Fetcher {
             .await
         {
             Ok(_) => {}
-            Err(e) if e.is(ErrorKind::AlreadyExists) => self.hold(job, descriptor).await?,
+            Err(e) if e.is(ErrorKind::AlreadyExists) => {}
             Err(e) if e.is(ErrorKind::FailedPrecondition) => {
                 // Bad bytes from the registry: drop them so no later fetch
                 // resumes from them.
