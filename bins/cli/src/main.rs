@@ -5,6 +5,7 @@
 
 mod commands;
 mod global;
+mod labels;
 mod output;
 
 use std::process::ExitCode;

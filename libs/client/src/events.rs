@@ -1,10 +1,7 @@
 //! berth-metad's event exchange, across its socket: publish, forward,
 //! subscribe; and containerd's event payloads, decoded (see [`KnownEvent`]).
 
-mod payload;
-
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use berth_api::events as pb;
 use berth_api::protobuf::MessageField;
@@ -13,7 +10,8 @@ use berth_metadata::wire::{any_from_pb, any_to_pb};
 use berth_metadata::{Any, Envelope};
 use ttrpc::r#async::ClientStreamReceiver;
 
-pub use payload::KnownEvent;
+/// containerd's event payloads, decoded: the model is berth-metadata's.
+pub use berth_metadata::KnownEvent;
 
 use crate::connection::{connect, request_context};
 
@@ -128,20 +126,11 @@ pub fn envelope_from_pb(envelope: pb::Envelope) -> Envelope {
     }
 }
 
-/// A time as RFC 3339 in UTC with nanoseconds, as `ctr events` shows
-/// event times: `2024-05-01T12:00:00.123456789Z`.
-pub fn rfc3339(time: SystemTime) -> String {
-    let to_the_second = berth_metadata::format_rfc3339(time);
-    let nanos = time
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!("{}.{nanos:09}Z", to_the_second.trim_end_matches('Z'))
-}
+pub use berth_metadata::format_rfc3339_nanos as rfc3339;
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
+    use std::time::{Duration, UNIX_EPOCH};
 
     use super::*;
 

@@ -9,6 +9,7 @@ mod connection;
 mod containers;
 mod content;
 mod credentials;
+mod gc;
 mod images;
 mod leases;
 mod namespaces;
@@ -21,6 +22,7 @@ pub use content::RemoteContentStore;
 pub use credentials::{
     docker_config_path, docker_credentials, from_docker_config, RegistryCredentials,
 };
+pub use gc::RemoteGc;
 pub use images::RemoteImages;
 pub use leases::RemoteLeases;
 pub use namespaces::RemoteNamespaces;

@@ -12,6 +12,7 @@ mod error;
 mod liveness;
 pub mod lmdb;
 mod logging;
+pub mod memory;
 mod peer;
 mod request;
 mod serve;

@@ -37,6 +37,7 @@ fn single_value(
 /// A service method's result as ttrpc wants it: the error mapped to its
 /// status code, and logged at debug level with the method's name.
 pub fn reply<T>(method: &'static str, result: Result<T, Error>) -> ttrpc::Result<T> {
+    crate::memory::release_soon();
     result.map_err(|e| {
         tracing::debug!(method, kind = %e.kind(), error = %e, "request failed");
         e.into_ttrpc()

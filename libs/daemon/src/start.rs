@@ -2,7 +2,9 @@ use crate::{init_logging, prepare_dirs, DaemonConfig, DaemonError, DaemonFlags, 
 
 /// What every daemon does before it builds its store: a private umask
 /// (nothing a daemon creates is for other users; the socket is opened up
-/// to 0660 explicitly), the open-file limit raised to its hard limit, the
+/// to 0660 explicitly), two allocator arenas and a trim after each burst
+/// of work (see [`crate::memory`]), the open-file limit raised to its hard
+/// limit, the
 /// configuration from flags, file and defaults,
 /// logging, the root and state directories, and the async runtime (two
 /// workers: the machines berth targets are small, and the stores' blocking
@@ -12,6 +14,7 @@ pub fn start(
     defaults: Defaults,
 ) -> Result<(DaemonConfig, tokio::runtime::Runtime), DaemonError> {
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    crate::memory::limit_arenas();
     let config = DaemonConfig::resolve(flags, defaults)?;
     init_logging(&config)?;
     raise_open_file_limit();
@@ -21,6 +24,7 @@ pub fn start(
         .enable_all()
         .build()
         .map_err(|e| DaemonError::Server(format!("starting the async runtime: {e}")))?;
+    runtime.spawn(crate::memory::trimmer());
     Ok((config, runtime))
 }
 

@@ -12,6 +12,7 @@ use async_trait::async_trait;
 use berth_errdefs::Result;
 use berth_ids::Digest;
 
+mod event_payload;
 mod fields;
 mod rfc3339;
 #[cfg(feature = "testsuite")]
@@ -21,7 +22,7 @@ mod validate;
 pub mod wire;
 
 pub use fields::{ContainerFields, ImageFields, LeaseFields, NamespaceFields};
-pub use rfc3339::{format_rfc3339, parse_rfc3339};
+pub use rfc3339::{format_rfc3339, format_rfc3339_nanos, parse_rfc3339};
 pub use update::{
     apply_container_update, apply_image_update, apply_namespace_update, drop_empty_values,
 };
@@ -180,6 +181,9 @@ pub trait LeaseManager: Send + Sync {
     async fn delete_resource(&self, namespace: &str, id: &str, resource: Resource) -> Result<()>;
     async fn list_resources(&self, namespace: &str, id: &str) -> Result<Vec<Resource>>;
 }
+
+/// containerd's event payloads, decoded (see [`event_payload`]).
+pub use event_payload::KnownEvent;
 
 /// An event as the exchange carries it (containerd's envelope).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -152,6 +152,17 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (year, month, day)
 }
 
+/// A time as RFC 3339 in UTC with nanoseconds, as `ctr events` shows
+/// event times: `2024-05-01T12:00:00.123456789Z`.
+pub fn format_rfc3339_nanos(time: SystemTime) -> String {
+    let to_the_second = format_rfc3339(time);
+    let nanos = time
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("{}.{nanos:09}Z", to_the_second.trim_end_matches('Z'))
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

@@ -9,8 +9,8 @@ use berth_client::{RemoteContainers, RemoteImages};
 use berth_metadata::{Any, Container, ContainerStore, ImageStore, Runtime};
 use serde::Serialize;
 
-use super::namespaces::{label_update, labels_text, parse_labels, sorted};
 use crate::global::Global;
+use crate::labels::{label_update, labels_text, parse_labels, sorted};
 use crate::output::{self, Format};
 
 /// The type URL containerd gives an OCI runtime spec.

@@ -11,6 +11,7 @@ use futures::stream::{FuturesOrdered, StreamExt};
 use serde::Serialize;
 
 use crate::global::Global;
+use crate::labels::{label_update, labels_text, parse_labels};
 use crate::output::{self, Format};
 
 /// How many reads `get` keeps in flight.
@@ -120,7 +121,7 @@ async fn run_on_store(global: &Global, command: ContentCommand) -> Result<()> {
             labels,
         } => {
             let expected = expected.as_deref().map(parse_digest).transpose()?;
-            let labels = parse_labels(&labels, false)?;
+            let labels = parse_labels(&labels)?;
             let digest = ingest(&store, ns, &reference, expected, size, labels)
                 .await
                 .with_context(|| format!("content ingest {reference}"))?;
@@ -147,12 +148,7 @@ async fn run_on_store(global: &Global, command: ContentCommand) -> Result<()> {
         }
         ContentCommand::Label { digest, labels } => {
             let digest = parse_digest(&digest)?;
-            let labels = parse_labels(&labels, true)?;
-            let paths: Vec<String> = labels.keys().map(|k| format!("labels.{k}")).collect();
-            let new: HashMap<String, String> = labels
-                .into_iter()
-                .filter_map(|(k, v)| v.map(|v| (k, v)))
-                .collect();
+            let (new, paths) = label_update(&labels)?;
             let mut info = store
                 .info(ns, &digest)
                 .await
@@ -165,13 +161,7 @@ async fn run_on_store(global: &Global, command: ContentCommand) -> Result<()> {
             match global.format {
                 Format::Json => output::json(&InfoJson::from(&updated)),
                 Format::Table => {
-                    let mut labels: Vec<_> = updated
-                        .labels
-                        .iter()
-                        .map(|(k, v)| format!("{k}={v}"))
-                        .collect();
-                    labels.sort();
-                    println!("{}", labels.join(","));
+                    println!("{}", labels_text(&updated.labels));
                     Ok(())
                 }
             }
@@ -221,26 +211,6 @@ async fn run_on_store(global: &Global, command: ContentCommand) -> Result<()> {
 
 fn parse_digest(value: &str) -> Result<Digest> {
     Digest::parse(value).map_err(|e| anyhow::anyhow!(e))
-}
-
-/// KEY=VALUE pairs; with `allow_removal`, KEY= means remove KEY.
-fn parse_labels(pairs: &[String], allow_removal: bool) -> Result<HashMap<String, Option<String>>> {
-    let mut labels = HashMap::new();
-    for pair in pairs {
-        let Some((key, value)) = pair.split_once('=') else {
-            bail!("label {pair:?}: expected KEY=VALUE");
-        };
-        if key.is_empty() {
-            bail!("label {pair:?}: empty key");
-        }
-        let value = if value.is_empty() && allow_removal {
-            None
-        } else {
-            Some(value.to_string())
-        };
-        labels.insert(key.to_string(), value);
-    }
-    Ok(labels)
 }
 
 #[derive(Serialize)]
@@ -394,7 +364,7 @@ async fn ingest(
     reference: &str,
     expected: Option<Digest>,
     size: Option<u64>,
-    labels: HashMap<String, Option<String>>,
+    labels: HashMap<String, String>,
 ) -> Result<Digest> {
     let mut options = WriterOptions::new(reference);
     options.total = size;
@@ -430,10 +400,6 @@ async fn ingest(
     if skip > 0 {
         bail!("standard input is shorter than what the ingest already holds");
     }
-    let labels = labels
-        .into_iter()
-        .filter_map(|(k, v)| v.map(|v| (k, v)))
-        .collect();
     Ok(writer
         .commit(CommitOptions {
             size,

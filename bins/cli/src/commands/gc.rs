@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use berth_api::gc as pb;
-use berth_errdefs::Error;
 use serde::Serialize;
 
 use crate::global::Global;
@@ -19,18 +18,10 @@ pub struct GcArgs {}
 pub async fn run(global: &Global, args: GcArgs) -> anyhow::Result<()> {
     let GcArgs {} = args;
     let socket = global.metad_socket();
-    let client = berth_client::connect(socket)
+    let gc = berth_client::RemoteGc::connect(socket)
         .await
         .with_context(|| format!("connecting to berth-metad at {}", socket.display()))?;
-    // A collection spans every namespace; the request's is not used.
-    let response = pb::GcClient::new(client)
-        .collect(
-            berth_client::request_context(global.namespace()?),
-            &pb::CollectRequest::default(),
-        )
-        .await
-        .map_err(Error::from_ttrpc)
-        .context("collecting garbage")?;
+    let response = gc.collect().await.context("collecting garbage")?;
     match global.format {
         Format::Json => output::json(&summary_json(&response)),
         Format::Table => {

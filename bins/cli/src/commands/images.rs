@@ -11,8 +11,8 @@ use berth_ids::Digest;
 use berth_metadata::{Descriptor, Image, ImageStore, Labels};
 use serde::Serialize;
 
-use super::namespaces::{label_update, labels_text, parse_labels, sorted};
 use crate::global::Global;
+use crate::labels::{label_update, labels_text, parse_labels, sorted};
 use crate::output::{self, Format};
 
 #[derive(Debug, clap::Subcommand)]

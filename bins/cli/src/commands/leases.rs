@@ -11,8 +11,8 @@ use berth_metadata::{
 };
 use serde::Serialize;
 
-use super::namespaces::{labels_text, parse_labels, sorted};
 use crate::global::Global;
+use crate::labels::{labels_text, parse_labels, sorted};
 use crate::output::{self, Format};
 
 #[derive(Debug, clap::Subcommand)]

@@ -1,14 +1,14 @@
-//! `berth namespaces ...`: berth-metad's namespaces. Also the label
-//! argument helpers the other metad subcommands share.
+//! `berth namespaces ...`: berth-metad's namespaces.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use berth_client::RemoteNamespaces;
-use berth_metadata::{Labels, Namespace, NamespaceStore};
+use berth_metadata::{Namespace, NamespaceStore};
 use serde::Serialize;
 
 use crate::global::Global;
+use crate::labels::{label_update, labels_text, parse_labels, sorted};
 use crate::output::{self, Format};
 
 #[derive(Debug, clap::Subcommand)]
@@ -40,55 +40,6 @@ pub enum NamespacesCommand {
         #[arg(required = true)]
         names: Vec<String>,
     },
-}
-
-/// KEY=VALUE arguments as labels.
-pub(crate) fn parse_labels(pairs: &[String]) -> Result<Labels> {
-    let mut labels = Labels::new();
-    for (key, value) in parse_pairs(pairs)? {
-        labels.insert(key, value);
-    }
-    Ok(labels)
-}
-
-/// KEY=VALUE arguments as a label update: the labels to set and the
-/// `labels.KEY` paths that apply them (KEY= removes KEY).
-pub(crate) fn label_update(pairs: &[String]) -> Result<(Labels, Vec<String>)> {
-    let mut labels = Labels::new();
-    let mut paths = Vec::new();
-    for (key, value) in parse_pairs(pairs)? {
-        paths.push(format!("labels.{key}"));
-        if !value.is_empty() {
-            labels.insert(key, value);
-        }
-    }
-    Ok((labels, paths))
-}
-
-fn parse_pairs(pairs: &[String]) -> Result<Vec<(String, String)>> {
-    let mut out = Vec::new();
-    for pair in pairs {
-        let Some((key, value)) = pair.split_once('=') else {
-            bail!("label {pair:?}: expected KEY=VALUE");
-        };
-        if key.is_empty() {
-            bail!("label {pair:?}: empty key");
-        }
-        out.push((key.to_string(), value.to_string()));
-    }
-    Ok(out)
-}
-
-/// Labels for a table cell: `a=1,b=2`, sorted.
-pub(crate) fn labels_text(labels: &HashMap<String, String>) -> String {
-    let mut pairs: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    pairs.sort();
-    pairs.join(",")
-}
-
-/// Labels for JSON, sorted.
-pub(crate) fn sorted(labels: &HashMap<String, String>) -> BTreeMap<String, String> {
-    labels.clone().into_iter().collect()
 }
 
 #[derive(Serialize)]

@@ -7,8 +7,8 @@ use berth_client::{RemoteContentStore, RemoteImages, RemoteSnapshotter};
 use berth_snapshot::{Info, Snapshotter, DEFAULT_SNAPSHOTTER};
 use serde::Serialize;
 
-use super::namespaces::parse_labels;
 use crate::global::Global;
+use crate::labels::parse_labels;
 use crate::output::{self, Format};
 use berth_image::{Matcher, UnpackOptions};
 

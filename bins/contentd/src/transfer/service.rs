@@ -115,6 +115,7 @@ impl pb::Transfer for TransferService {
             Ok(())
         }
         .await;
+        berth_daemon::memory::release_soon();
         result.map_err(|e| {
             tracing::info!(reference = %req.reference, error = %e, "fetch failed");
             e.into_ttrpc()
@@ -143,6 +144,7 @@ impl pb::Transfer for TransferService {
             Ok(())
         }
         .await;
+        berth_daemon::memory::release_soon();
         result.map_err(|e| {
             tracing::info!(reference = %req.reference, error = %e, "push failed");
             e.into_ttrpc()

@@ -5,8 +5,8 @@
 use std::cell::OnceCell;
 
 use berth_api::events as pb;
-use berth_client::events::KnownEvent;
 use berth_filters::Adaptor;
+use berth_metadata::KnownEvent;
 
 pub struct EnvelopeFields<'a> {
     envelope: &'a pb::Envelope,

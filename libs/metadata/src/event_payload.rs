@@ -201,7 +201,7 @@ fn timestamp_json(message: &dyn MessageDyn) -> Value {
     };
     match (u64::try_from(seconds), u32::try_from(nanos)) {
         (Ok(seconds), Ok(nanos)) if nanos < 1_000_000_000 => {
-            super::rfc3339(UNIX_EPOCH + Duration::new(seconds, nanos)).into()
+            crate::format_rfc3339_nanos(UNIX_EPOCH + Duration::new(seconds, nanos)).into()
         }
         // Before 1970 or malformed: say what it is rather than guess.
         _ => serde_json::json!({ "seconds": seconds, "nanos": nanos }),
