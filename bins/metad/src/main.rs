@@ -9,7 +9,7 @@ use berth_api::sockets;
 use berth_daemon::{peer_socket, DaemonConfig, DaemonFlags, Defaults};
 use berth_metad::events::Exchange;
 use berth_metad::gc::{Collector, CollectorConfig, ScheduleConfig, Scheduler, Sockets};
-use berth_metad::store::{DaemonHolders, MetaStore, Records};
+use berth_metad::store::{MetaStore, Records};
 use clap::Parser;
 
 /// berth's metadata daemon: namespaces, images, containers, leases,
@@ -77,12 +77,10 @@ async fn run(
     // The collector reads the roots from the records and lists and deletes
     // through contentd and snapd.
     let exchange = Exchange::new();
+    let peers = Arc::new(Sockets { contentd, snapd });
     let collector = Collector::new(
         Arc::new(records.clone()),
-        Arc::new(Sockets {
-            contentd: contentd.clone(),
-            snapd: snapd.clone(),
-        }),
+        peers.clone(),
         CollectorConfig::default(),
     )
     .with_events(exchange.clone());
@@ -90,8 +88,9 @@ async fn run(
     // Subscribers end on SIGTERM, so they cannot hold metad's exit.
     berth_metad::events::close_on_termination(exchange.clone())?;
 
-    let holders = Arc::new(DaemonHolders::new(contentd, snapd));
-    let store = MetaStore::new(records, scheduler.clone(), exchange.clone(), holders);
+    // Namespaces are deleted only when contentd and snapd hold nothing in
+    // them.
+    let store = MetaStore::new(records, scheduler.clone(), exchange.clone(), peers);
     let mut services = berth_metad::service::services(&store);
     services.extend(berth_metad::gc::ttrpc_service(scheduler));
     services.extend(berth_metad::events::ttrpc_services(exchange));

@@ -10,10 +10,10 @@ use berth_errdefs::{Error, ErrorKind, Result};
 use containerd_shim_protos::events::snapshot::SnapshotRemove;
 use tokio::sync::RwLock;
 
-use super::daemons::{ContentDaemon, Daemons, SnapshotDaemon, CONTENTD, SNAPD};
 use super::mark::{self, ContentGarbage, Listing, SnapshotGarbage};
 use super::roots::RootSource;
 use crate::events::Exchange;
+use crate::peers::{ContentDaemon, Daemons, SnapshotDaemon, CONTENTD, SNAPD};
 
 /// What a collection consults.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -11,7 +11,6 @@
 //! - [`ttrpc_service`]: `berth.gc.v1.GC` over ttrpc.
 
 mod collector;
-mod daemons;
 mod labels;
 mod mark;
 mod roots;
@@ -26,8 +25,8 @@ use berth_errdefs::Result;
 use tokio::sync::{Notify, RwLock};
 use tokio::time::Instant;
 
+pub use crate::peers::{ContentDaemon, Daemons, SnapshotDaemon, Sockets, CONTENTD, SNAPD};
 pub use collector::{Collector, CollectorConfig, Removed, Report};
-pub use daemons::{ContentDaemon, Daemons, SnapshotDaemon, Sockets, CONTENTD, SNAPD};
 pub use roots::{LeaseRoots, NamespaceRoots, RootSource, Roots};
 pub use schedule::ScheduleConfig;
 pub use service::ttrpc_service;

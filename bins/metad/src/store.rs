@@ -1,14 +1,17 @@
 //! metad's local store: namespaces, images, containers and leases in LMDB
-//! ([`records`]), behind the `berth-metadata` traits (implemented one
-//! module per record type: `crate::namespaces`, `crate::images`,
-//! `crate::containers`, `crate::leases`).
+//! ([`records`]), behind the `berth-metadata` traits, implemented one
+//! module per record type: [`namespaces`], [`images`], [`containers`],
+//! [`leases`].
 //!
 //! Every mutation that can add a reference holds the collector's gate
 //! ([`Scheduler::hold_mutations`]) for its transaction; every delete tells
 //! the collector ([`Scheduler::note_deletion`]); record changes go to the
 //! event exchange after their transaction commits.
 
-pub mod holders;
+pub mod containers;
+pub mod images;
+pub mod leases;
+pub mod namespaces;
 pub mod records;
 mod roots;
 
@@ -21,7 +24,7 @@ use protobuf::MessageFull;
 
 use crate::events::Exchange;
 use crate::gc::Scheduler;
-pub use holders::{DaemonHolders, MetadOnly, NamespaceHolders};
+pub use crate::peers::{MetadOnly, NamespaceHolders};
 pub use records::Records;
 
 /// berth-metad's store. Cheap to clone.

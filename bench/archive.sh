@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Image archives: `berth import` and `berth export` of an OCI archive holding
+# the fetch benchmark's two minbase images (one 60 MB layer; four layers),
+# against containerd's `ctr images import --no-unpack` and `ctr images
+# export` of the same archive and images, in one run. Both sides store the
+# content and record nothing else (berth's import records no image; ctr's
+# records two, a few LMDB/bolt writes).
+#
+# usage: bench/archive.sh [RUNS]   (as root; BERTH_BENCH_ROOTFS=FILE reuses
+# a minbase tar instead of building one with mmdebstrap)
+set -euo pipefail
+
+runs=${1:-3}
+top=$(cd "$(dirname "$0")/.." && pwd)
+cd "$top"
+cargo build --release --workspace --bins >&2
+bin="$top/target/release"
+
+work=$(mktemp -d /var/tmp/berth-archive-bench.XXXXXX)
+pids=()
+cleanup() {
+  set +e
+  if [ -f "$work/pids" ]; then
+    while read -r pid; do pids+=("$pid"); done <"$work/pids"
+  fi
+  for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# shellcheck source=lib/minbase-registry.sh
+. "$top/bench/lib/minbase-registry.sh"
+# shellcheck source=lib/containerd.sh
+. "$top/bench/lib/containerd.sh"
+# shellcheck source=lib/timing.sh
+. "$top/bench/lib/timing.sh"
+
+archive="$work/images.tar"
+tar -C "$layout" -cf "$archive" .
+echo "archive: $(stat -c %s "$archive") bytes" >&2
+
+start_contentd() { # root
+  local root=$1
+  mkdir -p "$root"
+  "$bin/berth-contentd" --root "$root/root" --state "$root/state" \
+    --address "$root/contentd.sock" --log-level warn >"$root/contentd.log" 2>&1 &
+  echo $! >>"$work/pids"
+  for _ in $(seq 200); do [ -S "$root/contentd.sock" ] && return; sleep 0.02; done
+  echo "berth-contentd did not start" >&2
+  return 1
+}
+
+b_import="" b_export="" c_import="" c_export=""
+for run in $(seq "$runs"); do
+  root="$work/berth-$run"
+  start_contentd "$root"
+  berth=("$bin/berth" --contentd "$root/contentd.sock")
+  b_import+="$(seconds "${berth[@]}" import "$archive") "
+  roots=$("${berth[@]}" --format json import "$archive" | python3 -c '
+import json, sys
+print(" ".join(f"{i[\"name\"]}={i[\"digest\"]}" for i in json.load(sys.stdin)))')
+  # shellcheck disable=SC2086 # one NAME=DIGEST per word
+  b_export+="$(seconds "${berth[@]}" export "$root/out.tar" $roots) "
+
+  croot="$work/ctrd-$run"
+  start_containerd "$croot"
+  c_import+="$(seconds ctr -a "$croot/c.sock" images import --no-unpack --base-name bench/debian "$archive") "
+  c_export+="$(seconds ctr -a "$croot/c.sock" images export "$croot/out.tar" bench/debian:single bench/debian:multi) "
+done
+
+printf '\n| operation | berth (s) | ctr (s) | berth/containerd time |\n|---|---|---|---|\n'
+for op in import export; do
+  b_var="b_$op" c_var="c_$op"
+  bm=$(median <<<"${!b_var}")
+  cm=$(median <<<"${!c_var}")
+  printf '| %s | %.2f | %.2f | %.2f |\n' "$op" "$bm" "$cm" "$(echo "$bm / $cm" | bc -l)"
+done
+printf '\nmedian of %s runs, %s, %s cores, containerd %s, on %s\n' "$runs" "$(uname -r)" "$(nproc)" \
+  "$(containerd --version | awk '{print $3}')" "$(findmnt -no FSTYPE -T "$work")"
