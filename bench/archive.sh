@@ -57,9 +57,8 @@ for run in $(seq "$runs"); do
   start_contentd "$root"
   berth=("$bin/berth" --contentd "$root/contentd.sock")
   b_import+="$(seconds "${berth[@]}" import "$archive") "
-  roots=$("${berth[@]}" --format json import "$archive" | python3 -c '
-import json, sys
-print(" ".join(f"{i[\"name\"]}={i[\"digest\"]}" for i in json.load(sys.stdin)))')
+  roots=$("${berth[@]}" --format json import "$archive" |
+    python3 -c 'import json, sys; print(" ".join(i["name"] + "=" + i["digest"] for i in json.load(sys.stdin)))')
   # shellcheck disable=SC2086 # one NAME=DIGEST per word
   b_export+="$(seconds "${berth[@]}" export "$root/out.tar" $roots) "
 

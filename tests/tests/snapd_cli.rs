@@ -9,7 +9,7 @@ use berth_content::ContentStore;
 use berth_e2e::images::{busybox_rootfs, files_rootfs, Layout};
 use berth_e2e::{berth, Daemon};
 use berth_ids::Digest;
-use berth_snapshot::mount::TempMount;
+use berth_mount::TempMount;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unpack_snapshots_and_diff_from_the_cli() {

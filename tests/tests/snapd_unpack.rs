@@ -12,7 +12,7 @@ use berth_e2e::images::{busybox_rootfs, files_rootfs, Layout};
 use berth_e2e::Daemon;
 use berth_errdefs::ErrorKind;
 use berth_ids::Digest;
-use berth_snapshot::mount::TempMount;
+use berth_mount::TempMount;
 use berth_snapshot::{chain_ids, Descriptor, Snapshotter};
 
 struct Stack {

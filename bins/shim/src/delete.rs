@@ -14,9 +14,9 @@ use crate::error::{Result, ShimError};
 use crate::events::timestamp;
 use crate::flags::Flags;
 use crate::layout;
-use crate::mount::{Mounter, SystemMounter};
 use crate::runc::RuntimeConfig;
 use crate::service::load_runtime_config;
+use berth_mount::{HostMounter, Mounter};
 
 /// Runs the action; returns the encoded DeleteResponse and any warnings.
 pub fn run(flags: &Flags, mounter: &impl Mounter) -> Result<(Vec<u8>, Vec<String>)> {
@@ -31,7 +31,7 @@ pub fn run(flags: &Flags, mounter: &impl Mounter) -> Result<(Vec<u8>, Vec<String
     if let Err(e) = runtime_delete(&config, &bundle, &flags.id) {
         warnings.push(e);
     }
-    if let Err(e) = mounter.unmount(&bundle.join("rootfs")) {
+    if let Err(e) = mounter.unmount_all(&bundle.join("rootfs")) {
         warnings.push(e.to_string());
     }
     remove_dead_socket(&bundle);
@@ -47,7 +47,7 @@ pub fn run(flags: &Flags, mounter: &impl Mounter) -> Result<(Vec<u8>, Vec<String
 }
 
 pub fn run_default(flags: &Flags) -> Result<(Vec<u8>, Vec<String>)> {
-    run(flags, &SystemMounter)
+    run(flags, &HostMounter)
 }
 
 fn runtime_delete(
@@ -94,18 +94,18 @@ fn remove_dead_socket(bundle: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::cell::RefCell;
     use std::path::PathBuf;
+    use std::sync::Mutex;
 
     #[derive(Default)]
-    struct RecordingMounter(RefCell<Vec<PathBuf>>);
+    struct RecordingMounter(Mutex<Vec<PathBuf>>);
 
     impl Mounter for RecordingMounter {
-        fn mount(&self, _: &crate::mount::MountSpec, _: &Path) -> Result<()> {
+        fn mount_all(&self, _: &[berth_mount::Mount], _: &Path) -> berth_errdefs::Result<()> {
             Ok(())
         }
-        fn unmount(&self, target: &Path) -> Result<()> {
-            self.0.borrow_mut().push(target.to_path_buf());
+        fn unmount_all(&self, target: &Path) -> berth_errdefs::Result<()> {
+            self.0.lock().unwrap().push(target.to_path_buf());
             Ok(())
         }
     }
@@ -133,6 +133,9 @@ mod tests {
         assert_eq!(response.pid, 1234);
         assert_eq!(response.exit_status, 137);
         assert!(response.exited_at.seconds > 0);
-        assert_eq!(mounter.0.borrow().as_slice(), &[dir.path().join("rootfs")]);
+        assert_eq!(
+            mounter.0.lock().unwrap().as_slice(),
+            &[dir.path().join("rootfs")]
+        );
     }
 }

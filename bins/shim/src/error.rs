@@ -28,6 +28,9 @@ pub enum ShimError {
         #[source]
         source: protobuf::Error,
     },
+    /// An error of one of berth's libraries (mounting, ids), its kind kept.
+    #[error("{0}")]
+    Status(#[from] StatusError),
     #[error("{context}: {source}")]
     Json {
         context: String,
@@ -75,6 +78,7 @@ impl ShimError {
             ShimError::Unimplemented(_) => ErrorKind::Unimplemented,
             ShimError::Runtime { .. } => ErrorKind::Internal,
             ShimError::Io { source, .. } => StatusError::io("", source).kind(),
+            ShimError::Status(e) => e.kind(),
         }
     }
 }

@@ -9,7 +9,6 @@ pub mod events;
 pub mod flags;
 pub mod layout;
 pub mod log;
-pub mod mount;
 pub mod process;
 pub mod reaper;
 pub mod runc;

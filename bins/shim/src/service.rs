@@ -24,11 +24,11 @@ use crate::cgroups::Cgroup;
 use crate::error::{Result, ShimError};
 use crate::events::{self, timestamp, Publisher};
 use crate::layout;
-use crate::mount::{MountSpec, Mounter, SystemMounter};
 use crate::process::{ExitInfo, Process, ProcessStatus};
 use crate::reaper::{Exit, Reaper};
 use crate::runc::{self, CreateOptions, Runc, RuntimeConfig};
 use crate::stdio::{self, ConsoleSocket, StdioPaths};
+use berth_mount::{HostMounter, Mount, Mounter};
 
 /// The runtime settings `delete` (cleanup mode) reads back from the bundle.
 pub const RUNTIME_FILE: &str = "berth-runtime.json";
@@ -78,7 +78,7 @@ pub struct Service {
     publisher: Publisher,
     state: Mutex<State>,
     shutdown: Arc<Notify>,
-    mounter: SystemMounter,
+    mounter: HostMounter,
 }
 
 impl Service {
@@ -94,7 +94,7 @@ impl Service {
             publisher,
             state: Mutex::new(State::default()),
             shutdown,
-            mounter: SystemMounter,
+            mounter: HostMounter,
         })
     }
 
@@ -234,23 +234,17 @@ impl Service {
         let runc = Runc::new(config, &bundle, self.reaper.clone());
 
         let rootfs = bundle.join("rootfs");
-        let mounts: Vec<MountSpec> = req
+        let mounts: Vec<Mount> = req
             .rootfs
             .iter()
-            .map(|m| MountSpec {
+            .map(|m| Mount {
                 kind: m.type_.clone(),
                 source: m.source.clone(),
                 options: m.options.clone(),
             })
             .collect();
-        for (n, mount) in mounts.iter().enumerate() {
-            if let Err(e) = self.mounter.mount(mount, &rootfs) {
-                if n > 0 {
-                    let _ = self.mounter.unmount(&rootfs);
-                }
-                return Err(e);
-            }
-        }
+        // (What was mounted before a failure is unmounted again.)
+        self.mounter.mount_all(&mounts, &rootfs)?;
 
         let paths = StdioPaths {
             stdin: req.stdin.clone(),
@@ -265,7 +259,7 @@ impl Service {
             Ok(done) => done,
             Err(e) => {
                 if !mounts.is_empty() {
-                    let _ = self.mounter.unmount(&rootfs);
+                    let _ = self.mounter.unmount_all(&rootfs);
                 }
                 return Err(e);
             }
@@ -525,7 +519,7 @@ impl Service {
         };
         runc.delete(id, true).await?;
         if mounted {
-            self.mounter.unmount(&bundle.join("rootfs"))?;
+            self.mounter.unmount_all(&bundle.join("rootfs"))?;
         }
         let mut state = self.lock();
         let container = Self::container(&mut state, id)?;

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use berth_content::{CommitOptions, ContentStore, WriterOptions, MAX_READ};
 use berth_errdefs::{Error, Result};
 use berth_ids::{Digest, Sha256Hasher};
-use berth_snapshot::mount::TempMount;
+use berth_mount::TempMount;
 use berth_snapshot::{Descriptor, DiffLayer, Labels};
 use nix::sys::stat::{FileStat, SFlag};
 

@@ -6,14 +6,14 @@
 
 use std::path::{Path, PathBuf};
 
+use berth_mount::TempMount;
 use berth_snapd::local::{Backend, LocalSnapshotter};
 use berth_snapd::records::Records;
-use berth_snapshot::mount::TempMount;
 use berth_snapshot::{Labels, Snapshotter};
 
 /// An overlay snapshotter under `<tmp>/<prefix>root`.
 fn open(prefix: &str) -> (LocalSnapshotter, PathBuf, tempfile::TempDir) {
-    berth_snapshot::mount::force_overlay_mount_data();
+    berth_mount::force_overlay_mount_data();
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join(format!("{prefix}root"));
     let records = Records::open(&root.join("meta")).unwrap();

@@ -16,7 +16,6 @@ use berth_errdefs::{Error, Result};
 mod leased;
 #[cfg(feature = "testsuite")]
 pub mod loop_mount;
-pub mod mount;
 #[cfg(feature = "testsuite")]
 pub mod testsuite;
 pub mod wire;
@@ -85,13 +84,8 @@ pub struct Usage {
     pub inodes: u64,
 }
 
-/// One mount, for the caller to perform (see [`mount::mount_all`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Mount {
-    pub kind: String,
-    pub source: String,
-    pub options: Vec<String>,
-}
+/// One mount, for the caller to perform (with [`berth_mount::mount_all`]).
+pub use berth_mount::Mount;
 
 /// A blob descriptor, as OCI manifests have them.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -13,8 +13,8 @@ use std::path::Path;
 
 use berth_errdefs::{error_kind as kind, ErrorKind};
 
-use crate::mount::TempMount;
 use crate::{Kind, Labels, Snapshotter};
+use berth_mount::TempMount;
 
 const NS: &str = "suite";
 

@@ -1,6 +1,10 @@
-//! Performing the mounts a snapshotter returns.
+//! Performing mounts: those a snapshotter returns (snapd, the CLI, tests)
+//! and a container's rootfs (the shim), one implementation for both.
 //!
-//! Bind mounts use mount(2). Overlay mounts use the new mount API with one
+//! Bind mounts use mount(2), with a remount for per-mount flags (`ro`,
+//! `nosuid`...). Filesystems other than bind and overlay (tmpfs, ext4 on a
+//! block device...) use mount(2) with the flags the options name and the
+//! rest as the filesystem's data. Overlay mounts use the new mount API with one
 //! `lowerdir+` parameter per layer (Linux ≥ 6.8), so the page-sized limit
 //! of mount option strings never caps how many layers stack.
 //!
@@ -38,17 +42,49 @@ use nix::fcntl::OFlag;
 use nix::mount::{MntFlags, MsFlags};
 use nix::sys::stat::Mode;
 
-use crate::Mount;
 use syscalls::{
     Host, MountAttrs, MountSyscalls, MOUNT_ATTR_NODEV, MOUNT_ATTR_NOEXEC, MOUNT_ATTR_NOSUID,
     MOUNT_ATTR_RDONLY,
 };
 
+/// One mount: `kind` (`bind`, `overlay`, or a filesystem type), `source`
+/// and options as containerd's `Mount` has them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    pub kind: String,
+    pub source: String,
+    pub options: Vec<String>,
+}
+
+/// Mounting and unmounting a stack of mounts on a target: what callers
+/// that want a seam for their own tests hold ([`HostMounter`] is the real
+/// thing).
+pub trait Mounter: Send + Sync {
+    /// [`mount_all`].
+    fn mount_all(&self, mounts: &[Mount], target: &Path) -> Result<()>;
+    /// [`unmount_all`].
+    fn unmount_all(&self, target: &Path) -> Result<()>;
+}
+
+/// The kernel's mounts.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct HostMounter;
+
+impl Mounter for HostMounter {
+    fn mount_all(&self, mounts: &[Mount], target: &Path) -> Result<()> {
+        mount_all(mounts, target)
+    }
+
+    fn unmount_all(&self, target: &Path) -> Result<()> {
+        unmount_all(target)
+    }
+}
+
 /// The most option data mount(2) takes (one page, NUL included) on the
 /// smallest page size Linux has.
 const MOUNT_DATA_MAX: usize = 4095;
 
-static HOST: Mounter<Host> = Mounter::new(Host);
+static HOST: Engine<Host> = Engine::new(Host);
 
 /// Mounts `mounts` on `target`, in order; on failure, what was mounted is
 /// unmounted again.
@@ -59,6 +95,12 @@ pub fn mount_all(mounts: &[Mount], target: &Path) -> Result<()> {
 /// Unmounts `target`, detaching it if it is busy.
 pub fn unmount(target: &Path) -> Result<()> {
     HOST.unmount(target)
+}
+
+/// Unmounts everything stacked on `target` (detaching what is busy); a
+/// target with nothing mounted, or that is gone, is fine.
+pub fn unmount_all(target: &Path) -> Result<()> {
+    HOST.unmount_all(target)
 }
 
 /// Mounts every later overlay of this process with mount(2) and
@@ -73,18 +115,26 @@ fn errno(what: impl std::fmt::Display, e: Errno) -> Error {
 }
 
 /// Mount options, split into per-mount flags and filesystem parameters.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 struct Options {
     attrs: MountAttrs,
     /// `rbind`: submounts come along.
     recursive: bool,
+    /// Flags only mount(2) takes (`noatime`, `sync`...): a mount that has
+    /// any goes through mount(2).
+    classic: MsFlags,
     /// `key=value` and bare flags for the filesystem, in order.
     params: Vec<(String, Option<String>)>,
 }
 
 impl Options {
     fn parse(options: &[String]) -> Options {
-        let mut parsed = Options::default();
+        let mut parsed = Options {
+            attrs: 0,
+            recursive: false,
+            classic: MsFlags::empty(),
+            params: Vec::new(),
+        };
         for option in options {
             if let Some((key, value)) = option.split_once('=') {
                 parsed
@@ -101,17 +151,39 @@ impl Options {
                 "dev" => parsed.attrs &= !MOUNT_ATTR_NODEV,
                 "noexec" => parsed.attrs |= MOUNT_ATTR_NOEXEC,
                 "exec" => parsed.attrs &= !MOUNT_ATTR_NOEXEC,
-                "bind" => {}
+                "bind" | "defaults" => {}
                 "rbind" => parsed.recursive = true,
+                "noatime" => parsed.classic |= MsFlags::MS_NOATIME,
+                "atime" => parsed.classic &= !MsFlags::MS_NOATIME,
+                "nodiratime" => parsed.classic |= MsFlags::MS_NODIRATIME,
+                "diratime" => parsed.classic &= !MsFlags::MS_NODIRATIME,
+                "relatime" => parsed.classic |= MsFlags::MS_RELATIME,
+                "norelatime" => parsed.classic &= !MsFlags::MS_RELATIME,
+                "strictatime" => parsed.classic |= MsFlags::MS_STRICTATIME,
+                "sync" => parsed.classic |= MsFlags::MS_SYNCHRONOUS,
+                "async" => parsed.classic &= !MsFlags::MS_SYNCHRONOUS,
+                "dirsync" => parsed.classic |= MsFlags::MS_DIRSYNC,
                 flag => parsed.params.push((flag.to_string(), None)),
             }
         }
         parsed
     }
 
+    /// The filesystem parameters as mount(2)'s data string.
+    fn data(&self) -> String {
+        self.params
+            .iter()
+            .map(|(key, value)| match value {
+                Some(value) => format!("{key}={value}"),
+                None => key.clone(),
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
     /// The per-mount flags as mount(2) flags.
     fn ms_flags(&self) -> MsFlags {
-        let mut flags = MsFlags::empty();
+        let mut flags = self.classic;
         for (attr, flag) in [
             (MOUNT_ATTR_RDONLY, MsFlags::MS_RDONLY),
             (MOUNT_ATTR_NOSUID, MsFlags::MS_NOSUID),
@@ -135,14 +207,14 @@ enum Attempt {
 
 /// Mounts through one set of syscalls, remembering whether overlays need
 /// the mount(2) fallback.
-struct Mounter<S> {
+struct Engine<S> {
     sys: S,
     mount_data: AtomicBool,
 }
 
-impl<S: MountSyscalls> Mounter<S> {
-    const fn new(sys: S) -> Mounter<S> {
-        Mounter {
+impl<S: MountSyscalls> Engine<S> {
+    const fn new(sys: S) -> Engine<S> {
+        Engine {
             sys,
             mount_data: AtomicBool::new(false),
         }
@@ -165,10 +237,49 @@ impl<S: MountSyscalls> Mounter<S> {
         match mount.kind.as_str() {
             "bind" => self.bind(mount, target),
             "overlay" => self.overlay(mount, target),
-            other => Err(Error::invalid_argument(format!(
-                "unsupported mount type {other:?}"
+            "" => Err(Error::invalid_argument(format!(
+                "mount of {} has no type",
+                mount.source
             ))),
+            fstype => self.filesystem(fstype, mount, target),
         }
+    }
+
+    /// Any other filesystem, with mount(2): the options' flags, the rest
+    /// as its data.
+    fn filesystem(&self, fstype: &str, mount: &Mount, target: &Path) -> Result<()> {
+        let options = Options::parse(&mount.options);
+        let data = options.data();
+        self.sys
+            .mount(
+                Some(&mount.source),
+                target,
+                Some(fstype),
+                options.ms_flags(),
+                (!data.is_empty()).then_some(data.as_str()),
+            )
+            .map_err(|e| {
+                errno(
+                    format!("mounting {fstype} {} on {}", mount.source, target.display()),
+                    e,
+                )
+            })
+    }
+
+    fn unmount_all(&self, target: &Path) -> Result<()> {
+        // Bounded: a target cannot have more mounts stacked than this
+        // without something else mounting on it meanwhile.
+        for _ in 0..1024 {
+            match self.sys.umount(target, MntFlags::MNT_DETACH) {
+                Ok(()) => continue,
+                Err(Errno::EINVAL | Errno::ENOENT) => return Ok(()),
+                Err(e) => return Err(errno(format!("unmounting {}", target.display()), e)),
+            }
+        }
+        Err(Error::failed_precondition(format!(
+            "{} is still mounted after 1024 unmounts",
+            target.display()
+        )))
     }
 
     fn unmount(&self, target: &Path) -> Result<()> {
@@ -213,7 +324,7 @@ impl<S: MountSyscalls> Mounter<S> {
 
     fn overlay(&self, mount: &Mount, target: &Path) -> Result<()> {
         let options = Options::parse(&mount.options);
-        if self.mount_data.load(Ordering::Relaxed) {
+        if self.mount_data.load(Ordering::Relaxed) || !options.classic.is_empty() {
             return self.overlay_mount_data(&options, target);
         }
         match self.overlay_fsconfig(&options, target) {
@@ -581,7 +692,7 @@ mod tests {
 
     #[test]
     fn each_layer_is_its_own_lowerdir_parameter() {
-        let mounter = Mounter::new(Fake::default());
+        let mounter = Engine::new(Fake::default());
         let target = Path::new("/mnt/t");
         let mount = overlay(&[
             "workdir=/s/2/work".to_string(),
@@ -609,7 +720,7 @@ mod tests {
 
     #[test]
     fn per_mount_flags_become_mount_attributes() {
-        let mounter = Mounter::new(Fake::default());
+        let mounter = Engine::new(Fake::default());
         let mount = overlay(&[
             "ro".to_string(),
             "nosuid".to_string(),
@@ -647,7 +758,7 @@ mod tests {
                 work.display()
             );
             assert!(plain.len() > MOUNT_DATA_MAX, "the paths must not fit");
-            let mounter = Mounter::new(Fake::failing(&[refusal]));
+            let mounter = Engine::new(Fake::failing(&[refusal]));
             let mount = overlay(&[
                 format!("lowerdir={}", joined(lowers)),
                 format!("upperdir={}", upper.display()),
@@ -699,7 +810,7 @@ mod tests {
     fn a_refusal_that_the_fallback_shares_is_not_learned() {
         // The create command fails for these options on any kernel: both
         // attempts fail, the caller gets the error, nothing is remembered.
-        let mounter = Mounter::new(Fake::failing(&[
+        let mounter = Engine::new(Fake::failing(&[
             ("create", Errno::EINVAL),
             ("mount", Errno::EINVAL),
         ]));
@@ -712,7 +823,7 @@ mod tests {
 
     #[test]
     fn other_failures_do_not_fall_back() {
-        let mounter = Mounter::new(Fake::failing(&[("set", Errno::ENOENT)]));
+        let mounter = Engine::new(Fake::failing(&[("set", Errno::ENOENT)]));
         let mount = overlay(&["upperdir=/gone".to_string(), "lowerdir=/a".to_string()]);
         let err = mounter.mount_all(&[mount], Path::new("/t")).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
@@ -725,7 +836,7 @@ mod tests {
 
     #[test]
     fn forced_mount_data_skips_the_new_api() {
-        let mounter = Mounter::new(Fake::default());
+        let mounter = Engine::new(Fake::default());
         mounter.mount_data.store(true, Ordering::Relaxed);
         let (_top, dirs) = long_dirs(3);
         let mount = overlay(&[format!("lowerdir={}", joined(&dirs))]);
@@ -740,7 +851,7 @@ mod tests {
 
     #[test]
     fn too_many_layers_for_one_page_are_refused_before_mounting() {
-        let mounter = Mounter::new(Fake::default());
+        let mounter = Engine::new(Fake::default());
         mounter.mount_data.store(true, Ordering::Relaxed);
         let (_top, dirs) = long_dirs(1);
         let many = vec![dirs[0].clone(); 300];
@@ -753,7 +864,7 @@ mod tests {
     #[test]
     fn read_only_bind_is_remounted_and_undone_when_that_fails() {
         let target = Path::new("/t");
-        let mounter = Mounter::new(Fake::default());
+        let mounter = Engine::new(Fake::default());
         mounter
             .mount_all(&[bind(&["ro", "rbind"])], target)
             .unwrap();
@@ -773,11 +884,11 @@ mod tests {
             ]
         );
         // A writable bind is one call.
-        let mounter = Mounter::new(Fake::default());
+        let mounter = Engine::new(Fake::default());
         mounter.mount_all(&[bind(&["rw"])], target).unwrap();
         assert_eq!(mounter.sys.calls(), [mount(MsFlags::MS_BIND, Some("/src"))]);
         // A failed remount leaves no writable mount behind.
-        let mounter = Mounter::new(Fake::failing(&[("remount", Errno::EPERM)]));
+        let mounter = Engine::new(Fake::failing(&[("remount", Errno::EPERM)]));
         assert!(mounter.mount_all(&[bind(&["ro"])], target).is_err());
         assert_eq!(
             mounter.sys.calls().last(),
@@ -788,7 +899,7 @@ mod tests {
     #[test]
     fn a_failed_mount_unmounts_the_ones_before_it() {
         let target = Path::new("/t");
-        let mounter = Mounter::new(Fake::failing(&[("fsopen", Errno::EPERM)]));
+        let mounter = Engine::new(Fake::failing(&[("fsopen", Errno::EPERM)]));
         let mounts = [
             bind(&["rw"]),
             bind(&["rw"]),
@@ -802,10 +913,12 @@ mod tests {
             .filter(|c| *c == Call::Umount(target.to_path_buf(), MntFlags::MNT_DETACH))
             .count();
         assert_eq!(detaches, 2);
-        // An unknown type is refused with nothing left mounted either.
-        let mounter = Mounter::new(Fake::default());
+        // A mount without a type is refused with nothing left mounted
+        // either. (Other types go to mount(2): see
+        // other_filesystems_take_their_flags_and_data_through_mount2.)
+        let mounter = Engine::new(Fake::default());
         let odd = Mount {
-            kind: "nfs".to_string(),
+            kind: String::new(),
             ..bind(&[])
         };
         let err = mounter.mount_all(&[bind(&[]), odd], target).unwrap_err();
@@ -819,7 +932,7 @@ mod tests {
     #[test]
     fn unmount_detaches_only_a_busy_mount() {
         let target = Path::new("/t");
-        let mounter = Mounter::new(Fake::failing(&[("umount", Errno::EBUSY)]));
+        let mounter = Engine::new(Fake::failing(&[("umount", Errno::EBUSY)]));
         mounter.unmount(target).unwrap();
         assert_eq!(
             mounter.sys.calls(),
@@ -828,8 +941,85 @@ mod tests {
                 Call::Umount(target.to_path_buf(), MntFlags::MNT_DETACH),
             ]
         );
-        let mounter = Mounter::new(Fake::failing(&[("umount", Errno::EINVAL)]));
+        let mounter = Engine::new(Fake::failing(&[("umount", Errno::EINVAL)]));
         assert!(mounter.unmount(target).is_err());
         assert_eq!(mounter.sys.calls().len(), 1);
+    }
+
+    fn strings(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn other_filesystems_take_their_flags_and_data_through_mount2() {
+        let engine = Engine::new(Fake::default());
+        let tmpfs = Mount {
+            kind: "tmpfs".into(),
+            source: "tmpfs".into(),
+            options: strings(&["nosuid", "nodev", "noatime", "size=64m", "mode=755", "rw"]),
+        };
+        engine.mount_all(&[tmpfs], Path::new("/t")).unwrap();
+        assert_eq!(
+            engine.sys.calls(),
+            vec![Call::Mount {
+                source: Some("tmpfs".into()),
+                target: PathBuf::from("/t"),
+                fstype: Some("tmpfs".into()),
+                flags: MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOATIME,
+                data: Some("size=64m,mode=755".into()),
+            }]
+        );
+        let untyped = Mount {
+            kind: String::new(),
+            source: "/dev/x".into(),
+            options: Vec::new(),
+        };
+        let err = engine.mount_all(&[untyped], Path::new("/t")).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+    }
+
+    #[test]
+    fn flags_only_mount2_takes_send_an_overlay_through_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let lower = dir.path().join("l");
+        std::fs::create_dir(&lower).unwrap();
+        let engine = Engine::new(Fake::default());
+        let overlay = Mount {
+            kind: "overlay".into(),
+            source: "overlay".into(),
+            options: vec![format!("lowerdir={}", lower.display()), "noatime".into()],
+        };
+        engine.mount_all(&[overlay], Path::new("/t")).unwrap();
+        let calls = engine.sys.calls();
+        assert!(
+            !calls.iter().any(|c| matches!(c, Call::Fsopen(_))),
+            "{calls:?}"
+        );
+        assert!(
+            calls
+                .iter()
+                .any(|c| matches!(c, Call::Mount { fstype: Some(t), flags, .. }
+                if t == "overlay" && flags.contains(MsFlags::MS_NOATIME))),
+            "{calls:?}"
+        );
+    }
+
+    #[test]
+    fn unmount_all_detaches_until_nothing_is_mounted() {
+        // Nothing (left) mounted: EINVAL ends it, successfully.
+        let engine = Engine::new(Fake::failing(&[("detach", Errno::EINVAL)]));
+        engine.unmount_all(Path::new("/t")).unwrap();
+        assert_eq!(
+            engine.sys.calls(),
+            vec![Call::Umount(PathBuf::from("/t"), MntFlags::MNT_DETACH)]
+        );
+        // A real failure is reported.
+        let engine = Engine::new(Fake::failing(&[("detach", Errno::EPERM)]));
+        assert!(engine.unmount_all(Path::new("/t")).is_err());
+        // A target that never empties does not loop forever.
+        let engine = Engine::new(Fake::default());
+        let err = engine.unmount_all(Path::new("/t")).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::FailedPrecondition);
+        assert_eq!(engine.sys.calls().len(), 1024);
     }
 }
