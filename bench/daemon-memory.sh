@@ -64,6 +64,12 @@ for i in $(seq 0 10); do
   sleep 0.5
 done
 
+# Where the rest is, 5 s after: anonymous vs file-backed (LMDB's map),
+# and threads.
+detail() { awk '/^(RssAnon|RssFile|Threads):/{printf "%s %s ", $1, $2} END {print ""}' "/proc/$1/status"; }
+detail_c=$(detail "$contentd")
+detail_s=$(detail "$snapd")
+
 start_containerd "$work/ctrd"
 ctr -a "$work/ctrd/c.sock" images pull --plain-http "127.0.0.1:$port/debian:single" >/dev/null
 sleep 5
@@ -75,6 +81,7 @@ for s in "${samples[@]}"; do
   set -- $s
   printf '| %s | %s | %s |\n' "$(echo "$1 * 0.5" | bc -l | sed 's/^\./0./;s/\.0$//')" "$2" "$3"
 done
+printf '\nat 5 s: berth-contentd %s\n       berth-snapd %s\n' "$detail_c" "$detail_s"
 printf '\ncontainerd %s RSS 5 s after ctr images pull of the same image: %s KiB\n' \
   "$(containerd --version | awk '{print $3}')" "$ctrd_rss"
 printf '%s, %s cores\n' "$(uname -r)" "$(nproc)"

@@ -96,3 +96,87 @@ async fn an_ingest_whose_data_vanished_is_dropped() {
         .unwrap()
         .is_empty());
 }
+
+/// A writer dropped mid-ingest saves a checkpoint of its hash, and the next
+/// writer resumes from it without reading those bytes again: shown by
+/// changing a byte on disk before the checkpoint, which a re-read would
+/// notice and the checkpoint does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_writer_leaves_a_checkpoint_that_the_next_writer_resumes_from() {
+    use berth_content::testsuite::test_data;
+    use berth_content::CommitOptions;
+    use std::os::unix::fs::FileExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let (store, _) = LocalStore::open(root).unwrap();
+    let data = test_data(3 << 20, 51);
+    let digest = berth_ids::Digest::of(&data);
+    let cut = 2 << 20;
+    let options = WriterOptions::new("checkpointed").total(data.len() as u64);
+    let mut writer = store.writer("default", options.clone()).await.unwrap();
+    writer.write(data[..cut].to_vec()).await.unwrap();
+    drop(writer);
+
+    // The ingest's only data file, one byte of it changed behind the store.
+    let ingest = std::fs::read_dir(root.join("ingest"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .next()
+        .unwrap();
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(ingest.join("data"))
+        .unwrap();
+    file.write_at(&[!data[0]], 0).unwrap();
+    drop(file);
+
+    let mut writer = loop {
+        match store.writer("default", options.clone()).await {
+            Ok(w) => break w,
+            Err(e) if e.kind() == berth_errdefs::ErrorKind::Unavailable => {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert_eq!(writer.status().await.unwrap().offset, cut as u64);
+    writer.write(data[cut..].to_vec()).await.unwrap();
+    let got = writer
+        .commit(CommitOptions {
+            expected: Some(digest.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(got, digest);
+}
+
+/// Committed blobs are read-only on disk (as containerd leaves them), and
+/// one whose file vanished behind the store reads as NotFound, not as an
+/// internal error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_blobs_are_read_only_and_a_vanished_file_is_not_found() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let (store, _) = LocalStore::open(root).unwrap();
+    let digest = write_blob(
+        &store,
+        "default",
+        "ro",
+        b"read only",
+        None,
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    let path = root.join("blobs/sha256").join(digest.hex());
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o444, "{mode:o}");
+
+    std::fs::remove_file(&path).unwrap();
+    let err = store.read_at("default", &digest, 0, 10).await.unwrap_err();
+    assert_eq!(err.kind(), berth_errdefs::ErrorKind::NotFound, "{err}");
+}

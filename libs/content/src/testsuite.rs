@@ -252,6 +252,79 @@ async fn retry_writer(store: &dyn ContentStore, reference: &str) -> Box<dyn crat
     panic!("ref {reference} stayed locked after its writer was dropped");
 }
 
+/// Opens a writer, waiting while a dropped writer still holds the ref;
+/// any other answer is returned.
+async fn retry_open(
+    store: &dyn ContentStore,
+    options: WriterOptions,
+) -> berth_errdefs::Result<Box<dyn crate::ContentWriter>> {
+    for _ in 0..200 {
+        match store.writer(NS, options.clone()).await {
+            Err(e) if e.kind() == ErrorKind::Unavailable => {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await
+            }
+            answer => return answer,
+        }
+    }
+    panic!("ref {} stayed locked", options.reference);
+}
+
+pub async fn a_resumed_ingest_keeps_and_checks_what_it_was_opened_with(store: &dyn ContentStore) {
+    let data = test_data(1000, 41);
+    let digest = Digest::of(&data);
+    let reference = "resume-options";
+    let mut writer = store
+        .writer(NS, WriterOptions::new(reference))
+        .await
+        .unwrap();
+    writer.write(data[..500].to_vec()).await.unwrap();
+    drop(writer);
+    retry_status(store, reference, 500).await;
+
+    // A size and digest first given on resuming are kept, for this writer
+    // and for the ingest after it.
+    let options = WriterOptions::new(reference)
+        .total(1000)
+        .expected(digest.clone());
+    let mut writer = retry_open(store, options).await.unwrap();
+    let status = writer.status().await.unwrap();
+    assert_eq!((status.offset, status.total), (500, 1000));
+    assert_eq!(status.expected.as_ref(), Some(&digest));
+    drop(writer);
+    let mut writer = retry_open(store, WriterOptions::new(reference))
+        .await
+        .unwrap();
+    let status = writer.status().await.unwrap();
+    assert_eq!((status.offset, status.total), (500, 1000));
+    assert_eq!(status.expected.as_ref(), Some(&digest));
+    drop(writer);
+
+    // A different size or digest is refused, and the ingest is untouched.
+    let refused = |answer: berth_errdefs::Result<Box<dyn crate::ContentWriter>>| match answer {
+        Ok(_) => panic!("a resume with a different size or digest was accepted"),
+        Err(e) => e.kind(),
+    };
+    let other_size = WriterOptions::new(reference).total(999);
+    assert_eq!(
+        refused(retry_open(store, other_size).await),
+        ErrorKind::InvalidArgument
+    );
+    let other_digest = WriterOptions::new(reference).expected(Digest::of(b"other"));
+    assert_eq!(
+        refused(retry_open(store, other_digest).await),
+        ErrorKind::InvalidArgument
+    );
+    // The same ones again are fine, and the blob completes.
+    let same = WriterOptions::new(reference)
+        .total(1000)
+        .expected(digest.clone());
+    let mut writer = retry_open(store, same).await.unwrap();
+    assert_eq!(writer.status().await.unwrap().offset, 500);
+    writer.write(data[500..].to_vec()).await.unwrap();
+    let got = writer.commit(CommitOptions::default()).await.unwrap();
+    assert_eq!(got, digest);
+}
+
 pub async fn resume_continues_from_the_stored_offset(store: &dyn ContentStore) {
     let data = test_data(1_000_003, 7);
     let digest = Digest::of(&data);
@@ -801,6 +874,7 @@ macro_rules! content_suite {
             commit_of_existing_blob_is_already_exists,
             second_writer_on_a_ref_is_refused,
             resume_continues_from_the_stored_offset,
+            a_resumed_ingest_keeps_and_checks_what_it_was_opened_with,
             restart_discards_what_was_written,
             abort_drops_the_ingest,
             list_statuses_filters_by_ref,
