@@ -11,17 +11,20 @@ use berth_errdefs::Error;
 pub fn open_env(dir: &Path, map_size: usize, max_dbs: u32) -> Result<heed::Env, Error> {
     std::fs::create_dir_all(dir)
         .map_err(|e| Error::io(format!("creating {}", dir.display()), &e))?;
+    let mut options = heed::EnvOpenOptions::new();
+    options.map_size(map_size).max_dbs(max_dbs);
+    // SAFETY: NO_READ_AHEAD is not among the flags heed calls unsafe
+    // (NO_SYNC, NO_META_SYNC, NO_LOCK): it only stops the kernel reading
+    // (and mapping) pages around each one the records touch, which kept
+    // a daemon's map pages resident long after a burst of work.
+    unsafe {
+        options.flags(heed::EnvFlags::NO_READ_AHEAD);
+    }
     // SAFETY: heed requires that an environment is opened at most once per
     // process. Each berth daemon opens the `meta` directory of its own root
     // once, during start-up, and refuses to start twice on one socket;
     // LMDB's own lock file guards against other processes.
-    unsafe {
-        heed::EnvOpenOptions::new()
-            .map_size(map_size)
-            .max_dbs(max_dbs)
-            .open(dir)
-    }
-    .map_err(db_error)
+    unsafe { options.open(dir) }.map_err(db_error)
 }
 
 /// Nanoseconds since the epoch, the form records store times in.
