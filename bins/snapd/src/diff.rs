@@ -311,6 +311,7 @@ impl Differ {
         upper: &str,
         media_type: &str,
         mut labels: Labels,
+        lease: Option<String>,
     ) -> Result<DiffLayer> {
         berth_ids::validate_labels(&labels)?;
         let (media_type, compression) = layer_compression(media_type)?;
@@ -371,7 +372,9 @@ impl Differ {
                 Arc::new(berth_client::RemoteContentStore::connect(p).await?)
             }
         };
-        upload(store.as_ref(), namespace, tmp, &digest, size, labels).await?;
+        // Under a lease the layer joins it, stored now or found stored.
+        let store = berth_content::Leased::new(store, lease);
+        upload(&store, namespace, tmp, &digest, size, labels).await?;
         Ok(DiffLayer {
             descriptor: Descriptor {
                 media_type,
@@ -413,9 +416,8 @@ async fn upload(
         .expected(digest.clone());
     let mut writer = match store.writer(namespace, options).await {
         Ok(w) => w,
-        Err(e) if e.kind() == berth_errdefs::ErrorKind::AlreadyExists => {
-            return hold_existing(store, namespace, digest, &labels).await
-        }
+        // Already stored (and, under a lease, now held by it).
+        Err(e) if e.kind() == berth_errdefs::ErrorKind::AlreadyExists => return Ok(()),
         Err(e) => return Err(e),
     };
     if writer.status().await?.offset != 0 {
@@ -446,32 +448,14 @@ async fn upload(
         .commit(CommitOptions {
             size: Some(size),
             expected: Some(digest.clone()),
-            labels: labels.clone(),
+            labels,
         })
         .await
     {
         Ok(_) => Ok(()),
-        Err(e) if e.kind() == berth_errdefs::ErrorKind::AlreadyExists => {
-            hold_existing(store, namespace, digest, &labels).await
-        }
+        Err(e) if e.kind() == berth_errdefs::ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(e),
     }
-}
-
-/// A diff that is already stored still joins the caller's lease (its
-/// label is among `labels` when the request came under one).
-async fn hold_existing(
-    store: &dyn ContentStore,
-    namespace: &str,
-    digest: &Digest,
-    labels: &Labels,
-) -> Result<()> {
-    for key in labels.keys() {
-        if let Some(lease) = key.strip_prefix(berth_api::LEASE_LABEL_PREFIX) {
-            berth_content::hold_for_lease(store, namespace, digest, lease).await?;
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

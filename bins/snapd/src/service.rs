@@ -8,7 +8,6 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use berth_api::protobuf::well_known_types::empty::Empty;
 use berth_api::snapshots as pb;
-use berth_content::lease_label_value;
 use berth_daemon::{reply, request_lease, request_namespace};
 use berth_errdefs::{Error, Result};
 use berth_snapshot::wire::{
@@ -32,17 +31,6 @@ impl std::fmt::Debug for SnapshotService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SnapshotService").finish_non_exhaustive()
     }
-}
-
-/// A request's labels, plus its lease's label when it works under one.
-fn leased(
-    ctx: &TtrpcContext,
-    mut labels: HashMap<String, String>,
-) -> Result<HashMap<String, String>> {
-    if let Some(lease) = request_lease(ctx)? {
-        labels.insert(berth_api::lease_label(&lease), lease_label_value());
-    }
-    Ok(labels)
 }
 
 fn mounts_response(mounts: Vec<Mount>) -> pb::MountsResponse {
@@ -345,7 +333,8 @@ impl pb::Snapshots for SnapshotService {
                         optional(&req.lower).as_deref(),
                         &req.upper,
                         &req.media_type,
-                        leased(ctx, req.labels)?,
+                        req.labels,
+                        request_lease(ctx)?,
                     )
                     .await?;
                 Ok(pb::DiffResponse {
