@@ -298,6 +298,17 @@ pub fn write_diff(lower: Option<&Path>, upper: &Path, out: impl Write) -> Result
     Ok(())
 }
 
+/// What a diff is stored as.
+#[derive(Debug, Clone, Default)]
+pub struct DiffOptions {
+    /// The layer's media type (empty: tar+gzip, as containerd).
+    pub media_type: String,
+    /// Labels for the stored blob.
+    pub labels: Labels,
+    /// The lease the stored blob joins (a blob already stored joins it too).
+    pub lease: Option<String>,
+}
+
 impl Differ {
     pub fn new(content: ContentSource) -> Differ {
         Differ { content }
@@ -309,12 +320,15 @@ impl Differ {
         snapshotter: &LocalSnapshotter,
         lower: Option<&str>,
         upper: &str,
-        media_type: &str,
-        mut labels: Labels,
-        lease: Option<String>,
+        options: DiffOptions,
     ) -> Result<DiffLayer> {
+        let DiffOptions {
+            media_type,
+            mut labels,
+            lease,
+        } = options;
         berth_ids::validate_labels(&labels)?;
-        let (media_type, compression) = layer_compression(media_type)?;
+        let (media_type, compression) = layer_compression(&media_type)?;
         let lower_mounts = match lower {
             Some(l) => Some(snapshotter.read_only_mounts(namespace, l)?),
             None => None,

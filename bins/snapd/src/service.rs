@@ -16,7 +16,7 @@ use berth_snapshot::wire::{
 use berth_snapshot::{Leased, Mount, Snapshotter};
 use ttrpc::r#async::{ServerStreamSender, TtrpcContext};
 
-use crate::diff::Differ;
+use crate::diff::{DiffOptions, Differ};
 use crate::local::{Backend, LocalSnapshotter};
 use crate::unpack::Unpacker;
 
@@ -332,9 +332,11 @@ impl pb::Snapshots for SnapshotService {
                         sn,
                         optional(&req.lower).as_deref(),
                         &req.upper,
-                        &req.media_type,
-                        req.labels,
-                        request_lease(ctx)?,
+                        DiffOptions {
+                            media_type: req.media_type,
+                            labels: req.labels,
+                            lease: request_lease(ctx)?,
+                        },
                     )
                     .await?;
                 Ok(pb::DiffResponse {
