@@ -24,7 +24,10 @@ fi
 
 # One target directory outside the tree, kept between runs: the copies
 # cargo-mutants makes of the tree reuse the compiled dependencies instead
-# of building the workspace from scratch for every area.
+# of building the workspace from scratch for every area. It grows by a few
+# GiB per area (every mutant leaves test binaries and incremental state):
+# the incremental state is dropped after each area, and the directory can
+# be deleted whenever no run is going.
 export CARGO_TARGET_DIR=${BERTH_MUTANTS_TARGET:-/var/tmp/berth-mutants-target}
 out=${BERTH_MUTANTS_OUT:-$repo/target/mutants}
 mkdir -p "$out"
@@ -99,6 +102,7 @@ while IFS='|' read -r area files filter packages targets; do
   cargo mutants "${args[@]}" --jobs 1 --no-shuffle \
     --output "$out/$area" -- $targets || true
   secs=$(( $(date +%s) - start ))
+  rm -rf "$CARGO_TARGET_DIR/debug/incremental"
   dir="$out/$area/mutants.out"
   count() { [ -f "$dir/$1.txt" ] && wc -l <"$dir/$1.txt" || echo 0; }
   summary+=("$(printf '| %s | %s | %s | %s | %s | %s | %s |' "$area" \
