@@ -281,15 +281,20 @@ pub async fn a_resumed_ingest_keeps_and_checks_what_it_was_opened_with(store: &d
     drop(writer);
     retry_status(store, reference, 500).await;
 
-    // A size and digest first given on resuming are kept: the writer
-    // works to them, and the ingest's record has them after it.
-    let options = WriterOptions::new(reference)
-        .total(1000)
-        .expected(digest.clone());
-    let mut writer = retry_open(store, options).await.unwrap();
+    // A size, then a digest, first given on resuming are kept: the writer
+    // works to them, and the ingest's record has them after it (each on
+    // its own, so neither is kept only because the other changed).
+    let mut writer = retry_open(store, WriterOptions::new(reference).total(1000))
+        .await
+        .unwrap();
     let status = writer.status().await.unwrap();
     assert_eq!((status.offset, status.total), (500, 1000));
     drop(writer);
+    let recorded = retry_status(store, reference, 500).await;
+    assert_eq!(recorded.total, 1000);
+    assert_eq!(recorded.expected, None);
+    let options = WriterOptions::new(reference).expected(digest.clone());
+    drop(retry_open(store, options).await.unwrap());
     let recorded = store.status(NS, reference).await.unwrap();
     assert_eq!((recorded.offset, recorded.total), (500, 1000));
     assert_eq!(recorded.expected.as_ref(), Some(&digest));
