@@ -71,6 +71,18 @@ pub fn is_root() -> bool {
     nix::unistd::Uid::effective().is_root()
 }
 
+/// What a pull from a registry of the test's own needs: root (snapd
+/// mounts), Debian's docker-registry, skopeo (to push the test's image) and
+/// busybox-static (to build it). False (skip) outside CI when missing.
+pub fn pull_prerequisites() -> bool {
+    require(is_root(), "berth-snapd needs root")
+        && require(
+            ["docker-registry", "skopeo"].iter().all(|t| on_path(t))
+                && std::path::Path::new("/bin/busybox").exists(),
+            "docker-registry, skopeo and busybox-static are needed",
+        )
+}
+
 /// A daemon process started by a test, on its own temp directory. Killed
 /// (by pid) when dropped.
 #[derive(Debug)]

@@ -3,8 +3,6 @@
 //! the daemons' clients, an unpack of what it brought, and an export and
 //! import of it, each checked against what the daemons then hold.
 
-use std::path::Path;
-
 use berth_client::{
     RemoteContentStore, RemoteImages, RemoteLeases, RemoteSnapshotter, RemoteTransfer,
 };
@@ -12,7 +10,6 @@ use berth_content::ContentStore;
 use berth_e2e::images::{busybox_rootfs, files_rootfs, Layout};
 use berth_e2e::registry::Registry;
 use berth_e2e::stack::Stack;
-use berth_e2e::{is_root, require};
 use berth_ids::Digest;
 use berth_image::archive::{self, ArchiveImage};
 use berth_image::{
@@ -22,14 +19,7 @@ use berth_metadata::{ImageStore, LeaseManager};
 use berth_snapshot::{chain_ids, Snapshotter};
 
 fn prerequisites() -> bool {
-    require(is_root(), "berth-snapd needs root")
-        && require(
-            ["docker-registry", "skopeo"]
-                .iter()
-                .all(|t| berth_e2e::on_path(t))
-                && Path::new("/bin/busybox").exists(),
-            "docker-registry, skopeo and busybox-static are needed",
-        )
+    berth_e2e::pull_prerequisites()
 }
 
 /// The daemons' clients, as any program using berth-image holds them.

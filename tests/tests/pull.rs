@@ -20,14 +20,7 @@ use berth_snapshot::chain_ids;
 use berth_snapshot::loop_mount::LoopMount;
 
 fn prerequisites() -> bool {
-    require(is_root(), "berth-snapd needs root")
-        && require(
-            ["docker-registry", "skopeo"]
-                .iter()
-                .all(|t| berth_e2e::on_path(t))
-                && Path::new("/bin/busybox").exists(),
-            "docker-registry, skopeo and busybox-static are needed",
-        )
+    berth_e2e::pull_prerequisites()
 }
 
 /// A busybox image with a second layer holding `big` bytes of
