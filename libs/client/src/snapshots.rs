@@ -15,7 +15,6 @@ use crate::connection::{connect, request_context_leased};
 #[derive(Clone)]
 pub struct RemoteSnapshotter {
     lease: Option<String>,
-    sync_fs: bool,
     client: pb::SnapshotsClient,
     snapshotter: String,
 }
@@ -41,7 +40,6 @@ impl RemoteSnapshotter {
     pub fn new(client: ttrpc::r#async::Client, snapshotter: &str) -> RemoteSnapshotter {
         RemoteSnapshotter {
             lease: None,
-            sync_fs: false,
             client: pb::SnapshotsClient::new(client),
             snapshotter: snapshotter.to_string(),
         }
@@ -52,13 +50,6 @@ impl RemoteSnapshotter {
     /// lease.
     pub fn with_lease(mut self, lease: impl Into<String>) -> Self {
         self.lease = Some(lease.into());
-        self
-    }
-
-    /// The same client, asking every unpack to syncfs each layer before
-    /// committing it.
-    pub fn with_sync_fs(mut self, sync_fs: bool) -> Self {
-        self.sync_fs = sync_fs;
         self
     }
 
@@ -75,21 +66,16 @@ impl RemoteSnapshotter {
     }
 
     /// Applies `layers` (blobs in berth-contentd) as committed snapshots
-    /// named by chain ID.
+    /// named by chain ID, under this client's lease (without syncfs: the
+    /// `Unpacker` trait takes both as options).
     pub async fn unpack(
         &self,
         namespace: &str,
         layers: &[Descriptor],
         diff_ids: &[Digest],
     ) -> Result<UnpackResult> {
-        self.unpack_under(
-            namespace,
-            layers,
-            diff_ids,
-            self.lease.as_deref(),
-            self.sync_fs,
-        )
-        .await
+        self.unpack_under(namespace, layers, diff_ids, self.lease.as_deref(), false)
+            .await
     }
 
     async fn unpack_under(
@@ -328,7 +314,7 @@ impl berth_image::Unpacker for RemoteSnapshotter {
             &layers,
             diff_ids,
             options.lease.as_deref().or(self.lease.as_deref()),
-            options.sync_fs || self.sync_fs,
+            options.sync_fs,
         )
         .await
     }

@@ -6,12 +6,12 @@ use berth_errdefs::{Error, Result};
 use berth_image::{Descriptor, Progress, Transfer};
 use ttrpc::r#async::ClientStreamReceiver;
 
-use crate::connection::{connect, request_context_leased};
+use crate::connection::{connect, request_context, request_context_leased};
 
-/// berth-contentd's transfer service, across its socket.
+/// berth-contentd's transfer service, across its socket. A fetch's lease
+/// is an argument of [`Transfer::fetch`].
 #[derive(Clone)]
 pub struct RemoteTransfer {
-    lease: Option<String>,
     client: pb::TransferClient,
 }
 
@@ -24,17 +24,8 @@ impl std::fmt::Debug for RemoteTransfer {
 impl RemoteTransfer {
     pub async fn connect(socket: &Path) -> Result<RemoteTransfer> {
         Ok(RemoteTransfer {
-            lease: None,
             client: pb::TransferClient::new(connect(socket).await?),
         })
-    }
-
-    /// The same client, sending every request under `lease` (metadata key
-    /// `containerd-lease`): what the daemon creates for it is held by that
-    /// lease.
-    pub fn with_lease(mut self, lease: impl Into<String>) -> Self {
-        self.lease = Some(lease.into());
-        self
     }
 }
 
@@ -47,7 +38,7 @@ impl Transfer for RemoteTransfer {
         lease: Option<&str>,
         on_progress: &mut (dyn FnMut(Progress) + Send),
     ) -> Result<Descriptor> {
-        let ctx = request_context_leased(namespace, lease.or(self.lease.as_deref()));
+        let ctx = request_context_leased(namespace, lease);
         let stream = self.client.fetch(ctx, request).await?;
         follow(stream, on_progress).await
     }
@@ -58,8 +49,10 @@ impl Transfer for RemoteTransfer {
         request: &pb::PushRequest,
         on_progress: &mut (dyn FnMut(Progress) + Send),
     ) -> Result<Descriptor> {
-        let ctx = request_context_leased(namespace, self.lease.as_deref());
-        let stream = self.client.push(ctx, request).await?;
+        let stream = self
+            .client
+            .push(request_context(namespace), request)
+            .await?;
         follow(stream, on_progress).await
     }
 }

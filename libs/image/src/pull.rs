@@ -93,6 +93,15 @@ impl Puller<'_> {
         options: &PullOptions,
         on_event: &mut (dyn FnMut(PullEvent) + Send),
     ) -> Result<Pulled> {
+        // Decided before anything is created, so a bad platform costs
+        // nothing.
+        let unpack_platform = match &options.unpack_platform {
+            Some(p) => p.clone(),
+            None => match options.request.platforms.first() {
+                Some(p) => Platform::parse(p)?,
+                None => Platform::host(),
+            },
+        };
         let expires = SystemTime::now() + LEASE_EXPIRY;
         let lease = self
             .leases
@@ -109,7 +118,7 @@ impl Puller<'_> {
             .map_err(|e| e.context("taking a lease"))?;
         let on_event = Mutex::new(on_event);
         let pulled = self
-            .pull_under(namespace, options, &lease.id, &on_event)
+            .pull_under(namespace, options, &unpack_platform, &lease.id, &on_event)
             .await;
         // Whatever happened, the lease goes: on success the image holds what
         // was pulled; on failure the next collection may take the pieces.
@@ -126,22 +135,18 @@ impl Puller<'_> {
         &self,
         namespace: &str,
         options: &PullOptions,
+        unpack_platform: &Platform,
         lease: &str,
         on_event: &Sink<'_>,
     ) -> Result<Pulled> {
-        let unpack_platform = match &options.unpack_platform {
-            Some(p) => p.clone(),
-            None => match options.request.platforms.first() {
-                Some(p) => Platform::parse(p)?,
-                None => Platform::host(),
-            },
-        };
         let (events, mut received) = mpsc::unbounded_channel::<Progress>();
         let fetch = async {
             let mut on_progress = |p: Progress| {
                 // The unpacker may have stopped (it failed): the fetch's own
                 // result says what matters then.
-                let _ = events.send(p.clone());
+                if self.unpacker.is_some() {
+                    let _ = events.send(p.clone());
+                }
                 emit(on_event, PullEvent::Transfer(Box::new(p)));
             };
             let root = self
@@ -157,7 +162,6 @@ impl Puller<'_> {
         };
         let unpack = async {
             let Some(unpacker) = self.unpacker else {
-                while received.recv().await.is_some() {}
                 return Ok(None);
             };
             let mut pipeline = Pipeline {

@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use berth_client::{
     RemoteContentStore, RemoteImages, RemoteLeases, RemoteSnapshotter, RemoteTransfer,
 };
-use berth_image::{Platform, PullEvent, PullOptions, Puller, Unpacker};
+use berth_image::{PullEvent, PullOptions, Puller, Unpacker};
 
 use super::snapshots::SnapshotterArg;
 use super::transfer::{finish, Display, SourceArgs};
@@ -34,10 +34,6 @@ pub struct PullArgs {
 pub async fn run(global: &Global, args: PullArgs) -> Result<()> {
     let ns = global.namespace()?.to_string();
     let (reference, request) = args.source.request()?;
-    let unpack_platform = match args.source.platforms.first() {
-        Some(p) => Some(Platform::parse(p)?),
-        None => None,
-    };
     let leases = RemoteLeases::connect(global.metad_socket())
         .await
         .context("berth-metad")?;
@@ -68,7 +64,8 @@ pub async fn run(global: &Global, args: PullArgs) -> Result<()> {
     };
     let options = PullOptions {
         request,
-        unpack_platform,
+        // The first --platform, else this machine's.
+        unpack_platform: None,
         sync_fs: args.sync_fs,
     };
     let mut display = Display::new(global.format, args.quiet);
