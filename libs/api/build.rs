@@ -16,6 +16,7 @@ const PROTOS: &[&str] = &[
     "berth/leases/v1/leases.proto",
     "berth/events/v1/events.proto",
     "berth/gc/v1/gc.proto",
+    "berth/tasks/v1/tasks.proto",
 ];
 
 fn main() {

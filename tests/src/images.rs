@@ -207,3 +207,60 @@ pub fn files_rootfs(dir: &Path, files: &[(&str, Vec<u8>)]) -> PathBuf {
     }
     dir.to_path_buf()
 }
+
+/// The name [`run_image_archive`]'s image is imported under.
+pub const RUN_IMAGE: &str = "berth.test/busybox:run";
+
+/// The architecture name of this machine, as images say it.
+pub fn host_architecture() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        other => other,
+    }
+}
+
+/// An OCI image archive (a tarred layout) for running containers: Debian's
+/// static busybox with the applets the tests use, a user `berth` (1234)
+/// and groups, `Cmd` /bin/sh; tagged [`RUN_IMAGE`]. Returns its path.
+pub fn run_image_archive(dir: &Path) -> PathBuf {
+    let rootfs = dir.join("run-rootfs");
+    busybox_rootfs(
+        &rootfs,
+        &[
+            (
+                "etc/passwd",
+                b"root:x:0:0:root:/root:/bin/sh\nberth:x:1234:1234:berth:/home/berth:/bin/sh\n",
+            ),
+            (
+                "etc/group",
+                b"root:x:0:\nberth:x:1234:\nextra:x:2000:berth\n",
+            ),
+        ],
+    );
+    for applet in [
+        "cat", "echo", "grep", "head", "hostname", "id", "ls", "sleep", "stat", "true", "wc",
+        "readlink", "touch", "mount", "unshare", "env", "pwd",
+    ] {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
+    }
+    for dir in ["proc", "sys", "dev", "tmp", "root", "home/berth"] {
+        std::fs::create_dir_all(rootfs.join(dir)).unwrap();
+    }
+    let mut layout = Layout::new(&dir.join("run-layout"));
+    let layer = layout.add_layer(&rootfs);
+    let manifest = layout.add_image(&[layer], host_architecture(), false);
+    layout.tag(RUN_IMAGE, &manifest);
+    let archive = dir.join("run-image.tar");
+    let status = Command::new("tar")
+        .arg("-C")
+        .arg(&layout.dir)
+        .arg("-cf")
+        .arg(&archive)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(status.success(), "tar of the layout failed");
+    archive
+}

@@ -151,6 +151,14 @@ impl Daemon {
         )
     }
 
+    /// berth-taskd under `dir`, asking `metad` and `snapd`. It finds
+    /// containerd-shim-berth-v2 beside itself and other shims on PATH.
+    pub fn taskd(dir: &Path, metad: &Daemon, snapd: &Daemon) -> Daemon {
+        let metad = metad.socket.display().to_string();
+        let snapd = snapd.socket.display().to_string();
+        Daemon::start_with_args("berth-taskd", dir, &["--metad", &metad, "--snapd", &snapd])
+    }
+
     fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)

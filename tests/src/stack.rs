@@ -1,6 +1,6 @@
 //! A whole berth stack on temp dirs: berth-contentd, berth-snapd (root
-//! only) and berth-metad wired to each other, and the `berth` CLI pointed
-//! at all three.
+//! only), berth-metad and berth-taskd wired to each other, and the `berth`
+//! CLI pointed at all four.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -13,20 +13,32 @@ pub struct Stack {
     pub contentd: Daemon,
     pub snapd: Daemon,
     pub metad: Daemon,
+    pub taskd: Daemon,
 }
 
 impl Stack {
-    /// Starts the three daemons under `dir`. Needs root (snapd mounts).
+    /// Starts the four daemons under `dir`. Needs root (snapd mounts).
     pub fn start(dir: &Path) -> Stack {
         let contentd = Daemon::contentd(&dir.join("contentd"));
         let snapd = Daemon::snapd(&dir.join("snapd"), &contentd);
         let metad = Daemon::metad(&dir.join("metad"), &contentd, &snapd);
+        let taskd = Daemon::taskd(&dir.join("taskd"), &metad, &snapd);
         Stack {
             dir: dir.to_path_buf(),
             contentd,
             snapd,
             metad,
+            taskd,
         }
+    }
+
+    /// Where `berth run` puts its fifos and detached logs for this stack.
+    pub fn fifo_dir(&self) -> PathBuf {
+        self.dir.join("fifo")
+    }
+
+    pub fn log_dir(&self) -> PathBuf {
+        self.dir.join("logs")
     }
 
     /// `berth` with every daemon's socket in its environment.
@@ -36,6 +48,9 @@ impl Stack {
             .env("BERTH_CONTENTD_ADDRESS", &self.contentd.socket)
             .env("BERTH_SNAPD_ADDRESS", &self.snapd.socket)
             .env("BERTH_METAD_ADDRESS", &self.metad.socket)
+            .env("BERTH_TASKD_ADDRESS", &self.taskd.socket)
+            .env("BERTH_FIFO_DIR", self.fifo_dir())
+            .env("BERTH_LOG_DIR", self.log_dir())
             .env_remove("BERTH_NAMESPACE")
             .env_remove("BERTH_SNAPSHOTTER")
             .args(args)

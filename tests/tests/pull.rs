@@ -372,11 +372,13 @@ async fn pull_sync_fs_reaches_snapd_from_the_cli() {
     let contentd = Daemon::contentd(&dir.path().join("contentd"));
     let snapd = Daemon::snapd(&fs.dir.join("snapd"), &contentd);
     let metad = Daemon::metad(&dir.path().join("metad"), &contentd, &snapd);
+    let taskd = Daemon::taskd(&dir.path().join("taskd"), &metad, &snapd);
     let stack = Stack {
         dir: dir.path().to_path_buf(),
         contentd,
         snapd,
         metad,
+        taskd,
     };
     // One namespace each: the same layers are fetched and applied afresh.
     let pull = |ns: &str, extra: &[&str]| {

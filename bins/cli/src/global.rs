@@ -38,6 +38,15 @@ pub struct Global {
         value_name = "SOCKET"
     )]
     pub metad: PathBuf,
+    /// berth-taskd's socket.
+    #[arg(
+        long,
+        global = true,
+        env = "BERTH_TASKD_ADDRESS",
+        default_value = berth_api::sockets::TASKD,
+        value_name = "SOCKET"
+    )]
+    pub taskd: PathBuf,
     /// Namespace to work in.
     #[arg(
         short,
@@ -69,6 +78,12 @@ impl Global {
     /// `BERTH_METAD_ADDRESS`.
     pub fn metad_socket(&self) -> &PathBuf {
         self.address.as_ref().unwrap_or(&self.metad)
+    }
+
+    /// The socket for berth-taskd: `--address` if given, else `--taskd` /
+    /// `BERTH_TASKD_ADDRESS`.
+    pub fn taskd_socket(&self) -> &PathBuf {
+        self.address.as_ref().unwrap_or(&self.taskd)
     }
 
     pub fn namespace(&self) -> anyhow::Result<&str> {

@@ -7,6 +7,7 @@ mod commands;
 mod global;
 mod labels;
 mod output;
+mod stdio;
 
 use std::process::ExitCode;
 
@@ -59,6 +60,13 @@ enum Command {
     Events(commands::events::EventsArgs),
     /// Run a garbage collection now and say what it removed.
     Gc(commands::gc::GcArgs),
+    /// Run a container from an image: pull it if missing, make the
+    /// container and its task, wire up the terminal, exit with its status.
+    Run(Box<commands::run::RunArgs>),
+    /// Tasks in berth-taskd: list, start, kill, exec, ps, pause, resume,
+    /// rm, metrics, wait.
+    #[command(subcommand)]
+    Tasks(commands::tasks::TasksCommand),
     /// Unpack an image (a name recorded in berth-metad, or a manifest or
     /// index digest; blobs in the content store) into committed snapshots.
     Unpack(commands::snapshots::UnpackArgs),
@@ -78,6 +86,8 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
+            Command::Run(args) => return commands::run::run(&cli.global, *args).await,
+            Command::Tasks(command) => return commands::tasks::run(&cli.global, command).await,
             Command::Content(command) => commands::content::run(&cli.global, command).await,
             Command::Push(args) => commands::transfer::push(&cli.global, args).await,
             Command::Import(args) => commands::archive::import(&cli.global, args).await,
@@ -92,9 +102,10 @@ fn main() -> ExitCode {
             Command::Events(args) => commands::events::run(&cli.global, args).await,
             Command::Gc(args) => commands::gc::run(&cli.global, args).await,
         }
+        .map(|()| 0u8)
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(status) => ExitCode::from(status),
         Err(err) => {
             // One line: what failed, then why.
             let line = format!("{err:#}").replace('\n', " ");

@@ -24,6 +24,7 @@ pub mod sockets {
     pub const CONTENTD: &str = "/run/berth/contentd.sock";
     pub const SNAPD: &str = "/run/berth/snapd.sock";
     pub const METAD: &str = "/run/berth/metad.sock";
+    pub const TASKD: &str = "/run/berth/taskd.sock";
 }
 
 /// Encoded bytes per batch of a streamed List reply: with no record near
@@ -124,6 +125,12 @@ mod generated {
     pub mod gc_ttrpc {
         include!(concat!(env!("OUT_DIR"), "/gc_ttrpc.rs"));
     }
+    pub mod tasks {
+        include!(concat!(env!("OUT_DIR"), "/tasks.rs"));
+    }
+    pub mod tasks_ttrpc {
+        include!(concat!(env!("OUT_DIR"), "/tasks_ttrpc.rs"));
+    }
 }
 
 /// `berth.content.v1`: messages and the `Content` service.
@@ -178,6 +185,12 @@ pub mod events {
 pub mod gc {
     pub use crate::generated::gc::*;
     pub use crate::generated::gc_ttrpc::*;
+}
+
+/// `berth.tasks.v1`: messages and the `Tasks` service.
+pub mod tasks {
+    pub use crate::generated::tasks::*;
+    pub use crate::generated::tasks_ttrpc::*;
 }
 
 pub mod labels;

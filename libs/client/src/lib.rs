@@ -14,6 +14,7 @@ mod images;
 mod leases;
 mod namespaces;
 mod snapshots;
+mod tasks;
 mod transfer;
 
 pub use connection::{connect, request_context, request_context_leased};
@@ -27,5 +28,6 @@ pub use images::RemoteImages;
 pub use leases::RemoteLeases;
 pub use namespaces::RemoteNamespaces;
 pub use snapshots::{RemoteSnapshotter, UnpackResult};
+pub use tasks::RemoteTasks;
 pub use transfer::RemoteTransfer;
 pub mod events;

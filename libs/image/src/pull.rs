@@ -16,9 +16,9 @@ use std::time::{Duration, SystemTime};
 
 use berth_api::transfer as pb;
 use berth_content::ContentStore;
-use berth_errdefs::{Error, ErrorKind, Result};
+use berth_errdefs::{Error, Result};
 use berth_ids::Digest;
-use berth_metadata::{Image, ImageStore, LeaseManager};
+use berth_metadata::{ImageStore, LeaseManager};
 use tokio::sync::mpsc;
 
 use crate::document::{parse_manifest, Descriptor, Manifest};
@@ -196,39 +196,13 @@ impl Puller<'_> {
             .await?;
             unpacked = Some((manifest, chain));
         }
-        self.record_image(namespace, &options.request.reference, &root)
+        crate::store::record_image(self.images, namespace, &options.request.reference, &root)
             .await?;
         // The image holds it all now: take the lease's labels off again, so
         // they do not pile up over pulls (best effort; a stale label holds
         // nothing once its lease is gone).
         self.release(namespace, lease, on_event).await;
         Ok(Pulled { root, unpacked })
-    }
-
-    /// Creates the image record, or points an existing one at the new root.
-    async fn record_image(&self, namespace: &str, name: &str, root: &Descriptor) -> Result<()> {
-        let image = Image {
-            name: name.to_string(),
-            labels: Default::default(),
-            target: berth_metadata::Descriptor {
-                media_type: root.media_type.clone(),
-                digest: root.digest.clone(),
-                size: i64::try_from(root.size).unwrap_or(i64::MAX),
-                annotations: Default::default(),
-            },
-            created_at: SystemTime::UNIX_EPOCH,
-            updated_at: SystemTime::UNIX_EPOCH,
-        };
-        match self.images.create(namespace, image.clone()).await {
-            Ok(_) => Ok(()),
-            Err(e) if e.kind() == ErrorKind::AlreadyExists => self
-                .images
-                .update(namespace, image, &["target".to_string()])
-                .await
-                .map(|_| ())
-                .map_err(|e| e.context(format!("updating image {name}"))),
-            Err(e) => Err(e.context(format!("recording image {name}"))),
-        }
     }
 
     /// Removes `lease`'s label from everything the pull tied to it: one

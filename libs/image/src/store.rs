@@ -124,3 +124,55 @@ pub async fn image_root(
     }
     Err(Error::not_found(format!("image {image} not found")))
 }
+
+/// Creates the image record `name` for `root`, or points an existing one at
+/// it.
+pub async fn record_image(
+    images: &dyn berth_metadata::ImageStore,
+    namespace: &str,
+    name: &str,
+    root: &crate::document::Descriptor,
+) -> Result<()> {
+    let image = berth_metadata::Image {
+        name: name.to_string(),
+        labels: Default::default(),
+        target: berth_metadata::Descriptor {
+            media_type: root.media_type.clone(),
+            digest: root.digest.clone(),
+            size: i64::try_from(root.size).unwrap_or(i64::MAX),
+            annotations: Default::default(),
+        },
+        created_at: std::time::SystemTime::UNIX_EPOCH,
+        updated_at: std::time::SystemTime::UNIX_EPOCH,
+    };
+    match images.create(namespace, image.clone()).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == berth_errdefs::ErrorKind::AlreadyExists => images
+            .update(namespace, image, &["target".to_string()])
+            .await
+            .map(|_| ())
+            .map_err(|e| e.context(format!("updating image {name}"))),
+        Err(e) => Err(e.context(format!("recording image {name}"))),
+    }
+}
+
+/// The descriptor of a root (index or manifest) in the store: its media
+/// type read from the document itself.
+pub async fn root_descriptor(
+    store: &dyn ContentStore,
+    namespace: &str,
+    root: &Digest,
+) -> Result<crate::document::Descriptor> {
+    let data = read_document(store, namespace, root).await?;
+    let media_type = crate::document::sniff_media_type(&data).ok_or_else(|| {
+        Error::invalid_argument(format!("{root} is neither an index nor a manifest"))
+    })?;
+    Ok(crate::document::Descriptor {
+        media_type,
+        digest: root.clone(),
+        size: data.len() as u64,
+        urls: Vec::new(),
+        platform: None,
+        annotations: Default::default(),
+    })
+}

@@ -18,6 +18,11 @@ use crate::output::{self, Format};
 pub struct ImportArgs {
     /// The archive; - reads standard input.
     pub file: PathBuf,
+    /// Do not unpack the imported images into snapshots.
+    #[arg(long)]
+    pub no_unpack: bool,
+    #[command(flatten)]
+    pub snapshotter: super::snapshots::SnapshotterArg,
 }
 
 #[derive(Debug, clap::Args)]
@@ -46,6 +51,12 @@ pub async fn import(global: &Global, args: ImportArgs) -> Result<()> {
     let images = archive::import(&store, &namespace, input)
         .await
         .with_context(|| format!("import {}", args.file.display()))?;
+    // Pointed at one daemon (--address), import only stores the content;
+    // otherwise named images are recorded in metad and unpacked for this
+    // machine's platform, as `ctr import` does.
+    if global.address.is_none() {
+        record_and_unpack(global, &namespace, &images, &args, &store).await?;
+    }
     match global.format {
         Format::Json => output::json(
             &images
@@ -66,6 +77,64 @@ pub async fn import(global: &Global, args: ImportArgs) -> Result<()> {
             output::table(&["NAME", "DIGEST"], &rows)
         }
     }
+}
+
+async fn record_and_unpack(
+    global: &Global,
+    namespace: &str,
+    images: &[ArchiveImage],
+    args: &ImportArgs,
+    store: &RemoteContentStore,
+) -> Result<()> {
+    let records = berth_client::RemoteImages::connect(global.metad_socket())
+        .await
+        .context("berth-metad")?;
+    let snapshots = if args.no_unpack {
+        None
+    } else {
+        Some(
+            berth_client::RemoteSnapshotter::connect(
+                global.snapd_socket(),
+                &args.snapshotter.snapshotter,
+            )
+            .await
+            .context("berth-snapd")?,
+        )
+    };
+    for image in images {
+        if let Some(name) = &image.name {
+            let root = berth_image::store::root_descriptor(store, namespace, &image.root)
+                .await
+                .with_context(|| format!("import: {name}"))?;
+            berth_image::store::record_image(&records, namespace, name, &root)
+                .await
+                .with_context(|| format!("import: {name}"))?;
+        }
+        if let Some(snapshots) = &snapshots {
+            let unpacked = berth_image::unpack(
+                store,
+                snapshots,
+                namespace,
+                &image.root,
+                &berth_image::Matcher::host(),
+                &berth_image::UnpackOptions::default(),
+            )
+            .await;
+            match unpacked {
+                Ok(_) => {}
+                // An image for other machines is stored, not unpacked.
+                Err(e) if e.kind() == berth_errdefs::ErrorKind::NotFound => {
+                    eprintln!("berth: warning: import: {}: not unpacked: {e}", image.root)
+                }
+                Err(e) => {
+                    return Err(
+                        anyhow::Error::from(e).context(format!("import: unpacking {}", image.root))
+                    )
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 pub async fn export(global: &Global, args: ExportArgs) -> Result<()> {

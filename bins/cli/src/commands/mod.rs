@@ -7,5 +7,7 @@ pub mod images;
 pub mod leases;
 pub mod namespaces;
 pub mod pull;
+pub mod run;
 pub mod snapshots;
+pub mod tasks;
 pub mod transfer;

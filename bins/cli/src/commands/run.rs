@@ -1,0 +1,601 @@
+//! `berth run IMAGE [CMD...]`: a container from an image, run to its end
+//! (or detached), as `nerdctl run` does it. The container is made by
+//! [`berth_tasks::container`], its task by berth-taskd; this is the flags,
+//! the standard streams and the signals.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use berth_client::{
+    RemoteContainers, RemoteContentStore, RemoteImages, RemoteSnapshotter, RemoteTasks,
+};
+use berth_errdefs::ErrorKind;
+use berth_metadata::Runtime;
+use berth_oci::{CgroupDriver, MountOption, NetworkMode, Seccomp, SpecOptions};
+use berth_tasks::container::{
+    create_container, remove_container, ContainerServices, NewContainer, DEFAULT_RUNTIME,
+};
+use berth_tasks::{CreateTask, KillProcess, Stdio, Tasks};
+
+use super::snapshots::SnapshotterArg;
+use crate::global::Global;
+use crate::stdio::{new_id, Fifos};
+
+/// The label that records where a detached container's output goes.
+pub const LOG_URI_LABEL: &str = "berth.io/log-uri";
+/// Where detached containers log unless BERTH_LOG_DIR says otherwise.
+const LOG_ROOT: &str = "/var/lib/berth/logs";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PullPolicy {
+    Missing,
+    Always,
+    Never,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ContainerArgs {
+    /// The container's id (default: 16 random hex digits).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// The shim: io.containerd.NAME.VERSION or an absolute path.
+    #[arg(long, default_value = DEFAULT_RUNTIME)]
+    pub runtime: String,
+    #[command(flatten)]
+    pub snapshotter: SnapshotterArg,
+    /// Allocate a terminal.
+    #[arg(short = 't', long)]
+    pub tty: bool,
+    /// Environment variable KEY=VALUE (KEY alone: this environment's
+    /// value); repeatable.
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// A file of KEY=VALUE lines.
+    #[arg(long, value_name = "FILE")]
+    pub env_file: Vec<PathBuf>,
+    /// Working directory inside the container.
+    #[arg(
+        short = 'w',
+        long = "workdir",
+        visible_alias = "cwd",
+        value_name = "DIR"
+    )]
+    pub workdir: Option<String>,
+    /// USER[:GROUP], by name or number.
+    #[arg(short = 'u', long)]
+    pub user: Option<String>,
+    /// Replaces the image's entrypoint (and its Cmd).
+    #[arg(long)]
+    pub entrypoint: Option<String>,
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// Mount the container's root filesystem read-only.
+    #[arg(long)]
+    pub read_only: bool,
+    /// Every capability, no seccomp, no masked paths.
+    #[arg(long)]
+    pub privileged: bool,
+    #[arg(long, value_name = "CAP")]
+    pub cap_add: Vec<String>,
+    #[arg(long, value_name = "CAP")]
+    pub cap_drop: Vec<String>,
+    /// seccomp=unconfined, seccomp=PROFILE.json, no-new-privileges[=false].
+    #[arg(long, value_name = "OPT")]
+    pub security_opt: Vec<String>,
+    /// type=bind,src=DIR,dst=DIR[,ro] or type=tmpfs,dst=DIR.
+    #[arg(long, value_name = "MOUNT")]
+    pub mount: Vec<String>,
+    /// SRC:DST[:ro|rw]: a bind mount.
+    #[arg(short = 'v', long = "volume", value_name = "SRC:DST[:ro]")]
+    pub volume: Vec<String>,
+    /// Memory limit: bytes, or with a k, m or g suffix.
+    #[arg(short = 'm', long)]
+    pub memory: Option<String>,
+    /// CPUs the container may use (e.g. 0.5).
+    #[arg(long)]
+    pub cpus: Option<f64>,
+    #[arg(long)]
+    pub pids_limit: Option<i64>,
+    /// none (own network namespace, loopback only) or host.
+    #[arg(long = "net", visible_alias = "network", default_value = "none")]
+    pub network: String,
+    /// cgroupfs or systemd.
+    #[arg(long, default_value = "cgroupfs")]
+    pub cgroup_manager: String,
+    /// Label KEY=VALUE on the container record; repeatable.
+    #[arg(short = 'l', long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+    /// An image name (pulled or imported), or a manifest digest.
+    pub image: String,
+    /// The command and its arguments (default: the image's).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub args: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Remove the container when it exits (also when interrupted).
+    #[arg(long)]
+    pub rm: bool,
+    /// Start it and print its id; its output goes to a log file (see
+    /// `berth logs`).
+    #[arg(short = 'd', long)]
+    pub detach: bool,
+    /// Keep stdin open and forward it.
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
+    /// Pull the image: when missing, always, or never.
+    #[arg(long, value_enum, default_value_t = PullPolicy::Missing)]
+    pub pull: PullPolicy,
+    #[command(flatten)]
+    pub container: ContainerArgs,
+}
+
+fn parse_bytes(value: &str) -> Result<i64> {
+    let lower = value.trim().to_ascii_lowercase();
+    let (digits, unit) = match lower.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => lower.split_at(i),
+        None => (lower.as_str(), ""),
+    };
+    let n: i64 = digits
+        .parse()
+        .with_context(|| format!("{value:?}: not a size"))?;
+    let multiplier: i64 = match unit.trim_end_matches('b') {
+        "" => 1,
+        "k" => 1 << 10,
+        "m" => 1 << 20,
+        "g" => 1 << 30,
+        _ => bail!("{value:?}: a size is a number with an optional k, m or g"),
+    };
+    n.checked_mul(multiplier)
+        .with_context(|| format!("{value:?}: too large"))
+}
+
+fn environment(args: &ContainerArgs) -> Result<Vec<String>> {
+    let mut env = Vec::new();
+    for file in &args.env_file {
+        let text =
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        for line in text.lines() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            env.push(line.to_string());
+        }
+    }
+    env.extend(args.env.iter().cloned());
+    env.into_iter()
+        .filter_map(|entry| {
+            if entry.contains('=') {
+                Some(Ok(entry))
+            } else if entry.is_empty() {
+                Some(Err(anyhow::anyhow!("an empty environment variable")))
+            } else {
+                // KEY alone: this environment's value, if it has one.
+                std::env::var(&entry)
+                    .ok()
+                    .map(|v| Ok(format!("{entry}={v}")))
+            }
+        })
+        .collect()
+}
+
+impl ContainerArgs {
+    /// The spec options these flags ask for.
+    pub fn spec_options(&self, namespace: &str, id: &str) -> Result<SpecOptions> {
+        let mut options = SpecOptions::new(namespace, id);
+        options.args = self.args.clone();
+        options.entrypoint = self.entrypoint.as_ref().map(|e| {
+            if e.is_empty() {
+                Vec::new()
+            } else {
+                vec![e.clone()]
+            }
+        });
+        options.env = environment(self)?;
+        options.cwd = self.workdir.clone();
+        options.user = self.user.clone();
+        options.hostname = self.hostname.clone();
+        options.terminal = self.tty;
+        options.read_only_rootfs = self.read_only;
+        options.privileged = self.privileged;
+        options.cap_add = self.cap_add.clone();
+        options.cap_drop = self.cap_drop.clone();
+        for opt in &self.security_opt {
+            match opt.split_once('=') {
+                Some(("seccomp", "unconfined")) => options.seccomp = Seccomp::Unconfined,
+                Some(("seccomp", path)) => {
+                    let bytes = std::fs::read(path)
+                        .with_context(|| format!("reading the seccomp profile {path}"))?;
+                    options.seccomp = Seccomp::parse_profile_json(&bytes)?;
+                }
+                Some(("no-new-privileges", value)) => {
+                    options.no_new_privileges = value
+                        .parse()
+                        .with_context(|| format!("--security-opt {opt}"))?
+                }
+                None if opt == "no-new-privileges" => options.no_new_privileges = true,
+                _ => bail!("--security-opt {opt:?}: berth knows seccomp=unconfined|PROFILE.json and no-new-privileges[=true|false]"),
+            }
+        }
+        for mount in &self.mount {
+            options.mounts.push(MountOption::parse_mount_flag(mount)?);
+        }
+        for volume in &self.volume {
+            options.mounts.push(MountOption::parse_volume_flag(volume)?);
+        }
+        options.memory_bytes = self.memory.as_deref().map(parse_bytes).transpose()?;
+        options.cpus = self.cpus;
+        options.pids_limit = self.pids_limit;
+        options.network = match self.network.as_str() {
+            "none" => NetworkMode::None,
+            "host" => NetworkMode::Host,
+            other => bail!("--net {other:?}: berth runs with none or host (bridge networks come with the CRI server)"),
+        };
+        options.cgroup = match self.cgroup_manager.as_str() {
+            "cgroupfs" => CgroupDriver::Cgroupfs,
+            "systemd" => CgroupDriver::Systemd,
+            other => bail!("--cgroup-manager {other:?}: cgroupfs or systemd"),
+        };
+        Ok(options)
+    }
+
+    pub fn labels(&self) -> Result<HashMap<String, String>> {
+        self.labels
+            .iter()
+            .map(|l| match l.split_once('=') {
+                Some((k, v)) => Ok((k.to_string(), v.to_string())),
+                None => Ok((l.clone(), String::new())),
+            })
+            .collect()
+    }
+}
+
+/// The daemons `berth run` talks to.
+pub struct Clients {
+    pub content: RemoteContentStore,
+    pub images: RemoteImages,
+    pub snapshots: RemoteSnapshotter,
+    pub containers: RemoteContainers,
+    pub snapshotter: String,
+}
+
+impl Clients {
+    pub async fn connect(global: &Global, snapshotter: &str) -> Result<Clients> {
+        Ok(Clients {
+            content: RemoteContentStore::connect(global.contentd_socket())
+                .await
+                .context("berth-contentd")?,
+            images: RemoteImages::connect(global.metad_socket())
+                .await
+                .context("berth-metad")?,
+            snapshots: RemoteSnapshotter::connect(global.snapd_socket(), snapshotter)
+                .await
+                .context("berth-snapd")?,
+            containers: RemoteContainers::connect(global.metad_socket())
+                .await
+                .context("berth-metad")?,
+            snapshotter: snapshotter.to_string(),
+        })
+    }
+
+    pub fn services(&self) -> ContainerServices<'_> {
+        ContainerServices {
+            content: &self.content,
+            images: &self.images,
+            snapshots: &self.snapshots,
+            snapshotter: &self.snapshotter,
+            containers: &self.containers,
+            unpacker: Some(&self.snapshots),
+        }
+    }
+}
+
+fn scratch_dir() -> PathBuf {
+    std::env::var_os("BERTH_FIFO_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/run/berth/fifo"))
+        .join("views")
+}
+
+/// Makes the image present per `policy` (pulling through berth-image).
+async fn ensure_image(global: &Global, args: &RunArgs, clients: &Clients) -> Result<()> {
+    let ns = global.namespace()?;
+    let present =
+        match berth_image::store::image_root(&clients.images, ns, &args.container.image).await {
+            Ok(_) => true,
+            Err(e) if e.kind() == ErrorKind::NotFound => false,
+            Err(e) => return Err(e.into()),
+        };
+    let pull = match args.pull {
+        PullPolicy::Always => true,
+        PullPolicy::Missing => !present,
+        PullPolicy::Never if present => false,
+        PullPolicy::Never => bail!(
+            "image {} is not here and --pull never",
+            args.container.image
+        ),
+    };
+    if pull {
+        let source = super::transfer::SourceArgs {
+            reference: args.container.image.clone(),
+            platforms: Vec::new(),
+            all_platforms: false,
+            user: None,
+            plain_http: false,
+            max_concurrent_downloads: 3,
+            allow_foreign_layers: false,
+        };
+        super::pull::run(
+            global,
+            super::pull::PullArgs {
+                source,
+                skip_unpack: false,
+                sync_fs: false,
+                snapshotter: SnapshotterArg {
+                    snapshotter: clients.snapshotter.clone(),
+                },
+                quiet: true,
+            },
+        )
+        .await
+        .with_context(|| format!("pulling {}", args.container.image))?;
+    }
+    Ok(())
+}
+
+/// Creates the container record (and its snapshot) for `args`.
+pub async fn create(
+    global: &Global,
+    args: &ContainerArgs,
+    clients: &Clients,
+    extra_labels: HashMap<String, String>,
+) -> Result<String> {
+    let ns = global.namespace()?;
+    let id = match &args.name {
+        Some(name) => name.clone(),
+        None => new_id()?,
+    };
+    berth_ids::validate_id(&id)?;
+    let mut labels = args.labels()?;
+    labels.extend(extra_labels);
+    let new = NewContainer {
+        image: args.image.clone(),
+        runtime: Runtime {
+            name: args.runtime.clone(),
+            options: None,
+        },
+        labels,
+        options: args.spec_options(ns, &id)?,
+        scratch: scratch_dir(),
+    };
+    create_container(clients.services(), ns, new)
+        .await
+        .with_context(|| format!("creating container {id}"))?;
+    Ok(id)
+}
+
+/// Where a detached container's output goes.
+fn log_path(namespace: &str, id: &str) -> PathBuf {
+    std::env::var_os("BERTH_LOG_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(LOG_ROOT))
+        .join(namespace)
+        .join(format!("{id}.log"))
+}
+
+/// Runs the container; returns the exit status to leave with.
+pub async fn run(global: &Global, args: RunArgs) -> Result<u8> {
+    let ns = global.namespace()?.to_string();
+    if args.detach && args.rm {
+        bail!("--rm with -d: a detached container is removed with `berth rm`");
+    }
+    let clients = Clients::connect(global, &args.container.snapshotter.snapshotter).await?;
+    ensure_image(global, &args, &clients).await?;
+    let tasks = RemoteTasks::connect(global.taskd_socket())
+        .await
+        .context("berth-taskd")?;
+
+    let id_hint = args.container.name.clone();
+    let mut extra = HashMap::new();
+    if args.detach {
+        let id = match &id_hint {
+            Some(id) => id.clone(),
+            None => new_id()?,
+        };
+        let path = log_path(&ns, &id);
+        extra.insert(
+            LOG_URI_LABEL.to_string(),
+            format!("file://{}", path.display()),
+        );
+        let mut container = args.container;
+        container.name = Some(id);
+        return detached(global, &ns, container, &clients, &tasks, extra, path).await;
+    }
+    let id = create(global, &args.container, &clients, extra).await?;
+    let outcome = attached(&ns, &id, &args, &tasks).await;
+    if args.rm {
+        let removed = remove_task_and_container(&ns, &id, &tasks, &clients).await;
+        if let (Ok(_), Err(e)) = (&outcome, removed) {
+            return Err(e);
+        }
+    }
+    outcome
+}
+
+async fn detached(
+    global: &Global,
+    ns: &str,
+    container: ContainerArgs,
+    clients: &Clients,
+    tasks: &RemoteTasks,
+    extra: HashMap<String, String>,
+    log: PathBuf,
+) -> Result<u8> {
+    let id = create(global, &container, clients, extra).await?;
+    if let Some(dir) = log.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let uri = format!("file://{}", log.display());
+    let stdio = Stdio {
+        stdin: String::new(),
+        stdout: uri.clone(),
+        stderr: uri,
+        terminal: false,
+    };
+    let started = async {
+        tasks
+            .create(
+                ns,
+                CreateTask {
+                    container_id: id.clone(),
+                    stdio,
+                    ..Default::default()
+                },
+            )
+            .await?;
+        tasks.start(ns, &id, "").await
+    }
+    .await;
+    if let Err(e) = started {
+        let _ = tasks.delete(ns, &id).await;
+        return Err(anyhow::Error::from(e).context(format!("starting container {id}")));
+    }
+    println!("{id}");
+    Ok(0)
+}
+
+/// The exit status a shell would show: the code, or 128 + the signal.
+fn exit_code(status: u32) -> u8 {
+    u8::try_from(status).unwrap_or(255)
+}
+
+async fn attached(ns: &str, id: &str, args: &RunArgs, tasks: &RemoteTasks) -> Result<u8> {
+    let fifos = Fifos::new(id, args.interactive, args.container.tty)?;
+    let mut attached = fifos.attach()?;
+    tasks
+        .create(
+            ns,
+            CreateTask {
+                container_id: id.to_string(),
+                stdio: fifos.stdio.clone(),
+                ..Default::default()
+            },
+        )
+        .await
+        .with_context(|| format!("creating the task of {id}"))?;
+    let stdin = if args.interactive {
+        attached.forward_stdin()
+    } else {
+        None
+    };
+    // Wait is asked before Start, so a quick exit is never missed.
+    let wait_tasks = tasks.clone();
+    let (ns_owned, id_owned) = (ns.to_string(), id.to_string());
+    let waiting = tokio::spawn(async move { wait_tasks.wait(&ns_owned, &id_owned, "").await });
+    if let Err(e) = tasks.start(ns, id, "").await {
+        waiting.abort();
+        return Err(anyhow::Error::from(e).context(format!("starting {id}")));
+    }
+    if let Some(stdin) = stdin {
+        let closer = tasks.clone();
+        let (ns_owned, id_owned) = (ns.to_string(), id.to_string());
+        tokio::spawn(async move {
+            let _ = stdin.await;
+            let _ = closer.close_stdin(&ns_owned, &id_owned, "").await;
+        });
+    }
+    let signals = forward_signals(ns, id, tasks.clone());
+    let exit = waiting
+        .await
+        .context("waiting for the container")?
+        .with_context(|| format!("waiting for {id}"))?;
+    signals.abort();
+    attached.drain(Duration::from_secs(2)).await;
+    Ok(exit_code(exit.status))
+}
+
+/// Signals berth receives go to the container's init process.
+fn forward_signals(ns: &str, id: &str, tasks: RemoteTasks) -> tokio::task::JoinHandle<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (ns, id) = (ns.to_string(), id.to_string());
+    tokio::spawn(async move {
+        let kinds = [
+            (SignalKind::interrupt(), libc::SIGINT),
+            (SignalKind::terminate(), libc::SIGTERM),
+            (SignalKind::hangup(), libc::SIGHUP),
+            (SignalKind::quit(), libc::SIGQUIT),
+            (SignalKind::user_defined1(), libc::SIGUSR1),
+            (SignalKind::user_defined2(), libc::SIGUSR2),
+        ];
+        let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel();
+        for (kind, number) in kinds {
+            let Ok(mut stream) = signal(kind) else {
+                continue;
+            };
+            let sender = sender.clone();
+            tokio::spawn(async move {
+                while stream.recv().await.is_some() {
+                    if sender.send(number).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        while let Some(number) = receiver.recv().await {
+            let _ = tasks
+                .kill(
+                    &ns,
+                    KillProcess {
+                        container_id: id.clone(),
+                        exec_id: String::new(),
+                        signal: number as u32,
+                        all: false,
+                    },
+                )
+                .await;
+        }
+    })
+}
+
+/// `--rm`: the task (killed if it still runs), the container and its
+/// snapshot.
+async fn remove_task_and_container(
+    ns: &str,
+    id: &str,
+    tasks: &RemoteTasks,
+    clients: &Clients,
+) -> Result<()> {
+    match tasks.delete(ns, id).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(e) if e.kind() == ErrorKind::FailedPrecondition => {
+            let _ = tasks
+                .kill(
+                    ns,
+                    KillProcess {
+                        container_id: id.to_string(),
+                        exec_id: String::new(),
+                        signal: libc::SIGKILL as u32,
+                        all: true,
+                    },
+                )
+                .await;
+            let _ = tasks.wait(ns, id, "").await;
+            match tasks.delete(ns, id).await {
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(anyhow::Error::from(e).context(format!("deleting the task of {id}")))
+                }
+            }
+        }
+        Err(e) => return Err(anyhow::Error::from(e).context(format!("deleting the task of {id}"))),
+    }
+    remove_container(clients.services(), ns, id)
+        .await
+        .with_context(|| format!("removing container {id}"))
+}

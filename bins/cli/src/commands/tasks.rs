@@ -1,0 +1,447 @@
+//! `berth tasks ...` and `berth ps`: containers' running processes in
+//! berth-taskd.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use berth_client::{RemoteContainers, RemoteTasks};
+use berth_metadata::ContainerStore;
+use berth_tasks::{ExecProcess, KillProcess, Tasks};
+use serde::Serialize;
+
+use crate::global::Global;
+use crate::output::{self, Format};
+use crate::stdio::Fifos;
+
+#[derive(Debug, clap::Subcommand)]
+pub enum TasksCommand {
+    /// List tasks, optionally matching filters (e.g. 'status==running').
+    #[command(visible_alias = "list")]
+    Ls {
+        #[arg(short, long)]
+        quiet: bool,
+        filters: Vec<String>,
+    },
+    /// Create and start the task of a recorded container; its output goes
+    /// to this terminal until it exits (with -d: to nowhere, and berth
+    /// returns at once).
+    Start {
+        id: String,
+        #[arg(short = 'd', long)]
+        detach: bool,
+    },
+    /// Send a signal (default SIGTERM) to a task's init process, one exec,
+    /// or with --all every process of the task.
+    Kill {
+        id: String,
+        #[arg(short, long, default_value = "SIGTERM")]
+        signal: String,
+        #[arg(short, long)]
+        all: bool,
+        #[arg(long)]
+        exec_id: Option<String>,
+    },
+    /// Run another process in a running task and wait for it.
+    Exec {
+        id: String,
+        #[arg(long)]
+        exec_id: Option<String>,
+        /// Keep stdin open and forward it.
+        #[arg(short = 'i', long)]
+        interactive: bool,
+        #[arg(short = 'u', long)]
+        user: Option<String>,
+        #[arg(short = 'w', long = "workdir", visible_alias = "cwd")]
+        workdir: Option<String>,
+        #[arg(short = 'e', long = "env")]
+        env: Vec<String>,
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// The processes of a task.
+    Ps {
+        id: String,
+    },
+    Pause {
+        id: String,
+    },
+    Resume {
+        id: String,
+    },
+    /// Delete stopped tasks (with --force, kill them first).
+    #[command(visible_alias = "del")]
+    Rm {
+        #[arg(required = true)]
+        ids: Vec<String>,
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// The cgroup metrics of tasks, as the shim reports them.
+    Metrics {
+        ids: Vec<String>,
+    },
+    /// Wait for a task's init process (or an exec) to exit; print its
+    /// status and exit with it.
+    Wait {
+        id: String,
+        #[arg(long)]
+        exec_id: Option<String>,
+    },
+}
+
+#[derive(Serialize)]
+struct TaskJson {
+    id: String,
+    pid: u32,
+    status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    exit_status: Option<u32>,
+}
+
+/// A signal by name (SIGTERM, TERM, term) or number.
+pub fn parse_signal(value: &str) -> Result<u32> {
+    if let Ok(n) = value.parse::<u32>() {
+        if (1..=64).contains(&n) {
+            return Ok(n);
+        }
+        bail!("signal {n}: out of range");
+    }
+    let name = value.to_ascii_uppercase();
+    let name = name.strip_prefix("SIG").unwrap_or(&name);
+    let signal: nix::sys::signal::Signal = format!("SIG{name}")
+        .parse()
+        .with_context(|| format!("{value:?}: not a signal"))?;
+    Ok(signal as u32)
+}
+
+async fn connect(global: &Global) -> Result<RemoteTasks> {
+    RemoteTasks::connect(global.taskd_socket())
+        .await
+        .context("berth-taskd")
+}
+
+/// Runs a `tasks` subcommand; returns the exit status to leave with.
+pub async fn run(global: &Global, command: TasksCommand) -> Result<u8> {
+    let ns = global.namespace()?.to_string();
+    let ns = ns.as_str();
+    let tasks = connect(global).await?;
+    match command {
+        TasksCommand::Ls { quiet, filters } => {
+            let list = tasks.list(ns, &filters).await.context("tasks ls")?;
+            if quiet {
+                for task in &list {
+                    println!("{}", task.container_id);
+                }
+                return Ok(0);
+            }
+            let rows: Vec<TaskJson> = list
+                .iter()
+                .map(|p| TaskJson {
+                    id: p.container_id.clone(),
+                    pid: p.pid,
+                    status: p.status.as_str().to_uppercase(),
+                    exit_status: p.exit.map(|e| e.status),
+                })
+                .collect();
+            match global.format {
+                Format::Json => output::json(&rows)?,
+                Format::Table => output::table(
+                    &["TASK", "PID", "STATUS"],
+                    &rows
+                        .iter()
+                        .map(|r| vec![r.id.clone(), r.pid.to_string(), r.status.clone()])
+                        .collect::<Vec<_>>(),
+                )?,
+            }
+            Ok(0)
+        }
+        TasksCommand::Start { id, detach } => start(ns, &id, detach, &tasks).await,
+        TasksCommand::Kill {
+            id,
+            signal,
+            all,
+            exec_id,
+        } => {
+            tasks
+                .kill(
+                    ns,
+                    KillProcess {
+                        container_id: id.clone(),
+                        exec_id: exec_id.unwrap_or_default(),
+                        signal: parse_signal(&signal)?,
+                        all,
+                    },
+                )
+                .await
+                .with_context(|| format!("killing {id}"))?;
+            Ok(0)
+        }
+        TasksCommand::Exec {
+            id,
+            exec_id,
+            interactive,
+            user,
+            workdir,
+            env,
+            args,
+        } => {
+            let exec_id = match exec_id {
+                Some(e) => e,
+                None => format!("exec-{}", crate::stdio::new_id()?),
+            };
+            let process = exec_process(global, ns, &id, user, workdir, env, args).await?;
+            exec(ns, &id, &exec_id, interactive, process, &tasks).await
+        }
+        TasksCommand::Ps { id } => {
+            let pids = tasks
+                .pids(ns, &id)
+                .await
+                .with_context(|| format!("ps {id}"))?;
+            match global.format {
+                Format::Json => output::json(
+                    &pids
+                        .iter()
+                        .map(|p| serde_json::json!({"pid": p.pid, "exec_id": p.exec_id}))
+                        .collect::<Vec<_>>(),
+                )?,
+                Format::Table => output::table(
+                    &["PID", "EXEC"],
+                    &pids
+                        .iter()
+                        .map(|p| vec![p.pid.to_string(), or_dash(&p.exec_id)])
+                        .collect::<Vec<_>>(),
+                )?,
+            }
+            Ok(0)
+        }
+        TasksCommand::Pause { id } => {
+            tasks
+                .pause(ns, &id)
+                .await
+                .with_context(|| format!("pausing {id}"))?;
+            Ok(0)
+        }
+        TasksCommand::Resume { id } => {
+            tasks
+                .resume(ns, &id)
+                .await
+                .with_context(|| format!("resuming {id}"))?;
+            Ok(0)
+        }
+        TasksCommand::Rm { ids, force } => {
+            for id in ids {
+                if force {
+                    let _ = tasks
+                        .kill(
+                            ns,
+                            KillProcess {
+                                container_id: id.clone(),
+                                exec_id: String::new(),
+                                signal: libc::SIGKILL as u32,
+                                all: true,
+                            },
+                        )
+                        .await;
+                    let _ = tokio::time::timeout(Duration::from_secs(10), tasks.wait(ns, &id, ""))
+                        .await;
+                }
+                let deleted = tasks
+                    .delete(ns, &id)
+                    .await
+                    .with_context(|| format!("deleting the task of {id}"))?;
+                println!("{id}\t{}", deleted.exit.status);
+            }
+            Ok(0)
+        }
+        TasksCommand::Metrics { ids } => {
+            let filters: Vec<String> = ids.iter().map(|id| format!("id=={id}")).collect();
+            let metrics = tasks.metrics(ns, &filters).await.context("metrics")?;
+            let rows: Vec<serde_json::Value> = metrics
+                .iter()
+                .map(|m| {
+                    serde_json::json!({
+                        "id": m.container_id,
+                        "type": m.data.type_url,
+                        "metrics": berth_metadata::KnownEvent::decode(&m.data.type_url, &m.data.value)
+                            .map(|known| known.to_json()),
+                        "bytes": m.data.value.len(),
+                    })
+                })
+                .collect();
+            output::json(&rows)?;
+            Ok(0)
+        }
+        TasksCommand::Wait { id, exec_id } => {
+            let exit = tasks
+                .wait(ns, &id, exec_id.as_deref().unwrap_or(""))
+                .await
+                .with_context(|| format!("waiting for {id}"))?;
+            println!("{}", exit.status);
+            Ok(u8::try_from(exit.status).unwrap_or(255))
+        }
+    }
+}
+
+fn or_dash(value: &str) -> String {
+    if value.is_empty() {
+        "-".to_string()
+    } else {
+        value.to_string()
+    }
+}
+
+async fn start(ns: &str, id: &str, detach: bool, tasks: &RemoteTasks) -> Result<u8> {
+    if detach {
+        tasks
+            .create(
+                ns,
+                berth_tasks::CreateTask {
+                    container_id: id.to_string(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .with_context(|| format!("creating the task of {id}"))?;
+        tasks
+            .start(ns, id, "")
+            .await
+            .with_context(|| format!("starting {id}"))?;
+        return Ok(0);
+    }
+    let fifos = Fifos::new(id, false, false)?;
+    let mut attached = fifos.attach()?;
+    tasks
+        .create(
+            ns,
+            berth_tasks::CreateTask {
+                container_id: id.to_string(),
+                stdio: fifos.stdio.clone(),
+                ..Default::default()
+            },
+        )
+        .await
+        .with_context(|| format!("creating the task of {id}"))?;
+    let waiter = tasks.clone();
+    let (n, i) = (ns.to_string(), id.to_string());
+    let waiting = tokio::spawn(async move { waiter.wait(&n, &i, "").await });
+    tasks
+        .start(ns, id, "")
+        .await
+        .with_context(|| format!("starting {id}"))?;
+    let exit = waiting.await.context("waiting")??;
+    attached.drain(Duration::from_secs(2)).await;
+    Ok(u8::try_from(exit.status).unwrap_or(255))
+}
+
+/// The OCI process of an exec: the container's own (its user, env,
+/// capabilities, working directory), with the command and what the flags
+/// change.
+async fn exec_process(
+    global: &Global,
+    ns: &str,
+    id: &str,
+    user: Option<String>,
+    workdir: Option<String>,
+    env: Vec<String>,
+    args: Vec<String>,
+) -> Result<Vec<u8>> {
+    let containers = RemoteContainers::connect(global.metad_socket())
+        .await
+        .context("berth-metad")?;
+    let container = containers
+        .get(ns, id)
+        .await
+        .with_context(|| format!("container {id}"))?;
+    let spec: serde_json::Value = container
+        .spec
+        .as_ref()
+        .and_then(|any| serde_json::from_slice(&any.value).ok())
+        .with_context(|| format!("container {id} has no OCI spec"))?;
+    let mut process = spec
+        .get("process")
+        .cloned()
+        .with_context(|| format!("container {id}: its spec has no process"))?;
+    process["args"] = serde_json::json!(args);
+    process["terminal"] = serde_json::json!(false);
+    process.as_object_mut().map(|p| p.remove("consoleSize"));
+    if let Some(dir) = workdir {
+        if !dir.starts_with('/') {
+            bail!("--workdir {dir:?}: an absolute path");
+        }
+        process["cwd"] = serde_json::json!(dir);
+    }
+    if let Some(user) = user {
+        // Numeric here: names are resolved against the image when the
+        // container is made.
+        let resolved = berth_oci::resolve_user(&user, &berth_oci::NoRootfsFiles)
+            .with_context(|| format!("--user {user:?} (exec takes UID[:GID])"))?;
+        process["user"] = serde_json::to_value(resolved).context("encoding the user")?;
+    }
+    if !env.is_empty() {
+        let mut merged: Vec<String> = process["env"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for entry in env {
+            let Some((key, _)) = entry.split_once('=') else {
+                bail!("--env {entry:?}: KEY=VALUE");
+            };
+            merged.retain(|e| e.split_once('=').map(|(k, _)| k) != Some(key));
+            merged.push(entry);
+        }
+        process["env"] = serde_json::json!(merged);
+    }
+    serde_json::to_vec(&process).context("encoding the process")
+}
+
+async fn exec(
+    ns: &str,
+    id: &str,
+    exec_id: &str,
+    interactive: bool,
+    process: Vec<u8>,
+    tasks: &RemoteTasks,
+) -> Result<u8> {
+    let fifos = Fifos::new(exec_id, interactive, false)?;
+    let mut attached = fifos.attach()?;
+    tasks
+        .exec(
+            ns,
+            ExecProcess {
+                container_id: id.to_string(),
+                exec_id: exec_id.to_string(),
+                stdio: fifos.stdio.clone(),
+                spec: process,
+            },
+        )
+        .await
+        .with_context(|| format!("exec in {id}"))?;
+    let stdin = if interactive {
+        attached.forward_stdin()
+    } else {
+        None
+    };
+    let waiter = tasks.clone();
+    let (n, i, e) = (ns.to_string(), id.to_string(), exec_id.to_string());
+    let waiting = tokio::spawn(async move { waiter.wait(&n, &i, &e).await });
+    if let Err(e) = tasks.start(ns, id, exec_id).await {
+        let _ = tasks.delete_process(ns, id, exec_id).await;
+        return Err(anyhow::Error::from(e).context(format!("starting exec {exec_id}")));
+    }
+    if let Some(stdin) = stdin {
+        let closer = tasks.clone();
+        let (n, i, e) = (ns.to_string(), id.to_string(), exec_id.to_string());
+        tokio::spawn(async move {
+            let _ = stdin.await;
+            let _ = closer.close_stdin(&n, &i, &e).await;
+        });
+    }
+    let exit = waiting.await.context("waiting")??;
+    attached.drain(Duration::from_secs(2)).await;
+    let _ = tasks.delete_process(ns, id, exec_id).await;
+    Ok(u8::try_from(exit.status).unwrap_or(255))
+}

@@ -1,0 +1,325 @@
+//! A task's bundle: `<state>/<namespace>/<id>`, holding the OCI spec
+//! (`config.json`), the `rootfs` mount point, the `log` fifo the shim
+//! writes to, the `address` the shim writes, and taskd's own record of the
+//! task (`task.json`), from which a restarted taskd finds the task again.
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use berth_errdefs::{Error, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::shim::Bootstrap;
+
+const SPEC: &str = "config.json";
+const ROOTFS: &str = "rootfs";
+const LOG: &str = "log";
+const RECORD: &str = "task.json";
+/// containerd's name for the resolved shim path, read back on restart.
+const SHIM_BINARY_PATH: &str = "shim-binary-path";
+/// Present once the init process's exit has reached metad.
+const EXIT_REPORTED: &str = "exit-reported";
+
+/// What taskd keeps of a task beyond what its shim knows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    pub runtime: String,
+    pub shim_binary: PathBuf,
+    pub bootstrap: Bootstrap,
+}
+
+/// One task's bundle directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bundle {
+    pub namespace: String,
+    pub id: String,
+    pub path: PathBuf,
+}
+
+impl Bundle {
+    /// Where the bundle of `namespace`/`id` lives; both are validated
+    /// before they become a path.
+    pub fn locate(state: &Path, namespace: &str, id: &str) -> Result<Bundle> {
+        berth_ids::validate_namespace(namespace)
+            .map_err(|e| Error::invalid_argument(e.to_string()))?;
+        berth_ids::validate_id(id).map_err(|e| Error::invalid_argument(e.to_string()))?;
+        Ok(Bundle {
+            namespace: namespace.to_string(),
+            id: id.to_string(),
+            path: state.join(namespace).join(id),
+        })
+    }
+
+    /// Creates the bundle with its spec, an empty rootfs and the log fifo.
+    /// AlreadyExists if a bundle is there.
+    pub fn create(&self, spec: &[u8]) -> Result<()> {
+        let parent = self.path.parent().unwrap_or(&self.path);
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o711)
+            .create(parent)
+            .map_err(|e| Error::io(format!("creating {}", parent.display()), &e))?;
+        match std::fs::DirBuilder::new().mode(0o700).create(&self.path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(Error::already_exists(format!(
+                    "task {}: a bundle exists at {}",
+                    self.id,
+                    self.path.display()
+                )))
+            }
+            Err(e) => return Err(Error::io(format!("creating {}", self.path.display()), &e)),
+        }
+        let filled = (|| {
+            write_new(&self.path.join(SPEC), spec, 0o600)?;
+            std::fs::DirBuilder::new()
+                .mode(0o711)
+                .create(self.rootfs())
+                .map_err(|e| Error::io("creating the rootfs mount point", &e))?;
+            make_fifo(&self.path.join(LOG))
+        })();
+        if let Err(e) = filled {
+            let _ = std::fs::remove_dir_all(&self.path);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    pub fn rootfs(&self) -> PathBuf {
+        self.path.join(ROOTFS)
+    }
+
+    pub fn exists(&self) -> bool {
+        self.path.is_dir()
+    }
+
+    /// Opens the log fifo for reading without blocking: read-write, so the
+    /// shim's write-only open never waits for us (as containerd opens it).
+    pub fn open_log(&self) -> Result<std::fs::File> {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(self.path.join(LOG))
+            .map_err(|e| Error::io("opening the shim log fifo", &e))
+    }
+
+    pub fn write_record(&self, record: &TaskRecord) -> Result<()> {
+        let json = serde_json::to_vec(record)
+            .map_err(|e| Error::internal(format!("encoding the task record: {e}")))?;
+        replace_file(&self.path.join(RECORD), &json)?;
+        replace_file(
+            &self.path.join(SHIM_BINARY_PATH),
+            record.shim_binary.as_os_str().as_bytes(),
+        )
+    }
+
+    /// NotFound when taskd never finished creating the task.
+    pub fn read_record(&self) -> Result<TaskRecord> {
+        let bytes = std::fs::read(self.path.join(RECORD))
+            .map_err(|e| Error::io("reading the task record", &e))?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| Error::internal(format!("the task record of {}: {e}", self.id)))
+    }
+
+    /// The shim binary of a bundle without a task record (taskd died
+    /// before writing one): containerd's file, if the shim got that far.
+    pub fn shim_binary_path(&self) -> Option<PathBuf> {
+        let bytes = std::fs::read(self.path.join(SHIM_BINARY_PATH)).ok()?;
+        let path = PathBuf::from(std::ffi::OsStr::from_bytes(&bytes));
+        path.is_absolute().then_some(path)
+    }
+
+    /// The pid whose exit has been reported, if one has.
+    pub fn exit_reported(&self) -> Option<u32> {
+        std::fs::read_to_string(self.path.join(EXIT_REPORTED))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    pub fn mark_exit_reported(&self, pid: u32) -> Result<()> {
+        replace_file(&self.path.join(EXIT_REPORTED), pid.to_string().as_bytes())
+    }
+
+    /// Unmounts whatever is left on the rootfs and removes the bundle. The
+    /// bundle stays if the rootfs cannot be unmounted: removing it then
+    /// would descend into the container's filesystem.
+    pub fn remove(&self) -> Result<()> {
+        if !self.path.exists() {
+            return Ok(());
+        }
+        let rootfs = self.rootfs();
+        if rootfs.exists() {
+            berth_mount::unmount_all(&rootfs)
+                .map_err(|e| Error::internal(format!("unmounting {}: {e}", rootfs.display())))?;
+        }
+        let hidden = self.path.with_file_name(format!(".{}", self.id));
+        let _ = std::fs::remove_dir_all(&hidden);
+        std::fs::rename(&self.path, &hidden)
+            .map_err(|e| Error::io(format!("removing {}", self.path.display()), &e))?;
+        std::fs::remove_dir_all(&hidden)
+            .map_err(|e| Error::io(format!("removing {}", hidden.display()), &e))
+    }
+
+    /// Every bundle under `state`, by namespace and id; hidden directories
+    /// (half-removed bundles) are finished off.
+    pub fn list(state: &Path) -> Vec<Bundle> {
+        let mut found = Vec::new();
+        let Ok(namespaces) = std::fs::read_dir(state) else {
+            return found;
+        };
+        for namespace in namespaces.flatten() {
+            let Some(ns) = namespace.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            if !namespace.path().is_dir() || berth_ids::validate_namespace(&ns).is_err() {
+                continue;
+            }
+            let Ok(ids) = std::fs::read_dir(namespace.path()) else {
+                continue;
+            };
+            for entry in ids.flatten() {
+                let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+                    continue;
+                };
+                if let Some(id) = name.strip_prefix('.') {
+                    if berth_ids::validate_id(id).is_ok() {
+                        let rootfs = entry.path().join(ROOTFS);
+                        if berth_mount::unmount_all(&rootfs).is_ok() {
+                            let _ = std::fs::remove_dir_all(entry.path());
+                        }
+                    }
+                    continue;
+                }
+                if let Ok(bundle) = Bundle::locate(state, &ns, &name) {
+                    if bundle.path.is_dir() {
+                        found.push(bundle);
+                    }
+                }
+            }
+        }
+        found
+    }
+}
+
+fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(|e| Error::io(format!("creating {}", path.display()), &e))?;
+    file.write_all(bytes)
+        .map_err(|e| Error::io(format!("writing {}", path.display()), &e))
+}
+
+/// Writes `path` whole or not at all (a sibling temp file renamed over it).
+fn replace_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    let temp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&temp);
+    write_new(&temp, bytes, 0o600)?;
+    std::fs::rename(&temp, path).map_err(|e| Error::io(format!("replacing {}", path.display()), &e))
+}
+
+fn make_fifo(path: &Path) -> Result<()> {
+    let c_path = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| Error::invalid_argument("a path with a NUL byte"))?;
+    nix::unistd::mkfifo(
+        c_path.as_c_str(),
+        nix::sys::stat::Mode::from_bits_truncate(0o700),
+    )
+    .map_err(|e| Error::internal(format!("creating the fifo {}: {e}", path.display())))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| Error::io("setting the fifo's mode", &e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> TaskRecord {
+        TaskRecord {
+            runtime: "io.containerd.berth.v2".into(),
+            shim_binary: "/usr/bin/containerd-shim-berth-v2".into(),
+            bootstrap: Bootstrap {
+                version: 2,
+                address: "unix:///run/x".into(),
+                protocol: "ttrpc".into(),
+            },
+        }
+    }
+
+    #[test]
+    fn a_bundle_holds_spec_rootfs_fifo_and_record_and_goes_away_whole() {
+        let state = tempfile::tempdir().unwrap();
+        let bundle = Bundle::locate(state.path(), "default", "c1").unwrap();
+        bundle.create(br#"{"ociVersion":"1.0.2"}"#).unwrap();
+        assert_eq!(
+            std::fs::read(bundle.path.join("config.json")).unwrap(),
+            br#"{"ociVersion":"1.0.2"}"#
+        );
+        assert!(bundle.rootfs().is_dir());
+        use std::os::unix::fs::FileTypeExt;
+        assert!(std::fs::metadata(bundle.path.join("log"))
+            .unwrap()
+            .file_type()
+            .is_fifo());
+        let mode = std::fs::metadata(&bundle.path)
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700);
+        let again = bundle.create(b"{}").unwrap_err();
+        assert_eq!(again.kind(), berth_errdefs::ErrorKind::AlreadyExists);
+        assert!(bundle.read_record().is_err());
+        bundle.write_record(&record()).unwrap();
+        assert_eq!(bundle.read_record().unwrap(), record());
+        assert_eq!(
+            bundle.shim_binary_path().unwrap(),
+            PathBuf::from("/usr/bin/containerd-shim-berth-v2")
+        );
+        assert_eq!(bundle.exit_reported(), None);
+        bundle.mark_exit_reported(42).unwrap();
+        assert_eq!(bundle.exit_reported(), Some(42));
+        assert_eq!(Bundle::list(state.path()), vec![bundle.clone()]);
+        bundle.remove().unwrap();
+        assert!(!bundle.path.exists());
+        assert!(Bundle::list(state.path()).is_empty());
+        bundle.remove().unwrap();
+    }
+
+    #[test]
+    fn ids_and_namespaces_are_validated_before_they_become_paths() {
+        let state = Path::new("/nonexistent");
+        for (ns, id) in [
+            ("default", "../x"),
+            ("..", "x"),
+            ("default", ""),
+            ("a/b", "x"),
+            ("default", ".x"),
+        ] {
+            let err = Bundle::locate(state, ns, id).unwrap_err();
+            assert_eq!(
+                err.kind(),
+                berth_errdefs::ErrorKind::InvalidArgument,
+                "{ns}/{id}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_half_removed_bundle_is_finished_off_when_listing() {
+        let state = tempfile::tempdir().unwrap();
+        let hidden = state.path().join("default").join(".gone");
+        std::fs::create_dir_all(hidden.join("rootfs")).unwrap();
+        let kept = Bundle::locate(state.path(), "default", "kept").unwrap();
+        kept.create(b"{}").unwrap();
+        assert_eq!(Bundle::list(state.path()), vec![kept]);
+        assert!(!hidden.exists());
+    }
+}

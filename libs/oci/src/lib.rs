@@ -1,0 +1,36 @@
+//! The OCI runtime spec of a container from its image config and options.
+//!
+//! [`build_spec`] turns what the image says ([`ImageDefaults`]) and what the
+//! caller asks for ([`SpecOptions`]) into the `config.json` runc reads, with
+//! containerd's security defaults: its capability set, masked and read-only
+//! paths, device cgroup rules and default seccomp profile. Users and groups
+//! named by the image or the caller are resolved against the container's own
+//! `/etc/passwd` and `/etc/group`, read through [`RootfsFiles`] so that a
+//! hostile image can never make berth read a host file.
+//!
+//! Gaps, on purpose: no AppArmor or SELinux profile (the hosts berth targets
+//! may have neither loaded), no user namespaces, and a privileged container
+//! gets every capability and no confinement but no host device nodes.
+
+mod args;
+mod capabilities;
+mod error;
+mod image;
+mod mounts;
+mod options;
+mod resources;
+mod rootfs_files;
+mod seccomp;
+mod spec;
+mod user;
+
+pub use capabilities::DEFAULT_CAPABILITIES;
+pub use error::{OciError, Result};
+pub use image::ImageDefaults;
+pub use mounts::MountOption;
+pub use oci_spec::runtime::Spec;
+pub use options::{CgroupDriver, NetworkMode, Seccomp, SpecOptions};
+pub use rootfs_files::{HostRootfs, NoRootfsFiles, RootfsFiles};
+pub use seccomp::default_seccomp;
+pub use spec::build_spec;
+pub use user::resolve_user;

@@ -1,0 +1,120 @@
+//! What the caller asks of the container.
+
+use std::collections::BTreeMap;
+
+use crate::mounts::MountOption;
+
+/// The caller's options for one container; [`SpecOptions::new`] gives
+/// containerd's defaults.
+#[derive(Debug, Clone)]
+pub struct SpecOptions {
+    /// The berth namespace of the container (part of its cgroup path).
+    pub namespace: String,
+    /// The container id (its cgroup path and default hostname).
+    pub id: String,
+    /// When non-empty, replaces the image's `Cmd` (the entrypoint is kept).
+    pub args: Vec<String>,
+    /// When set, replaces the image's `Entrypoint` and drops its `Cmd`.
+    pub entrypoint: Option<Vec<String>>,
+    /// `KEY=VALUE` entries, overriding the image's of the same key.
+    pub env: Vec<String>,
+    /// The working directory (absolute); default: the image's, or `/`.
+    pub cwd: Option<String>,
+    /// `uid`, `uid:gid`, `name`, `name:group`, `uid:group` or `name:gid`;
+    /// default: the image's user, or root.
+    pub user: Option<String>,
+    /// The hostname; default: the id (truncated to 63 bytes).
+    pub hostname: Option<String>,
+    /// Give the process a terminal.
+    pub terminal: bool,
+    /// Mount the root filesystem read-only.
+    pub read_only_rootfs: bool,
+    /// Every capability, no seccomp, no masked or read-only paths.
+    pub privileged: bool,
+    /// Capabilities to add (`NET_ADMIN`, `CAP_NET_ADMIN`, `ALL`; any case).
+    pub cap_add: Vec<String>,
+    /// Capabilities to drop (same forms).
+    pub cap_drop: Vec<String>,
+    /// The seccomp profile.
+    pub seccomp: Seccomp,
+    /// Bind and tmpfs mounts, after (or instead of) the default ones.
+    pub mounts: Vec<MountOption>,
+    /// The memory limit in bytes (at least 6 MiB).
+    pub memory_bytes: Option<i64>,
+    /// The number of CPUs the container may use (CFS quota).
+    pub cpus: Option<f64>,
+    /// The maximum number of tasks.
+    pub pids_limit: Option<i64>,
+    /// The network namespace.
+    pub network: NetworkMode,
+    /// How the cgroup path is written.
+    pub cgroup: CgroupDriver,
+    /// The spec's annotations.
+    pub annotations: BTreeMap<String, String>,
+    /// Set `noNewPrivileges` on the process.
+    pub no_new_privileges: bool,
+}
+
+impl SpecOptions {
+    /// Options with containerd's defaults: the default seccomp profile, a
+    /// network namespace of its own, the cgroupfs driver, no new privileges,
+    /// and everything else empty or off.
+    pub fn new(namespace: &str, id: &str) -> SpecOptions {
+        SpecOptions {
+            namespace: namespace.to_string(),
+            id: id.to_string(),
+            args: Vec::new(),
+            entrypoint: None,
+            env: Vec::new(),
+            cwd: None,
+            user: None,
+            hostname: None,
+            terminal: false,
+            read_only_rootfs: false,
+            privileged: false,
+            cap_add: Vec::new(),
+            cap_drop: Vec::new(),
+            seccomp: Seccomp::Default,
+            mounts: Vec::new(),
+            memory_bytes: None,
+            cpus: None,
+            pids_limit: None,
+            network: NetworkMode::None,
+            cgroup: CgroupDriver::Cgroupfs,
+            annotations: BTreeMap::new(),
+            no_new_privileges: true,
+        }
+    }
+}
+
+/// The seccomp profile of a container.
+#[derive(Debug, Clone)]
+pub enum Seccomp {
+    /// berth's default profile (containerd's), adjusted to the container's
+    /// capabilities; none for a privileged container.
+    Default,
+    /// No seccomp filter.
+    Unconfined,
+    /// This profile, as given (also for a privileged container).
+    Profile(oci_spec::runtime::LinuxSeccomp),
+}
+
+/// The network of a container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NetworkMode {
+    /// A network namespace of its own (with only a loopback device until
+    /// something sets it up).
+    None,
+    /// The host's network and UTS namespaces, with the host's
+    /// `/etc/resolv.conf` and `/etc/hosts` bound read-only.
+    Host,
+}
+
+/// How runc is told where the container's cgroup is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CgroupDriver {
+    /// A path under the cgroup root: `/berth/<namespace>/<id>`.
+    Cgroupfs,
+    /// A systemd scope: `berth.slice:berth-<namespace>:<id>`.
+    Systemd,
+}

@@ -1,0 +1,234 @@
+//! The container's cgroup: its path and its limits.
+
+use oci_spec::runtime::{
+    LinuxCpu, LinuxDeviceCgroup, LinuxDeviceType, LinuxMemory, LinuxPids, LinuxResources,
+};
+
+use crate::error::{OciError, Result};
+use crate::options::{CgroupDriver, SpecOptions};
+
+/// docker's smallest memory limit: below it a container cannot even start.
+pub(crate) const MIN_MEMORY_BYTES: i64 = 6 << 20;
+
+/// The CFS period, in microseconds.
+const CPU_PERIOD: u64 = 100_000;
+
+/// The kernel's smallest CFS quota (1 ms), so `cpus` is at least 0.01.
+const MIN_CPU_QUOTA: i64 = 1_000;
+
+/// More CPUs than any machine has; keeps the quota far from overflowing.
+const MAX_CPUS: f64 = 65_536.0;
+
+/// Checks a namespace or container id used in the cgroup path: letters,
+/// digits, `.`, `_` and `-`, not `.` or `..`, at most 255 bytes.
+pub(crate) fn check_path_name(what: &str, name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 255
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(OciError::invalid(format!(
+            "{what} {name:?} may only have letters, digits, '.', '_' and '-'"
+        )))
+    }
+}
+
+/// `/berth/<namespace>/<id>` for cgroupfs; `berth.slice:berth-<namespace>:<id>`
+/// (runc's `slice:prefix:name`) for systemd.
+pub(crate) fn cgroups_path(options: &SpecOptions) -> Result<String> {
+    check_path_name("namespace", &options.namespace)?;
+    check_path_name("container id", &options.id)?;
+    Ok(match options.cgroup {
+        CgroupDriver::Cgroupfs => format!("/berth/{}/{}", options.namespace, options.id),
+        CgroupDriver::Systemd => format!("berth.slice:berth-{}:{}", options.namespace, options.id),
+    })
+}
+
+/// The device rules, memory, CPU and pids limits.
+pub(crate) fn linux_resources(options: &SpecOptions) -> Result<LinuxResources> {
+    let mut resources = LinuxResources::default();
+    resources.set_devices(Some(device_rules()));
+    if let Some(limit) = options.memory_bytes {
+        if limit < MIN_MEMORY_BYTES {
+            return Err(OciError::invalid(format!(
+                "memory limit {limit} is below the minimum of {MIN_MEMORY_BYTES} bytes (6 MiB)"
+            )));
+        }
+        let mut memory = LinuxMemory::default();
+        memory.set_limit(Some(limit));
+        resources.set_memory(Some(memory));
+    }
+    if let Some(cpus) = options.cpus {
+        let quota = cpu_quota(cpus)?;
+        let mut cpu = LinuxCpu::default();
+        cpu.set_quota(Some(quota));
+        cpu.set_period(Some(CPU_PERIOD));
+        resources.set_cpu(Some(cpu));
+    }
+    if let Some(limit) = options.pids_limit {
+        if limit <= 0 {
+            return Err(OciError::invalid(format!(
+                "pids limit {limit} must be greater than 0"
+            )));
+        }
+        let mut pids = LinuxPids::default();
+        pids.set_limit(limit);
+        resources.set_pids(Some(pids));
+    }
+    Ok(resources)
+}
+
+/// The CFS quota for `cpus` CPUs over [`CPU_PERIOD`].
+fn cpu_quota(cpus: f64) -> Result<i64> {
+    let bad = || {
+        OciError::invalid(format!(
+            "cpus {cpus} must be a number from 0.01 to {MAX_CPUS}"
+        ))
+    };
+    if !cpus.is_finite() || cpus <= 0.0 || cpus > MAX_CPUS {
+        return Err(bad());
+    }
+    // In range by the checks above: at most 65536 * 100000.
+    #[allow(clippy::cast_possible_truncation)]
+    let quota = (cpus * CPU_PERIOD as f64).round() as i64;
+    if quota < MIN_CPU_QUOTA {
+        return Err(bad());
+    }
+    Ok(quota)
+}
+
+/// containerd's device cgroup rules: deny everything, then allow the
+/// devices every container has (null, zero, full, random, urandom, tty,
+/// console, ptmx and the pts).
+fn device_rules() -> Vec<LinuxDeviceCgroup> {
+    let rule = |allow: bool, typ: LinuxDeviceType, major: Option<i64>, minor: Option<i64>| {
+        let mut r = LinuxDeviceCgroup::default();
+        r.set_allow(allow);
+        r.set_typ(Some(typ));
+        r.set_major(major);
+        r.set_minor(minor);
+        r.set_access(Some("rwm".to_string()));
+        r
+    };
+    let char_dev =
+        |major: i64, minor: Option<i64>| rule(true, LinuxDeviceType::C, Some(major), minor);
+    vec![
+        rule(false, LinuxDeviceType::A, None, None),
+        char_dev(1, Some(3)), // /dev/null
+        char_dev(1, Some(8)), // /dev/random
+        char_dev(1, Some(7)), // /dev/full
+        char_dev(5, Some(0)), // /dev/tty
+        char_dev(1, Some(5)), // /dev/zero
+        char_dev(1, Some(9)), // /dev/urandom
+        char_dev(5, Some(1)), // /dev/console
+        char_dev(136, None),  // /dev/pts/*
+        char_dev(5, Some(2)), // /dev/ptmx
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn options() -> SpecOptions {
+        SpecOptions::new("default", "web-1")
+    }
+
+    #[test]
+    fn cgroups_path_for_both_drivers() {
+        let mut o = options();
+        assert_eq!(cgroups_path(&o).unwrap(), "/berth/default/web-1");
+        o.cgroup = CgroupDriver::Systemd;
+        assert_eq!(cgroups_path(&o).unwrap(), "berth.slice:berth-default:web-1");
+    }
+
+    #[test]
+    fn cgroups_path_refuses_odd_names() {
+        for (ns, id) in [
+            ("default", ".."),
+            ("..", "x"),
+            ("default", "a/b"),
+            ("def ault", "x"),
+            ("", "x"),
+            ("default", ""),
+            ("default", "a:b"),
+        ] {
+            let o = SpecOptions::new(ns, id);
+            assert!(
+                matches!(cgroups_path(&o), Err(OciError::InvalidArgument(_))),
+                "{ns:?} {id:?}"
+            );
+        }
+        let long = "x".repeat(256);
+        assert!(cgroups_path(&SpecOptions::new("default", &long)).is_err());
+    }
+
+    #[test]
+    fn no_limits_by_default_but_device_rules() {
+        let r = linux_resources(&options()).unwrap();
+        assert!(r.memory().is_none() && r.cpu().is_none() && r.pids().is_none());
+        let devices = r.devices().clone().unwrap();
+        assert_eq!(devices.len(), 10);
+        assert!(!devices[0].allow());
+        assert_eq!(devices[0].typ(), Some(LinuxDeviceType::A));
+        assert_eq!(devices[0].access().as_deref(), Some("rwm"));
+        assert!(devices[1..].iter().all(|d| d.allow()));
+        let null = &devices[1];
+        assert_eq!(
+            (null.typ(), null.major(), null.minor()),
+            (Some(LinuxDeviceType::C), Some(1), Some(3))
+        );
+        assert!(devices
+            .iter()
+            .any(|d| d.major() == Some(136) && d.minor().is_none()));
+    }
+
+    #[test]
+    fn limits() {
+        let mut o = options();
+        o.memory_bytes = Some(512 << 20);
+        o.cpus = Some(1.5);
+        o.pids_limit = Some(100);
+        let r = linux_resources(&o).unwrap();
+        assert_eq!(r.memory().unwrap().limit(), Some(512 << 20));
+        assert_eq!(r.cpu().as_ref().unwrap().quota(), Some(150_000));
+        assert_eq!(r.cpu().as_ref().unwrap().period(), Some(100_000));
+        assert_eq!(r.pids().unwrap().limit(), 100);
+        o.cpus = Some(0.01);
+        assert_eq!(
+            linux_resources(&o).unwrap().cpu().as_ref().unwrap().quota(),
+            Some(1_000)
+        );
+        o.memory_bytes = Some(MIN_MEMORY_BYTES);
+        assert!(linux_resources(&o).is_ok());
+    }
+
+    #[test]
+    fn invalid_limits_are_refused() {
+        let check = |f: &dyn Fn(&mut SpecOptions)| {
+            let mut o = options();
+            f(&mut o);
+            assert!(matches!(
+                linux_resources(&o),
+                Err(OciError::InvalidArgument(_))
+            ));
+        };
+        check(&|o| o.memory_bytes = Some(0));
+        check(&|o| o.memory_bytes = Some(-1));
+        check(&|o| o.memory_bytes = Some(MIN_MEMORY_BYTES - 1));
+        check(&|o| o.cpus = Some(0.0));
+        check(&|o| o.cpus = Some(-1.0));
+        check(&|o| o.cpus = Some(0.004));
+        check(&|o| o.cpus = Some(f64::NAN));
+        check(&|o| o.cpus = Some(f64::INFINITY));
+        check(&|o| o.cpus = Some(1e300));
+        check(&|o| o.pids_limit = Some(0));
+        check(&|o| o.pids_limit = Some(-1));
+    }
+}

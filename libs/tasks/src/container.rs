@@ -1,0 +1,210 @@
+//! A container from an image, as `berth run` and `berth containers create`
+//! make it (containerd's `NewContainer` with `WithNewSnapshot` and
+//! `WithNewSpec`): the image's config read from the content store, an
+//! active snapshot prepared on its layers, the OCI spec built from the
+//! config and the caller's options (berth-oci), and the record in metad.
+//! Whatever was made is undone when a later step fails.
+
+use std::collections::HashMap;
+
+use berth_content::ContentStore;
+use berth_errdefs::{Error, ErrorKind, Result};
+use berth_image::{Matcher, Platform};
+use berth_metadata::{Any, Container, ContainerStore, ImageStore, Runtime};
+use berth_oci::{HostRootfs, ImageDefaults, NoRootfsFiles, OciError, RootfsFiles, SpecOptions};
+use berth_snapshot::Snapshotter;
+
+/// The type containerd gives a spec in a container record.
+pub const SPEC_TYPE: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
+/// The runtime `berth run` uses unless told otherwise.
+pub const DEFAULT_RUNTIME: &str = "io.containerd.berth.v2";
+
+/// The services a container is made from.
+#[derive(Clone, Copy)]
+pub struct ContainerServices<'a> {
+    pub content: &'a dyn ContentStore,
+    pub images: &'a dyn ImageStore,
+    /// The snapshotter the container's snapshot is prepared in.
+    pub snapshots: &'a dyn Snapshotter,
+    pub snapshotter: &'a str,
+    pub containers: &'a dyn ContainerStore,
+    /// Unpacks the image when its snapshots are not there yet (an image
+    /// imported or pulled without unpacking); None: such an image fails.
+    pub unpacker: Option<&'a dyn berth_image::Unpacker>,
+}
+
+impl std::fmt::Debug for ContainerServices<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ContainerServices")
+            .field("snapshotter", &self.snapshotter)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What to make.
+#[derive(Debug, Clone)]
+pub struct NewContainer {
+    /// An image name recorded in metad (or a manifest/index digest).
+    pub image: String,
+    pub runtime: Runtime,
+    pub labels: HashMap<String, String>,
+    /// The id, namespace and every run option; `options.id` is the
+    /// container's id and its snapshot's key.
+    pub options: SpecOptions,
+    /// Where a temporary read-only view of the image is mounted to read
+    /// its /etc/passwd and /etc/group (needed only for a user given by
+    /// name).
+    pub scratch: std::path::PathBuf,
+}
+
+pub fn oci_error(err: OciError) -> Error {
+    match err {
+        OciError::InvalidArgument(m) => Error::invalid_argument(m),
+        OciError::NotFound(m) => Error::not_found(m),
+        OciError::Io { context, source } => Error::io(context, &source),
+        OciError::Build(m) => Error::internal(m),
+    }
+}
+
+/// Whether a user string names a user or group (not only numbers).
+fn names_someone(user: &str) -> bool {
+    !user.is_empty()
+        && user
+            .split(':')
+            .any(|part| !part.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Makes the container: reads the image, prepares its snapshot, builds its
+/// spec and records it. Returns the record.
+pub async fn create_container(
+    services: ContainerServices<'_>,
+    namespace: &str,
+    new: NewContainer,
+) -> Result<Container> {
+    let id = new.options.id.clone();
+    berth_ids::validate_id(&id).map_err(|e| Error::invalid_argument(e.to_string()))?;
+    let root = berth_image::store::image_root(services.images, namespace, &new.image).await?;
+    let matcher = Matcher::new(vec![Platform::host()]);
+    let resolved =
+        berth_image::store::resolve_manifest(services.content, namespace, &root, &matcher).await?;
+    let config =
+        berth_image::store::read_config(services.content, namespace, &resolved.manifest).await?;
+    let chain = berth_snapshot::chain_ids(&config.diff_ids);
+    let parent = chain.last().map(ToString::to_string);
+    if let (Some(top), Some(unpacker)) = (&parent, services.unpacker) {
+        match services.snapshots.stat(namespace, top).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                berth_image::unpack(
+                    services.content,
+                    unpacker,
+                    namespace,
+                    &root,
+                    &matcher,
+                    &berth_image::UnpackOptions::default(),
+                )
+                .await?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let defaults = ImageDefaults::from_config(&config.spec);
+
+    // The user's names are looked up in the image itself, through a
+    // read-only view of its layers.
+    let user = new.options.user.clone().unwrap_or(defaults.user.clone());
+    let spec = if names_someone(&user) {
+        let view_key = format!("{id}-user-view");
+        let mounts = services
+            .snapshots
+            .view(namespace, &view_key, parent.as_deref(), HashMap::new())
+            .await
+            .map_err(|e| e.context("a view of the image to look up its users"))?;
+        let built = (|| {
+            std::fs::create_dir_all(&new.scratch)
+                .map_err(|e| Error::io(format!("creating {}", new.scratch.display()), &e))?;
+            let mounted = berth_mount::TempMount::new(&mounts, &new.scratch)
+                .map_err(|e| e.context("mounting a view of the image"))?;
+            let files = HostRootfs::new(mounted.path());
+            berth_oci::build_spec(&defaults, &new.options, &files as &dyn RootfsFiles)
+                .map_err(oci_error)
+        })();
+        let _ = services.snapshots.remove(namespace, &view_key).await;
+        built?
+    } else {
+        berth_oci::build_spec(&defaults, &new.options, &NoRootfsFiles).map_err(oci_error)?
+    };
+    let spec_json = serde_json::to_vec(&spec)
+        .map_err(|e| Error::internal(format!("encoding the spec: {e}")))?;
+
+    services
+        .snapshots
+        .prepare(namespace, &id, parent.as_deref(), HashMap::new())
+        .await
+        .map_err(|e| e.context(format!("preparing the snapshot of {id}")))?;
+    let record = Container {
+        id: id.clone(),
+        labels: new.labels.clone(),
+        image: new.image.clone(),
+        runtime: new.runtime.clone(),
+        spec: Some(Any {
+            type_url: SPEC_TYPE.to_string(),
+            value: spec_json,
+        }),
+        snapshotter: services.snapshotter.to_string(),
+        snapshot_key: id.clone(),
+        created_at: std::time::SystemTime::now(),
+        updated_at: std::time::SystemTime::now(),
+        extensions: Default::default(),
+        sandbox: String::new(),
+    };
+    match services.containers.create(namespace, record).await {
+        Ok(created) => Ok(created),
+        Err(e) => {
+            // The id was taken (or metad failed): the snapshot we prepared
+            // goes, unless it was someone else's all along.
+            if e.kind() != ErrorKind::AlreadyExists {
+                let _ = services.snapshots.remove(namespace, &id).await;
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Removes a container's record and then its snapshot (a snapshot already
+/// gone is fine).
+pub async fn remove_container(
+    services: ContainerServices<'_>,
+    namespace: &str,
+    id: &str,
+) -> Result<()> {
+    let record = services.containers.get(namespace, id).await?;
+    services.containers.delete(namespace, id).await?;
+    if !record.snapshot_key.is_empty() {
+        match services
+            .snapshots
+            .remove(namespace, &record.snapshot_key)
+            .await
+        {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(e.context(format!("removing the snapshot of {id}"))),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_user_names_need_the_images_files() {
+        assert!(!names_someone(""));
+        assert!(!names_someone("0"));
+        assert!(!names_someone("1234:1234"));
+        assert!(names_someone("nobody"));
+        assert!(names_someone("1000:staff"));
+        assert!(names_someone("www-data:33"));
+    }
+}
