@@ -82,7 +82,7 @@ fn assert_nothing_left(stack: &Stack) {
         .filter(|s| s["kind"] != "committed")
         .collect();
     assert!(active.is_empty(), "snapshots left: {active:?}");
-    let bundles = stack.taskd.state.join("default");
+    let bundles = stack.taskd.state.join("bundles").join("default");
     let left: Vec<_> = std::fs::read_dir(&bundles)
         .map(|d| d.flatten().map(|e| e.file_name()).collect())
         .unwrap_or_default();

@@ -83,12 +83,13 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(config: DaemonConfig, peers: SocketPeers, debug: bool) -> anyhow::Result<()> {
-    let bundles = config.state.clone();
+    let bundles = config.state.join("bundles");
     let relay = Relay::start(Arc::new(MetadSink::new(&peers.metad)), &bundles);
     let executable = std::env::current_exe().context("finding taskd's executable")?;
     let manager = TaskManager::new(
         ManagerConfig {
-            state: bundles,
+            bundles,
+            runtime_root: config.state.join("runc"),
             address: config.address.clone(),
             beside: executable.parent().map(PathBuf::from),
             publish_binary: executable,

@@ -38,8 +38,11 @@ const DEAD_SHIM_STATUS: u32 = 128 + 9;
 /// How taskd runs shims.
 #[derive(Debug, Clone)]
 pub struct ManagerConfig {
-    /// Where bundles live: `<state>/<namespace>/<id>`.
-    pub state: PathBuf,
+    /// Where bundles live: `<bundles>/<namespace>/<id>`.
+    pub bundles: PathBuf,
+    /// runc's `--root` for the runc shims taskd gives options to; outside
+    /// `bundles`, where it would look like a namespace.
+    pub runtime_root: PathBuf,
     /// taskd's socket: the shims' `-address` and `TTRPC_ADDRESS`.
     pub address: PathBuf,
     /// taskd's executable (`-publish-binary`).
@@ -233,12 +236,7 @@ impl TaskManager {
             return None;
         }
         let options = containerd_shim_protos::shim::oci::Options {
-            root: self
-                .config
-                .state
-                .join("runc")
-                .to_string_lossy()
-                .into_owned(),
+            root: self.config.runtime_root.to_string_lossy().into_owned(),
             ..Default::default()
         };
         use containerd_shim_protos::protobuf::Message;
@@ -351,7 +349,7 @@ impl TaskManager {
     /// shim that does not is cleaned up after.
     pub async fn recover(self: &Arc<TaskManager>) {
         let bundles = {
-            let state = self.config.state.clone();
+            let state = self.config.bundles.clone();
             tokio::task::spawn_blocking(move || Bundle::list(&state))
                 .await
                 .unwrap_or_default()
@@ -433,7 +431,7 @@ impl TaskManager {
         namespace: &str,
         request: CreateTask,
     ) -> Result<u32> {
-        let bundle = Bundle::locate(&self.config.state, namespace, &request.container_id)?;
+        let bundle = Bundle::locate(&self.config.bundles, namespace, &request.container_id)?;
         validate_stdio(&request.stdio)?;
         let container = self.peers.container(namespace, &bundle.id).await?;
         let binary = shim::resolve(

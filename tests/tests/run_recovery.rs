@@ -1,0 +1,291 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+//! Restarts and failures around running containers: taskd SIGKILLed and
+//! restarted (tasks found again, an exit missed while it was down reported
+//! once), a shim that dies (cleaned up, reported stopped), and contentd,
+//! snapd and metad SIGKILLed under running containers (untouched).
+
+use std::io::BufRead;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use berth_e2e::images::{run_image_archive, RUN_IMAGE};
+use berth_e2e::stack::Stack;
+use berth_e2e::{on_path, require};
+
+fn prerequisites() -> bool {
+    require(
+        nix::unistd::Uid::effective().is_root(),
+        "running containers needs root",
+    ) && require(on_path("runc"), "runc is not installed")
+        && require(
+            Path::new("/bin/busybox").exists(),
+            "busybox-static is not installed",
+        )
+}
+
+/// A stack with the run image imported; its containers are force-removed
+/// when it goes, also when a test fails half-way.
+struct Setup {
+    stack: Stack,
+    _dir: tempfile::TempDir,
+}
+
+impl Setup {
+    fn new() -> Setup {
+        let dir = tempfile::Builder::new()
+            .prefix("berth-recovery-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let archive = run_image_archive(dir.path());
+        let stack = Stack::start(&dir.path().join("stack"));
+        let (ok, _, err) = stack.berth(&["import", archive.to_str().unwrap()]);
+        assert!(ok, "import: {err}");
+        Setup { stack, _dir: dir }
+    }
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        let (_, tasks, _) = self.stack.berth(&["tasks", "ls", "-q"]);
+        for id in tasks.lines() {
+            let _ = self.stack.berth(&["tasks", "rm", "--force", id]);
+        }
+        let (_, containers, _) = self.stack.berth(&["containers", "ls", "-q"]);
+        for id in containers.lines() {
+            let _ = self.stack.berth(&["containers", "rm", id]);
+        }
+    }
+}
+
+fn tasks(stack: &Stack) -> Vec<(String, u32, String)> {
+    stack
+        .berth_json(&["tasks", "ls"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["id"].as_str().unwrap().to_string(),
+                t["pid"].as_u64().unwrap() as u32,
+                t["status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn run_detached(stack: &Stack, id: &str, command: &[&str]) {
+    let mut args = vec!["run", "-d", "--name", id, RUN_IMAGE];
+    args.extend_from_slice(command);
+    let (ok, _, err) = stack.berth(&args);
+    assert!(ok, "run -d {id}: {err}");
+}
+
+/// `berth events` for one topic, collected in the background.
+struct Events {
+    child: std::process::Child,
+    lines: Arc<Mutex<Vec<serde_json::Value>>>,
+}
+
+impl Events {
+    fn watch(stack: &Stack, topic: &str) -> Events {
+        let filter = format!("topic==\"{topic}\"");
+        let mut child = stack.spawn_berth(&["--format", "json", "events", "--filter", &filter]);
+        let stdout = child.stdout.take().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if let Ok(value) = serde_json::from_str(&line) {
+                    sink.lock().unwrap().push(value);
+                }
+            }
+        });
+        // The subscription is live once metad has it; a little settling
+        // time is enough on any machine, and an event missed by starting
+        // late would fail the test, not pass it.
+        std::thread::sleep(Duration::from_millis(300));
+        Events { child, lines }
+    }
+
+    fn about(&self, container: &str) -> Vec<serde_json::Value> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e["event"]["container_id"] == container)
+            .cloned()
+            .collect()
+    }
+}
+
+impl Drop for Events {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_restarted_taskd_finds_every_task_and_reports_a_missed_exit_once() {
+    if !prerequisites() {
+        return;
+    }
+    let mut setup = Setup::new();
+    let exits = Events::watch(&setup.stack, "/tasks/exit");
+    let stack = &mut setup.stack;
+    for i in 0..10 {
+        run_detached(stack, &format!("c{i}"), &["sleep", "1000"]);
+    }
+    run_detached(stack, "brief", &["sleep", "1000"]);
+    wait_until("11 running tasks", || {
+        tasks(stack).iter().filter(|t| t.2 == "RUNNING").count() == 11
+    });
+    let before = tasks(stack);
+    let brief_pid = before.iter().find(|t| t.0 == "brief").unwrap().1;
+
+    stack.taskd.kill();
+    // While taskd is down, one container ends.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(brief_pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    stack.taskd.restart();
+
+    let after = tasks(stack);
+    assert_eq!(after.len(), 11, "{after:?}");
+    for (id, pid, status) in &before {
+        let now = after.iter().find(|t| &t.0 == id).unwrap();
+        assert_eq!(now.1, *pid, "{id}'s pid changed");
+        if id == "brief" {
+            assert_eq!(now.2, "STOPPED");
+        } else {
+            assert_eq!(&now.2, status);
+        }
+    }
+    wait_until("brief's exit event", || !exits.about("brief").is_empty());
+    // Give a duplicate (a shim retrying, a second report) time to show.
+    std::thread::sleep(Duration::from_secs(3));
+    let reported = exits.about("brief");
+    assert_eq!(reported.len(), 1, "{reported:?}");
+    assert_eq!(reported[0]["event"]["exit_status"], 137);
+
+    // The found tasks work as before.
+    let out = stack
+        .command(&["tasks", "exec", "c3", "sh", "-c", "echo alive"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "alive\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (ok, _, err) = stack.berth(&["tasks", "kill", "-s", "KILL", "c4"]);
+    assert!(ok, "{err}");
+    let (_, status, _) = stack.berth(&["tasks", "wait", "c4"]);
+    assert_eq!(status.trim(), "137");
+    let (ok, _, err) = stack.berth(&["tasks", "rm", "brief"]);
+    assert!(ok, "{err}");
+}
+
+#[test]
+fn a_shim_that_dies_is_cleaned_up_and_its_task_reported_stopped() {
+    if !prerequisites() {
+        return;
+    }
+    let setup = Setup::new();
+    let stack = &setup.stack;
+    let exits = Events::watch(stack, "/tasks/exit");
+    run_detached(stack, "orphan", &["sleep", "1000"]);
+    wait_until("orphan running", || {
+        tasks(stack)
+            .iter()
+            .any(|t| t.0 == "orphan" && t.2 == "RUNNING")
+    });
+    let container_pid = tasks(stack)[0].1;
+    let bundle = stack
+        .taskd
+        .state
+        .join("bundles")
+        .join("default")
+        .join("orphan");
+    let shim = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .find_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let cwd = std::fs::read_link(e.path().join("cwd")).ok()?;
+            let exe = std::fs::read_link(e.path().join("exe")).ok()?;
+            (cwd == bundle && exe.to_string_lossy().contains("containerd-shim")).then_some(pid)
+        })
+        .expect("the shim runs in the bundle");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(shim),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait_until("the task to go", || tasks(stack).is_empty());
+    wait_until("the bundle to go", || !bundle.exists());
+    wait_until("the container's process to go", || {
+        !Path::new(&format!("/proc/{container_pid}")).exists()
+    });
+    wait_until("an exit event", || !exits.about("orphan").is_empty());
+    let (ok, _, err) = stack.berth(&["containers", "rm", "orphan"]);
+    assert!(ok, "{err}");
+}
+
+#[test]
+fn restarting_contentd_snapd_and_metad_leaves_running_containers_alone() {
+    if !prerequisites() {
+        return;
+    }
+    let mut setup = Setup::new();
+    let stack = &mut setup.stack;
+    run_detached(stack, "steady", &["sleep", "1000"]);
+    wait_until("steady running", || {
+        tasks(stack)
+            .iter()
+            .any(|t| t.0 == "steady" && t.2 == "RUNNING")
+    });
+    let pid = tasks(stack)[0].1;
+    for which in ["contentd", "snapd", "metad"] {
+        let daemon = match which {
+            "contentd" => &mut stack.contentd,
+            "snapd" => &mut stack.snapd,
+            _ => &mut stack.metad,
+        };
+        daemon.kill();
+        daemon.restart();
+        let now = tasks(stack);
+        assert_eq!(
+            now,
+            vec![("steady".to_string(), pid, "RUNNING".to_string())],
+            "after {which}"
+        );
+        let out = stack
+            .command(&["tasks", "exec", "steady", "sh", "-c", "echo ok"])
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "ok\n",
+            "after {which}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
