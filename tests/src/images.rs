@@ -241,7 +241,7 @@ pub fn run_image_archive(dir: &Path) -> PathBuf {
     );
     for applet in [
         "cat", "echo", "grep", "head", "hostname", "id", "ls", "sleep", "stat", "true", "wc",
-        "readlink", "touch", "mount", "unshare", "env", "pwd",
+        "readlink", "touch", "mount", "unshare", "env", "pwd", "stty", "tty",
     ] {
         std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
     }

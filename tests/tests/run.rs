@@ -333,3 +333,375 @@ fn detached_containers_take_exec_pause_ps_kill_and_log_to_a_file() {
     let (ok, _, err) = stack.berth(&["containers", "rm", "web"]);
     assert!(ok, "{err}");
 }
+
+/// containerd 2.2.7's Go runc shim, built for the tests (see
+/// ../shared/peers/README.md).
+fn peer_shim() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/peers/bin/containerd-shim-runc-v2")
+}
+
+/// The runtimes every scenario below runs through: berth's shim, Debian's
+/// Go shim (containerd 1.6) and containerd 2.2.7's.
+fn runtimes() -> Vec<String> {
+    let mut runtimes = vec!["io.containerd.berth.v2".to_string()];
+    if require(
+        on_path("containerd-shim-runc-v2"),
+        "Debian's containerd-shim-runc-v2 is not installed",
+    ) {
+        runtimes.push("io.containerd.runc.v2".to_string());
+    }
+    let peer = peer_shim();
+    if require(
+        peer.exists(),
+        "../shared/peers/bin/containerd-shim-runc-v2 is missing",
+    ) {
+        runtimes.push(peer.canonicalize().unwrap().display().to_string());
+    }
+    runtimes
+}
+
+#[test]
+fn every_shim_runs_execs_kills_and_cleans_up_through_taskd() {
+    if !prerequisites() {
+        return;
+    }
+    let (_dir, stack) = setup();
+    for (n, runtime) in runtimes().iter().enumerate() {
+        let out = run(
+            &stack,
+            &[
+                "run",
+                "--rm",
+                "--runtime",
+                runtime,
+                RUN_IMAGE,
+                "sh",
+                "-c",
+                "echo out; grep -E '^(CapInh|NoNewPrivs):' /proc/1/status; exit 7",
+            ],
+        );
+        let stdout = text(&out.stdout);
+        assert_eq!(
+            out.status.code(),
+            Some(7),
+            "{runtime}: {}",
+            text(&out.stderr)
+        );
+        assert!(stdout.starts_with("out\n"), "{runtime}: {stdout}");
+        assert!(
+            stdout.contains("CapInh:\t0000000000000000"),
+            "{runtime}: {stdout}"
+        );
+        assert!(stdout.contains("NoNewPrivs:\t1"), "{runtime}: {stdout}");
+        assert_nothing_left(&stack);
+
+        let id = format!("shim{n}");
+        let out = run(
+            &stack,
+            &[
+                "run",
+                "-d",
+                "--runtime",
+                runtime,
+                "--name",
+                &id,
+                RUN_IMAGE,
+                "sleep",
+                "1000",
+            ],
+        );
+        assert!(out.status.success(), "{runtime}: {}", text(&out.stderr));
+        wait_for_status(&stack, &id, "RUNNING");
+        // The task is served by the shim asked for.
+        let bundle = stack.taskd.state.join("bundles").join("default").join(&id);
+        let shims: Vec<PathBuf> = processes_under(&bundle)
+            .into_iter()
+            .filter_map(|(pid, _)| std::fs::read_link(format!("/proc/{pid}/exe")).ok())
+            .filter(|exe| exe.to_string_lossy().contains("containerd-shim"))
+            .collect();
+        let wanted = match runtime.as_str() {
+            "io.containerd.berth.v2" => "containerd-shim-berth-v2".to_string(),
+            "io.containerd.runc.v2" => "/usr/bin/containerd-shim-runc-v2".to_string(),
+            path => path.to_string(),
+        };
+        assert!(
+            shims
+                .iter()
+                .any(|exe| exe.to_string_lossy().ends_with(&wanted)),
+            "{runtime}: shims in the bundle: {shims:?}"
+        );
+        let out = run(
+            &stack,
+            &["tasks", "exec", &id, "sh", "-c", "echo exec-out; exit 4"],
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(4),
+            "{runtime}: {}",
+            text(&out.stderr)
+        );
+        assert_eq!(text(&out.stdout), "exec-out\n", "{runtime}");
+        let (ok, _, err) = stack.berth(&["tasks", "pause", &id]);
+        assert!(ok, "{runtime}: {err}");
+        wait_for_status(&stack, &id, "PAUSED");
+        let (ok, _, err) = stack.berth(&["tasks", "resume", &id]);
+        assert!(ok, "{runtime}: {err}");
+        let ps = stack.berth_json(&["tasks", "ps", &id]);
+        assert!(!ps.as_array().unwrap().is_empty(), "{runtime}: {ps}");
+        let metrics = stack.berth_json(&["tasks", "metrics", &id]);
+        assert!(
+            metrics[0]["type"]
+                .as_str()
+                .unwrap_or("")
+                .contains("cgroups"),
+            "{runtime}: {metrics}"
+        );
+        let (ok, _, err) = stack.berth(&["tasks", "kill", "-s", "KILL", &id]);
+        assert!(ok, "{runtime}: {err}");
+        let (_, status, _) = stack.berth(&["tasks", "wait", &id]);
+        assert_eq!(status.trim(), "137", "{runtime}");
+        let (ok, _, err) = stack.berth(&["tasks", "rm", &id]);
+        assert!(ok, "{runtime}: {err}");
+        let (ok, _, err) = stack.berth(&["containers", "rm", &id]);
+        assert!(ok, "{runtime}: {err}");
+        assert_nothing_left(&stack);
+    }
+}
+
+/// A file of the container's cgroup, read from the host: cgroup v2 at
+/// /sys/fs/cgroup/<path>, v1 under each controller's hierarchy.
+fn cgroup_file(controller: &str, id: &str, file_v1: &str, file_v2: &str) -> String {
+    let unified = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    let path = if unified {
+        PathBuf::from(format!("/sys/fs/cgroup/berth/default/{id}/{file_v2}"))
+    } else {
+        PathBuf::from(format!(
+            "/sys/fs/cgroup/{controller}/berth/default/{id}/{file_v1}"
+        ))
+    };
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn resource_limits_reach_the_containers_cgroup() {
+    if !prerequisites() {
+        return;
+    }
+    let (_dir, stack) = setup();
+    let out = run(
+        &stack,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "limited",
+            "--memory",
+            "64m",
+            "--cpus",
+            "0.5",
+            "--pids-limit",
+            "42",
+            RUN_IMAGE,
+            "sleep",
+            "1000",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    wait_for_status(&stack, "limited", "RUNNING");
+    let memory = cgroup_file("memory", "limited", "memory.limit_in_bytes", "memory.max");
+    let quota = cgroup_file("cpu", "limited", "cpu.cfs_quota_us", "cpu.max");
+    let pids = cgroup_file("pids", "limited", "pids.max", "pids.max");
+    let (ok, _, err) = stack.berth(&["tasks", "kill", "-s", "KILL", "limited"]);
+    assert!(ok, "{err}");
+    let (_, status, _) = stack.berth(&["tasks", "wait", "limited"]);
+    assert_eq!(status.trim(), "137");
+    for (ok, _, err) in [
+        stack.berth(&["tasks", "rm", "limited"]),
+        stack.berth(&["containers", "rm", "limited"]),
+    ] {
+        assert!(ok, "{err}");
+    }
+    assert_eq!(memory, (64 << 20).to_string());
+    assert!(
+        quota == "50000" || quota == "50000 100000",
+        "cpu quota {quota}"
+    );
+    assert_eq!(pids, "42");
+    // Nonsense is refused before anything is made.
+    for bad in [["--memory", "lots"], ["--cpus", "0"], ["--pids-limit", "0"]] {
+        let mut args = vec!["run", "--rm"];
+        args.extend_from_slice(&bad);
+        args.extend_from_slice(&[RUN_IMAGE, "true"]);
+        let out = run(&stack, &args);
+        assert!(!out.status.success(), "{bad:?} accepted");
+    }
+    assert_nothing_left(&stack);
+}
+
+#[test]
+fn bind_mounts_are_read_only_or_writable_as_asked_and_stdin_is_forwarded() {
+    if !prerequisites() {
+        return;
+    }
+    let (dir, stack) = setup();
+    let shared = dir.path().join("shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    std::fs::write(shared.join("hello"), "from the host\n").unwrap();
+    let ro = format!("{}:/data:ro", shared.display());
+    let out = run(
+        &stack,
+        &[
+            "run",
+            "--rm",
+            "-v",
+            &ro,
+            RUN_IMAGE,
+            "sh",
+            "-c",
+            "cat /data/hello; touch /data/new && echo wrote",
+        ],
+    );
+    assert_eq!(
+        text(&out.stdout),
+        "from the host\n",
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!shared.join("new").exists());
+    let rw = format!("type=bind,src={},dst=/data", shared.display());
+    let out = run(
+        &stack,
+        &[
+            "run",
+            "--rm",
+            "--mount",
+            &rw,
+            RUN_IMAGE,
+            "sh",
+            "-c",
+            "echo written > /data/new",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        std::fs::read_to_string(shared.join("new")).unwrap(),
+        "written\n"
+    );
+    // A relative destination is refused.
+    let bad = format!("{}:data", shared.display());
+    assert!(
+        !run(&stack, &["run", "--rm", "-v", &bad, RUN_IMAGE, "true"])
+            .status
+            .success()
+    );
+
+    // -i: stdin reaches the container, and its end ends `cat`.
+    let mut child = stack
+        .command(&["run", "--rm", "-i", RUN_IMAGE, "sh", "-c", "cat; echo done"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"line one\nline two\n").unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "line one\nline two\ndone\n");
+    assert_nothing_left(&stack);
+}
+
+/// Runs `berth ARGS` on a new pseudo terminal of 99x33 (python's pty
+/// module holds the master), resizes it to 120x40 once the container has
+/// printed `ready`, and returns everything the terminal showed.
+const PTY_DRIVER: &str = r#"
+import fcntl, os, select, struct, subprocess, sys, termios, time
+master, slave = os.openpty()
+fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 99, 0, 0))
+def controlling():
+    os.setsid()
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+child = subprocess.Popen(sys.argv[1:], stdin=slave, stdout=slave, stderr=slave, preexec_fn=controlling)
+os.close(slave)
+seen = b""
+resized = False
+deadline = time.time() + 60
+while time.time() < deadline:
+    ready, _, _ = select.select([master], [], [], 0.2)
+    if ready:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        seen += chunk
+    if not resized and b"ready" in seen:
+        fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+        resized = True
+    if child.poll() is not None and not ready:
+        break
+child.wait()
+sys.stdout.write(seen.decode(errors="replace"))
+sys.stdout.write("\nEXIT %d\n" % child.returncode)
+"#;
+
+#[test]
+fn a_terminal_under_t_has_our_size_and_follows_resizes() {
+    if !prerequisites() || !require(on_path("python3"), "python3 is not installed") {
+        return;
+    }
+    let (_dir, stack) = setup();
+    let berth = stack.command(&[]);
+    let mut python = std::process::Command::new("python3");
+    python.arg("-c").arg(PTY_DRIVER).arg(berth.get_program());
+    for (key, value) in berth.get_envs() {
+        match value {
+            Some(value) => python.env(key, value),
+            None => python.env_remove(key),
+        };
+    }
+    let script = "tty; stty size; echo ready; \
+                  while [ \"$(stty size)\" != \"40 120\" ]; do sleep 0.1; done; \
+                  echo resized; exit 6";
+    let out = python
+        .args(["run", "--rm", "-t", RUN_IMAGE, "sh", "-c", script])
+        .output()
+        .unwrap();
+    let shown = text(&out.stdout);
+    assert!(shown.contains("/dev/pts/"), "no terminal inside: {shown}");
+    assert!(shown.contains("33 99"), "size not passed in: {shown}");
+    assert!(shown.contains("resized"), "resize not seen inside: {shown}");
+    assert!(shown.contains("EXIT 6"), "{shown} {}", text(&out.stderr));
+    assert_nothing_left(&stack);
+}
+
+#[test]
+fn fifty_runs_in_a_row_leave_no_shim_mount_cgroup_or_bundle() {
+    if !prerequisites() {
+        return;
+    }
+    let (_dir, stack) = setup();
+    for i in 0..50 {
+        let name = format!("churn{i}");
+        let out = run(&stack, &["run", "--rm", "--name", &name, RUN_IMAGE, "true"]);
+        assert!(out.status.success(), "run {i}: {}", text(&out.stderr));
+    }
+    assert_nothing_left(&stack);
+    let left: Vec<PathBuf> = std::fs::read_dir("/sys/fs/cgroup")
+        .unwrap()
+        .flatten()
+        .flat_map(|controller| {
+            (0..50).map(move |i| controller.path().join(format!("berth/default/churn{i}")))
+        })
+        .chain((0..50).map(|i| PathBuf::from(format!("/sys/fs/cgroup/berth/default/churn{i}"))))
+        .filter(|path| path.exists())
+        .collect();
+    assert!(left.is_empty(), "cgroups left: {left:?}");
+}

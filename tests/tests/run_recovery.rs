@@ -150,8 +150,33 @@ fn a_restarted_taskd_finds_every_task_and_reports_a_missed_exit_once() {
         run_detached(stack, &format!("c{i}"), &["sleep", "1000"]);
     }
     run_detached(stack, "brief", &["sleep", "1000"]);
-    wait_until("11 running tasks", || {
-        tasks(stack).iter().filter(|t| t.2 == "RUNNING").count() == 11
+    // The Go shims are found again too.
+    let mut go_shims = Vec::new();
+    if on_path("containerd-shim-runc-v2") {
+        go_shims.push(("go16", "io.containerd.runc.v2".to_string()));
+    }
+    let peer = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/peers/bin/containerd-shim-runc-v2");
+    if peer.exists() {
+        go_shims.push(("go22", peer.canonicalize().unwrap().display().to_string()));
+    }
+    for (id, runtime) in &go_shims {
+        let (ok, _, err) = stack.berth(&[
+            "run",
+            "-d",
+            "--runtime",
+            runtime,
+            "--name",
+            id,
+            RUN_IMAGE,
+            "sleep",
+            "1000",
+        ]);
+        assert!(ok, "{runtime}: {err}");
+    }
+    let running = 11 + go_shims.len();
+    wait_until("every task running", || {
+        tasks(stack).iter().filter(|t| t.2 == "RUNNING").count() == running
     });
     let before = tasks(stack);
     let brief_pid = before.iter().find(|t| t.0 == "brief").unwrap().1;
@@ -167,7 +192,7 @@ fn a_restarted_taskd_finds_every_task_and_reports_a_missed_exit_once() {
     stack.taskd.restart();
 
     let after = tasks(stack);
-    assert_eq!(after.len(), 11, "{after:?}");
+    assert_eq!(after.len(), running, "{after:?}");
     for (id, pid, status) in &before {
         let now = after.iter().find(|t| &t.0 == id).unwrap();
         assert_eq!(now.1, *pid, "{id}'s pid changed");
@@ -185,16 +210,24 @@ fn a_restarted_taskd_finds_every_task_and_reports_a_missed_exit_once() {
     assert_eq!(reported[0]["event"]["exit_status"], 137);
 
     // The found tasks work as before.
-    let out = stack
-        .command(&["tasks", "exec", "c3", "sh", "-c", "echo alive"])
-        .output()
-        .unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        "alive\n",
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    for id in ["c3"].into_iter().chain(go_shims.iter().map(|(id, _)| *id)) {
+        let out = stack
+            .command(&["tasks", "exec", id, "sh", "-c", "echo alive"])
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "alive\n",
+            "{id}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if id != "c3" {
+            let (ok, _, err) = stack.berth(&["tasks", "kill", "-s", "KILL", id]);
+            assert!(ok, "{id}: {err}");
+            let (_, status, _) = stack.berth(&["tasks", "wait", id]);
+            assert_eq!(status.trim(), "137", "{id}");
+        }
+    }
     let (ok, _, err) = stack.berth(&["tasks", "kill", "-s", "KILL", "c4"]);
     assert!(ok, "{err}");
     let (_, status, _) = stack.berth(&["tasks", "wait", "c4"]);

@@ -196,3 +196,54 @@ pub fn new_id() -> Result<String> {
     getrandom(&mut random)?;
     Ok(hex(&random))
 }
+
+/// This terminal's size (columns, rows), if stdin or stdout is one.
+pub fn terminal_size() -> Option<(u16, u16)> {
+    for fd in [libc::STDIN_FILENO, libc::STDOUT_FILENO] {
+        let mut size = libc::winsize {
+            ws_row: 0,
+            ws_col: 0,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCGWINSZ writes one winsize into the struct we own; fd
+        // is one of the standard descriptors, valid for the whole process.
+        let rc = unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut size) };
+        if rc == 0 && size.ws_col > 0 {
+            return Some((size.ws_col, size.ws_row));
+        }
+    }
+    None
+}
+
+/// Our terminal in raw mode (keys go to the container as they are typed,
+/// ^C included) until dropped.
+pub struct RawMode {
+    saved: nix::sys::termios::Termios,
+}
+
+impl std::fmt::Debug for RawMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawMode").finish_non_exhaustive()
+    }
+}
+
+impl RawMode {
+    /// None when stdin is not a terminal.
+    pub fn enter() -> Option<RawMode> {
+        use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
+        let stdin = std::io::stdin();
+        let saved = tcgetattr(&stdin).ok()?;
+        let mut raw = saved.clone();
+        cfmakeraw(&mut raw);
+        tcsetattr(&stdin, SetArg::TCSANOW, &raw).ok()?;
+        Some(RawMode { saved })
+    }
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        use nix::sys::termios::{tcsetattr, SetArg};
+        let _ = tcsetattr(std::io::stdin(), SetArg::TCSANOW, &self.saved);
+    }
+}

@@ -70,6 +70,38 @@ pub enum ContainersCommand {
     },
 }
 
+/// FailedPrecondition-like refusal when taskd holds a task for `id` (a
+/// taskd that is not running holds none).
+async fn refuse_with_task(global: &Global, ns: &str, id: &str) -> Result<()> {
+    use berth_tasks::Tasks;
+    let Ok(tasks) = berth_client::RemoteTasks::connect(global.taskd_socket()).await else {
+        return Ok(());
+    };
+    match tasks.get(ns, id, "").await {
+        Ok(task) => anyhow::bail!(
+            "containers rm {id}: it has a task ({}); delete the task first (berth tasks rm)",
+            task.status
+        ),
+        Err(_) => Ok(()),
+    }
+}
+
+async fn remove_snapshot(global: &Global, ns: &str, record: &Container) -> Result<()> {
+    use berth_snapshot::Snapshotter;
+    let snapshots =
+        berth_client::RemoteSnapshotter::connect(global.snapd_socket(), &record.snapshotter)
+            .await
+            .context("berth-snapd")?;
+    match snapshots.remove(ns, &record.snapshot_key).await {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == berth_errdefs::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(anyhow::Error::from(e).context(format!(
+            "containers rm {}: removing its snapshot {}",
+            record.id, record.snapshot_key
+        ))),
+    }
+}
+
 /// An `Any` for people: its spec as JSON when it is JSON, else hex.
 #[derive(Serialize)]
 struct AnyJson {
@@ -297,10 +329,23 @@ pub async fn run(global: &Global, command: ContainersCommand) -> Result<()> {
         }
         ContainersCommand::Rm { ids } => {
             for id in ids {
+                let record = containers
+                    .get(ns, &id)
+                    .await
+                    .with_context(|| format!("containers rm {id}"))?;
+                // Across the whole stack (not one --address): a container
+                // with a task is refused, and its snapshot goes with it, as
+                // `ctr containers rm` does.
+                if global.address.is_none() {
+                    refuse_with_task(global, ns, &id).await?;
+                }
                 containers
                     .delete(ns, &id)
                     .await
                     .with_context(|| format!("containers rm {id}"))?;
+                if global.address.is_none() && !record.snapshot_key.is_empty() {
+                    remove_snapshot(global, ns, &record).await?;
+                }
                 if global.format == Format::Table {
                     println!("{id}");
                 }

@@ -487,6 +487,15 @@ async fn attached(ns: &str, id: &str, args: &RunArgs, tasks: &RemoteTasks) -> Re
         )
         .await
         .with_context(|| format!("creating the task of {id}"))?;
+    // The terminal has our size before the process starts.
+    if args.container.tty {
+        if let Some((width, height)) = crate::stdio::terminal_size() {
+            tasks
+                .resize_pty(ns, id, "", u32::from(width), u32::from(height))
+                .await
+                .with_context(|| format!("sizing the terminal of {id}"))?;
+        }
+    }
     let stdin = if args.interactive {
         attached.forward_stdin()
     } else {
@@ -508,18 +517,63 @@ async fn attached(ns: &str, id: &str, args: &RunArgs, tasks: &RemoteTasks) -> Re
             let _ = closer.close_stdin(&ns_owned, &id_owned, "").await;
         });
     }
-    let signals = forward_signals(ns, id, tasks.clone());
+    // Under -t, keys (^C too) reach the container through the terminal;
+    // its size follows ours.
+    let raw = if args.container.tty {
+        crate::stdio::RawMode::enter()
+    } else {
+        None
+    };
+    let resizing = args
+        .container
+        .tty
+        .then(|| follow_terminal_size(ns, id, tasks.clone()));
+    let signals = forward_signals(ns, id, tasks.clone(), args.container.tty);
     let exit = waiting
         .await
         .context("waiting for the container")?
         .with_context(|| format!("waiting for {id}"))?;
     signals.abort();
+    if let Some(resizing) = resizing {
+        resizing.abort();
+    }
+    drop(raw);
     attached.drain(Duration::from_secs(2)).await;
     Ok(exit_code(exit.status))
 }
 
-/// Signals berth receives go to the container's init process.
-fn forward_signals(ns: &str, id: &str, tasks: RemoteTasks) -> tokio::task::JoinHandle<()> {
+/// Tells the container's terminal our size now and on every SIGWINCH.
+fn follow_terminal_size(ns: &str, id: &str, tasks: RemoteTasks) -> tokio::task::JoinHandle<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (ns, id) = (ns.to_string(), id.to_string());
+    tokio::spawn(async move {
+        let mut changes = signal(SignalKind::window_change()).ok();
+        loop {
+            if let Some((width, height)) = crate::stdio::terminal_size() {
+                let _ = tasks
+                    .resize_pty(&ns, &id, "", u32::from(width), u32::from(height))
+                    .await;
+            }
+            match changes.as_mut() {
+                Some(changes) => {
+                    if changes.recv().await.is_none() {
+                        return;
+                    }
+                }
+                None => return,
+            }
+        }
+    })
+}
+
+/// Signals berth receives go to the container's init process (with a
+/// terminal, ^C is a key the container reads, not a signal berth gets).
+fn forward_signals(
+    ns: &str,
+    id: &str,
+    tasks: RemoteTasks,
+    terminal: bool,
+) -> tokio::task::JoinHandle<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let (ns, id) = (ns.to_string(), id.to_string());
     tokio::spawn(async move {
@@ -533,6 +587,9 @@ fn forward_signals(ns: &str, id: &str, tasks: RemoteTasks) -> tokio::task::JoinH
         ];
         let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel();
         for (kind, number) in kinds {
+            if terminal && number == libc::SIGINT {
+                continue;
+            }
             let Ok(mut stream) = signal(kind) else {
                 continue;
             };
