@@ -28,7 +28,17 @@ impl Cli {
     /// Runs berth against these daemons; returns (ok, stdout, stderr).
     fn run(&self, args: &[&str], stdin: Option<&[u8]>) -> (bool, String, String) {
         let metad = self.metad.socket.display().to_string();
-        let mut all = vec!["--metad", metad.as_str()];
+        let snapd = self.snapd.socket.display().to_string();
+        // No taskd here: a socket nobody serves.
+        let taskd = self.metad.dir.join("no-taskd.sock").display().to_string();
+        let mut all = vec![
+            "--metad",
+            metad.as_str(),
+            "--snapd",
+            snapd.as_str(),
+            "--taskd",
+            taskd.as_str(),
+        ];
         all.extend_from_slice(args);
         let (ok, out, err) = berth_e2e::berth(&self.contentd.socket, &all, stdin);
         (ok, String::from_utf8(out).unwrap(), err)

@@ -705,3 +705,59 @@ fn fifty_runs_in_a_row_leave_no_shim_mount_cgroup_or_bundle() {
         .collect();
     assert!(left.is_empty(), "cgroups left: {left:?}");
 }
+
+#[test]
+fn create_ps_logs_and_rm_work_over_the_whole_stack() {
+    if !prerequisites() {
+        return;
+    }
+    let (_dir, stack) = setup();
+    let (ok, id, err) =
+        stack.berth(&["create", "--name", "made", RUN_IMAGE, "sh", "-c", "echo hi"]);
+    assert!(ok, "{err}");
+    assert_eq!(id.trim(), "made");
+    let listed = stack.berth_json(&["ps", "-a"]);
+    assert_eq!(listed[0]["id"], "made");
+    assert_eq!(listed[0]["status"], "created");
+    assert_eq!(listed[0]["command"], "sh -c echo hi");
+    let out = run(&stack, &["tasks", "start", "made"]);
+    assert_eq!(text(&out.stdout), "hi\n", "{}", text(&out.stderr));
+    let listed = stack.berth_json(&["ps", "-a"]);
+    assert_eq!(listed[0]["status"], "exited (0)");
+    assert!(stack.berth_json(&["ps"]).as_array().unwrap().is_empty());
+    let (ok, _, err) = stack.berth(&["rm", "made"]);
+    assert!(ok, "{err}");
+
+    let (ok, _, err) = stack.berth(&[
+        "run",
+        "-d",
+        "--name",
+        "chatty",
+        RUN_IMAGE,
+        "sh",
+        "-c",
+        "echo one; echo two >&2; sleep 1000",
+    ]);
+    assert!(ok, "{err}");
+    wait_for_status(&stack, "chatty", "RUNNING");
+    let listed = stack.berth_json(&["ps"]);
+    assert_eq!(listed[0]["status"], "running");
+    // Output arrives asynchronously: poll until both lines are in.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (ok, log, err) = stack.berth(&["logs", "chatty"]);
+        assert!(ok, "{err}");
+        if log.contains("one\n") && log.contains("two\n") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "log: {log:?}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let (ok, _, err) = stack.berth(&["rm", "chatty"]);
+    assert!(!ok, "a running container was removed");
+    assert!(err.contains("--force"), "{err}");
+    let (ok, _, err) = stack.berth(&["rm", "--force", "chatty"]);
+    assert!(ok, "{err}");
+    assert!(!stack.log_dir().join("default/chatty.log").exists());
+    assert_nothing_left(&stack);
+}

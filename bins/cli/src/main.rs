@@ -63,6 +63,16 @@ enum Command {
     /// Run a container from an image: pull it if missing, make the
     /// container and its task, wire up the terminal, exit with its status.
     Run(Box<commands::run::RunArgs>),
+    /// Make a container from an image (its snapshot, its spec, its record)
+    /// without running it; prints its id.
+    Create(Box<commands::containers_view::CreateArgs>),
+    /// Containers and their tasks' status.
+    Ps(commands::containers_view::PsArgs),
+    /// The output of a detached container.
+    Logs(commands::containers_view::LogsArgs),
+    /// Remove containers: task (with --force even a running one),
+    /// record, snapshot and log.
+    Rm(commands::containers_view::RmArgs),
     /// Tasks in berth-taskd: list, start, kill, exec, ps, pause, resume,
     /// rm, metrics, wait.
     #[command(subcommand)]
@@ -101,6 +111,10 @@ fn main() -> ExitCode {
             Command::Leases(command) => commands::leases::run(&cli.global, command).await,
             Command::Events(args) => commands::events::run(&cli.global, args).await,
             Command::Gc(args) => commands::gc::run(&cli.global, args).await,
+            Command::Create(args) => commands::containers_view::create(&cli.global, *args).await,
+            Command::Ps(args) => commands::containers_view::ps(&cli.global, args).await,
+            Command::Logs(args) => commands::containers_view::logs(&cli.global, args).await,
+            Command::Rm(args) => commands::containers_view::rm(&cli.global, args).await,
         }
         .map(|()| 0u8)
     });

@@ -1,5 +1,6 @@
 pub mod archive;
 pub mod containers;
+pub mod containers_view;
 pub mod content;
 pub mod events;
 pub mod gc;

@@ -1,0 +1,270 @@
+//! The nerdctl-shaped container commands over the whole stack: `berth
+//! create`, `berth ps`, `berth logs`, `berth rm`.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use berth_client::{RemoteContainers, RemoteTasks};
+use berth_errdefs::ErrorKind;
+use berth_metadata::ContainerStore;
+use berth_tasks::{KillProcess, Status, Tasks};
+use serde::Serialize;
+
+use super::run::{Clients, ContainerArgs, LOG_URI_LABEL};
+use crate::global::Global;
+use crate::output::{self, Format};
+
+#[derive(Debug, clap::Args)]
+pub struct CreateArgs {
+    #[command(flatten)]
+    pub container: ContainerArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PsArgs {
+    /// Also containers without a running task.
+    #[arg(short, long)]
+    pub all: bool,
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct LogsArgs {
+    pub id: String,
+    /// Keep printing what the container writes until its task ends.
+    #[arg(short, long)]
+    pub follow: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RmArgs {
+    #[arg(required = true)]
+    pub ids: Vec<String>,
+    /// Kill a running task first.
+    #[arg(short, long)]
+    pub force: bool,
+}
+
+/// `berth create`: the container (record, snapshot, spec) without a task;
+/// prints its id. `berth tasks start ID` runs it.
+pub async fn create(global: &Global, args: CreateArgs) -> Result<()> {
+    let clients = Clients::connect(global, &args.container.snapshotter.snapshotter).await?;
+    let id = super::run::create(global, &args.container, &clients, HashMap::new()).await?;
+    println!("{id}");
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct PsRow {
+    id: String,
+    image: String,
+    command: String,
+    status: String,
+    pid: u32,
+    runtime: String,
+}
+
+fn command_of(spec: Option<&berth_metadata::Any>) -> String {
+    spec.and_then(|s| serde_json::from_slice::<serde_json::Value>(&s.value).ok())
+        .and_then(|v| {
+            v["process"]["args"].as_array().map(|args| {
+                args.iter()
+                    .filter_map(|a| a.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+        })
+        .unwrap_or_default()
+}
+
+/// `berth ps`: containers with their task's status.
+pub async fn ps(global: &Global, args: PsArgs) -> Result<()> {
+    let ns = global.namespace()?;
+    let containers = RemoteContainers::connect(global.metad_socket())
+        .await
+        .context("berth-metad")?;
+    let tasks = RemoteTasks::connect(global.taskd_socket())
+        .await
+        .context("berth-taskd")?;
+    let records = containers
+        .list(ns, &[])
+        .await
+        .context("listing containers")?;
+    let processes: HashMap<String, berth_tasks::Process> = tasks
+        .list(ns, &[])
+        .await
+        .context("listing tasks")?
+        .into_iter()
+        .map(|p| (p.container_id.clone(), p))
+        .collect();
+    let mut rows: Vec<PsRow> = records
+        .iter()
+        .filter_map(|c| {
+            let task = processes.get(&c.id);
+            let running = task.is_some_and(|t| t.status != Status::Stopped);
+            if !args.all && !running {
+                return None;
+            }
+            let status = match task {
+                None => "created".to_string(),
+                Some(t) => match t.exit {
+                    Some(exit) => format!("exited ({})", exit.status),
+                    None => t.status.as_str().to_string(),
+                },
+            };
+            Some(PsRow {
+                id: c.id.clone(),
+                image: c.image.clone(),
+                command: command_of(c.spec.as_ref()),
+                status,
+                pid: task.map_or(0, |t| t.pid),
+                runtime: c.runtime.name.clone(),
+            })
+        })
+        .collect();
+    rows.sort_by(|a, b| a.id.cmp(&b.id));
+    if args.quiet {
+        for row in &rows {
+            println!("{}", row.id);
+        }
+        return Ok(());
+    }
+    match global.format {
+        Format::Json => output::json(&rows),
+        Format::Table => output::table(
+            &["CONTAINER", "IMAGE", "COMMAND", "STATUS", "PID"],
+            &rows
+                .iter()
+                .map(|r| {
+                    vec![
+                        r.id.clone(),
+                        r.image.clone(),
+                        r.command.clone(),
+                        r.status.clone(),
+                        r.pid.to_string(),
+                    ]
+                })
+                .collect::<Vec<_>>(),
+        ),
+    }
+}
+
+/// `berth logs`: the log file of a detached container.
+pub async fn logs(global: &Global, args: LogsArgs) -> Result<()> {
+    let ns = global.namespace()?;
+    let containers = RemoteContainers::connect(global.metad_socket())
+        .await
+        .context("berth-metad")?;
+    let record = containers
+        .get(ns, &args.id)
+        .await
+        .with_context(|| format!("container {}", args.id))?;
+    let uri = record.labels.get(LOG_URI_LABEL).with_context(|| {
+        format!(
+            "container {} has no log: only detached containers (run -d) log to a file",
+            args.id
+        )
+    })?;
+    let path = uri
+        .strip_prefix("file://")
+        .with_context(|| format!("container {}: log {uri} is not a file", args.id))?;
+    let mut file = std::fs::File::open(path).with_context(|| format!("opening the log {path}"))?;
+    let mut out = std::io::stdout().lock();
+    let mut buffer = vec![0u8; 64 * 1024];
+    let tasks = if args.follow {
+        Some(
+            RemoteTasks::connect(global.taskd_socket())
+                .await
+                .context("berth-taskd")?,
+        )
+    } else {
+        None
+    };
+    loop {
+        let n = file.read(&mut buffer).context("reading the log")?;
+        if n > 0 {
+            out.write_all(&buffer[..n]).context("writing")?;
+            continue;
+        }
+        out.flush().ok();
+        let Some(tasks) = &tasks else {
+            return Ok(());
+        };
+        let running = match tasks.get(ns, &args.id, "").await {
+            Ok(task) => task.status != Status::Stopped,
+            Err(e) if e.kind() == ErrorKind::NotFound => false,
+            Err(e) => return Err(e.into()),
+        };
+        if !running {
+            // One last read: what was written before it stopped.
+            let mut rest = Vec::new();
+            file.read_to_end(&mut rest).context("reading the log")?;
+            out.write_all(&rest).context("writing")?;
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// `berth rm`: task (killed with --force), container and snapshot.
+pub async fn rm(global: &Global, args: RmArgs) -> Result<()> {
+    let ns = global.namespace()?;
+    let tasks = RemoteTasks::connect(global.taskd_socket())
+        .await
+        .context("berth-taskd")?;
+    for id in &args.ids {
+        let record = RemoteContainers::connect(global.metad_socket())
+            .await
+            .context("berth-metad")?
+            .get(ns, id)
+            .await
+            .with_context(|| format!("rm {id}"))?;
+        match tasks.get(ns, id, "").await {
+            Ok(task) => {
+                if task.status != Status::Stopped {
+                    if !args.force {
+                        anyhow::bail!(
+                            "rm {id}: it is {}; stop it first or use --force",
+                            task.status
+                        );
+                    }
+                    let _ = tasks
+                        .kill(
+                            ns,
+                            KillProcess {
+                                container_id: id.clone(),
+                                exec_id: String::new(),
+                                signal: libc::SIGKILL as u32,
+                                all: true,
+                            },
+                        )
+                        .await;
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(10), tasks.wait(ns, id, "")).await;
+                }
+                tasks
+                    .delete(ns, id)
+                    .await
+                    .with_context(|| format!("rm {id}: deleting its task"))?;
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(anyhow::Error::from(e).context(format!("rm {id}"))),
+        }
+        let clients = Clients::connect(global, &record.snapshotter).await?;
+        berth_tasks::container::remove_container(clients.services(), ns, id)
+            .await
+            .with_context(|| format!("rm {id}"))?;
+        if let Some(path) = record
+            .labels
+            .get(LOG_URI_LABEL)
+            .and_then(|uri| uri.strip_prefix("file://"))
+        {
+            let _ = std::fs::remove_file(path);
+        }
+        println!("{id}");
+    }
+    Ok(())
+}

@@ -1,0 +1,266 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+//! berth-taskd through its client (`RemoteTasks`) and the container
+//! library: the status codes containerd gives, and nothing half-made left
+//! behind by a call that fails.
+
+use std::path::Path;
+
+use berth_client::{
+    RemoteContainers, RemoteContentStore, RemoteImages, RemoteSnapshotter, RemoteTasks,
+};
+use berth_e2e::images::{run_image_archive, RUN_IMAGE};
+use berth_e2e::stack::Stack;
+use berth_e2e::{on_path, require};
+use berth_errdefs::ErrorKind;
+use berth_metadata::{ContainerStore, Runtime};
+use berth_snapshot::Snapshotter;
+use berth_tasks::container::{create_container, ContainerServices, NewContainer};
+use berth_tasks::{CreateTask, ExecProcess, KillProcess, Stdio, Tasks};
+
+fn prerequisites() -> bool {
+    require(
+        nix::unistd::Uid::effective().is_root(),
+        "running containers needs root",
+    ) && require(on_path("runc"), "runc is not installed")
+        && require(
+            Path::new("/bin/busybox").exists(),
+            "busybox-static is not installed",
+        )
+}
+
+struct Clients {
+    content: RemoteContentStore,
+    images: RemoteImages,
+    snapshots: RemoteSnapshotter,
+    containers: RemoteContainers,
+    tasks: RemoteTasks,
+}
+
+impl Clients {
+    async fn connect(stack: &Stack) -> Clients {
+        Clients {
+            content: RemoteContentStore::connect(&stack.contentd.socket)
+                .await
+                .unwrap(),
+            images: RemoteImages::connect(&stack.metad.socket).await.unwrap(),
+            snapshots: RemoteSnapshotter::connect(&stack.snapd.socket, "overlayfs")
+                .await
+                .unwrap(),
+            containers: RemoteContainers::connect(&stack.metad.socket)
+                .await
+                .unwrap(),
+            tasks: RemoteTasks::connect(&stack.taskd.socket).await.unwrap(),
+        }
+    }
+
+    fn services(&self) -> ContainerServices<'_> {
+        ContainerServices {
+            content: &self.content,
+            images: &self.images,
+            snapshots: &self.snapshots,
+            snapshotter: "overlayfs",
+            containers: &self.containers,
+            unpacker: None,
+        }
+    }
+
+    async fn container(&self, stack: &Stack, id: &str, runtime: &str, args: &[&str]) {
+        let mut options = berth_oci::SpecOptions::new("default", id);
+        options.args = args.iter().map(|s| s.to_string()).collect();
+        let new = NewContainer {
+            image: RUN_IMAGE.to_string(),
+            runtime: Runtime {
+                name: runtime.to_string(),
+                options: None,
+            },
+            labels: Default::default(),
+            options,
+            scratch: stack.dir.join("scratch"),
+        };
+        create_container(self.services(), "default", new)
+            .await
+            .unwrap();
+    }
+}
+
+fn bundles(stack: &Stack) -> Vec<String> {
+    std::fs::read_dir(stack.taskd.state.join("bundles").join("default"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn create(id: &str) -> CreateTask {
+    CreateTask {
+        container_id: id.to_string(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_containerds_codes_and_leave_nothing_behind() {
+    if !prerequisites() {
+        return;
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("berth-taskd-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let archive = run_image_archive(dir.path());
+    let stack = Stack::start(&dir.path().join("stack"));
+    let (ok, _, err) = stack.berth(&["import", archive.to_str().unwrap()]);
+    assert!(ok, "import: {err}");
+    let c = Clients::connect(&stack).await;
+    let tasks = &c.tasks;
+
+    // No such container.
+    let err = tasks.create("default", create("ghost")).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    // Ids and stdio that could become paths are refused.
+    let err = tasks.create("default", create("../x")).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+    c.container(
+        &stack,
+        "plain",
+        "io.containerd.berth.v2",
+        &["sleep", "1000"],
+    )
+    .await;
+    let mut relative = create("plain");
+    relative.stdio = Stdio {
+        stdout: "relative/path".into(),
+        ..Default::default()
+    };
+    let err = tasks.create("default", relative).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+
+    // A runtime that resolves to nothing.
+    c.container(&stack, "noshim", "io.containerd.nosuch.v9", &["true"])
+        .await;
+    let err = tasks.create("default", create("noshim")).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    assert!(err.message().contains("containerd-shim-nosuch-v9"), "{err}");
+    c.container(
+        &stack,
+        "nopath",
+        "/nonexistent/containerd-shim-x-v2",
+        &["true"],
+    )
+    .await;
+    let err = tasks.create("default", create("nopath")).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+
+    // A container whose snapshot is gone.
+    c.container(&stack, "nosnap", "io.containerd.berth.v2", &["true"])
+        .await;
+    c.snapshots.remove("default", "nosnap").await.unwrap();
+    let err = tasks.create("default", create("nosnap")).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    assert!(err.message().contains("snapshot"), "{err}");
+
+    // A process that cannot start: the shim's Create fails; no bundle,
+    // no shim, no mount stays.
+    c.container(
+        &stack,
+        "broken",
+        "io.containerd.berth.v2",
+        &["/no/such/binary"],
+    )
+    .await;
+    let err = tasks.create("default", create("broken")).await.unwrap_err();
+    assert!(err.message().contains("/no/such/binary"), "{err}");
+    assert!(
+        bundles(&stack).is_empty(),
+        "bundles left: {:?}",
+        bundles(&stack)
+    );
+
+    // The good path, with its refusals.
+    let pid = tasks.create("default", create("plain")).await.unwrap();
+    assert!(pid > 0);
+    let err = tasks.create("default", create("plain")).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::AlreadyExists, "{err}");
+    tasks.start("default", "plain", "").await.unwrap();
+    let err = tasks.delete("default", "plain").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::FailedPrecondition, "{err}");
+    let process = serde_json::json!({
+        "args": ["sleep", "100"], "cwd": "/", "user": {"uid": 0, "gid": 0},
+        "env": ["PATH=/bin"]
+    });
+    let exec = ExecProcess {
+        container_id: "plain".into(),
+        exec_id: "e1".into(),
+        stdio: Stdio::default(),
+        spec: serde_json::to_vec(&process).unwrap(),
+    };
+    tasks.exec("default", exec.clone()).await.unwrap();
+    let err = tasks.exec("default", exec.clone()).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::AlreadyExists, "{err}");
+    let mut bad_exec = exec.clone();
+    bad_exec.exec_id = "../e".into();
+    let err = tasks.exec("default", bad_exec).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+    let err = tasks.get("default", "plain", "nosuch").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    let err = tasks.get("default", "ghost", "").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    let kill = |signal: u32| KillProcess {
+        container_id: "plain".into(),
+        exec_id: String::new(),
+        signal,
+        all: true,
+    };
+    let err = tasks.kill("default", kill(0)).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+    tasks.kill("default", kill(9)).await.unwrap();
+    let exit = tasks.wait("default", "plain", "").await.unwrap();
+    assert_eq!(exit.status, 137);
+    let err = tasks
+        .kill(
+            "default",
+            KillProcess {
+                all: false,
+                ..kill(9)
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    let deleted = tasks.delete("default", "plain").await.unwrap();
+    assert_eq!((deleted.pid, deleted.exit.status), (pid, 137));
+    let err = tasks.delete("default", "plain").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    assert!(
+        bundles(&stack).is_empty(),
+        "bundles left: {:?}",
+        bundles(&stack)
+    );
+
+    // Checkpoint is refused outright.
+    let client = berth_client::connect(&stack.taskd.socket).await.unwrap();
+    let raw = berth_api::tasks::TasksClient::new(client);
+    let err = raw
+        .checkpoint(
+            berth_client::request_context("default"),
+            &berth_api::tasks::CheckpointTaskRequest {
+                container_id: "plain".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ttrpc::Error::RpcStatus(s) if s.code() == ttrpc::Code::UNIMPLEMENTED),
+        "{err:?}"
+    );
+
+    for id in ["plain", "noshim", "nopath", "nosnap", "broken"] {
+        let record = c.containers.get("default", id).await.unwrap();
+        c.containers.delete("default", id).await.unwrap();
+        let _ = c.snapshots.remove("default", &record.snapshot_key).await;
+    }
+}
