@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# berth's main job, as far as the landed daemons go: build a small image
-# from Debian's busybox-static, serve it from a local registry, then start
-# berth-contentd, berth-snapd and berth-metad on a temporary root and
-# `berth pull` it — fetched, unpacked into snapshots as its layers arrive,
-# and recorded as an image. Then look inside the unpacked filesystem, remove
-# the image and let the garbage collector clean up.
+# berth's main job: build a small image from Debian's busybox-static, serve
+# it from a local registry, then start berth-contentd, berth-snapd,
+# berth-metad and berth-taskd on a temporary root, `berth pull` it (fetched,
+# unpacked into snapshots as its layers arrive, recorded as an image) and
+# `berth run` containers from it. Then remove the image and let the garbage
+# collector clean up.
 #
 # Needs root (snapd mounts) and the Debian packages docker-registry, skopeo
-# and busybox-static (`.ci/run` installs them).
+# and busybox-static (`.ci/run` installs them), and runc.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,9 +15,9 @@ if [ "$(id -u)" != 0 ]; then
   echo "demo: berth-snapd mounts filesystems; run this as root" >&2
   exit 1
 fi
-for tool in docker-registry skopeo /bin/busybox; do
+for tool in docker-registry skopeo /bin/busybox runc; do
   command -v "$tool" >/dev/null || {
-    echo "demo: $tool is missing (apt-get install docker-registry skopeo busybox-static)" >&2
+    echo "demo: $tool is missing (apt-get install docker-registry skopeo busybox-static runc)" >&2
     exit 1
   }
 done
@@ -27,9 +27,8 @@ bin="$PWD/target/release"
 
 work=$(mktemp -d)
 pids=()
-mounted=""
 cleanup() {
-  [ -n "$mounted" ] && umount "$mounted" 2>/dev/null
+  if [ -n "${BERTH_TASKD_ADDRESS:-}" ]; then "$bin/berth" rm --force demo-detached >/dev/null 2>&1 || true; fi
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null && { wait "$pid" 2>/dev/null || true; }; done
   rm -rf "$work"
 }
@@ -43,7 +42,7 @@ sha() { sha256sum "$1" | cut -d' ' -f1; }
 layout="$work/layout"
 mkdir -p "$layout/blobs/sha256" "$work/l1/bin" "$work/l2/etc"
 cp /bin/busybox "$work/l1/bin/busybox"
-ln -s busybox "$work/l1/bin/sh"
+for applet in sh cat echo hostname id sleep; do ln -s busybox "$work/l1/bin/$applet"; done
 echo "hello from a berth-pulled image" >"$work/l2/etc/motd"
 layers=""
 diff_ids=""
@@ -55,7 +54,7 @@ for l in l1 l2; do
   cp "$work/$l.tar.gz" "$layout/blobs/sha256/$digest"
   layers="$layers{\"mediaType\":\"application/vnd.oci.image.layer.v1.tar+gzip\",\"digest\":\"sha256:$digest\",\"size\":$(stat -c %s "$work/$l.tar.gz")},"
 done
-printf '{"architecture":"amd64","os":"linux","config":{"Cmd":["/bin/sh"]},"rootfs":{"type":"layers","diff_ids":[%s]}}' \
+printf '{"architecture":"amd64","os":"linux","config":{"Cmd":["/bin/sh"],"Env":["PATH=/bin"]},"rootfs":{"type":"layers","diff_ids":[%s]}}' \
   "${diff_ids%,}" >"$work/config.json"
 config=$(sha "$work/config.json")
 cp "$work/config.json" "$layout/blobs/sha256/$config"
@@ -89,9 +88,12 @@ start() { # name, extra args...
 start contentd
 start snapd --contentd "$work/run/contentd.sock"
 start metad --contentd "$work/run/contentd.sock" --snapd "$work/run/snapd.sock"
+start taskd --metad "$work/run/metad.sock" --snapd "$work/run/snapd.sock"
 export BERTH_CONTENTD_ADDRESS="$work/run/contentd.sock"
 export BERTH_SNAPD_ADDRESS="$work/run/snapd.sock"
 export BERTH_METAD_ADDRESS="$work/run/metad.sock"
+export BERTH_TASKD_ADDRESS="$work/run/taskd.sock"
+export BERTH_FIFO_DIR="$work/fifo" BERTH_LOG_DIR="$work/logs"
 
 say "berth pull $image"
 "$bin/berth" pull "$image"
@@ -105,26 +107,19 @@ say "berth snapshots tree"
 say "berth content ls"
 "$bin/berth" content ls
 
-# The top layer's chain ID names the image's filesystem.
-chain=$("$bin/berth" content info "sha256:$config" --format json |
-  python3 -c 'import json,sys; print(json.load(sys.stdin)["labels"]["containerd.io/gc.ref.snapshot.overlayfs"])')
-say "berth snapshots view demo-view $chain, mounted; busybox cat /etc/motd inside it"
-# A gc.root label keeps metad's collector off the view while it is in use.
-"$bin/berth" snapshots view demo-view "$chain" --label containerd.io/gc.root=demo --format json >"$work/mounts.json"
-mkdir -p "$work/rootfs"
-python3 - "$work/mounts.json" "$work/rootfs" <<'EOF'
-import json, subprocess, sys
-mounts = json.load(open(sys.argv[1]))
-mounts = mounts.get("mounts", mounts) if isinstance(mounts, dict) else mounts
-m = mounts[0]
-options = [o for o in m.get("options", [])]
-subprocess.run(["mount", "-t", m["type"], "-o", ",".join(options), m["source"], sys.argv[2]], check=True)
-EOF
-mounted="$work/rootfs"
-chroot "$work/rootfs" /bin/busybox cat /etc/motd
-umount "$work/rootfs"
-mounted=""
-"$bin/berth" snapshots rm demo-view
+say "berth run --rm $image cat /etc/motd"
+"$bin/berth" run --rm "$image" cat /etc/motd
+
+say "berth run --rm --user 1000:1000 $image sh -c 'id; exit 3'"
+status=0
+"$bin/berth" run --rm --user 1000:1000 "$image" sh -c 'id; exit 3' || status=$?
+echo "(berth exited with the container's status: $status)"
+
+say "berth run -d --name demo-detached $image sleep 600; berth ps; berth tasks exec ...; berth rm --force"
+"$bin/berth" run -d --name demo-detached "$image" sleep 600
+"$bin/berth" ps
+"$bin/berth" tasks exec demo-detached sh -c 'echo hello from an exec in $(hostname)'
+"$bin/berth" rm --force demo-detached
 
 say "berth images rm $image && berth gc"
 "$bin/berth" images rm "$image"
@@ -134,4 +129,4 @@ say "berth content ls; berth snapshots ls   (nothing left)"
 "$bin/berth" content ls
 "$bin/berth" snapshots ls
 
-printf '\nberth pulled an image from a registry, unpacked it while fetching, recorded it, and collected it after removal.\n'
+printf '\nberth pulled an image from a registry, unpacked it while fetching, ran containers from it, and collected it after removal.\n'

@@ -285,3 +285,146 @@ impl Events for ShimEvents {
 pub fn ttrpc_service(relay: Relay) -> std::collections::HashMap<String, ttrpc::r#async::Service> {
     create_events(Arc::new(ShimEvents { relay }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Records what reaches "metad"; refuses the first `fail` forwards as
+    /// if metad were down, and any topic `/bad` as invalid.
+    #[derive(Default)]
+    struct Recorder {
+        seen: Mutex<Vec<Envelope>>,
+        fail: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl EventSink for Recorder {
+        async fn forward(&self, envelope: Envelope) -> Result<()> {
+            if envelope.topic == "/bad" {
+                return Err(Error::invalid_argument("bad topic"));
+            }
+            if self
+                .fail
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                return Err(Error::unavailable("metad is down"));
+            }
+            self.seen.lock().unwrap().push(envelope);
+            Ok(())
+        }
+    }
+
+    fn exit_envelope(container: &str, id: &str, pid: u32) -> Envelope {
+        let exit = task_exit(
+            container,
+            id,
+            pid,
+            berth_tasks::Exit {
+                status: 1,
+                at: SystemTime::now(),
+            },
+        );
+        Envelope {
+            timestamp: SystemTime::now(),
+            namespace: "default".into(),
+            topic: "/tasks/exit".into(),
+            event: to_any(&exit),
+        }
+    }
+
+    fn other(topic: &str) -> Envelope {
+        Envelope {
+            timestamp: SystemTime::now(),
+            namespace: "default".into(),
+            topic: topic.into(),
+            event: Any::default(),
+        }
+    }
+
+    async fn settle(recorder: &Recorder, count: usize) -> Vec<String> {
+        for _ in 0..400 {
+            if recorder.seen.lock().unwrap().len() >= count {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Anything extra would show up now.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        recorder
+            .seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|e| e.topic.clone())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn events_reach_metad_in_order_through_its_downtime() {
+        let state = tempfile::tempdir().unwrap();
+        let recorder = Arc::new(Recorder::default());
+        recorder.fail.store(3, Ordering::SeqCst);
+        let relay = Relay::start(recorder.clone(), state.path());
+        for topic in ["/tasks/create", "/bad", "/tasks/start", "/tasks/oom"] {
+            relay.forward(other(topic)).unwrap();
+        }
+        assert_eq!(
+            settle(&recorder, 3).await,
+            vec!["/tasks/create", "/tasks/start", "/tasks/oom"]
+        );
+    }
+
+    #[tokio::test]
+    async fn an_init_exit_is_relayed_once_and_marked_in_its_bundle() {
+        let state = tempfile::tempdir().unwrap();
+        let bundle = Bundle::locate(state.path(), "default", "c1").unwrap();
+        bundle.create(b"{}").unwrap();
+        let recorder = Arc::new(Recorder::default());
+        recorder.fail.store(1, Ordering::SeqCst);
+        let relay = Relay::start(recorder.clone(), state.path());
+        // The shim's own event and taskd's report of the same exit, while
+        // the first is still queued.
+        relay.forward(exit_envelope("c1", "c1", 42)).unwrap();
+        relay
+            .report_exit(
+                &bundle,
+                42,
+                berth_tasks::Exit {
+                    status: 1,
+                    at: SystemTime::now(),
+                },
+            )
+            .unwrap();
+        // An exec's exit is not the task's: always relayed.
+        relay.forward(exit_envelope("c1", "exec-1", 43)).unwrap();
+        relay.forward(exit_envelope("c1", "exec-1", 43)).unwrap();
+        assert_eq!(settle(&recorder, 3).await.len(), 3);
+        assert_eq!(bundle.exit_reported(), Some(42));
+        // After the mark (a shim retrying once taskd is back): dropped.
+        relay.forward(exit_envelope("c1", "c1", 42)).unwrap();
+        assert_eq!(settle(&recorder, 4).await.len(), 3);
+        // Another pid (the task was recreated): relayed.
+        relay.forward(exit_envelope("c1", "c1", 99)).unwrap();
+        assert_eq!(settle(&recorder, 4).await.len(), 4);
+        assert_eq!(bundle.exit_reported(), Some(99));
+    }
+
+    #[tokio::test]
+    async fn malformed_envelopes_are_refused() {
+        let state = tempfile::tempdir().unwrap();
+        let relay = Relay::start(Arc::new(Recorder::default()), state.path());
+        let mut bad_namespace = other("/tasks/start");
+        bad_namespace.namespace = "../x".into();
+        assert_eq!(
+            relay.forward(bad_namespace).unwrap_err().kind(),
+            ErrorKind::InvalidArgument
+        );
+        assert_eq!(
+            relay.forward(other("tasks/start")).unwrap_err().kind(),
+            ErrorKind::InvalidArgument
+        );
+    }
+}
