@@ -87,3 +87,16 @@ impl Stack {
             .expect("starting berth")
     }
 }
+
+/// A test that fails half-way must not leave containers running: every
+/// task of the default namespace goes (killed), with its container.
+impl Drop for Stack {
+    fn drop(&mut self) {
+        let Ok(out) = self.command(&["tasks", "ls", "-q"]).output() else {
+            return;
+        };
+        for id in String::from_utf8_lossy(&out.stdout).lines() {
+            let _ = self.command(&["rm", "--force", id]).output();
+        }
+    }
+}

@@ -679,6 +679,33 @@ fn a_terminal_under_t_has_our_size_and_follows_resizes() {
     assert!(shown.contains("33 99"), "size not passed in: {shown}");
     assert!(shown.contains("resized"), "resize not seen inside: {shown}");
     assert!(shown.contains("EXIT 6"), "{shown} {}", text(&out.stderr));
+
+    // The same for an exec with a terminal in a running container.
+    let (ok, _, err) = stack.berth(&["run", "-d", "--name", "host", RUN_IMAGE, "sleep", "1000"]);
+    assert!(ok, "{err}");
+    wait_for_status(&stack, "host", "RUNNING");
+    let mut python = std::process::Command::new("python3");
+    python.arg("-c").arg(PTY_DRIVER).arg(berth.get_program());
+    for (key, value) in berth.get_envs() {
+        match value {
+            Some(value) => python.env(key, value),
+            None => python.env_remove(key),
+        };
+    }
+    let out = python
+        .args(["tasks", "exec", "-t", "host", "sh", "-c", script])
+        .output()
+        .unwrap();
+    let shown = text(&out.stdout);
+    assert!(shown.contains("/dev/pts/"), "exec: no terminal: {shown}");
+    assert!(shown.contains("resized"), "exec: resize not seen: {shown}");
+    assert!(
+        shown.contains("EXIT 6"),
+        "exec: {shown} {}",
+        text(&out.stderr)
+    );
+    let (ok, _, err) = stack.berth(&["rm", "--force", "host"]);
+    assert!(ok, "{err}");
     assert_nothing_left(&stack);
 }
 

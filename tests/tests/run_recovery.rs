@@ -25,8 +25,8 @@ fn prerequisites() -> bool {
         )
 }
 
-/// A stack with the run image imported; its containers are force-removed
-/// when it goes, also when a test fails half-way.
+/// A stack with the run image imported (the stack removes its containers
+/// when it goes, also when a test fails half-way).
 struct Setup {
     stack: Stack,
     _dir: tempfile::TempDir,
@@ -43,19 +43,6 @@ impl Setup {
         let (ok, _, err) = stack.berth(&["import", archive.to_str().unwrap()]);
         assert!(ok, "import: {err}");
         Setup { stack, _dir: dir }
-    }
-}
-
-impl Drop for Setup {
-    fn drop(&mut self) {
-        let (_, tasks, _) = self.stack.berth(&["tasks", "ls", "-q"]);
-        for id in tasks.lines() {
-            let _ = self.stack.berth(&["tasks", "rm", "--force", id]);
-        }
-        let (_, containers, _) = self.stack.berth(&["containers", "ls", "-q"]);
-        for id in containers.lines() {
-            let _ = self.stack.berth(&["containers", "rm", id]);
-        }
     }
 }
 
@@ -321,4 +308,75 @@ fn restarting_contentd_snapd_and_metad_leaves_running_containers_alone() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+#[test]
+fn every_task_event_reaches_metads_exchange_with_containerds_topics() {
+    if !prerequisites() {
+        return;
+    }
+    let setup = Setup::new();
+    let stack = &setup.stack;
+    let filter = "topic~=\"^/tasks/\"";
+    let mut child = stack.spawn_berth(&["--format", "json", "events", "--filter", filter]);
+    let stdout = child.stdout.take().unwrap();
+    let lines = Arc::new(Mutex::new(Vec::<serde_json::Value>::new()));
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Ok(value) = serde_json::from_str(&line) {
+                sink.lock().unwrap().push(value);
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    run_detached(stack, "noisy", &["sleep", "1000"]);
+    let out = stack
+        .command(&["tasks", "exec", "--exec-id", "e1", "noisy", "true"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (ok, _, err) = stack.berth(&["rm", "--force", "noisy"]);
+    assert!(ok, "{err}");
+    let wanted = [
+        "/tasks/create",
+        "/tasks/start",
+        "/tasks/exec-added",
+        "/tasks/exec-started",
+        "/tasks/exit",
+        "/tasks/delete",
+    ];
+    let topics = || -> Vec<String> {
+        lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e["event"]["container_id"] == "noisy")
+            .filter_map(|e| e["topic"].as_str().map(str::to_string))
+            .collect()
+    };
+    wait_until("every task event", || {
+        let seen = topics();
+        wanted.iter().all(|w| seen.iter().any(|t| t == w))
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    // Both exits (the exec's and the task's) arrive, the task's once.
+    let exits: Vec<serde_json::Value> = lines
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| e["topic"] == "/tasks/exit" && e["event"]["container_id"] == "noisy")
+        .cloned()
+        .collect();
+    let of_task = exits.iter().filter(|e| e["event"]["id"] == "noisy").count();
+    let of_exec = exits.iter().filter(|e| e["event"]["id"] == "e1").count();
+    assert_eq!((of_task, of_exec), (1, 1), "{exits:?}");
 }

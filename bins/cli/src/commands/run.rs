@@ -527,7 +527,7 @@ async fn attached(ns: &str, id: &str, args: &RunArgs, tasks: &RemoteTasks) -> Re
     let resizing = args
         .container
         .tty
-        .then(|| follow_terminal_size(ns, id, tasks.clone()));
+        .then(|| follow_terminal_size(ns, id, "", tasks.clone()));
     let signals = forward_signals(ns, id, tasks.clone(), args.container.tty);
     let exit = waiting
         .await
@@ -542,16 +542,21 @@ async fn attached(ns: &str, id: &str, args: &RunArgs, tasks: &RemoteTasks) -> Re
     Ok(exit_code(exit.status))
 }
 
-/// Tells the container's terminal our size now and on every SIGWINCH.
-fn follow_terminal_size(ns: &str, id: &str, tasks: RemoteTasks) -> tokio::task::JoinHandle<()> {
+/// Tells a process's terminal our size now and on every SIGWINCH.
+pub fn follow_terminal_size(
+    ns: &str,
+    id: &str,
+    exec_id: &str,
+    tasks: RemoteTasks,
+) -> tokio::task::JoinHandle<()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let (ns, id) = (ns.to_string(), id.to_string());
+    let (ns, id, exec_id) = (ns.to_string(), id.to_string(), exec_id.to_string());
     tokio::spawn(async move {
         let mut changes = signal(SignalKind::window_change()).ok();
         loop {
             if let Some((width, height)) = crate::stdio::terminal_size() {
                 let _ = tasks
-                    .resize_pty(&ns, &id, "", u32::from(width), u32::from(height))
+                    .resize_pty(&ns, &id, &exec_id, u32::from(width), u32::from(height))
                     .await;
             }
             match changes.as_mut() {

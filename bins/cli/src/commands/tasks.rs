@@ -49,6 +49,9 @@ pub enum TasksCommand {
         /// Keep stdin open and forward it.
         #[arg(short = 'i', long)]
         interactive: bool,
+        /// Give the process a terminal.
+        #[arg(short = 't', long)]
+        tty: bool,
         #[arg(short = 'u', long)]
         user: Option<String>,
         #[arg(short = 'w', long = "workdir", visible_alias = "cwd")]
@@ -180,6 +183,7 @@ pub async fn run(global: &Global, command: TasksCommand) -> Result<u8> {
             id,
             exec_id,
             interactive,
+            tty,
             user,
             workdir,
             env,
@@ -189,8 +193,8 @@ pub async fn run(global: &Global, command: TasksCommand) -> Result<u8> {
                 Some(e) => e,
                 None => format!("exec-{}", crate::stdio::new_id()?),
             };
-            let process = exec_process(global, ns, &id, user, workdir, env, args).await?;
-            exec(ns, &id, &exec_id, interactive, process, &tasks).await
+            let process = exec_process(global, ns, &id, tty, user, workdir, env, args).await?;
+            exec(ns, &id, &exec_id, interactive, tty, process, &tasks).await
         }
         TasksCommand::Ps { id } => {
             let pids = tasks
@@ -336,10 +340,12 @@ async fn start(ns: &str, id: &str, detach: bool, tasks: &RemoteTasks) -> Result<
 /// The OCI process of an exec: the container's own (its user, env,
 /// capabilities, working directory), with the command and what the flags
 /// change.
+#[allow(clippy::too_many_arguments)]
 async fn exec_process(
     global: &Global,
     ns: &str,
     id: &str,
+    tty: bool,
     user: Option<String>,
     workdir: Option<String>,
     env: Vec<String>,
@@ -362,7 +368,7 @@ async fn exec_process(
         .cloned()
         .with_context(|| format!("container {id}: its spec has no process"))?;
     process["args"] = serde_json::json!(args);
-    process["terminal"] = serde_json::json!(false);
+    process["terminal"] = serde_json::json!(tty);
     process.as_object_mut().map(|p| p.remove("consoleSize"));
     if let Some(dir) = workdir {
         if !dir.starts_with('/') {
@@ -403,10 +409,11 @@ async fn exec(
     id: &str,
     exec_id: &str,
     interactive: bool,
+    tty: bool,
     process: Vec<u8>,
     tasks: &RemoteTasks,
 ) -> Result<u8> {
-    let fifos = Fifos::new(exec_id, interactive, false)?;
+    let fifos = Fifos::new(exec_id, interactive, tty)?;
     let mut attached = fifos.attach()?;
     tasks
         .exec(
@@ -432,6 +439,21 @@ async fn exec(
         let _ = tasks.delete_process(ns, id, exec_id).await;
         return Err(anyhow::Error::from(e).context(format!("starting exec {exec_id}")));
     }
+    // An exec's terminal exists once it has started: sized then, and
+    // resized with ours.
+    let (raw, resizing) = if tty {
+        (
+            crate::stdio::RawMode::enter(),
+            Some(super::run::follow_terminal_size(
+                ns,
+                id,
+                exec_id,
+                tasks.clone(),
+            )),
+        )
+    } else {
+        (None, None)
+    };
     if let Some(stdin) = stdin {
         let closer = tasks.clone();
         let (n, i, e) = (ns.to_string(), id.to_string(), exec_id.to_string());
@@ -441,6 +463,10 @@ async fn exec(
         });
     }
     let exit = waiting.await.context("waiting")??;
+    if let Some(resizing) = resizing {
+        resizing.abort();
+    }
+    drop(raw);
     attached.drain(Duration::from_secs(2)).await;
     let _ = tasks.delete_process(ns, id, exec_id).await;
     Ok(u8::try_from(exit.status).unwrap_or(255))
