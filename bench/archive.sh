@@ -3,8 +3,8 @@
 # the fetch benchmark's two minbase images (one 60 MB layer; four layers),
 # against containerd's `ctr images import --no-unpack` and `ctr images
 # export` of the same archive and images, in one run. Both sides store the
-# content and record nothing else (berth's import records no image; ctr's
-# records two, a few LMDB/bolt writes).
+# content and record little else (berth's import, sent to contentd alone
+# with --address, records no image; ctr's records two, a few bolt writes).
 #
 # usage: bench/archive.sh [RUNS]   (as root; BERTH_BENCH_ROOTFS=FILE reuses
 # a minbase tar instead of building one with mmdebstrap)
@@ -55,7 +55,7 @@ b_import="" b_export="" c_import="" c_export=""
 for run in $(seq "$runs"); do
   root="$work/berth-$run"
   start_contentd "$root"
-  berth=("$bin/berth" --contentd "$root/contentd.sock")
+  berth=("$bin/berth" --address "$root/contentd.sock")
   b_import+="$(seconds "${berth[@]}" import "$archive") "
   roots=$("${berth[@]}" --format json import "$archive" |
     python3 -c 'import json, sys; print(" ".join(i["name"] + "=" + i["digest"] for i in json.load(sys.stdin)))')

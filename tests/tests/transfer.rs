@@ -476,7 +476,14 @@ async fn import_what_skopeo_writes_and_skopeo_reads_what_berth_exports() {
     let daemon = Daemon::contentd(&dir.path().join("d"));
     let (ok, out, err) = berth(
         &daemon.socket,
-        &["import", "--format", "json", oci_archive.to_str().unwrap()],
+        &[
+            "--address",
+            daemon.socket.to_str().unwrap(),
+            "import",
+            "--format",
+            "json",
+            oci_archive.to_str().unwrap(),
+        ],
         None,
     );
     assert!(ok, "{err}");
@@ -513,6 +520,8 @@ async fn import_what_skopeo_writes_and_skopeo_reads_what_berth_exports() {
     let (ok, out, err) = berth(
         &daemon2.socket,
         &[
+            "--address",
+            daemon2.socket.to_str().unwrap(),
             "import",
             "--format",
             "json",
@@ -571,7 +580,12 @@ async fn import_what_skopeo_writes_and_skopeo_reads_what_berth_exports() {
     let daemon4 = Daemon::contentd(&dir.path().join("d4"));
     let (ok, _, err) = berth(
         &daemon4.socket,
-        &["import", exported.to_str().unwrap()],
+        &[
+            "--address",
+            daemon4.socket.to_str().unwrap(),
+            "import",
+            exported.to_str().unwrap(),
+        ],
         None,
     );
     assert!(ok, "{err}");
@@ -710,6 +724,9 @@ fn import_measured(
         .env("BERTH_CONTENTD_ADDRESS", &daemon.socket)
         .env_remove("BERTH_NAMESPACE")
         .current_dir(cwd)
+        // One daemon: the import only stores the content.
+        .arg("--address")
+        .arg(&daemon.socket)
         .args(["import", "--format", "json", "-"]);
     run_measured(command, feed)
 }
@@ -850,7 +867,12 @@ async fn hostile_archives_fail_cleanly_with_bounded_memory() {
     lying.extend_from_slice(b"boom");
     lying.resize(1024, 0);
     lying.extend_from_slice(&[0u8; 1024]);
-    let (ok, _, err) = berth(&daemon.socket, &["import", "-"], Some(&lying));
+    let address = daemon.socket.to_str().unwrap();
+    let (ok, _, err) = berth(
+        &daemon.socket,
+        &["--address", address, "import", "-"],
+        Some(&lying),
+    );
     assert!(!ok, "{err}");
     assert!(digests_in(&daemon).await.is_empty());
     // The refused entry's ingest is aborted, not left behind.
@@ -864,7 +886,11 @@ async fn hostile_archives_fail_cleanly_with_bounded_memory() {
     let named = format!("blobs/sha256/{}", Digest::of(&content).hex());
     let mut truncated = tar_header(&named, content.len() as u64);
     truncated.extend_from_slice(&content[..content.len() / 2]);
-    let (ok, _, err) = berth(&daemon.socket, &["import", "-"], Some(&truncated));
+    let (ok, _, err) = berth(
+        &daemon.socket,
+        &["--address", address, "import", "-"],
+        Some(&truncated),
+    );
     assert!(!ok, "{err}");
     assert!(digests_in(&daemon).await.is_empty());
     assert!(
