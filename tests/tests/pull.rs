@@ -202,7 +202,9 @@ async fn pull_unpacks_records_and_gc_cleans_up_after_rm() {
     assert!(ok, "second pull failed: {err}");
     assert_eq!(digests_in(&content).await, blobs);
 
-    // Remove the image: the next collection takes everything it held.
+    // Remove the image: the next collection takes everything it held. The
+    // deletion calls for a collection of its own, which may run before
+    // `berth gc` does: then this one finds nothing left to remove.
     let (ok, _, err) = stack.berth(&["images", "rm", &reference]);
     assert!(ok, "{err}");
     let summary = stack.berth_json(&["gc"]);
@@ -212,13 +214,13 @@ async fn pull_unpacks_records_and_gc_cleans_up_after_rm() {
         .filter(|r| r["type"] == "content")
         .map(|r| r["id"].as_str().unwrap())
         .collect();
-    assert_eq!(removed_content.len(), blobs.len(), "{summary}");
-    assert_eq!(
-        removed
-            .iter()
-            .filter(|r| r["type"] == "snapshots/overlayfs")
-            .count(),
-        2,
+    let removed_snapshots = removed
+        .iter()
+        .filter(|r| r["type"] == "snapshots/overlayfs")
+        .count();
+    assert!(
+        (removed_content.len(), removed_snapshots) == (blobs.len(), 2)
+            || (removed_content.is_empty() && removed_snapshots == 0),
         "{summary}"
     );
     assert_eq!(digests_in(&content).await, Vec::<Digest>::new());
