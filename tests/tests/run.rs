@@ -82,7 +82,11 @@ fn assert_nothing_left(stack: &Stack) {
         .filter(|s| s["kind"] != "committed")
         .collect();
     assert!(active.is_empty(), "snapshots left: {active:?}");
-    let bundles = stack.taskd.state.join("bundles").join("default");
+    let bundles = stack
+        .taskd
+        .state
+        .join("io.containerd.runtime.v2.task")
+        .join("default");
     let left: Vec<_> = std::fs::read_dir(&bundles)
         .map(|d| d.flatten().map(|e| e.file_name()).collect())
         .unwrap_or_default();
@@ -289,6 +293,11 @@ fn detached_containers_take_exec_pause_ps_kill_and_log_to_a_file() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout).trim(), "web");
     wait_for_status(&stack, "web", "RUNNING");
+    // Its shim serves on a socket under this taskd's state dir.
+    let sockets: Vec<_> = std::fs::read_dir(stack.taskd.state.join("s"))
+        .map(|d| d.flatten().collect())
+        .unwrap_or_default();
+    assert!(!sockets.is_empty(), "no shim socket under taskd's state");
 
     let out = run(
         &stack,
@@ -413,7 +422,12 @@ fn every_shim_runs_execs_kills_and_cleans_up_through_taskd() {
         assert!(out.status.success(), "{runtime}: {}", text(&out.stderr));
         wait_for_status(&stack, &id, "RUNNING");
         // The task is served by the shim asked for.
-        let bundle = stack.taskd.state.join("bundles").join("default").join(&id);
+        let bundle = stack
+            .taskd
+            .state
+            .join("io.containerd.runtime.v2.task")
+            .join("default")
+            .join(&id);
         let shims: Vec<PathBuf> = processes_under(&bundle)
             .into_iter()
             .filter_map(|(pid, _)| std::fs::read_link(format!("/proc/{pid}/exe")).ok())
@@ -715,6 +729,16 @@ fn fifty_runs_in_a_row_leave_no_shim_mount_cgroup_or_bundle() {
         return;
     }
     let (_dir, stack) = setup();
+    let taskd_fds = || {
+        std::fs::read_dir(format!("/proc/{}/fd", stack.taskd.pid()))
+            .unwrap()
+            .count()
+    };
+    // One run first: whatever taskd opens once (connections, the runtime's
+    // own) is open before counting.
+    let out = run(&stack, &["run", "--rm", RUN_IMAGE, "true"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let fds_before = taskd_fds();
     for i in 0..50 {
         let name = format!("churn{i}");
         let out = run(&stack, &["run", "--rm", "--name", &name, RUN_IMAGE, "true"]);
@@ -731,6 +755,12 @@ fn fifty_runs_in_a_row_leave_no_shim_mount_cgroup_or_bundle() {
         .filter(|path| path.exists())
         .collect();
     assert!(left.is_empty(), "cgroups left: {left:?}");
+    // Nothing per container stays open in taskd (its shims' log fifos).
+    let fds_after = taskd_fds();
+    assert!(
+        fds_after <= fds_before + 4,
+        "taskd's descriptors grew from {fds_before} to {fds_after}"
+    );
 }
 
 #[test]

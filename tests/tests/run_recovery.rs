@@ -241,7 +241,7 @@ fn a_shim_that_dies_is_cleaned_up_and_its_task_reported_stopped() {
     let bundle = stack
         .taskd
         .state
-        .join("bundles")
+        .join("io.containerd.runtime.v2.task")
         .join("default")
         .join("orphan");
     let shim = std::fs::read_dir("/proc")

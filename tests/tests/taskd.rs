@@ -7,7 +7,8 @@
 use std::path::Path;
 
 use berth_client::{
-    RemoteContainers, RemoteContentStore, RemoteImages, RemoteSnapshotter, RemoteTasks,
+    RemoteContainers, RemoteContentStore, RemoteImages, RemoteLeases, RemoteSnapshotter,
+    RemoteTasks,
 };
 use berth_e2e::images::{run_image_archive, RUN_IMAGE};
 use berth_e2e::stack::Stack;
@@ -34,6 +35,7 @@ struct Clients {
     images: RemoteImages,
     snapshots: RemoteSnapshotter,
     containers: RemoteContainers,
+    leases: RemoteLeases,
     tasks: RemoteTasks,
 }
 
@@ -50,6 +52,7 @@ impl Clients {
             containers: RemoteContainers::connect(&stack.metad.socket)
                 .await
                 .unwrap(),
+            leases: RemoteLeases::connect(&stack.metad.socket).await.unwrap(),
             tasks: RemoteTasks::connect(&stack.taskd.socket).await.unwrap(),
         }
     }
@@ -61,6 +64,7 @@ impl Clients {
             snapshots: &self.snapshots,
             snapshotter: "overlayfs",
             containers: &self.containers,
+            leases: &self.leases,
             unpacker: None,
         }
     }
@@ -85,13 +89,19 @@ impl Clients {
 }
 
 fn bundles(stack: &Stack) -> Vec<String> {
-    std::fs::read_dir(stack.taskd.state.join("bundles").join("default"))
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
+    std::fs::read_dir(
+        stack
+            .taskd
+            .state
+            .join("io.containerd.runtime.v2.task")
+            .join("default"),
+    )
+    .map(|d| {
+        d.flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect()
+    })
+    .unwrap_or_default()
 }
 
 fn create(id: &str) -> CreateTask {

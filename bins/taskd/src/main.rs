@@ -83,7 +83,10 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(config: DaemonConfig, peers: SocketPeers, debug: bool) -> anyhow::Result<()> {
-    let bundles = config.state.join("bundles");
+    // containerd's layout (<state>/io.containerd.runtime.v2.task/<ns>/<id>):
+    // berth's shim derives its socket directory from it, so a taskd's shims
+    // keep their sockets under its own state dir.
+    let bundles = config.state.join("io.containerd.runtime.v2.task");
     let relay = Relay::start(Arc::new(MetadSink::new(&peers.metad)), &bundles);
     let executable = std::env::current_exe().context("finding taskd's executable")?;
     let manager = TaskManager::new(

@@ -64,6 +64,18 @@ struct Task {
     /// Set when the shim died and the task was cleaned up after: Waits
     /// end with this exit.
     dead: watch::Sender<Option<Exit>>,
+    /// Copies the shim's log; ends with the task (taskd holds the fifo
+    /// read-write, so it would never see the end by itself).
+    _log: Option<LogFollower>,
+}
+
+/// The copy of a shim's log fifo into taskd's log; stopped when dropped.
+struct LogFollower(tokio::task::JoinHandle<()>);
+
+impl Drop for LogFollower {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 enum Entry {
@@ -246,22 +258,19 @@ impl TaskManager {
         })
     }
 
-    /// Copies what a shim logs to its `log` fifo into taskd's log.
-    fn follow_shim_log(bundle: &Bundle) {
-        let Ok(fifo) = bundle.open_log() else {
-            return;
-        };
+    /// Copies what a shim logs to its `log` fifo into taskd's log, until
+    /// the returned follower is dropped.
+    fn follow_shim_log(bundle: &Bundle) -> Option<LogFollower> {
+        let fifo = bundle.open_log().ok()?;
         let id = bundle.id.clone();
-        let Ok(pipe) = tokio::net::unix::pipe::Receiver::from_file(fifo) else {
-            return;
-        };
-        tokio::spawn(async move {
+        let pipe = tokio::net::unix::pipe::Receiver::from_file(fifo).ok()?;
+        Some(LogFollower(tokio::spawn(async move {
             use tokio::io::AsyncBufReadExt;
             let mut lines = tokio::io::BufReader::new(pipe).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 tracing::info!(target: "shim", id = %id, "{line}");
             }
-        });
+        })))
     }
 
     /// Watches the shim process; when it dies with its task still here,
@@ -382,7 +391,7 @@ impl TaskManager {
             }
         };
         let invocation = self.invocation(&bundle, record.shim_binary.clone());
-        Self::follow_shim_log(&bundle);
+        let log = Self::follow_shim_log(&bundle);
         let connected = async {
             let client = ShimClient::connect(&record.bootstrap, &bundle.namespace).await?;
             let hello = client.connect_rpc(&bundle.id, RECONNECT_TIMEOUT).await?;
@@ -405,6 +414,7 @@ impl TaskManager {
             shim: client,
             pid: hello.task_pid,
             dead,
+            _log: log,
         });
         if let Ok(mut tasks) = self.tasks.lock() {
             tasks.insert(
@@ -466,7 +476,7 @@ impl TaskManager {
         bundle.create(&spec.value)?;
         // From here every failure undoes what was made.
         let invocation = self.invocation(&bundle, binary.clone());
-        Self::follow_shim_log(&bundle);
+        let log = Self::follow_shim_log(&bundle);
         let started = async {
             let bootstrap = invocation.start(options.as_ref()).await?;
             bundle.write_record(&TaskRecord {
@@ -520,6 +530,7 @@ impl TaskManager {
             shim: client,
             pid,
             dead,
+            _log: log,
         });
         {
             let mut tasks = self.tasks.lock().map_err(|_| poisoned())?;

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use berth_content::ContentStore;
 use berth_errdefs::{Error, ErrorKind, Result};
 use berth_image::{Matcher, Platform};
-use berth_metadata::{Any, Container, ContainerStore, ImageStore, Runtime};
+use berth_metadata::{Any, Container, ContainerStore, ImageStore, LeaseManager, Runtime};
 use berth_oci::{HostRootfs, ImageDefaults, NoRootfsFiles, OciError, RootfsFiles, SpecOptions};
 use berth_snapshot::Snapshotter;
 
@@ -28,6 +28,9 @@ pub struct ContainerServices<'a> {
     pub snapshots: &'a dyn Snapshotter,
     pub snapshotter: &'a str,
     pub containers: &'a dyn ContainerStore,
+    /// The snapshot is prepared under a lease until the record holds it:
+    /// metad's collector would otherwise take it in between.
+    pub leases: &'a dyn LeaseManager,
     /// Unpacks the image when its snapshots are not there yet (an image
     /// imported or pulled without unpacking); None: such an image fails.
     pub unpacker: Option<&'a dyn berth_image::Unpacker>,
@@ -137,8 +140,44 @@ pub async fn create_container(
     let spec_json = serde_json::to_vec(&spec)
         .map_err(|e| Error::internal(format!("encoding the spec: {e}")))?;
 
-    services
-        .snapshots
+    // Until the record exists nothing else holds the new snapshot: a lease
+    // does (expiring on its own if we die before dropping it).
+    let expires = std::time::SystemTime::now() + berth_image::pull::LEASE_EXPIRY;
+    let lease = services
+        .leases
+        .create(
+            namespace,
+            "",
+            [(
+                berth_api::labels::GC_EXPIRE.to_string(),
+                berth_metadata::format_rfc3339(expires),
+            )]
+            .into(),
+        )
+        .await
+        .map_err(|e| e.context("taking a lease"))?;
+    let made =
+        create_under_lease(services, namespace, &new, &id, parent, spec_json, &lease.id).await;
+    // The record holds the snapshot now (or nothing was made): the lease's
+    // label comes off and the lease goes. Either failing leaves a lease
+    // that expires on its own, so neither fails the creation.
+    let _ = services.snapshots.release_lease(namespace, &lease.id).await;
+    let _ = services.leases.delete(namespace, &lease.id, false).await;
+    made
+}
+
+async fn create_under_lease(
+    services: ContainerServices<'_>,
+    namespace: &str,
+    new: &NewContainer,
+    id: &str,
+    parent: Option<String>,
+    spec_json: Vec<u8>,
+    lease: &str,
+) -> Result<Container> {
+    let id = id.to_string();
+    let leased = berth_snapshot::Leased::new(services.snapshots, Some(lease.to_string()));
+    leased
         .prepare(namespace, &id, parent.as_deref(), HashMap::new())
         .await
         .map_err(|e| e.context(format!("preparing the snapshot of {id}")))?;

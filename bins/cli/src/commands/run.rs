@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use berth_client::{
-    RemoteContainers, RemoteContentStore, RemoteImages, RemoteSnapshotter, RemoteTasks,
+    RemoteContainers, RemoteContentStore, RemoteImages, RemoteLeases, RemoteSnapshotter,
+    RemoteTasks,
 };
 use berth_errdefs::ErrorKind;
 use berth_metadata::Runtime;
@@ -260,6 +261,7 @@ pub struct Clients {
     pub images: RemoteImages,
     pub snapshots: RemoteSnapshotter,
     pub containers: RemoteContainers,
+    pub leases: RemoteLeases,
     pub snapshotter: String,
 }
 
@@ -278,6 +280,9 @@ impl Clients {
             containers: RemoteContainers::connect(global.metad_socket())
                 .await
                 .context("berth-metad")?,
+            leases: RemoteLeases::connect(global.metad_socket())
+                .await
+                .context("berth-metad")?,
             snapshotter: snapshotter.to_string(),
         })
     }
@@ -289,6 +294,7 @@ impl Clients {
             snapshots: &self.snapshots,
             snapshotter: &self.snapshotter,
             containers: &self.containers,
+            leases: &self.leases,
             unpacker: Some(&self.snapshots),
         }
     }

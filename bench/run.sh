@@ -1,0 +1,480 @@
+#!/usr/bin/env bash
+# Running containers: berth's four daemons (contentd, snapd, metad, taskd)
+# with containerd-shim-berth-v2, against a private containerd 1.6 (Debian,
+# CRI off) with Debian's Go containerd-shim-runc-v2, side by side in one
+# run. Both run the same image (Debian's static busybox in one layer,
+# imported from one OCI archive) with the same runc, cgroupfs driver.
+#
+#   1. Latency: `berth run --rm IMAGE /bin/true` against `ctr run --rm
+#      IMAGE ID /bin/true`, ROUNDS rounds after WARMUP warm-ups, the two
+#      alternating (which one goes first alternates too): median and p90.
+#   2. Churn: containers/s over CHURN_SECONDS with 1, 4 and 16 workers, each
+#      looping `run --rm ... /bin/true` with unique ids.
+#   3. Idle daemon memory: PSS (/proc/PID/smaps_rollup) of the four berth
+#      daemons summed against containerd's, after start + import, after
+#      MEMORY_CONTAINERS containers have come and gone, and after the whole
+#      run. Shims are not counted on either side (none is running then).
+#
+# ctr runs with --seccomp (CTR_SECCOMP=0 drops it), because `berth run`
+# applies the default seccomp profile and ctr does not unless asked: the
+# same work on both sides. Everything lives in a temp dir under /var/tmp, a
+# namespace of its own (so cgroups /berth/NS/ID and /NS/ID) and, for the Go
+# shim's runc root, a temp dir under /run (berth's shims keep theirs, and
+# their sockets, under taskd's state dir). containerd 1.6's Go shim
+# always puts its socket in /run/containerd/s (hard-coded there); it removes
+# it when its task is deleted.
+#
+# usage: bench/run.sh   (as root; environment: ROUNDS=30 WARMUP=3
+#   CHURN_SECONDS=20 CHURN_WORKERS="1 4 16" MEMORY_CONTAINERS=100
+#   SETTLE=5 CTR_SECCOMP=1 RUN_TIMEOUT=60 BERTH_LOG_LEVEL=warn; KEEP_LOGS=DIR
+#   records `berth events` and copies it, the daemons' logs and the failed
+#   runs' errors there at the end)
+set -euo pipefail
+export LC_ALL=C
+
+rounds=${ROUNDS:-30}
+warmup=${WARMUP:-3}
+churn_seconds=${CHURN_SECONDS:-20}
+churn_workers=${CHURN_WORKERS:-1 4 16}
+memory_containers=${MEMORY_CONTAINERS:-100}
+settle=${SETTLE:-5}
+ctr_seccomp=${CTR_SECCOMP:-1}
+run_timeout=${RUN_TIMEOUT:-60}
+log_level=${BERTH_LOG_LEVEL:-warn}
+keep_logs=${KEEP_LOGS:-}
+
+top=$(cd "$(dirname "$0")/.." && pwd)
+cd "$top"
+
+# Prerequisites, before anything is built or started.
+missing=()
+[ "$(id -u)" = 0 ] || missing+=("root (snapd mounts, runc)")
+for tool in runc containerd ctr containerd-shim-runc-v2 cargo tar gzip sha256sum bc timeout; do
+  command -v "$tool" >/dev/null || missing+=("$tool")
+done
+if [ ! -x /bin/busybox ] || ! dpkg -s busybox-static >/dev/null 2>&1; then
+  missing+=("busybox-static (Debian's static /bin/busybox)")
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+  printf 'missing: %s\n' "${missing[@]}" >&2
+  exit 1
+fi
+ctrd_version=$(containerd --version | awk '{print $3}')
+case $ctrd_version in
+  1.6.*) ;;
+  *) echo "warning: containerd $ctrd_version, not 1.6" >&2 ;;
+esac
+
+cargo build --release --workspace --bins >&2
+target=${CARGO_TARGET_DIR:-$top/target}
+case $target in /*) ;; *) target="$top/$target" ;; esac
+bin="$target/release"
+for b in berth berth-contentd berth-snapd berth-metad berth-taskd containerd-shim-berth-v2; do
+  [ -x "$bin/$b" ] || { echo "$bin/$b is not built" >&2; exit 1; }
+done
+
+work=$(mktemp -d /var/tmp/berth-run-bench.XXXXXX)
+rundir=$(mktemp -d /run/berth-run-bench.XXXXXX)
+ns="runbench-$$"
+image=berth.bench/busybox:run
+: >"$work/pids"
+workers=()
+# What existed before, so that cleanup removes only what this run made.
+pre_existing=()
+for d in /run/berth /run/berth/s /run/berth/runc /run/containerd /run/containerd/s \
+  /sys/fs/cgroup/berth /sys/fs/cgroup/*/berth; do
+  [ -e "$d" ] && pre_existing+=("$d")
+done
+existed() { local d; for d in "${pre_existing[@]}"; do [ "$d" = "$1" ] && return 0; done; return 1; }
+ls /run/containerd/s 2>/dev/null | sort >"$work/ctrd-sockets.before" || true
+ls /run/berth/s 2>/dev/null | sort >"$work/berth-sockets.before" || true
+
+# Processes of ours outside the daemons: shims (and anything they left)
+# run in bundles under $work or name its sockets on their command line.
+ours() {
+  local p pid cwd
+  for p in /proc/[0-9]*; do
+    pid=${p#/proc/}
+    [ "$pid" = $$ ] && continue
+    grep -qx "$pid" "$work/pids" && continue
+    cwd=$(readlink "$p/cwd" 2>/dev/null) || continue
+    if [[ $cwd == "$work"/* ]] || tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -F -- "$work/" >/dev/null; then
+      echo "$pid"
+    fi
+  done
+}
+
+cleanup() {
+  set +eu
+  trap - EXIT INT TERM
+  if [ -n "$keep_logs" ]; then
+    mkdir -p "$keep_logs"
+    cp "$work"/berth/*.log "$work"/errors.* "$work"/lat.* "$work"/memory "$work"/fds "$keep_logs"/ 2>/dev/null
+    cp "$work/ctrd/log" "$keep_logs/containerd.log" 2>/dev/null
+  fi
+  # (A bare `wait` would wait for the daemons too.)
+  if [ ${#workers[@]} -gt 0 ]; then
+    kill "${workers[@]}" 2>/dev/null
+    wait "${workers[@]}" 2>/dev/null
+  fi
+  # Containers left by an interruption: delete them through the daemons.
+  if [ -S "$work/berth/taskd.sock" ]; then
+    for id in $(timeout 20 "$bin/berth" tasks ls -q 2>/dev/null); do
+      timeout 20 "$bin/berth" tasks kill -s SIGKILL "$id" >/dev/null 2>&1
+      timeout 20 "$bin/berth" tasks rm "$id" >/dev/null 2>&1
+    done
+    for id in $(timeout 20 "$bin/berth" containers ls -q 2>/dev/null); do
+      timeout 20 "$bin/berth" containers rm "$id" >/dev/null 2>&1
+    done
+  fi
+  if [ -S "$work/ctrd/c.sock" ]; then
+    for id in $(timeout 20 "${ctr[@]}" task ls -q 2>/dev/null); do
+      timeout 20 "${ctr[@]}" task kill -s SIGKILL "$id" >/dev/null 2>&1
+      timeout 20 "${ctr[@]}" task delete --force "$id" >/dev/null 2>&1
+    done
+    for id in $(timeout 20 "${ctr[@]}" containers ls -q 2>/dev/null); do
+      timeout 20 "${ctr[@]}" containers rm "$id" >/dev/null 2>&1
+    done
+  fi
+  local daemons
+  daemons=$(cat "$work/pids")
+  if [ -n "$daemons" ]; then
+    kill -9 $daemons 2>/dev/null
+    wait $daemons 2>/dev/null
+  fi
+  # Shims left over, then runc containers left over.
+  local left
+  left=$(ours)
+  if [ -n "$left" ]; then
+    echo "cleanup: killing leftover processes: $(echo $left)" >&2
+    kill -9 $left 2>/dev/null
+  fi
+  for root in "${broot:-/nonexistent}/taskd/state/runc" "$rundir/runc/$ns"; do
+    [ -d "$root" ] || continue
+    for id in $(runc --root "$root" list -q 2>/dev/null); do
+      echo "cleanup: runc container $id left in $root" >&2
+      runc --root "$root" delete -f "$id" >/dev/null 2>&1
+    done
+    rm -rf "$root"
+  done
+  grep -o " $work[^ ]*\| $rundir[^ ]*" /proc/self/mounts | sort -r | while read -r m; do
+    echo "cleanup: unmounting $m" >&2
+    umount -l "$m"
+  done
+  # Cgroups under this run's namespace, deepest first.
+  for h in /sys/fs/cgroup /sys/fs/cgroup/*; do
+    for c in "$h/$ns" "$h/berth/$ns"; do
+      [ -d "$c" ] && find "$c" -depth -type d -exec rmdir {} + 2>/dev/null
+    done
+    existed "$h/berth" || { [ -d "$h/berth" ] && rmdir "$h/berth" 2>/dev/null; }
+  done
+  for d in /run/berth/s /run/berth/runc /run/berth /run/containerd/s /run/containerd; do
+    existed "$d" || { [ -d "$d" ] && rmdir "$d" 2>/dev/null; }
+  done
+  rm -rf "$work" "$rundir"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# shellcheck source=lib/containerd.sh
+. "$top/bench/lib/containerd.sh"
+
+# The image, as tests/src/images.rs's run_image_archive builds it: Debian's
+# static busybox as /bin/busybox with /bin/sh and /bin/true linked to it,
+# Cmd /bin/sh, one gzip layer in an OCI layout, tarred.
+rootfs="$work/rootfs"
+mkdir -p "$rootfs/bin" "$rootfs/etc" "$rootfs/proc" "$rootfs/sys" "$rootfs/dev" "$rootfs/tmp" "$rootfs/root"
+cp /bin/busybox "$rootfs/bin/busybox"
+for applet in sh true; do ln -s busybox "$rootfs/bin/$applet"; done
+printf 'root:x:0:0:root:/root:/bin/sh\n' >"$rootfs/etc/passwd"
+printf 'root:x:0:\n' >"$rootfs/etc/group"
+layout="$work/layout"
+mkdir -p "$layout/blobs/sha256"
+echo '{"imageLayoutVersion":"1.0.0"}' >"$layout/oci-layout"
+add_blob() { # file -> prints "digest size"
+  local d
+  d=$(sha256sum "$1" | cut -d' ' -f1)
+  cp "$1" "$layout/blobs/sha256/$d"
+  echo "sha256:$d $(stat -c %s "$1")"
+}
+tar -C "$rootfs" --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 -cf "$work/layer.tar" .
+diff_id=sha256:$(sha256sum "$work/layer.tar" | cut -d' ' -f1)
+gzip -n -c "$work/layer.tar" >"$work/layer.tar.gz"
+read -r layer_digest layer_size < <(add_blob "$work/layer.tar.gz")
+case $(uname -m) in
+  x86_64) arch=amd64 ;; aarch64) arch=arm64 ;; *) arch=$(uname -m) ;;
+esac
+printf '{"architecture":"%s","os":"linux","config":{"Cmd":["/bin/sh"],"Env":["PATH=/bin"]},"rootfs":{"type":"layers","diff_ids":["%s"]}}' \
+  "$arch" "$diff_id" >"$work/config.json"
+read -r config_digest config_size < <(add_blob "$work/config.json")
+printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"%s","size":%s},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"%s","size":%s}]}' \
+  "$config_digest" "$config_size" "$layer_digest" "$layer_size" >"$work/manifest.json"
+read -r manifest_digest manifest_size < <(add_blob "$work/manifest.json")
+printf '{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"%s","size":%s,"annotations":{"org.opencontainers.image.ref.name":"%s"}}]}' \
+  "$manifest_digest" "$manifest_size" "$image" >"$layout/index.json"
+archive="$work/busybox.tar"
+tar -C "$layout" -cf "$archive" .
+
+# berth: the four daemons wired as tests/src/stack.rs wires them.
+broot="$work/berth"
+mkdir -p "$broot" "$work/berth-fifo" "$work/berth-logs" "$work/ctr-fifo"
+start_daemon() { # name extra...
+  local name=$1; shift
+  "$bin/berth-$name" --root "$broot/$name/root" --state "$broot/$name/state" \
+    --address "$broot/$name.sock" --log-level "$log_level" "$@" >"$broot/$name.log" 2>&1 &
+  echo $! >>"$work/pids"
+  echo $! >"$broot/$name.pid"
+  for _ in $(seq 500); do [ -S "$broot/$name.sock" ] && return; sleep 0.02; done
+  echo "berth-$name did not start; its log:" >&2
+  cat "$broot/$name.log" >&2
+  return 1
+}
+start_daemon contentd
+start_daemon snapd --contentd "$broot/contentd.sock"
+start_daemon metad --contentd "$broot/contentd.sock" --snapd "$broot/snapd.sock"
+start_daemon taskd --metad "$broot/metad.sock" --snapd "$broot/snapd.sock"
+export BERTH_CONTENTD_ADDRESS="$broot/contentd.sock" BERTH_SNAPD_ADDRESS="$broot/snapd.sock"
+export BERTH_METAD_ADDRESS="$broot/metad.sock" BERTH_TASKD_ADDRESS="$broot/taskd.sock"
+export BERTH_FIFO_DIR="$work/berth-fifo" BERTH_LOG_DIR="$work/berth-logs" BERTH_NAMESPACE="$ns"
+unset BERTH_SNAPSHOTTER
+berth_pids=()
+for d in contentd snapd metad taskd; do berth_pids+=("$(cat "$broot/$d.pid")"); done
+if [ -n "$keep_logs" ]; then
+  # Every event metad relays (creates, deletes, exits, what its collector
+  # removes), for reading after a failure.
+  "$bin/berth" events >"$broot/events.log" 2>&1 &
+  echo $! >>"$work/pids"
+fi
+
+# containerd: bench/lib/containerd.sh's private one.
+start_containerd "$work/ctrd"
+ctr=(ctr -a "$work/ctrd/c.sock" -n "$ns")
+for _ in $(seq 100); do "${ctr[@]}" version >/dev/null 2>&1 && break; sleep 0.1; done
+ctr_run_flags=(--fifo-dir "$work/ctr-fifo" --runc-root "$rundir/runc")
+[ "$ctr_seccomp" = 1 ] && ctr_run_flags+=(--seccomp)
+
+"$bin/berth" import "$archive" >/dev/null
+"${ctr[@]}" images import --base-name "${image%:*}" "$archive" >/dev/null
+"${ctr[@]}" images ls -q | grep -x "$image" >/dev/null || { echo "ctr import did not record $image" >&2; exit 1; }
+
+# One container to its end; fails (its stderr kept in $work/errors.SIDE) on
+# a non-zero exit or after RUN_TIMEOUT seconds.
+run_one() { # side id
+  local side=$1 id=$2 rc=0
+  if [ "$side" = berth ]; then
+    timeout -k 5 "$run_timeout" "$bin/berth" run --rm --name "$id" "$image" /bin/true \
+      </dev/null >/dev/null 2>"$work/err.$id" || rc=$?
+  else
+    timeout -k 5 "$run_timeout" "${ctr[@]}" run --rm "${ctr_run_flags[@]}" "$image" "$id" /bin/true \
+      </dev/null >/dev/null 2>"$work/err.$id" || rc=$?
+  fi
+  if [ $rc != 0 ]; then
+    { echo "--- $side $id: exit $rc$([ $rc = 124 ] && echo ' (timed out)')"; cat "$work/err.$id"; } >>"$work/errors.$side"
+  fi
+  rm -f "$work/err.$id"
+  return $rc
+}
+
+now_us() { echo "${EPOCHREALTIME/./}"; }
+
+# Timed: prints the wall time in ms, or "fail".
+timed_ms() { # side id
+  local start end
+  start=$(now_us)
+  if run_one "$1" "$2"; then
+    end=$(now_us)
+    echo "scale=1; ($end - $start) / 1000" | bc
+  else
+    echo fail
+  fi
+}
+
+pss_kib() { awk '/^Pss:/{print $2}' "/proc/$1/smaps_rollup"; }
+fds() { ls "/proc/$1/fd" | wc -l; }
+berth_pss() { # -> "sum contentd snapd metad taskd"
+  local sum=0 each="" p v
+  for p in "${berth_pids[@]}"; do v=$(pss_kib "$p"); sum=$((sum + v)); each+=" $v"; done
+  echo "$sum$each"
+}
+# Both sides settled: no shim left, a few seconds idle. Open descriptors
+# too, per daemon: a leak per container shows there first.
+memory_sample() { # label
+  sleep "$settle"
+  local b c f="" p
+  b=$(berth_pss)
+  c=$(pss_kib "$containerd_pid")
+  for p in "${berth_pids[@]}" "$containerd_pid"; do f+=" $(fds "$p")"; done
+  echo "$1 $b $c" >>"$work/memory"
+  echo "$1$f" >>"$work/fds"
+  echo "memory ($1): berth $b (sum contentd snapd metad taskd), containerd $c KiB PSS; fds$f" >&2
+}
+
+# Percentile by nearest rank of the numbers on stdin.
+percentile() { # p
+  sort -n | awk -v p="$1" '{a[NR]=$1} END {if (NR == 0) {print "-"; exit}; r = int((p * NR + 99) / 100); if (r < 1) r = 1; print a[r]}'
+}
+ratio() { if [ "$2" = - ] || [ "$1" = - ]; then echo -; else printf '%.2f' "$(echo "$1 / $2" | bc -l)"; fi; }
+
+# 3. Memory, idle after start + import, then after containers came and went.
+memory_sample idle
+echo "running $memory_containers containers on each side" >&2
+mem_fail_b=0 mem_fail_c=0
+for i in $(seq "$memory_containers"); do
+  run_one berth "mem-$i" || mem_fail_b=$((mem_fail_b + 1))
+  run_one ctr "mem-$i" || mem_fail_c=$((mem_fail_c + 1))
+done
+memory_sample after-containers
+
+# 1. Latency.
+echo "latency: $warmup warm-ups, $rounds rounds" >&2
+for i in $(seq "$warmup"); do
+  run_one berth "warm-$i" || true
+  run_one ctr "warm-$i" || true
+done
+: >"$work/lat.berth"
+: >"$work/lat.ctr"
+for i in $(seq "$rounds"); do
+  if [ $((i % 2)) = 1 ]; then order="berth ctr"; else order="ctr berth"; fi
+  for side in $order; do timed_ms "$side" "lat-$i" >>"$work/lat.$side"; done
+done
+lat_fail_b=$(grep -c fail "$work/lat.berth" || true)
+lat_fail_c=$(grep -c fail "$work/lat.ctr" || true)
+b_med=$(grep -v fail "$work/lat.berth" | percentile 50)
+b_p90=$(grep -v fail "$work/lat.berth" | percentile 90)
+c_med=$(grep -v fail "$work/lat.ctr" | percentile 50)
+c_p90=$(grep -v fail "$work/lat.ctr" | percentile 90)
+echo "latency ms: berth $(tr '\n' ' ' <"$work/lat.berth")" >&2
+echo "latency ms: ctr   $(tr '\n' ' ' <"$work/lat.ctr")" >&2
+
+# 2. Churn: every worker loops until the deadline; the rate counts the
+# containers that finished, over the time until the last worker is done.
+churn_worker() { # side phase worker deadline_us out
+  local side=$1 phase=$2 w=$3 deadline=$4 out=$5 n=0 fail=0 i=0
+  while [ "$(now_us)" -lt "$deadline" ]; do
+    if run_one "$side" "$phase-w$w-$i"; then n=$((n + 1)); else fail=$((fail + 1)); fi
+    i=$((i + 1))
+  done
+  echo "$n $fail" >"$out"
+}
+churn() { # side workers -> sets rate and fails
+  local side=$1 nw=$2 start deadline end w total=0 n f
+  fails=0
+  start=$(now_us)
+  deadline=$((start + churn_seconds * 1000000))
+  workers=()
+  for w in $(seq "$nw"); do
+    churn_worker "$side" "churn$nw" "$w" "$deadline" "$work/churn.$side.$nw.$w" &
+    workers+=($!)
+  done
+  wait "${workers[@]}"
+  workers=()
+  end=$(now_us)
+  for w in $(seq "$nw"); do
+    read -r n f <"$work/churn.$side.$nw.$w"
+    total=$((total + n)); fails=$((fails + f))
+  done
+  rate=$(echo "scale=1; $total * 1000000 / ($end - $start)" | bc)
+}
+declare -A churn_rate churn_fail churn_load
+k=0
+for nw in $churn_workers; do
+  if [ $((k % 2)) = 0 ]; then order="berth ctr"; else order="ctr berth"; fi
+  k=$((k + 1))
+  for side in $order; do
+    echo "churn: $side, $nw workers, ${churn_seconds} s" >&2
+    churn "$side" "$nw"
+    churn_rate[$side.$nw]=$rate
+    churn_fail[$side.$nw]=$fails
+    load=$(cut -d' ' -f1 /proc/loadavg)
+    churn_load[$side.$nw]=$load
+    echo "  $rate containers/s, $fails failed, load $load" >&2
+  done
+done
+
+memory_sample after-run
+
+# Nothing of a container may be left on either side.
+leftovers=""
+b_left=$("$bin/berth" containers ls -q 2>&1; "$bin/berth" tasks ls -q 2>&1)
+[ -z "$b_left" ] || leftovers+="berth containers/tasks left: $(echo $b_left)"$'\n'
+c_left=$("${ctr[@]}" containers ls -q 2>&1; "${ctr[@]}" task ls -q 2>&1)
+[ -z "$c_left" ] || leftovers+="containerd containers/tasks left: $(echo $c_left)"$'\n'
+sleep 1
+p_left=$(ours)
+[ -z "$p_left" ] || leftovers+="processes left: $(for p in $p_left; do tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null; echo; done)"$'\n'
+m_left=$(grep -F -e "$broot/taskd" -e "$work/ctrd/state" /proc/self/mountinfo | awk '{print $5}' || true)
+[ -z "$m_left" ] || leftovers+="mounts left: $(echo $m_left)"$'\n'
+runc_left=$(runc --root "$broot/taskd/state/runc" list -q 2>/dev/null; runc --root "$rundir/runc/$ns" list -q 2>/dev/null) || true
+[ -z "$runc_left" ] || leftovers+="runc containers left: $(echo $runc_left)"$'\n'
+cg_left=$(for h in /sys/fs/cgroup /sys/fs/cgroup/*; do
+  for c in "$h/$ns" "$h/berth/$ns"; do [ -d "$c" ] && find "$c" -mindepth 1 -type d; done
+done 2>/dev/null || true)
+[ -z "$cg_left" ] || leftovers+="container cgroups left: $(echo $cg_left)"$'\n'
+s_left=$( (comm -13 "$work/berth-sockets.before" <(ls /run/berth/s 2>/dev/null | sort); ls "$broot/taskd/state/s" 2>/dev/null) || true)
+[ -z "$s_left" ] || leftovers+="berth shim sockets left: $(echo $s_left)"$'\n'
+s_left=$(comm -13 "$work/ctrd-sockets.before" <(ls /run/containerd/s 2>/dev/null | sort))
+[ -z "$s_left" ] || leftovers+="shim sockets left in /run/containerd/s: $(echo $s_left)"$'\n'
+b_bundles=$(ls "$broot/taskd/state/$ns" 2>/dev/null || true)
+[ -z "$b_bundles" ] || leftovers+="berth bundles left: $(echo $b_bundles)"$'\n'
+held=$(find "/proc/${berth_pids[3]}/fd" -lname "$broot/taskd/state/*(deleted)" 2>/dev/null | wc -l)
+[ "$held" = 0 ] || leftovers+="berth-taskd holds $held descriptors of removed bundles' files, e.g. $(find "/proc/${berth_pids[3]}/fd" -lname "$broot/taskd/state/*(deleted)" -printf '%l\n' 2>/dev/null | sed -n "1s|$work|TMP|p")"$'\n'
+b_snaps=$("$bin/berth" --format json snapshots ls 2>&1 | grep -o '"kind": *"[a-z]*"' | grep -vc committed || true)
+[ "$b_snaps" = 0 ] || leftovers+="berth snapshots that are not committed: $b_snaps"$'\n'
+
+# Results.
+read -r _ m_idle_b _ _ _ _ m_idle_c < <(grep '^idle ' "$work/memory")
+read -r _ m_after_b _ _ _ _ m_after_c < <(grep '^after-containers ' "$work/memory")
+read -r _ m_run_b _ _ _ _ m_run_c < <(grep '^after-run ' "$work/memory")
+pct() { awk -v n="$1" 'BEGIN{printf "%.1f", n / 1024}'; }
+
+echo
+echo "| measurement | berth | containerd $ctrd_version | berth/containerd | target |"
+echo "|---|---|---|---|---|"
+printf '| `run --rm IMAGE /bin/true`, median of %s (ms) | %s | %s | %s | ≤ 0.6 |\n' \
+  "$rounds" "$b_med" "$c_med" "$(ratio "$b_med" "$c_med")"
+printf '| `run --rm IMAGE /bin/true`, p90 of %s (ms) | %s | %s | %s | |\n' \
+  "$rounds" "$b_p90" "$c_p90" "$(ratio "$b_p90" "$c_p90")"
+for nw in $churn_workers; do
+  printf '| churn, %s worker%s, %s s (containers/s) | %s | %s | %s | ≥ 2 |\n' "$nw" \
+    "$([ "$nw" = 1 ] || echo s)" "$churn_seconds" "${churn_rate[berth.$nw]}" \
+    "${churn_rate[ctr.$nw]}" "$(ratio "${churn_rate[berth.$nw]}" "${churn_rate[ctr.$nw]}")"
+done
+printf '| daemon PSS, idle after start + import (MiB) | %s | %s | %s | ≤ 0.5 |\n' \
+  "$(pct "$m_idle_b")" "$(pct "$m_idle_c")" "$(ratio "$m_idle_b" "$m_idle_c")"
+printf '| daemon PSS, idle after %s containers (MiB) | %s | %s | %s | ≤ 0.5 |\n' \
+  "$memory_containers" "$(pct "$m_after_b")" "$(pct "$m_after_c")" "$(ratio "$m_after_b" "$m_after_c")"
+printf '| daemon PSS, idle after the whole run (MiB) | %s | %s | %s | |\n' \
+  "$(pct "$m_run_b")" "$(pct "$m_run_c")" "$(ratio "$m_run_b" "$m_run_c")"
+echo
+echo "berth PSS per daemon, KiB (contentd snapd metad taskd):"
+awk '{printf "  %-17s %s %s %s %s  (containerd %s)\n", $1, $3, $4, $5, $6, $7}' "$work/memory"
+echo "open file descriptors (contentd snapd metad taskd; containerd):"
+awk '{printf "  %-17s %s %s %s %s; %s\n", $1, $2, $3, $4, $5, $6}' "$work/fds"
+fails="latency berth $lat_fail_b ctr $lat_fail_c; memory phase berth $mem_fail_b ctr $mem_fail_c; churn"
+for nw in $churn_workers; do fails+=" $nw: berth ${churn_fail[berth.$nw]} ctr ${churn_fail[ctr.$nw]}"; done
+echo "failed runs: $fails"
+loads="load (1 min) at the end of each churn:"
+for nw in $churn_workers; do loads+=" $nw: berth ${churn_load[berth.$nw]} ctr ${churn_load[ctr.$nw]};"; done
+echo "${loads%;}"
+echo "shims are not counted in PSS on either side (containerd-shim-berth-v2, containerd-shim-runc-v2)"
+echo "ctr run --rm $(echo "${ctr_run_flags[*]}" | sed "s|$work|TMP|g; s|$rundir|/run/TMP|g"); berth run --rm with its defaults (seccomp, --net none, cgroupfs)"
+echo "containerd $ctrd_version (CRI off), $(runc --version | sed -n 1p), $(uname -r), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), $(date -u +%Y-%m-%d)"
+for side in berth ctr; do
+  if [ -s "$work/errors.$side" ]; then
+    echo
+    echo "first errors ($side), of $(grep -c '^--- ' "$work/errors.$side"):"
+    head -40 "$work/errors.$side"
+  fi
+done
+if [ -n "$leftovers" ]; then
+  echo
+  echo "LEFT BEHIND after the run (before cleanup):"
+  printf '%s' "$leftovers"
+fi
+for d in contentd snapd metad taskd; do
+  if [ -s "$broot/$d.log" ]; then
+    echo
+    echo "berth-$d log (warnings and errors, last 20 lines):"
+    tail -20 "$broot/$d.log"
+  fi
+done
