@@ -137,6 +137,7 @@ fn a_restarted_taskd_finds_every_task_and_reports_a_missed_exit_once() {
         run_detached(stack, &format!("c{i}"), &["sleep", "1000"]);
     }
     run_detached(stack, "brief", &["sleep", "1000"]);
+    run_detached(stack, "gone", &["sleep", "1000"]);
     // The Go shims are found again too.
     let mut go_shims = Vec::new();
     if on_path("containerd-shim-runc-v2") {
@@ -161,7 +162,7 @@ fn a_restarted_taskd_finds_every_task_and_reports_a_missed_exit_once() {
         ]);
         assert!(ok, "{runtime}: {err}");
     }
-    let running = 11 + go_shims.len();
+    let running = 12 + go_shims.len();
     wait_until("every task running", || {
         tasks(stack).iter().filter(|t| t.2 == "RUNNING").count() == running
     });
@@ -175,12 +176,36 @@ fn a_restarted_taskd_finds_every_task_and_reports_a_missed_exit_once() {
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
+    // And one shim dies while taskd is down.
+    let gone_bundle = stack
+        .taskd
+        .state
+        .join("io.containerd.runtime.v2.task/default/gone");
+    let gone_pid = before.iter().find(|t| t.0 == "gone").unwrap().1;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(shim_in(&gone_bundle)),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
     std::thread::sleep(Duration::from_millis(500));
     stack.taskd.restart();
 
+    // The dead shim's task is cleaned up after: gone from the list, its
+    // bundle and its container's process gone, its exit reported.
     let after = tasks(stack);
-    assert_eq!(after.len(), running, "{after:?}");
+    assert_eq!(after.len(), running - 1, "{after:?}");
+    assert!(!after.iter().any(|t| t.0 == "gone"), "{after:?}");
+    assert!(!gone_bundle.exists());
+    wait_until("gone's process to go", || {
+        !Path::new(&format!("/proc/{gone_pid}")).exists()
+    });
+    wait_until("gone's exit event", || !exits.about("gone").is_empty());
+    let (ok, _, err) = stack.berth(&["containers", "rm", "gone"]);
+    assert!(ok, "{err}");
     for (id, pid, status) in &before {
+        if id == "gone" {
+            continue;
+        }
         let now = after.iter().find(|t| &t.0 == id).unwrap();
         assert_eq!(now.1, *pid, "{id}'s pid changed");
         if id == "brief" {
@@ -223,6 +248,20 @@ fn a_restarted_taskd_finds_every_task_and_reports_a_missed_exit_once() {
     assert!(ok, "{err}");
 }
 
+/// The pid of the shim serving in `bundle` (shims run in their bundle).
+fn shim_in(bundle: &Path) -> i32 {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .find_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let cwd = std::fs::read_link(e.path().join("cwd")).ok()?;
+            let exe = std::fs::read_link(e.path().join("exe")).ok()?;
+            (cwd == bundle && exe.to_string_lossy().contains("containerd-shim")).then_some(pid)
+        })
+        .expect("the shim runs in the bundle")
+}
+
 #[test]
 fn a_shim_that_dies_is_cleaned_up_and_its_task_reported_stopped() {
     if !prerequisites() {
@@ -244,16 +283,7 @@ fn a_shim_that_dies_is_cleaned_up_and_its_task_reported_stopped() {
         .join("io.containerd.runtime.v2.task")
         .join("default")
         .join("orphan");
-    let shim = std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .find_map(|e| {
-            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
-            let cwd = std::fs::read_link(e.path().join("cwd")).ok()?;
-            let exe = std::fs::read_link(e.path().join("exe")).ok()?;
-            (cwd == bundle && exe.to_string_lossy().contains("containerd-shim")).then_some(pid)
-        })
-        .expect("the shim runs in the bundle");
+    let shim = shim_in(&bundle);
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(shim),
         nix::sys::signal::Signal::SIGKILL,
@@ -379,4 +409,69 @@ fn every_task_event_reaches_metads_exchange_with_containerds_topics() {
     let of_task = exits.iter().filter(|e| e["event"]["id"] == "noisy").count();
     let of_exec = exits.iter().filter(|e| e["event"]["id"] == "e1").count();
     assert_eq!((of_task, of_exec), (1, 1), "{exits:?}");
+}
+
+#[test]
+fn taskds_publish_subcommand_forwards_an_event_as_a_shim_would() {
+    use containerd_shim_protos::protobuf::Message;
+    if !prerequisites() {
+        return;
+    }
+    let setup = Setup::new();
+    let stack = &setup.stack;
+    let ooms = Events::watch(stack, "/tasks/oom");
+    let event = containerd_shim_protos::events::task::TaskOOM {
+        container_id: "published".into(),
+        ..Default::default()
+    };
+    let any = containerd_shim_protos::protobuf::well_known_types::any::Any {
+        type_url: "containerd.events.TaskOOM".into(),
+        value: event.write_to_bytes().unwrap(),
+        ..Default::default()
+    };
+    let mut child = std::process::Command::new(berth_e2e::binary("berth-taskd"))
+        .arg("--address")
+        .arg(&stack.taskd.socket)
+        .args(["publish", "--topic", "/tasks/oom", "--namespace", "default"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(&any.write_to_bytes().unwrap())
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_until("the published event", || {
+        !ooms.about("published").is_empty()
+    });
+    // Garbage on stdin is refused, and nothing is published.
+    let mut child = std::process::Command::new(berth_e2e::binary("berth-taskd"))
+        .arg("--address")
+        .arg(&stack.taskd.socket)
+        .args(["publish", "--topic", "/tasks/oom", "--namespace", "default"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"\xff\xff not protobuf")
+            .unwrap();
+    }
+    assert!(!child.wait_with_output().unwrap().status.success());
 }
