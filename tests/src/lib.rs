@@ -83,6 +83,17 @@ pub fn pull_prerequisites() -> bool {
         )
 }
 
+/// What running containers needs: root, runc, and busybox-static (the
+/// tests' images are built from it). False (skip) outside CI when missing.
+pub fn run_prerequisites() -> bool {
+    require(is_root(), "running containers needs root")
+        && require(on_path("runc"), "runc is not installed")
+        && require(
+            std::path::Path::new("/bin/busybox").exists(),
+            "busybox-static is not installed",
+        )
+}
+
 /// A daemon process started by a test, on its own temp directory. Killed
 /// (by pid) when dropped.
 #[derive(Debug)]

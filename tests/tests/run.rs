@@ -13,14 +13,7 @@ use berth_e2e::stack::Stack;
 use berth_e2e::{on_path, require};
 
 fn prerequisites() -> bool {
-    require(
-        nix::unistd::Uid::effective().is_root(),
-        "running containers needs root",
-    ) && require(on_path("runc"), "runc is not installed")
-        && require(
-            Path::new("/bin/busybox").exists(),
-            "busybox-static is not installed",
-        )
+    berth_e2e::run_prerequisites()
 }
 
 /// A stack with the run image imported (recorded and unpacked).

@@ -4,15 +4,12 @@
 //! library: the status codes containerd gives, and nothing half-made left
 //! behind by a call that fails.
 
-use std::path::Path;
-
 use berth_client::{
     RemoteContainers, RemoteContentStore, RemoteImages, RemoteLeases, RemoteSnapshotter,
     RemoteTasks,
 };
 use berth_e2e::images::{run_image_archive, RUN_IMAGE};
 use berth_e2e::stack::Stack;
-use berth_e2e::{on_path, require};
 use berth_errdefs::ErrorKind;
 use berth_metadata::{ContainerStore, Runtime};
 use berth_snapshot::Snapshotter;
@@ -20,14 +17,7 @@ use berth_tasks::container::{create_container, ContainerServices, NewContainer};
 use berth_tasks::{CreateTask, ExecProcess, KillProcess, Stdio, Tasks};
 
 fn prerequisites() -> bool {
-    require(
-        nix::unistd::Uid::effective().is_root(),
-        "running containers needs root",
-    ) && require(on_path("runc"), "runc is not installed")
-        && require(
-            Path::new("/bin/busybox").exists(),
-            "busybox-static is not installed",
-        )
+    berth_e2e::run_prerequisites()
 }
 
 struct Clients {

@@ -12,7 +12,7 @@
 
 use std::collections::HashSet;
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use berth_api::transfer as pb;
 use berth_content::ContentStore;
@@ -102,20 +102,8 @@ impl Puller<'_> {
                 None => Platform::host(),
             },
         };
-        let expires = SystemTime::now() + LEASE_EXPIRY;
-        let lease = self
-            .leases
-            .create(
-                namespace,
-                "",
-                [(
-                    berth_api::labels::GC_EXPIRE.to_string(),
-                    berth_metadata::format_rfc3339(expires),
-                )]
-                .into(),
-            )
-            .await
-            .map_err(|e| e.context("taking a lease"))?;
+        let lease =
+            berth_metadata::create_expiring_lease(self.leases, namespace, LEASE_EXPIRY).await?;
         let on_event = Mutex::new(on_event);
         let pulled = self
             .pull_under(namespace, options, &unpack_platform, &lease.id, &on_event)

@@ -182,6 +182,25 @@ pub trait LeaseManager: Send + Sync {
     async fn list_resources(&self, namespace: &str, id: &str) -> Result<Vec<Resource>>;
 }
 
+/// A new lease (generated id) that metad's collector lets expire after
+/// `ttl` if its holder dies before deleting it (containerd's
+/// `containerd.io/gc.expire`).
+pub async fn create_expiring_lease(
+    leases: &dyn LeaseManager,
+    namespace: &str,
+    ttl: std::time::Duration,
+) -> Result<Lease> {
+    let expires = SystemTime::now() + ttl;
+    leases
+        .create(
+            namespace,
+            "",
+            [(LABEL_GC_EXPIRE.to_string(), format_rfc3339(expires))].into(),
+        )
+        .await
+        .map_err(|e| e.context("taking a lease"))
+}
+
 /// containerd's event payloads, decoded (see [`event_payload`]).
 pub use event_payload::KnownEvent;
 

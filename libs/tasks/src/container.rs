@@ -142,20 +142,12 @@ pub async fn create_container(
 
     // Until the record exists nothing else holds the new snapshot: a lease
     // does (expiring on its own if we die before dropping it).
-    let expires = std::time::SystemTime::now() + berth_image::pull::LEASE_EXPIRY;
-    let lease = services
-        .leases
-        .create(
-            namespace,
-            "",
-            [(
-                berth_api::labels::GC_EXPIRE.to_string(),
-                berth_metadata::format_rfc3339(expires),
-            )]
-            .into(),
-        )
-        .await
-        .map_err(|e| e.context("taking a lease"))?;
+    let lease = berth_metadata::create_expiring_lease(
+        services.leases,
+        namespace,
+        berth_image::pull::LEASE_EXPIRY,
+    )
+    .await?;
     let made =
         create_under_lease(services, namespace, &new, &id, parent, spec_json, &lease.id).await;
     // The record holds the snapshot now (or nothing was made): the lease's

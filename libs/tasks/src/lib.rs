@@ -183,3 +183,24 @@ pub trait Tasks: Send + Sync {
     /// Returns once the process has exited (at once if it has).
     async fn wait(&self, namespace: &str, container_id: &str, exec_id: &str) -> Result<Exit>;
 }
+
+/// SIGKILLs every process of a task and waits, at most `limit`, for its
+/// init process to be reported stopped: what `rm --force` and `run --rm`
+/// do to a task still running. Errors (a task already gone or stopped)
+/// are what the delete that follows reports.
+pub async fn kill_all_and_wait(
+    tasks: &dyn Tasks,
+    namespace: &str,
+    container_id: &str,
+    limit: std::time::Duration,
+) {
+    let kill = KillProcess {
+        container_id: container_id.to_string(),
+        exec_id: String::new(),
+        signal: 9,
+        all: true,
+    };
+    if tasks.kill(namespace, kill).await.is_ok() {
+        let _ = tokio::time::timeout(limit, tasks.wait(namespace, container_id, "")).await;
+    }
+}

@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use berth_client::{RemoteContainers, RemoteTasks};
 use berth_errdefs::ErrorKind;
 use berth_metadata::ContainerStore;
-use berth_tasks::{KillProcess, Status, Tasks};
+use berth_tasks::{Status, Tasks};
 use serde::Serialize;
 
 use super::run::{Clients, ContainerArgs, LOG_URI_LABEL};
@@ -231,19 +231,7 @@ pub async fn rm(global: &Global, args: RmArgs) -> Result<()> {
                             task.status
                         );
                     }
-                    let _ = tasks
-                        .kill(
-                            ns,
-                            KillProcess {
-                                container_id: id.clone(),
-                                exec_id: String::new(),
-                                signal: libc::SIGKILL as u32,
-                                all: true,
-                            },
-                        )
-                        .await;
-                    let _ =
-                        tokio::time::timeout(Duration::from_secs(10), tasks.wait(ns, id, "")).await;
+                    berth_tasks::kill_all_and_wait(&tasks, ns, id, Duration::from_secs(10)).await;
                 }
                 tasks
                     .delete(ns, id)

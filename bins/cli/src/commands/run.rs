@@ -641,18 +641,7 @@ async fn remove_task_and_container(
         Ok(_) => {}
         Err(e) if e.kind() == ErrorKind::NotFound => {}
         Err(e) if e.kind() == ErrorKind::FailedPrecondition => {
-            let _ = tasks
-                .kill(
-                    ns,
-                    KillProcess {
-                        container_id: id.to_string(),
-                        exec_id: String::new(),
-                        signal: libc::SIGKILL as u32,
-                        all: true,
-                    },
-                )
-                .await;
-            let _ = tasks.wait(ns, id, "").await;
+            berth_tasks::kill_all_and_wait(tasks, ns, id, Duration::from_secs(10)).await;
             match tasks.delete(ns, id).await {
                 Ok(_) => {}
                 Err(e) if e.kind() == ErrorKind::NotFound => {}

@@ -235,19 +235,7 @@ pub async fn run(global: &Global, command: TasksCommand) -> Result<u8> {
         TasksCommand::Rm { ids, force } => {
             for id in ids {
                 if force {
-                    let _ = tasks
-                        .kill(
-                            ns,
-                            KillProcess {
-                                container_id: id.clone(),
-                                exec_id: String::new(),
-                                signal: libc::SIGKILL as u32,
-                                all: true,
-                            },
-                        )
-                        .await;
-                    let _ = tokio::time::timeout(Duration::from_secs(10), tasks.wait(ns, &id, ""))
-                        .await;
+                    berth_tasks::kill_all_and_wait(&tasks, ns, &id, Duration::from_secs(10)).await;
                 }
                 let deleted = tasks
                     .delete(ns, &id)
