@@ -78,8 +78,12 @@ struct Events {
 
 impl Events {
     fn watch(stack: &Stack, topic: &str) -> Events {
-        let filter = format!("topic==\"{topic}\"");
-        let mut child = stack.spawn_berth(&["--format", "json", "events", "--filter", &filter]);
+        Events::matching(stack, &format!("topic==\"{topic}\""))
+    }
+
+    /// Every event matching `filter` (containerd's syntax).
+    fn matching(stack: &Stack, filter: &str) -> Events {
+        let mut child = stack.spawn_berth(&["--format", "json", "events", "--filter", filter]);
         let stdout = child.stdout.take().unwrap();
         let lines = Arc::new(Mutex::new(Vec::new()));
         let sink = lines.clone();
@@ -340,22 +344,7 @@ fn every_task_event_reaches_metads_exchange_with_containerds_topics() {
     }
     let setup = Setup::new();
     let stack = &setup.stack;
-    let filter = "topic~=\"^/tasks/\"";
-    let mut child = stack.spawn_berth(&["--format", "json", "events", "--filter", filter]);
-    let stdout = child.stdout.take().unwrap();
-    let lines = Arc::new(Mutex::new(Vec::<serde_json::Value>::new()));
-    let sink = lines.clone();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if let Ok(value) = serde_json::from_str(&line) {
-                sink.lock().unwrap().push(value);
-            }
-        }
-    });
-    std::thread::sleep(Duration::from_millis(300));
+    let events = Events::matching(stack, "topic~=\"^/tasks/\"");
     run_detached(stack, "noisy", &["sleep", "1000"]);
     let out = stack
         .command(&["tasks", "exec", "--exec-id", "e1", "noisy", "true"])
@@ -377,11 +366,9 @@ fn every_task_event_reaches_metads_exchange_with_containerds_topics() {
         "/tasks/delete",
     ];
     let topics = || -> Vec<String> {
-        lines
-            .lock()
-            .unwrap()
+        events
+            .about("noisy")
             .iter()
-            .filter(|e| e["event"]["container_id"] == "noisy")
             .filter_map(|e| e["topic"].as_str().map(str::to_string))
             .collect()
     };
@@ -389,15 +376,11 @@ fn every_task_event_reaches_metads_exchange_with_containerds_topics() {
         let seen = topics();
         wanted.iter().all(|w| seen.iter().any(|t| t == w))
     });
-    let _ = child.kill();
-    let _ = child.wait();
     // Both exits (the exec's and the task's) arrive, the task's once.
-    let exits: Vec<serde_json::Value> = lines
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|e| e["topic"] == "/tasks/exit" && e["event"]["container_id"] == "noisy")
-        .cloned()
+    let exits: Vec<serde_json::Value> = events
+        .about("noisy")
+        .into_iter()
+        .filter(|e| e["topic"] == "/tasks/exit")
         .collect();
     let of_task = exits.iter().filter(|e| e["event"]["id"] == "noisy").count();
     let of_exec = exits.iter().filter(|e| e["event"]["id"] == "e1").count();
