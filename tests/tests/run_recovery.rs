@@ -405,24 +405,23 @@ fn taskds_publish_subcommand_forwards_an_event_as_a_shim_would() {
         value: event.write_to_bytes().unwrap(),
         ..Default::default()
     };
-    let mut child = std::process::Command::new(berth_e2e::binary("berth-taskd"))
-        .arg("--address")
-        .arg(&stack.taskd.socket)
-        .args(["publish", "--topic", "/tasks/oom", "--namespace", "default"])
-        .stdin(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(&any.write_to_bytes().unwrap())
+    // `berth-taskd --address SOCK publish ...` with `stdin`, as a shim runs it.
+    let publish = |stdin: &[u8]| {
+        let mut child = std::process::Command::new(berth_e2e::binary("berth-taskd"))
+            .arg("--address")
+            .arg(&stack.taskd.socket)
+            .args(["publish", "--topic", "/tasks/oom", "--namespace", "default"])
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
             .unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
+        {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(stdin).unwrap();
+        }
+        child.wait_with_output().unwrap()
+    };
+    let out = publish(&any.write_to_bytes().unwrap());
     assert!(
         out.status.success(),
         "{}",
@@ -431,23 +430,6 @@ fn taskds_publish_subcommand_forwards_an_event_as_a_shim_would() {
     wait_until("the published event", || {
         !ooms.about("published").is_empty()
     });
-    // Garbage on stdin is refused, and nothing is published.
-    let mut child = std::process::Command::new(berth_e2e::binary("berth-taskd"))
-        .arg("--address")
-        .arg(&stack.taskd.socket)
-        .args(["publish", "--topic", "/tasks/oom", "--namespace", "default"])
-        .stdin(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(b"\xff\xff not protobuf")
-            .unwrap();
-    }
-    assert!(!child.wait_with_output().unwrap().status.success());
+    // Garbage on stdin is refused.
+    assert!(!publish(b"\xff\xff not protobuf").status.success());
 }

@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use berth_errdefs::{Error, Result};
 use berth_metadata::Any;
@@ -288,7 +288,7 @@ impl Invocation {
             response.pid,
             berth_tasks::Exit {
                 status: response.exit_status,
-                at: exited_at(&response.exited_at),
+                at: berth_api::time::system_time(&response.exited_at),
             },
         ))
     }
@@ -394,14 +394,6 @@ async fn run_action(
             "the shim action did not finish within {ACTION_TIMEOUT:?}"
         ))),
     }
-}
-
-fn exited_at(
-    at: &containerd_shim_protos::protobuf::MessageField<
-        containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp,
-    >,
-) -> SystemTime {
-    berth_api::time::system_time(at)
 }
 
 /// A ttrpc connection to one shim, speaking the task API it announced.
@@ -623,7 +615,7 @@ impl ShimClient {
         let reply: api::WaitResponse = self.call("Wait", &request, None).await?;
         Ok(berth_tasks::Exit {
             status: reply.exit_status,
-            at: exited_at(&reply.exited_at),
+            at: berth_api::time::system_time(&reply.exited_at),
         })
     }
 

@@ -13,8 +13,6 @@ use crate::global::Global;
 use crate::labels::{label_update, labels_text, parse_labels, sorted};
 use crate::output::{self, Format};
 
-/// The type URL containerd gives an OCI runtime spec.
-const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
 /// The spec of a container created without `--spec`: only the version;
 /// `berth run` builds real ones from the image's config.
 const MINIMAL_SPEC: &str = "{\"ociVersion\":\"1.1.0\"}";
@@ -289,7 +287,7 @@ pub async fn run(global: &Global, command: ContainersCommand) -> Result<()> {
                             options: None,
                         },
                         spec: Some(Any {
-                            type_url: SPEC_TYPE_URL.to_string(),
+                            type_url: berth_tasks::container::SPEC_TYPE.to_string(),
                             value: spec,
                         }),
                         snapshotter,

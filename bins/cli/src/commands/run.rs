@@ -301,10 +301,7 @@ impl Clients {
 }
 
 fn scratch_dir() -> PathBuf {
-    std::env::var_os("BERTH_FIFO_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/run/berth/fifo"))
-        .join("views")
+    crate::stdio::fifo_root().join("views")
 }
 
 /// Makes the image present per `policy` (pulling through berth-image).
