@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Running containers: berth's four daemons (contentd, snapd, metad, taskd)
-# with containerd-shim-berth-v2, against a private containerd 1.6 (Debian,
+# with containerd-shim-berth-v2 (as scripts/build-shim.sh ships it), against a private containerd 1.6 (Debian,
 # CRI off) with Debian's Go containerd-shim-runc-v2, side by side in one
 # run. Both run the same image (Debian's static busybox in one layer,
 # imported from one OCI archive) with the same runc, cgroupfs driver.
@@ -66,12 +66,16 @@ case $ctrd_version in
 esac
 
 cargo build --release --workspace --bins >&2
+# The shim as it is shipped (scripts/build-shim.sh: size-optimised,
+# glibc linked in); taskd finds it first on PATH.
+scripts/build-shim.sh >&2
 target=${CARGO_TARGET_DIR:-$top/target}
 case $target in /*) ;; *) target="$top/$target" ;; esac
 bin="$target/release"
-for b in berth berth-contentd berth-snapd berth-metad berth-taskd containerd-shim-berth-v2; do
+for b in berth berth-contentd berth-snapd berth-metad berth-taskd; do
   [ -x "$bin/$b" ] || { echo "$bin/$b is not built" >&2; exit 1; }
 done
+[ -x "$target/shim/containerd-shim-berth-v2" ] || { echo "$target/shim/containerd-shim-berth-v2 is not built" >&2; exit 1; }
 
 work=$(mktemp -d /var/tmp/berth-run-bench.XXXXXX)
 rundir=$(mktemp -d /run/berth-run-bench.XXXXXX)
@@ -232,7 +236,7 @@ start_daemon() { # name extra...
 start_daemon contentd
 start_daemon snapd --contentd "$broot/contentd.sock"
 start_daemon metad --contentd "$broot/contentd.sock" --snapd "$broot/snapd.sock"
-start_daemon taskd --metad "$broot/metad.sock" --snapd "$broot/snapd.sock"
+PATH="$target/shim:$PATH" start_daemon taskd --metad "$broot/metad.sock" --snapd "$broot/snapd.sock"
 export BERTH_CONTENTD_ADDRESS="$broot/contentd.sock" BERTH_SNAPD_ADDRESS="$broot/snapd.sock"
 export BERTH_METAD_ADDRESS="$broot/metad.sock" BERTH_TASKD_ADDRESS="$broot/taskd.sock"
 export BERTH_FIFO_DIR="$work/berth-fifo" BERTH_LOG_DIR="$work/berth-logs" BERTH_NAMESPACE="$ns"

@@ -1,70 +1,87 @@
 #!/usr/bin/env bash
-# berth's main job: build a small image from Debian's busybox-static, serve
-# it from a local registry, then start berth-contentd, berth-snapd,
-# berth-metad and berth-taskd on a temporary root, `berth pull` it (fetched,
-# unpacked into snapshots as its layers arrive, recorded as an image) and
-# `berth run` containers from it. Then remove the image and let the garbage
-# collector clean up.
-#
-# Needs root (snapd mounts) and the Debian packages docker-registry, skopeo
-# and busybox-static (`.ci/run` installs them), and runc.
+# berth's main job, end to end, on a fresh Debian 12 machine with a Rust
+# toolchain: installs the Debian packages it needs (as root; otherwise says
+# which), builds berth, starts its four daemons with `berth up` on a
+# temporary root, makes an image from Debian's busybox-static without any
+# registry (`berth import` of an OCI archive) and runs containers from it,
+# then serves a second image from a registry on 127.0.0.1 and `berth pull`s
+# it (fetched, unpacked as its layers arrive, recorded), and finally removes
+# it, lets the garbage collector clean up, and `berth down --all`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if [ "$(id -u)" != 0 ]; then
-  echo "demo: berth-snapd mounts filesystems; run this as root" >&2
+  echo "demo: berth-snapd mounts filesystems and runc makes containers; run this as root" >&2
   exit 1
 fi
-for tool in docker-registry skopeo /bin/busybox runc; do
-  command -v "$tool" >/dev/null || {
-    echo "demo: $tool is missing (apt-get install docker-registry skopeo busybox-static runc)" >&2
-    exit 1
-  }
-done
+scripts/prerequisites.sh demo
 
 cargo build --release --workspace --bins
 bin="$PWD/target/release"
+berth() { "$bin/berth" "$@"; }
 
 work=$(mktemp -d)
 pids=()
 cleanup() {
-  if [ -n "${BERTH_TASKD_ADDRESS:-}" ]; then "$bin/berth" rm --force demo-detached >/dev/null 2>&1 || true; fi
+  if [ -d "$work/berth/run" ]; then berth down --all --root "$work/berth" >/dev/null 2>&1 || true; fi
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null && { wait "$pid" 2>/dev/null || true; }; done
   rm -rf "$work"
 }
 trap cleanup EXIT
 
 say() { printf '\n\033[1m$ %s\033[0m\n' "$*"; }
-wait_socket() { for _ in $(seq 200); do [ -S "$1" ] && return; sleep 0.05; done; echo "no $1" >&2; exit 1; }
 sha() { sha256sum "$1" | cut -d' ' -f1; }
 
-# --- an image of our own: busybox, plus a layer with a greeting ---------
+# --- the daemons -----------------------------------------------------------
+say "eval \"\$(berth up --root $work/berth)\""
+eval "$(berth up --root "$work/berth")"
+
+# --- images of our own, from Debian's busybox-static ----------------------
+# make_layout DIR REF ROOTFS...: an OCI image layout in DIR whose layers are
+# the ROOTFS directories (gzip tars), tagged REF.
+make_layout() {
+  local dir=$1 ref=$2 layers="" diff_ids="" rootfs d config manifest
+  shift 2
+  mkdir -p "$dir/blobs/sha256"
+  for rootfs in "$@"; do
+    tar -C "$rootfs" --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 -cf "$rootfs.tar" .
+    diff_ids="$diff_ids\"sha256:$(sha "$rootfs.tar")\","
+    gzip -n -c "$rootfs.tar" >"$rootfs.tar.gz"
+    d=$(sha "$rootfs.tar.gz")
+    cp "$rootfs.tar.gz" "$dir/blobs/sha256/$d"
+    layers="$layers{\"mediaType\":\"application/vnd.oci.image.layer.v1.tar+gzip\",\"digest\":\"sha256:$d\",\"size\":$(stat -c %s "$rootfs.tar.gz")},"
+  done
+  printf '{"architecture":"%s","os":"linux","config":{"Cmd":["/bin/sh"],"Env":["PATH=/bin"]},"rootfs":{"type":"layers","diff_ids":[%s]}}' \
+    "$arch" "${diff_ids%,}" >"$dir.config.json"
+  config=$(sha "$dir.config.json")
+  cp "$dir.config.json" "$dir/blobs/sha256/$config"
+  printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:%s","size":%s},"layers":[%s]}' \
+    "$config" "$(stat -c %s "$dir.config.json")" "${layers%,}" >"$dir.manifest.json"
+  manifest=$(sha "$dir.manifest.json")
+  cp "$dir.manifest.json" "$dir/blobs/sha256/$manifest"
+  echo '{"imageLayoutVersion":"1.0.0"}' >"$dir/oci-layout"
+  printf '{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:%s","size":%s,"annotations":{"org.opencontainers.image.ref.name":"%s"}}]}' \
+    "$manifest" "$(stat -c %s "$dir.manifest.json")" "$ref" >"$dir/index.json"
+}
+case $(uname -m) in x86_64) arch=amd64 ;; aarch64) arch=arm64 ;; *) arch=$(uname -m) ;; esac
+mkdir -p "$work/busybox/bin" "$work/greeting/etc"
+cp /bin/busybox "$work/busybox/bin/busybox"
+for applet in sh cat echo hostname id sleep; do ln -s busybox "$work/busybox/bin/$applet"; done
+echo "hello from a berth-pulled image" >"$work/greeting/etc/motd"
+
+# --- without a registry: one layer, imported from an archive ---------------
+make_layout "$work/local" demo/busybox:local "$work/busybox"
+tar -C "$work/local" -cf "$work/busybox.tar" .
+
+say "berth import busybox.tar"
+berth import "$work/busybox.tar"
+
+say "berth run --rm demo/busybox:local echo hello from berth"
+berth run --rm demo/busybox:local echo hello from berth
+
+# --- from a registry: two layers, busybox and a greeting --------------------
 layout="$work/layout"
-mkdir -p "$layout/blobs/sha256" "$work/l1/bin" "$work/l2/etc"
-cp /bin/busybox "$work/l1/bin/busybox"
-for applet in sh cat echo hostname id sleep; do ln -s busybox "$work/l1/bin/$applet"; done
-echo "hello from a berth-pulled image" >"$work/l2/etc/motd"
-layers=""
-diff_ids=""
-for l in l1 l2; do
-  tar -C "$work/$l" --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 -cf "$work/$l.tar" .
-  diff_ids="$diff_ids\"sha256:$(sha "$work/$l.tar")\","
-  gzip -n -c "$work/$l.tar" >"$work/$l.tar.gz"
-  digest=$(sha "$work/$l.tar.gz")
-  cp "$work/$l.tar.gz" "$layout/blobs/sha256/$digest"
-  layers="$layers{\"mediaType\":\"application/vnd.oci.image.layer.v1.tar+gzip\",\"digest\":\"sha256:$digest\",\"size\":$(stat -c %s "$work/$l.tar.gz")},"
-done
-printf '{"architecture":"amd64","os":"linux","config":{"Cmd":["/bin/sh"],"Env":["PATH=/bin"]},"rootfs":{"type":"layers","diff_ids":[%s]}}' \
-  "${diff_ids%,}" >"$work/config.json"
-config=$(sha "$work/config.json")
-cp "$work/config.json" "$layout/blobs/sha256/$config"
-printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:%s","size":%s},"layers":[%s]}' \
-  "$config" "$(stat -c %s "$work/config.json")" "${layers%,}" >"$work/manifest.json"
-manifest=$(sha "$work/manifest.json")
-cp "$work/manifest.json" "$layout/blobs/sha256/$manifest"
-echo '{"imageLayoutVersion":"1.0.0"}' >"$layout/oci-layout"
-printf '{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:%s","size":%s,"annotations":{"org.opencontainers.image.ref.name":"demo"}}]}' \
-  "$manifest" "$(stat -c %s "$work/manifest.json")" >"$layout/index.json"
+make_layout "$layout" demo "$work/busybox" "$work/greeting"
 
 # --- a registry on 127.0.0.1 ---------------------------------------------
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
@@ -77,56 +94,42 @@ for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && brea
 image="127.0.0.1:$port/demo/busybox:latest"
 skopeo copy --quiet --dest-tls-verify=false "oci:$layout:demo" "docker://$image"
 
-# --- the daemons -----------------------------------------------------------
-start() { # name, extra args...
-  local name=$1; shift
-  "$bin/berth-$name" --root "$work/$name/root" --state "$work/$name/state" \
-    --address "$work/run/$name.sock" --log-level warn "$@" &
-  pids+=($!)
-  wait_socket "$work/run/$name.sock"
-}
-start contentd
-start snapd --contentd "$work/run/contentd.sock"
-start metad --contentd "$work/run/contentd.sock" --snapd "$work/run/snapd.sock"
-start taskd --metad "$work/run/metad.sock" --snapd "$work/run/snapd.sock"
-export BERTH_CONTENTD_ADDRESS="$work/run/contentd.sock"
-export BERTH_SNAPD_ADDRESS="$work/run/snapd.sock"
-export BERTH_METAD_ADDRESS="$work/run/metad.sock"
-export BERTH_TASKD_ADDRESS="$work/run/taskd.sock"
-export BERTH_FIFO_DIR="$work/fifo" BERTH_LOG_DIR="$work/logs"
-
 say "berth pull $image"
-"$bin/berth" pull "$image"
+berth pull "$image"
 
 say "berth images ls"
-"$bin/berth" images ls
+berth images ls
 
 say "berth snapshots tree"
-"$bin/berth" snapshots tree
+berth snapshots tree
 
 say "berth content ls"
-"$bin/berth" content ls
+berth content ls
 
 say "berth run --rm $image cat /etc/motd"
-"$bin/berth" run --rm "$image" cat /etc/motd
+berth run --rm "$image" cat /etc/motd
 
 say "berth run --rm --user 1000:1000 $image sh -c 'id; exit 3'"
 status=0
-"$bin/berth" run --rm --user 1000:1000 "$image" sh -c 'id; exit 3' || status=$?
+berth run --rm --user 1000:1000 "$image" sh -c 'id; exit 3' || status=$?
 echo "(berth exited with the container's status: $status)"
 
 say "berth run -d --name demo-detached $image sleep 600; berth ps; berth tasks exec ...; berth rm --force"
-"$bin/berth" run -d --name demo-detached "$image" sleep 600
-"$bin/berth" ps
-"$bin/berth" tasks exec demo-detached sh -c 'echo hello from an exec in $(hostname)'
-"$bin/berth" rm --force demo-detached
+berth run -d --name demo-detached "$image" sleep 600
+berth ps
+berth tasks exec demo-detached sh -c 'echo hello from an exec in $(hostname)'
+berth rm --force demo-detached
 
-say "berth images rm $image && berth gc"
-"$bin/berth" images rm "$image"
-"$bin/berth" gc
+say "berth images rm $image; berth images rm demo/busybox:local; berth gc"
+berth images rm "$image"
+berth images rm demo/busybox:local
+berth gc
 
 say "berth content ls; berth snapshots ls   (nothing left)"
-"$bin/berth" content ls
-"$bin/berth" snapshots ls
+berth content ls
+berth snapshots ls
 
-printf '\nberth pulled an image from a registry, unpacked it while fetching, ran containers from it, and collected it after removal.\n'
+say "berth down --all --root $work/berth"
+berth down --all --root "$work/berth"
+
+printf '\nberth imported an image and pulled one from a registry (unpacked while fetching), ran containers from them, and collected them after removal.\n'

@@ -27,6 +27,12 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Start berth's daemons in the background (for a machine without
+    /// systemd); prints the environment that points the CLI at them.
+    Up(commands::up::UpArgs),
+    /// Stop the daemons `berth up` started (containers keep running unless
+    /// --all).
+    Down(commands::up::DownArgs),
     /// Blobs in berth-contentd: list, read, write, label, remove.
     #[command(subcommand)]
     Content(commands::content::ContentCommand),
@@ -83,7 +89,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    cli.global.resolve();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -96,6 +103,8 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
+            Command::Up(args) => commands::up::up(args).await,
+            Command::Down(args) => commands::up::down(args).await,
             Command::Run(args) => return commands::run::run(&cli.global, *args).await,
             Command::Tasks(command) => return commands::tasks::run(&cli.global, command).await,
             Command::Content(command) => commands::content::run(&cli.global, command).await,

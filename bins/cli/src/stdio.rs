@@ -11,17 +11,6 @@ use berth_tasks::Stdio;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinHandle;
 
-/// Where fifo directories go unless BERTH_FIFO_DIR says otherwise.
-const FIFO_ROOT: &str = "/run/berth/fifo";
-
-/// The client's own runtime directory: fifos, and the views `berth run`
-/// mounts to read an image's users.
-pub fn fifo_root() -> PathBuf {
-    std::env::var_os("BERTH_FIFO_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(FIFO_ROOT))
-}
-
 /// A directory of fifos for one process; removed on drop.
 #[derive(Debug)]
 pub struct Fifos {
@@ -43,12 +32,11 @@ fn make_fifo(path: &Path) -> Result<()> {
 impl Fifos {
     /// Makes stdout and stderr fifos (stdin too with `stdin`; with
     /// `terminal`, one stream carries both outputs, so no stderr).
-    pub fn new(id: &str, stdin: bool, terminal: bool) -> Result<Fifos> {
-        let root = fifo_root();
+    pub fn new(root: &Path, id: &str, stdin: bool, terminal: bool) -> Result<Fifos> {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
-            .create(&root)
+            .create(root)
             .with_context(|| format!("creating {}", root.display()))?;
         let mut random = [0u8; 8];
         getrandom(&mut random)?;

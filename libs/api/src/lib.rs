@@ -21,10 +21,27 @@ pub const MAX_CHUNK: usize = 1024 * 1024;
 /// Where each daemon listens unless told otherwise (its `--address`, and
 /// the CLI's and the other daemons' default for it).
 pub mod sockets {
+    /// The directory of all four; each socket is named `<daemon>.sock`.
+    pub const RUN_DIR: &str = "/run/berth";
     pub const CONTENTD: &str = "/run/berth/contentd.sock";
     pub const SNAPD: &str = "/run/berth/snapd.sock";
     pub const METAD: &str = "/run/berth/metad.sock";
     pub const TASKD: &str = "/run/berth/taskd.sock";
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn every_socket_is_named_after_its_daemon_in_the_run_dir() {
+            for (daemon, socket) in [
+                ("contentd", super::CONTENTD),
+                ("snapd", super::SNAPD),
+                ("metad", super::METAD),
+                ("taskd", super::TASKD),
+            ] {
+                assert_eq!(socket, format!("{}/{daemon}.sock", super::RUN_DIR));
+            }
+        }
+    }
 }
 
 /// Encoded bytes per batch of a streamed List reply: with no record near

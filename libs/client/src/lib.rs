@@ -31,3 +31,4 @@ pub use snapshots::{RemoteSnapshotter, UnpackResult};
 pub use tasks::RemoteTasks;
 pub use transfer::RemoteTransfer;
 pub mod events;
+pub mod local;

@@ -12,3 +12,4 @@ pub mod run;
 pub mod snapshots;
 pub mod tasks;
 pub mod transfer;
+pub mod up;

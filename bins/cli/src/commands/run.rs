@@ -4,7 +4,7 @@
 //! the standard streams and the signals.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -300,8 +300,8 @@ impl Clients {
     }
 }
 
-fn scratch_dir() -> PathBuf {
-    crate::stdio::fifo_root().join("views")
+fn scratch_dir(global: &Global) -> PathBuf {
+    global.fifo_root().join("views")
 }
 
 /// Makes the image present per `policy` (pulling through berth-image).
@@ -373,7 +373,7 @@ pub async fn create(
         },
         labels,
         options: args.spec_options(ns, &id)?,
-        scratch: scratch_dir(),
+        scratch: scratch_dir(global),
     };
     create_container(clients.services(), ns, new)
         .await
@@ -419,7 +419,7 @@ pub async fn run(global: &Global, args: RunArgs) -> Result<u8> {
         return detached(global, &ns, container, &clients, &tasks, extra, path).await;
     }
     let id = create(global, &args.container, &clients, extra).await?;
-    let outcome = attached(&ns, &id, &args, &tasks).await;
+    let outcome = attached(&global.fifo_root(), &ns, &id, &args, &tasks).await;
     if args.rm {
         let removed = remove_task_and_container(&ns, &id, &tasks, &clients).await;
         if let (Ok(_), Err(e)) = (&outcome, removed) {
@@ -476,8 +476,14 @@ fn exit_code(status: u32) -> u8 {
     u8::try_from(status).unwrap_or(255)
 }
 
-async fn attached(ns: &str, id: &str, args: &RunArgs, tasks: &RemoteTasks) -> Result<u8> {
-    let fifos = Fifos::new(id, args.interactive, args.container.tty)?;
+async fn attached(
+    fifo_root: &Path,
+    ns: &str,
+    id: &str,
+    args: &RunArgs,
+    tasks: &RemoteTasks,
+) -> Result<u8> {
+    let fifos = Fifos::new(fifo_root, id, args.interactive, args.container.tty)?;
     let mut attached = fifos.attach()?;
     tasks
         .create(

@@ -1,6 +1,7 @@
 //! `berth tasks ...` and `berth ps`: containers' running processes in
 //! berth-taskd.
 
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -158,7 +159,9 @@ pub async fn run(global: &Global, command: TasksCommand) -> Result<u8> {
             }
             Ok(0)
         }
-        TasksCommand::Start { id, detach } => start(ns, &id, detach, &tasks).await,
+        TasksCommand::Start { id, detach } => {
+            start(&global.fifo_root(), ns, &id, detach, &tasks).await
+        }
         TasksCommand::Kill {
             id,
             signal,
@@ -194,7 +197,7 @@ pub async fn run(global: &Global, command: TasksCommand) -> Result<u8> {
                 None => format!("exec-{}", crate::stdio::new_id()?),
             };
             let process = exec_process(global, ns, &id, tty, user, workdir, env, args).await?;
-            exec(ns, &id, &exec_id, interactive, tty, process, &tasks).await
+            exec(global, &id, &exec_id, interactive, tty, process, &tasks).await
         }
         TasksCommand::Ps { id } => {
             let pids = tasks
@@ -282,7 +285,13 @@ fn or_dash(value: &str) -> String {
     }
 }
 
-async fn start(ns: &str, id: &str, detach: bool, tasks: &RemoteTasks) -> Result<u8> {
+async fn start(
+    fifo_root: &Path,
+    ns: &str,
+    id: &str,
+    detach: bool,
+    tasks: &RemoteTasks,
+) -> Result<u8> {
     if detach {
         tasks
             .create(
@@ -300,7 +309,7 @@ async fn start(ns: &str, id: &str, detach: bool, tasks: &RemoteTasks) -> Result<
             .with_context(|| format!("starting {id}"))?;
         return Ok(0);
     }
-    let fifos = Fifos::new(id, false, false)?;
+    let fifos = Fifos::new(fifo_root, id, false, false)?;
     let mut attached = fifos.attach()?;
     tasks
         .create(
@@ -393,7 +402,7 @@ async fn exec_process(
 }
 
 async fn exec(
-    ns: &str,
+    global: &Global,
     id: &str,
     exec_id: &str,
     interactive: bool,
@@ -401,7 +410,8 @@ async fn exec(
     process: Vec<u8>,
     tasks: &RemoteTasks,
 ) -> Result<u8> {
-    let fifos = Fifos::new(exec_id, interactive, tty)?;
+    let ns = global.namespace()?;
+    let fifos = Fifos::new(&global.fifo_root(), exec_id, interactive, tty)?;
     let mut attached = fifos.attach()?;
     tasks
         .exec(

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# The Debian packages berth needs, in one list for everyone: the README's
+# two commands (scripts/demo.sh, scripts/test.sh) and .ci/run.
+#
+# usage: scripts/prerequisites.sh demo|tests
+#   Installs the missing packages with apt-get when run as root; otherwise
+#   prints the command that would install them and exits 1.
+set -euo pipefail
+
+# Building: a C toolchain for the linker and the crates with C parts.
+build=(ca-certificates gcc libc6-dev pkg-config)
+# Running containers: runc; the demo's images are built from busybox-static,
+# one is served by docker-registry (pushed there with skopeo, on a port
+# python3 picks).
+demo=(runc busybox-static docker-registry skopeo tar gzip python3)
+# The tests, beyond the demo's:
+#   systemd: systemd-socket-activate and systemd-analyze (socket activation
+#     and unit file tests);
+#   apache2-utils (htpasswd), openssl: the registry transfer tests, which
+#     make their own credentials and certificates;
+#   containerd: the shim and taskd tests against upstream containerd and its
+#     Go shim;
+#   util-linux (script) and python3: pseudo terminals for `berth run -t`;
+#   xfsprogs: the snapshotter tests on an XFS image;
+#   bc, procps: the benchmark scripts.
+tests=(systemd apache2-utils openssl containerd util-linux xfsprogs bc procps)
+
+case ${1:-} in
+  demo) wanted=("${build[@]}" "${demo[@]}") ;;
+  tests) wanted=("${build[@]}" "${demo[@]}" "${tests[@]}") ;;
+  *) echo "usage: $0 demo|tests" >&2; exit 2 ;;
+esac
+
+missing=()
+for package in "${wanted[@]}"; do
+  dpkg-query -W -f '${Status}' "$package" 2>/dev/null | grep -q "install ok installed" ||
+    missing+=("$package")
+done
+[ ${#missing[@]} = 0 ] && exit 0
+
+if [ "$(id -u)" != 0 ]; then
+  echo "missing Debian packages: ${missing[*]}" >&2
+  echo "install them as root with: apt-get install -y --no-install-recommends ${missing[*]}" >&2
+  exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -q
+apt-get install -y -q --no-install-recommends "${missing[@]}"

@@ -1,0 +1,305 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+//! `berth up` and `berth down` end to end: the four daemons started in the
+//! background on a temp root, found again by a second `up`, a killed one
+//! restarted over its stale socket, stopped with containers left running
+//! (and found again), then stopped with `--all`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use berth_client::local::{running_pid, Daemon, Layout};
+use berth_e2e::images::{run_image_archive, RUN_IMAGE};
+use berth_e2e::{binary, run_prerequisites};
+
+/// The root, and whatever runs under it, killed (by pid) and unmounted if
+/// a test stops half way.
+struct Root {
+    dir: tempfile::TempDir,
+    env: HashMap<String, String>,
+    container_pids: Vec<u32>,
+}
+
+impl Root {
+    fn new() -> Root {
+        let dir = tempfile::Builder::new()
+            .prefix("berth-up-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        Root {
+            dir,
+            env: HashMap::new(),
+            container_pids: Vec::new(),
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn layout(&self) -> Layout {
+        Layout::new(Some(self.path().to_path_buf()))
+    }
+
+    /// `berth ARGS` with only the environment `berth up` printed.
+    fn berth(&self, args: &[&str]) -> Output {
+        let mut command = Command::new(binary("berth"));
+        for (key, _) in std::env::vars() {
+            if key.starts_with("BERTH_") {
+                command.env_remove(key);
+            }
+        }
+        command.envs(&self.env).args(args).output().unwrap()
+    }
+
+    fn up(&mut self) -> String {
+        let root = self.path().to_str().unwrap().to_string();
+        let out = self.berth(&["up", "--root", &root, "--timeout", "60"]);
+        let err = text(&out.stderr);
+        assert!(out.status.success(), "berth up: {err}");
+        // `BERTH_RUN_DIR='...'; export BERTH_RUN_DIR;` lines.
+        for line in text(&out.stdout).lines() {
+            let (key, rest) = line.split_once('=').expect("KEY=VALUE");
+            let value = rest
+                .split("'; export")
+                .next()
+                .unwrap()
+                .trim_start_matches('\'');
+            self.env.insert(key.to_string(), value.to_string());
+        }
+        err
+    }
+
+    fn pids(&self) -> Vec<Option<u32>> {
+        Daemon::ALL
+            .iter()
+            .map(|d| running_pid(&self.layout(), *d))
+            .collect()
+    }
+}
+
+impl Drop for Root {
+    fn drop(&mut self) {
+        let layout = self.layout();
+        let mut pids: Vec<u32> = Daemon::ALL
+            .iter()
+            .filter_map(|d| running_pid(&layout, *d))
+            .collect();
+        pids.extend(&self.container_pids);
+        pids.extend(processes_under(self.path()));
+        for pid in pids {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        let mut ours: Vec<&str> = mounts
+            .lines()
+            .filter_map(|l| l.split(' ').nth(1))
+            .filter(|m| Path::new(m).starts_with(self.path()))
+            .collect();
+        ours.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for mount in ours {
+            let _ = nix::mount::umount2(mount, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Processes whose working directory is under `dir` (shims run in their
+/// bundles).
+fn processes_under(dir: &Path) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if std::fs::read_link(entry.path().join("cwd")).is_ok_and(|cwd| cwd.starts_with(dir)) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+fn alive(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let state = stat.rsplit(')').next().unwrap_or("").trim_start();
+    !state.starts_with('Z')
+}
+
+/// The pid column of `berth tasks ls` for `id`, and its status.
+fn task(root: &Root, id: &str) -> Option<(u32, String)> {
+    let out = root.berth(&["tasks", "ls"]);
+    assert!(out.status.success(), "tasks ls: {}", text(&out.stderr));
+    text(&out.stdout).lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        (fields.first() == Some(&id)).then(|| (fields[1].parse().unwrap(), fields[2].to_string()))
+    })
+}
+
+#[test]
+fn up_down_and_containers_that_outlive_the_daemons() {
+    if !run_prerequisites() {
+        return;
+    }
+    let mut root = Root::new();
+    let layout = root.layout();
+
+    // First up: every daemon started, each with a pid file of its own.
+    let said = root.up();
+    assert_eq!(said.matches("started (pid").count(), 4, "{said}");
+    let first = root.pids();
+    assert!(first.iter().all(Option::is_some), "{first:?}: {said}");
+    assert_eq!(
+        root.env.get("BERTH_RUN_DIR").map(PathBuf::from),
+        Some(layout.run_dir())
+    );
+    for daemon in Daemon::ALL {
+        assert!(layout.log_file(daemon).exists(), "{daemon:?} has no log");
+    }
+
+    // The CLI finds them through the printed environment alone.
+    let archive = run_image_archive(root.path());
+    let out = root.berth(&["import", archive.to_str().unwrap()]);
+    assert!(out.status.success(), "import: {}", text(&out.stderr));
+    let out = root.berth(&["run", "--rm", RUN_IMAGE, "/bin/sh", "-c", "echo up; exit 3"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "up\n");
+
+    // Up again: nothing started, the same processes.
+    let said = root.up();
+    assert_eq!(said.matches("already running").count(), 4, "{said}");
+    assert_eq!(root.pids(), first);
+
+    // A container that must outlive the daemons.
+    let out = root.berth(&["run", "-d", "--name", "keeper", RUN_IMAGE, "sleep", "600"]);
+    assert!(out.status.success(), "run -d: {}", text(&out.stderr));
+    let (container_pid, status) = task(&root, "keeper").expect("keeper is listed");
+    root.container_pids.push(container_pid);
+    assert_eq!(status, "RUNNING");
+
+    // metad SIGKILLed: its socket and pid file stay behind; up starts a
+    // new one over them and leaves the others alone.
+    let metad = first[2].unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(metad as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while alive(metad) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "metad survived SIGKILL"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(layout.socket(Daemon::Metad).exists());
+    let said = root.up();
+    assert_eq!(said.matches("already running").count(), 3, "{said}");
+    assert!(said.contains("berth-metad     started"), "{said}");
+    let second = root.pids();
+    assert_ne!(second[2], first[2]);
+    assert_eq!(
+        (second[0], second[1], second[3]),
+        (first[0], first[1], first[3])
+    );
+    assert!(root.berth(&["namespaces", "ls"]).status.success());
+
+    // Down: every daemon stopped, pid files and sockets gone; the
+    // container still runs.
+    let root_arg = root.path().to_str().unwrap().to_string();
+    let out = root.berth(&["down", "--root", &root_arg]);
+    let said = text(&out.stderr);
+    assert!(out.status.success(), "down: {said}");
+    assert_eq!(said.matches("stopped (pid").count(), 4, "{said}");
+    for (daemon, pid) in Daemon::ALL.iter().zip(&second) {
+        assert!(!alive(pid.unwrap()), "{daemon:?} still runs");
+        assert!(!layout.pid_file(*daemon).exists());
+        assert!(!layout.socket(*daemon).exists());
+    }
+    assert!(alive(container_pid), "the container died with the daemons");
+    let out = root.berth(&["namespaces", "ls"]);
+    assert!(!out.status.success(), "a daemon still answers after down");
+
+    // Down again: nothing to do, and says so.
+    let out = root.berth(&["down", "--root", &root_arg]);
+    assert!(out.status.success());
+    assert_eq!(text(&out.stderr).matches("not running").count(), 4);
+
+    // Up: the container is found again, the same process.
+    root.up();
+    assert_eq!(
+        task(&root, "keeper"),
+        Some((container_pid, "RUNNING".to_string()))
+    );
+
+    // Down --all: the container is stopped too.
+    let out = root.berth(&["down", "--all", "--root", &root_arg]);
+    let said = text(&out.stderr);
+    assert!(out.status.success(), "down --all: {said}");
+    assert!(said.contains("stopped 1 container(s)"), "{said}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while alive(container_pid) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the container outlived down --all"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(root.pids().iter().all(Option::is_none));
+    assert!(processes_under(root.path()).is_empty(), "a shim was left");
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    assert!(
+        !mounts.contains(root.path().to_str().unwrap()),
+        "a mount was left"
+    );
+}
+
+#[test]
+fn up_reports_a_daemon_that_cannot_start_with_its_log() {
+    let root = Root::new();
+    // contentd's store cannot be made: a file is in the way.
+    std::fs::write(root.path().join("content"), b"").unwrap();
+    let out = root.berth(&["up", "--root", root.path().to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("berth-contentd did not come up"), "{err}");
+    assert!(err.contains("contentd.log"), "{err}");
+    // Nothing half-started: no pid file, and no later daemon tried.
+    let layout = root.layout();
+    for daemon in Daemon::ALL {
+        assert!(!layout.pid_file(daemon).exists(), "{daemon:?} pid file");
+    }
+    assert!(!layout.log_file(Daemon::Snapd).exists());
+}
+
+#[test]
+fn up_refuses_a_log_level_the_daemons_do_not_know() {
+    let root = Root::new();
+    let out = root.berth(&[
+        "up",
+        "--root",
+        root.path().to_str().unwrap(),
+        "--log-level",
+        "loud",
+    ]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("--log-level"));
+    assert!(
+        !root.path().join("run").exists(),
+        "up made its layout anyway"
+    );
+}
