@@ -83,7 +83,7 @@ tags | xargs -n 500 $b images tag docker.io/library/bench:1 >/dev/null
 
 t0=$(now)
 for i in $(seq 1 "$cli_records"); do
-  $b containers create docker.io/library/bench:1 "c$i" --runtime io.containerd.runc.v2 --spec "$spec" >/dev/null
+  $b containers create --runtime io.containerd.runc.v2 --spec "$spec" docker.io/library/bench:1 "c$i" >/dev/null
 done
 t1=$(now)
 for i in $(seq 1 "$cli_records"); do $b containers info "c$i" >/dev/null; done

@@ -185,27 +185,30 @@ fn containers_create_from_an_image_with_a_spec() {
     ]);
     let spec = dir.path().join("config.json");
     std::fs::write(&spec, br#"{"ociVersion":"1.1.0","hostname":"web"}"#).unwrap();
+    // Flags before IMAGE ID, as with ctr: after them come the command.
     cli.ok(&[
         "containers",
         "create",
-        "busybox:1",
-        "web",
         "--snapshot-key",
         "web-rootfs",
         "--label",
         "tier=web",
         "--spec",
         spec.to_str().unwrap(),
+        "busybox:1",
+        "web",
     ]);
     cli.ok(&[
         "containers",
         "create",
-        "busybox:1",
-        "db",
         "--runtime",
         "io.containerd.runc.v2",
         "--snapshotter",
         "native",
+        "--spec",
+        spec.to_str().unwrap(),
+        "busybox:1",
+        "db",
     ]);
     let web = cli.json(&["containers", "info", "web"]);
     assert_eq!(web["spec"]["json"]["hostname"], "web");
@@ -230,21 +233,51 @@ fn containers_create_from_an_image_with_a_spec() {
     let listed = cli.json(&["containers", "ls", "labels.tier"]);
     assert_eq!(listed.as_array().unwrap().len(), 2);
 
-    let err = cli.fails(&["containers", "create", "nosuch:1", "orphan"]);
+    let spec_arg = spec.to_str().unwrap();
+    let err = cli.fails(&[
+        "containers",
+        "create",
+        "--spec",
+        spec_arg,
+        "nosuch:1",
+        "orphan",
+    ]);
     assert!(
         err.contains("containers create orphan") && err.contains("not found"),
         "{err}"
     );
-    let err = cli.fails(&["containers", "create", "busybox:1", "web"]);
+    let err = cli.fails(&[
+        "containers",
+        "create",
+        "--spec",
+        spec_arg,
+        "busybox:1",
+        "web",
+    ]);
     assert!(err.contains("already exists"), "{err}");
+    let err = cli.fails(&["containers", "create", "--spec", spec_arg, "busybox:1"]);
+    assert!(err.contains("IMAGE and ID"), "{err}");
+    // (A usage error: clap's, several lines.)
+    let (ok, _, err) = cli.run(
+        &[
+            "containers",
+            "create",
+            "--snapshot-key",
+            "k",
+            "busybox:1",
+            "x",
+        ],
+        None,
+    );
+    assert!(!ok && err.contains("--spec"), "{err}");
     std::fs::write(&spec, b"not json").unwrap();
     let err = cli.fails(&[
         "containers",
         "create",
+        "--spec",
+        spec_arg,
         "busybox:1",
         "bad-spec",
-        "--spec",
-        spec.to_str().unwrap(),
     ]);
     assert!(err.contains("not JSON"), "{err}");
 

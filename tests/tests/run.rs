@@ -298,6 +298,22 @@ fn detached_containers_take_exec_pause_ps_kill_and_log_to_a_file() {
     );
     assert_eq!(out.status.code(), Some(5), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "in-exec\n");
+    // A user by name, from the container's own /etc/passwd and /etc/group
+    // (berth is 1234, also in extra 2000); a name it lacks is refused.
+    let out = run(&stack, &["tasks", "exec", "--user", "berth", "web", "id"]);
+    assert_eq!(
+        text(&out.stdout).trim(),
+        "uid=1234(berth) gid=1234(berth) groups=1234(berth),2000(extra)",
+        "{}",
+        text(&out.stderr)
+    );
+    let out = run(&stack, &["tasks", "exec", "--user", "nobody", "web", "id"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("nobody"),
+        "{}",
+        text(&out.stderr)
+    );
 
     let ps = stack.berth_json(&["tasks", "ps", "web"]);
     assert_eq!(ps.as_array().unwrap().len(), 1, "{ps}");
@@ -777,6 +793,37 @@ fn create_ps_logs_and_rm_work_over_the_whole_stack() {
     assert!(stack.berth_json(&["ps"]).as_array().unwrap().is_empty());
     let (ok, _, err) = stack.berth(&["rm", "made"]);
     assert!(ok, "{err}");
+
+    // ctr's form: IMAGE ID COMMAND, flags first; the spec is built from the
+    // image and the flags, the snapshot prepared.
+    let (ok, id, err) = stack.berth(&[
+        "containers",
+        "create",
+        "--env",
+        "GREETING=from containers create",
+        RUN_IMAGE,
+        "made-too",
+        "sh",
+        "-c",
+        "echo $GREETING; exit 7",
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(id.trim(), "made-too");
+    let info = stack.berth_json(&["containers", "info", "made-too"]);
+    assert_eq!(info["snapshot_key"], "made-too");
+    assert_eq!(
+        info["spec"]["json"]["process"]["args"],
+        serde_json::json!(["sh", "-c", "echo $GREETING; exit 7"])
+    );
+    let (ok, snapshots, _) = stack.berth(&["snapshots", "ls"]);
+    assert!(ok && snapshots.contains("made-too"), "{snapshots}");
+    let out = run(&stack, &["tasks", "start", "made-too"]);
+    assert_eq!(text(&out.stdout), "from containers create\n");
+    assert_eq!(out.status.code(), Some(7), "{}", text(&out.stderr));
+    let (ok, _, err) = stack.berth(&["rm", "made-too"]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = stack.berth(&["containers", "create", "--name", "x", RUN_IMAGE, "y"]);
+    assert!(!ok && err.contains("not --name"), "{err}");
 
     let (ok, _, err) = stack.berth(&[
         "run",

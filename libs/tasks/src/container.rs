@@ -69,8 +69,9 @@ pub fn oci_error(err: OciError) -> Error {
     }
 }
 
-/// Whether a user string names a user or group (not only numbers).
-fn names_someone(user: &str) -> bool {
+/// Whether a user string names a user or group (not only numbers): then
+/// it is looked up in the container's own /etc/passwd and /etc/group.
+pub fn names_someone(user: &str) -> bool {
     !user.is_empty()
         && user
             .split(':')

@@ -1,23 +1,35 @@
 //! `berth containers ...`: container records in berth-metad (what a
 //! container is made of; its running task lives in berth-taskd).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use berth_client::{RemoteContainers, RemoteImages};
 use berth_metadata::{Any, Container, ContainerStore, ImageStore, Runtime};
 use serde::Serialize;
 
+use super::run::{Clients, ContainerArgs};
 use crate::global::Global;
-use crate::labels::{label_update, labels_text, parse_labels, sorted};
+use crate::labels::{label_update, labels_text, sorted};
 use crate::output::{self, Format};
 
-/// The spec of a container created without `--spec`: only the version;
-/// `berth run` builds real ones from the image's config.
-const MINIMAL_SPEC: &str = "{\"ociVersion\":\"1.1.0\"}";
 /// Largest spec file read.
 const MAX_SPEC: u64 = 2 * 1024 * 1024;
+
+#[derive(Debug, clap::Args)]
+pub struct CreateArgs {
+    /// Record this OCI runtime spec (JSON) as it is instead of building
+    /// one: the image is only checked to exist, and no snapshot is
+    /// prepared (name one with --snapshot-key).
+    #[arg(long, value_name = "FILE")]
+    spec: Option<PathBuf>,
+    /// With --spec: the active snapshot that is its root filesystem.
+    #[arg(long, requires = "spec", value_name = "KEY")]
+    snapshot_key: Option<String>,
+    #[command(flatten)]
+    container: ContainerArgs,
+}
 
 #[derive(Debug, clap::Subcommand)]
 pub enum ContainersCommand {
@@ -32,28 +44,11 @@ pub enum ContainersCommand {
     },
     /// Show one container record (its spec as JSON).
     Info { id: String },
-    /// Record a container made from IMAGE (which must exist).
-    Create {
-        image: String,
-        id: String,
-        /// Snapshotter of the container's root filesystem (overlayfs when a
-        /// snapshot key is given without one).
-        #[arg(long)]
-        snapshotter: Option<String>,
-        /// The active snapshot that is its root filesystem.
-        #[arg(long)]
-        snapshot_key: Option<String>,
-        /// Runtime (shim) that runs its task.
-        #[arg(long, default_value = "io.containerd.berth.v2")]
-        runtime: String,
-        /// Labels, KEY=VALUE.
-        #[arg(long = "label", value_name = "KEY=VALUE")]
-        labels: Vec<String>,
-        /// OCI runtime spec (JSON); without it, a spec with only
-        /// `ociVersion`.
-        #[arg(long, value_name = "FILE")]
-        spec: Option<PathBuf>,
-    },
+    /// Make a container from IMAGE as `berth create` does (its snapshot,
+    /// a spec built from the image's config and the flags, its record), as
+    /// ID; or, with --spec, record exactly the spec given.
+    #[command(override_usage = "berth containers create [OPTIONS] IMAGE ID [COMMAND [ARG]...]")]
+    Create(Box<CreateArgs>),
     /// Set (KEY=VALUE) or remove (KEY=) labels on a container.
     Label {
         id: String,
@@ -198,6 +193,72 @@ fn read_spec(path: &std::path::Path) -> Result<Vec<u8>> {
     Ok(spec)
 }
 
+/// `containers create`: the ID is the first word after IMAGE, as in
+/// `ctr containers create IMAGE ID [COMMAND...]`.
+async fn create(
+    global: &Global,
+    ns: &str,
+    args: CreateArgs,
+    containers: &RemoteContainers,
+) -> Result<Container> {
+    let CreateArgs {
+        spec,
+        snapshot_key,
+        mut container,
+    } = args;
+    if container.name.is_some() {
+        bail!("containers create takes the id after the image, not --name");
+    }
+    if container.args.is_empty() {
+        bail!("containers create needs IMAGE and ID");
+    }
+    let id = container.args.remove(0);
+    let what = || format!("containers create {id}");
+    let Some(spec) = spec else {
+        container.name = Some(id.clone());
+        let clients = Clients::connect(global, &container.snapshotter.snapshotter).await?;
+        super::run::create(global, &container, &clients, HashMap::new()).await?;
+        return containers.get(ns, &id).await.with_context(what);
+    };
+    // As given: the image must exist, nothing else is read or made.
+    let spec = read_spec(&spec).with_context(what)?;
+    let labels = container.labels()?;
+    let images = RemoteImages::connect(global.metad_socket())
+        .await
+        .context("berth-metad")?;
+    images.get(ns, &container.image).await.with_context(what)?;
+    let snapshotter = if snapshot_key.is_some() {
+        container.snapshotter.snapshotter.clone()
+    } else {
+        String::new()
+    };
+    containers
+        .create(
+            ns,
+            Container {
+                id: id.clone(),
+                labels,
+                image: container.image,
+                runtime: Runtime {
+                    name: container.runtime,
+                    options: None,
+                },
+                spec: Some(Any {
+                    type_url: berth_tasks::container::SPEC_TYPE.to_string(),
+                    value: spec,
+                }),
+                snapshotter,
+                snapshot_key: snapshot_key.unwrap_or_default(),
+                created_at: std::time::UNIX_EPOCH,
+                updated_at: std::time::UNIX_EPOCH,
+                extensions: BTreeMap::new(),
+                sandbox: String::new(),
+            },
+        )
+        .await
+        .with_context(what)
+}
+
 pub async fn run(global: &Global, command: ContainersCommand) -> Result<()> {
     let namespace = global.namespace()?.to_string();
     let ns = namespace.as_str();
@@ -251,55 +312,8 @@ pub async fn run(global: &Global, command: ContainersCommand) -> Result<()> {
             // does not fit a table.
             output::json(&ContainerJson::from(&container))
         }
-        ContainersCommand::Create {
-            image,
-            id,
-            snapshotter,
-            snapshot_key,
-            runtime,
-            labels,
-            spec,
-        } => {
-            let what = || format!("containers create {id}");
-            let labels = parse_labels(&labels)?;
-            let spec = match &spec {
-                Some(path) => read_spec(path).with_context(what)?,
-                None => MINIMAL_SPEC.as_bytes().to_vec(),
-            };
-            let images = RemoteImages::connect(global.metad_socket())
-                .await
-                .context("berth-metad")?;
-            images.get(ns, &image).await.with_context(what)?;
-            let snapshotter = match (&snapshotter, &snapshot_key) {
-                (Some(name), _) => name.clone(),
-                (None, Some(_)) => berth_snapshot::DEFAULT_SNAPSHOTTER.to_string(),
-                (None, None) => String::new(),
-            };
-            let created = containers
-                .create(
-                    ns,
-                    Container {
-                        id: id.clone(),
-                        labels,
-                        image,
-                        runtime: Runtime {
-                            name: runtime,
-                            options: None,
-                        },
-                        spec: Some(Any {
-                            type_url: berth_tasks::container::SPEC_TYPE.to_string(),
-                            value: spec,
-                        }),
-                        snapshotter,
-                        snapshot_key: snapshot_key.unwrap_or_default(),
-                        created_at: std::time::UNIX_EPOCH,
-                        updated_at: std::time::UNIX_EPOCH,
-                        extensions: BTreeMap::new(),
-                        sandbox: String::new(),
-                    },
-                )
-                .await
-                .with_context(what)?;
+        ContainersCommand::Create(args) => {
+            let created = create(global, ns, *args, &containers).await?;
             match global.format {
                 Format::Json => output::json(&ContainerJson::from(&created)),
                 Format::Table => {

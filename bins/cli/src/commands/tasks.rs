@@ -53,6 +53,9 @@ pub enum TasksCommand {
         /// Give the process a terminal.
         #[arg(short = 't', long)]
         tty: bool,
+        /// USER[:GROUP], names or ids; names are looked up in the
+        /// container's /etc/passwd and /etc/group (default: the
+        /// container's user).
         #[arg(short = 'u', long)]
         user: Option<String>,
         #[arg(short = 'w', long = "workdir", visible_alias = "cwd")]
@@ -374,10 +377,23 @@ async fn exec_process(
         process["cwd"] = serde_json::json!(dir);
     }
     if let Some(user) = user {
-        // Numeric here: names are resolved against the image when the
-        // container is made.
-        let resolved = berth_oci::resolve_user(&user, &berth_oci::NoRootfsFiles)
-            .with_context(|| format!("--user {user:?} (exec takes UID[:GID])"))?;
+        let resolved = if berth_tasks::container::names_someone(&user) {
+            // Names are looked up in the running container's own files,
+            // through its init process's root (read inside that root,
+            // symlinks and all, as when the container was made).
+            let tasks = RemoteTasks::connect(global.taskd_socket())
+                .await
+                .context("berth-taskd")?;
+            let init = tasks
+                .get(ns, id, "")
+                .await
+                .with_context(|| format!("the task of {id}"))?;
+            let root = berth_oci::HostRootfs::new(format!("/proc/{}/root", init.pid));
+            berth_oci::resolve_user(&user, &root)
+        } else {
+            berth_oci::resolve_user(&user, &berth_oci::NoRootfsFiles)
+        }
+        .with_context(|| format!("--user {user:?}"))?;
         process["user"] = serde_json::to_value(resolved).context("encoding the user")?;
     }
     if !env.is_empty() {
