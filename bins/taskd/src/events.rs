@@ -208,7 +208,15 @@ async fn relay_loop(
         }
         if let Some((bundle, pid)) = queued.exit_of {
             if bundle.exists() {
-                if let Err(e) = bundle.mark_exit_reported(pid) {
+                // A bundle removed meanwhile (its task deleted) has nothing
+                // left to mark.
+                if let Err(e) = bundle.mark_exit_reported(pid).or_else(|e| {
+                    if bundle.exists() {
+                        Err(e)
+                    } else {
+                        Ok(())
+                    }
+                }) {
                     tracing::warn!(id = %bundle.id, error = %e, "marking the exit reported");
                 }
             }

@@ -76,8 +76,9 @@ impl Daemon {
         }
     }
 
-    /// The daemons it calls, each given with its own flag.
-    fn peers(self) -> &'static [Daemon] {
+    /// The daemons it calls, each given with its own flag (`--contentd
+    /// SOCKET`).
+    pub fn peers(self) -> &'static [Daemon] {
         match self {
             Daemon::Contentd => &[],
             Daemon::Snapd => &[Daemon::Contentd],
