@@ -15,7 +15,8 @@ build=(ca-certificates gcc libc6-dev pkg-config)
 demo=(runc busybox-static docker-registry skopeo tar gzip python3)
 # The tests, beyond the demo's:
 #   systemd: systemd-socket-activate and systemd-analyze (socket activation
-#     and unit file tests);
+#     and unit file tests); systemd-container (systemd-nspawn) and
+#     mmdebstrap: the test that boots a real systemd with berth's units;
 #   apache2-utils (htpasswd), openssl: the registry transfer tests, which
 #     make their own credentials and certificates;
 #   containerd: the shim and taskd tests against upstream containerd and its
@@ -23,7 +24,7 @@ demo=(runc busybox-static docker-registry skopeo tar gzip python3)
 #   util-linux (script) and python3: pseudo terminals for `berth run -t`;
 #   xfsprogs: the snapshotter tests on an XFS image;
 #   bc, procps: the benchmark scripts.
-tests=(systemd apache2-utils openssl containerd util-linux xfsprogs bc procps)
+tests=(systemd systemd-container mmdebstrap apache2-utils openssl containerd util-linux xfsprogs bc procps)
 
 case ${1:-} in
   demo) wanted=("${build[@]}" "${demo[@]}") ;;

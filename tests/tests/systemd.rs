@@ -209,3 +209,267 @@ async fn every_daemon_serves_the_socket_systemd_hands_it_and_notifies() {
         assert!(status.success(), "{daemon:?} exited with {status}");
     }
 }
+
+/// A Debian root booted by systemd-nspawn with berth installed: its
+/// systemd, the container's leader process, entered with nsenter.
+struct Booted {
+    nspawn: std::process::Child,
+    leader: u32,
+    dir: tempfile::TempDir,
+}
+
+impl Booted {
+    /// Runs `args` inside, with a clean environment; returns (success,
+    /// stdout, stderr). A ceiling turns a hang into a failure.
+    fn run(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new("timeout")
+            .arg("60")
+            .arg("nsenter")
+            .arg("-t")
+            .arg(self.leader.to_string())
+            .args(["-a", "--", "env", "-i", "PATH=/usr/local/bin:/usr/bin:/bin"])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let (ok, out, err) = self.run(args);
+        assert!(ok, "{args:?}: {err}{out}");
+        out
+    }
+
+    /// `berth tasks ls` as (id, pid, status).
+    fn tasks(&self) -> Vec<(String, String, String)> {
+        self.ok(&["berth", "tasks", "ls"])
+            .lines()
+            .skip(1)
+            .map(|line| {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                (f[0].to_string(), f[1].to_string(), f[2].to_string())
+            })
+            .collect()
+    }
+}
+
+impl Drop for Booted {
+    fn drop(&mut self) {
+        let _ = self.run(&["berth", "rm", "--force", "keeper"]);
+        // SIGTERM asks nspawn to shut the container down cleanly.
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.nspawn.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.nspawn.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.nspawn.kill();
+        let _ = self.nspawn.wait();
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        let mut ours: Vec<&str> = mounts
+            .lines()
+            .filter_map(|l| l.split(' ').nth(1))
+            .filter(|m| Path::new(m).starts_with(self.dir.path()))
+            .collect();
+        ours.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for mount in ours {
+            let _ = nix::mount::umount2(mount, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+/// Builds a Debian root with mmdebstrap, installs berth's binaries, units
+/// and tmpfiles in it, and boots it. The container gets a cgroup v2
+/// hierarchy of its own, every capability and no seccomp filter of
+/// nspawn's: what a container runtime needs from the machine it runs on.
+fn boot_debian_with_berth() -> Booted {
+    let dir = tempfile::Builder::new()
+        .prefix("berth-nspawn-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let root = dir.path().join("root");
+    let out = Command::new("mmdebstrap")
+        .args([
+            "--variant=minbase",
+            "--include=systemd,systemd-sysv,dbus,runc",
+            "--quiet",
+            "bookworm",
+        ])
+        .arg(&root)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "mmdebstrap: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bin = root.join("usr/local/bin");
+    for name in [
+        "berth",
+        "berth-contentd",
+        "berth-snapd",
+        "berth-metad",
+        "berth-taskd",
+        "containerd-shim-berth-v2",
+    ] {
+        std::fs::copy(binary(name), bin.join(name)).unwrap();
+    }
+    for entry in std::fs::read_dir(units_dir()).unwrap().flatten() {
+        std::fs::copy(
+            entry.path(),
+            root.join("etc/systemd/system").join(entry.file_name()),
+        )
+        .unwrap();
+    }
+    std::fs::copy(
+        units_dir().join("../tmpfiles.d/berth.conf"),
+        root.join("etc/tmpfiles.d/berth.conf"),
+    )
+    .unwrap();
+    let status = Command::new("systemctl")
+        .arg(format!("--root={}", root.display()))
+        .args(["enable", "--quiet", "berth.target"])
+        .status()
+        .unwrap();
+    assert!(status.success(), "systemctl enable berth.target");
+    let archive = berth_e2e::images::run_image_archive(dir.path());
+    std::fs::copy(&archive, root.join("root/image.tar")).unwrap();
+
+    let nspawn = Command::new("systemd-nspawn")
+        .arg("-b")
+        .arg("-D")
+        .arg(&root)
+        .args(["--register=no", "--keep-unit", "--console=passive"])
+        .arg(format!("--machine=berth-test-{}", std::process::id()))
+        .arg("--capability=all")
+        .env("SYSTEMD_SECCOMP", "0")
+        .env("SYSTEMD_NSPAWN_UNIFIED_HIERARCHY", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let nspawn_pid = nspawn.id();
+    let mut booted = Booted {
+        nspawn,
+        leader: 0,
+        dir,
+    };
+    // The container's init: nspawn's child running systemd.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        assert!(Instant::now() < deadline, "the container never booted");
+        if let Ok(Some(status)) = booted.nspawn.try_wait() {
+            panic!("systemd-nspawn exited: {status}");
+        }
+        if booted.leader == 0 {
+            let children =
+                std::fs::read_to_string(format!("/proc/{nspawn_pid}/task/{nspawn_pid}/children"))
+                    .unwrap_or_default();
+            booted.leader = children
+                .split_whitespace()
+                .filter_map(|p| p.parse::<u32>().ok())
+                .find(|p| {
+                    std::fs::read_to_string(format!("/proc/{p}/comm"))
+                        .is_ok_and(|c| c.trim() == "systemd")
+                })
+                .unwrap_or(0);
+        } else {
+            let (_, state, _) = booted.run(&["systemctl", "is-system-running"]);
+            if matches!(state.trim(), "running" | "degraded") {
+                return booted;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_real_systemd_runs_berth_and_restarts_every_daemon_under_a_running_container() {
+    if !require(is_root(), "booting a container needs root")
+        || !require(
+            on_path("systemd-nspawn") && on_path("mmdebstrap") && on_path("nsenter"),
+            "systemd-container (systemd-nspawn) and mmdebstrap are needed",
+        )
+        || !require(
+            Path::new("/bin/busybox").exists(),
+            "busybox-static is not installed",
+        )
+    {
+        return;
+    }
+    let booted = boot_debian_with_berth();
+    for daemon in Daemon::ALL {
+        let unit = format!("{}.socket", daemon.binary());
+        assert_eq!(
+            booted.ok(&["systemctl", "is-active", &unit]).trim(),
+            "active"
+        );
+    }
+
+    // The first call activates the daemons it needs.
+    booted.ok(&["berth", "import", "/root/image.tar"]);
+    let said = booted.ok(&[
+        "berth",
+        "run",
+        "--rm",
+        berth_e2e::images::RUN_IMAGE,
+        "echo",
+        "hello from systemd",
+    ]);
+    assert_eq!(said, "hello from systemd\n");
+    for daemon in Daemon::ALL {
+        let unit = format!("{}.service", daemon.binary());
+        assert_eq!(
+            booted.ok(&["systemctl", "is-active", &unit]).trim(),
+            "active"
+        );
+    }
+
+    // Detached: `run -d` returns while the container runs (runc must not
+    // inherit taskd's NOTIFY_SOCKET, or `runc start` waits for the
+    // container to exit).
+    let started = Instant::now();
+    booted.ok(&[
+        "berth",
+        "run",
+        "-d",
+        "--name",
+        "keeper",
+        berth_e2e::images::RUN_IMAGE,
+        "sleep",
+        "600",
+    ]);
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "run -d waited for the container"
+    );
+    let before = booted.tasks();
+    assert_eq!(before.len(), 1, "{before:?}");
+    assert_eq!(before[0].2, "RUNNING", "{before:?}");
+
+    // Each daemon restarted in turn: the container is untouched, and the
+    // new taskd finds it again.
+    for daemon in Daemon::ALL {
+        let unit = format!("{}.service", daemon.binary());
+        booted.ok(&["systemctl", "restart", &unit]);
+        assert_eq!(
+            booted.ok(&["systemctl", "is-active", &unit]).trim(),
+            "active"
+        );
+        assert_eq!(booted.tasks(), before, "after restarting {unit}");
+    }
+    let said = booted.ok(&["berth", "tasks", "exec", "keeper", "echo", "still here"]);
+    assert_eq!(said, "still here\n");
+    booted.ok(&["berth", "rm", "--force", "keeper"]);
+    assert!(booted.tasks().is_empty());
+}

@@ -179,6 +179,27 @@ async fn bad_requests_get_containerds_codes_and_leave_nothing_behind() {
         bundles(&stack)
     );
 
+    // A task created and never started can be deleted, as with containerd
+    // (its init, waiting in runc, goes with it).
+    c.container(
+        &stack,
+        "unstarted",
+        "io.containerd.berth.v2",
+        &["sleep", "100"],
+    )
+    .await;
+    let unstarted = tasks.create("default", create("unstarted")).await.unwrap();
+    assert!(unstarted > 0);
+    let deleted = tasks.delete("default", "unstarted").await.unwrap();
+    assert_eq!(deleted.pid, unstarted);
+    assert!(
+        !std::path::Path::new(&format!("/proc/{unstarted}")).exists()
+            || std::fs::read_to_string(format!("/proc/{unstarted}/stat"))
+                .is_ok_and(|s| s.contains(") Z")),
+        "the unstarted init survived its delete"
+    );
+    c.containers.delete("default", "unstarted").await.unwrap();
+
     // The good path, with its refusals.
     let pid = tasks.create("default", create("plain")).await.unwrap();
     assert!(pid > 0);

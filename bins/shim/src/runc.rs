@@ -58,6 +58,11 @@ impl Runc {
 
     fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(&self.config.binary);
+        // A shim started by a Type=notify service (containerd's, taskd's)
+        // may inherit its NOTIFY_SOCKET; runc would pass it into the
+        // container and make `runc start` wait for the container's own
+        // READY=1, that is, block until it exits.
+        cmd.env_remove("NOTIFY_SOCKET");
         cmd.arg("--root")
             .arg(&self.config.root)
             .arg("--log")

@@ -576,9 +576,13 @@ impl TaskManager {
         let task = self.task(namespace, id)?;
         let state = task.shim.state(id, "").await?;
         let process = process_from_state(id, "", &state);
-        let deletable = process.status == Status::Stopped
-            || (process.status == Status::Created && process.pid == 0)
-            || process.status == Status::Unknown;
+        // As containerd: a task never started (its init still waiting in
+        // runc) may be deleted too; the shim's delete removes it with
+        // runc.
+        let deletable = matches!(
+            process.status,
+            Status::Stopped | Status::Created | Status::Unknown
+        );
         if !deletable {
             return Err(Error::failed_precondition(format!(
                 "task {id}: must be stopped before it is deleted (it is {})",

@@ -227,6 +227,16 @@ impl Invocation {
             .env("NAMESPACE", &self.namespace)
             .env("MAX_SHIM_VERSION", "3")
             .env("GOMAXPROCS", "2")
+            // systemd's hand-over to taskd (its notify socket, watchdog and
+            // sockets) is taskd's alone: runc, given NOTIFY_SOCKET, would
+            // make `runc start` wait for the container itself to say
+            // READY=1, that is, until it exits.
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID")
+            .env_remove("LISTEN_FDS")
+            .env_remove("LISTEN_PID")
+            .env_remove("LISTEN_FDNAMES")
             // Its own process group: a signal to taskd's group never
             // reaches a shim.
             .process_group(0);
@@ -658,6 +668,38 @@ fn shim_error(method: &str, err: ttrpc::Error) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shims_get_containerds_environment_and_none_of_systemds_hand_over() {
+        let invocation = Invocation {
+            binary: PathBuf::from("/usr/bin/containerd-shim-runc-v2"),
+            namespace: "ns".to_string(),
+            id: "c1".to_string(),
+            bundle: PathBuf::from("/run/b/ns/c1"),
+            address: PathBuf::from("/run/berth/taskd.sock"),
+            publish_binary: PathBuf::from("/usr/bin/berth-taskd"),
+            debug: false,
+        };
+        let command = invocation.command("start");
+        let envs: std::collections::HashMap<String, Option<String>> = command
+            .get_envs()
+            .map(|(k, v)| {
+                (
+                    k.to_string_lossy().into_owned(),
+                    v.map(|v| v.to_string_lossy().into_owned()),
+                )
+            })
+            .collect();
+        assert_eq!(
+            envs["TTRPC_ADDRESS"].as_deref(),
+            Some("/run/berth/taskd.sock")
+        );
+        assert_eq!(envs["NAMESPACE"].as_deref(), Some("ns"));
+        // Removed (None), whatever taskd itself was given by systemd.
+        for name in ["NOTIFY_SOCKET", "WATCHDOG_USEC", "LISTEN_FDS", "LISTEN_PID"] {
+            assert_eq!(envs.get(name), Some(&None), "{name}");
+        }
+    }
 
     #[test]
     fn runtime_names_map_to_shim_binaries_as_containerd_maps_them() {
