@@ -170,6 +170,19 @@ fn up_down_and_containers_that_outlive_the_daemons() {
         assert!(layout.log_file(daemon).exists(), "{daemon:?} has no log");
     }
 
+    // berth check sees all four answer (and this host has what the tests
+    // need: runc, overlayfs, cgroups).
+    let out = root.berth(&["check"]);
+    let said = text(&out.stdout);
+    assert!(out.status.success(), "check: {said}{}", text(&out.stderr));
+    for daemon in Daemon::ALL {
+        assert!(
+            said.contains(&format!("ok    {:<16} answers", daemon.binary())),
+            "{said}"
+        );
+    }
+    assert!(said.contains("ok    runc"), "{said}");
+
     // The CLI finds them through the printed environment alone.
     let archive = run_image_archive(root.path());
     let out = root.berth(&["import", archive.to_str().unwrap()]);
@@ -233,6 +246,13 @@ fn up_down_and_containers_that_outlive_the_daemons() {
     assert!(alive(container_pid), "the container died with the daemons");
     let out = root.berth(&["namespaces", "ls"]);
     assert!(!out.status.success(), "a daemon still answers after down");
+    let out = root.berth(&["check"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stdout).contains("FAIL  berth-metad"),
+        "{}",
+        text(&out.stdout)
+    );
 
     // Down again: nothing to do, and says so.
     let out = root.berth(&["down", "--root", &root_arg]);

@@ -11,7 +11,7 @@ mod stdio;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::global::Global;
 
@@ -33,6 +33,14 @@ enum Command {
     /// Stop the daemons `berth up` started (containers keep running unless
     /// --all).
     Down(commands::up::DownArgs),
+    /// What this host has and lacks for berth (kernel, overlayfs, cgroups,
+    /// runc, disk, clock, the daemons), with how to fix it.
+    Check(commands::check::CheckArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish,
+    /// powershell).
+    Completion(commands::generate::CompletionArgs),
+    /// Write man pages for berth and all its subcommands into a directory.
+    Manpages(commands::generate::ManpagesArgs),
     /// Blobs in berth-contentd: list, read, write, label, remove.
     #[command(subcommand)]
     Content(commands::content::ContentCommand),
@@ -104,8 +112,11 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Up(args) => commands::up::up(args).await,
+            Command::Completion(args) => commands::generate::completion(Cli::command(), args),
+            Command::Manpages(args) => commands::generate::manpages(Cli::command(), args),
             Command::Down(args) => commands::up::down(args).await,
             Command::Run(args) => return commands::run::run(&cli.global, *args).await,
+            Command::Check(args) => return commands::check::run(&cli.global, args).await,
             Command::Tasks(command) => return commands::tasks::run(&cli.global, command).await,
             Command::Content(command) => commands::content::run(&cli.global, command).await,
             Command::Push(args) => commands::transfer::push(&cli.global, args).await,
@@ -134,6 +145,55 @@ fn main() -> ExitCode {
             let line = format!("{err:#}").replace('\n', " ");
             eprintln!("berth: {line}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        // clap's own checks: no clashing flags, valid defaults, ...
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn man_pages_cover_every_subcommand() {
+        let dir = std::env::temp_dir().join(format!("berth-man-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        commands::generate::write_pages(Cli::command(), "berth", &dir).unwrap();
+        for page in [
+            "berth",
+            "berth-run",
+            "berth-tasks-exec",
+            "berth-up",
+            "berth-images-ls",
+        ] {
+            let text = std::fs::read_to_string(dir.join(format!("{page}.1")))
+                .unwrap_or_else(|e| panic!("{page}.1: {e}"));
+            assert!(text.starts_with(".ie") || text.contains(".TH"), "{page}.1");
+        }
+        let run = std::fs::read_to_string(dir.join("berth-run.1")).unwrap();
+        assert!(run.contains("\\-\\-rm"), "berth-run.1 lacks --rm");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn completions_know_subcommands_and_flags() {
+        let mut script = Vec::new();
+        let mut command = Cli::command();
+        clap_complete::generate(
+            clap_complete::Shell::Bash,
+            &mut command,
+            "berth",
+            &mut script,
+        );
+        let script = String::from_utf8(script).unwrap();
+        for word in ["tasks", "exec", "--rm", "--run-dir", "manpages"] {
+            assert!(script.contains(word), "bash completion lacks {word}");
         }
     }
 }

@@ -1,9 +1,11 @@
 pub mod archive;
+pub mod check;
 pub mod containers;
 pub mod containers_view;
 pub mod content;
 pub mod events;
 pub mod gc;
+pub mod generate;
 pub mod images;
 pub mod leases;
 pub mod namespaces;
