@@ -67,6 +67,53 @@ pub fn on_path(tool: &str) -> bool {
         .is_some_and(|paths| std::env::split_paths(&paths).any(|p| p.join(tool).exists()))
 }
 
+/// Processes whose working directory is under `dir`, with it (shims run in
+/// their bundles): what a test left running.
+pub fn processes_under(dir: &Path) -> Vec<(u32, PathBuf)> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if let Ok(cwd) = std::fs::read_link(entry.path().join("cwd")) {
+            if cwd.starts_with(dir) {
+                found.push((pid, cwd));
+            }
+        }
+    }
+    found
+}
+
+/// Unmounts (lazily, deepest first) whatever is mounted under `dir`.
+pub fn unmount_under(dir: &Path) {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let mut ours: Vec<&str> = mounts
+        .lines()
+        .filter_map(|l| l.split(' ').nth(1))
+        .filter(|m| Path::new(m).starts_with(dir))
+        .collect();
+    ours.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    for mount in ours {
+        let _ = nix::mount::umount2(mount, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// Whether `pid` is a live process (an exited, unreaped one is not).
+pub fn alive(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let state = stat.rsplit(')').next().unwrap_or("").trim_start();
+    !state.starts_with('Z')
+}
+
 pub fn is_root() -> bool {
     nix::unistd::Uid::effective().is_root()
 }

@@ -10,7 +10,7 @@ use std::process::Output;
 
 use berth_e2e::images::{run_image_archive, RUN_IMAGE};
 use berth_e2e::stack::Stack;
-use berth_e2e::{on_path, require};
+use berth_e2e::{on_path, processes_under, require};
 
 fn prerequisites() -> bool {
     berth_e2e::run_prerequisites()
@@ -35,27 +35,6 @@ fn run(stack: &Stack, args: &[&str]) -> Output {
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// Processes whose working directory is under `dir` (shims run in their
-/// bundles): what a test left running.
-fn processes_under(dir: &Path) -> Vec<(u32, PathBuf)> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if let Ok(cwd) = std::fs::read_link(entry.path().join("cwd")) {
-            if cwd.starts_with(dir) {
-                found.push((pid, cwd));
-            }
-        }
-    }
-    found
 }
 
 /// Nothing of a container is left: no record, task, active snapshot,

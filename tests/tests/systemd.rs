@@ -274,16 +274,7 @@ impl Drop for Booted {
         }
         let _ = self.nspawn.kill();
         let _ = self.nspawn.wait();
-        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-        let mut ours: Vec<&str> = mounts
-            .lines()
-            .filter_map(|l| l.split(' ').nth(1))
-            .filter(|m| Path::new(m).starts_with(self.dir.path()))
-            .collect();
-        ours.sort_by_key(|m| std::cmp::Reverse(m.len()));
-        for mount in ours {
-            let _ = nix::mount::umount2(mount, nix::mount::MntFlags::MNT_DETACH);
-        }
+        berth_e2e::unmount_under(self.dir.path());
     }
 }
 

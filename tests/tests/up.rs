@@ -11,7 +11,7 @@ use std::process::{Command, Output};
 
 use berth_client::local::{running_pid, Daemon, Layout};
 use berth_e2e::images::{run_image_archive, RUN_IMAGE};
-use berth_e2e::{binary, run_prerequisites};
+use berth_e2e::{alive, binary, processes_under, run_prerequisites, unmount_under};
 
 /// The root, and whatever runs under it, killed (by pid) and unmounted if
 /// a test stops half way.
@@ -87,7 +87,7 @@ impl Drop for Root {
             .filter_map(|d| running_pid(&layout, *d))
             .collect();
         pids.extend(&self.container_pids);
-        pids.extend(processes_under(self.path()));
+        pids.extend(processes_under(self.path()).into_iter().map(|(pid, _)| pid));
         for pid in pids {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid as i32),
@@ -95,48 +95,12 @@ impl Drop for Root {
             );
         }
         std::thread::sleep(std::time::Duration::from_millis(200));
-        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-        let mut ours: Vec<&str> = mounts
-            .lines()
-            .filter_map(|l| l.split(' ').nth(1))
-            .filter(|m| Path::new(m).starts_with(self.path()))
-            .collect();
-        ours.sort_by_key(|m| std::cmp::Reverse(m.len()));
-        for mount in ours {
-            let _ = nix::mount::umount2(mount, nix::mount::MntFlags::MNT_DETACH);
-        }
+        unmount_under(self.path());
     }
 }
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// Processes whose working directory is under `dir` (shims run in their
-/// bundles).
-fn processes_under(dir: &Path) -> Vec<u32> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if std::fs::read_link(entry.path().join("cwd")).is_ok_and(|cwd| cwd.starts_with(dir)) {
-            found.push(pid);
-        }
-    }
-    found
-}
-
-fn alive(pid: u32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    let state = stat.rsplit(')').next().unwrap_or("").trim_start();
-    !state.starts_with('Z')
 }
 
 /// The pid column of `berth tasks ls` for `id`, and its status.
