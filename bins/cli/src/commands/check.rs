@@ -24,14 +24,14 @@ enum Verdict {
 
 struct Line {
     verdict: Verdict,
-    what: &'static str,
+    what: String,
     detail: String,
 }
 
-fn line(verdict: Verdict, what: &'static str, detail: impl Into<String>) -> Line {
+fn line(verdict: Verdict, what: impl Into<String>, detail: impl Into<String>) -> Line {
     Line {
         verdict,
-        what,
+        what: what.into(),
         detail: detail.into(),
     }
 }
@@ -47,12 +47,7 @@ pub async fn run(global: &Global, args: CheckArgs) -> Result<u8> {
         (Daemon::Metad, global.metad_socket()),
         (Daemon::Taskd, global.taskd_socket()),
     ] {
-        let what = match daemon {
-            Daemon::Contentd => "berth-contentd",
-            Daemon::Snapd => "berth-snapd",
-            Daemon::Metad => "berth-metad",
-            Daemon::Taskd => "berth-taskd",
-        };
+        let what = daemon.binary();
         lines.push(match probe(daemon, socket).await {
             Ok(()) => line(Verdict::Ok, what, format!("answers on {}", socket.display())),
             Err(e) => line(
