@@ -227,7 +227,7 @@ impl Booted {
             .arg("nsenter")
             .arg("-t")
             .arg(self.leader.to_string())
-            .args(["-a", "--", "env", "-i", "PATH=/usr/local/bin:/usr/bin:/bin"])
+            .args(["-a", "--", "env", "-i", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"])
             .args(args)
             .output()
             .unwrap();
@@ -278,11 +278,12 @@ impl Drop for Booted {
     }
 }
 
-/// Builds a Debian root with mmdebstrap, installs berth's binaries, units
-/// and tmpfiles in it, and boots it. The container gets a cgroup v2
-/// hierarchy of its own, every capability and no seccomp filter of
-/// nspawn's: what a container runtime needs from the machine it runs on.
-fn boot_debian_with_berth() -> Booted {
+/// Builds a Debian root with mmdebstrap, puts berth's package (built from
+/// this test run's binaries by scripts/build-deb.sh) and the test image in
+/// /root, and boots it. The container gets a cgroup v2 hierarchy of its
+/// own, every capability and no seccomp filter of nspawn's: what a
+/// container runtime needs from the machine it runs on.
+fn boot_debian_with_berths_package() -> Booted {
     let dir = tempfile::Builder::new()
         .prefix("berth-nspawn-")
         .tempdir_in("/var/tmp")
@@ -303,35 +304,22 @@ fn boot_debian_with_berth() -> Booted {
         "mmdebstrap: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let bin = root.join("usr/local/bin");
-    for name in [
-        "berth",
-        "berth-contentd",
-        "berth-snapd",
-        "berth-metad",
-        "berth-taskd",
-        "containerd-shim-berth-v2",
-    ] {
-        std::fs::copy(binary(name), bin.join(name)).unwrap();
-    }
-    for entry in std::fs::read_dir(units_dir()).unwrap().flatten() {
-        std::fs::copy(
-            entry.path(),
-            root.join("etc/systemd/system").join(entry.file_name()),
-        )
+    let built = binary("berth");
+    let out = Command::new(units_dir().join("../../scripts/build-deb.sh"))
+        .arg("--bin")
+        .arg(built.parent().unwrap())
+        .arg(dir.path().join("deb"))
+        .env("DEB_COMPRESSION", "gzip")
+        .output()
         .unwrap();
-    }
-    std::fs::copy(
-        units_dir().join("../tmpfiles.d/berth.conf"),
-        root.join("etc/tmpfiles.d/berth.conf"),
-    )
-    .unwrap();
-    let status = Command::new("systemctl")
-        .arg(format!("--root={}", root.display()))
-        .args(["enable", "--quiet", "berth.target"])
-        .status()
-        .unwrap();
-    assert!(status.success(), "systemctl enable berth.target");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "build-deb.sh: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deb = PathBuf::from(stdout.lines().last().unwrap().trim());
+    std::fs::copy(&deb, root.join("root/berth.deb")).unwrap();
     let archive = berth_e2e::images::run_image_archive(dir.path());
     std::fs::copy(&archive, root.join("root/image.tar")).unwrap();
 
@@ -385,7 +373,7 @@ fn boot_debian_with_berth() -> Booted {
 }
 
 #[test]
-fn a_real_systemd_runs_berth_and_restarts_every_daemon_under_a_running_container() {
+fn berths_package_under_a_real_systemd_runs_containers_through_restarts_and_upgrades() {
     if !require(is_root(), "booting a container needs root")
         || !require(
             on_path("systemd-nspawn") && on_path("mmdebstrap") && on_path("nsenter"),
@@ -398,7 +386,9 @@ fn a_real_systemd_runs_berth_and_restarts_every_daemon_under_a_running_container
     {
         return;
     }
-    let booted = boot_debian_with_berth();
+    let booted = boot_debian_with_berths_package();
+    // The package enables and starts the sockets and berth.target.
+    booted.ok(&["dpkg", "-i", "/root/berth.deb"]);
     for daemon in Daemon::ALL {
         let unit = format!("{}.socket", daemon.binary());
         assert_eq!(
@@ -406,6 +396,14 @@ fn a_real_systemd_runs_berth_and_restarts_every_daemon_under_a_running_container
             "active"
         );
     }
+    assert_eq!(
+        booted
+            .ok(&["systemctl", "is-enabled", "berth.target"])
+            .trim(),
+        "enabled"
+    );
+    booted.ok(&["test", "-f", "/usr/share/man/man1/berth-run.1.gz"]);
+    booted.ok(&["test", "-f", "/usr/share/bash-completion/completions/berth"]);
 
     // The first call activates the daemons it needs.
     booted.ok(&["berth", "import", "/root/image.tar"]);
@@ -461,6 +459,21 @@ fn a_real_systemd_runs_berth_and_restarts_every_daemon_under_a_running_container
     }
     let said = booted.ok(&["berth", "tasks", "exec", "keeper", "echo", "still here"]);
     assert_eq!(said, "still here\n");
+
+    // An upgrade (the package installed over itself) restarts the daemons
+    // and leaves the container running.
+    booted.ok(&["dpkg", "-i", "/root/berth.deb"]);
+    assert_eq!(booted.tasks(), before, "after the upgrade");
+    let said = booted.ok(&["berth", "tasks", "exec", "keeper", "echo", "upgraded"]);
+    assert_eq!(said, "upgraded\n");
     booted.ok(&["berth", "rm", "--force", "keeper"]);
     assert!(booted.tasks().is_empty());
+
+    // Removal stops and removes everything but the data.
+    booted.ok(&["dpkg", "-r", "berth"]);
+    let (found, _, _) = booted.run(&["test", "-e", "/usr/bin/berth-taskd"]);
+    assert!(!found, "berth-taskd left after dpkg -r");
+    let (active, _, _) = booted.run(&["systemctl", "is-active", "berth-taskd.socket"]);
+    assert!(!active, "taskd's socket still active after dpkg -r");
+    booted.ok(&["test", "-d", "/var/lib/berth/content"]);
 }
