@@ -227,7 +227,13 @@ impl Booted {
             .arg("nsenter")
             .arg("-t")
             .arg(self.leader.to_string())
-            .args(["-a", "--", "env", "-i", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"])
+            .args([
+                "-a",
+                "--",
+                "env",
+                "-i",
+                "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            ])
             .args(args)
             .output()
             .unwrap();
