@@ -287,3 +287,50 @@ fn up_refuses_a_log_level_the_daemons_do_not_know() {
         "up made its layout anyway"
     );
 }
+
+/// `berth config default DAEMON` prints a file its daemon accepts as it
+/// is (every key known to it) and that says what `--help` says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_daemon_accepts_the_default_config_berth_prints_for_it() {
+    if !berth_e2e::require(berth_e2e::is_root(), "berth-snapd needs root") {
+        return;
+    }
+    let root = Root::new();
+    let all = root.berth(&["config", "default"]);
+    assert!(all.status.success(), "{}", text(&all.stderr));
+    let all = text(&all.stdout);
+    for daemon in Daemon::ALL {
+        let out = root.berth(&["config", "default", daemon.name()]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let config = text(&out.stdout);
+        assert!(
+            all.contains(&config),
+            "{daemon:?} is not in the full output"
+        );
+        for key in ["root", "state", "address", "log_level", "log_format"] {
+            assert!(
+                config.contains(&format!("\n{key} = ")),
+                "{daemon:?}: {config}"
+            );
+        }
+        for peer in daemon.peers() {
+            assert!(
+                config.contains(&format!("\n{} = ", peer.name())),
+                "{daemon:?} lacks its peer {peer:?}: {config}"
+            );
+        }
+        let file = root.path().join(format!("{}.toml", daemon.name()));
+        std::fs::write(&file, &config).unwrap();
+        // Flags win over the file: the daemon keeps to the test's dirs.
+        let started = berth_e2e::Daemon::start_with_args(
+            &daemon.binary(),
+            &root.path().join(daemon.name()),
+            &["--config", file.to_str().unwrap()],
+        );
+        berth_client::local::probe(daemon, &started.socket)
+            .await
+            .unwrap_or_else(|e| panic!("{daemon:?} with its default config: {e}"));
+    }
+    let out = root.berth(&["config", "default", "nosuchd"]);
+    assert!(!out.status.success());
+}

@@ -36,6 +36,9 @@ enum Command {
     /// What this host has and lacks for berth (kernel, overlayfs, cgroups,
     /// runc, disk, clock, the daemons), with how to fix it.
     Check(commands::check::CheckArgs),
+    /// Daemons' configuration files: `berth config default [DAEMON]`.
+    #[command(subcommand)]
+    Config(commands::config::ConfigCommand),
     /// Print a shell completion script (bash, zsh, fish, elvish,
     /// powershell).
     Completion(commands::generate::CompletionArgs),
@@ -112,6 +115,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Up(args) => commands::up::up(args).await,
+            Command::Config(command) => commands::config::run(command),
             Command::Completion(args) => commands::generate::completion(Cli::command(), args),
             Command::Manpages(args) => commands::generate::manpages(Cli::command(), args),
             Command::Down(args) => commands::up::down(args).await,

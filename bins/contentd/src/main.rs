@@ -10,7 +10,7 @@ use berth_contentd::transfer::fetch::Fetcher;
 use berth_contentd::transfer::push::Pusher;
 use berth_contentd::transfer::service::TransferService;
 use berth_daemon::{DaemonConfig, DaemonFlags, Defaults};
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 
 /// berth's content store: content-addressed blobs and resumable ingests,
 /// and image transfer from registries.
@@ -44,6 +44,19 @@ fn defaults() -> Defaults {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if cli.daemon.print_default_config {
+        let own = [(
+            "hosts_dir",
+            Some(berth_daemon::ConfigValue::String(
+                DEFAULT_HOSTS_DIR.to_string(),
+            )),
+        )];
+        print!(
+            "{}",
+            berth_daemon::default_config_toml(&Cli::command(), &defaults(), &own)
+        );
+        return Ok(());
+    }
     let (config, runtime) = berth_daemon::start(&cli.daemon, defaults())?;
     let settings: Settings = config.daemon_settings()?;
     let hosts_dir = cli

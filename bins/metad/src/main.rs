@@ -10,7 +10,7 @@ use berth_daemon::{peer_socket, DaemonConfig, DaemonFlags, Defaults};
 use berth_metad::events::Exchange;
 use berth_metad::gc::{Collector, CollectorConfig, ScheduleConfig, Scheduler, Sockets};
 use berth_metad::store::{MetaStore, Records};
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 
 /// berth's metadata daemon: namespaces, images, containers, leases,
 /// garbage collection and events.
@@ -51,6 +51,33 @@ fn defaults() -> Defaults {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if cli.daemon.print_default_config {
+        let own = [
+            (
+                "contentd",
+                Some(berth_daemon::ConfigValue::String(
+                    sockets::CONTENTD.to_string(),
+                )),
+            ),
+            (
+                "snapd",
+                Some(berth_daemon::ConfigValue::String(
+                    sockets::SNAPD.to_string(),
+                )),
+            ),
+            (
+                "gc_startup_delay",
+                Some(berth_daemon::ConfigValue::Integer(
+                    ScheduleConfig::default().startup_delay.as_millis() as i64,
+                )),
+            ),
+        ];
+        print!(
+            "{}",
+            berth_daemon::default_config_toml(&Cli::command(), &defaults(), &own)
+        );
+        return Ok(());
+    }
     let (config, runtime) = berth_daemon::start(&cli.daemon, defaults())?;
     let settings: Settings = config.daemon_settings()?;
     let contentd = peer_socket(cli.contentd, settings.contentd, sockets::CONTENTD);

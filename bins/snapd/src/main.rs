@@ -12,7 +12,7 @@ use berth_snapd::local::{Backend, LocalSnapshotter};
 use berth_snapd::records::Records;
 use berth_snapd::service::SnapshotService;
 use berth_snapd::unpack::{ContentSource, Unpacker, SCRATCH_PREFIX};
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 
 /// berth's snapshot daemon: overlayfs and native snapshotters, layer
 /// unpack from berth-contentd, and diffs.
@@ -44,6 +44,19 @@ fn defaults() -> Defaults {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if cli.daemon.print_default_config {
+        let own = [(
+            "contentd",
+            Some(berth_daemon::ConfigValue::String(
+                sockets::CONTENTD.to_string(),
+            )),
+        )];
+        print!(
+            "{}",
+            berth_daemon::default_config_toml(&Cli::command(), &defaults(), &own)
+        );
+        return Ok(());
+    }
     let (config, runtime) = berth_daemon::start(&cli.daemon, defaults())?;
     let settings: Settings = config.daemon_settings()?;
     let contentd = peer_socket(cli.contentd, settings.contentd, sockets::CONTENTD);

@@ -12,7 +12,7 @@ use berth_taskd::events::{MetadSink, Relay};
 use berth_taskd::manager::{LocalTasks, ManagerConfig, TaskManager};
 use berth_taskd::peers::SocketPeers;
 use berth_taskd::service::TasksService;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// berth's task daemon: containers made into running processes through v2
 /// shims, supervised, and found again after a restart.
@@ -72,6 +72,27 @@ fn main() -> anyhow::Result<()> {
             .clone()
             .unwrap_or_else(|| PathBuf::from(sockets::TASKD));
         return publish(&address, topic, namespace);
+    }
+    if cli.daemon.print_default_config {
+        let own = [
+            (
+                "metad",
+                Some(berth_daemon::ConfigValue::String(
+                    sockets::METAD.to_string(),
+                )),
+            ),
+            (
+                "snapd",
+                Some(berth_daemon::ConfigValue::String(
+                    sockets::SNAPD.to_string(),
+                )),
+            ),
+        ];
+        print!(
+            "{}",
+            berth_daemon::default_config_toml(&Cli::command(), &defaults(), &own)
+        );
+        return Ok(());
     }
     let (config, runtime) = berth_daemon::start(&cli.daemon, defaults())?;
     let settings: Settings = config.daemon_settings()?;

@@ -38,6 +38,10 @@ pub struct DaemonFlags {
     /// and the daemon's own user.
     #[arg(long, value_name = "GROUP")]
     pub socket_group: Option<String>,
+    /// Print the complete default configuration file (commented TOML:
+    /// every key, each with its default) and exit.
+    #[arg(long)]
+    pub print_default_config: bool,
 }
 
 /// A daemon's defaults, used where neither flag nor file says otherwise.
@@ -74,6 +78,49 @@ struct FileConfig {
     /// The daemon's own keys; see [`DaemonConfig::daemon_settings`].
     #[serde(flatten)]
     rest: toml::Table,
+}
+
+/// The complete default configuration of a daemon as commented TOML: the
+/// keys every daemon takes, then `own` (its own keys, each with its default
+/// as a TOML value, or None for "unset"). Each key's comment is the help
+/// of the flag of the same name in `command` (the daemon's clap command),
+/// so the file and `--help` say the same.
+pub fn default_config_toml(
+    command: &clap::Command,
+    defaults: &Defaults,
+    own: &[(&str, Option<toml::Value>)],
+) -> String {
+    let path = |p: &Path| Some(toml::Value::String(p.display().to_string()));
+    let common = [
+        ("root", path(&defaults.root)),
+        ("state", path(&defaults.state)),
+        ("address", path(&defaults.address)),
+        ("log_level", Some(toml::Value::String("info".to_string()))),
+        ("log_format", Some(toml::Value::String("text".to_string()))),
+        ("socket_group", None),
+    ];
+    let mut text = format!(
+        "# {} configuration (--config FILE); a flag wins over its key here.\n",
+        command.get_name()
+    );
+    for (key, value) in common.iter().cloned().chain(own.iter().cloned()) {
+        let flag = key.replace('_', "-");
+        let help = command
+            .get_arguments()
+            .find(|arg| arg.get_long() == Some(flag.as_str()))
+            .and_then(|arg| arg.get_help())
+            .map(|help| help.to_string())
+            .unwrap_or_default();
+        text.push('\n');
+        for line in help.lines() {
+            text.push_str(&format!("# {line}\n"));
+        }
+        match value {
+            Some(value) => text.push_str(&format!("{key} = {value}\n")),
+            None => text.push_str(&format!("# {key} = (unset)\n")),
+        }
+    }
+    text
 }
 
 /// The socket of another daemon: its flag, else its key in the config
@@ -157,6 +204,68 @@ mod tests {
             state: "/run/berth/x".into(),
             address: "/run/berth/x.sock".into(),
         }
+    }
+
+    #[derive(Debug, clap::Parser)]
+    #[command(name = "berth-exampled")]
+    struct ExampleCli {
+        #[command(flatten)]
+        daemon: DaemonFlags,
+        /// Where the example lives.
+        #[arg(long)]
+        example_dir: Option<PathBuf>,
+    }
+
+    #[test]
+    fn the_default_config_parses_back_to_the_defaults_with_every_key_explained() {
+        use clap::CommandFactory;
+        let text = default_config_toml(
+            &ExampleCli::command(),
+            &defaults(),
+            &[("example_dir", Some(toml::Value::String("/ex".into())))],
+        );
+        for key in [
+            "root",
+            "state",
+            "address",
+            "log_level",
+            "log_format",
+            "example_dir",
+        ] {
+            assert!(
+                text.contains(&format!("\n{key} = ")),
+                "{key} missing:\n{text}"
+            );
+        }
+        assert!(text.contains("# socket_group = (unset)"), "{text}");
+        assert!(text.contains("# Where the example lives"), "{text}");
+        assert!(
+            text.contains("# Directory for the daemon's persistent data"),
+            "{text}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, &text).unwrap();
+        let flags = DaemonFlags {
+            config: Some(file.clone()),
+            ..Default::default()
+        };
+        let config = DaemonConfig::resolve(&flags, defaults()).unwrap();
+        let expected = DaemonConfig {
+            root: defaults().root,
+            state: defaults().state,
+            address: defaults().address,
+            log_level: "info".to_string(),
+            log_format: LogFormat::Text,
+            socket_group: None,
+            file: Some(file),
+            rest: config.rest.clone(),
+        };
+        assert_eq!(config, expected);
+        assert_eq!(
+            config.rest.get("example_dir"),
+            Some(&toml::Value::String("/ex".into()))
+        );
     }
 
     #[test]

@@ -20,7 +20,9 @@ mod socket;
 mod start;
 
 pub use blocking::blocking;
-pub use config::{peer_socket, DaemonConfig, DaemonFlags, Defaults, LogFormat};
+pub use config::{
+    default_config_toml, peer_socket, DaemonConfig, DaemonFlags, Defaults, LogFormat,
+};
 pub use error::DaemonError;
 pub use liveness::{peer_hung_up, ConnectionWatch};
 pub use logging::init_logging;
@@ -29,3 +31,5 @@ pub use request::{reply, request_lease, request_namespace};
 pub use serve::serve;
 pub use socket::{prepare_dirs, SocketSource};
 pub use start::start;
+/// A value in a daemon's config file (for [`default_config_toml`]).
+pub use toml::Value as ConfigValue;

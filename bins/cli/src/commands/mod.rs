@@ -1,5 +1,6 @@
 pub mod archive;
 pub mod check;
+pub mod config;
 pub mod containers;
 pub mod containers_view;
 pub mod content;

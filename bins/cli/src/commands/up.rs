@@ -54,7 +54,7 @@ fn layout(root: Option<PathBuf>, create: bool) -> Result<Layout> {
     Ok(Layout::new(Some(root)))
 }
 
-fn binaries_dir(given: Option<PathBuf>) -> Result<PathBuf> {
+pub(crate) fn binaries_dir(given: Option<PathBuf>) -> Result<PathBuf> {
     if let Some(dir) = given {
         return Ok(dir);
     }
