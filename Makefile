@@ -1,7 +1,7 @@
 # For systems without Debian packages: builds berth and installs it (or
 # removes it) with scripts/install.sh. PREFIX and DESTDIR as usual.
 #   make && sudo make install PREFIX=/usr/local
-#   sudo systemctl daemon-reload && sudo systemctl enable --now berth.target
+#   sudo systemd-sysusers berth.conf && sudo systemctl daemon-reload && sudo systemctl enable --now berth.target
 PREFIX ?= /usr/local
 DESTDIR ?=
 

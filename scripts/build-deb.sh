@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds a Debian package of berth from the tree: what scripts/install.sh
 # installs under /usr, with maintainer scripts that create berth's
-# directories, enable its sockets and berth.target (starting them on a
+# user and directories, enable its sockets and berth.target (starting them on a
 # system booted with systemd), and stop them on removal. The data under
 # /var/lib/berth stays on removal and on purge, as containerd's does.
 #
@@ -29,7 +29,7 @@ stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 chmod 0755 "$stage"
 
-PREFIX=/usr DESTDIR=$stage SYSTEMD_UNIT_DIR=/lib/systemd/system TMPFILES_DIR=/usr/lib/tmpfiles.d \
+PREFIX=/usr DESTDIR=$stage SYSTEMD_UNIT_DIR=/lib/systemd/system TMPFILES_DIR=/usr/lib/tmpfiles.d SYSUSERS_DIR=/usr/lib/sysusers.d \
   scripts/install.sh --bin "$bin"
 install -D -m 0644 README.md "$stage/usr/share/doc/berth/README.md"
 for doc in docs/*.md; do install -m 0644 "$doc" "$stage/usr/share/doc/berth/"; done
@@ -59,6 +59,8 @@ cat >"$stage/DEBIAN/postinst" <<POSTINST
 #!/bin/sh
 set -e
 if [ "\$1" = configure ]; then
+  # The berth user that contentd and metad run as.
+  systemd-sysusers berth.conf
   systemd-tmpfiles --create berth.conf || true
   for unit in $units; do
     deb-systemd-helper unmask "\$unit" >/dev/null || true

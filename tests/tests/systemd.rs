@@ -428,6 +428,14 @@ fn berths_package_under_a_real_systemd_runs_containers_through_restarts_and_upgr
             booted.ok(&["systemctl", "is-active", &unit]).trim(),
             "active"
         );
+        // contentd and metad run as the unprivileged berth user.
+        let pid = booted.ok(&["systemctl", "show", "-p", "MainPID", "--value", &unit]);
+        let user = booted.ok(&["stat", "-c", "%U", &format!("/proc/{}", pid.trim())]);
+        let expected = match daemon {
+            Daemon::Contentd | Daemon::Metad => "berth",
+            Daemon::Snapd | Daemon::Taskd => "root",
+        };
+        assert_eq!(user.trim(), expected, "{unit} runs as {user}");
     }
 
     // Detached: `run -d` returns while the container runs (runc must not
