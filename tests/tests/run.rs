@@ -616,6 +616,55 @@ fn bind_mounts_are_read_only_or_writable_as_asked_and_stdin_is_forwarded() {
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "line one\nline two\ndone\n");
+
+    // -d -i: the task keeps fifos, and `tasks attach` reaches them later:
+    // our input to it, its output here, its exit status ours.
+    let (ok, _, err) = stack.berth(&[
+        "run",
+        "-d",
+        "-i",
+        "--name",
+        "attachable",
+        RUN_IMAGE,
+        "sh",
+        "-c",
+        "read line; echo got $line; exit 3",
+    ]);
+    assert!(ok, "{err}");
+    wait_for_status(&stack, "attachable", "RUNNING");
+    let fifo_dirs = || {
+        std::fs::read_dir(stack.fifo_dir())
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    assert_eq!(fifo_dirs(), 1, "the detached task's fifos");
+    let mut child = stack
+        .command(&["tasks", "attach", "attachable"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"hello\n").unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "got hello\n");
+    let (ok, _, err) = stack.berth(&["rm", "attachable"]);
+    assert!(ok, "{err}");
+    assert_eq!(fifo_dirs(), 0, "rm left the task's fifos");
+
+    // A task whose output goes to a log cannot be attached to, and says
+    // where its output is.
+    let (ok, _, err) = stack.berth(&["run", "-d", "--name", "logged", RUN_IMAGE, "sleep", "100"]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = stack.berth(&["tasks", "attach", "logged"]);
+    assert!(!ok && err.contains("logs -f logged"), "{err}");
+    let (ok, _, err) = stack.berth(&["rm", "--force", "logged"]);
+    assert!(ok, "{err}");
     assert_nothing_left(&stack);
 }
 

@@ -16,6 +16,8 @@ use tokio::task::JoinHandle;
 pub struct Fifos {
     dir: PathBuf,
     pub stdio: Stdio,
+    /// Left in place on drop (a detached task's, for `tasks attach`).
+    kept: bool,
 }
 
 fn make_fifo(path: &Path) -> Result<()> {
@@ -61,6 +63,7 @@ impl Fifos {
                 terminal,
             },
             dir,
+            kept: false,
         };
         for path in [&fifos.stdio.stdin, &fifos.stdio.stdout, &fifos.stdio.stderr] {
             if !path.is_empty() {
@@ -75,30 +78,55 @@ impl Fifos {
     /// read ends are open before this returns, so the shim's
     /// non-blocking opens find a reader.
     pub fn attach(&self) -> Result<Attached> {
-        let mut outputs = Vec::new();
-        for (path, to_stderr) in [(&self.stdio.stdout, false), (&self.stdio.stderr, true)] {
-            if path.is_empty() {
-                continue;
-            }
-            let file = std::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-                .open(path)
-                .with_context(|| format!("opening {path}"))?;
-            let pipe = tokio::net::unix::pipe::Receiver::from_file(file)
-                .with_context(|| format!("watching {path}"))?;
-            outputs.push(tokio::spawn(copy_out(pipe, to_stderr)));
-        }
-        Ok(Attached {
-            outputs,
-            stdin_path: (!self.stdio.stdin.is_empty()).then(|| PathBuf::from(&self.stdio.stdin)),
-        })
+        attach(&self.stdio)
     }
+
+    /// Leaves the fifos in place for the task that holds them: they go
+    /// when it is removed (see [`remove_kept`]).
+    pub fn keep(mut self) {
+        self.kept = true;
+    }
+}
+
+/// A task's fifos under `fifo_root` (kept by [`Fifos::keep`]), removed.
+/// Anything else (a log file, fifos of another client) is left alone.
+pub fn remove_kept(fifo_root: &Path, stdio: &Stdio) {
+    let Some(dir) = Path::new(&stdio.stdout).parent() else {
+        return;
+    };
+    if !stdio.stdout.is_empty() && dir.parent() == Some(fifo_root) {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+/// Opens the client's ends of a process's fifos and starts copying: its
+/// output to ours, and (with [`Attached::forward_stdin`]) our stdin to its.
+pub fn attach(stdio: &Stdio) -> Result<Attached> {
+    let mut outputs = Vec::new();
+    for (path, to_stderr) in [(&stdio.stdout, false), (&stdio.stderr, true)] {
+        if path.is_empty() {
+            continue;
+        }
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(path)
+            .with_context(|| format!("opening {path}"))?;
+        let pipe = tokio::net::unix::pipe::Receiver::from_file(file)
+            .with_context(|| format!("watching {path}"))?;
+        outputs.push(tokio::spawn(copy_out(pipe, to_stderr)));
+    }
+    Ok(Attached {
+        outputs,
+        stdin_path: (!stdio.stdin.is_empty()).then(|| PathBuf::from(&stdio.stdin)),
+    })
 }
 
 impl Drop for Fifos {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if !self.kept {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 

@@ -237,6 +237,7 @@ pub async fn rm(global: &Global, args: RmArgs) -> Result<()> {
                     .delete(ns, id)
                     .await
                     .with_context(|| format!("rm {id}: deleting its task"))?;
+                crate::stdio::remove_kept(&global.fifo_root(), &task.stdio);
             }
             Err(e) if e.kind() == ErrorKind::NotFound => {}
             Err(e) => return Err(anyhow::Error::from(e).context(format!("rm {id}"))),

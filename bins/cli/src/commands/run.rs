@@ -409,14 +409,24 @@ pub async fn run(global: &Global, args: RunArgs) -> Result<u8> {
             Some(id) => id.clone(),
             None => new_id()?,
         };
-        let path = log_path(&ns, &id);
-        extra.insert(
-            LOG_URI_LABEL.to_string(),
-            format!("file://{}", path.display()),
-        );
+        // With -i or -t its stdio are fifos that stay for `berth tasks
+        // attach` (as with `ctr run -d`); otherwise its output goes to a
+        // log file for `berth logs`.
+        let output = if args.interactive || args.container.tty {
+            DetachedOutput::Fifos {
+                stdin: args.interactive,
+            }
+        } else {
+            let path = log_path(&ns, &id);
+            extra.insert(
+                LOG_URI_LABEL.to_string(),
+                format!("file://{}", path.display()),
+            );
+            DetachedOutput::Log(path)
+        };
         let mut container = args.container;
         container.name = Some(id);
-        return detached(global, &ns, container, &clients, &tasks, extra, path).await;
+        return detached(global, &ns, container, &clients, &tasks, extra, output).await;
     }
     let id = create(global, &args.container, &clients, extra).await?;
     let outcome = attached(&global.fifo_root(), &ns, &id, &args, &tasks).await;
@@ -436,18 +446,28 @@ async fn detached(
     clients: &Clients,
     tasks: &RemoteTasks,
     extra: HashMap<String, String>,
-    log: PathBuf,
+    output: DetachedOutput,
 ) -> Result<u8> {
     let id = create(global, &container, clients, extra).await?;
-    if let Some(dir) = log.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let uri = format!("file://{}", log.display());
-    let stdio = Stdio {
-        stdin: String::new(),
-        stdout: uri.clone(),
-        stderr: uri,
-        terminal: false,
+    let (stdio, fifos) = match output {
+        DetachedOutput::Log(log) => {
+            if let Some(dir) = log.parent() {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+            }
+            let uri = format!("file://{}", log.display());
+            let stdio = Stdio {
+                stdin: String::new(),
+                stdout: uri.clone(),
+                stderr: uri,
+                terminal: false,
+            };
+            (stdio, None)
+        }
+        DetachedOutput::Fifos { stdin } => {
+            let fifos = Fifos::new(&global.fifo_root(), &id, stdin, container.tty)?;
+            (fifos.stdio.clone(), Some(fifos))
+        }
     };
     let started = async {
         tasks
@@ -467,8 +487,19 @@ async fn detached(
         let _ = tasks.delete(ns, &id).await;
         return Err(anyhow::Error::from(e).context(format!("starting container {id}")));
     }
+    if let Some(fifos) = fifos {
+        fifos.keep();
+    }
     println!("{id}");
     Ok(0)
+}
+
+/// Where a detached container's stdio go.
+enum DetachedOutput {
+    /// Its output to this log file.
+    Log(PathBuf),
+    /// Fifos left for `berth tasks attach` (stdin too if asked).
+    Fifos { stdin: bool },
 }
 
 /// The exit status a shell would show: the code, or 128 + the signal.

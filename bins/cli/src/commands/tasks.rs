@@ -31,6 +31,13 @@ pub enum TasksCommand {
         #[arg(short = 'd', long)]
         detach: bool,
     },
+    /// Attach this terminal to a running task started with fifos (`berth
+    /// run -d -t` or `-d -i`): its output here, our input to it (raw under
+    /// -t, resized with this terminal); returns with its exit status when
+    /// it ends. Without a terminal, ^C leaves it running.
+    Attach {
+        id: String,
+    },
     /// Send a signal (default SIGTERM) to a task's init process, one exec,
     /// or with --all every process of the task.
     Kill {
@@ -238,15 +245,20 @@ pub async fn run(global: &Global, command: TasksCommand) -> Result<u8> {
                 .with_context(|| format!("resuming {id}"))?;
             Ok(0)
         }
+        TasksCommand::Attach { id } => attach(ns, &id, &tasks).await,
         TasksCommand::Rm { ids, force } => {
             for id in ids {
                 if force {
                     berth_tasks::kill_all_and_wait(&tasks, ns, &id, Duration::from_secs(10)).await;
                 }
+                let stdio = tasks.get(ns, &id, "").await.map(|t| t.stdio).ok();
                 let deleted = tasks
                     .delete(ns, &id)
                     .await
                     .with_context(|| format!("deleting the task of {id}"))?;
+                if let Some(stdio) = stdio {
+                    crate::stdio::remove_kept(&global.fifo_root(), &stdio);
+                }
                 println!("{id}\t{}", deleted.exit.status);
             }
             Ok(0)
@@ -415,6 +427,52 @@ async fn exec_process(
         process["env"] = serde_json::json!(merged);
     }
     serde_json::to_vec(&process).context("encoding the process")
+}
+
+/// `tasks attach`: the task's own fifos, opened from this side.
+async fn attach(ns: &str, id: &str, tasks: &RemoteTasks) -> Result<u8> {
+    let task = tasks
+        .get(ns, id, "")
+        .await
+        .with_context(|| format!("the task of {id}"))?;
+    let stdio = &task.stdio;
+    let is_fifo = |path: &str| {
+        use std::os::unix::fs::FileTypeExt;
+        std::fs::metadata(path).is_ok_and(|m| m.file_type().is_fifo())
+    };
+    if stdio.stdout.is_empty() || !is_fifo(&stdio.stdout) {
+        let output = if stdio.stdout.is_empty() {
+            "nowhere".to_string()
+        } else {
+            stdio.stdout.clone()
+        };
+        bail!(
+            "{id}'s output goes to {output}, not to fifos: attach works on tasks started with `berth run -d -t` or `-d -i` (`berth logs -f {id}` follows a log)"
+        );
+    }
+    if task.status != berth_tasks::Status::Running {
+        bail!("{id} is {}, not running", task.status);
+    }
+    let mut attached = crate::stdio::attach(stdio)?;
+    let waiter = tasks.clone();
+    let (n, i) = (ns.to_string(), id.to_string());
+    let waiting = tokio::spawn(async move { waiter.wait(&n, &i, "").await });
+    let _stdin = attached.forward_stdin();
+    let (raw, resizing) = if stdio.terminal {
+        (
+            crate::stdio::RawMode::enter(),
+            Some(super::run::follow_terminal_size(ns, id, "", tasks.clone())),
+        )
+    } else {
+        (None, None)
+    };
+    let exit = waiting.await.context("waiting")??;
+    if let Some(resizing) = resizing {
+        resizing.abort();
+    }
+    drop(raw);
+    attached.drain(Duration::from_secs(2)).await;
+    Ok(u8::try_from(exit.status).unwrap_or(255))
 }
 
 async fn exec(
