@@ -33,6 +33,23 @@ fn run(stack: &Stack, args: &[&str]) -> Output {
     stack.command(args).output().expect("running berth")
 }
 
+/// `berth ARGS` with `input` on its stdin, then end of file.
+fn run_with_input(stack: &Stack, args: &[&str], input: &[u8]) -> Output {
+    let mut child = stack
+        .command(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("running berth");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("berth's stdin");
+        stdin.write_all(input).expect("writing berth's stdin");
+    }
+    child.wait_with_output().expect("waiting for berth")
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -601,19 +618,11 @@ fn bind_mounts_are_read_only_or_writable_as_asked_and_stdin_is_forwarded() {
     );
 
     // -i: stdin reaches the container, and its end ends `cat`.
-    let mut child = stack
-        .command(&["run", "--rm", "-i", RUN_IMAGE, "sh", "-c", "cat; echo done"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write;
-        let mut stdin = child.stdin.take().unwrap();
-        stdin.write_all(b"line one\nline two\n").unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
+    let out = run_with_input(
+        &stack,
+        &["run", "--rm", "-i", RUN_IMAGE, "sh", "-c", "cat; echo done"],
+        b"line one\nline two\n",
+    );
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "line one\nline two\ndone\n");
 
@@ -638,19 +647,7 @@ fn bind_mounts_are_read_only_or_writable_as_asked_and_stdin_is_forwarded() {
             .unwrap_or(0)
     };
     assert_eq!(fifo_dirs(), 1, "the detached task's fifos");
-    let mut child = stack
-        .command(&["tasks", "attach", "attachable"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write;
-        let mut stdin = child.stdin.take().unwrap();
-        stdin.write_all(b"hello\n").unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
+    let out = run_with_input(&stack, &["tasks", "attach", "attachable"], b"hello\n");
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "got hello\n");
     let (ok, _, err) = stack.berth(&["rm", "attachable"]);
