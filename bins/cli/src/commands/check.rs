@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use berth_client::local::{probe, Daemon};
 
+use super::up::{find_executable, on_path};
 use crate::global::Global;
 
 #[derive(Debug, clap::Args)]
@@ -217,14 +218,6 @@ fn cgroups() -> Line {
     }
 }
 
-fn on_path(tool: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join(tool))
-            .find(|p| p.is_file())
-    })
-}
-
 fn version_of(tool: &Path) -> String {
     std::process::Command::new(tool)
         .arg("--version")
@@ -252,11 +245,7 @@ fn runtimes() -> Vec<Line> {
             "not on PATH: `apt-get install runc` (containers run through it)",
         ),
     };
-    let shim_beside = std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.parent().map(|d| d.join("containerd-shim-berth-v2")))
-        .filter(|p| p.is_file());
-    let shim = match shim_beside.or_else(|| on_path("containerd-shim-berth-v2")) {
+    let shim = match find_executable("containerd-shim-berth-v2") {
         Some(path) => line(Verdict::Ok, "shim", path.display().to_string()),
         None => line(
             Verdict::Warn,

@@ -59,17 +59,28 @@ pub(crate) fn binaries_dir(given: Option<PathBuf>) -> Result<PathBuf> {
         return Ok(dir);
     }
     let first = Daemon::ALL[0].binary();
-    let beside = std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.parent().map(Path::to_path_buf));
-    if let Some(dir) = beside.filter(|dir| dir.join(&first).is_file()) {
-        return Ok(dir);
-    }
-    std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .find(|dir| dir.join(&first).is_file())
+    find_executable(&first)
+        .and_then(|path| path.parent().map(Path::to_path_buf))
         .with_context(|| format!("{first} is neither beside berth nor on PATH (--bin-dir DIR)"))
+}
+
+/// One of berth's executables: beside this berth (as installed together),
+/// else on PATH.
+pub(crate) fn find_executable(name: &str) -> Option<PathBuf> {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join(name)))
+        .filter(|path| path.is_file())
+        .or_else(|| on_path(name))
+}
+
+/// `name` in the first directory of PATH that has it.
+pub(crate) fn on_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(name))
+            .find(|path| path.is_file())
+    })
 }
 
 /// Single-quoted for a POSIX shell.
