@@ -210,6 +210,7 @@ impl WriteState {
             .map_err(|e| Error::io("writing ingest data", &e))?;
         self.hasher.update(data);
         self.unsynced += data.len() as u64;
+        crate::metrics::INGESTED_BYTES.inc_by(data.len() as u64);
         Ok(())
     }
 }
@@ -435,6 +436,7 @@ fn publish(
         .delete_ingest(&mut txn, namespace, reference)?;
     records::commit(txn)?;
     remove_all(&inner.ingest_path(key));
+    crate::metrics::COMMITTED_BLOBS.inc();
     Ok(digest)
 }
 

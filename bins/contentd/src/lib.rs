@@ -5,6 +5,7 @@
 //! [`service::ContentService`] serves it over ttrpc as `berth.content.v1`.
 
 pub mod ingest;
+pub mod metrics;
 pub mod records;
 pub mod reorder;
 pub mod service;

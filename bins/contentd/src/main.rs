@@ -75,6 +75,8 @@ async fn run(config: DaemonConfig, hosts_dir: PathBuf) -> anyhow::Result<()> {
     if recovery != Default::default() {
         tracing::info!(?recovery, "cleaned up after an earlier crash");
     }
+    let mut metrics = berth_daemon::Metrics::new("contentd");
+    berth_contentd::metrics::register(&mut metrics, store.clone());
     let store: Arc<dyn berth_content::ContentStore> = Arc::new(store);
     let mut services = ContentService::new(store.clone()).into_ttrpc();
     let transfer = TransferService::new(
@@ -82,7 +84,7 @@ async fn run(config: DaemonConfig, hosts_dir: PathBuf) -> anyhow::Result<()> {
         Pusher::new(store, Some(hosts_dir)),
     );
     services.extend(transfer.into_ttrpc());
-    berth_daemon::serve(&config, services).await?;
+    berth_daemon::serve(&config, services, metrics).await?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -47,6 +47,16 @@ pub struct IngestRecord {
     pub checkpoint: Option<Sha256Checkpoint>,
 }
 
+/// See [`Records::usage`].
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Usage {
+    /// Namespace → (blob records, their bytes).
+    pub namespaces: std::collections::BTreeMap<String, (u64, u64)>,
+    pub stored_blobs: u64,
+    pub stored_bytes: u64,
+    pub ingests: u64,
+}
+
 pub fn blob_key(namespace: &str, digest: &Digest) -> String {
     format!("{namespace}/{digest}")
 }
@@ -202,6 +212,29 @@ impl Records {
             out.push(item.map_err(db_error)?.1);
         }
         Ok(out)
+    }
+
+    /// What the store holds: per namespace, its blob records and their
+    /// bytes; across namespaces, the distinct blobs and bytes on disk; and
+    /// the ingests in progress.
+    pub fn usage(&self, txn: &RoTxn) -> Result<Usage> {
+        let mut usage = Usage::default();
+        let mut distinct = std::collections::HashSet::new();
+        for item in self.blobs.iter(txn).map_err(db_error)? {
+            let (key, record) = item.map_err(db_error)?;
+            let Some((namespace, digest)) = key.split_once('/') else {
+                continue;
+            };
+            let entry = usage.namespaces.entry(namespace.to_string()).or_default();
+            entry.0 += 1;
+            entry.1 += record.size;
+            if distinct.insert(digest.to_string()) {
+                usage.stored_blobs += 1;
+                usage.stored_bytes += record.size;
+            }
+        }
+        usage.ingests = self.ingests.len(txn).map_err(db_error)?;
+        Ok(usage)
     }
 
     /// Every ingest, with its key.

@@ -196,6 +196,16 @@ impl LocalStore {
         .await
     }
 
+    /// What the store holds (see [`crate::records::Records::usage`]).
+    pub async fn usage(&self) -> Result<crate::records::Usage> {
+        let inner = self.inner.clone();
+        blocking(move || {
+            let txn = inner.records.read()?;
+            inner.records.usage(&txn)
+        })
+        .await
+    }
+
     /// Opens the store under `root`, creating it if needed, and cleans up
     /// whatever a crash left behind.
     pub fn open(root: &Path) -> Result<(LocalStore, Recovery)> {

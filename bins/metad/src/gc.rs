@@ -175,6 +175,7 @@ impl Scheduler {
         if let Err(e) = &outcome {
             tracing::warn!(error = %e, elapsed = ?began.elapsed(), "garbage collection failed");
         }
+        crate::metrics::collection_finished(&outcome, began.elapsed());
         let pause = outcome.as_ref().ok().map(|report| report.pause);
         self.policy().finished(Instant::now(), taken, pause);
         *last = LastRun {

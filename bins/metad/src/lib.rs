@@ -4,6 +4,7 @@
 
 pub mod events;
 pub mod gc;
+pub mod metrics;
 pub mod peers;
 pub mod service;
 pub mod store;

@@ -11,6 +11,7 @@ pub mod apply;
 pub mod copy;
 pub mod diff;
 pub mod local;
+pub mod metrics;
 pub(crate) mod os;
 pub mod records;
 pub mod service;

@@ -65,8 +65,8 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(config: DaemonConfig, contentd: PathBuf) -> anyhow::Result<()> {
     let root = config.root.clone();
-    let snapshotters =
-        tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<LocalSnapshotter>> {
+    let (snapshotters, records) = tokio::task::spawn_blocking(
+        move || -> anyhow::Result<(Vec<LocalSnapshotter>, Records)> {
             let records = Records::open(&root.join("meta"))?;
             let mut out = Vec::new();
             for backend in [Backend::Overlay, Backend::Native] {
@@ -84,11 +84,12 @@ async fn run(config: DaemonConfig, contentd: PathBuf) -> anyhow::Result<()> {
                 }
                 out.push(sn);
             }
-            Ok(out)
-        })
-        .await
-        .context("opening the snapshotters")?
-        .with_context(|| format!("opening the snapshotters in {}", config.root.display()))?;
+            Ok((out, records))
+        },
+    )
+    .await
+    .context("opening the snapshotters")?
+    .with_context(|| format!("opening the snapshotters in {}", config.root.display()))?;
     let root_user = nix::unistd::Uid::effective().is_root();
     let privileged: Arc<dyn Privileged> = if root_user {
         Arc::new(Host)
@@ -99,8 +100,10 @@ async fn run(config: DaemonConfig, contentd: PathBuf) -> anyhow::Result<()> {
     let source = ContentSource::Socket(contentd);
     let unpacker = Arc::new(Unpacker::new(source.clone(), privileged, root_user));
     let differ = Arc::new(Differ::new(source));
+    let mut metrics = berth_daemon::Metrics::new("snapd");
+    berth_snapd::metrics::register(&mut metrics, records);
     let services = SnapshotService::new(snapshotters, unpacker, differ).into_ttrpc();
-    berth_daemon::serve(&config, services).await?;
+    berth_daemon::serve(&config, services, metrics).await?;
     tracing::info!("stopped");
     Ok(())
 }

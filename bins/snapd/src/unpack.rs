@@ -367,8 +367,14 @@ impl Unpacker {
                         devices: self.devices,
                         sync_fs,
                     };
-                    self.apply_one(namespace, &store, target.dir, options, layer, &diff_ids[i])
-                        .await
+                    let started = std::time::Instant::now();
+                    let applied = self
+                        .apply_one(namespace, &store, target.dir, options, layer, &diff_ids[i])
+                        .await;
+                    if applied.is_ok() {
+                        crate::metrics::layer_applied(layer.size, started.elapsed());
+                    }
+                    applied
                 }
                 Err(e) => Err(e),
             };

@@ -11,6 +11,7 @@
 pub mod bundle;
 pub mod events;
 pub mod manager;
+pub mod metrics;
 pub mod peers;
 pub mod service;
 pub mod shim;

@@ -124,9 +124,11 @@ async fn run(config: DaemonConfig, peers: SocketPeers, debug: bool) -> anyhow::R
         relay.clone(),
     );
     manager.recover().await;
+    let mut metrics = berth_daemon::Metrics::new("taskd");
+    berth_taskd::metrics::register(&mut metrics, manager.clone());
     let mut services = TasksService::new(Arc::new(LocalTasks(manager))).into_ttrpc();
     services.extend(berth_taskd::events::ttrpc_service(relay));
-    berth_daemon::serve(&config, services).await?;
+    berth_daemon::serve(&config, services, metrics).await?;
     // Shims keep running: they outlive taskd.
     tracing::info!("stopped");
     Ok(())

@@ -78,6 +78,16 @@ impl Drop for LogFollower {
     }
 }
 
+/// One task as [`TaskManager::samples`] saw it.
+#[derive(Debug, Clone)]
+pub struct TaskSample {
+    pub namespace: String,
+    pub id: String,
+    pub status: Status,
+    /// `io.containerd.cgroups.v1.Metrics` or `.v2.Metrics`, when the shim has them.
+    pub stats: Option<berth_metadata::Any>,
+}
+
 enum Entry {
     /// Being created: the id is taken, the task not yet usable.
     Creating,
@@ -351,6 +361,39 @@ impl TaskManager {
             tracing::warn!(id = %bundle.id, error = %e, "removing the bundle");
         }
         exit
+    }
+
+    /// Every task's status and cgroup figures as its shim reports them now
+    /// (for metrics). A shim that does not answer within `timeout` is left
+    /// out of this round.
+    pub async fn samples(&self, timeout: Duration) -> Vec<TaskSample> {
+        let tasks: Vec<Arc<Task>> = match self.tasks.lock() {
+            Ok(tasks) => tasks
+                .values()
+                .filter_map(|entry| match entry {
+                    Entry::Ready(task) => Some(task.clone()),
+                    Entry::Creating => None,
+                })
+                .collect(),
+            Err(_) => return Vec::new(),
+        };
+        let sampled = futures::future::join_all(tasks.iter().map(|task| async move {
+            let id = &task.bundle.id;
+            let ask = async {
+                let state = task.shim.state(id, "").await.ok()?;
+                let status = process_from_state(id, "", &state).status;
+                let stats = task.shim.stats(id).await.ok().flatten();
+                Some(TaskSample {
+                    namespace: task.bundle.namespace.clone(),
+                    id: id.clone(),
+                    status,
+                    stats,
+                })
+            };
+            tokio::time::timeout(timeout, ask).await.ok().flatten()
+        }))
+        .await;
+        sampled.into_iter().flatten().collect()
     }
 
     /// Finds every task again from the bundles after a restart: a shim that

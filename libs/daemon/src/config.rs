@@ -38,6 +38,10 @@ pub struct DaemonFlags {
     /// and the daemon's own user.
     #[arg(long, value_name = "GROUP")]
     pub socket_group: Option<String>,
+    /// Serve Prometheus metrics over HTTP at this address: host:port, or an
+    /// absolute path for a unix socket (GET /metrics). Off when unset.
+    #[arg(long, value_name = "ADDRESS")]
+    pub metrics_address: Option<String>,
     /// Print the complete default configuration file (commented TOML:
     /// every key, each with its default) and exit.
     #[arg(long)]
@@ -61,6 +65,8 @@ pub struct DaemonConfig {
     pub log_level: String,
     pub log_format: LogFormat,
     pub socket_group: Option<String>,
+    /// Where to serve metrics, if anywhere.
+    pub metrics_address: Option<crate::MetricsAddress>,
     /// Path of the config file, if one was given.
     pub file: Option<PathBuf>,
     /// Keys of the file that are not common to all daemons.
@@ -75,6 +81,7 @@ struct FileConfig {
     log_level: Option<String>,
     log_format: Option<LogFormat>,
     socket_group: Option<String>,
+    metrics_address: Option<String>,
     /// The daemon's own keys; see [`DaemonConfig::daemon_settings`].
     #[serde(flatten)]
     rest: toml::Table,
@@ -98,6 +105,7 @@ pub fn default_config_toml(
         ("log_level", Some(toml::Value::String("info".to_string()))),
         ("log_format", Some(toml::Value::String("text".to_string()))),
         ("socket_group", None),
+        ("metrics_address", None),
     ];
     let mut text = format!(
         "# {} configuration (--config FILE); a flag wins over its key here.\n",
@@ -153,6 +161,12 @@ impl DaemonConfig {
                 .or(file.log_format)
                 .unwrap_or(LogFormat::Text),
             socket_group: flags.socket_group.clone().or(file.socket_group),
+            metrics_address: flags
+                .metrics_address
+                .clone()
+                .or(file.metrics_address)
+                .map(|text| text.parse())
+                .transpose()?,
             file: flags.config.clone(),
             rest: file.rest,
         };
@@ -258,6 +272,7 @@ mod tests {
             log_level: "info".to_string(),
             log_format: LogFormat::Text,
             socket_group: None,
+            metrics_address: None,
             file: Some(file),
             rest: config.rest.clone(),
         };

@@ -13,6 +13,7 @@ mod liveness;
 pub mod lmdb;
 mod logging;
 pub mod memory;
+mod metrics;
 mod peer;
 mod request;
 mod serve;
@@ -26,7 +27,10 @@ pub use config::{
 pub use error::DaemonError;
 pub use liveness::{peer_hung_up, ConnectionWatch};
 pub use logging::init_logging;
+pub use metrics::{serve_metrics, Metrics, MetricsAddress, Sampled, Sampler};
 pub use peer::PeerPolicy;
+/// The metrics types a daemon registers its own counters with.
+pub use prometheus_client;
 pub use request::{reply, request_lease, request_namespace};
 pub use serve::serve;
 pub use socket::{prepare_dirs, SocketSource};

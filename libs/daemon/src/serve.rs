@@ -1,20 +1,27 @@
 use sd_notify::NotifyState;
 use std::collections::HashMap;
+use std::sync::Arc;
 use tokio::signal::unix::{signal, SignalKind};
 use ttrpc::r#async::transport::Listener;
 use ttrpc::r#async::{Server, Service};
 
 use crate::socket::SocketSource;
-use crate::{DaemonConfig, DaemonError, PeerPolicy};
+use crate::{serve_metrics, DaemonConfig, DaemonError, Metrics, PeerPolicy};
 
 /// Serves `services` until SIGTERM or SIGINT: on the inherited socket under
 /// systemd socket activation, otherwise on `config.address`. Tells systemd
 /// READY=1 once serving and STOPPING=1 on the way out, and pets the watchdog
-/// when systemd asks for one.
+/// when systemd asks for one. Every request is counted in `metrics`, which
+/// are served at `config.metrics_address` when one is set.
 pub async fn serve(
     config: &DaemonConfig,
     services: HashMap<String, Service>,
+    metrics: Metrics,
 ) -> Result<(), DaemonError> {
+    let services = metrics.instrument(services);
+    if let Some(address) = &config.metrics_address {
+        serve_metrics(Arc::new(metrics), address, config.socket_group.as_deref()).await?;
+    }
     let policy = PeerPolicy::new(config.socket_group.as_deref())?;
     let source = SocketSource::open(config)?;
     let activated = matches!(source, SocketSource::Activated(_));

@@ -433,6 +433,7 @@ impl Fetcher {
                     return Err(self.discard(job, reference, error).await);
                 }
                 buffer.extend_from_slice(&chunk);
+                crate::metrics::FETCHED_BYTES.inc_by(chunk.len() as u64);
                 if buffer.len() >= MAX_READ {
                     offset += buffer.len() as u64;
                     writer
@@ -470,6 +471,7 @@ impl Fetcher {
             }
             Err(e) => return Err(e),
         }
+        crate::metrics::FETCHED_BLOBS.inc();
         job.report(descriptor, BlobState::Done, descriptor.size)
             .await;
         Ok(())

@@ -253,6 +253,23 @@ fn key(namespace: &str, name: &str) -> String {
 }
 
 impl<R: Serialize + DeserializeOwned + 'static> Table<R> {
+    /// How many records each namespace has (keys only: no record is
+    /// decoded).
+    pub fn count_by_namespace(
+        &self,
+        txn: &RoTxn,
+    ) -> Result<std::collections::BTreeMap<String, u64>> {
+        let keys = self.db.remap_data_type::<heed::types::DecodeIgnore>();
+        let mut counts = std::collections::BTreeMap::new();
+        for item in keys.iter(txn).map_err(db_error)? {
+            let (key, ()) = item.map_err(db_error)?;
+            if let Some((namespace, _)) = key.split_once('/') {
+                *counts.entry(namespace.to_string()).or_insert(0) += 1;
+            }
+        }
+        Ok(counts)
+    }
+
     fn create(env: &Env, txn: &mut RwTxn, name: &str) -> Result<Table<R>> {
         Ok(Table {
             db: env.create_database(txn, Some(name)).map_err(db_error)?,
