@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds a Debian package of berth from the tree: what scripts/install.sh
-# installs under /usr, with maintainer scripts that create berth's
+# installs under /usr, each daemon's default config in /etc/berth, with
+# maintainer scripts that create berth's
 # user and directories, enable its sockets and berth.target (starting them on a
 # system booted with systemd), and stop them on removal. The data under
 # /var/lib/berth stays on removal and on purge, as containerd's does.
@@ -34,7 +35,15 @@ PREFIX=/usr DESTDIR=$stage SYSTEMD_UNIT_DIR=/lib/systemd/system TMPFILES_DIR=/us
 install -D -m 0644 README.md "$stage/usr/share/doc/berth/README.md"
 for doc in docs/*.md; do install -m 0644 "$doc" "$stage/usr/share/doc/berth/"; done
 
-mkdir -p "$stage/DEBIAN"
+# Each daemon's complete default config as a conffile: an operator edits
+# it in place (metrics_address, log_level, ...) and upgrades keep the edit.
+mkdir -p "$stage/DEBIAN" "$stage/etc/berth"
+: >"$stage/DEBIAN/conffiles"
+for daemon in contentd snapd metad taskd; do
+  "$stage/usr/bin/berth-$daemon" --print-default-config >"$stage/etc/berth/$daemon.toml"
+  chmod 0644 "$stage/etc/berth/$daemon.toml"
+  echo "/etc/berth/$daemon.toml" >>"$stage/DEBIAN/conffiles"
+done
 size=$(du -sk "$stage" | cut -f1)
 cat >"$stage/DEBIAN/control" <<CONTROL
 Package: berth

@@ -409,6 +409,7 @@ fn berths_package_under_a_real_systemd_runs_containers_through_restarts_and_upgr
         "enabled"
     );
     booted.ok(&["test", "-f", "/usr/share/man/man1/berth-run.1.gz"]);
+    booted.ok(&["test", "-f", "/etc/berth/metad.toml"]);
     booted.ok(&["test", "-f", "/usr/share/bash-completion/completions/berth"]);
 
     // The first call activates the daemons it needs.
@@ -474,10 +475,64 @@ fn berths_package_under_a_real_systemd_runs_containers_through_restarts_and_upgr
     let said = booted.ok(&["berth", "tasks", "exec", "keeper", "echo", "still here"]);
     assert_eq!(said, "still here\n");
 
+    // Metrics, switched on in the packaged config files: taskd on
+    // localhost, metad (no network in its sandbox) on a unix socket in its
+    // state directory, scraped from outside through the container's root.
+    let metad_socket = "/run/berth/meta/metrics.sock";
+    booted.ok(&[
+        "sh",
+        "-c",
+        &format!(
+            "echo 'metrics_address = \"127.0.0.1:9473\"' >>/etc/berth/taskd.toml && \
+             echo 'metrics_address = \"{metad_socket}\"' >>/etc/berth/metad.toml"
+        ),
+    ]);
+    booted.ok(&[
+        "systemctl",
+        "restart",
+        "berth-taskd.service",
+        "berth-metad.service",
+    ]);
+    let scrape_taskd = || {
+        booted.ok(&[
+            "bash",
+            "-c",
+            "exec 3<>/dev/tcp/127.0.0.1/9473 && \
+             printf 'GET /metrics HTTP/1.0\r\nHost: taskd\r\n\r\n' >&3 && cat <&3",
+        ])
+    };
+    let scrape_metad = || {
+        use std::io::{Read, Write};
+        let path = format!("/proc/{}/root{metad_socket}", booted.leader);
+        let mut stream = std::os::unix::net::UnixStream::connect(&path).unwrap();
+        stream
+            .write_all(b"GET /metrics HTTP/1.0\r\nHost: metad\r\n\r\n")
+            .unwrap();
+        let mut reply = String::new();
+        stream.read_to_string(&mut reply).unwrap();
+        reply
+    };
+    let tasks = scrape_taskd();
+    assert!(
+        tasks.contains("berth_tasks{namespace=\"default\",status=\"running\"} 1"),
+        "{tasks}"
+    );
+    assert!(
+        tasks.contains("container_pids_current{container_id=\"keeper\",namespace=\"default\"}"),
+        "{tasks}"
+    );
+    let meta = scrape_metad();
+    assert!(
+        meta.contains("berth_metadata_records{kind=\"container\",namespace=\"default\"} 1"),
+        "{meta}"
+    );
+
     // An upgrade (the package installed over itself) restarts the daemons
-    // and leaves the container running.
+    // and leaves the container running; the edited configs are kept.
     booted.ok(&["dpkg", "-i", "/root/berth.deb"]);
     assert_eq!(booted.tasks(), before, "after the upgrade");
+    assert!(scrape_taskd().contains("container_pids_current{container_id=\"keeper\""));
+    assert!(scrape_metad().contains("berth_build_info{daemon=\"metad\""));
     let said = booted.ok(&["berth", "tasks", "exec", "keeper", "echo", "upgraded"]);
     assert_eq!(said, "upgraded\n");
     booted.ok(&["berth", "rm", "--force", "keeper"]);

@@ -39,6 +39,7 @@ fn defaults() -> Defaults {
         root: PathBuf::from("/var/lib/berth/content"),
         state: PathBuf::from("/run/berth/content"),
         address: PathBuf::from(berth_api::sockets::CONTENTD),
+        config: PathBuf::from("/etc/berth/contentd.toml"),
     }
 }
 

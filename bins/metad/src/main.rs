@@ -46,6 +46,7 @@ fn defaults() -> Defaults {
         root: PathBuf::from("/var/lib/berth/meta"),
         state: PathBuf::from("/run/berth/meta"),
         address: PathBuf::from(sockets::METAD),
+        config: PathBuf::from("/etc/berth/metad.toml"),
     }
 }
 

@@ -39,6 +39,7 @@ fn defaults() -> Defaults {
         root: PathBuf::from("/var/lib/berth/snapshots"),
         state: PathBuf::from("/run/berth/snapshots"),
         address: PathBuf::from(sockets::SNAPD),
+        config: PathBuf::from("/etc/berth/snapd.toml"),
     }
 }
 

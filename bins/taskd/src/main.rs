@@ -60,6 +60,7 @@ fn defaults() -> Defaults {
         root: PathBuf::from("/var/lib/berth/tasks"),
         state: PathBuf::from("/run/berth/tasks"),
         address: PathBuf::from(sockets::TASKD),
+        config: PathBuf::from("/etc/berth/taskd.toml"),
     }
 }
 

@@ -54,6 +54,9 @@ pub struct Defaults {
     pub root: PathBuf,
     pub state: PathBuf,
     pub address: PathBuf,
+    /// The config file read when `--config` is not given, if it exists
+    /// (`/etc/berth/<daemon>.toml`).
+    pub config: PathBuf,
 }
 
 /// The configuration a daemon runs with.
@@ -108,8 +111,10 @@ pub fn default_config_toml(
         ("metrics_address", None),
     ];
     let mut text = format!(
-        "# {} configuration (--config FILE); a flag wins over its key here.\n",
-        command.get_name()
+        "# {} configuration: read from {} when it exists, or from --config\n\
+         # FILE. A flag wins over its key here.\n",
+        command.get_name(),
+        defaults.config.display()
     );
     for (key, value) in common.iter().cloned().chain(own.iter().cloned()) {
         let flag = key.replace('_', "-");
@@ -139,7 +144,11 @@ pub fn peer_socket(flag: Option<PathBuf>, setting: Option<PathBuf>, default: &st
 
 impl DaemonConfig {
     pub fn resolve(flags: &DaemonFlags, defaults: Defaults) -> Result<DaemonConfig, DaemonError> {
-        let file = match &flags.config {
+        let path = match &flags.config {
+            Some(path) => Some(path.clone()),
+            None => Some(defaults.config.clone()).filter(|path| path.exists()),
+        };
+        let file = match &path {
             Some(path) => read_config_file(path)?,
             None => FileConfig::default(),
         };
@@ -167,7 +176,7 @@ impl DaemonConfig {
                 .or(file.metrics_address)
                 .map(|text| text.parse())
                 .transpose()?,
-            file: flags.config.clone(),
+            file: path,
             rest: file.rest,
         };
         for (name, path) in [
@@ -217,6 +226,7 @@ mod tests {
             root: "/var/lib/berth/x".into(),
             state: "/run/berth/x".into(),
             address: "/run/berth/x.sock".into(),
+            config: "/nonexistent/berth/x.toml".into(),
         }
     }
 
@@ -361,5 +371,48 @@ mod tests {
             ..Default::default()
         };
         assert!(DaemonConfig::resolve(&flags, defaults()).is_err());
+    }
+
+    #[test]
+    fn the_default_file_is_read_when_it_exists_and_no_config_is_given() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("x.toml");
+        let with_default_file = || Defaults {
+            config: file.clone(),
+            ..defaults()
+        };
+        // Absent: the built-in defaults, no file.
+        let config = DaemonConfig::resolve(&DaemonFlags::default(), with_default_file()).unwrap();
+        assert_eq!(config.file, None);
+        assert_eq!(config.metrics_address, None);
+
+        std::fs::write(
+            &file,
+            "log_level = \"debug\"\nmetrics_address = \"127.0.0.1:9100\"\n",
+        )
+        .unwrap();
+        let config = DaemonConfig::resolve(&DaemonFlags::default(), with_default_file()).unwrap();
+        assert_eq!(config.file.as_deref(), Some(file.as_path()));
+        assert_eq!(config.log_level, "debug");
+        assert_eq!(
+            config.metrics_address,
+            Some(crate::MetricsAddress::Tcp("127.0.0.1:9100".into()))
+        );
+
+        // --config names another file: the default one is not read.
+        let other = dir.path().join("other.toml");
+        std::fs::write(&other, "log_level = \"warn\"\n").unwrap();
+        let flags = DaemonFlags {
+            config: Some(other.clone()),
+            ..Default::default()
+        };
+        let config = DaemonConfig::resolve(&flags, with_default_file()).unwrap();
+        assert_eq!(config.file, Some(other));
+        assert_eq!(config.log_level, "warn");
+        assert_eq!(config.metrics_address, None);
+
+        // A bad metrics address in the file is an error, not ignored.
+        std::fs::write(&file, "metrics_address = \"nowhere\"\n").unwrap();
+        assert!(DaemonConfig::resolve(&DaemonFlags::default(), with_default_file()).is_err());
     }
 }
