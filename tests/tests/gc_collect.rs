@@ -138,6 +138,9 @@ fn build_image(dir: &Path) -> (Layout, Image) {
     let doc: serde_json::Value = serde_json::from_slice(&read(&layout, &manifest.digest)).unwrap();
     let config = Digest::parse(doc["config"]["digest"].as_str().unwrap()).unwrap();
     let descriptor = |blob: &Blob| Descriptor {
+        urls: Vec::new(),
+        platform: None,
+        annotations: Default::default(),
         media_type: blob.media_type.clone(),
         digest: blob.digest.clone(),
         size: blob.size,

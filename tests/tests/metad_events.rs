@@ -25,6 +25,8 @@ async fn record_changes_are_published_as_containerd_events() {
         .unwrap();
     let images = RemoteImages::connect(&metad.socket).await.unwrap();
     let target = Descriptor {
+        urls: Vec::new(),
+        platform: None,
         media_type: "application/vnd.oci.image.manifest.v1+json".into(),
         digest: Digest::of(b"manifest"),
         size: 8,

@@ -57,6 +57,9 @@ async fn upload(stack: &Stack, layout: &Layout, layers: &[(Descriptor, Digest)],
 
 fn desc(blob: &berth_e2e::images::Blob) -> Descriptor {
     Descriptor {
+        urls: Vec::new(),
+        platform: None,
+        annotations: Default::default(),
         media_type: blob.media_type.clone(),
         digest: blob.digest.clone(),
         size: blob.size,

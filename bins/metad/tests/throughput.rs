@@ -62,6 +62,8 @@ fn image(name: &str) -> Image {
         name: name.to_string(),
         labels: Default::default(),
         target: Descriptor {
+            urls: Vec::new(),
+            platform: None,
             media_type: "application/vnd.oci.image.manifest.v1+json".into(),
             digest: Digest::of(b"bench"),
             size: 337,

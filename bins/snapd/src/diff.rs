@@ -391,6 +391,9 @@ impl Differ {
         upload(&store, namespace, tmp, &digest, size, labels).await?;
         Ok(DiffLayer {
             descriptor: Descriptor {
+                urls: Vec::new(),
+                platform: None,
+                annotations: Default::default(),
                 media_type,
                 digest,
                 size,

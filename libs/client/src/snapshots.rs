@@ -304,6 +304,9 @@ impl berth_image::Unpacker for RemoteSnapshotter {
         let layers: Vec<Descriptor> = layers
             .iter()
             .map(|l| Descriptor {
+                urls: Vec::new(),
+                platform: None,
+                annotations: Default::default(),
                 media_type: l.media_type.clone(),
                 digest: l.digest.clone(),
                 size: l.size,

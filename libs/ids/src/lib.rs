@@ -5,9 +5,11 @@
 //! passing through this crate; the rules here are the project's one place for
 //! what a namespace, id, ingest ref, label or digest may look like.
 
+mod descriptor;
 mod digest;
 mod validate;
 
+pub use descriptor::{Descriptor, Platform};
 pub use digest::{Digest, Sha256Checkpoint, Sha256Hasher};
 pub use validate::{
     validate_id, validate_labels, validate_namespace, validate_ref, ValidationError,

@@ -4,16 +4,16 @@
 //! berth's [`Digest`] (so it can name a blob in the store), every size
 //! within bounds.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use berth_api::labels;
 use berth_errdefs::{Error, Result};
 use berth_ids::Digest;
 use oci_spec::image as spec;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::media::{self, Kind};
-use crate::platform::Platform;
+use crate::platform::{Platform, PlatformExt};
 
 /// Largest manifest, index or config read into memory (containerd's limit
 /// for manifests).
@@ -22,35 +22,18 @@ pub const MAX_DOCUMENT_SIZE: u64 = 4 * 1024 * 1024;
 /// Most descriptors one document may list.
 pub const MAX_CHILDREN: usize = 4096;
 
-/// A descriptor whose digest is checked: it can name a blob in the store.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Descriptor {
-    pub media_type: String,
-    pub digest: Digest,
-    pub size: u64,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub urls: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub platform: Option<Platform>,
-    #[serde(default, skip_serializing_if = "HashMap::is_empty")]
-    pub annotations: HashMap<String, String>,
+pub use berth_ids::Descriptor;
+
+/// What the image library adds to the shared descriptor: reading one from
+/// `oci-spec`'s types, and what kind of document or blob it names.
+pub trait DescriptorExt: Sized {
+    /// Checks an `oci-spec` descriptor.
+    fn from_spec(d: &spec::Descriptor) -> Result<Self>;
+    fn kind(&self) -> Kind;
 }
 
-impl Descriptor {
-    pub fn new(media_type: impl Into<String>, digest: Digest, size: u64) -> Descriptor {
-        Descriptor {
-            media_type: media_type.into(),
-            digest,
-            size,
-            urls: Vec::new(),
-            platform: None,
-            annotations: HashMap::new(),
-        }
-    }
-
-    /// Checks an `oci-spec` descriptor.
-    pub fn from_spec(d: &spec::Descriptor) -> Result<Descriptor> {
+impl DescriptorExt for Descriptor {
+    fn from_spec(d: &spec::Descriptor) -> Result<Descriptor> {
         let digest = Digest::parse(d.digest().as_ref())
             .map_err(|e| Error::invalid_argument(format!("descriptor digest: {e}")))?;
         if d.size() > i64::MAX as u64 {
@@ -69,7 +52,7 @@ impl Descriptor {
         })
     }
 
-    pub fn kind(&self) -> Kind {
+    fn kind(&self) -> Kind {
         media::kind(&self.media_type)
     }
 }

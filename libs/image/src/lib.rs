@@ -26,12 +26,12 @@ pub mod store;
 pub mod unpack;
 
 pub use document::{
-    parse_config, parse_index, parse_manifest, sniff_media_type, Config, Descriptor, Document,
-    Index, Manifest, MAX_DOCUMENT_SIZE,
+    parse_config, parse_index, parse_manifest, sniff_media_type, Config, Descriptor, DescriptorExt,
+    Document, Index, Manifest, MAX_DOCUMENT_SIZE,
 };
 pub use media::{Compression, Kind};
 pub use oci_spec::image as spec;
-pub use platform::{Matcher, Platform};
+pub use platform::{Matcher, Platform, PlatformExt};
 pub use progress::{BlobState, Progress};
 pub use pull::{PullEvent, PullOptions, Pulled, Puller};
 pub use services::{Transfer, UnpackOptions, Unpacked, Unpacker};

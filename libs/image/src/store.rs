@@ -136,12 +136,12 @@ pub async fn record_image(
     let image = berth_metadata::Image {
         name: name.to_string(),
         labels: Default::default(),
-        target: berth_metadata::Descriptor {
-            media_type: root.media_type.clone(),
-            digest: root.digest.clone(),
-            size: i64::try_from(root.size).unwrap_or(i64::MAX),
-            annotations: Default::default(),
-        },
+        // The record names the root only: not its annotations or platform.
+        target: berth_metadata::Descriptor::new(
+            root.media_type.clone(),
+            root.digest.clone(),
+            root.size,
+        ),
         created_at: std::time::SystemTime::UNIX_EPOCH,
         updated_at: std::time::SystemTime::UNIX_EPOCH,
     };
@@ -167,12 +167,9 @@ pub async fn root_descriptor(
     let media_type = crate::document::sniff_media_type(&data).ok_or_else(|| {
         Error::invalid_argument(format!("{root} is neither an index nor a manifest"))
     })?;
-    Ok(crate::document::Descriptor {
+    Ok(crate::document::Descriptor::new(
         media_type,
-        digest: root.clone(),
-        size: data.len() as u64,
-        urls: Vec::new(),
-        platform: None,
-        annotations: Default::default(),
-    })
+        root.clone(),
+        data.len() as u64,
+    ))
 }

@@ -5,8 +5,8 @@
 use berth_ids::Digest;
 use berth_image::media::{self, Compression, Kind};
 use berth_image::{
-    parse_config, parse_index, parse_manifest, sniff_media_type, Document, Matcher, Platform,
-    MAX_DOCUMENT_SIZE,
+    parse_config, parse_index, parse_manifest, sniff_media_type, DescriptorExt, Document, Matcher,
+    Platform, MAX_DOCUMENT_SIZE,
 };
 
 fn fixture(name: &str) -> Vec<u8> {

@@ -10,7 +10,6 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 use berth_errdefs::Result;
-use berth_ids::Digest;
 
 mod event_payload;
 mod fields;
@@ -49,14 +48,8 @@ pub struct Namespace {
     pub labels: Labels,
 }
 
-/// An OCI content descriptor.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Descriptor {
-    pub media_type: String,
-    pub digest: Digest,
-    pub size: i64,
-    pub annotations: Labels,
-}
+/// An OCI content descriptor (the one model: [`berth_ids::Descriptor`]).
+pub use berth_ids::Descriptor;
 
 /// A name bound to an image's root descriptor.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -76,9 +76,11 @@ pub fn image(name: &str, target: &str, media_type: &str, l: &[(&str, &str)]) -> 
         name: name.to_string(),
         labels: labels(l),
         target: Descriptor {
+            urls: Vec::new(),
+            platform: None,
             media_type: media_type.to_string(),
             digest: digest(target),
-            size: 100 + target.len() as i64,
+            size: 100 + target.len() as u64,
             annotations: Labels::new(),
         },
         created_at: long_ago(),
@@ -962,7 +964,7 @@ pub async fn bad_input_is_invalid_argument_and_changes_nothing(s: &Stores) {
         invalid
     );
     no_media_type.target.media_type = INDEX.into();
-    no_media_type.target.size = -1;
+    no_media_type.target.size = 0;
     assert_eq!(kind(s.images.create(NS, no_media_type).await), invalid);
     let huge_label = labels(&[("big", &"v".repeat(5000))]);
     let spaced_key = labels(&[("a key", "v")]);

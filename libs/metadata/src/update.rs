@@ -230,6 +230,8 @@ mod tests {
             name: "busybox".into(),
             labels: labels(l),
             target: Descriptor {
+                urls: Vec::new(),
+                platform: None,
                 media_type: "application/vnd.oci.image.index.v1+json".into(),
                 digest: Digest::of(digest),
                 size: 10,

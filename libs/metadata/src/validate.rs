@@ -94,7 +94,7 @@ fn validate_name(what: &str, value: &str, may_be_empty: bool) -> Result<()> {
 /// above zero; the digest is well formed by its type.
 pub fn validate_descriptor(target: &Descriptor) -> Result<()> {
     validate_name("target media type", &target.media_type, false)?;
-    if target.size <= 0 {
+    if target.size == 0 || target.size > i64::MAX as u64 {
         return Err(invalid(format!(
             "target size must be greater than zero, not {}",
             target.size
@@ -365,6 +365,8 @@ mod tests {
     #[test]
     fn names_are_bounded_and_have_no_spaces_or_control_characters() {
         let descriptor = |media_type: &str| Descriptor {
+            urls: Vec::new(),
+            platform: None,
             media_type: media_type.into(),
             digest: berth_ids::Digest::of(b"x"),
             size: 1,
@@ -453,10 +455,12 @@ mod tests {
 
     #[test]
     fn images_need_a_name_labels_and_a_target_of_some_size() {
-        let image = |size: i64| Image {
+        let image = |size: u64| Image {
             name: "busybox".into(),
             labels: Labels::new(),
             target: Descriptor {
+                urls: Vec::new(),
+                platform: None,
                 media_type: "application/vnd.oci.image.index.v1+json".into(),
                 digest: berth_ids::Digest::of(b"x"),
                 size,
@@ -468,7 +472,8 @@ mod tests {
         assert!(validate_image(&image(1)).is_ok());
         let err = validate_image(&image(0)).unwrap_err();
         assert!(err.to_string().contains("greater than zero"), "{err}");
-        assert!(validate_image(&image(-1)).is_err());
+        // Beyond int64: the wire could not carry it.
+        assert!(validate_image(&image(1 << 63)).is_err());
         let mut bad_name = image(1);
         bad_name.name = "a//b".into();
         assert!(validate_image(&bad_name).is_err());

@@ -55,20 +55,24 @@ pub fn descriptor_to_pb(target: &Descriptor) -> images_pb::Descriptor {
     images_pb::Descriptor {
         media_type: target.media_type.clone(),
         digest: target.digest.to_string(),
-        size: target.size,
+        size: i64::try_from(target.size).unwrap_or(i64::MAX),
         annotations: target.annotations.clone(),
         ..Default::default()
     }
 }
 
 pub fn descriptor_from_pb(target: &images_pb::Descriptor) -> Result<Descriptor> {
-    Ok(Descriptor {
-        media_type: target.media_type.clone(),
-        digest: Digest::parse(&target.digest)
-            .map_err(|e| Error::invalid_argument(format!("image target: {e}")))?,
-        size: target.size,
-        annotations: target.annotations.clone(),
-    })
+    let digest = Digest::parse(&target.digest)
+        .map_err(|e| Error::invalid_argument(format!("image target: {e}")))?;
+    let size = u64::try_from(target.size).map_err(|_| {
+        Error::invalid_argument(format!(
+            "target size must be greater than zero, not {}",
+            target.size
+        ))
+    })?;
+    let mut descriptor = Descriptor::new(target.media_type.clone(), digest, size);
+    descriptor.annotations = target.annotations.clone();
+    Ok(descriptor)
 }
 
 pub fn image_to_pb(image: &Image) -> images_pb::Image {
@@ -192,12 +196,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_negative_target_size_on_the_wire_is_refused() {
+        let mut pb = descriptor_to_pb(&Descriptor::new(
+            "application/vnd.oci.image.index.v1+json",
+            berth_ids::Digest::of(b"x"),
+            7,
+        ));
+        assert_eq!(descriptor_from_pb(&pb).unwrap().size, 7);
+        pb.size = -1;
+        let err = descriptor_from_pb(&pb).unwrap_err();
+        assert_eq!(err.kind(), berth_errdefs::ErrorKind::InvalidArgument);
+    }
+
+    #[test]
     fn records_survive_the_wire() {
         let at = UNIX_EPOCH + Duration::new(1_700_000_000, 5);
         let image = Image {
             name: "busybox:1".into(),
             labels: [("a".to_string(), "b".to_string())].into(),
             target: Descriptor {
+                urls: Vec::new(),
+                platform: None,
                 media_type: "m".into(),
                 digest: Digest::of(b"x"),
                 size: 3,

@@ -87,13 +87,9 @@ pub struct Usage {
 /// One mount, for the caller to perform (with [`berth_mount::mount_all`]).
 pub use berth_mount::Mount;
 
-/// A blob descriptor, as OCI manifests have them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Descriptor {
-    pub media_type: String,
-    pub digest: berth_ids::Digest,
-    pub size: u64,
-}
+/// A blob descriptor, as OCI manifests have them (the one model:
+/// [`berth_ids::Descriptor`]).
+pub use berth_ids::Descriptor;
 
 /// A layer a diff stored: the blob, and the digest of its uncompressed
 /// tar (the image config's diff ID).

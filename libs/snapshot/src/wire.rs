@@ -75,18 +75,19 @@ pub fn descriptor_to_pb(desc: &Descriptor) -> pb::Descriptor {
     pb::Descriptor {
         media_type: desc.media_type.clone(),
         digest: desc.digest.to_string(),
-        size: desc.size as i64,
+        size: i64::try_from(desc.size).unwrap_or(i64::MAX),
         ..Default::default()
     }
 }
 
 pub fn descriptor_from_pb(desc: &pb::Descriptor) -> Result<Descriptor> {
-    Ok(Descriptor {
-        media_type: desc.media_type.clone(),
-        digest: berth_ids::Digest::parse(&desc.digest)?,
-        size: u64::try_from(desc.size)
-            .map_err(|_| Error::invalid_argument(format!("size {} is negative", desc.size)))?,
-    })
+    let size = u64::try_from(desc.size)
+        .map_err(|_| Error::invalid_argument(format!("size {} is negative", desc.size)))?;
+    Ok(Descriptor::new(
+        desc.media_type.clone(),
+        berth_ids::Digest::parse(&desc.digest)?,
+        size,
+    ))
 }
 
 /// An optional string: empty means none.

@@ -8,7 +8,7 @@ use berth_client::{RemoteContentStore, RemoteImages};
 use berth_content::ContentStore;
 use berth_errdefs::ErrorKind;
 use berth_ids::Digest;
-use berth_metadata::{Descriptor, Image, ImageStore, Labels};
+use berth_metadata::{Descriptor, Image, ImageStore};
 use serde::Serialize;
 
 use crate::global::Global;
@@ -73,7 +73,7 @@ pub enum ImagesCommand {
 struct DescriptorJson {
     media_type: String,
     digest: String,
-    size: i64,
+    size: u64,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     annotations: BTreeMap<String, String>,
 }
@@ -128,7 +128,7 @@ fn print_image(format: Format, image: &Image) -> Result<()> {
             println!(
                 "size:        {} ({})",
                 image.target.size,
-                output::size(image.target.size.max(0) as u64)
+                output::size(image.target.size)
             );
             println!("created:     {}", output::age(image.created_at));
             println!("updated:     {}", output::age(image.updated_at));
@@ -188,12 +188,7 @@ async fn target(
             (media_type, size.unwrap_or(info.size))
         }
     };
-    Ok(Descriptor {
-        media_type,
-        digest,
-        size: i64::try_from(size).context("size")?,
-        annotations: Labels::new(),
-    })
+    Ok(Descriptor::new(media_type, digest, size))
 }
 
 pub async fn run(global: &Global, command: ImagesCommand) -> Result<()> {

@@ -146,7 +146,9 @@ impl ImageRecord {
             target: DescriptorRecord {
                 media_type: image.target.media_type.clone(),
                 digest: image.target.digest.to_string(),
-                size: image.target.size,
+                // Validated to fit (validate_descriptor); the stored
+                // format keeps the wire's int64.
+                size: i64::try_from(image.target.size).unwrap_or(i64::MAX),
                 annotations: image.target.annotations.clone(),
             },
             labels: image.labels.clone(),
@@ -165,9 +167,16 @@ impl ImageRecord {
             name: name.to_string(),
             labels: self.labels.clone(),
             target: Descriptor {
+                urls: Vec::new(),
+                platform: None,
                 media_type: self.target.media_type.clone(),
                 digest: self.digest()?,
-                size: self.target.size,
+                size: u64::try_from(self.target.size).map_err(|_| {
+                    Error::internal(format!(
+                        "corrupt image record: target size {}",
+                        self.target.size
+                    ))
+                })?,
                 annotations: self.target.annotations.clone(),
             },
             created_at: to_system_time(self.created_at),
