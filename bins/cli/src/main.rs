@@ -42,7 +42,8 @@ enum Command {
     /// Print a shell completion script (bash, zsh, fish, elvish,
     /// powershell).
     Completion(commands::generate::CompletionArgs),
-    /// Write man pages for berth and all its subcommands into a directory.
+    /// Write man pages for berth and all its subcommands into a directory
+    /// (or, with --markdown FILE, the whole reference as Markdown).
     Manpages(commands::generate::ManpagesArgs),
     /// Blobs in berth-contentd: list, read, write, label, remove.
     #[command(subcommand)]
@@ -183,6 +184,46 @@ mod tests {
         let run = std::fs::read_to_string(dir.join("berth-run.1")).unwrap();
         assert!(run.contains("\\-\\-rm"), "berth-run.1 lacks --rm");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn cli_reference_is_current() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/cli.md");
+        let generated = commands::generate::markdown(Cli::command());
+        let committed = std::fs::read_to_string(&path).unwrap_or_default();
+        if committed != generated {
+            let line = committed
+                .lines()
+                .zip(generated.lines())
+                .position(|(a, b)| a != b)
+                .unwrap_or_else(|| committed.lines().count().min(generated.lines().count()))
+                + 1;
+            panic!(
+                "docs/cli.md is stale (it differs from the CLI's definitions from line {line}): \
+                 regenerate it with `{}` from the workspace root and commit it",
+                commands::generate::REGENERATE_CLI_MD
+            );
+        }
+    }
+
+    #[test]
+    fn the_markdown_reference_covers_every_subcommand_and_variable() {
+        let text = commands::generate::markdown(Cli::command());
+        for heading in [
+            "## `berth run`",
+            "## `berth tasks exec`",
+            "## `berth images ls`",
+            "## `berth manpages`",
+        ] {
+            assert!(text.contains(heading), "reference lacks {heading}");
+        }
+        for var in ["BERTH_RUN_DIR", "BERTH_NAMESPACE", "BERTH_SNAPSHOTTER"] {
+            assert!(
+                text.contains(&format!("| `{var}` |")),
+                "reference lacks {var}"
+            );
+        }
+        assert!(text.contains("`--rm`"), "reference lacks run's --rm");
     }
 
     #[test]
