@@ -429,14 +429,41 @@ fn berths_package_under_a_real_systemd_runs_containers_through_restarts_and_upgr
             booted.ok(&["systemctl", "is-active", &unit]).trim(),
             "active"
         );
-        // contentd and metad run as the unprivileged berth user.
+        // contentd and metad run as unprivileged users of their own.
         let pid = booted.ok(&["systemctl", "show", "-p", "MainPID", "--value", &unit]);
         let user = booted.ok(&["stat", "-c", "%U", &format!("/proc/{}", pid.trim())]);
         let expected = match daemon {
-            Daemon::Contentd | Daemon::Metad => "berth",
+            Daemon::Contentd => "berth-content",
+            Daemon::Metad => "berth",
             Daemon::Snapd | Daemon::Taskd => "root",
         };
         assert_eq!(user.trim(), expected, "{unit} runs as {user}");
+    }
+    // What each unprivileged user reaches: contentd's user no other
+    // daemon; metad's user contentd (which it collects from) but not
+    // taskd, which only root may ask to run anything.
+    let as_user = |user: &str, args: &[&str]| {
+        let mut command = vec![
+            "setpriv",
+            "--reuid",
+            user,
+            "--regid",
+            user,
+            "--init-groups",
+            "berth",
+        ];
+        command.extend_from_slice(args);
+        booted.run(&command)
+    };
+    for (user, args, allowed) in [
+        ("berth-content", &["images", "ls"][..], false),
+        ("berth-content", &["snapshots", "ls"][..], false),
+        ("berth-content", &["tasks", "ls"][..], false),
+        ("berth", &["content", "ls"][..], true),
+        ("berth", &["tasks", "ls"][..], false),
+    ] {
+        let (ok, out, err) = as_user(user, args);
+        assert_eq!(ok, allowed, "{user}: berth {args:?}: {out}{err}");
     }
 
     // Detached: `run -d` returns while the container runs (runc must not
