@@ -133,6 +133,14 @@ fn up_down_and_containers_that_outlive_the_daemons() {
     for daemon in Daemon::ALL {
         assert!(layout.log_file(daemon).exists(), "{daemon:?} has no log");
     }
+    let private = |dir: &std::path::Path| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(dir).unwrap().permissions().mode() & 0o777 == 0o700
+    };
+    assert!(
+        private(&layout.log_dir()),
+        "the daemons' logs are readable by others"
+    );
 
     // berth check sees all four answer (and this host has what the tests
     // need: runc, overlayfs, cgroups).
@@ -166,6 +174,23 @@ fn up_down_and_containers_that_outlive_the_daemons() {
     let (container_pid, status) = task(&root, "keeper").expect("keeper is listed");
     root.container_pids.push(container_pid);
     assert_eq!(status, "RUNNING");
+    let logs = root.berth(&["logs", "keeper"]);
+    assert!(logs.status.success(), "{}", text(&logs.stderr));
+    let container_logs: Vec<PathBuf> = walk_files(&layout.log_dir())
+        .into_iter()
+        .filter(|f| f.to_string_lossy().contains("keeper"))
+        .collect();
+    assert!(
+        !container_logs.is_empty(),
+        "no log of keeper under the root"
+    );
+    for log in &container_logs {
+        assert!(
+            private(log.parent().unwrap()),
+            "{} is readable by others",
+            log.parent().unwrap().display()
+        );
+    }
 
     // metad SIGKILLed: its socket and pid file stay behind; up starts a
     // new one over them and leaves the others alone.
@@ -333,4 +358,18 @@ async fn every_daemon_accepts_the_default_config_berth_prints_for_it() {
     }
     let out = root.berth(&["config", "default", "nosuchd"]);
     assert!(!out.status.success());
+}
+
+/// Every file under `dir`.
+fn walk_files(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk_files(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
 }

@@ -212,8 +212,13 @@ async fn up_one(layout: &Layout, options: &UpOptions, daemon: Daemon) -> Result<
             binary.display()
         )));
     }
+    // Private, as the daemons' own directories: the logs say what runs.
     for dir in [layout.run_dir(), layout.log_dir()] {
-        std::fs::create_dir_all(&dir)
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
             .map_err(|e| Error::io(format!("creating {}", dir.display()), &e))?;
     }
     let log_path = layout.log_file(daemon);

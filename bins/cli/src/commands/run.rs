@@ -452,7 +452,13 @@ async fn detached(
     let (stdio, fifos) = match output {
         DetachedOutput::Log(log) => {
             if let Some(dir) = log.parent() {
-                std::fs::create_dir_all(dir)
+                // Containers' output is theirs and root's: 0700 as under
+                // systemd's /var/lib/berth/logs.
+                use std::os::unix::fs::DirBuilderExt;
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(dir)
                     .with_context(|| format!("creating {}", dir.display()))?;
             }
             let uri = format!("file://{}", log.display());
