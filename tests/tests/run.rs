@@ -650,6 +650,44 @@ fn bind_mounts_are_read_only_or_writable_as_asked_and_stdin_is_forwarded() {
     let out = run_with_input(&stack, &["tasks", "attach", "attachable"], b"hello\n");
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "got hello\n");
+
+    // The detach keys (ctrl-p ctrl-q) leave the task running and are not
+    // passed on; what came before them is. Other keys can be chosen, and
+    // then ctrl-p is input like any other.
+    let (ok, _, err) = stack.berth(&[
+        "run",
+        "-d",
+        "-i",
+        "--name",
+        "detachable",
+        RUN_IMAGE,
+        "sh",
+        "-c",
+        "while read line; do echo \"got $line\"; [ \"$line\" = last ] && break; done; echo bye",
+    ]);
+    assert!(ok, "{err}");
+    wait_for_status(&stack, "detachable", "RUNNING");
+    let first = run_with_input(&stack, &["tasks", "attach", "detachable"], b"one\n\x10\x11");
+    assert_eq!(first.status.code(), Some(0), "{}", text(&first.stderr));
+    assert!(
+        text(&first.stderr).contains("detached from detachable"),
+        "{}",
+        text(&first.stderr)
+    );
+    wait_for_status(&stack, "detachable", "RUNNING");
+    let second = run_with_input(
+        &stack,
+        &["tasks", "attach", "--detach-keys", "ctrl-a", "detachable"],
+        b"\x10x\nlast\n",
+    );
+    // (The task's stdin stays open between attaches: `last` ends it.)
+    assert_eq!(second.status.code(), Some(0), "{}", text(&second.stderr));
+    let said = format!("{}{}", text(&first.stdout), text(&second.stdout));
+    assert_eq!(said, "got one\ngot \x10x\ngot last\nbye\n");
+    let (ok, _, err) = stack.berth(&["tasks", "attach", "--detach-keys", "ctrl-", "detachable"]);
+    assert!(!ok && err.contains("detach keys"), "{err}");
+    let (ok, _, err) = stack.berth(&["rm", "detachable"]);
+    assert!(ok, "{err}");
     let (ok, _, err) = stack.berth(&["rm", "attachable"]);
     assert!(ok, "{err}");
     assert_eq!(fifo_dirs(), 0, "rm left the task's fifos");

@@ -4,6 +4,7 @@
 //! finds its daemon's socket through [`global::Global`].
 
 mod commands;
+mod detach;
 mod global;
 mod labels;
 mod output;

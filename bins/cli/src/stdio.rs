@@ -141,7 +141,20 @@ impl Attached {
     /// Starts forwarding our stdin once the shim has opened its end;
     /// returns a task that ends at our stdin's EOF.
     pub fn forward_stdin(&mut self) -> Option<JoinHandle<()>> {
+        self.forward_stdin_until_detached(Vec::new(), None)
+    }
+
+    /// As [`Attached::forward_stdin`], watching for the `detach` key
+    /// sequence (none: never): when it is typed, forwarding stops and
+    /// `detached` fires.
+    pub fn forward_stdin_until_detached(
+        &mut self,
+        detach: Vec<u8>,
+        detached: Option<tokio::sync::oneshot::Sender<()>>,
+    ) -> Option<JoinHandle<()>> {
         let path = self.stdin_path.take()?;
+        let mut watch = crate::detach::DetachWatch::new(detach);
+        let mut detached = detached;
         Some(tokio::spawn(async move {
             // Blocks until the shim holds the read end, which it does
             // from Create on.
@@ -162,10 +175,20 @@ impl Attached {
                 match stdin.read(&mut buffer).await {
                     Ok(0) | Err(_) => break,
                     Ok(n) => {
-                        if pipe.write_all(&buffer[..n]).await.is_err() {
+                        let (bytes, detach) = match watch.feed(&buffer[..n]) {
+                            crate::detach::Watched::Forward(bytes) => (bytes, false),
+                            crate::detach::Watched::Detach(bytes) => (bytes, true),
+                        };
+                        if pipe.write_all(&bytes).await.is_err() {
                             break;
                         }
                         let _ = pipe.flush().await;
+                        if detach {
+                            if let Some(detached) = detached.take() {
+                                let _ = detached.send(());
+                            }
+                            break;
+                        }
                     }
                 }
             }

@@ -34,9 +34,14 @@ pub enum TasksCommand {
     /// Attach this terminal to a running task started with fifos (`berth
     /// run -d -t` or `-d -i`): its output here, our input to it (raw under
     /// -t, resized with this terminal); returns with its exit status when
-    /// it ends. Without a terminal, ^C leaves it running.
+    /// it ends. The detach keys (ctrl-p ctrl-q) leave it running and return
+    /// 0; so does ^C without a terminal.
     Attach {
         id: String,
+        /// The key sequence that detaches: comma-separated characters or
+        /// ctrl-X, as docker's; "" turns detaching off.
+        #[arg(long, value_name = "KEYS", default_value = crate::detach::DEFAULT_DETACH_KEYS)]
+        detach_keys: String,
     },
     /// Send a signal (default SIGTERM) to a task's init process, one exec,
     /// or with --all every process of the task.
@@ -245,7 +250,10 @@ pub async fn run(global: &Global, command: TasksCommand) -> Result<u8> {
                 .with_context(|| format!("resuming {id}"))?;
             Ok(0)
         }
-        TasksCommand::Attach { id } => attach(ns, &id, &tasks).await,
+        TasksCommand::Attach { id, detach_keys } => {
+            let keys = crate::detach::parse(&detach_keys)?;
+            attach(ns, &id, &tasks, keys).await
+        }
         TasksCommand::Rm { ids, force } => {
             for id in ids {
                 if force {
@@ -430,7 +438,7 @@ async fn exec_process(
 }
 
 /// `tasks attach`: the task's own fifos, opened from this side.
-async fn attach(ns: &str, id: &str, tasks: &RemoteTasks) -> Result<u8> {
+async fn attach(ns: &str, id: &str, tasks: &RemoteTasks, detach_keys: Vec<u8>) -> Result<u8> {
     let task = tasks
         .get(ns, id, "")
         .await
@@ -457,7 +465,8 @@ async fn attach(ns: &str, id: &str, tasks: &RemoteTasks) -> Result<u8> {
     let waiter = tasks.clone();
     let (n, i) = (ns.to_string(), id.to_string());
     let waiting = tokio::spawn(async move { waiter.wait(&n, &i, "").await });
-    let _stdin = attached.forward_stdin();
+    let (detach_tx, detach_rx) = tokio::sync::oneshot::channel();
+    let _stdin = attached.forward_stdin_until_detached(detach_keys, Some(detach_tx));
     let (raw, resizing) = if stdio.terminal {
         (
             crate::stdio::RawMode::enter(),
@@ -466,11 +475,25 @@ async fn attach(ns: &str, id: &str, tasks: &RemoteTasks) -> Result<u8> {
     } else {
         (None, None)
     };
-    let exit = waiting.await.context("waiting")??;
+    let detached = async {
+        match detach_rx.await {
+            Ok(()) => (),
+            // No stdin to watch (or it ended): only the exit ends this.
+            Err(_) => std::future::pending().await,
+        }
+    };
+    let exit = tokio::select! {
+        exit = waiting => Some(exit.context("waiting")??),
+        () = detached => None,
+    };
     if let Some(resizing) = resizing {
         resizing.abort();
     }
     drop(raw);
+    let Some(exit) = exit else {
+        eprintln!("detached from {id}; it keeps running");
+        return Ok(0);
+    };
     attached.drain(Duration::from_secs(2)).await;
     Ok(u8::try_from(exit.status).unwrap_or(255))
 }
