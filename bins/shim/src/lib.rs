@@ -8,6 +8,8 @@ pub mod delete;
 pub mod error;
 pub mod events;
 pub mod exits;
+#[cfg(test)]
+mod fake_runtime;
 pub mod flags;
 pub mod layout;
 pub mod log;

@@ -812,6 +812,7 @@ fn runc_options(options: Option<&Any>) -> Result<RuncOptions> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fake_runtime::{Harness, EXEC_PID, ID, INIT_PID, OTHER_EXEC_PID};
 
     #[test]
     fn runc_options_are_read_only_from_their_own_type() {
@@ -824,5 +825,110 @@ mod tests {
         any.type_url = "runtimeoptions.v1.Options".into();
         assert_eq!(runc_options(Some(&any)).unwrap().binary_name, "");
         assert_eq!(runc_options(None).unwrap().binary_name, "");
+    }
+
+    fn code(error: ShimError) -> ttrpc::Code {
+        match ttrpc::Error::from(error) {
+            ttrpc::Error::RpcStatus(status) => status.code(),
+            other => panic!("not a status: {other:?}"),
+        }
+    }
+
+    fn kill_request(exec_id: &str, signal: u32) -> api::KillRequest {
+        let mut req = api::KillRequest::new();
+        req.id = ID.into();
+        req.exec_id = exec_id.into();
+        req.signal = signal;
+        req
+    }
+
+    /// Wait returns each process's own exit (status and time), only once
+    /// it has been recorded; an exec's exit leaves the init waiting.
+    #[tokio::test(flavor = "current_thread")]
+    async fn wait_returns_each_process_its_own_exit() {
+        let mut h = Harness::running().await;
+        h.add_exec("e1", EXEC_PID).await;
+        assert_eq!(h.tasks.start(ID, "e1").await.unwrap(), EXEC_PID);
+        assert_eq!(h.next_call().await, "exec e1");
+        assert_eq!(
+            h.next_event().await,
+            format!("exec-started {ID} e1 {EXEC_PID}")
+        );
+        let tasks = h.tasks.clone();
+        let init_wait = tokio::spawn(async move { tasks.wait(ID, "").await });
+        let tasks = h.tasks.clone();
+        let exec_wait = tokio::spawn(async move { tasks.wait(ID, "e1").await });
+        h.settle().await;
+        assert!(!exec_wait.is_finished() && !init_wait.is_finished());
+
+        let exec_exit = h.reap(EXEC_PID, 3);
+        assert_eq!(h.next_event().await, format!("exit {ID} e1 {EXEC_PID} 3"));
+        let waited = exec_wait.await.unwrap().unwrap().unwrap();
+        assert_eq!((waited.status, waited.at), (3, exec_exit.at));
+        h.settle().await;
+        assert!(!init_wait.is_finished(), "the init still runs");
+
+        let init_exit = h.reap(INIT_PID, 130);
+        assert_eq!(
+            h.next_event().await,
+            format!("exit {ID} {ID} {INIT_PID} 130")
+        );
+        let waited = init_wait.await.unwrap().unwrap().unwrap();
+        assert_eq!((waited.status, waited.at), (130, init_exit.at));
+        // After the fact, Wait answers at once, and State agrees.
+        let again = h.tasks.wait(ID, "e1").await.unwrap().unwrap();
+        assert_eq!(again.status, 3);
+        let mut req = api::StateRequest::new();
+        req.id = ID.into();
+        let state = h.tasks.state(&req).unwrap();
+        assert_eq!((state.exit_status, state.pid), (130, INIT_PID));
+        assert!(matches!(
+            h.tasks.wait(ID, "nope").await,
+            Err(ShimError::NotFound(_))
+        ));
+    }
+
+    /// Kill of a process whose exit was reaped is NotFound ("process
+    /// already finished", as containerd expects) and reaches no runtime
+    /// or process; an exec not yet started is FailedPrecondition; a live
+    /// init is signalled through the runtime, and the runtime's "not
+    /// running" is NotFound too.
+    #[tokio::test(flavor = "current_thread")]
+    async fn kill_after_exit_is_not_found() {
+        let mut h = Harness::running().await;
+        h.add_exec("e1", EXEC_PID).await;
+        h.add_exec("e2", OTHER_EXEC_PID).await;
+        h.tasks.start(ID, "e1").await.unwrap();
+        assert_eq!(h.next_call().await, "exec e1");
+        assert_eq!(
+            h.next_event().await,
+            format!("exec-started {ID} e1 {EXEC_PID}")
+        );
+
+        let not_started = h.tasks.kill(&kill_request("e2", 15)).await.unwrap_err();
+        assert_eq!(code(not_started), ttrpc::Code::FAILED_PRECONDITION);
+
+        h.reap(EXEC_PID, 0);
+        assert_eq!(h.next_event().await, format!("exit {ID} e1 {EXEC_PID} 0"));
+        let exited = h.tasks.kill(&kill_request("e1", 9)).await.unwrap_err();
+        assert_eq!(exited.to_string(), "process already finished");
+        assert_eq!(code(exited), ttrpc::Code::NOT_FOUND);
+
+        h.tasks.kill(&kill_request("", 15)).await.unwrap();
+        assert_eq!(h.next_call().await, "kill 15");
+        h.runtime.fail_kill("container not running");
+        let refused = h.tasks.kill(&kill_request("", 9)).await.unwrap_err();
+        assert_eq!(h.next_call().await, "kill 9");
+        assert_eq!(code(refused), ttrpc::Code::NOT_FOUND);
+
+        h.reap(INIT_PID, 137);
+        assert_eq!(
+            h.next_event().await,
+            format!("exit {ID} {ID} {INIT_PID} 137")
+        );
+        let exited = h.tasks.kill(&kill_request("", 9)).await.unwrap_err();
+        assert_eq!(exited.to_string(), "process already finished");
+        assert_eq!(code(exited), ttrpc::Code::NOT_FOUND);
+        h.assert_no_call("killing what has exited").await;
     }
 }
