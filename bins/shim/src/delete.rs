@@ -14,8 +14,7 @@ use crate::error::{Result, ShimError};
 use crate::events::timestamp;
 use crate::flags::Flags;
 use crate::layout;
-use crate::runc::RuntimeConfig;
-use crate::service::load_runtime_config;
+use crate::runtime::{load_runtime_config, RuntimeConfig};
 use berth_mount::{HostMounter, Mounter};
 
 /// Runs the action; returns the encoded DeleteResponse and any warnings.
@@ -116,7 +115,7 @@ mod tests {
         std::fs::write(dir.path().join("init.pid"), "1234").unwrap();
         // A runtime that knows nothing: `true` accepts any arguments.
         std::fs::write(
-            dir.path().join(crate::service::RUNTIME_FILE),
+            dir.path().join(crate::runtime::RUNTIME_FILE),
             r#"{"binary":"true","root":"/nonexistent","systemd_cgroup":false}"#,
         )
         .unwrap();

@@ -41,9 +41,9 @@ pub enum Destination {
 }
 
 #[derive(Debug)]
-struct Queued {
-    topic: &'static str,
-    event: Any,
+pub(crate) struct Queued {
+    pub(crate) topic: &'static str,
+    pub(crate) event: Any,
     at: SystemTime,
 }
 
@@ -101,6 +101,19 @@ impl Publisher {
             pending,
             drained,
         }
+    }
+
+    /// A publisher that sends nothing: its events queue up on the returned
+    /// receiver, in order, for a test to read.
+    #[cfg(test)]
+    pub(crate) fn capture() -> (Publisher, mpsc::UnboundedReceiver<Queued>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let publisher = Publisher {
+            tx,
+            pending: Arc::new(AtomicUsize::new(0)),
+            drained: Arc::new(Notify::new()),
+        };
+        (publisher, rx)
     }
 
     pub fn publish<M: Message>(&self, topic: &'static str, message: &M) {

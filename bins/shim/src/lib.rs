@@ -3,16 +3,22 @@
 //! upstream containerd 1.6+ and by berth-taskd.
 
 pub mod cgroups;
+pub mod container;
 pub mod delete;
 pub mod error;
 pub mod events;
+pub mod exits;
+#[cfg(test)]
+mod fake_runtime;
 pub mod flags;
 pub mod layout;
 pub mod log;
 pub mod process;
 pub mod reaper;
 pub mod runc;
+pub mod runtime;
 pub mod serve;
 pub mod service;
 pub mod start;
 pub mod stdio;
+pub mod tasks;

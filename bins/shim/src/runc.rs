@@ -1,6 +1,7 @@
-//! A typed wrapper over the runc command line (and crun, runsc, or any
-//! runtime with the same CLI). Every command is waited for through the
-//! reaper, never with `Child::wait`, which would race the global reaper.
+//! The [`Runtime`] the shim really uses: a typed wrapper over the runc
+//! command line (and crun, runsc, or any runtime with the same CLI). Every
+//! command is waited for through the reaper, never with `Child::wait`,
+//! which would race the global reaper.
 
 use std::io::Read;
 use std::os::fd::OwnedFd;
@@ -8,32 +9,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 
+use async_trait::async_trait;
+
 use crate::error::{Result, ShimError};
 use crate::reaper::Reaper;
-
-/// Which runtime binary to run and its global flags.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RuntimeConfig {
-    pub binary: String,
-    pub root: PathBuf,
-    pub systemd_cgroup: bool,
-    pub criu: Option<String>,
-}
-
-/// The container's stdio, handed to `create` and `exec`.
-#[derive(Debug)]
-pub struct ProcessStdio {
-    pub stdin: OwnedFd,
-    pub stdout: OwnedFd,
-    pub stderr: OwnedFd,
-}
-
-#[derive(Debug, Default)]
-pub struct CreateOptions<'a> {
-    pub console_socket: Option<&'a Path>,
-    pub no_pivot: bool,
-    pub no_new_keyring: bool,
-}
+use crate::runtime::Runtime;
+pub use crate::runtime::{CreateOptions, ProcessStdio, RuntimeConfig};
 
 #[derive(Debug, Clone)]
 pub struct Runc {
@@ -50,10 +31,6 @@ impl Runc {
             log: bundle.join("log.json"),
             reaper,
         }
-    }
-
-    pub fn config(&self) -> &RuntimeConfig {
-        &self.config
     }
 
     fn command(&self, args: &[&str]) -> Command {
@@ -147,8 +124,15 @@ impl Runc {
         }
         Ok(stdout)
     }
+}
 
-    pub async fn create(
+#[async_trait]
+impl Runtime for Runc {
+    fn config(&self) -> &RuntimeConfig {
+        &self.config
+    }
+
+    async fn create(
         &self,
         id: &str,
         bundle: &Path,
@@ -175,13 +159,13 @@ impl Runc {
         self.run(cmd, Some(stdio), None).await.map(drop)
     }
 
-    pub async fn start(&self, id: &str) -> Result<()> {
+    async fn start(&self, id: &str) -> Result<()> {
         self.run(self.command(&["start", id]), None, None)
             .await
             .map(drop)
     }
 
-    pub async fn exec(
+    async fn exec(
         &self,
         id: &str,
         process_json: &Path,
@@ -205,7 +189,7 @@ impl Runc {
         self.run(cmd, Some(stdio), None).await.map(drop)
     }
 
-    pub async fn kill(&self, id: &str, signal: u32, all: bool) -> Result<()> {
+    async fn kill(&self, id: &str, signal: u32, all: bool) -> Result<()> {
         let signal = signal.to_string();
         let args: Vec<&str> = if all {
             vec!["kill", "--all", id, &signal]
@@ -215,8 +199,7 @@ impl Runc {
         self.run(self.command(&args), None, None).await.map(drop)
     }
 
-    /// `delete [--force]`; a container the runtime does not know is not an error.
-    pub async fn delete(&self, id: &str, force: bool) -> Result<()> {
+    async fn delete(&self, id: &str, force: bool) -> Result<()> {
         let args: Vec<&str> = if force {
             vec!["delete", "--force", id]
         } else {
@@ -228,20 +211,19 @@ impl Runc {
         }
     }
 
-    pub async fn pause(&self, id: &str) -> Result<()> {
+    async fn pause(&self, id: &str) -> Result<()> {
         self.run(self.command(&["pause", id]), None, None)
             .await
             .map(drop)
     }
 
-    pub async fn resume(&self, id: &str) -> Result<()> {
+    async fn resume(&self, id: &str) -> Result<()> {
         self.run(self.command(&["resume", id]), None, None)
             .await
             .map(drop)
     }
 
-    /// The pids of every process in the container.
-    pub async fn ps(&self, id: &str) -> Result<Vec<u32>> {
+    async fn ps(&self, id: &str) -> Result<Vec<u32>> {
         let out = self
             .run(self.command(&["ps", "--format", "json", id]), None, None)
             .await?;
@@ -250,8 +232,8 @@ impl Runc {
         Ok(pids.unwrap_or_default())
     }
 
-    /// `update --resources -` with the JSON LinuxResources on stdin.
-    pub async fn update(&self, id: &str, resources_json: &[u8]) -> Result<()> {
+    // `update --resources -` with the JSON LinuxResources on stdin.
+    async fn update(&self, id: &str, resources_json: &[u8]) -> Result<()> {
         self.run(
             self.command(&["update", "--resources", "-", id]),
             None,
@@ -261,7 +243,7 @@ impl Runc {
         .map(drop)
     }
 
-    pub async fn checkpoint(
+    async fn checkpoint(
         &self,
         id: &str,
         image_path: &Path,

@@ -20,7 +20,8 @@ use crate::error::{Result, ShimError};
 use crate::events::{Destination, Publisher};
 use crate::flags::Flags;
 use crate::reaper::Reaper;
-use crate::service::{Service, TaskService};
+use crate::service::TaskService;
+use crate::tasks::Tasks;
 
 /// The listening socket `start` passes to the server.
 const LISTENER_FD: RawFd = 3;
@@ -107,7 +108,7 @@ async fn serve(flags: &Flags) -> Result<()> {
     };
     let publisher = Publisher::start(destination, flags.namespace.clone(), reaper.clone());
     let shutdown = Arc::new(Notify::new());
-    let service = Service::new(
+    let service = Tasks::new(
         flags.namespace.clone(),
         reaper.clone(),
         publisher.clone(),

@@ -22,7 +22,7 @@ use tokio::sync::oneshot;
 
 use crate::error::{Result, ShimError};
 use crate::reaper::Reaper;
-use crate::runc::ProcessStdio;
+use crate::runtime::ProcessStdio;
 
 /// The stdio a client asked for, reported back verbatim by State.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -1,0 +1,114 @@
+//! The state of the one container a shim runs: its init and exec'd
+//! processes, the runtime that runs them, and what Create set up for it.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::task::AbortHandle;
+
+use crate::cgroups::Cgroup;
+use crate::error::{Result, ShimError};
+use crate::exits::UnmatchedExits;
+use crate::process::Process;
+use crate::runtime::Runtime;
+
+#[derive(Debug)]
+pub struct Container {
+    pub id: String,
+    pub bundle: PathBuf,
+    pub runtime: Arc<dyn Runtime>,
+    pub init: Process,
+    pub execs: HashMap<String, Process>,
+    pub rootfs_mounted: bool,
+    pub shares_host_pid_ns: bool,
+    pub cgroup: Option<Cgroup>,
+    pub oom_watch: Option<AbortHandle>,
+}
+
+impl Container {
+    /// The process named by a request's exec id: "" is init.
+    pub fn process_mut(&mut self, exec_id: &str) -> Result<&mut Process> {
+        if exec_id.is_empty() {
+            return Ok(&mut self.init);
+        }
+        self.execs
+            .get_mut(exec_id)
+            .ok_or_else(|| ShimError::NotFound(format!("exec {exec_id} not found")))
+    }
+
+    /// The exec id ("" for init) of the live process whose exit `pid` is.
+    pub fn claimant(&self, pid: i32) -> Option<String> {
+        if self.init.claims(pid) {
+            return Some(String::new());
+        }
+        self.execs
+            .iter()
+            .find(|(_, p)| p.claims(pid))
+            .map(|(k, _)| k.clone())
+    }
+}
+
+/// Everything behind the shim's one lock.
+#[derive(Debug, Default)]
+pub struct State {
+    pub container: Option<Container>,
+    /// Exits of pids not (yet) known: an exec that exited before its pid
+    /// file was read, or orphans re-parented to us.
+    pub unmatched: UnmatchedExits,
+    /// Shutdown was asked for while the container still existed (a Delete
+    /// still running, say): exit once it is gone.
+    pub shutdown_requested: bool,
+}
+
+impl State {
+    /// The container, if it is the one named `id`.
+    pub fn container(&mut self, id: &str) -> Result<&mut Container> {
+        match self.container.as_mut() {
+            Some(c) if c.id == id => Ok(c),
+            _ => Err(ShimError::NotFound(format!("container {id} not found"))),
+        }
+    }
+}
+
+/// Whether the spec gives the container no pid namespace of its own; then
+/// its processes do not die with init and must be killed explicitly.
+pub fn shares_host_pid_namespace(bundle: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(bundle.join("config.json")) else {
+        return false;
+    };
+    let Ok(spec) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return false;
+    };
+    let private = spec
+        .pointer("/linux/namespaces")
+        .and_then(|n| n.as_array())
+        .is_some_and(|namespaces| {
+            namespaces.iter().any(|ns| {
+                ns.get("type").and_then(|t| t.as_str()) == Some("pid")
+                    && ns
+                        .get("path")
+                        .and_then(|p| p.as_str())
+                        .unwrap_or("")
+                        .is_empty()
+            })
+        });
+    !private
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pid_namespace_sharing_is_read_from_the_spec() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |spec: &str| std::fs::write(dir.path().join("config.json"), spec).unwrap();
+        write(r#"{"linux":{"namespaces":[{"type":"pid"},{"type":"mount"}]}}"#);
+        assert!(!shares_host_pid_namespace(dir.path()));
+        write(r#"{"linux":{"namespaces":[{"type":"mount"}]}}"#);
+        assert!(shares_host_pid_namespace(dir.path()));
+        write(r#"{"linux":{"namespaces":[{"type":"pid","path":"/proc/1/ns/pid"}]}}"#);
+        assert!(shares_host_pid_namespace(dir.path()));
+    }
+}

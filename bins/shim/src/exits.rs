@@ -1,0 +1,380 @@
+//! Routing reaped exits to the processes they belong to.
+//!
+//! Every exit the reaper does not hand to a runtime command comes to
+//! [`Tasks::handle_exit`]. It goes to the live process with that pid, if
+//! any. Two kinds wait instead of being reported at once:
+//!
+//! - **held**: the exit of a process whose Start is in progress (the init
+//!   during `runc start`) is kept on the process until the start event is
+//!   out, then reported, so containerd sees start before exit;
+//! - **unmatched**: the exit of a pid no process has yet (an exec that died
+//!   before `runc exec` returned and its pid file was read, an init that
+//!   died before Create recorded the container, an orphan re-parented to
+//!   the shim) is kept, boundedly, and claimed by the Create or Start that
+//!   learns the pid. Deleting the container forgets them all.
+//!
+//! Reporting an exit ([`Tasks::begin_exit`]) kills the rest of a container
+//! that shares the host's pid namespace (for init), waits for a terminal's
+//! output to drain, then records the exit (Wait returns) and publishes
+//! `/tasks/exit`.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::container::Container;
+use crate::events;
+use crate::process::ExitInfo;
+use crate::reaper::Exit;
+use crate::tasks::Tasks;
+
+/// How long a process's exit waits for its terminal output to drain.
+const OUTPUT_DRAIN_LIMIT: Duration = Duration::from_secs(2);
+/// How many unmatched exits are kept; the oldest go first.
+pub const UNMATCHED_EXITS_KEPT: usize = 256;
+
+/// Exits no process has claimed yet, oldest first, at most
+/// [`UNMATCHED_EXITS_KEPT`].
+#[derive(Debug, Default)]
+pub struct UnmatchedExits(VecDeque<Exit>);
+
+impl UnmatchedExits {
+    /// Keeps an exit no process has claimed yet, dropping the oldest kept
+    /// one when full.
+    pub fn keep(&mut self, exit: Exit) {
+        if self.0.len() >= UNMATCHED_EXITS_KEPT {
+            self.0.pop_front();
+        }
+        self.0.push_back(exit);
+    }
+
+    /// Takes the kept exit of `pid`, if there is one.
+    pub fn take(&mut self, pid: u32) -> Option<Exit> {
+        let index = self.0.iter().position(|e| e.pid == pid as i32)?;
+        self.0.remove(index)
+    }
+
+    pub fn clear(&mut self) {
+        self.0.clear();
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl Tasks {
+    /// Routes one reaped exit to its process. Called for every exit the
+    /// reaper does not hand to a runtime command.
+    pub fn handle_exit(self: &Arc<Self>, exit: Exit) {
+        let mut state = self.lock();
+        let Some(container) = state.container.as_mut() else {
+            // Create has not recorded the container yet (its init can die
+            // right after `runc create`): keep the exit for it to find.
+            state.unmatched.keep(exit);
+            return;
+        };
+        let Some(exec_id) = container.claimant(exit.pid) else {
+            state.unmatched.keep(exit);
+            return;
+        };
+        if let Ok(process) = container.process_mut(&exec_id) {
+            if process.starting {
+                process.held_exit = Some(exit);
+                return;
+            }
+        }
+        self.begin_exit(container, &exec_id, exit);
+    }
+
+    /// Marks a process as exiting and records its exit once its output has
+    /// drained, so a client that stops reading at Wait loses nothing.
+    pub(crate) fn begin_exit(
+        self: &Arc<Self>,
+        container: &mut Container,
+        exec_id: &str,
+        exit: Exit,
+    ) {
+        let Ok(process) = container.process_mut(exec_id) else {
+            return;
+        };
+        process.exiting = true;
+        let output_done = process.io.take_output_done();
+        let kill_all = exec_id.is_empty() && container.shares_host_pid_ns;
+        let runtime = container.runtime.clone();
+        let id = container.id.clone();
+        let this = self.clone();
+        let exec_id = exec_id.to_string();
+        tokio::spawn(async move {
+            if kill_all {
+                let _ = runtime.kill(&id, libc::SIGKILL as u32, true).await;
+            }
+            if let Some(done) = output_done {
+                let _ = tokio::time::timeout(OUTPUT_DRAIN_LIMIT, done).await;
+            }
+            this.finish_exit(&id, &exec_id, exit);
+        });
+    }
+
+    fn finish_exit(&self, id: &str, exec_id: &str, exit: Exit) {
+        let mut state = self.lock();
+        let Ok(container) = state.container(id) else {
+            return;
+        };
+        let Ok(process) = container.process_mut(exec_id) else {
+            return;
+        };
+        process.record_exit(ExitInfo {
+            status: exit.status,
+            at: exit.at,
+        });
+        process.exiting = false;
+        process.io.close_stdin();
+        let event_id = if exec_id.is_empty() { id } else { exec_id };
+        self.publisher.publish(
+            events::TASK_EXIT,
+            &events::task_exit(id, event_id, exit.pid as u32, exit.status, exit.at),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ShimError;
+    use crate::fake_runtime::{Harness, EXEC_PID, ID, INIT_PID, OTHER_EXEC_PID, STRANGER_PID};
+    use containerd_shim_protos::types::task::Status;
+
+    fn exit(pid: i32) -> Exit {
+        Exit {
+            pid,
+            status: 0,
+            at: std::time::SystemTime::now(),
+        }
+    }
+
+    #[test]
+    fn unmatched_exits_are_bounded_and_the_oldest_go_first() {
+        let mut kept = UnmatchedExits::default();
+        for pid in 1..=UNMATCHED_EXITS_KEPT as i32 + 1 {
+            kept.keep(exit(pid));
+        }
+        assert_eq!(kept.len(), UNMATCHED_EXITS_KEPT);
+        assert_eq!(kept.take(1), None, "the oldest exit was dropped");
+        assert_eq!(kept.take(2).map(|e| e.pid), Some(2));
+        assert_eq!(kept.take(2), None, "an exit is taken once");
+        let last = UNMATCHED_EXITS_KEPT as u32 + 1;
+        assert_eq!(kept.take(last).map(|e| e.pid), Some(last as i32));
+        kept.clear();
+        assert!(kept.is_empty());
+    }
+
+    /// `runc exec --detach` returns after the exec'd process may already
+    /// have died and been reaped: its exit, of a pid nobody knew yet, is
+    /// kept and delivered to the exec once Start has read the pid file,
+    /// after the exec-started event.
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_exec_exit_reaped_before_its_pid_is_known_is_delivered_when_start_returns() {
+        let mut h = Harness::running().await;
+        h.add_exec("e1", EXEC_PID).await;
+        let release = h.runtime.gate("exec e1");
+        let start = h.start_in_background("e1").await;
+
+        let reaped = h.reap(EXEC_PID, 3);
+        h.assert_no_event("an exit no process claims yet").await;
+        assert_eq!(h.status("e1"), (Status::CREATED, 0));
+
+        release.send(()).unwrap();
+        assert_eq!(start.await.unwrap().unwrap(), EXEC_PID);
+        assert_eq!(
+            h.next_event().await,
+            format!("exec-started {ID} e1 {EXEC_PID}")
+        );
+        assert_eq!(h.next_event().await, format!("exit {ID} e1 {EXEC_PID} 3"));
+        let waited = h.tasks.wait(ID, "e1").await.unwrap().unwrap();
+        assert_eq!((waited.status, waited.at), (3, reaped.at));
+        assert_eq!(h.status("e1"), (Status::STOPPED, EXEC_PID));
+        assert_eq!(h.status(""), (Status::RUNNING, INIT_PID), "init untouched");
+        h.assert_no_event("after the exec's exit").await;
+    }
+
+    /// The init can die while `runc start` runs: its exit is held on the
+    /// init until the start event is out, then reported.
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_init_exit_during_its_start_is_held_until_the_start_event_is_out() {
+        let mut h = Harness::new(true);
+        h.create().await;
+        let release = h.runtime.gate("start");
+        let tasks = h.tasks.clone();
+        let start = tokio::spawn(async move { tasks.start(ID, "").await });
+        assert_eq!(h.next_call().await, "start");
+
+        h.reap(INIT_PID, 137);
+        h.assert_no_event("an exit held while the init starts")
+            .await;
+
+        release.send(()).unwrap();
+        assert_eq!(start.await.unwrap().unwrap(), INIT_PID);
+        assert_eq!(h.next_event().await, format!("start {ID} {INIT_PID}"));
+        assert_eq!(
+            h.next_event().await,
+            format!("exit {ID} {ID} {INIT_PID} 137")
+        );
+        let waited = h.tasks.wait(ID, "").await.unwrap().unwrap();
+        assert_eq!(waited.status, 137);
+        assert_eq!(h.status(""), (Status::STOPPED, INIT_PID));
+    }
+
+    /// What the shim does today when the init dies while an exec's Start
+    /// is in progress: the init's exit is not held, it is reported at once;
+    /// from then on Exec (create) and the Start of another exec are refused
+    /// with FailedPrecondition; the pending start still succeeds and the
+    /// exec later gets its own exit.
+    ///
+    /// containerd's Go runc shim differs (issue 14, "Exec while init is
+    /// dying"): it holds the init's exit until every exec it has started or
+    /// is starting has exited, so the init's /tasks/exit comes last
+    /// (exec-started e1, exit e1, exit init), and it keeps accepting Exec
+    /// until that exit is published, refusing only Start. This test pins
+    /// berth's present order so a change to it is deliberate.
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_init_exit_while_an_exec_starts_is_reported_at_once_today() {
+        let mut h = Harness::running().await;
+        h.add_exec("e1", EXEC_PID).await;
+        h.add_exec("e2", OTHER_EXEC_PID).await;
+        let release = h.runtime.gate("exec e1");
+        let start = h.start_in_background("e1").await;
+
+        h.reap(INIT_PID, 137);
+        assert_eq!(
+            h.next_event().await,
+            format!("exit {ID} {ID} {INIT_PID} 137")
+        );
+        let mut late = containerd_shim_protos::shim::shim::ExecProcessRequest::new();
+        late.id = ID.into();
+        late.exec_id = "e3".into();
+        assert!(matches!(
+            h.tasks.add_exec(&late),
+            Err(ShimError::FailedPrecondition(_))
+        ));
+        assert!(matches!(
+            h.tasks.start(ID, "e2").await,
+            Err(ShimError::FailedPrecondition(_))
+        ));
+
+        release.send(()).unwrap();
+        assert_eq!(start.await.unwrap().unwrap(), EXEC_PID);
+        assert_eq!(
+            h.next_event().await,
+            format!("exec-started {ID} e1 {EXEC_PID}")
+        );
+        h.assert_no_event("the exec has not exited yet").await;
+        h.reap(EXEC_PID, 137);
+        assert_eq!(h.next_event().await, format!("exit {ID} e1 {EXEC_PID} 137"));
+        assert_eq!(h.tasks.wait(ID, "").await.unwrap().unwrap().status, 137);
+        assert_eq!(h.tasks.wait(ID, "e1").await.unwrap().unwrap().status, 137);
+        assert_eq!(h.status("e2"), (Status::CREATED, 0));
+    }
+
+    /// The init can die and be reaped before Create has recorded the
+    /// container: the exit is kept and matched once Create knows the pid.
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_init_exit_reaped_before_create_returns_is_matched_at_create() {
+        let mut h = Harness::new(true);
+        h.reap(INIT_PID, 2);
+        h.assert_no_event("no container yet").await;
+        h.create().await;
+        assert_eq!(h.next_event().await, format!("exit {ID} {ID} {INIT_PID} 2"));
+        assert_eq!(h.tasks.wait(ID, "").await.unwrap().unwrap().status, 2);
+    }
+
+    /// An exit of a pid that never becomes a process's stays unmatched:
+    /// nothing is reported, no process changes, and Delete forgets it, so
+    /// a later container whose init reuses the pid does not inherit it.
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_exit_no_process_ever_claims_is_dropped_at_delete() {
+        let mut h = Harness::new(true);
+        h.create().await;
+        h.reap(STRANGER_PID, 1);
+        h.assert_no_event("an exit of a stranger").await;
+        assert_eq!(h.status(""), (Status::CREATED, INIT_PID));
+
+        let deleted = h.tasks.delete(ID, "").await.unwrap();
+        assert_eq!((deleted.pid, deleted.exit_status), (INIT_PID, 137));
+        assert_eq!(h.next_call().await, "delete force");
+        assert_eq!(h.next_event().await, format!("delete {ID} {INIT_PID} 137"));
+
+        h.runtime.set_init_pid(STRANGER_PID);
+        h.create().await;
+        h.assert_no_event("a new init with a recycled pid").await;
+        assert_eq!(h.status(""), (Status::CREATED, STRANGER_PID));
+    }
+
+    /// Unmatched exits are kept boundedly: with more than
+    /// UNMATCHED_EXITS_KEPT reaped after it, an exec's early exit is lost
+    /// (the exec stays running); with exactly that many it is delivered.
+    #[tokio::test(flavor = "current_thread")]
+    async fn unmatched_exits_age_out_oldest_first() {
+        let mut h = Harness::running().await;
+        h.add_exec("e1", EXEC_PID).await;
+        h.add_exec("e2", OTHER_EXEC_PID).await;
+        let release1 = h.runtime.gate("exec e1");
+        let start1 = h.start_in_background("e1").await;
+        let release2 = h.runtime.gate("exec e2");
+        let start2 = h.start_in_background("e2").await;
+
+        h.reap(EXEC_PID, 5);
+        h.reap(OTHER_EXEC_PID, 6);
+        for n in 0..UNMATCHED_EXITS_KEPT as u32 - 1 {
+            h.reap(STRANGER_PID + 1 + n, 0);
+        }
+        h.assert_no_event("only unmatched exits").await;
+
+        release1.send(()).unwrap();
+        assert_eq!(start1.await.unwrap().unwrap(), EXEC_PID);
+        assert_eq!(
+            h.next_event().await,
+            format!("exec-started {ID} e1 {EXEC_PID}")
+        );
+        h.assert_no_event("e1's exit aged out").await;
+        assert_eq!(h.status("e1"), (Status::RUNNING, EXEC_PID));
+
+        release2.send(()).unwrap();
+        assert_eq!(start2.await.unwrap().unwrap(), OTHER_EXEC_PID);
+        assert_eq!(
+            h.next_event().await,
+            format!("exec-started {ID} e2 {OTHER_EXEC_PID}")
+        );
+        assert_eq!(
+            h.next_event().await,
+            format!("exit {ID} e2 {OTHER_EXEC_PID} 6")
+        );
+    }
+
+    /// Without a pid namespace of its own the container's other processes
+    /// outlive its init: they are killed (`kill --all`) before the init's
+    /// exit is reported. With one, nothing is killed.
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_init_exit_in_the_host_pid_namespace_kills_the_rest_first() {
+        let mut h = Harness::new(false);
+        h.create().await;
+        h.tasks.start(ID, "").await.unwrap();
+        assert_eq!(h.next_call().await, "start");
+        assert_eq!(h.next_event().await, format!("start {ID} {INIT_PID}"));
+        let release = h.runtime.gate("kill 9 all");
+        h.reap(INIT_PID, 0);
+        assert_eq!(h.next_call().await, "kill 9 all");
+        h.assert_no_event("the kill has not returned").await;
+        release.send(()).unwrap();
+        assert_eq!(h.next_event().await, format!("exit {ID} {ID} {INIT_PID} 0"));
+
+        let mut h = Harness::running().await;
+        h.reap(INIT_PID, 0);
+        assert_eq!(h.next_event().await, format!("exit {ID} {ID} {INIT_PID} 0"));
+        h.assert_no_call("an init with its own pid namespace").await;
+    }
+}

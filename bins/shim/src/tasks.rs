@@ -1,0 +1,934 @@
+//! What each Task call does for the shim's one container, free of ttrpc:
+//! [`crate::service`] maps requests to these calls and their errors to
+//! status codes. The state lives in [`crate::container`] and
+//! [`crate::process`], exits are routed by [`crate::exits`], and every
+//! runtime operation goes through the [`Runtime`] trait.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use containerd_shim_protos::events::task as ev;
+use containerd_shim_protos::protobuf::well_known_types::any::Any;
+use containerd_shim_protos::protobuf::Message;
+use containerd_shim_protos::shim::oci::{
+    CheckpointOptions, Options as RuncOptions, ProcessDetails,
+};
+use containerd_shim_protos::shim::shim as api;
+use containerd_shim_protos::types::task::ProcessInfo;
+use tokio::sync::Notify;
+
+use crate::cgroups::Cgroup;
+use crate::container::{shares_host_pid_namespace, Container, State};
+use crate::error::{Result, ShimError};
+use crate::events::{self, timestamp, Publisher};
+use crate::layout;
+use crate::process::{ExitInfo, Process, ProcessStatus};
+use crate::reaper::Reaper;
+use crate::runc;
+use crate::runtime::{
+    runc_factory, save_runtime_config, CreateOptions, Runtime, RuntimeConfig, RuntimeFactory,
+};
+use crate::stdio::{self, ConsoleSocket, StdioPaths};
+use berth_mount::{HostMounter, Mount, Mounter};
+
+const RUNC_OPTIONS_URL: &str = "containerd.runc.v1.Options";
+
+/// The shim's one container and what it needs to run it.
+#[derive(Debug)]
+pub struct Tasks {
+    namespace: String,
+    reaper: Arc<Reaper>,
+    pub(crate) publisher: Publisher,
+    state: Mutex<State>,
+    shutdown: Arc<Notify>,
+    mounter: HostMounter,
+    runtimes: Runtimes,
+}
+
+/// Makes each container's runtime (printable, for `Debug`).
+struct Runtimes(RuntimeFactory);
+
+impl std::fmt::Debug for Runtimes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Runtimes")
+    }
+}
+
+impl Tasks {
+    pub fn new(
+        namespace: String,
+        reaper: Arc<Reaper>,
+        publisher: Publisher,
+        shutdown: Arc<Notify>,
+    ) -> Arc<Tasks> {
+        Tasks::with_runtimes(namespace, reaper, publisher, shutdown, runc_factory())
+    }
+
+    /// Like [`Tasks::new`], with each container run by what `runtimes` makes.
+    pub fn with_runtimes(
+        namespace: String,
+        reaper: Arc<Reaper>,
+        publisher: Publisher,
+        shutdown: Arc<Notify>,
+        runtimes: RuntimeFactory,
+    ) -> Arc<Tasks> {
+        Arc::new(Tasks {
+            namespace,
+            reaper,
+            publisher,
+            state: Mutex::new(State::default()),
+            shutdown,
+            mounter: HostMounter,
+            runtimes: Runtimes(runtimes),
+        })
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub async fn create(self: &Arc<Self>, req: api::CreateTaskRequest) -> Result<u32> {
+        berth_ids::validate_id(&req.id)?;
+        if self.lock().container.is_some() {
+            return Err(ShimError::AlreadyExists(format!(
+                "this shim already runs a container, not creating {}",
+                req.id
+            )));
+        }
+        if !req.checkpoint.is_empty() {
+            return Err(ShimError::Unimplemented(
+                "restoring from a checkpoint is not supported".into(),
+            ));
+        }
+        let bundle = PathBuf::from(&req.bundle);
+        if !bundle.is_absolute() {
+            return Err(ShimError::InvalidArgument(format!(
+                "bundle {} is not an absolute path",
+                req.bundle
+            )));
+        }
+        let options = runc_options(req.options.as_ref())?;
+        let config = RuntimeConfig {
+            binary: non_empty(&options.binary_name).unwrap_or_else(|| "runc".into()),
+            root: non_empty(&options.root)
+                .map(|root| Path::new(&root).join(&self.namespace))
+                .unwrap_or_else(|| layout::default_runtime_root(&bundle, &self.namespace)),
+            systemd_cgroup: options.systemd_cgroup,
+            criu: None,
+        };
+        save_runtime_config(&bundle, &config)?;
+        let runtime = (self.runtimes.0)(config, &bundle, self.reaper.clone());
+
+        let rootfs = bundle.join("rootfs");
+        let mounts: Vec<Mount> = req
+            .rootfs
+            .iter()
+            .map(|m| Mount {
+                kind: m.type_.clone(),
+                source: m.source.clone(),
+                options: m.options.clone(),
+            })
+            .collect();
+        // (What was mounted before a failure is unmounted again.)
+        self.mounter.mount_all(&mounts, &rootfs)?;
+
+        let paths = StdioPaths {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal: req.terminal,
+        };
+        let created = self
+            .create_with_runtime(&req.id, &bundle, runtime.as_ref(), &paths, &options)
+            .await;
+        let (pid, io) = match created {
+            Ok(done) => done,
+            Err(e) => {
+                if !mounts.is_empty() {
+                    let _ = self.mounter.unmount_all(&rootfs);
+                }
+                return Err(e);
+            }
+        };
+
+        let mut init = Process::new(String::new(), paths.clone(), Vec::new());
+        init.pid = pid;
+        init.io = io;
+        let cgroup = Cgroup::of_pid(pid).ok();
+        let oom_watch = cgroup.clone().map(|cgroup| {
+            let publisher = self.publisher.clone();
+            let id = req.id.clone();
+            tokio::spawn(async move {
+                let _ = crate::cgroups::watch_oom(cgroup, move || {
+                    let mut event = ev::TaskOOM::new();
+                    event.container_id = id.clone();
+                    publisher.publish(events::TASK_OOM, &event);
+                })
+                .await;
+            })
+            .abort_handle()
+        });
+        let container = Container {
+            id: req.id.clone(),
+            bundle: bundle.clone(),
+            runtime,
+            init,
+            execs: HashMap::new(),
+            rootfs_mounted: !mounts.is_empty(),
+            shares_host_pid_ns: shares_host_pid_namespace(&bundle),
+            cgroup,
+            oom_watch,
+        };
+
+        let mut event = ev::TaskCreate::new();
+        event.container_id = req.id.clone();
+        event.bundle = req.bundle.clone();
+        event.rootfs = req.rootfs.clone();
+        let mut io = ev::TaskIO::new();
+        io.stdin = req.stdin.clone();
+        io.stdout = req.stdout.clone();
+        io.stderr = req.stderr.clone();
+        io.terminal = req.terminal;
+        event.io = Some(io).into();
+        event.checkpoint = req.checkpoint.clone();
+        event.pid = pid;
+
+        let mut state = self.lock();
+        state.container = Some(container);
+        self.publisher.publish(events::TASK_CREATE, &event);
+        if let Some(exit) = state.unmatched.take(pid) {
+            if let Some(container) = state.container.as_mut() {
+                self.begin_exit(container, "", exit);
+            }
+        }
+        Ok(pid)
+    }
+
+    async fn create_with_runtime(
+        &self,
+        id: &str,
+        bundle: &Path,
+        runtime: &dyn Runtime,
+        paths: &StdioPaths,
+        options: &RuncOptions,
+    ) -> Result<(u32, stdio::ProcessIo)> {
+        let (mut io, container_stdio) =
+            stdio::open(paths, id, &self.namespace, &self.reaper).await?;
+        let console = if paths.terminal {
+            Some(ConsoleSocket::new()?)
+        } else {
+            None
+        };
+        let pid_file = bundle.join("init.pid");
+        let create_options = CreateOptions {
+            console_socket: console.as_ref().map(|c| c.path()),
+            no_pivot: options.no_pivot_root,
+            no_new_keyring: options.no_new_keyring,
+        };
+        let create = runtime.create(id, bundle, &pid_file, &create_options, container_stdio);
+        if let Some(console) = &console {
+            let (created, master) = run_with_console(create, console).await;
+            created?;
+            let attached = master.and_then(|m| io.attach_console(m));
+            if let Err(e) = attached {
+                return Err(self.undo_create(runtime, id, e).await);
+            }
+        } else {
+            create.await?;
+        }
+        match runc::read_pid_file(&pid_file) {
+            Ok(pid) => Ok((pid, io)),
+            Err(e) => Err(self.undo_create(runtime, id, e).await),
+        }
+    }
+
+    /// `runc create` succeeded but Create cannot finish: take the
+    /// container down again so no paused init is left behind.
+    async fn undo_create(&self, runtime: &dyn Runtime, id: &str, error: ShimError) -> ShimError {
+        if let Err(e) = runtime.delete(id, true).await {
+            crate::log_warn!("could not delete half-created container {id}: {e}");
+        }
+        error
+    }
+
+    pub async fn start_init(self: &Arc<Self>, id: &str) -> Result<u32> {
+        let runtime = {
+            let mut state = self.lock();
+            let container = state.container(id)?;
+            if container.init.status != ProcessStatus::Created || !container.init.is_live() {
+                return Err(ShimError::FailedPrecondition(format!(
+                    "container {id} is not in the created state"
+                )));
+            }
+            container.init.starting = true;
+            container.runtime.clone()
+        };
+        let started = runtime.start(id).await;
+        let mut state = self.lock();
+        let container = state.container(id)?;
+        container.init.starting = false;
+        let held = container.init.held_exit.take();
+        let pid = container.init.pid;
+        if started.is_ok() {
+            container.init.status = ProcessStatus::Running;
+            let mut event = ev::TaskStart::new();
+            event.container_id = id.to_string();
+            event.pid = pid;
+            self.publisher.publish(events::TASK_START, &event);
+        }
+        if let Some(exit) = held {
+            self.begin_exit(container, "", exit);
+        }
+        started.map(|()| pid)
+    }
+
+    pub async fn start_exec(self: &Arc<Self>, id: &str, exec_id: &str) -> Result<u32> {
+        let (runtime, bundle, paths, spec) = {
+            let mut state = self.lock();
+            let container = state.container(id)?;
+            if container.init.status != ProcessStatus::Running || !container.init.is_live() {
+                return Err(ShimError::FailedPrecondition(format!(
+                    "container {id} is not running"
+                )));
+            }
+            let runtime = container.runtime.clone();
+            let bundle = container.bundle.clone();
+            let process = container.process_mut(exec_id)?;
+            if process.status != ProcessStatus::Created || process.starting {
+                return Err(ShimError::FailedPrecondition(format!(
+                    "exec {exec_id} was already started"
+                )));
+            }
+            process.starting = true;
+            (runtime, bundle, process.stdio.clone(), process.spec.clone())
+        };
+        let started = self
+            .exec_with_runtime(id, exec_id, runtime.as_ref(), &bundle, &paths, &spec)
+            .await;
+        let mut state = self.lock();
+        let unmatched = match &started {
+            Ok((pid, _)) => state.unmatched.take(*pid),
+            Err(_) => None,
+        };
+        let container = state.container(id)?;
+        let process = container.process_mut(exec_id)?;
+        process.starting = false;
+        let (pid, io) = started?;
+        process.pid = pid;
+        process.io = io;
+        process.status = ProcessStatus::Running;
+        let mut event = ev::TaskExecStarted::new();
+        event.container_id = id.to_string();
+        event.exec_id = exec_id.to_string();
+        event.pid = pid;
+        self.publisher.publish(events::TASK_EXEC_STARTED, &event);
+        if let Some(exit) = unmatched.or(process.held_exit.take()) {
+            self.begin_exit(container, exec_id, exit);
+        }
+        Ok(pid)
+    }
+
+    async fn exec_with_runtime(
+        &self,
+        id: &str,
+        exec_id: &str,
+        runtime: &dyn Runtime,
+        bundle: &Path,
+        paths: &StdioPaths,
+        spec: &[u8],
+    ) -> Result<(u32, stdio::ProcessIo)> {
+        let spec_file = bundle.join(format!(".{exec_id}.process.json"));
+        std::fs::write(&spec_file, spec)
+            .map_err(|e| ShimError::io(format!("writing {}", spec_file.display()), e))?;
+        let (mut io, container_stdio) =
+            stdio::open(paths, id, &self.namespace, &self.reaper).await?;
+        let console = if paths.terminal {
+            Some(ConsoleSocket::new()?)
+        } else {
+            None
+        };
+        let pid_file = bundle.join(format!("{exec_id}.pid"));
+        let exec = runtime.exec(
+            id,
+            &spec_file,
+            &pid_file,
+            console.as_ref().map(|c| c.path()),
+            container_stdio,
+        );
+        let result = if let Some(console) = &console {
+            let (executed, master) = run_with_console(exec, console).await;
+            executed.and_then(|()| io.attach_console(master?))
+        } else {
+            exec.await
+        };
+        let _ = std::fs::remove_file(&spec_file);
+        result?;
+        let pid = runc::read_pid_file(&pid_file)?;
+        Ok((pid, io))
+    }
+
+    pub async fn delete(self: &Arc<Self>, id: &str, exec_id: &str) -> Result<api::DeleteResponse> {
+        if !exec_id.is_empty() {
+            let mut state = self.lock();
+            let container = state.container(id)?;
+            let process = container.process_mut(exec_id)?;
+            if process.status != ProcessStatus::Created && process.exit().is_none() {
+                return Err(ShimError::FailedPrecondition(format!(
+                    "exec {exec_id} is still running"
+                )));
+            }
+            let exit = process.exit();
+            let pid = process.pid;
+            container.execs.remove(exec_id);
+            return Ok(delete_response(pid, exit));
+        }
+        let (runtime, bundle, mounted) = {
+            let mut state = self.lock();
+            let container = state.container(id)?;
+            let init = &container.init;
+            if matches!(init.status, ProcessStatus::Running | ProcessStatus::Paused)
+                && init.exit().is_none()
+            {
+                return Err(ShimError::FailedPrecondition(format!(
+                    "container {id} is still running"
+                )));
+            }
+            (
+                container.runtime.clone(),
+                container.bundle.clone(),
+                container.rootfs_mounted,
+            )
+        };
+        runtime.delete(id, true).await?;
+        if mounted {
+            self.mounter.unmount_all(&bundle.join("rootfs"))?;
+        }
+        let mut state = self.lock();
+        let container = state.container(id)?;
+        let pid = container.init.pid;
+        let exit = container.init.exit().or(Some(ExitInfo {
+            status: 128 + libc::SIGKILL as u32,
+            at: SystemTime::now(),
+        }));
+        if let Some(watch) = container.oom_watch.take() {
+            watch.abort();
+        }
+        state.container = None;
+        if state.shutdown_requested {
+            self.shutdown.notify_one();
+        }
+        state.unmatched.clear();
+        let response = delete_response(pid, exit);
+        let mut event = ev::TaskDelete::new();
+        event.container_id = id.to_string();
+        event.pid = pid;
+        event.exit_status = response.exit_status;
+        event.exited_at = response.exited_at.clone();
+        self.publisher.publish(events::TASK_DELETE, &event);
+        Ok(response)
+    }
+
+    pub async fn kill(&self, req: &api::KillRequest) -> Result<()> {
+        let (runtime, pid) = {
+            let mut state = self.lock();
+            let container = state.container(&req.id)?;
+            let runtime = container.runtime.clone();
+            let process = container.process_mut(&req.exec_id)?;
+            if !process.is_live() {
+                return Err(ShimError::NotFound("process already finished".into()));
+            }
+            if !req.exec_id.is_empty() && process.pid == 0 {
+                return Err(ShimError::FailedPrecondition(format!(
+                    "exec {} is not started",
+                    req.exec_id
+                )));
+            }
+            (runtime, process.pid)
+        };
+        if req.exec_id.is_empty() {
+            return runtime
+                .kill(&req.id, req.signal, req.all)
+                .await
+                .map_err(|e| match e {
+                    ShimError::Runtime { message, .. }
+                        if message.contains("not running")
+                            || message.contains("does not exist") =>
+                    {
+                        ShimError::NotFound("process already finished".into())
+                    }
+                    other => other,
+                });
+        }
+        let signal = nix::sys::signal::Signal::try_from(req.signal as i32)
+            .map_err(|_| ShimError::InvalidArgument(format!("invalid signal {}", req.signal)))?;
+        // Never 0 or negative: kill(2) would signal a whole process group,
+        // the shim's own among them, or every process it may signal.
+        let pid = match i32::try_from(pid) {
+            Ok(pid) if pid > 0 => pid,
+            _ => {
+                return Err(ShimError::FailedPrecondition(format!(
+                    "exec {} has no process to signal",
+                    req.exec_id
+                )))
+            }
+        };
+        match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal) {
+            Ok(()) => Ok(()),
+            Err(nix::errno::Errno::ESRCH) => {
+                Err(ShimError::NotFound("process already finished".into()))
+            }
+            Err(e) => Err(ShimError::sys("signalling the process", e)),
+        }
+    }
+
+    pub async fn set_paused(&self, id: &str, pause: bool) -> Result<()> {
+        let runtime = {
+            let mut state = self.lock();
+            let container = state.container(id)?;
+            let wanted = if pause {
+                ProcessStatus::Running
+            } else {
+                ProcessStatus::Paused
+            };
+            if container.init.status != wanted || !container.init.is_live() {
+                return Err(ShimError::FailedPrecondition(format!(
+                    "container {id} is not {}",
+                    if pause { "running" } else { "paused" }
+                )));
+            }
+            container.runtime.clone()
+        };
+        if pause {
+            runtime.pause(id).await?;
+        } else {
+            runtime.resume(id).await?;
+        }
+        let mut state = self.lock();
+        let container = state.container(id)?;
+        if container.init.is_live() {
+            container.init.status = if pause {
+                ProcessStatus::Paused
+            } else {
+                ProcessStatus::Running
+            };
+        }
+        if pause {
+            let mut event = ev::TaskPaused::new();
+            event.container_id = id.to_string();
+            self.publisher.publish(events::TASK_PAUSED, &event);
+        } else {
+            let mut event = ev::TaskResumed::new();
+            event.container_id = id.to_string();
+            self.publisher.publish(events::TASK_RESUMED, &event);
+        }
+        Ok(())
+    }
+
+    pub async fn pids(&self, id: &str) -> Result<api::PidsResponse> {
+        let (runtime, exec_pids) = {
+            let mut state = self.lock();
+            let container = state.container(id)?;
+            let exec_pids: HashMap<u32, String> = container
+                .execs
+                .iter()
+                .filter(|(_, p)| p.pid != 0)
+                .map(|(k, p)| (p.pid, k.clone()))
+                .collect();
+            (container.runtime.clone(), exec_pids)
+        };
+        let mut response = api::PidsResponse::new();
+        for pid in runtime.ps(id).await? {
+            let mut info = ProcessInfo::new();
+            info.pid = pid;
+            if let Some(exec_id) = exec_pids.get(&pid) {
+                let mut details = ProcessDetails::new();
+                details.exec_id = exec_id.clone();
+                let mut any = Any::new();
+                any.type_url = "containerd.runc.v1.ProcessDetails".into();
+                any.value = details
+                    .write_to_bytes()
+                    .map_err(|e| ShimError::protobuf("encoding process details", e))?;
+                info.info = Some(any).into();
+            }
+            response.processes.push(info);
+        }
+        Ok(response)
+    }
+
+    pub async fn checkpoint(&self, req: &api::CheckpointTaskRequest) -> Result<()> {
+        let runtime = {
+            let mut state = self.lock();
+            state.container(&req.id)?.runtime.clone()
+        };
+        let criu = runtime
+            .config()
+            .criu
+            .clone()
+            .unwrap_or_else(|| "criu".into());
+        if !on_path(&criu) {
+            return Err(ShimError::Unimplemented(
+                "checkpoint needs criu, which is not installed".into(),
+            ));
+        }
+        let mut options = CheckpointOptions::new();
+        if let Some(any) = req.options.as_ref() {
+            if any
+                .type_url
+                .ends_with("containerd.runc.v1.CheckpointOptions")
+            {
+                options = CheckpointOptions::parse_from_bytes(&any.value)
+                    .map_err(|e| ShimError::protobuf("decoding checkpoint options", e))?;
+            }
+        }
+        let image = non_empty(&options.image_path).unwrap_or_else(|| req.path.clone());
+        let work = non_empty(&options.work_path).map(PathBuf::from);
+        runtime
+            .checkpoint(&req.id, Path::new(&image), work.as_deref(), !options.exit)
+            .await?;
+        let mut event = ev::TaskCheckpointed::new();
+        event.container_id = req.id.clone();
+        event.checkpoint = image;
+        self.publisher.publish(events::TASK_CHECKPOINTED, &event);
+        Ok(())
+    }
+
+    /// Starts the init (`exec_id` "") or an exec; returns its pid.
+    pub async fn start(self: &Arc<Self>, id: &str, exec_id: &str) -> Result<u32> {
+        if exec_id.is_empty() {
+            self.start_init(id).await
+        } else {
+            self.start_exec(id, exec_id).await
+        }
+    }
+
+    pub fn state(&self, req: &api::StateRequest) -> Result<api::StateResponse> {
+        let mut state = self.lock();
+        let container = state.container(&req.id)?;
+        let bundle = container.bundle.display().to_string();
+        let process = container.process_mut(&req.exec_id)?;
+        let mut response = api::StateResponse::new();
+        response.id = req.id.clone();
+        response.exec_id = req.exec_id.clone();
+        response.bundle = bundle;
+        response.pid = process.pid;
+        response.status = process.status.to_proto().into();
+        response.stdin = process.stdio.stdin.clone();
+        response.stdout = process.stdio.stdout.clone();
+        response.stderr = process.stdio.stderr.clone();
+        response.terminal = process.stdio.terminal;
+        if let Some(exit) = process.exit() {
+            response.exit_status = exit.status;
+            response.exited_at = Some(timestamp(exit.at)).into();
+        }
+        Ok(response)
+    }
+
+    /// Registers an exec (Task.Exec); Start runs it.
+    pub fn add_exec(&self, req: &api::ExecProcessRequest) -> Result<()> {
+        let mut state = self.lock();
+        let container = state.container(&req.id)?;
+        if container.execs.contains_key(&req.exec_id) {
+            return Err(ShimError::AlreadyExists(format!(
+                "exec {} already exists",
+                req.exec_id
+            )));
+        }
+        if !container.init.is_live() {
+            return Err(ShimError::FailedPrecondition(format!(
+                "container {} is not running",
+                req.id
+            )));
+        }
+        let spec = req
+            .spec
+            .as_ref()
+            .map(|any| any.value.clone())
+            .unwrap_or_default();
+        serde_json::from_slice::<serde_json::Value>(&spec)
+            .map_err(|e| ShimError::json("exec process spec", e))?;
+        let stdio = StdioPaths {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal: req.terminal,
+        };
+        container.execs.insert(
+            req.exec_id.clone(),
+            Process::new(req.exec_id.clone(), stdio, spec),
+        );
+        let mut event = ev::TaskExecAdded::new();
+        event.container_id = req.id.clone();
+        event.exec_id = req.exec_id.clone();
+        self.publisher.publish(events::TASK_EXEC_ADDED, &event);
+        Ok(())
+    }
+
+    pub fn resize_pty(&self, req: &api::ResizePtyRequest) -> Result<()> {
+        let mut state = self.lock();
+        let container = state.container(&req.id)?;
+        let process = container.process_mut(&req.exec_id)?;
+        if let Some(console) = process.io.console() {
+            stdio::resize(console, req.width, req.height)?;
+        }
+        Ok(())
+    }
+
+    pub fn close_io(&self, req: &api::CloseIORequest) -> Result<()> {
+        let mut state = self.lock();
+        let container = state.container(&req.id)?;
+        let process = container.process_mut(&req.exec_id)?;
+        if req.stdin {
+            process.io.close_stdin();
+        }
+        Ok(())
+    }
+
+    pub async fn update(&self, req: &api::UpdateTaskRequest) -> Result<()> {
+        let runtime = {
+            let mut state = self.lock();
+            state.container(&req.id)?.runtime.clone()
+        };
+        let resources = req
+            .resources
+            .as_ref()
+            .map(|any| any.value.clone())
+            .unwrap_or_default();
+        serde_json::from_slice::<serde_json::Value>(&resources)
+            .map_err(|e| ShimError::json("update resources", e))?;
+        runtime.update(&req.id, &resources).await
+    }
+
+    /// Waits for the process to exit; its exit, or none if it never ran.
+    pub async fn wait(&self, id: &str, exec_id: &str) -> Result<Option<ExitInfo>> {
+        let mut rx = {
+            let mut state = self.lock();
+            let container = state.container(id)?;
+            container.process_mut(exec_id)?.subscribe()
+        };
+        rx.wait_for(Option::is_some)
+            .await
+            .map(|exit| *exit)
+            .map_err(|_| ShimError::NotFound(format!("process {id} was deleted")))
+    }
+
+    pub fn stats(&self, id: &str) -> Result<api::StatsResponse> {
+        let cgroup = {
+            let mut state = self.lock();
+            let container = state.container(id)?;
+            match &container.cgroup {
+                Some(cgroup) => cgroup.clone(),
+                None => Cgroup::of_pid(container.init.pid)?,
+            }
+        };
+        let mut response = api::StatsResponse::new();
+        response.stats = Some(cgroup.metrics()?).into();
+        Ok(response)
+    }
+
+    /// The init's pid, if `id` is the container (0 if not).
+    pub fn task_pid(&self, id: &str) -> u32 {
+        let state = self.lock();
+        state
+            .container
+            .as_ref()
+            .filter(|c| c.id == id)
+            .map_or(0, |container| container.init.pid)
+    }
+
+    /// Exits the shim now if there is no container, else once it is deleted.
+    pub fn shutdown(&self) {
+        let mut state = self.lock();
+        if state.container.is_none() {
+            self.shutdown.notify_one();
+        } else {
+            state.shutdown_requested = true;
+        }
+    }
+}
+
+/// Runs a runtime command that sends a terminal to `console`.
+async fn run_with_console(
+    command: impl std::future::Future<Output = Result<()>>,
+    console: &ConsoleSocket,
+) -> (Result<()>, Result<std::os::fd::OwnedFd>) {
+    let receive = console.receive_master();
+    tokio::pin!(receive);
+    tokio::pin!(command);
+    tokio::select! {
+        done = &mut command => match done {
+            Ok(()) => {
+                let master = tokio::time::timeout(Duration::from_secs(10), receive)
+                    .await
+                    .unwrap_or_else(|_| Err(ShimError::Runtime {
+                        command: "console socket".into(),
+                        message: "the runtime never sent a terminal".into(),
+                    }));
+                (Ok(()), master)
+            }
+            Err(e) => (Err(e), Err(ShimError::FailedPrecondition("no terminal".into()))),
+        },
+        master = &mut receive => (command.await, master),
+    }
+}
+
+fn delete_response(pid: u32, exit: Option<ExitInfo>) -> api::DeleteResponse {
+    let mut response = api::DeleteResponse::new();
+    response.pid = pid;
+    if let Some(exit) = exit {
+        response.exit_status = exit.status;
+        response.exited_at = Some(timestamp(exit.at)).into();
+    }
+    response
+}
+
+fn non_empty(s: &str) -> Option<String> {
+    (!s.is_empty()).then(|| s.to_string())
+}
+
+fn on_path(binary: &str) -> bool {
+    if binary.contains('/') {
+        return Path::new(binary).exists();
+    }
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(binary).is_file()))
+}
+
+/// The runc options in a Create request; other option types (e.g.
+/// `runtimeoptions.v1.Options` from CRI) carry nothing we use.
+fn runc_options(options: Option<&Any>) -> Result<RuncOptions> {
+    match options {
+        Some(any) if any.type_url.ends_with(RUNC_OPTIONS_URL) => {
+            RuncOptions::parse_from_bytes(&any.value)
+                .map_err(|e| ShimError::protobuf("decoding runc options", e))
+        }
+        _ => Ok(RuncOptions::new()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fake_runtime::{Harness, EXEC_PID, ID, INIT_PID, OTHER_EXEC_PID};
+
+    #[test]
+    fn runc_options_are_read_only_from_their_own_type() {
+        let mut options = RuncOptions::new();
+        options.binary_name = "crun".into();
+        let mut any = Any::new();
+        any.type_url = "containerd.runc.v1.Options".into();
+        any.value = options.write_to_bytes().unwrap();
+        assert_eq!(runc_options(Some(&any)).unwrap().binary_name, "crun");
+        any.type_url = "runtimeoptions.v1.Options".into();
+        assert_eq!(runc_options(Some(&any)).unwrap().binary_name, "");
+        assert_eq!(runc_options(None).unwrap().binary_name, "");
+    }
+
+    fn code(error: ShimError) -> ttrpc::Code {
+        match ttrpc::Error::from(error) {
+            ttrpc::Error::RpcStatus(status) => status.code(),
+            other => panic!("not a status: {other:?}"),
+        }
+    }
+
+    fn kill_request(exec_id: &str, signal: u32) -> api::KillRequest {
+        let mut req = api::KillRequest::new();
+        req.id = ID.into();
+        req.exec_id = exec_id.into();
+        req.signal = signal;
+        req
+    }
+
+    /// Wait returns each process's own exit (status and time), only once
+    /// it has been recorded; an exec's exit leaves the init waiting.
+    #[tokio::test(flavor = "current_thread")]
+    async fn wait_returns_each_process_its_own_exit() {
+        let mut h = Harness::running().await;
+        h.add_exec("e1", EXEC_PID).await;
+        assert_eq!(h.tasks.start(ID, "e1").await.unwrap(), EXEC_PID);
+        assert_eq!(h.next_call().await, "exec e1");
+        assert_eq!(
+            h.next_event().await,
+            format!("exec-started {ID} e1 {EXEC_PID}")
+        );
+        let tasks = h.tasks.clone();
+        let init_wait = tokio::spawn(async move { tasks.wait(ID, "").await });
+        let tasks = h.tasks.clone();
+        let exec_wait = tokio::spawn(async move { tasks.wait(ID, "e1").await });
+        h.settle().await;
+        assert!(!exec_wait.is_finished() && !init_wait.is_finished());
+
+        let exec_exit = h.reap(EXEC_PID, 3);
+        assert_eq!(h.next_event().await, format!("exit {ID} e1 {EXEC_PID} 3"));
+        let waited = exec_wait.await.unwrap().unwrap().unwrap();
+        assert_eq!((waited.status, waited.at), (3, exec_exit.at));
+        h.settle().await;
+        assert!(!init_wait.is_finished(), "the init still runs");
+
+        let init_exit = h.reap(INIT_PID, 130);
+        assert_eq!(
+            h.next_event().await,
+            format!("exit {ID} {ID} {INIT_PID} 130")
+        );
+        let waited = init_wait.await.unwrap().unwrap().unwrap();
+        assert_eq!((waited.status, waited.at), (130, init_exit.at));
+        // After the fact, Wait answers at once, and State agrees.
+        let again = h.tasks.wait(ID, "e1").await.unwrap().unwrap();
+        assert_eq!(again.status, 3);
+        let mut req = api::StateRequest::new();
+        req.id = ID.into();
+        let state = h.tasks.state(&req).unwrap();
+        assert_eq!((state.exit_status, state.pid), (130, INIT_PID));
+        assert!(matches!(
+            h.tasks.wait(ID, "nope").await,
+            Err(ShimError::NotFound(_))
+        ));
+    }
+
+    /// Kill of a process whose exit was reaped is NotFound ("process
+    /// already finished", as containerd expects) and reaches no runtime
+    /// or process; an exec not yet started is FailedPrecondition; a live
+    /// init is signalled through the runtime, and the runtime's "not
+    /// running" is NotFound too.
+    #[tokio::test(flavor = "current_thread")]
+    async fn kill_after_exit_is_not_found() {
+        let mut h = Harness::running().await;
+        h.add_exec("e1", EXEC_PID).await;
+        h.add_exec("e2", OTHER_EXEC_PID).await;
+        h.tasks.start(ID, "e1").await.unwrap();
+        assert_eq!(h.next_call().await, "exec e1");
+        assert_eq!(
+            h.next_event().await,
+            format!("exec-started {ID} e1 {EXEC_PID}")
+        );
+
+        let not_started = h.tasks.kill(&kill_request("e2", 15)).await.unwrap_err();
+        assert_eq!(code(not_started), ttrpc::Code::FAILED_PRECONDITION);
+
+        h.reap(EXEC_PID, 0);
+        assert_eq!(h.next_event().await, format!("exit {ID} e1 {EXEC_PID} 0"));
+        let exited = h.tasks.kill(&kill_request("e1", 9)).await.unwrap_err();
+        assert_eq!(exited.to_string(), "process already finished");
+        assert_eq!(code(exited), ttrpc::Code::NOT_FOUND);
+
+        h.tasks.kill(&kill_request("", 15)).await.unwrap();
+        assert_eq!(h.next_call().await, "kill 15");
+        h.runtime.fail_kill("container not running");
+        let refused = h.tasks.kill(&kill_request("", 9)).await.unwrap_err();
+        assert_eq!(h.next_call().await, "kill 9");
+        assert_eq!(code(refused), ttrpc::Code::NOT_FOUND);
+
+        h.reap(INIT_PID, 137);
+        assert_eq!(
+            h.next_event().await,
+            format!("exit {ID} {ID} {INIT_PID} 137")
+        );
+        let exited = h.tasks.kill(&kill_request("", 9)).await.unwrap_err();
+        assert_eq!(exited.to_string(), "process already finished");
+        assert_eq!(code(exited), ttrpc::Code::NOT_FOUND);
+        h.assert_no_call("killing what has exited").await;
+    }
+}
