@@ -162,16 +162,7 @@ fn cgroup_v1(m: &v1::Metrics, labels: &[(&str, &str)], out: &mut Sampled) {
         }
     }
     if let Some(pids) = m.pids.as_ref() {
-        gauge(
-            "container_pids_current",
-            "The current number of pids",
-            pids.current,
-        );
-        gauge(
-            "container_pids_limit",
-            "The limit to the number of pids allowed",
-            pids.limit,
-        );
+        pids_gauges(&mut gauge, pids.current, pids.limit);
     }
     if let Some(cpu_usage) = m.cpu.as_ref().and_then(|cpu| cpu.usage.as_ref()) {
         for (cpu, value) in cpu_usage.per_cpu.iter().enumerate() {
@@ -260,17 +251,22 @@ fn cgroup_v2(m: &v2::Metrics, labels: &[(&str, &str)], out: &mut Sampled) {
         );
     }
     if let Some(pids) = m.pids.as_ref() {
-        gauge(
-            "container_pids_current",
-            "The current number of pids",
-            pids.current,
-        );
-        gauge(
-            "container_pids_limit",
-            "The limit to the number of pids allowed",
-            pids.limit,
-        );
+        pids_gauges(&mut gauge, pids.current, pids.limit);
     }
+}
+
+/// The pids controller's figures, named alike under v1 and v2.
+fn pids_gauges(gauge: &mut impl FnMut(&str, &str, u64), current: u64, limit: u64) {
+    gauge(
+        "container_pids_current",
+        "The current number of pids",
+        current,
+    );
+    gauge(
+        "container_pids_limit",
+        "The limit to the number of pids allowed",
+        limit,
+    );
 }
 
 #[cfg(test)]

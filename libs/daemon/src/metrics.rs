@@ -265,21 +265,21 @@ impl Metrics {
     /// Wraps every method of `services` so each request is counted and
     /// timed under its service and method name.
     pub fn instrument(&self, services: HashMap<String, Service>) -> HashMap<String, Service> {
+        let route = |service: &str, method: &str| Route {
+            service: service.to_string(),
+            method: method.to_string(),
+            metrics: self.ttrpc.clone(),
+        };
         services
             .into_iter()
             .map(|(name, service)| {
-                let service_name = name.clone();
                 let methods = service
                     .methods
                     .into_iter()
                     .map(|(method, inner)| {
+                        let route = route(&name, &method);
                         let handler: Box<dyn MethodHandler + Send + Sync> =
-                            Box::new(CountedMethod {
-                                inner,
-                                service: service_name.clone(),
-                                method: method.clone(),
-                                metrics: self.ttrpc.clone(),
-                            });
+                            Box::new(CountedMethod { inner, route });
                         (method, handler)
                     })
                     .collect();
@@ -287,13 +287,9 @@ impl Metrics {
                     .streams
                     .into_iter()
                     .map(|(method, inner)| {
+                        let route = route(&name, &method);
                         let handler: Arc<dyn StreamHandler + Send + Sync> =
-                            Arc::new(CountedStream {
-                                inner,
-                                service: service_name.clone(),
-                                method: method.clone(),
-                                metrics: self.ttrpc.clone(),
-                            });
+                            Arc::new(CountedStream { inner, route });
                         (method, handler)
                     })
                     .collect();
@@ -321,11 +317,23 @@ impl Metrics {
     }
 }
 
-struct CountedMethod {
-    inner: Box<dyn MethodHandler + Send + Sync>,
+/// Where a request went, for counting it.
+struct Route {
     service: String,
     method: String,
     metrics: TtrpcMetrics,
+}
+
+impl Route {
+    fn record(&self, code: &str, started: Instant) {
+        self.metrics
+            .record(&self.service, &self.method, code, started);
+    }
+}
+
+struct CountedMethod {
+    inner: Box<dyn MethodHandler + Send + Sync>,
+    route: Route,
 }
 
 #[async_trait]
@@ -339,20 +347,16 @@ impl MethodHandler for CountedMethod {
         let result = self.inner.handler(ctx, req).await;
         let code = match &result {
             Ok(response) => code_name(response.status.as_ref()),
-            Err(ttrpc::Error::RpcStatus(status)) => code_name(Some(status)),
-            Err(_) => "UNKNOWN".to_string(),
+            Err(e) => error_code_name(e),
         };
-        self.metrics
-            .record(&self.service, &self.method, &code, started);
+        self.route.record(&code, started);
         result
     }
 }
 
 struct CountedStream {
     inner: Arc<dyn StreamHandler + Send + Sync>,
-    service: String,
-    method: String,
-    metrics: TtrpcMetrics,
+    route: Route,
 }
 
 #[async_trait]
@@ -367,12 +371,17 @@ impl StreamHandler for CountedStream {
         let code = match &result {
             Ok(Some(response)) => code_name(response.status.as_ref()),
             Ok(None) => "OK".to_string(),
-            Err(ttrpc::Error::RpcStatus(status)) => code_name(Some(status)),
-            Err(_) => "UNKNOWN".to_string(),
+            Err(e) => error_code_name(e),
         };
-        self.metrics
-            .record(&self.service, &self.method, &code, started);
+        self.route.record(&code, started);
         result
+    }
+}
+
+fn error_code_name(error: &ttrpc::Error) -> String {
+    match error {
+        ttrpc::Error::RpcStatus(status) => code_name(Some(status)),
+        _ => "UNKNOWN".to_string(),
     }
 }
 
