@@ -103,6 +103,7 @@ bench_build
 scripts/build-shim.sh >&2
 CARGO_TARGET_DIR="$target/bench-chart" cargo build --release --manifest-path bench/chart/Cargo.toml >&2
 chart="$target/bench-chart/release/berth-bench-chart"
+built=$(date +%s)
 
 # One minbase root filesystem (and one pair of images made from it) for
 # every script that needs one.
@@ -123,19 +124,29 @@ export BERTH_BENCH_IMAGES="$work/images"
 # what others deleted before it: this VM's root ext4 has no journal, and
 # ext4 without one skips every recently freed inode when it allocates (see
 # the unpack section of docs/benchmarks.md). Unmounted by the cleanup.
+# The loop device does direct IO to its file, so that written data is
+# cached once, as on a disk, not also in the file's page cache.
+loop=""
+bench_cleanup_after() {
+  if [ -n "$loop" ]; then
+    unmount_under "$work/fs"
+    losetup -d "$loop" 2>/dev/null || true
+  fi
+}
 case ${BENCH_FS:-ext4} in
   ext4)
     truncate -s 24G "$work/fs.img"
     mkfs.ext4 -q -F "$work/fs.img"
+    loop=$(losetup -f --show --direct-io=on "$work/fs.img")
     mkdir "$work/fs"
-    mount -o loop "$work/fs.img" "$work/fs"
+    mount "$loop" "$work/fs"
     export BERTH_BENCH_DIR="$work/fs"
     ;;
   none) ;;
   *) echo "BENCH_FS: ext4 or none" >&2; exit 2 ;;
 esac
 fs_used="$(findmnt -no FSTYPE -T "${BERTH_BENCH_DIR:-/var/tmp}") at ${BERTH_BENCH_DIR:-/var/tmp}"
-[ "${BENCH_FS:-ext4}" = none ] || fs_used="fresh ext4 on a loop device (file on $(findmnt -no FSTYPE -T "$work"))"
+[ "${BENCH_FS:-ext4}" = none ] || fs_used="fresh ext4 on a loop device (direct IO to a file on the root $(findmnt -no FSTYPE -T "$work"))"
 
 # The machine, as the JSON document records it.
 machine() { # key value
@@ -154,7 +165,8 @@ commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 if [ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ]; then commit+="+changes"; fi
 machine commit "$(json_str "$commit")"
 machine filesystem "$(json_str "$fs_used")"
-machine load_at_start "$(json_str "$(cut -d' ' -f1-3 /proc/loadavg)")"
+load_start=$(cut -d' ' -f1-3 /proc/loadavg)
+machine load_at_start "$(json_str "$load_start")"
 
 failed=()
 for b in "${selected[@]}"; do
@@ -187,8 +199,14 @@ echo
 echo "berth against containerd (berth/other: below 1 is better for ↓ rows, above 1 for ↑ rows)"
 echo
 "$chart" report "$BENCH_RESULTS" "$out/results.json" "$out/benchmarks.png" | tee "$out/table.md"
+elapsed=$(($(date +%s) - started))
+{
+  echo
+  printf 'The whole run took %d min %02d s (%d s of it building); load average %s at the start, %s at the end; the work on a %s.\n' \
+    $((elapsed / 60)) $((elapsed % 60)) $((built - started)) "$load_start" "$(cut -d' ' -f1-3 /proc/loadavg)" "$fs_used"
+} | tee -a "$out/table.md"
 echo
-echo "suite: $(($(date +%s) - started)) s; results: $out/results.json, chart: $out/benchmarks.png, logs: $out/logs/"
+echo "results: $out/results.json, chart: $out/benchmarks.png, logs: $out/logs/"
 
 if [ "${DOCS:-}" = 1 ]; then
   cp "$out/benchmarks.png" docs/benchmarks.png
