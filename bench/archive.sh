@@ -7,27 +7,15 @@
 # with --address, records no image; ctr's records two, a few bolt writes).
 #
 # usage: bench/archive.sh [RUNS]   (as root; BERTH_BENCH_ROOTFS=FILE reuses
-# a minbase tar instead of building one with mmdebstrap)
+# a minbase tar instead of building one with mmdebstrap; BENCH_RESULTS=FILE
+# appends result rows for bench/all.sh)
 set -euo pipefail
 
 runs=${1:-3}
-top=$(cd "$(dirname "$0")/.." && pwd)
-cd "$top"
-cargo build --release --workspace --bins >&2
-bin="$top/target/release"
-
-work=$(mktemp -d /var/tmp/berth-archive-bench.XXXXXX)
-pids=()
-cleanup() {
-  set +e
-  if [ -f "$work/pids" ]; then
-    while read -r pid; do pids+=("$pid"); done <"$work/pids"
-  fi
-  for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+# shellcheck source=lib/common.sh
+. "$(dirname "$0")/lib/common.sh"
+bench_build
+bench_workdir archive
 
 # shellcheck source=lib/minbase-registry.sh
 . "$top/bench/lib/minbase-registry.sh"
@@ -40,21 +28,10 @@ archive="$work/images.tar"
 tar -C "$layout" -cf "$archive" .
 echo "archive: $(stat -c %s "$archive") bytes" >&2
 
-start_contentd() { # root
-  local root=$1
-  mkdir -p "$root"
-  "$bin/berth-contentd" --root "$root/root" --state "$root/state" \
-    --address "$root/contentd.sock" --log-level warn >"$root/contentd.log" 2>&1 &
-  echo $! >>"$work/pids"
-  for _ in $(seq 200); do [ -S "$root/contentd.sock" ] && return; sleep 0.02; done
-  echo "berth-contentd did not start" >&2
-  return 1
-}
-
 b_import="" b_export="" c_import="" c_export=""
 for run in $(seq "$runs"); do
   root="$work/berth-$run"
-  start_contentd "$root"
+  start_berth_daemon contentd "$root"
   berth=("$bin/berth" --address "$root/contentd.sock")
   b_import+="$(seconds "${berth[@]}" import "$archive") "
   roots=$("${berth[@]}" --format json import "$archive" |
@@ -73,7 +50,8 @@ for op in import export; do
   b_var="b_$op" c_var="c_$op"
   bm=$(median <<<"${!b_var}")
   cm=$(median <<<"${!c_var}")
-  printf '| %s | %.2f | %.2f | %.2f |\n' "$op" "$bm" "$cm" "$(echo "$bm / $cm" | bc -l)"
+  printf '| %s | %.2f | %.2f | %s |\n' "$op" "$bm" "$cm" "$(ratio "$bm" "$cm")"
+  bench_result "archive-$op" "$op, OCI archive of both minbase images" s "$bm" "$cm" lower -
 done
 printf '\nmedian of %s runs, %s, %s cores, containerd %s, on %s\n' "$runs" "$(uname -r)" "$(nproc)" \
-  "$(containerd --version | awk '{print $3}')" "$(findmnt -no FSTYPE -T "$work")"
+  "$(containerd_version)" "$(findmnt -no FSTYPE -T "$work")"

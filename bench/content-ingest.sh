@@ -5,26 +5,19 @@
 # containerd is installed, all in one run on one machine.
 #
 # usage: bench/content-ingest.sh [SIZE_MIB] [RUNS]
-# Not a test: prints a table of medians and ratios. Run as root (a private
-# containerd needs it); everything lives in a temp dir and is removed.
+# Not a test: prints a table of medians and ratios (BENCH_RESULTS=FILE
+# appends result rows for bench/all.sh). Run as root (a private containerd
+# needs it); everything lives in a temp dir and is removed.
 set -euo pipefail
 
 size_mib=${1:-1024}
 runs=${2:-3}
-top=$(cd "$(dirname "$0")/.." && pwd)
-cd "$top"
-
-cargo build --release --workspace --bins >&2
-bin="$top/target/release"
-
-work=$(mktemp -d /var/tmp/berth-bench.XXXXXX)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+# shellcheck source=lib/common.sh
+. "$(dirname "$0")/lib/common.sh"
+bench_build
+bench_workdir ingest
+# shellcheck source=lib/containerd.sh
+. "$top/bench/lib/containerd.sh"
 
 file="$work/blob"
 echo "making a ${size_mib} MiB file of random bytes" >&2
@@ -32,7 +25,8 @@ head -c "$((size_mib * 1024 * 1024))" /dev/urandom >"$file"
 digest="sha256:$(sha256sum "$file" | cut -d' ' -f1)"
 sync
 
-# Seconds (wall clock) taken by a command, from bash's own clock.
+# Seconds (wall clock) taken by a command (a function here, so not
+# timing.sh's, which keeps stderr in a file).
 seconds() {
   local start end
   start=$(date +%s.%N)
@@ -44,11 +38,7 @@ seconds() {
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 # berth-contentd on its own root.
-"$bin/berth-contentd" --root "$work/berth/root" --state "$work/berth/state" \
-  --address "$work/berth/contentd.sock" --log-level warn 2>"$work/berth.log" &
-pids+=($!)
-for _ in $(seq 100); do [ -S "$work/berth/contentd.sock" ] && break; sleep 0.05; done
-export BERTH_CONTENTD_ADDRESS="$work/berth/contentd.sock"
+start_berth contentd "$work/berth"
 
 berth_ingest() {
   "$bin/berth" content ingest "bench-$1" --expected "$digest" <"$file"
@@ -59,26 +49,13 @@ berth_ingest() {
 have_containerd=0
 if command -v containerd >/dev/null && command -v ctr >/dev/null; then
   have_containerd=1
-  mkdir -p "$work/containerd"
-  cat >"$work/containerd/config.toml" <<TOML
-version = 2
-root = "$work/containerd/root"
-state = "$work/containerd/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
-[grpc]
-  address = "$work/containerd/containerd.sock"
-[ttrpc]
-  address = "$work/containerd/containerd.sock.ttrpc"
-TOML
-  containerd --config "$work/containerd/config.toml" 2>"$work/containerd.log" &
-  pids+=($!)
-  for _ in $(seq 200); do [ -S "$work/containerd/containerd.sock" ] && break; sleep 0.05; done
+  start_containerd "$work/containerd"
 fi
 
 ctr_ingest() {
-  ctr -a "$work/containerd/containerd.sock" content ingest --expected-digest "$digest" \
+  ctr -a "$work/containerd/c.sock" content ingest --expected-digest "$digest" \
     --expected-size "$((size_mib * 1024 * 1024))" "bench-$1" <"$file"
-  ctr -a "$work/containerd/containerd.sock" content rm "$digest" >/dev/null
+  ctr -a "$work/containerd/c.sock" content rm "$digest" >/dev/null
 }
 
 declare -A times
@@ -98,10 +75,14 @@ berth=$(med berth)
 printf '\n| command | median s | MiB/s | throughput vs sha256sum |\n|---|---|---|---|\n'
 printf '| sha256sum | %.2f | %.0f | 1.00 |\n' "$sha" "$(mibps "$sha")"
 printf '| berth content ingest | %.2f | %.0f | %.2f |\n' "$berth" "$(mibps "$berth")" "$(echo "$sha / $berth" | bc -l)"
+bench_result ingest-sha256sum "ingest ${size_mib} MiB" MiB/s "$(printf '%.1f' "$(mibps "$berth")")" \
+  "$(printf '%.1f' "$(mibps "$sha")")" higher 0.8 sha256sum
 if [ "$have_containerd" = 1 ]; then
   ctrd=$(med containerd)
   printf '| ctr content ingest (containerd %s) | %.2f | %.0f | %.2f |\n' \
-    "$(containerd --version | awk '{print $3}')" "$ctrd" "$(mibps "$ctrd")" "$(echo "$sha / $ctrd" | bc -l)"
+    "$(containerd_version)" "$ctrd" "$(mibps "$ctrd")" "$(echo "$sha / $ctrd" | bc -l)"
   printf '\nberth vs containerd throughput: %.2fx\n' "$(echo "$ctrd / $berth" | bc -l)"
+  bench_result ingest "ingest ${size_mib} MiB" MiB/s "$(printf '%.1f' "$(mibps "$berth")")" \
+    "$(printf '%.1f' "$(mibps "$ctrd")")" higher -
 fi
 printf '\n%s MiB, median of %s runs, %s, %s cores\n' "$size_mib" "$runs" "$(uname -r)" "$(nproc)"

@@ -15,7 +15,8 @@
 #   (process start, gRPC connection) is in every ctr number.
 #
 # usage: bench/metad.sh [RECORDS] [CLI_RECORDS] [LISTS]
-# Not a test: prints a table. Run as root (a private containerd needs it);
+# Not a test: prints a table (BENCH_RESULTS=FILE appends result rows for
+# bench/all.sh). Run as root (a private containerd needs it);
 # everything lives in a temp dir and is removed. Builds with cargo into
 # $CARGO_TARGET_DIR (default target/).
 set -euo pipefail
@@ -23,35 +24,22 @@ set -euo pipefail
 records=${1:-10000}
 cli_records=${2:-$records}
 lists=${3:-20}
-top=$(cd "$(dirname "$0")/.." && pwd)
-cd "$top"
-target=${CARGO_TARGET_DIR:-$top/target}
-
-cargo build --release -p berth-metad -p berth --bins >&2
+# shellcheck source=lib/common.sh
+. "$(dirname "$0")/lib/common.sh"
+bench_build
 cargo test --release -p berth-metad --test throughput --no-run >&2
-bin="$target/release"
-
-work=$(mktemp -d /var/tmp/berth-bench.XXXXXX)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+bench_workdir metad
+# shellcheck source=lib/containerd.sh
+. "$top/bench/lib/containerd.sh"
 
 now() { date +%s.%N; }
 rate() { echo "scale=0; $1 / ($3 - $2)" | bc -l; }
 
-# Starts a berth-metad on its own directory; sets $sock.
+# Starts a berth-metad on its own directory (no contentd or snapd behind
+# it); sets $sock.
 start_metad() {
-  local dir="$work/$1"
-  sock="$dir/metad.sock"
-  "$bin/berth-metad" --root "$dir/root" --state "$dir/state" --address "$sock" \
-    --contentd "$dir/none.sock" --snapd "$dir/none.sock" --log-level warn \
-    </dev/null >/dev/null 2>"$work/$1.log" &
-  pids+=($!)
-  for _ in $(seq 200); do [ -S "$sock" ] && break; sleep 0.05; done
+  start_berth_daemon metad "$work/$1" --contentd "$work/$1/none.sock" --snapd "$work/$1/none.sock"
+  sock="$work/$1/metad.sock"
 }
 
 # --- berth, API level -------------------------------------------------------
@@ -101,23 +89,10 @@ berth_delete=$(rate "$cli_records" "$t3" "$t4")
 ctr_create=- ctr_get=- ctr_list=- ctr_delete=- ctr_version=-
 if command -v containerd >/dev/null && command -v ctr >/dev/null; then
   echo "containerd ctr: $cli_records records" >&2
-  c="$work/containerd"
-  mkdir -p "$c" "$work/rootfs"
-  cat >"$c/config.toml" <<TOML
-version = 2
-root = "$c/root"
-state = "$c/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
-[grpc]
-  address = "$c/containerd.sock"
-[ttrpc]
-  address = "$c/containerd.sock.ttrpc"
-TOML
-  containerd --config "$c/config.toml" </dev/null >/dev/null 2>"$work/containerd.log" &
-  pids+=($!)
-  for _ in $(seq 200); do [ -S "$c/containerd.sock" ] && break; sleep 0.05; done
-  ctr_version=$(containerd --version | awk '{print $3}')
-  a="ctr -a $c/containerd.sock -n bench"
+  mkdir -p "$work/rootfs"
+  start_containerd "$work/containerd"
+  ctr_version=$(containerd_version)
+  a="ctr -a $work/containerd/c.sock -n bench"
 
   # One tiny image (OCI layout, no layers) to tag.
   layout="$work/layout"
@@ -157,3 +132,12 @@ printf '%-28s %14s %14s %18s\n' "container create" "$(api container-create)" "$b
 printf '%-28s %14s %14s %18s\n' "container get / info" "$(api container-get)" "$berth_get" "$ctr_get"
 printf '%-28s %14s %14s %18s\n' "container delete" "$(api container-delete)" "$berth_delete" "$ctr_delete"
 printf '%-28s %14s %14s %18s\n' "image list ($records images)" "$(api image-list)" "$berth_list" "$ctr_list"
+
+for op in create:container-create get:container-get delete:container-delete list:image-list; do
+  b_var="berth_${op%%:*}" c_var="ctr_${op%%:*}"
+  case ${op%%:*} in
+    create) what="container create" ;; get) what="container get / info" ;;
+    delete) what="container delete" ;; list) what="image list, $records images" ;;
+  esac
+  bench_result "metad-${op#*:}" "$what, CLI (one process a call)" ops/s "${!b_var}" "${!c_var}" higher -
+done

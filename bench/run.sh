@@ -28,7 +28,8 @@
 #   CHURN_SECONDS=20 CHURN_WORKERS="1 4 16" MEMORY_CONTAINERS=100
 #   SETTLE=5 CTR_SECCOMP=1 RUN_TIMEOUT=60 BERTH_LOG_LEVEL=warn; KEEP_LOGS=DIR
 #   records `berth events` and copies it, the daemons' logs and the failed
-#   runs' errors there at the end)
+#   runs' errors there at the end; BENCH_RESULTS=FILE appends result rows
+#   for bench/all.sh)
 set -euo pipefail
 export LC_ALL=C
 
@@ -40,11 +41,10 @@ memory_containers=${MEMORY_CONTAINERS:-100}
 settle=${SETTLE:-5}
 ctr_seccomp=${CTR_SECCOMP:-1}
 run_timeout=${RUN_TIMEOUT:-60}
-log_level=${BERTH_LOG_LEVEL:-warn}
 keep_logs=${KEEP_LOGS:-}
 
-top=$(cd "$(dirname "$0")/.." && pwd)
-cd "$top"
+# shellcheck source=lib/common.sh
+. "$(dirname "$0")/lib/common.sh"
 
 # Prerequisites, before anything is built or started.
 missing=()
@@ -59,29 +59,28 @@ if [ ${#missing[@]} -gt 0 ]; then
   printf 'missing: %s\n' "${missing[@]}" >&2
   exit 1
 fi
-ctrd_version=$(containerd --version | awk '{print $3}')
+# shellcheck source=lib/containerd.sh
+. "$top/bench/lib/containerd.sh"
+ctrd_version=$(containerd_version)
 case $ctrd_version in
   1.6.*) ;;
   *) echo "warning: containerd $ctrd_version, not 1.6" >&2 ;;
 esac
 
-cargo build --release --workspace --bins >&2
+bench_build
 # The shim as it is shipped (scripts/build-shim.sh: size-optimised,
 # glibc linked in); taskd finds it first on PATH.
 scripts/build-shim.sh >&2
-target=${CARGO_TARGET_DIR:-$top/target}
-case $target in /*) ;; *) target="$top/$target" ;; esac
-bin="$target/release"
 for b in berth berth-contentd berth-snapd berth-metad berth-taskd; do
   [ -x "$bin/$b" ] || { echo "$bin/$b is not built" >&2; exit 1; }
 done
 [ -x "$target/shim/containerd-shim-berth-v2" ] || { echo "$target/shim/containerd-shim-berth-v2 is not built" >&2; exit 1; }
 
-work=$(mktemp -d /var/tmp/berth-run-bench.XXXXXX)
+bench_workdir run
 rundir=$(mktemp -d /run/berth-run-bench.XXXXXX)
+bench_dirs+=("$rundir")
 ns="runbench-$$"
 image=berth.bench/busybox:run
-: >"$work/pids"
 workers=()
 # What existed before, so that cleanup removes only what this run made.
 pre_existing=()
@@ -108,9 +107,9 @@ ours() {
   done
 }
 
-cleanup() {
-  set +eu
-  trap - EXIT INT TERM
+# At exit (bench_cleanup), before the daemons are killed: logs kept,
+# workers stopped, containers deleted through the daemons.
+bench_cleanup_before() {
   if [ -n "$keep_logs" ]; then
     mkdir -p "$keep_logs"
     cp "$work"/berth/*.log "$work"/errors.* "$work"/lat.* "$work"/memory "$work"/fds "$keep_logs"/ 2>/dev/null
@@ -140,13 +139,10 @@ cleanup() {
       timeout 20 "${ctr[@]}" containers rm "$id" >/dev/null 2>&1
     done
   fi
-  local daemons
-  daemons=$(cat "$work/pids")
-  if [ -n "$daemons" ]; then
-    kill -9 $daemons 2>/dev/null
-    wait $daemons 2>/dev/null
-  fi
-  # Shims left over, then runc containers left over.
+}
+# After: shims left over, runc containers left over, cgroups and the
+# directories under /run this run made.
+bench_cleanup_after() {
   local left
   left=$(ours)
   if [ -n "$left" ]; then
@@ -161,10 +157,6 @@ cleanup() {
     done
     rm -rf "$root"
   done
-  grep -o " $work[^ ]*\| $rundir[^ ]*" /proc/self/mounts | sort -r | while read -r m; do
-    echo "cleanup: unmounting $m" >&2
-    umount -l "$m"
-  done
   # Cgroups under this run's namespace, deepest first.
   for h in /sys/fs/cgroup /sys/fs/cgroup/*; do
     for c in "$h/$ns" "$h/berth/$ns"; do
@@ -175,13 +167,7 @@ cleanup() {
   for d in /run/berth/s /run/berth/runc /run/berth /run/containerd/s /run/containerd; do
     existed "$d" || { [ -d "$d" ] && rmdir "$d" 2>/dev/null; }
   done
-  rm -rf "$work" "$rundir"
 }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# shellcheck source=lib/containerd.sh
-. "$top/bench/lib/containerd.sh"
 
 # The image, as tests/src/images.rs's run_image_archive builds it: Debian's
 # static busybox as /bin/busybox with /bin/sh and /bin/true linked to it,
@@ -222,38 +208,21 @@ tar -C "$layout" -cf "$archive" .
 # berth: the four daemons wired as tests/src/stack.rs wires them.
 broot="$work/berth"
 mkdir -p "$broot" "$work/berth-fifo" "$work/berth-logs" "$work/ctr-fifo"
-start_daemon() { # name extra...
-  local name=$1; shift
-  "$bin/berth-$name" --root "$broot/$name/root" --state "$broot/$name/state" \
-    --address "$broot/$name.sock" --log-level "$log_level" "$@" >"$broot/$name.log" 2>&1 &
-  echo $! >>"$work/pids"
-  echo $! >"$broot/$name.pid"
-  for _ in $(seq 500); do [ -S "$broot/$name.sock" ] && return; sleep 0.02; done
-  echo "berth-$name did not start; its log:" >&2
-  cat "$broot/$name.log" >&2
-  return 1
-}
-start_daemon contentd
-start_daemon snapd --contentd "$broot/contentd.sock"
-start_daemon metad --contentd "$broot/contentd.sock" --snapd "$broot/snapd.sock"
-PATH="$target/shim:$PATH" start_daemon taskd --metad "$broot/metad.sock" --snapd "$broot/snapd.sock"
-export BERTH_CONTENTD_ADDRESS="$broot/contentd.sock" BERTH_SNAPD_ADDRESS="$broot/snapd.sock"
-export BERTH_METAD_ADDRESS="$broot/metad.sock" BERTH_TASKD_ADDRESS="$broot/taskd.sock"
+start_berth contentd snapd metad "$broot"
+PATH="$target/shim:$PATH" start_berth taskd "$broot"
 export BERTH_FIFO_DIR="$work/berth-fifo" BERTH_LOG_DIR="$work/berth-logs" BERTH_NAMESPACE="$ns"
-unset BERTH_SNAPSHOTTER
 berth_pids=()
 for d in contentd snapd metad taskd; do berth_pids+=("$(cat "$broot/$d.pid")"); done
 if [ -n "$keep_logs" ]; then
   # Every event metad relays (creates, deletes, exits, what its collector
   # removes), for reading after a failure.
   "$bin/berth" events >"$broot/events.log" 2>&1 &
-  echo $! >>"$work/pids"
+  bench_track $!
 fi
 
 # containerd: bench/lib/containerd.sh's private one.
 start_containerd "$work/ctrd"
 ctr=(ctr -a "$work/ctrd/c.sock" -n "$ns")
-for _ in $(seq 100); do "${ctr[@]}" version >/dev/null 2>&1 && break; sleep 0.1; done
 ctr_run_flags=(--fifo-dir "$work/ctr-fifo" --runc-root "$rundir/runc")
 [ "$ctr_seccomp" = 1 ] && ctr_run_flags+=(--seccomp)
 
@@ -449,6 +418,18 @@ printf '| daemon PSS, idle after %s containers (MiB) | %s | %s | %s | ≤ 0.5 |\
   "$memory_containers" "$(pct "$m_after_b")" "$(pct "$m_after_c")" "$(ratio "$m_after_b" "$m_after_c")"
 printf '| daemon PSS, idle after the whole run (MiB) | %s | %s | %s | |\n' \
   "$(pct "$m_run_b")" "$(pct "$m_run_c")" "$(ratio "$m_run_b" "$m_run_c")"
+bench_result run-median "run --rm /bin/true, median of $rounds" ms "$b_med" "$c_med" lower 0.6 containerd \
+  "failed runs: berth $lat_fail_b, containerd $lat_fail_c"
+bench_result run-p90 "run --rm /bin/true, p90 of $rounds" ms "$b_p90" "$c_p90" lower -
+for nw in $churn_workers; do
+  bench_result "churn-$nw" "churn, $nw worker$([ "$nw" = 1 ] || echo s), $churn_seconds s" containers/s \
+    "${churn_rate[berth.$nw]}" "${churn_rate[ctr.$nw]}" higher 2 containerd \
+    "failed runs: berth ${churn_fail[berth.$nw]}, containerd ${churn_fail[ctr.$nw]}"
+done
+bench_result pss-idle "daemons' PSS, idle after start + import" MiB "$(pct "$m_idle_b")" "$(pct "$m_idle_c")" lower 0.5
+bench_result pss-containers "daemons' PSS, idle after $memory_containers containers" MiB \
+  "$(pct "$m_after_b")" "$(pct "$m_after_c")" lower 0.5
+bench_result pss-run "daemons' PSS, idle after the whole run" MiB "$(pct "$m_run_b")" "$(pct "$m_run_c")" lower -
 echo
 echo "berth PSS per daemon, KiB (contentd snapd metad taskd):"
 awk '{printf "  %-17s %s %s %s %s  (containerd %s)\n", $1, $3, $4, $5, $6, $7}' "$work/memory"

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The Debian packages berth needs, in one list for everyone: the README's
-# two commands (scripts/demo.sh, scripts/test.sh) and .ci/run.
+# two commands (scripts/demo.sh, scripts/test.sh), .ci/run and the
+# benchmark suite (bench/all.sh).
 #
-# usage: scripts/prerequisites.sh demo|tests
+# usage: scripts/prerequisites.sh demo|tests|bench
 #   Installs the missing packages with apt-get when run as root; otherwise
 #   prints the command that would install them and exits 1.
 set -euo pipefail
@@ -25,11 +26,15 @@ demo=(runc busybox-static docker-registry skopeo tar gzip python3)
 #   xfsprogs: the snapshotter tests on an XFS image;
 #   bc, procps: the benchmark scripts.
 tests=(systemd systemd-container mmdebstrap apache2-utils openssl containerd util-linux xfsprogs bc procps)
+# The benchmarks, beyond the tests' (containerd and runc as the peers,
+# mmdebstrap for the images, bc and procps): a font for the chart.
+bench=(fonts-dejavu-core)
 
 case ${1:-} in
   demo) wanted=("${build[@]}" "${demo[@]}") ;;
   tests) wanted=("${build[@]}" "${demo[@]}" "${tests[@]}") ;;
-  *) echo "usage: $0 demo|tests" >&2; exit 2 ;;
+  bench) wanted=("${build[@]}" "${demo[@]}" "${tests[@]}" "${bench[@]}") ;;
+  *) echo "usage: $0 demo|tests|bench" >&2; exit 2 ;;
 esac
 
 missing=()

@@ -1,10 +1,11 @@
 # A private containerd for the benchmarks: its own root, state and sockets
-# under a directory, the CRI plugin off.
+# under a directory, the CRI plugin off. Source bench/lib/common.sh first.
 #
 # start_containerd DIR [PREFIX...]: writes DIR/config.toml, starts containerd
-# (under PREFIX, e.g. chrt, if given) with its output in DIR/log, waits for
-# DIR/c.sock, and sets $containerd_pid (also appended to $work/pids, for
-# cleanups that run outside the subshell that started it).
+# (under PREFIX, e.g. chrt, if given; with CONTAINERD_PATH, if set, as its
+# PATH, to find another shim) with its output in DIR/log, waits until it
+# answers on DIR/c.sock, and sets $containerd_pid (also recorded with
+# bench_track, for the cleanup at exit, from inside a $(...) too).
 start_containerd() {
   local root=$1; shift
   mkdir -p "$root"
@@ -18,10 +19,15 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 [ttrpc]
   address = "$root/c.sock.ttrpc"
 TOML
-  "$@" containerd --config "$root/config.toml" >"$root/log" 2>&1 &
+  PATH=${CONTAINERD_PATH:-$PATH} "$@" containerd --config "$root/config.toml" </dev/null >"$root/log" 2>&1 &
   containerd_pid=$!
-  echo "$containerd_pid" >>"$work/pids"
-  for _ in $(seq 200); do [ -S "$root/c.sock" ] && return 0; sleep 0.05; done
-  echo "containerd did not start; see $root/log" >&2
+  bench_track "$containerd_pid"
+  wait_socket "$root/c.sock" containerd "$root/log" || return 1
+  local _
+  for _ in $(seq 100); do ctr -a "$root/c.sock" version >/dev/null 2>&1 && return 0; sleep 0.1; done
+  echo "containerd does not answer; see $root/log" >&2
   return 1
 }
+
+# The version of Debian's containerd, e.g. 1.6.20~ds1.
+containerd_version() { containerd --version | awk '{print $3}'; }

@@ -13,3 +13,6 @@ seconds() {
 
 # The median of whitespace-separated numbers on stdin.
 median() { tr ' ' '\n' | grep . | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+# A / B with two decimals.
+ratio() { printf '%.2f' "$(echo "$1 / $2" | bc -l)"; }
