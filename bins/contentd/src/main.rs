@@ -76,8 +76,9 @@ async fn run(config: DaemonConfig, hosts_dir: PathBuf) -> anyhow::Result<()> {
     if recovery != Default::default() {
         tracing::info!(?recovery, "cleaned up after an earlier crash");
     }
-    let mut metrics = berth_daemon::Metrics::new("contentd");
-    berth_contentd::metrics::register(&mut metrics, store.clone());
+    let metrics = berth_daemon::Metrics::when_enabled(&config, "contentd", |metrics| {
+        berth_contentd::metrics::register(metrics, store.clone())
+    });
     let store: Arc<dyn berth_content::ContentStore> = Arc::new(store);
     let mut services = ContentService::new(store.clone()).into_ttrpc();
     let transfer = TransferService::new(

@@ -118,8 +118,9 @@ async fn run(
 
     // Namespaces are deleted only when contentd and snapd hold nothing in
     // them.
-    let mut metrics = berth_daemon::Metrics::new("metad");
-    berth_metad::metrics::register(&mut metrics, records.clone());
+    let metrics = berth_daemon::Metrics::when_enabled(&config, "metad", |metrics| {
+        berth_metad::metrics::register(metrics, records.clone())
+    });
     let store = MetaStore::new(records, scheduler.clone(), exchange.clone(), peers);
     let mut services = berth_metad::service::services(&store);
     services.extend(berth_metad::gc::ttrpc_service(scheduler));

@@ -101,8 +101,9 @@ async fn run(config: DaemonConfig, contentd: PathBuf) -> anyhow::Result<()> {
     let source = ContentSource::Socket(contentd);
     let unpacker = Arc::new(Unpacker::new(source.clone(), privileged, root_user));
     let differ = Arc::new(Differ::new(source));
-    let mut metrics = berth_daemon::Metrics::new("snapd");
-    berth_snapd::metrics::register(&mut metrics, records);
+    let metrics = berth_daemon::Metrics::when_enabled(&config, "snapd", |metrics| {
+        berth_snapd::metrics::register(metrics, records)
+    });
     let services = SnapshotService::new(snapshotters, unpacker, differ).into_ttrpc();
     berth_daemon::serve(&config, services, metrics).await?;
     tracing::info!("stopped");

@@ -125,8 +125,9 @@ async fn run(config: DaemonConfig, peers: SocketPeers, debug: bool) -> anyhow::R
         relay.clone(),
     );
     manager.recover().await;
-    let mut metrics = berth_daemon::Metrics::new("taskd");
-    berth_taskd::metrics::register(&mut metrics, manager.clone());
+    let metrics = berth_daemon::Metrics::when_enabled(&config, "taskd", |metrics| {
+        berth_taskd::metrics::register(metrics, manager.clone())
+    });
     let mut services = TasksService::new(Arc::new(LocalTasks(manager))).into_ttrpc();
     services.extend(berth_taskd::events::ttrpc_service(relay));
     berth_daemon::serve(&config, services, metrics).await?;

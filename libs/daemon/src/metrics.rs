@@ -252,6 +252,21 @@ impl Metrics {
         }
     }
 
+    /// The daemon's metrics when `config` asks for them (a metrics
+    /// address), built with `register` adding the daemon's own; None
+    /// otherwise, and then nothing of the metrics code runs (a daemon's
+    /// idle memory is mostly the code it has touched).
+    pub fn when_enabled(
+        config: &crate::DaemonConfig,
+        daemon: &str,
+        register: impl FnOnce(&mut Metrics),
+    ) -> Option<Metrics> {
+        config.metrics_address.as_ref()?;
+        let mut metrics = Metrics::new(daemon);
+        register(&mut metrics);
+        Some(metrics)
+    }
+
     /// Where a daemon registers its own counters and histograms.
     pub fn registry(&mut self) -> &mut Registry {
         &mut self.registry

@@ -11,17 +11,22 @@ use crate::{serve_metrics, DaemonConfig, DaemonError, Metrics, PeerPolicy};
 /// Serves `services` until SIGTERM or SIGINT: on the inherited socket under
 /// systemd socket activation, otherwise on `config.address`. Tells systemd
 /// READY=1 once serving and STOPPING=1 on the way out, and pets the watchdog
-/// when systemd asks for one. Every request is counted in `metrics`, which
-/// are served at `config.metrics_address` when one is set.
+/// when systemd asks for one. With `metrics` (see [`Metrics::when_enabled`])
+/// every request is counted, and the metrics are served at
+/// `config.metrics_address`.
 pub async fn serve(
     config: &DaemonConfig,
     services: HashMap<String, Service>,
-    metrics: Metrics,
+    metrics: Option<Metrics>,
 ) -> Result<(), DaemonError> {
-    let services = metrics.instrument(services);
-    if let Some(address) = &config.metrics_address {
-        serve_metrics(Arc::new(metrics), address, config.socket_group.as_deref()).await?;
-    }
+    let services = match (metrics, &config.metrics_address) {
+        (Some(metrics), Some(address)) => {
+            let services = metrics.instrument(services);
+            serve_metrics(Arc::new(metrics), address, config.socket_group.as_deref()).await?;
+            services
+        }
+        _ => services,
+    };
     let policy = PeerPolicy::new(config.socket_group.as_deref())?;
     let source = SocketSource::open(config)?;
     let activated = matches!(source, SocketSource::Activated(_));
