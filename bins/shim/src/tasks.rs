@@ -643,13 +643,7 @@ impl Tasks {
                 req.id
             )));
         }
-        let spec = req
-            .spec
-            .as_ref()
-            .map(|any| any.value.clone())
-            .unwrap_or_default();
-        serde_json::from_slice::<serde_json::Value>(&spec)
-            .map_err(|e| ShimError::json("exec process spec", e))?;
+        let spec = json_payload(req.spec.as_ref(), "exec process spec")?;
         let stdio = StdioPaths {
             stdin: req.stdin.clone(),
             stdout: req.stdout.clone(),
@@ -692,13 +686,7 @@ impl Tasks {
             let mut state = self.lock();
             state.container(&req.id)?.runtime.clone()
         };
-        let resources = req
-            .resources
-            .as_ref()
-            .map(|any| any.value.clone())
-            .unwrap_or_default();
-        serde_json::from_slice::<serde_json::Value>(&resources)
-            .map_err(|e| ShimError::json("update resources", e))?;
+        let resources = json_payload(req.resources.as_ref(), "update resources")?;
         runtime.update(&req.id, &resources).await
     }
 
@@ -773,6 +761,14 @@ async fn run_with_console(
         },
         master = &mut receive => (command.await, master),
     }
+}
+
+/// The bytes of a JSON document a request carries in an `Any` (empty when
+/// absent), checked to be JSON before anything is handed to the runtime.
+fn json_payload(any: Option<&Any>, what: &'static str) -> Result<Vec<u8>> {
+    let bytes = any.map(|any| any.value.clone()).unwrap_or_default();
+    serde_json::from_slice::<serde_json::Value>(&bytes).map_err(|e| ShimError::json(what, e))?;
+    Ok(bytes)
 }
 
 fn delete_response(pid: u32, exit: Option<ExitInfo>) -> api::DeleteResponse {
