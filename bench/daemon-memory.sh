@@ -6,7 +6,8 @@
 # Target (docs/benchmarks.md): each berth daemon back to at most 8 MiB
 # within 5 s.
 #
-# usage: bench/daemon-memory.sh   (as root; BERTH_BENCH_ROOTFS=FILE reuses a
+# usage: bench/daemon-memory.sh   (as root; KEEP_SMAPS=DIR keeps the daemons'
+# smaps at 5 s there; BERTH_BENCH_ROOTFS=FILE reuses a
 # minbase tar instead of building one with mmdebstrap; BENCH_RESULTS=FILE
 # appends result rows for bench/all.sh)
 set -euo pipefail
@@ -45,6 +46,14 @@ done
 detail() { awk '/^(RssAnon|RssFile|Threads):/{printf "%s %s ", $1, $2} END {print ""}' "/proc/$1/status"; }
 detail_c=$(detail "$contentd")
 detail_s=$(detail "$snapd")
+# KEEP_SMAPS=DIR: each daemon's smaps at 5 s, to see which mappings hold it.
+if [ -n "${KEEP_SMAPS:-}" ]; then
+  mkdir -p "$KEEP_SMAPS"
+  cp "/proc/$contentd/smaps" "$KEEP_SMAPS/contentd.smaps"
+  cp "/proc/$snapd/smaps" "$KEEP_SMAPS/snapd.smaps"
+  for t in /proc/$snapd/task/*; do echo "$(cat "$t/comm")"; done >"$KEEP_SMAPS/snapd.threads"
+  for t in /proc/$contentd/task/*; do echo "$(cat "$t/comm")"; done >"$KEEP_SMAPS/contentd.threads"
+fi
 
 start_containerd "$work/ctrd"
 sleep 1
