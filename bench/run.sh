@@ -131,13 +131,7 @@ bench_cleanup_before() {
     done
   fi
   if [ -S "$work/ctrd/c.sock" ]; then
-    for id in $(timeout 20 "${ctr[@]}" task ls -q 2>/dev/null); do
-      timeout 20 "${ctr[@]}" task kill -s SIGKILL "$id" >/dev/null 2>&1
-      timeout 20 "${ctr[@]}" task delete --force "$id" >/dev/null 2>&1
-    done
-    for id in $(timeout 20 "${ctr[@]}" containers ls -q 2>/dev/null); do
-      timeout 20 "${ctr[@]}" containers rm "$id" >/dev/null 2>&1
-    done
+    remove_ctr_containers "${ctr[@]}"
   fi
 }
 # After: shims left over, runc containers left over, cgroups and the

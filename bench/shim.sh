@@ -29,14 +29,7 @@ CTR=(ctr -a "$DIR/c.sock")
 # Containers left by an interruption, while containerd still answers.
 bench_cleanup_before() {
   [ -S "$DIR/c.sock" ] || return 0
-  local id
-  for id in $(timeout 20 "${CTR[@]}" task ls -q 2>/dev/null); do
-    timeout 20 "${CTR[@]}" task kill -s SIGKILL "$id" >/dev/null 2>&1
-    timeout 20 "${CTR[@]}" task delete --force "$id" >/dev/null 2>&1
-  done
-  for id in $(timeout 20 "${CTR[@]}" c ls -q 2>/dev/null); do
-    timeout 20 "${CTR[@]}" c rm "$id" >/dev/null 2>&1
-  done
+  remove_ctr_containers "${CTR[@]}"
 }
 
 # shellcheck source=lib/containerd.sh

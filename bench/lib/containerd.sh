@@ -29,5 +29,20 @@ TOML
   return 1
 }
 
+# remove_ctr_containers CTR...: kills and deletes every task, then removes
+# every container, through the ctr command given (e.g. ctr -a SOCK -n NS);
+# for what an interrupted run left, while containerd still answers.
+remove_ctr_containers() {
+  local id
+  for id in $(timeout 20 "$@" task ls -q 2>/dev/null); do
+    timeout 20 "$@" task kill -s SIGKILL "$id" >/dev/null 2>&1
+    timeout 20 "$@" task delete --force "$id" >/dev/null 2>&1
+  done
+  for id in $(timeout 20 "$@" containers ls -q 2>/dev/null); do
+    timeout 20 "$@" containers rm "$id" >/dev/null 2>&1
+  done
+  return 0
+}
+
 # The version of Debian's containerd, e.g. 1.6.20~ds1.
 containerd_version() { containerd --version | awk '{print $3}'; }
