@@ -216,13 +216,7 @@ impl Tasks {
         paths: &StdioPaths,
         options: &RuncOptions,
     ) -> Result<(u32, stdio::ProcessIo)> {
-        let (mut io, container_stdio) =
-            stdio::open(paths, id, &self.namespace, &self.reaper).await?;
-        let console = if paths.terminal {
-            Some(ConsoleSocket::new()?)
-        } else {
-            None
-        };
+        let (mut io, container_stdio, console) = self.open_stdio(paths, id).await?;
         let pid_file = bundle.join("init.pid");
         let create_options = CreateOptions {
             console_socket: console.as_ref().map(|c| c.path()),
@@ -344,13 +338,7 @@ impl Tasks {
         let spec_file = bundle.join(format!(".{exec_id}.process.json"));
         std::fs::write(&spec_file, spec)
             .map_err(|e| ShimError::io(format!("writing {}", spec_file.display()), e))?;
-        let (mut io, container_stdio) =
-            stdio::open(paths, id, &self.namespace, &self.reaper).await?;
-        let console = if paths.terminal {
-            Some(ConsoleSocket::new()?)
-        } else {
-            None
-        };
+        let (mut io, container_stdio, console) = self.open_stdio(paths, id).await?;
         let pid_file = bundle.join(format!("{exec_id}.pid"));
         let exec = runtime.exec(
             id,
@@ -679,6 +667,26 @@ impl Tasks {
             process.io.close_stdin();
         }
         Ok(())
+    }
+
+    /// A process's stdio as the caller asked: our ends of its fifos, the
+    /// runtime's, and a console socket when it has a terminal.
+    async fn open_stdio(
+        &self,
+        paths: &StdioPaths,
+        id: &str,
+    ) -> Result<(
+        stdio::ProcessIo,
+        Option<crate::runtime::ProcessStdio>,
+        Option<ConsoleSocket>,
+    )> {
+        let (io, container_stdio) = stdio::open(paths, id, &self.namespace, &self.reaper).await?;
+        let console = if paths.terminal {
+            Some(ConsoleSocket::new()?)
+        } else {
+            None
+        };
+        Ok((io, container_stdio, console))
     }
 
     pub async fn update(&self, req: &api::UpdateTaskRequest) -> Result<()> {
