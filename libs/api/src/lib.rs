@@ -21,12 +21,14 @@ pub const MAX_CHUNK: usize = 1024 * 1024;
 /// Where each daemon listens unless told otherwise (its `--address`, and
 /// the CLI's and the other daemons' default for it).
 pub mod sockets {
-    /// The directory of all four; each socket is named `<daemon>.sock`.
+    /// The directory of all five; each socket is named `<daemon>.sock`.
     pub const RUN_DIR: &str = "/run/berth";
     pub const CONTENTD: &str = "/run/berth/contentd.sock";
     pub const SNAPD: &str = "/run/berth/snapd.sock";
     pub const METAD: &str = "/run/berth/metad.sock";
     pub const TASKD: &str = "/run/berth/taskd.sock";
+    /// berth-crid's, which speaks gRPC (the CRI), not ttrpc.
+    pub const CRI: &str = "/run/berth/cri.sock";
 
     #[cfg(test)]
     mod tests {
@@ -37,6 +39,7 @@ pub mod sockets {
                 ("snapd", super::SNAPD),
                 ("metad", super::METAD),
                 ("taskd", super::TASKD),
+                ("cri", super::CRI),
             ] {
                 assert_eq!(socket, format!("{}/{daemon}.sock", super::RUN_DIR));
             }

@@ -39,6 +39,30 @@ impl PeerPolicy {
     }
 }
 
+impl PeerPolicy {
+    /// Whether the process at the other end of a connected `socket` may
+    /// call (logged when it may not). For servers other than ttrpc's, which
+    /// calls [`AcceptHook::on_accept`].
+    pub fn admits(&self, socket: BorrowedFd<'_>) -> std::io::Result<bool> {
+        let creds = getsockopt(&socket, sockopt::PeerCredentials)?;
+        let (uid, gid) = (Uid::from_raw(creds.uid()), Gid::from_raw(creds.gid()));
+        let groups = match self.group {
+            Some(_) => peer_groups(socket)?,
+            None => Vec::new(),
+        };
+        let allowed = self.allows(uid, gid, &groups);
+        if !allowed {
+            tracing::warn!(
+                uid = creds.uid(),
+                gid = creds.gid(),
+                pid = creds.pid(),
+                "refused connection from a caller that is neither root, the daemon's user nor in its group"
+            );
+        }
+        Ok(allowed)
+    }
+}
+
 /// The supplementary groups of the process at the other end of `socket`
 /// (SO_PEERGROUPS, as they were when it connected).
 fn peer_groups(socket: BorrowedFd<'_>) -> std::io::Result<Vec<Gid>> {
@@ -76,14 +100,7 @@ impl AcceptHook for PeerPolicy {
         // SAFETY: ttrpc hands the hook the accepted connection's descriptor,
         // open for the whole call; we only borrow it to read its credentials.
         let socket = unsafe { BorrowedFd::borrow_raw(fd) };
-        let creds =
-            getsockopt(&socket, sockopt::PeerCredentials).map_err(|e| HookError::Io(e.into()))?;
-        let (uid, gid) = (Uid::from_raw(creds.uid()), Gid::from_raw(creds.gid()));
-        let groups = match self.group {
-            Some(_) => peer_groups(socket).map_err(HookError::Io)?,
-            None => Vec::new(),
-        };
-        if self.allows(uid, gid, &groups) {
+        if self.admits(socket).map_err(HookError::Io)? {
             let mut data = ttrpc::ConnectionData::new();
             match crate::liveness::ConnectionWatch::start(fd) {
                 Ok(watch) => {
@@ -96,16 +113,9 @@ impl AcceptHook for PeerPolicy {
                 payload_transform: None,
             })
         } else {
-            tracing::warn!(
-                uid = creds.uid(),
-                gid = creds.gid(),
-                pid = creds.pid(),
-                "refused connection from a caller that is neither root, the daemon's user nor in its group"
-            );
-            Err(HookError::Rejected(format!(
-                "uid {} may not call this daemon",
-                creds.uid()
-            )))
+            Err(HookError::Rejected(
+                "the caller may not call this daemon".to_string(),
+            ))
         }
     }
 }

@@ -29,7 +29,7 @@ pub use error::{OciError, Result};
 pub use image::ImageDefaults;
 pub use mounts::MountOption;
 pub use oci_spec::runtime::Spec;
-pub use options::{CgroupDriver, NetworkMode, Seccomp, SpecOptions};
+pub use options::{CgroupDriver, NetworkMode, Seccomp, SpecHook, SpecOptions};
 pub use rootfs_files::{HostRootfs, NoRootfsFiles, RootfsFiles};
 pub use seccomp::default_seccomp;
 pub use spec::build_spec;

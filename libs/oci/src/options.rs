@@ -4,6 +4,20 @@ use std::collections::BTreeMap;
 
 use crate::mounts::MountOption;
 
+/// A change made to a built spec, for what [`SpecOptions`] has no field
+/// for (a CRI server's namespace paths, sysctls, cgroup parent): as
+/// containerd's `SpecOpts`, applied in order after the spec is built.
+#[derive(Clone)]
+pub struct SpecHook(
+    pub std::sync::Arc<dyn Fn(&mut oci_spec::runtime::Spec) -> crate::Result<()> + Send + Sync>,
+);
+
+impl std::fmt::Debug for SpecHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SpecHook")
+    }
+}
+
 /// The caller's options for one container; [`SpecOptions::new`] gives
 /// containerd's defaults.
 #[derive(Debug, Clone)]
@@ -53,6 +67,8 @@ pub struct SpecOptions {
     pub annotations: BTreeMap<String, String>,
     /// Set `noNewPrivileges` on the process.
     pub no_new_privileges: bool,
+    /// Applied in order to the built spec.
+    pub hooks: Vec<SpecHook>,
 }
 
 impl SpecOptions {
@@ -83,6 +99,7 @@ impl SpecOptions {
             cgroup: CgroupDriver::Cgroupfs,
             annotations: BTreeMap::new(),
             no_new_privileges: true,
+            hooks: Vec::new(),
         }
     }
 }

@@ -149,6 +149,9 @@ pub fn build_spec(
     spec.set_windows(None);
     spec.set_vm(None);
     spec.set_zos(None);
+    for hook in &options.hooks {
+        (hook.0)(&mut spec)?;
+    }
     Ok(spec)
 }
 

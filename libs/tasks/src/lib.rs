@@ -204,3 +204,37 @@ pub async fn kill_all_and_wait(
         let _ = tokio::time::timeout(limit, tasks.wait(namespace, container_id, "")).await;
     }
 }
+
+/// A signal by name (`SIGTERM`, `TERM`, `term`) or number (1–64), as
+/// `kill`, an image's `StopSignal` and the CLI give it.
+pub fn signal_number(value: &str) -> Result<u32> {
+    if let Ok(n) = value.parse::<u32>() {
+        if (1..=64).contains(&n) {
+            return Ok(n);
+        }
+        return Err(berth_errdefs::Error::invalid_argument(format!(
+            "signal {n}: out of range"
+        )));
+    }
+    let name = value.to_ascii_uppercase();
+    let name = name.strip_prefix("SIG").unwrap_or(&name);
+    let signal: nix::sys::signal::Signal = format!("SIG{name}").parse().map_err(|_| {
+        berth_errdefs::Error::invalid_argument(format!("{value:?}: not a signal"))
+    })?;
+    Ok(signal as u32)
+}
+
+#[cfg(test)]
+mod signal_tests {
+    use super::signal_number;
+
+    #[test]
+    fn signals_by_name_or_number() {
+        for (text, n) in [("SIGTERM", 15), ("term", 15), ("KILL", 9), ("SIGQUIT", 3), ("10", 10)] {
+            assert_eq!(signal_number(text).ok(), Some(n), "{text}");
+        }
+        for bad in ["0", "65", "SIGNOPE", ""] {
+            assert!(signal_number(bad).is_err(), "{bad}");
+        }
+    }
+}

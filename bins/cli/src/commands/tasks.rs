@@ -119,18 +119,7 @@ struct TaskJson {
 
 /// A signal by name (SIGTERM, TERM, term) or number.
 pub fn parse_signal(value: &str) -> Result<u32> {
-    if let Ok(n) = value.parse::<u32>() {
-        if (1..=64).contains(&n) {
-            return Ok(n);
-        }
-        bail!("signal {n}: out of range");
-    }
-    let name = value.to_ascii_uppercase();
-    let name = name.strip_prefix("SIG").unwrap_or(&name);
-    let signal: nix::sys::signal::Signal = format!("SIG{name}")
-        .parse()
-        .with_context(|| format!("{value:?}: not a signal"))?;
-    Ok(signal as u32)
+    Ok(berth_tasks::signal_number(value)?)
 }
 
 async fn connect(global: &Global) -> Result<RemoteTasks> {

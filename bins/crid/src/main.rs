@@ -1,0 +1,239 @@
+//! berth-crid: serves the CRI (RuntimeService and ImageService) over gRPC
+//! on a unix socket, through berth's other daemons.
+
+use std::collections::HashMap;
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use berth_api::sockets;
+use berth_crid::daemons::Daemons;
+use berth_crid::runtime::{Crid, Settings};
+use berth_crid::service::CriService;
+use berth_crid::spec::{can_lower_oom_scores, Host};
+use berth_daemon::{peer_socket, DaemonConfig, DaemonFlags, Defaults, PeerPolicy, SocketSource};
+use berth_network::Cni;
+use clap::{CommandFactory, Parser};
+use k8s_cri::v1::image_service_server::ImageServiceServer;
+use k8s_cri::v1::runtime_service_server::RuntimeServiceServer;
+use tokio::signal::unix::{signal, SignalKind};
+
+/// The largest CRI message crid takes or sends (the kubelet's own bound).
+const MAX_MESSAGE: usize = 16 * 1024 * 1024;
+/// The sandbox image unless one is configured (containerd 2.x's default).
+const DEFAULT_SANDBOX_IMAGE: &str = "registry.k8s.io/pause:3.10";
+
+/// berth's CRI server: Kubernetes pods and containers on berth.
+#[derive(Debug, Parser)]
+#[command(name = "berth-crid", version)]
+struct Cli {
+    #[command(flatten)]
+    daemon: DaemonFlags,
+    /// berth-contentd's socket.
+    #[arg(long, value_name = "SOCKET")]
+    contentd: Option<PathBuf>,
+    /// berth-snapd's socket.
+    #[arg(long, value_name = "SOCKET")]
+    snapd: Option<PathBuf>,
+    /// berth-metad's socket.
+    #[arg(long, value_name = "SOCKET")]
+    metad: Option<PathBuf>,
+    /// berth-taskd's socket.
+    #[arg(long, value_name = "SOCKET")]
+    taskd: Option<PathBuf>,
+    /// The image of every pod's pause process.
+    #[arg(long, value_name = "IMAGE")]
+    sandbox_image: Option<String>,
+    /// Where the CNI network configuration is.
+    #[arg(long, value_name = "DIR")]
+    cni_conf_dir: Option<PathBuf>,
+    /// Where the CNI plugins are; repeatable.
+    #[arg(long, value_name = "DIR")]
+    cni_bin_dir: Vec<PathBuf>,
+    /// The shim of the default runtime handler (io.containerd.NAME.VERSION
+    /// or a path).
+    #[arg(long, value_name = "RUNTIME")]
+    runtime: Option<String>,
+    /// Another runtime handler: NAME=RUNTIME; repeatable.
+    #[arg(long, value_name = "NAME=RUNTIME")]
+    runtime_handler: Vec<String>,
+    /// Place pods' cgroups with systemd (slices) rather than cgroupfs paths.
+    #[arg(long)]
+    systemd_cgroup: bool,
+    /// The snapshotter pods' filesystems are made in.
+    #[arg(long, value_name = "NAME")]
+    snapshotter: Option<String>,
+}
+
+/// crid's own keys in its config file.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSettings {
+    contentd: Option<PathBuf>,
+    snapd: Option<PathBuf>,
+    metad: Option<PathBuf>,
+    taskd: Option<PathBuf>,
+    sandbox_image: Option<String>,
+    cni_conf_dir: Option<PathBuf>,
+    cni_bin_dirs: Option<Vec<PathBuf>>,
+    runtime: Option<String>,
+    runtime_handlers: Option<HashMap<String, String>>,
+    systemd_cgroup: Option<bool>,
+    snapshotter: Option<String>,
+}
+
+fn defaults() -> Defaults {
+    Defaults {
+        root: PathBuf::from("/var/lib/berth/cri"),
+        state: PathBuf::from("/run/berth/cri"),
+        address: PathBuf::from(sockets::CRI),
+        config: PathBuf::from("/etc/berth/crid.toml"),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    if cli.daemon.print_default_config {
+        use berth_daemon::ConfigValue::{Array, Boolean, String as Text};
+        let own = [
+            ("contentd", Some(Text(sockets::CONTENTD.into()))),
+            ("snapd", Some(Text(sockets::SNAPD.into()))),
+            ("metad", Some(Text(sockets::METAD.into()))),
+            ("taskd", Some(Text(sockets::TASKD.into()))),
+            ("sandbox_image", Some(Text(DEFAULT_SANDBOX_IMAGE.into()))),
+            ("cni_conf_dir", Some(Text("/etc/cni/net.d".into()))),
+            (
+                "cni_bin_dirs",
+                Some(Array(vec![
+                    Text("/usr/lib/cni".into()),
+                    Text("/opt/cni/bin".into()),
+                ])),
+            ),
+            (
+                "runtime",
+                Some(Text(berth_tasks::container::DEFAULT_RUNTIME.into())),
+            ),
+            ("runtime_handlers", None),
+            ("systemd_cgroup", Some(Boolean(false))),
+            (
+                "snapshotter",
+                Some(Text(berth_snapshot::DEFAULT_SNAPSHOTTER.into())),
+            ),
+        ];
+        print!(
+            "{}",
+            berth_daemon::default_config_toml(&Cli::command(), &defaults(), &own)
+        );
+        return Ok(());
+    }
+    let (config, runtime) = berth_daemon::start(&cli.daemon, defaults())?;
+    let file: FileSettings = config.daemon_settings()?;
+    let daemons = Daemons {
+        contentd: peer_socket(cli.contentd, file.contentd, sockets::CONTENTD),
+        snapd: peer_socket(cli.snapd, file.snapd, sockets::SNAPD),
+        metad: peer_socket(cli.metad, file.metad, sockets::METAD),
+        taskd: peer_socket(cli.taskd, file.taskd, sockets::TASKD),
+        snapshotter: cli
+            .snapshotter
+            .or(file.snapshotter)
+            .unwrap_or_else(|| berth_snapshot::DEFAULT_SNAPSHOTTER.to_string()),
+    };
+    let mut runtimes = file.runtime_handlers.unwrap_or_default();
+    for pair in &cli.runtime_handler {
+        let (name, shim) = pair
+            .split_once('=')
+            .with_context(|| format!("--runtime-handler {pair:?}: NAME=RUNTIME"))?;
+        runtimes.insert(name.to_string(), shim.to_string());
+    }
+    runtimes.insert(
+        String::new(),
+        cli.runtime
+            .or(file.runtime)
+            .unwrap_or_else(|| berth_tasks::container::DEFAULT_RUNTIME.to_string()),
+    );
+    let bin_dirs = if cli.cni_bin_dir.is_empty() {
+        file.cni_bin_dirs
+            .unwrap_or_else(|| vec!["/usr/lib/cni".into(), "/opt/cni/bin".into()])
+    } else {
+        cli.cni_bin_dir
+    };
+    let settings = Settings {
+        root: config.root.clone(),
+        state: config.state.clone(),
+        sandbox_image: cli
+            .sandbox_image
+            .or(file.sandbox_image)
+            .unwrap_or_else(|| DEFAULT_SANDBOX_IMAGE.to_string()),
+        runtimes,
+        cni: Cni {
+            conf_dir: cli
+                .cni_conf_dir
+                .or(file.cni_conf_dir)
+                .unwrap_or_else(|| "/etc/cni/net.d".into()),
+            bin_dirs,
+        },
+        host: Host {
+            systemd_cgroup: cli.systemd_cgroup || file.systemd_cgroup.unwrap_or(false),
+            restrict_oom_score_adj: !can_lower_oom_scores(),
+            seccomp_root: config.root.join("seccomp"),
+        },
+    };
+    runtime.block_on(run(config, daemons, settings))
+}
+
+async fn run(config: DaemonConfig, daemons: Daemons, settings: Settings) -> anyhow::Result<()> {
+    let crid = Crid::new(daemons, settings);
+    if let Err(e) = crid.recover().await {
+        // The daemons may still be starting; what was not recovered now is
+        // found on the first request that touches it.
+        tracing::warn!("recovery: {e}");
+    }
+    let policy = PeerPolicy::new(config.socket_group.as_deref())?;
+    let source = SocketSource::open(&config)?;
+    let (listener, bound) = source.into_listener();
+    listener
+        .set_nonblocking(true)
+        .context("making the socket non-blocking")?;
+    let listener = tokio::net::UnixListener::from_std(listener).context("listening")?;
+    let incoming = tokio_stream::StreamExt::filter(
+        tokio_stream::wrappers::UnixListenerStream::new(listener),
+        move |connection| match connection {
+            Ok(stream) => policy.admits(stream.as_fd()).unwrap_or(false),
+            Err(_) => true,
+        },
+    );
+    let service = CriService { crid };
+    let mut terminate = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = terminate.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = interrupt.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+    };
+    tracing::info!(address = %config.address.display(), "serving");
+    let _ = sd_notify::notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status("serving"),
+    ]);
+    tonic::transport::Server::builder()
+        .add_service(
+            RuntimeServiceServer::new(service.clone())
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+        )
+        .add_service(
+            ImageServiceServer::new(service)
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+        )
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+        .context("serving the CRI")?;
+    if let Some(path) = bound {
+        let _ = std::fs::remove_file(path);
+    }
+    // Pods keep running: their shims outlive crid.
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,1081 @@
+//! Pod sandboxes and their containers: what the CRI's RuntimeService asks,
+//! done through metad (records), snapd (snapshots), taskd (processes) and
+//! CNI (the pod's network), with crid's own state beside them.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, UNIX_EPOCH};
+
+use berth_errdefs::{Error, ErrorKind, Result};
+use berth_metadata::{ContainerStore, Runtime};
+use berth_network::{Cni, PodNetwork, PortMapping};
+use berth_tasks::container::{create_container, remove_container, ContainerServices, NewContainer};
+use berth_tasks::{CreateTask, ExecProcess, KillProcess, Stdio, Tasks};
+use k8s_cri::v1 as cri;
+use tokio::sync::watch;
+
+use crate::daemons::Daemons;
+use crate::images::{self, NAMESPACE};
+use crate::logs::{self, LogFile};
+use crate::spec::{self, Host};
+use crate::state::{
+    now_nanos, selected, Container, ContainerPhase, Sandbox, SandboxPhase, Store, KIND_CONTAINER,
+    KIND_LABEL, KIND_SANDBOX,
+};
+
+/// ExecSync's bound on each of stdout and stderr (CVE-2022-1708).
+pub const EXEC_SYNC_OUTPUT_LIMIT: usize = 16 * 1024 * 1024;
+/// How long a SIGKILLed process may take to be reported gone.
+const KILL_GRACE: Duration = Duration::from_secs(10);
+
+/// crid's settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub root: PathBuf,
+    pub state: PathBuf,
+    pub sandbox_image: String,
+    /// Runtime handler name → shim runtime (`io.containerd.runc.v2`, or a
+    /// path); "" is the default handler.
+    pub runtimes: HashMap<String, String>,
+    pub cni: Cni,
+    pub host: Host,
+}
+
+/// A running container's output being logged.
+struct Logging {
+    exited: watch::Sender<bool>,
+    file: Arc<LogFile>,
+}
+
+pub struct Crid {
+    pub daemons: Daemons,
+    pub settings: Settings,
+    pub store: Store,
+    logging: Mutex<HashMap<String, Logging>>,
+}
+
+impl std::fmt::Debug for Crid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Crid").field("settings", &self.settings).finish_non_exhaustive()
+    }
+}
+
+/// 32 random bytes in hex: sandbox and container ids, as containerd's.
+pub fn new_id() -> Result<String> {
+    use std::io::Read;
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(|e| Error::io("reading /dev/urandom", &e))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn nanos(time: std::time::SystemTime) -> i64 {
+    time.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+fn snapshotter_services<'a>(
+    content: &'a berth_client::RemoteContentStore,
+    images: &'a berth_client::RemoteImages,
+    snapshots: &'a berth_client::RemoteSnapshotter,
+    containers: &'a berth_client::RemoteContainers,
+    leases: &'a berth_client::RemoteLeases,
+    snapshotter: &'a str,
+) -> ContainerServices<'a> {
+    ContainerServices {
+        content,
+        images,
+        snapshots,
+        snapshotter,
+        containers,
+        leases,
+        unpacker: Some(snapshots),
+    }
+}
+
+impl Crid {
+    pub fn new(daemons: Daemons, settings: Settings) -> Arc<Crid> {
+        let store = Store::open(&settings.root);
+        Arc::new(Crid {
+            daemons,
+            settings,
+            store,
+            logging: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn runtime_for(&self, handler: &str) -> Result<String> {
+        self.settings
+            .runtimes
+            .get(handler)
+            .or_else(|| {
+                if handler == "runc" {
+                    self.settings.runtimes.get("")
+                } else {
+                    None
+                }
+            })
+            .cloned()
+            .ok_or_else(|| Error::invalid_argument(format!("no runtime handler {handler:?}")))
+    }
+
+    /// Makes a container record (and its snapshot) through berth-tasks.
+    async fn make_container(
+        &self,
+        image: &str,
+        runtime: String,
+        labels: HashMap<String, String>,
+        options: berth_oci::SpecOptions,
+    ) -> Result<()> {
+        let d = &self.daemons;
+        let (content, images, snapshots, containers, leases) = (
+            d.content().await?,
+            d.images().await?,
+            d.snapshots().await?,
+            d.containers().await?,
+            d.leases().await?,
+        );
+        let services = snapshotter_services(
+            &content,
+            &images,
+            &snapshots,
+            &containers,
+            &leases,
+            &d.snapshotter,
+        );
+        let new = NewContainer {
+            image: image.to_string(),
+            runtime: Runtime {
+                name: runtime,
+                options: None,
+            },
+            labels,
+            options,
+            scratch: self.settings.state.join("views"),
+        };
+        create_container(services, NAMESPACE, new).await.map(|_| ())
+    }
+
+    async fn unmake_container(&self, id: &str) -> Result<()> {
+        let d = &self.daemons;
+        let (content, images, snapshots, containers, leases) = (
+            d.content().await?,
+            d.images().await?,
+            d.snapshots().await?,
+            d.containers().await?,
+            d.leases().await?,
+        );
+        let services = snapshotter_services(
+            &content,
+            &images,
+            &snapshots,
+            &containers,
+            &leases,
+            &d.snapshotter,
+        );
+        match remove_container(services, NAMESPACE, id).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Deletes a task that has stopped (killing it first if it has not);
+    /// a task already gone is fine.
+    async fn remove_task(&self, id: &str) -> Result<()> {
+        let tasks = self.daemons.tasks().await?;
+        match tasks.get(NAMESPACE, id, "").await {
+            Ok(process) if process.status != berth_tasks::Status::Stopped => {
+                berth_tasks::kill_all_and_wait(&tasks, NAMESPACE, id, KILL_GRACE).await;
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        match tasks.delete(NAMESPACE, id).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    // ---- sandboxes ----
+
+    pub async fn run_pod_sandbox(
+        self: &Arc<Self>,
+        config: cri::PodSandboxConfig,
+        handler: &str,
+    ) -> Result<String> {
+        let meta = config
+            .metadata
+            .clone()
+            .ok_or_else(|| Error::invalid_argument("the sandbox config has no metadata"))?;
+        if meta.name.is_empty() || meta.namespace.is_empty() || meta.uid.is_empty() {
+            return Err(Error::invalid_argument(
+                "sandbox metadata needs a name, a namespace and a uid",
+            ));
+        }
+        let runtime = self.runtime_for(handler)?;
+        let image = match images::find(&self.daemons, &self.settings.sandbox_image).await? {
+            Some(image) => image,
+            None => {
+                images::pull(&self.daemons, &self.settings.sandbox_image, None).await?;
+                images::require(&self.daemons, &self.settings.sandbox_image).await?
+            }
+        };
+        let id = new_id()?;
+        let mut sandbox = Sandbox {
+            id: id.clone(),
+            config: config.clone(),
+            runtime_handler: handler.to_string(),
+            created_at: now_nanos(),
+            phase: SandboxPhase::NotReady,
+            netns: None,
+            network: None,
+            pid: 0,
+            dir: self.store.sandbox_dir(&id),
+        };
+        // Recorded first: a name already taken fails before anything is
+        // made, and whatever is made from here on is found again (and
+        // cleaned up) after a crash.
+        self.store.add_sandbox(sandbox.clone())?;
+        match self.start_sandbox(&mut sandbox, &image, runtime).await {
+            Ok(()) => Ok(id),
+            Err(e) => {
+                tracing::warn!(sandbox = %id, "run failed: {e}");
+                let _ = self.stop_pod_sandbox(&id).await;
+                let _ = self.remove_pod_sandbox(&id).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn start_sandbox(
+        self: &Arc<Self>,
+        sandbox: &mut Sandbox,
+        image: &images::CriImage,
+        runtime: String,
+    ) -> Result<()> {
+        let id = sandbox.id.clone();
+        spec::write_sandbox_files(sandbox)?;
+        let ns = sandbox.namespace_options();
+        if ns.network != cri::NamespaceMode::Node as i32 {
+            let dir = self.settings.state.join("netns");
+            let name = id.clone();
+            let netns = tokio::task::spawn_blocking(move || berth_network::create_netns(&dir, &name))
+                .await
+                .map_err(|e| Error::internal(format!("netns thread: {e}")))??;
+            sandbox.netns = Some(netns.clone());
+            self.store.update_sandbox(&id, |s| s.netns = Some(netns.clone()))?;
+            let attachment = self.settings.cni.setup(&pod_network(sandbox)).await?;
+            sandbox.network = Some(attachment.clone());
+            self.store
+                .update_sandbox(&id, |s| s.network = Some(attachment))?;
+        }
+        let options = spec::sandbox_options(&self.settings.host, sandbox, &image.user)?;
+        let labels = HashMap::from([(KIND_LABEL.to_string(), KIND_SANDBOX.to_string())]);
+        self.make_container(&image.record_name(), runtime, labels, options)
+            .await?;
+        let tasks = self.daemons.tasks().await?;
+        tasks
+            .create(
+                NAMESPACE,
+                CreateTask {
+                    container_id: id.clone(),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        let pid = tasks.start(NAMESPACE, &id, "").await?;
+        sandbox.pid = pid;
+        sandbox.phase = SandboxPhase::Ready;
+        self.store.update_sandbox(&id, |s| {
+            s.pid = pid;
+            s.phase = SandboxPhase::Ready;
+        })?;
+        self.watch_exit(id);
+        Ok(())
+    }
+
+    pub async fn stop_pod_sandbox(self: &Arc<Self>, id: &str) -> Result<()> {
+        let Some(sandbox) = self.store.find_sandbox(id) else {
+            // The CRI: stopping what is not there succeeds.
+            return Ok(());
+        };
+        for container in self.store.containers() {
+            if container.sandbox_id == sandbox.id && container.phase == ContainerPhase::Running {
+                self.stop_container(&container.id, 0).await?;
+            }
+        }
+        self.remove_task(&sandbox.id).await?;
+        self.store.update_sandbox(&sandbox.id, |s| {
+            s.phase = SandboxPhase::NotReady;
+        })?;
+        if let Some(netns) = &sandbox.netns {
+            if let Err(e) = self
+                .settings
+                .cni
+                .teardown(&pod_network(&sandbox), sandbox.network.as_ref())
+                .await
+            {
+                tracing::warn!(sandbox = %sandbox.id, "CNI teardown: {e}");
+            }
+            let path = netns.clone();
+            tokio::task::spawn_blocking(move || berth_network::remove_netns(&path))
+                .await
+                .map_err(|e| Error::internal(format!("netns thread: {e}")))??;
+            self.store.update_sandbox(&sandbox.id, |s| {
+                s.netns = None;
+                s.network = None;
+            })?;
+        }
+        Ok(())
+    }
+
+    pub async fn remove_pod_sandbox(self: &Arc<Self>, id: &str) -> Result<()> {
+        let Some(sandbox) = self.store.find_sandbox(id) else {
+            return Ok(());
+        };
+        for container in self.store.containers() {
+            if container.sandbox_id == sandbox.id {
+                self.remove_container(&container.id).await?;
+            }
+        }
+        self.stop_pod_sandbox(&sandbox.id).await?;
+        self.unmake_container(&sandbox.id).await?;
+        self.store.remove_sandbox(&sandbox.id);
+        Ok(())
+    }
+
+    pub fn pod_sandbox_status(&self, id: &str) -> Result<cri::PodSandboxStatus> {
+        let sandbox = self
+            .store
+            .find_sandbox(id)
+            .ok_or_else(|| Error::not_found(format!("sandbox {id:?} not found")))?;
+        let ips = sandbox.ip();
+        let ns = sandbox.namespace_options();
+        Ok(cri::PodSandboxStatus {
+            id: sandbox.id.clone(),
+            metadata: Some(sandbox.metadata()),
+            state: sandbox.state() as i32,
+            created_at: sandbox.created_at,
+            network: Some(cri::PodSandboxNetworkStatus {
+                ip: ips.first().cloned().unwrap_or_default(),
+                additional_ips: ips
+                    .iter()
+                    .skip(1)
+                    .map(|ip| cri::PodIp { ip: ip.clone() })
+                    .collect(),
+            }),
+            linux: Some(cri::LinuxPodSandboxStatus {
+                namespaces: Some(cri::Namespace {
+                    options: Some(ns),
+                }),
+            }),
+            labels: sandbox.config.labels.clone(),
+            annotations: sandbox.config.annotations.clone(),
+            runtime_handler: sandbox.runtime_handler.clone(),
+        })
+    }
+
+    pub fn list_pod_sandbox(&self, filter: Option<cri::PodSandboxFilter>) -> Vec<cri::PodSandbox> {
+        let filter = filter.unwrap_or_default();
+        let mut out: Vec<cri::PodSandbox> = self
+            .store
+            .sandboxes()
+            .into_iter()
+            .filter(|s| filter.id.is_empty() || s.id.starts_with(&filter.id))
+            .filter(|s| filter.state.as_ref().is_none_or(|v| v.state == s.state() as i32))
+            .filter(|s| selected(&s.config.labels, &filter.label_selector))
+            .map(|s| cri::PodSandbox {
+                id: s.id.clone(),
+                metadata: Some(s.metadata()),
+                state: s.state() as i32,
+                created_at: s.created_at,
+                labels: s.config.labels.clone(),
+                annotations: s.config.annotations.clone(),
+                runtime_handler: s.runtime_handler.clone(),
+            })
+            .collect();
+        out.sort_by_key(|s| s.created_at);
+        out
+    }
+
+    // ---- containers ----
+
+    pub async fn create_container(
+        &self,
+        sandbox_id: &str,
+        config: cri::ContainerConfig,
+    ) -> Result<String> {
+        let sandbox = self
+            .store
+            .find_sandbox(sandbox_id)
+            .ok_or_else(|| Error::not_found(format!("sandbox {sandbox_id:?} not found")))?;
+        if sandbox.phase != SandboxPhase::Ready {
+            return Err(Error::failed_precondition(format!(
+                "sandbox {} is not ready",
+                sandbox.id
+            )));
+        }
+        let meta = config
+            .metadata
+            .clone()
+            .ok_or_else(|| Error::invalid_argument("the container config has no metadata"))?;
+        if meta.name.is_empty() {
+            return Err(Error::invalid_argument("the container has no name"));
+        }
+        let asked = config.image.clone().unwrap_or_default().image;
+        let image = images::require(&self.daemons, &asked).await?;
+        let id = new_id()?;
+        let target_pid = {
+            let ns = config
+                .linux
+                .as_ref()
+                .and_then(|l| l.security_context.as_ref())
+                .and_then(|s| s.namespace_options.as_ref());
+            match ns {
+                Some(ns) if ns.pid == cri::NamespaceMode::Target as i32 => self
+                    .store
+                    .find_container(&ns.target_id)
+                    .filter(|c| c.phase == ContainerPhase::Running)
+                    .map(|c| c.pid),
+                _ => None,
+            }
+        };
+        let image_name = image.tags.iter().next().cloned().unwrap_or_else(|| asked.clone());
+        let options = spec::container_options(
+            &self.settings.host,
+            &id,
+            &config,
+            &sandbox,
+            &image_name,
+            target_pid,
+        )?;
+        let log_path = (!sandbox.config.log_directory.is_empty() && !config.log_path.is_empty())
+            .then(|| PathBuf::from(&sandbox.config.log_directory).join(&config.log_path));
+        let stop_signal = image
+            .defaults
+            .stop_signal
+            .as_deref()
+            .map(berth_tasks::signal_number)
+            .transpose()?
+            .unwrap_or(15);
+        let container = Container {
+            id: id.clone(),
+            sandbox_id: sandbox.id.clone(),
+            config,
+            image_id: image.id.to_string(),
+            image_ref: asked,
+            created_at: now_nanos(),
+            started_at: 0,
+            finished_at: 0,
+            exit_code: 0,
+            reason: String::new(),
+            message: String::new(),
+            phase: ContainerPhase::Created,
+            pid: 0,
+            log_path,
+            dir: self.store.container_dir(&id),
+            stop_signal,
+        };
+        self.store.add_container(container)?;
+        let runtime = self.runtime_for(&sandbox.runtime_handler)?;
+        let labels = HashMap::from([(KIND_LABEL.to_string(), KIND_CONTAINER.to_string())]);
+        if let Err(e) = self
+            .make_container(&image.record_name(), runtime, labels, options)
+            .await
+        {
+            self.store.remove_container(&id);
+            return Err(e);
+        }
+        Ok(id)
+    }
+
+    pub async fn start_container(self: &Arc<Self>, id: &str) -> Result<()> {
+        let container = self
+            .store
+            .find_container(id)
+            .ok_or_else(|| Error::not_found(format!("container {id:?} not found")))?;
+        if container.phase != ContainerPhase::Created {
+            return Err(Error::failed_precondition(format!(
+                "container {} is not created but {:?}",
+                container.id, container.phase
+            )));
+        }
+        let sandbox = self
+            .store
+            .sandbox(&container.sandbox_id)
+            .filter(|s| s.phase == SandboxPhase::Ready)
+            .ok_or_else(|| {
+                Error::failed_precondition(format!(
+                    "the sandbox of container {} is not ready",
+                    container.id
+                ))
+            })?;
+        let _ = sandbox;
+        let stdio = self.start_logging(&container)?;
+        let tasks = self.daemons.tasks().await?;
+        let started = async {
+            tasks
+                .create(
+                    NAMESPACE,
+                    CreateTask {
+                        container_id: container.id.clone(),
+                        stdio,
+                        ..Default::default()
+                    },
+                )
+                .await?;
+            tasks.start(NAMESPACE, &container.id, "").await
+        }
+        .await;
+        match started {
+            Ok(pid) => {
+                self.store.update_container(&container.id, |c| {
+                    c.phase = ContainerPhase::Running;
+                    c.pid = pid;
+                    c.started_at = now_nanos();
+                })?;
+                self.watch_exit(container.id.clone());
+                Ok(())
+            }
+            Err(e) => {
+                // As containerd: a container that failed to start is
+                // exited, with the reason.
+                let _ = self.remove_task(&container.id).await;
+                self.stop_logging(&container.id);
+                let message = e.to_string();
+                let _ = self.store.update_container(&container.id, |c| {
+                    c.phase = ContainerPhase::Exited;
+                    c.finished_at = now_nanos();
+                    c.exit_code = 128;
+                    c.reason = "StartError".into();
+                    c.message = message;
+                });
+                Err(e)
+            }
+        }
+    }
+
+    /// The fifos of a container's output, and their copy into its log.
+    fn start_logging(&self, container: &Container) -> Result<Stdio> {
+        std::fs::create_dir_all(&container.dir)
+            .map_err(|e| Error::io(format!("creating {}", container.dir.display()), &e))?;
+        let tty = container.config.tty;
+        let stdout = container.dir.join("stdout");
+        let stderr = container.dir.join("stderr");
+        logs::make_fifo(&stdout)?;
+        if !tty {
+            logs::make_fifo(&stderr)?;
+        }
+        let log_path = container
+            .log_path
+            .clone()
+            .unwrap_or_else(|| container.dir.join("container.log"));
+        let file = LogFile::open(&log_path)?;
+        let (exited, watcher) = watch::channel(false);
+        let out = logs::open_reader(&stdout)?;
+        tokio::spawn(logs::copy_stream(out, "stdout", file.clone(), watcher.clone()));
+        if !tty {
+            let err = logs::open_reader(&stderr)?;
+            tokio::spawn(logs::copy_stream(err, "stderr", file.clone(), watcher));
+        }
+        self.logging
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(container.id.clone(), Logging { exited, file });
+        Ok(Stdio {
+            stdin: String::new(),
+            stdout: stdout.display().to_string(),
+            stderr: if tty {
+                String::new()
+            } else {
+                stderr.display().to_string()
+            },
+            terminal: tty,
+        })
+    }
+
+    fn stop_logging(&self, id: &str) {
+        if let Some(logging) = self
+            .logging
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id)
+        {
+            let _ = logging.exited.send(true);
+        }
+    }
+
+    pub fn reopen_container_log(&self, id: &str) -> Result<()> {
+        let container = self
+            .store
+            .find_container(id)
+            .ok_or_else(|| Error::not_found(format!("container {id:?} not found")))?;
+        if container.phase != ContainerPhase::Running {
+            return Err(Error::failed_precondition(format!(
+                "container {} is not running",
+                container.id
+            )));
+        }
+        let logging = self.logging.lock().unwrap_or_else(|p| p.into_inner());
+        match logging.get(&container.id) {
+            Some(l) => l.file.reopen(),
+            None => Err(Error::failed_precondition("the container's log is not open")),
+        }
+    }
+
+    /// Waits for a task's init process to exit (across taskd restarts) and
+    /// records the exit.
+    fn watch_exit(self: &Arc<Self>, id: String) {
+        let crid = self.clone();
+        tokio::spawn(async move {
+            let exit = loop {
+                let waited = match crid.daemons.tasks().await {
+                    Ok(tasks) => tasks.wait(NAMESPACE, &id, "").await,
+                    Err(e) => Err(e),
+                };
+                match waited {
+                    Ok(exit) => break Some(exit),
+                    Err(e) if e.kind() == ErrorKind::NotFound => break None,
+                    Err(e) => {
+                        tracing::debug!(id, "waiting for the task: {e}; again in 1 s");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            };
+            crid.exited(&id, exit).await;
+        });
+    }
+
+    async fn exited(&self, id: &str, exit: Option<berth_tasks::Exit>) {
+        let (code, at) = match exit {
+            Some(exit) => (exit.status as i32, nanos(exit.at)),
+            None => (255, now_nanos()),
+        };
+        if self.store.container(id).is_some() {
+            self.stop_logging(id);
+            let _ = self.store.update_container(id, |c| {
+                if c.phase == ContainerPhase::Running {
+                    c.phase = ContainerPhase::Exited;
+                    c.finished_at = at;
+                    c.exit_code = code;
+                    c.reason = match (exit.is_some(), code) {
+                        (false, _) => "Unknown".into(),
+                        (true, 0) => "Completed".into(),
+                        (true, _) => "Error".into(),
+                    };
+                }
+            });
+        } else if self.store.sandbox(id).is_some() {
+            let _ = self.store.update_sandbox(id, |s| s.phase = SandboxPhase::NotReady);
+        }
+        if let Err(e) = self.remove_task(id).await {
+            tracing::warn!(id, "deleting the exited task: {e}");
+        }
+    }
+
+    pub async fn stop_container(&self, id: &str, timeout: i64) -> Result<()> {
+        let Some(container) = self.store.find_container(id) else {
+            return Ok(());
+        };
+        if container.phase != ContainerPhase::Running {
+            return Ok(());
+        }
+        let tasks = self.daemons.tasks().await?;
+        if timeout > 0 {
+            let signal = KillProcess {
+                container_id: container.id.clone(),
+                exec_id: String::new(),
+                signal: container.stop_signal,
+                all: false,
+            };
+            match tasks.kill(NAMESPACE, signal).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+            let limit = Duration::from_secs(timeout as u64);
+            if tokio::time::timeout(limit, tasks.wait(NAMESPACE, &container.id, ""))
+                .await
+                .is_ok()
+            {
+                return self.await_exited(&container.id).await;
+            }
+        }
+        berth_tasks::kill_all_and_wait(&tasks, NAMESPACE, &container.id, KILL_GRACE).await;
+        self.await_exited(&container.id).await
+    }
+
+    /// Returns once the exit watcher has recorded the container's exit.
+    async fn await_exited(&self, id: &str) -> Result<()> {
+        for _ in 0..200 {
+            match self.store.container(id) {
+                Some(c) if c.phase == ContainerPhase::Running => {
+                    tokio::time::sleep(Duration::from_millis(25)).await
+                }
+                _ => return Ok(()),
+            }
+        }
+        Err(Error::unavailable(format!("container {id} did not stop")))
+    }
+
+    pub async fn remove_container(&self, id: &str) -> Result<()> {
+        let Some(container) = self.store.find_container(id) else {
+            return Ok(());
+        };
+        if container.phase == ContainerPhase::Running {
+            self.stop_container(&container.id, 0).await?;
+        }
+        self.remove_task(&container.id).await?;
+        self.stop_logging(&container.id);
+        self.unmake_container(&container.id).await?;
+        self.store.remove_container(&container.id);
+        Ok(())
+    }
+
+    fn to_cri_container(&self, c: &Container) -> cri::Container {
+        cri::Container {
+            id: c.id.clone(),
+            pod_sandbox_id: c.sandbox_id.clone(),
+            metadata: Some(c.metadata()),
+            image: Some(cri::ImageSpec {
+                image: c.image_id.clone(),
+                ..Default::default()
+            }),
+            image_ref: c.image_id.clone(),
+            state: c.state() as i32,
+            created_at: c.created_at,
+            labels: c.config.labels.clone(),
+            annotations: c.config.annotations.clone(),
+            image_id: c.image_id.clone(),
+        }
+    }
+
+    pub fn list_containers(&self, filter: Option<cri::ContainerFilter>) -> Vec<cri::Container> {
+        let filter = filter.unwrap_or_default();
+        let mut out: Vec<cri::Container> = self
+            .store
+            .containers()
+            .into_iter()
+            .filter(|c| filter.id.is_empty() || c.id.starts_with(&filter.id))
+            .filter(|c| {
+                filter.pod_sandbox_id.is_empty() || c.sandbox_id.starts_with(&filter.pod_sandbox_id)
+            })
+            .filter(|c| filter.state.as_ref().is_none_or(|v| v.state == c.state() as i32))
+            .filter(|c| selected(&c.config.labels, &filter.label_selector))
+            .map(|c| self.to_cri_container(&c))
+            .collect();
+        out.sort_by_key(|c| c.created_at);
+        out
+    }
+
+    pub fn container_status(&self, id: &str) -> Result<cri::ContainerStatus> {
+        let c = self
+            .store
+            .find_container(id)
+            .ok_or_else(|| Error::not_found(format!("container {id:?} not found")))?;
+        let image_spec = c.config.image.clone().unwrap_or_default();
+        Ok(cri::ContainerStatus {
+            id: c.id.clone(),
+            metadata: Some(c.metadata()),
+            state: c.state() as i32,
+            created_at: c.created_at,
+            started_at: c.started_at,
+            finished_at: c.finished_at,
+            exit_code: c.exit_code,
+            image: Some(image_spec),
+            image_ref: c.image_id.clone(),
+            reason: c.reason.clone(),
+            message: c.message.clone(),
+            labels: c.config.labels.clone(),
+            annotations: c.config.annotations.clone(),
+            mounts: c.config.mounts.clone(),
+            log_path: c
+                .log_path
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            resources: c.config.linux.as_ref().and_then(|l| {
+                l.resources.clone().map(|r| cri::ContainerResources {
+                    linux: Some(r),
+                    ..Default::default()
+                })
+            }),
+            image_id: c.image_id.clone(),
+            user: None,
+        })
+    }
+
+    pub async fn exec_sync(
+        &self,
+        id: &str,
+        cmd: Vec<String>,
+        timeout: Duration,
+    ) -> Result<Option<(Vec<u8>, Vec<u8>, i32)>> {
+        let container = self
+            .store
+            .find_container(id)
+            .ok_or_else(|| Error::not_found(format!("container {id:?} not found")))?;
+        if container.phase != ContainerPhase::Running {
+            return Err(Error::failed_precondition(format!(
+                "container {} is not running",
+                container.id
+            )));
+        }
+        if cmd.is_empty() {
+            return Err(Error::invalid_argument("no command to run"));
+        }
+        let process = self.exec_process_spec(&container.id, cmd, false).await?;
+        let exec_id = format!("exec-{}", &new_id()?[..16]);
+        let dir = container.dir.join(&exec_id);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::io(format!("creating {}", dir.display()), &e))?;
+        let result = self.exec_in(&container.id, &exec_id, &dir, process, timeout).await;
+        let _ = std::fs::remove_dir_all(&dir);
+        result
+    }
+
+    async fn exec_in(
+        &self,
+        id: &str,
+        exec_id: &str,
+        dir: &std::path::Path,
+        process: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Option<(Vec<u8>, Vec<u8>, i32)>> {
+        let stdout = dir.join("stdout");
+        let stderr = dir.join("stderr");
+        logs::make_fifo(&stdout)?;
+        logs::make_fifo(&stderr)?;
+        let (exited, watcher) = watch::channel(false);
+        let out = tokio::spawn(logs::collect(
+            logs::open_reader(&stdout)?,
+            EXEC_SYNC_OUTPUT_LIMIT,
+            watcher.clone(),
+        ));
+        let err = tokio::spawn(logs::collect(
+            logs::open_reader(&stderr)?,
+            EXEC_SYNC_OUTPUT_LIMIT,
+            watcher,
+        ));
+        let tasks = self.daemons.tasks().await?;
+        tasks
+            .exec(
+                NAMESPACE,
+                ExecProcess {
+                    container_id: id.to_string(),
+                    exec_id: exec_id.to_string(),
+                    stdio: Stdio {
+                        stdin: String::new(),
+                        stdout: stdout.display().to_string(),
+                        stderr: stderr.display().to_string(),
+                        terminal: false,
+                    },
+                    spec: process,
+                },
+            )
+            .await?;
+        let outcome = async {
+            tasks.start(NAMESPACE, id, exec_id).await?;
+            let waited = if timeout.is_zero() {
+                Some(tasks.wait(NAMESPACE, id, exec_id).await)
+            } else {
+                tokio::time::timeout(timeout, tasks.wait(NAMESPACE, id, exec_id))
+                    .await
+                    .ok()
+            };
+            Ok::<_, Error>(waited)
+        }
+        .await;
+        let waited = match outcome {
+            Ok(Some(waited)) => Some(waited?),
+            Ok(None) => {
+                // Timed out: the process goes, and the caller hears so.
+                let kill = KillProcess {
+                    container_id: id.to_string(),
+                    exec_id: exec_id.to_string(),
+                    signal: 9,
+                    all: false,
+                };
+                let _ = tasks.kill(NAMESPACE, kill).await;
+                let _ = tokio::time::timeout(KILL_GRACE, tasks.wait(NAMESPACE, id, exec_id)).await;
+                None
+            }
+            Err(e) => {
+                let _ = exited.send(true);
+                let _ = tasks.delete_process(NAMESPACE, id, exec_id).await;
+                return Err(e);
+            }
+        };
+        let _ = exited.send(true);
+        let stdout = out.await.unwrap_or_default();
+        let stderr = err.await.unwrap_or_default();
+        let _ = tasks.delete_process(NAMESPACE, id, exec_id).await;
+        Ok(waited.map(|exit| (stdout, stderr, exit.status as i32)))
+    }
+
+    /// The container's own process with `cmd` for its arguments, as JSON.
+    async fn exec_process_spec(&self, id: &str, cmd: Vec<String>, tty: bool) -> Result<Vec<u8>> {
+        let record = self.daemons.containers().await?.get(NAMESPACE, id).await?;
+        let spec_bytes = record
+            .spec
+            .ok_or_else(|| Error::failed_precondition(format!("container {id} has no spec")))?
+            .value;
+        let spec: oci_spec::runtime::Spec = serde_json::from_slice(&spec_bytes)
+            .map_err(|e| Error::internal(format!("the spec of {id}: {e}")))?;
+        let mut process = spec
+            .process()
+            .clone()
+            .ok_or_else(|| Error::failed_precondition(format!("container {id} has no process")))?;
+        process.set_args(Some(cmd));
+        process.set_terminal(Some(tty));
+        serde_json::to_vec(&process).map_err(|e| Error::internal(format!("encoding: {e}")))
+    }
+
+    pub async fn update_container_resources(
+        &self,
+        id: &str,
+        resources: Option<cri::LinuxContainerResources>,
+    ) -> Result<()> {
+        let container = self
+            .store
+            .find_container(id)
+            .ok_or_else(|| Error::not_found(format!("container {id:?} not found")))?;
+        let Some(resources) = resources else {
+            return Ok(());
+        };
+        if container.phase == ContainerPhase::Running {
+            let mut out = oci_spec::runtime::LinuxResources::default();
+            spec::apply_resources(&mut out, &resources);
+            let json = serde_json::to_vec(&out)
+                .map_err(|e| Error::internal(format!("encoding resources: {e}")))?;
+            self.daemons
+                .tasks()
+                .await?
+                .update(
+                    NAMESPACE,
+                    berth_tasks::UpdateTask {
+                        container_id: container.id.clone(),
+                        resources: Some(json),
+                        annotations: Default::default(),
+                    },
+                )
+                .await?;
+        }
+        self.store.update_container(&container.id, |c| {
+            let linux = c.config.linux.get_or_insert_with(Default::default);
+            linux.resources = Some(resources);
+        })?;
+        Ok(())
+    }
+
+    // ---- recovery ----
+
+    /// After a restart: every running task is watched again (and its log
+    /// reopened), exits that happened meanwhile recorded, and records left
+    /// by a crash in the middle of a creation removed.
+    pub async fn recover(self: &Arc<Self>) -> Result<()> {
+        let tasks = self.daemons.tasks().await?;
+        for sandbox in self.store.sandboxes() {
+            if sandbox.phase != SandboxPhase::Ready {
+                continue;
+            }
+            match tasks.get(NAMESPACE, &sandbox.id, "").await {
+                Ok(p) if p.status == berth_tasks::Status::Running => self.watch_exit(sandbox.id),
+                Ok(p) => self.exited(&sandbox.id, p.exit).await,
+                Err(e) if e.kind() == ErrorKind::NotFound => self.exited(&sandbox.id, None).await,
+                Err(e) => return Err(e),
+            }
+        }
+        for container in self.store.containers() {
+            if container.phase != ContainerPhase::Running {
+                continue;
+            }
+            match tasks.get(NAMESPACE, &container.id, "").await {
+                Ok(p) if p.status == berth_tasks::Status::Running => {
+                    if let Err(e) = self.start_logging(&container) {
+                        tracing::warn!(id = %container.id, "reopening its output: {e}");
+                    }
+                    self.watch_exit(container.id);
+                }
+                Ok(p) => self.exited(&container.id, p.exit).await,
+                Err(e) if e.kind() == ErrorKind::NotFound => {
+                    self.exited(&container.id, None).await
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        // Records crid made but has no state for: a creation cut short.
+        let records = self.daemons.containers().await?.list(NAMESPACE, &[]).await?;
+        for record in records {
+            let ours = matches!(
+                record.labels.get(KIND_LABEL).map(String::as_str),
+                Some(KIND_SANDBOX | KIND_CONTAINER)
+            );
+            if ours
+                && self.store.sandbox(&record.id).is_none()
+                && self.store.container(&record.id).is_none()
+            {
+                tracing::info!(id = %record.id, "removing a record left by a crash");
+                let _ = self.remove_task(&record.id).await;
+                let _ = self.unmake_container(&record.id).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether CNI can set up pods: a network list whose plugins exist.
+    pub fn network_condition(&self) -> (bool, String) {
+        match self.settings.cni.network() {
+            Ok(Some(list)) => {
+                let missing = self.settings.cni.missing_plugins(&list);
+                if missing.is_empty() {
+                    (true, String::new())
+                } else {
+                    (false, format!("CNI plugins not found: {}", missing.join(", ")))
+                }
+            }
+            Ok(None) => (
+                false,
+                format!(
+                    "no network config found in {}",
+                    self.settings.cni.conf_dir.display()
+                ),
+            ),
+            Err(e) => (false, e.to_string()),
+        }
+    }
+}
+
+fn pod_network(sandbox: &Sandbox) -> PodNetwork {
+    let meta = sandbox.metadata();
+    PodNetwork {
+        id: sandbox.id.clone(),
+        netns: sandbox.netns.clone().unwrap_or_default(),
+        pod_name: meta.name,
+        pod_namespace: meta.namespace,
+        pod_uid: meta.uid,
+        port_mappings: sandbox
+            .config
+            .port_mappings
+            .iter()
+            .filter(|p| p.host_port > 0)
+            .map(|p| PortMapping {
+                host_port: p.host_port as u16,
+                container_port: p.container_port as u16,
+                protocol: match cri::Protocol::try_from(p.protocol) {
+                    Ok(cri::Protocol::Udp) => "udp",
+                    Ok(cri::Protocol::Sctp) => "sctp",
+                    _ => "tcp",
+                }
+                .to_string(),
+                host_ip: p.host_ip.clone(),
+            })
+            .collect(),
+    }
+}

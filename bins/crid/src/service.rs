@@ -1,0 +1,486 @@
+//! The gRPC edge: the CRI's RuntimeService and ImageService, each method a
+//! thin call into [`Crid`] and [`images`], with berth's errors mapped to
+//! gRPC status codes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_cri::v1 as cri;
+use k8s_cri::v1::image_service_server::ImageService;
+use k8s_cri::v1::runtime_service_server::RuntimeService;
+use tonic::{Request, Response, Status};
+
+use crate::error::{reply, status, GrpcResult};
+use crate::images;
+use crate::runtime::Crid;
+
+/// The CRI version crid speaks.
+const RUNTIME_API_VERSION: &str = "v1";
+
+#[derive(Debug, Clone)]
+pub struct CriService {
+    pub crid: Arc<Crid>,
+}
+
+fn unimplemented<T>(what: &str) -> GrpcResult<T> {
+    Err(Status::unimplemented(format!(
+        "berth-crid does not implement {what} yet"
+    )))
+}
+
+#[tonic::async_trait]
+impl RuntimeService for CriService {
+    async fn version(&self, _: Request<cri::VersionRequest>) -> GrpcResult<cri::VersionResponse> {
+        Ok(Response::new(cri::VersionResponse {
+            version: "0.1.0".into(),
+            runtime_name: "berth".into(),
+            runtime_version: env!("CARGO_PKG_VERSION").into(),
+            runtime_api_version: RUNTIME_API_VERSION.into(),
+        }))
+    }
+
+    async fn run_pod_sandbox(
+        &self,
+        request: Request<cri::RunPodSandboxRequest>,
+    ) -> GrpcResult<cri::RunPodSandboxResponse> {
+        let r = request.into_inner();
+        let config = r
+            .config
+            .ok_or_else(|| Status::invalid_argument("no sandbox config"))?;
+        reply(
+            self.crid
+                .run_pod_sandbox(config, &r.runtime_handler)
+                .await
+                .map(|pod_sandbox_id| cri::RunPodSandboxResponse { pod_sandbox_id }),
+        )
+    }
+
+    async fn stop_pod_sandbox(
+        &self,
+        request: Request<cri::StopPodSandboxRequest>,
+    ) -> GrpcResult<cri::StopPodSandboxResponse> {
+        let id = request.into_inner().pod_sandbox_id;
+        reply(
+            self.crid
+                .stop_pod_sandbox(&id)
+                .await
+                .map(|()| cri::StopPodSandboxResponse {}),
+        )
+    }
+
+    async fn remove_pod_sandbox(
+        &self,
+        request: Request<cri::RemovePodSandboxRequest>,
+    ) -> GrpcResult<cri::RemovePodSandboxResponse> {
+        let id = request.into_inner().pod_sandbox_id;
+        reply(
+            self.crid
+                .remove_pod_sandbox(&id)
+                .await
+                .map(|()| cri::RemovePodSandboxResponse {}),
+        )
+    }
+
+    async fn pod_sandbox_status(
+        &self,
+        request: Request<cri::PodSandboxStatusRequest>,
+    ) -> GrpcResult<cri::PodSandboxStatusResponse> {
+        let id = request.into_inner().pod_sandbox_id;
+        reply(
+            self.crid
+                .pod_sandbox_status(&id)
+                .map(|status| cri::PodSandboxStatusResponse {
+                    status: Some(status),
+                    ..Default::default()
+                }),
+        )
+    }
+
+    async fn list_pod_sandbox(
+        &self,
+        request: Request<cri::ListPodSandboxRequest>,
+    ) -> GrpcResult<cri::ListPodSandboxResponse> {
+        let items = self.crid.list_pod_sandbox(request.into_inner().filter);
+        Ok(Response::new(cri::ListPodSandboxResponse { items }))
+    }
+
+    async fn create_container(
+        &self,
+        request: Request<cri::CreateContainerRequest>,
+    ) -> GrpcResult<cri::CreateContainerResponse> {
+        let r = request.into_inner();
+        let config = r
+            .config
+            .ok_or_else(|| Status::invalid_argument("no container config"))?;
+        reply(
+            self.crid
+                .create_container(&r.pod_sandbox_id, config)
+                .await
+                .map(|container_id| cri::CreateContainerResponse { container_id }),
+        )
+    }
+
+    async fn start_container(
+        &self,
+        request: Request<cri::StartContainerRequest>,
+    ) -> GrpcResult<cri::StartContainerResponse> {
+        let id = request.into_inner().container_id;
+        reply(
+            self.crid
+                .start_container(&id)
+                .await
+                .map(|()| cri::StartContainerResponse {}),
+        )
+    }
+
+    async fn stop_container(
+        &self,
+        request: Request<cri::StopContainerRequest>,
+    ) -> GrpcResult<cri::StopContainerResponse> {
+        let r = request.into_inner();
+        reply(
+            self.crid
+                .stop_container(&r.container_id, r.timeout)
+                .await
+                .map(|()| cri::StopContainerResponse {}),
+        )
+    }
+
+    async fn remove_container(
+        &self,
+        request: Request<cri::RemoveContainerRequest>,
+    ) -> GrpcResult<cri::RemoveContainerResponse> {
+        let id = request.into_inner().container_id;
+        reply(
+            self.crid
+                .remove_container(&id)
+                .await
+                .map(|()| cri::RemoveContainerResponse {}),
+        )
+    }
+
+    async fn list_containers(
+        &self,
+        request: Request<cri::ListContainersRequest>,
+    ) -> GrpcResult<cri::ListContainersResponse> {
+        let containers = self.crid.list_containers(request.into_inner().filter);
+        Ok(Response::new(cri::ListContainersResponse { containers }))
+    }
+
+    async fn container_status(
+        &self,
+        request: Request<cri::ContainerStatusRequest>,
+    ) -> GrpcResult<cri::ContainerStatusResponse> {
+        let id = request.into_inner().container_id;
+        reply(
+            self.crid
+                .container_status(&id)
+                .map(|status| cri::ContainerStatusResponse {
+                    status: Some(status),
+                    ..Default::default()
+                }),
+        )
+    }
+
+    async fn update_container_resources(
+        &self,
+        request: Request<cri::UpdateContainerResourcesRequest>,
+    ) -> GrpcResult<cri::UpdateContainerResourcesResponse> {
+        let r = request.into_inner();
+        reply(
+            self.crid
+                .update_container_resources(&r.container_id, r.linux)
+                .await
+                .map(|()| cri::UpdateContainerResourcesResponse {}),
+        )
+    }
+
+    async fn reopen_container_log(
+        &self,
+        request: Request<cri::ReopenContainerLogRequest>,
+    ) -> GrpcResult<cri::ReopenContainerLogResponse> {
+        let id = request.into_inner().container_id;
+        reply(
+            self.crid
+                .reopen_container_log(&id)
+                .map(|()| cri::ReopenContainerLogResponse {}),
+        )
+    }
+
+    async fn exec_sync(
+        &self,
+        request: Request<cri::ExecSyncRequest>,
+    ) -> GrpcResult<cri::ExecSyncResponse> {
+        let r = request.into_inner();
+        let timeout = Duration::from_secs(r.timeout.max(0) as u64);
+        match self.crid.exec_sync(&r.container_id, r.cmd, timeout).await {
+            Ok(Some((stdout, stderr, exit_code))) => Ok(Response::new(cri::ExecSyncResponse {
+                stdout,
+                stderr,
+                exit_code,
+            })),
+            Ok(None) => Err(Status::deadline_exceeded(format!(
+                "command timed out after {} s",
+                r.timeout
+            ))),
+            Err(e) => Err(status(e)),
+        }
+    }
+
+    async fn exec(&self, _: Request<cri::ExecRequest>) -> GrpcResult<cri::ExecResponse> {
+        unimplemented("Exec (streaming)")
+    }
+
+    async fn attach(&self, _: Request<cri::AttachRequest>) -> GrpcResult<cri::AttachResponse> {
+        unimplemented("Attach (streaming)")
+    }
+
+    async fn port_forward(
+        &self,
+        _: Request<cri::PortForwardRequest>,
+    ) -> GrpcResult<cri::PortForwardResponse> {
+        unimplemented("PortForward (streaming)")
+    }
+
+    async fn container_stats(
+        &self,
+        _: Request<cri::ContainerStatsRequest>,
+    ) -> GrpcResult<cri::ContainerStatsResponse> {
+        unimplemented("ContainerStats")
+    }
+
+    async fn list_container_stats(
+        &self,
+        _: Request<cri::ListContainerStatsRequest>,
+    ) -> GrpcResult<cri::ListContainerStatsResponse> {
+        unimplemented("ListContainerStats")
+    }
+
+    async fn pod_sandbox_stats(
+        &self,
+        _: Request<cri::PodSandboxStatsRequest>,
+    ) -> GrpcResult<cri::PodSandboxStatsResponse> {
+        unimplemented("PodSandboxStats")
+    }
+
+    async fn list_pod_sandbox_stats(
+        &self,
+        _: Request<cri::ListPodSandboxStatsRequest>,
+    ) -> GrpcResult<cri::ListPodSandboxStatsResponse> {
+        unimplemented("ListPodSandboxStats")
+    }
+
+    async fn update_runtime_config(
+        &self,
+        _: Request<cri::UpdateRuntimeConfigRequest>,
+    ) -> GrpcResult<cri::UpdateRuntimeConfigResponse> {
+        // The pod CIDR belongs to the CNI configuration, which crid reads.
+        Ok(Response::new(cri::UpdateRuntimeConfigResponse {}))
+    }
+
+    async fn status(&self, _: Request<cri::StatusRequest>) -> GrpcResult<cri::StatusResponse> {
+        let (network_ready, message) = self.crid.network_condition();
+        let conditions = vec![
+            cri::RuntimeCondition {
+                r#type: "RuntimeReady".into(),
+                status: true,
+                reason: String::new(),
+                message: String::new(),
+            },
+            cri::RuntimeCondition {
+                r#type: "NetworkReady".into(),
+                status: network_ready,
+                reason: if network_ready {
+                    String::new()
+                } else {
+                    "NetworkPluginNotReady".into()
+                },
+                message,
+            },
+        ];
+        let handlers = self
+            .crid
+            .settings
+            .runtimes
+            .keys()
+            .map(|name| cri::RuntimeHandler {
+                name: name.clone(),
+                features: Some(cri::RuntimeHandlerFeatures {
+                    recursive_read_only_mounts: false,
+                    user_namespaces: false,
+                }),
+            })
+            .collect();
+        Ok(Response::new(cri::StatusResponse {
+            status: Some(cri::RuntimeStatus { conditions }),
+            info: Default::default(),
+            runtime_handlers: handlers,
+            features: Some(cri::RuntimeFeatures {
+                supplemental_groups_policy: false,
+            }),
+        }))
+    }
+
+    async fn checkpoint_container(
+        &self,
+        _: Request<cri::CheckpointContainerRequest>,
+    ) -> GrpcResult<cri::CheckpointContainerResponse> {
+        Err(Status::unimplemented(
+            "checkpointing needs CRIU, which does not work on this kernel",
+        ))
+    }
+
+    type GetContainerEventsStream = std::pin::Pin<
+        Box<dyn futures::Stream<Item = Result<cri::ContainerEventResponse, Status>> + Send>,
+    >;
+
+    async fn get_container_events(
+        &self,
+        _: Request<cri::GetEventsRequest>,
+    ) -> GrpcResult<Self::GetContainerEventsStream> {
+        unimplemented("GetContainerEvents")
+    }
+
+    async fn list_metric_descriptors(
+        &self,
+        _: Request<cri::ListMetricDescriptorsRequest>,
+    ) -> GrpcResult<cri::ListMetricDescriptorsResponse> {
+        Ok(Response::new(cri::ListMetricDescriptorsResponse {
+            descriptors: Vec::new(),
+        }))
+    }
+
+    async fn list_pod_sandbox_metrics(
+        &self,
+        _: Request<cri::ListPodSandboxMetricsRequest>,
+    ) -> GrpcResult<cri::ListPodSandboxMetricsResponse> {
+        Ok(Response::new(cri::ListPodSandboxMetricsResponse {
+            pod_metrics: Vec::new(),
+        }))
+    }
+
+    async fn runtime_config(
+        &self,
+        _: Request<cri::RuntimeConfigRequest>,
+    ) -> GrpcResult<cri::RuntimeConfigResponse> {
+        let driver = if self.crid.settings.host.systemd_cgroup {
+            cri::CgroupDriver::Systemd
+        } else {
+            cri::CgroupDriver::Cgroupfs
+        };
+        Ok(Response::new(cri::RuntimeConfigResponse {
+            linux: Some(cri::LinuxRuntimeConfiguration {
+                cgroup_driver: driver as i32,
+            }),
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl ImageService for CriService {
+    async fn list_images(
+        &self,
+        request: Request<cri::ListImagesRequest>,
+    ) -> GrpcResult<cri::ListImagesResponse> {
+        let wanted = request
+            .into_inner()
+            .filter
+            .and_then(|f| f.image)
+            .map(|s| s.image)
+            .filter(|s| !s.is_empty());
+        let result = async {
+            let all = images::list(&self.crid.daemons).await?;
+            let images = match wanted {
+                None => all.iter().map(|i| i.to_cri()).collect(),
+                Some(name) => images::find(&self.crid.daemons, &name)
+                    .await?
+                    .map(|i| vec![i.to_cri()])
+                    .unwrap_or_default(),
+            };
+            Ok(cri::ListImagesResponse { images })
+        }
+        .await;
+        reply(result)
+    }
+
+    async fn image_status(
+        &self,
+        request: Request<cri::ImageStatusRequest>,
+    ) -> GrpcResult<cri::ImageStatusResponse> {
+        let image = request.into_inner().image.unwrap_or_default().image;
+        reply(
+            images::find(&self.crid.daemons, &image)
+                .await
+                .map(|found| cri::ImageStatusResponse {
+                    image: found.map(|i| i.to_cri()),
+                    info: Default::default(),
+                }),
+        )
+    }
+
+    async fn pull_image(
+        &self,
+        request: Request<cri::PullImageRequest>,
+    ) -> GrpcResult<cri::PullImageResponse> {
+        let r = request.into_inner();
+        let image = r.image.unwrap_or_default().image;
+        reply(
+            images::pull(&self.crid.daemons, &image, r.auth.as_ref())
+                .await
+                .map(|id| cri::PullImageResponse {
+                    image_ref: id.to_string(),
+                }),
+        )
+    }
+
+    async fn remove_image(
+        &self,
+        request: Request<cri::RemoveImageRequest>,
+    ) -> GrpcResult<cri::RemoveImageResponse> {
+        let image = request.into_inner().image.unwrap_or_default().image;
+        reply(
+            images::remove(&self.crid.daemons, &image)
+                .await
+                .map(|()| cri::RemoveImageResponse {}),
+        )
+    }
+
+    async fn image_fs_info(
+        &self,
+        _: Request<cri::ImageFsInfoRequest>,
+    ) -> GrpcResult<cri::ImageFsInfoResponse> {
+        // The snapshots are where images take space; crid does not see
+        // snapd's root, so it reports the filesystem of its own root's
+        // parent, where a default install keeps every berth root.
+        let root = self
+            .crid
+            .settings
+            .root
+            .parent()
+            .map(|p| p.to_path_buf())
+            .unwrap_or_default();
+        let usage = filesystem_usage(&root);
+        Ok(Response::new(cri::ImageFsInfoResponse {
+            image_filesystems: vec![usage.clone()],
+            container_filesystems: vec![usage],
+        }))
+    }
+}
+
+fn filesystem_usage(path: &std::path::Path) -> cri::FilesystemUsage {
+    let (used, inodes) = nix::sys::statvfs::statvfs(path)
+        .map(|s| {
+            let used = (s.blocks() - s.blocks_free()) * s.fragment_size();
+            let inodes = s.files() - s.files_free();
+            (used, inodes)
+        })
+        .unwrap_or((0, 0));
+    cri::FilesystemUsage {
+        timestamp: crate::state::now_nanos(),
+        fs_id: Some(cri::FilesystemIdentifier {
+            mountpoint: path.display().to_string(),
+        }),
+        used_bytes: Some(cri::UInt64Value { value: used }),
+        inodes_used: Some(cri::UInt64Value { value: inodes }),
+    }
+}

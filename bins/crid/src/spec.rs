@@ -1,0 +1,595 @@
+//! From the CRI's configs to berth-oci's spec options: what berth-oci knows
+//! (user, capabilities, seccomp, mounts, read-only root) as options, the
+//! rest (namespace paths, sysctls, cgroup parent, resources, OOM score) as
+//! hooks on the built spec, as containerd's CRI does with its `SpecOpts`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use berth_errdefs::{Error, Result};
+use berth_oci::{MountOption, NetworkMode, Seccomp, SpecHook, SpecOptions};
+use k8s_cri::v1 as cri;
+use oci_spec::runtime::{
+    LinuxCpu, LinuxMemory, LinuxNamespace, LinuxNamespaceType, LinuxResources, Spec,
+};
+
+use crate::images::NAMESPACE;
+use crate::state::Sandbox;
+
+/// The OOM score containerd gives a pod's pause process.
+const SANDBOX_OOM_SCORE_ADJ: i32 = -998;
+
+/// How crid places cgroups, and whether OOM scores must be clamped.
+#[derive(Debug, Clone)]
+pub struct Host {
+    pub systemd_cgroup: bool,
+    /// The host cannot lower OOM scores below crid's own (no
+    /// CAP_SYS_RESOURCE): containerd's `restrict_oom_score_adj`.
+    pub restrict_oom_score_adj: bool,
+    /// Where seccomp profiles named `localhost/...` are looked up when the
+    /// name is relative.
+    pub seccomp_root: PathBuf,
+}
+
+impl Host {
+    fn oom_score_adj(&self, wanted: i32) -> i32 {
+        if !self.restrict_oom_score_adj {
+            return wanted;
+        }
+        let current = std::fs::read_to_string("/proc/self/oom_score_adj")
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+            .unwrap_or(0);
+        wanted.max(current)
+    }
+
+    /// runc's cgroups path for a pod's process: under the pod's cgroup
+    /// parent when the kubelet gives one.
+    fn cgroups_path(&self, parent: &str, id: &str) -> String {
+        if self.systemd_cgroup {
+            let slice = if parent.is_empty() {
+                "system.slice"
+            } else {
+                parent.rsplit('/').next().unwrap_or(parent)
+            };
+            format!("{slice}:cri-berth:{id}")
+        } else if parent.is_empty() {
+            format!("/berth/{NAMESPACE}/{id}")
+        } else {
+            format!("{}/{id}", parent.trim_end_matches('/'))
+        }
+    }
+}
+
+/// Whether the host has CAP_SYS_RESOURCE in crid's bounding set.
+pub fn can_lower_oom_scores() -> bool {
+    const CAP_SYS_RESOURCE: u32 = 24;
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("CapBnd:"))
+                .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        })
+        .is_some_and(|set| set & (1 << CAP_SYS_RESOURCE) != 0)
+}
+
+fn hook(f: impl Fn(&mut Spec) -> berth_oci::Result<()> + Send + Sync + 'static) -> SpecHook {
+    SpecHook(Arc::new(f))
+}
+
+fn linux_of(spec: &mut Spec) -> &mut oci_spec::runtime::Linux {
+    spec.linux_mut().get_or_insert_with(Default::default)
+}
+
+/// Replaces (path given) or removes (None: the host's) one namespace.
+fn set_namespace(kind: LinuxNamespaceType, path: Option<String>) -> SpecHook {
+    hook(move |spec| {
+        let linux = linux_of(spec);
+        let mut namespaces = linux.namespaces().clone().unwrap_or_default();
+        namespaces.retain(|n| n.typ() != kind);
+        if let Some(path) = &path {
+            let mut ns = LinuxNamespace::default();
+            ns.set_typ(kind);
+            ns.set_path(Some(PathBuf::from(path)));
+            namespaces.push(ns);
+        }
+        linux.set_namespaces(Some(namespaces));
+        Ok(())
+    })
+}
+
+/// The seccomp profile a security context asks for. Kubelets before 1.19
+/// name it in the deprecated `seccomp_profile_path`, still honoured.
+fn seccomp_of(host: &Host, profile: Option<&cri::SecurityProfile>, path: &str) -> Result<Seccomp> {
+    let localhost = |name: &str| -> Result<Seccomp> {
+        let file = if Path::new(name).is_absolute() {
+            PathBuf::from(name)
+        } else {
+            host.seccomp_root.join(name)
+        };
+        let bytes = std::fs::read(&file).map_err(|e| {
+            Error::invalid_argument(format!("seccomp profile {}: {e}", file.display()))
+        })?;
+        Seccomp::parse_profile_json(&bytes).map_err(|e| Error::invalid_argument(e.to_string()))
+    };
+    match profile {
+        Some(p) => match cri::security_profile::ProfileType::try_from(p.profile_type) {
+            Ok(cri::security_profile::ProfileType::RuntimeDefault) => Ok(Seccomp::Default),
+            Ok(cri::security_profile::ProfileType::Unconfined) => Ok(Seccomp::Unconfined),
+            Ok(cri::security_profile::ProfileType::Localhost) => localhost(&p.localhost_ref),
+            Err(_) => Err(Error::invalid_argument("unknown seccomp profile type")),
+        },
+        // The deprecated path form: "" and "unconfined" mean none.
+        None => match path {
+            "" | "unconfined" => Ok(Seccomp::Unconfined),
+            "runtime/default" | "docker/default" => Ok(Seccomp::Default),
+            other => match other.strip_prefix("localhost/") {
+                Some(name) => localhost(name),
+                None => Err(Error::invalid_argument(format!(
+                    "seccomp profile {other:?} is not known"
+                ))),
+            },
+        },
+    }
+}
+
+fn user_string(uid: Option<i64>, gid: Option<i64>, name: &str) -> Option<String> {
+    let user = match (uid, name) {
+        (Some(uid), _) => uid.to_string(),
+        (None, name) if !name.is_empty() => name.to_string(),
+        (None, _) => return gid.map(|gid| format!("0:{gid}")),
+    };
+    Some(match gid {
+        Some(gid) => format!("{user}:{gid}"),
+        None => user,
+    })
+}
+
+fn supplemental_groups(groups: Vec<i64>) -> SpecHook {
+    hook(move |spec| {
+        if let Some(process) = spec.process_mut() {
+            let mut user = process.user().clone();
+            let mut gids = user.additional_gids().clone().unwrap_or_default();
+            for g in &groups {
+                let g = *g as u32;
+                if !gids.contains(&g) {
+                    gids.push(g);
+                }
+            }
+            user.set_additional_gids(Some(gids));
+            process.set_user(user);
+        }
+        Ok(())
+    })
+}
+
+fn cgroups_path(path: String) -> SpecHook {
+    hook(move |spec| {
+        linux_of(spec).set_cgroups_path(Some(PathBuf::from(&path)));
+        Ok(())
+    })
+}
+
+fn oom_score(adj: i32) -> SpecHook {
+    hook(move |spec| {
+        if let Some(process) = spec.process_mut() {
+            process.set_oom_score_adj(Some(adj));
+        }
+        Ok(())
+    })
+}
+
+fn annotations(values: HashMap<String, String>) -> SpecHook {
+    hook(move |spec| {
+        let mut all = spec.annotations().clone().unwrap_or_default();
+        all.extend(values.clone());
+        spec.set_annotations(Some(all));
+        Ok(())
+    })
+}
+
+/// The pod's pause process.
+pub fn sandbox_options(host: &Host, sandbox: &Sandbox, image_user: &str) -> Result<SpecOptions> {
+    let config = &sandbox.config;
+    let mut options = SpecOptions::new(NAMESPACE, &sandbox.id);
+    let linux = config.linux.clone().unwrap_or_default();
+    let security = linux.security_context.clone().unwrap_or_default();
+    let ns = security.namespace_options.clone().unwrap_or_default();
+    let host_network = ns.network == cri::NamespaceMode::Node as i32;
+    options.network = if host_network {
+        NetworkMode::Host
+    } else {
+        NetworkMode::None
+    };
+    if !host_network && !config.hostname.is_empty() {
+        options.hostname = Some(config.hostname.clone());
+    }
+    options.user = user_string(
+        security.run_as_user.map(|v| v.value),
+        security.run_as_group.map(|v| v.value),
+        "",
+    )
+    .or_else(|| (!image_user.is_empty()).then(|| image_user.to_string()));
+    options.read_only_rootfs = true;
+    options.privileged = security.privileged;
+    #[allow(deprecated)]
+    let profile_path = security.seccomp_profile_path.clone();
+    options.seccomp = seccomp_of(host, security.seccomp.as_ref(), &profile_path)?;
+    options.no_new_privileges = true;
+    if let Some(netns) = &sandbox.netns {
+        options.hooks.push(set_namespace(
+            LinuxNamespaceType::Network,
+            Some(netns.display().to_string()),
+        ));
+    }
+    if ns.ipc == cri::NamespaceMode::Node as i32 {
+        options.hooks.push(set_namespace(LinuxNamespaceType::Ipc, None));
+    }
+    if ns.pid == cri::NamespaceMode::Node as i32 {
+        options.hooks.push(set_namespace(LinuxNamespaceType::Pid, None));
+    }
+    options.hooks.push(supplemental_groups(security.supplemental_groups.clone()));
+    options.hooks.push(cgroups_path(
+        host.cgroups_path(&linux.cgroup_parent, &sandbox.id),
+    ));
+    options
+        .hooks
+        .push(oom_score(host.oom_score_adj(SANDBOX_OOM_SCORE_ADJ)));
+    let sysctls = linux.sysctls.clone();
+    if !sysctls.is_empty() {
+        options.hooks.push(hook(move |spec| {
+            linux_of(spec).set_sysctl(Some(sysctls.clone().into_iter().collect()));
+            Ok(())
+        }));
+    }
+    let meta = sandbox.metadata();
+    options.hooks.push(annotations(HashMap::from([
+        ("io.kubernetes.cri.container-type".into(), "sandbox".into()),
+        ("io.kubernetes.cri.sandbox-id".into(), sandbox.id.clone()),
+        ("io.kubernetes.cri.sandbox-name".into(), meta.name.clone()),
+        ("io.kubernetes.cri.sandbox-namespace".into(), meta.namespace.clone()),
+        ("io.kubernetes.cri.sandbox-uid".into(), meta.uid.clone()),
+        (
+            "io.kubernetes.cri.sandbox-log-directory".into(),
+            config.log_directory.clone(),
+        ),
+    ])));
+    Ok(options)
+}
+
+/// The files a pod's containers share: /etc/hostname, /etc/hosts and
+/// /etc/resolv.conf (from the pod's DNS config, else the host's).
+pub fn write_sandbox_files(sandbox: &Sandbox) -> Result<()> {
+    let dir = &sandbox.dir;
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), &e))?;
+    let write = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).map_err(|e| Error::io(format!("writing {}", path.display()), &e))
+    };
+    let ns = sandbox.namespace_options();
+    let host_network = ns.network == cri::NamespaceMode::Node as i32;
+    let hostname = if host_network {
+        nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_default()
+    } else {
+        sandbox.config.hostname.clone()
+    };
+    write("hostname", &format!("{hostname}\n"))?;
+    let hosts = if host_network {
+        std::fs::read_to_string("/etc/hosts").unwrap_or_default()
+    } else {
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n".to_string()
+    };
+    write("hosts", &hosts)?;
+    let resolv = match &sandbox.config.dns_config {
+        Some(dns) if !dns.servers.is_empty() || !dns.searches.is_empty() || !dns.options.is_empty() => {
+            let mut text = String::new();
+            if !dns.searches.is_empty() {
+                text.push_str(&format!("search {}\n", dns.searches.join(" ")));
+            }
+            for server in &dns.servers {
+                text.push_str(&format!("nameserver {server}\n"));
+            }
+            if !dns.options.is_empty() {
+                text.push_str(&format!("options {}\n", dns.options.join(" ")));
+            }
+            text
+        }
+        _ => std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+    };
+    write("resolv.conf", &resolv)
+}
+
+/// The environment of the container process, from the CRI's key/values.
+fn environment(config: &cri::ContainerConfig) -> Vec<String> {
+    config
+        .envs
+        .iter()
+        .map(|kv| format!("{}={}", kv.key, kv.value))
+        .collect()
+}
+
+/// A container of a pod.
+pub fn container_options(
+    host: &Host,
+    id: &str,
+    config: &cri::ContainerConfig,
+    sandbox: &Sandbox,
+    image_name: &str,
+    target_pid: Option<u32>,
+) -> Result<SpecOptions> {
+    let mut options = SpecOptions::new(NAMESPACE, id);
+    if !config.command.is_empty() {
+        options.entrypoint = Some(config.command.clone());
+    }
+    options.args = config.args.clone();
+    options.env = environment(config);
+    if !config.working_dir.is_empty() {
+        options.cwd = Some(config.working_dir.clone());
+    }
+    options.terminal = config.tty;
+    let linux = config.linux.clone().unwrap_or_default();
+    let security = linux.security_context.clone().unwrap_or_default();
+    options.user = user_string(
+        security.run_as_user.map(|v| v.value),
+        security.run_as_group.map(|v| v.value),
+        &security.run_as_username,
+    );
+    options.read_only_rootfs = security.readonly_rootfs;
+    options.privileged = security.privileged;
+    if let Some(caps) = &security.capabilities {
+        options.cap_add = caps.add_capabilities.clone();
+        options.cap_drop = caps.drop_capabilities.clone();
+    }
+    options.no_new_privileges = security.no_new_privs;
+    #[allow(deprecated)]
+    let profile_path = security.seccomp_profile_path.clone();
+    options.seccomp = seccomp_of(host, security.seccomp.as_ref(), &profile_path)?;
+    let pod_ns = sandbox.namespace_options();
+    let host_network = pod_ns.network == cri::NamespaceMode::Node as i32;
+    options.network = if host_network {
+        NetworkMode::Host
+    } else {
+        NetworkMode::None
+    };
+    if !host_network && !sandbox.config.hostname.is_empty() {
+        options.hostname = Some(sandbox.config.hostname.clone());
+    }
+
+    // The pod's files, unless the kubelet mounts its own there.
+    let wanted: Vec<&str> = config.mounts.iter().map(|m| m.container_path.as_str()).collect();
+    for (file, destination) in [
+        ("hostname", "/etc/hostname"),
+        ("hosts", "/etc/hosts"),
+        ("resolv.conf", "/etc/resolv.conf"),
+    ] {
+        if host_network && destination != "/etc/hostname" {
+            // berth-oci binds the host's hosts and resolv.conf itself.
+            continue;
+        }
+        if !wanted.contains(&destination) {
+            let mut mount_options = Vec::new();
+            if security.readonly_rootfs {
+                mount_options.push("ro".to_string());
+            }
+            options.mounts.push(MountOption {
+                kind: "bind".into(),
+                source: sandbox.dir.join(file).display().to_string(),
+                destination: destination.into(),
+                options: mount_options,
+            });
+        }
+    }
+    for mount in &config.mounts {
+        options.mounts.push(bind_mount(mount)?);
+    }
+
+    // The pod's namespaces, through its pause process.
+    let pause = sandbox.pid;
+    if let Some(netns) = &sandbox.netns {
+        options.hooks.push(set_namespace(
+            LinuxNamespaceType::Network,
+            Some(netns.display().to_string()),
+        ));
+    }
+    let ns = security.namespace_options.clone().unwrap_or_default();
+    let pause_ns = |name: &str| format!("/proc/{pause}/ns/{name}");
+    options.hooks.push(if ns.ipc == cri::NamespaceMode::Node as i32 {
+        set_namespace(LinuxNamespaceType::Ipc, None)
+    } else {
+        set_namespace(LinuxNamespaceType::Ipc, Some(pause_ns("ipc")))
+    });
+    if !host_network {
+        options
+            .hooks
+            .push(set_namespace(LinuxNamespaceType::Uts, Some(pause_ns("uts"))));
+    }
+    match cri::NamespaceMode::try_from(ns.pid) {
+        Ok(cri::NamespaceMode::Pod) => options
+            .hooks
+            .push(set_namespace(LinuxNamespaceType::Pid, Some(pause_ns("pid")))),
+        Ok(cri::NamespaceMode::Node) => options.hooks.push(set_namespace(LinuxNamespaceType::Pid, None)),
+        Ok(cri::NamespaceMode::Target) => {
+            let target = target_pid.ok_or_else(|| {
+                Error::not_found(format!("target container {:?} is not running", ns.target_id))
+            })?;
+            options.hooks.push(set_namespace(
+                LinuxNamespaceType::Pid,
+                Some(format!("/proc/{target}/ns/pid")),
+            ))
+        }
+        _ => {}
+    }
+
+    let mut groups = security.supplemental_groups.clone();
+    groups.retain(|g| *g >= 0);
+    options.hooks.push(supplemental_groups(groups));
+    let parent = sandbox
+        .config
+        .linux
+        .as_ref()
+        .map(|l| l.cgroup_parent.clone())
+        .unwrap_or_default();
+    options.hooks.push(cgroups_path(host.cgroups_path(&parent, id)));
+    if let Some(resources) = linux.resources.clone() {
+        if resources.oom_score_adj != 0 {
+            options
+                .hooks
+                .push(oom_score(host.oom_score_adj(resources.oom_score_adj as i32)));
+        }
+        options.hooks.push(resources_hook(resources));
+    }
+    if !security.privileged {
+        if !security.masked_paths.is_empty() {
+            let paths = security.masked_paths.clone();
+            options.hooks.push(hook(move |spec| {
+                linux_of(spec).set_masked_paths(Some(paths.clone()));
+                Ok(())
+            }));
+        }
+        if !security.readonly_paths.is_empty() {
+            let paths = security.readonly_paths.clone();
+            options.hooks.push(hook(move |spec| {
+                linux_of(spec).set_readonly_paths(Some(paths.clone()));
+                Ok(())
+            }));
+        }
+    }
+    let meta = sandbox.metadata();
+    let mut values = HashMap::from([
+        ("io.kubernetes.cri.container-type".to_string(), "container".to_string()),
+        (
+            "io.kubernetes.cri.container-name".to_string(),
+            config.metadata.clone().unwrap_or_default().name,
+        ),
+        ("io.kubernetes.cri.sandbox-id".to_string(), sandbox.id.clone()),
+        ("io.kubernetes.cri.sandbox-name".to_string(), meta.name.clone()),
+        ("io.kubernetes.cri.sandbox-namespace".to_string(), meta.namespace.clone()),
+        ("io.kubernetes.cri.sandbox-uid".to_string(), meta.uid.clone()),
+        ("io.kubernetes.cri.image-name".to_string(), image_name.to_string()),
+    ]);
+    values.extend(config.annotations.clone());
+    options.hooks.push(annotations(values));
+    Ok(options)
+}
+
+fn bind_mount(mount: &cri::Mount) -> Result<MountOption> {
+    if !Path::new(&mount.container_path).is_absolute() || !Path::new(&mount.host_path).is_absolute()
+    {
+        return Err(Error::invalid_argument(format!(
+            "mount {:?} -> {:?}: both paths must be absolute",
+            mount.host_path, mount.container_path
+        )));
+    }
+    // As containerd: a missing host path becomes a directory.
+    if std::fs::symlink_metadata(&mount.host_path).is_err() {
+        std::fs::create_dir_all(&mount.host_path)
+            .map_err(|e| Error::io(format!("creating {}", mount.host_path), &e))?;
+    }
+    let mut options = Vec::new();
+    if mount.readonly {
+        options.push("ro".to_string());
+    }
+    options.push(
+        match cri::MountPropagation::try_from(mount.propagation) {
+            Ok(cri::MountPropagation::PropagationHostToContainer) => "rslave",
+            Ok(cri::MountPropagation::PropagationBidirectional) => "rshared",
+            _ => "rprivate",
+        }
+        .to_string(),
+    );
+    Ok(MountOption {
+        kind: "bind".into(),
+        source: mount.host_path.clone(),
+        destination: mount.container_path.clone(),
+        options,
+    })
+}
+
+fn resources_hook(resources: cri::LinuxContainerResources) -> SpecHook {
+    hook(move |spec| {
+        let linux = linux_of(spec);
+        let mut out: LinuxResources = linux.resources().clone().unwrap_or_default();
+        apply_resources(&mut out, &resources);
+        linux.set_resources(Some(out));
+        Ok(())
+    })
+}
+
+/// The CRI's resources onto an OCI `LinuxResources` (zero: not set).
+pub fn apply_resources(out: &mut LinuxResources, r: &cri::LinuxContainerResources) {
+    let mut cpu: LinuxCpu = out.cpu().clone().unwrap_or_default();
+    if r.cpu_period > 0 {
+        cpu.set_period(Some(r.cpu_period as u64));
+    }
+    if r.cpu_quota > 0 {
+        cpu.set_quota(Some(r.cpu_quota));
+    }
+    if r.cpu_shares > 0 {
+        cpu.set_shares(Some(r.cpu_shares as u64));
+    }
+    if !r.cpuset_cpus.is_empty() {
+        cpu.set_cpus(Some(r.cpuset_cpus.clone()));
+    }
+    if !r.cpuset_mems.is_empty() {
+        cpu.set_mems(Some(r.cpuset_mems.clone()));
+    }
+    out.set_cpu(Some(cpu));
+    let mut memory: LinuxMemory = out.memory().clone().unwrap_or_default();
+    if r.memory_limit_in_bytes > 0 {
+        memory.set_limit(Some(r.memory_limit_in_bytes));
+    }
+    if r.memory_swap_limit_in_bytes > 0 {
+        memory.set_swap(Some(r.memory_swap_limit_in_bytes));
+    }
+    out.set_memory(Some(memory));
+    if !r.unified.is_empty() {
+        out.set_unified(Some(r.unified.clone().into_iter().collect()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cri_users_become_user_strings() {
+        assert_eq!(user_string(None, None, ""), None);
+        assert_eq!(user_string(Some(1000), None, ""), Some("1000".into()));
+        assert_eq!(user_string(Some(1000), Some(50), "x"), Some("1000:50".into()));
+        assert_eq!(user_string(None, Some(50), "www"), Some("www:50".into()));
+        assert_eq!(user_string(None, None, "www"), Some("www".into()));
+        assert_eq!(user_string(None, Some(50), ""), Some("0:50".into()));
+    }
+
+    #[test]
+    fn cgroup_paths_follow_the_parent_and_the_driver() {
+        let mut host = Host {
+            systemd_cgroup: false,
+            restrict_oom_score_adj: false,
+            seccomp_root: PathBuf::new(),
+        };
+        assert_eq!(host.cgroups_path("", "abc"), "/berth/k8s.io/abc");
+        assert_eq!(host.cgroups_path("/kubepods/pod1/", "abc"), "/kubepods/pod1/abc");
+        host.systemd_cgroup = true;
+        assert_eq!(
+            host.cgroups_path("kubepods-pod1.slice", "abc"),
+            "kubepods-pod1.slice:cri-berth:abc"
+        );
+    }
+
+    #[test]
+    fn a_relative_host_path_is_refused() {
+        let mount = cri::Mount {
+            container_path: "/data".into(),
+            host_path: "relative".into(),
+            ..Default::default()
+        };
+        assert!(bind_mount(&mount).is_err());
+    }
+}

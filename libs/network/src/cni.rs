@@ -1,0 +1,496 @@
+//! Running CNI plugins: the first network list of a configuration
+//! directory (as containerd's CRI picks it: file names in order, `.conflist`,
+//! `.conf` or `.json`), each plugin of it in order on ADD and in reverse on
+//! DEL, the previous plugin's result passed on, and `portMappings` given to
+//! the plugins that declare that capability.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use berth_errdefs::{Error, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tokio::io::AsyncWriteExt;
+
+/// The longest a plugin may take for one step.
+const PLUGIN_TIMEOUT: Duration = Duration::from_secs(60);
+/// The largest configuration file read, and the most a plugin may print.
+const MAX_CONFIG: u64 = 1 << 20;
+/// The interface the pod's network is attached as.
+const POD_INTERFACE: &str = "eth0";
+
+/// CNI plugins and their configuration.
+#[derive(Debug, Clone)]
+pub struct Cni {
+    pub conf_dir: PathBuf,
+    pub bin_dirs: Vec<PathBuf>,
+}
+
+/// One network list: its name, version and plugin configurations.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NetworkList {
+    pub name: String,
+    pub cni_version: String,
+    pub plugins: Vec<Value>,
+    /// The file it came from.
+    pub source: PathBuf,
+}
+
+/// A host port published to a pod.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortMapping {
+    #[serde(rename = "hostPort")]
+    pub host_port: u16,
+    #[serde(rename = "containerPort")]
+    pub container_port: u16,
+    /// `tcp`, `udp` or `sctp`.
+    pub protocol: String,
+    #[serde(rename = "hostIP", default, skip_serializing_if = "String::is_empty")]
+    pub host_ip: String,
+}
+
+/// The pod a network is set up for.
+#[derive(Debug, Clone)]
+pub struct PodNetwork {
+    /// The sandbox's id (CNI's container id).
+    pub id: String,
+    pub netns: PathBuf,
+    pub pod_name: String,
+    pub pod_namespace: String,
+    pub pod_uid: String,
+    pub port_mappings: Vec<PortMapping>,
+}
+
+/// What setting up a pod's network gave: each network's result, kept so
+/// that the teardown can hand it back to the plugins.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Attachment {
+    /// (network name, interface, the last plugin's result).
+    pub results: Vec<(String, String, Value)>,
+}
+
+impl Attachment {
+    /// The pod's addresses (without prefix length), the primary first.
+    pub fn ips(&self) -> Vec<String> {
+        let mut ips = Vec::new();
+        for (_, ifname, result) in &self.results {
+            if ifname == "lo" {
+                continue;
+            }
+            if let Some(list) = result.get("ips").and_then(Value::as_array) {
+                for ip in list {
+                    if let Some(address) = ip.get("address").and_then(Value::as_str) {
+                        ips.push(address.split('/').next().unwrap_or(address).to_string());
+                    }
+                }
+            }
+            // CNI 0.2.0 results.
+            for key in ["ip4", "ip6"] {
+                if let Some(address) = result
+                    .get(key)
+                    .and_then(|v| v.get("ip"))
+                    .and_then(Value::as_str)
+                {
+                    ips.push(address.split('/').next().unwrap_or(address).to_string());
+                }
+            }
+        }
+        ips
+    }
+}
+
+fn loopback() -> NetworkList {
+    NetworkList {
+        name: "cni-loopback".to_string(),
+        cni_version: "1.0.0".to_string(),
+        plugins: vec![json!({"type": "loopback"})],
+        source: PathBuf::new(),
+    }
+}
+
+impl NetworkList {
+    /// Parses a `.conflist`, or a `.conf`/`.json` of one plugin.
+    pub fn parse(bytes: &[u8], source: &Path) -> Result<NetworkList> {
+        let invalid = |why: String| {
+            Error::invalid_argument(format!("CNI configuration {}: {why}", source.display()))
+        };
+        let value: Value = serde_json::from_slice(bytes).map_err(|e| invalid(e.to_string()))?;
+        let name = value
+            .get("name")
+            .and_then(Value::as_str)
+            .ok_or_else(|| invalid("no name".into()))?
+            .to_string();
+        let cni_version = value
+            .get("cniVersion")
+            .and_then(Value::as_str)
+            .unwrap_or("0.3.1")
+            .to_string();
+        let plugins = match value.get("plugins") {
+            Some(Value::Array(plugins)) => plugins.clone(),
+            Some(_) => return Err(invalid("plugins is not a list".into())),
+            None if value.get("type").is_some() => vec![value.clone()],
+            None => return Err(invalid("neither plugins nor type".into())),
+        };
+        if plugins.is_empty() {
+            return Err(invalid("no plugins".into()));
+        }
+        for plugin in &plugins {
+            let kind = plugin.get("type").and_then(Value::as_str).unwrap_or("");
+            if kind.is_empty() || kind.contains('/') || kind.starts_with('.') {
+                return Err(invalid(format!("plugin type {kind:?} is not a plugin name")));
+            }
+        }
+        Ok(NetworkList {
+            name,
+            cni_version,
+            plugins,
+            source: source.to_path_buf(),
+        })
+    }
+}
+
+impl Cni {
+    /// The network pods are attached to: the first usable file of the
+    /// configuration directory; None when it has none (the network is not
+    /// ready).
+    pub fn network(&self) -> Result<Option<NetworkList>> {
+        let entries = match std::fs::read_dir(&self.conf_dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io(format!("reading {}", self.conf_dir.display()), &e)),
+        };
+        let mut files: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                matches!(
+                    p.extension().and_then(|e| e.to_str()),
+                    Some("conflist" | "conf" | "json")
+                )
+            })
+            .collect();
+        files.sort();
+        for file in files {
+            let bytes = match read_bounded(&file) {
+                Ok(bytes) => bytes,
+                Err(e) => {
+                    tracing::warn!(file = %file.display(), "skipped: {e}");
+                    continue;
+                }
+            };
+            match NetworkList::parse(&bytes, &file) {
+                Ok(list) => return Ok(Some(list)),
+                Err(e) => tracing::warn!(file = %file.display(), "skipped: {e}"),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Whether the plugins a list names are all installed.
+    pub fn missing_plugins(&self, list: &NetworkList) -> Vec<String> {
+        list.plugins
+            .iter()
+            .filter_map(|p| p.get("type").and_then(Value::as_str))
+            .filter(|kind| self.plugin(kind).is_none())
+            .map(str::to_string)
+            .collect()
+    }
+
+    fn plugin(&self, kind: &str) -> Option<PathBuf> {
+        self.bin_dirs
+            .iter()
+            .map(|dir| dir.join(kind))
+            .find(|path| path.is_file())
+    }
+
+    /// Brings up `lo` and attaches the pod to the network.
+    pub async fn setup(&self, pod: &PodNetwork) -> Result<Attachment> {
+        let network = self
+            .network()?
+            .ok_or_else(|| Error::failed_precondition(format!(
+                "no CNI network configuration in {}",
+                self.conf_dir.display()
+            )))?;
+        let mut attachment = Attachment::default();
+        let lo = loopback();
+        let result = self.add(&lo, "lo", pod).await?;
+        attachment.results.push((lo.name.clone(), "lo".into(), result));
+        match self.add(&network, POD_INTERFACE, pod).await {
+            Ok(result) => {
+                attachment
+                    .results
+                    .push((network.name.clone(), POD_INTERFACE.into(), result));
+                Ok(attachment)
+            }
+            Err(e) => {
+                // Whatever the failed ADD left (an address, a veth) goes.
+                let _ = self.del(&network, POD_INTERFACE, pod, None).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Detaches the pod from the network it was attached to (as recorded),
+    /// else from the configured one.
+    pub async fn teardown(&self, pod: &PodNetwork, attachment: Option<&Attachment>) -> Result<()> {
+        let network = match self.network()? {
+            Some(network) => network,
+            None => return Ok(()),
+        };
+        let previous = attachment.and_then(|a| {
+            a.results
+                .iter()
+                .find(|(name, ifname, _)| *name == network.name && ifname == POD_INTERFACE)
+                .map(|(_, _, result)| result.clone())
+        });
+        self.del(&network, POD_INTERFACE, pod, previous).await
+    }
+
+    async fn add(&self, list: &NetworkList, ifname: &str, pod: &PodNetwork) -> Result<Value> {
+        let mut previous: Option<Value> = None;
+        for plugin in &list.plugins {
+            let config = self.plugin_config(list, plugin, pod, previous.take());
+            let result = self.exec("ADD", plugin, &config, ifname, pod).await?;
+            previous = Some(result);
+        }
+        Ok(previous.unwrap_or(Value::Null))
+    }
+
+    async fn del(
+        &self,
+        list: &NetworkList,
+        ifname: &str,
+        pod: &PodNetwork,
+        previous: Option<Value>,
+    ) -> Result<()> {
+        let mut first_error = None;
+        for plugin in list.plugins.iter().rev() {
+            let config = self.plugin_config(list, plugin, pod, previous.clone());
+            if let Err(e) = self.exec("DEL", plugin, &config, ifname, pod).await {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// A plugin's stdin: its own configuration with the list's name and
+    /// version, the previous result, and the runtime config it asks for.
+    fn plugin_config(
+        &self,
+        list: &NetworkList,
+        plugin: &Value,
+        pod: &PodNetwork,
+        previous: Option<Value>,
+    ) -> Value {
+        let mut config = plugin.clone();
+        if let Some(map) = config.as_object_mut() {
+            map.insert("name".into(), json!(list.name));
+            map.insert("cniVersion".into(), json!(list.cni_version));
+            if let Some(previous) = previous {
+                map.insert("prevResult".into(), previous);
+            }
+            let wants_ports = plugin
+                .get("capabilities")
+                .and_then(|c| c.get("portMappings"))
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
+            if wants_ports && !pod.port_mappings.is_empty() {
+                map.insert(
+                    "runtimeConfig".into(),
+                    json!({ "portMappings": pod.port_mappings }),
+                );
+            }
+        }
+        config
+    }
+
+    async fn exec(
+        &self,
+        command: &str,
+        plugin: &Value,
+        config: &Value,
+        ifname: &str,
+        pod: &PodNetwork,
+    ) -> Result<Value> {
+        let kind = plugin.get("type").and_then(Value::as_str).unwrap_or("");
+        let binary = self.plugin(kind).ok_or_else(|| {
+            Error::failed_precondition(format!(
+                "CNI plugin {kind:?} not found in {:?}",
+                self.bin_dirs
+            ))
+        })?;
+        let path = std::env::join_paths(&self.bin_dirs)
+            .map_err(|e| Error::invalid_argument(format!("CNI bin dirs: {e}")))?;
+        let args = format!(
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_INFRA_CONTAINER_ID={};K8S_POD_UID={}",
+            pod.pod_namespace, pod.pod_name, pod.id, pod.pod_uid
+        );
+        let stdin = serde_json::to_vec(config)
+            .map_err(|e| Error::internal(format!("encoding CNI config: {e}")))?;
+        let mut child = tokio::process::Command::new(&binary)
+            .env_clear()
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", &pod.id)
+            .env("CNI_NETNS", &pod.netns)
+            .env("CNI_IFNAME", ifname)
+            .env("CNI_PATH", path)
+            .env("CNI_ARGS", args)
+            .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| Error::io(format!("running {}", binary.display()), &e))?;
+        if let Some(mut input) = child.stdin.take() {
+            input
+                .write_all(&stdin)
+                .await
+                .map_err(|e| Error::io(format!("writing to {}", binary.display()), &e))?;
+        }
+        let output = tokio::time::timeout(PLUGIN_TIMEOUT, child.wait_with_output())
+            .await
+            .map_err(|_| Error::unavailable(format!("CNI plugin {kind} {command}: timed out")))?
+            .map_err(|e| Error::io(format!("running {}", binary.display()), &e))?;
+        if output.stdout.len() as u64 > MAX_CONFIG {
+            return Err(Error::internal(format!("CNI plugin {kind} printed too much")));
+        }
+        if !output.status.success() {
+            let message = serde_json::from_slice::<Value>(&output.stdout)
+                .ok()
+                .and_then(|v| {
+                    let msg = v.get("msg").and_then(Value::as_str)?.to_string();
+                    let details = v.get("details").and_then(Value::as_str).unwrap_or("");
+                    Some(if details.is_empty() {
+                        msg
+                    } else {
+                        format!("{msg}: {details}")
+                    })
+                })
+                .unwrap_or_else(|| String::from_utf8_lossy(&output.stderr).trim().to_string());
+            return Err(Error::internal(format!(
+                "CNI plugin {kind} {command} on {ifname}: {message}"
+            )));
+        }
+        if command == "DEL" || output.stdout.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Value::Null);
+        }
+        serde_json::from_slice(&output.stdout).map_err(|e| {
+            Error::internal(format!("CNI plugin {kind} {command}: its result is not JSON: {e}"))
+        })
+    }
+}
+
+fn read_bounded(path: &Path) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let file =
+        std::fs::File::open(path).map_err(|e| Error::io(format!("opening {}", path.display()), &e))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_CONFIG + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io(format!("reading {}", path.display()), &e))?;
+    if bytes.len() as u64 > MAX_CONFIG {
+        return Err(Error::invalid_argument(format!(
+            "{} is larger than {MAX_CONFIG} bytes",
+            path.display()
+        )));
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_single_plugin_conf_is_a_list_of_one() {
+        let list = NetworkList::parse(
+            br#"{"cniVersion":"0.4.0","name":"n","type":"bridge","bridge":"b0"}"#,
+            Path::new("x.conf"),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(list.name, "n");
+        assert_eq!(list.plugins.len(), 1);
+        assert_eq!(list.plugins[0]["bridge"], "b0");
+    }
+
+    #[test]
+    fn plugin_types_that_are_paths_are_refused() {
+        for kind in ["../bin/sh", "/bin/sh", ".hidden", ""] {
+            let text = format!(r#"{{"name":"n","plugins":[{{"type":"{kind}"}}]}}"#);
+            assert!(
+                NetworkList::parse(text.as_bytes(), Path::new("x")).is_err(),
+                "{kind}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_first_usable_file_in_name_order_is_the_network() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let write = |name: &str, text: &str| {
+            std::fs::write(dir.path().join(name), text).unwrap_or_else(|e| panic!("{e}"))
+        };
+        write("05-broken.conflist", "{not json");
+        write("10-b.conflist", r#"{"name":"b","plugins":[{"type":"bridge"}]}"#);
+        write("20-a.conflist", r#"{"name":"a","plugins":[{"type":"bridge"}]}"#);
+        write("00-ignored.txt", r#"{"name":"t","plugins":[{"type":"bridge"}]}"#);
+        let cni = Cni {
+            conf_dir: dir.path().to_path_buf(),
+            bin_dirs: vec![],
+        };
+        let list = cni
+            .network()
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|| panic!("no network"));
+        assert_eq!(list.name, "b");
+        assert_eq!(cni.missing_plugins(&list), vec!["bridge".to_string()]);
+    }
+
+    #[test]
+    fn port_mappings_reach_only_plugins_that_ask() {
+        let cni = Cni {
+            conf_dir: PathBuf::new(),
+            bin_dirs: vec![],
+        };
+        let list = NetworkList::parse(
+            br#"{"name":"n","cniVersion":"1.0.0","plugins":[{"type":"bridge"},{"type":"portmap","capabilities":{"portMappings":true}}]}"#,
+            Path::new("x"),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let pod = PodNetwork {
+            id: "p".into(),
+            netns: PathBuf::from("/run/netns/p"),
+            pod_name: "n".into(),
+            pod_namespace: "ns".into(),
+            pod_uid: "u".into(),
+            port_mappings: vec![PortMapping {
+                host_port: 8080,
+                container_port: 80,
+                protocol: "tcp".into(),
+                host_ip: String::new(),
+            }],
+        };
+        let bridge = cni.plugin_config(&list, &list.plugins[0], &pod, None);
+        assert!(bridge.get("runtimeConfig").is_none());
+        assert_eq!(bridge["name"], "n");
+        let portmap = cni.plugin_config(&list, &list.plugins[1], &pod, Some(json!({"ips": []})));
+        assert_eq!(portmap["runtimeConfig"]["portMappings"][0]["hostPort"], 8080);
+        assert_eq!(portmap["prevResult"], json!({"ips": []}));
+    }
+
+    #[test]
+    fn addresses_come_from_the_pod_interface_results() {
+        let attachment = Attachment {
+            results: vec![
+                ("cni-loopback".into(), "lo".into(), json!({"ips":[{"address":"127.0.0.1/8"}]})),
+                (
+                    "n".into(),
+                    "eth0".into(),
+                    json!({"ips":[{"address":"10.88.0.5/16"},{"address":"fd00::5/64"}]}),
+                ),
+            ],
+        };
+        assert_eq!(attachment.ips(), vec!["10.88.0.5", "fd00::5"]);
+    }
+}

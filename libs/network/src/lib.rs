@@ -1,0 +1,13 @@
+//! Container networking: network namespaces pinned by bind mounts, and CNI
+//! plugins run on them (the CNI 1.0 protocol: a plugin binary per network
+//! step, its configuration on stdin, its result on stdout).
+//!
+//! berth-crid gives every pod sandbox a namespace of its own and runs the
+//! first network list of its CNI configuration directory on it, plus the
+//! `loopback` plugin for `lo`, as containerd's CRI does.
+
+mod cni;
+mod netns;
+
+pub use cni::{Attachment, Cni, NetworkList, PodNetwork, PortMapping};
+pub use netns::{create_netns, remove_netns};
