@@ -183,6 +183,7 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(config: DaemonConfig, daemons: Daemons, settings: Settings) -> anyhow::Result<()> {
     let crid = Crid::new(daemons, settings);
+    crid.watch_ooms();
     if let Err(e) = crid.recover().await {
         // The daemons may still be starting; what was not recovered now is
         // found on the first request that touches it.

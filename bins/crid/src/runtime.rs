@@ -53,6 +53,11 @@ pub struct Crid {
     pub settings: Settings,
     pub store: Store,
     logging: Mutex<HashMap<String, Logging>>,
+    /// Containers the kernel's OOM killer acted in (from `/tasks/oom`).
+    oom_killed: Mutex<std::collections::HashSet<String>>,
+    /// The last CPU sample of each container: (when, CPU nanoseconds), to
+    /// give a rate.
+    cpu_samples: Mutex<HashMap<String, (i64, u64)>>,
 }
 
 impl std::fmt::Debug for Crid {
@@ -104,6 +109,8 @@ impl Crid {
             settings,
             store,
             logging: Mutex::new(HashMap::new()),
+            oom_killed: Mutex::new(Default::default()),
+            cpu_samples: Mutex::new(HashMap::new()),
         })
     }
 
@@ -659,6 +666,7 @@ impl Crid {
         };
         if self.store.container(id).is_some() {
             self.stop_logging(id);
+            let oom = code == 137 && self.saw_oom(id).await;
             let _ = self.store.update_container(id, |c| {
                 if c.phase == ContainerPhase::Running {
                     c.phase = ContainerPhase::Exited;
@@ -667,16 +675,188 @@ impl Crid {
                     c.reason = match (exit.is_some(), code) {
                         (false, _) => "Unknown".into(),
                         (true, 0) => "Completed".into(),
+                        (true, _) if oom => "OOMKilled".into(),
                         (true, _) => "Error".into(),
                     };
                 }
             });
+            self.cpu_samples
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(id);
         } else if self.store.sandbox(id).is_some() {
             let _ = self.store.update_sandbox(id, |s| s.phase = SandboxPhase::NotReady);
         }
         if let Err(e) = self.remove_task(id).await {
             tracing::warn!(id, "deleting the exited task: {e}");
         }
+    }
+
+    /// Whether the OOM killer acted in the container. The shim publishes
+    /// the OOM before the exit as a rule, but the two travel different
+    /// paths (metad's exchange, taskd's wait): a SIGKILL exit waits a
+    /// moment for it.
+    async fn saw_oom(&self, id: &str) -> bool {
+        for _ in 0..20 {
+            if self
+                .oom_killed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(id)
+            {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        false
+    }
+
+    /// Follows metad's `/tasks/oom` events for the life of crid.
+    pub fn watch_ooms(self: &Arc<Self>) {
+        let crid = self.clone();
+        tokio::spawn(async move {
+            let filters = [format!(r#"topic=="/tasks/oom",namespace=="{NAMESPACE}""#)];
+            loop {
+                let subscribed = async {
+                    let events = berth_client::events::RemoteEvents::connect(&crid.daemons.metad).await?;
+                    let mut subscription = events.subscribe(&filters).await?;
+                    while let Some(envelope) = subscription.next().await? {
+                        let event = berth_client::events::KnownEvent::decode(
+                            &envelope.event.type_url,
+                            &envelope.event.value,
+                        );
+                        if let Some(id) = event.and_then(|e| e.field(&["container_id".to_string()])) {
+                            tracing::info!(container = %id, "OOM killer acted");
+                            crid.oom_killed
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .insert(id);
+                        }
+                    }
+                    Ok::<(), Error>(())
+                }
+                .await;
+                if let Err(e) = subscribed {
+                    tracing::debug!("OOM events: {e}; again in 1 s");
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+    }
+
+    /// Stats of the containers `filter` selects (every one when none).
+    pub async fn container_stats(
+        &self,
+        filter: Option<cri::ContainerStatsFilter>,
+    ) -> Result<Vec<cri::ContainerStats>> {
+        let filter = filter.unwrap_or_default();
+        let containers: Vec<Container> = self
+            .store
+            .containers()
+            .into_iter()
+            .filter(|c| filter.id.is_empty() || c.id.starts_with(&filter.id))
+            .filter(|c| {
+                filter.pod_sandbox_id.is_empty() || c.sandbox_id.starts_with(&filter.pod_sandbox_id)
+            })
+            .filter(|c| selected(&c.config.labels, &filter.label_selector))
+            .collect();
+        let tasks = self.daemons.tasks().await?;
+        let snapshots = self.daemons.snapshots().await?;
+        let mut out = Vec::with_capacity(containers.len());
+        for c in containers {
+            out.push(self.stats_of(&c, &tasks, &snapshots).await);
+        }
+        Ok(out)
+    }
+
+    pub async fn one_container_stats(&self, id: &str) -> Result<cri::ContainerStats> {
+        let c = self
+            .store
+            .find_container(id)
+            .ok_or_else(|| Error::not_found(format!("container {id:?} not found")))?;
+        let tasks = self.daemons.tasks().await?;
+        let snapshots = self.daemons.snapshots().await?;
+        Ok(self.stats_of(&c, &tasks, &snapshots).await)
+    }
+
+    async fn stats_of(
+        &self,
+        c: &Container,
+        tasks: &berth_client::RemoteTasks,
+        snapshots: &berth_client::RemoteSnapshotter,
+    ) -> cri::ContainerStats {
+        use berth_snapshot::Snapshotter;
+        let now = now_nanos();
+        let mut stats = cri::ContainerStats {
+            attributes: Some(cri::ContainerAttributes {
+                id: c.id.clone(),
+                metadata: Some(c.metadata()),
+                labels: c.config.labels.clone(),
+                annotations: c.config.annotations.clone(),
+            }),
+            ..Default::default()
+        };
+        if let Ok(usage) = snapshots.usage(NAMESPACE, &c.id).await {
+            stats.writable_layer = Some(cri::FilesystemUsage {
+                timestamp: now,
+                fs_id: Some(cri::FilesystemIdentifier {
+                    mountpoint: String::new(),
+                }),
+                used_bytes: Some(cri::UInt64Value { value: usage.size }),
+                inodes_used: Some(cri::UInt64Value {
+                    value: usage.inodes,
+                }),
+            });
+        }
+        if c.phase != ContainerPhase::Running {
+            return stats;
+        }
+        let filters = [format!("container_id=={}", c.id)];
+        let Some(usage) = tasks
+            .metrics(NAMESPACE, &filters)
+            .await
+            .ok()
+            .and_then(|m| m.into_iter().find(|m| m.container_id == c.id))
+            .and_then(|m| berth_tasks::usage::usage(&m))
+        else {
+            return stats;
+        };
+        let rate = {
+            let mut samples = self.cpu_samples.lock().unwrap_or_else(|p| p.into_inner());
+            let previous = samples.insert(c.id.clone(), (now, usage.cpu_nanos));
+            previous.and_then(|(at, cpu)| {
+                let elapsed = now.checked_sub(at).filter(|e| *e > 0)? as u128;
+                let used = usage.cpu_nanos.checked_sub(cpu)? as u128;
+                Some((used * 1_000_000_000 / elapsed) as u64)
+            })
+        };
+        stats.cpu = Some(cri::CpuUsage {
+            timestamp: now,
+            usage_core_nano_seconds: Some(cri::UInt64Value {
+                value: usage.cpu_nanos,
+            }),
+            usage_nano_cores: rate.map(|value| cri::UInt64Value { value }),
+        });
+        stats.memory = Some(cri::MemoryUsage {
+            timestamp: now,
+            working_set_bytes: Some(cri::UInt64Value {
+                value: usage.working_set_bytes,
+            }),
+            usage_bytes: Some(cri::UInt64Value {
+                value: usage.memory_bytes,
+            }),
+            rss_bytes: Some(cri::UInt64Value {
+                value: usage.rss_bytes,
+            }),
+            page_faults: Some(cri::UInt64Value {
+                value: usage.page_faults,
+            }),
+            major_page_faults: Some(cri::UInt64Value {
+                value: usage.major_page_faults,
+            }),
+            available_bytes: None,
+        });
+        stats
     }
 
     pub async fn stop_container(&self, id: &str, timeout: i64) -> Result<()> {

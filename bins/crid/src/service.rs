@@ -244,16 +244,28 @@ impl RuntimeService for CriService {
 
     async fn container_stats(
         &self,
-        _: Request<cri::ContainerStatsRequest>,
+        request: Request<cri::ContainerStatsRequest>,
     ) -> GrpcResult<cri::ContainerStatsResponse> {
-        unimplemented("ContainerStats")
+        let id = request.into_inner().container_id;
+        reply(
+            self.crid
+                .one_container_stats(&id)
+                .await
+                .map(|stats| cri::ContainerStatsResponse { stats: Some(stats) }),
+        )
     }
 
     async fn list_container_stats(
         &self,
-        _: Request<cri::ListContainerStatsRequest>,
+        request: Request<cri::ListContainerStatsRequest>,
     ) -> GrpcResult<cri::ListContainerStatsResponse> {
-        unimplemented("ListContainerStats")
+        let filter = request.into_inner().filter;
+        reply(
+            self.crid
+                .container_stats(filter)
+                .await
+                .map(|stats| cri::ListContainerStatsResponse { stats }),
+        )
     }
 
     async fn pod_sandbox_stats(

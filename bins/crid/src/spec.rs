@@ -136,16 +136,29 @@ fn seccomp_of(host: &Host, profile: Option<&cri::SecurityProfile>, path: &str) -
     }
 }
 
-fn user_string(uid: Option<i64>, gid: Option<i64>, name: &str) -> Option<String> {
+/// The user string of a security context's run-as fields. A group alone
+/// is refused, as containerd refuses it: it would silently run as root.
+fn user_string(uid: Option<i64>, gid: Option<i64>, name: &str) -> Result<Option<String>> {
     let user = match (uid, name) {
+        (Some(uid), _) if uid < 0 => {
+            return Err(Error::invalid_argument(format!("run as user {uid}: negative")))
+        }
         (Some(uid), _) => uid.to_string(),
         (None, name) if !name.is_empty() => name.to_string(),
-        (None, _) => return gid.map(|gid| format!("0:{gid}")),
+        (None, _) if gid.is_some() => {
+            return Err(Error::invalid_argument(
+                "run as group is set without run as user or run as username",
+            ))
+        }
+        (None, _) => return Ok(None),
     };
-    Some(match gid {
+    Ok(Some(match gid {
+        Some(gid) if gid < 0 => {
+            return Err(Error::invalid_argument(format!("run as group {gid}: negative")))
+        }
         Some(gid) => format!("{user}:{gid}"),
         None => user,
-    })
+    }))
 }
 
 fn supplemental_groups(groups: Vec<i64>) -> SpecHook {
@@ -211,13 +224,19 @@ pub fn sandbox_options(host: &Host, sandbox: &Sandbox, image_user: &str) -> Resu
         security.run_as_user.map(|v| v.value),
         security.run_as_group.map(|v| v.value),
         "",
-    )
+    )?
     .or_else(|| (!image_user.is_empty()).then(|| image_user.to_string()));
     options.read_only_rootfs = true;
     options.privileged = security.privileged;
     #[allow(deprecated)]
     let profile_path = security.seccomp_profile_path.clone();
-    options.seccomp = seccomp_of(host, security.seccomp.as_ref(), &profile_path)?;
+    // A privileged process runs unconfined whatever profile is named, as
+    // containerd runs it.
+    options.seccomp = if security.privileged {
+        Seccomp::Unconfined
+    } else {
+        seccomp_of(host, security.seccomp.as_ref(), &profile_path)?
+    };
     options.no_new_privileges = true;
     if let Some(netns) = &sandbox.netns {
         options.hooks.push(set_namespace(
@@ -339,7 +358,7 @@ pub fn container_options(
         security.run_as_user.map(|v| v.value),
         security.run_as_group.map(|v| v.value),
         &security.run_as_username,
-    );
+    )?;
     options.read_only_rootfs = security.readonly_rootfs;
     options.privileged = security.privileged;
     if let Some(caps) = &security.capabilities {
@@ -349,7 +368,13 @@ pub fn container_options(
     options.no_new_privileges = security.no_new_privs;
     #[allow(deprecated)]
     let profile_path = security.seccomp_profile_path.clone();
-    options.seccomp = seccomp_of(host, security.seccomp.as_ref(), &profile_path)?;
+    // A privileged process runs unconfined whatever profile is named, as
+    // containerd runs it.
+    options.seccomp = if security.privileged {
+        Seccomp::Unconfined
+    } else {
+        seccomp_of(host, security.seccomp.as_ref(), &profile_path)?
+    };
     let pod_ns = sandbox.namespace_options();
     let host_network = pod_ns.network == cri::NamespaceMode::Node as i32;
     options.network = if host_network {
@@ -387,6 +412,24 @@ pub fn container_options(
     }
     for mount in &config.mounts {
         options.mounts.push(bind_mount(mount)?);
+    }
+    // A mount that propagates needs the container's root to propagate too
+    // (runc's rootfsPropagation), as containerd sets it.
+    let propagation = |wanted: cri::MountPropagation| {
+        config.mounts.iter().any(|m| m.propagation == wanted as i32)
+    };
+    let rootfs_propagation = if propagation(cri::MountPropagation::PropagationBidirectional) {
+        Some("rshared")
+    } else if propagation(cri::MountPropagation::PropagationHostToContainer) {
+        Some("rslave")
+    } else {
+        None
+    };
+    if let Some(mode) = rootfs_propagation {
+        options.hooks.push(hook(move |spec| {
+            linux_of(spec).set_rootfs_propagation(Some(mode.to_string()));
+            Ok(())
+        }));
     }
 
     // The pod's namespaces, through its pause process.
@@ -559,12 +602,15 @@ mod tests {
 
     #[test]
     fn cri_users_become_user_strings() {
-        assert_eq!(user_string(None, None, ""), None);
-        assert_eq!(user_string(Some(1000), None, ""), Some("1000".into()));
-        assert_eq!(user_string(Some(1000), Some(50), "x"), Some("1000:50".into()));
-        assert_eq!(user_string(None, Some(50), "www"), Some("www:50".into()));
-        assert_eq!(user_string(None, None, "www"), Some("www".into()));
-        assert_eq!(user_string(None, Some(50), ""), Some("0:50".into()));
+        let ok = |uid, gid, name| user_string(uid, gid, name).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(ok(None, None, ""), None);
+        assert_eq!(ok(Some(1000), None, ""), Some("1000".into()));
+        assert_eq!(ok(Some(1000), Some(50), "x"), Some("1000:50".into()));
+        assert_eq!(ok(None, Some(50), "www"), Some("www:50".into()));
+        assert_eq!(ok(None, None, "www"), Some("www".into()));
+        assert!(user_string(None, Some(50), "").is_err(), "a group alone");
+        assert!(user_string(Some(-1), None, "").is_err());
+        assert!(user_string(Some(1), Some(-1), "").is_err());
     }
 
     #[test]

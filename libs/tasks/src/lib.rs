@@ -13,6 +13,7 @@ pub use berth_metadata::Any;
 pub use berth_mount::Mount;
 
 pub mod container;
+pub mod usage;
 pub mod wire;
 
 /// A process's state, as containerd and its shims name it.

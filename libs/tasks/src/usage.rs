@@ -1,0 +1,130 @@
+//! A task's resource usage in the few figures its users ask for (the CRI's
+//! container stats, `berth stats`), read from the cgroup metrics its shim
+//! reports: containerd's `io.containerd.cgroups.v1.Metrics` or
+//! `io.containerd.cgroups.v2.Metrics`.
+
+use containerd_shim_protos::cgroups::metrics as v1;
+use containerd_shim_protos::cgroups_v2::metrics as v2;
+use containerd_shim_protos::protobuf::Message;
+
+use crate::Metric;
+
+/// One sample of a task's usage.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// CPU time used since the task started, in nanoseconds.
+    pub cpu_nanos: u64,
+    /// Memory charged to the cgroup (page cache included).
+    pub memory_bytes: u64,
+    /// What the kubelet evicts by: memory minus inactive file pages.
+    pub working_set_bytes: u64,
+    /// Anonymous memory.
+    pub rss_bytes: u64,
+    pub page_faults: u64,
+    pub major_page_faults: u64,
+}
+
+pub const CGROUPS_V1_METRICS: &str = "io.containerd.cgroups.v1.Metrics";
+pub const CGROUPS_V2_METRICS: &str = "io.containerd.cgroups.v2.Metrics";
+
+/// The usage in a metric, when it is one of containerd's cgroup metrics.
+pub fn usage(metric: &Metric) -> Option<Usage> {
+    let bytes = &metric.data.value;
+    match metric.data.type_url.trim_start_matches('/') {
+        CGROUPS_V1_METRICS => v1::Metrics::parse_from_bytes(bytes).ok().map(|m| {
+            let memory = m.memory.as_ref();
+            let usage = memory.and_then(|m| m.usage.as_ref()).map_or(0, |u| u.usage);
+            let inactive = memory.map_or(0, |m| m.total_inactive_file);
+            Usage {
+                cpu_nanos: m
+                    .cpu
+                    .as_ref()
+                    .and_then(|c| c.usage.as_ref())
+                    .map_or(0, |u| u.total),
+                memory_bytes: usage,
+                working_set_bytes: usage.saturating_sub(inactive),
+                rss_bytes: memory.map_or(0, |m| m.total_rss),
+                page_faults: memory.map_or(0, |m| m.total_pg_fault),
+                major_page_faults: memory.map_or(0, |m| m.total_pg_maj_fault),
+            }
+        }),
+        CGROUPS_V2_METRICS => v2::Metrics::parse_from_bytes(bytes).ok().map(|m| {
+            let memory = m.memory.as_ref();
+            let usage = memory.map_or(0, |m| m.usage);
+            let inactive = memory.map_or(0, |m| m.inactive_file);
+            Usage {
+                cpu_nanos: m.cpu.as_ref().map_or(0, |c| c.usage_usec.saturating_mul(1000)),
+                memory_bytes: usage,
+                working_set_bytes: usage.saturating_sub(inactive),
+                rss_bytes: memory.map_or(0, |m| m.anon),
+                page_faults: memory.map_or(0, |m| m.pgfault),
+                major_page_faults: memory.map_or(0, |m| m.pgmajfault),
+            }
+        }),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use berth_metadata::Any;
+
+    fn metric(type_url: &str, value: Vec<u8>) -> Metric {
+        Metric {
+            container_id: "c".into(),
+            at: std::time::SystemTime::now(),
+            data: Any {
+                type_url: type_url.into(),
+                value,
+            },
+        }
+    }
+
+    #[test]
+    fn v1_and_v2_metrics_give_the_same_figures() {
+        let mut m1 = v1::Metrics::new();
+        let mut cpu = v1::CPUStat::new();
+        let mut cpu_usage = v1::CPUUsage::new();
+        cpu_usage.total = 5_000;
+        cpu.usage = Some(cpu_usage).into();
+        m1.cpu = Some(cpu).into();
+        let mut mem = v1::MemoryStat::new();
+        let mut mem_usage = v1::MemoryEntry::new();
+        mem_usage.usage = 1000;
+        mem.usage = Some(mem_usage).into();
+        mem.total_inactive_file = 300;
+        mem.total_rss = 600;
+        mem.total_pg_fault = 7;
+        mem.total_pg_maj_fault = 1;
+        m1.memory = Some(mem).into();
+        let from_v1 = usage(&metric(CGROUPS_V1_METRICS, m1.write_to_bytes().unwrap_or_default()));
+
+        let mut m2 = v2::Metrics::new();
+        let mut cpu = v2::CPUStat::new();
+        cpu.usage_usec = 5;
+        m2.cpu = Some(cpu).into();
+        let mut mem = v2::MemoryStat::new();
+        mem.usage = 1000;
+        mem.inactive_file = 300;
+        mem.anon = 600;
+        mem.pgfault = 7;
+        mem.pgmajfault = 1;
+        m2.memory = Some(mem).into();
+        let from_v2 = usage(&metric(
+            &format!("/{CGROUPS_V2_METRICS}"),
+            m2.write_to_bytes().unwrap_or_default(),
+        ));
+        let want = Usage {
+            cpu_nanos: 5_000,
+            memory_bytes: 1000,
+            working_set_bytes: 700,
+            rss_bytes: 600,
+            page_faults: 7,
+            major_page_faults: 1,
+        };
+        assert_eq!(from_v1, Some(want));
+        assert_eq!(from_v2, Some(want));
+        assert_eq!(usage(&metric("other", vec![])), None);
+    }
+}
