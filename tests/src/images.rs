@@ -94,10 +94,36 @@ impl Layout {
 
     /// An image manifest (OCI, or Docker schema 2 if `docker`) for `layers`.
     pub fn add_image(&self, layers: &[(Blob, Digest)], arch: &str, docker: bool) -> Blob {
+        self.add_image_of(
+            layers,
+            arch,
+            docker,
+            json!({"Cmd": ["/bin/sh"], "Env": ["PATH=/bin"]}),
+        )
+    }
+
+    /// An OCI image manifest for `layers` whose config's `config` is
+    /// `process` (Entrypoint, Cmd, Env, User...).
+    pub fn add_image_with_config(
+        &self,
+        layers: &[(Blob, Digest)],
+        arch: &str,
+        process: serde_json::Value,
+    ) -> Blob {
+        self.add_image_of(layers, arch, false, process)
+    }
+
+    fn add_image_of(
+        &self,
+        layers: &[(Blob, Digest)],
+        arch: &str,
+        docker: bool,
+        process: serde_json::Value,
+    ) -> Blob {
         let config = json!({
             "architecture": arch,
             "os": "linux",
-            "config": {"Cmd": ["/bin/sh"], "Env": ["PATH=/bin"]},
+            "config": process,
             "rootfs": {"type": "layers", "diff_ids": layers.iter().map(|(_, d)| d.to_string()).collect::<Vec<_>>()},
         });
         let (config_type, manifest_type, layer_type) = if docker {

@@ -1,0 +1,373 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+//! berth-crid through the CRI's own clients: crictl (cri-tools 1.34) for a
+//! pod's life and a restart of crid under a running pod, and critest, the
+//! CRI validation suite, run by ../shared/critest/run.sh against a fresh
+//! berth stack, with every spec berth is known to pass required to pass.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use berth_e2e::images::{busybox_rootfs, host_architecture, Layout};
+use berth_e2e::stack::Stack;
+use berth_e2e::{binary, Daemon};
+use serde_json::json;
+
+fn shared() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared")
+}
+
+fn crictl_path() -> PathBuf {
+    shared().join("peers/bin/crictl")
+}
+
+/// The image pods run: busybox, with an entrypoint that sleeps (the pause
+/// process) and a shell for containers; imported into `k8s.io`.
+const POD_IMAGE: &str = "berth.test/cri:busybox";
+
+fn pod_image_archive(dir: &Path) -> PathBuf {
+    let rootfs = busybox_rootfs(&dir.join("rootfs"), &[]);
+    for applet in ["sleep", "echo", "cat", "hostname", "id"] {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
+    }
+    for d in ["proc", "sys", "dev", "tmp", "etc"] {
+        std::fs::create_dir_all(rootfs.join(d)).unwrap();
+    }
+    let mut layout = Layout::new(&dir.join("layout"));
+    let layer = layout.add_layer(&rootfs);
+    let manifest = layout.add_image_with_config(
+        &[layer],
+        host_architecture(),
+        json!({"Entrypoint": ["/bin/sleep", "2147483647"], "Env": ["PATH=/bin"]}),
+    );
+    layout.tag(POD_IMAGE, &manifest);
+    let archive = dir.join("pod-image.tar");
+    let status = Command::new("tar")
+        .arg("-C")
+        .arg(&layout.dir)
+        .arg("-cf")
+        .arg(&archive)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    archive
+}
+
+struct Cri {
+    stack: Stack,
+    crid: Daemon,
+    dir: PathBuf,
+}
+
+impl Cri {
+    fn start(dir: &Path) -> Cri {
+        let stack = Stack::start(&dir.join("stack"));
+        let archive = pod_image_archive(&dir.join("image"));
+        let (ok, _, err) = stack.berth(&["-n", "k8s.io", "import", archive.to_str().unwrap()]);
+        assert!(ok, "import: {err}");
+        let sockets = [
+            ("--contentd", &stack.contentd.socket),
+            ("--snapd", &stack.snapd.socket),
+            ("--metad", &stack.metad.socket),
+            ("--taskd", &stack.taskd.socket),
+        ];
+        let mut args: Vec<String> = Vec::new();
+        for (flag, socket) in sockets {
+            args.push(flag.to_string());
+            args.push(socket.display().to_string());
+        }
+        args.extend(["--sandbox-image".to_string(), POD_IMAGE.to_string()]);
+        args.extend([
+            "--cni-conf-dir".to_string(),
+            dir.join("net.d").display().to_string(),
+        ]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let crid = Daemon::start_with_args("berth-crid", &dir.join("crid"), &args);
+        Cri {
+            stack,
+            crid,
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    fn crictl(&self, args: &[&str]) -> (bool, String, String) {
+        let endpoint = format!("unix://{}", self.crid.socket.display());
+        let out = Command::new(crictl_path())
+            .args(["-r", &endpoint, "-i", &endpoint, "--timeout", "60s"])
+            .args(args)
+            .env("HOME", &self.dir)
+            .output()
+            .expect("running crictl");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let (ok, out, err) = self.crictl(args);
+        assert!(ok, "crictl {args:?}: {err}");
+        out
+    }
+
+    fn inspect(&self, what: &str, id: &str) -> serde_json::Value {
+        serde_json::from_str(&self.ok(&[what, "-o", "json", id])).unwrap()
+    }
+
+    fn write_config(&self, name: &str, value: serde_json::Value) -> String {
+        let path = self.dir.join(name);
+        std::fs::write(&path, value.to_string()).unwrap();
+        path.display().to_string()
+    }
+}
+
+impl Drop for Cri {
+    fn drop(&mut self) {
+        // Whatever a failed test left: every pod goes, with its containers.
+        let _ = self.crictl(&["rmp", "-fa"]);
+    }
+}
+
+fn wait_for(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !check() {
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The CRI log lines of a file: (stream, tag, text), each line checked
+/// for the kubelet's format.
+fn log_entries(path: &Path) -> Vec<(String, String, String)> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .map(|line| {
+            let mut fields = line.splitn(4, ' ');
+            let stamp = fields.next().unwrap();
+            assert!(
+                berth_metadata::parse_rfc3339(stamp).is_ok(),
+                "not an RFC 3339 time: {line:?}"
+            );
+            let stream = fields.next().unwrap().to_string();
+            let tag = fields.next().unwrap().to_string();
+            assert!(["stdout", "stderr"].contains(&stream.as_str()), "{line:?}");
+            assert!(["F", "P"].contains(&tag.as_str()), "{line:?}");
+            (stream, tag, fields.next().unwrap_or("").to_string())
+        })
+        .collect()
+}
+
+fn counted_lines(path: &Path) -> Vec<u64> {
+    log_entries(path)
+        .into_iter()
+        .filter_map(|(_, _, text)| text.strip_prefix("line ")?.parse().ok())
+        .collect()
+}
+
+/// A pod's whole life through crictl, with crid SIGKILLed and restarted
+/// while its container runs and writes: the pod and container are listed
+/// again as they are, output written while crid was down reaches the log
+/// in order and without loss, exec works, and stopping and removing the
+/// pod leaves no task, record, snapshot, namespace file or state behind.
+#[test]
+fn a_pod_lives_through_crictl_and_a_crid_restart() {
+    if !berth_e2e::require(berth_e2e::is_root(), "needs root")
+        || !berth_e2e::require(berth_e2e::run_prerequisites(), "runc and busybox-static")
+        || !berth_e2e::require(crictl_path().exists(), "../shared/peers/bin/crictl")
+    {
+        return;
+    }
+    let tmp = tempfile::Builder::new()
+        .prefix("berth-cri-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let dir = tmp.path();
+    let mut cri = Cri::start(dir);
+    let logs = dir.join("pod-logs");
+
+    let version = cri.ok(&["version"]);
+    assert!(version.contains("RuntimeName:  berth"), "{version}");
+
+    let pod = cri.write_config(
+        "pod.json",
+        json!({
+            "metadata": {"name": "web", "namespace": "test", "uid": "pod-uid-1", "attempt": 0},
+            "log_directory": logs.display().to_string(),
+            "linux": {"security_context": {"namespace_options": {"network": 2}}},
+        }),
+    );
+    let container = cri.write_config(
+        "container.json",
+        json!({
+            "metadata": {"name": "counter"},
+            "image": {"image": POD_IMAGE},
+            "command": ["/bin/sh", "-c",
+                "trap 'exit 42' TERM; i=0; while true; do echo line $i; i=$((i+1)); sleep 0.05; done"],
+            "log_path": "counter.log",
+            "labels": {"app": "counter"},
+        }),
+    );
+    let pod_id = cri.ok(&["runp", &pod]);
+    let status = cri.inspect("inspectp", &pod_id);
+    assert_eq!(status["status"]["state"], "SANDBOX_READY", "{status}");
+
+    // A second pod of the same name and attempt is refused.
+    let (ok, _, err) = cri.crictl(&["runp", &pod]);
+    assert!(!ok, "a second pod with the same name");
+    assert!(err.contains("taken"), "{err}");
+
+    let ctr_id = cri.ok(&["create", &pod_id, &container, &pod]);
+    assert_eq!(
+        cri.inspect("inspect", &ctr_id)["status"]["state"],
+        "CONTAINER_CREATED"
+    );
+    cri.ok(&["start", &ctr_id]);
+    assert_eq!(
+        cri.inspect("inspect", &ctr_id)["status"]["state"],
+        "CONTAINER_RUNNING"
+    );
+    let listed = cri.ok(&["ps", "-q", "--label", "app=counter"]);
+    assert_eq!(listed, ctr_id);
+    assert_eq!(cri.ok(&["ps", "-q", "--label", "app=other"]), "");
+
+    let log = logs.join("counter.log");
+    wait_for("the first lines in the log", Duration::from_secs(30), || {
+        counted_lines(&log).len() >= 5
+    });
+    let out = cri.ok(&["exec", "-s", &ctr_id, "/bin/echo", "from exec"]);
+    assert_eq!(out, "from exec");
+    let (ok, _, _) = cri.crictl(&["exec", "-s", &ctr_id, "/bin/sh", "-c", "exit 3"]);
+    assert!(!ok, "a failing exec's status reaches crictl");
+    let stats: serde_json::Value = serde_json::from_str(&cri.ok(&["stats", "-o", "json"])).unwrap();
+    let cpu = &stats["stats"][0]["cpu"]["usageCoreNanoSeconds"]["value"];
+    assert!(
+        cpu.as_str().map(|v| v != "0").unwrap_or(cpu.as_u64().unwrap_or(0) > 0),
+        "CPU time of a running container: {stats}"
+    );
+
+    // crid dies with the pod running and the container writing.
+    let before = counted_lines(&log).last().copied().unwrap();
+    cri.crid.kill();
+    std::thread::sleep(Duration::from_secs(1));
+    cri.crid.restart();
+    assert_eq!(
+        cri.inspect("inspectp", &pod_id)["status"]["state"],
+        "SANDBOX_READY"
+    );
+    assert_eq!(
+        cri.inspect("inspect", &ctr_id)["status"]["state"],
+        "CONTAINER_RUNNING"
+    );
+    wait_for("the log going on after the restart", Duration::from_secs(30), || {
+        counted_lines(&log).last().is_some_and(|n| *n > before + 20)
+    });
+    let lines = counted_lines(&log);
+    let expected: Vec<u64> = (0..lines.len() as u64).collect();
+    assert_eq!(lines, expected, "every line once, in order, across the restart");
+    assert_eq!(
+        cri.ok(&["exec", "-s", &ctr_id, "/bin/echo", "after restart"]),
+        "after restart"
+    );
+
+    // Stopped with its stop signal (TERM: the trap's status), in time.
+    cri.ok(&["stop", "-t", "10", &ctr_id]);
+    let status = cri.inspect("inspect", &ctr_id);
+    assert_eq!(status["status"]["state"], "CONTAINER_EXITED", "{status}");
+    assert_eq!(status["status"]["exitCode"], 42, "{status}");
+    assert_eq!(status["status"]["reason"], "Error", "{status}");
+    cri.ok(&["rm", &ctr_id]);
+    cri.ok(&["stopp", &pod_id]);
+    cri.ok(&["stopp", &pod_id]);
+    cri.ok(&["rmp", &pod_id]);
+    assert_eq!(cri.ok(&["pods", "-q"]), "");
+    assert_eq!(cri.ok(&["ps", "-aq"]), "");
+
+    // Nothing left in the daemons or on disk.
+    let tasks = cri.stack.berth(&["-n", "k8s.io", "tasks", "ls", "-q"]).1;
+    assert_eq!(tasks.trim(), "", "tasks left");
+    let records = cri.stack.berth(&["-n", "k8s.io", "containers", "ls", "-q"]).1;
+    assert_eq!(records.trim(), "", "container records left");
+    let snapshots = cri.stack.berth(&["-n", "k8s.io", "snapshots", "ls", "-q"]).1;
+    assert!(
+        !snapshots.contains(&pod_id) && !snapshots.contains(&ctr_id),
+        "snapshots left: {snapshots}"
+    );
+    for sub in ["sandboxes", "containers"] {
+        let left: Vec<_> = std::fs::read_dir(cri.crid.root.join(sub))
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "crid state left: {left:?}");
+    }
+}
+
+/// critest (cri-tools 1.34, ../shared/critest) against a fresh berth stack:
+/// every spec listed in tests/cri/critest-pass.txt must pass. The list
+/// grows as berth-crid does; containerd 2.2.7 passes 92 here.
+#[test]
+fn critest_passes_every_spec_berth_is_known_to_pass() {
+    let runner = shared().join("critest/run.sh");
+    if !berth_e2e::require(berth_e2e::is_root(), "needs root")
+        || !berth_e2e::require(runner.exists(), "../shared/critest/run.sh")
+        || !berth_e2e::require(berth_e2e::on_path("docker-registry"), "docker-registry")
+        || !berth_e2e::require(
+            Path::new("/usr/lib/cni/bridge").exists(),
+            "containernetworking-plugins",
+        )
+    {
+        return;
+    }
+    let images = Command::new(shared().join("critest/mkimages.py"))
+        .output()
+        .expect("running mkimages.py");
+    assert!(
+        images.status.success(),
+        "mkimages.py: {}",
+        String::from_utf8_lossy(&images.stderr)
+    );
+    let out = tempfile::Builder::new()
+        .prefix("berth-critest-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let bin = binary("berth-crid").parent().unwrap().to_path_buf();
+    let stack = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/cri-stack.sh");
+    let result = Command::new(&runner)
+        .arg(out.path().join("berth"))
+        .env("CRI_ENDPOINT", "unix://@RUN@/berth/run/cri.sock")
+        .env(
+            "CRI_SERVER_CMD",
+            format!("exec {} \"$CRI_ORACLE_RUN/berth\"", stack.display()),
+        )
+        .env("BERTH_BIN", &bin)
+        .output()
+        .expect("running critest");
+    let summary = std::fs::read_to_string(out.path().join("berth/summary.txt")).unwrap_or_else(|e| {
+        panic!(
+            "no summary ({e}); runner said: {}\n{}",
+            String::from_utf8_lossy(&result.stdout),
+            String::from_utf8_lossy(&result.stderr)
+        )
+    });
+    let passed: std::collections::HashSet<&str> = summary
+        .lines()
+        .filter_map(|l| l.strip_prefix("PASS  "))
+        .collect();
+    let expected = include_str!("../cri/critest-pass.txt");
+    let missing: Vec<&str> = expected
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter(|spec| !passed.contains(spec))
+        .collect();
+    let failures =
+        std::fs::read_to_string(out.path().join("berth/failures.txt")).unwrap_or_default();
+    assert!(
+        missing.is_empty(),
+        "{} specs berth passed before fail now:\n{}\n\n{failures}",
+        missing.len(),
+        missing.join("\n")
+    );
+    let footer = summary.lines().rev().find(|l| l.starts_with("# specs")).unwrap_or("");
+    eprintln!("critest: {footer}");
+}
