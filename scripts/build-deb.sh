@@ -39,7 +39,7 @@ for doc in docs/*.md; do install -m 0644 "$doc" "$stage/usr/share/doc/berth/"; d
 # it in place (metrics_address, log_level, ...) and upgrades keep the edit.
 mkdir -p "$stage/DEBIAN" "$stage/etc/berth"
 : >"$stage/DEBIAN/conffiles"
-for daemon in contentd snapd metad taskd; do
+for daemon in contentd snapd metad taskd crid; do
   "$stage/usr/bin/berth-$daemon" --print-default-config >"$stage/etc/berth/$daemon.toml"
   chmod 0644 "$stage/etc/berth/$daemon.toml"
   echo "/etc/berth/$daemon.toml" >>"$stage/DEBIAN/conffiles"
@@ -52,6 +52,7 @@ Architecture: $arch
 Maintainer: berth developers <berth@localhost>
 Installed-Size: $size
 Depends: libc6 (>= 2.36), runc
+Recommends: containernetworking-plugins
 Suggests: busybox-static
 Section: admin
 Priority: optional
@@ -60,10 +61,11 @@ Description: container runtime: images, snapshots, containers, as small daemons
  berth does containerd's job (pull images, keep their content and
  filesystems, run and supervise containers through v2 shims) with one
  small daemon per concern, each restartable on its own, socket-activated
- by systemd. containerd-shim-berth-v2 also works under upstream containerd.
+ by systemd; berth-crid serves Kubernetes' CRI on /run/berth/cri.sock.
+ containerd-shim-berth-v2 also works under upstream containerd.
 CONTROL
 
-units="berth-contentd.socket berth-snapd.socket berth-metad.socket berth-taskd.socket berth.target"
+units="berth-contentd.socket berth-snapd.socket berth-metad.socket berth-taskd.socket berth-crid.socket berth.target"
 cat >"$stage/DEBIAN/postinst" <<POSTINST
 #!/bin/sh
 set -e
@@ -85,7 +87,7 @@ if [ "\$1" = configure ]; then
     # An upgrade restarts the daemons one by one; containers keep running
     # (taskd's KillMode=process).
     if [ -n "\$2" ]; then
-      systemctl try-restart berth-contentd.service berth-snapd.service berth-metad.service berth-taskd.service || true
+      systemctl try-restart berth-contentd.service berth-snapd.service berth-metad.service berth-taskd.service berth-crid.service || true
     fi
     systemctl start berth.target || true
   fi
@@ -95,7 +97,7 @@ cat >"$stage/DEBIAN/prerm" <<PRERM
 #!/bin/sh
 set -e
 if [ -d /run/systemd/system ] && [ "\$1" = remove ]; then
-  systemctl stop berth.target berth-taskd.service berth-metad.service berth-snapd.service berth-contentd.service $units || true
+  systemctl stop berth.target berth-crid.service berth-taskd.service berth-metad.service berth-snapd.service berth-contentd.service $units || true
 fi
 PRERM
 cat >"$stage/DEBIAN/postrm" <<POSTRM

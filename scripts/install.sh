@@ -31,7 +31,7 @@ while [ $# -gt 0 ]; do
   shift
 done
 
-binaries=(berth berth-contentd berth-snapd berth-metad berth-taskd containerd-shim-berth-v2)
+binaries=(berth berth-contentd berth-snapd berth-metad berth-taskd berth-crid containerd-shim-berth-v2)
 units=(packaging/systemd/*)
 bin_dir=$prefix/bin
 man_dir=$prefix/share/man/man1

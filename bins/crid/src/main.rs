@@ -176,6 +176,7 @@ fn main() -> anyhow::Result<()> {
             systemd_cgroup: cli.systemd_cgroup || file.systemd_cgroup.unwrap_or(false),
             restrict_oom_score_adj: !can_lower_oom_scores(),
             seccomp_root: config.root.join("seccomp"),
+            recursive_read_only: berth_crid::spec::runc_has_recursive_read_only(),
         },
     };
     runtime.block_on(run(config, daemons, settings))

@@ -318,7 +318,7 @@ impl RuntimeService for CriService {
             .map(|name| cri::RuntimeHandler {
                 name: name.clone(),
                 features: Some(cri::RuntimeHandlerFeatures {
-                    recursive_read_only_mounts: false,
+                    recursive_read_only_mounts: self.crid.settings.host.recursive_read_only,
                     user_namespaces: false,
                 }),
             })

@@ -30,6 +30,25 @@ pub struct Host {
     /// Where seccomp profiles named `localhost/...` are looked up when the
     /// name is relative.
     pub seccomp_root: PathBuf,
+    /// The OCI runtime makes read-only mounts recursive (`rro`).
+    pub recursive_read_only: bool,
+}
+
+/// Whether `runc features` lists the `rro` mount option.
+pub fn runc_has_recursive_read_only() -> bool {
+    std::process::Command::new("runc")
+        .arg("features")
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .and_then(|out| serde_json::from_slice::<serde_json::Value>(&out.stdout).ok())
+        .and_then(|features| {
+            features
+                .get("mountOptions")?
+                .as_array()
+                .map(|options| options.iter().any(|o| o == "rro"))
+        })
+        .unwrap_or(false)
 }
 
 impl Host {
@@ -411,7 +430,7 @@ pub fn container_options(
         }
     }
     for mount in &config.mounts {
-        options.mounts.push(bind_mount(mount)?);
+        options.mounts.push(bind_mount(mount, host.recursive_read_only)?);
     }
     // A mount that propagates needs the container's root to propagate too
     // (runc's rootfsPropagation), as containerd sets it.
@@ -521,13 +540,33 @@ pub fn container_options(
     Ok(options)
 }
 
-fn bind_mount(mount: &cri::Mount) -> Result<MountOption> {
+fn bind_mount(mount: &cri::Mount, recursive_read_only: bool) -> Result<MountOption> {
     if !Path::new(&mount.container_path).is_absolute() || !Path::new(&mount.host_path).is_absolute()
     {
         return Err(Error::invalid_argument(format!(
             "mount {:?} -> {:?}: both paths must be absolute",
             mount.host_path, mount.container_path
         )));
+    }
+    let private = mount.propagation == cri::MountPropagation::PropagationPrivate as i32;
+    if mount.recursive_read_only {
+        // As the CRI defines it: only a read-only, private mount can be
+        // made recursively read-only.
+        let why = if !mount.readonly {
+            Some("it is not read-only")
+        } else if !private {
+            Some("its propagation is not private")
+        } else if !recursive_read_only {
+            Some("the OCI runtime does not support rro")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            return Err(Error::invalid_argument(format!(
+                "mount {:?}: recursive read-only refused: {why}",
+                mount.container_path
+            )));
+        }
     }
     // As containerd: a missing host path becomes a directory.
     if std::fs::symlink_metadata(&mount.host_path).is_err() {
@@ -537,6 +576,9 @@ fn bind_mount(mount: &cri::Mount) -> Result<MountOption> {
     let mut options = Vec::new();
     if mount.readonly {
         options.push("ro".to_string());
+    }
+    if mount.recursive_read_only {
+        options.push("rro".to_string());
     }
     options.push(
         match cri::MountPropagation::try_from(mount.propagation) {
@@ -619,6 +661,7 @@ mod tests {
             systemd_cgroup: false,
             restrict_oom_score_adj: false,
             seccomp_root: PathBuf::new(),
+            recursive_read_only: true,
         };
         assert_eq!(host.cgroups_path("", "abc"), "/berth/k8s.io/abc");
         assert_eq!(host.cgroups_path("/kubepods/pod1/", "abc"), "/kubepods/pod1/abc");
@@ -636,6 +679,26 @@ mod tests {
             host_path: "relative".into(),
             ..Default::default()
         };
-        assert!(bind_mount(&mount).is_err());
+        assert!(bind_mount(&mount, true).is_err());
+    }
+
+    #[test]
+    fn recursive_read_only_needs_read_only_private_and_runtime_support() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let mount = |readonly, propagation: cri::MountPropagation| cri::Mount {
+            container_path: "/data".into(),
+            host_path: dir.path().display().to_string(),
+            readonly,
+            recursive_read_only: true,
+            propagation: propagation as i32,
+            ..Default::default()
+        };
+        let private = cri::MountPropagation::PropagationPrivate;
+        let ok = bind_mount(&mount(true, private), true).unwrap_or_else(|e| panic!("{e}"));
+        assert!(ok.options.contains(&"rro".to_string()), "{:?}", ok.options);
+        assert!(bind_mount(&mount(false, private), true).is_err());
+        assert!(bind_mount(&mount(true, cri::MountPropagation::PropagationHostToContainer), true).is_err());
+        assert!(bind_mount(&mount(true, cri::MountPropagation::PropagationBidirectional), true).is_err());
+        assert!(bind_mount(&mount(true, private), false).is_err(), "no runtime support");
     }
 }

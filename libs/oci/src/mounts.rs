@@ -245,6 +245,8 @@ fn allowed_option(o: &str) -> bool {
         "bind",
         "rbind",
         "ro",
+        // runc's recursive read-only (mount_setattr, kernel 5.12+).
+        "rro",
         "rw",
         "nosuid",
         "suid",

@@ -10,7 +10,7 @@ use berth_client::local::Daemon;
 #[derive(Debug, clap::Subcommand)]
 pub enum ConfigCommand {
     /// Print the complete default configuration file (commented TOML, for
-    /// `--config FILE`) of one daemon, or of all four one after another.
+    /// `--config FILE`) of one daemon, or of all five one after another.
     Default {
         #[arg(value_enum)]
         daemon: Option<DaemonName>,
@@ -27,15 +27,26 @@ pub enum DaemonName {
     Snapd,
     Metad,
     Taskd,
+    Crid,
 }
 
-impl From<DaemonName> for Daemon {
-    fn from(name: DaemonName) -> Daemon {
-        match name {
-            DaemonName::Contentd => Daemon::Contentd,
-            DaemonName::Snapd => Daemon::Snapd,
-            DaemonName::Metad => Daemon::Metad,
-            DaemonName::Taskd => Daemon::Taskd,
+impl DaemonName {
+    const ALL: [DaemonName; 5] = [
+        DaemonName::Contentd,
+        DaemonName::Snapd,
+        DaemonName::Metad,
+        DaemonName::Taskd,
+        DaemonName::Crid,
+    ];
+
+    /// Its executable: the four of `berth up`, and the CRI server.
+    fn binary(self) -> String {
+        match self {
+            DaemonName::Contentd => Daemon::Contentd.binary(),
+            DaemonName::Snapd => Daemon::Snapd.binary(),
+            DaemonName::Metad => Daemon::Metad.binary(),
+            DaemonName::Taskd => Daemon::Taskd.binary(),
+            DaemonName::Crid => "berth-crid".to_string(),
         }
     }
 }
@@ -43,9 +54,9 @@ impl From<DaemonName> for Daemon {
 pub fn run(command: ConfigCommand) -> Result<()> {
     let ConfigCommand::Default { daemon, bin_dir } = command;
     let binaries = super::up::binaries_dir(bin_dir)?;
-    let daemons: Vec<Daemon> = match daemon {
-        Some(name) => vec![name.into()],
-        None => Daemon::ALL.to_vec(),
+    let daemons: Vec<DaemonName> = match daemon {
+        Some(name) => vec![name],
+        None => DaemonName::ALL.to_vec(),
     };
     for (n, daemon) in daemons.iter().enumerate() {
         let binary = binaries.join(daemon.binary());
