@@ -91,6 +91,29 @@ fn defaults() -> Defaults {
     }
 }
 
+/// Serves gRPC on one connection. hyper serves it directly rather than
+/// tonic's server, whose deadline layer answers an expired `grpc-timeout`
+/// with CANCELLED: the CRI's clients (as grpc-go's servers behave) expect
+/// the deadline to be theirs, ending in DEADLINE_EXCEEDED.
+async fn serve_connection(stream: tokio::net::UnixStream, routes: tonic::service::Routes) {
+    let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+        let mut routes = routes.clone();
+        async move {
+            let answer =
+                tower_service::Service::call(&mut routes, request.map(tonic::body::boxed)).await;
+            Ok::<_, std::convert::Infallible>(
+                answer.unwrap_or_else(|e| tonic::Status::internal(e.to_string()).into_http()),
+            )
+        }
+    });
+    let served = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+        .await;
+    if let Err(e) = served {
+        tracing::debug!("connection: {e}");
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if cli.daemon.print_default_config {
@@ -197,41 +220,42 @@ async fn run(config: DaemonConfig, daemons: Daemons, settings: Settings) -> anyh
         .set_nonblocking(true)
         .context("making the socket non-blocking")?;
     let listener = tokio::net::UnixListener::from_std(listener).context("listening")?;
-    let incoming = tokio_stream::StreamExt::filter(
-        tokio_stream::wrappers::UnixListenerStream::new(listener),
-        move |connection| match connection {
-            Ok(stream) => policy.admits(stream.as_fd()).unwrap_or(false),
-            Err(_) => true,
-        },
-    );
     let service = CriService { crid };
+    let routes = tonic::service::Routes::new(
+        RuntimeServiceServer::new(service.clone())
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE),
+    )
+    .add_service(
+        ImageServiceServer::new(service)
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE),
+    )
+    .prepare();
     let mut terminate = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-    let shutdown = async move {
-        tokio::select! {
-            _ = terminate.recv() => tracing::info!("SIGTERM: shutting down"),
-            _ = interrupt.recv() => tracing::info!("SIGINT: shutting down"),
-        }
-    };
     tracing::info!(address = %config.address.display(), "serving");
     let _ = sd_notify::notify(&[
         sd_notify::NotifyState::Ready,
         sd_notify::NotifyState::Status("serving"),
     ]);
-    tonic::transport::Server::builder()
-        .add_service(
-            RuntimeServiceServer::new(service.clone())
-                .max_decoding_message_size(MAX_MESSAGE)
-                .max_encoding_message_size(MAX_MESSAGE),
-        )
-        .add_service(
-            ImageServiceServer::new(service)
-                .max_decoding_message_size(MAX_MESSAGE)
-                .max_encoding_message_size(MAX_MESSAGE),
-        )
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
-        .context("serving the CRI")?;
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!("accepting a connection: {e}");
+                    continue;
+                }
+            },
+            _ = terminate.recv() => { tracing::info!("SIGTERM: shutting down"); break }
+            _ = interrupt.recv() => { tracing::info!("SIGINT: shutting down"); break }
+        };
+        if !policy.admits(stream.as_fd()).unwrap_or(false) {
+            continue;
+        }
+        tokio::spawn(serve_connection(stream, routes.clone()));
+    }
     if let Some(path) = bound {
         let _ = std::fs::remove_file(path);
     }
