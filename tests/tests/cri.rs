@@ -234,9 +234,11 @@ fn a_pod_lives_through_crictl_and_a_crid_restart() {
     assert_eq!(cri.ok(&["ps", "-q", "--label", "app=other"]), "");
 
     let log = logs.join("counter.log");
-    wait_for("the first lines in the log", Duration::from_secs(30), || {
-        counted_lines(&log).len() >= 5
-    });
+    wait_for(
+        "the first lines in the log",
+        Duration::from_secs(30),
+        || counted_lines(&log).len() >= 5,
+    );
     let out = cri.ok(&["exec", "-s", &ctr_id, "/bin/echo", "from exec"]);
     assert_eq!(out, "from exec");
     let (ok, _, _) = cri.crictl(&["exec", "-s", &ctr_id, "/bin/sh", "-c", "exit 3"]);
@@ -244,7 +246,9 @@ fn a_pod_lives_through_crictl_and_a_crid_restart() {
     let stats: serde_json::Value = serde_json::from_str(&cri.ok(&["stats", "-o", "json"])).unwrap();
     let cpu = &stats["stats"][0]["cpu"]["usageCoreNanoSeconds"]["value"];
     assert!(
-        cpu.as_str().map(|v| v != "0").unwrap_or(cpu.as_u64().unwrap_or(0) > 0),
+        cpu.as_str()
+            .map(|v| v != "0")
+            .unwrap_or(cpu.as_u64().unwrap_or(0) > 0),
         "CPU time of a running container: {stats}"
     );
 
@@ -261,12 +265,17 @@ fn a_pod_lives_through_crictl_and_a_crid_restart() {
         cri.inspect("inspect", &ctr_id)["status"]["state"],
         "CONTAINER_RUNNING"
     );
-    wait_for("the log going on after the restart", Duration::from_secs(30), || {
-        counted_lines(&log).last().is_some_and(|n| *n > before + 20)
-    });
+    wait_for(
+        "the log going on after the restart",
+        Duration::from_secs(30),
+        || counted_lines(&log).last().is_some_and(|n| *n > before + 20),
+    );
     let lines = counted_lines(&log);
     let expected: Vec<u64> = (0..lines.len() as u64).collect();
-    assert_eq!(lines, expected, "every line once, in order, across the restart");
+    assert_eq!(
+        lines, expected,
+        "every line once, in order, across the restart"
+    );
     assert_eq!(
         cri.ok(&["exec", "-s", &ctr_id, "/bin/echo", "after restart"]),
         "after restart"
@@ -288,9 +297,15 @@ fn a_pod_lives_through_crictl_and_a_crid_restart() {
     // Nothing left in the daemons or on disk.
     let tasks = cri.stack.berth(&["-n", "k8s.io", "tasks", "ls", "-q"]).1;
     assert_eq!(tasks.trim(), "", "tasks left");
-    let records = cri.stack.berth(&["-n", "k8s.io", "containers", "ls", "-q"]).1;
+    let records = cri
+        .stack
+        .berth(&["-n", "k8s.io", "containers", "ls", "-q"])
+        .1;
     assert_eq!(records.trim(), "", "container records left");
-    let snapshots = cri.stack.berth(&["-n", "k8s.io", "snapshots", "ls", "-q"]).1;
+    let snapshots = cri
+        .stack
+        .berth(&["-n", "k8s.io", "snapshots", "ls", "-q"])
+        .1;
     assert!(
         !snapshots.contains(&pod_id) && !snapshots.contains(&ctr_id),
         "snapshots left: {snapshots}"
@@ -343,13 +358,14 @@ fn critest_passes_every_spec_berth_is_known_to_pass() {
         .env("BERTH_BIN", &bin)
         .output()
         .expect("running critest");
-    let summary = std::fs::read_to_string(out.path().join("berth/summary.txt")).unwrap_or_else(|e| {
-        panic!(
-            "no summary ({e}); runner said: {}\n{}",
-            String::from_utf8_lossy(&result.stdout),
-            String::from_utf8_lossy(&result.stderr)
-        )
-    });
+    let summary =
+        std::fs::read_to_string(out.path().join("berth/summary.txt")).unwrap_or_else(|e| {
+            panic!(
+                "no summary ({e}); runner said: {}\n{}",
+                String::from_utf8_lossy(&result.stdout),
+                String::from_utf8_lossy(&result.stderr)
+            )
+        });
     let passed: std::collections::HashSet<&str> = summary
         .lines()
         .filter_map(|l| l.strip_prefix("PASS  "))
@@ -368,6 +384,10 @@ fn critest_passes_every_spec_berth_is_known_to_pass() {
         missing.len(),
         missing.join("\n")
     );
-    let footer = summary.lines().rev().find(|l| l.starts_with("# specs")).unwrap_or("");
+    let footer = summary
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("# specs"))
+        .unwrap_or("");
     eprintln!("critest: {footer}");
 }

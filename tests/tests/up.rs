@@ -362,10 +362,20 @@ async fn every_daemon_accepts_the_default_config_berth_prints_for_it() {
     let config = text(&out.stdout);
     assert!(all.contains(&config), "crid is not in the full output");
     for key in [
-        "contentd", "snapd", "metad", "taskd", "sandbox_image", "cni_conf_dir", "cni_bin_dirs",
-        "runtime", "systemd_cgroup",
+        "contentd",
+        "snapd",
+        "metad",
+        "taskd",
+        "sandbox_image",
+        "cni_conf_dir",
+        "cni_bin_dirs",
+        "runtime",
+        "systemd_cgroup",
     ] {
-        assert!(config.contains(&format!("\n{key} = ")), "crid lacks {key}: {config}");
+        assert!(
+            config.contains(&format!("\n{key} = ")),
+            "crid lacks {key}: {config}"
+        );
     }
     let file = root.path().join("crid.toml");
     std::fs::write(&file, &config).unwrap();
@@ -375,7 +385,11 @@ async fn every_daemon_accepts_the_default_config_berth_prints_for_it() {
         &["--config", file.to_str().unwrap()],
     );
     std::thread::sleep(std::time::Duration::from_millis(300));
-    assert!(berth_e2e::alive(crid.pid()), "crid with its default config: {}", crid.log_text());
+    assert!(
+        berth_e2e::alive(crid.pid()),
+        "crid with its default config: {}",
+        crid.log_text()
+    );
     assert!(crid.socket.exists());
 
     let out = root.berth(&["config", "default", "nosuchd"]);

@@ -97,17 +97,19 @@ pub async fn list(daemons: &Daemons) -> Result<Vec<CriImage>> {
     let matcher = Matcher::new(vec![Platform::host()]);
     let mut by_id: BTreeMap<Digest, CriImage> = BTreeMap::new();
     for (root, records) in by_root {
-        let resolved =
-            match berth_image::store::resolve_manifest(&content, NAMESPACE, &root, &matcher).await
-            {
-                Ok(resolved) => resolved,
-                Err(e) => {
-                    // A record whose content is missing or not for this
-                    // platform is no image the kubelet can run.
-                    tracing::debug!(%root, "not a CRI image: {e}");
-                    continue;
-                }
-            };
+        let resolved = match berth_image::store::resolve_manifest(
+            &content, NAMESPACE, &root, &matcher,
+        )
+        .await
+        {
+            Ok(resolved) => resolved,
+            Err(e) => {
+                // A record whose content is missing or not for this
+                // platform is no image the kubelet can run.
+                tracing::debug!(%root, "not a CRI image: {e}");
+                continue;
+            }
+        };
         let config =
             match berth_image::store::read_config(&content, NAMESPACE, &resolved.manifest).await {
                 Ok(config) => config,
@@ -163,17 +165,16 @@ pub async fn find(daemons: &Daemons, image: &str) -> Result<Option<CriImage>> {
         i.names.contains(image)
             || normalised.as_ref().is_some_and(|n| i.names.contains(n))
             || i.repo_digests.contains(image)
-            || normalised.as_ref().is_some_and(|n| i.repo_digests.contains(n))
+            || normalised
+                .as_ref()
+                .is_some_and(|n| i.repo_digests.contains(n))
     });
     if let Some(found) = by_name {
         return Ok(Some(found.clone()));
     }
     let hex = image.strip_prefix("sha256:").unwrap_or(image);
     if hex.len() >= 12 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        let matches: Vec<&CriImage> = all
-            .iter()
-            .filter(|i| i.id.hex().starts_with(hex))
-            .collect();
+        let matches: Vec<&CriImage> = all.iter().filter(|i| i.id.hex().starts_with(hex)).collect();
         if matches.len() == 1 {
             return Ok(Some(matches[0].clone()));
         }
@@ -183,7 +184,11 @@ pub async fn find(daemons: &Daemons, image: &str) -> Result<Option<CriImage>> {
 
 /// Pulls `image` into the namespace and records it under its tag (or
 /// digest), its repository digest and its id; returns the id.
-pub async fn pull(daemons: &Daemons, image: &str, auth: Option<&cri::AuthConfig>) -> Result<Digest> {
+pub async fn pull(
+    daemons: &Daemons,
+    image: &str,
+    auth: Option<&cri::AuthConfig>,
+) -> Result<Digest> {
     let reference = Reference::parse(image).map_err(|e| Error::invalid_argument(e.to_string()))?;
     let credentials = match auth {
         Some(auth) => credentials(auth)?,
@@ -217,7 +222,9 @@ pub async fn pull(daemons: &Daemons, image: &str, auth: Option<&cri::AuthConfig>
             .await?;
     let id = resolved.manifest.config.digest.clone();
     // The tag's record is the pull's own; the others name the same root.
-    let repo_digest = reference.with_digest(pulled.root.digest.clone()).to_string();
+    let repo_digest = reference
+        .with_digest(pulled.root.digest.clone())
+        .to_string();
     for name in [repo_digest, id.to_string()] {
         berth_image::store::record_image(&images, NAMESPACE, &name, &pulled.root).await?;
     }

@@ -8,6 +8,9 @@
 //!   output in the kubelet's log format; [`state`]: what crid keeps on
 //!   disk; [`daemons`]: the sockets it works through.
 
+// tonic's generated traits return `Result<_, tonic::Status>` by value.
+#![allow(clippy::result_large_err)]
+
 pub mod daemons;
 pub mod error;
 pub mod images;

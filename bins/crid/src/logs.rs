@@ -257,7 +257,11 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 2);
         let fields: Vec<&str> = lines[0].splitn(4, ' ').collect();
-        assert!(berth_metadata::parse_rfc3339(fields[0]).is_ok(), "{}", fields[0]);
+        assert!(
+            berth_metadata::parse_rfc3339(fields[0]).is_ok(),
+            "{}",
+            fields[0]
+        );
         assert_eq!(&fields[1..], &["stdout", "F", "hello world"]);
         assert!(lines[1].ends_with(" stderr P part"));
         // Rotation: the old file moved away, the next entry in a new one.

@@ -96,16 +96,18 @@ fn defaults() -> Defaults {
 /// with CANCELLED: the CRI's clients (as grpc-go's servers behave) expect
 /// the deadline to be theirs, ending in DEADLINE_EXCEEDED.
 async fn serve_connection(stream: tokio::net::UnixStream, routes: tonic::service::Routes) {
-    let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-        let mut routes = routes.clone();
-        async move {
-            let answer =
-                tower_service::Service::call(&mut routes, request.map(tonic::body::boxed)).await;
-            Ok::<_, std::convert::Infallible>(
-                answer.unwrap_or_else(|e| tonic::Status::internal(e.to_string()).into_http()),
-            )
-        }
-    });
+    let service =
+        hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+            let mut routes = routes.clone();
+            async move {
+                let answer =
+                    tower_service::Service::call(&mut routes, request.map(tonic::body::boxed))
+                        .await;
+                Ok::<_, std::convert::Infallible>(
+                    answer.unwrap_or_else(|e| tonic::Status::internal(e.to_string()).into_http()),
+                )
+            }
+        });
     let served = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
         .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
         .await;

@@ -62,7 +62,9 @@ pub struct Crid {
 
 impl std::fmt::Debug for Crid {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Crid").field("settings", &self.settings).finish_non_exhaustive()
+        f.debug_struct("Crid")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
     }
 }
 
@@ -272,11 +274,13 @@ impl Crid {
         if ns.network != cri::NamespaceMode::Node as i32 {
             let dir = self.settings.state.join("netns");
             let name = id.clone();
-            let netns = tokio::task::spawn_blocking(move || berth_network::create_netns(&dir, &name))
-                .await
-                .map_err(|e| Error::internal(format!("netns thread: {e}")))??;
+            let netns =
+                tokio::task::spawn_blocking(move || berth_network::create_netns(&dir, &name))
+                    .await
+                    .map_err(|e| Error::internal(format!("netns thread: {e}")))??;
             sandbox.netns = Some(netns.clone());
-            self.store.update_sandbox(&id, |s| s.netns = Some(netns.clone()))?;
+            self.store
+                .update_sandbox(&id, |s| s.netns = Some(netns.clone()))?;
             let attachment = self.settings.cni.setup(&pod_network(sandbox)).await?;
             sandbox.network = Some(attachment.clone());
             self.store
@@ -378,9 +382,7 @@ impl Crid {
                     .collect(),
             }),
             linux: Some(cri::LinuxPodSandboxStatus {
-                namespaces: Some(cri::Namespace {
-                    options: Some(ns),
-                }),
+                namespaces: Some(cri::Namespace { options: Some(ns) }),
             }),
             labels: sandbox.config.labels.clone(),
             annotations: sandbox.config.annotations.clone(),
@@ -395,7 +397,12 @@ impl Crid {
             .sandboxes()
             .into_iter()
             .filter(|s| filter.id.is_empty() || s.id.starts_with(&filter.id))
-            .filter(|s| filter.state.as_ref().is_none_or(|v| v.state == s.state() as i32))
+            .filter(|s| {
+                filter
+                    .state
+                    .as_ref()
+                    .is_none_or(|v| v.state == s.state() as i32)
+            })
             .filter(|s| selected(&s.config.labels, &filter.label_selector))
             .map(|s| cri::PodSandbox {
                 id: s.id.clone(),
@@ -453,7 +460,12 @@ impl Crid {
                 _ => None,
             }
         };
-        let image_name = image.tags.iter().next().cloned().unwrap_or_else(|| asked.clone());
+        let image_name = image
+            .tags
+            .iter()
+            .next()
+            .cloned()
+            .unwrap_or_else(|| asked.clone());
         let options = spec::container_options(
             &self.settings.host,
             &id,
@@ -586,7 +598,12 @@ impl Crid {
         let file = LogFile::open(&log_path)?;
         let (exited, watcher) = watch::channel(false);
         let out = logs::open_reader(&stdout)?;
-        tokio::spawn(logs::copy_stream(out, "stdout", file.clone(), watcher.clone()));
+        tokio::spawn(logs::copy_stream(
+            out,
+            "stdout",
+            file.clone(),
+            watcher.clone(),
+        ));
         if !tty {
             let err = logs::open_reader(&stderr)?;
             tokio::spawn(logs::copy_stream(err, "stderr", file.clone(), watcher));
@@ -632,7 +649,9 @@ impl Crid {
         let logging = self.logging.lock().unwrap_or_else(|p| p.into_inner());
         match logging.get(&container.id) {
             Some(l) => l.file.reopen(),
-            None => Err(Error::failed_precondition("the container's log is not open")),
+            None => Err(Error::failed_precondition(
+                "the container's log is not open",
+            )),
         }
     }
 
@@ -685,7 +704,9 @@ impl Crid {
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(id);
         } else if self.store.sandbox(id).is_some() {
-            let _ = self.store.update_sandbox(id, |s| s.phase = SandboxPhase::NotReady);
+            let _ = self
+                .store
+                .update_sandbox(id, |s| s.phase = SandboxPhase::NotReady);
         }
         if let Err(e) = self.remove_task(id).await {
             tracing::warn!(id, "deleting the exited task: {e}");
@@ -718,14 +739,16 @@ impl Crid {
             let filters = [format!(r#"topic=="/tasks/oom",namespace=="{NAMESPACE}""#)];
             loop {
                 let subscribed = async {
-                    let events = berth_client::events::RemoteEvents::connect(&crid.daemons.metad).await?;
+                    let events =
+                        berth_client::events::RemoteEvents::connect(&crid.daemons.metad).await?;
                     let mut subscription = events.subscribe(&filters).await?;
                     while let Some(envelope) = subscription.next().await? {
                         let event = berth_client::events::KnownEvent::decode(
                             &envelope.event.type_url,
                             &envelope.event.value,
                         );
-                        if let Some(id) = event.and_then(|e| e.field(&["container_id".to_string()])) {
+                        if let Some(id) = event.and_then(|e| e.field(&["container_id".to_string()]))
+                        {
                             tracing::info!(container = %id, "OOM killer acted");
                             crid.oom_killed
                                 .lock()
@@ -946,7 +969,12 @@ impl Crid {
             .filter(|c| {
                 filter.pod_sandbox_id.is_empty() || c.sandbox_id.starts_with(&filter.pod_sandbox_id)
             })
-            .filter(|c| filter.state.as_ref().is_none_or(|v| v.state == c.state() as i32))
+            .filter(|c| {
+                filter
+                    .state
+                    .as_ref()
+                    .is_none_or(|v| v.state == c.state() as i32)
+            })
             .filter(|c| selected(&c.config.labels, &filter.label_selector))
             .map(|c| self.to_cri_container(&c))
             .collect();
@@ -1015,7 +1043,9 @@ impl Crid {
         let dir = container.dir.join(&exec_id);
         std::fs::create_dir_all(&dir)
             .map_err(|e| Error::io(format!("creating {}", dir.display()), &e))?;
-        let result = self.exec_in(&container.id, &exec_id, &dir, process, timeout).await;
+        let result = self
+            .exec_in(&container.id, &exec_id, &dir, process, timeout)
+            .await;
         let _ = std::fs::remove_dir_all(&dir);
         result
     }
@@ -1184,14 +1214,17 @@ impl Crid {
                     self.watch_exit(container.id);
                 }
                 Ok(p) => self.exited(&container.id, p.exit).await,
-                Err(e) if e.kind() == ErrorKind::NotFound => {
-                    self.exited(&container.id, None).await
-                }
+                Err(e) if e.kind() == ErrorKind::NotFound => self.exited(&container.id, None).await,
                 Err(e) => return Err(e),
             }
         }
         // Records crid made but has no state for: a creation cut short.
-        let records = self.daemons.containers().await?.list(NAMESPACE, &[]).await?;
+        let records = self
+            .daemons
+            .containers()
+            .await?
+            .list(NAMESPACE, &[])
+            .await?;
         for record in records {
             let ours = matches!(
                 record.labels.get(KIND_LABEL).map(String::as_str),
@@ -1217,7 +1250,10 @@ impl Crid {
                 if missing.is_empty() {
                     (true, String::new())
                 } else {
-                    (false, format!("CNI plugins not found: {}", missing.join(", ")))
+                    (
+                        false,
+                        format!("CNI plugins not found: {}", missing.join(", ")),
+                    )
                 }
             }
             Ok(None) => (

@@ -420,14 +420,12 @@ impl ImageService for CriService {
         request: Request<cri::ImageStatusRequest>,
     ) -> GrpcResult<cri::ImageStatusResponse> {
         let image = request.into_inner().image.unwrap_or_default().image;
-        reply(
-            images::find(&self.crid.daemons, &image)
-                .await
-                .map(|found| cri::ImageStatusResponse {
-                    image: found.map(|i| i.to_cri()),
-                    info: Default::default(),
-                }),
-        )
+        reply(images::find(&self.crid.daemons, &image).await.map(|found| {
+            cri::ImageStatusResponse {
+                image: found.map(|i| i.to_cri()),
+                info: Default::default(),
+            }
+        }))
     }
 
     async fn pull_image(

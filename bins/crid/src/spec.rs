@@ -160,7 +160,9 @@ fn seccomp_of(host: &Host, profile: Option<&cri::SecurityProfile>, path: &str) -
 fn user_string(uid: Option<i64>, gid: Option<i64>, name: &str) -> Result<Option<String>> {
     let user = match (uid, name) {
         (Some(uid), _) if uid < 0 => {
-            return Err(Error::invalid_argument(format!("run as user {uid}: negative")))
+            return Err(Error::invalid_argument(format!(
+                "run as user {uid}: negative"
+            )))
         }
         (Some(uid), _) => uid.to_string(),
         (None, name) if !name.is_empty() => name.to_string(),
@@ -173,7 +175,9 @@ fn user_string(uid: Option<i64>, gid: Option<i64>, name: &str) -> Result<Option<
     };
     Ok(Some(match gid {
         Some(gid) if gid < 0 => {
-            return Err(Error::invalid_argument(format!("run as group {gid}: negative")))
+            return Err(Error::invalid_argument(format!(
+                "run as group {gid}: negative"
+            )))
         }
         Some(gid) => format!("{user}:{gid}"),
         None => user,
@@ -264,12 +268,18 @@ pub fn sandbox_options(host: &Host, sandbox: &Sandbox, image_user: &str) -> Resu
         ));
     }
     if ns.ipc == cri::NamespaceMode::Node as i32 {
-        options.hooks.push(set_namespace(LinuxNamespaceType::Ipc, None));
+        options
+            .hooks
+            .push(set_namespace(LinuxNamespaceType::Ipc, None));
     }
     if ns.pid == cri::NamespaceMode::Node as i32 {
-        options.hooks.push(set_namespace(LinuxNamespaceType::Pid, None));
+        options
+            .hooks
+            .push(set_namespace(LinuxNamespaceType::Pid, None));
     }
-    options.hooks.push(supplemental_groups(security.supplemental_groups.clone()));
+    options
+        .hooks
+        .push(supplemental_groups(security.supplemental_groups.clone()));
     options.hooks.push(cgroups_path(
         host.cgroups_path(&linux.cgroup_parent, &sandbox.id),
     ));
@@ -288,7 +298,10 @@ pub fn sandbox_options(host: &Host, sandbox: &Sandbox, image_user: &str) -> Resu
         ("io.kubernetes.cri.container-type".into(), "sandbox".into()),
         ("io.kubernetes.cri.sandbox-id".into(), sandbox.id.clone()),
         ("io.kubernetes.cri.sandbox-name".into(), meta.name.clone()),
-        ("io.kubernetes.cri.sandbox-namespace".into(), meta.namespace.clone()),
+        (
+            "io.kubernetes.cri.sandbox-namespace".into(),
+            meta.namespace.clone(),
+        ),
         ("io.kubernetes.cri.sandbox-uid".into(), meta.uid.clone()),
         (
             "io.kubernetes.cri.sandbox-log-directory".into(),
@@ -302,10 +315,12 @@ pub fn sandbox_options(host: &Host, sandbox: &Sandbox, image_user: &str) -> Resu
 /// /etc/resolv.conf (from the pod's DNS config, else the host's).
 pub fn write_sandbox_files(sandbox: &Sandbox) -> Result<()> {
     let dir = &sandbox.dir;
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), &e))?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::io(format!("creating {}", dir.display()), &e))?;
     let write = |name: &str, text: &str| {
         let path = dir.join(name);
-        std::fs::write(&path, text).map_err(|e| Error::io(format!("writing {}", path.display()), &e))
+        std::fs::write(&path, text)
+            .map_err(|e| Error::io(format!("writing {}", path.display()), &e))
     };
     let ns = sandbox.namespace_options();
     let host_network = ns.network == cri::NamespaceMode::Node as i32;
@@ -325,7 +340,9 @@ pub fn write_sandbox_files(sandbox: &Sandbox) -> Result<()> {
     };
     write("hosts", &hosts)?;
     let resolv = match &sandbox.config.dns_config {
-        Some(dns) if !dns.servers.is_empty() || !dns.searches.is_empty() || !dns.options.is_empty() => {
+        Some(dns)
+            if !dns.servers.is_empty() || !dns.searches.is_empty() || !dns.options.is_empty() =>
+        {
             let mut text = String::new();
             if !dns.searches.is_empty() {
                 text.push_str(&format!("search {}\n", dns.searches.join(" ")));
@@ -406,7 +423,11 @@ pub fn container_options(
     }
 
     // The pod's files, unless the kubelet mounts its own there.
-    let wanted: Vec<&str> = config.mounts.iter().map(|m| m.container_path.as_str()).collect();
+    let wanted: Vec<&str> = config
+        .mounts
+        .iter()
+        .map(|m| m.container_path.as_str())
+        .collect();
     for (file, destination) in [
         ("hostname", "/etc/hostname"),
         ("hosts", "/etc/hosts"),
@@ -430,7 +451,9 @@ pub fn container_options(
         }
     }
     for mount in &config.mounts {
-        options.mounts.push(bind_mount(mount, host.recursive_read_only)?);
+        options
+            .mounts
+            .push(bind_mount(mount, host.recursive_read_only)?);
     }
     // A mount that propagates needs the container's root to propagate too
     // (runc's rootfsPropagation), as containerd sets it.
@@ -461,24 +484,33 @@ pub fn container_options(
     }
     let ns = security.namespace_options.clone().unwrap_or_default();
     let pause_ns = |name: &str| format!("/proc/{pause}/ns/{name}");
-    options.hooks.push(if ns.ipc == cri::NamespaceMode::Node as i32 {
-        set_namespace(LinuxNamespaceType::Ipc, None)
-    } else {
-        set_namespace(LinuxNamespaceType::Ipc, Some(pause_ns("ipc")))
-    });
+    options
+        .hooks
+        .push(if ns.ipc == cri::NamespaceMode::Node as i32 {
+            set_namespace(LinuxNamespaceType::Ipc, None)
+        } else {
+            set_namespace(LinuxNamespaceType::Ipc, Some(pause_ns("ipc")))
+        });
     if !host_network {
-        options
-            .hooks
-            .push(set_namespace(LinuxNamespaceType::Uts, Some(pause_ns("uts"))));
+        options.hooks.push(set_namespace(
+            LinuxNamespaceType::Uts,
+            Some(pause_ns("uts")),
+        ));
     }
     match cri::NamespaceMode::try_from(ns.pid) {
-        Ok(cri::NamespaceMode::Pod) => options
+        Ok(cri::NamespaceMode::Pod) => options.hooks.push(set_namespace(
+            LinuxNamespaceType::Pid,
+            Some(pause_ns("pid")),
+        )),
+        Ok(cri::NamespaceMode::Node) => options
             .hooks
-            .push(set_namespace(LinuxNamespaceType::Pid, Some(pause_ns("pid")))),
-        Ok(cri::NamespaceMode::Node) => options.hooks.push(set_namespace(LinuxNamespaceType::Pid, None)),
+            .push(set_namespace(LinuxNamespaceType::Pid, None)),
         Ok(cri::NamespaceMode::Target) => {
             let target = target_pid.ok_or_else(|| {
-                Error::not_found(format!("target container {:?} is not running", ns.target_id))
+                Error::not_found(format!(
+                    "target container {:?} is not running",
+                    ns.target_id
+                ))
             })?;
             options.hooks.push(set_namespace(
                 LinuxNamespaceType::Pid,
@@ -497,12 +529,14 @@ pub fn container_options(
         .as_ref()
         .map(|l| l.cgroup_parent.clone())
         .unwrap_or_default();
-    options.hooks.push(cgroups_path(host.cgroups_path(&parent, id)));
+    options
+        .hooks
+        .push(cgroups_path(host.cgroups_path(&parent, id)));
     if let Some(resources) = linux.resources.clone() {
         if resources.oom_score_adj != 0 {
-            options
-                .hooks
-                .push(oom_score(host.oom_score_adj(resources.oom_score_adj as i32)));
+            options.hooks.push(oom_score(
+                host.oom_score_adj(resources.oom_score_adj as i32),
+            ));
         }
         options.hooks.push(resources_hook(resources));
     }
@@ -524,16 +558,34 @@ pub fn container_options(
     }
     let meta = sandbox.metadata();
     let mut values = HashMap::from([
-        ("io.kubernetes.cri.container-type".to_string(), "container".to_string()),
+        (
+            "io.kubernetes.cri.container-type".to_string(),
+            "container".to_string(),
+        ),
         (
             "io.kubernetes.cri.container-name".to_string(),
             config.metadata.clone().unwrap_or_default().name,
         ),
-        ("io.kubernetes.cri.sandbox-id".to_string(), sandbox.id.clone()),
-        ("io.kubernetes.cri.sandbox-name".to_string(), meta.name.clone()),
-        ("io.kubernetes.cri.sandbox-namespace".to_string(), meta.namespace.clone()),
-        ("io.kubernetes.cri.sandbox-uid".to_string(), meta.uid.clone()),
-        ("io.kubernetes.cri.image-name".to_string(), image_name.to_string()),
+        (
+            "io.kubernetes.cri.sandbox-id".to_string(),
+            sandbox.id.clone(),
+        ),
+        (
+            "io.kubernetes.cri.sandbox-name".to_string(),
+            meta.name.clone(),
+        ),
+        (
+            "io.kubernetes.cri.sandbox-namespace".to_string(),
+            meta.namespace.clone(),
+        ),
+        (
+            "io.kubernetes.cri.sandbox-uid".to_string(),
+            meta.uid.clone(),
+        ),
+        (
+            "io.kubernetes.cri.image-name".to_string(),
+            image_name.to_string(),
+        ),
     ]);
     values.extend(config.annotations.clone());
     options.hooks.push(annotations(values));
@@ -625,7 +677,7 @@ pub fn apply_resources(out: &mut LinuxResources, r: &cri::LinuxContainerResource
         cpu.set_mems(Some(r.cpuset_mems.clone()));
     }
     out.set_cpu(Some(cpu));
-    let mut memory: LinuxMemory = out.memory().clone().unwrap_or_default();
+    let mut memory: LinuxMemory = (*out.memory()).unwrap_or_default();
     if r.memory_limit_in_bytes > 0 {
         memory.set_limit(Some(r.memory_limit_in_bytes));
     }
@@ -664,7 +716,10 @@ mod tests {
             recursive_read_only: true,
         };
         assert_eq!(host.cgroups_path("", "abc"), "/berth/k8s.io/abc");
-        assert_eq!(host.cgroups_path("/kubepods/pod1/", "abc"), "/kubepods/pod1/abc");
+        assert_eq!(
+            host.cgroups_path("/kubepods/pod1/", "abc"),
+            "/kubepods/pod1/abc"
+        );
         host.systemd_cgroup = true;
         assert_eq!(
             host.cgroups_path("kubepods-pod1.slice", "abc"),
@@ -697,8 +752,19 @@ mod tests {
         let ok = bind_mount(&mount(true, private), true).unwrap_or_else(|e| panic!("{e}"));
         assert!(ok.options.contains(&"rro".to_string()), "{:?}", ok.options);
         assert!(bind_mount(&mount(false, private), true).is_err());
-        assert!(bind_mount(&mount(true, cri::MountPropagation::PropagationHostToContainer), true).is_err());
-        assert!(bind_mount(&mount(true, cri::MountPropagation::PropagationBidirectional), true).is_err());
-        assert!(bind_mount(&mount(true, private), false).is_err(), "no runtime support");
+        assert!(bind_mount(
+            &mount(true, cri::MountPropagation::PropagationHostToContainer),
+            true
+        )
+        .is_err());
+        assert!(bind_mount(
+            &mount(true, cri::MountPropagation::PropagationBidirectional),
+            true
+        )
+        .is_err());
+        assert!(
+            bind_mount(&mount(true, private), false).is_err(),
+            "no runtime support"
+        );
     }
 }

@@ -139,7 +139,8 @@ fn save<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     let dir = path
         .parent()
         .ok_or_else(|| Error::internal("a state file without a directory"))?;
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), &e))?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::io(format!("creating {}", dir.display()), &e))?;
     let temporary = path.with_extension("tmp");
     let mut file = std::fs::File::create(&temporary)
         .map_err(|e| Error::io(format!("creating {}", temporary.display()), &e))?;
@@ -282,7 +283,10 @@ impl Store {
                 other.id
             )));
         }
-        save(&self.container_dir(&container.id).join("state.json"), &container)?;
+        save(
+            &self.container_dir(&container.id).join("state.json"),
+            &container,
+        )?;
         containers.insert(container.id.clone(), container);
         Ok(())
     }

@@ -138,7 +138,9 @@ impl NetworkList {
         for plugin in &plugins {
             let kind = plugin.get("type").and_then(Value::as_str).unwrap_or("");
             if kind.is_empty() || kind.contains('/') || kind.starts_with('.') {
-                return Err(invalid(format!("plugin type {kind:?} is not a plugin name")));
+                return Err(invalid(format!(
+                    "plugin type {kind:?} is not a plugin name"
+                )));
             }
         }
         Ok(NetworkList {
@@ -158,7 +160,12 @@ impl Cni {
         let entries = match std::fs::read_dir(&self.conf_dir) {
             Ok(entries) => entries,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(Error::io(format!("reading {}", self.conf_dir.display()), &e)),
+            Err(e) => {
+                return Err(Error::io(
+                    format!("reading {}", self.conf_dir.display()),
+                    &e,
+                ))
+            }
         };
         let mut files: Vec<PathBuf> = entries
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -205,16 +212,18 @@ impl Cni {
 
     /// Brings up `lo` and attaches the pod to the network.
     pub async fn setup(&self, pod: &PodNetwork) -> Result<Attachment> {
-        let network = self
-            .network()?
-            .ok_or_else(|| Error::failed_precondition(format!(
+        let network = self.network()?.ok_or_else(|| {
+            Error::failed_precondition(format!(
                 "no CNI network configuration in {}",
                 self.conf_dir.display()
-            )))?;
+            ))
+        })?;
         let mut attachment = Attachment::default();
         let lo = loopback();
         let result = self.add(&lo, "lo", pod).await?;
-        attachment.results.push((lo.name.clone(), "lo".into(), result));
+        attachment
+            .results
+            .push((lo.name.clone(), "lo".into(), result));
         match self.add(&network, POD_INTERFACE, pod).await {
             Ok(result) => {
                 attachment
@@ -335,7 +344,10 @@ impl Cni {
             .env("CNI_IFNAME", ifname)
             .env("CNI_PATH", path)
             .env("CNI_ARGS", args)
-            .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+            .env(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            )
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -353,7 +365,9 @@ impl Cni {
             .map_err(|_| Error::unavailable(format!("CNI plugin {kind} {command}: timed out")))?
             .map_err(|e| Error::io(format!("running {}", binary.display()), &e))?;
         if output.stdout.len() as u64 > MAX_CONFIG {
-            return Err(Error::internal(format!("CNI plugin {kind} printed too much")));
+            return Err(Error::internal(format!(
+                "CNI plugin {kind} printed too much"
+            )));
         }
         if !output.status.success() {
             let message = serde_json::from_slice::<Value>(&output.stdout)
@@ -376,15 +390,17 @@ impl Cni {
             return Ok(Value::Null);
         }
         serde_json::from_slice(&output.stdout).map_err(|e| {
-            Error::internal(format!("CNI plugin {kind} {command}: its result is not JSON: {e}"))
+            Error::internal(format!(
+                "CNI plugin {kind} {command}: its result is not JSON: {e}"
+            ))
         })
     }
 }
 
 fn read_bounded(path: &Path) -> Result<Vec<u8>> {
     use std::io::Read;
-    let file =
-        std::fs::File::open(path).map_err(|e| Error::io(format!("opening {}", path.display()), &e))?;
+    let file = std::fs::File::open(path)
+        .map_err(|e| Error::io(format!("opening {}", path.display()), &e))?;
     let mut bytes = Vec::new();
     file.take(MAX_CONFIG + 1)
         .read_to_end(&mut bytes)
@@ -432,9 +448,18 @@ mod tests {
             std::fs::write(dir.path().join(name), text).unwrap_or_else(|e| panic!("{e}"))
         };
         write("05-broken.conflist", "{not json");
-        write("10-b.conflist", r#"{"name":"b","plugins":[{"type":"bridge"}]}"#);
-        write("20-a.conflist", r#"{"name":"a","plugins":[{"type":"bridge"}]}"#);
-        write("00-ignored.txt", r#"{"name":"t","plugins":[{"type":"bridge"}]}"#);
+        write(
+            "10-b.conflist",
+            r#"{"name":"b","plugins":[{"type":"bridge"}]}"#,
+        );
+        write(
+            "20-a.conflist",
+            r#"{"name":"a","plugins":[{"type":"bridge"}]}"#,
+        );
+        write(
+            "00-ignored.txt",
+            r#"{"name":"t","plugins":[{"type":"bridge"}]}"#,
+        );
         let cni = Cni {
             conf_dir: dir.path().to_path_buf(),
             bin_dirs: vec![],
@@ -475,7 +500,10 @@ mod tests {
         assert!(bridge.get("runtimeConfig").is_none());
         assert_eq!(bridge["name"], "n");
         let portmap = cni.plugin_config(&list, &list.plugins[1], &pod, Some(json!({"ips": []})));
-        assert_eq!(portmap["runtimeConfig"]["portMappings"][0]["hostPort"], 8080);
+        assert_eq!(
+            portmap["runtimeConfig"]["portMappings"][0]["hostPort"],
+            8080
+        );
         assert_eq!(portmap["prevResult"], json!({"ips": []}));
     }
 
@@ -483,7 +511,11 @@ mod tests {
     fn addresses_come_from_the_pod_interface_results() {
         let attachment = Attachment {
             results: vec![
-                ("cni-loopback".into(), "lo".into(), json!({"ips":[{"address":"127.0.0.1/8"}]})),
+                (
+                    "cni-loopback".into(),
+                    "lo".into(),
+                    json!({"ips":[{"address":"127.0.0.1/8"}]}),
+                ),
                 (
                     "n".into(),
                     "eth0".into(),

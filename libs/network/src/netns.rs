@@ -16,7 +16,8 @@ pub fn create_netns(dir: &Path, name: &str) -> Result<PathBuf> {
             "{name:?} is not a network namespace name"
         )));
     }
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), &e))?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::io(format!("creating {}", dir.display()), &e))?;
     let path = dir.join(name);
     std::fs::OpenOptions::new()
         .write(true)
@@ -37,7 +38,12 @@ pub fn create_netns(dir: &Path, name: &str) -> Result<PathBuf> {
             MsFlags::MS_BIND,
             None::<&str>,
         )
-        .map_err(|e| Error::internal(format!("pinning the namespace at {}: {e}", target.display())))
+        .map_err(|e| {
+            Error::internal(format!(
+                "pinning the namespace at {}: {e}",
+                target.display()
+            ))
+        })
     })
     .join()
     .unwrap_or_else(|_| Err(Error::internal("the namespace thread panicked")));
@@ -78,7 +84,9 @@ mod tests {
             assert!(create_netns(dir.path(), name).is_err(), "{name:?}");
         }
         assert_eq!(
-            std::fs::read_dir(dir.path()).map(|d| d.count()).unwrap_or(99),
+            std::fs::read_dir(dir.path())
+                .map(|d| d.count())
+                .unwrap_or(99),
             0
         );
     }

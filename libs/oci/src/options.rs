@@ -8,9 +8,10 @@ use crate::mounts::MountOption;
 /// for (a CRI server's namespace paths, sysctls, cgroup parent): as
 /// containerd's `SpecOpts`, applied in order after the spec is built.
 #[derive(Clone)]
-pub struct SpecHook(
-    pub std::sync::Arc<dyn Fn(&mut oci_spec::runtime::Spec) -> crate::Result<()> + Send + Sync>,
-);
+pub struct SpecHook(pub std::sync::Arc<SpecChange>);
+
+/// What a [`SpecHook`] runs.
+pub type SpecChange = dyn Fn(&mut oci_spec::runtime::Spec) -> crate::Result<()> + Send + Sync;
 
 impl std::fmt::Debug for SpecHook {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

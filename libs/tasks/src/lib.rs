@@ -219,9 +219,9 @@ pub fn signal_number(value: &str) -> Result<u32> {
     }
     let name = value.to_ascii_uppercase();
     let name = name.strip_prefix("SIG").unwrap_or(&name);
-    let signal: nix::sys::signal::Signal = format!("SIG{name}").parse().map_err(|_| {
-        berth_errdefs::Error::invalid_argument(format!("{value:?}: not a signal"))
-    })?;
+    let signal: nix::sys::signal::Signal = format!("SIG{name}")
+        .parse()
+        .map_err(|_| berth_errdefs::Error::invalid_argument(format!("{value:?}: not a signal")))?;
     Ok(signal as u32)
 }
 
@@ -231,7 +231,13 @@ mod signal_tests {
 
     #[test]
     fn signals_by_name_or_number() {
-        for (text, n) in [("SIGTERM", 15), ("term", 15), ("KILL", 9), ("SIGQUIT", 3), ("10", 10)] {
+        for (text, n) in [
+            ("SIGTERM", 15),
+            ("term", 15),
+            ("KILL", 9),
+            ("SIGQUIT", 3),
+            ("10", 10),
+        ] {
             assert_eq!(signal_number(text).ok(), Some(n), "{text}");
         }
         for bad in ["0", "65", "SIGNOPE", ""] {

@@ -53,7 +53,10 @@ pub fn usage(metric: &Metric) -> Option<Usage> {
             let usage = memory.map_or(0, |m| m.usage);
             let inactive = memory.map_or(0, |m| m.inactive_file);
             Usage {
-                cpu_nanos: m.cpu.as_ref().map_or(0, |c| c.usage_usec.saturating_mul(1000)),
+                cpu_nanos: m
+                    .cpu
+                    .as_ref()
+                    .map_or(0, |c| c.usage_usec.saturating_mul(1000)),
                 memory_bytes: usage,
                 working_set_bytes: usage.saturating_sub(inactive),
                 rss_bytes: memory.map_or(0, |m| m.anon),
@@ -98,7 +101,10 @@ mod tests {
         mem.total_pg_fault = 7;
         mem.total_pg_maj_fault = 1;
         m1.memory = Some(mem).into();
-        let from_v1 = usage(&metric(CGROUPS_V1_METRICS, m1.write_to_bytes().unwrap_or_default()));
+        let from_v1 = usage(&metric(
+            CGROUPS_V1_METRICS,
+            m1.write_to_bytes().unwrap_or_default(),
+        ));
 
         let mut m2 = v2::Metrics::new();
         let mut cpu = v2::CPUStat::new();
