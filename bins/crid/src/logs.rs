@@ -135,12 +135,16 @@ impl Lines {
     }
 }
 
-/// Copies one stream's fifo into the log until `exited` turns true, then
-/// drains what is left.
+/// Output chunks as attached clients get them: (from stderr, bytes).
+pub type Output = tokio::sync::broadcast::Sender<(bool, Vec<u8>)>;
+
+/// Copies one stream's fifo into the log, and to whoever is attached,
+/// until `exited` turns true, then drains what is left.
 pub async fn copy_stream(
     mut reader: pipe::Receiver,
     stream: &'static str,
     log: Arc<LogFile>,
+    attached: Output,
     mut exited: watch::Receiver<bool>,
 ) {
     let mut lines = Lines::default();
@@ -161,7 +165,12 @@ pub async fn copy_stream(
         };
         match read {
             Ok(0) => break,
-            Ok(n) => lines.feed(&buf[..n], &mut emit),
+            Ok(n) => {
+                if attached.receiver_count() > 0 {
+                    let _ = attached.send((stream == "stderr", buf[..n].to_vec()));
+                }
+                lines.feed(&buf[..n], &mut emit)
+            }
             Err(e) => {
                 tracing::warn!(stream, "reading container output: {e}");
                 break;

@@ -20,6 +20,9 @@ use tokio::signal::unix::{signal, SignalKind};
 
 /// The largest CRI message crid takes or sends (the kubelet's own bound).
 const MAX_MESSAGE: usize = 16 * 1024 * 1024;
+/// The streaming server's address unless one is configured (containerd's
+/// default: loopback, a free port).
+const DEFAULT_STREAM_ADDRESS: &str = "127.0.0.1:0";
 /// The sandbox image unless one is configured (containerd 2.x's default).
 const DEFAULT_SANDBOX_IMAGE: &str = "registry.k8s.io/pause:3.10";
 
@@ -63,6 +66,10 @@ struct Cli {
     /// The snapshotter pods' filesystems are made in.
     #[arg(long, value_name = "NAME")]
     snapshotter: Option<String>,
+    /// Where the exec/attach/port-forward streaming server listens
+    /// (host:port; port 0 picks a free one).
+    #[arg(long, value_name = "ADDRESS")]
+    stream_address: Option<String>,
 }
 
 /// crid's own keys in its config file.
@@ -80,6 +87,7 @@ struct FileSettings {
     runtime_handlers: Option<HashMap<String, String>>,
     systemd_cgroup: Option<bool>,
     snapshotter: Option<String>,
+    stream_address: Option<String>,
 }
 
 fn defaults() -> Defaults {
@@ -144,6 +152,7 @@ fn main() -> anyhow::Result<()> {
                 "snapshotter",
                 Some(Text(berth_snapshot::DEFAULT_SNAPSHOTTER.into())),
             ),
+            ("stream_address", Some(Text(DEFAULT_STREAM_ADDRESS.into()))),
         ];
         print!(
             "{}",
@@ -204,11 +213,26 @@ fn main() -> anyhow::Result<()> {
             recursive_read_only: berth_crid::spec::runc_has_recursive_read_only(),
         },
     };
-    runtime.block_on(run(config, daemons, settings))
+    let stream_address = cli
+        .stream_address
+        .or(file.stream_address)
+        .unwrap_or_else(|| DEFAULT_STREAM_ADDRESS.to_string());
+    runtime.block_on(run(config, daemons, settings, stream_address))
 }
 
-async fn run(config: DaemonConfig, daemons: Daemons, settings: Settings) -> anyhow::Result<()> {
+async fn run(
+    config: DaemonConfig,
+    daemons: Daemons,
+    settings: Settings,
+    stream_address: String,
+) -> anyhow::Result<()> {
     let crid = Crid::new(daemons, settings);
+    let (streams, stream_listener) = berth_crid::streaming::Streams::bind(&stream_address).await?;
+    tokio::spawn(berth_crid::streaming::serve(
+        streams.clone(),
+        stream_listener,
+        crid.clone(),
+    ));
     crid.watch_ooms();
     if let Err(e) = crid.recover().await {
         // The daemons may still be starting; what was not recovered now is
@@ -222,7 +246,7 @@ async fn run(config: DaemonConfig, daemons: Daemons, settings: Settings) -> anyh
         .set_nonblocking(true)
         .context("making the socket non-blocking")?;
     let listener = tokio::net::UnixListener::from_std(listener).context("listening")?;
-    let service = CriService { crid };
+    let service = CriService { crid, streams };
     let routes = tonic::service::Routes::new(
         RuntimeServiceServer::new(service.clone())
             .max_decoding_message_size(MAX_MESSAGE)

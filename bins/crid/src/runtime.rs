@@ -42,10 +42,22 @@ pub struct Settings {
     pub host: Host,
 }
 
-/// A running container's output being logged.
+/// A running container's output being logged (and sent to attached
+/// clients), and its stdin when it has one.
 struct Logging {
     exited: watch::Sender<bool>,
     file: Arc<LogFile>,
+    output: logs::Output,
+    stdin: Option<Arc<tokio::sync::Mutex<Option<tokio::net::unix::pipe::Sender>>>>,
+}
+
+/// What an attach gets: the container's output as it comes, and word when
+/// it exits.
+#[derive(Debug)]
+pub struct Attached {
+    pub output: tokio::sync::broadcast::Receiver<(bool, Vec<u8>)>,
+    pub exited: watch::Receiver<bool>,
+    pub stdin_once: bool,
 }
 
 pub struct Crid {
@@ -587,33 +599,65 @@ impl Crid {
         let tty = container.config.tty;
         let stdout = container.dir.join("stdout");
         let stderr = container.dir.join("stderr");
+        let stdin_path = container.dir.join("stdin");
         logs::make_fifo(&stdout)?;
         if !tty {
             logs::make_fifo(&stderr)?;
         }
+        let stdin = if container.config.stdin {
+            logs::make_fifo(&stdin_path)?;
+            let writer = tokio::net::unix::pipe::OpenOptions::new()
+                .read_write(true)
+                .open_sender(&stdin_path)
+                .map_err(|e| Error::io(format!("opening {}", stdin_path.display()), &e))?;
+            Some(Arc::new(tokio::sync::Mutex::new(Some(writer))))
+        } else {
+            None
+        };
         let log_path = container
             .log_path
             .clone()
             .unwrap_or_else(|| container.dir.join("container.log"));
         let file = LogFile::open(&log_path)?;
         let (exited, watcher) = watch::channel(false);
+        let (output, _) = tokio::sync::broadcast::channel(256);
         let out = logs::open_reader(&stdout)?;
         tokio::spawn(logs::copy_stream(
             out,
             "stdout",
             file.clone(),
+            output.clone(),
             watcher.clone(),
         ));
         if !tty {
             let err = logs::open_reader(&stderr)?;
-            tokio::spawn(logs::copy_stream(err, "stderr", file.clone(), watcher));
+            tokio::spawn(logs::copy_stream(
+                err,
+                "stderr",
+                file.clone(),
+                output.clone(),
+                watcher,
+            ));
         }
+        let has_stdin = stdin.is_some();
         self.logging
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(container.id.clone(), Logging { exited, file });
+            .insert(
+                container.id.clone(),
+                Logging {
+                    exited,
+                    file,
+                    output,
+                    stdin,
+                },
+            );
         Ok(Stdio {
-            stdin: String::new(),
+            stdin: if has_stdin {
+                stdin_path.display().to_string()
+            } else {
+                String::new()
+            },
             stdout: stdout.display().to_string(),
             stderr: if tty {
                 String::new()
@@ -632,6 +676,60 @@ impl Crid {
             .remove(id)
         {
             let _ = logging.exited.send(true);
+        }
+    }
+
+    /// The output and exit of a running container, for an attach.
+    pub fn attach_to(&self, id: &str) -> Result<Attached> {
+        let container = self
+            .store
+            .find_container(id)
+            .filter(|c| c.phase == ContainerPhase::Running)
+            .ok_or_else(|| {
+                Error::failed_precondition(format!("container {id:?} is not running"))
+            })?;
+        let logging = self.logging.lock().unwrap_or_else(|p| p.into_inner());
+        let l = logging
+            .get(&container.id)
+            .ok_or_else(|| Error::failed_precondition("the container's output is not open"))?;
+        Ok(Attached {
+            output: l.output.subscribe(),
+            exited: l.exited.subscribe(),
+            stdin_once: container.config.stdin_once,
+        })
+    }
+
+    fn stdin_of(
+        &self,
+        id: &str,
+    ) -> Option<Arc<tokio::sync::Mutex<Option<tokio::net::unix::pipe::Sender>>>> {
+        let logging = self.logging.lock().unwrap_or_else(|p| p.into_inner());
+        let container = self.store.find_container(id)?;
+        logging.get(&container.id).and_then(|l| l.stdin.clone())
+    }
+
+    /// Writes to a running container's stdin (it was created with one).
+    pub async fn write_stdin(&self, id: &str, data: &[u8]) -> Result<()> {
+        use tokio::io::AsyncWriteExt;
+        let stdin = self
+            .stdin_of(id)
+            .ok_or_else(|| Error::failed_precondition(format!("container {id} has no stdin")))?;
+        let mut writer = stdin.lock().await;
+        match writer.as_mut() {
+            Some(w) => w
+                .write_all(data)
+                .await
+                .map_err(|e| Error::io("writing the container's stdin", &e)),
+            None => Err(Error::failed_precondition(
+                "the container's stdin is closed",
+            )),
+        }
+    }
+
+    /// Closes crid's end of a container's stdin.
+    pub async fn close_stdin(&self, id: &str) {
+        if let Some(stdin) = self.stdin_of(id) {
+            stdin.lock().await.take();
         }
     }
 
@@ -1130,7 +1228,12 @@ impl Crid {
     }
 
     /// The container's own process with `cmd` for its arguments, as JSON.
-    async fn exec_process_spec(&self, id: &str, cmd: Vec<String>, tty: bool) -> Result<Vec<u8>> {
+    pub async fn exec_process_spec(
+        &self,
+        id: &str,
+        cmd: Vec<String>,
+        tty: bool,
+    ) -> Result<Vec<u8>> {
         let record = self.daemons.containers().await?.get(NAMESPACE, id).await?;
         let spec_bytes = record
             .spec

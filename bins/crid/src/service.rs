@@ -13,6 +13,8 @@ use tonic::{Request, Response, Status};
 use crate::error::{reply, status, GrpcResult};
 use crate::images;
 use crate::runtime::Crid;
+use crate::state::ContainerPhase;
+use crate::streaming::{StreamRequest, Streams};
 
 /// The CRI version crid speaks.
 const RUNTIME_API_VERSION: &str = "v1";
@@ -20,12 +22,28 @@ const RUNTIME_API_VERSION: &str = "v1";
 #[derive(Debug, Clone)]
 pub struct CriService {
     pub crid: Arc<Crid>,
+    pub streams: Arc<Streams>,
 }
 
 fn unimplemented<T>(what: &str) -> GrpcResult<T> {
     Err(Status::unimplemented(format!(
         "berth-crid does not implement {what} yet"
     )))
+}
+
+impl CriService {
+    fn running(&self, id: &str) -> berth_errdefs::Result<()> {
+        match self.crid.store.find_container(id) {
+            Some(c) if c.phase == ContainerPhase::Running => Ok(()),
+            Some(c) => Err(berth_errdefs::Error::failed_precondition(format!(
+                "container {} is not running",
+                c.id
+            ))),
+            None => Err(berth_errdefs::Error::not_found(format!(
+                "container {id:?} not found"
+            ))),
+        }
+    }
 }
 
 #[tonic::async_trait]
@@ -227,19 +245,61 @@ impl RuntimeService for CriService {
         }
     }
 
-    async fn exec(&self, _: Request<cri::ExecRequest>) -> GrpcResult<cri::ExecResponse> {
-        unimplemented("Exec (streaming)")
+    async fn exec(&self, request: Request<cri::ExecRequest>) -> GrpcResult<cri::ExecResponse> {
+        let r = request.into_inner();
+        let checked = self.running(&r.container_id).and_then(|()| {
+            if r.cmd.is_empty() {
+                return Err(berth_errdefs::Error::invalid_argument("no command to run"));
+            }
+            if r.tty && r.stderr {
+                return Err(berth_errdefs::Error::invalid_argument(
+                    "tty and stderr cannot both be true",
+                ));
+            }
+            if !(r.stdin || r.stdout || r.stderr) {
+                return Err(berth_errdefs::Error::invalid_argument(
+                    "one of stdin, stdout and stderr must be true",
+                ));
+            }
+            Ok(())
+        });
+        reply(checked.and_then(|()| {
+            self.streams
+                .url(StreamRequest::Exec(r))
+                .map(|url| cri::ExecResponse { url })
+        }))
     }
 
-    async fn attach(&self, _: Request<cri::AttachRequest>) -> GrpcResult<cri::AttachResponse> {
-        unimplemented("Attach (streaming)")
+    async fn attach(
+        &self,
+        request: Request<cri::AttachRequest>,
+    ) -> GrpcResult<cri::AttachResponse> {
+        let r = request.into_inner();
+        reply(self.running(&r.container_id).and_then(|()| {
+            self.streams
+                .url(StreamRequest::Attach(r))
+                .map(|url| cri::AttachResponse { url })
+        }))
     }
 
     async fn port_forward(
         &self,
-        _: Request<cri::PortForwardRequest>,
+        request: Request<cri::PortForwardRequest>,
     ) -> GrpcResult<cri::PortForwardResponse> {
-        unimplemented("PortForward (streaming)")
+        let r = request.into_inner();
+        let found = self
+            .crid
+            .store
+            .find_sandbox(&r.pod_sandbox_id)
+            .map(|_| ())
+            .ok_or_else(|| {
+                berth_errdefs::Error::not_found(format!("sandbox {:?} not found", r.pod_sandbox_id))
+            });
+        reply(found.and_then(|()| {
+            self.streams
+                .url(StreamRequest::PortForward(r))
+                .map(|url| cri::PortForwardResponse { url })
+        }))
     }
 
     async fn container_stats(
