@@ -200,9 +200,12 @@ fn answer(
     let headers = response.headers_mut();
     headers.insert(
         hyper::header::CONNECTION,
-        "Upgrade".parse().expect("static"),
+        hyper::header::HeaderValue::from_static("Upgrade"),
     );
-    headers.insert(hyper::header::UPGRADE, "SPDY/3.1".parse().expect("static"));
+    headers.insert(
+        hyper::header::UPGRADE,
+        hyper::header::HeaderValue::from_static("SPDY/3.1"),
+    );
     if let Ok(value) = protocol.parse() {
         headers.insert("x-stream-protocol-version", value);
     }
