@@ -70,6 +70,9 @@ pub struct Crid {
     /// The last CPU sample of each container: (when, CPU nanoseconds), to
     /// give a rate.
     cpu_samples: Mutex<HashMap<String, (i64, u64)>>,
+    /// One task removal at a time per id: the exit watcher and a stop or
+    /// remove would otherwise delete the same task at once.
+    removals: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl std::fmt::Debug for Crid {
@@ -125,6 +128,7 @@ impl Crid {
             logging: Mutex::new(HashMap::new()),
             oom_killed: Mutex::new(Default::default()),
             cpu_samples: Mutex::new(HashMap::new()),
+            removals: Mutex::new(HashMap::new()),
         })
     }
 
@@ -150,7 +154,7 @@ impl Crid {
         runtime: String,
         labels: HashMap<String, String>,
         options: berth_oci::SpecOptions,
-    ) -> Result<()> {
+    ) -> Result<berth_metadata::Container> {
         let d = &self.daemons;
         let (content, images, snapshots, containers, leases) = (
             d.content().await?,
@@ -177,7 +181,7 @@ impl Crid {
             options,
             scratch: self.settings.state.join("views"),
         };
-        create_container(services, NAMESPACE, new).await.map(|_| ())
+        create_container(services, NAMESPACE, new).await
     }
 
     async fn unmake_container(&self, id: &str) -> Result<()> {
@@ -207,6 +211,25 @@ impl Crid {
     /// Deletes a task that has stopped (killing it first if it has not);
     /// a task already gone is fine.
     async fn remove_task(&self, id: &str) -> Result<()> {
+        let lock = self
+            .removals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(id.to_string())
+            .or_default()
+            .clone();
+        let removed = {
+            let _one_at_a_time = lock.lock().await;
+            self.remove_task_now(id).await
+        };
+        let mut removals = self.removals.lock().unwrap_or_else(|p| p.into_inner());
+        if removals.get(id).is_some_and(|l| Arc::strong_count(l) <= 2) {
+            removals.remove(id);
+        }
+        removed
+    }
+
+    async fn remove_task_now(&self, id: &str) -> Result<()> {
         let tasks = self.daemons.tasks().await?;
         match tasks.get(NAMESPACE, id, "").await {
             Ok(process) if process.status != berth_tasks::Status::Stopped => {
@@ -302,6 +325,7 @@ impl Crid {
         let labels = HashMap::from([(KIND_LABEL.to_string(), KIND_SANDBOX.to_string())]);
         self.make_container(&image.record_name(), runtime, labels, options)
             .await?;
+
         let tasks = self.daemons.tasks().await?;
         tasks
             .create(
@@ -512,17 +536,26 @@ impl Crid {
             log_path,
             dir: self.store.container_dir(&id),
             stop_signal,
+            user: None,
         };
         self.store.add_container(container)?;
         let runtime = self.runtime_for(&sandbox.runtime_handler)?;
         let labels = HashMap::from([(KIND_LABEL.to_string(), KIND_CONTAINER.to_string())]);
-        if let Err(e) = self
+        let record = match self
             .make_container(&image.record_name(), runtime, labels, options)
             .await
         {
-            self.store.remove_container(&id);
-            return Err(e);
-        }
+            Ok(record) => record,
+            Err(e) => {
+                self.store.remove_container(&id);
+                return Err(e);
+            }
+        };
+        let user = record
+            .spec
+            .and_then(|spec| serde_json::from_slice::<oci_spec::runtime::Spec>(&spec.value).ok())
+            .and_then(|spec| spec::effective_user(&spec));
+        self.store.update_container(&id, |c| c.user = user)?;
         Ok(id)
     }
 
@@ -1113,7 +1146,7 @@ impl Crid {
                 })
             }),
             image_id: c.image_id.clone(),
-            user: None,
+            user: c.user.clone(),
         })
     }
 

@@ -388,7 +388,7 @@ impl RuntimeService for CriService {
             info: Default::default(),
             runtime_handlers: handlers,
             features: Some(cri::RuntimeFeatures {
-                supplemental_groups_policy: false,
+                supplemental_groups_policy: true,
             }),
         }))
     }

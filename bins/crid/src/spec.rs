@@ -202,6 +202,44 @@ fn supplemental_groups(groups: Vec<i64>) -> SpecHook {
     })
 }
 
+/// The Strict supplemental-groups policy: the primary group and the given
+/// groups, none of those the image's /etc/group adds.
+fn only_groups(groups: Vec<i64>) -> SpecHook {
+    hook(move |spec| {
+        if let Some(process) = spec.process_mut() {
+            let mut user = process.user().clone();
+            let mut gids = vec![user.gid()];
+            for g in &groups {
+                let g = *g as u32;
+                if !gids.contains(&g) {
+                    gids.push(g);
+                }
+            }
+            user.set_additional_gids(Some(gids));
+            process.set_user(user);
+        }
+        Ok(())
+    })
+}
+
+/// The identity a spec's process runs as, as the CRI reports it.
+pub fn effective_user(spec: &Spec) -> Option<cri::ContainerUser> {
+    let user = spec.process().as_ref()?.user();
+    Some(cri::ContainerUser {
+        linux: Some(cri::LinuxContainerUser {
+            uid: user.uid() as i64,
+            gid: user.gid() as i64,
+            supplemental_groups: user
+                .additional_gids()
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .map(i64::from)
+                .collect(),
+        }),
+    })
+}
+
 fn cgroups_path(path: String) -> SpecHook {
     hook(move |spec| {
         linux_of(spec).set_cgroups_path(Some(PathBuf::from(&path)));
@@ -522,7 +560,13 @@ pub fn container_options(
 
     let mut groups = security.supplemental_groups.clone();
     groups.retain(|g| *g >= 0);
-    options.hooks.push(supplemental_groups(groups));
+    let strict =
+        security.supplemental_groups_policy == cri::SupplementalGroupsPolicy::Strict as i32;
+    options.hooks.push(if strict {
+        only_groups(groups)
+    } else {
+        supplemental_groups(groups)
+    });
     let parent = sandbox
         .config
         .linux

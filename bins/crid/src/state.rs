@@ -116,6 +116,9 @@ pub struct Container {
     pub dir: PathBuf,
     /// The signal that stops it (the image's StopSignal), as a number.
     pub stop_signal: u32,
+    /// Who its process runs as (from its spec).
+    #[serde(default)]
+    pub user: Option<cri::ContainerUser>,
 }
 
 impl Container {

@@ -69,13 +69,17 @@ pub fn oci_error(err: OciError) -> Error {
     }
 }
 
-/// Whether a user string names a user or group (not only numbers): then
-/// it is looked up in the container's own /etc/passwd and /etc/group.
-pub fn names_someone(user: &str) -> bool {
-    !user.is_empty()
-        && user
-            .split(':')
-            .any(|part| !part.bytes().all(|b| b.is_ascii_digit()))
+/// Whether resolving a user string needs the container's own /etc/passwd
+/// and /etc/group: a user or group name, or a uid other than root's (its
+/// passwd entry gives its primary group, and its name the groups
+/// /etc/group lists it in, as containerd's `WithAdditionalGIDs` counts
+/// them). Root by number is resolved without reading the image.
+pub fn needs_image_files(user: &str) -> bool {
+    let names = user
+        .split(':')
+        .any(|part| !part.bytes().all(|b| b.is_ascii_digit()));
+    let uid = user.split(':').next().unwrap_or("");
+    !user.is_empty() && (names || !(uid.is_empty() || uid.bytes().all(|b| b == b'0')))
 }
 
 /// Makes the container: reads the image, prepares its snapshot, builds its
@@ -117,7 +121,7 @@ pub async fn create_container(
     // The user's names are looked up in the image itself, through a
     // read-only view of its layers.
     let user = new.options.user.clone().unwrap_or(defaults.user.clone());
-    let spec = if names_someone(&user) {
+    let spec = if needs_image_files(&user) {
         let view_key = format!("{id}-user-view");
         let mounts = services
             .snapshots
@@ -231,12 +235,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_user_names_need_the_images_files() {
-        assert!(!names_someone(""));
-        assert!(!names_someone("0"));
-        assert!(!names_someone("1234:1234"));
-        assert!(names_someone("nobody"));
-        assert!(names_someone("1000:staff"));
-        assert!(names_someone("www-data:33"));
+    fn users_other_than_root_by_number_need_the_images_files() {
+        assert!(!needs_image_files(""));
+        assert!(!needs_image_files("0"));
+        assert!(!needs_image_files("0:50"));
+        assert!(needs_image_files("1234"), "its passwd entry and groups");
+        assert!(needs_image_files("1234:1234"));
+        assert!(needs_image_files("nobody"));
+        assert!(needs_image_files("1000:staff"));
+        assert!(needs_image_files("www-data:33"));
     }
 }

@@ -386,8 +386,8 @@ async fn exec_process(
         process["cwd"] = serde_json::json!(dir);
     }
     if let Some(user) = user {
-        let resolved = if berth_tasks::container::names_someone(&user) {
-            // Names are looked up in the running container's own files,
+        let resolved = if berth_tasks::container::needs_image_files(&user) {
+            // Users are looked up in the running container's own files,
             // through its init process's root (read inside that root,
             // symlinks and all, as when the container was made).
             let tasks = RemoteTasks::connect(global.taskd_socket())
