@@ -8,8 +8,9 @@
 #   prints the command that would install them and exits 1.
 set -euo pipefail
 
-# Building: a C toolchain for the linker and the crates with C parts.
-build=(ca-certificates gcc libc6-dev pkg-config)
+# Building: a C toolchain for the linker and the crates with C parts;
+# protoc for the CRI's types (k8s-cri compiles Kubernetes' proto files).
+build=(ca-certificates gcc libc6-dev pkg-config protobuf-compiler)
 # Running containers: runc; the demo's images are built from busybox-static,
 # one is served by docker-registry (pushed there with skopeo, on a port
 # python3 picks).
@@ -24,8 +25,11 @@ demo=(runc busybox-static docker-registry skopeo tar gzip python3)
 #     Go shim;
 #   util-linux (script) and python3: pseudo terminals for `berth run -t`;
 #   xfsprogs: the snapshotter tests on an XFS image;
-#   bc, procps: the benchmark scripts.
-tests=(systemd systemd-container mmdebstrap apache2-utils openssl containerd util-linux xfsprogs bc procps)
+#   bc, procps: the benchmark scripts;
+#   containernetworking-plugins, iptables, curl: berth-crid's pods and the
+#     critest runner (../shared/critest), which also builds its images with
+#     mmdebstrap and gcc.
+tests=(systemd systemd-container mmdebstrap apache2-utils openssl containerd util-linux xfsprogs bc procps containernetworking-plugins iptables curl)
 # The benchmarks, beyond the tests' (containerd and runc as the peers,
 # mmdebstrap for the images, bc and procps): a font for the chart.
 bench=(fonts-dejavu-core)
