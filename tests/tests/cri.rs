@@ -28,7 +28,7 @@ const POD_IMAGE: &str = "berth.test/cri:busybox";
 
 fn pod_image_archive(dir: &Path) -> PathBuf {
     let rootfs = busybox_rootfs(&dir.join("rootfs"), &[]);
-    for applet in ["sleep", "echo", "cat", "hostname", "id"] {
+    for applet in ["sleep", "echo", "cat", "hostname", "id", "yes", "head"] {
         std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
     }
     for d in ["proc", "sys", "dev", "tmp", "etc"] {
@@ -316,6 +316,116 @@ fn a_pod_lives_through_crictl_and_a_crid_restart() {
             .unwrap_or_default();
         assert!(left.is_empty(), "crid state left: {left:?}");
     }
+}
+
+/// CVE-2022-1708 / CVE-2022-31030 / CVE-2022-23471: ExecSync keeps a
+/// bounded part of a flood of output (and crid's memory stays bounded), and
+/// execs that fail to start leave no process, file descriptor or fifo
+/// behind in crid.
+#[test]
+fn exec_sync_output_is_bounded_and_failed_execs_leak_nothing() {
+    if !berth_e2e::require(berth_e2e::is_root(), "needs root")
+        || !berth_e2e::require(berth_e2e::run_prerequisites(), "runc and busybox-static")
+        || !berth_e2e::require(crictl_path().exists(), "../shared/peers/bin/crictl")
+    {
+        return;
+    }
+    let tmp = tempfile::Builder::new()
+        .prefix("berth-cri-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let cri = Cri::start(tmp.path());
+    let pod = cri.write_config(
+        "pod.json",
+        json!({
+            "metadata": {"name": "bounds", "namespace": "test", "uid": "pod-uid-2", "attempt": 0},
+            "linux": {"security_context": {"namespace_options": {"network": 2}}},
+        }),
+    );
+    let container = cri.write_config(
+        "container.json",
+        json!({
+            "metadata": {"name": "idle"},
+            "image": {"image": POD_IMAGE},
+            "command": ["/bin/sleep", "1000000"],
+        }),
+    );
+    let pod_id = cri.ok(&["runp", &pod]);
+    let ctr_id = cri.ok(&["create", &pod_id, &container, &pod]);
+    cri.ok(&["start", &ctr_id]);
+    let fds = |pid: u32| {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count()
+    };
+    let exec_dirs = || {
+        std::fs::read_dir(cri.crid.root.join("containers").join(&ctr_id))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("exec-"))
+            .count()
+    };
+    // Warm up, then count.
+    let _ = cri.crictl(&["exec", "-s", &ctr_id, "/bin/echo", "warm"]);
+    let before = fds(cri.crid.pid());
+    for _ in 0..100 {
+        let (ok, _, _) = cri.crictl(&["exec", "-s", &ctr_id, "/no/such/program"]);
+        assert!(!ok, "an exec of a missing program fails");
+    }
+    // Connections to the other daemons close a moment after each call: a
+    // few descriptors come and go, a leak would be a hundred.
+    wait_for(
+        "crid's descriptors back near where they were",
+        Duration::from_secs(10),
+        || fds(cri.crid.pid()) <= before + 6,
+    );
+    assert_eq!(exec_dirs(), 0, "exec fifos left");
+    let tasks = cri.stack.berth(&["-n", "k8s.io", "tasks", "ps", &ctr_id]).1;
+    assert_eq!(
+        tasks.lines().count(),
+        2,
+        "only the container's process: {tasks}"
+    );
+
+    // 64 MB of output: what comes back is the bound, and crid did not
+    // hold the flood.
+    let peak_before = cri.crid.peak_rss_kib();
+    let endpoint = format!("unix://{}", cri.crid.socket.display());
+    let out = Command::new(crictl_path())
+        .args(["-r", &endpoint, "-i", &endpoint, "--timeout", "120s"])
+        .args([
+            "exec",
+            "-s",
+            &ctr_id,
+            "/bin/sh",
+            "-c",
+            "yes abcdefghijklmnop | head -c 64000000",
+        ])
+        .env("HOME", tmp.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The bound, and nothing of the rest (crictl ends what it prints with
+    // a line ending of its own).
+    let bound = 16 * 1024 * 1024 - 64 * 1024;
+    assert!(
+        (bound..=bound + 2).contains(&out.stdout.len()),
+        "{} bytes came back",
+        out.stdout.len()
+    );
+    assert!(out
+        .stdout
+        .starts_with(b"abcdefghijklmnop\nabcdefghijklmnop\n"));
+    let grown_mib = cri.crid.peak_rss_kib().saturating_sub(peak_before) / 1024;
+    assert!(
+        grown_mib < 160,
+        "crid's peak RSS grew by {grown_mib} MiB for 64 MB of output"
+    );
+    cri.ok(&["rmp", "-f", &pod_id]);
 }
 
 /// critest (cri-tools 1.34, ../shared/critest) against a fresh berth stack:

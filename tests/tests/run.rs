@@ -180,9 +180,17 @@ fn users_are_numbers_or_names_from_the_image_and_bad_ones_are_refused() {
         let out = run(&stack, &["run", "--rm", &flag, RUN_IMAGE, "id"]);
         (out.status.code(), text(&out.stdout), text(&out.stderr))
     };
-    let (code, out, err) = id("1234:1234");
-    assert_eq!(code, Some(0), "{err}");
-    assert!(out.starts_with("uid=1234(berth) gid=1234(berth)"), "{out}");
+    // CVE-2023-25173: by number as by name, the user's groups in the
+    // image's /etc/group are its supplementary groups.
+    for user in ["1234", "1234:1234"] {
+        let (code, out, err) = id(user);
+        assert_eq!(code, Some(0), "{err}");
+        assert_eq!(
+            out.trim(),
+            "uid=1234(berth) gid=1234(berth) groups=1234(berth),2000(extra)",
+            "--user {user}"
+        );
+    }
     let (code, out, err) = id("berth");
     assert_eq!(code, Some(0), "{err}");
     assert!(out.starts_with("uid=1234(berth) gid=1234(berth)"), "{out}");
@@ -303,6 +311,31 @@ fn detached_containers_take_exec_pause_ps_kill_and_log_to_a_file() {
         "{}",
         text(&out.stderr)
     );
+    // CVE-2023-25173: a user by number gets its passwd group and the
+    // groups /etc/group lists it in, as by name; root by number stays root.
+    for (user, groups) in [
+        (
+            "1234",
+            "uid=1234(berth) gid=1234(berth) groups=1234(berth),2000(extra)",
+        ),
+        (
+            "1234:1234",
+            "uid=1234(berth) gid=1234(berth) groups=1234(berth),2000(extra)",
+        ),
+        (
+            "1234:2000",
+            "uid=1234(berth) gid=2000(extra) groups=2000(extra)",
+        ),
+        ("0", "uid=0(root) gid=0(root) groups=0(root)"),
+    ] {
+        let out = run(&stack, &["tasks", "exec", "--user", user, "web", "id"]);
+        assert_eq!(
+            text(&out.stdout).trim(),
+            groups,
+            "--user {user}: {}",
+            text(&out.stderr)
+        );
+    }
     let out = run(&stack, &["tasks", "exec", "--user", "nobody", "web", "id"]);
     assert!(!out.status.success());
     assert!(

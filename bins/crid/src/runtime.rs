@@ -24,8 +24,10 @@ use crate::state::{
     KIND_LABEL, KIND_SANDBOX,
 };
 
-/// ExecSync's bound on each of stdout and stderr (CVE-2022-1708).
-pub const EXEC_SYNC_OUTPUT_LIMIT: usize = 16 * 1024 * 1024;
+/// ExecSync's bound on what it keeps of its output (CVE-2022-1708): 16 MiB
+/// in all, less room for the reply's framing, so that the reply fits the
+/// kubelet's (and crictl's) 16 MiB message bound. stdout is kept first.
+pub const EXEC_SYNC_OUTPUT_LIMIT: usize = 16 * 1024 * 1024 - 64 * 1024;
 /// How long a SIGKILLed process may take to be reported gone.
 const KILL_GRACE: Duration = Duration::from_secs(10);
 
@@ -1255,7 +1257,8 @@ impl Crid {
         };
         let _ = exited.send(true);
         let stdout = out.await.unwrap_or_default();
-        let stderr = err.await.unwrap_or_default();
+        let mut stderr = err.await.unwrap_or_default();
+        stderr.truncate(EXEC_SYNC_OUTPUT_LIMIT.saturating_sub(stdout.len()));
         let _ = tasks.delete_process(NAMESPACE, id, exec_id).await;
         Ok(waited.map(|exit| (stdout, stderr, exit.status as i32)))
     }
