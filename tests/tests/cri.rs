@@ -107,6 +107,22 @@ impl Cri {
         )
     }
 
+    fn crictl_with_input(&self, args: &[&str], input: &[u8]) -> std::process::Output {
+        use std::io::Write;
+        let endpoint = format!("unix://{}", self.crid.socket.display());
+        let mut child = Command::new(crictl_path())
+            .args(["-r", &endpoint, "-i", &endpoint, "--timeout", "60s"])
+            .args(args)
+            .env("HOME", &self.dir)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("running crictl");
+        child.stdin.take().unwrap().write_all(input).unwrap();
+        child.wait_with_output().unwrap()
+    }
+
     fn ok(&self, args: &[&str]) -> String {
         let (ok, out, err) = self.crictl(args);
         assert!(ok, "crictl {args:?}: {err}");
@@ -243,6 +259,17 @@ fn a_pod_lives_through_crictl_and_a_crid_restart() {
     assert_eq!(out, "from exec");
     let (ok, _, _) = cri.crictl(&["exec", "-s", &ctr_id, "/bin/sh", "-c", "exit 3"]);
     assert!(!ok, "a failing exec's status reaches crictl");
+    // The streaming exec (SPDY), stdin in and stdout out, and its status.
+    let streamed = cri.crictl_with_input(
+        &["exec", "-i", &ctr_id, "/bin/sh", "-c", "read line; echo got $line; exit 4"],
+        b"hello\n",
+    );
+    assert_eq!(String::from_utf8_lossy(&streamed.stdout).trim(), "got hello");
+    let said = String::from_utf8_lossy(&streamed.stderr);
+    assert!(!streamed.status.success() && said.contains("exit code 4"), "{said}");
+    // `crictl logs` reads the file crid writes.
+    let logged = cri.ok(&["logs", "--tail", "1", &ctr_id]);
+    assert!(logged.starts_with("line "), "{logged}");
     let stats: serde_json::Value = serde_json::from_str(&cri.ok(&["stats", "-o", "json"])).unwrap();
     let cpu = &stats["stats"][0]["cpu"]["usageCoreNanoSeconds"]["value"];
     assert!(
