@@ -123,6 +123,61 @@ impl Cri {
         child.wait_with_output().unwrap()
     }
 
+    /// `crictl events` in the background.
+    fn spawn_events(&self) -> std::process::Child {
+        let endpoint = format!("unix://{}", self.crid.socket.display());
+        let child = Command::new(crictl_path())
+            .args(["-r", &endpoint, "-i", &endpoint, "events", "-o", "json"])
+            .env("HOME", &self.dir)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("running crictl events");
+        // It has subscribed once it answers; a moment is enough here, and
+        // a missed event fails the test rather than passing it.
+        std::thread::sleep(Duration::from_millis(500));
+        child
+    }
+
+    /// The (id, event type) pairs `crictl events` printed until `last`
+    /// arrived (or 30 s passed); stops it.
+    fn events_until(
+        &self,
+        mut child: std::process::Child,
+        last: &[(&str, &str)],
+    ) -> Vec<(String, String)> {
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let values =
+                serde_json::Deserializer::from_reader(stdout).into_iter::<serde_json::Value>();
+            for value in values.flatten() {
+                let id = value["containerId"].as_str().unwrap_or("").to_string();
+                let kind = value["containerEventType"]
+                    .as_str()
+                    .unwrap_or("CONTAINER_CREATED_EVENT")
+                    .to_string();
+                if tx.send((id, kind)).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut seen = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while let Ok(event) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            let done = last
+                .iter()
+                .any(|(id, kind)| event.0 == *id && event.1 == *kind);
+            seen.push(event);
+            if done {
+                break;
+            }
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        seen
+    }
+
     fn ok(&self, args: &[&str]) -> String {
         let (ok, out, err) = self.crictl(args);
         assert!(ok, "crictl {args:?}: {err}");
@@ -204,6 +259,7 @@ fn a_pod_lives_through_crictl_and_a_crid_restart() {
     let mut cri = Cri::start(dir);
     let logs = dir.join("pod-logs");
 
+    let events = cri.spawn_events();
     let version = cri.ok(&["version"]);
     assert!(version.contains("RuntimeName:  berth"), "{version}");
 
@@ -261,12 +317,25 @@ fn a_pod_lives_through_crictl_and_a_crid_restart() {
     assert!(!ok, "a failing exec's status reaches crictl");
     // The streaming exec (SPDY), stdin in and stdout out, and its status.
     let streamed = cri.crictl_with_input(
-        &["exec", "-i", &ctr_id, "/bin/sh", "-c", "read line; echo got $line; exit 4"],
+        &[
+            "exec",
+            "-i",
+            &ctr_id,
+            "/bin/sh",
+            "-c",
+            "read line; echo got $line; exit 4",
+        ],
         b"hello\n",
     );
-    assert_eq!(String::from_utf8_lossy(&streamed.stdout).trim(), "got hello");
+    assert_eq!(
+        String::from_utf8_lossy(&streamed.stdout).trim(),
+        "got hello"
+    );
     let said = String::from_utf8_lossy(&streamed.stderr);
-    assert!(!streamed.status.success() && said.contains("exit code 4"), "{said}");
+    assert!(
+        !streamed.status.success() && said.contains("exit code 4"),
+        "{said}"
+    );
     // `crictl logs` reads the file crid writes.
     let logged = cri.ok(&["logs", "--tail", "1", &ctr_id]);
     assert!(logged.starts_with("line "), "{logged}");
@@ -281,6 +350,7 @@ fn a_pod_lives_through_crictl_and_a_crid_restart() {
 
     // crid dies with the pod running and the container writing.
     let before = counted_lines(&log).last().copied().unwrap();
+    let first_events = cri.events_until(events, &[(&ctr_id, "CONTAINER_STARTED_EVENT")]);
     cri.crid.kill();
     std::thread::sleep(Duration::from_secs(1));
     cri.crid.restart();
@@ -308,6 +378,7 @@ fn a_pod_lives_through_crictl_and_a_crid_restart() {
         "after restart"
     );
 
+    let events = cri.spawn_events();
     // Stopped with its stop signal (TERM: the trap's status), in time.
     cri.ok(&["stop", "-t", "10", &ctr_id]);
     let status = cri.inspect("inspect", &ctr_id);
@@ -320,6 +391,24 @@ fn a_pod_lives_through_crictl_and_a_crid_restart() {
     cri.ok(&["rmp", &pod_id]);
     assert_eq!(cri.ok(&["pods", "-q"]), "");
     assert_eq!(cri.ok(&["ps", "-aq"]), "");
+    // GetContainerEvents (the kubelet's evented PLEG): each step once, in
+    // order, for the pod and the container.
+    let later_events = cri.events_until(events, &[(&pod_id, "CONTAINER_DELETED_EVENT")]);
+    let all: Vec<(String, String)> = first_events.into_iter().chain(later_events).collect();
+    let of = |id: &str| -> Vec<&str> {
+        all.iter()
+            .filter(|(i, _)| i == id)
+            .map(|(_, kind)| kind.as_str())
+            .collect()
+    };
+    let life = [
+        "CONTAINER_CREATED_EVENT",
+        "CONTAINER_STARTED_EVENT",
+        "CONTAINER_STOPPED_EVENT",
+        "CONTAINER_DELETED_EVENT",
+    ];
+    assert_eq!(of(&ctr_id), life, "{all:?}");
+    assert_eq!(of(&pod_id), life, "{all:?}");
 
     // Nothing left in the daemons or on disk.
     let tasks = cri.stack.berth(&["-n", "k8s.io", "tasks", "ls", "-q"]).1;

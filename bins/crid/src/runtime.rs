@@ -75,6 +75,8 @@ pub struct Crid {
     /// One task removal at a time per id: the exit watcher and a stop or
     /// remove would otherwise delete the same task at once.
     removals: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// GetContainerEvents' subscribers (the kubelet's evented PLEG).
+    events: tokio::sync::broadcast::Sender<cri::ContainerEventResponse>,
 }
 
 impl std::fmt::Debug for Crid {
@@ -131,6 +133,7 @@ impl Crid {
             oom_killed: Mutex::new(Default::default()),
             cpu_samples: Mutex::new(HashMap::new()),
             removals: Mutex::new(HashMap::new()),
+            events: tokio::sync::broadcast::channel(1024).0,
         })
     }
 
@@ -248,6 +251,38 @@ impl Crid {
         }
     }
 
+    /// Every container event from now on.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<cri::ContainerEventResponse> {
+        self.events.subscribe()
+    }
+
+    /// Tells subscribers what happened to a container (or a sandbox: its
+    /// id is the container id), with its pod's status and its pod's
+    /// containers' statuses as they are now.
+    fn emit(&self, id: &str, kind: cri::ContainerEventType) {
+        if self.events.receiver_count() == 0 {
+            return;
+        }
+        let sandbox_id = match self.store.container(id) {
+            Some(c) => c.sandbox_id,
+            None => id.to_string(),
+        };
+        let containers_statuses = self
+            .store
+            .containers()
+            .into_iter()
+            .filter(|c| c.sandbox_id == sandbox_id)
+            .filter_map(|c| self.container_status(&c.id).ok())
+            .collect();
+        let _ = self.events.send(cri::ContainerEventResponse {
+            container_id: id.to_string(),
+            container_event_type: kind as i32,
+            created_at: now_nanos(),
+            pod_sandbox_status: self.pod_sandbox_status(&sandbox_id).ok(),
+            containers_statuses,
+        });
+    }
+
     // ---- sandboxes ----
 
     pub async fn run_pod_sandbox(
@@ -345,6 +380,8 @@ impl Crid {
             s.pid = pid;
             s.phase = SandboxPhase::Ready;
         })?;
+        self.emit(&id, cri::ContainerEventType::ContainerCreatedEvent);
+        self.emit(&id, cri::ContainerEventType::ContainerStartedEvent);
         self.watch_exit(id);
         Ok(())
     }
@@ -360,9 +397,7 @@ impl Crid {
             }
         }
         self.remove_task(&sandbox.id).await?;
-        self.store.update_sandbox(&sandbox.id, |s| {
-            s.phase = SandboxPhase::NotReady;
-        })?;
+        self.mark_not_ready(&sandbox.id)?;
         if let Some(netns) = &sandbox.netns {
             if let Err(e) = self
                 .settings
@@ -395,6 +430,7 @@ impl Crid {
         }
         self.stop_pod_sandbox(&sandbox.id).await?;
         self.unmake_container(&sandbox.id).await?;
+        self.emit(&sandbox.id, cri::ContainerEventType::ContainerDeletedEvent);
         self.store.remove_sandbox(&sandbox.id);
         Ok(())
     }
@@ -558,6 +594,7 @@ impl Crid {
             .and_then(|spec| serde_json::from_slice::<oci_spec::runtime::Spec>(&spec.value).ok())
             .and_then(|spec| spec::effective_user(&spec));
         self.store.update_container(&id, |c| c.user = user)?;
+        self.emit(&id, cri::ContainerEventType::ContainerCreatedEvent);
         Ok(id)
     }
 
@@ -606,6 +643,10 @@ impl Crid {
                     c.pid = pid;
                     c.started_at = now_nanos();
                 })?;
+                self.emit(
+                    &container.id,
+                    cri::ContainerEventType::ContainerStartedEvent,
+                );
                 self.watch_exit(container.id.clone());
                 Ok(())
             }
@@ -819,8 +860,10 @@ impl Crid {
         if self.store.container(id).is_some() {
             self.stop_logging(id);
             let oom = code == 137 && self.saw_oom(id).await;
+            let mut stopped = false;
             let _ = self.store.update_container(id, |c| {
                 if c.phase == ContainerPhase::Running {
+                    stopped = true;
                     c.phase = ContainerPhase::Exited;
                     c.finished_at = at;
                     c.exit_code = code;
@@ -836,14 +879,29 @@ impl Crid {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(id);
+            if stopped {
+                self.emit(id, cri::ContainerEventType::ContainerStoppedEvent);
+            }
         } else if self.store.sandbox(id).is_some() {
-            let _ = self
-                .store
-                .update_sandbox(id, |s| s.phase = SandboxPhase::NotReady);
+            let _ = self.mark_not_ready(id);
         }
         if let Err(e) = self.remove_task(id).await {
             tracing::warn!(id, "deleting the exited task: {e}");
         }
+    }
+
+    /// Marks a sandbox not ready; the one caller that changes it (a stop,
+    /// or the watcher of its pause process) tells subscribers.
+    fn mark_not_ready(&self, id: &str) -> Result<()> {
+        let mut stopped = false;
+        self.store.update_sandbox(id, |s| {
+            stopped = s.phase == SandboxPhase::Ready;
+            s.phase = SandboxPhase::NotReady;
+        })?;
+        if stopped {
+            self.emit(id, cri::ContainerEventType::ContainerStoppedEvent);
+        }
+        Ok(())
     }
 
     /// Whether the OOM killer acted in the container. The shim publishes
@@ -1070,6 +1128,10 @@ impl Crid {
         self.remove_task(&container.id).await?;
         self.stop_logging(&container.id);
         self.unmake_container(&container.id).await?;
+        self.emit(
+            &container.id,
+            cri::ContainerEventType::ContainerDeletedEvent,
+        );
         self.store.remove_container(&container.id);
         Ok(())
     }

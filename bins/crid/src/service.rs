@@ -410,7 +410,19 @@ impl RuntimeService for CriService {
         &self,
         _: Request<cri::GetEventsRequest>,
     ) -> GrpcResult<Self::GetContainerEventsStream> {
-        unimplemented("GetContainerEvents")
+        let events = self.crid.subscribe();
+        let stream = futures::stream::unfold(events, |mut events| async move {
+            loop {
+                match events.recv().await {
+                    Ok(event) => return Some((Ok(event), events)),
+                    // A subscriber too slow for the queue misses events, as
+                    // containerd's does; the kubelet relists then.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn list_metric_descriptors(
