@@ -16,6 +16,9 @@
 #   run      run.sh              run --rm latency, churn, daemons' PSS
 #   shim     shim.sh             the shim against the Go shim: run, PSS, RSS
 #   metad    metad.sh            metadata records through the CLI
+#   cri      cri.sh              berth-crid against containerd 2.2.7's CRI
+#                                (../shared/peers, critest's stand-in images):
+#                                pod start, 100 pods, PSS with shims
 #
 # Each script prints its own tables and appends result rows (JSON lines) to
 # $BENCH_RESULTS; at the end bench/chart (berth-bench-chart, a crate of its
@@ -41,20 +44,21 @@
 #                   and the table into docs/benchmarks.md (between its
 #                   "bench/all.sh" markers)
 #   the scripts' own: ROUNDS, WARMUP, CHURN_SECONDS, CHURN_WORKERS,
-#   MEMORY_CONTAINERS, SETTLE (run.sh), RUNS, IDLE (shim.sh),
+#   MEMORY_CONTAINERS, SETTLE (run.sh), RUNS, IDLE (shim.sh), CRI_ROUNDS,
+#   CRI_PODS, CRI_PARALLEL (cri.sh),
 #   BERTH_BENCH_ROOTFS (a minbase tar to use instead of mmdebstrap's)
 # A script that fails is recorded as failed and the suite goes on; the exit
 # status is 1 if any failed.
 set -euo pipefail
 export LC_ALL=C
 
-all=(ingest fetch unpack pull archive memory run shim metad)
+all=(ingest fetch unpack pull archive memory run shim metad cri)
 script_of() {
   case $1 in
     ingest) echo content-ingest.sh ;; fetch) echo content-fetch.sh ;;
     unpack) echo unpack.sh ;; pull) echo pull.sh ;; archive) echo archive.sh ;;
     memory) echo daemon-memory.sh ;; run) echo run.sh ;; shim) echo shim.sh ;;
-    metad) echo metad.sh ;; *) return 1 ;;
+    metad) echo metad.sh ;; cri) echo cri.sh ;; *) return 1 ;;
   esac
 }
 selected=("$@")
@@ -72,7 +76,7 @@ if [ "${QUICK:-}" = 1 ]; then
   metad_args=${METAD_ARGS:-500 100 5}
   export ROUNDS=${ROUNDS:-5} WARMUP=${WARMUP:-1} CHURN_SECONDS=${CHURN_SECONDS:-3}
   export CHURN_WORKERS=${CHURN_WORKERS:-1 4} MEMORY_CONTAINERS=${MEMORY_CONTAINERS:-5}
-  export SETTLE=${SETTLE:-1} RUNS=${RUNS:-5} IDLE=${IDLE:-5}
+  export SETTLE=${SETTLE:-1} RUNS=${RUNS:-5} IDLE=${IDLE:-5} CRI_PODS=${CRI_PODS:-10}
 fi
 
 # shellcheck source=lib/common.sh
@@ -174,8 +178,7 @@ for b in "${selected[@]}"; do
   case $b in
     ingest) args=("$ingest_mib" "$runs") ;;
     fetch | unpack | pull | archive) args=("$runs") ;;
-    # shellcheck disable=SC2206 # three numbers
-    metad) args=($metad_args) ;;
+    metad) read -ra args <<<"$metad_args" ;; # three numbers
     *) args=() ;;
   esac
   echo >&2
