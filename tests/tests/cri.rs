@@ -22,8 +22,9 @@ fn crictl_path() -> PathBuf {
     shared().join("peers/bin/crictl")
 }
 
-/// The image pods run: busybox, with an entrypoint that sleeps (the pause
-/// process) and a shell for containers; imported into `k8s.io`.
+/// The image containers run: busybox, with an entrypoint that sleeps and a
+/// shell; imported into `k8s.io`. Pods' pause processes run berth's
+/// built-in pause image, which crid makes itself (no registry here).
 const POD_IMAGE: &str = "berth.test/cri:busybox";
 
 fn pod_image_archive(dir: &Path) -> PathBuf {
@@ -78,7 +79,6 @@ impl Cri {
             args.push(flag.to_string());
             args.push(socket.display().to_string());
         }
-        args.extend(["--sandbox-image".to_string(), POD_IMAGE.to_string()]);
         args.extend([
             "--cni-conf-dir".to_string(),
             dir.join("net.d").display().to_string(),
@@ -285,6 +285,11 @@ fn a_pod_lives_through_crictl_and_a_crid_restart() {
     let pod_id = cri.ok(&["runp", &pod]);
     let status = cri.inspect("inspectp", &pod_id);
     assert_eq!(status["status"]["state"], "SANDBOX_READY", "{status}");
+    let images = cri.ok(&["images"]);
+    assert!(
+        images.contains("berth.local/pause"),
+        "the built-in pause image: {images}"
+    );
 
     // A second pod of the same name and attempt is refused.
     let (ok, _, err) = cri.crictl(&["runp", &pod]);

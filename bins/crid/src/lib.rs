@@ -15,6 +15,7 @@ pub mod daemons;
 pub mod error;
 pub mod images;
 pub mod logs;
+pub mod pause;
 pub mod runtime;
 pub mod service;
 pub mod spec;

@@ -23,8 +23,8 @@ const MAX_MESSAGE: usize = 16 * 1024 * 1024;
 /// The streaming server's address unless one is configured (containerd's
 /// default: loopback, a free port).
 const DEFAULT_STREAM_ADDRESS: &str = "127.0.0.1:0";
-/// The sandbox image unless one is configured (containerd 2.x's default).
-const DEFAULT_SANDBOX_IMAGE: &str = "registry.k8s.io/pause:3.10";
+/// The sandbox image unless one is configured: berth's own, made locally.
+const DEFAULT_SANDBOX_IMAGE: &str = berth_crid::pause::BUILTIN_PAUSE;
 
 /// berth's CRI server: Kubernetes pods and containers on berth.
 #[derive(Debug, Parser)]

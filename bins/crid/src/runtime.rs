@@ -300,11 +300,16 @@ impl Crid {
             ));
         }
         let runtime = self.runtime_for(handler)?;
-        let image = match images::find(&self.daemons, &self.settings.sandbox_image).await? {
+        let sandbox_image = &self.settings.sandbox_image;
+        let image = match images::find(&self.daemons, sandbox_image).await? {
             Some(image) => image,
             None => {
-                images::pull(&self.daemons, &self.settings.sandbox_image, None).await?;
-                images::require(&self.daemons, &self.settings.sandbox_image).await?
+                if sandbox_image == crate::pause::BUILTIN_PAUSE {
+                    crate::pause::import(&self.daemons).await?;
+                } else {
+                    images::pull(&self.daemons, sandbox_image, None).await?;
+                }
+                images::require(&self.daemons, sandbox_image).await?
             }
         };
         let id = new_id()?;

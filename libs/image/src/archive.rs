@@ -246,7 +246,7 @@ pub async fn import(
 /// The images of an OCI image layout's index.json.
 fn layout_images(
     index: &[u8],
-    resolve: &dyn Fn(&str) -> Option<Stored>,
+    resolve: &(dyn Fn(&str) -> Option<Stored> + Sync),
 ) -> Result<Vec<ArchiveImage>> {
     // The layout's own index: parsed leniently (schemaVersion is often
     // missing), its digests checked all the same.
@@ -410,7 +410,7 @@ async fn docker_images(
     namespace: &str,
     manifest: &[u8],
     documents: &HashMap<String, Vec<u8>>,
-    resolve: &dyn Fn(&str) -> Option<Stored>,
+    resolve: &(dyn Fn(&str) -> Option<Stored> + Sync),
 ) -> Result<Vec<ArchiveImage>> {
     let entries: Vec<DockerEntry> =
         serde_json::from_slice(manifest).map_err(|e| invalid(format!("manifest.json: {e}")))?;
