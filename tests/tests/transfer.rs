@@ -8,6 +8,7 @@ use std::process::ChildStdin;
 
 use berth_client::RemoteContentStore;
 use berth_content::ContentStore;
+use berth_e2e::fake_registry::{Behaviour, FakeRegistry};
 use berth_e2e::images::{busybox_rootfs, files_rootfs, Blob, Layout};
 use berth_e2e::registry::Registry;
 use berth_e2e::{berth, require, BlockSource, Daemon};
@@ -1037,6 +1038,105 @@ async fn hosts_toml_gives_a_registry_its_ca_and_a_mirror() {
         String::from_utf8_lossy(&out).trim(),
         manifest.digest.as_str()
     );
+}
+
+// A plain-HTTP registry's client has no TLS until a request needs it: a
+// redirect to HTTPS blob storage is followed with a TLS client that trusts
+// the CA certs.d gives the registry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_http_registry_redirecting_to_https_storage() {
+    if !require(
+        tools_present() && berth_e2e::on_path("openssl"),
+        "docker-registry, skopeo, openssl and busybox-static",
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Registry::start_tls(&dir.path().join("tls"));
+    let mut layout = Layout::new(&dir.path().join("layout"));
+    let rootfs = files_rootfs(
+        &dir.path().join("rootfs"),
+        &[("hello", b"stored behind TLS".to_vec())],
+    );
+    let layer = layout.add_layer(&rootfs);
+    let layer_digest = layer.0.digest.clone();
+    let manifest = layout.add_image(&[layer], "amd64", false);
+    layout.tag("v1", &manifest);
+    let push = std::process::Command::new("skopeo")
+        .args(["copy", "--quiet", "--dest-tls-verify=false"])
+        .arg(format!("oci:{}:v1", layout.dir.display()))
+        .arg(format!("docker://{}/app:v1", storage.host))
+        .output()
+        .unwrap();
+    assert!(
+        push.status.success(),
+        "{}",
+        String::from_utf8_lossy(&push.stderr)
+    );
+
+    // The plain registry has the manifest and config, and redirects the
+    // layer to the TLS one.
+    let registry = FakeRegistry::start(Behaviour::default()).await;
+    let blob = |digest: &Digest| {
+        std::fs::read(layout.dir.join("blobs/sha256").join(digest.hex())).unwrap()
+    };
+    let manifest_bytes = blob(&manifest.digest);
+    let parsed: serde_json::Value = serde_json::from_slice(&manifest_bytes).unwrap();
+    let config = Digest::parse(parsed["config"]["digest"].as_str().unwrap()).unwrap();
+    for name in ["v1", manifest.digest.as_str()] {
+        registry.put(
+            "app",
+            "manifests",
+            name,
+            &manifest.media_type,
+            &manifest_bytes,
+        );
+    }
+    registry.put(
+        "app",
+        "blobs",
+        config.as_str(),
+        "application/octet-stream",
+        &blob(&config),
+    );
+    registry.behaviour.lock().unwrap().redirect.insert(
+        layer_digest.clone(),
+        format!("https://{}/v2/app/blobs/{layer_digest}", storage.host),
+    );
+
+    let hosts = dir.path().join("certs.d");
+    let host_dir = hosts.join(&registry.host);
+    std::fs::create_dir_all(&host_dir).unwrap();
+    std::fs::copy(dir.path().join("tls/ca.pem"), host_dir.join("ca.pem")).unwrap();
+    std::fs::write(
+        host_dir.join("hosts.toml"),
+        format!("server = \"http://{}\"\nca = \"ca.pem\"\n", registry.host),
+    )
+    .unwrap();
+    let daemon = Daemon::start_with_args(
+        "berth-contentd",
+        &dir.path().join("d"),
+        &["--hosts-dir", hosts.to_str().unwrap()],
+    );
+    let reference = format!("{}/app:v1", registry.host);
+    let (ok, out, err) = berth(
+        &daemon.socket,
+        &["content", "fetch", "-q", &reference],
+        None,
+    );
+    assert!(ok, "{err}");
+    assert_eq!(
+        String::from_utf8_lossy(&out).trim(),
+        manifest.digest.as_str()
+    );
+    assert!(
+        registry
+            .requests()
+            .iter()
+            .any(|r| r.path.ends_with(layer_digest.as_str())),
+        "the layer was not asked of the plain registry"
+    );
+    assert!(digests_in(&daemon).await.contains(&layer_digest));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

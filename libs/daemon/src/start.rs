@@ -2,7 +2,7 @@ use crate::{init_logging, prepare_dirs, DaemonConfig, DaemonError, DaemonFlags, 
 
 /// What every daemon does before it builds its store: a private umask
 /// (nothing a daemon creates is for other users; the socket is opened up
-/// to 0660 explicitly), two allocator arenas and a trim after each burst
+/// to 0660 explicitly), one allocator arena and a trim after each burst
 /// of work (see [`crate::memory`]), the open-file limit raised to its hard
 /// limit, the
 /// configuration from flags, file and defaults,

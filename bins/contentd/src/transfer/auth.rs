@@ -146,7 +146,7 @@ impl Authorizer {
     /// authorization. Fails if it cannot be answered.
     pub async fn answer(
         &self,
-        http: &reqwest::Client,
+        http: &super::registry::HttpClients,
         challenge: &Challenge,
         scope: &str,
     ) -> Result<()> {
@@ -175,7 +175,7 @@ impl Authorizer {
 
     async fn fetch_token(
         &self,
-        http: &reqwest::Client,
+        http: &super::registry::HttpClients,
         realm: &str,
         service: Option<&str>,
         scope: &str,
@@ -202,7 +202,7 @@ impl Authorizer {
                 query.append_pair("scope", scope);
             }
         }
-        let mut request = http.get(url);
+        let mut request = http.for_url(url.as_str())?.get(url);
         if let Some(credentials) = &self.credentials {
             request = request.header(reqwest::header::AUTHORIZATION, credentials.basic_header());
         }

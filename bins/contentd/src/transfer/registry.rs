@@ -1,12 +1,15 @@
 //! One registry repository over HTTP: resolve, manifests and blobs, with
 //! authentication, retries of 5xx and 429 answers, and ranged blob reads.
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use berth_errdefs::{Error, Result};
 use berth_ids::{Digest, Sha256Hasher};
 use futures::StreamExt;
-use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, RANGE, WWW_AUTHENTICATE};
+use reqwest::header::{
+    HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, LOCATION, RANGE, WWW_AUTHENTICATE,
+};
 use reqwest::{Method, Response, StatusCode};
 
 use super::auth::{parse_challenge, Authorizer, Credentials};
@@ -17,11 +20,14 @@ use berth_image::{sniff_media_type, Descriptor, MAX_DOCUMENT_SIZE as MAX_MANIFES
 /// Attempts per request for answers worth retrying (5xx, 429, transport).
 const ATTEMPTS: u32 = 4;
 
+/// Redirects followed for one request, as reqwest's default policy.
+const MAX_REDIRECTS: usize = 10;
+
 /// A repository on one registry endpoint.
 #[derive(Debug)]
 pub struct RegistryClient {
     endpoint: Endpoint,
-    http: reqwest::Client,
+    http: HttpClients,
     auth: Authorizer,
     repository: String,
     push: bool,
@@ -51,16 +57,94 @@ pub async fn read_limited(response: Response, limit: u64) -> Result<Vec<u8>> {
     Ok(body)
 }
 
-fn build_http(endpoint: &Endpoint) -> Result<reqwest::Client> {
-    let mut builder = reqwest::Client::builder()
+/// One endpoint's HTTP clients: a plain one for `http://` URLs of an
+/// `http://` endpoint, and one with TLS for `https://` URLs.
+///
+/// The TLS client is built on first use: building it loads the system's
+/// root certificates (every file in the certificate directory, parsed) and
+/// a TLS configuration, work a plain-HTTP registry does not need on every
+/// fetch, and code (about 0.4 MiB of contentd's pages, resident after a
+/// pull) it does not need at all. A plain endpoint still reaches `https://`
+/// URLs: a token realm, an upload location, or a redirect (the plain client
+/// hands a redirect to `https://` back to [`RegistryClient::send_body`],
+/// which follows it with the TLS client).
+#[derive(Debug)]
+pub struct HttpClients {
+    endpoint: Endpoint,
+    plain: Option<reqwest::Client>,
+    tls: OnceLock<reqwest::Client>,
+}
+
+impl HttpClients {
+    /// The clients of `endpoint`; an `https://` endpoint's TLS client (and
+    /// any error in its CA or client certificate files) right away.
+    pub fn new(endpoint: &Endpoint) -> Result<HttpClients> {
+        let clients = HttpClients {
+            endpoint: endpoint.clone(),
+            plain: None,
+            tls: OnceLock::new(),
+        };
+        if is_plain(&endpoint.base) {
+            Ok(HttpClients {
+                plain: Some(build_http(endpoint, false)?),
+                ..clients
+            })
+        } else {
+            clients.for_url(&endpoint.base)?;
+            Ok(clients)
+        }
+    }
+
+    /// The client for a request to `url`.
+    pub fn for_url(&self, url: &str) -> Result<&reqwest::Client> {
+        if let Some(plain) = &self.plain {
+            if is_plain(url) {
+                return Ok(plain);
+            }
+        }
+        if let Some(tls) = self.tls.get() {
+            return Ok(tls);
+        }
+        let tls = build_http(&self.endpoint, true)?;
+        Ok(self.tls.get_or_init(|| tls))
+    }
+}
+
+/// Whether `url` is `http://` (it needs no TLS).
+fn is_plain(url: &str) -> bool {
+    reqwest::Url::parse(url).is_ok_and(|u| u.scheme() == "http")
+}
+
+/// An HTTP client for `endpoint`'s requests: with `tls`, with the system's
+/// roots and the endpoint's CAs and client certificate; without, for
+/// `http://` URLs only (no roots loaded; a redirect to `https://` is
+/// returned, not followed).
+fn build_http(endpoint: &Endpoint, tls: bool) -> Result<reqwest::Client> {
+    let builder = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(30))
         .read_timeout(Duration::from_secs(120))
-        .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")))
-        // reqwest drops Authorization on redirects to another host, so a
-        // redirect to blob storage never carries registry credentials;
-        // `send_body` adds it only for the endpoint's own host and answers
-        // only the endpoint's challenges.
-        .redirect(reqwest::redirect::Policy::limited(10))
+        .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")));
+    // reqwest drops Authorization on redirects to another host, so a
+    // redirect to blob storage never carries registry credentials;
+    // `send_body` adds it only for the endpoint's own host and answers
+    // only the endpoint's challenges.
+    if !tls {
+        return builder
+            .tls_built_in_root_certs(false)
+            .redirect(reqwest::redirect::Policy::custom(|attempt| {
+                if attempt.previous().len() >= MAX_REDIRECTS {
+                    attempt.error("too many redirects")
+                } else if attempt.url().scheme() == "https" {
+                    attempt.stop()
+                } else {
+                    attempt.follow()
+                }
+            }))
+            .build()
+            .map_err(|e| Error::internal(format!("HTTP client: {e}")));
+    }
+    let mut builder = builder
+        .redirect(reqwest::redirect::Policy::limited(MAX_REDIRECTS))
         .danger_accept_invalid_certs(endpoint.skip_verify);
     for ca in &endpoint.ca_files {
         let pem =
@@ -90,6 +174,17 @@ fn build_http(endpoint: &Endpoint) -> Result<reqwest::Client> {
         .map_err(|e| Error::internal(format!("HTTP client: {e}")))
 }
 
+/// Where a plain-HTTP answer redirects to over TLS, for the TLS client to
+/// follow: the `https://` URL of its `Location`, if it is a redirect.
+fn redirect_to_tls(response: &Response) -> Option<String> {
+    if !matches!(response.status().as_u16(), 301 | 302 | 303 | 307 | 308) {
+        return None;
+    }
+    let location = response.headers().get(LOCATION)?.to_str().ok()?;
+    let next = response.url().join(location).ok()?;
+    (next.scheme() == "https").then(|| next.to_string())
+}
+
 fn backoff(attempt: u32, retry_after: Option<&HeaderValue>) -> Duration {
     let asked = retry_after
         .and_then(|v| v.to_str().ok())
@@ -107,7 +202,7 @@ impl RegistryClient {
         repository: &str,
         credentials: Option<Credentials>,
     ) -> Result<RegistryClient> {
-        let http = build_http(&endpoint)?;
+        let http = HttpClients::new(&endpoint)?;
         let is_registry = endpoint.host == registry_host
             || (registry_host == "docker.io" && endpoint.host == "registry-1.docker.io");
         let credentials = if is_registry { credentials } else { None };
@@ -158,19 +253,23 @@ impl RegistryClient {
         body: Option<&[u8]>,
     ) -> Result<Response> {
         let scope = self.scope();
+        let (mut method, mut url, mut body) = (method, url.to_string(), body);
         let mut challenged = false;
         let mut attempt = 0;
+        let mut redirects = 0;
         loop {
+            let url_str = url.as_str();
             let mut request = self
                 .http
-                .request(method.clone(), url)
+                .for_url(url_str)?
+                .request(method.clone(), url_str)
                 .headers(headers.clone());
             if let Some(body) = body {
                 request = request.body(body.to_vec());
             }
             // Credentials go only to the endpoint itself, never to a host an
             // upload Location or a redirect names.
-            let to_endpoint = is_endpoint_url(url, &self.endpoint.host);
+            let to_endpoint = is_endpoint_url(url_str, &self.endpoint.host);
             if to_endpoint {
                 if let Some(value) = self.auth.header(&scope) {
                     request = request.header(AUTHORIZATION, value);
@@ -194,6 +293,25 @@ impl RegistryClient {
                 }
             };
             let status = response.status();
+            if let Some(next) = redirect_to_tls(&response) {
+                redirects += 1;
+                if redirects > MAX_REDIRECTS {
+                    return Err(Error::unavailable(format!(
+                        "{method} {url}: too many redirects"
+                    )));
+                }
+                // As reqwest follows one: 303, and 301 or 302 after a
+                // POST, become a GET without the body.
+                if status == StatusCode::SEE_OTHER
+                    || (method == Method::POST
+                        && (status == StatusCode::MOVED_PERMANENTLY || status == StatusCode::FOUND))
+                {
+                    method = Method::GET;
+                    body = None;
+                }
+                url = next;
+                continue;
+            }
             let answered_by_endpoint =
                 is_endpoint_url(response.url().as_str(), &self.endpoint.host);
             if status == StatusCode::UNAUTHORIZED && !challenged && answered_by_endpoint {
