@@ -8,6 +8,31 @@ use berth_client::{
     RemoteTasks, RemoteTransfer,
 };
 use berth_errdefs::Result;
+use berth_tasks::container::ContainerServices;
+
+/// The clients a container is made and removed through.
+#[derive(Debug)]
+pub struct ContainerClients {
+    content: RemoteContentStore,
+    images: RemoteImages,
+    snapshots: RemoteSnapshotter,
+    containers: RemoteContainers,
+    leases: RemoteLeases,
+}
+
+impl ContainerClients {
+    pub fn services<'a>(&'a self, snapshotter: &'a str) -> ContainerServices<'a> {
+        ContainerServices {
+            content: &self.content,
+            images: &self.images,
+            snapshots: &self.snapshots,
+            snapshotter,
+            containers: &self.containers,
+            leases: &self.leases,
+            unpacker: Some(&self.snapshots),
+        }
+    }
+}
 
 /// Where the other daemons listen, and the snapshotter pods use.
 #[derive(Debug, Clone)]
@@ -50,6 +75,16 @@ impl Daemons {
             .await
             .map_err(|e| e.context("berth-metad"))
     }
+    pub async fn container_clients(&self) -> Result<ContainerClients> {
+        Ok(ContainerClients {
+            content: self.content().await?,
+            images: self.images().await?,
+            snapshots: self.snapshots().await?,
+            containers: self.containers().await?,
+            leases: self.leases().await?,
+        })
+    }
+
     pub async fn tasks(&self) -> Result<RemoteTasks> {
         RemoteTasks::connect(&self.taskd)
             .await

@@ -138,77 +138,77 @@ impl Lines {
 /// Output chunks as attached clients get them: (from stderr, bytes).
 pub type Output = tokio::sync::broadcast::Sender<(bool, Vec<u8>)>;
 
-/// Copies one stream's fifo into the log, and to whoever is attached,
-/// until `exited` turns true, then drains what is left.
+/// A process's output fifo, read as it comes until the process has exited
+/// (`exited` turns true) and then until it stays empty for a moment: the
+/// fifo is open read-write, so it never reads end-of-file on its own.
+#[derive(Debug)]
+pub struct Follower {
+    reader: pipe::Receiver,
+    exited: watch::Receiver<bool>,
+    buf: Vec<u8>,
+}
+
+impl Follower {
+    pub fn new(reader: pipe::Receiver, exited: watch::Receiver<bool>) -> Follower {
+        Follower {
+            reader,
+            exited,
+            buf: vec![0u8; 32 * 1024],
+        }
+    }
+
+    /// The next chunk, or None once the output is over.
+    pub async fn next(&mut self) -> Option<&[u8]> {
+        loop {
+            let done = *self.exited.borrow();
+            let read = if done {
+                match tokio::time::timeout(DRAIN_QUIET, self.reader.read(&mut self.buf)).await {
+                    Ok(read) => read,
+                    Err(_) => return None,
+                }
+            } else {
+                tokio::select! {
+                    read = self.reader.read(&mut self.buf) => read,
+                    _ = self.exited.changed() => continue,
+                }
+            };
+            return match read {
+                Ok(0) => None,
+                Ok(n) => Some(&self.buf[..n]),
+                Err(e) => {
+                    tracing::warn!("reading a process's output: {e}");
+                    None
+                }
+            };
+        }
+    }
+}
+
+/// Copies one stream's fifo into the log, and to whoever is attached.
 pub async fn copy_stream(
-    mut reader: pipe::Receiver,
+    mut output: Follower,
     stream: &'static str,
     log: Arc<LogFile>,
     attached: Output,
-    mut exited: watch::Receiver<bool>,
 ) {
     let mut lines = Lines::default();
-    let mut buf = vec![0u8; 32 * 1024];
     let mut emit = |partial: bool, text: &[u8]| log.write_entry(stream, partial, text);
-    loop {
-        let done = *exited.borrow();
-        let read = if done {
-            match tokio::time::timeout(DRAIN_QUIET, reader.read(&mut buf)).await {
-                Ok(read) => read,
-                Err(_) => break,
-            }
-        } else {
-            tokio::select! {
-                read = reader.read(&mut buf) => read,
-                _ = exited.changed() => continue,
-            }
-        };
-        match read {
-            Ok(0) => break,
-            Ok(n) => {
-                if attached.receiver_count() > 0 {
-                    let _ = attached.send((stream == "stderr", buf[..n].to_vec()));
-                }
-                lines.feed(&buf[..n], &mut emit)
-            }
-            Err(e) => {
-                tracing::warn!(stream, "reading container output: {e}");
-                break;
-            }
+    while let Some(chunk) = output.next().await {
+        if attached.receiver_count() > 0 {
+            let _ = attached.send((stream == "stderr", chunk.to_vec()));
         }
+        lines.feed(chunk, &mut emit)
     }
     lines.finish(&mut emit);
 }
 
-/// Reads a fifo into memory until `exited`, keeping at most `limit` bytes
-/// and discarding the rest (ExecSync's bound).
-pub async fn collect(
-    mut reader: pipe::Receiver,
-    limit: usize,
-    mut exited: watch::Receiver<bool>,
-) -> Vec<u8> {
+/// Reads an output into memory, keeping at most `limit` bytes and
+/// discarding the rest (ExecSync's bound).
+pub async fn collect(mut output: Follower, limit: usize) -> Vec<u8> {
     let mut kept = Vec::new();
-    let mut buf = vec![0u8; 32 * 1024];
-    loop {
-        let done = *exited.borrow();
-        let read = if done {
-            match tokio::time::timeout(DRAIN_QUIET, reader.read(&mut buf)).await {
-                Ok(read) => read,
-                Err(_) => break,
-            }
-        } else {
-            tokio::select! {
-                read = reader.read(&mut buf) => read,
-                _ = exited.changed() => continue,
-            }
-        };
-        match read {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                let room = limit.saturating_sub(kept.len());
-                kept.extend_from_slice(&buf[..n.min(room)]);
-            }
-        }
+    while let Some(chunk) = output.next().await {
+        let room = limit.saturating_sub(kept.len());
+        kept.extend_from_slice(&chunk[..chunk.len().min(room)]);
     }
     kept
 }

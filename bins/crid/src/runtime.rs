@@ -10,7 +10,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use berth_errdefs::{Error, ErrorKind, Result};
 use berth_metadata::{ContainerStore, Runtime};
 use berth_network::{Cni, PodNetwork, PortMapping};
-use berth_tasks::container::{create_container, remove_container, ContainerServices, NewContainer};
+use berth_tasks::container::{create_container, remove_container, NewContainer};
 use berth_tasks::{CreateTask, ExecProcess, KillProcess, Stdio, Tasks};
 use k8s_cri::v1 as cri;
 use tokio::sync::watch;
@@ -103,25 +103,6 @@ fn nanos(time: std::time::SystemTime) -> i64 {
         .unwrap_or(0)
 }
 
-fn snapshotter_services<'a>(
-    content: &'a berth_client::RemoteContentStore,
-    images: &'a berth_client::RemoteImages,
-    snapshots: &'a berth_client::RemoteSnapshotter,
-    containers: &'a berth_client::RemoteContainers,
-    leases: &'a berth_client::RemoteLeases,
-    snapshotter: &'a str,
-) -> ContainerServices<'a> {
-    ContainerServices {
-        content,
-        images,
-        snapshots,
-        snapshotter,
-        containers,
-        leases,
-        unpacker: Some(snapshots),
-    }
-}
-
 impl Crid {
     pub fn new(daemons: Daemons, settings: Settings) -> Arc<Crid> {
         let store = Store::open(&settings.root);
@@ -160,22 +141,7 @@ impl Crid {
         labels: HashMap<String, String>,
         options: berth_oci::SpecOptions,
     ) -> Result<berth_metadata::Container> {
-        let d = &self.daemons;
-        let (content, images, snapshots, containers, leases) = (
-            d.content().await?,
-            d.images().await?,
-            d.snapshots().await?,
-            d.containers().await?,
-            d.leases().await?,
-        );
-        let services = snapshotter_services(
-            &content,
-            &images,
-            &snapshots,
-            &containers,
-            &leases,
-            &d.snapshotter,
-        );
+        let clients = self.daemons.container_clients().await?;
         let new = NewContainer {
             image: image.to_string(),
             runtime: Runtime {
@@ -186,27 +152,12 @@ impl Crid {
             options,
             scratch: self.settings.state.join("views"),
         };
-        create_container(services, NAMESPACE, new).await
+        create_container(clients.services(&self.daemons.snapshotter), NAMESPACE, new).await
     }
 
     async fn unmake_container(&self, id: &str) -> Result<()> {
-        let d = &self.daemons;
-        let (content, images, snapshots, containers, leases) = (
-            d.content().await?,
-            d.images().await?,
-            d.snapshots().await?,
-            d.containers().await?,
-            d.leases().await?,
-        );
-        let services = snapshotter_services(
-            &content,
-            &images,
-            &snapshots,
-            &containers,
-            &leases,
-            &d.snapshotter,
-        );
-        match remove_container(services, NAMESPACE, id).await {
+        let clients = self.daemons.container_clients().await?;
+        match remove_container(clients.services(&self.daemons.snapshotter), NAMESPACE, id).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
             Err(e) => Err(e),
@@ -702,22 +653,20 @@ impl Crid {
         let file = LogFile::open(&log_path)?;
         let (exited, watcher) = watch::channel(false);
         let (output, _) = tokio::sync::broadcast::channel(256);
-        let out = logs::open_reader(&stdout)?;
+        let out = logs::Follower::new(logs::open_reader(&stdout)?, watcher.clone());
         tokio::spawn(logs::copy_stream(
             out,
             "stdout",
             file.clone(),
             output.clone(),
-            watcher.clone(),
         ));
         if !tty {
-            let err = logs::open_reader(&stderr)?;
+            let err = logs::Follower::new(logs::open_reader(&stderr)?, watcher);
             tokio::spawn(logs::copy_stream(
                 err,
                 "stderr",
                 file.clone(),
                 output.clone(),
-                watcher,
             ));
         }
         let has_stdin = stdin.is_some();
@@ -1264,14 +1213,12 @@ impl Crid {
         logs::make_fifo(&stderr)?;
         let (exited, watcher) = watch::channel(false);
         let out = tokio::spawn(logs::collect(
-            logs::open_reader(&stdout)?,
+            logs::Follower::new(logs::open_reader(&stdout)?, watcher.clone()),
             EXEC_SYNC_OUTPUT_LIMIT,
-            watcher.clone(),
         ));
         let err = tokio::spawn(logs::collect(
-            logs::open_reader(&stderr)?,
+            logs::Follower::new(logs::open_reader(&stderr)?, watcher),
             EXEC_SYNC_OUTPUT_LIMIT,
-            watcher,
         ));
         let tasks = self.daemons.tasks().await?;
         tasks

@@ -184,31 +184,18 @@ fn user_string(uid: Option<i64>, gid: Option<i64>, name: &str) -> Result<Option<
     }))
 }
 
-fn supplemental_groups(groups: Vec<i64>) -> SpecHook {
+/// The process's supplementary groups with `groups` added: after those
+/// the image's /etc/group gives the user (SupplementalGroupsPolicy Merge),
+/// or after its primary group alone (Strict).
+fn supplemental_groups(groups: Vec<i64>, strict: bool) -> SpecHook {
     hook(move |spec| {
         if let Some(process) = spec.process_mut() {
             let mut user = process.user().clone();
-            let mut gids = user.additional_gids().clone().unwrap_or_default();
-            for g in &groups {
-                let g = *g as u32;
-                if !gids.contains(&g) {
-                    gids.push(g);
-                }
-            }
-            user.set_additional_gids(Some(gids));
-            process.set_user(user);
-        }
-        Ok(())
-    })
-}
-
-/// The Strict supplemental-groups policy: the primary group and the given
-/// groups, none of those the image's /etc/group adds.
-fn only_groups(groups: Vec<i64>) -> SpecHook {
-    hook(move |spec| {
-        if let Some(process) = spec.process_mut() {
-            let mut user = process.user().clone();
-            let mut gids = vec![user.gid()];
+            let mut gids = if strict {
+                vec![user.gid()]
+            } else {
+                user.additional_gids().clone().unwrap_or_default()
+            };
             for g in &groups {
                 let g = *g as u32;
                 if !gids.contains(&g) {
@@ -315,9 +302,10 @@ pub fn sandbox_options(host: &Host, sandbox: &Sandbox, image_user: &str) -> Resu
             .hooks
             .push(set_namespace(LinuxNamespaceType::Pid, None));
     }
-    options
-        .hooks
-        .push(supplemental_groups(security.supplemental_groups.clone()));
+    options.hooks.push(supplemental_groups(
+        security.supplemental_groups.clone(),
+        false,
+    ));
     options.hooks.push(cgroups_path(
         host.cgroups_path(&linux.cgroup_parent, &sandbox.id),
     ));
@@ -562,11 +550,7 @@ pub fn container_options(
     groups.retain(|g| *g >= 0);
     let strict =
         security.supplemental_groups_policy == cri::SupplementalGroupsPolicy::Strict as i32;
-    options.hooks.push(if strict {
-        only_groups(groups)
-    } else {
-        supplemental_groups(groups)
-    });
+    options.hooks.push(supplemental_groups(groups, strict));
     let parent = sandbox
         .config
         .linux

@@ -266,39 +266,16 @@ async fn open_channels(
     Ok((channels, early))
 }
 
-/// Copies a fifo to a stream until `done` and the fifo is drained.
-async fn pump(
-    mut reader: pipe::Receiver,
-    id: u32,
-    out: mpsc::Sender<Outgoing>,
-    mut done: watch::Receiver<bool>,
-) {
-    let mut buf = vec![0u8; 32 * 1024];
-    loop {
-        let finished = *done.borrow();
-        let read = if finished {
-            match tokio::time::timeout(Duration::from_millis(200), reader.read(&mut buf)).await {
-                Ok(read) => read,
-                Err(_) => break,
-            }
-        } else {
-            tokio::select! {
-                read = reader.read(&mut buf) => read,
-                _ = done.changed() => continue,
-            }
+/// Copies a process's output to a stream until it is over.
+async fn pump(mut output: logs::Follower, id: u32, out: mpsc::Sender<Outgoing>) {
+    while let Some(chunk) = output.next().await {
+        let data = Outgoing::Data {
+            id,
+            data: chunk.to_vec(),
+            fin: false,
         };
-        match read {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                let data = Outgoing::Data {
-                    id,
-                    data: buf[..n].to_vec(),
-                    fin: false,
-                };
-                if out.send(data).await.is_err() {
-                    break;
-                }
-            }
+        if out.send(data).await.is_err() {
+            break;
         }
     }
 }
@@ -463,13 +440,8 @@ async fn run_exec(
         (&stderr_path, channels.stderr),
     ] {
         if let (Some(path), Some(stream)) = (path, stream) {
-            let reader = logs::open_reader(path)?;
-            pumps.push(tokio::spawn(pump(
-                reader,
-                stream,
-                out.clone(),
-                done.clone(),
-            )));
+            let output = logs::Follower::new(logs::open_reader(path)?, done.clone());
+            pumps.push(tokio::spawn(pump(output, stream, out.clone())));
         }
     }
     let mut stdin = match &stdin_path {
