@@ -922,11 +922,7 @@ impl Crid {
             .store
             .containers()
             .into_iter()
-            .filter(|c| filter.id.is_empty() || c.id.starts_with(&filter.id))
-            .filter(|c| {
-                filter.pod_sandbox_id.is_empty() || c.sandbox_id.starts_with(&filter.pod_sandbox_id)
-            })
-            .filter(|c| selected(&c.config.labels, &filter.label_selector))
+            .filter(|c| c.selected_by(&filter.id, &filter.pod_sandbox_id, &filter.label_selector))
             .collect();
         let tasks = self.daemons.tasks().await?;
         let snapshots = self.daemons.snapshots().await?;
@@ -1114,10 +1110,7 @@ impl Crid {
             .store
             .containers()
             .into_iter()
-            .filter(|c| filter.id.is_empty() || c.id.starts_with(&filter.id))
-            .filter(|c| {
-                filter.pod_sandbox_id.is_empty() || c.sandbox_id.starts_with(&filter.pod_sandbox_id)
-            })
+            .filter(|c| c.selected_by(&filter.id, &filter.pod_sandbox_id, &filter.label_selector))
             .filter(|c| {
                 filter
                     .state

@@ -126,6 +126,19 @@ impl Container {
         self.config.metadata.clone().unwrap_or_default()
     }
 
+    /// Whether a list filter selects it: an id prefix, a pod id prefix and
+    /// labels, each empty for any.
+    pub fn selected_by(
+        &self,
+        id: &str,
+        pod_sandbox_id: &str,
+        labels: &HashMap<String, String>,
+    ) -> bool {
+        (id.is_empty() || self.id.starts_with(id))
+            && (pod_sandbox_id.is_empty() || self.sandbox_id.starts_with(pod_sandbox_id))
+            && selected(&self.config.labels, labels)
+    }
+
     pub fn state(&self) -> cri::ContainerState {
         match self.phase {
             ContainerPhase::Created => cri::ContainerState::ContainerCreated,
