@@ -791,6 +791,29 @@ fn socket_group_admits_supplementary_members_and_no_one_else() {
     let (ok, _, stderr) = berth(&daemon.socket, &["content", "ls"], None);
     assert!(ok, "{stderr}");
     drop(daemon);
+
+    // Only the groups the kernel reports count, not the rest of the
+    // buffer they were read into: with root's group as the socket group, a
+    // caller in one other group is refused.
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start_with_args("berth-contentd", dir.path(), &["--socket-group", "0"]);
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    std::fs::set_permissions(&daemon.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let (ok, out, _) = berth_as_user(
+        &outsider,
+        "--groups=70000",
+        &daemon.socket,
+        &["content", "ls", "-q"],
+        b"",
+    );
+    assert!(!ok, "a caller outside group 0 was served: {out}");
+    assert_eq!(
+        refusals_of(&daemon, outsider.uid),
+        1,
+        "{}",
+        daemon.log_text()
+    );
+    drop(daemon);
     drop(accounts);
 }
 
