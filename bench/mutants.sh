@@ -41,8 +41,9 @@ mkdir -p "$out"
 # area | files (comma-separated) | function filter (regex, or -) |
 # test package | cargo test target selection
 #
-# One test package per area: cargo refuses a `--test NAME` that one of
-# several packages lacks. The end-to-end tests (package berth-e2e) start
+# One test package per area (cargo 1.95 would take several, `-p A -p B
+# --lib --test NAME`, as long as one of them has NAME: the areas could
+# run their crate's unit tests too). The end-to-end tests (berth-e2e) start
 # the daemons' binaries; with BERTH_E2E_BUILD=1 they build them from the
 # mutated copy first, so the mutant is in the daemon they test.
 areas='
