@@ -8,6 +8,7 @@
 #   bench/mutants.sh --list          the areas and how many mutants each has
 #
 # Results: target/mutants/<area>/mutants.out/{caught,missed,timeout,unviable}.txt
+# (or under $BERTH_MUTANTS_OUT)
 # and a summary table on stdout (docs/testing.md records the figures and
 # explains each survivor that is equivalent).
 #
@@ -21,6 +22,11 @@ repo=$(pwd)
 if ! command -v cargo-mutants >/dev/null 2>&1; then
   cargo install --locked cargo-mutants
 fi
+# A test whose prerequisite is missing skips outside CI, and every mutant
+# it should catch would survive: install what the tests need, and make a
+# missing prerequisite fail the baseline instead.
+scripts/prerequisites.sh tests
+export CI=true
 
 # One target directory outside the tree, kept between runs: the copies
 # cargo-mutants makes of the tree reuse the compiled dependencies instead
@@ -35,8 +41,9 @@ mkdir -p "$out"
 # area | files (comma-separated) | function filter (regex, or -) |
 # test package | cargo test target selection
 #
-# One test package per area: cargo refuses a `--test NAME` that one of
-# several packages lacks. The end-to-end tests (package berth-e2e) start
+# One test package per area (cargo 1.95 would take several, `-p A -p B
+# --lib --test NAME`, as long as one of them has NAME: the areas could
+# run their crate's unit tests too). The end-to-end tests (berth-e2e) start
 # the daemons' binaries; with BERTH_E2E_BUILD=1 they build them from the
 # mutated copy first, so the mutant is in the daemon they test.
 areas='
@@ -49,7 +56,7 @@ content-ingest|bins/contentd/src/ingest.rs,bins/contentd/src/store.rs|-|berth-co
 snapd-apply|bins/snapd/src/apply.rs|-|berth-snapd|--lib --test apply_breakouts --test native_copy
 snapd-unpack|bins/snapd/src/unpack.rs|-|berth-e2e|--test snapd_unpack --test snapd_cli
 snapd-diff|bins/snapd/src/diff.rs|-|berth-e2e|--test snapd_cli
-shim-kill-exit|bins/shim/src/service.rs|(kill|exit|wait)|containerd-shim-berth-v2|--bins --test ctr
+shim-kill-exit|bins/shim/src/tasks.rs,bins/shim/src/exits.rs,bins/shim/src/container.rs,bins/shim/src/process.rs|(kill|exit|wait|claim|start_init|start_exec)|containerd-shim-berth-v2|--lib --test ctr
 '
 export BERTH_E2E_BUILD=1
 
@@ -74,22 +81,27 @@ while IFS='|' read -r area files filter packages targets; do
   [ -n "$area" ] || continue
   # The shim area's filter holds '|': the fields after it are the rest.
   if [ "$area" = shim-kill-exit ]; then
-    filter='(?i)(kill|exit|wait)'
+    filter='(?i)(kill|exit|wait|claim|start_init|start_exec)'
     packages=containerd-shim-berth-v2
-    targets='--bins --test ctr'
+    targets='--lib --test ctr'
   fi
   selected "$area" || continue
   args=()
   IFS=',' read -ra fs <<<"$files"
   for f in "${fs[@]}"; do args+=(--file "$f"); done
   [ "$filter" = - ] || args+=(--re "$filter")
-  # With `--test-package berth-e2e`, cargo-mutants 27.1 still ran the
-  # peer area's baseline as `cargo test --package=berth-daemon --test
-  # contentd`, which fails. The end-to-end targets are unique names in the
-  # workspace, so those areas test the workspace with the target selection
-  # instead.
+  # cargo-mutants 27.1 runs the baseline's tests in the mutated package
+  # whatever --test-package or --test-workspace say (`cargo test
+  # --package=berth-snapd --test snapd_unpack`, which fails), and with
+  # --test-workspace it builds every test of the workspace for every
+  # mutant. So the end-to-end areas run their baseline here, skip
+  # cargo-mutants', and name their test targets as cargo arguments, so that
+  # each mutant builds and runs just those.
+  baseline=()
   if [ "$packages" = berth-e2e ]; then
-    args+=(--test-workspace=true)
+    args+=(--test-package berth-e2e)
+    # shellcheck disable=SC2086 # the target selection is several words
+    for t in $targets; do args+=("--cargo-arg=$t"); done
   else
     args+=(--test-package "$packages")
   fi
@@ -98,16 +110,38 @@ while IFS='|' read -r area files filter packages targets; do
     continue
   fi
   start=$(date +%s)
-  # shellcheck disable=SC2086 # the target selection is several words
-  cargo mutants "${args[@]}" --jobs 1 --no-shuffle \
-    --output "$out/$area" -- $targets || true
+  if [ "$packages" = berth-e2e ]; then
+    echo "== $area: baseline (cargo test -p berth-e2e $targets)"
+    # shellcheck disable=SC2086
+    if ! cargo test -p berth-e2e $targets; then
+      echo "== $area: the baseline fails; no mutant tested" >&2
+      summary+=("| $area | baseline failed |")
+      continue
+    fi
+    # The timeout is five times a second, warm run of the baseline (the
+    # first one built everything), plus time for a mutant's tests to
+    # rebuild the daemons (BERTH_E2E_BUILD).
+    warm=$(date +%s)
+    # shellcheck disable=SC2086
+    cargo test -p berth-e2e $targets >/dev/null 2>&1
+    secs=$(( $(date +%s) - warm ))
+    baseline=(--baseline=skip --build-timeout 1200 --timeout $(( 5 * secs + 180 )))
+    echo "== $area: warm baseline ${secs}s, test timeout $(( 5 * secs + 180 ))s"
+    # shellcheck disable=SC2086 # the target selection is several words
+    cargo mutants "${args[@]}" "${baseline[@]}" --jobs 1 --no-shuffle \
+      --output "$out/$area" || true
+  else
+    # shellcheck disable=SC2086 # the target selection is several words
+    cargo mutants "${args[@]}" --jobs 1 --no-shuffle \
+      --output "$out/$area" -- $targets || true
+  fi
   secs=$(( $(date +%s) - start ))
   rm -rf "$CARGO_TARGET_DIR/debug/incremental"
   dir="$out/$area/mutants.out"
   count() { [ -f "$dir/$1.txt" ] && wc -l <"$dir/$1.txt" || echo 0; }
   summary+=("$(printf '| %s | %s | %s | %s | %s | %s | %s |' "$area" \
     "$(( $(count caught) + $(count missed) + $(count timeout) + $(count unviable) ))" \
-    "$(count caught)" "$(count missed)" "$(count timeout)" "$(count unviable)" "$secs")")
+    "$(count caught)" "$(count timeout)" "$(count missed)" "$(count unviable)" "$secs")")
   if [ -s "$dir/missed.txt" ]; then
     echo "== $area: survivors"
     cat "$dir/missed.txt"
@@ -116,7 +150,7 @@ done <<<"$areas"
 
 if ! $list && [ ${#summary[@]} -gt 0 ]; then
   echo
-  echo '| area | mutants | caught | missed | timeout | unviable | seconds |'
+  echo '| area | mutants | caught | timeout | missed | unviable | seconds |'
   echo '|---|---|---|---|---|---|---|'
   printf '%s\n' "${summary[@]}"
 fi

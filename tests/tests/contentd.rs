@@ -760,8 +760,59 @@ fn socket_group_admits_supplementary_members_and_no_one_else() {
     );
     assert!(ok, "a caller given the group was refused: {stderr}");
     assert!(out.contains(Digest::of(data).as_str()), "{out}");
+    // More supplementary groups than the daemon's first guess (64): the
+    // socket group, last of 100, still counts; 100 others do not.
+    let others: Vec<String> = (70_000..70_099).map(|g: u32| g.to_string()).collect();
+    let (ok, _, stderr) = berth_as_user(
+        &outsider,
+        &format!("--groups={},{gid}", others.join(",")),
+        &daemon.socket,
+        &["content", "ls", "-q"],
+        b"",
+    );
+    assert!(
+        ok,
+        "a caller with the group among 100 was refused: {stderr}"
+    );
+    let (ok, out, _) = berth_as_user(
+        &outsider,
+        &format!("--groups={},70099", others.join(",")),
+        &daemon.socket,
+        &["content", "ls", "-q"],
+        b"",
+    );
+    assert!(!ok, "a caller with 100 other groups was served: {out}");
+    assert_eq!(
+        refusals_of(&daemon, outsider.uid),
+        2,
+        "{}",
+        daemon.log_text()
+    );
     let (ok, _, stderr) = berth(&daemon.socket, &["content", "ls"], None);
     assert!(ok, "{stderr}");
+    drop(daemon);
+
+    // Only the groups the kernel reports count, not the rest of the
+    // buffer they were read into: with root's group as the socket group, a
+    // caller in one other group is refused.
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start_with_args("berth-contentd", dir.path(), &["--socket-group", "0"]);
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    std::fs::set_permissions(&daemon.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let (ok, out, _) = berth_as_user(
+        &outsider,
+        "--groups=70000",
+        &daemon.socket,
+        &["content", "ls", "-q"],
+        b"",
+    );
+    assert!(!ok, "a caller outside group 0 was served: {out}");
+    assert_eq!(
+        refusals_of(&daemon, outsider.uid),
+        1,
+        "{}",
+        daemon.log_text()
+    );
     drop(daemon);
     drop(accounts);
 }

@@ -566,3 +566,83 @@ async fn a_1gib_sparse_file_unpacks_sparse_with_bounded_memory() {
     f.read_exact_at(&mut buf, 0).unwrap();
     assert_eq!(&buf, b"head");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unpack_needs_one_diff_id_per_layer_and_at_least_one_layer() {
+    let Some(stack) = stack().await else { return };
+    let sn = RemoteSnapshotter::connect(&stack.snapd.socket, "overlayfs")
+        .await
+        .unwrap();
+    let ns = "counts";
+    let (layer, diff_id, _) = small_layer(&stack, ns).await;
+    for (layers, diff_ids) in [
+        (Vec::new(), Vec::new()),
+        (vec![layer.clone(), layer.clone()], vec![diff_id.clone()]),
+        (vec![layer.clone()], vec![diff_id.clone(), diff_id.clone()]),
+    ] {
+        let err = sn.unpack(ns, &layers, &diff_ids).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+        assert!(
+            err.message().contains(&format!(
+                "{} layers but {} diff IDs",
+                layers.len(),
+                diff_ids.len()
+            )),
+            "{err}"
+        );
+        assert_no_snapshots(&sn, ns).await;
+    }
+}
+
+/// A snapshot named as a layer's chain that is not committed (someone
+/// prepared it under that name) is not taken for the layer: the unpack
+/// fails and leaves it as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_active_snapshot_named_as_a_chain_is_not_taken_for_the_layer() {
+    let Some(stack) = stack().await else { return };
+    let sn = RemoteSnapshotter::connect(&stack.snapd.socket, "overlayfs")
+        .await
+        .unwrap();
+    let ns = "squatted";
+    let (layer, diff_id, _) = small_layer(&stack, ns).await;
+    let chain = chain_ids(std::slice::from_ref(&diff_id))[0].to_string();
+    sn.prepare(ns, &chain, None, Default::default())
+        .await
+        .unwrap();
+    let err = sn.unpack(ns, &[layer], &[diff_id]).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::FailedPrecondition, "{err}");
+    assert!(
+        err.message()
+            .contains(&format!("snapshot {chain} exists but is not committed")),
+        "{err}"
+    );
+    let left = sn.list(ns, &[]).await.unwrap();
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(left[0].kind, berth_snapshot::Kind::Active);
+}
+
+/// A blob whose digest and size are right but whose gzip stream is
+/// corrupt fails the unpack (it is not retried, nor taken as a short
+/// layer) and leaves nothing behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_layer_that_does_not_decompress_is_refused() {
+    let Some(stack) = stack().await else { return };
+    let sn = RemoteSnapshotter::connect(&stack.snapd.socket, "overlayfs")
+        .await
+        .unwrap();
+    let ns = "corrupt";
+    let (_, diff_id, mut data) = small_layer(&stack, ns).await;
+    // The deflate data after the 10-byte gzip header, inverted: no longer
+    // a valid stream. Stored as a blob of its own, under its own digest.
+    for byte in &mut data[10..] {
+        *byte = !*byte;
+    }
+    let layout = Layout::new(&stack.dir.path().join("corrupt-layout"));
+    let blob = layout.add_blob("application/vnd.oci.image.layer.v1.tar+gzip", &data);
+    let layers = vec![(desc(&blob), diff_id.clone())];
+    upload(&stack, &layout, &layers, ns).await;
+    let err = sn.unpack(ns, &[desc(&blob)], &[diff_id]).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+    assert!(err.message().contains("decompressing the layer"), "{err}");
+    assert_no_snapshots(&sn, ns).await;
+}

@@ -935,4 +935,106 @@ mod tests {
         assert_eq!(code(exited), ttrpc::Code::NOT_FOUND);
         h.assert_no_call("killing what has exited").await;
     }
+
+    /// Only runc's answers for an init that is gone ("not running", "does
+    /// not exist") become NotFound; any other failure of the runtime's kill
+    /// is reported as the runtime's own error.
+    #[tokio::test(flavor = "current_thread")]
+    async fn only_the_runtimes_gone_answers_to_kill_are_not_found() {
+        let mut h = Harness::running().await;
+        h.runtime.fail_kill("container \"c\" does not exist");
+        let gone = h.tasks.kill(&kill_request("", 9)).await.unwrap_err();
+        assert_eq!(h.next_call().await, "kill 9");
+        assert_eq!(gone.to_string(), "process already finished");
+        assert_eq!(code(gone), ttrpc::Code::NOT_FOUND);
+
+        h.runtime.fail_kill("operation not permitted");
+        let refused = h.tasks.kill(&kill_request("", 9)).await.unwrap_err();
+        assert_eq!(h.next_call().await, "kill 9");
+        assert!(
+            matches!(&refused, ShimError::Runtime { message, .. } if message == "operation not permitted"),
+            "{refused:?}"
+        );
+        assert_eq!(code(refused), ttrpc::Code::INTERNAL);
+    }
+
+    /// An exec is signalled by the shim itself, at its own pid (not
+    /// through the runtime, which signals only the init); a pid that is
+    /// gone is NotFound, and an exec not yet started has nothing to signal.
+    #[tokio::test(flavor = "current_thread")]
+    async fn kill_of_a_started_exec_signals_its_own_pid() {
+        let mut h = Harness::running().await;
+        h.add_exec("gone", EXEC_PID).await;
+        h.tasks.start(ID, "gone").await.unwrap();
+        assert_eq!(h.next_call().await, "exec gone");
+        h.next_event().await;
+        let gone = h.tasks.kill(&kill_request("gone", 9)).await.unwrap_err();
+        assert_eq!(gone.to_string(), "process already finished");
+        assert_eq!(code(gone), ttrpc::Code::NOT_FOUND);
+
+        h.add_exec("later", OTHER_EXEC_PID).await;
+        let not_started = h.tasks.kill(&kill_request("later", 9)).await.unwrap_err();
+        assert_eq!(not_started.to_string(), "exec later is not started");
+        assert_eq!(code(not_started), ttrpc::Code::FAILED_PRECONDITION);
+
+        // A real process stands in for the exec: its stdout pipe reaches
+        // end of file once it is dead, whoever reaps it.
+        let mut child = std::process::Command::new("sleep")
+            .arg("1000")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        h.add_exec("real", child.id()).await;
+        assert_eq!(h.tasks.start(ID, "real").await.unwrap(), child.id());
+        assert_eq!(h.next_call().await, "exec real");
+        h.next_event().await;
+        h.tasks.kill(&kill_request("real", 9)).await.unwrap();
+        let mut rest = Vec::new();
+        std::io::Read::read_to_end(&mut child.stdout.take().unwrap(), &mut rest).unwrap();
+        let _ = child.wait();
+        h.assert_no_call("signalling an exec").await;
+    }
+
+    /// Start runs only a created process of a running container, once: a
+    /// second Start, a Start of an init that died before it, and an exec's
+    /// Start before the init's are refused before the runtime is asked.
+    #[tokio::test(flavor = "current_thread")]
+    async fn start_is_refused_unless_the_process_is_created_and_its_container_ready() {
+        let mut h = Harness::new(true);
+        h.create().await;
+        h.add_exec("early", EXEC_PID).await;
+        assert!(matches!(
+            h.tasks.start(ID, "early").await,
+            Err(ShimError::FailedPrecondition(_))
+        ));
+        h.assert_no_call("an exec before its container runs").await;
+
+        h.tasks.start(ID, "").await.unwrap();
+        assert_eq!(h.next_call().await, "start");
+        h.next_event().await;
+        assert!(matches!(
+            h.tasks.start(ID, "").await,
+            Err(ShimError::FailedPrecondition(_))
+        ));
+        h.assert_no_call("a second start of the init").await;
+
+        h.tasks.start(ID, "early").await.unwrap();
+        assert_eq!(h.next_call().await, "exec early");
+        h.next_event().await;
+        assert!(matches!(
+            h.tasks.start(ID, "early").await,
+            Err(ShimError::FailedPrecondition(_))
+        ));
+        h.assert_no_call("a second start of an exec").await;
+
+        let mut h = Harness::new(true);
+        h.reap(INIT_PID, 1);
+        h.create().await;
+        assert_eq!(h.next_event().await, format!("exit {ID} {ID} {INIT_PID} 1"));
+        assert!(matches!(
+            h.tasks.start(ID, "").await,
+            Err(ShimError::FailedPrecondition(_))
+        ));
+        h.assert_no_call("starting an init that has exited").await;
+    }
 }
