@@ -23,6 +23,23 @@ async fn record_changes_are_published_as_containerd_events() {
         .subscribe(&[r#"topic~="^/(images|containers)/""#.to_string()])
         .await
         .unwrap();
+    // The stream is open before metad has registered it: until a probe
+    // comes back, what is published could be missed (under load it was).
+    loop {
+        let probe = Any {
+            type_url: "berth.test.Probe".into(),
+            value: Vec::new(),
+        };
+        events
+            .publish("probe", "/images/probe", probe)
+            .await
+            .unwrap();
+        let next = tokio::time::timeout(std::time::Duration::from_millis(200), subscription.next());
+        if let Ok(Ok(Some(event))) = next.await {
+            assert_eq!(event.topic, "/images/probe");
+            break;
+        }
+    }
     let images = RemoteImages::connect(&metad.socket).await.unwrap();
     let target = Descriptor {
         urls: Vec::new(),
@@ -76,7 +93,12 @@ async fn record_changes_are_published_as_containerd_events() {
         .await
         .unwrap();
 
-    let created = subscription.next().await.unwrap().unwrap();
+    // Probes sent before the first one arrived may still come; they are
+    // not record changes.
+    let mut created = subscription.next().await.unwrap().unwrap();
+    while created.topic == "/images/probe" {
+        created = subscription.next().await.unwrap().unwrap();
+    }
     assert_eq!(created.namespace, "team-a");
     assert_eq!(created.topic, "/images/create");
     assert_eq!(
