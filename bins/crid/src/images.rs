@@ -82,6 +82,54 @@ fn user_of(user: &str) -> (Option<i64>, String) {
     }
 }
 
+/// What a root resolves to on this platform: content addressed, so it
+/// never changes and is read from contentd once.
+#[derive(Debug, Clone)]
+struct Resolved {
+    id: Digest,
+    size: u64,
+    defaults: berth_oci::ImageDefaults,
+}
+
+/// The roots resolved so far (bounded: cleared when it grows past a
+/// node's worth of images).
+fn resolved_roots() -> &'static std::sync::Mutex<HashMap<Digest, Resolved>> {
+    static ROOTS: std::sync::OnceLock<std::sync::Mutex<HashMap<Digest, Resolved>>> =
+        std::sync::OnceLock::new();
+    ROOTS.get_or_init(Default::default)
+}
+
+const MAX_RESOLVED: usize = 4096;
+
+async fn resolve(
+    content: &berth_client::RemoteContentStore,
+    root: &Digest,
+    matcher: &Matcher,
+) -> Result<Resolved> {
+    if let Some(known) = resolved_roots()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(root)
+    {
+        return Ok(known.clone());
+    }
+    let manifest = berth_image::store::resolve_manifest(content, NAMESPACE, root, matcher)
+        .await?
+        .manifest;
+    let config = berth_image::store::read_config(content, NAMESPACE, &manifest).await?;
+    let resolved = Resolved {
+        id: manifest.config.digest.clone(),
+        size: manifest.config.size + manifest.layers.iter().map(|l| l.size).sum::<u64>(),
+        defaults: berth_oci::ImageDefaults::from_config(&config.spec),
+    };
+    let mut roots = resolved_roots().lock().unwrap_or_else(|p| p.into_inner());
+    if roots.len() >= MAX_RESOLVED {
+        roots.clear();
+    }
+    roots.insert(root.clone(), resolved.clone());
+    Ok(resolved)
+}
+
 /// Every image of the namespace, grouped by id.
 pub async fn list(daemons: &Daemons) -> Result<Vec<CriImage>> {
     let images = daemons.images().await?;
@@ -97,11 +145,7 @@ pub async fn list(daemons: &Daemons) -> Result<Vec<CriImage>> {
     let matcher = Matcher::new(vec![Platform::host()]);
     let mut by_id: BTreeMap<Digest, CriImage> = BTreeMap::new();
     for (root, records) in by_root {
-        let resolved = match berth_image::store::resolve_manifest(
-            &content, NAMESPACE, &root, &matcher,
-        )
-        .await
-        {
+        let resolved = match resolve(&content, &root, &matcher).await {
             Ok(resolved) => resolved,
             Err(e) => {
                 // A record whose content is missing or not for this
@@ -110,18 +154,7 @@ pub async fn list(daemons: &Daemons) -> Result<Vec<CriImage>> {
                 continue;
             }
         };
-        let config =
-            match berth_image::store::read_config(&content, NAMESPACE, &resolved.manifest).await {
-                Ok(config) => config,
-                Err(e) => {
-                    tracing::debug!(%root, "not a CRI image: {e}");
-                    continue;
-                }
-            };
-        let id = resolved.manifest.config.digest.clone();
-        let size = resolved.manifest.config.size
-            + resolved.manifest.layers.iter().map(|l| l.size).sum::<u64>();
-        let defaults = berth_oci::ImageDefaults::from_config(&config.spec);
+        let (id, size, defaults) = (resolved.id, resolved.size, resolved.defaults);
         let image = by_id.entry(id.clone()).or_insert_with(|| CriImage {
             id: id.clone(),
             root: root.clone(),

@@ -565,17 +565,16 @@ impl Crid {
                 container.id, container.phase
             )));
         }
-        let sandbox = self
+        let sandbox_ready = self
             .store
             .sandbox(&container.sandbox_id)
-            .filter(|s| s.phase == SandboxPhase::Ready)
-            .ok_or_else(|| {
-                Error::failed_precondition(format!(
-                    "the sandbox of container {} is not ready",
-                    container.id
-                ))
-            })?;
-        let _ = sandbox;
+            .is_some_and(|s| s.phase == SandboxPhase::Ready);
+        if !sandbox_ready {
+            return Err(Error::failed_precondition(format!(
+                "the sandbox of container {} is not ready",
+                container.id
+            )));
+        }
         let stdio = self.start_logging(&container)?;
         let tasks = self.daemons.tasks().await?;
         let started = async {
