@@ -183,6 +183,21 @@ impl Layout {
         std::fs::write(self.dir.join("index.json"), index.to_string()).unwrap();
     }
 
+    /// The layout tarred into an archive at `path` (as `berth import`
+    /// takes it); returns `path`.
+    pub fn archive(&self, path: &Path) -> PathBuf {
+        let status = Command::new("tar")
+            .arg("-C")
+            .arg(&self.dir)
+            .arg("-cf")
+            .arg(path)
+            .arg(".")
+            .status()
+            .unwrap();
+        assert!(status.success(), "tar of the layout failed");
+        path.to_path_buf()
+    }
+
     /// Pushes `tag` to `target` (`host:port/repo:tag`) with skopeo.
     pub fn push(&self, tag: &str, target: &str, credentials: Option<&str>, docker_format: bool) {
         let mut cmd = Command::new("skopeo");
@@ -278,15 +293,5 @@ pub fn run_image_archive(dir: &Path) -> PathBuf {
     let layer = layout.add_layer(&rootfs);
     let manifest = layout.add_image(&[layer], host_architecture(), false);
     layout.tag(RUN_IMAGE, &manifest);
-    let archive = dir.join("run-image.tar");
-    let status = Command::new("tar")
-        .arg("-C")
-        .arg(&layout.dir)
-        .arg("-cf")
-        .arg(&archive)
-        .arg(".")
-        .status()
-        .unwrap();
-    assert!(status.success(), "tar of the layout failed");
-    archive
+    layout.archive(&dir.join("run-image.tar"))
 }

@@ -43,17 +43,7 @@ fn pod_image_archive(dir: &Path) -> PathBuf {
         json!({"Entrypoint": ["/bin/sleep", "2147483647"], "Env": ["PATH=/bin"]}),
     );
     layout.tag(POD_IMAGE, &manifest);
-    let archive = dir.join("pod-image.tar");
-    let status = Command::new("tar")
-        .arg("-C")
-        .arg(&layout.dir)
-        .arg("-cf")
-        .arg(&archive)
-        .arg(".")
-        .status()
-        .unwrap();
-    assert!(status.success());
-    archive
+    layout.archive(&dir.join("pod-image.tar"))
 }
 
 struct Cri {

@@ -121,8 +121,18 @@ fn set_namespace(kind: LinuxNamespaceType, path: Option<String>) -> SpecHook {
 }
 
 /// The seccomp profile a security context asks for. Kubelets before 1.19
-/// name it in the deprecated `seccomp_profile_path`, still honoured.
-fn seccomp_of(host: &Host, profile: Option<&cri::SecurityProfile>, path: &str) -> Result<Seccomp> {
+/// name it in the deprecated `seccomp_profile_path`, still honoured. A
+/// privileged process runs unconfined whatever profile is named, as
+/// containerd runs it.
+fn seccomp_of(
+    host: &Host,
+    privileged: bool,
+    profile: Option<&cri::SecurityProfile>,
+    path: &str,
+) -> Result<Seccomp> {
+    if privileged {
+        return Ok(Seccomp::Unconfined);
+    }
     let localhost = |name: &str| -> Result<Seccomp> {
         let file = if Path::new(name).is_absolute() {
             PathBuf::from(name)
@@ -277,14 +287,13 @@ pub fn sandbox_options(host: &Host, sandbox: &Sandbox, image_user: &str) -> Resu
     options.read_only_rootfs = true;
     options.privileged = security.privileged;
     #[allow(deprecated)]
-    let profile_path = security.seccomp_profile_path.clone();
-    // A privileged process runs unconfined whatever profile is named, as
-    // containerd runs it.
-    options.seccomp = if security.privileged {
-        Seccomp::Unconfined
-    } else {
-        seccomp_of(host, security.seccomp.as_ref(), &profile_path)?
-    };
+    let profile_path = security.seccomp_profile_path.as_str();
+    options.seccomp = seccomp_of(
+        host,
+        security.privileged,
+        security.seccomp.as_ref(),
+        profile_path,
+    )?;
     options.no_new_privileges = true;
     if let Some(netns) = &sandbox.netns {
         options.hooks.push(set_namespace(
@@ -429,14 +438,13 @@ pub fn container_options(
     }
     options.no_new_privileges = security.no_new_privs;
     #[allow(deprecated)]
-    let profile_path = security.seccomp_profile_path.clone();
-    // A privileged process runs unconfined whatever profile is named, as
-    // containerd runs it.
-    options.seccomp = if security.privileged {
-        Seccomp::Unconfined
-    } else {
-        seccomp_of(host, security.seccomp.as_ref(), &profile_path)?
-    };
+    let profile_path = security.seccomp_profile_path.as_str();
+    options.seccomp = seccomp_of(
+        host,
+        security.privileged,
+        security.seccomp.as_ref(),
+        profile_path,
+    )?;
     let pod_ns = sandbox.namespace_options();
     let host_network = pod_ns.network == cri::NamespaceMode::Node as i32;
     options.network = if host_network {
