@@ -84,15 +84,7 @@ impl Host {
 /// Whether the host has CAP_SYS_RESOURCE in crid's bounding set.
 pub fn can_lower_oom_scores() -> bool {
     const CAP_SYS_RESOURCE: u32 = 24;
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix("CapBnd:"))
-                .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-        })
-        .is_some_and(|set| set & (1 << CAP_SYS_RESOURCE) != 0)
+    berth_oci::bounding_set().is_some_and(|set| set & (1 << CAP_SYS_RESOURCE) != 0)
 }
 
 fn hook(f: impl Fn(&mut Spec) -> berth_oci::Result<()> + Send + Sync + 'static) -> SpecHook {

@@ -153,20 +153,25 @@ fn in_mask(mask: u64) -> Capabilities {
         .collect()
 }
 
-/// "Every capability" as this process can grant it: the ones in its own
-/// bounding set (containerd's `WithAllCurrentCapabilities`). A host that
-/// withholds one (a sandbox without CAP_SYS_RESOURCE) would otherwise make
-/// runc fail to apply the set.
-pub(crate) fn all_held() -> Capabilities {
-    let bounding = std::fs::read_to_string("/proc/self/status")
+/// This process's capability bounding set (`CapBnd` of /proc/self/status),
+/// a bit per capability number; None if it cannot be read.
+pub fn bounding_set() -> Option<u64> {
+    std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|status| {
             status
                 .lines()
                 .find_map(|l| l.strip_prefix("CapBnd:"))
                 .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-        });
-    match bounding {
+        })
+}
+
+/// "Every capability" as this process can grant it: the ones in its own
+/// bounding set (containerd's `WithAllCurrentCapabilities`). A host that
+/// withholds one (a sandbox without CAP_SYS_RESOURCE) would otherwise make
+/// runc fail to apply the set.
+pub(crate) fn all_held() -> Capabilities {
+    match bounding_set() {
         Some(mask) => in_mask(mask),
         None => all(),
     }

@@ -24,7 +24,7 @@ mod seccomp;
 mod spec;
 mod user;
 
-pub use capabilities::DEFAULT_CAPABILITIES;
+pub use capabilities::{bounding_set, DEFAULT_CAPABILITIES};
 pub use error::{OciError, Result};
 pub use image::ImageDefaults;
 pub use mounts::MountOption;

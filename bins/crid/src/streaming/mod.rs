@@ -222,13 +222,19 @@ struct Channels {
     resize: Option<u32>,
 }
 
-/// Accepts the client's streams until every expected one is open; data
-/// that arrives meanwhile is kept for later.
+/// Accepts the client's streams until every one a request implies is
+/// open (stderr only without a terminal; resize with a terminal from v3
+/// on); data that arrives meanwhile is kept for later.
 async fn open_channels(
     session: &mut Session,
-    want: (bool, bool, bool, bool),
+    protocol: &str,
+    stdin: bool,
+    stdout: bool,
+    stderr: bool,
+    tty: bool,
 ) -> Result<(Channels, Vec<Incoming>)> {
-    let (stdin, stdout, stderr, resize) = want;
+    let stderr = stderr && !tty;
+    let resize = tty && protocol != "v2.channel.k8s.io" && protocol != "channel.k8s.io";
     let mut channels = Channels::default();
     let mut early = Vec::new();
     let deadline = tokio::time::Instant::now() + STREAMS_TIMEOUT;
@@ -369,12 +375,8 @@ async fn exec(
     mut session: Session,
     protocol: &str,
 ) -> Result<()> {
-    let resize = r.tty && protocol != "v2.channel.k8s.io" && protocol != "channel.k8s.io";
-    let (channels, early) = open_channels(
-        &mut session,
-        (r.stdin, r.stdout, r.stderr && !r.tty, resize),
-    )
-    .await?;
+    let (channels, early) =
+        open_channels(&mut session, protocol, r.stdin, r.stdout, r.stderr, r.tty).await?;
     let out = session.outgoing.clone();
     let container = crid
         .store
@@ -559,12 +561,8 @@ async fn attach(
     mut session: Session,
     protocol: &str,
 ) -> Result<()> {
-    let resize = r.tty && protocol != "v2.channel.k8s.io" && protocol != "channel.k8s.io";
-    let (channels, early) = open_channels(
-        &mut session,
-        (r.stdin, r.stdout, r.stderr && !r.tty, resize),
-    )
-    .await?;
+    let (channels, early) =
+        open_channels(&mut session, protocol, r.stdin, r.stdout, r.stderr, r.tty).await?;
     let out = session.outgoing.clone();
     let attached = crid.attach_to(&r.container_id)?;
     let mut output = attached.output;
