@@ -39,6 +39,9 @@
 #   BENCH_FS=ext4   where the scripts work (stores, unpacked layers,
 #                   bundles): a fresh ext4 (with its journal) on a loop
 #                   device, made for this run; BENCH_FS=none: /var/tmp
+#   BENCH_WARM_MIB=512  tmpfs touched and freed before each timed command
+#                   (bench/lib/timing.sh warm_memory: same warm memory for
+#                   every tool on a VM whose host reclaims freed pages); 0: off
 #   QUICK=1         small parameters everywhere, to try the suite out
 #   DOCS=1          copy the chart and the JSON to docs/benchmarks.{png,json}
 #                   and the table into docs/benchmarks.md (between its
