@@ -10,8 +10,8 @@
 # CRI, stops the servers (by pid) and exits, and the namespaces take
 # whatever is left with them.
 #
-# Environment (from bench/cri.sh): work top bindir crictl containerd_bin
-# rounds warmup pods parallel settle base_path shim_exe ctrd_shim_exe
+# Environment (from bench/cri.sh): work top bindir crictl podstart
+# containerd_bin rounds warmup pods parallel settle base_path shim_exe ctrd_shim_exe
 # cgparent network
 # shellcheck disable=SC2154 # those variables
 # shellcheck disable=SC2317 # functions called from traps
@@ -172,40 +172,26 @@ for side in ctrd berth; do
 done
 log "images pulled into both"
 
-# ------------------------------------------------------------ configs
+# ------------------------------------------------------------ pods
+# Pod ids and log directories. network=host puts the pods (and their
+# containers) in the host's, here the sandbox's, network namespace: no CNI.
 cfg=$work/cfg
 mkdir -p "$cfg" "$work/podlogs"
-# network=host: the pods (and their containers) in the host's, here the
-# sandbox's, network namespace: no CNI.
-ns_options=""
-[ "$network" = host ] && ns_options=',"security_context":{"namespace_options":{"network":2}}'
-printf '{"metadata":{"name":"busybox","attempt":0},"image":{"image":"%s"},"command":["sleep","3600"],"log_path":"busybox.log","linux":{%s}}\n' \
-  "$busybox" "${ns_options#,}" >"$cfg/ctr.json"
-pod_config() { # side name -> path
-  local f="$cfg/$1-$2.pod.json"
-  mkdir -p "$work/podlogs/$1-$2"
-  printf '{"metadata":{"name":"%s","namespace":"cri-bench","uid":"%s-%s","attempt":0},"log_directory":"%s","linux":{"cgroup_parent":"%s"%s}}\n' \
-    "$2" "$1" "$2" "$work/podlogs/$1-$2" "$cgparent" "$ns_options" >"$f"
-  echo "$f"
-}
 # Microseconds now (no subshell).
 now() { local t=$EPOCHREALTIME; printf -v "$1" '%s' "${t/./}"; }
 
-# One pod with its container, started: prints "runp create start" in µs.
+# One pod with its container, started: prints "runp create start" in µs,
+# as the client (bins/crid/examples/cri-pod-start.rs, $podstart) timed the
+# three gRPC calls over a connection it made first.
 start_pod() { # side name
-  local side=$1 name=$2 f t0 t1 t2 t3 pod ctr
-  f=$(pod_config "$side" "$name")
-  now t0
-  pod=$(cri "$side" runp "$f" 2>>"$out/errors.$side") || { echo "runp $name failed" >>"$out/errors.$side"; return 1; }
-  now t1
-  echo "$side pod $pod" >>"$out/ids"
-  ctr=$(cri "$side" create "$pod" "$cfg/ctr.json" "$f" 2>>"$out/errors.$side") || { echo "create $name failed" >>"$out/errors.$side"; return 1; }
-  now t2
-  echo "$side container $ctr" >>"$out/ids"
-  cri "$side" start "$ctr" >/dev/null 2>>"$out/errors.$side" || { echo "start $name failed" >>"$out/errors.$side"; return 1; }
-  now t3
+  local side=$1 name=$2 r us1 us2 us3 pod ctr
+  mkdir -p "$work/podlogs/$side-$name"
+  r=$("$podstart" "$(endpoint_path "$side")" "$name" cri-bench "$side-$name" "$work/podlogs/$side-$name" \
+    "$cgparent" "$network" "$busybox" 2>>"$out/errors.$side") || { echo "pod start $name failed" >>"$out/errors.$side"; return 1; }
+  read -r us1 us2 us3 pod ctr <<<"$r"
+  printf '%s pod %s\n%s container %s\n' "$side" "$pod" "$side" "$ctr" >>"$out/ids"
   echo "$pod" >"$cfg/$side-$name.id"
-  echo "$((t1 - t0)) $((t2 - t1)) $((t3 - t2))"
+  echo "$us1 $us2 $us3"
 }
 remove_pod() { # side name
   local pod
@@ -214,17 +200,6 @@ remove_pod() { # side name
   cri "$1" rmp "$pod" >/dev/null 2>>"$out/errors.$1"
   rm -f "$cfg/$1-$2.id"
 }
-
-# The cost of one crictl call that does no work (Version), for reference:
-# every timed step below includes one.
-for side in ctrd berth; do
-  for i in $(seq 7); do
-    now t0
-    cri "$side" version >/dev/null
-    now t1
-    echo $((t1 - t0))
-  done >"$out/version.$side"
-done
 
 mem_idle_berth=$(memory berth idle)
 mem_idle_ctrd=$(memory ctrd idle)
