@@ -71,6 +71,7 @@ impl Clients {
             labels: Default::default(),
             options,
             scratch: stack.dir.join("scratch"),
+            copy_up: Vec::new(),
         };
         create_container(self.services(), "default", new)
             .await
@@ -251,8 +252,19 @@ async fn bad_requests_get_containerds_codes_and_leave_nothing_behind() {
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
-    let deleted = tasks.delete("default", "plain").await.unwrap();
+    // Two Deletes at once, from two clients: one deletes, the other finds
+    // no task (not a runtime error from deleting twice).
+    let other_client = RemoteTasks::connect(&stack.taskd.socket).await.unwrap();
+    let (first, second) = tokio::join!(
+        tasks.delete("default", "plain"),
+        other_client.delete("default", "plain")
+    );
+    let (deleted, err) = match (first, second) {
+        (Ok(deleted), Err(err)) | (Err(err), Ok(deleted)) => (deleted, err),
+        other => panic!("two Deletes at once: {other:?}"),
+    };
     assert_eq!((deleted.pid, deleted.exit.status), (pid, 137));
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
     let err = tasks.delete("default", "plain").await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
     assert!(

@@ -10,7 +10,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use berth_errdefs::{Error, ErrorKind, Result};
 use berth_metadata::{ContainerStore, Runtime};
 use berth_network::{Cni, PodNetwork, PortMapping};
-use berth_tasks::container::{create_container, remove_container, NewContainer};
+use berth_tasks::container::{create_container, remove_container, CopyUp, NewContainer};
 use berth_tasks::{CreateTask, ExecProcess, KillProcess, Stdio, Tasks};
 use k8s_cri::v1 as cri;
 use tokio::sync::watch;
@@ -140,6 +140,7 @@ impl Crid {
         runtime: String,
         labels: HashMap<String, String>,
         options: berth_oci::SpecOptions,
+        copy_up: Vec<CopyUp>,
     ) -> Result<berth_metadata::Container> {
         let clients = self.daemons.container_clients().await?;
         let new = NewContainer {
@@ -151,6 +152,7 @@ impl Crid {
             labels,
             options,
             scratch: self.settings.state.join("views"),
+            copy_up,
         };
         create_container(clients.services(&self.daemons.snapshotter), NAMESPACE, new).await
     }
@@ -299,7 +301,8 @@ impl Crid {
         let id = sandbox.id.clone();
         spec::write_sandbox_files(sandbox)?;
         let ns = sandbox.namespace_options();
-        if ns.network != cri::NamespaceMode::Node as i32 {
+        let own_network = ns.network != cri::NamespaceMode::Node as i32;
+        if own_network {
             let dir = self.settings.state.join("netns");
             let name = id.clone();
             let netns =
@@ -309,27 +312,50 @@ impl Crid {
             sandbox.netns = Some(netns.clone());
             self.store
                 .update_sandbox(&id, |s| s.netns = Some(netns.clone()))?;
-            let attachment = self.settings.cni.setup(&pod_network(sandbox)).await?;
+        }
+        // The network is attached while the pause container is made and
+        // started: both need only the namespace, and each costs a few
+        // processes (the CNI plugins; the shim and runc). Both are waited
+        // for, so a failure of one never leaves the other half-done behind
+        // the cleanup, which stops the pause process and detaches what is
+        // recorded.
+        let network = async {
+            if !own_network {
+                return Ok(None);
+            }
+            self.settings
+                .cni
+                .setup(&pod_network(sandbox))
+                .await
+                .map(Some)
+        };
+        let pause = async {
+            let options = spec::sandbox_options(&self.settings.host, sandbox, &image.user)?;
+            let labels = HashMap::from([(KIND_LABEL.to_string(), KIND_SANDBOX.to_string())]);
+            self.make_container(&image.record_name(), runtime, labels, options, Vec::new())
+                .await?;
+            let tasks = self.daemons.tasks().await?;
+            tasks
+                .create(
+                    NAMESPACE,
+                    CreateTask {
+                        container_id: id.clone(),
+                        ..Default::default()
+                    },
+                )
+                .await?;
+            tasks.start(NAMESPACE, &id, "").await
+        };
+        let (network, pause) = tokio::join!(network, pause);
+        if let Ok(Some(attachment)) = &network {
+            // Recorded before any error is returned: the cleanup detaches
+            // what is recorded.
             sandbox.network = Some(attachment.clone());
             self.store
-                .update_sandbox(&id, |s| s.network = Some(attachment))?;
+                .update_sandbox(&id, |s| s.network = Some(attachment.clone()))?;
         }
-        let options = spec::sandbox_options(&self.settings.host, sandbox, &image.user)?;
-        let labels = HashMap::from([(KIND_LABEL.to_string(), KIND_SANDBOX.to_string())]);
-        self.make_container(&image.record_name(), runtime, labels, options)
-            .await?;
-
-        let tasks = self.daemons.tasks().await?;
-        tasks
-            .create(
-                NAMESPACE,
-                CreateTask {
-                    container_id: id.clone(),
-                    ..Default::default()
-                },
-            )
-            .await?;
-        let pid = tasks.start(NAMESPACE, &id, "").await?;
+        network?;
+        let pid = pause?;
         sandbox.pid = pid;
         sandbox.phase = SandboxPhase::Ready;
         self.store.update_sandbox(&id, |s| {
@@ -496,7 +522,7 @@ impl Crid {
             .next()
             .cloned()
             .unwrap_or_else(|| asked.clone());
-        let options = spec::container_options(
+        let mut options = spec::container_options(
             &self.settings.host,
             &id,
             &config,
@@ -532,13 +558,29 @@ impl Crid {
             stop_signal,
             user: None,
         };
+        let mounts = container.config.mounts.clone();
         self.store.add_container(container)?;
-        let runtime = self.runtime_for(&sandbox.runtime_handler)?;
-        let labels = HashMap::from([(KIND_LABEL.to_string(), KIND_CONTAINER.to_string())]);
-        let record = match self
-            .make_container(&image.record_name(), runtime, labels, options)
-            .await
-        {
+        let made = async {
+            // Made under the container's directory, which its removal (or
+            // a failed creation's) takes away.
+            let (volumes, copy_up) = spec::image_volumes(
+                &image.defaults.volumes,
+                &mounts,
+                &self.store.container_dir(&id),
+            )?;
+            options.mounts.extend(volumes);
+            // As containerd: shallower destinations first (a stable sort),
+            // so that an image's /etc volume never hides the pod's
+            // /etc/hosts.
+            options
+                .mounts
+                .sort_by_key(|m| m.destination.split('/').filter(|p| !p.is_empty()).count());
+            let runtime = self.runtime_for(&sandbox.runtime_handler)?;
+            let labels = HashMap::from([(KIND_LABEL.to_string(), KIND_CONTAINER.to_string())]);
+            self.make_container(&image.record_name(), runtime, labels, options, copy_up)
+                .await
+        };
+        let record = match made.await {
             Ok(record) => record,
             Err(e) => {
                 self.store.remove_container(&id);

@@ -67,6 +67,10 @@ struct Task {
     /// Copies the shim's log; ends with the task (taskd holds the fifo
     /// read-write, so it would never see the end by itself).
     _log: Option<LogFollower>,
+    /// Held by a Delete while it runs; true once the task is deleted. Two
+    /// Deletes at once: the second waits, then finds no task (NotFound, as
+    /// containerd answers), instead of a second runtime delete failing.
+    deletion: tokio::sync::Mutex<bool>,
 }
 
 /// The copy of a shim's log fifo into taskd's log; stopped when dropped.
@@ -458,6 +462,7 @@ impl TaskManager {
             pid: hello.task_pid,
             dead,
             _log: log,
+            deletion: tokio::sync::Mutex::new(false),
         });
         if let Ok(mut tasks) = self.tasks.lock() {
             tasks.insert(
@@ -574,6 +579,7 @@ impl TaskManager {
             pid,
             dead,
             _log: log,
+            deletion: tokio::sync::Mutex::new(false),
         });
         {
             let mut tasks = self.tasks.lock().map_err(|_| poisoned())?;
@@ -617,6 +623,21 @@ impl TaskManager {
 
     async fn delete_task(&self, namespace: &str, id: &str) -> Result<Deleted> {
         let task = self.task(namespace, id)?;
+        let mut deleted = task.deletion.lock().await;
+        if *deleted {
+            return Err(Error::not_found(format!("task {id}: no such task")));
+        }
+        let result = self.delete_task_now(namespace, id, &task).await;
+        *deleted = result.is_ok();
+        result
+    }
+
+    async fn delete_task_now(
+        &self,
+        namespace: &str,
+        id: &str,
+        task: &Arc<Task>,
+    ) -> Result<Deleted> {
         let state = task.shim.state(id, "").await?;
         let process = process_from_state(id, "", &state);
         // As containerd: a task never started (its init still waiting in
@@ -640,7 +661,7 @@ impl TaskManager {
         {
             let mut tasks = self.tasks.lock().map_err(|_| poisoned())?;
             let k = key(namespace, id);
-            if matches!(tasks.get(&k), Some(Entry::Ready(current)) if Arc::ptr_eq(current, &task)) {
+            if matches!(tasks.get(&k), Some(Entry::Ready(current)) if Arc::ptr_eq(current, task)) {
                 tasks.remove(&k);
             }
         }

@@ -210,7 +210,9 @@ impl Cni {
             .find(|path| path.is_file())
     }
 
-    /// Brings up `lo` and attaches the pod to the network.
+    /// Brings up `lo` and attaches the pod to the network, both at once (as
+    /// containerd's go-cni attaches its networks): they touch different
+    /// interfaces of the pod's namespace.
     pub async fn setup(&self, pod: &PodNetwork) -> Result<Attachment> {
         let network = self.network()?.ok_or_else(|| {
             Error::failed_precondition(format!(
@@ -218,22 +220,29 @@ impl Cni {
                 self.conf_dir.display()
             ))
         })?;
-        let mut attachment = Attachment::default();
         let lo = loopback();
-        let result = self.add(&lo, "lo", pod).await?;
-        attachment
-            .results
-            .push((lo.name.clone(), "lo".into(), result));
-        match self.add(&network, POD_INTERFACE, pod).await {
-            Ok(result) => {
-                attachment
-                    .results
-                    .push((network.name.clone(), POD_INTERFACE.into(), result));
-                Ok(attachment)
-            }
+        let (lo_result, result) = tokio::join!(
+            self.add(&lo, "lo", pod),
+            self.add(&network, POD_INTERFACE, pod)
+        );
+        let result = match result {
+            Ok(result) => result,
             Err(e) => {
-                // Whatever the failed ADD left (an address, a veth) goes.
+                // Whatever the failed ADD left (an address, a veth) goes;
+                // `lo` goes with the namespace.
                 let _ = self.del(&network, POD_INTERFACE, pod, None).await;
+                return Err(e);
+            }
+        };
+        match lo_result {
+            Ok(lo_result) => Ok(Attachment {
+                results: vec![
+                    (lo.name.clone(), "lo".into(), lo_result),
+                    (network.name.clone(), POD_INTERFACE.into(), result),
+                ],
+            }),
+            Err(e) => {
+                let _ = self.del(&network, POD_INTERFACE, pod, Some(result)).await;
                 Err(e)
             }
         }
@@ -524,5 +533,107 @@ mod tests {
             ],
         };
         assert_eq!(attachment.ips(), vec!["10.88.0.5", "fd00::5"]);
+    }
+
+    /// A plugin that logs each call (command, interface, whether it got a
+    /// previous result) and fails the command its configuration names.
+    const FAKE_PLUGIN: &str = r#"#!/bin/sh
+conf=$(cat)
+case "$conf" in *prevResult*) prev=prev ;; *) prev=noprev ;; esac
+echo "$CNI_COMMAND $CNI_IFNAME $prev" >>"$(dirname "$0")/calls"
+case "$conf" in *'"fail":"'"$CNI_COMMAND"'"'*) echo '{"code":11,"msg":"told to fail"}'; exit 1 ;; esac
+[ "$CNI_COMMAND" = ADD ] && echo '{"cniVersion":"1.0.0","ips":[{"address":"10.1.0.2/24"}]}'
+exit 0
+"#;
+
+    /// A CNI setup with the fake plugin as `net` and as `loopback` (failing
+    /// ADD if `lo_fails`), the network failing the commands in `net_fails`.
+    fn fake_cni(lo_fails: bool, net_fails: &str) -> (tempfile::TempDir, Cni, PodNetwork) {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let (bin, conf) = (dir.path().join("bin"), dir.path().join("conf"));
+        for d in [&bin, &conf] {
+            std::fs::create_dir(d).unwrap_or_else(|e| panic!("{e}"));
+        }
+        let loopback = if lo_fails {
+            FAKE_PLUGIN.replace("case \"$conf\" in *'", "case '\"fail\":\"ADD\"' in *'")
+        } else {
+            FAKE_PLUGIN.to_string()
+        };
+        for (name, text) in [("net", FAKE_PLUGIN.to_string()), ("loopback", loopback)] {
+            let path = bin.join(name);
+            std::fs::write(&path, text).unwrap_or_else(|e| panic!("{e}"));
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        std::fs::write(
+            conf.join("10-n.conflist"),
+            format!(r#"{{"cniVersion":"1.0.0","name":"n","plugins":[{{"type":"net","fail":"{net_fails}"}}]}}"#),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let cni = Cni {
+            conf_dir: conf,
+            bin_dirs: vec![bin],
+        };
+        let pod = PodNetwork {
+            id: "p".into(),
+            netns: PathBuf::from("/run/netns/p"),
+            pod_name: "n".into(),
+            pod_namespace: "ns".into(),
+            pod_uid: "u".into(),
+            port_mappings: vec![],
+        };
+        (dir, cni, pod)
+    }
+
+    fn calls(dir: &tempfile::TempDir) -> Vec<String> {
+        let mut calls: Vec<String> = std::fs::read_to_string(dir.path().join("bin/calls"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect();
+        calls.sort();
+        calls
+    }
+
+    #[tokio::test]
+    async fn setup_attaches_lo_and_the_network() {
+        let (dir, cni, pod) = fake_cni(false, "");
+        let attachment = cni.setup(&pod).await.unwrap_or_else(|e| panic!("{e}"));
+        let interfaces: Vec<&str> = attachment.results.iter().map(|r| r.1.as_str()).collect();
+        assert_eq!(interfaces, ["lo", "eth0"]);
+        assert_eq!(attachment.ips(), ["10.1.0.2"]);
+        assert_eq!(calls(&dir), ["ADD eth0 noprev", "ADD lo noprev"]);
+    }
+
+    #[tokio::test]
+    async fn a_failed_network_add_is_deleted_and_reported() {
+        let (dir, cni, pod) = fake_cni(false, "ADD");
+        let error = cni
+            .setup(&pod)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("setup succeeded"));
+        assert!(error.to_string().contains("told to fail"), "{error}");
+        assert_eq!(
+            calls(&dir),
+            ["ADD eth0 noprev", "ADD lo noprev", "DEL eth0 noprev"]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_loopback_detaches_the_network_it_attached() {
+        let (dir, cni, pod) = fake_cni(true, "");
+        let error = cni
+            .setup(&pod)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("setup succeeded"));
+        assert!(error.to_string().contains("told to fail"), "{error}");
+        // The DEL carries the ADD's result, as a teardown would.
+        assert_eq!(
+            calls(&dir),
+            ["ADD eth0 noprev", "ADD lo noprev", "DEL eth0 prev"]
+        );
     }
 }
