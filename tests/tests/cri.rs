@@ -539,6 +539,135 @@ fn exec_sync_output_is_bounded_and_failed_execs_leak_nothing() {
     cri.ok(&["rmp", "-f", &pod_id]);
 }
 
+/// An image's `Volumes`, as containerd gives them: each path no CRI mount
+/// covers is a host directory of the container's own, filled from the
+/// image and gone with the container. The copy-up resolves every path
+/// inside the image: a volume named with `..` or through a symlink to a
+/// host directory gets the image's content, never the host's
+/// (CVE-2022-23648).
+#[test]
+fn image_volumes_are_copied_up_from_inside_the_image() {
+    if !berth_e2e::require(berth_e2e::is_root(), "needs root")
+        || !berth_e2e::require(berth_e2e::run_prerequisites(), "runc and busybox-static")
+        || !berth_e2e::require(crictl_path().exists(), "../shared/peers/bin/crictl")
+    {
+        return;
+    }
+    let tmp = tempfile::Builder::new()
+        .prefix("berth-cri-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let cri = Cri::start(tmp.path());
+    // A host directory with a canary the image reaches for.
+    let host = tmp.path().join("host-secrets");
+    std::fs::create_dir(&host).unwrap();
+    std::fs::write(host.join("canary"), b"host").unwrap();
+    let image_dir = tmp.path().join("volumes-image");
+    let rootfs = busybox_rootfs(
+        &image_dir.join("rootfs"),
+        &[("data/seed", b"from-image"), ("kept/seed", b"mounted over")],
+    );
+    for applet in ["sleep", "cat", "ls", "grep"] {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
+    }
+    for d in ["proc", "sys", "dev", "tmp", "etc"] {
+        std::fs::create_dir_all(rootfs.join(d)).unwrap();
+    }
+    std::os::unix::fs::symlink(&host, rootfs.join("escape")).unwrap();
+    let dotdot = format!("/../../../..{}", host.display());
+    let mut layout = Layout::new(&image_dir.join("layout"));
+    let layer = layout.add_layer(&rootfs);
+    let image = "berth.test/cri:volumes";
+    let mut volumes = serde_json::Map::new();
+    for v in ["/data", "/escape", dotdot.as_str(), "/kept"] {
+        volumes.insert(v.to_string(), json!({}));
+    }
+    let manifest = layout.add_image_with_config(
+        &[layer],
+        host_architecture(),
+        json!({"Entrypoint": ["/bin/sleep", "2147483647"], "Env": ["PATH=/bin"], "Volumes": volumes}),
+    );
+    layout.tag(image, &manifest);
+    let archive = layout.archive(&image_dir.join("image.tar"));
+    let (ok, _, err) = cri
+        .stack
+        .berth(&["-n", "k8s.io", "import", archive.to_str().unwrap()]);
+    assert!(ok, "import: {err}");
+
+    let kept = tmp.path().join("kept-host");
+    std::fs::create_dir(&kept).unwrap();
+    std::fs::write(kept.join("mine"), b"host mount").unwrap();
+    let pod = cri.write_config(
+        "volumes-pod.json",
+        json!({
+            "metadata": {"name": "volumes", "namespace": "test", "uid": "pod-uid-vol", "attempt": 0},
+            "linux": {"security_context": {"namespace_options": {"network": 2}}},
+        }),
+    );
+    let container = cri.write_config(
+        "volumes-container.json",
+        json!({
+            "metadata": {"name": "vol"},
+            "image": {"image": image},
+            "mounts": [{"container_path": "/kept", "host_path": kept.display().to_string()}],
+        }),
+    );
+    let pod_id = cri.ok(&["runp", &pod]);
+    let ctr_id = cri.ok(&["create", &pod_id, &container, &pod]);
+    cri.ok(&["start", &ctr_id]);
+    let exec = |args: &[&str]| {
+        let mut all = vec!["exec", "-s", ctr_id.as_str()];
+        all.extend(args);
+        cri.crictl(&all)
+    };
+    // The image's content, on a mount of its own, writable.
+    let (ok, out, err) = exec(&["cat", "/data/seed"]);
+    assert!(ok && out.trim() == "from-image", "/data/seed: {out} {err}");
+    let (_, mounts, _) = exec(&["cat", "/proc/self/mountinfo"]);
+    assert!(
+        mounts.lines().any(|l| l.split(' ').nth(4) == Some("/data")),
+        "/data is not a mount: {mounts}"
+    );
+    let (ok, _, err) = exec(&["sh", "-c", "echo written > /data/new"]);
+    assert!(ok, "writing to the volume: {err}");
+    let volumes_dir = cri
+        .crid
+        .root
+        .join("containers")
+        .join(&ctr_id)
+        .join("volumes");
+    let written = std::fs::read_dir(&volumes_dir)
+        .unwrap()
+        .flatten()
+        .any(|d| std::fs::read(d.path().join("new")).is_ok_and(|b| b == b"written\n"));
+    assert!(
+        written,
+        "the write is not in a volume under {volumes_dir:?}"
+    );
+    // Nothing of the host's, through the symlink or through `..`.
+    for path in ["/escape/canary", &format!("{}/canary", host.display())] {
+        let (ok, out, _) = exec(&["cat", path]);
+        assert!(
+            !(ok || out.contains("host")),
+            "{path} shows the host's canary"
+        );
+    }
+    // A CRI mount over a volume path wins: no volume is made for it.
+    let (ok, out, err) = exec(&["cat", "/kept/mine"]);
+    assert!(ok && out.trim() == "host mount", "/kept: {out} {err}");
+    let (ok, _, _) = exec(&["cat", "/kept/seed"]);
+    assert!(!ok, "the image's /kept was copied over the CRI mount");
+    assert_eq!(std::fs::read(host.join("canary")).unwrap(), b"host");
+
+    cri.ok(&["stop", &ctr_id]);
+    cri.ok(&["rm", &ctr_id]);
+    assert!(
+        !cri.crid.root.join("containers").join(&ctr_id).exists(),
+        "the container's volumes outlived it"
+    );
+    cri.ok(&["rmp", "-f", &pod_id]);
+}
+
 /// critest (cri-tools 1.34, ../shared/critest) against a fresh berth stack:
 /// every spec listed in tests/cri/critest-pass.txt must pass. The list
 /// grows as berth-crid does; containerd 2.2.7 passes 92 here.

@@ -620,6 +620,67 @@ pub fn container_options(
     Ok(options)
 }
 
+/// The volumes a container gets from its image, as containerd gives them:
+/// each `Volumes` path no CRI mount covers becomes an empty directory under
+/// the container's own (`volumes/N`), bind-mounted at that path and filled
+/// from the image (the copy-up berth-tasks does through a read-only view,
+/// resolving the path inside the image).
+pub fn image_volumes(
+    volumes: &[String],
+    mounts: &[cri::Mount],
+    container_dir: &Path,
+) -> Result<(Vec<MountOption>, Vec<berth_tasks::container::CopyUp>)> {
+    let mut taken: Vec<String> = mounts
+        .iter()
+        .filter_map(|m| clean_absolute(&m.container_path))
+        .collect();
+    let (mut binds, mut copies) = (Vec::new(), Vec::new());
+    for volume in volumes {
+        let Some(path) = clean_absolute(volume) else {
+            tracing::debug!(volume, "image volume skipped: not a path below /");
+            continue;
+        };
+        if taken.contains(&path) {
+            continue;
+        }
+        let host_dir = container_dir.join("volumes").join(copies.len().to_string());
+        std::fs::create_dir_all(&host_dir)
+            .map_err(|e| Error::io(format!("creating {}", host_dir.display()), &e))?;
+        binds.push(MountOption {
+            kind: "bind".into(),
+            source: host_dir.display().to_string(),
+            destination: path.clone(),
+            options: vec!["rprivate".to_string()],
+        });
+        copies.push(berth_tasks::container::CopyUp {
+            path_in_image: path.clone(),
+            host_dir,
+        });
+        taken.push(path);
+    }
+    Ok((binds, copies))
+}
+
+/// `path` made absolute and cleaned lexically (`.`, `..` and repeated `/`
+/// go; `..` stops at `/`), as Go's `filepath.Clean` does for containerd;
+/// None for the root itself or a name with NUL.
+fn clean_absolute(path: &str) -> Option<String> {
+    if path.contains('\0') {
+        return None;
+    }
+    let mut parts: Vec<&str> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            name => parts.push(name),
+        }
+    }
+    (!parts.is_empty()).then(|| format!("/{}", parts.join("/")))
+}
+
 fn bind_mount(mount: &cri::Mount, recursive_read_only: bool) -> Result<MountOption> {
     if !Path::new(&mount.container_path).is_absolute() || !Path::new(&mount.host_path).is_absolute()
     {
@@ -794,5 +855,36 @@ mod tests {
             bind_mount(&mount(true, private), false).is_err(),
             "no runtime support"
         );
+    }
+
+    #[test]
+    fn image_volumes_skip_mounted_paths_and_clean_the_rest() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let mounts = vec![cri::Mount {
+            container_path: "/data/".into(),
+            host_path: "/srv".into(),
+            ..Default::default()
+        }];
+        let volumes: Vec<String> = [
+            "/data",
+            "/../../../../etc",
+            "/cache",
+            "/cache/.",
+            "/",
+            "rel/x",
+        ]
+        .iter()
+        .map(|v| v.to_string())
+        .collect();
+        let (binds, copies) =
+            image_volumes(&volumes, &mounts, dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        let at: Vec<&str> = binds.iter().map(|b| b.destination.as_str()).collect();
+        assert_eq!(at, ["/etc", "/cache", "/rel/x"]);
+        for (bind, copy) in binds.iter().zip(&copies) {
+            assert_eq!(bind.source, copy.host_dir.display().to_string());
+            assert_eq!(bind.destination, copy.path_in_image);
+            assert!(copy.host_dir.starts_with(dir.path().join("volumes")));
+            assert!(copy.host_dir.is_dir());
+        }
     }
 }

@@ -18,6 +18,9 @@ pub struct ImageDefaults {
     pub user: String,
     /// `StopSignal`, for whoever stops the container (not part of the spec).
     pub stop_signal: Option<String>,
+    /// `Volumes`: the paths the image wants kept out of its writable layer,
+    /// in order.
+    pub volumes: Vec<String>,
 }
 
 impl ImageDefaults {
@@ -33,6 +36,14 @@ impl ImageDefaults {
             working_dir: c.working_dir().clone().unwrap_or_default(),
             user: c.user().clone().unwrap_or_default(),
             stop_signal: c.stop_signal().clone(),
+            volumes: c
+                .volumes()
+                .iter()
+                .flatten()
+                .cloned()
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect(),
         }
     }
 }
@@ -53,7 +64,8 @@ mod tests {
                 "Cmd": ["serve", "--port=80"],
                 "WorkingDir": "/srv",
                 "User": "www:www",
-                "StopSignal": "SIGQUIT"
+                "StopSignal": "SIGQUIT",
+                "Volumes": {"/var/lib/db": {}, "/cache": {}}
             }
         }"#;
         let config: ImageConfiguration = serde_json::from_slice(json).unwrap();
@@ -62,6 +74,7 @@ mod tests {
         assert_eq!(d.entrypoint, ["/entry"]);
         assert_eq!(d.cmd, ["serve", "--port=80"]);
         assert_eq!(d.working_dir, "/srv");
+        assert_eq!(d.volumes, ["/cache", "/var/lib/db"]);
         assert_eq!(d.user, "www:www");
         assert_eq!(d.stop_signal.as_deref(), Some("SIGQUIT"));
     }

@@ -10,7 +10,8 @@
 use std::fs::File;
 use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::path::PathBuf;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
@@ -41,8 +42,10 @@ impl HostRootfs {
     }
 }
 
-impl RootfsFiles for HostRootfs {
-    fn read(&self, path_in_root: &str, limit: u64) -> Result<Option<Vec<u8>>> {
+impl HostRootfs {
+    /// `path_in_root` resolved inside the root and opened `O_PATH`; `None`
+    /// when it does not exist.
+    fn open_in_root(&self, path_in_root: &str) -> Result<Option<OwnedFd>> {
         let relative = path_in_root.trim_start_matches('/');
         if relative.is_empty() || relative.contains('\0') {
             return Err(OciError::invalid(format!(
@@ -60,14 +63,126 @@ impl RootfsFiles for HostRootfs {
                 e.into(),
             )
         })?;
-        let context = || format!("opening {path_in_root} in {}", self.root.display());
         let how = OpenHow::new()
             .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
             .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
-        let path: OwnedFd = match nix::fcntl::openat2(root.as_fd(), relative, how) {
-            Ok(fd) => fd,
-            Err(Errno::ENOENT | Errno::ENOTDIR) => return Ok(None),
-            Err(e) => return Err(OciError::io(context(), e.into())),
+        match nix::fcntl::openat2(root.as_fd(), relative, how) {
+            Ok(fd) => Ok(Some(fd)),
+            Err(Errno::ENOENT | Errno::ENOTDIR) => Ok(None),
+            Err(e) => Err(OciError::io(
+                format!("opening {path_in_root} in {}", self.root.display()),
+                e.into(),
+            )),
+        }
+    }
+
+    /// Copies the directory tree at `path_in_root` (resolved inside the
+    /// root) into `dest`, an empty directory of the host, keeping modes and
+    /// owners: the copy-up of an image volume. Below the resolved
+    /// directory nothing is followed: symlinks are copied as symlinks and
+    /// every entry is opened relative to its parent with `O_NOFOLLOW`, so
+    /// no path of the image leads out of it; device nodes, FIFOs and
+    /// sockets are skipped. Returns false (and copies nothing) when the
+    /// path does not exist in the root or is not a directory.
+    pub fn copy_dir(&self, path_in_root: &str, dest: &Path) -> Result<bool> {
+        let Some(path) = self.open_in_root(path_in_root)? else {
+            return Ok(false);
+        };
+        let context = || format!("copying {path_in_root} of {}", self.root.display());
+        let stat =
+            nix::sys::stat::fstat(path.as_fd()).map_err(|e| OciError::io(context(), e.into()))?;
+        if stat.st_mode & libc::S_IFMT != libc::S_IFDIR {
+            return Ok(false);
+        }
+        // Reopen the directory the O_PATH descriptor holds, for reading.
+        let dir = nix::fcntl::open(
+            format!("/proc/self/fd/{}", path.as_raw_fd()).as_str(),
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| OciError::io(context(), e.into()))?;
+        copy_tree(dir, dest, 0).map_err(|e| OciError::io(context(), e))?;
+        apply_owner_and_mode(dest, &stat).map_err(|e| OciError::io(context(), e))?;
+        Ok(true)
+    }
+}
+
+/// How deep a copied tree may nest (a bound for hostile images).
+const MAX_COPY_DEPTH: usize = 128;
+
+/// Copies the entries of the open directory `dir` into `dest` (which
+/// exists).
+fn copy_tree(dir: OwnedFd, dest: &Path, depth: usize) -> std::io::Result<()> {
+    use nix::fcntl::AtFlags;
+    if depth > MAX_COPY_DEPTH {
+        return Err(std::io::Error::other(format!(
+            "more than {MAX_COPY_DEPTH} directories deep"
+        )));
+    }
+    // The listing gets a duplicate; the *at calls below use `dir` itself.
+    let mut entries = nix::dir::Dir::from_fd(dir.try_clone()?)?;
+    let parent = dir.as_fd();
+    let names: Vec<std::ffi::CString> = entries
+        .iter()
+        .filter_map(|entry| entry.ok())
+        .map(|entry| entry.file_name().to_owned())
+        .filter(|name| name.as_bytes() != b"." && name.as_bytes() != b"..")
+        .collect();
+    for name in names {
+        let target = dest.join(std::ffi::OsStr::from_bytes(name.as_bytes()));
+        let stat = nix::sys::stat::fstatat(parent, name.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW)?;
+        match stat.st_mode & libc::S_IFMT {
+            libc::S_IFDIR => {
+                let child = nix::fcntl::openat(
+                    parent,
+                    name.as_c_str(),
+                    OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                    Mode::empty(),
+                )?;
+                std::fs::create_dir(&target)?;
+                copy_tree(child, &target, depth + 1)?;
+                apply_owner_and_mode(&target, &stat)?;
+            }
+            libc::S_IFREG => {
+                let source = nix::fcntl::openat(
+                    parent,
+                    name.as_c_str(),
+                    OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                    Mode::empty(),
+                )?;
+                let mut source = File::from(source);
+                let mut copy = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&target)?;
+                std::io::copy(&mut source, &mut copy)?;
+                apply_owner_and_mode(&target, &stat)?;
+            }
+            libc::S_IFLNK => {
+                let link = nix::fcntl::readlinkat(parent, name.as_c_str())?;
+                std::os::unix::fs::symlink(link, &target)?;
+                std::os::unix::fs::lchown(&target, Some(stat.st_uid), Some(stat.st_gid))?;
+            }
+            // Devices, FIFOs and sockets are not copied up.
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Gives a copied file or directory its source's owner and mode (set-id
+/// bits included, after the chown that would clear them).
+fn apply_owner_and_mode(path: &Path, stat: &nix::sys::stat::FileStat) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::os::unix::fs::lchown(path, Some(stat.st_uid), Some(stat.st_gid))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(stat.st_mode & 0o7777))
+}
+
+impl RootfsFiles for HostRootfs {
+    fn read(&self, path_in_root: &str, limit: u64) -> Result<Option<Vec<u8>>> {
+        let context = || format!("opening {path_in_root} in {}", self.root.display());
+        let Some(path) = self.open_in_root(path_in_root)? else {
+            return Ok(None);
         };
         let stat =
             nix::sys::stat::fstat(path.as_fd()).map_err(|e| OciError::io(context(), e.into()))?;
@@ -197,5 +312,69 @@ mod tests {
     #[test]
     fn no_rootfs_files_has_nothing() {
         assert!(NoRootfsFiles.read("/etc/passwd", 10).unwrap().is_none());
+    }
+
+    #[test]
+    fn copy_dir_copies_a_tree_with_modes_and_links() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().unwrap();
+        let data = root.path().join("var/data");
+        std::fs::create_dir_all(data.join("sub")).unwrap();
+        std::fs::write(data.join("sub/file"), b"seed").unwrap();
+        std::fs::set_permissions(
+            data.join("sub/file"),
+            std::fs::Permissions::from_mode(0o640),
+        )
+        .unwrap();
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        symlink("/etc/passwd", data.join("link")).unwrap();
+        nix::unistd::mkfifo(&data.join("fifo"), Mode::from_bits_truncate(0o600)).unwrap();
+        let dest = tempfile::tempdir().unwrap();
+        let files = HostRootfs::new(root.path());
+        assert!(files.copy_dir("/var/data", dest.path()).unwrap());
+        assert_eq!(
+            std::fs::read(dest.path().join("sub/file")).unwrap(),
+            b"seed"
+        );
+        let mode = |p: &Path| std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode(&dest.path().join("sub/file")), 0o640);
+        assert_eq!(mode(dest.path()), 0o1777);
+        assert_eq!(
+            std::fs::read_link(dest.path().join("link")).unwrap(),
+            Path::new("/etc/passwd")
+        );
+        assert!(!dest.path().join("fifo").exists(), "a FIFO was copied");
+        // Absent, or not a directory: nothing to copy.
+        let other = tempfile::tempdir().unwrap();
+        assert!(!files.copy_dir("/nothing", other.path()).unwrap());
+        assert!(!files.copy_dir("/var/data/sub/file", other.path()).unwrap());
+        assert_eq!(std::fs::read_dir(other.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn copy_dir_never_leaves_the_root() {
+        // CVE-2022-23648: a volume path with `..`, or one that is a symlink
+        // out of the root, must copy the image's content, not the host's.
+        let host = tempfile::tempdir().unwrap();
+        std::fs::write(host.path().join("canary"), b"host").unwrap();
+        let root = tempfile::tempdir().unwrap();
+        symlink(host.path(), root.path().join("escape")).unwrap();
+        let dots = format!("{}{}", "/..".repeat(16), host.path().display());
+        let files = HostRootfs::new(root.path());
+        for path in ["/escape", dots.as_str()] {
+            let dest = tempfile::tempdir().unwrap();
+            assert!(!files.copy_dir(path, dest.path()).unwrap(), "{path}");
+            assert!(
+                !dest.path().join("canary").exists(),
+                "{path}: host file copied"
+            );
+        }
+        // A symlink inside the copied tree is copied as a link, never read.
+        std::fs::create_dir(root.path().join("vol")).unwrap();
+        symlink(host.path().join("canary"), root.path().join("vol/c")).unwrap();
+        let dest = tempfile::tempdir().unwrap();
+        assert!(files.copy_dir("/vol", dest.path()).unwrap());
+        let copied = std::fs::symlink_metadata(dest.path().join("c")).unwrap();
+        assert!(copied.file_type().is_symlink());
     }
 }

@@ -244,6 +244,7 @@ mod tests {
             working_dir: "/srv".into(),
             user: String::new(),
             stop_signal: Some("SIGQUIT".into()),
+            volumes: Vec::new(),
         }
     }
 

@@ -56,8 +56,20 @@ pub struct NewContainer {
     pub options: SpecOptions,
     /// Where a temporary read-only view of the image is mounted to read
     /// its /etc/passwd and /etc/group (needed only for a user given by
-    /// name).
+    /// name) and to copy up volumes.
     pub scratch: std::path::PathBuf,
+    /// Image directories copied to host directories before the container
+    /// exists (the volumes a CRI container gets from its image); the
+    /// caller mounts each host directory through `options.mounts`.
+    pub copy_up: Vec<CopyUp>,
+}
+
+/// One directory of the image (resolved inside it) copied into an empty
+/// host directory.
+#[derive(Debug, Clone)]
+pub struct CopyUp {
+    pub path_in_image: String,
+    pub host_dir: std::path::PathBuf,
 }
 
 pub fn oci_error(err: OciError) -> Error {
@@ -118,22 +130,27 @@ pub async fn create_container(
     }
     let defaults = ImageDefaults::from_config(&config.spec);
 
-    // The user's names are looked up in the image itself, through a
-    // read-only view of its layers.
+    // The user's names are looked up in the image itself, and volumes
+    // copied out of it, through a read-only view of its layers.
     let user = new.options.user.clone().unwrap_or(defaults.user.clone());
-    let spec = if needs_image_files(&user) {
+    let spec = if needs_image_files(&user) || !new.copy_up.is_empty() {
         let view_key = format!("{id}-user-view");
         let mounts = services
             .snapshots
             .view(namespace, &view_key, parent.as_deref(), HashMap::new())
             .await
-            .map_err(|e| e.context("a view of the image to look up its users"))?;
+            .map_err(|e| e.context("a view of the image to read its files"))?;
         let built = (|| {
             std::fs::create_dir_all(&new.scratch)
                 .map_err(|e| Error::io(format!("creating {}", new.scratch.display()), &e))?;
             let mounted = berth_mount::TempMount::new(&mounts, &new.scratch)
                 .map_err(|e| e.context("mounting a view of the image"))?;
             let files = HostRootfs::new(mounted.path());
+            for copy in &new.copy_up {
+                files
+                    .copy_dir(&copy.path_in_image, &copy.host_dir)
+                    .map_err(oci_error)?;
+            }
             berth_oci::build_spec(&defaults, &new.options, &files as &dyn RootfsFiles)
                 .map_err(oci_error)
         })();

@@ -374,6 +374,7 @@ pub async fn create(
         labels,
         options: args.spec_options(ns, &id)?,
         scratch: scratch_dir(global),
+        copy_up: Vec::new(),
     };
     create_container(clients.services(), ns, new)
         .await
