@@ -192,6 +192,23 @@ impl Drop for Cri {
     }
 }
 
+/// A temporary directory for a crictl test, if its prerequisites are here
+/// (root, runc, busybox-static, crictl from ../shared/peers).
+fn crictl_test_dir() -> Option<tempfile::TempDir> {
+    if !berth_e2e::require(berth_e2e::is_root(), "needs root")
+        || !berth_e2e::require(berth_e2e::run_prerequisites(), "runc and busybox-static")
+        || !berth_e2e::require(crictl_path().exists(), "../shared/peers/bin/crictl")
+    {
+        return None;
+    }
+    Some(
+        tempfile::Builder::new()
+            .prefix("berth-cri-")
+            .tempdir_in("/tmp")
+            .unwrap(),
+    )
+}
+
 fn wait_for(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
     let start = Instant::now();
     while !check() {
@@ -235,16 +252,9 @@ fn counted_lines(path: &Path) -> Vec<u64> {
 /// pod leaves no task, record, snapshot, namespace file or state behind.
 #[test]
 fn a_pod_lives_through_crictl_and_a_crid_restart() {
-    if !berth_e2e::require(berth_e2e::is_root(), "needs root")
-        || !berth_e2e::require(berth_e2e::run_prerequisites(), "runc and busybox-static")
-        || !berth_e2e::require(crictl_path().exists(), "../shared/peers/bin/crictl")
-    {
+    let Some(tmp) = crictl_test_dir() else {
         return;
-    }
-    let tmp = tempfile::Builder::new()
-        .prefix("berth-cri-")
-        .tempdir_in("/tmp")
-        .unwrap();
+    };
     let dir = tmp.path();
     let mut cri = Cri::start(dir);
     let logs = dir.join("pod-logs");
@@ -435,16 +445,9 @@ fn a_pod_lives_through_crictl_and_a_crid_restart() {
 /// behind in crid.
 #[test]
 fn exec_sync_output_is_bounded_and_failed_execs_leak_nothing() {
-    if !berth_e2e::require(berth_e2e::is_root(), "needs root")
-        || !berth_e2e::require(berth_e2e::run_prerequisites(), "runc and busybox-static")
-        || !berth_e2e::require(crictl_path().exists(), "../shared/peers/bin/crictl")
-    {
+    let Some(tmp) = crictl_test_dir() else {
         return;
-    }
-    let tmp = tempfile::Builder::new()
-        .prefix("berth-cri-")
-        .tempdir_in("/tmp")
-        .unwrap();
+    };
     let cri = Cri::start(tmp.path());
     let pod = cri.write_config(
         "pod.json",
@@ -547,16 +550,9 @@ fn exec_sync_output_is_bounded_and_failed_execs_leak_nothing() {
 /// (CVE-2022-23648).
 #[test]
 fn image_volumes_are_copied_up_from_inside_the_image() {
-    if !berth_e2e::require(berth_e2e::is_root(), "needs root")
-        || !berth_e2e::require(berth_e2e::run_prerequisites(), "runc and busybox-static")
-        || !berth_e2e::require(crictl_path().exists(), "../shared/peers/bin/crictl")
-    {
+    let Some(tmp) = crictl_test_dir() else {
         return;
-    }
-    let tmp = tempfile::Builder::new()
-        .prefix("berth-cri-")
-        .tempdir_in("/tmp")
-        .unwrap();
+    };
     let cri = Cri::start(tmp.path());
     // A host directory with a canary the image reaches for.
     let host = tmp.path().join("host-secrets");

@@ -493,17 +493,13 @@ mod tests {
         )
         .unwrap_or_else(|e| panic!("{e}"));
         let pod = PodNetwork {
-            id: "p".into(),
-            netns: PathBuf::from("/run/netns/p"),
-            pod_name: "n".into(),
-            pod_namespace: "ns".into(),
-            pod_uid: "u".into(),
             port_mappings: vec![PortMapping {
                 host_port: 8080,
                 container_port: 80,
                 protocol: "tcp".into(),
                 host_ip: String::new(),
             }],
+            ..test_pod()
         };
         let bridge = cni.plugin_config(&list, &list.plugins[0], &pod, None);
         assert!(bridge.get("runtimeConfig").is_none());
@@ -575,15 +571,18 @@ exit 0
             conf_dir: conf,
             bin_dirs: vec![bin],
         };
-        let pod = PodNetwork {
+        (dir, cni, test_pod())
+    }
+
+    fn test_pod() -> PodNetwork {
+        PodNetwork {
             id: "p".into(),
             netns: PathBuf::from("/run/netns/p"),
             pod_name: "n".into(),
             pod_namespace: "ns".into(),
             pod_uid: "u".into(),
             port_mappings: vec![],
-        };
-        (dir, cni, pod)
+        }
     }
 
     fn calls(dir: &tempfile::TempDir) -> Vec<String> {
@@ -607,33 +606,32 @@ exit 0
     }
 
     #[tokio::test]
-    async fn a_failed_network_add_is_deleted_and_reported() {
-        let (dir, cni, pod) = fake_cni(false, "ADD");
-        let error = cni
-            .setup(&pod)
-            .await
-            .err()
-            .unwrap_or_else(|| panic!("setup succeeded"));
-        assert!(error.to_string().contains("told to fail"), "{error}");
-        assert_eq!(
-            calls(&dir),
-            ["ADD eth0 noprev", "ADD lo noprev", "DEL eth0 noprev"]
-        );
-    }
-
-    #[tokio::test]
-    async fn a_failed_loopback_detaches_the_network_it_attached() {
-        let (dir, cni, pod) = fake_cni(true, "");
-        let error = cni
-            .setup(&pod)
-            .await
-            .err()
-            .unwrap_or_else(|| panic!("setup succeeded"));
-        assert!(error.to_string().contains("told to fail"), "{error}");
-        // The DEL carries the ADD's result, as a teardown would.
-        assert_eq!(
-            calls(&dir),
-            ["ADD eth0 noprev", "ADD lo noprev", "DEL eth0 prev"]
-        );
+    async fn a_failed_setup_detaches_the_network_and_reports_why() {
+        // (loopback fails, the network fails on, the calls made): a failed
+        // network ADD is deleted without a result; a failed loopback
+        // deletes the attached network with its ADD's result, as a
+        // teardown would.
+        let cases = [
+            (
+                false,
+                "ADD",
+                ["ADD eth0 noprev", "ADD lo noprev", "DEL eth0 noprev"],
+            ),
+            (
+                true,
+                "",
+                ["ADD eth0 noprev", "ADD lo noprev", "DEL eth0 prev"],
+            ),
+        ];
+        for (lo_fails, net_fails, expected) in cases {
+            let (dir, cni, pod) = fake_cni(lo_fails, net_fails);
+            let error = cni
+                .setup(&pod)
+                .await
+                .err()
+                .unwrap_or_else(|| panic!("setup succeeded"));
+            assert!(error.to_string().contains("told to fail"), "{error}");
+            assert_eq!(calls(&dir), expected, "loopback fails: {lo_fails}");
+        }
     }
 }
