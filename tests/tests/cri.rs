@@ -352,6 +352,38 @@ fn a_pod_lives_through_crictl_and_a_crid_restart() {
             .unwrap_or(cpu.as_u64().unwrap_or(0) > 0),
         "CPU time of a running container: {stats}"
     );
+    // The pod's stats: its pause process and container added up, and the
+    // container's own among them.
+    let number = |v: &serde_json::Value| {
+        v.as_str()
+            .and_then(|s| s.parse::<u64>().ok())
+            .or(v.as_u64())
+            .unwrap_or(0)
+    };
+    let pod_stats: serde_json::Value =
+        serde_json::from_str(&cri.ok(&["statsp", "-o", "json", &pod_id])).unwrap();
+    let pod_stats = &pod_stats["stats"][0];
+    assert_eq!(
+        pod_stats["attributes"]["id"],
+        pod_id.as_str(),
+        "{pod_stats}"
+    );
+    let linux = &pod_stats["linux"];
+    assert!(
+        number(&linux["cpu"]["usageCoreNanoSeconds"]["value"]) > 0
+            && number(&linux["memory"]["workingSetBytes"]["value"]) > 0,
+        "the pod's CPU and memory: {pod_stats}"
+    );
+    assert!(
+        number(&linux["process"]["processCount"]["value"]) >= 2,
+        "the pause process and the container's: {pod_stats}"
+    );
+    assert!(
+        linux["containers"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|c| c["attributes"]["id"] == ctr_id.as_str())),
+        "the container's stats in the pod's: {pod_stats}"
+    );
 
     // crid dies with the pod running and the container writing.
     let before = counted_lines(&log).last().copied().unwrap();

@@ -1026,42 +1026,184 @@ impl Crid {
         else {
             return stats;
         };
+        let (cpu, memory) = self.cpu_and_memory(&c.id, &usage, now);
+        stats.cpu = Some(cpu);
+        stats.memory = Some(memory);
+        stats
+    }
+
+    /// A usage sample in the CRI's terms; the CPU rate comes from the
+    /// previous sample kept under `key`.
+    fn cpu_and_memory(
+        &self,
+        key: &str,
+        usage: &berth_tasks::usage::Usage,
+        now: i64,
+    ) -> (cri::CpuUsage, cri::MemoryUsage) {
         let rate = {
             let mut samples = self.cpu_samples.lock().unwrap_or_else(|p| p.into_inner());
-            let previous = samples.insert(c.id.clone(), (now, usage.cpu_nanos));
+            let previous = samples.insert(key.to_string(), (now, usage.cpu_nanos));
             previous.and_then(|(at, cpu)| {
                 let elapsed = now.checked_sub(at).filter(|e| *e > 0)? as u128;
                 let used = usage.cpu_nanos.checked_sub(cpu)? as u128;
                 Some((used * 1_000_000_000 / elapsed) as u64)
             })
         };
-        stats.cpu = Some(cri::CpuUsage {
+        let value = |value| Some(cri::UInt64Value { value });
+        let cpu = cri::CpuUsage {
             timestamp: now,
-            usage_core_nano_seconds: Some(cri::UInt64Value {
-                value: usage.cpu_nanos,
-            }),
+            usage_core_nano_seconds: value(usage.cpu_nanos),
             usage_nano_cores: rate.map(|value| cri::UInt64Value { value }),
-        });
-        stats.memory = Some(cri::MemoryUsage {
+        };
+        let memory = cri::MemoryUsage {
             timestamp: now,
-            working_set_bytes: Some(cri::UInt64Value {
-                value: usage.working_set_bytes,
-            }),
-            usage_bytes: Some(cri::UInt64Value {
-                value: usage.memory_bytes,
-            }),
-            rss_bytes: Some(cri::UInt64Value {
-                value: usage.rss_bytes,
-            }),
-            page_faults: Some(cri::UInt64Value {
-                value: usage.page_faults,
-            }),
-            major_page_faults: Some(cri::UInt64Value {
-                value: usage.major_page_faults,
-            }),
+            working_set_bytes: value(usage.working_set_bytes),
+            usage_bytes: value(usage.memory_bytes),
+            rss_bytes: value(usage.rss_bytes),
+            page_faults: value(usage.page_faults),
+            major_page_faults: value(usage.major_page_faults),
             available_bytes: None,
-        });
-        stats
+        };
+        (cpu, memory)
+    }
+
+    /// ListPodSandboxStats: the ready pods `filter` selects.
+    pub async fn pod_sandbox_stats(
+        &self,
+        filter: Option<cri::PodSandboxStatsFilter>,
+    ) -> Result<Vec<cri::PodSandboxStats>> {
+        let filter = filter.unwrap_or_default();
+        let sandboxes: Vec<Sandbox> = self
+            .store
+            .sandboxes()
+            .into_iter()
+            .filter(|s| {
+                s.phase == SandboxPhase::Ready
+                    && (filter.id.is_empty() || s.id.starts_with(&filter.id))
+                    && crate::state::selected(&s.config.labels, &filter.label_selector)
+            })
+            .collect();
+        let mut out = Vec::with_capacity(sandboxes.len());
+        for sandbox in &sandboxes {
+            out.push(self.sandbox_stats_of(sandbox).await?);
+        }
+        Ok(out)
+    }
+
+    /// PodSandboxStats of one pod, which must be ready (as containerd).
+    pub async fn one_pod_sandbox_stats(&self, id: &str) -> Result<cri::PodSandboxStats> {
+        let sandbox = self
+            .store
+            .find_sandbox(id)
+            .ok_or_else(|| Error::not_found(format!("sandbox {id:?} not found")))?;
+        if sandbox.phase != SandboxPhase::Ready {
+            return Err(Error::failed_precondition(format!(
+                "sandbox {} is not ready",
+                sandbox.id
+            )));
+        }
+        self.sandbox_stats_of(&sandbox).await
+    }
+
+    /// A pod's usage: its pause process's and its running containers'
+    /// cgroups added up, the processes in them, its network's counters
+    /// (`eth0` the default interface, `lo` left out) and each container's
+    /// own stats.
+    async fn sandbox_stats_of(&self, sandbox: &Sandbox) -> Result<cri::PodSandboxStats> {
+        let tasks = self.daemons.tasks().await?;
+        let snapshots = self.daemons.snapshots().await?;
+        let now = now_nanos();
+        let containers: Vec<Container> = self
+            .store
+            .containers()
+            .into_iter()
+            .filter(|c| c.sandbox_id == sandbox.id)
+            .collect();
+        let mut container_stats = Vec::with_capacity(containers.len());
+        for c in &containers {
+            container_stats.push(self.stats_of(c, &tasks, &snapshots).await);
+        }
+        let filters: Vec<String> = std::iter::once(sandbox.id.as_str())
+            .chain(
+                containers
+                    .iter()
+                    .filter(|c| c.phase == ContainerPhase::Running)
+                    .map(|c| c.id.as_str()),
+            )
+            .map(|id| format!("container_id=={id}"))
+            .collect();
+        let usages: Vec<berth_tasks::usage::Usage> = tasks
+            .metrics(NAMESPACE, &filters)
+            .await
+            .unwrap_or_default()
+            .iter()
+            .filter_map(berth_tasks::usage::usage)
+            .collect();
+        let mut linux = cri::LinuxPodSandboxStats {
+            containers: container_stats,
+            ..Default::default()
+        };
+        if !usages.is_empty() {
+            let total = usages
+                .iter()
+                .fold(berth_tasks::usage::Usage::default(), |a, u| {
+                    berth_tasks::usage::Usage {
+                        cpu_nanos: a.cpu_nanos + u.cpu_nanos,
+                        memory_bytes: a.memory_bytes + u.memory_bytes,
+                        working_set_bytes: a.working_set_bytes + u.working_set_bytes,
+                        rss_bytes: a.rss_bytes + u.rss_bytes,
+                        page_faults: a.page_faults + u.page_faults,
+                        major_page_faults: a.major_page_faults + u.major_page_faults,
+                        processes: a.processes + u.processes,
+                    }
+                });
+            let (cpu, memory) = self.cpu_and_memory(&format!("pod:{}", sandbox.id), &total, now);
+            linux.cpu = Some(cpu);
+            linux.memory = Some(memory);
+            linux.process = Some(cri::ProcessUsage {
+                timestamp: now,
+                process_count: Some(cri::UInt64Value {
+                    value: total.processes,
+                }),
+            });
+        }
+        if let Some(netns) = sandbox.netns.clone() {
+            let counters =
+                tokio::task::spawn_blocking(move || berth_network::interface_counters(&netns))
+                    .await
+                    .map_err(|e| Error::internal(format!("network stats thread: {e}")))?;
+            if let Ok(counters) = counters {
+                let usage = |c: &berth_network::InterfaceCounters| cri::NetworkInterfaceUsage {
+                    name: c.name.clone(),
+                    rx_bytes: Some(cri::UInt64Value { value: c.rx_bytes }),
+                    rx_errors: Some(cri::UInt64Value { value: c.rx_errors }),
+                    tx_bytes: Some(cri::UInt64Value { value: c.tx_bytes }),
+                    tx_errors: Some(cri::UInt64Value { value: c.tx_errors }),
+                };
+                linux.network = Some(cri::NetworkUsage {
+                    timestamp: now,
+                    default_interface: counters
+                        .iter()
+                        .find(|c| c.name == berth_network::POD_INTERFACE)
+                        .map(usage),
+                    interfaces: counters
+                        .iter()
+                        .filter(|c| c.name != "lo" && c.name != berth_network::POD_INTERFACE)
+                        .map(usage)
+                        .collect(),
+                });
+            }
+        }
+        Ok(cri::PodSandboxStats {
+            attributes: Some(cri::PodSandboxAttributes {
+                id: sandbox.id.clone(),
+                metadata: Some(sandbox.metadata()),
+                labels: sandbox.config.labels.clone(),
+                annotations: sandbox.config.annotations.clone(),
+            }),
+            linux: Some(linux),
+            windows: None,
+        })
     }
 
     pub async fn stop_container(&self, id: &str, timeout: i64) -> Result<()> {

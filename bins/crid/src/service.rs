@@ -25,12 +25,6 @@ pub struct CriService {
     pub streams: Arc<Streams>,
 }
 
-fn unimplemented<T>(what: &str) -> GrpcResult<T> {
-    Err(Status::unimplemented(format!(
-        "berth-crid does not implement {what} yet"
-    )))
-}
-
 impl CriService {
     fn running(&self, id: &str) -> berth_errdefs::Result<()> {
         match self.crid.store.find_container(id) {
@@ -330,16 +324,28 @@ impl RuntimeService for CriService {
 
     async fn pod_sandbox_stats(
         &self,
-        _: Request<cri::PodSandboxStatsRequest>,
+        request: Request<cri::PodSandboxStatsRequest>,
     ) -> GrpcResult<cri::PodSandboxStatsResponse> {
-        unimplemented("PodSandboxStats")
+        let id = request.into_inner().pod_sandbox_id;
+        reply(
+            self.crid
+                .one_pod_sandbox_stats(&id)
+                .await
+                .map(|stats| cri::PodSandboxStatsResponse { stats: Some(stats) }),
+        )
     }
 
     async fn list_pod_sandbox_stats(
         &self,
-        _: Request<cri::ListPodSandboxStatsRequest>,
+        request: Request<cri::ListPodSandboxStatsRequest>,
     ) -> GrpcResult<cri::ListPodSandboxStatsResponse> {
-        unimplemented("ListPodSandboxStats")
+        let filter = request.into_inner().filter;
+        reply(
+            self.crid
+                .pod_sandbox_stats(filter)
+                .await
+                .map(|stats| cri::ListPodSandboxStatsResponse { stats }),
+        )
     }
 
     async fn update_runtime_config(

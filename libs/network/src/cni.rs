@@ -17,8 +17,9 @@ use tokio::io::AsyncWriteExt;
 const PLUGIN_TIMEOUT: Duration = Duration::from_secs(60);
 /// The largest configuration file read, and the most a plugin may print.
 const MAX_CONFIG: u64 = 1 << 20;
-/// The interface the pod's network is attached as.
-const POD_INTERFACE: &str = "eth0";
+/// The interface the pod's network is attached as (as containerd names
+/// it).
+pub const POD_INTERFACE: &str = "eth0";
 
 /// CNI plugins and their configuration.
 #[derive(Debug, Clone)]

@@ -9,5 +9,5 @@
 mod cni;
 mod netns;
 
-pub use cni::{Attachment, Cni, NetworkList, PodNetwork, PortMapping};
-pub use netns::{create_netns, remove_netns};
+pub use cni::{Attachment, Cni, NetworkList, PodNetwork, PortMapping, POD_INTERFACE};
+pub use netns::{create_netns, in_netns, interface_counters, remove_netns, InterfaceCounters};

@@ -54,6 +54,71 @@ pub fn create_netns(dir: &Path, name: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// Runs `work` inside the network namespace pinned at `netns`, on a thread
+/// of its own that ends right after (setns moves only the calling thread,
+/// and a socket stays in the namespace it was made in). Blocks.
+pub fn in_netns<T: Send + 'static>(
+    netns: &Path,
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let netns = netns.to_path_buf();
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&netns)
+            .map_err(|e| Error::io(format!("opening {}", netns.display()), &e))?;
+        nix::sched::setns(&file, CloneFlags::CLONE_NEWNET).map_err(|e| {
+            Error::internal(format!(
+                "entering the network namespace {}: {e}",
+                netns.display()
+            ))
+        })?;
+        work()
+    })
+    .join()
+    .unwrap_or_else(|_| Err(Error::internal("the network namespace thread panicked")))
+}
+
+/// One interface's traffic counters, as /proc/net/dev gives them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InterfaceCounters {
+    pub name: String,
+    pub rx_bytes: u64,
+    pub rx_errors: u64,
+    pub tx_bytes: u64,
+    pub tx_errors: u64,
+}
+
+/// The counters of every interface in the namespace pinned at `netns`.
+/// Blocks.
+pub fn interface_counters(netns: &Path) -> Result<Vec<InterfaceCounters>> {
+    in_netns(netns, || {
+        let text = std::fs::read_to_string("/proc/thread-self/net/dev")
+            .map_err(|e| Error::io("reading /proc/thread-self/net/dev", &e))?;
+        Ok(parse_net_dev(&text))
+    })
+}
+
+/// Parses /proc/net/dev: two header lines, then `name: rx_bytes packets
+/// errs drop fifo frame compressed multicast tx_bytes packets errs ...`.
+fn parse_net_dev(text: &str) -> Vec<InterfaceCounters> {
+    text.lines()
+        .skip(2)
+        .filter_map(|line| {
+            let (name, counters) = line.split_once(':')?;
+            let n: Vec<u64> = counters
+                .split_whitespace()
+                .map(|v| v.parse().unwrap_or(0))
+                .collect();
+            (n.len() >= 11).then(|| InterfaceCounters {
+                name: name.trim().to_string(),
+                rx_bytes: n[0],
+                rx_errors: n[2],
+                tx_bytes: n[8],
+                tx_errors: n[10],
+            })
+        })
+        .collect()
+}
+
 /// Unpins and removes a namespace made by [`create_netns`]; one already
 /// gone is fine.
 pub fn remove_netns(path: &Path) -> Result<()> {
@@ -108,5 +173,49 @@ mod tests {
         remove_netns(&path).unwrap_or_else(|e| panic!("{e}"));
         assert!(!path.exists());
         remove_netns(&path).unwrap_or_else(|e| panic!("removing twice: {e}"));
+    }
+
+    #[test]
+    fn net_dev_counters_are_read_by_column() {
+        let text = "Inter-|   Receive                                                |  Transmit
+ face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed
+    lo:     100       2    0    0    0     0          0         0      100       2    0    0    0     0       0          0
+  eth0: 5000      40    3    0    0     0          0         0     7000      50    4    0    0     0       0          0
+";
+        let got = parse_net_dev(text);
+        assert_eq!(got.len(), 2);
+        assert_eq!(
+            got[1],
+            InterfaceCounters {
+                name: "eth0".into(),
+                rx_bytes: 5000,
+                rx_errors: 3,
+                tx_bytes: 7000,
+                tx_errors: 4
+            }
+        );
+    }
+
+    #[test]
+    fn counters_come_from_inside_the_pinned_namespace() {
+        if !nix::unistd::geteuid().is_root() {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "needs root (namespaces, mounts)"
+            );
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let netns = create_netns(dir.path(), "stats").unwrap_or_else(|e| panic!("{e}"));
+        let counters = interface_counters(&netns);
+        remove_netns(&netns).unwrap_or_else(|e| panic!("{e}"));
+        let names: Vec<String> = counters
+            .unwrap_or_else(|e| panic!("{e}"))
+            .into_iter()
+            .map(|c| c.name)
+            .collect();
+        // A new namespace has only its loopback; the host's interfaces are
+        // not there.
+        assert_eq!(names, ["lo"]);
     }
 }

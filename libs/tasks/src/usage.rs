@@ -22,6 +22,8 @@ pub struct Usage {
     pub rss_bytes: u64,
     pub page_faults: u64,
     pub major_page_faults: u64,
+    /// Processes (and threads) in the cgroup.
+    pub processes: u64,
 }
 
 pub const CGROUPS_V1_METRICS: &str = "io.containerd.cgroups.v1.Metrics";
@@ -46,6 +48,7 @@ pub fn usage(metric: &Metric) -> Option<Usage> {
                 rss_bytes: memory.map_or(0, |m| m.total_rss),
                 page_faults: memory.map_or(0, |m| m.total_pg_fault),
                 major_page_faults: memory.map_or(0, |m| m.total_pg_maj_fault),
+                processes: m.pids.as_ref().map_or(0, |p| p.current),
             }
         }),
         CGROUPS_V2_METRICS => v2::Metrics::parse_from_bytes(bytes).ok().map(|m| {
@@ -62,6 +65,7 @@ pub fn usage(metric: &Metric) -> Option<Usage> {
                 rss_bytes: memory.map_or(0, |m| m.anon),
                 page_faults: memory.map_or(0, |m| m.pgfault),
                 major_page_faults: memory.map_or(0, |m| m.pgmajfault),
+                processes: m.pids.as_ref().map_or(0, |p| p.current),
             }
         }),
         _ => None,
@@ -101,6 +105,9 @@ mod tests {
         mem.total_pg_fault = 7;
         mem.total_pg_maj_fault = 1;
         m1.memory = Some(mem).into();
+        let mut pids = v1::PidsStat::new();
+        pids.current = 3;
+        m1.pids = Some(pids).into();
         let from_v1 = usage(&metric(
             CGROUPS_V1_METRICS,
             m1.write_to_bytes().unwrap_or_default(),
@@ -117,6 +124,9 @@ mod tests {
         mem.pgfault = 7;
         mem.pgmajfault = 1;
         m2.memory = Some(mem).into();
+        let mut pids = v2::PidsStat::new();
+        pids.current = 3;
+        m2.pids = Some(pids).into();
         let from_v2 = usage(&metric(
             &format!("/{CGROUPS_V2_METRICS}"),
             m2.write_to_bytes().unwrap_or_default(),
@@ -128,6 +138,7 @@ mod tests {
             rss_bytes: 600,
             page_faults: 7,
             major_page_faults: 1,
+            processes: 3,
         };
         assert_eq!(from_v1, Some(want));
         assert_eq!(from_v2, Some(want));

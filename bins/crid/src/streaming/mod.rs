@@ -776,25 +776,17 @@ async fn forward(
     }
 }
 
-/// Connects to 127.0.0.1:`port` from inside `netns`, on a thread of its
-/// own that ends right after (a socket stays in the namespace it was made
-/// in).
+/// Connects to 127.0.0.1:`port` from inside `netns` (the pod's network).
 fn connect_in(netns: Option<PathBuf>, port: u16) -> Result<std::net::TcpStream> {
     let target = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let Some(netns) = netns else {
-        return std::net::TcpStream::connect_timeout(&target, Duration::from_secs(10))
-            .map_err(|e| Error::io(format!("connecting to {target}"), &e));
-    };
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(&netns)
-            .map_err(|e| Error::io(format!("opening {}", netns.display()), &e))?;
-        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
-            .map_err(|e| Error::internal(format!("entering the pod's network: {e}")))?;
+    let connect = move || {
         std::net::TcpStream::connect_timeout(&target, Duration::from_secs(10))
             .map_err(|e| Error::io(format!("connecting to {target}"), &e))
-    })
-    .join()
-    .unwrap_or_else(|_| Err(Error::internal("the connecting thread panicked")))
+    };
+    match netns {
+        Some(netns) => berth_network::in_netns(&netns, connect),
+        None => connect(),
+    }
 }
 
 #[cfg(test)]
