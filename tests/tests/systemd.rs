@@ -435,7 +435,7 @@ fn berths_package_under_a_real_systemd_runs_containers_through_restarts_and_upgr
         let expected = match daemon {
             Daemon::Contentd => "berth-content",
             Daemon::Metad => "berth",
-            Daemon::Snapd | Daemon::Taskd => "root",
+            Daemon::Snapd | Daemon::Taskd | Daemon::Crid => "root",
         };
         assert_eq!(user.trim(), expected, "{unit} runs as {user}");
     }

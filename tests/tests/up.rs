@@ -54,8 +54,14 @@ impl Root {
     }
 
     fn up(&mut self) -> String {
+        self.up_with(&[])
+    }
+
+    fn up_with(&mut self, extra: &[&str]) -> String {
         let root = self.path().to_str().unwrap().to_string();
-        let out = self.berth(&["up", "--root", &root, "--timeout", "60"]);
+        let mut args = vec!["up", "--root", &root, "--timeout", "60"];
+        args.extend(extra);
+        let out = self.berth(&args);
         let err = text(&out.stderr);
         assert!(out.status.success(), "berth up: {err}");
         // `BERTH_RUN_DIR='...'; export BERTH_RUN_DIR;` lines.
@@ -82,7 +88,7 @@ impl Root {
 impl Drop for Root {
     fn drop(&mut self) {
         let layout = self.layout();
-        let mut pids: Vec<u32> = Daemon::ALL
+        let mut pids: Vec<u32> = Daemon::WITH_CRI
             .iter()
             .filter_map(|d| running_pid(&layout, *d))
             .collect();
@@ -275,6 +281,71 @@ fn up_down_and_containers_that_outlive_the_daemons() {
         !mounts.contains(root.path().to_str().unwrap()),
         "a mount was left"
     );
+}
+
+/// `berth up --cri`: berth-crid after the four, serving crictl a pod on
+/// berth's own pause image (no registry); `berth down` stops it first.
+#[test]
+fn up_with_cri_serves_crictl_and_down_stops_it() {
+    let crictl = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/peers/bin/crictl");
+    if !berth_e2e::require(berth_e2e::is_root(), "needs root")
+        || !run_prerequisites()
+        || !berth_e2e::require(crictl.exists(), "../shared/peers/bin/crictl")
+    {
+        return;
+    }
+    let mut root = Root::new();
+    let layout = root.layout();
+    let said = root.up_with(&["--cri"]);
+    assert_eq!(said.matches("started (pid").count(), 5, "{said}");
+    let crid = running_pid(&layout, Daemon::Crid).expect("berth-crid runs");
+    let endpoint = root
+        .env
+        .get("CONTAINER_RUNTIME_ENDPOINT")
+        .cloned()
+        .expect("up printed CONTAINER_RUNTIME_ENDPOINT");
+    assert_eq!(
+        endpoint,
+        format!("unix://{}", layout.socket(Daemon::Crid).display())
+    );
+    let crictl_run = |args: &[&str]| {
+        let out = Command::new(&crictl)
+            .args(["-r", &endpoint, "-i", &endpoint, "--timeout", "60s"])
+            .args(args)
+            .env("HOME", root.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "crictl {args:?}: {}",
+            text(&out.stderr)
+        );
+        text(&out.stdout).trim().to_string()
+    };
+    assert!(crictl_run(&["version"]).contains("berth"));
+    let pod = root.path().join("pod.json");
+    std::fs::write(
+        &pod,
+        r#"{"metadata": {"name": "up", "namespace": "test", "uid": "up-1", "attempt": 0},
+            "linux": {"security_context": {"namespace_options": {"network": 2}}}}"#,
+    )
+    .unwrap();
+    let pod_id = crictl_run(&["runp", pod.to_str().unwrap()]);
+    assert!(crictl_run(&["pods", "-q"]).contains(&pod_id));
+    crictl_run(&["rmp", "-f", &pod_id]);
+
+    let root_arg = root.path().to_str().unwrap().to_string();
+    let out = root.berth(&["down", "--root", &root_arg]);
+    let said = text(&out.stderr);
+    assert!(out.status.success(), "down: {said}");
+    assert!(
+        said.lines()
+            .next()
+            .is_some_and(|l| l.starts_with("berth-crid") && l.contains("stopped (pid")),
+        "crid is stopped first: {said}"
+    );
+    assert!(!alive(crid), "berth-crid outlived down");
+    assert!(root.pids().iter().all(Option::is_none));
 }
 
 #[test]

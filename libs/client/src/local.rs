@@ -40,15 +40,27 @@ pub enum Daemon {
     Snapd,
     Metad,
     Taskd,
+    /// The CRI server: started by `up` only when asked for.
+    Crid,
 }
 
 impl Daemon {
-    /// In start order: each daemon's peers start before it.
+    /// berth's core daemons, in start order: each daemon's peers start
+    /// before it.
     pub const ALL: [Daemon; 4] = [
         Daemon::Contentd,
         Daemon::Snapd,
         Daemon::Metad,
         Daemon::Taskd,
+    ];
+
+    /// The core daemons and then the CRI server, in start order.
+    pub const WITH_CRI: [Daemon; 5] = [
+        Daemon::Contentd,
+        Daemon::Snapd,
+        Daemon::Metad,
+        Daemon::Taskd,
+        Daemon::Crid,
     ];
 
     /// Its short name, as in its socket's name (`contentd`).
@@ -58,6 +70,7 @@ impl Daemon {
             Daemon::Snapd => "snapd",
             Daemon::Metad => "metad",
             Daemon::Taskd => "taskd",
+            Daemon::Crid => "crid",
         }
     }
 
@@ -73,6 +86,7 @@ impl Daemon {
             Daemon::Snapd => "snapshots",
             Daemon::Metad => "meta",
             Daemon::Taskd => "tasks",
+            Daemon::Crid => "cri",
         }
     }
 
@@ -84,6 +98,12 @@ impl Daemon {
             Daemon::Snapd => &[Daemon::Contentd],
             Daemon::Metad => &[Daemon::Contentd, Daemon::Snapd],
             Daemon::Taskd => &[Daemon::Metad, Daemon::Snapd],
+            Daemon::Crid => &[
+                Daemon::Contentd,
+                Daemon::Snapd,
+                Daemon::Metad,
+                Daemon::Taskd,
+            ],
         }
     }
 }
@@ -125,8 +145,14 @@ impl Layout {
             .map(|root| root.join("log").join("containers"))
     }
 
+    /// `<name>.sock`, except the CRI server's `cri.sock` (as its package
+    /// and `berth_api::sockets::CRI` name it).
     pub fn socket(&self, daemon: Daemon) -> PathBuf {
-        self.run_dir().join(format!("{}.sock", daemon.name()))
+        let name = match daemon {
+            Daemon::Crid => "cri",
+            other => other.name(),
+        };
+        self.run_dir().join(format!("{name}.sock"))
     }
 
     pub fn pid_file(&self, daemon: Daemon) -> PathBuf {
@@ -158,6 +184,8 @@ pub struct UpOptions {
     pub ready_timeout: Duration,
     /// `--log-level` for every daemon, if set.
     pub log_level: Option<String>,
+    /// Start berth-crid (the CRI server) too, after the others.
+    pub cri: bool,
 }
 
 /// What `up` found or did for one daemon.
@@ -188,7 +216,12 @@ pub enum DownState {
 /// killed daemon is replaced.
 pub async fn up(layout: &Layout, options: &UpOptions) -> Result<Vec<(Daemon, UpState)>> {
     let mut states = Vec::new();
-    for daemon in Daemon::ALL {
+    let daemons: &[Daemon] = if options.cri {
+        &Daemon::WITH_CRI
+    } else {
+        &Daemon::ALL
+    };
+    for &daemon in daemons {
         let state = up_one(layout, options, daemon).await?;
         states.push((daemon, state));
     }
@@ -299,9 +332,14 @@ pub async fn down(
         0
     };
     let mut states = Vec::new();
-    for daemon in Daemon::ALL.into_iter().rev() {
+    // The CRI server first (whether or not `up` was asked for it), then the
+    // others, the last started first.
+    for daemon in Daemon::WITH_CRI.into_iter().rev() {
         let state = down_one(layout, daemon, stop_timeout).await?;
-        states.push((daemon, state));
+        // The CRI server is optional: reported only when it ran.
+        if daemon != Daemon::Crid || state != DownState::NotRunning {
+            states.push((daemon, state));
+        }
     }
     Ok((stopped_tasks, states))
 }
@@ -504,6 +542,12 @@ pub async fn probe(daemon: Daemon, socket: &Path) -> Result<()> {
                 .list(berth_ids::DEFAULT_NAMESPACE, &[])
                 .await
                 .map(drop),
+            // gRPC, not ttrpc: it answers once it accepts connections
+            // (it binds its socket when it is ready to serve).
+            Daemon::Crid => tokio::net::UnixStream::connect(socket)
+                .await
+                .map(drop)
+                .map_err(|e| Error::unavailable(format!("{}: {e}", socket.display()))),
         };
         match answer {
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),

@@ -39,14 +39,14 @@ impl DaemonName {
         DaemonName::Crid,
     ];
 
-    /// Its executable: the four of `berth up`, and the CRI server.
+    /// Its executable.
     fn binary(self) -> String {
         match self {
             DaemonName::Contentd => Daemon::Contentd.binary(),
             DaemonName::Snapd => Daemon::Snapd.binary(),
             DaemonName::Metad => Daemon::Metad.binary(),
             DaemonName::Taskd => Daemon::Taskd.binary(),
-            DaemonName::Crid => "berth-crid".to_string(),
+            DaemonName::Crid => Daemon::Crid.binary(),
         }
     }
 }

@@ -1,5 +1,5 @@
-//! `berth up` and `berth down`: berth's four daemons as background
-//! processes, for a machine without systemd (see berth-client's `local`
+//! `berth up` and `berth down`: berth's four daemons (and, with `--cri`,
+//! berth-crid) as background processes, for a machine without systemd (see berth-client's `local`
 //! module for where everything goes).
 
 use std::path::{Path, PathBuf};
@@ -24,6 +24,11 @@ pub struct UpArgs {
     /// `--log-level` for every daemon (error, warn, info, debug, trace).
     #[arg(long, value_name = "LEVEL")]
     log_level: Option<String>,
+    /// Start berth-crid too, Kubernetes' CRI on the other daemons (its
+    /// socket: RUN_DIR/cri.sock, printed as CONTAINER_RUNTIME_ENDPOINT for
+    /// crictl; its settings: its defaults).
+    #[arg(long)]
+    cri: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -99,6 +104,7 @@ pub async fn up(args: UpArgs) -> Result<()> {
         binaries: binaries_dir(args.bin_dir)?,
         ready_timeout: Duration::from_secs(args.timeout),
         log_level: args.log_level,
+        cri: args.cri,
     };
     let states = local::up(&layout, &options).await?;
     for (daemon, state) in &states {
@@ -119,6 +125,14 @@ pub async fn up(args: UpArgs) -> Result<()> {
         "BERTH_RUN_DIR={}; export BERTH_RUN_DIR;",
         shell_quote(&layout.run_dir())
     );
+    if args.cri {
+        // crictl's own variable.
+        let endpoint = format!("unix://{}", layout.socket(Daemon::Crid).display());
+        println!(
+            "CONTAINER_RUNTIME_ENDPOINT={}; export CONTAINER_RUNTIME_ENDPOINT;",
+            shell_quote(Path::new(&endpoint))
+        );
+    }
     if let Some(logs) = layout.container_log_dir() {
         println!(
             "BERTH_LOG_DIR={}; export BERTH_LOG_DIR;",
