@@ -602,12 +602,13 @@ fn image_volumes_are_copied_up_from_inside_the_image() {
         std::fs::create_dir_all(rootfs.join(d)).unwrap();
     }
     std::os::unix::fs::symlink(&host, rootfs.join("escape")).unwrap();
+    std::os::unix::fs::symlink("/", rootfs.join("rootlink")).unwrap();
     let dotdot = format!("/../../../..{}", host.display());
     let mut layout = Layout::new(&image_dir.join("layout"));
     let layer = layout.add_layer(&rootfs);
     let image = "berth.test/cri:volumes";
     let mut volumes = serde_json::Map::new();
-    for v in ["/data", "/escape", dotdot.as_str(), "/kept"] {
+    for v in ["/data", "/escape", dotdot.as_str(), "/kept", "/rootlink"] {
         volumes.insert(v.to_string(), json!({}));
     }
     let manifest = layout.add_image_with_config(
@@ -680,6 +681,12 @@ fn image_volumes_are_copied_up_from_inside_the_image() {
             "{path} shows the host's canary"
         );
     }
+    // A volume that is a symlink to `/` gets the image's root, not the
+    // host's.
+    let (ok, _, err) = exec(&["ls", "/rootlink/bin/busybox"]);
+    assert!(ok, "the image's root under /rootlink: {err}");
+    let (ok, _, _) = exec(&["cat", &format!("/rootlink{}/canary", host.display())]);
+    assert!(!ok, "the host's canary under /rootlink");
     // A CRI mount over a volume path wins: no volume is made for it.
     let (ok, out, err) = exec(&["cat", "/kept/mine"]);
     assert!(ok && out.trim() == "host mount", "/kept: {out} {err}");

@@ -82,18 +82,28 @@ impl HostRootfs {
     /// directory nothing is followed: symlinks are copied as symlinks and
     /// every entry is opened relative to its parent with `O_NOFOLLOW`, so
     /// no path of the image leads out of it; device nodes, FIFOs and
-    /// sockets are skipped. Returns false (and copies nothing) when the
-    /// path does not exist in the root or is not a directory.
-    pub fn copy_dir(&self, path_in_root: &str, dest: &Path) -> Result<bool> {
+    /// sockets are skipped. Returns where the path led inside the root
+    /// (absolute; `/` when it is the root itself), or None (and copies
+    /// nothing) when it does not exist in the root or is not a directory.
+    pub fn copy_dir(&self, path_in_root: &str, dest: &Path) -> Result<Option<String>> {
         let Some(path) = self.open_in_root(path_in_root)? else {
-            return Ok(false);
+            return Ok(None);
         };
         let context = || format!("copying {path_in_root} of {}", self.root.display());
         let stat =
             nix::sys::stat::fstat(path.as_fd()).map_err(|e| OciError::io(context(), e.into()))?;
         if stat.st_mode & libc::S_IFMT != libc::S_IFDIR {
-            return Ok(false);
+            return Ok(None);
         }
+        let root = std::fs::canonicalize(&self.root).map_err(|e| OciError::io(context(), e))?;
+        let resolved = std::fs::read_link(format!("/proc/self/fd/{}", path.as_raw_fd()))
+            .map_err(|e| OciError::io(context(), e))?;
+        let inside = resolved.strip_prefix(&root).map_err(|_| {
+            OciError::invalid(format!(
+                "{path_in_root} resolved outside the root filesystem"
+            ))
+        })?;
+        let inside = format!("/{}", inside.display());
         // Reopen the directory the O_PATH descriptor holds, for reading.
         let dir = nix::fcntl::open(
             format!("/proc/self/fd/{}", path.as_raw_fd()).as_str(),
@@ -103,7 +113,7 @@ impl HostRootfs {
         .map_err(|e| OciError::io(context(), e.into()))?;
         copy_tree(dir, dest, 0).map_err(|e| OciError::io(context(), e))?;
         apply_owner_and_mode(dest, &stat).map_err(|e| OciError::io(context(), e))?;
-        Ok(true)
+        Ok(Some(inside))
     }
 }
 
@@ -331,7 +341,10 @@ mod tests {
         nix::unistd::mkfifo(&data.join("fifo"), Mode::from_bits_truncate(0o600)).unwrap();
         let dest = tempfile::tempdir().unwrap();
         let files = HostRootfs::new(root.path());
-        assert!(files.copy_dir("/var/data", dest.path()).unwrap());
+        assert_eq!(
+            files.copy_dir("/var/data", dest.path()).unwrap().as_deref(),
+            Some("/var/data")
+        );
         assert_eq!(
             std::fs::read(dest.path().join("sub/file")).unwrap(),
             b"seed"
@@ -346,8 +359,11 @@ mod tests {
         assert!(!dest.path().join("fifo").exists(), "a FIFO was copied");
         // Absent, or not a directory: nothing to copy.
         let other = tempfile::tempdir().unwrap();
-        assert!(!files.copy_dir("/nothing", other.path()).unwrap());
-        assert!(!files.copy_dir("/var/data/sub/file", other.path()).unwrap());
+        assert!(files.copy_dir("/nothing", other.path()).unwrap().is_none());
+        assert!(files
+            .copy_dir("/var/data/sub/file", other.path())
+            .unwrap()
+            .is_none());
         assert_eq!(std::fs::read_dir(other.path()).unwrap().count(), 0);
     }
 
@@ -363,7 +379,10 @@ mod tests {
         let files = HostRootfs::new(root.path());
         for path in ["/escape", dots.as_str()] {
             let dest = tempfile::tempdir().unwrap();
-            assert!(!files.copy_dir(path, dest.path()).unwrap(), "{path}");
+            assert!(
+                files.copy_dir(path, dest.path()).unwrap().is_none(),
+                "{path}"
+            );
             assert!(
                 !dest.path().join("canary").exists(),
                 "{path}: host file copied"
@@ -373,8 +392,18 @@ mod tests {
         std::fs::create_dir(root.path().join("vol")).unwrap();
         symlink(host.path().join("canary"), root.path().join("vol/c")).unwrap();
         let dest = tempfile::tempdir().unwrap();
-        assert!(files.copy_dir("/vol", dest.path()).unwrap());
+        assert_eq!(
+            files.copy_dir("/vol", dest.path()).unwrap().as_deref(),
+            Some("/vol")
+        );
         let copied = std::fs::symlink_metadata(dest.path().join("c")).unwrap();
         assert!(copied.file_type().is_symlink());
+        // A symlink to `/` leads to the root itself, which is said.
+        symlink("/", root.path().join("top")).unwrap();
+        let dest = tempfile::tempdir().unwrap();
+        assert_eq!(
+            files.copy_dir("/top", dest.path()).unwrap().as_deref(),
+            Some("/")
+        );
     }
 }

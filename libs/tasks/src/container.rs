@@ -65,7 +65,8 @@ pub struct NewContainer {
 }
 
 /// One directory of the image (resolved inside it) copied into an empty
-/// host directory.
+/// host directory. One that turns out to be the image's root is copied
+/// but its mount (the one whose source is `host_dir`) is left out.
 #[derive(Debug, Clone)]
 pub struct CopyUp {
     pub path_in_image: String,
@@ -146,12 +147,19 @@ pub async fn create_container(
             let mounted = berth_mount::TempMount::new(&mounts, &new.scratch)
                 .map_err(|e| e.context("mounting a view of the image"))?;
             let files = HostRootfs::new(mounted.path());
+            let mut options = new.options.clone();
             for copy in &new.copy_up {
-                files
+                let led_to = files
                     .copy_dir(&copy.path_in_image, &copy.host_dir)
                     .map_err(oci_error)?;
+                if led_to.as_deref() == Some("/") {
+                    // A volume that is the image's root (a symlink to `/`)
+                    // cannot be mounted over it: the copy is not mounted.
+                    let source = copy.host_dir.display().to_string();
+                    options.mounts.retain(|m| m.source != source);
+                }
             }
-            berth_oci::build_spec(&defaults, &new.options, &files as &dyn RootfsFiles)
+            berth_oci::build_spec(&defaults, &options, &files as &dyn RootfsFiles)
                 .map_err(oci_error)
         })();
         let _ = services.snapshots.remove(namespace, &view_key).await;
