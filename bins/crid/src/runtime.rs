@@ -452,14 +452,13 @@ impl Crid {
             .store
             .sandboxes()
             .into_iter()
-            .filter(|s| filter.id.is_empty() || s.id.starts_with(&filter.id))
+            .filter(|s| s.selected_by(&filter.id, &filter.label_selector))
             .filter(|s| {
                 filter
                     .state
                     .as_ref()
                     .is_none_or(|v| v.state == s.state() as i32)
             })
-            .filter(|s| selected(&s.config.labels, &filter.label_selector))
             .map(|s| cri::PodSandbox {
                 id: s.id.clone(),
                 metadata: Some(s.metadata()),
@@ -1078,9 +1077,7 @@ impl Crid {
             .sandboxes()
             .into_iter()
             .filter(|s| {
-                s.phase == SandboxPhase::Ready
-                    && (filter.id.is_empty() || s.id.starts_with(&filter.id))
-                    && crate::state::selected(&s.config.labels, &filter.label_selector)
+                s.phase == SandboxPhase::Ready && s.selected_by(&filter.id, &filter.label_selector)
             })
             .collect();
         let mut out = Vec::with_capacity(sandboxes.len());
@@ -1144,19 +1141,7 @@ impl Crid {
             ..Default::default()
         };
         if !usages.is_empty() {
-            let total = usages
-                .iter()
-                .fold(berth_tasks::usage::Usage::default(), |a, u| {
-                    berth_tasks::usage::Usage {
-                        cpu_nanos: a.cpu_nanos + u.cpu_nanos,
-                        memory_bytes: a.memory_bytes + u.memory_bytes,
-                        working_set_bytes: a.working_set_bytes + u.working_set_bytes,
-                        rss_bytes: a.rss_bytes + u.rss_bytes,
-                        page_faults: a.page_faults + u.page_faults,
-                        major_page_faults: a.major_page_faults + u.major_page_faults,
-                        processes: a.processes + u.processes,
-                    }
-                });
+            let total: berth_tasks::usage::Usage = usages.iter().copied().sum();
             let (cpu, memory) = self.cpu_and_memory(&format!("pod:{}", sandbox.id), &total, now);
             linux.cpu = Some(cpu);
             linux.memory = Some(memory);

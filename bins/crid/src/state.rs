@@ -56,6 +56,11 @@ impl Sandbox {
         self.config.metadata.clone().unwrap_or_default()
     }
 
+    /// Whether a CRI filter's id (a prefix) and label selector select it.
+    pub fn selected_by(&self, id: &str, labels: &HashMap<String, String>) -> bool {
+        (id.is_empty() || self.id.starts_with(id)) && selected(&self.config.labels, labels)
+    }
+
     /// The name the CRI keeps unique: name, namespace, uid, attempt.
     pub fn unique_name(&self) -> String {
         sandbox_name(&self.metadata())

@@ -26,6 +26,21 @@ pub struct Usage {
     pub processes: u64,
 }
 
+impl std::iter::Sum for Usage {
+    /// The usage of several cgroups together (a pod's containers).
+    fn sum<I: Iterator<Item = Usage>>(usages: I) -> Usage {
+        usages.fold(Usage::default(), |a, u| Usage {
+            cpu_nanos: a.cpu_nanos + u.cpu_nanos,
+            memory_bytes: a.memory_bytes + u.memory_bytes,
+            working_set_bytes: a.working_set_bytes + u.working_set_bytes,
+            rss_bytes: a.rss_bytes + u.rss_bytes,
+            page_faults: a.page_faults + u.page_faults,
+            major_page_faults: a.major_page_faults + u.major_page_faults,
+            processes: a.processes + u.processes,
+        })
+    }
+}
+
 pub const CGROUPS_V1_METRICS: &str = "io.containerd.cgroups.v1.Metrics";
 pub const CGROUPS_V2_METRICS: &str = "io.containerd.cgroups.v2.Metrics";
 
@@ -143,5 +158,31 @@ mod tests {
         assert_eq!(from_v1, Some(want));
         assert_eq!(from_v2, Some(want));
         assert_eq!(usage(&metric("other", vec![])), None);
+    }
+
+    #[test]
+    fn usages_add_up_field_by_field() {
+        let one = Usage {
+            cpu_nanos: 1,
+            memory_bytes: 2,
+            working_set_bytes: 3,
+            rss_bytes: 4,
+            page_faults: 5,
+            major_page_faults: 6,
+            processes: 7,
+        };
+        let total: Usage = [one, one].into_iter().sum();
+        assert_eq!(
+            total,
+            Usage {
+                cpu_nanos: 2,
+                memory_bytes: 4,
+                working_set_bytes: 6,
+                rss_bytes: 8,
+                page_faults: 10,
+                major_page_faults: 12,
+                processes: 14,
+            }
+        );
     }
 }
