@@ -14,7 +14,125 @@ use containerd_shim_protos::protobuf::Message;
 use crate::error::{Result, ShimError};
 use crate::stdio::async_fd;
 
-const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+/// A cgroup hierarchy as mounted here: the cgroup at the mount's root and
+/// where it is mounted (`/sys/fs/cgroup/memory` on most hosts, but not all).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Mounted {
+    root: PathBuf,
+    mount_point: PathBuf,
+}
+
+impl Mounted {
+    /// The directory of the cgroup at `path` (as /proc/PID/cgroup names
+    /// it) in this mount, if the mount shows it.
+    fn dir(&self, path: &str) -> Option<PathBuf> {
+        let rest = Path::new(path).strip_prefix(&self.root).ok()?;
+        Some(self.mount_point.join(rest))
+    }
+}
+
+/// The cgroup hierarchies mounted on this host, read from
+/// `/proc/self/mountinfo` rather than assumed under `/sys/fs/cgroup`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Hierarchies {
+    /// Legacy hierarchies by each of their controllers (`memory`,
+    /// `cpuacct`, `name=systemd`); the first mount of each wins.
+    v1: HashMap<String, Mounted>,
+    unified: Option<Mounted>,
+}
+
+impl Hierarchies {
+    pub fn of_this_host() -> Result<Hierarchies> {
+        let text = std::fs::read_to_string("/proc/self/mountinfo")
+            .map_err(|e| ShimError::io("reading /proc/self/mountinfo", e))?;
+        Ok(Hierarchies::parse(&text))
+    }
+
+    pub fn parse(mountinfo: &str) -> Hierarchies {
+        let mut found = Hierarchies::default();
+        for line in mountinfo.lines() {
+            // id parent major:minor root mount-point options [optional...] - type source super-options
+            let Some((before, after)) = line.split_once(" - ") else {
+                continue;
+            };
+            let fields: Vec<&str> = before.split(' ').collect();
+            let rest: Vec<&str> = after.split(' ').collect();
+            let (Some(root), Some(mount_point), Some(kind)) =
+                (fields.get(3), fields.get(4), rest.first())
+            else {
+                continue;
+            };
+            let mounted = Mounted {
+                root: PathBuf::from(unescape(root)),
+                mount_point: PathBuf::from(unescape(mount_point)),
+            };
+            match *kind {
+                "cgroup2" => {
+                    found.unified.get_or_insert(mounted);
+                }
+                "cgroup" => {
+                    let options = rest.get(2).copied().unwrap_or_default();
+                    for option in options.split(',') {
+                        if option == "rw" || option == "ro" {
+                            continue;
+                        }
+                        found
+                            .v1
+                            .entry(option.to_string())
+                            .or_insert_with(|| mounted.clone());
+                    }
+                }
+                _ => {}
+            }
+        }
+        found
+    }
+
+    /// Only the unified hierarchy (cgroup v2); hybrid hosts, with v1
+    /// controllers beside it, count as v1 as they do for runc and
+    /// containerd.
+    pub fn is_unified(&self) -> bool {
+        self.unified.is_some() && self.v1.keys().all(|k| k.starts_with("name="))
+    }
+
+    /// Every directory of the cgroup at `path`: the unified one on a v2
+    /// host, else one per legacy hierarchy that has it.
+    pub fn dirs(&self, path: &str) -> Vec<PathBuf> {
+        if self.is_unified() {
+            return self.unified.iter().filter_map(|m| m.dir(path)).collect();
+        }
+        let mut dirs: Vec<PathBuf> = self.v1.values().filter_map(|m| m.dir(path)).collect();
+        dirs.sort();
+        dirs.dedup();
+        dirs
+    }
+}
+
+/// Mount info escapes space, tab, newline and backslash as `\ooo`.
+fn unescape(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = match bytes.get(i + 1..i + 4) {
+            Some(octal) if bytes[i] == b'\\' => std::str::from_utf8(octal)
+                .ok()
+                .and_then(|digits| u8::from_str_radix(digits, 8).ok()),
+            _ => None,
+        };
+        match escaped {
+            Some(byte) => {
+                out.push(byte);
+                i += 4;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
 
 /// Where a process's cgroups are.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,11 +148,12 @@ impl Cgroup {
     pub fn of_pid(pid: u32) -> Result<Cgroup> {
         let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
             .map_err(|e| ShimError::io(format!("reading the cgroup of {pid}"), e))?;
-        let unified = Path::new(CGROUP_ROOT).join("cgroup.controllers").exists();
-        Ok(Cgroup::parse(&text, Path::new(CGROUP_ROOT), unified))
+        Ok(Cgroup::parse(&text, &Hierarchies::of_this_host()?))
     }
 
-    pub fn parse(proc_cgroup: &str, root: &Path, unified: bool) -> Cgroup {
+    /// A process's cgroups (`/proc/PID/cgroup`) on these hierarchies.
+    pub fn parse(proc_cgroup: &str, hierarchies: &Hierarchies) -> Cgroup {
+        let unified = hierarchies.is_unified();
         let mut controllers = HashMap::new();
         for line in proc_cgroup.lines() {
             let mut parts = line.splitn(3, ':');
@@ -42,16 +161,19 @@ impl Cgroup {
             else {
                 continue;
             };
-            let relative = path.trim_start_matches('/');
             if names.is_empty() {
                 if unified {
-                    return Cgroup::V2(root.join(relative));
+                    if let Some(dir) = hierarchies.unified.as_ref().and_then(|m| m.dir(path)) {
+                        return Cgroup::V2(dir);
+                    }
                 }
                 continue;
             }
             for name in names.split(',') {
-                let name = name.trim_start_matches("name=");
-                controllers.insert(name.to_string(), root.join(names).join(relative));
+                let Some(dir) = hierarchies.v1.get(name).and_then(|m| m.dir(path)) else {
+                    continue;
+                };
+                controllers.insert(name.trim_start_matches("name=").to_string(), dir);
             }
         }
         Cgroup::V1(controllers)
@@ -342,10 +464,20 @@ mod tests {
     use super::*;
 
     const HYBRID: &str = "9:name=systemd:/\n8:pids:/c1\n4:memory:/c1\n2:cpu,cpuacct:/c1\n0::/c1\n";
+    const HYBRID_MOUNTS: &str = "\
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu,cpuacct rw,relatime - cgroup cgroup rw,cpu,cpuacct
+35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+39 31 0:36 / /srv/cg\\040pids rw,relatime - cgroup cgroup rw,pids
+40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,xattr,name=systemd
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+";
 
     #[test]
-    fn parses_hybrid_hierarchies_as_v1_controllers() {
-        let cgroup = Cgroup::parse(HYBRID, Path::new("/sys/fs/cgroup"), false);
+    fn parses_hybrid_hierarchies_as_v1_controllers_where_they_are_mounted() {
+        let hierarchies = Hierarchies::parse(HYBRID_MOUNTS);
+        assert!(!hierarchies.is_unified());
+        let cgroup = Cgroup::parse(HYBRID, &hierarchies);
         let Cgroup::V1(controllers) = cgroup else {
             panic!("expected v1");
         };
@@ -354,13 +486,38 @@ mod tests {
             controllers["cpuacct"],
             Path::new("/sys/fs/cgroup/cpu,cpuacct/c1")
         );
-        assert_eq!(controllers["pids"], Path::new("/sys/fs/cgroup/pids/c1"));
+        assert_eq!(controllers["pids"], Path::new("/srv/cg pids/c1"));
+        assert_eq!(controllers["systemd"], Path::new("/sys/fs/cgroup/systemd"));
+        assert_eq!(
+            hierarchies.dirs("/shims"),
+            [
+                "/srv/cg pids/shims",
+                "/sys/fs/cgroup/cpu,cpuacct/shims",
+                "/sys/fs/cgroup/memory/shims",
+                "/sys/fs/cgroup/systemd/shims",
+            ]
+            .map(PathBuf::from)
+        );
     }
 
     #[test]
-    fn parses_unified_hierarchy_as_v2() {
-        let cgroup = Cgroup::parse("0::/system.slice/c1\n", Path::new("/sys/fs/cgroup"), true);
+    fn parses_unified_hierarchy_as_v2_and_a_mount_of_a_subtree() {
+        let mounts = "29 23 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw,nsdelegate\n";
+        let hierarchies = Hierarchies::parse(mounts);
+        assert!(hierarchies.is_unified());
+        let cgroup = Cgroup::parse("0::/system.slice/c1\n", &hierarchies);
         assert_eq!(cgroup, Cgroup::V2("/sys/fs/cgroup/system.slice/c1".into()));
+        assert_eq!(
+            hierarchies.dirs("/shims"),
+            [PathBuf::from("/sys/fs/cgroup/shims")]
+        );
+
+        // Inside a container its own cgroup is the mount's root.
+        let nested = "29 23 0:26 /kubepods/pod1 /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n";
+        let hierarchies = Hierarchies::parse(nested);
+        let cgroup = Cgroup::parse("0::/kubepods/pod1/c1\n", &hierarchies);
+        assert_eq!(cgroup, Cgroup::V2("/sys/fs/cgroup/c1".into()));
+        assert!(hierarchies.dirs("/elsewhere").is_empty());
     }
 
     #[test]

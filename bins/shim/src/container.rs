@@ -11,7 +11,9 @@ use crate::cgroups::Cgroup;
 use crate::error::{Result, ShimError};
 use crate::exits::UnmatchedExits;
 use crate::process::Process;
+use crate::reaper::Exit;
 use crate::runtime::Runtime;
+use crate::stdio::IoOwner;
 
 #[derive(Debug)]
 pub struct Container {
@@ -24,6 +26,17 @@ pub struct Container {
     pub shares_host_pid_ns: bool,
     pub cgroup: Option<Cgroup>,
     pub oom_watch: Option<AbortHandle>,
+    /// Who owns the stdio fifos of its processes (execs included).
+    pub io_owner: IoOwner,
+    /// The init's exit has been reaped: no exec may start any more (it
+    /// may still be created until the init's exit is published).
+    pub init_reaped: bool,
+    /// Execs whose Start has begun and whose exit is not yet published.
+    /// The init's exit is published only once this is 0, so it comes
+    /// after every exec's.
+    pub running_execs: usize,
+    /// The init's exit, ready to publish, held while execs still run.
+    pub held_init_exit: Option<Exit>,
 }
 
 impl Container {

@@ -16,7 +16,10 @@
 //! Reporting an exit ([`Tasks::begin_exit`]) kills the rest of a container
 //! that shares the host's pid namespace (for init), waits for a terminal's
 //! output to drain, then records the exit (Wait returns) and publishes
-//! `/tasks/exit`.
+//! `/tasks/exit`. The init's exit is always the container's last: once it
+//! is reaped no exec may start, and it is held until every exec whose
+//! Start had begun has had its exit published (containerd's Go shim keeps
+//! the same order; containerd issue 10589).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -82,6 +85,9 @@ impl Tasks {
             state.unmatched.keep(exit);
             return;
         };
+        if exec_id.is_empty() {
+            container.init_reaped = true;
+        }
         if let Ok(process) = container.process_mut(&exec_id) {
             if process.starting {
                 process.held_exit = Some(exit);
@@ -120,11 +126,38 @@ impl Tasks {
         });
     }
 
+    /// Publishes an exit whose output has drained; the init's waits for
+    /// every running exec's to be published first.
     fn finish_exit(&self, id: &str, exec_id: &str, exit: Exit) {
         let mut state = self.lock();
         let Ok(container) = state.container(id) else {
             return;
         };
+        if exec_id.is_empty() && container.running_execs > 0 {
+            container.held_init_exit = Some(exit);
+            return;
+        }
+        self.publish_exit(container, exec_id, exit);
+        if !exec_id.is_empty() {
+            self.exec_gone(container);
+        }
+    }
+
+    /// An exec that was counted as running is gone (its exit published, or
+    /// its Start failed); the last one out releases a held init exit.
+    pub(crate) fn exec_gone(&self, container: &mut Container) {
+        container.running_execs = container.running_execs.saturating_sub(1);
+        if container.running_execs == 0 {
+            if let Some(exit) = container.held_init_exit.take() {
+                self.publish_exit(container, "", exit);
+            }
+        }
+    }
+
+    /// Records the exit (Wait returns) and publishes `/tasks/exit`.
+    fn publish_exit(&self, container: &mut Container, exec_id: &str, exit: Exit) {
+        let id = container.id.clone();
+        let id = id.as_str();
         let Ok(process) = container.process_mut(exec_id) else {
             return;
         };
@@ -229,20 +262,13 @@ mod tests {
         assert_eq!(h.status(""), (Status::STOPPED, INIT_PID));
     }
 
-    /// What the shim does today when the init dies while an exec's Start
-    /// is in progress: the init's exit is not held, it is reported at once;
-    /// from then on Exec (create) and the Start of another exec are refused
-    /// with FailedPrecondition; the pending start still succeeds and the
-    /// exec later gets its own exit.
-    ///
-    /// containerd's Go runc shim differs (issue 14, "Exec while init is
-    /// dying"): it holds the init's exit until every exec it has started or
-    /// is starting has exited, so the init's /tasks/exit comes last
-    /// (exec-started e1, exit e1, exit init), and it keeps accepting Exec
-    /// until that exit is published, refusing only Start. This test pins
-    /// berth's present order so a change to it is deliberate.
+    /// The init dies while an exec's Start is in progress (containerd
+    /// issue 10589). As containerd's Go shim: the init's exit is held until
+    /// every exec whose Start had begun has exited, so it is the
+    /// container's last (exec-started e1, exit e1, exit init); until it is
+    /// published an exec may still be created, but no Start is accepted.
     #[tokio::test(flavor = "current_thread")]
-    async fn an_init_exit_while_an_exec_starts_is_reported_at_once_today() {
+    async fn an_init_exit_while_an_exec_starts_is_held_until_the_exec_has_exited() {
         let mut h = Harness::running().await;
         h.add_exec("e1", EXEC_PID).await;
         h.add_exec("e2", OTHER_EXEC_PID).await;
@@ -250,21 +276,23 @@ mod tests {
         let start = h.start_in_background("e1").await;
 
         h.reap(INIT_PID, 137);
-        assert_eq!(
-            h.next_event().await,
-            format!("exit {ID} {ID} {INIT_PID} 137")
-        );
-        let mut late = containerd_shim_protos::shim::shim::ExecProcessRequest::new();
-        late.id = ID.into();
-        late.exec_id = "e3".into();
-        assert!(matches!(
-            h.tasks.add_exec(&late),
-            Err(ShimError::FailedPrecondition(_))
-        ));
+        h.assert_no_event("the init's exit waits for e1").await;
+        h.add_exec("e3", STRANGER_PID).await;
         assert!(matches!(
             h.tasks.start(ID, "e2").await,
             Err(ShimError::FailedPrecondition(_))
         ));
+        assert!(matches!(
+            h.tasks.start(ID, "e3").await,
+            Err(ShimError::FailedPrecondition(_))
+        ));
+        let mut kill = containerd_shim_protos::shim::shim::KillRequest::new();
+        kill.id = ID.into();
+        kill.signal = 9;
+        assert!(
+            matches!(h.tasks.kill(&kill).await, Err(ShimError::NotFound(_))),
+            "the init is gone, though its exit is not yet published"
+        );
 
         release.send(()).unwrap();
         assert_eq!(start.await.unwrap().unwrap(), EXEC_PID);
@@ -272,12 +300,68 @@ mod tests {
             h.next_event().await,
             format!("exec-started {ID} e1 {EXEC_PID}")
         );
-        h.assert_no_event("the exec has not exited yet").await;
+        h.assert_no_event("e1 still runs").await;
+        assert_eq!(h.status("").0, Status::RUNNING, "the init's exit is held");
         h.reap(EXEC_PID, 137);
         assert_eq!(h.next_event().await, format!("exit {ID} e1 {EXEC_PID} 137"));
+        assert_eq!(
+            h.next_event().await,
+            format!("exit {ID} {ID} {INIT_PID} 137")
+        );
         assert_eq!(h.tasks.wait(ID, "").await.unwrap().unwrap().status, 137);
         assert_eq!(h.tasks.wait(ID, "e1").await.unwrap().unwrap().status, 137);
         assert_eq!(h.status("e2"), (Status::CREATED, 0));
+        let mut late = containerd_shim_protos::shim::shim::ExecProcessRequest::new();
+        late.id = ID.into();
+        late.exec_id = "e4".into();
+        assert!(
+            matches!(
+                h.tasks.add_exec(&late),
+                Err(ShimError::FailedPrecondition(_))
+            ),
+            "no exec is created once the init's exit is out"
+        );
+    }
+
+    /// An exec whose Start fails after the init died no longer holds the
+    /// init's exit back.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_failed_exec_start_releases_a_held_init_exit() {
+        let mut h = Harness::running().await;
+        h.add_exec("e1", EXEC_PID).await;
+        let release = h.runtime.gate("exec e1");
+        h.runtime.fail_exec("e1");
+        let start = h.start_in_background("e1").await;
+        h.reap(INIT_PID, 137);
+        h.assert_no_event("held while e1 starts").await;
+        release.send(()).unwrap();
+        assert!(start.await.unwrap().is_err());
+        assert_eq!(
+            h.next_event().await,
+            format!("exit {ID} {ID} {INIT_PID} 137")
+        );
+    }
+
+    /// A Delete of an exec whose Start is in progress waits for the Start,
+    /// then refuses a running exec (as the Go shim does) instead of
+    /// forgetting a process that is about to run.
+    #[tokio::test(flavor = "current_thread")]
+    async fn deleting_an_exec_while_it_starts_waits_and_refuses_if_it_runs() {
+        let mut h = Harness::running().await;
+        h.add_exec("e1", EXEC_PID).await;
+        let release = h.runtime.gate("exec e1");
+        let start = h.start_in_background("e1").await;
+        let tasks = h.tasks.clone();
+        let delete = tokio::spawn(async move { tasks.delete(ID, "e1").await });
+        h.settle().await;
+        assert!(!delete.is_finished(), "the Delete waits for the Start");
+        release.send(()).unwrap();
+        assert_eq!(start.await.unwrap().unwrap(), EXEC_PID);
+        assert!(matches!(
+            delete.await.unwrap(),
+            Err(ShimError::FailedPrecondition(_))
+        ));
+        assert_eq!(h.status("e1"), (Status::RUNNING, EXEC_PID));
     }
 
     /// The init can die and be reaped before Create has recorded the

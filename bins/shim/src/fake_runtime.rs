@@ -81,6 +81,11 @@ impl FakeRuntime {
         self.script().exec_pids.insert(exec_id.into(), pid);
     }
 
+    /// `exec` of `exec_id` fails (no pid is scripted for it any more).
+    pub fn fail_exec(&self, exec_id: &str) {
+        self.script().exec_pids.remove(exec_id);
+    }
+
     /// The next `call` waits until the returned sender fires (or is dropped).
     pub fn gate(&self, call: &str) -> oneshot::Sender<()> {
         let (tx, rx) = oneshot::channel();

@@ -16,6 +16,8 @@ pub struct Flags {
     pub socket: String,
     pub debug: bool,
     pub version: bool,
+    /// `-info`: print the runtime info for the options on stdin.
+    pub info: bool,
     pub action: Action,
 }
 
@@ -59,6 +61,7 @@ impl Flags {
             match name {
                 "debug" => flags.debug = parse_bool(inline.as_deref())?,
                 "v" | "version" => flags.version = parse_bool(inline.as_deref())?,
+                "info" => flags.info = parse_bool(inline.as_deref())?,
                 "namespace" | "id" | "address" | "publish-binary" | "bundle" | "socket" => {
                     let value = match inline {
                         Some(value) => value,
@@ -143,6 +146,14 @@ mod tests {
         assert_eq!(flags.id, "x");
         assert_eq!(flags.bundle, "/b");
         assert!(!flags.debug);
+    }
+
+    #[test]
+    fn info_is_a_flag_not_an_action() {
+        let flags = parse(&["-info"]).unwrap();
+        assert!(flags.info);
+        assert_eq!(flags.action, Action::Serve);
+        assert!(parse(&["info"]).is_err());
     }
 
     #[test]

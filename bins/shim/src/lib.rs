@@ -11,8 +11,10 @@ pub mod exits;
 #[cfg(test)]
 mod fake_runtime;
 pub mod flags;
+pub mod info;
 pub mod layout;
 pub mod log;
+pub mod options;
 pub mod process;
 pub mod reaper;
 pub mod runc;

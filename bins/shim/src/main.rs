@@ -2,7 +2,7 @@ use std::io::{Read, Write};
 
 use anyhow::Context;
 use containerd_shim_berth_v2::flags::{Action, Flags};
-use containerd_shim_berth_v2::{delete, serve, start};
+use containerd_shim_berth_v2::{delete, info, serve, start};
 
 fn main() {
     if let Err(e) = run() {
@@ -16,6 +16,17 @@ fn run() -> anyhow::Result<()> {
     let flags = Flags::parse(std::env::args().skip(1))?;
     if flags.version {
         println!("containerd-shim-berth-v2 {}", env!("CARGO_PKG_VERSION"));
+        return Ok(());
+    }
+    if flags.info {
+        // containerd runs `-info` with no other flag: no id to validate.
+        let mut options = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut options)
+            .context("reading options from stdin")?;
+        let mut stdout = std::io::stdout();
+        stdout.write_all(&info::run(&options)?)?;
+        stdout.flush()?;
         return Ok(());
     }
     flags.validate()?;

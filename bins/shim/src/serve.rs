@@ -28,6 +28,8 @@ const LISTENER_FD: RawFd = 3;
 const TASK_V3: &str = "containerd.task.v3.Task";
 const TASK_V2: &str = "containerd.task.v2.Task";
 const EVENT_FLUSH_LIMIT: Duration = Duration::from_secs(5);
+/// See [`idle_limit`].
+const IDLE_EXIT_AFTER: Duration = Duration::from_secs(300);
 
 /// How long the blocking-pool thread that runs ttrpc's accept hook stays
 /// after its last job: containerd connects once per shim (again after a
@@ -150,10 +152,14 @@ async fn serve(flags: &Flags) -> Result<()> {
 
     let mut terminate = signal(SignalKind::terminate()).map_err(|e| ShimError::io("SIGTERM", e))?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| ShimError::io("SIGINT", e))?;
+    let idle = service.clone();
     tokio::select! {
         _ = shutdown.notified() => {}
         _ = terminate.recv() => {}
         _ = interrupt.recv() => {}
+        _ = exit_if_never_used(idle, idle_limit()) => {
+            crate::log_warn!("no Create came within {:?}: exiting", idle_limit());
+        }
     }
     publisher.flush(EVENT_FLUSH_LIMIT).await;
     // Lets the Shutdown reply go out before the connections close.
@@ -162,6 +168,27 @@ async fn serve(flags: &Flags) -> Result<()> {
         let _ = std::fs::remove_file(path);
     }
     Ok(())
+}
+
+/// How long a shim waits for its first Create. The caller sends one as
+/// soon as it has dialled the address `start` printed (containerd gives
+/// the dial 100 s); a shim that gets none was started by a caller that
+/// died or gave up, and nobody else will ever stop it.
+/// `BERTH_SHIM_IDLE_EXIT_SECONDS` overrides it (tests).
+fn idle_limit() -> Duration {
+    std::env::var("BERTH_SHIM_IDLE_EXIT_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map(Duration::from_secs)
+        .unwrap_or(IDLE_EXIT_AFTER)
+}
+
+/// Returns after `limit` if no Create has come by then; otherwise never.
+async fn exit_if_never_used(tasks: Arc<Tasks>, limit: Duration) {
+    tokio::time::sleep(limit).await;
+    if tasks.create_requested() {
+        std::future::pending::<()>().await;
+    }
 }
 
 /// Only root and the shim's own user may call it (SO_PEERCRED), on top of

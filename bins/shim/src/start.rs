@@ -10,13 +10,11 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use containerd_shim_protos::protobuf::well_known_types::any::Any;
-use containerd_shim_protos::protobuf::Message;
-use containerd_shim_protos::shim::oci::Options as RuncOptions;
-
+use crate::cgroups::Hierarchies;
 use crate::error::{Result, ShimError};
 use crate::flags::Flags;
 use crate::layout;
+use crate::options::StartInput;
 
 /// The bundle: `-bundle` if given, else the working directory containerd
 /// started us in.
@@ -62,8 +60,15 @@ pub fn write_address(bundle: &Path, address: &str) -> Result<()> {
         .map_err(|e| ShimError::io("renaming the address file", e))
 }
 
-/// Runs the action; returns what to print on stdout.
-pub fn run(flags: &Flags, options: &[u8]) -> Result<String> {
+/// Runs the action; returns what to print on stdout. `stdin` is what
+/// containerd wrote there: the runtime options, bare or (2.3+) inside its
+/// bootstrap parameters.
+pub fn run(flags: &Flags, stdin: &[u8]) -> Result<String> {
+    let input = StartInput::parse(stdin, &flags.id, &flags.namespace)?;
+    let version = bootstrap_version(
+        std::env::var("MAX_SHIM_VERSION").ok().as_deref(),
+        input.containerd_version.is_some(),
+    );
     let bundle = bundle_dir(flags)?;
     let socket = layout::socket_path(&bundle, &flags.address, &flags.namespace, &flags.id);
     let address = layout::address_of(&socket);
@@ -71,7 +76,7 @@ pub fn run(flags: &Flags, options: &[u8]) -> Result<String> {
     if socket.exists() && UnixStream::connect(&socket).is_ok() {
         // A shim for this container already serves there.
         write_address(&bundle, &address)?;
-        return Ok(reply(&address));
+        return Ok(reply(&address, version));
     }
     let listener = bind_socket(&socket)?;
     if let Err(e) = write_address(&bundle, &address) {
@@ -86,11 +91,17 @@ pub fn run(flags: &Flags, options: &[u8]) -> Result<String> {
         }
     };
     drop(listener);
-    if let Some(cgroup) = shim_cgroup(options) {
-        move_to_cgroup(child, &cgroup);
+    if !input.options.shim_cgroup.is_empty() {
+        // As the Go shim: a shim that cannot join the cgroup it was given
+        // is not left running outside it.
+        if let Err(e) = move_to_cgroup(child, &input.options.shim_cgroup) {
+            kill_server(child);
+            let _ = std::fs::remove_file(&socket);
+            return Err(e);
+        }
     }
     adjust_oom_score(child);
-    Ok(reply(&address))
+    Ok(reply(&address, version))
 }
 
 fn spawn_server(flags: &Flags, bundle: &Path, listener: &UnixListener) -> Result<u32> {
@@ -132,46 +143,64 @@ fn spawn_server(flags: &Flags, bundle: &Path, listener: &UnixListener) -> Result
     Ok(child.id())
 }
 
-/// The plain address for containerd 1.6 (which dials anything without
-/// `unix://` as an abstract socket and knows no JSON); the bootstrap JSON
-/// only when the caller advertises a shim protocol version that takes it.
-fn reply(address: &str) -> String {
-    let max_version: u32 = std::env::var("MAX_SHIM_VERSION")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    if max_version >= 2 {
-        serde_json::json!({"version": 2, "address": address, "protocol": "ttrpc"}).to_string()
+/// The bootstrap a caller understands: 3 (JSON, task API v3) when it
+/// says it takes version 3 (`MAX_SHIM_VERSION`; berth-taskd does) or sent
+/// containerd 2.3's bootstrap parameters; 2 (JSON, task API v2) for
+/// containerd 1.7–2.2, which set `MAX_SHIM_VERSION=2`; otherwise 1, the
+/// plain address containerd 1.6 needs (it dials anything without
+/// `unix://` as an abstract socket and knows no JSON).
+fn bootstrap_version(max_shim_version: Option<&str>, bootstrap_params: bool) -> u32 {
+    let max: u32 = max_shim_version.and_then(|v| v.parse().ok()).unwrap_or(0);
+    if bootstrap_params || max >= 3 {
+        3
+    } else if max >= 2 {
+        2
+    } else {
+        1
+    }
+}
+
+fn reply(address: &str, version: u32) -> String {
+    if version >= 2 {
+        serde_json::json!({"version": version, "address": address, "protocol": "ttrpc"}).to_string()
     } else {
         address.to_string()
     }
 }
 
-/// `shim_cgroup` from runc options on stdin (a legacy `Any`, containerd
-/// 1.6–2.2); anything else on stdin names no cgroup.
-fn shim_cgroup(stdin: &[u8]) -> Option<String> {
-    let any = Any::parse_from_bytes(stdin).ok()?;
-    if !any.type_url.ends_with("containerd.runc.v1.Options") {
-        return None;
+/// Moves the server into `cgroup` in every hierarchy that has it (the
+/// unified one on a cgroup v2 host, the legacy ones otherwise, found
+/// from the mount table). A cgroup no hierarchy has is an error.
+fn move_to_cgroup(pid: u32, cgroup: &str) -> Result<()> {
+    if !cgroup.starts_with('/') || cgroup.split('/').any(|part| part == "..") {
+        return Err(ShimError::InvalidArgument(format!(
+            "shim cgroup {cgroup:?} is not an absolute cgroup path"
+        )));
     }
-    let options = RuncOptions::parse_from_bytes(&any.value).ok()?;
-    (!options.shim_cgroup.is_empty()).then_some(options.shim_cgroup)
+    let dirs: Vec<PathBuf> = Hierarchies::of_this_host()?
+        .dirs(cgroup)
+        .into_iter()
+        .filter(|dir| dir.is_dir())
+        .collect();
+    if dirs.is_empty() {
+        return Err(ShimError::NotFound(format!(
+            "shim cgroup {cgroup} does not exist"
+        )));
+    }
+    for dir in dirs {
+        let procs = dir.join("cgroup.procs");
+        std::fs::write(&procs, pid.to_string())
+            .map_err(|e| ShimError::io(format!("moving the shim into {}", procs.display()), e))?;
+    }
+    Ok(())
 }
 
-fn move_to_cgroup(pid: u32, cgroup: &str) {
-    let relative = cgroup.trim_start_matches('/');
-    let root = Path::new("/sys/fs/cgroup");
-    let targets: Vec<PathBuf> = if root.join("cgroup.controllers").exists() {
-        vec![root.join(relative)]
-    } else {
-        std::fs::read_dir(root)
-            .map(|dirs| dirs.flatten().map(|d| d.path().join(relative)).collect())
-            .unwrap_or_default()
-    };
-    for dir in targets {
-        if dir.is_dir() {
-            let _ = std::fs::write(dir.join("cgroup.procs"), pid.to_string());
-        }
+fn kill_server(pid: u32) {
+    if let Ok(pid) = i32::try_from(pid) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
     }
 }
 
@@ -220,18 +249,36 @@ mod tests {
     }
 
     #[test]
-    fn shim_cgroup_comes_only_from_runc_options() {
-        let mut options = RuncOptions::new();
-        options.shim_cgroup = "/shims".into();
-        let mut any = Any::new();
-        any.type_url = "containerd.runc.v1.Options".into();
-        any.value = options.write_to_bytes().unwrap();
+    fn the_bootstrap_is_what_the_caller_understands() {
+        // containerd 1.6 sets no MAX_SHIM_VERSION and needs the bare address.
+        assert_eq!(bootstrap_version(None, false), 1);
+        assert_eq!(reply("unix:///s/a", 1), "unix:///s/a");
+        // 1.7 to 2.2 set 2.
+        assert_eq!(bootstrap_version(Some("2"), false), 2);
+        let v2: serde_json::Value = serde_json::from_str(&reply("unix:///s/a", 2)).unwrap();
         assert_eq!(
-            shim_cgroup(&any.write_to_bytes().unwrap()).as_deref(),
-            Some("/shims")
+            v2,
+            serde_json::json!({"version": 2, "address": "unix:///s/a", "protocol": "ttrpc"})
         );
-        assert_eq!(shim_cgroup(&[]), None);
-        any.type_url = "runtimeoptions.v1.Options".into();
-        assert_eq!(shim_cgroup(&any.write_to_bytes().unwrap()), None);
+        // berth-taskd sets 3; containerd 2.3 sends bootstrap parameters.
+        assert_eq!(bootstrap_version(Some("3"), false), 3);
+        assert_eq!(bootstrap_version(Some("2"), true), 3);
+        assert_eq!(bootstrap_version(Some("junk"), false), 1);
+        let v3: serde_json::Value = serde_json::from_str(&reply("unix:///s/a", 3)).unwrap();
+        assert_eq!(v3["version"], 3);
+    }
+
+    #[test]
+    fn a_shim_cgroup_must_be_an_absolute_path_that_exists() {
+        for bad in ["shims", "/a/../../etc", ""] {
+            assert!(matches!(
+                move_to_cgroup(1, bad),
+                Err(ShimError::InvalidArgument(_))
+            ));
+        }
+        assert!(matches!(
+            move_to_cgroup(1, "/berth-test-no-such-cgroup-anywhere"),
+            Err(ShimError::NotFound(_))
+        ));
     }
 }

@@ -173,6 +173,7 @@ pub async fn open(
     id: &str,
     namespace: &str,
     reaper: &Reaper,
+    owner: IoOwner,
 ) -> Result<(ProcessIo, Option<ProcessStdio>)> {
     let mut io = ProcessIo::default();
     let stdin = if paths.stdin.is_empty() {
@@ -209,10 +210,16 @@ pub async fn open(
     let stdin = match stdin {
         Some(reader) => {
             set_nonblocking(reader.as_raw_fd(), false)?;
+            owner.give(&reader)?;
             reader
         }
         None => dev_null()?,
     };
+    for (fd, sink) in [(&stdout, &stdout_sink), (&stderr, &stderr_sink)] {
+        if matches!(sink, Sink::Fifo(_)) {
+            owner.give(fd)?;
+        }
+    }
     Ok((
         io,
         Some(ProcessStdio {
@@ -221,6 +228,32 @@ pub async fn open(
             stderr,
         }),
     ))
+}
+
+/// Who owns the fifos a container's processes write to and read from
+/// (`io_uid`/`io_gid` of the runtime options). A process whose root is
+/// mapped to another user reopens its stdio through `/proc/self/fd`
+/// (`/dev/stdout`), which checks the fifo's owner and mode; containerd
+/// creates the fifos as root with mode 0700.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IoOwner {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl IoOwner {
+    /// Hands `fd` to the owner; nothing to do when that is root.
+    fn give(self, fd: &OwnedFd) -> Result<()> {
+        if self == IoOwner::default() {
+            return Ok(());
+        }
+        nix::unistd::fchown(
+            fd,
+            Some(nix::unistd::Uid::from_raw(self.uid)),
+            Some(nix::unistd::Gid::from_raw(self.gid)),
+        )
+        .map_err(|e| ShimError::sys("giving the stdio fifo to the io owner", e))
+    }
 }
 
 fn open_fifo(path: &Path, flags: OFlag) -> Result<OwnedFd> {
@@ -585,7 +618,9 @@ mod tests {
             stderr: String::new(),
             terminal: false,
         };
-        let (mut io, container) = open(&paths, "c", "ns", &reaper).await.unwrap();
+        let (mut io, container) = open(&paths, "c", "ns", &reaper, IoOwner::default())
+            .await
+            .unwrap();
         let container = container.unwrap();
         nix_write(container.stdout.as_raw_fd(), b"hello").unwrap();
         let mut buf = [0u8; 16];
@@ -597,5 +632,58 @@ mod tests {
         assert_eq!(err.kind(), std::io::ErrorKind::WouldBlock);
         io.close_stdin();
         assert_eq!(nix_read(container.stdin.as_raw_fd(), &mut buf).unwrap(), 0);
+    }
+
+    /// With an io owner (a container whose root is another user on the
+    /// host) the fifos the container gets are that user's, so it can
+    /// reopen them through /proc/self/fd; a file log stays as it was.
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_io_owner_gets_the_containers_fifos() {
+        if !nix::unistd::Uid::effective().is_root() {
+            assert!(
+                std::env::var("CI").is_err(),
+                "CI runs the unit tests as root"
+            );
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (stdin, stdout, log) = (
+            dir.path().join("in"),
+            dir.path().join("out"),
+            dir.path().join("log"),
+        );
+        for p in [&stdin, &stdout] {
+            nix::unistd::mkfifo(p, nix::sys::stat::Mode::from_bits_truncate(0o700)).unwrap();
+        }
+        let _client_out = open_fifo(&stdout, OFlag::O_RDONLY | OFlag::O_NONBLOCK).unwrap();
+        let (reaper, _exits) = Reaper::new();
+        let paths = StdioPaths {
+            stdin: stdin.display().to_string(),
+            stdout: stdout.display().to_string(),
+            stderr: format!("file://{}", log.display()),
+            terminal: false,
+        };
+        let owner = IoOwner {
+            uid: 100_000,
+            gid: 100_001,
+        };
+        let (_io, container) = open(&paths, "c", "ns", &reaper, owner).await.unwrap();
+        assert!(container.is_some());
+        use std::os::unix::fs::MetadataExt;
+        for fifo in [&stdin, &stdout] {
+            let meta = std::fs::metadata(fifo).unwrap();
+            assert_eq!(
+                (meta.uid(), meta.gid()),
+                (100_000, 100_001),
+                "{}",
+                fifo.display()
+            );
+        }
+        let meta = std::fs::metadata(&log).unwrap();
+        assert_eq!(
+            (meta.uid(), meta.gid()),
+            (0, 0),
+            "the log file keeps its owner"
+        );
     }
 }

@@ -6,15 +6,14 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use containerd_shim_protos::events::task as ev;
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::protobuf::Message;
-use containerd_shim_protos::shim::oci::{
-    CheckpointOptions, Options as RuncOptions, ProcessDetails,
-};
+use containerd_shim_protos::shim::oci::{CheckpointOptions, ProcessDetails};
 use containerd_shim_protos::shim::shim as api;
 use containerd_shim_protos::types::task::ProcessInfo;
 use tokio::sync::Notify;
@@ -24,16 +23,15 @@ use crate::container::{shares_host_pid_namespace, Container, State};
 use crate::error::{Result, ShimError};
 use crate::events::{self, timestamp, Publisher};
 use crate::layout;
+use crate::options::RuntimeOptions;
 use crate::process::{ExitInfo, Process, ProcessStatus};
 use crate::reaper::Reaper;
 use crate::runc;
 use crate::runtime::{
     runc_factory, save_runtime_config, CreateOptions, Runtime, RuntimeConfig, RuntimeFactory,
 };
-use crate::stdio::{self, ConsoleSocket, StdioPaths};
+use crate::stdio::{self, ConsoleSocket, IoOwner, StdioPaths};
 use berth_mount::{HostMounter, Mount, Mounter};
-
-const RUNC_OPTIONS_URL: &str = "containerd.runc.v1.Options";
 
 /// The shim's one container and what it needs to run it.
 #[derive(Debug)]
@@ -45,6 +43,10 @@ pub struct Tasks {
     shutdown: Arc<Notify>,
     mounter: HostMounter,
     runtimes: Runtimes,
+    /// Woken whenever an exec's Start ends (a Delete of it waits).
+    exec_start_finished: Notify,
+    /// A Create has come: the shim's life is now its container's.
+    create_requested: AtomicBool,
 }
 
 /// Makes each container's runtime (printable, for `Debug`).
@@ -82,6 +84,8 @@ impl Tasks {
             shutdown,
             mounter: HostMounter,
             runtimes: Runtimes(runtimes),
+            exec_start_finished: Notify::new(),
+            create_requested: AtomicBool::new(false),
         })
     }
 
@@ -91,7 +95,13 @@ impl Tasks {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Whether any Create has come (see [`crate::serve`]'s idle exit).
+    pub fn create_requested(&self) -> bool {
+        self.create_requested.load(Ordering::Relaxed)
+    }
+
     pub async fn create(self: &Arc<Self>, req: api::CreateTaskRequest) -> Result<u32> {
+        self.create_requested.store(true, Ordering::Relaxed);
         berth_ids::validate_id(&req.id)?;
         if self.lock().container.is_some() {
             return Err(ShimError::AlreadyExists(format!(
@@ -111,7 +121,7 @@ impl Tasks {
                 req.bundle
             )));
         }
-        let options = runc_options(req.options.as_ref())?;
+        let options = RuntimeOptions::from_any(req.options.as_ref())?;
         let config = RuntimeConfig {
             binary: non_empty(&options.binary_name).unwrap_or_else(|| "runc".into()),
             root: non_empty(&options.root)
@@ -142,8 +152,19 @@ impl Tasks {
             stderr: req.stderr.clone(),
             terminal: req.terminal,
         };
+        let io_owner = IoOwner {
+            uid: options.io_uid,
+            gid: options.io_gid,
+        };
         let created = self
-            .create_with_runtime(&req.id, &bundle, runtime.as_ref(), &paths, &options)
+            .create_with_runtime(
+                &req.id,
+                &bundle,
+                runtime.as_ref(),
+                &paths,
+                &options,
+                io_owner,
+            )
             .await;
         let (pid, io) = match created {
             Ok(done) => done,
@@ -182,6 +203,10 @@ impl Tasks {
             shares_host_pid_ns: shares_host_pid_namespace(&bundle),
             cgroup,
             oom_watch,
+            io_owner,
+            init_reaped: false,
+            running_execs: 0,
+            held_init_exit: None,
         };
 
         let mut event = ev::TaskCreate::new();
@@ -214,9 +239,10 @@ impl Tasks {
         bundle: &Path,
         runtime: &dyn Runtime,
         paths: &StdioPaths,
-        options: &RuncOptions,
+        options: &RuntimeOptions,
+        io_owner: IoOwner,
     ) -> Result<(u32, stdio::ProcessIo)> {
-        let (mut io, container_stdio, console) = self.open_stdio(paths, id).await?;
+        let (mut io, container_stdio, console) = self.open_stdio(paths, id, io_owner).await?;
         let pid_file = bundle.join("init.pid");
         let create_options = CreateOptions {
             console_socket: console.as_ref().map(|c| c.path()),
@@ -280,10 +306,19 @@ impl Tasks {
         started.map(|()| pid)
     }
 
+    /// Starts an exec. Once the init's exit has been reaped this is
+    /// refused, even while that exit is not yet published (as containerd's
+    /// Go shim does); a Start that begins counts the exec as running until
+    /// its exit is published, and the init's exit waits for that.
     pub async fn start_exec(self: &Arc<Self>, id: &str, exec_id: &str) -> Result<u32> {
-        let (runtime, bundle, paths, spec) = {
+        let (runtime, bundle, paths, spec, owner) = {
             let mut state = self.lock();
             let container = state.container(id)?;
+            if container.init_reaped {
+                return Err(ShimError::FailedPrecondition(format!(
+                    "container {id} init process is not running"
+                )));
+            }
             if container.init.status != ProcessStatus::Running || !container.init.is_live() {
                 return Err(ShimError::FailedPrecondition(format!(
                     "container {id} is not running"
@@ -291,6 +326,7 @@ impl Tasks {
             }
             let runtime = container.runtime.clone();
             let bundle = container.bundle.clone();
+            let owner = container.io_owner;
             let process = container.process_mut(exec_id)?;
             if process.status != ProcessStatus::Created || process.starting {
                 return Err(ShimError::FailedPrecondition(format!(
@@ -298,10 +334,18 @@ impl Tasks {
                 )));
             }
             process.starting = true;
-            (runtime, bundle, process.stdio.clone(), process.spec.clone())
+            let taken = (
+                runtime,
+                bundle,
+                process.stdio.clone(),
+                process.spec.clone(),
+                owner,
+            );
+            container.running_execs += 1;
+            taken
         };
         let started = self
-            .exec_with_runtime(id, exec_id, runtime.as_ref(), &bundle, &paths, &spec)
+            .exec_with_runtime(id, exec_id, runtime.as_ref(), &bundle, &paths, &spec, owner)
             .await;
         let mut state = self.lock();
         let unmatched = match &started {
@@ -311,7 +355,14 @@ impl Tasks {
         let container = state.container(id)?;
         let process = container.process_mut(exec_id)?;
         process.starting = false;
-        let (pid, io) = started?;
+        self.exec_start_finished.notify_waiters();
+        let (pid, io) = match started {
+            Ok(started) => started,
+            Err(e) => {
+                self.exec_gone(container);
+                return Err(e);
+            }
+        };
         process.pid = pid;
         process.io = io;
         process.status = ProcessStatus::Running;
@@ -326,6 +377,7 @@ impl Tasks {
         Ok(pid)
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn exec_with_runtime(
         &self,
         id: &str,
@@ -334,11 +386,12 @@ impl Tasks {
         bundle: &Path,
         paths: &StdioPaths,
         spec: &[u8],
+        owner: IoOwner,
     ) -> Result<(u32, stdio::ProcessIo)> {
         let spec_file = bundle.join(format!(".{exec_id}.process.json"));
         std::fs::write(&spec_file, spec)
             .map_err(|e| ShimError::io(format!("writing {}", spec_file.display()), e))?;
-        let (mut io, container_stdio, console) = self.open_stdio(paths, id).await?;
+        let (mut io, container_stdio, console) = self.open_stdio(paths, id, owner).await?;
         let pid_file = bundle.join(format!("{exec_id}.pid"));
         let exec = runtime.exec(
             id,
@@ -361,7 +414,18 @@ impl Tasks {
 
     pub async fn delete(self: &Arc<Self>, id: &str, exec_id: &str) -> Result<api::DeleteResponse> {
         if !exec_id.is_empty() {
-            let mut state = self.lock();
+            let mut state = loop {
+                // An exec whose Start is running is neither created nor
+                // running yet: wait for the Start to end, then judge.
+                let started = self.exec_start_finished.notified();
+                {
+                    let mut state = self.lock();
+                    if !state.container(id)?.process_mut(exec_id)?.starting {
+                        break state;
+                    }
+                }
+                started.await;
+            };
             let container = state.container(id)?;
             let process = container.process_mut(exec_id)?;
             if process.status != ProcessStatus::Created && process.exit().is_none() {
@@ -625,9 +689,18 @@ impl Tasks {
                 req.exec_id
             )));
         }
-        if !container.init.is_live() {
+        // Until the init's exit is published an exec may still be created
+        // (its Start is refused once the exit is reaped), as with
+        // containerd's Go shim; a paused container takes none.
+        if container.init.exit().is_some() {
             return Err(ShimError::FailedPrecondition(format!(
                 "container {} is not running",
+                req.id
+            )));
+        }
+        if container.init.status == ProcessStatus::Paused {
+            return Err(ShimError::FailedPrecondition(format!(
+                "container {} is paused",
                 req.id
             )));
         }
@@ -675,12 +748,14 @@ impl Tasks {
         &self,
         paths: &StdioPaths,
         id: &str,
+        owner: IoOwner,
     ) -> Result<(
         stdio::ProcessIo,
         Option<crate::runtime::ProcessStdio>,
         Option<ConsoleSocket>,
     )> {
-        let (io, container_stdio) = stdio::open(paths, id, &self.namespace, &self.reaper).await?;
+        let (io, container_stdio) =
+            stdio::open(paths, id, &self.namespace, &self.reaper, owner).await?;
         let console = if paths.terminal {
             Some(ConsoleSocket::new()?)
         } else {
@@ -801,35 +876,10 @@ fn on_path(binary: &str) -> bool {
         .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(binary).is_file()))
 }
 
-/// The runc options in a Create request; other option types (e.g.
-/// `runtimeoptions.v1.Options` from CRI) carry nothing we use.
-fn runc_options(options: Option<&Any>) -> Result<RuncOptions> {
-    match options {
-        Some(any) if any.type_url.ends_with(RUNC_OPTIONS_URL) => {
-            RuncOptions::parse_from_bytes(&any.value)
-                .map_err(|e| ShimError::protobuf("decoding runc options", e))
-        }
-        _ => Ok(RuncOptions::new()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::fake_runtime::{Harness, EXEC_PID, ID, INIT_PID, OTHER_EXEC_PID};
-
-    #[test]
-    fn runc_options_are_read_only_from_their_own_type() {
-        let mut options = RuncOptions::new();
-        options.binary_name = "crun".into();
-        let mut any = Any::new();
-        any.type_url = "containerd.runc.v1.Options".into();
-        any.value = options.write_to_bytes().unwrap();
-        assert_eq!(runc_options(Some(&any)).unwrap().binary_name, "crun");
-        any.type_url = "runtimeoptions.v1.Options".into();
-        assert_eq!(runc_options(Some(&any)).unwrap().binary_name, "");
-        assert_eq!(runc_options(None).unwrap().binary_name, "");
-    }
 
     fn code(error: ShimError) -> ttrpc::Code {
         match ttrpc::Error::from(error) {
