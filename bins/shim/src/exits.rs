@@ -9,9 +9,10 @@
 //!   out, then reported, so containerd sees start before exit;
 //! - **unmatched**: the exit of a pid no process has yet (an exec that died
 //!   before `runc exec` returned and its pid file was read, an init that
-//!   died before Create recorded the container, an orphan re-parented to
-//!   the shim) is kept, boundedly, and claimed by the Create or Start that
-//!   learns the pid. Deleting the container forgets them all.
+//!   died before Create recorded the container) is kept, boundedly, while
+//!   a Create or Start is in progress, and claimed by the one that learns
+//!   the pid. Exits reaped outside that window (orphans re-parented to the
+//!   shim) are dropped.
 //!
 //! Reporting an exit ([`Tasks::begin_exit`]) kills the rest of a container
 //! that shares the host's pid namespace (for init), waits for a terminal's
@@ -37,36 +38,61 @@ const OUTPUT_DRAIN_LIMIT: Duration = Duration::from_secs(2);
 pub const UNMATCHED_EXITS_KEPT: usize = 256;
 
 /// Exits no process has claimed yet, oldest first, at most
-/// [`UNMATCHED_EXITS_KEPT`].
+/// [`UNMATCHED_EXITS_KEPT`], kept only while a Create or an exec's Start
+/// is in progress: only such a call can still learn the pid of a process
+/// that has already exited. Outside that window an unclaimed exit is an
+/// orphan's, and is dropped, so it can never be matched to a later exec
+/// that reuses the pid (containerd's Go shim subscribes to exits only for
+/// the length of a start, likewise).
 #[derive(Debug, Default)]
-pub struct UnmatchedExits(VecDeque<Exit>);
+pub struct UnmatchedExits {
+    kept: VecDeque<Exit>,
+    starts_in_progress: usize,
+}
 
 impl UnmatchedExits {
     /// Keeps an exit no process has claimed yet, dropping the oldest kept
-    /// one when full.
+    /// one when full; drops it when no start is in progress.
     pub fn keep(&mut self, exit: Exit) {
-        if self.0.len() >= UNMATCHED_EXITS_KEPT {
-            self.0.pop_front();
+        if self.starts_in_progress == 0 {
+            return;
         }
-        self.0.push_back(exit);
+        if self.kept.len() >= UNMATCHED_EXITS_KEPT {
+            self.kept.pop_front();
+        }
+        self.kept.push_back(exit);
     }
 
     /// Takes the kept exit of `pid`, if there is one.
     pub fn take(&mut self, pid: u32) -> Option<Exit> {
-        let index = self.0.iter().position(|e| e.pid == pid as i32)?;
-        self.0.remove(index)
+        let index = self.kept.iter().position(|e| e.pid == pid as i32)?;
+        self.kept.remove(index)
+    }
+
+    /// A Create or an exec's Start begins.
+    pub fn start_began(&mut self) {
+        self.starts_in_progress += 1;
+    }
+
+    /// A Create or an exec's Start has ended (having taken its exit, if
+    /// any); with none left in progress, nothing kept can be claimed.
+    pub fn start_ended(&mut self) {
+        self.starts_in_progress = self.starts_in_progress.saturating_sub(1);
+        if self.starts_in_progress == 0 {
+            self.kept.clear();
+        }
     }
 
     pub fn clear(&mut self) {
-        self.0.clear();
+        self.kept.clear();
     }
 
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.kept.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.kept.is_empty()
     }
 }
 
@@ -193,6 +219,9 @@ mod tests {
     #[test]
     fn unmatched_exits_are_bounded_and_the_oldest_go_first() {
         let mut kept = UnmatchedExits::default();
+        kept.keep(exit(7));
+        assert!(kept.is_empty(), "no start in progress: an orphan's exit");
+        kept.start_began();
         for pid in 1..=UNMATCHED_EXITS_KEPT as i32 + 1 {
             kept.keep(exit(pid));
         }
@@ -202,8 +231,12 @@ mod tests {
         assert_eq!(kept.take(2), None, "an exit is taken once");
         let last = UNMATCHED_EXITS_KEPT as u32 + 1;
         assert_eq!(kept.take(last).map(|e| e.pid), Some(last as i32));
-        kept.clear();
-        assert!(kept.is_empty());
+        kept.keep(exit(3));
+        kept.start_began();
+        kept.start_ended();
+        assert_eq!(kept.len(), UNMATCHED_EXITS_KEPT - 1, "one start still runs");
+        kept.start_ended();
+        assert!(kept.is_empty(), "the last start to end forgets them");
     }
 
     /// `runc exec --detach` returns after the exec'd process may already
@@ -369,11 +402,27 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn an_init_exit_reaped_before_create_returns_is_matched_at_create() {
         let mut h = Harness::new(true);
-        h.reap(INIT_PID, 2);
-        h.assert_no_event("no container yet").await;
-        h.create().await;
+        h.create_with_init_dying(2).await;
         assert_eq!(h.next_event().await, format!("exit {ID} {ID} {INIT_PID} 2"));
         assert_eq!(h.tasks.wait(ID, "").await.unwrap().unwrap().status, 2);
+    }
+
+    /// An exit reaped while no Create or Start runs is an orphan's: it is
+    /// not kept, so an exec that later gets the same (recycled) pid is not
+    /// taken for exited.
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_exit_reaped_outside_any_start_is_not_matched_to_a_later_exec() {
+        let mut h = Harness::running().await;
+        h.reap(EXEC_PID, 9);
+        h.add_exec("e1", EXEC_PID).await;
+        assert_eq!(h.tasks.start(ID, "e1").await.unwrap(), EXEC_PID);
+        assert_eq!(h.next_call().await, "exec e1");
+        assert_eq!(
+            h.next_event().await,
+            format!("exec-started {ID} e1 {EXEC_PID}")
+        );
+        h.assert_no_event("the old exit is not e1's").await;
+        assert_eq!(h.status("e1"), (Status::RUNNING, EXEC_PID));
     }
 
     /// An exit of a pid that never becomes a process's stays unmatched:

@@ -252,6 +252,26 @@ impl Harness {
         }
     }
 
+    /// Creates the container with its init dying (exit `status`) while
+    /// `runc create` runs, before Create has recorded it.
+    pub async fn create_with_init_dying(&mut self, status: u32) {
+        let release = self.runtime.gate("create");
+        let tasks = self.tasks.clone();
+        let bundle = self.bundle.path().display().to_string();
+        let create = tokio::spawn(async move {
+            let mut req = api::CreateTaskRequest::new();
+            req.id = ID.into();
+            req.bundle = bundle;
+            tasks.create(req).await
+        });
+        assert_eq!(self.next_call().await, "create");
+        self.reap(INIT_PID, status);
+        self.assert_no_event("no container yet").await;
+        release.send(()).unwrap();
+        assert_eq!(create.await.unwrap().unwrap(), INIT_PID);
+        assert_eq!(self.next_event().await, format!("create {ID} {INIT_PID}"));
+    }
+
     /// Creates the container (init in the created state); returns its pid.
     pub async fn create(&mut self) -> u32 {
         let mut req = api::CreateTaskRequest::new();

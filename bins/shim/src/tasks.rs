@@ -49,6 +49,23 @@ pub struct Tasks {
     create_requested: AtomicBool,
 }
 
+/// Open while a Create or an exec's Start runs: exits of pids nobody
+/// knows yet are kept only then (see [`crate::exits::UnmatchedExits`]).
+struct StartWindow<'a>(&'a Tasks);
+
+impl<'a> StartWindow<'a> {
+    fn open(tasks: &'a Tasks) -> StartWindow<'a> {
+        tasks.lock().unmatched.start_began();
+        StartWindow(tasks)
+    }
+}
+
+impl Drop for StartWindow<'_> {
+    fn drop(&mut self) {
+        self.0.lock().unmatched.start_ended();
+    }
+}
+
 /// Makes each container's runtime (printable, for `Debug`).
 struct Runtimes(RuntimeFactory);
 
@@ -102,6 +119,7 @@ impl Tasks {
 
     pub async fn create(self: &Arc<Self>, req: api::CreateTaskRequest) -> Result<u32> {
         self.create_requested.store(true, Ordering::Relaxed);
+        let _window = StartWindow::open(self);
         berth_ids::validate_id(&req.id)?;
         if self.lock().container.is_some() {
             return Err(ShimError::AlreadyExists(format!(
@@ -311,6 +329,7 @@ impl Tasks {
     /// Go shim does); a Start that begins counts the exec as running until
     /// its exit is published, and the init's exit waits for that.
     pub async fn start_exec(self: &Arc<Self>, id: &str, exec_id: &str) -> Result<u32> {
+        let _window = StartWindow::open(self);
         let (runtime, bundle, paths, spec, owner) = {
             let mut state = self.lock();
             let container = state.container(id)?;
@@ -1078,8 +1097,7 @@ mod tests {
         h.assert_no_call("a second start of an exec").await;
 
         let mut h = Harness::new(true);
-        h.reap(INIT_PID, 1);
-        h.create().await;
+        h.create_with_init_dying(1).await;
         assert_eq!(h.next_event().await, format!("exit {ID} {ID} {INIT_PID} 1"));
         assert!(matches!(
             h.tasks.start(ID, "").await,
