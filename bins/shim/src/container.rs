@@ -37,6 +37,9 @@ pub struct Container {
     pub running_execs: usize,
     /// The init's exit, ready to publish, held while execs still run.
     pub held_init_exit: Option<Exit>,
+    /// A Delete of the container is in progress (a second one is told the
+    /// container is gone, and runc's delete runs once).
+    pub deleting: bool,
 }
 
 impl Container {

@@ -225,6 +225,7 @@ impl Tasks {
             init_reaped: false,
             running_execs: 0,
             held_init_exit: None,
+            deleting: false,
         };
 
         let mut event = ev::TaskCreate::new();
@@ -460,6 +461,11 @@ impl Tasks {
         let (runtime, bundle, mounted) = {
             let mut state = self.lock();
             let container = state.container(id)?;
+            if container.deleting {
+                return Err(ShimError::NotFound(format!(
+                    "container {id} is being deleted"
+                )));
+            }
             let init = &container.init;
             if matches!(init.status, ProcessStatus::Running | ProcessStatus::Paused)
                 && init.exit().is_none()
@@ -468,15 +474,25 @@ impl Tasks {
                     "container {id} is still running"
                 )));
             }
+            container.deleting = true;
             (
                 container.runtime.clone(),
                 container.bundle.clone(),
                 container.rootfs_mounted,
             )
         };
-        runtime.delete(id, true).await?;
-        if mounted {
-            self.mounter.unmount_all(&bundle.join("rootfs"))?;
+        let removed = match runtime.delete(id, true).await {
+            Ok(()) if mounted => self
+                .mounter
+                .unmount_all(&bundle.join("rootfs"))
+                .map_err(ShimError::from),
+            other => other,
+        };
+        if let Err(e) = removed {
+            if let Ok(container) = self.lock().container(id) {
+                container.deleting = false;
+            }
+            return Err(e);
         }
         let mut state = self.lock();
         let container = state.container(id)?;
@@ -1067,6 +1083,29 @@ mod tests {
     /// Start runs only a created process of a running container, once: a
     /// second Start, a Start of an init that died before it, and an exec's
     /// Start before the init's are refused before the runtime is asked.
+    /// Two Deletes at once: the first deletes (runc's delete runs once),
+    /// the second is told the container is gone.
+    #[tokio::test(flavor = "current_thread")]
+    async fn concurrent_deletes_run_the_runtimes_delete_once() {
+        let mut h = Harness::new(true);
+        h.create().await;
+        let release = h.runtime.gate("delete force");
+        let tasks = h.tasks.clone();
+        let first = tokio::spawn(async move { tasks.delete(ID, "").await });
+        assert_eq!(h.next_call().await, "delete force");
+        assert!(matches!(
+            h.tasks.delete(ID, "").await,
+            Err(ShimError::NotFound(_))
+        ));
+        release.send(()).unwrap();
+        assert_eq!(first.await.unwrap().unwrap().pid, INIT_PID);
+        h.assert_no_call("a second runtime delete").await;
+        assert!(matches!(
+            h.tasks.delete(ID, "").await,
+            Err(ShimError::NotFound(_))
+        ));
+    }
+
     #[tokio::test(flavor = "current_thread")]
     async fn start_is_refused_unless_the_process_is_created_and_its_container_ready() {
         let mut h = Harness::new(true);
