@@ -1,6 +1,8 @@
-//! End-to-end: upstream containerd 1.6 and `ctr` drive the shim. Every
-//! scenario runs for our shim and for containerd's own runc shim, so the
-//! expectations are containerd's, not ours.
+//! End-to-end: upstream containerd and `ctr` drive the shim. Every scenario
+//! runs for our shim and for containerd's own Go runc shim, so the
+//! expectations are containerd's, not ours; and each runs under Debian's
+//! containerd 1.6.20 (module `v16`) and under containerd 2.2.7 from
+//! ../shared/peers (module `v22`, with 2.2.7's Go shim).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -10,20 +12,33 @@ use std::io::Write;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use support::{text, Containerd, BERTH, RUNC};
+use support::{text, Containerd, Version, BERTH, RUNC};
 
-macro_rules! for_both_runtimes {
+/// One test per scenario, containerd version and shim:
+/// `v16::berth::NAME`, `v16::runc::NAME`, `v22::berth::NAME`, `v22::runc::NAME`.
+macro_rules! for_every_variant {
     ($($name:ident),* $(,)?) => {
-        mod berth {
-            $(#[test] fn $name() { if super::support::prerequisites() { super::$name(super::BERTH) } })*
-        }
-        mod runc {
-            $(#[test] fn $name() { if super::support::prerequisites() { super::$name(super::RUNC) } })*
-        }
+        mod v16 { for_every_variant!(@shims V16; $($name),*); }
+        mod v22 { for_every_variant!(@shims V22; $($name),*); }
+    };
+    (@shims $version:ident; $($name:ident),*) => {
+        mod berth { for_every_variant!(@tests $version, BERTH; $($name),*); }
+        mod runc { for_every_variant!(@tests $version, RUNC; $($name),*); }
+    };
+    (@tests $version:ident, $runtime:ident; $($name:ident),*) => {
+        $(
+            #[test]
+            fn $name() {
+                let version = crate::Version::$version;
+                if crate::support::prerequisites(version) {
+                    crate::$name(crate::Containerd::start(version), crate::$runtime)
+                }
+            }
+        )*
     };
 }
 
-for_both_runtimes!(
+for_every_variant!(
     run_prints_output_and_propagates_exit_code,
     run_with_terminal,
     exec_with_and_without_terminal,
@@ -33,8 +48,7 @@ for_both_runtimes!(
     fifty_containers_leave_nothing_behind,
 );
 
-fn run_prints_output_and_propagates_exit_code(runtime: &str) {
-    let containerd = Containerd::start();
+fn run_prints_output_and_propagates_exit_code(containerd: Containerd, runtime: &str) {
     let out = containerd.run(
         runtime,
         &["--rm"],
@@ -55,7 +69,7 @@ fn run_prints_output_and_propagates_exit_code(runtime: &str) {
 
 /// Runs a ctr command under `script`, so it has a terminal, feeding `input`.
 fn with_terminal(containerd: &Containerd, args: &[String], input: &str) -> (String, Option<i32>) {
-    let mut line = format!("ctr --address {}", containerd.address().display());
+    let mut line = containerd.ctr_shell_prefix();
     for arg in args {
         line.push_str(&format!(" '{arg}'"));
     }
@@ -74,8 +88,7 @@ fn with_terminal(containerd: &Containerd, args: &[String], input: &str) -> (Stri
     (text(&out.stdout).replace('\r', ""), out.status.code())
 }
 
-fn run_with_terminal(runtime: &str) {
-    let containerd = Containerd::start();
+fn run_with_terminal(containerd: Containerd, runtime: &str) {
     let args = containerd.run_args(runtime, &["--rm", "-t"], "tty", &["sh"]);
     let (output, code) = with_terminal(&containerd, &args, "tty; echo tty-$((40+2)); exit 3\n");
     assert!(output.contains("/dev/pts/0"), "{output}");
@@ -83,8 +96,7 @@ fn run_with_terminal(runtime: &str) {
     assert_eq!(code, Some(3), "{output}");
 }
 
-fn exec_with_and_without_terminal(runtime: &str) {
-    let containerd = Containerd::start();
+fn exec_with_and_without_terminal(containerd: Containerd, runtime: &str) {
     containerd.run_detached(runtime, "exec", &["sleep", "1000"]);
     let fifo = containerd.fifo_dir().display().to_string();
     let out = containerd.ctr(&[
@@ -154,9 +166,9 @@ fn exec_with_and_without_terminal(runtime: &str) {
 }
 
 /// The exit status containerd reports for the stopped task `id`, read while
-/// deleting it. ctr 1.6's `task delete` exits 0 whatever the status and
-/// only warns "task ID exit with non-zero exit code N" on stderr, so that
-/// line is the status, and its absence is a clean exit.
+/// deleting it. ctr's `task delete` (1.6 and 2.2 alike) exits 0 whatever
+/// the status and only warns "task ID exit with non-zero exit code N" on
+/// stderr, so that line is the status, and its absence is a clean exit.
 fn delete_reporting_exit_status(containerd: &Containerd, id: &str) -> u32 {
     let out = containerd.ctr(&["task", "delete", id]);
     let stderr = text(&out.stderr);
@@ -273,8 +285,7 @@ const TRAPS_TERM: &[&str] = &[
     "trap 'exit 42' TERM; while true; do sleep 1; done",
 ];
 
-fn kill_with_sigterm_and_sigkill(runtime: &str) {
-    let containerd = Containerd::start();
+fn kill_with_sigterm_and_sigkill(containerd: Containerd, runtime: &str) {
     // `ctr task kill` sends SIGTERM by default (the image names no stop
     // signal): the trap runs and the task's status is its exit code. A
     // shim that sent SIGKILL instead would report 137.
@@ -312,8 +323,7 @@ fn kill_with_sigterm_and_sigkill(runtime: &str) {
     containerd.assert_no_shims();
 }
 
-fn pause_resume_ps_and_metrics(runtime: &str) {
-    let containerd = Containerd::start();
+fn pause_resume_ps_and_metrics(containerd: Containerd, runtime: &str) {
     containerd.run_detached(runtime, "pr", &["sleep", "1000"]);
     containerd.wait_for_status("pr", "RUNNING");
     assert!(containerd.ctr(&["task", "pause", "pr"]).status.success());
@@ -345,8 +355,7 @@ fn pause_resume_ps_and_metrics(runtime: &str) {
     containerd.remove("pr");
 }
 
-fn containerd_restart_keeps_the_task(runtime: &str) {
-    let mut containerd = Containerd::start();
+fn containerd_restart_keeps_the_task(mut containerd: Containerd, runtime: &str) {
     containerd.run_detached(runtime, "survivor", &["sleep", "1000"]);
     containerd.wait_for_status("survivor", "RUNNING");
     let shims = containerd.shim_pids();
@@ -372,8 +381,7 @@ fn containerd_restart_keeps_the_task(runtime: &str) {
     containerd.assert_no_shims();
 }
 
-fn fifty_containers_leave_nothing_behind(runtime: &str) {
-    let containerd = Containerd::start();
+fn fifty_containers_leave_nothing_behind(containerd: Containerd, runtime: &str) {
     let ids: Vec<String> = (0..50).map(|n| format!("many-{n}")).collect();
     for id in &ids {
         containerd.run_detached(runtime, id, &["sleep", "1000"]);
@@ -403,10 +411,8 @@ fn fifty_containers_leave_nothing_behind(runtime: &str) {
     );
     let fifos = std::fs::read_dir(containerd.fifo_dir()).unwrap().count();
     assert_eq!(fifos, 0, "fifo dirs left behind");
-    let bundles = containerd
-        .dir
-        .path()
-        .join("state/io.containerd.runtime.v2.task/default");
-    let left = std::fs::read_dir(&bundles).map(|d| d.count()).unwrap_or(0);
+    let left = std::fs::read_dir(containerd.bundles_dir())
+        .map(|d| d.count())
+        .unwrap_or(0);
     assert_eq!(left, 0, "bundles left behind");
 }

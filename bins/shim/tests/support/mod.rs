@@ -1,5 +1,6 @@
-//! A private containerd per test, a busybox image built from Debian's
-//! busybox-static, and `ctr` pointed at both.
+//! A private containerd per test (Debian's 1.6 or the 2.2.7 peer), a
+//! busybox image built from Debian's busybox-static, and the matching
+//! `ctr` pointed at both.
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
 use std::io::Write;
@@ -35,6 +36,68 @@ fn shim() -> PathBuf {
 
 pub use berth_e2e::require;
 
+/// Which upstream containerd drives the shims.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    /// Debian's containerd 1.6.20, with its Go runc shim, all on PATH.
+    V16,
+    /// containerd 2.2.7 and its Go runc shim from ../shared/peers/bin.
+    V22,
+}
+
+/// containerd 2.2.7, its `ctr` and its Go runc shim (see
+/// ../shared/peers/README.md).
+fn peers_bin() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/peers/bin")
+}
+
+impl Version {
+    fn containerd(self) -> PathBuf {
+        match self {
+            Version::V16 => PathBuf::from("containerd"),
+            Version::V22 => peers_bin().join("containerd"),
+        }
+    }
+
+    fn ctr(self) -> PathBuf {
+        match self {
+            Version::V16 => PathBuf::from("ctr"),
+            Version::V22 => peers_bin().join("ctr"),
+        }
+    }
+
+    /// The config for a containerd whose root, state and sockets are under
+    /// `base`, with the CRI (and, for 2.x, NRI, whose socket is global)
+    /// left out.
+    fn config(self, base: &Path) -> String {
+        let (version, disabled) = match self {
+            Version::V16 => (2, "\"io.containerd.grpc.v1.cri\""),
+            Version::V22 => (
+                3,
+                "\"io.containerd.grpc.v1.cri\", \"io.containerd.cri.v1.images\", \
+                 \"io.containerd.cri.v1.runtime\", \
+                 \"io.containerd.podsandbox.controller.v1.podsandbox\", \
+                 \"io.containerd.nri.v1.nri\"",
+            ),
+        };
+        format!(
+            "version = {version}\nroot = \"{0}/root\"\nstate = \"{0}/state\"\n\
+             disabled_plugins = [{disabled}]\n\
+             [grpc]\n  address = \"{0}/c.sock\"\n[ttrpc]\n  address = \"{0}/c.sock.ttrpc\"\n",
+            base.display()
+        )
+    }
+
+    /// The directory containerd's PATH starts with, after the berth shim's,
+    /// so that `io.containerd.runc.v2` is this version's Go shim.
+    fn path_prefix(self) -> Option<PathBuf> {
+        match self {
+            Version::V16 => None,
+            Version::V22 => Some(peers_bin()),
+        }
+    }
+}
+
 fn on_path(binary: &str) -> bool {
     Command::new("sh")
         .args(["-c", &format!("command -v {binary}")])
@@ -43,46 +106,62 @@ fn on_path(binary: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// Whether this machine can run the end-to-end tests.
-pub fn prerequisites() -> bool {
-    require(nix::unistd::Uid::effective().is_root(), "tests need root")
-        && require(
-            on_path("containerd") && on_path("ctr"),
-            "containerd and ctr are not installed",
-        )
+/// Whether this machine can run the end-to-end tests with `version`.
+pub fn prerequisites(version: Version) -> bool {
+    let common = require(nix::unistd::Uid::effective().is_root(), "tests need root")
         && require(on_path("runc"), "runc is not installed")
-        && require(
-            on_path("containerd-shim-runc-v2"),
-            "containerd-shim-runc-v2 is not installed",
-        )
         && require(
             Path::new(BUSYBOX).exists(),
             "busybox-static is not installed",
-        )
+        );
+    common
+        && match version {
+            Version::V16 => {
+                require(
+                    on_path("containerd") && on_path("ctr"),
+                    "containerd and ctr are not installed",
+                ) && require(
+                    on_path("containerd-shim-runc-v2"),
+                    "containerd-shim-runc-v2 is not installed",
+                )
+            }
+            Version::V22 => require(
+                ["containerd", "ctr", "containerd-shim-runc-v2"]
+                    .iter()
+                    .all(|name| peers_bin().join(name).is_file()),
+                "containerd 2.2.7 is missing from ../shared/peers/bin",
+            ),
+        }
 }
 
 /// A containerd with its own root, state and sockets under a temp dir.
+///
+/// Its containers live in a namespace of their own, named after the temp
+/// dir: ctr puts a container's cgroup at `/<namespace>/<id>`, so tests that
+/// run at the same time with the same container ids do not share cgroups.
 pub struct Containerd {
     pub dir: tempfile::TempDir,
     child: Option<Child>,
+    pub version: Version,
+    pub namespace: String,
 }
 
 impl Containerd {
-    pub fn start() -> Containerd {
+    pub fn start(version: Version) -> Containerd {
         let dir = tempfile::Builder::new()
             .prefix("berth-shim-")
             .tempdir_in("/tmp")
             .unwrap();
         let base = dir.path();
-        let config = format!(
-            "version = 2\nroot = \"{0}/root\"\nstate = \"{0}/state\"\n\
-             disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
-             [grpc]\n  address = \"{0}/c.sock\"\n[ttrpc]\n  address = \"{0}/c.sock.ttrpc\"\n",
-            base.display()
-        );
-        std::fs::write(base.join("config.toml"), config).unwrap();
+        std::fs::write(base.join("config.toml"), version.config(base)).unwrap();
         std::fs::create_dir_all(base.join("fifo")).unwrap();
-        let mut containerd = Containerd { dir, child: None };
+        let namespace = base.file_name().unwrap().to_string_lossy().into_owned();
+        let mut containerd = Containerd {
+            dir,
+            child: None,
+            version,
+            namespace,
+        };
         containerd.spawn();
         containerd.import_image();
         containerd
@@ -91,18 +170,18 @@ impl Containerd {
     fn spawn(&mut self) {
         let base = self.dir.path();
         let shim = shim();
-        let shim_dir = shim.parent().unwrap();
-        let path = format!(
-            "{}:{}",
-            shim_dir.display(),
-            std::env::var("PATH").unwrap_or_default()
-        );
+        let mut dirs = vec![shim.parent().unwrap().to_path_buf()];
+        dirs.extend(self.version.path_prefix());
+        dirs.extend(std::env::split_paths(
+            &std::env::var_os("PATH").unwrap_or_default(),
+        ));
+        let path = std::env::join_paths(dirs).unwrap();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(base.join("containerd.log"))
             .unwrap();
-        let child = Command::new("containerd")
+        let child = Command::new(self.version.containerd())
             .arg("--config")
             .arg(base.join("config.toml"))
             .env("PATH", path)
@@ -145,10 +224,30 @@ impl Containerd {
         self.ctr_command(args).output().unwrap()
     }
 
+    /// The start of a shell command line running this containerd's `ctr`.
+    pub fn ctr_shell_prefix(&self) -> String {
+        format!(
+            "'{}' --address '{}' --namespace '{}'",
+            self.version.ctr().display(),
+            self.address().display(),
+            self.namespace
+        )
+    }
+
+    /// Where containerd keeps this namespace's task bundles.
+    pub fn bundles_dir(&self) -> PathBuf {
+        self.dir
+            .path()
+            .join("state/io.containerd.runtime.v2.task")
+            .join(&self.namespace)
+    }
+
     pub fn ctr_command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new("ctr");
+        let mut cmd = Command::new(self.version.ctr());
         cmd.arg("--address")
             .arg(self.address())
+            .arg("--namespace")
+            .arg(&self.namespace)
             .args(args)
             .stdin(Stdio::null());
         cmd
@@ -265,6 +364,22 @@ impl Containerd {
     }
 }
 
+/// Where the cgroup hierarchies are mounted: hybrid on the test machines,
+/// the controllers on v1 hierarchies, and a v2 one (`unified`) without any.
+const CGROUPS: &str = "/sys/fs/cgroup";
+
+/// Removes the cgroup `dir` and the (empty) cgroups below it.
+fn remove_cgroup_tree(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup_tree(&entry.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+}
+
 impl Drop for Containerd {
     fn drop(&mut self) {
         // Leave nothing behind even when a test failed half-way.
@@ -279,6 +394,12 @@ impl Drop for Containerd {
         self.stop();
         for mount in self.mounts().into_iter().rev() {
             let _ = nix::mount::umount2(mount.as_str(), nix::mount::MntFlags::MNT_DETACH);
+        }
+        // runc removes a container's cgroup, not the namespace's above it.
+        if let Ok(hierarchies) = std::fs::read_dir(CGROUPS) {
+            for hierarchy in hierarchies.flatten() {
+                remove_cgroup_tree(&hierarchy.path().join(&self.namespace));
+            }
         }
     }
 }
