@@ -42,6 +42,7 @@ for_every_variant!(
     run_prints_output_and_propagates_exit_code,
     run_with_terminal,
     exec_with_and_without_terminal,
+    tty_exec_delivers_a_large_output_before_its_status,
     kill_with_sigterm_and_sigkill,
     pause_resume_ps_and_metrics,
     containerd_restart_keeps_the_task,
@@ -86,6 +87,39 @@ fn with_terminal(containerd: &Containerd, args: &[String], input: &str) -> (Stri
     stdin.write_all(input.as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
     (text(&out.stdout).replace('\r', ""), out.status.code())
+}
+
+/// Runs a ctr command with a pseudo-terminal as its stdin, stdout and
+/// stderr, and returns all it wrote there and its exit code. The test
+/// reads the terminal itself, as fast as it can: ctr closes a process's
+/// fifos as soon as it has deleted the process, so what it has not yet
+/// copied to a slow terminal by then is lost, whatever the shim did.
+fn with_pty(containerd: &Containerd, args: &[&str]) -> (Vec<u8>, Option<i32>) {
+    use std::io::Read;
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let slave = std::fs::File::from(pty.slave);
+    let mut child = containerd
+        .ctr_command(args)
+        .stdin(slave.try_clone().unwrap())
+        .stdout(slave.try_clone().unwrap())
+        .stderr(slave)
+        .spawn()
+        .unwrap();
+    let mut master = std::fs::File::from(pty.master);
+    let reader = std::thread::spawn(move || {
+        let mut output = Vec::new();
+        let mut buf = vec![0; 1 << 16];
+        // EIO once ctr, the only holder of the terminal, is gone.
+        while let Ok(n) = master.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            output.extend_from_slice(&buf[..n]);
+        }
+        output
+    });
+    let status = child.wait().unwrap();
+    (reader.join().unwrap(), status.code())
 }
 
 fn run_with_terminal(containerd: Containerd, runtime: &str) {
@@ -415,4 +449,53 @@ fn fifty_containers_leave_nothing_behind(containerd: Containerd, runtime: &str) 
         .map(|d| d.count())
         .unwrap_or(0);
     assert_eq!(left, 0, "bundles left behind");
+}
+
+/// 1 MiB through an exec's terminal: all of it reaches ctr before the
+/// exec's exit status does (ctr exits as soon as it has the status).
+///
+/// ctr 1.6 deletes the exec and then reads the stdout fifo to its end,
+/// which comes when the shim closes it, so every byte must get through.
+/// ctr 2.2 closes the fifo right after the delete (its cio `Cancel` closes
+/// the pipes), dropping whatever is still in it, with any shim (the Go
+/// shim too loses up to a few tens of KiB when the machine is busy); there
+/// the loss can only be bounded by one fifo's capacity, 64 KiB.
+fn tty_exec_delivers_a_large_output_before_its_status(containerd: Containerd, runtime: &str) {
+    const SIZE: usize = 1 << 20;
+    let may_lose = match containerd.version {
+        Version::V16 => 0,
+        Version::V22 => 64 << 10,
+    };
+    containerd.run_detached(runtime, "big", &["sleep", "1000"]);
+    let fifo = containerd.fifo_dir().display().to_string();
+    let script = format!("head -c {SIZE} /dev/zero | tr \"\\000\" \"#\"; exit 3");
+    for round in 0..2 {
+        let exec_id = format!("big-{round}");
+        let (output, code) = with_pty(
+            &containerd,
+            &[
+                "task",
+                "exec",
+                "-t",
+                "--fifo-dir",
+                &fifo,
+                "--exec-id",
+                &exec_id,
+                "big",
+                "sh",
+                "-c",
+                &script,
+            ],
+        );
+        let hashes = output.iter().filter(|b| **b == b'#').count();
+        let other: Vec<u8> = output.into_iter().filter(|b| *b != b'#').collect();
+        let other = text(&other);
+        assert!(
+            hashes <= SIZE && hashes + may_lose >= SIZE,
+            "round {round}: {hashes} of {SIZE} bytes, besides: {other:?}"
+        );
+        assert_eq!(code, Some(3), "round {round}, besides: {other:?}");
+    }
+    containerd.remove("big");
+    containerd.assert_no_shims();
 }

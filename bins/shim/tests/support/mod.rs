@@ -431,7 +431,7 @@ pub fn build_busybox_archive(work: &Path, archive: &Path) {
     std::fs::create_dir_all(rootfs.join("bin")).unwrap();
     std::fs::copy(BUSYBOX, rootfs.join("bin/busybox")).unwrap();
     for applet in [
-        "sh", "echo", "cat", "sleep", "true", "id", "ps", "ls", "tty", "kill", "trap",
+        "sh", "echo", "cat", "sleep", "true", "id", "ps", "ls", "tty", "kill", "trap", "head", "tr",
     ] {
         std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
     }
