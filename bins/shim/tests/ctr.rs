@@ -45,6 +45,7 @@ for_every_variant!(
     tty_exec_delivers_a_large_output_before_its_status,
     kill_with_sigterm_and_sigkill,
     pause_resume_ps_and_metrics,
+    oom_is_reported_and_the_task_exits_137,
     containerd_restart_keeps_the_task,
     fifty_containers_leave_nothing_behind,
 );
@@ -497,5 +498,32 @@ fn tty_exec_delivers_a_large_output_before_its_status(containerd: Containerd, ru
         assert_eq!(code, Some(3), "round {round}, besides: {other:?}");
     }
     containerd.remove("big");
+    containerd.assert_no_shims();
+}
+
+/// A task that outgrows its memory limit is killed by the kernel: the shim
+/// reports `/tasks/oom` (cgroup v1 here: memory.oom_control) and the task's
+/// status is 137.
+fn oom_is_reported_and_the_task_exits_137(containerd: Containerd, runtime: &str) {
+    let events = containerd.events();
+    let out = containerd.run(
+        runtime,
+        &["--rm", "--memory-limit", "33554432"],
+        "oom",
+        // The string doubles until the cgroup's 32 MiB are used up.
+        &[
+            "sh",
+            "-c",
+            "x=0123456789abcdef; while true; do x=$x$x; done",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(137), "{}", text(&out.stderr));
+    let container = "\"container_id\":\"oom\"";
+    let oom = events.wait_for(&["/tasks/oom", container], Duration::from_secs(10));
+    assert!(oom.is_some(), "no /tasks/oom event:\n{}", events.all());
+    let exit = events
+        .wait_for(&["/tasks/exit", container], Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("no /tasks/exit event:\n{}", events.all()));
+    assert!(exit.contains("\"exit_status\":137"), "{exit}");
     containerd.assert_no_shims();
 }

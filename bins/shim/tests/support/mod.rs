@@ -242,6 +242,43 @@ impl Containerd {
             .join(&self.namespace)
     }
 
+    /// `ctr events`, running until the returned value is dropped, already
+    /// subscribed when this returns.
+    pub fn events(&self) -> Events {
+        let mut child = self
+            .ctr_command(&["events"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let events = Events { child, lines };
+        // Nothing tells when the subscription is in place: label the
+        // namespace (an event of its own) until the event shows up.
+        for n in 0..50 {
+            let label = format!("berth.test/sync={n}");
+            let out = self.ctr(&["namespaces", "label", &self.namespace, &label]);
+            assert!(out.status.success(), "{}", text(&out.stderr));
+            let deadline = Instant::now() + Duration::from_millis(200);
+            while Instant::now() < deadline {
+                if !events.matching(&["/namespaces/update"]).is_empty() {
+                    return events;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        panic!("ctr events saw no event");
+    }
+
     pub fn ctr_command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(self.version.ctr());
         cmd.arg("--address")
@@ -378,6 +415,50 @@ fn remove_cgroup_tree(dir: &Path) {
         }
     }
     let _ = std::fs::remove_dir(dir);
+}
+
+/// A running `ctr events`; what it printed so far.
+pub struct Events {
+    child: Child,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Events {
+    /// The events printed so far whose line contains every one of `parts`.
+    pub fn matching(&self, parts: &[&str]) -> Vec<String> {
+        let lines = self.lines.lock().unwrap();
+        lines
+            .iter()
+            .filter(|line| parts.iter().all(|part| line.contains(part)))
+            .cloned()
+            .collect()
+    }
+
+    /// Waits up to `timeout` for an event whose line contains all `parts`.
+    pub fn wait_for(&self, parts: &[&str], timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(line) = self.matching(parts).into_iter().next() {
+                return Some(line);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Everything printed so far, for failure messages.
+    pub fn all(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for Events {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl Drop for Containerd {
