@@ -46,6 +46,7 @@ for_every_variant!(
     kill_with_sigterm_and_sigkill,
     pause_resume_ps_and_metrics,
     oom_is_reported_and_the_task_exits_137,
+    log_uri_file_and_binary,
     containerd_restart_keeps_the_task,
     fifty_containers_leave_nothing_behind,
 );
@@ -526,4 +527,88 @@ fn oom_is_reported_and_the_task_exits_137(containerd: Containerd, runtime: &str)
         .unwrap_or_else(|| panic!("no /tasks/exit event:\n{}", events.all()));
     assert!(exit.contains("\"exit_status\":137"), "{exit}");
     containerd.assert_no_shims();
+}
+
+/// A logging binary in containerd's convention: the container's stdout on
+/// fd 3, stderr on fd 4, ready once fd 5 is closed; the query's key and
+/// value as arguments. It copies both streams into the directory named by
+/// its `dir` argument, then writes `done` with what it was told.
+const LOGGER: &str = r#"#!/bin/sh
+trap '' TERM
+dir=$2
+/bin/cat <&3 >"$dir/stdout" 5>&- &
+/bin/cat <&4 >"$dir/stderr" 5>&- &
+exec 5>&-
+wait
+echo "$CONTAINER_NAMESPACE $CONTAINER_ID $*" >"$dir/done"
+"#;
+
+/// `ctr run --log-uri`: a `file://` URI gets stdout and stderr appended to
+/// the file (its directories made), a `binary://` one goes to a logging
+/// binary the shim starts.
+fn log_uri_file_and_binary(containerd: Containerd, runtime: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    // The pause before the exit is for containerd's Go shim: with a file
+    // it closes the file once stdout ends, so stderr not yet copied by
+    // then is lost (its copyPipes hands the stdout copier the file itself,
+    // not the shared counting closer).
+    let prints = [
+        "sh",
+        "-c",
+        "echo to-stdout; echo to-stderr >&2; sleep 0.5; exit 2",
+    ];
+    let logs = containerd.dir.path().join("logs");
+    let file = logs.join("file/sub/out.log");
+    let uri = format!("file://{}", file.display());
+    let out = containerd.run(runtime, &["--rm", "--log-uri", &uri], "logfile", &prints);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "");
+    let logged =
+        std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    let mut lines: Vec<&str> = logged.lines().collect();
+    lines.sort_unstable();
+    assert_eq!(lines, ["to-stderr", "to-stdout"], "{logged:?}");
+
+    let logger = logs.join("logger.sh");
+    std::fs::write(&logger, LOGGER).unwrap();
+    std::fs::set_permissions(&logger, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let seen = logs.join("seen");
+    std::fs::create_dir_all(&seen).unwrap();
+    let uri = format!("binary://{}?dir={}", logger.display(), seen.display());
+    let out = containerd.run(runtime, &["--rm", "--log-uri", &uri], "logbin", &prints);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "");
+    let done = seen.join("done");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !done.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the logging binary never finished"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let read = |name: &str| std::fs::read_to_string(seen.join(name)).unwrap();
+    assert_eq!(read("stdout"), "to-stdout\n");
+    assert_eq!(read("stderr"), "to-stderr\n");
+    assert_eq!(
+        read("done").trim(),
+        format!("{} logbin dir {}", containerd.namespace, seen.display())
+    );
+
+    // A logging binary that cannot be started, or a scheme nobody knows,
+    // fails the task's creation, and nothing is left of it.
+    let missing = format!("binary://{}", logs.join("missing").display());
+    for uri in [missing.as_str(), "nope:///x"] {
+        let out = containerd.run(runtime, &["--rm", "--log-uri", uri], "logbad", &prints);
+        assert_eq!(out.status.code(), Some(1), "{uri}: {}", text(&out.stderr));
+        assert!(
+            text(&out.stderr).contains("failed to create shim task"),
+            "{uri}: {}",
+            text(&out.stderr)
+        );
+        assert_eq!(containerd.task_status("logbad"), None);
+        containerd.assert_no_shims();
+    }
+    let out = containerd.ctr(&["container", "ls", "-q"]);
+    assert_eq!(text(&out.stdout).trim(), "", "containers left");
 }
