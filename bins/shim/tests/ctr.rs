@@ -12,7 +12,7 @@ use std::io::Write;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use support::{text, Containerd, Version, BERTH, RUNC};
+use support::{running, text, Containerd, Version, BERTH, RUNC};
 
 /// One test per scenario, containerd version and shim:
 /// `v16::berth::NAME`, `v16::runc::NAME`, `v22::berth::NAME`, `v22::runc::NAME`.
@@ -47,6 +47,7 @@ for_every_variant!(
     pause_resume_ps_and_metrics,
     oom_is_reported_and_the_task_exits_137,
     log_uri_file_and_binary,
+    delete_of_a_running_task,
     containerd_restart_keeps_the_task,
     fifty_containers_leave_nothing_behind,
 );
@@ -611,4 +612,138 @@ fn log_uri_file_and_binary(containerd: Containerd, runtime: &str) {
     }
     let out = containerd.ctr(&["container", "ls", "-q"]);
     assert_eq!(text(&out.stdout).trim(), "", "containers left");
+}
+
+/// The pids `ctr task ps` lists for `id`.
+fn task_pids(containerd: &Containerd, id: &str) -> Vec<i32> {
+    let out = containerd.ctr(&["task", "ps", id]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    text(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
+/// `ctr task delete` of a running task or exec is refused; with `--force`
+/// it kills the processes (an exec's, or the whole container's) first.
+fn delete_of_a_running_task(containerd: Containerd, runtime: &str) {
+    let fifo = containerd.fifo_dir().display().to_string();
+    containerd.run_detached(runtime, "del", &["sleep", "1000"]);
+    containerd.wait_for_status("del", "RUNNING");
+    for (exec_id, seconds) in [("ex1", "1001"), ("ex2", "1002")] {
+        let out = containerd.ctr(&[
+            "task",
+            "exec",
+            "-d",
+            "--fifo-dir",
+            &fifo,
+            "--exec-id",
+            exec_id,
+            "del",
+            "sleep",
+            seconds,
+        ]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    let pids = task_pids(&containerd, "del");
+    assert_eq!(pids.len(), 3, "{pids:?}");
+    let all_running = |pids: &[i32]| pids.iter().all(|&pid| running(pid, "sleep"));
+    assert!(all_running(&pids));
+
+    // Without --force: refused, nothing touched.
+    let out = containerd.ctr(&["task", "delete", "del"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("task must be stopped before deletion: running"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = containerd.ctr(&["task", "delete", "--exec-id", "ex1", "del"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("must be stopped before deletion"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(containerd.task_status("del").as_deref(), Some("RUNNING"));
+    assert_eq!(task_pids(&containerd, "del"), pids);
+    assert!(all_running(&pids));
+
+    // --force on an exec: ctr 1.6 SIGKILLs and deletes it and exits with
+    // its status; the task and its other processes go on. ctr 2.2 skips the
+    // kill for a process whose pid it does not know, which is any process
+    // `task delete --exec-id` loads, so it refuses as without --force.
+    let out = containerd.ctr(&["task", "delete", "--force", "--exec-id", "ex1", "del"]);
+    let left = task_pids(&containerd, "del");
+    assert_eq!(containerd.task_status("del").as_deref(), Some("RUNNING"));
+    match containerd.version {
+        Version::V16 => {
+            assert_eq!(out.status.code(), Some(137), "{}", text(&out.stderr));
+            assert_eq!(left.len(), 2, "{left:?}");
+            let gone: Vec<i32> = pids.iter().copied().filter(|p| !left.contains(p)).collect();
+            assert_eq!(gone.len(), 1, "{pids:?} -> {left:?}");
+            assert!(
+                !running(gone[0], "sleep"),
+                "exec ex1 ({}) still runs",
+                gone[0]
+            );
+        }
+        Version::V22 => {
+            assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+            assert!(
+                text(&out.stderr).contains("must be stopped before deletion"),
+                "{}",
+                text(&out.stderr)
+            );
+            assert_eq!(left, pids);
+        }
+    }
+    assert!(all_running(&left), "{left:?}");
+
+    // --force on the task: every process killed, the task deleted; ctr
+    // exits 0 and warns about the status.
+    let out = containerd.ctr(&["task", "delete", "--force", "del"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("task del exit with non-zero exit code 137"),
+        "{stderr}"
+    );
+    assert_eq!(containerd.task_status("del"), None);
+    let still: Vec<i32> = pids
+        .iter()
+        .copied()
+        .filter(|&p| running(p, "sleep"))
+        .collect();
+    assert!(still.is_empty(), "still running: {still:?}");
+    let out = containerd.ctr(&["container", "rm", "del"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    // A paused task the same: refused, then killed (thawed) with --force.
+    containerd.run_detached(runtime, "paused", &["sleep", "1000"]);
+    containerd.wait_for_status("paused", "RUNNING");
+    let pids = task_pids(&containerd, "paused");
+    let out = containerd.ctr(&["task", "pause", "paused"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = containerd.ctr(&["task", "delete", "paused"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("task must be stopped before deletion: paused"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(containerd.task_status("paused").as_deref(), Some("PAUSED"));
+    let out = containerd.ctr(&["task", "delete", "--force", "paused"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("task paused exit with non-zero exit code 137"),
+        "{stderr}"
+    );
+    assert_eq!(containerd.task_status("paused"), None);
+    assert_eq!(pids.len(), 1, "{pids:?}");
+    assert!(!running(pids[0], "sleep"), "{pids:?} still runs");
+    let out = containerd.ctr(&["container", "rm", "paused"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    containerd.assert_no_shims();
 }

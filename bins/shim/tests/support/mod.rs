@@ -461,6 +461,22 @@ impl Drop for Events {
     }
 }
 
+/// Whether `pid` is a live (not zombie) process whose command line starts
+/// with `command`.
+pub fn running(pid: i32, command: &str) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let state = stat
+        .rsplit_once(") ")
+        .and_then(|(_, rest)| rest.chars().next());
+    if matches!(state, Some('Z' | 'X') | None) {
+        return false;
+    }
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|cmdline| cmdline.starts_with(command.as_bytes()))
+}
+
 impl Drop for Containerd {
     fn drop(&mut self) {
         // Leave nothing behind even when a test failed half-way.
