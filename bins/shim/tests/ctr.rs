@@ -46,6 +46,7 @@ for_every_variant!(
     kill_with_sigterm_and_sigkill,
     pause_resume_ps_and_metrics,
     oom_is_reported_and_the_task_exits_137,
+    update_changes_the_memory_limit,
     log_uri_file_and_binary,
     delete_of_a_running_task,
     containerd_restart_keeps_the_task,
@@ -527,6 +528,49 @@ fn oom_is_reported_and_the_task_exits_137(containerd: Containerd, runtime: &str)
         .wait_for(&["/tasks/exit", container], Duration::from_secs(10))
         .unwrap_or_else(|| panic!("no /tasks/exit event:\n{}", events.all()));
     assert!(exit.contains("\"exit_status\":137"), "{exit}");
+    containerd.assert_no_shims();
+}
+
+/// The memory limit of the task `id`'s cgroup, read on the host (ctr's
+/// default spec mounts no cgroupfs in the container).
+fn memory_limit(containerd: &Containerd, id: &str) -> u64 {
+    let file = containerd
+        .cgroup_dir("memory", id)
+        .join("memory.limit_in_bytes");
+    let limit =
+        std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    limit
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("not a limit: {limit:?}"))
+}
+
+/// containerd's Tasks.Update with a new memory limit (what `nerdctl update`
+/// or the CRI's UpdateContainerResources send) takes effect on the running
+/// task.
+fn update_changes_the_memory_limit(containerd: Containerd, runtime: &str) {
+    const BEFORE: u64 = 64 << 20;
+    const AFTER: u64 = 96 << 20;
+    let before = BEFORE.to_string();
+    let out = containerd.run(
+        runtime,
+        &["-d", "--memory-limit", &before],
+        "upd",
+        &["sleep", "1000"],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    containerd.wait_for_status("upd", "RUNNING");
+    assert_eq!(memory_limit(&containerd, "upd"), BEFORE);
+    containerd.update_memory_limit("upd", AFTER).unwrap();
+    assert_eq!(memory_limit(&containerd, "upd"), AFTER);
+    assert_eq!(containerd.task_status("upd").as_deref(), Some("RUNNING"));
+    // A stopped task has no cgroup to update: an error, whatever its code.
+    let out = containerd.ctr(&["task", "kill", "-s", "SIGKILL", "upd"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    containerd.wait_for_status("upd", "STOPPED");
+    let err = containerd.update_memory_limit("upd", BEFORE);
+    assert!(err.is_err(), "updating a stopped task succeeded");
+    containerd.remove("upd");
     containerd.assert_no_shims();
 }
 

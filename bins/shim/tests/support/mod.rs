@@ -242,6 +242,14 @@ impl Containerd {
             .join(&self.namespace)
     }
 
+    /// The cgroup v1 directory of container `id` under `controller`.
+    pub fn cgroup_dir(&self, controller: &str, id: &str) -> PathBuf {
+        Path::new(CGROUPS)
+            .join(controller)
+            .join(&self.namespace)
+            .join(id)
+    }
+
     /// `ctr events`, running until the returned value is dropped, already
     /// subscribed when this returns.
     pub fn events(&self) -> Events {
@@ -277,6 +285,28 @@ impl Containerd {
             }
         }
         panic!("ctr events saw no event");
+    }
+
+    /// Sets the memory limit of the running task `id` through containerd's
+    /// Tasks.Update (ctr has no command for it), as containerd's Go client
+    /// does: a JSON `LinuxResources` under the OCI spec's type URL.
+    pub fn update_memory_limit(&self, id: &str, limit: u64) -> Result<(), String> {
+        let resources = serde_json::json!({ "memory": { "limit": limit } });
+        let request = grpc::UpdateTaskRequest {
+            container_id: id.to_string(),
+            resources: Some(grpc::Any {
+                type_url: "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources"
+                    .to_string(),
+                value: serde_json::to_vec(&resources).unwrap(),
+            }),
+        };
+        grpc::unary::<_, grpc::Empty>(
+            &self.address(),
+            &self.namespace,
+            "/containerd.services.tasks.v1.Tasks/Update",
+            request,
+        )
+        .map(drop)
     }
 
     pub fn ctr_command(&self, args: &[&str]) -> Command {
@@ -475,6 +505,94 @@ pub fn running(pid: i32, command: &str) -> bool {
     }
     std::fs::read(format!("/proc/{pid}/cmdline"))
         .is_ok_and(|cmdline| cmdline.starts_with(command.as_bytes()))
+}
+
+/// Just enough gRPC to call containerd's API where ctr has no command.
+mod grpc {
+    use std::future::Future;
+    use std::path::{Path, PathBuf};
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Any {
+        #[prost(string, tag = "1")]
+        pub type_url: String,
+        #[prost(bytes = "vec", tag = "2")]
+        pub value: Vec<u8>,
+    }
+
+    /// containerd.services.tasks.v1.UpdateTaskRequest, without annotations.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct UpdateTaskRequest {
+        #[prost(string, tag = "1")]
+        pub container_id: String,
+        #[prost(message, optional, tag = "2")]
+        pub resources: Option<Any>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Empty {}
+
+    /// Connects tonic to a unix socket, whatever URI it asks for.
+    #[derive(Clone)]
+    struct UnixConnector(PathBuf);
+
+    impl tower_service::Service<tonic::transport::Uri> for UnixConnector {
+        type Response = hyper_util::rt::TokioIo<tokio::net::UnixStream>;
+        type Error = std::io::Error;
+        type Future = Pin<Box<dyn Future<Output = std::io::Result<Self::Response>> + Send>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: tonic::transport::Uri) -> Self::Future {
+            let path = self.0.clone();
+            Box::pin(async move {
+                Ok(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(path).await?,
+                ))
+            })
+        }
+    }
+
+    /// One unary call of `method` ("/package.Service/Method") in
+    /// containerd namespace `namespace`; the error is the gRPC status.
+    pub fn unary<Req, Resp>(
+        socket: &Path,
+        namespace: &str,
+        method: &'static str,
+        request: Req,
+    ) -> Result<Resp, String>
+    where
+        Req: prost::Message + Send + Sync + 'static,
+        Resp: prost::Message + Default + Send + Sync + 'static,
+    {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let channel = tonic::transport::Endpoint::from_static("http://containerd")
+                .connect_with_connector(UnixConnector(socket.to_path_buf()))
+                .await
+                .map_err(|e| format!("connecting to {}: {e}", socket.display()))?;
+            let mut client = tonic::client::Grpc::new(channel);
+            client.ready().await.map_err(|e| e.to_string())?;
+            let mut request = tonic::Request::new(request);
+            request
+                .metadata_mut()
+                .insert("containerd-namespace", namespace.parse().unwrap());
+            let codec = tonic::codec::ProstCodec::<Req, Resp>::default();
+            let path = tonic::codegen::http::uri::PathAndQuery::from_static(method);
+            client
+                .unary(request, path, codec)
+                .await
+                .map(tonic::Response::into_inner)
+                .map_err(|status| format!("{:?}: {}", status.code(), status.message()))
+        })
+    }
 }
 
 impl Drop for Containerd {
