@@ -14,7 +14,9 @@
 #   archive  archive.sh          import and export of an OCI archive
 #   memory   daemon-memory.sh    the daemons' RSS idle and after a pull
 #   run      run.sh              run --rm latency, churn, daemons' PSS
-#   shim     shim.sh             the shim against the Go shim: run, PSS, RSS
+#   shim     shim.sh             the shim against the Go shim under
+#                                containerd 1.6.20 and under 2.2.7
+#                                (../shared/peers): run, PSS, RSS
 #   metad    metad.sh            metadata records through the CLI
 #   cri      cri.sh              berth-crid against containerd 2.2.7's CRI
 #                                (../shared/peers, critest's stand-in images):
@@ -47,8 +49,9 @@
 #                   and the table into docs/benchmarks.md (between its
 #                   "bench/all.sh" markers)
 #   the scripts' own: ROUNDS, WARMUP, CHURN_SECONDS, CHURN_WORKERS,
-#   MEMORY_CONTAINERS, SETTLE (run.sh), RUNS, IDLE (shim.sh), CRI_ROUNDS,
-#   CRI_PODS, CRI_PARALLEL (cri.sh),
+#   MEMORY_CONTAINERS, SETTLE (run.sh), RUNS, IDLE, SHIM_WARMUP,
+#   SHIM_SETTLE, SHIM_CONTAINERDS (shim.sh), CRI_ROUNDS, CRI_PODS,
+#   CRI_PARALLEL (cri.sh),
 #   BERTH_BENCH_ROOTFS (a minbase tar to use instead of mmdebstrap's)
 # A script that fails is recorded as failed and the suite goes on; the exit
 # status is 1 if any failed.

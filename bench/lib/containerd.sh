@@ -6,10 +6,38 @@
 # PATH, to find another shim) with its output in DIR/log, waits until it
 # answers on DIR/c.sock, and sets $containerd_pid (also recorded with
 # bench_track, for the cleanup at exit, from inside a $(...) too).
+# CONTAINERD_BIN and CTR_BIN name another containerd and its ctr (default:
+# Debian's on PATH); a containerd 2.x gets a `version = 3` config, with its
+# temp dir, opt dir, image verifiers and NRI socket under DIR as well.
 start_containerd() {
   local root=$1; shift
+  local bin=${CONTAINERD_BIN:-containerd} ctr=${CTR_BIN:-ctr} major
+  major=$("$bin" --version | awk '{sub(/^v/, "", $3); split($3, v, "."); print v[1]}')
   mkdir -p "$root"
-  cat >"$root/config.toml" <<TOML
+  if [ "${major:-1}" -ge 2 ]; then
+    mkdir -p "$root/tmp" "$root/opt" "$root/image-verifier" "$root/nri-plugins" "$root/nri-conf.d"
+    cat >"$root/config.toml" <<TOML
+version = 3
+root = "$root/root"
+state = "$root/state"
+temp = "$root/tmp"
+disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.runtime", "io.containerd.cri.v1.images"]
+[grpc]
+  address = "$root/c.sock"
+[ttrpc]
+  address = "$root/c.sock.ttrpc"
+[plugins]
+  [plugins.'io.containerd.internal.v1.opt']
+    path = "$root/opt"
+  [plugins.'io.containerd.image-verifier.v1.bindir']
+    bin_dir = "$root/image-verifier"
+  [plugins.'io.containerd.nri.v1.nri']
+    socket_path = "$root/nri.sock"
+    plugin_path = "$root/nri-plugins"
+    plugin_config_path = "$root/nri-conf.d"
+TOML
+  else
+    cat >"$root/config.toml" <<TOML
 version = 2
 root = "$root/root"
 state = "$root/state"
@@ -19,12 +47,13 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 [ttrpc]
   address = "$root/c.sock.ttrpc"
 TOML
-  PATH=${CONTAINERD_PATH:-$PATH} "$@" containerd --config "$root/config.toml" </dev/null >"$root/log" 2>&1 &
+  fi
+  PATH=${CONTAINERD_PATH:-$PATH} "$@" "$bin" --config "$root/config.toml" </dev/null >"$root/log" 2>&1 &
   containerd_pid=$!
   bench_track "$containerd_pid"
   wait_socket "$root/c.sock" containerd "$root/log" || return 1
   local _
-  for _ in $(seq 100); do ctr -a "$root/c.sock" version >/dev/null 2>&1 && return 0; sleep 0.1; done
+  for _ in $(seq 100); do "$ctr" -a "$root/c.sock" version >/dev/null 2>&1 && return 0; sleep 0.1; done
   echo "containerd does not answer; see $root/log" >&2
   return 1
 }
