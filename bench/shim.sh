@@ -229,7 +229,7 @@ for v in $VERSIONS; do
   t="containerd $version: containerd-shim-berth-v2 against its Go containerd-shim-runc-v2"$'\n\n'
   t+="| measurement | containerd-shim-berth-v2 | containerd-shim-runc-v2 (Go) | berth/Go | target | |"$'\n'
   t+="|---|---|---|---|---|---|"$'\n'
-  t+="| \`ctr run --rm busybox ID /bin/true\`, median of $RUNS (ms) | $b_med | $go_med | $lat_ratio | ≤ $LAT_TARGET | $(verdict "$lat_ratio" "$LAT_TARGET") |"$'\n'
+  t+="| \`ctr run --rm busybox ID /bin/true\`, median of $RUNS (ms) | $b_med | $go_med | $lat_ratio | ≤ $LAT_TARGET | $(verdict "$b_med / $go_med" "$LAT_TARGET") |"$'\n'
   t+="| same, mean of $RUNS (ms) | $b_mean | $go_mean | $(printf '%.2f' "$(echo "$b_mean / $go_mean" | bc -l)") | | |"$'\n'
   t+="| PSS per idle shim, $IDLE running (KiB) | $b_pss | $go_pss | $(printf '%.2f' "$(echo "$b_pss / $go_pss" | bc -l)") | ≤ $PSS_TARGET KiB | $(verdict "$b_pss" "$PSS_TARGET") |"$'\n'
   t+="| RSS per idle shim, $IDLE running (KiB) | $b_rss | $go_rss | $(printf '%.2f' "$(echo "$b_rss / $go_rss" | bc -l)") | ≤ $RSS_TARGET KiB | $(verdict "$b_rss" "$RSS_TARGET") |"$'\n'
