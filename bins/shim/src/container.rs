@@ -90,25 +90,38 @@ impl State {
 /// Whether the spec gives the container no pid namespace of its own; then
 /// its processes do not die with init and must be killed explicitly.
 pub fn shares_host_pid_namespace(bundle: &Path) -> bool {
-    let Ok(text) = std::fs::read_to_string(bundle.join("config.json")) else {
+    /// The part of the OCI spec this needs; the rest (mounts, env, hooks...)
+    /// is skipped unparsed, which keeps an idle shim's heap small.
+    #[derive(serde::Deserialize)]
+    struct Spec {
+        #[serde(default)]
+        linux: Option<Linux>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Linux {
+        #[serde(default)]
+        namespaces: Option<Vec<Namespace>>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Namespace {
+        #[serde(rename = "type")]
+        kind: String,
+        #[serde(default)]
+        path: Option<String>,
+    }
+    let Ok(text) = std::fs::read(bundle.join("config.json")) else {
         return false;
     };
-    let Ok(spec) = serde_json::from_str::<serde_json::Value>(&text) else {
+    let Ok(spec) = serde_json::from_slice::<Spec>(&text) else {
         return false;
     };
-    let private = spec
-        .pointer("/linux/namespaces")
-        .and_then(|n| n.as_array())
-        .is_some_and(|namespaces| {
-            namespaces.iter().any(|ns| {
-                ns.get("type").and_then(|t| t.as_str()) == Some("pid")
-                    && ns
-                        .get("path")
-                        .and_then(|p| p.as_str())
-                        .unwrap_or("")
-                        .is_empty()
-            })
-        });
+    let private = spec.linux.is_some_and(|linux| {
+        linux
+            .namespaces
+            .unwrap_or_default()
+            .iter()
+            .any(|ns| ns.kind == "pid" && ns.path.as_deref().is_none_or(str::is_empty))
+    });
     !private
 }
 
@@ -125,6 +138,10 @@ mod tests {
         write(r#"{"linux":{"namespaces":[{"type":"mount"}]}}"#);
         assert!(shares_host_pid_namespace(dir.path()));
         write(r#"{"linux":{"namespaces":[{"type":"pid","path":"/proc/1/ns/pid"}]}}"#);
+        assert!(shares_host_pid_namespace(dir.path()));
+        write(r#"{"linux":{"namespaces":[{"type":"pid","path":null}]},"process":{"args":["x"]}}"#);
+        assert!(!shares_host_pid_namespace(dir.path()));
+        write(r#"{"linux":{"namespaces":null}}"#);
         assert!(shares_host_pid_namespace(dir.path()));
     }
 }

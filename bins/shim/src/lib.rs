@@ -21,6 +21,7 @@ pub mod runc;
 pub mod runtime;
 pub mod serve;
 pub mod service;
+pub mod signals;
 pub mod start;
 pub mod stdio;
 pub mod tasks;

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use containerd_shim_protos::shim_async::create_task;
+use nix::sys::signal::Signal;
 use nix::sys::socket::{getsockopt, sockopt};
-use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::Notify;
 use ttrpc::security_extension::{AcceptHook, HookError, HookOutput};
 
@@ -21,6 +21,7 @@ use crate::events::{Destination, Publisher};
 use crate::flags::Flags;
 use crate::reaper::Reaper;
 use crate::service::TaskService;
+use crate::signals::Signals;
 use crate::tasks::Tasks;
 
 /// The listening socket `start` passes to the server.
@@ -117,12 +118,17 @@ async fn serve(flags: &Flags) -> Result<()> {
         shutdown.clone(),
     );
 
-    let mut sigchld = signal(SignalKind::child()).map_err(|e| ShimError::io("SIGCHLD", e))?;
+    let mut signals = Signals::install(&[Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT])?;
+    let terminated = Arc::new(Notify::new());
     let reaping = reaper.clone();
+    let terminating = terminated.clone();
     tokio::spawn(async move {
         reaping.reap();
-        while sigchld.recv().await.is_some() {
-            reaping.reap();
+        while let Ok(signal) = signals.next().await {
+            match signal {
+                Signal::SIGCHLD => reaping.reap(),
+                _ => terminating.notify_one(),
+            }
         }
     });
     let monitor = service.clone();
@@ -150,13 +156,10 @@ async fn serve(flags: &Flags) -> Result<()> {
         .await
         .map_err(|e| ShimError::io("starting the server", std::io::Error::other(e.to_string())))?;
 
-    let mut terminate = signal(SignalKind::terminate()).map_err(|e| ShimError::io("SIGTERM", e))?;
-    let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| ShimError::io("SIGINT", e))?;
     let idle = service.clone();
     tokio::select! {
         _ = shutdown.notified() => {}
-        _ = terminate.recv() => {}
-        _ = interrupt.recv() => {}
+        _ = terminated.notified() => {}
         _ = exit_if_never_used(idle, idle_limit()) => {
             crate::log_warn!("no Create came within {:?}: exiting", idle_limit());
         }
