@@ -31,7 +31,6 @@ use containerd_shim_protos::protobuf::rt::WireType;
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::protobuf::{CodedInputStream, Message};
 use containerd_shim_protos::shim::oci::Options as RuncOptions;
-use serde::Deserialize;
 
 use crate::error::{Result, ShimError};
 
@@ -114,46 +113,189 @@ impl RuntimeOptions {
     }
 
     /// Runc's option names in a TOML document (a `ConfigPath` file or the
-    /// CRI plugin's options section); `origin` names it in errors.
+    /// CRI plugin's options section); `origin` names it in errors. The
+    /// document is flat `Key = value` lines (see [`parse_option_document`]);
+    /// an unknown key is an error rather than a setting silently lost.
     pub fn from_toml(text: &str, origin: &str) -> Result<RuntimeOptions> {
-        let file: ConfigFile = toml::from_str(text).map_err(|e| {
-            ShimError::InvalidArgument(format!("runtime options in {origin}: {}", e.message()))
-        })?;
+        let invalid = |message: String| {
+            ShimError::InvalidArgument(format!("runtime options in {origin}: {message}"))
+        };
         let mut runc = RuncOptions::new();
-        runc.binary_name = file.binary_name;
-        runc.root = file.root;
-        runc.systemd_cgroup = file.systemd_cgroup;
-        runc.shim_cgroup = file.shim_cgroup;
-        runc.no_pivot_root = file.no_pivot_root;
-        runc.no_new_keyring = file.no_new_keyring;
-        runc.io_uid = file.io_uid;
-        runc.io_gid = file.io_gid;
-        runc.criu_image_path = file.criu_image_path;
-        runc.criu_work_path = file.criu_work_path;
+        for (key, value) in parse_option_document(text).map_err(invalid)? {
+            let wrong_type = || invalid(format!("{key} has the wrong type"));
+            let string = |value: &OptionValue| match value {
+                OptionValue::String(s) => Ok(s.clone()),
+                _ => Err(wrong_type()),
+            };
+            let boolean = |value: &OptionValue| match value {
+                OptionValue::Bool(b) => Ok(*b),
+                _ => Err(wrong_type()),
+            };
+            let id = |value: &OptionValue| match value {
+                OptionValue::Integer(n) => u32::try_from(*n).map_err(|_| wrong_type()),
+                _ => Err(wrong_type()),
+            };
+            match key.as_str() {
+                "BinaryName" => runc.binary_name = string(&value)?,
+                "Root" => runc.root = string(&value)?,
+                "SystemdCgroup" => runc.systemd_cgroup = boolean(&value)?,
+                "ShimCgroup" => runc.shim_cgroup = string(&value)?,
+                "NoPivotRoot" => runc.no_pivot_root = boolean(&value)?,
+                "NoNewKeyring" => runc.no_new_keyring = boolean(&value)?,
+                "IoUid" => runc.io_uid = id(&value)?,
+                "IoGid" => runc.io_gid = id(&value)?,
+                "CriuImagePath" => runc.criu_image_path = string(&value)?,
+                "CriuWorkPath" => runc.criu_work_path = string(&value)?,
+                // The CRI plugin's own keys, when it passes its whole
+                // options section.
+                "TypeUrl" | "ConfigPath" => {}
+                other => return Err(invalid(format!("unknown option {other:?}"))),
+            }
+        }
         Ok(RuntimeOptions::from_runc(runc))
     }
 }
 
-/// A runtime config file: runc's options under the names containerd's
-/// TOML configuration gives them. `TypeUrl` and `ConfigPath` appear when
-/// the CRI plugin passes its whole options section; they are ignored.
-#[derive(Debug, Default, Deserialize)]
-#[serde(default, deny_unknown_fields, rename_all = "PascalCase")]
-struct ConfigFile {
-    binary_name: String,
-    root: String,
-    systemd_cgroup: bool,
-    shim_cgroup: String,
-    no_pivot_root: bool,
-    no_new_keyring: bool,
-    io_uid: u32,
-    io_gid: u32,
-    criu_image_path: String,
-    criu_work_path: String,
-    #[serde(rename = "TypeUrl")]
-    _type_url: String,
-    #[serde(rename = "ConfigPath")]
-    _config_path: String,
+/// A value in a runtime options document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum OptionValue {
+    String(String),
+    Bool(bool),
+    Integer(i64),
+}
+
+/// Reads the flat TOML runtime options are written in: `Key = value`
+/// lines, with strings (basic `"..."` with escapes, or literal `'...'`),
+/// booleans and decimal integers, blank lines and `#` comments. Tables,
+/// arrays, dotted keys and multi-line strings, which no runc option needs,
+/// are refused with the line they are on. (The shim parses this itself
+/// rather than through the `toml` crate: the crate's code would add about
+/// 150 KiB to every idle shim's resident memory.)
+fn parse_option_document(text: &str) -> std::result::Result<Vec<(String, OptionValue)>, String> {
+    let mut entries: Vec<(String, OptionValue)> = Vec::new();
+    for (index, raw) in text.lines().enumerate() {
+        let line_number = index + 1;
+        let at = |message: &str| format!("line {line_number}: {message}");
+        let line = raw.trim_start();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if line.starts_with('[') {
+            return Err(at("tables are not supported in runtime options"));
+        }
+        let (key, rest) = if let Some(quoted) = line.strip_prefix('"') {
+            parse_basic_string(quoted).map_err(|e| at(&e))?
+        } else {
+            let end = line
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+                .unwrap_or(line.len());
+            (line[..end].to_string(), &line[end..])
+        };
+        if key.is_empty() {
+            return Err(at("expected a key"));
+        }
+        let Some(rest) = rest.trim_start().strip_prefix('=') else {
+            return Err(at(
+                "expected `=` after the key (dotted keys are not supported)",
+            ));
+        };
+        let rest = rest.trim_start();
+        let (value, rest) = if let Some(quoted) = rest.strip_prefix('"') {
+            if quoted.starts_with("\"\"") {
+                return Err(at("multi-line strings are not supported"));
+            }
+            let (s, rest) = parse_basic_string(quoted).map_err(|e| at(&e))?;
+            (OptionValue::String(s), rest)
+        } else if let Some(quoted) = rest.strip_prefix('\'') {
+            if quoted.starts_with("''") {
+                return Err(at("multi-line strings are not supported"));
+            }
+            let Some(end) = quoted.find('\'') else {
+                return Err(at("unterminated string"));
+            };
+            (
+                OptionValue::String(quoted[..end].to_string()),
+                &quoted[end + 1..],
+            )
+        } else {
+            let end = rest
+                .find(|c: char| c.is_whitespace() || c == '#')
+                .unwrap_or(rest.len());
+            let word = &rest[..end];
+            let value =
+                match word {
+                    "true" => OptionValue::Bool(true),
+                    "false" => OptionValue::Bool(false),
+                    _ => OptionValue::Integer(parse_integer(word).ok_or_else(|| {
+                        at(&format!("{word:?} is not a string, boolean or integer"))
+                    })?),
+                };
+            (value, &rest[end..])
+        };
+        let rest = rest.trim_start();
+        if !(rest.is_empty() || rest.starts_with('#')) {
+            return Err(at(&format!("unexpected {rest:?} after the value")));
+        }
+        if entries.iter().any(|(k, _)| *k == key) {
+            return Err(at(&format!("{key} is given twice")));
+        }
+        entries.push((key, value));
+    }
+    Ok(entries)
+}
+
+/// A basic string's contents after its opening quote, escapes decoded;
+/// returns it and what follows the closing quote.
+fn parse_basic_string(text: &str) -> std::result::Result<(String, &str), String> {
+    let mut out = String::new();
+    let mut chars = text.char_indices();
+    while let Some((i, c)) = chars.next() {
+        match c {
+            '"' => return Ok((out, &text[i + 1..])),
+            '\\' => {
+                let (_, escaped) = chars.next().ok_or("unterminated string")?;
+                match escaped {
+                    'b' => out.push('\u{8}'),
+                    't' => out.push('\t'),
+                    'n' => out.push('\n'),
+                    'f' => out.push('\u{c}'),
+                    'r' => out.push('\r'),
+                    '"' => out.push('"'),
+                    '\\' => out.push('\\'),
+                    'u' | 'U' => {
+                        let digits = if escaped == 'u' { 4 } else { 8 };
+                        let hex: String = chars.by_ref().take(digits).map(|(_, c)| c).collect();
+                        let code = u32::from_str_radix(&hex, 16)
+                            .ok()
+                            .filter(|_| hex.len() == digits)
+                            .and_then(char::from_u32)
+                            .ok_or_else(|| format!("bad escape \\{escaped}{hex}"))?;
+                        out.push(code);
+                    }
+                    other => return Err(format!("bad escape \\{other}")),
+                }
+            }
+            c if c.is_control() && c != '\t' => return Err("control character in a string".into()),
+            c => out.push(c),
+        }
+    }
+    Err("unterminated string".into())
+}
+
+/// A decimal TOML integer: optional sign, digits, single underscores
+/// between digits, no leading zero.
+fn parse_integer(word: &str) -> Option<i64> {
+    let digits = word.strip_prefix(['+', '-']).unwrap_or(word);
+    let well_formed = !digits.is_empty()
+        && !digits.starts_with('_')
+        && !digits.ends_with('_')
+        && !digits.contains("__")
+        && digits.chars().all(|c| c.is_ascii_digit() || c == '_')
+        && (digits == "0" || !digits.starts_with('0'));
+    if !well_formed {
+        return None;
+    }
+    word.replace('_', "").parse().ok()
 }
 
 /// What `start` reads on stdin.
@@ -471,5 +613,53 @@ mod tests {
         let parsed = StartInput::parse(&bare.write_to_bytes().unwrap(), "c1", "default").unwrap();
         assert_eq!(parsed.options, RuntimeOptions::default());
         assert!(parsed.containerd_version.is_some());
+    }
+
+    #[test]
+    fn option_documents_are_flat_toml() {
+        let text = concat!(
+            "# runc options\n",
+            "\n",
+            "BinaryName = \"/opt/a \\\"b\\\" \\u00e9\" # trailing\n",
+            "Root = '/run/c:\\d'\n",
+            "\"SystemdCgroup\" = true\n",
+            "IoUid = 100_000\n",
+            "IoGid = +7\n",
+        );
+        let entries = parse_option_document(text).unwrap();
+        assert_eq!(
+            entries,
+            vec![
+                (
+                    "BinaryName".into(),
+                    OptionValue::String("/opt/a \"b\" \u{e9}".into())
+                ),
+                ("Root".into(), OptionValue::String("/run/c:\\d".into())),
+                ("SystemdCgroup".into(), OptionValue::Bool(true)),
+                ("IoUid".into(), OptionValue::Integer(100_000)),
+                ("IoGid".into(), OptionValue::Integer(7)),
+            ]
+        );
+        for bad in [
+            "[table]\n",
+            "a.b = 1\n",
+            "Key = [1, 2]\n",
+            "Key = \"open\n",
+            "Key = \"\"\"multi\n",
+            "Key = '''multi\n",
+            "Key = 1 2\n",
+            "Key = 012\n",
+            "Key = 1__0\n",
+            "Key = \"bad \\q escape\"\n",
+            "= 1\n",
+            "Key = yes\n",
+            "Key = 1\nKey = 2\n",
+        ] {
+            assert!(parse_option_document(bad).is_err(), "{bad:?} was accepted");
+        }
+        let err = RuntimeOptions::from_toml("IoUid = -1\n", "f").unwrap_err();
+        assert!(err.to_string().contains("IoUid"), "{err}");
+        let err = RuntimeOptions::from_toml("SystemdCgroup = \"yes\"\n", "f").unwrap_err();
+        assert!(err.to_string().contains("SystemdCgroup"), "{err}");
     }
 }

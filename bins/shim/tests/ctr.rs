@@ -51,7 +51,30 @@ for_every_variant!(
     delete_of_a_running_task,
     containerd_restart_keeps_the_task,
     fifty_containers_leave_nothing_behind,
+    user_namespaced_stdio_can_be_reopened,
+    an_exec_racing_an_init_kill_never_outlives_it,
 );
+
+/// containerd 2.x only (1.6's ctr has no `plugins inspect-runtime`).
+mod v22_only {
+    macro_rules! for_both_shims {
+        ($($name:ident),*) => {
+            mod berth { $(#[test] fn $name() {
+                let version = crate::Version::V22;
+                if crate::support::prerequisites(version) {
+                    crate::$name(crate::Containerd::start(version), crate::BERTH)
+                }
+            })* }
+            mod runc { $(#[test] fn $name() {
+                let version = crate::Version::V22;
+                if crate::support::prerequisites(version) {
+                    crate::$name(crate::Containerd::start(version), crate::RUNC)
+                }
+            })* }
+        };
+    }
+    for_both_shims!(inspect_runtime_reports_the_runtimes_features);
+}
 
 fn run_prints_output_and_propagates_exit_code(containerd: Containerd, runtime: &str) {
     let out = containerd.run(
@@ -790,4 +813,192 @@ fn delete_of_a_running_task(containerd: Containerd, runtime: &str) {
     let out = containerd.ctr(&["container", "rm", "paused"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     containerd.assert_no_shims();
+}
+
+/// `ctr plugins inspect-runtime` (containerd 2.x runs `<shim> -info`): the
+/// shim's name, and the OCI runtime's features, which list `rro` (the CRI
+/// plugin offers recursive read-only mounts when they do).
+fn inspect_runtime_reports_the_runtimes_features(containerd: Containerd, runtime: &str) {
+    let out = containerd.ctr(&["plugins", "inspect-runtime", "--runtime", runtime]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(info["Name"], runtime, "{info}");
+    assert!(
+        info["Features"]["mountOptions"]
+            .as_array()
+            .is_some_and(|options| options.iter().any(|o| o == "rro")),
+        "{info}"
+    );
+}
+
+/// A container whose root is another user on the host (ctr's `--uidmap`
+/// sets the io owner: containerd.linux.runc.CreateOptions from ctr 1.6
+/// for a runtime not named io.containerd.runc.*, runc options otherwise)
+/// can reopen its stdout through /proc/self/fd, as `/dev/stdout` users do.
+fn user_namespaced_stdio_can_be_reopened(containerd: Containerd, runtime: &str) {
+    let out = containerd.run(
+        runtime,
+        &[
+            "--rm",
+            "--uidmap",
+            "0:100000:65536",
+            "--gidmap",
+            "0:100000:65536",
+        ],
+        "userns",
+        &["sh", "-c", "echo reopened-$(id -u) > /proc/self/fd/1"],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout).trim(),
+        "reopened-0",
+        "{}",
+        text(&out.stderr)
+    );
+    containerd.assert_no_shims();
+}
+
+/// containerd issue 10589: an exec whose Start is under way when the init
+/// is killed, and a second exec created after the kill. Through a runc
+/// wrapper that holds `runc exec` of marked processes until told to go:
+/// the init's exit is not published while the first exec starts, neither
+/// exec runs, the task ends stopped with 137, and nothing is left. Looped:
+/// it must hold every time.
+fn an_exec_racing_an_init_kill_never_outlives_it(containerd: Containerd, runtime: &str) {
+    let gates = containerd.dir.path().join("gates");
+    std::fs::create_dir_all(&gates).unwrap();
+    let runc = which("runc");
+    let wrapper = containerd.dir.path().join("runc-delayed-exec");
+    std::fs::write(
+        &wrapper,
+        format!(
+            r#"#!/bin/sh
+# runc, except that `runc exec` of a process whose args include a number
+# with a gate file waits: it touches <n>.ready, then waits for <n>.go.
+process=""
+previous=""
+for arg in "$@"; do
+    [ "$previous" = "--process" ] && process="$arg"
+    previous="$arg"
+done
+if [ -n "$process" ]; then
+    for n in 301 302; do
+        if grep -q ""$n"" "$process"; then
+            touch "{gates}/$n.ready"
+            while [ ! -e "{gates}/$n.go" ]; do sleep 0.05; done
+        fi
+    done
+fi
+exec {runc} "$@"
+"#,
+            gates = gates.display(),
+            runc = runc.display(),
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    // How each shim is told to use the wrapper: runc options for the Go
+    // shim, a runtime config file (runtimeoptions.v1 ConfigPath) for ours.
+    let config = containerd.dir.path().join("berth-runtime.toml");
+    std::fs::write(&config, format!("BinaryName = \"{}\"\n", wrapper.display())).unwrap();
+    let wrapper_arg = wrapper.display().to_string();
+    let config_arg = config.display().to_string();
+    let runtime_flags: Vec<&str> = if runtime == RUNC {
+        vec!["--runc-binary", &wrapper_arg]
+    } else {
+        vec!["--runtime-config-path", &config_arg]
+    };
+
+    for round in 0..3 {
+        for n in [301, 302] {
+            let _ = std::fs::remove_file(gates.join(format!("{n}.ready")));
+            let _ = std::fs::remove_file(gates.join(format!("{n}.go")));
+        }
+        let id = format!("race{round}");
+        let mut extra = vec!["-d"];
+        extra.extend(&runtime_flags);
+        let out = containerd.run(runtime, &extra, &id, &["sleep", "100000"]);
+        assert!(out.status.success(), "run {id}: {}", text(&out.stderr));
+        containerd.wait_for_status(&id, "RUNNING");
+        let events = containerd.events();
+        let exec = |exec_id: &str, n: &str| {
+            containerd
+                .ctr_command(&["task", "exec", "--exec-id", exec_id, &id, "sleep", n])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let exec1 = exec("exec1", "301");
+        wait_for_file(&gates.join("301.ready"), Duration::from_secs(30));
+
+        let init: i32 = text(&containerd.ctr(&["task", "ls"]).stdout)
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(id.as_str()))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|pid| pid.parse().ok())
+            .unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(init),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        let mut exec2 = exec("exec2", "302");
+        // exec2 either reaches runc (and waits at its gate) or is refused.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !gates.join("302.ready").exists()
+            && exec2.try_wait().unwrap().is_none()
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let held = events.matching(&["/tasks/exit", &id]);
+
+        std::fs::write(gates.join("301.go"), "").unwrap();
+        let exec1 = exec1.wait_with_output().unwrap();
+        std::fs::write(gates.join("302.go"), "").unwrap();
+        let exec2 = exec2.wait_with_output().unwrap();
+        assert!(
+            held.is_empty(),
+            "round {round}: the init's exit was published while exec1 was starting: {held:?}"
+        );
+        assert!(!exec1.status.success(), "round {round}: exec1 ran");
+        assert!(!exec2.status.success(), "round {round}: exec2 ran");
+        containerd.wait_for_status(&id, "STOPPED");
+        assert!(
+            events
+                .wait_for(&["/tasks/exit", &id], Duration::from_secs(10))
+                .is_some(),
+            "round {round}: no exit event: {}",
+            events.all()
+        );
+        assert_eq!(delete_reporting_exit_status(&containerd, &id), 137);
+        let out = containerd.ctr(&["container", "rm", &id]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    containerd.assert_no_shims();
+}
+
+fn which(binary: &str) -> std::path::PathBuf {
+    std::env::split_paths(&std::env::var_os("PATH").unwrap())
+        .map(|dir| dir.join(binary))
+        .find(|path| path.is_file())
+        .unwrap_or_else(|| panic!("{binary} is not on PATH"))
+}
+
+fn wait_for_file(path: &std::path::Path, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while !path.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{} never appeared",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
