@@ -301,11 +301,14 @@ fn last_log_error(log: &Path, from: u64) -> Option<String> {
     let mut file = std::fs::File::open(log).ok()?;
     file.seek(SeekFrom::Start(from)).ok()?;
     file.read_to_string(&mut text).ok()?;
+    #[derive(serde::Deserialize)]
+    struct Entry {
+        level: String,
+        msg: String,
+    }
     text.lines().rev().find_map(|line| {
-        let entry: serde_json::Value = serde_json::from_str(line).ok()?;
-        (entry.get("level")?.as_str()? == "error")
-            .then(|| entry.get("msg")?.as_str().map(str::to_string))
-            .flatten()
+        let entry: Entry = serde_json::from_str(line).ok()?;
+        (entry.level == "error").then_some(entry.msg)
     })
 }
 

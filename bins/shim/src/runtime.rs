@@ -113,25 +113,35 @@ pub fn runc_factory() -> RuntimeFactory {
     Arc::new(|config, bundle, reaper| Arc::new(Runc::new(config, bundle, reaper)))
 }
 
+/// [`RUNTIME_FILE`]'s contents.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SavedRuntime {
+    binary: String,
+    root: PathBuf,
+    systemd_cgroup: bool,
+}
+
 pub fn save_runtime_config(bundle: &Path, config: &RuntimeConfig) -> Result<()> {
-    let json = serde_json::json!({
-        "binary": config.binary,
-        "root": config.root,
-        "systemd_cgroup": config.systemd_cgroup,
-    });
+    let saved = SavedRuntime {
+        binary: config.binary.clone(),
+        root: config.root.clone(),
+        systemd_cgroup: config.systemd_cgroup,
+    };
+    let json =
+        serde_json::to_vec(&saved).map_err(|e| ShimError::json("encoding the runtime", e))?;
     let path = bundle.join(RUNTIME_FILE);
-    std::fs::write(&path, json.to_string())
+    std::fs::write(&path, json)
         .map_err(|e| ShimError::io(format!("writing {}", path.display()), e))
 }
 
 /// The runtime settings saved at Create, if any.
 pub fn load_runtime_config(bundle: &Path) -> Option<RuntimeConfig> {
-    let text = std::fs::read_to_string(bundle.join(RUNTIME_FILE)).ok()?;
-    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let text = std::fs::read(bundle.join(RUNTIME_FILE)).ok()?;
+    let saved: SavedRuntime = serde_json::from_slice(&text).ok()?;
     Some(RuntimeConfig {
-        binary: json.get("binary")?.as_str()?.to_string(),
-        root: PathBuf::from(json.get("root")?.as_str()?),
-        systemd_cgroup: json.get("systemd_cgroup")?.as_bool()?,
+        binary: saved.binary,
+        root: saved.root,
+        systemd_cgroup: saved.systemd_cgroup,
         criu: None,
     })
 }

@@ -161,8 +161,19 @@ fn bootstrap_version(max_shim_version: Option<&str>, bootstrap_params: bool) -> 
 }
 
 fn reply(address: &str, version: u32) -> String {
+    #[derive(serde::Serialize)]
+    struct Bootstrap<'a> {
+        version: u32,
+        address: &'a str,
+        protocol: &'a str,
+    }
     if version >= 2 {
-        serde_json::json!({"version": version, "address": address, "protocol": "ttrpc"}).to_string()
+        let reply = Bootstrap {
+            version,
+            address,
+            protocol: "ttrpc",
+        };
+        serde_json::to_string(&reply).unwrap_or_else(|_| address.to_string())
     } else {
         address.to_string()
     }

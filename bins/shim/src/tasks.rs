@@ -885,7 +885,9 @@ async fn run_with_console(
 /// absent), checked to be JSON before anything is handed to the runtime.
 fn json_payload(any: Option<&Any>, what: &'static str) -> Result<Vec<u8>> {
     let bytes = any.map(|any| any.value.clone()).unwrap_or_default();
-    serde_json::from_slice::<serde_json::Value>(&bytes).map_err(|e| ShimError::json(what, e))?;
+    // Checked, not kept: IgnoredAny builds nothing.
+    serde_json::from_slice::<serde::de::IgnoredAny>(&bytes)
+        .map_err(|e| ShimError::json(what, e))?;
     Ok(bytes)
 }
 
