@@ -1,7 +1,7 @@
 //! The state of the one container a shim runs: its init and exec'd
 //! processes, the runtime that runs them, and what Create set up for it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -68,22 +68,34 @@ impl Container {
 /// Everything behind the shim's one lock.
 #[derive(Debug, Default)]
 pub struct State {
-    pub container: Option<Container>,
+    /// The containers this shim runs, by id: one, or every container of a
+    /// pod when containerd groups them (`start` with the pod's sandbox id
+    /// in the annotations gives them all one shim).
+    pub containers: HashMap<String, Container>,
+    /// Ids whose Create is in progress, so a second Create of one fails.
+    pub creating: HashSet<String>,
     /// Exits of pids not (yet) known: an exec that exited before its pid
     /// file was read, or orphans re-parented to us.
     pub unmatched: UnmatchedExits,
-    /// Shutdown was asked for while the container still existed (a Delete
-    /// still running, say): exit once it is gone.
+    /// Shutdown was asked for while containers still existed (a Delete
+    /// still running, say): exit once the last is gone.
     pub shutdown_requested: bool,
 }
 
 impl State {
-    /// The container, if it is the one named `id`.
+    /// The container named `id`.
     pub fn container(&mut self, id: &str) -> Result<&mut Container> {
-        match self.container.as_mut() {
-            Some(c) if c.id == id => Ok(c),
-            _ => Err(ShimError::NotFound(format!("container {id} not found"))),
-        }
+        self.containers
+            .get_mut(id)
+            .ok_or_else(|| ShimError::NotFound(format!("container {id} not found")))
+    }
+
+    /// The container and exec id ("" for init) of the live process whose
+    /// exit `pid` is.
+    pub fn claimant(&mut self, pid: i32) -> Option<(&mut Container, String)> {
+        self.containers
+            .values_mut()
+            .find_map(|c| c.claimant(pid).map(|exec_id| (c, exec_id)))
     }
 }
 

@@ -101,13 +101,10 @@ impl Tasks {
     /// reaper does not hand to a runtime command.
     pub fn handle_exit(self: &Arc<Self>, exit: Exit) {
         let mut state = self.lock();
-        let Some(container) = state.container.as_mut() else {
-            // Create has not recorded the container yet (its init can die
-            // right after `runc create`): keep the exit for it to find.
-            state.unmatched.keep(exit);
-            return;
-        };
-        let Some(exec_id) = container.claimant(exit.pid) else {
+        let Some((container, exec_id)) = state.claimant(exit.pid) else {
+            // No process has the pid yet (an init can die right after
+            // `runc create`, before Create has recorded its container):
+            // keep the exit for the Create or Start that learns it.
             state.unmatched.keep(exit);
             return;
         };

@@ -208,10 +208,12 @@ impl Runtime for FakeRuntime {
 #[derive(Debug)]
 pub struct Harness {
     pub tasks: Arc<Tasks>,
+    /// Notified when the shim would exit.
+    pub shutdown: Arc<Notify>,
     pub runtime: Arc<FakeRuntime>,
     calls: mpsc::UnboundedReceiver<String>,
     events: mpsc::UnboundedReceiver<Queued>,
-    bundle: tempfile::TempDir,
+    pub bundle: tempfile::TempDir,
 }
 
 /// How long a test waits for something that should happen.
@@ -236,15 +238,17 @@ impl Harness {
         let (publisher, events) = Publisher::capture();
         let (reaper, _exits) = Reaper::new();
         let made = runtime.clone();
+        let shutdown = Arc::new(Notify::new());
         let tasks = Tasks::with_runtimes(
             "testing".into(),
             Arc::new(reaper),
             publisher,
-            Arc::new(Notify::new()),
+            shutdown.clone(),
             Arc::new(move |_, _, _| made.clone() as Arc<dyn Runtime>),
         );
         Harness {
             tasks,
+            shutdown,
             runtime,
             calls,
             events,
@@ -274,12 +278,18 @@ impl Harness {
 
     /// Creates the container (init in the created state); returns its pid.
     pub async fn create(&mut self) -> u32 {
+        self.create_named(ID).await
+    }
+
+    /// Creates container `id` in this shim (the runtime gives its init the
+    /// scripted init pid); returns that pid.
+    pub async fn create_named(&mut self, id: &str) -> u32 {
         let mut req = api::CreateTaskRequest::new();
-        req.id = ID.into();
+        req.id = id.into();
         req.bundle = self.bundle.path().display().to_string();
         let pid = self.tasks.create(req).await.unwrap();
         assert_eq!(self.next_call().await, "create");
-        assert_eq!(self.next_event().await, format!("create {ID} {pid}"));
+        assert_eq!(self.next_event().await, format!("create {id} {pid}"));
         pid
     }
 

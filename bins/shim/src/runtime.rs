@@ -130,8 +130,7 @@ pub fn save_runtime_config(bundle: &Path, config: &RuntimeConfig) -> Result<()> 
     let json =
         serde_json::to_vec(&saved).map_err(|e| ShimError::json("encoding the runtime", e))?;
     let path = bundle.join(RUNTIME_FILE);
-    std::fs::write(&path, json)
-        .map_err(|e| ShimError::io(format!("writing {}", path.display()), e))
+    std::fs::write(&path, json).map_err(|e| ShimError::io(format!("writing {}", path.display()), e))
 }
 
 /// The runtime settings saved at Create, if any.

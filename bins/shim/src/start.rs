@@ -70,7 +70,8 @@ pub fn run(flags: &Flags, stdin: &[u8]) -> Result<String> {
         input.containerd_version.is_some(),
     );
     let bundle = bundle_dir(flags)?;
-    let socket = layout::socket_path(&bundle, &flags.address, &flags.namespace, &flags.id);
+    let group = shim_group(&bundle).unwrap_or_else(|| flags.id.clone());
+    let socket = layout::socket_path(&bundle, &flags.address, &flags.namespace, &group);
     let address = layout::address_of(&socket);
 
     if socket.exists() && UnixStream::connect(&socket).is_ok() {
@@ -141,6 +142,31 @@ fn spawn_server(flags: &Flags, bundle: &Path, listener: &UnixListener) -> Result
         .spawn()
         .map_err(|e| ShimError::io("starting the shim server", e))?;
     Ok(child.id())
+}
+
+/// The annotations that put containers in one shim, as containerd's Go
+/// shim reads them: an explicit group, else the pod's sandbox id (the CRI
+/// plugin annotates every container of a pod, the sandbox included, with
+/// it). Containers of one group share a socket and so one shim.
+const GROUP_ANNOTATIONS: [&str; 2] = [
+    "io.containerd.runc.v2.group",
+    "io.kubernetes.cri.sandbox-id",
+];
+
+/// The group the bundle's container belongs to, if its spec names one.
+fn shim_group(bundle: &Path) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Spec {
+        #[serde(default)]
+        annotations: Option<std::collections::HashMap<String, String>>,
+    }
+    let text = std::fs::read(bundle.join("config.json")).ok()?;
+    let annotations = serde_json::from_slice::<Spec>(&text).ok()?.annotations?;
+    GROUP_ANNOTATIONS
+        .iter()
+        .find_map(|key| annotations.get(*key))
+        .filter(|group| berth_ids::validate_id(group).is_ok())
+        .cloned()
 }
 
 /// The bootstrap a caller understands: 3 (JSON, task API v3) when it

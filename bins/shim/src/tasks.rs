@@ -66,6 +66,28 @@ impl Drop for StartWindow<'_> {
     }
 }
 
+/// A container id whose Create is in progress; a second Create of it (or
+/// of a container that exists) is refused until this is dropped.
+struct Reservation<'a>(&'a Tasks, String);
+
+impl<'a> Reservation<'a> {
+    fn take(tasks: &'a Tasks, id: &str) -> Result<Reservation<'a>> {
+        let mut state = tasks.lock();
+        if state.containers.contains_key(id) || !state.creating.insert(id.to_string()) {
+            return Err(ShimError::AlreadyExists(format!(
+                "container {id} already exists"
+            )));
+        }
+        Ok(Reservation(tasks, id.to_string()))
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.0.lock().creating.remove(&self.1);
+    }
+}
+
 /// Makes each container's runtime (printable, for `Debug`).
 struct Runtimes(RuntimeFactory);
 
@@ -121,12 +143,7 @@ impl Tasks {
         self.create_requested.store(true, Ordering::Relaxed);
         let _window = StartWindow::open(self);
         berth_ids::validate_id(&req.id)?;
-        if self.lock().container.is_some() {
-            return Err(ShimError::AlreadyExists(format!(
-                "this shim already runs a container, not creating {}",
-                req.id
-            )));
-        }
+        let _reserved = Reservation::take(self, &req.id)?;
         if !req.checkpoint.is_empty() {
             return Err(ShimError::Unimplemented(
                 "restoring from a checkpoint is not supported".into(),
@@ -242,12 +259,11 @@ impl Tasks {
         event.pid = pid;
 
         let mut state = self.lock();
-        state.container = Some(container);
+        let unmatched = state.unmatched.take(pid);
+        let container = state.containers.entry(req.id.clone()).or_insert(container);
         self.publisher.publish(events::TASK_CREATE, &event);
-        if let Some(exit) = state.unmatched.take(pid) {
-            if let Some(container) = state.container.as_mut() {
-                self.begin_exit(container, "", exit);
-            }
+        if let Some(exit) = unmatched {
+            self.begin_exit(container, "", exit);
         }
         Ok(pid)
     }
@@ -504,11 +520,10 @@ impl Tasks {
         if let Some(watch) = container.oom_watch.take() {
             watch.abort();
         }
-        state.container = None;
-        if state.shutdown_requested {
+        state.containers.remove(id);
+        if state.shutdown_requested && state.containers.is_empty() {
             self.shutdown.notify_one();
         }
-        state.unmatched.clear();
         let response = delete_response(pid, exit);
         let mut event = ev::TaskDelete::new();
         event.container_id = id.to_string();
@@ -835,20 +850,17 @@ impl Tasks {
         Ok(response)
     }
 
-    /// The init's pid, if `id` is the container (0 if not).
+    /// The init's pid of container `id` (0 if there is none).
     pub fn task_pid(&self, id: &str) -> u32 {
         let state = self.lock();
-        state
-            .container
-            .as_ref()
-            .filter(|c| c.id == id)
-            .map_or(0, |container| container.init.pid)
+        state.containers.get(id).map_or(0, |c| c.init.pid)
     }
 
-    /// Exits the shim now if there is no container, else once it is deleted.
+    /// Exits the shim now if it runs no container, else once the last is
+    /// deleted.
     pub fn shutdown(&self) {
         let mut state = self.lock();
-        if state.container.is_none() {
+        if state.containers.is_empty() && state.creating.is_empty() {
             self.shutdown.notify_one();
         } else {
             state.shutdown_requested = true;
@@ -1085,6 +1097,61 @@ mod tests {
     /// Start runs only a created process of a running container, once: a
     /// second Start, a Start of an init that died before it, and an exec's
     /// Start before the init's are refused before the runtime is asked.
+    /// Containers of one pod share the shim: each is created, exits and is
+    /// deleted on its own; a Create of an id that exists is refused; the
+    /// shim exits only when the last container is gone.
+    #[tokio::test(flavor = "current_thread")]
+    async fn one_shim_runs_every_container_of_a_pod() {
+        let mut h = Harness::running().await;
+        let mut req = api::CreateTaskRequest::new();
+        req.id = ID.into();
+        req.bundle = h.bundle.path().display().to_string();
+        assert!(matches!(
+            h.tasks.create(req).await,
+            Err(ShimError::AlreadyExists(_))
+        ));
+        h.runtime.set_init_pid(OTHER_EXEC_PID);
+        assert_eq!(h.create_named("c2").await, OTHER_EXEC_PID);
+        h.tasks.start("c2", "").await.unwrap();
+        assert_eq!(h.next_call().await, "start");
+        assert_eq!(h.next_event().await, format!("start c2 {OTHER_EXEC_PID}"));
+
+        h.reap(OTHER_EXEC_PID, 3);
+        assert_eq!(
+            h.next_event().await,
+            format!("exit c2 c2 {OTHER_EXEC_PID} 3")
+        );
+        assert_eq!(
+            h.status(""),
+            (
+                containerd_shim_protos::types::task::Status::RUNNING,
+                INIT_PID
+            ),
+            "c is untouched"
+        );
+        assert_eq!(h.tasks.task_pid("c2"), OTHER_EXEC_PID);
+
+        h.tasks.shutdown();
+        assert_eq!(h.tasks.delete("c2", "").await.unwrap().exit_status, 3);
+        assert_eq!(h.next_call().await, "delete force");
+        assert_eq!(
+            h.next_event().await,
+            format!("delete c2 {OTHER_EXEC_PID} 3")
+        );
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), h.shutdown.notified())
+                .await
+                .is_err(),
+            "c still runs: the shim stays"
+        );
+        h.reap(INIT_PID, 0);
+        assert_eq!(h.next_event().await, format!("exit {ID} {ID} {INIT_PID} 0"));
+        h.tasks.delete(ID, "").await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), h.shutdown.notified())
+            .await
+            .expect("the last Delete lets the requested shutdown happen");
+    }
+
     /// Two Deletes at once: the first deletes (runc's delete runs once),
     /// the second is told the container is gone.
     #[tokio::test(flavor = "current_thread")]

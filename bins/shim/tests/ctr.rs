@@ -53,6 +53,7 @@ for_every_variant!(
     fifty_containers_leave_nothing_behind,
     user_namespaced_stdio_can_be_reopened,
     an_exec_racing_an_init_kill_never_outlives_it,
+    containers_of_one_pod_share_a_shim,
 );
 
 /// containerd 2.x only (1.6's ctr has no `plugins inspect-runtime`).
@@ -1001,4 +1002,49 @@ fn wait_for_file(path: &std::path::Path, timeout: Duration) {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The containers of a pod (one `io.kubernetes.cri.sandbox-id`
+/// annotation, as the CRI plugin sets it) run in one shim: each is
+/// exec'd into, killed and deleted on its own, and the shim goes with
+/// the last.
+fn containers_of_one_pod_share_a_shim(containerd: Containerd, runtime: &str) {
+    let pod = "--annotation=io.kubernetes.cri.sandbox-id=pod1";
+    for id in ["sandbox", "app"] {
+        let out = containerd.run(runtime, &["-d", pod], id, &["sleep", "100000"]);
+        assert!(out.status.success(), "run {id}: {}", text(&out.stderr));
+        containerd.wait_for_status(id, "RUNNING");
+    }
+    assert_eq!(containerd.shim_pids().len(), 1, "one shim for the pod");
+    let out = containerd.run(runtime, &["-d"], "alone", &["sleep", "100000"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        containerd.shim_pids().len(),
+        2,
+        "a container outside the pod gets its own"
+    );
+    containerd.remove("alone");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while containerd.shim_pids().len() != 1 {
+        assert!(Instant::now() < deadline, "the lone container's shim stays");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    for id in ["sandbox", "app"] {
+        let out = containerd.ctr(&["task", "exec", "--exec-id", "e", id, "echo", id]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert_eq!(text(&out.stdout).trim(), id);
+    }
+    kill_until_stopped(&containerd, &["-s", "SIGKILL"], "app");
+    assert_eq!(delete_reporting_exit_status(&containerd, "app"), 137);
+    assert!(containerd.ctr(&["container", "rm", "app"]).status.success());
+    assert_eq!(
+        containerd.task_status("sandbox").as_deref(),
+        Some("RUNNING")
+    );
+    let out = containerd.ctr(&["task", "exec", "--exec-id", "e2", "sandbox", "true"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(containerd.shim_pids().len(), 1);
+    containerd.remove("sandbox");
+    containerd.assert_no_shims();
 }
