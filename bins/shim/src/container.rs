@@ -1,4 +1,4 @@
-//! The state of the one container a shim runs: its init and exec'd
+//! The state of the containers a shim runs: each one's init and exec'd
 //! processes, the runtime that runs them, and what Create set up for it.
 
 use std::collections::{HashMap, HashSet};

@@ -1,6 +1,7 @@
-//! `containerd-shim-berth-v2`: a containerd runtime v2 shim that runs one
-//! container through runc (or any runc-compatible runtime), usable by
-//! upstream containerd 1.6+ and by berth-taskd.
+//! `containerd-shim-berth-v2`: a containerd runtime v2 shim that runs a
+//! container (or the containers of one pod) through runc (or any
+//! runc-compatible runtime), usable by upstream containerd 1.6+ and by
+//! berth-taskd.
 
 pub mod cgroups;
 pub mod container;

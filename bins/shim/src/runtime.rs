@@ -43,7 +43,7 @@ pub struct CreateOptions<'a> {
     pub no_new_keyring: bool,
 }
 
-/// What the shim asks of an OCI runtime, for the one container it runs.
+/// What the shim asks of an OCI runtime, for one container it runs.
 /// Every call names the container by `id`; errors are
 /// [`ShimError::Runtime`] with the runtime's own message, which callers
 /// match on ("does not exist", "not running") as they would runc's.

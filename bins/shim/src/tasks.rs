@@ -1,4 +1,4 @@
-//! What each Task call does for the shim's one container, free of ttrpc:
+//! What each Task call does for the shim's containers, free of ttrpc:
 //! [`crate::service`] maps requests to these calls and their errors to
 //! status codes. The state lives in [`crate::container`] and
 //! [`crate::process`], exits are routed by [`crate::exits`], and every
@@ -33,7 +33,7 @@ use crate::runtime::{
 use crate::stdio::{self, ConsoleSocket, IoOwner, StdioPaths};
 use berth_mount::{HostMounter, Mount, Mounter};
 
-/// The shim's one container and what it needs to run it.
+/// The shim's containers and what it needs to run them.
 #[derive(Debug)]
 pub struct Tasks {
     namespace: String,
