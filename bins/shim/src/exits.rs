@@ -411,13 +411,7 @@ mod tests {
     async fn an_exit_reaped_outside_any_start_is_not_matched_to_a_later_exec() {
         let mut h = Harness::running().await;
         h.reap(EXEC_PID, 9);
-        h.add_exec("e1", EXEC_PID).await;
-        assert_eq!(h.tasks.start(ID, "e1").await.unwrap(), EXEC_PID);
-        assert_eq!(h.next_call().await, "exec e1");
-        assert_eq!(
-            h.next_event().await,
-            format!("exec-started {ID} e1 {EXEC_PID}")
-        );
+        h.run_exec("e1", EXEC_PID).await;
         h.assert_no_event("the old exit is not e1's").await;
         assert_eq!(h.status("e1"), (Status::RUNNING, EXEC_PID));
     }

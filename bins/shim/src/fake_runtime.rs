@@ -319,6 +319,18 @@ impl Harness {
         );
     }
 
+    /// Registers and starts exec `exec_id`, whose `runc exec` reports
+    /// `pid`, through to its exec-started event.
+    pub async fn run_exec(&mut self, exec_id: &str, pid: u32) {
+        self.add_exec(exec_id, pid).await;
+        assert_eq!(self.tasks.start(ID, exec_id).await.unwrap(), pid);
+        assert_eq!(self.next_call().await, format!("exec {exec_id}"));
+        assert_eq!(
+            self.next_event().await,
+            format!("exec-started {ID} {exec_id} {pid}")
+        );
+    }
+
     /// Starts `exec_id` in the background; returns once `runc exec` has
     /// been called, with the start still in progress if it was gated.
     pub async fn start_in_background(

@@ -950,13 +950,7 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn wait_returns_each_process_its_own_exit() {
         let mut h = Harness::running().await;
-        h.add_exec("e1", EXEC_PID).await;
-        assert_eq!(h.tasks.start(ID, "e1").await.unwrap(), EXEC_PID);
-        assert_eq!(h.next_call().await, "exec e1");
-        assert_eq!(
-            h.next_event().await,
-            format!("exec-started {ID} e1 {EXEC_PID}")
-        );
+        h.run_exec("e1", EXEC_PID).await;
         let tasks = h.tasks.clone();
         let init_wait = tokio::spawn(async move { tasks.wait(ID, "").await });
         let tasks = h.tasks.clone();

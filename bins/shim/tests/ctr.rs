@@ -694,6 +694,19 @@ fn task_pids(containerd: &Containerd, id: &str) -> Vec<i32> {
 
 /// `ctr task delete` of a running task or exec is refused; with `--force`
 /// it kills the processes (an exec's, or the whole container's) first.
+/// `ctr task delete --force ID`: the task killed and deleted; ctr exits 0
+/// and warns about the status, 137.
+fn force_delete_reports_137(containerd: &Containerd, id: &str) {
+    let out = containerd.ctr(&["task", "delete", "--force", id]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains(&format!("task {id} exit with non-zero exit code 137")),
+        "{stderr}"
+    );
+    assert_eq!(containerd.task_status(id), None);
+}
+
 fn delete_of_a_running_task(containerd: Containerd, runtime: &str) {
     let fifo = containerd.fifo_dir().display().to_string();
     containerd.run_detached(runtime, "del", &["sleep", "1000"]);
@@ -770,14 +783,7 @@ fn delete_of_a_running_task(containerd: Containerd, runtime: &str) {
 
     // --force on the task: every process killed, the task deleted; ctr
     // exits 0 and warns about the status.
-    let out = containerd.ctr(&["task", "delete", "--force", "del"]);
-    let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
-    assert!(
-        stderr.contains("task del exit with non-zero exit code 137"),
-        "{stderr}"
-    );
-    assert_eq!(containerd.task_status("del"), None);
+    force_delete_reports_137(&containerd, "del");
     let still: Vec<i32> = pids
         .iter()
         .copied()
@@ -801,14 +807,7 @@ fn delete_of_a_running_task(containerd: Containerd, runtime: &str) {
         text(&out.stderr)
     );
     assert_eq!(containerd.task_status("paused").as_deref(), Some("PAUSED"));
-    let out = containerd.ctr(&["task", "delete", "--force", "paused"]);
-    let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
-    assert!(
-        stderr.contains("task paused exit with non-zero exit code 137"),
-        "{stderr}"
-    );
-    assert_eq!(containerd.task_status("paused"), None);
+    force_delete_reports_137(&containerd, "paused");
     assert_eq!(pids.len(), 1, "{pids:?}");
     assert!(!running(pids[0], "sleep"), "{pids:?} still runs");
     let out = containerd.ctr(&["container", "rm", "paused"]);
