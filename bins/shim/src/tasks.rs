@@ -521,7 +521,7 @@ impl Tasks {
             watch.abort();
         }
         state.containers.remove(id);
-        if state.shutdown_requested && state.containers.is_empty() {
+        if state.shutdown_requested && state.containers.is_empty() && state.creating.is_empty() {
             self.shutdown.notify_one();
         }
         let response = delete_response(pid, exit);
