@@ -56,7 +56,7 @@ content-ingest|bins/contentd/src/ingest.rs,bins/contentd/src/store.rs|-|berth-co
 snapd-apply|bins/snapd/src/apply.rs|-|berth-snapd|--lib --test apply_breakouts --test native_copy
 snapd-unpack|bins/snapd/src/unpack.rs|-|berth-e2e|--test snapd_unpack --test snapd_cli
 snapd-diff|bins/snapd/src/diff.rs|-|berth-e2e|--test snapd_cli
-shim-options|bins/shim/src/options.rs,bins/shim/src/info.rs|-|containerd-shim-berth-v2|--lib
+shim-options|bins/shim/src/options.rs,bins/shim/src/info.rs|-|containerd-shim-berth-v2|--lib --test binary
 shim-kill-exit|bins/shim/src/tasks.rs,bins/shim/src/exits.rs,bins/shim/src/container.rs,bins/shim/src/process.rs|(kill|exit|wait|claim|start_init|start_exec)|containerd-shim-berth-v2|--lib --test ctr
 '
 export BERTH_E2E_BUILD=1

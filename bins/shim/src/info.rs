@@ -96,6 +96,40 @@ mod tests {
         assert!(features_any(b"[1]", "runc").is_err());
     }
 
+    /// A runtime that fails `features` (or has no such binary) has none;
+    /// one that answers gives its document.
+    #[test]
+    fn features_come_only_from_a_runtime_that_answers() {
+        assert!(runtime_features("false").unwrap().is_none());
+        assert!(runtime_features("/nonexistent/berth-runtime")
+            .unwrap()
+            .is_none());
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = dir.path().join("fake-runc");
+        std::fs::write(
+            &runtime,
+            "#!/bin/sh\necho '{\"mountOptions\": [\"rro\"]}'\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(
+            &runtime,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        // Another test thread forking while the script was open for writing
+        // can make its exec fail with ETXTBSY for a moment: try again.
+        let features = (0..20)
+            .find_map(|_| {
+                let found = runtime_features(runtime.to_str().unwrap()).unwrap();
+                if found.is_none() {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                found
+            })
+            .expect("the fake runtime's features");
+        assert_eq!(features.value, br#"{"mountOptions": ["rro"]}"#);
+    }
+
     #[test]
     fn info_names_the_shim_and_echoes_the_options() {
         let mut runc = RuncOptions::new();

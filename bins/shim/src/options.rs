@@ -613,6 +613,33 @@ mod tests {
         let parsed = StartInput::parse(&bare.write_to_bytes().unwrap(), "c1", "default").unwrap();
         assert_eq!(parsed.options, RuntimeOptions::default());
         assert!(parsed.containerd_version.is_some());
+
+        // Any one field a legacy Any cannot have makes it the new form,
+        // whatever the id; the id alone, or the namespace alone, does not.
+        let setters: [fn(&mut BootstrapParams); 6] = [
+            |p| p.containerd_version = "v2.3.0".into(),
+            |p| p.containerd_ttrpc_address = "/run/c.sock.ttrpc".into(),
+            |p| p.containerd_grpc_address = "/run/c.sock".into(),
+            |p| p.containerd_binary = "/usr/bin/containerd".into(),
+            |p| p.extensions.push(Extension::new()),
+            |p| p.socket_dir = Some("/run/s".into()),
+        ];
+        for set in setters {
+            let mut params = BootstrapParams::new();
+            params.instance_id = "other".into();
+            set(&mut params);
+            let parsed =
+                StartInput::parse(&params.write_to_bytes().unwrap(), "c1", "default").unwrap();
+            assert!(parsed.containerd_version.is_some(), "{params:?}");
+        }
+        for (id, namespace) in [("c1", "elsewhere"), ("other", "default")] {
+            let mut params = BootstrapParams::new();
+            params.instance_id = id.into();
+            params.namespace = namespace.into();
+            let parsed =
+                StartInput::parse(&params.write_to_bytes().unwrap(), "c1", "default").unwrap();
+            assert_eq!(parsed.containerd_version, None, "{id} {namespace}");
+        }
     }
 
     #[test]
@@ -624,7 +651,9 @@ mod tests {
             "Root = '/run/c:\\d'\n",
             "\"SystemdCgroup\" = true\n",
             "IoUid = 100_000\n",
-            "IoGid = +7\n",
+            "IoGid = +7# no space before the comment\n",
+            "Some-Key_2 = false\n",
+            "Tabbed = \"a\tb\"\n",
         );
         let entries = parse_option_document(text).unwrap();
         assert_eq!(
@@ -638,8 +667,12 @@ mod tests {
                 ("SystemdCgroup".into(), OptionValue::Bool(true)),
                 ("IoUid".into(), OptionValue::Integer(100_000)),
                 ("IoGid".into(), OptionValue::Integer(7)),
+                ("Some-Key_2".into(), OptionValue::Bool(false)),
+                ("Tabbed".into(), OptionValue::String("a\tb".into())),
             ]
         );
+        let err = parse_option_document("A = 1\n\n[table]\n").unwrap_err();
+        assert!(err.starts_with("line 3:"), "{err}");
         for bad in [
             "[table]\n",
             "a.b = 1\n",
@@ -654,6 +687,7 @@ mod tests {
             "= 1\n",
             "Key = yes\n",
             "Key = 1\nKey = 2\n",
+            "Key = \"a\u{1}b\"\n",
         ] {
             assert!(parse_option_document(bad).is_err(), "{bad:?} was accepted");
         }
