@@ -20,7 +20,7 @@ export LC_ALL=C
 top=$(cd "$(dirname "$0")/.." && pwd)
 seconds=${FUZZ_SECONDS:-60}
 dir=${FUZZ_DIR:-/var/tmp/berth-fuzz}
-all=(reference image_document filters auth_challenge hosts_toml layer_apply shim_options)
+all=(reference image_document filters auth_challenge hosts_toml layer_apply shim_options ids)
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=("${all[@]}")
 
