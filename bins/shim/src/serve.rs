@@ -157,11 +157,12 @@ async fn serve(flags: &Flags) -> Result<()> {
         .map_err(|e| ShimError::io("starting the server", std::io::Error::other(e.to_string())))?;
 
     let idle = service.clone();
+    let idle_after = idle_limit();
     tokio::select! {
         _ = shutdown.notified() => {}
         _ = terminated.notified() => {}
-        _ = exit_if_never_used(idle, idle_limit()) => {
-            crate::log_warn!("no Create came within {:?}: exiting", idle_limit());
+        _ = exit_if_never_used(idle, idle_after) => {
+            crate::log_warn!("no Create came within {idle_after:?}: exiting");
         }
     }
     publisher.flush(EVENT_FLUSH_LIMIT).await;

@@ -370,15 +370,9 @@ impl Tasks {
                 )));
             }
             process.starting = true;
-            let taken = (
-                runtime,
-                bundle,
-                process.stdio.clone(),
-                process.spec.clone(),
-                owner,
-            );
+            let (paths, spec) = (process.stdio.clone(), process.spec.clone());
             container.running_execs += 1;
-            taken
+            (runtime, bundle, paths, spec, owner)
         };
         let started = self
             .exec_with_runtime(id, exec_id, runtime.as_ref(), &bundle, &paths, &spec, owner)
