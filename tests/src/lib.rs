@@ -61,10 +61,17 @@ pub fn require(available: bool, why: &str) -> bool {
     false
 }
 
+/// Where `tool` is on PATH, if it is.
+pub fn which(tool: &str) -> Option<PathBuf> {
+    let paths = std::env::var_os("PATH")?;
+    std::env::split_paths(&paths)
+        .map(|p| p.join(tool))
+        .find(|p| p.exists())
+}
+
 /// Whether `tool` is an executable name found on PATH.
 pub fn on_path(tool: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|paths| std::env::split_paths(&paths).any(|p| p.join(tool).exists()))
+    which(tool).is_some()
 }
 
 /// Processes whose working directory is under `dir`, with it (shims run in

@@ -843,7 +843,7 @@ fn sigterm_stops_cleanly_and_removes_the_socket() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serves_a_systemd_activated_socket() {
-    let Ok(activate) = which("systemd-socket-activate") else {
+    let Some(activate) = berth_e2e::which("systemd-socket-activate") else {
         assert!(
             !berth_e2e::in_ci(),
             "systemd-socket-activate is missing under CI"
@@ -1017,16 +1017,6 @@ impl Drop for KillOnDrop {
             nix::sys::signal::Signal::SIGKILL,
         );
     }
-}
-
-fn which(name: &str) -> Result<std::path::PathBuf, ()> {
-    std::env::var_os("PATH")
-        .and_then(|paths| {
-            std::env::split_paths(&paths)
-                .map(|p| p.join(name))
-                .find(|p| p.exists())
-        })
-        .ok_or(())
 }
 
 /// Many small pipelined writes on several streams at once: ttrpc-rust can

@@ -9,18 +9,13 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use berth_e2e::require;
+use berth_e2e::{on_path, require};
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::protobuf::Message;
 use containerd_shim_protos::shim::oci::Options as RuncOptions;
 use containerd_shim_protos::types::introspection::RuntimeInfo;
 
 const SHIM: &str = env!("CARGO_BIN_EXE_containerd-shim-berth-v2");
-
-fn on_path(binary: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(binary).is_file()))
-}
 
 /// `-info` with runc options on stdin: the shim's name and version, the
 /// options echoed, and runc's `features` document (which lists `rro`,

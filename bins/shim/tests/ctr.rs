@@ -867,7 +867,7 @@ fn user_namespaced_stdio_can_be_reopened(containerd: Containerd, runtime: &str) 
 fn an_exec_racing_an_init_kill_never_outlives_it(containerd: Containerd, runtime: &str) {
     let gates = containerd.dir.path().join("gates");
     std::fs::create_dir_all(&gates).unwrap();
-    let runc = which("runc");
+    let runc = support::which("runc").expect("runc is on PATH");
     let wrapper = containerd.dir.path().join("runc-delayed-exec");
     std::fs::write(
         &wrapper,
@@ -982,13 +982,6 @@ exec {runc} "$@"
         assert!(out.status.success(), "{}", text(&out.stderr));
     }
     containerd.assert_no_shims();
-}
-
-fn which(binary: &str) -> std::path::PathBuf {
-    std::env::split_paths(&std::env::var_os("PATH").unwrap())
-        .map(|dir| dir.join(binary))
-        .find(|path| path.is_file())
-        .unwrap_or_else(|| panic!("{binary} is not on PATH"))
 }
 
 fn wait_for_file(path: &std::path::Path, timeout: Duration) {

@@ -34,7 +34,7 @@ fn shim() -> PathBuf {
     path
 }
 
-pub use berth_e2e::require;
+pub use berth_e2e::{on_path, require, which};
 
 /// Which upstream containerd drives the shims.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,14 +96,6 @@ impl Version {
             Version::V22 => Some(peers_bin()),
         }
     }
-}
-
-fn on_path(binary: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {binary}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
 }
 
 /// Whether this machine can run the end-to-end tests with `version`.
