@@ -5,6 +5,7 @@
 //! missing prerequisite may skip a test (never under `CI=true`).
 
 pub mod fake_registry;
+pub mod grpc;
 pub mod images;
 pub mod registry;
 pub mod stack;

@@ -8,36 +8,12 @@
 //!        NETWORK(cni|host) IMAGE [COMMAND...]
 //! prints: RUNP_US CREATE_US START_US POD_ID CONTAINER_ID
 
-use std::future::Future;
-use std::path::PathBuf;
-use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{bail, Context as _, Result};
-use hyper_util::rt::TokioIo;
 use k8s_cri::v1 as cri;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
-use tokio::net::UnixStream;
-
-/// Connects tonic to a unix socket, whatever URI it asks for.
-#[derive(Clone)]
-struct UnixConnector(PathBuf);
-
-impl tower_service::Service<tonic::transport::Uri> for UnixConnector {
-    type Response = TokioIo<UnixStream>;
-    type Error = std::io::Error;
-    type Future = Pin<Box<dyn Future<Output = std::io::Result<Self::Response>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _: tonic::transport::Uri) -> Self::Future {
-        let path = self.0.clone();
-        Box::pin(async move { Ok(TokioIo::new(UnixStream::connect(path).await?)) })
-    }
-}
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
@@ -57,8 +33,7 @@ async fn main() -> Result<()> {
         "cni" => false,
         other => bail!("network {other:?}: cni or host"),
     };
-    let channel = tonic::transport::Endpoint::try_from("http://localhost")?
-        .connect_with_connector(UnixConnector(PathBuf::from(socket)))
+    let channel = berth_e2e::grpc::unix_channel(Path::new(socket))
         .await
         .with_context(|| format!("connecting to {socket}"))?;
     let mut client = RuntimeServiceClient::new(channel);

@@ -501,10 +501,7 @@ pub fn running(pid: i32, command: &str) -> bool {
 
 /// Just enough gRPC to call containerd's API where ctr has no command.
 mod grpc {
-    use std::future::Future;
-    use std::path::{Path, PathBuf};
-    use std::pin::Pin;
-    use std::task::{Context, Poll};
+    use std::path::Path;
 
     #[derive(Clone, PartialEq, prost::Message)]
     pub struct Any {
@@ -526,29 +523,6 @@ mod grpc {
     #[derive(Clone, PartialEq, prost::Message)]
     pub struct Empty {}
 
-    /// Connects tonic to a unix socket, whatever URI it asks for.
-    #[derive(Clone)]
-    struct UnixConnector(PathBuf);
-
-    impl tower_service::Service<tonic::transport::Uri> for UnixConnector {
-        type Response = hyper_util::rt::TokioIo<tokio::net::UnixStream>;
-        type Error = std::io::Error;
-        type Future = Pin<Box<dyn Future<Output = std::io::Result<Self::Response>> + Send>>;
-
-        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-
-        fn call(&mut self, _: tonic::transport::Uri) -> Self::Future {
-            let path = self.0.clone();
-            Box::pin(async move {
-                Ok(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(path).await?,
-                ))
-            })
-        }
-    }
-
     /// One unary call of `method` ("/package.Service/Method") in
     /// containerd namespace `namespace`; the error is the gRPC status.
     pub fn unary<Req, Resp>(
@@ -566,8 +540,7 @@ mod grpc {
             .build()
             .unwrap();
         runtime.block_on(async {
-            let channel = tonic::transport::Endpoint::from_static("http://containerd")
-                .connect_with_connector(UnixConnector(socket.to_path_buf()))
+            let channel = berth_e2e::grpc::unix_channel(socket)
                 .await
                 .map_err(|e| format!("connecting to {}: {e}", socket.display()))?;
             let mut client = tonic::client::Grpc::new(channel);
