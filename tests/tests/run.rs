@@ -954,3 +954,229 @@ fn create_ps_logs_and_rm_work_over_the_whole_stack() {
     assert!(!stack.log_dir().join("default/chatty.log").exists());
     assert_nothing_left(&stack);
 }
+
+/// Runs `test` on a thread of its own inside a new network namespace with
+/// `lo` up. Whatever it spawns (daemons, shims, runc, the CNI plugins they
+/// run) is born there too, so bridges, veths, addresses and iptables rules
+/// stay off the host's network and vanish with the namespace.
+fn in_own_network_namespace(test: impl FnOnce() + Send + 'static) {
+    let result = std::thread::spawn(move || {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
+        let up = std::process::Command::new("ip")
+            .args(["link", "set", "lo", "up"])
+            .status()
+            .expect("running ip");
+        assert!(up.success(), "ip link set lo up");
+        test()
+    })
+    .join();
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+/// One HTTP/1.0 GET of `/` from `address`; None until something answers.
+fn http_get(address: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let address: std::net::SocketAddr = address.parse().unwrap();
+    let mut stream =
+        std::net::TcpStream::connect_timeout(&address, std::time::Duration::from_secs(2)).ok()?;
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .ok()?;
+    stream.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).ok()?;
+    Some(answer)
+}
+
+fn http_get_eventually(address: &str) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match http_get(address) {
+            Some(answer) if !answer.is_empty() => return answer,
+            _ if std::time::Instant::now() > deadline => panic!("nothing answers on {address}"),
+            _ => std::thread::sleep(std::time::Duration::from_millis(100)),
+        }
+    }
+}
+
+/// `berth run --net bridge -p`, as with nerdctl: the container gets an
+/// address on berth's default bridge (its conflist written on first use),
+/// its published ports answer on the host, its /etc/hosts and resolv.conf
+/// are its own; `berth rm` (its task's poststop hook) gives back the
+/// address and removes the port rules. Bad network flags change nothing.
+#[test]
+fn bridge_network_publishes_ports_and_goes_with_the_task() {
+    if !prerequisites()
+        || !require(
+            Path::new("/usr/lib/cni/bridge").exists(),
+            "containernetworking-plugins",
+        )
+        || !require(on_path("iptables"), "iptables")
+        || !require(on_path("ip"), "iproute2")
+    {
+        return;
+    }
+    in_own_network_namespace(|| {
+        let (dir, stack) = setup();
+        let conf_dir = dir.path().join("net.d");
+        let run_dir = dir.path().join("run");
+        let berth = |args: &[&str]| {
+            stack
+                .command(args)
+                .env("BERTH_CNI_CONF_DIR", &conf_dir)
+                .env("BERTH_RUN_DIR", &run_dir)
+                .output()
+                .expect("running berth")
+        };
+
+        // Flags that need a CNI network, or a network that is not there:
+        // refused, and nothing is made.
+        let out = berth(&["run", "--rm", "-p", "8080:80", RUN_IMAGE, "true"]);
+        assert!(!out.status.success());
+        assert!(
+            text(&out.stderr).contains("--publish needs a CNI network"),
+            "{}",
+            text(&out.stderr)
+        );
+        let out = berth(&["run", "--rm", "--net", "nosuch", RUN_IMAGE, "true"]);
+        assert!(!out.status.success());
+        assert!(
+            text(&out.stderr).contains("no CNI network \"nosuch\""),
+            "{}",
+            text(&out.stderr)
+        );
+        let out = berth(&[
+            "run", "--rm", "--net", "bridge", "-p", "80", RUN_IMAGE, "true",
+        ]);
+        assert!(!out.status.success());
+        assert!(
+            text(&out.stderr).contains("no host port"),
+            "{}",
+            text(&out.stderr)
+        );
+        assert_nothing_left(&stack);
+        assert!(
+            !conf_dir.exists(),
+            "a refused run wrote network configuration"
+        );
+
+        let out = berth(&[
+            "run",
+            "-d",
+            "--name",
+            "web",
+            "--net",
+            "bridge",
+            "-p",
+            "127.0.0.1:18080:80",
+            "--add-host",
+            "db.example:192.0.2.9",
+            "--dns",
+            "192.0.2.53",
+            RUN_IMAGE,
+            "sh",
+            "-c",
+            "busybox mkdir -p /www && echo hello-from-web > /www/index.html && exec busybox httpd -f -p 80 -h /www",
+        ]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert!(
+            conf_dir.join("berth-bridge.conflist").exists(),
+            "the default bridge network was not written"
+        );
+
+        let answer = http_get_eventually("127.0.0.1:18080");
+        assert!(answer.contains("hello-from-web"), "{answer}");
+        // berth ps shows the published port, and the container's address
+        // (read from its network's state), which answers too from the
+        // host's side of the bridge.
+        let out = berth(&["--format", "json", "ps"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let row = rows
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["id"] == "web")
+            .unwrap_or_else(|| panic!("web not in ps: {rows}"));
+        assert_eq!(row["ports"], serde_json::json!(["127.0.0.1:18080->80/tcp"]));
+        let address = row["addresses"][0]
+            .as_str()
+            .unwrap_or_else(|| panic!("no address in ps: {rows}"))
+            .to_string();
+        assert!(address.starts_with("10.87."), "{address}");
+        let answer = http_get_eventually(&format!("{address}:80"));
+        assert!(answer.contains("hello-from-web"), "{answer}");
+
+        let out = berth(&[
+            "tasks",
+            "exec",
+            "web",
+            "cat",
+            "/etc/hosts",
+            "/etc/resolv.conf",
+        ]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let files = text(&out.stdout);
+        assert!(files.contains(&format!("{address}\tweb\n")), "{files}");
+        assert!(files.contains("192.0.2.9\tdb.example\n"), "{files}");
+        assert!(files.contains("nameserver 192.0.2.53\n"), "{files}");
+
+        let lease = run_dir.join("cni/ipam/bridge").join(&address);
+        assert!(lease.exists(), "no lease at {}", lease.display());
+        let nat = || {
+            let out = std::process::Command::new("iptables-save")
+                .args(["-t", "nat"])
+                .output()
+                .expect("iptables-save");
+            text(&out.stdout)
+        };
+        assert!(nat().contains("18080"), "no port rule:\n{}", nat());
+
+        let out = berth(&["rm", "--force", "web"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert!(!lease.exists(), "the address was not given back");
+        assert!(
+            !nat().contains("18080"),
+            "the port rule outlived the container:\n{}",
+            nat()
+        );
+        assert!(
+            http_get("127.0.0.1:18080").is_none(),
+            "the port still answers"
+        );
+        assert!(
+            !run_dir.join("networks/default/web").exists(),
+            "the container's network files outlived it"
+        );
+        assert_nothing_left(&stack);
+
+        // A run to its end with --rm: attached, detached, gone.
+        let out = berth(&[
+            "run",
+            "--rm",
+            "--net",
+            "bridge",
+            "--name",
+            "once",
+            RUN_IMAGE,
+            "cat",
+            "/etc/hosts",
+        ]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert!(
+            text(&out.stdout).contains("\tonce\n"),
+            "{}",
+            text(&out.stdout)
+        );
+        let leases: Vec<_> = std::fs::read_dir(run_dir.join("cni/ipam/bridge"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|name| name.starts_with("10."))
+            .collect();
+        assert!(leases.is_empty(), "addresses still leased: {leases:?}");
+        assert_nothing_left(&stack);
+    });
+}

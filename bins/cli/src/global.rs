@@ -65,6 +65,26 @@ pub struct Global {
         default_value = DEFAULT_NAMESPACE
     )]
     pub namespace: String,
+    /// Where `berth run --net NAME` finds CNI network lists (the default
+    /// `bridge` one is written here on first use). Apart from the CRI's
+    /// /etc/cni/net.d, so that pods never land on berth's bridge.
+    #[arg(
+        long,
+        global = true,
+        env = "BERTH_CNI_CONF_DIR",
+        default_value = "/etc/berth/cni/net.d",
+        value_name = "DIR"
+    )]
+    pub cni_conf_dir: PathBuf,
+    /// The directories of CNI plugin binaries, colon-separated.
+    #[arg(
+        long,
+        global = true,
+        env = "BERTH_CNI_PATH",
+        default_value = "/usr/lib/cni:/opt/cni/bin",
+        value_name = "DIRS"
+    )]
+    pub cni_path: std::ffi::OsString,
     /// Output for people (table) or for scripts (json).
     #[arg(long, global = true, value_enum, default_value_t = Format::Table)]
     pub format: Format,

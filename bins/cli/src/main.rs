@@ -96,9 +96,22 @@ enum Command {
     /// rm, metrics, wait.
     #[command(subcommand)]
     Tasks(commands::tasks::TasksCommand),
+    /// CNI networks for `berth run --net`.
+    #[command(subcommand)]
+    Network(commands::network::NetworkCommand),
+    /// What berth runs for itself (runc's OCI hooks); not for people.
+    #[command(subcommand, hide = true)]
+    Internal(InternalCommand),
     /// Unpack an image (a name recorded in berth-metad, or a manifest or
     /// index digest; blobs in the content store) into committed snapshots.
     Unpack(commands::snapshots::UnpackArgs),
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum InternalCommand {
+    /// Attach (create-runtime) or detach (poststop) the container whose
+    /// runc state is on stdin.
+    OciHook(commands::network::OciHookArgs),
 }
 
 fn main() -> ExitCode {
@@ -141,6 +154,10 @@ fn main() -> ExitCode {
             Command::Ps(args) => commands::containers_view::ps(&cli.global, args).await,
             Command::Logs(args) => commands::containers_view::logs(&cli.global, args).await,
             Command::Rm(args) => commands::containers_view::rm(&cli.global, args).await,
+            Command::Network(command) => commands::network::run(&cli.global, command),
+            Command::Internal(InternalCommand::OciHook(args)) => {
+                commands::network::oci_hook(&cli.global, args).await
+            }
         }
         .map(|()| 0u8)
     });

@@ -370,17 +370,7 @@ pub fn write_sandbox_files(sandbox: &Sandbox) -> Result<()> {
         Some(dns)
             if !dns.servers.is_empty() || !dns.searches.is_empty() || !dns.options.is_empty() =>
         {
-            let mut text = String::new();
-            if !dns.searches.is_empty() {
-                text.push_str(&format!("search {}\n", dns.searches.join(" ")));
-            }
-            for server in &dns.servers {
-                text.push_str(&format!("nameserver {server}\n"));
-            }
-            if !dns.options.is_empty() {
-                text.push_str(&format!("options {}\n", dns.options.join(" ")));
-            }
-            text
+            berth_network::render_resolv_conf(&dns.servers, &dns.searches, &dns.options)
         }
         _ => std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
     };

@@ -158,9 +158,22 @@ impl Cni {
     /// configuration directory; None when it has none (the network is not
     /// ready).
     pub fn network(&self) -> Result<Option<NetworkList>> {
+        Ok(self.networks()?.into_iter().next())
+    }
+
+    /// The network list called `name`, from the first file that defines
+    /// it; None when no file does.
+    pub fn network_named(&self, name: &str) -> Result<Option<NetworkList>> {
+        Ok(self.networks()?.into_iter().find(|list| list.name == name))
+    }
+
+    /// Every usable network list of the configuration directory, in file
+    /// name order; files that cannot be read or parsed are skipped (and
+    /// logged).
+    pub fn networks(&self) -> Result<Vec<NetworkList>> {
         let entries = match std::fs::read_dir(&self.conf_dir) {
             Ok(entries) => entries,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => {
                 return Err(Error::io(
                     format!("reading {}", self.conf_dir.display()),
@@ -178,6 +191,7 @@ impl Cni {
             })
             .collect();
         files.sort();
+        let mut lists = Vec::new();
         for file in files {
             let bytes = match read_bounded(&file) {
                 Ok(bytes) => bytes,
@@ -187,11 +201,11 @@ impl Cni {
                 }
             };
             match NetworkList::parse(&bytes, &file) {
-                Ok(list) => return Ok(Some(list)),
+                Ok(list) => lists.push(list),
                 Err(e) => tracing::warn!(file = %file.display(), "skipped: {e}"),
             }
         }
-        Ok(None)
+        Ok(lists)
     }
 
     /// Whether the plugins a list names are all installed.
@@ -222,28 +236,18 @@ impl Cni {
             ))
         })?;
         let lo = loopback();
-        let (lo_result, result) = tokio::join!(
-            self.add(&lo, "lo", pod),
-            self.add(&network, POD_INTERFACE, pod)
-        );
-        let result = match result {
-            Ok(result) => result,
-            Err(e) => {
-                // Whatever the failed ADD left (an address, a veth) goes;
-                // `lo` goes with the namespace.
-                let _ = self.del(&network, POD_INTERFACE, pod, None).await;
-                return Err(e);
-            }
-        };
+        let (lo_result, attachment) =
+            tokio::join!(self.add(&lo, "lo", pod), self.attach(&network, pod));
+        let mut attachment = attachment?;
         match lo_result {
-            Ok(lo_result) => Ok(Attachment {
-                results: vec![
-                    (lo.name.clone(), "lo".into(), lo_result),
-                    (network.name.clone(), POD_INTERFACE.into(), result),
-                ],
-            }),
+            Ok(lo_result) => {
+                attachment
+                    .results
+                    .insert(0, (lo.name.clone(), "lo".into(), lo_result));
+                Ok(attachment)
+            }
             Err(e) => {
-                let _ = self.del(&network, POD_INTERFACE, pod, Some(result)).await;
+                let _ = self.detach(&network, pod, Some(&attachment)).await;
                 Err(e)
             }
         }
@@ -252,17 +256,44 @@ impl Cni {
     /// Detaches the pod from the network it was attached to (as recorded),
     /// else from the configured one.
     pub async fn teardown(&self, pod: &PodNetwork, attachment: Option<&Attachment>) -> Result<()> {
-        let network = match self.network()? {
-            Some(network) => network,
-            None => return Ok(()),
-        };
+        match self.network()? {
+            Some(network) => self.detach(&network, pod, attachment).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Attaches `pod` to `network` as its [`POD_INTERFACE`]. A failed ADD
+    /// is undone (DEL) before the error is returned, so whatever it made
+    /// (an address, a veth, port rules) goes.
+    pub async fn attach(&self, network: &NetworkList, pod: &PodNetwork) -> Result<Attachment> {
+        match self.add(network, POD_INTERFACE, pod).await {
+            Ok(result) => Ok(Attachment {
+                results: vec![(network.name.clone(), POD_INTERFACE.into(), result)],
+            }),
+            Err(e) => {
+                let _ = self.del(network, POD_INTERFACE, pod, None).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Detaches `pod` from `network`, handing the plugins the result its
+    /// attachment recorded (CNI's prevResult) when there is one. Plugins
+    /// tolerate a namespace that is already gone, and a DEL of what was
+    /// never (or no longer) attached.
+    pub async fn detach(
+        &self,
+        network: &NetworkList,
+        pod: &PodNetwork,
+        attachment: Option<&Attachment>,
+    ) -> Result<()> {
         let previous = attachment.and_then(|a| {
             a.results
                 .iter()
                 .find(|(name, ifname, _)| *name == network.name && ifname == POD_INTERFACE)
                 .map(|(_, _, result)| result.clone())
         });
-        self.del(&network, POD_INTERFACE, pod, previous).await
+        self.del(network, POD_INTERFACE, pod, previous).await
     }
 
     async fn add(&self, list: &NetworkList, ifname: &str, pod: &PodNetwork) -> Result<Value> {

@@ -4,10 +4,17 @@
 //!
 //! berth-crid gives every pod sandbox a namespace of its own and runs the
 //! first network list of its CNI configuration directory on it, plus the
-//! `loopback` plugin for `lo`, as containerd's CRI does.
+//! `loopback` plugin for `lo`, as containerd's CRI does. `berth run --net
+//! NAME` attaches a container to the network list of that name (the
+//! default bridge network is [`bridge_conflist`]), with published ports.
 
+mod bridge;
 mod cni;
 mod netns;
 
+pub use bridge::{
+    bridge_conflist, container_hosts, container_resolv_conf, parse_add_host, render_resolv_conf,
+    DnsConfig, DEFAULT_BRIDGE_DEVICE, DEFAULT_BRIDGE_NETWORK, DEFAULT_BRIDGE_SUBNET,
+};
 pub use cni::{Attachment, Cni, NetworkList, PodNetwork, PortMapping, POD_INTERFACE};
 pub use netns::{create_netns, in_netns, interface_counters, remove_netns, InterfaceCounters};

@@ -65,6 +65,31 @@ struct PsRow {
     status: String,
     pid: u32,
     runtime: String,
+    /// Published ports, docker's way: `127.0.0.1:8080->80/tcp`.
+    ports: Vec<String>,
+    /// Addresses on its CNI network while it is attached.
+    addresses: Vec<String>,
+}
+
+/// A container's published ports from its record's label.
+fn ports_of(labels: &HashMap<String, String>) -> Vec<String> {
+    labels
+        .get(super::network::PORTS_ANNOTATION)
+        .and_then(|text| serde_json::from_str::<Vec<berth_network::PortMapping>>(text).ok())
+        .unwrap_or_default()
+        .iter()
+        .map(|p| {
+            let host = if p.host_ip.is_empty() {
+                "0.0.0.0"
+            } else {
+                &p.host_ip
+            };
+            format!(
+                "{host}:{}->{}/{}",
+                p.host_port, p.container_port, p.protocol
+            )
+        })
+        .collect()
 }
 
 fn command_of(spec: Option<&berth_metadata::Any>) -> String {
@@ -122,6 +147,12 @@ pub async fn ps(global: &Global, args: PsArgs) -> Result<()> {
                 status,
                 pid: task.map_or(0, |t| t.pid),
                 runtime: c.runtime.name.clone(),
+                ports: ports_of(&c.labels),
+                addresses: if running {
+                    super::network::addresses(global, ns, &c.id)
+                } else {
+                    Vec::new()
+                },
             })
         })
         .collect();
@@ -135,7 +166,7 @@ pub async fn ps(global: &Global, args: PsArgs) -> Result<()> {
     match global.format {
         Format::Json => output::json(&rows),
         Format::Table => output::table(
-            &["CONTAINER", "IMAGE", "COMMAND", "STATUS", "PID"],
+            &["CONTAINER", "IMAGE", "COMMAND", "STATUS", "PID", "PORTS"],
             &rows
                 .iter()
                 .map(|r| {
@@ -145,6 +176,7 @@ pub async fn ps(global: &Global, args: PsArgs) -> Result<()> {
                         r.command.clone(),
                         r.status.clone(),
                         r.pid.to_string(),
+                        r.ports.join(", "),
                     ]
                 })
                 .collect::<Vec<_>>(),
@@ -246,6 +278,7 @@ pub async fn rm(global: &Global, args: RmArgs) -> Result<()> {
         berth_tasks::container::remove_container(clients.services(), ns, id)
             .await
             .with_context(|| format!("rm {id}"))?;
+        super::network::forget(global, ns, id)?;
         if let Some(path) = record
             .labels
             .get(LOG_URI_LABEL)

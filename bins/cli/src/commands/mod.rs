@@ -10,6 +10,7 @@ pub mod generate;
 pub mod images;
 pub mod leases;
 pub mod namespaces;
+pub mod network;
 pub mod pull;
 pub mod run;
 pub mod snapshots;

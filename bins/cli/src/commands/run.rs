@@ -13,13 +13,15 @@ use berth_client::{
     RemoteTasks,
 };
 use berth_errdefs::ErrorKind;
-use berth_metadata::Runtime;
+use berth_metadata::{ContainerStore, Runtime};
+use berth_network::{DnsConfig, PortMapping};
 use berth_oci::{CgroupDriver, MountOption, NetworkMode, Seccomp, SpecOptions};
 use berth_tasks::container::{
     create_container, remove_container, ContainerServices, NewContainer, DEFAULT_RUNTIME,
 };
 use berth_tasks::{CreateTask, KillProcess, Stdio, Tasks};
 
+use super::network::NetworkRequest;
 use super::snapshots::SnapshotterArg;
 use crate::global::Global;
 use crate::stdio::{new_id, Fifos};
@@ -99,9 +101,29 @@ pub struct ContainerArgs {
     pub cpus: Option<f64>,
     #[arg(long)]
     pub pids_limit: Option<i64>,
-    /// none (own network namespace, loopback only) or host.
+    /// none (own network namespace, loopback only), host, or a CNI network
+    /// by name (`berth network ls`): `bridge` is berth's default bridge,
+    /// made on first use.
     #[arg(long = "net", visible_alias = "network", default_value = "none")]
     pub network: String,
+    /// Publish a container port on the host (CNI network only):
+    /// [HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|udp|sctp], ports or equal
+    /// ranges; repeatable.
+    #[arg(short = 'p', long = "publish", value_name = "PORTS")]
+    pub publish: Vec<String>,
+    /// A nameserver for the container's resolv.conf (CNI network only);
+    /// repeatable.
+    #[arg(long, value_name = "IP")]
+    pub dns: Vec<String>,
+    /// A DNS search domain (CNI network only); repeatable.
+    #[arg(long, value_name = "DOMAIN")]
+    pub dns_search: Vec<String>,
+    /// A resolv.conf option (CNI network only); repeatable.
+    #[arg(long, value_name = "OPTION")]
+    pub dns_option: Vec<String>,
+    /// An /etc/hosts entry NAME:IP (CNI network only); repeatable.
+    #[arg(long, value_name = "NAME:IP")]
+    pub add_host: Vec<String>,
     /// cgroupfs or systemd.
     #[arg(long, default_value = "cgroupfs")]
     pub cgroup_manager: String,
@@ -186,7 +208,7 @@ fn environment(args: &ContainerArgs) -> Result<Vec<String>> {
 
 impl ContainerArgs {
     /// The spec options these flags ask for.
-    pub fn spec_options(&self, namespace: &str, id: &str) -> Result<SpecOptions> {
+    pub fn spec_options(&self, global: &Global, namespace: &str, id: &str) -> Result<SpecOptions> {
         let mut options = SpecOptions::new(namespace, id);
         options.args = self.args.clone();
         options.entrypoint = self.entrypoint.as_ref().map(|e| {
@@ -231,10 +253,36 @@ impl ContainerArgs {
         options.memory_bytes = self.memory.as_deref().map(parse_bytes).transpose()?;
         options.cpus = self.cpus;
         options.pids_limit = self.pids_limit;
+        let cni_only = [
+            ("--publish", self.publish.is_empty()),
+            ("--dns", self.dns.is_empty()),
+            ("--dns-search", self.dns_search.is_empty()),
+            ("--dns-option", self.dns_option.is_empty()),
+            ("--add-host", self.add_host.is_empty()),
+        ];
         options.network = match self.network.as_str() {
-            "none" => NetworkMode::None,
-            "host" => NetworkMode::Host,
-            other => bail!("--net {other:?}: berth runs with none or host (bridge networks come with the CRI server)"),
+            "none" | "host" => {
+                if let Some((flag, _)) = cni_only.iter().find(|(_, unused)| !unused) {
+                    bail!(
+                        "{flag} needs a CNI network (--net bridge), not --net {}",
+                        self.network
+                    );
+                }
+                if self.network == "host" {
+                    NetworkMode::Host
+                } else {
+                    NetworkMode::None
+                }
+            }
+            name => {
+                let request = self.network_request(name)?;
+                let (mounts, annotations, hooks) =
+                    super::network::prepare(global, namespace, id, &request, &options.mounts)?;
+                options.mounts.extend(mounts);
+                options.annotations.extend(annotations);
+                options.hooks.push(hooks);
+                NetworkMode::None
+            }
         };
         options.cgroup = match self.cgroup_manager.as_str() {
             "cgroupfs" => CgroupDriver::Cgroupfs,
@@ -242,6 +290,40 @@ impl ContainerArgs {
             other => bail!("--cgroup-manager {other:?}: cgroupfs or systemd"),
         };
         Ok(options)
+    }
+
+    /// What `--net NAME` and its flags ask of a CNI network.
+    fn network_request(&self, name: &str) -> Result<NetworkRequest> {
+        berth_ids::validate_id(name).with_context(|| format!("--net {name:?}"))?;
+        let mut ports = Vec::new();
+        for value in &self.publish {
+            ports.extend(PortMapping::parse_publish(value)?);
+        }
+        for server in &self.dns {
+            server
+                .parse::<std::net::IpAddr>()
+                .with_context(|| format!("--dns {server:?}: not an IP address"))?;
+        }
+        for word in self.dns_search.iter().chain(&self.dns_option) {
+            if word.is_empty() || word.chars().any(char::is_whitespace) {
+                bail!("{word:?}: a DNS search domain or option is one word");
+            }
+        }
+        let extra_hosts = self
+            .add_host
+            .iter()
+            .map(|value| berth_network::parse_add_host(value))
+            .collect::<berth_errdefs::Result<Vec<_>>>()?;
+        Ok(NetworkRequest {
+            name: name.to_string(),
+            ports,
+            dns: DnsConfig {
+                servers: self.dns.clone(),
+                searches: self.dns_search.clone(),
+                options: self.dns_option.clone(),
+            },
+            extra_hosts,
+        })
     }
 
     pub fn labels(&self) -> Result<HashMap<String, String>> {
@@ -363,8 +445,25 @@ pub async fn create(
         None => new_id()?,
     };
     berth_ids::validate_id(&id)?;
+    // A name already taken fails here, before the network files of the
+    // container that has it could be rewritten.
+    match clients.containers.get(ns, &id).await {
+        Ok(_) => bail!("creating container {id}: a container by that name exists"),
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(e) => return Err(anyhow::Error::from(e).context(format!("creating container {id}"))),
+    }
     let mut labels = args.labels()?;
     labels.extend(extra_labels);
+    let options = args.spec_options(global, ns, &id)?;
+    // The network and its ports on the record too, for `berth ps`.
+    for key in [
+        super::network::NETWORK_ANNOTATION,
+        super::network::PORTS_ANNOTATION,
+    ] {
+        if let Some(value) = options.annotations.get(key) {
+            labels.insert(key.to_string(), value.clone());
+        }
+    }
     let new = NewContainer {
         image: args.image.clone(),
         runtime: Runtime {
@@ -372,13 +471,16 @@ pub async fn create(
             options: None,
         },
         labels,
-        options: args.spec_options(ns, &id)?,
+        options,
         scratch: scratch_dir(global),
         copy_up: Vec::new(),
     };
-    create_container(clients.services(), ns, new)
-        .await
-        .with_context(|| format!("creating container {id}"))?;
+    if let Err(e) = create_container(clients.services(), ns, new).await {
+        if e.kind() != ErrorKind::AlreadyExists {
+            let _ = super::network::forget(global, ns, &id);
+        }
+        return Err(anyhow::Error::from(e).context(format!("creating container {id}")));
+    }
     Ok(id)
 }
 
@@ -432,7 +534,7 @@ pub async fn run(global: &Global, args: RunArgs) -> Result<u8> {
     let id = create(global, &args.container, &clients, extra).await?;
     let outcome = attached(&global.fifo_root(), &ns, &id, &args, &tasks).await;
     if args.rm {
-        let removed = remove_task_and_container(&ns, &id, &tasks, &clients).await;
+        let removed = remove_task_and_container(global, &ns, &id, &tasks, &clients).await;
         if let (Ok(_), Err(e)) = (&outcome, removed) {
             return Err(e);
         }
@@ -673,6 +775,7 @@ fn forward_signals(
 /// `--rm`: the task (killed if it still runs), the container and its
 /// snapshot.
 async fn remove_task_and_container(
+    global: &Global,
     ns: &str,
     id: &str,
     tasks: &RemoteTasks,
@@ -695,5 +798,6 @@ async fn remove_task_and_container(
     }
     remove_container(clients.services(), ns, id)
         .await
-        .with_context(|| format!("removing container {id}"))
+        .with_context(|| format!("removing container {id}"))?;
+    super::network::forget(global, ns, id)
 }
