@@ -703,6 +703,130 @@ fn image_volumes_are_copied_up_from_inside_the_image() {
     cri.ok(&["rmp", "-f", &pod_id]);
 }
 
+/// A port on loopback nothing listens on now (the pod below shares the
+/// host's network).
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// `crictl --transport websocket`: exec over the v5 channel protocol
+/// (stdin in, its end as v5's half-close, stdout out, the exit status on
+/// the error channel) and port-forward as SPDY tunnelled through WebSocket,
+/// against the same streaming server and handlers as SPDY.
+#[test]
+fn exec_and_port_forward_work_over_websocket() {
+    let Some(tmp) = crictl_test_dir() else {
+        return;
+    };
+    let dir = tmp.path();
+    let cri = Cri::start(dir);
+    let pod = cri.write_config(
+        "pod.json",
+        json!({
+            "metadata": {"name": "ws", "namespace": "test", "uid": "pod-uid-ws", "attempt": 0},
+            "log_directory": dir.join("pod-logs").display().to_string(),
+            "linux": {"security_context": {"namespace_options": {"network": 2}}},
+        }),
+    );
+    let port = free_port();
+    let container = cri.write_config(
+        "container.json",
+        json!({
+            "metadata": {"name": "server"},
+            "image": {"image": POD_IMAGE},
+            "command": ["/bin/sh", "-c", format!(
+                "mkdir -p /tmp/www && echo over-the-tunnel > /tmp/www/index.html && exec /bin/busybox httpd -f -p 127.0.0.1:{port} -h /tmp/www"
+            )],
+            "log_path": "server.log",
+        }),
+    );
+    let pod_id = cri.ok(&["runp", &pod]);
+    let ctr_id = cri.ok(&["create", &pod_id, &container, &pod]);
+    cri.ok(&["start", &ctr_id]);
+
+    let streamed = cri.crictl_with_input(
+        &[
+            "exec",
+            "--transport",
+            "websocket",
+            "-i",
+            &ctr_id,
+            "/bin/sh",
+            "-c",
+            "read line; echo got $line; cat; echo stdin-closed >&2; exit 4",
+        ],
+        b"hello\nmore\n",
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&streamed.stdout),
+        "got hello\nmore\n",
+        "{}",
+        String::from_utf8_lossy(&streamed.stderr)
+    );
+    let said = String::from_utf8_lossy(&streamed.stderr);
+    assert!(said.contains("stdin-closed"), "stderr channel: {said}");
+    assert!(
+        !streamed.status.success() && said.contains("exit code 4"),
+        "{said}"
+    );
+    let (ok, out, err) = cri.crictl(&[
+        "exec",
+        "--transport",
+        "websocket",
+        &ctr_id,
+        "/bin/echo",
+        "quiet",
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(out, "quiet");
+
+    let local = free_port();
+    let endpoint = format!("unix://{}", cri.crid.socket.display());
+    let mut forwarder = Command::new(crictl_path())
+        .args([
+            "-r",
+            &endpoint,
+            "-i",
+            &endpoint,
+            "port-forward",
+            "--transport",
+            "websocket",
+        ])
+        .arg(&pod_id)
+        .arg(format!("{local}:{port}"))
+        .env("HOME", dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("running crictl port-forward");
+    let mut answer = String::new();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(30) {
+        use std::io::{Read, Write};
+        if let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", local)) {
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            if stream.write_all(b"GET / HTTP/1.0\r\n\r\n").is_ok() {
+                answer.clear();
+                let _ = stream.read_to_string(&mut answer);
+                if answer.contains("over-the-tunnel") {
+                    break;
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _ = forwarder.kill();
+    let _ = forwarder.wait();
+    assert!(
+        answer.contains("over-the-tunnel"),
+        "through the tunnel: {answer:?}"
+    );
+    cri.ok(&["rmp", "-f", &pod_id]);
+}
+
 /// critest (cri-tools 1.34, ../shared/critest) against a fresh berth stack:
 /// every spec listed in tests/cri/critest-pass.txt must pass. The list
 /// grows as berth-crid does; containerd 2.2.7 passes 92 here.

@@ -2,9 +2,12 @@
 //! this HTTP server (`http://127.0.0.1:PORT/<kind>/<token>`, a token good
 //! once, for a minute); the client upgrades that connection to SPDY/3.1
 //! and runs Kubernetes' remotecommand (v2–v4) or port-forward protocol on
-//! it, as the kubelet's own streaming server does.
+//! it, as the kubelet's own streaming server does, or to a WebSocket
+//! (remotecommand v5/v4 channels, port-forward as tunnelled SPDY; see
+//! [`websocket`]).
 
 pub mod spdy;
+pub mod websocket;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -149,6 +152,9 @@ fn answer(
             "unknown or expired stream token",
         );
     };
+    if websocket::is_websocket_request(&request) {
+        return answer_websocket(request, stream_request, crid);
+    }
     let upgrade = request
         .headers()
         .get(hyper::header::UPGRADE)
@@ -158,7 +164,7 @@ fn answer(
     if !upgrade.contains("spdy/3.1") {
         return plain(
             hyper::StatusCode::BAD_REQUEST,
-            "berth-crid streams over SPDY/3.1 (Upgrade: SPDY/3.1); WebSocket is not supported yet",
+            "berth-crid streams over SPDY/3.1 (Upgrade: SPDY/3.1) or WebSocket (Upgrade: websocket)",
         );
     }
     let offered = offered_protocols(&request);
@@ -210,6 +216,115 @@ fn answer(
         headers.insert("x-stream-protocol-version", value);
     }
     response
+}
+
+/// A WebSocket upgrade: remotecommand over the channel protocols, or
+/// port-forward as tunnelled SPDY; the handlers are SPDY's.
+fn answer_websocket(
+    mut request: hyper::Request<hyper::body::Incoming>,
+    stream_request: StreamRequest,
+    crid: Arc<Crid>,
+) -> hyper::Response<Body> {
+    let offered = websocket::offered_protocols(&request);
+    let supported: &[&str] = match stream_request {
+        StreamRequest::PortForward(_) => &[websocket::TUNNELED_PORT_FORWARD],
+        _ => websocket::CHANNEL_PROTOCOLS,
+    };
+    let Some(protocol) = supported
+        .iter()
+        .find(|p| offered.iter().any(|o| o == *p))
+        .map(|p| p.to_string())
+    else {
+        return plain(
+            hyper::StatusCode::FORBIDDEN,
+            &format!(
+                "no common WebSocket subprotocol: offered {offered:?}, supported {supported:?}"
+            ),
+        );
+    };
+    let Some(accept) = websocket::accept_key(&request) else {
+        return plain(
+            hyper::StatusCode::BAD_REQUEST,
+            "a WebSocket upgrade without Sec-WebSocket-Key",
+        );
+    };
+    let upgraded = hyper::upgrade::on(&mut request);
+    tokio::spawn(async move {
+        let io = match upgraded.await {
+            Ok(io) => hyper_util::rt::TokioIo::new(io),
+            Err(e) => {
+                tracing::debug!("stream upgrade: {e}");
+                return;
+            }
+        };
+        let ws = websocket::server(io).await;
+        // v5 differs from v4 only in the client's half-close, which the
+        // channel session turns into a stream's end: the handlers speak v4.
+        let channel_protocol = "v4.channel.k8s.io";
+        let result = match stream_request {
+            StreamRequest::Exec(r) => {
+                let streams = remotecommand_streams(r.stdin, r.stdout, r.stderr, r.tty);
+                let session = websocket::channel_session(ws, &streams);
+                exec(&crid, r, session, channel_protocol).await
+            }
+            StreamRequest::Attach(r) => {
+                let streams = remotecommand_streams(r.stdin, r.stdout, r.stderr, r.tty);
+                let session = websocket::channel_session(ws, &streams);
+                attach(&crid, r, session, channel_protocol).await
+            }
+            StreamRequest::PortForward(r) => {
+                port_forward(&crid, r, Session::start(websocket::tunnel(ws))).await
+            }
+        };
+        if let Err(e) = result {
+            tracing::debug!("stream: {e}");
+        }
+    });
+    let mut response = plain(hyper::StatusCode::SWITCHING_PROTOCOLS, "");
+    let headers = response.headers_mut();
+    headers.insert(
+        hyper::header::CONNECTION,
+        hyper::header::HeaderValue::from_static("Upgrade"),
+    );
+    headers.insert(
+        hyper::header::UPGRADE,
+        hyper::header::HeaderValue::from_static("websocket"),
+    );
+    for (name, value) in [
+        (hyper::header::SEC_WEBSOCKET_ACCEPT, accept),
+        (hyper::header::SEC_WEBSOCKET_PROTOCOL, protocol),
+    ] {
+        if let Ok(value) = value.parse() {
+            headers.insert(name, value);
+        }
+    }
+    response
+}
+
+/// The channels a remotecommand request implies, by `streamtype` and
+/// channel number: the error channel always; stdin, stdout as asked;
+/// stderr only without a terminal (a terminal has one output); resize
+/// with a terminal.
+fn remotecommand_streams(
+    stdin: bool,
+    stdout: bool,
+    stderr: bool,
+    tty: bool,
+) -> Vec<(&'static str, u8)> {
+    let mut streams = vec![("error", websocket::ERROR)];
+    if stdin {
+        streams.push(("stdin", websocket::STDIN));
+    }
+    if stdout {
+        streams.push(("stdout", websocket::STDOUT));
+    }
+    if stderr && !tty {
+        streams.push(("stderr", websocket::STDERR));
+    }
+    if tty {
+        streams.push(("resize", websocket::RESIZE));
+    }
+    streams
 }
 
 /// The streams a remotecommand client opens, by their `streamtype`.
