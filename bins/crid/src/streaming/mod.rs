@@ -172,18 +172,57 @@ fn answer(
         StreamRequest::PortForward(_) => &[PORT_FORWARD],
         _ => REMOTECOMMAND,
     };
-    let Some(protocol) = supported
+    let protocol = match choose_protocol(supported, &offered) {
+        Ok(protocol) => protocol,
+        Err(refused) => return refused,
+    };
+    let chosen = protocol.clone();
+    let headers = vec![(
+        hyper::header::HeaderName::from_static("x-stream-protocol-version"),
+        protocol,
+    )];
+    switch_protocols(&mut request, "SPDY/3.1", headers, |io| async move {
+        let session = Session::start(io);
+        match stream_request {
+            StreamRequest::Exec(r) => exec(&crid, r, session, &chosen).await,
+            StreamRequest::Attach(r) => attach(&crid, r, session, &chosen).await,
+            StreamRequest::PortForward(r) => port_forward(&crid, r, session).await,
+        }
+    })
+}
+
+/// The first of `supported` (the server's order of preference) that the
+/// client offers; else the refusal naming both.
+fn choose_protocol(
+    supported: &[&str],
+    offered: &[String],
+) -> std::result::Result<String, hyper::Response<Body>> {
+    supported
         .iter()
         .find(|p| offered.iter().any(|o| o == *p))
         .map(|p| p.to_string())
-    else {
-        return plain(
-            hyper::StatusCode::FORBIDDEN,
-            &format!("no common stream protocol: offered {offered:?}, supported {supported:?}"),
-        );
-    };
-    let upgraded = hyper::upgrade::on(&mut request);
-    let chosen = protocol.clone();
+        .ok_or_else(|| {
+            plain(
+                hyper::StatusCode::FORBIDDEN,
+                &format!("no common stream protocol: offered {offered:?}, supported {supported:?}"),
+            )
+        })
+}
+
+/// Answers 101 Switching Protocols to `upgrade` with `headers`; once
+/// hyper hands over the connection, `serve` runs on it in a task of its
+/// own.
+fn switch_protocols<F, Fut>(
+    request: &mut hyper::Request<hyper::body::Incoming>,
+    upgrade: &'static str,
+    headers: Vec<(hyper::header::HeaderName, String)>,
+    serve: F,
+) -> hyper::Response<Body>
+where
+    F: FnOnce(hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<()>> + Send,
+{
+    let upgraded = hyper::upgrade::on(request);
     tokio::spawn(async move {
         let io = match upgraded.await {
             Ok(io) => hyper_util::rt::TokioIo::new(io),
@@ -192,28 +231,24 @@ fn answer(
                 return;
             }
         };
-        let session = Session::start(io);
-        let result = match stream_request {
-            StreamRequest::Exec(r) => exec(&crid, r, session, &chosen).await,
-            StreamRequest::Attach(r) => attach(&crid, r, session, &chosen).await,
-            StreamRequest::PortForward(r) => port_forward(&crid, r, session).await,
-        };
-        if let Err(e) = result {
+        if let Err(e) = serve(io).await {
             tracing::debug!("stream: {e}");
         }
     });
     let mut response = plain(hyper::StatusCode::SWITCHING_PROTOCOLS, "");
-    let headers = response.headers_mut();
-    headers.insert(
+    let fields = response.headers_mut();
+    fields.insert(
         hyper::header::CONNECTION,
         hyper::header::HeaderValue::from_static("Upgrade"),
     );
-    headers.insert(
+    fields.insert(
         hyper::header::UPGRADE,
-        hyper::header::HeaderValue::from_static("SPDY/3.1"),
+        hyper::header::HeaderValue::from_static(upgrade),
     );
-    if let Ok(value) = protocol.parse() {
-        headers.insert("x-stream-protocol-version", value);
+    for (name, value) in headers {
+        if let Ok(value) = value.parse() {
+            fields.insert(name, value);
+        }
     }
     response
 }
@@ -230,17 +265,9 @@ fn answer_websocket(
         StreamRequest::PortForward(_) => &[websocket::TUNNELED_PORT_FORWARD],
         _ => websocket::CHANNEL_PROTOCOLS,
     };
-    let Some(protocol) = supported
-        .iter()
-        .find(|p| offered.iter().any(|o| o == *p))
-        .map(|p| p.to_string())
-    else {
-        return plain(
-            hyper::StatusCode::FORBIDDEN,
-            &format!(
-                "no common WebSocket subprotocol: offered {offered:?}, supported {supported:?}"
-            ),
-        );
+    let protocol = match choose_protocol(supported, &offered) {
+        Ok(protocol) => protocol,
+        Err(refused) => return refused,
     };
     let Some(accept) = websocket::accept_key(&request) else {
         return plain(
@@ -248,20 +275,16 @@ fn answer_websocket(
             "a WebSocket upgrade without Sec-WebSocket-Key",
         );
     };
-    let upgraded = hyper::upgrade::on(&mut request);
-    tokio::spawn(async move {
-        let io = match upgraded.await {
-            Ok(io) => hyper_util::rt::TokioIo::new(io),
-            Err(e) => {
-                tracing::debug!("stream upgrade: {e}");
-                return;
-            }
-        };
+    let headers = vec![
+        (hyper::header::SEC_WEBSOCKET_ACCEPT, accept),
+        (hyper::header::SEC_WEBSOCKET_PROTOCOL, protocol),
+    ];
+    switch_protocols(&mut request, "websocket", headers, |io| async move {
         let ws = websocket::server(io).await;
         // v5 differs from v4 only in the client's half-close, which the
         // channel session turns into a stream's end: the handlers speak v4.
         let channel_protocol = "v4.channel.k8s.io";
-        let result = match stream_request {
+        match stream_request {
             StreamRequest::Exec(r) => {
                 let streams = remotecommand_streams(r.stdin, r.stdout, r.stderr, r.tty);
                 let session = websocket::channel_session(ws, &streams);
@@ -275,30 +298,8 @@ fn answer_websocket(
             StreamRequest::PortForward(r) => {
                 port_forward(&crid, r, Session::start(websocket::tunnel(ws))).await
             }
-        };
-        if let Err(e) = result {
-            tracing::debug!("stream: {e}");
         }
-    });
-    let mut response = plain(hyper::StatusCode::SWITCHING_PROTOCOLS, "");
-    let headers = response.headers_mut();
-    headers.insert(
-        hyper::header::CONNECTION,
-        hyper::header::HeaderValue::from_static("Upgrade"),
-    );
-    headers.insert(
-        hyper::header::UPGRADE,
-        hyper::header::HeaderValue::from_static("websocket"),
-    );
-    for (name, value) in [
-        (hyper::header::SEC_WEBSOCKET_ACCEPT, accept),
-        (hyper::header::SEC_WEBSOCKET_PROTOCOL, protocol),
-    ] {
-        if let Ok(value) = value.parse() {
-            headers.insert(name, value);
-        }
-    }
-    response
+    })
 }
 
 /// The channels a remotecommand request implies, by `streamtype` and
