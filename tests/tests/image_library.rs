@@ -251,3 +251,66 @@ async fn pull_unpack_export_and_import_through_the_library() {
     pulled_blobs.sort();
     assert_eq!(copied, pulled_blobs);
 }
+
+/// An archive reader that says when it is dropped (when the import's
+/// reader thread has let go of it), and that is slow past its first
+/// 2 KiB, as a pipe is: the reader is in the middle of a read when the
+/// import fails.
+struct WatchedArchive {
+    bytes: std::io::Cursor<Vec<u8>>,
+    dropped: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl std::io::Read for WatchedArchive {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.bytes.position() >= 2048 {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let n = buf.len().min(512);
+        self.bytes.read(&mut buf[..n])
+    }
+}
+
+impl Drop for WatchedArchive {
+    fn drop(&mut self) {
+        self.dropped
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A failed import has stopped reading its archive when it returns: the
+/// fuzz target `archive_import` found its reader thread still running
+/// (and holding the input) after a blob failed its digest, with the rest
+/// of the archive waiting to be sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_import_stops_reading_its_archive() {
+    let dir = tempfile::tempdir().unwrap();
+    let contentd = berth_e2e::Daemon::contentd(&dir.path().join("contentd"));
+    let content = RemoteContentStore::connect(&contentd.socket).await.unwrap();
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut append = |name: &str, data: &[u8]| {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        builder.append_data(&mut header, name, data).unwrap();
+    };
+    // Not the blob its name says: the import fails on it.
+    append(&format!("blobs/sha256/{}", "0".repeat(64)), b"other bytes");
+    for i in 0..64 {
+        append(&format!("doc{i}.json"), b"{}");
+    }
+    let bytes = builder.into_inner().unwrap();
+    let dropped = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let input = WatchedArchive {
+        bytes: std::io::Cursor::new(bytes),
+        dropped: dropped.clone(),
+    };
+    let err = archive::import(&content, "default", Box::new(input))
+        .await
+        .unwrap_err();
+    assert!(
+        dropped.load(std::sync::atomic::Ordering::SeqCst),
+        "the import returned ({err}) with its reader still holding the archive"
+    );
+}

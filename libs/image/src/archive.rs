@@ -187,6 +187,45 @@ struct Stored {
     compression: Compression,
 }
 
+/// How long a failed import waits for its reader thread to stop.
+const READER_STOP: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What an archive held, by entry name.
+#[derive(Default)]
+struct ArchivePieces {
+    documents: HashMap<String, Vec<u8>>,
+    blobs: HashMap<String, Stored>,
+    links: HashMap<String, String>,
+}
+
+/// Receives the reader's pieces, storing blobs as they come; consumes the
+/// receiver, so the reader's next send fails once this returns.
+async fn receive_pieces(
+    store: &dyn ContentStore,
+    namespace: &str,
+    mut rx: mpsc::Receiver<Result<Piece>>,
+) -> Result<ArchivePieces> {
+    let mut pieces = ArchivePieces::default();
+    while let Some(piece) = rx.recv().await {
+        match piece? {
+            Piece::Document { name, data } => {
+                pieces.documents.insert(name, data);
+            }
+            Piece::Link { name, target } => {
+                pieces.links.insert(name, target);
+            }
+            Piece::Blob { name, size } => {
+                let stored = import_blob(store, namespace, &name, size, &mut rx).await?;
+                pieces.blobs.insert(name, stored);
+            }
+            Piece::Data(_) | Piece::End => {
+                return Err(Error::internal("the archive reader lost its place"))
+            }
+        }
+    }
+    Ok(pieces)
+}
+
 /// Imports an archive into the content store, each tree labelled for the
 /// collector; returns the images it names.
 pub async fn import(
@@ -194,29 +233,25 @@ pub async fn import(
     namespace: &str,
     input: Box<dyn Read + Send>,
 ) -> Result<Vec<ArchiveImage>> {
-    let (tx, mut rx) = mpsc::channel(4);
-    let reader = std::thread::spawn(move || read_archive(input, tx));
-    let mut documents: HashMap<String, Vec<u8>> = HashMap::new();
-    let mut blobs: HashMap<String, Stored> = HashMap::new();
-    let mut links: HashMap<String, String> = HashMap::new();
-    while let Some(piece) = rx.recv().await {
-        match piece? {
-            Piece::Document { name, data } => {
-                documents.insert(name, data);
-            }
-            Piece::Link { name, target } => {
-                links.insert(name, target);
-            }
-            Piece::Blob { name, size } => {
-                let stored = import_blob(store, namespace, &name, size, &mut rx).await?;
-                blobs.insert(name, stored);
-            }
-            Piece::Data(_) | Piece::End => {
-                return Err(Error::internal("the archive reader lost its place"))
-            }
-        }
+    let (tx, rx) = mpsc::channel(4);
+    let (finished_tx, finished) = tokio::sync::oneshot::channel::<()>();
+    let reader = std::thread::spawn(move || {
+        read_archive(input, tx);
+        let _ = finished_tx.send(());
+    });
+    let received = receive_pieces(store, namespace, rx).await;
+    // The receiver is gone now, on an error too, so the reader stops at
+    // its next send. It is waited for, so that no thread outlives a failed
+    // import reading on, but only briefly: an input that stalls (a pipe
+    // left open) must not hold up the error.
+    if tokio::time::timeout(READER_STOP, finished).await.is_ok() {
+        let _ = reader.join();
     }
-    let _ = reader.join();
+    let ArchivePieces {
+        documents,
+        blobs,
+        links,
+    } = received?;
     let resolve = |name: &str| -> Option<Stored> {
         let mut name = name.trim_start_matches("./").to_string();
         for _ in 0..16 {
