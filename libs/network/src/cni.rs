@@ -566,6 +566,7 @@ mod tests {
     /// A plugin that logs each call (command, interface, whether it got a
     /// previous result) and fails the command its configuration names.
     const FAKE_PLUGIN: &str = r#"#!/bin/sh
+[ "$CNI_COMMAND" = VERSION ] && exit 0
 conf=$(cat)
 case "$conf" in *prevResult*) prev=prev ;; *) prev=noprev ;; esac
 echo "$CNI_COMMAND $CNI_IFNAME $prev" >>"$(dirname "$0")/calls"
@@ -573,6 +574,23 @@ case "$conf" in *'"fail":"'"$CNI_COMMAND"'"'*) echo '{"code":11,"msg":"told to f
 [ "$CNI_COMMAND" = ADD ] && echo '{"cniVersion":"1.0.0","ips":[{"address":"10.1.0.2/24"}]}'
 exit 0
 "#;
+
+    /// Waits out ETXTBSY: a test thread that forks while this one writes
+    /// a script gives its child the script's write descriptor until that
+    /// child execs, and executing the script meanwhile fails.
+    fn wait_until_executable(path: &Path) {
+        for _ in 0..200 {
+            match std::process::Command::new(path)
+                .env("CNI_COMMAND", "VERSION")
+                .status()
+            {
+                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                _ => return,
+            }
+        }
+    }
 
     /// A CNI setup with the fake plugin as `net` and as `loopback` (failing
     /// ADD if `lo_fails`), the network failing the commands in `net_fails`.
@@ -593,6 +611,7 @@ exit 0
             std::fs::write(&path, text).unwrap_or_else(|e| panic!("{e}"));
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
                 .unwrap_or_else(|e| panic!("{e}"));
+            wait_until_executable(&path);
         }
         std::fs::write(
             conf.join("10-n.conflist"),
