@@ -1152,6 +1152,25 @@ fn bridge_network_publishes_ports_and_goes_with_the_task() {
         );
         assert_nothing_left(&stack);
 
+        // A flag refused after the network was prepared leaves no files.
+        let out = berth(&[
+            "run",
+            "--rm",
+            "--name",
+            "bad",
+            "--net",
+            "bridge",
+            "--cgroup-manager",
+            "bogus",
+            RUN_IMAGE,
+            "true",
+        ]);
+        assert!(!out.status.success());
+        assert!(
+            !run_dir.join("networks/default/bad").exists(),
+            "a refused run left network files"
+        );
+
         // A run to its end with --rm: attached, detached, gone.
         let out = berth(&[
             "run",

@@ -454,7 +454,14 @@ pub async fn create(
     }
     let mut labels = args.labels()?;
     labels.extend(extra_labels);
-    let options = args.spec_options(global, ns, &id)?;
+    let options = match args.spec_options(global, ns, &id) {
+        Ok(options) => options,
+        Err(e) => {
+            // A flag refused after the network files were written.
+            let _ = super::network::forget(global, ns, &id);
+            return Err(e);
+        }
+    };
     // The network and its ports on the record too, for `berth ps`.
     for key in [
         super::network::NETWORK_ANNOTATION,
