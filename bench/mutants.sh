@@ -57,6 +57,7 @@ snapd-apply|bins/snapd/src/apply.rs|-|berth-snapd|--lib --test apply_breakouts -
 snapd-unpack|bins/snapd/src/unpack.rs|-|berth-e2e|--test snapd_unpack --test snapd_cli
 snapd-diff|bins/snapd/src/diff.rs|-|berth-e2e|--test snapd_cli
 shim-options|bins/shim/src/options.rs,bins/shim/src/info.rs|-|containerd-shim-berth-v2|--lib --test binary
+network|libs/network/src/bridge.rs,libs/network/src/cni.rs|-|berth-network|--lib
 shim-kill-exit|bins/shim/src/tasks.rs,bins/shim/src/exits.rs,bins/shim/src/container.rs,bins/shim/src/process.rs|(kill|exit|wait|claim|start_init|start_exec)|containerd-shim-berth-v2|--lib --test ctr
 '
 export BERTH_E2E_BUILD=1

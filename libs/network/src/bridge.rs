@@ -332,6 +332,10 @@ mod tests {
             ("db".to_string(), "192.0.2.9".to_string())
         );
         assert_eq!(parse_add_host("v6:[2001:db8::1]").unwrap().1, "2001:db8::1");
+        assert_eq!(
+            parse_add_host("my-db.example_1:192.0.2.9").unwrap().0,
+            "my-db.example_1"
+        );
         assert!(parse_add_host("db").is_err());
         assert!(parse_add_host("d b:192.0.2.9").is_err());
         assert!(parse_add_host("db:nope").is_err());

@@ -568,7 +568,7 @@ mod tests {
     const FAKE_PLUGIN: &str = r#"#!/bin/sh
 [ "$CNI_COMMAND" = VERSION ] && exit 0
 conf=$(cat)
-case "$conf" in *prevResult*) prev=prev ;; *) prev=noprev ;; esac
+case "$conf" in *'"marker":"lo"'*) prev=prevlo ;; *prevResult*) prev=prev ;; *) prev=noprev ;; esac
 echo "$CNI_COMMAND $CNI_IFNAME $prev" >>"$(dirname "$0")/calls"
 case "$conf" in *'"fail":"'"$CNI_COMMAND"'"'*) echo '{"code":11,"msg":"told to fail"}'; exit 1 ;; esac
 [ "$CNI_COMMAND" = ADD ] && echo '{"cniVersion":"1.0.0","ips":[{"address":"10.1.0.2/24"}]}'
@@ -684,5 +684,148 @@ exit 0
             assert!(error.to_string().contains("told to fail"), "{error}");
             assert_eq!(calls(&dir), expected, "loopback fails: {lo_fails}");
         }
+    }
+
+    /// A plugin `name` in `cni`'s first bin dir running `script`.
+    fn write_plugin(cni: &Cni, name: &str, script: &str) {
+        use std::os::unix::fs::PermissionsExt;
+        let path = cni.bin_dirs[0].join(name);
+        std::fs::write(&path, script).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+            .unwrap_or_else(|e| panic!("{e}"));
+        wait_until_executable(&path);
+    }
+
+    fn one_plugin_list(kind: &str) -> NetworkList {
+        NetworkList {
+            name: "n".into(),
+            cni_version: "1.0.0".into(),
+            plugins: vec![json!({ "type": kind })],
+            source: PathBuf::new(),
+        }
+    }
+
+    #[test]
+    fn a_document_without_plugins_or_type_is_refused() {
+        let e = NetworkList::parse(br#"{"name":"n","cniVersion":"1.0.0"}"#, Path::new("x"))
+            .err()
+            .unwrap_or_else(|| panic!("parsed"));
+        assert!(e.to_string().contains("neither plugins nor type"), "{e}");
+    }
+
+    #[test]
+    fn networks_are_found_by_name_and_a_missing_directory_has_none() {
+        let (_dir, cni, _) = fake_cni(false, "");
+        std::fs::write(
+            cni.conf_dir.join("20-other.conflist"),
+            r#"{"cniVersion":"1.0.0","name":"other","plugins":[{"type":"net","fail":"x"}]}"#,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let found = cni.network_named("other").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            found.map(|l| l.plugins[0]["fail"].clone()),
+            Some(json!("x"))
+        );
+        assert_eq!(
+            cni.network_named("n")
+                .unwrap_or_else(|e| panic!("{e}"))
+                .map(|l| l.name),
+            Some("n".into())
+        );
+        assert!(cni
+            .network_named("none")
+            .unwrap_or_else(|e| panic!("{e}"))
+            .is_none());
+
+        let missing = Cni {
+            conf_dir: cni.conf_dir.join("no-such-dir"),
+            bin_dirs: cni.bin_dirs.clone(),
+        };
+        assert!(missing
+            .networks()
+            .unwrap_or_else(|e| panic!("{e}"))
+            .is_empty());
+        let not_a_directory = Cni {
+            conf_dir: cni.conf_dir.join("20-other.conflist"),
+            bin_dirs: cni.bin_dirs.clone(),
+        };
+        assert!(
+            not_a_directory.networks().is_err(),
+            "a file as the directory"
+        );
+    }
+
+    #[tokio::test]
+    async fn teardown_and_detach_hand_back_the_networks_own_result() {
+        let (dir, cni, pod) = fake_cni(false, "");
+        cni.teardown(&pod, None)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(calls(&dir), ["DEL eth0 noprev"]);
+        std::fs::remove_file(dir.path().join("bin/calls")).unwrap_or_else(|e| panic!("{e}"));
+        // The loopback's result comes first and has the network's name;
+        // only the entry of the network's interface is its result.
+        let attachment = Attachment {
+            results: vec![
+                ("n".into(), "lo".into(), json!({"marker": "lo"})),
+                ("n".into(), POD_INTERFACE.into(), json!({"marker": "eth"})),
+            ],
+        };
+        let network = cni
+            .network()
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|| panic!("no network"));
+        cni.detach(&network, &pod, Some(&attachment))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(calls(&dir), ["DEL eth0 prev"]);
+    }
+
+    #[tokio::test]
+    async fn a_plugin_may_print_nothing_but_not_more_than_the_limit() {
+        let (_dir, cni, pod) = fake_cni(false, "");
+        write_plugin(&cni, "quiet", "#!/bin/sh\ncat >/dev/null\necho\n");
+        let result = cni
+            .attach(&one_plugin_list("quiet"), &pod)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(result.results[0].2, Value::Null, "an empty ADD result");
+        // DEL's output is not read, whatever it is.
+        write_plugin(
+            &cni,
+            "chatty",
+            "#!/bin/sh\ncat >/dev/null\n[ \"$CNI_COMMAND\" = DEL ] && echo not-json\nexit 0\n",
+        );
+        cni.detach(&one_plugin_list("chatty"), &pod, None)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        // Exactly the limit of output (spaces) is taken; one byte more is not.
+        for (name, bytes, accepted) in [("full", MAX_CONFIG, true), ("over", MAX_CONFIG + 1, false)]
+        {
+            write_plugin(
+                &cni,
+                name,
+                &format!("#!/bin/sh\ncat >/dev/null\nhead -c {bytes} /dev/zero | tr '\\0' ' '\n"),
+            );
+            let result = cni.attach(&one_plugin_list(name), &pod).await;
+            assert_eq!(result.is_ok(), accepted, "{bytes} bytes: {result:?}");
+            if let Err(e) = result {
+                assert!(e.to_string().contains("printed too much"), "{e}");
+            }
+        }
+    }
+
+    #[test]
+    fn configuration_files_are_read_up_to_the_limit() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let full = dir.path().join("full");
+        std::fs::write(&full, vec![b' '; MAX_CONFIG as usize]).unwrap_or_else(|e| panic!("{e}"));
+        let read = read_bounded(&full).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(read.len() as u64, MAX_CONFIG);
+        let over = dir.path().join("over");
+        std::fs::write(&over, vec![b' '; MAX_CONFIG as usize + 1])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let e = read_bounded(&over).err().unwrap_or_else(|| panic!("read"));
+        assert!(e.to_string().contains("larger than"), "{e}");
     }
 }
