@@ -712,10 +712,10 @@ fn free_port() -> u16 {
 
 /// `crictl --transport websocket`: exec over the v5 channel protocol
 /// (stdin in, its end as v5's half-close, stdout out, the exit status on
-/// the error channel) and port-forward as SPDY tunnelled through WebSocket,
-/// against the same streaming server and handlers as SPDY.
+/// the error channel), attach, and port-forward as SPDY tunnelled through
+/// WebSocket, against the same streaming server and handlers as SPDY.
 #[test]
-fn exec_and_port_forward_work_over_websocket() {
+fn exec_attach_and_port_forward_work_over_websocket() {
     let Some(tmp) = crictl_test_dir() else {
         return;
     };
@@ -780,6 +780,33 @@ fn exec_and_port_forward_work_over_websocket() {
     ]);
     assert!(ok, "{err}");
     assert_eq!(out, "quiet");
+
+    // Attach with stdin_once: the end of crictl's stdin closes the
+    // container's, and what the container writes after that still
+    // arrives, until it exits (as containerd streams it).
+    let attachable = cri.write_config(
+        "attachable.json",
+        json!({
+            "metadata": {"name": "reader"},
+            "image": {"image": POD_IMAGE},
+            "command": ["/bin/sh", "-c", "cat; echo after-stdin"],
+            "stdin": true,
+            "stdin_once": true,
+            "log_path": "reader.log",
+        }),
+    );
+    let reader_id = cri.ok(&["create", &pod_id, &attachable, &pod]);
+    cri.ok(&["start", &reader_id]);
+    let attached = cri.crictl_with_input(
+        &["attach", "--transport", "websocket", "-i", &reader_id],
+        b"hello\n",
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&attached.stdout),
+        "hello\nafter-stdin\n",
+        "{}",
+        String::from_utf8_lossy(&attached.stderr)
+    );
 
     let local = free_port();
     let endpoint = format!("unix://{}", cri.crid.socket.display());

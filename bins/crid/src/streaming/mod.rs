@@ -684,6 +684,7 @@ async fn attach(
     let mut output = attached.output;
     let mut exited = attached.exited;
     let stdin_once = attached.stdin_once;
+    let mut stdin_open = true;
     let tasks = crid.daemons.tasks().await?;
     let mut resize_buffer = Vec::new();
     let mut pending: std::collections::VecDeque<Incoming> = early.into();
@@ -714,16 +715,21 @@ async fn attach(
                 data,
                 fin,
             }) => {
-                if Some(stream) == channels.stdin {
+                if Some(stream) == channels.stdin && stdin_open {
                     if !data.is_empty() {
                         crid.write_stdin(&r.container_id, &data).await?;
                     }
                     if fin {
-                        if stdin_once {
-                            crid.close_stdin(&r.container_id).await;
-                            let _ = tasks.close_stdin(NAMESPACE, &r.container_id, "").await;
+                        // As containerd: with stdin_once and no terminal,
+                        // the end of the client's stdin closes the
+                        // container's, and its output goes on streaming
+                        // until it exits; otherwise the attach ends here.
+                        if !stdin_once || r.tty {
+                            break;
                         }
-                        break;
+                        crid.close_stdin(&r.container_id).await;
+                        let _ = tasks.close_stdin(NAMESPACE, &r.container_id, "").await;
+                        stdin_open = false;
                     }
                 } else if Some(stream) == channels.resize {
                     for (width, height) in sizes(&mut resize_buffer, &data) {
