@@ -582,6 +582,9 @@ exit 0
         for _ in 0..200 {
             match std::process::Command::new(path)
                 .env("CNI_COMMAND", "VERSION")
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
                 .status()
             {
                 Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
