@@ -20,6 +20,8 @@ const MAX_CONFIG: u64 = 1 << 20;
 /// The interface the pod's network is attached as (as containerd names
 /// it).
 pub const POD_INTERFACE: &str = "eth0";
+/// The PATH plugins run with (they find iptables and friends on it).
+pub const PLUGIN_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// CNI plugins and their configuration.
 #[derive(Debug, Clone)]
@@ -385,10 +387,7 @@ impl Cni {
             .env("CNI_IFNAME", ifname)
             .env("CNI_PATH", path)
             .env("CNI_ARGS", args)
-            .env(
-                "PATH",
-                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            )
+            .env("PATH", PLUGIN_PATH)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

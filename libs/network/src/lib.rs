@@ -16,5 +16,5 @@ pub use bridge::{
     bridge_conflist, container_hosts, container_resolv_conf, parse_add_host, render_resolv_conf,
     DnsConfig, DEFAULT_BRIDGE_DEVICE, DEFAULT_BRIDGE_NETWORK, DEFAULT_BRIDGE_SUBNET,
 };
-pub use cni::{Attachment, Cni, NetworkList, PodNetwork, PortMapping, POD_INTERFACE};
+pub use cni::{Attachment, Cni, NetworkList, PodNetwork, PortMapping, PLUGIN_PATH, POD_INTERFACE};
 pub use netns::{create_netns, in_netns, interface_counters, remove_netns, InterfaceCounters};

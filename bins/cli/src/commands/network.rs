@@ -215,13 +215,11 @@ fn oci_hooks(global: &Global, namespace: &str) -> Result<SpecHook> {
             event.to_string(),
         ]
     };
-    // runc gives a hook only the environment the spec names; the plugins
-    // run iptables and friends from PATH.
+    // runc gives a hook only the environment the spec names: the caller's
+    // PATH (the plugins themselves run with berth_network's PLUGIN_PATH).
     let env = vec![format!(
         "PATH={}",
-        std::env::var("PATH").unwrap_or_else(|_| {
-            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()
-        })
+        std::env::var("PATH").unwrap_or_else(|_| berth_network::PLUGIN_PATH.into())
     )];
     let hook = |event: &str| {
         HookBuilder::default()
