@@ -320,8 +320,13 @@ impl Unpacker {
             let _held = lock.lock().await;
             match snapshotter.stat(namespace, &chain).await {
                 Ok(info) if info.kind == berth_snapshot::Kind::Committed => {
-                    leased.hold(namespace, &chain).await?;
-                    continue;
+                    match leased.hold(namespace, &chain).await {
+                        Ok(()) => continue,
+                        // Collected between the stat and the hold (its
+                        // last holder had just let go): applied again.
+                        Err(e) if e.kind() == ErrorKind::NotFound => {}
+                        Err(e) => return Err(e),
+                    }
                 }
                 Ok(_) => {
                     return Err(Error::failed_precondition(format!(

@@ -3,7 +3,7 @@
 use std::time::SystemTime;
 
 use async_trait::async_trait;
-use berth_errdefs::{ErrorKind, Result};
+use berth_errdefs::{Error, ErrorKind, Result};
 use berth_ids::Digest;
 
 use crate::{
@@ -120,34 +120,48 @@ impl<S: ContentStore + Clone + 'static> ContentStore for Leased<S> {
         options: WriterOptions,
     ) -> Result<Box<dyn ContentWriter>> {
         let expected = options.expected.clone();
-        match self.inner.writer(namespace, options).await {
-            Ok(mut writer) => {
-                // With no digest given, a commit that finds the blob stored
-                // can only join it to the lease if the bytes were hashed
-                // here: from the start, so not for a resumed ingest.
-                let hasher = match (&self.lease, &expected) {
-                    (Some(_), None) if writer.status().await?.offset == 0 => {
-                        Some(berth_ids::Sha256Hasher::new())
-                    }
-                    _ => None,
-                };
-                Ok(Box::new(LeasedWriter {
-                    writer,
-                    store: self.clone(),
-                    namespace: namespace.to_string(),
-                    expected,
-                    hasher,
-                }))
-            }
-            Err(e) => {
-                if let (true, Some(digest)) = (e.is(ErrorKind::AlreadyExists), &expected) {
-                    self.hold(namespace, digest).await?;
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let err = match self.inner.writer(namespace, options.clone()).await {
+                Ok(mut writer) => {
+                    // With no digest given, a commit that finds the blob
+                    // stored can only join it to the lease if the bytes were
+                    // hashed here: from the start, so not for a resumed
+                    // ingest.
+                    let hasher = match (&self.lease, &expected) {
+                        (Some(_), None) if writer.status().await?.offset == 0 => {
+                            Some(berth_ids::Sha256Hasher::new())
+                        }
+                        _ => None,
+                    };
+                    return Ok(Box::new(LeasedWriter {
+                        writer,
+                        store: self.clone(),
+                        namespace: namespace.to_string(),
+                        expected,
+                        hasher,
+                    }));
                 }
-                Err(e)
+                Err(e) => e,
+            };
+            let (true, Some(digest)) = (err.is(ErrorKind::AlreadyExists), &expected) else {
+                return Err(err);
+            };
+            match self.hold(namespace, digest).await {
+                Ok(()) => return Err(err),
+                // Collected between the two calls (its last holder had
+                // just let go): it is to be written after all.
+                Err(e) if e.is(ErrorKind::NotFound) && tries < COLLECTED_RETRIES => {}
+                Err(e) => return Err(e),
             }
         }
     }
 }
+
+/// How often a writer is opened again for a blob that was collected
+/// between being found and being held.
+const COLLECTED_RETRIES: u32 = 3;
 
 /// A writer whose commit ties the blob to the lease.
 struct LeasedWriter<S> {
@@ -208,7 +222,18 @@ impl<S: ContentStore + Clone + 'static> ContentWriter for LeasedWriter<S> {
                 // Committing what the namespace has is a no-op, but under a
                 // lease it still joins the lease.
                 if let (true, Some(digest)) = (e.is(ErrorKind::AlreadyExists), &digest) {
-                    store.hold(&namespace, digest).await?;
+                    match store.hold(&namespace, digest).await {
+                        Ok(()) => {}
+                        // Collected between the commit and the hold: the
+                        // bytes went with the ingest, so the caller writes
+                        // them again (Unavailable: try again).
+                        Err(held) if held.is(ErrorKind::NotFound) => {
+                            return Err(Error::unavailable(format!(
+                                "{digest} was collected while it was being committed: write it again"
+                            )))
+                        }
+                        Err(held) => return Err(held),
+                    }
                 }
                 Err(e)
             }

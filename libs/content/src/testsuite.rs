@@ -736,6 +736,207 @@ pub async fn concurrent_commits_of_the_same_blob(store: &dyn ContentStore) {
     assert_eq!(read_blob(store, NS, &digest, u64::MAX).await.unwrap(), data);
 }
 
+/// A store whose blobs are collected at the worst moment: right after a
+/// writer (or a commit) found one already stored, before the caller could
+/// tie it to its lease, as a collection racing a second pull of what a
+/// failed pull left would.
+#[derive(Clone)]
+struct CollectedWhenFound<S> {
+    inner: S,
+    /// How many more finds get their blob collected.
+    collections: std::sync::Arc<std::sync::atomic::AtomicU32>,
+}
+
+impl<S: ContentStore> CollectedWhenFound<S> {
+    async fn collect_if_due(&self, namespace: &str, digest: &Digest) {
+        use std::sync::atomic::Ordering;
+        let due = self
+            .collections
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if due {
+            self.inner.delete(namespace, digest).await.unwrap();
+        }
+    }
+}
+
+struct CollectedOnCommit<S> {
+    writer: Box<dyn crate::ContentWriter>,
+    store: CollectedWhenFound<S>,
+    namespace: String,
+    /// What was written (the tests' blobs are small): its digest names
+    /// the blob the commit found.
+    written: Vec<u8>,
+}
+
+#[async_trait::async_trait]
+impl<S: ContentStore + Clone + 'static> crate::ContentWriter for CollectedOnCommit<S> {
+    async fn status(&mut self) -> berth_errdefs::Result<crate::Status> {
+        self.writer.status().await
+    }
+    async fn write(&mut self, data: Vec<u8>) -> berth_errdefs::Result<()> {
+        self.written.extend_from_slice(&data);
+        self.writer.write(data).await
+    }
+    async fn restart(&mut self) -> berth_errdefs::Result<()> {
+        self.written.clear();
+        self.writer.restart().await
+    }
+    async fn commit(self: Box<Self>, options: CommitOptions) -> berth_errdefs::Result<Digest> {
+        let committed = self.writer.commit(options).await;
+        if matches!(&committed, Err(e) if e.is(ErrorKind::AlreadyExists)) {
+            let digest = Digest::of(&self.written);
+            self.store.collect_if_due(&self.namespace, &digest).await;
+        }
+        committed
+    }
+}
+
+#[async_trait::async_trait]
+impl<S: ContentStore + Clone + 'static> ContentStore for CollectedWhenFound<S> {
+    async fn info(&self, namespace: &str, digest: &Digest) -> berth_errdefs::Result<crate::Info> {
+        self.inner.info(namespace, digest).await
+    }
+    async fn update(
+        &self,
+        namespace: &str,
+        info: crate::Info,
+        paths: &[String],
+    ) -> berth_errdefs::Result<crate::Info> {
+        self.inner.update(namespace, info, paths).await
+    }
+    async fn list(
+        &self,
+        namespace: &str,
+        filters: &[String],
+    ) -> berth_errdefs::Result<Vec<crate::Info>> {
+        self.inner.list(namespace, filters).await
+    }
+    async fn delete(&self, namespace: &str, digest: &Digest) -> berth_errdefs::Result<()> {
+        self.inner.delete(namespace, digest).await
+    }
+    async fn delete_if_unchanged(
+        &self,
+        namespace: &str,
+        digest: &Digest,
+        seen: std::time::SystemTime,
+    ) -> berth_errdefs::Result<()> {
+        self.inner
+            .delete_if_unchanged(namespace, digest, seen)
+            .await
+    }
+    async fn read_at(
+        &self,
+        namespace: &str,
+        digest: &Digest,
+        offset: u64,
+        len: usize,
+    ) -> berth_errdefs::Result<Vec<u8>> {
+        self.inner.read_at(namespace, digest, offset, len).await
+    }
+    async fn status(
+        &self,
+        namespace: &str,
+        reference: &str,
+    ) -> berth_errdefs::Result<crate::Status> {
+        self.inner.status(namespace, reference).await
+    }
+    async fn list_statuses(
+        &self,
+        namespace: &str,
+        filters: &[String],
+    ) -> berth_errdefs::Result<Vec<crate::Status>> {
+        self.inner.list_statuses(namespace, filters).await
+    }
+    async fn abort(&self, namespace: &str, reference: &str) -> berth_errdefs::Result<()> {
+        self.inner.abort(namespace, reference).await
+    }
+    async fn release_lease(&self, namespace: &str, lease: &str) -> berth_errdefs::Result<u64> {
+        self.inner.release_lease(namespace, lease).await
+    }
+    async fn writer(
+        &self,
+        namespace: &str,
+        options: WriterOptions,
+    ) -> berth_errdefs::Result<Box<dyn crate::ContentWriter>> {
+        let digest = options.expected.clone();
+        match self.inner.writer(namespace, options).await {
+            Ok(writer) => Ok(Box::new(CollectedOnCommit {
+                writer,
+                store: self.clone(),
+                namespace: namespace.to_string(),
+                written: Vec::new(),
+            })),
+            Err(e) => {
+                if let (ErrorKind::AlreadyExists, Some(digest)) = (e.kind(), &digest) {
+                    self.collect_if_due(namespace, digest).await;
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+/// A blob found stored but collected before the lease could take it is
+/// written again, never reported as there (it is not) or lost: when the
+/// writer is opened, the lease's writer opens again and the bytes go in;
+/// when the commit finds it, the write fails as Unavailable, to be tried
+/// again (the bytes went with the ingest).
+pub async fn a_blob_collected_before_the_lease_holds_it_is_written_again<
+    S: ContentStore + Clone + 'static,
+>(
+    store: &S,
+) {
+    let data = test_data(500, 31);
+    let digest = write_blob(store, NS, "first", &data, None, Labels::new())
+        .await
+        .unwrap();
+    let racing = CollectedWhenFound {
+        inner: store.clone(),
+        collections: std::sync::Arc::new(1.into()),
+    };
+    let leased = crate::Leased::new(racing.clone(), Some("second-pull".into()));
+    let written = write_blob(
+        &leased,
+        NS,
+        "again",
+        &data,
+        Some(digest.clone()),
+        Labels::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(written, digest);
+    let info = store.info(NS, &digest).await.unwrap();
+    assert_eq!(
+        lease_keys(&info.labels),
+        vec![berth_api::labels::lease("second-pull")]
+    );
+    assert_eq!(read_blob(store, NS, &digest, u64::MAX).await.unwrap(), data);
+
+    // Found at commit (the digest was not known when the writer opened).
+    racing
+        .collections
+        .store(1, std::sync::atomic::Ordering::SeqCst);
+    let mut writer = leased
+        .writer(NS, WriterOptions::new("unnamed").total(data.len() as u64))
+        .await
+        .unwrap();
+    writer.write(data.clone()).await.unwrap();
+    let committed = writer.commit(CommitOptions::default()).await;
+    assert_eq!(kind(committed), ErrorKind::Unavailable);
+    assert_eq!(kind(store.info(NS, &digest).await), ErrorKind::NotFound);
+    // Tried again, as a fetch does: written and held.
+    write_blob(&leased, NS, "unnamed", &data, None, Labels::new())
+        .await
+        .unwrap();
+    let info = store.info(NS, &digest).await.unwrap();
+    assert_eq!(
+        lease_keys(&info.labels),
+        vec![berth_api::labels::lease("second-pull")]
+    );
+}
+
 /// Generates one `#[tokio::test]` per conformance case for the store made by
 /// `$setup`, an async fn returning `(store, guard)`; the guard (temp dir,
 /// daemon process) lives until the case ends.
@@ -894,6 +1095,7 @@ macro_rules! content_suite {
             concurrent_writers_on_different_refs,
             concurrent_commits_of_the_same_blob,
             writes_under_a_lease_join_it,
+            a_blob_collected_before_the_lease_holds_it_is_written_again,
             release_lease_unties_only_that_lease,
         );
     };
