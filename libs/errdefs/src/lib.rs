@@ -185,6 +185,15 @@ impl Error {
                 Error::unavailable("connection closed")
             }
             ttrpc::Error::Eof => Error::unavailable("connection closed"),
+            // What ttrpc's client says when its connection's writer is
+            // gone: the daemon went away (e.g. restarted).
+            ttrpc::Error::Others(msg)
+                if msg.starts_with("reserve channel capacity failed")
+                    || msg.starts_with("writer task dropped result channel")
+                    || msg.starts_with("Writer task failed") =>
+            {
+                Error::unavailable(format!("connection closed: {msg}"))
+            }
             other => Error::internal(other.to_string()),
         }
     }
@@ -249,5 +258,16 @@ mod tests {
             err.context("info").to_string(),
             "info: connection failed: refused"
         );
+        // ttrpc's client, once the daemon has gone away.
+        let err = Error::from_ttrpc(ttrpc::Error::Others(
+            "reserve channel capacity failed: channel closed".into(),
+        ));
+        assert_eq!(err.kind(), ErrorKind::Unavailable);
+        let err = Error::from_ttrpc(ttrpc::Error::Others(
+            "writer task dropped result channel".into(),
+        ));
+        assert_eq!(err.kind(), ErrorKind::Unavailable);
+        let err = Error::from_ttrpc(ttrpc::Error::Others("something else".into()));
+        assert_eq!(err.kind(), ErrorKind::Internal);
     }
 }
