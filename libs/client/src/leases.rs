@@ -1,17 +1,22 @@
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use berth_api::leases as pb;
-use berth_errdefs::Result;
-use berth_metadata::wire::{lease_from_pb, resource_to_pb};
+use berth_errdefs::{Error, ErrorKind, Result};
+use berth_metadata::wire::{lease_from_pb, lease_to_pb, resource_to_pb};
 use berth_metadata::{Labels, Lease, LeaseManager, Resource};
 
 use crate::connection::{connect, request_context};
 
-/// berth-metad's leases, across its socket.
+/// berth-metad's leases, across its socket. Connected by path, a call
+/// that finds the connection gone (metad restarted) connects again for
+/// the next call: a client renewing a lease over a long pull outlives a
+/// restart of metad.
 #[derive(Clone)]
 pub struct RemoteLeases {
-    client: pb::LeasesClient,
+    socket: Option<Arc<PathBuf>>,
+    client: Arc<Mutex<pb::LeasesClient>>,
 }
 
 impl std::fmt::Debug for RemoteLeases {
@@ -22,13 +27,45 @@ impl std::fmt::Debug for RemoteLeases {
 
 impl RemoteLeases {
     pub async fn connect(socket: &Path) -> Result<RemoteLeases> {
-        Ok(RemoteLeases::new(connect(socket).await?))
+        let mut leases = RemoteLeases::new(connect(socket).await?);
+        leases.socket = Some(Arc::new(socket.to_path_buf()));
+        Ok(leases)
     }
 
     pub fn new(client: ttrpc::r#async::Client) -> RemoteLeases {
         RemoteLeases {
-            client: pb::LeasesClient::new(client),
+            socket: None,
+            client: Arc::new(Mutex::new(pb::LeasesClient::new(client))),
         }
+    }
+
+    fn client(&self) -> pb::LeasesClient {
+        self.client
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// A call's outcome; if it failed because the connection is gone,
+    /// connects again (when the socket is known) for the next call. The
+    /// failed call is not repeated: it may have taken effect.
+    async fn checked<T>(&self, outcome: ttrpc::Result<T>) -> Result<T> {
+        let err = match outcome {
+            Ok(value) => return Ok(value),
+            Err(e) => Error::from_ttrpc(e),
+        };
+        if err.kind() == ErrorKind::Unavailable {
+            if let Some(socket) = &self.socket {
+                if let Ok(fresh) = connect(socket).await {
+                    *self
+                        .client
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                        pb::LeasesClient::new(fresh);
+                }
+            }
+        }
+        Err(err)
     }
 }
 
@@ -40,8 +77,18 @@ impl LeaseManager for RemoteLeases {
             labels,
             ..Default::default()
         };
-        let resp = self.client.create(request_context(namespace), &req).await?;
-        Ok(lease_from_pb(&resp))
+        let resp = self.client().create(request_context(namespace), &req).await;
+        Ok(lease_from_pb(&self.checked(resp).await?))
+    }
+
+    async fn update(&self, namespace: &str, lease: Lease, paths: &[String]) -> Result<Lease> {
+        let req = pb::UpdateLeaseRequest {
+            lease: Some(lease_to_pb(&lease)).into(),
+            update_paths: paths.to_vec(),
+            ..Default::default()
+        };
+        let resp = self.client().update(request_context(namespace), &req).await;
+        Ok(lease_from_pb(&self.checked(resp).await?))
     }
 
     async fn delete(&self, namespace: &str, id: &str, sync: bool) -> Result<()> {
@@ -50,7 +97,8 @@ impl LeaseManager for RemoteLeases {
             sync,
             ..Default::default()
         };
-        self.client.delete(request_context(namespace), &req).await?;
+        let resp = self.client().delete(request_context(namespace), &req).await;
+        self.checked(resp).await?;
         Ok(())
     }
 
@@ -59,7 +107,8 @@ impl LeaseManager for RemoteLeases {
             filters: filters.to_vec(),
             ..Default::default()
         };
-        let resp = self.client.list(request_context(namespace), &req).await?;
+        let resp = self.client().list(request_context(namespace), &req).await;
+        let resp = self.checked(resp).await?;
         Ok(resp.leases.iter().map(lease_from_pb).collect())
     }
 
@@ -69,9 +118,11 @@ impl LeaseManager for RemoteLeases {
             resource: Some(resource_to_pb(&resource)).into(),
             ..Default::default()
         };
-        self.client
+        let resp = self
+            .client()
             .add_resource(request_context(namespace), &req)
-            .await?;
+            .await;
+        self.checked(resp).await?;
         Ok(())
     }
 
@@ -81,9 +132,11 @@ impl LeaseManager for RemoteLeases {
             resource: Some(resource_to_pb(&resource)).into(),
             ..Default::default()
         };
-        self.client
+        let resp = self
+            .client()
             .delete_resource(request_context(namespace), &req)
-            .await?;
+            .await;
+        self.checked(resp).await?;
         Ok(())
     }
 
@@ -93,9 +146,10 @@ impl LeaseManager for RemoteLeases {
             ..Default::default()
         };
         let resp = self
-            .client
+            .client()
             .list_resources(request_context(namespace), &req)
-            .await?;
+            .await;
+        let resp = self.checked(resp).await?;
         Ok(resp
             .resources
             .iter()

@@ -12,13 +12,12 @@
 
 use std::collections::HashSet;
 use std::sync::Mutex;
-use std::time::Duration;
 
 use berth_api::transfer as pb;
 use berth_content::ContentStore;
 use berth_errdefs::{Error, Result};
 use berth_ids::Digest;
-use berth_metadata::{ImageStore, LeaseManager};
+use berth_metadata::{with_held_lease, ImageStore, LeaseManager, CLIENT_LEASE_TTL};
 use tokio::sync::mpsc;
 
 use crate::document::{parse_manifest, Descriptor, Manifest};
@@ -26,9 +25,6 @@ use crate::platform::{Matcher, Platform};
 use crate::progress::Progress;
 use crate::services::{Transfer, UnpackOptions, Unpacker};
 use crate::store::{label_unpacked, read_config, resolve_manifest};
-
-/// How long a pull's lease lives if the pull dies without dropping it.
-pub const LEASE_EXPIRY: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// The daemons a pull works with.
 #[derive(Clone, Copy)]
@@ -102,19 +98,22 @@ impl Puller<'_> {
                 None => Platform::host(),
             },
         };
-        let lease =
-            berth_metadata::create_expiring_lease(self.leases, namespace, LEASE_EXPIRY).await?;
         let on_event = Mutex::new(on_event);
-        let pulled = self
-            .pull_under(namespace, options, &unpack_platform, &lease.id, &on_event)
-            .await;
-        // Whatever happened, the lease goes: on success the image holds what
-        // was pulled; on failure the next collection may take the pieces.
-        if let Err(e) = self.leases.delete(namespace, &lease.id, false).await {
-            emit(
-                &on_event,
-                PullEvent::Warning(format!("dropping lease {}: {e}", lease.id)),
-            );
+        // Whatever happens, the lease goes after: on success the image
+        // holds what was pulled; on failure the next collection may take
+        // the pieces. If the pull dies, the lease expires minutes later.
+        let (pulled, dropped) =
+            with_held_lease(self.leases, namespace, CLIENT_LEASE_TTL, |lease| {
+                let on_event = &on_event;
+                let unpack_platform = &unpack_platform;
+                async move {
+                    self.pull_under(namespace, options, unpack_platform, &lease, on_event)
+                        .await
+                }
+            })
+            .await?;
+        if let Err(e) = dropped {
+            emit(&on_event, PullEvent::Warning(e.to_string()));
         }
         pulled.map_err(|e| e.context(format!("pull {}", options.request.reference)))
     }

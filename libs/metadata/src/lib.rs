@@ -13,6 +13,7 @@ use berth_errdefs::Result;
 
 mod event_payload;
 mod fields;
+mod held_lease;
 mod rfc3339;
 #[cfg(feature = "testsuite")]
 pub mod testsuite;
@@ -21,9 +22,11 @@ mod validate;
 pub mod wire;
 
 pub use fields::{ContainerFields, ImageFields, LeaseFields, NamespaceFields};
+pub use held_lease::{with_held_lease, CLIENT_LEASE_TTL};
 pub use rfc3339::{format_rfc3339, format_rfc3339_nanos, parse_rfc3339};
 pub use update::{
-    apply_container_update, apply_image_update, apply_namespace_update, drop_empty_values,
+    apply_container_update, apply_image_update, apply_lease_update, apply_namespace_update,
+    drop_empty_values,
 };
 pub use validate::{
     lease_expiry, validate_container, validate_descriptor, validate_image, validate_image_name,
@@ -166,6 +169,10 @@ pub trait ContainerStore: Send + Sync {
 pub trait LeaseManager: Send + Sync {
     /// An empty id gets a generated one. AlreadyExists if the id is taken.
     async fn create(&self, namespace: &str, id: &str, labels: Labels) -> Result<Lease>;
+    /// With `paths` ("labels", "labels.KEY") only those labels change;
+    /// without, the labels are replaced. NotFound if the lease is gone. A
+    /// holder renews its lease by moving its `containerd.io/gc.expire`.
+    async fn update(&self, namespace: &str, lease: Lease, paths: &[String]) -> Result<Lease>;
     /// `sync`: collect garbage before returning.
     async fn delete(&self, namespace: &str, id: &str, sync: bool) -> Result<()>;
     /// Leases matching any of the filters (all if none), by id.
@@ -173,25 +180,6 @@ pub trait LeaseManager: Send + Sync {
     async fn add_resource(&self, namespace: &str, id: &str, resource: Resource) -> Result<()>;
     async fn delete_resource(&self, namespace: &str, id: &str, resource: Resource) -> Result<()>;
     async fn list_resources(&self, namespace: &str, id: &str) -> Result<Vec<Resource>>;
-}
-
-/// A new lease (generated id) that metad's collector lets expire after
-/// `ttl` if its holder dies before deleting it (containerd's
-/// `containerd.io/gc.expire`).
-pub async fn create_expiring_lease(
-    leases: &dyn LeaseManager,
-    namespace: &str,
-    ttl: std::time::Duration,
-) -> Result<Lease> {
-    let expires = SystemTime::now() + ttl;
-    leases
-        .create(
-            namespace,
-            "",
-            [(LABEL_GC_EXPIRE.to_string(), format_rfc3339(expires))].into(),
-        )
-        .await
-        .map_err(|e| e.context("taking a lease"))
 }
 
 /// containerd's event payloads, decoded (see [`event_payload`]).

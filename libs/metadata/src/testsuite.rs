@@ -12,8 +12,8 @@ use berth_errdefs::{error_kind as kind, ErrorKind};
 use berth_ids::Digest;
 
 use crate::{
-    Any, Container, ContainerStore, Descriptor, Image, ImageStore, Labels, LeaseManager, Namespace,
-    NamespaceStore, Resource, Runtime, LABEL_GC_EXPIRE,
+    Any, Container, ContainerStore, Descriptor, Image, ImageStore, Labels, Lease, LeaseManager,
+    Namespace, NamespaceStore, Resource, Runtime, LABEL_GC_EXPIRE,
 };
 
 /// The implementation under test: one value per trait (often the same
@@ -756,6 +756,75 @@ pub async fn leases_round_trip(s: &Stores) {
     assert!(s.leases.list(NS, &[]).await.unwrap().is_empty());
 }
 
+pub async fn lease_updates_touch_only_labels(s: &Stores) {
+    let created = s
+        .leases
+        .create(
+            NS,
+            "renewed",
+            labels(&[
+                (LABEL_GC_EXPIRE, "2099-01-01T00:00:00Z"),
+                ("purpose", "pull"),
+            ]),
+        )
+        .await
+        .unwrap();
+    // One label, by path: the other stays, id and creation time too.
+    let mut renewal = Lease {
+        id: "renewed".into(),
+        created_at: long_ago(),
+        labels: labels(&[(LABEL_GC_EXPIRE, "2099-06-01T00:00:00Z")]),
+    };
+    let updated = s
+        .leases
+        .update(
+            NS,
+            renewal.clone(),
+            &paths(&["labels.containerd.io/gc.expire"]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        updated.labels,
+        labels(&[
+            (LABEL_GC_EXPIRE, "2099-06-01T00:00:00Z"),
+            ("purpose", "pull")
+        ])
+    );
+    assert_eq!(updated.created_at, created.created_at);
+    assert_eq!(s.leases.list(NS, &[]).await.unwrap(), vec![updated.clone()]);
+    // Without paths the labels are replaced.
+    renewal.labels = labels(&[("purpose", "unpack")]);
+    let replaced = s.leases.update(NS, renewal.clone(), &[]).await.unwrap();
+    assert_eq!(replaced.labels, labels(&[("purpose", "unpack")]));
+    // Refused, and nothing changes: a bad expiry, another path, a lease
+    // that is not there, a bad id.
+    let mut bad = renewal.clone();
+    bad.labels = labels(&[(LABEL_GC_EXPIRE, "tomorrow")]);
+    assert_eq!(
+        kind(s.leases.update(NS, bad, &paths(&["labels"])).await),
+        ErrorKind::InvalidArgument
+    );
+    assert_eq!(
+        kind(s.leases.update(NS, renewal.clone(), &paths(&["id"])).await),
+        ErrorKind::InvalidArgument
+    );
+    let mut missing = renewal.clone();
+    missing.id = "missing".into();
+    assert_eq!(
+        kind(s.leases.update(NS, missing, &[]).await),
+        ErrorKind::NotFound
+    );
+    let mut bad_id = renewal.clone();
+    bad_id.id = "../x".into();
+    assert_eq!(
+        kind(s.leases.update(NS, bad_id, &[]).await),
+        ErrorKind::InvalidArgument
+    );
+    assert_eq!(s.leases.list(NS, &[]).await.unwrap(), vec![replaced]);
+    s.leases.delete(NS, "renewed", false).await.unwrap();
+}
+
 fn resource(kind: &str, id: &str) -> Resource {
     Resource {
         kind: kind.to_string(),
@@ -1102,6 +1171,7 @@ macro_rules! metadata_suite {
             container_updates_touch_only_the_named_fields,
             container_filters_match_like_containerd,
             leases_round_trip,
+            lease_updates_touch_only_labels,
             lease_resources,
             namespaces_are_isolated,
             bad_input_is_invalid_argument_and_changes_nothing,

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use berth_errdefs::{Error, Result};
 
-use crate::{Container, Image, Namespace};
+use crate::{Container, Image, Lease, Namespace};
 
 /// Drops labels (or annotations) whose value is empty, as containerd does
 /// on every write.
@@ -72,23 +72,49 @@ pub fn apply_namespace_update(
     paths: &[String],
 ) -> Result<Namespace> {
     let mut updated = current.clone();
+    updated.labels = updated_labels(
+        &current.labels,
+        &new.labels,
+        paths,
+        &format!("namespace {}", current.name),
+    )?;
+    Ok(updated)
+}
+
+/// Paths: `labels`, `labels.KEY`; none replaces the labels. id and
+/// creation time never change.
+pub fn apply_lease_update(current: &Lease, new: Lease, paths: &[String]) -> Result<Lease> {
+    let mut updated = current.clone();
+    updated.labels = updated_labels(
+        &current.labels,
+        &new.labels,
+        paths,
+        &format!("lease {}", current.id),
+    )?;
+    Ok(updated)
+}
+
+/// The labels of a record whose labels are all that may change.
+fn updated_labels(
+    current: &HashMap<String, String>,
+    new: &HashMap<String, String>,
+    paths: &[String],
+    what: &str,
+) -> Result<HashMap<String, String>> {
+    let mut updated = current.clone();
     if paths.is_empty() {
-        updated.labels = new.labels.clone();
+        updated = new.clone();
     }
     for path in paths {
         if let Some(key) = keyed(path, "labels")? {
-            set_or_remove(&mut updated.labels, &new.labels, key);
+            set_or_remove(&mut updated, new, key);
         } else if path == "labels" {
-            updated.labels = new.labels.clone();
+            updated = new.clone();
         } else {
-            return Err(cannot(
-                path,
-                &format!("namespace {}", current.name),
-                "labels and labels.KEY",
-            ));
+            return Err(cannot(path, what, "labels and labels.KEY"));
         }
     }
-    drop_empty_values(&mut updated.labels);
+    drop_empty_values(&mut updated);
     Ok(updated)
 }
 

@@ -171,20 +171,22 @@ pub async fn create_container(
         .map_err(|e| Error::internal(format!("encoding the spec: {e}")))?;
 
     // Until the record exists nothing else holds the new snapshot: a lease
-    // does (expiring on its own if we die before dropping it).
-    let lease = berth_metadata::create_expiring_lease(
+    // does (expiring on its own if we die before dropping it). Then the
+    // record holds the snapshot (or nothing was made): the lease's label
+    // comes off and the lease goes. Either failing leaves a lease that
+    // expires on its own, so neither fails the creation.
+    let (made, _dropped) = berth_metadata::with_held_lease(
         services.leases,
         namespace,
-        berth_image::pull::LEASE_EXPIRY,
+        berth_metadata::CLIENT_LEASE_TTL,
+        |lease| async move {
+            let made =
+                create_under_lease(services, namespace, &new, &id, parent, spec_json, &lease).await;
+            let _ = services.snapshots.release_lease(namespace, &lease).await;
+            made
+        },
     )
     .await?;
-    let made =
-        create_under_lease(services, namespace, &new, &id, parent, spec_json, &lease.id).await;
-    // The record holds the snapshot now (or nothing was made): the lease's
-    // label comes off and the lease goes. Either failing leaves a lease
-    // that expires on its own, so neither fails the creation.
-    let _ = services.snapshots.release_lease(namespace, &lease.id).await;
-    let _ = services.leases.delete(namespace, &lease.id, false).await;
     made
 }
 

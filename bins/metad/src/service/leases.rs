@@ -6,7 +6,8 @@ use async_trait::async_trait;
 use berth_api::leases as pb;
 use berth_api::protobuf::well_known_types::empty::Empty;
 use berth_daemon::{reply, request_namespace};
-use berth_metadata::wire::{lease_to_pb, resource_from_pb, resource_to_pb};
+use berth_errdefs::Error;
+use berth_metadata::wire::{lease_from_pb, lease_to_pb, resource_from_pb, resource_to_pb};
 use berth_metadata::LeaseManager;
 use ttrpc::r#async::TtrpcContext;
 
@@ -43,6 +44,30 @@ impl pb::Leases for LeasesService {
             async {
                 let namespace = request_namespace(ctx)?;
                 let lease = self.store.create(&namespace, &req.id, req.labels).await?;
+                Ok(lease_to_pb(&lease))
+            }
+            .await,
+        )
+    }
+
+    async fn update(
+        &self,
+        ctx: &TtrpcContext,
+        req: pb::UpdateLeaseRequest,
+    ) -> ttrpc::Result<pb::Lease> {
+        reply(
+            "leases.update",
+            async {
+                let namespace = request_namespace(ctx)?;
+                let lease = req
+                    .lease
+                    .as_ref()
+                    .ok_or_else(|| Error::invalid_argument("update needs a lease"))?;
+                let lease = lease_from_pb(lease);
+                let lease = self
+                    .store
+                    .update(&namespace, lease, &req.update_paths)
+                    .await?;
                 Ok(lease_to_pb(&lease))
             }
             .await,

@@ -10,8 +10,8 @@ use berth_errdefs::{Error, Result};
 use berth_filters::Filter;
 use berth_ids::validate_id;
 use berth_metadata::{
-    drop_empty_values, validate_lease_labels, validate_resource, Labels, Lease, LeaseFields,
-    LeaseManager, Resource,
+    apply_lease_update, drop_empty_values, validate_lease_labels, validate_resource, Labels, Lease,
+    LeaseFields, LeaseManager, Resource,
 };
 
 use crate::store::records::LeaseRecord;
@@ -56,6 +56,30 @@ impl LeaseManager for MetaStore {
             records.leases.insert(txn, &ns, &id, &record, "lease")?;
             records.ensure_namespace(txn, &ns)?;
             Ok(record.to_lease(&id))
+        })
+        .await
+    }
+
+    async fn update(&self, namespace: &str, lease: Lease, paths: &[String]) -> Result<Lease> {
+        check_namespace(namespace)?;
+        validate_id(&lease.id)?;
+        let paths = paths.to_vec();
+        let _hold = self.inner.scheduler.hold_mutations().await;
+        let ns = namespace.to_string();
+        self.write(move |records, txn| {
+            let id = lease.id.clone();
+            let record = records
+                .leases
+                .get(txn, &ns, &id)?
+                .ok_or_else(|| not_found(&id))?;
+            let updated = apply_lease_update(&record.to_lease(&id), lease, &paths)?;
+            validate_lease_labels(&updated.labels)?;
+            let record = LeaseRecord {
+                created_at: record.created_at,
+                labels: updated.labels.clone(),
+            };
+            records.leases.put(txn, &ns, &id, &record)?;
+            Ok(updated)
         })
         .await
     }
