@@ -417,3 +417,98 @@ async fn pull_sync_fs_reaches_snapd_from_the_cli() {
         "with --sync-fs: {synced} KiB written, the big file alone is {big_kib} KiB"
     );
 }
+
+/// `berth import` holds what it stores under a lease until the image
+/// records hold it: a collection in the middle of an import takes
+/// nothing (before, the blobs an import had stored belonged to nothing
+/// until the records were written). The lease expires minutes on, not a
+/// day, and is gone after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collection_during_an_import_takes_nothing_from_it() {
+    if !prerequisites() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut layout = Layout::new(&dir.path().join("layout"));
+    let image = build_image(dir.path(), &layout, 512 * 1024);
+    layout.tag("imported:v1", &image.manifest);
+    let archive = std::fs::read(layout.archive(&dir.path().join("image.tar"))).unwrap();
+    let stack = Stack::start(&dir.path().join("stack"));
+    let content = RemoteContentStore::connect(&stack.contentd.socket)
+        .await
+        .unwrap();
+
+    // All of the archive but its end: every layer is stored, nothing is
+    // recorded yet.
+    let mut import = stack
+        .command(&["import", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = import.stdin.take().unwrap();
+    let (head, tail) = archive.split_at(archive.len() - 1024);
+    std::io::Write::write_all(&mut stdin, head).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for layer in &image.layers {
+        while content.info("default", &layer.digest).await.is_err() {
+            assert!(Instant::now() < deadline, "the layers were never stored");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let leases = stack.berth_json(&["leases", "ls"]);
+    let leases = leases.as_array().unwrap();
+    assert_eq!(leases.len(), 1, "{leases:?}");
+    let expires = berth_metadata::parse_rfc3339(
+        leases[0]["labels"]["containerd.io/gc.expire"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(
+        expires <= std::time::SystemTime::now() + berth_metadata::CLIENT_LEASE_TTL,
+        "{leases:?}"
+    );
+    let (ok, _, err) = stack.berth(&["gc"]);
+    assert!(ok, "{err}");
+    for layer in &image.layers {
+        let held = content.info("default", &layer.digest).await;
+        assert!(held.is_ok(), "{} was collected", layer.digest);
+    }
+
+    std::io::Write::write_all(&mut stdin, tail).unwrap();
+    drop(stdin);
+    let out = import.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Whole, unpacked, and the lease and its labels gone.
+    let mut blobs = image.blobs();
+    blobs.sort();
+    assert_eq!(digests_in(&content).await, blobs);
+    let mut snapshots = committed(&stack);
+    snapshots.sort();
+    let mut chains = image.chains();
+    chains.sort();
+    assert_eq!(snapshots, chains);
+    let leases = stack.berth_json(&["leases", "ls"]);
+    assert_eq!(leases.as_array().unwrap().len(), 0, "{leases}");
+    for info in content.list("default", &[]).await.unwrap() {
+        assert!(
+            !info
+                .labels
+                .keys()
+                .any(|k| k.starts_with(berth_api::LEASE_LABEL_PREFIX)),
+            "{:?}",
+            info.labels
+        );
+    }
+}

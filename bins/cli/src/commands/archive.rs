@@ -7,8 +7,10 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use berth_client::RemoteContentStore;
+use berth_content::ContentStore;
 use berth_ids::Digest;
 use berth_image::archive::{self, ArchiveImage};
+use berth_snapshot::Snapshotter;
 use serde_json::json;
 
 use crate::global::Global;
@@ -48,15 +50,40 @@ pub async fn import(global: &Global, args: ImportArgs) -> Result<()> {
                 .with_context(|| format!("import: opening {}", args.file.display()))?,
         )
     };
-    let images = archive::import(&store, &namespace, input)
-        .await
-        .with_context(|| format!("import {}", args.file.display()))?;
     // Pointed at one daemon (--address), import only stores the content;
     // otherwise named images are recorded in metad and unpacked for this
-    // machine's platform, as `ctr import` does.
-    if global.address.is_none() {
-        record_and_unpack(global, &namespace, &images, &args, &store).await?;
-    }
+    // machine's platform, as `ctr import` does, all under a lease, so that
+    // a collection meanwhile takes nothing before the records hold it.
+    let images = if global.address.is_some() {
+        archive::import(&store, &namespace, input)
+            .await
+            .with_context(|| format!("import {}", args.file.display()))?
+    } else {
+        let leases = berth_client::RemoteLeases::connect(global.metad_socket())
+            .await
+            .context("berth-metad")?;
+        let (imported, dropped) = berth_metadata::with_held_lease(
+            &leases,
+            &namespace,
+            berth_metadata::CLIENT_LEASE_TTL,
+            |lease| {
+                let (store, namespace, args) = (&store, &namespace, &args);
+                async move {
+                    let leased = store.clone().with_lease(lease.clone());
+                    let images = archive::import(&leased, namespace, input)
+                        .await
+                        .with_context(|| format!("import {}", args.file.display()))?;
+                    record_and_unpack(global, namespace, &images, args, &leased, &lease).await?;
+                    Ok::<_, anyhow::Error>(images)
+                }
+            },
+        )
+        .await?;
+        if let Err(e) = dropped {
+            eprintln!("berth: warning: import: {e}");
+        }
+        imported?
+    };
     match global.format {
         Format::Json => output::json(
             &images
@@ -85,6 +112,7 @@ async fn record_and_unpack(
     images: &[ArchiveImage],
     args: &ImportArgs,
     store: &RemoteContentStore,
+    lease: &str,
 ) -> Result<()> {
     let records = berth_client::RemoteImages::connect(global.metad_socket())
         .await
@@ -117,7 +145,10 @@ async fn record_and_unpack(
                 namespace,
                 &image.root,
                 &berth_image::Matcher::host(),
-                &berth_image::UnpackOptions::default(),
+                &berth_image::UnpackOptions {
+                    lease: Some(lease.to_string()),
+                    sync_fs: false,
+                },
             )
             .await;
             match unpacked {
@@ -133,6 +164,12 @@ async fn record_and_unpack(
                 }
             }
         }
+    }
+    // The records hold it all now: the lease's labels come off (best
+    // effort: a stale label holds nothing once the lease is gone).
+    let _ = store.release_lease(namespace, lease).await;
+    if let Some(snapshots) = &snapshots {
+        let _ = snapshots.release_lease(namespace, lease).await;
     }
     Ok(())
 }
