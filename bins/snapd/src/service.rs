@@ -301,10 +301,20 @@ impl pb::Snapshots for SnapshotService {
                     .map(|d| Ok(berth_ids::Digest::parse(d)?))
                     .collect::<Result<Vec<_>>>()?;
                 let lease = request_lease(ctx)?;
-                let unpacked = self
-                    .unpacker
-                    .unpack(&ns, sn, &layers, &diff_ids, lease.as_deref(), req.sync_fs)
-                    .await?;
+                // On a task of its own: ttrpc drops a request's future when
+                // its caller hangs up, which would leave the scratch
+                // snapshot of the layer being applied behind (until the
+                // next start). The unpack runs to its end instead, and what
+                // it commits serves the caller's retry.
+                let (unpacker, sn) = (self.unpacker.clone(), sn.clone());
+                let sync_fs = req.sync_fs;
+                let unpacked = tokio::spawn(async move {
+                    unpacker
+                        .unpack(&ns, &sn, &layers, &diff_ids, lease.as_deref(), sync_fs)
+                        .await
+                })
+                .await
+                .map_err(|e| Error::internal(format!("unpack task: {e}")))??;
                 Ok(pb::UnpackResponse {
                     chain_id: unpacked.chain_id.to_string(),
                     applied: unpacked.applied as i64,
