@@ -50,6 +50,30 @@ pub fn db_error(err: heed::Error) -> Error {
         heed::Error::Mdb(heed::MdbError::MapFull) => {
             Error::resource_exhausted("metadata store is full")
         }
+        // A full disk is ResourceExhausted, as for any other write.
+        heed::Error::Io(e) => Error::io("metadata store", &e),
         other => Error::internal(format!("metadata store: {other}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use berth_errdefs::ErrorKind;
+
+    #[test]
+    fn a_full_disk_or_map_is_resource_exhausted() {
+        let full = db_error(heed::Error::Io(std::io::Error::from_raw_os_error(
+            libc::ENOSPC,
+        )));
+        assert_eq!(full.kind(), ErrorKind::ResourceExhausted);
+        assert_eq!(
+            full.to_string(),
+            "metadata store: No space left on device (os error 28)"
+        );
+        let map = db_error(heed::Error::Mdb(heed::MdbError::MapFull));
+        assert_eq!(map.kind(), ErrorKind::ResourceExhausted);
+        let other = db_error(heed::Error::Mdb(heed::MdbError::Corrupted));
+        assert_eq!(other.kind(), ErrorKind::Internal);
     }
 }
