@@ -1065,3 +1065,78 @@ async fn concurrent_pipelined_ingests_arrive_intact() {
         );
     }
 }
+
+/// The same peer check stands in front of every daemon's socket, not only
+/// contentd's: with the socket opened to all (so the socket's mode does not
+/// decide), a member of `--socket-group` is served by metad, snapd and
+/// taskd, and a caller outside it is refused and logged.
+#[test]
+fn every_daemon_serves_its_socket_group_and_refuses_others() {
+    if !require(is_root(), "needs root to add users and act as them") {
+        return;
+    }
+    if !require(
+        ["useradd", "userdel", "groupadd", "groupdel", "setpriv"]
+            .iter()
+            .all(|tool| berth_e2e::on_path(tool)),
+        "needs useradd, userdel, groupadd, groupdel (passwd) and setpriv (util-linux)",
+    ) {
+        return;
+    }
+    if !require(
+        other_user_can_run_berth(),
+        "other users cannot reach target/debug/berth",
+    ) {
+        return;
+    }
+    let mut accounts = Accounts::default();
+    let (group, _) = accounts.group("every");
+    let member = accounts.user("em", &[&group]);
+    let outsider = accounts.user("eo", &[]);
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let with_group = |extra: &[&str]| {
+        let mut args = extra.to_vec();
+        args.extend_from_slice(&["--socket-group", &group]);
+        args.iter().map(|a| a.to_string()).collect::<Vec<_>>()
+    };
+    let contentd = Daemon::contentd(&dir.path().join("contentd"));
+    let contentd_socket = contentd.socket.display().to_string();
+    let snapd_args = with_group(&["--contentd", &contentd_socket]);
+    let snapd_args: Vec<&str> = snapd_args.iter().map(String::as_str).collect();
+    let snapd = Daemon::start_with_args("berth-snapd", &dir.path().join("snapd"), &snapd_args);
+    let snapd_socket = snapd.socket.display().to_string();
+    let metad_args = with_group(&["--contentd", &contentd_socket, "--snapd", &snapd_socket]);
+    let metad_args: Vec<&str> = metad_args.iter().map(String::as_str).collect();
+    let metad = Daemon::start_with_args("berth-metad", &dir.path().join("metad"), &metad_args);
+    let metad_socket = metad.socket.display().to_string();
+    let taskd_args = with_group(&["--metad", &metad_socket, "--snapd", &snapd_socket]);
+    let taskd_args: Vec<&str> = taskd_args.iter().map(String::as_str).collect();
+    let taskd = Daemon::start_with_args("berth-taskd", &dir.path().join("taskd"), &taskd_args);
+
+    for (daemon, command) in [
+        (&snapd, &["snapshots", "ls"][..]),
+        (&metad, &["namespaces", "ls"]),
+        (&taskd, &["tasks", "ls"]),
+    ] {
+        std::fs::set_permissions(&daemon.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let socket = daemon.socket.display().to_string();
+        let mut args = vec!["--address", &socket];
+        args.extend_from_slice(command);
+        let (ok, _, stderr) = berth_as_user(&member, "--init-groups", &daemon.socket, &args, b"");
+        assert!(ok, "{command:?}: a member was refused: {stderr}");
+        let (ok, out, _) = berth_as_user(&outsider, "--init-groups", &daemon.socket, &args, b"");
+        assert!(
+            !ok,
+            "{command:?}: a caller outside the group was served: {out}"
+        );
+        assert_eq!(
+            refusals_of(daemon, outsider.uid),
+            1,
+            "{command:?}: {}",
+            daemon.log_text()
+        );
+        assert_eq!(refusals_of(daemon, member.uid), 0, "{}", daemon.log_text());
+    }
+}
