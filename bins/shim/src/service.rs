@@ -19,6 +19,21 @@ use crate::tasks::Tasks;
 #[derive(Debug, Clone)]
 pub struct TaskService(pub Arc<Tasks>);
 
+/// Runs a request that changes state on a task of its own. ttrpc drops a
+/// request's future when its caller hangs up, and a caller may die at any
+/// moment (taskd SIGKILLed mid-Create): a create dropped between `runc
+/// create` and its bookkeeping left a container that runc ran and this
+/// shim did not know ("container not found"), holding its mount and
+/// cgroup until someone killed it by hand. Run to its end, the request's
+/// outcome is what a Get, a Wait or a Delete after a restart sees.
+async fn to_completion<T: Send + 'static>(
+    work: impl std::future::Future<Output = Result<T>> + Send + 'static,
+) -> Result<T> {
+    tokio::spawn(work)
+        .await
+        .map_err(|e| ShimError::io("the request's task", std::io::Error::other(e)))?
+}
+
 fn validate_exec_id(exec_id: &str) -> Result<()> {
     if !exec_id.is_empty() {
         berth_ids::validate_id(exec_id)?;
@@ -41,9 +56,8 @@ impl Task for TaskService {
         _: &TtrpcContext,
         req: api::CreateTaskRequest,
     ) -> ttrpc::Result<api::CreateTaskResponse> {
-        let pid = self
-            .0
-            .create(req)
+        let tasks = self.0.clone();
+        let pid = to_completion(async move { tasks.create(req).await })
             .await
             .inspect_err(|e| crate::log_error!("create: {e}"))?;
         let mut response = api::CreateTaskResponse::new();
@@ -57,9 +71,8 @@ impl Task for TaskService {
         req: api::StartRequest,
     ) -> ttrpc::Result<api::StartResponse> {
         validate_exec_id(&req.exec_id)?;
-        let pid = self
-            .0
-            .start(&req.id, &req.exec_id)
+        let tasks = self.0.clone();
+        let pid = to_completion(async move { tasks.start(&req.id, &req.exec_id).await })
             .await
             .inspect_err(|e| crate::log_error!("start: {e}"))?;
         let mut response = api::StartResponse::new();
@@ -72,7 +85,8 @@ impl Task for TaskService {
         _: &TtrpcContext,
         req: api::DeleteRequest,
     ) -> ttrpc::Result<api::DeleteResponse> {
-        Ok(self.0.delete(&req.id, &req.exec_id).await?)
+        let tasks = self.0.clone();
+        Ok(to_completion(async move { tasks.delete(&req.id, &req.exec_id).await }).await?)
     }
 
     async fn pids(
@@ -84,12 +98,14 @@ impl Task for TaskService {
     }
 
     async fn pause(&self, _: &TtrpcContext, req: api::PauseRequest) -> ttrpc::Result<Empty> {
-        self.0.set_paused(&req.id, true).await?;
+        let tasks = self.0.clone();
+        to_completion(async move { tasks.set_paused(&req.id, true).await }).await?;
         Ok(Empty::new())
     }
 
     async fn resume(&self, _: &TtrpcContext, req: api::ResumeRequest) -> ttrpc::Result<Empty> {
-        self.0.set_paused(&req.id, false).await?;
+        let tasks = self.0.clone();
+        to_completion(async move { tasks.set_paused(&req.id, false).await }).await?;
         Ok(Empty::new())
     }
 
@@ -103,7 +119,8 @@ impl Task for TaskService {
     }
 
     async fn kill(&self, _: &TtrpcContext, req: api::KillRequest) -> ttrpc::Result<Empty> {
-        self.0.kill(&req).await?;
+        let tasks = self.0.clone();
+        to_completion(async move { tasks.kill(&req).await }).await?;
         Ok(Empty::new())
     }
 
@@ -128,7 +145,8 @@ impl Task for TaskService {
     }
 
     async fn update(&self, _: &TtrpcContext, req: api::UpdateTaskRequest) -> ttrpc::Result<Empty> {
-        self.0.update(&req).await?;
+        let tasks = self.0.clone();
+        to_completion(async move { tasks.update(&req).await }).await?;
         Ok(Empty::new())
     }
 
