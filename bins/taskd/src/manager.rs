@@ -34,6 +34,13 @@ const RECONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_SPEC: usize = 16 * 1024 * 1024;
 /// The exit status containerd reports for a task whose shim died.
 const DEAD_SHIM_STATUS: u32 = 128 + 9;
+/// How long a recovered shim may take to finish the Create the last taskd
+/// sent before its task counts as never created.
+const CREATE_GRACE: Duration = Duration::from_secs(5);
+/// How long the task of a container that is gone gets to die of SIGKILL
+/// before it is deleted.
+const ORPHAN_EXIT_WAIT: Duration = Duration::from_secs(10);
+const SIGKILL: u32 = 9;
 
 /// How taskd runs shims.
 #[derive(Debug, Clone)]
@@ -431,6 +438,16 @@ impl TaskManager {
                 if let Some(binary) = bundle.shim_binary_path() {
                     let _ = self.invocation(&bundle, binary).delete().await;
                 }
+                // The shim `start` left serving, if it got that far (its
+                // address is in the bundle, as containerd's shims write it).
+                if let Ok(address) = std::fs::read_to_string(bundle.path.join("address")) {
+                    if let Ok(bootstrap) = shim::Bootstrap::parse(&address) {
+                        if let Ok(client) = ShimClient::connect(&bootstrap, &bundle.namespace).await
+                        {
+                            client.shutdown(&bundle.id).await;
+                        }
+                    }
+                }
                 if let Err(e) = bundle.remove() {
                     tracing::warn!(id = %bundle.id, error = %e, "removing the bundle");
                 }
@@ -439,12 +456,19 @@ impl TaskManager {
         };
         let invocation = self.invocation(&bundle, record.shim_binary.clone());
         let log = Self::follow_shim_log(&bundle);
-        let connected = async {
-            let client = ShimClient::connect(&record.bootstrap, &bundle.namespace).await?;
-            let hello = client.connect_rpc(&bundle.id, RECONNECT_TIMEOUT).await?;
-            Ok::<_, Error>((client, hello))
-        }
-        .await;
+        let client = ShimClient::connect(&record.bootstrap, &bundle.namespace).await;
+        let connected = match client {
+            Ok(client) => match client.connect_rpc(&bundle.id, RECONNECT_TIMEOUT).await {
+                Ok(hello) => Ok((client, hello)),
+                Err(e) => {
+                    // It serves but cannot speak of the task: it goes
+                    // with it.
+                    client.shutdown(&bundle.id).await;
+                    Err(e)
+                }
+            },
+            Err(e) => Err(e),
+        };
         let (client, hello) = match connected {
             Ok(found) => found,
             Err(e) => {
@@ -454,6 +478,31 @@ impl TaskManager {
                 return;
             }
         };
+        // A shim that never got the task's Create (taskd died just after
+        // starting it) does not know the task; one still finishing the
+        // Create the last taskd sent knows it shortly. Waited for, then
+        // removed with the shim.
+        if !Self::known_to_shim(&client, &bundle.id).await {
+            tracing::info!(
+                namespace = %bundle.namespace,
+                id = %bundle.id,
+                "removing a task its shim never created"
+            );
+            self.cleanup_dead(&bundle, &invocation, hello.task_pid)
+                .await;
+            client.shutdown(&bundle.id).await;
+            return;
+        }
+        // A task whose container record is gone (its client gave up while
+        // taskd was down and removed the record, as `berth run` undoes a
+        // failed run) is removed once it is back in the table, as
+        // containerd removes the tasks of deleted containers when it
+        // starts. Only a record metad says is gone counts: an unreachable
+        // metad keeps the task.
+        let record_gone = matches!(
+            self.peers.container(&bundle.namespace, &bundle.id).await,
+            Err(e) if e.kind() == ErrorKind::NotFound
+        );
         let (dead, _) = watch::channel(None);
         let task = Arc::new(Task {
             bundle: bundle.clone(),
@@ -482,6 +531,35 @@ impl TaskManager {
             }
         }
         tracing::info!(namespace = %bundle.namespace, id = %bundle.id, "task recovered");
+        if record_gone {
+            tracing::info!(
+                namespace = %bundle.namespace,
+                id = %bundle.id,
+                "removing the task of a container that is gone"
+            );
+            let _ = task.shim.kill(&bundle.id, "", SIGKILL, true).await;
+            let _ = tokio::time::timeout(ORPHAN_EXIT_WAIT, task.shim.wait(&bundle.id, "")).await;
+            if let Err(e) = self.delete_task(&bundle.namespace, &bundle.id).await {
+                tracing::warn!(id = %bundle.id, error = %e, "removing the task of a container that is gone");
+            }
+        }
+    }
+
+    /// Whether the shim knows task `id`, asking for up to
+    /// [`CREATE_GRACE`] while it answers NotFound (a Create in flight).
+    async fn known_to_shim(client: &ShimClient, id: &str) -> bool {
+        let deadline = tokio::time::Instant::now() + CREATE_GRACE;
+        loop {
+            match client.state(id, "").await {
+                Err(e) if e.kind() == ErrorKind::NotFound => {
+                    if tokio::time::Instant::now() >= deadline {
+                        return false;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                _ => return true,
+            }
+        }
     }
 
     async fn create_task(
@@ -632,13 +710,39 @@ impl TaskManager {
         result
     }
 
+    /// A task its shim no longer knows — its Delete finished in the shim
+    /// while taskd was down, so the restarted taskd took it back just
+    /// before — goes from the table, its shim is asked to exit and its
+    /// bundle removed: what the interrupted Delete had left to do.
+    async fn forget_deleted(&self, namespace: &str, task: &Arc<Task>) {
+        let id = &task.bundle.id;
+        tracing::info!(namespace, id = %id, "finishing the deletion of a task its shim no longer has");
+        if let Ok(mut tasks) = self.tasks.lock() {
+            let k = key(namespace, id);
+            if matches!(tasks.get(&k), Some(Entry::Ready(current)) if Arc::ptr_eq(current, task)) {
+                tasks.remove(&k);
+            }
+        }
+        task.shim.shutdown(id).await;
+        if let Err(e) = task.bundle.remove() {
+            tracing::warn!(id = %id, error = %e, "removing the bundle");
+        }
+    }
+
     async fn delete_task_now(
         &self,
         namespace: &str,
         id: &str,
         task: &Arc<Task>,
     ) -> Result<Deleted> {
-        let state = task.shim.state(id, "").await?;
+        let state = match task.shim.state(id, "").await {
+            Ok(state) => state,
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                self.forget_deleted(namespace, task).await;
+                return Err(Error::not_found(format!("task {id}: no such task")));
+            }
+            Err(e) => return Err(e),
+        };
         let process = process_from_state(id, "", &state);
         // As containerd: a task never started (its init still waiting in
         // runc) may be deleted too; the shim's delete removes it with
@@ -775,7 +879,16 @@ impl Tasks for LocalTasks {
             validate_exec_id(exec_id)?;
         }
         let task = self.0.task(namespace, container_id)?;
-        let state = task.shim.state(container_id, exec_id).await?;
+        let state = match task.shim.state(container_id, exec_id).await {
+            Ok(state) => state,
+            Err(e) if e.kind() == ErrorKind::NotFound && exec_id.is_empty() => {
+                self.0.forget_deleted(namespace, &task).await;
+                return Err(Error::not_found(format!(
+                    "task {container_id}: no such task"
+                )));
+            }
+            Err(e) => return Err(e),
+        };
         Ok(process_from_state(container_id, exec_id, &state))
     }
 
@@ -795,10 +908,11 @@ impl Tasks for LocalTasks {
         };
         let states = futures::future::join_all(tasks.iter().map(|task| async move {
             let id = &task.bundle.id;
-            task.shim
-                .state(id, "")
-                .await
-                .map(|state| process_from_state(id, "", &state))
+            let state = task.shim.state(id, "").await;
+            if matches!(&state, Err(e) if e.kind() == ErrorKind::NotFound) {
+                self.0.forget_deleted(namespace, task).await;
+            }
+            state.map(|state| process_from_state(id, "", &state))
         }))
         .await;
         let mut processes: Vec<Process> = states
