@@ -248,13 +248,19 @@ pub async fn rm(global: &Global, args: RmArgs) -> Result<()> {
         .await
         .context("berth-taskd")?;
     for id in &args.ids {
-        let record = RemoteContainers::connect(global.metad_socket())
+        let record = match RemoteContainers::connect(global.metad_socket())
             .await
             .context("berth-metad")?
             .get(ns, id)
             .await
-            .with_context(|| format!("rm {id}"))?;
-        match tasks.get(ns, id, "").await {
+        {
+            Ok(record) => Some(record),
+            // With --force, a task whose record is gone goes too (its run
+            // was undone while taskd could not be reached).
+            Err(e) if e.kind() == ErrorKind::NotFound && args.force => None,
+            Err(e) => return Err(anyhow::Error::from(e).context(format!("rm {id}"))),
+        };
+        let had_task = match tasks.get(ns, id, "").await {
             Ok(task) => {
                 if task.status != Status::Stopped {
                     if !args.force {
@@ -270,10 +276,18 @@ pub async fn rm(global: &Global, args: RmArgs) -> Result<()> {
                     .await
                     .with_context(|| format!("rm {id}: deleting its task"))?;
                 crate::stdio::remove_kept(&global.fifo_root(), &task.stdio);
+                true
             }
-            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => false,
             Err(e) => return Err(anyhow::Error::from(e).context(format!("rm {id}"))),
-        }
+        };
+        let Some(record) = record else {
+            if !had_task {
+                anyhow::bail!("rm {id}: container {id} not found");
+            }
+            println!("{id}");
+            continue;
+        };
         let clients = Clients::connect(global, &record.snapshotter).await?;
         berth_tasks::container::remove_container(clients.services(), ns, id)
             .await
