@@ -1,0 +1,1229 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! Crash-consistency rounds (issue 15): work against real daemons through
+//! the CLI (pull, pull then unpack, import, tag, remove, gc, ingest) while
+//! a random one of contentd, snapd and metad is SIGKILLed at a random
+//! moment in the work and restarted; after every round the invariants
+//! below are checked on what the daemons keep.
+//!
+//! - The work the kill interrupted succeeds when done again at once (a
+//!   pull, an import, an ingest), and a second pull of an image does no
+//!   work.
+//! - Every stored blob's bytes match its digest.
+//! - Every image record's manifest and everything it names are in the
+//!   store.
+//! - Every committed snapshot has exactly the tree a clean unpack gave its
+//!   chain ID (taken in round 0, before any kill).
+//! - After a collection: a second one removes nothing, every active
+//!   snapshot belongs to a live lease, no ingest is left without one, and
+//!   every lease left behind expires within minutes.
+//! - No CLI call hangs.
+//!
+//! `BERTH_CRASH_ROUNDS` (default 16) and `BERTH_CRASH_SEED` (default: the
+//! clock; printed either way, so a failing sequence can be replayed) steer
+//! it; `BERTH_CRASH_REPORT=FILE` writes the figures as JSON (bench/crash.sh
+//! runs the long version and prints them).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use berth_client::RemoteContentStore;
+use berth_content::ContentStore;
+use berth_e2e::images::{busybox_rootfs, files_rootfs, Layout};
+use berth_e2e::registry::Registry;
+use berth_e2e::stack::Stack;
+use berth_e2e::BlockSource;
+use berth_ids::Digest;
+
+/// splitmix64: enough randomness to pick, and replayable from its seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len() as u64) as usize]
+    }
+}
+
+/// The daemons a round may kill.
+const VICTIMS: [&str; 3] = ["contentd", "snapd", "metad"];
+
+#[derive(Debug, Clone)]
+enum Work {
+    Pull(usize),
+    PullThenUnpack(usize),
+    Tag(usize),
+    Remove(usize),
+    Collect,
+    Ingest,
+    Import,
+}
+
+impl Work {
+    fn name(&self) -> &'static str {
+        match self {
+            Work::Pull(_) => "pull",
+            Work::PullThenUnpack(_) => "pull+unpack",
+            Work::Tag(_) => "tag",
+            Work::Remove(_) => "remove",
+            Work::Collect => "gc",
+            Work::Ingest => "ingest",
+            Work::Import => "import",
+        }
+    }
+}
+
+/// A file's type, mode, owner and content (or link target, or device):
+/// what must be equal between two unpacks of one layer.
+type Tree = BTreeMap<PathBuf, String>;
+
+struct Harness {
+    stack: Stack,
+    content: RemoteContentStore,
+    images: Vec<String>,
+    /// Chain ID → the tree of that snapshot's own directory, from a clean
+    /// unpack.
+    reference: BTreeMap<String, Tree>,
+    /// Blob data for ingests, and its digest.
+    ingest_data: Vec<u8>,
+    ingest_digest: Digest,
+    /// Both images as an OCI archive, for `berth import`.
+    archive: PathBuf,
+    scratch: PathBuf,
+    violations: Vec<String>,
+    kills: BTreeMap<&'static str, u64>,
+    /// Rounds in which the killed daemon's death failed the work.
+    interrupted: u64,
+    /// The work's usual duration, from round 0: kills land within it.
+    window: BTreeMap<&'static str, Duration>,
+}
+
+fn rounds() -> usize {
+    std::env::var("BERTH_CRASH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(16)
+}
+
+fn seed() -> u64 {
+    std::env::var("BERTH_CRASH_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        })
+}
+
+/// Two images sharing their busybox layer: one with a layer of many small
+/// files and a 6 MiB one, one with a 3 MiB layer; pushed to a registry of
+/// the test's own, and written as an OCI archive (`dir/images.tar`).
+fn push_images(dir: &Path, registry: &Registry) -> Vec<String> {
+    let mut layout = Layout::new(&dir.join("layout"));
+    let base = busybox_rootfs(&dir.join("rootfs-base"), &[("etc/motd", b"crash rounds\n")]);
+    let base_layer = layout.add_layer(&base);
+    let many: Vec<(String, Vec<u8>)> = (0..1500)
+        .map(|i| {
+            (
+                format!("srv/files/{:02}/f{i}", i % 40),
+                format!("file {i}\n").repeat(1 + i % 7).into_bytes(),
+            )
+        })
+        .collect();
+    let many: Vec<(&str, Vec<u8>)> = many.iter().map(|(p, d)| (p.as_str(), d.clone())).collect();
+    let small_files = layout.add_layer(&files_rootfs(&dir.join("rootfs-many"), &many));
+    let big = layout.add_layer(&files_rootfs(
+        &dir.join("rootfs-big"),
+        &[("data/big", BlockSource::new(6 << 20).block(1))],
+    ));
+    let other = layout.add_layer(&files_rootfs(
+        &dir.join("rootfs-other"),
+        &[("data/other", BlockSource::new(3 << 20).block(2))],
+    ));
+    let first = layout.add_image(&[base_layer.clone(), small_files, big], "amd64", false);
+    let second = layout.add_image(&[base_layer, other], "amd64", false);
+    layout.tag("one", &first);
+    layout.tag("two", &second);
+    let mut references = Vec::new();
+    for (tag, repo) in [("one", "crash/one:v1"), ("two", "crash/two:v1")] {
+        let reference = format!("{}/{repo}", registry.host);
+        layout.push(tag, &reference, None, false);
+        references.push(reference);
+    }
+    layout.archive(&dir.join("images.tar"));
+    references
+}
+
+/// The tree under `root`, entries by path relative to it.
+fn tree_of(root: &Path) -> Tree {
+    let mut tree = Tree::new();
+    let mut pending = vec![PathBuf::new()];
+    while let Some(relative) = pending.pop() {
+        let path = root.join(&relative);
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        let kind = meta.file_type();
+        let what = if kind.is_dir() {
+            let mut names: Vec<_> = std::fs::read_dir(&path)
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            names.sort();
+            for name in names {
+                pending.push(relative.join(name));
+            }
+            "dir".to_string()
+        } else if kind.is_symlink() {
+            format!("link {}", std::fs::read_link(&path).unwrap().display())
+        } else if kind.is_file() {
+            let data = std::fs::read(&path).unwrap();
+            format!("file {} {}", data.len(), Digest::of(&data))
+        } else if kind.is_char_device() || kind.is_block_device() {
+            format!("device {}", meta.rdev())
+        } else {
+            "other".to_string()
+        };
+        let mode = if relative.as_os_str().is_empty() {
+            // The snapshot's own directory: made by snapd, not the layer.
+            0
+        } else {
+            meta.mode()
+        };
+        tree.insert(
+            relative,
+            format!("{what} mode {mode:o} owner {}:{}", meta.uid(), meta.gid()),
+        );
+    }
+    tree
+}
+
+fn json_lines(out: &str) -> Vec<serde_json::Value> {
+    out.lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+impl Harness {
+    fn berth(&self, args: &[&str]) -> (bool, String, String) {
+        let mut child = self.spawn(args, "call");
+        let ok = wait_bounded(&mut child, Duration::from_secs(120))
+            .unwrap_or_else(|| panic!("berth {args:?} hung for 120 s"));
+        (
+            ok,
+            std::fs::read_to_string(self.scratch.join("call.out")).unwrap_or_default(),
+            std::fs::read_to_string(self.scratch.join("call.err")).unwrap_or_default(),
+        )
+    }
+
+    fn berth_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["--format", "json"];
+        all.extend_from_slice(args);
+        let (ok, out, err) = self.berth(&all);
+        assert!(ok, "berth {args:?} failed: {err}");
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("berth {args:?}: {e}: {out}"))
+    }
+
+    /// `berth ARGS` in the background, its output in `scratch/NAME.out`
+    /// and `.err`.
+    fn spawn(&self, args: &[&str], name: &str) -> Child {
+        let out = File::create(self.scratch.join(format!("{name}.out"))).unwrap();
+        let err = File::create(self.scratch.join(format!("{name}.err"))).unwrap();
+        let mut command = self.stack.command(args);
+        if args.contains(&"ingest") {
+            command.stdin(Stdio::piped());
+        }
+        let mut child = command.stdout(out).stderr(err).spawn().unwrap();
+        if let Some(mut stdin) = child.stdin.take() {
+            let data = self.ingest_data.clone();
+            std::thread::spawn(move || {
+                use std::io::Write;
+                let _ = stdin.write_all(&data);
+            });
+        }
+        child
+    }
+
+    fn work_args(&self, work: &Work) -> Vec<String> {
+        let ingest_digest = self.ingest_digest.to_string();
+        let args: Vec<&str> = match work {
+            Work::Pull(i) => vec!["--format", "json", "pull", &self.images[*i]],
+            Work::PullThenUnpack(i) => vec!["pull", "--quiet", "--skip-unpack", &self.images[*i]],
+            Work::Tag(i) => vec![
+                "images",
+                "tag",
+                "--force",
+                &self.images[*i],
+                "crash/tagged:v1",
+            ],
+            Work::Remove(i) => vec!["images", "rm", &self.images[*i]],
+            Work::Collect => vec!["gc"],
+            // A root of the collection, as a user who keeps a blob by hand
+            // labels it: unreferenced content is garbage (as in
+            // containerd, whose `ctr content ingest` takes no lease), and
+            // metad may collect at any moment.
+            Work::Ingest => vec![
+                "content",
+                "ingest",
+                "--expected",
+                &ingest_digest,
+                "--label",
+                "containerd.io/gc.root=crash-rounds",
+                "crash-ingest",
+            ],
+            Work::Import => vec!["import", self.archive.to_str().unwrap()],
+        };
+        args.into_iter().map(String::from).collect()
+    }
+
+    /// Does `work`; true if it succeeded. A pull-then-unpack unpacks too.
+    fn do_work(&self, work: &Work, name: &str) -> (bool, String) {
+        let args = self.work_args(work);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut child = self.spawn(&args, name);
+        let ok = wait_bounded(&mut child, Duration::from_secs(120))
+            .unwrap_or_else(|| panic!("berth {args:?} hung for 120 s"));
+        let err = std::fs::read_to_string(self.scratch.join(format!("{name}.err"))).unwrap();
+        if !ok {
+            return (false, err);
+        }
+        if let Work::PullThenUnpack(i) = work {
+            let (ok, _, err) = self.berth(&["unpack", &self.images[*i]]);
+            return (ok, err);
+        }
+        (true, err)
+    }
+
+    /// Makes `work` do all of its work: a pull or an import starts from
+    /// nothing (every image removed and collected), an ingest from no
+    /// blob.
+    fn prepare(&self, work: &Work) {
+        match work {
+            Work::Pull(_) | Work::PullThenUnpack(_) | Work::Import => {
+                let images = self.berth_json(&["images", "ls"]);
+                let names = images
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|i| i["name"].as_str().unwrap().to_string());
+                for name in names {
+                    let _ = self.berth(&["images", "rm", &name]);
+                }
+                let (ok, _, err) = self.berth(&["gc"]);
+                assert!(ok, "{err}");
+            }
+            Work::Ingest => {
+                let _ = self.berth(&["content", "rm", &self.ingest_digest.to_string()]);
+            }
+            _ => {}
+        }
+    }
+
+    /// Round 0: every kind of work once, undisturbed, to time it; and a
+    /// clean pull of each image, whose snapshots are the reference.
+    fn calibrate(&mut self) {
+        for (i, _) in self.images.clone().iter().enumerate() {
+            let started = Instant::now();
+            // From nothing, so the pull does all its work.
+            let (ok, err) = self.do_work(&Work::Pull(i), "work");
+            assert!(ok, "clean pull failed: {err}");
+            let took = started.elapsed();
+            let longest = self.window.entry("pull").or_default();
+            *longest = took.max(*longest);
+        }
+        for name in self.committed() {
+            let tree = self.snapshot_tree(&name).unwrap();
+            self.reference.insert(name, tree);
+        }
+        assert_eq!(self.reference.len(), 4, "{:?}", self.reference.keys());
+        self.prepare(&Work::Import);
+        let started = Instant::now();
+        let (ok, err) = self.do_work(&Work::Import, "work");
+        assert!(ok, "import failed: {err}");
+        self.window.insert("import", started.elapsed());
+        for i in 0..self.images.len() {
+            let (ok, err) = self.do_work(&Work::Pull(i), "work");
+            assert!(ok, "pull after the import failed: {err}");
+        }
+        for work in [Work::Tag(0), Work::Ingest, Work::Remove(1), Work::Collect] {
+            let started = Instant::now();
+            let (ok, err) = self.do_work(&work, "work");
+            assert!(ok, "{work:?} failed: {err}");
+            self.window.insert(work.name(), started.elapsed());
+        }
+        self.prepare(&Work::PullThenUnpack(0));
+        let started = Instant::now();
+        let (ok, err) = self.do_work(&Work::PullThenUnpack(0), "work");
+        assert!(ok, "pull then unpack failed: {err}");
+        self.window.insert("pull+unpack", started.elapsed());
+        eprintln!("round 0 took: {:?}", self.window);
+    }
+
+    fn committed(&self) -> Vec<String> {
+        self.berth_json(&["snapshots", "ls"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["kind"] == "committed")
+            .map(|s| s["name"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    /// The tree of committed snapshot `name`'s own directory, found
+    /// through the mounts of a view of it; none if it is gone.
+    fn snapshot_tree(&self, name: &str) -> Option<Tree> {
+        let key = "crash-check-view";
+        // A root of the collection: one may run meanwhile.
+        let (ok, out, err) = self.berth(&[
+            "--format",
+            "json",
+            "snapshots",
+            "view",
+            "--label",
+            "containerd.io/gc.root=crash-check",
+            key,
+            name,
+        ]);
+        if !ok && err.contains("not found") {
+            return None;
+        }
+        assert!(ok, "view of {name}: {err}");
+        let mounts: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let mount = &mounts[0];
+        let own = if mount["type"] == "bind" {
+            PathBuf::from(mount["source"].as_str().unwrap())
+        } else {
+            let lower = mount["options"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find_map(|o| o.as_str().unwrap().strip_prefix("lowerdir="))
+                .unwrap_or_else(|| panic!("no lowerdir in {mounts}"));
+            PathBuf::from(lower.split(':').next().unwrap())
+        };
+        let tree = tree_of(&own);
+        let (ok, _, err) = self.berth(&["snapshots", "rm", key]);
+        assert!(ok, "removing the check's view: {err}");
+        Some(tree)
+    }
+
+    /// Each snapshot's name, kind, parent and creation time (not its
+    /// labels: a pull ties what it finds to its lease for a while).
+    fn snapshot_names(&self) -> Vec<String> {
+        let list = self.berth_json(&["snapshots", "ls"]);
+        list.as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                format!(
+                    "{} {} {} {}",
+                    s["name"], s["kind"], s["parent"], s["created_at"]
+                )
+            })
+            .collect()
+    }
+
+    fn violation(&mut self, round: usize, mut what: String) {
+        if what.len() > 600 {
+            let mut end = 600;
+            while !what.is_char_boundary(end) {
+                end -= 1;
+            }
+            what.truncate(end);
+            what.push('…');
+        }
+        eprintln!("round {round}: VIOLATION: {what}");
+        self.violations.push(format!("round {round}: {what}"));
+    }
+
+    async fn check(&mut self, round: usize) {
+        // A collection first, so that what the round left unreferenced is
+        // gone before the snapshots are looked at (metad may also run one
+        // of its own at any time).
+        let _ = self.berth_json(&["gc"]);
+        // Every stored blob's bytes match its name.
+        let blobs = self.stack.contentd.root.join("blobs/sha256");
+        for entry in std::fs::read_dir(&blobs).into_iter().flatten() {
+            let entry = entry.unwrap();
+            let data = std::fs::read(entry.path()).unwrap();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if Digest::of(&data).hex() != name {
+                self.violation(round, format!("blob {name} does not match its digest"));
+            }
+        }
+        // Every image's documents and layers are there; an unpacked one's
+        // chain too.
+        let images = self.berth_json(&["images", "ls"]);
+        for image in images.as_array().unwrap() {
+            let name = image["name"].as_str().unwrap().to_string();
+            let target = Digest::parse(image["target"]["digest"].as_str().unwrap()).unwrap();
+            for missing in self.missing_children(&target).await {
+                self.violation(round, format!("image {name}: {missing}"));
+            }
+        }
+        // Every committed snapshot is a clean unpack's.
+        for snapshot in self.committed() {
+            match self.reference.get(&snapshot) {
+                None => self.violation(round, format!("unknown committed snapshot {snapshot}")),
+                Some(want) => {
+                    // Collected since the listing: nothing to compare.
+                    let Some(got) = self.snapshot_tree(&snapshot) else {
+                        continue;
+                    };
+                    if &got != want {
+                        let differ: Vec<_> = want
+                            .iter()
+                            .filter(|(p, w)| got.get(*p) != Some(w))
+                            .map(|(p, _)| p.clone())
+                            .chain(got.keys().filter(|p| !want.contains_key(*p)).cloned())
+                            .take(5)
+                            .collect();
+                        self.violation(
+                            round,
+                            format!("snapshot {snapshot} differs from a clean unpack: {differ:?}"),
+                        );
+                    }
+                }
+            }
+        }
+        // A collection, then another that finds nothing; after it, what is
+        // in progress belongs to a live lease.
+        let _ = self.berth_json(&["gc"]);
+        let again = self.berth_json(&["gc"]);
+        if !again["removed"].as_array().unwrap().is_empty() {
+            self.violation(
+                round,
+                format!("a second collection removed {}", again["removed"]),
+            );
+        }
+        let listed = self.berth_json(&["leases", "ls"]);
+        let leases: BTreeSet<String> = listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["id"].as_str().unwrap().to_string())
+            .collect();
+        // A lease left by work a kill interrupted expires minutes later, not
+        // a day later.
+        let latest = std::time::SystemTime::now()
+            + berth_metadata::CLIENT_LEASE_TTL
+            + Duration::from_secs(60);
+        for lease in listed.as_array().unwrap() {
+            let expires = lease["labels"][berth_metadata::LABEL_GC_EXPIRE]
+                .as_str()
+                .and_then(|at| berth_metadata::parse_rfc3339(at).ok());
+            if expires.is_none_or(|at| at > latest) {
+                self.violation(round, format!("a lease that does not expire soon: {lease}"));
+            }
+        }
+        for snapshot in self.berth_json(&["snapshots", "ls"]).as_array().unwrap() {
+            if snapshot["kind"] == "committed" {
+                continue;
+            }
+            let owned = snapshot["labels"].as_object().is_some_and(|labels| {
+                labels.keys().any(|k| {
+                    k.strip_prefix(berth_api::LEASE_LABEL_PREFIX)
+                        .is_some_and(|id| leases.contains(id))
+                })
+            });
+            if !owned {
+                self.violation(
+                    round,
+                    format!("active snapshot without a live lease: {snapshot}"),
+                );
+            }
+        }
+        let ingests = self.content.list_statuses("default", &[]).await.unwrap();
+        if !ingests.is_empty() && leases.is_empty() {
+            self.violation(
+                round,
+                format!(
+                    "ingests without a lease: {:?}",
+                    ingests.iter().map(|s| &s.reference).collect::<Vec<_>>()
+                ),
+            );
+        }
+    }
+
+    /// What `root` names (index → manifests → config and layers) that is
+    /// not in the store.
+    async fn missing_children(&self, root: &Digest) -> Vec<String> {
+        let mut missing = Vec::new();
+        let mut pending = vec![root.clone()];
+        while let Some(digest) = pending.pop() {
+            if let Err(e) = self.content.info("default", &digest).await {
+                missing.push(format!("{digest}: {e}"));
+                continue;
+            }
+            let Ok(data) = std::fs::read(
+                self.stack
+                    .contentd
+                    .root
+                    .join("blobs/sha256")
+                    .join(digest.hex()),
+            ) else {
+                missing.push(format!("{digest}: no blob file"));
+                continue;
+            };
+            let Ok(doc) = serde_json::from_slice::<serde_json::Value>(&data) else {
+                continue; // a layer
+            };
+            let named = doc["manifests"]
+                .as_array()
+                .into_iter()
+                .chain(doc["layers"].as_array())
+                .flatten()
+                .chain(std::iter::once(&doc["config"]))
+                .filter_map(|d| d["digest"].as_str())
+                .map(|d| Digest::parse(d).unwrap());
+            pending.extend(named);
+        }
+        missing
+    }
+
+    /// A pull of an image that is all there fetches and unpacks nothing.
+    fn second_pull_does_nothing(&mut self, round: usize, image: usize) {
+        let before = self.snapshot_names();
+        let (ok, out, err) = self.berth(&["--format", "json", "pull", &self.images[image]]);
+        if !ok {
+            self.violation(round, format!("second pull failed: {err}"));
+            return;
+        }
+        let fetched: Vec<_> = json_lines(&out)
+            .into_iter()
+            .filter(|e| {
+                let state = e["state"].as_str().unwrap_or("");
+                !["", "exists", "waiting", "skipped"].contains(&state)
+            })
+            .map(|e| format!("{} {}", e["digest"], e["state"]))
+            .collect();
+        if !fetched.is_empty() {
+            self.violation(round, format!("second pull fetched: {fetched:?}"));
+        }
+        let after = self.snapshot_names();
+        if before != after {
+            self.violation(
+                round,
+                format!("second pull changed snapshots: {before:?} → {after:?}"),
+            );
+        }
+    }
+
+    async fn round(&mut self, round: usize, rng: &mut Rng) {
+        let image = rng.below(self.images.len() as u64) as usize;
+        let work = rng
+            .pick(&[
+                Work::Pull(image),
+                Work::Pull(image),
+                Work::Pull(image),
+                Work::PullThenUnpack(image),
+                Work::Import,
+                Work::Tag(image),
+                Work::Remove(image),
+                Work::Collect,
+                Work::Ingest,
+            ])
+            .clone();
+        let victim = *rng.pick(&VICTIMS);
+        let window = self.window[work.name()].as_micros() as u64;
+        let delay = Duration::from_micros(rng.below(window.max(1) + window / 5));
+        self.prepare(&work);
+        let args = self.work_args(&work);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut child = self.spawn(&args, "work");
+        std::thread::sleep(delay);
+        let daemon = match victim {
+            "contentd" => &mut self.stack.contentd,
+            "snapd" => &mut self.stack.snapd,
+            _ => &mut self.stack.metad,
+        };
+        daemon.kill();
+        *self.kills.entry(victim).or_default() += 1;
+        daemon.restart();
+        if victim == "contentd" {
+            self.content = RemoteContentStore::connect(&self.stack.contentd.socket)
+                .await
+                .unwrap();
+        }
+        let Some(ok) = wait_bounded(&mut child, Duration::from_secs(120)) else {
+            let _ = child.kill();
+            self.violation(round, format!("{work:?} hung after {victim} was killed"));
+            return;
+        };
+        if !ok {
+            self.interrupted += 1;
+        }
+        let outcome = if ok {
+            "completed".to_string()
+        } else {
+            let err = std::fs::read_to_string(self.scratch.join("work.err")).unwrap_or_default();
+            format!("interrupted: {}", err.trim())
+        };
+        eprintln!("round {round}: {work:?}, {victim} killed after {delay:?}: {outcome}");
+        // What was interrupted works when done again at once (a pull is
+        // done again anyway: it must find everything there).
+        match work {
+            Work::Ingest if ok => {}
+            Work::Pull(_) | Work::PullThenUnpack(_) | Work::Ingest | Work::Import => {
+                let (ok, err) = self.do_work(&work, "redo");
+                if !ok {
+                    self.violation(
+                        round,
+                        format!("{work:?} again after the kill failed: {err}"),
+                    );
+                }
+            }
+            _ => {}
+        }
+        if let Work::Ingest = work {
+            if let Err(e) = self.content.info("default", &self.ingest_digest).await {
+                self.violation(round, format!("ingested blob missing: {e}"));
+            }
+            let _ = self.berth(&["content", "rm", &self.ingest_digest.to_string()]);
+        }
+        self.check(round).await;
+        if let Work::Pull(i) | Work::PullThenUnpack(i) = work {
+            self.second_pull_does_nothing(round, i);
+        }
+    }
+}
+
+/// Waits up to `limit` for `child`; None if it is still running.
+fn wait_bounded(child: &mut Child, limit: Duration) -> Option<bool> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status.success());
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_sigkills_lose_nothing_acknowledged() {
+    if !berth_e2e::pull_prerequisites() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::start(&dir.path().join("registry"), None);
+    let images = push_images(dir.path(), &registry);
+    let stack = Stack::start(&dir.path().join("stack"));
+    let content = RemoteContentStore::connect(&stack.contentd.socket)
+        .await
+        .unwrap();
+    let scratch = dir.path().join("scratch");
+    std::fs::create_dir_all(&scratch).unwrap();
+    let ingest_data = BlockSource::new(8 << 20).block(3);
+    let ingest_digest = Digest::of(&ingest_data);
+    let archive = dir.path().join("images.tar");
+    let mut harness = Harness {
+        archive,
+        stack,
+        content,
+        images,
+        reference: BTreeMap::new(),
+        ingest_data,
+        ingest_digest,
+        scratch,
+        violations: Vec::new(),
+        kills: BTreeMap::new(),
+        interrupted: 0,
+        window: BTreeMap::new(),
+    };
+    harness.calibrate();
+    harness.check(0).await;
+    assert!(harness.violations.is_empty(), "{:?}", harness.violations);
+
+    let seed = seed();
+    let rounds = rounds();
+    eprintln!("crash rounds: {rounds}, seed {seed} (BERTH_CRASH_SEED replays it)");
+    let mut rng = Rng(seed);
+    let started = Instant::now();
+    for round in 1..=rounds {
+        harness.round(round, &mut rng).await;
+    }
+    let report = serde_json::json!({
+        "seed": seed,
+        "rounds": rounds,
+        "kills": harness.kills,
+        "interrupted": harness.interrupted,
+        "violations": harness.violations,
+        "seconds": started.elapsed().as_secs_f64(),
+    });
+    eprintln!("{report}");
+    if let Ok(path) = std::env::var("BERTH_CRASH_REPORT") {
+        std::fs::write(path, report.to_string()).unwrap();
+    }
+    assert!(
+        harness.violations.is_empty(),
+        "seed {seed}: {:#?}",
+        harness.violations
+    );
+}
+
+/// What a round does with containers while taskd may die.
+#[derive(Debug, Clone)]
+enum TaskWork {
+    /// `run -d NAME sleep`: create and start.
+    RunDetached(String),
+    /// `run --rm NAME true`: create, start, wait, delete.
+    RunRemoved(String),
+    /// `tasks exec` into a running container.
+    Exec(String),
+    /// `rm --force` of a container.
+    Remove(String),
+}
+
+impl TaskWork {
+    fn name(&self) -> &'static str {
+        match self {
+            TaskWork::RunDetached(_) => "run -d",
+            TaskWork::RunRemoved(_) => "run --rm",
+            TaskWork::Exec(_) => "exec",
+            TaskWork::Remove(_) => "rm",
+        }
+    }
+
+    fn args(&self, round: usize) -> Vec<String> {
+        let image = berth_e2e::images::RUN_IMAGE;
+        let args: Vec<String> = match self {
+            TaskWork::RunDetached(id) => vec!["run", "-d", "--name", id, image, "sleep", "1000"]
+                .into_iter()
+                .map(String::from)
+                .collect(),
+            TaskWork::RunRemoved(id) => vec!["run", "--rm", "--name", id, image, "true"]
+                .into_iter()
+                .map(String::from)
+                .collect(),
+            TaskWork::Exec(id) => vec![
+                "tasks".into(),
+                "exec".into(),
+                "--exec-id".into(),
+                format!("exec{round}"),
+                id.clone(),
+                "true".into(),
+            ],
+            TaskWork::Remove(id) => vec!["rm".into(), "--force".into(), id.clone()],
+        };
+        args
+    }
+}
+
+/// A stack running containers of a namespace of its own, whose taskd is
+/// killed at random moments.
+struct TaskHarness {
+    stack: Stack,
+    namespace: String,
+    violations: Vec<String>,
+    window: BTreeMap<&'static str, Duration>,
+    /// Rounds per kind of work, and those whose work the kill interrupted.
+    done: BTreeMap<&'static str, u64>,
+    interrupted: u64,
+}
+
+/// A test that fails half-way must not leave containers running: every
+/// task of the harness's namespace goes (killed), with its container.
+impl Drop for TaskHarness {
+    fn drop(&mut self) {
+        let namespace = self.namespace.clone();
+        let Ok(out) = self
+            .stack
+            .command(&["-n", &namespace, "tasks", "ls", "-q"])
+            .output()
+        else {
+            return;
+        };
+        for id in String::from_utf8_lossy(&out.stdout).lines() {
+            let _ = self
+                .stack
+                .command(&["-n", &namespace, "rm", "--force", id])
+                .output();
+        }
+    }
+}
+
+impl TaskHarness {
+    fn berth(&self, args: &[&str]) -> (bool, String, String) {
+        let mut all = vec!["-n", &self.namespace];
+        all.extend_from_slice(args);
+        let mut child = self
+            .stack
+            .command(&all)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let pid = child.id();
+        let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            let read = |mut r: Box<dyn std::io::Read + Send>| {
+                let mut s = String::new();
+                let _ = r.read_to_string(&mut s);
+                s
+            };
+            let err = std::thread::spawn(move || read(Box::new(stderr)));
+            let out = read(Box::new(stdout));
+            let _ = tx.send((out, err.join().unwrap()));
+        });
+        let ok = wait_bounded(&mut child, Duration::from_secs(120))
+            .unwrap_or_else(|| panic!("berth {args:?} (pid {pid}) hung for 120 s"));
+        let (out, err) = rx.recv().unwrap();
+        (ok, out, err)
+    }
+
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["--format", "json"];
+        all.extend_from_slice(args);
+        let (ok, out, err) = self.berth(&all);
+        assert!(ok, "berth {args:?}: {err}");
+        serde_json::from_str(&out).unwrap()
+    }
+
+    fn violation(&mut self, round: usize, what: String) {
+        eprintln!("round {round}: VIOLATION: {what}");
+        self.violations.push(format!("round {round}: {what}"));
+    }
+
+    /// Task id → (pid, status).
+    fn tasks(&self) -> BTreeMap<String, (u32, String)> {
+        self.json(&["tasks", "ls"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| {
+                (
+                    t["id"].as_str().unwrap().to_string(),
+                    (
+                        t["pid"].as_u64().unwrap_or(0) as u32,
+                        t["status"].as_str().unwrap().to_string(),
+                    ),
+                )
+            })
+            .collect()
+    }
+
+    fn containers(&self) -> BTreeMap<String, String> {
+        self.json(&["containers", "ls"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                (
+                    c["id"].as_str().unwrap().to_string(),
+                    c["snapshot_key"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect()
+    }
+
+    fn running(&self) -> Vec<String> {
+        self.tasks()
+            .into_iter()
+            .filter(|(_, (_, status))| status.eq_ignore_ascii_case("running"))
+            .map(|(id, _)| id)
+            .collect()
+    }
+
+    /// The container ids that anything on the host still carries: bundle
+    /// directories, processes (shims, container processes) working in a
+    /// bundle, rootfs mounts and cgroups.
+    fn traces(&self) -> BTreeMap<&'static str, BTreeSet<String>> {
+        let bundles = self
+            .stack
+            .taskd
+            .state
+            .join("io.containerd.runtime.v2.task")
+            .join(&self.namespace);
+        let marker = format!("io.containerd.runtime.v2.task/{}/", self.namespace);
+        let id_after = |text: &str| -> Option<String> {
+            let rest = &text[text.find(&marker)? + marker.len()..];
+            Some(rest.split('/').next()?.to_string())
+        };
+        let mut traces = BTreeMap::new();
+        traces.insert(
+            "bundle",
+            std::fs::read_dir(&bundles)
+                .map(|d| {
+                    d.flatten()
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect()
+                })
+                .unwrap_or_default(),
+        );
+        traces.insert(
+            "process",
+            berth_e2e::processes_under(&self.stack.dir)
+                .iter()
+                .filter_map(|(_, cwd)| id_after(&cwd.display().to_string()))
+                .collect(),
+        );
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        traces.insert(
+            "mount",
+            mounts
+                .lines()
+                .filter(|l| l.contains("rootfs"))
+                .filter_map(id_after)
+                .collect(),
+        );
+        let mut cgroups = BTreeSet::new();
+        let hierarchies = std::fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .chain(std::iter::once(PathBuf::from("/sys/fs/cgroup")));
+        for hierarchy in hierarchies {
+            let dir = hierarchy.join("berth").join(&self.namespace);
+            for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                if entry.path().is_dir() {
+                    cgroups.insert(entry.file_name().to_string_lossy().into_owned());
+                }
+            }
+        }
+        traces.insert("cgroup", cgroups);
+        traces
+    }
+
+    /// After the round's work settled: records, tasks and what is on the
+    /// host agree, and every task's state is true.
+    fn check(&mut self, round: usize) {
+        // Shims exit just after their task is deleted: let them.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let (tasks, traces) = loop {
+            let tasks = self.tasks();
+            let traces = self.traces();
+            let known: BTreeSet<String> = tasks.keys().cloned().collect();
+            if traces.values().all(|ids| ids.is_subset(&known)) || Instant::now() > deadline {
+                break (tasks, traces);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let known: BTreeSet<String> = tasks.keys().cloned().collect();
+        for (what, ids) in &traces {
+            let leaked: Vec<_> = ids.difference(&known).collect();
+            if !leaked.is_empty() {
+                // What taskd said of them, for whoever reads the failure.
+                let log = self.stack.taskd.log_text();
+                let said: Vec<&str> = log
+                    .lines()
+                    .filter(|l| {
+                        leaked.iter().any(|id| {
+                            l.contains(&format!("\"{id}\""))
+                                || l.contains(&format!("={id} "))
+                                || l.contains(&format!("/{id}"))
+                        })
+                    })
+                    .filter(|l| !l.contains("DEBUG"))
+                    .collect();
+                self.violation(
+                    round,
+                    format!("{what} of no task: {leaked:?}; taskd said: {said:#?}"),
+                );
+            }
+        }
+        if traces["bundle"] != known {
+            self.violation(
+                round,
+                format!("tasks {known:?} but bundles {:?}", traces["bundle"]),
+            );
+        }
+        for (id, (pid, status)) in &tasks {
+            // Created (runc's init waiting to exec), running and paused
+            // tasks have a live process; stopped ones none.
+            let alive = *pid > 0 && berth_e2e::alive(*pid);
+            if status.eq_ignore_ascii_case("stopped") == alive {
+                self.violation(
+                    round,
+                    format!("task {id} is {status} but its process (pid {pid}) alive: {alive}"),
+                );
+            }
+        }
+        let containers = self.containers();
+        let records: BTreeSet<String> = containers.keys().cloned().collect();
+        if records != known {
+            self.violation(round, format!("records {records:?} but tasks {known:?}"));
+        }
+        let keys: BTreeSet<String> = containers.values().cloned().collect();
+        let active: BTreeSet<String> = self
+            .json(&["snapshots", "ls"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["kind"] == "active")
+            .map(|s| s["name"].as_str().unwrap().to_string())
+            .collect();
+        if active != keys {
+            self.violation(
+                round,
+                format!("active snapshots {active:?} but containers' {keys:?}"),
+            );
+        }
+    }
+
+    fn round(&mut self, round: usize, rng: &mut Rng) {
+        let running = self.running();
+        let fresh = format!("c{round}");
+        let work = match (running.is_empty(), rng.below(4)) {
+            (_, 0) => TaskWork::RunRemoved(fresh),
+            (true, _) => TaskWork::RunDetached(fresh),
+            (false, 1) if running.len() < 4 => TaskWork::RunDetached(fresh),
+            (false, 1) | (false, 2) => TaskWork::Remove(rng.pick(&running).clone()),
+            (false, _) => TaskWork::Exec(rng.pick(&running).clone()),
+        };
+        let window = self.window[work.name()].as_micros() as u64;
+        let delay = Duration::from_micros(rng.below(window.max(1) + window / 5));
+        let args = work.args(round);
+        let mut all = vec!["-n".to_string(), self.namespace.clone()];
+        all.extend(args);
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        let mut child = self
+            .stack
+            .command(&all)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(delay);
+        self.stack.taskd.kill();
+        self.stack.taskd.restart();
+        let Some(ok) = wait_bounded(&mut child, Duration::from_secs(120)) else {
+            self.violation(round, format!("{work:?} hung after taskd was killed"));
+            return;
+        };
+        eprintln!(
+            "round {round}: {work:?}, taskd killed after {delay:?}: {}",
+            if ok { "completed" } else { "interrupted" }
+        );
+        *self.done.entry(work.name()).or_default() += 1;
+        if !ok {
+            self.interrupted += 1;
+        }
+        // The operator's follow-up: what was interrupted is removed (or
+        // removed again); an exec's container runs on.
+        match &work {
+            TaskWork::RunDetached(id) | TaskWork::RunRemoved(id) | TaskWork::Remove(id) if !ok => {
+                let (removed, _, err) = self.berth(&["rm", "--force", id]);
+                if !removed && !err.contains("not found") {
+                    self.violation(round, format!("rm --force {id} after the kill: {err}"));
+                }
+            }
+            TaskWork::Exec(id) => {
+                let status = self.tasks().get(id).map(|(_, s)| s.clone());
+                if !status
+                    .as_deref()
+                    .is_some_and(|s| s.eq_ignore_ascii_case("running"))
+                {
+                    self.violation(round, format!("exec's container {id} is {status:?}"));
+                }
+            }
+            _ => {}
+        }
+        self.check(round);
+    }
+
+    /// Round 0: each kind of work once, undisturbed, timed.
+    fn calibrate(&mut self) {
+        for work in [
+            TaskWork::RunDetached("calibrate".into()),
+            TaskWork::Exec("calibrate".into()),
+            TaskWork::Remove("calibrate".into()),
+            TaskWork::RunRemoved("calibrate-rm".into()),
+        ] {
+            let args = work.args(0);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let started = Instant::now();
+            let (ok, _, err) = self.berth(&args);
+            assert!(ok, "{work:?}: {err}");
+            self.window.insert(work.name(), started.elapsed());
+        }
+        eprintln!("round 0 took: {:?}", self.window);
+    }
+}
+
+#[test]
+fn random_taskd_kills_leak_nothing_and_keep_every_state_true() {
+    if !berth_e2e::run_prerequisites() {
+        return;
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("berth-crash-tasks-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let archive = berth_e2e::images::run_image_archive(dir.path());
+    let stack = Stack::start(&dir.path().join("stack"));
+    let namespace = format!("crash-{}", std::process::id());
+    let (ok, _, err) = stack.berth(&["-n", &namespace, "import", archive.to_str().unwrap()]);
+    assert!(ok, "import: {err}");
+    let mut harness = TaskHarness {
+        stack,
+        namespace,
+        violations: Vec::new(),
+        window: BTreeMap::new(),
+        done: BTreeMap::new(),
+        interrupted: 0,
+    };
+    harness.calibrate();
+    harness.check(0);
+    assert!(harness.violations.is_empty(), "{:?}", harness.violations);
+
+    let seed = seed();
+    let rounds = rounds();
+    eprintln!("taskd crash rounds: {rounds}, seed {seed}");
+    let mut rng = Rng(seed);
+    let started = Instant::now();
+    for round in 1..=rounds {
+        harness.round(round, &mut rng);
+    }
+    // Everything goes, and nothing is left.
+    for id in harness.tasks().keys() {
+        let (ok, _, err) = harness.berth(&["rm", "--force", id]);
+        assert!(ok, "{err}");
+    }
+    harness.check(rounds + 1);
+    let namespace = harness.namespace.clone();
+    let left = harness.traces();
+    assert!(
+        left.values().all(BTreeSet::is_empty),
+        "left in {namespace}: {left:?}"
+    );
+    let report = serde_json::json!({
+        "seed": seed,
+        "rounds": rounds,
+        "kills": {"taskd": rounds},
+        "work": harness.done,
+        "interrupted": harness.interrupted,
+        "violations": harness.violations,
+        "seconds": started.elapsed().as_secs_f64(),
+    });
+    eprintln!("{report}");
+    if let Ok(path) = std::env::var("BERTH_CRASH_TASKS_REPORT") {
+        std::fs::write(path, report.to_string()).unwrap();
+    }
+    assert!(
+        harness.violations.is_empty(),
+        "seed {seed}: {:#?}",
+        harness.violations
+    );
+}
