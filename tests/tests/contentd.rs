@@ -436,6 +436,23 @@ fn open_up(dir: &Path, socket: &Path) {
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o666)).unwrap();
 }
 
+/// What acting as users of the test's own needs: root, the passwd and
+/// util-linux tools, and a berth binary other users can reach. False
+/// (skip) outside CI when missing.
+fn can_act_as_other_users() -> bool {
+    require(is_root(), "needs root to add users and act as them")
+        && require(
+            ["useradd", "userdel", "groupadd", "groupdel", "setpriv"]
+                .iter()
+                .all(|tool| berth_e2e::on_path(tool)),
+            "needs useradd, userdel, groupadd, groupdel (passwd) and setpriv (util-linux)",
+        )
+        && require(
+            other_user_can_run_berth(),
+            "other users cannot reach target/debug/berth",
+        )
+}
+
 fn other_user_can_run_berth() -> bool {
     // The test binaries must be reachable by uid 65534.
     binary("berth").ancestors().all(|p| {
@@ -637,21 +654,7 @@ fn refusals_of(daemon: &Daemon, uid: u32) -> usize {
 
 #[test]
 fn socket_group_admits_supplementary_members_and_no_one_else() {
-    if !require(is_root(), "needs root to add users and act as them") {
-        return;
-    }
-    if !require(
-        ["useradd", "userdel", "groupadd", "groupdel", "setpriv"]
-            .iter()
-            .all(|tool| berth_e2e::on_path(tool)),
-        "needs useradd, userdel, groupadd, groupdel (passwd) and setpriv (util-linux)",
-    ) {
-        return;
-    }
-    if !require(
-        other_user_can_run_berth(),
-        "other users cannot reach target/debug/berth",
-    ) {
+    if !can_act_as_other_users() {
         return;
     }
     let mut accounts = Accounts::default();
@@ -1072,21 +1075,7 @@ async fn concurrent_pipelined_ingests_arrive_intact() {
 /// taskd, and a caller outside it is refused and logged.
 #[test]
 fn every_daemon_serves_its_socket_group_and_refuses_others() {
-    if !require(is_root(), "needs root to add users and act as them") {
-        return;
-    }
-    if !require(
-        ["useradd", "userdel", "groupadd", "groupdel", "setpriv"]
-            .iter()
-            .all(|tool| berth_e2e::on_path(tool)),
-        "needs useradd, userdel, groupadd, groupdel (passwd) and setpriv (util-linux)",
-    ) {
-        return;
-    }
-    if !require(
-        other_user_can_run_berth(),
-        "other users cannot reach target/debug/berth",
-    ) {
+    if !can_act_as_other_users() {
         return;
     }
     let mut accounts = Accounts::default();

@@ -702,6 +702,21 @@ impl Harness {
     }
 }
 
+/// Prints a run's figures, writes them where `report_variable` says (for
+/// bench/crash.sh), and fails the test on any violation.
+fn report_and_judge(report: &serde_json::Value, report_variable: &str) {
+    eprintln!("{report}");
+    if let Ok(path) = std::env::var(report_variable) {
+        std::fs::write(path, report.to_string()).unwrap();
+    }
+    let violations = report["violations"].as_array().unwrap();
+    assert!(
+        violations.is_empty(),
+        "seed {}: {violations:#?}",
+        report["seed"]
+    );
+}
+
 /// Waits up to `limit` for `child`; None if it is still running.
 fn wait_bounded(child: &mut Child, limit: Duration) -> Option<bool> {
     let deadline = Instant::now() + limit;
@@ -769,15 +784,7 @@ async fn random_sigkills_lose_nothing_acknowledged() {
         "violations": harness.violations,
         "seconds": started.elapsed().as_secs_f64(),
     });
-    eprintln!("{report}");
-    if let Ok(path) = std::env::var("BERTH_CRASH_REPORT") {
-        std::fs::write(path, report.to_string()).unwrap();
-    }
-    assert!(
-        harness.violations.is_empty(),
-        "seed {seed}: {:#?}",
-        harness.violations
-    );
+    report_and_judge(&report, "BERTH_CRASH_REPORT");
 }
 
 /// What a round does with containers while taskd may die.
@@ -1217,13 +1224,5 @@ fn random_taskd_kills_leak_nothing_and_keep_every_state_true() {
         "violations": harness.violations,
         "seconds": started.elapsed().as_secs_f64(),
     });
-    eprintln!("{report}");
-    if let Ok(path) = std::env::var("BERTH_CRASH_TASKS_REPORT") {
-        std::fs::write(path, report.to_string()).unwrap();
-    }
-    assert!(
-        harness.violations.is_empty(),
-        "seed {seed}: {:#?}",
-        harness.violations
-    );
+    report_and_judge(&report, "BERTH_CRASH_TASKS_REPORT");
 }

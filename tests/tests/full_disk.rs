@@ -46,6 +46,35 @@ fn fill(ballast: &Path, leave: u64) {
     }
 }
 
+/// `berth content ingest` of `blob` (checked against its digest) under
+/// one ref, so a second try resumes the first.
+fn ingest(stack: &Stack, blob: &[u8]) -> std::process::Output {
+    let digest = Digest::of(blob);
+    let mut child = stack
+        .command(&[
+            "content",
+            "ingest",
+            "--expected",
+            digest.as_str(),
+            "full-ingest",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let data = blob.to_vec();
+    // The daemon may refuse before reading it all: written on a thread of
+    // its own, whose broken pipe is no failure.
+    let writer = std::thread::spawn(move || {
+        let _ = std::io::Write::write_all(&mut stdin, &data);
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    out
+}
+
 fn says_full(err: &str) -> bool {
     err.contains("No space left on device") || err.contains("is full")
 }
@@ -108,29 +137,7 @@ async fn a_full_disk_fails_work_clearly_and_work_resumes_once_space_is_freed() {
     assert!(snapshots.as_array().unwrap().len() <= 1, "{snapshots}");
 
     // An ingest: a clear error, and the blob is not there.
-    let out = {
-        let mut child = stack
-            .command(&[
-                "content",
-                "ingest",
-                "--expected",
-                blob_digest.as_str(),
-                "full-ingest",
-            ])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stdin = child.stdin.take().unwrap();
-        let data = blob.clone();
-        let writer = std::thread::spawn(move || {
-            let _ = std::io::Write::write_all(&mut stdin, &data);
-        });
-        let out = child.wait_with_output().unwrap();
-        writer.join().unwrap();
-        out
-    };
+    let out = ingest(&stack, &blob);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "the ingest succeeded on a full disk");
     assert!(says_full(&err), "{err}");
@@ -173,20 +180,7 @@ async fn a_full_disk_fails_work_clearly_and_work_resumes_once_space_is_freed() {
     assert!(!out.trim().is_empty());
     let (ok, _, err) = stack.berth(&["namespaces", "create", "after-full"]);
     assert!(ok, "{err}");
-    let mut child = stack
-        .command(&[
-            "content",
-            "ingest",
-            "--expected",
-            blob_digest.as_str(),
-            "full-ingest",
-        ])
-        .stdin(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::io::Write::write_all(&mut child.stdin.take().unwrap(), &blob).unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = ingest(&stack, &blob);
     assert!(
         out.status.success(),
         "the ingest after freeing space: {}",
