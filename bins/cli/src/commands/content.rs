@@ -32,6 +32,10 @@ pub enum ContentCommand {
     /// Write a blob to standard output.
     Get { digest: String },
     /// Store standard input as a blob, under an ingest ref (resumable).
+    ///
+    /// A blob nothing refers to (no image, lease or reference label) is
+    /// garbage to the next collection, as in containerd; to keep one by
+    /// hand, give it `--label containerd.io/gc.root=REASON`.
     Ingest {
         reference: String,
         /// The digest the content must have.
