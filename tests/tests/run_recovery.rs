@@ -433,3 +433,62 @@ fn taskds_publish_subcommand_forwards_an_event_as_a_shim_would() {
     // Garbage on stdin is refused.
     assert!(!publish(b"\xff\xff not protobuf").status.success());
 }
+
+/// A task whose container record went while taskd was down (a client that
+/// gave up undid its run) is removed when taskd starts again, as
+/// containerd removes the tasks of deleted containers: its process, shim,
+/// bundle, mount and cgroup go. Its neighbour, whose record is there, runs
+/// on.
+#[test]
+fn a_task_whose_record_went_while_taskd_was_down_is_removed_at_start() {
+    if !prerequisites() {
+        return;
+    }
+    let mut setup = Setup::new();
+    run_detached(&setup.stack, "kept", &["sleep", "1000"]);
+    run_detached(&setup.stack, "unrecorded", &["sleep", "1000"]);
+    let stack = &mut setup.stack;
+    wait_until("both running", || {
+        tasks(stack).iter().filter(|t| t.2 == "RUNNING").count() == 2
+    });
+    let pids: std::collections::HashMap<String, u32> =
+        tasks(stack).into_iter().map(|t| (t.0, t.1)).collect();
+    let bundle = stack
+        .taskd
+        .state
+        .join("io.containerd.runtime.v2.task")
+        .join("default")
+        .join("unrecorded");
+    let shim = shim_in(&bundle);
+
+    stack.taskd.kill();
+    let (ok, _, err) = stack.berth(&["containers", "rm", "unrecorded"]);
+    assert!(ok, "{err}");
+    stack.taskd.restart();
+
+    let ids: Vec<String> = tasks(stack).into_iter().map(|t| t.0).collect();
+    assert_eq!(ids, ["kept"]);
+    assert!(!bundle.exists(), "its bundle is left");
+    wait_until("its process and shim to go", || {
+        !berth_e2e::alive(pids["unrecorded"]) && !berth_e2e::alive(shim as u32)
+    });
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts
+            .lines()
+            .any(|l| l.contains("/default/unrecorded/rootfs")),
+        "its rootfs is still mounted"
+    );
+    assert!(
+        std::fs::read_dir("/sys/fs/cgroup")
+            .unwrap()
+            .flatten()
+            .map(|h| h.path().join("berth/default/unrecorded"))
+            .chain(std::iter::once(
+                Path::new("/sys/fs/cgroup/berth/default/unrecorded").to_path_buf()
+            ))
+            .all(|cgroup| !cgroup.exists()),
+        "its cgroup is left"
+    );
+    assert!(berth_e2e::alive(pids["kept"]), "the other container died");
+}
