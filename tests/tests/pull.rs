@@ -95,6 +95,22 @@ fn committed(stack: &Stack) -> Vec<String> {
         .collect()
 }
 
+/// No lease is left, and no blob carries a lease's label.
+async fn assert_no_lease_left(stack: &Stack, content: &RemoteContentStore) {
+    let leases = stack.berth_json(&["leases", "ls"]);
+    assert_eq!(leases.as_array().unwrap().len(), 0, "{leases}");
+    for info in content.list("default", &[]).await.unwrap() {
+        assert!(
+            !info
+                .labels
+                .keys()
+                .any(|k| k.starts_with(berth_api::LEASE_LABEL_PREFIX)),
+            "{:?}",
+            info.labels
+        );
+    }
+}
+
 async fn digests_in(content: &RemoteContentStore) -> Vec<Digest> {
     let mut all: Vec<Digest> = content
         .list("default", &[])
@@ -170,19 +186,8 @@ async fn pull_unpacks_records_and_gc_cleans_up_after_rm() {
         config.labels.get("containerd.io/gc.ref.snapshot.overlayfs"),
         Some(&chains[1])
     );
-    let leases = stack.berth_json(&["leases", "ls"]);
-    assert_eq!(leases.as_array().unwrap().len(), 0, "{leases}");
     // ... and so are the labels that tied the pieces to it.
-    for info in content.list("default", &[]).await.unwrap() {
-        assert!(
-            !info
-                .labels
-                .keys()
-                .any(|k| k.starts_with(berth_api::LEASE_LABEL_PREFIX)),
-            "{:?}",
-            info.labels
-        );
-    }
+    assert_no_lease_left(&stack, &content).await;
     let snapshots_json = stack.berth_json(&["snapshots", "ls"]);
     assert!(
         !snapshots_json
@@ -499,16 +504,5 @@ async fn a_collection_during_an_import_takes_nothing_from_it() {
     let mut chains = image.chains();
     chains.sort();
     assert_eq!(snapshots, chains);
-    let leases = stack.berth_json(&["leases", "ls"]);
-    assert_eq!(leases.as_array().unwrap().len(), 0, "{leases}");
-    for info in content.list("default", &[]).await.unwrap() {
-        assert!(
-            !info
-                .labels
-                .keys()
-                .any(|k| k.starts_with(berth_api::LEASE_LABEL_PREFIX)),
-            "{:?}",
-            info.labels
-        );
-    }
+    assert_no_lease_left(&stack, &content).await;
 }
