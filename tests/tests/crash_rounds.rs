@@ -865,6 +865,17 @@ impl Drop for TaskHarness {
                 .command(&["-n", &namespace, "rm", "--force", id])
                 .output();
         }
+        // runc leaves the namespace's parent cgroup, empty, in each
+        // hierarchy; the namespace is this test's own.
+        let hierarchies = std::fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .chain(std::iter::once(PathBuf::from("/sys/fs/cgroup")));
+        for hierarchy in hierarchies {
+            let _ = std::fs::remove_dir(hierarchy.join("berth").join(&namespace));
+        }
     }
 }
 
