@@ -8,7 +8,7 @@ use berth_content::wire::{info_from_pb, info_to_pb, status_from_pb, system_time}
 use berth_content::{
     CommitOptions, ContentStore, ContentWriter, Info, Status, WriterOptions, MAX_READ,
 };
-use berth_errdefs::{Error, Result};
+use berth_errdefs::{Error, ErrorKind, Result};
 use berth_ids::Digest;
 use ttrpc::r#async::{CSReceiver, CSSender};
 
@@ -215,6 +215,9 @@ impl ContentStore for RemoteContentStore {
     }
 }
 
+/// How long a failed send waits for the daemon's reason.
+const REASON_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// A write stream to contentd, with up to [`WRITE_WINDOW`] writes in flight.
 struct RemoteWriter {
     sender: Option<CSSender<pb::WriteRequest>>,
@@ -236,8 +239,27 @@ impl RemoteWriter {
     }
 
     async fn send(&mut self, request: pb::WriteRequest) -> Result<()> {
-        self.sender()?.send(&request).await?;
-        Ok(())
+        let Err(sent) = self.sender()?.send(&request).await else {
+            return Ok(());
+        };
+        // The daemon ended the stream; its reason (a full disk, a bad
+        // digest) is among the replies not read yet, and says more than
+        // "Stream is no longer active".
+        let sent = Error::from(sent);
+        loop {
+            match tokio::time::timeout(REASON_WAIT, self.receiver.recv()).await {
+                Ok(Ok(_)) => continue,
+                Ok(Err(e)) => {
+                    let reason = Error::from(e);
+                    return Err(if reason.kind() == ErrorKind::Unavailable {
+                        sent
+                    } else {
+                        reason
+                    });
+                }
+                Err(_) => return Err(sent),
+            }
+        }
     }
 
     async fn receive_one(&mut self) -> Result<pb::WriteResponse> {
