@@ -710,6 +710,17 @@ impl TaskManager {
         result
     }
 
+    /// Takes `task` out of the table, unless another task of that id has
+    /// taken its place.
+    fn unlist(&self, namespace: &str, task: &Arc<Task>) -> Result<()> {
+        let mut tasks = self.tasks.lock().map_err(|_| poisoned())?;
+        let k = key(namespace, &task.bundle.id);
+        if matches!(tasks.get(&k), Some(Entry::Ready(current)) if Arc::ptr_eq(current, task)) {
+            tasks.remove(&k);
+        }
+        Ok(())
+    }
+
     /// A task its shim no longer knows — its Delete finished in the shim
     /// while taskd was down, so the restarted taskd took it back just
     /// before — goes from the table, its shim is asked to exit and its
@@ -717,12 +728,7 @@ impl TaskManager {
     async fn forget_deleted(&self, namespace: &str, task: &Arc<Task>) {
         let id = &task.bundle.id;
         tracing::info!(namespace, id = %id, "finishing the deletion of a task its shim no longer has");
-        if let Ok(mut tasks) = self.tasks.lock() {
-            let k = key(namespace, id);
-            if matches!(tasks.get(&k), Some(Entry::Ready(current)) if Arc::ptr_eq(current, task)) {
-                tasks.remove(&k);
-            }
-        }
+        let _ = self.unlist(namespace, task);
         task.shim.shutdown(id).await;
         if let Err(e) = task.bundle.remove() {
             tracing::warn!(id = %id, error = %e, "removing the bundle");
@@ -762,13 +768,7 @@ impl TaskManager {
             Err(e) if e.kind() == ErrorKind::NotFound => api::DeleteResponse::default(),
             Err(e) => return Err(e),
         };
-        {
-            let mut tasks = self.tasks.lock().map_err(|_| poisoned())?;
-            let k = key(namespace, id);
-            if matches!(tasks.get(&k), Some(Entry::Ready(current)) if Arc::ptr_eq(current, task)) {
-                tasks.remove(&k);
-            }
-        }
+        self.unlist(namespace, task)?;
         task.shim.shutdown(id).await;
         task.bundle.remove()?;
         Ok(Deleted {
