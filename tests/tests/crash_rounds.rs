@@ -220,14 +220,7 @@ fn json_lines(out: &str) -> Vec<serde_json::Value> {
 
 impl Harness {
     fn berth(&self, args: &[&str]) -> (bool, String, String) {
-        let mut child = self.spawn(args, "call");
-        let ok = wait_bounded(&mut child, Duration::from_secs(120))
-            .unwrap_or_else(|| panic!("berth {args:?} hung for 120 s"));
-        (
-            ok,
-            std::fs::read_to_string(self.scratch.join("call.out")).unwrap_or_default(),
-            std::fs::read_to_string(self.scratch.join("call.err")).unwrap_or_default(),
-        )
+        run_bounded(self.stack.command(args), args)
     }
 
     fn berth_json(&self, args: &[&str]) -> serde_json::Value {
@@ -717,6 +710,29 @@ fn report_and_judge(report: &serde_json::Value, report_variable: &str) {
     );
 }
 
+/// Runs `command` (a `berth` call, `args` naming it) to its end, its
+/// output kept in unnamed files (a pipe could fill and stall it); panics
+/// if it runs for 120 s. Returns (exit ok, stdout, stderr).
+fn run_bounded(mut command: std::process::Command, args: &[&str]) -> (bool, String, String) {
+    use std::io::{Read, Seek};
+    let mut out = tempfile::tempfile().unwrap();
+    let mut err = tempfile::tempfile().unwrap();
+    let mut child = command
+        .stdout(out.try_clone().unwrap())
+        .stderr(err.try_clone().unwrap())
+        .spawn()
+        .unwrap();
+    let ok = wait_bounded(&mut child, Duration::from_secs(120))
+        .unwrap_or_else(|| panic!("berth {args:?} hung for 120 s"));
+    let read = |file: &mut File| {
+        let mut text = String::new();
+        file.rewind().unwrap();
+        let _ = file.read_to_string(&mut text);
+        text
+    };
+    (ok, read(&mut out), read(&mut err))
+}
+
 /// Waits up to `limit` for `child`; None if it is still running.
 fn wait_bounded(child: &mut Child, limit: Duration) -> Option<bool> {
     let deadline = Instant::now() + limit;
@@ -883,31 +899,7 @@ impl TaskHarness {
     fn berth(&self, args: &[&str]) -> (bool, String, String) {
         let mut all = vec!["-n", &self.namespace];
         all.extend_from_slice(args);
-        let mut child = self
-            .stack
-            .command(&all)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let pid = child.id();
-        let stdout = child.stdout.take().unwrap();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            let read = |mut r: Box<dyn std::io::Read + Send>| {
-                let mut s = String::new();
-                let _ = r.read_to_string(&mut s);
-                s
-            };
-            let err = std::thread::spawn(move || read(Box::new(stderr)));
-            let out = read(Box::new(stdout));
-            let _ = tx.send((out, err.join().unwrap()));
-        });
-        let ok = wait_bounded(&mut child, Duration::from_secs(120))
-            .unwrap_or_else(|| panic!("berth {args:?} (pid {pid}) hung for 120 s"));
-        let (out, err) = rx.recv().unwrap();
-        (ok, out, err)
+        run_bounded(self.stack.command(&all), &all)
     }
 
     fn json(&self, args: &[&str]) -> serde_json::Value {
