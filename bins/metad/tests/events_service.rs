@@ -388,3 +388,48 @@ async fn subscribers_that_hang_up_are_removed() {
     .await;
     assert_eq!(server.exchange.stats().buffered_bytes, 0);
 }
+
+/// A subscription whose request says no data follows (ttrpc's NO_DATA
+/// flag) leaves its handler waiting for a first message that never comes;
+/// a caller that then hangs up must not leave that task behind (found by
+/// the ttrpc_requests fuzz target: one task per connection, for ever).
+#[tokio::test]
+async fn a_stream_waiting_for_its_first_message_ends_when_the_caller_hangs_up() {
+    use std::io::Write;
+    let server = EventsServer::start(ExchangeLimits::default()).await;
+    let runtime = tokio::runtime::Handle::current().metrics();
+    let before = runtime.num_alive_tasks();
+    // A call that ends properly gives every task of its connection back.
+    let events = RemoteEvents::connect(&server.socket).await.unwrap();
+    events
+        .publish("default", "/test/warm-up", sequence_event(0, 0))
+        .await
+        .unwrap();
+    drop(events);
+    eventually("the first connection's tasks to end", || {
+        runtime.num_alive_tasks() == before
+    })
+    .await;
+
+    let request = ttrpc::proto::Request {
+        service: "berth.events.v1.Events".into(),
+        method: "Subscribe".into(),
+        ..Default::default()
+    };
+    let payload = ttrpc::proto::Codec::encode(&request).unwrap();
+    let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&1u32.to_be_bytes());
+    frame.extend_from_slice(&[1, 0x2 | 0x4]); // request; remote open, no data
+    frame.extend_from_slice(&payload);
+    let mut socket = std::os::unix::net::UnixStream::connect(&server.socket).unwrap();
+    socket.write_all(&frame).unwrap();
+    eventually("the stream's handler to start", || {
+        runtime.num_alive_tasks() > before
+    })
+    .await;
+    drop(socket);
+    eventually("the stream's handler to end with its connection", || {
+        runtime.num_alive_tasks() == before
+    })
+    .await;
+}

@@ -8,6 +8,7 @@
 
 mod blocking;
 mod config;
+mod connection;
 mod error;
 mod liveness;
 pub mod lmdb;
@@ -24,15 +25,16 @@ pub use blocking::blocking;
 pub use config::{
     default_config_toml, peer_socket, DaemonConfig, DaemonFlags, Defaults, LogFormat,
 };
+pub use connection::{guarded_listener, GuardedConnection, Limits};
 pub use error::DaemonError;
-pub use liveness::{peer_hung_up, ConnectionWatch};
+pub use liveness::{end_streams_when_callers_hang_up, peer_hung_up};
 pub use logging::init_logging;
 pub use metrics::{serve_metrics, Metrics, MetricsAddress, Sampled, Sampler};
 pub use peer::PeerPolicy;
 /// The metrics types a daemon registers its own counters with.
 pub use prometheus_client;
 pub use request::{reply, request_lease, request_namespace};
-pub use serve::serve;
+pub use serve::{serve, start_server};
 pub use socket::{prepare_dirs, SocketSource};
 pub use start::start;
 /// A value in a daemon's config file (for [`default_config_toml`]).

@@ -7,25 +7,35 @@
 //! waits for the peer to hang up on a duplicate of the socket, and that
 //! handlers can wait on with [`peer_hung_up`].
 
-use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
 
+use futures::task::AtomicWaker;
 use tokio::io::unix::AsyncFd;
 use tokio::io::{Interest, Ready};
 use tokio::sync::watch;
-use ttrpc::r#async::TtrpcContext;
-use ttrpc::ConnectionDataExt;
+use ttrpc::r#async::{Service, StreamHandler, StreamInner, TtrpcContext};
 
-/// The key of the watch in a connection's ttrpc data.
-pub(crate) const KEY: &str = "berth.connection-watch";
+use crate::connection::CONNECTION_KEY;
 
 /// Signals when the peer of one connection hangs up. Dropped with the
-/// connection's data, which stops the watching task and closes its
-/// duplicate descriptor.
+/// last reference (the connection's registration, handlers waiting on it),
+/// which stops the watching task and closes its duplicate descriptor.
 #[derive(Debug)]
 pub struct ConnectionWatch {
     closed: watch::Receiver<bool>,
+    hung_up: Arc<HungUp>,
     task: tokio::task::AbortHandle,
+}
+
+/// The hang-up as a flag and a waker, for the connection's own reader.
+#[derive(Debug, Default)]
+struct HungUp {
+    flag: AtomicBool,
+    reader: AtomicWaker,
 }
 
 impl Drop for ConnectionWatch {
@@ -35,21 +45,23 @@ impl Drop for ConnectionWatch {
 }
 
 impl ConnectionWatch {
-    /// Starts watching the connection on `fd` (borrowed for this call only).
-    pub(crate) fn start(fd: RawFd) -> std::io::Result<Arc<ConnectionWatch>> {
-        // SAFETY: the accept hook is handed the accepted connection's
-        // descriptor, open for the duration of the call.
-        let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-        let duplicate: OwnedFd = borrowed.try_clone_to_owned()?;
+    /// Starts watching the connection on `socket`.
+    pub(crate) fn start(socket: BorrowedFd<'_>) -> std::io::Result<Arc<ConnectionWatch>> {
+        let duplicate: OwnedFd = socket.try_clone_to_owned()?;
         let handle = tokio::runtime::Handle::try_current()
             .map_err(|e| std::io::Error::other(format!("no async runtime: {e}")))?;
         let (sender, closed) = watch::channel(false);
+        let hung_up = Arc::new(HungUp::default());
+        let signal = hung_up.clone();
         let task = handle.spawn(async move {
             wait_for_hang_up(duplicate).await;
+            signal.flag.store(true, Ordering::Release);
+            signal.reader.wake();
             let _ = sender.send(true);
         });
         Ok(Arc::new(ConnectionWatch {
             closed,
+            hung_up,
             task: task.abort_handle(),
         }))
     }
@@ -57,6 +69,53 @@ impl ConnectionWatch {
     async fn closed(&self) {
         let mut closed = self.closed.clone();
         let _ = closed.wait_for(|c| *c).await;
+    }
+
+    fn poll_hung_up(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.hung_up.flag.load(Ordering::Acquire) {
+            return Poll::Ready(());
+        }
+        self.hung_up.reader.register(cx.waker());
+        if self.hung_up.flag.load(Ordering::Acquire) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+/// The watches of the open connections, by connection id.
+pub(crate) fn registry() -> &'static Mutex<HashMap<u64, Arc<ConnectionWatch>>> {
+    static REGISTRY: OnceLock<Mutex<HashMap<u64, Arc<ConnectionWatch>>>> = OnceLock::new();
+    REGISTRY.get_or_init(Default::default)
+}
+
+/// A connection's entry in the registry, removed when the connection goes.
+#[derive(Debug)]
+pub(crate) struct Registration {
+    id: u64,
+    watch: Arc<ConnectionWatch>,
+}
+
+impl Registration {
+    pub(crate) fn new(id: u64, watch: Arc<ConnectionWatch>) -> Registration {
+        if let Ok(mut registry) = registry().lock() {
+            registry.insert(id, watch.clone());
+        }
+        Registration { id, watch }
+    }
+
+    /// Ready once the peer has hung up.
+    pub(crate) fn poll_hung_up(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.watch.poll_hung_up(cx)
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if let Ok(mut registry) = registry().lock() {
+            registry.remove(&self.id);
+        }
     }
 }
 
@@ -82,8 +141,75 @@ async fn wait_for_hang_up(fd: OwnedFd) {
 /// Resolves when the caller of this request has hung up. Never resolves for
 /// a connection without a watch.
 pub async fn peer_hung_up(ctx: &TtrpcContext) {
-    match ctx.connection_data.get_typed::<Arc<ConnectionWatch>>(KEY) {
+    match watch_of(ctx) {
         Some(watch) => watch.closed().await,
         None => std::future::pending().await,
+    }
+}
+
+/// The watch of the connection `ctx`'s request came on, if it has one.
+fn watch_of(ctx: &TtrpcContext) -> Option<Arc<ConnectionWatch>> {
+    // The guard appends the connection's id after whatever the caller sent
+    // under the same key: the last value is the daemon's.
+    let id = ctx
+        .metadata
+        .get(CONNECTION_KEY)
+        .and_then(|values| values.last())
+        .and_then(|id| id.parse::<u64>().ok())?;
+    registry().lock().ok()?.get(&id).cloned()
+}
+
+/// Wraps every stream handler of `services` so that it ends when its
+/// caller hangs up. ttrpc runs a stream's handler as a task of its own that
+/// the connection's end does not stop, and a handler waiting for the
+/// caller's first message (a stream request flagged as carrying no data,
+/// then nothing) would wait for ever, holding its stream: a caller could
+/// leave one such task behind per connection it opens and drops.
+pub fn end_streams_when_callers_hang_up(
+    services: HashMap<String, Service>,
+) -> HashMap<String, Service> {
+    services
+        .into_iter()
+        .map(|(name, service)| {
+            let streams = service
+                .streams
+                .into_iter()
+                .map(|(method, inner)| {
+                    let handler: Arc<dyn StreamHandler + Send + Sync> =
+                        Arc::new(EndsOnHangUp { inner });
+                    (method, handler)
+                })
+                .collect();
+            (
+                name,
+                Service {
+                    methods: service.methods,
+                    streams,
+                },
+            )
+        })
+        .collect()
+}
+
+struct EndsOnHangUp {
+    inner: Arc<dyn StreamHandler + Send + Sync>,
+}
+
+#[async_trait::async_trait]
+impl StreamHandler for EndsOnHangUp {
+    async fn handler(
+        &self,
+        ctx: TtrpcContext,
+        stream: StreamInner,
+    ) -> ttrpc::Result<Option<ttrpc::Response>> {
+        let Some(watch) = watch_of(&ctx) else {
+            return self.inner.handler(ctx, stream).await;
+        };
+        tokio::select! {
+            result = self.inner.handler(ctx, stream) => result,
+            // Dropping the handler drops its stream, which leaves the
+            // connection's table of streams.
+            () = watch.closed() => Err(ttrpc::Error::Others("the caller hung up".to_string())),
+        }
     }
 }

@@ -5,6 +5,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use berth_errdefs::Error;
 
+/// Reader slots: more than the threads a daemon's runtime may run (512
+/// blocking, its workers, a few of its own).
+const MAX_READERS: u32 = 1024;
+
 /// Opens (creating if needed) the LMDB environment in `dir`, with room for
 /// `max_dbs` named databases and a map of at most `map_size` bytes (LMDB
 /// maps it sparsely). Each daemon opens its environment once, at start.
@@ -12,7 +16,14 @@ pub fn open_env(dir: &Path, map_size: usize, max_dbs: u32) -> Result<heed::Env, 
     std::fs::create_dir_all(dir)
         .map_err(|e| Error::io(format!("creating {}", dir.display()), &e))?;
     let mut options = heed::EnvOpenOptions::new();
-    options.map_size(map_size).max_dbs(max_dbs);
+    // A read transaction holds a reader slot for the life of the thread
+    // that opened it, and reads run on tokio's blocking pool (up to 512
+    // threads): LMDB's default of 126 slots ran out under 64 concurrent
+    // callers (MDB_READERS_FULL). A slot is 64 bytes of the lock file.
+    options
+        .map_size(map_size)
+        .max_dbs(max_dbs)
+        .max_readers(MAX_READERS);
     // SAFETY: NO_READ_AHEAD is not among the flags heed calls unsafe
     // (NO_SYNC, NO_META_SYNC, NO_LOCK): it only stops the kernel reading
     // (and mapping) pages around each one the records touch, which kept

@@ -1,8 +1,7 @@
-use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd};
 
 use nix::sys::socket::{getsockopt, sockopt};
 use nix::unistd::{Gid, Uid};
-use ttrpc::security_extension::{AcceptHook, HookError, HookOutput};
 
 use crate::DaemonError;
 
@@ -92,31 +91,6 @@ fn peer_groups(socket: BorrowedFd<'_>) -> std::io::Result<Vec<Gid>> {
             continue;
         }
         return Err(error);
-    }
-}
-
-impl AcceptHook for PeerPolicy {
-    fn on_accept(&self, fd: RawFd) -> Result<HookOutput, HookError> {
-        // SAFETY: ttrpc hands the hook the accepted connection's descriptor,
-        // open for the whole call; we only borrow it to read its credentials.
-        let socket = unsafe { BorrowedFd::borrow_raw(fd) };
-        if self.admits(socket).map_err(HookError::Io)? {
-            let mut data = ttrpc::ConnectionData::new();
-            match crate::liveness::ConnectionWatch::start(fd) {
-                Ok(watch) => {
-                    data.insert(crate::liveness::KEY.to_string(), Box::new(watch));
-                }
-                Err(e) => tracing::warn!(error = %e, "cannot watch connection for hang-ups"),
-            }
-            Ok(HookOutput {
-                data,
-                payload_transform: None,
-            })
-        } else {
-            Err(HookError::Rejected(
-                "the caller may not call this daemon".to_string(),
-            ))
-        }
     }
 }
 

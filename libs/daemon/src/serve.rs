@@ -2,11 +2,13 @@ use sd_notify::NotifyState;
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::signal::unix::{signal, SignalKind};
-use ttrpc::r#async::transport::Listener;
 use ttrpc::r#async::{Server, Service};
 
+use crate::end_streams_when_callers_hang_up;
 use crate::socket::SocketSource;
-use crate::{serve_metrics, DaemonConfig, DaemonError, Metrics, PeerPolicy};
+use crate::{
+    guarded_listener, serve_metrics, DaemonConfig, DaemonError, Limits, Metrics, PeerPolicy,
+};
 
 /// Serves `services` until SIGTERM or SIGINT: on the inherited socket under
 /// systemd socket activation, otherwise on `config.address`. Tells systemd
@@ -31,20 +33,11 @@ pub async fn serve(
     let source = SocketSource::open(config)?;
     let activated = matches!(source, SocketSource::Activated(_));
     let (listener, bound_path) = source.into_listener();
-    let listener =
-        Listener::try_from(listener).map_err(|e| DaemonError::Server(format!("listening: {e}")))?;
-    let mut server = Server::new()
-        .add_listener(listener)
-        .set_accept_hook(policy)
-        .register_service(services);
+    let mut server = start_server(listener, policy, services).await?;
     let mut terminate = signal(SignalKind::terminate())
         .map_err(|e| DaemonError::Server(format!("installing SIGTERM handler: {e}")))?;
     let mut interrupt = signal(SignalKind::interrupt())
         .map_err(|e| DaemonError::Server(format!("installing SIGINT handler: {e}")))?;
-    server
-        .start()
-        .await
-        .map_err(|e| DaemonError::Server(e.to_string()))?;
     tracing::info!(
         address = %config.address.display(),
         socket_activated = activated,
@@ -69,6 +62,25 @@ pub async fn serve(
         let _ = std::fs::remove_file(path);
     }
     Ok(())
+}
+
+/// Starts serving `services` on `listener` as every daemon does: each
+/// connection guarded ([`guarded_listener`]) and its caller checked by
+/// `policy`, and every stream handler ended when its caller hangs up.
+pub async fn start_server(
+    listener: std::os::unix::net::UnixListener,
+    policy: PeerPolicy,
+    services: HashMap<String, Service>,
+) -> Result<Server, DaemonError> {
+    let listener = guarded_listener(listener, policy, Limits::DEFAULT)?;
+    let mut server = Server::new()
+        .add_listener(listener)
+        .register_service(end_streams_when_callers_hang_up(services));
+    server
+        .start()
+        .await
+        .map_err(|e| DaemonError::Server(e.to_string()))?;
+    Ok(server)
 }
 
 fn spawn_watchdog() -> Option<tokio::task::JoinHandle<()>> {

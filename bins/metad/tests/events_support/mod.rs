@@ -7,14 +7,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use berth_daemon::PeerPolicy;
+use berth_daemon::{start_server, PeerPolicy};
 use berth_metad::events::{ttrpc_services, Exchange, ExchangeLimits};
 use berth_metadata::Any;
-use ttrpc::r#async::transport::Listener;
 use ttrpc::r#async::Server;
 
 /// The exchange served with both event services on a socket in a temp dir,
-/// with the daemons' peer policy (which also notices callers hanging up).
+/// guarded and checked as the daemons' connections are (which also notices
+/// callers hanging up).
 pub struct EventsServer {
     pub exchange: Arc<Exchange>,
     pub socket: PathBuf,
@@ -28,11 +28,13 @@ impl EventsServer {
         let socket = dir.path().join("metad.sock");
         let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
         let exchange = Exchange::with_limits(limits);
-        let mut server = Server::new()
-            .add_listener(Listener::try_from(listener).unwrap())
-            .set_accept_hook(PeerPolicy::new(None).unwrap())
-            .register_service(ttrpc_services(exchange.clone()));
-        server.start().await.unwrap();
+        let server = start_server(
+            listener,
+            PeerPolicy::new(None).unwrap(),
+            ttrpc_services(exchange.clone()),
+        )
+        .await
+        .unwrap();
         EventsServer {
             exchange,
             socket,
