@@ -23,8 +23,9 @@ use berth_snapshot::{
 
 use crate::os::io;
 use crate::records::{
-    check_committed_parent, now_nanos, to_system_time, Record, Records, StoredKind,
+    check_committed_parent, now_nanos, to_system_time, Record, Records, StoredKind, WrittenIn,
 };
+use crate::write_back::{written_in, Marks, WriteBack};
 
 /// Which on-disk scheme a snapshotter uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,12 +66,16 @@ pub struct ApplyTarget {
 #[derive(Debug, Clone)]
 pub struct LocalSnapshotter {
     backend: Backend,
-    records: Records,
+    records: Arc<Records>,
     dir: PathBuf,
     /// Held shared while a directory exists without its record, exclusively
     /// by cleanup.
     cleanup: Arc<RwLock<()>>,
     trash: Trash,
+    /// Where this process writes snapshot files (see `write_back.rs`).
+    written_in: WrittenIn,
+    marks: Marks,
+    write_back: WriteBack,
 }
 
 /// Removes the directories of removed snapshots on a thread of its own,
@@ -155,9 +160,20 @@ impl LocalSnapshotter {
                 tracing::warn!("overlay is not in /proc/filesystems; mounts may fail");
             }
         }
+        // The write-back thread holds the records weakly: the store closes
+        // when the last handle goes, as before.
+        let records = Arc::new(records);
+        let marks = Marks {
+            records: Arc::downgrade(&records),
+            snapshotter: backend.name(),
+            dir: dir.clone(),
+        };
         Ok(LocalSnapshotter {
             backend,
             records,
+            written_in: written_in(&dir)?,
+            write_back: WriteBack::start(marks.clone())?,
+            marks,
             dir,
             cleanup: Arc::new(RwLock::new(())),
             trash: Trash::start()?,
@@ -443,6 +459,36 @@ impl LocalSnapshotter {
         Ok(removed)
     }
 
+    /// At start: discards the committed snapshots whose files a power cut
+    /// may have taken (marked from another boot or mount), with everything
+    /// built on them, and writes back those marked in this mount. Returns
+    /// (discarded, written back).
+    pub fn recover_write_back(&self) -> Result<(usize, usize)> {
+        let lost = self.marks.lost(&self.written_in)?;
+        for (namespace, key) in &lost {
+            tracing::warn!(
+                snapshotter = self.name(),
+                %namespace,
+                %key,
+                "discarding a snapshot committed before a power cut or remount and not known to be on disk"
+            );
+            self.remove_blocking(namespace, key, None)?;
+        }
+        Ok((lost.len(), self.marks.write_back()?))
+    }
+
+    /// Writes back every commit not known to be on disk (at a clean stop).
+    pub fn write_back_now(&self) -> Result<usize> {
+        self.marks.write_back()
+    }
+
+    /// Drops the mark of a commit whose files were written back before it.
+    pub async fn written_back_before_commit(&self, namespace: &str, name: &str) -> Result<()> {
+        let (marks, namespace, name) =
+            (self.marks.clone(), namespace.to_string(), name.to_string());
+        blocking(move || marks.written_back_before_commit(&namespace, &name)).await
+    }
+
     /// Removes active snapshots whose key starts with `prefix` in every
     /// namespace (unpack's scratch snapshots left by a crash).
     pub fn remove_prefixed_actives(&self, prefix: &str) -> Result<usize> {
@@ -593,8 +639,15 @@ impl Snapshotter for LocalSnapshotter {
                 let _ = std::fs::remove_dir_all(&work);
                 mkdir(&work, 0o700)?;
             }
-            this.records
-                .commit(this.name(), &namespace, &name, &key, labels)?;
+            this.records.commit(
+                this.name(),
+                &namespace,
+                &name,
+                &key,
+                labels,
+                &this.written_in,
+            )?;
+            this.write_back.ask();
             Ok(())
         })
         .await

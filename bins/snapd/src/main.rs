@@ -72,6 +72,15 @@ async fn run(config: DaemonConfig, contentd: PathBuf) -> anyhow::Result<()> {
             let mut out = Vec::new();
             for backend in [Backend::Overlay, Backend::Native] {
                 let sn = LocalSnapshotter::open(&root, backend, records.clone())?;
+                let (discarded, written_back) = sn.recover_write_back()?;
+                if discarded + written_back > 0 {
+                    tracing::info!(
+                        snapshotter = backend.name(),
+                        discarded,
+                        written_back,
+                        "committed snapshots not known to be on disk: those from before a power cut discarded, the others written back"
+                    );
+                }
                 // Unpacks that a crash interrupted, then their directories.
                 let scratch = sn.remove_prefixed_actives(SCRATCH_PREFIX)?;
                 let orphans = sn.cleanup_blocking()?;
@@ -104,8 +113,20 @@ async fn run(config: DaemonConfig, contentd: PathBuf) -> anyhow::Result<()> {
     let metrics = berth_daemon::Metrics::when_enabled(&config, "snapd", |metrics| {
         berth_snapd::metrics::register(metrics, records)
     });
+    let write_back: Vec<LocalSnapshotter> = snapshotters.clone();
     let services = SnapshotService::new(snapshotters, unpacker, differ).into_ttrpc();
     berth_daemon::serve(&config, services, metrics).await?;
+    // What the last commits left in the page cache goes to disk before the
+    // daemon does, so that a reboot after a clean stop discards nothing.
+    tokio::task::spawn_blocking(move || {
+        for sn in write_back {
+            if let Err(e) = sn.write_back_now() {
+                tracing::warn!(snapshotter = sn.backend().name(), error = %e, "writing back at stop");
+            }
+        }
+    })
+    .await
+    .context("writing back at stop")?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -7,6 +7,7 @@
 //! |---|---|---|
 //! | `snapshots` | `<snapshotter>/<namespace>/<key>` | [`Record`] |
 //! | `counters` | `<snapshotter>` | the last snapshot id handed out |
+//! | `unsynced` | `<snapshotter>/<namespace>/<name>` | [`CommitMark`]: a committed snapshot whose files may be in the page cache only |
 //!
 //! A snapshot's directory is `<root>/<snapshotter>/snapshots/<id>`. Ids are
 //! allocated in their own transaction before the directory is made, and the
@@ -14,6 +15,13 @@
 //! record names, which `cleanup` removes. Removal deletes the record first
 //! and the directory after, with the same effect. No transaction does file
 //! IO.
+//!
+//! A commit is durable when its transaction returns, but the files of the
+//! snapshot are written back by the kernel in its own time. Each commit
+//! therefore also records where its files were written ([`WrittenIn`]),
+//! in the same transaction, until a syncfs has written them back (see
+//! `WriteBack` in `local.rs`). After a power cut, a snapshot still marked
+//! from an earlier boot may hold empty or missing files, and is discarded.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -76,6 +84,31 @@ impl From<StoredKind> for Kind {
     }
 }
 
+/// Where a commit's files were written: the boot and the mount of the
+/// snapshotter's filesystem. While both are the same, the page cache still
+/// holds whatever was not written back yet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WrittenIn {
+    pub boot_id: String,
+    pub mount_id: u64,
+}
+
+/// The mark of a commit whose files may not be on disk yet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitMark {
+    pub written_in: WrittenIn,
+    /// The commit's time: a later commit under the same name is another.
+    pub committed_at: u64,
+}
+
+/// A committed snapshot not known to be on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unsynced {
+    pub namespace: String,
+    pub name: String,
+    pub mark: CommitMark,
+}
+
 fn key_of(snapshotter: &str, namespace: &str, key: &str) -> String {
     format!("{snapshotter}/{namespace}/{key}")
 }
@@ -85,6 +118,7 @@ pub struct Records {
     env: Env,
     snapshots: Database<Str, SerdeJson<Record>>,
     counters: Database<Str, SerdeJson<u64>>,
+    unsynced: Database<Str, SerdeJson<CommitMark>>,
 }
 
 impl Records {
@@ -97,11 +131,15 @@ impl Records {
         let counters = env
             .create_database(&mut txn, Some("counters"))
             .map_err(db_error)?;
+        let unsynced = env
+            .create_database(&mut txn, Some("unsynced"))
+            .map_err(db_error)?;
         txn.commit().map_err(db_error)?;
         Ok(Records {
             env,
             snapshots,
             counters,
+            unsynced,
         })
     }
 
@@ -186,6 +224,7 @@ impl Records {
         name: &str,
         key: &str,
         labels: HashMap<String, String>,
+        written_in: &WrittenIn,
     ) -> Result<Record> {
         let mut txn = self.env.write_txn().map_err(db_error)?;
         let from = key_of(snapshotter, namespace, key);
@@ -214,6 +253,11 @@ impl Records {
         self.snapshots
             .put(&mut txn, &to, &record)
             .map_err(db_error)?;
+        let mark = CommitMark {
+            written_in: written_in.clone(),
+            committed_at: now,
+        };
+        self.unsynced.put(&mut txn, &to, &mark).map_err(db_error)?;
         txn.commit().map_err(db_error)?;
         Ok(record)
     }
@@ -254,8 +298,44 @@ impl Records {
             }
         }
         self.snapshots.delete(&mut txn, &full).map_err(db_error)?;
+        self.unsynced.delete(&mut txn, &full).map_err(db_error)?;
         txn.commit().map_err(db_error)?;
         Ok(record)
+    }
+
+    /// The committed snapshots of a snapshotter not known to be on disk.
+    pub fn unsynced(&self, snapshotter: &str) -> Result<Vec<Unsynced>> {
+        let txn = self.env.read_txn().map_err(db_error)?;
+        let prefix = format!("{snapshotter}/");
+        let mut out = Vec::new();
+        for item in self.unsynced.prefix_iter(&txn, &prefix).map_err(db_error)? {
+            let (key, mark) = item.map_err(db_error)?;
+            if let Some((namespace, name)) = key[prefix.len()..].split_once('/') {
+                out.push(Unsynced {
+                    namespace: namespace.to_string(),
+                    name: name.to_string(),
+                    mark,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Drops the marks of `written_back` (a syncfs that started after they
+    /// were read has written their files back). A mark that changed since
+    /// (the snapshot removed and committed again) stays.
+    pub fn written_back(&self, snapshotter: &str, written_back: &[Unsynced]) -> Result<()> {
+        if written_back.is_empty() {
+            return Ok(());
+        }
+        let mut txn = self.env.write_txn().map_err(db_error)?;
+        for mark in written_back {
+            let key = key_of(snapshotter, &mark.namespace, &mark.name);
+            if self.unsynced.get(&txn, &key).map_err(db_error)?.as_ref() == Some(&mark.mark) {
+                self.unsynced.delete(&mut txn, &key).map_err(db_error)?;
+            }
+        }
+        txn.commit().map_err(db_error)
     }
 
     pub fn update_labels(

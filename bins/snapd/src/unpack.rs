@@ -251,22 +251,10 @@ pub fn apply_layer(
             .map_err(|_| Error::internal("the decompressor panicked"))??;
         applied?;
         if options.sync_fs {
-            sync_fs(target)?;
+            crate::write_back::sync_fs(target)?;
         }
         Ok(digest)
     })
-}
-
-/// Writes back everything of the filesystem `dir` is on.
-fn sync_fs(dir: &std::path::Path) -> Result<()> {
-    let fd = nix::fcntl::open(
-        dir,
-        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
-        nix::sys::stat::Mode::empty(),
-    )
-    .map_err(|e| Error::io(format!("opening {}", dir.display()), &e.into()))?;
-    nix::unistd::syncfs(&fd)
-        .map_err(|e| Error::io(format!("syncfs of {}", dir.display()), &e.into()))
 }
 
 impl Unpacker {
@@ -388,7 +376,15 @@ impl Unpacker {
                 Err(e) => Err(e),
             };
             match committed {
-                Ok(()) => applied += 1,
+                Ok(()) => {
+                    applied += 1;
+                    if sync_fs {
+                        // Its files were on disk before the commit.
+                        snapshotter
+                            .written_back_before_commit(namespace, &chain)
+                            .await?;
+                    }
+                }
                 Err(e) => {
                     if let Err(removal) = snapshotter.remove(namespace, &key).await {
                         // Left for the next start's cleanup of scratch snapshots.
