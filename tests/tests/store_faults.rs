@@ -160,3 +160,75 @@ fn a_corrupted_store_stops_the_start_and_keeps_the_file() {
         |daemon| berth_at(daemon, &["snapshots", "info", "kept"], None).0,
     );
 }
+
+/// A full metadata map (issue 15): contentd started with a 1 MiB map
+/// (`--metadata-max-mib 1`), written to until a write fails. The failure
+/// is ResourceExhausted `metadata store is full`; the blob of the failed
+/// write is not visible; everything written before is there and readable,
+/// and the daemon keeps serving. The recovery operating.md gives, a
+/// restart with a larger map, serves all of it and takes new writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_metadata_map_fails_writes_clearly_and_a_larger_one_serves_on() {
+    use berth_client::RemoteContentStore;
+    use berth_content::{write_blob, ContentStore, Labels};
+    use berth_errdefs::ErrorKind;
+    use berth_ids::Digest;
+
+    const NS: &str = "default";
+    let dir = tempfile::tempdir().unwrap();
+    let mut daemon =
+        Daemon::start_with_args("berth-contentd", dir.path(), &["--metadata-max-mib", "1"]);
+    let store = RemoteContentStore::connect(&daemon.socket).await.unwrap();
+    // Labels make each record a few KiB, so that 1 MiB fills in hundreds.
+    let label = "x".repeat(3000);
+    let mut written: Vec<Digest> = Vec::new();
+    let (failure, failed) = loop {
+        let data = format!("blob {}", written.len()).into_bytes();
+        let labels = Labels::from([("test.fill".to_string(), label.clone())]);
+        let reference = format!("fill-{}", written.len());
+        match write_blob(&store, NS, &reference, &data, None, labels).await {
+            Ok(digest) => written.push(digest),
+            Err(e) => break (e, Digest::of(&data)),
+        }
+        assert!(written.len() < 5_000, "a 1 MiB map never filled");
+    };
+    assert_eq!(failure.kind(), ErrorKind::ResourceExhausted, "{failure}");
+    assert!(
+        failure.to_string().contains("metadata store is full"),
+        "{failure}"
+    );
+    assert!(written.len() > 10, "full after {} blobs", written.len());
+    eprintln!("1 MiB map full after {} blobs: {failure}", written.len());
+    let info = store.info(NS, &failed).await;
+    assert_eq!(
+        info.map(|_| ()).unwrap_err().kind(),
+        ErrorKind::NotFound,
+        "the failed write's blob is visible"
+    );
+    let listed = store.list(NS, &[]).await.unwrap();
+    assert_eq!(listed.len(), written.len());
+    for digest in &written {
+        assert_eq!(
+            store.info(NS, digest).await.unwrap().labels["test.fill"],
+            label
+        );
+    }
+
+    // Recovery: a larger map, from the next start.
+    drop(store);
+    daemon.terminate();
+    let daemon =
+        Daemon::start_with_args("berth-contentd", dir.path(), &["--metadata-max-mib", "64"]);
+    let store = RemoteContentStore::connect(&daemon.socket).await.unwrap();
+    assert_eq!(store.list(NS, &[]).await.unwrap().len(), written.len());
+    for digest in &written {
+        assert_eq!(
+            store.info(NS, digest).await.unwrap().labels["test.fill"],
+            label
+        );
+    }
+    let more = write_blob(&store, NS, "after", b"room again", None, Labels::new())
+        .await
+        .unwrap();
+    assert_eq!(more, Digest::of(b"room again"));
+}

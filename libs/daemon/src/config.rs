@@ -42,6 +42,12 @@ pub struct DaemonFlags {
     /// absolute path for a unix socket (GET /metrics). Off when unset.
     #[arg(long, value_name = "ADDRESS")]
     pub metrics_address: Option<String>,
+    /// Most the daemon's metadata store (LMDB) may grow to, in MiB (by
+    /// default the daemon's own: 8192 for contentd, 4096 for snapd and
+    /// metad). Raise it when the daemon reports that its metadata store is
+    /// full; it applies from the next start.
+    #[arg(long, value_name = "MIB")]
+    pub metadata_max_mib: Option<u64>,
     /// Print the complete default configuration file (commented TOML:
     /// every key, each with its default) and exit.
     #[arg(long)]
@@ -70,6 +76,8 @@ pub struct DaemonConfig {
     pub socket_group: Option<String>,
     /// Where to serve metrics, if anywhere.
     pub metrics_address: Option<crate::MetricsAddress>,
+    /// The metadata store's size limit, if not the daemon's own.
+    pub metadata_max_mib: Option<u64>,
     /// Path of the config file, if one was given.
     pub file: Option<PathBuf>,
     /// Keys of the file that are not common to all daemons.
@@ -85,6 +93,7 @@ struct FileConfig {
     log_format: Option<LogFormat>,
     socket_group: Option<String>,
     metrics_address: Option<String>,
+    metadata_max_mib: Option<u64>,
     /// The daemon's own keys; see [`DaemonConfig::daemon_settings`].
     #[serde(flatten)]
     rest: toml::Table,
@@ -109,6 +118,7 @@ pub fn default_config_toml(
         ("log_format", Some(toml::Value::String("text".to_string()))),
         ("socket_group", None),
         ("metrics_address", None),
+        ("metadata_max_mib", None),
     ];
     let mut text = format!(
         "# {} configuration: read from {} when it exists, or from --config\n\
@@ -176,9 +186,15 @@ impl DaemonConfig {
                 .or(file.metrics_address)
                 .map(|text| text.parse())
                 .transpose()?,
+            metadata_max_mib: flags.metadata_max_mib.or(file.metadata_max_mib),
             file: path,
             rest: file.rest,
         };
+        if config.metadata_max_mib == Some(0) {
+            return Err(DaemonError::InvalidSetting(
+                "metadata_max_mib must be at least 1".to_string(),
+            ));
+        }
         for (name, path) in [
             ("root", &config.root),
             ("state", &config.state),
@@ -283,6 +299,7 @@ mod tests {
             log_format: LogFormat::Text,
             socket_group: None,
             metrics_address: None,
+            metadata_max_mib: None,
             file: Some(file),
             rest: config.rest.clone(),
         };

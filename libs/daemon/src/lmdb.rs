@@ -1,6 +1,7 @@
 //! Opening a daemon's LMDB environment, and what its errors mean to callers.
 
 use std::path::Path;
+use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use berth_errdefs::Error;
@@ -9,10 +10,25 @@ use berth_errdefs::Error;
 /// blocking, its workers, a few of its own).
 const MAX_READERS: u32 = 1024;
 
+/// The operator's size limit for this process's metadata store, in MiB
+/// (`metadata_max_mib`), set once at start.
+static MAP_SIZE_MIB: OnceLock<u64> = OnceLock::new();
+
+/// Makes every environment this process opens map `mib` MiB instead of its
+/// daemon's default. Called by [`crate::start`]; the first call wins.
+pub fn set_map_size_mib(mib: u64) {
+    let _ = MAP_SIZE_MIB.set(mib);
+}
+
 /// Opens (creating if needed) the LMDB environment in `dir`, with room for
 /// `max_dbs` named databases and a map of at most `map_size` bytes (LMDB
-/// maps it sparsely). Each daemon opens its environment once, at start.
+/// maps it sparsely), or what the operator set instead. Each daemon opens
+/// its environment once, at start.
 pub fn open_env(dir: &Path, map_size: usize, max_dbs: u32) -> Result<heed::Env, Error> {
+    let map_size = match MAP_SIZE_MIB.get() {
+        Some(mib) => usize::try_from(mib.saturating_mul(1 << 20)).unwrap_or(usize::MAX),
+        None => map_size,
+    };
     std::fs::create_dir_all(dir)
         .map_err(|e| Error::io(format!("creating {}", dir.display()), &e))?;
     let mut options = heed::EnvOpenOptions::new();

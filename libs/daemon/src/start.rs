@@ -16,6 +16,9 @@ pub fn start(
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     crate::memory::limit_arenas();
     let config = DaemonConfig::resolve(flags, defaults)?;
+    if let Some(mib) = config.metadata_max_mib {
+        crate::lmdb::set_map_size_mib(mib);
+    }
     init_logging(&config)?;
     raise_open_file_limit();
     prepare_dirs(&config)?;
