@@ -130,6 +130,14 @@ fn parse_id(part: &str, whole: &str, what: &str) -> Result<Id> {
             .map(Id::Number)
             .ok_or_else(|| OciError::invalid(format!("user {whole:?}: {what} out of range")));
     }
+    // Something number-like that is not a plain decimal ("0x0", "1e3")
+    // never becomes a name: an image's /etc/passwd could map it to root
+    // (CVE-2026-46680).
+    if part.as_bytes()[0].is_ascii_digit() {
+        return Err(OciError::invalid(format!(
+            "user {whole:?}: {what} {part:?} is not a decimal number"
+        )));
+    }
     if !valid_name(part) {
         return Err(OciError::invalid(format!(
             "user {whole:?}: {part:?} is neither a number nor a valid name"
@@ -138,13 +146,15 @@ fn parse_id(part: &str, whole: &str, what: &str) -> Result<Id> {
     Ok(Id::Name(part.to_string()))
 }
 
-/// A strict id: ASCII digits only, fitting in 32 bits, not `u32::MAX`.
+/// A strict id: ASCII digits only, at most `i32::MAX` as runc's own
+/// parser allows (larger ids overflowed to 0 in containerd:
+/// CVE-2024-40635).
 fn parse_number(s: &str) -> Option<u32> {
     if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
     match s.parse::<u32>() {
-        Ok(n) if n != u32::MAX => Some(n),
+        Ok(n) if n <= i32::MAX as u32 => Some(n),
         _ => None,
     }
 }
@@ -281,9 +291,14 @@ bad:x:abc:alice
         assert_eq!(ids(&u), (4242, 0, vec![0]));
     }
 
+    /// CVE-2024-40635: ids past `i32::MAX` overflowed to root in
+    /// containerd; here they are refused.
     #[test]
     fn out_of_range_and_malformed_ids_are_refused() {
         for bad in [
+            "2147483648",
+            "1:2147483648",
+            "4294967294",
             "4294967295",
             "4294967296",
             "99999999999999999999",
@@ -306,20 +321,33 @@ bad:x:abc:alice
                 "{bad:?}: {err}"
             );
         }
-        // 4294967294 is the largest valid id.
+        // i32::MAX is the largest valid id.
         assert_eq!(
-            resolve_user("4294967294", &NoRootfsFiles).unwrap().uid(),
-            u32::MAX - 1
+            resolve_user("2147483647", &NoRootfsFiles).unwrap().uid(),
+            i32::MAX as u32
         );
     }
 
+    /// CVE-2026-46680: a number-like USER that is not a plain decimal
+    /// ("0x0") fell back to a name lookup, which an image's /etc/passwd
+    /// could map to root. Here it is refused, whatever the passwd says.
     #[test]
-    fn non_numbers_are_names_never_root() {
-        // "1e3" is not a number: it is looked up as a name, and absent.
-        for name in ["1e3", "0x0", "root"] {
-            let err = resolve_user(name, &NoRootfsFiles).unwrap_err();
-            assert!(matches!(err, OciError::NotFound(_)), "{name:?}: {err}");
+    fn number_like_users_are_refused_never_looked_up() {
+        let dir = rootfs(
+            Some("root:x:0:0::/root:/bin/sh\n0x0:x:0:0::/:/bin/sh\n1e3:x:0:0::/:/bin/sh\n"),
+            Some("root:x:0:\n0x0:x:0:\n"),
+        );
+        let files = HostRootfs::new(dir.path());
+        for bad in ["0x0", "1e3", "0x0:0x0", "1000:0x0", "007bond"] {
+            let err = resolve_user(bad, &files).unwrap_err();
+            assert!(
+                matches!(err, OciError::InvalidArgument(_)),
+                "{bad:?}: {err}"
+            );
         }
+        // A real name is still a name, and absent ones are not found.
+        let err = resolve_user("nobody", &NoRootfsFiles).unwrap_err();
+        assert!(matches!(err, OciError::NotFound(_)), "{err}");
     }
 
     #[test]
