@@ -374,6 +374,9 @@ async fn bad_requests_are_invalid_argument_and_change_nothing() {
     assert_eq!(store.list("default", &[]).await.unwrap().len(), 1);
 }
 
+/// The daemon's socket is a file (never abstract: CVE-2020-15257), 0660 in
+/// a 0711 directory; its root, state and store directories are 0700
+/// (CVE-2021-41103).
 #[test]
 fn sockets_and_directories_are_private() {
     let dir = tempfile::tempdir().unwrap();

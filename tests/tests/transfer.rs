@@ -825,6 +825,9 @@ async fn import_layer(daemon: &Daemon, cwd: &Path, layer_size: u64) -> u64 {
     run.peak_rss_kib
 }
 
+/// CVE-2023-25153: containerd's importer read whole documents into
+/// memory. Here a 1 GiB index.json is refused on its header, with the
+/// CLI's peak memory bounded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_archives_fail_cleanly_with_bounded_memory() {
     let dir = tempfile::tempdir().unwrap();

@@ -298,6 +298,8 @@ async fn bearer_tokens_anonymous_and_with_credentials() {
     assert!(visible(&daemon2).await.contains(&image.layers[0]));
 }
 
+/// CVE-2020-15157: containerd sent registry credentials to the URLs a
+/// manifest's foreign layers named. Here those URLs are never contacted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn foreign_layers_are_not_followed_and_credentials_stay_home() {
     let elsewhere = FakeRegistry::start(Behaviour::default()).await;
@@ -478,6 +480,8 @@ async fn unavailable_answers_are_retried_and_oversized_manifests_refused() {
     assert!(!visible(&daemon).await.contains(&Digest::of(&big)));
 }
 
+/// CVE-2020-15157, the other half: a redirect to blob storage gets no
+/// Authorization header.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blob_redirects_are_followed_without_the_registry_token() {
     let storage = FakeRegistry::start(Behaviour {

@@ -260,6 +260,9 @@ fn adjust_oom_score(pid: u32) {
 mod tests {
     use super::*;
 
+    /// CVE-2020-15257: the shim's socket was abstract in containerd, open
+    /// to any root process in the host's network namespace. Here it is a
+    /// file, 0600 in a 0700 directory.
     #[test]
     fn socket_is_0600_in_a_0700_dir_and_replaces_stale_files() {
         let dir = tempfile::tempdir().unwrap();

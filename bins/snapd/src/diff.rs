@@ -681,7 +681,8 @@ mod tests {
     }
 
     /// What a container could do to an active snapshot between the listing
-    /// and the reading: the walk fails, it never reads through the swap.
+    /// and the reading: the walk fails, it never reads through the swap
+    /// (CVE-2018-15664, docker cp's symlink race).
     #[test]
     fn a_directory_swapped_for_a_symlink_is_not_followed() {
         let top = tempfile::tempdir().unwrap();

@@ -2,7 +2,10 @@
 //! The adversarial layer corpus: each case applies a hostile tarball to a
 //! snapshot root that has canaries next to it, and checks that nothing
 //! outside the root changed (content, mode, mtime, existence, and no new
-//! entries). After containerd's TestBreakouts and the tar-rs escapes.
+//! entries). After containerd's TestBreakouts and the tar-rs escapes:
+//! CVE-2021-32760 (`hardlink_to_a_symlink_then_chmod`), tar-rs #129 and
+//! #238 and GHSA-j4xf-2g29-59ph (the symlink and `..` cases), and
+//! CVE-2025-62518 (`pax_size_that_disagrees_with_ustar`).
 
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -481,6 +484,8 @@ fn device_nodes_where_not_allowed() {
     assert!(!case.root.join("dev/chr").exists());
 }
 
+/// CVE-2025-62518 ("TARmageddon"): a PAX size that disagrees with the
+/// ustar header made tokio-tar see other entries than other parsers.
 #[test]
 fn pax_size_that_disagrees_with_ustar() {
     // The PAX record claims no data; the ustar header claims 1024 bytes,
