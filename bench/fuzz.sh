@@ -8,8 +8,10 @@
 # timeout, leak) is kept under $FUZZ_DIR/artifacts/TARGET; each one becomes
 # a regression test before it is fixed.
 #
-# layer_apply and layer_stream run as an unprivileged user (nobody): they
-# write files, and a bug must not be able to write where root can.
+# layer_apply, layer_stream and ttrpc_requests run as an unprivileged user
+# (nobody): they write files (ttrpc_requests: the daemons' stores, and
+# snapd's Diff would mount), and a bug must not be able to write where root
+# can.
 #
 # usage: bench/fuzz.sh [TARGET...]   (as root; all targets by default)
 # environment: FUZZ_SECONDS=60 per target, FUZZ_DIR=/var/tmp/berth-fuzz
@@ -20,7 +22,7 @@ export LC_ALL=C
 top=$(cd "$(dirname "$0")/.." && pwd)
 seconds=${FUZZ_SECONDS:-60}
 dir=${FUZZ_DIR:-/var/tmp/berth-fuzz}
-all=(reference image_document filters auth_challenge hosts_toml layer_apply shim_options ids layer_stream archive_import)
+all=(reference image_document filters auth_challenge hosts_toml layer_apply shim_options ids layer_stream archive_import ttrpc_requests)
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=("${all[@]}")
 
@@ -44,7 +46,7 @@ for t in "${targets[@]}"; do
   mkdir -p "$corpus" "$artifacts"
   run=("$bin_dir/$t" -max_total_time="$seconds" -print_final_stats=1 -timeout=10 -rss_limit_mb=2048
     -artifact_prefix="$artifacts/" "$corpus" "$top/fuzz/seeds/$t")
-  if [ "$t" = layer_apply ] || [ "$t" = layer_stream ]; then
+  if [ "$t" = layer_apply ] || [ "$t" = layer_stream ] || [ "$t" = ttrpc_requests ]; then
     # The corpus and findings must be the user's to write; the binary
     # and seeds only readable.
     chown -R nobody "$corpus" "$artifacts"
