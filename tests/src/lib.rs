@@ -8,7 +8,9 @@ pub mod fake_registry;
 pub mod grpc;
 pub mod images;
 pub mod registry;
+pub mod rng;
 pub mod stack;
+pub mod tree;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -25,7 +25,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
@@ -34,30 +33,11 @@ use berth_client::RemoteContentStore;
 use berth_content::ContentStore;
 use berth_e2e::images::{busybox_rootfs, files_rootfs, Layout};
 use berth_e2e::registry::Registry;
+use berth_e2e::rng::Rng;
 use berth_e2e::stack::Stack;
+use berth_e2e::tree::{own_dir_of_view, tree_of, Tree};
 use berth_e2e::BlockSource;
 use berth_ids::Digest;
-
-/// splitmix64: enough randomness to pick, and replayable from its seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len() as u64) as usize]
-    }
-}
 
 /// The daemons a round may kill.
 const VICTIMS: [&str; 3] = ["contentd", "snapd", "metad"];
@@ -86,10 +66,6 @@ impl Work {
         }
     }
 }
-
-/// A file's type, mode, owner and content (or link target, or device):
-/// what must be equal between two unpacks of one layer.
-type Tree = BTreeMap<PathBuf, String>;
 
 struct Harness {
     stack: Stack,
@@ -168,48 +144,6 @@ fn push_images(dir: &Path, registry: &Registry) -> Vec<String> {
     }
     layout.archive(&dir.join("images.tar"));
     references
-}
-
-/// The tree under `root`, entries by path relative to it.
-fn tree_of(root: &Path) -> Tree {
-    let mut tree = Tree::new();
-    let mut pending = vec![PathBuf::new()];
-    while let Some(relative) = pending.pop() {
-        let path = root.join(&relative);
-        let meta = std::fs::symlink_metadata(&path).unwrap();
-        let kind = meta.file_type();
-        let what = if kind.is_dir() {
-            let mut names: Vec<_> = std::fs::read_dir(&path)
-                .unwrap()
-                .map(|e| e.unwrap().file_name())
-                .collect();
-            names.sort();
-            for name in names {
-                pending.push(relative.join(name));
-            }
-            "dir".to_string()
-        } else if kind.is_symlink() {
-            format!("link {}", std::fs::read_link(&path).unwrap().display())
-        } else if kind.is_file() {
-            let data = std::fs::read(&path).unwrap();
-            format!("file {} {}", data.len(), Digest::of(&data))
-        } else if kind.is_char_device() || kind.is_block_device() {
-            format!("device {}", meta.rdev())
-        } else {
-            "other".to_string()
-        };
-        let mode = if relative.as_os_str().is_empty() {
-            // The snapshot's own directory: made by snapd, not the layer.
-            0
-        } else {
-            meta.mode()
-        };
-        tree.insert(
-            relative,
-            format!("{what} mode {mode:o} owner {}:{}", meta.uid(), meta.gid()),
-        );
-    }
-    tree
 }
 
 fn json_lines(out: &str) -> Vec<serde_json::Value> {
@@ -396,19 +330,7 @@ impl Harness {
         }
         assert!(ok, "view of {name}: {err}");
         let mounts: serde_json::Value = serde_json::from_str(&out).unwrap();
-        let mount = &mounts[0];
-        let own = if mount["type"] == "bind" {
-            PathBuf::from(mount["source"].as_str().unwrap())
-        } else {
-            let lower = mount["options"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find_map(|o| o.as_str().unwrap().strip_prefix("lowerdir="))
-                .unwrap_or_else(|| panic!("no lowerdir in {mounts}"));
-            PathBuf::from(lower.split(':').next().unwrap())
-        };
-        let tree = tree_of(&own);
+        let tree = tree_of(&own_dir_of_view(&mounts));
         let (ok, _, err) = self.berth(&["snapshots", "rm", key]);
         assert!(ok, "removing the check's view: {err}");
         Some(tree)

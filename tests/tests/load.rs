@@ -43,6 +43,7 @@ use berth_client::{
 use berth_content::{set_label, write_blob, ContentStore, Labels};
 use berth_e2e::images::{busybox_rootfs, files_rootfs, host_architecture, Layout};
 use berth_e2e::registry::Registry;
+use berth_e2e::rng::Rng;
 use berth_e2e::stack::Stack;
 use berth_e2e::{status_field_kib, BlockSource, Daemon};
 use berth_errdefs::ErrorKind;
@@ -113,23 +114,6 @@ fn load_seconds() -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10)
-}
-
-/// splitmix64: enough randomness to pick.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
 }
 
 /// The operations, as the report names them.

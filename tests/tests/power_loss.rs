@@ -31,7 +31,6 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -39,52 +38,12 @@ use std::time::Instant;
 use berth_e2e::images::{busybox_rootfs, files_rootfs, Layout};
 use berth_e2e::registry::Registry;
 use berth_e2e::stack::Stack;
+use berth_e2e::tree::{own_dir_of_view, tree_of, Tree};
 use berth_e2e::BlockSource;
 use berth_ids::Digest;
 use berth_snapshot::loop_mount::LoopMount;
 
-/// A file's type, mode, owner and content (or link target, or device),
-/// by path relative to a snapshot's own directory.
-type Tree = BTreeMap<PathBuf, String>;
-
 const CANARY_BYTES: usize = 1 << 20;
-
-/// The tree under `root`.
-fn tree_of(root: &Path) -> Tree {
-    let mut tree = Tree::new();
-    let mut pending = vec![PathBuf::new()];
-    while let Some(relative) = pending.pop() {
-        let path = root.join(&relative);
-        let meta = std::fs::symlink_metadata(&path).unwrap();
-        let kind = meta.file_type();
-        let what = if kind.is_dir() {
-            for entry in std::fs::read_dir(&path).unwrap() {
-                pending.push(relative.join(entry.unwrap().file_name()));
-            }
-            "dir".to_string()
-        } else if kind.is_symlink() {
-            format!("link {}", std::fs::read_link(&path).unwrap().display())
-        } else if kind.is_file() {
-            let data = std::fs::read(&path).unwrap();
-            format!("file {} {}", data.len(), Digest::of(&data))
-        } else if kind.is_char_device() || kind.is_block_device() {
-            format!("device {}", meta.rdev())
-        } else {
-            "other".to_string()
-        };
-        // The snapshot's own directory is made by snapd, not the layer.
-        let mode = if relative.as_os_str().is_empty() {
-            0
-        } else {
-            meta.mode()
-        };
-        tree.insert(
-            relative,
-            format!("{what} mode {mode:o} owner {}:{}", meta.uid(), meta.gid()),
-        );
-    }
-    tree
-}
 
 /// What a layer built from `rootfs` must unpack to, leaving out modes and
 /// owners (tar sets the owner to root): each path's type and content.
@@ -222,19 +181,7 @@ fn committed(stack: &Stack) -> Vec<String> {
 fn snapshot_tree(stack: &Stack, name: &str) -> Tree {
     let key = "power-loss-view";
     let mounts = stack.berth_json(&["snapshots", "view", key, name]);
-    let mount = &mounts[0];
-    let own = if mount["type"] == "bind" {
-        PathBuf::from(mount["source"].as_str().unwrap())
-    } else {
-        let lower = mount["options"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find_map(|o| o.as_str().unwrap().strip_prefix("lowerdir="))
-            .unwrap_or_else(|| panic!("no lowerdir in {mounts}"));
-        PathBuf::from(lower.split(':').next().unwrap())
-    };
-    let tree = tree_of(&own);
+    let tree = tree_of(&own_dir_of_view(&mounts));
     ok(stack, &["snapshots", "rm", key]);
     tree
 }
