@@ -473,13 +473,17 @@ fn a_pod_lives_through_crictl_and_a_crid_restart() {
 
 /// CVE-2022-1708 / CVE-2022-31030 / CVE-2022-23471: ExecSync keeps a
 /// bounded part of a flood of output (and crid's memory stays bounded), and
-/// execs that fail to start leave no process, file descriptor or fifo
-/// behind in crid.
+/// execs that fail to start, through ExecSync and through the streaming
+/// server with a terminal and without, leave no process, file descriptor
+/// or fifo behind in crid.
 #[test]
 fn exec_sync_output_is_bounded_and_failed_execs_leak_nothing() {
     let Some(tmp) = crictl_test_dir() else {
         return;
     };
+    if !berth_e2e::require(berth_e2e::on_path("script"), "needs script (bsdutils)") {
+        return;
+    }
     let cri = Cri::start(tmp.path());
     let pod = cri.write_config(
         "pod.json",
@@ -518,8 +522,48 @@ fn exec_sync_output_is_bounded_and_failed_execs_leak_nothing() {
         let (ok, _, _) = cri.crictl(&["exec", "-s", &ctr_id, "/no/such/program"]);
         assert!(!ok, "an exec of a missing program fails");
     }
+    // The same through the streaming server, with a terminal and without
+    // (CVE-2022-23471: a failed TTY exec leaked in containerd's).
+    // (crictl wants a terminal of its own for -t: `script` gives it one.)
+    let endpoint = format!("unix://{}", cri.crid.socket.display());
+    let streamed = format!(
+        "{} -r {endpoint} -i {endpoint} --timeout 60s exec --transport websocket",
+        crictl_path().display()
+    );
+    for tty in [true, false] {
+        for _ in 0..20 {
+            let (ok, said) = if tty {
+                let command = format!("{streamed} -t -i {ctr_id} /no/such/program");
+                let out = Command::new("script")
+                    .args(["-q", "-e", "-c", &command, "/dev/null"])
+                    .env("HOME", tmp.path())
+                    .stdin(std::process::Stdio::null())
+                    .output()
+                    .unwrap();
+                (
+                    out.status.success(),
+                    String::from_utf8_lossy(&out.stdout).into_owned(),
+                )
+            } else {
+                let (ok, _, err) = cri.crictl(&[
+                    "exec",
+                    "--transport",
+                    "websocket",
+                    &ctr_id,
+                    "/no/such/program",
+                ]);
+                (ok, err)
+            };
+            assert!(!ok, "a streamed exec of a missing program fails: {said}");
+            // The failure is the server's (the exec was made), not crictl's.
+            assert!(
+                said.contains("no such file") || said.contains("exit code"),
+                "tty {tty}: {said}"
+            );
+        }
+    }
     // Connections to the other daemons close a moment after each call: a
-    // few descriptors come and go, a leak would be a hundred.
+    // few descriptors come and go, a leak would be a hundred and forty.
     wait_for(
         "crid's descriptors back near where they were",
         Duration::from_secs(10),

@@ -370,6 +370,110 @@ fn other_host_users_cannot_reach_a_containers_files() {
     assert_nothing_left(&stack);
 }
 
+/// Whether the shim at `socket` serves this process: one ttrpc request,
+/// then a reply (served), or the connection closed unanswered (refused).
+fn probe_shim(socket: &Path) -> &'static str {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::os::unix::net::UnixStream::connect(socket) else {
+        return "unreachable";
+    };
+    let request = ttrpc::proto::Request {
+        service: "containerd.task.v2.Task".into(),
+        method: "Connect".into(),
+        ..Default::default()
+    };
+    let payload = ttrpc::proto::Codec::encode(&request).unwrap();
+    let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&1u32.to_be_bytes());
+    frame.extend_from_slice(&[1, 0]);
+    frame.extend_from_slice(&payload);
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    if stream.write_all(&frame).is_err() {
+        return "refused";
+    }
+    let mut header = [0; 10];
+    match stream.read_exact(&mut header) {
+        Ok(()) => "served",
+        Err(_) => "refused",
+    }
+}
+
+/// Run by `a_shim_refuses_other_users_even_on_an_opened_socket` as uid
+/// 65534; does nothing otherwise.
+#[test]
+fn shim_probe_as_another_user() {
+    if let Some(socket) = std::env::var_os("BERTH_SHIM_PROBE") {
+        println!("probe: {}", probe_shim(Path::new(&socket)));
+    }
+}
+
+/// CVE-2020-15257's second line: even with its socket opened up to
+/// everyone (the first line, 0600 in a 0700 directory, taken away), a shim
+/// serves only root and its own user, by SO_PEERCRED.
+#[test]
+fn a_shim_refuses_other_users_even_on_an_opened_socket() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    if !prerequisites() {
+        return;
+    }
+    let test_binary = std::env::current_exe().unwrap();
+    let reachable = test_binary.ancestors().all(|p| {
+        p.as_os_str().is_empty()
+            || std::fs::metadata(p)
+                .map(|m| m.permissions().mode() & 0o001 != 0)
+                .unwrap_or(true)
+    });
+    if !require(reachable, "uid 65534 cannot run the test binary") {
+        return;
+    }
+    let (dir, stack) = setup();
+    let out = run(
+        &stack,
+        &["run", "-d", "--name", "probed", RUN_IMAGE, "sleep", "1000"],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    wait_for_status(&stack, "probed", "RUNNING");
+    let bundle = stack
+        .taskd
+        .state
+        .join("io.containerd.runtime.v2.task")
+        .join("default")
+        .join("probed");
+    let address = std::fs::read_to_string(bundle.join("address")).unwrap();
+    let socket = PathBuf::from(address.trim().trim_start_matches("unix://"));
+    assert_eq!(probe_shim(&socket), "served", "root is served");
+
+    // Only what the test made is opened up: the socket must be in it.
+    assert!(socket.starts_with(dir.path()), "{}", socket.display());
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    for dir in socket
+        .ancestors()
+        .skip(1)
+        .take_while(|d| d.starts_with(dir.path()))
+    {
+        let mode = std::fs::metadata(dir).unwrap().permissions().mode();
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode | 0o001)).unwrap();
+    }
+    let probe = std::process::Command::new(&test_binary)
+        .args(["--exact", "shim_probe_as_another_user", "--nocapture"])
+        .env("BERTH_SHIM_PROBE", &socket)
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    let said = text(&probe.stdout);
+    assert!(
+        said.contains("probe: refused"),
+        "{said} {}",
+        text(&probe.stderr)
+    );
+    let out = run(&stack, &["rm", "--force", "probed"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
 #[test]
 fn detached_containers_take_exec_pause_ps_kill_and_log_to_a_file() {
     if !prerequisites() {

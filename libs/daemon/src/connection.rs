@@ -295,6 +295,9 @@ impl AsyncRead for GuardedConnection {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
         loop {
             if this.pending_at < this.pending.len() {
                 let n = (this.pending.len() - this.pending_at).min(buf.remaining());
