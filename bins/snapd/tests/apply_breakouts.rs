@@ -5,7 +5,8 @@
 //! entries). After containerd's TestBreakouts and the tar-rs escapes:
 //! CVE-2021-32760 (`hardlink_to_a_symlink_then_chmod`), tar-rs #129 and
 //! #238 and GHSA-j4xf-2g29-59ph (the symlink and `..` cases), and
-//! CVE-2025-62518 (`pax_size_that_disagrees_with_ustar`).
+//! CVE-2025-62518 (`pax_size_that_disagrees_with_ustar`, and
+//! `pax_size_entries_are_the_ones_gnu_tar_sees` against GNU tar).
 
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -879,4 +880,55 @@ fn a_directory_replaced_by_a_symlink_redirects_later_entries() {
         assert_eq!(std::fs::read(case.root.join("d/x/new")).unwrap(), b"new");
         assert!(!case.root.join("d/x/old").exists());
     }
+}
+
+/// CVE-2025-62518, the differential half: from an archive whose PAX size
+/// disagrees with its ustar header, berth applies the entries GNU tar
+/// lists from the same bytes, no more and no fewer.
+#[test]
+fn pax_size_entries_are_the_ones_gnu_tar_sees() {
+    let gnu = std::process::Command::new("tar")
+        .arg("--version")
+        .output()
+        .map(|out| String::from_utf8_lossy(&out.stdout).contains("GNU tar"))
+        .unwrap_or(false);
+    let in_ci = std::env::var_os("CI").is_some_and(|v| v == "true");
+    if !gnu {
+        assert!(!in_ci, "GNU tar is needed");
+        eprintln!("skipped: GNU tar is needed");
+        return;
+    }
+    let mut hidden = RawTar::new();
+    hidden.file("hidden", b"hidden data");
+    let hidden = hidden.0;
+    let mut t = RawTar::new();
+    t.pax(&[("size", "0")]);
+    t.entry(b"smuggler", tar::EntryType::Regular, b"", &hidden, 0o644);
+    t.file("after", b"after");
+    let archive = t.finish();
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("layer.tar");
+    std::fs::write(&file, &archive).unwrap();
+    let listed = std::process::Command::new("tar")
+        .arg("-tf")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(listed.status.success(), "{listed:?}");
+    let mut gnu_names: Vec<String> = String::from_utf8_lossy(&listed.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    gnu_names.sort();
+
+    let case = Case::new();
+    assert!(case.apply_checked(&archive, false));
+    let mut applied: Vec<String> = std::fs::read_dir(&case.root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    applied.sort();
+    assert_eq!(applied, gnu_names);
+    assert_eq!(applied, vec!["after", "hidden", "smuggler"]);
 }
