@@ -233,6 +233,10 @@ impl Daemon {
             .append(true)
             .open(&self.log)
             .expect("daemon log");
+        // The socket a killed daemon left: its listener can outlive it for
+        // a moment in a child between fork and exec, and a connect to it
+        // would succeed with no daemon behind it.
+        let stale = socket_identity(&self.socket);
         let child = Command::new(binary(&self.binary))
             .arg("--root")
             .arg(&self.root)
@@ -249,13 +253,17 @@ impl Daemon {
             .spawn()
             .expect("starting daemon");
         self.child = Some(child);
-        self.wait_ready();
+        self.wait_ready(stale);
     }
 
-    fn wait_ready(&mut self) {
+    /// Waits until the daemon serves on a socket of its own (not the
+    /// `stale` one left by a killed predecessor).
+    fn wait_ready(&mut self, stale: Option<(u64, i64, i64)>) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+            let current = socket_identity(&self.socket);
+            let fresh = current.is_some() && current != stale;
+            if fresh && std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
                 return;
             }
             if let Some(child) = self.child.as_mut() {
@@ -322,6 +330,15 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// A socket file's inode and change time: a new socket at the same path
+/// differs in one of them even when the inode number is reused.
+fn socket_identity(path: &Path) -> Option<(u64, i64, i64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| (m.ino(), m.ctime(), m.ctime_nsec()))
 }
 
 /// A `kB` field of /proc/<pid>/status.
