@@ -21,7 +21,10 @@ pub struct PullArgs {
     #[arg(long)]
     pub skip_unpack: bool,
     /// Write each layer back to disk (syncfs) before committing it, so
-    /// that unpacked layers survive a power loss.
+    /// that every layer is on disk when the command returns. Without it
+    /// snapd writes layers back within about a second, and discards at
+    /// start any that a power cut took before that (the next pull unpacks
+    /// them again).
     #[arg(long)]
     pub sync_fs: bool,
     #[command(flatten)]

@@ -94,7 +94,10 @@ pub struct UnpackArgs {
     /// Its blobs must be in the content store.
     pub image: String,
     /// Write each layer back to disk (syncfs) before committing it, so
-    /// that unpacked layers survive a power loss.
+    /// that every layer is on disk when the command returns. Without it
+    /// snapd writes layers back within about a second, and discards at
+    /// start any that a power cut took before that (the next pull unpacks
+    /// them again).
     #[arg(long)]
     pub sync_fs: bool,
 }
