@@ -25,14 +25,27 @@ fn fixture() -> &'static Fixture {
         // contentd's store commits on tokio's blocking pool. Its threads
         // are made on first use and live on detached: one made during an
         // input would look like a leak to LeakSanitizer. So the pool's
-        // thread is made here, before any input, and kept.
+        // threads are made here, before any input, and kept: as many as
+        // an import ever keeps busy at once, and more (one made for a
+        // second concurrent task was such a false leak).
+        const POOL: usize = 8;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .thread_keep_alive(std::time::Duration::from_secs(1 << 40))
             .build()
             .expect("a runtime");
-        let first = runtime.spawn_blocking(|| ());
-        runtime.block_on(first).expect("the blocking pool");
+        let all_busy = std::sync::Arc::new(std::sync::Barrier::new(POOL));
+        let threads: Vec<_> = (0..POOL)
+            .map(|_| {
+                let all_busy = all_busy.clone();
+                runtime.spawn_blocking(move || {
+                    all_busy.wait();
+                })
+            })
+            .collect();
+        for thread in threads {
+            runtime.block_on(thread).expect("the blocking pool");
+        }
         Fixture {
             runtime,
             store,
