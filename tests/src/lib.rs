@@ -11,6 +11,7 @@ pub mod registry;
 pub mod rng;
 pub mod stack;
 pub mod tree;
+pub mod wire;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

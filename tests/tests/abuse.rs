@@ -18,13 +18,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use berth_api::protobuf::Message;
+use berth_e2e::wire::{frame, FLAG_NO_DATA, TYPE_DATA, TYPE_REQUEST, TYPE_RESPONSE};
 use berth_e2e::{berth, binary, is_root, require, status_field_kib, Daemon};
-use ttrpc::proto::{Codec, KeyValue, Request, Response};
-
-const TYPE_REQUEST: u8 = 1;
-const TYPE_RESPONSE: u8 = 2;
-const TYPE_DATA: u8 = 3;
-const FLAG_NO_DATA: u8 = 0x4;
+use ttrpc::proto::{Codec, Response};
 
 /// Memory a daemon may grow by while one abuser is at work. Without the
 /// guard every case below grows the daemon by gigabytes; with it, by the
@@ -36,30 +32,8 @@ const GROWTH_BOUND_KIB: u64 = 160 << 10;
 /// decides the daemon stopped reading (a stall, not a timing figure).
 const STALL: Duration = Duration::from_secs(2);
 
-fn frame(stream_id: u32, kind: u8, flags: u8, payload: &[u8]) -> Vec<u8> {
-    let mut bytes = Vec::with_capacity(10 + payload.len());
-    bytes.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    bytes.extend_from_slice(&stream_id.to_be_bytes());
-    bytes.push(kind);
-    bytes.push(flags);
-    bytes.extend_from_slice(payload);
-    bytes
-}
-
 fn request(service: &str, method: &str, payload: Vec<u8>) -> Vec<u8> {
-    Request {
-        service: service.into(),
-        method: method.into(),
-        payload,
-        metadata: vec![KeyValue {
-            key: berth_api::NAMESPACE_KEY.into(),
-            value: "abuse".into(),
-            ..Default::default()
-        }],
-        ..Default::default()
-    }
-    .encode()
-    .unwrap()
+    berth_e2e::wire::request(service, method, payload, Some("abuse"))
 }
 
 fn content_info(digest: &str) -> Vec<u8> {

@@ -377,16 +377,13 @@ fn probe_shim(socket: &Path) -> &'static str {
     let Ok(mut stream) = std::os::unix::net::UnixStream::connect(socket) else {
         return "unreachable";
     };
-    let request = ttrpc::proto::Request {
-        service: "containerd.task.v2.Task".into(),
-        method: "Connect".into(),
-        ..Default::default()
-    };
-    let payload = ttrpc::proto::Codec::encode(&request).unwrap();
-    let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
-    frame.extend_from_slice(&1u32.to_be_bytes());
-    frame.extend_from_slice(&[1, 0]);
-    frame.extend_from_slice(&payload);
+    use berth_e2e::wire::{frame, request, TYPE_REQUEST};
+    let frame = frame(
+        1,
+        TYPE_REQUEST,
+        0,
+        &request("containerd.task.v2.Task", "Connect", Vec::new(), None),
+    );
     stream
         .set_read_timeout(Some(std::time::Duration::from_secs(30)))
         .unwrap();

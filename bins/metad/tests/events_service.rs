@@ -411,16 +411,13 @@ async fn a_stream_waiting_for_its_first_message_ends_when_the_caller_hangs_up() 
     })
     .await;
 
-    let request = ttrpc::proto::Request {
-        service: "berth.events.v1.Events".into(),
-        method: "Subscribe".into(),
-        ..Default::default()
-    };
-    let payload = ttrpc::proto::Codec::encode(&request).unwrap();
-    let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
-    frame.extend_from_slice(&1u32.to_be_bytes());
-    frame.extend_from_slice(&[1, 0x2 | 0x4]); // request; remote open, no data
-    frame.extend_from_slice(&payload);
+    use berth_e2e::wire::{frame, request, FLAG_NO_DATA, FLAG_REMOTE_OPEN, TYPE_REQUEST};
+    let frame = frame(
+        1,
+        TYPE_REQUEST,
+        FLAG_REMOTE_OPEN | FLAG_NO_DATA,
+        &request("berth.events.v1.Events", "Subscribe", Vec::new(), None),
+    );
     let mut socket = std::os::unix::net::UnixStream::connect(&server.socket).unwrap();
     socket.write_all(&frame).unwrap();
     eventually("the stream's handler to start", || {
