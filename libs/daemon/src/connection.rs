@@ -57,18 +57,18 @@ const MESSAGE_LENGTH_MAX: u32 = 4 << 20;
 /// How much one caller may have sent that the daemon has not answered
 /// before the daemon stops reading from it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// Frames: each one a task in ttrpc, whatever its size.
-    pub frames: usize,
+    pub(crate) frames: usize,
     /// Payload bytes.
-    pub bytes: u64,
+    pub(crate) bytes: u64,
 }
 
 impl Limits {
     /// Room for a deep pipeline of writes (berth's client keeps 8 chunks of
     /// at most 1 MiB in flight) and for many concurrent long calls (Wait,
     /// Subscribe) on one connection; at most a few tens of MiB per caller.
-    pub const DEFAULT: Limits = Limits {
+    pub(crate) const DEFAULT: Limits = Limits {
         frames: 1024,
         bytes: 32 << 20,
     };
@@ -77,7 +77,7 @@ impl Limits {
 /// The daemon's listener: accepts connections on `listener`, refuses the
 /// callers `policy` does not admit, and hands ttrpc each admitted one
 /// guarded by `limits`.
-pub fn guarded_listener(
+pub(crate) fn guarded_listener(
     listener: std::os::unix::net::UnixListener,
     policy: PeerPolicy,
     limits: Limits,
@@ -114,7 +114,7 @@ static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
 
 /// One accepted connection with back-pressure (see the module docs).
 #[derive(Debug)]
-pub struct GuardedConnection {
+pub(crate) struct GuardedConnection {
     stream: UnixStream,
     limits: Limits,
     ledger: Ledger,

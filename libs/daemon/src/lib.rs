@@ -25,9 +25,8 @@ pub use blocking::blocking;
 pub use config::{
     default_config_toml, peer_socket, DaemonConfig, DaemonFlags, Defaults, LogFormat,
 };
-pub use connection::{guarded_listener, GuardedConnection, Limits};
 pub use error::DaemonError;
-pub use liveness::{end_streams_when_callers_hang_up, peer_hung_up};
+pub use liveness::peer_hung_up;
 pub use logging::init_logging;
 pub use metrics::{serve_metrics, Metrics, MetricsAddress, Sampled, Sampler};
 pub use peer::PeerPolicy;

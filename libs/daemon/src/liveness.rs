@@ -165,7 +165,7 @@ fn watch_of(ctx: &TtrpcContext) -> Option<Arc<ConnectionWatch>> {
 /// caller's first message (a stream request flagged as carrying no data,
 /// then nothing) would wait for ever, holding its stream: a caller could
 /// leave one such task behind per connection it opens and drops.
-pub fn end_streams_when_callers_hang_up(
+pub(crate) fn end_streams_when_callers_hang_up(
     services: HashMap<String, Service>,
 ) -> HashMap<String, Service> {
     services

@@ -4,11 +4,10 @@ use std::sync::Arc;
 use tokio::signal::unix::{signal, SignalKind};
 use ttrpc::r#async::{Server, Service};
 
-use crate::end_streams_when_callers_hang_up;
+use crate::connection::{guarded_listener, Limits};
+use crate::liveness::end_streams_when_callers_hang_up;
 use crate::socket::SocketSource;
-use crate::{
-    guarded_listener, serve_metrics, DaemonConfig, DaemonError, Limits, Metrics, PeerPolicy,
-};
+use crate::{serve_metrics, DaemonConfig, DaemonError, Metrics, PeerPolicy};
 
 /// Serves `services` until SIGTERM or SIGINT: on the inherited socket under
 /// systemd socket activation, otherwise on `config.address`. Tells systemd
@@ -65,7 +64,7 @@ pub async fn serve(
 }
 
 /// Starts serving `services` on `listener` as every daemon does: each
-/// connection guarded ([`guarded_listener`]) and its caller checked by
+/// connection guarded (`GuardedConnection`, in connection.rs) and its caller checked by
 /// `policy`, and every stream handler ended when its caller hangs up.
 pub async fn start_server(
     listener: std::os::unix::net::UnixListener,
