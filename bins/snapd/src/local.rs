@@ -23,7 +23,7 @@ use berth_snapshot::{
 
 use crate::os::io;
 use crate::records::{
-    check_committed_parent, now_nanos, to_system_time, Record, Records, StoredKind, WrittenIn,
+    check_committed_parent, now_nanos, to_system_time, Record, Records, StoredKind,
 };
 use crate::write_back::{written_in, Marks, WriteBack};
 
@@ -72,8 +72,7 @@ pub struct LocalSnapshotter {
     /// by cleanup.
     cleanup: Arc<RwLock<()>>,
     trash: Trash,
-    /// Where this process writes snapshot files (see `write_back.rs`).
-    written_in: WrittenIn,
+    /// Commits not yet known to be on disk (see `write_back.rs`).
     marks: Marks,
     write_back: WriteBack,
 }
@@ -167,11 +166,11 @@ impl LocalSnapshotter {
             records: Arc::downgrade(&records),
             snapshotter: backend.name(),
             dir: dir.clone(),
+            written_in: written_in(&dir)?,
         };
         Ok(LocalSnapshotter {
             backend,
             records,
-            written_in: written_in(&dir)?,
             write_back: WriteBack::start(marks.clone())?,
             marks,
             dir,
@@ -464,7 +463,7 @@ impl LocalSnapshotter {
     /// built on them, and writes back those marked in this mount. Returns
     /// (discarded, written back).
     pub fn recover_write_back(&self) -> Result<(usize, usize)> {
-        let lost = self.marks.lost(&self.written_in)?;
+        let lost = self.marks.lost()?;
         for (namespace, key) in &lost {
             tracing::warn!(
                 snapshotter = self.name(),
@@ -645,7 +644,7 @@ impl Snapshotter for LocalSnapshotter {
                 &name,
                 &key,
                 labels,
-                &this.written_in,
+                &this.marks.written_in,
             )?;
             this.write_back.ask();
             Ok(())

@@ -89,6 +89,8 @@ pub(crate) struct Marks {
     pub records: Weak<Records>,
     pub snapshotter: &'static str,
     pub dir: PathBuf,
+    /// Where this process writes the snapshotter's files.
+    pub written_in: WrittenIn,
 }
 
 impl Marks {
@@ -125,12 +127,12 @@ impl Marks {
     /// What to discard at start: the snapshots marked from another boot or
     /// mount, and every snapshot whose parent chain reaches one, as
     /// (namespace, key), children before parents.
-    pub fn lost(&self, now: &WrittenIn) -> Result<Vec<(String, String)>> {
+    pub fn lost(&self) -> Result<Vec<(String, String)>> {
         let records = self.records()?;
         let mut doomed: HashSet<(String, String)> = records
             .unsynced(self.snapshotter)?
             .into_iter()
-            .filter(|m| &m.mark.written_in != now)
+            .filter(|m| m.mark.written_in != self.written_in)
             .map(|m| (m.namespace, m.name))
             .collect();
         if doomed.is_empty() {
