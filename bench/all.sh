@@ -11,6 +11,10 @@
 #   fetch    content-fetch.sh    fetch of the minbase image, 1 and 4 layers
 #   unpack   unpack.sh           unpack of its 60 MB layer (and tar -xzf)
 #   pull     pull.sh             full pull, 1 and 4 layers
+#   data     data-path.sh        pull of a 3-layer Debian + python image,
+#                                unpack against tar -x, ingest against
+#                                openssl and dd, fetch; each run on a fresh
+#                                loop ext4 and on a fresh tmpfs
 #   archive  archive.sh          import and export of an OCI archive
 #   memory   daemon-memory.sh    the daemons' RSS idle and after a pull
 #   run      run.sh              run --rm latency, churn, daemons' PSS
@@ -58,11 +62,12 @@
 set -euo pipefail
 export LC_ALL=C
 
-all=(ingest fetch unpack pull archive memory run shim metad cri)
+all=(ingest fetch unpack pull data archive memory run shim metad cri)
 script_of() {
   case $1 in
     ingest) echo content-ingest.sh ;; fetch) echo content-fetch.sh ;;
-    unpack) echo unpack.sh ;; pull) echo pull.sh ;; archive) echo archive.sh ;;
+    unpack) echo unpack.sh ;; pull) echo pull.sh ;; data) echo data-path.sh ;;
+    archive) echo archive.sh ;;
     memory) echo daemon-memory.sh ;; run) echo run.sh ;; shim) echo shim.sh ;;
     metad) echo metad.sh ;; cri) echo cri.sh ;; *) return 1 ;;
   esac
@@ -120,7 +125,7 @@ built=$(date +%s)
 bench_workdir all
 needs_rootfs=0
 for b in "${selected[@]}"; do
-  case $b in fetch | unpack | pull | archive | memory) needs_rootfs=1 ;; esac
+  case $b in fetch | unpack | pull | data | archive | memory) needs_rootfs=1 ;; esac
 done
 if [ $needs_rootfs = 1 ] && [ -z "${BERTH_BENCH_ROOTFS:-}" ]; then
   echo "building a Debian bookworm minbase root filesystem with mmdebstrap" >&2
@@ -183,7 +188,7 @@ for b in "${selected[@]}"; do
   script=$(script_of "$b")
   case $b in
     ingest) args=("$ingest_mib" "$runs") ;;
-    fetch | unpack | pull | archive) args=("$runs") ;;
+    fetch | unpack | pull | archive | data) args=("$runs") ;;
     metad) read -ra args <<<"$metad_args" ;; # three numbers
     *) args=() ;;
   esac

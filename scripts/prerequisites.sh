@@ -31,8 +31,9 @@ demo=(runc busybox-static docker-registry skopeo tar gzip python3)
 #     mmdebstrap and gcc.
 tests=(systemd systemd-container mmdebstrap apache2-utils openssl containerd util-linux xfsprogs bc procps containernetworking-plugins iptables curl)
 # The benchmarks, beyond the tests' (containerd and runc as the peers,
-# mmdebstrap for the images, bc and procps): a font for the chart.
-bench=(fonts-dejavu-core)
+# mmdebstrap for the images, bc and procps): a font for the chart, umoci
+# (layers of the data-path benchmark's image made from root filesystems).
+bench=(fonts-dejavu-core umoci)
 
 case ${1:-} in
   demo) wanted=("${build[@]}" "${demo[@]}") ;;
