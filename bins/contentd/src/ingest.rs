@@ -4,17 +4,21 @@
 //! [`CHECKPOINT_INTERVAL`] bytes (after the data before it is synced) and
 //! when a writer goes away, so resuming an ingest re-hashes at most the
 //! bytes after the last checkpoint instead of the whole file.
+//!
+//! Each write is hashed on one thread while it is written on another, and
+//! a checkpoint is saved in the background while the writes go on: the
+//! hash, one core's worth of work, is what sets an ingest's pace.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use berth_content::{CommitOptions, ContentWriter, Status};
 use berth_errdefs::{Error, Result};
-use berth_ids::{validate_labels, Digest, Sha256Hasher};
+use berth_ids::{validate_labels, Digest, Sha256Checkpoint, Sha256Hasher};
 
 use crate::records::{self, ingest_key, now_nanos, to_system_time, BlobRecord, IngestRecord};
 use berth_daemon::blocking;
@@ -29,9 +33,13 @@ pub const CHECKPOINT_INTERVAL: u64 = 64 * 1024 * 1024;
 /// on the same ref resumes from what is on disk).
 #[derive(Debug)]
 struct WriteState {
-    file: File,
+    file: Arc<File>,
     hasher: Sha256Hasher,
     unsynced: u64,
+    /// The checkpoint being saved in the background, if one is: at most
+    /// one at a time, and its outcome is taken before the next checkpoint,
+    /// a restart or the commit.
+    saving: Option<tokio::task::JoinHandle<Result<()>>>,
 }
 
 /// A writer on one ingest of the local store.
@@ -117,9 +125,10 @@ pub(crate) fn open(
             inner.records.put_ingest(&mut txn, &namespace, &record)?;
             records::commit(txn)?;
             let state = WriteState {
-                file,
+                file: Arc::new(file),
                 hasher: Sha256Hasher::new(),
                 unsynced: 0,
+                saving: None,
             };
             (record, state)
         }
@@ -197,46 +206,72 @@ fn resume(
         rehashed
     };
     Ok(WriteState {
-        file,
+        file: Arc::new(file),
         hasher,
         unsynced,
+        saving: None,
     })
 }
 
 impl WriteState {
-    fn append(&mut self, data: &[u8]) -> Result<()> {
-        self.file
-            .write_all(data)
-            .map_err(|e| Error::io("writing ingest data", &e))?;
-        self.hasher.update(data);
-        self.unsynced += data.len() as u64;
-        crate::metrics::INGESTED_BYTES.inc_by(data.len() as u64);
-        Ok(())
+    /// Waits for the checkpoint being saved, if one is; its failure breaks
+    /// the writer, as a failed write does.
+    async fn saved(&mut self) -> Result<()> {
+        match self.saving.take() {
+            Some(saving) => saving
+                .await
+                .map_err(|e| Error::internal(format!("saving a checkpoint failed: {e}")))?,
+            None => Ok(()),
+        }
     }
 }
 
-/// Syncs the data and records the hash state, so a later writer resumes
-/// without re-reading it.
+/// Starts writing `len` bytes at `offset` of `file` to disk without
+/// waiting for them, so that the sync at the next checkpoint or the commit
+/// finds little left to write. (A hint: failing to start changes nothing.)
+fn start_write_back(file: &File, offset: u64, len: usize) {
+    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return;
+    };
+    // SAFETY: sync_file_range only reads its arguments; the descriptor is
+    // open for as long as `file` is borrowed.
+    unsafe {
+        libc::sync_file_range(
+            std::os::fd::AsRawFd::as_raw_fd(file),
+            offset,
+            len,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
+    }
+}
+
+/// Syncs the data and records `checkpoint` (the hash of the data before
+/// it), so a later writer resumes without re-reading that data. A record
+/// already further on is kept: a writer's checkpoints may be saved out of
+/// order (one in the background, the last when the writer goes away).
 fn save_checkpoint(
     inner: &Inner,
     namespace: &str,
     reference: &str,
-    state: &mut WriteState,
+    file: &File,
+    checkpoint: Sha256Checkpoint,
 ) -> Result<()> {
-    state
-        .file
-        .sync_data()
+    file.sync_data()
         .map_err(|e| Error::io("syncing ingest data", &e))?;
     let mut txn = inner.records.write()?;
     let Some(mut record) = inner.records.ingest(&txn, namespace, reference)? else {
         return Ok(());
     };
-    record.checkpoint = Some(state.hasher.checkpoint());
+    if record
+        .checkpoint
+        .is_some_and(|saved| saved.offset >= checkpoint.offset)
+    {
+        return Ok(());
+    }
+    record.checkpoint = Some(checkpoint);
     record.updated_at = now_nanos();
     inner.records.put_ingest(&mut txn, namespace, &record)?;
-    records::commit(txn)?;
-    state.unsynced = 0;
-    Ok(())
+    records::commit(txn)
 }
 
 impl LocalWriter {
@@ -274,7 +309,7 @@ impl ContentWriter for LocalWriter {
     }
 
     async fn write(&mut self, data: Vec<u8>) -> Result<()> {
-        let mut state = self.take_state()?;
+        let state = self.take_state()?;
         let offset = state.hasher.len();
         if self.total != 0 && offset + data.len() as u64 > self.total {
             self.state = Some(state);
@@ -284,25 +319,62 @@ impl ContentWriter for LocalWriter {
                 self.total
             )));
         }
-        let (inner, namespace, reference) = (
-            self.inner.clone(),
-            self.namespace.clone(),
-            self.reference.clone(),
-        );
-        let state = blocking(move || {
-            state.append(&data)?;
-            if state.unsynced >= CHECKPOINT_INTERVAL {
-                save_checkpoint(&inner, &namespace, &reference, &mut state)?;
-            }
-            Ok(state)
-        })
-        .await?;
+        let WriteState {
+            file,
+            mut hasher,
+            unsynced,
+            saving,
+        } = state;
+        let len = data.len() as u64;
+        let data = Arc::new(data);
+        let written = {
+            let (file, data, held) = (file.clone(), data.clone(), self.lock.clone());
+            blocking(move || {
+                let _held = held;
+                file.write_all_at(&data, offset)
+                    .map_err(|e| Error::io("writing ingest data", &e))?;
+                start_write_back(&file, offset, data.len());
+                Ok(())
+            })
+        };
+        let hashed = blocking(move || {
+            hasher.update(&data);
+            Ok(hasher)
+        });
+        let (written, hashed) = tokio::join!(written, hashed);
+        written?;
+        let mut state = WriteState {
+            file,
+            hasher: hashed?,
+            unsynced: unsynced + len,
+            saving,
+        };
+        crate::metrics::INGESTED_BYTES.inc_by(len);
+        if state.unsynced >= CHECKPOINT_INTERVAL {
+            state.saved().await?;
+            let (inner, namespace, reference, file, held) = (
+                self.inner.clone(),
+                self.namespace.clone(),
+                self.reference.clone(),
+                state.file.clone(),
+                self.lock.clone(),
+            );
+            let checkpoint = state.hasher.checkpoint();
+            state.saving = Some(tokio::task::spawn_blocking(move || {
+                let _held = held;
+                save_checkpoint(&inner, &namespace, &reference, &file, checkpoint)
+            }));
+            state.unsynced = 0;
+        }
         self.state = Some(state);
         Ok(())
     }
 
     async fn restart(&mut self) -> Result<()> {
         let mut state = self.take_state()?;
+        // A checkpoint saved after the truncation would describe data
+        // that is gone.
+        state.saved().await?;
         let (inner, namespace, reference) = (
             self.inner.clone(),
             self.namespace.clone(),
@@ -319,7 +391,6 @@ impl ContentWriter for LocalWriter {
             state
                 .file
                 .set_len(0)
-                .and_then(|()| state.file.seek(SeekFrom::Start(0)).map(|_| ()))
                 .map_err(|e| Error::io("truncating ingest data", &e))?;
             state.hasher = Sha256Hasher::new();
             state.unsynced = 0;
@@ -332,7 +403,8 @@ impl ContentWriter for LocalWriter {
 
     async fn commit(mut self: Box<Self>, options: CommitOptions) -> Result<Digest> {
         validate_labels(&options.labels)?;
-        let state = self.take_state()?;
+        let mut state = self.take_state()?;
+        state.saved().await?;
         let wanted_sizes: Vec<u64> = [options.size, (self.total != 0).then_some(self.total)]
             .into_iter()
             .flatten()
@@ -454,7 +526,7 @@ impl Drop for LocalWriter {
     fn drop(&mut self) {
         // Checkpoint what was written since the last checkpoint, holding the
         // ref until it is saved so the next writer resumes from it.
-        let (Some(mut state), Some(lock)) = (self.state.take(), self.lock.take()) else {
+        let (Some(state), Some(lock)) = (self.state.take(), self.lock.take()) else {
             return;
         };
         if state.unsynced == 0 {
@@ -467,7 +539,9 @@ impl Drop for LocalWriter {
         );
         let work = move || {
             let _lock = lock;
-            if let Err(e) = save_checkpoint(&inner, &namespace, &reference, &mut state) {
+            let checkpoint = state.hasher.checkpoint();
+            if let Err(e) = save_checkpoint(&inner, &namespace, &reference, &state.file, checkpoint)
+            {
                 tracing::warn!(%reference, error = %e, "could not checkpoint ingest");
             }
         };

@@ -180,3 +180,121 @@ async fn committed_blobs_are_read_only_and_a_vanished_file_is_not_found() {
     let err = store.read_at("default", &digest, 0, 10).await.unwrap_err();
     assert_eq!(err.kind(), berth_errdefs::ErrorKind::NotFound, "{err}");
 }
+
+/// Opens a writer on `options.reference`, waiting while a dropped writer
+/// (or the checkpoint it is saving) still holds the ref.
+async fn writer_when_free(
+    store: &LocalStore,
+    options: &WriterOptions,
+) -> Box<dyn berth_content::ContentWriter> {
+    for _ in 0..500 {
+        match store.writer("default", options.clone()).await {
+            Ok(w) => return w,
+            Err(e) if e.kind() == berth_errdefs::ErrorKind::Unavailable => {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    panic!("the ref stayed held");
+}
+
+/// Overwrites one byte of the only ingest's data behind the store.
+fn change_ingest_byte(root: &std::path::Path, at: usize, to: u8) {
+    use std::os::unix::fs::FileExt;
+    let ingest = std::fs::read_dir(root.join("ingest"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .next()
+        .unwrap();
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(ingest.join("data"))
+        .unwrap();
+    file.write_all_at(&[to], at as u64).unwrap();
+}
+
+/// Past [`CHECKPOINT_INTERVAL`] a checkpoint is saved in the background
+/// while the writes go on, and a dropped writer saves one where it
+/// stopped: the next writer resumes from the furthest. A byte changed
+/// between the two would be read again (and the commit refused) if the
+/// resume started from the background one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_furthest_checkpoint_is_the_one_a_writer_resumes_from() {
+    use berth_content::testsuite::test_data;
+    use berth_content::CommitOptions;
+    use berth_contentd::ingest::CHECKPOINT_INTERVAL;
+
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let (store, _) = LocalStore::open(root).unwrap();
+    let interval = CHECKPOINT_INTERVAL as usize;
+    let data = test_data(interval + (3 << 20), 52);
+    let digest = berth_ids::Digest::of(&data);
+    let stop = interval + (2 << 20);
+    let options = WriterOptions::new("furthest").total(data.len() as u64);
+    let mut writer = store.writer("default", options.clone()).await.unwrap();
+    for chunk in data[..stop].chunks(1 << 20) {
+        writer.write(chunk.to_vec()).await.unwrap();
+    }
+    drop(writer);
+    let mut writer = writer_when_free(&store, &options).await;
+    assert_eq!(writer.status().await.unwrap().offset, stop as u64);
+    drop(writer);
+    // Between the background checkpoint and the dropped writer's.
+    change_ingest_byte(root, interval + (1 << 20), !data[interval + (1 << 20)]);
+
+    let mut writer = writer_when_free(&store, &options).await;
+    assert_eq!(writer.status().await.unwrap().offset, stop as u64);
+    writer.write(data[stop..].to_vec()).await.unwrap();
+    let got = writer
+        .commit(CommitOptions {
+            expected: Some(digest.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(got, digest);
+}
+
+/// A restart drops the data and every checkpoint of it, including one
+/// still being saved in the background when the restart came: the next
+/// writer re-reads the new data rather than trusting the old data's hash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_forgets_the_checkpoints_of_the_data_it_drops() {
+    use berth_content::testsuite::test_data;
+    use berth_content::CommitOptions;
+    use berth_contentd::ingest::CHECKPOINT_INTERVAL;
+
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let (store, _) = LocalStore::open(root).unwrap();
+    let interval = CHECKPOINT_INTERVAL as usize;
+    // As long as the old data: a stale checkpoint would name the same
+    // offset as the new data's own.
+    let old = test_data(interval, 53);
+    let new = test_data(interval, 54);
+    let options = WriterOptions::new("restarted");
+    let mut writer = store.writer("default", options.clone()).await.unwrap();
+    for chunk in old.chunks(1 << 20) {
+        writer.write(chunk.to_vec()).await.unwrap();
+    }
+    // The last write started a checkpoint of `old`; restart at once.
+    writer.restart().await.unwrap();
+    for chunk in new.chunks(1 << 20) {
+        writer.write(chunk.to_vec()).await.unwrap();
+    }
+    drop(writer);
+
+    let mut writer = writer_when_free(&store, &options).await;
+    assert_eq!(writer.status().await.unwrap().offset, new.len() as u64);
+    let digest = berth_ids::Digest::of(&new);
+    let got = writer
+        .commit(CommitOptions {
+            expected: Some(digest.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(got, digest);
+}

@@ -95,8 +95,10 @@ struct ChannelReader {
     error: Option<Error>,
 }
 
-impl Read for ChannelReader {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+impl ChannelReader {
+    /// Makes sure the current chunk has unread bytes, unless the stream
+    /// ended; false at its end.
+    fn fill(&mut self) -> std::io::Result<bool> {
         while self.pos == self.current.len() {
             match self.rx.blocking_recv() {
                 Some(Ok(chunk)) => {
@@ -108,8 +110,17 @@ impl Read for ChannelReader {
                     self.error = Some(e);
                     return Err(io);
                 }
-                None => return Ok(0),
+                None => return Ok(false),
             }
+        }
+        Ok(true)
+    }
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if !self.fill()? {
+            return Ok(0);
         }
         let n = buf.len().min(self.current.len() - self.pos);
         buf[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
@@ -118,20 +129,30 @@ impl Read for ChannelReader {
     }
 }
 
+/// The decompressor reads the received chunks in place, without copying
+/// them into a buffer of its own first.
+impl BufRead for ChannelReader {
+    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
+        self.fill()?;
+        Ok(&self.current[self.pos..])
+    }
+
+    fn consume(&mut self, amount: usize) {
+        self.pos = (self.pos + amount).min(self.current.len());
+    }
+}
+
 /// A decompressed chunk: a buffer and how much of it is filled.
 type Decoded = std::io::Result<(Vec<u8>, usize)>;
 
-/// A reader over the chunks a decompressing thread sends, hashing them as
-/// they arrive and handing each spent buffer back for reuse. The hashing
-/// is here, not on the decompressing thread, because inflate is the
-/// slower of the two sides.
+/// A reader over the chunks the hashing thread hands on, giving each spent
+/// buffer back to the decompressor for reuse.
 struct ChunkReader {
     rx: std::sync::mpsc::Receiver<Decoded>,
     spent: std::sync::mpsc::Sender<Vec<u8>>,
     current: Vec<u8>,
     filled: usize,
     pos: usize,
-    hasher: Sha256Hasher,
 }
 
 impl Read for ChunkReader {
@@ -139,7 +160,6 @@ impl Read for ChunkReader {
         while self.pos == self.filled {
             match self.rx.recv() {
                 Ok(Ok((chunk, filled))) => {
-                    self.hasher.update(&chunk[..filled]);
                     let spent = std::mem::replace(&mut self.current, chunk);
                     if !spent.is_empty() {
                         // The decompressor may be gone; the buffer is then
@@ -158,6 +178,26 @@ impl Read for ChunkReader {
         self.pos += n;
         Ok(n)
     }
+}
+
+/// Hashes every chunk the decompressor sends and hands it on to the
+/// applier; returns the digest of all it saw, or none if the applier went
+/// away first (it failed: the digest no longer matters). A thread of its
+/// own, so that inflate, hash and file creation spread over the cores
+/// however their costs fall on a given filesystem (on tmpfs inflate is the
+/// slowest, on a journalled ext4 creating the files).
+fn hash_into(
+    rx: std::sync::mpsc::Receiver<Decoded>,
+    tx: std::sync::mpsc::SyncSender<Decoded>,
+) -> Option<Digest> {
+    let mut hasher = Sha256Hasher::new();
+    for decoded in rx {
+        if let Ok((chunk, filled)) = &decoded {
+            hasher.update(&chunk[..*filled]);
+        }
+        tx.send(decoded).ok()?;
+    }
+    Some(hasher.finalize())
 }
 
 /// Chunks the decompressing thread may run ahead of the applier.
@@ -206,7 +246,23 @@ pub fn apply_layer(
     options: &ApplyOptions,
     privileged: &dyn Privileged,
 ) -> Result<Digest> {
-    let mut buffered = BufReader::with_capacity(1 << 20, reader);
+    apply_buffered_layer(
+        BufReader::with_capacity(1 << 20, reader),
+        compression,
+        target,
+        options,
+        privileged,
+    )
+}
+
+/// [`apply_layer`] on a reader that buffers already.
+fn apply_buffered_layer(
+    mut buffered: impl BufRead + Send,
+    compression: Option<Compression>,
+    target: &std::path::Path,
+    options: &ApplyOptions,
+    privileged: &dyn Privileged,
+) -> Result<Digest> {
     let compression = match compression {
         Some(c) => c,
         None => {
@@ -225,31 +281,38 @@ pub fn apply_layer(
         ),
     };
     std::thread::scope(|scope| {
-        let (tx, rx) = std::sync::mpsc::sync_channel(DECODED_AHEAD);
+        let (decoded_tx, decoded_rx) = std::sync::mpsc::sync_channel(DECODED_AHEAD);
+        let (hashed_tx, hashed_rx) = std::sync::mpsc::sync_channel(DECODED_AHEAD);
         let (spent_tx, spent_rx) = std::sync::mpsc::channel();
         let decoder = std::thread::Builder::new()
             .name("layer-decode".to_string())
-            .spawn_scoped(scope, move || decode_into(decoded, tx, spent_rx))
+            .spawn_scoped(scope, move || decode_into(decoded, decoded_tx, spent_rx))
             .map_err(|e| Error::io("starting the decompressor", &e))?;
+        let hasher = std::thread::Builder::new()
+            .name("layer-hash".to_string())
+            .spawn_scoped(scope, move || hash_into(decoded_rx, hashed_tx))
+            .map_err(|e| Error::io("starting the layer hasher", &e))?;
         let mut reader = ChunkReader {
-            rx,
+            rx: hashed_rx,
             spent: spent_tx,
             current: Vec::new(),
             filled: 0,
             pos: 0,
-            hasher: Sha256Hasher::new(),
         };
         let applied = apply(&mut reader, target, options, privileged).and_then(|_| {
             // The tar end and any padding belong to the diff ID too.
             std::io::copy(&mut reader, &mut std::io::sink())
                 .map_err(|e| Error::invalid_argument(format!("reading the layer: {e}")))
         });
-        let digest = std::mem::take(&mut reader.hasher).finalize();
         drop(reader);
+        let digest = hasher
+            .join()
+            .map_err(|_| Error::internal("the layer hasher panicked"))?;
         decoder
             .join()
             .map_err(|_| Error::internal("the decompressor panicked"))??;
         applied?;
+        let digest = digest.ok_or_else(|| Error::internal("the layer hasher stopped early"))?;
         if options.sync_fs {
             crate::write_back::sync_fs(target)?;
         }
@@ -430,7 +493,7 @@ impl Unpacker {
                 pos: 0,
                 error: None,
             };
-            let result = apply_layer(
+            let result = apply_buffered_layer(
                 &mut reader,
                 compression,
                 &dir,

@@ -40,6 +40,9 @@ const WAIT_FOR_OTHER_FETCH: std::time::Duration = std::time::Duration::from_secs
 /// Attempts to fetch one blob when the connection breaks mid-body.
 const BLOB_ATTEMPTS: u32 = 3;
 
+/// Chunks of a blob received from the registry and not yet written.
+const WRITE_AHEAD: usize = 4;
+
 #[derive(Debug, Clone, Default)]
 pub struct FetchOptions {
     /// Platforms to fetch; empty means the host's.
@@ -416,35 +419,66 @@ impl Fetcher {
                 offset = 0;
             }
             job.report(descriptor, BlobState::Downloading, offset).await;
-            let mut body = response.bytes_stream();
-            let mut buffer = Vec::with_capacity(MAX_READ);
-            while let Some(chunk) = body.next().await {
-                let chunk = chunk.map_err(|e| {
-                    Error::unavailable(format!("reading {}: {e}", descriptor.digest))
-                })?;
-                if offset + (buffer.len() + chunk.len()) as u64 > descriptor.size {
+            // The body is read while the chunks before are written (and
+            // hashed): one side waits on the network, the other on the
+            // disk and the hash.
+            let (chunks, mut to_write) = mpsc::channel::<Vec<u8>>(WRITE_AHEAD);
+            let started_at = offset;
+            let receive = async move {
+                let mut received = started_at;
+                let mut body = response.bytes_stream();
+                let mut buffer = Vec::with_capacity(MAX_READ);
+                while let Some(chunk) = body.next().await {
+                    let chunk = chunk.map_err(|e| {
+                        Error::unavailable(format!("reading {}: {e}", descriptor.digest))
+                    })?;
+                    if received + (buffer.len() + chunk.len()) as u64 > descriptor.size {
+                        return Err(Error::failed_precondition(format!(
+                            "the registry sent more than the {} bytes of {}",
+                            descriptor.size, descriptor.digest
+                        )));
+                    }
+                    buffer.extend_from_slice(&chunk);
+                    crate::metrics::FETCHED_BYTES.inc_by(chunk.len() as u64);
+                    if buffer.len() >= MAX_READ {
+                        received += buffer.len() as u64;
+                        let full = std::mem::replace(&mut buffer, Vec::with_capacity(MAX_READ));
+                        if chunks.send(full).await.is_err() {
+                            // The writing side failed: its error tells.
+                            return Ok(received);
+                        }
+                    }
+                }
+                if !buffer.is_empty() {
+                    received += buffer.len() as u64;
+                    let _ = chunks.send(buffer).await;
+                }
+                Ok(received)
+            };
+            let write = async {
+                while let Some(chunk) = to_write.recv().await {
+                    let len = chunk.len() as u64;
+                    if let Err(e) = writer.write(chunk).await {
+                        // Stop the receiving side too.
+                        to_write.close();
+                        return Err(e);
+                    }
+                    offset += len;
+                    job.report(descriptor, BlobState::Downloading, offset).await;
+                }
+                Ok(())
+            };
+            let (received, written) = tokio::join!(receive, write);
+            written?;
+            match received {
+                Ok(_) => {}
+                Err(e) if e.is(ErrorKind::FailedPrecondition) => {
                     // The writer must let go of the ref before the ingest
                     // can be dropped.
                     drop(writer);
-                    let error = Error::failed_precondition(format!(
-                        "the registry sent more than the {} bytes of {}",
-                        descriptor.size, descriptor.digest
-                    ));
-                    return Err(self.discard(job, reference, error).await);
+                    return Err(self.discard(job, reference, e).await);
                 }
-                buffer.extend_from_slice(&chunk);
-                crate::metrics::FETCHED_BYTES.inc_by(chunk.len() as u64);
-                if buffer.len() >= MAX_READ {
-                    offset += buffer.len() as u64;
-                    writer
-                        .write(std::mem::replace(&mut buffer, Vec::with_capacity(MAX_READ)))
-                        .await?;
-                    job.report(descriptor, BlobState::Downloading, offset).await;
-                }
-            }
-            if !buffer.is_empty() {
-                offset += buffer.len() as u64;
-                writer.write(buffer).await?;
+                Err(e) => return Err(e),
             }
             if offset < descriptor.size {
                 return Err(Error::unavailable(format!(
