@@ -22,6 +22,10 @@
 #   BERTH_BENCH_FS_KINDS="ext4 tmpfs"   the filesystems measured
 #   BERTH_BENCH_ONLY="pull unpack ingest fetch"   the measurements
 #   INGEST_MIB=256
+#   BERTH_BENCH_BEFORE=DIR             berth's binaries of another build (its
+#                                      release/ directory): each berth run is
+#                                      paired with one of those, and the table
+#                                      gets their medians and the ratio
 #   BERTH_BENCH_IMAGES=DIR, BERTH_BENCH_ROOTFS=FILE   see the image libs
 #   BENCH_RESULTS=FILE                 result rows for bench/all.sh
 set -euo pipefail
@@ -48,6 +52,7 @@ bench_workdir data-path /var/tmp
 . "$top/bench/lib/python-image.sh"
 
 wants() { [[ " $only " == *" $1 "* ]]; }
+before_bin=${BERTH_BENCH_BEFORE:-}
 
 # Each function below runs in a $(...) of its own: it makes its
 # filesystem, starts its daemons there, prints the seconds of the timed
@@ -158,28 +163,43 @@ ctr_fetch() { # kind run
 # the row (and the result) is in MiB/s rather than seconds.
 measure() {
   local id=$1 kind=$2 label=$3 berth_fn=$4 peer_fn=$5 peer_name=$6 better=$7 target=$8 rate=${9:-}
-  local b="" p="" run bm pm
+  local b="" p="" o="" run bm pm om current=$bin
   for run in $(seq "$runs"); do
     b+="$("$berth_fn" "$kind" "$run") "
     p+="$("$peer_fn" "$kind" "$run") "
+    if [ -n "$before_bin" ]; then
+      bin=$before_bin
+      o+="$("$berth_fn" "$kind" "before-$run") "
+      bin=$current
+    fi
   done
   bm=$(median <<<"$b")
   pm=$(median <<<"$p")
+  local unit=s format=%.2f
   if [ -n "$rate" ]; then
     bm=$(echo "$rate / $bm" | bc -l)
     pm=$(echo "$rate / $pm" | bc -l)
-    printf '| %s | %s | %.0f MiB/s | %.0f MiB/s | %s | %s |\n' "$label" "$kind" "$bm" "$pm" \
-      "$(ratio "$bm" "$pm")" "$target"
-    bench_result "$id-$kind" "$label on $kind (MiB/s)" "MiB/s" "$bm" "$pm" "$better" "$target" "$peer_name"
-  else
-    printf '| %s | %s | %.2f s | %.2f s | %s | %s |\n' "$label" "$kind" "$bm" "$pm" \
-      "$(ratio "$bm" "$pm")" "$target"
-    bench_result "$id-$kind" "$label on $kind (s)" s "$bm" "$pm" "$better" "$target" "$peer_name"
+    unit=MiB/s format=%.0f
   fi
-  printf 'runs: berth %s; %s %s\n' "$b" "$peer_name" "$p" >&2
+  # shellcheck disable=SC2059 # the format is one of the two above
+  printf "| %s | %s | $format %s | $format %s | %s | %s |" "$label" "$kind" "$bm" "$unit" "$pm" "$unit" \
+    "$(ratio "$bm" "$pm")" "$target"
+  if [ -n "$before_bin" ]; then
+    om=$(median <<<"$o")
+    [ -z "$rate" ] || om=$(echo "$rate / $om" | bc -l)
+    # shellcheck disable=SC2059
+    printf " $format %s | %s |" "$om" "$unit" "$(ratio "$bm" "$om")"
+  fi
+  printf '\n'
+  bench_result "$id-$kind" "$label on $kind ($unit)" "$unit" "$bm" "$pm" "$better" "$target" "$peer_name"
+  printf 'runs: berth %s; %s %s%s\n' "$b" "$peer_name" "$p" "${o:+; berth before: $o}" >&2
 }
 
-printf '\n| measurement | filesystem | berth | peer | berth/peer | target |\n|---|---|---|---|---|---|\n'
+if [ -n "$before_bin" ]; then
+  printf '\n| measurement | filesystem | berth | peer | berth/peer | target | berth before | berth/before |\n|---|---|---|---|---|---|---|---|\n'
+else
+  printf '\n| measurement | filesystem | berth | peer | berth/peer | target |\n|---|---|---|---|---|---|\n'
+fi
 for kind in $kinds; do
   if wants pull; then
     measure pull-python "$kind" "pull, debian+python 3 layers, vs ctr images pull" \
