@@ -266,6 +266,7 @@ impl Booted {
 impl Drop for Booted {
     fn drop(&mut self) {
         let _ = self.run(&["berth", "rm", "--force", "keeper"]);
+        let _ = self.run(&["berth", "rm", "--force", "scoped"]);
         // SIGTERM asks nspawn to shut the container down cleanly.
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(self.nspawn.id() as i32),
@@ -564,6 +565,49 @@ fn berths_package_under_a_real_systemd_runs_containers_through_restarts_and_upgr
     assert_eq!(said, "upgraded\n");
     booted.ok(&["berth", "rm", "--force", "keeper"]);
     assert!(booted.tasks().is_empty());
+
+    // The systemd cgroup driver: runc, told to use it, asks systemd for a
+    // transient scope `PREFIX-NAME.scope` in the slice of the cgroups path
+    // `berth.slice:berth-default:scoped` (runc's cgroupfs driver would
+    // make a directory of that name instead), and the scope goes with the
+    // container.
+    booted.ok(&[
+        "berth",
+        "run",
+        "-d",
+        "--name",
+        "scoped",
+        "--cgroup-manager",
+        "systemd",
+        berth_e2e::images::RUN_IMAGE,
+        "sleep",
+        "600",
+    ]);
+    let scope = "berth-default-scoped.scope";
+    assert_eq!(
+        booted.ok(&["systemctl", "is-active", scope]).trim(),
+        "active"
+    );
+    assert_eq!(
+        booted
+            .ok(&["systemctl", "show", "-p", "Slice", "--value", scope])
+            .trim(),
+        "berth.slice"
+    );
+    let tasks = booted.tasks();
+    let pid = &tasks
+        .iter()
+        .find(|(id, _, _)| id == "scoped")
+        .unwrap_or_else(|| panic!("no task scoped: {tasks:?}"))
+        .1;
+    let cgroup = booted.ok(&["cat", &format!("/proc/{pid}/cgroup")]);
+    assert!(
+        cgroup.contains(&format!("/berth.slice/{scope}")),
+        "the container's process is not in its scope: {cgroup}"
+    );
+    booted.ok(&["berth", "rm", "--force", "scoped"]);
+    let (still, state, _) = booted.run(&["systemctl", "is-active", scope]);
+    assert!(!still, "{scope} is still {state} after the container went");
 
     // Removal stops and removes everything but the data.
     booted.ok(&["dpkg", "-r", "berth"]);

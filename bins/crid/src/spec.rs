@@ -63,6 +63,16 @@ impl Host {
         wanted.max(current)
     }
 
+    /// How runc is to read the cgroups path (the container record then
+    /// asks runc for its systemd driver when it is systemd's).
+    fn cgroup_driver(&self) -> berth_oci::CgroupDriver {
+        if self.systemd_cgroup {
+            berth_oci::CgroupDriver::Systemd
+        } else {
+            berth_oci::CgroupDriver::Cgroupfs
+        }
+    }
+
     /// runc's cgroups path for a pod's process: under the pod's cgroup
     /// parent when the kubelet gives one.
     fn cgroups_path(&self, parent: &str, id: &str) -> String {
@@ -307,6 +317,7 @@ pub fn sandbox_options(host: &Host, sandbox: &Sandbox, image_user: &str) -> Resu
         security.supplemental_groups.clone(),
         false,
     ));
+    options.cgroup = host.cgroup_driver();
     options.hooks.push(cgroups_path(
         host.cgroups_path(&linux.cgroup_parent, &sandbox.id),
     ));
@@ -547,6 +558,7 @@ pub fn container_options(
         .as_ref()
         .map(|l| l.cgroup_parent.clone())
         .unwrap_or_default();
+    options.cgroup = host.cgroup_driver();
     options
         .hooks
         .push(cgroups_path(host.cgroups_path(&parent, id)));
@@ -799,11 +811,14 @@ mod tests {
             host.cgroups_path("/kubepods/pod1/", "abc"),
             "/kubepods/pod1/abc"
         );
+        assert_eq!(host.cgroup_driver(), berth_oci::CgroupDriver::Cgroupfs);
         host.systemd_cgroup = true;
         assert_eq!(
             host.cgroups_path("kubepods-pod1.slice", "abc"),
             "kubepods-pod1.slice:cri-berth:abc"
         );
+        // So that the container record asks runc for its systemd driver.
+        assert_eq!(host.cgroup_driver(), berth_oci::CgroupDriver::Systemd);
     }
 
     #[test]

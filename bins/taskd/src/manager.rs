@@ -272,11 +272,14 @@ impl TaskManager {
             root: self.config.runtime_root.to_string_lossy().into_owned(),
             ..Default::default()
         };
-        use containerd_shim_protos::protobuf::Message;
-        Some(berth_metadata::Any {
-            type_url: "containerd.runc.v1.Options".to_string(),
-            value: options.write_to_bytes().ok()?,
-        })
+        berth_tasks::container::runc_options(&options).ok()
+    }
+
+    /// runc's options as given (`SystemdCgroup` set, say), with taskd's
+    /// runc root where they name none, for the same reason as
+    /// [`Self::default_runc_options`].
+    fn with_runc_root(&self, options: berth_metadata::Any) -> berth_metadata::Any {
+        runc_options_with_root(options, &self.config.runtime_root)
     }
 
     /// Copies what a shim logs to its `log` fifo into taskd's log, until
@@ -594,11 +597,14 @@ impl TaskManager {
         } else {
             request.rootfs.clone()
         };
-        let options = request
+        let options = match request
             .options
             .clone()
             .or(container.runtime.options.clone())
-            .or_else(|| self.default_runc_options(&binary));
+        {
+            Some(given) => Some(self.with_runc_root(given)),
+            None => self.default_runc_options(&binary),
+        };
         bundle.create(&spec.value)?;
         // From here every failure undoes what was made.
         let invocation = self.invocation(&bundle, binary.clone());
@@ -1079,9 +1085,67 @@ impl Tasks for LocalTasks {
     }
 }
 
+/// `options` with runc's root set to `root` if they are runc's and name
+/// none; anything else unchanged (a shim that cannot read its options
+/// says so itself).
+fn runc_options_with_root(
+    options: berth_metadata::Any,
+    root: &std::path::Path,
+) -> berth_metadata::Any {
+    use containerd_shim_protos::protobuf::Message;
+    if options.type_url != berth_tasks::container::RUNC_OPTIONS_TYPE {
+        return options;
+    }
+    let Ok(mut runc) = containerd_shim_protos::shim::oci::Options::parse_from_bytes(&options.value)
+    else {
+        return options;
+    };
+    if !runc.root.is_empty() {
+        return options;
+    }
+    runc.root = root.to_string_lossy().into_owned();
+    berth_tasks::container::runc_options(&runc).unwrap_or(options)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn runc(options: &berth_metadata::Any) -> containerd_shim_protos::shim::oci::Options {
+        use containerd_shim_protos::protobuf::Message;
+        containerd_shim_protos::shim::oci::Options::parse_from_bytes(&options.value).unwrap()
+    }
+
+    #[test]
+    fn runc_options_without_a_root_get_taskds_and_keep_the_rest() {
+        let given =
+            berth_tasks::container::runc_options(&containerd_shim_protos::shim::oci::Options {
+                systemd_cgroup: true,
+                ..Default::default()
+            })
+            .unwrap();
+        let root = std::path::Path::new("/run/berth/tasks/runc");
+        let filled = runc(&runc_options_with_root(given, root));
+        assert_eq!(filled.root, "/run/berth/tasks/runc");
+        assert!(filled.systemd_cgroup);
+
+        let own_root =
+            berth_tasks::container::runc_options(&containerd_shim_protos::shim::oci::Options {
+                root: "/elsewhere".into(),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(
+            runc(&runc_options_with_root(own_root, root)).root,
+            "/elsewhere"
+        );
+
+        let other = berth_metadata::Any {
+            type_url: "example.com/Options".into(),
+            value: vec![1, 2, 3],
+        };
+        assert_eq!(runc_options_with_root(other.clone(), root), other);
+    }
 
     #[test]
     fn stdio_strings_are_paths_or_known_uris() {

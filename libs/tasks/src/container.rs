@@ -19,6 +19,37 @@ pub const SPEC_TYPE: &str = "types.containerd.io/opencontainers/runtime-spec/1/S
 /// The runtime `berth run` uses unless told otherwise.
 pub const DEFAULT_RUNTIME: &str = "io.containerd.berth.v2";
 
+/// The type of runc's runtime options (`containerd.runc.v1.Options`), which
+/// berth's shim and containerd's runc shim both read.
+pub const RUNC_OPTIONS_TYPE: &str = "containerd.runc.v1.Options";
+
+/// runc's options as `Any`.
+pub fn runc_options(options: &containerd_shim_protos::shim::oci::Options) -> Result<Any> {
+    use containerd_shim_protos::protobuf::Message;
+    Ok(Any {
+        type_url: RUNC_OPTIONS_TYPE.to_string(),
+        value: options
+            .write_to_bytes()
+            .map_err(|e| Error::internal(format!("encoding runc's options: {e}")))?,
+    })
+}
+
+/// The runtime options a container's record carries: the caller's if it
+/// gave any; else, under the systemd cgroup driver, runc's with
+/// `SystemdCgroup` set, which runc needs to read a `slice:prefix:name`
+/// cgroups path as a systemd unit rather than as a directory name (as
+/// containerd's `SystemdCgroup = true` and `ctr run --runc-systemd-cgroup`).
+fn runtime_options(new: &NewContainer) -> Result<Option<Any>> {
+    if new.runtime.options.is_some() || new.options.cgroup != berth_oci::CgroupDriver::Systemd {
+        return Ok(new.runtime.options.clone());
+    }
+    let options = containerd_shim_protos::shim::oci::Options {
+        systemd_cgroup: true,
+        ..Default::default()
+    };
+    runc_options(&options).map(Some)
+}
+
 /// The services a container is made from.
 #[derive(Clone, Copy)]
 pub struct ContainerServices<'a> {
@@ -209,7 +240,10 @@ async fn create_under_lease(
         id: id.clone(),
         labels: new.labels.clone(),
         image: new.image.clone(),
-        runtime: new.runtime.clone(),
+        runtime: Runtime {
+            name: new.runtime.name.clone(),
+            options: runtime_options(new)?,
+        },
         spec: Some(Any {
             type_url: SPEC_TYPE.to_string(),
             value: spec_json,
@@ -271,5 +305,52 @@ mod tests {
         assert!(needs_image_files("nobody"));
         assert!(needs_image_files("1000:staff"));
         assert!(needs_image_files("www-data:33"));
+    }
+
+    fn new_container(cgroup: berth_oci::CgroupDriver, options: Option<Any>) -> NewContainer {
+        let mut spec = SpecOptions::new("default", "web");
+        spec.cgroup = cgroup;
+        NewContainer {
+            image: "busybox".into(),
+            runtime: Runtime {
+                name: DEFAULT_RUNTIME.into(),
+                options,
+            },
+            labels: HashMap::new(),
+            options: spec,
+            scratch: std::path::PathBuf::new(),
+            copy_up: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_systemd_driver_asks_runc_for_its_systemd_cgroup_manager() {
+        use containerd_shim_protos::protobuf::Message;
+        let options = runtime_options(&new_container(berth_oci::CgroupDriver::Systemd, None))
+            .unwrap()
+            .expect("runc's options");
+        assert_eq!(options.type_url, RUNC_OPTIONS_TYPE);
+        let runc =
+            containerd_shim_protos::shim::oci::Options::parse_from_bytes(&options.value).unwrap();
+        assert!(runc.systemd_cgroup);
+        assert!(runc.root.is_empty(), "taskd picks the root");
+
+        assert_eq!(
+            runtime_options(&new_container(berth_oci::CgroupDriver::Cgroupfs, None)).unwrap(),
+            None
+        );
+        let given = Any {
+            type_url: "example.com/Options".into(),
+            value: vec![7],
+        };
+        assert_eq!(
+            runtime_options(&new_container(
+                berth_oci::CgroupDriver::Systemd,
+                Some(given.clone())
+            ))
+            .unwrap(),
+            Some(given),
+            "what the caller gives is kept"
+        );
     }
 }
