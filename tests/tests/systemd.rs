@@ -329,6 +329,11 @@ fn boot_debian_with_berths_package() -> Booted {
     std::fs::copy(&deb, root.join("root/berth.deb")).unwrap();
     let archive = berth_e2e::images::run_image_archive(dir.path());
     std::fs::copy(&archive, root.join("root/image.tar")).unwrap();
+    // crictl, for the CRI under the systemd cgroup driver.
+    let crictl = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/peers/bin/crictl");
+    if crictl.exists() {
+        std::fs::copy(&crictl, root.join("usr/local/bin/crictl")).unwrap();
+    }
 
     let nspawn = Command::new("systemd-nspawn")
         .arg("-b")
@@ -376,6 +381,74 @@ fn boot_debian_with_berths_package() -> Booted {
             }
         }
         std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A pod and its container through crictl, crid with the systemd cgroup
+/// driver (host network: no CNI plugins in this root).
+fn pods_as_systemd_scopes(booted: &Booted) {
+    let (has_crictl, _, _) = booted.run(&["test", "-x", "/usr/local/bin/crictl"]);
+    if !require(has_crictl, "crictl from ../shared/peers is needed") {
+        return;
+    }
+    booted.ok(&[
+        "sed",
+        "-i",
+        "s/^systemd_cgroup = false$/systemd_cgroup = true/",
+        "/etc/berth/crid.toml",
+    ]);
+    booted.ok(&[
+        "grep",
+        "-qx",
+        "systemd_cgroup = true",
+        "/etc/berth/crid.toml",
+    ]);
+    booted.ok(&["systemctl", "restart", "berth-crid.service"]);
+    booted.ok(&["berth", "-n", "k8s.io", "import", "/root/image.tar"]);
+    let pod = serde_json::json!({
+        "metadata": {"name": "scoped", "namespace": "test", "uid": "scoped-1", "attempt": 0},
+        "linux": {
+            "cgroup_parent": "berthtest.slice",
+            "security_context": {"namespace_options": {"network": 2}},
+        },
+    });
+    let container = serde_json::json!({
+        "metadata": {"name": "sleeper"},
+        "image": {"image": berth_e2e::images::RUN_IMAGE},
+        "command": ["sleep", "600"],
+    });
+    let root = PathBuf::from(format!("/proc/{}/root/root", booted.leader));
+    std::fs::write(root.join("pod.json"), pod.to_string()).unwrap();
+    std::fs::write(root.join("container.json"), container.to_string()).unwrap();
+    let crictl = |args: &[&str]| {
+        let mut command = vec!["crictl", "-r", "unix:///run/berth/cri.sock"];
+        command.extend_from_slice(args);
+        booted.ok(&command).trim().to_string()
+    };
+    let pod = crictl(&["runp", "/root/pod.json"]);
+    let container = crictl(&["create", &pod, "/root/container.json", "/root/pod.json"]);
+    crictl(&["start", &container]);
+    for id in [&pod, &container] {
+        let scope = format!("cri-berth-{id}.scope");
+        assert_eq!(
+            booted.ok(&["systemctl", "is-active", &scope]).trim(),
+            "active",
+            "{scope}"
+        );
+        assert_eq!(
+            booted
+                .ok(&["systemctl", "show", "-p", "Slice", "--value", &scope])
+                .trim(),
+            "berthtest.slice",
+            "{scope}"
+        );
+    }
+    crictl(&["stopp", &pod]);
+    crictl(&["rmp", &pod]);
+    for id in [&pod, &container] {
+        let scope = format!("cri-berth-{id}.scope");
+        let (still, state, _) = booted.run(&["systemctl", "is-active", &scope]);
+        assert!(!still, "{scope} is still {state} after the pod went");
     }
 }
 
@@ -608,6 +681,12 @@ fn berths_package_under_a_real_systemd_runs_containers_through_restarts_and_upgr
     booted.ok(&["berth", "rm", "--force", "scoped"]);
     let (still, state, _) = booted.run(&["systemctl", "is-active", scope]);
     assert!(!still, "{scope} is still {state} after the container went");
+
+    // The CRI with `systemd_cgroup = true`, as a kubelet with the systemd
+    // cgroup driver asks: the pause process and the container are scopes
+    // `cri-berth-ID.scope` in the pod's cgroup parent, a slice, and go
+    // with the pod.
+    pods_as_systemd_scopes(&booted);
 
     // Removal stops and removes everything but the data.
     booted.ok(&["dpkg", "-r", "berth"]);
