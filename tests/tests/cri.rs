@@ -271,6 +271,17 @@ fn a_pod_lives_through_crictl_and_a_crid_restart() {
             "linux": {"security_context": {"namespace_options": {"network": 2}}},
         }),
     );
+    // A device as a device plugin hands it over: a node made here (char
+    // 240:0, no driver: an open the device cgroup lets through fails with
+    // ENXIO, one it stops with EPERM).
+    let device = dir.join("device");
+    nix::sys::stat::mknod(
+        &device,
+        nix::sys::stat::SFlag::S_IFCHR,
+        nix::sys::stat::Mode::from_bits_truncate(0o666),
+        nix::sys::stat::makedev(240, 0),
+    )
+    .unwrap();
     let container = cri.write_config(
         "container.json",
         json!({
@@ -280,6 +291,11 @@ fn a_pod_lives_through_crictl_and_a_crid_restart() {
                 "trap 'exit 42' TERM; i=0; while true; do echo line $i; i=$((i+1)); sleep 0.05; done"],
             "log_path": "counter.log",
             "labels": {"app": "counter"},
+            "devices": [{
+                "container_path": "/dev/plugged",
+                "host_path": device.display().to_string(),
+                "permissions": "rw",
+            }],
         }),
     );
     let pod_id = cri.ok(&["runp", &pod]);
@@ -318,6 +334,30 @@ fn a_pod_lives_through_crictl_and_a_crid_restart() {
     );
     let out = cri.ok(&["exec", "-s", &ctr_id, "/bin/echo", "from exec"]);
     assert_eq!(out, "from exec");
+    let numbers = cri.ok(&[
+        "exec",
+        "-s",
+        &ctr_id,
+        "/bin/busybox",
+        "stat",
+        "-c",
+        "%t:%T",
+        "/dev/plugged",
+    ]);
+    assert_eq!(numbers, "f0:0");
+    let (ok, _, err) = cri.crictl(&[
+        "exec",
+        "-s",
+        &ctr_id,
+        "/bin/sh",
+        "-c",
+        "exec 3<>/dev/plugged",
+    ]);
+    assert!(!ok, "a device without a driver opened");
+    assert!(
+        err.contains("No such device or address"),
+        "the device cgroup refused the pod's device: {err}"
+    );
     let (ok, _, _) = cri.crictl(&["exec", "-s", &ctr_id, "/bin/sh", "-c", "exit 3"]);
     assert!(!ok, "a failing exec's status reaches crictl");
     // The streaming exec (SPDY), stdin in and stdout out, and its status.

@@ -796,6 +796,94 @@ fn resource_limits_reach_the_containers_cgroup() {
     assert_nothing_left(&stack);
 }
 
+/// `--device`: a node made here (char 240:0, a major of the "local use"
+/// range no driver has, so an open that the device cgroup lets through
+/// fails with ENXIO, and one it stops with EPERM) appears where asked and
+/// passes the device cgroup; the same node merely bind-mounted does not;
+/// a directory gives the devices below it; `--privileged` gets the host's.
+#[test]
+fn host_devices_reach_the_container_and_pass_its_device_cgroup() {
+    if !prerequisites() {
+        return;
+    }
+    let (dir, stack) = setup();
+    let devs = dir.path().join("devs");
+    std::fs::create_dir_all(devs.join("sub")).unwrap();
+    let node = |path: &Path, major: u64, minor: u64| {
+        nix::sys::stat::mknod(
+            path,
+            nix::sys::stat::SFlag::S_IFCHR,
+            nix::sys::stat::Mode::from_bits_truncate(0o666),
+            nix::sys::stat::makedev(major, minor),
+        )
+        .unwrap();
+    };
+    node(&devs.join("local"), 240, 0);
+    node(&devs.join("sub").join("zero"), 1, 5);
+    let local = devs.join("local");
+    let local = local.to_str().unwrap();
+    let sh = |args: &[&str], script: &str| {
+        let mut all = vec!["run", "--rm"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&[RUN_IMAGE, "sh", "-c", script]);
+        let out = run(&stack, &all);
+        (out.status.success(), text(&out.stdout), text(&out.stderr))
+    };
+    let open = "stat -c %t:%T /dev/mine && exec 3<>/dev/mine";
+
+    let given = format!("{local}:/dev/mine:rw");
+    let (ok, out, err) = sh(&["--device", &given], open);
+    assert!(!ok, "a device without a driver opened");
+    assert_eq!(out, "f0:0\n", "{err}");
+    assert!(
+        err.contains("No such device or address"),
+        "the device cgroup refused a given device: {err}"
+    );
+
+    // The node without --device: there, but the device cgroup refuses it.
+    let bound = format!("{local}:/dev/mine");
+    let (ok, out, err) = sh(&["-v", &bound], open);
+    assert!(!ok, "a bind-mounted device opened: {out}");
+    assert!(err.contains("not permitted"), "{err}");
+
+    // A directory: every device below it, at the same place below.
+    let tree = format!("{}:/dev/things", devs.display());
+    let (ok, out, err) = sh(
+        &["--device", &tree],
+        "stat -c %t:%T /dev/things/local /dev/things/sub/zero && head -c 3 /dev/things/sub/zero | wc -c",
+    );
+    assert!(ok, "{out}{err}");
+    assert_eq!(out, "f0:0\n1:5\n3\n");
+
+    // Privileged: the host's devices (not the default few).
+    let probe = "test -c /dev/loop-control && echo host devices || echo defaults";
+    let (ok, out, err) = sh(&["--privileged"], probe);
+    assert!(ok, "{err}");
+    assert_eq!(out, "host devices\n");
+    let (ok, out, err) = sh(&[], probe);
+    assert!(ok, "{err}");
+    assert_eq!(out, "defaults\n");
+
+    // Bad requests are refused before anything is made.
+    let not_a_device = dir.path().join("run-image.tar");
+    assert!(not_a_device.is_file());
+    let no_devices = dir.path().join("empty");
+    std::fs::create_dir(&no_devices).unwrap();
+    for bad in [
+        "dev/null",
+        "/nonexistent/device",
+        not_a_device.to_str().unwrap(),
+        no_devices.to_str().unwrap(),
+        "/dev/null:relative",
+        "/dev/null:/dev/x:rwx",
+    ] {
+        let (ok, _, err) = sh(&["--device", bad], "true");
+        assert!(!ok, "--device {bad} accepted");
+        assert!(err.contains("device"), "{bad}: {err}");
+    }
+    assert_nothing_left(&stack);
+}
+
 #[test]
 fn bind_mounts_are_read_only_or_writable_as_asked_and_stdin_is_forwarded() {
     if !prerequisites() {

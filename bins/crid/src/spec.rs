@@ -397,6 +397,29 @@ fn environment(config: &cri::ContainerConfig) -> Vec<String> {
         .collect()
 }
 
+/// The host devices the container config asks for (a device plugin's,
+/// through the kubelet): the container path defaults to the host's, the
+/// permissions to `rwm`.
+fn device_requests(config: &cri::ContainerConfig) -> Vec<berth_oci::DeviceRequest> {
+    config
+        .devices
+        .iter()
+        .map(|device| berth_oci::DeviceRequest {
+            host_path: PathBuf::from(&device.host_path),
+            container_path: PathBuf::from(if device.container_path.is_empty() {
+                &device.host_path
+            } else {
+                &device.container_path
+            }),
+            permissions: if device.permissions.is_empty() {
+                "rwm".to_string()
+            } else {
+                device.permissions.clone()
+            },
+        })
+        .collect()
+}
+
 /// A container of a pod.
 pub fn container_options(
     host: &Host,
@@ -438,6 +461,8 @@ pub fn container_options(
         security.seccomp.as_ref(),
         profile_path,
     )?;
+    options.devices = berth_oci::container_devices(security.privileged, &device_requests(config))
+        .map_err(berth_tasks::container::oci_error)?;
     let pod_ns = sandbox.namespace_options();
     let host_network = pod_ns.network == cri::NamespaceMode::Node as i32;
     options.network = if host_network {

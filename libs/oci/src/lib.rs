@@ -8,12 +8,16 @@
 //! `/etc/passwd` and `/etc/group`, read through [`RootfsFiles`] so that a
 //! hostile image can never make berth read a host file.
 //!
+//! Host devices ([`DeviceRequest`], and all of the host's for a privileged
+//! container) are read from the host by the caller and listed in
+//! [`SpecOptions::devices`].
+//!
 //! Gaps, on purpose: no AppArmor or SELinux profile (the hosts berth targets
-//! may have neither loaded), no user namespaces, and a privileged container
-//! gets every capability and no confinement but no host device nodes.
+//! may have neither loaded), no user namespaces.
 
 mod args;
 mod capabilities;
+mod devices;
 mod error;
 mod image;
 mod mounts;
@@ -25,6 +29,7 @@ mod spec;
 mod user;
 
 pub use capabilities::{bounding_set, DEFAULT_CAPABILITIES};
+pub use devices::{all_host_devices, container_devices, Device, DeviceKind, DeviceRequest};
 pub use error::{OciError, Result};
 pub use image::ImageDefaults;
 pub use mounts::MountOption;

@@ -60,6 +60,10 @@ pub struct SpecOptions {
     pub cpus: Option<f64>,
     /// The maximum number of tasks.
     pub pids_limit: Option<i64>,
+    /// Host devices the container gets (read from the host with
+    /// [`crate::DeviceRequest::resolve`], or [`crate::all_host_devices`]
+    /// for a privileged container).
+    pub devices: Vec<crate::Device>,
     /// The network namespace.
     pub network: NetworkMode,
     /// How the cgroup path is written.
@@ -96,6 +100,7 @@ impl SpecOptions {
             memory_bytes: None,
             cpus: None,
             pids_limit: None,
+            devices: Vec::new(),
             network: NetworkMode::None,
             cgroup: CgroupDriver::Cgroupfs,
             annotations: BTreeMap::new(),

@@ -52,7 +52,7 @@ pub(crate) fn cgroups_path(options: &SpecOptions) -> Result<String> {
 /// The device rules, memory, CPU and pids limits.
 pub(crate) fn linux_resources(options: &SpecOptions) -> Result<LinuxResources> {
     let mut resources = LinuxResources::default();
-    resources.set_devices(Some(device_rules()));
+    resources.set_devices(Some(device_rules(options)));
     if let Some(limit) = options.memory_bytes {
         if limit < MIN_MEMORY_BYTES {
             return Err(OciError::invalid(format!(
@@ -102,10 +102,37 @@ fn cpu_quota(cpus: f64) -> Result<i64> {
     Ok(quota)
 }
 
+/// The device cgroup rules: for a privileged container every device;
+/// else containerd's defaults and one rule per device the container was
+/// given, with the permissions asked for it.
+fn device_rules(options: &SpecOptions) -> Vec<LinuxDeviceCgroup> {
+    if options.privileged {
+        let mut all = LinuxDeviceCgroup::default();
+        all.set_allow(true);
+        all.set_typ(Some(LinuxDeviceType::A));
+        all.set_access(Some("rwm".to_string()));
+        return vec![all];
+    }
+    let mut rules = default_device_rules();
+    for device in &options.devices {
+        let mut rule = LinuxDeviceCgroup::default();
+        rule.set_allow(true);
+        rule.set_typ(Some(match device.kind {
+            crate::DeviceKind::Char => LinuxDeviceType::C,
+            crate::DeviceKind::Block => LinuxDeviceType::B,
+        }));
+        rule.set_major(i64::try_from(device.major).ok());
+        rule.set_minor(i64::try_from(device.minor).ok());
+        rule.set_access(Some(device.permissions.clone()));
+        rules.push(rule);
+    }
+    rules
+}
+
 /// containerd's device cgroup rules: deny everything, then allow the
 /// devices every container has (null, zero, full, random, urandom, tty,
 /// console, ptmx and the pts).
-fn device_rules() -> Vec<LinuxDeviceCgroup> {
+fn default_device_rules() -> Vec<LinuxDeviceCgroup> {
     let rule = |allow: bool, typ: LinuxDeviceType, major: Option<i64>, minor: Option<i64>| {
         let mut r = LinuxDeviceCgroup::default();
         r.set_allow(allow);

@@ -9,6 +9,7 @@ use oci_spec::runtime::{
 
 use crate::args::{process_args, process_cwd, process_env};
 use crate::capabilities::{effective_set, linux_capabilities};
+use crate::devices::linux_devices;
 use crate::error::{OciError, Result};
 use crate::image::ImageDefaults;
 use crate::mounts::container_mounts;
@@ -54,8 +55,7 @@ const READONLY_PATHS: &[&str] = &[
 /// image's `/etc/passwd` and `/etc/group` for user and group names.
 ///
 /// Not done (gaps): AppArmor (the host may have no profile loaded), SELinux,
-/// user namespaces, and for a privileged container the host's devices (its
-/// device cgroup keeps the default rules and `/dev` stays a fresh tmpfs).
+/// user namespaces.
 pub fn build_spec(
     image: &ImageDefaults,
     options: &SpecOptions,
@@ -118,7 +118,7 @@ pub fn build_spec(
     linux.set_resources(Some(resources));
     linux.set_cgroups_path(Some(cgroups_path.into()));
     linux.set_namespaces(Some(namespaces(host_network)));
-    linux.set_devices(None);
+    linux.set_devices(linux_devices(&options.devices)?);
     linux.set_seccomp(seccomp);
     linux.set_rootfs_propagation(None);
     let strings = |paths: &[&str]| paths.iter().map(|p| p.to_string()).collect::<Vec<_>>();
@@ -472,17 +472,48 @@ mod tests {
             .unwrap();
         assert!(sys.options().as_ref().unwrap().contains(&"rw".to_string()));
         assert_eq!(process(&spec).no_new_privileges(), Some(true));
-        // The device rules stay.
-        assert_eq!(
-            l.resources()
-                .as_ref()
-                .unwrap()
-                .devices()
-                .as_ref()
-                .unwrap()
-                .len(),
-            10
-        );
+        // Every device allowed (the caller lists the host's nodes).
+        let rules = l.resources().as_ref().unwrap().devices().clone().unwrap();
+        assert_eq!(rules.len(), 1);
+        assert!(rules[0].allow());
+        assert_eq!(rules[0].typ(), Some(oci_spec::runtime::LinuxDeviceType::A));
+        assert_eq!(rules[0].access().as_deref(), Some("rwm"));
+    }
+
+    #[test]
+    fn a_given_device_is_listed_and_allowed_with_its_permissions() {
+        let mut o = SpecOptions::new("default", "c1");
+        o.devices = vec![crate::Device {
+            path: "/dev/mytun".into(),
+            kind: crate::DeviceKind::Char,
+            major: 10,
+            minor: 200,
+            file_mode: 0o600,
+            uid: 0,
+            gid: 0,
+            permissions: "rw".into(),
+        }];
+        let spec = build(&o);
+        let l = linux(&spec);
+        let devices = l.devices().clone().unwrap();
+        assert_eq!(devices.len(), 1);
+        assert_eq!(devices[0].path(), Path::new("/dev/mytun"));
+        assert_eq!((devices[0].major(), devices[0].minor()), (10, 200));
+        assert_eq!(devices[0].file_mode(), Some(0o600));
+        let rules = l.resources().as_ref().unwrap().devices().clone().unwrap();
+        // The ten default rules, then this device's.
+        assert_eq!(rules.len(), 11);
+        let last = &rules[10];
+        assert!(last.allow());
+        assert_eq!(last.typ(), Some(oci_spec::runtime::LinuxDeviceType::C));
+        assert_eq!((last.major(), last.minor()), (Some(10), Some(200)));
+        assert_eq!(last.access().as_deref(), Some("rw"));
+        assert!(!rules[0].allow(), "still deny-all first");
+
+        // Without devices the spec lists none.
+        assert!(linux(&build(&SpecOptions::new("default", "c2")))
+            .devices()
+            .is_none());
     }
 
     #[test]

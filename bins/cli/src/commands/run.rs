@@ -15,7 +15,9 @@ use berth_client::{
 use berth_errdefs::ErrorKind;
 use berth_metadata::{ContainerStore, Runtime};
 use berth_network::{DnsConfig, PortMapping};
-use berth_oci::{CgroupDriver, MountOption, NetworkMode, Seccomp, SpecOptions};
+use berth_oci::{
+    container_devices, CgroupDriver, DeviceRequest, MountOption, NetworkMode, Seccomp, SpecOptions,
+};
 use berth_tasks::container::{
     create_container, remove_container, ContainerServices, NewContainer, DEFAULT_RUNTIME,
 };
@@ -77,9 +79,14 @@ pub struct ContainerArgs {
     /// Mount the container's root filesystem read-only.
     #[arg(long)]
     pub read_only: bool,
-    /// Every capability, no seccomp, no masked paths.
+    /// Every capability, every host device, no seccomp, no masked paths.
     #[arg(long)]
     pub privileged: bool,
+    /// A host device, or every device below a host directory, in the
+    /// container: HOST[:CONTAINER[:PERMISSIONS]] (permissions of r, w, m;
+    /// default rwm); repeatable.
+    #[arg(long, value_name = "HOST[:CONTAINER[:rwm]]")]
+    pub device: Vec<String>,
     #[arg(long, value_name = "CAP")]
     pub cap_add: Vec<String>,
     #[arg(long, value_name = "CAP")]
@@ -253,6 +260,12 @@ impl ContainerArgs {
         options.memory_bytes = self.memory.as_deref().map(parse_bytes).transpose()?;
         options.cpus = self.cpus;
         options.pids_limit = self.pids_limit;
+        let requests = self
+            .device
+            .iter()
+            .map(|d| DeviceRequest::parse(d))
+            .collect::<Result<Vec<_>, _>>()?;
+        options.devices = container_devices(self.privileged, &requests)?;
         let cni_only = [
             ("--publish", self.publish.is_empty()),
             ("--dns", self.dns.is_empty()),
