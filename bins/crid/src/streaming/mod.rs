@@ -277,22 +277,29 @@ fn answer_websocket(
     };
     let headers = vec![
         (hyper::header::SEC_WEBSOCKET_ACCEPT, accept),
-        (hyper::header::SEC_WEBSOCKET_PROTOCOL, protocol),
+        (hyper::header::SEC_WEBSOCKET_PROTOCOL, protocol.clone()),
     ];
     switch_protocols(&mut request, "websocket", headers, |io| async move {
         let ws = websocket::server(io).await;
         // v5 differs from v4 only in the client's half-close, which the
-        // channel session turns into a stream's end: the handlers speak v4.
-        let channel_protocol = "v4.channel.k8s.io";
+        // channel session turns into a stream's end: the handlers speak
+        // v4 for both (and for v4's base64 variant), and v3 (resize, and
+        // errors as plain text) for the older protocols, as the kubelet.
+        let encoding = websocket::Encoding::of(&protocol);
+        let channel_protocol = if protocol.starts_with("v5.") || protocol.starts_with("v4.") {
+            "v4.channel.k8s.io"
+        } else {
+            "v3.channel.k8s.io"
+        };
         match stream_request {
             StreamRequest::Exec(r) => {
                 let streams = remotecommand_streams(r.stdin, r.stdout, r.stderr, r.tty);
-                let session = websocket::channel_session(ws, &streams);
+                let session = websocket::channel_session(ws, &streams, encoding);
                 exec(&crid, r, session, channel_protocol).await
             }
             StreamRequest::Attach(r) => {
                 let streams = remotecommand_streams(r.stdin, r.stdout, r.stderr, r.tty);
-                let session = websocket::channel_session(ws, &streams);
+                let session = websocket::channel_session(ws, &streams, encoding);
                 attach(&crid, r, session, channel_protocol).await
             }
             StreamRequest::PortForward(r) => {

@@ -2,10 +2,14 @@
 //! (`crictl --transport websocket`, and kubectl through an API server that
 //! passes WebSocket on):
 //!
-//! - remotecommand (exec, attach) over `v5.channel.k8s.io` or
-//!   `v4.channel.k8s.io`: every binary message is one byte naming the
-//!   channel (0 stdin, 1 stdout, 2 stderr, 3 error, 4 resize) and the data;
-//!   v5 adds the client's half-close, the message `[255, channel]`;
+//! - remotecommand (exec, attach) over `v5.channel.k8s.io`,
+//!   `v4.channel.k8s.io` or the older `channel.k8s.io`: every binary
+//!   message is one byte naming the channel (0 stdin, 1 stdout, 2 stderr,
+//!   3 error, 4 resize) and the data; v5 adds the client's half-close, the
+//!   message `[255, channel]`. The base64 variants (`v4.base64.channel.k8s.io`,
+//!   `base64.channel.k8s.io`, for clients such as browsers that send text)
+//!   carry the same in text messages: the channel as an ASCII digit, then
+//!   the data in base64;
 //! - port-forward as SPDY/3.1 tunnelled through binary messages
 //!   (`SPDY/3.1+portforward.k8s.io`): the bytes of the messages, in order,
 //!   are the SPDY connection.
@@ -25,9 +29,73 @@ use tokio_tungstenite::WebSocketStream;
 
 use super::spdy::{Incoming, Outgoing, Session};
 
-/// The remotecommand subprotocols over WebSocket, most preferred first
-/// (the base64 ones, for browsers, are not served).
-pub const CHANNEL_PROTOCOLS: &[&str] = &["v5.channel.k8s.io", "v4.channel.k8s.io"];
+/// The remotecommand subprotocols over WebSocket, most preferred first.
+pub const CHANNEL_PROTOCOLS: &[&str] = &[
+    "v5.channel.k8s.io",
+    "v4.channel.k8s.io",
+    "v4.base64.channel.k8s.io",
+    "channel.k8s.io",
+    "base64.channel.k8s.io",
+];
+
+/// How a channel protocol's messages carry data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    /// Binary messages: the channel byte, then the data.
+    Binary,
+    /// Text messages: the channel as an ASCII digit, then base64.
+    Base64,
+}
+
+impl Encoding {
+    /// The encoding of channel protocol `protocol`.
+    pub fn of(protocol: &str) -> Encoding {
+        if protocol.contains("base64.") {
+            Encoding::Base64
+        } else {
+            Encoding::Binary
+        }
+    }
+
+    fn frame(self, channel: u8, data: &[u8]) -> Message {
+        match self {
+            Encoding::Binary => {
+                let mut framed = Vec::with_capacity(data.len() + 1);
+                framed.push(channel);
+                framed.extend_from_slice(data);
+                Message::Binary(framed.into())
+            }
+            Encoding::Base64 => {
+                use base64::Engine;
+                let mut text = String::with_capacity(data.len() * 4 / 3 + 5);
+                text.push(char::from(b'0' + channel));
+                base64::engine::general_purpose::STANDARD.encode_string(data, &mut text);
+                Message::Text(text.into())
+            }
+        }
+    }
+
+    /// A client message's channel and data; None for one that carries
+    /// nothing this encoding reads (the wrong kind, or not base64).
+    fn unframe(self, message: &Message) -> Option<(u8, Vec<u8>)> {
+        match (self, message) {
+            (Encoding::Binary, Message::Binary(data)) => {
+                let (channel, rest) = data.split_first()?;
+                Some((*channel, rest.to_vec()))
+            }
+            (Encoding::Base64, Message::Text(text)) => {
+                use base64::Engine;
+                let (digit, rest) = text.as_bytes().split_first()?;
+                let channel = digit.checked_sub(b'0').filter(|c| *c <= 9)?;
+                let data = base64::engine::general_purpose::STANDARD
+                    .decode(rest)
+                    .ok()?;
+                Some((channel, data))
+            }
+            _ => None,
+        }
+    }
+}
 /// Port-forward: SPDY tunnelled through WebSocket.
 pub const TUNNELED_PORT_FORWARD: &str = "SPDY/3.1+portforward.k8s.io";
 /// v5's half-close: this byte, then the channel the client closed.
@@ -82,7 +150,11 @@ where
 /// announced to the handler as streams the client opened (SPDY clients
 /// open them; WebSocket ones just use them), each with its channel number
 /// as its id.
-pub fn channel_session<T>(ws: WebSocketStream<T>, streams: &[(&str, u8)]) -> Session
+pub fn channel_session<T>(
+    ws: WebSocketStream<T>,
+    streams: &[(&str, u8)],
+    encoding: Encoding,
+) -> Session
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -105,11 +177,7 @@ where
     let (mut sink, mut source) = ws.split();
     let (closed_tx, closed) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
-        if sink
-            .send(Message::Binary(vec![ready].into()))
-            .await
-            .is_err()
-        {
+        if sink.send(encoding.frame(ready, &[])).await.is_err() {
             return;
         }
         while let Some(out) = outgoing_rx.recv().await {
@@ -121,10 +189,7 @@ where
                     let Ok(channel) = u8::try_from(id) else {
                         continue;
                     };
-                    let mut framed = Vec::with_capacity(data.len() + 1);
-                    framed.push(channel);
-                    framed.extend_from_slice(&data);
-                    Message::Binary(framed.into())
+                    encoding.frame(channel, &data)
                 }
                 Outgoing::Reset { .. } => continue,
                 Outgoing::GoAway => {
@@ -141,23 +206,25 @@ where
     });
     tokio::spawn(async move {
         while let Some(Ok(message)) = next_until_closed(&mut source, closed.clone()).await {
-            let data = match message {
-                Message::Binary(data) => data,
-                Message::Close(_) => break,
-                // Pings are answered by the library; text is not spoken.
-                _ => continue,
+            if let Message::Close(_) = message {
+                break;
+            }
+            // Pings are answered by the library; a message of the other
+            // kind than the protocol's, or empty, carries nothing.
+            let Some((channel, data)) = encoding.unframe(&message) else {
+                continue;
             };
-            let incoming = match data.as_ref() {
-                [] => continue,
-                [CLOSE_SIGNAL, channel] => Incoming::Data {
-                    id: u32::from(*channel),
+            let incoming = match (channel, data.as_slice()) {
+                // v5's half-close (binary only).
+                (CLOSE_SIGNAL, [closed]) if encoding == Encoding::Binary => Incoming::Data {
+                    id: u32::from(*closed),
                     data: Vec::new(),
                     fin: true,
                 },
-                [CLOSE_SIGNAL, ..] => break,
-                [channel, rest @ ..] => Incoming::Data {
-                    id: u32::from(*channel),
-                    data: rest.to_vec(),
+                (CLOSE_SIGNAL, _) => break,
+                (channel, _) => Incoming::Data {
+                    id: u32::from(channel),
+                    data,
                     fin: false,
                 },
             };
@@ -264,11 +331,68 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn base64_text_messages_carry_the_same_channels() {
+        assert_eq!(Encoding::of("v4.base64.channel.k8s.io"), Encoding::Base64);
+        assert_eq!(Encoding::of("base64.channel.k8s.io"), Encoding::Base64);
+        assert_eq!(Encoding::of("v5.channel.k8s.io"), Encoding::Binary);
+        let (server, mut client) = pair().await;
+        let mut session = channel_session(
+            server,
+            &[("error", ERROR), ("stdin", STDIN), ("stdout", STDOUT)],
+            Encoding::Base64,
+        );
+        for _ in 0..3 {
+            assert!(matches!(
+                session.incoming.recv().await.unwrap(),
+                Incoming::Stream { .. }
+            ));
+        }
+        // Ready: stdout's digit and nothing after it.
+        assert_eq!(
+            client.next().await.unwrap().unwrap(),
+            Message::Text("1".into())
+        );
+        // "0" + base64("hi\n"); a binary message and bad base64 carry
+        // nothing and are passed over.
+        client
+            .send(Message::Binary(vec![STDIN, b'x'].into()))
+            .await
+            .unwrap();
+        client.send(Message::Text("0!!!".into())).await.unwrap();
+        client.send(Message::Text("0aGkK".into())).await.unwrap();
+        match session.incoming.recv().await.unwrap() {
+            Incoming::Data { id, data, fin } => {
+                assert_eq!((id, data, fin), (0, b"hi\n".to_vec(), false))
+            }
+            _ => panic!("data"),
+        }
+        session
+            .outgoing
+            .send(Outgoing::Data {
+                id: u32::from(STDOUT),
+                data: vec![0, 255, b'o'],
+                fin: false,
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            client.next().await.unwrap().unwrap(),
+            Message::Text("1AP9v".into())
+        );
+        session.outgoing.send(Outgoing::GoAway).await.unwrap();
+        assert!(matches!(
+            client.next().await.unwrap().unwrap(),
+            Message::Close(_)
+        ));
+    }
+
+    #[tokio::test]
     async fn channel_messages_become_stream_data_and_v5_close_a_half_close() {
         let (server, mut client) = pair().await;
         let mut session = channel_session(
             server,
             &[("error", ERROR), ("stdin", STDIN), ("stdout", STDOUT)],
+            Encoding::Binary,
         );
         let mut opened = Vec::new();
         for _ in 0..3 {
