@@ -104,8 +104,6 @@ async fn an_ingest_whose_data_vanished_is_dropped() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_writer_leaves_a_checkpoint_that_the_next_writer_resumes_from() {
     use berth_content::testsuite::test_data;
-    use berth_content::CommitOptions;
-    use std::os::unix::fs::FileExt;
 
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
@@ -119,37 +117,11 @@ async fn a_dropped_writer_leaves_a_checkpoint_that_the_next_writer_resumes_from(
     drop(writer);
 
     // The ingest's only data file, one byte of it changed behind the store.
-    let ingest = std::fs::read_dir(root.join("ingest"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .next()
-        .unwrap();
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .open(ingest.join("data"))
-        .unwrap();
-    file.write_at(&[!data[0]], 0).unwrap();
-    drop(file);
-
-    let mut writer = loop {
-        match store.writer("default", options.clone()).await {
-            Ok(w) => break w,
-            Err(e) if e.kind() == berth_errdefs::ErrorKind::Unavailable => {
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await
-            }
-            Err(e) => panic!("{e}"),
-        }
-    };
+    change_ingest_byte(root, 0, !data[0]);
+    let mut writer = writer_when_free(&store, &options).await;
     assert_eq!(writer.status().await.unwrap().offset, cut as u64);
     writer.write(data[cut..].to_vec()).await.unwrap();
-    let got = writer
-        .commit(CommitOptions {
-            expected: Some(digest.clone()),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    assert_eq!(got, digest);
+    assert_eq!(commit_expecting(writer, &digest).await, digest);
 }
 
 /// Committed blobs are read-only on disk (as containerd leaves them), and
@@ -199,6 +171,20 @@ async fn writer_when_free(
     panic!("the ref stayed held");
 }
 
+/// Commits `writer` expecting `digest`; returns the digest committed.
+async fn commit_expecting(
+    writer: Box<dyn berth_content::ContentWriter>,
+    digest: &berth_ids::Digest,
+) -> berth_ids::Digest {
+    writer
+        .commit(berth_content::CommitOptions {
+            expected: Some(digest.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+}
+
 /// Overwrites one byte of the only ingest's data behind the store.
 fn change_ingest_byte(root: &std::path::Path, at: usize, to: u8) {
     use std::os::unix::fs::FileExt;
@@ -222,7 +208,6 @@ fn change_ingest_byte(root: &std::path::Path, at: usize, to: u8) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_furthest_checkpoint_is_the_one_a_writer_resumes_from() {
     use berth_content::testsuite::test_data;
-    use berth_content::CommitOptions;
     use berth_contentd::ingest::CHECKPOINT_INTERVAL;
 
     let dir = tempfile::tempdir().unwrap();
@@ -247,14 +232,7 @@ async fn the_furthest_checkpoint_is_the_one_a_writer_resumes_from() {
     let mut writer = writer_when_free(&store, &options).await;
     assert_eq!(writer.status().await.unwrap().offset, stop as u64);
     writer.write(data[stop..].to_vec()).await.unwrap();
-    let got = writer
-        .commit(CommitOptions {
-            expected: Some(digest.clone()),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    assert_eq!(got, digest);
+    assert_eq!(commit_expecting(writer, &digest).await, digest);
 }
 
 /// A restart drops the data and every checkpoint of it, including one
@@ -263,7 +241,6 @@ async fn the_furthest_checkpoint_is_the_one_a_writer_resumes_from() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_forgets_the_checkpoints_of_the_data_it_drops() {
     use berth_content::testsuite::test_data;
-    use berth_content::CommitOptions;
     use berth_contentd::ingest::CHECKPOINT_INTERVAL;
 
     let dir = tempfile::tempdir().unwrap();
@@ -289,12 +266,5 @@ async fn a_restart_forgets_the_checkpoints_of_the_data_it_drops() {
     let mut writer = writer_when_free(&store, &options).await;
     assert_eq!(writer.status().await.unwrap().offset, new.len() as u64);
     let digest = berth_ids::Digest::of(&new);
-    let got = writer
-        .commit(CommitOptions {
-            expected: Some(digest.clone()),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    assert_eq!(got, digest);
+    assert_eq!(commit_expecting(writer, &digest).await, digest);
 }
