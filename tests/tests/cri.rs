@@ -334,6 +334,66 @@ fn a_pod_lives_through_crictl_and_a_crid_restart() {
     );
     let out = cri.ok(&["exec", "-s", &ctr_id, "/bin/echo", "from exec"]);
     assert_eq!(out, "from exec");
+    // The pod's metrics as the kubelet reads them for /metrics/cadvisor:
+    // every metric named by a descriptor, the container's CPU and memory
+    // under its id.
+    let descriptors: serde_json::Value =
+        serde_json::from_str(&cri.ok(&["metricdescs", "-o", "json"])).unwrap();
+    let described: Vec<&str> = descriptors["descriptors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|d| d["name"].as_str())
+        .collect();
+    assert!(
+        described.contains(&"container_memory_working_set_bytes"),
+        "{descriptors}"
+    );
+    let metrics: serde_json::Value =
+        serde_json::from_str(&cri.ok(&["metricsp", "-o", "json"])).unwrap();
+    let pod_metrics = metrics["podMetrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["podSandboxId"] == pod_id.as_str())
+        .unwrap_or_else(|| panic!("no metrics of the pod: {metrics}"))
+        .clone();
+    let counter_metrics = pod_metrics["containerMetrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["containerId"] == ctr_id.as_str())
+        .unwrap_or_else(|| panic!("no metrics of the container: {pod_metrics}"))
+        .clone();
+    let working_set = counter_metrics["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "container_memory_working_set_bytes")
+        .unwrap_or_else(|| panic!("no working set: {counter_metrics}"));
+    assert_eq!(
+        working_set["labelValues"][0],
+        ctr_id.as_str(),
+        "{working_set}"
+    );
+    assert!(
+        working_set["value"]["value"]
+            .as_str()
+            .and_then(|v| v.parse::<u64>().ok())
+            .or_else(|| working_set["value"]["value"].as_u64())
+            .is_some_and(|v| v > 0),
+        "{working_set}"
+    );
+    for metric in pod_metrics["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(counter_metrics["metrics"].as_array().unwrap())
+    {
+        let name = metric["name"].as_str().unwrap_or_default();
+        assert!(described.contains(&name), "{name} has no descriptor");
+    }
+
     let numbers = cri.ok(&[
         "exec",
         "-s",

@@ -16,6 +16,7 @@ pub mod error;
 pub mod images;
 pub mod logs;
 pub mod pause;
+pub mod pod_metrics;
 pub mod runtime;
 pub mod service;
 pub mod spec;

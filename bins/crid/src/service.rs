@@ -436,16 +436,20 @@ impl RuntimeService for CriService {
         _: Request<cri::ListMetricDescriptorsRequest>,
     ) -> GrpcResult<cri::ListMetricDescriptorsResponse> {
         Ok(Response::new(cri::ListMetricDescriptorsResponse {
-            descriptors: Vec::new(),
+            descriptors: crate::pod_metrics::descriptors(),
         }))
     }
 
+    /// The ready pods' stats (as `ListPodSandboxStats` gathers them), as
+    /// metrics.
     async fn list_pod_sandbox_metrics(
         &self,
         _: Request<cri::ListPodSandboxMetricsRequest>,
     ) -> GrpcResult<cri::ListPodSandboxMetricsResponse> {
-        Ok(Response::new(cri::ListPodSandboxMetricsResponse {
-            pod_metrics: Vec::new(),
+        reply(self.crid.pod_sandbox_stats(None).await.map(|stats| {
+            cri::ListPodSandboxMetricsResponse {
+                pod_metrics: stats.iter().map(crate::pod_metrics::pod_metrics).collect(),
+            }
         }))
     }
 
