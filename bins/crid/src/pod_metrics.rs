@@ -156,6 +156,12 @@ fn usage_metrics(
     }
 }
 
+/// The `id` and `name` labels of a pod or a container (its name empty
+/// when its metadata is missing).
+fn id_and_name(id: &str, name: Option<&String>) -> (String, String) {
+    (id.to_string(), name.cloned().unwrap_or_default())
+}
+
 /// A pod's metrics from its stats: the pod's own (CPU, memory, processes,
 /// network per interface) and each container's (CPU, memory, swap, its
 /// writable layer).
@@ -163,16 +169,9 @@ pub fn pod_metrics(stats: &cri::PodSandboxStats) -> cri::PodSandboxMetrics {
     let (id, name) = stats
         .attributes
         .as_ref()
-        .map(|a| {
-            (
-                a.id.clone(),
-                a.metadata
-                    .as_ref()
-                    .map(|m| m.name.clone())
-                    .unwrap_or_default(),
-            )
-        })
-        .unwrap_or_default();
+        .map_or_else(Default::default, |a| {
+            id_and_name(&a.id, a.metadata.as_ref().map(|m| &m.name))
+        });
     let pod_labels = [id.as_str(), name.as_str()];
     let mut metrics = Vec::new();
     let mut container_metrics = Vec::new();
@@ -207,16 +206,9 @@ pub fn pod_metrics(stats: &cri::PodSandboxStats) -> cri::PodSandboxMetrics {
             let (container_id, container_name) = container
                 .attributes
                 .as_ref()
-                .map(|a| {
-                    (
-                        a.id.clone(),
-                        a.metadata
-                            .as_ref()
-                            .map(|m| m.name.clone())
-                            .unwrap_or_default(),
-                    )
-                })
-                .unwrap_or_default();
+                .map_or_else(Default::default, |a| {
+                    id_and_name(&a.id, a.metadata.as_ref().map(|m| &m.name))
+                });
             let labels = [container_id.as_str(), container_name.as_str()];
             let mut own = Vec::new();
             usage_metrics(
