@@ -97,6 +97,24 @@ fn peer_groups(socket: BorrowedFd<'_>) -> std::io::Result<Vec<Gid>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn a_descriptor_that_is_not_a_socket_has_no_peer_groups() {
+        // One error, returned at once (not taken for "the buffer is too
+        // small" and retried).
+        let (read, _write) = nix::unistd::pipe().unwrap();
+        let err = peer_groups(read.as_fd()).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ENOTSOCK), "{err}");
+    }
+
+    #[test]
+    fn a_connected_peer_has_its_groups() {
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let groups = peer_groups(a.as_fd()).unwrap();
+        let own = nix::unistd::getgroups().unwrap();
+        assert_eq!(groups, own);
+    }
 
     #[test]
     fn root_and_own_user_are_allowed_others_are_not() {
