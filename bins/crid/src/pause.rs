@@ -109,9 +109,27 @@ pub fn archive() -> Result<Vec<u8>> {
     out.into_inner().map_err(io)
 }
 
-/// Imports the built-in image into `k8s.io` and records it by name.
+/// Imports the built-in image into `k8s.io` and records it by name and by
+/// id, all under a lease: until the records hold the content, a
+/// collection meanwhile (say, one that the end of another client's lease
+/// started) must not take it.
 pub async fn import(daemons: &Daemons) -> Result<()> {
-    let content = daemons.content().await?;
+    let leases = daemons.leases().await?;
+    let (imported, dropped) = berth_metadata::with_held_lease(
+        &leases,
+        NAMESPACE,
+        berth_metadata::CLIENT_LEASE_TTL,
+        |lease| async move { import_under(daemons, &lease).await },
+    )
+    .await?;
+    if let Err(e) = dropped {
+        tracing::warn!(error = %e, "dropping the pause image's import lease");
+    }
+    imported
+}
+
+async fn import_under(daemons: &Daemons, lease: &str) -> Result<()> {
+    let content = daemons.content().await?.with_lease(lease.to_string());
     let images = daemons.images().await?;
     let bytes = archive()?;
     let imported =
