@@ -125,6 +125,19 @@ pub fn alive(pid: u32) -> bool {
     !state.starts_with('Z')
 }
 
+/// A char device node (mode 0666) made at `path`: with a number no
+/// driver has (major 240 is for local, experimental use), an open that the
+/// device cgroup lets through fails with ENXIO, one it stops with EPERM.
+pub fn make_char_device(path: &Path, major: u64, minor: u64) {
+    nix::sys::stat::mknod(
+        path,
+        nix::sys::stat::SFlag::S_IFCHR,
+        nix::sys::stat::Mode::from_bits_truncate(0o666),
+        nix::sys::stat::makedev(major, minor),
+    )
+    .unwrap_or_else(|e| panic!("mknod {}: {e}", path.display()));
+}
+
 pub fn is_root() -> bool {
     nix::unistd::Uid::effective().is_root()
 }

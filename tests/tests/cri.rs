@@ -72,6 +72,8 @@ impl Cri {
         args.extend([
             "--cni-conf-dir".to_string(),
             dir.join("net.d").display().to_string(),
+            "--cdi-spec-dir".to_string(),
+            dir.join("cdi").display().to_string(),
         ]);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let crid = Daemon::start_with_args("berth-crid", &dir.join("crid"), &args);
@@ -275,13 +277,7 @@ fn a_pod_lives_through_crictl_and_a_crid_restart() {
     // 240:0, no driver: an open the device cgroup lets through fails with
     // ENXIO, one it stops with EPERM).
     let device = dir.join("device");
-    nix::sys::stat::mknod(
-        &device,
-        nix::sys::stat::SFlag::S_IFCHR,
-        nix::sys::stat::Mode::from_bits_truncate(0o666),
-        nix::sys::stat::makedev(240, 0),
-    )
-    .unwrap();
+    berth_e2e::make_char_device(&device, 240, 0);
     let container = cri.write_config(
         "container.json",
         json!({
@@ -296,8 +292,29 @@ fn a_pod_lives_through_crictl_and_a_crid_restart() {
                 "host_path": device.display().to_string(),
                 "permissions": "rw",
             }],
+            // CDI devices, by the CRI's field and by a device plugin's
+            // annotation.
+            "CDI_devices": [{"name": "berth.test/pod=field"}],
+            "annotations": {"cdi.k8s.io/berth-plugin": "berth.test/pod=annotated"},
         }),
     );
+    std::fs::create_dir_all(dir.join("cdi")).unwrap();
+    std::fs::write(
+        dir.join("cdi").join("pod.json"),
+        json!({
+            "cdiVersion": "0.6.0",
+            "kind": "berth.test/pod",
+            "devices": [
+                {"name": "field", "containerEdits": {"env": ["POD_CDI=field"]}},
+                {"name": "annotated", "containerEdits": {
+                    "env": ["POD_CDI_ANNOTATION=yes"],
+                    "deviceNodes": [{"path": "/dev/cdi-zero", "hostPath": "/dev/zero"}],
+                }},
+            ],
+        })
+        .to_string(),
+    )
+    .unwrap();
     let pod_id = cri.ok(&["runp", &pod]);
     let status = cri.inspect("inspectp", &pod_id);
     assert_eq!(status["status"]["state"], "SANDBOX_READY", "{status}");
@@ -312,6 +329,23 @@ fn a_pod_lives_through_crictl_and_a_crid_restart() {
     assert!(!ok, "a second pod with the same name");
     assert!(err.contains("taken"), "{err}");
 
+    // A CDI device no spec file names: refused, and nothing made.
+    let unknown_cdi = cri.write_config(
+        "unknown-cdi.json",
+        json!({
+            "metadata": {"name": "unknown-cdi"},
+            "image": {"image": POD_IMAGE},
+            "command": ["/bin/true"],
+            "CDI_devices": [{"name": "berth.test/pod=missing"}],
+        }),
+    );
+    let (ok, _, err) = cri.crictl(&["create", &pod_id, &unknown_cdi, &pod]);
+    assert!(!ok, "an unknown CDI device was accepted");
+    assert!(
+        err.contains("unresolvable CDI devices: berth.test/pod=missing"),
+        "{err}"
+    );
+    assert_eq!(cri.ok(&["ps", "-a", "-q", "--name", "unknown-cdi"]), "");
     let ctr_id = cri.ok(&["create", &pod_id, &container, &pod]);
     assert_eq!(
         cri.inspect("inspect", &ctr_id)["status"]["state"],
@@ -405,6 +439,15 @@ fn a_pod_lives_through_crictl_and_a_crid_restart() {
         "/dev/plugged",
     ]);
     assert_eq!(numbers, "f0:0");
+    let cdi = cri.ok(&[
+        "exec",
+        "-s",
+        &ctr_id,
+        "/bin/sh",
+        "-c",
+        "echo $POD_CDI $POD_CDI_ANNOTATION; head -c 2 /dev/cdi-zero | wc -c",
+    ]);
+    assert_eq!(cdi, "field yes\n2", "the CDI devices' edits");
     let (ok, _, err) = cri.crictl(&[
         "exec",
         "-s",

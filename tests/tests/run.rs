@@ -809,17 +809,8 @@ fn host_devices_reach_the_container_and_pass_its_device_cgroup() {
     let (dir, stack) = setup();
     let devs = dir.path().join("devs");
     std::fs::create_dir_all(devs.join("sub")).unwrap();
-    let node = |path: &Path, major: u64, minor: u64| {
-        nix::sys::stat::mknod(
-            path,
-            nix::sys::stat::SFlag::S_IFCHR,
-            nix::sys::stat::Mode::from_bits_truncate(0o666),
-            nix::sys::stat::makedev(major, minor),
-        )
-        .unwrap();
-    };
-    node(&devs.join("local"), 240, 0);
-    node(&devs.join("sub").join("zero"), 1, 5);
+    berth_e2e::make_char_device(&devs.join("local"), 240, 0);
+    berth_e2e::make_char_device(&devs.join("sub").join("zero"), 1, 5);
     let local = devs.join("local");
     let local = local.to_str().unwrap();
     let sh = |args: &[&str], script: &str| {
@@ -881,6 +872,109 @@ fn host_devices_reach_the_container_and_pass_its_device_cgroup() {
         assert!(!ok, "--device {bad} accepted");
         assert!(err.contains("device"), "{bad}: {err}");
     }
+    assert_nothing_left(&stack);
+}
+
+#[test]
+fn cdi_devices_bring_their_nodes_environment_mounts_hooks_and_groups() {
+    if !prerequisites() {
+        return;
+    }
+    let (dir, stack) = setup();
+    // A vendor's device: a node made here (char 240:0, no driver: an open
+    // the device cgroup lets through fails with ENXIO), a library
+    // directory, a hook that leaves a mark on the host.
+    let node = dir.path().join("vendor-node");
+    berth_e2e::make_char_device(&node, 240, 0);
+    let library = dir.path().join("vendor-lib");
+    std::fs::create_dir(&library).unwrap();
+    std::fs::write(library.join("libvendor"), "vendor library\n").unwrap();
+    let mark = dir.path().join("hook-ran");
+    let specs = dir.path().join("cdi");
+    std::fs::create_dir(&specs).unwrap();
+    std::fs::write(
+        specs.join("vendor.yaml"),
+        format!(
+            r#"cdiVersion: "0.6.0"
+kind: berth.test/accel
+containerEdits:
+  env: [ACCEL_VENDOR=berth]
+devices:
+  - name: "0"
+    containerEdits:
+      env: [ACCEL_DEVICE=0]
+      deviceNodes:
+        - path: /dev/accel0
+          hostPath: {node}
+          permissions: rw
+      mounts:
+        - hostPath: {library}
+          containerPath: /usr/lib/accel
+          options: [ro, nosuid, nodev, bind]
+      hooks:
+        - hookName: createRuntime
+          path: /bin/sh
+          args: [sh, -c, "echo hooked >> {mark}"]
+      additionalGids: [4242]
+"#,
+            node = node.display(),
+            library = library.display(),
+            mark = mark.display(),
+        ),
+    )
+    .unwrap();
+    let spec_dir = specs.to_str().unwrap();
+    let script = "echo $ACCEL_VENDOR $ACCEL_DEVICE; cat /usr/lib/accel/libvendor; \
+        grep -o 4242 /proc/self/status; stat -c %t:%T /dev/accel0; \
+        touch /usr/lib/accel/x 2>/dev/null && echo library writable; exec 3<>/dev/accel0";
+    let out = run(
+        &stack,
+        &[
+            "run",
+            "--rm",
+            "--cdi-spec-dir",
+            spec_dir,
+            "--device",
+            "berth.test/accel=0",
+            RUN_IMAGE,
+            "sh",
+            "-c",
+            script,
+        ],
+    );
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(!out.status.success(), "a device without a driver opened");
+    assert_eq!(stdout, "berth 0\nvendor library\n4242\nf0:0\n", "{stderr}");
+    assert!(
+        stderr.contains("No such device or address"),
+        "the device cgroup refused the CDI device: {stderr}"
+    );
+    assert_eq!(std::fs::read_to_string(&mark).unwrap(), "hooked\n");
+
+    // A device no spec names, and a spec file that is broken: refused with
+    // the reason, and nothing made.
+    std::fs::write(specs.join("broken.json"), "{").unwrap();
+    let out = run(
+        &stack,
+        &[
+            "run",
+            "--rm",
+            "--cdi-spec-dir",
+            spec_dir,
+            "--device",
+            "berth.test/accel=1",
+            RUN_IMAGE,
+            "true",
+        ],
+    );
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("unresolvable CDI devices: berth.test/accel=1")
+            && stderr.contains("broken.json"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read_to_string(&mark).unwrap(), "hooked\n");
     assert_nothing_left(&stack);
 }
 

@@ -53,6 +53,10 @@ struct Cli {
     /// Where the CNI plugins are; repeatable.
     #[arg(long, value_name = "DIR")]
     cni_bin_dir: Vec<PathBuf>,
+    /// Where CDI spec files are, in rising priority; repeatable [default:
+    /// /etc/cdi /var/run/cdi].
+    #[arg(long, value_name = "DIR")]
+    cdi_spec_dir: Vec<PathBuf>,
     /// The shim of the default runtime handler (io.containerd.NAME.VERSION
     /// or a path).
     #[arg(long, value_name = "RUNTIME")]
@@ -83,6 +87,7 @@ struct FileSettings {
     sandbox_image: Option<String>,
     cni_conf_dir: Option<PathBuf>,
     cni_bin_dirs: Option<Vec<PathBuf>>,
+    cdi_spec_dirs: Option<Vec<PathBuf>>,
     runtime: Option<String>,
     runtime_handlers: Option<HashMap<String, String>>,
     systemd_cgroup: Option<bool>,
@@ -141,6 +146,15 @@ fn main() -> anyhow::Result<()> {
                     Text("/usr/lib/cni".into()),
                     Text("/opt/cni/bin".into()),
                 ])),
+            ),
+            (
+                "cdi_spec_dirs",
+                Some(Array(
+                    berth_oci::DEFAULT_CDI_SPEC_DIRS
+                        .iter()
+                        .map(|d| Text(d.to_string()))
+                        .collect(),
+                )),
             ),
             (
                 "runtime",
@@ -211,6 +225,16 @@ fn main() -> anyhow::Result<()> {
             restrict_oom_score_adj: !can_lower_oom_scores(),
             seccomp_root: config.root.join("seccomp"),
             recursive_read_only: berth_crid::spec::runc_has_recursive_read_only(),
+            cdi_spec_dirs: if cli.cdi_spec_dir.is_empty() {
+                file.cdi_spec_dirs.unwrap_or_else(|| {
+                    berth_oci::DEFAULT_CDI_SPEC_DIRS
+                        .iter()
+                        .map(PathBuf::from)
+                        .collect()
+                })
+            } else {
+                cli.cdi_spec_dir
+            },
         },
     };
     let stream_address = cli

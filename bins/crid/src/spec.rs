@@ -32,6 +32,9 @@ pub struct Host {
     pub seccomp_root: PathBuf,
     /// The OCI runtime makes read-only mounts recursive (`rro`).
     pub recursive_read_only: bool,
+    /// Where CDI spec files are, in rising priority (containerd's
+    /// `cdi_spec_dirs`).
+    pub cdi_spec_dirs: Vec<PathBuf>,
 }
 
 /// Whether `runc features` lists the `rro` mount option.
@@ -397,6 +400,34 @@ fn environment(config: &cri::ContainerConfig) -> Vec<String> {
         .collect()
 }
 
+/// The annotation prefix through which device plugins (and DRA drivers
+/// before the CRI field existed) name CDI devices: `cdi.k8s.io/KEY` with
+/// a comma-separated list of `VENDOR/CLASS=NAME` as its value.
+const CDI_ANNOTATION_PREFIX: &str = "cdi.k8s.io/";
+
+/// The CDI devices a container config asks for: its `CDI_devices`, then
+/// those its `cdi.k8s.io/` annotations name (in key order), as containerd
+/// reads both.
+fn cdi_device_names(config: &cri::ContainerConfig) -> Vec<String> {
+    let mut names: Vec<String> = config.cdi_devices.iter().map(|d| d.name.clone()).collect();
+    let mut keys: Vec<&String> = config
+        .annotations
+        .keys()
+        .filter(|k| k.starts_with(CDI_ANNOTATION_PREFIX))
+        .collect();
+    keys.sort();
+    for key in keys {
+        names.extend(
+            config.annotations[key]
+                .split(',')
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .map(str::to_string),
+        );
+    }
+    names
+}
+
 /// The host devices the container config asks for (a device plugin's,
 /// through the kubelet): the container path defaults to the host's, the
 /// permissions to `rwm`.
@@ -463,6 +494,13 @@ pub fn container_options(
     )?;
     options.devices = berth_oci::container_devices(security.privileged, &device_requests(config))
         .map_err(berth_tasks::container::oci_error)?;
+    let cdi_names = cdi_device_names(config);
+    if !cdi_names.is_empty() {
+        berth_oci::CdiRegistry::load(&host.cdi_spec_dirs)
+            .resolve(&cdi_names)
+            .map_err(berth_tasks::container::oci_error)?
+            .apply(&mut options);
+    }
     let pod_ns = sandbox.namespace_options();
     let host_network = pod_ns.network == cri::NamespaceMode::Node as i32;
     options.network = if host_network {
@@ -811,6 +849,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn cdi_devices_come_from_the_field_then_the_annotations() {
+        let config = cri::ContainerConfig {
+            cdi_devices: vec![cri::CdiDevice {
+                name: "vendor.com/gpu=0".into(),
+            }],
+            annotations: HashMap::from([
+                ("cdi.k8s.io/b".into(), "vendor.com/nic=1".into()),
+                (
+                    "cdi.k8s.io/a".into(),
+                    "vendor.com/gpu=1, vendor.com/gpu=2,".into(),
+                ),
+                ("other.io/x".into(), "vendor.com/gpu=9".into()),
+            ]),
+            ..Default::default()
+        };
+        assert_eq!(
+            cdi_device_names(&config),
+            [
+                "vendor.com/gpu=0",
+                "vendor.com/gpu=1",
+                "vendor.com/gpu=2",
+                "vendor.com/nic=1"
+            ]
+        );
+    }
+
+    #[test]
     fn cri_users_become_user_strings() {
         let ok = |uid, gid, name| user_string(uid, gid, name).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(ok(None, None, ""), None);
@@ -830,6 +895,7 @@ mod tests {
             restrict_oom_score_adj: false,
             seccomp_root: PathBuf::new(),
             recursive_read_only: true,
+            cdi_spec_dirs: Vec::new(),
         };
         assert_eq!(host.cgroups_path("", "abc"), "/berth/k8s.io/abc");
         assert_eq!(

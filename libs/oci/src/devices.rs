@@ -22,11 +22,13 @@ pub struct DeviceRequest {
     pub permissions: String,
 }
 
-/// A char or block device node.
+/// A char or block device node, or a FIFO (which CDI specs may list;
+/// it needs no device cgroup rule).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeviceKind {
     Char,
     Block,
+    Fifo,
 }
 
 /// A device as the container gets it: the node runc makes at `path` and
@@ -208,12 +210,12 @@ fn device_of(meta: &std::fs::Metadata, path: &Path, permissions: &str) -> Option
 }
 
 /// The major number of a Linux `dev_t` (glibc's encoding).
-fn libc_major(dev: u64) -> u64 {
+pub(crate) fn libc_major(dev: u64) -> u64 {
     ((dev >> 32) & 0xffff_f000) | ((dev >> 8) & 0x0000_0fff)
 }
 
 /// The minor number of a Linux `dev_t`.
-fn libc_minor(dev: u64) -> u64 {
+pub(crate) fn libc_minor(dev: u64) -> u64 {
     ((dev >> 12) & 0xffff_ff00) | (dev & 0x0000_00ff)
 }
 
@@ -235,6 +237,7 @@ pub(crate) fn linux_devices(
             .typ(match device.kind {
                 DeviceKind::Char => oci_spec::runtime::LinuxDeviceType::C,
                 DeviceKind::Block => oci_spec::runtime::LinuxDeviceType::B,
+                DeviceKind::Fifo => oci_spec::runtime::LinuxDeviceType::P,
             })
             .major(number(device.major)?)
             .minor(number(device.minor)?)
@@ -248,7 +251,7 @@ pub(crate) fn linux_devices(
     Ok(Some(listed))
 }
 
-fn check_container_path(path: &Path) -> Result<()> {
+pub(crate) fn check_container_path(path: &Path) -> Result<()> {
     if !path.is_absolute() {
         return Err(OciError::invalid(format!(
             "container path {} is not absolute",
@@ -264,7 +267,7 @@ fn check_container_path(path: &Path) -> Result<()> {
     Ok(())
 }
 
-fn check_permissions(permissions: &str) -> Result<()> {
+pub(crate) fn check_permissions(permissions: &str) -> Result<()> {
     let mut seen = String::new();
     for c in permissions.chars() {
         if !"rwm".contains(c) || seen.contains(c) {

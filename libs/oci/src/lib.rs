@@ -10,13 +10,16 @@
 //!
 //! Host devices ([`DeviceRequest`], and all of the host's for a privileged
 //! container) are read from the host by the caller and listed in
-//! [`SpecOptions::devices`].
+//! [`SpecOptions::devices`]. CDI devices (`VENDOR/CLASS=NAME`) are resolved
+//! against the host's CDI spec files by [`CdiRegistry`] into edits of the
+//! options.
 //!
 //! Gaps, on purpose: no AppArmor or SELinux profile (the hosts berth targets
 //! may have neither loaded), no user namespaces.
 
 mod args;
 mod capabilities;
+mod cdi;
 mod devices;
 mod error;
 mod image;
@@ -29,6 +32,9 @@ mod spec;
 mod user;
 
 pub use capabilities::{bounding_set, DEFAULT_CAPABILITIES};
+pub use cdi::{
+    is_cdi_device_name, parse_qualified_name, CdiEdits, CdiHook, CdiRegistry, DEFAULT_CDI_SPEC_DIRS,
+};
 pub use devices::{all_host_devices, container_devices, Device, DeviceKind, DeviceRequest};
 pub use error::{OciError, Result};
 pub use image::ImageDefaults;

@@ -115,12 +115,15 @@ fn device_rules(options: &SpecOptions) -> Vec<LinuxDeviceCgroup> {
     }
     let mut rules = default_device_rules();
     for device in &options.devices {
-        let mut rule = LinuxDeviceCgroup::default();
-        rule.set_allow(true);
-        rule.set_typ(Some(match device.kind {
+        let typ = match device.kind {
             crate::DeviceKind::Char => LinuxDeviceType::C,
             crate::DeviceKind::Block => LinuxDeviceType::B,
-        }));
+            // The device cgroup knows only char and block devices.
+            crate::DeviceKind::Fifo => continue,
+        };
+        let mut rule = LinuxDeviceCgroup::default();
+        rule.set_allow(true);
+        rule.set_typ(Some(typ));
         rule.set_major(i64::try_from(device.major).ok());
         rule.set_minor(i64::try_from(device.minor).ok());
         rule.set_access(Some(device.permissions.clone()));

@@ -16,7 +16,8 @@ use berth_errdefs::ErrorKind;
 use berth_metadata::{ContainerStore, Runtime};
 use berth_network::{DnsConfig, PortMapping};
 use berth_oci::{
-    container_devices, CgroupDriver, DeviceRequest, MountOption, NetworkMode, Seccomp, SpecOptions,
+    container_devices, is_cdi_device_name, CdiRegistry, CgroupDriver, DeviceRequest, MountOption,
+    NetworkMode, Seccomp, SpecOptions, DEFAULT_CDI_SPEC_DIRS,
 };
 use berth_tasks::container::{
     create_container, remove_container, ContainerServices, NewContainer, DEFAULT_RUNTIME,
@@ -84,9 +85,14 @@ pub struct ContainerArgs {
     pub privileged: bool,
     /// A host device, or every device below a host directory, in the
     /// container: HOST[:CONTAINER[:PERMISSIONS]] (permissions of r, w, m;
-    /// default rwm); repeatable.
-    #[arg(long, value_name = "HOST[:CONTAINER[:rwm]]")]
+    /// default rwm); or a CDI device VENDOR/CLASS=NAME, as the CDI spec
+    /// files of --cdi-spec-dir describe it; repeatable.
+    #[arg(long, value_name = "HOST[:CONTAINER[:rwm]]|VENDOR/CLASS=NAME")]
     pub device: Vec<String>,
+    /// Where CDI spec files are (*.json, *.yaml), in rising priority;
+    /// repeatable [default: /etc/cdi /var/run/cdi].
+    #[arg(long, value_name = "DIR")]
+    pub cdi_spec_dir: Vec<PathBuf>,
     #[arg(long, value_name = "CAP")]
     pub cap_add: Vec<String>,
     #[arg(long, value_name = "CAP")]
@@ -260,12 +266,21 @@ impl ContainerArgs {
         options.memory_bytes = self.memory.as_deref().map(parse_bytes).transpose()?;
         options.cpus = self.cpus;
         options.pids_limit = self.pids_limit;
-        let requests = self
-            .device
-            .iter()
+        let (cdi_names, host_devices): (Vec<&String>, Vec<&String>) =
+            self.device.iter().partition(|d| is_cdi_device_name(d));
+        let requests = host_devices
+            .into_iter()
             .map(|d| DeviceRequest::parse(d))
             .collect::<Result<Vec<_>, _>>()?;
         options.devices = container_devices(self.privileged, &requests)?;
+        if !cdi_names.is_empty() {
+            let registry = if self.cdi_spec_dir.is_empty() {
+                CdiRegistry::load(DEFAULT_CDI_SPEC_DIRS)
+            } else {
+                CdiRegistry::load(&self.cdi_spec_dir)
+            };
+            registry.resolve(&cdi_names)?.apply(&mut options);
+        }
         let cni_only = [
             ("--publish", self.publish.is_empty()),
             ("--dns", self.dns.is_empty()),
