@@ -41,21 +41,22 @@ mkdir -p "$out"
 # area | files (comma-separated) | function filter (regex, or -) |
 # test package | cargo test target selection
 #
-# One test package per area (cargo 1.95 would take several, `-p A -p B
-# --lib --test NAME`, as long as one of them has NAME: the areas could
-# run their crate's unit tests too). The end-to-end tests (berth-e2e) start
+# One test package per area; an end-to-end area may add the unit tests of
+# the crate it mutates (`-p CRATE --lib` among its targets: cargo takes
+# several packages as long as one of them has each `--test` named). The
+# end-to-end tests (berth-e2e) start
 # the daemons' binaries; with BERTH_E2E_BUILD=1 they build them from the
 # mutated copy first, so the mutant is in the daemon they test.
 areas='
 ids|libs/ids/src/validate.rs,libs/ids/src/digest.rs|-|berth-ids|--lib
 metadata-validate|libs/metadata/src/validate.rs|-|berth-metadata|--lib
-peer|libs/daemon/src/peer.rs|-|berth-e2e|--test contentd
+peer|libs/daemon/src/peer.rs|-|berth-e2e|-p berth-daemon --lib --test contentd
 gc-mark|bins/metad/src/gc/mark.rs|-|berth-metad|--lib
 conditional-deletes|bins/contentd/src/store.rs,bins/snapd/src/local.rs|if_unchanged|berth-e2e|--test gc_collect --test content_remote --test snapd_remote
 content-ingest|bins/contentd/src/ingest.rs,bins/contentd/src/store.rs|-|berth-contentd|--lib --test local_conformance --test recovery
 snapd-apply|bins/snapd/src/apply.rs|-|berth-snapd|--lib --test apply_breakouts --test native_copy
-snapd-unpack|bins/snapd/src/unpack.rs|-|berth-e2e|--test snapd_unpack --test snapd_cli
-snapd-diff|bins/snapd/src/diff.rs|-|berth-e2e|--test snapd_cli
+snapd-unpack|bins/snapd/src/unpack.rs|-|berth-e2e|-p berth-snapd --lib --test snapd_unpack --test snapd_cli
+snapd-diff|bins/snapd/src/diff.rs|-|berth-e2e|-p berth-snapd --lib --test snapd_cli
 shim-options|bins/shim/src/options.rs,bins/shim/src/info.rs|-|containerd-shim-berth-v2|--lib --test binary
 network|libs/network/src/bridge.rs,libs/network/src/cni.rs|-|berth-network|--lib
 shim-kill-exit|bins/shim/src/tasks.rs,bins/shim/src/exits.rs,bins/shim/src/container.rs,bins/shim/src/process.rs|(kill|exit|wait|claim|start_init|start_exec)|containerd-shim-berth-v2|--lib --test ctr
