@@ -4,6 +4,7 @@
 //! daemons on temp dirs and sockets, kill them by pid, and decide when a
 //! missing prerequisite may skip a test (never under `CI=true`).
 
+pub mod cri;
 pub mod fake_registry;
 pub mod grpc;
 pub mod images;

@@ -895,7 +895,7 @@ fn cdi_devices_bring_their_nodes_environment_mounts_hooks_and_groups() {
     std::fs::write(
         specs.join("vendor.yaml"),
         format!(
-            r#"cdiVersion: "0.6.0"
+            r#"cdiVersion: "0.7.0"
 kind: berth.test/accel
 containerEdits:
   env: [ACCEL_VENDOR=berth]

@@ -407,8 +407,10 @@ const CDI_ANNOTATION_PREFIX: &str = "cdi.k8s.io/";
 
 /// The CDI devices a container config asks for: its `CDI_devices`, then
 /// those its `cdi.k8s.io/` annotations name (in key order), as containerd
-/// reads both.
-fn cdi_device_names(config: &cri::ContainerConfig) -> Vec<String> {
+/// reads both; an annotation's value is a comma-separated list of names,
+/// each of which must be one (a blank entry too is refused, as
+/// containerd's parser refuses it).
+fn cdi_device_names(config: &cri::ContainerConfig) -> Result<Vec<String>> {
     let mut names: Vec<String> = config.cdi_devices.iter().map(|d| d.name.clone()).collect();
     let mut keys: Vec<&String> = config
         .annotations
@@ -417,15 +419,13 @@ fn cdi_device_names(config: &cri::ContainerConfig) -> Vec<String> {
         .collect();
     keys.sort();
     for key in keys {
-        names.extend(
-            config.annotations[key]
-                .split(',')
-                .map(str::trim)
-                .filter(|n| !n.is_empty())
-                .map(str::to_string),
-        );
+        for name in config.annotations[key].split(',') {
+            berth_oci::parse_qualified_name(name)
+                .map_err(|e| Error::invalid_argument(format!("annotation {key}: {e}")))?;
+            names.push(name.to_string());
+        }
     }
-    names
+    Ok(names)
 }
 
 /// The host devices the container config asks for (a device plugin's,
@@ -494,13 +494,6 @@ pub fn container_options(
     )?;
     options.devices = berth_oci::container_devices(security.privileged, &device_requests(config))
         .map_err(berth_tasks::container::oci_error)?;
-    let cdi_names = cdi_device_names(config);
-    if !cdi_names.is_empty() {
-        berth_oci::CdiRegistry::load(&host.cdi_spec_dirs)
-            .resolve(&cdi_names)
-            .map_err(berth_tasks::container::oci_error)?
-            .apply(&mut options);
-    }
     let pod_ns = sandbox.namespace_options();
     let host_network = pod_ns.network == cri::NamespaceMode::Node as i32;
     options.network = if host_network {
@@ -682,6 +675,15 @@ pub fn container_options(
     ]);
     values.extend(config.annotations.clone());
     options.hooks.push(annotations(values));
+    // CDI's edits come last, as containerd applies them: its environment
+    // wins, its mounts replace any on the same path.
+    let cdi_names = cdi_device_names(config)?;
+    if !cdi_names.is_empty() {
+        berth_oci::CdiRegistry::load(&host.cdi_spec_dirs)
+            .resolve(&cdi_names)
+            .map_err(berth_tasks::container::oci_error)?
+            .apply(&mut options);
+    }
     Ok(options)
 }
 
@@ -858,14 +860,14 @@ mod tests {
                 ("cdi.k8s.io/b".into(), "vendor.com/nic=1".into()),
                 (
                     "cdi.k8s.io/a".into(),
-                    "vendor.com/gpu=1, vendor.com/gpu=2,".into(),
+                    "vendor.com/gpu=1,vendor.com/gpu=2".into(),
                 ),
                 ("other.io/x".into(), "vendor.com/gpu=9".into()),
             ]),
             ..Default::default()
         };
         assert_eq!(
-            cdi_device_names(&config),
+            cdi_device_names(&config).unwrap(),
             [
                 "vendor.com/gpu=0",
                 "vendor.com/gpu=1",
@@ -873,6 +875,16 @@ mod tests {
                 "vendor.com/nic=1"
             ]
         );
+        for bad in [
+            "vendor.com/gpu=1,",
+            " vendor.com/gpu=1",
+            "vendor.com/gpu=1,,x/y=z",
+            "gpu",
+        ] {
+            let mut config = config.clone();
+            config.annotations.insert("cdi.k8s.io/c".into(), bad.into());
+            assert!(cdi_device_names(&config).is_err(), "{bad:?} accepted");
+        }
     }
 
     #[test]

@@ -4,35 +4,36 @@
 //! edits those files list: device nodes, environment, mounts, hooks,
 //! supplementary groups, Intel RDT and network devices.
 //!
-//! What containerd does through its CDI library, done on berth's own
+//! What containerd does through the CDI library, done on berth's own
 //! options: [`CdiRegistry::load`] reads every `*.json` and `*.yaml` spec of
 //! the directories (a later directory's device replaces an earlier one's of
 //! the same name; two files of one directory naming the same device make
-//! it unresolvable), and [`CdiRegistry::resolve`] turns the requested names
-//! into [`CdiEdits`], which [`CdiEdits::apply`] adds to a container's
-//! [`SpecOptions`]. A spec file that is malformed or invalid is left out
-//! whole, and its reason is part of the error of any request it could have
-//! answered.
+//! it unresolvable there), and [`CdiRegistry::resolve`] turns the requested
+//! names into [`CdiEdits`], which [`CdiEdits::apply`] adds to a container's
+//! [`SpecOptions`] as the last of its changes (so CDI's environment wins,
+//! and its mounts replace any on the same path, as with containerd). A
+//! spec file that is malformed, has a field the specification does not
+//! define, or is invalid is left out whole, and its reason is part of the
+//! error of any request it could have answered.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
 use serde::Deserialize;
 
-use crate::devices::{check_container_path, check_permissions, libc_major, libc_minor};
+use crate::devices::{check_container_path, libc_major, libc_minor};
 use crate::error::{OciError, Result};
-use crate::{Device, DeviceKind, MountOption, SpecHook, SpecOptions};
+use crate::{Device, DeviceKind, SpecHook, SpecOptions};
 
 /// Where CDI spec files are, in rising priority (containerd's and the CDI
 /// library's default).
 pub const DEFAULT_CDI_SPEC_DIRS: &[&str] = &["/etc/cdi", "/var/run/cdi"];
 
-/// The spec versions this reader knows (0.3.0 is the oldest the CDI
-/// library still reads; 1.1.0 the newest published).
+/// The spec versions this reader knows (with or without a leading `v`).
 const KNOWN_VERSIONS: &[&str] = &[
-    "0.3.0", "0.4.0", "0.5.0", "0.6.0", "0.7.0", "0.8.0", "1.0.0", "1.1.0",
+    "0.1.0", "0.2.0", "0.3.0", "0.4.0", "0.5.0", "0.6.0", "0.7.0", "0.8.0", "1.0.0", "1.1.0",
 ];
 
 /// A spec file larger than this is refused unread.
@@ -54,11 +55,10 @@ pub fn is_cdi_device_name(value: &str) -> bool {
     parse_qualified_name(value).is_ok()
 }
 
-/// Splits `VENDOR/CLASS=NAME`, checking each part as the CDI specification
-/// defines it: the vendor a domain-like name (letters, digits, `.`, `-`,
-/// `_`; a letter first), the class letters, digits, `-` and `_` (a letter
-/// first), the device name letters, digits, `_`, `.`, `:` and `-`; each
-/// ends with a letter or digit.
+/// Splits `VENDOR/CLASS=NAME`, checking each part as the CDI library does:
+/// the vendor and the class letters, digits, `.`, `-` and `_`, a letter
+/// first; the device name letters, digits, `_`, `.`, `:` and `-`, a letter
+/// or digit first; each ends with a letter or digit.
 pub fn parse_qualified_name(value: &str) -> Result<(&str, &str, &str)> {
     let bad = |why: &str| OciError::invalid(format!("CDI device {value:?}: {why}"));
     let (kind, name) = value
@@ -67,18 +67,18 @@ pub fn parse_qualified_name(value: &str) -> Result<(&str, &str, &str)> {
     let (vendor, class) = kind
         .split_once('/')
         .ok_or_else(|| bad("not VENDOR/CLASS=NAME"))?;
-    check_kind_part(vendor, "._-").map_err(|why| bad(&format!("vendor {vendor:?} {why}")))?;
-    check_kind_part(class, "_-").map_err(|why| bad(&format!("class {class:?} {why}")))?;
+    check_kind_part(vendor).map_err(|why| bad(&format!("vendor {vendor:?} {why}")))?;
+    check_kind_part(class).map_err(|why| bad(&format!("class {class:?} {why}")))?;
     check_device_name(name).map_err(|why| bad(&format!("name {name:?} {why}")))?;
     Ok((vendor, class, name))
 }
 
-fn check_kind_part(part: &str, extra: &str) -> std::result::Result<(), &'static str> {
+fn check_kind_part(part: &str) -> std::result::Result<(), &'static str> {
     let first = part.chars().next().ok_or("is empty")?;
     if !first.is_ascii_alphabetic() {
         return Err("must start with a letter");
     }
-    check_middle_and_end(part, extra)
+    check_middle_and_end(part, "._-")
 }
 
 fn check_device_name(name: &str) -> std::result::Result<(), &'static str> {
@@ -102,13 +102,17 @@ fn check_middle_and_end(part: &str, extra: &str) -> std::result::Result<(), &'st
     Ok(())
 }
 
-// ---- the spec files, as the CDI specification writes them ----
+// ---- the spec files, as the CDI specification writes them (a field it
+// does not define makes the file invalid, as the CDI library parses) ----
 
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct SpecFile {
     cdi_version: String,
     kind: String,
+    #[serde(default)]
+    #[allow(dead_code)] // read to be accepted; nothing here uses them
+    annotations: BTreeMap<String, String>,
     #[serde(default)]
     devices: Vec<DeviceSpec>,
     #[serde(default)]
@@ -116,16 +120,19 @@ struct SpecFile {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct DeviceSpec {
     name: String,
+    #[serde(default)]
+    #[allow(dead_code)] // read to be accepted; nothing here uses them
+    annotations: BTreeMap<String, String>,
     #[serde(default)]
     container_edits: ContainerEdits,
 }
 
 /// What a device (or every device of a spec file) changes in a container.
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct ContainerEdits {
     #[serde(default)]
     env: Vec<String>,
@@ -144,7 +151,7 @@ struct ContainerEdits {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct DeviceNode {
     path: String,
     #[serde(default)]
@@ -166,7 +173,7 @@ struct DeviceNode {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct HookSpec {
     hook_name: String,
     path: String,
@@ -179,7 +186,7 @@ struct HookSpec {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct MountSpec {
     host_path: String,
     container_path: String,
@@ -190,34 +197,67 @@ struct MountSpec {
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct IntelRdt {
     #[serde(default, rename = "closID")]
     clos_id: Option<String>,
     #[serde(default, rename = "l3CacheSchema")]
     l3_cache_schema: Option<String>,
-    #[serde(default, rename = "memBWSchema")]
+    #[serde(default, rename = "memBwSchema", alias = "memBWSchema")]
     mem_bw_schema: Option<String>,
     #[serde(default)]
     schemata: Vec<String>,
     #[serde(default, rename = "enableMonitoring")]
     enable_monitoring: Option<bool>,
+    /// Before CDI 1.1: what `enableMonitoring` replaced.
+    #[serde(default, rename = "enableCMT")]
+    enable_cmt: Option<bool>,
+    #[serde(default, rename = "enableMBM")]
+    enable_mbm: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct NetDevice {
     host_interface_name: String,
     name: String,
 }
 
-impl ContainerEdits {
-    fn check(&self) -> std::result::Result<(), String> {
-        for entry in &self.env {
-            match entry.split_once('=') {
-                Some((key, _)) if !key.is_empty() && !entry.contains('\0') => {}
-                _ => return Err(format!("environment entry {entry:?} is not KEY=VALUE")),
-            }
+fn check_env(entries: &[String]) -> std::result::Result<(), String> {
+    for entry in entries {
+        match entry.split_once('=') {
+            Some((key, _)) if !key.is_empty() && !entry.contains('\0') => {}
+            _ => return Err(format!("environment entry {entry:?} is not KEY=VALUE")),
         }
+    }
+    Ok(())
+}
+
+/// Device cgroup permissions as CDI writes them: letters of `rwm` (a
+/// letter may repeat), or `none`; `None` if they are neither.
+fn cgroup_permissions(permissions: &str) -> Option<String> {
+    if permissions == "none" {
+        return Some(String::new());
+    }
+    if permissions.is_empty() || !permissions.chars().all(|c| "rwm".contains(c)) {
+        return None;
+    }
+    Some("rwm".chars().filter(|c| permissions.contains(*c)).collect())
+}
+
+impl ContainerEdits {
+    fn is_empty(&self) -> bool {
+        self.env.is_empty()
+            && self.device_nodes.is_empty()
+            && self.hooks.is_empty()
+            && self.mounts.is_empty()
+            && self.intel_rdt.is_none()
+            && self.additional_gids.is_empty()
+            && self.net_devices.is_empty()
+    }
+
+    fn check(&self) -> std::result::Result<(), String> {
+        check_env(&self.env)?;
         for node in &self.device_nodes {
             check_container_path(Path::new(&node.path)).map_err(|e| e.to_string())?;
             if let Some(host) = &node.host_path {
@@ -239,7 +279,12 @@ impl ContainerEdits {
                 }
             }
             if let Some(permissions) = node.permissions.as_deref().filter(|p| !p.is_empty()) {
-                check_permissions(permissions).map_err(|e| e.to_string())?;
+                if cgroup_permissions(permissions).is_none() {
+                    return Err(format!(
+                        "device {}: permissions {permissions:?} are neither of r, w and m nor none",
+                        node.path
+                    ));
+                }
             }
         }
         for hook in &self.hooks {
@@ -249,6 +294,7 @@ impl ContainerEdits {
             if !Path::new(&hook.path).is_absolute() {
                 return Err(format!("hook path {:?} is not absolute", hook.path));
             }
+            check_env(&hook.env).map_err(|why| format!("hook {}: {why}", hook.path))?;
         }
         for mount in &self.mounts {
             if mount.host_path.is_empty() {
@@ -259,9 +305,23 @@ impl ContainerEdits {
             }
             check_container_path(Path::new(&mount.container_path)).map_err(|e| e.to_string())?;
         }
+        if let Some(clos) = self.intel_rdt.as_ref().and_then(|r| r.clos_id.as_deref()) {
+            // A resctrl group's directory name.
+            if clos.is_empty() || clos == "." || clos == ".." || clos.contains('/') {
+                return Err(format!("intelRdt closID {clos:?} is not a directory name"));
+            }
+        }
+        let mut hosts = HashSet::new();
+        let mut names = HashSet::new();
         for device in &self.net_devices {
             if device.host_interface_name.is_empty() || device.name.is_empty() {
                 return Err("a network device needs a host interface name and a name".into());
+            }
+            if !hosts.insert(&device.host_interface_name) || !names.insert(&device.name) {
+                return Err(format!(
+                    "network device {:?} ({:?}) is given twice",
+                    device.host_interface_name, device.name
+                ));
             }
         }
         Ok(())
@@ -270,7 +330,11 @@ impl ContainerEdits {
 
 impl SpecFile {
     fn check(&self) -> std::result::Result<(), String> {
-        if !KNOWN_VERSIONS.contains(&self.cdi_version.as_str()) {
+        let version = self
+            .cdi_version
+            .strip_prefix('v')
+            .unwrap_or(&self.cdi_version);
+        if !KNOWN_VERSIONS.contains(&version) {
             return Err(format!("unknown cdiVersion {:?}", self.cdi_version));
         }
         parse_qualified_name(&format!("{}=x", self.kind))
@@ -285,6 +349,9 @@ impl SpecFile {
                 .map_err(|why| format!("device name {:?} {why}", device.name))?;
             if !seen.insert(device.name.as_str()) {
                 return Err(format!("device {:?} is named twice", device.name));
+            }
+            if device.container_edits.is_empty() {
+                return Err(format!("device {:?} edits nothing", device.name));
             }
             device
                 .container_edits
@@ -310,18 +377,19 @@ struct Known {
 /// The CDI devices of a set of spec directories.
 #[derive(Debug, Default)]
 pub struct CdiRegistry {
-    devices: HashMap<String, Known>,
+    devices: BTreeMap<String, Known>,
     /// Devices two spec files of one directory both name, with that
     /// directory's priority: unresolvable unless a later directory names
-    /// them too.
-    conflicts: HashMap<String, (usize, Vec<PathBuf>)>,
-    /// Spec files left out, with why.
+    /// them.
+    conflicts: BTreeMap<String, (usize, Vec<PathBuf>)>,
+    /// Spec files (and directories) left out, with why.
     problems: Vec<String>,
 }
 
 impl CdiRegistry {
     /// Reads every `*.json` and `*.yaml` spec file of `dirs` (a missing
-    /// directory has none), in rising priority.
+    /// directory has none), in rising priority. Subdirectories are not
+    /// read; a symlink to a file is.
     pub fn load<P: AsRef<Path>>(dirs: &[P]) -> CdiRegistry {
         let mut registry = CdiRegistry::default();
         for (priority, dir) in dirs.iter().enumerate() {
@@ -391,11 +459,9 @@ impl CdiRegistry {
         }
     }
 
-    /// The names of every device this registry can give.
+    /// The names of every device this registry can give, sorted.
     pub fn device_names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.devices.keys().cloned().collect();
-        names.sort();
-        names
+        self.devices.keys().cloned().collect()
     }
 
     /// The edits that give a container these devices (each named once).
@@ -491,13 +557,28 @@ pub struct CdiHook {
     pub timeout: Option<i64>,
 }
 
+/// A mount a CDI device asks for, given to the runtime as written (its
+/// type, when the spec names none, is left for the runtime to take from
+/// its options, as `bind`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CdiMount {
+    pub host_path: PathBuf,
+    pub container_path: PathBuf,
+    pub options: Vec<String>,
+    pub kind: Option<String>,
+}
+
 /// What some CDI devices change in a container, resolved against the host
 /// (a device node's missing type and numbers read from its host path).
 #[derive(Debug, Clone, Default)]
 pub struct CdiEdits {
     pub env: Vec<String>,
     pub devices: Vec<Device>,
-    pub mounts: Vec<MountOption>,
+    /// The container paths of `devices` whose spec gave no owner: they get
+    /// the container process's uid and gid (when not root's), as the CDI
+    /// library gives them.
+    unowned: Vec<(PathBuf, bool, bool)>,
+    pub mounts: Vec<CdiMount>,
     pub hooks: Vec<CdiHook>,
     pub additional_gids: Vec<u32>,
     intel_rdt: Option<IntelRdt>,
@@ -511,16 +592,21 @@ impl CdiEdits {
         for node in &edits.device_nodes {
             let device = resolve_node(node)?;
             self.devices.retain(|d| d.path != device.path);
+            self.unowned.retain(|(path, ..)| *path != device.path);
+            if node.uid.is_none() || node.gid.is_none() {
+                self.unowned
+                    .push((device.path.clone(), node.uid.is_none(), node.gid.is_none()));
+            }
             self.devices.push(device);
         }
         for mount in &edits.mounts {
-            self.mounts
-                .retain(|m| m.destination != mount.container_path);
-            self.mounts.push(MountOption {
-                kind: mount.kind.clone().unwrap_or_else(|| "bind".to_string()),
-                source: mount.host_path.clone(),
-                destination: mount.container_path.clone(),
+            let container_path = PathBuf::from(&mount.container_path);
+            self.mounts.retain(|m| m.container_path != container_path);
+            self.mounts.push(CdiMount {
+                host_path: PathBuf::from(&mount.host_path),
+                container_path,
                 options: mount.options.clone(),
+                kind: mount.kind.clone().filter(|k| !k.is_empty()),
             });
         }
         for hook in &edits.hooks {
@@ -533,7 +619,8 @@ impl CdiEdits {
             });
         }
         for gid in &edits.additional_gids {
-            if !self.additional_gids.contains(gid) {
+            // The specification: a gid of 0 is ignored.
+            if *gid != 0 && !self.additional_gids.contains(gid) {
                 self.additional_gids.push(*gid);
             }
         }
@@ -549,30 +636,35 @@ impl CdiEdits {
         Ok(())
     }
 
-    /// Gives these edits to a container: the environment before the
-    /// caller's own (which wins for a key both set), the devices replacing
-    /// any of the same path, the mounts after the caller's, and the hooks,
-    /// groups, RDT and network devices on the built spec.
+    /// Gives these edits to a container; call it after every other change
+    /// of the options, as containerd applies CDI last: the environment
+    /// after the caller's (a CDI variable wins over the image's and the
+    /// caller's of the same key), the devices replacing any of the same
+    /// path, and on the built spec the mounts (replacing any on the same
+    /// path, then every mount ordered by its depth, parents first), hooks,
+    /// groups, device owners, RDT and network devices.
     pub fn apply(self, options: &mut SpecOptions) {
-        let mut env = self.env;
-        env.append(&mut options.env);
-        options.env = env;
+        options.env.extend(self.env);
         for device in self.devices {
             options.devices.retain(|d| d.path != device.path);
             options.devices.push(device);
         }
-        options.mounts.extend(self.mounts);
-        let (hooks, gids, rdt, net_devices) = (
+        let (mounts, hooks, gids, unowned, rdt, net_devices) = (
+            self.mounts,
             self.hooks,
             self.additional_gids,
+            self.unowned,
             self.intel_rdt,
             self.net_devices,
         );
-        if hooks.is_empty() && gids.is_empty() && rdt.is_none() && net_devices.is_empty() {
-            return;
-        }
         options.hooks.push(SpecHook(Arc::new(move |spec| {
+            add_mounts(spec, &mounts);
             add_hooks(spec, &hooks)?;
+            let (uid, gid) = spec
+                .process()
+                .as_ref()
+                .map(|p| (p.user().uid(), p.user().gid()))
+                .unwrap_or((0, 0));
             if !gids.is_empty() {
                 if let Some(process) = spec.process_mut() {
                     let mut user = process.user().clone();
@@ -587,6 +679,21 @@ impl CdiEdits {
                 }
             }
             if let Some(linux) = spec.linux_mut() {
+                if let Some(devices) = linux.devices_mut() {
+                    for device in devices.iter_mut() {
+                        let Some((_, no_uid, no_gid)) =
+                            unowned.iter().find(|(path, ..)| path == device.path())
+                        else {
+                            continue;
+                        };
+                        if *no_uid && uid > 0 {
+                            device.set_uid(Some(uid));
+                        }
+                        if *no_gid && gid > 0 {
+                            device.set_gid(Some(gid));
+                        }
+                    }
+                }
                 if let Some(rdt) = &rdt {
                     let mut oci = oci_spec::runtime::LinuxIntelRdt::default();
                     oci.set_clos_id(rdt.clos_id.clone());
@@ -594,6 +701,11 @@ impl CdiEdits {
                     oci.set_mem_bw_schema(rdt.mem_bw_schema.clone());
                     oci.set_schemata((!rdt.schemata.is_empty()).then(|| rdt.schemata.clone()));
                     oci.set_enable_monitoring(rdt.enable_monitoring);
+                    #[allow(deprecated)]
+                    {
+                        oci.set_enable_cmt(rdt.enable_cmt);
+                        oci.set_enable_mbm(rdt.enable_mbm);
+                    }
                     linux.set_intel_rdt(Some(oci));
                 }
                 if !net_devices.is_empty() {
@@ -609,6 +721,32 @@ impl CdiEdits {
             Ok(())
         })));
     }
+}
+
+/// Adds the CDI mounts, each replacing a mount on its path, then orders
+/// every mount by the depth of its path (stable: parents before what is
+/// mounted below them), as the CDI library does.
+fn add_mounts(spec: &mut oci_spec::runtime::Spec, mounts: &[CdiMount]) {
+    if mounts.is_empty() {
+        return;
+    }
+    let mut all = spec.mounts().clone().unwrap_or_default();
+    for mount in mounts {
+        all.retain(|m| m.destination() != &mount.container_path);
+        let mut oci = oci_spec::runtime::Mount::default();
+        oci.set_destination(mount.container_path.clone());
+        oci.set_source(Some(mount.host_path.clone()));
+        oci.set_typ(mount.kind.clone());
+        oci.set_options((!mount.options.is_empty()).then(|| mount.options.clone()));
+        all.push(oci);
+    }
+    all.sort_by_key(|m| {
+        m.destination()
+            .components()
+            .filter(|c| matches!(c, Component::Normal(_)))
+            .count()
+    });
+    spec.set_mounts(Some(all));
 }
 
 fn add_hooks(spec: &mut oci_spec::runtime::Spec, hooks: &[CdiHook]) -> Result<()> {
@@ -643,7 +781,8 @@ fn add_hooks(spec: &mut oci_spec::runtime::Spec, hooks: &[CdiHook]) -> Result<()
 
 /// A device node as the container gets it: the type and numbers the spec
 /// gives, else those of its host path (the container path when none is
-/// given), which must agree with a given type.
+/// given; a symlink there is not a device node), which must be of the type
+/// given; the file mode the spec gives, else the host node's.
 fn resolve_node(node: &DeviceNode) -> Result<Device> {
     let path = PathBuf::from(&node.path);
     let host = PathBuf::from(node.host_path.as_deref().unwrap_or(&node.path));
@@ -654,45 +793,40 @@ fn resolve_node(node: &DeviceNode) -> Result<Device> {
         )));
     }
     let given = node.kind.as_deref().filter(|k| !k.is_empty());
-    let major = node.major.unwrap_or(0);
-    let numbers_given = major != 0 || given == Some("p");
-    let host_meta = std::fs::metadata(&host);
-    let (kind, major, minor) = match (given, numbers_given) {
-        (Some(kind), true) => (kind_of(kind)?, major, node.minor.unwrap_or(0)),
-        _ => {
-            let meta = host_meta
-                .as_ref()
-                .map_err(|e| OciError::invalid(format!("device node {}: {e}", host.display())))?;
-            let found = if meta.file_type().is_char_device() {
-                "c"
-            } else if meta.file_type().is_block_device() {
-                "b"
-            } else if meta.file_type().is_fifo() {
-                "p"
-            } else {
-                return Err(OciError::invalid(format!(
-                    "{} is not a device node",
-                    host.display()
-                )));
-            };
-            let kind = match given {
-                Some(kind) if !(kind == found || (kind == "u" && found == "c")) => {
-                    return Err(OciError::invalid(format!(
-                        "device {}: type {kind:?} but {} is {found:?}",
-                        node.path,
-                        host.display()
-                    )))
-                }
-                Some(kind) => kind,
-                None => found,
-            };
-            let (major, minor) = if numbers_given || found == "p" {
-                (major, node.minor.unwrap_or(0))
-            } else {
-                let rdev = meta.rdev();
-                (libc_major(rdev) as i64, libc_minor(rdev) as i64)
-            };
-            (kind_of(kind)?, major, minor)
+    let given_major = node.major.unwrap_or(0);
+    let given_minor = node.minor.unwrap_or(0);
+    let host_meta = std::fs::symlink_metadata(&host);
+    let complete = given.is_some_and(|kind| given_major != 0 || kind == "p");
+    let (kind, major, minor) = if complete {
+        (given.unwrap_or("c"), given_major, given_minor)
+    } else {
+        let meta = host_meta
+            .as_ref()
+            .map_err(|e| OciError::invalid(format!("device node {}: {e}", host.display())))?;
+        let found = if meta.file_type().is_char_device() {
+            "c"
+        } else if meta.file_type().is_block_device() {
+            "b"
+        } else if meta.file_type().is_fifo() {
+            "p"
+        } else {
+            return Err(OciError::invalid(format!(
+                "{} is not a device node",
+                host.display()
+            )));
+        };
+        if let Some(kind) = given.filter(|kind| *kind != found) {
+            return Err(OciError::invalid(format!(
+                "device {}: type {kind:?} but {} is {found:?}",
+                node.path,
+                host.display()
+            )));
+        }
+        if found == "p" || given_major != 0 {
+            (found, given_major, given_minor)
+        } else {
+            let rdev = meta.rdev();
+            (found, libc_major(rdev) as i64, libc_minor(rdev) as i64)
         }
     };
     let file_mode = node.file_mode.unwrap_or_else(|| {
@@ -701,25 +835,28 @@ fn resolve_node(node: &DeviceNode) -> Result<Device> {
             .map(|m| m.mode() & 0o7777)
             .unwrap_or(0o666)
     });
+    let permissions = match node.permissions.as_deref().filter(|p| !p.is_empty()) {
+        Some(given) => cgroup_permissions(given).ok_or_else(|| {
+            OciError::invalid(format!("device {}: permissions {given:?}", node.path))
+        })?,
+        None => "rwm".to_string(),
+    };
     Ok(Device {
         path,
-        kind,
+        kind: kind_of(kind)?,
         major: u64::try_from(major).unwrap_or(0),
         minor: u64::try_from(minor).unwrap_or(0),
         file_mode,
         uid: node.uid.unwrap_or(0),
         gid: node.gid.unwrap_or(0),
-        permissions: node
-            .permissions
-            .clone()
-            .filter(|p| !p.is_empty())
-            .unwrap_or_else(|| "rwm".to_string()),
+        permissions,
     })
 }
 
 fn kind_of(kind: &str) -> Result<DeviceKind> {
     match kind {
-        "c" | "u" => Ok(DeviceKind::Char),
+        "c" => Ok(DeviceKind::Char),
+        "u" => Ok(DeviceKind::Unbuffered),
         "b" => Ok(DeviceKind::Block),
         "p" => Ok(DeviceKind::Fifo),
         other => Err(OciError::invalid(format!("device type {other:?}"))),
@@ -736,7 +873,7 @@ mod tests {
     }
 
     const VENDOR_YAML: &str = r#"
-cdiVersion: "0.6.0"
+cdiVersion: "0.7.0"
 kind: berth.test/sink
 containerEdits:
   env: ["SINK_SPEC=1"]
@@ -771,6 +908,7 @@ devices:
             ("nvidia.com", "gpu", "0")
         );
         assert!(is_cdi_device_name("vendor.example/class_a=dev:1.a-b"));
+        assert!(is_cdi_device_name("vendor.example/class.a=0"));
         for bad in [
             "/dev/null",
             "nvidia.com/gpu",
@@ -814,8 +952,8 @@ devices:
         assert_eq!((edits.devices[1].major, edits.devices[1].minor), (1, 5));
         assert_eq!(edits.devices[1].permissions, "rwm");
         assert_eq!(edits.mounts.len(), 1);
-        assert_eq!(edits.mounts[0].kind, "bind");
-        assert_eq!(edits.mounts[0].destination, "/etc/sink-host");
+        assert_eq!(edits.mounts[0].kind, None);
+        assert_eq!(edits.mounts[0].container_path, Path::new("/etc/sink-host"));
         assert_eq!(edits.hooks[0].hook_name, "createRuntime");
         assert_eq!(edits.hooks[0].args, ["true", "one"]);
         assert_eq!(edits.additional_gids, [4242]);
@@ -828,6 +966,14 @@ devices:
         let registry = CdiRegistry::load(&[dir.path()]);
         let mut options = SpecOptions::new("default", "c1");
         options.env = vec!["SINK=mine".into()];
+        options.user = Some("1000:1001".into());
+        // A mount of the caller's on a CDI mount's path is replaced.
+        options.mounts.push(crate::MountOption {
+            kind: "tmpfs".into(),
+            source: String::new(),
+            destination: "/etc/sink-host".into(),
+            options: Vec::new(),
+        });
         registry
             .resolve(&["berth.test/sink=null0"])
             .unwrap()
@@ -841,15 +987,20 @@ devices:
         let env = process.env().clone().unwrap();
         assert!(env.contains(&"SINK_SPEC=1".to_string()), "{env:?}");
         assert!(
-            env.contains(&"SINK=mine".to_string()),
-            "the caller's wins: {env:?}"
+            env.contains(&"SINK=null0".to_string()),
+            "CDI's wins: {env:?}"
         );
-        assert!(!env.contains(&"SINK=null0".to_string()), "{env:?}");
+        assert!(!env.contains(&"SINK=mine".to_string()), "{env:?}");
         let gids = process.user().additional_gids().clone().unwrap_or_default();
         assert!(gids.contains(&4242), "{gids:?}");
         let linux = spec.linux().as_ref().unwrap();
         let devices = linux.devices().clone().unwrap();
         assert_eq!(devices[0].path(), Path::new("/dev/sink0"));
+        // No owner in the spec: the container process's.
+        assert_eq!(
+            (devices[0].uid(), devices[0].gid()),
+            (Some(1000), Some(1001))
+        );
         let rules = linux
             .resources()
             .as_ref()
@@ -861,11 +1012,22 @@ devices:
         assert_eq!((last.major(), last.minor()), (Some(1), Some(3)));
         assert_eq!(last.access().as_deref(), Some("rw"));
         let mounts = spec.mounts().clone().unwrap();
-        let mount = mounts
+        let on_path: Vec<_> = mounts
             .iter()
-            .find(|m| m.destination() == Path::new("/etc/sink-host"))
-            .unwrap();
-        assert_eq!(mount.source().as_deref(), Some(Path::new("/etc/hostname")));
+            .filter(|m| m.destination() == Path::new("/etc/sink-host"))
+            .collect();
+        assert_eq!(on_path.len(), 1, "{mounts:?}");
+        assert_eq!(
+            on_path[0].source().as_deref(),
+            Some(Path::new("/etc/hostname"))
+        );
+        assert_eq!(on_path[0].typ(), &None);
+        // Parents before what is mounted below them.
+        let depths: Vec<usize> = mounts
+            .iter()
+            .map(|m| m.destination().components().count())
+            .collect();
+        assert!(depths.windows(2).all(|w| w[0] <= w[1]), "{mounts:?}");
         let hooks = spec.hooks().clone().unwrap();
         let create = hooks.create_runtime().clone().unwrap();
         assert_eq!(create[0].path(), Path::new("/bin/true"));
@@ -934,6 +1096,18 @@ devices:
                 r#"{"cdiVersion":"0.6.0","kind":"a.b/h","devices":[{"name":"d","containerEdits":{"env":["=x"]}}]}"#,
             ),
             ("broken.yaml", "cdiVersion: [\n"),
+            (
+                "unknown.json",
+                r#"{"cdiVersion":"0.6.0","kind":"a.b/i","devices":[{"name":"d","containerEdit":{"env":["A=1"]}}]}"#,
+            ),
+            (
+                "empty.json",
+                r#"{"cdiVersion":"0.6.0","kind":"a.b/j","devices":[{"name":"d"}]}"#,
+            ),
+            (
+                "perms.json",
+                r#"{"cdiVersion":"0.6.0","kind":"a.b/k","devices":[{"name":"d","containerEdits":{"deviceNodes":[{"path":"/dev/x","permissions":"rwx"}]}}]}"#,
+            ),
         ] {
             write(dir.path(), name, text);
         }
@@ -944,7 +1118,7 @@ devices:
             "{:?}",
             registry.device_names()
         );
-        assert_eq!(registry.problems.len(), 8, "{:?}", registry.problems);
+        assert_eq!(registry.problems.len(), 11, "{:?}", registry.problems);
         let err = registry.resolve(&["a.b/c=d"]).unwrap_err().to_string();
         assert!(err.contains("unresolvable CDI devices: a.b/c=d"), "{err}");
         assert!(err.contains("version.json: unknown cdiVersion"), "{err}");
@@ -959,13 +1133,19 @@ devices:
         write(
             dir.path(),
             "n.json",
-            r#"{"cdiVersion":"0.6.0","kind":"a.b/n","devices":[
+            &r#"{"cdiVersion":"0.6.0","kind":"a.b/n","devices":[
                 {"name":"file","containerEdits":{"deviceNodes":[{"path":"/dev/x","hostPath":"/etc/hostname"}]}},
                 {"name":"block","containerEdits":{"deviceNodes":[{"path":"/dev/x","hostPath":"/dev/null","type":"b"}]}},
                 {"name":"given","containerEdits":{"deviceNodes":[{"path":"/dev/x","type":"c","major":240,"minor":7,"fileMode":384}]}},
-                {"name":"gone","containerEdits":{"deviceNodes":[{"path":"/dev/berth-no-such-node"}]}}
-            ]}"#,
+                {"name":"gone","containerEdits":{"deviceNodes":[{"path":"/dev/berth-no-such-node"}]}},
+                {"name":"unbuffered","containerEdits":{"deviceNodes":[{"path":"/dev/x","hostPath":"/dev/null","type":"u"}]}},
+                {"name":"linked","containerEdits":{"deviceNodes":[{"path":"/dev/x","hostPath":"LINK"}]}},
+                {"name":"repeated","containerEdits":{"deviceNodes":[{"path":"/dev/x","hostPath":"/dev/null","permissions":"wrw"}]}},
+                {"name":"unruled","containerEdits":{"deviceNodes":[{"path":"/dev/x","hostPath":"/dev/null","permissions":"none"}]}}
+            ]}"#
+            .replace("LINK", dir.path().join("null-link").to_str().unwrap()),
         );
+        std::os::unix::fs::symlink("/dev/null", dir.path().join("null-link")).unwrap();
         let registry = CdiRegistry::load(&[dir.path()]);
         let err = registry.resolve(&["a.b/n=file"]).unwrap_err().to_string();
         assert!(err.contains("not a device node"), "{err}");
@@ -973,6 +1153,18 @@ devices:
         assert!(err.contains("type \"b\" but /dev/null is \"c\""), "{err}");
         let err = registry.resolve(&["a.b/n=gone"]).unwrap_err().to_string();
         assert!(err.contains("/dev/berth-no-such-node"), "{err}");
+        let err = registry
+            .resolve(&["a.b/n=unbuffered"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("type \"u\" but /dev/null is \"c\""), "{err}");
+        // A symlink is not followed to a device node.
+        let err = registry.resolve(&["a.b/n=linked"]).unwrap_err().to_string();
+        assert!(err.contains("not a device node"), "{err}");
+        let repeated = registry.resolve(&["a.b/n=repeated"]).unwrap();
+        assert_eq!(repeated.devices[0].permissions, "rw");
+        let unruled = registry.resolve(&["a.b/n=unruled"]).unwrap();
+        assert_eq!(unruled.devices[0].permissions, "");
         // Type and numbers given: nothing is read from the host.
         let given = registry.resolve(&["a.b/n=given"]).unwrap();
         let d = &given.devices[0];

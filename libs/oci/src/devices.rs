@@ -22,12 +22,14 @@ pub struct DeviceRequest {
     pub permissions: String,
 }
 
-/// A char or block device node, or a FIFO (which CDI specs may list;
-/// it needs no device cgroup rule).
+/// A char or block device node; or, as CDI specs may list them, an
+/// unbuffered char device (`u`) or a FIFO, which get no device cgroup rule
+/// (as the CDI library gives them none).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeviceKind {
     Char,
     Block,
+    Unbuffered,
     Fifo,
 }
 
@@ -44,7 +46,8 @@ pub struct Device {
     pub file_mode: u32,
     pub uid: u32,
     pub gid: u32,
-    /// Device cgroup access: a non-empty subset of `rwm`.
+    /// Device cgroup access: a subset of `rwm`; empty for no rule (a CDI
+    /// device whose permissions are `none`).
     pub permissions: String,
 }
 
@@ -237,6 +240,7 @@ pub(crate) fn linux_devices(
             .typ(match device.kind {
                 DeviceKind::Char => oci_spec::runtime::LinuxDeviceType::C,
                 DeviceKind::Block => oci_spec::runtime::LinuxDeviceType::B,
+                DeviceKind::Unbuffered => oci_spec::runtime::LinuxDeviceType::U,
                 DeviceKind::Fifo => oci_spec::runtime::LinuxDeviceType::P,
             })
             .major(number(device.major)?)
@@ -267,7 +271,7 @@ pub(crate) fn check_container_path(path: &Path) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn check_permissions(permissions: &str) -> Result<()> {
+fn check_permissions(permissions: &str) -> Result<()> {
     let mut seen = String::new();
     for c in permissions.chars() {
         if !"rwm".contains(c) || seen.contains(c) {

@@ -119,8 +119,11 @@ fn device_rules(options: &SpecOptions) -> Vec<LinuxDeviceCgroup> {
             crate::DeviceKind::Char => LinuxDeviceType::C,
             crate::DeviceKind::Block => LinuxDeviceType::B,
             // The device cgroup knows only char and block devices.
-            crate::DeviceKind::Fifo => continue,
+            crate::DeviceKind::Unbuffered | crate::DeviceKind::Fifo => continue,
         };
+        if device.permissions.is_empty() {
+            continue;
+        }
         let mut rule = LinuxDeviceCgroup::default();
         rule.set_allow(true);
         rule.set_typ(Some(typ));

@@ -273,14 +273,6 @@ impl ContainerArgs {
             .map(|d| DeviceRequest::parse(d))
             .collect::<Result<Vec<_>, _>>()?;
         options.devices = container_devices(self.privileged, &requests)?;
-        if !cdi_names.is_empty() {
-            let registry = if self.cdi_spec_dir.is_empty() {
-                CdiRegistry::load(DEFAULT_CDI_SPEC_DIRS)
-            } else {
-                CdiRegistry::load(&self.cdi_spec_dir)
-            };
-            registry.resolve(&cdi_names)?.apply(&mut options);
-        }
         let cni_only = [
             ("--publish", self.publish.is_empty()),
             ("--dns", self.dns.is_empty()),
@@ -317,6 +309,16 @@ impl ContainerArgs {
             "systemd" => CgroupDriver::Systemd,
             other => bail!("--cgroup-manager {other:?}: cgroupfs or systemd"),
         };
+        // CDI's edits come last, as containerd applies them: its
+        // environment wins, its mounts replace any on the same path.
+        if !cdi_names.is_empty() {
+            let registry = if self.cdi_spec_dir.is_empty() {
+                CdiRegistry::load(DEFAULT_CDI_SPEC_DIRS)
+            } else {
+                CdiRegistry::load(&self.cdi_spec_dir)
+            };
+            registry.resolve(&cdi_names)?.apply(&mut options);
+        }
         Ok(options)
     }
 
