@@ -30,6 +30,23 @@ impl TasksService {
         TasksService { tasks }
     }
 
+    /// Runs a call that changes what taskd and its shims hold to its end,
+    /// on a task of its own: ttrpc drops a request's future when its caller
+    /// hangs up, and a Create dropped between the shim's answer and taskd's
+    /// table (crid SIGKILLed in the middle of a RunPodSandbox) left a
+    /// running container, its bundle, mount and cgroup, that no call
+    /// listed or removed.
+    async fn to_completion<T, F, Fut>(&self, call: F) -> berth_errdefs::Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(Arc<dyn Tasks>) -> Fut,
+        Fut: std::future::Future<Output = berth_errdefs::Result<T>> + Send + 'static,
+    {
+        tokio::spawn(call(self.tasks.clone()))
+            .await
+            .map_err(|e| Error::internal(format!("task call ended early: {e}")))?
+    }
+
     pub fn into_ttrpc(self) -> std::collections::HashMap<String, ttrpc::r#async::Service> {
         pb::create_tasks(Arc::new(self))
     }
@@ -44,7 +61,10 @@ impl pb::Tasks for TasksService {
     ) -> ttrpc::Result<pb::CreateTaskResponse> {
         let result = async {
             let namespace = request_namespace(ctx)?;
-            let pid = self.tasks.create(&namespace, create_from_pb(&req)).await?;
+            let request = create_from_pb(&req);
+            let pid = self
+                .to_completion(|tasks| async move { tasks.create(&namespace, request).await })
+                .await?;
             Ok(pb::CreateTaskResponse {
                 container_id: req.container_id.clone(),
                 pid,
@@ -62,9 +82,9 @@ impl pb::Tasks for TasksService {
     ) -> ttrpc::Result<pb::StartResponse> {
         let result = async {
             let namespace = request_namespace(ctx)?;
+            let (id, exec_id) = (req.container_id.clone(), req.exec_id.clone());
             let pid = self
-                .tasks
-                .start(&namespace, &req.container_id, &req.exec_id)
+                .to_completion(|tasks| async move { tasks.start(&namespace, &id, &exec_id).await })
                 .await?;
             Ok(pb::StartResponse {
                 pid,
@@ -82,7 +102,10 @@ impl pb::Tasks for TasksService {
     ) -> ttrpc::Result<pb::DeleteResponse> {
         let result = async {
             let namespace = request_namespace(ctx)?;
-            let deleted = self.tasks.delete(&namespace, &req.container_id).await?;
+            let id = req.container_id.clone();
+            let deleted = self
+                .to_completion(|tasks| async move { tasks.delete(&namespace, &id).await })
+                .await?;
             Ok(deleted_to_pb(&deleted))
         }
         .await;
@@ -96,9 +119,11 @@ impl pb::Tasks for TasksService {
     ) -> ttrpc::Result<pb::DeleteResponse> {
         let result = async {
             let namespace = request_namespace(ctx)?;
+            let (id, exec_id) = (req.container_id.clone(), req.exec_id.clone());
             let deleted = self
-                .tasks
-                .delete_process(&namespace, &req.container_id, &req.exec_id)
+                .to_completion(|tasks| async move {
+                    tasks.delete_process(&namespace, &id, &exec_id).await
+                })
                 .await?;
             Ok(deleted_to_pb(&deleted))
         }
@@ -142,7 +167,9 @@ impl pb::Tasks for TasksService {
     async fn kill(&self, ctx: &TtrpcContext, req: pb::KillRequest) -> ttrpc::Result<Empty> {
         let result = async {
             let namespace = request_namespace(ctx)?;
-            self.tasks.kill(&namespace, kill_from_pb(&req)).await?;
+            let request = kill_from_pb(&req);
+            self.to_completion(|tasks| async move { tasks.kill(&namespace, request).await })
+                .await?;
             Ok(Empty::new())
         }
         .await;
@@ -152,7 +179,9 @@ impl pb::Tasks for TasksService {
     async fn exec(&self, ctx: &TtrpcContext, req: pb::ExecProcessRequest) -> ttrpc::Result<Empty> {
         let result = async {
             let namespace = request_namespace(ctx)?;
-            self.tasks.exec(&namespace, exec_from_pb(&req)).await?;
+            let request = exec_from_pb(&req);
+            self.to_completion(|tasks| async move { tasks.exec(&namespace, request).await })
+                .await?;
             Ok(Empty::new())
         }
         .await;
@@ -198,7 +227,9 @@ impl pb::Tasks for TasksService {
     async fn pause(&self, ctx: &TtrpcContext, req: pb::PauseTaskRequest) -> ttrpc::Result<Empty> {
         let result = async {
             let namespace = request_namespace(ctx)?;
-            self.tasks.pause(&namespace, &req.container_id).await?;
+            let id = req.container_id.clone();
+            self.to_completion(|tasks| async move { tasks.pause(&namespace, &id).await })
+                .await?;
             Ok(Empty::new())
         }
         .await;
@@ -208,7 +239,9 @@ impl pb::Tasks for TasksService {
     async fn resume(&self, ctx: &TtrpcContext, req: pb::ResumeTaskRequest) -> ttrpc::Result<Empty> {
         let result = async {
             let namespace = request_namespace(ctx)?;
-            self.tasks.resume(&namespace, &req.container_id).await?;
+            let id = req.container_id.clone();
+            self.to_completion(|tasks| async move { tasks.resume(&namespace, &id).await })
+                .await?;
             Ok(Empty::new())
         }
         .await;
@@ -246,7 +279,9 @@ impl pb::Tasks for TasksService {
     async fn update(&self, ctx: &TtrpcContext, req: pb::UpdateTaskRequest) -> ttrpc::Result<Empty> {
         let result = async {
             let namespace = request_namespace(ctx)?;
-            self.tasks.update(&namespace, update_from_pb(&req)).await?;
+            let request = update_from_pb(&req);
+            self.to_completion(|tasks| async move { tasks.update(&namespace, request).await })
+                .await?;
             Ok(Empty::new())
         }
         .await;
@@ -289,5 +324,129 @@ impl pb::Tasks for TasksService {
         }
         .await;
         reply("tasks.wait", result)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use berth_tasks::{
+        CreateTask, Deleted, ExecProcess, Exit, KillProcess, Metric, Process, ProcessPid,
+        UpdateTask,
+    };
+    use pb::Tasks as _;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tokio::sync::Notify;
+
+    /// Tasks whose Create waits, once entered, until the test lets it go
+    /// on, and then records that it finished.
+    #[derive(Default)]
+    struct SlowCreate {
+        entered: Notify,
+        go_on: Notify,
+        finished: AtomicBool,
+    }
+
+    fn unused<T>() -> berth_errdefs::Result<T> {
+        Err(Error::internal("not used by this test"))
+    }
+
+    #[async_trait]
+    impl Tasks for SlowCreate {
+        async fn create(&self, _: &str, _: CreateTask) -> berth_errdefs::Result<u32> {
+            self.entered.notify_one();
+            self.go_on.notified().await;
+            self.finished.store(true, Ordering::SeqCst);
+            Ok(42)
+        }
+        async fn start(&self, _: &str, _: &str, _: &str) -> berth_errdefs::Result<u32> {
+            unused()
+        }
+        async fn delete(&self, _: &str, _: &str) -> berth_errdefs::Result<Deleted> {
+            unused()
+        }
+        async fn delete_process(
+            &self,
+            _: &str,
+            _: &str,
+            _: &str,
+        ) -> berth_errdefs::Result<Deleted> {
+            unused()
+        }
+        async fn get(&self, _: &str, _: &str, _: &str) -> berth_errdefs::Result<Process> {
+            unused()
+        }
+        async fn list(&self, _: &str, _: &[String]) -> berth_errdefs::Result<Vec<Process>> {
+            unused()
+        }
+        async fn kill(&self, _: &str, _: KillProcess) -> berth_errdefs::Result<()> {
+            unused()
+        }
+        async fn exec(&self, _: &str, _: ExecProcess) -> berth_errdefs::Result<()> {
+            unused()
+        }
+        async fn resize_pty(
+            &self,
+            _: &str,
+            _: &str,
+            _: &str,
+            _: u32,
+            _: u32,
+        ) -> berth_errdefs::Result<()> {
+            unused()
+        }
+        async fn close_stdin(&self, _: &str, _: &str, _: &str) -> berth_errdefs::Result<()> {
+            unused()
+        }
+        async fn pause(&self, _: &str, _: &str) -> berth_errdefs::Result<()> {
+            unused()
+        }
+        async fn resume(&self, _: &str, _: &str) -> berth_errdefs::Result<()> {
+            unused()
+        }
+        async fn pids(&self, _: &str, _: &str) -> berth_errdefs::Result<Vec<ProcessPid>> {
+            unused()
+        }
+        async fn update(&self, _: &str, _: UpdateTask) -> berth_errdefs::Result<()> {
+            unused()
+        }
+        async fn metrics(&self, _: &str, _: &[String]) -> berth_errdefs::Result<Vec<Metric>> {
+            unused()
+        }
+        async fn wait(&self, _: &str, _: &str, _: &str) -> berth_errdefs::Result<Exit> {
+            unused()
+        }
+    }
+
+    /// ttrpc drops a request's future when its caller hangs up: the
+    /// Create it was running must still finish (crid SIGKILLed in the
+    /// middle of a RunPodSandbox left a running container no call knew).
+    #[tokio::test]
+    async fn a_create_whose_caller_hangs_up_runs_to_its_end() {
+        let tasks = Arc::new(SlowCreate::default());
+        let service = TasksService::new(tasks.clone());
+        let ctx = TtrpcContext::default();
+        let request = pb::CreateTaskRequest {
+            container_id: "c1".into(),
+            ..Default::default()
+        };
+        {
+            let call = service.create(&ctx, request);
+            tokio::pin!(call);
+            tokio::select! {
+                _ = &mut call => panic!("the create answered before it was let go on"),
+                _ = tasks.entered.notified() => {}
+            }
+            // The caller hangs up: its future is dropped here.
+        }
+        tasks.go_on.notify_one();
+        tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            while !tasks.finished.load(Ordering::SeqCst) {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the create was dropped with its caller");
     }
 }
