@@ -172,22 +172,69 @@ fn save<T: Serialize>(path: &Path, value: &T) -> Result<()> {
         .map_err(|e| Error::io(format!("renaming {}", temporary.display()), &e))
 }
 
+/// The prefix a record's directory is renamed to before it is deleted, so
+/// that a removal cut short (crid SIGKILLed inside `remove_dir_all`) never
+/// leaves a directory that looks like a record's.
+const GONE_PREFIX: &str = ".gone-";
+
+/// Loads the records under `dir`; what a removal or a creation cut short
+/// left (a renamed directory, a directory without its state file) is
+/// deleted, as nothing can be in flight at start.
 fn load_all<T: for<'de> Deserialize<'de>>(dir: &Path) -> Vec<T> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
     let mut out = Vec::new();
     for entry in entries.flatten() {
-        let file = entry.path().join("state.json");
+        let path = entry.path();
+        if !path.is_dir() {
+            continue;
+        }
+        if entry.file_name().to_string_lossy().starts_with(GONE_PREFIX) {
+            remove_record_dir(&path);
+            continue;
+        }
+        let file = path.join("state.json");
         match std::fs::read(&file) {
             Ok(bytes) => match serde_json::from_slice(&bytes) {
                 Ok(value) => out.push(value),
                 Err(e) => tracing::warn!(file = %file.display(), "unreadable state: {e}"),
             },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                tracing::info!(dir = %path.display(), "removing what a cut-short run left");
+                remove_record_dir(&path);
+            }
             Err(e) => tracing::warn!(file = %file.display(), "no state: {e}"),
         }
     }
     out
+}
+
+/// Deletes a record's directory: renamed first (one atomic step), so a
+/// crash part-way leaves only a name `load_all` deletes.
+fn remove_record_dir(path: &Path) {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let doomed = if name.starts_with(GONE_PREFIX) {
+        path.to_path_buf()
+    } else {
+        path.with_file_name(format!("{GONE_PREFIX}{name}"))
+    };
+    if doomed != path {
+        match std::fs::rename(path, &doomed) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(e) => {
+                tracing::warn!(dir = %path.display(), "renaming before removal: {e}");
+                return;
+            }
+        }
+    }
+    if let Err(e) = std::fs::remove_dir_all(&doomed) {
+        tracing::warn!(dir = %doomed.display(), "removing: {e}");
+    }
 }
 
 /// Every sandbox and container crid knows, in memory and on disk.
@@ -288,7 +335,7 @@ impl Store {
 
     pub fn remove_sandbox(&self, id: &str) {
         self.lock_sandboxes().remove(id);
-        let _ = std::fs::remove_dir_all(self.sandbox_dir(id));
+        remove_record_dir(&self.sandbox_dir(id));
     }
 
     /// Records a new container, unless its name is taken in its pod.
@@ -330,7 +377,7 @@ impl Store {
 
     pub fn remove_container(&self, id: &str) {
         self.lock_containers().remove(id);
-        let _ = std::fs::remove_dir_all(self.container_dir(id));
+        remove_record_dir(&self.container_dir(id));
     }
 }
 
@@ -356,4 +403,40 @@ fn find_by_prefix<T: Clone>(map: &HashMap<String, T>, id: &str) -> Option<T> {
 /// Whether `labels` has every pair of `selector`.
 pub fn selected(labels: &HashMap<String, String>, selector: &HashMap<String, String>) -> bool {
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// crid SIGKILLed inside a record's removal (or before a new record's
+    /// state file was renamed into place) left a directory no run listed
+    /// and none removed: start removes it.
+    #[test]
+    fn what_a_cut_short_removal_left_is_removed_at_start() {
+        let root = tempfile::tempdir().unwrap();
+        let sandboxes = root.path().join("sandboxes");
+        let half_removed = sandboxes.join("a".repeat(64));
+        std::fs::create_dir_all(&half_removed).unwrap();
+        std::fs::write(half_removed.join("hosts"), "127.0.0.1 localhost\n").unwrap();
+        let renamed = sandboxes.join(format!("{GONE_PREFIX}{}", "b".repeat(64)));
+        std::fs::create_dir_all(renamed.join("deeper")).unwrap();
+        let damaged = root.path().join("containers").join("c".repeat(64));
+        std::fs::create_dir_all(&damaged).unwrap();
+        std::fs::write(damaged.join("state.json"), "{not json").unwrap();
+
+        let store = Store::open(root.path());
+        assert!(store.sandboxes().is_empty());
+        assert!(!half_removed.exists() && !renamed.exists());
+        // A state file that is there but unreadable is kept for whoever
+        // looks into it.
+        assert!(damaged.join("state.json").exists());
+
+        // A removal renames first: nothing is left under the record's name.
+        let record = sandboxes.join("d".repeat(64));
+        std::fs::create_dir_all(&record).unwrap();
+        remove_record_dir(&record);
+        assert_eq!(std::fs::read_dir(&sandboxes).unwrap().count(), 0);
+    }
 }
