@@ -13,7 +13,14 @@
 #   is SIGKILLed at a random moment and restarted; after every round no
 #   bundle, shim, container process, rootfs mount or cgroup is left
 #   without its task, records, tasks and active snapshots agree, and every
-#   task's state is true.
+#   task's state is true;
+# - pods: RunPodSandbox, CreateContainer, StartContainer, StopContainer,
+#   RemoveContainer, StopPodSandbox and RemovePodSandbox through crictl
+#   while berth-crid is SIGKILLed at a random moment and restarted; after
+#   every round (and the kubelet's follow-up for interrupted work) every
+#   pod and container crid lists has its true state, and no task, record,
+#   bundle, shim, mount, cgroup or crid state is left for anything it does
+#   not list (needs crictl from ../shared/peers).
 #
 # Prints a table row for each: rounds, kills per daemon, rounds whose work
 # the kill interrupted, violations, time, seed (BERTH_CRASH_SEED=SEED
@@ -31,20 +38,23 @@ rounds=${ROUNDS:-500}
 log=${CRASH_LOG:-/var/tmp/berth-crash.log}
 report=$(mktemp)
 tasks_report=$(mktemp)
-trap 'rm -f "$report" "$tasks_report"' EXIT
+cri_report=$(mktemp)
+trap 'rm -f "$report" "$tasks_report" "$cri_report"' EXIT
 
 cd "$top"
 cargo build --workspace --bins >&2
 status=0
 BERTH_CRASH_ROUNDS=$rounds BERTH_CRASH_REPORT=$report BERTH_CRASH_TASKS_REPORT=$tasks_report \
+  BERTH_CRASH_CRI_REPORT=$cri_report \
   cargo test -p berth-e2e --test crash_rounds -- --nocapture --test-threads 1 >"$log" 2>&1 || status=$?
-[ -s "$report" ] && [ -s "$tasks_report" ] || { echo "no report: see $log" >&2; exit 2; }
-python3 - "$report" "$tasks_report" <<'EOF'
+[ -s "$report" ] && [ -s "$tasks_report" ] && [ -s "$cri_report" ] ||
+  { echo "no report: see $log" >&2; exit 2; }
+python3 - "$report" "$tasks_report" "$cri_report" <<'EOF'
 import json, sys
 print("| rounds of | rounds | kills | interrupted | violations | seconds | seed |")
 print("|---|---|---|---|---|---|---|")
 violations = []
-for what, path in zip(["images", "tasks"], sys.argv[1:]):
+for what, path in zip(["images", "tasks", "pods"], sys.argv[1:]):
     r = json.load(open(path))
     kills = ", ".join(f"{k} {v}" for k, v in sorted(r["kills"].items()))
     print(f"| {what} | {r['rounds']} | {kills} | {r['interrupted']} | {len(r['violations'])} | {r['seconds']:.0f} | {r['seed']} |")

@@ -85,14 +85,19 @@ impl Cri {
         }
     }
 
-    pub fn crictl(&self, args: &[&str]) -> (bool, String, String) {
+    /// A crictl command against this crid, not started.
+    pub fn command(&self, args: &[&str]) -> Command {
         let endpoint = format!("unix://{}", self.crid.socket.display());
-        let out = Command::new(crictl_path())
+        let mut command = Command::new(crictl_path());
+        command
             .args(["-r", &endpoint, "-i", &endpoint, "--timeout", "60s"])
             .args(args)
-            .env("HOME", &self.dir)
-            .output()
-            .expect("running crictl");
+            .env("HOME", &self.dir);
+        command
+    }
+
+    pub fn crictl(&self, args: &[&str]) -> (bool, String, String) {
+        let out = self.command(args).output().expect("running crictl");
         (
             out.status.success(),
             String::from_utf8_lossy(&out.stdout).trim().to_string(),
@@ -102,11 +107,8 @@ impl Cri {
 
     pub fn crictl_with_input(&self, args: &[&str], input: &[u8]) -> std::process::Output {
         use std::io::Write;
-        let endpoint = format!("unix://{}", self.crid.socket.display());
-        let mut child = Command::new(crictl_path())
-            .args(["-r", &endpoint, "-i", &endpoint, "--timeout", "60s"])
-            .args(args)
-            .env("HOME", &self.dir)
+        let mut child = self
+            .command(args)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())

@@ -18,6 +18,10 @@
 //!   every lease left behind expires within minutes.
 //! - No CLI call hangs.
 //!
+//! Two more harnesses below kill taskd while containers are run, exec'd
+//! and removed, and berth-crid while the kubelet's calls (through crictl)
+//! run, stop and remove pods and containers.
+//!
 //! `BERTH_CRASH_ROUNDS` (default 16) and `BERTH_CRASH_SEED` (default: the
 //! clock; printed either way, so a failing sequence can be replayed) steer
 //! it; `BERTH_CRASH_REPORT=FILE` writes the figures as JSON (bench/crash.sh
@@ -1150,4 +1154,515 @@ fn random_taskd_kills_leak_nothing_and_keep_every_state_true() {
         "seconds": started.elapsed().as_secs_f64(),
     });
     report_and_judge(&report, "BERTH_CRASH_TASKS_REPORT");
+}
+
+/// What a round asks of berth-crid, as the kubelet would, while crid may
+/// die.
+#[derive(Debug, Clone)]
+enum PodWork {
+    /// RunPodSandbox of a new pod.
+    RunPod(String),
+    /// CreateContainer in a ready pod.
+    Create(String),
+    /// StartContainer of a created container.
+    Start(String),
+    /// StopContainer of a running container.
+    StopContainer(String),
+    /// RemoveContainer (forced).
+    RemoveContainer(String),
+    /// StopPodSandbox.
+    StopPod(String),
+    /// RemovePodSandbox (forced).
+    RemovePod(String),
+}
+
+impl PodWork {
+    fn name(&self) -> &'static str {
+        match self {
+            PodWork::RunPod(_) => "runp",
+            PodWork::Create(_) => "create",
+            PodWork::Start(_) => "start",
+            PodWork::StopContainer(_) => "stop",
+            PodWork::RemoveContainer(_) => "rm",
+            PodWork::StopPod(_) => "stopp",
+            PodWork::RemovePod(_) => "rmp",
+        }
+    }
+}
+
+/// berth-crid on a stack, SIGKILLed at random moments of the kubelet's
+/// calls and restarted.
+struct PodHarness {
+    cri: berth_e2e::cri::Cri,
+    /// The cgroups under crid's default parent before the test began
+    /// (another run's leftovers are not this one's leaks).
+    cgroups_before: BTreeSet<String>,
+    violations: Vec<String>,
+    window: BTreeMap<&'static str, Duration>,
+    done: BTreeMap<&'static str, u64>,
+    interrupted: u64,
+}
+
+/// crid's default cgroup parent for pods and their containers, in every
+/// hierarchy: (hierarchy, child name) of each cgroup there.
+fn cri_cgroups() -> BTreeSet<String> {
+    let hierarchies = std::fs::read_dir("/sys/fs/cgroup")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .chain(std::iter::once(PathBuf::from("/sys/fs/cgroup")));
+    let mut found = BTreeSet::new();
+    for hierarchy in hierarchies {
+        let dir = hierarchy.join("berth").join("k8s.io");
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if entry.path().is_dir() {
+                found.insert(entry.file_name().to_string_lossy().into_owned());
+            }
+        }
+    }
+    found
+}
+
+impl PodHarness {
+    fn crictl(&self, args: &[&str]) -> (bool, String, String) {
+        let (ok, out, err) = run_bounded(self.cri.command(args), args);
+        (ok, out.trim().to_string(), err)
+    }
+
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        let (ok, out, err) = self.crictl(args);
+        assert!(ok, "crictl {args:?}: {err}");
+        serde_json::from_str(&out).unwrap()
+    }
+
+    fn violation(&mut self, round: usize, what: String) {
+        eprintln!("round {round}: VIOLATION: {what}");
+        self.violations.push(format!("round {round}: {what}"));
+    }
+
+    /// Pod id → (name, state).
+    fn pods(&self) -> BTreeMap<String, (String, String)> {
+        self.json(&["pods", "-o", "json"])["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                (
+                    p["id"].as_str().unwrap().to_string(),
+                    (
+                        p["metadata"]["name"].as_str().unwrap().to_string(),
+                        p["state"].as_str().unwrap().to_string(),
+                    ),
+                )
+            })
+            .collect()
+    }
+
+    /// Container id → (pod id, state).
+    fn containers(&self) -> BTreeMap<String, (String, String)> {
+        self.json(&["ps", "-a", "-o", "json"])["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                (
+                    c["id"].as_str().unwrap().to_string(),
+                    (
+                        c["podSandboxId"].as_str().unwrap().to_string(),
+                        c["state"].as_str().unwrap().to_string(),
+                    ),
+                )
+            })
+            .collect()
+    }
+
+    /// What berth holds for `k8s.io` below crid: task id → status (from
+    /// taskd), container records (metad), and on the host the bundles,
+    /// shims and container processes, rootfs mounts, cgroups and crid's
+    /// own state directories.
+    fn held(
+        &self,
+    ) -> (
+        BTreeMap<String, String>,
+        BTreeMap<&'static str, BTreeSet<String>>,
+    ) {
+        let stack = &self.cri.stack;
+        let berth_json = |args: &[&str]| -> serde_json::Value {
+            let mut all = vec!["-n", "k8s.io", "--format", "json"];
+            all.extend_from_slice(args);
+            let (ok, out, err) = run_bounded(stack.command(&all), &all);
+            assert!(ok, "berth {args:?}: {err}");
+            serde_json::from_str(&out).unwrap()
+        };
+        let tasks = berth_json(&["tasks", "ls"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| {
+                (
+                    t["id"].as_str().unwrap().to_string(),
+                    t["status"].as_str().unwrap().to_ascii_lowercase(),
+                )
+            })
+            .collect();
+        let mut held = BTreeMap::new();
+        held.insert(
+            "record",
+            berth_json(&["containers", "ls"])
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c["id"].as_str().unwrap().to_string())
+                .collect(),
+        );
+        let names_in = |dir: PathBuf| -> BTreeSet<String> {
+            std::fs::read_dir(dir)
+                .map(|d| {
+                    d.flatten()
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let bundles = stack.taskd.state.join("io.containerd.runtime.v2.task");
+        held.insert("bundle", names_in(bundles.join("k8s.io")));
+        let marker = "io.containerd.runtime.v2.task/k8s.io/";
+        let id_after = |text: &str| -> Option<String> {
+            let rest = &text[text.find(marker)? + marker.len()..];
+            Some(rest.split('/').next()?.to_string())
+        };
+        held.insert(
+            "process",
+            berth_e2e::processes_under(&stack.dir)
+                .iter()
+                .filter_map(|(_, cwd)| id_after(&cwd.display().to_string()))
+                .collect(),
+        );
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let stack_dir = stack.dir.display().to_string();
+        held.insert(
+            "mount",
+            mounts
+                .lines()
+                .filter(|l| l.contains("rootfs") && l.contains(&stack_dir))
+                .filter_map(id_after)
+                .collect(),
+        );
+        held.insert(
+            "cgroup",
+            cri_cgroups()
+                .difference(&self.cgroups_before)
+                .cloned()
+                .collect(),
+        );
+        held.insert(
+            "crid sandbox state",
+            names_in(self.cri.crid.root.join("sandboxes")),
+        );
+        held.insert(
+            "crid container state",
+            names_in(self.cri.crid.root.join("containers")),
+        );
+        (tasks, held)
+    }
+
+    /// After the round's work settled: what crid lists is what berth
+    /// holds, and every state crid reports is true.
+    fn check(&mut self, round: usize) {
+        let pods = self.pods();
+        let containers = self.containers();
+        let listed: BTreeSet<String> = pods.keys().chain(containers.keys()).cloned().collect();
+        // Shims exit just after their task is deleted: let them.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let (tasks, held) = loop {
+            let (tasks, held) = self.held();
+            if held.values().all(|ids| ids.is_subset(&listed)) || Instant::now() > deadline {
+                break (tasks, held);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        for (what, ids) in &held {
+            let leaked: Vec<_> = ids.difference(&listed).collect();
+            if !leaked.is_empty() {
+                self.violation(round, format!("{what} of nothing crid lists: {leaked:?}"));
+            }
+        }
+        let leaked: Vec<_> = tasks.keys().filter(|id| !listed.contains(*id)).collect();
+        if !leaked.is_empty() {
+            self.violation(round, format!("tasks crid does not list: {leaked:?}"));
+        }
+        for (id, (name, state)) in &pods {
+            let task = tasks.get(id).map(String::as_str);
+            let ready = state == "SANDBOX_READY";
+            if ready != (task == Some("running")) {
+                self.violation(
+                    round,
+                    format!("pod {name} ({id}) is {state} but its pause task is {task:?}"),
+                );
+            }
+            if !held["record"].contains(id) || !held["crid sandbox state"].contains(id) {
+                self.violation(round, format!("pod {name} ({id}) lost its record or state"));
+            }
+        }
+        for (id, (pod, state)) in &containers {
+            let task = tasks.get(id).map(String::as_str);
+            let true_state = match state.as_str() {
+                "CONTAINER_RUNNING" => task == Some("running"),
+                "CONTAINER_CREATED" => matches!(task, None | Some("created")),
+                "CONTAINER_EXITED" => matches!(task, None | Some("stopped")),
+                _ => false,
+            };
+            if !true_state {
+                self.violation(
+                    round,
+                    format!("container {id} is {state} but its task is {task:?}"),
+                );
+            }
+            if !pods.contains_key(pod) {
+                self.violation(round, format!("container {id} of a pod not listed: {pod}"));
+            }
+            if !held["record"].contains(id) {
+                self.violation(round, format!("container {id} lost its record"));
+            }
+        }
+    }
+
+    fn pod_config(&self, name: &str) -> String {
+        self.cri.write_config(
+            &format!("pod-{name}.json"),
+            serde_json::json!({
+                "metadata": {"name": name, "namespace": "crash", "uid": format!("uid-{name}"), "attempt": 0},
+                "log_directory": self.cri.dir.join("logs").join(name).display().to_string(),
+                "linux": {"security_context": {"namespace_options": {"network": 2}}},
+            }),
+        )
+    }
+
+    fn container_config(&self, name: &str) -> String {
+        self.cri.write_config(
+            &format!("ctr-{name}.json"),
+            serde_json::json!({
+                "metadata": {"name": name},
+                "image": {"image": berth_e2e::cri::POD_IMAGE},
+                "command": ["/bin/sleep", "1000"],
+                "log_path": format!("{name}.log"),
+            }),
+        )
+    }
+
+    /// The crictl arguments of a piece of work.
+    fn args(&self, work: &PodWork, round: usize) -> Vec<String> {
+        let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        match work {
+            PodWork::RunPod(name) => strings(&["runp", &self.pod_config(name)]),
+            PodWork::Create(pod) => {
+                let pods = self.pods();
+                let name = &pods[pod].0;
+                strings(&[
+                    "create",
+                    pod,
+                    &self.container_config(&format!("c{round}")),
+                    &self.pod_config(name),
+                ])
+            }
+            PodWork::Start(id) => strings(&["start", id]),
+            PodWork::StopContainer(id) => strings(&["stop", "--timeout", "0", id]),
+            PodWork::RemoveContainer(id) => strings(&["rm", "-f", id]),
+            PodWork::StopPod(id) => strings(&["stopp", id]),
+            PodWork::RemovePod(id) => strings(&["rmp", "-f", id]),
+        }
+    }
+
+    /// A piece of work that fits what is there now.
+    fn pick(&self, round: usize, rng: &mut Rng) -> PodWork {
+        let pods = self.pods();
+        let containers = self.containers();
+        let ready: Vec<String> = pods
+            .iter()
+            .filter(|(_, (_, s))| s == "SANDBOX_READY")
+            .map(|(id, _)| id.clone())
+            .collect();
+        let in_state = |state: &str| -> Vec<String> {
+            containers
+                .iter()
+                .filter(|(_, (_, s))| s == state)
+                .map(|(id, _)| id.clone())
+                .collect()
+        };
+        let (created, running) = (in_state("CONTAINER_CREATED"), in_state("CONTAINER_RUNNING"));
+        let all_pods: Vec<String> = pods.keys().cloned().collect();
+        let all_containers: Vec<String> = containers.keys().cloned().collect();
+        // Each kind of work that fits what is there now, equally likely.
+        let mut fitting: Vec<PodWork> = Vec::new();
+        if pods.len() < 4 {
+            fitting.push(PodWork::RunPod(format!("p{round}")));
+        }
+        if !ready.is_empty() {
+            fitting.push(PodWork::Create(rng.pick(&ready).clone()));
+            fitting.push(PodWork::StopPod(rng.pick(&ready).clone()));
+        }
+        if !created.is_empty() {
+            fitting.push(PodWork::Start(rng.pick(&created).clone()));
+        }
+        if !running.is_empty() {
+            fitting.push(PodWork::StopContainer(rng.pick(&running).clone()));
+        }
+        if !all_containers.is_empty() {
+            fitting.push(PodWork::RemoveContainer(rng.pick(&all_containers).clone()));
+        }
+        if !all_pods.is_empty() {
+            fitting.push(PodWork::RemovePod(rng.pick(&all_pods).clone()));
+        }
+        rng.pick(&fitting).clone()
+    }
+
+    fn round(&mut self, round: usize, rng: &mut Rng) {
+        let work = self.pick(round, rng);
+        let window = self.window[work.name()].as_micros() as u64;
+        let delay = Duration::from_micros(rng.below(window.max(1) + window / 5));
+        let args = self.args(&work, round);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut child = self
+            .cri
+            .command(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(delay);
+        self.cri.crid.kill();
+        self.cri.crid.restart();
+        let Some(ok) = wait_bounded(&mut child, Duration::from_secs(120)) else {
+            self.violation(round, format!("{work:?} hung after crid was killed"));
+            return;
+        };
+        eprintln!(
+            "round {round}: {work:?}, crid killed after {delay:?}: {}",
+            if ok { "completed" } else { "interrupted" }
+        );
+        *self.done.entry(work.name()).or_default() += 1;
+        if !ok {
+            self.interrupted += 1;
+        }
+        // The kubelet's follow-up: a pod that did not come up is stopped
+        // and removed; a stop or removal is asked again (each must now
+        // succeed, as the CRI makes them idempotent); a creation or a
+        // start that failed leaves a container the kubelet removes.
+        if !ok {
+            let again: Vec<Vec<String>> = match &work {
+                PodWork::RunPod(name) => self
+                    .pods()
+                    .into_iter()
+                    .filter(|(_, (n, s))| n == name && s != "SANDBOX_READY")
+                    .flat_map(|(id, _)| {
+                        [
+                            vec!["stopp".into(), id.clone()],
+                            vec!["rmp".into(), "-f".into(), id],
+                        ]
+                    })
+                    .collect(),
+                // A container whose creation answered nothing: the
+                // kubelet never learnt its id and removes it.
+                PodWork::Create(_) => {
+                    let (_, ids, _) =
+                        self.crictl(&["ps", "-a", "-q", "--name", &format!("^c{round}$")]);
+                    ids.lines()
+                        .map(|id| vec!["rm".into(), "-f".into(), id.to_string()])
+                        .collect()
+                }
+                // A start the kubelet retries (or not): nothing to undo.
+                PodWork::Start(_) => Vec::new(),
+                PodWork::StopContainer(_)
+                | PodWork::RemoveContainer(_)
+                | PodWork::StopPod(_)
+                | PodWork::RemovePod(_) => vec![args.iter().map(|s| s.to_string()).collect()],
+            };
+            for call in again {
+                let call: Vec<&str> = call.iter().map(String::as_str).collect();
+                let (done, _, err) = self.crictl(&call);
+                // crictl looks a pod or container up before removing it:
+                // one the interrupted call already removed is not found.
+                if !done && !err.contains("not found") {
+                    self.violation(round, format!("crictl {call:?} after the kill: {err}"));
+                }
+            }
+        }
+        self.check(round);
+    }
+
+    /// Round 0: each kind of work once, undisturbed, timed.
+    fn calibrate(&mut self) {
+        let timed = |harness: &mut PodHarness, work: PodWork| -> String {
+            let args = harness.args(&work, 0);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let started = Instant::now();
+            let (ok, out, err) = harness.crictl(&args);
+            assert!(ok, "{work:?}: {err}");
+            harness.window.insert(work.name(), started.elapsed());
+            out
+        };
+        let pod = timed(self, PodWork::RunPod("calibrate".into()));
+        let container = timed(self, PodWork::Create(pod.clone()));
+        timed(self, PodWork::Start(container.clone()));
+        timed(self, PodWork::StopContainer(container.clone()));
+        timed(self, PodWork::RemoveContainer(container));
+        timed(self, PodWork::StopPod(pod.clone()));
+        timed(self, PodWork::RemovePod(pod));
+        eprintln!("round 0 took: {:?}", self.window);
+    }
+}
+
+/// berth-crid SIGKILLed at random moments of RunPodSandbox, CreateContainer,
+/// StartContainer, StopContainer, RemoveContainer, StopPodSandbox and
+/// RemovePodSandbox, and restarted: after every round (and the kubelet's
+/// follow-up for what was interrupted) every pod and container crid lists
+/// has its true state, and nothing berth holds (task, record, bundle,
+/// shim, mount, cgroup, crid's state) belongs to anything it does not
+/// list; at the end, removing every pod leaves nothing.
+#[test]
+fn random_crid_kills_leak_nothing_and_keep_every_state_true() {
+    let Some(dir) = berth_e2e::cri::crictl_test_dir() else {
+        return;
+    };
+    let cgroups_before = cri_cgroups();
+    let cri = berth_e2e::cri::Cri::start(dir.path());
+    let mut harness = PodHarness {
+        cri,
+        cgroups_before,
+        violations: Vec::new(),
+        window: BTreeMap::new(),
+        done: BTreeMap::new(),
+        interrupted: 0,
+    };
+    harness.calibrate();
+    harness.check(0);
+    assert!(harness.violations.is_empty(), "{:?}", harness.violations);
+
+    let seed = seed();
+    let rounds = rounds();
+    eprintln!("crid crash rounds: {rounds}, seed {seed}");
+    let mut rng = Rng(seed);
+    let started = Instant::now();
+    for round in 1..=rounds {
+        harness.round(round, &mut rng);
+    }
+    let (ok, _, err) = harness.crictl(&["rmp", "-fa"]);
+    assert!(ok, "rmp -fa: {err}");
+    harness.check(rounds + 1);
+    let (tasks, held) = harness.held();
+    assert!(
+        tasks.is_empty() && held.values().all(BTreeSet::is_empty),
+        "left: {tasks:?} {held:?}"
+    );
+    let report = serde_json::json!({
+        "seed": seed,
+        "rounds": rounds,
+        "kills": {"crid": rounds},
+        "work": harness.done,
+        "interrupted": harness.interrupted,
+        "violations": harness.violations,
+        "seconds": started.elapsed().as_secs_f64(),
+    });
+    report_and_judge(&report, "BERTH_CRASH_CRI_REPORT");
 }

@@ -105,6 +105,11 @@ async fn unpack_snapshots_and_diff_from_the_cli() {
         info.labels.get("containerd.io/uncompressed"),
         Some(&Digest::of(&layer).to_string())
     );
+    // The same diff again: its blob is stored already, which is success
+    // (with the same digest), not an error.
+    let (ok, out, err) = cli(&["snapshots", "diff", "work", chain[1].as_str()]);
+    assert!(ok, "a diff whose blob is stored: {err}");
+    assert_eq!(String::from_utf8(out).unwrap().trim(), digest.to_string());
     // The same diff as a plain tar and as zstd: one diff ID.
     for (media_type, decode) in [
         (
