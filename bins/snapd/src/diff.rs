@@ -680,6 +680,85 @@ mod tests {
         );
     }
 
+    /// Every kind of change `same` must see, each alone: mode, owner,
+    /// group, modification time, content behind an equal size and time,
+    /// a symlink's target; device nodes are written with their numbers,
+    /// and a 0/0 char device (a raw upper dir's whiteout) never as a node.
+    #[test]
+    fn each_metadata_change_alone_is_a_change_and_devices_are_written() {
+        use std::os::unix::fs::PermissionsExt;
+        if !nix::unistd::Uid::effective().is_root() {
+            assert!(std::env::var_os("CI").is_none(), "needs root under CI");
+            return;
+        }
+        let lower = tempfile::tempdir().unwrap();
+        let upper = tempfile::tempdir().unwrap();
+        for root in [lower.path(), upper.path()] {
+            for rel in ["mode", "owner", "group", "touched", "unchanged"] {
+                put(root, rel, b"same");
+            }
+            std::fs::create_dir(root.join("dir")).unwrap();
+        }
+        put(lower.path(), "content", b"aaaa");
+        put(upper.path(), "content", b"bbbb");
+        std::os::unix::fs::symlink("a", lower.path().join("link")).unwrap();
+        std::os::unix::fs::symlink("b", upper.path().join("link")).unwrap();
+        let up = |rel: &str| upper.path().join(rel);
+        std::fs::set_permissions(up("mode"), PermissionsExt::from_mode(0o600)).unwrap();
+        std::os::unix::fs::chown(up("owner"), Some(1234), None).unwrap();
+        std::os::unix::fs::chown(up("group"), None, Some(1234)).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(up("touched"))
+            .unwrap()
+            .set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(2_000))
+            .unwrap();
+        let node = |rel: &str, kind: SFlag, major: u64, minor: u64| {
+            nix::sys::stat::mknod(
+                &up(rel),
+                kind,
+                Mode::from_bits_truncate(0o660),
+                nix::sys::stat::makedev(major, minor),
+            )
+            .unwrap();
+        };
+        node("chr", SFlag::S_IFCHR, 1, 3);
+        node("blk", SFlag::S_IFBLK, 7, 200);
+        node("whiteout", SFlag::S_IFCHR, 0, 0);
+        let mut out = Vec::new();
+        write_diff(Some(lower.path()), upper.path(), &mut out).unwrap();
+        let mut archive = tar::Archive::new(&out[..]);
+        let mut got: Vec<(String, tar::EntryType, Option<u32>, Option<u32>)> = archive
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let header = e.header();
+                (
+                    e.path().unwrap().display().to_string(),
+                    header.entry_type(),
+                    header.device_major().ok().flatten(),
+                    header.device_minor().ok().flatten(),
+                )
+            })
+            .collect();
+        got.sort_by(|a, b| a.0.cmp(&b.0));
+        let names: Vec<&str> = got.iter().map(|g| g.0.as_str()).collect();
+        assert_eq!(
+            names,
+            ["blk", "chr", "content", "group", "link", "mode", "owner", "touched"],
+            "{got:?}"
+        );
+        assert_eq!(
+            (got[0].1, got[0].2, got[0].3),
+            (tar::EntryType::Block, Some(7), Some(200))
+        );
+        assert_eq!(
+            (got[1].1, got[1].2, got[1].3),
+            (tar::EntryType::Char, Some(1), Some(3))
+        );
+    }
+
     /// What a container could do to an active snapshot between the listing
     /// and the reading: the walk fails, it never reads through the swap
     /// (CVE-2018-15664, docker cp's symlink race).
