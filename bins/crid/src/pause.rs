@@ -7,7 +7,6 @@
 use std::io::Write;
 
 use berth_errdefs::{Error, Result};
-use berth_ids::Digest;
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
 
@@ -110,47 +109,38 @@ pub fn archive() -> Result<Vec<u8>> {
 }
 
 /// Imports the built-in image into `k8s.io` and records it by name and by
-/// id, all under a lease: until the records hold the content, a
-/// collection meanwhile (say, one that the end of another client's lease
-/// started) must not take it.
+/// id, all under a lease (through berth-image's importer): until the
+/// records hold the content, a collection meanwhile (say, one that the end
+/// of another client's lease started) must not take it.
 pub async fn import(daemons: &Daemons) -> Result<()> {
-    let leases = daemons.leases().await?;
-    let (imported, dropped) = berth_metadata::with_held_lease(
-        &leases,
-        NAMESPACE,
-        berth_metadata::CLIENT_LEASE_TTL,
-        |lease| async move { import_under(daemons, &lease).await },
-    )
-    .await?;
-    if let Err(e) = dropped {
-        tracing::warn!(error = %e, "dropping the pause image's import lease");
-    }
-    imported
-}
-
-async fn import_under(daemons: &Daemons, lease: &str) -> Result<()> {
-    let content = daemons.content().await?.with_lease(lease.to_string());
+    let content = daemons.content().await?;
     let images = daemons.images().await?;
-    let bytes = archive()?;
-    let imported =
-        berth_image::archive::import(&content, NAMESPACE, Box::new(std::io::Cursor::new(bytes)))
-            .await?;
-    let image = imported
-        .into_iter()
-        .find(|i| i.name.as_deref() == Some(BUILTIN_PAUSE))
-        .ok_or_else(|| Error::internal("the pause image did not import"))?;
-    let root = berth_image::store::root_descriptor(&content, NAMESPACE, &image.root).await?;
-    berth_image::store::record_image(&images, NAMESPACE, BUILTIN_PAUSE, &root).await?;
-    // The id's record too, as a pulled image has.
-    let resolved = berth_image::store::resolve_manifest(
-        &content,
-        NAMESPACE,
-        &root.digest,
-        &berth_image::Matcher::new(vec![berth_image::Platform::host()]),
-    )
-    .await?;
-    let id: Digest = resolved.manifest.config.digest;
-    berth_image::store::record_image(&images, NAMESPACE, &id.to_string(), &root).await
+    let leases = daemons.leases().await?;
+    let importer = berth_image::Importer {
+        content: &content,
+        images: &images,
+        leases: &leases,
+        unpacker: None,
+    };
+    let options = berth_image::ImportOptions {
+        record_ids: true,
+        ..Default::default()
+    };
+    let imported = importer
+        .import(
+            NAMESPACE,
+            Box::new(std::io::Cursor::new(archive()?)),
+            &options,
+            &mut |event| tracing::warn!(?event, "importing the pause image"),
+        )
+        .await?;
+    if !imported
+        .iter()
+        .any(|i| i.name.as_deref() == Some(BUILTIN_PAUSE))
+    {
+        return Err(Error::internal("the pause image did not import"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@
 
 pub mod archive;
 pub mod document;
+pub mod import;
 pub mod media;
 pub mod platform;
 pub mod progress;
@@ -29,6 +30,7 @@ pub use document::{
     parse_config, parse_index, parse_manifest, sniff_media_type, Config, Descriptor, DescriptorExt,
     Document, Index, Manifest, MAX_DOCUMENT_SIZE,
 };
+pub use import::{ImportEvent, ImportOptions, Importer};
 pub use media::{Compression, Kind};
 pub use oci_spec::image as spec;
 pub use platform::{Matcher, Platform, PlatformExt};

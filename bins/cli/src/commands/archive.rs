@@ -1,16 +1,16 @@
 //! `berth import FILE` and `berth export FILE IMAGE...`: image archives
 //! (OCI image layouts and `docker save` archives) to and from the content
-//! store, through [`berth_image::archive`].
+//! store, through [`berth_image::archive`] (and, for an import, its
+//! records and snapshots through [`berth_image::Importer`]).
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use berth_client::RemoteContentStore;
-use berth_content::ContentStore;
 use berth_ids::Digest;
 use berth_image::archive::{self, ArchiveImage};
-use berth_snapshot::Snapshotter;
+use berth_image::ImportEvent;
 use serde_json::json;
 
 use crate::global::Global;
@@ -62,27 +62,41 @@ pub async fn import(global: &Global, args: ImportArgs) -> Result<()> {
         let leases = berth_client::RemoteLeases::connect(global.metad_socket())
             .await
             .context("berth-metad")?;
-        let (imported, dropped) = berth_metadata::with_held_lease(
-            &leases,
-            &namespace,
-            berth_metadata::CLIENT_LEASE_TTL,
-            |lease| {
-                let (store, namespace, args) = (&store, &namespace, &args);
-                async move {
-                    let leased = store.clone().with_lease(lease.clone());
-                    let images = archive::import(&leased, namespace, input)
-                        .await
-                        .with_context(|| format!("import {}", args.file.display()))?;
-                    record_and_unpack(global, namespace, &images, args, &leased, &lease).await?;
-                    Ok::<_, anyhow::Error>(images)
-                }
-            },
-        )
-        .await?;
-        if let Err(e) = dropped {
-            eprintln!("berth: warning: import: {e}");
-        }
-        imported?
+        let records = berth_client::RemoteImages::connect(global.metad_socket())
+            .await
+            .context("berth-metad")?;
+        let snapshots = if args.no_unpack {
+            None
+        } else {
+            Some(
+                berth_client::RemoteSnapshotter::connect(
+                    global.snapd_socket(),
+                    &args.snapshotter.snapshotter,
+                )
+                .await
+                .context("berth-snapd")?,
+            )
+        };
+        let importer = berth_image::Importer {
+            content: &store,
+            images: &records,
+            leases: &leases,
+            unpacker: snapshots.as_ref().map(|s| s as &dyn berth_image::Unpacker),
+        };
+        importer
+            .import(
+                &namespace,
+                input,
+                &berth_image::ImportOptions::default(),
+                &mut |event| match event {
+                    ImportEvent::NotUnpacked { root, reason } => {
+                        eprintln!("berth: warning: import: {root}: not unpacked: {reason}")
+                    }
+                    ImportEvent::Warning(warning) => eprintln!("berth: warning: import: {warning}"),
+                },
+            )
+            .await
+            .with_context(|| format!("import {}", args.file.display()))?
     };
     match global.format {
         Format::Json => output::json(
@@ -104,74 +118,6 @@ pub async fn import(global: &Global, args: ImportArgs) -> Result<()> {
             output::table(&["NAME", "DIGEST"], &rows)
         }
     }
-}
-
-async fn record_and_unpack(
-    global: &Global,
-    namespace: &str,
-    images: &[ArchiveImage],
-    args: &ImportArgs,
-    store: &RemoteContentStore,
-    lease: &str,
-) -> Result<()> {
-    let records = berth_client::RemoteImages::connect(global.metad_socket())
-        .await
-        .context("berth-metad")?;
-    let snapshots = if args.no_unpack {
-        None
-    } else {
-        Some(
-            berth_client::RemoteSnapshotter::connect(
-                global.snapd_socket(),
-                &args.snapshotter.snapshotter,
-            )
-            .await
-            .context("berth-snapd")?,
-        )
-    };
-    for image in images {
-        if let Some(name) = &image.name {
-            let root = berth_image::store::root_descriptor(store, namespace, &image.root)
-                .await
-                .with_context(|| format!("import: {name}"))?;
-            berth_image::store::record_image(&records, namespace, name, &root)
-                .await
-                .with_context(|| format!("import: {name}"))?;
-        }
-        if let Some(snapshots) = &snapshots {
-            let unpacked = berth_image::unpack(
-                store,
-                snapshots,
-                namespace,
-                &image.root,
-                &berth_image::Matcher::host(),
-                &berth_image::UnpackOptions {
-                    lease: Some(lease.to_string()),
-                    sync_fs: false,
-                },
-            )
-            .await;
-            match unpacked {
-                Ok(_) => {}
-                // An image for other machines is stored, not unpacked.
-                Err(e) if e.kind() == berth_errdefs::ErrorKind::NotFound => {
-                    eprintln!("berth: warning: import: {}: not unpacked: {e}", image.root)
-                }
-                Err(e) => {
-                    return Err(
-                        anyhow::Error::from(e).context(format!("import: unpacking {}", image.root))
-                    )
-                }
-            }
-        }
-    }
-    // The records hold it all now: the lease's labels come off (best
-    // effort: a stale label holds nothing once the lease is gone).
-    let _ = store.release_lease(namespace, lease).await;
-    if let Some(snapshots) = &snapshots {
-        let _ = snapshots.release_lease(namespace, lease).await;
-    }
-    Ok(())
 }
 
 pub async fn export(global: &Global, args: ExportArgs) -> Result<()> {
