@@ -1328,9 +1328,17 @@ impl PodHarness {
         let bundles = stack.taskd.state.join("io.containerd.runtime.v2.task");
         held.insert("bundle", names_in(bundles.join("k8s.io")));
         let marker = "io.containerd.runtime.v2.task/k8s.io/";
+        // A pod's containers share its pause container's shim, whose
+        // working directory is the pause bundle: once that is deleted
+        // (renamed `.ID` first) the shim's directory reads `.ID (deleted)`.
         let id_after = |text: &str| -> Option<String> {
             let rest = &text[text.find(marker)? + marker.len()..];
-            Some(rest.split('/').next()?.to_string())
+            let name = rest.split('/').next()?;
+            Some(
+                name.trim_end_matches(" (deleted)")
+                    .trim_start_matches('.')
+                    .to_string(),
+            )
         };
         held.insert(
             "process",
@@ -1493,26 +1501,32 @@ impl PodHarness {
         let (created, running) = (in_state("CONTAINER_CREATED"), in_state("CONTAINER_RUNNING"));
         let all_pods: Vec<String> = pods.keys().cloned().collect();
         let all_containers: Vec<String> = containers.keys().cloned().collect();
-        // Each kind of work that fits what is there now, equally likely.
+        // Each kind of work that fits what is there now; a container's
+        // steps three times as likely as a pod's, so that containers get
+        // through their whole life between pod removals.
         let mut fitting: Vec<PodWork> = Vec::new();
         if pods.len() < 4 {
             fitting.push(PodWork::RunPod(format!("p{round}")));
         }
-        if !ready.is_empty() {
-            fitting.push(PodWork::Create(rng.pick(&ready).clone()));
-            fitting.push(PodWork::StopPod(rng.pick(&ready).clone()));
-        }
-        if !created.is_empty() {
-            fitting.push(PodWork::Start(rng.pick(&created).clone()));
-        }
-        if !running.is_empty() {
-            fitting.push(PodWork::StopContainer(rng.pick(&running).clone()));
-        }
-        if !all_containers.is_empty() {
-            fitting.push(PodWork::RemoveContainer(rng.pick(&all_containers).clone()));
-        }
         if !all_pods.is_empty() {
             fitting.push(PodWork::RemovePod(rng.pick(&all_pods).clone()));
+        }
+        if !ready.is_empty() {
+            fitting.push(PodWork::StopPod(rng.pick(&ready).clone()));
+        }
+        for _ in 0..3 {
+            if !ready.is_empty() {
+                fitting.push(PodWork::Create(rng.pick(&ready).clone()));
+            }
+            if !created.is_empty() {
+                fitting.push(PodWork::Start(rng.pick(&created).clone()));
+            }
+            if !running.is_empty() {
+                fitting.push(PodWork::StopContainer(rng.pick(&running).clone()));
+            }
+            if !all_containers.is_empty() {
+                fitting.push(PodWork::RemoveContainer(rng.pick(&all_containers).clone()));
+            }
         }
         rng.pick(&fitting).clone()
     }
@@ -1520,7 +1534,9 @@ impl PodHarness {
     fn round(&mut self, round: usize, rng: &mut Rng) {
         let work = self.pick(round, rng);
         let window = self.window[work.name()].as_micros() as u64;
-        let delay = Duration::from_micros(rng.below(window.max(1) + window / 5));
+        // Up to twice the work's usual time: about half the kills land
+        // after it answered, so that pods get containers to start and stop.
+        let delay = Duration::from_micros(rng.below(2 * window.max(1)));
         let args = self.args(&work, round);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let mut child = self

@@ -374,8 +374,15 @@ impl Crid {
             return Ok(());
         };
         for container in self.store.containers() {
-            if container.sandbox_id == sandbox.id && container.phase == ContainerPhase::Running {
-                self.stop_container(&container.id, 0).await?;
+            if container.sandbox_id != sandbox.id {
+                continue;
+            }
+            match container.phase {
+                ContainerPhase::Running => self.stop_container(&container.id, 0).await?,
+                // A created container has no task, unless a start was cut
+                // short after taskd made it: that one goes with the pod.
+                ContainerPhase::Created => self.remove_task(&container.id).await?,
+                ContainerPhase::Exited => {}
             }
         }
         self.remove_task(&sandbox.id).await?;
@@ -1517,6 +1524,16 @@ impl Crid {
             }
         }
         for container in self.store.containers() {
+            if container.phase == ContainerPhase::Created {
+                // A StartContainer cut short by the crash may have made
+                // (and started) the task; the container is still created
+                // for the kubelet, which starts it again: what the cut-short
+                // start made goes first.
+                if let Err(e) = self.remove_task(&container.id).await {
+                    tracing::warn!(id = %container.id, "removing a cut-short start's task: {e}");
+                }
+                continue;
+            }
             if container.phase != ContainerPhase::Running {
                 continue;
             }

@@ -26,6 +26,22 @@ pub struct CriService {
 }
 
 impl CriService {
+    /// Runs a call that changes pods or containers to its end on a task of
+    /// its own: hyper drops a request's future when its caller hangs up
+    /// (the kubelet's deadline, a crictl killed), and a StartContainer
+    /// dropped between taskd's Create and Start left a task crid did not
+    /// record, which the kubelet's next StartContainer then ran into.
+    async fn to_completion<T, F, Fut>(&self, call: F) -> berth_errdefs::Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(Arc<Crid>) -> Fut,
+        Fut: std::future::Future<Output = berth_errdefs::Result<T>> + Send + 'static,
+    {
+        tokio::spawn(call(self.crid.clone()))
+            .await
+            .map_err(|e| berth_errdefs::Error::internal(format!("CRI call ended early: {e}")))?
+    }
+
     fn running(&self, id: &str) -> berth_errdefs::Result<()> {
         match self.crid.store.find_container(id) {
             Some(c) if c.phase == ContainerPhase::Running => Ok(()),
@@ -59,9 +75,9 @@ impl RuntimeService for CriService {
         let config = r
             .config
             .ok_or_else(|| Status::invalid_argument("no sandbox config"))?;
+        let handler = r.runtime_handler;
         reply(
-            self.crid
-                .run_pod_sandbox(config, &r.runtime_handler)
+            self.to_completion(|crid| async move { crid.run_pod_sandbox(config, &handler).await })
                 .await
                 .map(|pod_sandbox_id| cri::RunPodSandboxResponse { pod_sandbox_id }),
         )
@@ -73,8 +89,7 @@ impl RuntimeService for CriService {
     ) -> GrpcResult<cri::StopPodSandboxResponse> {
         let id = request.into_inner().pod_sandbox_id;
         reply(
-            self.crid
-                .stop_pod_sandbox(&id)
+            self.to_completion(|crid| async move { crid.stop_pod_sandbox(&id).await })
                 .await
                 .map(|()| cri::StopPodSandboxResponse {}),
         )
@@ -86,8 +101,7 @@ impl RuntimeService for CriService {
     ) -> GrpcResult<cri::RemovePodSandboxResponse> {
         let id = request.into_inner().pod_sandbox_id;
         reply(
-            self.crid
-                .remove_pod_sandbox(&id)
+            self.to_completion(|crid| async move { crid.remove_pod_sandbox(&id).await })
                 .await
                 .map(|()| cri::RemovePodSandboxResponse {}),
         )
@@ -124,9 +138,9 @@ impl RuntimeService for CriService {
         let config = r
             .config
             .ok_or_else(|| Status::invalid_argument("no container config"))?;
+        let sandbox = r.pod_sandbox_id;
         reply(
-            self.crid
-                .create_container(&r.pod_sandbox_id, config)
+            self.to_completion(|crid| async move { crid.create_container(&sandbox, config).await })
                 .await
                 .map(|container_id| cri::CreateContainerResponse { container_id }),
         )
@@ -138,8 +152,7 @@ impl RuntimeService for CriService {
     ) -> GrpcResult<cri::StartContainerResponse> {
         let id = request.into_inner().container_id;
         reply(
-            self.crid
-                .start_container(&id)
+            self.to_completion(|crid| async move { crid.start_container(&id).await })
                 .await
                 .map(|()| cri::StartContainerResponse {}),
         )
@@ -150,9 +163,9 @@ impl RuntimeService for CriService {
         request: Request<cri::StopContainerRequest>,
     ) -> GrpcResult<cri::StopContainerResponse> {
         let r = request.into_inner();
+        let (id, timeout) = (r.container_id, r.timeout);
         reply(
-            self.crid
-                .stop_container(&r.container_id, r.timeout)
+            self.to_completion(|crid| async move { crid.stop_container(&id, timeout).await })
                 .await
                 .map(|()| cri::StopContainerResponse {}),
         )
@@ -164,8 +177,7 @@ impl RuntimeService for CriService {
     ) -> GrpcResult<cri::RemoveContainerResponse> {
         let id = request.into_inner().container_id;
         reply(
-            self.crid
-                .remove_container(&id)
+            self.to_completion(|crid| async move { crid.remove_container(&id).await })
                 .await
                 .map(|()| cri::RemoveContainerResponse {}),
         )
@@ -199,11 +211,13 @@ impl RuntimeService for CriService {
         request: Request<cri::UpdateContainerResourcesRequest>,
     ) -> GrpcResult<cri::UpdateContainerResourcesResponse> {
         let r = request.into_inner();
+        let (id, linux) = (r.container_id, r.linux);
         reply(
-            self.crid
-                .update_container_resources(&r.container_id, r.linux)
-                .await
-                .map(|()| cri::UpdateContainerResourcesResponse {}),
+            self.to_completion(
+                |crid| async move { crid.update_container_resources(&id, linux).await },
+            )
+            .await
+            .map(|()| cri::UpdateContainerResourcesResponse {}),
         )
     }
 
