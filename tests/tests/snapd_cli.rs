@@ -110,6 +110,44 @@ async fn unpack_snapshots_and_diff_from_the_cli() {
     let (ok, out, err) = cli(&["snapshots", "diff", "work", chain[1].as_str()]);
     assert!(ok, "a diff whose blob is stored: {err}");
     assert_eq!(String::from_utf8(out).unwrap().trim(), digest.to_string());
+    // The blob gone, and its ingest held by another writer: the diff fails
+    // (it must not report a blob it did not store). Once that writer has
+    // gone, leaving bytes that are not the diff's in the ingest, the diff
+    // starts the ingest over and stores the right blob.
+    store.delete("default", &digest).await.unwrap();
+    let reference = format!("diff-{digest}");
+    let mut held = store
+        .writer(
+            "default",
+            berth_content::WriterOptions::new(reference.clone())
+                .total(info.size)
+                .expected(digest.clone()),
+        )
+        .await
+        .unwrap();
+    held.write(b"not the diff".to_vec()).await.unwrap();
+    let (ok, _, err) = cli(&["snapshots", "diff", "work", chain[1].as_str()]);
+    assert!(
+        !ok,
+        "a diff whose ingest another writer holds reported success"
+    );
+    assert!(store.info("default", &digest).await.is_err(), "{err}");
+    drop(held);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let out = loop {
+        let (ok, out, err) = cli(&["snapshots", "diff", "work", chain[1].as_str()]);
+        if ok {
+            break out;
+        }
+        // The dropped writer lets its ingest go in the background.
+        assert!(std::time::Instant::now() < deadline, "{err}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(String::from_utf8(out).unwrap().trim(), digest.to_string());
+    let again = berth_content::read_blob(&store, "default", &digest, 1 << 30)
+        .await
+        .unwrap();
+    assert_eq!(again, gzipped, "the stored diff is whole");
     // The same diff as a plain tar and as zstd: one diff ID.
     for (media_type, decode) in [
         (

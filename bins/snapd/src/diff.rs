@@ -725,6 +725,26 @@ mod tests {
         node("chr", SFlag::S_IFCHR, 1, 3);
         node("blk", SFlag::S_IFBLK, 7, 200);
         node("whiteout", SFlag::S_IFCHR, 0, 0);
+        // A device in both trees: unchanged with the same numbers, changed
+        // with others.
+        for (root, minor) in [(lower.path(), 3), (upper.path(), 3)] {
+            nix::sys::stat::mknod(
+                &root.join("samedev"),
+                SFlag::S_IFCHR,
+                Mode::from_bits_truncate(0o660),
+                nix::sys::stat::makedev(1, minor),
+            )
+            .unwrap();
+        }
+        for (root, minor) in [(lower.path(), 3), (upper.path(), 5)] {
+            nix::sys::stat::mknod(
+                &root.join("newnum"),
+                SFlag::S_IFCHR,
+                Mode::from_bits_truncate(0o660),
+                nix::sys::stat::makedev(1, minor),
+            )
+            .unwrap();
+        }
         let mut out = Vec::new();
         write_diff(Some(lower.path()), upper.path(), &mut out).unwrap();
         let mut archive = tar::Archive::new(&out[..]);
@@ -746,7 +766,7 @@ mod tests {
         let names: Vec<&str> = got.iter().map(|g| g.0.as_str()).collect();
         assert_eq!(
             names,
-            ["blk", "chr", "content", "group", "link", "mode", "owner", "touched"],
+            ["blk", "chr", "content", "group", "link", "mode", "newnum", "owner", "touched"],
             "{got:?}"
         );
         assert_eq!(
