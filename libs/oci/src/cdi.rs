@@ -111,7 +111,6 @@ struct SpecFile {
     cdi_version: String,
     kind: String,
     #[serde(default)]
-    #[allow(dead_code)] // read to be accepted; nothing here uses them
     annotations: BTreeMap<String, String>,
     #[serde(default)]
     devices: Vec<DeviceSpec>,
@@ -124,7 +123,6 @@ struct SpecFile {
 struct DeviceSpec {
     name: String,
     #[serde(default)]
-    #[allow(dead_code)] // read to be accepted; nothing here uses them
     annotations: BTreeMap<String, String>,
     #[serde(default)]
     container_edits: ContainerEdits,
@@ -329,13 +327,71 @@ impl ContainerEdits {
 }
 
 impl SpecFile {
+    /// Every container edits of the file: its own, then each device's.
+    fn all_edits(&self) -> impl Iterator<Item = &ContainerEdits> {
+        std::iter::once(&self.container_edits)
+            .chain(self.devices.iter().map(|d| &d.container_edits))
+    }
+
+    /// The oldest specification version that has every field this file
+    /// uses, as the CDI library works it out (a file that names an older
+    /// one is invalid).
+    fn required_version(&self) -> &'static str {
+        let edits: Vec<&ContainerEdits> = self.all_edits().collect();
+        let any = |f: &dyn Fn(&ContainerEdits) -> bool| edits.iter().any(|e| f(e));
+        if any(&|e| {
+            !e.net_devices.is_empty()
+                || e.intel_rdt
+                    .as_ref()
+                    .is_some_and(|r| !r.schemata.is_empty() || r.enable_monitoring == Some(true))
+        }) {
+            return "1.1.0";
+        }
+        if any(&|e| e.intel_rdt.is_some() || !e.additional_gids.is_empty()) {
+            return "0.7.0";
+        }
+        let class_has_dot = self
+            .kind
+            .split_once('/')
+            .is_some_and(|(_, class)| class.contains('.'));
+        if !self.annotations.is_empty()
+            || self.devices.iter().any(|d| !d.annotations.is_empty())
+            || class_has_dot
+        {
+            return "0.6.0";
+        }
+        if self
+            .devices
+            .iter()
+            .any(|d| d.name.starts_with(|c: char| c.is_ascii_digit()))
+            || any(&|e| e.device_nodes.iter().any(|n| n.host_path.is_some()))
+        {
+            return "0.5.0";
+        }
+        if any(&|e| {
+            e.mounts
+                .iter()
+                .any(|m| m.kind.as_deref().is_some_and(|k| !k.is_empty()))
+        }) {
+            return "0.4.0";
+        }
+        "0.3.0"
+    }
+
     fn check(&self) -> std::result::Result<(), String> {
         let version = self
             .cdi_version
             .strip_prefix('v')
             .unwrap_or(&self.cdi_version);
-        if !KNOWN_VERSIONS.contains(&version) {
+        let Some(given) = KNOWN_VERSIONS.iter().position(|v| *v == version) else {
             return Err(format!("unknown cdiVersion {:?}", self.cdi_version));
+        };
+        let needed = self.required_version();
+        if KNOWN_VERSIONS.iter().position(|v| *v == needed) > Some(given) {
+            return Err(format!(
+                "cdiVersion {:?} is older than the {needed} its fields need",
+                self.cdi_version
+            ));
         }
         parse_qualified_name(&format!("{}=x", self.kind))
             .map_err(|_| format!("kind {:?} is not VENDOR/CLASS", self.kind))?;
@@ -1077,7 +1133,7 @@ devices:
             ),
             (
                 "twice.json",
-                r#"{"cdiVersion":"0.6.0","kind":"a.b/c","devices":[{"name":"d"},{"name":"d"}]}"#,
+                r#"{"cdiVersion":"0.6.0","kind":"a.b/c","devices":[{"name":"d","containerEdits":{"env":["A=1"]}},{"name":"d","containerEdits":{"env":["A=2"]}}]}"#,
             ),
             (
                 "relative.json",
@@ -1108,6 +1164,10 @@ devices:
                 "perms.json",
                 r#"{"cdiVersion":"0.6.0","kind":"a.b/k","devices":[{"name":"d","containerEdits":{"deviceNodes":[{"path":"/dev/x","permissions":"rwx"}]}}]}"#,
             ),
+            (
+                "old.json",
+                r#"{"cdiVersion":"0.6.0","kind":"a.b/l","devices":[{"name":"d","containerEdits":{"additionalGids":[5]}}]}"#,
+            ),
         ] {
             write(dir.path(), name, text);
         }
@@ -1118,7 +1178,15 @@ devices:
             "{:?}",
             registry.device_names()
         );
-        assert_eq!(registry.problems.len(), 11, "{:?}", registry.problems);
+        assert_eq!(registry.problems.len(), 12, "{:?}", registry.problems);
+        assert!(
+            registry
+                .problems
+                .iter()
+                .any(|p| p.contains("old.json: cdiVersion \"0.6.0\" is older than the 0.7.0")),
+            "{:?}",
+            registry.problems
+        );
         let err = registry.resolve(&["a.b/c=d"]).unwrap_err().to_string();
         assert!(err.contains("unresolvable CDI devices: a.b/c=d"), "{err}");
         assert!(err.contains("version.json: unknown cdiVersion"), "{err}");
