@@ -30,7 +30,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use berth_client::RemoteContentStore;
@@ -1190,6 +1190,9 @@ impl PodWork {
     }
 }
 
+/// The CNI network of the crid rounds' pods.
+const CRASH_NETWORK: &str = "crash";
+
 /// berth-crid on a stack, SIGKILLed at random moments of the kubelet's
 /// calls and restarted.
 struct PodHarness {
@@ -1372,6 +1375,20 @@ impl PodHarness {
             "crid container state",
             names_in(self.cri.crid.root.join("containers")),
         );
+        held.insert("netns", names_in(self.cri.crid.state.join("netns")));
+        // host-local keeps one file per address, its first line the
+        // container id CNI was given (the pod's).
+        held.insert(
+            "address",
+            std::fs::read_dir(self.cri.dir.join("ipam").join(CRASH_NETWORK))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("10."))
+                .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+                .filter_map(|text| text.lines().next().map(str::to_string))
+                .collect(),
+        );
         (tasks, held)
     }
 
@@ -1412,6 +1429,16 @@ impl PodHarness {
             if !held["record"].contains(id) || !held["crid sandbox state"].contains(id) {
                 self.violation(round, format!("pod {name} ({id}) lost its record or state"));
             }
+            let networked = held["netns"].contains(id) && held["address"].contains(id);
+            if ready && !networked {
+                self.violation(round, format!("ready pod {name} ({id}) has no network"));
+            }
+            if !ready && (held["netns"].contains(id) || held["address"].contains(id)) {
+                self.violation(
+                    round,
+                    format!("pod {name} ({id}) is {state} but keeps its network"),
+                );
+            }
         }
         for (id, (pod, state)) in &containers {
             let task = tasks.get(id).map(String::as_str);
@@ -1442,7 +1469,6 @@ impl PodHarness {
             serde_json::json!({
                 "metadata": {"name": name, "namespace": "crash", "uid": format!("uid-{name}"), "attempt": 0},
                 "log_directory": self.cri.dir.join("logs").join(name).display().to_string(),
-                "linux": {"security_context": {"namespace_options": {"network": 2}}},
             }),
         )
     }
@@ -1641,6 +1667,37 @@ fn random_crid_kills_leak_nothing_and_keep_every_state_true() {
     let Some(dir) = berth_e2e::cri::crictl_test_dir() else {
         return;
     };
+    // Pods get their network through CNI's bridge, in a network namespace
+    // of this thread's own (every daemon started from it runs there), so
+    // the host's network is never touched.
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+    let up = Command::new("ip")
+        .args(["link", "set", "lo", "up"])
+        .status()
+        .unwrap();
+    assert!(up.success());
+    let net_d = dir.path().join("net.d");
+    std::fs::create_dir_all(&net_d).unwrap();
+    std::fs::write(
+        net_d.join("10-crash.conflist"),
+        serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": CRASH_NETWORK,
+            "plugins": [{
+                "type": "bridge",
+                "bridge": "crash0",
+                "isGateway": true,
+                "ipMasq": false,
+                "ipam": {
+                    "type": "host-local",
+                    "ranges": [[{"subnet": "10.88.77.0/24"}]],
+                    "dataDir": dir.path().join("ipam").display().to_string(),
+                },
+            }],
+        })
+        .to_string(),
+    )
+    .unwrap();
     let cgroups_before = cri_cgroups();
     let cri = berth_e2e::cri::Cri::start(dir.path());
     let mut harness = PodHarness {
@@ -1670,6 +1727,17 @@ fn random_crid_kills_leak_nothing_and_keep_every_state_true() {
     assert!(
         tasks.is_empty() && held.values().all(BTreeSet::is_empty),
         "left: {tasks:?} {held:?}"
+    );
+    let links = Command::new("ip").args(["-o", "link"]).output().unwrap();
+    let links = String::from_utf8_lossy(&links.stdout).into_owned();
+    let names: Vec<&str> = links
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n))
+        .collect();
+    assert!(
+        names.iter().all(|n| ["lo", "crash0"].contains(n)),
+        "network devices left: {names:?}"
     );
     let report = serde_json::json!({
         "seed": seed,
