@@ -675,6 +675,25 @@ fn wait_bounded(child: &mut Child, limit: Duration) -> Option<bool> {
     }
 }
 
+/// Starts `command` (its output dropped), SIGKILLs `daemon` after `delay`
+/// and starts it again; then waits up to 120 s for the command. Some(its
+/// success), or None if it hung.
+fn kill_during(
+    mut command: std::process::Command,
+    delay: Duration,
+    daemon: &mut berth_e2e::Daemon,
+) -> Option<bool> {
+    let mut child = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(delay);
+    daemon.kill();
+    daemon.restart();
+    wait_bounded(&mut child, Duration::from_secs(120))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_sigkills_lose_nothing_acknowledged() {
     if !berth_e2e::pull_prerequisites() {
@@ -1034,17 +1053,8 @@ impl TaskHarness {
         let mut all = vec!["-n".to_string(), self.namespace.clone()];
         all.extend(args);
         let all: Vec<&str> = all.iter().map(String::as_str).collect();
-        let mut child = self
-            .stack
-            .command(&all)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(delay);
-        self.stack.taskd.kill();
-        self.stack.taskd.restart();
-        let Some(ok) = wait_bounded(&mut child, Duration::from_secs(120)) else {
+        let command = self.stack.command(&all);
+        let Some(ok) = kill_during(command, delay, &mut self.stack.taskd) else {
             self.violation(round, format!("{work:?} hung after taskd was killed"));
             return;
         };
@@ -1565,17 +1575,8 @@ impl PodHarness {
         let delay = Duration::from_micros(rng.below(2 * window.max(1)));
         let args = self.args(&work, round);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let mut child = self
-            .cri
-            .command(&args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(delay);
-        self.cri.crid.kill();
-        self.cri.crid.restart();
-        let Some(ok) = wait_bounded(&mut child, Duration::from_secs(120)) else {
+        let command = self.cri.command(&args);
+        let Some(ok) = kill_during(command, delay, &mut self.cri.crid) else {
             self.violation(round, format!("{work:?} hung after crid was killed"));
             return;
         };

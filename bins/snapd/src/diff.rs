@@ -727,23 +727,16 @@ mod tests {
         node("whiteout", SFlag::S_IFCHR, 0, 0);
         // A device in both trees: unchanged with the same numbers, changed
         // with others.
-        for (root, minor) in [(lower.path(), 3), (upper.path(), 3)] {
-            nix::sys::stat::mknod(
-                &root.join("samedev"),
-                SFlag::S_IFCHR,
-                Mode::from_bits_truncate(0o660),
-                nix::sys::stat::makedev(1, minor),
-            )
-            .unwrap();
-        }
-        for (root, minor) in [(lower.path(), 3), (upper.path(), 5)] {
-            nix::sys::stat::mknod(
-                &root.join("newnum"),
-                SFlag::S_IFCHR,
-                Mode::from_bits_truncate(0o660),
-                nix::sys::stat::makedev(1, minor),
-            )
-            .unwrap();
+        for (name, lower_minor, upper_minor) in [("samedev", 3, 3), ("newnum", 3, 5)] {
+            for (root, minor) in [(lower.path(), lower_minor), (upper.path(), upper_minor)] {
+                nix::sys::stat::mknod(
+                    &root.join(name),
+                    SFlag::S_IFCHR,
+                    Mode::from_bits_truncate(0o660),
+                    nix::sys::stat::makedev(1, minor),
+                )
+                .unwrap();
+            }
         }
         let mut out = Vec::new();
         write_diff(Some(lower.path()), upper.path(), &mut out).unwrap();
