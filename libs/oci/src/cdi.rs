@@ -525,7 +525,8 @@ impl CdiRegistry {
     /// error that says why, with the spec files left out.
     pub fn resolve<S: AsRef<str>>(&self, names: &[S]) -> Result<CdiEdits> {
         let mut edits = CdiEdits::default();
-        let mut applied_specs: Vec<*const ContainerEdits> = Vec::new();
+        // The spec files whose own edits are applied already.
+        let mut applied_specs: HashSet<&Path> = HashSet::new();
         let mut unresolved = Vec::new();
         let mut seen = HashSet::new();
         for name in names {
@@ -548,9 +549,7 @@ impl CdiRegistry {
                 }
                 continue;
             };
-            let spec_key = Arc::as_ptr(&known.spec_edits);
-            if !applied_specs.contains(&spec_key) {
-                applied_specs.push(spec_key);
+            if applied_specs.insert(&known.file) {
                 edits
                     .add(&known.spec_edits)
                     .map_err(|e| in_file(e, &known.file))?;
