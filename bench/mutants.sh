@@ -27,6 +27,13 @@ fi
 # missing prerequisite fail the baseline instead.
 scripts/prerequisites.sh tests
 export CI=true
+# cargo-mutants tests a copy of the tree under /tmp, which has no
+# ../shared beside it: point the tests at this tree's (the peers'
+# containerd 2.2.7 and crictl are there).
+if [ -z "${BERTH_SHARED_DIR:-}" ] && [ -d "$repo/../shared" ]; then
+  BERTH_SHARED_DIR=$(cd "$repo/../shared" && pwd)
+  export BERTH_SHARED_DIR
+fi
 
 # One target directory outside the tree, kept between runs: the copies
 # cargo-mutants makes of the tree reuse the compiled dependencies instead

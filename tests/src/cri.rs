@@ -12,8 +12,14 @@ use crate::images::{busybox_rootfs, host_architecture, Layout};
 use crate::stack::Stack;
 use crate::Daemon;
 
+/// The team's shared directory (`../shared` beside the repository), or
+/// `BERTH_SHARED_DIR`: a copy of the tree elsewhere (cargo-mutants
+/// builds one under /tmp) has no `../shared` of its own.
 pub fn shared() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared")
+    match std::env::var_os("BERTH_SHARED_DIR") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared"),
+    }
 }
 
 pub fn crictl_path() -> PathBuf {

@@ -587,7 +587,7 @@ fn detached_containers_take_exec_pause_ps_kill_and_log_to_a_file() {
 /// containerd 2.2.7's Go runc shim, built for the tests (see
 /// ../shared/peers/README.md).
 fn peer_shim() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/peers/bin/containerd-shim-runc-v2")
+    berth_e2e::cri::shared().join("peers/bin/containerd-shim-runc-v2")
 }
 
 /// The runtimes every scenario below runs through: berth's shim, Debian's

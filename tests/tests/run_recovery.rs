@@ -140,8 +140,7 @@ fn a_restarted_taskd_finds_every_task_and_reports_a_missed_exit_once() {
     if on_path("containerd-shim-runc-v2") {
         go_shims.push(("go16", "io.containerd.runc.v2".to_string()));
     }
-    let peer = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/peers/bin/containerd-shim-runc-v2");
+    let peer = berth_e2e::cri::shared().join("peers/bin/containerd-shim-runc-v2");
     if peer.exists() {
         go_shims.push(("go22", peer.canonicalize().unwrap().display().to_string()));
     }

@@ -330,7 +330,7 @@ fn boot_debian_with_berths_package() -> Booted {
     let archive = berth_e2e::images::run_image_archive(dir.path());
     std::fs::copy(&archive, root.join("root/image.tar")).unwrap();
     // crictl, for the CRI under the systemd cgroup driver.
-    let crictl = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/peers/bin/crictl");
+    let crictl = berth_e2e::cri::crictl_path();
     if crictl.exists() {
         std::fs::copy(&crictl, root.join("usr/local/bin/crictl")).unwrap();
     }

@@ -287,7 +287,7 @@ fn up_down_and_containers_that_outlive_the_daemons() {
 /// berth's own pause image (no registry); `berth down` stops it first.
 #[test]
 fn up_with_cri_serves_crictl_and_down_stops_it() {
-    let crictl = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/peers/bin/crictl");
+    let crictl = berth_e2e::cri::crictl_path();
     if !berth_e2e::require(berth_e2e::is_root(), "needs root")
         || !run_prerequisites()
         || !berth_e2e::require(crictl.exists(), "../shared/peers/bin/crictl")

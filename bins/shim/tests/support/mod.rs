@@ -48,7 +48,7 @@ pub enum Version {
 /// containerd 2.2.7, its `ctr` and its Go runc shim (see
 /// ../shared/peers/README.md).
 fn peers_bin() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/peers/bin")
+    berth_e2e::cri::shared().join("peers/bin")
 }
 
 impl Version {
