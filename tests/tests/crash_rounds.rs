@@ -1237,6 +1237,36 @@ fn cri_cgroups() -> BTreeSet<String> {
     found
 }
 
+/// The host port pod `name` publishes: its own, so that no two pods
+/// share a rule (pods are `p<round>`; the calibration's is `calibrate`).
+fn host_port_of(name: &str) -> u32 {
+    20_000 + name.trim_start_matches('p').parse::<u32>().unwrap_or(0) % 40_000
+}
+
+/// The pods CNI's portmap holds NAT rules for: each DNAT rule it adds
+/// carries a comment naming the network and the pod (`dnat name: "N" id:
+/// "ID"`). Read from this thread's network namespace.
+fn host_port_owners() -> BTreeSet<String> {
+    let out = Command::new("iptables")
+        .args(["-w", "-t", "nat", "-S"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "iptables -t nat -S: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let marker = "id: \\\"";
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("dnat name:"))
+        .filter_map(|l| {
+            let rest = &l[l.find(marker)? + marker.len()..];
+            Some(rest[..rest.find('\\')?].to_string())
+        })
+        .collect()
+}
+
 impl PodHarness {
     fn crictl(&self, args: &[&str]) -> (bool, String, String) {
         let (ok, out, err) = run_bounded(self.cri.command(args), args);
@@ -1399,6 +1429,7 @@ impl PodHarness {
                 .filter_map(|text| text.lines().next().map(str::to_string))
                 .collect(),
         );
+        held.insert("host port", host_port_owners());
         (tasks, held)
     }
 
@@ -1443,7 +1474,14 @@ impl PodHarness {
             if ready && !networked {
                 self.violation(round, format!("ready pod {name} ({id}) has no network"));
             }
-            if !ready && (held["netns"].contains(id) || held["address"].contains(id)) {
+            if ready && !held["host port"].contains(id) {
+                self.violation(round, format!("ready pod {name} ({id}) has no host port"));
+            }
+            if !ready
+                && (held["netns"].contains(id)
+                    || held["address"].contains(id)
+                    || held["host port"].contains(id))
+            {
                 self.violation(
                     round,
                     format!("pod {name} ({id}) is {state} but keeps its network"),
@@ -1479,6 +1517,7 @@ impl PodHarness {
             serde_json::json!({
                 "metadata": {"name": name, "namespace": "crash", "uid": format!("uid-{name}"), "attempt": 0},
                 "log_directory": self.cri.dir.join("logs").join(name).display().to_string(),
+                "port_mappings": [{"container_port": 80, "host_port": host_port_of(name)}],
             }),
         )
     }
@@ -1668,6 +1707,9 @@ fn random_crid_kills_leak_nothing_and_keep_every_state_true() {
     let Some(dir) = berth_e2e::cri::crictl_test_dir() else {
         return;
     };
+    if !berth_e2e::require(berth_e2e::on_path("iptables"), "iptables (CNI's portmap)") {
+        return;
+    }
     // Pods get their network through CNI's bridge, in a network namespace
     // of this thread's own (every daemon started from it runs there), so
     // the host's network is never touched.
@@ -1694,6 +1736,11 @@ fn random_crid_kills_leak_nothing_and_keep_every_state_true() {
                     "ranges": [[{"subnet": "10.88.77.0/24"}]],
                     "dataDir": dir.path().join("ipam").display().to_string(),
                 },
+            }, {
+                // Every pod publishes a port: a kill must not leave its
+                // NAT rules behind (or take them from a ready pod).
+                "type": "portmap",
+                "capabilities": {"portMappings": true},
             }],
         })
         .to_string(),

@@ -83,10 +83,6 @@ impl UnmatchedExits {
         }
     }
 
-    pub fn clear(&mut self) {
-        self.kept.clear();
-    }
-
     pub fn len(&self) -> usize {
         self.kept.len()
     }

@@ -932,3 +932,33 @@ fn pax_size_entries_are_the_ones_gnu_tar_sees() {
     assert_eq!(applied, gnu_names);
     assert_eq!(applied, vec!["after", "hidden", "smuggler"]);
 }
+
+#[test]
+fn a_refused_entry_is_named_in_its_error() {
+    // An operator reading the error must learn which entry of the layer
+    // was refused and where the walk stopped: here at `/up`, a symlink
+    // out of the root to a directory the root does not have.
+    let case = Case::new();
+    let mut t = RawTar::new();
+    t.symlink("up", "../../outside");
+    assert!(case.apply_checked(&t.finish(), true));
+    let mut t = RawTar::new();
+    t.file("up/canary", b"pwned");
+    let options = ApplyOptions {
+        overlay: true,
+        ..Default::default()
+    };
+    let err = apply(&t.finish()[..], &case.root, &options, &Host).unwrap_err();
+    let message = err.to_string();
+    assert!(message.contains("/up"), "{message}");
+    // Nested deeper: the path down to the component that failed.
+    let mut t = RawTar::new();
+    t.dir("a", 0o755);
+    t.file("a/file", b"x");
+    assert!(case.apply_checked(&t.finish(), true));
+    let mut t = RawTar::new();
+    t.file("a/file/below", b"x");
+    let err = apply(&t.finish()[..], &case.root, &options, &Host).unwrap_err();
+    let message = err.to_string();
+    assert!(message.contains("/a/file"), "{message}");
+}
