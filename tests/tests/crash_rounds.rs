@@ -1695,6 +1695,62 @@ impl PodHarness {
     }
 }
 
+impl PodHarness {
+    /// crid and the stack under it on `dir`, in a network namespace of
+    /// this thread's own (every daemon started from it runs there, so the
+    /// host's network is never touched), with CNI's bridge, host-local and
+    /// portmap for pods. None if iptables is missing outside CI.
+    fn start(dir: &Path) -> Option<PodHarness> {
+        if !berth_e2e::require(berth_e2e::on_path("iptables"), "iptables (CNI's portmap)") {
+            return None;
+        }
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let up = Command::new("ip")
+            .args(["link", "set", "lo", "up"])
+            .status()
+            .unwrap();
+        assert!(up.success());
+        let net_d = dir.join("net.d");
+        std::fs::create_dir_all(&net_d).unwrap();
+        std::fs::write(
+            net_d.join("10-crash.conflist"),
+            serde_json::json!({
+                "cniVersion": "1.0.0",
+                "name": CRASH_NETWORK,
+                "plugins": [{
+                    "type": "bridge",
+                    "bridge": "crash0",
+                    "isGateway": true,
+                    "ipMasq": false,
+                    "ipam": {
+                        "type": "host-local",
+                        "ranges": [[{"subnet": "10.88.77.0/24"}]],
+                        "dataDir": dir.join("ipam").display().to_string(),
+                    },
+                }, {
+                    // Every pod publishes a port: a kill must not leave its
+                    // NAT rules behind (or take them from a ready pod).
+                    "type": "portmap",
+                    "capabilities": {"portMappings": true},
+                }],
+            })
+            .to_string(),
+        )
+        .unwrap();
+        let cgroups_before = cri_cgroups();
+        let cri = berth_e2e::cri::Cri::start(dir);
+        let harness = PodHarness {
+            cri,
+            cgroups_before,
+            violations: Vec::new(),
+            window: BTreeMap::new(),
+            done: BTreeMap::new(),
+            interrupted: 0,
+        };
+        Some(harness)
+    }
+}
+
 /// berth-crid SIGKILLed at random moments of RunPodSandbox, CreateContainer,
 /// StartContainer, StopContainer, RemoveContainer, StopPodSandbox and
 /// RemovePodSandbox, and restarted: after every round (and the kubelet's
@@ -1707,54 +1763,8 @@ fn random_crid_kills_leak_nothing_and_keep_every_state_true() {
     let Some(dir) = berth_e2e::cri::crictl_test_dir() else {
         return;
     };
-    if !berth_e2e::require(berth_e2e::on_path("iptables"), "iptables (CNI's portmap)") {
+    let Some(mut harness) = PodHarness::start(dir.path()) else {
         return;
-    }
-    // Pods get their network through CNI's bridge, in a network namespace
-    // of this thread's own (every daemon started from it runs there), so
-    // the host's network is never touched.
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-    let up = Command::new("ip")
-        .args(["link", "set", "lo", "up"])
-        .status()
-        .unwrap();
-    assert!(up.success());
-    let net_d = dir.path().join("net.d");
-    std::fs::create_dir_all(&net_d).unwrap();
-    std::fs::write(
-        net_d.join("10-crash.conflist"),
-        serde_json::json!({
-            "cniVersion": "1.0.0",
-            "name": CRASH_NETWORK,
-            "plugins": [{
-                "type": "bridge",
-                "bridge": "crash0",
-                "isGateway": true,
-                "ipMasq": false,
-                "ipam": {
-                    "type": "host-local",
-                    "ranges": [[{"subnet": "10.88.77.0/24"}]],
-                    "dataDir": dir.path().join("ipam").display().to_string(),
-                },
-            }, {
-                // Every pod publishes a port: a kill must not leave its
-                // NAT rules behind (or take them from a ready pod).
-                "type": "portmap",
-                "capabilities": {"portMappings": true},
-            }],
-        })
-        .to_string(),
-    )
-    .unwrap();
-    let cgroups_before = cri_cgroups();
-    let cri = berth_e2e::cri::Cri::start(dir.path());
-    let mut harness = PodHarness {
-        cri,
-        cgroups_before,
-        violations: Vec::new(),
-        window: BTreeMap::new(),
-        done: BTreeMap::new(),
-        interrupted: 0,
     };
     harness.calibrate();
     harness.check(0);
@@ -1797,4 +1807,43 @@ fn random_crid_kills_leak_nothing_and_keep_every_state_true() {
         "seconds": started.elapsed().as_secs_f64(),
     });
     report_and_judge(&report, "BERTH_CRASH_CRI_REPORT");
+}
+
+/// RunPodSandbox cut short after it made the pod's network namespace and
+/// before it recorded it (the window a random kill once hit): the
+/// kubelet's StopPodSandbox and RemovePodSandbox must still find the
+/// namespace (at its usual path, under the pod's id) and take it, with
+/// the pod's address and host port.
+#[test]
+fn a_pod_namespace_made_but_not_recorded_goes_with_its_pod() {
+    let Some(dir) = berth_e2e::cri::crictl_test_dir() else {
+        return;
+    };
+    let Some(mut harness) = PodHarness::start(dir.path()) else {
+        return;
+    };
+    let pod = harness.cri.ok(&["runp", &harness.pod_config("p1")]);
+    let netns = harness.cri.crid.state.join("netns").join(&pod);
+    assert!(netns.exists());
+    // What the cut-short RunPodSandbox left: a record that names no
+    // namespace.
+    harness.cri.crid.kill();
+    let state = harness
+        .cri
+        .crid
+        .root
+        .join("sandboxes")
+        .join(&pod)
+        .join("state.json");
+    let mut record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
+    assert!(record["netns"].is_string(), "{record}");
+    record["netns"] = serde_json::Value::Null;
+    std::fs::write(&state, record.to_string()).unwrap();
+    harness.cri.crid.restart();
+    harness.cri.ok(&["stopp", &pod]);
+    harness.cri.ok(&["rmp", &pod]);
+    assert!(!netns.exists(), "the pod's namespace outlived it");
+    harness.check(1);
+    assert!(harness.violations.is_empty(), "{:?}", harness.violations);
 }

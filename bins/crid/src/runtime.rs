@@ -303,7 +303,7 @@ impl Crid {
         let ns = sandbox.namespace_options();
         let own_network = ns.network != cri::NamespaceMode::Node as i32;
         if own_network {
-            let dir = self.settings.state.join("netns");
+            let dir = self.netns_dir();
             let name = id.clone();
             let netns =
                 tokio::task::spawn_blocking(move || berth_network::create_netns(&dir, &name))
@@ -368,6 +368,11 @@ impl Crid {
         Ok(())
     }
 
+    /// Where pods' network namespaces are pinned, each at its pod's id.
+    fn netns_dir(&self) -> PathBuf {
+        self.settings.state.join("netns")
+    }
+
     pub async fn stop_pod_sandbox(self: &Arc<Self>, id: &str) -> Result<()> {
         let Some(sandbox) = self.store.find_sandbox(id) else {
             // The CRI: stopping what is not there succeeds.
@@ -387,7 +392,14 @@ impl Crid {
         }
         self.remove_task(&sandbox.id).await?;
         self.mark_not_ready(&sandbox.id)?;
-        if let Some(netns) = &sandbox.netns {
+        // A RunPodSandbox cut short between making the pod's namespace and
+        // recording it left the namespace at its usual path (the network
+        // is attached only once the namespace is recorded).
+        let netns = sandbox.netns.clone().or_else(|| {
+            let path = self.netns_dir().join(&sandbox.id);
+            path.exists().then_some(path)
+        });
+        if let Some(netns) = &netns {
             if let Err(e) = self
                 .settings
                 .cni
