@@ -54,6 +54,23 @@ impl RawTar {
         self.pad_data(data);
     }
 
+    /// A regular file whose header `edit` changes last (the checksum is
+    /// made after it).
+    fn file_with_header(&mut self, name: &str, data: &[u8], edit: impl FnOnce(&mut tar::Header)) {
+        let mut header = tar::Header::new_ustar();
+        header.set_path(name).unwrap();
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_mode(0o644);
+        header.set_size(data.len() as u64);
+        header.set_mtime(1_600_000_000);
+        header.set_uid(1000);
+        header.set_gid(1000);
+        edit(&mut header);
+        header.set_cksum();
+        self.0.extend_from_slice(header.as_bytes());
+        self.pad_data(data);
+    }
+
     fn pad_data(&mut self, data: &[u8]) {
         self.0.extend_from_slice(data);
         let rem = data.len() % 512;
@@ -961,4 +978,127 @@ fn a_refused_entry_is_named_in_its_error() {
     let err = apply(&t.finish()[..], &case.root, &options, &Host).unwrap_err();
     let message = err.to_string();
     assert!(message.contains("/a/file"), "{message}");
+}
+
+#[test]
+fn a_directory_that_replaces_a_file_leaves_later_entries_where_they_belong() {
+    // The applier keeps the directories it last opened; replacing a file
+    // by a directory drops them. An entry after that, at another path
+    // whose last name is the same (`d/x` after `p/d/`), must land at its
+    // own path, not in the directory just made.
+    for overlay in [true, false] {
+        let case = Case::new();
+        let mut t = RawTar::new();
+        t.dir("p", 0o755);
+        t.file("p/d", b"a file first");
+        t.dir("p/d", 0o755);
+        t.file("d/x", b"x");
+        assert!(case.apply_checked(&t.finish(), overlay));
+        let root = &case.root;
+        assert!(is_dir(&root.join("p/d")), "overlay {overlay}");
+        assert_eq!(
+            std::fs::read_dir(root.join("p/d")).unwrap().count(),
+            0,
+            "overlay {overlay}: p/d holds what belongs to d"
+        );
+        assert_eq!(std::fs::read(root.join("d/x")).unwrap(), b"x");
+    }
+}
+
+#[test]
+fn a_directory_entry_for_a_directory_already_there_keeps_what_it_holds() {
+    // Layers often name a directory again (every layer that adds to /etc
+    // carries an `etc/` entry): its owner and mode are set again, and
+    // what it holds (from earlier in the layer, or a lower layer in
+    // native snapshots) stays.
+    for overlay in [true, false] {
+        let case = Case::new();
+        let mut t = RawTar::new();
+        t.dir("etc", 0o755);
+        t.file("etc/first", b"1");
+        t.dir("etc", 0o750);
+        t.file("etc/second", b"2");
+        assert!(case.apply_checked(&t.finish(), overlay));
+        let etc = case.root.join("etc");
+        assert_eq!(
+            std::fs::read(etc.join("first")).unwrap(),
+            b"1",
+            "overlay {overlay}"
+        );
+        assert_eq!(std::fs::read(etc.join("second")).unwrap(), b"2");
+        let mode = std::fs::metadata(&etc).unwrap().mode() & 0o7777;
+        assert_eq!(mode, 0o750, "the later entry's mode");
+        if !overlay {
+            // The next layer of a native snapshot is applied on this one.
+            let mut t = RawTar::new();
+            t.dir("etc", 0o755);
+            t.file("etc/third", b"3");
+            assert!(case.apply_checked(&t.finish(), overlay));
+            for name in ["first", "second", "third"] {
+                assert!(etc.join(name).exists(), "{name} after the next layer");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_hardlink_to_a_directory_is_refused_as_such() {
+    let case = Case::new();
+    let mut t = RawTar::new();
+    t.dir("dir", 0o755);
+    assert!(case.apply_checked(&t.finish(), true));
+    let mut t = RawTar::new();
+    t.hardlink("link", "dir");
+    let options = ApplyOptions {
+        overlay: true,
+        ..Default::default()
+    };
+    let err = apply(&t.finish()[..], &case.root, &options, &Host).unwrap_err();
+    assert_eq!(
+        err.kind(),
+        berth_errdefs::ErrorKind::InvalidArgument,
+        "{err}"
+    );
+    assert!(err.to_string().contains("hardlink to directory"), "{err}");
+    assert!(!case.root.join("link").exists());
+}
+
+#[test]
+fn numeric_header_fields_are_numbers_or_empty() {
+    // An empty numeric field (NULs or spaces, as some writers leave one)
+    // means 0; anything else that is not a number is refused, never read
+    // as 0 (an owner of 0 is root).
+    let case = Case::new();
+    let options = ApplyOptions {
+        overlay: true,
+        ..Default::default()
+    };
+    let mut t = RawTar::new();
+    t.file_with_header("spaces", b"x", |h| h.as_old_mut().uid = *b"       \0");
+    t.file_with_header("nuls", b"x", |h| h.as_old_mut().gid = [0; 8]);
+    assert!(case.apply_checked(&t.finish(), true));
+    let owner = |p: &str| {
+        let m = std::fs::symlink_metadata(case.root.join(p)).unwrap();
+        (m.uid(), m.gid())
+    };
+    assert_eq!(owner("spaces"), (0, 1000));
+    assert_eq!(owner("nuls"), (1000, 0));
+    for (field, garbage) in [("uid", *b"zzzzzzz\0"), ("gid", *b"12 4x  \0")] {
+        let mut t = RawTar::new();
+        t.file_with_header("garbage", b"x", |h| {
+            let old = h.as_old_mut();
+            match field {
+                "uid" => old.uid = garbage,
+                _ => old.gid = garbage,
+            }
+        });
+        let err = apply(&t.finish()[..], &case.root, &options, &Host).unwrap_err();
+        assert_eq!(
+            err.kind(),
+            berth_errdefs::ErrorKind::InvalidArgument,
+            "{err}"
+        );
+        assert!(err.to_string().contains(field), "{field}: {err}");
+        assert!(!case.root.join("garbage").exists());
+    }
 }
