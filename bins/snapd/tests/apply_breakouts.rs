@@ -1102,3 +1102,60 @@ fn numeric_header_fields_are_numbers_or_empty() {
         assert!(!case.root.join("garbage").exists());
     }
 }
+
+#[test]
+fn device_nodes_where_allowed_are_made_as_their_kind() {
+    use std::os::unix::fs::FileTypeExt;
+    let case = Case::new();
+    let mut t = RawTar::new();
+    t.dir("dev", 0o755);
+    for (name, kind, major, minor) in [
+        ("dev/null", tar::EntryType::Char, 1, 3),
+        ("dev/loop7", tar::EntryType::Block, 7, 7),
+    ] {
+        t.file_with_header(name, b"", |h| {
+            h.set_entry_type(kind);
+            h.set_mode(0o660);
+            h.set_device_major(major).unwrap();
+            h.set_device_minor(minor).unwrap();
+        });
+    }
+    let options = ApplyOptions {
+        overlay: true,
+        devices: true,
+        ..Default::default()
+    };
+    let stats = apply(&t.finish()[..], &case.root, &options, &Host).unwrap();
+    assert_eq!(stats.entries, 3);
+    let null = std::fs::symlink_metadata(case.root.join("dev/null")).unwrap();
+    assert!(null.file_type().is_char_device());
+    assert_eq!(null.rdev(), nix::sys::stat::makedev(1, 3));
+    assert_eq!(null.mode() & 0o7777, 0o660);
+    let block = std::fs::symlink_metadata(case.root.join("dev/loop7")).unwrap();
+    assert!(block.file_type().is_block_device());
+    assert_eq!(block.rdev(), nix::sys::stat::makedev(7, 7));
+}
+
+#[test]
+fn a_native_opaque_directory_keeps_what_its_own_layer_wrote_before_it() {
+    // Whiteouts hide what lower layers hold, never what their own layer
+    // adds, wherever in the layer the marker comes (OCI image spec).
+    let case = Case::new();
+    let mut t = RawTar::new();
+    t.dir("d", 0o755);
+    t.file("d/old", b"lower");
+    assert!(case.apply_checked(&t.finish(), false));
+    let mut t = RawTar::new();
+    t.dir("d", 0o755);
+    t.file("d/new", b"this layer");
+    t.file("d/.wh..wh..opq", b"");
+    t.file("d/after", b"this layer too");
+    let options = ApplyOptions::default();
+    let stats = apply(&t.finish()[..], &case.root, &options, &Host).unwrap();
+    assert_eq!(stats.entries, 4);
+    assert_eq!(stats.bytes, 24);
+    let d = case.root.join("d");
+    assert!(!d.join("old").exists(), "the lower layer's file is hidden");
+    assert_eq!(std::fs::read(d.join("new")).unwrap(), b"this layer");
+    assert_eq!(std::fs::read(d.join("after")).unwrap(), b"this layer too");
+}
