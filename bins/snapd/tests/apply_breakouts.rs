@@ -1109,6 +1109,8 @@ fn device_nodes_where_allowed_are_made_as_their_kind() {
     let case = Case::new();
     let mut t = RawTar::new();
     t.dir("dev", 0o755);
+    // A later entry replaces an earlier one of another kind.
+    t.file("dev/null", b"a file first");
     for (name, kind, major, minor) in [
         ("dev/null", tar::EntryType::Char, 1, 3),
         ("dev/loop7", tar::EntryType::Block, 7, 7),
@@ -1126,7 +1128,7 @@ fn device_nodes_where_allowed_are_made_as_their_kind() {
         ..Default::default()
     };
     let stats = apply(&t.finish()[..], &case.root, &options, &Host).unwrap();
-    assert_eq!(stats.entries, 3);
+    assert_eq!(stats.entries, 4);
     let null = std::fs::symlink_metadata(case.root.join("dev/null")).unwrap();
     assert!(null.file_type().is_char_device());
     assert_eq!(null.rdev(), nix::sys::stat::makedev(1, 3));
