@@ -1584,3 +1584,184 @@ fn bridge_network_publishes_ports_and_goes_with_the_task() {
         assert_nothing_left(&stack);
     });
 }
+
+/// Waits until `path` holds `want` (a container's log fills as it runs).
+fn wait_for_log(path: &Path, want: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text == want {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} holds {text:?}, not {want:?}",
+            path.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// `berth stop`, `start`, `restart`, `kill` and `exec`, as nerdctl and
+/// docker users type them: stop asks with the container's stop signal
+/// (the flag's, the recorded one, else SIGTERM) and kills after --time,
+/// deleting the task and keeping the container; start makes a new task
+/// whose output is appended to the container's log (one is given to a
+/// container that had none), or with -a attached and exiting with the
+/// container's status; kill sends SIGKILL unless told otherwise.
+#[test]
+fn containers_stop_start_restart_and_kill_as_nerdctl_users_expect() {
+    if !prerequisites() {
+        return;
+    }
+    let (_dir, stack) = setup();
+    let log = |id: &str| stack.log_dir().join("default").join(format!("{id}.log"));
+    let script = "echo started; trap 'echo term; exit 3' TERM; trap 'echo usr1; exit 0' USR1; \
+                  while true; do sleep 0.1; done";
+    let out = run(
+        &stack,
+        &["run", "-d", "--name", "web", RUN_IMAGE, "sh", "-c", script],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    wait_for_log(&log("web"), "started\n");
+
+    let out = run(
+        &stack,
+        &["exec", "web", "sh", "-c", "echo via-exec; exit 4"],
+    );
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "via-exec\n");
+
+    // Stop: SIGTERM, handled; the task goes, the container stays.
+    let out = run(&stack, &["stop", "-t", "30", "web"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "web");
+    wait_for_log(&log("web"), "started\nterm\n");
+    let (_, tasks, _) = stack.berth(&["tasks", "ls", "-q"]);
+    assert_eq!(tasks.trim(), "", "stop leaves no task");
+    let (_, containers, _) = stack.berth(&["containers", "ls", "-q"]);
+    assert_eq!(containers.trim(), "web");
+    // Stopping a stopped container is no error.
+    let out = run(&stack, &["stop", "web"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    // Start: a new task, its output after the old in the same log.
+    let out = run(&stack, &["start", "web"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "web");
+    wait_for_status(&stack, "web", "RUNNING");
+    wait_for_log(&log("web"), "started\nterm\nstarted\n");
+    // Starting a running container changes nothing.
+    let out = run(&stack, &["start", "web"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = run(&stack, &["logs", "web"]);
+    assert_eq!(text(&out.stdout), "started\nterm\nstarted\n");
+
+    // Restart with another signal; a paused container is stopped too.
+    let (ok, _, err) = stack.berth(&["tasks", "pause", "web"]);
+    assert!(ok, "{err}");
+    wait_for_status(&stack, "web", "PAUSED");
+    let out = run(&stack, &["restart", "-s", "USR1", "web"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    wait_for_status(&stack, "web", "RUNNING");
+    wait_for_log(&log("web"), "started\nterm\nstarted\nusr1\nstarted\n");
+
+    // Kill: SIGKILL by default; start replaces the stopped task.
+    let out = run(&stack, &["kill", "web"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = run(&stack, &["tasks", "wait", "web"]);
+    assert_eq!(text(&out.stdout).trim(), "137", "{}", text(&out.stderr));
+    let out = run(&stack, &["start", "web"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    wait_for_status(&stack, "web", "RUNNING");
+
+    // The recorded stop signal, as an image's StopSignal is recorded.
+    let out = run(
+        &stack,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "quits",
+            "--label",
+            "berth.io/stop-signal=SIGUSR1",
+            RUN_IMAGE,
+            "sh",
+            "-c",
+            script,
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    wait_for_log(&log("quits"), "started\n");
+    let out = run(&stack, &["stop", "quits"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    wait_for_log(&log("quits"), "started\nusr1\n");
+
+    // sleep as pid 1 ignores SIGTERM: stop kills it after --time, and the
+    // task is gone (a delete of a running task would have failed).
+    let out = run(
+        &stack,
+        &[
+            "run", "-d", "--name", "stubborn", RUN_IMAGE, "sleep", "1000",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    wait_for_status(&stack, "stubborn", "RUNNING");
+    let out = run(&stack, &["stop", "-t", "1", "stubborn"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let (_, tasks, _) = stack.berth(&["tasks", "ls", "-q"]);
+    assert_eq!(tasks.trim(), "web");
+
+    // A created container, which has no log yet, gets one when started.
+    let out = run(
+        &stack,
+        &[
+            "create",
+            "--name",
+            "made",
+            RUN_IMAGE,
+            "sh",
+            "-c",
+            "echo made",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = run(&stack, &["start", "made"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = run(&stack, &["tasks", "wait", "made"]);
+    assert_eq!(text(&out.stdout).trim(), "0", "{}", text(&out.stderr));
+    let out = run(&stack, &["logs", "made"]);
+    assert_eq!(text(&out.stdout), "made\n", "{}", text(&out.stderr));
+    // Attached: the output here, and the container's status.
+    let out = run(
+        &stack,
+        &[
+            "create",
+            "--name",
+            "attached",
+            RUN_IMAGE,
+            "sh",
+            "-c",
+            "echo here; exit 7",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = run(&stack, &["start", "-a", "attached"]);
+    assert_eq!(out.status.code(), Some(7), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "here\n");
+
+    // Unknown containers: a clear error.
+    let out = run(&stack, &["start", "nosuch"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("nosuch"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    for id in ["web", "quits", "stubborn", "made", "attached"] {
+        let (ok, _, err) = stack.berth(&["rm", "-f", id]);
+        assert!(ok, "rm {id}: {err}");
+    }
+    assert_nothing_left(&stack);
+}

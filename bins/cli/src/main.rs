@@ -92,6 +92,19 @@ enum Command {
     /// Remove containers: task (with --force even a running one),
     /// record, snapshot and log.
     Rm(commands::containers_view::RmArgs),
+    /// Start containers' tasks again (a stopped task is replaced), their
+    /// output appended to their logs; with -a, attached to this terminal.
+    Start(commands::lifecycle::StartArgs),
+    /// Stop containers: their stop signal, then SIGKILL after --time
+    /// seconds; their tasks are deleted, their records and snapshots kept.
+    Stop(commands::lifecycle::StopArgs),
+    /// Stop containers, then start them again detached.
+    Restart(commands::lifecycle::StopArgs),
+    /// Send a signal (default SIGKILL) to containers' init processes.
+    Kill(commands::lifecycle::KillArgs),
+    /// Run another process in a running container and wait for it (as
+    /// `berth tasks exec`).
+    Exec(commands::tasks::ExecArgs),
     /// Tasks in berth-taskd: list, start, kill, exec, ps, pause, resume,
     /// rm, metrics, wait.
     #[command(subcommand)]
@@ -137,6 +150,11 @@ fn main() -> ExitCode {
             Command::Run(args) => return commands::run::run(&cli.global, *args).await,
             Command::Check(args) => return commands::check::run(&cli.global, args).await,
             Command::Tasks(command) => return commands::tasks::run(&cli.global, command).await,
+            Command::Start(args) => return commands::lifecycle::start(&cli.global, args).await,
+            Command::Stop(args) => return commands::lifecycle::stop(&cli.global, args).await,
+            Command::Restart(args) => return commands::lifecycle::restart(&cli.global, args).await,
+            Command::Kill(args) => return commands::lifecycle::kill(&cli.global, args).await,
+            Command::Exec(args) => return commands::tasks::exec_in(&cli.global, args).await,
             Command::Content(command) => commands::content::run(&cli.global, command).await,
             Command::Push(args) => commands::transfer::push(&cli.global, args).await,
             Command::Import(args) => commands::archive::import(&cli.global, args).await,

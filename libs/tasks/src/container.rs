@@ -128,10 +128,15 @@ pub fn needs_image_files(user: &str) -> bool {
 
 /// Makes the container: reads the image, prepares its snapshot, builds its
 /// spec and records it. Returns the record.
+/// The label of a container record that names the signal that stops it
+/// (its image's `StopSignal`, unless the creator set it), as nerdctl's
+/// `nerdctl/stop-signal`.
+pub const STOP_SIGNAL_LABEL: &str = "berth.io/stop-signal";
+
 pub async fn create_container(
     services: ContainerServices<'_>,
     namespace: &str,
-    new: NewContainer,
+    mut new: NewContainer,
 ) -> Result<Container> {
     let id = new.options.id.clone();
     berth_ids::validate_id(&id).map_err(|e| Error::invalid_argument(e.to_string()))?;
@@ -161,6 +166,13 @@ pub async fn create_container(
         }
     }
     let defaults = ImageDefaults::from_config(&config.spec);
+    // The image's StopSignal is not part of the runtime spec: the record
+    // keeps it for whoever stops the container (`berth stop`).
+    if let Some(signal) = &defaults.stop_signal {
+        new.labels
+            .entry(STOP_SIGNAL_LABEL.to_string())
+            .or_insert_with(|| signal.clone());
+    }
 
     // The user's names are looked up in the image itself, and volumes
     // copied out of it, through a read-only view of its layers.

@@ -206,6 +206,55 @@ pub async fn kill_all_and_wait(
     }
 }
 
+/// Stops a container's task as `nerdctl stop` and `docker stop` do:
+/// `signal` to its init process (a paused task is resumed first, or the
+/// signal would wait for the thaw), at most `grace` for it to exit, then
+/// SIGKILL to every process of the task; then the task is deleted, so the
+/// container can be started again. Returns the init's exit, or None if
+/// the container had no task.
+pub async fn stop_task(
+    tasks: &dyn Tasks,
+    namespace: &str,
+    container_id: &str,
+    signal: u32,
+    grace: std::time::Duration,
+) -> Result<Option<Exit>> {
+    let task = match tasks.get(namespace, container_id, "").await {
+        Ok(task) => task,
+        Err(e) if e.kind() == berth_errdefs::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if matches!(
+        task.status,
+        Status::Running | Status::Paused | Status::Pausing
+    ) {
+        if task.status != Status::Running {
+            tasks.resume(namespace, container_id).await?;
+        }
+        let term = KillProcess {
+            container_id: container_id.to_string(),
+            exec_id: String::new(),
+            signal,
+            all: false,
+        };
+        // A task that exited meanwhile answers NotFound: it is stopped.
+        match tasks.kill(namespace, term).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == berth_errdefs::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let waited = tokio::time::timeout(grace, tasks.wait(namespace, container_id, "")).await;
+        if waited.is_err() {
+            kill_all_and_wait(tasks, namespace, container_id, KILL_WAIT_LIMIT).await;
+        }
+    }
+    let deleted = tasks.delete(namespace, container_id).await?;
+    Ok(Some(deleted.exit))
+}
+
+/// How long a SIGKILLed task may take to be reported stopped.
+const KILL_WAIT_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A signal by name (`SIGTERM`, `TERM`, `term`) or number (1–64), as
 /// `kill`, an image's `StopSignal` and the CLI give it.
 pub fn signal_number(value: &str) -> Result<u32> {

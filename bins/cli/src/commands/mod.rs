@@ -9,6 +9,7 @@ pub mod gc;
 pub mod generate;
 pub mod images;
 pub mod leases;
+pub mod lifecycle;
 pub mod namespaces;
 pub mod network;
 pub mod pull;

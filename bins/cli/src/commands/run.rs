@@ -522,7 +522,29 @@ pub async fn create(
 }
 
 /// Where a detached container's output goes.
-fn log_path(namespace: &str, id: &str) -> PathBuf {
+/// A detached task's stdio: its output appended to `log` (the shim opens
+/// it for appending), whose directory is made if missing.
+pub fn log_stdio(log: &Path) -> Result<Stdio> {
+    if let Some(dir) = log.parent() {
+        // Containers' output is theirs and root's: 0700 as under
+        // systemd's /var/lib/berth/logs.
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let uri = format!("file://{}", log.display());
+    Ok(Stdio {
+        stdin: String::new(),
+        stdout: uri.clone(),
+        stderr: uri,
+        terminal: false,
+    })
+}
+
+pub fn log_path(namespace: &str, id: &str) -> PathBuf {
     std::env::var_os("BERTH_LOG_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(LOG_ROOT))
@@ -590,26 +612,7 @@ async fn detached(
 ) -> Result<u8> {
     let id = create(global, &container, clients, extra).await?;
     let (stdio, fifos) = match output {
-        DetachedOutput::Log(log) => {
-            if let Some(dir) = log.parent() {
-                // Containers' output is theirs and root's: 0700 as under
-                // systemd's /var/lib/berth/logs.
-                use std::os::unix::fs::DirBuilderExt;
-                std::fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o700)
-                    .create(dir)
-                    .with_context(|| format!("creating {}", dir.display()))?;
-            }
-            let uri = format!("file://{}", log.display());
-            let stdio = Stdio {
-                stdin: String::new(),
-                stdout: uri.clone(),
-                stderr: uri,
-                terminal: false,
-            };
-            (stdio, None)
-        }
+        DetachedOutput::Log(log) => (log_stdio(&log)?, None),
         DetachedOutput::Fifos { stdin } => {
             let fifos = Fifos::new(&global.fifo_root(), &id, stdin, container.tty)?;
             (fifos.stdio.clone(), Some(fifos))

@@ -55,28 +55,7 @@ pub enum TasksCommand {
         exec_id: Option<String>,
     },
     /// Run another process in a running task and wait for it.
-    Exec {
-        id: String,
-        #[arg(long)]
-        exec_id: Option<String>,
-        /// Keep stdin open and forward it.
-        #[arg(short = 'i', long)]
-        interactive: bool,
-        /// Give the process a terminal.
-        #[arg(short = 't', long)]
-        tty: bool,
-        /// USER[:GROUP], names or ids; names are looked up in the
-        /// container's /etc/passwd and /etc/group (default: the
-        /// container's user).
-        #[arg(short = 'u', long)]
-        user: Option<String>,
-        #[arg(short = 'w', long = "workdir", visible_alias = "cwd")]
-        workdir: Option<String>,
-        #[arg(short = 'e', long = "env")]
-        env: Vec<String>,
-        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
-    },
+    Exec(ExecArgs),
     /// The processes of a task.
     Ps {
         id: String,
@@ -108,6 +87,54 @@ pub enum TasksCommand {
     },
 }
 
+/// `berth tasks exec` and `berth exec`.
+#[derive(Debug, clap::Args)]
+pub struct ExecArgs {
+    id: String,
+    #[arg(long)]
+    exec_id: Option<String>,
+    /// Keep stdin open and forward it.
+    #[arg(short = 'i', long)]
+    interactive: bool,
+    /// Give the process a terminal.
+    #[arg(short = 't', long)]
+    tty: bool,
+    /// USER[:GROUP], names or ids; names are looked up in the
+    /// container's /etc/passwd and /etc/group (default: the
+    /// container's user).
+    #[arg(short = 'u', long)]
+    user: Option<String>,
+    #[arg(short = 'w', long = "workdir", visible_alias = "cwd")]
+    workdir: Option<String>,
+    #[arg(short = 'e', long = "env")]
+    env: Vec<String>,
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<String>,
+}
+
+/// Runs a process in a running task (`berth exec`, `berth tasks exec`);
+/// returns its exit status.
+pub async fn exec_in(global: &Global, args: ExecArgs) -> Result<u8> {
+    let ns = global.namespace()?.to_string();
+    let tasks = connect(global).await?;
+    let ExecArgs {
+        id,
+        exec_id,
+        interactive,
+        tty,
+        user,
+        workdir,
+        env,
+        args,
+    } = args;
+    let exec_id = match exec_id {
+        Some(e) => e,
+        None => format!("exec-{}", crate::stdio::new_id()?),
+    };
+    let process = exec_process(global, &ns, &id, tty, user, workdir, env, args).await?;
+    exec(global, &id, &exec_id, interactive, tty, process, &tasks).await
+}
+
 #[derive(Serialize)]
 struct TaskJson {
     id: String,
@@ -122,7 +149,7 @@ pub fn parse_signal(value: &str) -> Result<u32> {
     Ok(berth_tasks::signal_number(value)?)
 }
 
-async fn connect(global: &Global) -> Result<RemoteTasks> {
+pub async fn connect(global: &Global) -> Result<RemoteTasks> {
     RemoteTasks::connect(global.taskd_socket())
         .await
         .context("berth-taskd")
@@ -186,23 +213,7 @@ pub async fn run(global: &Global, command: TasksCommand) -> Result<u8> {
                 .with_context(|| format!("killing {id}"))?;
             Ok(0)
         }
-        TasksCommand::Exec {
-            id,
-            exec_id,
-            interactive,
-            tty,
-            user,
-            workdir,
-            env,
-            args,
-        } => {
-            let exec_id = match exec_id {
-                Some(e) => e,
-                None => format!("exec-{}", crate::stdio::new_id()?),
-            };
-            let process = exec_process(global, ns, &id, tty, user, workdir, env, args).await?;
-            exec(global, &id, &exec_id, interactive, tty, process, &tasks).await
-        }
+        TasksCommand::Exec(args) => exec_in(global, args).await,
         TasksCommand::Ps { id } => {
             let pids = tasks
                 .pids(ns, &id)
@@ -297,7 +308,7 @@ fn or_dash(value: &str) -> String {
     }
 }
 
-async fn start(
+pub async fn start(
     fifo_root: &Path,
     ns: &str,
     id: &str,

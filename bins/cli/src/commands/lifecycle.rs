@@ -1,0 +1,247 @@
+//! `berth start`, `stop`, `restart` and `kill`: a recorded container's
+//! task started, stopped and signalled as `nerdctl` and `docker` users
+//! expect, over berth-taskd (and berth-metad for the container's labels).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use berth_client::{RemoteContainers, RemoteTasks};
+use berth_metadata::ContainerStore;
+use berth_tasks::container::STOP_SIGNAL_LABEL;
+use berth_tasks::{KillProcess, Status, Tasks};
+
+use super::run::{log_path, log_stdio, LOG_URI_LABEL};
+use super::tasks::{connect, parse_signal};
+use crate::global::Global;
+
+#[derive(Debug, clap::Args)]
+pub struct StartArgs {
+    /// Attach this terminal to the container's output and wait for it to
+    /// exit (one container); without, its output goes to its log (`berth
+    /// logs`) and berth returns at once.
+    #[arg(short = 'a', long)]
+    attach: bool,
+    #[arg(required = true)]
+    ids: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StopArgs {
+    /// Seconds to wait for the container to exit before it is killed.
+    #[arg(
+        short = 't',
+        long = "time",
+        visible_alias = "timeout",
+        default_value_t = 10
+    )]
+    time: u64,
+    /// The signal that asks it to stop (default: its image's StopSignal,
+    /// else SIGTERM).
+    #[arg(short = 's', long)]
+    signal: Option<String>,
+    #[arg(required = true)]
+    ids: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct KillArgs {
+    #[arg(short = 's', long, default_value = "SIGKILL")]
+    signal: String,
+    #[arg(required = true)]
+    ids: Vec<String>,
+}
+
+/// Clients of the two daemons these commands use.
+struct Lifecycle {
+    namespace: String,
+    tasks: RemoteTasks,
+    containers: RemoteContainers,
+}
+
+impl Lifecycle {
+    async fn connect(global: &Global) -> Result<Lifecycle> {
+        Ok(Lifecycle {
+            namespace: global.namespace()?.to_string(),
+            tasks: connect(global).await?,
+            containers: RemoteContainers::connect(global.metad_socket())
+                .await
+                .context("berth-metad")?,
+        })
+    }
+
+    /// Where a started container's output goes: the log its record names,
+    /// or (for one that never had one: made by `berth create`, or run
+    /// attached) its log path, recorded on it so `berth logs` finds it.
+    async fn log_of(&self, id: &str) -> Result<PathBuf> {
+        let ns = &self.namespace;
+        let mut container = self
+            .containers
+            .get(ns, id)
+            .await
+            .with_context(|| format!("container {id}"))?;
+        if let Some(uri) = container.labels.get(LOG_URI_LABEL) {
+            let path = uri
+                .strip_prefix("file://")
+                .with_context(|| format!("container {id}: log {uri} is not a file"))?;
+            return Ok(PathBuf::from(path));
+        }
+        let path = log_path(ns, id);
+        container.labels.insert(
+            LOG_URI_LABEL.to_string(),
+            format!("file://{}", path.display()),
+        );
+        let paths = [format!("labels.{LOG_URI_LABEL}")];
+        self.containers
+            .update(ns, container, &paths)
+            .await
+            .with_context(|| format!("recording the log of {id}"))?;
+        Ok(path)
+    }
+
+    /// Deletes the task of `id` if it has one that is not running; says
+    /// whether one is running.
+    async fn clear_stopped_task(&self, global: &Global, id: &str) -> Result<bool> {
+        let ns = &self.namespace;
+        match self.tasks.get(ns, id, "").await {
+            Ok(task) if matches!(task.status, Status::Stopped | Status::Created) => {
+                self.tasks
+                    .delete(ns, id)
+                    .await
+                    .with_context(|| format!("deleting the old task of {id}"))?;
+                crate::stdio::remove_kept(&global.fifo_root(), &task.stdio);
+                Ok(false)
+            }
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == berth_errdefs::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(anyhow::Error::from(e).context(format!("the task of {id}"))),
+        }
+    }
+
+    /// The signal that stops `id`: the flag's, else its recorded one, else
+    /// SIGTERM.
+    async fn stop_signal(&self, id: &str, flag: Option<&str>) -> Result<u32> {
+        if let Some(signal) = flag {
+            return parse_signal(signal);
+        }
+        let recorded = match self.containers.get(&self.namespace, id).await {
+            Ok(container) => container.labels.get(STOP_SIGNAL_LABEL).cloned(),
+            Err(_) => None,
+        };
+        match recorded {
+            Some(signal) => parse_signal(&signal)
+                .with_context(|| format!("container {id}: its stop signal {signal:?}")),
+            None => Ok(libc::SIGTERM as u32),
+        }
+    }
+
+    async fn stop(&self, global: &Global, id: &str, signal: u32, grace: Duration) -> Result<()> {
+        let ns = &self.namespace;
+        let stdio = self.tasks.get(ns, id, "").await.map(|t| t.stdio).ok();
+        berth_tasks::stop_task(&self.tasks, ns, id, signal, grace)
+            .await
+            .with_context(|| format!("stopping {id}"))?;
+        if let Some(stdio) = stdio {
+            crate::stdio::remove_kept(&global.fifo_root(), &stdio);
+        }
+        Ok(())
+    }
+
+    /// Starts `id` detached, its output appended to its log.
+    async fn start_detached(&self, global: &Global, id: &str) -> Result<()> {
+        if self.clear_stopped_task(global, id).await? {
+            // Already running: as docker, nothing to do.
+            return Ok(());
+        }
+        let stdio = log_stdio(&self.log_of(id).await?)?;
+        let ns = &self.namespace;
+        let started = async {
+            self.tasks
+                .create(
+                    ns,
+                    berth_tasks::CreateTask {
+                        container_id: id.to_string(),
+                        stdio,
+                        ..Default::default()
+                    },
+                )
+                .await?;
+            self.tasks.start(ns, id, "").await
+        }
+        .await;
+        if let Err(e) = started {
+            let _ = self.tasks.delete(ns, id).await;
+            return Err(anyhow::Error::from(e).context(format!("starting {id}")));
+        }
+        Ok(())
+    }
+}
+
+/// `berth start`: returns the exit status to leave with (the container's,
+/// under --attach).
+pub async fn start(global: &Global, args: StartArgs) -> Result<u8> {
+    let lifecycle = Lifecycle::connect(global).await?;
+    if args.attach {
+        let [id] = args.ids.as_slice() else {
+            bail!("--attach takes one container");
+        };
+        if lifecycle.clear_stopped_task(global, id).await? {
+            bail!("container {id} is running: `berth tasks attach` joins it");
+        }
+        let ns = lifecycle.namespace.clone();
+        return super::tasks::start(&global.fifo_root(), &ns, id, false, &lifecycle.tasks).await;
+    }
+    for id in &args.ids {
+        lifecycle.start_detached(global, id).await?;
+        println!("{id}");
+    }
+    Ok(0)
+}
+
+/// `berth stop`.
+pub async fn stop(global: &Global, args: StopArgs) -> Result<u8> {
+    let lifecycle = Lifecycle::connect(global).await?;
+    let grace = Duration::from_secs(args.time);
+    for id in &args.ids {
+        let signal = lifecycle.stop_signal(id, args.signal.as_deref()).await?;
+        lifecycle.stop(global, id, signal, grace).await?;
+        println!("{id}");
+    }
+    Ok(0)
+}
+
+/// `berth restart`: stop, then start detached.
+pub async fn restart(global: &Global, args: StopArgs) -> Result<u8> {
+    let lifecycle = Lifecycle::connect(global).await?;
+    let grace = Duration::from_secs(args.time);
+    for id in &args.ids {
+        let signal = lifecycle.stop_signal(id, args.signal.as_deref()).await?;
+        lifecycle.stop(global, id, signal, grace).await?;
+        lifecycle.start_detached(global, id).await?;
+        println!("{id}");
+    }
+    Ok(0)
+}
+
+/// `berth kill`: a signal to each container's init process.
+pub async fn kill(global: &Global, args: KillArgs) -> Result<u8> {
+    let lifecycle = Lifecycle::connect(global).await?;
+    let signal = parse_signal(&args.signal)?;
+    for id in &args.ids {
+        lifecycle
+            .tasks
+            .kill(
+                &lifecycle.namespace,
+                KillProcess {
+                    container_id: id.clone(),
+                    exec_id: String::new(),
+                    signal,
+                    all: false,
+                },
+            )
+            .await
+            .with_context(|| format!("killing {id}"))?;
+        println!("{id}");
+    }
+    Ok(0)
+}
