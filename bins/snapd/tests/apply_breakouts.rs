@@ -1161,3 +1161,82 @@ fn a_native_opaque_directory_keeps_what_its_own_layer_wrote_before_it() {
     assert_eq!(std::fs::read(d.join("new")).unwrap(), b"this layer");
     assert_eq!(std::fs::read(d.join("after")).unwrap(), b"this layer too");
 }
+
+#[test]
+fn files_with_holes_keep_their_size_and_bytes() {
+    // All-zero stretches become holes; a file that ends in one must still
+    // have its full size.
+    let case = Case::new();
+    let mut data = vec![7u8; 4096];
+    data.resize(4096 + 3 * 1024 * 1024, 0);
+    let mut middle = vec![0u8; 2 * 1024 * 1024];
+    middle.extend_from_slice(b"end");
+    let mut t = RawTar::new();
+    t.file("trailing-hole", &data);
+    t.file("leading-hole", &middle);
+    t.file("zeros", &[0u8; 8192]);
+    assert!(case.apply_checked(&t.finish(), true));
+    for (name, want) in [
+        ("trailing-hole", &data[..]),
+        ("leading-hole", &middle[..]),
+        ("zeros", &[0u8; 8192][..]),
+    ] {
+        let got = std::fs::read(case.root.join(name)).unwrap();
+        assert_eq!(got.len(), want.len(), "{name}: size");
+        assert!(got == want, "{name}: bytes");
+    }
+}
+
+#[test]
+fn a_hardlink_whose_target_directory_is_only_in_a_lower_layer_is_copied_up() {
+    let lower = Case::new();
+    let mut t = RawTar::new();
+    t.entry(
+        b"usr/bin/busybox",
+        tar::EntryType::Regular,
+        b"",
+        b"bb",
+        0o755,
+    );
+    assert!(lower.apply_checked(&t.finish(), true));
+    let upper = Case::new();
+    let mut t = RawTar::new();
+    t.hardlink("bin/ls", "usr/bin/busybox");
+    let options = ApplyOptions {
+        overlay: true,
+        lowers: vec![lower.root.clone()],
+        devices: false,
+        sync_fs: false,
+    };
+    apply(&t.finish()[..], &upper.root, &options, &Host).unwrap();
+    let ls = std::fs::metadata(upper.root.join("bin/ls")).unwrap();
+    let bb = std::fs::metadata(upper.root.join("usr/bin/busybox")).unwrap();
+    assert_eq!(ls.ino(), bb.ino());
+    assert_eq!(std::fs::read(upper.root.join("bin/ls")).unwrap(), b"bb");
+}
+
+#[test]
+fn an_invalid_whiteout_is_refused_before_it_removes_anything() {
+    // `.wh.` names nothing and `.wh..` the directory itself: both are
+    // refused, and what the directory holds stays.
+    for overlay in [true, false] {
+        for bad in ["d/.wh.", "d/.wh.."] {
+            let case = Case::new();
+            let mut t = RawTar::new();
+            t.dir("d", 0o755);
+            t.file("d/keep", b"keep");
+            assert!(case.apply_checked(&t.finish(), overlay));
+            let mut t = RawTar::new();
+            t.file(bad, b"");
+            assert!(
+                !case.apply_checked(&t.finish(), overlay),
+                "{bad} (overlay {overlay}) applied"
+            );
+            assert_eq!(
+                std::fs::read(case.root.join("d/keep")).unwrap(),
+                b"keep",
+                "{bad} (overlay {overlay}) removed what the directory holds"
+            );
+        }
+    }
+}
