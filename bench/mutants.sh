@@ -9,7 +9,8 @@
 #
 # Results: target/mutants/<area>/mutants.out/{caught,missed,timeout,unviable}.txt
 # (or under $BERTH_MUTANTS_OUT; BERTH_MUTANTS_TIMEOUT=SECONDS sets the
-# test timeout of the unit-test areas)
+# test timeout of the unit-test areas; BERTH_MUTANTS_ITERATE=1 tests only
+# what the previous run there left uncaught)
 # and a summary table on stdout (docs/testing.md records the figures and
 # explains each survivor that is equivalent).
 #
@@ -122,6 +123,10 @@ while IFS='|' read -r area files filter packages targets; do
     printf '%-20s %s\n' "$area" "$(cargo mutants --list "${args[@]}" | wc -l)"
     continue
   fi
+  # BERTH_MUTANTS_ITERATE=1: test only what the last run of this area (in
+  # the same output directory) did not catch: an "after" run.
+  iterate=()
+  [ -z "${BERTH_MUTANTS_ITERATE:-}" ] || iterate=(--iterate)
   start=$(date +%s)
   if [ "$packages" = berth-e2e ]; then
     echo "== $area: baseline (cargo test -p berth-e2e $targets)"
@@ -141,7 +146,7 @@ while IFS='|' read -r area files filter packages targets; do
     baseline=(--baseline=skip --build-timeout 1200 --timeout $(( 5 * secs + 180 )))
     echo "== $area: warm baseline ${secs}s, test timeout $(( 5 * secs + 180 ))s"
     # shellcheck disable=SC2086 # the target selection is several words
-    cargo mutants "${args[@]}" "${baseline[@]}" --jobs 1 --no-shuffle \
+    cargo mutants "${args[@]}" "${baseline[@]}" "${iterate[@]}" --jobs 1 --no-shuffle \
       --output "$out/$area" || true
   else
     # BERTH_MUTANTS_TIMEOUT (seconds) overrides cargo-mutants' own test
@@ -150,7 +155,7 @@ while IFS='|' read -r area files filter packages targets; do
     timeout=()
     [ -z "${BERTH_MUTANTS_TIMEOUT:-}" ] || timeout=(--timeout "$BERTH_MUTANTS_TIMEOUT")
     # shellcheck disable=SC2086 # the target selection is several words
-    cargo mutants "${args[@]}" "${timeout[@]}" --jobs 1 --no-shuffle \
+    cargo mutants "${args[@]}" "${timeout[@]}" "${iterate[@]}" --jobs 1 --no-shuffle \
       --output "$out/$area" -- $targets || true
   fi
   secs=$(( $(date +%s) - start ))
