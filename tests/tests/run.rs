@@ -1451,7 +1451,7 @@ fn bridge_network_publishes_ports_and_goes_with_the_task() {
             "run",
             "-d",
             "--name",
-            "web",
+            "bridged",
             "--net",
             "bridge",
             "-p",
@@ -1483,8 +1483,8 @@ fn bridge_network_publishes_ports_and_goes_with_the_task() {
             .as_array()
             .unwrap()
             .iter()
-            .find(|r| r["id"] == "web")
-            .unwrap_or_else(|| panic!("web not in ps: {rows}"));
+            .find(|r| r["id"] == "bridged")
+            .unwrap_or_else(|| panic!("bridged not in ps: {rows}"));
         assert_eq!(row["ports"], serde_json::json!(["127.0.0.1:18080->80/tcp"]));
         let address = row["addresses"][0]
             .as_str()
@@ -1497,14 +1497,14 @@ fn bridge_network_publishes_ports_and_goes_with_the_task() {
         let out = berth(&[
             "tasks",
             "exec",
-            "web",
+            "bridged",
             "cat",
             "/etc/hosts",
             "/etc/resolv.conf",
         ]);
         assert!(out.status.success(), "{}", text(&out.stderr));
         let files = text(&out.stdout);
-        assert!(files.contains(&format!("{address}\tweb\n")), "{files}");
+        assert!(files.contains(&format!("{address}\tbridged\n")), "{files}");
         assert!(files.contains("192.0.2.9\tdb.example\n"), "{files}");
         assert!(files.contains("nameserver 192.0.2.53\n"), "{files}");
 
@@ -1519,7 +1519,7 @@ fn bridge_network_publishes_ports_and_goes_with_the_task() {
         };
         assert!(nat().contains("18080"), "no port rule:\n{}", nat());
 
-        let out = berth(&["rm", "--force", "web"]);
+        let out = berth(&["rm", "--force", "bridged"]);
         assert!(out.status.success(), "{}", text(&out.stderr));
         assert!(!lease.exists(), "the address was not given back");
         assert!(
@@ -1620,60 +1620,69 @@ fn containers_stop_start_restart_and_kill_as_nerdctl_users_expect() {
                   while true; do sleep 0.1; done";
     let out = run(
         &stack,
-        &["run", "-d", "--name", "web", RUN_IMAGE, "sh", "-c", script],
+        &[
+            "run",
+            "-d",
+            "--name",
+            "cycle-web",
+            RUN_IMAGE,
+            "sh",
+            "-c",
+            script,
+        ],
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
-    wait_for_log(&log("web"), "started\n");
+    wait_for_log(&log("cycle-web"), "started\n");
 
     let out = run(
         &stack,
-        &["exec", "web", "sh", "-c", "echo via-exec; exit 4"],
+        &["exec", "cycle-web", "sh", "-c", "echo via-exec; exit 4"],
     );
     assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "via-exec\n");
 
     // Stop: SIGTERM, handled; the task goes, the container stays.
-    let out = run(&stack, &["stop", "-t", "30", "web"]);
+    let out = run(&stack, &["stop", "-t", "30", "cycle-web"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_eq!(text(&out.stdout).trim(), "web");
-    wait_for_log(&log("web"), "started\nterm\n");
+    assert_eq!(text(&out.stdout).trim(), "cycle-web");
+    wait_for_log(&log("cycle-web"), "started\nterm\n");
     let (_, tasks, _) = stack.berth(&["tasks", "ls", "-q"]);
     assert_eq!(tasks.trim(), "", "stop leaves no task");
     let (_, containers, _) = stack.berth(&["containers", "ls", "-q"]);
-    assert_eq!(containers.trim(), "web");
+    assert_eq!(containers.trim(), "cycle-web");
     // Stopping a stopped container is no error.
-    let out = run(&stack, &["stop", "web"]);
+    let out = run(&stack, &["stop", "cycle-web"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
 
     // Start: a new task, its output after the old in the same log.
-    let out = run(&stack, &["start", "web"]);
+    let out = run(&stack, &["start", "cycle-web"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_eq!(text(&out.stdout).trim(), "web");
-    wait_for_status(&stack, "web", "RUNNING");
-    wait_for_log(&log("web"), "started\nterm\nstarted\n");
+    assert_eq!(text(&out.stdout).trim(), "cycle-web");
+    wait_for_status(&stack, "cycle-web", "RUNNING");
+    wait_for_log(&log("cycle-web"), "started\nterm\nstarted\n");
     // Starting a running container changes nothing.
-    let out = run(&stack, &["start", "web"]);
+    let out = run(&stack, &["start", "cycle-web"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let out = run(&stack, &["logs", "web"]);
+    let out = run(&stack, &["logs", "cycle-web"]);
     assert_eq!(text(&out.stdout), "started\nterm\nstarted\n");
 
     // Restart with another signal; a paused container is stopped too.
-    let (ok, _, err) = stack.berth(&["tasks", "pause", "web"]);
+    let (ok, _, err) = stack.berth(&["tasks", "pause", "cycle-web"]);
     assert!(ok, "{err}");
-    wait_for_status(&stack, "web", "PAUSED");
-    let out = run(&stack, &["restart", "-s", "USR1", "web"]);
+    wait_for_status(&stack, "cycle-web", "PAUSED");
+    let out = run(&stack, &["restart", "-s", "USR1", "cycle-web"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    wait_for_status(&stack, "web", "RUNNING");
-    wait_for_log(&log("web"), "started\nterm\nstarted\nusr1\nstarted\n");
+    wait_for_status(&stack, "cycle-web", "RUNNING");
+    wait_for_log(&log("cycle-web"), "started\nterm\nstarted\nusr1\nstarted\n");
 
     // Kill: SIGKILL by default; start replaces the stopped task.
-    let out = run(&stack, &["kill", "web"]);
+    let out = run(&stack, &["kill", "cycle-web"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let out = run(&stack, &["tasks", "wait", "web"]);
+    let out = run(&stack, &["tasks", "wait", "cycle-web"]);
     assert_eq!(text(&out.stdout).trim(), "137", "{}", text(&out.stderr));
-    let out = run(&stack, &["start", "web"]);
+    let out = run(&stack, &["start", "cycle-web"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    wait_for_status(&stack, "web", "RUNNING");
+    wait_for_status(&stack, "cycle-web", "RUNNING");
 
     // The recorded stop signal, as an image's StopSignal is recorded.
     let out = run(
@@ -1682,7 +1691,7 @@ fn containers_stop_start_restart_and_kill_as_nerdctl_users_expect() {
             "run",
             "-d",
             "--name",
-            "quits",
+            "cycle-quits",
             "--label",
             "berth.io/stop-signal=SIGUSR1",
             RUN_IMAGE,
@@ -1692,25 +1701,31 @@ fn containers_stop_start_restart_and_kill_as_nerdctl_users_expect() {
         ],
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
-    wait_for_log(&log("quits"), "started\n");
-    let out = run(&stack, &["stop", "quits"]);
+    wait_for_log(&log("cycle-quits"), "started\n");
+    let out = run(&stack, &["stop", "cycle-quits"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    wait_for_log(&log("quits"), "started\nusr1\n");
+    wait_for_log(&log("cycle-quits"), "started\nusr1\n");
 
     // sleep as pid 1 ignores SIGTERM: stop kills it after --time, and the
     // task is gone (a delete of a running task would have failed).
     let out = run(
         &stack,
         &[
-            "run", "-d", "--name", "stubborn", RUN_IMAGE, "sleep", "1000",
+            "run",
+            "-d",
+            "--name",
+            "cycle-stubborn",
+            RUN_IMAGE,
+            "sleep",
+            "1000",
         ],
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
-    wait_for_status(&stack, "stubborn", "RUNNING");
-    let out = run(&stack, &["stop", "-t", "1", "stubborn"]);
+    wait_for_status(&stack, "cycle-stubborn", "RUNNING");
+    let out = run(&stack, &["stop", "-t", "1", "cycle-stubborn"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let (_, tasks, _) = stack.berth(&["tasks", "ls", "-q"]);
-    assert_eq!(tasks.trim(), "web");
+    assert_eq!(tasks.trim(), "cycle-web");
 
     // A created container, which has no log yet, gets one when started.
     let out = run(
@@ -1718,7 +1733,7 @@ fn containers_stop_start_restart_and_kill_as_nerdctl_users_expect() {
         &[
             "create",
             "--name",
-            "made",
+            "cycle-made",
             RUN_IMAGE,
             "sh",
             "-c",
@@ -1726,11 +1741,11 @@ fn containers_stop_start_restart_and_kill_as_nerdctl_users_expect() {
         ],
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let out = run(&stack, &["start", "made"]);
+    let out = run(&stack, &["start", "cycle-made"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let out = run(&stack, &["tasks", "wait", "made"]);
+    let out = run(&stack, &["tasks", "wait", "cycle-made"]);
     assert_eq!(text(&out.stdout).trim(), "0", "{}", text(&out.stderr));
-    let out = run(&stack, &["logs", "made"]);
+    let out = run(&stack, &["logs", "cycle-made"]);
     assert_eq!(text(&out.stdout), "made\n", "{}", text(&out.stderr));
     // Attached: the output here, and the container's status.
     let out = run(
@@ -1738,7 +1753,7 @@ fn containers_stop_start_restart_and_kill_as_nerdctl_users_expect() {
         &[
             "create",
             "--name",
-            "attached",
+            "cycle-attached",
             RUN_IMAGE,
             "sh",
             "-c",
@@ -1746,7 +1761,7 @@ fn containers_stop_start_restart_and_kill_as_nerdctl_users_expect() {
         ],
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let out = run(&stack, &["start", "-a", "attached"]);
+    let out = run(&stack, &["start", "-a", "cycle-attached"]);
     assert_eq!(out.status.code(), Some(7), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "here\n");
 
@@ -1759,7 +1774,13 @@ fn containers_stop_start_restart_and_kill_as_nerdctl_users_expect() {
         text(&out.stderr)
     );
 
-    for id in ["web", "quits", "stubborn", "made", "attached"] {
+    for id in [
+        "cycle-web",
+        "cycle-quits",
+        "cycle-stubborn",
+        "cycle-made",
+        "cycle-attached",
+    ] {
         let (ok, _, err) = stack.berth(&["rm", "-f", id]);
         assert!(ok, "rm {id}: {err}");
     }
