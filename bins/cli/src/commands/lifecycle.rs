@@ -135,7 +135,16 @@ impl Lifecycle {
         }
     }
 
-    async fn stop(&self, global: &Global, id: &str, signal: u32, grace: Duration) -> Result<()> {
+    /// Stops `id` with its stop signal (or the flag's), SIGKILL after
+    /// `grace`, and deletes its task.
+    async fn stop(
+        &self,
+        global: &Global,
+        id: &str,
+        signal_flag: Option<&str>,
+        grace: Duration,
+    ) -> Result<()> {
+        let signal = self.stop_signal(id, signal_flag).await?;
         let ns = &self.namespace;
         let stdio = self.tasks.get(ns, id, "").await.map(|t| t.stdio).ok();
         berth_tasks::stop_task(&self.tasks, ns, id, signal, grace)
@@ -203,8 +212,9 @@ pub async fn stop(global: &Global, args: StopArgs) -> Result<u8> {
     let lifecycle = Lifecycle::connect(global).await?;
     let grace = Duration::from_secs(args.time);
     for id in &args.ids {
-        let signal = lifecycle.stop_signal(id, args.signal.as_deref()).await?;
-        lifecycle.stop(global, id, signal, grace).await?;
+        lifecycle
+            .stop(global, id, args.signal.as_deref(), grace)
+            .await?;
         println!("{id}");
     }
     Ok(0)
@@ -215,8 +225,9 @@ pub async fn restart(global: &Global, args: StopArgs) -> Result<u8> {
     let lifecycle = Lifecycle::connect(global).await?;
     let grace = Duration::from_secs(args.time);
     for id in &args.ids {
-        let signal = lifecycle.stop_signal(id, args.signal.as_deref()).await?;
-        lifecycle.stop(global, id, signal, grace).await?;
+        lifecycle
+            .stop(global, id, args.signal.as_deref(), grace)
+            .await?;
         lifecycle.start_detached(global, id).await?;
         println!("{id}");
     }
