@@ -78,19 +78,27 @@ impl Host {
 
     /// runc's cgroups path for a pod's process: under the pod's cgroup
     /// parent when the kubelet gives one.
-    fn cgroups_path(&self, parent: &str, id: &str) -> String {
-        if self.systemd_cgroup {
+    /// The kubelet's parent is checked as `berth run --cgroup-parent`'s
+    /// (under systemd, its last name: the kubelet may give the slice's
+    /// path).
+    fn cgroups_path(&self, parent: &str, id: &str) -> Result<String> {
+        let driver = self.cgroup_driver();
+        let checked = |parent| {
+            berth_oci::check_cgroup_parent(&driver, parent)
+                .map_err(|e| Error::invalid_argument(e.to_string()))
+        };
+        Ok(if self.systemd_cgroup {
             let slice = if parent.is_empty() {
                 "system.slice"
             } else {
-                parent.rsplit('/').next().unwrap_or(parent)
+                checked(parent.rsplit('/').next().unwrap_or(parent))?
             };
             format!("{slice}:cri-berth:{id}")
         } else if parent.is_empty() {
             format!("/berth/{NAMESPACE}/{id}")
         } else {
-            format!("{}/{id}", parent.trim_end_matches('/'))
-        }
+            format!("{}/{id}", checked(parent)?)
+        })
     }
 }
 
@@ -322,7 +330,7 @@ pub fn sandbox_options(host: &Host, sandbox: &Sandbox, image_user: &str) -> Resu
     ));
     options.cgroup = host.cgroup_driver();
     options.hooks.push(cgroups_path(
-        host.cgroups_path(&linux.cgroup_parent, &sandbox.id),
+        host.cgroups_path(&linux.cgroup_parent, &sandbox.id)?,
     ));
     options
         .hooks
@@ -617,7 +625,7 @@ pub fn container_options(
     options.cgroup = host.cgroup_driver();
     options
         .hooks
-        .push(cgroups_path(host.cgroups_path(&parent, id)));
+        .push(cgroups_path(host.cgroups_path(&parent, id)?));
     if let Some(resources) = linux.resources.clone() {
         if resources.oom_score_adj != 0 {
             options.hooks.push(oom_score(
@@ -909,17 +917,31 @@ mod tests {
             recursive_read_only: true,
             cdi_spec_dirs: Vec::new(),
         };
-        assert_eq!(host.cgroups_path("", "abc"), "/berth/k8s.io/abc");
+        assert_eq!(host.cgroups_path("", "abc").unwrap(), "/berth/k8s.io/abc");
         assert_eq!(
-            host.cgroups_path("/kubepods/pod1/", "abc"),
+            host.cgroups_path("/kubepods/pod1/", "abc").unwrap(),
             "/kubepods/pod1/abc"
         );
+        for bad in ["kubepods", "/kubepods/../../x", "/a b"] {
+            let err = host.cgroups_path(bad, "abc").unwrap_err();
+            assert_eq!(
+                err.kind(),
+                berth_errdefs::ErrorKind::InvalidArgument,
+                "{bad}"
+            );
+        }
         assert_eq!(host.cgroup_driver(), berth_oci::CgroupDriver::Cgroupfs);
         host.systemd_cgroup = true;
         assert_eq!(
-            host.cgroups_path("kubepods-pod1.slice", "abc"),
+            host.cgroups_path("kubepods-pod1.slice", "abc").unwrap(),
             "kubepods-pod1.slice:cri-berth:abc"
         );
+        assert_eq!(
+            host.cgroups_path("/kubepods.slice/kubepods-pod1.slice", "abc")
+                .unwrap(),
+            "kubepods-pod1.slice:cri-berth:abc"
+        );
+        assert!(host.cgroups_path("kubepods-pod1", "abc").is_err());
         // So that the container record asks runc for its systemd driver.
         assert_eq!(host.cgroup_driver(), berth_oci::CgroupDriver::Systemd);
     }

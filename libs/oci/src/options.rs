@@ -68,6 +68,10 @@ pub struct SpecOptions {
     pub network: NetworkMode,
     /// How the cgroup path is written.
     pub cgroup: CgroupDriver,
+    /// The cgroup the container's goes under (nerdctl's `--cgroup-parent`):
+    /// an absolute path for cgroupfs, a `.slice` for systemd. Default:
+    /// berth's own (`/berth/<namespace>`, `berth.slice`).
+    pub cgroup_parent: Option<String>,
     /// The spec's annotations.
     pub annotations: BTreeMap<String, String>,
     /// Set `noNewPrivileges` on the process.
@@ -103,6 +107,7 @@ impl SpecOptions {
             devices: Vec::new(),
             network: NetworkMode::None,
             cgroup: CgroupDriver::Cgroupfs,
+            cgroup_parent: None,
             annotations: BTreeMap::new(),
             no_new_privileges: true,
             hooks: Vec::new(),

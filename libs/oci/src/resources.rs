@@ -39,14 +39,64 @@ pub(crate) fn check_path_name(what: &str, name: &str) -> Result<()> {
 }
 
 /// `/berth/<namespace>/<id>` for cgroupfs; `berth.slice:berth-<namespace>:<id>`
-/// (runc's `slice:prefix:name`) for systemd.
+/// (runc's `slice:prefix:name`) for systemd. Under a parent:
+/// `<parent>/<id>`, or `<parent slice>:berth-<namespace>:<id>`.
 pub(crate) fn cgroups_path(options: &SpecOptions) -> Result<String> {
     check_path_name("namespace", &options.namespace)?;
     check_path_name("container id", &options.id)?;
-    Ok(match options.cgroup {
-        CgroupDriver::Cgroupfs => format!("/berth/{}/{}", options.namespace, options.id),
-        CgroupDriver::Systemd => format!("berth.slice:berth-{}:{}", options.namespace, options.id),
+    let (ns, id) = (&options.namespace, &options.id);
+    Ok(match (&options.cgroup, &options.cgroup_parent) {
+        (CgroupDriver::Cgroupfs, None) => format!("/berth/{ns}/{id}"),
+        (CgroupDriver::Systemd, None) => format!("berth.slice:berth-{ns}:{id}"),
+        (driver, Some(parent)) => {
+            let parent = check_cgroup_parent(driver, parent)?;
+            match driver {
+                CgroupDriver::Cgroupfs => format!("{parent}/{id}"),
+                CgroupDriver::Systemd => format!("{parent}:berth-{ns}:{id}"),
+            }
+        }
     })
+}
+
+/// Checks a cgroup parent and returns it as used in a path: for cgroupfs
+/// an absolute path of names as [`check_path_name`] allows (a trailing
+/// `/` dropped; `/` alone is the hierarchy's root), for systemd one
+/// slice's name (`NAME.slice`, the same letters).
+pub fn check_cgroup_parent<'a>(driver: &CgroupDriver, parent: &'a str) -> Result<&'a str> {
+    let bad = |why: &str| {
+        Err(OciError::invalid(format!(
+            "cgroup parent {parent:?}: {why}"
+        )))
+    };
+    if parent.len() > 4096 {
+        return bad("too long");
+    }
+    match driver {
+        CgroupDriver::Cgroupfs => {
+            let Some(rest) = parent.strip_prefix('/') else {
+                return bad("not an absolute path");
+            };
+            let rest = rest.strip_suffix('/').unwrap_or(rest);
+            if !rest.is_empty() {
+                for name in rest.split('/') {
+                    if check_path_name("name", name).is_err() {
+                        return bad("a path of names with letters, digits, '.', '_' and '-'");
+                    }
+                }
+            }
+            Ok(parent.strip_suffix('/').unwrap_or(parent))
+        }
+        CgroupDriver::Systemd => {
+            let valid = parent
+                .strip_suffix(".slice")
+                .is_some_and(|name| !name.is_empty() && check_path_name("slice", parent).is_ok());
+            if valid {
+                Ok(parent)
+            } else {
+                bad("not a slice's name (NAME.slice, letters, digits, '.', '_' and '-')")
+            }
+        }
+    }
 }
 
 /// The device rules, memory, CPU and pids limits.
@@ -179,6 +229,45 @@ mod tests {
         assert_eq!(cgroups_path(&o).unwrap(), "/berth/default/web-1");
         o.cgroup = CgroupDriver::Systemd;
         assert_eq!(cgroups_path(&o).unwrap(), "berth.slice:berth-default:web-1");
+    }
+
+    #[test]
+    fn cgroups_path_under_a_parent() {
+        let mut o = options();
+        o.cgroup_parent = Some("/tenants/a/".into());
+        assert_eq!(cgroups_path(&o).unwrap(), "/tenants/a/web-1");
+        o.cgroup_parent = Some("/".into());
+        assert_eq!(cgroups_path(&o).unwrap(), "/web-1");
+        o.cgroup = CgroupDriver::Systemd;
+        o.cgroup_parent = Some("tenants-a.slice".into());
+        assert_eq!(
+            cgroups_path(&o).unwrap(),
+            "tenants-a.slice:berth-default:web-1"
+        );
+        for (driver, parent) in [
+            (CgroupDriver::Cgroupfs, "relative/path"),
+            (CgroupDriver::Cgroupfs, "/a/../../escape"),
+            (CgroupDriver::Cgroupfs, "/a//b"),
+            (CgroupDriver::Cgroupfs, "/a/./b"),
+            (CgroupDriver::Cgroupfs, "/a b"),
+            (CgroupDriver::Cgroupfs, ""),
+            (CgroupDriver::Systemd, "/tenants.slice"),
+            (CgroupDriver::Systemd, "tenants"),
+            (CgroupDriver::Systemd, ".slice"),
+            (CgroupDriver::Systemd, "a:b.slice"),
+        ] {
+            let mut o = options();
+            o.cgroup = driver;
+            o.cgroup_parent = Some(parent.into());
+            assert!(
+                matches!(cgroups_path(&o), Err(OciError::InvalidArgument(_))),
+                "{parent:?}"
+            );
+        }
+        let long = format!("/{}", ["a"; 2100].join("/"));
+        let mut o = options();
+        o.cgroup_parent = Some(long);
+        assert!(cgroups_path(&o).is_err());
     }
 
     #[test]

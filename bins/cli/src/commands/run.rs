@@ -140,6 +140,11 @@ pub struct ContainerArgs {
     /// cgroupfs or systemd.
     #[arg(long, default_value = "cgroupfs")]
     pub cgroup_manager: String,
+    /// The cgroup to put the container's under: an absolute path under
+    /// cgroupfs (the container's is PARENT/ID), a NAME.slice under systemd
+    /// (default: /berth/NAMESPACE, berth.slice).
+    #[arg(long, value_name = "PARENT")]
+    pub cgroup_parent: Option<String>,
     /// Label KEY=VALUE on the container record; repeatable.
     #[arg(short = 'l', long = "label", value_name = "KEY=VALUE")]
     pub labels: Vec<String>,
@@ -309,6 +314,7 @@ impl ContainerArgs {
             "systemd" => CgroupDriver::Systemd,
             other => bail!("--cgroup-manager {other:?}: cgroupfs or systemd"),
         };
+        options.cgroup_parent = self.cgroup_parent.clone();
         // CDI's edits come last, as containerd applies them: its
         // environment wins, its mounts replace any on the same path.
         if !cdi_names.is_empty() {
