@@ -151,8 +151,12 @@ fn main() -> ExitCode {
             Command::Check(args) => return commands::check::run(&cli.global, args).await,
             Command::Tasks(command) => return commands::tasks::run(&cli.global, command).await,
             Command::Start(args) => return commands::lifecycle::start(&cli.global, args).await,
-            Command::Stop(args) => return commands::lifecycle::stop(&cli.global, args).await,
-            Command::Restart(args) => return commands::lifecycle::restart(&cli.global, args).await,
+            Command::Stop(args) => {
+                return commands::lifecycle::stop(&cli.global, args, false).await
+            }
+            Command::Restart(args) => {
+                return commands::lifecycle::stop(&cli.global, args, true).await
+            }
             Command::Kill(args) => return commands::lifecycle::kill(&cli.global, args).await,
             Command::Exec(args) => return commands::tasks::exec_in(&cli.global, args).await,
             Command::Content(command) => commands::content::run(&cli.global, command).await,

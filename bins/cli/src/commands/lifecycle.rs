@@ -207,28 +207,18 @@ pub async fn start(global: &Global, args: StartArgs) -> Result<u8> {
     Ok(0)
 }
 
-/// `berth stop`.
-pub async fn stop(global: &Global, args: StopArgs) -> Result<u8> {
+/// `berth stop`, and with `then_start` `berth restart` (stop, then start
+/// detached).
+pub async fn stop(global: &Global, args: StopArgs, then_start: bool) -> Result<u8> {
     let lifecycle = Lifecycle::connect(global).await?;
     let grace = Duration::from_secs(args.time);
     for id in &args.ids {
         lifecycle
             .stop(global, id, args.signal.as_deref(), grace)
             .await?;
-        println!("{id}");
-    }
-    Ok(0)
-}
-
-/// `berth restart`: stop, then start detached.
-pub async fn restart(global: &Global, args: StopArgs) -> Result<u8> {
-    let lifecycle = Lifecycle::connect(global).await?;
-    let grace = Duration::from_secs(args.time);
-    for id in &args.ids {
-        lifecycle
-            .stop(global, id, args.signal.as_deref(), grace)
-            .await?;
-        lifecycle.start_detached(global, id).await?;
+        if then_start {
+            lifecycle.start_detached(global, id).await?;
+        }
         println!("{id}");
     }
     Ok(0)
