@@ -77,10 +77,9 @@ impl Host {
     }
 
     /// runc's cgroups path for a pod's process: under the pod's cgroup
-    /// parent when the kubelet gives one.
-    /// The kubelet's parent is checked as `berth run --cgroup-parent`'s
-    /// (under systemd, its last name: the kubelet may give the slice's
-    /// path).
+    /// parent when the kubelet gives one, checked as `berth run
+    /// --cgroup-parent`'s (under systemd, its last name: the kubelet may
+    /// give the slice's path).
     fn cgroups_path(&self, parent: &str, id: &str) -> Result<String> {
         let driver = self.cgroup_driver();
         let checked = |parent| {

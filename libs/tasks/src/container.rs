@@ -126,13 +126,13 @@ pub fn needs_image_files(user: &str) -> bool {
     !user.is_empty() && (names || !(uid.is_empty() || uid.bytes().all(|b| b == b'0')))
 }
 
-/// Makes the container: reads the image, prepares its snapshot, builds its
-/// spec and records it. Returns the record.
 /// The label of a container record that names the signal that stops it
 /// (its image's `StopSignal`, unless the creator set it), as nerdctl's
 /// `nerdctl/stop-signal`.
 pub const STOP_SIGNAL_LABEL: &str = "berth.io/stop-signal";
 
+/// Makes the container: reads the image, prepares its snapshot, builds its
+/// spec and records it. Returns the record.
 pub async fn create_container(
     services: ContainerServices<'_>,
     namespace: &str,

@@ -12,7 +12,7 @@ use berth_metadata::ContainerStore;
 use berth_tasks::{Status, Tasks};
 use serde::Serialize;
 
-use super::run::{Clients, ContainerArgs, LOG_URI_LABEL};
+use super::run::{recorded_log, Clients, ContainerArgs};
 use crate::global::Global;
 use crate::output::{self, Format};
 
@@ -194,16 +194,14 @@ pub async fn logs(global: &Global, args: LogsArgs) -> Result<()> {
         .get(ns, &args.id)
         .await
         .with_context(|| format!("container {}", args.id))?;
-    let uri = record.labels.get(LOG_URI_LABEL).with_context(|| {
+    let path = recorded_log(&record.labels, &args.id)?.with_context(|| {
         format!(
             "container {} has no log: only detached containers (run -d) log to a file",
             args.id
         )
     })?;
-    let path = uri
-        .strip_prefix("file://")
-        .with_context(|| format!("container {}: log {uri} is not a file", args.id))?;
-    let mut file = std::fs::File::open(path).with_context(|| format!("opening the log {path}"))?;
+    let mut file = std::fs::File::open(&path)
+        .with_context(|| format!("opening the log {}", path.display()))?;
     let mut out = std::io::stdout().lock();
     let mut buffer = vec![0u8; 64 * 1024];
     let tasks = if args.follow {
@@ -293,11 +291,7 @@ pub async fn rm(global: &Global, args: RmArgs) -> Result<()> {
             .await
             .with_context(|| format!("rm {id}"))?;
         super::network::forget(global, ns, id)?;
-        if let Some(path) = record
-            .labels
-            .get(LOG_URI_LABEL)
-            .and_then(|uri| uri.strip_prefix("file://"))
-        {
+        if let Ok(Some(path)) = recorded_log(&record.labels, id) {
             let _ = std::fs::remove_file(path);
         }
         println!("{id}");

@@ -11,7 +11,7 @@ use berth_metadata::ContainerStore;
 use berth_tasks::container::STOP_SIGNAL_LABEL;
 use berth_tasks::{KillProcess, Status, Tasks};
 
-use super::run::{log_path, log_stdio, LOG_URI_LABEL};
+use super::run::{log_path, log_stdio, log_uri, recorded_log, LOG_URI_LABEL};
 use super::tasks::{connect, parse_signal};
 use crate::global::Global;
 
@@ -80,17 +80,13 @@ impl Lifecycle {
             .get(ns, id)
             .await
             .with_context(|| format!("container {id}"))?;
-        if let Some(uri) = container.labels.get(LOG_URI_LABEL) {
-            let path = uri
-                .strip_prefix("file://")
-                .with_context(|| format!("container {id}: log {uri} is not a file"))?;
-            return Ok(PathBuf::from(path));
+        if let Some(path) = recorded_log(&container.labels, id)? {
+            return Ok(path);
         }
         let path = log_path(ns, id);
-        container.labels.insert(
-            LOG_URI_LABEL.to_string(),
-            format!("file://{}", path.display()),
-        );
+        container
+            .labels
+            .insert(LOG_URI_LABEL.to_string(), log_uri(&path));
         let paths = [format!("labels.{LOG_URI_LABEL}")];
         self.containers
             .update(ns, container, &paths)

@@ -527,7 +527,6 @@ pub async fn create(
     Ok(id)
 }
 
-/// Where a detached container's output goes.
 /// A detached task's stdio: its output appended to `log` (the shim opens
 /// it for appending), whose directory is made if missing.
 pub fn log_stdio(log: &Path) -> Result<Stdio> {
@@ -541,7 +540,7 @@ pub fn log_stdio(log: &Path) -> Result<Stdio> {
             .create(dir)
             .with_context(|| format!("creating {}", dir.display()))?;
     }
-    let uri = format!("file://{}", log.display());
+    let uri = log_uri(log);
     Ok(Stdio {
         stdin: String::new(),
         stdout: uri.clone(),
@@ -550,6 +549,24 @@ pub fn log_stdio(log: &Path) -> Result<Stdio> {
     })
 }
 
+/// The `file://` URI of a log, as the shim takes it and as
+/// [`LOG_URI_LABEL`] records it.
+pub fn log_uri(log: &Path) -> String {
+    format!("file://{}", log.display())
+}
+
+/// The log file a container's record names ([`LOG_URI_LABEL`]), if any.
+pub fn recorded_log(labels: &HashMap<String, String>, id: &str) -> Result<Option<PathBuf>> {
+    let Some(uri) = labels.get(LOG_URI_LABEL) else {
+        return Ok(None);
+    };
+    let path = uri
+        .strip_prefix("file://")
+        .with_context(|| format!("container {id}: log {uri} is not a file"))?;
+    Ok(Some(PathBuf::from(path)))
+}
+
+/// Where a detached container's output goes.
 pub fn log_path(namespace: &str, id: &str) -> PathBuf {
     std::env::var_os("BERTH_LOG_DIR")
         .map(PathBuf::from)
@@ -586,10 +603,7 @@ pub async fn run(global: &Global, args: RunArgs) -> Result<u8> {
             }
         } else {
             let path = log_path(&ns, &id);
-            extra.insert(
-                LOG_URI_LABEL.to_string(),
-                format!("file://{}", path.display()),
-            );
+            extra.insert(LOG_URI_LABEL.to_string(), log_uri(&path));
             DetachedOutput::Log(path)
         };
         let mut container = args.container;
