@@ -1765,14 +1765,17 @@ fn containers_stop_start_restart_and_kill_as_nerdctl_users_expect() {
     assert_eq!(out.status.code(), Some(7), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "here\n");
 
-    // Unknown containers: a clear error.
-    let out = run(&stack, &["start", "nosuch"]);
-    assert!(!out.status.success());
-    assert!(
-        text(&out.stderr).contains("nosuch"),
-        "{}",
-        text(&out.stderr)
-    );
+    // Unknown containers: a clear error (stop included: not taken for a
+    // container already stopped).
+    for verb in ["start", "stop", "restart"] {
+        let out = run(&stack, &[verb, "nosuch"]);
+        assert!(!out.status.success(), "{verb} nosuch succeeded");
+        assert!(
+            text(&out.stderr).contains("container nosuch"),
+            "{verb}: {}",
+            text(&out.stderr)
+        );
+    }
 
     for id in [
         "cycle-web",

@@ -115,17 +115,19 @@ impl Lifecycle {
     }
 
     /// The signal that stops `id`: the flag's, else its recorded one, else
-    /// SIGTERM.
+    /// SIGTERM. An unknown container is an error, as docker's "No such
+    /// container", not a container already stopped.
     async fn stop_signal(&self, id: &str, flag: Option<&str>) -> Result<u32> {
+        let container = self
+            .containers
+            .get(&self.namespace, id)
+            .await
+            .with_context(|| format!("container {id}"))?;
         if let Some(signal) = flag {
             return parse_signal(signal);
         }
-        let recorded = match self.containers.get(&self.namespace, id).await {
-            Ok(container) => container.labels.get(STOP_SIGNAL_LABEL).cloned(),
-            Err(_) => None,
-        };
-        match recorded {
-            Some(signal) => parse_signal(&signal)
+        match container.labels.get(STOP_SIGNAL_LABEL) {
+            Some(signal) => parse_signal(signal)
                 .with_context(|| format!("container {id}: its stop signal {signal:?}")),
             None => Ok(libc::SIGTERM as u32),
         }
