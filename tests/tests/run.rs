@@ -148,25 +148,33 @@ fn run_rm_prints_and_exits_with_the_containers_status_and_leaves_nothing() {
     assert_nothing_left(&stack);
 }
 
-/// Polls `berth tasks ls` until `id` has `status`.
-fn wait_for_status(stack: &Stack, id: &str, status: &str) {
+/// Polls `seen` every 50 ms until `done` holds for what it returns, for
+/// at most 30 s; then fails with `what` and the last thing seen.
+fn wait_until<T: std::fmt::Display>(what: &str, seen: impl Fn() -> T, done: impl Fn(&T) -> bool) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
-        let tasks = stack.berth_json(&["tasks", "ls"]);
-        let found = tasks
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|t| t["id"] == id && t["status"] == status);
-        if found {
+        let now = seen();
+        if done(&now) {
             return;
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{id} never became {status}: {tasks}"
-        );
+        assert!(std::time::Instant::now() < deadline, "{what}: {now}");
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+}
+
+/// Polls `berth tasks ls` until `id` has `status`.
+fn wait_for_status(stack: &Stack, id: &str, status: &str) {
+    wait_until(
+        &format!("{id} never became {status}"),
+        || stack.berth_json(&["tasks", "ls"]),
+        |tasks| {
+            tasks
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|t| t["id"] == id && t["status"] == status)
+        },
+    );
 }
 
 #[test]
@@ -1587,19 +1595,11 @@ fn bridge_network_publishes_ports_and_goes_with_the_task() {
 
 /// Waits until `path` holds `want` (a container's log fills as it runs).
 fn wait_for_log(path: &Path, want: &str) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        if text == want {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{} holds {text:?}, not {want:?}",
-            path.display()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    wait_until(
+        &format!("{} never held {want:?}", path.display()),
+        || std::fs::read_to_string(path).unwrap_or_default(),
+        |text| text == want,
+    );
 }
 
 /// `berth stop`, `start`, `restart`, `kill` and `exec`, as nerdctl and
