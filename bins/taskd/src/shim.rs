@@ -4,10 +4,12 @@
 //! notes: sections 1 and 2).
 
 use std::ffi::OsStr;
+use std::future::Future;
 use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use berth_errdefs::{Error, Result};
@@ -410,6 +412,12 @@ async fn run_action(
 #[derive(Clone)]
 pub struct ShimClient {
     client: ttrpc::r#async::Client,
+    /// Held while a request takes its stream id and is queued for the
+    /// writer. The ttrpc crate numbers a request before it queues it, so two
+    /// requests from two threads can reach the socket out of order; Go's
+    /// ttrpc server (every upstream shim) refuses a stream id lower than one
+    /// it has seen ("StreamID cannot be re-used and must increment").
+    send_order: Arc<std::sync::Mutex<()>>,
     service: &'static str,
     namespace: String,
 }
@@ -463,6 +471,7 @@ impl ShimClient {
             .map_err(|e| Error::io("registering the shim socket", &e))?;
         Ok(ShimClient {
             client: ttrpc::r#async::Client::new(Socket::from(stream)),
+            send_order: Arc::default(),
             service: bootstrap.service(),
             namespace: namespace.to_string(),
         })
@@ -491,12 +500,31 @@ impl ShimClient {
         );
         RequestInit::set_payload(&mut wire, payload);
         let response = self
-            .client
-            .request(wire)
+            .request_in_order(wire)
             .await
             .map_err(|e| shim_error(method, e))?;
         Resp::parse_from_bytes(&response.payload)
             .map_err(|e| Error::internal(format!("decoding the shim's {method} reply: {e}")))
+    }
+
+    /// Sends a request with stream ids in the order they were taken: the
+    /// first poll of the crate's request numbers it and queues it for the
+    /// writer (the queue's permits are handed out first come, first served),
+    /// so that poll runs under `send_order`; the reply is awaited outside it.
+    async fn request_in_order(&self, wire: ttrpc::Request) -> ttrpc::Result<ttrpc::Response> {
+        let mut request = std::pin::pin!(self.client.request(wire));
+        let first = std::future::poll_fn(|cx| {
+            let _queued_in_order = self
+                .send_order
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            std::task::Poll::Ready(request.as_mut().poll(cx))
+        })
+        .await;
+        match first {
+            std::task::Poll::Ready(result) => result,
+            std::task::Poll::Pending => request.await,
+        }
     }
 
     pub async fn create(&self, request: &api::CreateTaskRequest) -> Result<u32> {
@@ -775,5 +803,82 @@ mod tests {
         );
         assert!(Bootstrap::parse("").is_err());
         assert!(Bootstrap::parse("panic: something\nwent wrong").is_err());
+    }
+
+    /// Go's ttrpc server, inside every upstream shim, answers a request whose
+    /// stream id is not above every id it has seen with "StreamID cannot be
+    /// re-used and must increment". This server records the ids in the order
+    /// they arrive and answers each with an empty reply.
+    fn record_stream_ids(listener: std::os::unix::net::UnixListener) -> Vec<u32> {
+        let Ok((mut conn, _)) = listener.accept() else {
+            return Vec::new();
+        };
+        let mut seen = Vec::new();
+        let mut header = [0u8; 10];
+        while conn.read_exact(&mut header).is_ok() {
+            let length = u32::from_be_bytes([header[0], header[1], header[2], header[3]]);
+            let mut payload = vec![0u8; length as usize];
+            if conn.read_exact(&mut payload).is_err() {
+                break;
+            }
+            seen.push(u32::from_be_bytes([
+                header[4], header[5], header[6], header[7],
+            ]));
+            // A response (type 2) with an empty payload: status OK, no body.
+            let mut reply = [0u8; 10];
+            reply[4..8].copy_from_slice(&header[4..8]);
+            reply[8] = 2;
+            if conn.write_all(&reply).is_err() {
+                break;
+            }
+        }
+        seen
+    }
+
+    #[test]
+    fn concurrent_requests_reach_the_shim_with_rising_stream_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("shim.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        let server = std::thread::spawn(move || record_stream_ids(listener));
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(4)
+            .enable_all()
+            .build()
+            .unwrap();
+        const CALLERS: usize = 8;
+        const CALLS: usize = 300;
+        runtime.block_on(async {
+            let bootstrap = Bootstrap {
+                version: 2,
+                address: format!("unix://{}", socket.display()),
+                protocol: "ttrpc".to_string(),
+            };
+            let client = ShimClient::connect(&bootstrap, "default").await.unwrap();
+            let callers: Vec<_> = (0..CALLERS)
+                .map(|n| {
+                    let client = client.clone();
+                    tokio::spawn(async move {
+                        for _ in 0..CALLS {
+                            client.kill(&format!("c{n}"), "", 15, false).await.unwrap();
+                        }
+                    })
+                })
+                .collect();
+            for caller in callers {
+                caller.await.unwrap();
+            }
+        });
+        drop(runtime);
+        let seen = server.join().unwrap();
+        assert_eq!(seen.len(), CALLERS * CALLS);
+        let out_of_order: Vec<_> = seen.windows(2).filter(|w| w[1] <= w[0]).collect();
+        assert!(
+            out_of_order.is_empty(),
+            "{} of {} requests came after a higher stream id, first {:?}",
+            out_of_order.len(),
+            seen.len(),
+            out_of_order.first()
+        );
     }
 }
