@@ -388,3 +388,71 @@ fn hostile_callers_get_bounded_memory_and_others_are_served() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Descriptors in a daemon's table.
+fn open_fds(daemon: &Daemon) -> usize {
+    std::fs::read_dir(format!("/proc/{}/fd", daemon.pid()))
+        .unwrap()
+        .count()
+}
+
+/// A caller that passes a descriptor with every request and never names
+/// one gets the daemon to hold at most four of them, and none once it
+/// hangs up: passed descriptors cannot fill the daemon's table.
+#[test]
+fn descriptors_a_caller_passes_and_never_uses_are_few_and_go_with_it() {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    use std::io::IoSlice;
+    use std::os::fd::AsRawFd;
+    let dir = tempfile::tempdir().unwrap();
+    let contentd = Daemon::contentd(dir.path());
+    let mut socket = UnixStream::connect(&contentd.socket).unwrap();
+    let info = || {
+        request(
+            "berth.content.v1.Content",
+            "Info",
+            content_info(&format!("sha256:{}", "0".repeat(64))),
+        )
+    };
+    // One plain request first, so that the connection is accepted and its
+    // own descriptors are counted in the baseline.
+    socket
+        .write_all(&frame(1, TYPE_REQUEST, 0, &info()))
+        .unwrap();
+    assert_eq!(response_code(&mut socket, 1), ttrpc::Code::NOT_FOUND);
+    let baseline = open_fds(&contentd);
+
+    let file = tempfile::tempfile().unwrap();
+    for n in 0..100u32 {
+        let id = 3 + 2 * n;
+        let bytes = frame(id, TYPE_REQUEST, 0, &info());
+        let fds = [file.as_raw_fd()];
+        let passed = [ControlMessage::ScmRights(&fds)];
+        let sent = sendmsg::<()>(
+            socket.as_raw_fd(),
+            &[IoSlice::new(&bytes)],
+            &passed,
+            MsgFlags::empty(),
+            None,
+        )
+        .unwrap();
+        assert_eq!(sent, bytes.len());
+        assert_eq!(response_code(&mut socket, id), ttrpc::Code::NOT_FOUND);
+    }
+    let held = open_fds(&contentd).saturating_sub(baseline);
+    assert!(
+        held <= 4,
+        "contentd holds {held} more descriptors after 100 passed"
+    );
+
+    drop(socket);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while open_fds(&contentd) >= baseline && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        open_fds(&contentd) < baseline,
+        "the passed descriptors and the connection's own close with it"
+    );
+    assert!(contentd_answers(&contentd.socket));
+}

@@ -221,6 +221,121 @@ fn kind_of<T: std::fmt::Debug>(result: Result<T, ttrpc::Error>) -> ErrorKind {
     Error::from(result.expect_err("request must fail")).kind()
 }
 
+/// One WRITE_FILE on an open write stream: `passed` goes with the request
+/// (SCM_RIGHTS), `named` is the file the request says it is.
+async fn write_file_request(
+    outbox: &berth_client::FileOutbox,
+    tx: &ttrpc::r#async::CSSender<pb::WriteRequest>,
+    rx: &mut ttrpc::r#async::CSReceiver<pb::WriteResponse>,
+    passed: &std::fs::File,
+    named: &std::fs::File,
+    offset: u64,
+) -> pb::WriteResponse {
+    use std::os::fd::AsFd;
+    let meta = named.metadata().unwrap();
+    outbox.pass(passed.as_fd()).unwrap();
+    tx.send(&pb::WriteRequest {
+        action: pb::WriteAction::WRITE_FILE.into(),
+        offset: offset as i64,
+        source: Some(pb::FileSource {
+            device: meta.dev(),
+            inode: meta.ino(),
+            ..Default::default()
+        })
+        .into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    rx.recv().await.unwrap()
+}
+
+/// A caller on the host can pass contentd a file instead of its bytes:
+/// contentd reads a regular file on a disk or memory filesystem itself,
+/// through the caller's own open file (so it can read nothing the caller
+/// could not), and refuses anything else with its reason and the ingest as
+/// it was, for the caller to send the bytes instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contentd_reads_a_passed_file_itself_and_refuses_what_it_should_not() {
+    use std::io::{Seek, SeekFrom, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::contentd(dir.path());
+    let (client, outbox) = berth_client::connect_passing_files(&daemon.socket)
+        .await
+        .unwrap();
+    let raw = pb::ContentClient::new(client);
+    let (tx, mut rx) = raw.write(request_context("default")).await.unwrap().split();
+    tx.send(&pb::WriteRequest {
+        action: pb::WriteAction::STAT.into(),
+        ref_: "passed".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(rx.recv().await.unwrap().offset, 0);
+
+    let data = berth_content::testsuite::test_data(5 * MIB as usize + 3, 21);
+    let skipped = 4096;
+    let file_path = dir.path().join("blob");
+    let mut file = std::fs::File::create_new(&file_path).unwrap();
+    file.write_all(&vec![7u8; skipped]).unwrap();
+    file.write_all(&data).unwrap();
+    let file = std::fs::File::open(&file_path).unwrap();
+    (&file).seek(SeekFrom::Start(skipped as u64)).unwrap();
+
+    let refused = |r: &pb::WriteResponse, why: &str| {
+        assert!(r.source_refused.contains(why), "{why:?}: {r:?}");
+        assert_eq!(r.offset, 0, "a refusal leaves the ingest as it was");
+    };
+    // A socket (or a pipe) is not read: contentd would wait on whoever
+    // holds its other end.
+    let (pipe, _other_end) = std::os::unix::net::UnixStream::pair().unwrap();
+    let pipe = std::fs::File::from(std::os::fd::OwnedFd::from(pipe));
+    let r = write_file_request(&outbox, &tx, &mut rx, &pipe, &pipe, 0).await;
+    refused(&r, "not a regular file");
+    // procfs answers by who reads: not read for a caller.
+    let status = std::fs::File::open("/proc/self/status").unwrap();
+    let r = write_file_request(&outbox, &tx, &mut rx, &status, &status, 0).await;
+    refused(&r, "filesystem");
+    // A file the caller may not read through this descriptor.
+    let write_only = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&file_path)
+        .unwrap();
+    let r = write_file_request(&outbox, &tx, &mut rx, &write_only, &write_only, 0).await;
+    refused(&r, "not open for reading");
+    // The request names one file and passes another: not taken.
+    let other = tempfile::tempfile_in(dir.path()).unwrap();
+    let r = write_file_request(&outbox, &tx, &mut rx, &other, &file, 0).await;
+    refused(&r, "no descriptor");
+    // Named and passed: read from its position to its end.
+    let r = write_file_request(&outbox, &tx, &mut rx, &file, &file, 0).await;
+    assert_eq!(r.source_refused, "", "{r:?}");
+    assert_eq!(r.offset, data.len() as i64);
+    assert_eq!(
+        (&file).stream_position().unwrap(),
+        (skipped + data.len()) as u64,
+        "contentd read through the caller's own open file"
+    );
+    let digest = Digest::of(&data);
+    tx.send(&pb::WriteRequest {
+        action: pb::WriteAction::COMMIT.into(),
+        offset: data.len() as i64,
+        expected: digest.to_string(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(rx.recv().await.unwrap().digest, digest.to_string());
+    let store = connect(&daemon).await;
+    assert_eq!(
+        read_blob(&store, "default", &digest, u64::MAX)
+            .await
+            .unwrap(),
+        data
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_are_invalid_argument_and_change_nothing() {
     let dir = tempfile::tempdir().unwrap();

@@ -224,6 +224,35 @@ fn every_daemons_metrics_move_with_the_work_done() {
     assert!(content.value("berth_content_ingested_bytes_total", &[]) >= stored);
     assert!(content.value("berth_content_committed_blobs_total", &[]) >= 3.0);
     assert_eq!(
+        content.value("berth_content_passed_file_bytes_total", &[]),
+        0.0
+    );
+
+    // A file on standard input is passed to contentd, which reads it.
+    let passed = dir.path().join("passed.blob");
+    std::fs::write(&passed, vec![b'p'; 3 << 20]).unwrap();
+    let out = stack
+        .command(&["content", "ingest", "passed-file"])
+        .stdin(std::fs::File::open(&passed).unwrap())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after = at.contentd.scrape();
+    assert_eq!(
+        after.value("berth_content_passed_file_bytes_total", &[]),
+        f64::from(3 << 20),
+        "contentd read the file itself"
+    );
+    assert_eq!(
+        after.value("berth_content_ingested_bytes_total", &[])
+            - content.value("berth_content_ingested_bytes_total", &[]),
+        f64::from(3 << 20)
+    );
+    assert_eq!(
         content.value("berth_content_blob_bytes", &[("namespace", "default")]),
         stored
     );

@@ -11,6 +11,9 @@ use crate::store::LocalStore;
 
 /// Bytes written into ingests (by clients and by registry fetches).
 pub static INGESTED_BYTES: LazyLock<Counter> = LazyLock::new(Counter::default);
+/// Bytes contentd read from files callers passed it (WRITE_FILE), a part
+/// of the ingested bytes.
+pub static PASSED_FILE_BYTES: LazyLock<Counter> = LazyLock::new(Counter::default);
 /// Ingests committed as new blob records.
 pub static COMMITTED_BLOBS: LazyLock<Counter> = LazyLock::new(Counter::default);
 /// Bytes received from registries.
@@ -25,6 +28,11 @@ pub fn register(metrics: &mut Metrics, store: LocalStore) {
         "berth_content_ingested_bytes",
         "Bytes written into ingests",
         INGESTED_BYTES.clone(),
+    );
+    registry.register(
+        "berth_content_passed_file_bytes",
+        "Bytes read from files callers passed instead of sending their bytes",
+        PASSED_FILE_BYTES.clone(),
     );
     registry.register(
         "berth_content_committed_blobs",

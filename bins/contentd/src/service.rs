@@ -12,7 +12,7 @@ use berth_content::wire::{
     unsigned,
 };
 use berth_content::{CommitOptions, ContentStore, Leased, WriterOptions, MAX_READ};
-use berth_daemon::{peer_hung_up, reply, request_lease, request_namespace};
+use berth_daemon::{peer_hung_up, reply, request_lease, request_namespace, take_passed_file};
 use berth_errdefs::{Error, Result};
 
 use crate::reorder::InOrder;
@@ -109,6 +109,34 @@ impl ContentService {
                 }
                 total = request_total;
             }
+            let mut source_refused = String::new();
+            if action == pb::WriteAction::WRITE_FILE {
+                let at = unsigned("offset", request.offset)?;
+                if at != offset {
+                    return Err(Error::failed_precondition(format!(
+                        "file write at offset {at}, but ingest {reference} is at {offset}"
+                    )));
+                }
+                let source = request.source.as_ref().ok_or_else(|| {
+                    Error::invalid_argument("a file write must name its source file")
+                })?;
+                match passed_source(ctx, source) {
+                    Ok((file, size)) => {
+                        if total > 0 && offset + size > total {
+                            return Err(Error::invalid_argument(format!(
+                                "writing {size} bytes at offset {offset} would pass the expected size {total}"
+                            )));
+                        }
+                        let read = writer.write_file(file).await?;
+                        crate::metrics::PASSED_FILE_BYTES.inc_by(read);
+                        offset += read;
+                    }
+                    Err(reason) => {
+                        tracing::debug!(%reason, "not reading a caller's file");
+                        source_refused = reason;
+                    }
+                }
+            }
             if matches!(action, pb::WriteAction::WRITE | pb::WriteAction::COMMIT) {
                 let at = unsigned("offset", request.offset)?;
                 if action == pb::WriteAction::WRITE && !request.data.is_empty() && at > offset {
@@ -144,6 +172,7 @@ impl ContentService {
                 updated_at: timestamp(std::time::SystemTime::now()),
                 offset: offset as i64,
                 total: total as i64,
+                source_refused,
                 ..Default::default()
             };
             if action == pb::WriteAction::COMMIT {
@@ -163,6 +192,56 @@ impl ContentService {
         }
         Ok(())
     }
+}
+
+/// The filesystems whose regular files contentd reads for a caller: disk
+/// and memory filesystems, where a read is a read. Not procfs, sysfs and
+/// their kin, whose "regular files" answer by who reads them, nor FUSE,
+/// whose reads another process may never answer.
+const READABLE_FILESYSTEMS: &[i64] = &[
+    0xEF53,      // ext2, ext3, ext4
+    0x5846_5342, // xfs
+    0x9123_683E, // btrfs
+    0x0102_1994, // tmpfs
+    0x8584_58F6, // ramfs
+    0x794C_7630, // overlayfs
+    0xF2F5_2010, // f2fs
+    0x2FC1_2FC1, // zfs
+];
+
+/// The file a caller passed for a WRITE_FILE naming `source`, and how many
+/// bytes it has from its position; Err says why contentd will not read it.
+fn passed_source(
+    ctx: &TtrpcContext,
+    source: &pb::FileSource,
+) -> std::result::Result<(std::fs::File, u64), String> {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    use nix::sys::stat::{fstat, SFlag};
+    let is_source = |fd: &std::os::fd::OwnedFd| {
+        fstat(fd).is_ok_and(|st| st.st_dev == source.device && st.st_ino == source.inode)
+    };
+    let fd = take_passed_file(ctx, is_source)
+        .ok_or("no descriptor of that file came with the request")?;
+    let st = fstat(&fd).map_err(|e| format!("fstat: {e}"))?;
+    if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG {
+        return Err("not a regular file".into());
+    }
+    let flags = fcntl(&fd, FcntlArg::F_GETFL).map_err(|e| format!("fcntl: {e}"))?;
+    let flags = OFlag::from_bits_truncate(flags);
+    if flags.contains(OFlag::O_PATH) || flags & OFlag::O_ACCMODE == OFlag::O_WRONLY {
+        return Err("not open for reading".into());
+    }
+    let fs = nix::sys::statfs::fstatfs(&fd).map_err(|e| format!("fstatfs: {e}"))?;
+    let kind = fs.filesystem_type().0 as i64;
+    if !READABLE_FILESYSTEMS.contains(&kind) {
+        return Err(format!(
+            "on a filesystem (type {kind:#x}) contentd does not read for callers"
+        ));
+    }
+    let mut file = std::fs::File::from(fd);
+    let at = std::io::Seek::stream_position(&mut file).map_err(|e| format!("lseek: {e}"))?;
+    let size = (st.st_size as u64).saturating_sub(at);
+    Ok((file, size))
 }
 
 /// The next request of a write stream; None when the client closed it. A

@@ -6,13 +6,14 @@ use async_trait::async_trait;
 use berth_api::content as pb;
 use berth_content::wire::{info_from_pb, info_to_pb, status_from_pb, system_time};
 use berth_content::{
-    CommitOptions, ContentStore, ContentWriter, Info, Status, WriterOptions, MAX_READ,
+    write_file_in_chunks, CommitOptions, ContentStore, ContentWriter, Info, Status, WriterOptions,
+    MAX_READ,
 };
 use berth_errdefs::{Error, ErrorKind, Result};
 use berth_ids::Digest;
 use ttrpc::r#async::{CSReceiver, CSSender};
 
-use crate::connection::{connect, request_context_leased};
+use crate::connection::{connect_passing_files, request_context_leased, FileOutbox};
 
 /// How many writes may be in flight before the writer waits for the daemon
 /// to acknowledge one: enough to keep the pipe full, few enough to bound
@@ -24,6 +25,9 @@ const WRITE_WINDOW: usize = 8;
 pub struct RemoteContentStore {
     lease: Option<String>,
     client: pb::ContentClient,
+    /// Files for contentd to read itself (see [`ContentWriter::write_file`]);
+    /// only on a connection this client opened.
+    outbox: Option<FileOutbox>,
 }
 
 impl std::fmt::Debug for RemoteContentStore {
@@ -34,13 +38,19 @@ impl std::fmt::Debug for RemoteContentStore {
 
 impl RemoteContentStore {
     pub async fn connect(socket: &Path) -> Result<RemoteContentStore> {
-        Ok(RemoteContentStore::new(connect(socket).await?))
+        let (client, outbox) = connect_passing_files(socket).await?;
+        let mut store = RemoteContentStore::new(client);
+        store.outbox = Some(outbox);
+        Ok(store)
     }
 
+    /// A store over a connection opened elsewhere: it passes no files, and
+    /// `write_file` sends their bytes.
     pub fn new(client: ttrpc::r#async::Client) -> RemoteContentStore {
         RemoteContentStore {
             lease: None,
             client: pb::ContentClient::new(client),
+            outbox: None,
         }
     }
 
@@ -197,6 +207,7 @@ impl ContentStore for RemoteContentStore {
             total: options.total.unwrap_or(0),
             started_at: SystemTime::UNIX_EPOCH,
             expected: options.expected.clone(),
+            outbox: self.outbox.clone(),
         };
         // The first request opens the ingest (and takes its ref); its answer
         // says where it stands.
@@ -229,9 +240,56 @@ struct RemoteWriter {
     total: u64,
     started_at: SystemTime,
     expected: Option<Digest>,
+    outbox: Option<FileOutbox>,
 }
 
 impl RemoteWriter {
+    /// Asks contentd to read `file` itself: Ok(None) when it would not (the
+    /// reason is logged), and the ingest is as it was.
+    async fn pass_file(
+        &mut self,
+        outbox: &FileOutbox,
+        file: &std::fs::File,
+    ) -> Result<Option<u64>> {
+        use std::os::fd::AsFd;
+        use std::os::unix::fs::MetadataExt;
+        let meta = file
+            .metadata()
+            .map_err(|e| Error::io("inspecting the file to write", &e))?;
+        let _turn = outbox.turn().await;
+        self.drain().await?;
+        outbox.pass(file.as_fd())?;
+        let answered = self
+            .round_trip(pb::WriteRequest {
+                action: pb::WriteAction::WRITE_FILE.into(),
+                offset: self.offset as i64,
+                source: Some(pb::FileSource {
+                    device: meta.dev(),
+                    inode: meta.ino(),
+                    ..Default::default()
+                })
+                .into(),
+                ..Default::default()
+            })
+            .await;
+        // Sent with the request's frame, or not at all if it failed.
+        outbox.clear();
+        let response = answered?;
+        if !response.source_refused.is_empty() {
+            tracing::debug!(reason = %response.source_refused, "contentd did not read the file; sending its bytes");
+            return Ok(None);
+        }
+        let now = response.offset as u64;
+        let written = now.checked_sub(self.offset).ok_or_else(|| {
+            Error::internal(format!(
+                "contentd answered a file write at offset {} with offset {now}",
+                self.offset
+            ))
+        })?;
+        self.offset = now;
+        Ok(Some(written))
+    }
+
     fn sender(&self) -> Result<&CSSender<pb::WriteRequest>> {
         self.sender
             .as_ref()
@@ -348,6 +406,18 @@ impl ContentWriter for RemoteWriter {
             self.send_write(chunk.to_vec()).await?;
         }
         Ok(())
+    }
+
+    async fn write_file(&mut self, file: std::fs::File) -> Result<u64> {
+        // contentd reads only regular files; it reads through the same open
+        // file, so the bytes it takes are consumed here too.
+        let regular = file.metadata().is_ok_and(|m| m.is_file());
+        if let (Some(outbox), true) = (self.outbox.clone(), regular) {
+            if let Some(written) = self.pass_file(&outbox, &file).await? {
+                return Ok(written);
+            }
+        }
+        write_file_in_chunks(self, file).await
     }
 
     async fn restart(&mut self) -> Result<()> {

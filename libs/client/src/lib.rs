@@ -17,7 +17,9 @@ mod snapshots;
 mod tasks;
 mod transfer;
 
-pub use connection::{connect, request_context, request_context_leased};
+pub use connection::{
+    connect, connect_passing_files, request_context, request_context_leased, FileOutbox,
+};
 pub use containers::RemoteContainers;
 pub use content::RemoteContentStore;
 pub use credentials::{

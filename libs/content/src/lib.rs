@@ -185,12 +185,86 @@ pub trait ContentWriter: Send {
     /// needs to copy it again.
     async fn write(&mut self, data: Vec<u8>) -> Result<()>;
 
+    /// Appends the bytes of `file` from its position to its end (its size
+    /// now, for a regular file; its end of input otherwise), consuming them
+    /// as a read would, and returns how many. A writer across a socket may
+    /// pass the file to its daemon, which then reads it itself; the default
+    /// reads it here and writes its bytes.
+    async fn write_file(&mut self, file: std::fs::File) -> Result<u64> {
+        write_file_in_chunks(self, file).await
+    }
+
     /// Starts the ingest over from offset 0.
     async fn restart(&mut self) -> Result<()>;
 
     /// Verifies size and digest and makes the blob visible in the namespace.
     /// AlreadyExists if it already was (the ingest is dropped either way).
     async fn commit(self: Box<Self>, options: CommitOptions) -> Result<Digest>;
+}
+
+/// [`ContentWriter::write_file`] by reading `file` on a thread of its own
+/// and writing what it reads in chunks of at most [`MAX_READ`] bytes; the
+/// next chunk is read while the last one is written.
+pub async fn write_file_in_chunks<W: ContentWriter + ?Sized>(
+    writer: &mut W,
+    file: std::fs::File,
+) -> Result<u64> {
+    let mut chunks = read_in_chunks(file, MAX_READ);
+    let mut written = 0u64;
+    while let Some(chunk) = chunks.recv().await {
+        let chunk = chunk?;
+        written += chunk.len() as u64;
+        writer.write(chunk).await?;
+    }
+    Ok(written)
+}
+
+/// The bytes of `file` from its position, `chunk` bytes at a time, read by
+/// a thread that stays at most two chunks ahead and stops when the receiver
+/// is dropped. A regular file is read up to its size as it is now.
+pub fn read_in_chunks(
+    file: std::fs::File,
+    chunk: usize,
+) -> tokio::sync::mpsc::Receiver<Result<Vec<u8>>> {
+    use std::io::{Read, Seek};
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    std::thread::spawn(move || {
+        let mut file = file;
+        let limit = match file.metadata() {
+            Ok(meta) if meta.is_file() => match file.stream_position() {
+                Ok(at) => meta.len().saturating_sub(at),
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(Error::io("finding the file's position", &e)));
+                    return;
+                }
+            },
+            _ => u64::MAX,
+        };
+        let mut reader = file.take(limit);
+        loop {
+            let mut buf = vec![0u8; chunk];
+            let mut filled = 0;
+            while filled < buf.len() {
+                match reader.read(&mut buf[filled..]) {
+                    Ok(0) => break,
+                    Ok(n) => filled += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(Error::io("reading the file", &e)));
+                        return;
+                    }
+                }
+            }
+            if filled == 0 {
+                return;
+            }
+            buf.truncate(filled);
+            if tx.blocking_send(Ok(buf)).is_err() {
+                return;
+            }
+        }
+    });
+    rx
 }
 
 /// Writes `data` as one blob under `reference`, the way most callers want.

@@ -358,6 +358,81 @@ pub async fn resume_continues_from_the_stored_offset(store: &dyn ContentStore) {
     assert_eq!(read_blob(store, NS, &digest, u64::MAX).await.unwrap(), data);
 }
 
+/// `write_file` takes a file from its position to its end, after what the
+/// writer already holds, consumes what it takes, and keeps to the expected
+/// size; a stream's bytes come to its end of input.
+pub async fn a_file_is_written_from_its_position(store: &dyn ContentStore) {
+    use std::io::{Seek, SeekFrom, Write};
+    let data = test_data(3_000_017, 11);
+    let digest = Digest::of(&data);
+    let (head, skipped) = (1_000, 5_000);
+    // The file holds bytes the caller has read past, then the rest of the
+    // blob after what the writer already holds.
+    let mut file = tempfile::tempfile().unwrap();
+    file.write_all(&test_data(skipped, 12)).unwrap();
+    file.write_all(&data[head..]).unwrap();
+    file.seek(SeekFrom::Start(skipped as u64)).unwrap();
+    let mut writer = store
+        .writer(NS, WriterOptions::new("from-file").total(data.len() as u64))
+        .await
+        .unwrap();
+    writer.write(data[..head].to_vec()).await.unwrap();
+    let written = writer.write_file(file.try_clone().unwrap()).await.unwrap();
+    assert_eq!(written, (data.len() - head) as u64);
+    assert_eq!(writer.status().await.unwrap().offset, data.len() as u64);
+    assert_eq!(
+        file.stream_position().unwrap(),
+        (skipped + data.len() - head) as u64,
+        "what was written was consumed from the file"
+    );
+    let got = writer
+        .commit(CommitOptions {
+            expected: Some(digest.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(got, digest);
+    assert_eq!(read_blob(store, NS, &digest, u64::MAX).await.unwrap(), data);
+
+    // More than the expected size: refused.
+    let mut writer = store
+        .writer(NS, WriterOptions::new("file-too-long").total(10))
+        .await
+        .unwrap();
+    let mut long = tempfile::tempfile().unwrap();
+    long.write_all(&test_data(11, 13)).unwrap();
+    long.seek(SeekFrom::Start(0)).unwrap();
+    let err = writer.write_file(long).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+    drop(writer);
+
+    // A stream (a socket here), read to its end.
+    let small = test_data(70_001, 14);
+    let (reader, writer_end) = std::os::unix::net::UnixStream::pair().unwrap();
+    let feeder = {
+        let small = small.clone();
+        std::thread::spawn(move || {
+            let mut writer_end = writer_end;
+            writer_end.write_all(&small).unwrap();
+            // Its end of input.
+            drop(writer_end);
+        })
+    };
+    let mut writer = store
+        .writer(NS, WriterOptions::new("from-pipe"))
+        .await
+        .unwrap();
+    let fd: std::os::fd::OwnedFd = reader.into();
+    assert_eq!(
+        writer.write_file(fd.into()).await.unwrap(),
+        small.len() as u64
+    );
+    feeder.join().unwrap();
+    let got = writer.commit(CommitOptions::default()).await.unwrap();
+    assert_eq!(got, Digest::of(&small));
+}
+
 async fn retry_status(store: &dyn ContentStore, reference: &str, offset: u64) -> crate::Status {
     for _ in 0..200 {
         let status = store.status(NS, reference).await.unwrap();
@@ -1082,6 +1157,7 @@ macro_rules! content_suite {
             commit_of_existing_blob_is_already_exists,
             second_writer_on_a_ref_is_refused,
             resume_continues_from_the_stored_offset,
+            a_file_is_written_from_its_position,
             a_resumed_ingest_keeps_and_checks_what_it_was_opened_with,
             restart_discards_what_was_written,
             abort_drops_the_ingest,

@@ -39,6 +39,7 @@ use tokio::net::{UnixListener, UnixStream};
 use ttrpc::r#async::transport::Listener;
 
 use crate::liveness::{ConnectionWatch, Registration};
+use crate::passed::poll_receive;
 use crate::{DaemonError, PeerPolicy};
 
 /// The metadata key whose (last) value names the connection a request came
@@ -288,6 +289,28 @@ impl Ledger {
     }
 }
 
+impl GuardedConnection {
+    fn receive(&self, cx: &mut Context<'_>, into: &mut [u8]) -> Poll<io::Result<usize>> {
+        receive(&self.stream, self.registration.as_ref(), cx, into)
+    }
+}
+
+/// Reads the caller's bytes; a file it passed with them is held for the
+/// handler of its request (see [`crate::take_passed_file`]), or closed on a
+/// connection without a registration, where no handler could find it.
+fn receive(
+    stream: &UnixStream,
+    registration: Option<&Registration>,
+    cx: &mut Context<'_>,
+    into: &mut [u8],
+) -> Poll<io::Result<usize>> {
+    poll_receive(stream, cx, into, |fd| {
+        if let Some(registration) = registration {
+            registration.passed().hold(fd);
+        }
+    })
+}
+
 impl AsyncRead for GuardedConnection {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -319,11 +342,10 @@ impl AsyncRead for GuardedConnection {
                 Inbound::Payload { left, suffix } => {
                     let room = left.min(buf.remaining() as u64) as usize;
                     let mut part = buf.take(room);
-                    ready!(Pin::new(&mut this.stream).poll_read(cx, &mut part))?;
-                    let n = part.filled().len();
-                    // SAFETY: `part` is the unfilled part of `buf`, and the
-                    // socket's read initialised and filled its first `n`
-                    // bytes.
+                    let n = ready!(this.receive(cx, part.initialize_unfilled()))?;
+                    // SAFETY: `part` is the unfilled part of `buf`, which
+                    // `initialize_unfilled` initialised, and the socket's
+                    // read filled its first `n` bytes.
                     unsafe { buf.assume_init(n) };
                     buf.advance(n);
                     if n > 0 {
@@ -348,9 +370,12 @@ impl AsyncRead for GuardedConnection {
                         this.reader_waiting = Some(cx.waker().clone());
                         return Poll::Pending;
                     }
-                    let mut rest = ReadBuf::new(&mut header.bytes[header.have..]);
-                    ready!(Pin::new(&mut this.stream).poll_read(cx, &mut rest))?;
-                    let n = rest.filled().len();
+                    let n = ready!(receive(
+                        &this.stream,
+                        this.registration.as_ref(),
+                        cx,
+                        &mut header.bytes[header.have..]
+                    ))?;
                     if n == 0 {
                         // The caller hung up. What there is of a header
                         // goes to ttrpc, which sees a short frame.

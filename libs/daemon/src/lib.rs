@@ -15,6 +15,7 @@ pub mod lmdb;
 mod logging;
 pub mod memory;
 mod metrics;
+mod passed;
 mod peer;
 mod request;
 mod serve;
@@ -29,6 +30,7 @@ pub use error::DaemonError;
 pub use liveness::peer_hung_up;
 pub use logging::init_logging;
 pub use metrics::{serve_metrics, Metrics, MetricsAddress, Sampled, Sampler};
+pub use passed::take_passed_file;
 pub use peer::PeerPolicy;
 /// The metrics types a daemon registers its own counters with.
 pub use prometheus_client;

@@ -20,6 +20,7 @@ use tokio::sync::watch;
 use ttrpc::r#async::{Service, StreamHandler, StreamInner, TtrpcContext};
 
 use crate::connection::CONNECTION_KEY;
+use crate::passed::PassedFiles;
 
 /// Signals when the peer of one connection hangs up. Dropped with the
 /// last reference (the connection's registration, handlers waiting on it),
@@ -27,6 +28,8 @@ use crate::connection::CONNECTION_KEY;
 #[derive(Debug)]
 pub struct ConnectionWatch {
     closed: watch::Receiver<bool>,
+    /// Files the caller passed that no handler has taken yet.
+    pub(crate) passed: PassedFiles,
     hung_up: Arc<HungUp>,
     task: tokio::task::AbortHandle,
 }
@@ -61,6 +64,7 @@ impl ConnectionWatch {
         });
         Ok(Arc::new(ConnectionWatch {
             closed,
+            passed: PassedFiles::default(),
             hung_up,
             task: task.abort_handle(),
         }))
@@ -103,6 +107,11 @@ impl Registration {
             registry.insert(id, watch.clone());
         }
         Registration { id, watch }
+    }
+
+    /// Where the connection's reader keeps the files its caller passes.
+    pub(crate) fn passed(&self) -> &PassedFiles {
+        &self.watch.passed
     }
 
     /// Ready once the peer has hung up.
@@ -148,7 +157,7 @@ pub async fn peer_hung_up(ctx: &TtrpcContext) {
 }
 
 /// The watch of the connection `ctx`'s request came on, if it has one.
-fn watch_of(ctx: &TtrpcContext) -> Option<Arc<ConnectionWatch>> {
+pub(crate) fn watch_of(ctx: &TtrpcContext) -> Option<Arc<ConnectionWatch>> {
     // The guard appends the connection's id after whatever the caller sent
     // under the same key: the last value is the daemon's.
     let id = ctx

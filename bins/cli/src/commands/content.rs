@@ -1,7 +1,7 @@
 //! `berth content ...`: berth-contentd's blobs and ingests.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::Write;
 
 use anyhow::{bail, Context, Result};
 use berth_client::RemoteContentStore;
@@ -36,6 +36,10 @@ pub enum ContentCommand {
     /// A blob nothing refers to (no image, lease or reference label) is
     /// garbage to the next collection, as in containerd; to keep one by
     /// hand, give it `--label containerd.io/gc.root=REASON`.
+    ///
+    /// When standard input is a file (`< FILE`), contentd is handed the
+    /// open file and reads it itself where it can (a regular file on a disk
+    /// or memory filesystem); otherwise the bytes are sent.
     Ingest {
         reference: String,
         /// The digest the content must have.
@@ -331,35 +335,40 @@ async fn get(store: &RemoteContentStore, namespace: &str, digest: &Digest) -> Re
     Ok(())
 }
 
-/// Reads stdin on a thread in MAX_READ pieces, at most a few ahead.
-fn stdin_chunks() -> tokio::sync::mpsc::Receiver<std::io::Result<Vec<u8>>> {
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    std::thread::spawn(move || {
-        let mut stdin = std::io::stdin().lock();
-        loop {
-            let mut buf = vec![0u8; MAX_READ];
-            let mut filled = 0;
-            while filled < buf.len() {
-                match stdin.read(&mut buf[filled..]) {
-                    Ok(0) => break,
-                    Ok(n) => filled += n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        let _ = tx.blocking_send(Err(e));
-                        return;
-                    }
-                }
-            }
-            if filled == 0 {
-                return;
-            }
-            buf.truncate(filled);
-            if tx.blocking_send(Ok(buf)).is_err() {
-                return;
-            }
-        }
-    });
-    rx
+/// Standard input as a file of its own (a duplicate of descriptor 0, sharing
+/// its position).
+fn standard_input() -> Result<std::fs::File> {
+    use std::os::fd::AsFd;
+    let fd = std::io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .context("duplicating standard input")?;
+    Ok(std::fs::File::from(fd))
+}
+
+/// Passes over the first `skip` bytes of `input`: by seeking in a file, by
+/// reading them from anything else.
+fn skip_input(input: &std::fs::File, skip: u64) -> Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    let meta = input.metadata().context("inspecting standard input")?;
+    let mut input = input;
+    let passed = if meta.is_file() {
+        let at = input
+            .stream_position()
+            .context("finding standard input's position")?;
+        let passed = skip.min(meta.len().saturating_sub(at));
+        input
+            .seek(SeekFrom::Current(passed as i64))
+            .context("seeking in standard input")?;
+        passed
+    } else {
+        std::io::copy(&mut input.take(skip), &mut std::io::sink())
+            .context("reading standard input")?
+    };
+    if passed < skip {
+        bail!("standard input is shorter than what the ingest already holds");
+    }
+    Ok(())
 }
 
 async fn ingest(
@@ -388,22 +397,12 @@ async fn ingest(
     if skip > 0 {
         eprintln!("berth: resuming {reference} at offset {skip}");
     }
-    let mut chunks = stdin_chunks();
-    while let Some(chunk) = chunks.recv().await {
-        let mut chunk = chunk.context("reading standard input")?;
-        if skip > 0 {
-            let dropped = skip.min(chunk.len() as u64);
-            chunk.drain(..dropped as usize);
-            skip -= dropped;
-            if chunk.is_empty() {
-                continue;
-            }
-        }
-        writer.write(chunk).await?;
-    }
+    let stdin = standard_input()?;
     if skip > 0 {
-        bail!("standard input is shorter than what the ingest already holds");
+        skip_input(&stdin, skip)?;
     }
+    // From a file, contentd reads the bytes itself when it can.
+    writer.write_file(stdin).await?;
     Ok(writer
         .commit(CommitOptions {
             size,
