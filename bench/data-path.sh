@@ -46,12 +46,15 @@ bench_workdir data-path /var/tmp
 . "$top/bench/lib/containerd.sh"
 # shellcheck source=lib/timing.sh
 . "$top/bench/lib/timing.sh"
-# shellcheck source=lib/minbase-registry.sh
-. "$top/bench/lib/minbase-registry.sh"
-# shellcheck source=lib/python-image.sh
-. "$top/bench/lib/python-image.sh"
 
 wants() { [[ " $only " == *" $1 "* ]]; }
+# The images (built once, then served): not for an ingest alone.
+if wants pull || wants unpack || wants fetch; then
+  # shellcheck source=lib/minbase-registry.sh
+  . "$top/bench/lib/minbase-registry.sh"
+  # shellcheck source=lib/python-image.sh
+  . "$top/bench/lib/python-image.sh"
+fi
 before_bin=${BERTH_BENCH_BEFORE:-}
 
 # Each function below runs in a $(...) of its own: it makes its
