@@ -1455,6 +1455,23 @@ fn bridge_network_publishes_ports_and_goes_with_the_task() {
             "a refused run wrote network configuration"
         );
 
+        // What a `berth run` killed before it recorded its container left
+        // behind: an old directory goes with the next run on a network, a
+        // fresh one (a run still on its way) stays.
+        let networks = run_dir.join("networks/default");
+        let aged = |dir: &Path| {
+            let an_hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+            std::fs::File::open(dir)
+                .unwrap()
+                .set_modified(an_hour_ago)
+                .unwrap();
+        };
+        for orphan in ["killed-run", "run-on-its-way"] {
+            std::fs::create_dir_all(networks.join(orphan)).unwrap();
+            std::fs::write(networks.join(orphan).join("hosts"), "").unwrap();
+        }
+        aged(&networks.join("killed-run"));
+
         let out = berth(&[
             "run",
             "-d",
@@ -1478,6 +1495,12 @@ fn bridge_network_publishes_ports_and_goes_with_the_task() {
             conf_dir.join("berth-bridge.conflist").exists(),
             "the default bridge network was not written"
         );
+
+        assert!(
+            !networks.join("killed-run").exists(),
+            "an old unrecorded container's network files stayed"
+        );
+        assert!(networks.join("run-on-its-way").exists());
 
         let answer = http_get_eventually("127.0.0.1:18080");
         assert!(answer.contains("hello-from-web"), "{answer}");
@@ -1516,6 +1539,21 @@ fn bridge_network_publishes_ports_and_goes_with_the_task() {
         assert!(files.contains("192.0.2.9\tdb.example\n"), "{files}");
         assert!(files.contains("nameserver 192.0.2.53\n"), "{files}");
 
+        // A recorded container's files stay, however old.
+        aged(&networks.join("bridged"));
+        let out = berth(&[
+            "run",
+            "--rm",
+            "--net",
+            "bridge",
+            "--cgroup-manager",
+            "bogus",
+            RUN_IMAGE,
+            "true",
+        ]);
+        assert!(!out.status.success());
+        assert!(networks.join("bridged/hosts").exists());
+
         let lease = run_dir.join("cni/ipam/bridge").join(&address);
         assert!(lease.exists(), "no lease at {}", lease.display());
         let nat = || {
@@ -1540,7 +1578,7 @@ fn bridge_network_publishes_ports_and_goes_with_the_task() {
             "the port still answers"
         );
         assert!(
-            !run_dir.join("networks/default/web").exists(),
+            !networks.join("bridged").exists(),
             "the container's network files outlived it"
         );
         assert_nothing_left(&stack);

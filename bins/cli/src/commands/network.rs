@@ -249,6 +249,57 @@ fn oci_hooks(global: &Global, namespace: &str) -> Result<SpecHook> {
     )))
 }
 
+/// How long a container's network directory may be without a container
+/// before a `berth run` on a network removes it. A `berth run` or `berth
+/// create` killed after writing the files and before recording its
+/// container leaves them; a live one records its container within seconds
+/// of writing them, and is never this old.
+const UNRECORDED_GRACE: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Removes the network directories in `namespace` that no recorded
+/// container has and that are older than [`UNRECORDED_GRACE`]; returns how
+/// many. Housekeeping for every `berth run --net`: a caller ignores its
+/// failure.
+pub async fn remove_unrecorded(
+    global: &Global,
+    namespace: &str,
+    containers: &berth_client::RemoteContainers,
+) -> Result<usize> {
+    use berth_metadata::ContainerStore;
+    let dir = global.run_dir.join("networks").join(namespace);
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
+    };
+    let now = std::time::SystemTime::now();
+    let mut old = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        let modified = entry.metadata()?.modified()?;
+        if now.duration_since(modified).unwrap_or_default() >= UNRECORDED_GRACE {
+            old.push(entry.file_name().to_string_lossy().into_owned());
+        }
+    }
+    if old.is_empty() {
+        return Ok(0);
+    }
+    let recorded: std::collections::HashSet<String> = containers
+        .list(namespace, &[])
+        .await?
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    let mut removed = 0;
+    for id in old.iter().filter(|id| !recorded.contains(*id)) {
+        if berth_ids::validate_id(id).is_ok() {
+            forget(global, namespace, id)?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
 /// Removes a container's network files (`berth rm`); nothing when it has
 /// none.
 pub fn forget(global: &Global, namespace: &str, id: &str) -> Result<()> {

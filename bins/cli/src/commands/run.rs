@@ -488,6 +488,10 @@ pub async fn create(
         Err(e) if e.kind() == ErrorKind::NotFound => {}
         Err(e) => return Err(anyhow::Error::from(e).context(format!("creating container {id}"))),
     }
+    if !matches!(args.network.as_str(), "none" | "host") {
+        // What a killed `berth run` left of its network files goes first.
+        let _ = super::network::remove_unrecorded(global, ns, &clients.containers).await;
+    }
     let mut labels = args.labels()?;
     labels.extend(extra_labels);
     let options = match args.spec_options(global, ns, &id) {
