@@ -513,6 +513,46 @@ fn berths_package_under_a_real_systemd_runs_containers_through_restarts_and_upgr
         };
         assert_eq!(user.trim(), expected, "{unit} runs as {user}");
     }
+    // A file on standard input is handed to contentd, which reads it itself
+    // as the unprivileged user it runs as, through the caller's open file
+    // (/root is not even in its view): its read count grows by the file's
+    // size. Bytes sent over its socket would not count there (recvmsg is
+    // not a read).
+    booted.ok(&[
+        "sh",
+        "-c",
+        "head -c 16777216 /dev/urandom > /root/passed.blob && chmod 600 /root/passed.blob",
+    ]);
+    let contentd_pid = booted
+        .ok(&[
+            "systemctl",
+            "show",
+            "-p",
+            "MainPID",
+            "--value",
+            "berth-contentd.service",
+        ])
+        .trim()
+        .to_string();
+    let read_count = || -> u64 {
+        let io = booted.ok(&["cat", &format!("/proc/{contentd_pid}/io")]);
+        io.lines()
+            .find_map(|l| l.strip_prefix("rchar: "))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no rchar in {io}"))
+    };
+    let before = read_count();
+    booted.ok(&[
+        "sh",
+        "-c",
+        "berth content ingest passed-file < /root/passed.blob",
+    ]);
+    let read = read_count() - before;
+    assert!(
+        read >= 16 << 20,
+        "contentd read {read} bytes for a 16 MiB file passed to it"
+    );
+
     // What each unprivileged user reaches: contentd's user no other
     // daemon; metad's user contentd (which it collects from) but not
     // taskd, which only root may ask to run anything.
