@@ -398,7 +398,8 @@ fn open_fds(daemon: &Daemon) -> usize {
 
 /// A caller that passes a descriptor with every request and never names
 /// one gets the daemon to hold at most four of them, and none once it
-/// hangs up: passed descriptors cannot fill the daemon's table.
+/// hangs up, even if one was its own end of the connection: passed
+/// descriptors cannot fill the daemon's table.
 #[test]
 fn descriptors_a_caller_passes_and_never_uses_are_few_and_go_with_it() {
     use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
@@ -426,7 +427,14 @@ fn descriptors_a_caller_passes_and_never_uses_are_few_and_go_with_it() {
     for n in 0..100u32 {
         let id = 3 + 2 * n;
         let bytes = frame(id, TYPE_REQUEST, 0, &info());
-        let fds = [file.as_raw_fd()];
+        // The first time, the caller's own end of this connection: were
+        // contentd to keep it, the connection would outlive the caller.
+        let passing = if n == 0 {
+            socket.as_raw_fd()
+        } else {
+            file.as_raw_fd()
+        };
+        let fds = [passing];
         let passed = [ControlMessage::ScmRights(&fds)];
         let sent = sendmsg::<()>(
             socket.as_raw_fd(),

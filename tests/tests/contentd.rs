@@ -288,11 +288,11 @@ async fn contentd_reads_a_passed_file_itself_and_refuses_what_it_should_not() {
         assert_eq!(r.offset, 0, "a refusal leaves the ingest as it was");
     };
     // A socket (or a pipe) is not read: contentd would wait on whoever
-    // holds its other end.
+    // holds its other end. It is not even kept: only regular files are.
     let (pipe, _other_end) = std::os::unix::net::UnixStream::pair().unwrap();
     let pipe = std::fs::File::from(std::os::fd::OwnedFd::from(pipe));
     let r = write_file_request(&outbox, &tx, &mut rx, &pipe, &pipe, 0).await;
-    refused(&r, "not a regular file");
+    refused(&r, "no descriptor");
     // procfs answers by who reads: not read for a caller.
     let status = std::fs::File::open("/proc/self/status").unwrap();
     let r = write_file_request(&outbox, &tx, &mut rx, &status, &status, 0).await;
@@ -304,6 +304,12 @@ async fn contentd_reads_a_passed_file_itself_and_refuses_what_it_should_not() {
         .unwrap();
     let r = write_file_request(&outbox, &tx, &mut rx, &write_only, &write_only, 0).await;
     refused(&r, "not open for reading");
+    // A sparse file: contentd would write what its holes read as, at no
+    // cost to the caller.
+    let sparse = tempfile::tempfile_in(dir.path()).unwrap();
+    sparse.set_len(64 * MIB).unwrap();
+    let r = write_file_request(&outbox, &tx, &mut rx, &sparse, &sparse, 0).await;
+    refused(&r, "sparse");
     // The request names one file and passes another: not taken.
     let other = tempfile::tempfile_in(dir.path()).unwrap();
     let r = write_file_request(&outbox, &tx, &mut rx, &other, &file, 0).await;

@@ -196,18 +196,23 @@ impl ContentService {
 
 /// The filesystems whose regular files contentd reads for a caller: disk
 /// and memory filesystems, where a read is a read. Not procfs, sysfs and
-/// their kin, whose "regular files" answer by who reads them, nor FUSE,
-/// whose reads another process may never answer.
-const READABLE_FILESYSTEMS: &[i64] = &[
+/// their kin, whose "regular files" answer by who reads them; not FUSE,
+/// whose reads another process may never answer; not overlayfs, whose
+/// reads go to a lower filesystem that may be either.
+const READABLE_FILESYSTEMS: &[u32] = &[
     0xEF53,      // ext2, ext3, ext4
     0x5846_5342, // xfs
     0x9123_683E, // btrfs
     0x0102_1994, // tmpfs
     0x8584_58F6, // ramfs
-    0x794C_7630, // overlayfs
     0xF2F5_2010, // f2fs
     0x2FC1_2FC1, // zfs
 ];
+
+/// How far a passed file's allocated blocks may fall short of its size
+/// before it counts as sparse (a filesystem's last partial block, or data
+/// not yet allocated).
+const SPARSE_SLACK: u64 = 1 << 20;
 
 /// The file a caller passed for a WRITE_FILE naming `source`, and how many
 /// bytes it has from its position; Err says why contentd will not read it.
@@ -232,15 +237,25 @@ fn passed_source(
         return Err("not open for reading".into());
     }
     let fs = nix::sys::statfs::fstatfs(&fd).map_err(|e| format!("fstatfs: {e}"))?;
-    let kind = fs.filesystem_type().0 as i64;
+    // The magic numbers are 32 bits; the type is a C long.
+    let kind = fs.filesystem_type().0 as u32;
     if !READABLE_FILESYSTEMS.contains(&kind) {
         return Err(format!(
             "on a filesystem (type {kind:#x}) contentd does not read for callers"
         ));
     }
+    // A sparse file would have contentd write (and hash) what its holes
+    // read as, at no cost to the caller: the caller sends those bytes.
+    let size = st.st_size as u64;
+    let allocated = (st.st_blocks as u64).saturating_mul(512);
+    if allocated.saturating_add(SPARSE_SLACK) < size {
+        return Err(format!(
+            "a sparse file ({allocated} of its {size} bytes allocated)"
+        ));
+    }
     let mut file = std::fs::File::from(fd);
     let at = std::io::Seek::stream_position(&mut file).map_err(|e| format!("lseek: {e}"))?;
-    let size = (st.st_size as u64).saturating_sub(at);
+    let size = size.saturating_sub(at);
     Ok((file, size))
 }
 

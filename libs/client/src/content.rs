@@ -226,6 +226,15 @@ impl ContentStore for RemoteContentStore {
     }
 }
 
+/// Clears a [`FileOutbox`] when dropped.
+struct ClearOnDrop<'a>(&'a FileOutbox);
+
+impl Drop for ClearOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.clear();
+    }
+}
+
 /// How long a failed send waits for the daemon's reason.
 const REASON_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -258,6 +267,9 @@ impl RemoteWriter {
             .map_err(|e| Error::io("inspecting the file to write", &e))?;
         let _turn = outbox.turn().await;
         self.drain().await?;
+        // Whatever happens to this call (an error, or the caller dropping
+        // it), a file not sent goes: it must not go with other requests.
+        let _cleared = ClearOnDrop(outbox);
         outbox.pass(file.as_fd())?;
         let answered = self
             .round_trip(pb::WriteRequest {
@@ -272,8 +284,6 @@ impl RemoteWriter {
                 ..Default::default()
             })
             .await;
-        // Sent with the request's frame, or not at all if it failed.
-        outbox.clear();
         let response = answered?;
         if !response.source_refused.is_empty() {
             tracing::debug!(reason = %response.source_refused, "contentd did not read the file; sending its bytes");

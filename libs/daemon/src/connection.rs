@@ -39,7 +39,7 @@ use tokio::net::{UnixListener, UnixStream};
 use ttrpc::r#async::transport::Listener;
 
 use crate::liveness::{ConnectionWatch, Registration};
-use crate::passed::poll_receive;
+use crate::passed::{control_buffer, poll_receive};
 use crate::{DaemonError, PeerPolicy};
 
 /// The metadata key whose (last) value names the connection a request came
@@ -131,6 +131,9 @@ pub(crate) struct GuardedConnection {
     reader_waiting: Option<Waker>,
     /// Where handlers find this connection, by id (see [`CONNECTION_KEY`]).
     registration: Option<Registration>,
+    /// Room for the descriptors a caller passes (see
+    /// [`crate::take_passed_file`]).
+    control: Vec<u8>,
 }
 
 impl GuardedConnection {
@@ -154,6 +157,7 @@ impl GuardedConnection {
             outbound: FrameReader::default(),
             reader_waiting: None,
             registration,
+            control: control_buffer(),
         }
     }
 }
@@ -290,8 +294,14 @@ impl Ledger {
 }
 
 impl GuardedConnection {
-    fn receive(&self, cx: &mut Context<'_>, into: &mut [u8]) -> Poll<io::Result<usize>> {
-        receive(&self.stream, self.registration.as_ref(), cx, into)
+    fn receive(&mut self, cx: &mut Context<'_>, into: &mut [u8]) -> Poll<io::Result<usize>> {
+        receive(
+            &self.stream,
+            self.registration.as_ref(),
+            &mut self.control,
+            cx,
+            into,
+        )
     }
 }
 
@@ -301,10 +311,11 @@ impl GuardedConnection {
 fn receive(
     stream: &UnixStream,
     registration: Option<&Registration>,
+    control: &mut Vec<u8>,
     cx: &mut Context<'_>,
     into: &mut [u8],
 ) -> Poll<io::Result<usize>> {
-    poll_receive(stream, cx, into, |fd| {
+    poll_receive(stream, cx, into, control, |fd| {
         if let Some(registration) = registration {
             registration.passed().hold(fd);
         }
@@ -373,6 +384,7 @@ impl AsyncRead for GuardedConnection {
                     let n = ready!(receive(
                         &this.stream,
                         this.registration.as_ref(),
+                        &mut this.control,
                         cx,
                         &mut header.bytes[header.have..]
                     ))?;

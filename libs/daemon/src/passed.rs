@@ -35,9 +35,20 @@ pub(crate) struct PassedFiles {
 }
 
 impl PassedFiles {
-    /// Keeps `fd` for a handler, or closes it when the connection already
-    /// holds [`MAX_HELD`].
+    /// Keeps `fd` for a handler if it is a regular file and the connection
+    /// holds fewer than [`MAX_HELD`]; closes it otherwise. Only regular
+    /// files are ever read for a caller, and anything else could hold on
+    /// to what should go: a caller that passed the daemon its own end of
+    /// this connection would keep the connection open after it left.
     pub(crate) fn hold(&self, fd: OwnedFd) {
+        use nix::sys::stat::{fstat, SFlag};
+        let regular = fstat(&fd).is_ok_and(|st| {
+            SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFREG
+        });
+        if !regular {
+            tracing::debug!("a caller passed a descriptor that is not a regular file: closed");
+            return;
+        }
         let Ok(mut held) = self.held.lock() else {
             return;
         };
@@ -73,8 +84,18 @@ pub fn take_passed_file(ctx: &TtrpcContext, wanted: impl Fn(&OwnedFd) -> bool) -
     crate::liveness::watch_of(ctx)?.passed.take(wanted)
 }
 
-/// Room for [`MAX_HELD`] descriptors in one control message.
-type ControlSpace = [RawFd; MAX_HELD];
+/// The most descriptors the kernel sends in one message (SCM_MAX_FD).
+const MAX_PER_MESSAGE: usize = 253;
+
+/// Room for the most descriptors one message can carry: a smaller buffer
+/// would be truncated (MSG_CTRUNC), and the descriptors that did fit would
+/// be installed in the daemon's table without a parseable record of them.
+type ControlSpace = [RawFd; MAX_PER_MESSAGE];
+
+/// A control-message buffer for [`poll_receive`], made once per connection.
+pub(crate) fn control_buffer() -> Vec<u8> {
+    nix::cmsg_space!(ControlSpace)
+}
 
 /// Reads from the caller's socket as read(2) would, and hands each
 /// descriptor that came with the bytes to `keep` (received close-on-exec).
@@ -82,6 +103,7 @@ pub(crate) fn poll_receive(
     stream: &UnixStream,
     cx: &mut Context<'_>,
     into: &mut [u8],
+    control: &mut Vec<u8>,
     mut keep: impl FnMut(OwnedFd),
 ) -> Poll<io::Result<usize>> {
     if into.is_empty() {
@@ -91,11 +113,14 @@ pub(crate) fn poll_receive(
         ready!(stream.poll_read_ready(cx))?;
         let fd = stream.as_raw_fd();
         let received = stream.try_io(Interest::READABLE, || {
-            let mut control = nix::cmsg_space!(ControlSpace);
             let mut iov = [IoSliceMut::new(into)];
-            let message =
-                recvmsg::<()>(fd, &mut iov, Some(&mut control), MsgFlags::MSG_CMSG_CLOEXEC)
-                    .map_err(io::Error::from)?;
+            let message = recvmsg::<()>(
+                fd,
+                &mut iov,
+                Some(&mut *control),
+                MsgFlags::MSG_CMSG_CLOEXEC,
+            )
+            .map_err(io::Error::from)?;
             let passed: Vec<RawFd> = message
                 .cmsgs()
                 .map_err(io::Error::from)?
@@ -155,18 +180,23 @@ mod tests {
 
         let passed = PassedFiles::default();
         let mut buf = [0u8; 64];
-        let n = std::future::poll_fn(|cx| poll_receive(&ours, cx, &mut buf, |fd| passed.hold(fd)))
-            .await
-            .unwrap();
+        let mut control = control_buffer();
+        let n = std::future::poll_fn(|cx| {
+            poll_receive(&ours, cx, &mut buf, &mut control, |fd| passed.hold(fd))
+        })
+        .await
+        .unwrap();
         assert_eq!(
             &buf[..n],
             b"frame",
             "a read stops where the descriptor's bytes end"
         );
         assert_eq!(passed.len(), 1);
-        let n = std::future::poll_fn(|cx| poll_receive(&ours, cx, &mut buf, |fd| passed.hold(fd)))
-            .await
-            .unwrap();
+        let n = std::future::poll_fn(|cx| {
+            poll_receive(&ours, cx, &mut buf, &mut control, |fd| passed.hold(fd))
+        })
+        .await
+        .unwrap();
         assert_eq!(&buf[..n], b" more");
         assert_eq!(passed.len(), 1);
 
@@ -196,5 +226,47 @@ mod tests {
         let first = ino(&files[0].as_fd().try_clone_to_owned().unwrap());
         assert!(passed.take(|fd| ino(fd) == first).is_none());
         assert_eq!(passed.len(), 0, "a taker that finds nothing leaves nothing");
+    }
+
+    /// Descriptors in this process's table.
+    fn open_fds() -> usize {
+        std::fs::read_dir("/proc/self/fd").unwrap().count()
+    }
+
+    #[tokio::test]
+    async fn many_descriptors_in_one_message_and_ones_that_are_not_files_are_closed() {
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let ours = UnixStream::from_std(ours).unwrap();
+        let files: Vec<std::fs::File> = (0..10).map(|_| tempfile::tempfile().unwrap()).collect();
+        let (socket, _other_end) = std::os::unix::net::UnixStream::pair().unwrap();
+        let passed = PassedFiles::default();
+        let mut control = control_buffer();
+        let mut buf = [0u8; 64];
+        let baseline = open_fds();
+
+        // Ten files in one message: four held, six closed, none lost.
+        let raw: Vec<RawFd> = files.iter().map(|f| f.as_raw_fd()).collect();
+        send_with(&theirs, b"many", &raw);
+        let n = std::future::poll_fn(|cx| {
+            poll_receive(&ours, cx, &mut buf, &mut control, |fd| passed.hold(fd))
+        })
+        .await
+        .unwrap();
+        assert_eq!(&buf[..n], b"many");
+        assert_eq!(passed.len(), MAX_HELD);
+        assert_eq!(open_fds(), baseline + MAX_HELD);
+
+        // A socket (here the daemon's own kind of connection) is never held.
+        drop(passed.take(|_| false));
+        send_with(&theirs, b"sock", &[socket.as_raw_fd()]);
+        let n = std::future::poll_fn(|cx| {
+            poll_receive(&ours, cx, &mut buf, &mut control, |fd| passed.hold(fd))
+        })
+        .await
+        .unwrap();
+        assert_eq!(&buf[..n], b"sock");
+        assert_eq!(passed.len(), 0);
+        assert_eq!(open_fds(), baseline);
     }
 }
