@@ -4,7 +4,6 @@
 //! notes: sections 1 and 2).
 
 use std::ffi::OsStr;
-use std::future::Future;
 use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -412,12 +411,15 @@ async fn run_action(
 #[derive(Clone)]
 pub struct ShimClient {
     client: ttrpc::r#async::Client,
-    /// Held while a request takes its stream id and is queued for the
-    /// writer. The ttrpc crate numbers a request before it queues it, so two
-    /// requests from two threads can reach the socket out of order; Go's
-    /// ttrpc server (every upstream shim) refuses a stream id lower than one
-    /// it has seen ("StreamID cannot be re-used and must increment").
-    send_order: Arc<std::sync::Mutex<()>>,
+    /// Held by a request from taking its stream id until its frame is on
+    /// the socket. The ttrpc crate numbers a request before it queues it
+    /// for its writer, so two requests from two threads, or two woken from
+    /// a full queue, can reach the socket out of order; Go's ttrpc server
+    /// (every upstream shim) refuses a stream id lower than one it has seen
+    /// ("StreamID cannot be re-used and must increment").
+    send_order: Arc<tokio::sync::Mutex<()>>,
+    /// How many request frames the connection has written.
+    requests_written: tokio::sync::watch::Receiver<u64>,
     service: &'static str,
     namespace: String,
 }
@@ -428,6 +430,59 @@ impl std::fmt::Debug for ShimClient {
             .field("service", &self.service)
             .field("namespace", &self.namespace)
             .finish_non_exhaustive()
+    }
+}
+
+/// The shim's socket, counting the request frames written to it (see
+/// [`ShimClient::request_in_order`]).
+struct CountingRequests {
+    stream: tokio::net::UnixStream,
+    frames: berth_daemon::FrameReader,
+    written: tokio::sync::watch::Sender<u64>,
+}
+
+impl tokio::io::AsyncRead for CountingRequests {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for CountingRequests {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let n = std::task::ready!(std::pin::Pin::new(&mut this.stream).poll_write(cx, data))?;
+        let mut requests = 0;
+        this.frames.follow(&data[..n], |header| {
+            if header.kind == berth_daemon::FRAME_TYPE_REQUEST {
+                requests += 1;
+            }
+        });
+        if requests > 0 {
+            this.written.send_modify(|count| *count += requests);
+        }
+        std::task::Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
     }
 }
 
@@ -469,9 +524,16 @@ impl ShimClient {
             .map_err(|e| Error::io("setting the shim socket non-blocking", &e))?;
         let stream = tokio::net::UnixStream::from_std(stream)
             .map_err(|e| Error::io("registering the shim socket", &e))?;
+        let (written, requests_written) = tokio::sync::watch::channel(0);
+        let stream = CountingRequests {
+            stream,
+            frames: berth_daemon::FrameReader::default(),
+            written,
+        };
         Ok(ShimClient {
-            client: ttrpc::r#async::Client::new(Socket::from(stream)),
+            client: ttrpc::r#async::Client::new(Socket::new(stream)),
             send_order: Arc::default(),
+            requests_written,
             service: bootstrap.service(),
             namespace: namespace.to_string(),
         })
@@ -500,31 +562,41 @@ impl ShimClient {
         );
         RequestInit::set_payload(&mut wire, payload);
         let response = self
-            .request_in_order(wire)
+            .request_in_order(wire, timeout)
             .await
             .map_err(|e| shim_error(method, e))?;
         Resp::parse_from_bytes(&response.payload)
             .map_err(|e| Error::internal(format!("decoding the shim's {method} reply: {e}")))
     }
 
-    /// Sends a request with stream ids in the order they were taken: the
-    /// first poll of the crate's request numbers it and queues it for the
-    /// writer (the queue's permits are handed out first come, first served),
-    /// so that poll runs under `send_order`; the reply is awaited outside it.
-    async fn request_in_order(&self, wire: ttrpc::Request) -> ttrpc::Result<ttrpc::Response> {
+    /// Sends a request with stream ids in the order they were taken: one
+    /// request at a time holds `send_order` from its first poll (where the
+    /// crate numbers it) until the connection has written one more request
+    /// frame, which is its own; the reply is awaited without it.
+    /// A request with a `timeout` waits at most that long for its turn too.
+    async fn request_in_order(
+        &self,
+        wire: ttrpc::Request,
+        timeout: Option<Duration>,
+    ) -> ttrpc::Result<ttrpc::Response> {
+        let turn = self.send_order.lock();
+        let in_order = match timeout {
+            Some(limit) => tokio::time::timeout(limit, turn)
+                .await
+                .map_err(|_| ttrpc::Error::Others("Request deadline elapsed".to_string()))?,
+            None => turn.await,
+        };
+        let mut written = self.requests_written.clone();
+        let before = *written.borrow_and_update();
         let mut request = std::pin::pin!(self.client.request(wire));
-        let first = std::future::poll_fn(|cx| {
-            let _queued_in_order = self
-                .send_order
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            std::task::Poll::Ready(request.as_mut().poll(cx))
-        })
-        .await;
-        match first {
-            std::task::Poll::Ready(result) => result,
-            std::task::Poll::Pending => request.await,
+        tokio::select! {
+            biased;
+            // Failed before it was written (the connection is gone, say).
+            answered = &mut request => return answered,
+            _ = written.wait_for(|n| *n > before) => {}
         }
+        drop(in_order);
+        request.await
     }
 
     pub async fn create(&self, request: &api::CreateTaskRequest) -> Result<u32> {
@@ -809,10 +881,12 @@ mod tests {
     /// stream id is not above every id it has seen with "StreamID cannot be
     /// re-used and must increment". This server records the ids in the order
     /// they arrive and answers each with an empty reply.
-    fn record_stream_ids(listener: std::os::unix::net::UnixListener) -> Vec<u32> {
+    fn record_stream_ids(listener: std::os::unix::net::UnixListener, slow: Duration) -> Vec<u32> {
         let Ok((mut conn, _)) = listener.accept() else {
             return Vec::new();
         };
+        // A shim slow to read: requests pile up in the client's queue.
+        std::thread::sleep(slow);
         let mut seen = Vec::new();
         let mut header = [0u8; 10];
         while conn.read_exact(&mut header).is_ok() {
@@ -835,19 +909,18 @@ mod tests {
         seen
     }
 
-    #[test]
-    fn concurrent_requests_reach_the_shim_with_rising_stream_ids() {
+    /// `callers` tasks on 4 threads make `calls` calls each to a shim that
+    /// starts reading after `slow`; the stream ids in the order it read them.
+    fn stream_ids_of_concurrent_calls(callers: usize, calls: usize, slow: Duration) -> Vec<u32> {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("shim.sock");
         let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
-        let server = std::thread::spawn(move || record_stream_ids(listener));
+        let server = std::thread::spawn(move || record_stream_ids(listener, slow));
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(4)
             .enable_all()
             .build()
             .unwrap();
-        const CALLERS: usize = 8;
-        const CALLS: usize = 300;
         runtime.block_on(async {
             let bootstrap = Bootstrap {
                 version: 2,
@@ -855,11 +928,11 @@ mod tests {
                 protocol: "ttrpc".to_string(),
             };
             let client = ShimClient::connect(&bootstrap, "default").await.unwrap();
-            let callers: Vec<_> = (0..CALLERS)
+            let callers: Vec<_> = (0..callers)
                 .map(|n| {
                     let client = client.clone();
                     tokio::spawn(async move {
-                        for _ in 0..CALLS {
+                        for _ in 0..calls {
                             client.kill(&format!("c{n}"), "", 15, false).await.unwrap();
                         }
                     })
@@ -871,7 +944,11 @@ mod tests {
         });
         drop(runtime);
         let seen = server.join().unwrap();
-        assert_eq!(seen.len(), CALLERS * CALLS);
+        assert_eq!(seen.len(), callers * calls);
+        seen
+    }
+
+    fn assert_rising(seen: &[u32]) {
         let out_of_order: Vec<_> = seen.windows(2).filter(|w| w[1] <= w[0]).collect();
         assert!(
             out_of_order.is_empty(),
@@ -880,5 +957,22 @@ mod tests {
             seen.len(),
             out_of_order.first()
         );
+    }
+
+    #[test]
+    fn concurrent_requests_reach_the_shim_with_rising_stream_ids() {
+        assert_rising(&stream_ids_of_concurrent_calls(8, 300, Duration::ZERO));
+    }
+
+    /// More requests than the client's queue holds (100), sent while the
+    /// shim reads nothing: woken from the full queue, they still go in
+    /// order.
+    #[test]
+    fn requests_to_a_shim_slow_to_read_keep_their_order() {
+        assert_rising(&stream_ids_of_concurrent_calls(
+            1500,
+            2,
+            Duration::from_millis(500),
+        ));
     }
 }

@@ -48,7 +48,9 @@ pub(crate) const CONNECTION_KEY: &str = "berth-connection";
 
 /// ttrpc's frame header: length (u32), stream id (u32), type, flags.
 const HEADER_LENGTH: usize = 10;
-const TYPE_REQUEST: u8 = 1;
+/// A frame that opens a call.
+pub const FRAME_TYPE_REQUEST: u8 = 1;
+const TYPE_REQUEST: u8 = FRAME_TYPE_REQUEST;
 const TYPE_RESPONSE: u8 = 2;
 const TYPE_DATA: u8 = 3;
 const FLAG_REMOTE_CLOSED: u8 = 0x1;
@@ -150,7 +152,7 @@ impl GuardedConnection {
             stream,
             limits,
             ledger: Ledger::default(),
-            inbound: Inbound::Header(HeaderBytes::default()),
+            inbound: Inbound::FrameHeader(HeaderBytes::default()),
             pending: Vec::new(),
             pending_at: 0,
             suffix: connection_metadata(id),
@@ -175,17 +177,19 @@ fn connection_metadata(id: u64) -> Vec<u8> {
     field
 }
 
+/// One ttrpc frame's header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Header {
-    length: u32,
-    stream_id: u32,
-    kind: u8,
-    flags: u8,
+pub struct FrameHeader {
+    pub length: u32,
+    pub stream_id: u32,
+    /// [`FRAME_TYPE_REQUEST`], response (2) or data (3).
+    pub kind: u8,
+    pub flags: u8,
 }
 
-impl Header {
-    fn parse(bytes: &[u8; HEADER_LENGTH]) -> Header {
-        Header {
+impl FrameHeader {
+    fn parse(bytes: &[u8; HEADER_LENGTH]) -> FrameHeader {
+        FrameHeader {
             length: u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]),
             stream_id: u32::from_be_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]),
             kind: bytes[8],
@@ -207,17 +211,18 @@ struct HeaderBytes {
     have: usize,
 }
 
-/// The daemon's frames, followed byte by byte as they are written: a
-/// header being collected, then a payload being skipped.
+/// Frames followed byte by byte as they are written (the daemon's here; a
+/// client's writes to a server elsewhere): a header being collected, then
+/// a payload being skipped.
 #[derive(Debug, Default)]
-struct FrameReader {
+pub struct FrameReader {
     header: HeaderBytes,
     payload_left: u64,
 }
 
 impl FrameReader {
     /// Follows `bytes`; calls `on_header` for each header completed.
-    fn follow(&mut self, mut bytes: &[u8], mut on_header: impl FnMut(Header)) {
+    pub fn follow(&mut self, mut bytes: &[u8], mut on_header: impl FnMut(FrameHeader)) {
         while !bytes.is_empty() {
             if self.payload_left > 0 {
                 let skip = (self.payload_left.min(bytes.len() as u64)) as usize;
@@ -231,7 +236,7 @@ impl FrameReader {
             self.header.have += take;
             bytes = &bytes[take..];
             if self.header.have == HEADER_LENGTH {
-                let header = Header::parse(&self.header.bytes);
+                let header = FrameHeader::parse(&self.header.bytes);
                 self.header.have = 0;
                 self.payload_left = u64::from(header.length);
                 on_header(header);
@@ -245,7 +250,7 @@ impl FrameReader {
 enum Inbound {
     /// Collecting a frame header (from the socket, never more than the
     /// header, so that the payload goes straight into ttrpc's buffer).
-    Header(HeaderBytes),
+    FrameHeader(HeaderBytes),
     /// Passing `left` payload bytes through; then the suffix, if this is a
     /// request.
     Payload { left: u64, suffix: bool },
@@ -262,7 +267,7 @@ struct Ledger {
 }
 
 impl Ledger {
-    fn caller_sent(&mut self, header: Header) {
+    fn caller_sent(&mut self, header: FrameHeader) {
         let length = header.length.min(MESSAGE_LENGTH_MAX);
         self.streams
             .entry(header.stream_id)
@@ -272,7 +277,7 @@ impl Ledger {
         self.bytes += u64::from(length);
     }
 
-    fn daemon_sent(&mut self, header: Header) {
+    fn daemon_sent(&mut self, header: FrameHeader) {
         if header.ends_stream() {
             if let Some(unanswered) = self.streams.remove(&header.stream_id) {
                 self.frames -= unanswered.len();
@@ -348,7 +353,7 @@ impl AsyncRead for GuardedConnection {
                     if suffix {
                         this.pending.extend_from_slice(&this.suffix);
                     }
-                    this.inbound = Inbound::Header(HeaderBytes::default());
+                    this.inbound = Inbound::FrameHeader(HeaderBytes::default());
                 }
                 Inbound::Payload { left, suffix } => {
                     let room = left.min(buf.remaining() as u64) as usize;
@@ -368,7 +373,7 @@ impl AsyncRead for GuardedConnection {
                     // n == 0: the caller hung up; ttrpc sees a short frame.
                     return Poll::Ready(Ok(()));
                 }
-                Inbound::Header(ref mut header) => {
+                Inbound::FrameHeader(ref mut header) => {
                     if header.have == 0 && this.ledger.over(this.limits) {
                         // Hold off until the daemon answers; unless the
                         // caller is gone, which ends the connection (and
@@ -404,7 +409,7 @@ impl AsyncRead for GuardedConnection {
                         continue;
                     }
                     let bytes = header.bytes;
-                    let mut frame = Header::parse(&bytes);
+                    let mut frame = FrameHeader::parse(&bytes);
                     this.ledger.caller_sent(frame);
                     let suffix_length = this.suffix.len() as u32;
                     let suffix = frame.kind == TYPE_REQUEST
@@ -506,8 +511,9 @@ mod tests {
             bytes: 1000,
         };
         let mut ledger = Ledger::default();
-        let header =
-            |length, stream_id, kind, flags| Header::parse(&frame(length, stream_id, kind, flags));
+        let header = |length, stream_id, kind, flags| {
+            FrameHeader::parse(&frame(length, stream_id, kind, flags))
+        };
         // A write stream: its opening request and two chunks.
         ledger.caller_sent(header(10, 1, TYPE_REQUEST, 0));
         ledger.caller_sent(header(100, 1, TYPE_DATA, 0));
@@ -554,10 +560,10 @@ mod tests {
         (GuardedConnection::new(daemon, limits), caller)
     }
 
-    async fn read_frame(guarded: &mut GuardedConnection) -> (Header, Vec<u8>) {
+    async fn read_frame(guarded: &mut GuardedConnection) -> (FrameHeader, Vec<u8>) {
         let mut bytes = [0; HEADER_LENGTH];
         guarded.read_exact(&mut bytes).await.unwrap();
-        let header = Header::parse(&bytes);
+        let header = FrameHeader::parse(&bytes);
         let mut payload = vec![0; header.length as usize];
         guarded.read_exact(&mut payload).await.unwrap();
         (header, payload)
@@ -620,7 +626,7 @@ mod tests {
             for _ in 0..3 {
                 let mut bytes = [0; HEADER_LENGTH];
                 reader.read_exact(&mut bytes).await.unwrap();
-                streams.push(Header::parse(&bytes).stream_id);
+                streams.push(FrameHeader::parse(&bytes).stream_id);
             }
             streams
         });
@@ -636,7 +642,7 @@ mod tests {
         assert_eq!(read.await.unwrap(), vec![1, 3, 5]);
         let mut answer = [0; HEADER_LENGTH];
         caller.read_exact(&mut answer).await.unwrap();
-        assert_eq!(Header::parse(&answer).stream_id, 3);
+        assert_eq!(FrameHeader::parse(&answer).stream_id, 3);
     }
 
     #[tokio::test]

@@ -26,6 +26,7 @@ pub use blocking::blocking;
 pub use config::{
     default_config_toml, peer_socket, DaemonConfig, DaemonFlags, Defaults, LogFormat,
 };
+pub use connection::{FrameHeader, FrameReader, FRAME_TYPE_REQUEST};
 pub use error::DaemonError;
 pub use liveness::peer_hung_up;
 pub use logging::init_logging;
