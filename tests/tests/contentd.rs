@@ -475,6 +475,15 @@ async fn bad_requests_are_invalid_argument_and_change_nothing() {
     let stream = raw.write(ctx()).await.unwrap();
     let (sender, mut receiver) = stream.split();
     sender.send(&pb::WriteRequest::default()).await.unwrap();
+    // The failure comes first as the stream's last message, then as the
+    // status it ends with.
+    let last = receiver.recv().await.unwrap();
+    assert_eq!(
+        last.error_code,
+        ttrpc::Code::INVALID_ARGUMENT as i32,
+        "{last:?}"
+    );
+    assert!(last.error_message.contains("must name a ref"), "{last:?}");
     assert_eq!(kind_of(receiver.recv().await), ErrorKind::InvalidArgument);
 
     // Nothing changed, inside the root or beside it.

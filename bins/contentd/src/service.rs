@@ -441,15 +441,22 @@ impl pb::Content for ContentService {
         ctx: &TtrpcContext,
         mut stream: ServerStream<pb::WriteResponse, pb::WriteRequest>,
     ) -> ttrpc::Result<()> {
-        reply(
-            "write",
-            async {
-                let namespace = request_namespace(ctx)?;
-                let lease = request_lease(ctx)?;
-                self.write_stream(ctx, namespace, lease, &mut stream).await
-            }
-            .await,
-        )
+        let written = async {
+            let namespace = request_namespace(ctx)?;
+            let lease = request_lease(ctx)?;
+            self.write_stream(ctx, namespace, lease, &mut stream).await
+        }
+        .await;
+        if let Err(e) = &written {
+            // Ahead of the stream's final reply (see `error_code`).
+            let failed = pb::WriteResponse {
+                error_code: e.kind().code() as i32,
+                error_message: e.message().to_string(),
+                ..Default::default()
+            };
+            let _ = stream.send(&failed).await;
+        }
+        reply("write", written)
     }
 
     async fn abort(&self, ctx: &TtrpcContext, req: pb::AbortRequest) -> ttrpc::Result<Empty> {

@@ -226,6 +226,19 @@ impl ContentStore for RemoteContentStore {
     }
 }
 
+/// The error a write stream's reply reports (its last, when a request
+/// failed), if any.
+fn failure(response: &pb::WriteResponse) -> Option<Error> {
+    use berth_api::protobuf::Enum;
+    if response.error_code == 0 {
+        return None;
+    }
+    let code = ttrpc::Code::from_i32(response.error_code).unwrap_or(ttrpc::Code::UNKNOWN);
+    Some(Error::from_ttrpc(ttrpc::Error::RpcStatus(
+        ttrpc::get_status(code, &response.error_message),
+    )))
+}
+
 /// Clears a [`FileOutbox`] when dropped.
 struct ClearOnDrop<'a>(&'a FileOutbox);
 
@@ -316,7 +329,10 @@ impl RemoteWriter {
         let sent = Error::from(sent);
         loop {
             match tokio::time::timeout(REASON_WAIT, self.receiver.recv()).await {
-                Ok(Ok(_)) => continue,
+                Ok(Ok(response)) => match failure(&response) {
+                    Some(reason) => return Err(reason),
+                    None => continue,
+                },
                 Ok(Err(e)) => {
                     let reason = Error::from(e);
                     return Err(if reason.kind() == ErrorKind::Unavailable {
@@ -330,8 +346,17 @@ impl RemoteWriter {
         }
     }
 
-    async fn receive_one(&mut self) -> Result<pb::WriteResponse> {
+    /// The next reply, or the error the daemon reported in it.
+    async fn receive(&mut self) -> Result<pb::WriteResponse> {
         let response = self.receiver.recv().await?;
+        match failure(&response) {
+            Some(reason) => Err(reason),
+            None => Ok(response),
+        }
+    }
+
+    async fn receive_one(&mut self) -> Result<pb::WriteResponse> {
+        let response = self.receive().await?;
         if let Some(expected) = self.in_flight.pop_front() {
             if response.offset as u64 != expected {
                 return Err(Error::internal(format!(
@@ -377,7 +402,7 @@ impl RemoteWriter {
     async fn round_trip(&mut self, request: pb::WriteRequest) -> Result<pb::WriteResponse> {
         self.drain().await?;
         self.send(request).await?;
-        self.receiver.recv().await.map_err(Error::from)
+        self.receive().await
     }
 }
 
