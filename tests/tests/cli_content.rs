@@ -419,3 +419,75 @@ fn a_leftover_ingest_is_started_afresh_without_an_expected_digest() {
     assert!(ok);
     assert_eq!(out, fresh);
 }
+
+/// `berth content ingest < FILE` resuming an interrupted ingest: standard
+/// input is a file, handed to contentd past what it already holds (the
+/// CLI seeks over those bytes instead of reading them). The file's first
+/// part is garbage: only a resume that skips exactly what contentd holds
+/// commits to the expected digest.
+#[test]
+fn a_resumed_ingest_from_a_file_skips_what_contentd_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut daemon = Daemon::contentd(dir.path());
+    let data: Vec<u8> = (0..3 * 1024 * 1024).map(|i| (i % 253) as u8).collect();
+    let digest = Digest::of(&data);
+    let held = 1024 * 1024;
+    interrupted_ingest(&daemon.socket, "from-file", &data[..held]);
+    daemon.kill();
+    daemon.restart();
+
+    let path = dir.path().join("input");
+    let mut input = vec![0x5a; held];
+    input.extend_from_slice(&data[held..]);
+    std::fs::write(&path, &input).unwrap();
+    let out = Command::new(binary("berth"))
+        .env("BERTH_CONTENTD_ADDRESS", &daemon.socket)
+        .env_remove("BERTH_NAMESPACE")
+        .args([
+            "content",
+            "ingest",
+            "--expected",
+            digest.as_str(),
+            "from-file",
+        ])
+        .stdin(std::fs::File::open(&path).unwrap())
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("resuming from-file at offset {held}")),
+        "{err}"
+    );
+    assert_eq!(text(&out.stdout).trim(), digest.as_str());
+    let (ok, got, _) = berth(&daemon.socket, &["content", "get", digest.as_str()], None);
+    assert!(ok);
+    assert_eq!(got, data);
+
+    // Shorter than what contentd holds: refused, as from a pipe.
+    let other: Vec<u8> = data.iter().map(|b| b ^ 0xff).collect();
+    let digest = Digest::of(&other);
+    interrupted_ingest(&daemon.socket, "short-file", &other[..held]);
+    daemon.kill();
+    daemon.restart();
+    std::fs::write(&path, &other[..held / 2]).unwrap();
+    let out = Command::new(binary("berth"))
+        .env("BERTH_CONTENTD_ADDRESS", &daemon.socket)
+        .env_remove("BERTH_NAMESPACE")
+        .args([
+            "content",
+            "ingest",
+            "--expected",
+            digest.as_str(),
+            "short-file",
+        ])
+        .stdin(std::fs::File::open(&path).unwrap())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("shorter than what the ingest already holds"),
+        "{}",
+        text(&out.stderr)
+    );
+}
