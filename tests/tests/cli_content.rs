@@ -420,6 +420,28 @@ fn a_leftover_ingest_is_started_afresh_without_an_expected_digest() {
     assert_eq!(out, fresh);
 }
 
+/// `berth content ingest --expected DIGEST REFERENCE < FILE`.
+fn ingest_from_file(
+    socket: &Path,
+    reference: &str,
+    digest: &Digest,
+    file: &Path,
+) -> std::process::Output {
+    Command::new(binary("berth"))
+        .env("BERTH_CONTENTD_ADDRESS", socket)
+        .env_remove("BERTH_NAMESPACE")
+        .args([
+            "content",
+            "ingest",
+            "--expected",
+            digest.as_str(),
+            reference,
+        ])
+        .stdin(std::fs::File::open(file).unwrap())
+        .output()
+        .unwrap()
+}
+
 /// `berth content ingest < FILE` resuming an interrupted ingest: standard
 /// input is a file, handed to contentd past what it already holds (the
 /// CLI seeks over those bytes instead of reading them). The file's first
@@ -440,19 +462,7 @@ fn a_resumed_ingest_from_a_file_skips_what_contentd_holds() {
     let mut input = vec![0x5a; held];
     input.extend_from_slice(&data[held..]);
     std::fs::write(&path, &input).unwrap();
-    let out = Command::new(binary("berth"))
-        .env("BERTH_CONTENTD_ADDRESS", &daemon.socket)
-        .env_remove("BERTH_NAMESPACE")
-        .args([
-            "content",
-            "ingest",
-            "--expected",
-            digest.as_str(),
-            "from-file",
-        ])
-        .stdin(std::fs::File::open(&path).unwrap())
-        .output()
-        .unwrap();
+    let out = ingest_from_file(&daemon.socket, "from-file", &digest, &path);
     let err = text(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(
@@ -471,19 +481,7 @@ fn a_resumed_ingest_from_a_file_skips_what_contentd_holds() {
     daemon.kill();
     daemon.restart();
     std::fs::write(&path, &other[..held / 2]).unwrap();
-    let out = Command::new(binary("berth"))
-        .env("BERTH_CONTENTD_ADDRESS", &daemon.socket)
-        .env_remove("BERTH_NAMESPACE")
-        .args([
-            "content",
-            "ingest",
-            "--expected",
-            digest.as_str(),
-            "short-file",
-        ])
-        .stdin(std::fs::File::open(&path).unwrap())
-        .output()
-        .unwrap();
+    let out = ingest_from_file(&daemon.socket, "short-file", &digest, &path);
     assert!(!out.status.success());
     assert!(
         text(&out.stderr).contains("shorter than what the ingest already holds"),

@@ -272,12 +272,10 @@ impl RemoteWriter {
         &mut self,
         outbox: &FileOutbox,
         file: &std::fs::File,
+        meta: &std::fs::Metadata,
     ) -> Result<Option<u64>> {
         use std::os::fd::AsFd;
         use std::os::unix::fs::MetadataExt;
-        let meta = file
-            .metadata()
-            .map_err(|e| Error::io("inspecting the file to write", &e))?;
         let _turn = outbox.turn().await;
         self.drain().await?;
         // Whatever happens to this call (an error, or the caller dropping
@@ -446,9 +444,9 @@ impl ContentWriter for RemoteWriter {
     async fn write_file(&mut self, file: std::fs::File) -> Result<u64> {
         // contentd reads only regular files; it reads through the same open
         // file, so the bytes it takes are consumed here too.
-        let regular = file.metadata().is_ok_and(|m| m.is_file());
-        if let (Some(outbox), true) = (self.outbox.clone(), regular) {
-            if let Some(written) = self.pass_file(&outbox, &file).await? {
+        let regular = file.metadata().ok().filter(|m| m.is_file());
+        if let (Some(outbox), Some(meta)) = (self.outbox.clone(), regular) {
+            if let Some(written) = self.pass_file(&outbox, &file, &meta).await? {
                 return Ok(written);
             }
         }
