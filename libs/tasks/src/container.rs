@@ -152,15 +152,34 @@ pub async fn create_container(
         match services.snapshots.stat(namespace, top).await {
             Ok(_) => {}
             Err(e) if e.kind() == ErrorKind::NotFound => {
-                berth_image::unpack(
-                    services.content,
-                    unpacker,
+                // Under a lease until the image's config is labelled with
+                // the snapshots: a collection in between (one that the end
+                // of an import's lease started, say) would take the layers
+                // just committed, and the view below would find no parent.
+                let (unpacked, _dropped) = berth_metadata::with_held_lease(
+                    services.leases,
                     namespace,
-                    &root,
-                    &matcher,
-                    &berth_image::UnpackOptions::default(),
+                    berth_metadata::CLIENT_LEASE_TTL,
+                    |lease| async move {
+                        let options = berth_image::UnpackOptions {
+                            lease: Some(lease.clone()),
+                            ..Default::default()
+                        };
+                        let unpacked = berth_image::unpack(
+                            services.content,
+                            unpacker,
+                            namespace,
+                            &root,
+                            &matcher,
+                            &options,
+                        )
+                        .await;
+                        let _ = services.snapshots.release_lease(namespace, &lease).await;
+                        unpacked
+                    },
                 )
                 .await?;
+                unpacked?;
             }
             Err(e) => return Err(e),
         }
