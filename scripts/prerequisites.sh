@@ -28,8 +28,10 @@ demo=(runc busybox-static docker-registry skopeo tar gzip python3)
 #   bc, procps: the benchmark scripts;
 #   containernetworking-plugins, iptables, curl: berth-crid's pods and the
 #     critest runner (../shared/critest), which also builds its images with
-#     mmdebstrap and gcc.
-tests=(systemd systemd-container mmdebstrap apache2-utils openssl containerd util-linux xfsprogs bc procps containernetworking-plugins iptables curl)
+#     mmdebstrap and gcc;
+#   gdb: the stacks of whatever hangs, printed by a test whose command never
+#     ends (tests/src/hang.rs) and by scripts/test.sh's watchdog.
+tests=(systemd systemd-container mmdebstrap apache2-utils openssl containerd util-linux xfsprogs bc procps containernetworking-plugins iptables curl gdb)
 # The benchmarks, beyond the tests' (containerd and runc as the peers,
 # mmdebstrap for the images, bc and procps): a font for the chart, umoci
 # (layers of the data-path benchmark's image made from root filesystems).

@@ -7,6 +7,7 @@
 pub mod cri;
 pub mod fake_registry;
 pub mod grpc;
+pub mod hang;
 pub mod images;
 pub mod registry;
 pub mod rng;
@@ -234,6 +235,20 @@ impl Daemon {
         )
     }
 
+    /// berth-metad under `dir` with no peers: the contentd and snapd it is
+    /// given are sockets under `dir` that nothing serves, so its
+    /// collections find nothing to sweep and never reach the daemons of a
+    /// berth this machine runs (at the default sockets).
+    pub fn metad_alone(dir: &Path) -> Daemon {
+        let contentd = dir.join("no-contentd.sock").display().to_string();
+        let snapd = dir.join("no-snapd.sock").display().to_string();
+        Daemon::start_with_args(
+            "berth-metad",
+            dir,
+            &["--contentd", &contentd, "--snapd", &snapd],
+        )
+    }
+
     /// berth-taskd under `dir`, asking `metad` and `snapd`. It finds
     /// containerd-shim-berth-v2 beside itself and other shims on PATH.
     pub fn taskd(dir: &Path, metad: &Daemon, snapd: &Daemon) -> Daemon {
@@ -310,6 +325,11 @@ impl Daemon {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The daemon's pid while it runs.
+    pub fn running_pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// SIGKILL, as a crash would.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -369,28 +389,14 @@ pub fn status_field_kib(pid: u32, field: &str) -> u64 {
 
 /// Runs the `berth` CLI against a socket; returns (exit ok, stdout, stderr).
 pub fn berth(socket: &Path, args: &[&str], stdin: Option<&[u8]>) -> (bool, Vec<u8>, String) {
-    use std::io::Write;
-    let mut child = Command::new(binary("berth"))
-        .env("BERTH_CONTENTD_ADDRESS", socket)
-        .env_remove("BERTH_NAMESPACE")
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("running berth");
-    if let Some(input) = stdin {
-        let mut pipe = child.stdin.take().expect("stdin");
-        let input = input.to_vec();
-        std::thread::spawn(move || {
-            let _ = pipe.write_all(&input);
-        });
-    }
-    let out = child.wait_with_output().expect("berth output");
+    let out = hang::output_bounded(
+        Command::new(binary("berth"))
+            .env("BERTH_CONTENTD_ADDRESS", socket)
+            .env_remove("BERTH_NAMESPACE")
+            .args(args),
+        stdin.map(<[u8]>::to_vec),
+        &[],
+    );
     (
         out.status.success(),
         out.stdout,

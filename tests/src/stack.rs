@@ -3,8 +3,9 @@
 //! CLI pointed at all four.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 
+use crate::hang::output_bounded;
 use crate::{binary, Daemon};
 
 #[derive(Debug)]
@@ -60,12 +61,23 @@ impl Stack {
 
     /// Runs `berth`; returns (exit ok, stdout, stderr).
     pub fn berth(&self, args: &[&str]) -> (bool, String, String) {
-        let out = self.command(args).output().expect("running berth");
+        let out = self.berth_output(args, None);
         (
             out.status.success(),
             String::from_utf8_lossy(&out.stdout).into_owned(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
+    }
+
+    /// Runs `berth` with `stdin` as its input (or none), to its end; a
+    /// command that hangs fails the test with what it and the daemons were
+    /// doing (see [`crate::hang`]).
+    pub fn berth_output(&self, args: &[&str], stdin: Option<Vec<u8>>) -> Output {
+        let daemons: Vec<u32> = [&self.contentd, &self.snapd, &self.metad, &self.taskd]
+            .iter()
+            .filter_map(|daemon| daemon.running_pid())
+            .collect();
+        output_bounded(&mut self.command(args), stdin, &daemons)
     }
 
     /// Runs `berth` and parses its stdout as JSON (`--format json` is
@@ -92,11 +104,9 @@ impl Stack {
 /// task of the default namespace goes (killed), with its container.
 impl Drop for Stack {
     fn drop(&mut self) {
-        let Ok(out) = self.command(&["tasks", "ls", "-q"]).output() else {
-            return;
-        };
+        let out = self.berth_output(&["tasks", "ls", "-q"], None);
         for id in String::from_utf8_lossy(&out.stdout).lines() {
-            let _ = self.command(&["rm", "--force", id]).output();
+            self.berth_output(&["rm", "--force", id], None);
         }
     }
 }

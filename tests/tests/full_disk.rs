@@ -47,32 +47,23 @@ fn fill(ballast: &Path, leave: u64) {
 }
 
 /// `berth content ingest` of `blob` (checked against its digest) under
-/// one ref, so a second try resumes the first.
+/// one ref, so a second try resumes the first. The blob is a GC root:
+/// nothing else refers to it, and metad's collection (which the pulls
+/// set off) would otherwise take it before the test looks for it.
 fn ingest(stack: &Stack, blob: &[u8]) -> std::process::Output {
     let digest = Digest::of(blob);
-    let mut child = stack
-        .command(&[
+    stack.berth_output(
+        &[
             "content",
             "ingest",
             "--expected",
             digest.as_str(),
+            "--label",
+            "containerd.io/gc.root=full-disk-test",
             "full-ingest",
-        ])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let data = blob.to_vec();
-    // The daemon may refuse before reading it all: written on a thread of
-    // its own, whose broken pipe is no failure.
-    let writer = std::thread::spawn(move || {
-        let _ = std::io::Write::write_all(&mut stdin, &data);
-    });
-    let out = child.wait_with_output().unwrap();
-    writer.join().unwrap();
-    out
+        ],
+        Some(blob.to_vec()),
+    )
 }
 
 fn says_full(err: &str) -> bool {
