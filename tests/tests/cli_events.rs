@@ -106,7 +106,7 @@ fn next_line(watcher: &Watcher, probe: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn berth_events_prints_what_is_published() {
     let dir = tempfile::tempdir().unwrap();
-    let metad = Daemon::start("berth-metad", dir.path());
+    let metad = Daemon::metad_alone(dir.path());
     let client = pb::EventsClient::new(berth_client::connect(&metad.socket).await.unwrap());
 
     let table = Watcher::start(&metad.socket, &["--filter", "topic~=\"^/tasks/\""]);
@@ -164,7 +164,7 @@ async fn berth_events_prints_what_is_published() {
 #[test]
 fn a_malformed_filter_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let metad = Daemon::start("berth-metad", dir.path());
+    let metad = Daemon::metad_alone(dir.path());
     let out = Command::new(binary("berth"))
         .env("BERTH_METAD_ADDRESS", &metad.socket)
         .args(["events", "--filter", "topic=="])

@@ -142,7 +142,19 @@ fn images_create_tag_label_list_and_remove() {
 
     // A blob that is no image needs its media type given; with media type
     // and size given, contentd is not asked at all.
-    let other = cli.ingest("other", b"just some bytes");
+    // A GC root: nothing else refers to it.
+    let (ok, other, err) = cli.run(
+        &[
+            "content",
+            "ingest",
+            "--label",
+            "containerd.io/gc.root=cli-metad-test",
+            "other",
+        ],
+        Some(b"just some bytes"),
+    );
+    assert!(ok, "ingest failed: {err}");
+    let other = other.trim().to_string();
     let err = cli.fails(&["images", "create", "other:1", &other]);
     assert!(err.contains("--media-type"), "{err}");
     cli.ok(&[

@@ -88,7 +88,7 @@ async fn writer(socket: std::path::PathBuf, n: usize, acked: Arc<Mutex<Vec<Acked
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_creates_survive_sigkill() {
     let dir = tempfile::tempdir().unwrap();
-    let mut metad = Daemon::start("berth-metad", &dir.path().join("metad"));
+    let mut metad = Daemon::metad_alone(&dir.path().join("metad"));
     let acked = Arc::new(Mutex::new(Vec::new()));
     let writers: Vec<_> = (0..WRITERS)
         .map(|n| tokio::spawn(writer(metad.socket.clone(), n, acked.clone())))

@@ -17,7 +17,7 @@ use containerd_shim_protos::events::image::{ImageCreate, ImageDelete};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn record_changes_are_published_as_containerd_events() {
     let dir = tempfile::tempdir().unwrap();
-    let metad = Daemon::start("berth-metad", dir.path());
+    let metad = Daemon::metad_alone(dir.path());
     let events = RemoteEvents::connect(&metad.socket).await.unwrap();
     let mut subscription = events
         .subscribe(&[r#"topic~="^/(images|containers)/""#.to_string()])

@@ -180,7 +180,16 @@ fn committed(stack: &Stack) -> Vec<String> {
 /// presents it (the view's mounts are read, not mounted).
 fn snapshot_tree(stack: &Stack, name: &str) -> Tree {
     let key = "power-loss-view";
-    let mounts = stack.berth_json(&["snapshots", "view", key, name]);
+    // A GC root: a collection that a pull's lease set off must not take
+    // the view while it is read.
+    let mounts = stack.berth_json(&[
+        "snapshots",
+        "view",
+        "--label",
+        "containerd.io/gc.root=power-loss-test",
+        key,
+        name,
+    ]);
     let tree = tree_of(&own_dir_of_view(&mounts));
     ok(stack, &["snapshots", "rm", key]);
     tree
