@@ -260,6 +260,80 @@ async fn a_pulled_image_unpacks_by_its_name() {
     assert!(err.contains("not found"), "{err}");
 }
 
+/// `berth unpack` holds what it makes until the image's config does: once
+/// the top layer is committed, nothing else refers to the layers until the
+/// config is labelled with them (the first time: later unpacks find the
+/// label there). Collections run back to back while the image is unpacked
+/// for the first time again and again; none may take a layer, and every
+/// unpack must end with the whole chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collections_during_berth_unpack_take_nothing_it_made() {
+    const ROUNDS: usize = 30;
+    if !prerequisites() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (_registry, image, reference) = pushed(dir.path(), "test/held:v1", 64 * 1024);
+    let stack = std::sync::Arc::new(Stack::start(&dir.path().join("stack")));
+    let (ok, _, err) = stack.berth(&["pull", "--quiet", "--skip-unpack", &reference]);
+    assert!(ok, "{err}");
+
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let collector = {
+        let (stack, done) = (stack.clone(), done.clone());
+        std::thread::spawn(move || {
+            let mut removed = Vec::new();
+            let mut runs = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let summary = stack.berth_json(&["gc"]);
+                removed.extend(summary["removed"].as_array().unwrap().iter().cloned());
+                runs += 1;
+            }
+            (runs, removed)
+        })
+    };
+    let chains = image.chains();
+    let mut want = chains.clone();
+    want.sort();
+    for round in 0..ROUNDS {
+        let (ok, _, err) = stack.berth(&["unpack", &reference]);
+        assert!(ok, "round {round}: {err}");
+        let mut snapshots = committed(&stack);
+        snapshots.sort();
+        assert_eq!(snapshots, want, "round {round}");
+        // Back to an image never unpacked: the top goes (the config's
+        // label holds it: only this can take it), then the label, then the
+        // bottom, which a collection may take first.
+        let (ok, _, err) = stack.berth(&["snapshots", "rm", &chains[1]]);
+        assert!(ok, "round {round}: the top layer: {err}");
+        let (ok, _, err) = stack.berth(&[
+            "content",
+            "label",
+            image.config.as_str(),
+            "containerd.io/gc.ref.snapshot.overlayfs=",
+        ]);
+        assert!(ok, "round {round}: {err}");
+        let (ok, _, err) = stack.berth(&["snapshots", "rm", &chains[0]]);
+        assert!(ok || err.contains("not found"), "round {round}: {err}");
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (runs, removed) = collector.join().unwrap();
+    assert!(runs > ROUNDS, "only {runs} collections ran");
+    let top_taken: Vec<_> = removed
+        .iter()
+        .filter(|object| object.to_string().contains(&chains[1]))
+        .collect();
+    assert!(
+        top_taken.is_empty(),
+        "collections took an unpack's top layer: {top_taken:?}"
+    );
+    // Their leases went with them.
+    let content = RemoteContentStore::connect(&stack.contentd.socket)
+        .await
+        .unwrap();
+    assert_no_lease_left(&stack, &content).await;
+}
+
 /// Serves the layout's image from the fake registry, which can trickle,
 /// as `repo:v1`.
 fn serve_from_layout(registry: &FakeRegistry, repo: &str, layout: &Layout, image: &TestImage) {

@@ -37,4 +37,4 @@ pub use platform::{Matcher, Platform, PlatformExt};
 pub use progress::{BlobState, Progress};
 pub use pull::{PullEvent, PullOptions, Pulled, Puller};
 pub use services::{Transfer, UnpackOptions, Unpacked, Unpacker};
-pub use unpack::{unpack, UnpackedImage};
+pub use unpack::{unpack, unpack_held, UnpackedImage};

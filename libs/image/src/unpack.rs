@@ -3,6 +3,7 @@
 use berth_content::ContentStore;
 use berth_errdefs::Result;
 use berth_ids::Digest;
+use berth_metadata::LeaseManager;
 
 use crate::platform::Matcher;
 use crate::services::{UnpackOptions, Unpacked, Unpacker};
@@ -50,4 +51,42 @@ pub async fn unpack(
         layers: resolved.manifest.layers.len(),
         unpacked,
     })
+}
+
+/// [`unpack`] under a lease of its own from `leases`, held until the
+/// image's config is labelled with the snapshots: until then nothing
+/// refers to the layers just committed, and a collection in between (one
+/// that the end of a pull's lease started, say) would take them, though the
+/// unpack reports them made. The snapshotter's ties to the lease go with
+/// it. With a lease in `options` already, that one holds them.
+pub async fn unpack_held(
+    store: &dyn ContentStore,
+    unpacker: &dyn Unpacker,
+    leases: &dyn LeaseManager,
+    namespace: &str,
+    root: &Digest,
+    platforms: &Matcher,
+    options: &UnpackOptions,
+) -> Result<UnpackedImage> {
+    if options.lease.is_some() {
+        return unpack(store, unpacker, namespace, root, platforms, options).await;
+    }
+    let (unpacked, _deleted) = berth_metadata::with_held_lease(
+        leases,
+        namespace,
+        berth_metadata::CLIENT_LEASE_TTL,
+        |lease| async move {
+            let options = UnpackOptions {
+                lease: Some(lease.clone()),
+                ..options.clone()
+            };
+            let unpacked = unpack(store, unpacker, namespace, root, platforms, &options).await;
+            // The snapshots are the config's now; a failed release leaves
+            // only labels that the lease's end makes meaningless.
+            let _ = unpacker.release_lease(namespace, &lease).await;
+            unpacked
+        },
+    )
+    .await?;
+    unpacked
 }

@@ -152,34 +152,19 @@ pub async fn create_container(
         match services.snapshots.stat(namespace, top).await {
             Ok(_) => {}
             Err(e) if e.kind() == ErrorKind::NotFound => {
-                // Under a lease until the image's config is labelled with
-                // the snapshots: a collection in between (one that the end
-                // of an import's lease started, say) would take the layers
-                // just committed, and the view below would find no parent.
-                let (unpacked, _dropped) = berth_metadata::with_held_lease(
+                // The view below needs the layers until the image's config
+                // holds them (a collection that the end of an import's
+                // lease started could take them otherwise).
+                berth_image::unpack_held(
+                    services.content,
+                    unpacker,
                     services.leases,
                     namespace,
-                    berth_metadata::CLIENT_LEASE_TTL,
-                    |lease| async move {
-                        let options = berth_image::UnpackOptions {
-                            lease: Some(lease.clone()),
-                            ..Default::default()
-                        };
-                        let unpacked = berth_image::unpack(
-                            services.content,
-                            unpacker,
-                            namespace,
-                            &root,
-                            &matcher,
-                            &options,
-                        )
-                        .await;
-                        let _ = services.snapshots.release_lease(namespace, &lease).await;
-                        unpacked
-                    },
+                    &root,
+                    &matcher,
+                    &berth_image::UnpackOptions::default(),
                 )
                 .await?;
-                unpacked?;
             }
             Err(e) => return Err(e),
         }

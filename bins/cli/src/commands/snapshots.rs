@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use anyhow::{bail, Context, Result};
-use berth_client::{RemoteContentStore, RemoteImages, RemoteSnapshotter};
+use berth_client::{RemoteContentStore, RemoteImages, RemoteLeases, RemoteSnapshotter};
 use berth_snapshot::{Info, Snapshotter, DEFAULT_SNAPSHOTTER};
 use serde::Serialize;
 
@@ -336,18 +336,23 @@ pub async fn unpack(global: &Global, args: UnpackArgs) -> Result<()> {
         }
     };
     let sn = connect(global, &args.snapshotter.snapshotter).await?;
-    let image = berth_image::unpack(
-        &store,
-        &sn,
-        &ns,
-        &root,
-        &Matcher::host(),
-        &UnpackOptions {
-            lease: None,
-            sync_fs: args.sync_fs,
-        },
-    )
-    .await?;
+    let options = UnpackOptions {
+        lease: None,
+        sync_fs: args.sync_fs,
+    };
+    // Under a lease while berth-metad runs: its collections would otherwise
+    // take the layers between their commit and the config's label. With
+    // no berth-metad, nothing collects.
+    let image = match RemoteLeases::connect(global.metad_socket()).await {
+        Ok(leases) => {
+            berth_image::unpack_held(&store, &sn, &leases, &ns, &root, &Matcher::host(), &options)
+                .await?
+        }
+        Err(e) if e.kind() == berth_errdefs::ErrorKind::Unavailable => {
+            berth_image::unpack(&store, &sn, &ns, &root, &Matcher::host(), &options).await?
+        }
+        Err(e) => return Err(anyhow::Error::new(e).context("berth-metad")),
+    };
     let done = image.unpacked;
     if global.format == Format::Json {
         return output::json(&serde_json::json!({
