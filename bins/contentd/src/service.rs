@@ -173,6 +173,7 @@ impl ContentService {
                 offset: offset as i64,
                 total: total as i64,
                 source_refused,
+                reads_files: true,
                 ..Default::default()
             };
             if action == pb::WriteAction::COMMIT {

@@ -208,6 +208,7 @@ impl ContentStore for RemoteContentStore {
             started_at: SystemTime::UNIX_EPOCH,
             expected: options.expected.clone(),
             outbox: self.outbox.clone(),
+            reads_files: false,
         };
         // The first request opens the ingest (and takes its ref); its answer
         // says where it stands.
@@ -222,6 +223,7 @@ impl ContentStore for RemoteContentStore {
         writer.offset = response.offset as u64;
         writer.total = response.total as u64;
         writer.started_at = system_time(&response.started_at);
+        writer.reads_files = response.reads_files;
         Ok(Box::new(writer))
     }
 }
@@ -263,6 +265,9 @@ struct RemoteWriter {
     started_at: SystemTime,
     expected: Option<Digest>,
     outbox: Option<FileOutbox>,
+    /// Whether this contentd reads passed files (an older one does not
+    /// know the request).
+    reads_files: bool,
 }
 
 impl RemoteWriter {
@@ -444,7 +449,10 @@ impl ContentWriter for RemoteWriter {
     async fn write_file(&mut self, file: std::fs::File) -> Result<u64> {
         // contentd reads only regular files; it reads through the same open
         // file, so the bytes it takes are consumed here too.
-        let regular = file.metadata().ok().filter(|m| m.is_file());
+        let regular = file
+            .metadata()
+            .ok()
+            .filter(|m| m.is_file() && self.reads_files);
         if let (Some(outbox), Some(meta)) = (self.outbox.clone(), regular) {
             if let Some(written) = self.pass_file(&outbox, &file, &meta).await? {
                 return Ok(written);
