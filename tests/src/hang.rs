@@ -62,6 +62,13 @@ pub fn output_within(
             let mut pids = started.clone();
             pids.extend_from_slice(watched);
             let report = hang_report(&pids);
+            // Straight to the process's stderr as well: the test harness
+            // captures a panic's message and would lose it if the panic
+            // came during another's unwinding (a Drop's command hanging)
+            // and aborted the process.
+            let _ = std::io::stderr().write_all(
+                format!("{command:?} did not end within {limit:?}\n{report}").as_bytes(),
+            );
             // Only the command and what it started, by pid.
             for pid in started {
                 let _ = nix::sys::signal::kill(
