@@ -318,6 +318,7 @@ async fn collections_during_berth_unpack_take_nothing_it_made() {
     }
     done.store(true, std::sync::atomic::Ordering::Relaxed);
     let (runs, removed) = collector.join().unwrap();
+    eprintln!("{runs} collections during {ROUNDS} unpacks");
     assert!(runs > ROUNDS, "only {runs} collections ran");
     let top_taken: Vec<_> = removed
         .iter()
