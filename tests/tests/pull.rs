@@ -260,6 +260,51 @@ async fn a_pulled_image_unpacks_by_its_name() {
     assert!(err.contains("not found"), "{err}");
 }
 
+/// `berth gc`, back to back on a thread of its own, until stopped. Also
+/// stopped (and waited for) when dropped, so that a failing test's stack,
+/// which the thread shares, is dropped and its daemons stopped before the
+/// test process ends.
+struct Collections {
+    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<(usize, Vec<serde_json::Value>)>>,
+}
+
+impl Collections {
+    fn start(stack: std::sync::Arc<Stack>) -> Collections {
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop = done.clone();
+        let thread = std::thread::spawn(move || {
+            let mut removed = Vec::new();
+            let mut runs = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let summary = stack.berth_json(&["gc"]);
+                removed.extend(summary["removed"].as_array().unwrap().iter().cloned());
+                runs += 1;
+            }
+            (runs, removed)
+        });
+        Collections {
+            done,
+            thread: Some(thread),
+        }
+    }
+
+    /// How many collections ran, and every object they removed.
+    fn stop(mut self) -> (usize, Vec<serde_json::Value>) {
+        self.done.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.take().unwrap().join().unwrap()
+    }
+}
+
+impl Drop for Collections {
+    fn drop(&mut self) {
+        self.done.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 /// `berth unpack` holds what it makes until the image's config does: once
 /// the top layer is committed, nothing else refers to the layers until the
 /// config is labelled with them (the first time: later unpacks find the
@@ -278,20 +323,7 @@ async fn collections_during_berth_unpack_take_nothing_it_made() {
     let (ok, _, err) = stack.berth(&["pull", "--quiet", "--skip-unpack", &reference]);
     assert!(ok, "{err}");
 
-    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let collector = {
-        let (stack, done) = (stack.clone(), done.clone());
-        std::thread::spawn(move || {
-            let mut removed = Vec::new();
-            let mut runs = 0;
-            while !done.load(std::sync::atomic::Ordering::Relaxed) {
-                let summary = stack.berth_json(&["gc"]);
-                removed.extend(summary["removed"].as_array().unwrap().iter().cloned());
-                runs += 1;
-            }
-            (runs, removed)
-        })
-    };
+    let collector = Collections::start(stack.clone());
     let chains = image.chains();
     let mut want = chains.clone();
     want.sort();
@@ -316,8 +348,7 @@ async fn collections_during_berth_unpack_take_nothing_it_made() {
         let (ok, _, err) = stack.berth(&["snapshots", "rm", &chains[0]]);
         assert!(ok || err.contains("not found"), "round {round}: {err}");
     }
-    done.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (runs, removed) = collector.join().unwrap();
+    let (runs, removed) = collector.stop();
     eprintln!("{runs} collections during {ROUNDS} unpacks");
     assert!(runs > ROUNDS, "only {runs} collections ran");
     let top_taken: Vec<_> = removed
