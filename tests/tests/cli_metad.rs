@@ -67,7 +67,17 @@ impl Cli {
     }
 
     fn ingest(&self, reference: &str, data: &[u8]) -> String {
-        let (ok, out, err) = self.run(&["content", "ingest", reference], Some(data));
+        self.ingest_labelled(reference, data, &[])
+    }
+
+    /// `berth content ingest`, with `--label` for each of `labels`.
+    fn ingest_labelled(&self, reference: &str, data: &[u8], labels: &[&str]) -> String {
+        let mut args = vec!["content", "ingest"];
+        for label in labels {
+            args.extend(["--label", label]);
+        }
+        args.push(reference);
+        let (ok, out, err) = self.run(&args, Some(data));
         assert!(ok, "ingest failed: {err}");
         out.trim().to_string()
     }
@@ -143,18 +153,11 @@ fn images_create_tag_label_list_and_remove() {
     // A blob that is no image needs its media type given; with media type
     // and size given, contentd is not asked at all.
     // A GC root: nothing else refers to it.
-    let (ok, other, err) = cli.run(
-        &[
-            "content",
-            "ingest",
-            "--label",
-            "containerd.io/gc.root=cli-metad-test",
-            "other",
-        ],
-        Some(b"just some bytes"),
+    let other = cli.ingest_labelled(
+        "other",
+        b"just some bytes",
+        &["containerd.io/gc.root=cli-metad-test"],
     );
-    assert!(ok, "ingest failed: {err}");
-    let other = other.trim().to_string();
     let err = cli.fails(&["images", "create", "other:1", &other]);
     assert!(err.contains("--media-type"), "{err}");
     cli.ok(&[
