@@ -30,8 +30,11 @@ demo=(runc busybox-static docker-registry skopeo tar gzip python3)
 #     critest runner (../shared/critest), which also builds its images with
 #     mmdebstrap and gcc;
 #   gdb: the stacks of whatever hangs, printed by a test whose command never
-#     ends (tests/src/hang.rs) and by scripts/test.sh's watchdog.
-tests=(systemd systemd-container mmdebstrap apache2-utils openssl containerd util-linux xfsprogs bc procps containernetworking-plugins iptables curl gdb)
+#     ends (tests/src/hang.rs) and by scripts/test.sh's watchdog;
+#   qemu-system-x86: the virtual machine that runs the cgroup tests again
+#     under cgroup v2 alone (tests/src/guest.rs), on Debian's kernel, which
+#     guest_kernel below unpacks (not installs) for it.
+tests=(systemd systemd-container mmdebstrap apache2-utils openssl containerd util-linux xfsprogs bc procps containernetworking-plugins iptables curl gdb qemu-system-x86)
 # The benchmarks, beyond the tests' (containerd and runc as the peers,
 # mmdebstrap for the images, bc and procps): a font for the chart, umoci
 # (layers of the data-path benchmark's image made from root filesystems).
@@ -44,18 +47,54 @@ case ${1:-} in
   *) echo "usage: $0 demo|tests|bench" >&2; exit 2 ;;
 esac
 
+# The guest kernel of the tests' virtual machine: vmlinuz and overlay.ko
+# of the kernel Debian's linux-image-amd64 names, taken out of its package
+# into this directory (the tests read BERTH_GUEST_KERNEL_DIR, if set,
+# instead). Nothing is installed: the host's own kernel and /boot stay as
+# they are.
+guest_kernel_dir=${BERTH_GUEST_KERNEL_DIR:-/var/cache/berth-tests/guest-kernel}
+guest_kernel() {
+  [ "$(dpkg --print-architecture)" = amd64 ] || return 0
+  [ -f "$guest_kernel_dir/vmlinuz" ] && [ -f "$guest_kernel_dir/overlay.ko" ] && return 0
+  if [ "$(id -u)" != 0 ]; then
+    echo "missing: the tests' guest kernel in $guest_kernel_dir (run $0 tests as root)" >&2
+    return 1
+  fi
+  local package work
+  package=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/ { print $2; exit }')
+  if [ -z "$package" ]; then
+    apt-get update -q
+    package=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/ { print $2; exit }')
+  fi
+  work=$(mktemp -d)
+  # apt's download sandbox user must be able to write here.
+  chown _apt "$work" 2>/dev/null || true
+  (cd "$work" && apt-get download -q "$package")
+  mkdir -p "$work/x" "$guest_kernel_dir"
+  dpkg-deb --fsys-tarfile "$work"/"$package"_*.deb |
+    tar -x -C "$work/x" --wildcards './boot/vmlinuz-*' './lib/modules/*/kernel/fs/overlayfs/overlay.ko'
+  cp "$work"/x/boot/vmlinuz-* "$guest_kernel_dir/vmlinuz"
+  cp "$work"/x/lib/modules/*/kernel/fs/overlayfs/overlay.ko "$guest_kernel_dir/overlay.ko"
+  echo "$package" > "$guest_kernel_dir/package"
+  rm -rf "$work"
+}
+
 missing=()
 for package in "${wanted[@]}"; do
   dpkg-query -W -f '${Status}' "$package" 2>/dev/null | grep -q "install ok installed" ||
     missing+=("$package")
 done
-[ ${#missing[@]} = 0 ] && exit 0
 
-if [ "$(id -u)" != 0 ]; then
-  echo "missing Debian packages: ${missing[*]}" >&2
-  echo "install them as root with: apt-get install -y --no-install-recommends ${missing[*]}" >&2
-  exit 1
+if [ ${#missing[@]} != 0 ]; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "missing Debian packages: ${missing[*]}" >&2
+    echo "install them as root with: apt-get install -y --no-install-recommends ${missing[*]}" >&2
+    exit 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
-export DEBIAN_FRONTEND=noninteractive
-apt-get update -q
-apt-get install -y -q --no-install-recommends "${missing[@]}"
+case $1 in
+  tests | bench) guest_kernel ;;
+esac

@@ -7,6 +7,7 @@
 pub mod cri;
 pub mod fake_registry;
 pub mod grpc;
+pub mod guest;
 pub mod hang;
 pub mod images;
 pub mod registry;

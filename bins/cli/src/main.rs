@@ -89,6 +89,9 @@ enum Command {
     Ps(commands::containers_view::PsArgs),
     /// The output of a detached container.
     Logs(commands::containers_view::LogsArgs),
+    /// CPU, memory and processes of running containers, every second (or
+    /// once with --no-stream).
+    Stats(commands::containers_view::StatsArgs),
     /// Remove containers: task (with --force even a running one),
     /// record, snapshot and log.
     Rm(commands::containers_view::RmArgs),
@@ -102,6 +105,9 @@ enum Command {
     Restart(commands::lifecycle::StopArgs),
     /// Send a signal (default SIGKILL) to containers' init processes.
     Kill(commands::lifecycle::KillArgs),
+    /// Change containers' memory, CPU or pids limits: a running task's
+    /// cgroup at once, and the record, so that later tasks have them too.
+    Update(commands::lifecycle::UpdateArgs),
     /// Run another process in a running container and wait for it (as
     /// `berth tasks exec`).
     Exec(commands::tasks::ExecArgs),
@@ -158,6 +164,7 @@ fn main() -> ExitCode {
                 return commands::lifecycle::stop(&cli.global, args, true).await
             }
             Command::Kill(args) => return commands::lifecycle::kill(&cli.global, args).await,
+            Command::Update(args) => return commands::lifecycle::update(&cli.global, args).await,
             Command::Exec(args) => return commands::tasks::exec_in(&cli.global, args).await,
             Command::Content(command) => commands::content::run(&cli.global, command).await,
             Command::Push(args) => commands::transfer::push(&cli.global, args).await,
@@ -175,6 +182,7 @@ fn main() -> ExitCode {
             Command::Create(args) => commands::containers_view::create(&cli.global, *args).await,
             Command::Ps(args) => commands::containers_view::ps(&cli.global, args).await,
             Command::Logs(args) => commands::containers_view::logs(&cli.global, args).await,
+            Command::Stats(args) => commands::containers_view::stats(&cli.global, args).await,
             Command::Rm(args) => commands::containers_view::rm(&cli.global, args).await,
             Command::Network(command) => commands::network::run(&cli.global, command),
             Command::Internal(InternalCommand::OciHook(args)) => {

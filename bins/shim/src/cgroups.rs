@@ -205,6 +205,16 @@ fn read_u64(path: &Path) -> u64 {
         .unwrap_or(0)
 }
 
+/// A cgroup v2 limit file: a number, or "max" for none, which containerd's
+/// v2 metrics report as the largest u64 (its v1 metrics say 0 for a pids
+/// limit of "max", which [`read_u64`] gives).
+fn read_v2_limit(path: &Path) -> u64 {
+    match std::fs::read_to_string(path) {
+        Ok(s) if s.trim() == "max" => u64::MAX,
+        _ => read_u64(path),
+    }
+}
+
 /// A flat `key value` file (memory.stat, cpu.stat, ...).
 fn read_keyed(path: &Path) -> HashMap<String, u64> {
     std::fs::read_to_string(path)
@@ -307,7 +317,7 @@ fn v2_metrics(dir: &Path) -> v2::Metrics {
     let mut metrics = v2::Metrics::new();
     let mut pids = v2::PidsStat::new();
     pids.current = read_u64(&dir.join("pids.current"));
-    pids.limit = read_u64(&dir.join("pids.max"));
+    pids.limit = read_v2_limit(&dir.join("pids.max"));
     metrics.pids = Some(pids).into();
 
     let stat = read_keyed(&dir.join("cpu.stat"));
@@ -344,9 +354,9 @@ fn v2_metrics(dir: &Path) -> v2::Metrics {
     memory.pgfault = get("pgfault");
     memory.pgmajfault = get("pgmajfault");
     memory.usage = read_u64(&dir.join("memory.current"));
-    memory.usage_limit = read_u64(&dir.join("memory.max"));
+    memory.usage_limit = read_v2_limit(&dir.join("memory.max"));
     memory.swap_usage = read_u64(&dir.join("memory.swap.current"));
-    memory.swap_limit = read_u64(&dir.join("memory.swap.max"));
+    memory.swap_limit = read_v2_limit(&dir.join("memory.swap.max"));
     metrics.memory = Some(memory).into();
 
     let events = read_keyed(&dir.join("memory.events"));
@@ -534,5 +544,17 @@ mod tests {
         assert_eq!(m.memory.usage, 4096);
         assert_eq!(m.cpu.usage_usec, 77);
         assert_eq!(m.memory_events.oom_kill, 2);
+        // No limit files: none read.
+        assert_eq!(m.memory.usage_limit, 0);
+
+        // Limits: a number as it is, "max" as containerd says it.
+        std::fs::write(dir.path().join("memory.max"), "67108864\n").unwrap();
+        std::fs::write(dir.path().join("pids.max"), "max\n").unwrap();
+        std::fs::write(dir.path().join("memory.swap.max"), "max\n").unwrap();
+        let any = Cgroup::V2(dir.path().into()).metrics().unwrap();
+        let m = v2::Metrics::parse_from_bytes(&any.value).unwrap();
+        assert_eq!(m.memory.usage_limit, 64 << 20);
+        assert_eq!(m.pids.limit, u64::MAX);
+        assert_eq!(m.memory.swap_limit, u64::MAX);
     }
 }

@@ -41,7 +41,7 @@ pub use image::ImageDefaults;
 pub use mounts::MountOption;
 pub use oci_spec::runtime::Spec;
 pub use options::{CgroupDriver, NetworkMode, Seccomp, SpecHook, SpecOptions};
-pub use resources::check_cgroup_parent;
+pub use resources::{check_cgroup_parent, update_limits, Limits};
 pub use rootfs_files::{HostRootfs, NoRootfsFiles, RootfsFiles};
 pub use seccomp::default_seccomp;
 pub use spec::build_spec;

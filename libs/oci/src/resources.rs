@@ -1,8 +1,6 @@
 //! The container's cgroup: its path and its limits.
 
-use oci_spec::runtime::{
-    LinuxCpu, LinuxDeviceCgroup, LinuxDeviceType, LinuxMemory, LinuxPids, LinuxResources,
-};
+use oci_spec::runtime::{LinuxDeviceCgroup, LinuxDeviceType, LinuxPids, LinuxResources, Spec};
 
 use crate::error::{OciError, Result};
 use crate::options::{CgroupDriver, SpecOptions};
@@ -103,34 +101,89 @@ pub fn check_cgroup_parent<'a>(driver: &CgroupDriver, parent: &'a str) -> Result
 pub(crate) fn linux_resources(options: &SpecOptions) -> Result<LinuxResources> {
     let mut resources = LinuxResources::default();
     resources.set_devices(Some(device_rules(options)));
-    if let Some(limit) = options.memory_bytes {
+    let limits = Limits {
+        memory_bytes: options.memory_bytes,
+        cpus: options.cpus,
+        pids_limit: options.pids_limit,
+    };
+    apply_limits(&mut resources, &limits)?;
+    Ok(resources)
+}
+
+/// The limits `berth run` takes and `berth update` changes: memory, CPUs
+/// and processes. `None` leaves a limit as it is.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Limits {
+    /// At least 6 MiB.
+    pub memory_bytes: Option<i64>,
+    /// CPUs, as a CFS quota over a 100 ms period: 0.01 and up.
+    pub cpus: Option<f64>,
+    /// At least 1.
+    pub pids_limit: Option<i64>,
+}
+
+impl Limits {
+    pub fn is_empty(&self) -> bool {
+        *self == Limits::default()
+    }
+}
+
+/// Sets each limit `limits` has in `resources`, keeping what else is
+/// there (CPU shares beside a quota, a swap limit beside memory); checks
+/// them all before changing anything.
+fn apply_limits(resources: &mut LinuxResources, limits: &Limits) -> Result<()> {
+    if let Some(limit) = limits.memory_bytes {
         if limit < MIN_MEMORY_BYTES {
             return Err(OciError::invalid(format!(
                 "memory limit {limit} is below the minimum of {MIN_MEMORY_BYTES} bytes (6 MiB)"
             )));
         }
-        let mut memory = LinuxMemory::default();
-        memory.set_limit(Some(limit));
-        resources.set_memory(Some(memory));
     }
-    if let Some(cpus) = options.cpus {
-        let quota = cpu_quota(cpus)?;
-        let mut cpu = LinuxCpu::default();
-        cpu.set_quota(Some(quota));
-        cpu.set_period(Some(CPU_PERIOD));
-        resources.set_cpu(Some(cpu));
-    }
-    if let Some(limit) = options.pids_limit {
+    let quota = limits.cpus.map(cpu_quota).transpose()?;
+    if let Some(limit) = limits.pids_limit {
         if limit <= 0 {
             return Err(OciError::invalid(format!(
                 "pids limit {limit} must be greater than 0"
             )));
         }
+    }
+    if let Some(limit) = limits.memory_bytes {
+        let mut memory = (*resources.memory()).unwrap_or_default();
+        memory.set_limit(Some(limit));
+        resources.set_memory(Some(memory));
+    }
+    if let Some(quota) = quota {
+        let mut cpu = resources.cpu().clone().unwrap_or_default();
+        cpu.set_quota(Some(quota));
+        cpu.set_period(Some(CPU_PERIOD));
+        resources.set_cpu(Some(cpu));
+    }
+    if let Some(limit) = limits.pids_limit {
         let mut pids = LinuxPids::default();
         pids.set_limit(limit);
         resources.set_pids(Some(pids));
     }
-    Ok(resources)
+    Ok(())
+}
+
+/// `berth update`: puts `limits` into a container's `spec` (its record,
+/// so that its next task has them too) and returns the resources to give
+/// its running task: memory, CPU and pids as the spec now has them (the
+/// device rules stay as the task has them).
+pub fn update_limits(spec: &mut Spec, limits: &Limits) -> Result<LinuxResources> {
+    let mut linux = spec
+        .linux()
+        .clone()
+        .ok_or_else(|| OciError::invalid("the container's spec has no linux section"))?;
+    let mut resources = linux.resources().clone().unwrap_or_default();
+    apply_limits(&mut resources, limits)?;
+    let mut for_task = LinuxResources::default();
+    for_task.set_memory(*resources.memory());
+    for_task.set_cpu(resources.cpu().clone());
+    for_task.set_pids(*resources.pids());
+    linux.set_resources(Some(resources));
+    spec.set_linux(Some(linux));
+    Ok(for_task)
 }
 
 /// The CFS quota for `cpus` CPUs over [`CPU_PERIOD`].
@@ -329,6 +382,63 @@ mod tests {
         );
         o.memory_bytes = Some(MIN_MEMORY_BYTES);
         assert!(linux_resources(&o).is_ok());
+    }
+
+    #[test]
+    fn an_update_changes_only_the_limits_it_has_and_checks_them_all_first() {
+        let mut o = options();
+        o.memory_bytes = Some(64 << 20);
+        o.pids_limit = Some(10);
+        let image = crate::ImageDefaults {
+            env: Vec::new(),
+            entrypoint: Vec::new(),
+            cmd: vec!["sh".into()],
+            working_dir: String::new(),
+            user: String::new(),
+            stop_signal: None,
+            volumes: Vec::new(),
+        };
+        let mut spec = crate::build_spec(&image, &o, &crate::NoRootfsFiles).unwrap();
+        let mut shares = spec.linux().clone().unwrap();
+        let mut resources = shares.resources().clone().unwrap();
+        let mut cpu = oci_spec::runtime::LinuxCpu::default();
+        cpu.set_shares(Some(512));
+        resources.set_cpu(Some(cpu));
+        shares.set_resources(Some(resources));
+        spec.set_linux(Some(shares));
+        let devices_before = spec.linux().as_ref().unwrap().resources().clone().unwrap();
+        let devices_before = devices_before.devices().clone();
+
+        let update = Limits {
+            cpus: Some(0.5),
+            pids_limit: Some(20),
+            ..Limits::default()
+        };
+        let for_task = update_limits(&mut spec, &update).unwrap();
+        let recorded = spec.linux().as_ref().unwrap().resources().clone().unwrap();
+        for r in [&for_task, &recorded] {
+            assert_eq!(r.memory().unwrap().limit(), Some(64 << 20), "kept");
+            assert_eq!(r.cpu().as_ref().unwrap().quota(), Some(50_000));
+            assert_eq!(r.cpu().as_ref().unwrap().shares(), Some(512), "kept");
+            assert_eq!(r.pids().unwrap().limit(), 20);
+        }
+        assert_eq!(recorded.devices(), &devices_before);
+        assert_eq!(for_task.devices(), &None, "the task's device rules stay");
+
+        // One bad limit: nothing changes.
+        let before = spec.clone();
+        let bad = Limits {
+            memory_bytes: Some(128 << 20),
+            pids_limit: Some(0),
+            ..Limits::default()
+        };
+        assert!(matches!(
+            update_limits(&mut spec, &bad),
+            Err(OciError::InvalidArgument(_))
+        ));
+        assert_eq!(spec, before);
+        assert!(Limits::default().is_empty());
+        assert!(!update.is_empty());
     }
 
     #[test]

@@ -24,6 +24,18 @@ pub struct Usage {
     pub major_page_faults: u64,
     /// Processes (and threads) in the cgroup.
     pub processes: u64,
+    /// The memory limit; `None` when there is none.
+    pub memory_limit_bytes: Option<u64>,
+    /// The limit on processes; `None` when there is none.
+    pub pids_limit: Option<u64>,
+}
+
+/// A limit as the metrics say it: `None` for the ways they say "none":
+/// 0 (v1's pids limit of "max"), the largest u64 (v2's "max"), and v1's
+/// memory ceiling of 2^63 rounded down to a page (anything from 2^62 up
+/// is no real limit).
+fn limit(value: u64) -> Option<u64> {
+    (value != 0 && value < 1 << 62).then_some(value)
 }
 
 impl std::iter::Sum for Usage {
@@ -37,6 +49,9 @@ impl std::iter::Sum for Usage {
             page_faults: a.page_faults + u.page_faults,
             major_page_faults: a.major_page_faults + u.major_page_faults,
             processes: a.processes + u.processes,
+            // Several cgroups' limits do not add up to one.
+            memory_limit_bytes: None,
+            pids_limit: None,
         })
     }
 }
@@ -64,6 +79,10 @@ pub fn usage(metric: &Metric) -> Option<Usage> {
                 page_faults: memory.map_or(0, |m| m.total_pg_fault),
                 major_page_faults: memory.map_or(0, |m| m.total_pg_maj_fault),
                 processes: m.pids.as_ref().map_or(0, |p| p.current),
+                memory_limit_bytes: memory
+                    .and_then(|m| m.usage.as_ref())
+                    .and_then(|u| limit(u.limit)),
+                pids_limit: m.pids.as_ref().and_then(|p| limit(p.limit)),
             }
         }),
         CGROUPS_V2_METRICS => v2::Metrics::parse_from_bytes(bytes).ok().map(|m| {
@@ -81,6 +100,8 @@ pub fn usage(metric: &Metric) -> Option<Usage> {
                 page_faults: memory.map_or(0, |m| m.pgfault),
                 major_page_faults: memory.map_or(0, |m| m.pgmajfault),
                 processes: m.pids.as_ref().map_or(0, |p| p.current),
+                memory_limit_bytes: memory.and_then(|m| limit(m.usage_limit)),
+                pids_limit: m.pids.as_ref().and_then(|p| limit(p.limit)),
             }
         }),
         _ => None,
@@ -114,6 +135,7 @@ mod tests {
         let mut mem = v1::MemoryStat::new();
         let mut mem_usage = v1::MemoryEntry::new();
         mem_usage.usage = 1000;
+        mem_usage.limit = 64 << 20;
         mem.usage = Some(mem_usage).into();
         mem.total_inactive_file = 300;
         mem.total_rss = 600;
@@ -122,6 +144,7 @@ mod tests {
         m1.memory = Some(mem).into();
         let mut pids = v1::PidsStat::new();
         pids.current = 3;
+        pids.limit = 0; // "max"
         m1.pids = Some(pids).into();
         let from_v1 = usage(&metric(
             CGROUPS_V1_METRICS,
@@ -138,9 +161,11 @@ mod tests {
         mem.anon = 600;
         mem.pgfault = 7;
         mem.pgmajfault = 1;
+        mem.usage_limit = 64 << 20;
         m2.memory = Some(mem).into();
         let mut pids = v2::PidsStat::new();
         pids.current = 3;
+        pids.limit = u64::MAX; // "max"
         m2.pids = Some(pids).into();
         let from_v2 = usage(&metric(
             &format!("/{CGROUPS_V2_METRICS}"),
@@ -154,10 +179,20 @@ mod tests {
             page_faults: 7,
             major_page_faults: 1,
             processes: 3,
+            memory_limit_bytes: Some(64 << 20),
+            pids_limit: None,
         };
         assert_eq!(from_v1, Some(want));
         assert_eq!(from_v2, Some(want));
         assert_eq!(usage(&metric("other", vec![])), None);
+    }
+
+    #[test]
+    fn the_ways_of_saying_no_limit_are_none() {
+        assert_eq!(limit(0), None);
+        assert_eq!(limit(u64::MAX), None);
+        assert_eq!(limit(9_223_372_036_854_771_712), None);
+        assert_eq!(limit(42), Some(42));
     }
 
     #[test]
@@ -170,6 +205,8 @@ mod tests {
             page_faults: 5,
             major_page_faults: 6,
             processes: 7,
+            memory_limit_bytes: Some(8),
+            pids_limit: Some(9),
         };
         let total: Usage = [one, one].into_iter().sum();
         assert_eq!(
@@ -182,6 +219,8 @@ mod tests {
                 page_faults: 10,
                 major_page_faults: 12,
                 processes: 14,
+                memory_limit_bytes: None,
+                pids_limit: None,
             }
         );
     }

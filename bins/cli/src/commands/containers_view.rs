@@ -40,6 +40,18 @@ pub struct LogsArgs {
 }
 
 #[derive(Debug, clap::Args)]
+pub struct StatsArgs {
+    /// Print one table (two samples a second apart, for the CPU figure)
+    /// and exit, instead of a new one every second.
+    #[arg(long)]
+    pub no_stream: bool,
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: Format,
+    /// The containers to show; without, every one with a task.
+    pub ids: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
 pub struct RmArgs {
     #[arg(required = true)]
     pub ids: Vec<String>,
@@ -297,4 +309,131 @@ pub async fn rm(global: &Global, args: RmArgs) -> Result<()> {
         println!("{id}");
     }
     Ok(())
+}
+
+/// One container's row of `berth stats`.
+#[derive(Serialize)]
+struct StatsRow {
+    id: String,
+    /// Of one CPU, over the time since the previous sample.
+    cpu_percent: f64,
+    /// Memory in use less inactive page cache, as docker and the kubelet
+    /// count it.
+    memory_bytes: u64,
+    /// The container's memory limit; `null` without one (the table then
+    /// shows the host's memory).
+    memory_limit_bytes: Option<u64>,
+    pids: u64,
+    pids_limit: Option<u64>,
+}
+
+/// The usage of each task `filters` select, with when it was sampled.
+async fn sample_usage(
+    tasks: &RemoteTasks,
+    ns: &str,
+    filters: &[String],
+) -> Result<HashMap<String, (berth_tasks::usage::Usage, std::time::SystemTime)>> {
+    let metrics = tasks.metrics(ns, filters).await.context("metrics")?;
+    Ok(metrics
+        .iter()
+        .filter_map(|m| {
+            berth_tasks::usage::usage(m).map(|usage| (m.container_id.clone(), (usage, m.at)))
+        })
+        .collect())
+}
+
+/// The host's memory, from /proc/meminfo, for containers without a limit.
+fn host_memory_bytes() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// `berth stats`: CPU, memory and processes of running containers, as
+/// `nerdctl stats` and `docker stats` show them, from the cgroup metrics
+/// their shims report (cgroup v1 or v2).
+pub async fn stats(global: &Global, args: StatsArgs) -> Result<()> {
+    let ns = global.namespace()?;
+    let tasks = RemoteTasks::connect(global.taskd_socket())
+        .await
+        .context("berth-taskd")?;
+    let filters: Vec<String> = args.ids.iter().map(|id| format!("id=={id}")).collect();
+    let mut previous = sample_usage(&tasks, ns, &filters).await?;
+    for id in &args.ids {
+        if !previous.contains_key(id) {
+            anyhow::bail!("container {id} has no task running");
+        }
+    }
+    let host_memory = host_memory_bytes();
+    let interactive = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let current = sample_usage(&tasks, ns, &filters).await?;
+        let mut rows: Vec<StatsRow> = current
+            .iter()
+            .map(|(id, (usage, at))| {
+                let cpu_percent = previous
+                    .get(id)
+                    .and_then(|(before, then)| {
+                        let elapsed = at.duration_since(*then).ok()?.as_nanos() as f64;
+                        let used = usage.cpu_nanos.checked_sub(before.cpu_nanos)? as f64;
+                        (elapsed > 0.0).then(|| used / elapsed * 100.0)
+                    })
+                    .unwrap_or(0.0);
+                StatsRow {
+                    id: id.clone(),
+                    cpu_percent,
+                    memory_bytes: usage.working_set_bytes,
+                    memory_limit_bytes: usage.memory_limit_bytes,
+                    pids: usage.processes,
+                    pids_limit: usage.pids_limit,
+                }
+            })
+            .collect();
+        rows.sort_by(|a, b| a.id.cmp(&b.id));
+        match args.format {
+            Format::Json => output::json(&rows)?,
+            Format::Table => {
+                if interactive && !args.no_stream {
+                    // A new screen each second, as docker's.
+                    print!("\x1b[2J\x1b[H");
+                }
+                let table: Vec<Vec<String>> = rows
+                    .iter()
+                    .map(|r| {
+                        let limit = r.memory_limit_bytes.or(host_memory);
+                        let percent = limit
+                            .filter(|l| *l > 0)
+                            .map_or(0.0, |l| r.memory_bytes as f64 / l as f64 * 100.0);
+                        vec![
+                            r.id.clone(),
+                            format!("{:.2}%", r.cpu_percent),
+                            format!(
+                                "{} / {}",
+                                output::size(r.memory_bytes),
+                                limit.map_or("-".to_string(), output::size)
+                            ),
+                            format!("{percent:.2}%"),
+                            r.pids.to_string(),
+                        ]
+                    })
+                    .collect();
+                output::table(
+                    &[
+                        "CONTAINER ID",
+                        "CPU %",
+                        "MEM USAGE / LIMIT",
+                        "MEM %",
+                        "PIDS",
+                    ],
+                    &table,
+                )?;
+            }
+        }
+        if args.no_stream {
+            return Ok(());
+        }
+        previous = current;
+    }
 }

@@ -8,10 +8,11 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use berth_client::{RemoteContainers, RemoteTasks};
 use berth_metadata::ContainerStore;
+use berth_oci::Limits;
 use berth_tasks::container::STOP_SIGNAL_LABEL;
-use berth_tasks::{KillProcess, Status, Tasks};
+use berth_tasks::{KillProcess, Status, Tasks, UpdateTask};
 
-use super::run::{log_path, log_stdio, log_uri, recorded_log, LOG_URI_LABEL};
+use super::run::{log_path, log_stdio, log_uri, parse_bytes, recorded_log, LOG_URI_LABEL};
 use super::tasks::{connect, parse_signal};
 use crate::global::Global;
 
@@ -40,6 +41,20 @@ pub struct StopArgs {
     /// else SIGTERM).
     #[arg(short = 's', long)]
     signal: Option<String>,
+    #[arg(required = true)]
+    ids: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct UpdateArgs {
+    /// Memory limit: bytes, or with a k, m or g suffix.
+    #[arg(short = 'm', long)]
+    memory: Option<String>,
+    /// CPUs the container may use (e.g. 0.5).
+    #[arg(long)]
+    cpus: Option<f64>,
+    #[arg(long)]
+    pids_limit: Option<i64>,
     #[arg(required = true)]
     ids: Vec<String>,
 }
@@ -154,6 +169,49 @@ impl Lifecycle {
         Ok(())
     }
 
+    /// New limits for `id`: on its task's cgroup first, if it has a task
+    /// (the kernel may refuse one, such as a memory limit under what the
+    /// container uses), then in its record, so that its next task has them
+    /// too. Nothing changes when a limit is refused.
+    async fn update(&self, id: &str, limits: &Limits) -> Result<()> {
+        let ns = &self.namespace;
+        let mut container = self
+            .containers
+            .get(ns, id)
+            .await
+            .with_context(|| format!("container {id}"))?;
+        let recorded = container
+            .spec
+            .as_mut()
+            .with_context(|| format!("container {id} has no spec"))?;
+        let mut spec: berth_oci::Spec =
+            serde_json::from_slice(&recorded.value).with_context(|| format!("the spec of {id}"))?;
+        let resources = berth_oci::update_limits(&mut spec, limits)
+            .with_context(|| format!("updating {id}"))?;
+        match self.tasks.get(ns, id, "").await {
+            Ok(task) if task.status != Status::Stopped => {
+                let update = UpdateTask {
+                    container_id: id.to_string(),
+                    resources: Some(serde_json::to_vec(&resources)?),
+                    annotations: Default::default(),
+                };
+                self.tasks
+                    .update(ns, update)
+                    .await
+                    .with_context(|| format!("updating the task of {id}"))?;
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == berth_errdefs::ErrorKind::NotFound => {}
+            Err(e) => return Err(anyhow::Error::from(e).context(format!("the task of {id}"))),
+        }
+        recorded.value = serde_json::to_vec(&spec)?;
+        self.containers
+            .update(ns, container, &["spec".to_string()])
+            .await
+            .with_context(|| format!("recording the new limits of {id}"))?;
+        Ok(())
+    }
+
     /// Starts `id` detached, its output appended to its log.
     async fn start_detached(&self, global: &Global, id: &str) -> Result<()> {
         if self.clear_stopped_task(global, id).await? {
@@ -240,6 +298,25 @@ pub async fn kill(global: &Global, args: KillArgs) -> Result<u8> {
             )
             .await
             .with_context(|| format!("killing {id}"))?;
+        println!("{id}");
+    }
+    Ok(0)
+}
+
+/// `berth update`: new memory, CPU or pids limits for containers, running
+/// or not, as `nerdctl update` and `docker update` change them.
+pub async fn update(global: &Global, args: UpdateArgs) -> Result<u8> {
+    let limits = Limits {
+        memory_bytes: args.memory.as_deref().map(parse_bytes).transpose()?,
+        cpus: args.cpus,
+        pids_limit: args.pids_limit,
+    };
+    if limits.is_empty() {
+        bail!("nothing to update: give --memory, --cpus or --pids-limit");
+    }
+    let lifecycle = Lifecycle::connect(global).await?;
+    for id in &args.ids {
+        lifecycle.update(id, &limits).await?;
         println!("{id}");
     }
     Ok(0)

@@ -174,7 +174,7 @@ pub struct RunArgs {
     pub container: ContainerArgs,
 }
 
-fn parse_bytes(value: &str) -> Result<i64> {
+pub(crate) fn parse_bytes(value: &str) -> Result<i64> {
     let lower = value.trim().to_ascii_lowercase();
     let (digits, unit) = match lower.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
         Some((i, _)) => lower.split_at(i),
