@@ -54,12 +54,8 @@ pub struct SpecOptions {
     pub seccomp: Seccomp,
     /// Bind and tmpfs mounts, after (or instead of) the default ones.
     pub mounts: Vec<MountOption>,
-    /// The memory limit in bytes (at least 6 MiB).
-    pub memory_bytes: Option<i64>,
-    /// The number of CPUs the container may use (CFS quota).
-    pub cpus: Option<f64>,
-    /// The maximum number of tasks.
-    pub pids_limit: Option<i64>,
+    /// Memory, CPU and pids limits.
+    pub limits: crate::Limits,
     /// Host devices the container gets (read from the host with
     /// [`crate::DeviceRequest::resolve`], or [`crate::all_host_devices`]
     /// for a privileged container).
@@ -101,9 +97,7 @@ impl SpecOptions {
             cap_drop: Vec::new(),
             seccomp: Seccomp::Default,
             mounts: Vec::new(),
-            memory_bytes: None,
-            cpus: None,
-            pids_limit: None,
+            limits: crate::Limits::default(),
             devices: Vec::new(),
             network: NetworkMode::None,
             cgroup: CgroupDriver::Cgroupfs,

@@ -101,12 +101,7 @@ pub fn check_cgroup_parent<'a>(driver: &CgroupDriver, parent: &'a str) -> Result
 pub(crate) fn linux_resources(options: &SpecOptions) -> Result<LinuxResources> {
     let mut resources = LinuxResources::default();
     resources.set_devices(Some(device_rules(options)));
-    let limits = Limits {
-        memory_bytes: options.memory_bytes,
-        cpus: options.cpus,
-        pids_limit: options.pids_limit,
-    };
-    apply_limits(&mut resources, &limits)?;
+    apply_limits(&mut resources, &options.limits)?;
     Ok(resources)
 }
 
@@ -367,28 +362,28 @@ mod tests {
     #[test]
     fn limits() {
         let mut o = options();
-        o.memory_bytes = Some(512 << 20);
-        o.cpus = Some(1.5);
-        o.pids_limit = Some(100);
+        o.limits.memory_bytes = Some(512 << 20);
+        o.limits.cpus = Some(1.5);
+        o.limits.pids_limit = Some(100);
         let r = linux_resources(&o).unwrap();
         assert_eq!(r.memory().unwrap().limit(), Some(512 << 20));
         assert_eq!(r.cpu().as_ref().unwrap().quota(), Some(150_000));
         assert_eq!(r.cpu().as_ref().unwrap().period(), Some(100_000));
         assert_eq!(r.pids().unwrap().limit(), 100);
-        o.cpus = Some(0.01);
+        o.limits.cpus = Some(0.01);
         assert_eq!(
             linux_resources(&o).unwrap().cpu().as_ref().unwrap().quota(),
             Some(1_000)
         );
-        o.memory_bytes = Some(MIN_MEMORY_BYTES);
+        o.limits.memory_bytes = Some(MIN_MEMORY_BYTES);
         assert!(linux_resources(&o).is_ok());
     }
 
     #[test]
     fn an_update_changes_only_the_limits_it_has_and_checks_them_all_first() {
         let mut o = options();
-        o.memory_bytes = Some(64 << 20);
-        o.pids_limit = Some(10);
+        o.limits.memory_bytes = Some(64 << 20);
+        o.limits.pids_limit = Some(10);
         let image = crate::ImageDefaults {
             env: Vec::new(),
             entrypoint: Vec::new(),
@@ -451,16 +446,16 @@ mod tests {
                 Err(OciError::InvalidArgument(_))
             ));
         };
-        check(&|o| o.memory_bytes = Some(0));
-        check(&|o| o.memory_bytes = Some(-1));
-        check(&|o| o.memory_bytes = Some(MIN_MEMORY_BYTES - 1));
-        check(&|o| o.cpus = Some(0.0));
-        check(&|o| o.cpus = Some(-1.0));
-        check(&|o| o.cpus = Some(0.004));
-        check(&|o| o.cpus = Some(f64::NAN));
-        check(&|o| o.cpus = Some(f64::INFINITY));
-        check(&|o| o.cpus = Some(1e300));
-        check(&|o| o.pids_limit = Some(0));
-        check(&|o| o.pids_limit = Some(-1));
+        check(&|o| o.limits.memory_bytes = Some(0));
+        check(&|o| o.limits.memory_bytes = Some(-1));
+        check(&|o| o.limits.memory_bytes = Some(MIN_MEMORY_BYTES - 1));
+        check(&|o| o.limits.cpus = Some(0.0));
+        check(&|o| o.limits.cpus = Some(-1.0));
+        check(&|o| o.limits.cpus = Some(0.004));
+        check(&|o| o.limits.cpus = Some(f64::NAN));
+        check(&|o| o.limits.cpus = Some(f64::INFINITY));
+        check(&|o| o.limits.cpus = Some(1e300));
+        check(&|o| o.limits.pids_limit = Some(0));
+        check(&|o| o.limits.pids_limit = Some(-1));
     }
 }

@@ -551,9 +551,9 @@ mod tests {
     #[test]
     fn resources_and_mounts_reach_the_spec() {
         let mut o = SpecOptions::new("default", "c1");
-        o.memory_bytes = Some(64 << 20);
-        o.cpus = Some(0.5);
-        o.pids_limit = Some(64);
+        o.limits.memory_bytes = Some(64 << 20);
+        o.limits.cpus = Some(0.5);
+        o.limits.pids_limit = Some(64);
         o.cgroup = crate::CgroupDriver::Systemd;
         o.mounts = vec![MountOption::parse_volume_flag("/srv/data:/data:ro").unwrap()];
         let spec = build(&o);
@@ -568,7 +568,7 @@ mod tests {
         );
         let data = spec.mounts().as_ref().unwrap().last().unwrap();
         assert_eq!(data.destination(), Path::new("/data"));
-        o.memory_bytes = Some(1);
+        o.limits.memory_bytes = Some(1);
         assert!(build_spec(&image(), &o, &NoRootfsFiles).is_err());
     }
 
@@ -582,9 +582,9 @@ mod tests {
     #[test]
     fn json_round_trips_with_oci_keys() {
         let mut o = SpecOptions::new("default", "c1");
-        o.memory_bytes = Some(64 << 20);
-        o.cpus = Some(2.0);
-        o.pids_limit = Some(10);
+        o.limits.memory_bytes = Some(64 << 20);
+        o.limits.cpus = Some(2.0);
+        o.limits.pids_limit = Some(10);
         o.terminal = true;
         o.annotations.insert("a".into(), "b".into());
         o.mounts = vec![MountOption::parse_mount_flag("type=tmpfs,dst=/t,tmpfs-size=1m").unwrap()];

@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use berth_client::{RemoteContainers, RemoteTasks};
-use berth_metadata::ContainerStore;
+use berth_metadata::{Container, ContainerStore};
 use berth_oci::Limits;
 use berth_tasks::container::STOP_SIGNAL_LABEL;
 use berth_tasks::{KillProcess, Status, Tasks, UpdateTask};
 
-use super::run::{log_path, log_stdio, log_uri, parse_bytes, recorded_log, LOG_URI_LABEL};
+use super::run::{log_path, log_stdio, log_uri, recorded_log, LimitArgs, LOG_URI_LABEL};
 use super::tasks::{connect, parse_signal};
 use crate::global::Global;
 
@@ -47,14 +47,8 @@ pub struct StopArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct UpdateArgs {
-    /// Memory limit: bytes, or with a k, m or g suffix.
-    #[arg(short = 'm', long)]
-    memory: Option<String>,
-    /// CPUs the container may use (e.g. 0.5).
-    #[arg(long)]
-    cpus: Option<f64>,
-    #[arg(long)]
-    pids_limit: Option<i64>,
+    #[command(flatten)]
+    limits: LimitArgs,
     #[arg(required = true)]
     ids: Vec<String>,
 }
@@ -85,16 +79,20 @@ impl Lifecycle {
         })
     }
 
+    /// The record of container `id`.
+    async fn container(&self, id: &str) -> Result<Container> {
+        self.containers
+            .get(&self.namespace, id)
+            .await
+            .with_context(|| format!("container {id}"))
+    }
+
     /// Where a started container's output goes: the log its record names,
     /// or (for one that never had one: made by `berth create`, or run
     /// attached) its log path, recorded on it so `berth logs` finds it.
     async fn log_of(&self, id: &str) -> Result<PathBuf> {
         let ns = &self.namespace;
-        let mut container = self
-            .containers
-            .get(ns, id)
-            .await
-            .with_context(|| format!("container {id}"))?;
+        let mut container = self.container(id).await?;
         if let Some(path) = recorded_log(&container.labels, id)? {
             return Ok(path);
         }
@@ -133,11 +131,7 @@ impl Lifecycle {
     /// SIGTERM. An unknown container is an error, as docker's "No such
     /// container", not a container already stopped.
     async fn stop_signal(&self, id: &str, flag: Option<&str>) -> Result<u32> {
-        let container = self
-            .containers
-            .get(&self.namespace, id)
-            .await
-            .with_context(|| format!("container {id}"))?;
+        let container = self.container(id).await?;
         if let Some(signal) = flag {
             return parse_signal(signal);
         }
@@ -175,11 +169,7 @@ impl Lifecycle {
     /// too. Nothing changes when a limit is refused.
     async fn update(&self, id: &str, limits: &Limits) -> Result<()> {
         let ns = &self.namespace;
-        let mut container = self
-            .containers
-            .get(ns, id)
-            .await
-            .with_context(|| format!("container {id}"))?;
+        let mut container = self.container(id).await?;
         let recorded = container
             .spec
             .as_mut()
@@ -306,11 +296,7 @@ pub async fn kill(global: &Global, args: KillArgs) -> Result<u8> {
 /// `berth update`: new memory, CPU or pids limits for containers, running
 /// or not, as `nerdctl update` and `docker update` change them.
 pub async fn update(global: &Global, args: UpdateArgs) -> Result<u8> {
-    let limits = Limits {
-        memory_bytes: args.memory.as_deref().map(parse_bytes).transpose()?,
-        cpus: args.cpus,
-        pids_limit: args.pids_limit,
-    };
+    let limits = args.limits.limits()?;
     if limits.is_empty() {
         bail!("nothing to update: give --memory, --cpus or --pids-limit");
     }

@@ -106,14 +106,8 @@ pub struct ContainerArgs {
     /// SRC:DST[:ro|rw]: a bind mount.
     #[arg(short = 'v', long = "volume", value_name = "SRC:DST[:ro]")]
     pub volume: Vec<String>,
-    /// Memory limit: bytes, or with a k, m or g suffix.
-    #[arg(short = 'm', long)]
-    pub memory: Option<String>,
-    /// CPUs the container may use (e.g. 0.5).
-    #[arg(long)]
-    pub cpus: Option<f64>,
-    #[arg(long)]
-    pub pids_limit: Option<i64>,
+    #[command(flatten)]
+    pub limits: LimitArgs,
     /// none (own network namespace, loopback only), host, or a CNI network
     /// by name (`berth network ls`): `bridge` is berth's default bridge,
     /// made on first use.
@@ -174,7 +168,32 @@ pub struct RunArgs {
     pub container: ContainerArgs,
 }
 
-pub(crate) fn parse_bytes(value: &str) -> Result<i64> {
+/// The memory, CPU and pids limits, as `berth run` and `berth update` take
+/// them.
+#[derive(Debug, clap::Args)]
+pub struct LimitArgs {
+    /// Memory limit: bytes, or with a k, m or g suffix.
+    #[arg(short = 'm', long)]
+    pub memory: Option<String>,
+    /// CPUs the container may use (e.g. 0.5).
+    #[arg(long)]
+    pub cpus: Option<f64>,
+    #[arg(long)]
+    pub pids_limit: Option<i64>,
+}
+
+impl LimitArgs {
+    /// The limits given (checked when they are applied to a spec).
+    pub fn limits(&self) -> Result<berth_oci::Limits> {
+        Ok(berth_oci::Limits {
+            memory_bytes: self.memory.as_deref().map(parse_bytes).transpose()?,
+            cpus: self.cpus,
+            pids_limit: self.pids_limit,
+        })
+    }
+}
+
+fn parse_bytes(value: &str) -> Result<i64> {
     let lower = value.trim().to_ascii_lowercase();
     let (digits, unit) = match lower.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
         Some((i, _)) => lower.split_at(i),
@@ -268,9 +287,7 @@ impl ContainerArgs {
         for volume in &self.volume {
             options.mounts.push(MountOption::parse_volume_flag(volume)?);
         }
-        options.memory_bytes = self.memory.as_deref().map(parse_bytes).transpose()?;
-        options.cpus = self.cpus;
-        options.pids_limit = self.pids_limit;
+        options.limits = self.limits.limits()?;
         let (cdi_names, host_devices): (Vec<&String>, Vec<&String>) =
             self.device.iter().partition(|d| is_cdi_device_name(d));
         let requests = host_devices
