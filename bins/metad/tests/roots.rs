@@ -123,3 +123,59 @@ async fn roots_cover_every_namespace_and_expired_leases_can_go() {
         .unwrap()
         .is_empty());
 }
+
+/// A lease deleted while a collection lists contentd and snapd (after
+/// `begin_collection`, before `roots`) still holds its resources in that
+/// collection's roots, and in no later one; a lease deleted outside a
+/// collection holds nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_deleted_while_a_collection_lists_still_holds_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = MetaStore::open_standalone(dir.path()).unwrap();
+    let roots_now = |store: &MetaStore| {
+        let records = store.records().clone();
+        async move {
+            tokio::task::spawn_blocking(move || records.roots())
+                .await
+                .unwrap()
+                .unwrap()
+        }
+    };
+    let leases_of = |roots: &berth_metad::gc::Roots| -> Vec<(String, Vec<Resource>)> {
+        roots
+            .namespaces
+            .iter()
+            .filter(|n| n.namespace == "ns")
+            .flat_map(|n| n.leases.iter())
+            .map(|l| (l.id.clone(), l.resources.clone()))
+            .collect()
+    };
+    for id in ["handed-over", "before"] {
+        LeaseManager::create(&store, "ns", id, Labels::new())
+            .await
+            .unwrap();
+        store
+            .add_resource("ns", id, resource("snapshots/overlayfs", "top"))
+            .await
+            .unwrap();
+    }
+    // Deleted before the collection began: nothing.
+    LeaseManager::delete(&store, "ns", "before", false)
+        .await
+        .unwrap();
+
+    store.records().begin_collection();
+    LeaseManager::delete(&store, "ns", "handed-over", false)
+        .await
+        .unwrap();
+    let roots = roots_now(&store).await;
+    assert_eq!(
+        leases_of(&roots),
+        vec![(
+            "handed-over".to_string(),
+            vec![resource("snapshots/overlayfs", "top")]
+        )]
+    );
+    // The keeping ended with that read.
+    assert!(leases_of(&roots_now(&store).await).is_empty());
+}

@@ -118,7 +118,12 @@ impl Collector {
     /// conditional deletes.
     pub async fn collect(&self, gate: &RwLock<()>) -> Result<Report> {
         let started = Instant::now();
-        let namespaces = self.blocking(|roots| roots.namespaces()).await?;
+        let namespaces = self
+            .blocking(|roots| {
+                roots.begin_collection();
+                roots.namespaces()
+            })
+            .await?;
 
         let (mut content, mut snapshots) = tokio::join!(
             self.list_content(&namespaces),

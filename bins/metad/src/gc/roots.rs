@@ -35,7 +35,14 @@ pub struct Roots {
 /// metad's store, as the collector reads and trims it. Blocking: called
 /// from `spawn_blocking`.
 pub trait RootSource: Send + Sync {
-    /// All namespaces' roots in one read transaction.
+    /// A collection is about to list contentd and snapd: leases deleted
+    /// from now on must still count as roots in its [`RootSource::roots`],
+    /// which is read after the listings (a lease handed over to a label
+    /// that the listing missed would otherwise hold nothing).
+    fn begin_collection(&self) {}
+    /// All namespaces' roots in one read transaction, with the leases
+    /// deleted since [`RootSource::begin_collection`] (whose keeping ends
+    /// here).
     fn roots(&self) -> Result<Roots>;
     /// The namespaces a collection lists contentd and snapd in, read before
     /// it lists them (objects in a namespace metad does not know are never

@@ -21,6 +21,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::marker::PhantomData;
 use std::ops::Bound;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use berth_daemon::lmdb::{db_error, open_env, to_system_time};
 use berth_errdefs::{Error, Result};
@@ -30,6 +31,8 @@ use heed::types::{SerdeJson, Str, Unit};
 use heed::{Database, Env, RoTxn, RwTxn};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+
+use crate::gc::LeaseRoots;
 
 /// Upper bound on the metadata file (LMDB maps it sparsely).
 const MAP_SIZE: usize = 4 << 30;
@@ -360,7 +363,15 @@ pub struct Records {
     pub containers: Table<ContainerRecord>,
     pub leases: Table<LeaseRecord>,
     resources: Database<Str, Unit>,
+    /// Leases deleted while a collection lists contentd and snapd (`None`
+    /// when none does), with their resources: roots of that collection
+    /// all the same (see [`Records::keep_deleted_leases`]). Shared by
+    /// every clone of these records.
+    deleted_while_listing: Arc<Mutex<DeletedLeases>>,
 }
+
+/// Leases (namespace, lease) kept aside for a collection, or `None`.
+type DeletedLeases = Option<Vec<(String, LeaseRoots)>>;
 
 fn resource_prefix(namespace: &str, lease: &str) -> String {
     format!("{namespace}/{lease}/")
@@ -403,7 +414,34 @@ impl Records {
             containers,
             leases,
             resources,
+            deleted_while_listing: Arc::new(Mutex::new(None)),
         })
+    }
+
+    /// From now until [`Records::take_deleted_leases`], every lease deleted
+    /// is kept aside with its resources. A collection lists contentd's and
+    /// snapd's labels before it reads metad's leases, so a client that
+    /// hands its objects from a lease to a label (`berth unpack`: label the
+    /// image's config with its top layer, then delete the lease) could
+    /// otherwise set the label after the listing and delete the lease
+    /// before the leases are read, and the collection would see neither.
+    /// Any lease alive when the listing starts holds for the whole
+    /// collection.
+    pub fn keep_deleted_leases(&self) {
+        *self.deleted_leases() = Some(Vec::new());
+    }
+
+    /// The leases deleted since [`Records::keep_deleted_leases`], as
+    /// `(namespace, lease)`; stops keeping them.
+    pub fn take_deleted_leases(&self) -> Vec<(String, LeaseRoots)> {
+        self.deleted_leases().take().unwrap_or_default()
+    }
+
+    fn deleted_leases(&self) -> std::sync::MutexGuard<'_, DeletedLeases> {
+        // A panic while holding it left a whole list or none: still usable.
+        self.deleted_while_listing
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub fn read(&self) -> Result<RoTxn<'_, heed::WithTls>> {
@@ -500,7 +538,22 @@ impl Records {
     }
 
     /// Deletes a lease and its resources; false if there was no lease.
+    /// While a collection lists the daemons, the lease is also kept aside
+    /// for it ([`Records::keep_deleted_leases`]).
     pub fn delete_lease(&self, txn: &mut RwTxn, namespace: &str, lease: &str) -> Result<bool> {
+        if let Some(kept) = self.deleted_leases().as_mut() {
+            if let Some(record) = self.leases.get(txn, namespace, lease)? {
+                kept.push((
+                    namespace.to_string(),
+                    LeaseRoots {
+                        id: lease.to_string(),
+                        created_at: to_system_time(record.created_at),
+                        labels: record.labels,
+                        resources: self.resources_of(txn, namespace, lease)?,
+                    },
+                ));
+            }
+        }
         let existed = self.leases.delete(txn, namespace, lease)?;
         let prefix = resource_prefix(namespace, lease);
         let end = resource_end(&prefix);

@@ -21,8 +21,15 @@ fn entry<'a>(
 }
 
 impl RootSource for Records {
+    fn begin_collection(&self) {
+        self.keep_deleted_leases();
+    }
+
     fn roots(&self) -> Result<Roots> {
         let txn = self.read()?;
+        // Taken after the read began: a lease deleted after that is still
+        // in what this transaction reads.
+        let deleted_while_listing = self.take_deleted_leases();
         let mut by_namespace: BTreeMap<String, NamespaceRoots> = BTreeMap::new();
         for (namespace, _) in self.all_namespaces(&txn)? {
             entry(&mut by_namespace, &namespace);
@@ -58,6 +65,9 @@ impl RootSource for Records {
             }
         }
         for ((namespace, _), lease) in leases {
+            entry(&mut by_namespace, &namespace).leases.push(lease);
+        }
+        for (namespace, lease) in deleted_while_listing {
             entry(&mut by_namespace, &namespace).leases.push(lease);
         }
         Ok(Roots {
