@@ -219,3 +219,43 @@ pub fn crictl_test_dir() -> Option<tempfile::TempDir> {
             .unwrap(),
     )
 }
+
+/// Moves the calling thread into a network namespace of its own with `lo`
+/// up: every daemon it starts from then on runs there, so the bridges and
+/// rules CNI makes for pods never touch the host's network.
+pub fn enter_private_network() {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+    let up = Command::new("ip")
+        .args(["link", "set", "lo", "up"])
+        .status()
+        .unwrap();
+    assert!(up.success());
+}
+
+/// Writes `<dir>/net.d/10-<name>.conflist` (where [`Cri::start`] points
+/// crid): CNI's bridge on `bridge`, addresses from `subnet` by host-local
+/// (its state under `<dir>/ipam`), then the `more` plugins.
+pub fn write_bridge_network(
+    dir: &Path,
+    name: &str,
+    bridge: &str,
+    subnet: &str,
+    more: &[serde_json::Value],
+) {
+    let net_d = dir.join("net.d");
+    std::fs::create_dir_all(&net_d).unwrap();
+    let mut plugins = vec![json!({
+        "type": "bridge",
+        "bridge": bridge,
+        "isGateway": true,
+        "ipMasq": false,
+        "ipam": {
+            "type": "host-local",
+            "ranges": [[{"subnet": subnet}]],
+            "dataDir": dir.join("ipam").display().to_string(),
+        },
+    })];
+    plugins.extend(more.iter().cloned());
+    let list = json!({"cniVersion": "1.0.0", "name": name, "plugins": plugins});
+    std::fs::write(net_d.join(format!("10-{name}.conflist")), list.to_string()).unwrap();
+}

@@ -1704,39 +1704,16 @@ impl PodHarness {
         if !berth_e2e::require(berth_e2e::on_path("iptables"), "iptables (CNI's portmap)") {
             return None;
         }
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-        let up = Command::new("ip")
-            .args(["link", "set", "lo", "up"])
-            .status()
-            .unwrap();
-        assert!(up.success());
-        let net_d = dir.join("net.d");
-        std::fs::create_dir_all(&net_d).unwrap();
-        std::fs::write(
-            net_d.join("10-crash.conflist"),
-            serde_json::json!({
-                "cniVersion": "1.0.0",
-                "name": CRASH_NETWORK,
-                "plugins": [{
-                    "type": "bridge",
-                    "bridge": "crash0",
-                    "isGateway": true,
-                    "ipMasq": false,
-                    "ipam": {
-                        "type": "host-local",
-                        "ranges": [[{"subnet": "10.88.77.0/24"}]],
-                        "dataDir": dir.join("ipam").display().to_string(),
-                    },
-                }, {
-                    // Every pod publishes a port: a kill must not leave its
-                    // NAT rules behind (or take them from a ready pod).
-                    "type": "portmap",
-                    "capabilities": {"portMappings": true},
-                }],
-            })
-            .to_string(),
-        )
-        .unwrap();
+        berth_e2e::cri::enter_private_network();
+        // Every pod publishes a port: a kill must not leave its NAT rules
+        // behind (or take them from a ready pod).
+        berth_e2e::cri::write_bridge_network(
+            dir,
+            CRASH_NETWORK,
+            "crash0",
+            "10.88.77.0/24",
+            &[serde_json::json!({"type": "portmap", "capabilities": {"portMappings": true}})],
+        );
         let cgroups_before = cri_cgroups();
         let cri = berth_e2e::cri::Cri::start(dir);
         let harness = PodHarness {

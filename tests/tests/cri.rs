@@ -844,6 +844,334 @@ fn exec_attach_and_port_forward_work_over_websocket() {
     cri.ok(&["rmp", "-f", &pod_id]);
 }
 
+/// Every file called `name` under `dir` (symlinks not followed).
+fn files_named(dir: &Path, name: &str) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        match entry.file_type() {
+            Ok(t) if t.is_dir() => found.extend(files_named(&path, name)),
+            Ok(_) if entry.file_name() == name => found.push(path),
+            _ => {}
+        }
+    }
+    found
+}
+
+/// A pod whose `userns_options` ask for a user namespace of its own
+/// (Kubernetes' `hostUsers: false`): the pause process and the containers
+/// share one user namespace with the pod's mappings, root inside is 420000
+/// outside, the image's root-owned files are root's inside (the layers are
+/// id-mapped, not copied), what root writes lands as 420000 on the host,
+/// and the pod's network namespace belongs to it (CNI's bridge set up
+/// inside, sysfs mounted). Every request the CRI or runc cannot honour is
+/// refused with nothing made, and removing the pod unpins its namespaces.
+#[test]
+fn a_pod_in_a_user_namespace_of_its_own_maps_every_file_and_process() {
+    let Some(tmp) = crictl_test_dir() else {
+        return;
+    };
+    if !berth_e2e::require(
+        Path::new("/usr/lib/cni/bridge").exists(),
+        "containernetworking-plugins",
+    ) {
+        return;
+    }
+    // runc reaches the bundle from inside the user namespace, so the path
+    // to taskd's state must be passable by others, as /run is (a temp
+    // directory is not).
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    // A network namespace of this test's own: the bridge is made in it,
+    // never on the host.
+    berth_e2e::cri::enter_private_network();
+    let dir = tmp.path();
+    berth_e2e::cri::write_bridge_network(dir, "userns-test", "userns0", "10.88.78.0/24", &[]);
+    let cri = Cri::start(dir);
+    let info: serde_json::Value = serde_json::from_str(&cri.ok(&["info"])).unwrap();
+    let handlers = info["runtimeHandlers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        !handlers.is_empty()
+            && handlers
+                .iter()
+                .all(|h| h["features"]["user_namespaces"] == true
+                    || h["features"]["userNamespaces"] == true),
+        "every handler says it has user namespaces: {info}"
+    );
+
+    let userns = |mode: i32, uids: serde_json::Value, gids: serde_json::Value| json!({"mode": mode, "uids": uids, "gids": gids});
+    let mapping = |host: u32| json!([{"container_id": 0, "host_id": host, "length": 65536}]);
+    let pod_config = |name: &str, network: i32, options: serde_json::Value| {
+        json!({
+            "metadata": {"name": name, "namespace": "test", "uid": format!("uid-{name}"), "attempt": 0},
+            "linux": {"security_context": {"namespace_options": {
+                "network": network, "userns_options": options,
+            }}},
+        })
+    };
+    let state = &cri.crid.state;
+    let pinned = |kind: &str| -> Vec<String> {
+        std::fs::read_dir(state.join(kind))
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+
+    // What cannot be honoured: refused, nothing made.
+    let refused = [
+        (
+            "two-mappings",
+            userns(
+                0,
+                json!([
+            {"container_id": 0, "host_id": 420000, "length": 1000},
+            {"container_id": 1000, "host_id": 520000, "length": 1000}]),
+                mapping(430000),
+            ),
+        ),
+        (
+            "root-unmapped",
+            userns(
+                0,
+                json!([{"container_id": 1, "host_id": 420000, "length": 65536}]),
+                mapping(430000),
+            ),
+        ),
+        ("host-root", userns(0, mapping(0), mapping(0))),
+        (
+            "past-the-end",
+            userns(
+                0,
+                json!([{"container_id": 0, "host_id": 4294967000u32, "length": 65536}]),
+                mapping(430000),
+            ),
+        ),
+        ("no-gids", userns(0, mapping(420000), json!([]))),
+        ("container-mode", userns(1, json!([]), json!([]))),
+        ("target-mode", userns(3, json!([]), json!([]))),
+    ];
+    for (name, options) in refused {
+        let config = cri.write_config(&format!("{name}.json"), pod_config(name, 0, options));
+        let (ok, out, err) = cri.crictl(&["runp", &config]);
+        assert!(!ok, "{name}: a pod was made: {out}");
+        assert!(
+            err.contains("user namespace") || err.contains("mapping"),
+            "{name}: {err}"
+        );
+    }
+    assert_eq!(
+        cri.ok(&["pods", "-q"]).trim(),
+        "",
+        "a refused pod is listed"
+    );
+    assert!(pinned("userns").is_empty() && pinned("netns").is_empty());
+
+    let pod = cri.write_config(
+        "userns-pod.json",
+        pod_config("userns", 0, userns(0, mapping(420000), mapping(430000))),
+    );
+    // Two host directories as volumes: one id-mapped as the kubelet asks
+    // for a pod in a user namespace, one as is.
+    let (mapped_vol, plain_vol) = (dir.join("mapped-volume"), dir.join("plain-volume"));
+    for vol in [&mapped_vol, &plain_vol] {
+        std::fs::create_dir(vol).unwrap();
+        std::fs::write(vol.join("seed"), "host").unwrap();
+    }
+    let container = cri.write_config(
+        "userns-container.json",
+        json!({
+            "metadata": {"name": "mapped"},
+            "image": {"image": POD_IMAGE},
+            "mounts": [{
+                "container_path": "/mapped",
+                "host_path": mapped_vol.display().to_string(),
+                "uidMappings": mapping(420000),
+                "gidMappings": mapping(430000),
+            }, {
+                "container_path": "/plain",
+                "host_path": plain_vol.display().to_string(),
+            }],
+            "linux": {"security_context": {"namespace_options": {
+                "userns_options": userns(0, mapping(420000), mapping(430000)),
+            }}},
+        }),
+    );
+    let pod_id = cri.ok(&["runp", &pod]);
+    assert_eq!(pinned("userns"), std::slice::from_ref(&pod_id));
+    assert_eq!(pinned("netns"), std::slice::from_ref(&pod_id));
+    let ctr_id = cri.ok(&["create", &pod_id, &container, &pod]);
+    cri.ok(&["start", &ctr_id]);
+    let exec = |args: &[&str]| {
+        let mut all = vec!["exec", "-s", ctr_id.as_str()];
+        all.extend(args);
+        let (ok, out, err) = cri.crictl(&all);
+        assert!(ok, "{args:?}: {err}");
+        out
+    };
+    let words = |text: String| {
+        text.split_whitespace()
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        words(exec(&["cat", "/proc/self/uid_map"])),
+        ["0", "420000", "65536"]
+    );
+    assert_eq!(
+        words(exec(&["cat", "/proc/self/gid_map"])),
+        ["0", "430000", "65536"]
+    );
+    assert_eq!(exec(&["id", "-u"]).trim(), "0");
+    // The image's files are root's inside, through the id-mapped layers.
+    assert_eq!(
+        exec(&["busybox", "stat", "-c", "%u:%g", "/bin/busybox"]).trim(),
+        "0:0"
+    );
+    // Root writes its root filesystem and the pod's files.
+    exec(&[
+        "sh",
+        "-c",
+        "echo mine > /written && echo 10.0.0.1 extra >> /etc/hosts",
+    ]);
+    assert_eq!(
+        exec(&["busybox", "stat", "-c", "%u:%g", "/written"]).trim(),
+        "0:0"
+    );
+    // The id-mapped volume is root's inside, and what root writes there
+    // is the host's root's on the disk; the other one is nobody's inside
+    // (65534, the kernel's overflow id) and cannot be written.
+    assert_eq!(
+        exec(&["busybox", "stat", "-c", "%u:%g", "/mapped/seed"]).trim(),
+        "0:0"
+    );
+    exec(&["sh", "-c", "echo from-pod > /mapped/new"]);
+    let new_file = std::fs::metadata(mapped_vol.join("new")).unwrap();
+    assert_eq!((new_file.uid(), new_file.gid()), (0, 0));
+    assert_eq!(
+        exec(&["busybox", "stat", "-c", "%u:%g", "/plain/seed"]).trim(),
+        "65534:65534"
+    );
+    let (ok, _, _) = cri.crictl(&["exec", "-s", &ctr_id, "sh", "-c", "echo x > /plain/new"]);
+    assert!(
+        !ok && !plain_vol.join("new").exists(),
+        "root inside wrote a host root's directory"
+    );
+    // The pod's network is its own: CNI's interface, and sysfs shows it.
+    let net = exec(&["cat", "/proc/net/dev"]);
+    assert!(net.contains("eth0"), "{net}");
+    let sys = exec(&["busybox", "ls", "/sys/class/net"]);
+    assert!(sys.contains("eth0"), "{sys}");
+
+    // From the host: both processes in one user namespace, with the pod's
+    // mappings, and the written file owned by the mapped root.
+    let ctr_pid = cri.inspect("inspect", &ctr_id)["info"]["pid"]
+        .as_u64()
+        .unwrap();
+    let pause_pid = cri.inspect("inspectp", &pod_id)["info"]["pid"]
+        .as_u64()
+        .unwrap();
+    let ns = |pid: u64| std::fs::read_link(format!("/proc/{pid}/ns/user")).unwrap();
+    assert_eq!(ns(ctr_pid), ns(pause_pid));
+    assert_ne!(
+        ns(ctr_pid),
+        std::fs::read_link("/proc/self/ns/user").unwrap()
+    );
+    let written = std::fs::metadata(format!("/proc/{ctr_pid}/root/written")).unwrap();
+    assert_eq!((written.uid(), written.gid()), (420000, 430000));
+    // The overlay shows the image's files as the mapped root's to anyone;
+    // the layer itself, which other containers share, is untouched.
+    let through = std::fs::metadata(format!("/proc/{ctr_pid}/root/bin/busybox")).unwrap();
+    assert_eq!((through.uid(), through.gid()), (420000, 430000));
+    let layers: Vec<_> = files_named(&cri.stack.snapd.root, "busybox");
+    assert!(!layers.is_empty(), "no layer holds bin/busybox");
+    for layer in layers {
+        assert_eq!(
+            std::fs::symlink_metadata(&layer).unwrap().uid(),
+            0,
+            "{layer:?}"
+        );
+    }
+
+    // A pod on the host's network with a user namespace: sysfs cannot be
+    // mounted there, the host's /sys is bound read-only instead.
+    let host_pod = cri.write_config(
+        "userns-host-pod.json",
+        pod_config(
+            "userns-host",
+            2,
+            userns(0, mapping(440000), mapping(440000)),
+        ),
+    );
+    let host_ctr = cri.write_config(
+        "userns-host-container.json",
+        json!({
+            "metadata": {"name": "mapped-host"},
+            "image": {"image": POD_IMAGE},
+            "linux": {"security_context": {"namespace_options": {
+                "network": 2,
+                "userns_options": userns(0, mapping(440000), mapping(440000)),
+            }}},
+        }),
+    );
+    let host_pod_id = cri.ok(&["runp", &host_pod]);
+    let host_ctr_id = cri.ok(&["create", &host_pod_id, &host_ctr, &host_pod]);
+    cri.ok(&["start", &host_ctr_id]);
+    let (ok, out, err) = cri.crictl(&["exec", "-s", &host_ctr_id, "cat", "/proc/self/uid_map"]);
+    assert!(ok, "{err}");
+    assert_eq!(words(out), ["0", "440000", "65536"]);
+    let (ok, out, _) = cri.crictl(&[
+        "exec",
+        "-s",
+        &host_ctr_id,
+        "busybox",
+        "ls",
+        "/sys/class/net",
+    ]);
+    assert!(ok && out.contains("lo"), "{out}");
+    // A container whose user namespace is not its pod's is refused.
+    let other = cri.write_config(
+        "userns-other.json",
+        json!({
+            "metadata": {"name": "other"},
+            "image": {"image": POD_IMAGE},
+            "linux": {"security_context": {"namespace_options": {
+                "userns_options": userns(0, mapping(450000), mapping(450000)),
+            }}},
+        }),
+    );
+    let (ok, _, err) = cri.crictl(&["create", &pod_id, &other, &pod]);
+    assert!(!ok && err.contains("user namespace"), "{err}");
+
+    // An id-mapped mount in a pod without a user namespace is refused.
+    let plain_pod = cri.write_config("plain-pod.json", pod_config("plain", 2, json!(null)));
+    let plain_pod_id = cri.ok(&["runp", &plain_pod]);
+    let (ok, _, err) = cri.crictl(&["create", &plain_pod_id, &container, &plain_pod]);
+    assert!(!ok && err.contains("user namespace"), "{err}");
+    cri.ok(&["rmp", "-f", &plain_pod_id]);
+
+    cri.ok(&["rmp", "-f", &pod_id]);
+    cri.ok(&["rmp", "-f", &host_pod_id]);
+    assert!(pinned("userns").is_empty(), "{:?}", pinned("userns"));
+    assert!(pinned("idmapped").is_empty(), "{:?}", pinned("idmapped"));
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mountinfo.contains(&state.display().to_string()),
+        "mounts left under crid's state: {mountinfo}"
+    );
+    assert_eq!(
+        std::fs::read(mapped_vol.join("seed")).unwrap(),
+        b"host",
+        "the volume outlived its clone"
+    );
+    assert!(pinned("netns").is_empty(), "{:?}", pinned("netns"));
+}
+
 /// critest (cri-tools 1.34, ../shared/critest) against a fresh berth stack:
 /// every spec listed in tests/cri/critest-pass.txt must pass. The list
 /// grows as berth-crid does; containerd 2.2.7 passes 92 here.

@@ -225,6 +225,7 @@ fn main() -> anyhow::Result<()> {
             restrict_oom_score_adj: !can_lower_oom_scores(),
             seccomp_root: config.root.join("seccomp"),
             recursive_read_only: berth_crid::spec::runc_has_recursive_read_only(),
+            id_mapped_mounts: berth_crid::spec::kernel_id_maps(&config.root),
             cdi_spec_dirs: if cli.cdi_spec_dir.is_empty() {
                 file.cdi_spec_dirs.unwrap_or_else(|| {
                     berth_oci::DEFAULT_CDI_SPEC_DIRS

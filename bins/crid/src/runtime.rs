@@ -253,6 +253,11 @@ impl Crid {
             ));
         }
         let runtime = self.runtime_for(handler)?;
+        if spec::pod_user_namespace(&config)?.is_some() && !self.settings.host.id_mapped_mounts {
+            return Err(Error::failed_precondition(
+                "a user namespace needs id-mapped mounts, which this kernel does not make on crid's filesystem",
+            ));
+        }
         let sandbox_image = &self.settings.sandbox_image;
         let image = match images::find(&self.daemons, sandbox_image).await? {
             Some(image) => image,
@@ -273,6 +278,7 @@ impl Crid {
             created_at: now_nanos(),
             phase: SandboxPhase::NotReady,
             netns: None,
+            userns: None,
             network: None,
             pid: 0,
             dir: self.store.sandbox_dir(&id),
@@ -302,7 +308,33 @@ impl Crid {
         spec::write_sandbox_files(sandbox)?;
         let ns = sandbox.namespace_options();
         let own_network = ns.network != cri::NamespaceMode::Node as i32;
-        if own_network {
+        if let Some(userns) = spec::pod_user_namespace(&sandbox.config)? {
+            // The pod's user namespace is made and pinned here, and its
+            // network namespace inside it (so that the pod's root administers
+            // its own network, and CNI can set it up before the pause runs).
+            let (users, nets, name) = (self.userns_dir(), self.netns_dir(), id.clone());
+            let (uids, gids) = (
+                berth_tasks::container::id_mappings(&userns.uid_mappings),
+                berth_tasks::container::id_mappings(&userns.gid_mappings),
+            );
+            let (user, net) = tokio::task::spawn_blocking(move || {
+                pin_pod_namespaces(&uids, &gids, &users, &nets, &name, own_network)
+            })
+            .await
+            .map_err(|e| Error::internal(format!("namespace thread: {e}")))??;
+            sandbox.userns = Some(user.clone());
+            sandbox.netns = net.clone();
+            self.store.update_sandbox(&id, |s| {
+                s.userns = Some(user.clone());
+                s.netns = net.clone();
+            })?;
+            // The pod's root owns the files it would own without one.
+            let root = berth_mount::root_pair(
+                &berth_tasks::container::id_mappings(&userns.uid_mappings),
+                &berth_tasks::container::id_mappings(&userns.gid_mappings),
+            )?;
+            spec::give_sandbox_files(sandbox, root)?;
+        } else if own_network {
             let dir = self.netns_dir();
             let name = id.clone();
             let netns =
@@ -373,6 +405,25 @@ impl Crid {
         self.settings.state.join("netns")
     }
 
+    /// Where the user namespaces of pods that have their own are pinned.
+    fn userns_dir(&self) -> PathBuf {
+        self.settings.state.join("userns")
+    }
+
+    /// Where the id-mapped clones of a container's volumes are attached:
+    /// outside its own directory, which is removed recursively (these are
+    /// only ever unmounted and unlinked, never descended into).
+    fn idmapped_dir(&self, id: &str) -> PathBuf {
+        self.settings.state.join("idmapped").join(id)
+    }
+
+    async fn release_idmapped_volumes(&self, id: &str) -> Result<()> {
+        let dir = self.idmapped_dir(id);
+        tokio::task::spawn_blocking(move || release_idmapped_volumes(&dir))
+            .await
+            .map_err(|e| Error::internal(format!("mount thread: {e}")))?
+    }
+
     pub async fn stop_pod_sandbox(self: &Arc<Self>, id: &str) -> Result<()> {
         let Some(sandbox) = self.store.find_sandbox(id) else {
             // The CRI: stopping what is not there succeeds.
@@ -417,6 +468,18 @@ impl Crid {
                 s.network = None;
             })?;
         }
+        // Its user namespace goes last: the network namespace was its.
+        let userns = sandbox.userns.clone().or_else(|| {
+            let path = self.userns_dir().join(&sandbox.id);
+            path.exists().then_some(path)
+        });
+        if let Some(path) = userns {
+            tokio::task::spawn_blocking(move || berth_network::remove_netns(&path))
+                .await
+                .map_err(|e| Error::internal(format!("namespace thread: {e}")))??;
+            self.store
+                .update_sandbox(&sandbox.id, |s| s.userns = None)?;
+        }
         Ok(())
     }
 
@@ -434,6 +497,25 @@ impl Crid {
         self.emit(&sandbox.id, cri::ContainerEventType::ContainerDeletedEvent);
         self.store.remove_sandbox(&sandbox.id);
         Ok(())
+    }
+
+    /// What a verbose PodSandboxStatus adds, as containerd gives it under
+    /// `info`: the pause process, its namespaces and its config, as JSON.
+    pub fn pod_sandbox_info(&self, id: &str) -> Result<HashMap<String, String>> {
+        let sandbox = self
+            .store
+            .find_sandbox(id)
+            .ok_or_else(|| Error::not_found(format!("sandbox {id:?} not found")))?;
+        let info = serde_json::json!({
+            "pid": sandbox.pid,
+            "runtimeHandler": sandbox.runtime_handler,
+            "netNamespacePath": sandbox.netns,
+            "userNamespacePath": sandbox.userns,
+            "snapshotter": self.daemons.snapshotter,
+            "snapshotKey": sandbox.id,
+            "config": sandbox.config,
+        });
+        Ok(HashMap::from([("info".to_string(), info.to_string())]))
     }
 
     pub fn pod_sandbox_status(&self, id: &str) -> Result<cri::PodSandboxStatus> {
@@ -577,8 +659,31 @@ impl Crid {
             user: None,
         };
         let mounts = container.config.mounts.clone();
+        let wants_idmap = mounts
+            .iter()
+            .any(|m| !m.uid_mappings.is_empty() || !m.gid_mappings.is_empty());
+        if wants_idmap && sandbox.userns.is_none() {
+            return Err(Error::invalid_argument(
+                "an id-mapped mount needs a pod in a user namespace of its own",
+            ));
+        }
         self.store.add_container(container)?;
         let made = async {
+            if wants_idmap {
+                let (dir, wanted) = (self.idmapped_dir(&id), mounts.clone());
+                let attached =
+                    tokio::task::spawn_blocking(move || attach_idmapped_volumes(&dir, &wanted))
+                        .await
+                        .map_err(|e| Error::internal(format!("mount thread: {e}")))??;
+                // runc binds the id-mapped clone; the bind keeps its mapping.
+                for (destination, clone) in attached {
+                    for mount in options.mounts.iter_mut() {
+                        if mount.destination == destination {
+                            mount.source = clone.display().to_string();
+                        }
+                    }
+                }
+            }
             // Made under the container's directory, which its removal (or
             // a failed creation's) takes away.
             let (volumes, copy_up) = spec::image_volumes(
@@ -601,6 +706,9 @@ impl Crid {
         let record = match made.await {
             Ok(record) => record,
             Err(e) => {
+                if let Err(e) = self.release_idmapped_volumes(&id).await {
+                    tracing::warn!(id = %id, "id-mapped mounts of a failed creation: {e}");
+                }
                 self.store.remove_container(&id);
                 return Err(e);
             }
@@ -1264,6 +1372,7 @@ impl Crid {
         }
         self.remove_task(&container.id).await?;
         self.stop_logging(&container.id);
+        self.release_idmapped_volumes(&container.id).await?;
         self.unmake_container(&container.id).await?;
         self.emit(
             &container.id,
@@ -1309,6 +1418,24 @@ impl Crid {
             .collect();
         out.sort_by_key(|c| c.created_at);
         out
+    }
+
+    /// What a verbose ContainerStatus adds, as containerd gives it under
+    /// `info`: its pod, its process (`crictl inspect`'s `.info.pid`) and
+    /// its config, as JSON.
+    pub fn container_info(&self, id: &str) -> Result<HashMap<String, String>> {
+        let c = self
+            .store
+            .find_container(id)
+            .ok_or_else(|| Error::not_found(format!("container {id:?} not found")))?;
+        let info = serde_json::json!({
+            "sandboxID": c.sandbox_id,
+            "pid": c.pid,
+            "snapshotter": self.daemons.snapshotter,
+            "snapshotKey": c.id,
+            "config": c.config,
+        });
+        Ok(HashMap::from([("info".to_string(), info.to_string())]))
     }
 
     pub fn container_status(&self, id: &str) -> Result<cri::ContainerStatus> {
@@ -1561,6 +1688,17 @@ impl Crid {
                 Err(e) => return Err(e),
             }
         }
+        // Id-mapped volume clones of containers crid no longer has: a
+        // creation or removal cut short.
+        let idmapped = self.settings.state.join("idmapped");
+        for entry in std::fs::read_dir(&idmapped).into_iter().flatten().flatten() {
+            let id = entry.file_name().to_string_lossy().into_owned();
+            if self.store.container(&id).is_none() {
+                if let Err(e) = self.release_idmapped_volumes(&id).await {
+                    tracing::warn!(id = %id, "id-mapped mounts left by a crash: {e}");
+                }
+            }
+        }
         // Records crid made but has no state for: a creation cut short.
         let records = self
             .daemons
@@ -1607,6 +1745,118 @@ impl Crid {
                 ),
             ),
             Err(e) => (false, e.to_string()),
+        }
+    }
+}
+
+/// Attaches under `dir` (one entry per mount, named by its index) an
+/// id-mapped clone of each mount's host path that asks for `uid_mappings`
+/// and `gid_mappings` (the kubelet's volumes of a pod in a user namespace),
+/// and returns each one's container path and clone. What was attached
+/// before a failure stays for [`release_idmapped_volumes`]. Blocks.
+fn attach_idmapped_volumes(
+    dir: &std::path::Path,
+    mounts: &[cri::Mount],
+) -> Result<Vec<(String, PathBuf)>> {
+    let mut attached = Vec::new();
+    for (n, mount) in mounts.iter().enumerate() {
+        if mount.uid_mappings.is_empty() && mount.gid_mappings.is_empty() {
+            continue;
+        }
+        let path = &mount.container_path;
+        let convert = |what: &str, list: &[cri::IdMapping]| {
+            if list.is_empty() {
+                return Err(Error::invalid_argument(format!(
+                    "mount at {path}: {what} mappings are missing"
+                )));
+            }
+            list.iter()
+                .map(|m| {
+                    let mapping = berth_mount::IdMapping {
+                        container_id: m.container_id,
+                        host_id: m.host_id,
+                        size: m.length,
+                    };
+                    berth_mount::idmap::check_mapping(&mapping)
+                        .map(|()| mapping)
+                        .map_err(|e| Error::invalid_argument(format!("mount at {path}: {e}")))
+                })
+                .collect::<Result<Vec<_>>>()
+        };
+        let (uids, gids) = (
+            convert("uid", &mount.uid_mappings)?,
+            convert("gid", &mount.gid_mappings)?,
+        );
+        let source = std::path::Path::new(&mount.host_path);
+        let meta = std::fs::metadata(source)
+            .map_err(|e| Error::io(format!("mount at {path}: {}", source.display()), &e))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::io(format!("creating {}", dir.display()), &e))?;
+        let clone = dir.join(n.to_string());
+        let made = if meta.is_dir() {
+            std::fs::create_dir(&clone)
+        } else {
+            std::fs::File::create(&clone).map(|_| ())
+        };
+        made.map_err(|e| Error::io(format!("creating {}", clone.display()), &e))?;
+        berth_mount::idmapped_bind(source, &clone, &uids, &gids)?;
+        attached.push((path.clone(), clone));
+    }
+    Ok(attached)
+}
+
+/// Detaches and unlinks every id-mapped clone under `dir`, then `dir`;
+/// nothing there is ever deleted recursively (a clone still mounted would
+/// take the volume's files with it). A `dir` that is gone is fine. Blocks.
+fn release_idmapped_volumes(dir: &std::path::Path) -> Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io(format!("reading {}", dir.display()), &e)),
+    };
+    for entry in entries.flatten() {
+        let clone = entry.path();
+        berth_mount::unmount_all(&clone)?;
+        let removed = match entry.file_type() {
+            Ok(t) if t.is_dir() => std::fs::remove_dir(&clone),
+            _ => std::fs::remove_file(&clone),
+        };
+        removed.map_err(|e| Error::io(format!("removing {}", clone.display()), &e))?;
+    }
+    match std::fs::remove_dir(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(format!("removing {}", dir.display()), &e)),
+    }
+}
+
+/// Makes a pod's user namespace (and, with `network`, its network
+/// namespace inside it) and pins them at `users/name` and `nets/name`.
+/// Blocks.
+fn pin_pod_namespaces(
+    uids: &[berth_mount::IdMapping],
+    gids: &[berth_mount::IdMapping],
+    users: &std::path::Path,
+    nets: &std::path::Path,
+    name: &str,
+    network: bool,
+) -> Result<(PathBuf, Option<PathBuf>)> {
+    let also = if network {
+        nix::sched::CloneFlags::CLONE_NEWNET
+    } else {
+        nix::sched::CloneFlags::empty()
+    };
+    let holder = berth_mount::NamespaceHolder::spawn(uids, gids, also)
+        .map_err(|e| Error::internal(format!("making the pod's user namespace: {e}")))?;
+    let user = berth_network::pin_namespace(&holder.ns_path("user"), users, name)?;
+    if !network {
+        return Ok((user, None));
+    }
+    match berth_network::pin_namespace(&holder.ns_path("net"), nets, name) {
+        Ok(net) => Ok((user, Some(net))),
+        Err(e) => {
+            let _ = berth_network::remove_netns(&user);
+            Err(e)
         }
     }
 }

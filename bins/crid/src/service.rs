@@ -111,15 +111,19 @@ impl RuntimeService for CriService {
         &self,
         request: Request<cri::PodSandboxStatusRequest>,
     ) -> GrpcResult<cri::PodSandboxStatusResponse> {
-        let id = request.into_inner().pod_sandbox_id;
-        reply(
-            self.crid
-                .pod_sandbox_status(&id)
-                .map(|status| cri::PodSandboxStatusResponse {
-                    status: Some(status),
-                    ..Default::default()
-                }),
-        )
+        let request = request.into_inner();
+        let id = request.pod_sandbox_id;
+        reply(self.crid.pod_sandbox_status(&id).and_then(|status| {
+            Ok(cri::PodSandboxStatusResponse {
+                info: if request.verbose {
+                    self.crid.pod_sandbox_info(&status.id)?
+                } else {
+                    Default::default()
+                },
+                status: Some(status),
+                ..Default::default()
+            })
+        }))
     }
 
     async fn list_pod_sandbox(
@@ -195,15 +199,18 @@ impl RuntimeService for CriService {
         &self,
         request: Request<cri::ContainerStatusRequest>,
     ) -> GrpcResult<cri::ContainerStatusResponse> {
-        let id = request.into_inner().container_id;
-        reply(
-            self.crid
-                .container_status(&id)
-                .map(|status| cri::ContainerStatusResponse {
-                    status: Some(status),
-                    ..Default::default()
-                }),
-        )
+        let request = request.into_inner();
+        let id = request.container_id;
+        reply(self.crid.container_status(&id).and_then(|status| {
+            Ok(cri::ContainerStatusResponse {
+                info: if request.verbose {
+                    self.crid.container_info(&status.id)?
+                } else {
+                    Default::default()
+                },
+                status: Some(status),
+            })
+        }))
     }
 
     async fn update_container_resources(
@@ -399,7 +406,7 @@ impl RuntimeService for CriService {
                 name: name.clone(),
                 features: Some(cri::RuntimeHandlerFeatures {
                     recursive_read_only_mounts: self.crid.settings.host.recursive_read_only,
-                    user_namespaces: false,
+                    user_namespaces: self.crid.settings.host.id_mapped_mounts,
                 }),
             })
             .collect();

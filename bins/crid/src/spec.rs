@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use berth_errdefs::{Error, Result};
-use berth_oci::{MountOption, NetworkMode, Seccomp, SpecHook, SpecOptions};
+use berth_oci::{MountOption, NetworkMode, Seccomp, SpecHook, SpecOptions, UserNamespace};
 use k8s_cri::v1 as cri;
 use oci_spec::runtime::{
     LinuxCpu, LinuxMemory, LinuxNamespace, LinuxNamespaceType, LinuxResources, Spec,
@@ -35,6 +35,82 @@ pub struct Host {
     /// Where CDI spec files are, in rising priority (containerd's
     /// `cdi_spec_dirs`).
     pub cdi_spec_dirs: Vec<PathBuf>,
+    /// The kernel makes id-mapped mounts of crid's filesystem: pods can
+    /// have user namespaces of their own.
+    pub id_mapped_mounts: bool,
+}
+
+/// Whether the kernel id-maps a mount of the filesystem `dir` is on (what
+/// a container's image layers need in a user namespace): a clone of its
+/// mount, id-mapped through a throwaway user namespace and never attached.
+pub fn kernel_id_maps(dir: &std::path::Path) -> bool {
+    use berth_mount::syscalls::{Host as Kernel, MountSyscalls};
+    let mapping = [berth_mount::IdMapping {
+        container_id: 0,
+        host_id: 65536,
+        size: 65536,
+    }];
+    // The directory may not be made yet: its filesystem is its nearest
+    // existing ancestor's.
+    let dir = dir.ancestors().find(|d| d.exists()).unwrap_or(dir);
+    let probe = || -> std::result::Result<(), nix::errno::Errno> {
+        let userns = Kernel.userns(&mapping, &mapping)?;
+        let tree = Kernel.open_tree_clone(dir)?;
+        Kernel.set_idmap(&tree, &userns)
+    };
+    match probe() {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::info!(dir = %dir.display(), "no id-mapped mounts, so no user namespaces: {e}");
+            false
+        }
+    }
+}
+
+/// The user namespace a pod asks for: None for the node's (no options, or
+/// mode NODE); with mode POD, one of its own with exactly one uid and one
+/// gid mapping, each of the container's root to an unprivileged host id.
+/// Other modes are refused, as containerd refuses them.
+pub fn pod_user_namespace(config: &cri::PodSandboxConfig) -> Result<Option<UserNamespace>> {
+    let Some(userns) = config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.as_ref())
+        .and_then(|n| n.userns_options.as_ref())
+    else {
+        return Ok(None);
+    };
+    match cri::NamespaceMode::try_from(userns.mode) {
+        Ok(cri::NamespaceMode::Node) => Ok(None),
+        Ok(cri::NamespaceMode::Pod) => {
+            let one = |what: &str, list: &[cri::IdMapping]| {
+                let [m] = list else {
+                    return Err(Error::invalid_argument(format!(
+                        "a pod's user namespace takes exactly one {what} mapping, not {}",
+                        list.len()
+                    )));
+                };
+                berth_oci::LinuxIdMappingBuilder::default()
+                    .container_id(m.container_id)
+                    .host_id(m.host_id)
+                    .size(m.length)
+                    .build()
+                    .map_err(|e| Error::internal(format!("an id mapping: {e}")))
+            };
+            let ns = UserNamespace {
+                path: None,
+                uid_mappings: vec![one("uid", &userns.uids)?],
+                gid_mappings: vec![one("gid", &userns.gids)?],
+            };
+            berth_oci::check_user_namespace(&ns).map_err(berth_tasks::container::oci_error)?;
+            Ok(Some(ns))
+        }
+        _ => Err(Error::invalid_argument(format!(
+            "user namespace mode {} is not supported: a pod has one of its own (POD) or the node's (NODE)",
+            userns.mode
+        ))),
+    }
 }
 
 /// Whether `runc features` lists the `rro` mount option.
@@ -307,6 +383,7 @@ pub fn sandbox_options(host: &Host, sandbox: &Sandbox, image_user: &str) -> Resu
         profile_path,
     )?;
     options.no_new_privileges = true;
+    options.user_namespace = sandbox.user_namespace()?;
     if let Some(netns) = &sandbox.netns {
         options.hooks.push(set_namespace(
             LinuxNamespaceType::Network,
@@ -396,6 +473,17 @@ pub fn write_sandbox_files(sandbox: &Sandbox) -> Result<()> {
         _ => std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
     };
     write("resolv.conf", &resolv)
+}
+
+/// Gives the pod's shared files to `(uid, gid)`: the host ids of the root
+/// of a pod in a user namespace of its own.
+pub fn give_sandbox_files(sandbox: &Sandbox, (uid, gid): (u32, u32)) -> Result<()> {
+    for name in ["hostname", "hosts", "resolv.conf"] {
+        let path = sandbox.dir.join(name);
+        std::os::unix::fs::lchown(&path, Some(uid), Some(gid))
+            .map_err(|e| Error::io(format!("giving {} to {uid}:{gid}", path.display()), &e))?;
+    }
+    Ok(())
 }
 
 /// The environment of the container process, from the CRI's key/values.
@@ -564,7 +652,28 @@ pub fn container_options(
         }));
     }
 
-    // The pod's namespaces, through its pause process.
+    // The pod's namespaces, through its pause process; its user namespace
+    // is pinned (and already had to be joined to reach the others).
+    options.user_namespace = sandbox.user_namespace()?;
+    let asked = security
+        .namespace_options
+        .as_ref()
+        .and_then(|n| n.userns_options.as_ref());
+    let pods = sandbox
+        .config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.as_ref())
+        .and_then(|n| n.userns_options.as_ref());
+    let node = |u: Option<&cri::UserNamespace>| {
+        u.is_none_or(|u| u.mode == cri::NamespaceMode::Node as i32)
+    };
+    if asked.is_some() && asked != pods && !(node(asked) && node(pods)) {
+        return Err(Error::invalid_argument(
+            "a container's user namespace options must be its pod's",
+        ));
+    }
     let pause = sandbox.pid;
     if let Some(netns) = &sandbox.netns {
         options.hooks.push(set_namespace(
@@ -907,6 +1016,77 @@ mod tests {
         assert!(user_string(Some(1), Some(-1), "").is_err());
     }
 
+    fn pod_with_userns(
+        mode: cri::NamespaceMode,
+        uids: &[(u32, u32, u32)],
+    ) -> cri::PodSandboxConfig {
+        let mappings: Vec<cri::IdMapping> = uids
+            .iter()
+            .map(|&(container_id, host_id, length)| cri::IdMapping {
+                container_id,
+                host_id,
+                length,
+            })
+            .collect();
+        cri::PodSandboxConfig {
+            linux: Some(cri::LinuxPodSandboxConfig {
+                security_context: Some(cri::LinuxSandboxSecurityContext {
+                    namespace_options: Some(cri::NamespaceOption {
+                        userns_options: Some(cri::UserNamespace {
+                            mode: mode as i32,
+                            uids: mappings.clone(),
+                            gids: mappings,
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_pods_user_namespace_is_one_mapping_of_root_to_an_unprivileged_id() {
+        let ns = pod_user_namespace(&pod_with_userns(
+            cri::NamespaceMode::Pod,
+            &[(0, 100000, 65536)],
+        ))
+        .unwrap()
+        .unwrap();
+        assert_eq!(ns.uid_mappings[0].host_id(), 100000);
+        assert_eq!(ns.gid_mappings[0].size(), 65536);
+        assert!(ns.path.is_none());
+        assert!(
+            pod_user_namespace(&pod_with_userns(cri::NamespaceMode::Node, &[]))
+                .unwrap()
+                .is_none()
+        );
+        assert!(pod_user_namespace(&cri::PodSandboxConfig::default())
+            .unwrap()
+            .is_none());
+        for (mode, uids) in [
+            (cri::NamespaceMode::Pod, vec![]),
+            (
+                cri::NamespaceMode::Pod,
+                vec![(0, 100000, 10), (10, 200000, 10)],
+            ),
+            (cri::NamespaceMode::Pod, vec![(1, 100000, 10)]),
+            (cri::NamespaceMode::Pod, vec![(0, 0, 65536)]),
+            (cri::NamespaceMode::Pod, vec![(0, 100000, 0)]),
+            (cri::NamespaceMode::Container, vec![(0, 100000, 10)]),
+            (cri::NamespaceMode::Target, vec![(0, 100000, 10)]),
+        ] {
+            let err = pod_user_namespace(&pod_with_userns(mode, &uids)).unwrap_err();
+            assert_eq!(
+                err.kind(),
+                berth_errdefs::ErrorKind::InvalidArgument,
+                "{mode:?} {uids:?}"
+            );
+        }
+    }
+
     #[test]
     fn cgroup_paths_follow_the_parent_and_the_driver() {
         let mut host = Host {
@@ -915,6 +1095,7 @@ mod tests {
             seccomp_root: PathBuf::new(),
             recursive_read_only: true,
             cdi_spec_dirs: Vec::new(),
+            id_mapped_mounts: true,
         };
         assert_eq!(host.cgroups_path("", "abc").unwrap(), "/berth/k8s.io/abc");
         assert_eq!(

@@ -43,6 +43,9 @@ pub struct Sandbox {
     pub phase: SandboxPhase,
     /// The pinned network namespace (none on the host network).
     pub netns: Option<PathBuf>,
+    /// The pinned user namespace of a pod in one of its own.
+    #[serde(default)]
+    pub userns: Option<PathBuf>,
     /// What CNI gave it, for the teardown.
     pub network: Option<Attachment>,
     /// The pause process.
@@ -52,6 +55,17 @@ pub struct Sandbox {
 }
 
 impl Sandbox {
+    /// The pod's user namespace as its processes join it: the one pinned
+    /// for it, with the mappings its config asks for; None for the node's.
+    pub fn user_namespace(&self) -> Result<Option<berth_oci::UserNamespace>> {
+        Ok(
+            crate::spec::pod_user_namespace(&self.config)?.map(|mut ns| {
+                ns.path = self.userns.as_ref().map(|p| p.display().to_string());
+                ns
+            }),
+        )
+    }
+
     pub fn metadata(&self) -> cri::PodSandboxMetadata {
         self.config.metadata.clone().unwrap_or_default()
     }

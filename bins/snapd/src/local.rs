@@ -238,17 +238,24 @@ impl LocalSnapshotter {
                 return Ok(vec![bind(own.id, false)]);
             }
             let lowers: Vec<String> = parents.iter().map(|r| path(r.id)).collect();
+            let mut options = vec![
+                format!(
+                    "workdir={}",
+                    self.snapshot_dir(own.id).join("work").display()
+                ),
+                format!("upperdir={}", path(own.id)),
+                format!("lowerdir={}", lowers.join(":")),
+            ];
+            // A container in a user namespace sees the parents through
+            // its mapping (its own layer was given to its root when made).
+            if let Some((uids, gids)) = id_mapping_labels(&own.labels)? {
+                options.push(format!("uidmap={uids}"));
+                options.push(format!("gidmap={gids}"));
+            }
             return Ok(vec![Mount {
                 kind: "overlay".to_string(),
                 source: "overlay".to_string(),
-                options: vec![
-                    format!(
-                        "workdir={}",
-                        self.snapshot_dir(own.id).join("work").display()
-                    ),
-                    format!("upperdir={}", path(own.id)),
-                    format!("lowerdir={}", lowers.join(":")),
-                ],
+                options,
             }]);
         }
         // Read-only: a view sees its parents; a committed snapshot itself
@@ -297,6 +304,18 @@ impl LocalSnapshotter {
                 "snapshot {key} already exists"
             )));
         }
+        let mapped_root = match id_mapping_labels(&labels)? {
+            None => None,
+            Some(_) if kind != StoredKind::Active || self.backend != Backend::Overlay => {
+                return Err(Error::invalid_argument(format!(
+                    "snapshot {key}: id-mapped snapshots are active snapshots of the overlay backend"
+                )))
+            }
+            Some((uids, gids)) => Some(berth_mount::root_pair(
+                &berth_mount::parse_id_mappings(uids)?,
+                &berth_mount::parse_id_mappings(gids)?,
+            )?),
+        };
         let parent_record = match parent {
             Some(p) => Some(check_committed_parent(
                 self.records.get(self.name(), namespace, p)?,
@@ -310,7 +329,14 @@ impl LocalSnapshotter {
             .read()
             .map_err(|_| Error::internal("cleanup lock poisoned"))?;
         let dir = self.snapshot_dir(id);
-        let made = self.make_dirs(&dir, parent_record.as_ref());
+        let made = self.make_dirs(&dir, parent_record.as_ref()).and_then(|()| {
+            let Some((uid, gid)) = mapped_root else {
+                return Ok(());
+            };
+            let fs = dir.join("fs");
+            std::os::unix::fs::lchown(&fs, Some(uid), Some(gid))
+                .map_err(|e| Error::io(format!("giving {} to {uid}:{gid}", fs.display()), &e))
+        });
         let now = now_nanos();
         let result = made.and_then(|()| {
             self.records.insert(
@@ -686,5 +712,27 @@ impl Snapshotter for LocalSnapshotter {
     async fn cleanup(&self) -> Result<()> {
         let this = self.clone();
         blocking(move || this.cleanup_blocking().map(|_| ())).await
+    }
+}
+
+/// The uid and gid mapping labels of a snapshot, checked: both or neither,
+/// each a mapping list that maps 0.
+fn id_mapping_labels(labels: &Labels) -> Result<Option<(&str, &str)>> {
+    use berth_api::labels::{SNAPSHOT_GID_MAPPING, SNAPSHOT_UID_MAPPING};
+    match (
+        labels.get(SNAPSHOT_UID_MAPPING),
+        labels.get(SNAPSHOT_GID_MAPPING),
+    ) {
+        (None, None) => Ok(None),
+        (Some(uids), Some(gids)) => {
+            berth_mount::root_pair(
+                &berth_mount::parse_id_mappings(uids)?,
+                &berth_mount::parse_id_mappings(gids)?,
+            )?;
+            Ok(Some((uids.as_str(), gids.as_str())))
+        }
+        _ => Err(Error::invalid_argument(format!(
+            "{SNAPSHOT_UID_MAPPING} and {SNAPSHOT_GID_MAPPING} go together"
+        ))),
     }
 }

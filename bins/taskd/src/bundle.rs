@@ -38,6 +38,23 @@ pub struct Bundle {
     pub path: PathBuf,
 }
 
+/// Lets anyone pass through (but not list) taskd's state directory and
+/// the bundles directory in it (mode 0711, as containerd keeps its state):
+/// runc reaches a container's rootfs from inside its user namespace, whose
+/// root is an unprivileged host id. Each bundle keeps its own mode: 0700,
+/// or 0710 to the mapped root's group (see [`Bundle::create`]).
+pub fn open_path_to_bundles(state: &Path, bundles: &Path) -> Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .create(bundles)
+        .map_err(|e| Error::io(format!("creating {}", bundles.display()), &e))?;
+    for dir in [state, bundles] {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
+            .map_err(|e| Error::io(format!("setting mode 0711 on {}", dir.display()), &e))?;
+    }
+    Ok(())
+}
+
 impl Bundle {
     /// Where the bundle of `namespace`/`id` lives; both are validated
     /// before they become a path.
@@ -73,6 +90,22 @@ impl Bundle {
             Err(e) => return Err(Error::io(format!("creating {}", self.path.display()), &e)),
         }
         let filled = (|| {
+            if let Some(gid) = user_namespace_root_gid(spec) {
+                // runc reaches the rootfs from inside the container's user
+                // namespace: its root's group may pass through the bundle
+                // (and no one else may), as containerd's shims set it; the
+                // namespace directory above lets anyone pass (the daemon's
+                // umask made it 0700).
+                std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o711))
+                    .map_err(|e| Error::io(format!("opening {}", parent.display()), &e))?;
+                std::os::unix::fs::chown(&self.path, None, Some(gid))
+                    .and_then(|()| {
+                        std::fs::set_permissions(&self.path, std::fs::Permissions::from_mode(0o710))
+                    })
+                    .map_err(|e| {
+                        Error::io(format!("opening {} to gid {gid}", self.path.display()), &e)
+                    })?;
+            }
             write_new(&self.path.join(SPEC), spec, 0o600)?;
             std::fs::DirBuilder::new()
                 .mode(0o711)
@@ -206,6 +239,33 @@ impl Bundle {
     }
 }
 
+/// The host gid of group 0 inside the spec's user namespace, if it has
+/// one.
+fn user_namespace_root_gid(spec: &[u8]) -> Option<u32> {
+    #[derive(serde::Deserialize)]
+    struct Spec {
+        linux: Option<Linux>,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Linux {
+        gid_mappings: Option<Vec<Mapping>>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Mapping {
+        #[serde(rename = "containerID")]
+        container_id: u32,
+        #[serde(rename = "hostID")]
+        host_id: u32,
+        size: u32,
+    }
+    let spec: Spec = serde_json::from_slice(spec).ok()?;
+    spec.linux?
+        .gid_mappings?
+        .iter()
+        .find_map(|m| (m.container_id == 0 && m.size > 0).then_some(m.host_id))
+}
+
 fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     use std::io::Write;
     let mut file = std::fs::OpenOptions::new()
@@ -241,6 +301,22 @@ fn make_fifo(path: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_mapped_root_group_is_read_from_the_spec() {
+        let spec = br#"{"linux":{"gidMappings":[
+            {"containerID":1,"hostID":9000,"size":10},
+            {"containerID":0,"hostID":430000,"size":1}]}}"#;
+        assert_eq!(user_namespace_root_gid(spec), Some(430000));
+        for none in [
+            &br#"{"linux":{}}"#[..],
+            br#"{"linux":{"gidMappings":[{"containerID":1,"hostID":9000,"size":10}]}}"#,
+            br#"{"process":{}}"#,
+            b"not json",
+        ] {
+            assert_eq!(user_namespace_root_gid(none), None);
+        }
+    }
 
     fn record() -> TaskRecord {
         TaskRecord {

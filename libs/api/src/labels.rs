@@ -68,6 +68,15 @@ pub fn distribution_source(host: &str) -> String {
     format!("{DISTRIBUTION_SOURCE_PREFIX}{host}")
 }
 
+/// Label on a new active snapshot: the uid mapping (`CONTAINER:HOST:SIZE`,
+/// comma-separated) of the user namespace its container runs in. The
+/// snapshotter gives the snapshot's root to the mapped root and mounts
+/// the parents id-mapped (`uidmap=` on the overlay), as containerd's
+/// overlay snapshotter does.
+pub const SNAPSHOT_UID_MAPPING: &str = "containerd.io/snapshot/uidmapping";
+/// The gid mapping beside [`SNAPSHOT_UID_MAPPING`]; both or neither.
+pub const SNAPSHOT_GID_MAPPING: &str = "containerd.io/snapshot/gidmapping";
+
 /// The OCI annotation naming an image in an image layout's index.
 pub const OCI_REF_NAME: &str = "org.opencontainers.image.ref.name";
 /// containerd's annotation with an image's full name in an exported index.

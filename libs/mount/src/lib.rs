@@ -30,7 +30,10 @@
 //! option building, the fallback and the cleanup here are unit-tested
 //! without root against a fake.
 
+pub mod idmap;
 pub mod syscalls;
+
+pub use idmap::{format_id_mappings, parse_id_mappings, root_pair, IdMapping, NamespaceHolder};
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
@@ -101,6 +104,20 @@ pub fn unmount(target: &Path) -> Result<()> {
 /// target with nothing mounted, or that is gone, is fine.
 pub fn unmount_all(target: &Path) -> Result<()> {
     HOST.unmount_all(target)
+}
+
+/// Attaches at `target` (an existing file or directory, as `source` is) a
+/// clone of the mount at `source` whose files show their owners through
+/// `uids`/`gids`: what runc ≥ 1.2 makes of a mount with `uidMappings`,
+/// made here so that any runc can bind it into a container. The caller
+/// unmounts it with [`unmount`].
+pub fn idmapped_bind(
+    source: &Path,
+    target: &Path,
+    uids: &[IdMapping],
+    gids: &[IdMapping],
+) -> Result<()> {
+    HOST.idmapped_bind(source, target, uids, gids)
 }
 
 /// Mounts every later overlay of this process with mount(2) and
@@ -198,6 +215,27 @@ impl Options {
     }
 }
 
+/// Takes `uidmap=` and `gidmap=` out of the parameters: both or neither.
+fn take_id_mappings(
+    params: &mut Vec<(String, Option<String>)>,
+) -> Result<Option<(Vec<IdMapping>, Vec<IdMapping>)>> {
+    let mut take = |name: &str| -> Result<Option<Vec<IdMapping>>> {
+        let mut found = None;
+        for (_, value) in params.iter().filter(|(key, _)| key == name) {
+            found = Some(parse_id_mappings(value.as_deref().unwrap_or(""))?);
+        }
+        params.retain(|(key, _)| key != name);
+        Ok(found)
+    };
+    match (take("uidmap")?, take("gidmap")?) {
+        (Some(uids), Some(gids)) => Ok(Some((uids, gids))),
+        (None, None) => Ok(None),
+        _ => Err(Error::invalid_argument(
+            "an id-mapped mount needs both uidmap and gidmap",
+        )),
+    }
+}
+
 /// Why the new mount API did not make an overlay.
 enum Attempt {
     /// The kernel lacks `lowerdir+` (or the new API): use mount(2).
@@ -234,6 +272,17 @@ impl<S: MountSyscalls> Engine<S> {
     }
 
     fn mount(&self, mount: &Mount, target: &Path) -> Result<()> {
+        if mount.kind != "overlay"
+            && mount
+                .options
+                .iter()
+                .any(|o| o.starts_with("uidmap=") || o.starts_with("gidmap="))
+        {
+            return Err(Error::invalid_argument(format!(
+                "{} mount of {}: uidmap and gidmap are taken only on overlay mounts",
+                mount.kind, mount.source
+            )));
+        }
         match mount.kind.as_str() {
             "bind" => self.bind(mount, target),
             "overlay" => self.overlay(mount, target),
@@ -323,15 +372,128 @@ impl<S: MountSyscalls> Engine<S> {
     }
 
     fn overlay(&self, mount: &Mount, target: &Path) -> Result<()> {
-        let options = Options::parse(&mount.options);
-        if self.mount_data.load(Ordering::Relaxed) || !options.classic.is_empty() {
-            return self.overlay_mount_data(&options, target);
+        let mut options = Options::parse(&mount.options);
+        match take_id_mappings(&mut options.params)? {
+            Some((uids, gids)) => self.overlay_idmapped(options, &uids, &gids, target),
+            None => self.overlay_plain(&options, target),
         }
-        match self.overlay_fsconfig(&options, target) {
+    }
+
+    /// An overlay whose lower layers show their files' owners through
+    /// `uids`/`gids` (`uidmap=`/`gidmap=`, as containerd's overlay
+    /// snapshotter asks for a container in a user namespace): each layer is
+    /// cloned as an id-mapped mount, attached on a staging directory beside
+    /// the target (overlayfs takes only attached mounts as layers), the
+    /// overlay made on those, and the staging mounts detached again (the
+    /// overlay holds private clones of its layers). The upper layer is not
+    /// mapped: what the container writes is owned by its host ids.
+    fn overlay_idmapped(
+        &self,
+        mut options: Options,
+        uids: &[IdMapping],
+        gids: &[IdMapping],
+        target: &Path,
+    ) -> Result<()> {
+        let lowers: Vec<String> = options
+            .params
+            .iter()
+            .filter(|(key, _)| key == "lowerdir")
+            .filter_map(|(_, value)| value.clone())
+            .flat_map(|dirs| dirs.split(':').map(str::to_string).collect::<Vec<_>>())
+            .collect();
+        if lowers.is_empty() {
+            return Err(Error::invalid_argument(
+                "an id-mapped overlay needs a lowerdir",
+            ));
+        }
+        let userns = self
+            .sys
+            .userns(uids, gids)
+            .map_err(|e| errno("making a user namespace for an id-mapped mount", e))?;
+        let parent = target.parent().unwrap_or(Path::new("/"));
+        let name = target
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let staging = parent.join(format!(
+            ".{name}.idmapped-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir(&staging)
+            .map_err(|e| Error::io(format!("creating {}", staging.display()), &e))?;
+        let mut attached: Vec<std::path::PathBuf> = Vec::new();
+        let result = (|| {
+            for (i, lower) in lowers.iter().enumerate() {
+                let at = staging.join(i.to_string());
+                std::fs::create_dir(&at)
+                    .map_err(|e| Error::io(format!("creating {}", at.display()), &e))?;
+                self.attach_idmapped(&userns, Path::new(lower), &at)?;
+                attached.push(at);
+            }
+            let joined = attached
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(":");
+            options.params.retain(|(key, _)| key != "lowerdir");
+            options.params.push(("lowerdir".to_string(), Some(joined)));
+            self.overlay_plain(&options, target)
+        })();
+        for at in &attached {
+            let _ = self.sys.umount(at, MntFlags::MNT_DETACH);
+        }
+        for i in 0..lowers.len() {
+            let _ = std::fs::remove_dir(staging.join(i.to_string()));
+        }
+        let _ = std::fs::remove_dir(&staging);
+        result
+    }
+
+    fn idmapped_bind(
+        &self,
+        source: &Path,
+        target: &Path,
+        uids: &[IdMapping],
+        gids: &[IdMapping],
+    ) -> Result<()> {
+        if uids.is_empty() || gids.is_empty() {
+            return Err(Error::invalid_argument(
+                "an id-mapped mount needs both a uid and a gid mapping",
+            ));
+        }
+        let userns = self
+            .sys
+            .userns(uids, gids)
+            .map_err(|e| errno("making a user namespace for an id-mapped mount", e))?;
+        self.attach_idmapped(&userns, source, target)
+    }
+
+    /// A clone of the mount at `source`, id-mapped through `userns`,
+    /// attached at `target`.
+    fn attach_idmapped(&self, userns: &S::Userns, source: &Path, target: &Path) -> Result<()> {
+        let shown = source.display();
+        let tree = self
+            .sys
+            .open_tree_clone(source)
+            .map_err(|e| errno(format!("cloning the mount of {shown}"), e))?;
+        self.sys
+            .set_idmap(&tree, userns)
+            .map_err(|e| errno(format!("id-mapping {shown}"), e))?;
+        self.sys
+            .move_mount(&tree, target)
+            .map_err(|e| errno(format!("attaching {shown} at {}", target.display()), e))
+    }
+
+    fn overlay_plain(&self, options: &Options, target: &Path) -> Result<()> {
+        if self.mount_data.load(Ordering::Relaxed) || !options.classic.is_empty() {
+            return self.overlay_mount_data(options, target);
+        }
+        match self.overlay_fsconfig(options, target) {
             Ok(()) => Ok(()),
             Err(Attempt::Failed(e)) => Err(e),
             Err(Attempt::Refused) => {
-                self.overlay_mount_data(&options, target)?;
+                self.overlay_mount_data(options, target)?;
                 // Only now is it certain that the refusal was the kernel's
                 // age and not these options.
                 self.mount_data.store(true, Ordering::Relaxed);
@@ -521,6 +683,9 @@ mod tests {
         Create,
         Fsmount(MountAttrs),
         Move(PathBuf),
+        Userns(String, String),
+        OpenTree(PathBuf),
+        Idmap,
     }
 
     /// Records every call; fails the operations named in `failures`
@@ -632,6 +797,23 @@ mod tests {
         fn move_mount(&self, _mount: &(), target: &Path) -> std::result::Result<(), Errno> {
             self.record(Call::Move(target.to_path_buf()), "move")
         }
+
+        type Userns = ();
+
+        fn userns(&self, uids: &[IdMapping], gids: &[IdMapping]) -> std::result::Result<(), Errno> {
+            self.record(
+                Call::Userns(format_id_mappings(uids), format_id_mappings(gids)),
+                "userns",
+            )
+        }
+
+        fn open_tree_clone(&self, path: &Path) -> std::result::Result<(), Errno> {
+            self.record(Call::OpenTree(path.to_path_buf()), "open_tree")
+        }
+
+        fn set_idmap(&self, _mount: &(), _userns: &()) -> std::result::Result<(), Errno> {
+            self.record(Call::Idmap, "idmap")
+        }
     }
 
     fn overlay(options: &[String]) -> Mount {
@@ -716,6 +898,143 @@ mod tests {
             ]
         );
         assert!(!mounter.mount_data.load(Ordering::Relaxed));
+    }
+
+    #[test]
+    fn an_idmapped_overlay_stacks_mapped_clones_of_its_lowers_and_detaches_them() {
+        let (top, dirs) = long_dirs(1);
+        let target = top.0.join("rootfs");
+        let mounter = Engine::new(Fake::default());
+        let mount = overlay(&[
+            "workdir=/s/2/work".to_string(),
+            "upperdir=/s/2/fs".to_string(),
+            "lowerdir=/s/1/fs:/s/0/fs".to_string(),
+            "uidmap=0:100000:65536".to_string(),
+            "gidmap=0:200000:65536".to_string(),
+        ]);
+        mounter.mount_all(&[mount], &target).unwrap();
+        let calls = mounter.sys.calls();
+        let staged: Vec<PathBuf> = calls
+            .iter()
+            .filter_map(|c| match c {
+                Call::Move(at) if *at != target => Some(at.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(staged.len(), 2, "{calls:?}");
+        for at in &staged {
+            assert_eq!(at.parent().and_then(Path::parent), Some(top.0.as_path()));
+        }
+        let mut expected = vec![Call::Userns(
+            "0:100000:65536".to_string(),
+            "0:200000:65536".to_string(),
+        )];
+        for (lower, at) in ["/s/1/fs", "/s/0/fs"].iter().zip(&staged) {
+            expected.push(Call::OpenTree(PathBuf::from(lower)));
+            expected.push(Call::Idmap);
+            expected.push(Call::Move(at.clone()));
+        }
+        expected.extend([
+            Call::Fsopen("overlay".to_string()),
+            set("workdir", "/s/2/work"),
+            set("upperdir", "/s/2/fs"),
+            set("lowerdir+", &staged[0].display().to_string()),
+            set("lowerdir+", &staged[1].display().to_string()),
+            Call::Create,
+            Call::Fsmount(0),
+            Call::Move(target.clone()),
+        ]);
+        for at in &staged {
+            expected.push(Call::Umount(at.clone(), MntFlags::MNT_DETACH));
+        }
+        assert_eq!(calls, expected);
+        // The staging directories are gone; only the test's own remain.
+        let left: Vec<_> = std::fs::read_dir(&top.0)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(left, dirs);
+    }
+
+    #[test]
+    fn an_idmapped_bind_is_a_mapped_clone_moved_onto_the_target() {
+        let mounter = Engine::new(Fake::default());
+        let uids = parse_id_mappings("0:100000:65536").unwrap();
+        mounter
+            .idmapped_bind(Path::new("/vol"), Path::new("/t"), &uids, &uids)
+            .unwrap();
+        assert_eq!(
+            mounter.sys.calls(),
+            [
+                Call::Userns("0:100000:65536".into(), "0:100000:65536".into()),
+                Call::OpenTree(PathBuf::from("/vol")),
+                Call::Idmap,
+                Call::Move(PathBuf::from("/t")),
+            ]
+        );
+        let failing = Engine::new(Fake::failing(&[("idmap", Errno::EINVAL)]));
+        assert!(failing
+            .idmapped_bind(Path::new("/vol"), Path::new("/t"), &uids, &uids)
+            .is_err());
+        assert!(!failing
+            .sys
+            .calls()
+            .iter()
+            .any(|c| matches!(c, Call::Move(_))));
+        assert!(mounter
+            .idmapped_bind(Path::new("/vol"), Path::new("/t"), &uids, &[])
+            .is_err());
+    }
+
+    #[test]
+    fn a_failed_idmap_mounts_nothing_and_leaves_no_staging() {
+        let (top, dirs) = long_dirs(1);
+        let target = top.0.join("rootfs");
+        let mounter = Engine::new(Fake::failing(&[("idmap", Errno::EINVAL)]));
+        let mount = overlay(&[
+            "upperdir=/u".to_string(),
+            "workdir=/w".to_string(),
+            "lowerdir=/l".to_string(),
+            "uidmap=0:100000:65536".to_string(),
+            "gidmap=0:100000:65536".to_string(),
+        ]);
+        let err = mounter.mount_all(&[mount], &target).unwrap_err();
+        assert!(err.to_string().contains("id-mapping /l"), "{err}");
+        let calls = mounter.sys.calls();
+        assert!(
+            !calls
+                .iter()
+                .any(|c| matches!(c, Call::Fsopen(_) | Call::Move(_))),
+            "{calls:?}"
+        );
+        let left: Vec<_> = std::fs::read_dir(&top.0)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(left, dirs);
+    }
+
+    #[test]
+    fn id_mappings_are_checked_before_anything_is_done() {
+        let mounter = Engine::new(Fake::default());
+        for options in [
+            vec!["lowerdir=/l", "uidmap=0:1000:10"],
+            vec!["lowerdir=/l", "uidmap=0:1000:10", "gidmap=0:1000:0"],
+            vec!["lowerdir=/l", "uidmap=x", "gidmap=0:1000:10"],
+            vec!["uidmap=0:1000:10", "gidmap=0:1000:10"],
+        ] {
+            let mount = overlay(&options.iter().map(|o| o.to_string()).collect::<Vec<_>>());
+            let err = mounter.mount_all(&[mount], Path::new("/t")).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{options:?}: {err}");
+        }
+        let err = mounter
+            .mount_all(
+                &[bind(&["rbind", "uidmap=0:1:1", "gidmap=0:1:1"])],
+                Path::new("/t"),
+            )
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+        assert_eq!(mounter.sys.calls(), []);
     }
 
     #[test]

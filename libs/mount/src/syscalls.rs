@@ -9,6 +9,8 @@ use std::path::Path;
 use nix::errno::Errno;
 use nix::mount::{MntFlags, MsFlags};
 
+use crate::idmap::{IdMapping, NamespaceHolder};
+
 /// Per-mount attributes of [`MountSyscalls::fsmount`] (`MOUNT_ATTR_*`).
 pub type MountAttrs = u32;
 pub const MOUNT_ATTR_RDONLY: MountAttrs = 0x1;
@@ -41,6 +43,16 @@ pub trait MountSyscalls {
     fn fsconfig_create(&self, fs: &Self::Context) -> Result<(), Errno>;
     fn fsmount(&self, fs: &Self::Context, attrs: MountAttrs) -> Result<Self::Detached, Errno>;
     fn move_mount(&self, mount: &Self::Detached, target: &Path) -> Result<(), Errno>;
+
+    /// A user namespace with these mappings, held open.
+    type Userns;
+    fn userns(&self, uids: &[IdMapping], gids: &[IdMapping]) -> Result<Self::Userns, Errno>;
+    /// `open_tree(OPEN_TREE_CLONE)`: a detached copy of the mount at
+    /// `path` (its submounts not included).
+    fn open_tree_clone(&self, path: &Path) -> Result<Self::Detached, Errno>;
+    /// `mount_setattr(MOUNT_ATTR_IDMAP)`: files on the detached mount show
+    /// their owners through the namespace's mapping.
+    fn set_idmap(&self, mount: &Self::Detached, userns: &Self::Userns) -> Result<(), Errno>;
 }
 
 // From linux/mount.h (stable ABI; not all in the libc crate).
@@ -50,6 +62,17 @@ const FSCONFIG_SET_STRING: libc::c_ulong = 1;
 const FSCONFIG_CMD_CREATE: libc::c_ulong = 6;
 const FSMOUNT_CLOEXEC: libc::c_ulong = 0x1;
 const MOVE_MOUNT_F_EMPTY_PATH: libc::c_ulong = 0x4;
+const OPEN_TREE_CLONE: libc::c_ulong = 0x1;
+const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+
+/// `struct mount_attr` of linux/mount.h (version 0, 32 bytes).
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
 
 /// The kernel's calls.
 #[derive(Debug, Default, Clone, Copy)]
@@ -165,6 +188,52 @@ impl MountSyscalls for Host {
                 libc::AT_FDCWD,
                 target.as_ptr(),
                 MOVE_MOUNT_F_EMPTY_PATH,
+            )
+        };
+        if rc < 0 {
+            return Err(Errno::last());
+        }
+        Ok(())
+    }
+
+    type Userns = OwnedFd;
+
+    fn userns(&self, uids: &[IdMapping], gids: &[IdMapping]) -> Result<OwnedFd, Errno> {
+        // The fd keeps the namespace once its process is gone.
+        NamespaceHolder::spawn(uids, gids, nix::sched::CloneFlags::empty())?.open_userns()
+    }
+
+    fn open_tree_clone(&self, path: &Path) -> Result<OwnedFd, Errno> {
+        let path = c_path(path)?;
+        // SAFETY: open_tree reads the NUL-terminated path, which outlives
+        // the call, and returns a new fd or -1.
+        owned_fd(unsafe {
+            libc::syscall(
+                libc::SYS_open_tree,
+                libc::AT_FDCWD,
+                path.as_ptr(),
+                OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_ulong,
+            )
+        })
+    }
+
+    fn set_idmap(&self, mount: &OwnedFd, userns: &OwnedFd) -> Result<(), Errno> {
+        let attr = MountAttr {
+            attr_set: MOUNT_ATTR_IDMAP,
+            attr_clr: 0,
+            propagation: 0,
+            userns_fd: userns.as_raw_fd() as u64,
+        };
+        // SAFETY: the kernel reads `size_of::<MountAttr>()` bytes of `attr`,
+        // which lives across the call; the path is an empty C string.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_mount_setattr,
+                mount.as_raw_fd(),
+                c"".as_ptr(),
+                libc::AT_EMPTY_PATH,
+                &raw const attr,
+                std::mem::size_of::<MountAttr>(),
             )
         };
         if rc < 0 {

@@ -17,4 +17,6 @@ pub use bridge::{
     DnsConfig, DEFAULT_BRIDGE_DEVICE, DEFAULT_BRIDGE_NETWORK, DEFAULT_BRIDGE_SUBNET,
 };
 pub use cni::{Attachment, Cni, NetworkList, PodNetwork, PortMapping, PLUGIN_PATH, POD_INTERFACE};
-pub use netns::{create_netns, in_netns, interface_counters, remove_netns, InterfaceCounters};
+pub use netns::{
+    create_netns, in_netns, interface_counters, pin_namespace, remove_netns, InterfaceCounters,
+};

@@ -11,47 +11,17 @@ use nix::sched::{unshare, CloneFlags};
 /// Creates a network namespace pinned at `dir/name` and returns that path.
 /// Blocks: call it off the async runtime's workers.
 pub fn create_netns(dir: &Path, name: &str) -> Result<PathBuf> {
-    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
-        return Err(Error::invalid_argument(format!(
-            "{name:?} is not a network namespace name"
-        )));
-    }
-    std::fs::create_dir_all(dir)
-        .map_err(|e| Error::io(format!("creating {}", dir.display()), &e))?;
-    let path = dir.join(name);
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&path)
-        .map_err(|e| Error::io(format!("creating {}", path.display()), &e))?;
-    let target = path.clone();
+    let (dir, name) = (dir.to_path_buf(), name.to_string());
     // A thread of its own: unshare moves only the calling thread into the
     // new namespace, and this one ends right after pinning it, so no other
     // work ever runs inside it.
-    let pinned = std::thread::spawn(move || -> Result<()> {
+    std::thread::spawn(move || -> Result<PathBuf> {
         unshare(CloneFlags::CLONE_NEWNET)
             .map_err(|e| Error::internal(format!("unshare(CLONE_NEWNET): {e}")))?;
-        mount(
-            Some("/proc/thread-self/ns/net"),
-            &target,
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .map_err(|e| {
-            Error::internal(format!(
-                "pinning the namespace at {}: {e}",
-                target.display()
-            ))
-        })
+        pin_namespace(Path::new("/proc/thread-self/ns/net"), &dir, &name)
     })
     .join()
-    .unwrap_or_else(|_| Err(Error::internal("the namespace thread panicked")));
-    if let Err(e) = pinned {
-        let _ = std::fs::remove_file(&path);
-        return Err(e);
-    }
-    Ok(path)
+    .unwrap_or_else(|_| Err(Error::internal("the namespace thread panicked")))
 }
 
 /// Runs `work` inside the network namespace pinned at `netns`, on a thread
@@ -119,8 +89,42 @@ fn parse_net_dev(text: &str) -> Vec<InterfaceCounters> {
         .collect()
 }
 
-/// Unpins and removes a namespace made by [`create_netns`]; one already
-/// gone is fine.
+/// Pins the namespace `source` names (`/proc/PID/ns/KIND`) at `dir/name`
+/// and returns that path: the namespace lives while the pin does, after
+/// its process is gone. Blocks.
+pub fn pin_namespace(source: &Path, dir: &Path, name: &str) -> Result<PathBuf> {
+    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+        return Err(Error::invalid_argument(format!(
+            "{name:?} is not a namespace name"
+        )));
+    }
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::io(format!("creating {}", dir.display()), &e))?;
+    let path = dir.join(name);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(|e| Error::io(format!("creating {}", path.display()), &e))?;
+    if let Err(e) = mount(
+        Some(source),
+        &path,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    ) {
+        let _ = std::fs::remove_file(&path);
+        return Err(Error::internal(format!(
+            "pinning {} at {}: {e}",
+            source.display(),
+            path.display()
+        )));
+    }
+    Ok(path)
+}
+
+/// Unpins and removes a namespace made by [`create_netns`] or pinned by
+/// [`pin_namespace`]; one already gone is fine.
 pub fn remove_netns(path: &Path) -> Result<()> {
     match umount2(path, MntFlags::MNT_DETACH) {
         Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}

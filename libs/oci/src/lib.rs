@@ -39,10 +39,10 @@ pub use devices::{all_host_devices, container_devices, Device, DeviceKind, Devic
 pub use error::{OciError, Result};
 pub use image::ImageDefaults;
 pub use mounts::MountOption;
-pub use oci_spec::runtime::Spec;
-pub use options::{CgroupDriver, NetworkMode, Seccomp, SpecHook, SpecOptions};
+pub use oci_spec::runtime::{LinuxIdMapping, LinuxIdMappingBuilder, Spec};
+pub use options::{CgroupDriver, NetworkMode, Seccomp, SpecHook, SpecOptions, UserNamespace};
 pub use resources::{check_cgroup_parent, update_limits, Limits};
 pub use rootfs_files::{HostRootfs, NoRootfsFiles, RootfsFiles};
 pub use seccomp::default_seccomp;
-pub use spec::build_spec;
+pub use spec::{build_spec, check_user_namespace};
 pub use user::resolve_user;

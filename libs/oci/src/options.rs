@@ -72,8 +72,20 @@ pub struct SpecOptions {
     pub annotations: BTreeMap<String, String>,
     /// Set `noNewPrivileges` on the process.
     pub no_new_privileges: bool,
+    /// A user namespace: root inside is an unprivileged id outside.
+    pub user_namespace: Option<UserNamespace>,
     /// Applied in order to the built spec.
     pub hooks: Vec<SpecHook>,
+}
+
+/// The user namespace of a container: a new one with these mappings, or
+/// (with `path`) the one pinned there, which has them (runc needs the
+/// mappings either way, to give the container's files to its root).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserNamespace {
+    pub path: Option<String>,
+    pub uid_mappings: Vec<oci_spec::runtime::LinuxIdMapping>,
+    pub gid_mappings: Vec<oci_spec::runtime::LinuxIdMapping>,
 }
 
 impl SpecOptions {
@@ -104,6 +116,7 @@ impl SpecOptions {
             cgroup_parent: None,
             annotations: BTreeMap::new(),
             no_new_privileges: true,
+            user_namespace: None,
             hooks: Vec::new(),
         }
     }

@@ -1,6 +1,7 @@
 //! Putting the spec together.
 
 use std::collections::HashMap;
+use std::path::Path;
 
 use oci_spec::runtime::{
     Linux, LinuxNamespace, LinuxNamespaceType, PosixRlimitBuilder, PosixRlimitType, Process, Root,
@@ -54,8 +55,7 @@ const READONLY_PATHS: &[&str] = &[
 /// options applied, under containerd's security defaults. `files` gives the
 /// image's `/etc/passwd` and `/etc/group` for user and group names.
 ///
-/// Not done (gaps): AppArmor (the host may have no profile loaded), SELinux,
-/// user namespaces.
+/// Not done (gaps): AppArmor (the host may have no profile loaded), SELinux.
 pub fn build_spec(
     image: &ImageDefaults,
     options: &SpecOptions,
@@ -70,7 +70,15 @@ pub fn build_spec(
     let cwd = process_cwd(image, options)?;
     let user_string = options.user.as_deref().unwrap_or(&image.user);
     let user = resolve_user(user_string, files)?;
-    let mounts = container_mounts(&options.mounts, options.privileged, host_network)?;
+    let mut mounts = container_mounts(&options.mounts, options.privileged, host_network)?;
+    if let Some(userns) = &options.user_namespace {
+        check_user_namespace(userns)?;
+        if host_network {
+            // sysfs can be mounted only by the user namespace that owns the
+            // network namespace: the host's /sys is bound instead.
+            sysfs_from_host(&mut mounts);
+        }
+    }
     let resources = linux_resources(options)?;
     let annotations = annotations(options)?;
 
@@ -112,12 +120,26 @@ pub fn build_spec(
 
     let mut linux = Linux::default();
     linux.set_net_devices(None);
-    linux.set_uid_mappings(None);
-    linux.set_gid_mappings(None);
+    let mut namespaces = namespaces(host_network);
+    match &options.user_namespace {
+        Some(userns) => {
+            linux.set_uid_mappings(Some(userns.uid_mappings.clone()));
+            linux.set_gid_mappings(Some(userns.gid_mappings.clone()));
+            let mut ns = LinuxNamespace::default();
+            ns.set_typ(LinuxNamespaceType::User);
+            ns.set_path(userns.path.as_ref().map(Into::into));
+            // First: the others are made (or joined) from inside it.
+            namespaces.insert(0, ns);
+        }
+        None => {
+            linux.set_uid_mappings(None);
+            linux.set_gid_mappings(None);
+        }
+    }
     linux.set_sysctl(None);
     linux.set_resources(Some(resources));
     linux.set_cgroups_path(Some(cgroups_path.into()));
-    linux.set_namespaces(Some(namespaces(host_network)));
+    linux.set_namespaces(Some(namespaces));
     linux.set_devices(linux_devices(&options.devices)?);
     linux.set_seccomp(seccomp);
     linux.set_rootfs_propagation(None);
@@ -153,6 +175,64 @@ pub fn build_spec(
         (hook.0)(&mut spec)?;
     }
     Ok(spec)
+}
+
+/// A user namespace runc can make: one uid and one gid mapping list, each
+/// mapping the container's root, with non-empty ranges that stay within
+/// 32-bit ids and do not map the container's root to the host's (a user
+/// namespace whose root is the host's root protects nothing).
+pub fn check_user_namespace(userns: &crate::UserNamespace) -> Result<()> {
+    for (what, mappings) in [("uid", &userns.uid_mappings), ("gid", &userns.gid_mappings)] {
+        if mappings.is_empty() {
+            return Err(OciError::invalid(format!(
+                "a user namespace needs a {what} mapping"
+            )));
+        }
+        let mut root = None;
+        for m in mappings {
+            let (inside, outside, size) = (m.container_id(), m.host_id(), m.size());
+            let end = |start: u32| u64::from(start) + u64::from(size);
+            if size == 0 || end(inside) > u64::from(u32::MAX) || end(outside) > u64::from(u32::MAX)
+            {
+                return Err(OciError::invalid(format!(
+                    "the {what} mapping {inside}:{outside}:{size} is empty or runs past the largest id"
+                )));
+            }
+            if inside == 0 {
+                root = Some(outside);
+            }
+        }
+        match root {
+            None => {
+                return Err(OciError::invalid(format!(
+                    "the {what} mapping does not map the container's root (id 0)"
+                )))
+            }
+            Some(0) => {
+                return Err(OciError::invalid(format!(
+                    "the {what} mapping makes the container's root the host's root"
+                )))
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// Replaces the sysfs mount at /sys with a read-only recursive bind of
+/// the host's.
+fn sysfs_from_host(mounts: &mut [oci_spec::runtime::Mount]) {
+    for mount in mounts.iter_mut() {
+        if mount.destination() == Path::new("/sys") && mount.typ().as_deref() == Some("sysfs") {
+            mount.set_typ(Some("bind".to_string()));
+            mount.set_source(Some("/sys".into()));
+            mount.set_options(Some(
+                ["rbind", "ro", "nosuid", "nodev", "noexec"]
+                    .map(String::from)
+                    .to_vec(),
+            ));
+        }
+    }
 }
 
 /// pid, ipc, uts, mount, network and cgroup namespaces of its own; the
@@ -268,6 +348,103 @@ mod tests {
             .iter()
             .map(|n| n.typ())
             .collect()
+    }
+
+    fn mapping(inside: u32, outside: u32, size: u32) -> oci_spec::runtime::LinuxIdMapping {
+        oci_spec::runtime::LinuxIdMappingBuilder::default()
+            .container_id(inside)
+            .host_id(outside)
+            .size(size)
+            .build()
+            .unwrap()
+    }
+
+    fn userns(path: Option<&str>, root: u32) -> crate::UserNamespace {
+        crate::UserNamespace {
+            path: path.map(str::to_string),
+            uid_mappings: vec![mapping(0, root, 65536)],
+            gid_mappings: vec![mapping(0, root, 65536)],
+        }
+    }
+
+    #[test]
+    fn a_user_namespace_comes_first_with_its_mappings() {
+        let mut o = SpecOptions::new("default", "c1");
+        o.user_namespace = Some(userns(Some("/run/pod/userns"), 100000));
+        let spec = build(&o);
+        let linux = spec.linux().clone().unwrap();
+        let first = &linux.namespaces().clone().unwrap()[0];
+        assert_eq!(first.typ(), LinuxNamespaceType::User);
+        assert_eq!(first.path().as_deref(), Some(Path::new("/run/pod/userns")));
+        assert_eq!(linux.uid_mappings().clone().unwrap()[0].host_id(), 100000);
+        assert_eq!(linux.gid_mappings().clone().unwrap()[0].size(), 65536);
+        // Its own network namespace: sysfs is mounted as usual.
+        let sys = spec.mounts().clone().unwrap();
+        let sys = sys
+            .iter()
+            .find(|m| m.destination() == Path::new("/sys"))
+            .unwrap();
+        assert_eq!(sys.typ().as_deref(), Some("sysfs"));
+        // Without one, no user namespace and no mappings.
+        let plain = build(&SpecOptions::new("default", "c1"));
+        assert!(!namespace_types(&plain).contains(&LinuxNamespaceType::User));
+        assert!(plain.linux().clone().unwrap().uid_mappings().is_none());
+    }
+
+    #[test]
+    fn with_the_host_network_a_user_namespace_binds_the_hosts_sys() {
+        let mut o = SpecOptions::new("default", "c1");
+        o.network = NetworkMode::Host;
+        o.user_namespace = Some(userns(None, 100000));
+        let spec = build(&o);
+        let mounts = spec.mounts().clone().unwrap();
+        let sys = mounts
+            .iter()
+            .find(|m| m.destination() == Path::new("/sys"))
+            .unwrap();
+        assert_eq!(sys.typ().as_deref(), Some("bind"));
+        assert_eq!(sys.source().as_deref(), Some(Path::new("/sys")));
+        assert!(sys.options().clone().unwrap().contains(&"ro".to_string()));
+        let first = &spec.linux().clone().unwrap().namespaces().clone().unwrap()[0];
+        assert_eq!(first.typ(), LinuxNamespaceType::User);
+        assert!(first.path().is_none());
+    }
+
+    #[test]
+    fn user_namespaces_runc_cannot_make_safely_are_refused() {
+        let img = ImageDefaults::default();
+        let bad = [
+            userns(None, 0),
+            crate::UserNamespace {
+                path: None,
+                uid_mappings: vec![mapping(1, 100000, 10)],
+                gid_mappings: vec![mapping(0, 100000, 10)],
+            },
+            crate::UserNamespace {
+                path: None,
+                uid_mappings: vec![mapping(0, 100000, 10)],
+                gid_mappings: vec![],
+            },
+            crate::UserNamespace {
+                path: None,
+                uid_mappings: vec![mapping(0, 100000, 0)],
+                gid_mappings: vec![mapping(0, 100000, 10)],
+            },
+            crate::UserNamespace {
+                path: None,
+                uid_mappings: vec![mapping(0, u32::MAX - 5, 10)],
+                gid_mappings: vec![mapping(0, 100000, 10)],
+            },
+        ];
+        for userns in bad {
+            let mut o = SpecOptions::new("default", "c1");
+            o.user_namespace = Some(userns.clone());
+            let err = build_spec(&img, &o, &NoRootfsFiles).unwrap_err();
+            assert!(
+                matches!(err, OciError::InvalidArgument(_)),
+                "{userns:?}: {err}"
+            );
+        }
     }
 
     #[test]

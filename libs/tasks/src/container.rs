@@ -205,6 +205,15 @@ pub async fn create_container(
                     let source = copy.host_dir.display().to_string();
                     options.mounts.retain(|m| m.source != source);
                 }
+                if let Some(userns) = &options.user_namespace {
+                    // The copy is bound as is (not id-mapped): its files
+                    // get the host ids the container's ids are.
+                    shift_owners(
+                        &copy.host_dir,
+                        &id_mappings(&userns.uid_mappings),
+                        &id_mappings(&userns.gid_mappings),
+                    )?;
+                }
             }
             berth_oci::build_spec(&defaults, &options, &files as &dyn RootfsFiles)
                 .map_err(oci_error)
@@ -237,6 +246,72 @@ pub async fn create_container(
     made
 }
 
+/// Gives everything under `dir` (itself included, symlinks not followed)
+/// the host ids its owners are inside a user namespace with these
+/// mappings; an id the mappings leave out is left as it is (the namespace
+/// shows it as the overflow id).
+pub fn shift_owners(
+    dir: &std::path::Path,
+    uids: &[berth_mount::IdMapping],
+    gids: &[berth_mount::IdMapping],
+) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let to_host = |mappings: &[berth_mount::IdMapping], id: u32| {
+        mappings.iter().find_map(|m| m.to_host(id)).unwrap_or(id)
+    };
+    let meta = std::fs::symlink_metadata(dir)
+        .map_err(|e| Error::io(format!("reading {}", dir.display()), &e))?;
+    std::os::unix::fs::lchown(
+        dir,
+        Some(to_host(uids, meta.uid())),
+        Some(to_host(gids, meta.gid())),
+    )
+    .map_err(|e| Error::io(format!("changing the owner of {}", dir.display()), &e))?;
+    if meta.is_dir() {
+        let entries = std::fs::read_dir(dir)
+            .map_err(|e| Error::io(format!("reading {}", dir.display()), &e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io(format!("reading {}", dir.display()), &e))?;
+            shift_owners(&entry.path(), uids, gids)?;
+        }
+    }
+    Ok(())
+}
+
+/// The spec's id mappings as the mount library takes them.
+pub fn id_mappings(mappings: &[berth_oci::LinuxIdMapping]) -> Vec<berth_mount::IdMapping> {
+    mappings
+        .iter()
+        .map(|m| berth_mount::IdMapping {
+            container_id: m.container_id(),
+            host_id: m.host_id(),
+            size: m.size(),
+        })
+        .collect()
+}
+
+/// The labels of a container's new snapshot: in a user namespace, its
+/// mappings, so that snapd gives the snapshot to the container's root and
+/// mounts the image's layers id-mapped.
+fn snapshot_labels(options: &SpecOptions) -> HashMap<String, String> {
+    let Some(userns) = &options.user_namespace else {
+        return HashMap::new();
+    };
+    let text = |mappings: &[berth_oci::LinuxIdMapping]| {
+        berth_mount::format_id_mappings(&id_mappings(mappings))
+    };
+    HashMap::from([
+        (
+            berth_api::labels::SNAPSHOT_UID_MAPPING.to_string(),
+            text(&userns.uid_mappings),
+        ),
+        (
+            berth_api::labels::SNAPSHOT_GID_MAPPING.to_string(),
+            text(&userns.gid_mappings),
+        ),
+    ])
+}
+
 async fn create_under_lease(
     services: ContainerServices<'_>,
     namespace: &str,
@@ -249,7 +324,12 @@ async fn create_under_lease(
     let id = id.to_string();
     let leased = berth_snapshot::Leased::new(services.snapshots, Some(lease.to_string()));
     leased
-        .prepare(namespace, &id, parent.as_deref(), HashMap::new())
+        .prepare(
+            namespace,
+            &id,
+            parent.as_deref(),
+            snapshot_labels(&new.options),
+        )
         .await
         .map_err(|e| e.context(format!("preparing the snapshot of {id}")))?;
     let record = Container {
@@ -310,6 +390,39 @@ pub async fn remove_container(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shifted_owners_are_the_host_ids_of_the_container_ids() {
+        use std::os::unix::fs::MetadataExt;
+        if !nix::unistd::geteuid().is_root() {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "needs root (chown)"
+            );
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let top = dir.path().join("vol");
+        std::fs::create_dir_all(top.join("sub")).unwrap();
+        std::fs::write(top.join("sub/file"), "x").unwrap();
+        std::os::unix::fs::chown(top.join("sub/file"), Some(7), Some(8)).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", top.join("link")).unwrap();
+        std::os::unix::fs::chown(top.join("sub"), Some(200000), Some(0)).unwrap();
+        let uids = berth_mount::parse_id_mappings("0:100000:65536").unwrap();
+        let gids = berth_mount::parse_id_mappings("0:300000:65536").unwrap();
+        shift_owners(&top, &uids, &gids).unwrap();
+        let owner = |p: &str| {
+            let m = std::fs::symlink_metadata(top.join(p)).unwrap();
+            (m.uid(), m.gid())
+        };
+        assert_eq!(owner(""), (100000, 300000));
+        assert_eq!(owner("sub/file"), (100007, 300008));
+        assert_eq!(owner("link"), (100000, 300000));
+        // An id outside the mapping stays.
+        assert_eq!(owner("sub"), (200000, 300000));
+        // The link's target is untouched.
+        assert_eq!(std::fs::metadata("/etc/passwd").unwrap().uid(), 0);
+    }
 
     #[test]
     fn users_other_than_root_by_number_need_the_images_files() {
