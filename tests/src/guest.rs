@@ -62,10 +62,15 @@ insmod /lib/modules/overlay.ko
 ip link set lo up
 echo "guest: cgroup v2 controllers: $(cat /sys/fs/cgroup/cgroup.controllers)"
 cd /opt/berth
+export BERTH_SHARED_DIR=/opt/berth/shared
 CI=true RUST_BACKTRACE=1 /opt/berth/target/debug/deps/tests --exact --test-threads=1 $(cat /opt/berth/tests)
 echo "guest: tests exited with $?"
 poweroff -f
 "#;
+
+/// Where the guest has crictl: under the shared directory its tests are
+/// pointed at (`BERTH_SHARED_DIR`).
+const GUEST_CRICTL: &str = "/opt/berth/shared/peers/bin/crictl";
 
 /// What a guest needs from this host, when it has it all.
 #[derive(Debug)]
@@ -84,6 +89,31 @@ pub struct GuestRun {
     pub exit: Option<i32>,
     /// How many tests passed, from the harness's summary.
     pub passed: Option<usize>,
+}
+
+impl GuestRun {
+    /// Fails the calling test unless the guest ran on a cgroup v2 hierarchy
+    /// with cpu, memory, pids and io on it, and every one of `tests`
+    /// passed there (so a mistyped name cannot pass by matching nothing).
+    pub fn assert_all_passed_on_cgroup_v2(&self, tests: &[&str]) {
+        let console = &self.console;
+        let controllers = console
+            .lines()
+            .find_map(|l| l.strip_prefix("guest: cgroup v2 controllers: "))
+            .unwrap_or_else(|| panic!("the guest did not start its tests:\n{console}"));
+        for controller in ["cpu", "memory", "pids", "io"] {
+            assert!(
+                controllers.split_whitespace().any(|c| c == controller),
+                "{controller} is not on the guest's cgroup v2 hierarchy: {controllers}"
+            );
+        }
+        assert_eq!(
+            self.exit,
+            Some(0),
+            "the tests failed in the guest:\n{console}"
+        );
+        assert_eq!(self.passed, Some(tests.len()), "{console}");
+    }
 }
 
 impl Guest {
@@ -160,11 +190,11 @@ impl Guest {
         }
     }
 
-    /// An initramfs (cpio "newc") of busybox, runc, tar and gzip with the
-    /// libraries they link, the workspace's binaries (without their debug
-    /// information, which only makes the image big) laid out as under
-    /// target/, the calling test executable as `deps/tests`, and the list
-    /// of tests to run.
+    /// An initramfs (cpio "newc") of busybox, runc, tar, gzip, script and
+    /// crictl (where the host has it) with the libraries they link, the
+    /// workspace's binaries (without their debug information, which only
+    /// makes the image big) laid out as under target/, the calling test
+    /// executable as `deps/tests`, and the list of tests to run.
     fn build_initramfs(&self, dir: &Path, tests: &[&str], to: &Path) {
         let exe = std::env::current_exe().expect("test executable path");
         let stripped = dir.join("stripped");
@@ -181,11 +211,17 @@ impl Guest {
         image.bytes("/etc/group", b"root:x:0:\nnogroup:x:65534:\n", 0o644);
         image.bytes("/opt/berth/tests", tests.join(" ").as_bytes(), 0o644);
         let mut linked = Vec::new();
-        for tool in ["runc", "tar", "gzip"] {
+        for tool in ["runc", "tar", "gzip", "script"] {
             let path = crate::which(tool).unwrap_or_else(|| panic!("{tool} is not installed"));
             let path = std::fs::canonicalize(&path).unwrap();
             image.file(&format!("/usr/bin/{tool}"), &path, 0o755);
             linked.push(path);
+        }
+        // crictl, for the CRI's tests, where they look for it.
+        let crictl = crate::cri::crictl_path();
+        if crictl.exists() {
+            image.file(GUEST_CRICTL, &crictl, 0o755);
+            linked.push(crictl);
         }
         let mut binaries: Vec<(String, PathBuf)> = [
             "berth",
@@ -193,6 +229,7 @@ impl Guest {
             "berth-snapd",
             "berth-metad",
             "berth-taskd",
+            "berth-crid",
             "containerd-shim-berth-v2",
         ]
         .iter()

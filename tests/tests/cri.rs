@@ -1172,6 +1172,38 @@ fn a_pod_in_a_user_namespace_of_its_own_maps_every_file_and_process() {
     assert!(pinned("netns").is_empty(), "{:?}", pinned("netns"));
 }
 
+/// crid's own tests again, in a virtual machine whose kernel has only the
+/// cgroup v2 hierarchy (this host's controllers are on v1): pods and
+/// containers with their cgroups, device rules, stats, exec and restart
+/// recovery on v2. The pods share the guest's network (the guest has no
+/// bridge module).
+#[test]
+fn the_cri_tests_pass_again_on_a_cgroup_v2_kernel() {
+    if crictl_test_dir().is_none() {
+        return;
+    }
+    let guest = berth_e2e::guest::Guest::find();
+    if !berth_e2e::require(
+        guest.is_ok(),
+        guest.as_ref().err().map_or("", String::as_str),
+    ) {
+        return;
+    }
+    let tests = [
+        "a_pod_lives_through_crictl_and_a_crid_restart",
+        "exec_sync_output_is_bounded_and_failed_execs_leak_nothing",
+        "image_volumes_are_copied_up_from_inside_the_image",
+    ];
+    let dir = tempfile::Builder::new()
+        .prefix("berth-guest-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    guest
+        .unwrap()
+        .run_tests(dir.path(), &tests, "cgroup_no_v1=all")
+        .assert_all_passed_on_cgroup_v2(&tests);
+}
+
 /// critest (cri-tools 1.34, ../shared/critest) against a fresh berth stack:
 /// every spec listed in tests/cri/critest-pass.txt must pass. The list
 /// grows as berth-crid does; containerd 2.2.7 passes 92 here.

@@ -2063,21 +2063,5 @@ fn the_cgroup_tests_pass_again_on_a_cgroup_v2_kernel() {
     let run = guest
         .unwrap()
         .run_tests(dir.path(), &tests, "cgroup_no_v1=all");
-    let console = &run.console;
-    let controllers = console
-        .lines()
-        .find_map(|l| l.strip_prefix("guest: cgroup v2 controllers: "))
-        .unwrap_or_else(|| panic!("the guest did not start its tests:\n{console}"));
-    for controller in ["cpu", "memory", "pids", "io"] {
-        assert!(
-            controllers.split_whitespace().any(|c| c == controller),
-            "{controller} is not on the guest's cgroup v2 hierarchy: {controllers}"
-        );
-    }
-    assert_eq!(
-        run.exit,
-        Some(0),
-        "the tests failed in the guest:\n{console}"
-    );
-    assert_eq!(run.passed, Some(tests.len()), "{console}");
+    run.assert_all_passed_on_cgroup_v2(&tests);
 }

@@ -38,23 +38,6 @@ pub struct Bundle {
     pub path: PathBuf,
 }
 
-/// Lets anyone pass through (but not list) taskd's state directory and
-/// the bundles directory in it (mode 0711, as containerd keeps its state):
-/// runc reaches a container's rootfs from inside its user namespace, whose
-/// root is an unprivileged host id. Each bundle keeps its own mode: 0700,
-/// or 0710 to the mapped root's group (see [`Bundle::create`]).
-pub fn open_path_to_bundles(state: &Path, bundles: &Path) -> Result<()> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .create(bundles)
-        .map_err(|e| Error::io(format!("creating {}", bundles.display()), &e))?;
-    for dir in [state, bundles] {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
-            .map_err(|e| Error::io(format!("setting mode 0711 on {}", dir.display()), &e))?;
-    }
-    Ok(())
-}
-
 impl Bundle {
     /// Where the bundle of `namespace`/`id` lives; both are validated
     /// before they become a path.
@@ -92,12 +75,17 @@ impl Bundle {
         let filled = (|| {
             if let Some(gid) = user_namespace_root_gid(spec) {
                 // runc reaches the rootfs from inside the container's user
-                // namespace: its root's group may pass through the bundle
-                // (and no one else may), as containerd's shims set it; the
-                // namespace directory above lets anyone pass (the daemon's
-                // umask made it 0700).
-                std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o711))
-                    .map_err(|e| Error::io(format!("opening {}", parent.display()), &e))?;
+                // namespace, whose root is an unprivileged host id: its
+                // group may pass through the bundle (and no one else may),
+                // as containerd's shims set it, and anyone may pass (but
+                // not list) the namespace directory, the bundles directory
+                // and taskd's state directory above it, which are 0700
+                // until a user namespace needs them (as containerd keeps
+                // its state at 0711). Every other bundle stays 0700.
+                for dir in self.path.ancestors().skip(1).take(3) {
+                    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
+                        .map_err(|e| Error::io(format!("opening {}", dir.display()), &e))?;
+                }
                 std::os::unix::fs::chown(&self.path, None, Some(gid))
                     .and_then(|()| {
                         std::fs::set_permissions(&self.path, std::fs::Permissions::from_mode(0o710))

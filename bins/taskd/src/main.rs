@@ -109,8 +109,6 @@ async fn run(config: DaemonConfig, peers: SocketPeers, debug: bool) -> anyhow::R
     // berth's shim derives its socket directory from it, so a taskd's shims
     // keep their sockets under its own state dir.
     let bundles = config.state.join("io.containerd.runtime.v2.task");
-    berth_taskd::bundle::open_path_to_bundles(&config.state, &bundles)
-        .context("preparing the bundles directory")?;
     let relay = Relay::start(Arc::new(MetadSink::new(&peers.metad)), &bundles);
     let executable = std::env::current_exe().context("finding taskd's executable")?;
     let manager = TaskManager::new(

@@ -14,8 +14,13 @@
 //! against the host's CDI spec files by [`CdiRegistry`] into edits of the
 //! options.
 //!
+//! A user namespace ([`UserNamespace`]: new, or joined by path, with its
+//! mappings) comes first among the namespaces; with the host's network the
+//! host's /sys is bound in place of sysfs, which a user namespace cannot
+//! mount there.
+//!
 //! Gaps, on purpose: no AppArmor or SELinux profile (the hosts berth targets
-//! may have neither loaded), no user namespaces.
+//! may have neither loaded).
 
 mod args;
 mod capabilities;
