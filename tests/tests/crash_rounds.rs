@@ -1239,6 +1239,21 @@ fn cri_cgroups() -> BTreeSet<String> {
 
 /// The host port pod `name` publishes: its own, so that no two pods
 /// share a rule (pods are `p<round>`; the calibration's is `calibrate`).
+/// Every other pod has a user namespace of its own (Kubernetes'
+/// `hostUsers: false`): the odd-numbered ones.
+fn in_user_namespace(pod_name: &str) -> bool {
+    pod_name
+        .trim_start_matches('p')
+        .parse::<u32>()
+        .is_ok_and(|n| n % 2 == 1)
+}
+
+/// The user namespace options of those pods and their containers.
+fn crash_userns() -> serde_json::Value {
+    let mapping = serde_json::json!([{"container_id": 0, "host_id": 600000, "length": 65536}]);
+    serde_json::json!({"mode": 0, "uids": mapping, "gids": mapping})
+}
+
 fn host_port_of(name: &str) -> u32 {
     20_000 + name.trim_start_matches('p').parse::<u32>().unwrap_or(0) % 40_000
 }
@@ -1416,6 +1431,11 @@ impl PodHarness {
             names_in(self.cri.crid.root.join("containers")),
         );
         held.insert("netns", names_in(self.cri.crid.state.join("netns")));
+        held.insert("userns", names_in(self.cri.crid.state.join("userns")));
+        held.insert(
+            "id-mapped volume",
+            names_in(self.cri.crid.state.join("idmapped")),
+        );
         // host-local keeps one file per address, its first line the
         // container id CNI was given (the pod's).
         held.insert(
@@ -1477,6 +1497,15 @@ impl PodHarness {
             if ready && !held["host port"].contains(id) {
                 self.violation(round, format!("ready pod {name} ({id}) has no host port"));
             }
+            if in_user_namespace(name) && ready != held["userns"].contains(id) {
+                self.violation(
+                    round,
+                    format!(
+                        "pod {name} ({id}) is {state} but its user namespace is pinned: {}",
+                        !ready
+                    ),
+                );
+            }
             if !ready
                 && (held["netns"].contains(id)
                     || held["address"].contains(id)
@@ -1512,26 +1541,41 @@ impl PodHarness {
     }
 
     fn pod_config(&self, name: &str) -> String {
-        self.cri.write_config(
-            &format!("pod-{name}.json"),
-            serde_json::json!({
-                "metadata": {"name": name, "namespace": "crash", "uid": format!("uid-{name}"), "attempt": 0},
-                "log_directory": self.cri.dir.join("logs").join(name).display().to_string(),
-                "port_mappings": [{"container_port": 80, "host_port": host_port_of(name)}],
-            }),
-        )
+        let mut config = serde_json::json!({
+            "metadata": {"name": name, "namespace": "crash", "uid": format!("uid-{name}"), "attempt": 0},
+            "log_directory": self.cri.dir.join("logs").join(name).display().to_string(),
+            "port_mappings": [{"container_port": 80, "host_port": host_port_of(name)}],
+        });
+        if in_user_namespace(name) {
+            config["linux"] = serde_json::json!({"security_context": {"namespace_options": {
+                "userns_options": crash_userns(),
+            }}});
+        }
+        self.cri.write_config(&format!("pod-{name}.json"), config)
     }
 
-    fn container_config(&self, name: &str) -> String {
-        self.cri.write_config(
-            &format!("ctr-{name}.json"),
-            serde_json::json!({
-                "metadata": {"name": name},
-                "image": {"image": berth_e2e::cri::POD_IMAGE},
-                "command": ["/bin/sleep", "1000"],
-                "log_path": format!("{name}.log"),
-            }),
-        )
+    /// A container; in a pod with a user namespace, the pod's, and an
+    /// id-mapped volume as the kubelet gives such a pod.
+    fn container_config(&self, name: &str, pod_name: &str) -> String {
+        let mut config = serde_json::json!({
+            "metadata": {"name": name},
+            "image": {"image": berth_e2e::cri::POD_IMAGE},
+            "command": ["/bin/sleep", "1000"],
+            "log_path": format!("{name}.log"),
+        });
+        if in_user_namespace(pod_name) {
+            let mapping = &crash_userns()["uids"];
+            config["linux"] = serde_json::json!({"security_context": {"namespace_options": {
+                "userns_options": crash_userns(),
+            }}});
+            config["mounts"] = serde_json::json!([{
+                "container_path": "/vol",
+                "host_path": self.cri.dir.join("crash-volume").display().to_string(),
+                "uidMappings": mapping,
+                "gidMappings": mapping,
+            }]);
+        }
+        self.cri.write_config(&format!("ctr-{name}.json"), config)
     }
 
     /// The crictl arguments of a piece of work.
@@ -1545,7 +1589,7 @@ impl PodHarness {
                 strings(&[
                     "create",
                     pod,
-                    &self.container_config(&format!("c{round}")),
+                    &self.container_config(&format!("c{round}"), name),
                     &self.pod_config(name),
                 ])
             }
@@ -1704,6 +1748,11 @@ impl PodHarness {
         if !berth_e2e::require(berth_e2e::on_path("iptables"), "iptables (CNI's portmap)") {
             return None;
         }
+        // runc reaches a user-namespaced pod's bundle from inside its
+        // namespace: the way to taskd's state must be passable, as /run is.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711)).unwrap();
+        std::fs::create_dir_all(dir.join("crash-volume")).unwrap();
         berth_e2e::cri::enter_private_network();
         // Every pod publishes a port: a kill must not leave its NAT rules
         // behind (or take them from a ready pod).

@@ -887,7 +887,7 @@ fn a_pod_in_a_user_namespace_of_its_own_maps_every_file_and_process() {
     berth_e2e::cri::enter_private_network();
     let dir = tmp.path();
     berth_e2e::cri::write_bridge_network(dir, "userns-test", "userns0", "10.88.78.0/24", &[]);
-    let cri = Cri::start(dir);
+    let mut cri = Cri::start(dir);
     let info: serde_json::Value = serde_json::from_str(&cri.ok(&["info"])).unwrap();
     let handlers = info["runtimeHandlers"]
         .as_array()
@@ -912,7 +912,7 @@ fn a_pod_in_a_user_namespace_of_its_own_maps_every_file_and_process() {
             }}},
         })
     };
-    let state = &cri.crid.state;
+    let state = cri.crid.state.clone();
     let pinned = |kind: &str| -> Vec<String> {
         std::fs::read_dir(state.join(kind))
             .map(|d| {
@@ -1097,6 +1097,35 @@ fn a_pod_in_a_user_namespace_of_its_own_maps_every_file_and_process() {
             "{layer:?}"
         );
     }
+
+    // crid SIGKILLed and restarted: the pod and its container go on as
+    // they were. A creation cut short by the kill left an id-mapped clone
+    // behind (made here by hand, of a directory with a canary): the restart
+    // detaches and unlinks it, and the canary stays.
+    let canary_dir = dir.join("canary-volume");
+    std::fs::create_dir(&canary_dir).unwrap();
+    std::fs::write(canary_dir.join("canary"), "keep").unwrap();
+    let leftover = state.join("idmapped").join("no-such-container");
+    std::fs::create_dir_all(leftover.join("0")).unwrap();
+    let bound = Command::new("mount")
+        .arg("--bind")
+        .arg(&canary_dir)
+        .arg(leftover.join("0"))
+        .status()
+        .unwrap();
+    assert!(bound.success());
+    cri.crid.kill();
+    cri.crid.restart();
+    let (ok, out, err) = cri.crictl(&["exec", "-s", &ctr_id, "cat", "/proc/self/uid_map"]);
+    assert!(ok, "exec after the restart: {err}");
+    assert_eq!(words(out), ["0", "420000", "65536"]);
+    let status = cri.inspect("inspectp", &pod_id);
+    assert_eq!(status["status"]["state"], "SANDBOX_READY", "{status}");
+    assert!(
+        !leftover.exists(),
+        "the leftover clone outlived the restart"
+    );
+    assert_eq!(std::fs::read(canary_dir.join("canary")).unwrap(), b"keep");
 
     // A pod on the host's network with a user namespace: sysfs cannot be
     // mounted there, the host's /sys is bound read-only instead.
