@@ -321,6 +321,140 @@ fn containers_get_the_security_defaults() {
     assert_nothing_left(&stack);
 }
 
+/// `berth run --userns-remap USER` (nerdctl's flag): the container runs in
+/// a user namespace whose root is USER's first subordinate range in
+/// /etc/subuid and /etc/subgid, its image's files are root's inside
+/// (id-mapped layers) and what it writes is the mapped root's outside; on
+/// the host's network /sys is the host's, bound. The CLI reads the
+/// subordinate ids of a private copy of /etc made for this test (bound
+/// over /etc in a mount namespace of the CLI's own), so the host's files
+/// are never touched. A user with no range is refused with nothing made.
+#[test]
+fn userns_remap_runs_root_as_the_users_subordinate_ids() {
+    if !prerequisites() {
+        return;
+    }
+    let (dir, stack) = setup();
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::os::unix::process::CommandExt;
+    // runc reaches the bundle from inside the user namespace: the way to
+    // taskd's state must be passable, as /run is.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let etc = dir.path().join("etc");
+    let copied = std::process::Command::new("cp")
+        .args(["-a", "/etc"])
+        .arg(&etc)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    std::fs::write(etc.join("subuid"), "berthtest:300000:65536\n").unwrap();
+    std::fs::write(etc.join("subgid"), "berthtest:310000:65536\n").unwrap();
+    let with_etc = |args: &[&str]| {
+        let mut command = stack.command(args);
+        let etc = etc.clone();
+        // SAFETY: the child only makes mount syscalls before it execs.
+        unsafe {
+            command.pre_exec(move || {
+                use nix::mount::{mount, MsFlags};
+                nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)?;
+                mount(
+                    None::<&str>,
+                    "/",
+                    None::<&str>,
+                    MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+                    None::<&str>,
+                )?;
+                mount(
+                    Some(&etc),
+                    "/etc",
+                    None::<&str>,
+                    MsFlags::MS_BIND,
+                    None::<&str>,
+                )?;
+                Ok(())
+            });
+        }
+        command.output().unwrap()
+    };
+    let out = with_etc(&[
+        "run",
+        "--rm",
+        "--userns-remap",
+        "berthtest",
+        RUN_IMAGE,
+        "sh",
+        "-c",
+        "cat /proc/self/uid_map /proc/self/gid_map; id -u; busybox stat -c %u:%g /bin/busybox; \
+         echo x > /written && busybox stat -c %u:%g /written",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let words: Vec<String> = text(&out.stdout)
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(
+        words,
+        ["0", "300000", "65536", "0", "310000", "65536", "0", "0:0", "0:0"],
+        "{}",
+        text(&out.stderr)
+    );
+    // Kept, to look at its layer from the host.
+    let out = with_etc(&[
+        "run",
+        "-d",
+        "--name",
+        "remapped",
+        "--net",
+        "host",
+        "--userns-remap",
+        "berthtest",
+        RUN_IMAGE,
+        "sh",
+        "-c",
+        "echo y > /kept; sleep 1000",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    wait_for_status(&stack, "remapped", "RUNNING");
+    let exec = run(
+        &stack,
+        &[
+            "tasks",
+            "exec",
+            "remapped",
+            "busybox",
+            "ls",
+            "/sys/class/net",
+        ],
+    );
+    assert!(
+        exec.status.success() && text(&exec.stdout).contains("lo"),
+        "{}",
+        text(&exec.stderr)
+    );
+    let ps = stack.berth_json(&["tasks", "ps", "remapped"]);
+    let pid = ps[0]["pid"].as_u64().unwrap_or_else(|| panic!("{ps}"));
+    let kept = std::fs::metadata(format!("/proc/{pid}/root/kept")).unwrap();
+    assert_eq!((kept.uid(), kept.gid()), (300000, 310000));
+    let out = run(&stack, &["rm", "-f", "remapped"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let out = with_etc(&[
+        "run",
+        "--rm",
+        "--userns-remap",
+        "nobody-here",
+        RUN_IMAGE,
+        "true",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("no range"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_nothing_left(&stack);
+}
+
 /// CVE-2021-41103 (and moby's CVE-2021-41091): a container's rootfs, its
 /// bundle and the snapshots under it must not be reachable by other host
 /// users, who could otherwise run the image's setuid binaries. The test's

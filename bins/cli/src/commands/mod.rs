@@ -18,3 +18,4 @@ pub mod snapshots;
 pub mod tasks;
 pub mod transfer;
 pub mod up;
+pub mod userns;

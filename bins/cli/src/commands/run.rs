@@ -108,6 +108,13 @@ pub struct ContainerArgs {
     pub volume: Vec<String>,
     #[command(flatten)]
     pub limits: LimitArgs,
+    /// Run in a user namespace of its own: root inside is the first
+    /// subordinate id of USER in /etc/subuid (and of GROUP, default USER,
+    /// in /etc/subgid), as with `nerdctl run --userns-remap`. The image's
+    /// layers are mounted id-mapped; volumes are not (their files show as
+    /// 65534 unless owned by mapped ids).
+    #[arg(long, value_name = "USER[:GROUP]")]
+    pub userns_remap: Option<String>,
     /// none (own network namespace, loopback only), host, or a CNI network
     /// by name (`berth network ls`): `bridge` is berth's default bridge,
     /// made on first use.
@@ -288,6 +295,13 @@ impl ContainerArgs {
             options.mounts.push(MountOption::parse_volume_flag(volume)?);
         }
         options.limits = self.limits.limits()?;
+        if let Some(remap) = &self.userns_remap {
+            options.user_namespace = Some(super::userns::remap(
+                remap,
+                Path::new(super::userns::SUBUID),
+                Path::new(super::userns::SUBGID),
+            )?);
+        }
         let (cdi_names, host_devices): (Vec<&String>, Vec<&String>) =
             self.device.iter().partition(|d| is_cdi_device_name(d));
         let requests = host_devices
