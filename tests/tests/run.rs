@@ -321,6 +321,47 @@ fn containers_get_the_security_defaults() {
     assert_nothing_left(&stack);
 }
 
+/// A copy of the host's /etc under `dir` in which `berthtest` has the
+/// subordinate ids 300000 (uids) and 310000 (gids), 65536 of each.
+fn private_etc_with_subids(dir: &Path) -> PathBuf {
+    let etc = dir.join("etc");
+    let copied = std::process::Command::new("cp")
+        .args(["-a", "/etc"])
+        .arg(&etc)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    std::fs::write(etc.join("subuid"), "berthtest:300000:65536\n").unwrap();
+    std::fs::write(etc.join("subgid"), "berthtest:310000:65536\n").unwrap();
+    etc
+}
+
+/// `command` with `etc` bound over /etc in a mount namespace of its own:
+/// it reads those files, and the host's are never touched.
+fn with_private_etc(mut command: std::process::Command, etc: &Path) -> std::process::Command {
+    use std::os::unix::process::CommandExt;
+    let etc = etc.to_path_buf();
+    // SAFETY: the child only makes the unshare and mount syscalls before it
+    // execs.
+    unsafe {
+        command.pre_exec(move || {
+            use nix::mount::{mount, MsFlags};
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)?;
+            let private = MsFlags::MS_REC | MsFlags::MS_PRIVATE;
+            mount(None::<&str>, "/", None::<&str>, private, None::<&str>)?;
+            mount(
+                Some(&etc),
+                "/etc",
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )?;
+            Ok(())
+        });
+    }
+    command
+}
+
 /// `berth run --userns-remap USER` (nerdctl's flag): the container runs in
 /// a user namespace whose root is USER's first subordinate range in
 /// /etc/subuid and /etc/subgid, its image's files are root's inside
@@ -336,45 +377,14 @@ fn userns_remap_runs_root_as_the_users_subordinate_ids() {
     }
     let (dir, stack) = setup();
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    use std::os::unix::process::CommandExt;
     // runc reaches the bundle from inside the user namespace: the way to
     // taskd's state must be passable, as /run is.
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
-    let etc = dir.path().join("etc");
-    let copied = std::process::Command::new("cp")
-        .args(["-a", "/etc"])
-        .arg(&etc)
-        .status()
-        .unwrap();
-    assert!(copied.success());
-    std::fs::write(etc.join("subuid"), "berthtest:300000:65536\n").unwrap();
-    std::fs::write(etc.join("subgid"), "berthtest:310000:65536\n").unwrap();
+    let etc = private_etc_with_subids(dir.path());
     let with_etc = |args: &[&str]| {
-        let mut command = stack.command(args);
-        let etc = etc.clone();
-        // SAFETY: the child only makes mount syscalls before it execs.
-        unsafe {
-            command.pre_exec(move || {
-                use nix::mount::{mount, MsFlags};
-                nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)?;
-                mount(
-                    None::<&str>,
-                    "/",
-                    None::<&str>,
-                    MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-                    None::<&str>,
-                )?;
-                mount(
-                    Some(&etc),
-                    "/etc",
-                    None::<&str>,
-                    MsFlags::MS_BIND,
-                    None::<&str>,
-                )?;
-                Ok(())
-            });
-        }
-        command.output().unwrap()
+        with_private_etc(stack.command(args), &etc)
+            .output()
+            .unwrap()
     };
     let out = with_etc(&[
         "run",
@@ -1828,6 +1838,36 @@ fn bridge_network_publishes_ports_and_goes_with_the_task() {
             text(&out.stdout)
         };
         assert!(nat().contains("18080"), "no port rule:\n{}", nat());
+
+        // In a user namespace (`--userns-remap`), runc makes the network
+        // namespace inside it and the hook attaches it to the bridge as
+        // before: sysfs shows the container's own interface.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+        let etc = private_etc_with_subids(dir.path());
+        let mut remapped = with_private_etc(
+            stack.command(&[
+                "run",
+                "--rm",
+                "--net",
+                "bridge",
+                "--userns-remap",
+                "berthtest",
+                RUN_IMAGE,
+                "sh",
+                "-c",
+                "cat /proc/self/uid_map; busybox ls /sys/class/net",
+            ]),
+            &etc,
+        );
+        let out = remapped
+            .env("BERTH_CNI_CONF_DIR", &conf_dir)
+            .env("BERTH_RUN_DIR", &run_dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let said = text(&out.stdout);
+        assert!(said.contains("300000") && said.contains("eth0"), "{said}");
 
         let out = berth(&["rm", "--force", "bridged"]);
         assert!(out.status.success(), "{}", text(&out.stderr));
