@@ -317,6 +317,8 @@ impl Crid {
                 berth_tasks::container::id_mappings(&userns.uid_mappings),
                 berth_tasks::container::id_mappings(&userns.gid_mappings),
             );
+            // The pod's root owns the files it would own without one.
+            let root = berth_mount::root_pair(&uids, &gids)?;
             let (user, net) = tokio::task::spawn_blocking(move || {
                 pin_pod_namespaces(&uids, &gids, &users, &nets, &name, own_network)
             })
@@ -328,11 +330,6 @@ impl Crid {
                 s.userns = Some(user.clone());
                 s.netns = net.clone();
             })?;
-            // The pod's root owns the files it would own without one.
-            let root = berth_mount::root_pair(
-                &berth_tasks::container::id_mappings(&userns.uid_mappings),
-                &berth_tasks::container::id_mappings(&userns.gid_mappings),
-            )?;
             spec::give_sandbox_files(sandbox, root)?;
         } else if own_network {
             let dir = self.netns_dir();

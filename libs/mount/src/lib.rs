@@ -865,6 +865,16 @@ mod tests {
         (top, dirs)
     }
 
+    /// What `dir` holds (a staging directory left behind would show).
+    fn entries(dir: &Path) -> Vec<PathBuf> {
+        let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        found.sort();
+        found
+    }
+
     fn joined(dirs: &[PathBuf]) -> String {
         dirs.iter()
             .map(|d| d.display().to_string())
@@ -949,11 +959,7 @@ mod tests {
         }
         assert_eq!(calls, expected);
         // The staging directories are gone; only the test's own remain.
-        let left: Vec<_> = std::fs::read_dir(&top.0)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        assert_eq!(left, dirs);
+        assert_eq!(entries(&top.0), dirs);
     }
 
     #[test]
@@ -1007,11 +1013,7 @@ mod tests {
                 .any(|c| matches!(c, Call::Fsopen(_) | Call::Move(_))),
             "{calls:?}"
         );
-        let left: Vec<_> = std::fs::read_dir(&top.0)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        assert_eq!(left, dirs);
+        assert_eq!(entries(&top.0), dirs);
     }
 
     #[test]
