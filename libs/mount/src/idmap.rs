@@ -142,16 +142,23 @@ impl NamespaceHolder {
         let (ready_read, ready_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
         let (release_read, release_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
         let flags = (CloneFlags::CLONE_NEWUSER | also).bits();
+        // The child keeps only its own two pipe ends: it never execs, so
+        // close-on-exec does not apply, and a copy of another holder's
+        // release end (made by a concurrent spawn on another thread) would
+        // keep that holder's process waiting forever.
+        let (keep_low, keep_high) = {
+            let (a, b) = (ready_write.as_raw_fd(), release_read.as_raw_fd());
+            (a.min(b) as libc::c_uint, a.max(b) as libc::c_uint)
+        };
         // SAFETY: the child of a multi-threaded process may only make
         // async-signal-safe calls until it execs or exits; it makes only
-        // raw syscalls (close, unshare, write, read, _exit) on values
+        // raw syscalls (close_range, unshare, write, read, _exit) on values
         // prepared before the fork, and never returns into Rust code.
         match unsafe { nix::unistd::fork() }? {
             nix::unistd::ForkResult::Child => {
                 // SAFETY: plain syscalls on fds this process owns; see above.
                 unsafe {
-                    libc::close(ready_read.as_raw_fd());
-                    libc::close(release_write.as_raw_fd());
+                    close_all_but(keep_low, keep_high);
                     let status: u8 = if libc::unshare(flags) == 0 {
                         0
                     } else {
@@ -214,6 +221,34 @@ impl NamespaceHolder {
             nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
             nix::sys::stat::Mode::empty(),
         )
+    }
+}
+
+/// Closes every fd but `low` and `high` (`low < high`) with close_range(2)
+/// (Linux ≥ 5.9), falling back to close(2) on each of the first 64 Ki fds.
+///
+/// # Safety
+/// Only syscalls: callable in the child of a fork of a multi-threaded
+/// process; the caller must not use any other fd afterwards.
+unsafe fn close_all_but(low: libc::c_uint, high: libc::c_uint) {
+    let ranges = [
+        (0, low.checked_sub(1)),
+        (low + 1, high.checked_sub(1)),
+        (high + 1, Some(libc::c_uint::MAX)),
+    ];
+    for (first, last) in ranges {
+        let Some(last) = last else { continue };
+        if first > last {
+            continue;
+        }
+        // SAFETY: close_range only closes fds; see the function's contract.
+        let rc = unsafe { libc::syscall(libc::SYS_close_range, first, last, 0 as libc::c_uint) };
+        if rc != 0 {
+            for fd in first..=last.min(65535) {
+                // SAFETY: as above.
+                unsafe { libc::close(fd as libc::c_int) };
+            }
+        }
     }
 }
 
@@ -309,6 +344,40 @@ mod tests {
         // The namespace outlives its process while an fd holds it.
         let held = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap();
         assert!(held.to_string_lossy().starts_with("user:["), "{held:?}");
+    }
+
+    /// Holders made at once on several threads each end when dropped: no
+    /// child keeps another's release pipe open (which once hung them).
+    #[test]
+    fn holders_spawned_concurrently_each_end_when_dropped() {
+        if !nix::unistd::geteuid().is_root() {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "needs root (user namespaces with any mapping)"
+            );
+            return;
+        }
+        let (done, finished) = std::sync::mpsc::channel();
+        for _ in 0..4 {
+            let done = done.clone();
+            std::thread::spawn(move || {
+                let ids = parse_id_mappings("0:500000:65536").unwrap();
+                for _ in 0..25 {
+                    let holders: Vec<NamespaceHolder> = (0..3)
+                        .map(|_| NamespaceHolder::spawn(&ids, &ids, CloneFlags::empty()).unwrap())
+                        .collect();
+                    drop(holders);
+                }
+                let _ = done.send(());
+            });
+        }
+        // A liveness bound, not a timing one: the spawns take milliseconds,
+        // and the bug this guards against waited forever.
+        for _ in 0..4 {
+            finished
+                .recv_timeout(std::time::Duration::from_secs(120))
+                .expect("a dropped holder's process never ended");
+        }
     }
 
     #[test]
