@@ -499,10 +499,7 @@ impl Crid {
     /// What a verbose PodSandboxStatus adds, as containerd gives it under
     /// `info`: the pause process, its namespaces and its config, as JSON.
     pub fn pod_sandbox_info(&self, id: &str) -> Result<HashMap<String, String>> {
-        let sandbox = self
-            .store
-            .find_sandbox(id)
-            .ok_or_else(|| Error::not_found(format!("sandbox {id:?} not found")))?;
+        let sandbox = self.store.sandbox_or_not_found(id)?;
         let info = serde_json::json!({
             "pid": sandbox.pid,
             "runtimeHandler": sandbox.runtime_handler,
@@ -516,10 +513,7 @@ impl Crid {
     }
 
     pub fn pod_sandbox_status(&self, id: &str) -> Result<cri::PodSandboxStatus> {
-        let sandbox = self
-            .store
-            .find_sandbox(id)
-            .ok_or_else(|| Error::not_found(format!("sandbox {id:?} not found")))?;
+        let sandbox = self.store.sandbox_or_not_found(id)?;
         let ips = sandbox.ip();
         let ns = sandbox.namespace_options();
         Ok(cri::PodSandboxStatus {
@@ -578,10 +572,7 @@ impl Crid {
         sandbox_id: &str,
         config: cri::ContainerConfig,
     ) -> Result<String> {
-        let sandbox = self
-            .store
-            .find_sandbox(sandbox_id)
-            .ok_or_else(|| Error::not_found(format!("sandbox {sandbox_id:?} not found")))?;
+        let sandbox = self.store.sandbox_or_not_found(sandbox_id)?;
         if sandbox.phase != SandboxPhase::Ready {
             return Err(Error::failed_precondition(format!(
                 "sandbox {} is not ready",
@@ -720,10 +711,7 @@ impl Crid {
     }
 
     pub async fn start_container(self: &Arc<Self>, id: &str) -> Result<()> {
-        let container = self
-            .store
-            .find_container(id)
-            .ok_or_else(|| Error::not_found(format!("container {id:?} not found")))?;
+        let container = self.store.container_or_not_found(id)?;
         if container.phase != ContainerPhase::Created {
             return Err(Error::failed_precondition(format!(
                 "container {} is not created but {:?}",
@@ -928,10 +916,7 @@ impl Crid {
     }
 
     pub fn reopen_container_log(&self, id: &str) -> Result<()> {
-        let container = self
-            .store
-            .find_container(id)
-            .ok_or_else(|| Error::not_found(format!("container {id:?} not found")))?;
+        let container = self.store.container_or_not_found(id)?;
         if container.phase != ContainerPhase::Running {
             return Err(Error::failed_precondition(format!(
                 "container {} is not running",
@@ -1098,10 +1083,7 @@ impl Crid {
     }
 
     pub async fn one_container_stats(&self, id: &str) -> Result<cri::ContainerStats> {
-        let c = self
-            .store
-            .find_container(id)
-            .ok_or_else(|| Error::not_found(format!("container {id:?} not found")))?;
+        let c = self.store.container_or_not_found(id)?;
         let tasks = self.daemons.tasks().await?;
         let snapshots = self.daemons.snapshots().await?;
         Ok(self.stats_of(&c, &tasks, &snapshots).await)
@@ -1213,10 +1195,7 @@ impl Crid {
 
     /// PodSandboxStats of one pod, which must be ready (as containerd).
     pub async fn one_pod_sandbox_stats(&self, id: &str) -> Result<cri::PodSandboxStats> {
-        let sandbox = self
-            .store
-            .find_sandbox(id)
-            .ok_or_else(|| Error::not_found(format!("sandbox {id:?} not found")))?;
+        let sandbox = self.store.sandbox_or_not_found(id)?;
         if sandbox.phase != SandboxPhase::Ready {
             return Err(Error::failed_precondition(format!(
                 "sandbox {} is not ready",
@@ -1421,10 +1400,7 @@ impl Crid {
     /// `info`: its pod, its process (`crictl inspect`'s `.info.pid`) and
     /// its config, as JSON.
     pub fn container_info(&self, id: &str) -> Result<HashMap<String, String>> {
-        let c = self
-            .store
-            .find_container(id)
-            .ok_or_else(|| Error::not_found(format!("container {id:?} not found")))?;
+        let c = self.store.container_or_not_found(id)?;
         let info = serde_json::json!({
             "sandboxID": c.sandbox_id,
             "pid": c.pid,
@@ -1436,10 +1412,7 @@ impl Crid {
     }
 
     pub fn container_status(&self, id: &str) -> Result<cri::ContainerStatus> {
-        let c = self
-            .store
-            .find_container(id)
-            .ok_or_else(|| Error::not_found(format!("container {id:?} not found")))?;
+        let c = self.store.container_or_not_found(id)?;
         let image_spec = c.config.image.clone().unwrap_or_default();
         Ok(cri::ContainerStatus {
             id: c.id.clone(),
@@ -1478,10 +1451,7 @@ impl Crid {
         cmd: Vec<String>,
         timeout: Duration,
     ) -> Result<Option<(Vec<u8>, Vec<u8>, i32)>> {
-        let container = self
-            .store
-            .find_container(id)
-            .ok_or_else(|| Error::not_found(format!("container {id:?} not found")))?;
+        let container = self.store.container_or_not_found(id)?;
         if container.phase != ContainerPhase::Running {
             return Err(Error::failed_precondition(format!(
                 "container {} is not running",
@@ -1609,10 +1579,7 @@ impl Crid {
         id: &str,
         resources: Option<cri::LinuxContainerResources>,
     ) -> Result<()> {
-        let container = self
-            .store
-            .find_container(id)
-            .ok_or_else(|| Error::not_found(format!("container {id:?} not found")))?;
+        let container = self.store.container_or_not_found(id)?;
         let Some(resources) = resources else {
             return Ok(());
         };

@@ -319,6 +319,18 @@ impl Store {
         find_by_prefix(&self.lock_containers(), id)
     }
 
+    /// [`Store::find_sandbox`], or NotFound as the CRI answers it.
+    pub fn sandbox_or_not_found(&self, id: &str) -> Result<Sandbox> {
+        self.find_sandbox(id)
+            .ok_or_else(|| Error::not_found(format!("sandbox {id:?} not found")))
+    }
+
+    /// [`Store::find_container`], or NotFound as the CRI answers it.
+    pub fn container_or_not_found(&self, id: &str) -> Result<Container> {
+        self.find_container(id)
+            .ok_or_else(|| Error::not_found(format!("container {id:?} not found")))
+    }
+
     /// Records a new sandbox, unless its name is taken.
     pub fn add_sandbox(&self, sandbox: Sandbox) -> Result<()> {
         let mut sandboxes = self.lock_sandboxes();

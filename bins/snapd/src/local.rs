@@ -248,9 +248,9 @@ impl LocalSnapshotter {
             ];
             // A container in a user namespace sees the parents through
             // its mapping (its own layer was given to its root when made).
-            if let Some((uids, gids)) = id_mapping_labels(&own.labels)? {
-                options.push(format!("uidmap={uids}"));
-                options.push(format!("gidmap={gids}"));
+            if let Some(mapping) = id_mapping_labels(&own.labels)? {
+                options.push(format!("uidmap={}", mapping.uids));
+                options.push(format!("gidmap={}", mapping.gids));
             }
             return Ok(vec![Mount {
                 kind: "overlay".to_string(),
@@ -311,10 +311,7 @@ impl LocalSnapshotter {
                     "snapshot {key}: id-mapped snapshots are active snapshots of the overlay backend"
                 )))
             }
-            Some((uids, gids)) => Some(berth_mount::root_pair(
-                &berth_mount::parse_id_mappings(uids)?,
-                &berth_mount::parse_id_mappings(gids)?,
-            )?),
+            Some(mapping) => Some(mapping.root),
         };
         let parent_record = match parent {
             Some(p) => Some(check_committed_parent(
@@ -715,22 +712,31 @@ impl Snapshotter for LocalSnapshotter {
     }
 }
 
+/// A snapshot's uid and gid mapping labels, and the host ids of the
+/// namespace's root they give.
+struct IdMappingLabels<'a> {
+    uids: &'a str,
+    gids: &'a str,
+    root: (u32, u32),
+}
+
 /// The uid and gid mapping labels of a snapshot, checked: both or neither,
 /// each a mapping list that maps 0.
-fn id_mapping_labels(labels: &Labels) -> Result<Option<(&str, &str)>> {
+fn id_mapping_labels(labels: &Labels) -> Result<Option<IdMappingLabels<'_>>> {
     use berth_api::labels::{SNAPSHOT_GID_MAPPING, SNAPSHOT_UID_MAPPING};
     match (
         labels.get(SNAPSHOT_UID_MAPPING),
         labels.get(SNAPSHOT_GID_MAPPING),
     ) {
         (None, None) => Ok(None),
-        (Some(uids), Some(gids)) => {
-            berth_mount::root_pair(
+        (Some(uids), Some(gids)) => Ok(Some(IdMappingLabels {
+            uids,
+            gids,
+            root: berth_mount::root_pair(
                 &berth_mount::parse_id_mappings(uids)?,
                 &berth_mount::parse_id_mappings(gids)?,
-            )?;
-            Ok(Some((uids.as_str(), gids.as_str())))
-        }
+            )?,
+        })),
         _ => Err(Error::invalid_argument(format!(
             "{SNAPSHOT_UID_MAPPING} and {SNAPSHOT_GID_MAPPING} go together"
         ))),

@@ -406,10 +406,7 @@ impl<S: MountSyscalls> Engine<S> {
                 "an id-mapped overlay needs a lowerdir",
             ));
         }
-        let userns = self
-            .sys
-            .userns(uids, gids)
-            .map_err(|e| errno("making a user namespace for an id-mapped mount", e))?;
+        let userns = self.userns(uids, gids)?;
         let parent = target.parent().unwrap_or(Path::new("/"));
         let name = target
             .file_name()
@@ -462,11 +459,15 @@ impl<S: MountSyscalls> Engine<S> {
                 "an id-mapped mount needs both a uid and a gid mapping",
             ));
         }
-        let userns = self
-            .sys
-            .userns(uids, gids)
-            .map_err(|e| errno("making a user namespace for an id-mapped mount", e))?;
+        let userns = self.userns(uids, gids)?;
         self.attach_idmapped(&userns, source, target)
+    }
+
+    /// A user namespace with these mappings, for id-mapped mounts.
+    fn userns(&self, uids: &[IdMapping], gids: &[IdMapping]) -> Result<S::Userns> {
+        self.sys
+            .userns(uids, gids)
+            .map_err(|e| errno("making a user namespace for an id-mapped mount", e))
     }
 
     /// A clone of the mount at `source`, id-mapped through `userns`,
