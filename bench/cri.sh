@@ -51,6 +51,9 @@
 # usage: bench/cri.sh   (as root; environment: CRI_ROUNDS (ROUNDS, 20),
 #   CRI_WARMUP (WARMUP, 2), CRI_PODS=100, CRI_PARALLEL=10, SETTLE=3,
 #   CRI_NETWORK=cni (or host: host-network pods on both sides, no CNI),
+#   CRI_POD_PID=container (the kubelet's default pod: each container its
+#   own PID namespace; berth-crid gives such a pod no pause process) or
+#   pod (shareProcessNamespace: a pause process on both sides),
 #   CRI_ORACLE_ROOT (/var/tmp/berth-critest), PEERS_BIN (../shared/peers/bin),
 #   KEEP_LOGS=DIR (copies the servers' logs and the raw timings there);
 #   BENCH_RESULTS=FILE appends result rows for bench/all.sh)
@@ -63,6 +66,8 @@ pods=${CRI_PODS:-100}
 parallel=${CRI_PARALLEL:-10}
 settle=${SETTLE:-3}
 network=${CRI_NETWORK:-cni}
+export CRI_POD_PID=${CRI_POD_PID:-container}
+case $CRI_POD_PID in container | pod) ;; *) echo "CRI_POD_PID: container or pod" >&2; exit 2 ;; esac
 case $network in cni | host) ;; *) echo "CRI_NETWORK: cni or host" >&2; exit 2 ;; esac
 keep_logs=${KEEP_LOGS:-}
 
@@ -369,12 +374,13 @@ echo "removing the $pods pods (crictl rmp -fa): berth $(echo "scale=2; $rm_b_us 
 echo "failed: pod starts berth ${fails[berth]}, containerd ${fails[ctrd]}; $pods pods: berth $many_b_fail (running $many_b_n), containerd $many_c_fail (running $many_c_n)"
 id_suffix=""
 [ "$network" = cni ] || id_suffix="-$network"
+[ "$CRI_POD_PID" = container ] || id_suffix="$id_suffix-shared-pid"
 if [ "$network" = cni ]; then
   net_note="pods in their own netns through CNI (bridge + host-local + portmap, /usr/lib/cni)"
 else
   net_note="host-network pods (no CNI)"
 fi
-echo "network: $net_note, both servers; images from a local registry (stand-ins), pulled before timing"
+echo "network: $net_note, both servers; PID namespace per $CRI_POD_PID; images from a local registry (stand-ins), pulled before timing"
 echo "containerd $ctrd_version with containerd-shim-runc-v2 2.2.7; berth with the shipped containerd-shim-berth-v2; $(runc --version | sed -n 1p); cgroupfs"
 echo "$(uname -r), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), $(date -u +%Y-%m-%d); the sandbox ran $elapsed s"
 for s in berth ctrd; do

@@ -1210,6 +1210,11 @@ struct PodHarness {
     /// The cgroups under crid's default parent before the test began
     /// (another run's leftovers are not this one's leaks).
     cgroups_before: BTreeSet<String>,
+    /// Every container's pod, as crid listed it (also after it is gone): a
+    /// pod without a pause process has its first container's shim, whose
+    /// working directory is that container's bundle, for as long as any of
+    /// its containers is there.
+    pod_of: std::cell::RefCell<BTreeMap<String, String>>,
     violations: Vec<String>,
     window: BTreeMap<&'static str, Duration>,
     done: BTreeMap<&'static str, u64>,
@@ -1246,6 +1251,29 @@ fn in_user_namespace(pod_name: &str) -> bool {
         .trim_start_matches('p')
         .parse::<u32>()
         .is_ok_and(|n| n % 2 == 1)
+}
+
+/// Whether a pod's containers share one PID namespace (and so the pod has
+/// a pause process): pods 0 and 1 of every four, so that each kind comes
+/// with and without a user namespace. The others are the kubelet's default
+/// pod, which berth-crid runs without a pause process.
+fn shares_pid(pod_name: &str) -> bool {
+    pod_name
+        .trim_start_matches('p')
+        .parse::<u32>()
+        .is_ok_and(|n| n / 2 % 2 == 0)
+}
+
+/// The namespace options of a pod and its containers.
+fn crash_namespaces(pod_name: &str) -> serde_json::Value {
+    let mut options = serde_json::json!({
+        // POD (0) shares one, CONTAINER (1) gives each its own.
+        "pid": if shares_pid(pod_name) { 0 } else { 1 },
+    });
+    if in_user_namespace(pod_name) {
+        options["userns_options"] = crash_userns();
+    }
+    serde_json::json!({"security_context": {"namespace_options": options}})
 }
 
 /// The user namespace options of those pods and their containers.
@@ -1398,11 +1426,23 @@ impl PodHarness {
                     .to_string(),
             )
         };
+        let pod_of = self.pod_of.borrow();
+        let is_shim = |pid: u32| {
+            std::fs::read_link(format!("/proc/{pid}/exe"))
+                .is_ok_and(|exe| exe.ends_with("containerd-shim-berth-v2"))
+        };
         held.insert(
             "process",
             berth_e2e::processes_under(&stack.dir)
                 .iter()
-                .filter_map(|(_, cwd)| id_after(&cwd.display().to_string()))
+                .filter_map(|(pid, cwd)| {
+                    let id = id_after(&cwd.display().to_string())?;
+                    // A shim serves its pod's containers: it is the pod's.
+                    Some(match pod_of.get(&id) {
+                        Some(pod) if is_shim(*pid) => pod.clone(),
+                        _ => id,
+                    })
+                })
                 .collect(),
         );
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
@@ -1431,7 +1471,9 @@ impl PodHarness {
             names_in(self.cri.crid.root.join("containers")),
         );
         held.insert("netns", names_in(self.cri.crid.state.join("netns")));
-        held.insert("userns", names_in(self.cri.crid.state.join("userns")));
+        for kind in ["userns", "ipcns", "utsns"] {
+            held.insert(kind, names_in(self.cri.crid.state.join(kind)));
+        }
         held.insert(
             "id-mapped volume",
             names_in(self.cri.crid.state.join("idmapped")),
@@ -1458,6 +1500,11 @@ impl PodHarness {
     fn check(&mut self, round: usize) {
         let pods = self.pods();
         let containers = self.containers();
+        self.pod_of.borrow_mut().extend(
+            containers
+                .iter()
+                .map(|(id, (pod, _))| (id.clone(), pod.clone())),
+        );
         let listed: BTreeSet<String> = pods.keys().chain(containers.keys()).cloned().collect();
         // Shims exit just after their task is deleted: let them.
         let deadline = Instant::now() + Duration::from_secs(15);
@@ -1481,11 +1528,28 @@ impl PodHarness {
         for (id, (name, state)) in &pods {
             let task = tasks.get(id).map(String::as_str);
             let ready = state == "SANDBOX_READY";
-            if ready != (task == Some("running")) {
+            if shares_pid(name) && ready != (task == Some("running")) {
                 self.violation(
                     round,
                     format!("pod {name} ({id}) is {state} but its pause task is {task:?}"),
                 );
+            }
+            if !shares_pid(name) && task.is_some() {
+                self.violation(
+                    round,
+                    format!("pod {name} ({id}) needs no pause process but has a task: {task:?}"),
+                );
+            }
+            for kind in ["ipcns", "utsns"] {
+                if ready != held[kind].contains(id) {
+                    self.violation(
+                        round,
+                        format!(
+                            "pod {name} ({id}) is {state} but its {kind} is pinned: {}",
+                            !ready
+                        ),
+                    );
+                }
             }
             if !held["record"].contains(id) || !held["crid sandbox state"].contains(id) {
                 self.violation(round, format!("pod {name} ({id}) lost its record or state"));
@@ -1546,11 +1610,7 @@ impl PodHarness {
             "log_directory": self.cri.dir.join("logs").join(name).display().to_string(),
             "port_mappings": [{"container_port": 80, "host_port": host_port_of(name)}],
         });
-        if in_user_namespace(name) {
-            config["linux"] = serde_json::json!({"security_context": {"namespace_options": {
-                "userns_options": crash_userns(),
-            }}});
-        }
+        config["linux"] = crash_namespaces(name);
         self.cri.write_config(&format!("pod-{name}.json"), config)
     }
 
@@ -1563,11 +1623,9 @@ impl PodHarness {
             "command": ["/bin/sleep", "1000"],
             "log_path": format!("{name}.log"),
         });
+        config["linux"] = crash_namespaces(pod_name);
         if in_user_namespace(pod_name) {
             let mapping = &crash_userns()["uids"];
-            config["linux"] = serde_json::json!({"security_context": {"namespace_options": {
-                "userns_options": crash_userns(),
-            }}});
             config["mounts"] = serde_json::json!([{
                 "container_path": "/vol",
                 "host_path": self.cri.dir.join("crash-volume").display().to_string(),
@@ -1768,6 +1826,7 @@ impl PodHarness {
         let harness = PodHarness {
             cri,
             cgroups_before,
+            pod_of: Default::default(),
             violations: Vec::new(),
             window: BTreeMap::new(),
             done: BTreeMap::new(),

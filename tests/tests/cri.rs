@@ -1201,6 +1201,219 @@ fn a_pod_in_a_user_namespace_of_its_own_maps_every_file_and_process() {
     assert!(pinned("netns").is_empty(), "{:?}", pinned("netns"));
 }
 
+/// The kubelet's default pod (each container its own PID namespace) gets
+/// no pause process: crid pins the pod's network, IPC and UTS namespaces
+/// itself, sets the pod's hostname and sysctls in them, and its containers
+/// join them. A pod that shares one PID namespace still gets a pause
+/// process as that namespace's first process.
+#[test]
+fn a_pod_whose_containers_share_no_pid_namespace_runs_without_a_pause_process() {
+    use std::os::unix::fs::MetadataExt;
+    let Some(tmp) = crictl_test_dir() else {
+        return;
+    };
+    if !berth_e2e::require(
+        Path::new("/usr/lib/cni/bridge").exists(),
+        "containernetworking-plugins",
+    ) {
+        return;
+    }
+    berth_e2e::cri::enter_private_network();
+    let dir = tmp.path();
+    berth_e2e::cri::write_bridge_network(dir, "nopause-test", "nopause0", "10.88.79.0/24", &[]);
+    let mut cri = Cri::start(dir);
+    let state = cri.crid.state.clone();
+    let pinned = |kind: &str, id: &str| state.join(kind).join(id);
+    // CRI's NamespaceMode: POD 0, CONTAINER 1, NODE 2.
+    let namespaces = |pid: i32| json!({"network": 0, "pid": pid, "ipc": 0});
+    let pod_config = |name: &str, pid: i32, sysctls: serde_json::Value| {
+        json!({
+            "metadata": {"name": name, "namespace": "test", "uid": format!("uid-{name}"), "attempt": 0},
+            "hostname": format!("{name}-host"),
+            "linux": {
+                "sysctls": sysctls,
+                "security_context": {"namespace_options": namespaces(pid)},
+            },
+        })
+    };
+    let container_config = |name: &str, pid: i32| {
+        json!({
+            "metadata": {"name": name},
+            "image": {"image": POD_IMAGE},
+            "command": ["/bin/sleep", "1000"],
+            "linux": {"security_context": {"namespace_options": namespaces(pid)}},
+        })
+    };
+    let pod = cri.write_config(
+        "nopause-pod.json",
+        pod_config(
+            "nopause",
+            1,
+            json!({"net.ipv4.ip_unprivileged_port_start": "80", "kernel.shm_rmid_forced": "1"}),
+        ),
+    );
+    let pod_id = cri.ok(&["runp", &pod]);
+    let info = cri.inspect("inspectp", &pod_id);
+    assert_eq!(info["info"]["pid"], 0, "{info}");
+    assert_eq!(info["info"]["pauseProcess"], false, "{info}");
+    assert_eq!(info["status"]["state"], "SANDBOX_READY", "{info}");
+    assert!(
+        !info["status"]["network"]["ip"]
+            .as_str()
+            .unwrap_or("")
+            .is_empty(),
+        "CNI gave the pod an address: {info}"
+    );
+    for kind in ["netns", "ipcns", "utsns"] {
+        assert!(pinned(kind, &pod_id).exists(), "{kind} pinned");
+    }
+    // No task of the pod's own: nothing but its containers will run. The
+    // pod is a record in metad all the same, with its namespaces.
+    let (ok, tasks, err) = cri.stack.berth(&["-n", "k8s.io", "tasks", "ls"]);
+    assert!(ok, "{err}");
+    assert!(!tasks.contains(&pod_id), "{tasks}");
+    let (ok, record, err) = cri
+        .stack
+        .berth(&["-n", "k8s.io", "containers", "info", &pod_id]);
+    assert!(ok, "{err}");
+    assert!(
+        record.contains("io.cri-containerd.kind") && record.contains(&format!("utsns/{pod_id}")),
+        "{record}"
+    );
+
+    let mut pids = Vec::new();
+    for name in ["first", "second"] {
+        let ctr = cri.write_config(&format!("nopause-{name}.json"), container_config(name, 1));
+        let id = cri.ok(&["create", &pod_id, &ctr, &pod]);
+        cri.ok(&["start", &id]);
+        let exec = |args: &[&str]| {
+            let mut all = vec!["exec", "-s", id.as_str()];
+            all.extend_from_slice(args);
+            cri.ok(&all)
+        };
+        assert_eq!(exec(&["hostname"]).trim(), "nopause-host");
+        assert_eq!(
+            exec(&["cat", "/proc/sys/net/ipv4/ip_unprivileged_port_start"]).trim(),
+            "80"
+        );
+        assert_eq!(
+            exec(&["cat", "/proc/sys/kernel/shm_rmid_forced"]).trim(),
+            "1"
+        );
+        assert!(exec(&["cat", "/proc/net/dev"]).contains("eth0"));
+        // Its own PID namespace: its sleep is PID 1 there.
+        assert!(exec(&["cat", "/proc/1/cmdline"]).starts_with("/bin/sleep"));
+        pids.push(cri.inspect("inspect", &id)["info"]["pid"].as_u64().unwrap());
+    }
+    // Both in the pinned namespaces; each in a PID namespace of its own.
+    let ns_ino = |pid: u64, kind: &str| {
+        std::fs::metadata(format!("/proc/{pid}/ns/{kind}"))
+            .unwrap()
+            .ino()
+    };
+    for (kind, dir) in [("net", "netns"), ("ipc", "ipcns"), ("uts", "utsns")] {
+        let pinned_ino = std::fs::metadata(pinned(dir, &pod_id)).unwrap().ino();
+        for pid in &pids {
+            assert_eq!(ns_ino(*pid, kind), pinned_ino, "{kind} of {pid}");
+        }
+        assert_ne!(
+            pinned_ino,
+            std::fs::metadata(format!("/proc/self/ns/{kind}"))
+                .unwrap()
+                .ino()
+        );
+    }
+    assert_ne!(ns_ino(pids[0], "pid"), ns_ino(pids[1], "pid"));
+    // The node's own are untouched.
+    assert_ne!(
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .unwrap()
+            .trim(),
+        "nopause-host"
+    );
+
+    // A container asking for its pod's shared PID namespace: there is none.
+    let shared = cri.write_config("nopause-shared.json", container_config("shared", 0));
+    let (ok, _, err) = cri.crictl(&["create", &pod_id, &shared, &pod]);
+    assert!(!ok && err.contains("PID namespace"), "{err}");
+
+    // A sysctl of the node's, or one that names no file under /proc/sys:
+    // refused before anything is made.
+    let pods_before = cri.ok(&["pods", "-q"]);
+    for (n, sysctls) in [
+        json!({"kernel.pid_max": "4194304"}),
+        json!({"net.ipv4..ip_forward": "1"}),
+        json!({"net/../../../etc/hostname": "x"}),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let bad = cri.write_config(
+            &format!("nopause-bad-{n}.json"),
+            pod_config(&format!("bad{n}"), 1, sysctls),
+        );
+        let (ok, _, err) = cri.crictl(&["runp", &bad]);
+        assert!(!ok && err.contains("sysctl"), "{err}");
+    }
+    assert_eq!(cri.ok(&["pods", "-q"]), pods_before);
+    for kind in ["netns", "ipcns", "utsns"] {
+        let names: Vec<_> = std::fs::read_dir(state.join(kind))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(names, [std::ffi::OsString::from(&pod_id)], "{kind}");
+    }
+
+    // crid restarts: the pod is still ready (it has no process to ask), its
+    // containers still run in its namespaces.
+    cri.crid.kill();
+    cri.crid.restart();
+    let info = cri.inspect("inspectp", &pod_id);
+    assert_eq!(info["status"]["state"], "SANDBOX_READY", "{info}");
+    let running = cri.ok(&["ps", "-q", "--state", "running", "-p", &pod_id]);
+    assert_eq!(running.lines().count(), 2, "{running}");
+
+    // A pod whose containers share one PID namespace has a pause process,
+    // in the namespaces crid pinned, as that namespace's first process.
+    let shared_pod = cri.write_config("shared-pod.json", pod_config("shared", 0, json!({})));
+    let shared_pod_id = cri.ok(&["runp", &shared_pod]);
+    let pause = cri.inspect("inspectp", &shared_pod_id)["info"]["pid"]
+        .as_u64()
+        .unwrap();
+    assert!(pause > 0);
+    let ctr = cri.write_config("shared-ctr.json", container_config("sharer", 0));
+    let ctr_id = cri.ok(&["create", &shared_pod_id, &ctr, &shared_pod]);
+    cri.ok(&["start", &ctr_id]);
+    let first = cri.ok(&["exec", "-s", &ctr_id, "cat", "/proc/1/cmdline"]);
+    assert!(first.contains("pause"), "{first}");
+    assert_eq!(
+        cri.ok(&["exec", "-s", &ctr_id, "hostname"]).trim(),
+        "shared-host"
+    );
+    let uts = std::fs::metadata(pinned("utsns", &shared_pod_id))
+        .unwrap()
+        .ino();
+    assert_eq!(ns_ino(pause, "uts"), uts);
+
+    // Stopping unpins all; removing leaves nothing mounted under crid's state.
+    for id in [&pod_id, &shared_pod_id] {
+        cri.ok(&["stopp", id]);
+        for kind in ["netns", "ipcns", "utsns"] {
+            assert!(!pinned(kind, id).exists(), "{kind} of {id} after stopp");
+        }
+        cri.ok(&["rmp", id]);
+    }
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mountinfo.contains(&state.display().to_string()),
+        "mounts left under crid's state: {mountinfo}"
+    );
+    let (ok, records, err) = cri.stack.berth(&["-n", "k8s.io", "containers", "ls", "-q"]);
+    assert!(ok, "{err}");
+    assert!(!records.contains(&pod_id), "{records}");
+}
+
 /// crid's own tests again, in a virtual machine whose kernel has only the
 /// cgroup v2 hierarchy (this host's controllers are on v1): pods and
 /// containers with their cgroups, device rules, stats, exec and restart

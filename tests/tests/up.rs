@@ -438,6 +438,7 @@ async fn every_daemon_accepts_the_default_config_berth_prints_for_it() {
         "metad",
         "taskd",
         "sandbox_image",
+        "pause_process",
         "cni_conf_dir",
         "cni_bin_dirs",
         "runtime",

@@ -7,6 +7,7 @@
 //! usage: cri-pod-start SOCKET NAME NAMESPACE UID LOG_DIR CGROUP_PARENT
 //!        NETWORK(cni|host) IMAGE [COMMAND...]
 //! prints: RUNP_US CREATE_US START_US POD_ID CONTAINER_ID
+//! environment: CRI_POD_PID=container (the kubelet's default) or pod
 
 use std::path::Path;
 use std::time::Instant;
@@ -43,8 +44,22 @@ async fn main() -> Result<()> {
         .await
         .context("Version")?;
 
-    let namespace_options = host_network.then(|| cri::NamespaceOption {
-        network: cri::NamespaceMode::Node as i32,
+    // What the kubelet sends for a pod spec without hostNetwork, hostPID,
+    // hostIPC or shareProcessNamespace: each container its own PID
+    // namespace (CRI_POD_PID=pod shares one, as shareProcessNamespace).
+    let pid = match std::env::var("CRI_POD_PID").as_deref() {
+        Ok("pod") => cri::NamespaceMode::Pod,
+        Ok("container") | Err(_) => cri::NamespaceMode::Container,
+        Ok(other) => bail!("CRI_POD_PID={other:?}: pod or container"),
+    };
+    let namespace_options = Some(cri::NamespaceOption {
+        network: if host_network {
+            cri::NamespaceMode::Node
+        } else {
+            cri::NamespaceMode::Pod
+        } as i32,
+        pid: pid as i32,
+        ipc: cri::NamespaceMode::Pod as i32,
         ..Default::default()
     });
     let pod_config = cri::PodSandboxConfig {

@@ -5,7 +5,8 @@
 //! - [`runtime`]: pod sandboxes and containers; [`images`]: the CRI's
 //!   view of images in metad's `k8s.io` namespace;
 //! - [`spec`]: CRI configs to berth-oci spec options; [`logs`]: container
-//!   output in the kubelet's log format; [`state`]: what crid keeps on
+//!   output in the kubelet's log format; [`namespaces`]: the pod
+//!   namespaces crid pins; [`state`]: what crid keeps on
 //!   disk; [`daemons`]: the sockets it works through.
 
 // tonic's generated traits return `Result<_, tonic::Status>` by value.
@@ -15,6 +16,7 @@ pub mod daemons;
 pub mod error;
 pub mod images;
 pub mod logs;
+pub mod namespaces;
 pub mod pause;
 pub mod pod_metrics;
 pub mod runtime;

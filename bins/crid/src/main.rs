@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use berth_api::sockets;
 use berth_crid::daemons::Daemons;
-use berth_crid::runtime::{Crid, Settings};
+use berth_crid::runtime::{Crid, PauseProcess, Settings};
 use berth_crid::service::CriService;
 use berth_crid::spec::{can_lower_oom_scores, Host};
 use berth_daemon::{peer_socket, DaemonConfig, DaemonFlags, Defaults, PeerPolicy, SocketSource};
@@ -44,9 +44,12 @@ struct Cli {
     /// berth-taskd's socket.
     #[arg(long, value_name = "SOCKET")]
     taskd: Option<PathBuf>,
-    /// The image of every pod's pause process.
+    /// The image of pods' pause processes.
     #[arg(long, value_name = "IMAGE")]
     sandbox_image: Option<String>,
+    /// Which pods get a pause process [default: when-pid-shared].
+    #[arg(long, value_name = "WHICH")]
+    pause_process: Option<PauseProcess>,
     /// Where the CNI network configuration is.
     #[arg(long, value_name = "DIR")]
     cni_conf_dir: Option<PathBuf>,
@@ -85,6 +88,7 @@ struct FileSettings {
     metad: Option<PathBuf>,
     taskd: Option<PathBuf>,
     sandbox_image: Option<String>,
+    pause_process: Option<PauseProcess>,
     cni_conf_dir: Option<PathBuf>,
     cni_bin_dirs: Option<Vec<PathBuf>>,
     cdi_spec_dirs: Option<Vec<PathBuf>>,
@@ -139,6 +143,7 @@ fn main() -> anyhow::Result<()> {
             ("metad", Some(Text(sockets::METAD.into()))),
             ("taskd", Some(Text(sockets::TASKD.into()))),
             ("sandbox_image", Some(Text(DEFAULT_SANDBOX_IMAGE.into()))),
+            ("pause_process", Some(Text("when-pid-shared".into()))),
             ("cni_conf_dir", Some(Text("/etc/cni/net.d".into()))),
             (
                 "cni_bin_dirs",
@@ -213,6 +218,7 @@ fn main() -> anyhow::Result<()> {
             .or(file.sandbox_image)
             .unwrap_or_else(|| DEFAULT_SANDBOX_IMAGE.to_string()),
         runtimes,
+        pause_process: cli.pause_process.or(file.pause_process).unwrap_or_default(),
         cni: Cni {
             conf_dir: cli
                 .cni_conf_dir

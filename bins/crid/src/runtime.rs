@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use crate::daemons::Daemons;
 use crate::images::{self, NAMESPACE};
 use crate::logs::{self, LogFile};
+use crate::namespaces;
 use crate::spec::{self, Host};
 use crate::state::{
     now_nanos, selected, Container, ContainerPhase, Sandbox, SandboxPhase, Store, KIND_CONTAINER,
@@ -42,6 +43,27 @@ pub struct Settings {
     pub runtimes: HashMap<String, String>,
     pub cni: Cni,
     pub host: Host,
+    pub pause_process: PauseProcess,
+}
+
+/// Which pods get a pause process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PauseProcess {
+    /// Only pods whose containers share one PID namespace, where it is the
+    /// first process (and reaps the others). Every other pod's namespaces
+    /// are pinned by crid, and its containers join them: CRI-O's default.
+    #[default]
+    WhenPidShared,
+    /// Every pod, as containerd does.
+    Always,
+}
+
+impl PauseProcess {
+    /// Whether a pod with these namespace options gets one.
+    pub fn needed_by(self, options: &cri::NamespaceOption) -> bool {
+        self == PauseProcess::Always || options.pid == cri::NamespaceMode::Pod as i32
+    }
 }
 
 /// A running container's output being logged (and sent to attached
@@ -258,17 +280,19 @@ impl Crid {
                 "a user namespace needs id-mapped mounts, which this kernel does not make on crid's filesystem",
             ));
         }
-        let sandbox_image = &self.settings.sandbox_image;
-        let image = match images::find(&self.daemons, sandbox_image).await? {
-            Some(image) => image,
-            None => {
-                if sandbox_image == crate::pause::BUILTIN_PAUSE {
-                    crate::pause::import(&self.daemons).await?;
-                } else {
-                    images::pull(&self.daemons, sandbox_image, None).await?;
-                }
-                images::require(&self.daemons, sandbox_image).await?
-            }
+        let options = crate::state::pod_namespace_options(&config);
+        let wanted = namespaces::Wanted::of(&options);
+        let sysctls = config
+            .linux
+            .as_ref()
+            .map(|l| namespaces::check_sysctls(&l.sysctls, wanted))
+            .transpose()?
+            .unwrap_or_default();
+        let pause = self.settings.pause_process.needed_by(&options);
+        let image = if pause {
+            Some(self.sandbox_image().await?)
+        } else {
+            None
         };
         let id = new_id()?;
         let mut sandbox = Sandbox {
@@ -279,7 +303,10 @@ impl Crid {
             phase: SandboxPhase::NotReady,
             netns: None,
             userns: None,
+            ipcns: None,
+            utsns: None,
             network: None,
+            pause,
             pid: 0,
             dir: self.store.sandbox_dir(&id),
         };
@@ -287,7 +314,10 @@ impl Crid {
         // made, and whatever is made from here on is found again (and
         // cleaned up) after a crash.
         self.store.add_sandbox(sandbox.clone())?;
-        match self.start_sandbox(&mut sandbox, &image, runtime).await {
+        match self
+            .start_sandbox(&mut sandbox, wanted, &sysctls, image.as_ref(), runtime)
+            .await
+        {
             Ok(()) => Ok(id),
             Err(e) => {
                 tracing::warn!(sandbox = %id, "run failed: {e}");
@@ -298,58 +328,117 @@ impl Crid {
         }
     }
 
+    /// Records a pod without a pause process in metad, as a container
+    /// record with no image, snapshot or task (see
+    /// [`spec::sandbox_record_spec`]): every pod is a record, as with
+    /// containerd, and a record left by a crash is found and removed at
+    /// start like any other.
+    async fn record_sandbox(&self, sandbox: &Sandbox, runtime: String) -> Result<()> {
+        let spec = spec::sandbox_record_spec(sandbox)?;
+        let value = serde_json::to_vec(&spec)
+            .map_err(|e| Error::internal(format!("encoding the spec: {e}")))?;
+        let now = std::time::SystemTime::now();
+        let record = berth_metadata::Container {
+            id: sandbox.id.clone(),
+            labels: HashMap::from([(KIND_LABEL.to_string(), KIND_SANDBOX.to_string())])
+                .into_iter()
+                .collect(),
+            image: String::new(),
+            runtime: Runtime {
+                name: runtime,
+                options: None,
+            },
+            spec: Some(berth_metadata::Any {
+                type_url: berth_tasks::container::SPEC_TYPE.to_string(),
+                value,
+            }),
+            snapshotter: self.daemons.snapshotter.clone(),
+            snapshot_key: String::new(),
+            created_at: now,
+            updated_at: now,
+            extensions: Default::default(),
+            sandbox: String::new(),
+        };
+        self.daemons
+            .containers()
+            .await?
+            .create(NAMESPACE, record)
+            .await
+            .map(|_| ())
+    }
+
+    /// The image of pods' pause processes, imported (the built-in one) or
+    /// pulled when missing.
+    async fn sandbox_image(&self) -> Result<images::CriImage> {
+        let sandbox_image = &self.settings.sandbox_image;
+        if let Some(image) = images::find(&self.daemons, sandbox_image).await? {
+            return Ok(image);
+        }
+        if sandbox_image == crate::pause::BUILTIN_PAUSE {
+            crate::pause::import(&self.daemons).await?;
+        } else {
+            images::pull(&self.daemons, sandbox_image, None).await?;
+        }
+        images::require(&self.daemons, sandbox_image).await
+    }
+
     async fn start_sandbox(
         self: &Arc<Self>,
         sandbox: &mut Sandbox,
-        image: &images::CriImage,
+        wanted: namespaces::Wanted,
+        sysctls: &[namespaces::Sysctl],
+        image: Option<&images::CriImage>,
         runtime: String,
     ) -> Result<()> {
         let id = sandbox.id.clone();
         spec::write_sandbox_files(sandbox)?;
-        let ns = sandbox.namespace_options();
-        let own_network = ns.network != cri::NamespaceMode::Node as i32;
-        if let Some(userns) = spec::pod_user_namespace(&sandbox.config)? {
-            // The pod's user namespace is made and pinned here, and its
-            // network namespace inside it (so that the pod's root administers
-            // its own network, and CNI can set it up before the pause runs).
-            let (users, nets, name) = (self.userns_dir(), self.netns_dir(), id.clone());
-            let (uids, gids) = (
+        // The pod's namespaces are made and pinned here (inside its user
+        // namespace, made first, when it has one of its own, so that the
+        // pod's root administers them), with its hostname and sysctls set.
+        let userns = spec::pod_user_namespace(&sandbox.config)?;
+        let mappings = userns.as_ref().map(|userns| {
+            (
                 berth_tasks::container::id_mappings(&userns.uid_mappings),
                 berth_tasks::container::id_mappings(&userns.gid_mappings),
-            );
-            // The pod's root owns the files it would own without one.
-            let root = berth_mount::root_pair(&uids, &gids)?;
-            let (user, net) = tokio::task::spawn_blocking(move || {
-                pin_pod_namespaces(&uids, &gids, &users, &nets, &name, own_network)
-            })
-            .await
-            .map_err(|e| Error::internal(format!("namespace thread: {e}")))??;
-            sandbox.userns = Some(user.clone());
-            sandbox.netns = net.clone();
-            self.store.update_sandbox(&id, |s| {
-                s.userns = Some(user.clone());
-                s.netns = net.clone();
-            })?;
+            )
+        });
+        // The pod's root owns the files it would own without one.
+        let root = mappings
+            .as_ref()
+            .map(|(uids, gids)| berth_mount::root_pair(uids, gids))
+            .transpose()?;
+        let hostname = (wanted.uts && !sandbox.config.hostname.is_empty())
+            .then(|| sandbox.config.hostname.clone());
+        let (state, name, sysctls) = (self.settings.state.clone(), id.clone(), sysctls.to_vec());
+        let pinned = tokio::task::spawn_blocking(move || {
+            let user = mappings
+                .as_ref()
+                .map(|(uids, gids)| (uids.as_slice(), gids.as_slice()));
+            let pinned = namespaces::pin(&state, &name, wanted, user)?;
+            namespaces::configure(&pinned, hostname.as_deref(), &sysctls)?;
+            Ok::<_, Error>(pinned)
+        })
+        .await
+        .map_err(|e| Error::internal(format!("namespace thread: {e}")))??;
+        let record = |s: &mut Sandbox| {
+            s.netns = pinned.net.clone();
+            s.ipcns = pinned.ipc.clone();
+            s.utsns = pinned.uts.clone();
+            s.userns = pinned.user.clone();
+        };
+        record(sandbox);
+        self.store.update_sandbox(&id, record)?;
+        if let Some(root) = root {
             spec::give_sandbox_files(sandbox, root)?;
-        } else if own_network {
-            let dir = self.netns_dir();
-            let name = id.clone();
-            let netns =
-                tokio::task::spawn_blocking(move || berth_network::create_netns(&dir, &name))
-                    .await
-                    .map_err(|e| Error::internal(format!("netns thread: {e}")))??;
-            sandbox.netns = Some(netns.clone());
-            self.store
-                .update_sandbox(&id, |s| s.netns = Some(netns.clone()))?;
         }
-        // The network is attached while the pause container is made and
-        // started: both need only the namespace, and each costs a few
-        // processes (the CNI plugins; the shim and runc). Both are waited
-        // for, so a failure of one never leaves the other half-done behind
-        // the cleanup, which stops the pause process and detaches what is
-        // recorded.
+        // The network is attached while the pause container (if the pod
+        // has one) is made and started: both need only the namespace, and
+        // each costs a few processes (the CNI plugins; the shim and runc).
+        // Both are waited for, so a failure of one never leaves the other
+        // half-done behind the cleanup, which stops the pause process and
+        // detaches what is recorded.
         let network = async {
-            if !own_network {
+            if !wanted.net {
                 return Ok(None);
             }
             self.settings
@@ -359,6 +448,10 @@ impl Crid {
                 .map(Some)
         };
         let pause = async {
+            let Some(image) = image else {
+                self.record_sandbox(sandbox, runtime).await?;
+                return Ok(0);
+            };
             let options = spec::sandbox_options(&self.settings.host, sandbox, &image.user)?;
             let labels = HashMap::from([(KIND_LABEL.to_string(), KIND_SANDBOX.to_string())]);
             self.make_container(&image.record_name(), runtime, labels, options, Vec::new())
@@ -393,18 +486,10 @@ impl Crid {
         })?;
         self.emit(&id, cri::ContainerEventType::ContainerCreatedEvent);
         self.emit(&id, cri::ContainerEventType::ContainerStartedEvent);
-        self.watch_exit(id);
+        if sandbox.pause {
+            self.watch_exit(id);
+        }
         Ok(())
-    }
-
-    /// Where pods' network namespaces are pinned, each at its pod's id.
-    fn netns_dir(&self) -> PathBuf {
-        self.settings.state.join("netns")
-    }
-
-    /// Where the user namespaces of pods that have their own are pinned.
-    fn userns_dir(&self) -> PathBuf {
-        self.settings.state.join("userns")
     }
 
     /// Where the id-mapped clones of a container's volumes are attached:
@@ -440,14 +525,15 @@ impl Crid {
         }
         self.remove_task(&sandbox.id).await?;
         self.mark_not_ready(&sandbox.id)?;
-        // A RunPodSandbox cut short between making the pod's namespace and
-        // recording it left the namespace at its usual path (the network
-        // is attached only once the namespace is recorded).
+        // A RunPodSandbox cut short between pinning the pod's namespaces
+        // and recording them left them at their usual paths (the network
+        // is attached only once they are recorded).
+        let state = self.settings.state.clone();
         let netns = sandbox.netns.clone().or_else(|| {
-            let path = self.netns_dir().join(&sandbox.id);
+            let path = namespaces::Kind::Net.dir(&state).join(&sandbox.id);
             path.exists().then_some(path)
         });
-        if let Some(netns) = &netns {
+        if netns.is_some() {
             if let Err(e) = self
                 .settings
                 .cni
@@ -456,27 +542,20 @@ impl Crid {
             {
                 tracing::warn!(sandbox = %sandbox.id, "CNI teardown: {e}");
             }
-            let path = netns.clone();
-            tokio::task::spawn_blocking(move || berth_network::remove_netns(&path))
-                .await
-                .map_err(|e| Error::internal(format!("netns thread: {e}")))??;
-            self.store.update_sandbox(&sandbox.id, |s| {
-                s.netns = None;
-                s.network = None;
-            })?;
         }
-        // Its user namespace goes last: the network namespace was its.
-        let userns = sandbox.userns.clone().or_else(|| {
-            let path = self.userns_dir().join(&sandbox.id);
-            path.exists().then_some(path)
-        });
-        if let Some(path) = userns {
-            tokio::task::spawn_blocking(move || berth_network::remove_netns(&path))
-                .await
-                .map_err(|e| Error::internal(format!("namespace thread: {e}")))??;
-            self.store
-                .update_sandbox(&sandbox.id, |s| s.userns = None)?;
-        }
+        let name = sandbox.id.clone();
+        tokio::task::spawn_blocking(move || {
+            namespaces::unpin(&state, &name, &namespaces::Kind::ALL)
+        })
+        .await
+        .map_err(|e| Error::internal(format!("namespace thread: {e}")))??;
+        self.store.update_sandbox(&sandbox.id, |s| {
+            s.netns = None;
+            s.network = None;
+            s.ipcns = None;
+            s.utsns = None;
+            s.userns = None;
+        })?;
         Ok(())
     }
 
@@ -497,13 +576,17 @@ impl Crid {
     }
 
     /// What a verbose PodSandboxStatus adds, as containerd gives it under
-    /// `info`: the pause process, its namespaces and its config, as JSON.
+    /// `info`: its pause process (pid 0 without one), its pinned
+    /// namespaces and its config, as JSON.
     pub fn pod_sandbox_info(&self, id: &str) -> Result<HashMap<String, String>> {
         let sandbox = self.store.sandbox_or_not_found(id)?;
         let info = serde_json::json!({
             "pid": sandbox.pid,
+            "pauseProcess": sandbox.pause,
             "runtimeHandler": sandbox.runtime_handler,
             "netNamespacePath": sandbox.netns,
+            "ipcNamespacePath": sandbox.ipcns,
+            "utsNamespacePath": sandbox.utsns,
             "userNamespacePath": sandbox.userns,
             "snapshotter": self.daemons.snapshotter,
             "snapshotKey": sandbox.id,
@@ -1616,7 +1699,8 @@ impl Crid {
     pub async fn recover(self: &Arc<Self>) -> Result<()> {
         let tasks = self.daemons.tasks().await?;
         for sandbox in self.store.sandboxes() {
-            if sandbox.phase != SandboxPhase::Ready {
+            // A pod without a pause process is ready until it is stopped.
+            if sandbox.phase != SandboxPhase::Ready || !sandbox.pause {
                 continue;
             }
             match tasks.get(NAMESPACE, &sandbox.id, "").await {
@@ -1794,37 +1878,6 @@ fn release_idmapped_volumes(dir: &std::path::Path) -> Result<()> {
     }
 }
 
-/// Makes a pod's user namespace (and, with `network`, its network
-/// namespace inside it) and pins them at `users/name` and `nets/name`.
-/// Blocks.
-fn pin_pod_namespaces(
-    uids: &[berth_mount::IdMapping],
-    gids: &[berth_mount::IdMapping],
-    users: &std::path::Path,
-    nets: &std::path::Path,
-    name: &str,
-    network: bool,
-) -> Result<(PathBuf, Option<PathBuf>)> {
-    let also = if network {
-        nix::sched::CloneFlags::CLONE_NEWNET
-    } else {
-        nix::sched::CloneFlags::empty()
-    };
-    let holder = berth_mount::NamespaceHolder::spawn(uids, gids, also)
-        .map_err(|e| Error::internal(format!("making the pod's user namespace: {e}")))?;
-    let user = berth_network::pin_namespace(&holder.ns_path("user"), users, name)?;
-    if !network {
-        return Ok((user, None));
-    }
-    match berth_network::pin_namespace(&holder.ns_path("net"), nets, name) {
-        Ok(net) => Ok((user, Some(net))),
-        Err(e) => {
-            let _ = berth_network::remove_netns(&user);
-            Err(e)
-        }
-    }
-}
-
 fn pod_network(sandbox: &Sandbox) -> PodNetwork {
     let meta = sandbox.metadata();
     PodNetwork {
@@ -1850,5 +1903,40 @@ fn pod_network(sandbox: &Sandbox) -> PodNetwork {
                 host_ip: p.host_ip.clone(),
             })
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn only_a_pod_sharing_one_pid_namespace_needs_a_pause_process_by_default() {
+        let options = |pid: cri::NamespaceMode| cri::NamespaceOption {
+            pid: pid as i32,
+            ..Default::default()
+        };
+        use cri::NamespaceMode::{Container, Node, Pod, Target};
+        let default = PauseProcess::default();
+        assert!(default.needed_by(&options(Pod)));
+        for mode in [Container, Node, Target] {
+            assert!(!default.needed_by(&options(mode)), "{mode:?}");
+            assert!(PauseProcess::Always.needed_by(&options(mode)), "{mode:?}");
+        }
+        // The config file's spelling is the flag's.
+        #[derive(serde::Deserialize)]
+        struct File {
+            pause_process: PauseProcess,
+        }
+        let file: File = serde_json::from_str(r#"{"pause_process": "when-pid-shared"}"#).unwrap();
+        assert_eq!(file.pause_process, PauseProcess::WhenPidShared);
+        let file: File = serde_json::from_str(r#"{"pause_process": "always"}"#).unwrap();
+        assert_eq!(file.pause_process, PauseProcess::Always);
+        use clap::ValueEnum;
+        assert_eq!(
+            PauseProcess::from_str("when-pid-shared", false).unwrap(),
+            PauseProcess::WhenPidShared
+        );
     }
 }

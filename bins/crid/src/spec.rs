@@ -350,7 +350,45 @@ fn annotations(values: HashMap<String, String>) -> SpecHook {
     })
 }
 
-/// The pod's pause process.
+/// Joins the namespaces crid pinned for the pod, by path: its network
+/// namespace (else the node's, as `options.network` says), its UTS
+/// namespace (none on the node's network: the node's then), and its IPC
+/// namespace unless `host_ipc`.
+fn join_pod_namespaces(options: &mut SpecOptions, sandbox: &Sandbox, host_ipc: bool) {
+    let wanted = crate::namespaces::Wanted::of(&sandbox.namespace_options());
+    // A pod made before crid pinned its IPC and UTS namespaces has them
+    // through its pause process only.
+    let pinned_or_pauses = |pinned: &Option<PathBuf>, own: bool, name: &str| {
+        pinned
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .or_else(|| {
+                (own && sandbox.pid != 0).then(|| format!("/proc/{}/ns/{name}", sandbox.pid))
+            })
+    };
+    if let Some(netns) = &sandbox.netns {
+        options.hooks.push(set_namespace(
+            LinuxNamespaceType::Network,
+            Some(netns.display().to_string()),
+        ));
+    }
+    options.hooks.push(set_namespace(
+        LinuxNamespaceType::Uts,
+        pinned_or_pauses(&sandbox.utsns, wanted.uts, "uts"),
+    ));
+    options.hooks.push(set_namespace(
+        LinuxNamespaceType::Ipc,
+        if host_ipc {
+            None
+        } else {
+            pinned_or_pauses(&sandbox.ipcns, wanted.ipc, "ipc")
+        },
+    ));
+}
+
+/// The pod's pause process: the first process of the PID namespace its
+/// containers share. It joins the namespaces crid pinned for the pod
+/// (which already have its hostname and sysctls).
 pub fn sandbox_options(host: &Host, sandbox: &Sandbox, image_user: &str) -> Result<SpecOptions> {
     let config = &sandbox.config;
     let mut options = SpecOptions::new(NAMESPACE, &sandbox.id);
@@ -363,9 +401,6 @@ pub fn sandbox_options(host: &Host, sandbox: &Sandbox, image_user: &str) -> Resu
     } else {
         NetworkMode::None
     };
-    if !host_network && !config.hostname.is_empty() {
-        options.hostname = Some(config.hostname.clone());
-    }
     options.user = user_string(
         security.run_as_user.map(|v| v.value),
         security.run_as_group.map(|v| v.value),
@@ -384,17 +419,11 @@ pub fn sandbox_options(host: &Host, sandbox: &Sandbox, image_user: &str) -> Resu
     )?;
     options.no_new_privileges = true;
     options.user_namespace = sandbox.user_namespace()?;
-    if let Some(netns) = &sandbox.netns {
-        options.hooks.push(set_namespace(
-            LinuxNamespaceType::Network,
-            Some(netns.display().to_string()),
-        ));
-    }
-    if ns.ipc == cri::NamespaceMode::Node as i32 {
-        options
-            .hooks
-            .push(set_namespace(LinuxNamespaceType::Ipc, None));
-    }
+    join_pod_namespaces(
+        &mut options,
+        sandbox,
+        ns.ipc == cri::NamespaceMode::Node as i32,
+    );
     if ns.pid == cri::NamespaceMode::Node as i32 {
         options
             .hooks
@@ -411,29 +440,63 @@ pub fn sandbox_options(host: &Host, sandbox: &Sandbox, image_user: &str) -> Resu
     options
         .hooks
         .push(oom_score(host.oom_score_adj(SANDBOX_OOM_SCORE_ADJ)));
-    let sysctls = linux.sysctls.clone();
-    if !sysctls.is_empty() {
-        options.hooks.push(hook(move |spec| {
-            linux_of(spec).set_sysctl(Some(sysctls.clone().into_iter().collect()));
-            Ok(())
-        }));
-    }
+    options
+        .hooks
+        .push(annotations(sandbox_annotations(sandbox)));
+    Ok(options)
+}
+
+/// containerd's annotations of a pod's sandbox.
+fn sandbox_annotations(sandbox: &Sandbox) -> HashMap<String, String> {
     let meta = sandbox.metadata();
-    options.hooks.push(annotations(HashMap::from([
+    HashMap::from([
         ("io.kubernetes.cri.container-type".into(), "sandbox".into()),
         ("io.kubernetes.cri.sandbox-id".into(), sandbox.id.clone()),
-        ("io.kubernetes.cri.sandbox-name".into(), meta.name.clone()),
-        (
-            "io.kubernetes.cri.sandbox-namespace".into(),
-            meta.namespace.clone(),
-        ),
-        ("io.kubernetes.cri.sandbox-uid".into(), meta.uid.clone()),
+        ("io.kubernetes.cri.sandbox-name".into(), meta.name),
+        ("io.kubernetes.cri.sandbox-namespace".into(), meta.namespace),
+        ("io.kubernetes.cri.sandbox-uid".into(), meta.uid),
         (
             "io.kubernetes.cri.sandbox-log-directory".into(),
-            config.log_directory.clone(),
+            sandbox.config.log_directory.clone(),
         ),
-    ])));
-    Ok(options)
+    ])
+}
+
+/// The spec kept in metad's record of a pod without a pause process (a
+/// record with no image, snapshot or task, so that every pod is a record
+/// as with containerd): no process and no root, only what the pod is — its
+/// hostname, its pinned namespaces and containerd's annotations.
+pub fn sandbox_record_spec(sandbox: &Sandbox) -> Result<Spec> {
+    let mut spec = Spec::default();
+    spec.set_process(None)
+        .set_root(None)
+        .set_mounts(None)
+        .set_hooks(None)
+        .set_hostname(
+            (!sandbox.config.hostname.is_empty()).then(|| sandbox.config.hostname.clone()),
+        )
+        .set_annotations(Some(sandbox_annotations(sandbox)));
+    let namespaces = [
+        (LinuxNamespaceType::Network, &sandbox.netns),
+        (LinuxNamespaceType::Ipc, &sandbox.ipcns),
+        (LinuxNamespaceType::Uts, &sandbox.utsns),
+        (LinuxNamespaceType::User, &sandbox.userns),
+    ]
+    .into_iter()
+    .filter_map(|(kind, path)| {
+        let mut ns = LinuxNamespace::default();
+        ns.set_typ(kind).set_path(path.clone());
+        path.is_some().then_some(ns)
+    })
+    .collect();
+    let mut linux = oci_spec::runtime::Linux::default();
+    linux
+        .set_namespaces(Some(namespaces))
+        .set_masked_paths(None)
+        .set_readonly_paths(None)
+        .set_resources(None);
+    spec.set_linux(Some(linux));
+    Ok(spec)
 }
 
 /// The files a pod's containers share: /etc/hostname, /etc/hosts and
@@ -674,32 +737,25 @@ pub fn container_options(
             "a container's user namespace options must be its pod's",
         ));
     }
-    let pause = sandbox.pid;
-    if let Some(netns) = &sandbox.netns {
-        options.hooks.push(set_namespace(
-            LinuxNamespaceType::Network,
-            Some(netns.display().to_string()),
-        ));
-    }
     let ns = security.namespace_options.clone().unwrap_or_default();
-    let pause_ns = |name: &str| format!("/proc/{pause}/ns/{name}");
-    options
-        .hooks
-        .push(if ns.ipc == cri::NamespaceMode::Node as i32 {
-            set_namespace(LinuxNamespaceType::Ipc, None)
-        } else {
-            set_namespace(LinuxNamespaceType::Ipc, Some(pause_ns("ipc")))
-        });
-    if !host_network {
-        options.hooks.push(set_namespace(
-            LinuxNamespaceType::Uts,
-            Some(pause_ns("uts")),
-        ));
-    }
+    join_pod_namespaces(
+        &mut options,
+        sandbox,
+        ns.ipc == cri::NamespaceMode::Node as i32,
+    );
+    let pause_ns = |name: &str| -> Result<String> {
+        if sandbox.pid == 0 {
+            return Err(Error::invalid_argument(format!(
+                "the container asks for its pod's {name} namespace, but pod {} shares none (its config asked for no shared PID namespace)",
+                sandbox.id
+            )));
+        }
+        Ok(format!("/proc/{}/ns/{name}", sandbox.pid))
+    };
     match cri::NamespaceMode::try_from(ns.pid) {
         Ok(cri::NamespaceMode::Pod) => options.hooks.push(set_namespace(
             LinuxNamespaceType::Pid,
-            Some(pause_ns("pid")),
+            Some(pause_ns("pid")?),
         )),
         Ok(cri::NamespaceMode::Node) => options
             .hooks

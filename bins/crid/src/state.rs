@@ -46,9 +46,20 @@ pub struct Sandbox {
     /// The pinned user namespace of a pod in one of its own.
     #[serde(default)]
     pub userns: Option<PathBuf>,
+    /// The pinned IPC namespace (none when it shares the node's).
+    #[serde(default)]
+    pub ipcns: Option<PathBuf>,
+    /// The pinned UTS namespace (none on the host network).
+    #[serde(default)]
+    pub utsns: Option<PathBuf>,
     /// What CNI gave it, for the teardown.
     pub network: Option<Attachment>,
-    /// The pause process.
+    /// Whether it has a pause process: only a pod whose containers share
+    /// one PID namespace needs one (or every pod, with `--pause-process
+    /// always`); state written before pods could go without had one.
+    #[serde(default = "has_pause_by_default")]
+    pub pause: bool,
+    /// The pause process, once started; 0 without one.
     pub pid: u32,
     /// Hostname, hosts and resolv.conf, bound into its containers.
     pub dir: PathBuf,
@@ -92,13 +103,22 @@ impl Sandbox {
     }
 
     pub fn namespace_options(&self) -> cri::NamespaceOption {
-        self.config
-            .linux
-            .as_ref()
-            .and_then(|l| l.security_context.as_ref())
-            .and_then(|s| s.namespace_options.clone())
-            .unwrap_or_default()
+        pod_namespace_options(&self.config)
     }
+}
+
+/// The namespace options a pod's config asks for (the defaults if none).
+pub fn pod_namespace_options(config: &cri::PodSandboxConfig) -> cri::NamespaceOption {
+    config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.clone())
+        .unwrap_or_default()
+}
+
+fn has_pause_by_default() -> bool {
+    true
 }
 
 pub fn sandbox_name(m: &cri::PodSandboxMetadata) -> String {

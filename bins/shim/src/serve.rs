@@ -68,7 +68,9 @@ pub fn run(flags: &Flags) -> Result<()> {
 fn listener(flags: &Flags) -> Result<(UnixListener, Option<PathBuf>)> {
     if !flags.socket.is_empty() {
         let path = PathBuf::from(flags.socket.trim_start_matches("unix://"));
-        let listener = crate::start::bind_socket(&path)?;
+        let listener = crate::start::bind_socket(&path)?.ok_or_else(|| {
+            ShimError::AlreadyExists(format!("a shim already serves at {}", path.display()))
+        })?;
         return Ok((listener, Some(path)));
     }
     // SAFETY: fd 3 is only borrowed to check that it is a socket.

@@ -26,8 +26,10 @@ pub fn bundle_dir(flags: &Flags) -> Result<PathBuf> {
 }
 
 /// Binds a filesystem socket with mode 0600 in a directory of mode 0700.
-/// A stale socket file (nobody listening) is replaced.
-pub fn bind_socket(path: &Path) -> Result<UnixListener> {
+/// A stale socket file (nobody listening) is replaced; a live one never is:
+/// None then (another shim bound it first, e.g. for a container of the
+/// same pod started at the same moment).
+pub fn bind_socket(path: &Path) -> Result<Option<UnixListener>> {
     if let Some(dir) = path.parent() {
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -40,6 +42,9 @@ pub fn bind_socket(path: &Path) -> Result<UnixListener> {
     let listener = match UnixListener::bind(path) {
         Ok(listener) => listener,
         Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            if UnixStream::connect(path).is_ok() {
+                return Ok(None);
+            }
             let _ = std::fs::remove_file(path);
             UnixListener::bind(path)
                 .map_err(|e| ShimError::io(format!("binding {}", path.display()), e))?
@@ -48,7 +53,7 @@ pub fn bind_socket(path: &Path) -> Result<UnixListener> {
     };
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .map_err(|e| ShimError::io(format!("setting the mode of {}", path.display()), e))?;
-    Ok(listener)
+    Ok(Some(listener))
 }
 
 /// Writes `<bundle>/address` atomically, without a trailing newline.
@@ -74,12 +79,18 @@ pub fn run(flags: &Flags, stdin: &[u8]) -> Result<String> {
     let socket = layout::socket_path(&bundle, &flags.address, &flags.namespace, &group);
     let address = layout::address_of(&socket);
 
+    let served = |bundle: &Path| -> Result<String> {
+        // A shim for this container (or its group) already serves there.
+        write_address(bundle, &address)?;
+        Ok(reply(&address, version))
+    };
     if socket.exists() && UnixStream::connect(&socket).is_ok() {
-        // A shim for this container already serves there.
-        write_address(&bundle, &address)?;
-        return Ok(reply(&address, version));
+        return served(&bundle);
     }
-    let listener = bind_socket(&socket)?;
+    let Some(listener) = bind_socket(&socket)? else {
+        // Another start of this group bound it since the check above.
+        return served(&bundle);
+    };
     if let Err(e) = write_address(&bundle, &address) {
         let _ = std::fs::remove_file(&socket);
         return Err(e);
@@ -264,13 +275,15 @@ mod tests {
     /// to any root process in the host's network namespace. Here it is a
     /// file, 0600 in a 0700 directory.
     #[test]
-    fn socket_is_0600_in_a_0700_dir_and_replaces_stale_files() {
+    fn socket_is_0600_in_a_0700_dir_and_replaces_stale_files_only() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s").join("sock");
-        let first = bind_socket(&path).unwrap();
+        let first = bind_socket(&path).unwrap().unwrap();
+        // A live one is never replaced: its shim serves there.
+        assert!(bind_socket(&path).unwrap().is_none());
         drop(first);
         // The file is left behind with nobody listening: stale.
-        let listener = bind_socket(&path).unwrap();
+        let listener = bind_socket(&path).unwrap().unwrap();
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&path), 0o600);
         assert_eq!(mode(path.parent().unwrap()), 0o700);
