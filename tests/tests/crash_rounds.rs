@@ -1471,7 +1471,7 @@ impl PodHarness {
             names_in(self.cri.crid.root.join("containers")),
         );
         held.insert("netns", names_in(self.cri.crid.state.join("netns")));
-        for kind in ["userns", "ipcns", "utsns"] {
+        for kind in ["userns", "ipcns", "utsns", "shm"] {
             held.insert(kind, names_in(self.cri.crid.state.join(kind)));
         }
         held.insert(
@@ -1540,7 +1540,7 @@ impl PodHarness {
                     format!("pod {name} ({id}) needs no pause process but has a task: {task:?}"),
                 );
             }
-            for kind in ["ipcns", "utsns"] {
+            for kind in ["ipcns", "utsns", "shm"] {
                 if ready != held[kind].contains(id) {
                     self.violation(
                         round,

@@ -1264,7 +1264,7 @@ fn a_pod_whose_containers_share_no_pid_namespace_runs_without_a_pause_process() 
             .is_empty(),
         "CNI gave the pod an address: {info}"
     );
-    for kind in ["netns", "ipcns", "utsns"] {
+    for kind in ["netns", "ipcns", "utsns", "shm"] {
         assert!(pinned(kind, &pod_id).exists(), "{kind} pinned");
     }
     // No task of the pod's own: nothing but its containers will run. The
@@ -1303,6 +1303,12 @@ fn a_pod_whose_containers_share_no_pid_namespace_runs_without_a_pause_process() 
         assert!(exec(&["cat", "/proc/net/dev"]).contains("eth0"));
         // Its own PID namespace: its sleep is PID 1 there.
         assert!(exec(&["cat", "/proc/1/cmdline"]).starts_with("/bin/sleep"));
+        // The pod's /dev/shm: what the first wrote, the second reads.
+        if name == "first" {
+            exec(&["sh", "-c", "echo shared > /dev/shm/from-first"]);
+        } else {
+            assert_eq!(exec(&["cat", "/dev/shm/from-first"]).trim(), "shared");
+        }
         pids.push(cri.inspect("inspect", &id)["info"]["pid"].as_u64().unwrap());
     }
     // Both in the pinned namespaces; each in a PID namespace of its own.
@@ -1399,7 +1405,7 @@ fn a_pod_whose_containers_share_no_pid_namespace_runs_without_a_pause_process() 
     // Stopping unpins all; removing leaves nothing mounted under crid's state.
     for id in [&pod_id, &shared_pod_id] {
         cri.ok(&["stopp", id]);
-        for kind in ["netns", "ipcns", "utsns"] {
+        for kind in ["netns", "ipcns", "utsns", "shm"] {
             assert!(!pinned(kind, id).exists(), "{kind} of {id} after stopp");
         }
         cri.ok(&["rmp", id]);

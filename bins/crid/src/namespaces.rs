@@ -96,6 +96,52 @@ pub struct Pinned {
     pub ipc: Option<PathBuf>,
     pub uts: Option<PathBuf>,
     pub user: Option<PathBuf>,
+    /// The pod's /dev/shm (with an IPC namespace of its own).
+    pub shm: Option<PathBuf>,
+}
+
+/// The size of a pod's /dev/shm, as containerd's (and Docker's) default.
+const SHM_OPTIONS: &str = "mode=1777,size=65536k";
+
+/// Where a pod's /dev/shm is mounted: a tmpfs of its own, which every
+/// container of the pod binds at /dev/shm, as containerd does (the pod's
+/// containers share its IPC namespace, and POSIX shared memory lives in
+/// /dev/shm).
+pub fn shm_dir(state: &Path, id: &str) -> PathBuf {
+    state.join("shm").join(id)
+}
+
+fn mount_shm(state: &Path, id: &str) -> Result<PathBuf> {
+    let dir = shm_dir(state, id);
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| Error::io(format!("creating {}", dir.display()), &e))?;
+    nix::mount::mount(
+        Some("shm"),
+        &dir,
+        Some("tmpfs"),
+        nix::mount::MsFlags::MS_NOSUID
+            | nix::mount::MsFlags::MS_NODEV
+            | nix::mount::MsFlags::MS_NOEXEC,
+        Some(SHM_OPTIONS),
+    )
+    .map_err(|e| {
+        Error::internal(format!(
+            "mounting the pod's /dev/shm at {}: {e}",
+            dir.display()
+        ))
+    })?;
+    Ok(dir)
+}
+
+/// Unmounts and removes a pod's /dev/shm; one not there is fine. Blocks.
+pub fn unmount_shm(state: &Path, id: &str) -> Result<()> {
+    let dir = shm_dir(state, id);
+    berth_mount::unmount_all(&dir)?;
+    match std::fs::remove_dir(&dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(format!("removing {}", dir.display()), &e)),
+    }
 }
 
 impl Pinned {
@@ -179,8 +225,8 @@ fn check_sysctl(name: &str, value: &str, wanted: Wanted) -> Result<Sysctl> {
 
 /// Makes the namespaces `wanted` names (inside a new user namespace with
 /// `user`'s uid and gid mappings when given, which then owns them) and pins
-/// them under `state` at `id`. On failure, what was pinned is unpinned
-/// again. Blocks.
+/// them under `state` at `id`, and with an IPC namespace mounts the pod's
+/// /dev/shm. On failure, what was made is undone again. Blocks.
 pub fn pin(
     state: &Path,
     id: &str,
@@ -243,9 +289,16 @@ pub fn pin(
             }
         }
     };
+    let made = made.and_then(|()| {
+        if wanted.ipc {
+            pinned.shm = Some(mount_shm(state, id)?);
+        }
+        Ok(())
+    });
     match made {
         Ok(()) => Ok(pinned),
         Err(e) => {
+            let _ = unmount_shm(state, id);
             let _ = unpin(state, id, &Kind::ALL);
             Err(e)
         }
@@ -459,6 +512,11 @@ mod tests {
             assert_ne!(ino(path), ino(Path::new(&own)), "{kind:?}");
         }
         assert!(pinned.user.is_none());
+        // The pod's /dev/shm: a tmpfs of its own.
+        let shm = pinned.shm.clone().unwrap();
+        assert_eq!(shm, shm_dir(state.path(), "pod1"));
+        let fs = nix::sys::statfs::statfs(&shm).unwrap();
+        assert_eq!(fs.filesystem_type(), nix::sys::statfs::TMPFS_MAGIC);
         let sysctls = check_sysctls(
             &HashMap::from([
                 ("kernel.shm_rmid_forced".to_string(), "1".to_string()),
@@ -501,11 +559,14 @@ mod tests {
             nix::unistd::gethostname().unwrap().into_string().unwrap(),
             "pod-one"
         );
+        unmount_shm(state.path(), "pod1").unwrap();
         unpin(state.path(), "pod1", &Kind::ALL).unwrap();
         for kind in Kind::ALL {
             assert!(!kind.dir(state.path()).join("pod1").exists(), "{kind:?}");
         }
+        assert!(!shm.exists());
         // Again: nothing left is fine.
+        unmount_shm(state.path(), "pod1").unwrap();
         unpin(state.path(), "pod1", &Kind::ALL).unwrap();
     }
 

@@ -305,6 +305,7 @@ impl Crid {
             userns: None,
             ipcns: None,
             utsns: None,
+            shm: None,
             network: None,
             pause,
             pid: 0,
@@ -425,6 +426,7 @@ impl Crid {
             s.ipcns = pinned.ipc.clone();
             s.utsns = pinned.uts.clone();
             s.userns = pinned.user.clone();
+            s.shm = pinned.shm.clone();
         };
         record(sandbox);
         self.store.update_sandbox(&id, record)?;
@@ -545,6 +547,7 @@ impl Crid {
         }
         let name = sandbox.id.clone();
         tokio::task::spawn_blocking(move || {
+            namespaces::unmount_shm(&state, &name)?;
             namespaces::unpin(&state, &name, &namespaces::Kind::ALL)
         })
         .await
@@ -555,6 +558,7 @@ impl Crid {
             s.ipcns = None;
             s.utsns = None;
             s.userns = None;
+            s.shm = None;
         })?;
         Ok(())
     }

@@ -691,6 +691,25 @@ pub fn container_options(
             });
         }
     }
+    // The pod's /dev/shm, as its IPC namespace is (the node's when the
+    // container shares the node's IPC), unless the kubelet mounts one.
+    let host_ipc = security
+        .namespace_options
+        .as_ref()
+        .is_some_and(|n| n.ipc == cri::NamespaceMode::Node as i32);
+    let shm = if host_ipc {
+        Some(PathBuf::from("/dev/shm"))
+    } else {
+        sandbox.shm.clone()
+    };
+    if let Some(shm) = shm.filter(|_| !wanted.contains(&"/dev/shm")) {
+        options.mounts.push(MountOption {
+            kind: "bind".into(),
+            source: shm.display().to_string(),
+            destination: "/dev/shm".into(),
+            options: vec!["nosuid".into(), "nodev".into(), "noexec".into()],
+        });
+    }
     for mount in &config.mounts {
         options
             .mounts

@@ -52,6 +52,10 @@ pub struct Sandbox {
     /// The pinned UTS namespace (none on the host network).
     #[serde(default)]
     pub utsns: Option<PathBuf>,
+    /// The pod's /dev/shm, a tmpfs its containers share with its IPC
+    /// namespace (none when that is the node's).
+    #[serde(default)]
+    pub shm: Option<PathBuf>,
     /// What CNI gave it, for the teardown.
     pub network: Option<Attachment>,
     /// Whether it has a pause process: only a pod whose containers share
