@@ -360,7 +360,7 @@ pub fn configure(pinned: &Pinned, hostname: Option<&str>, sysctls: &[Sysctl]) ->
 /// a stop may be repeated). Blocks.
 pub fn unpin(state: &Path, id: &str, kinds: &[Kind]) -> Result<()> {
     for kind in kinds {
-        berth_network::remove_netns(&kind.dir(state).join(id))?;
+        berth_network::unpin_namespace(&kind.dir(state).join(id))?;
     }
     Ok(())
 }

@@ -18,5 +18,5 @@ pub use bridge::{
 };
 pub use cni::{Attachment, Cni, NetworkList, PodNetwork, PortMapping, PLUGIN_PATH, POD_INTERFACE};
 pub use netns::{
-    create_netns, in_netns, interface_counters, pin_namespace, remove_netns, InterfaceCounters,
+    create_netns, in_netns, interface_counters, pin_namespace, unpin_namespace, InterfaceCounters,
 };

@@ -125,7 +125,7 @@ pub fn pin_namespace(source: &Path, dir: &Path, name: &str) -> Result<PathBuf> {
 
 /// Unpins and removes a namespace made by [`create_netns`] or pinned by
 /// [`pin_namespace`]; one already gone is fine.
-pub fn remove_netns(path: &Path) -> Result<()> {
+pub fn unpin_namespace(path: &Path) -> Result<()> {
     match umount2(path, MntFlags::MNT_DETACH) {
         Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
         Err(e) => {
@@ -174,9 +174,9 @@ mod tests {
         use std::os::unix::fs::MetadataExt;
         assert_ne!(pinned.ino(), ours.ino());
         assert_eq!(pinned.dev(), ours.dev(), "an nsfs inode");
-        remove_netns(&path).unwrap_or_else(|e| panic!("{e}"));
+        unpin_namespace(&path).unwrap_or_else(|e| panic!("{e}"));
         assert!(!path.exists());
-        remove_netns(&path).unwrap_or_else(|e| panic!("removing twice: {e}"));
+        unpin_namespace(&path).unwrap_or_else(|e| panic!("removing twice: {e}"));
     }
 
     #[test]
@@ -212,7 +212,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let netns = create_netns(dir.path(), "stats").unwrap_or_else(|e| panic!("{e}"));
         let counters = interface_counters(&netns);
-        remove_netns(&netns).unwrap_or_else(|e| panic!("{e}"));
+        unpin_namespace(&netns).unwrap_or_else(|e| panic!("{e}"));
         let names: Vec<String> = counters
             .unwrap_or_else(|e| panic!("{e}"))
             .into_iter()
