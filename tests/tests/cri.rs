@@ -1267,6 +1267,40 @@ fn a_pod_whose_containers_share_no_pid_namespace_runs_without_a_pause_process() 
     for kind in ["netns", "ipcns", "utsns", "shm"] {
         assert!(pinned(kind, &pod_id).exists(), "{kind} pinned");
     }
+    // Read from inside the pinned namespaces before any container runs:
+    // crid set the hostname and the sysctls there itself.
+    let inside = |dir: &str, id: &str, file: &'static str| {
+        let (path, flag) = (
+            pinned(dir, id),
+            match dir {
+                "utsns" => nix::sched::CloneFlags::CLONE_NEWUTS,
+                "ipcns" => nix::sched::CloneFlags::CLONE_NEWIPC,
+                _ => nix::sched::CloneFlags::CLONE_NEWNET,
+            },
+        );
+        std::thread::spawn(move || {
+            nix::sched::setns(std::fs::File::open(path).unwrap(), flag).unwrap();
+            std::fs::read_to_string(file).unwrap().trim().to_string()
+        })
+        .join()
+        .unwrap()
+    };
+    assert_eq!(
+        inside("utsns", &pod_id, "/proc/sys/kernel/hostname"),
+        "nopause-host"
+    );
+    assert_eq!(
+        inside("ipcns", &pod_id, "/proc/sys/kernel/shm_rmid_forced"),
+        "1"
+    );
+    assert_eq!(
+        inside(
+            "netns",
+            &pod_id,
+            "/proc/sys/net/ipv4/ip_unprivileged_port_start"
+        ),
+        "80"
+    );
     // No task of the pod's own: nothing but its containers will run. The
     // pod is a record in metad all the same, with its namespaces.
     let (ok, tasks, err) = cri.stack.berth(&["-n", "k8s.io", "tasks", "ls"]);
@@ -1372,11 +1406,18 @@ fn a_pod_whose_containers_share_no_pid_namespace_runs_without_a_pause_process() 
     }
 
     // crid restarts: the pod is still ready (it has no process to ask), its
-    // containers still run in its namespaces.
+    // containers still run in its namespaces. A pod whose namespaces went
+    // while crid was down (as a reboot takes /run) is not ready any more.
+    let lost = cri.write_config("lost-pod.json", pod_config("lost", 1, json!({})));
+    let lost_id = cri.ok(&["runp", &lost]);
     cri.crid.kill();
+    nix::mount::umount2(&pinned("utsns", &lost_id), nix::mount::MntFlags::MNT_DETACH).unwrap();
     cri.crid.restart();
     let info = cri.inspect("inspectp", &pod_id);
     assert_eq!(info["status"]["state"], "SANDBOX_READY", "{info}");
+    let info = cri.inspect("inspectp", &lost_id);
+    assert_eq!(info["status"]["state"], "SANDBOX_NOTREADY", "{info}");
+    cri.ok(&["rmp", &lost_id]);
     let running = cri.ok(&["ps", "-q", "--state", "running", "-p", &pod_id]);
     assert_eq!(running.lines().count(), 2, "{running}");
 
@@ -1388,6 +1429,11 @@ fn a_pod_whose_containers_share_no_pid_namespace_runs_without_a_pause_process() 
         .as_u64()
         .unwrap();
     assert!(pause > 0);
+    // The pause process kept the pod's hostname.
+    assert_eq!(
+        inside("utsns", &shared_pod_id, "/proc/sys/kernel/hostname"),
+        "shared-host"
+    );
     let ctr = cri.write_config("shared-ctr.json", container_config("sharer", 0));
     let ctr_id = cri.ok(&["create", &shared_pod_id, &ctr, &shared_pod]);
     cri.ok(&["start", &ctr_id]);

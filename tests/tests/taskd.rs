@@ -60,8 +60,27 @@ impl Clients {
     }
 
     async fn container(&self, stack: &Stack, id: &str, runtime: &str, args: &[&str]) {
+        self.container_in_group(stack, id, runtime, args, None)
+            .await
+    }
+
+    /// A container whose spec names a shim group (as the CRI names a
+    /// pod's containers): its task joins the group's shim.
+    async fn container_in_group(
+        &self,
+        stack: &Stack,
+        id: &str,
+        runtime: &str,
+        args: &[&str],
+        group: Option<&str>,
+    ) {
         let mut options = berth_oci::SpecOptions::new("default", id);
         options.args = args.iter().map(|s| s.to_string()).collect();
+        if let Some(group) = group {
+            options
+                .annotations
+                .insert("io.kubernetes.cri.sandbox-id".into(), group.into());
+        }
         let new = NewContainer {
             image: RUN_IMAGE.to_string(),
             runtime: Runtime {
@@ -296,4 +315,68 @@ async fn bad_requests_get_containerds_codes_and_leave_nothing_behind() {
         c.containers.delete("default", id).await.unwrap();
         let _ = c.snapshots.remove("default", &record.snapshot_key).await;
     }
+}
+
+/// A pod's shim exits once its last task is deleted. A container of that
+/// pod whose task is created at that very moment finds the shim serving,
+/// then gone: taskd starts a shim again rather than fail the create.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_created_as_its_groups_shim_exits_gets_a_shim_again() {
+    if !prerequisites() {
+        return;
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("berth-taskd-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let archive = run_image_archive(dir.path());
+    let stack = Stack::start(&dir.path().join("stack"));
+    let (ok, _, err) = stack.berth(&["import", archive.to_str().unwrap()]);
+    assert!(ok, "import: {err}");
+    let c = Clients::connect(&stack).await;
+    let tasks = &c.tasks;
+    let runtime = "io.containerd.berth.v2";
+    let rounds = 25;
+    let mut previous: Option<String> = None;
+    for round in 0..rounds {
+        let id = format!("member{round}");
+        c.container_in_group(&stack, &id, runtime, &["sleep", "1000"], Some("pod1"))
+            .await;
+        // The previous member has stopped; it is deleted (its shim then
+        // asked to exit) while this one's task is created in the same
+        // group, the create a little later each round to sweep the window.
+        if let Some(old) = &previous {
+            berth_tasks::kill_all_and_wait(
+                tasks,
+                "default",
+                old,
+                std::time::Duration::from_secs(10),
+            )
+            .await;
+        }
+        let deleting = async {
+            match &previous {
+                Some(old) => tasks.delete("default", old).await.map(|_| ()),
+                None => Ok(()),
+            }
+        };
+        let creating = async {
+            tokio::time::sleep(std::time::Duration::from_millis(round % 10 * 2)).await;
+            tasks.create("default", create(&id)).await
+        };
+        let (deleted, created) = tokio::join!(deleting, creating);
+        deleted.unwrap();
+        let pid = created.unwrap_or_else(|e| panic!("round {round}: {e}"));
+        assert!(pid > 0);
+        assert!(tasks.start("default", &id, "").await.unwrap() > 0);
+        if let Some(old) = previous.take() {
+            c.containers.delete("default", &old).await.unwrap();
+        }
+        previous = Some(id);
+    }
+    let last = previous.unwrap();
+    berth_tasks::kill_all_and_wait(tasks, "default", &last, std::time::Duration::from_secs(10))
+        .await;
+    tasks.delete("default", &last).await.unwrap();
+    assert!(bundles(&stack).is_empty(), "{:?}", bundles(&stack));
 }

@@ -184,12 +184,17 @@ pub fn check_sysctls<'a>(
 
 fn check_sysctl(name: &str, value: &str, wanted: Wanted) -> Result<Sysctl> {
     let invalid = |why: &str| Err(Error::invalid_argument(format!("sysctl {name:?}: {why}")));
-    let segments: Vec<&str> = name.split('.').collect();
-    if segments.iter().any(|s| {
-        s.is_empty()
-            || !s
+    // The kubelet's form: words separated by dots, where a slash stands
+    // for a dot inside a word (`net.ipv4.conf.eth0/100.forwarding` is
+    // /proc/sys/net/ipv4/conf/eth0.100/forwarding).
+    let components: Vec<String> = name.split('.').map(|s| s.replace('/', ".")).collect();
+    if components.iter().any(|c| {
+        c.is_empty()
+            || c == "."
+            || c == ".."
+            || !c
                 .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '@' | ':'))
+                .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '_' | '-' | '@' | ':' | '.'))
     }) {
         return invalid("not a sysctl name (dot-separated words)");
     }
@@ -217,7 +222,7 @@ fn check_sysctl(name: &str, value: &str, wanted: Wanted) -> Result<Sysctl> {
     }
     Ok(Sysctl {
         name: name.to_string(),
-        path: Path::new("/proc/sys").join(segments.join("/")),
+        path: Path::new("/proc/sys").join(components.join("/")),
         value: value.to_string(),
         kind,
     })
@@ -355,6 +360,23 @@ pub fn configure(pinned: &Pinned, hostname: Option<&str>, sysctls: &[Sysctl]) ->
     .unwrap_or_else(|_| Err(Error::internal("the namespace thread panicked")))
 }
 
+/// Whether everything recorded as pinned for a pod still is: each
+/// namespace a mount of nsfs, /dev/shm a tmpfs. They live under crid's
+/// state directory, on /run, so a reboot takes them (while crid's records
+/// of the pod, under its root, stay).
+pub fn still_pinned(pinned: &Pinned) -> bool {
+    use nix::sys::statfs::{statfs, NSFS_MAGIC, TMPFS_MAGIC};
+    let is = |path: &Option<PathBuf>, magic| {
+        path.as_ref()
+            .is_none_or(|p| statfs(p).is_ok_and(|fs| fs.filesystem_type() == magic))
+    };
+    is(&pinned.net, NSFS_MAGIC)
+        && is(&pinned.ipc, NSFS_MAGIC)
+        && is(&pinned.uts, NSFS_MAGIC)
+        && is(&pinned.user, NSFS_MAGIC)
+        && is(&pinned.shm, TMPFS_MAGIC)
+}
+
 /// Unpins the pod's namespaces of `kinds` at their usual paths; one not
 /// there is fine (a RunPodSandbox cut short may have pinned only some, and
 /// a stop may be repeated). Blocks.
@@ -449,10 +471,21 @@ mod tests {
                 "{name}"
             );
         }
+        // An interface with a dot in its name, in the kubelet's form.
+        let vlan = HashMap::from([(
+            "net.ipv4.conf.eth0/100.forwarding".to_string(),
+            "1".to_string(),
+        )]);
+        assert_eq!(
+            check_sysctls(&vlan, all).unwrap()[0].path,
+            Path::new("/proc/sys/net/ipv4/conf/eth0.100/forwarding")
+        );
         // Names that would leave /proc/sys, or name nothing.
         for name in [
             "net..ipv4",
             "net/../../etc",
+            "net.//.//.etc",
+            "net./.x",
             "net.ipv4.",
             ".net",
             "net.a b",
@@ -559,7 +592,9 @@ mod tests {
             nix::unistd::gethostname().unwrap().into_string().unwrap(),
             "pod-one"
         );
+        assert!(still_pinned(&pinned));
         unmount_shm(state.path(), "pod1").unwrap();
+        assert!(!still_pinned(&pinned), "the shm is gone");
         unpin(state.path(), "pod1", &Kind::ALL).unwrap();
         for kind in Kind::ALL {
             assert!(!kind.dir(state.path()).join("pod1").exists(), "{kind:?}");

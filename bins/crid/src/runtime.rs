@@ -421,13 +421,7 @@ impl Crid {
         })
         .await
         .map_err(|e| Error::internal(format!("namespace thread: {e}")))??;
-        let record = |s: &mut Sandbox| {
-            s.netns = pinned.net.clone();
-            s.ipcns = pinned.ipc.clone();
-            s.utsns = pinned.uts.clone();
-            s.userns = pinned.user.clone();
-            s.shm = pinned.shm.clone();
-        };
+        let record = |s: &mut Sandbox| s.set_pinned(pinned.clone());
         record(sandbox);
         self.store.update_sandbox(&id, record)?;
         if let Some(root) = root {
@@ -553,12 +547,8 @@ impl Crid {
         .await
         .map_err(|e| Error::internal(format!("namespace thread: {e}")))??;
         self.store.update_sandbox(&sandbox.id, |s| {
-            s.netns = None;
+            s.set_pinned(namespaces::Pinned::default());
             s.network = None;
-            s.ipcns = None;
-            s.utsns = None;
-            s.userns = None;
-            s.shm = None;
         })?;
         Ok(())
     }
@@ -593,7 +583,7 @@ impl Crid {
             "utsNamespacePath": sandbox.utsns,
             "userNamespacePath": sandbox.userns,
             "snapshotter": self.daemons.snapshotter,
-            "snapshotKey": sandbox.id,
+            "snapshotKey": sandbox.pause.then_some(&sandbox.id),
             "config": sandbox.config,
         });
         Ok(HashMap::from([("info".to_string(), info.to_string())]))
@@ -1703,8 +1693,17 @@ impl Crid {
     pub async fn recover(self: &Arc<Self>) -> Result<()> {
         let tasks = self.daemons.tasks().await?;
         for sandbox in self.store.sandboxes() {
-            // A pod without a pause process is ready until it is stopped.
-            if sandbox.phase != SandboxPhase::Ready || !sandbox.pause {
+            if sandbox.phase != SandboxPhase::Ready {
+                continue;
+            }
+            if !sandbox.pause {
+                // A pod without a pause process is ready until it is
+                // stopped, as long as its namespaces are (a reboot takes
+                // them: the kubelet then makes the pod again).
+                if !namespaces::still_pinned(&sandbox.pinned()) {
+                    tracing::warn!(sandbox = %sandbox.id, "its namespaces are gone: not ready");
+                    self.mark_not_ready(&sandbox.id)?;
+                }
                 continue;
             }
             match tasks.get(NAMESPACE, &sandbox.id, "").await {

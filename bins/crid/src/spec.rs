@@ -354,41 +354,49 @@ fn annotations(values: HashMap<String, String>) -> SpecHook {
 /// namespace (else the node's, as `options.network` says), its UTS
 /// namespace (none on the node's network: the node's then), and its IPC
 /// namespace unless `host_ipc`.
-fn join_pod_namespaces(options: &mut SpecOptions, sandbox: &Sandbox, host_ipc: bool) {
+fn join_pod_namespaces(options: &mut SpecOptions, sandbox: &Sandbox, host_ipc: bool) -> Result<()> {
     let wanted = crate::namespaces::Wanted::of(&sandbox.namespace_options());
     // A pod made before crid pinned its IPC and UTS namespaces has them
-    // through its pause process only.
+    // through its pause process only. A pod that has one of its own, but
+    // neither pinned nor held, is refused: joining the node's instead
+    // would be silent.
     let pinned_or_pauses = |pinned: &Option<PathBuf>, own: bool, name: &str| {
-        pinned
-            .as_ref()
-            .map(|p| p.display().to_string())
-            .or_else(|| {
-                (own && sandbox.pid != 0).then(|| format!("/proc/{}/ns/{name}", sandbox.pid))
-            })
+        if !own {
+            return Ok(None);
+        }
+        match pinned {
+            Some(path) => Ok(Some(path.display().to_string())),
+            None if sandbox.pid != 0 => Ok(Some(format!("/proc/{}/ns/{name}", sandbox.pid))),
+            None => Err(Error::failed_precondition(format!(
+                "pod {} has no {name} namespace to join",
+                sandbox.id
+            ))),
+        }
     };
-    if let Some(netns) = &sandbox.netns {
-        options.hooks.push(set_namespace(
-            LinuxNamespaceType::Network,
-            Some(netns.display().to_string()),
-        ));
+    let net = pinned_or_pauses(&sandbox.netns, wanted.net, "net")?;
+    if let Some(netns) = net {
+        options
+            .hooks
+            .push(set_namespace(LinuxNamespaceType::Network, Some(netns)));
     }
     options.hooks.push(set_namespace(
         LinuxNamespaceType::Uts,
-        pinned_or_pauses(&sandbox.utsns, wanted.uts, "uts"),
+        pinned_or_pauses(&sandbox.utsns, wanted.uts, "uts")?,
     ));
     options.hooks.push(set_namespace(
         LinuxNamespaceType::Ipc,
         if host_ipc {
             None
         } else {
-            pinned_or_pauses(&sandbox.ipcns, wanted.ipc, "ipc")
+            pinned_or_pauses(&sandbox.ipcns, wanted.ipc, "ipc")?
         },
     ));
+    Ok(())
 }
 
 /// The pod's pause process: the first process of the PID namespace its
 /// containers share. It joins the namespaces crid pinned for the pod
-/// (which already have its hostname and sysctls).
+/// (which already have its sysctls and hostname).
 pub fn sandbox_options(host: &Host, sandbox: &Sandbox, image_user: &str) -> Result<SpecOptions> {
     let config = &sandbox.config;
     let mut options = SpecOptions::new(NAMESPACE, &sandbox.id);
@@ -401,6 +409,11 @@ pub fn sandbox_options(host: &Host, sandbox: &Sandbox, image_user: &str) -> Resu
     } else {
         NetworkMode::None
     };
+    // The one crid set in the pinned UTS namespace (runc sets it again;
+    // without it, berth-oci would name the host after the container).
+    if !host_network && !config.hostname.is_empty() {
+        options.hostname = Some(config.hostname.clone());
+    }
     options.user = user_string(
         security.run_as_user.map(|v| v.value),
         security.run_as_group.map(|v| v.value),
@@ -423,7 +436,7 @@ pub fn sandbox_options(host: &Host, sandbox: &Sandbox, image_user: &str) -> Resu
         &mut options,
         sandbox,
         ns.ipc == cri::NamespaceMode::Node as i32,
-    );
+    )?;
     if ns.pid == cri::NamespaceMode::Node as i32 {
         options
             .hooks
@@ -761,7 +774,7 @@ pub fn container_options(
         &mut options,
         sandbox,
         ns.ipc == cri::NamespaceMode::Node as i32,
-    );
+    )?;
     let pause_ns = |name: &str| -> Result<String> {
         if sandbox.pid == 0 {
             return Err(Error::invalid_argument(format!(

@@ -81,6 +81,26 @@ impl Sandbox {
         )
     }
 
+    /// What crid pinned for the pod, as recorded.
+    pub fn pinned(&self) -> crate::namespaces::Pinned {
+        crate::namespaces::Pinned {
+            net: self.netns.clone(),
+            ipc: self.ipcns.clone(),
+            uts: self.utsns.clone(),
+            user: self.userns.clone(),
+            shm: self.shm.clone(),
+        }
+    }
+
+    /// Records what crid pinned for the pod (all None once unpinned).
+    pub fn set_pinned(&mut self, pinned: crate::namespaces::Pinned) {
+        self.netns = pinned.net;
+        self.ipcns = pinned.ipc;
+        self.utsns = pinned.uts;
+        self.userns = pinned.user;
+        self.shm = pinned.shm;
+    }
+
     pub fn metadata(&self) -> cri::PodSandboxMetadata {
         self.config.metadata.clone().unwrap_or_default()
     }

@@ -80,6 +80,10 @@ pub struct State {
     /// Shutdown was asked for while containers still existed (a Delete
     /// still running, say): exit once the last is gone.
     pub shutdown_requested: bool,
+    /// The shim is on its way out (told to exit with nothing left): a
+    /// Create from now on is refused as Unavailable, never half-done by
+    /// the exit, so the caller starts a shim again.
+    pub exiting: bool,
 }
 
 impl State {

@@ -26,9 +26,11 @@ pub fn bundle_dir(flags: &Flags) -> Result<PathBuf> {
 }
 
 /// Binds a filesystem socket with mode 0600 in a directory of mode 0700.
-/// A stale socket file (nobody listening) is replaced; a live one never is:
-/// None then (another shim bound it first, e.g. for a container of the
-/// same pod started at the same moment).
+/// A stale socket file (nobody listening) is replaced; one that is
+/// listened on never is: None then (another shim bound it first, e.g. for
+/// a container of the same pod started at the same moment). One caught
+/// between the other's bind and listen looks stale and is replaced; the
+/// shim that lost its path then serves nobody and exits when idle.
 pub fn bind_socket(path: &Path) -> Result<Option<UnixListener>> {
     if let Some(dir) = path.parent() {
         std::fs::DirBuilder::new()

@@ -73,6 +73,12 @@ struct Reservation<'a>(&'a Tasks, String);
 impl<'a> Reservation<'a> {
     fn take(tasks: &'a Tasks, id: &str) -> Result<Reservation<'a>> {
         let mut state = tasks.lock();
+        if state.exiting {
+            return Err(ShimError::Status(berth_errdefs::Error::new(
+                berth_errdefs::ErrorKind::Unavailable,
+                "the shim is exiting: it was told to once its last task was deleted",
+            )));
+        }
         if state.containers.contains_key(id) || !state.creating.insert(id.to_string()) {
             return Err(ShimError::AlreadyExists(format!(
                 "container {id} already exists"
@@ -516,6 +522,7 @@ impl Tasks {
         }
         state.containers.remove(id);
         if state.shutdown_requested && state.containers.is_empty() && state.creating.is_empty() {
+            state.exiting = true;
             self.shutdown.notify_one();
         }
         let response = delete_response(pid, exit);
@@ -855,6 +862,7 @@ impl Tasks {
     pub fn shutdown(&self) {
         let mut state = self.lock();
         if state.containers.is_empty() && state.creating.is_empty() {
+            state.exiting = true;
             self.shutdown.notify_one();
         } else {
             state.shutdown_requested = true;
@@ -1138,6 +1146,24 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), h.shutdown.notified())
             .await
             .expect("the last Delete lets the requested shutdown happen");
+    }
+
+    /// A shim told to exit with nothing left refuses a Create that comes
+    /// in before it is gone (Unavailable, nothing run): the exit would
+    /// otherwise cut it short, leaving runc's half of it behind.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_create_after_the_last_delete_and_shutdown_is_refused_as_unavailable() {
+        let mut h = Harness::new(true);
+        h.create().await;
+        h.tasks.shutdown();
+        h.tasks.delete(ID, "").await.unwrap();
+        assert_eq!(h.next_call().await, "delete force");
+        let mut req = api::CreateTaskRequest::new();
+        req.id = "c2".into();
+        req.bundle = h.bundle.path().display().to_string();
+        let err = h.tasks.create(req).await.unwrap_err();
+        assert_eq!(err.kind(), berth_errdefs::ErrorKind::Unavailable, "{err}");
+        h.assert_no_call("the runtime is not asked to create").await;
     }
 
     /// Two Deletes at once: the first deletes (runc's delete runs once),

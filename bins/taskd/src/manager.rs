@@ -609,25 +609,6 @@ impl TaskManager {
         // From here every failure undoes what was made.
         let invocation = self.invocation(&bundle, binary.clone());
         let log = Self::follow_shim_log(&bundle);
-        let started = async {
-            let bootstrap = invocation.start(options.as_ref()).await?;
-            bundle.write_record(&TaskRecord {
-                runtime: container.runtime.name.clone(),
-                shim_binary: binary.clone(),
-                bootstrap: bootstrap.clone(),
-            })?;
-            let client = ShimClient::connect(&bootstrap, namespace).await?;
-            Ok::<_, Error>(client)
-        }
-        .await;
-        let client = match started {
-            Ok(client) => client,
-            Err(e) => {
-                let _ = invocation.delete().await;
-                let _ = bundle.remove();
-                return Err(e);
-            }
-        };
         let shim_request = api::CreateTaskRequest {
             id: bundle.id.clone(),
             bundle: bundle.path.to_string_lossy().into_owned(),
@@ -639,20 +620,59 @@ impl TaskManager {
             options: options.as_ref().map(pb_any).into(),
             ..Default::default()
         };
-        let created = async {
-            let pid = client.create(&shim_request).await?;
-            let hello = client.connect_rpc(&bundle.id, RECONNECT_TIMEOUT).await?;
-            Ok::<_, Error>((pid, hello.shim_pid))
-        }
-        .await;
-        let (pid, shim_pid) = match created {
-            Ok(created) => created,
-            Err(e) => {
-                let _ = client.delete(&bundle.id, "").await;
-                client.shutdown(&bundle.id).await;
-                let _ = invocation.delete().await;
-                let _ = bundle.remove();
-                return Err(e);
+        // A shim serving a group (a pod's containers) exits once its last
+        // task is deleted: one asked to exit just as `start` found it
+        // serving goes away under this create. Its socket is dead then, so
+        // starting again gets a new shim; once is enough.
+        let mut attempts = 0;
+        let (client, pid, shim_pid) = loop {
+            attempts += 1;
+            let went_away = |e: &Error| attempts == 1 && e.kind() == ErrorKind::Unavailable;
+            let started = async {
+                let bootstrap = invocation.start(options.as_ref()).await?;
+                bundle.write_record(&TaskRecord {
+                    runtime: container.runtime.name.clone(),
+                    shim_binary: binary.clone(),
+                    bootstrap: bootstrap.clone(),
+                })?;
+                let client = ShimClient::connect(&bootstrap, namespace).await?;
+                Ok::<_, Error>(client)
+            }
+            .await;
+            let client = match started {
+                Ok(client) => client,
+                Err(e) if went_away(&e) => {
+                    tracing::info!(id = %bundle.id, "the shim went away ({e}); starting one again");
+                    continue;
+                }
+                Err(e) => {
+                    let _ = invocation.delete().await;
+                    let _ = bundle.remove();
+                    return Err(e);
+                }
+            };
+            let created = async {
+                let pid = client.create(&shim_request).await?;
+                let hello = client.connect_rpc(&bundle.id, RECONNECT_TIMEOUT).await?;
+                Ok::<_, Error>((pid, hello.shim_pid))
+            }
+            .await;
+            match created {
+                Ok((pid, shim_pid)) => break (client, pid, shim_pid),
+                Err(e) if went_away(&e) => {
+                    tracing::info!(id = %bundle.id, "the shim went away ({e}); starting one again");
+                    // Whatever a shim dying mid-create left (runc's state,
+                    // the rootfs mount) goes first, as after a dead shim.
+                    let _ = invocation.delete().await;
+                    continue;
+                }
+                Err(e) => {
+                    let _ = client.delete(&bundle.id, "").await;
+                    client.shutdown(&bundle.id).await;
+                    let _ = invocation.delete().await;
+                    let _ = bundle.remove();
+                    return Err(e);
+                }
             }
         };
         let (dead, _) = watch::channel(None);
