@@ -421,9 +421,10 @@ impl Crid {
         })
         .await
         .map_err(|e| Error::internal(format!("namespace thread: {e}")))??;
-        let record = |s: &mut Sandbox| s.set_pinned(pinned.clone());
-        record(sandbox);
-        self.store.update_sandbox(&id, record)?;
+        // Recorded with the rest once the pod is ready (or fails): a run
+        // cut short before leaves them at their usual paths, where a stop
+        // finds them.
+        sandbox.set_pinned(pinned.clone());
         if let Some(root) = root {
             spec::give_sandbox_files(sandbox, root)?;
         }
@@ -465,18 +466,27 @@ impl Crid {
             tasks.start(NAMESPACE, &id, "").await
         };
         let (network, pause) = tokio::join!(network, pause);
-        if let Ok(Some(attachment)) = &network {
-            // Recorded before any error is returned: the cleanup detaches
-            // what is recorded.
-            sandbox.network = Some(attachment.clone());
-            self.store
-                .update_sandbox(&id, |s| s.network = Some(attachment.clone()))?;
-        }
-        network?;
-        let pid = pause?;
+        let attachment = network.as_ref().ok().cloned().flatten();
+        sandbox.network = attachment.clone();
+        let pid = match (network, pause) {
+            (Ok(_), Ok(pid)) => pid,
+            (network, pause) => {
+                // Recorded before the error is returned: the cleanup
+                // detaches what is recorded.
+                self.store.update_sandbox(&id, |s| {
+                    s.set_pinned(pinned.clone());
+                    s.network = attachment.clone();
+                })?;
+                network?;
+                return pause.map(|_| ());
+            }
+        };
         sandbox.pid = pid;
         sandbox.phase = SandboxPhase::Ready;
+        // One write for all of it: the pod's state file is synced on each.
         self.store.update_sandbox(&id, |s| {
+            s.set_pinned(pinned.clone());
+            s.network = attachment.clone();
             s.pid = pid;
             s.phase = SandboxPhase::Ready;
         })?;
@@ -521,15 +531,17 @@ impl Crid {
         }
         self.remove_task(&sandbox.id).await?;
         self.mark_not_ready(&sandbox.id)?;
-        // A RunPodSandbox cut short between pinning the pod's namespaces
-        // and recording them left them at their usual paths (the network
-        // is attached only once they are recorded).
+        // A RunPodSandbox cut short before it recorded the pod's
+        // namespaces left them at their usual paths; CNI's teardown then
+        // goes without the attachment's result, which CNI allows (DEL
+        // releases the address by the pod's id).
         let state = self.settings.state.clone();
-        let netns = sandbox.netns.clone().or_else(|| {
+        let mut sandbox = sandbox;
+        sandbox.netns = sandbox.netns.clone().or_else(|| {
             let path = namespaces::Kind::Net.dir(&state).join(&sandbox.id);
             path.exists().then_some(path)
         });
-        if netns.is_some() {
+        if sandbox.netns.is_some() {
             if let Err(e) = self
                 .settings
                 .cni
