@@ -1910,6 +1910,13 @@ fn a_pod_namespace_made_but_not_recorded_goes_with_its_pod() {
     let pod = harness.cri.ok(&["runp", &harness.pod_config("p1")]);
     let netns = harness.cri.crid.state.join("netns").join(&pod);
     assert!(netns.exists());
+    // Pod 1 has a user namespace of its own, and an IPC, a UTS namespace
+    // and a /dev/shm, all recorded with the network namespace.
+    let pinned: Vec<_> = ["userns", "ipcns", "utsns", "shm"]
+        .iter()
+        .map(|kind| harness.cri.crid.state.join(kind).join(&pod))
+        .collect();
+    assert!(pinned.iter().all(|p| p.exists()), "{pinned:?}");
     // What the cut-short RunPodSandbox left: a record that names no
     // namespace.
     harness.cri.crid.kill();
@@ -1922,13 +1929,18 @@ fn a_pod_namespace_made_but_not_recorded_goes_with_its_pod() {
         .join("state.json");
     let mut record: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
-    assert!(record["netns"].is_string(), "{record}");
-    record["netns"] = serde_json::Value::Null;
+    for key in ["netns", "userns", "ipcns", "utsns", "shm"] {
+        assert!(record[key].is_string(), "{key}: {record}");
+        record[key] = serde_json::Value::Null;
+    }
     std::fs::write(&state, record.to_string()).unwrap();
     harness.cri.crid.restart();
     harness.cri.ok(&["stopp", &pod]);
     harness.cri.ok(&["rmp", &pod]);
     assert!(!netns.exists(), "the pod's namespace outlived it");
+    for path in &pinned {
+        assert!(!path.exists(), "{} outlived its pod", path.display());
+    }
     harness.check(1);
     assert!(harness.violations.is_empty(), "{:?}", harness.violations);
 }
