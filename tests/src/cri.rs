@@ -220,6 +220,18 @@ pub fn crictl_test_dir() -> Option<tempfile::TempDir> {
     )
 }
 
+/// A temporary directory for a crictl test whose pods get a network of
+/// their own, if its prerequisites are here: those of
+/// [`crictl_test_dir`] and CNI's plugins (`containernetworking-plugins`).
+pub fn crictl_cni_test_dir() -> Option<tempfile::TempDir> {
+    let dir = crictl_test_dir()?;
+    crate::require(
+        Path::new("/usr/lib/cni/bridge").exists(),
+        "containernetworking-plugins",
+    )
+    .then_some(dir)
+}
+
 /// Moves the calling thread into a network namespace of its own with `lo`
 /// up: every daemon it starts from then on runs there, so the bridges and
 /// rules CNI makes for pods never touch the host's network.

@@ -868,15 +868,9 @@ fn files_named(dir: &Path, name: &str) -> Vec<std::path::PathBuf> {
 /// refused with nothing made, and removing the pod unpins its namespaces.
 #[test]
 fn a_pod_in_a_user_namespace_of_its_own_maps_every_file_and_process() {
-    let Some(tmp) = crictl_test_dir() else {
+    let Some(tmp) = berth_e2e::cri::crictl_cni_test_dir() else {
         return;
     };
-    if !berth_e2e::require(
-        Path::new("/usr/lib/cni/bridge").exists(),
-        "containernetworking-plugins",
-    ) {
-        return;
-    }
     // runc reaches the bundle from inside the user namespace, so the path
     // to taskd's state must be passable by others, as /run is (a temp
     // directory is not).
@@ -1209,15 +1203,9 @@ fn a_pod_in_a_user_namespace_of_its_own_maps_every_file_and_process() {
 #[test]
 fn a_pod_whose_containers_share_no_pid_namespace_runs_without_a_pause_process() {
     use std::os::unix::fs::MetadataExt;
-    let Some(tmp) = crictl_test_dir() else {
+    let Some(tmp) = berth_e2e::cri::crictl_cni_test_dir() else {
         return;
     };
-    if !berth_e2e::require(
-        Path::new("/usr/lib/cni/bridge").exists(),
-        "containernetworking-plugins",
-    ) {
-        return;
-    }
     berth_e2e::cri::enter_private_network();
     let dir = tmp.path();
     berth_e2e::cri::write_bridge_network(dir, "nopause-test", "nopause0", "10.88.79.0/24", &[]);

@@ -114,6 +114,21 @@ fn bundles(stack: &Stack) -> Vec<String> {
     .unwrap_or_default()
 }
 
+/// A stack on a temporary directory (kept until the first value drops)
+/// with the run image imported, and clients of its daemons.
+async fn stack_with_image() -> (tempfile::TempDir, Stack, Clients) {
+    let dir = tempfile::Builder::new()
+        .prefix("berth-taskd-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let archive = run_image_archive(dir.path());
+    let stack = Stack::start(&dir.path().join("stack"));
+    let (ok, _, err) = stack.berth(&["import", archive.to_str().unwrap()]);
+    assert!(ok, "import: {err}");
+    let clients = Clients::connect(&stack).await;
+    (dir, stack, clients)
+}
+
 fn create(id: &str) -> CreateTask {
     CreateTask {
         container_id: id.to_string(),
@@ -126,15 +141,7 @@ async fn bad_requests_get_containerds_codes_and_leave_nothing_behind() {
     if !prerequisites() {
         return;
     }
-    let dir = tempfile::Builder::new()
-        .prefix("berth-taskd-")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let archive = run_image_archive(dir.path());
-    let stack = Stack::start(&dir.path().join("stack"));
-    let (ok, _, err) = stack.berth(&["import", archive.to_str().unwrap()]);
-    assert!(ok, "import: {err}");
-    let c = Clients::connect(&stack).await;
+    let (_dir, stack, c) = stack_with_image().await;
     let tasks = &c.tasks;
 
     // No such container.
@@ -325,15 +332,7 @@ async fn a_task_created_as_its_groups_shim_exits_gets_a_shim_again() {
     if !prerequisites() {
         return;
     }
-    let dir = tempfile::Builder::new()
-        .prefix("berth-taskd-")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let archive = run_image_archive(dir.path());
-    let stack = Stack::start(&dir.path().join("stack"));
-    let (ok, _, err) = stack.berth(&["import", archive.to_str().unwrap()]);
-    assert!(ok, "import: {err}");
-    let c = Clients::connect(&stack).await;
+    let (_dir, stack, c) = stack_with_image().await;
     let tasks = &c.tasks;
     let runtime = "io.containerd.berth.v2";
     let rounds = 25;
