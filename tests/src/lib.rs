@@ -214,6 +214,19 @@ impl Daemon {
         Daemon::start_with_args("berth-snapd", dir, &["--contentd", &contentd])
     }
 
+    /// berth-snapd under `dir` whose own write-back of commits waits an
+    /// hour: within a test, only `--sync-fs` (or the kernel's writeback)
+    /// puts a committed layer's files on disk, so what the flag writes
+    /// can be told from what snapd would write half a second later.
+    pub fn snapd_without_prompt_write_back(dir: &Path, contentd: &Daemon) -> Daemon {
+        let contentd = contentd.socket.display().to_string();
+        Daemon::start_with_args(
+            "berth-snapd",
+            dir,
+            &["--contentd", &contentd, "--write-back-delay", "3600000"],
+        )
+    }
+
     /// berth-metad under `dir`, asking `contentd` and `snapd`.
     pub fn metad(dir: &Path, contentd: &Daemon, snapd: &Daemon) -> Daemon {
         let contentd = contentd.socket.display().to_string();

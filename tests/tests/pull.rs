@@ -482,8 +482,10 @@ async fn pull_sync_fs_reaches_snapd_from_the_cli() {
     let reference = format!("{}/test/synced:v1", registry.host);
     // Only snapd's root and state are on the loop filesystem (and the
     // daemons, declared after it, are dropped before it is unmounted).
+    // snapd's own write-back, half a second after each commit, would
+    // otherwise land inside the lazy pull whenever the machine is slow.
     let contentd = Daemon::contentd(&dir.path().join("contentd"));
-    let snapd = Daemon::snapd(&fs.dir.join("snapd"), &contentd);
+    let snapd = Daemon::snapd_without_prompt_write_back(&fs.dir.join("snapd"), &contentd);
     let metad = Daemon::metad(&dir.path().join("metad"), &contentd, &snapd);
     let taskd = Daemon::taskd(&dir.path().join("taskd"), &metad, &snapd);
     let stack = Stack {
@@ -517,8 +519,9 @@ async fn pull_sync_fs_reaches_snapd_from_the_cli() {
         written
     };
     let big_kib = BIG as u64 >> 10;
-    // Without: the big file waits in the page cache (writeback starts
-    // after 30 s, or under memory pressure).
+    // Without: the big file waits in the page cache (for snapd's
+    // write-back, held off here, or the kernel's after 30 s or under
+    // memory pressure).
     let lazy = pull("lazy", &[]);
     assert!(lazy < big_kib, "without --sync-fs: {lazy} KiB written");
     let synced = pull("synced", &["--sync-fs"]);

@@ -244,8 +244,10 @@ async fn unpack_sync_fs_reaches_snapd_from_the_cli() {
     let dir = tempfile::tempdir().unwrap();
     let contentd = Daemon::contentd(&dir.path().join("contentd"));
     // snapd's root and state on the loop filesystem, nothing else (and
-    // snapd, declared after it, is dropped before it is unmounted).
-    let snapd = Daemon::snapd(&fs.dir.join("snapd"), &contentd);
+    // snapd, declared after it, is dropped before it is unmounted). Its
+    // own write-back half a second after the commit would otherwise land
+    // inside the lazy unpack whenever the machine is slow.
+    let snapd = Daemon::snapd_without_prompt_write_back(&fs.dir.join("snapd"), &contentd);
     let ssock = snapd.socket.display().to_string();
 
     let layout = Layout::new(&dir.path().join("layout"));
@@ -267,8 +269,8 @@ async fn unpack_sync_fs_reaches_snapd_from_the_cli() {
         written
     };
     let file_kib = SYNC_FILE_BYTES as u64 >> 10;
-    // Without: the file waits in the page cache (writeback starts after
-    // 30 s, or under memory pressure).
+    // Without: the file waits in the page cache (for snapd's write-back,
+    // held off here, or the kernel's after 30 s or under memory pressure).
     let lazy = unpack("lazy", &[]);
     assert!(lazy < file_kib, "without --sync-fs: {lazy} KiB written");
     let synced = unpack("synced", &["--sync-fs"]);

@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use berth_daemon::blocking;
@@ -25,7 +25,7 @@ use crate::os::io;
 use crate::records::{
     check_committed_parent, now_nanos, to_system_time, Record, Records, StoredKind,
 };
-use crate::write_back::{written_in, Marks, WriteBack};
+use crate::write_back::{written_in, Marks, WriteBack, DEFAULT_WRITE_BACK_DELAY};
 
 /// Which on-disk scheme a snapshotter uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,6 +138,17 @@ impl LocalSnapshotter {
     /// Opens the snapshotter under `root` (`<root>/<name>/snapshots`), with
     /// the records shared by every snapshotter of the daemon.
     pub fn open(root: &Path, backend: Backend, records: Records) -> Result<LocalSnapshotter> {
+        Self::open_writing_back_after(root, backend, records, DEFAULT_WRITE_BACK_DELAY)
+    }
+
+    /// [`LocalSnapshotter::open`], with commits written back to disk
+    /// `write_back_delay` after them rather than the default half second.
+    pub fn open_writing_back_after(
+        root: &Path,
+        backend: Backend,
+        records: Records,
+        write_back_delay: Duration,
+    ) -> Result<LocalSnapshotter> {
         let base = root.join(backend.name());
         let dir = base.join("snapshots");
         for d in [root, base.as_path(), dir.as_path()] {
@@ -171,7 +182,7 @@ impl LocalSnapshotter {
         Ok(LocalSnapshotter {
             backend,
             records,
-            write_back: WriteBack::start(marks.clone())?,
+            write_back: WriteBack::start(marks.clone(), write_back_delay)?,
             marks,
             dir,
             cleanup: Arc::new(RwLock::new(())),

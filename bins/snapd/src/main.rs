@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use berth_api::sockets;
@@ -12,6 +13,7 @@ use berth_snapd::local::{Backend, LocalSnapshotter};
 use berth_snapd::records::Records;
 use berth_snapd::service::SnapshotService;
 use berth_snapd::unpack::{ContentSource, Unpacker, SCRATCH_PREFIX};
+use berth_snapd::write_back::DEFAULT_WRITE_BACK_DELAY;
 use clap::{CommandFactory, Parser};
 
 /// berth's snapshot daemon: overlayfs and native snapshotters, layer
@@ -25,6 +27,14 @@ struct Cli {
     /// them.
     #[arg(long, value_name = "SOCKET")]
     contentd: Option<PathBuf>,
+    /// Milliseconds a commit's files may stay in the page cache before
+    /// one syncfs writes them, and whatever was committed meanwhile, back
+    /// to disk (500 by default). A power cut inside that window discards
+    /// the snapshots not yet written back, and the next pull unpacks them
+    /// again; a longer delay takes fewer syncfs calls for more unpacking
+    /// after such a cut.
+    #[arg(long, value_name = "MS")]
+    write_back_delay: Option<u64>,
 }
 
 /// snapd's own keys in the config file.
@@ -32,6 +42,7 @@ struct Cli {
 #[serde(deny_unknown_fields)]
 struct Settings {
     contentd: Option<PathBuf>,
+    write_back_delay: Option<u64>,
 }
 
 fn defaults() -> Defaults {
@@ -46,12 +57,20 @@ fn defaults() -> Defaults {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if cli.daemon.print_default_config {
-        let own = [(
-            "contentd",
-            Some(berth_daemon::ConfigValue::String(
-                sockets::CONTENTD.to_string(),
-            )),
-        )];
+        let own = [
+            (
+                "contentd",
+                Some(berth_daemon::ConfigValue::String(
+                    sockets::CONTENTD.to_string(),
+                )),
+            ),
+            (
+                "write_back_delay",
+                Some(berth_daemon::ConfigValue::Integer(
+                    DEFAULT_WRITE_BACK_DELAY.as_millis() as i64,
+                )),
+            ),
+        ];
         print!(
             "{}",
             berth_daemon::default_config_toml(&Cli::command(), &defaults(), &own)
@@ -61,17 +80,30 @@ fn main() -> anyhow::Result<()> {
     let (config, runtime) = berth_daemon::start(&cli.daemon, defaults())?;
     let settings: Settings = config.daemon_settings()?;
     let contentd = peer_socket(cli.contentd, settings.contentd, sockets::CONTENTD);
-    runtime.block_on(run(config, contentd))
+    let write_back_delay = cli
+        .write_back_delay
+        .or(settings.write_back_delay)
+        .map_or(DEFAULT_WRITE_BACK_DELAY, Duration::from_millis);
+    runtime.block_on(run(config, contentd, write_back_delay))
 }
 
-async fn run(config: DaemonConfig, contentd: PathBuf) -> anyhow::Result<()> {
+async fn run(
+    config: DaemonConfig,
+    contentd: PathBuf,
+    write_back_delay: Duration,
+) -> anyhow::Result<()> {
     let root = config.root.clone();
     let (snapshotters, records) = tokio::task::spawn_blocking(
         move || -> anyhow::Result<(Vec<LocalSnapshotter>, Records)> {
             let records = Records::open(&root.join("meta"))?;
             let mut out = Vec::new();
             for backend in [Backend::Overlay, Backend::Native] {
-                let sn = LocalSnapshotter::open(&root, backend, records.clone())?;
+                let sn = LocalSnapshotter::open_writing_back_after(
+                    &root,
+                    backend,
+                    records.clone(),
+                    write_back_delay,
+                )?;
                 let (discarded, written_back) = sn.recover_write_back()?;
                 if discarded + written_back > 0 {
                     tracing::info!(

@@ -24,8 +24,9 @@ use berth_errdefs::{Error, Result};
 use crate::records::{Records, StoredKind, Unsynced, WrittenIn};
 
 /// How long the writer waits after a commit for more to come, so that an
-/// unpack of several layers takes one syncfs.
-const WRITE_BACK_DELAY: Duration = Duration::from_millis(500);
+/// unpack of several layers takes one syncfs (`write_back_delay` in
+/// snapd.toml sets another).
+pub const DEFAULT_WRITE_BACK_DELAY: Duration = Duration::from_millis(500);
 
 /// Where files written now under `dir` are: this boot, this mount.
 pub fn written_in(dir: &Path) -> Result<WrittenIn> {
@@ -187,23 +188,23 @@ impl Marks {
     }
 }
 
-/// The writer thread of one snapshotter: a commit asks, and within
-/// [`WRITE_BACK_DELAY`] one syncfs writes back it and whatever else was
-/// committed meanwhile.
+/// The writer thread of one snapshotter: a commit asks, and `delay`
+/// later one syncfs writes back it and whatever else was committed
+/// meanwhile.
 #[derive(Debug, Clone)]
 pub(crate) struct WriteBack {
     asks: mpsc::Sender<()>,
 }
 
 impl WriteBack {
-    pub fn start(marks: Marks) -> Result<WriteBack> {
+    pub fn start(marks: Marks, delay: Duration) -> Result<WriteBack> {
         let (asks, asked) = mpsc::channel::<()>();
         std::thread::Builder::new()
             .name("snapshot-write-back".to_string())
             .spawn(move || {
                 // Ends when every snapshotter handle is gone.
                 while asked.recv().is_ok() {
-                    std::thread::sleep(WRITE_BACK_DELAY);
+                    std::thread::sleep(delay);
                     while asked.try_recv().is_ok() {}
                     if marks.records.strong_count() == 0 {
                         break; // closed meanwhile
