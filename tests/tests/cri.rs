@@ -1454,6 +1454,118 @@ fn a_pod_whose_containers_share_no_pid_namespace_runs_without_a_pause_process() 
     assert!(!records.contains(&pod_id), "{records}");
 }
 
+/// A pod without a pause process outlives its first container, whose
+/// bundle the pod's shim was started in: after that container is removed
+/// (the kubelet removes dead containers while their pod runs on), the
+/// shim serves the others and new ones, its working directory is a
+/// bundle that still exists, and what it logs still reaches taskd's log
+/// (it moved to another container's log fifo; before, it went into the
+/// removed bundle's, which no one read any more).
+#[test]
+fn a_pod_outlives_the_container_its_shim_was_started_for() {
+    let Some(tmp) = berth_e2e::cri::crictl_cni_test_dir() else {
+        return;
+    };
+    berth_e2e::cri::enter_private_network();
+    let dir = tmp.path();
+    berth_e2e::cri::write_bridge_network(dir, "outlive-test", "outlive0", "10.88.78.0/24", &[]);
+    let cri = Cri::start(dir);
+    // The kubelet's default pod: network and IPC per pod, PID per container.
+    let namespaces = json!({"network": 0, "pid": 1, "ipc": 0});
+    let pod = cri.write_config(
+        "outlive-pod.json",
+        json!({
+            "metadata": {"name": "outlive", "namespace": "test", "uid": "uid-outlive", "attempt": 0},
+            "linux": {"security_context": {"namespace_options": namespaces}},
+        }),
+    );
+    let pod_id = cri.ok(&["runp", &pod]);
+    assert_eq!(
+        cri.inspect("inspectp", &pod_id)["info"]["pauseProcess"],
+        false
+    );
+    let container = |name: &str, command: &[&str]| {
+        let config = cri.write_config(
+            &format!("outlive-{name}.json"),
+            json!({
+                "metadata": {"name": name},
+                "image": {"image": POD_IMAGE},
+                "command": command,
+                "linux": {"security_context": {"namespace_options": namespaces}},
+            }),
+        );
+        cri.ok(&["create", &pod_id, &config, &pod])
+            .trim()
+            .to_string()
+    };
+    let parent_of = |pid: u64| -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        // The fields after the command's closing parenthesis: state, ppid.
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        rest.split(' ').nth(1).unwrap().parse().unwrap()
+    };
+    let pid_of = |id: &str| cri.inspect("inspect", id)["info"]["pid"].as_u64().unwrap();
+    let first = container("first", &["/bin/sleep", "1000"]);
+    cri.ok(&["start", &first]);
+    let second = container("second", &["/bin/sleep", "1000"]);
+    cri.ok(&["start", &second]);
+    let shim = parent_of(pid_of(&first));
+    assert_eq!(parent_of(pid_of(&second)), shim, "one shim serves the pod");
+    let cwd = || std::fs::read_link(format!("/proc/{shim}/cwd")).unwrap();
+    assert!(cwd().ends_with(&first), "{:?}", cwd());
+
+    cri.ok(&["stop", "-t", "0", &first]);
+    cri.ok(&["rm", &first]);
+    let now = cwd();
+    assert!(
+        now.ends_with(&second) && now.exists(),
+        "the shim's working directory after its first container went: {now:?}"
+    );
+
+    // A container whose start fails in the shim: the shim's own line about
+    // it reaches taskd's log.
+    let broken = container("broken", &["/no/such/program"]);
+    let (ok, _, err) = cri.crictl(&["start", &broken]);
+    assert!(!ok, "{err}");
+    let logged = cri.stack.taskd.log_text();
+    assert!(
+        logged.contains(&format!("create of {broken}")),
+        "the shim's log line about {broken} is not in taskd's log: {err}\n{logged}"
+    );
+    cri.ok(&["rm", &broken]);
+
+    // The shim serves the pod on: a new container in it, an exec into it,
+    // the second still running.
+    let third = container("third", &["/bin/sleep", "1000"]);
+    cri.ok(&["start", &third]);
+    assert_eq!(parent_of(pid_of(&third)), shim);
+    assert_eq!(
+        cri.ok(&["exec", "-s", &third, "echo", "still-served"])
+            .trim(),
+        "still-served"
+    );
+    let running = cri.ok(&["ps", "-q", "--state", "running", "-p", &pod_id]);
+    let mut running: Vec<&str> = running.lines().collect();
+    running.sort();
+    let mut want = vec![second.as_str(), third.as_str()];
+    want.sort();
+    assert_eq!(running, want);
+    // Its last containers gone, the shim goes too.
+    cri.ok(&["stopp", &pod_id]);
+    cri.ok(&["rmp", &pod_id]);
+    let gone = std::time::Instant::now();
+    while Path::new(&format!("/proc/{shim}")).exists()
+        && gone.elapsed() < std::time::Duration::from_secs(30)
+    {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let left = std::fs::read_to_string(format!("/proc/{shim}/cmdline")).unwrap_or_default();
+    assert!(
+        !left.contains("containerd-shim-berth-v2"),
+        "the pod's shim is still there after the pod went"
+    );
+}
+
 /// crid's own tests again, in a virtual machine whose kernel has only the
 /// cgroup v2 hierarchy (this host's controllers are on v1): pods and
 /// containers with their cgroups, device rules, stats, exec and restart

@@ -2,9 +2,7 @@
 //! runtime) runs the ttrpc server, the reaper, the exit monitor and the
 //! event publisher.
 
-use std::fs::OpenOptions;
 use std::os::fd::{BorrowedFd, FromRawFd, RawFd};
-use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -46,12 +44,9 @@ pub fn run(flags: &Flags) -> Result<()> {
     // other thread exists.
     unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
     Reaper::become_subreaper()?;
-    if let Ok(log) = OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open("log")
-    {
-        crate::log::init(log, flags.debug);
+    // `start` runs the server in the bundle it was started in.
+    if let Ok(bundle) = std::env::current_dir() {
+        crate::log::init(bundle, flags.debug);
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()

@@ -57,9 +57,10 @@ impl Task for TaskService {
         req: api::CreateTaskRequest,
     ) -> ttrpc::Result<api::CreateTaskResponse> {
         let tasks = self.0.clone();
+        let id = req.id.clone();
         let pid = to_completion(async move { tasks.create(req).await })
             .await
-            .inspect_err(|e| crate::log_error!("create: {e}"))?;
+            .inspect_err(|e| crate::log_error!("create of {id}: {e}"))?;
         let mut response = api::CreateTaskResponse::new();
         response.pid = pid;
         Ok(response)
@@ -72,9 +73,10 @@ impl Task for TaskService {
     ) -> ttrpc::Result<api::StartResponse> {
         validate_exec_id(&req.exec_id)?;
         let tasks = self.0.clone();
+        let id = format!("{} {}", req.id, req.exec_id);
         let pid = to_completion(async move { tasks.start(&req.id, &req.exec_id).await })
             .await
-            .inspect_err(|e| crate::log_error!("start: {e}"))?;
+            .inspect_err(|e| crate::log_error!("start of {}: {e}", id.trim_end()))?;
         let mut response = api::StartResponse::new();
         response.pid = pid;
         Ok(response)

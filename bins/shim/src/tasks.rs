@@ -267,6 +267,8 @@ impl Tasks {
         let mut state = self.lock();
         let unmatched = state.unmatched.take(pid);
         let container = state.containers.entry(req.id.clone()).or_insert(container);
+        // A group's shim whose every earlier container went logs here now.
+        crate::log::adopt_if_homeless(&container.bundle);
         self.publisher.publish(events::TASK_CREATE, &event);
         if let Some(exit) = unmatched {
             self.begin_exit(container, "", exit);
@@ -521,6 +523,11 @@ impl Tasks {
             watch.abort();
         }
         state.containers.remove(id);
+        // Its bundle goes next: a group's shim logs on in another's.
+        crate::log::follow_bundle_away(
+            &bundle,
+            state.containers.values().map(|c| c.bundle.as_path()),
+        );
         if state.shutdown_requested && state.containers.is_empty() && state.creating.is_empty() {
             state.exiting = true;
             self.shutdown.notify_one();
