@@ -28,19 +28,24 @@ pub fn bundle_dir(flags: &Flags) -> Result<PathBuf> {
 /// Binds a filesystem socket with mode 0600 in a directory of mode 0700.
 /// A stale socket file (nobody listening) is replaced; one that is
 /// listened on never is: None then (another shim bound it first, e.g. for
-/// a container of the same pod started at the same moment). One caught
-/// between the other's bind and listen looks stale and is replaced; the
-/// shim that lost its path then serves nobody and exits when idle.
+/// a container of the same pod started at the same moment). The binding
+/// is done holding a lock on the directory: a socket another start has
+/// bound but not yet listened on would otherwise look stale, and be
+/// replaced under it.
 pub fn bind_socket(path: &Path) -> Result<Option<UnixListener>> {
-    if let Some(dir) = path.parent() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|e| ShimError::io(format!("creating {}", dir.display()), e))?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| ShimError::io(format!("setting the mode of {}", dir.display()), e))?;
-    }
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| ShimError::io(format!("creating {}", dir.display()), e))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| ShimError::io(format!("setting the mode of {}", dir.display()), e))?;
+    // Released when the file closes, at the end of this call.
+    let _locked = lock_dir(dir)?;
     let listener = match UnixListener::bind(path) {
         Ok(listener) => listener,
         Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
@@ -56,6 +61,22 @@ pub fn bind_socket(path: &Path) -> Result<Option<UnixListener>> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .map_err(|e| ShimError::io(format!("setting the mode of {}", path.display()), e))?;
     Ok(Some(listener))
+}
+
+/// An exclusive flock on `dir`, held while the returned file is open.
+fn lock_dir(dir: &Path) -> Result<std::fs::File> {
+    let file = std::fs::File::open(dir)
+        .map_err(|e| ShimError::io(format!("opening {}", dir.display()), e))?;
+    loop {
+        // SAFETY: flock on a descriptor `file` owns and keeps open.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
+            return Ok(file);
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(ShimError::io(format!("locking {}", dir.display()), e));
+        }
+    }
 }
 
 /// Writes `<bundle>/address` atomically, without a trailing newline.
@@ -290,6 +311,34 @@ mod tests {
         assert_eq!(mode(&path), 0o600);
         assert_eq!(mode(path.parent().unwrap()), 0o700);
         drop(listener);
+    }
+
+    /// Starts of one group at the same moment (two containers of a pod
+    /// started at once): exactly one binds the socket, whatever the
+    /// interleaving. Without the directory lock, a start that came
+    /// between another's bind and listen took the path as stale, replaced
+    /// it, and two shims served the group (the first unreachable).
+    #[test]
+    fn concurrent_binds_of_one_socket_make_one_listener() {
+        let dir = tempfile::tempdir().unwrap();
+        for round in 0..300 {
+            let path = dir.path().join("s").join(format!("sock{round}"));
+            let barrier = std::sync::Arc::new(std::sync::Barrier::new(4));
+            let binders: Vec<_> = (0..4)
+                .map(|_| {
+                    let (path, barrier) = (path.clone(), barrier.clone());
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        bind_socket(&path).unwrap()
+                    })
+                })
+                .collect();
+            let bound: Vec<UnixListener> = binders
+                .into_iter()
+                .filter_map(|b| b.join().unwrap())
+                .collect();
+            assert_eq!(bound.len(), 1, "round {round}: {} listeners", bound.len());
+        }
     }
 
     #[test]
