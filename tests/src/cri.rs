@@ -126,6 +126,9 @@ impl Cri {
 
     /// `crictl events` in the background.
     pub fn spawn_events(&self) -> std::process::Child {
+        const SUBSCRIBED: &str = "a client subscribed to container events";
+        let subscriptions = || self.crid.log_text().matches(SUBSCRIBED).count();
+        let before = subscriptions();
         let endpoint = format!("unix://{}", self.crid.socket.display());
         let child = Command::new(crictl_path())
             .args(["-r", &endpoint, "-i", &endpoint, "events", "-o", "json"])
@@ -134,9 +137,12 @@ impl Cri {
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("running crictl events");
-        // It has subscribed once it answers; a moment is enough here, and
-        // a missed event fails the test rather than passing it.
-        std::thread::sleep(Duration::from_millis(500));
+        // Events before crid has the subscription go unseen: wait for it.
+        let give_up = Instant::now() + Duration::from_secs(60);
+        while subscriptions() == before {
+            assert!(Instant::now() < give_up, "crictl events did not subscribe");
+            std::thread::sleep(Duration::from_millis(20));
+        }
         child
     }
 

@@ -78,11 +78,13 @@ struct Events {
 
 impl Events {
     fn watch(stack: &Stack, topic: &str) -> Events {
-        Events::matching(stack, &format!("topic==\"{topic}\""))
+        Events::matching(stack, &format!("topic==\"{topic}\""), topic)
     }
 
-    /// Every event matching `filter` (containerd's syntax).
-    fn matching(stack: &Stack, filter: &str) -> Events {
+    /// Every event matching `filter` (containerd's syntax), which an event
+    /// on `probe_topic` matches: returns once the watcher has printed one
+    /// (the subscription is live), ignored by [`Events::about`].
+    fn matching(stack: &Stack, filter: &str, probe_topic: &str) -> Events {
         let mut child = stack.spawn_berth(&["--format", "json", "events", "--filter", filter]);
         let stdout = child.stdout.take().unwrap();
         let lines = Arc::new(Mutex::new(Vec::new()));
@@ -97,13 +99,27 @@ impl Events {
                 }
             }
         });
-        // The subscription is live once metad has it; a little settling
-        // time is enough on any machine, and an event missed by starting
-        // late would fail the test, not pass it.
-        std::thread::sleep(Duration::from_millis(300));
-        Events { child, lines }
+        let events = Events { child, lines };
+        // Until metad has the subscription, events go unseen; a probe is
+        // published until one is printed.
+        let give_up = std::time::Instant::now() + Duration::from_secs(60);
+        while events.about(PROBE).is_empty() {
+            assert!(
+                std::time::Instant::now() < give_up,
+                "berth events printed no probe"
+            );
+            let out = publish_with_taskd(stack, probe_topic, &probe_event());
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        events
     }
 
+    /// The events about `container` ([`PROBE`]'s only when asked for).
     fn about(&self, container: &str) -> Vec<serde_json::Value> {
         self.lines
             .lock()
@@ -113,6 +129,44 @@ impl Events {
             .cloned()
             .collect()
     }
+}
+
+/// The container id of the events that probe a subscription.
+const PROBE: &str = "events-probe";
+
+/// containerd.events.TaskOOM about [`PROBE`], as an Any.
+fn probe_event() -> Vec<u8> {
+    use containerd_shim_protos::protobuf::Message;
+    let event = containerd_shim_protos::events::task::TaskOOM {
+        container_id: PROBE.into(),
+        ..Default::default()
+    };
+    containerd_shim_protos::protobuf::well_known_types::any::Any {
+        type_url: "containerd.events.TaskOOM".into(),
+        value: event.write_to_bytes().unwrap(),
+        ..Default::default()
+    }
+    .write_to_bytes()
+    .unwrap()
+}
+
+/// `berth-taskd --address SOCK publish --topic TOPIC` with `event` (an
+/// encoded Any) on stdin, as a shim runs it.
+fn publish_with_taskd(stack: &Stack, topic: &str, event: &[u8]) -> std::process::Output {
+    let mut child = std::process::Command::new(berth_e2e::binary("berth-taskd"))
+        .arg("--address")
+        .arg(&stack.taskd.socket)
+        .args(["publish", "--topic", topic, "--namespace", "default"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(event).unwrap();
+    }
+    child.wait_with_output().unwrap()
 }
 
 impl Drop for Events {
@@ -187,7 +241,13 @@ fn a_restarted_taskd_finds_every_task_and_reports_a_missed_exit_once() {
     stack.taskd.restart();
 
     // The dead shim's task is cleaned up after: gone from the list, its
-    // bundle and its container's process gone, its exit reported.
+    // bundle and its container's process gone, its exit reported. (brief's
+    // shim records its exit on its own time.)
+    wait_until("brief stopped", || {
+        tasks(stack)
+            .iter()
+            .any(|t| t.0 == "brief" && t.2 == "STOPPED")
+    });
     let after = tasks(stack);
     assert_eq!(after.len(), running - 1, "{after:?}");
     assert!(!after.iter().any(|t| t.0 == "gone"), "{after:?}");
@@ -343,7 +403,7 @@ fn every_task_event_reaches_metads_exchange_with_containerds_topics() {
     }
     let setup = Setup::new();
     let stack = &setup.stack;
-    let events = Events::matching(stack, "topic~=\"^/tasks/\"");
+    let events = Events::matching(stack, "topic~=\"^/tasks/\"", "/tasks/oom");
     run_detached(stack, "noisy", &["sleep", "1000"]);
     let out = stack
         .command(&["tasks", "exec", "--exec-id", "e1", "noisy", "true"])
@@ -404,22 +464,7 @@ fn taskds_publish_subcommand_forwards_an_event_as_a_shim_would() {
         value: event.write_to_bytes().unwrap(),
         ..Default::default()
     };
-    // `berth-taskd --address SOCK publish ...` with `stdin`, as a shim runs it.
-    let publish = |stdin: &[u8]| {
-        let mut child = std::process::Command::new(berth_e2e::binary("berth-taskd"))
-            .arg("--address")
-            .arg(&stack.taskd.socket)
-            .args(["publish", "--topic", "/tasks/oom", "--namespace", "default"])
-            .stdin(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        {
-            use std::io::Write;
-            child.stdin.take().unwrap().write_all(stdin).unwrap();
-        }
-        child.wait_with_output().unwrap()
-    };
+    let publish = |stdin: &[u8]| publish_with_taskd(stack, "/tasks/oom", stdin);
     let out = publish(&any.write_to_bytes().unwrap());
     assert!(
         out.status.success(),

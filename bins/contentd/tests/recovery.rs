@@ -7,7 +7,8 @@ use berth_contentd::store::{LocalStore, Recovery};
 /// Reopens a store once the previous instance (and any checkpoint its
 /// dropped writers were still saving) has let go of the environment.
 fn reopen(root: &std::path::Path) -> (LocalStore, Recovery) {
-    for _ in 0..200 {
+    let give_up = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::time::Instant::now() < give_up {
         match LocalStore::open(root) {
             Ok(opened) => return opened,
             Err(e) if e.message().contains("already open") => {
@@ -35,7 +36,8 @@ async fn recovery_removes_orphans_and_keeps_everything_recorded() {
     writer.write(b"half".to_vec()).await.unwrap();
     drop(writer);
     // Let the dropped writer's checkpoint land.
-    for _ in 0..100 {
+    let give_up = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::time::Instant::now() < give_up {
         if store
             .writer("default", WriterOptions::new("pending"))
             .await
@@ -159,7 +161,8 @@ async fn writer_when_free(
     store: &LocalStore,
     options: &WriterOptions,
 ) -> Box<dyn berth_content::ContentWriter> {
-    for _ in 0..500 {
+    let give_up = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::time::Instant::now() < give_up {
         match store.writer("default", options.clone()).await {
             Ok(w) => return w,
             Err(e) if e.kind() == berth_errdefs::ErrorKind::Unavailable => {

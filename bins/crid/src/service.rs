@@ -438,6 +438,9 @@ impl RuntimeService for CriService {
         _: Request<cri::GetEventsRequest>,
     ) -> GrpcResult<Self::GetContainerEventsStream> {
         let events = self.crid.subscribe();
+        // The kubelet's evented PLEG holds one such stream (and opens it
+        // again after a restart): rare enough to log each.
+        tracing::info!("a client subscribed to container events");
         let stream = futures::stream::unfold(events, |mut events| async move {
             loop {
                 match events.recv().await {

@@ -108,10 +108,46 @@ impl Reaper {
 mod tests {
     use super::*;
 
+    /// Set in the process the test below runs itself in.
+    const ALONE: &str = "BERTH_REAPER_TEST_ALONE";
+
+    /// The reaper waits for any child (`waitpid(-1)`): among this binary's
+    /// other tests, running on threads beside it, it would reap their
+    /// children too (and they would find theirs gone), and they its. So
+    /// the test runs again in a process of its own, this binary with only
+    /// itself selected.
+    #[test]
+    fn routes_command_exits_to_their_waiter_and_others_to_the_monitor() {
+        if std::env::var_os(ALONE).is_some() {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(routes_exits());
+            return;
+        }
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "reaper::tests::routes_command_exits_to_their_waiter_and_others_to_the_monitor",
+                "--nocapture",
+                "--test-threads",
+                "1",
+            ])
+            .env(ALONE, "1")
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && said.contains("1 passed"),
+            "{said}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     // The children are reaped by the reaper under test, not by `wait`.
     #[allow(clippy::zombie_processes)]
-    #[tokio::test(flavor = "current_thread")]
-    async fn routes_command_exits_to_their_waiter_and_others_to_the_monitor() {
+    async fn routes_exits() {
         let (reaper, mut exits) = Reaper::new();
         let watched = std::process::Command::new("sh")
             .args(["-c", "exit 3"])
@@ -123,8 +159,9 @@ mod tests {
             .spawn()
             .unwrap();
         // Give both children time to exit, then reap (as SIGCHLD would).
+        let give_up = std::time::Instant::now() + std::time::Duration::from_secs(30);
         let mut seen_other = None;
-        for _ in 0..200 {
+        while std::time::Instant::now() < give_up {
             reaper.reap();
             if let Ok(exit) = exits.try_recv() {
                 seen_other = Some(exit);
@@ -136,7 +173,7 @@ mod tests {
         }
         let mut rx = rx;
         let mut status = None;
-        for _ in 0..200 {
+        while std::time::Instant::now() < give_up {
             reaper.reap();
             if let Ok(s) = rx.try_recv() {
                 status = Some(s);

@@ -98,7 +98,9 @@ fn a_shim_that_never_gets_a_create_exits() {
         .arg(&address)
         .arg("start")
         .current_dir(&bundle)
-        .env("BERTH_SHIM_IDLE_EXIT_SECONDS", "1")
+        // Long enough that the socket is still there when `start` has
+        // returned, on a slow machine too.
+        .env("BERTH_SHIM_IDLE_EXIT_SECONDS", "5")
         .env_remove("TTRPC_ADDRESS")
         .stdin(Stdio::null())
         .output()

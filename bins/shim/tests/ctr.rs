@@ -624,7 +624,7 @@ fn log_uri_file_and_binary(containerd: Containerd, runtime: &str) {
     let prints = [
         "sh",
         "-c",
-        "echo to-stdout; echo to-stderr >&2; sleep 0.5; exit 2",
+        "echo to-stdout; echo to-stderr >&2; sleep 2; exit 2",
     ];
     let logs = containerd.dir.path().join("logs");
     let file = logs.join("file/sub/out.log");
