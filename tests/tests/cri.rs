@@ -1398,6 +1398,21 @@ fn a_pod_whose_containers_share_no_pid_namespace_runs_without_a_pause_process() 
     // while crid was down (as a reboot takes /run) is not ready any more.
     let lost = cri.write_config("lost-pod.json", pod_config("lost", 1, json!({})));
     let lost_id = cri.ok(&["runp", &lost]);
+    // A container created, not started: its user (in its status) is known
+    // after the restart too, though only the start writes it.
+    let mut unstarted = container_config("unstarted", 1);
+    unstarted["linux"]["security_context"]["run_as_user"] = json!({"value": 1234});
+    let unstarted = cri.write_config("nopause-unstarted.json", unstarted);
+    let unstarted_id = cri.ok(&["create", &pod_id, &unstarted, &pod]);
+    let uid_of = |cri: &Cri, id: &str| {
+        let status = cri.inspect("inspect", id);
+        let uid = &status["status"]["user"]["linux"]["uid"];
+        uid.as_str()
+            .map(str::to_string)
+            .or(uid.as_u64().map(|u| u.to_string()))
+            .unwrap_or_else(|| panic!("no user in {status}"))
+    };
+    assert_eq!(uid_of(&cri, &unstarted_id), "1234");
     cri.crid.kill();
     nix::mount::umount2(&pinned("utsns", &lost_id), nix::mount::MntFlags::MNT_DETACH).unwrap();
     cri.crid.restart();
@@ -1406,6 +1421,8 @@ fn a_pod_whose_containers_share_no_pid_namespace_runs_without_a_pause_process() 
     let info = cri.inspect("inspectp", &lost_id);
     assert_eq!(info["status"]["state"], "SANDBOX_NOTREADY", "{info}");
     cri.ok(&["rmp", &lost_id]);
+    assert_eq!(uid_of(&cri, &unstarted_id), "1234");
+    cri.ok(&["rm", &unstarted_id]);
     let running = cri.ok(&["ps", "-q", "--state", "running", "-p", &pod_id]);
     assert_eq!(running.lines().count(), 2, "{running}");
 

@@ -790,11 +790,10 @@ impl Crid {
                 return Err(e);
             }
         };
-        let user = record
-            .spec
-            .and_then(|spec| serde_json::from_slice::<oci_spec::runtime::Spec>(&spec.value).ok())
-            .and_then(|spec| spec::effective_user(&spec));
-        self.store.update_container(&id, |c| c.user = user)?;
+        // Not written on its own (a state write is a sync): the start's
+        // write keeps it, and a restart before that reads it again from
+        // the record (see `recover`).
+        self.store.set_container_user(&id, user_of_record(&record));
         self.emit(&id, cri::ContainerEventType::ContainerCreatedEvent);
         Ok(id)
     }
@@ -1726,6 +1725,18 @@ impl Crid {
             }
         }
         for container in self.store.containers() {
+            if container.user.is_none() {
+                // Created, not yet started, when crid went: its user was
+                // never written.
+                let record = match self.daemons.containers().await {
+                    Ok(records) => records.get(NAMESPACE, &container.id).await,
+                    Err(e) => Err(e),
+                };
+                if let Ok(record) = record {
+                    self.store
+                        .set_container_user(&container.id, user_of_record(&record));
+                }
+            }
             if container.phase == ContainerPhase::Created {
                 // A StartContainer cut short by the crash may have made
                 // (and started) the task; the container is still created
@@ -1919,6 +1930,13 @@ fn pod_network(sandbox: &Sandbox) -> PodNetwork {
             })
             .collect(),
     }
+}
+
+/// The user a container's record says its process runs as, for its status.
+fn user_of_record(record: &berth_metadata::Container) -> Option<cri::ContainerUser> {
+    let spec = record.spec.as_ref()?;
+    let spec = serde_json::from_slice::<oci_spec::runtime::Spec>(&spec.value).ok()?;
+    spec::effective_user(&spec)
 }
 
 #[cfg(test)]

@@ -445,6 +445,14 @@ impl Store {
         Ok(changed)
     }
 
+    /// Sets a container's user in memory only: the next write of its
+    /// state keeps it (a creation sets it just before the start writes).
+    pub fn set_container_user(&self, id: &str, user: Option<cri::ContainerUser>) {
+        if let Some(container) = self.lock_containers().get_mut(id) {
+            container.user = user;
+        }
+    }
+
     pub fn remove_container(&self, id: &str) {
         self.lock_containers().remove(id);
         remove_record_dir(&self.container_dir(id));
