@@ -155,7 +155,6 @@ impl Registry {
 
     fn start_with(dir: &Path, user: Option<(&str, &str)>, tls: Option<String>) -> Registry {
         std::fs::create_dir_all(dir).unwrap();
-        let port = free_port();
         let mut auth = String::new();
         if let Some((name, password)) = user {
             let out = Command::new("htpasswd")
@@ -168,27 +167,43 @@ impl Registry {
                 dir.join("htpasswd").display()
             );
         }
-        let config = format!(
-            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{}{auth}",
-            dir.join("data").display(),
-            tls.unwrap_or_default()
-        );
-        std::fs::write(dir.join("config.yml"), config).unwrap();
-        let log = std::fs::File::create(dir.join("registry.log")).unwrap();
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(dir.join("config.yml"))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("docker-registry is installed");
-        let host = format!("127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(&host).is_err() {
-            assert!(Instant::now() < deadline, "docker-registry did not start");
-            std::thread::sleep(Duration::from_millis(20));
+        let tls = tls.unwrap_or_default();
+        // The port is free when picked, not reserved: another process may
+        // take it before the registry binds it, and the registry then
+        // exits. Another port, then.
+        for _ in 0..5 {
+            let port = free_port();
+            let config = format!(
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{tls}{auth}",
+                dir.join("data").display(),
+            );
+            std::fs::write(dir.join("config.yml"), config).unwrap();
+            let log = std::fs::File::create(dir.join("registry.log")).unwrap();
+            let mut child = Command::new("docker-registry")
+                .arg("serve")
+                .arg(dir.join("config.yml"))
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("docker-registry is installed");
+            let host = format!("127.0.0.1:{port}");
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                if let Ok(Some(status)) = child.try_wait() {
+                    eprintln!(
+                        "docker-registry on port {port} exited ({status}): {}",
+                        std::fs::read_to_string(dir.join("registry.log")).unwrap_or_default()
+                    );
+                    break;
+                }
+                if std::net::TcpStream::connect(&host).is_ok() {
+                    return Registry { child, host };
+                }
+                assert!(Instant::now() < deadline, "docker-registry did not start");
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
-        Registry { child, host }
+        panic!("docker-registry did not start on any of five ports");
     }
 }
 
