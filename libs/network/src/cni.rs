@@ -103,15 +103,6 @@ impl Attachment {
     }
 }
 
-fn loopback() -> NetworkList {
-    NetworkList {
-        name: "cni-loopback".to_string(),
-        cni_version: "1.0.0".to_string(),
-        plugins: vec![json!({"type": "loopback"})],
-        source: PathBuf::new(),
-    }
-}
-
 impl NetworkList {
     /// Parses a `.conflist`, or a `.conf`/`.json` of one plugin.
     pub fn parse(bytes: &[u8], source: &Path) -> Result<NetworkList> {
@@ -227,9 +218,11 @@ impl Cni {
             .find(|path| path.is_file())
     }
 
-    /// Brings up `lo` and attaches the pod to the network, both at once (as
-    /// containerd's go-cni attaches its networks): they touch different
-    /// interfaces of the pod's namespace.
+    /// Brings up `lo` and attaches the pod to the network, both at once:
+    /// they touch different interfaces of the pod's namespace. `lo` is set
+    /// up here, not by CNI's `loopback` plugin as containerd's go-cni has
+    /// it done: the same interface state, without a process per pod (and
+    /// with nothing to undo: a namespace's `lo` goes with it).
     pub async fn setup(&self, pod: &PodNetwork) -> Result<Attachment> {
         let network = self.network()?.ok_or_else(|| {
             Error::failed_precondition(format!(
@@ -237,17 +230,16 @@ impl Cni {
                 self.conf_dir.display()
             ))
         })?;
-        let lo = loopback();
-        let (lo_result, attachment) =
-            tokio::join!(self.add(&lo, "lo", pod), self.attach(&network, pod));
-        let mut attachment = attachment?;
+        let netns = pod.netns.clone();
+        let lo = async {
+            tokio::task::spawn_blocking(move || crate::netns::bring_up_loopback(&netns))
+                .await
+                .map_err(|e| Error::internal(format!("the loopback thread: {e}")))?
+        };
+        let (lo_result, attachment) = tokio::join!(lo, self.attach(&network, pod));
+        let attachment = attachment?;
         match lo_result {
-            Ok(lo_result) => {
-                attachment
-                    .results
-                    .insert(0, (lo.name.clone(), "lo".into(), lo_result));
-                Ok(attachment)
-            }
+            Ok(()) => Ok(attachment),
             Err(e) => {
                 let _ = self.detach(&network, pod, Some(&attachment)).await;
                 Err(e)
@@ -594,27 +586,20 @@ exit 0
         }
     }
 
-    /// A CNI setup with the fake plugin as `net` and as `loopback` (failing
-    /// ADD if `lo_fails`), the network failing the commands in `net_fails`.
-    fn fake_cni(lo_fails: bool, net_fails: &str) -> (tempfile::TempDir, Cni, PodNetwork) {
+    /// A CNI setup with the fake plugin as `net`, failing the commands in
+    /// `net_fails`; its pod's namespace path names no namespace.
+    fn fake_cni(net_fails: &str) -> (tempfile::TempDir, Cni, PodNetwork) {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let (bin, conf) = (dir.path().join("bin"), dir.path().join("conf"));
         for d in [&bin, &conf] {
             std::fs::create_dir(d).unwrap_or_else(|e| panic!("{e}"));
         }
-        let loopback = if lo_fails {
-            FAKE_PLUGIN.replace("case \"$conf\" in *'", "case '\"fail\":\"ADD\"' in *'")
-        } else {
-            FAKE_PLUGIN.to_string()
-        };
-        for (name, text) in [("net", FAKE_PLUGIN.to_string()), ("loopback", loopback)] {
-            let path = bin.join(name);
-            std::fs::write(&path, text).unwrap_or_else(|e| panic!("{e}"));
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
-                .unwrap_or_else(|e| panic!("{e}"));
-            wait_until_executable(&path);
-        }
+        let path = bin.join("net");
+        std::fs::write(&path, FAKE_PLUGIN).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+            .unwrap_or_else(|e| panic!("{e}"));
+        wait_until_executable(&path);
         std::fs::write(
             conf.join("10-n.conflist"),
             format!(r#"{{"cniVersion":"1.0.0","name":"n","plugins":[{{"type":"net","fail":"{net_fails}"}}]}}"#),
@@ -624,7 +609,11 @@ exit 0
             conf_dir: conf,
             bin_dirs: vec![bin],
         };
-        (dir, cni, test_pod())
+        let pod = PodNetwork {
+            netns: dir.path().join("no-such-netns"),
+            ..test_pod()
+        };
+        (dir, cni, pod)
     }
 
     fn test_pod() -> PodNetwork {
@@ -648,43 +637,69 @@ exit 0
         calls
     }
 
+    /// Whether a TCP listener on 127.0.0.1 can be made and reached inside
+    /// the namespace at `netns`: only with `lo` up.
+    fn loopback_works_in(netns: &Path) -> bool {
+        crate::netns::in_netns(netns, || {
+            let Ok(listener) = std::net::TcpListener::bind("127.0.0.1:0") else {
+                return Ok(false);
+            };
+            Ok(listener
+                .local_addr()
+                .and_then(std::net::TcpStream::connect)
+                .is_ok())
+        })
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
     #[tokio::test]
-    async fn setup_attaches_lo_and_the_network() {
-        let (dir, cni, pod) = fake_cni(false, "");
+    async fn setup_brings_up_lo_and_attaches_the_network() {
+        if !nix::unistd::geteuid().is_root() {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "needs root (namespaces, mounts)"
+            );
+            return;
+        }
+        let (dir, cni, pod) = fake_cni("");
+        let netns = crate::netns::create_netns(dir.path(), "pod").unwrap_or_else(|e| panic!("{e}"));
+        let pod = PodNetwork { netns, ..pod };
+        assert!(
+            !loopback_works_in(&pod.netns),
+            "a new namespace's lo is down"
+        );
         let attachment = cni.setup(&pod).await.unwrap_or_else(|e| panic!("{e}"));
         let interfaces: Vec<&str> = attachment.results.iter().map(|r| r.1.as_str()).collect();
-        assert_eq!(interfaces, ["lo", "eth0"]);
+        assert_eq!(interfaces, ["eth0"]);
         assert_eq!(attachment.ips(), ["10.1.0.2"]);
-        assert_eq!(calls(&dir), ["ADD eth0 noprev", "ADD lo noprev"]);
+        // No plugin for lo: it is up all the same.
+        assert_eq!(calls(&dir), ["ADD eth0 noprev"]);
+        assert!(loopback_works_in(&pod.netns));
+        crate::netns::unpin_namespace(&pod.netns).unwrap_or_else(|e| panic!("{e}"));
     }
 
     #[tokio::test]
     async fn a_failed_setup_detaches_the_network_and_reports_why() {
-        // (loopback fails, the network fails on, the calls made): a failed
-        // network ADD is deleted without a result; a failed loopback
-        // deletes the attached network with its ADD's result, as a
-        // teardown would.
+        // A failed network ADD is deleted without a result; a `lo` that
+        // cannot be brought up (here: no namespace at the path) deletes
+        // the attached network with its ADD's result, as a teardown would.
         let cases = [
             (
-                false,
                 "ADD",
-                ["ADD eth0 noprev", "ADD lo noprev", "DEL eth0 noprev"],
+                "told to fail",
+                ["ADD eth0 noprev", "DEL eth0 noprev"],
             ),
-            (
-                true,
-                "",
-                ["ADD eth0 noprev", "ADD lo noprev", "DEL eth0 prev"],
-            ),
+            ("", "no-such-netns", ["ADD eth0 noprev", "DEL eth0 prev"]),
         ];
-        for (lo_fails, net_fails, expected) in cases {
-            let (dir, cni, pod) = fake_cni(lo_fails, net_fails);
+        for (net_fails, why, expected) in cases {
+            let (dir, cni, pod) = fake_cni(net_fails);
             let error = cni
                 .setup(&pod)
                 .await
                 .err()
                 .unwrap_or_else(|| panic!("setup succeeded"));
-            assert!(error.to_string().contains("told to fail"), "{error}");
-            assert_eq!(calls(&dir), expected, "loopback fails: {lo_fails}");
+            assert!(error.to_string().contains(why), "{error}");
+            assert_eq!(calls(&dir), expected, "the network fails: {net_fails:?}");
         }
     }
 
@@ -717,7 +732,7 @@ exit 0
 
     #[test]
     fn networks_are_found_by_name_and_a_missing_directory_has_none() {
-        let (_dir, cni, _) = fake_cni(false, "");
+        let (_dir, cni, _) = fake_cni("");
         std::fs::write(
             cni.conf_dir.join("20-other.conflist"),
             r#"{"cniVersion":"1.0.0","name":"other","plugins":[{"type":"net","fail":"x"}]}"#,
@@ -759,7 +774,7 @@ exit 0
 
     #[tokio::test]
     async fn teardown_and_detach_hand_back_the_networks_own_result() {
-        let (dir, cni, pod) = fake_cni(false, "");
+        let (dir, cni, pod) = fake_cni("");
         cni.teardown(&pod, None)
             .await
             .unwrap_or_else(|e| panic!("{e}"));
@@ -785,7 +800,7 @@ exit 0
 
     #[tokio::test]
     async fn a_plugin_may_print_nothing_but_not_more_than_the_limit() {
-        let (_dir, cni, pod) = fake_cni(false, "");
+        let (_dir, cni, pod) = fake_cni("");
         write_plugin(&cni, "quiet", "#!/bin/sh\ncat >/dev/null\necho\n");
         let result = cni
             .attach(&one_plugin_list("quiet"), &pod)

@@ -3,8 +3,9 @@
 //! step, its configuration on stdin, its result on stdout).
 //!
 //! berth-crid gives every pod sandbox a namespace of its own and runs the
-//! first network list of its CNI configuration directory on it, plus the
-//! `loopback` plugin for `lo`, as containerd's CRI does. `berth run --net
+//! first network list of its CNI configuration directory on it, as
+//! containerd's CRI does, and brings up its `lo` itself (containerd runs
+//! CNI's `loopback` plugin for that: a process per pod). `berth run --net
 //! NAME` attaches a container to the network list of that name (the
 //! default bridge network is [`bridge_conflist`]), with published ports.
 

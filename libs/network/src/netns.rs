@@ -2,6 +2,7 @@
 //! on a short-lived thread and bind-mounted onto a file, which keeps it
 //! until the mount goes (as `ip netns add` and containerd do).
 
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::{Path, PathBuf};
 
 use berth_errdefs::{Error, Result};
@@ -45,6 +46,46 @@ pub fn in_netns<T: Send + 'static>(
     })
     .join()
     .unwrap_or_else(|_| Err(Error::internal("the network namespace thread panicked")))
+}
+
+/// Sets `lo` up inside the network namespace pinned at `netns` (the
+/// kernel then gives it 127.0.0.1/8 and ::1): what CNI's `loopback` plugin
+/// does, without starting a process for it. Blocks.
+pub fn bring_up_loopback(netns: &Path) -> Result<()> {
+    in_netns(netns, || {
+        let failed = |what: &str| {
+            Error::internal(format!(
+                "bringing up lo: {what}: {}",
+                std::io::Error::last_os_error()
+            ))
+        };
+        // SAFETY: socket() takes no pointers; the descriptor it returns is
+        // owned by `socket` below and closed when it drops.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+        if fd < 0 {
+            return Err(failed("socket"));
+        }
+        // SAFETY: `fd` is a new descriptor nothing else owns.
+        let socket = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        // SAFETY: ifreq is plain old data; zeroes are a valid value.
+        let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+        for (slot, byte) in request.ifr_name.iter_mut().zip(b"lo\0") {
+            *slot = *byte as libc::c_char;
+        }
+        // SAFETY: SIOCGIFFLAGS and SIOCSIFFLAGS read and write the ifreq
+        // `request` points to, which lives for both calls; the flags are
+        // the member of its union both use.
+        unsafe {
+            if libc::ioctl(socket.as_raw_fd(), libc::SIOCGIFFLAGS, &mut request) < 0 {
+                return Err(failed("reading its flags"));
+            }
+            request.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            if libc::ioctl(socket.as_raw_fd(), libc::SIOCSIFFLAGS, &request) < 0 {
+                return Err(failed("setting it up"));
+            }
+        }
+        Ok(())
+    })
 }
 
 /// One interface's traffic counters, as /proc/net/dev gives them.
