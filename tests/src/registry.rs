@@ -14,6 +14,32 @@ pub struct Registry {
 }
 
 /// A free port on 127.0.0.1 (released again; the caller binds it soon).
+/// Whether process `pid` holds a socket listening on 127.0.0.1:`port`
+/// (found by inode: /proc/net/tcp's listener against the process's fds).
+fn listens_on(pid: u32, port: u16) -> bool {
+    let wanted = format!("0100007F:{port:04X}");
+    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
+        return false;
+    };
+    // Columns: sl, local_address, rem_address, st, ..., inode (the tenth).
+    let inodes: Vec<String> = table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields.len() > 9 && fields[1] == wanted && fields[3] == "0A")
+                .then(|| format!("socket:[{}]", fields[9]))
+        })
+        .collect();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path())
+            .is_ok_and(|target| inodes.iter().any(|i| target.as_os_str() == i.as_str()))
+    })
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -196,7 +222,8 @@ impl Registry {
                     );
                     break;
                 }
-                if std::net::TcpStream::connect(&host).is_ok() {
+                // Its own listener, not another process's on the port.
+                if listens_on(child.id(), port) {
                     return Registry { child, host };
                 }
                 assert!(Instant::now() < deadline, "docker-registry did not start");

@@ -816,6 +816,13 @@ impl Crid {
                 container.id
             )));
         }
+        if container.user.is_none() {
+            // A restart lost it and could not read it again then: the
+            // start's state write keeps it.
+            if let Err(e) = self.read_user_again(&container.id).await {
+                tracing::warn!(id = %container.id, "its user, for its status: {e}");
+            }
+        }
         let stdio = self.start_logging(&container)?;
         let tasks = self.daemons.tasks().await?;
         let started = async {
@@ -862,6 +869,14 @@ impl Crid {
                 Err(e)
             }
         }
+    }
+
+    /// Sets a container's user (for its status) from its metad record: it
+    /// is kept in memory from its creation until its start's state write.
+    async fn read_user_again(&self, id: &str) -> Result<()> {
+        let record = self.daemons.containers().await?.get(NAMESPACE, id).await?;
+        self.store.set_container_user(id, user_of_record(&record));
+        Ok(())
     }
 
     /// The fifos of a container's output, and their copy into its log.
@@ -1728,13 +1743,8 @@ impl Crid {
             if container.user.is_none() {
                 // Created, not yet started, when crid went: its user was
                 // never written.
-                let record = match self.daemons.containers().await {
-                    Ok(records) => records.get(NAMESPACE, &container.id).await,
-                    Err(e) => Err(e),
-                };
-                if let Ok(record) = record {
-                    self.store
-                        .set_container_user(&container.id, user_of_record(&record));
+                if let Err(e) = self.read_user_again(&container.id).await {
+                    tracing::warn!(id = %container.id, "its user, for its status (read again at its start): {e}");
                 }
             }
             if container.phase == ContainerPhase::Created {

@@ -20,6 +20,9 @@ use std::sync::Mutex;
 struct Sink {
     file: File,
     bundle: PathBuf,
+    /// Its bundle's container was deleted with no other to move to: the
+    /// next container created takes the log.
+    homeless: bool,
 }
 
 static SINK: Mutex<Option<Sink>> = Mutex::new(None);
@@ -40,7 +43,11 @@ pub fn init(bundle: PathBuf, debug: bool) {
     DEBUG.store(debug, Ordering::Relaxed);
     if let Ok(file) = open_fifo(&bundle) {
         if let Ok(mut sink) = SINK.lock() {
-            *sink = Some(Sink { file, bundle });
+            *sink = Some(Sink {
+                file,
+                bundle,
+                homeless: false,
+            });
         }
     }
 }
@@ -61,25 +68,41 @@ pub fn follow_bundle_away<'a>(leaving: &Path, staying: impl IntoIterator<Item = 
         if let Ok(file) = open_fifo(bundle) {
             let bundle = std::fs::canonicalize(bundle).unwrap_or_else(|_| bundle.to_path_buf());
             let _ = std::env::set_current_dir(&bundle);
-            *sink = Some(Sink { file, bundle });
+            *sink = Some(Sink {
+                file,
+                bundle,
+                homeless: false,
+            });
             return;
         }
     }
+    // Nowhere yet (a container still being created is not among them).
+    if let Some(sink) = sink.as_mut() {
+        sink.homeless = true;
+    }
 }
 
-/// Moves the log (and the working directory) to `bundle` if the bundle
-/// it is in has been removed, or it has none.
+/// Moves the log (and the working directory) to `bundle` if the
+/// container whose bundle it is in was deleted with nowhere to move to,
+/// or that bundle is gone, or there is no log.
 pub fn adopt_if_homeless(bundle: &Path) {
     let Ok(mut sink) = SINK.lock() else {
         return;
     };
-    if sink.as_ref().is_some_and(|s| s.bundle.exists()) {
+    if sink
+        .as_ref()
+        .is_some_and(|s| !s.homeless && s.bundle.exists())
+    {
         return;
     }
     if let Ok(file) = open_fifo(bundle) {
         let bundle = std::fs::canonicalize(bundle).unwrap_or_else(|_| bundle.to_path_buf());
         let _ = std::env::set_current_dir(&bundle);
-        *sink = Some(Sink { file, bundle });
+        *sink = Some(Sink {
+            file,
+            bundle,
+            homeless: false,
+        });
     }
 }
 
@@ -113,4 +136,89 @@ macro_rules! log_debug {
             $crate::log::write("debug", format_args!($($arg)*))
         }
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    /// Set in the process the test below runs itself in.
+    const ALONE: &str = "BERTH_LOG_TEST_ALONE";
+
+    /// A bundle with its log fifo, and a reader of it (as taskd holds).
+    fn bundle(dir: &Path, name: &str) -> (PathBuf, File) {
+        let bundle = dir.join(name);
+        std::fs::create_dir(&bundle).unwrap();
+        nix::unistd::mkfifo(
+            &bundle.join("log"),
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )
+        .unwrap();
+        let reader = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(bundle.join("log"))
+            .unwrap();
+        (std::fs::canonicalize(&bundle).unwrap(), reader)
+    }
+
+    fn drained(reader: &mut File) -> String {
+        let mut text = String::new();
+        let _ = reader.read_to_string(&mut text);
+        text
+    }
+
+    /// The log and the working directory follow the shim's containers:
+    /// away from a deleted one's bundle to another's; when there is none,
+    /// to the next created, even while the old bundle is still on disk.
+    /// (The log and the working directory are the process's: the test
+    /// runs again in a process of its own.)
+    #[test]
+    fn the_log_moves_with_the_containers_bundles() {
+        if std::env::var_os(ALONE).is_none() {
+            let out = std::process::Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "--exact",
+                    "log::tests::the_log_moves_with_the_containers_bundles",
+                    "--nocapture",
+                    "--test-threads",
+                    "1",
+                ])
+                .env(ALONE, "1")
+                .output()
+                .unwrap();
+            let said = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success() && said.contains("1 passed"),
+                "{said}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (a, mut from_a) = bundle(dir.path(), "a");
+        let (b, mut from_b) = bundle(dir.path(), "b");
+        let (c, mut from_c) = bundle(dir.path(), "c");
+        init(a.clone(), false);
+        crate::log_warn!("one");
+        assert!(drained(&mut from_a).contains("msg=\"one\""));
+        // A container created while the log's bundle is there: no move.
+        adopt_if_homeless(&b);
+        crate::log_warn!("two");
+        assert!(drained(&mut from_a).contains("msg=\"two\""));
+        // Its container deleted: the log goes to another's.
+        follow_bundle_away(&a, [b.as_path()]);
+        crate::log_warn!("three");
+        assert!(drained(&mut from_b).contains("msg=\"three\""));
+        assert_eq!(std::env::current_dir().unwrap(), b);
+        // Deleted with no other (one is still being created): the next
+        // created takes it, though b is still on disk.
+        follow_bundle_away(&b, []);
+        adopt_if_homeless(&c);
+        crate::log_warn!("four");
+        assert!(drained(&mut from_c).contains("msg=\"four\""));
+        assert_eq!(std::env::current_dir().unwrap(), c);
+        assert_eq!(drained(&mut from_a) + &drained(&mut from_b), "");
+    }
 }

@@ -62,7 +62,15 @@ pub fn run(flags: &Flags) -> Result<()> {
 
 fn listener(flags: &Flags) -> Result<(UnixListener, Option<PathBuf>)> {
     if !flags.socket.is_empty() {
-        let path = PathBuf::from(flags.socket.trim_start_matches("unix://"));
+        // Absolute: the working directory moves with the log (log.rs).
+        let given = PathBuf::from(flags.socket.trim_start_matches("unix://"));
+        let path = if given.is_absolute() {
+            given
+        } else {
+            std::env::current_dir()
+                .map_err(|e| ShimError::io("reading the working directory", e))?
+                .join(given)
+        };
         let listener = crate::start::bind_socket(&path)?.ok_or_else(|| {
             ShimError::AlreadyExists(format!("a shim already serves at {}", path.display()))
         })?;

@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -49,7 +49,7 @@ pub fn bind_socket(path: &Path) -> Result<Option<UnixListener>> {
     let listener = match UnixListener::bind(path) {
         Ok(listener) => listener,
         Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-            if UnixStream::connect(path).is_ok() {
+            if someone_listens(path) {
                 return Ok(None);
             }
             let _ = std::fs::remove_file(path);
@@ -61,6 +61,29 @@ pub fn bind_socket(path: &Path) -> Result<Option<UnixListener>> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .map_err(|e| ShimError::io(format!("setting the mode of {}", path.display()), e))?;
     Ok(Some(listener))
+}
+
+/// Whether a process listens on the socket at `path`, asked without
+/// blocking (the directory lock is held: a shim whose backlog is full must
+/// not stall every start behind it). A full backlog means someone listens.
+fn someone_listens(path: &Path) -> bool {
+    use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
+    let Ok(address) = UnixAddr::new(path) else {
+        return false;
+    };
+    let Ok(probe) = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    ) else {
+        return false;
+    };
+    match connect(probe.as_raw_fd(), &address) {
+        Ok(()) => true,
+        Err(nix::errno::Errno::EAGAIN) => true,
+        Err(_) => false,
+    }
 }
 
 /// An exclusive flock on `dir`, held while the returned file is open.
@@ -107,7 +130,7 @@ pub fn run(flags: &Flags, stdin: &[u8]) -> Result<String> {
         write_address(bundle, &address)?;
         Ok(reply(&address, version))
     };
-    if socket.exists() && UnixStream::connect(&socket).is_ok() {
+    if socket.exists() && someone_listens(&socket) {
         return served(&bundle);
     }
     let Some(listener) = bind_socket(&socket)? else {
