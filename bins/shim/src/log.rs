@@ -39,16 +39,10 @@ fn open_fifo(bundle: &Path) -> std::io::Result<File> {
 
 /// Sends log lines to the log fifo of `bundle` (the working directory)
 /// from now on, when someone reads it; `debug` enables debug lines.
-pub fn init(bundle: PathBuf, debug: bool) {
+pub fn init(bundle: &Path, debug: bool) {
     DEBUG.store(debug, Ordering::Relaxed);
-    if let Ok(file) = open_fifo(&bundle) {
-        if let Ok(mut sink) = SINK.lock() {
-            *sink = Some(Sink {
-                file,
-                bundle,
-                homeless: false,
-            });
-        }
+    if let Ok(mut sink) = SINK.lock() {
+        move_to(&mut sink, bundle);
     }
 }
 
@@ -64,17 +58,8 @@ pub fn follow_bundle_away<'a>(leaving: &Path, staying: impl IntoIterator<Item = 
     if sink.as_ref().is_some_and(|s| s.bundle != leaving) {
         return;
     }
-    for bundle in staying {
-        if let Ok(file) = open_fifo(bundle) {
-            let bundle = std::fs::canonicalize(bundle).unwrap_or_else(|_| bundle.to_path_buf());
-            let _ = std::env::set_current_dir(&bundle);
-            *sink = Some(Sink {
-                file,
-                bundle,
-                homeless: false,
-            });
-            return;
-        }
+    if staying.into_iter().any(|bundle| move_to(&mut sink, bundle)) {
+        return;
     }
     // Nowhere yet (a container still being created is not among them).
     if let Some(sink) = sink.as_mut() {
@@ -95,15 +80,23 @@ pub fn adopt_if_homeless(bundle: &Path) {
     {
         return;
     }
-    if let Ok(file) = open_fifo(bundle) {
-        let bundle = std::fs::canonicalize(bundle).unwrap_or_else(|_| bundle.to_path_buf());
-        let _ = std::env::set_current_dir(&bundle);
-        *sink = Some(Sink {
-            file,
-            bundle,
-            homeless: false,
-        });
-    }
+    move_to(&mut sink, bundle);
+}
+
+/// Points `sink` (and the working directory) at `bundle`'s log fifo, if
+/// it opens; says whether it did.
+fn move_to(sink: &mut Option<Sink>, bundle: &Path) -> bool {
+    let Ok(file) = open_fifo(bundle) else {
+        return false;
+    };
+    let bundle = std::fs::canonicalize(bundle).unwrap_or_else(|_| bundle.to_path_buf());
+    let _ = std::env::set_current_dir(&bundle);
+    *sink = Some(Sink {
+        file,
+        bundle,
+        homeless: false,
+    });
+    true
 }
 
 pub fn debug_enabled() -> bool {
@@ -143,9 +136,6 @@ mod tests {
     use super::*;
     use std::io::Read;
 
-    /// Set in the process the test below runs itself in.
-    const ALONE: &str = "BERTH_LOG_TEST_ALONE";
-
     /// A bundle with its log fifo, and a reader of it (as taskd holds).
     fn bundle(dir: &Path, name: &str) -> (PathBuf, File) {
         let bundle = dir.join(name);
@@ -176,31 +166,15 @@ mod tests {
     /// runs again in a process of its own.)
     #[test]
     fn the_log_moves_with_the_containers_bundles() {
-        if std::env::var_os(ALONE).is_none() {
-            let out = std::process::Command::new(std::env::current_exe().unwrap())
-                .args([
-                    "--exact",
-                    "log::tests::the_log_moves_with_the_containers_bundles",
-                    "--nocapture",
-                    "--test-threads",
-                    "1",
-                ])
-                .env(ALONE, "1")
-                .output()
-                .unwrap();
-            let said = String::from_utf8_lossy(&out.stdout);
-            assert!(
-                out.status.success() && said.contains("1 passed"),
-                "{said}{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+        if !crate::in_a_process_of_its_own("log::tests::the_log_moves_with_the_containers_bundles")
+        {
             return;
         }
         let dir = tempfile::tempdir().unwrap();
         let (a, mut from_a) = bundle(dir.path(), "a");
         let (b, mut from_b) = bundle(dir.path(), "b");
         let (c, mut from_c) = bundle(dir.path(), "c");
-        init(a.clone(), false);
+        init(&a, false);
         crate::log_warn!("one");
         assert!(drained(&mut from_a).contains("msg=\"one\""));
         // A container created while the log's bundle is there: no move.

@@ -108,9 +108,6 @@ impl Reaper {
 mod tests {
     use super::*;
 
-    /// Set in the process the test below runs itself in.
-    const ALONE: &str = "BERTH_REAPER_TEST_ALONE";
-
     /// The reaper waits for any child (`waitpid(-1)`): among this binary's
     /// other tests, running on threads beside it, it would reap their
     /// children too (and they would find theirs gone), and they its. So
@@ -118,31 +115,15 @@ mod tests {
     /// itself selected.
     #[test]
     fn routes_command_exits_to_their_waiter_and_others_to_the_monitor() {
-        if std::env::var_os(ALONE).is_some() {
+        if crate::in_a_process_of_its_own(
+            "reaper::tests::routes_command_exits_to_their_waiter_and_others_to_the_monitor",
+        ) {
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .unwrap()
                 .block_on(routes_exits());
-            return;
         }
-        let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "reaper::tests::routes_command_exits_to_their_waiter_and_others_to_the_monitor",
-                "--nocapture",
-                "--test-threads",
-                "1",
-            ])
-            .env(ALONE, "1")
-            .output()
-            .unwrap();
-        let said = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success() && said.contains("1 passed"),
-            "{said}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
     }
 
     // The children are reaped by the reaper under test, not by `wait`.

@@ -46,7 +46,7 @@ pub fn run(flags: &Flags) -> Result<()> {
     Reaper::become_subreaper()?;
     // `start` runs the server in the bundle it was started in.
     if let Ok(bundle) = std::env::current_dir() {
-        crate::log::init(bundle, flags.debug);
+        crate::log::init(&bundle, flags.debug);
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()

@@ -24,6 +24,18 @@ fn committed_names(records: &Records) -> Vec<String> {
     names
 }
 
+/// An overlay snapshotter whose writer waits an hour after a commit: the
+/// test, not the writer, decides when marks are written back.
+fn writer_held_off(root: &std::path::Path, records: &Records) -> LocalSnapshotter {
+    LocalSnapshotter::open_writing_back_after(
+        root,
+        Backend::Overlay,
+        records.clone(),
+        Duration::from_secs(3600),
+    )
+    .unwrap()
+}
+
 #[tokio::test]
 async fn marks_from_another_boot_discard_the_snapshot_and_its_descendants_only() {
     let dir = tempfile::tempdir().unwrap();
@@ -31,13 +43,7 @@ async fn marks_from_another_boot_discard_the_snapshot_and_its_descendants_only()
     let records = Records::open(&root.join("meta")).unwrap();
     // The writer waits an hour: the recovery below, not the writer (which
     // takes every mark), is what meets the marks here.
-    let sn = LocalSnapshotter::open_writing_back_after(
-        &root,
-        Backend::Overlay,
-        records.clone(),
-        Duration::from_secs(3600),
-    )
-    .unwrap();
+    let sn = writer_held_off(&root, &records);
     let here = written_in(&root).unwrap();
     let before_the_cut = WrittenIn {
         boot_id: "an-earlier-boot".to_string(),
@@ -101,13 +107,7 @@ async fn a_commit_is_written_back_and_unmarked_soon_after() {
     let records = Records::open(&root.join("meta")).unwrap();
     // The writer waits an hour: the mark is read after the commit, and
     // goes with the write-back asked for here, on any machine.
-    let sn = LocalSnapshotter::open_writing_back_after(
-        &root,
-        Backend::Overlay,
-        records.clone(),
-        Duration::from_secs(3600),
-    )
-    .unwrap();
+    let sn = writer_held_off(&root, &records);
     sn.prepare(NS, "work", None, HashMap::new()).await.unwrap();
     sn.commit(NS, "layer", "work", HashMap::new())
         .await
