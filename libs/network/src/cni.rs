@@ -663,6 +663,14 @@ exit 0
         }
         let (dir, cni, pod) = fake_cni("");
         let netns = crate::netns::create_netns(dir.path(), "pod").unwrap_or_else(|e| panic!("{e}"));
+        // Unpinned however the test ends.
+        struct Pinned(PathBuf);
+        impl Drop for Pinned {
+            fn drop(&mut self) {
+                let _ = crate::netns::unpin_namespace(&self.0);
+            }
+        }
+        let _pinned = Pinned(netns.clone());
         let pod = PodNetwork { netns, ..pod };
         assert!(
             !loopback_works_in(&pod.netns),
@@ -675,7 +683,6 @@ exit 0
         // No plugin for lo: it is up all the same.
         assert_eq!(calls(&dir), ["ADD eth0 noprev"]);
         assert!(loopback_works_in(&pod.netns));
-        crate::netns::unpin_namespace(&pod.netns).unwrap_or_else(|e| panic!("{e}"));
     }
 
     #[tokio::test]
