@@ -33,6 +33,22 @@ impl Stack {
         }
     }
 
+    /// A stack on a new directory under /tmp named `prefix…` (kept until
+    /// the returned directory drops), with the run image
+    /// ([`crate::images::run_image_archive`]) imported: recorded and
+    /// unpacked.
+    pub fn with_run_image(prefix: &str) -> (tempfile::TempDir, Stack) {
+        let dir = tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir_in("/tmp")
+            .expect("a temporary directory");
+        let archive = crate::images::run_image_archive(dir.path());
+        let stack = Stack::start(&dir.path().join("stack"));
+        let (ok, _, err) = stack.berth(&["import", &archive.display().to_string()]);
+        assert!(ok, "import: {err}");
+        (dir, stack)
+    }
+
     /// Where `berth run` puts its fifos and detached logs for this stack.
     pub fn fifo_dir(&self) -> PathBuf {
         self.dir.join("fifo")

@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use berth_e2e::images::{run_image_archive, RUN_IMAGE};
+use berth_e2e::images::RUN_IMAGE;
 use berth_e2e::stack::Stack;
 use berth_e2e::{on_path, processes_under, require};
 
@@ -18,15 +18,7 @@ fn prerequisites() -> bool {
 
 /// A stack with the run image imported (recorded and unpacked).
 fn setup() -> (tempfile::TempDir, Stack) {
-    let dir = tempfile::Builder::new()
-        .prefix("berth-run-")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let archive = run_image_archive(dir.path());
-    let stack = Stack::start(&dir.path().join("stack"));
-    let (ok, _, err) = stack.berth(&["import", archive.to_str().unwrap()]);
-    assert!(ok, "import: {err}");
-    (dir, stack)
+    Stack::with_run_image("berth-run-")
 }
 
 fn run(stack: &Stack, args: &[&str]) -> Output {

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use berth_e2e::images::{run_image_archive, RUN_IMAGE};
+use berth_e2e::images::RUN_IMAGE;
 use berth_e2e::on_path;
 use berth_e2e::stack::Stack;
 
@@ -27,14 +27,7 @@ struct Setup {
 
 impl Setup {
     fn new() -> Setup {
-        let dir = tempfile::Builder::new()
-            .prefix("berth-recovery-")
-            .tempdir_in("/tmp")
-            .unwrap();
-        let archive = run_image_archive(dir.path());
-        let stack = Stack::start(&dir.path().join("stack"));
-        let (ok, _, err) = stack.berth(&["import", archive.to_str().unwrap()]);
-        assert!(ok, "import: {err}");
+        let (dir, stack) = Stack::with_run_image("berth-recovery-");
         Setup { stack, _dir: dir }
     }
 }

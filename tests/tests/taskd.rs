@@ -8,7 +8,7 @@ use berth_client::{
     RemoteContainers, RemoteContentStore, RemoteImages, RemoteLeases, RemoteSnapshotter,
     RemoteTasks,
 };
-use berth_e2e::images::{run_image_archive, RUN_IMAGE};
+use berth_e2e::images::RUN_IMAGE;
 use berth_e2e::stack::Stack;
 use berth_errdefs::ErrorKind;
 use berth_metadata::{ContainerStore, Runtime};
@@ -117,14 +117,7 @@ fn bundles(stack: &Stack) -> Vec<String> {
 /// A stack on a temporary directory (kept until the first value drops)
 /// with the run image imported, and clients of its daemons.
 async fn stack_with_image() -> (tempfile::TempDir, Stack, Clients) {
-    let dir = tempfile::Builder::new()
-        .prefix("berth-taskd-")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let archive = run_image_archive(dir.path());
-    let stack = Stack::start(&dir.path().join("stack"));
-    let (ok, _, err) = stack.berth(&["import", archive.to_str().unwrap()]);
-    assert!(ok, "import: {err}");
+    let (dir, stack) = Stack::with_run_image("berth-taskd-");
     let clients = Clients::connect(&stack).await;
     (dir, stack, clients)
 }
