@@ -2,7 +2,8 @@
 //! directory (as containerd's CRI picks it: file names in order, `.conflist`,
 //! `.conf` or `.json`), each plugin of it in order on ADD and in reverse on
 //! DEL, the previous plugin's result passed on, and `portMappings` given to
-//! the plugins that declare that capability.
+//! the plugins that declare that capability. A `portmap` with no port to
+//! map is not run: it would only pass the result on.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -294,6 +295,10 @@ impl Cni {
         let mut previous: Option<Value> = None;
         for plugin in &list.plugins {
             let config = self.plugin_config(list, plugin, pod, previous.take());
+            if let (true, Some(result)) = (passes_through(&config), config.get("prevResult")) {
+                previous = Some(result.clone());
+                continue;
+            }
             let result = self.exec("ADD", plugin, &config, ifname, pod).await?;
             previous = Some(result);
         }
@@ -310,6 +315,9 @@ impl Cni {
         let mut first_error = None;
         for plugin in list.plugins.iter().rev() {
             let config = self.plugin_config(list, plugin, pod, previous.clone());
+            if passes_through(&config) {
+                continue;
+            }
             if let Err(e) = self.exec("DEL", plugin, &config, ifname, pod).await {
                 first_error.get_or_insert(e);
             }
@@ -427,6 +435,23 @@ impl Cni {
             ))
         })
     }
+}
+
+/// Whether a plugin's step, with this configuration, would only hand the
+/// previous result on: CNI's `portmap` with no port to map. Its ADD then
+/// prints its `prevResult` back (in the list's version, which the plugin
+/// before it already answered in) and its DEL and CHECK return at once
+/// (containernetworking/plugins, `plugins/meta/portmap`, unchanged from
+/// 1.1 to today). Most pods publish no port, and a Go process per pod for
+/// nothing is several milliseconds of their start. An ADD with no previous
+/// result is run all the same (the plugin refuses it).
+fn passes_through(config: &Value) -> bool {
+    let no_ports = config
+        .get("runtimeConfig")
+        .and_then(|c| c.get("portMappings"))
+        .and_then(Value::as_array)
+        .is_none_or(Vec::is_empty);
+    config.get("type").and_then(Value::as_str) == Some("portmap") && no_ports
 }
 
 fn read_bounded(path: &Path) -> Result<Vec<u8>> {
@@ -837,6 +862,87 @@ exit 0
                 assert!(e.to_string().contains("printed too much"), "{e}");
             }
         }
+    }
+
+    #[tokio::test]
+    async fn portmap_runs_only_with_ports_to_map() {
+        let (dir, cni, pod) = fake_cni("");
+        // A stand-in for CNI's portmap: it logs its calls and answers an
+        // address of its own, so a result that went through it shows.
+        write_plugin(
+            &cni,
+            "portmap",
+            r#"#!/bin/sh
+[ "$CNI_COMMAND" = VERSION ] && exit 0
+conf=$(cat)
+case "$conf" in *hostPort*) ports=ports ;; *) ports=noports ;; esac
+echo "portmap $CNI_COMMAND $ports" >>"$(dirname "$0")/calls"
+[ "$CNI_COMMAND" = ADD ] && echo '{"cniVersion":"1.0.0","ips":[{"address":"10.9.9.9/24"}]}'
+exit 0
+"#,
+        );
+        let list = NetworkList {
+            name: "n".into(),
+            cni_version: "1.0.0".into(),
+            plugins: vec![
+                json!({"type": "net"}),
+                json!({"type": "portmap", "capabilities": {"portMappings": true}}),
+            ],
+            source: PathBuf::new(),
+        };
+        let attached = cni
+            .attach(&list, &pod)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(attached.ips(), ["10.1.0.2"], "net's result, passed on");
+        cni.detach(&list, &pod, Some(&attached))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(calls(&dir), ["ADD eth0 noprev", "DEL eth0 prev"]);
+
+        std::fs::remove_file(dir.path().join("bin/calls")).unwrap_or_else(|e| panic!("{e}"));
+        let published = PodNetwork {
+            port_mappings: vec![PortMapping {
+                host_port: 8080,
+                container_port: 80,
+                protocol: "tcp".into(),
+                host_ip: String::new(),
+            }],
+            ..pod
+        };
+        let attached = cni
+            .attach(&list, &published)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(attached.ips(), ["10.9.9.9"], "portmap's result");
+        cni.detach(&list, &published, Some(&attached))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            calls(&dir),
+            [
+                "ADD eth0 noprev",
+                "DEL eth0 prev",
+                "portmap ADD ports",
+                "portmap DEL ports"
+            ]
+        );
+
+        // A portmap first in its list has no result to pass on: it runs
+        // (and the real one refuses that).
+        std::fs::remove_file(dir.path().join("bin/calls")).unwrap_or_else(|e| panic!("{e}"));
+        let alone = NetworkList {
+            plugins: vec![list.plugins[1].clone()],
+            ..list
+        };
+        let unpublished = PodNetwork {
+            port_mappings: vec![],
+            ..published
+        };
+        cni.attach(&alone, &unpublished)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(calls(&dir), ["portmap ADD noports"]);
     }
 
     #[test]
