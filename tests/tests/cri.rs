@@ -1313,7 +1313,20 @@ fn a_pod_whose_containers_share_no_pid_namespace_runs_without_a_pause_process() 
             all.extend_from_slice(args);
             cri.ok(&all)
         };
-        assert_eq!(exec(&["hostname"]).trim(), "nopause-host");
+        // The pod's name, in its namespace, its /etc/hostname and the
+        // container's HOSTNAME (as containerd sets it; read from the
+        // process's environment: a shell would set one itself).
+        assert_eq!(
+            exec(&["sh", "-c", "hostname; cat /etc/hostname"]).trim(),
+            "nopause-host\nnopause-host"
+        );
+        let environment = exec(&["cat", "/proc/1/environ"]);
+        assert!(
+            environment
+                .split('\0')
+                .any(|e| e == "HOSTNAME=nopause-host"),
+            "{environment:?}"
+        );
         assert_eq!(
             exec(&["cat", "/proc/sys/net/ipv4/ip_unprivileged_port_start"]).trim(),
             "80"
@@ -1453,8 +1466,38 @@ fn a_pod_whose_containers_share_no_pid_namespace_runs_without_a_pause_process() 
         .ino();
     assert_eq!(ns_ino(pause, "uts"), uts);
 
+    // A pod config without a hostname: the pod has the node's, as with
+    // containerd, and keeps it whatever containers start in it (none
+    // names it after itself).
+    let node = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap()
+        .trim()
+        .to_string();
+    let mut nameless = pod_config("nameless", 1, json!({}));
+    nameless.as_object_mut().unwrap().remove("hostname");
+    let nameless = cri.write_config("nameless-pod.json", nameless);
+    let nameless_id = cri.ok(&["runp", &nameless]);
+    for name in ["one", "two"] {
+        let ctr = cri.write_config(&format!("nameless-{name}.json"), container_config(name, 1));
+        let id = cri.ok(&["create", &nameless_id, &ctr, &nameless]);
+        cri.ok(&["start", &id]);
+        let seen = cri.ok(&["exec", "-s", &id, "sh", "-c", "hostname; cat /etc/hostname"]);
+        assert_eq!(seen.trim(), format!("{node}\n{node}"), "in {name}");
+        let environment = cri.ok(&["exec", "-s", &id, "cat", "/proc/1/environ"]);
+        assert!(
+            environment
+                .split('\0')
+                .any(|e| e == format!("HOSTNAME={node}")),
+            "{environment:?}"
+        );
+    }
+    assert_eq!(
+        inside("utsns", &nameless_id, "/proc/sys/kernel/hostname"),
+        node
+    );
+
     // Stopping unpins all; removing leaves nothing mounted under crid's state.
-    for id in [&pod_id, &shared_pod_id] {
+    for id in [&pod_id, &shared_pod_id, &nameless_id] {
         cri.ok(&["stopp", id]);
         for kind in ["netns", "ipcns", "utsns", "shm"] {
             assert!(!pinned(kind, id).exists(), "{kind} of {id} after stopp");

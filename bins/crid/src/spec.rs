@@ -512,6 +512,22 @@ pub fn sandbox_record_spec(sandbox: &Sandbox) -> Result<Spec> {
     Ok(spec)
 }
 
+/// The hostname a pod's containers have: the node's on the node's network,
+/// else the pod's, else (a pod config without one) the node's, which the
+/// pod's UTS namespace took from crid's when crid made it. containerd
+/// writes the same into the pod's /etc/hostname and its containers'
+/// `HOSTNAME`.
+pub fn pod_hostname(sandbox: &Sandbox) -> String {
+    let host_network = sandbox.namespace_options().network == cri::NamespaceMode::Node as i32;
+    if !host_network && !sandbox.config.hostname.is_empty() {
+        return sandbox.config.hostname.clone();
+    }
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_default()
+}
+
 /// The files a pod's containers share: /etc/hostname, /etc/hosts and
 /// /etc/resolv.conf (from the pod's DNS config, else the host's).
 pub fn write_sandbox_files(sandbox: &Sandbox) -> Result<()> {
@@ -525,15 +541,7 @@ pub fn write_sandbox_files(sandbox: &Sandbox) -> Result<()> {
     };
     let ns = sandbox.namespace_options();
     let host_network = ns.network == cri::NamespaceMode::Node as i32;
-    let hostname = if host_network {
-        nix::unistd::gethostname()
-            .ok()
-            .and_then(|h| h.into_string().ok())
-            .unwrap_or_default()
-    } else {
-        sandbox.config.hostname.clone()
-    };
-    write("hostname", &format!("{hostname}\n"))?;
+    write("hostname", &format!("{}\n", pod_hostname(sandbox)))?;
     let hosts = if host_network {
         std::fs::read_to_string("/etc/hosts").unwrap_or_default()
     } else {
@@ -672,9 +680,22 @@ pub fn container_options(
     } else {
         NetworkMode::None
     };
-    if !host_network && !sandbox.config.hostname.is_empty() {
-        options.hostname = Some(sandbox.config.hostname.clone());
-    }
+    // The pod's UTS namespace (joined below) has the pod's hostname: a
+    // container sets none of its own (berth-oci would name it after the
+    // container, and every container of the pod would rename the pod). Its
+    // `HOSTNAME` is the pod's, unless the image or the config set one.
+    let hostname = pod_hostname(sandbox);
+    options.hooks.push(hook(move |spec| {
+        spec.set_hostname(None);
+        if let Some(process) = spec.process_mut() {
+            let mut env = process.env().clone().unwrap_or_default();
+            if !env.iter().any(|e| e.starts_with("HOSTNAME=")) {
+                env.push(format!("HOSTNAME={hostname}"));
+                process.set_env(Some(env));
+            }
+        }
+        Ok(())
+    }));
 
     // The pod's files, unless the kubelet mounts its own there.
     let wanted: Vec<&str> = config
