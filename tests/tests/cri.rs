@@ -1477,9 +1477,11 @@ fn a_pod_whose_containers_share_no_pid_namespace_runs_without_a_pause_process() 
     nameless.as_object_mut().unwrap().remove("hostname");
     let nameless = cri.write_config("nameless-pod.json", nameless);
     let nameless_id = cri.ok(&["runp", &nameless]);
+    let mut nameless_containers = Vec::new();
     for name in ["one", "two"] {
         let ctr = cri.write_config(&format!("nameless-{name}.json"), container_config(name, 1));
         let id = cri.ok(&["create", &nameless_id, &ctr, &nameless]);
+        nameless_containers.push(id.clone());
         cri.ok(&["start", &id]);
         let seen = cri.ok(&["exec", "-s", &id, "sh", "-c", "hostname; cat /etc/hostname"]);
         assert_eq!(seen.trim(), format!("{node}\n{node}"), "in {name}");
@@ -1495,6 +1497,13 @@ fn a_pod_whose_containers_share_no_pid_namespace_runs_without_a_pause_process() 
         inside("utsns", &nameless_id, "/proc/sys/kernel/hostname"),
         node
     );
+    // Stopped without a grace period: crid's own SIGKILL, not the OOM
+    // killer's.
+    cri.ok(&["stop", "-t", "0", &nameless_containers[0]]);
+    let status = cri.inspect("inspect", &nameless_containers[0]);
+    assert_eq!(status["status"]["state"], "CONTAINER_EXITED", "{status}");
+    assert_eq!(status["status"]["exitCode"], 137, "{status}");
+    assert_eq!(status["status"]["reason"], "Error", "{status}");
 
     // Stopping unpins all; removing leaves nothing mounted under crid's state.
     for id in [&pod_id, &shared_pod_id, &nameless_id] {

@@ -91,6 +91,14 @@ pub struct Crid {
     logging: Mutex<HashMap<String, Logging>>,
     /// Containers the kernel's OOM killer acted in (from `/tasks/oom`).
     oom_killed: Mutex<std::collections::HashSet<String>>,
+    /// Containers a stop of crid's own is SIGKILLing: their status 137 is
+    /// that kill's, so their exit is recorded at once (OOMKilled only if
+    /// the OOM event is already in), not after the wait for an OOM event
+    /// that a SIGKILL from elsewhere gets.
+    killed_by_stop: Mutex<std::collections::HashSet<String>>,
+    /// Told each time the exit watcher records an exit, so that a stop
+    /// waiting for it goes on at once.
+    exit_recorded: tokio::sync::Notify,
     /// The last CPU sample of each container: (when, CPU nanoseconds), to
     /// give a rate.
     cpu_samples: Mutex<HashMap<String, (i64, u64)>>,
@@ -134,6 +142,8 @@ impl Crid {
             store,
             logging: Mutex::new(HashMap::new()),
             oom_killed: Mutex::new(Default::default()),
+            killed_by_stop: Mutex::new(Default::default()),
+            exit_recorded: tokio::sync::Notify::new(),
             cpu_samples: Mutex::new(HashMap::new()),
             removals: Mutex::new(HashMap::new()),
             events: tokio::sync::broadcast::channel(1024).0,
@@ -1065,7 +1075,12 @@ impl Crid {
         };
         if self.store.container(id).is_some() {
             self.stop_logging(id);
-            let oom = code == 137 && self.saw_oom(id).await;
+            let our_kill = self
+                .killed_by_stop
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(id);
+            let oom = code == 137 && self.saw_oom(id, !our_kill).await;
             let mut stopped = false;
             let _ = self.store.update_container(id, |c| {
                 if c.phase == ContainerPhase::Running {
@@ -1081,6 +1096,7 @@ impl Crid {
                     };
                 }
             });
+            self.exit_recorded.notify_waiters();
             self.cpu_samples
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -1113,9 +1129,10 @@ impl Crid {
     /// Whether the OOM killer acted in the container. The shim publishes
     /// the OOM before the exit as a rule, but the two travel different
     /// paths (metad's exchange, taskd's wait): a SIGKILL exit waits a
-    /// moment for it.
-    async fn saw_oom(&self, id: &str) -> bool {
-        for _ in 0..20 {
+    /// moment for it (`wait`), unless the kill was a stop's.
+    async fn saw_oom(&self, id: &str, wait: bool) -> bool {
+        let rounds = if wait { 20 } else { 1 };
+        for round in 0..rounds {
             if self
                 .oom_killed
                 .lock()
@@ -1124,7 +1141,9 @@ impl Crid {
             {
                 return true;
             }
-            tokio::time::sleep(Duration::from_millis(25)).await;
+            if round + 1 < rounds {
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
         }
         false
     }
@@ -1425,16 +1444,27 @@ impl Crid {
                 return self.await_exited(&container.id).await;
             }
         }
+        self.killed_by_stop
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(container.id.clone());
         berth_tasks::kill_all_and_wait(&tasks, NAMESPACE, &container.id, KILL_GRACE).await;
         self.await_exited(&container.id).await
     }
 
-    /// Returns once the exit watcher has recorded the container's exit.
+    /// Returns once the exit watcher has recorded the container's exit
+    /// (woken as it records one, and looking again every 25 ms all the
+    /// same), or fails after 5 s.
     async fn await_exited(&self, id: &str) -> Result<()> {
         for _ in 0..200 {
+            let recorded = self.exit_recorded.notified();
+            tokio::pin!(recorded);
+            // Registered before the look: an exit recorded in between
+            // still wakes it.
+            recorded.as_mut().enable();
             match self.store.container(id) {
                 Some(c) if c.phase == ContainerPhase::Running => {
-                    tokio::time::sleep(Duration::from_millis(25)).await
+                    let _ = tokio::time::timeout(Duration::from_millis(25), recorded).await;
                 }
                 _ => return Ok(()),
             }
@@ -1458,6 +1488,14 @@ impl Crid {
             cri::ContainerEventType::ContainerDeletedEvent,
         );
         self.store.remove_container(&container.id);
+        // What an exit that never came (or came before the stop's kill)
+        // left of it.
+        for marks in [&self.killed_by_stop, &self.oom_killed] {
+            marks
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&container.id);
+        }
         Ok(())
     }
 
