@@ -47,12 +47,35 @@ where
     F: FnOnce(String) -> Fut,
     Fut: Future<Output = T>,
 {
-    let lease = leases
-        .create(namespace, "", expiry_labels(ttl))
-        .await
-        .map_err(|e| e.context("taking a lease"))?;
+    with_lease_taken_during(leases, namespace, ttl, async { Ok(()) }, |id, ()| work(id)).await
+}
+
+/// As [`with_held_lease`], with the lease made while `first` runs (work
+/// that needs no lease, such as reading what the leased work will use):
+/// `work` gets the lease's id and what `first` gave. If `first` fails,
+/// the lease is deleted and its error returned; `work` does not run.
+pub async fn with_lease_taken_during<P, T, F, Fut>(
+    leases: &dyn LeaseManager,
+    namespace: &str,
+    ttl: Duration,
+    first: impl Future<Output = Result<P>>,
+    work: F,
+) -> Result<(T, Result<()>)>
+where
+    F: FnOnce(String, P) -> Fut,
+    Fut: Future<Output = T>,
+{
+    let (lease, first) = tokio::join!(leases.create(namespace, "", expiry_labels(ttl)), first);
+    let lease = lease.map_err(|e| e.context("taking a lease"))?;
+    let first = match first {
+        Ok(first) => first,
+        Err(e) => {
+            let _ = delete_retrying(leases, namespace, &lease.id).await;
+            return Err(e);
+        }
+    };
     let output = {
-        let work = work(lease.id.clone());
+        let work = work(lease.id.clone(), first);
         let renew = keep_renewed(leases, namespace, &lease.id, ttl);
         tokio::pin!(work);
         tokio::pin!(renew);
@@ -301,6 +324,41 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Unavailable);
         assert!(!ran);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_first_part_hands_its_result_on_and_its_failure_drops_the_lease() {
+        let fake = Fake::default();
+        let ((seen, id), deleted) = with_lease_taken_during(
+            &fake,
+            "default",
+            TTL,
+            async { Ok(42) },
+            |id, seen| async move { (seen, id) },
+        )
+        .await
+        .unwrap();
+        deleted.unwrap();
+        assert_eq!(seen, 42, "the work gets what the first part gave");
+        assert!(id.starts_with("held"), "{id}");
+        assert!(fake.leases.lock().unwrap().is_empty());
+
+        let mut ran = false;
+        let err = with_lease_taken_during(
+            &fake,
+            "default",
+            TTL,
+            async { Err::<(), _>(Error::not_found("no such image")) },
+            |_, ()| async { ran = true },
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::NotFound);
+        assert!(!ran);
+        assert!(
+            fake.leases.lock().unwrap().is_empty(),
+            "the lease made beside a failed first part is deleted"
+        );
     }
 
     #[tokio::test(start_paused = true)]

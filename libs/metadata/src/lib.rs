@@ -22,7 +22,7 @@ mod validate;
 pub mod wire;
 
 pub use fields::{ContainerFields, ImageFields, LeaseFields, NamespaceFields};
-pub use held_lease::{with_held_lease, CLIENT_LEASE_TTL};
+pub use held_lease::{with_held_lease, with_lease_taken_during, CLIENT_LEASE_TTL};
 pub use rfc3339::{format_rfc3339, format_rfc3339_nanos, parse_rfc3339};
 pub use update::{
     apply_container_update, apply_image_update, apply_lease_update, apply_namespace_update,

@@ -136,10 +136,49 @@ pub const STOP_SIGNAL_LABEL: &str = "berth.io/stop-signal";
 pub async fn create_container(
     services: ContainerServices<'_>,
     namespace: &str,
-    mut new: NewContainer,
+    new: NewContainer,
 ) -> Result<Container> {
-    let id = new.options.id.clone();
-    berth_ids::validate_id(&id).map_err(|e| Error::invalid_argument(e.to_string()))?;
+    let id = new.options.id.as_str();
+    berth_ids::validate_id(id).map_err(|e| Error::invalid_argument(e.to_string()))?;
+    let new = &new;
+    // Until the record exists nothing else holds the new snapshot: a lease
+    // does (expiring on its own if we die before dropping it). Then the
+    // record holds the snapshot (or nothing was made): the lease's label
+    // comes off and the lease goes. Either failing leaves a lease that
+    // expires on its own, so neither fails the creation. The lease is
+    // made while the image is read and the spec built, which need none.
+    let (made, _dropped) = berth_metadata::with_lease_taken_during(
+        services.leases,
+        namespace,
+        berth_metadata::CLIENT_LEASE_TTL,
+        image_and_spec(services, namespace, new),
+        |lease, built| async move {
+            let made = create_under_lease(services, namespace, new, id, built, &lease).await;
+            let _ = services.snapshots.release_lease(namespace, &lease).await;
+            made
+        },
+    )
+    .await?;
+    made
+}
+
+/// What a container's record is made of besides its request: the image's
+/// top layer (its snapshot's parent), the spec, and the labels with the
+/// image's stop signal.
+struct BuiltFromImage {
+    parent: Option<String>,
+    spec_json: Vec<u8>,
+    labels: HashMap<String, String>,
+}
+
+/// Reads the image (unpacking it if its layers are not snapshots yet) and
+/// builds the container's spec from it.
+async fn image_and_spec(
+    services: ContainerServices<'_>,
+    namespace: &str,
+    new: &NewContainer,
+) -> Result<BuiltFromImage> {
+    let id = new.options.id.as_str();
     let root = berth_image::store::image_root(services.images, namespace, &new.image).await?;
     let matcher = Matcher::new(vec![Platform::host()]);
     let resolved =
@@ -172,8 +211,9 @@ pub async fn create_container(
     let defaults = ImageDefaults::from_config(&config.spec);
     // The image's StopSignal is not part of the runtime spec: the record
     // keeps it for whoever stops the container (`berth stop`).
+    let mut labels = new.labels.clone();
     if let Some(signal) = &defaults.stop_signal {
-        new.labels
+        labels
             .entry(STOP_SIGNAL_LABEL.to_string())
             .or_insert_with(|| signal.clone());
     }
@@ -225,25 +265,11 @@ pub async fn create_container(
     };
     let spec_json = serde_json::to_vec(&spec)
         .map_err(|e| Error::internal(format!("encoding the spec: {e}")))?;
-
-    // Until the record exists nothing else holds the new snapshot: a lease
-    // does (expiring on its own if we die before dropping it). Then the
-    // record holds the snapshot (or nothing was made): the lease's label
-    // comes off and the lease goes. Either failing leaves a lease that
-    // expires on its own, so neither fails the creation.
-    let (made, _dropped) = berth_metadata::with_held_lease(
-        services.leases,
-        namespace,
-        berth_metadata::CLIENT_LEASE_TTL,
-        |lease| async move {
-            let made =
-                create_under_lease(services, namespace, &new, &id, parent, spec_json, &lease).await;
-            let _ = services.snapshots.release_lease(namespace, &lease).await;
-            made
-        },
-    )
-    .await?;
-    made
+    Ok(BuiltFromImage {
+        parent,
+        spec_json,
+        labels,
+    })
 }
 
 /// Gives everything under `dir` (itself included, symlinks not followed)
@@ -317,10 +343,14 @@ async fn create_under_lease(
     namespace: &str,
     new: &NewContainer,
     id: &str,
-    parent: Option<String>,
-    spec_json: Vec<u8>,
+    built: BuiltFromImage,
     lease: &str,
 ) -> Result<Container> {
+    let BuiltFromImage {
+        parent,
+        spec_json,
+        labels,
+    } = built;
     let id = id.to_string();
     let leased = berth_snapshot::Leased::new(services.snapshots, Some(lease.to_string()));
     leased
@@ -334,7 +364,7 @@ async fn create_under_lease(
         .map_err(|e| e.context(format!("preparing the snapshot of {id}")))?;
     let record = Container {
         id: id.clone(),
-        labels: new.labels.clone(),
+        labels,
         image: new.image.clone(),
         runtime: Runtime {
             name: new.runtime.name.clone(),
