@@ -1497,6 +1497,17 @@ fn a_pod_whose_containers_share_no_pid_namespace_runs_without_a_pause_process() 
         inside("utsns", &nameless_id, "/proc/sys/kernel/hostname"),
         node
     );
+    // A pod that shares one PID namespace: its pause process does not
+    // rename it either.
+    let mut nameless_shared = pod_config("nameless-shared", 0, json!({}));
+    nameless_shared.as_object_mut().unwrap().remove("hostname");
+    let nameless_shared = cri.write_config("nameless-shared-pod.json", nameless_shared);
+    let nameless_shared_id = cri.ok(&["runp", &nameless_shared]);
+    assert!(cri.inspect("inspectp", &nameless_shared_id)["info"]["pid"].as_u64() > Some(0));
+    assert_eq!(
+        inside("utsns", &nameless_shared_id, "/proc/sys/kernel/hostname"),
+        node
+    );
     // Stopped without a grace period: crid's own SIGKILL, not the OOM
     // killer's.
     cri.ok(&["stop", "-t", "0", &nameless_containers[0]]);
@@ -1506,7 +1517,7 @@ fn a_pod_whose_containers_share_no_pid_namespace_runs_without_a_pause_process() 
     assert_eq!(status["status"]["reason"], "Error", "{status}");
 
     // Stopping unpins all; removing leaves nothing mounted under crid's state.
-    for id in [&pod_id, &shared_pod_id, &nameless_id] {
+    for id in [&pod_id, &shared_pod_id, &nameless_id, &nameless_shared_id] {
         cri.ok(&["stopp", id]);
         for kind in ["netns", "ipcns", "utsns", "shm"] {
             assert!(!pinned(kind, id).exists(), "{kind} of {id} after stopp");

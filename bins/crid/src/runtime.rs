@@ -1449,14 +1449,23 @@ impl Crid {
             .unwrap_or_else(|p| p.into_inner())
             .insert(container.id.clone());
         berth_tasks::kill_all_and_wait(&tasks, NAMESPACE, &container.id, KILL_GRACE).await;
-        self.await_exited(&container.id).await
+        let exited = self.await_exited(&container.id).await;
+        if exited.is_err() {
+            // The kill may not have landed: a later exit is not this stop's.
+            self.killed_by_stop
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&container.id);
+        }
+        exited
     }
 
     /// Returns once the exit watcher has recorded the container's exit
     /// (woken as it records one, and looking again every 25 ms all the
     /// same), or fails after 5 s.
     async fn await_exited(&self, id: &str) -> Result<()> {
-        for _ in 0..200 {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while tokio::time::Instant::now() < deadline {
             let recorded = self.exit_recorded.notified();
             tokio::pin!(recorded);
             // Registered before the look: an exit recorded in between

@@ -383,6 +383,14 @@ fn join_pod_namespaces(options: &mut SpecOptions, sandbox: &Sandbox, host_ipc: b
         LinuxNamespaceType::Uts,
         pinned_or_pauses(&sandbox.utsns, wanted.uts, "uts")?,
     ));
+    // The pod's UTS namespace (or the node's) already has its hostname,
+    // which crid set: no process of the pod sets one of its own
+    // (berth-oci would name it after the container, and each container or
+    // pause process would rename the pod after itself).
+    options.hooks.push(hook(|spec| {
+        spec.set_hostname(None);
+        Ok(())
+    }));
     options.hooks.push(set_namespace(
         LinuxNamespaceType::Ipc,
         if host_ipc {
@@ -409,11 +417,6 @@ pub fn sandbox_options(host: &Host, sandbox: &Sandbox, image_user: &str) -> Resu
     } else {
         NetworkMode::None
     };
-    // The one crid set in the pinned UTS namespace (runc sets it again;
-    // without it, berth-oci would name the host after the container).
-    if !host_network && !config.hostname.is_empty() {
-        options.hostname = Some(config.hostname.clone());
-    }
     options.user = user_string(
         security.run_as_user.map(|v| v.value),
         security.run_as_group.map(|v| v.value),
@@ -680,13 +683,10 @@ pub fn container_options(
     } else {
         NetworkMode::None
     };
-    // The pod's UTS namespace (joined below) has the pod's hostname: a
-    // container sets none of its own (berth-oci would name it after the
-    // container, and every container of the pod would rename the pod). Its
-    // `HOSTNAME` is the pod's, unless the image or the config set one.
+    // Its `HOSTNAME` is the pod's (the one its UTS namespace has), unless
+    // the image or the config set one.
     let hostname = pod_hostname(sandbox);
     options.hooks.push(hook(move |spec| {
-        spec.set_hostname(None);
         if let Some(process) = spec.process_mut() {
             let mut env = process.env().clone().unwrap_or_default();
             if !env.iter().any(|e| e.starts_with("HOSTNAME=")) {

@@ -65,7 +65,24 @@ where
     F: FnOnce(String, P) -> Fut,
     Fut: Future<Output = T>,
 {
-    let (lease, first) = tokio::join!(leases.create(namespace, "", expiry_labels(ttl)), first);
+    // The lease is renewed from when it exists until `first` is done too
+    // (`first` may take long: an unpack), then while `work` runs.
+    let first_done = tokio::sync::Notify::new();
+    let taking = async {
+        let lease = leases.create(namespace, "", expiry_labels(ttl)).await?;
+        tokio::select! {
+            () = keep_renewed(leases, namespace, &lease.id, ttl) => {}
+            // A permit stored before this waits counts.
+            () = first_done.notified() => {}
+        }
+        Ok::<_, berth_errdefs::Error>(lease)
+    };
+    let first = async {
+        let output = first.await;
+        first_done.notify_one();
+        output
+    };
+    let (lease, first) = tokio::join!(taking, first);
     let lease = lease.map_err(|e| e.context("taking a lease"))?;
     let first = match first {
         Ok(first) => first,
@@ -342,6 +359,31 @@ mod tests {
         assert_eq!(seen, 42, "the work gets what the first part gave");
         assert!(id.starts_with("held"), "{id}");
         assert!(fake.leases.lock().unwrap().is_empty());
+
+        // A first part that outlasts the lease's lifetime: the lease is
+        // renewed meanwhile, so the work still finds it.
+        let (found, deleted) = with_lease_taken_during(
+            &fake,
+            "default",
+            TTL,
+            async {
+                tokio::time::sleep(TTL * 3).await;
+                Ok(())
+            },
+            |id, ()| {
+                let fake = &fake;
+                async move { fake.leases.lock().unwrap().iter().any(|l| l.id == id) }
+            },
+        )
+        .await
+        .unwrap();
+        deleted.unwrap();
+        assert!(found);
+        assert!(
+            *fake.updates.lock().unwrap() >= 3 * RENEWALS_PER_TTL - 1,
+            "renewed {} times during the first part",
+            fake.updates.lock().unwrap()
+        );
 
         let mut ran = false;
         let err = with_lease_taken_during(

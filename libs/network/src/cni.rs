@@ -295,7 +295,12 @@ impl Cni {
         let mut previous: Option<Value> = None;
         for plugin in &list.plugins {
             let config = self.plugin_config(list, plugin, pod, previous.take());
-            if let (true, Some(result)) = (passes_through(&config), config.get("prevResult")) {
+            // (A previous result that is no result, as from a plugin that
+            // printed nothing, is left for the plugin to refuse.)
+            if let (true, Some(result)) = (
+                passes_through(&config),
+                config.get("prevResult").filter(|r| r.is_object()),
+            ) {
                 previous = Some(result.clone());
                 continue;
             }
@@ -940,6 +945,17 @@ exit 0
             ..published
         };
         cni.attach(&alone, &unpublished)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(calls(&dir), ["portmap ADD noports"]);
+        // Nor is there one after a plugin that printed nothing.
+        std::fs::remove_file(dir.path().join("bin/calls")).unwrap_or_else(|e| panic!("{e}"));
+        write_plugin(&cni, "quiet", "#!/bin/sh\ncat >/dev/null\necho\n");
+        let after_quiet = NetworkList {
+            plugins: vec![json!({"type": "quiet"}), alone.plugins[0].clone()],
+            ..alone
+        };
+        cni.attach(&after_quiet, &unpublished)
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(calls(&dir), ["portmap ADD noports"]);
