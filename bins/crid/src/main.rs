@@ -179,7 +179,10 @@ fn main() -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    let (config, runtime) = berth_daemon::start(&cli.daemon, defaults())?;
+    // Two workers: crid's tasks copy every container's output into its log
+    // and serve the streams, which one thread would put in a queue.
+    let (config, runtime) =
+        berth_daemon::start(&cli.daemon, defaults(), berth_daemon::Scheduler::Workers(2))?;
     let file: FileSettings = config.daemon_settings()?;
     let daemons = Daemons {
         contentd: peer_socket(cli.contentd, file.contentd, sockets::CONTENTD),

@@ -79,7 +79,8 @@ fn main() -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    let (config, runtime) = berth_daemon::start(&cli.daemon, defaults())?;
+    let (config, runtime) =
+        berth_daemon::start(&cli.daemon, defaults(), berth_daemon::Scheduler::MainThread)?;
     let settings: Settings = config.daemon_settings()?;
     let contentd = peer_socket(cli.contentd, settings.contentd, sockets::CONTENTD);
     let snapd = peer_socket(cli.snapd, settings.snapd, sockets::SNAPD);

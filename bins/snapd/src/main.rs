@@ -77,7 +77,8 @@ fn main() -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    let (config, runtime) = berth_daemon::start(&cli.daemon, defaults())?;
+    let (config, runtime) =
+        berth_daemon::start(&cli.daemon, defaults(), berth_daemon::Scheduler::MainThread)?;
     let settings: Settings = config.daemon_settings()?;
     let contentd = peer_socket(cli.contentd, settings.contentd, sockets::CONTENTD);
     let write_back_delay = cli

@@ -95,7 +95,8 @@ fn main() -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    let (config, runtime) = berth_daemon::start(&cli.daemon, defaults())?;
+    let (config, runtime) =
+        berth_daemon::start(&cli.daemon, defaults(), berth_daemon::Scheduler::MainThread)?;
     let settings: Settings = config.daemon_settings()?;
     let peers = SocketPeers {
         metad: peer_socket(cli.metad, settings.metad, sockets::METAD),

@@ -38,6 +38,6 @@ pub use prometheus_client;
 pub use request::{reply, request_lease, request_namespace};
 pub use serve::{serve, start_server};
 pub use socket::{prepare_dirs, SocketSource};
-pub use start::start;
+pub use start::{start, Scheduler};
 /// A value in a daemon's config file (for [`default_config_toml`]).
 pub use toml::Value as ConfigValue;

@@ -1,17 +1,30 @@
 use crate::{init_logging, prepare_dirs, DaemonConfig, DaemonError, DaemonFlags, Defaults};
 
+/// How a daemon's async tasks share threads. Work that blocks (files,
+/// hashing, LMDB transactions) goes to tokio's blocking pool either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheduler {
+    /// Every task on the daemon's main thread: for daemons whose requests
+    /// are short. A request then wakes no second thread; in a VM each such
+    /// wake-up is an interprocessor interrupt, and with two workers they
+    /// were about a sixth of the four daemons' CPU time per container run
+    /// (docs/benchmarks.md).
+    MainThread,
+    /// Tasks spread over this many worker threads: for a daemon that does
+    /// longer work in its tasks (crid copies container output into logs).
+    Workers(usize),
+}
+
 /// What every daemon does before it builds its store: a private umask
 /// (nothing a daemon creates is for other users; the socket is opened up
 /// to 0660 explicitly), one allocator arena and a trim after each burst
 /// of work (see [`crate::memory`]), the open-file limit raised to its hard
-/// limit, the
-/// configuration from flags, file and defaults,
-/// logging, the root and state directories, and the async runtime (two
-/// workers: the machines berth targets are small, and the stores' blocking
-/// work runs on tokio's blocking pool).
+/// limit, the configuration from flags, file and defaults, logging, the
+/// root and state directories, and the async runtime as `scheduler` says.
 pub fn start(
     flags: &DaemonFlags,
     defaults: Defaults,
+    scheduler: Scheduler,
 ) -> Result<(DaemonConfig, tokio::runtime::Runtime), DaemonError> {
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     crate::memory::limit_arenas();
@@ -22,8 +35,15 @@ pub fn start(
     init_logging(&config)?;
     raise_open_file_limit();
     prepare_dirs(&config)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    let mut builder = match scheduler {
+        Scheduler::MainThread => tokio::runtime::Builder::new_current_thread(),
+        Scheduler::Workers(workers) => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(workers.max(1));
+            builder
+        }
+    };
+    let runtime = builder
         // A burst of blocking work (a layer streamed in 1 MiB writes) grows
         // the blocking pool; its idle threads go after 2 s instead of 10,
         // and their stacks with them.
