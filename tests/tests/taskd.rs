@@ -13,7 +13,9 @@ use berth_e2e::stack::Stack;
 use berth_errdefs::ErrorKind;
 use berth_metadata::{ContainerStore, Runtime};
 use berth_snapshot::Snapshotter;
-use berth_tasks::container::{create_container, ContainerServices, NewContainer};
+use berth_tasks::container::{
+    create_container, remove_container, ContainerServices, NewContainer, ReadImage,
+};
 use berth_tasks::{CreateTask, ExecProcess, KillProcess, Stdio, Tasks};
 
 fn prerequisites() -> bool {
@@ -83,6 +85,7 @@ impl Clients {
         }
         let new = NewContainer {
             image: RUN_IMAGE.to_string(),
+            read: None,
             runtime: Runtime {
                 name: runtime.to_string(),
                 options: None,
@@ -371,4 +374,98 @@ async fn a_task_created_as_its_groups_shim_exits_gets_a_shim_again() {
         .await;
     tasks.delete("default", &last).await.unwrap();
     assert!(bundles(&stack).is_empty(), "{:?}", bundles(&stack));
+}
+
+/// A container made from an image its caller read before (as crid passes
+/// the images it keeps read) is the one made by the image's name: the same
+/// record, spec and snapshot parent. The image is not read again: a name
+/// no record has makes a container too when the image comes with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_from_an_image_read_before_is_the_one_made_by_its_name() {
+    if !prerequisites() {
+        return;
+    }
+    let (_dir, stack, c) = stack_with_image().await;
+    let read = ReadImage::read(&c.content, &c.images, "default", RUN_IMAGE)
+        .await
+        .unwrap();
+    assert!(read.top_layer.is_some(), "{read:?}");
+    let new = |id: &str, image: &str, read: Option<ReadImage>| {
+        let mut options = berth_oci::SpecOptions::new("default", id);
+        options.args = vec!["true".to_string()];
+        NewContainer {
+            image: image.to_string(),
+            read,
+            runtime: Runtime {
+                name: "io.containerd.berth.v2".to_string(),
+                options: None,
+            },
+            labels: Default::default(),
+            options,
+            scratch: stack.dir.join("scratch"),
+            copy_up: Vec::new(),
+        }
+    };
+    let by_name = create_container(c.services(), "default", new("byname", RUN_IMAGE, None))
+        .await
+        .unwrap();
+    let given = create_container(
+        c.services(),
+        "default",
+        new("given", RUN_IMAGE, Some(read.clone())),
+    )
+    .await
+    .unwrap();
+    assert_eq!(given.image, by_name.image);
+    assert_eq!(given.labels, by_name.labels);
+    assert_eq!(given.runtime, by_name.runtime);
+    // The spec, its id made the same and its capability sets (sets, in
+    // no fixed order) sorted.
+    let spec = |record: &berth_metadata::Container| {
+        let text = String::from_utf8(record.spec.as_ref().unwrap().value.clone()).unwrap();
+        let mut spec: serde_json::Value =
+            serde_json::from_str(&text.replace(&record.id, "ID")).unwrap();
+        for set in spec["process"]["capabilities"]
+            .as_object_mut()
+            .unwrap()
+            .values_mut()
+        {
+            set.as_array_mut()
+                .unwrap()
+                .sort_by_key(|cap| cap.to_string());
+        }
+        spec
+    };
+    assert_eq!(spec(&given), spec(&by_name));
+    for id in ["byname", "given"] {
+        let info = c.snapshots.stat("default", id).await.unwrap();
+        assert_eq!(info.parent, read.top_layer, "{id}");
+    }
+    let unrecorded = create_container(
+        c.services(),
+        "default",
+        new(
+            "unrecorded",
+            "example.com/not/recorded:1",
+            Some(read.clone()),
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(unrecorded.image, "example.com/not/recorded:1");
+    let info = c.snapshots.stat("default", "unrecorded").await.unwrap();
+    assert_eq!(info.parent, read.top_layer);
+    // Without the image, that name is no image.
+    let err = create_container(
+        c.services(),
+        "default",
+        new("nothing", "example.com/not/recorded:1", None),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    for id in ["byname", "given", "unrecorded"] {
+        remove_container(c.services(), "default", id).await.unwrap();
+    }
+    assert!(c.containers.list("default", &[]).await.unwrap().is_empty());
 }

@@ -39,9 +39,21 @@ pub struct CriImage {
     pub user: String,
     pub pinned: bool,
     pub defaults: berth_oci::ImageDefaults,
+    /// The chain ID of its top layer: a container's snapshot's parent.
+    pub top_layer: Option<String>,
 }
 
 impl CriImage {
+    /// The image as a container is made from it, for berth-tasks, which
+    /// then does not read it again.
+    pub fn read_image(&self) -> berth_tasks::container::ReadImage {
+        berth_tasks::container::ReadImage {
+            root: self.root.clone(),
+            defaults: self.defaults.clone(),
+            top_layer: self.top_layer.clone(),
+        }
+    }
+
     /// What a container record names the image by: a tag, else the root.
     pub fn record_name(&self) -> String {
         self.tags
@@ -89,6 +101,7 @@ struct Resolved {
     id: Digest,
     size: u64,
     defaults: berth_oci::ImageDefaults,
+    top_layer: Option<String>,
 }
 
 /// The roots resolved so far (bounded: cleared when it grows past a
@@ -121,6 +134,9 @@ async fn resolve(
         id: manifest.config.digest.clone(),
         size: manifest.config.size + manifest.layers.iter().map(|l| l.size).sum::<u64>(),
         defaults: berth_oci::ImageDefaults::from_config(&config.spec),
+        top_layer: berth_snapshot::chain_ids(&config.diff_ids)
+            .last()
+            .map(ToString::to_string),
     };
     let mut roots = resolved_roots().lock().unwrap_or_else(|p| p.into_inner());
     if roots.len() >= MAX_RESOLVED {
@@ -154,7 +170,12 @@ pub async fn list(daemons: &Daemons) -> Result<Vec<CriImage>> {
                 continue;
             }
         };
-        let (id, size, defaults) = (resolved.id, resolved.size, resolved.defaults);
+        let Resolved {
+            id,
+            size,
+            defaults,
+            top_layer,
+        } = resolved;
         let image = by_id.entry(id.clone()).or_insert_with(|| CriImage {
             id: id.clone(),
             root: root.clone(),
@@ -165,6 +186,7 @@ pub async fn list(daemons: &Daemons) -> Result<Vec<CriImage>> {
             user: defaults.user.clone(),
             pinned: false,
             defaults,
+            top_layer,
         });
         for record in records {
             image.names.insert(record.name.clone());

@@ -168,7 +168,7 @@ impl Crid {
     /// Makes a container record (and its snapshot) through berth-tasks.
     async fn make_container(
         &self,
-        image: &str,
+        image: &images::CriImage,
         runtime: String,
         labels: HashMap<String, String>,
         options: berth_oci::SpecOptions,
@@ -176,7 +176,8 @@ impl Crid {
     ) -> Result<berth_metadata::Container> {
         let clients = self.daemons.container_clients().await?;
         let new = NewContainer {
-            image: image.to_string(),
+            image: image.record_name(),
+            read: Some(image.read_image()),
             runtime: Runtime {
                 name: runtime,
                 options: None,
@@ -461,7 +462,7 @@ impl Crid {
             };
             let options = spec::sandbox_options(&self.settings.host, sandbox, &image.user)?;
             let labels = HashMap::from([(KIND_LABEL.to_string(), KIND_SANDBOX.to_string())]);
-            self.make_container(&image.record_name(), runtime, labels, options, Vec::new())
+            self.make_container(image, runtime, labels, options, Vec::new())
                 .await?;
             let tasks = self.daemons.tasks().await?;
             tasks
@@ -787,7 +788,7 @@ impl Crid {
                 .sort_by_key(|m| m.destination.split('/').filter(|p| !p.is_empty()).count());
             let runtime = self.runtime_for(&sandbox.runtime_handler)?;
             let labels = HashMap::from([(KIND_LABEL.to_string(), KIND_CONTAINER.to_string())]);
-            self.make_container(&image.record_name(), runtime, labels, options, copy_up)
+            self.make_container(&image, runtime, labels, options, copy_up)
                 .await
         };
         let record = match made.await {

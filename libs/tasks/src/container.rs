@@ -78,8 +78,12 @@ impl std::fmt::Debug for ContainerServices<'_> {
 /// What to make.
 #[derive(Debug, Clone)]
 pub struct NewContainer {
-    /// An image name recorded in metad (or a manifest/index digest).
+    /// An image name recorded in metad (or a manifest/index digest); the
+    /// record keeps it.
     pub image: String,
+    /// That image as the caller has already read it, or None to read it
+    /// here.
+    pub read: Option<ReadImage>,
     pub runtime: Runtime,
     pub labels: HashMap<String, String>,
     /// The id, namespace and every run option; `options.id` is the
@@ -93,6 +97,55 @@ pub struct NewContainer {
     /// exists (the volumes a CRI container gets from its image); the
     /// caller mounts each host directory through `options.mounts`.
     pub copy_up: Vec<CopyUp>,
+}
+
+/// What a container is made from of its image, read from the content
+/// store once by a caller that keeps images read (crid) and passed on in
+/// [`NewContainer::read`], so that making a container does not read it
+/// again. Content addressed: it never changes for one root.
+#[derive(Debug, Clone)]
+pub struct ReadImage {
+    /// The index or manifest the image's record points at.
+    pub root: berth_ids::Digest,
+    /// What the image's config gives a container.
+    pub defaults: ImageDefaults,
+    /// The chain ID of its top layer (the parent of a container's
+    /// snapshot); None for an image of no layers.
+    pub top_layer: Option<String>,
+}
+
+impl ReadImage {
+    /// Reads the image `name` (a name recorded in metad, or a manifest or
+    /// index digest) for this host's platform.
+    pub async fn read(
+        content: &dyn ContentStore,
+        images: &dyn ImageStore,
+        namespace: &str,
+        name: &str,
+    ) -> Result<ReadImage> {
+        let root = berth_image::store::image_root(images, namespace, name).await?;
+        ReadImage::read_root(content, namespace, root).await
+    }
+
+    /// Reads the image whose index or manifest is `root`.
+    pub async fn read_root(
+        content: &dyn ContentStore,
+        namespace: &str,
+        root: berth_ids::Digest,
+    ) -> Result<ReadImage> {
+        let matcher = Matcher::new(vec![Platform::host()]);
+        let resolved =
+            berth_image::store::resolve_manifest(content, namespace, &root, &matcher).await?;
+        let config =
+            berth_image::store::read_config(content, namespace, &resolved.manifest).await?;
+        Ok(ReadImage {
+            root,
+            defaults: ImageDefaults::from_config(&config.spec),
+            top_layer: berth_snapshot::chain_ids(&config.diff_ids)
+                .last()
+                .map(ToString::to_string),
+        })
+    }
 }
 
 /// One directory of the image (resolved inside it) copied into an empty
@@ -179,14 +232,14 @@ async fn image_and_spec(
     new: &NewContainer,
 ) -> Result<BuiltFromImage> {
     let id = new.options.id.as_str();
-    let root = berth_image::store::image_root(services.images, namespace, &new.image).await?;
-    let matcher = Matcher::new(vec![Platform::host()]);
-    let resolved =
-        berth_image::store::resolve_manifest(services.content, namespace, &root, &matcher).await?;
-    let config =
-        berth_image::store::read_config(services.content, namespace, &resolved.manifest).await?;
-    let chain = berth_snapshot::chain_ids(&config.diff_ids);
-    let parent = chain.last().map(ToString::to_string);
+    let ReadImage {
+        root,
+        defaults,
+        top_layer: parent,
+    } = match &new.read {
+        Some(read) => read.clone(),
+        None => ReadImage::read(services.content, services.images, namespace, &new.image).await?,
+    };
     if let (Some(top), Some(unpacker)) = (&parent, services.unpacker) {
         match services.snapshots.stat(namespace, top).await {
             Ok(_) => {}
@@ -200,7 +253,7 @@ async fn image_and_spec(
                     services.leases,
                     namespace,
                     &root,
-                    &matcher,
+                    &Matcher::new(vec![Platform::host()]),
                     &berth_image::UnpackOptions::default(),
                 )
                 .await?;
@@ -208,7 +261,6 @@ async fn image_and_spec(
             Err(e) => return Err(e),
         }
     }
-    let defaults = ImageDefaults::from_config(&config.spec);
     // The image's StopSignal is not part of the runtime spec: the record
     // keeps it for whoever stops the container (`berth stop`).
     let mut labels = new.labels.clone();
@@ -471,6 +523,7 @@ mod tests {
         spec.cgroup = cgroup;
         NewContainer {
             image: "busybox".into(),
+            read: None,
             runtime: Runtime {
                 name: DEFAULT_RUNTIME.into(),
                 options,

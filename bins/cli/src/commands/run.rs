@@ -544,6 +544,7 @@ pub async fn create(
     }
     let new = NewContainer {
         image: args.image.clone(),
+        read: None,
         runtime: Runtime {
             name: args.runtime.clone(),
             options: None,
