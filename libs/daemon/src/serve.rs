@@ -42,14 +42,15 @@ pub async fn serve(
         socket_activated = activated,
         "serving"
     );
-    let _ = sd_notify::notify(&[NotifyState::Ready, NotifyState::Status("serving")]);
+    tell_systemd(|| sd_notify::notify(&[NotifyState::Ready, NotifyState::Status("serving")]))
+        .await;
     let watchdog = spawn_watchdog();
 
     tokio::select! {
         _ = terminate.recv() => tracing::info!("SIGTERM: shutting down"),
         _ = interrupt.recv() => tracing::info!("SIGINT: shutting down"),
     }
-    let _ = sd_notify::notify(&[NotifyState::Stopping]);
+    tell_systemd(|| sd_notify::notify(&[NotifyState::Stopping])).await;
     if let Some(task) = watchdog {
         task.abort();
     }
@@ -89,10 +90,14 @@ fn spawn_watchdog() -> Option<tokio::task::JoinHandle<()>> {
         let mut ticker = tokio::time::interval(period);
         loop {
             ticker.tick().await;
-            // The send blocks while systemd's queue is full: off the
-            // runtime's workers, which serve requests.
-            let _ =
-                tokio::task::spawn_blocking(|| sd_notify::notify(&[NotifyState::Watchdog])).await;
+            tell_systemd(|| sd_notify::notify(&[NotifyState::Watchdog])).await;
         }
     }))
+}
+
+/// Sends a notification to systemd off the runtime's threads: the send
+/// blocks while systemd's queue is full, and the daemon serves requests
+/// meanwhile (on a one-thread runtime nothing else would run).
+async fn tell_systemd(send: fn() -> std::io::Result<()>) {
+    let _ = tokio::task::spawn_blocking(send).await;
 }
