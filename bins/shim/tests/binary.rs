@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -201,6 +201,77 @@ fn server_of(address: &Path) -> i32 {
         address.display()
     );
     found[0]
+}
+
+/// The server `start` leaves running is what an exec'd one would be: the
+/// server's command line (no `start`), a process group of its own, the
+/// bundle as its directory (given by `-bundle` here, not by the directory
+/// it was started in), and /dev/null for stdio, so that `start`'s output
+/// ends when `start` does.
+#[test]
+fn the_started_server_is_a_process_of_its_own() {
+    if !require(
+        nix::unistd::Uid::effective().is_root(),
+        "the shim's start needs root",
+    ) {
+        return;
+    }
+    let temp = tempfile::tempdir().unwrap();
+    let bundle = temp
+        .path()
+        .join("state/io.containerd.runtime.v2.task/ns/own");
+    std::fs::create_dir_all(&bundle).unwrap();
+    let address = temp.path().join("c.sock");
+    let out = Command::new(SHIM)
+        .args(["-namespace", "ns", "-id", "own", "-address"])
+        .arg(&address)
+        .arg("-bundle")
+        .arg(&bundle)
+        .arg("start")
+        .current_dir(temp.path())
+        .env("BERTH_SHIM_IDLE_EXIT_SECONDS", "60")
+        .env_remove("TTRPC_ADDRESS")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pid = server_of(&address);
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    let args: Vec<String> = cmdline
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap();
+    let stdio: Vec<PathBuf> = (0..3)
+        .map(|fd| std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).unwrap())
+        .collect();
+    let group = nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(pid))).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    assert_eq!(
+        args,
+        [
+            SHIM,
+            "-namespace",
+            "ns",
+            "-id",
+            "own",
+            "-address",
+            address.to_str().unwrap()
+        ],
+        "{cmdline:?}"
+    );
+    assert_eq!(cwd, bundle);
+    assert_eq!(stdio, vec![PathBuf::from("/dev/null"); 3]);
+    assert_eq!(group.as_raw(), pid);
 }
 
 /// `ShimCgroup` moves the shim's server into that cgroup whichever option
