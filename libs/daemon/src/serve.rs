@@ -42,8 +42,7 @@ pub async fn serve(
         socket_activated = activated,
         "serving"
     );
-    tell_systemd(|| sd_notify::notify(&[NotifyState::Ready, NotifyState::Status("serving")]))
-        .await;
+    tell_systemd(|| sd_notify::notify(&[NotifyState::Ready, NotifyState::Status("serving")])).await;
     let watchdog = spawn_watchdog();
 
     tokio::select! {
