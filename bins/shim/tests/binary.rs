@@ -203,11 +203,10 @@ fn server_of(address: &Path) -> i32 {
     found[0]
 }
 
-/// The server `start` leaves running is what an exec'd one would be: the
-/// server's command line (no `start`), a process group of its own, the
-/// bundle as its directory (given by `-bundle` here, not by the directory
-/// it was started in), and /dev/null for stdio, so that `start`'s output
-/// ends when `start` does.
+/// The server `start` leaves running: the server's command line (no
+/// `start`), a process group of its own, the bundle as its directory
+/// (given by `-bundle` here, not by the directory `start` ran in), and
+/// /dev/null for stdio, so that `start`'s output ends when `start` does.
 #[test]
 fn the_started_server_is_a_process_of_its_own() {
     if !require(
