@@ -100,8 +100,8 @@ fn user_of(user: &str) -> (Option<i64>, String) {
 struct Resolved {
     id: Digest,
     size: u64,
-    defaults: berth_oci::ImageDefaults,
-    top_layer: Option<String>,
+    /// What a container takes from it.
+    read: berth_tasks::container::ReadImage,
 }
 
 /// The roots resolved so far (bounded: cleared when it grows past a
@@ -133,10 +133,7 @@ async fn resolve(
     let resolved = Resolved {
         id: manifest.config.digest.clone(),
         size: manifest.config.size + manifest.layers.iter().map(|l| l.size).sum::<u64>(),
-        defaults: berth_oci::ImageDefaults::from_config(&config.spec),
-        top_layer: berth_snapshot::chain_ids(&config.diff_ids)
-            .last()
-            .map(ToString::to_string),
+        read: berth_tasks::container::ReadImage::from_config(root.clone(), &config),
     };
     let mut roots = resolved_roots().lock().unwrap_or_else(|p| p.into_inner());
     if roots.len() >= MAX_RESOLVED {
@@ -173,8 +170,12 @@ pub async fn list(daemons: &Daemons) -> Result<Vec<CriImage>> {
         let Resolved {
             id,
             size,
-            defaults,
-            top_layer,
+            read:
+                berth_tasks::container::ReadImage {
+                    defaults,
+                    top_layer,
+                    ..
+                },
         } = resolved;
         let image = by_id.entry(id.clone()).or_insert_with(|| CriImage {
             id: id.clone(),

@@ -138,13 +138,19 @@ impl ReadImage {
             berth_image::store::resolve_manifest(content, namespace, &root, &matcher).await?;
         let config =
             berth_image::store::read_config(content, namespace, &resolved.manifest).await?;
-        Ok(ReadImage {
+        Ok(ReadImage::from_config(root, &config))
+    }
+
+    /// What the image whose index or manifest is `root` and whose config
+    /// is `config` gives a container.
+    pub fn from_config(root: berth_ids::Digest, config: &berth_image::Config) -> ReadImage {
+        ReadImage {
             root,
             defaults: ImageDefaults::from_config(&config.spec),
             top_layer: berth_snapshot::chain_ids(&config.diff_ids)
                 .last()
                 .map(ToString::to_string),
-        })
+        }
     }
 }
 
