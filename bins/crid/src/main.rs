@@ -274,6 +274,10 @@ async fn run(
         tracing::warn!("recovery: {e}");
     }
     let policy = PeerPolicy::new(config.socket_group.as_deref())?;
+    // Before the socket exists: a SIGTERM sent as soon as it appears is a
+    // clean stop, not the default action's kill.
+    let mut terminate = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let source = SocketSource::open(&config)?;
     let (listener, bound) = source.into_listener();
     listener
@@ -292,8 +296,6 @@ async fn run(
             .max_encoding_message_size(MAX_MESSAGE),
     )
     .prepare();
-    let mut terminate = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-    let mut interrupt = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     tracing::info!(address = %config.address.display(), "serving");
     let _ = sd_notify::notify(&[
         sd_notify::NotifyState::Ready,

@@ -29,14 +29,16 @@ pub async fn serve(
         _ => services,
     };
     let policy = PeerPolicy::new(config.socket_group.as_deref())?;
-    let source = SocketSource::open(config)?;
-    let activated = matches!(source, SocketSource::Activated(_));
-    let (listener, bound_path) = source.into_listener();
-    let mut server = start_server(listener, policy, services).await?;
+    // Before the socket exists: whoever sees it may send SIGTERM at once,
+    // and it must be handled (a clean stop), not kill the daemon.
     let mut terminate = signal(SignalKind::terminate())
         .map_err(|e| DaemonError::Server(format!("installing SIGTERM handler: {e}")))?;
     let mut interrupt = signal(SignalKind::interrupt())
         .map_err(|e| DaemonError::Server(format!("installing SIGINT handler: {e}")))?;
+    let source = SocketSource::open(config)?;
+    let activated = matches!(source, SocketSource::Activated(_));
+    let (listener, bound_path) = source.into_listener();
+    let mut server = start_server(listener, policy, services).await?;
     tracing::info!(
         address = %config.address.display(),
         socket_activated = activated,
