@@ -489,3 +489,48 @@ fn a_resumed_ingest_from_a_file_skips_what_contentd_holds() {
         text(&out.stderr)
     );
 }
+
+/// An ingest of a blob that is stored already (an ingest cut off after
+/// contentd committed it, run again) succeeds, as `ctr content ingest`
+/// does, adds its labels, and leaves no ingest behind.
+#[test]
+fn ingesting_a_stored_blob_again_succeeds_and_adds_its_labels() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::contentd(dir.path());
+    let sock = &daemon.socket;
+    let data = b"stored once\n";
+    let digest = Digest::of(data);
+    let (ok, out, err) = berth(
+        sock,
+        &["content", "ingest", "first", "--expected", digest.as_str()],
+        Some(data),
+    );
+    assert!(ok, "{err}");
+    assert_eq!(text(&out).trim(), digest.as_str());
+    for (reference, label) in [("again", "keep=yes"), ("third", "team=core")] {
+        let (ok, out, err) = berth(
+            sock,
+            &[
+                "content",
+                "ingest",
+                reference,
+                "--expected",
+                digest.as_str(),
+                "--label",
+                label,
+            ],
+            Some(data),
+        );
+        assert!(ok, "{reference}: {err}");
+        assert_eq!(text(&out).trim(), digest.as_str());
+    }
+    let (ok, out, _) = berth(sock, &["content", "ls", "--format", "json"], None);
+    assert!(ok);
+    let json: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(json.as_array().unwrap().len(), 1, "{json}");
+    assert_eq!(json[0]["labels"]["keep"], "yes", "{json}");
+    assert_eq!(json[0]["labels"]["team"], "core", "{json}");
+    let (ok, out, _) = berth(sock, &["content", "active"], None);
+    assert!(ok);
+    assert!(!text(&out).contains("again"), "{}", text(&out));
+}

@@ -6,6 +6,7 @@ use std::io::Write;
 use anyhow::{bail, Context, Result};
 use berth_client::RemoteContentStore;
 use berth_content::{CommitOptions, ContentStore, Info, Status, WriterOptions, MAX_READ};
+use berth_errdefs::ErrorKind;
 use berth_ids::Digest;
 use futures::stream::{FuturesOrdered, StreamExt};
 use serde::Serialize;
@@ -40,6 +41,10 @@ pub enum ContentCommand {
     /// When standard input is a file (`< FILE`), contentd is handed the
     /// open file and reads it itself where it can (a regular file on a disk
     /// or memory filesystem); otherwise the bytes are sent.
+    ///
+    /// A blob already stored under `--expected` is not written again (as
+    /// `ctr content ingest`); its `--label`s are added to it. So an ingest
+    /// cut off after contentd committed it succeeds when run again.
     Ingest {
         reference: String,
         /// The digest the content must have.
@@ -382,7 +387,12 @@ async fn ingest(
     let mut options = WriterOptions::new(reference);
     options.total = size;
     options.expected = expected.clone();
-    let mut writer = store.writer(namespace, options).await?;
+    let mut writer = match store.writer(namespace, options).await {
+        Err(e) if e.kind() == ErrorKind::AlreadyExists && expected.is_some() => {
+            return already_stored(store, namespace, e, expected, labels).await;
+        }
+        opened => opened?,
+    };
     // A resumed ingest already holds the first `skip` bytes: standard input
     // gives them again, and they are not sent again. Only with an expected
     // digest, which the commit checks against the held bytes and the new
@@ -403,11 +413,35 @@ async fn ingest(
     }
     // From a file, contentd reads the bytes itself when it can.
     writer.write_file(stdin).await?;
-    Ok(writer
+    let committed = writer
         .commit(CommitOptions {
             size,
-            expected,
-            labels,
+            expected: expected.clone(),
+            labels: labels.clone(),
         })
-        .await?)
+        .await;
+    match committed {
+        Err(e) if e.kind() == ErrorKind::AlreadyExists && expected.is_some() => {
+            already_stored(store, namespace, e, expected, labels).await
+        }
+        committed => Ok(committed?),
+    }
+}
+
+/// The expected blob is stored already (`exists` says so): it gets the
+/// ingest's labels, and its digest is the ingest's result.
+async fn already_stored(
+    store: &RemoteContentStore,
+    namespace: &str,
+    exists: berth_errdefs::Error,
+    expected: Option<Digest>,
+    labels: HashMap<String, String>,
+) -> Result<Digest> {
+    let Some(digest) = expected else {
+        return Err(exists.into());
+    };
+    for (key, value) in labels {
+        berth_content::set_label(store, namespace, &digest, &key, Some(value)).await?;
+    }
+    Ok(digest)
 }
