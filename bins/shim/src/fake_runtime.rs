@@ -130,7 +130,7 @@ impl Runtime for FakeRuntime {
         write_pid(pid_file, pid)
     }
 
-    async fn start(&self, _: &str) -> Result<()> {
+    async fn start(&self, _: &str, _: u32) -> Result<()> {
         self.call("start".into()).await;
         Ok(())
     }

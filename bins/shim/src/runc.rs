@@ -1,10 +1,12 @@
 //! The [`Runtime`] the shim really uses: a typed wrapper over the runc
 //! command line (and crun, runsc, or any runtime with the same CLI). Every
 //! command is waited for through the reaper, never with `Child::wait`,
-//! which would race the global reaper.
+//! which would race the global reaper. Starting a runc container is the
+//! exception: the shim releases its init through runc's exec fifo itself
+//! (see [`release_init`]), as `runc start` would.
 
 use std::io::Read;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -19,6 +21,7 @@ pub use crate::runtime::{CreateOptions, ProcessStdio, RuntimeConfig};
 #[derive(Debug, Clone)]
 pub struct Runc {
     config: RuntimeConfig,
+    bundle: PathBuf,
     log: PathBuf,
     reaper: Arc<Reaper>,
 }
@@ -28,9 +31,19 @@ impl Runc {
     pub fn new(config: RuntimeConfig, bundle: &Path, reaper: Arc<Reaper>) -> Runc {
         Runc {
             config,
+            bundle: bundle.to_path_buf(),
             log: bundle.join("log.json"),
             reaper,
         }
+    }
+
+    /// Whether `start` may release the init through runc's exec fifo
+    /// itself rather than run `runc start`: only for runc (whose state
+    /// directory layout this relies on) and only when the spec has no
+    /// poststart hooks, which newer runc runs at `runc start`.
+    fn starts_through_exec_fifo(&self) -> bool {
+        Path::new(&self.config.binary).file_name() == Some("runc".as_ref())
+            && !has_poststart_hooks(&self.bundle)
     }
 
     fn command(&self, args: &[&str]) -> Command {
@@ -159,7 +172,15 @@ impl Runtime for Runc {
         self.run(cmd, Some(stdio), None).await.map(drop)
     }
 
-    async fn start(&self, id: &str) -> Result<()> {
+    async fn start(&self, id: &str, init_pid: u32) -> Result<()> {
+        if self.starts_through_exec_fifo() {
+            let path = self.config.root.join(id).join(EXEC_FIFO);
+            if let Some(fifo) = open_exec_fifo(&path) {
+                return release_init(fifo, &path, init_pid).await;
+            }
+            // No fifo: the container is not in the created state (or this
+            // runc keeps it elsewhere); `runc start` says which.
+        }
         self.run(self.command(&["start", id]), None, None)
             .await
             .map(drop)
@@ -263,6 +284,137 @@ impl Runtime for Runc {
     }
 }
 
+/// The fifo in runc's state directory (`<root>/<id>/exec.fifo`) that a
+/// created container's init blocks on: it opens the fifo for writing,
+/// writes one byte once a reader comes, and then execs the user's process.
+/// Its presence is what makes runc report the container as created.
+const EXEC_FIFO: &str = "exec.fifo";
+
+/// Opens a created container's exec fifo for reading, without blocking;
+/// `None` if there is no fifo there.
+fn open_exec_fifo(path: &Path) -> Option<OwnedFd> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
+        .open(path)
+        .ok()?;
+    let is_fifo = file.metadata().ok()?.file_type().is_fifo();
+    is_fifo.then(|| OwnedFd::from(file))
+}
+
+/// What `runc start` does for a created container, without starting a
+/// runc process for it (about 5 ms of a container's start): reads the
+/// init's byte from the exec fifo, waits for the init to exec (its end of
+/// the fifo closes then) or to die, and removes the fifo, so that runc
+/// sees the container as running from then on. An init that dies before it
+/// wrote its byte is an error, as with `runc start`.
+async fn release_init(fifo: OwnedFd, path: &Path, init_pid: u32) -> Result<()> {
+    let fail = |message: String| ShimError::Runtime {
+        command: "runc start".into(),
+        message,
+    };
+    let fifo = crate::stdio::async_fd(fifo)
+        .map_err(|e| fail(format!("watching {}: {e}", path.display())))?;
+    // The init's exit ends the wait even if it never opens the fifo. An
+    // init already gone (and reaped) leaves only what it wrote to read.
+    let exited = match pidfd_open(init_pid) {
+        Some(pidfd) => Some(
+            crate::stdio::async_fd(pidfd).map_err(|e| fail(format!("watching the init: {e}")))?,
+        ),
+        None => None,
+    };
+    let mut signalled = false;
+    let mut buf = [0u8; 16];
+    loop {
+        let Some(exited) = &exited else {
+            // The init is gone: whatever it wrote is all there is.
+            signalled |= matches!(read_fd(&fifo, &mut buf), Ok(n) if n > 0);
+            break;
+        };
+        // A fifo's reader sees no hang-up before a writer has come, so the
+        // fifo turns readable with the init's byte, or when its end closes
+        // (at its exec) after one.
+        tokio::select! {
+            ready = fifo.readable() => {
+                let mut guard =
+                    ready.map_err(|e| fail(format!("waiting on {}: {e}", path.display())))?;
+                match guard.try_io(|fifo| read_fd(fifo, &mut buf)) {
+                    Ok(Ok(0)) => break,
+                    Ok(Ok(_)) => signalled = true,
+                    Ok(Err(e)) => return Err(fail(format!("reading {}: {e}", path.display()))),
+                    Err(_would_block) => {}
+                }
+            }
+            _ = exited.readable() => {
+                while let Ok(1..) = read_fd(&fifo, &mut buf) {
+                    signalled = true;
+                }
+                break;
+            }
+        }
+    }
+    if !signalled {
+        return Err(fail("container process is already dead".into()));
+    }
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(fail(format!("removing {}: {e}", path.display())))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn read_fd(fd: &impl AsRawFd, buf: &mut [u8]) -> std::io::Result<usize> {
+    // SAFETY: `buf` is valid for `buf.len()` bytes of writes for the call,
+    // and `fd` is open while borrowed.
+    let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// A pidfd for `pid`, readable once the process exits; `None` if it is
+/// gone (or the kernel has no pidfds).
+fn pidfd_open(pid: u32) -> Option<OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let pid = libc::pid_t::try_from(pid).ok().filter(|p| *p > 0)?;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1;
+    // no memory is passed.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    let fd = i32::try_from(fd).ok().filter(|fd| *fd >= 0)?;
+    // SAFETY: the syscall returned a new descriptor that nothing else owns.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Whether the spec in `bundle` has poststart hooks (or cannot be read,
+/// which counts as having them).
+fn has_poststart_hooks(bundle: &Path) -> bool {
+    /// The part of the OCI spec this needs; the rest is skipped unparsed.
+    #[derive(serde::Deserialize)]
+    struct Spec {
+        #[serde(default)]
+        hooks: Option<Hooks>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Hooks {
+        #[serde(default)]
+        poststart: Option<Vec<serde::de::IgnoredAny>>,
+    }
+    let Ok(text) = std::fs::read(bundle.join("config.json")) else {
+        return true;
+    };
+    match serde_json::from_slice::<Spec>(&text) {
+        Ok(spec) => spec
+            .hooks
+            .and_then(|hooks| hooks.poststart)
+            .is_some_and(|hooks| !hooks.is_empty()),
+        Err(_) => true,
+    }
+}
+
 fn null_stdio() -> Result<ProcessStdio> {
     let open = || -> Result<OwnedFd> {
         std::fs::OpenOptions::new()
@@ -341,6 +493,129 @@ mod tests {
         );
         assert_eq!(last_log_error(&log, 1000), None);
         assert_eq!(last_log_error(&dir.path().join("missing"), 0), None);
+    }
+
+    /// A fifo standing in for runc's exec fifo, opened as `start` opens it,
+    /// and a process playing the created init's part on it.
+    struct Init {
+        _dir: tempfile::TempDir,
+        fifo: PathBuf,
+        reader: Option<OwnedFd>,
+        child: std::process::Child,
+    }
+
+    impl Init {
+        /// `script` runs with `$0` naming the fifo.
+        fn spawn(script: &str) -> Init {
+            let dir = tempfile::tempdir().unwrap();
+            let fifo = dir.path().join(EXEC_FIFO);
+            nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+            let reader = open_exec_fifo(&fifo).expect("the fifo opens");
+            let child = Command::new("sh")
+                .args(["-c", script])
+                .arg(&fifo)
+                .spawn()
+                .unwrap();
+            Init {
+                _dir: dir,
+                fifo,
+                reader: Some(reader),
+                child,
+            }
+        }
+
+        async fn release(&mut self) -> Result<()> {
+            let reader = self.reader.take().unwrap();
+            let pid = self.child.id();
+            // A guard against a hang, not a measure of speed.
+            tokio::time::timeout(
+                std::time::Duration::from_secs(60),
+                release_init(reader, &self.fifo, pid),
+            )
+            .await
+            .expect("release_init returned")
+        }
+    }
+
+    impl Drop for Init {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn start_returns_once_the_init_has_signalled_and_closed_the_fifo() {
+        // The init writes its byte, closes the fifo and goes on running
+        // (as it does once it execs the user's process).
+        let mut init = Init::spawn("printf 0 > \"$0\"; exec sleep 600");
+        init.release().await.unwrap();
+        assert!(
+            init.child.try_wait().unwrap().is_none(),
+            "start waited for the process to exit"
+        );
+        assert!(
+            !init.fifo.exists(),
+            "the fifo is removed, so runc sees the container running"
+        );
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_init_that_exits_without_signalling_fails_the_start() {
+        let mut init = Init::spawn("exit 0");
+        let error = init.release().await.unwrap_err().to_string();
+        assert!(error.contains("already dead"), "{error}");
+        assert!(init.fifo.exists(), "a failed start changes nothing");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_init_that_closes_the_fifo_without_its_byte_fails_the_start() {
+        let mut init = Init::spawn(": > \"$0\"; exec sleep 600");
+        let error = init.release().await.unwrap_err().to_string();
+        assert!(error.contains("already dead"), "{error}");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_init_already_reaped_counts_by_what_it_wrote() {
+        let mut init = Init::spawn("printf 0 > \"$0\"");
+        assert!(init.child.wait().unwrap().success());
+        init.release().await.unwrap();
+
+        let mut silent = Init::spawn("exit 0");
+        assert!(silent.child.wait().unwrap().success());
+        assert!(silent.release().await.is_err());
+    }
+
+    #[test]
+    fn only_runc_without_poststart_hooks_is_started_through_its_fifo() {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = |binary: &str| {
+            let config = RuntimeConfig {
+                binary: binary.into(),
+                root: dir.path().join("root"),
+                systemd_cgroup: false,
+                criu: None,
+            };
+            Runc::new(config, dir.path(), Arc::new(Reaper::new().0))
+        };
+        let spec = dir.path().join("config.json");
+        assert!(
+            !runtime("runc").starts_through_exec_fifo(),
+            "an unreadable spec may have hooks"
+        );
+        std::fs::write(
+            &spec,
+            r#"{"ociVersion":"1.0.2","hooks":{"prestart":[{"path":"/x"}]}}"#,
+        )
+        .unwrap();
+        assert!(runtime("runc").starts_through_exec_fifo());
+        assert!(runtime("/usr/local/sbin/runc").starts_through_exec_fifo());
+        assert!(!runtime("crun").starts_through_exec_fifo());
+        assert!(!runtime("/opt/runc-wrapper").starts_through_exec_fifo());
+        std::fs::write(&spec, r#"{"hooks":{"poststart":[{"path":"/bin/true"}]}}"#).unwrap();
+        assert!(!runtime("runc").starts_through_exec_fifo());
+        std::fs::write(&spec, r#"{"hooks":{"poststart":[]}}"#).unwrap();
+        assert!(runtime("runc").starts_through_exec_fifo());
     }
 
     #[test]

@@ -64,8 +64,8 @@ pub trait Runtime: std::fmt::Debug + Send + Sync {
         stdio: Option<ProcessStdio>,
     ) -> Result<()>;
 
-    /// `start`: lets a created init run the user process.
-    async fn start(&self, id: &str) -> Result<()>;
+    /// `start`: lets a created init (`init_pid`) run the user process.
+    async fn start(&self, id: &str, init_pid: u32) -> Result<()>;
 
     /// `exec --detach`: starts the process described in `process_json`
     /// and writes its pid to `pid_file` before returning.

@@ -319,7 +319,7 @@ impl Tasks {
     }
 
     pub async fn start_init(self: &Arc<Self>, id: &str) -> Result<u32> {
-        let runtime = {
+        let (runtime, init_pid) = {
             let mut state = self.lock();
             let container = state.container(id)?;
             if container.init.status != ProcessStatus::Created || !container.init.is_live() {
@@ -328,9 +328,9 @@ impl Tasks {
                 )));
             }
             container.init.starting = true;
-            container.runtime.clone()
+            (container.runtime.clone(), container.init.pid)
         };
-        let started = runtime.start(id).await;
+        let started = runtime.start(id, init_pid).await;
         let mut state = self.lock();
         let container = state.container(id)?;
         container.init.starting = false;

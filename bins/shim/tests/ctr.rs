@@ -77,6 +77,116 @@ mod v22_only {
     for_both_shims!(inspect_runtime_reports_the_runtimes_features);
 }
 
+/// Our shim only: it starts a runc container without a `runc start`
+/// process, releasing the created init through runc's exec fifo itself; a
+/// runtime of another name still gets `start`. Under both containerds.
+mod berth_start {
+    #[test]
+    fn v16() {
+        if crate::support::prerequisites(crate::Version::V16) {
+            crate::start_releases_the_init_without_runc_start(crate::Containerd::start(
+                crate::Version::V16,
+            ))
+        }
+    }
+    #[test]
+    fn v22() {
+        if crate::support::prerequisites(crate::Version::V22) {
+            crate::start_releases_the_init_without_runc_start(crate::Containerd::start(
+                crate::Version::V22,
+            ))
+        }
+    }
+}
+
+/// Through wrappers that log every runc command line before running it: one
+/// named `runc` (started through the fifo), one named otherwise (started
+/// with `runc start`). Either way the container runs, reports its output
+/// and status, runc itself sees it running, and exec and kill work on it.
+fn start_releases_the_init_without_runc_start(containerd: Containerd) {
+    let runc = support::which("runc").expect("runc is on PATH");
+    let log = containerd.dir.path().join("runc-calls.log");
+    let script = format!(
+        "#!/bin/sh\necho \"$*\" >> {log}\nexec {runc} \"$@\"\n",
+        log = log.display(),
+        runc = runc.display()
+    );
+    let named_runc = containerd.dir.path().join("wrapped").join("runc");
+    let named_otherwise = containerd.dir.path().join("runc-logged");
+    std::fs::create_dir_all(named_runc.parent().unwrap()).unwrap();
+    for wrapper in [&named_runc, &named_otherwise] {
+        std::fs::write(wrapper, &script).unwrap();
+        std::fs::set_permissions(wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+    }
+    let calls = || -> Vec<Vec<String>> {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .map(|line| line.split_whitespace().map(str::to_string).collect())
+            .collect()
+    };
+    let started_by_runc = |id: &str| {
+        calls().iter().any(|call| {
+            call.iter().any(|a| a == "start") && call.last().map(String::as_str) == Some(id)
+        })
+    };
+
+    for (wrapper, through_fifo) in [(&named_runc, true), (&named_otherwise, false)] {
+        let _ = std::fs::remove_file(&log);
+        let config = containerd.dir.path().join("berth-runtime.toml");
+        std::fs::write(&config, format!("BinaryName = \"{}\"\n", wrapper.display())).unwrap();
+        let config_arg = config.display().to_string();
+        let flags = ["--runtime-config-path", config_arg.as_str()];
+
+        let mut extra = vec!["--rm"];
+        extra.extend(flags);
+        let out = containerd.run(BERTH, &extra, "once", &["sh", "-c", "echo started; exit 3"]);
+        assert_eq!(text(&out.stdout).trim(), "started", "{}", text(&out.stderr));
+        assert_eq!(out.status.code(), Some(3));
+        let create = calls()
+            .into_iter()
+            .find(|call| call.iter().any(|a| a == "create"))
+            .expect("runc create ran through the wrapper");
+        assert_eq!(started_by_runc("once"), !through_fifo, "{:?}", calls());
+
+        let mut extra = vec!["-d"];
+        extra.extend(flags);
+        let out = containerd.run(BERTH, &extra, "long", &["sleep", "100000"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        containerd.wait_for_status("long", "RUNNING");
+        assert_eq!(started_by_runc("long"), !through_fifo, "{:?}", calls());
+        let root = create
+            .iter()
+            .skip_while(|a| *a != "--root")
+            .nth(1)
+            .expect("create names runc's root")
+            .clone();
+        let state = std::process::Command::new(&runc)
+            .args(["--root", &root, "state", "long"])
+            .output()
+            .unwrap();
+        let state: serde_json::Value = serde_json::from_slice(&state.stdout)
+            .unwrap_or_else(|_| panic!("runc state: {}", text(&state.stderr)));
+        assert_eq!(state["status"], "running", "{state}");
+        let out = containerd.ctr(&[
+            "task",
+            "exec",
+            "--exec-id",
+            "probe",
+            "long",
+            "echo",
+            "inside",
+        ]);
+        assert_eq!(text(&out.stdout).trim(), "inside", "{}", text(&out.stderr));
+        kill_until_stopped(&containerd, &["--signal", "SIGKILL"], "long");
+        assert_eq!(delete_reporting_exit_status(&containerd, "long"), 137);
+        let out = containerd.ctr(&["container", "rm", "long"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    containerd.assert_no_shims();
+}
+
 fn run_prints_output_and_propagates_exit_code(containerd: Containerd, runtime: &str) {
     let out = containerd.run(
         runtime,
