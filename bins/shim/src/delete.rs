@@ -54,6 +54,11 @@ fn runtime_delete(
     bundle: &Path,
     id: &str,
 ) -> std::result::Result<(), String> {
+    // containerd runs this action after every task, whose shim has
+    // usually deleted it already.
+    if crate::runc::runc_knows_nothing_of(config, id) {
+        return Ok(());
+    }
     let mut cmd = Command::new(&config.binary);
     cmd.arg("--root")
         .arg(&config.root)

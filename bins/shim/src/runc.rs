@@ -1,9 +1,9 @@
 //! The [`Runtime`] the shim really uses: a typed wrapper over the runc
 //! command line (and crun, runsc, or any runtime with the same CLI). Every
 //! command is waited for through the reaper, never with `Child::wait`,
-//! which would race the global reaper. Starting a runc container is the
-//! exception: the shim releases its init through runc's exec fifo itself
-//! (see [`release_init`]), as `runc start` would.
+//! which would race the global reaper. Starting a runc container and
+//! deleting a stopped one are done without a runc process where runc's
+//! own work is that small ([`release_init`], [`destroy_stopped`]).
 
 use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -42,8 +42,23 @@ impl Runc {
     /// directory layout this relies on) and only when the spec has no
     /// poststart hooks, which newer runc runs at `runc start`.
     fn starts_through_exec_fifo(&self) -> bool {
-        Path::new(&self.config.binary).file_name() == Some("runc".as_ref())
-            && !has_poststart_hooks(&self.bundle)
+        self.is_runc() && !has_hooks(&self.bundle, Hook::Poststart)
+    }
+
+    /// Whether `delete_stopped` may remove a stopped runc container's
+    /// cgroups and state itself rather than run `runc delete`: what runc
+    /// does then is only that, unless the container has poststop hooks,
+    /// shares a pid namespace (runc kills what is left in its cgroup), or
+    /// has its cgroups made by systemd (runc stops the unit).
+    fn destroys_stopped_containers_itself(&self) -> bool {
+        self.is_runc()
+            && !self.config.systemd_cgroup
+            && !has_hooks(&self.bundle, Hook::Poststop)
+            && !crate::container::shares_host_pid_namespace(&self.bundle)
+    }
+
+    fn is_runc(&self) -> bool {
+        is_runc(&self.config)
     }
 
     fn command(&self, args: &[&str]) -> Command {
@@ -232,6 +247,17 @@ impl Runtime for Runc {
         }
     }
 
+    async fn delete_stopped(&self, id: &str) -> Result<()> {
+        if self.destroys_stopped_containers_itself() {
+            let dir = self.config.root.join(id);
+            if let Some(cgroups) = stopped_container_cgroups(&dir, Path::new(CGROUP_ROOT)) {
+                return destroy_stopped(&dir, &cgroups).await;
+            }
+            // No state runc's delete would act on alone: let it.
+        }
+        self.delete(id, true).await
+    }
+
     async fn pause(&self, id: &str) -> Result<()> {
         self.run(self.command(&["pause", id]), None, None)
             .await
@@ -282,6 +308,23 @@ impl Runtime for Runc {
         cmd.arg(id);
         self.run(cmd, None, None).await.map(drop)
     }
+}
+
+/// Whether the runtime is runc, whose state directory layout (below) the
+/// shim relies on to do some of its work without a runc process.
+fn is_runc(config: &RuntimeConfig) -> bool {
+    Path::new(&config.binary).file_name() == Some("runc".as_ref())
+}
+
+/// Whether `runc delete` of `id` would have nothing to do: runc keeps
+/// nothing of a container outside its state directory that it could find
+/// without it.
+pub fn runc_knows_nothing_of(config: &RuntimeConfig, id: &str) -> bool {
+    is_runc(config)
+        && matches!(
+            std::fs::symlink_metadata(config.root.join(id)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound
+        )
 }
 
 /// The fifo in runc's state directory (`<root>/<id>/exec.fifo`) that a
@@ -389,9 +432,15 @@ fn pidfd_open(pid: u32) -> Option<OwnedFd> {
     Some(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Whether the spec in `bundle` has poststart hooks (or cannot be read,
-/// which counts as having them).
-fn has_poststart_hooks(bundle: &Path) -> bool {
+#[derive(Debug, Clone, Copy)]
+enum Hook {
+    Poststart,
+    Poststop,
+}
+
+/// Whether the spec in `bundle` has hooks of the `kind` (or cannot be
+/// read, which counts as having them).
+fn has_hooks(bundle: &Path, kind: Hook) -> bool {
     /// The part of the OCI spec this needs; the rest is skipped unparsed.
     #[derive(serde::Deserialize)]
     struct Spec {
@@ -402,17 +451,128 @@ fn has_poststart_hooks(bundle: &Path) -> bool {
     struct Hooks {
         #[serde(default)]
         poststart: Option<Vec<serde::de::IgnoredAny>>,
+        #[serde(default)]
+        poststop: Option<Vec<serde::de::IgnoredAny>>,
     }
     let Ok(text) = std::fs::read(bundle.join("config.json")) else {
         return true;
     };
-    match serde_json::from_slice::<Spec>(&text) {
-        Ok(spec) => spec
-            .hooks
-            .and_then(|hooks| hooks.poststart)
-            .is_some_and(|hooks| !hooks.is_empty()),
-        Err(_) => true,
+    let Ok(spec) = serde_json::from_slice::<Spec>(&text) else {
+        return true;
+    };
+    let hooks = spec.hooks.and_then(|hooks| match kind {
+        Hook::Poststart => hooks.poststart,
+        Hook::Poststop => hooks.poststop,
+    });
+    hooks.is_some_and(|hooks| !hooks.is_empty())
+}
+
+/// Where every cgroup hierarchy is mounted.
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+/// The cgroups runc recorded for a container in its `state.json`, if they
+/// are all it would remove: `None` when the state cannot be read, names an
+/// Intel RDT group, or holds a path that is not a directory under
+/// `cgroup_root` (then `runc delete` does the work).
+fn stopped_container_cgroups(state_dir: &Path, cgroup_root: &Path) -> Option<Vec<PathBuf>> {
+    /// The part of runc's state this needs; the rest (its copy of the
+    /// config) is skipped unparsed.
+    #[derive(serde::Deserialize)]
+    struct State {
+        #[serde(default)]
+        cgroup_paths: std::collections::HashMap<String, String>,
+        #[serde(default)]
+        intel_rdt_path: Option<String>,
     }
+    let text = std::fs::read(state_dir.join("state.json")).ok()?;
+    let state: State = serde_json::from_slice(&text).ok()?;
+    if state.intel_rdt_path.is_some_and(|path| !path.is_empty()) {
+        return None;
+    }
+    let mut paths: Vec<PathBuf> = Vec::with_capacity(state.cgroup_paths.len());
+    for path in state.cgroup_paths.into_values() {
+        let path = PathBuf::from(path);
+        let below = path.strip_prefix(cgroup_root).ok()?;
+        let plain = below
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)));
+        // A hierarchy's root itself (`/sys/fs/cgroup/memory`) is never a
+        // container's.
+        if !plain || below.components().count() < 2 {
+            return None;
+        }
+        if !paths.contains(&path) {
+            paths.push(path);
+        }
+    }
+    Some(paths)
+}
+
+/// What `runc delete` does for a stopped container with a private pid
+/// namespace, no poststop hooks and cgroupfs cgroups, without starting a
+/// runc process for it (about 6 ms): removes its cgroups, then its state
+/// directory. A cgroup that stays busy fails the delete and leaves the
+/// state for the next try, as with runc.
+async fn destroy_stopped(state_dir: &Path, cgroups: &[PathBuf]) -> Result<()> {
+    for cgroup in cgroups {
+        remove_cgroup(cgroup)
+            .await
+            .map_err(|e| ShimError::Runtime {
+                command: "runc delete".into(),
+                message: format!(
+                    "unable to remove container's cgroup {}: {e}",
+                    cgroup.display()
+                ),
+            })?;
+    }
+    match std::fs::remove_dir_all(state_dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(ShimError::Runtime {
+            command: "runc delete".into(),
+            message: format!(
+                "unable to remove container state dir {}: {e}",
+                state_dir.display()
+            ),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Removes a cgroup and any cgroups below it (a container may have made
+/// some), deepest first. Its files go with the directory; a cgroup still
+/// busy a moment after its last process left is tried again, with a
+/// doubling pause, as runc does.
+async fn remove_cgroup(path: &Path) -> std::io::Result<()> {
+    let mut dirs = vec![path.to_path_buf()];
+    let mut next = 0;
+    while next < dirs.len() {
+        let entries = match std::fs::read_dir(&dirs[next]) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            entries => entries?.collect::<std::io::Result<Vec<_>>>()?,
+        };
+        for entry in entries {
+            if entry.file_type()?.is_dir() {
+                dirs.push(entry.path());
+            }
+        }
+        next += 1;
+    }
+    for dir in dirs.iter().rev() {
+        let mut pause = std::time::Duration::from_millis(1);
+        let mut tries = 10;
+        loop {
+            match std::fs::remove_dir(dir) {
+                Ok(()) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) && tries > 0 => {
+                    tries -= 1;
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(())
 }
 
 fn null_stdio() -> Result<ProcessStdio> {
@@ -584,6 +744,136 @@ mod tests {
         let mut silent = Init::spawn("exit 0");
         assert!(silent.child.wait().unwrap().success());
         assert!(silent.release().await.is_err());
+    }
+
+    #[test]
+    fn a_stopped_runc_container_is_destroyed_by_the_shim_only_when_runc_would_do_no_more() {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = |binary: &str, systemd_cgroup: bool| {
+            let config = RuntimeConfig {
+                binary: binary.into(),
+                root: dir.path().join("root"),
+                systemd_cgroup,
+                criu: None,
+            };
+            Runc::new(config, dir.path(), Arc::new(Reaper::new().0))
+        };
+        let spec = dir.path().join("config.json");
+        let private_pid = r#""linux":{"namespaces":[{"type":"pid"},{"type":"mount"}]}"#;
+        assert!(!runtime("runc", false).destroys_stopped_containers_itself());
+        std::fs::write(&spec, format!("{{{private_pid}}}")).unwrap();
+        assert!(runtime("runc", false).destroys_stopped_containers_itself());
+        assert!(!runtime("runc", true).destroys_stopped_containers_itself());
+        assert!(!runtime("crun", false).destroys_stopped_containers_itself());
+        std::fs::write(
+            &spec,
+            format!(r#"{{{private_pid},"hooks":{{"poststop":[{{"path":"/bin/true"}}]}}}}"#),
+        )
+        .unwrap();
+        assert!(!runtime("runc", false).destroys_stopped_containers_itself());
+        std::fs::write(&spec, r#"{"linux":{"namespaces":[{"type":"mount"}]}}"#).unwrap();
+        assert!(
+            !runtime("runc", false).destroys_stopped_containers_itself(),
+            "a shared pid namespace may leave processes runc kills"
+        );
+    }
+
+    #[test]
+    fn runc_knows_nothing_of_a_container_without_its_state_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = |binary: &str| RuntimeConfig {
+            binary: binary.into(),
+            root: dir.path().to_path_buf(),
+            systemd_cgroup: false,
+            criu: None,
+        };
+        assert!(runc_knows_nothing_of(&config("runc"), "c1"));
+        std::fs::create_dir(dir.path().join("c1")).unwrap();
+        assert!(!runc_knows_nothing_of(&config("/usr/sbin/runc"), "c1"));
+        assert!(
+            !runc_knows_nothing_of(&config("crun"), "c2"),
+            "another runtime may keep its state elsewhere"
+        );
+    }
+
+    #[test]
+    fn only_plain_cgroup_paths_from_runcs_state_are_removed_by_the_shim() {
+        let dir = tempfile::tempdir().unwrap();
+        let cgroups = dir.path().join("cgroup");
+        let state = dir.path().join("state");
+        std::fs::create_dir_all(&state).unwrap();
+        let with = |paths: &str, rdt: &str| {
+            std::fs::write(
+                state.join("state.json"),
+                format!(
+                    r#"{{"id":"c1","config":{{"hooks":{{}}}},"cgroup_paths":{{{paths}}},"intel_rdt_path":"{rdt}"}}"#
+                ),
+            )
+            .unwrap();
+            stopped_container_cgroups(&state, &cgroups)
+        };
+        let root = cgroups.display();
+        let found = with(
+            &format!(
+                r#""":"{root}/unified/c1","cpu":"{root}/cpu/pod/c1","cpuacct":"{root}/cpu/pod/c1""#
+            ),
+            "",
+        )
+        .expect("plain paths are the shim's to remove");
+        let mut found: Vec<String> = found.iter().map(|p| p.display().to_string()).collect();
+        found.sort();
+        assert_eq!(
+            found,
+            [format!("{root}/cpu/pod/c1"), format!("{root}/unified/c1")]
+        );
+        assert_eq!(with("", ""), Some(Vec::new()));
+        for refused in [
+            r#""pids":"/etc/c1""#.to_string(),
+            format!(r#""pids":"{root}/pids/../../../etc""#),
+            format!(r#""pids":"{root}/pids""#),
+            format!(r#""pids":"{root}""#),
+            r#""pids":"relative/c1""#.to_string(),
+        ] {
+            assert_eq!(with(&refused, ""), None, "{refused}");
+        }
+        assert_eq!(
+            with(&format!(r#""pids":"{root}/pids/c1""#), "/sys/fs/resctrl/c1"),
+            None,
+            "an Intel RDT group is runc's to remove"
+        );
+        std::fs::write(state.join("state.json"), "{not json").unwrap();
+        assert_eq!(stopped_container_cgroups(&state, &cgroups), None);
+        assert_eq!(
+            stopped_container_cgroups(&dir.path().join("gone"), &cgroups),
+            None
+        );
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn destroying_removes_cgroups_below_and_then_the_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let cgroup = dir.path().join("pids").join("c1");
+        std::fs::create_dir_all(cgroup.join("made-inside").join("deeper")).unwrap();
+        std::fs::create_dir_all(cgroup.join("another")).unwrap();
+        let state = dir.path().join("state").join("c1");
+        std::fs::create_dir_all(&state).unwrap();
+        std::fs::write(state.join("state.json"), "{}").unwrap();
+        let gone = dir.path().join("pids").join("never-made");
+        destroy_stopped(&state, &[cgroup.clone(), gone])
+            .await
+            .unwrap();
+        assert!(!cgroup.exists());
+        assert!(dir.path().join("pids").exists());
+        assert!(!state.exists());
+
+        // A cgroup that cannot go keeps the state for another try.
+        let stuck = dir.path().join("pids").join("c2");
+        std::fs::create_dir_all(&stuck).unwrap();
+        std::fs::write(stuck.join("not-a-cgroup-file"), "x").unwrap();
+        std::fs::create_dir_all(&state).unwrap();
+        let error = destroy_stopped(&state, std::slice::from_ref(&stuck)).await.unwrap_err();
+        assert!(error.to_string().contains("unable to remove"), "{error}");
+        assert!(state.exists());
     }
 
     #[test]

@@ -84,6 +84,12 @@ pub trait Runtime: std::fmt::Debug + Send + Sync {
     /// `delete [--force]`; a container the runtime does not know is not an error.
     async fn delete(&self, id: &str, force: bool) -> Result<()>;
 
+    /// `delete --force` of a container whose init has exited and been
+    /// reaped: what a runtime may do more cheaply than `delete`.
+    async fn delete_stopped(&self, id: &str) -> Result<()> {
+        self.delete(id, true).await
+    }
+
     async fn pause(&self, id: &str) -> Result<()>;
 
     async fn resume(&self, id: &str) -> Result<()>;

@@ -476,7 +476,7 @@ impl Tasks {
             container.execs.remove(exec_id);
             return Ok(delete_response(pid, exit));
         }
-        let (runtime, bundle, mounted) = {
+        let (runtime, bundle, mounted, stopped) = {
             let mut state = self.lock();
             let container = state.container(id)?;
             if container.deleting {
@@ -497,9 +497,15 @@ impl Tasks {
                 container.runtime.clone(),
                 container.bundle.clone(),
                 container.rootfs_mounted,
+                init.exit().is_some(),
             )
         };
-        let removed = match runtime.delete(id, true).await {
+        let deleted = if stopped {
+            runtime.delete_stopped(id).await
+        } else {
+            runtime.delete(id, true).await
+        };
+        let removed = match deleted {
             Ok(()) if mounted => self
                 .mounter
                 .unmount_all(&bundle.join("rootfs"))

@@ -78,32 +78,35 @@ mod v22_only {
 }
 
 /// Our shim only: it starts a runc container without a `runc start`
-/// process, releasing the created init through runc's exec fifo itself; a
-/// runtime of another name still gets `start`. Under both containerds.
+/// process, releasing the created init through runc's exec fifo itself,
+/// and deletes a stopped one without `runc delete`, removing its cgroups
+/// and state itself; a runtime of another name still gets `start` and
+/// `delete`. Under both containerds.
 mod berth_start {
     #[test]
     fn v16() {
         if crate::support::prerequisites(crate::Version::V16) {
-            crate::start_releases_the_init_without_runc_start(crate::Containerd::start(
-                crate::Version::V16,
-            ))
+            crate::a_runc_container_starts_and_goes_without_runc_start_or_delete(
+                crate::Containerd::start(crate::Version::V16),
+            )
         }
     }
     #[test]
     fn v22() {
         if crate::support::prerequisites(crate::Version::V22) {
-            crate::start_releases_the_init_without_runc_start(crate::Containerd::start(
-                crate::Version::V22,
-            ))
+            crate::a_runc_container_starts_and_goes_without_runc_start_or_delete(
+                crate::Containerd::start(crate::Version::V22),
+            )
         }
     }
 }
 
 /// Through wrappers that log every runc command line before running it: one
-/// named `runc` (started through the fifo), one named otherwise (started
-/// with `runc start`). Either way the container runs, reports its output
-/// and status, runc itself sees it running, and exec and kill work on it.
-fn start_releases_the_init_without_runc_start(containerd: Containerd) {
+/// named `runc` (no `runc start` or `runc delete`), one named otherwise
+/// (both). Either way the container runs, reports its output and status,
+/// runc itself sees it running, exec and kill work on it, and its delete
+/// leaves none of its cgroups and no runc state behind.
+fn a_runc_container_starts_and_goes_without_runc_start_or_delete(containerd: Containerd) {
     let runc = support::which("runc").expect("runc is on PATH");
     let log = containerd.dir.path().join("runc-calls.log");
     let script = format!(
@@ -126,9 +129,9 @@ fn start_releases_the_init_without_runc_start(containerd: Containerd) {
             .map(|line| line.split_whitespace().map(str::to_string).collect())
             .collect()
     };
-    let started_by_runc = |id: &str| {
+    let ran = |command: &str, id: &str| {
         calls().iter().any(|call| {
-            call.iter().any(|a| a == "start") && call.last().map(String::as_str) == Some(id)
+            call.iter().any(|a| a == command) && call.last().map(String::as_str) == Some(id)
         })
     };
 
@@ -148,14 +151,15 @@ fn start_releases_the_init_without_runc_start(containerd: Containerd) {
             .into_iter()
             .find(|call| call.iter().any(|a| a == "create"))
             .expect("runc create ran through the wrapper");
-        assert_eq!(started_by_runc("once"), !through_fifo, "{:?}", calls());
+        assert_eq!(ran("start", "once"), !through_fifo, "{:?}", calls());
+        assert_eq!(ran("delete", "once"), !through_fifo, "{:?}", calls());
 
         let mut extra = vec!["-d"];
         extra.extend(flags);
         let out = containerd.run(BERTH, &extra, "long", &["sleep", "100000"]);
         assert!(out.status.success(), "{}", text(&out.stderr));
         containerd.wait_for_status("long", "RUNNING");
-        assert_eq!(started_by_runc("long"), !through_fifo, "{:?}", calls());
+        assert_eq!(ran("start", "long"), !through_fifo, "{:?}", calls());
         let root = create
             .iter()
             .skip_while(|a| *a != "--root")
@@ -179,8 +183,31 @@ fn start_releases_the_init_without_runc_start(containerd: Containerd) {
             "inside",
         ]);
         assert_eq!(text(&out.stdout).trim(), "inside", "{}", text(&out.stderr));
+        let runc_state = std::path::Path::new(&root).join("long");
+        let cgroups: Vec<String> = serde_json::from_slice::<serde_json::Value>(
+            &std::fs::read(runc_state.join("state.json")).unwrap(),
+        )
+        .unwrap()["cgroup_paths"]
+            .as_object()
+            .expect("runc's state names the cgroups")
+            .values()
+            .map(|path| path.as_str().unwrap().to_string())
+            .collect();
+        assert!(
+            cgroups
+                .iter()
+                .any(|path| std::path::Path::new(path).exists()),
+            "{cgroups:?}"
+        );
         kill_until_stopped(&containerd, &["--signal", "SIGKILL"], "long");
         assert_eq!(delete_reporting_exit_status(&containerd, "long"), 137);
+        assert_eq!(ran("delete", "long"), !through_fifo, "{:?}", calls());
+        let left: Vec<&String> = cgroups
+            .iter()
+            .filter(|path| std::path::Path::new(path).exists())
+            .collect();
+        assert!(left.is_empty(), "cgroups left: {left:?}");
+        assert!(!runc_state.exists(), "runc's state is left");
         let out = containerd.ctr(&["container", "rm", "long"]);
         assert!(out.status.success(), "{}", text(&out.stderr));
     }
