@@ -10,6 +10,7 @@
 use std::collections::HashSet;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -71,10 +72,31 @@ pub struct LocalSnapshotter {
     /// Held shared while a directory exists without its record, exclusively
     /// by cleanup.
     cleanup: Arc<RwLock<()>>,
+    /// The last snapshot id handed out. Ids are handed out here, without a
+    /// transaction of their own: each is recorded with its snapshot, and
+    /// the directory of one handed out but never recorded (a crash in
+    /// between) counts at the next start, until cleanup removes it.
+    last_id: Arc<AtomicU64>,
     trash: Trash,
     /// Commits not yet known to be on disk (see `write_back.rs`).
     marks: Marks,
     write_back: WriteBack,
+}
+
+/// The highest id among the snapshot directories in `dir` (0 if none).
+fn highest_dir_id(dir: &Path) -> Result<u64> {
+    let mut highest = 0;
+    for entry in std::fs::read_dir(dir).map_err(io(format!("reading {}", dir.display())))? {
+        let entry = entry.map_err(io("reading snapshot directories"))?;
+        if let Some(id) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u64>().ok())
+        {
+            highest = highest.max(id);
+        }
+    }
+    Ok(highest)
 }
 
 /// Removes the directories of removed snapshots on a thread of its own,
@@ -170,6 +192,7 @@ impl LocalSnapshotter {
                 tracing::warn!("overlay is not in /proc/filesystems; mounts may fail");
             }
         }
+        let last_id = records.last_id(backend.name())?.max(highest_dir_id(&dir)?);
         // The write-back thread holds the records weakly: the store closes
         // when the last handle goes, as before.
         let records = Arc::new(records);
@@ -186,6 +209,7 @@ impl LocalSnapshotter {
             marks,
             dir,
             cleanup: Arc::new(RwLock::new(())),
+            last_id: Arc::new(AtomicU64::new(last_id)),
             trash: Trash::start()?,
         })
     }
@@ -331,7 +355,7 @@ impl LocalSnapshotter {
             )?),
             None => None,
         };
-        let id = self.records.allocate_id(self.name())?;
+        let id = self.last_id.fetch_add(1, Ordering::SeqCst) + 1;
         let _guard = self
             .cleanup
             .read()

@@ -143,20 +143,15 @@ impl Records {
         })
     }
 
-    /// A new snapshot id, never handed out before.
-    pub fn allocate_id(&self, snapshotter: &str) -> Result<u64> {
-        let mut txn = self.env.write_txn().map_err(db_error)?;
-        let last = self
+    /// The highest snapshot id recorded: each insert records its id, so
+    /// no snapshot that was ever stored has a higher one.
+    pub fn last_id(&self, snapshotter: &str) -> Result<u64> {
+        let txn = self.env.read_txn().map_err(db_error)?;
+        Ok(self
             .counters
             .get(&txn, snapshotter)
             .map_err(db_error)?
-            .unwrap_or(0);
-        let id = last + 1;
-        self.counters
-            .put(&mut txn, snapshotter, &id)
-            .map_err(db_error)?;
-        txn.commit().map_err(db_error)?;
-        Ok(id)
+            .unwrap_or(0))
     }
 
     pub fn get(&self, snapshotter: &str, namespace: &str, key: &str) -> Result<Option<Record>> {
@@ -213,6 +208,18 @@ impl Records {
         self.snapshots
             .put(&mut txn, &full, record)
             .map_err(db_error)?;
+        // The id is handed out in memory; it is recorded here, in the
+        // snapshot's own transaction, and so never handed out again.
+        let last = self
+            .counters
+            .get(&txn, snapshotter)
+            .map_err(db_error)?
+            .unwrap_or(0);
+        if record.id > last {
+            self.counters
+                .put(&mut txn, snapshotter, &record.id)
+                .map_err(db_error)?;
+        }
         txn.commit().map_err(db_error)
     }
 

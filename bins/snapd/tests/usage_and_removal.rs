@@ -86,3 +86,45 @@ async fn remove_returns_with_the_record_gone_and_the_tree_follows() {
     }
     assert!(sn.own_dir(ns, "next").unwrap().is_dir());
 }
+
+/// The id in a snapshot's directory path (`.../snapshots/ID/fs`).
+fn id_of(sn: &LocalSnapshotter, key: &str) -> u64 {
+    let own = sn.own_dir("default", key).unwrap();
+    let id = own.parent().unwrap().file_name().unwrap().to_str().unwrap();
+    id.parse().unwrap()
+}
+
+/// Ids are handed out in memory and recorded with their snapshots: one
+/// is never handed out twice, not after the highest was removed and
+/// snapd restarted, nor after a crash left a directory without a record.
+#[tokio::test]
+async fn snapshot_ids_are_never_handed_out_twice_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let ns = "default";
+    let sn = open(&root);
+    sn.prepare(ns, "a", None, HashMap::new()).await.unwrap();
+    sn.prepare(ns, "b", None, HashMap::new()).await.unwrap();
+    let (a, b) = (id_of(&sn, "a"), id_of(&sn, "b"));
+    assert!(b > a);
+    sn.remove(ns, "b").await.unwrap();
+    drop(sn);
+
+    let sn = open(&root);
+    sn.prepare(ns, "c", None, HashMap::new()).await.unwrap();
+    let c = id_of(&sn, "c");
+    assert!(c > b, "id {c} handed out again after {b} was removed");
+    drop(sn);
+
+    // A crash between making a snapshot's directory and recording it.
+    let orphan = c + 5;
+    let snapshots = sn_dir(&root);
+    std::fs::create_dir_all(snapshots.join(orphan.to_string()).join("fs")).unwrap();
+    let sn = open(&root);
+    sn.prepare(ns, "d", None, HashMap::new()).await.unwrap();
+    assert!(id_of(&sn, "d") > orphan);
+}
+
+fn sn_dir(root: &std::path::Path) -> std::path::PathBuf {
+    root.join(Backend::Overlay.name()).join("snapshots")
+}
