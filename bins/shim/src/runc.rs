@@ -871,7 +871,9 @@ mod tests {
         std::fs::create_dir_all(&stuck).unwrap();
         std::fs::write(stuck.join("not-a-cgroup-file"), "x").unwrap();
         std::fs::create_dir_all(&state).unwrap();
-        let error = destroy_stopped(&state, std::slice::from_ref(&stuck)).await.unwrap_err();
+        let error = destroy_stopped(&state, std::slice::from_ref(&stuck))
+            .await
+            .unwrap_err();
         assert!(error.to_string().contains("unable to remove"), "{error}");
         assert!(state.exists());
     }

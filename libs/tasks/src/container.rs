@@ -197,28 +197,66 @@ pub async fn create_container(
     namespace: &str,
     new: NewContainer,
 ) -> Result<Container> {
+    create_container_then(services, namespace, new, |_| async {})
+        .await
+        .map(|(container, ())| container)
+}
+
+/// As [`create_container`], and then `next` with the record as soon as it
+/// exists, while the lease that held the new snapshot until then is let go
+/// (two commits, one in snapd and one in metad, off the way of whatever
+/// the caller does next: creating the task, for `berth run`). `next` runs
+/// only if the container was made. Returns the record and what `next`
+/// gave.
+pub async fn create_container_then<T, Next, NextFut>(
+    services: ContainerServices<'_>,
+    namespace: &str,
+    new: NewContainer,
+    next: Next,
+) -> Result<(Container, T)>
+where
+    Next: FnOnce(Container) -> NextFut,
+    NextFut: std::future::Future<Output = T>,
+{
     let id = new.options.id.as_str();
     berth_ids::validate_id(id).map_err(|e| Error::invalid_argument(e.to_string()))?;
     let new = &new;
+    let (made_tx, made_rx) = tokio::sync::oneshot::channel::<Container>();
     // Until the record exists nothing else holds the new snapshot: a lease
     // does (expiring on its own if we die before dropping it). Then the
     // record holds the snapshot (or nothing was made): the lease's label
     // comes off and the lease goes. Either failing leaves a lease that
     // expires on its own, so neither fails the creation. The lease is
     // made while the image is read and the spec built, which need none.
-    let (made, _dropped) = berth_metadata::with_lease_taken_during(
-        services.leases,
-        namespace,
-        berth_metadata::CLIENT_LEASE_TTL,
-        image_and_spec(services, namespace, new),
-        |lease, built| async move {
-            let made = create_under_lease(services, namespace, new, id, built, &lease).await;
-            let _ = services.snapshots.release_lease(namespace, &lease).await;
-            made
-        },
-    )
-    .await?;
-    made
+    let making = async {
+        let (made, _dropped) = berth_metadata::with_lease_taken_during(
+            services.leases,
+            namespace,
+            berth_metadata::CLIENT_LEASE_TTL,
+            image_and_spec(services, namespace, new),
+            |lease, built| async move {
+                let made = create_under_lease(services, namespace, new, id, built, &lease).await;
+                if let Ok(record) = &made {
+                    let _ = made_tx.send(record.clone());
+                }
+                let _ = services.snapshots.release_lease(namespace, &lease).await;
+                made
+            },
+        )
+        .await?;
+        made
+    };
+    let then = async {
+        match made_rx.await {
+            Ok(record) => Some(next(record).await),
+            // Not made: `making` has the error.
+            Err(_) => None,
+        }
+    };
+    let (made, then) = tokio::join!(making, then);
+    let made = made?;
+    let then = then.ok_or_else(|| Error::internal(format!("container {id} was made unseen")))?;
+    Ok((made, then))
 }
 
 /// What a container's record is made of besides its request: the image's
@@ -452,27 +490,32 @@ async fn create_under_lease(
     }
 }
 
-/// Removes a container's record and then its snapshot (a snapshot already
-/// gone is fine).
+/// Removes a container's record and its snapshot (a snapshot already gone
+/// is fine), the two at once: either failing leaves what a failure of
+/// containerd's order (the snapshot, then the record) may leave, and a
+/// snapshot left without its record is metad's collector's to take.
 pub async fn remove_container(
     services: ContainerServices<'_>,
     namespace: &str,
     id: &str,
 ) -> Result<()> {
     let record = services.containers.get(namespace, id).await?;
-    services.containers.delete(namespace, id).await?;
-    if !record.snapshot_key.is_empty() {
+    let snapshot = async {
+        if record.snapshot_key.is_empty() {
+            return Ok(());
+        }
         match services
             .snapshots
             .remove(namespace, &record.snapshot_key)
             .await
         {
-            Ok(()) => {}
-            Err(e) if e.kind() == ErrorKind::NotFound => {}
-            Err(e) => return Err(e.context(format!("removing the snapshot of {id}"))),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            other => other.map_err(|e| e.context(format!("removing the snapshot of {id}"))),
         }
-    }
-    Ok(())
+    };
+    let (deleted, removed) = tokio::join!(services.containers.delete(namespace, id), snapshot);
+    deleted?;
+    removed
 }
 
 #[cfg(test)]

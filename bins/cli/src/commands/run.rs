@@ -20,7 +20,7 @@ use berth_oci::{
     NetworkMode, Seccomp, SpecOptions, DEFAULT_CDI_SPEC_DIRS,
 };
 use berth_tasks::container::{
-    create_container, remove_container, ContainerServices, NewContainer, DEFAULT_RUNTIME,
+    create_container_then, remove_container, ContainerServices, NewContainer, DEFAULT_RUNTIME,
 };
 use berth_tasks::{CreateTask, KillProcess, Stdio, Tasks};
 
@@ -506,6 +506,25 @@ pub async fn create(
     clients: &Clients,
     extra_labels: HashMap<String, String>,
 ) -> Result<String> {
+    create_then(global, args, clients, extra_labels, |_| async {})
+        .await
+        .map(|(id, ())| id)
+}
+
+/// As [`create`], then `next` with the container's id as soon as its
+/// record exists (see [`create_container_then`]); returns the id and what
+/// `next` gave.
+pub async fn create_then<T, Next, NextFut>(
+    global: &Global,
+    args: &ContainerArgs,
+    clients: &Clients,
+    extra_labels: HashMap<String, String>,
+    next: Next,
+) -> Result<(String, T)>
+where
+    Next: FnOnce(String) -> NextFut,
+    NextFut: std::future::Future<Output = T>,
+{
     let ns = global.namespace()?;
     let id = match &args.name {
         Some(name) => name.clone(),
@@ -554,13 +573,15 @@ pub async fn create(
         scratch: scratch_dir(global),
         copy_up: Vec::new(),
     };
-    if let Err(e) = create_container(clients.services(), ns, new).await {
-        if e.kind() != ErrorKind::AlreadyExists {
-            let _ = super::network::forget(global, ns, &id);
+    match create_container_then(clients.services(), ns, new, |record| next(record.id)).await {
+        Ok((_, then)) => Ok((id, then)),
+        Err(e) => {
+            if e.kind() != ErrorKind::AlreadyExists {
+                let _ = super::network::forget(global, ns, &id);
+            }
+            Err(anyhow::Error::from(e).context(format!("creating container {id}")))
         }
-        return Err(anyhow::Error::from(e).context(format!("creating container {id}")));
     }
-    Ok(id)
 }
 
 /// A detached task's stdio: its output appended to `log` (the shim opens
@@ -646,8 +667,13 @@ pub async fn run(global: &Global, args: RunArgs) -> Result<u8> {
         container.name = Some(id);
         return detached(global, &ns, container, &clients, &tasks, extra, output).await;
     }
-    let id = create(global, &args.container, &clients, extra).await?;
-    let outcome = attached(&global.fifo_root(), &ns, &id, &args, &tasks).await;
+    // The task is made while the container's snapshot lease goes.
+    let fifo_root = global.fifo_root();
+    let (id, outcome) = create_then(global, &args.container, &clients, extra, |id| {
+        let (fifo_root, ns, args, tasks) = (&fifo_root, &ns, &args, &tasks);
+        async move { attached(fifo_root, ns, &id, args, tasks).await }
+    })
+    .await?;
     if args.rm {
         let removed = remove_task_and_container(global, &ns, &id, &tasks, &clients).await;
         if let (Ok(_), Err(e)) = (&outcome, removed) {
@@ -666,28 +692,36 @@ async fn detached(
     extra: HashMap<String, String>,
     output: DetachedOutput,
 ) -> Result<u8> {
-    let id = create(global, &container, clients, extra).await?;
-    let (stdio, fifos) = match output {
-        DetachedOutput::Log(log) => (log_stdio(&log)?, None),
-        DetachedOutput::Fifos { stdin } => {
-            let fifos = Fifos::new(&global.fifo_root(), &id, stdin, container.tty)?;
-            (fifos.stdio.clone(), Some(fifos))
+    // The task is made while the container's snapshot lease goes; its
+    // fifos once the record is ours (another container's by that name may
+    // have fifos at the same place).
+    let tty = container.tty;
+    let (id, (started, fifos)) = create_then(global, &container, clients, extra, |id| async move {
+        let (stdio, fifos) = match output {
+            DetachedOutput::Log(log) => (log_stdio(&log)?, None),
+            DetachedOutput::Fifos { stdin } => {
+                let fifos = Fifos::new(&global.fifo_root(), &id, stdin, tty)?;
+                (fifos.stdio.clone(), Some(fifos))
+            }
+        };
+        let started = async {
+            tasks
+                .create(
+                    ns,
+                    CreateTask {
+                        container_id: id.clone(),
+                        stdio,
+                        ..Default::default()
+                    },
+                )
+                .await?;
+            tasks.start(ns, &id, "").await
         }
-    };
-    let started = async {
-        tasks
-            .create(
-                ns,
-                CreateTask {
-                    container_id: id.clone(),
-                    stdio,
-                    ..Default::default()
-                },
-            )
-            .await?;
-        tasks.start(ns, &id, "").await
-    }
-    .await;
+        .await;
+        anyhow::Ok((started, fifos))
+    })
+    .await
+    .and_then(|(id, made)| Ok((id, made?)))?;
     if let Err(e) = started {
         let _ = tasks.delete(ns, &id).await;
         return Err(anyhow::Error::from(e).context(format!("starting container {id}")));
