@@ -72,6 +72,22 @@ fn assert_nothing_left(stack: &Stack) {
         .map(|d| d.flatten().map(|e| e.file_name()).collect())
         .unwrap_or_default();
     assert!(left.is_empty(), "bundles left: {left:?}");
+    // Removed bundles' files go just after their Delete, from the trash.
+    let trash = bundles.parent().unwrap().join(".trash");
+    let trashed = || {
+        std::fs::read_dir(&trash)
+            .map(|d| d.flatten().map(|e| e.file_name()).collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !trashed().is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(
+        trashed(),
+        Vec::<std::ffi::OsString>::new(),
+        "removed bundles left"
+    );
     // Shims exit just after their task is deleted.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while !processes_under(&stack.dir).is_empty() && std::time::Instant::now() < deadline {

@@ -21,6 +21,13 @@ const RECORD: &str = "task.json";
 const SHIM_BINARY_PATH: &str = "shim-binary-path";
 /// Present once the init process's exit has reached metad.
 const EXIT_REPORTED: &str = "exit-reported";
+/// Removed bundles on their way out (see [`Bundle::remove`]); a name no
+/// namespace may have.
+pub const TRASH: &str = ".trash";
+
+/// Makes each trashed bundle's name its own, though one id's bundles may
+/// be trashed again before the last has gone.
+static TRASHED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// What taskd keeps of a task beyond what its shim knows.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -178,12 +185,43 @@ impl Bundle {
             berth_mount::unmount_all(&rootfs)
                 .map_err(|e| Error::internal(format!("unmounting {}: {e}", rootfs.display())))?;
         }
-        let hidden = self.path.with_file_name(format!(".{}", self.id));
-        let _ = std::fs::remove_dir_all(&hidden);
-        std::fs::rename(&self.path, &hidden)
+        // The bundle leaves its place at once (its id is free again when
+        // this returns) for the trash, and its files go from there off the
+        // caller's thread: taskd serves every request on one thread, and
+        // removing files may wait on the disk (a filesystem mounted with
+        // `discard` discards each freed block before unlink returns). What
+        // a crash leaves in the trash, the next start's `list` removes.
+        let trash = self.trash();
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&trash)
+            .map_err(|e| Error::io(format!("creating {}", trash.display()), &e))?;
+        let doomed = trash.join(format!(
+            "{}-{}-{}",
+            self.namespace,
+            self.id,
+            TRASHED.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        std::fs::rename(&self.path, &doomed)
             .map_err(|e| Error::io(format!("removing {}", self.path.display()), &e))?;
-        std::fs::remove_dir_all(&hidden)
-            .map_err(|e| Error::io(format!("removing {}", hidden.display()), &e))
+        let remove = move || {
+            if let Err(e) = std::fs::remove_dir_all(&doomed) {
+                tracing::warn!(path = %doomed.display(), error = %e, "removing a deleted bundle");
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(remove)),
+            Err(_) => remove(),
+        }
+        Ok(())
+    }
+
+    /// Where removed bundles wait for their files to go: beside the
+    /// namespaces, under a name no namespace can have.
+    fn trash(&self) -> PathBuf {
+        let namespaces = self.path.parent().and_then(Path::parent);
+        namespaces.unwrap_or(&self.path).join(TRASH)
     }
 
     /// Every bundle under `state`, by namespace and id; hidden directories
@@ -193,6 +231,14 @@ impl Bundle {
         let Ok(namespaces) = std::fs::read_dir(state) else {
             return found;
         };
+        // Bundles removed before a crash, whose files had not all gone.
+        if let Ok(trashed) = std::fs::read_dir(state.join(TRASH)) {
+            for entry in trashed.flatten() {
+                if berth_mount::unmount_all(&entry.path().join(ROOTFS)).is_ok() {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+        }
         for namespace in namespaces.flatten() {
             let Some(ns) = namespace.file_name().to_str().map(str::to_string) else {
                 continue;
@@ -355,6 +401,40 @@ mod tests {
         assert!(!bundle.path.exists());
         assert!(Bundle::list(state.path()).is_empty());
         bundle.remove().unwrap();
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_removed_bundle_leaves_its_place_at_once_and_its_files_go_after() {
+        let state = tempfile::tempdir().unwrap();
+        let trash = state.path().join(TRASH);
+        for round in 0..3 {
+            let bundle = Bundle::locate(state.path(), "default", "c1").unwrap();
+            bundle.create(b"{}").unwrap();
+            bundle.write_record(&record()).unwrap();
+            bundle.remove().unwrap();
+            assert!(!bundle.path.exists(), "round {round}");
+            assert!(Bundle::list(state.path()).is_empty(), "round {round}");
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::fs::read_dir(&trash).unwrap().count() > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the trash never emptied"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
+    #[test]
+    fn what_a_crash_left_in_the_trash_goes_at_the_next_listing() {
+        let state = tempfile::tempdir().unwrap();
+        let left = state.path().join(TRASH).join("default-c1-7");
+        std::fs::create_dir_all(left.join(ROOTFS)).unwrap();
+        std::fs::write(left.join(SPEC), b"{}").unwrap();
+        let kept = Bundle::locate(state.path(), "default", "c2").unwrap();
+        kept.create(b"{}").unwrap();
+        assert_eq!(Bundle::list(state.path()), vec![kept]);
+        assert!(!left.exists());
     }
 
     #[test]
