@@ -202,12 +202,21 @@ pub async fn create_container(
         .map(|(container, ())| container)
 }
 
-/// As [`create_container`], and then `next` with the record as soon as it
-/// exists, while the lease that held the new snapshot until then is let go
-/// (two commits, one in snapd and one in metad, off the way of whatever
-/// the caller does next: creating the task, for `berth run`). `next` runs
-/// only if the container was made. Returns the record and what `next`
-/// gave.
+/// A container just made: its record, and the mounts of its new snapshot
+/// (what a task's rootfs is made of, as containerd's client passes them
+/// to its task's Create).
+#[derive(Debug, Clone)]
+pub struct MadeContainer {
+    pub record: Container,
+    pub rootfs: Vec<berth_mount::Mount>,
+}
+
+/// As [`create_container`], and then `next` with the container as soon as
+/// its record exists, while the lease that held the new snapshot until
+/// then is let go (two commits, one in snapd and one in metad, off the way
+/// of whatever the caller does next: creating the task, for `berth run`).
+/// `next` runs only if the container was made. Returns the record and
+/// what `next` gave.
 pub async fn create_container_then<T, Next, NextFut>(
     services: ContainerServices<'_>,
     namespace: &str,
@@ -215,13 +224,13 @@ pub async fn create_container_then<T, Next, NextFut>(
     next: Next,
 ) -> Result<(Container, T)>
 where
-    Next: FnOnce(Container) -> NextFut,
+    Next: FnOnce(MadeContainer) -> NextFut,
     NextFut: std::future::Future<Output = T>,
 {
     let id = new.options.id.as_str();
     berth_ids::validate_id(id).map_err(|e| Error::invalid_argument(e.to_string()))?;
     let new = &new;
-    let (made_tx, made_rx) = tokio::sync::oneshot::channel::<Container>();
+    let (made_tx, made_rx) = tokio::sync::oneshot::channel::<MadeContainer>();
     // Until the record exists nothing else holds the new snapshot: a lease
     // does (expiring on its own if we die before dropping it). Then the
     // record holds the snapshot (or nothing was made): the lease's label
@@ -236,11 +245,11 @@ where
             image_and_spec(services, namespace, new),
             |lease, built| async move {
                 let made = create_under_lease(services, namespace, new, id, built, &lease).await;
-                if let Ok(record) = &made {
-                    let _ = made_tx.send(record.clone());
+                if let Ok(made) = &made {
+                    let _ = made_tx.send(made.clone());
                 }
                 let _ = services.snapshots.release_lease(namespace, &lease).await;
-                made
+                made.map(|made| made.record)
             },
         )
         .await?;
@@ -441,7 +450,7 @@ async fn create_under_lease(
     id: &str,
     built: BuiltFromImage,
     lease: &str,
-) -> Result<Container> {
+) -> Result<MadeContainer> {
     let BuiltFromImage {
         parent,
         spec_json,
@@ -449,7 +458,7 @@ async fn create_under_lease(
     } = built;
     let id = id.to_string();
     let leased = berth_snapshot::Leased::new(services.snapshots, Some(lease.to_string()));
-    leased
+    let rootfs = leased
         .prepare(
             namespace,
             &id,
@@ -478,7 +487,7 @@ async fn create_under_lease(
         sandbox: String::new(),
     };
     match services.containers.create(namespace, record).await {
-        Ok(created) => Ok(created),
+        Ok(record) => Ok(MadeContainer { record, rootfs }),
         Err(e) => {
             // The id was taken (or metad failed): the snapshot we prepared
             // goes, unless it was someone else's all along.

@@ -506,14 +506,14 @@ pub async fn create(
     clients: &Clients,
     extra_labels: HashMap<String, String>,
 ) -> Result<String> {
-    create_then(global, args, clients, extra_labels, |_| async {})
+    create_then(global, args, clients, extra_labels, |_, _| async {})
         .await
         .map(|(id, ())| id)
 }
 
-/// As [`create`], then `next` with the container's id as soon as its
-/// record exists (see [`create_container_then`]); returns the id and what
-/// `next` gave.
+/// As [`create`], then `next` with the container's id and rootfs mounts as
+/// soon as its record exists (see [`create_container_then`]); returns the
+/// id and what `next` gave.
 pub async fn create_then<T, Next, NextFut>(
     global: &Global,
     args: &ContainerArgs,
@@ -522,7 +522,7 @@ pub async fn create_then<T, Next, NextFut>(
     next: Next,
 ) -> Result<(String, T)>
 where
-    Next: FnOnce(String) -> NextFut,
+    Next: FnOnce(String, Vec<berth_tasks::Mount>) -> NextFut,
     NextFut: std::future::Future<Output = T>,
 {
     let ns = global.namespace()?;
@@ -573,7 +573,11 @@ where
         scratch: scratch_dir(global),
         copy_up: Vec::new(),
     };
-    match create_container_then(clients.services(), ns, new, |record| next(record.id)).await {
+    match create_container_then(clients.services(), ns, new, |made| {
+        next(made.record.id, made.rootfs)
+    })
+    .await
+    {
         Ok((_, then)) => Ok((id, then)),
         Err(e) => {
             if e.kind() != ErrorKind::AlreadyExists {
@@ -669,9 +673,9 @@ pub async fn run(global: &Global, args: RunArgs) -> Result<u8> {
     }
     // The task is made while the container's snapshot lease goes.
     let fifo_root = global.fifo_root();
-    let (id, outcome) = create_then(global, &args.container, &clients, extra, |id| {
+    let (id, outcome) = create_then(global, &args.container, &clients, extra, |id, rootfs| {
         let (fifo_root, ns, args, tasks) = (&fifo_root, &ns, &args, &tasks);
-        async move { attached(fifo_root, ns, &id, args, tasks).await }
+        async move { attached(fifo_root, ns, &id, rootfs, args, tasks).await }
     })
     .await?;
     if args.rm {
@@ -696,30 +700,37 @@ async fn detached(
     // fifos once the record is ours (another container's by that name may
     // have fifos at the same place).
     let tty = container.tty;
-    let (id, (started, fifos)) = create_then(global, &container, clients, extra, |id| async move {
-        let (stdio, fifos) = match output {
-            DetachedOutput::Log(log) => (log_stdio(&log)?, None),
-            DetachedOutput::Fifos { stdin } => {
-                let fifos = Fifos::new(&global.fifo_root(), &id, stdin, tty)?;
-                (fifos.stdio.clone(), Some(fifos))
+    let (id, (started, fifos)) = create_then(
+        global,
+        &container,
+        clients,
+        extra,
+        |id, rootfs| async move {
+            let (stdio, fifos) = match output {
+                DetachedOutput::Log(log) => (log_stdio(&log)?, None),
+                DetachedOutput::Fifos { stdin } => {
+                    let fifos = Fifos::new(&global.fifo_root(), &id, stdin, tty)?;
+                    (fifos.stdio.clone(), Some(fifos))
+                }
+            };
+            let started = async {
+                tasks
+                    .create(
+                        ns,
+                        CreateTask {
+                            container_id: id.clone(),
+                            rootfs,
+                            stdio,
+                            ..Default::default()
+                        },
+                    )
+                    .await?;
+                tasks.start(ns, &id, "").await
             }
-        };
-        let started = async {
-            tasks
-                .create(
-                    ns,
-                    CreateTask {
-                        container_id: id.clone(),
-                        stdio,
-                        ..Default::default()
-                    },
-                )
-                .await?;
-            tasks.start(ns, &id, "").await
-        }
-        .await;
-        anyhow::Ok((started, fifos))
-    })
+            .await;
+            anyhow::Ok((started, fifos))
+        },
+    )
     .await
     .and_then(|(id, made)| Ok((id, made?)))?;
     if let Err(e) = started {
@@ -750,6 +761,7 @@ async fn attached(
     fifo_root: &Path,
     ns: &str,
     id: &str,
+    rootfs: Vec<berth_tasks::Mount>,
     args: &RunArgs,
     tasks: &RemoteTasks,
 ) -> Result<u8> {
@@ -760,6 +772,7 @@ async fn attached(
             ns,
             CreateTask {
                 container_id: id.to_string(),
+                rootfs,
                 stdio: fifos.stdio.clone(),
                 ..Default::default()
             },
