@@ -10,7 +10,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use berth_errdefs::{Error, ErrorKind, Result};
 use berth_metadata::{ContainerStore, Runtime};
 use berth_network::{Cni, PodNetwork, PortMapping};
-use berth_tasks::container::{create_container, remove_container, CopyUp, NewContainer};
+use berth_tasks::container::{create_container_then, remove_container, CopyUp, NewContainer};
 use berth_tasks::{CreateTask, ExecProcess, KillProcess, Stdio, Tasks};
 use k8s_cri::v1 as cri;
 use tokio::sync::watch;
@@ -187,7 +187,30 @@ impl Crid {
             scratch: self.settings.state.join("views"),
             copy_up,
         };
-        create_container(clients.services(&self.daemons.snapshotter), NAMESPACE, new).await
+        // The record is the answer; the lease that held the snapshot until
+        // it existed is let go after the answer, in a task of its own (a
+        // lease left by a crid that dies first expires on its own).
+        let snapshotter = self.daemons.snapshotter.clone();
+        let (made_tx, made_rx) = tokio::sync::oneshot::channel();
+        let (failed_tx, failed_rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let services = clients.services(&snapshotter);
+            let made = create_container_then(services, NAMESPACE, new, move |made| {
+                let _ = made_tx.send(made.record);
+                async {}
+            })
+            .await;
+            if let Err(e) = made {
+                let _ = failed_tx.send(e);
+            }
+        });
+        match made_rx.await {
+            Ok(record) => Ok(record),
+            // Not made: the error follows.
+            Err(_) => Err(failed_rx
+                .await
+                .unwrap_or_else(|_| Error::internal("making the container stopped"))),
+        }
     }
 
     async fn unmake_container(&self, id: &str) -> Result<()> {
