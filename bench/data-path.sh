@@ -194,7 +194,8 @@ measure() {
     printf " $format %s | %s |" "$om" "$unit" "$(ratio "$bm" "$om")"
   fi
   printf '\n'
-  bench_result "$id-$kind" "$label on $kind ($unit)" "$unit" "$bm" "$pm" "$better" "$target" "$peer_name"
+  # The suite's table adds the unit and the peer's name itself.
+  bench_result "$id-$kind" "${label%%, vs *} on $kind" "$unit" "$bm" "$pm" "$better" "$target" "$peer_name"
   printf 'runs: berth %s; %s %s%s\n' "$b" "$peer_name" "$p" "${o:+; berth before: $o}" >&2
 }
 

@@ -197,8 +197,14 @@ impl Bundle {
             .mode(0o700)
             .create(&trash)
             .map_err(|e| Error::io(format!("creating {}", trash.display()), &e))?;
+        // Unique across restarts too: what an earlier taskd left in the
+        // trash and could not remove keeps its name.
+        let since_epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
         let doomed = trash.join(format!(
-            "{}-{}-{}",
+            "{}-{}-{since_epoch}-{}",
             self.namespace,
             self.id,
             TRASHED.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
