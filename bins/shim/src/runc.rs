@@ -10,6 +10,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
+use tokio::io::unix::AsyncFd;
 
 use async_trait::async_trait;
 
@@ -189,12 +190,18 @@ impl Runtime for Runc {
 
     async fn start(&self, id: &str, init_pid: u32) -> Result<()> {
         if self.starts_through_exec_fifo() {
-            let path = self.config.root.join(id).join(EXEC_FIFO);
-            if let Some(fifo) = open_exec_fifo(&path) {
-                return release_init(fifo, &path, init_pid).await;
+            // Everything that can fail comes before the fifo is opened:
+            // opening it lets the init go on, and from then on only this
+            // shim's reading of it stands between the init and its exec.
+            if let Some(exited) = watch_init(init_pid) {
+                let path = self.config.root.join(id).join(EXEC_FIFO);
+                if let Some(fifo) = open_exec_fifo(&path) {
+                    return release_init(fifo, &path, exited).await;
+                }
             }
-            // No fifo: the container is not in the created state (or this
-            // runc keeps it elsewhere); `runc start` says which.
+            // No way to watch the init (it is gone, or the kernel has no
+            // pidfds), or no fifo (the container is not in the created
+            // state): `runc start` does the work or says what is wrong.
         }
         self.run(self.command(&["start", id]), None, None)
             .await
@@ -251,7 +258,12 @@ impl Runtime for Runc {
         if self.destroys_stopped_containers_itself() {
             let dir = self.config.root.join(id);
             if let Some(cgroups) = stopped_container_cgroups(&dir, Path::new(CGROUP_ROOT)) {
-                return destroy_stopped(&dir, &cgroups).await;
+                match destroy_stopped(&dir, &cgroups).await {
+                    Ok(()) => return Ok(()),
+                    // The installed runc decides (runc 1.1 removes the
+                    // state even when a cgroup stays; later ones do not).
+                    Err(e) => crate::log_warn!("deleting {id} without runc: {e}; asking runc"),
+                }
             }
             // No state runc's delete would act on alone: let it.
         }
@@ -333,7 +345,8 @@ pub fn runc_knows_nothing_of(config: &RuntimeConfig, id: &str) -> bool {
 /// Its presence is what makes runc report the container as created.
 const EXEC_FIFO: &str = "exec.fifo";
 
-/// Opens a created container's exec fifo for reading, without blocking;
+/// Opens a created container's exec fifo for reading, without blocking
+/// (which lets the init, blocked opening it for writing, go on);
 /// `None` if there is no fifo there.
 fn open_exec_fifo(path: &Path) -> Option<OwnedFd> {
     use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
@@ -352,29 +365,19 @@ fn open_exec_fifo(path: &Path) -> Option<OwnedFd> {
 /// the fifo closes then) or to die, and removes the fifo, so that runc
 /// sees the container as running from then on. An init that dies before it
 /// wrote its byte is an error, as with `runc start`.
-async fn release_init(fifo: OwnedFd, path: &Path, init_pid: u32) -> Result<()> {
+async fn release_init(fifo: OwnedFd, path: &Path, exited: AsyncFd<OwnedFd>) -> Result<()> {
     let fail = |message: String| ShimError::Runtime {
         command: "runc start".into(),
         message,
     };
+    // Only registering the fifo can fail now; the init then finds no
+    // reader when it writes and dies, and Start fails with it.
     let fifo = crate::stdio::async_fd(fifo)
         .map_err(|e| fail(format!("watching {}: {e}", path.display())))?;
-    // The init's exit ends the wait even if it never opens the fifo. An
-    // init already gone (and reaped) leaves only what it wrote to read.
-    let exited = match pidfd_open(init_pid) {
-        Some(pidfd) => Some(
-            crate::stdio::async_fd(pidfd).map_err(|e| fail(format!("watching the init: {e}")))?,
-        ),
-        None => None,
-    };
     let mut signalled = false;
     let mut buf = [0u8; 16];
     loop {
-        let Some(exited) = &exited else {
-            // The init is gone: whatever it wrote is all there is.
-            signalled |= matches!(read_fd(&fifo, &mut buf), Ok(n) if n > 0);
-            break;
-        };
+        // The init's exit ends the wait even if it never opens the fifo.
         // A fifo's reader sees no hang-up before a writer has come, so the
         // fifo turns readable with the init's byte, or when its end closes
         // (at its exec) after one.
@@ -419,8 +422,35 @@ fn read_fd(fd: &impl AsRawFd, buf: &mut [u8]) -> std::io::Result<usize> {
     }
 }
 
-/// A pidfd for `pid`, readable once the process exits; `None` if it is
-/// gone (or the kernel has no pidfds).
+/// A pidfd for the created container's init `pid`, registered to turn
+/// readable when the init exits; `None` if it cannot be had: the kernel
+/// has no pidfds (before 5.3) or `waitid` on them (5.4), or the pid is no
+/// longer this shim's child (the init was reaped, and the pid may be
+/// another process's by now).
+fn watch_init(pid: u32) -> Option<AsyncFd<OwnedFd>> {
+    let pidfd = pidfd_open(pid)?;
+    // The init is the shim's child (the shim is its subreaper) until the
+    // shim reaps it, and a pid is not reused before that: a pidfd of a
+    // process that is still this shim's child is the init's.
+    let mut info = std::mem::MaybeUninit::<libc::siginfo_t>::zeroed();
+    // SAFETY: waitid writes a siginfo_t into `info`, which is valid for
+    // it; WNOWAIT leaves the child waitable (the reaper reaps it), WNOHANG
+    // returns at once.
+    let child = unsafe {
+        libc::waitid(
+            libc::P_PIDFD,
+            pidfd.as_raw_fd() as libc::id_t,
+            info.as_mut_ptr(),
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        )
+    };
+    if child != 0 {
+        return None;
+    }
+    crate::stdio::async_fd(pidfd).ok()
+}
+
+/// A pidfd for `pid`; `None` if it is gone (or the kernel has no pidfds).
 fn pidfd_open(pid: u32) -> Option<OwnedFd> {
     use std::os::fd::FromRawFd;
     let pid = libc::pid_t::try_from(pid).ok().filter(|p| *p > 0)?;
@@ -511,8 +541,8 @@ fn stopped_container_cgroups(state_dir: &Path, cgroup_root: &Path) -> Option<Vec
 /// What `runc delete` does for a stopped container with a private pid
 /// namespace, no poststop hooks and cgroupfs cgroups, without starting a
 /// runc process for it (about 6 ms): removes its cgroups, then its state
-/// directory. A cgroup that stays busy fails the delete and leaves the
-/// state for the next try, as with runc.
+/// directory. A cgroup that stays busy fails this and leaves the state;
+/// the caller then asks runc.
 async fn destroy_stopped(state_dir: &Path, cgroups: &[PathBuf]) -> Result<()> {
     for cgroup in cgroups {
         remove_cgroup(cgroup)
@@ -655,12 +685,11 @@ mod tests {
         assert_eq!(last_log_error(&dir.path().join("missing"), 0), None);
     }
 
-    /// A fifo standing in for runc's exec fifo, opened as `start` opens it,
-    /// and a process playing the created init's part on it.
+    /// A fifo standing in for runc's exec fifo, and a process playing the
+    /// created init's part on it.
     struct Init {
         _dir: tempfile::TempDir,
         fifo: PathBuf,
-        reader: Option<OwnedFd>,
         child: std::process::Child,
     }
 
@@ -670,7 +699,6 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let fifo = dir.path().join(EXEC_FIFO);
             nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
-            let reader = open_exec_fifo(&fifo).expect("the fifo opens");
             let child = Command::new("sh")
                 .args(["-c", script])
                 .arg(&fifo)
@@ -679,18 +707,18 @@ mod tests {
             Init {
                 _dir: dir,
                 fifo,
-                reader: Some(reader),
                 child,
             }
         }
 
+        /// What `start` does: watch the init, open the fifo, release it.
         async fn release(&mut self) -> Result<()> {
-            let reader = self.reader.take().unwrap();
-            let pid = self.child.id();
+            let exited = watch_init(self.child.id()).expect("a child is watched");
+            let reader = open_exec_fifo(&self.fifo).expect("the fifo opens");
             // A guard against a hang, not a measure of speed.
             tokio::time::timeout(
                 std::time::Duration::from_secs(60),
-                release_init(reader, &self.fifo, pid),
+                release_init(reader, &self.fifo, exited),
             )
             .await
             .expect("release_init returned")
@@ -736,14 +764,23 @@ mod tests {
     }
 
     #[tokio::test(flavor = "current_thread")]
-    async fn an_init_already_reaped_counts_by_what_it_wrote() {
+    async fn an_init_that_writes_and_exits_at_once_is_released() {
         let mut init = Init::spawn("printf 0 > \"$0\"");
-        assert!(init.child.wait().unwrap().success());
         init.release().await.unwrap();
+        assert!(init.child.wait().unwrap().success());
+    }
 
-        let mut silent = Init::spawn("exit 0");
-        assert!(silent.child.wait().unwrap().success());
-        assert!(silent.release().await.is_err());
+    #[tokio::test(flavor = "current_thread")]
+    async fn only_a_child_not_yet_reaped_is_watched() {
+        let mut live = Init::spawn("exec sleep 600");
+        assert!(watch_init(live.child.id()).is_some());
+        let mut reaped = Init::spawn("exit 0");
+        let pid = reaped.child.id();
+        assert!(reaped.child.wait().unwrap().success());
+        assert!(watch_init(pid).is_none(), "a reaped pid may be another's");
+        assert!(watch_init(1).is_none(), "pid 1 is not the shim's child");
+        let _ = live.child.kill();
+        let _ = live.child.wait();
     }
 
     #[test]
