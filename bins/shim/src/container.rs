@@ -103,42 +103,69 @@ impl State {
     }
 }
 
-/// Whether the spec gives the container no pid namespace of its own; then
-/// its processes do not die with init and must be killed explicitly.
-pub fn shares_host_pid_namespace(bundle: &Path) -> bool {
-    /// The part of the OCI spec this needs; the rest (mounts, env, hooks...)
-    /// is skipped unparsed, which keeps an idle shim's heap small.
-    #[derive(serde::Deserialize)]
-    struct Spec {
-        #[serde(default)]
-        linux: Option<Linux>,
+/// What the shim acts on in a container's OCI spec, read once at Create;
+/// the rest (mounts, env...) is skipped unparsed, which keeps an idle
+/// shim's heap small.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpecFacts {
+    /// No pid namespace of its own: its processes do not die with init
+    /// and must be killed explicitly.
+    pub shares_host_pid_ns: bool,
+    /// Hooks runc runs around `start` and `delete`.
+    pub poststart_hooks: bool,
+    pub poststop_hooks: bool,
+}
+
+impl SpecFacts {
+    /// The facts of the spec (`config.json`) in `bundle`; None if it
+    /// cannot be read.
+    pub fn read(bundle: &Path) -> Option<SpecFacts> {
+        #[derive(serde::Deserialize)]
+        struct Spec {
+            #[serde(default)]
+            linux: Option<Linux>,
+            #[serde(default)]
+            hooks: Option<Hooks>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Linux {
+            #[serde(default)]
+            namespaces: Option<Vec<Namespace>>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Namespace {
+            #[serde(rename = "type")]
+            kind: String,
+            #[serde(default)]
+            path: Option<String>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Hooks {
+            #[serde(default)]
+            poststart: Option<Vec<serde::de::IgnoredAny>>,
+            #[serde(default)]
+            poststop: Option<Vec<serde::de::IgnoredAny>>,
+        }
+        let text = std::fs::read(bundle.join("config.json")).ok()?;
+        let spec = serde_json::from_slice::<Spec>(&text).ok()?;
+        let private_pid_ns = spec.linux.is_some_and(|linux| {
+            linux
+                .namespaces
+                .unwrap_or_default()
+                .iter()
+                .any(|ns| ns.kind == "pid" && ns.path.as_deref().is_none_or(str::is_empty))
+        });
+        let any = |hooks: Option<Vec<serde::de::IgnoredAny>>| hooks.is_some_and(|h| !h.is_empty());
+        let (poststart_hooks, poststop_hooks) = match spec.hooks {
+            Some(hooks) => (any(hooks.poststart), any(hooks.poststop)),
+            None => (false, false),
+        };
+        Some(SpecFacts {
+            shares_host_pid_ns: !private_pid_ns,
+            poststart_hooks,
+            poststop_hooks,
+        })
     }
-    #[derive(serde::Deserialize)]
-    struct Linux {
-        #[serde(default)]
-        namespaces: Option<Vec<Namespace>>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Namespace {
-        #[serde(rename = "type")]
-        kind: String,
-        #[serde(default)]
-        path: Option<String>,
-    }
-    let Ok(text) = std::fs::read(bundle.join("config.json")) else {
-        return false;
-    };
-    let Ok(spec) = serde_json::from_slice::<Spec>(&text) else {
-        return false;
-    };
-    let private = spec.linux.is_some_and(|linux| {
-        linux
-            .namespaces
-            .unwrap_or_default()
-            .iter()
-            .any(|ns| ns.kind == "pid" && ns.path.as_deref().is_none_or(str::is_empty))
-    });
-    !private
 }
 
 #[cfg(test)]
@@ -149,6 +176,8 @@ mod tests {
     fn pid_namespace_sharing_is_read_from_the_spec() {
         let dir = tempfile::tempdir().unwrap();
         let write = |spec: &str| std::fs::write(dir.path().join("config.json"), spec).unwrap();
+        let shares_host_pid_namespace =
+            |bundle: &Path| SpecFacts::read(bundle).is_some_and(|s| s.shares_host_pid_ns);
         write(r#"{"linux":{"namespaces":[{"type":"pid"},{"type":"mount"}]}}"#);
         assert!(!shares_host_pid_namespace(dir.path()));
         write(r#"{"linux":{"namespaces":[{"type":"mount"}]}}"#);
@@ -159,5 +188,23 @@ mod tests {
         assert!(!shares_host_pid_namespace(dir.path()));
         write(r#"{"linux":{"namespaces":null}}"#);
         assert!(shares_host_pid_namespace(dir.path()));
+        write("not json");
+        assert!(SpecFacts::read(dir.path()).is_none());
+    }
+
+    #[test]
+    fn hooks_are_read_from_the_spec() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |spec: &str| std::fs::write(dir.path().join("config.json"), spec).unwrap();
+        let hooks = || {
+            let facts = SpecFacts::read(dir.path()).unwrap();
+            (facts.poststart_hooks, facts.poststop_hooks)
+        };
+        write(r#"{"hooks":{"prestart":[{"path":"/x"}]}}"#);
+        assert_eq!(hooks(), (false, false));
+        write(r#"{"hooks":{"poststart":[{"path":"/x"}],"poststop":[]}}"#);
+        assert_eq!(hooks(), (true, false));
+        write(r#"{"hooks":{"poststop":[{"path":"/x"}]}}"#);
+        assert_eq!(hooks(), (false, true));
     }
 }

@@ -244,7 +244,7 @@ impl Harness {
             Arc::new(reaper),
             publisher,
             shutdown.clone(),
-            Arc::new(move |_, _, _| made.clone() as Arc<dyn Runtime>),
+            Arc::new(move |_, _, _, _| made.clone() as Arc<dyn Runtime>),
         );
         Harness {
             tasks,

@@ -10,29 +10,38 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use tokio::io::unix::AsyncFd;
 
 use async_trait::async_trait;
+use tokio::io::unix::AsyncFd;
 
+use crate::container::SpecFacts;
 use crate::error::{Result, ShimError};
 use crate::reaper::Reaper;
 use crate::runtime::Runtime;
 pub use crate::runtime::{CreateOptions, ProcessStdio, RuntimeConfig};
+use crate::stdio::nix_read;
 
 #[derive(Debug, Clone)]
 pub struct Runc {
     config: RuntimeConfig,
-    bundle: PathBuf,
+    /// What the container's spec says (None: it could not be read, and no
+    /// shortcut is taken).
+    spec: Option<SpecFacts>,
     log: PathBuf,
     reaper: Arc<Reaper>,
 }
 
 impl Runc {
     /// A runtime whose JSON log goes to `<bundle>/log.json`.
-    pub fn new(config: RuntimeConfig, bundle: &Path, reaper: Arc<Reaper>) -> Runc {
+    pub fn new(
+        config: RuntimeConfig,
+        bundle: &Path,
+        spec: Option<SpecFacts>,
+        reaper: Arc<Reaper>,
+    ) -> Runc {
         Runc {
             config,
-            bundle: bundle.to_path_buf(),
+            spec,
             log: bundle.join("log.json"),
             reaper,
         }
@@ -43,7 +52,7 @@ impl Runc {
     /// directory layout this relies on) and only when the spec has no
     /// poststart hooks, which newer runc runs at `runc start`.
     fn starts_through_exec_fifo(&self) -> bool {
-        self.is_runc() && !has_hooks(&self.bundle, Hook::Poststart)
+        self.is_runc() && self.spec.is_some_and(|spec| !spec.poststart_hooks)
     }
 
     /// Whether `delete_stopped` may remove a stopped runc container's
@@ -54,8 +63,9 @@ impl Runc {
     fn destroys_stopped_containers_itself(&self) -> bool {
         self.is_runc()
             && !self.config.systemd_cgroup
-            && !has_hooks(&self.bundle, Hook::Poststop)
-            && !crate::container::shares_host_pid_namespace(&self.bundle)
+            && self
+                .spec
+                .is_some_and(|spec| !spec.poststop_hooks && !spec.shares_host_pid_ns)
     }
 
     fn is_runc(&self) -> bool {
@@ -385,7 +395,7 @@ async fn release_init(fifo: OwnedFd, path: &Path, exited: AsyncFd<OwnedFd>) -> R
             ready = fifo.readable() => {
                 let mut guard =
                     ready.map_err(|e| fail(format!("waiting on {}: {e}", path.display())))?;
-                match guard.try_io(|fifo| read_fd(fifo, &mut buf)) {
+                match guard.try_io(|fifo| nix_read(fifo.as_raw_fd(), &mut buf)) {
                     Ok(Ok(0)) => break,
                     Ok(Ok(_)) => signalled = true,
                     Ok(Err(e)) => return Err(fail(format!("reading {}: {e}", path.display()))),
@@ -393,7 +403,7 @@ async fn release_init(fifo: OwnedFd, path: &Path, exited: AsyncFd<OwnedFd>) -> R
                 }
             }
             _ = exited.readable() => {
-                while let Ok(1..) = read_fd(&fifo, &mut buf) {
+                while let Ok(1..) = nix_read(fifo.as_raw_fd(), &mut buf) {
                     signalled = true;
                 }
                 break;
@@ -408,17 +418,6 @@ async fn release_init(fifo: OwnedFd, path: &Path, exited: AsyncFd<OwnedFd>) -> R
             Err(fail(format!("removing {}: {e}", path.display())))
         }
         _ => Ok(()),
-    }
-}
-
-fn read_fd(fd: &impl AsRawFd, buf: &mut [u8]) -> std::io::Result<usize> {
-    // SAFETY: `buf` is valid for `buf.len()` bytes of writes for the call,
-    // and `fd` is open while borrowed.
-    let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-    if n < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
     }
 }
 
@@ -460,41 +459,6 @@ fn pidfd_open(pid: u32) -> Option<OwnedFd> {
     let fd = i32::try_from(fd).ok().filter(|fd| *fd >= 0)?;
     // SAFETY: the syscall returned a new descriptor that nothing else owns.
     Some(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Hook {
-    Poststart,
-    Poststop,
-}
-
-/// Whether the spec in `bundle` has hooks of the `kind` (or cannot be
-/// read, which counts as having them).
-fn has_hooks(bundle: &Path, kind: Hook) -> bool {
-    /// The part of the OCI spec this needs; the rest is skipped unparsed.
-    #[derive(serde::Deserialize)]
-    struct Spec {
-        #[serde(default)]
-        hooks: Option<Hooks>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Hooks {
-        #[serde(default)]
-        poststart: Option<Vec<serde::de::IgnoredAny>>,
-        #[serde(default)]
-        poststop: Option<Vec<serde::de::IgnoredAny>>,
-    }
-    let Ok(text) = std::fs::read(bundle.join("config.json")) else {
-        return true;
-    };
-    let Ok(spec) = serde_json::from_slice::<Spec>(&text) else {
-        return true;
-    };
-    let hooks = spec.hooks.and_then(|hooks| match kind {
-        Hook::Poststart => hooks.poststart,
-        Hook::Poststop => hooks.poststop,
-    });
-    hooks.is_some_and(|hooks| !hooks.is_empty())
 }
 
 /// Where every cgroup hierarchy is mounted.
@@ -793,7 +757,12 @@ mod tests {
                 systemd_cgroup,
                 criu: None,
             };
-            Runc::new(config, dir.path(), Arc::new(Reaper::new().0))
+            Runc::new(
+                config,
+                dir.path(),
+                SpecFacts::read(dir.path()),
+                Arc::new(Reaper::new().0),
+            )
         };
         let spec = dir.path().join("config.json");
         let private_pid = r#""linux":{"namespaces":[{"type":"pid"},{"type":"mount"}]}"#;
@@ -925,7 +894,12 @@ mod tests {
                 systemd_cgroup: false,
                 criu: None,
             };
-            Runc::new(config, dir.path(), Arc::new(Reaper::new().0))
+            Runc::new(
+                config,
+                dir.path(),
+                SpecFacts::read(dir.path()),
+                Arc::new(Reaper::new().0),
+            )
         };
         let spec = dir.path().join("config.json");
         assert!(

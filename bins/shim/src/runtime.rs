@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use crate::container::SpecFacts;
 use crate::error::{Result, ShimError};
 use crate::reaper::Reaper;
 use crate::runc::Runc;
@@ -110,13 +111,14 @@ pub trait Runtime: std::fmt::Debug + Send + Sync {
 }
 
 /// Makes the runtime for a container at Create, from the settings in the
-/// request and the bundle.
-pub type RuntimeFactory =
-    Arc<dyn Fn(RuntimeConfig, &Path, Arc<Reaper>) -> Arc<dyn Runtime> + Send + Sync>;
+/// request, the bundle and what its spec says (None: unreadable).
+pub type RuntimeFactory = Arc<
+    dyn Fn(RuntimeConfig, &Path, Option<SpecFacts>, Arc<Reaper>) -> Arc<dyn Runtime> + Send + Sync,
+>;
 
 /// The real runtime: the runc command line (or crun's, runsc's...).
 pub fn runc_factory() -> RuntimeFactory {
-    Arc::new(|config, bundle, reaper| Arc::new(Runc::new(config, bundle, reaper)))
+    Arc::new(|config, bundle, spec, reaper| Arc::new(Runc::new(config, bundle, spec, reaper)))
 }
 
 /// [`RUNTIME_FILE`]'s contents.

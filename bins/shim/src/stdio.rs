@@ -419,7 +419,8 @@ pub fn async_fd<T: AsRawFd>(inner: T) -> std::io::Result<AsyncFd<T>> {
     unsafe { AsyncFd::register(inner) }.map_err(|e| e.into_parts().1)
 }
 
-fn nix_read(fd: RawFd, buf: &mut [u8]) -> std::io::Result<usize> {
+/// read(2) into `buf`.
+pub fn nix_read(fd: RawFd, buf: &mut [u8]) -> std::io::Result<usize> {
     // SAFETY: `buf` is valid for `buf.len()` bytes of writes for the call.
     let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
     if n < 0 {

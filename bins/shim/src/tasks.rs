@@ -19,7 +19,7 @@ use containerd_shim_protos::types::task::ProcessInfo;
 use tokio::sync::Notify;
 
 use crate::cgroups::Cgroup;
-use crate::container::{shares_host_pid_namespace, Container, State};
+use crate::container::{Container, SpecFacts, State};
 use crate::error::{Result, ShimError};
 use crate::events::{self, timestamp, Publisher};
 use crate::layout;
@@ -172,7 +172,8 @@ impl Tasks {
             criu: None,
         };
         save_runtime_config(&bundle, &config)?;
-        let runtime = (self.runtimes.0)(config, &bundle, self.reaper.clone());
+        let spec = SpecFacts::read(&bundle);
+        let runtime = (self.runtimes.0)(config, &bundle, spec, self.reaper.clone());
 
         let rootfs = bundle.join("rootfs");
         let mounts: Vec<Mount> = req
@@ -241,7 +242,7 @@ impl Tasks {
             init,
             execs: HashMap::new(),
             rootfs_mounted: !mounts.is_empty(),
-            shares_host_pid_ns: shares_host_pid_namespace(&bundle),
+            shares_host_pid_ns: spec.is_some_and(|spec| spec.shares_host_pid_ns),
             cgroup,
             oom_watch,
             io_owner,
