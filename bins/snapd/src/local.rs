@@ -83,9 +83,9 @@ pub struct LocalSnapshotter {
     write_back: WriteBack,
 }
 
-/// The highest id among the snapshot directories in `dir` (0 if none).
-fn highest_dir_id(dir: &Path) -> Result<u64> {
-    let mut highest = 0;
+/// The snapshot directories in `dir` (named by their ids), with their ids.
+fn snapshot_dirs(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let mut found = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(io(format!("reading {}", dir.display())))? {
         let entry = entry.map_err(io("reading snapshot directories"))?;
         if let Some(id) = entry
@@ -93,10 +93,10 @@ fn highest_dir_id(dir: &Path) -> Result<u64> {
             .to_str()
             .and_then(|n| n.parse::<u64>().ok())
         {
-            highest = highest.max(id);
+            found.push((id, entry.path()));
         }
     }
-    Ok(highest)
+    Ok(found)
 }
 
 /// Removes the directories of removed snapshots on a thread of its own,
@@ -192,7 +192,10 @@ impl LocalSnapshotter {
                 tracing::warn!("overlay is not in /proc/filesystems; mounts may fail");
             }
         }
-        let last_id = records.last_id(backend.name())?.max(highest_dir_id(&dir)?);
+        let highest_dir = snapshot_dirs(&dir)?.into_iter().map(|(id, _)| id).max();
+        let last_id = records
+            .last_id(backend.name())?
+            .max(highest_dir.unwrap_or(0));
         // The write-back thread holds the records weakly: the store closes
         // when the last handle goes, as before.
         let records = Arc::new(records);
@@ -488,28 +491,13 @@ impl LocalSnapshotter {
             .map_err(|_| Error::internal("cleanup lock poisoned"))?;
         let owned = self.records.ids(self.name())?;
         let mut removed = 0;
-        for entry in
-            std::fs::read_dir(&self.dir).map_err(io(format!("reading {}", self.dir.display())))?
-        {
-            let entry = entry.map_err(io("reading snapshot directories"))?;
-            let Some(id) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<u64>().ok())
-            else {
-                continue;
-            };
+        for (id, path) in snapshot_dirs(&self.dir)? {
             if !owned.contains(&id) {
-                match std::fs::remove_dir_all(entry.path()) {
+                match std::fs::remove_dir_all(&path) {
                     Ok(()) => removed += 1,
                     // The removal thread was there first.
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => {
-                        return Err(Error::io(
-                            format!("removing {}", entry.path().display()),
-                            &e,
-                        ))
-                    }
+                    Err(e) => return Err(Error::io(format!("removing {}", path.display()), &e)),
                 }
             }
         }
