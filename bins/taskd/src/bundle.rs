@@ -240,9 +240,7 @@ impl Bundle {
         // Bundles removed before a crash, whose files had not all gone.
         if let Ok(trashed) = std::fs::read_dir(state.join(TRASH)) {
             for entry in trashed.flatten() {
-                if berth_mount::unmount_all(&entry.path().join(ROOTFS)).is_ok() {
-                    let _ = std::fs::remove_dir_all(entry.path());
-                }
+                finish_off(&entry.path());
             }
         }
         for namespace in namespaces.flatten() {
@@ -261,10 +259,7 @@ impl Bundle {
                 };
                 if let Some(id) = name.strip_prefix('.') {
                     if berth_ids::validate_id(id).is_ok() {
-                        let rootfs = entry.path().join(ROOTFS);
-                        if berth_mount::unmount_all(&rootfs).is_ok() {
-                            let _ = std::fs::remove_dir_all(entry.path());
-                        }
+                        finish_off(&entry.path());
                     }
                     continue;
                 }
@@ -276,6 +271,15 @@ impl Bundle {
             }
         }
         found
+    }
+}
+
+/// Removes what is left of a bundle whose removal was cut off, unless its
+/// rootfs cannot be unmounted (removing it would descend into the
+/// container's filesystem).
+fn finish_off(bundle: &Path) {
+    if berth_mount::unmount_all(&bundle.join(ROOTFS)).is_ok() {
+        let _ = std::fs::remove_dir_all(bundle);
     }
 }
 
