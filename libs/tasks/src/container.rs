@@ -197,9 +197,7 @@ pub async fn create_container(
     namespace: &str,
     new: NewContainer,
 ) -> Result<Container> {
-    create_container_then(services, namespace, new, |_| async {})
-        .await
-        .map(|(container, ())| container)
+    create_container_then(services, namespace, new, |made| async move { made.record }).await
 }
 
 /// A container just made: its record, and the mounts of its new snapshot
@@ -215,14 +213,13 @@ pub struct MadeContainer {
 /// its record exists, while the lease that held the new snapshot until
 /// then is let go (two commits, one in snapd and one in metad, off the way
 /// of whatever the caller does next: creating the task, for `berth run`).
-/// `next` runs only if the container was made. Returns the record and
-/// what `next` gave.
+/// `next` runs only if the container was made. Returns what `next` gave.
 pub async fn create_container_then<T, Next, NextFut>(
     services: ContainerServices<'_>,
     namespace: &str,
     new: NewContainer,
     next: Next,
-) -> Result<(Container, T)>
+) -> Result<T>
 where
     Next: FnOnce(MadeContainer) -> NextFut,
     NextFut: std::future::Future<Output = T>,
@@ -244,12 +241,11 @@ where
             berth_metadata::CLIENT_LEASE_TTL,
             image_and_spec(services, namespace, new),
             |lease, built| async move {
-                let made = create_under_lease(services, namespace, new, id, built, &lease).await;
-                if let Ok(made) = &made {
-                    let _ = made_tx.send(made.clone());
-                }
+                let made = create_under_lease(services, namespace, new, id, built, &lease)
+                    .await
+                    .map(|made| drop(made_tx.send(made)));
                 let _ = services.snapshots.release_lease(namespace, &lease).await;
-                made.map(|made| made.record)
+                made
             },
         )
         .await?;
@@ -263,9 +259,8 @@ where
         }
     };
     let (made, then) = tokio::join!(making, then);
-    let made = made?;
-    let then = then.ok_or_else(|| Error::internal(format!("container {id} was made unseen")))?;
-    Ok((made, then))
+    made?;
+    then.ok_or_else(|| Error::internal(format!("container {id} was made unseen")))
 }
 
 /// What a container's record is made of besides its request: the image's

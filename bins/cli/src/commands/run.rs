@@ -578,7 +578,7 @@ where
     })
     .await
     {
-        Ok((_, then)) => Ok((id, then)),
+        Ok(then) => Ok((id, then)),
         Err(e) => {
             if e.kind() != ErrorKind::AlreadyExists {
                 let _ = super::network::forget(global, ns, &id);
