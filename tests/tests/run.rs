@@ -1567,6 +1567,19 @@ fn create_ps_logs_and_rm_work_over_the_whole_stack() {
     assert_eq!(listed[0]["id"], "made");
     assert_eq!(listed[0]["status"], "created");
     assert_eq!(listed[0]["command"], "sh -c echo hi");
+    // The name is taken: a run by that name (attached or not) fails and
+    // leaves the container that has it as it was, its snapshot too.
+    for detach in [false, true] {
+        let mut args = vec!["run", "--name", "made", RUN_IMAGE, "true"];
+        args.insert(1, if detach { "-d" } else { "--rm" });
+        let (ok, _, err) = stack.berth(&args);
+        assert!(!ok && err.contains("already exists"), "{args:?}: {err}");
+    }
+    let listed = stack.berth_json(&["ps", "-a"]);
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed[0]["command"], "sh -c echo hi");
+    let (ok, snapshots, _) = stack.berth(&["snapshots", "ls"]);
+    assert!(ok && snapshots.contains("made"), "{snapshots}");
     let out = run(&stack, &["tasks", "start", "made"]);
     assert_eq!(text(&out.stdout), "hi\n", "{}", text(&out.stderr));
     let listed = stack.berth_json(&["ps", "-a"]);

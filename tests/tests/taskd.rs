@@ -14,7 +14,7 @@ use berth_errdefs::ErrorKind;
 use berth_metadata::{ContainerStore, Runtime};
 use berth_snapshot::Snapshotter;
 use berth_tasks::container::{
-    create_container, remove_container, ContainerServices, NewContainer, ReadImage,
+    create_container, remove_container, ContainerServices, ImageRead, NewContainer, ReadImage,
 };
 use berth_tasks::{CreateTask, ExecProcess, KillProcess, Stdio, Tasks};
 
@@ -85,7 +85,7 @@ impl Clients {
         }
         let new = NewContainer {
             image: RUN_IMAGE.to_string(),
-            read: None,
+            read: ImageRead::Unread,
             runtime: Runtime {
                 name: runtime.to_string(),
                 options: None,
@@ -390,7 +390,7 @@ async fn a_container_from_an_image_read_before_is_the_one_made_by_its_name() {
         .await
         .unwrap();
     assert!(read.top_layer.is_some(), "{read:?}");
-    let new = |id: &str, image: &str, read: Option<ReadImage>| {
+    let new = |id: &str, image: &str, read: ImageRead| {
         let mut options = berth_oci::SpecOptions::new("default", id);
         options.args = vec!["true".to_string()];
         NewContainer {
@@ -406,13 +406,17 @@ async fn a_container_from_an_image_read_before_is_the_one_made_by_its_name() {
             copy_up: Vec::new(),
         }
     };
-    let by_name = create_container(c.services(), "default", new("byname", RUN_IMAGE, None))
-        .await
-        .unwrap();
+    let by_name = create_container(
+        c.services(),
+        "default",
+        new("byname", RUN_IMAGE, ImageRead::Unread),
+    )
+    .await
+    .unwrap();
     let given = create_container(
         c.services(),
         "default",
-        new("given", RUN_IMAGE, Some(read.clone())),
+        new("given", RUN_IMAGE, ImageRead::Read(read.clone())),
     )
     .await
     .unwrap();
@@ -437,7 +441,21 @@ async fn a_container_from_an_image_read_before_is_the_one_made_by_its_name() {
         spec
     };
     assert_eq!(spec(&given), spec(&by_name));
-    for id in ["byname", "given"] {
+    // Its name resolved before (as `berth run` finds it): the same.
+    let resolved = create_container(
+        c.services(),
+        "default",
+        new(
+            "resolved",
+            RUN_IMAGE,
+            ImageRead::Resolved(read.root.clone()),
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resolved.image, by_name.image);
+    assert_eq!(spec(&resolved), spec(&by_name));
+    for id in ["byname", "given", "resolved"] {
         let info = c.snapshots.stat("default", id).await.unwrap();
         assert_eq!(info.parent, read.top_layer, "{id}");
     }
@@ -447,7 +465,7 @@ async fn a_container_from_an_image_read_before_is_the_one_made_by_its_name() {
         new(
             "unrecorded",
             "example.com/not/recorded:1",
-            Some(read.clone()),
+            ImageRead::Read(read.clone()),
         ),
     )
     .await
@@ -459,13 +477,166 @@ async fn a_container_from_an_image_read_before_is_the_one_made_by_its_name() {
     let err = create_container(
         c.services(),
         "default",
-        new("nothing", "example.com/not/recorded:1", None),
+        new("nothing", "example.com/not/recorded:1", ImageRead::Unread),
     )
     .await
     .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
-    for id in ["byname", "given", "unrecorded"] {
+    for id in ["byname", "given", "resolved", "unrecorded"] {
         remove_container(c.services(), "default", id).await.unwrap();
     }
     assert!(c.containers.list("default", &[]).await.unwrap().is_empty());
+}
+
+/// The container's snapshot and its record are made at once: when either
+/// cannot be, what the other made goes, and what was there before stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_id_or_snapshot_key_makes_no_container_and_touches_nothing() {
+    if !prerequisites() {
+        return;
+    }
+    let (_dir, stack, c) = stack_with_image().await;
+    let top = ReadImage::read(&c.content, &c.images, "default", RUN_IMAGE)
+        .await
+        .unwrap()
+        .top_layer;
+    let new = |id: &str| {
+        let mut options = berth_oci::SpecOptions::new("default", id);
+        options.args = vec!["true".to_string()];
+        NewContainer {
+            image: RUN_IMAGE.to_string(),
+            read: ImageRead::Unread,
+            runtime: Runtime {
+                name: "io.containerd.berth.v2".to_string(),
+                options: None,
+            },
+            labels: Default::default(),
+            options,
+            scratch: stack.dir.join("scratch"),
+            copy_up: Vec::new(),
+        }
+    };
+    let snapshot_keys = || async {
+        let mut keys: Vec<String> = c
+            .snapshots
+            .list("default", &[])
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|info| info.kind != berth_snapshot::Kind::Committed)
+            .map(|info| info.name)
+            .collect();
+        keys.sort();
+        keys
+    };
+
+    // The id taken by a container with its snapshot.
+    let first = create_container(c.services(), "default", new("taken"))
+        .await
+        .unwrap();
+    let err = create_container(c.services(), "default", new("taken"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::AlreadyExists, "{err}");
+    let still = c.containers.get("default", "taken").await.unwrap();
+    assert_eq!(still.created_at, first.created_at);
+    assert_eq!(still.spec, first.spec);
+    assert_eq!(snapshot_keys().await, ["taken"]);
+
+    // The id taken by a record without a snapshot: the snapshot prepared
+    // for the new one goes, the record stays as it was.
+    let mut bare = first.clone();
+    bare.id = "bare".to_string();
+    bare.snapshot_key = "bare".to_string();
+    c.containers.create("default", bare).await.unwrap();
+    let err = create_container(c.services(), "default", new("bare"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::AlreadyExists, "{err}");
+    assert!(c.containers.get("default", "bare").await.is_ok());
+    assert_eq!(snapshot_keys().await, ["taken"]);
+
+    // The key taken by a snapshot without a record (what a crash between
+    // the two leaves): the record made for the new one goes, the snapshot
+    // stays.
+    c.snapshots
+        .prepare("default", "orphan", top.as_deref(), Default::default())
+        .await
+        .unwrap();
+    let err = create_container(c.services(), "default", new("orphan"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::AlreadyExists, "{err}");
+    let err = c.containers.get("default", "orphan").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    assert_eq!(snapshot_keys().await, ["orphan", "taken"]);
+
+    for id in ["taken", "bare"] {
+        remove_container(c.services(), "default", id).await.unwrap();
+    }
+    c.snapshots.remove("default", "orphan").await.unwrap();
+    assert!(snapshot_keys().await.is_empty());
+}
+
+/// An image whose layers are not snapshots (imported or pulled without
+/// unpacking) is unpacked when a container is made from it, if the maker
+/// can unpack; otherwise the making fails and leaves nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_of_an_image_not_unpacked_unpacks_it() {
+    if !prerequisites() {
+        return;
+    }
+    let (_dir, stack, c) = stack_with_image().await;
+    let read = ReadImage::read(&c.content, &c.images, "default", RUN_IMAGE)
+        .await
+        .unwrap();
+    let top = read.top_layer.clone().expect("a layer");
+    // Back to an image never unpacked (its one layer is its top).
+    c.snapshots.remove("default", &top).await.unwrap();
+    let err = c.snapshots.stat("default", &top).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    let new = |id: &str| {
+        let mut options = berth_oci::SpecOptions::new("default", id);
+        options.args = vec!["true".to_string()];
+        NewContainer {
+            image: RUN_IMAGE.to_string(),
+            read: ImageRead::Resolved(read.root.clone()),
+            runtime: Runtime {
+                name: "io.containerd.berth.v2".to_string(),
+                options: None,
+            },
+            labels: Default::default(),
+            options,
+            scratch: stack.dir.join("scratch"),
+            copy_up: Vec::new(),
+        }
+    };
+
+    // No unpacker: NotFound, and no record or snapshot of it.
+    let err = create_container(c.services(), "default", new("cannot"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    let err = c.containers.get("default", "cannot").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    let err = c.snapshots.stat("default", "cannot").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+
+    let services = ContainerServices {
+        unpacker: Some(&c.snapshots as &dyn berth_image::Unpacker),
+        ..c.services()
+    };
+    let made = create_container(services, "default", new("unpacks"))
+        .await
+        .unwrap();
+    assert_eq!(made.snapshot_key, "unpacks");
+    let info = c.snapshots.stat("default", "unpacks").await.unwrap();
+    assert_eq!(info.parent.as_deref(), Some(top.as_str()));
+    assert_eq!(
+        c.snapshots.stat("default", &top).await.unwrap().kind,
+        berth_snapshot::Kind::Committed
+    );
+    remove_container(c.services(), "default", "unpacks")
+        .await
+        .unwrap();
 }

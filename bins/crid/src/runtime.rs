@@ -177,7 +177,7 @@ impl Crid {
         let clients = self.daemons.container_clients().await?;
         let new = NewContainer {
             image: image.record_name(),
-            read: Some(image.read_image()),
+            read: berth_tasks::container::ImageRead::Read(image.read_image()),
             runtime: Runtime {
                 name: runtime,
                 options: None,

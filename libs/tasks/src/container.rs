@@ -81,9 +81,8 @@ pub struct NewContainer {
     /// An image name recorded in metad (or a manifest/index digest); the
     /// record keeps it.
     pub image: String,
-    /// That image as the caller has already read it, or None to read it
-    /// here.
-    pub read: Option<ReadImage>,
+    /// How much of that image the caller has read already.
+    pub read: ImageRead,
     pub runtime: Runtime,
     pub labels: HashMap<String, String>,
     /// The id, namespace and every run option; `options.id` is the
@@ -99,9 +98,21 @@ pub struct NewContainer {
     pub copy_up: Vec<CopyUp>,
 }
 
+/// How much of a new container's image its maker has read already.
+#[derive(Debug, Clone)]
+pub enum ImageRead {
+    /// Nothing: its name is looked up in metad and the image read here.
+    Unread,
+    /// Its name is resolved to this index or manifest (`berth run` found
+    /// the image there while deciding whether to pull it): read from it.
+    Resolved(berth_ids::Digest),
+    /// All of it.
+    Read(ReadImage),
+}
+
 /// What a container is made from of its image, read from the content
 /// store once by a caller that keeps images read (crid) and passed on in
-/// [`NewContainer::read`], so that making a container does not read it
+/// [`ImageRead::Read`], so that making a container does not read it
 /// again. Content addressed: it never changes for one root.
 #[derive(Debug, Clone)]
 pub struct ReadImage {
@@ -267,6 +278,7 @@ where
 /// top layer (its snapshot's parent), the spec, and the labels with the
 /// image's stop signal.
 struct BuiltFromImage {
+    root: berth_ids::Digest,
     parent: Option<String>,
     spec_json: Vec<u8>,
     labels: HashMap<String, String>,
@@ -285,30 +297,14 @@ async fn image_and_spec(
         defaults,
         top_layer: parent,
     } = match &new.read {
-        Some(read) => read.clone(),
-        None => ReadImage::read(services.content, services.images, namespace, &new.image).await?,
-    };
-    if let (Some(top), Some(unpacker)) = (&parent, services.unpacker) {
-        match services.snapshots.stat(namespace, top).await {
-            Ok(_) => {}
-            Err(e) if e.kind() == ErrorKind::NotFound => {
-                // The view below needs the layers until the image's config
-                // holds them (a collection that the end of an import's
-                // lease started could take them otherwise).
-                berth_image::unpack_held(
-                    services.content,
-                    unpacker,
-                    services.leases,
-                    namespace,
-                    &root,
-                    &Matcher::new(vec![Platform::host()]),
-                    &berth_image::UnpackOptions::default(),
-                )
-                .await?;
-            }
-            Err(e) => return Err(e),
+        ImageRead::Read(read) => read.clone(),
+        ImageRead::Resolved(root) => {
+            ReadImage::read_root(services.content, namespace, root.clone()).await?
         }
-    }
+        ImageRead::Unread => {
+            ReadImage::read(services.content, services.images, namespace, &new.image).await?
+        }
+    };
     // The image's StopSignal is not part of the runtime spec: the record
     // keeps it for whoever stops the container (`berth stop`).
     let mut labels = new.labels.clone();
@@ -322,6 +318,15 @@ async fn image_and_spec(
     // copied out of it, through a read-only view of its layers.
     let user = new.options.user.clone().unwrap_or(defaults.user.clone());
     let spec = if needs_image_files(&user) || !new.copy_up.is_empty() {
+        if let Some(top) = &parent {
+            match services.snapshots.stat(namespace, top).await {
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::NotFound => {
+                    unpack_image(services, namespace, &root).await?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
         let view_key = format!("{id}-user-view");
         let mounts = services
             .snapshots
@@ -366,10 +371,39 @@ async fn image_and_spec(
     let spec_json = serde_json::to_vec(&spec)
         .map_err(|e| Error::internal(format!("encoding the spec: {e}")))?;
     Ok(BuiltFromImage {
+        root,
         parent,
         spec_json,
         labels,
     })
+}
+
+/// Unpacks the image's layers into snapshots: an image imported or pulled
+/// without unpacking. NotFound when there is no unpacker to do it with.
+async fn unpack_image(
+    services: ContainerServices<'_>,
+    namespace: &str,
+    root: &berth_ids::Digest,
+) -> Result<()> {
+    let Some(unpacker) = services.unpacker else {
+        return Err(Error::not_found(format!(
+            "the layers of image {root} are not unpacked"
+        )));
+    };
+    // The layers are held until the image's config holds them (a
+    // collection that the end of an import's lease started could take
+    // them otherwise).
+    berth_image::unpack_held(
+        services.content,
+        unpacker,
+        services.leases,
+        namespace,
+        root,
+        &Matcher::new(vec![Platform::host()]),
+        &berth_image::UnpackOptions::default(),
+    )
+    .await
+    .map(drop)
 }
 
 /// Gives everything under `dir` (itself included, symlinks not followed)
@@ -438,6 +472,10 @@ fn snapshot_labels(options: &SpecOptions) -> HashMap<String, String> {
     ])
 }
 
+/// Prepares the container's snapshot (under `lease`) and records the
+/// container, the two at once: the record names its snapshot by key and
+/// holds it once both exist, and the lease holds it until then. If either
+/// fails, what the other made goes.
 async fn create_under_lease(
     services: ContainerServices<'_>,
     namespace: &str,
@@ -447,23 +485,34 @@ async fn create_under_lease(
     lease: &str,
 ) -> Result<MadeContainer> {
     let BuiltFromImage {
+        root,
         parent,
         spec_json,
         labels,
     } = built;
-    let id = id.to_string();
     let leased = berth_snapshot::Leased::new(services.snapshots, Some(lease.to_string()));
-    let rootfs = leased
-        .prepare(
+    let prepare = || {
+        leased.prepare(
             namespace,
-            &id,
+            id,
             parent.as_deref(),
             snapshot_labels(&new.options),
         )
-        .await
-        .map_err(|e| e.context(format!("preparing the snapshot of {id}")))?;
+    };
+    let prepared = async {
+        match prepare().await {
+            // A new key's only missing piece is its parent: the image's
+            // layers are not snapshots yet.
+            Err(e) if e.kind() == ErrorKind::NotFound && parent.is_some() => {
+                unpack_image(services, namespace, &root).await?;
+                prepare().await
+            }
+            other => other,
+        }
+        .map_err(|e| e.context(format!("preparing the snapshot of {id}")))
+    };
     let record = Container {
-        id: id.clone(),
+        id: id.to_string(),
         labels,
         image: new.image.clone(),
         runtime: Runtime {
@@ -475,22 +524,33 @@ async fn create_under_lease(
             value: spec_json,
         }),
         snapshotter: services.snapshotter.to_string(),
-        snapshot_key: id.clone(),
+        snapshot_key: id.to_string(),
         created_at: std::time::SystemTime::now(),
         updated_at: std::time::SystemTime::now(),
         extensions: Default::default(),
         sandbox: String::new(),
     };
-    match services.containers.create(namespace, record).await {
-        Ok(record) => Ok(MadeContainer { record, rootfs }),
-        Err(e) => {
-            // The id was taken (or metad failed): the snapshot we prepared
-            // goes, unless it was someone else's all along.
-            if e.kind() != ErrorKind::AlreadyExists {
-                let _ = services.snapshots.remove(namespace, &id).await;
-            }
+    let recorded = services.containers.create(namespace, record);
+    match tokio::join!(prepared, recorded) {
+        (Ok(rootfs), Ok(record)) => Ok(MadeContainer { record, rootfs }),
+        (Ok(_), Err(e)) => {
+            // The id was taken (or metad failed): the snapshot prepared
+            // under this key just now is ours and goes.
+            let _ = services.snapshots.remove(namespace, id).await;
             Err(e)
         }
+        (Err(e), Ok(_)) => {
+            // The record made just now is ours and goes.
+            let _ = services.containers.delete(namespace, id).await;
+            Err(e)
+        }
+        // A record already there is not ours to touch: its error says
+        // why. Nothing of ours was made otherwise.
+        (Err(prepare), Err(record)) if record.kind() == ErrorKind::AlreadyExists => {
+            drop(prepare);
+            Err(record)
+        }
+        (Err(prepare), Err(_)) => Err(prepare),
     }
 }
 
@@ -504,15 +564,23 @@ pub async fn remove_container(
     id: &str,
 ) -> Result<()> {
     let record = services.containers.get(namespace, id).await?;
+    remove_container_and_snapshot(services, namespace, id, &record.snapshot_key).await
+}
+
+/// As [`remove_container`], for a caller that knows the container's
+/// snapshot key (one [`create_container`] made: its id), without reading
+/// the record first. An empty key: the container has no snapshot.
+pub async fn remove_container_and_snapshot(
+    services: ContainerServices<'_>,
+    namespace: &str,
+    id: &str,
+    snapshot_key: &str,
+) -> Result<()> {
     let snapshot = async {
-        if record.snapshot_key.is_empty() {
+        if snapshot_key.is_empty() {
             return Ok(());
         }
-        match services
-            .snapshots
-            .remove(namespace, &record.snapshot_key)
-            .await
-        {
+        match services.snapshots.remove(namespace, snapshot_key).await {
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
             other => other.map_err(|e| e.context(format!("removing the snapshot of {id}"))),
         }
@@ -576,7 +644,7 @@ mod tests {
         spec.cgroup = cgroup;
         NewContainer {
             image: "busybox".into(),
-            read: None,
+            read: ImageRead::Unread,
             runtime: Runtime {
                 name: DEFAULT_RUNTIME.into(),
                 options,

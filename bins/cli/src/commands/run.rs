@@ -20,7 +20,8 @@ use berth_oci::{
     NetworkMode, Seccomp, SpecOptions, DEFAULT_CDI_SPEC_DIRS,
 };
 use berth_tasks::container::{
-    create_container_then, remove_container, ContainerServices, NewContainer, DEFAULT_RUNTIME,
+    create_container_then, remove_container_and_snapshot, ContainerServices, ImageRead,
+    NewContainer, DEFAULT_RUNTIME,
 };
 use berth_tasks::{CreateTask, KillProcess, Stdio, Tasks};
 
@@ -416,22 +417,20 @@ pub struct Clients {
 
 impl Clients {
     pub async fn connect(global: &Global, snapshotter: &str) -> Result<Clients> {
+        // metad's three services share one connection.
+        let metad = berth_client::connect(global.metad_socket())
+            .await
+            .context("berth-metad")?;
         Ok(Clients {
             content: RemoteContentStore::connect(global.contentd_socket())
                 .await
                 .context("berth-contentd")?,
-            images: RemoteImages::connect(global.metad_socket())
-                .await
-                .context("berth-metad")?,
+            images: RemoteImages::new(metad.clone()),
             snapshots: RemoteSnapshotter::connect(global.snapd_socket(), snapshotter)
                 .await
                 .context("berth-snapd")?,
-            containers: RemoteContainers::connect(global.metad_socket())
-                .await
-                .context("berth-metad")?,
-            leases: RemoteLeases::connect(global.metad_socket())
-                .await
-                .context("berth-metad")?,
+            containers: RemoteContainers::new(metad.clone()),
+            leases: RemoteLeases::new(metad),
             snapshotter: snapshotter.to_string(),
         })
     }
@@ -454,14 +453,22 @@ fn scratch_dir(global: &Global) -> PathBuf {
 }
 
 /// Makes the image present per `policy` (pulling through berth-image).
-async fn ensure_image(global: &Global, args: &RunArgs, clients: &Clients) -> Result<()> {
+/// Returns the index or manifest its name was found at when nothing was
+/// pulled (the container is made from there, without looking the name up
+/// again).
+async fn ensure_image(
+    global: &Global,
+    args: &RunArgs,
+    clients: &Clients,
+) -> Result<Option<berth_ids::Digest>> {
     let ns = global.namespace()?;
-    let present =
+    let root =
         match berth_image::store::image_root(&clients.images, ns, &args.container.image).await {
-            Ok(_) => true,
-            Err(e) if e.kind() == ErrorKind::NotFound => false,
+            Ok(root) => Some(root),
+            Err(e) if e.kind() == ErrorKind::NotFound => None,
             Err(e) => return Err(e.into()),
         };
+    let present = root.is_some();
     let pull = match args.pull {
         PullPolicy::Always => true,
         PullPolicy::Missing => !present,
@@ -495,8 +502,9 @@ async fn ensure_image(global: &Global, args: &RunArgs, clients: &Clients) -> Res
         )
         .await
         .with_context(|| format!("pulling {}", args.container.image))?;
+        return Ok(None);
     }
-    Ok(())
+    Ok(root)
 }
 
 /// Creates the container record (and its snapshot) for `args`.
@@ -506,17 +514,19 @@ pub async fn create(
     clients: &Clients,
     extra_labels: HashMap<String, String>,
 ) -> Result<String> {
-    create_then(global, args, clients, extra_labels, |_, _| async {})
+    create_then(global, args, None, clients, extra_labels, |_, _| async {})
         .await
         .map(|(id, ())| id)
 }
 
 /// As [`create`], then `next` with the container's id and rootfs mounts as
 /// soon as its record exists (see [`create_container_then`]); returns the
-/// id and what `next` gave.
+/// id and what `next` gave. `image_root`: where the image's name was found
+/// just now, if it was.
 pub async fn create_then<T, Next, NextFut>(
     global: &Global,
     args: &ContainerArgs,
+    image_root: Option<berth_ids::Digest>,
     clients: &Clients,
     extra_labels: HashMap<String, String>,
     next: Next,
@@ -526,29 +536,48 @@ where
     NextFut: std::future::Future<Output = T>,
 {
     let ns = global.namespace()?;
+    // A CNI network's files are written (by the container's id) before
+    // the record exists; none or the host's network writes nothing.
+    let writes_network_files = !matches!(args.network.as_str(), "none" | "host");
     let id = match &args.name {
-        Some(name) => name.clone(),
+        Some(name) => {
+            berth_ids::validate_id(name)?;
+            if writes_network_files {
+                // A name already taken fails here, before the network
+                // files of the container that has it could be rewritten.
+                // (Otherwise metad refuses the record, and nothing of
+                // the container that has the name is touched.)
+                match clients.containers.get(ns, name).await {
+                    Ok(_) => bail!("creating container {name}: a container by that name exists"),
+                    Err(e) if e.kind() == ErrorKind::NotFound => {}
+                    Err(e) => {
+                        return Err(
+                            anyhow::Error::from(e).context(format!("creating container {name}"))
+                        )
+                    }
+                }
+            }
+            name.clone()
+        }
+        // A new random id is nobody's (and metad refuses it if it were).
         None => new_id()?,
     };
-    berth_ids::validate_id(&id)?;
-    // A name already taken fails here, before the network files of the
-    // container that has it could be rewritten.
-    match clients.containers.get(ns, &id).await {
-        Ok(_) => bail!("creating container {id}: a container by that name exists"),
-        Err(e) if e.kind() == ErrorKind::NotFound => {}
-        Err(e) => return Err(anyhow::Error::from(e).context(format!("creating container {id}"))),
-    }
-    if !matches!(args.network.as_str(), "none" | "host") {
+    if writes_network_files {
         // What a killed `berth run` left of its network files goes first.
         let _ = super::network::remove_unrecorded(global, ns, &clients.containers).await;
     }
+    let forget_network = || {
+        if writes_network_files {
+            let _ = super::network::forget(global, ns, &id);
+        }
+    };
     let mut labels = args.labels()?;
     labels.extend(extra_labels);
     let options = match args.spec_options(global, ns, &id) {
         Ok(options) => options,
         Err(e) => {
             // A flag refused after the network files were written.
-            let _ = super::network::forget(global, ns, &id);
+            forget_network();
             return Err(e);
         }
     };
@@ -563,7 +592,10 @@ where
     }
     let new = NewContainer {
         image: args.image.clone(),
-        read: None,
+        read: match image_root {
+            Some(root) => ImageRead::Resolved(root),
+            None => ImageRead::Unread,
+        },
         runtime: Runtime {
             name: args.runtime.clone(),
             options: None,
@@ -581,7 +613,7 @@ where
         Ok(then) => Ok((id, then)),
         Err(e) => {
             if e.kind() != ErrorKind::AlreadyExists {
-                let _ = super::network::forget(global, ns, &id);
+                forget_network();
             }
             Err(anyhow::Error::from(e).context(format!("creating container {id}")))
         }
@@ -643,7 +675,7 @@ pub async fn run(global: &Global, args: RunArgs) -> Result<u8> {
         bail!("--rm with -d: a detached container is removed with `berth rm`");
     }
     let clients = Clients::connect(global, &args.container.snapshotter.snapshotter).await?;
-    ensure_image(global, &args, &clients).await?;
+    let image_root = ensure_image(global, &args, &clients).await?;
     let tasks = RemoteTasks::connect(global.taskd_socket())
         .await
         .context("berth-taskd")?;
@@ -669,14 +701,24 @@ pub async fn run(global: &Global, args: RunArgs) -> Result<u8> {
         };
         let mut container = args.container;
         container.name = Some(id);
-        return detached(global, &ns, container, &clients, &tasks, extra, output).await;
+        return detached(
+            global, &ns, container, image_root, &clients, &tasks, extra, output,
+        )
+        .await;
     }
     // The task is made while the container's snapshot lease goes.
     let fifo_root = global.fifo_root();
-    let (id, outcome) = create_then(global, &args.container, &clients, extra, |id, rootfs| {
-        let (fifo_root, ns, args, tasks) = (&fifo_root, &ns, &args, &tasks);
-        async move { attached(fifo_root, ns, &id, rootfs, args, tasks).await }
-    })
+    let (id, outcome) = create_then(
+        global,
+        &args.container,
+        image_root,
+        &clients,
+        extra,
+        |id, rootfs| {
+            let (fifo_root, ns, args, tasks) = (&fifo_root, &ns, &args, &tasks);
+            async move { attached(fifo_root, ns, &id, rootfs, args, tasks).await }
+        },
+    )
     .await?;
     if args.rm {
         let removed = remove_task_and_container(global, &ns, &id, &tasks, &clients).await;
@@ -687,10 +729,12 @@ pub async fn run(global: &Global, args: RunArgs) -> Result<u8> {
     outcome
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn detached(
     global: &Global,
     ns: &str,
     container: ContainerArgs,
+    image_root: Option<berth_ids::Digest>,
     clients: &Clients,
     tasks: &RemoteTasks,
     extra: HashMap<String, String>,
@@ -703,6 +747,7 @@ async fn detached(
     let (id, (started, fifos)) = create_then(
         global,
         &container,
+        image_root,
         clients,
         extra,
         |id, rootfs| async move {
@@ -939,7 +984,8 @@ async fn remove_task_and_container(
         }
         Err(e) => return Err(anyhow::Error::from(e).context(format!("deleting the task of {id}"))),
     }
-    remove_container(clients.services(), ns, id)
+    // The container `run` made: its snapshot's key is its id.
+    remove_container_and_snapshot(clients.services(), ns, id, id)
         .await
         .with_context(|| format!("removing container {id}"))?;
     super::network::forget(global, ns, id)
