@@ -7,6 +7,7 @@ mod commands;
 mod detach;
 mod global;
 mod labels;
+mod lazy;
 mod output;
 mod stdio;
 
@@ -15,6 +16,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::global::Global;
+use crate::lazy::Lazy;
 
 /// berth: pull, store and run containers with a set of small daemons.
 #[derive(Debug, Parser)]
@@ -30,100 +32,100 @@ struct Cli {
 enum Command {
     /// Start berth's daemons in the background (for a machine without
     /// systemd); prints the environment that points the CLI at them.
-    Up(commands::up::UpArgs),
+    Up(Lazy<commands::up::UpArgs>),
     /// Stop the daemons `berth up` started (containers keep running unless
     /// --all).
-    Down(commands::up::DownArgs),
+    Down(Lazy<commands::up::DownArgs>),
     /// What this host has and lacks for berth (kernel, overlayfs, cgroups,
     /// runc, disk, clock, the daemons), with how to fix it.
-    Check(commands::check::CheckArgs),
+    Check(Lazy<commands::check::CheckArgs>),
     /// Daemons' configuration files: `berth config default [DAEMON]`.
     #[command(subcommand)]
-    Config(commands::config::ConfigCommand),
+    Config(Lazy<commands::config::ConfigCommand>),
     /// Print a shell completion script (bash, zsh, fish, elvish,
     /// powershell).
-    Completion(commands::generate::CompletionArgs),
+    Completion(Lazy<commands::generate::CompletionArgs>),
     /// Write man pages for berth and all its subcommands into a directory
     /// (or, with --markdown FILE, the whole reference as Markdown).
-    Manpages(commands::generate::ManpagesArgs),
+    Manpages(Lazy<commands::generate::ManpagesArgs>),
     /// Blobs in berth-contentd: list, read, write, label, remove.
     #[command(subcommand)]
-    Content(commands::content::ContentCommand),
+    Content(Lazy<commands::content::ContentCommand>),
     /// Push an image from the content store to a registry.
-    Push(commands::transfer::PushArgs),
+    Push(Lazy<commands::transfer::PushArgs>),
     /// Import an OCI image layout or `docker save` archive into the content
     /// store.
-    Import(commands::archive::ImportArgs),
+    Import(Lazy<commands::archive::ImportArgs>),
     /// Export images from the content store as an OCI image layout archive
     /// (with docker's manifest.json too).
-    Export(commands::archive::ExportArgs),
+    Export(Lazy<commands::archive::ExportArgs>),
     /// Snapshots in berth-snapd: list, prepare, view, commit, remove, diff.
-    Snapshots(commands::snapshots::SnapshotsArgs),
+    Snapshots(Lazy<commands::snapshots::SnapshotsArgs>),
     /// Pull an image from a registry: fetch its blobs, unpack its layers
     /// and record it.
-    Pull(commands::pull::PullArgs),
+    Pull(Lazy<commands::pull::PullArgs>),
     /// Images in berth-metad: list, inspect, tag, label, remove.
     #[command(subcommand)]
-    Images(commands::images::ImagesCommand),
+    Images(Lazy<commands::images::ImagesCommand>),
     /// Container records in berth-metad: list, inspect, create, label,
     /// remove.
     #[command(subcommand)]
-    Containers(commands::containers::ContainersCommand),
+    Containers(Lazy<commands::containers::ContainersCommand>),
     /// Namespaces: list, create, label, remove.
     #[command(subcommand)]
-    Namespaces(commands::namespaces::NamespacesCommand),
+    Namespaces(Lazy<commands::namespaces::NamespacesCommand>),
     /// Leases: list, create, remove, and the resources they hold.
     #[command(subcommand)]
-    Leases(commands::leases::LeasesCommand),
+    Leases(Lazy<commands::leases::LeasesCommand>),
     /// Print events from berth-metad's exchange as they happen.
-    Events(commands::events::EventsArgs),
+    Events(Lazy<commands::events::EventsArgs>),
     /// Run a garbage collection now and say what it removed.
-    Gc(commands::gc::GcArgs),
+    Gc(Lazy<commands::gc::GcArgs>),
     /// Run a container from an image: pull it if missing, make the
     /// container and its task, wire up the terminal, exit with its status.
-    Run(Box<commands::run::RunArgs>),
+    Run(Lazy<Box<commands::run::RunArgs>>),
     /// Make a container from an image (its snapshot, its spec, its record)
     /// without running it; prints its id.
-    Create(Box<commands::containers_view::CreateArgs>),
+    Create(Lazy<Box<commands::containers_view::CreateArgs>>),
     /// Containers and their tasks' status.
-    Ps(commands::containers_view::PsArgs),
+    Ps(Lazy<commands::containers_view::PsArgs>),
     /// The output of a detached container.
-    Logs(commands::containers_view::LogsArgs),
+    Logs(Lazy<commands::containers_view::LogsArgs>),
     /// CPU, memory and processes of running containers, every second (or
     /// once with --no-stream).
-    Stats(commands::containers_view::StatsArgs),
+    Stats(Lazy<commands::containers_view::StatsArgs>),
     /// Remove containers: task (with --force even a running one),
     /// record, snapshot and log.
-    Rm(commands::containers_view::RmArgs),
+    Rm(Lazy<commands::containers_view::RmArgs>),
     /// Start containers' tasks again (a stopped task is replaced), their
     /// output appended to their logs; with -a, attached to this terminal.
-    Start(commands::lifecycle::StartArgs),
+    Start(Lazy<commands::lifecycle::StartArgs>),
     /// Stop containers: their stop signal, then SIGKILL after --time
     /// seconds; their tasks are deleted, their records and snapshots kept.
-    Stop(commands::lifecycle::StopArgs),
+    Stop(Lazy<commands::lifecycle::StopArgs>),
     /// Stop containers, then start them again detached.
-    Restart(commands::lifecycle::StopArgs),
+    Restart(Lazy<commands::lifecycle::StopArgs>),
     /// Send a signal (default SIGKILL) to containers' init processes.
-    Kill(commands::lifecycle::KillArgs),
+    Kill(Lazy<commands::lifecycle::KillArgs>),
     /// Change containers' memory, CPU or pids limits: a running task's
     /// cgroup at once, and the record, so that later tasks have them too.
-    Update(commands::lifecycle::UpdateArgs),
+    Update(Lazy<commands::lifecycle::UpdateArgs>),
     /// Run another process in a running container and wait for it (as
     /// `berth tasks exec`).
-    Exec(commands::tasks::ExecArgs),
+    Exec(Lazy<commands::tasks::ExecArgs>),
     /// Tasks in berth-taskd: list, start, kill, exec, ps, pause, resume,
     /// rm, metrics, wait.
     #[command(subcommand)]
-    Tasks(commands::tasks::TasksCommand),
+    Tasks(Lazy<commands::tasks::TasksCommand>),
     /// CNI networks for `berth run --net`.
     #[command(subcommand)]
-    Network(commands::network::NetworkCommand),
+    Network(Lazy<commands::network::NetworkCommand>),
     /// What berth runs for itself (runc's OCI hooks); not for people.
     #[command(subcommand, hide = true)]
-    Internal(InternalCommand),
+    Internal(Lazy<InternalCommand>),
     /// Unpack an image (a name recorded in berth-metad, or a manifest or
     /// index digest; blobs in the content store) into committed snapshots.
-    Unpack(commands::snapshots::UnpackArgs),
+    Unpack(Lazy<commands::snapshots::UnpackArgs>),
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -131,6 +133,12 @@ enum InternalCommand {
     /// Attach (create-runtime) or detach (poststop) the container whose
     /// runc state is on stdin.
     OciHook(commands::network::OciHookArgs),
+}
+
+/// The whole command tree, every subcommand's arguments built (for what
+/// documents it); parsing builds only the subcommand it runs.
+fn full_command() -> clap::Command {
+    lazy::eager(Cli::command)
 }
 
 fn main() -> ExitCode {
@@ -148,44 +156,56 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Up(args) => commands::up::up(args).await,
-            Command::Config(command) => commands::config::run(command),
-            Command::Completion(args) => commands::generate::completion(Cli::command(), args),
-            Command::Manpages(args) => commands::generate::manpages(Cli::command(), args),
-            Command::Down(args) => commands::up::down(args).await,
-            Command::Run(args) => return commands::run::run(&cli.global, *args).await,
-            Command::Check(args) => return commands::check::run(&cli.global, args).await,
-            Command::Tasks(command) => return commands::tasks::run(&cli.global, command).await,
-            Command::Start(args) => return commands::lifecycle::start(&cli.global, args).await,
-            Command::Stop(args) => {
+            Command::Up(Lazy(args)) => commands::up::up(args).await,
+            Command::Config(Lazy(command)) => commands::config::run(command),
+            Command::Completion(Lazy(args)) => commands::generate::completion(full_command(), args),
+            Command::Manpages(Lazy(args)) => commands::generate::manpages(full_command(), args),
+            Command::Down(Lazy(args)) => commands::up::down(args).await,
+            Command::Run(Lazy(args)) => return commands::run::run(&cli.global, *args).await,
+            Command::Check(Lazy(args)) => return commands::check::run(&cli.global, args).await,
+            Command::Tasks(Lazy(command)) => {
+                return commands::tasks::run(&cli.global, command).await
+            }
+            Command::Start(Lazy(args)) => {
+                return commands::lifecycle::start(&cli.global, args).await
+            }
+            Command::Stop(Lazy(args)) => {
                 return commands::lifecycle::stop(&cli.global, args, false).await
             }
-            Command::Restart(args) => {
+            Command::Restart(Lazy(args)) => {
                 return commands::lifecycle::stop(&cli.global, args, true).await
             }
-            Command::Kill(args) => return commands::lifecycle::kill(&cli.global, args).await,
-            Command::Update(args) => return commands::lifecycle::update(&cli.global, args).await,
-            Command::Exec(args) => return commands::tasks::exec_in(&cli.global, args).await,
-            Command::Content(command) => commands::content::run(&cli.global, command).await,
-            Command::Push(args) => commands::transfer::push(&cli.global, args).await,
-            Command::Import(args) => commands::archive::import(&cli.global, args).await,
-            Command::Export(args) => commands::archive::export(&cli.global, args).await,
-            Command::Snapshots(args) => commands::snapshots::run(&cli.global, args).await,
-            Command::Unpack(args) => commands::snapshots::unpack(&cli.global, args).await,
-            Command::Pull(args) => commands::pull::run(&cli.global, args).await,
-            Command::Images(command) => commands::images::run(&cli.global, command).await,
-            Command::Containers(command) => commands::containers::run(&cli.global, command).await,
-            Command::Namespaces(command) => commands::namespaces::run(&cli.global, command).await,
-            Command::Leases(command) => commands::leases::run(&cli.global, command).await,
-            Command::Events(args) => commands::events::run(&cli.global, args).await,
-            Command::Gc(args) => commands::gc::run(&cli.global, args).await,
-            Command::Create(args) => commands::containers_view::create(&cli.global, *args).await,
-            Command::Ps(args) => commands::containers_view::ps(&cli.global, args).await,
-            Command::Logs(args) => commands::containers_view::logs(&cli.global, args).await,
-            Command::Stats(args) => commands::containers_view::stats(&cli.global, args).await,
-            Command::Rm(args) => commands::containers_view::rm(&cli.global, args).await,
-            Command::Network(command) => commands::network::run(&cli.global, command),
-            Command::Internal(InternalCommand::OciHook(args)) => {
+            Command::Kill(Lazy(args)) => return commands::lifecycle::kill(&cli.global, args).await,
+            Command::Update(Lazy(args)) => {
+                return commands::lifecycle::update(&cli.global, args).await
+            }
+            Command::Exec(Lazy(args)) => return commands::tasks::exec_in(&cli.global, args).await,
+            Command::Content(Lazy(command)) => commands::content::run(&cli.global, command).await,
+            Command::Push(Lazy(args)) => commands::transfer::push(&cli.global, args).await,
+            Command::Import(Lazy(args)) => commands::archive::import(&cli.global, args).await,
+            Command::Export(Lazy(args)) => commands::archive::export(&cli.global, args).await,
+            Command::Snapshots(Lazy(args)) => commands::snapshots::run(&cli.global, args).await,
+            Command::Unpack(Lazy(args)) => commands::snapshots::unpack(&cli.global, args).await,
+            Command::Pull(Lazy(args)) => commands::pull::run(&cli.global, args).await,
+            Command::Images(Lazy(command)) => commands::images::run(&cli.global, command).await,
+            Command::Containers(Lazy(command)) => {
+                commands::containers::run(&cli.global, command).await
+            }
+            Command::Namespaces(Lazy(command)) => {
+                commands::namespaces::run(&cli.global, command).await
+            }
+            Command::Leases(Lazy(command)) => commands::leases::run(&cli.global, command).await,
+            Command::Events(Lazy(args)) => commands::events::run(&cli.global, args).await,
+            Command::Gc(Lazy(args)) => commands::gc::run(&cli.global, args).await,
+            Command::Create(Lazy(args)) => {
+                commands::containers_view::create(&cli.global, *args).await
+            }
+            Command::Ps(Lazy(args)) => commands::containers_view::ps(&cli.global, args).await,
+            Command::Logs(Lazy(args)) => commands::containers_view::logs(&cli.global, args).await,
+            Command::Stats(Lazy(args)) => commands::containers_view::stats(&cli.global, args).await,
+            Command::Rm(Lazy(args)) => commands::containers_view::rm(&cli.global, args).await,
+            Command::Network(Lazy(command)) => commands::network::run(&cli.global, command),
+            Command::Internal(Lazy(InternalCommand::OciHook(args))) => {
                 commands::network::oci_hook(&cli.global, args).await
             }
         }
@@ -209,7 +229,73 @@ mod tests {
     #[test]
     fn the_command_line_definition_is_consistent() {
         // clap's own checks: no clashing flags, valid defaults, ...
+        full_command().debug_assert();
+        // ... also when each subcommand's arguments come after the global
+        // ones were handed down (an argument of a subcommand that a global
+        // one of the same name would shadow clashes only then).
         Cli::command().debug_assert();
+    }
+
+    /// The long help of `command` and of every subcommand under it, by
+    /// path. (Not of clap's `help` subcommands: deferred, their trees are
+    /// filled in when used, and what they print is the help below.)
+    fn every_help(command: &mut clap::Command, path: &str, out: &mut Vec<(String, String)>) {
+        out.push((path.to_string(), command.render_long_help().to_string()));
+        for sub in command
+            .get_subcommands_mut()
+            .filter(|sub| sub.get_name() != "help")
+        {
+            let path = format!("{path} {}", sub.get_name());
+            every_help(sub, &path, out);
+        }
+    }
+
+    #[test]
+    fn deferred_subcommands_are_the_ones_built_at_once() {
+        let mut lazy = Cli::command();
+        lazy.build();
+        let mut eager = full_command();
+        eager.build();
+        let (mut lazy_help, mut eager_help) = (Vec::new(), Vec::new());
+        every_help(&mut lazy, "berth", &mut lazy_help);
+        every_help(&mut eager, "berth", &mut eager_help);
+        assert!(eager_help.len() > 80, "{}", eager_help.len());
+        let paths =
+            |helps: &[(String, String)]| helps.iter().map(|(p, _)| p.clone()).collect::<Vec<_>>();
+        assert_eq!(paths(&lazy_help), paths(&eager_help));
+        for ((path, lazy), (_, eager)) in lazy_help.iter().zip(&eager_help) {
+            assert_eq!(lazy, eager, "berth {path} --help");
+        }
+        // What a parse builds: `run` with its flags and its own summary.
+        let run = lazy.find_subcommand_mut("run").unwrap();
+        assert!(run.get_arguments().any(|a| a.get_long() == Some("rm")));
+        assert!(run
+            .render_help()
+            .to_string()
+            .starts_with("Run a container from an image"));
+    }
+
+    #[test]
+    fn a_deferred_subcommand_parses_as_before() {
+        let cli = Cli::try_parse_from([
+            "berth", "-n", "ns1", "run", "--rm", "-t", "img", "sh", "-c", "x",
+        ])
+        .unwrap();
+        assert_eq!(cli.global.namespace, "ns1");
+        let Command::Run(Lazy(args)) = cli.command else {
+            panic!("not run: {:?}", cli.command);
+        };
+        assert!(args.rm);
+        assert!(args.container.tty);
+        assert_eq!(args.container.image, "img");
+        let err = Cli::try_parse_from(["berth", "run", "--no-such-flag", "img"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::UnknownArgument);
+        let Command::Tasks(Lazy(_)) = Cli::try_parse_from(["berth", "tasks", "ls"])
+            .unwrap()
+            .command
+        else {
+            panic!("not tasks");
+        };
     }
 
     #[test]
@@ -217,7 +303,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("berth-man-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        commands::generate::write_pages(Cli::command(), "berth", &dir).unwrap();
+        commands::generate::write_pages(full_command(), "berth", &dir).unwrap();
         for page in [
             "berth",
             "berth-run",
@@ -237,7 +323,7 @@ mod tests {
     #[test]
     fn cli_reference_is_current() {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/cli.md");
-        let generated = commands::generate::markdown(Cli::command());
+        let generated = commands::generate::markdown(full_command());
         let committed = std::fs::read_to_string(&path).unwrap_or_default();
         if committed != generated {
             let line = committed
@@ -256,7 +342,7 @@ mod tests {
 
     #[test]
     fn the_markdown_reference_covers_every_subcommand_and_variable() {
-        let text = commands::generate::markdown(Cli::command());
+        let text = commands::generate::markdown(full_command());
         for heading in [
             "## `berth run`",
             "## `berth tasks exec`",
@@ -277,7 +363,7 @@ mod tests {
     #[test]
     fn completions_know_subcommands_and_flags() {
         let mut script = Vec::new();
-        let mut command = Cli::command();
+        let mut command = full_command();
         clap_complete::generate(
             clap_complete::Shell::Bash,
             &mut command,

@@ -45,8 +45,6 @@ pub struct StatsArgs {
     /// and exit, instead of a new one every second.
     #[arg(long)]
     pub no_stream: bool,
-    #[arg(long, value_enum, default_value = "table")]
-    pub format: Format,
     /// The containers to show; without, every one with a task.
     pub ids: Vec<String>,
 }
@@ -392,7 +390,7 @@ pub async fn stats(global: &Global, args: StatsArgs) -> Result<()> {
             })
             .collect();
         rows.sort_by(|a, b| a.id.cmp(&b.id));
-        match args.format {
+        match global.format {
             Format::Json => output::json(&rows)?,
             Format::Table => {
                 if interactive && !args.no_stream {
