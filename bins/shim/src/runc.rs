@@ -536,6 +536,14 @@ async fn destroy_stopped(state_dir: &Path, cgroups: &[PathBuf]) -> Result<()> {
 /// busy a moment after its last process left is tried again, with a
 /// doubling pause, as runc does.
 async fn remove_cgroup(path: &Path) -> std::io::Result<()> {
+    // Mostly it is one empty cgroup: removed without reading it first.
+    match std::fs::remove_dir(path) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        // Cgroups below it (EBUSY for a cgroup, ENOTEMPTY for a plain
+        // directory), or a moment's wait for its last process: below.
+        Err(_) => {}
+    }
     let mut dirs = vec![path.to_path_buf()];
     let mut next = 0;
     while next < dirs.len() {
