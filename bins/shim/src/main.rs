@@ -50,7 +50,7 @@ fn run() -> anyhow::Result<()> {
             stdout.write_all(&response)?;
             stdout.flush()?;
         }
-        Action::Serve => serve::run(&flags)?,
+        Action::Serve => serve::run(&flags, None)?,
     }
     Ok(())
 }

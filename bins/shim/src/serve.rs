@@ -37,7 +37,9 @@ const BLOCKING_KEEP_ALIVE: Duration = Duration::from_millis(500);
 /// epoll events taken per tick; the shim watches a handful of fds.
 const IO_EVENTS_PER_TICK: usize = 64;
 
-pub fn run(flags: &Flags) -> Result<()> {
+/// The long-lived server, on `listener` when `start` forked it, else on
+/// `-socket` or the listening socket inherited as fd 3.
+pub fn run(flags: &Flags, listener: Option<UnixListener>) -> Result<()> {
     // One malloc arena: the accept hook's blocking-pool thread would
     // otherwise get its own arena, kept (and resident) for the shim's life.
     // SAFETY: mallopt only changes allocator settings; it runs before any
@@ -57,10 +59,17 @@ pub fn run(flags: &Flags) -> Result<()> {
         .max_io_events_per_tick(IO_EVENTS_PER_TICK)
         .build()
         .map_err(|e| ShimError::io("building the runtime", e))?;
-    runtime.block_on(serve(flags))
+    runtime.block_on(serve(flags, listener))
 }
 
-fn listener(flags: &Flags) -> Result<(UnixListener, Option<PathBuf>)> {
+fn listener(flags: &Flags, given: Option<UnixListener>) -> Result<(UnixListener, Option<PathBuf>)> {
+    if let Some(listener) = given {
+        let path = listener
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_pathname().map(PathBuf::from));
+        return Ok((listener, path));
+    }
     if !flags.socket.is_empty() {
         // Absolute: the working directory moves with the log (log.rs).
         let given = PathBuf::from(flags.socket.trim_start_matches("unix://"));
@@ -80,11 +89,13 @@ fn listener(flags: &Flags) -> Result<(UnixListener, Option<PathBuf>)> {
     let borrowed = unsafe { BorrowedFd::borrow_raw(LISTENER_FD) };
     if getsockopt(&borrowed, sockopt::AcceptConn) != Ok(true) {
         return Err(ShimError::InvalidArgument(
-            "no listening socket on fd 3 (serve mode is started by `start`)".into(),
+            "no listening socket on fd 3 (serve mode is started by `start`, or given -socket)"
+                .into(),
         ));
     }
-    // SAFETY: `start` passed us fd 3 as the listening socket and nothing
-    // else in this process uses it; the listener owns it from here.
+    // SAFETY: whoever ran us in serve mode passed fd 3 as the listening
+    // socket (checked above) and nothing else in this process uses it; the
+    // listener owns it from here.
     let listener = unsafe { UnixListener::from_raw_fd(LISTENER_FD) };
     nix::fcntl::fcntl(
         &listener,
@@ -98,8 +109,8 @@ fn listener(flags: &Flags) -> Result<(UnixListener, Option<PathBuf>)> {
     Ok((listener, path))
 }
 
-async fn serve(flags: &Flags) -> Result<()> {
-    let (listener, socket_path) = listener(flags)?;
+async fn serve(flags: &Flags, given: Option<UnixListener>) -> Result<()> {
+    let (listener, socket_path) = listener(flags, given)?;
     listener
         .set_nonblocking(true)
         .map_err(|e| ShimError::io("configuring the socket", e))?;

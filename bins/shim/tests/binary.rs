@@ -215,62 +215,79 @@ fn the_started_server_is_a_process_of_its_own() {
     ) {
         return;
     }
-    let temp = tempfile::tempdir().unwrap();
-    let bundle = temp
-        .path()
-        .join("state/io.containerd.runtime.v2.task/ns/own");
-    std::fs::create_dir_all(&bundle).unwrap();
-    let address = temp.path().join("c.sock");
-    let out = Command::new(SHIM)
-        .args(["-namespace", "ns", "-id", "own", "-address"])
-        .arg(&address)
-        .arg("-bundle")
-        .arg(&bundle)
-        .arg("start")
-        .current_dir(temp.path())
-        .env("BERTH_SHIM_IDLE_EXIT_SECONDS", "60")
-        .env_remove("TTRPC_ADDRESS")
-        .stdin(Stdio::null())
-        .output()
+    // Executed (as under containerd) and forked (as berth-taskd asks):
+    // the same server either way.
+    for fork in [false, true] {
+        let temp = tempfile::tempdir().unwrap();
+        let bundle = temp
+            .path()
+            .join("state/io.containerd.runtime.v2.task/ns/own");
+        std::fs::create_dir_all(&bundle).unwrap();
+        let address = temp.path().join("c.sock");
+        let mut start = Command::new(SHIM);
+        start
+            .args(["-namespace", "ns", "-id", "own", "-address"])
+            .arg(&address)
+            .arg("-bundle")
+            .arg(&bundle)
+            .arg("start")
+            .current_dir(temp.path())
+            .env("BERTH_SHIM_IDLE_EXIT_SECONDS", "60")
+            .env_remove("TTRPC_ADDRESS")
+            .stdin(Stdio::null());
+        if fork {
+            start.env("BERTH_SHIM_FORK_SERVER", "1");
+        } else {
+            start.env_remove("BERTH_SHIM_FORK_SERVER");
+        }
+        let out = start.output().unwrap();
+        assert!(
+            out.status.success(),
+            "fork {fork}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let pid = server_of(&address);
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap();
+        let stdio: Vec<PathBuf> = (0..3)
+            .map(|fd| std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).unwrap())
+            .collect();
+        let group = nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(pid))).unwrap();
+        // It listens where start said (a plain address: no
+        // MAX_SHIM_VERSION asked for another form).
+        let socket = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .trim_start_matches("unix://")
+            .to_string();
+        let served = std::os::unix::net::UnixStream::connect(&socket).is_ok();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let pid = server_of(&address);
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
-    let args: Vec<String> = cmdline
-        .split(|b| *b == 0)
-        .filter(|a| !a.is_empty())
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect();
-    let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap();
-    let stdio: Vec<PathBuf> = (0..3)
-        .map(|fd| std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).unwrap())
-        .collect();
-    let group = nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(pid))).unwrap();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
-    assert_eq!(
-        args,
-        [
-            SHIM,
-            "-namespace",
-            "ns",
-            "-id",
-            "own",
-            "-address",
-            address.to_str().unwrap()
-        ],
-        "{cmdline:?}"
-    );
-    assert_eq!(cwd, bundle);
-    assert_eq!(stdio, vec![PathBuf::from("/dev/null"); 3]);
-    assert_eq!(group.as_raw(), pid);
+        assert_eq!(
+            args,
+            [
+                SHIM,
+                "-namespace",
+                "ns",
+                "-id",
+                "own",
+                "-address",
+                address.to_str().unwrap()
+            ],
+            "fork {fork}: {cmdline:?}"
+        );
+        assert_eq!(cwd, bundle, "fork {fork}");
+        assert_eq!(stdio, vec![PathBuf::from("/dev/null"); 3], "fork {fork}");
+        assert_eq!(group.as_raw(), pid, "fork {fork}");
+        assert!(served, "fork {fork}: nothing serves at {socket:?}");
+    }
 }
 
 /// `ShimCgroup` moves the shim's server into that cgroup whichever option
