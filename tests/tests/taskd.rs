@@ -125,6 +125,25 @@ async fn stack_with_image() -> (tempfile::TempDir, Stack, Clients) {
     (dir, stack, clients)
 }
 
+/// A container running `true` from `image`, as much of it read as `read`
+/// says.
+fn true_container(stack: &Stack, id: &str, image: &str, read: ImageRead) -> NewContainer {
+    let mut options = berth_oci::SpecOptions::new("default", id);
+    options.args = vec!["true".to_string()];
+    NewContainer {
+        image: image.to_string(),
+        read,
+        runtime: Runtime {
+            name: "io.containerd.berth.v2".to_string(),
+            options: None,
+        },
+        labels: Default::default(),
+        options,
+        scratch: stack.dir.join("scratch"),
+        copy_up: Vec::new(),
+    }
+}
+
 fn create(id: &str) -> CreateTask {
     CreateTask {
         container_id: id.to_string(),
@@ -390,22 +409,7 @@ async fn a_container_from_an_image_read_before_is_the_one_made_by_its_name() {
         .await
         .unwrap();
     assert!(read.top_layer.is_some(), "{read:?}");
-    let new = |id: &str, image: &str, read: ImageRead| {
-        let mut options = berth_oci::SpecOptions::new("default", id);
-        options.args = vec!["true".to_string()];
-        NewContainer {
-            image: image.to_string(),
-            read,
-            runtime: Runtime {
-                name: "io.containerd.berth.v2".to_string(),
-                options: None,
-            },
-            labels: Default::default(),
-            options,
-            scratch: stack.dir.join("scratch"),
-            copy_up: Vec::new(),
-        }
-    };
+    let new = |id: &str, image: &str, read: ImageRead| true_container(&stack, id, image, read);
     let by_name = create_container(
         c.services(),
         "default",
@@ -500,22 +504,7 @@ async fn a_taken_id_or_snapshot_key_makes_no_container_and_touches_nothing() {
         .await
         .unwrap()
         .top_layer;
-    let new = |id: &str| {
-        let mut options = berth_oci::SpecOptions::new("default", id);
-        options.args = vec!["true".to_string()];
-        NewContainer {
-            image: RUN_IMAGE.to_string(),
-            read: ImageRead::Unread,
-            runtime: Runtime {
-                name: "io.containerd.berth.v2".to_string(),
-                options: None,
-            },
-            labels: Default::default(),
-            options,
-            scratch: stack.dir.join("scratch"),
-            copy_up: Vec::new(),
-        }
-    };
+    let new = |id: &str| true_container(&stack, id, RUN_IMAGE, ImageRead::Unread);
     let snapshot_keys = || async {
         let mut keys: Vec<String> = c
             .snapshots
@@ -596,20 +585,12 @@ async fn a_container_of_an_image_not_unpacked_unpacks_it() {
     let err = c.snapshots.stat("default", &top).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
     let new = |id: &str| {
-        let mut options = berth_oci::SpecOptions::new("default", id);
-        options.args = vec!["true".to_string()];
-        NewContainer {
-            image: RUN_IMAGE.to_string(),
-            read: ImageRead::Resolved(read.root.clone()),
-            runtime: Runtime {
-                name: "io.containerd.berth.v2".to_string(),
-                options: None,
-            },
-            labels: Default::default(),
-            options,
-            scratch: stack.dir.join("scratch"),
-            copy_up: Vec::new(),
-        }
+        true_container(
+            &stack,
+            id,
+            RUN_IMAGE,
+            ImageRead::Resolved(read.root.clone()),
+        )
     };
 
     // No unpacker: NotFound, and no record or snapshot of it.
