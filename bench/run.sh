@@ -226,30 +226,34 @@ ctr_run_flags=(--fifo-dir "$work/ctr-fifo" --runc-root "$rundir/runc")
 
 # One container to its end; fails (its stderr kept in $work/errors.SIDE) on
 # a non-zero exit or after RUN_TIMEOUT seconds.
-run_one() { # side id
-  local side=$1 id=$2 rc=0
+run_one() { # side id [slot]
+  # stderr goes to one file per side and concurrent slot (a churn worker),
+  # overwritten by the next run: no process is spent removing it, on
+  # either side (a `rm` per run was about a millisecond of each run).
+  local side=$1 id=$2 err="$work/err.$1.${3:-0}" rc=0
   if [ "$side" = berth ]; then
     timeout -k 5 "$run_timeout" "$bin/berth" run --rm --name "$id" "$image" /bin/true \
-      </dev/null >/dev/null 2>"$work/err.$id" || rc=$?
+      </dev/null >/dev/null 2>"$err" || rc=$?
   else
     timeout -k 5 "$run_timeout" "${ctr[@]}" run --rm "${ctr_run_flags[@]}" "$image" "$id" /bin/true \
-      </dev/null >/dev/null 2>"$work/err.$id" || rc=$?
+      </dev/null >/dev/null 2>"$err" || rc=$?
   fi
   if [ $rc != 0 ]; then
-    { echo "--- $side $id: exit $rc$([ $rc = 124 ] && echo ' (timed out)')"; cat "$work/err.$id"; } >>"$work/errors.$side"
+    { echo "--- $side $id: exit $rc$([ $rc = 124 ] && echo ' (timed out)')"; cat "$err"; } >>"$work/errors.$side"
   fi
-  rm -f "$work/err.$id"
   return $rc
 }
 
-now_us() { echo "${EPOCHREALTIME/./}"; }
+# Microseconds now, read without a subshell (a `$(...)` forks one, inside
+# the timed span): `now_us VAR` sets VAR.
+now_us() { printf -v "$1" '%s' "${EPOCHREALTIME/./}"; }
 
 # Timed: prints the wall time in ms, or "fail".
 timed_ms() { # side id
   local start end
-  start=$(now_us)
+  now_us start
   if run_one "$1" "$2"; then
-    end=$(now_us)
+    now_us end
     echo "scale=1; ($end - $start) / 1000" | bc
   else
     echo fail
@@ -317,16 +321,19 @@ echo "latency ms: ctr   $(tr '\n' ' ' <"$work/lat.ctr")" >&2
 # containers that finished, over the time until the last worker is done.
 churn_worker() { # side phase worker deadline_us out
   local side=$1 phase=$2 w=$3 deadline=$4 out=$5 n=0 fail=0 i=0
-  while [ "$(now_us)" -lt "$deadline" ]; do
-    if run_one "$side" "$phase-w$w-$i"; then n=$((n + 1)); else fail=$((fail + 1)); fi
+  local now
+  now_us now
+  while [ "$now" -lt "$deadline" ]; do
+    if run_one "$side" "$phase-w$w-$i" "$w"; then n=$((n + 1)); else fail=$((fail + 1)); fi
     i=$((i + 1))
+    now_us now
   done
   echo "$n $fail" >"$out"
 }
 churn() { # side workers -> sets rate and fails
   local side=$1 nw=$2 start deadline end w total=0 n f
   fails=0
-  start=$(now_us)
+  now_us start
   deadline=$((start + churn_seconds * 1000000))
   workers=()
   for w in $(seq "$nw"); do
@@ -335,7 +342,7 @@ churn() { # side workers -> sets rate and fails
   done
   wait "${workers[@]}"
   workers=()
-  end=$(now_us)
+  now_us end
   for w in $(seq "$nw"); do
     read -r n f <"$work/churn.$side.$nw.$w"
     total=$((total + n)); fails=$((fails + f))
