@@ -183,15 +183,8 @@ fn exec_server(flags: &Flags, bundle: &Path, listener: &UnixListener) -> Result<
     use std::process::{Command, Stdio};
     let exe = std::env::current_exe().map_err(|e| ShimError::io("finding our binary", e))?;
     let mut cmd = Command::new(exe);
-    cmd.args(["-namespace", &flags.namespace, "-id", &flags.id])
-        .args(["-address", &flags.address]);
-    if !flags.publish_binary.is_empty() {
-        cmd.args(["-publish-binary", &flags.publish_binary]);
-    }
-    if flags.debug {
-        cmd.arg("-debug");
-    }
-    cmd.current_dir(bundle)
+    cmd.args(server_args(flags))
+        .current_dir(bundle)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -236,7 +229,10 @@ fn fork_server(flags: &Flags, bundle: &Path, listener: &UnixListener) -> Result<
         socket: String::new(),
         ..flags.clone()
     };
-    let argv = server_argv(&server);
+    let mut argv = vec![std::env::args()
+        .next()
+        .unwrap_or_else(|| "containerd-shim-berth-v2".to_string())];
+    argv.extend(server_args(&server));
     // SAFETY: no other thread exists in this process (see above), so the
     // child's copy of it is whole: nothing it uses is held mid-update.
     match unsafe { nix::unistd::fork() } {
@@ -295,13 +291,10 @@ fn serve_in_child(
     crate::serve::run(flags, Some(UnixListener::from(listener)))
 }
 
-/// The server's command line as a started one would have it: the flags it
-/// serves with, no action word.
-fn server_argv(flags: &Flags) -> Vec<String> {
+/// The server's arguments, executed or forked: the flags it serves with,
+/// no action word.
+fn server_args(flags: &Flags) -> Vec<String> {
     let mut argv = vec![
-        std::env::args()
-            .next()
-            .unwrap_or_else(|| "containerd-shim-berth-v2".to_string()),
         "-namespace".to_string(),
         flags.namespace.clone(),
         "-id".to_string(),
