@@ -620,4 +620,28 @@ async fn a_container_of_an_image_not_unpacked_unpacks_it() {
     remove_container(c.services(), "default", "unpacks")
         .await
         .unwrap();
+
+    // A user given by name is looked up through a view of the image's
+    // layers, which unpacks them the same way.
+    c.snapshots.remove("default", &top).await.unwrap();
+    let mut by_name = new("by-name");
+    by_name.options.user = Some("root".to_string());
+    let made = create_container(services, "default", by_name)
+        .await
+        .unwrap();
+    let info = c
+        .snapshots
+        .stat("default", &made.snapshot_key)
+        .await
+        .unwrap();
+    assert_eq!(info.parent.as_deref(), Some(top.as_str()));
+    let err = c
+        .snapshots
+        .stat("default", "by-name-user-view")
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "the view stays: {err}");
+    remove_container(c.services(), "default", "by-name")
+        .await
+        .unwrap();
 }

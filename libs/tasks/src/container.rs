@@ -318,21 +318,14 @@ async fn image_and_spec(
     // copied out of it, through a read-only view of its layers.
     let user = new.options.user.clone().unwrap_or(defaults.user.clone());
     let spec = if needs_image_files(&user) || !new.copy_up.is_empty() {
-        if let Some(top) = &parent {
-            match services.snapshots.stat(namespace, top).await {
-                Ok(_) => {}
-                Err(e) if e.kind() == ErrorKind::NotFound => {
-                    unpack_image(services, namespace, &root).await?;
-                }
-                Err(e) => return Err(e),
-            }
-        }
         let view_key = format!("{id}-user-view");
-        let mounts = services
-            .snapshots
-            .view(namespace, &view_key, parent.as_deref(), HashMap::new())
-            .await
-            .map_err(|e| e.context("a view of the image to read its files"))?;
+        let mounts = on_image_layers(services, namespace, &root, parent.as_deref(), || {
+            services
+                .snapshots
+                .view(namespace, &view_key, parent.as_deref(), HashMap::new())
+        })
+        .await
+        .map_err(|e| e.context("a view of the image to read its files"))?;
         let built = (|| {
             std::fs::create_dir_all(&new.scratch)
                 .map_err(|e| Error::io(format!("creating {}", new.scratch.display()), &e))?;
@@ -376,6 +369,30 @@ async fn image_and_spec(
         spec_json,
         labels,
     })
+}
+
+/// Runs `make`, which makes a snapshot on the image's top layer `parent`.
+/// A new key's only missing piece can be its parent: if `make` finds none,
+/// the image's layers are not snapshots yet (it was imported or pulled
+/// without unpacking), so they are unpacked and `make` runs again.
+async fn on_image_layers<T, Make, Made>(
+    services: ContainerServices<'_>,
+    namespace: &str,
+    root: &berth_ids::Digest,
+    parent: Option<&str>,
+    make: Make,
+) -> Result<T>
+where
+    Make: Fn() -> Made,
+    Made: std::future::Future<Output = Result<T>>,
+{
+    match make().await {
+        Err(e) if e.kind() == ErrorKind::NotFound && parent.is_some() => {
+            unpack_image(services, namespace, root).await?;
+            make().await
+        }
+        other => other,
+    }
 }
 
 /// Unpacks the image's layers into snapshots: an image imported or pulled
@@ -491,24 +508,16 @@ async fn create_under_lease(
         labels,
     } = built;
     let leased = berth_snapshot::Leased::new(services.snapshots, Some(lease.to_string()));
-    let prepare = || {
-        leased.prepare(
-            namespace,
-            id,
-            parent.as_deref(),
-            snapshot_labels(&new.options),
-        )
-    };
     let prepared = async {
-        match prepare().await {
-            // A new key's only missing piece is its parent: the image's
-            // layers are not snapshots yet.
-            Err(e) if e.kind() == ErrorKind::NotFound && parent.is_some() => {
-                unpack_image(services, namespace, &root).await?;
-                prepare().await
-            }
-            other => other,
-        }
+        on_image_layers(services, namespace, &root, parent.as_deref(), || {
+            leased.prepare(
+                namespace,
+                id,
+                parent.as_deref(),
+                snapshot_labels(&new.options),
+            )
+        })
+        .await
         .map_err(|e| e.context(format!("preparing the snapshot of {id}")))
     };
     let record = Container {
@@ -546,10 +555,7 @@ async fn create_under_lease(
         }
         // A record already there is not ours to touch: its error says
         // why. Nothing of ours was made otherwise.
-        (Err(prepare), Err(record)) if record.kind() == ErrorKind::AlreadyExists => {
-            drop(prepare);
-            Err(record)
-        }
+        (Err(_), Err(record)) if record.kind() == ErrorKind::AlreadyExists => Err(record),
         (Err(prepare), Err(_)) => Err(prepare),
     }
 }
