@@ -34,6 +34,7 @@ mod resources;
 mod rootfs_files;
 mod seccomp;
 mod spec;
+mod syscall_abis;
 mod user;
 
 pub use capabilities::{bounding_set, DEFAULT_CAPABILITIES};

@@ -7,7 +7,9 @@
 //! `ptrace`, `process_vm_readv` and `process_vm_writev` are, since the
 //! kernels berth runs on (openat2 needs 5.6) are past 4.8, where ptrace
 //! could no longer be used to escape a seccomp filter. `socket` is allowed
-//! for every address family but `AF_ALG` and `AF_VSOCK`.
+//! for every address family but `AF_ALG` and `AF_VSOCK`. The filter
+//! covers the native architecture and the compat ABIs the running kernel
+//! has ([`crate::syscall_abis`]).
 
 use oci_spec::runtime::{
     Arch, Capabilities, Capability, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArg,
@@ -17,6 +19,7 @@ use oci_spec::runtime::{
 use crate::capabilities;
 use crate::error::{OciError, Result};
 use crate::options::Seccomp;
+use crate::syscall_abis::syscall_abis;
 
 /// The largest profile [`Seccomp::parse_profile_json`] reads.
 const MAX_PROFILE_BYTES: usize = 1 << 20;
@@ -406,11 +409,20 @@ const ARCH_ALLOWED: &[&str] = &[
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
 const ARCH_ALLOWED: &[&str] = &[];
 
-/// The architectures the filter covers: the native one and those its
-/// binaries may also run (32-bit).
+/// The architectures the filter covers: the native one and the compat
+/// ABIs the kernel runs (32-bit x86 and x32 beside x86_64, where built in;
+/// [`syscall_abis`] says why the others are left out).
 fn architectures() -> Vec<Arch> {
     if cfg!(target_arch = "x86_64") {
-        vec![Arch::ScmpArchX86_64, Arch::ScmpArchX86, Arch::ScmpArchX32]
+        let abis = syscall_abis();
+        let mut arches = vec![Arch::ScmpArchX86_64];
+        if abis.ia32 {
+            arches.push(Arch::ScmpArchX86);
+        }
+        if abis.x32 {
+            arches.push(Arch::ScmpArchX32);
+        }
+        arches
     } else if cfg!(target_arch = "aarch64") {
         vec![Arch::ScmpArchAarch64, Arch::ScmpArchArm]
     } else {
@@ -696,10 +708,18 @@ pub(crate) mod tests {
             .clone()
             .unwrap_or_default();
         #[cfg(target_arch = "x86_64")]
-        assert_eq!(
-            arches,
-            [Arch::ScmpArchX86_64, Arch::ScmpArchX86, Arch::ScmpArchX32]
-        );
+        {
+            let abis = syscall_abis();
+            let expected: Vec<Arch> = [
+                Some(Arch::ScmpArchX86_64),
+                abis.ia32.then_some(Arch::ScmpArchX86),
+                abis.x32.then_some(Arch::ScmpArchX32),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
+            assert_eq!(arches, expected);
+        }
         #[cfg(target_arch = "aarch64")]
         assert_eq!(arches, [Arch::ScmpArchAarch64, Arch::ScmpArchArm]);
         let _ = arches;
