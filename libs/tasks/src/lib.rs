@@ -210,20 +210,16 @@ pub async fn kill_all_and_wait(
 /// `signal` to its init process (a paused task is resumed first, or the
 /// signal would wait for the thaw), at most `grace` for it to exit, then
 /// SIGKILL to every process of the task; then the task is deleted, so the
-/// container can be started again. Returns the init's exit, or None if
-/// the container had no task.
+/// container can be started again. `task` is the container's task as the
+/// caller read it (`Tasks::get`). Returns the init's exit.
 pub async fn stop_task(
     tasks: &dyn Tasks,
     namespace: &str,
-    container_id: &str,
+    task: &Process,
     signal: u32,
     grace: std::time::Duration,
-) -> Result<Option<Exit>> {
-    let task = match tasks.get(namespace, container_id, "").await {
-        Ok(task) => task,
-        Err(e) if e.kind() == berth_errdefs::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
-    };
+) -> Result<Exit> {
+    let container_id = task.container_id.as_str();
     if matches!(
         task.status,
         Status::Running | Status::Paused | Status::Pausing
@@ -249,7 +245,7 @@ pub async fn stop_task(
         }
     }
     let deleted = tasks.delete(namespace, container_id).await?;
-    Ok(Some(deleted.exit))
+    Ok(deleted.exit)
 }
 
 /// How long a SIGKILLed task may take to be reported stopped.

@@ -153,13 +153,16 @@ impl Lifecycle {
     ) -> Result<()> {
         let signal = self.stop_signal(id, signal_flag).await?;
         let ns = &self.namespace;
-        let stdio = self.tasks.get(ns, id, "").await.map(|t| t.stdio).ok();
-        berth_tasks::stop_task(&self.tasks, ns, id, signal, grace)
+        let task = match self.tasks.get(ns, id, "").await {
+            Ok(task) => task,
+            // No task: nothing to stop.
+            Err(e) if e.kind() == berth_errdefs::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(anyhow::Error::from(e).context(format!("stopping {id}"))),
+        };
+        berth_tasks::stop_task(&self.tasks, ns, &task, signal, grace)
             .await
             .with_context(|| format!("stopping {id}"))?;
-        if let Some(stdio) = stdio {
-            crate::stdio::remove_kept(&global.fifo_root(), &stdio);
-        }
+        crate::stdio::remove_kept(&global.fifo_root(), &task.stdio);
         Ok(())
     }
 
