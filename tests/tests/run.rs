@@ -266,6 +266,64 @@ const MASKED_PATHS_PROBE: &str = "for f in /proc/kcore /proc/keys /proc/timer_li
        if [ -d $f ] && [ -n \"$(ls $f)\" ]; then echo $f-unmasked; fi; \
      done;";
 
+/// Whether /sys/fs/cgroup is the unified (v2) hierarchy on this host.
+fn cgroup_v2_host() -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some("/sys/fs/cgroup") && l.contains(" - cgroup2 "))
+}
+
+/// `--cgroupns private` gives the container a cgroup namespace of its own
+/// (its cgroups are `/` in /proc/self/cgroup), `host` the host's (their
+/// host paths, under berth's parent); without the flag it is nerdctl's
+/// choice: private on a cgroup v2 host, the host's on v1 and hybrid ones.
+#[test]
+fn cgroup_namespace_as_asked_and_by_default_as_nerdctl() {
+    if !prerequisites() {
+        return;
+    }
+    let (_dir, stack) = setup();
+    let cgroups = |id: &str, flag: Option<&str>| -> Vec<String> {
+        let mut args = vec!["run", "--rm", "--name", id];
+        if let Some(flag) = flag {
+            args.extend(["--cgroupns", flag]);
+        }
+        args.extend([RUN_IMAGE, "cat", "/proc/self/cgroup"]);
+        let out = run(&stack, &args);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        let lines: Vec<String> = text(&out.stdout).lines().map(str::to_string).collect();
+        assert!(!lines.is_empty());
+        lines
+    };
+    // Each line is HIERARCHY:CONTROLLERS:PATH.
+    let in_own_namespace = |lines: &[String]| lines.iter().all(|l| l.ends_with(":/"));
+    let in_hosts = |lines: &[String], id: &str| {
+        lines
+            .iter()
+            .filter(|l| !l.ends_with(":/") && !l.contains(":name="))
+            .all(|l| l.contains("/berth/") && l.ends_with(&format!("/{id}")))
+            && lines.iter().any(|l| l.ends_with(&format!("/{id}")))
+    };
+
+    let private = cgroups("cgns-private", Some("private"));
+    assert!(in_own_namespace(&private), "{private:?}");
+    let host = cgroups("cgns-host", Some("host"));
+    assert!(in_hosts(&host, "cgns-host"), "{host:?}");
+    let default = cgroups("cgns-default", None);
+    if cgroup_v2_host() {
+        assert!(in_own_namespace(&default), "{default:?}");
+    } else {
+        assert!(in_hosts(&default, "cgns-default"), "{default:?}");
+    }
+    let out = run(
+        &stack,
+        &["run", "--rm", "--cgroupns", "shared", RUN_IMAGE, "true"],
+    );
+    assert_ne!(out.status.code(), Some(0));
+    assert_nothing_left(&stack);
+}
+
 #[test]
 fn containers_get_the_security_defaults() {
     if !prerequisites() {

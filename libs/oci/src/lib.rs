@@ -46,7 +46,9 @@ pub use error::{OciError, Result};
 pub use image::ImageDefaults;
 pub use mounts::MountOption;
 pub use oci_spec::runtime::{LinuxIdMapping, LinuxIdMappingBuilder, Spec};
-pub use options::{CgroupDriver, NetworkMode, Seccomp, SpecHook, SpecOptions, UserNamespace};
+pub use options::{
+    CgroupDriver, CgroupNamespace, NetworkMode, Seccomp, SpecHook, SpecOptions, UserNamespace,
+};
 pub use resources::{check_cgroup_parent, update_limits, Limits};
 pub use rootfs_files::{HostRootfs, NoRootfsFiles, RootfsFiles};
 pub use seccomp::default_seccomp;

@@ -14,7 +14,7 @@ use crate::devices::linux_devices;
 use crate::error::{OciError, Result};
 use crate::image::ImageDefaults;
 use crate::mounts::container_mounts;
-use crate::options::{NetworkMode, Seccomp, SpecOptions};
+use crate::options::{CgroupNamespace, NetworkMode, Seccomp, SpecOptions};
 use crate::resources::{cgroups_path, linux_resources};
 use crate::rootfs_files::RootfsFiles;
 use crate::seccomp::profile_for;
@@ -120,7 +120,10 @@ pub fn build_spec(
 
     let mut linux = Linux::default();
     linux.set_net_devices(None);
-    let mut namespaces = namespaces(host_network);
+    let cgroupns = options
+        .cgroupns
+        .unwrap_or_else(CgroupNamespace::host_default);
+    let mut namespaces = namespaces(host_network, cgroupns);
     match &options.user_namespace {
         Some(userns) => {
             linux.set_uid_mappings(Some(userns.uid_mappings.clone()));
@@ -235,18 +238,20 @@ fn sysfs_from_host(mounts: &mut [oci_spec::runtime::Mount]) {
     }
 }
 
-/// pid, ipc, uts, mount, network and cgroup namespaces of its own; the
-/// host network shares the host's network and UTS namespaces (as
-/// `nerdctl --net host` does).
-fn namespaces(host_network: bool) -> Vec<LinuxNamespace> {
+/// pid, ipc, uts, mount and network namespaces of its own, and a cgroup
+/// namespace when `cgroupns` says so; the host network shares the host's
+/// network and UTS namespaces (as `nerdctl --net host` does).
+fn namespaces(host_network: bool, cgroupns: CgroupNamespace) -> Vec<LinuxNamespace> {
     let mut types = vec![
         LinuxNamespaceType::Pid,
         LinuxNamespaceType::Ipc,
         LinuxNamespaceType::Uts,
         LinuxNamespaceType::Mount,
         LinuxNamespaceType::Network,
-        LinuxNamespaceType::Cgroup,
     ];
+    if cgroupns == CgroupNamespace::Private {
+        types.push(LinuxNamespaceType::Cgroup);
+    }
     if host_network {
         types.retain(|t| !matches!(t, LinuxNamespaceType::Network | LinuxNamespaceType::Uts));
     }
@@ -485,17 +490,17 @@ mod tests {
         assert!(caps.ambient().as_ref().unwrap().is_empty());
 
         let l = linux(&spec);
-        assert_eq!(
-            namespace_types(&spec),
-            [
-                LinuxNamespaceType::Pid,
-                LinuxNamespaceType::Ipc,
-                LinuxNamespaceType::Uts,
-                LinuxNamespaceType::Mount,
-                LinuxNamespaceType::Network,
-                LinuxNamespaceType::Cgroup,
-            ]
-        );
+        let mut expected = vec![
+            LinuxNamespaceType::Pid,
+            LinuxNamespaceType::Ipc,
+            LinuxNamespaceType::Uts,
+            LinuxNamespaceType::Mount,
+            LinuxNamespaceType::Network,
+        ];
+        if CgroupNamespace::host_default() == CgroupNamespace::Private {
+            expected.push(LinuxNamespaceType::Cgroup);
+        }
+        assert_eq!(namespace_types(&spec), expected);
         assert_eq!(l.masked_paths().as_ref().unwrap().len(), 11);
         assert!(l
             .masked_paths()
@@ -598,6 +603,38 @@ mod tests {
         let mut o = SpecOptions::new("default", "c1");
         o.annotations.insert(String::new(), "v".into());
         assert!(build_spec(&image(), &o, &NoRootfsFiles).is_err());
+    }
+
+    #[test]
+    fn cgroup_namespace_as_asked_else_as_nerdctl_chooses() {
+        let mut o = SpecOptions::new("default", "c1");
+        o.cgroupns = Some(CgroupNamespace::Private);
+        assert!(namespace_types(&build(&o)).contains(&LinuxNamespaceType::Cgroup));
+        o.cgroupns = Some(CgroupNamespace::Host);
+        assert!(!namespace_types(&build(&o)).contains(&LinuxNamespaceType::Cgroup));
+        // The default follows the host: private only where /sys/fs/cgroup
+        // is the unified (v2) hierarchy.
+        let unified = std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .any(|l| l.split(' ').nth(4) == Some("/sys/fs/cgroup") && l.contains(" - cgroup2 "));
+        let expected = if unified {
+            CgroupNamespace::Private
+        } else {
+            CgroupNamespace::Host
+        };
+        assert_eq!(CgroupNamespace::host_default(), expected);
+        o.cgroupns = None;
+        assert_eq!(
+            namespace_types(&build(&o)).contains(&LinuxNamespaceType::Cgroup),
+            unified
+        );
+        assert_eq!(
+            CgroupNamespace::parse("private"),
+            Ok(CgroupNamespace::Private)
+        );
+        assert_eq!(CgroupNamespace::parse("host"), Ok(CgroupNamespace::Host));
+        assert!(CgroupNamespace::parse("Host").is_err());
     }
 
     #[test]

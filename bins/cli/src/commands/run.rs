@@ -147,6 +147,11 @@ pub struct ContainerArgs {
     /// (default: /berth/NAMESPACE, berth.slice).
     #[arg(long, value_name = "PARENT")]
     pub cgroup_parent: Option<String>,
+    /// host or private: the container's own cgroup namespace or the
+    /// host's (default, as nerdctl's: private on a cgroup v2 host, the
+    /// host's on v1 and hybrid hosts).
+    #[arg(long, value_name = "MODE", value_parser = ["host", "private"])]
+    pub cgroupns: Option<String>,
     /// Label KEY=VALUE on the container record; repeatable.
     #[arg(short = 'l', long = "label", value_name = "KEY=VALUE")]
     pub labels: Vec<String>,
@@ -347,6 +352,12 @@ impl ContainerArgs {
             other => bail!("--cgroup-manager {other:?}: cgroupfs or systemd"),
         };
         options.cgroup_parent = self.cgroup_parent.clone();
+        options.cgroupns = self
+            .cgroupns
+            .as_deref()
+            .map(berth_oci::CgroupNamespace::parse)
+            .transpose()
+            .map_err(anyhow::Error::msg)?;
         // CDI's edits come last, as containerd applies them: its
         // environment wins, its mounts replace any on the same path.
         if !cdi_names.is_empty() {
