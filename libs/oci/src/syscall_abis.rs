@@ -64,10 +64,14 @@ fn runs_unfiltered() -> bool {
 
 #[cfg(target_arch = "x86_64")]
 fn probe() -> SyscallAbis {
+    use nix::fcntl::OFlag;
     use nix::sys::wait::waitpid;
-    use nix::unistd::{fork, pipe, read, ForkResult};
+    use nix::unistd::{fork, pipe2, read, ForkResult};
 
-    let Ok((reader, writer)) = pipe() else {
+    // Close-on-exec: a process another thread starts meanwhile must not
+    // hold the write end open, or a probe that dies would leave the read
+    // below waiting for that process to end.
+    let Ok((reader, writer)) = pipe2(OFlag::O_CLOEXEC) else {
         return SyscallAbis::UNKNOWN;
     };
     // SAFETY: the child only makes raw syscalls (getpid, write, the two
