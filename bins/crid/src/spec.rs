@@ -633,6 +633,13 @@ fn device_requests(config: &cri::ContainerConfig) -> Vec<berth_oci::DeviceReques
         .collect()
 }
 
+/// A container's cgroup namespace, as containerd's CRI chooses it: the
+/// host's for a privileged container (even on a cgroup v2 host), else
+/// berth-oci's default (its own on v2 only).
+fn cgroup_namespace(privileged: bool) -> Option<berth_oci::CgroupNamespace> {
+    privileged.then_some(berth_oci::CgroupNamespace::Host)
+}
+
 /// A container of a pod.
 pub fn container_options(
     host: &Host,
@@ -661,6 +668,7 @@ pub fn container_options(
     )?;
     options.read_only_rootfs = security.readonly_rootfs;
     options.privileged = security.privileged;
+    options.cgroupns = cgroup_namespace(security.privileged);
     if let Some(caps) = &security.capabilities {
         options.cap_add = caps.add_capabilities.clone();
         options.cap_drop = caps.drop_capabilities.clone();
@@ -1110,6 +1118,15 @@ mod tests {
             config.annotations.insert("cdi.k8s.io/c".into(), bad.into());
             assert!(cdi_device_names(&config).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn privileged_containers_keep_the_hosts_cgroup_namespace() {
+        assert_eq!(
+            cgroup_namespace(true),
+            Some(berth_oci::CgroupNamespace::Host)
+        );
+        assert_eq!(cgroup_namespace(false), None);
     }
 
     #[test]
