@@ -91,9 +91,18 @@ done
 for p in bridge host-local portmap loopback; do
   [ -x "$cni_bin/$p" ] || missing+=("$cni_bin/$p (containernetworking-plugins)")
 done
-[ -d "$regdata/docker/registry/v2/repositories/pause" ] &&
-  [ -d "$regdata/docker/registry/v2/repositories/e2e-test-images/busybox" ] ||
-  missing+=("the stand-in images in $regdata (../shared/critest/mkimages.py)")
+# The stand-in images: built (mmdebstrap, gcc; about a minute the first
+# time) when missing, as tests/tests/cri.rs does before critest.
+images_present() {
+  [ -d "$regdata/docker/registry/v2/repositories/pause" ] &&
+    [ -d "$regdata/docker/registry/v2/repositories/e2e-test-images/busybox" ]
+}
+mkimages=$top/../shared/critest/mkimages.py
+if ! images_present && [ -x "$mkimages" ] && [ "$(id -u)" = 0 ]; then
+  echo "building the stand-in images in $regdata ($mkimages)" >&2
+  CRI_ORACLE_ROOT=$oracle "$mkimages" >&2 || true
+fi
+images_present || missing+=("the stand-in images in $regdata (../shared/critest/mkimages.py)")
 if [ ${#missing[@]} -gt 0 ]; then
   printf 'missing: %s\n' "${missing[@]}" >&2
   exit 1
