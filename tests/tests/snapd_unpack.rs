@@ -86,12 +86,14 @@ fn image(dir: &Path) -> (Layout, Vec<(Descriptor, Digest)>) {
     let three = dir.join("l3");
     std::fs::create_dir_all(three.join("bin")).unwrap();
     std::fs::write(three.join("note"), b"three").unwrap();
-    let l3 = tar_layer(&layout, &three);
+    let l3 = tar_layer(&layout, &three, &[("bin/ls", "bin/busybox")]);
     (layout, vec![(desc(&b1), d1), (desc(&b2), d2), l3])
 }
 
-/// An uncompressed layer of the files under `root`.
-fn tar_layer(layout: &Layout, root: &Path) -> (Descriptor, Digest) {
+/// An uncompressed layer of the files under `root`, then a hardlink entry
+/// (link, target) for each of `links`, whose targets may be in lower
+/// layers.
+fn tar_layer(layout: &Layout, root: &Path, links: &[(&str, &str)]) -> (Descriptor, Digest) {
     let tar = std::process::Command::new("tar")
         .arg("-C")
         .arg(root)
@@ -108,8 +110,29 @@ fn tar_layer(layout: &Layout, root: &Path) -> (Descriptor, Digest) {
         .output()
         .unwrap();
     assert!(tar.status.success());
-    let diff_id = Digest::of(&tar.stdout);
-    let blob = layout.add_blob("application/vnd.oci.image.layer.v1.tar", &tar.stdout);
+    let mut bytes = tar.stdout;
+    if !links.is_empty() {
+        // Cut the end-of-archive blocks, append the links, end it again.
+        let mut archive = tar::Archive::new(&bytes[..]);
+        let mut end = 0;
+        for entry in archive.entries().unwrap() {
+            let entry = entry.unwrap();
+            end = entry.raw_file_position() + entry.size().div_ceil(512) * 512;
+        }
+        bytes.truncate(usize::try_from(end).unwrap());
+        let mut builder = tar::Builder::new(bytes);
+        for (link, target) in links {
+            let mut header = tar::Header::new_gnu();
+            header.set_entry_type(tar::EntryType::Link);
+            header.set_size(0);
+            header.set_mode(0o755);
+            header.set_mtime(0);
+            builder.append_link(&mut header, link, target).unwrap();
+        }
+        bytes = builder.into_inner().unwrap();
+    }
+    let diff_id = Digest::of(&bytes);
+    let blob = layout.add_blob("application/vnd.oci.image.layer.v1.tar", &bytes);
     (desc(&blob), diff_id)
 }
 
@@ -203,6 +226,10 @@ async fn unpack_image_with(snapshotter: &str) {
     assert!(t[Path::new("etc/motd")].starts_with(&Digest::of(b"welcome\n").to_string()));
     assert!(t[Path::new("etc/keep")].starts_with(&Digest::of(b"keep").to_string()));
     assert!(t[Path::new("note")].starts_with(&Digest::of(b"three").to_string()));
+    // The third layer links to a file of the first: on overlayfs that
+    // layer is applied alongside the first, finds no target, and is
+    // applied again once the first is committed.
+    assert!(t[Path::new("bin/ls")].starts_with(&busybox), "{t:?}");
 
     // Two unpacks of the same image at once in a fresh namespace do the
     // work once between them.
@@ -421,7 +448,7 @@ async fn sigkill_mid_unpack_then_the_same_unpack_completes() {
         let refs: Vec<(&str, Vec<u8>)> =
             files.iter().map(|(n, d)| (n.as_str(), d.clone())).collect();
         let root = files_rootfs(&dir.join(format!("big{l}")), &refs);
-        layers.push(tar_layer(&layout, &root));
+        layers.push(tar_layer(&layout, &root, &[]));
     }
     let descs: Vec<Descriptor> = layers.iter().map(|(d, _)| d.clone()).collect();
     let diff_ids: Vec<Digest> = layers.iter().map(|(_, d)| d.clone()).collect();

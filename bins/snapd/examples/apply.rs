@@ -18,6 +18,7 @@ fn main() -> anyhow::Result<()> {
     let options = ApplyOptions {
         overlay: true,
         lowers: Vec::new(),
+        lowers_pending: false,
         devices: true,
         sync_fs: false,
     };

@@ -40,6 +40,11 @@ pub struct ApplyOptions {
     /// Directories below the target, nearest first: where hardlinks to
     /// files of lower layers find their targets (overlayfs only).
     pub lowers: Vec<PathBuf>,
+    /// The lower layers are not there yet (the layer is applied alongside
+    /// them): a hardlink to a file of a lower layer then fails with
+    /// [`ErrorKind::Aborted`](berth_errdefs::ErrorKind::Aborted), and the
+    /// layer is to be applied again once they are.
+    pub lowers_pending: bool,
     /// Whether device nodes may be created; skipped otherwise.
     pub devices: bool,
     /// Whether to syncfs the target's filesystem once the layer is applied.
@@ -845,6 +850,12 @@ impl Applier<'_> {
             let mtime = TimeSpec::new(stat.st_mtime, stat.st_mtime_nsec);
             let _ = nix::sys::stat::futimens(&dest, &mtime, &mtime);
             return Ok(());
+        }
+        if self.options.lowers_pending {
+            return Err(Error::aborted(format!(
+                "hardlink target {} is not in this layer; the layers below are not applied yet",
+                display(target)
+            )));
         }
         Err(Error::invalid_argument(format!(
             "hardlink target {} not found",

@@ -431,6 +431,68 @@ impl LocalSnapshotter {
         })
     }
 
+    /// Whether a snapshot can be prepared without its parent and given it
+    /// at commit ([`LocalSnapshotter::commit_rebased`]): on overlayfs a
+    /// snapshot's directory holds its own layer only, so the lower layers
+    /// need not be there while it is written.
+    pub fn can_rebase(&self) -> bool {
+        self.backend == Backend::Overlay
+    }
+
+    /// Commits active `key` as `name`; with `rebase`, onto that committed
+    /// parent (`key` was prepared without one; overlayfs only).
+    pub async fn commit_rebased(
+        &self,
+        namespace: &str,
+        name: &str,
+        key: &str,
+        rebase: Option<&str>,
+        labels: Labels,
+    ) -> Result<()> {
+        if rebase.is_some() && !self.can_rebase() {
+            return Err(Error::failed_precondition(format!(
+                "the {} snapshotter cannot commit a snapshot onto another parent",
+                self.name()
+            )));
+        }
+        let (this, namespace, name, key) = (
+            self.clone(),
+            namespace.to_string(),
+            name.to_string(),
+            key.to_string(),
+        );
+        let rebase = rebase.map(str::to_string);
+        blocking(move || {
+            check_ns(&namespace)?;
+            validate_key("snapshot name", &name)?;
+            validate_key("snapshot key", &key)?;
+            if let Some(parent) = &rebase {
+                validate_key("parent", parent)?;
+            }
+            berth_ids::validate_labels(&labels)?;
+            let record = this.get(&namespace, &key)?;
+            if this.backend == Backend::Overlay {
+                // The work directory is overlayfs scratch, not part of the
+                // layer.
+                let work = this.snapshot_dir(record.id).join("work");
+                let _ = std::fs::remove_dir_all(&work);
+                mkdir(&work, 0o700)?;
+            }
+            this.records.commit(
+                this.name(),
+                &namespace,
+                &name,
+                &key,
+                labels,
+                &this.marks.written_in,
+                rebase.as_deref(),
+            )?;
+            this.write_back.ask();
+            Ok(())
+        })
+        .await
+    }
+
     /// Read-only mounts of what `key` looks like (an active snapshot
     /// included), for snapd's own reading (diff).
     pub fn read_only_mounts(&self, namespace: &str, key: &str) -> Result<Vec<Mount>> {
@@ -665,37 +727,8 @@ impl Snapshotter for LocalSnapshotter {
     }
 
     async fn commit(&self, namespace: &str, name: &str, key: &str, labels: Labels) -> Result<()> {
-        let (this, namespace, name, key) = (
-            self.clone(),
-            namespace.to_string(),
-            name.to_string(),
-            key.to_string(),
-        );
-        blocking(move || {
-            check_ns(&namespace)?;
-            validate_key("snapshot name", &name)?;
-            validate_key("snapshot key", &key)?;
-            berth_ids::validate_labels(&labels)?;
-            let record = this.get(&namespace, &key)?;
-            if this.backend == Backend::Overlay {
-                // The work directory is overlayfs scratch, not part of the
-                // layer.
-                let work = this.snapshot_dir(record.id).join("work");
-                let _ = std::fs::remove_dir_all(&work);
-                mkdir(&work, 0o700)?;
-            }
-            this.records.commit(
-                this.name(),
-                &namespace,
-                &name,
-                &key,
-                labels,
-                &this.marks.written_in,
-            )?;
-            this.write_back.ask();
-            Ok(())
-        })
-        .await
+        self.commit_rebased(namespace, name, key, None, labels)
+            .await
     }
 
     async fn remove(&self, namespace: &str, key: &str) -> Result<()> {

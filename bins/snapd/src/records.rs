@@ -181,6 +181,22 @@ impl Records {
         Ok(out)
     }
 
+    /// The record of `parent`, which must be a committed snapshot.
+    fn committed_parent(
+        &self,
+        txn: &heed::RoTxn,
+        snapshotter: &str,
+        namespace: &str,
+        parent: &str,
+    ) -> Result<Record> {
+        check_committed_parent(
+            self.snapshots
+                .get(txn, &key_of(snapshotter, namespace, parent))
+                .map_err(db_error)?,
+            parent,
+        )
+    }
+
     /// Inserts a new snapshot, checking that the key is free and that the
     /// parent (if any) is committed.
     pub fn insert(
@@ -198,12 +214,7 @@ impl Records {
             )));
         }
         if let Some(parent) = &record.parent {
-            check_committed_parent(
-                self.snapshots
-                    .get(&txn, &key_of(snapshotter, namespace, parent))
-                    .map_err(db_error)?,
-                parent,
-            )?;
+            self.committed_parent(&txn, snapshotter, namespace, parent)?;
         }
         self.snapshots
             .put(&mut txn, &full, record)
@@ -224,6 +235,10 @@ impl Records {
     }
 
     /// Turns active `key` into committed `name`; returns the new record.
+    /// With `rebase`, the committed snapshot's parent becomes that
+    /// committed snapshot (`key` must have none): an overlay layer applied
+    /// before its lower layers were there.
+    #[allow(clippy::too_many_arguments)]
     pub fn commit(
         &self,
         snapshotter: &str,
@@ -232,6 +247,7 @@ impl Records {
         key: &str,
         labels: HashMap<String, String>,
         written_in: &WrittenIn,
+        rebase: Option<&str>,
     ) -> Result<Record> {
         let mut txn = self.env.write_txn().map_err(db_error)?;
         let from = key_of(snapshotter, namespace, key);
@@ -250,6 +266,15 @@ impl Records {
             return Err(Error::already_exists(format!(
                 "snapshot {name} already exists"
             )));
+        }
+        if let Some(parent) = rebase {
+            if record.parent.is_some() {
+                return Err(Error::failed_precondition(format!(
+                    "snapshot {key} has a parent already; only one without can be committed onto {parent}"
+                )));
+            }
+            self.committed_parent(&txn, snapshotter, namespace, parent)?;
+            record.parent = Some(parent.to_string());
         }
         let now = now_nanos();
         record.kind = StoredKind::Committed;

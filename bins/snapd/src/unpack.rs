@@ -15,6 +15,8 @@ use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use futures::StreamExt;
+
 use berth_content::{ContentStore, MAX_READ};
 use berth_errdefs::{Error, ErrorKind, Result};
 use berth_ids::{Digest, Sha256Hasher};
@@ -320,6 +322,138 @@ fn apply_buffered_layer(
     })
 }
 
+/// How many layers of one unpack are applied at once (overlayfs): each
+/// has a thread inflating, one hashing and one writing files, and a layer
+/// that creates many small files leaves the cores to the others.
+const UNPACK_CONCURRENCY: usize = 3;
+
+/// One unpack's layers, for applying and committing them one by one.
+struct Job<'a> {
+    unpacker: &'a Unpacker,
+    namespace: &'a str,
+    snapshotter: &'a LocalSnapshotter,
+    store: &'a Arc<dyn ContentStore>,
+    layers: &'a [Descriptor],
+    diff_ids: &'a [Digest],
+    chains: &'a [Digest],
+    sync_fs: bool,
+}
+
+impl Job<'_> {
+    /// Applies layer `i` into a new scratch snapshot and returns its key:
+    /// on its parent's committed snapshot, or `detached` on none (the
+    /// parent is committed later: see [`Job::commit`]).
+    async fn apply_layer(&self, i: usize, detached: bool) -> Result<String> {
+        let (namespace, snapshotter) = (self.namespace, self.snapshotter);
+        let parent = match i {
+            0 => None,
+            _ if detached => None,
+            _ => Some(self.chains[i - 1].to_string()),
+        };
+        let key = format!(
+            "{SCRATCH_PREFIX}{}-{}",
+            crate::records::now_nanos(),
+            &self.chains[i].hex()[..12]
+        );
+        // A root until it is committed or removed: a collection that runs
+        // meanwhile must not take it from under the apply. (A crash leaves
+        // it to snapd's startup sweep of scratch keys.)
+        let scratch_labels = HashMap::from([(
+            berth_metadata::LABEL_GC_ROOT.to_string(),
+            String::from("unpack"),
+        )]);
+        snapshotter
+            .prepare(namespace, &key, parent.as_deref(), scratch_labels)
+            .await?;
+        let applied = match snapshotter.apply_target(namespace, &key) {
+            Ok(target) => {
+                let options = ApplyOptions {
+                    overlay: target.overlay,
+                    lowers: target.lowers,
+                    lowers_pending: detached && i > 0,
+                    devices: self.unpacker.devices,
+                    sync_fs: self.sync_fs,
+                };
+                let layer = &self.layers[i];
+                let started = std::time::Instant::now();
+                let applied = self
+                    .unpacker
+                    .apply_one(
+                        namespace,
+                        self.store,
+                        target.dir,
+                        options,
+                        layer,
+                        &self.diff_ids[i],
+                    )
+                    .await;
+                if applied.is_ok() {
+                    crate::metrics::layer_applied(layer.size, started.elapsed());
+                }
+                applied
+            }
+            Err(e) => Err(e),
+        };
+        match applied {
+            Ok(()) => Ok(key),
+            Err(e) => {
+                self.discard(&key).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Commits layer `i`'s scratch snapshot `key` under its chain ID (onto
+    /// its parent, if it was applied `detached`); false if another unpack
+    /// committed that chain first.
+    async fn commit(
+        &self,
+        leased: &berth_snapshot::Leased<&LocalSnapshotter>,
+        i: usize,
+        key: &str,
+        detached: bool,
+    ) -> Result<bool> {
+        let (namespace, snapshotter) = (self.namespace, self.snapshotter);
+        let chain = self.chains[i].to_string();
+        let parent = match i {
+            0 => None,
+            _ if detached => Some(self.chains[i - 1].to_string()),
+            _ => None,
+        };
+        let labels = leased.with_lease(HashMap::new());
+        match snapshotter
+            .commit_rebased(namespace, &chain, key, parent.as_deref(), labels)
+            .await
+        {
+            Ok(()) => {
+                if self.sync_fs {
+                    // Its files were on disk before the commit.
+                    snapshotter
+                        .written_back_before_commit(namespace, &chain)
+                        .await?;
+                }
+                Ok(true)
+            }
+            Err(e) => {
+                self.discard(key).await;
+                if e.kind() == ErrorKind::AlreadyExists {
+                    Ok(false)
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    /// Removes a scratch snapshot that is not to be committed.
+    async fn discard(&self, key: &str) {
+        if let Err(removal) = self.snapshotter.remove(self.namespace, key).await {
+            // Left for the next start's cleanup of scratch snapshots.
+            tracing::warn!(%key, error = %removal, "cannot remove an unpack's scratch snapshot");
+        }
+    }
+}
+
 impl Unpacker {
     pub fn new(content: ContentSource, privileged: Arc<dyn Privileged>, devices: bool) -> Unpacker {
         Unpacker {
@@ -360,15 +494,17 @@ impl Unpacker {
             )));
         }
         let chains = chain_ids(diff_ids);
-        let mut store: Option<Arc<dyn ContentStore>> = None;
-        let mut applied = 0;
-        for (i, layer) in layers.iter().enumerate() {
-            let chain = chains[i].to_string();
+        // The layers to apply, each under its chain's lock until it is
+        // committed. Locks are taken bottom up, in every unpack, so two
+        // unpacks sharing layers cannot wait for each other in a circle.
+        let mut pending = Vec::new();
+        for (i, chain) in chains.iter().enumerate() {
+            let chain = chain.to_string();
             let lock = self.chain_lock(format!(
                 "{}/{namespace}/{chain}",
                 snapshotter.backend().name()
             ));
-            let _held = lock.lock().await;
+            let held = lock.lock_owned().await;
             match snapshotter.stat(namespace, &chain).await {
                 Ok(info) if info.kind == berth_snapshot::Kind::Committed => {
                     match leased.hold(namespace, &chain).await {
@@ -387,80 +523,85 @@ impl Unpacker {
                 Err(e) if e.kind() == ErrorKind::NotFound => {}
                 Err(e) => return Err(e),
             }
-            let store = match &store {
-                Some(s) => s.clone(),
-                None => {
-                    let s = self.content.open().await?;
-                    store = Some(s.clone());
-                    s
+            pending.push((i, held));
+        }
+        let last = chains[chains.len() - 1].clone();
+        if pending.is_empty() {
+            return Ok(Unpacked {
+                chain_id: last,
+                applied: 0,
+            });
+        }
+        let store = self.content.open().await?;
+        let job = Job {
+            unpacker: self,
+            namespace,
+            snapshotter,
+            store: &store,
+            layers,
+            diff_ids,
+            chains: &chains,
+            sync_fs,
+        };
+        // On overlayfs the layers above the first missing one are applied
+        // alongside it, each into a snapshot of its own with no parent yet,
+        // and committed onto their parents in order. Elsewhere a layer is
+        // applied onto its committed parent, one after another.
+        let first = pending[0].0;
+        let alongside = if snapshotter.can_rebase() {
+            UNPACK_CONCURRENCY
+        } else {
+            1
+        };
+        let (indices, locks): (Vec<usize>, Vec<_>) = pending.into_iter().unzip();
+        let mut applying = futures::stream::iter(indices.into_iter().map(|i| {
+            let job = &job;
+            async move {
+                // A layer whose parent is committed already (or that has
+                // none) is prepared on it; the others are rebased at
+                // commit.
+                let detached = alongside > 1 && i > first;
+                (i, detached, job.apply_layer(i, detached).await)
+            }
+        }))
+        .buffered(alongside);
+        let mut applied = 0;
+        let mut failed = None;
+        let mut locks = locks.into_iter();
+        while let Some((i, detached, result)) = applying.next().await {
+            let held = locks.next();
+            if failed.is_some() {
+                // Above a layer that failed: nothing more is committed.
+                if let Ok(key) = result {
+                    job.discard(&key).await;
                 }
-            };
-            let parent = if i > 0 {
-                Some(chains[i - 1].to_string())
-            } else {
-                None
-            };
-            let key = format!(
-                "{SCRATCH_PREFIX}{}-{}",
-                crate::records::now_nanos(),
-                &chains[i].hex()[..12]
-            );
-            // A root until it is committed or removed: a collection that
-            // runs meanwhile must not take it from under the apply. (A
-            // crash leaves it to snapd's startup sweep of scratch keys.)
-            let scratch_labels = HashMap::from([(
-                berth_metadata::LABEL_GC_ROOT.to_string(),
-                String::from("unpack"),
-            )]);
-            snapshotter
-                .prepare(namespace, &key, parent.as_deref(), scratch_labels)
-                .await?;
-            let result = match snapshotter.apply_target(namespace, &key) {
-                Ok(target) => {
-                    let options = ApplyOptions {
-                        overlay: target.overlay,
-                        lowers: target.lowers,
-                        devices: self.devices,
-                        sync_fs,
-                    };
-                    let started = std::time::Instant::now();
-                    let applied = self
-                        .apply_one(namespace, &store, target.dir, options, layer, &diff_ids[i])
-                        .await;
-                    if applied.is_ok() {
-                        crate::metrics::layer_applied(layer.size, started.elapsed());
-                    }
-                    applied
+                continue;
+            }
+            let (result, detached) = match result {
+                // A hardlink into a lower layer: applied again, onto its
+                // parent, now that the layers below are committed.
+                Err(e) if detached && e.kind() == ErrorKind::Aborted => {
+                    tracing::debug!(layer = i, error = %e, "applying a layer again on its parent");
+                    (job.apply_layer(i, false).await, false)
                 }
-                Err(e) => Err(e),
+                other => (other, detached),
             };
             let committed = match result {
-                Ok(()) => leased.commit(namespace, &chain, &key, HashMap::new()).await,
+                Ok(key) => job.commit(&leased, i, &key, detached).await,
                 Err(e) => Err(e),
             };
+            drop(held);
             match committed {
-                Ok(()) => {
-                    applied += 1;
-                    if sync_fs {
-                        // Its files were on disk before the commit.
-                        snapshotter
-                            .written_back_before_commit(namespace, &chain)
-                            .await?;
-                    }
-                }
-                Err(e) => {
-                    if let Err(removal) = snapshotter.remove(namespace, &key).await {
-                        // Left for the next start's cleanup of scratch snapshots.
-                        tracing::warn!(%key, error = %removal, "cannot remove an unpack's scratch snapshot");
-                    }
-                    if e.kind() != ErrorKind::AlreadyExists {
-                        return Err(e.context(format!("layer {} ({})", i, layer.digest)));
-                    }
-                }
+                Ok(true) => applied += 1,
+                Ok(false) => {}
+                Err(e) => failed = Some(e.context(format!("layer {} ({})", i, layers[i].digest))),
             }
         }
+        if let Some(e) = failed {
+            return Err(e);
+        }
         Ok(Unpacked {
-            chain_id: chains[chains.len() - 1].clone(),
+            chain_id: last,
             applied,
         })
     }

@@ -222,6 +222,7 @@ impl Case {
         let options = ApplyOptions {
             overlay,
             lowers: Vec::new(),
+            lowers_pending: false,
             devices: false,
             sync_fs: false,
         };
@@ -704,6 +705,7 @@ fn hardlink_to_a_file_of_a_lower_layer_is_copied_up_on_overlay() {
     let options = ApplyOptions {
         overlay: true,
         lowers: vec![lower.root.clone()],
+        lowers_pending: false,
         devices: false,
         sync_fs: false,
     };
@@ -720,6 +722,32 @@ fn hardlink_to_a_file_of_a_lower_layer_is_copied_up_on_overlay() {
     let mut t = RawTar::new();
     t.hardlink("bin/ls", "bin/busybox");
     assert!(!alone.apply_checked(&t.finish(), true));
+}
+
+#[test]
+fn hardlink_to_a_lower_file_while_the_lowers_are_pending_asks_to_apply_again() {
+    // A layer applied alongside the layers below it (lowers pending): a
+    // link to a file it does not hold itself cannot be resolved yet, and
+    // says so with its own kind of error, not as bad input.
+    let case = Case::new();
+    let mut t = RawTar::new();
+    t.hardlink("bin/ls", "bin/busybox");
+    let options = ApplyOptions {
+        overlay: true,
+        lowers_pending: true,
+        ..ApplyOptions::default()
+    };
+    let err = apply(&t.finish()[..], &case.root, &options, &Host).unwrap_err();
+    assert_eq!(err.kind(), berth_errdefs::ErrorKind::Aborted, "{err}");
+    // A link within the layer itself needs nothing below it.
+    let within = Case::new();
+    let mut t = RawTar::new();
+    t.entry(b"bin/busybox", tar::EntryType::Regular, b"", b"bb", 0o755);
+    t.hardlink("bin/ls", "bin/busybox");
+    apply(&t.finish()[..], &within.root, &options, &Host).unwrap();
+    let ls = std::fs::metadata(within.root.join("bin/ls")).unwrap();
+    let bb = std::fs::metadata(within.root.join("bin/busybox")).unwrap();
+    assert_eq!(ls.ino(), bb.ino());
 }
 
 #[test]
@@ -1205,6 +1233,7 @@ fn a_hardlink_whose_target_directory_is_only_in_a_lower_layer_is_copied_up() {
     let options = ApplyOptions {
         overlay: true,
         lowers: vec![lower.root.clone()],
+        lowers_pending: false,
         devices: false,
         sync_fs: false,
     };

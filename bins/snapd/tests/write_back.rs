@@ -63,6 +63,7 @@ async fn marks_from_another_boot_discard_the_snapshot_and_its_descendants_only()
             "lost-work",
             HashMap::new(),
             &before_the_cut,
+            None,
         )
         .unwrap();
     // child: committed on it (in this boot); grandchild: a container's

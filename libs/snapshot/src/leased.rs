@@ -40,7 +40,8 @@ impl<S: Snapshotter> Leased<S> {
         }
     }
 
-    fn join(&self, mut labels: Labels) -> Labels {
+    /// `labels` and, under a lease, the label that ties a snapshot to it.
+    pub fn with_lease(&self, mut labels: Labels) -> Labels {
         if let Some(lease) = &self.lease {
             labels.insert(
                 berth_api::labels::lease(lease),
@@ -77,7 +78,7 @@ impl<S: Snapshotter> Snapshotter for Leased<S> {
         labels: Labels,
     ) -> Result<Vec<Mount>> {
         self.inner
-            .prepare(namespace, key, parent, self.join(labels))
+            .prepare(namespace, key, parent, self.with_lease(labels))
             .await
     }
 
@@ -89,13 +90,13 @@ impl<S: Snapshotter> Snapshotter for Leased<S> {
         labels: Labels,
     ) -> Result<Vec<Mount>> {
         self.inner
-            .view(namespace, key, parent, self.join(labels))
+            .view(namespace, key, parent, self.with_lease(labels))
             .await
     }
 
     async fn commit(&self, namespace: &str, name: &str, key: &str, labels: Labels) -> Result<()> {
         self.inner
-            .commit(namespace, name, key, self.join(labels))
+            .commit(namespace, name, key, self.with_lease(labels))
             .await
     }
 
