@@ -370,7 +370,7 @@ impl Job<'_> {
                 let options = ApplyOptions {
                     overlay: target.overlay,
                     lowers: target.lowers,
-                    lowers_pending: detached && i > 0,
+                    lowers_pending: detached,
                     devices: self.unpacker.devices,
                     sync_fs: self.sync_fs,
                 };
@@ -415,6 +415,7 @@ impl Job<'_> {
     ) -> Result<bool> {
         let (namespace, snapshotter) = (self.namespace, self.snapshotter);
         let chain = self.chains[i].to_string();
+        // (Only a layer above another is ever applied detached.)
         let parent = match i {
             0 => None,
             _ if detached => Some(self.chains[i - 1].to_string()),
